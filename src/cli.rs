@@ -1,0 +1,164 @@
+//! Command-line definitions (clap derive): raw arguments only. [`crate::config`] turns them,
+//! with the config file and environment, into a validated [`crate::config::Config`].
+//!
+//! Every option can also be set by an environment variable `SHADOWCAT_<NAME>` and by a key of the
+//! same name (dashes as underscores) in the `--config` file; the command line wins over the
+//! environment, which wins over the file.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// Shadowcat: a proxy for MCP (Model Context Protocol) traffic.
+///
+/// It sits between an MCP client and an MCP server, forwards every message faithfully, and
+/// tracks requests so that a crashed server, bad input or a shutdown never leaves a client
+/// waiting.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shadowcat",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
+    /// "shadowcat=debug,info". [default: info]
+    #[arg(
+        long,
+        global = true,
+        env = "SHADOWCAT_LOG_LEVEL",
+        value_name = "FILTER"
+    )]
+    pub log_level: Option<String>,
+    /// Log line format. [default: text]
+    #[arg(long, global = true, env = "SHADOWCAT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Append logs to this file instead of stderr. Logs never go to stdout.
+    #[arg(long, global = true, env = "SHADOWCAT_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// TOML file with defaults for any option (keys named like the long options, with
+    /// underscores: max_message_size = "16MiB").
+    #[arg(long, global = true, env = "SHADOWCAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a forward proxy: the MCP client starts shadowcat in place of its server.
+    #[command(subcommand)]
+    Forward(ForwardCommand),
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Forward-proxy transports.
+#[derive(Debug, Subcommand)]
+pub enum ForwardCommand {
+    /// Client on our stdin/stdout, server as a child process speaking MCP over its stdio.
+    ///
+    /// Example: shadowcat forward stdio -- npx -y @modelcontextprotocol/server-everything
+    Stdio(StdioArgs),
+}
+
+/// `forward stdio` options.
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    /// Proxy limits and timeouts.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Extra environment variable for the server, on top of ours (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory for the server. [default: ours]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// The MCP server to run, and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Limits and timeouts of the proxy pipeline.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Largest message accepted in either direction, e.g. 32MiB, 512KiB or a byte count; a
+    /// larger one is discarded and answered with an error. [default: 32MiB]
+    #[arg(long, env = "SHADOWCAT_MAX_MESSAGE_SIZE", value_name = "SIZE")]
+    pub max_message_size: Option<String>,
+    /// Most requests awaiting an answer per direction; more are refused with an error.
+    /// [default: 65536]
+    #[arg(long, env = "SHADOWCAT_MAX_PENDING_REQUESTS", value_name = "N")]
+    pub max_pending_requests: Option<usize>,
+    /// How long the server gets to exit after its stdin closes, before SIGTERM (and SIGKILL
+    /// 2 s later), e.g. 5s or 1500ms. [default: 5s]
+    #[arg(long, env = "SHADOWCAT_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+}
+
+fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_forward_stdio_with_a_trailing_command() {
+        let cli = Cli::try_parse_from([
+            "shadowcat",
+            "--log-level",
+            "debug",
+            "forward",
+            "stdio",
+            "--env",
+            "A=b=c",
+            "--",
+            "python",
+            "-m",
+            "srv",
+            "--flag",
+        ])
+        .unwrap();
+        let Command::Forward(ForwardCommand::Stdio(args)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.command, ["python", "-m", "srv", "--flag"]);
+        assert_eq!(args.env, [("A".into(), "b=c".into())]);
+        assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn requires_the_server_command() {
+        assert!(Cli::try_parse_from(["shadowcat", "forward", "stdio"]).is_err());
+        assert!(Cli::try_parse_from(["shadowcat", "forward", "stdio", "--env", "nokey"]).is_err());
+    }
+}

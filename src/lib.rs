@@ -1,0 +1,31 @@
+//! Shadowcat: a single-binary MCP (Model Context Protocol) proxy.
+//!
+//! # Layout
+//!
+//! Every mode is the same machine with different ends plugged in:
+//!
+//! ```text
+//!  client ─► downstream transport ─► pipeline stages ─► upstream transport ─► server
+//!         ◄─                      ◄─                 ◄─                    ◄─
+//! ```
+//!
+//! - [`cli`]: clap definitions only (raw arguments).
+//! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
+//! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
+//! - [`protocol`]: the JSON-RPC/MCP message model: ids, envelope parsing, batches, error codes.
+//! - [`transport`]: framing and I/O: stdio lines, our stdio, child processes, writers.
+//! - [`proxy`]: the pipeline and its stages, the relays that pump messages through it, and
+//!   the front ends (today: `forward stdio`).
+//! - [`session`]: sessions and their pending-request tables.
+//! - [`telemetry`]: tracing setup and counters.
+//!
+//! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod protocol;
+pub mod proxy;
+pub mod session;
+pub mod telemetry;
+pub mod transport;

@@ -1,0 +1,36 @@
+//! The `shadowcat` binary: parse the command line, set up logging, run, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shadowcat::cli::Cli;
+use shadowcat::config::Config;
+use shadowcat::{app, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::build(&cli.global, app::proxy_args(&cli.command)) {
+        Ok(config) => config,
+        Err(e) => return fail(&e.into()),
+    };
+    if let Err(e) = telemetry::init_tracing(
+        &config.log_level,
+        config.log_format,
+        config.log_file.as_deref(),
+    ) {
+        return fail(&e);
+    }
+    match app::run(cli.command, &config) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            fail(&e)
+        }
+    }
+}
+
+/// Reports a fatal error on stderr (never stdout: it may carry MCP).
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("shadowcat: error: {e:#}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,50 @@
+//! The JSON-RPC / MCP message model.
+//!
+//! Shadowcat parses the *envelope* of each frame (`jsonrpc`, `id`, `method`, and whether `result`
+//! or `error` is present), borrowing from the frame's bytes, and keeps the raw frame so that a
+//! message no stage touched leaves as the exact bytes that arrived. `params` and `result` stay raw
+//! until a stage needs them: the hot path never builds a `serde_json::Value` tree.
+//!
+//! - [`id`]: [`RequestId`], a string or integer (never `null`).
+//! - [`method`]: [`Method`], MCP's method names as an enum with an escape hatch.
+//! - [`message`]: [`Message`] and [`Frame`], envelope parsing and batches.
+//! - [`error`]: the one table of proxy-generated error codes, and error-response builders.
+//! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
+
+pub mod error;
+pub mod id;
+pub mod message;
+pub mod method;
+pub mod salvage;
+
+pub use error::ErrorCode;
+pub use id::RequestId;
+pub use message::{Frame, Kind, Message, ParseError};
+pub use method::Method;
+
+/// Which way a message travels through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the MCP client (downstream) towards the MCP server (upstream).
+    ClientToServer,
+    /// From the MCP server (upstream) towards the MCP client (downstream).
+    ServerToClient,
+}
+
+impl Direction {
+    /// The opposite direction: where an answer to a message travelling this way goes.
+    pub fn reverse(self) -> Self {
+        match self {
+            Self::ClientToServer => Self::ServerToClient,
+            Self::ServerToClient => Self::ClientToServer,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientToServer => "client->server",
+            Self::ServerToClient => "server->client",
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The one table of JSON-RPC error codes that Shadowcat itself generates.
+//!
+//! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32603`). Everything
+//! proxy-specific lives in `-32080..=-32089`, clear of the codes MCP and its SDKs use
+//! (`-32000..=-32010`, `-32020..=-32022`, `-32042`). Every error carries `data.shadowcat` naming
+//! the cause, so a client can tell a proxy error from one of its server's. docs/errors.md is
+//! this table in prose; keep the two in step.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::id::RequestId;
+
+/// A proxy-generated error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `-32700`: the frame is not valid JSON.
+    ParseError,
+    /// `-32600`: valid JSON, but not a valid JSON-RPC 2.0 message.
+    InvalidRequest,
+    /// `-32603`: Shadowcat failed in a way that is its own fault.
+    InternalError,
+    /// `-32080`: the message is larger than `--max-message-size`.
+    MessageTooLarge,
+    /// `-32081`: the server exited (or its connection closed) with the request in flight.
+    UpstreamExited,
+    /// `-32082`: the server's answer to the request was malformed or too large to forward.
+    InvalidUpstreamResponse,
+    /// `-32083`: too many requests are already waiting for an answer in this direction.
+    TooManyPendingRequests,
+    /// `-32084`: a request reused the id of one still waiting for its answer.
+    DuplicateRequestId,
+    /// `-32085`: Shadowcat is shutting down and did not forward the request.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// Every code, in table order (for docs and tests).
+    pub const ALL: [Self; 9] = [
+        Self::ParseError,
+        Self::InvalidRequest,
+        Self::InternalError,
+        Self::MessageTooLarge,
+        Self::UpstreamExited,
+        Self::InvalidUpstreamResponse,
+        Self::TooManyPendingRequests,
+        Self::DuplicateRequestId,
+        Self::ShuttingDown,
+    ];
+
+    /// The numeric JSON-RPC code.
+    pub fn code(self) -> i32 {
+        match self {
+            Self::ParseError => -32700,
+            Self::InvalidRequest => -32600,
+            Self::InternalError => -32603,
+            Self::MessageTooLarge => -32080,
+            Self::UpstreamExited => -32081,
+            Self::InvalidUpstreamResponse => -32082,
+            Self::TooManyPendingRequests => -32083,
+            Self::DuplicateRequestId => -32084,
+            Self::ShuttingDown => -32085,
+        }
+    }
+
+    /// The stable machine-readable name, sent as `data.shadowcat`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ParseError => "parse_error",
+            Self::InvalidRequest => "invalid_request",
+            Self::InternalError => "internal_error",
+            Self::MessageTooLarge => "message_too_large",
+            Self::UpstreamExited => "upstream_exited",
+            Self::InvalidUpstreamResponse => "invalid_upstream_response",
+            Self::TooManyPendingRequests => "too_many_pending_requests",
+            Self::DuplicateRequestId => "duplicate_request_id",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A proxy-generated JSON-RPC error, ready to be serialised as an error response.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    /// Which entry of the table.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Extra fields for `data` (an object); `shadowcat` is added automatically.
+    pub data: serde_json::Map<String, Value>,
+}
+
+impl ProxyError {
+    /// An error with no extra data.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds a `data` field.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.data.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Serialises the error response for `id` (`null` when the id is unknown).
+    pub fn to_response(&self, id: Option<&RequestId>) -> Bytes {
+        #[derive(Serialize)]
+        struct Response<'a> {
+            jsonrpc: &'static str,
+            id: Option<&'a RequestId>,
+            error: Body<'a>,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: i32,
+            message: &'a str,
+            data: Data<'a>,
+        }
+        #[derive(Serialize)]
+        struct Data<'a> {
+            shadowcat: &'static str,
+            #[serde(flatten)]
+            rest: &'a serde_json::Map<String, Value>,
+        }
+        let response = Response {
+            jsonrpc: "2.0",
+            id,
+            error: Body {
+                code: self.code.code(),
+                message: &self.message,
+                data: Data {
+                    shadowcat: self.code.name(),
+                    rest: &self.data,
+                },
+            },
+        };
+        // Serialising plain structs, strings and a `Map` into a Vec cannot fail.
+        Bytes::from(serde_json::to_vec(&response).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_outside_mcp_ranges() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.code()), "duplicate {}", code.code());
+            let c = code.code();
+            assert!(
+                !(-32010..=-32000).contains(&c) && !(-32022..=-32020).contains(&c) && c != -32042
+            );
+        }
+    }
+
+    #[test]
+    fn serialises_a_complete_error_response() {
+        let err = ProxyError::new(ErrorCode::MessageTooLarge, "too big").with("limit", 10);
+        let body: Value =
+            serde_json::from_slice(&err.to_response(Some(&RequestId::Number(3)))).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"jsonrpc":"2.0","id":3,"error":{"code":-32080,"message":"too big",
+                "data":{"shadowcat":"message_too_large","limit":10}}})
+        );
+        let null: Value = serde_json::from_slice(&err.to_response(None)).unwrap();
+        assert_eq!(null["id"], Value::Null);
+    }
+}

@@ -1,0 +1,266 @@
+//! Envelope parsing: one frame in, one message (or a batch of them) out.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::error::{ErrorCode, ProxyError};
+use super::id::RequestId;
+use super::method::Method;
+
+/// What a JSON-RPC message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Has a `method` and an `id`: expects an answer.
+    Request,
+    /// Has a `method` and no `id`.
+    Notification,
+    /// Has an `id` and a `result`.
+    Response,
+    /// Has an `error` (and an `id`, which may be `null`).
+    Error,
+}
+
+/// One JSON-RPC message: its raw bytes and the envelope fields the proxy reads.
+#[derive(Debug, Clone)]
+pub struct Message {
+    raw: Bytes,
+    kind: Kind,
+    id: Option<RequestId>,
+    method: Option<Method>,
+}
+
+/// A frame after parsing: a single message or a JSON-RPC batch.
+#[derive(Debug)]
+pub enum Frame {
+    /// One message.
+    Single(Message),
+    /// A batch (2025-03-26); members that failed to parse are kept in place as errors.
+    Batch(Vec<Result<Message, ParseError>>),
+}
+
+/// Why a frame is not a usable message. Each maps to the error the sender gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all.
+    #[error("parse error: {0}")]
+    Json(String),
+    /// JSON, but not a valid JSON-RPC message. `id` is set when one could be read, so the
+    /// sender's request can be answered instead of left hanging.
+    #[error("invalid request: {reason}")]
+    Invalid {
+        /// The id of the offending request, when it had a readable one.
+        id: Option<RequestId>,
+        /// What was wrong.
+        reason: Cow<'static, str>,
+    },
+}
+
+impl ParseError {
+    fn invalid(id: Option<RequestId>, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::Invalid {
+            id,
+            reason: reason.into(),
+        }
+    }
+
+    /// The id to answer, if one is known.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Json(_) => None,
+            Self::Invalid { id, .. } => id.as_ref(),
+        }
+    }
+
+    /// The error to send back to whoever sent the bad frame.
+    pub fn to_proxy_error(&self) -> ProxyError {
+        match self {
+            Self::Json(detail) => ProxyError::new(
+                ErrorCode::ParseError,
+                "Parse error: the message is not valid JSON",
+            )
+            .with("detail", detail.as_str()),
+            Self::Invalid { reason, .. } => ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("Invalid Request: {reason}"),
+            ),
+        }
+    }
+
+    /// The complete error response for the sender.
+    pub fn to_response(&self) -> Message {
+        Message::error_response(self.id(), &self.to_proxy_error())
+    }
+}
+
+/// The members the proxy reads; everything else is skipped without being parsed into values.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// Distinguishes a member that is present (even as `null`) from one that is absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+impl Message {
+    /// Parses one frame (a line from stdio, an HTTP body). Leading/trailing whitespace is allowed.
+    pub fn parse_frame(raw: Bytes) -> Result<Frame, ParseError> {
+        let first = raw.iter().position(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|i| raw[i] == b'[') {
+            let members: Vec<&RawValue> = serde_json::from_slice(&raw)
+                .map_err(|e| classify(&e, "a batch must be an array of messages"))?;
+            if members.is_empty() {
+                return Err(ParseError::invalid(None, "empty batch"));
+            }
+            let parsed = members
+                .iter()
+                .map(|member| {
+                    let text = member.get();
+                    if text.starts_with('[') {
+                        Err(ParseError::invalid(
+                            None,
+                            "a batch must not contain a batch",
+                        ))
+                    } else {
+                        Self::parse(raw.slice_ref(text.as_bytes()))
+                    }
+                })
+                .collect();
+            return Ok(Frame::Batch(parsed));
+        }
+        Self::parse(raw).map(Frame::Single)
+    }
+
+    /// Parses a single (non-batch) message.
+    pub fn parse(raw: Bytes) -> Result<Self, ParseError> {
+        let env: Envelope<'_> = serde_json::from_slice(&raw)
+            .map_err(|e| classify(&e, "a message must be a JSON object"))?;
+
+        let id = match env.id {
+            None => None,
+            Some(raw_id) => match RequestId::from_raw(raw_id) {
+                Ok(id) => Some(id),
+                // `"id": null` is how error responses answer unparseable requests.
+                Err(_) if env.error.is_some() && env.method.is_none() && raw_id.get() == "null" => {
+                    None
+                }
+                Err(e) => return Err(ParseError::invalid(None, format!("bad id: {e}"))),
+            },
+        };
+        if env.jsonrpc.as_deref() != Some("2.0") {
+            return Err(ParseError::invalid(id, "\"jsonrpc\" must be \"2.0\""));
+        }
+
+        let (kind, method) = if let Some(raw_method) = env.method {
+            let name: Cow<'_, str> = serde_json::from_str(raw_method.get())
+                .map_err(|_| ParseError::invalid(id.clone(), "\"method\" must be a string"))?;
+            if env.result.is_some() || env.error.is_some() {
+                return Err(ParseError::invalid(
+                    id,
+                    "a request must not carry \"result\" or \"error\"",
+                ));
+            }
+            if let Some(params) = env.params {
+                if !matches!(params.get().as_bytes().first(), Some(b'{' | b'[')) {
+                    return Err(ParseError::invalid(
+                        id,
+                        "\"params\" must be an object or an array",
+                    ));
+                }
+            }
+            let kind = if env.id.is_some() {
+                Kind::Request
+            } else {
+                Kind::Notification
+            };
+            (kind, Some(Method::from_name(&name)))
+        } else {
+            match (env.result.is_some(), env.error.is_some()) {
+                (true, false) if id.is_some() => (Kind::Response, None),
+                (true, false) => {
+                    return Err(ParseError::invalid(None, "a response must have an \"id\""));
+                }
+                (false, true) => (Kind::Error, None),
+                (true, true) => {
+                    return Err(ParseError::invalid(
+                        id,
+                        "a response must not carry both \"result\" and \"error\"",
+                    ));
+                }
+                (false, false) => {
+                    return Err(ParseError::invalid(
+                        id,
+                        "a message needs \"method\", \"result\" or \"error\"",
+                    ));
+                }
+            }
+        };
+        Ok(Self {
+            raw,
+            kind,
+            id,
+            method,
+        })
+    }
+
+    /// Builds a proxy-generated error response.
+    pub fn error_response(id: Option<&RequestId>, error: &ProxyError) -> Self {
+        Self {
+            raw: error.to_response(id),
+            kind: Kind::Error,
+            id: id.cloned(),
+            method: None,
+        }
+    }
+
+    /// The exact bytes of this message.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The message kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The request id (requests and responses; `None` for notifications and `id: null` errors).
+    pub fn id(&self) -> Option<&RequestId> {
+        self.id.as_ref()
+    }
+
+    /// The method (requests and notifications).
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// A response or an error response.
+    pub fn is_response(&self) -> bool {
+        matches!(self.kind, Kind::Response | Kind::Error)
+    }
+}
+
+/// A syntax error is a parse error (-32700); valid JSON of the wrong shape is invalid (-32600).
+fn classify(e: &serde_json::Error, shape: &'static str) -> ParseError {
+    match e.classify() {
+        serde_json::error::Category::Data => ParseError::invalid(None, shape),
+        _ => ParseError::Json(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+use super::*;
+
+fn parse(s: &str) -> Result<Message, ParseError> {
+    Message::parse(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+#[test]
+fn classifies_the_four_kinds() {
+    let req = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+        .unwrap();
+    assert_eq!(req.kind(), Kind::Request);
+    assert_eq!(req.id(), Some(&RequestId::Number(1)));
+    assert_eq!(req.method(), Some(&Method::ToolsCall));
+
+    let note = parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+    assert_eq!(note.kind(), Kind::Notification);
+    assert_eq!(note.id(), None);
+
+    let resp = parse(r#"{"result":{},"jsonrpc":"2.0","id":"a"}"#).unwrap();
+    assert_eq!(resp.kind(), Kind::Response);
+    assert_eq!(resp.id(), Some(&RequestId::from("a")));
+
+    let err =
+        parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#).unwrap();
+    assert_eq!(err.kind(), Kind::Error);
+    assert_eq!(err.id(), None);
+}
+
+#[test]
+fn keeps_the_exact_bytes_and_unknown_fields() {
+    let text =
+        r#"{ "jsonrpc" : "2.0", "id" : 7, "method":"x/y", "_meta":{"k":[1,2]}, "extra": true }"#;
+    let msg = parse(text).unwrap();
+    assert_eq!(msg.raw().as_ref(), text.as_bytes());
+    assert_eq!(msg.method(), Some(&Method::Other("x/y".into())));
+}
+
+#[test]
+fn malformed_json_is_a_parse_error() {
+    assert!(matches!(parse("{not json"), Err(ParseError::Json(_))));
+    assert!(matches!(parse(""), Err(ParseError::Json(_))));
+    assert!(matches!(
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"a"} trailing"#),
+        Err(ParseError::Json(_))
+    ));
+}
+
+#[test]
+fn invalid_messages_are_invalid_requests_with_their_id_when_readable() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"1.0","id":4,"method":"a"}"#,
+            Some(RequestId::Number(4)),
+        ),
+        (r#"{"id":5,"method":"a"}"#, Some(RequestId::Number(5))),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":7}"#,
+            Some(RequestId::Number(6)),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":8,"method":"a","params":3}"#,
+            Some(RequestId::Number(8)),
+        ),
+        (r#"{"jsonrpc":"2.0","id":9}"#, Some(RequestId::Number(9))),
+        (
+            r#"{"jsonrpc":"2.0","id":10,"result":1,"error":{}}"#,
+            Some(RequestId::Number(10)),
+        ),
+        (r#"{"jsonrpc":"2.0","id":null,"method":"a"}"#, None),
+        (r#"{"jsonrpc":"2.0","id":1.5,"method":"a"}"#, None),
+        (r#"{"jsonrpc":"2.0","result":{}}"#, None),
+        (r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"a"}"#, None),
+        ("42", None),
+        (r#""str""#, None),
+    ];
+    for (text, id) in cases {
+        match parse(text) {
+            Err(ParseError::Invalid { id: got, .. }) => assert_eq!(got, id, "{text}"),
+            other => panic!("{text}: expected invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn batches_split_into_members_sharing_the_frame() {
+    let text =
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, {"jsonrpc":"2.0","method":"n"}, 3, [1]]"#;
+    let Frame::Batch(members) =
+        Message::parse_frame(Bytes::copy_from_slice(text.as_bytes())).unwrap()
+    else {
+        panic!("not a batch")
+    };
+    assert_eq!(members.len(), 4);
+    assert_eq!(
+        members[0].as_ref().unwrap().raw().as_ref(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#
+    );
+    assert_eq!(members[1].as_ref().unwrap().kind(), Kind::Notification);
+    assert!(matches!(members[2], Err(ParseError::Invalid { .. })));
+    assert!(matches!(members[3], Err(ParseError::Invalid { .. })));
+    assert!(matches!(
+        Message::parse_frame(Bytes::from_static(b" [] ")),
+        Err(ParseError::Invalid { .. })
+    ));
+    assert!(matches!(
+        Message::parse_frame(Bytes::from_static(b"[{")),
+        Err(ParseError::Json(_))
+    ));
+}
+
+#[test]
+fn error_responses_round_trip_through_the_parser() {
+    let err = ProxyError::new(ErrorCode::UpstreamExited, "gone");
+    let msg = Message::error_response(Some(&RequestId::from("r1")), &err);
+    let again = parse(std::str::from_utf8(msg.raw()).unwrap()).unwrap();
+    assert_eq!(again.kind(), Kind::Error);
+    assert_eq!(again.id(), Some(&RequestId::from("r1")));
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        let _ = Message::parse_frame(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn requests_with_any_id_and_method_parse(id in proptest::num::i64::ANY, method in "[a-z/_]{1,20}") {
+        let text = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":{}}}"#, serde_json::to_string(&method).unwrap());
+        let msg = parse(&text).unwrap();
+        proptest::prop_assert_eq!(msg.id(), Some(&RequestId::Number(id)));
+        proptest::prop_assert_eq!(msg.method().unwrap().as_str(), method.as_str());
+    }
+}

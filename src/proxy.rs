@@ -1,0 +1,18 @@
+//! The proxy: the one pipeline every message passes through, and the pumps that move messages
+//! between a downstream (client side) and an upstream (server side).
+//!
+//! - [`pipeline`]: [`Pipeline`], its [`Stage`]s and the order they run in; the one place a
+//!   pipeline is built.
+//! - [`tracker`]: the request-tracking stage (pending requests per direction).
+//! - [`outbox`]: the way out to one peer: a bounded queue to its writer, which also re-assembles
+//!   answers to a JSON-RPC batch into one array.
+//! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
+//! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
+
+pub mod forward;
+pub mod outbox;
+pub mod pipeline;
+pub mod relay;
+pub mod tracker;
+
+pub use pipeline::{Context, Pipeline, Stage, Verdict};

@@ -1,0 +1,219 @@
+//! The way out to one peer.
+//!
+//! An [`Outbox`] is the sending end of a bounded queue drained by that peer's writer task
+//! (backpressure: a full queue makes the sender wait). It also re-assembles the answers to a
+//! JSON-RPC batch: the pipeline sees a batch's members one by one, and the peer that sent the
+//! batch gets their answers back as one array, once the last one is in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{Message, RequestId};
+
+/// Default capacity of each outgoing queue, in messages.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// The peer's writer has stopped; nothing more can be sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the peer's connection is closed")]
+pub struct Closed;
+
+/// The sending side of one peer's outgoing queue.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    close: CancellationToken,
+    /// Number of open batches; lets the common case skip the lock.
+    open_batches: AtomicUsize,
+    batches: Mutex<Batches>,
+}
+
+#[derive(Debug, Default)]
+struct Batches {
+    next: u64,
+    open: HashMap<u64, OpenBatch>,
+    by_id: HashMap<RequestId, u64>,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    waiting: usize,
+    parts: Vec<Bytes>,
+}
+
+impl Outbox {
+    /// An outbox and the receiver its writer drains. `close` is cancelled by [`Outbox::close`]:
+    /// the writer should then stop accepting, drain what is queued, and close the link.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Bytes>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let close = CancellationToken::new();
+        let outbox = Self {
+            tx,
+            close: close.clone(),
+            open_batches: AtomicUsize::new(0),
+            batches: Mutex::default(),
+        };
+        (outbox, rx, close)
+    }
+
+    /// Sends one message (or holds it, if it answers part of an open batch).
+    pub async fn send(&self, msg: Message) -> Result<(), Closed> {
+        if msg.is_response() && self.open_batches.load(Ordering::Acquire) > 0 {
+            if let Some(id) = msg.id() {
+                match self.collect(id, msg.raw()) {
+                    Collected::NotInBatch => {}
+                    Collected::Held => return Ok(()),
+                    Collected::Complete(array) => return self.send_raw(array).await,
+                }
+            }
+        }
+        self.send_raw(msg.raw().clone()).await
+    }
+
+    /// Sends raw bytes as one frame.
+    pub async fn send_raw(&self, frame: Bytes) -> Result<(), Closed> {
+        self.tx.send(frame).await.map_err(|_| Closed)
+    }
+
+    /// Opens a batch: answers to `expect` are held until all are in, then sent as one array
+    /// together with `ready` (answers already known, e.g. errors for invalid members).
+    pub async fn open_batch(
+        &self,
+        expect: Vec<RequestId>,
+        ready: Vec<Bytes>,
+    ) -> Result<(), Closed> {
+        if expect.is_empty() {
+            return if ready.is_empty() {
+                Ok(())
+            } else {
+                self.send_raw(join_array(&ready)).await
+            };
+        }
+        let mut batches = self.lock();
+        let key = batches.next;
+        batches.next += 1;
+        let waiting = expect.len();
+        for id in expect {
+            batches.by_id.insert(id, key);
+        }
+        batches.open.insert(
+            key,
+            OpenBatch {
+                waiting,
+                parts: ready,
+            },
+        );
+        self.open_batches.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops the queue: the writer drains what is queued and closes the link.
+    pub fn close(&self) {
+        self.close.cancel();
+    }
+
+    /// Whether the writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Batches> {
+        // Each critical section leaves the maps consistent, so poisoning is harmless.
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn collect(&self, id: &RequestId, raw: &Bytes) -> Collected {
+        let mut batches = self.lock();
+        let Some(key) = batches.by_id.remove(id) else {
+            return Collected::NotInBatch;
+        };
+        let Some(batch) = batches.open.get_mut(&key) else {
+            return Collected::NotInBatch;
+        };
+        batch.parts.push(raw.clone());
+        batch.waiting -= 1;
+        if batch.waiting > 0 {
+            return Collected::Held;
+        }
+        let done = batches
+            .open
+            .remove(&key)
+            .map(|b| join_array(&b.parts))
+            .unwrap_or_default();
+        self.open_batches.fetch_sub(1, Ordering::Release);
+        Collected::Complete(done)
+    }
+}
+
+enum Collected {
+    NotInBatch,
+    Held,
+    Complete(Bytes),
+}
+
+/// `[a,b,c]` from already-serialised messages.
+fn join_array(parts: &[Bytes]) -> Bytes {
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2;
+    let mut out = BytesMut::with_capacity(len);
+    out.put_u8(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(part);
+    }
+    out.put_u8(b']');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(id: i64) -> Message {
+        Message::parse(Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#
+        )))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn batch_answers_come_back_as_one_array() {
+        let (outbox, mut rx, _) = Outbox::new(8);
+        outbox
+            .open_batch(
+                vec![RequestId::Number(1), RequestId::Number(2)],
+                vec![Bytes::from_static(b"{\"e\":0}")],
+            )
+            .await
+            .unwrap();
+        outbox.send(response(2)).await.unwrap();
+        outbox.send(response(3)).await.unwrap();
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#)
+        );
+        outbox.send(response(1)).await.unwrap();
+        let array = rx.recv().await.unwrap();
+        let parsed: Vec<serde_json::Value> = serde_json::from_slice(&array).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[1]["id"], 2);
+        assert_eq!(outbox.open_batches.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_nothing_to_wait_for_is_sent_at_once() {
+        let (outbox, mut rx, _) = Outbox::new(8);
+        outbox.open_batch(vec![], vec![]).await.unwrap();
+        outbox
+            .open_batch(vec![], vec![Bytes::from_static(b"{}")])
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"[{}]"));
+    }
+}

@@ -1,0 +1,78 @@
+//! The pipeline: an ordered list of stages that every message passes through, in every mode.
+//!
+//! A stage sees one message with its direction and session, and returns a [`Verdict`]: pass it on
+//! (possibly changed), answer the sender directly, or drop it. The first verdict that is not
+//! `Forward` ends the walk. Stages are concrete types held in fixed order by [`Pipeline`] (static
+//! dispatch, no allocation per message); adding a stage is a field, a constructor argument and one
+//! line in [`Pipeline::process`].
+//!
+//! Order (documented here and in docs/architecture.md):
+//! 1. request tracking ([`RequestTracker`]) — correlates requests and responses.
+//!
+//! Later stages (session manager, rate limiting, interceptor rules, recorder) slot in after it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::protocol::{Direction, Message};
+use crate::session::Session;
+use crate::telemetry::Metrics;
+
+use super::tracker::RequestTracker;
+
+/// What a stage sees besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Which way the message travels.
+    pub direction: Direction,
+    /// The session it belongs to.
+    pub session: &'a Session,
+}
+
+/// What to do with a message.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Pass it on towards its receiver.
+    Forward(Message),
+    /// Don't pass it on; send this answer back to its sender instead.
+    Respond(Message),
+    /// Don't pass it on, and answer nothing.
+    Drop,
+}
+
+/// One step of the pipeline.
+pub trait Stage: Send + Sync {
+    /// Handles one message.
+    fn process(&self, msg: Message, cx: Context<'_>) -> impl Future<Output = Verdict> + Send;
+}
+
+/// The pipeline every mode runs messages through.
+#[derive(Debug)]
+pub struct Pipeline {
+    tracker: RequestTracker,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline in its documented order.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            tracker: RequestTracker::new(metrics.clone()),
+            metrics,
+        }
+    }
+
+    /// The counters the pipeline's stages update.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `msg` through every stage in order.
+    pub async fn process(&self, msg: Message, cx: Context<'_>) -> Verdict {
+        let msg = match self.tracker.process(msg, cx).await {
+            Verdict::Forward(msg) => msg,
+            other => return other,
+        };
+        Verdict::Forward(msg)
+    }
+}

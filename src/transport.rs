@@ -1,0 +1,14 @@
+//! Framing and I/O: how bytes become frames and frames become bytes on each kind of link.
+//!
+//! - [`lines`]: the newline-delimited framing of MCP's stdio transport, with a length bound.
+//! - [`stdio`]: our own stdin/stdout, driven by the reactor when they are pipes or sockets.
+//! - [`child`]: the upstream server as a child process: spawn, stderr tail, graceful shutdown.
+//! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
+
+pub mod child;
+pub mod lines;
+pub mod stdio;
+pub mod writer;
+
+/// Default bound on one message, in bytes (`--max-message-size`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;

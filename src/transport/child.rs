@@ -1,0 +1,226 @@
+//! The upstream MCP server as a child process.
+//!
+//! The child runs in its own process group, so a shutdown signal reaches everything it started
+//! (`npx` → `node`, `sh -c` → the server) and no orphan survives us. Its stderr is passed through
+//! to ours line by line, and the last lines are kept to explain a crash to the client. Shutdown
+//! follows the MCP stdio rules: close its stdin, wait, SIGTERM, wait, SIGKILL.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
+
+/// How many of the child's last stderr lines are kept for error reports.
+pub const STDERR_TAIL_LINES: usize = 20;
+/// Longest stderr line kept (longer ones are cut), in bytes.
+const STDERR_LINE_MAX: usize = 1024;
+/// How long to wait after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// The program.
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment, on top of ours.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory; ours when `None`.
+    pub cwd: Option<PathBuf>,
+}
+
+/// A running child with its pipes taken apart.
+#[derive(Debug)]
+pub struct ChildProcess {
+    child: tokio::process::Child,
+    pgid: Option<Pid>,
+    /// Its stdin (our writes go here).
+    pub stdin: Option<ChildStdin>,
+    /// Its stdout (its messages come from here).
+    pub stdout: Option<ChildStdout>,
+    stderr_tail: StderrTail,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The last lines the child wrote to stderr, shared with the task that copies them.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    fn push(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(&line[..line.len().min(STDERR_LINE_MAX)]);
+        let text = text.trim_end().to_owned();
+        // A poisoned lock only means a copier panicked mid-push; the queue is still usable.
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() == STDERR_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(text);
+    }
+
+    /// The kept lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl ChildProcess {
+    /// Spawns the child with piped stdio in a new process group, and starts copying its stderr.
+    pub fn spawn(spec: &ChildSpec) -> std::io::Result<Self> {
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(cwd) = &spec.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn()?;
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let stderr_tail = StderrTail::default();
+        let stderr_task = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(copy_stderr(stderr, stderr_tail.clone())));
+        Ok(Self {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            child,
+            pgid,
+            stderr_tail,
+            stderr_task,
+        })
+    }
+
+    /// The child's process id (also its process group id).
+    pub fn pid(&self) -> Option<u32> {
+        self.pgid.map(|p| p.as_raw().unsigned_abs())
+    }
+
+    /// The child's recent stderr.
+    pub fn stderr_tail(&self) -> StderrTail {
+        self.stderr_tail.clone()
+    }
+
+    /// Lets the stderr copier finish what the child wrote before it exited, for at most `grace`
+    /// (a grandchild may hold the pipe open), then stops it.
+    pub async fn finish_stderr(&mut self, grace: Duration) {
+        if let Some(mut task) = self.stderr_task.take() {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Waits for the child to exit by itself.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Shuts the child down: its stdin must already be closed (or is closed now); waits up to
+    /// `timeout`, then SIGTERMs the process group and waits [`KILL_GRACE`], then SIGKILLs it.
+    /// Whatever else is left in the group is killed at the end.
+    pub async fn shutdown(&mut self, timeout: Duration) -> std::io::Result<ExitStatus> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.shutdown().await;
+        }
+        let status = if let Ok(status) = tokio::time::timeout(timeout, self.child.wait()).await {
+            status?
+        } else {
+            tracing::warn!(
+                ?timeout,
+                "server did not exit after its stdin closed; sending SIGTERM"
+            );
+            self.signal_group(Signal::SIGTERM);
+            if let Ok(status) = tokio::time::timeout(KILL_GRACE, self.child.wait()).await {
+                status?
+            } else {
+                tracing::warn!(grace = ?KILL_GRACE, "server ignored SIGTERM; sending SIGKILL");
+                self.signal_group(Signal::SIGKILL);
+                self.child.wait().await?
+            }
+        };
+        self.kill_stragglers();
+        Ok(status)
+    }
+
+    /// Kills whatever is left in the child's process group (its leader may be gone already).
+    pub fn kill_stragglers(&self) {
+        self.signal_group(Signal::SIGKILL);
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH (nothing left in the group) is the normal case after a clean exit.
+            if let Err(e) = killpg(pgid, signal) {
+                if e != nix::errno::Errno::ESRCH {
+                    tracing::warn!(%e, ?signal, "could not signal the server's process group");
+                }
+            }
+        }
+    }
+}
+
+/// Copies the child's stderr to ours line by line, keeping the last lines.
+async fn copy_stderr(stderr: ChildStderr, tail: StderrTail) {
+    let mut reader = BufReader::new(stderr);
+    let mut out = tokio::io::stderr();
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                tail.push(&line);
+                // Our stderr going away must not stop the copy: the tail is still needed.
+                let _ = out.write_all(&line).await;
+            }
+        }
+    }
+}
+
+/// A short description of how a process ended, e.g. `exit status 3` or `signal 9 (SIGKILL)`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(name) => format!("signal {sig} ({name})"),
+            Err(_) => format!("signal {sig}"),
+        },
+        (None, None) => "an unknown status".to_owned(),
+    }
+}
+
+/// The exit code that reports `status` to our own parent: the child's code, or 128 + signal.
+pub fn exit_code_of(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
+        (None, None) => 1,
+    }
+}

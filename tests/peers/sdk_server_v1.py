@@ -1,0 +1,74 @@
+"""Test peer: a real MCP stdio server built on the official Python SDK, mcp==1.30.0.
+
+Run it with the interpreter of a virtualenv that has ``mcp==1.30.0`` installed:
+
+    /tmp/v1/bin/python tests/peers/sdk_server_v1.py
+
+Same surface as ``sdk_server_v2.py`` (only the server name differs), written
+against the 1.x ``FastMCP`` API:
+
+* tools
+  - ``echo(text: str) -> str``      returns ``text`` unchanged
+  - ``add(a: int, b: int) -> int``  returns ``a + b``
+  - ``ask(question: str) -> str``   sends ``sampling/createMessage`` to the
+    client in the middle of the ``tools/call`` and returns the answer's text
+* resource ``peer://info`` (static text)
+* prompt ``greet(name)``
+
+The 1.x SDK only speaks handshake-era protocol versions (newest 2025-11-25),
+so sampling is always a standalone server -> client request.
+"""
+
+from __future__ import annotations
+
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import SamplingMessage, TextContent
+
+mcp = FastMCP(name="shadowcat-peer-v1", log_level="WARNING")
+# FastMCP has no `version=` argument and would otherwise report the installed
+# `mcp` package version; pin it so the client's summary is deterministic.
+mcp._mcp_server.version = "1.30.0-peer"
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the given text unchanged."""
+    return text
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@mcp.tool()
+async def ask(question: str, ctx: Context) -> str:
+    """Ask the client's LLM a question (via sampling) and return its answer."""
+    result = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+        max_tokens=64,
+        # Tie the request to the in-flight tools/call (matters for HTTP transports;
+        # harmless on stdio).
+        related_request_id=ctx.request_id,
+    )
+    content = result.content
+    if isinstance(content, TextContent):
+        return content.text
+    return f"<non-text sampling answer: {content.type}>"
+
+
+@mcp.resource("peer://info", name="info", mime_type="text/plain")
+def info() -> str:
+    """A static text resource."""
+    return "shadowcat test peer (python sdk 1.30.0)"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """A one-message prompt template."""
+    return f"Say hello to {name}."
+
+
+if __name__ == "__main__":
+    mcp.run("stdio")

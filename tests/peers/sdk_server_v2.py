@@ -1,0 +1,88 @@
+"""Test peer: a real MCP stdio server built on the official Python SDK, mcp==2.3.0.
+
+Run it with the interpreter of a virtualenv that has ``mcp==2.3.0`` installed:
+
+    /tmp/v2/bin/python tests/peers/sdk_server_v2.py
+
+It speaks newline-delimited JSON-RPC on stdin/stdout (the SDK's stdio
+transport); anything it logs goes to stderr.  It exposes:
+
+* tools
+  - ``echo(text: str) -> str``      returns ``text`` unchanged
+  - ``add(a: int, b: int) -> int``  returns ``a + b``
+  - ``ask(question: str) -> str``   asks the *client* to sample an answer
+    (server -> client ``sampling/createMessage``) and returns its text
+* resource ``peer://info`` (static text)
+* prompt ``greet(name)``
+
+How ``ask`` reaches the client depends on the negotiated protocol version,
+and the SDK picks the right mechanism for us through the ``Resolve``/``Sample``
+dependency-injection markers:
+
+* handshake-era versions (<= 2025-11-25, client ``mode="legacy"``, or any
+  older client): a standalone ``sampling/createMessage`` request is sent to
+  the client in the middle of the ``tools/call``;
+* 2026-07-28 (client ``mode="auto"`` against this server): the first
+  ``tools/call`` returns an ``InputRequiredResult`` carrying the sampling
+  request, and the client retries the call with the answer.
+
+Either way the tool body only ever sees the final ``CreateMessageResult``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import MCPServer, Resolve, Sample
+from mcp.types import CreateMessageResult, SamplingMessage, TextContent
+
+# A fixed version string keeps `serverInfo` deterministic in the client's summary.
+mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNING")
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the given text unchanged."""
+    return text
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _sample_question(question: str) -> Sample:
+    """Resolver for `ask`: turn the tool argument into a sampling request to the client."""
+    return Sample(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+        max_tokens=64,
+    )
+
+
+@mcp.tool()
+async def ask(
+    question: str,
+    answer: Annotated[CreateMessageResult, Resolve(_sample_question)],
+) -> str:
+    """Ask the client's LLM a question (via sampling) and return its answer."""
+    content = answer.content
+    if isinstance(content, TextContent):
+        return content.text
+    return f"<non-text sampling answer: {content.type}>"
+
+
+@mcp.resource("peer://info", name="info", mime_type="text/plain")
+def info() -> str:
+    """A static text resource."""
+    return "shadowcat test peer (python sdk 2.3.0)"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """A one-message prompt template."""
+    return f"Say hello to {name}."
+
+
+if __name__ == "__main__":
+    mcp.run("stdio")
