@@ -82,6 +82,8 @@ fn main() {
     // Server→client sampling requests awaiting the client's answer: our id → the tools/call id.
     let mut sampling: HashMap<String, Value> = HashMap::new();
     let mut next_sample = 0u64;
+    // Sleeping calls still running; a well-behaved server finishes them before exiting on EOF.
+    let mut sleepers = Vec::new();
     let stdin = std::io::stdin();
     let mut line = String::new();
     let mut reader = stdin.lock();
@@ -161,10 +163,10 @@ fn main() {
                     "sleep" => {
                         let ms = args["ms"].as_u64().unwrap_or(100);
                         let out = out.clone();
-                        std::thread::spawn(move || {
+                        sleepers.push(std::thread::spawn(move || {
                             std::thread::sleep(Duration::from_millis(ms));
                             send(&out, &text_result(&id, &format!("slept {ms} ms")));
-                        });
+                        }));
                     }
                     "crash" => {
                         eprintln!("fixture: about to crash");
@@ -199,6 +201,9 @@ fn main() {
                 "error": {"code": -32601, "message": format!("method not found: {other}")}}),
             ),
         }
+    }
+    for sleeper in sleepers {
+        let _ = sleeper.join();
     }
     if ignore_eof {
         loop {

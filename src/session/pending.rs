@@ -71,11 +71,12 @@ impl PendingRequests {
         if table.closed {
             return Err(PendingError::Closed);
         }
-        if table.requests.len() >= self.max {
-            return Err(PendingError::Full(self.max));
-        }
+        let full = table.requests.len() >= self.max;
         match table.requests.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => Err(PendingError::Duplicate),
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                Err(PendingError::Full(self.max))
+            }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(Pending {
                     method,

@@ -1,0 +1,349 @@
+//! `shadowcat forward stdio` end to end: the real binary, real pipes, the fixture server.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Proxy, WAIT, fixture, group_alive, tool};
+
+fn error_code(answer: &Value) -> i64 {
+    answer["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {answer}"))
+}
+
+#[test]
+fn initializes_lists_and_calls_tools() {
+    let mut proxy = Proxy::fixture(&[]);
+    let init = proxy.initialize();
+    assert_eq!(init["result"]["serverInfo"]["name"], "shadowcat-fixture");
+    let tools = proxy.call(1, "tools/list", json!({}));
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "echo")
+    );
+    let echo = proxy.call(2, "tools/call", tool("echo", json!({"text": "héllo"})));
+    assert_eq!(echo["result"]["content"][0]["text"], "héllo");
+    assert_eq!(proxy.call(3, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn forwards_messages_byte_for_byte() {
+    let mut proxy = Proxy::fixture(&[]);
+    // Odd spacing, unknown members and a string id must reach the server as sent; the fixture
+    // answers by id, so a rewritten id would show.
+    proxy.write_raw(
+        b"{ \"jsonrpc\" : \"2.0\", \"id\" : \"x-1\", \"method\":\"ping\", \"_meta\":{\"k\":1} }\n",
+    );
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], "x-1");
+    assert_eq!(answer["result"], json!({}));
+}
+
+#[test]
+fn ten_thousand_pipelined_requests_are_all_answered_with_matching_ids() {
+    const N: i64 = 10_000;
+    let mut proxy = Proxy::fixture(&[]);
+    let mut stdin = Some(proxy.take_stdin());
+    let mut batch = Vec::new();
+    for id in 0..N {
+        let msg = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("echo", json!({"text": format!("m{id}")}))});
+        serde_json::to_writer(&mut batch, &msg).unwrap();
+        batch.push(b'\n');
+    }
+    // Write from another thread so neither side's pipe buffer can deadlock the test.
+    let writer = std::thread::spawn(move || {
+        let mut stdin = stdin.take().unwrap();
+        stdin.write_all(&batch).unwrap();
+        stdin
+    });
+    let mut seen = HashSet::new();
+    for _ in 0..N {
+        let answer = proxy.recv();
+        let id = answer["id"].as_i64().unwrap();
+        assert_eq!(answer["result"]["content"][0]["text"], format!("m{id}"));
+        assert!(seen.insert(id), "id {id} answered twice");
+    }
+    assert_eq!(seen.len(), N as usize);
+    drop(writer.join().unwrap());
+    assert!(proxy.wait_exit(WAIT).success());
+}
+
+#[test]
+fn a_five_mib_message_passes_both_ways() {
+    let mut proxy = Proxy::fixture(&[]);
+    let text = "y".repeat(5 * 1024 * 1024);
+    let answer = proxy.call(1, "tools/call", tool("echo", json!({"text": text})));
+    assert_eq!(
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        text.len()
+    );
+}
+
+#[test]
+fn an_over_limit_message_gets_an_error_and_the_session_continues() {
+    let mut proxy = Proxy::fixture(&["--max-message-size", "1MiB"]);
+    proxy.initialize();
+    let text = "z".repeat(2 * 1024 * 1024);
+    let answer = proxy.call(7, "tools/call", tool("echo", json!({"text": text})));
+    assert_eq!(error_code(&answer), -32080);
+    assert_eq!(answer["error"]["data"]["limit"], 1024 * 1024);
+    assert!(answer["error"]["data"]["size"].as_u64().unwrap() > 2 * 1024 * 1024);
+    assert_eq!(answer["error"]["data"]["shadowcat"], "message_too_large");
+    // The next message still works.
+    assert_eq!(proxy.call(8, "ping", json!({}))["result"], json!({}));
+    // An over-limit answer from the server is not forwarded; its request gets an error.
+    let answer = proxy.call(
+        9,
+        "tools/call",
+        tool("big", json!({"bytes": 2 * 1024 * 1024})),
+    );
+    assert_eq!(error_code(&answer), -32082);
+    assert_eq!(proxy.call(10, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn malformed_lines_from_the_client_get_errors_and_the_session_continues() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.write_raw(b"{not json\n");
+    let answer = proxy.recv();
+    assert_eq!(
+        (error_code(&answer), answer["id"].clone()),
+        (-32700, Value::Null)
+    );
+    // Broken JSON whose id can still be read is answered with that id.
+    proxy.write_raw(b"{\"jsonrpc\":\"2.0\",\"id\":31,\"method\":\"ping\",\"params\":{\n");
+    let answer = proxy.recv();
+    assert_eq!(
+        (error_code(&answer), answer["id"].clone()),
+        (-32700, json!(31))
+    );
+    // Valid JSON, invalid JSON-RPC.
+    proxy.write_raw(b"{\"jsonrpc\":\"1.0\",\"id\":32,\"method\":\"ping\"}\n");
+    let answer = proxy.recv();
+    assert_eq!(
+        (error_code(&answer), answer["id"].clone()),
+        (-32600, json!(32))
+    );
+    proxy.write_raw(b"[]\n\n   \n");
+    assert_eq!(error_code(&proxy.recv()), -32600);
+    // Blank lines are ignored, and the session goes on.
+    assert_eq!(proxy.call(33, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn a_server_to_client_request_round_trips() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sample", json!({"prompt":"hi"}))}));
+    let request = proxy.recv();
+    assert_eq!(request["method"], "sampling/createMessage");
+    assert_eq!(request["params"]["messages"][0]["content"]["text"], "hi");
+    let sample_id = request["id"].clone();
+    proxy.send(
+        &json!({"jsonrpc":"2.0","id":sample_id,"result":{"role":"assistant","model":"m",
+        "content":{"type":"text","text":"sampled!"}}}),
+    );
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], 1);
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "client said: sampled!"
+    );
+    // A second answer to the same server request has nobody waiting: dropped, not forwarded.
+    proxy.send(&json!({"jsonrpc":"2.0","id":sample_id,"result":{}}));
+    assert_eq!(proxy.call(2, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn a_batch_gets_a_batch_back() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.write_raw(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/progress","params":{}},{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"echo","arguments":{"text":"in a batch"}}},{"jsonrpc":"2.0","id":3}]"#,
+    );
+    proxy.write_raw(b"\n");
+    let answer = proxy.recv();
+    let members = answer
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {answer}"));
+    assert_eq!(members.len(), 3, "{answer}");
+    let by_id = |id: Value| {
+        members
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {answer}"))
+    };
+    assert_eq!(by_id(json!(1))["result"], json!({}));
+    assert_eq!(
+        by_id(json!("b"))["result"]["content"][0]["text"],
+        "in a batch"
+    );
+    assert_eq!(error_code(by_id(json!(3))), -32600);
+    // A batch of notifications only gets no answer at all.
+    proxy.write_raw(b"[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}]\n");
+    assert_eq!(proxy.call(4, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn stray_and_malformed_server_output_is_not_forwarded() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    // The junk line never reaches the client: the next line is the real answer.
+    let answer = proxy.call(1, "tools/call", tool("junk", json!({})));
+    assert_eq!(answer["result"]["content"][0]["text"], "after junk");
+    // A malformed answer is replaced by an error for the request it names.
+    let answer = proxy.call(2, "tools/call", tool("bad_response", json!({})));
+    assert_eq!(error_code(&answer), -32082);
+    assert_eq!(proxy.call(3, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn a_server_crash_fails_in_flight_requests_quickly_and_passes_on_its_exit_code() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 30_000}))}));
+    proxy.send(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":tool("sleep", json!({"ms": 30_000}))}));
+    std::thread::sleep(Duration::from_millis(100));
+    let crashed_at = Instant::now();
+    proxy.send(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":tool("crash", json!({"code": 7}))}));
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        let answer = proxy.recv();
+        assert_eq!(error_code(&answer), -32081, "{answer}");
+        let data = &answer["error"]["data"];
+        assert_eq!(data["exitCode"], 7);
+        assert!(
+            data["stderr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l == "fixture: last words before exiting"),
+            "{data}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exit status 7")
+        );
+        ids.insert(answer["id"].as_i64().unwrap());
+    }
+    assert!(
+        crashed_at.elapsed() < Duration::from_secs(1),
+        "errors took {:?}",
+        crashed_at.elapsed()
+    );
+    assert_eq!(ids, HashSet::from([1, 2, 3]));
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(7));
+}
+
+/// Starts the proxy in front of `sh -c 'echo $$ > pidfile; <extra>; exec <fixture> <args>'`, so
+/// the test knows the server's process group.
+fn proxy_with_pid(
+    opts: &[&str],
+    shell_prefix: &str,
+    fixture_args: &str,
+) -> (Proxy, i32, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; {shell_prefix} exec '{}' {fixture_args}",
+        pidfile.display(),
+        fixture().display()
+    );
+    let mut proxy = Proxy::start(opts, &["sh", "-c", &script]);
+    proxy.initialize();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (proxy, pid, dir)
+}
+
+#[test]
+fn closing_stdin_ends_both_processes_and_leaves_no_process_behind() {
+    // A background grandchild in the server's group must not outlive the proxy either.
+    let (mut proxy, pgid, _dir) = proxy_with_pid(&["--shutdown-timeout", "2s"], "sleep 300 &", "");
+    assert_eq!(
+        support::live_members(pgid).len(),
+        2,
+        "the server and its background sleep"
+    );
+    let started = Instant::now();
+    proxy.close_stdin();
+    let status = proxy.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!group_alive(pgid), "processes left in group {pgid}");
+}
+
+#[test]
+fn a_server_ignoring_eof_and_sigterm_is_killed_after_the_timeouts() {
+    let (mut proxy, pgid, _dir) = proxy_with_pid(
+        &["--shutdown-timeout", "300ms"],
+        "trap '' TERM;",
+        "--ignore-stdin-eof",
+    );
+    let started = Instant::now();
+    proxy.close_stdin();
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    // 300 ms for EOF, then 2 s of SIGTERM grace, then SIGKILL.
+    assert!(
+        took >= Duration::from_millis(2300) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(!group_alive(pgid), "processes left in group {pgid}");
+    let stderr = proxy.stderr_text();
+    assert!(
+        stderr.contains("SIGTERM") && stderr.contains("SIGKILL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_gracefully() {
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let (mut proxy, pgid, _dir) = proxy_with_pid(&[], "", "");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(proxy.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let status = proxy.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{signal}");
+        assert!(
+            !group_alive(pgid),
+            "{signal}: processes left in group {pgid}"
+        );
+    }
+}
+
+#[test]
+fn requests_in_flight_at_client_eof_are_answered_before_exit() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 200}))}));
+    proxy.close_stdin();
+    // The fixture finishes its sleep before exiting, so the real answer arrives.
+    let answer = proxy.recv();
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 200 ms");
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
+}
