@@ -33,6 +33,7 @@ pub enum Direction {
 
 impl Direction {
     /// The opposite direction: where an answer to a message travelling this way goes.
+    #[must_use]
     pub fn reverse(self) -> Self {
         match self {
             Self::ClientToServer => Self::ServerToClient,

@@ -1,5 +1,14 @@
 //! `shadowcat forward stdio` end to end: the real binary, real pipes, the fixture server.
 
+// Test code: panics are the failure report, and wall-clock time of real processes is measured
+// with std's Instant on purpose.
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -52,134 +52,166 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
         config.max_pending_requests,
     ));
     let span = tracing::info_span!("session", id = %session.id());
-    serve(config, spec, session).instrument(span).await
+    async {
+        let mut proxy = ForwardStdio::start(config, spec, session)?;
+        let event = proxy.next_event().await?;
+        let code = proxy.stop(event).await;
+        proxy.finish().await;
+        code
+    }
+    .instrument(span)
+    .await
 }
 
-async fn serve(config: &Config, spec: &ChildSpec, session: Arc<Session>) -> anyhow::Result<u8> {
-    let metrics = Arc::new(Metrics::default());
-    let pipeline = Arc::new(Pipeline::new(metrics.clone()));
-    let mut child = ChildProcess::spawn(spec)
-        .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
-    tracing::info!(pid = child.pid(), command = ?spec.program, "started the MCP server");
-    let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
-    let (client_out_io, out_kind) = stdio::stdout().context("cannot open stdout")?;
-    tracing::debug!(?in_kind, ?out_kind, "stdio opened");
-    let server_in = child
-        .stdin
-        .take()
-        .context("the server's stdin was not captured")?;
-    let server_out = child
-        .stdout
-        .take()
-        .context("the server's stdout was not captured")?;
+/// The running parts of one forward stdio session.
+struct ForwardStdio<'a> {
+    config: &'a Config,
+    session: Arc<Session>,
+    metrics: Arc<Metrics>,
+    child: ChildProcess,
+    to_client: Arc<Outbox>,
+    to_server: Arc<Outbox>,
+    client_reader: JoinHandle<RelayEnd>,
+    server_reader: JoinHandle<RelayEnd>,
+    client_writer: JoinHandle<std::io::Result<()>>,
+    server_writer: JoinHandle<std::io::Result<()>>,
+}
 
-    let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
-    let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
-    let (to_client, to_server) = (Arc::new(to_client), Arc::new(to_server));
+impl<'a> ForwardStdio<'a> {
+    /// Spawns the server and the four tasks that move bytes.
+    fn start(config: &'a Config, spec: &ChildSpec, session: Arc<Session>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Arc::new(Pipeline::new(metrics.clone()));
+        let mut child = ChildProcess::spawn(spec)
+            .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
+        tracing::info!(pid = child.pid(), command = ?spec.program, "started the MCP server");
+        let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
+        let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
+        tracing::debug!(?in_kind, ?out_kind, "stdio opened");
+        let server_in = child
+            .stdin
+            .take()
+            .context("the server's stdin was not captured")?;
+        let server_out = child
+            .stdout
+            .take()
+            .context("the server's stdout was not captured")?;
 
-    let mut client_writer = spawn(
-        "client-writer",
-        writer::write_lines(client_rx, client_out_io, client_close),
-    );
-    let mut server_writer = spawn(
-        "server-writer",
-        writer::write_lines(server_rx, server_in, server_close),
-    );
-    let relay = |direction, to_sender: &Arc<Outbox>, to_receiver: &Arc<Outbox>| Relay {
-        direction,
-        pipeline: pipeline.clone(),
-        session: session.clone(),
-        to_sender: to_sender.clone(),
-        to_receiver: to_receiver.clone(),
-        max_message_size: config.max_message_size,
-    };
-    let mut c2s = spawn(
-        "client-reader",
-        relay(Direction::ClientToServer, &to_client, &to_server).run(client_in),
-    );
-    let mut s2c = spawn(
-        "server-reader",
-        relay(Direction::ServerToClient, &to_server, &to_client).run(server_out),
-    );
-
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-
-    let event = tokio::select! {
-        end = &mut c2s => Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)),
-        _ = &mut client_writer => Event::ClientGone,
-        _ = sigint.recv() => Event::Signal("SIGINT"),
-        _ = sigterm.recv() => Event::Signal("SIGTERM"),
-        status = child.wait() => Event::ServerExited(status),
-        end = &mut s2c => Event::ServerStdoutClosed(end.unwrap_or(RelayEnd::Eof)),
-    };
-    tracing::debug!(?event, "shutting down");
-
-    let code = match event {
-        Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) => {
-            if let Event::Signal(name) = event {
-                tracing::info!(signal = name, "received a signal; shutting down");
-            } else if let Event::ClientClosed(RelayEnd::ReadError(e)) = &event {
-                tracing::warn!(%e, "reading from the client failed; shutting down");
-            } else {
-                tracing::info!("the client closed the connection; shutting down");
-            }
-            c2s.abort();
-            to_server.close();
-            let _ = (&mut server_writer).await;
-            let status = child
-                .shutdown(config.shutdown_timeout)
-                .await
-                .context("waiting for the MCP server")?;
-            tracing::info!(status = %describe_exit(status), "the MCP server exited");
-            finish_reading(&mut s2c).await;
-            child.finish_stderr(STDERR_DRAIN_GRACE).await;
-            fail_in_flight(
-                &session,
-                &to_client,
-                &child,
-                &format!("the MCP server exited ({})", describe_exit(status)),
-                status,
-            )
-            .await;
-            0
-        }
-        Event::ServerExited(status) => {
-            let status = status.context("waiting for the MCP server")?;
-            finish_reading(&mut s2c).await;
-            server_crashed(&session, &to_client, &mut child, status).await
-        }
-        Event::ServerStdoutClosed(end) => {
-            if let RelayEnd::ReadError(e) = &end {
-                tracing::warn!(%e, "reading from the MCP server failed");
-            }
-            // It closed stdout without exiting: shut it down properly before reporting.
-            to_server.close();
-            let _ = (&mut server_writer).await;
-            let status = child
-                .shutdown(config.shutdown_timeout)
-                .await
-                .context("waiting for the MCP server")?;
-            server_crashed(&session, &to_client, &mut child, status).await
-        }
-    };
-
-    c2s.abort();
-    to_server.close();
-    server_writer.abort();
-    to_client.close();
-    // The client may have stopped reading; don't wait for it forever.
-    if tokio::time::timeout(config.shutdown_timeout, &mut client_writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the client did not read our last messages; giving up on them");
-        client_writer.abort();
+        let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
+        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
+        let (to_client, to_server) = (Arc::new(to_client), Arc::new(to_server));
+        let relay = |direction, to_sender: &Arc<Outbox>, to_receiver: &Arc<Outbox>| Relay {
+            direction,
+            pipeline: pipeline.clone(),
+            session: session.clone(),
+            to_sender: to_sender.clone(),
+            to_receiver: to_receiver.clone(),
+            max_message_size: config.max_message_size,
+        };
+        let client_reader = relay(Direction::ClientToServer, &to_client, &to_server);
+        let server_reader = relay(Direction::ServerToClient, &to_server, &to_client);
+        Ok(Self {
+            client_reader: spawn("client-reader", client_reader.run(client_in)),
+            server_reader: spawn("server-reader", server_reader.run(server_out)),
+            client_writer: spawn(
+                "client-writer",
+                writer::write_lines(client_rx, client_out, client_close),
+            ),
+            server_writer: spawn(
+                "server-writer",
+                writer::write_lines(server_rx, server_in, server_close),
+            ),
+            config,
+            session,
+            metrics,
+            child,
+            to_client,
+            to_server,
+        })
     }
-    child.kill_stragglers();
-    let totals = metrics.snapshot();
-    tracing::info!(?totals, exit_code = code, "shadowcat exiting");
-    Ok(code)
+
+    /// Waits for whatever ends the session first.
+    async fn next_event(&mut self) -> anyhow::Result<Event> {
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let event = tokio::select! {
+            end = &mut self.client_reader => Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)),
+            _ = &mut self.client_writer => Event::ClientGone,
+            _ = sigint.recv() => Event::Signal("SIGINT"),
+            _ = sigterm.recv() => Event::Signal("SIGTERM"),
+            status = self.child.wait() => Event::ServerExited(status),
+            end = &mut self.server_reader => Event::ServerStdoutClosed(end.unwrap_or(RelayEnd::Eof)),
+        };
+        tracing::debug!(?event, "shutting down");
+        Ok(event)
+    }
+
+    /// Stops the server as `event` requires; returns our exit code.
+    async fn stop(&mut self, event: Event) -> anyhow::Result<u8> {
+        match event {
+            Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) => {
+                match &event {
+                    Event::Signal(name) => {
+                        tracing::info!(signal = name, "received a signal; shutting down");
+                    }
+                    Event::ClientClosed(RelayEnd::ReadError(e)) => {
+                        tracing::warn!(%e, "reading from the client failed; shutting down");
+                    }
+                    _ => tracing::info!("the client closed the connection; shutting down"),
+                }
+                self.client_reader.abort();
+                let status = self.shut_down_server().await?;
+                tracing::info!(status = %describe_exit(status), "the MCP server exited");
+                finish_reading(&mut self.server_reader).await;
+                self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
+                let reason = format!("the MCP server exited ({})", describe_exit(status));
+                fail_in_flight(&self.session, &self.to_client, &self.child, &reason, status).await;
+                Ok(0)
+            }
+            Event::ServerExited(status) => {
+                let status = status.context("waiting for the MCP server")?;
+                finish_reading(&mut self.server_reader).await;
+                Ok(server_crashed(&self.session, &self.to_client, &mut self.child, status).await)
+            }
+            Event::ServerStdoutClosed(end) => {
+                if let RelayEnd::ReadError(e) = &end {
+                    tracing::warn!(%e, "reading from the MCP server failed");
+                }
+                // It closed stdout without exiting: shut it down properly before reporting.
+                let status = self.shut_down_server().await?;
+                Ok(server_crashed(&self.session, &self.to_client, &mut self.child, status).await)
+            }
+        }
+    }
+
+    /// Delivers what is queued for the server, closes its stdin, and waits for it to exit
+    /// (escalating to SIGTERM and SIGKILL).
+    async fn shut_down_server(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.to_server.close();
+        let _ = (&mut self.server_writer).await;
+        self.child
+            .shutdown(self.config.shutdown_timeout)
+            .await
+            .context("waiting for the MCP server")
+    }
+
+    /// Flushes what is left for the client and releases everything.
+    async fn finish(mut self) {
+        self.client_reader.abort();
+        self.to_server.close();
+        self.server_writer.abort();
+        self.to_client.close();
+        // The client may have stopped reading; don't wait for it forever.
+        if tokio::time::timeout(self.config.shutdown_timeout, &mut self.client_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the client did not read our last messages; giving up on them");
+            self.client_writer.abort();
+        }
+        self.child.kill_stragglers();
+        tracing::info!(totals = ?self.metrics.snapshot(), "shadowcat exiting");
+    }
 }
 
 /// The server went away by itself: every request it still owed gets an error; returns its exit

@@ -199,7 +199,7 @@ mod tests {
                     assert!(head.len() <= HEAD_BYTES && head.iter().all(|&b| b == b'x'));
                     assert!(!tail.is_empty() && tail.len() <= TAIL_BYTES);
                 }
-                other => panic!("expected TooLong, got {other:?}"),
+                other @ Line::Frame(_) => panic!("expected TooLong, got {other:?}"),
             }
             assert_eq!(lines[1], frame("ok"));
         }

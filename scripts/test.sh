@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything Shadowcat's tests need (pinned) and runs the whole suite:
+#   - Python venvs with the MCP SDK 2.3.0 and 1.30.0 (tests/peers/requirements-*.txt),
+#   - @modelcontextprotocol/server-everything from npm (tests/peers/package-lock.json),
+#   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
+# Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+env_dir="$PWD/target/test-env"
+mkdir -p "$env_dir"
+
+for version in 2.3.0 1.30.0; do
+  venv="$env_dir/mcp-$version"
+  requirements="tests/peers/requirements-mcp-$version.txt"
+  stamp="$venv/.installed"
+  if [ ! -f "$stamp" ] || ! cmp -s "$requirements" "$stamp"; then
+    echo "==> installing the Python MCP SDK $version into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+  fi
+done
+
+if [ ! -f tests/peers/node_modules/.package-lock.json ] || ! cmp -s tests/peers/package-lock.json "$env_dir/npm.lock"; then
+  echo "==> installing npm test peers"
+  npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+  cp tests/peers/package-lock.json "$env_dir/npm.lock"
+fi
+
+export SHADOWCAT_TEST_ENV="$env_dir"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+log="$env_dir/cargo-test.log"
+cargo test --quiet 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often empty).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
