@@ -1,1 +1,240 @@
-fn main() {}
+//! End-to-end benchmark: round trips through `shadowcat forward stdio` against the fixture
+//! server, compared in the same run with the fixture spawned directly.
+//!
+//! Measures, for 64 B and 64 KiB payloads (`tools/call echo`, the payload travels both ways):
+//! - sequential latency, p50 and p99 (one request in flight),
+//! - pipelined throughput with 64 requests in flight,
+//! - shadowcat's peak RSS (VmHWM).
+//!
+//! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
+//! what one more process in the chain costs on this machine whatever it does.
+//!
+//! Run: `cargo bench --bench e2e` (builds the fixture in release mode if needed). Set
+//! `E2E_QUICK=1` for a short smoke run. The machine is shared and noisy: read the ratios
+//! (proxy vs direct in the same run), not the absolute figures.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const IN_FLIGHT: usize = 64;
+
+struct Target {
+    name: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+fn fixture() -> PathBuf {
+    let shadowcat = PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"));
+    let path = shadowcat.parent().unwrap().join("examples/fixture_server");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Always ask cargo: a no-op when the fixture is up to date, a rebuild when it is stale.
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "fixture_server",
+        ])
+        .status()
+        .expect("run cargo to build the fixture");
+    assert!(
+        status.success() && path.exists(),
+        "could not build {}",
+        path.display()
+    );
+    path
+}
+
+impl Target {
+    fn spawn(name: &'static str, mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
+        let mut target = Self {
+            name,
+            child,
+            stdin,
+            stdout,
+        };
+        target.round_trip(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"bench\",\"version\":\"0\"}}}\n");
+        target
+            .stdin
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .unwrap();
+        target
+    }
+
+    /// Sends one newline-terminated request (in one write, as a real client does) and reads
+    /// its answer.
+    fn round_trip(&mut self, request: &[u8]) -> usize {
+        self.stdin.write_all(request).unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"result\""),
+            "{}: bad answer {:.200}",
+            self.name,
+            line
+        );
+        line.len()
+    }
+
+    /// RSS high-water mark of the process, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn stop(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+fn request(id: usize, text: &str) -> Vec<u8> {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#)
+        .into_bytes()
+        .into_iter()
+        .chain(*b"\n")
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Sequential round trips against every target, alternating in blocks so that drift on the
+/// shared machine hits all alike; returns (p50, p99) per target.
+fn latency(targets: &mut [Target], text: &str, n: usize) -> Vec<(Duration, Duration)> {
+    const BLOCK: usize = 50;
+    let requests: Vec<Vec<u8>> = (1..=n).map(|id| request(id, text)).collect();
+    let warm_up_blocks = (n / BLOCK / 10).max(1);
+    let mut samples = vec![Vec::with_capacity(n); targets.len()];
+    for (i, block) in requests.chunks(BLOCK).enumerate() {
+        for (target, samples) in targets.iter_mut().zip(&mut samples) {
+            for r in block {
+                let start = Instant::now();
+                target.round_trip(r);
+                if i >= warm_up_blocks {
+                    samples.push(start.elapsed());
+                }
+            }
+        }
+    }
+    samples
+        .iter_mut()
+        .map(|s| {
+            s.sort();
+            (percentile(s, 0.50), percentile(s, 0.99))
+        })
+        .collect()
+}
+
+/// Pipelined round trips with `IN_FLIGHT` outstanding; returns messages per second.
+fn throughput(target: &mut Target, text: &str, n: usize) -> f64 {
+    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(IN_FLIGHT);
+    let requests: Vec<Vec<u8>> = (1..=n).map(|id| request(id, text)).collect();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let stdin = &mut target.stdin;
+        scope.spawn(move || {
+            for r in &requests {
+                credit_tx.send(()).unwrap(); // blocks while IN_FLIGHT are outstanding
+                stdin.write_all(r).unwrap();
+            }
+        });
+        let mut line = String::new();
+        for _ in 0..n {
+            line.clear();
+            target.stdout.read_line(&mut line).unwrap();
+            assert!(line.contains("\"result\""), "bad answer {line:.200}");
+            credit_rx.recv().unwrap();
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo test --benches` runs benches without --bench; do a token run then.
+    let quick =
+        std::env::var_os("E2E_QUICK").is_some() || !std::env::args().any(|a| a == "--bench");
+    let fixture = fixture();
+    let examples = fixture.parent().unwrap().to_owned();
+    let scale = if quick { 10 } else { 1 };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "| payload | target | p50 | p99 | added p50 vs direct | pipelined msg/s | vs direct |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut proxy_rss = 0;
+    for (payload, text, seq_n, pipe_n) in [
+        ("64 B", "a".repeat(64), 20_000 / scale, 100_000 / scale),
+        (
+            "64 KiB",
+            "b".repeat(64 * 1024),
+            2_000 / scale,
+            10_000 / scale,
+        ),
+    ] {
+        let mut shadowcat = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
+        shadowcat
+            .args(["--log-level", "warn", "forward", "stdio", "--"])
+            .arg(&fixture);
+        let mut relay = Command::new(examples.join("line_relay"));
+        relay.arg(&fixture);
+        let mut targets = vec![
+            Target::spawn("direct", Command::new(&fixture)),
+            Target::spawn("shadowcat", shadowcat),
+            Target::spawn("line_relay", relay),
+        ];
+        let latencies = latency(&mut targets, &text, seq_n);
+        let rates: Vec<f64> = targets
+            .iter_mut()
+            .map(|t| throughput(t, &text, pipe_n))
+            .collect();
+        proxy_rss = proxy_rss.max(targets[1].peak_rss_kib());
+        for (i, target) in targets.iter().enumerate() {
+            let (p50, p99) = latencies[i];
+            println!(
+                "| {payload} | {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.0} | {:.0}% |",
+                target.name,
+                us(p50),
+                us(p99),
+                us(p50) - us(latencies[0].0),
+                rates[i],
+                100.0 * rates[i] / rates[0]
+            );
+        }
+        for target in targets {
+            target.stop();
+        }
+    }
+    println!(
+        "\nshadowcat peak RSS (VmHWM): {:.1} MiB",
+        proxy_rss as f64 / 1024.0
+    );
+    println!("targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB");
+}

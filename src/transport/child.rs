@@ -100,6 +100,12 @@ impl ChildProcess {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw);
+        if let Some(stdin) = &child.stdin {
+            super::stdio::grow_pipe(stdin);
+        }
+        if let Some(stdout) = &child.stdout {
+            super::stdio::grow_pipe(stdout);
+        }
         let stderr_tail = StderrTail::default();
         let stderr_task = child
             .stderr

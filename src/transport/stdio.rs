@@ -15,6 +15,19 @@ use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Pipe buffer size requested for every pipe we read or write (Linux's default unprivileged
+/// maximum). With the default 64 KiB, a 64 KiB message needs several write/wake/read cycles
+/// per hop; with 1 MiB it crosses in one.
+pub const PIPE_BUFFER_BYTES: i32 = 1024 * 1024;
+
+/// Asks the kernel for a [`PIPE_BUFFER_BYTES`] buffer on the pipe behind `fd`. Best effort: a
+/// refusal (a lower `/proc/sys/fs/pipe-max-size`, a per-user limit) only costs speed.
+pub fn grow_pipe(fd: impl AsFd) {
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BUFFER_BYTES)) {
+        tracing::debug!(%e, "could not grow a pipe buffer; large messages will take more round trips");
+    }
+}
+
 /// A boxed reader for whatever our stdin turned out to be.
 pub type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
 /// A boxed writer for whatever our stdout turned out to be.
@@ -36,6 +49,7 @@ pub fn stdin() -> io::Result<(BoxReader, StdioKind)> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;
     match kind_of(&fd)? {
         StdioKind::Pipe => {
+            grow_pipe(&fd);
             let rx = tokio::net::unix::pipe::Receiver::from_file(File::from(fd))?;
             Ok((Box::pin(rx), StdioKind::Pipe))
         }
@@ -49,6 +63,7 @@ pub fn stdout() -> io::Result<(BoxWriter, StdioKind)> {
     let fd = io::stdout().as_fd().try_clone_to_owned()?;
     match kind_of(&fd)? {
         StdioKind::Pipe => {
+            grow_pipe(&fd);
             let tx = tokio::net::unix::pipe::Sender::from_file(File::from(fd))?;
             Ok((Box::pin(tx), StdioKind::Pipe))
         }
