@@ -147,3 +147,29 @@ fn logs_go_to_the_log_file_and_never_to_stdout() {
     assert!(first["fields"]["message"].is_string(), "{logged}");
     assert!(logged.contains("started the MCP server"));
 }
+
+#[test]
+fn docs_cli_md_shows_the_current_help() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    for args in [
+        &["--help"][..],
+        &["forward", "stdio", "--help"],
+        &["completions", "--help"],
+    ] {
+        let mut cmd = Command::new(support::shadowcat());
+        cmd.args(args).env_remove("COLUMNS");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SHADOWCAT_") {
+                cmd.env_remove(key);
+            }
+        }
+        let help = text(&cmd.output().unwrap().stdout);
+        let block = format!("```text\n{help}```");
+        assert!(
+            docs.contains(&block),
+            "docs/cli.md is out of date for `shadowcat {}`; it should contain:\n{block}",
+            args.join(" ")
+        );
+    }
+}

@@ -163,6 +163,18 @@ mod tests {
     }
 
     #[test]
+    fn docs_errors_md_lists_every_code() {
+        let docs = include_str!("../../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| {} | `{}` |", code.code(), code.name());
+            assert!(
+                docs.contains(&row),
+                "docs/errors.md lacks the row for {code:?}: {row}"
+            );
+        }
+    }
+
+    #[test]
     fn serialises_a_complete_error_response() {
         let err = ProxyError::new(ErrorCode::MessageTooLarge, "too big").with("limit", 10);
         let body: Value =
