@@ -356,3 +356,34 @@ fn requests_in_flight_at_client_eof_are_answered_before_exit() {
     assert_eq!(answer["result"]["content"][0]["text"], "slept 200 ms");
     assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
 }
+
+#[test]
+fn the_server_gets_extra_env_and_cwd_and_its_stderr_reaches_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    let script = format!(
+        "echo \"env=$SC_TEST_VAR cwd=$(pwd)\" >&2; exec '{}'",
+        fixture().display()
+    );
+    let mut proxy = Proxy::start(
+        &[
+            "--env",
+            "SC_TEST_VAR=hello world",
+            "--cwd",
+            cwd.to_str().unwrap(),
+        ],
+        &["sh", "-c", &script],
+    );
+    proxy.initialize();
+    let expected = format!("env=hello world cwd={}", cwd.display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stderr = String::new();
+    while !stderr.contains(&expected) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        stderr.push_str(&proxy.stderr_text());
+    }
+    assert!(
+        stderr.contains(&expected),
+        "server stderr not passed through:\n{stderr}"
+    );
+}

@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 use crate::transport::child::{ChildProcess, ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
-use super::outbox::{DEFAULT_QUEUE_CAPACITY, Outbox};
+use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 
@@ -53,14 +53,31 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
     ));
     let span = tracing::info_span!("session", id = %session.id());
     async {
+        // Listen before starting anything, so a signal never finds the default (fatal) handler.
+        let mut signals = Signals::listen()?;
         let mut proxy = ForwardStdio::start(config, spec, session)?;
-        let event = proxy.next_event().await?;
+        let event = proxy.next_event(&mut signals).await;
         let code = proxy.stop(event).await;
         proxy.finish().await;
         code
     }
     .instrument(span)
     .await
+}
+
+/// The signals that ask us to shut down.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
 }
 
 /// The running parts of one forward stdio session.
@@ -97,8 +114,10 @@ impl<'a> ForwardStdio<'a> {
             .take()
             .context("the server's stdout was not captured")?;
 
-        let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
-        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY);
+        // A queue must hold at least one largest message.
+        let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
+        let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
+        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
         let (to_client, to_server) = (Arc::new(to_client), Arc::new(to_server));
         let relay = |direction, to_sender: &Arc<Outbox>, to_receiver: &Arc<Outbox>| Relay {
             direction,
@@ -131,19 +150,17 @@ impl<'a> ForwardStdio<'a> {
     }
 
     /// Waits for whatever ends the session first.
-    async fn next_event(&mut self) -> anyhow::Result<Event> {
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    async fn next_event(&mut self, signals: &mut Signals) -> Event {
         let event = tokio::select! {
             end = &mut self.client_reader => Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)),
             _ = &mut self.client_writer => Event::ClientGone,
-            _ = sigint.recv() => Event::Signal("SIGINT"),
-            _ = sigterm.recv() => Event::Signal("SIGTERM"),
+            _ = signals.interrupt.recv() => Event::Signal("SIGINT"),
+            _ = signals.terminate.recv() => Event::Signal("SIGTERM"),
             status = self.child.wait() => Event::ServerExited(status),
             end = &mut self.server_reader => Event::ServerStdoutClosed(end.unwrap_or(RelayEnd::Eof)),
         };
         tracing::debug!(?event, "shutting down");
-        Ok(event)
+        event
     }
 
     /// Stops the server as `event` requires; returns our exit code.

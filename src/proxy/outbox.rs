@@ -1,7 +1,9 @@
 //! The way out to one peer.
 //!
-//! An [`Outbox`] is the sending end of a bounded queue drained by that peer's writer task
-//! (backpressure: a full queue makes the sender wait). It also re-assembles the answers to a
+//! An [`Outbox`] is the sending end of a queue drained by that peer's writer task, bounded both
+//! in messages and in bytes (backpressure: a full queue makes the sender wait, which stops its
+//! reader, which lets the pipe fill, which slows the peer that is sending too fast). Without the
+//! byte bound, a stalled peer and 32 MiB messages could queue gigabytes. It also re-assembles the answers to a
 //! JSON-RPC batch: the pipeline sees a batch's members one by one, and the peer that sent the
 //! batch gets their answers back as one array, once the last one is in.
 
@@ -10,13 +12,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Message, RequestId};
 
 /// Default capacity of each outgoing queue, in messages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default byte budget of each outgoing queue. A larger message takes the whole budget, so at
+/// most one of those is queued at a time.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One queued frame, holding its share of the queue's byte budget until it is written.
+#[derive(Debug)]
+pub struct Outgoing {
+    frame: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
 
 /// The peer's writer has stopped; nothing more can be sent to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +44,9 @@ pub struct Closed;
 /// The sending side of one peer's outgoing queue.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outgoing>,
+    budget: std::sync::Arc<Semaphore>,
+    budget_max: u32,
     close: CancellationToken,
     /// Number of open batches; lets the common case skip the lock.
     open_batches: AtomicUsize,
@@ -47,13 +67,20 @@ struct OpenBatch {
 }
 
 impl Outbox {
-    /// An outbox and the receiver its writer drains. `close` is cancelled by [`Outbox::close`]:
-    /// the writer should then stop accepting, drain what is queued, and close the link.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Bytes>, CancellationToken) {
+    /// An outbox holding at most `capacity` messages and `bytes` bytes, and the receiver its
+    /// writer drains. `close` is cancelled by [`Outbox::close`]: the writer should then stop
+    /// accepting, drain what is queued, and close the link.
+    pub fn new(
+        capacity: usize,
+        bytes: usize,
+    ) -> (Self, mpsc::Receiver<Outgoing>, CancellationToken) {
         let (tx, rx) = mpsc::channel(capacity);
         let close = CancellationToken::new();
+        let budget_max = u32::try_from(bytes.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
         let outbox = Self {
             tx,
+            budget: std::sync::Arc::new(Semaphore::new(budget_max as usize)),
+            budget_max,
             close: close.clone(),
             open_batches: AtomicUsize::new(0),
             batches: Mutex::default(),
@@ -77,7 +104,23 @@ impl Outbox {
 
     /// Sends raw bytes as one frame.
     pub async fn send_raw(&self, frame: Bytes) -> Result<(), Closed> {
-        self.tx.send(frame).await.map_err(|_| Closed)
+        let cost = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_max);
+        // The semaphore is never closed; permits come back as the writer writes (or drops) frames.
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Outgoing {
+                frame,
+                _budget: budget,
+            })
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Opens a batch: answers to `expect` are held until all are in, then sent as one array
@@ -184,23 +227,21 @@ mod tests {
 
     #[tokio::test]
     async fn batch_answers_come_back_as_one_array() {
-        let (outbox, mut rx, _) = Outbox::new(8);
+        let (outbox, mut rx, _) = Outbox::new(8, 1 << 20);
+        let ready = vec![Bytes::from_static(b"{\"e\":0}")];
         outbox
-            .open_batch(
-                vec![RequestId::Number(1), RequestId::Number(2)],
-                vec![Bytes::from_static(b"{\"e\":0}")],
-            )
+            .open_batch(vec![RequestId::Number(1), RequestId::Number(2)], ready)
             .await
             .unwrap();
         outbox.send(response(2)).await.unwrap();
         outbox.send(response(3)).await.unwrap();
         assert_eq!(
-            rx.recv().await.unwrap(),
-            Bytes::from_static(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#)
+            rx.recv().await.unwrap().as_ref(),
+            br#"{"jsonrpc":"2.0","id":3,"result":{}}"#
         );
         outbox.send(response(1)).await.unwrap();
         let array = rx.recv().await.unwrap();
-        let parsed: Vec<serde_json::Value> = serde_json::from_slice(&array).unwrap();
+        let parsed: Vec<serde_json::Value> = serde_json::from_slice(array.as_ref()).unwrap();
         assert_eq!(parsed.len(), 3);
         assert_eq!(parsed[1]["id"], 2);
         assert_eq!(outbox.open_batches.load(Ordering::Relaxed), 0);
@@ -208,12 +249,51 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_with_nothing_to_wait_for_is_sent_at_once() {
-        let (outbox, mut rx, _) = Outbox::new(8);
+        let (outbox, mut rx, _) = Outbox::new(8, 1 << 20);
         outbox.open_batch(vec![], vec![]).await.unwrap();
         outbox
             .open_batch(vec![], vec![Bytes::from_static(b"{}")])
             .await
             .unwrap();
-        assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"[{}]"));
+        assert_eq!(rx.recv().await.unwrap().as_ref(), b"[{}]");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_budget_holds_senders_back_until_frames_are_written() {
+        let (outbox, mut rx, _) = Outbox::new(100, 10);
+        outbox
+            .send_raw(Bytes::from_static(b"123456"))
+            .await
+            .unwrap();
+        // 6 + 6 > 10: the second frame waits for the first to leave the queue.
+        let second = outbox.send_raw(Bytes::from_static(b"abcdef"));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), second)
+                .await
+                .is_err()
+        );
+        drop(rx.recv().await.unwrap());
+        outbox
+            .send_raw(Bytes::from_static(b"abcdef"))
+            .await
+            .unwrap();
+        drop(rx.recv().await.unwrap());
+        // A frame over the whole budget still goes, alone.
+        outbox.send_raw(Bytes::from(vec![b'x'; 50])).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().as_ref().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_makes_sends_fail_instead_of_hang() {
+        let (outbox, rx, _) = Outbox::new(1, 10);
+        outbox
+            .send_raw(Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        drop(rx);
+        assert_eq!(
+            outbox.send_raw(Bytes::from_static(b"more")).await,
+            Err(Closed)
+        );
     }
 }

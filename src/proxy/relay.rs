@@ -99,10 +99,7 @@ impl Relay {
                 // The receiver is gone: answer the request now rather than never.
                 if let (true, Some(id)) = (is_request, id) {
                     self.session.pending(self.direction).remove(&id);
-                    let error = ProxyError::new(
-                        ErrorCode::UpstreamExited,
-                        "the receiving peer has gone away",
-                    );
+                    let error = super::tracker::receiver_gone(self.direction);
                     let _ = self
                         .to_sender
                         .send(Message::error_response(Some(&id), &error))

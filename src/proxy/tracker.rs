@@ -93,15 +93,20 @@ fn refusal(e: PendingError, direction: Direction) -> ProxyError {
             format!("too many requests awaiting an answer (limit {limit})"),
         )
         .with("limit", limit),
-        PendingError::Closed => match direction {
-            Direction::ClientToServer => ProxyError::new(
-                ErrorCode::UpstreamExited,
-                "the MCP server is no longer running",
-            ),
-            Direction::ServerToClient => {
-                ProxyError::new(ErrorCode::ShuttingDown, "the MCP client has disconnected")
-            }
-        },
+        PendingError::Closed => receiver_gone(direction),
+    }
+}
+
+/// The error a request travelling in `direction` gets when its receiver is gone.
+pub fn receiver_gone(direction: Direction) -> ProxyError {
+    match direction {
+        Direction::ClientToServer => ProxyError::new(
+            ErrorCode::UpstreamExited,
+            "the MCP server is no longer running",
+        ),
+        Direction::ServerToClient => {
+            ProxyError::new(ErrorCode::ShuttingDown, "the MCP client has disconnected")
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! only when the queue is empty. Under load that is one `write` for many messages; when idle it
 //! is one `write` per message, with nothing added to its latency.
 
-use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,12 +16,13 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Writes every frame received on `rx`, newline-terminated, until the channel closes, `close` is
 /// cancelled (then what is already queued is still written), or a write fails. The writer is
 /// dropped on return, which closes the link. Returns the write error, if any.
-pub async fn write_lines<W>(
-    mut rx: mpsc::Receiver<Bytes>,
+pub async fn write_lines<T, W>(
+    mut rx: mpsc::Receiver<T>,
     writer: W,
     close: CancellationToken,
 ) -> std::io::Result<()>
 where
+    T: AsRef<[u8]>,
     W: AsyncWrite + Unpin,
 {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
@@ -43,7 +43,7 @@ where
             break;
         }
         for frame in batch.drain(..) {
-            out.write_all(&frame).await?;
+            out.write_all(frame.as_ref()).await?;
             out.write_all(b"\n").await?;
         }
         if rx.is_empty() {
