@@ -387,3 +387,69 @@ fn the_server_gets_extra_env_and_cwd_and_its_stderr_reaches_ours() {
         "server stderr not passed through:\n{stderr}"
     );
 }
+
+#[test]
+fn stdio_over_a_unix_socket_works() {
+    // libuv-based clients (Node) hand their servers socketpairs rather than pipes.
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut child = Command::new(support::shadowcat())
+        .args(["forward", "stdio", "--"])
+        .arg(fixture())
+        .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = ours.try_clone().unwrap();
+    let mut reader = BufReader::new(ours);
+    for id in 1..=3 {
+        writeln!(writer, r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (answer["id"].clone(), answer["result"].clone()),
+            (json!(id), json!({}))
+        );
+    }
+    writer.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn stdio_from_and_to_regular_files_falls_back_and_works() {
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let requests: String = (1..=50)
+        .map(|id| format!("{}\n", json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("echo", json!({"text": format!("f{id}")}))})))
+        .collect();
+    std::fs::write(&input, requests).unwrap();
+    let status = Command::new(support::shadowcat())
+        .args(["forward", "stdio", "--"])
+        .arg(fixture())
+        .stdin(Stdio::from(std::fs::File::open(&input).unwrap()))
+        .stdout(Stdio::from(std::fs::File::create(&output).unwrap()))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let answers: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 50);
+    for answer in answers {
+        let id = answer["id"].as_i64().unwrap();
+        assert_eq!(answer["result"]["content"][0]["text"], format!("f{id}"));
+    }
+}

@@ -190,20 +190,30 @@ impl Relay {
         self.pipeline.metrics().oversized(self.direction);
         let id = salvage::find_id(head, tail);
         let limit = self.max_message_size;
+        let (code, what) = match self.direction {
+            Direction::ClientToServer => (ErrorCode::MessageTooLarge, "message"),
+            Direction::ServerToClient => (
+                ErrorCode::InvalidUpstreamResponse,
+                "the MCP server's response",
+            ),
+        };
+        tracing::warn!(
+            len,
+            limit,
+            ?id,
+            direction = self.direction.as_str(),
+            "discarded an over-long message"
+        );
+        let error = ProxyError::new(
+            code,
+            format!(
+                "{what} of {len} bytes exceeds the limit of {limit} bytes (--max-message-size)"
+            ),
+        )
+        .with("limit", limit)
+        .with("size", len);
         match self.direction {
             Direction::ClientToServer => {
-                tracing::warn!(
-                    len,
-                    limit,
-                    ?id,
-                    "discarded an over-long message from the client"
-                );
-                let error = ProxyError::new(
-                    ErrorCode::MessageTooLarge,
-                    format!("message of {len} bytes exceeds the limit of {limit} bytes (--max-message-size)"),
-                )
-                .with("limit", limit)
-                .with("size", len);
                 self.pipeline.metrics().answered_by_proxy(self.direction);
                 let _ = self
                     .to_sender
@@ -211,21 +221,7 @@ impl Relay {
                     .await;
                 Ok(())
             }
-            Direction::ServerToClient => {
-                tracing::warn!(
-                    len,
-                    limit,
-                    ?id,
-                    "discarded an over-long message from the server"
-                );
-                let error = ProxyError::new(
-                    ErrorCode::InvalidUpstreamResponse,
-                    format!("the MCP server's response of {len} bytes exceeds the limit of {limit} bytes (--max-message-size)"),
-                )
-                .with("limit", limit)
-                .with("size", len);
-                self.fail_pending_request(id, error).await
-            }
+            Direction::ServerToClient => self.fail_pending_request(id, error).await,
         }
     }
 
