@@ -7,12 +7,14 @@
 //! - [`outbox`]: the way out to one peer: a bounded queue to its writer, which also re-assembles
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
+//! - [`task`]: an owned background task that is awaited at most once.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 
 pub mod forward;
 pub mod outbox;
 pub mod pipeline;
 pub mod relay;
+pub mod task;
 pub mod tracker;
 
 pub use pipeline::{Context, Pipeline, Stage, Verdict};

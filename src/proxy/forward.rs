@@ -1,20 +1,22 @@
 //! `shadowcat forward stdio -- <cmd>`: the client on our stdin/stdout, the server as our child.
 //!
 //! Four tasks move bytes (two relays, two writers); this front end owns them and the child, and
-//! turns whatever ends first into one of three shutdowns:
-//! - the client closes our stdin (or a signal arrives): close the child's stdin, give it
-//!   `--shutdown-timeout` to exit, then SIGTERM, then SIGKILL; keep delivering its last answers;
-//!   exit 0.
-//! - the server exits (or closes its stdout) by itself: answer every in-flight request with an
-//!   error naming the exit status and the server's last stderr lines; exit with its exit code.
-//! - the client stops reading our stdout: as if it had closed stdin.
+//! turns whatever ends first into one of two shutdowns:
+//! - the client side ends (it closes our stdin, stops reading our stdout, or a SIGINT/SIGTERM
+//!   arrives): close the child's stdin, give it `--shutdown-timeout` to exit, then SIGTERM, then
+//!   SIGKILL (at once on a second signal); keep delivering its last answers; exit 0.
+//! - the server side ends (it exits, closes its stdout, or stops reading its stdin): answer every
+//!   in-flight request with an error naming the exit status and the server's last stderr lines;
+//!   exit with its exit code.
+//!
+//! Either way the server's whole process group is killed at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -28,6 +30,7 @@ use crate::transport::{stdio, writer};
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
+use super::task::Task;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold
 /// it), before its last output is given up on.
@@ -38,11 +41,16 @@ const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Why the proxy is stopping.
 #[derive(Debug)]
 enum Event {
+    /// The client closed our stdin (or reading it failed).
     ClientClosed(RelayEnd),
+    /// The client stopped reading our stdout.
     ClientGone,
+    /// SIGINT or SIGTERM.
     Signal(&'static str),
+    /// The server process exited.
     ServerExited(std::io::Result<std::process::ExitStatus>),
-    ServerStdoutClosed(RelayEnd),
+    /// The server closed its stdout or stopped reading its stdin, without (yet) exiting.
+    ServerGone(&'static str),
 }
 
 /// Runs the forward stdio proxy until one side ends; returns our exit code.
@@ -57,7 +65,8 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
         let mut signals = Signals::listen()?;
         let mut proxy = ForwardStdio::start(config, spec, session)?;
         let event = proxy.next_event(&mut signals).await;
-        let code = proxy.stop(event).await;
+        tracing::debug!(?event, "shutting down");
+        let code = proxy.stop(event, &mut signals).await;
         proxy.finish().await;
         code
     }
@@ -78,6 +87,14 @@ impl Signals {
             terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
         })
     }
+
+    /// The next SIGINT or SIGTERM, by name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// The running parts of one forward stdio session.
@@ -88,23 +105,22 @@ struct ForwardStdio<'a> {
     child: ChildProcess,
     to_client: Arc<Outbox>,
     to_server: Arc<Outbox>,
-    client_reader: JoinHandle<RelayEnd>,
-    server_reader: JoinHandle<RelayEnd>,
-    client_writer: JoinHandle<std::io::Result<()>>,
-    server_writer: JoinHandle<std::io::Result<()>>,
+    client_reader: Task<RelayEnd>,
+    server_reader: Task<RelayEnd>,
+    client_writer: Task<std::io::Result<()>>,
+    server_writer: Task<std::io::Result<()>>,
 }
 
 impl<'a> ForwardStdio<'a> {
-    /// Spawns the server and the four tasks that move bytes.
+    /// Opens our stdio, spawns the server, and starts the four tasks that move bytes.
     fn start(config: &'a Config, spec: &ChildSpec, session: Arc<Session>) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline::new(metrics.clone()));
-        let mut child = ChildProcess::spawn(spec)
-            .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
-        tracing::info!(pid = child.pid(), command = ?spec.program, "started the MCP server");
+        // Our stdio first: if it fails, no child has been started that would need stopping.
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
+        let mut child = ChildProcess::spawn(spec)
+            .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
+        tracing::info!(pid = child.pid(), command = ?spec.program, "started the MCP server");
         let server_in = child
             .stdin
             .take()
@@ -114,6 +130,8 @@ impl<'a> ForwardStdio<'a> {
             .take()
             .context("the server's stdout was not captured")?;
 
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Arc::new(Pipeline::new(metrics.clone()));
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
@@ -130,13 +148,13 @@ impl<'a> ForwardStdio<'a> {
         let client_reader = relay(Direction::ClientToServer, &to_client, &to_server);
         let server_reader = relay(Direction::ServerToClient, &to_server, &to_client);
         Ok(Self {
-            client_reader: spawn("client-reader", client_reader.run(client_in)),
-            server_reader: spawn("server-reader", server_reader.run(server_out)),
-            client_writer: spawn(
+            client_reader: Task::spawn("client-reader", client_reader.run(client_in)),
+            server_reader: Task::spawn("server-reader", server_reader.run(server_out)),
+            client_writer: Task::spawn(
                 "client-writer",
                 writer::write_lines(client_rx, client_out, client_close),
             ),
-            server_writer: spawn(
+            server_writer: Task::spawn(
                 "server-writer",
                 writer::write_lines(server_rx, server_in, server_close),
             ),
@@ -151,20 +169,29 @@ impl<'a> ForwardStdio<'a> {
 
     /// Waits for whatever ends the session first.
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
-        let event = tokio::select! {
-            end = &mut self.client_reader => Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)),
-            _ = &mut self.client_writer => Event::ClientGone,
-            _ = signals.interrupt.recv() => Event::Signal("SIGINT"),
-            _ = signals.terminate.recv() => Event::Signal("SIGTERM"),
+        tokio::select! {
+            end = self.client_reader.join() => match end {
+                // Our writes to the server fail: it stopped reading (it is probably dying).
+                Some(RelayEnd::ReceiverClosed) => Event::ServerGone("the MCP server stopped reading its stdin"),
+                Some(end) => Event::ClientClosed(end),
+                None => Event::ClientClosed(RelayEnd::Eof),
+            },
+            _ = self.client_writer.join() => Event::ClientGone,
+            name = signals.recv() => Event::Signal(name),
             status = self.child.wait() => Event::ServerExited(status),
-            end = &mut self.server_reader => Event::ServerStdoutClosed(end.unwrap_or(RelayEnd::Eof)),
-        };
-        tracing::debug!(?event, "shutting down");
-        event
+            end = self.server_reader.join() => match end {
+                Some(RelayEnd::ReceiverClosed) => Event::ClientGone,
+                Some(RelayEnd::ReadError(e)) => {
+                    tracing::warn!(%e, "reading from the MCP server failed");
+                    Event::ServerGone("reading the MCP server's stdout failed")
+                }
+                _ => Event::ServerGone("the MCP server closed its stdout"),
+            },
+        }
     }
 
     /// Stops the server as `event` requires; returns our exit code.
-    async fn stop(&mut self, event: Event) -> anyhow::Result<u8> {
+    async fn stop(&mut self, event: Event, signals: &mut Signals) -> anyhow::Result<u8> {
         match event {
             Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) => {
                 match &event {
@@ -174,42 +201,115 @@ impl<'a> ForwardStdio<'a> {
                     Event::ClientClosed(RelayEnd::ReadError(e)) => {
                         tracing::warn!(%e, "reading from the client failed; shutting down");
                     }
+                    Event::ClientGone => {
+                        tracing::info!("the client stopped reading our stdout; shutting down");
+                    }
                     _ => tracing::info!("the client closed the connection; shutting down"),
                 }
                 self.client_reader.abort();
-                let status = self.shut_down_server().await?;
+                let status = self.shut_down_server(signals).await?;
                 tracing::info!(status = %describe_exit(status), "the MCP server exited");
-                finish_reading(&mut self.server_reader).await;
+                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
                 self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
                 let reason = format!("the MCP server exited ({})", describe_exit(status));
-                fail_in_flight(&self.session, &self.to_client, &self.child, &reason, status).await;
+                self.fail_in_flight(&reason, status).await;
                 Ok(0)
             }
             Event::ServerExited(status) => {
                 let status = status.context("waiting for the MCP server")?;
-                finish_reading(&mut self.server_reader).await;
-                Ok(server_crashed(&self.session, &self.to_client, &mut self.child, status).await)
+                // Deliver what it wrote before it died.
+                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                Ok(self.server_crashed(status).await)
             }
-            Event::ServerStdoutClosed(end) => {
-                if let RelayEnd::ReadError(e) = &end {
-                    tracing::warn!(%e, "reading from the MCP server failed");
-                }
-                // It closed stdout without exiting: shut it down properly before reporting.
-                let status = self.shut_down_server().await?;
-                Ok(server_crashed(&self.session, &self.to_client, &mut self.child, status).await)
+            Event::ServerGone(why) => {
+                tracing::warn!("{why}; stopping it");
+                let status = self.shut_down_server(signals).await?;
+                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                Ok(self.server_crashed(status).await)
             }
         }
     }
 
-    /// Delivers what is queued for the server, closes its stdin, and waits for it to exit
-    /// (escalating to SIGTERM and SIGKILL).
-    async fn shut_down_server(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+    /// Delivers what is queued for the server, closes its stdin, and waits for it to exit,
+    /// escalating to SIGTERM and SIGKILL; all within `--shutdown-timeout` plus the kill grace.
+    /// A signal meanwhile means "now": the server is killed at once.
+    async fn shut_down_server(
+        &mut self,
+        signals: &mut Signals,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
         self.to_server.close();
-        let _ = (&mut self.server_writer).await;
-        self.child
-            .shutdown(self.config.shutdown_timeout)
+        // A server that doesn't read would block the writer forever; aborting it closes the pipe.
+        self.server_writer
+            .join_within(self.config.shutdown_timeout)
+            .await;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let graceful = tokio::select! {
+            status = self.child.shutdown(remaining) => Some(status),
+            name = signals.recv() => {
+                tracing::warn!(signal = name, "second signal: killing the MCP server now");
+                None
+            }
+        };
+        let status = match graceful {
+            Some(status) => status,
+            None => self.child.kill().await,
+        };
+        status.context("waiting for the MCP server")
+    }
+
+    /// The server went away by itself: every request it still owed gets an error; returns its
+    /// exit code for us to exit with.
+    async fn server_crashed(&mut self, status: std::process::ExitStatus) -> u8 {
+        self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
+        tracing::error!(status = %describe_exit(status), "the MCP server exited unexpectedly");
+        let reason = format!(
+            "the MCP server exited unexpectedly ({})",
+            describe_exit(status)
+        );
+        self.fail_in_flight(&reason, status).await;
+        exit_code_of(status)
+    }
+
+    /// Answers every request still awaiting the server with an `upstream_exited` error. Bounded by
+    /// `--shutdown-timeout`: a client that no longer reads must not keep us alive.
+    async fn fail_in_flight(&self, reason: &str, status: std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        // Requests the server sent the client can no longer be answered; forget them.
+        self.session.pending(Direction::ServerToClient).close();
+        let in_flight = self.session.pending(Direction::ClientToServer).close();
+        if in_flight.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            count = in_flight.len(),
+            "answering in-flight requests with errors"
+        );
+        let mut error = ProxyError::new(ErrorCode::UpstreamExited, reason);
+        error = match (status.code(), status.signal()) {
+            (Some(code), _) => error.with("exitCode", code),
+            (None, Some(signal)) => error.with("signal", signal),
+            (None, None) => error,
+        };
+        let error = error.with("stderr", self.child.stderr_tail().lines());
+        let send_all = async {
+            for (id, _) in in_flight {
+                if self
+                    .to_client
+                    .send(Message::error_response(Some(&id), &error))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_timeout, send_all)
             .await
-            .context("waiting for the MCP server")
+            .is_err()
+        {
+            tracing::warn!("the client is not reading; gave up answering its in-flight requests");
+        }
     }
 
     /// Flushes what is left for the client and releases everything.
@@ -217,88 +317,18 @@ impl<'a> ForwardStdio<'a> {
         self.client_reader.abort();
         self.to_server.close();
         self.server_writer.abort();
+        self.server_reader.abort();
         self.to_client.close();
         // The client may have stopped reading; don't wait for it forever.
-        if tokio::time::timeout(self.config.shutdown_timeout, &mut self.client_writer)
+        if self
+            .client_writer
+            .join_within(self.config.shutdown_timeout)
             .await
-            .is_err()
+            .is_none()
         {
-            tracing::warn!("the client did not read our last messages; giving up on them");
-            self.client_writer.abort();
+            tracing::debug!("the client writer ended without flushing everything");
         }
         self.child.kill_stragglers();
         tracing::info!(totals = ?self.metrics.snapshot(), "shadowcat exiting");
     }
-}
-
-/// The server went away by itself: every request it still owed gets an error; returns its exit
-/// code for us to exit with.
-async fn server_crashed(
-    session: &Session,
-    to_client: &Outbox,
-    child: &mut ChildProcess,
-    status: std::process::ExitStatus,
-) -> u8 {
-    child.finish_stderr(STDERR_DRAIN_GRACE).await;
-    tracing::error!(status = %describe_exit(status), "the MCP server exited unexpectedly");
-    let reason = format!(
-        "the MCP server exited unexpectedly ({})",
-        describe_exit(status)
-    );
-    fail_in_flight(session, to_client, child, &reason, status).await;
-    exit_code_of(status)
-}
-
-/// Answers every request still awaiting the server with an `upstream_exited` error.
-async fn fail_in_flight(
-    session: &Session,
-    to_client: &Outbox,
-    child: &ChildProcess,
-    reason: &str,
-    status: std::process::ExitStatus,
-) {
-    use std::os::unix::process::ExitStatusExt;
-    // Requests the server sent the client can no longer be answered; forget them.
-    session.pending(Direction::ServerToClient).close();
-    let in_flight = session.pending(Direction::ClientToServer).close();
-    if in_flight.is_empty() {
-        return;
-    }
-    tracing::warn!(
-        count = in_flight.len(),
-        "answering in-flight requests with errors"
-    );
-    let error = ProxyError::new(ErrorCode::UpstreamExited, reason)
-        .with("exitCode", status.code())
-        .with("signal", status.signal())
-        .with("stderr", child.stderr_tail().lines());
-    for (id, _) in in_flight {
-        if to_client
-            .send(Message::error_response(Some(&id), &error))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
-/// Lets the server-reader deliver what the server wrote before exiting, briefly.
-async fn finish_reading(s2c: &mut JoinHandle<RelayEnd>) {
-    if tokio::time::timeout(STDOUT_DRAIN_GRACE, &mut *s2c)
-        .await
-        .is_err()
-    {
-        tracing::debug!("the server's stdout stayed open after it exited; stopped reading it");
-        s2c.abort();
-    }
-}
-
-/// Spawns a named task inside the current span.
-fn spawn<F>(name: &'static str, future: F) -> JoinHandle<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    tokio::spawn(future.instrument(tracing::debug_span!("task", name)))
 }

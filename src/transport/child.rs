@@ -173,6 +173,14 @@ impl ChildProcess {
         Ok(status)
     }
 
+    /// Kills the whole process group now and waits for the child.
+    pub async fn kill(&mut self) -> std::io::Result<ExitStatus> {
+        self.signal_group(Signal::SIGKILL);
+        let status = self.child.wait().await;
+        self.stdin.take();
+        status
+    }
+
     /// Kills whatever is left in the child's process group (its leader may be gone already).
     pub fn kill_stragglers(&self) {
         self.signal_group(Signal::SIGKILL);
