@@ -453,3 +453,136 @@ fn stdio_from_and_to_regular_files_falls_back_and_works() {
         assert_eq!(answer["result"]["content"][0]["text"], format!("f{id}"));
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_our_stdout_ends_the_session_cleanly() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; exec '{}'",
+        pidfile.display(),
+        fixture().display()
+    );
+    let mut child = Command::new(support::shadowcat())
+        .args(["forward", "stdio", "--", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close our end of its stdout, then make the server answer something.
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"ping"}}"#).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadowcat kept running with nobody reading"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let pgid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!group_alive(pgid));
+}
+
+#[test]
+fn a_server_that_never_reads_is_still_shut_down_within_the_timeouts() {
+    // The server ignores SIGTERM and never reads stdin; 3 MiB queued for it fill the pipe, so
+    // shadowcat's writer to it blocks. Closing our stdin must still end everything.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; trap '' TERM; exec sleep 300",
+        pidfile.display()
+    );
+    let mut proxy = Proxy::start(&["--shutdown-timeout", "500ms"], &["sh", "-c", &script]);
+    let mut stdin = proxy.take_stdin();
+    let filler =
+        json!({"jsonrpc":"2.0","method":"notifications/x","params":{"pad":"p".repeat(64 * 1024)}});
+    let mut line = serde_json::to_vec(&filler).unwrap();
+    line.push(b'\n');
+    let writer = std::thread::spawn(move || {
+        for _ in 0..48 {
+            if stdin.write_all(&line).is_err() {
+                break;
+            }
+        }
+        // Dropping stdin is the client closing the connection.
+    });
+    let started = Instant::now();
+    let status = proxy.wait_exit(Duration::from_secs(15));
+    writer.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr_text());
+    // 0.5 s for the writer, the rest of the 0.5 s for EOF, 2 s after SIGTERM, then SIGKILL.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pgid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!group_alive(pgid), "processes left in group {pgid}");
+}
+
+#[test]
+fn a_crash_while_the_client_keeps_sending_still_reports_the_servers_exit_code() {
+    for _ in 0..5 {
+        let mut proxy = Proxy::fixture(&[]);
+        proxy.initialize();
+        let mut stdin = proxy.take_stdin();
+        let pinger = std::thread::spawn(move || {
+            let crash = json!({"jsonrpc":"2.0","id":"crash","method":"tools/call","params":tool("crash", json!({"code": 7}))});
+            writeln!(stdin, "{crash}").unwrap();
+            for id in 0..20_000 {
+                if writeln!(stdin, r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#).is_err() {
+                    break;
+                }
+            }
+        });
+        let status = proxy.wait_exit(Duration::from_secs(10));
+        pinger.join().unwrap();
+        assert_eq!(status.code(), Some(7), "{}", proxy.stderr_text());
+    }
+}
+
+#[test]
+fn a_second_signal_kills_a_stubborn_server_at_once() {
+    let (mut proxy, pgid, _dir) = proxy_with_pid(
+        &["--shutdown-timeout", "30s"],
+        "trap '' TERM;",
+        "--ignore-stdin-eof",
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(proxy.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "still waiting for the server"
+    );
+    let started = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = proxy.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!group_alive(pgid));
+}
