@@ -10,12 +10,16 @@
 //! - `junk`: writes a non-JSON line to stdout, then answers normally.
 //! - `bad_response`: answers with a truncated (malformed) JSON line carrying the request id.
 //! - `big {bytes}`: returns a text of `bytes` bytes.
+//! - `raw_echo`: returns the exact line it received (to prove bytes pass unchanged).
+//! - `bad_request`: sends the client a malformed (truncated) `roots/list` request, id `bad-1`.
+//! - `stats`: returns what arrived that it did not ask for: responses to unknown ids, and the ids
+//!   of error responses (e.g. a proxy's answer to `bad_request`).
 //!
 //! Flags: `--ignore-stdin-eof` keeps running after stdin closes (to test SIGTERM escalation).
 
 // A test fixture: panicking when its own stdout breaks is the right end for it, and its one
 // dispatch function reads best as one match.
-#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines, clippy::single_match_else)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -86,6 +90,8 @@ fn main() {
     // Server→client sampling requests awaiting the client's answer: our id → the tools/call id.
     let mut sampling: HashMap<String, Value> = HashMap::new();
     let mut next_sample = 0u64;
+    let mut unexpected_responses = 0u64;
+    let mut errors_received: Vec<Value> = Vec::new();
     // Sleeping calls still running; a well-behaved server finishes them before exiting on EOF.
     let mut sleepers = Vec::new();
     let stdin = std::io::stdin();
@@ -108,14 +114,18 @@ fn main() {
             // A response from the client: the answer to a sampling request.
             let key = id.to_string();
             if let Some(call_id) = sampling.remove(&key) {
-                let text = msg
-                    .pointer("/result/content/text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("<no text>");
-                send(
-                    &out,
-                    &text_result(&call_id, &format!("client said: {text}")),
-                );
+                let reply = match msg.pointer("/error/message").and_then(Value::as_str) {
+                    Some(message) => format!("client error: {message}"),
+                    None => {
+                        let text = msg.pointer("/result/content/text").and_then(Value::as_str);
+                        format!("client said: {}", text.unwrap_or("<no text>"))
+                    }
+                };
+                send(&out, &text_result(&call_id, &reply));
+            } else if msg.get("error").is_some() {
+                errors_received.push(id);
+            } else {
+                unexpected_responses += 1;
             }
             continue;
         };
@@ -186,6 +196,21 @@ fn main() {
                     "bad_response" => send_raw(
                         &out,
                         &format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":"),
+                    ),
+                    "raw_echo" => send(&out, &text_result(&id, line.trim_end_matches('\n'))),
+                    "bad_request" => {
+                        send_raw(
+                            &out,
+                            r#"{"jsonrpc":"2.0","id":"bad-1","method":"roots/list","params":"#,
+                        );
+                        send(&out, &text_result(&id, "sent a bad request"));
+                    }
+                    "stats" => send(
+                        &out,
+                        &json!({"jsonrpc": "2.0", "id": id, "result": {
+                            "content": [{"type": "text", "text": "stats"}],
+                            "structuredContent": {"unexpected_responses": unexpected_responses, "errors_received": errors_received}
+                        }}),
                     ),
                     "big" => {
                         let n =

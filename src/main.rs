@@ -13,13 +13,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e.into()),
     };
-    if let Err(e) = telemetry::init_tracing(
+    // Held to the end: dropping it flushes the log writer.
+    let _log_guard = match telemetry::init_tracing(
         &config.log_level,
         config.log_format,
         config.log_file.as_deref(),
     ) {
-        return fail(&e);
-    }
+        Ok(guard) => guard,
+        Err(e) => return fail(&e),
+    };
     match app::run(cli.command, &config) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -1,6 +1,8 @@
 //! Observability: tracing setup and the proxy's counters.
 //!
-//! Logs go to stderr or a file, never to stdout (which carries MCP in stdio mode). Counters are
+//! Logs go to stderr or a file, never to stdout (which carries MCP in stdio mode), through a
+//! background writer thread: a client that doesn't drain our stderr must not stall the proxy, so
+//! when that writer's buffer is full, log lines are dropped rather than waited for. Counters are
 //! atomics, each changed in exactly one place per event, so they cannot drift.
 
 use std::fs::OpenOptions;
@@ -8,25 +10,31 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::LogFormat;
 use crate::protocol::Direction;
 
-/// Installs the global tracing subscriber.
-pub fn init_tracing(filter: &str, format: LogFormat, file: Option<&Path>) -> anyhow::Result<()> {
+/// Keeps the background log writer running; dropping it flushes what is buffered.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Installs the global tracing subscriber. Keep the guard until the program ends.
+pub fn init_tracing(
+    filter: &str,
+    format: LogFormat,
+    file: Option<&Path>,
+) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
-    let writer = match file {
+    let (writer, guard) = match file {
         Some(path) => {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
-            BoxMakeWriter::new(std::sync::Mutex::new(file))
+            tracing_appender::non_blocking(file)
         }
-        None => BoxMakeWriter::new(std::io::stderr),
+        None => tracing_appender::non_blocking(std::io::stderr()),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -37,7 +45,8 @@ pub fn init_tracing(filter: &str, format: LogFormat, file: Option<&Path>) -> any
             .try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(guard)
 }
 
 /// Counters for one proxy process.

@@ -45,14 +45,12 @@ fn initializes_lists_and_calls_tools() {
 #[test]
 fn forwards_messages_byte_for_byte() {
     let mut proxy = Proxy::fixture(&[]);
-    // Odd spacing, unknown members and a string id must reach the server as sent; the fixture
-    // answers by id, so a rewritten id would show.
-    proxy.write_raw(
-        b"{ \"jsonrpc\" : \"2.0\", \"id\" : \"x-1\", \"method\":\"ping\", \"_meta\":{\"k\":1} }\n",
-    );
+    // Odd spacing, escapes, unknown members and `_meta` must reach the server exactly as sent.
+    let line = r#"{ "jsonrpc" : "2.0", "id" : "x-1", "method":"tools/call", "params": {"name":"raw_echo","arguments":{"t":"\u00e9\n"}, "_meta":{"k":[1, 2.50]}}, "extra": true }"#;
+    proxy.write_raw(format!("{line}\n").as_bytes());
     let answer = proxy.recv();
     assert_eq!(answer["id"], "x-1");
-    assert_eq!(answer["result"], json!({}));
+    assert_eq!(answer["result"]["content"][0]["text"], line);
 }
 
 #[test]
@@ -171,7 +169,49 @@ fn a_server_to_client_request_round_trips() {
     );
     // A second answer to the same server request has nobody waiting: dropped, not forwarded.
     proxy.send(&json!({"jsonrpc":"2.0","id":sample_id,"result":{}}));
-    assert_eq!(proxy.call(2, "ping", json!({}))["result"], json!({}));
+    let stats = proxy.call(2, "tools/call", tool("stats", json!({})));
+    assert_eq!(
+        stats["result"]["structuredContent"]["unexpected_responses"], 0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn a_malformed_client_answer_to_a_server_request_fails_that_request_not_the_client() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sample", json!({"prompt":"hi"}))}));
+    let request = proxy.recv();
+    let sample_id = request["id"].as_str().unwrap().to_owned();
+    // The client's answer is cut off: the server's request must fail, not hang.
+    proxy.write_raw(
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{sample_id}\",\"result\":{{\"content\":\n")
+            .as_bytes(),
+    );
+    let answer = proxy.recv();
+    assert_eq!(
+        answer["id"], 1,
+        "the client must not get an error for the server's id: {answer}"
+    );
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("client error:") && text.contains("not valid JSON-RPC"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_malformed_server_request_is_answered_to_the_server() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    let answer = proxy.call(1, "tools/call", tool("bad_request", json!({})));
+    assert_eq!(answer["result"]["content"][0]["text"], "sent a bad request");
+    let stats = proxy.call(2, "tools/call", tool("stats", json!({})));
+    assert_eq!(
+        stats["result"]["structuredContent"]["errors_received"],
+        json!(["bad-1"]),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -199,9 +239,57 @@ fn a_batch_gets_a_batch_back() {
         "in a batch"
     );
     assert_eq!(error_code(by_id(json!(3))), -32600);
+    // An id still awaited by an open batch can't be reused by another one.
+    proxy.write_raw(b"[{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"sleep\",\"arguments\":{\"ms\":300}}}]\n");
+    proxy.write_raw(b"[{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"ping\"},{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"ping\"}]\n");
+    let second = proxy.recv();
+    let second = second
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {second}"));
+    assert_eq!(second.len(), 2);
+    assert_eq!(
+        error_code(second.iter().find(|m| m["id"] == 5).unwrap()),
+        -32084
+    );
+    assert_eq!(
+        second.iter().find(|m| m["id"] == 6).unwrap()["result"],
+        json!({})
+    );
+    let first = proxy.recv();
+    assert_eq!(
+        first[0]["result"]["content"][0]["text"], "slept 300 ms",
+        "{first}"
+    );
     // A batch of notifications only gets no answer at all.
     proxy.write_raw(b"[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}]\n");
     assert_eq!(proxy.call(4, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn a_cancelled_batch_member_does_not_hold_the_batch_back() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.write_raw(b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"},{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"sleep\",\"arguments\":{\"ms\":2000}}}]\n");
+    proxy.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2,"reason":"changed my mind"}}));
+    let answer = proxy.recv_line(Duration::from_millis(1500));
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer, json!([{"jsonrpc":"2.0","id":1,"result":{}}]));
+    // The late answer to the cancelled request is dropped, not sent on its own.
+    proxy.expect_silence(Duration::from_millis(2500));
+}
+
+#[test]
+fn a_batch_over_the_limit_is_refused_whole() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    let pings: Vec<Value> = (0..1025)
+        .map(|id| json!({"jsonrpc":"2.0","id":id,"method":"ping"}))
+        .collect();
+    proxy.send(&Value::Array(pings));
+    let answer = proxy.recv();
+    assert_eq!(error_code(&answer), -32600);
+    assert_eq!(answer["error"]["data"]["limit"], 1024);
+    assert_eq!(proxy.call(1, "ping", json!({}))["result"], json!({}));
 }
 
 #[test]
@@ -585,4 +673,27 @@ fn a_second_signal_kills_a_stubborn_server_at_once() {
         started.elapsed()
     );
     assert!(!group_alive(pgid));
+}
+
+#[test]
+fn stderr_without_newlines_is_passed_through_and_its_tail_is_bounded() {
+    // A server that writes 200 KB of progress output with no newline, then dies mid-request.
+    let script = "read line; head -c 200000 /dev/zero | tr '\\0' x >&2; printf ' done' >&2; exit 3";
+    let mut proxy = Proxy::start(&[], &["sh", "-c", script]);
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+    let answer = proxy.recv();
+    assert_eq!(error_code(&answer), -32081);
+    let tail = answer["error"]["data"]["stderr"].as_array().unwrap();
+    let last = tail.last().unwrap().as_str().unwrap();
+    assert!(
+        last.len() <= 1024 && last.starts_with("xxxx"),
+        "{} bytes",
+        last.len()
+    );
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(3));
+    let passed = proxy.stderr_text();
+    assert!(
+        passed.contains(" done") && passed.matches('x').count() >= 200_000,
+        "stderr was not passed through whole"
+    );
 }

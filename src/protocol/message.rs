@@ -98,8 +98,8 @@ impl ParseError {
 /// The members the proxy reads; everything else is skipped without being parsed into values.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
-    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -162,7 +162,7 @@ impl Message {
                 Err(e) => return Err(ParseError::invalid(None, format!("bad id: {e}"))),
             },
         };
-        if env.jsonrpc.as_deref() != Some("2.0") {
+        if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::invalid(id, "\"jsonrpc\" must be \"2.0\""));
         }
 
@@ -195,7 +195,12 @@ impl Message {
                 (true, false) => {
                     return Err(ParseError::invalid(None, "a response must have an \"id\""));
                 }
-                (false, true) => (Kind::Error, None),
+                (false, true) if env.error.is_some_and(|e| e.get().starts_with('{')) => {
+                    (Kind::Error, None)
+                }
+                (false, true) => {
+                    return Err(ParseError::invalid(id, "\"error\" must be an object"));
+                }
                 (true, true) => {
                     return Err(ParseError::invalid(
                         id,
@@ -246,6 +251,26 @@ impl Message {
     /// The method (requests and notifications).
     pub fn method(&self) -> Option<&Method> {
         self.method.as_ref()
+    }
+
+    /// For a `notifications/cancelled`, the id of the request it cancels. Parses `params`, so
+    /// call it only for that method.
+    pub fn cancelled_request_id(&self) -> Option<RequestId> {
+        #[derive(Deserialize)]
+        struct Cancelled<'a> {
+            #[serde(borrow)]
+            params: Option<Params<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "requestId")]
+            request_id: Option<&'a RawValue>,
+        }
+        if self.method.as_ref() != Some(&Method::Cancelled) {
+            return None;
+        }
+        let parsed: Cancelled<'_> = serde_json::from_slice(&self.raw).ok()?;
+        RequestId::from_raw(parsed.params?.request_id?).ok()
     }
 
     /// A response or an error response.

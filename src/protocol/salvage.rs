@@ -5,6 +5,9 @@
 //! keeps the first and last few KiB of a bad frame and looks for a top-level `"id"` member: by
 //! scanning forward from the start (tracking nesting and strings, so nested `"id"`s are ignored),
 //! and, for serialisers that write `id` last, by matching `"id": <value> }` at the very end.
+//! The same forward scan notes whether the frame has a top-level `method` (a request) or
+//! `result`/`error` (a response), because the two belong to different id spaces: a broken
+//! request is answered to its sender, a broken response fails the request it was answering.
 
 use super::id::RequestId;
 
@@ -13,18 +16,50 @@ pub const HEAD_BYTES: usize = 4096;
 /// How many trailing bytes of a bad frame are kept for salvage.
 pub const TAIL_BYTES: usize = 256;
 
+/// What could be read from a broken frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Salvaged {
+    /// Its top-level `id`, if one could be read with certainty.
+    pub id: Option<RequestId>,
+    /// What it looks like.
+    pub shape: Shape,
+}
+
+/// Whether a broken frame looks like a request or a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// It has a top-level `method`.
+    Request,
+    /// It has a top-level `result` or `error` (and no `method`).
+    Response,
+    /// Neither could be seen.
+    #[default]
+    Unknown,
+}
+
 /// Looks for the top-level `id` of a JSON object given its first and last bytes (which may
-/// overlap or be the whole frame). Returns `None` rather than guessing.
+/// overlap or be the whole frame), and for its shape. Returns `None` ids rather than guessing.
+pub fn inspect(head: &[u8], tail: &[u8]) -> Salvaged {
+    let mut found = scan_head(head);
+    if found.id.is_none() {
+        found.id = scan_tail(tail);
+    }
+    found
+}
+
+/// [`inspect`]'s id alone.
 pub fn find_id(head: &[u8], tail: &[u8]) -> Option<RequestId> {
-    scan_head(head).or_else(|| scan_tail(tail))
+    inspect(head, tail).id
 }
 
 /// Forward scan: a tiny tokenizer that tracks depth and strings, and stops where the data does.
-fn scan_head(bytes: &[u8]) -> Option<RequestId> {
+fn scan_head(bytes: &[u8]) -> Salvaged {
+    let mut found = Salvaged::default();
+    let (mut has_method, mut has_answer) = (false, false);
     let mut depth = 0usize;
     let mut i = skip_ws(bytes, 0);
     if bytes.get(i) != Some(&b'{') {
-        return None;
+        return found;
     }
     // After `{` or `,` at depth 1 the next string is a key.
     let mut expect_key = false;
@@ -36,7 +71,8 @@ fn scan_head(bytes: &[u8]) -> Option<RequestId> {
                 i += 1;
             }
             b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
+                let Some(d) = depth.checked_sub(1) else { break };
+                depth = d;
                 i += 1;
             }
             b',' => {
@@ -44,13 +80,21 @@ fn scan_head(bytes: &[u8]) -> Option<RequestId> {
                 i += 1;
             }
             b'"' => {
-                let end = string_end(bytes, i)?;
-                if expect_key && &bytes[i..end] == b"\"id\"" {
-                    let colon = skip_ws(bytes, end);
-                    if bytes.get(colon) != Some(&b':') {
-                        return None;
+                let Some(end) = string_end(bytes, i) else {
+                    break;
+                };
+                if expect_key {
+                    match &bytes[i + 1..end - 1] {
+                        b"id" if found.id.is_none() => {
+                            let colon = skip_ws(bytes, end);
+                            if bytes.get(colon) == Some(&b':') {
+                                found.id = value_at(bytes, skip_ws(bytes, colon + 1));
+                            }
+                        }
+                        b"method" => has_method = true,
+                        b"result" | b"error" => has_answer = true,
+                        _ => {}
                     }
-                    return value_at(bytes, skip_ws(bytes, colon + 1));
                 }
                 expect_key = false;
                 i = end;
@@ -58,7 +102,12 @@ fn scan_head(bytes: &[u8]) -> Option<RequestId> {
             _ => i += 1,
         }
     }
-    None
+    found.shape = match (has_method, has_answer) {
+        (true, _) => Shape::Request,
+        (false, true) => Shape::Response,
+        (false, false) => Shape::Unknown,
+    };
+    found
 }
 
 /// Backward match of `"id" : <value> }` followed only by whitespace.
@@ -90,8 +139,9 @@ fn value_at(bytes: &[u8], start: usize) -> Option<RequestId> {
                 .take_while(|b| b.is_ascii_digit())
                 .count();
             let end = start + 1 + len;
-            // A number cut off by the end of the kept bytes is not trustworthy.
-            if end >= bytes.len() {
+            // A number cut off by the end of the kept bytes is not trustworthy, and a fraction
+            // or exponent is not an id.
+            if end >= bytes.len() || matches!(bytes[end], b'.' | b'e' | b'E') {
                 return None;
             }
             end
@@ -154,7 +204,27 @@ mod tests {
     }
 
     #[test]
+    fn tells_requests_from_responses() {
+        let request = inspect(
+            br#"{"jsonrpc":"2.0","id":3,"method":"x","params":{"result":1"#,
+            b"",
+        );
+        assert_eq!(
+            (request.id, request.shape),
+            (Some(RequestId::Number(3)), Shape::Request)
+        );
+        let response = inspect(br#"{"jsonrpc":"2.0","id":"s-1","result":{"method":"#, b"");
+        assert_eq!(
+            (response.id, response.shape),
+            (Some(RequestId::from("s-1")), Shape::Response)
+        );
+        assert_eq!(inspect(b"not json", b"").shape, Shape::Unknown);
+    }
+
+    #[test]
     fn refuses_to_guess() {
+        assert_eq!(find(r#"{"id":1.5,"method":"x"}"#), None);
+        assert_eq!(find(r#"{"id":2e3,"method":"x"}"#), None);
         assert_eq!(find("plain log line"), None);
         assert_eq!(find(r#"{"id":12"#), None, "number may be cut off");
         assert_eq!(find(r#"{"id":null}"#), None);

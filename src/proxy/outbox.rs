@@ -155,6 +155,49 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether any batch is waiting for answers.
+    pub fn has_open_batches(&self) -> bool {
+        self.open_batches.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether an answer to `id` is awaited by an open batch.
+    pub fn awaits(&self, id: &RequestId) -> bool {
+        self.open_batches.load(Ordering::Acquire) > 0 && self.lock().by_id.contains_key(id)
+    }
+
+    /// Stops waiting for an answer to `id` (its request was cancelled, so none may come); sends
+    /// the batch if that was the last answer it waited for.
+    pub async fn forget(&self, id: &RequestId) -> Result<(), Closed> {
+        if self.open_batches.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let done = {
+            let mut batches = self.lock();
+            let Some(key) = batches.by_id.remove(id) else {
+                return Ok(());
+            };
+            let Some(batch) = batches.open.get_mut(&key) else {
+                return Ok(());
+            };
+            batch.waiting -= 1;
+            if batch.waiting > 0 {
+                return Ok(());
+            }
+            let parts = batches
+                .open
+                .remove(&key)
+                .map(|b| b.parts)
+                .unwrap_or_default();
+            self.open_batches.fetch_sub(1, Ordering::Release);
+            parts
+        };
+        if done.is_empty() {
+            Ok(())
+        } else {
+            self.send_raw(join_array(&done)).await
+        }
+    }
+
     /// Stops the queue: the writer drains what is queued and closes the link.
     pub fn close(&self) {
         self.close.cancel();
@@ -245,6 +288,21 @@ mod tests {
         assert_eq!(parsed.len(), 3);
         assert_eq!(parsed[1]["id"], 2);
         assert_eq!(outbox.open_batches.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_member_no_longer_holds_its_batch_back() {
+        let (outbox, mut rx, _) = Outbox::new(8, 1 << 20);
+        outbox
+            .open_batch(vec![RequestId::Number(1), RequestId::Number(2)], vec![])
+            .await
+            .unwrap();
+        assert!(outbox.awaits(&RequestId::Number(2)));
+        outbox.send(response(1)).await.unwrap();
+        outbox.forget(&RequestId::Number(2)).await.unwrap();
+        let array = rx.recv().await.unwrap();
+        assert_eq!(array.as_ref(), br#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#);
+        assert!(!outbox.awaits(&RequestId::Number(2)));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! (it would corrupt the client's stream); if it can be tied to a pending request, that request
 //! is answered with an error instead of being left to hang.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,12 +15,16 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
 use crate::protocol::error::ProxyError;
-use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, ParseError, RequestId, salvage};
+use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, ParseError, salvage};
 use crate::session::Session;
 use crate::transport::lines::{Line, LineDecoder};
 
 use super::outbox::Outbox;
 use super::pipeline::{Context, Pipeline, Verdict};
+
+/// Most messages accepted in one JSON-RPC batch; a larger batch is refused whole with -32600.
+/// Bounds the answers a batch holds back until it is complete.
+pub const MAX_BATCH_MESSAGES: usize = 1024;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -84,6 +89,14 @@ impl Relay {
     }
 
     async fn on_message(&self, msg: Message) -> Result<(), Undeliverable> {
+        if msg.method() == Some(&crate::protocol::Method::Cancelled)
+            && self.to_sender.has_open_batches()
+        {
+            // A cancelled batch member will get no answer; its batch must not wait for one.
+            if let Some(id) = msg.cancelled_request_id() {
+                let _ = self.to_sender.forget(&id).await;
+            }
+        }
         let cx = Context {
             direction: self.direction,
             session: &self.session,
@@ -121,7 +134,21 @@ impl Relay {
         &self,
         members: Vec<Result<Message, ParseError>>,
     ) -> Result<(), Undeliverable> {
-        let mut expect: Vec<RequestId> = Vec::new();
+        if members.len() > MAX_BATCH_MESSAGES {
+            self.pipeline.metrics().malformed(self.direction);
+            let error = ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("Invalid Request: a batch of {} messages exceeds the limit of {MAX_BATCH_MESSAGES}", members.len()),
+            )
+            .with("limit", MAX_BATCH_MESSAGES);
+            let _ = self
+                .to_sender
+                .send(Message::error_response(None, &error))
+                .await;
+            return Ok(());
+        }
+        let mut expect = Vec::new();
+        let mut seen = HashSet::new();
         let mut ready = Vec::new();
         let mut valid = Vec::with_capacity(members.len());
         for member in members {
@@ -130,13 +157,19 @@ impl Relay {
                     let Some(id) = msg.id().cloned() else {
                         continue;
                     };
-                    if expect.contains(&id) {
+                    // An id already awaiting an answer (in this batch, another batch, or alone)
+                    // would make two answers indistinguishable.
+                    if seen.contains(&id)
+                        || self.session.pending(self.direction).contains(&id)
+                        || self.to_sender.awaits(&id)
+                    {
                         let error = ProxyError::new(
                             ErrorCode::DuplicateRequestId,
-                            "the batch repeats this request id",
+                            "a request with this id is already awaiting its answer; ids must be unique among outstanding requests",
                         );
                         ready.push(error.to_response(Some(&id)));
                     } else {
+                        seen.insert(id.clone());
                         expect.push(id);
                         valid.push(msg);
                     }
@@ -150,88 +183,91 @@ impl Relay {
         }
         // Best effort: the sender may have gone, in which case its reader ends the session.
         let _ = self.to_sender.open_batch(expect, ready).await;
-        for msg in valid {
-            self.on_message(msg).await?;
+        let mut members = valid.into_iter();
+        while let Some(msg) = members.next() {
+            if self.on_message(msg).await.is_err() {
+                // The receiver is gone: answer the members not yet sent, so the batch completes.
+                let error = super::tracker::receiver_gone(self.direction);
+                for rest in members.filter(|m| m.kind() == Kind::Request) {
+                    let _ = self
+                        .to_sender
+                        .send(Message::error_response(rest.id(), &error))
+                        .await;
+                }
+                return Err(Undeliverable);
+            }
         }
         Ok(())
     }
 
     async fn on_bad_frame(&self, error: &ParseError, bytes: &Bytes) -> Result<(), Undeliverable> {
-        let id = error
-            .id()
-            .cloned()
-            .or_else(|| salvage::find_id(bytes, bytes));
-        match self.direction {
-            Direction::ClientToServer => {
-                tracing::warn!(%error, ?id, "malformed message from the client");
-                let answer = match (error, id) {
-                    (ParseError::Json(_), Some(id)) => {
-                        Message::error_response(Some(&id), &error.to_proxy_error())
-                    }
-                    _ => error.to_response(),
-                };
-                self.pipeline.metrics().answered_by_proxy(self.direction);
-                let _ = self.to_sender.send(answer).await;
-                Ok(())
-            }
-            Direction::ServerToClient => {
-                let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-                tracing::warn!(%error, ?id, %preview, "server wrote something that is not a JSON-RPC message; not forwarded");
-                let error = ProxyError::new(
-                    ErrorCode::InvalidUpstreamResponse,
-                    format!("the MCP server's response was not valid JSON-RPC: {error}"),
-                );
-                self.fail_pending_request(id, error).await
-            }
+        let mut found = salvage::inspect(bytes, bytes);
+        if let Some(id) = error.id() {
+            found.id = Some(id.clone());
         }
+        let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+        tracing::warn!(direction = self.direction.as_str(), %error, id = ?found.id, shape = ?found.shape, %preview,
+            "malformed message; not forwarded");
+        let to_sender = error.to_proxy_error();
+        let to_receiver = ProxyError::new(
+            self.broken_answer_code(to_sender.code),
+            format!(
+                "{}'s response was not valid JSON-RPC: {error}",
+                self.sender_name()
+            ),
+        );
+        self.route_broken(found, to_sender, to_receiver).await
     }
 
     async fn on_too_long(&self, len: usize, head: &[u8], tail: &[u8]) -> Result<(), Undeliverable> {
         self.pipeline.metrics().oversized(self.direction);
-        let id = salvage::find_id(head, tail);
+        let found = salvage::inspect(head, tail);
         let limit = self.max_message_size;
-        let (code, what) = match self.direction {
-            Direction::ClientToServer => (ErrorCode::MessageTooLarge, "message"),
-            Direction::ServerToClient => (
-                ErrorCode::InvalidUpstreamResponse,
-                "the MCP server's response",
-            ),
+        tracing::warn!(direction = self.direction.as_str(), len, limit, id = ?found.id, shape = ?found.shape,
+            "discarded an over-long message");
+        let too_large = |code, what: String| {
+            ProxyError::new(
+                code,
+                format!(
+                    "{what} of {len} bytes exceeds the limit of {limit} bytes (--max-message-size)"
+                ),
+            )
+            .with("limit", limit)
+            .with("size", len)
         };
-        tracing::warn!(
-            len,
-            limit,
-            ?id,
-            direction = self.direction.as_str(),
-            "discarded an over-long message"
+        let to_sender = too_large(ErrorCode::MessageTooLarge, "message".to_owned());
+        let to_receiver = too_large(
+            self.broken_answer_code(ErrorCode::MessageTooLarge),
+            format!("{}'s response", self.sender_name()),
         );
-        let error = ProxyError::new(
-            code,
-            format!(
-                "{what} of {len} bytes exceeds the limit of {limit} bytes (--max-message-size)"
-            ),
-        )
-        .with("limit", limit)
-        .with("size", len);
-        match self.direction {
-            Direction::ClientToServer => {
-                self.pipeline.metrics().answered_by_proxy(self.direction);
-                let _ = self
-                    .to_sender
-                    .send(Message::error_response(id.as_ref(), &error))
-                    .await;
-                Ok(())
-            }
-            Direction::ServerToClient => self.fail_pending_request(id, error).await,
-        }
+        self.route_broken(found, to_sender, to_receiver).await
     }
 
-    /// Answers the client's pending request `id` (if it is one) with `error`.
-    async fn fail_pending_request(
+    /// Routes the error for a frame that could not be forwarded. A broken *response* fails the
+    /// request it answered, whose sender is this relay's receiver; a broken *request* is answered
+    /// to its sender. What can't be told apart counts as a request from the client (it is waiting
+    /// for an answer) and as a response from the server (its requests are rare; its answers are
+    /// what the client waits for). Without an id, a broken response is only logged.
+    async fn route_broken(
         &self,
-        id: Option<RequestId>,
-        error: ProxyError,
+        found: salvage::Salvaged,
+        to_sender: ProxyError,
+        to_receiver: ProxyError,
     ) -> Result<(), Undeliverable> {
-        let Some(id) = id else { return Ok(()) };
+        let is_response = match found.shape {
+            salvage::Shape::Response => true,
+            salvage::Shape::Request => false,
+            salvage::Shape::Unknown => self.direction == Direction::ServerToClient,
+        };
+        self.pipeline.metrics().answered_by_proxy(self.direction);
+        if !is_response {
+            let _ = self
+                .to_sender
+                .send(Message::error_response(found.id.as_ref(), &to_sender))
+                .await;
+            return Ok(());
+        }
+        let Some(id) = found.id else { return Ok(()) };
         if self
             .session
             .pending(self.direction.reverse())
@@ -240,11 +276,27 @@ impl Relay {
         {
             return Ok(());
         }
-        self.pipeline.metrics().answered_by_proxy(self.direction);
         self.to_receiver
-            .send(Message::error_response(Some(&id), &error))
+            .send(Message::error_response(Some(&id), &to_receiver))
             .await
             .map_err(|_| Undeliverable)
+    }
+
+    /// Who sends what this relay reads, for error messages.
+    fn sender_name(&self) -> &'static str {
+        match self.direction {
+            Direction::ClientToServer => "the client",
+            Direction::ServerToClient => "the MCP server",
+        }
+    }
+
+    /// The code a request gets when its answer arrived broken: for the client, the table's
+    /// `invalid_upstream_response`; for the server, the same code the client's error had.
+    fn broken_answer_code(&self, sender_code: ErrorCode) -> ErrorCode {
+        match self.direction {
+            Direction::ServerToClient => ErrorCode::InvalidUpstreamResponse,
+            Direction::ClientToServer => sender_code,
+        }
     }
 }
 

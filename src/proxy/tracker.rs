@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::protocol::error::ProxyError;
-use crate::protocol::{Direction, ErrorCode, Kind, Message, Method, RequestId};
+use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::session::PendingError;
 use crate::telemetry::Metrics;
 
@@ -47,7 +47,7 @@ impl RequestTracker {
             Kind::Notification => {
                 if msg.method() == Some(&Method::Cancelled) {
                     // The request is over for its sender; its late answer will be dropped.
-                    if let Some(id) = cancelled_request_id(&msg) {
+                    if let Some(id) = msg.cancelled_request_id() {
                         cx.session.pending(cx.direction).remove(&id);
                     }
                 }
@@ -110,27 +110,12 @@ pub fn receiver_gone(direction: Direction) -> ProxyError {
     }
 }
 
-/// Reads `params.requestId` of a `notifications/cancelled`. Parsed only for this rare method.
-fn cancelled_request_id(msg: &Message) -> Option<RequestId> {
-    #[derive(serde::Deserialize)]
-    struct Cancelled<'a> {
-        #[serde(borrow)]
-        params: Option<Params<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params<'a> {
-        #[serde(borrow, rename = "requestId")]
-        request_id: Option<&'a serde_json::value::RawValue>,
-    }
-    let parsed: Cancelled<'_> = serde_json::from_slice(msg.raw()).ok()?;
-    RequestId::from_raw(parsed.params?.request_id?).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::protocol::RequestId;
     use crate::session::{Session, TransportKind};
 
     fn msg(s: &str) -> Message {

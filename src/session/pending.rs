@@ -92,6 +92,11 @@ impl PendingRequests {
         self.lock().requests.remove(id)
     }
 
+    /// Whether `id` is awaiting its answer.
+    pub fn contains(&self, id: &RequestId) -> bool {
+        self.lock().requests.contains_key(id)
+    }
+
     /// How many requests are waiting.
     pub fn len(&self) -> usize {
         self.lock().requests.len()

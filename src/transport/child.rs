@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 
 /// How many of the child's last stderr lines are kept for error reports.
@@ -199,20 +199,30 @@ impl ChildProcess {
 }
 
 /// Copies the child's stderr to ours line by line, keeping the last lines.
-async fn copy_stderr(stderr: ChildStderr, tail: StderrTail) {
-    let mut reader = BufReader::new(stderr);
+async fn copy_stderr(mut stderr: ChildStderr, tail: StderrTail) {
     let mut out = tokio::io::stderr();
+    let mut chunk = vec![0u8; 8192];
+    // The line being assembled for the tail; capped, so a server that never writes a newline
+    // (progress bars with `\r`) can't grow it. The copy to our stderr is not line-bound.
     let mut line = Vec::with_capacity(256);
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        let n = match stderr.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
+            Ok(n) => n,
+        };
+        // Our stderr going away must not stop the copy: the tail is still needed.
+        let _ = out.write_all(&chunk[..n]).await;
+        for piece in chunk[..n].split_inclusive(|&b| b == b'\n') {
+            let room = STDERR_LINE_MAX.saturating_sub(line.len());
+            line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.ends_with(b"\n") {
                 tail.push(&line);
-                // Our stderr going away must not stop the copy: the tail is still needed.
-                let _ = out.write_all(&line).await;
+                line.clear();
             }
         }
+    }
+    if !line.is_empty() {
+        tail.push(&line);
     }
 }
 

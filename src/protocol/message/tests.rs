@@ -67,6 +67,18 @@ fn invalid_messages_are_invalid_requests_with_their_id_when_readable() {
             Some(RequestId::Number(10)),
         ),
         (r#"{"jsonrpc":"2.0","id":null,"method":"a"}"#, None),
+        (
+            r#"{"jsonrpc":2.0,"id":11,"method":"a"}"#,
+            Some(RequestId::Number(11)),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":12,"error":null}"#,
+            Some(RequestId::Number(12)),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":13,"error":"bad"}"#,
+            Some(RequestId::Number(13)),
+        ),
         (r#"{"jsonrpc":"2.0","id":1.5,"method":"a"}"#, None),
         (r#"{"jsonrpc":"2.0","result":{}}"#, None),
         (r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"a"}"#, None),
@@ -106,6 +118,16 @@ fn batches_split_into_members_sharing_the_frame() {
         Message::parse_frame(Bytes::from_static(b"[{")),
         Err(ParseError::Json(_))
     ));
+}
+
+#[test]
+fn reads_the_id_a_cancellation_names() {
+    let cancel = parse(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r9","reason":"x"}}"#).unwrap();
+    assert_eq!(cancel.cancelled_request_id(), Some(RequestId::from("r9")));
+    let other =
+        parse(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"requestId":1}}"#)
+            .unwrap();
+    assert_eq!(other.cancelled_request_id(), None);
 }
 
 #[test]
