@@ -1,0 +1,78 @@
+//! The official Rust SDK (`rmcp`, pinned) as the client, through `shadowcat forward stdio`: its
+//! whole session (era detection, initialize, tools/list, tools/call, a server→client sampling
+//! request it answers with an error) must look the same with and without shadowcat.
+
+// Test code: panics are the failure report.
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::TokioChildProcess;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+fn args(value: Value) -> serde_json::Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+/// One rmcp client session against `command`; a summary of everything it saw.
+async fn session(mut command: Command) -> Value {
+    command.stderr(std::process::Stdio::null());
+    let client = ().serve(TokioChildProcess::new(command).unwrap()).await.expect("rmcp handshake");
+    let info = serde_json::to_value(client.peer_info().expect("server info").as_ref()).unwrap();
+    let mut tools: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    tools.sort();
+    let echo = client
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(args(json!({"text": "through rmcp"}))),
+        )
+        .await
+        .unwrap();
+    // rmcp's default client handler declines sampling; the fixture reports the client's error.
+    let sample = client
+        .call_tool(
+            CallToolRequestParams::new("sample").with_arguments(args(json!({"prompt": "hi"}))),
+        )
+        .await
+        .unwrap();
+    client.cancel().await.unwrap();
+    json!({
+        "info": info,
+        "tools": tools,
+        "echo": serde_json::to_value(&echo).unwrap(),
+        "sample": serde_json::to_value(&sample).unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn an_rmcp_client_sees_the_same_session_through_shadowcat() {
+    let fixture = support::fixture();
+    let direct = session(Command::new(&fixture)).await;
+    let mut proxied = Command::new(support::shadowcat());
+    proxied.args(["forward", "stdio", "--"]).arg(&fixture);
+    let proxied = session(proxied).await;
+    assert_eq!(
+        direct["echo"]["content"][0]["text"], "through rmcp",
+        "{direct}"
+    );
+    let sample = direct["sample"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        sample.starts_with("client "),
+        "the sampling round trip did not happen: {sample}"
+    );
+    assert_eq!(direct, proxied);
+}
