@@ -190,6 +190,8 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut proxy_rss = 0;
+    // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
+    let data_dir = tempfile::tempdir().unwrap();
     for (payload, text, seq_n, pipe_n) in [
         ("64 B", "a".repeat(64), 20_000 / scale, 100_000 / scale),
         (
@@ -200,6 +202,7 @@ fn main() {
         ),
     ] {
         let mut shadowcat = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
+        shadowcat.env("SHADOWCAT_DATA_DIR", data_dir.path());
         shadowcat
             .args(["--log-level", "warn", "forward", "stdio", "--"])
             .arg(&fixture);

@@ -6,16 +6,19 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ForwardCommand, StdioArgs};
-use crate::config::Config;
+use crate::cli::{Cli, Command, ForwardCommand, OutputFormat, SessionCommand, StdioArgs};
+use crate::config::{Config, parse_duration};
 use crate::proxy::forward;
+use crate::session::report;
+use crate::session::store::sqlite::DB_FILE;
+use crate::session::store::{SessionStore, SqliteStore, StateFilter};
 use crate::transport::child::ChildSpec;
 
 /// The options a command proxies with, if it proxies.
 pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
     match command {
         Command::Forward(ForwardCommand::Stdio(args)) => Some(&args.proxy),
-        Command::Completions { .. } => None,
+        Command::Session(_) | Command::Completions { .. } => None,
     }
 }
 
@@ -23,6 +26,7 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
 pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     match command {
         Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(args, config),
+        Command::Session(cmd) => run_session(cmd, config),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut out);
@@ -51,4 +55,88 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
+}
+
+/// `shadowcat session list|show|cleanup`, against the history in the data dir.
+fn run_session(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
+    let path = config.data_dir.join(DB_FILE);
+    let mut out = std::io::stdout().lock();
+    if !path.exists() {
+        eprintln!(
+            "shadowcat: no session history in {} yet",
+            config.data_dir.display()
+        );
+        return match cmd {
+            SessionCommand::List {
+                format: OutputFormat::Json,
+                ..
+            } => {
+                writeln!(out, "[]")?;
+                Ok(0)
+            }
+            SessionCommand::List { .. } | SessionCommand::Cleanup { .. } => Ok(0),
+            SessionCommand::Show { id, .. } => {
+                eprintln!("shadowcat: no session {id}");
+                Ok(1)
+            }
+        };
+    }
+    let store = SqliteStore::open(&path)?;
+    match cmd {
+        SessionCommand::List { state, format } => {
+            let records = store.list(state)?;
+            match format {
+                OutputFormat::Table => write!(out, "{}", report::table(&records))?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
+            }
+        }
+        SessionCommand::Show { id, format } => {
+            let Some(record) = store.get(&id)? else {
+                eprintln!("shadowcat: no session {id} in {}", path.display());
+                return Ok(1);
+            };
+            match format {
+                OutputFormat::Table => write!(out, "{}", report::details(&record))?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?,
+            }
+        }
+        SessionCommand::Cleanup {
+            older_than,
+            all,
+            dry_run,
+        } => {
+            let cutoff = match older_than {
+                Some(text) => {
+                    let age = parse_duration(&text, "--older-than")?;
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                    let cutoff = now
+                        .checked_sub(age)
+                        .context("--older-than reaches back before 1970")?;
+                    Some(u64::try_from(cutoff.as_millis()).unwrap_or(u64::MAX))
+                }
+                None => None,
+            };
+            let doomed: Vec<String> = store
+                .list(StateFilter::All)?
+                .into_iter()
+                .filter(|r| match r.ended_at_ms {
+                    Some(ended) => all || cutoff.is_some_and(|c| ended < c),
+                    // Not ended: only if a killed proxy left it, silent since before the cutoff.
+                    None => cutoff.is_some_and(|c| r.last_activity_ms < c),
+                })
+                .map(|r| r.id)
+                .collect();
+            if dry_run {
+                writeln!(out, "would delete {} session(s)", doomed.len())?;
+            } else {
+                let deleted = store.delete(&doomed)?;
+                writeln!(out, "deleted {deleted} session(s)")?;
+            }
+            for id in &doomed {
+                writeln!(out, "  {id}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(0)
 }

@@ -51,6 +51,10 @@ pub struct GlobalArgs {
     /// Append logs to this file instead of stderr. Logs never go to stdout.
     #[arg(long, global = true, env = "SHADOWCAT_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Directory for session history (sessions.db) and other data. [default: the platform's
+    /// data dir, e.g. ~/.local/share/shadowcat]
+    #[arg(long, global = true, env = "SHADOWCAT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// TOML file with defaults for any option (keys named like the long options, with
     /// underscores: max_message_size = "16MiB").
     #[arg(long, global = true, env = "SHADOWCAT_CONFIG", value_name = "FILE")]
@@ -59,10 +63,14 @@ pub struct GlobalArgs {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once per process; boxing would only add noise.
 pub enum Command {
     /// Run as a forward proxy: the MCP client starts shadowcat in place of its server.
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Inspect and prune the session history (sessions.db in the data dir).
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Print a shell completion script to stdout.
     Completions {
         /// The shell.
@@ -77,6 +85,51 @@ pub enum ForwardCommand {
     ///
     /// Example: shadowcat forward stdio -- npx -y @modelcontextprotocol/server-everything
     Stdio(StdioArgs),
+}
+
+/// `session` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions, newest first.
+    List {
+        /// Which sessions.
+        #[arg(long, value_enum, default_value = "all")]
+        state: crate::session::store::StateFilter,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Show one session: metadata, counts, pending requests, tags.
+    Show {
+        /// The session id (as `session list` prints it).
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Delete ended sessions from the history (and sessions whose last message is older than
+    /// --older-than, which a killed proxy left looking active).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["older_than", "all"])))]
+    Cleanup {
+        /// Delete sessions that ended (or were last active) longer ago than this, e.g. 7d or 12h.
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+        older_than: Option<String>,
+        /// Delete every ended session.
+        #[arg(long)]
+        all: bool,
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// How `session` commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
 }
 
 /// `forward stdio` options.
@@ -96,21 +149,56 @@ pub struct StdioArgs {
     pub command: Vec<OsString>,
 }
 
-/// Limits and timeouts of the proxy pipeline.
-#[derive(Debug, Args)]
+/// Limits and timeouts of the proxy pipeline and its sessions. Durations are like 5s, 1500ms,
+/// 10m or 2h; those that can be switched off take `off`.
+#[derive(Debug, Args, Default)]
 pub struct ProxyArgs {
     /// Largest message accepted in either direction, e.g. 32MiB, 512KiB or a byte count; a
     /// larger one is discarded and answered with an error. [default: 32MiB]
     #[arg(long, env = "SHADOWCAT_MAX_MESSAGE_SIZE", value_name = "SIZE")]
     pub max_message_size: Option<String>,
-    /// Most requests awaiting an answer per direction; more are refused with an error.
-    /// [default: 65536]
+    /// Most requests awaiting an answer per session and direction; more are refused with an
+    /// error. [default: 1000]
     #[arg(long, env = "SHADOWCAT_MAX_PENDING_REQUESTS", value_name = "N")]
-    pub max_pending_requests: Option<usize>,
+    pub max_pending_requests: Option<String>,
+    /// Most requests awaiting an answer across all sessions. [default: 100000]
+    #[arg(long, env = "SHADOWCAT_MAX_PENDING_TOTAL", value_name = "N")]
+    pub max_pending_total: Option<String>,
+    /// A request unanswered for this long gets an error, and its receiver a
+    /// notifications/cancelled. [default: off]
+    #[arg(long, env = "SHADOWCAT_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
     /// How long the server gets to exit after its stdin closes, before SIGTERM (and SIGKILL
-    /// 2 s later), e.g. 5s or 1500ms. [default: 5s]
+    /// 2 s later). [default: 5s]
     #[arg(long, env = "SHADOWCAT_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Most open sessions; at the limit the least recently used idle one is evicted, or the new
+    /// one refused. [default: 10000]
+    #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<String>,
+    /// A session with no message for this long expires. [default: off]
+    #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub session_idle_timeout: Option<String>,
+    /// A session older than this expires. [default: off]
+    #[arg(long, env = "SHADOWCAT_MAX_SESSION_AGE", value_name = "DURATION")]
+    pub max_session_age: Option<String>,
+    /// How often expired sessions are looked for. [default: 10s]
+    #[arg(long, env = "SHADOWCAT_CLEANUP_INTERVAL", value_name = "DURATION")]
+    pub cleanup_interval: Option<String>,
+    /// Tag a session `long-running` once it is this old. [default: 1h]
+    #[arg(
+        long,
+        env = "SHADOWCAT_TAG_LONG_RUNNING_AFTER",
+        value_name = "DURATION"
+    )]
+    pub tag_long_running_after: Option<String>,
+    /// Tag a session `high-volume` once it carried this many messages. [default: 10000]
+    #[arg(long, env = "SHADOWCAT_TAG_HIGH_VOLUME_FRAMES", value_name = "N")]
+    pub tag_high_volume_frames: Option<String>,
+    /// Where session history goes: `sqlite` (sessions.db in the data dir) or `memory` (none
+    /// kept after exit). [default: sqlite]
+    #[arg(long, env = "SHADOWCAT_SESSION_STORE", value_name = "KIND")]
+    pub session_store: Option<String>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {

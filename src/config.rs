@@ -10,7 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::{GlobalArgs, ProxyArgs};
-use crate::session::pending::DEFAULT_MAX_PENDING_REQUESTS;
+use crate::session::info::TagThresholds;
+use crate::session::manager::{
+    DEFAULT_CLEANUP_INTERVAL, DEFAULT_HIGH_VOLUME_FRAMES, DEFAULT_LONG_RUNNING_AFTER,
+    DEFAULT_MAX_SESSIONS, SessionConfig,
+};
+use crate::session::pending::{DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_PENDING_TOTAL};
 use crate::transport::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Default log filter.
@@ -40,12 +45,29 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log file; stderr when `None`.
     pub log_file: Option<PathBuf>,
+    /// Where session history and other data live.
+    pub data_dir: PathBuf,
     /// Largest message, in bytes.
     pub max_message_size: usize,
-    /// Most pending requests per direction per session.
-    pub max_pending_requests: usize,
     /// Time the server gets to exit after its stdin closes.
     pub shutdown_timeout: Duration,
+    /// Requests unanswered this long time out (`None`: never).
+    pub request_timeout: Option<Duration>,
+    /// How sessions are bounded and tagged.
+    pub sessions: SessionConfig,
+    /// How often expired sessions are looked for.
+    pub cleanup_interval: Duration,
+    /// Where session history goes.
+    pub session_store: StoreKind,
+}
+
+/// Where session history goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `sessions.db` in the data dir.
+    Sqlite,
+    /// Nowhere beyond this process.
+    Memory,
 }
 
 /// A configuration problem, reported before anything starts.
@@ -78,74 +100,138 @@ pub enum ConfigError {
     },
 }
 
-/// The config file's keys; all optional, unknown keys rejected.
+/// The config file's keys; all optional, unknown keys rejected. Values may be strings or, for
+/// counts and sizes, integers.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     log_file: Option<PathBuf>,
-    max_message_size: Option<SizeValue>,
-    max_pending_requests: Option<usize>,
-    shutdown_timeout: Option<String>,
+    data_dir: Option<PathBuf>,
+    max_message_size: Option<Scalar>,
+    max_pending_requests: Option<Scalar>,
+    max_pending_total: Option<Scalar>,
+    request_timeout: Option<Scalar>,
+    shutdown_timeout: Option<Scalar>,
+    max_sessions: Option<Scalar>,
+    session_idle_timeout: Option<Scalar>,
+    max_session_age: Option<Scalar>,
+    cleanup_interval: Option<Scalar>,
+    tag_long_running_after: Option<Scalar>,
+    tag_high_volume_frames: Option<Scalar>,
+    session_store: Option<Scalar>,
 }
 
-/// A size in the file may be a number of bytes or a string such as "16MiB".
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
+enum Scalar {
+    Int(u64),
     Text(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Self::Int(n) => n.to_string(),
+            Self::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// The command line's value, else the file's.
+fn pick(cli: Option<&String>, file: Option<&Scalar>) -> Option<String> {
+    cli.cloned().or_else(|| file.map(Scalar::text))
 }
 
 impl Config {
     /// Builds the configuration. `proxy` is `None` for commands that don't proxy.
+    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
     pub fn build(global: &GlobalArgs, proxy: Option<&ProxyArgs>) -> Result<Self, ConfigError> {
         let file = match &global.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let none = ProxyArgs {
-            max_message_size: None,
-            max_pending_requests: None,
-            shutdown_timeout: None,
-        };
-        let proxy = proxy.unwrap_or(&none);
+        let none = ProxyArgs::default();
+        let p = proxy.unwrap_or(&none);
 
-        let max_message_size = match (&proxy.max_message_size, &file.max_message_size) {
-            (Some(text), _) | (None, Some(SizeValue::Text(text))) => parse_size(text)?,
-            (None, Some(SizeValue::Bytes(n))) => usize::try_from(*n).unwrap_or(usize::MAX),
-            (None, None) => DEFAULT_MAX_MESSAGE_BYTES,
-        };
+        let max_message_size =
+            match pick(p.max_message_size.as_ref(), file.max_message_size.as_ref()) {
+                Some(text) => parse_size(&text)?,
+                None => DEFAULT_MAX_MESSAGE_BYTES,
+            };
         if max_message_size < MIN_MESSAGE_BYTES {
             return Err(invalid(
                 "--max-message-size",
                 format!("must be at least {MIN_MESSAGE_BYTES} bytes"),
             ));
         }
-        let max_pending_requests = proxy
-            .max_pending_requests
-            .or(file.max_pending_requests)
-            .unwrap_or(DEFAULT_MAX_PENDING_REQUESTS);
-        if max_pending_requests == 0 {
-            return Err(invalid(
-                "--max-pending-requests",
-                "must be at least 1".into(),
-            ));
-        }
-        let shutdown_timeout = match proxy
-            .shutdown_timeout
-            .as_ref()
-            .or(file.shutdown_timeout.as_ref())
-        {
-            Some(text) => humantime::parse_duration(text).map_err(|e| {
-                invalid(
-                    "--shutdown-timeout",
-                    format!("{text:?}: {e} (try 5s or 500ms)"),
-                )
-            })?,
-            None => DEFAULT_SHUTDOWN_TIMEOUT,
+        let count = |cli: &Option<String>, file: &Option<Scalar>, option, default| {
+            pick(cli.as_ref(), file.as_ref()).map_or(Ok(default), |text| parse_count(&text, option))
         };
+        let duration = |cli: &Option<String>, file: &Option<Scalar>, option, default| {
+            pick(cli.as_ref(), file.as_ref())
+                .map_or(Ok(default), |text| parse_duration(&text, option))
+        };
+        let switchable = |cli: &Option<String>, file: &Option<Scalar>, option| {
+            pick(cli.as_ref(), file.as_ref())
+                .map_or(Ok(None), |text| parse_optional_duration(&text, option))
+        };
+        let sessions = SessionConfig {
+            max_sessions: count(
+                &p.max_sessions,
+                &file.max_sessions,
+                "--max-sessions",
+                DEFAULT_MAX_SESSIONS,
+            )?,
+            idle_timeout: switchable(
+                &p.session_idle_timeout,
+                &file.session_idle_timeout,
+                "--session-idle-timeout",
+            )?,
+            max_age: switchable(
+                &p.max_session_age,
+                &file.max_session_age,
+                "--max-session-age",
+            )?,
+            max_pending_requests: count(
+                &p.max_pending_requests,
+                &file.max_pending_requests,
+                "--max-pending-requests",
+                DEFAULT_MAX_PENDING_REQUESTS,
+            )?,
+            max_pending_total: count(
+                &p.max_pending_total,
+                &file.max_pending_total,
+                "--max-pending-total",
+                DEFAULT_MAX_PENDING_TOTAL,
+            )?,
+            tags: TagThresholds {
+                long_running_after: duration(
+                    &p.tag_long_running_after,
+                    &file.tag_long_running_after,
+                    "--tag-long-running-after",
+                    DEFAULT_LONG_RUNNING_AFTER,
+                )?,
+                high_volume_frames: count(
+                    &p.tag_high_volume_frames,
+                    &file.tag_high_volume_frames,
+                    "--tag-high-volume-frames",
+                    usize::try_from(DEFAULT_HIGH_VOLUME_FRAMES).unwrap_or(usize::MAX),
+                )? as u64,
+            },
+        };
+        let session_store =
+            match pick(p.session_store.as_ref(), file.session_store.as_ref()).as_deref() {
+                None | Some("sqlite") => StoreKind::Sqlite,
+                Some("memory") => StoreKind::Memory,
+                Some(other) => {
+                    return Err(invalid(
+                        "--session-store",
+                        format!("{other:?}: expected sqlite or memory"),
+                    ));
+                }
+            };
         Ok(Self {
             log_level: global
                 .log_level
@@ -154,11 +240,42 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),
             log_file: global.log_file.clone().or(file.log_file),
+            data_dir: global
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
             max_message_size,
-            max_pending_requests,
-            shutdown_timeout,
+            shutdown_timeout: duration(
+                &p.shutdown_timeout,
+                &file.shutdown_timeout,
+                "--shutdown-timeout",
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
+            request_timeout: switchable(
+                &p.request_timeout,
+                &file.request_timeout,
+                "--request-timeout",
+            )?,
+            sessions,
+            cleanup_interval: duration(
+                &p.cleanup_interval,
+                &file.cleanup_interval,
+                "--cleanup-interval",
+                DEFAULT_CLEANUP_INTERVAL,
+            )?,
+            session_store,
         })
     }
+}
+
+/// The platform's data dir for Shadowcat (e.g. `~/.local/share/shadowcat`), or `./.shadowcat`
+/// when there is no home directory.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "shadowcat").map_or_else(
+        || PathBuf::from(".shadowcat"),
+        |dirs| dirs.data_dir().to_owned(),
+    )
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -183,6 +300,55 @@ fn parse_size(text: &str) -> Result<usize, ConfigError> {
         .map_err(|_| invalid("--max-message-size", format!("{text:?} is too large")))
 }
 
+/// A positive whole number.
+pub fn parse_count(text: &str, option: &'static str) -> Result<usize, ConfigError> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(invalid(option, "must be at least 1".into())),
+        Ok(n) => Ok(n),
+        Err(e) => Err(invalid(
+            option,
+            format!("{text:?}: {e} (expected a whole number)"),
+        )),
+    }
+}
+
+/// A duration greater than zero, in humantime's syntax (`5s`, `1500ms`, `10m`, `2h 30m`).
+/// Zero, negative, overflowing values and unknown units are refused with a message saying so.
+pub fn parse_duration(text: &str, option: &'static str) -> Result<Duration, ConfigError> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(invalid(
+            option,
+            format!("{text:?}: a duration cannot be negative"),
+        ));
+    }
+    match humantime::parse_duration(trimmed) {
+        Ok(d) if d.is_zero() => Err(invalid(option, format!("{text:?}: must be more than zero"))),
+        Ok(d) => Ok(d),
+        Err(e) => Err(invalid(
+            option,
+            format!("{text:?}: {e} (try 5s, 1500ms, 10m or 2h)"),
+        )),
+    }
+}
+
+/// Like [`parse_duration`], or `off` for none.
+pub fn parse_optional_duration(
+    text: &str,
+    option: &'static str,
+) -> Result<Option<Duration>, ConfigError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_duration(text, option).map(Some).map_err(|e| match e {
+        ConfigError::Invalid { option, message } => ConfigError::Invalid {
+            option,
+            message: format!("{message}, or off"),
+        },
+        other => other,
+    })
+}
+
 fn invalid(option: &'static str, message: String) -> ConfigError {
     ConfigError::Invalid { option, message }
 }
@@ -198,6 +364,7 @@ mod tests {
             log_level: None,
             log_format: None,
             log_file: None,
+            data_dir: None,
             config,
         }
     }
@@ -205,8 +372,8 @@ mod tests {
     fn proxy(size: Option<&str>, timeout: Option<&str>) -> ProxyArgs {
         ProxyArgs {
             max_message_size: size.map(str::to_owned),
-            max_pending_requests: None,
             shutdown_timeout: timeout.map(str::to_owned),
+            ..ProxyArgs::default()
         }
     }
 
@@ -214,7 +381,12 @@ mod tests {
     fn defaults_apply_when_nothing_is_set() {
         let config = Config::build(&globals(None), None).unwrap();
         assert_eq!(config.max_message_size, DEFAULT_MAX_MESSAGE_BYTES);
-        assert_eq!(config.max_pending_requests, DEFAULT_MAX_PENDING_REQUESTS);
+        assert_eq!(
+            config.sessions.max_pending_requests,
+            DEFAULT_MAX_PENDING_REQUESTS
+        );
+        assert_eq!(config.sessions.idle_timeout, None);
+        assert_eq!(config.request_timeout, None);
         assert_eq!(config.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
         assert_eq!(config.log_level, "info");
     }
@@ -239,6 +411,68 @@ mod tests {
             let err = Config::build(&globals(None), Some(&proxy(size, timeout))).unwrap_err();
             assert!(err.to_string().contains(option), "{err}");
         }
+    }
+
+    #[test]
+    fn durations_refuse_zero_negative_overflow_and_unknown_units() {
+        for (text, needle) in [
+            ("0s", "more than zero"),
+            ("0", "more than zero"),
+            ("-5s", "negative"),
+            ("99999999999999999999999h", "\"99999999999999999999999h\""),
+            ("5 fortnights", "unknown time unit"),
+            ("", "try 5s"),
+        ] {
+            let err = parse_duration(text, "--x").unwrap_err().to_string();
+            assert!(
+                err.contains("--x") && err.contains(needle),
+                "{text:?}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_duration("1h 30m", "--x").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(parse_optional_duration("off", "--x").unwrap(), None);
+        assert!(
+            parse_optional_duration("0s", "--x")
+                .unwrap_err()
+                .to_string()
+                .contains("or off")
+        );
+    }
+
+    #[test]
+    fn session_options_come_from_flags_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "max_sessions = 5\nsession_idle_timeout = \"30m\"\nsession_store = \"memory\""
+        )
+        .unwrap();
+        let args = ProxyArgs {
+            max_sessions: Some("7".into()),
+            request_timeout: Some("1m".into()),
+            ..ProxyArgs::default()
+        };
+        let config = Config::build(&globals(Some(file.path().to_owned())), Some(&args)).unwrap();
+        assert_eq!(config.sessions.max_sessions, 7);
+        assert_eq!(
+            config.sessions.idle_timeout,
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(config.request_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(config.session_store, StoreKind::Memory);
+        let bad = ProxyArgs {
+            max_sessions: Some("0".into()),
+            ..ProxyArgs::default()
+        };
+        assert!(
+            Config::build(&globals(None), Some(&bad))
+                .unwrap_err()
+                .to_string()
+                .contains("--max-sessions")
+        );
     }
 
     #[test]

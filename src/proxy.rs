@@ -7,6 +7,7 @@
 //! - [`outbox`]: the way out to one peer: a bounded queue to its writer, which also re-assembles
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
+//! - [`timeouts`]: request timeouts: an error for the requester, a cancellation for the other.
 //! - [`task`]: an owned background task that is awaited at most once.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 
@@ -15,6 +16,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod relay;
 pub mod task;
+pub mod timeouts;
 pub mod tracker;
 
 pub use pipeline::{Context, Pipeline, Stage, Verdict};

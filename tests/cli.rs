@@ -13,7 +13,7 @@ mod support;
 use std::process::{Command, Output};
 
 fn shadowcat(args: &[&str]) -> Output {
-    Command::new(support::shadowcat())
+    support::command()
         .args(args)
         .output()
         .expect("run shadowcat")
@@ -90,7 +90,7 @@ fn bad_option_values_name_the_option() {
         "{}",
         text(&out.stderr)
     );
-    let out = Command::new(support::shadowcat())
+    let out = support::command()
         .args(["forward", "stdio", "--", "true"])
         .env("SHADOWCAT_SHUTDOWN_TIMEOUT", "whenever")
         .output()
@@ -128,7 +128,7 @@ fn a_config_file_with_an_unknown_key_is_rejected_with_its_position() {
 fn logs_go_to_the_log_file_and_never_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("shadowcat.log");
-    let out = Command::new(support::shadowcat())
+    let out = support::command()
         .args([
             "--log-level",
             "debug",
@@ -155,6 +155,10 @@ fn docs_cli_md_shows_the_current_help() {
     for args in [
         &["--help"][..],
         &["forward", "stdio", "--help"],
+        &["session", "--help"],
+        &["session", "list", "--help"],
+        &["session", "show", "--help"],
+        &["session", "cleanup", "--help"],
         &["completions", "--help"],
     ] {
         let mut cmd = Command::new(support::shadowcat());

@@ -56,7 +56,8 @@ fn forwards_messages_byte_for_byte() {
 #[test]
 fn ten_thousand_pipelined_requests_are_all_answered_with_matching_ids() {
     const N: i64 = 10_000;
-    let mut proxy = Proxy::fixture(&[]);
+    // All 10,000 may be in flight at once: raise the per-session pending bound to match.
+    let mut proxy = Proxy::fixture(&["--max-pending-requests", "10000"]);
     let mut stdin = Some(proxy.take_stdin());
     let mut batch = Vec::new();
     for id in 0..N {
@@ -482,10 +483,10 @@ fn stdio_over_a_unix_socket_works() {
     use std::io::{BufRead, BufReader};
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut child = Command::new(support::shadowcat())
+    let mut child = support::command()
         .args(["forward", "stdio", "--"])
         .arg(fixture())
         .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
@@ -512,7 +513,7 @@ fn stdio_over_a_unix_socket_works() {
 
 #[test]
 fn stdio_from_and_to_regular_files_falls_back_and_works() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
@@ -521,7 +522,7 @@ fn stdio_from_and_to_regular_files_falls_back_and_works() {
         .map(|id| format!("{}\n", json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("echo", json!({"text": format!("f{id}")}))})))
         .collect();
     std::fs::write(&input, requests).unwrap();
-    let status = Command::new(support::shadowcat())
+    let status = support::command()
         .args(["forward", "stdio", "--"])
         .arg(fixture())
         .stdin(Stdio::from(std::fs::File::open(&input).unwrap()))
@@ -544,7 +545,7 @@ fn stdio_from_and_to_regular_files_falls_back_and_works() {
 
 #[test]
 fn a_client_that_stops_reading_our_stdout_ends_the_session_cleanly() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let script = format!(
@@ -552,7 +553,7 @@ fn a_client_that_stops_reading_our_stdout_ends_the_session_cleanly() {
         pidfile.display(),
         fixture().display()
     );
-    let mut child = Command::new(support::shadowcat())
+    let mut child = support::command()
         .args(["forward", "stdio", "--", "sh", "-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -63,6 +63,7 @@ async fn an_rmcp_client_sees_the_same_session_through_shadowcat() {
     let fixture = support::fixture();
     let direct = session(Command::new(&fixture)).await;
     let mut proxied = Command::new(support::shadowcat());
+    proxied.env("SHADOWCAT_SESSION_STORE", "memory");
     proxied.args(["forward", "stdio", "--"]).arg(&fixture);
     let proxied = session(proxied).await;
     assert_eq!(

@@ -79,6 +79,8 @@ fn server_command(server: Server) -> Vec<String> {
 /// Runs the SDK client against `server`, directly or through shadowcat; returns its summary line.
 fn run_client(sdk: &str, mode: Option<&str>, server: Server, through_proxy: bool) -> String {
     let mut cmd = Command::new(python(sdk));
+    // The client starts shadowcat with its own environment: keep no session history.
+    cmd.env("SHADOWCAT_SESSION_STORE", "memory");
     cmd.arg(peers().join("sdk_client.py"));
     if let Some(mode) = mode {
         cmd.args(["--mode", mode]);

@@ -34,11 +34,13 @@ pub enum ErrorCode {
     DuplicateRequestId,
     /// `-32085`: Shadowcat is shutting down and did not forward the request.
     ShuttingDown,
+    /// `-32086`: no answer came within `--request-timeout`.
+    RequestTimedOut,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InternalError,
@@ -48,6 +50,7 @@ impl ErrorCode {
         Self::TooManyPendingRequests,
         Self::DuplicateRequestId,
         Self::ShuttingDown,
+        Self::RequestTimedOut,
     ];
 
     /// The numeric JSON-RPC code.
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::TooManyPendingRequests => -32083,
             Self::DuplicateRequestId => -32084,
             Self::ShuttingDown => -32085,
+            Self::RequestTimedOut => -32086,
         }
     }
 
@@ -77,6 +81,7 @@ impl ErrorCode {
             Self::TooManyPendingRequests => "too_many_pending_requests",
             Self::DuplicateRequestId => "duplicate_request_id",
             Self::ShuttingDown => "shutting_down",
+            Self::RequestTimedOut => "request_timed_out",
         }
     }
 }

@@ -233,6 +233,22 @@ impl Message {
         }
     }
 
+    /// A `notifications/cancelled` for request `id`, as the proxy sends it when it gives up on a
+    /// request on its sender's behalf.
+    pub fn cancelled(id: &RequestId, reason: &str) -> Self {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": id, "reason": reason},
+        });
+        Self {
+            raw: Bytes::from(body.to_string()),
+            kind: Kind::Notification,
+            id: None,
+            method: Some(Method::Cancelled),
+        }
+    }
+
     /// The exact bytes of this message.
     pub fn raw(&self) -> &Bytes {
         &self.raw

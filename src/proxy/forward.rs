@@ -17,12 +17,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Message};
-use crate::session::{Session, TransportKind};
+use crate::session::store::SqliteStore;
+use crate::session::{
+    EndReason, Session, SessionManager, SessionStore, StoreWriter, TransportKind,
+};
 use crate::telemetry::Metrics;
 use crate::transport::child::{ChildProcess, ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
@@ -31,6 +36,7 @@ use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::task::Task;
+use super::timeouts;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold
 /// it), before its last output is given up on.
@@ -51,27 +57,82 @@ enum Event {
     ServerExited(std::io::Result<std::process::ExitStatus>),
     /// The server closed its stdout or stopped reading its stdin, without (yet) exiting.
     ServerGone(&'static str),
+    /// The session manager ended the session (expired, evicted).
+    SessionEnded,
+}
+
+impl Event {
+    /// How the session is recorded as having ended.
+    fn end_reason(&self) -> EndReason {
+        match self {
+            Self::ClientClosed(_) | Self::ClientGone => EndReason::Closed,
+            Self::Signal(_) => EndReason::Killed,
+            Self::ServerExited(_) | Self::ServerGone(_) => EndReason::Error,
+            // Already ended by the manager; this is not used.
+            Self::SessionEnded => EndReason::Expired,
+        }
+    }
 }
 
 /// Runs the forward stdio proxy until one side ends; returns our exit code.
 pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
-    let session = Arc::new(Session::new(
-        TransportKind::Stdio,
-        config.max_pending_requests,
-    ));
+    let sessions = SessionManager::new(config.sessions.clone(), open_store(config));
+    let upstream = std::iter::once(&spec.program)
+        .chain(&spec.args)
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let session = sessions.create(TransportKind::Stdio, Some(upstream))?;
     let span = tracing::info_span!("session", id = %session.id());
-    async {
+    let stop_cleanup = CancellationToken::new();
+    let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
+    let result = async {
         // Listen before starting anything, so a signal never finds the default (fatal) handler.
         let mut signals = Signals::listen()?;
-        let mut proxy = ForwardStdio::start(config, spec, session)?;
+        let mut proxy = ForwardStdio::start(config, spec, &sessions, session.clone())?;
         let event = proxy.next_event(&mut signals).await;
         tracing::debug!(?event, "shutting down");
+        let reason = event.end_reason();
         let code = proxy.stop(event, &mut signals).await;
         proxy.finish().await;
+        sessions.end(session.id(), reason);
         code
     }
     .instrument(span)
-    .await
+    .await;
+    if result.is_err() {
+        sessions.end(session.id(), EndReason::Error);
+    }
+    stop_cleanup.cancel();
+    cleanup.join_within(Duration::from_secs(1)).await;
+    let closing = sessions.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
+    result
+}
+
+/// How long the session history writer gets to save the last records at exit.
+const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The session history writer `config` asks for. History is a convenience: if the store can't
+/// be opened, the proxy runs without it and says so.
+fn open_store(config: &Config) -> Option<StoreWriter> {
+    let store: Arc<dyn SessionStore> = match config.session_store {
+        StoreKind::Memory => return None,
+        StoreKind::Sqlite => match SqliteStore::open_in(&config.data_dir) {
+            Ok(store) => Arc::new(store),
+            Err(e) => {
+                tracing::warn!(%e, "session history is off (use --data-dir to choose another place)");
+                return None;
+            }
+        },
+    };
+    match StoreWriter::start(store) {
+        Ok(writer) => Some(writer),
+        Err(e) => {
+            tracing::warn!(%e, "session history is off: cannot start its writer thread");
+            None
+        }
+    }
 }
 
 /// The signals that ask us to shut down.
@@ -109,11 +170,18 @@ struct ForwardStdio<'a> {
     server_reader: Task<RelayEnd>,
     client_writer: Task<std::io::Result<()>>,
     server_writer: Task<std::io::Result<()>>,
+    /// Request-timeout watchers, one per direction, when `--request-timeout` is set.
+    timeouts: Vec<Task<()>>,
 }
 
 impl<'a> ForwardStdio<'a> {
     /// Opens our stdio, spawns the server, and starts the four tasks that move bytes.
-    fn start(config: &'a Config, spec: &ChildSpec, session: Arc<Session>) -> anyhow::Result<Self> {
+    fn start(
+        config: &'a Config,
+        spec: &ChildSpec,
+        sessions: &Arc<SessionManager>,
+        session: Arc<Session>,
+    ) -> anyhow::Result<Self> {
         // Our stdio first: if it fails, no child has been started that would need stopping.
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
@@ -131,7 +199,7 @@ impl<'a> ForwardStdio<'a> {
             .context("the server's stdout was not captured")?;
 
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline::new(metrics.clone()));
+        let pipeline = Arc::new(Pipeline::new(metrics.clone(), sessions.clone()));
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
@@ -147,7 +215,32 @@ impl<'a> ForwardStdio<'a> {
         };
         let client_reader = relay(Direction::ClientToServer, &to_client, &to_server);
         let server_reader = relay(Direction::ServerToClient, &to_server, &to_client);
+        let timeouts = config.request_timeout.map_or_else(Vec::new, |timeout| {
+            vec![
+                Task::spawn(
+                    "client-request-timeouts",
+                    timeouts::enforce(
+                        session.clone(),
+                        Direction::ClientToServer,
+                        timeout,
+                        to_client.clone(),
+                        to_server.clone(),
+                    ),
+                ),
+                Task::spawn(
+                    "server-request-timeouts",
+                    timeouts::enforce(
+                        session.clone(),
+                        Direction::ServerToClient,
+                        timeout,
+                        to_server.clone(),
+                        to_client.clone(),
+                    ),
+                ),
+            ]
+        });
         Ok(Self {
+            timeouts,
             client_reader: Task::spawn("client-reader", client_reader.run(client_in)),
             server_reader: Task::spawn("server-reader", server_reader.run(server_out)),
             client_writer: Task::spawn(
@@ -177,6 +270,7 @@ impl<'a> ForwardStdio<'a> {
                 None => Event::ClientClosed(RelayEnd::Eof),
             },
             _ = self.client_writer.join() => Event::ClientGone,
+            () = self.session.closed_token().cancelled() => Event::SessionEnded,
             name = signals.recv() => Event::Signal(name),
             status = self.child.wait() => Event::ServerExited(status),
             end = self.server_reader.join() => match end {
@@ -193,13 +287,16 @@ impl<'a> ForwardStdio<'a> {
     /// Stops the server as `event` requires; returns our exit code.
     async fn stop(&mut self, event: Event, signals: &mut Signals) -> anyhow::Result<u8> {
         match event {
-            Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) => {
+            Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) | Event::SessionEnded => {
                 match &event {
                     Event::Signal(name) => {
                         tracing::info!(signal = name, "received a signal; shutting down");
                     }
                     Event::ClientClosed(RelayEnd::ReadError(e)) => {
                         tracing::warn!(%e, "reading from the client failed; shutting down");
+                    }
+                    Event::SessionEnded => {
+                        tracing::info!(state = %self.session.state(), "the session was ended; shutting down");
                     }
                     Event::ClientGone => {
                         tracing::info!("the client stopped reading our stdout; shutting down");
@@ -314,6 +411,9 @@ impl<'a> ForwardStdio<'a> {
 
     /// Flushes what is left for the client and releases everything.
     async fn finish(mut self) {
+        for task in &mut self.timeouts {
+            task.abort();
+        }
         self.client_reader.abort();
         self.to_server.close();
         self.server_writer.abort();

@@ -7,7 +7,8 @@
 //! line in [`Pipeline::process`].
 //!
 //! Order (documented here and in docs/architecture.md):
-//! 1. request tracking ([`RequestTracker`]) — correlates requests and responses.
+//! 1. session tracking ([`RequestTracker`]) — counts the message towards its session, correlates
+//!    requests and responses, reads the `initialize` exchange.
 //!
 //! Later stages (session manager, rate limiting, interceptor rules, recorder) slot in after it.
 
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::protocol::{Direction, Message};
-use crate::session::Session;
+use crate::session::{Session, SessionManager};
 use crate::telemetry::Metrics;
 
 use super::tracker::RequestTracker;
@@ -55,9 +56,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the pipeline in its documented order.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, sessions: Arc<SessionManager>) -> Self {
         Self {
-            tracker: RequestTracker::new(metrics.clone()),
+            tracker: RequestTracker::new(metrics.clone(), sessions),
             metrics,
         }
     }

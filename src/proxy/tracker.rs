@@ -1,32 +1,43 @@
-//! Request tracking: every forwarded request is remembered until its answer passes back.
+//! Session tracking: the first stage. Every message counts towards its session (frames, last
+//! activity, LRU position), every forwarded request is remembered until its answer passes back,
+//! and the `initialize` exchange is read into the session's metadata.
 //!
-//! This is what lets the proxy answer in-flight requests when a peer dies, drop answers nobody
-//! asked for, and route server→client requests (sampling, elicitation, roots/list) and their
-//! responses as faithfully as client→server ones: the logic is the same in both directions.
+//! Request tracking is what lets the proxy answer in-flight requests when a peer dies, drop
+//! answers nobody asked for, and route server→client requests (sampling, elicitation,
+//! roots/list) and their responses as faithfully as client→server ones: the logic is the same in
+//! both directions. The `initialize` answer is recognised by the method of the request it
+//! answers (from the pending table), never by the shape of the response.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
-use crate::session::PendingError;
+use crate::session::{PendingError, PendingScope, Session, SessionManager, State};
 use crate::telemetry::Metrics;
 
 use super::pipeline::{Context, Stage, Verdict};
 
-/// The request-tracking stage.
+/// The session-tracking stage.
 #[derive(Debug)]
 pub struct RequestTracker {
     metrics: Arc<Metrics>,
+    sessions: Arc<SessionManager>,
 }
 
 impl RequestTracker {
-    /// A tracker that counts into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// A tracker that counts into `metrics` and touches sessions in `sessions`.
+    pub fn new(metrics: Arc<Metrics>, sessions: Arc<SessionManager>) -> Self {
+        Self { metrics, sessions }
     }
 
     fn track(&self, msg: Message, cx: Context<'_>) -> Verdict {
+        cx.session.record_frame(cx.direction);
+        self.sessions.touch(cx.session);
         match msg.kind() {
             Kind::Request => {
                 let (Some(id), Some(method)) = (msg.id(), msg.method()) else {
@@ -37,11 +48,23 @@ impl RequestTracker {
                     .pending(cx.direction)
                     .insert(id.clone(), method.clone())
                 {
-                    Ok(()) => Verdict::Forward(msg),
-                    Err(e) => Verdict::Respond(Message::error_response(
-                        Some(id),
-                        &refusal(e, cx.direction),
-                    )),
+                    Ok(()) => {
+                        if *method == Method::Initialize
+                            && cx.direction == Direction::ClientToServer
+                        {
+                            read_initialize_request(cx.session, &msg);
+                        }
+                        Verdict::Forward(msg)
+                    }
+                    Err(e) => {
+                        if matches!(e, PendingError::Full { .. }) {
+                            self.sessions.refused_request();
+                        }
+                        Verdict::Respond(Message::error_response(
+                            Some(id),
+                            &refusal(e, cx.direction),
+                        ))
+                    }
                 }
             }
             Kind::Notification => {
@@ -58,18 +81,22 @@ impl RequestTracker {
                     // An error with `id: null` answers a message that could not be parsed.
                     return Verdict::Forward(msg);
                 };
-                if cx
-                    .session
-                    .pending(cx.direction.reverse())
-                    .remove(id)
-                    .is_some()
-                {
-                    Verdict::Forward(msg)
-                } else {
+                let Some(request) = cx.session.pending(cx.direction.reverse()).remove(id) else {
                     self.metrics.unmatched_response(cx.direction);
                     tracing::warn!(direction = cx.direction.as_str(), %id, "dropping a response to no pending request");
-                    Verdict::Drop
+                    return Verdict::Drop;
+                };
+                if cx.direction == Direction::ServerToClient && msg.kind() == Kind::Response {
+                    if request.method == Method::Initialize {
+                        read_initialize_result(cx.session, &msg);
+                    }
+                    // The first successful answer makes the session active: after `initialize`,
+                    // or for eras without one, after whatever came first.
+                    if cx.session.state() == State::Initializing {
+                        self.sessions.activate(cx.session);
+                    }
                 }
+                Verdict::Forward(msg)
             }
         }
     }
@@ -81,6 +108,53 @@ impl Stage for RequestTracker {
     }
 }
 
+/// The parts of `initialize` (params or result) the session keeps. Parsed only for this message.
+#[derive(Deserialize)]
+struct InitializeParts<'a> {
+    #[serde(rename = "protocolVersion")]
+    protocol_version: Option<String>,
+    #[serde(rename = "clientInfo")]
+    client_info: Option<Value>,
+    #[serde(rename = "serverInfo")]
+    server_info: Option<Value>,
+    capabilities: Option<Value>,
+    #[serde(borrow, rename = "_meta", default)]
+    _meta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    params: Option<InitializeParts<'a>>,
+    #[serde(borrow)]
+    result: Option<InitializeParts<'a>>,
+}
+
+fn initialize_parts(msg: &Message) -> Option<InitializeParts<'_>> {
+    let env: Envelope<'_> = serde_json::from_slice(msg.raw()).ok()?;
+    env.params.or(env.result)
+}
+
+fn read_initialize_request(session: &Session, msg: &Message) {
+    if let Some(parts) = initialize_parts(msg) {
+        session.update_metadata(|m| {
+            m.protocol_version = parts.protocol_version.or(m.protocol_version.take());
+            m.client_info = parts.client_info;
+            m.client_capabilities = parts.capabilities;
+        });
+    }
+}
+
+fn read_initialize_result(session: &Session, msg: &Message) {
+    if let Some(parts) = initialize_parts(msg) {
+        session.update_metadata(|m| {
+            m.protocol_version = parts.protocol_version.or(m.protocol_version.take());
+            m.server_info = parts.server_info;
+            m.server_capabilities = parts.capabilities;
+        });
+    }
+}
+
 /// The error a sender gets when its request cannot be tracked.
 fn refusal(e: PendingError, direction: Direction) -> ProxyError {
     match e {
@@ -88,11 +162,18 @@ fn refusal(e: PendingError, direction: Direction) -> ProxyError {
             ErrorCode::DuplicateRequestId,
             "a request with this id is already awaiting its answer; ids must be unique among outstanding requests",
         ),
-        PendingError::Full(limit) => ProxyError::new(
-            ErrorCode::TooManyPendingRequests,
-            format!("too many requests awaiting an answer (limit {limit})"),
-        )
-        .with("limit", limit),
+        PendingError::Full { limit, scope } => {
+            let (scope, flag) = match scope {
+                PendingScope::Session => ("session", "--max-pending-requests"),
+                PendingScope::Total => ("total", "--max-pending-total"),
+            };
+            ProxyError::new(
+                ErrorCode::TooManyPendingRequests,
+                format!("too many requests awaiting an answer (limit {limit} per {scope}, {flag})"),
+            )
+            .with("limit", limit)
+            .with("scope", scope)
+        }
         PendingError::Closed => receiver_gone(direction),
     }
 }
@@ -116,7 +197,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::RequestId;
-    use crate::session::{Session, TransportKind};
+    use crate::session::{Session, SessionConfig, TransportKind};
 
     fn msg(s: &str) -> Message {
         Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
@@ -128,8 +209,11 @@ mod tests {
 
     #[test]
     fn correlates_in_both_directions() {
-        let tracker = RequestTracker::new(Arc::default());
-        let session = Session::new(TransportKind::Stdio, 8);
+        let tracker = RequestTracker::new(
+            Arc::default(),
+            SessionManager::new(SessionConfig::default(), None),
+        );
+        let session = Session::standalone(TransportKind::Stdio, 8);
         let c2s = Direction::ClientToServer;
         let s2c = Direction::ServerToClient;
         assert!(matches!(
@@ -188,8 +272,11 @@ mod tests {
 
     #[test]
     fn refuses_duplicates_and_overflow_with_errors_to_the_sender() {
-        let tracker = RequestTracker::new(Arc::default());
-        let session = Session::new(TransportKind::Stdio, 1);
+        let tracker = RequestTracker::new(
+            Arc::default(),
+            SessionManager::new(SessionConfig::default(), None),
+        );
+        let session = Session::standalone(TransportKind::Stdio, 1);
         let c2s = Direction::ClientToServer;
         run(
             &tracker,
@@ -220,8 +307,11 @@ mod tests {
 
     #[test]
     fn cancellation_forgets_the_request() {
-        let tracker = RequestTracker::new(Arc::default());
-        let session = Session::new(TransportKind::Stdio, 8);
+        let tracker = RequestTracker::new(
+            Arc::default(),
+            SessionManager::new(SessionConfig::default(), None),
+        );
+        let session = Session::standalone(TransportKind::Stdio, 8);
         let c2s = Direction::ClientToServer;
         run(
             &tracker,
@@ -245,5 +335,57 @@ mod tests {
             ),
             Verdict::Drop
         ));
+    }
+
+    #[test]
+    fn reads_the_initialize_exchange_and_activates_the_session() {
+        let tracker = RequestTracker::new(
+            Arc::default(),
+            SessionManager::new(SessionConfig::default(), None),
+        );
+        let session = Session::standalone(TransportKind::Stdio, 8);
+        run(
+            &tracker,
+            &session,
+            Direction::ClientToServer,
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"ide","version":"9"}}}"#,
+        );
+        assert_eq!(session.state(), State::Initializing);
+        // A response shaped like an initialize result, to another request, is not read as one.
+        run(
+            &tracker,
+            &session,
+            Direction::ClientToServer,
+            r#"{"jsonrpc":"2.0","id":5,"method":"x/y"}"#,
+        );
+        run(
+            &tracker,
+            &session,
+            Direction::ServerToClient,
+            r#"{"jsonrpc":"2.0","id":5,"result":{"protocolVersion":"bogus","serverInfo":{"name":"liar"}}}"#,
+        );
+        assert_eq!(session.metadata().server_info, None);
+        run(
+            &tracker,
+            &session,
+            Direction::ServerToClient,
+            r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-03-26","capabilities":{"tools":{}},"serverInfo":{"name":"srv","version":"1"}}}"#,
+        );
+        let meta = session.metadata();
+        assert_eq!(meta.protocol_version.as_deref(), Some("2025-03-26"));
+        assert_eq!(
+            meta.client_info,
+            Some(serde_json::json!({"name":"ide","version":"9"}))
+        );
+        assert_eq!(
+            meta.server_info,
+            Some(serde_json::json!({"name":"srv","version":"1"}))
+        );
+        assert_eq!(
+            meta.client_capabilities,
+            Some(serde_json::json!({"sampling":{}}))
+        );
+        assert_eq!(session.frames(Direction::ClientToServer), 2);
+        assert_eq!(session.frames(Direction::ServerToClient), 2);
     }
 }

@@ -1,19 +1,28 @@
 //! The table of requests that have been forwarded and not yet answered.
 //!
-//! One table per direction per session. A `std::sync::Mutex` guards a plain `HashMap`: every
-//! critical section is a single insert or remove, never held across an `.await`, and the two
-//! tasks of a session rarely touch the same table at the same instant, so a sharded map would
-//! cost more than it saves.
+//! One table per direction per session. Entries live in a `LinkedHashMap` in the order they were
+//! sent: with one timeout for every request, that is also the order they expire in, so the
+//! oldest deadline is always at the front and finding expired requests costs nothing per message.
+//! A `std::sync::Mutex` guards it: every critical section is one insert, remove or pop, never held
+//! across an `.await`; the two tasks of a session rarely touch the same table at once.
+//!
+//! The table enforces two bounds: its own (`--max-pending-requests`, per session and direction)
+//! and a total shared by every table of the process (`--max-pending-total`).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use linked_hash_map::LinkedHashMap;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::{Method, RequestId};
 
-/// Default bound on requests awaiting an answer, per direction per session.
-pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 65_536;
+/// Default bound on requests awaiting an answer, per session and direction.
+pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 1_000;
+/// Default bound on requests awaiting an answer across all sessions.
+pub const DEFAULT_MAX_PENDING_TOTAL: usize = 100_000;
 
 /// What the proxy remembers about a forwarded request.
 #[derive(Debug, Clone)]
@@ -24,18 +33,68 @@ pub struct Pending {
     pub sent_at: Instant,
 }
 
+/// Which bound refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingScope {
+    /// This session's table (`--max-pending-requests`).
+    Session,
+    /// All sessions together (`--max-pending-total`).
+    Total,
+}
+
 /// Why a request could not be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PendingError {
     /// The id is already awaiting an answer.
     #[error("a request with this id is already awaiting its answer")]
     Duplicate,
-    /// The table is full.
-    #[error("too many requests awaiting an answer (limit {0})")]
-    Full(usize),
+    /// A bound is reached.
+    #[error("too many requests awaiting an answer (limit {limit})")]
+    Full {
+        /// The bound.
+        limit: usize,
+        /// Which one.
+        scope: PendingScope,
+    },
     /// The peer that would answer is gone; nothing more will be recorded.
     #[error("the peer that would answer is gone")]
     Closed,
+}
+
+/// The count of pending requests across all tables, and its bound.
+#[derive(Debug)]
+pub struct PendingBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl PendingBudget {
+    /// A budget of `max` requests.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Requests pending across all tables now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take_one(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Requests awaiting their answers, bounded.
@@ -43,21 +102,31 @@ pub enum PendingError {
 pub struct PendingRequests {
     inner: Mutex<Table>,
     max: usize,
+    budget: Arc<PendingBudget>,
+    /// Woken when a request is added to an empty table (a timeout watcher may be idle).
+    added: Notify,
 }
 
 #[derive(Debug, Default)]
 struct Table {
-    requests: HashMap<RequestId, Pending>,
+    requests: LinkedHashMap<RequestId, Pending>,
     closed: bool,
 }
 
 impl PendingRequests {
-    /// An empty table holding at most `max` requests.
-    pub fn new(max: usize) -> Self {
+    /// An empty table holding at most `max` requests, drawing on the shared `budget`.
+    pub fn new(max: usize, budget: Arc<PendingBudget>) -> Self {
         Self {
             inner: Mutex::new(Table::default()),
             max,
+            budget,
+            added: Notify::new(),
         }
+    }
+
+    /// A table with its own budget (tests, tools).
+    pub fn standalone(max: usize) -> Self {
+        Self::new(max, PendingBudget::new(usize::MAX))
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -71,25 +140,43 @@ impl PendingRequests {
         if table.closed {
             return Err(PendingError::Closed);
         }
-        let full = table.requests.len() >= self.max;
-        match table.requests.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(PendingError::Duplicate),
-            std::collections::hash_map::Entry::Vacant(_) if full => {
-                Err(PendingError::Full(self.max))
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Pending {
-                    method,
-                    sent_at: Instant::now(),
-                });
-                Ok(())
-            }
+        if table.requests.contains_key(&id) {
+            return Err(PendingError::Duplicate);
         }
+        if table.requests.len() >= self.max {
+            return Err(PendingError::Full {
+                limit: self.max,
+                scope: PendingScope::Session,
+            });
+        }
+        if !self.budget.take_one() {
+            return Err(PendingError::Full {
+                limit: self.budget.max,
+                scope: PendingScope::Total,
+            });
+        }
+        let was_empty = table.requests.is_empty();
+        table.requests.insert(
+            id,
+            Pending {
+                method,
+                sent_at: Instant::now(),
+            },
+        );
+        drop(table);
+        if was_empty {
+            self.added.notify_one();
+        }
+        Ok(())
     }
 
-    /// Removes and returns the request an answer is for.
+    /// Removes and returns the request an answer is for, in the same step that matches it.
     pub fn remove(&self, id: &RequestId) -> Option<Pending> {
-        self.lock().requests.remove(id)
+        let removed = self.lock().requests.remove(id);
+        if removed.is_some() {
+            self.budget.give_back(1);
+        }
+        removed
     }
 
     /// Whether `id` is awaiting its answer.
@@ -107,15 +194,55 @@ impl PendingRequests {
         self.len() == 0
     }
 
+    /// When the oldest waiting request was sent.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.lock().requests.front().map(|(_, p)| p.sent_at)
+    }
+
+    /// Removes and returns every request sent at or before `cutoff`, oldest first.
+    pub fn take_sent_before(&self, cutoff: Instant) -> Vec<(RequestId, Pending)> {
+        let mut taken = Vec::new();
+        let mut table = self.lock();
+        while table
+            .requests
+            .front()
+            .is_some_and(|(_, p)| p.sent_at <= cutoff)
+        {
+            if let Some(entry) = table.requests.pop_front() {
+                taken.push(entry);
+            }
+        }
+        drop(table);
+        self.budget.give_back(taken.len());
+        taken
+    }
+
+    /// Waits until a request is added to an empty table.
+    pub async fn added(&self) {
+        self.added.notified().await;
+    }
+
     /// Closes the table (later inserts fail with [`PendingError::Closed`]) and returns every
     /// request still waiting, oldest first: the answering peer is gone and they need errors.
     pub fn close(&self) -> Vec<(RequestId, Pending)> {
         let mut table = self.lock();
         table.closed = true;
-        let mut drained: Vec<_> = table.requests.drain().collect();
-        drained.sort_by_key(|(_, p)| p.sent_at);
+        let drained: Vec<_> = std::mem::take(&mut table.requests).into_iter().collect();
+        drop(table);
+        self.budget.give_back(drained.len());
+        self.added.notify_waiters();
         drained
     }
+
+    /// Whether the table was closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+/// How long until the oldest of `table`'s requests times out, if any waits.
+pub fn next_timeout(table: &PendingRequests, timeout: Duration) -> Option<Instant> {
+    table.oldest().map(|sent| sent + timeout)
 }
 
 #[cfg(test)]
@@ -123,8 +250,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insert_remove_and_bounds() {
-        let table = PendingRequests::new(2);
+    fn insert_remove_and_the_session_bound() {
+        let table = PendingRequests::standalone(2);
         table.insert(RequestId::Number(1), Method::Ping).unwrap();
         assert_eq!(
             table.insert(RequestId::Number(1), Method::Ping),
@@ -135,7 +262,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             table.insert(RequestId::Number(3), Method::Ping),
-            Err(PendingError::Full(2))
+            Err(PendingError::Full {
+                limit: 2,
+                scope: PendingScope::Session
+            })
         );
         assert_eq!(
             table.remove(&RequestId::Number(1)).unwrap().method,
@@ -146,16 +276,61 @@ mod tests {
     }
 
     #[test]
+    fn the_total_bound_is_shared_and_given_back() {
+        let budget = PendingBudget::new(3);
+        let a = PendingRequests::new(10, budget.clone());
+        let b = PendingRequests::new(10, budget.clone());
+        a.insert(RequestId::Number(1), Method::Ping).unwrap();
+        a.insert(RequestId::Number(2), Method::Ping).unwrap();
+        b.insert(RequestId::Number(1), Method::Ping).unwrap();
+        assert_eq!(
+            b.insert(RequestId::Number(2), Method::Ping),
+            Err(PendingError::Full {
+                limit: 3,
+                scope: PendingScope::Total
+            })
+        );
+        assert_eq!(budget.used(), 3);
+        a.remove(&RequestId::Number(1));
+        assert_eq!(a.close().len(), 1);
+        assert_eq!(budget.used(), 1);
+        b.insert(RequestId::Number(2), Method::Ping).unwrap();
+        assert_eq!(budget.used(), 2);
+    }
+
+    #[test]
     fn close_drains_and_refuses_more() {
-        let table = PendingRequests::new(10);
+        let table = PendingRequests::standalone(10);
         table.insert(RequestId::Number(1), Method::Ping).unwrap();
         table.insert(RequestId::Number(2), Method::Ping).unwrap();
         let drained = table.close();
-        assert_eq!(drained.len(), 2);
+        assert_eq!(
+            drained.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            [RequestId::Number(1), RequestId::Number(2)]
+        );
         assert!(table.is_empty());
         assert_eq!(
             table.insert(RequestId::Number(3), Method::Ping),
             Err(PendingError::Closed)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_requests_come_off_the_front_in_order() {
+        let table = PendingRequests::standalone(10);
+        table.insert(RequestId::Number(1), Method::Ping).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.insert(RequestId::Number(2), Method::Ping).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.insert(RequestId::Number(3), Method::Ping).unwrap();
+        let timeout = Duration::from_millis(1500);
+        assert_eq!(
+            next_timeout(&table, timeout),
+            Some(Instant::now() - Duration::from_secs(2) + timeout)
+        );
+        let expired = table.take_sent_before(Instant::now() - timeout);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].0, RequestId::Number(1));
+        assert_eq!(table.len(), 2);
     }
 }

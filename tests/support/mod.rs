@@ -14,6 +14,14 @@ pub fn shadowcat() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"))
 }
 
+/// A `Command` for the shadowcat binary that keeps no session history (tests must not write to
+/// the user's data dir; the persistence tests choose their own `--data-dir`).
+pub fn command() -> Command {
+    let mut cmd = Command::new(shadowcat());
+    cmd.env("SHADOWCAT_SESSION_STORE", "memory");
+    cmd
+}
+
 /// The fixture MCP server (examples/fixture_server.rs), built by `cargo test` with the examples.
 pub fn fixture() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
@@ -44,7 +52,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 impl Proxy {
     /// Starts `shadowcat [flags...] forward stdio [opts...] -- <server...>`.
     pub fn start(opts: &[&str], server: &[&str]) -> Self {
-        let mut cmd = Command::new(shadowcat());
+        let mut cmd = command();
         cmd.args(["--log-level", "debug", "forward", "stdio"])
             .args(opts)
             .arg("--")

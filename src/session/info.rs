@@ -1,0 +1,362 @@
+//! One session: who is talking, what they said about themselves, how much, and what is pending.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::id::SessionId;
+use super::lifecycle::{IllegalTransition, State};
+use super::pending::{PendingBudget, PendingRequests};
+use crate::protocol::Direction;
+
+/// How the client reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Our stdin/stdout.
+    Stdio,
+}
+
+impl TransportKind {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdio => "stdio",
+        }
+    }
+}
+
+/// What the peers said about themselves in the `initialize` exchange, plus tags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Metadata {
+    /// The negotiated protocol version (from the server's answer; the client's ask until then).
+    pub protocol_version: Option<String>,
+    /// `clientInfo` (name, version, ...).
+    pub client_info: Option<Value>,
+    /// `capabilities` the client declared.
+    pub client_capabilities: Option<Value>,
+    /// `serverInfo`.
+    pub server_info: Option<Value>,
+    /// `capabilities` the server declared.
+    pub server_capabilities: Option<Value>,
+    /// Labels: automatic (`long-running`, `high-volume`) and, later, from rules.
+    pub tags: BTreeSet<String>,
+}
+
+/// Thresholds for automatic tags.
+#[derive(Debug, Clone, Copy)]
+pub struct TagThresholds {
+    /// `long-running` once a session is older than this.
+    pub long_running_after: Duration,
+    /// `high-volume` once a session carried this many messages.
+    pub high_volume_frames: u64,
+}
+
+/// Tag for sessions older than [`TagThresholds::long_running_after`].
+pub const TAG_LONG_RUNNING: &str = "long-running";
+/// Tag for sessions past [`TagThresholds::high_volume_frames`].
+pub const TAG_HIGH_VOLUME: &str = "high-volume";
+
+/// One client's conversation with one server.
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    transport: TransportKind,
+    upstream: Option<String>,
+    created: Instant,
+    created_at: SystemTime,
+    /// Milliseconds after `created` of the last message; atomics so touching takes no lock.
+    last_activity_ms: AtomicU64,
+    /// Milliseconds after `created` when the manager last moved it in LRU order.
+    pub(crate) lru_moved_ms: AtomicU64,
+    frames: [AtomicU64; 2],
+    high_volume: AtomicBool,
+    thresholds: TagThresholds,
+    state: Mutex<State>,
+    meta: Mutex<Metadata>,
+    to_server: PendingRequests,
+    to_client: PendingRequests,
+    closed: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single assignments; a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Everything about a session as plain data, for stores and the CLI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRecord {
+    /// The id.
+    pub id: String,
+    /// `initializing`, `active`, `closing` or `closed`.
+    pub state: String,
+    /// Why it ended, once closed.
+    pub end_reason: Option<String>,
+    /// How the client reached us.
+    pub transport: String,
+    /// The server: a command line or URL.
+    pub upstream: Option<String>,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Last message, Unix milliseconds.
+    pub last_activity_ms: u64,
+    /// End time, Unix milliseconds, once closed.
+    pub ended_at_ms: Option<u64>,
+    /// Messages from the client.
+    pub frames_from_client: u64,
+    /// Messages from the server.
+    pub frames_from_server: u64,
+    /// Requests awaiting answers (both directions) when the record was taken.
+    pub pending: u64,
+    /// What the peers said about themselves, and tags.
+    #[serde(flatten)]
+    pub metadata: Metadata,
+}
+
+impl Session {
+    /// A new session in `Initializing`.
+    pub fn new(
+        transport: TransportKind,
+        upstream: Option<String>,
+        max_pending: usize,
+        budget: &Arc<PendingBudget>,
+        thresholds: TagThresholds,
+    ) -> Self {
+        Self {
+            id: SessionId::random(),
+            transport,
+            upstream,
+            created: Instant::now(),
+            created_at: SystemTime::now(),
+            last_activity_ms: AtomicU64::new(0),
+            lru_moved_ms: AtomicU64::new(0),
+            frames: [AtomicU64::new(0), AtomicU64::new(0)],
+            high_volume: AtomicBool::new(false),
+            thresholds,
+            state: Mutex::new(State::Initializing),
+            meta: Mutex::new(Metadata::default()),
+            to_server: PendingRequests::new(max_pending, budget.clone()),
+            to_client: PendingRequests::new(max_pending, budget.clone()),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// A session outside any manager, with its own pending budget (tests, tools).
+    pub fn standalone(transport: TransportKind, max_pending: usize) -> Self {
+        let thresholds = TagThresholds {
+            long_running_after: Duration::MAX,
+            high_volume_frames: u64::MAX,
+        };
+        Self::new(
+            transport,
+            None,
+            max_pending,
+            &PendingBudget::new(usize::MAX),
+            thresholds,
+        )
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// How the client reached us.
+    pub fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// Where the server is.
+    pub fn upstream(&self) -> Option<&str> {
+        self.upstream.as_deref()
+    }
+
+    /// Cancelled when the session ends, whoever ends it (the front end, expiry, eviction, an
+    /// operator): front ends wait on it to stop their transports.
+    pub fn closed_token(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> State {
+        *lock(&self.state)
+    }
+
+    /// Moves the lifecycle on; returns the previous state.
+    pub(crate) fn advance(&self, to: State) -> Result<State, IllegalTransition> {
+        let mut state = lock(&self.state);
+        let previous = *state;
+        *state = previous.advance(to)?;
+        Ok(previous)
+    }
+
+    /// A copy of the metadata.
+    pub fn metadata(&self) -> Metadata {
+        lock(&self.meta).clone()
+    }
+
+    /// Updates the metadata.
+    pub fn update_metadata(&self, f: impl FnOnce(&mut Metadata)) {
+        f(&mut lock(&self.meta));
+    }
+
+    /// Adds a tag.
+    pub fn tag(&self, tag: &str) {
+        let mut meta = lock(&self.meta);
+        if !meta.tags.contains(tag) {
+            meta.tags.insert(tag.to_owned());
+        }
+    }
+
+    /// Counts a message travelling in `direction` and marks the session active now. Lock-free
+    /// except when a tag threshold is crossed (once per session).
+    pub fn record_frame(&self, direction: Direction) {
+        let n = self.frames[slot(direction)].fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_activity_ms
+            .store(self.elapsed_ms(Instant::now()), Ordering::Relaxed);
+        if n + self.frames(direction.reverse()) >= self.thresholds.high_volume_frames
+            && !self.high_volume.swap(true, Ordering::Relaxed)
+        {
+            self.tag(TAG_HIGH_VOLUME);
+        }
+    }
+
+    /// Messages seen travelling in `direction`.
+    pub fn frames(&self, direction: Direction) -> u64 {
+        self.frames[slot(direction)].load(Ordering::Relaxed)
+    }
+
+    /// Messages in both directions.
+    pub fn total_frames(&self) -> u64 {
+        self.frames(Direction::ClientToServer) + self.frames(Direction::ServerToClient)
+    }
+
+    /// When it was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// How long it has existed.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.created)
+    }
+
+    /// When its last message passed.
+    pub fn last_activity(&self) -> Instant {
+        self.created + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn elapsed_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.created).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Applies time-based automatic tags.
+    pub fn refresh_tags(&self, now: Instant) {
+        if self.age(now) >= self.thresholds.long_running_after {
+            self.tag(TAG_LONG_RUNNING);
+        }
+    }
+
+    /// Requests travelling in `direction` that still await their answer.
+    pub fn pending(&self, direction: Direction) -> &PendingRequests {
+        match direction {
+            Direction::ClientToServer => &self.to_server,
+            Direction::ServerToClient => &self.to_client,
+        }
+    }
+
+    /// Requests awaiting answers in both directions.
+    pub fn pending_count(&self) -> usize {
+        self.to_server.len() + self.to_client.len()
+    }
+
+    /// Everything about the session as plain data.
+    pub fn record(&self) -> SessionRecord {
+        self.refresh_tags(Instant::now());
+        let unix_ms = |t: SystemTime| {
+            u64::try_from(
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(0)
+        };
+        let state = self.state();
+        let created_ms = unix_ms(self.created_at);
+        let last = created_ms + self.last_activity_ms.load(Ordering::Relaxed);
+        let (end_reason, ended_at_ms) = match state {
+            State::Closed(reason) => (
+                Some(reason.as_str().to_owned()),
+                Some(unix_ms(SystemTime::now())),
+            ),
+            _ => (None, None),
+        };
+        SessionRecord {
+            id: self.id.to_string(),
+            state: state.as_str().to_owned(),
+            end_reason,
+            transport: self.transport.as_str().to_owned(),
+            upstream: self.upstream.clone(),
+            created_at_ms: created_ms,
+            last_activity_ms: last,
+            ended_at_ms,
+            frames_from_client: self.frames(Direction::ClientToServer),
+            frames_from_server: self.frames(Direction::ServerToClient),
+            pending: self.pending_count() as u64,
+            metadata: self.metadata(),
+        }
+    }
+}
+
+fn slot(direction: Direction) -> usize {
+    match direction {
+        Direction::ClientToServer => 0,
+        Direction::ServerToClient => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_frames_tracks_activity_and_tags() {
+        let thresholds = TagThresholds {
+            long_running_after: Duration::from_secs(60),
+            high_volume_frames: 3,
+        };
+        let session = Session::new(
+            TransportKind::Stdio,
+            None,
+            10,
+            &PendingBudget::new(100),
+            thresholds,
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        session.record_frame(Direction::ClientToServer);
+        session.record_frame(Direction::ServerToClient);
+        assert_eq!(
+            session.last_activity(),
+            session.created() + Duration::from_secs(5)
+        );
+        assert!(session.metadata().tags.is_empty());
+        session.record_frame(Direction::ClientToServer);
+        assert!(session.metadata().tags.contains(TAG_HIGH_VOLUME));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        session.refresh_tags(Instant::now());
+        assert!(session.metadata().tags.contains(TAG_LONG_RUNNING));
+        let record = session.record();
+        assert_eq!(
+            (record.frames_from_client, record.frames_from_server),
+            (2, 1)
+        );
+        assert_eq!(record.state, "initializing");
+    }
+}

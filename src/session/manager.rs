@@ -1,0 +1,422 @@
+//! The session manager: every session of the process, bounded, expiring, observable.
+//!
+//! - Sessions live in a sharded map (`DashMap`), so lookups from many connections don't contend.
+//! - LRU order is a `LinkedHashMap` of ids (one entry per session, O(1) moves). Touching a session
+//!   on every message only stores an atomic timestamp; the LRU position moves at most once per
+//!   [`LRU_GRANULARITY`], so busy sessions don't serialise on the LRU lock.
+//! - Expiry is a min-heap of deadlines with one entry per session, pushed at creation and only
+//!   re-pushed when popped early (the deadline is re-computed from the session's activity then),
+//!   so touching never grows it and a cleanup pass costs O(expired · log n), not a scan.
+//! - No method holds one of these locks while taking another, or while calling out.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use linked_hash_map::LinkedHashMap;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::id::SessionId;
+use super::info::{Session, TagThresholds, TransportKind};
+use super::lifecycle::{EndReason, State};
+use super::metrics::{SessionMetrics, SessionMetricsSnapshot};
+use super::pending::{DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_PENDING_TOTAL, PendingBudget};
+use super::store::StoreWriter;
+use crate::proxy::task::Task;
+
+/// Default bound on open sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default time between cleanup passes.
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+/// Default age after which a session is tagged `long-running`.
+pub const DEFAULT_LONG_RUNNING_AFTER: Duration = Duration::from_secs(3600);
+/// Default message count after which a session is tagged `high-volume`.
+pub const DEFAULT_HIGH_VOLUME_FRAMES: u64 = 10_000;
+/// A session's LRU position moves at most this often.
+pub const LRU_GRANULARITY: Duration = Duration::from_millis(100);
+/// How many of the least recently used sessions eviction looks at for an idle one.
+const EVICTION_SCAN: usize = 64;
+
+/// How sessions are bounded.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Most open sessions.
+    pub max_sessions: usize,
+    /// Sessions with no message for this long expire (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Sessions older than this expire (`None`: never).
+    pub max_age: Option<Duration>,
+    /// Most pending requests per session and direction.
+    pub max_pending_requests: usize,
+    /// Most pending requests across all sessions.
+    pub max_pending_total: usize,
+    /// Automatic tag thresholds.
+    pub tags: TagThresholds,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_timeout: None,
+            max_age: None,
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            max_pending_total: DEFAULT_MAX_PENDING_TOTAL,
+            tags: TagThresholds {
+                long_running_after: DEFAULT_LONG_RUNNING_AFTER,
+                high_volume_frames: DEFAULT_HIGH_VOLUME_FRAMES,
+            },
+        }
+    }
+}
+
+/// Why a session could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// `--max-sessions` are open and none is idle enough to evict.
+    #[error("too many sessions: {limit} are open and none is idle (--max-sessions)")]
+    TooManySessions {
+        /// The bound.
+        limit: usize,
+    },
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Sessions ended as expired.
+    pub expired: usize,
+    /// Heap entries examined.
+    pub examined: usize,
+}
+
+/// The session manager. Share it as `Arc<SessionManager>`.
+#[derive(Debug)]
+pub struct SessionManager {
+    config: SessionConfig,
+    sessions: DashMap<SessionId, Arc<Session>>,
+    lru: Mutex<LinkedHashMap<SessionId, ()>>,
+    expiry: Mutex<BinaryHeap<Reverse<(Instant, SessionId)>>>,
+    /// Sessions open or being created: the capacity reservation for `max_sessions`.
+    slots: AtomicUsize,
+    budget: Arc<PendingBudget>,
+    metrics: SessionMetrics,
+    store: Option<StoreWriter>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single collection operations; a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SessionManager {
+    /// A manager; `store`, if given, receives every session's record as it changes.
+    pub fn new(config: SessionConfig, store: Option<StoreWriter>) -> Arc<Self> {
+        Arc::new(Self {
+            budget: PendingBudget::new(config.max_pending_total),
+            config,
+            sessions: DashMap::new(),
+            lru: Mutex::new(LinkedHashMap::new()),
+            expiry: Mutex::new(BinaryHeap::new()),
+            slots: AtomicUsize::new(0),
+            metrics: SessionMetrics::default(),
+            store,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Creates a session, evicting the least recently used idle one if the manager is full.
+    pub fn create(
+        &self,
+        transport: TransportKind,
+        upstream: Option<String>,
+    ) -> Result<Arc<Session>, SessionError> {
+        self.reserve_slot()?;
+        let session = Arc::new(Session::new(
+            transport,
+            upstream,
+            self.config.max_pending_requests,
+            &self.budget,
+            self.config.tags,
+        ));
+        let id = session.id().clone();
+        self.sessions.insert(id.clone(), session.clone());
+        lock(&self.lru).insert(id.clone(), ());
+        if let Some(deadline) = self.deadline(&session) {
+            lock(&self.expiry).push(Reverse((deadline, id)));
+        }
+        self.metrics.created();
+        self.persist(&session);
+        Ok(session)
+    }
+
+    fn reserve_slot(&self) -> Result<(), SessionError> {
+        let max = self.config.max_sessions;
+        loop {
+            if self
+                .slots
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if !self.evict_one() {
+                self.metrics.refused_session();
+                return Err(SessionError::TooManySessions { limit: max });
+            }
+        }
+    }
+
+    /// Ends the least recently used session that has nothing pending. False if there is none.
+    fn evict_one(&self) -> bool {
+        let candidates: Vec<SessionId> = lock(&self.lru)
+            .keys()
+            .take(EVICTION_SCAN)
+            .cloned()
+            .collect();
+        for id in candidates {
+            let idle = self.get(&id).is_some_and(|s| s.pending_count() == 0);
+            if idle && self.end(&id, EndReason::Evicted).is_some() {
+                tracing::info!(session = %id, "evicted the least recently used idle session (--max-sessions)");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The open session `id`.
+    pub fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
+        self.sessions.get(id).map(|entry| entry.value().clone())
+    }
+
+    /// Open sessions now.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Marks `session` used now (call per message, after [`Session::record_frame`]).
+    pub fn touch(&self, session: &Session) {
+        let now_ms = session.elapsed_ms(Instant::now());
+        let moved = session.lru_moved_ms.load(Ordering::Relaxed);
+        let granularity = u64::try_from(LRU_GRANULARITY.as_millis()).unwrap_or(u64::MAX);
+        if now_ms.saturating_sub(moved) >= granularity
+            && session
+                .lru_moved_ms
+                .compare_exchange(moved, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            lock(&self.lru).get_refresh(session.id());
+        }
+    }
+
+    /// The `initialize` exchange completed (or the first request was answered, in eras without
+    /// one): `Initializing` → `Active`.
+    pub fn activate(&self, session: &Session) {
+        if session.advance(State::Active).is_ok() {
+            self.persist(session);
+        }
+    }
+
+    /// Saves the session's current record to the store (write-behind; never blocks).
+    pub fn persist(&self, session: &Session) {
+        if let Some(store) = &self.store {
+            if !store.save(session.record()) {
+                self.metrics.store_dropped();
+            }
+        }
+    }
+
+    /// Ends session `id` for `reason`: the one transition into `Closed`, counted once. Pending
+    /// requests left in it are dropped (the front end answers them first). Returns the session
+    /// if this call ended it.
+    pub fn end(&self, id: &SessionId, reason: EndReason) -> Option<Arc<Session>> {
+        // Whoever removes it from the map ends it: exactly once, however many race here.
+        let (_, session) = self.sessions.remove(id)?;
+        lock(&self.lru).remove(id);
+        if let Err(e) = session.advance(State::Closed(reason)) {
+            tracing::error!(session = %id, %e, "session was already closed");
+        }
+        for direction in [
+            crate::protocol::Direction::ClientToServer,
+            crate::protocol::Direction::ServerToClient,
+        ] {
+            session.pending(direction).close();
+        }
+        session.closed_token().cancel();
+        self.slots.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.ended(reason);
+        self.persist(&session);
+        Some(session)
+    }
+
+    /// Ends every open session (shutdown).
+    pub fn end_all(&self, reason: EndReason) {
+        let ids: Vec<SessionId> = self.sessions.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            self.end(&id, reason);
+        }
+    }
+
+    /// When `session` should expire, from its activity and age now.
+    fn deadline(&self, session: &Session) -> Option<Instant> {
+        let idle = self
+            .config
+            .idle_timeout
+            .map(|t| session.last_activity() + t);
+        let aged = self.config.max_age.map(|t| session.created() + t);
+        match (idle, aged) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires sessions whose deadline has passed. Sessions with requests in flight are not idle
+    /// and only expire by age.
+    pub fn cleanup(&self, now: Instant) -> CleanupReport {
+        let mut report = CleanupReport::default();
+        let due: Vec<SessionId> = {
+            let mut heap = lock(&self.expiry);
+            let mut due = Vec::new();
+            while heap
+                .peek()
+                .is_some_and(|Reverse((deadline, _))| *deadline <= now)
+            {
+                if let Some(Reverse((_, id))) = heap.pop() {
+                    due.push(id);
+                }
+            }
+            due
+        };
+        for id in due {
+            report.examined += 1;
+            let Some(session) = self.get(&id) else {
+                continue;
+            };
+            session.refresh_tags(now);
+            let aged = self.config.max_age.is_some_and(|t| session.age(now) >= t);
+            let busy = session.pending_count() > 0;
+            match self.deadline(&session) {
+                Some(deadline) if deadline > now => {
+                    lock(&self.expiry).push(Reverse((deadline, id)));
+                }
+                Some(_) if busy && !aged => {
+                    let retry = now + self.config.idle_timeout.unwrap_or(Duration::from_secs(1));
+                    lock(&self.expiry).push(Reverse((retry, id)));
+                }
+                Some(_) if self.end(&id, EndReason::Expired).is_some() => report.expired += 1,
+                Some(_) | None => {}
+            }
+        }
+        self.compact_heap();
+        self.metrics.cleanup_pass();
+        report
+    }
+
+    /// Drops heap entries of ended sessions once they outnumber the live ones, so the heap stays
+    /// O(sessions) however many sessions come and go.
+    fn compact_heap(&self) {
+        let live = self.sessions.len();
+        if lock(&self.expiry).len() <= 2 * live + 64 {
+            return;
+        }
+        let fresh: BinaryHeap<_> = self
+            .sessions
+            .iter()
+            .filter_map(|e| {
+                self.deadline(e.value())
+                    .map(|d| Reverse((d, e.key().clone())))
+            })
+            .collect();
+        *lock(&self.expiry) = fresh;
+    }
+
+    /// Runs [`cleanup`](Self::cleanup) every `interval` until `stop` is cancelled or the manager is
+    /// dropped. A panicking pass is caught, logged and counted; the task carries on.
+    pub fn spawn_cleanup(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> Task<()> {
+        let manager: Weak<Self> = Arc::downgrade(self);
+        Task::spawn("session-cleanup", async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => break,
+                }
+                // Hold the manager only for the pass, never while sleeping.
+                let Some(manager) = manager.upgrade() else {
+                    break;
+                };
+                let pass =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| manager.cleanup(Instant::now())));
+                match pass {
+                    Ok(report) if report.expired > 0 => {
+                        tracing::info!(expired = report.expired, "expired idle sessions");
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        manager.metrics.cleanup_panic();
+                        tracing::error!(
+                            "a session cleanup pass panicked; the next one will run as usual"
+                        );
+                    }
+                }
+            }
+        })
+    }
+
+    /// Saves what the history writer has queued and stops it, waiting at most `limit`.
+    pub fn close_store(&self, limit: Duration) {
+        if let Some(store) = &self.store {
+            store.close(limit);
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> SessionMetricsSnapshot {
+        self.metrics.snapshot(self.budget.used())
+    }
+
+    /// Records a request refused at a pending limit.
+    pub fn refused_request(&self) {
+        self.metrics.refused_request();
+    }
+
+    /// Sizes of the internal structures: (map, LRU, heap). For tests and diagnostics.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.sessions.len(),
+            lock(&self.lru).len(),
+            lock(&self.expiry).len(),
+        )
+    }
+
+    /// Every open session, in LRU order (least recent first).
+    pub fn lru_order(&self) -> Vec<SessionId> {
+        lock(&self.lru).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

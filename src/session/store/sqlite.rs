@@ -1,0 +1,326 @@
+//! SQLite session history: one file in the data dir.
+//!
+//! WAL journal with `synchronous=NORMAL`: a crash can lose the last transaction, never corrupt
+//! the file; several shadowcat processes may share the file (a busy timeout covers their
+//! overlapping writes). The schema version is SQLite's `user_version`; [`MIGRATIONS`] bring any
+//! older file up to date inside one transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use super::{SessionStore, StateFilter, StoreError};
+use crate::session::info::{Metadata, SessionRecord};
+
+/// The history file's name inside the data dir.
+pub const DB_FILE: &str = "sessions.db";
+
+/// Schema migrations; migration `i` moves `user_version` from `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        end_reason TEXT,
+        transport TEXT NOT NULL,
+        upstream TEXT,
+        created_at_ms INTEGER NOT NULL,
+        last_activity_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        frames_from_client INTEGER NOT NULL,
+        frames_from_server INTEGER NOT NULL,
+        pending INTEGER NOT NULL,
+        protocol_version TEXT,
+        client_info TEXT,
+        client_capabilities TEXT,
+        server_info TEXT,
+        server_capabilities TEXT,
+        tags TEXT NOT NULL
+    );
+    CREATE INDEX sessions_state_created ON sessions (state, created_at_ms);"];
+
+/// Session history in an SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
+    frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
+    server_info, server_capabilities, tags";
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/sessions.db` and migrates it.
+    pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Self::open(&dir.join(DB_FILE))
+    }
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        migrate(&mut conn, path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A connection is left consistent by SQLite even if a holder panicked.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(err)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+fn json(value: Option<&Value>) -> Option<String> {
+    value.map(Value::to_string)
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let u = |i: usize| -> rusqlite::Result<u64> {
+        Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0))
+    };
+    let tags: String = row.get(16)?;
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        state: row.get(1)?,
+        end_reason: row.get(2)?,
+        transport: row.get(3)?,
+        upstream: row.get(4)?,
+        created_at_ms: u(5)?,
+        last_activity_ms: u(6)?,
+        ended_at_ms: row
+            .get::<_, Option<i64>>(7)?
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+        frames_from_client: u(8)?,
+        frames_from_server: u(9)?,
+        pending: u(10)?,
+        metadata: Metadata {
+            protocol_version: row.get(11)?,
+            client_info: parse_json(row.get(12)?),
+            client_capabilities: parse_json(row.get(13)?),
+            server_info: parse_json(row.get(14)?),
+            server_capabilities: parse_json(row.get(15)?),
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+        },
+    })
+}
+
+impl SessionStore for SqliteStore {
+    fn save(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                     ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
+                       last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
+                       frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
+                       pending = excluded.pending, protocol_version = excluded.protocol_version,
+                       client_info = excluded.client_info, client_capabilities = excluded.client_capabilities,
+                       server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
+                       tags = excluded.tags"
+                ))
+                .map_err(self.err())?;
+            for r in records {
+                let m = &r.metadata;
+                stmt.execute(params![
+                    r.id,
+                    r.state,
+                    r.end_reason,
+                    r.transport,
+                    r.upstream,
+                    to_i64(r.created_at_ms),
+                    to_i64(r.last_activity_ms),
+                    r.ended_at_ms.map(to_i64),
+                    to_i64(r.frames_from_client),
+                    to_i64(r.frames_from_server),
+                    to_i64(r.pending),
+                    m.protocol_version,
+                    json(m.client_info.as_ref()),
+                    json(m.client_capabilities.as_ref()),
+                    json(m.server_info.as_ref()),
+                    json(m.server_capabilities.as_ref()),
+                    serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
+                ])
+                .map_err(self.err())?;
+            }
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    fn list(&self, filter: StateFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let condition = match filter {
+            StateFilter::Active => "WHERE state != 'closed'",
+            StateFilter::Ended => "WHERE state = 'closed'",
+            StateFilter::All => "",
+        };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM sessions {condition} ORDER BY created_at_ms DESC"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], from_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()
+        .map_err(self.err())
+    }
+
+    fn delete(&self, ids: &[String]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += tx
+                .execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, state: &str, created: u64) -> SessionRecord {
+        let mut metadata = Metadata {
+            protocol_version: Some("2025-06-18".into()),
+            ..Metadata::default()
+        };
+        metadata.client_info = Some(serde_json::json!({"name": "c", "version": "1"}));
+        metadata.tags.insert("high-volume".into());
+        SessionRecord {
+            id: id.into(),
+            state: state.into(),
+            end_reason: (state == "closed").then(|| "closed".into()),
+            transport: "stdio".into(),
+            upstream: Some("python server.py".into()),
+            created_at_ms: created,
+            last_activity_ms: created + 5,
+            ended_at_ms: (state == "closed").then_some(created + 10),
+            frames_from_client: 3,
+            frames_from_server: 4,
+            pending: 0,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn saves_lists_gets_updates_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        store
+            .save(&[record("a", "active", 1), record("b", "closed", 2)])
+            .unwrap();
+        assert_eq!(store.get("a").unwrap().unwrap(), record("a", "active", 1));
+        assert_eq!(
+            store
+                .list(StateFilter::All)
+                .unwrap()
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        assert_eq!(store.list(StateFilter::Ended).unwrap().len(), 1);
+        store.save(&[record("a", "closed", 1)]).unwrap();
+        assert_eq!(store.get("a").unwrap().unwrap().state, "closed");
+        assert_eq!(store.delete(&["a".into(), "zzz".into()]).unwrap(), 1);
+        assert!(store.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        SqliteStore::open_in(dir.path())
+            .unwrap()
+            .save(&[record("x", "closed", 1)])
+            .unwrap();
+        let again = SqliteStore::open_in(dir.path()).unwrap();
+        assert!(again.get("x").unwrap().is_some());
+        drop(again);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open_in(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Session history end to end: a forward-stdio session is recorded in SQLite (client info,
+//! protocol version, frame counts), then listed, shown and cleaned up with `shadowcat session`.
+
+// Test code: panics are the failure report.
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Proxy, WAIT, fixture, tool};
+
+fn shadowcat(data_dir: &Path, args: &[&str]) -> Output {
+    support::command()
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn list(data_dir: &Path, state: &str) -> Vec<Value> {
+    let out = shadowcat(
+        data_dir,
+        &["session", "list", "--state", state, "--format", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn proxy_with_history(data_dir: &Path) -> Proxy {
+    let mut cmd = support::command();
+    cmd.env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["forward", "stdio", "--"])
+        .arg(fixture());
+    Proxy::spawn(cmd)
+}
+
+#[test]
+fn a_forward_session_is_recorded_then_listed_shown_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut proxy = proxy_with_history(data);
+    proxy.initialize();
+    assert_eq!(proxy.call(1, "ping", json!({}))["result"], json!({}));
+
+    // While it runs, it is listed as active (write-behind: give the writer a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let active = loop {
+        let active = list(data, "active");
+        if !active.is_empty() || Instant::now() > deadline {
+            break active;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["state"], "active");
+
+    proxy.call(2, "tools/call", tool("echo", json!({"text": "hi"})));
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(WAIT).success());
+
+    let all = list(data, "all");
+    assert_eq!(all.len(), 1, "{all:?}");
+    let record = &all[0];
+    let id = record["id"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert_eq!(record["state"], "closed");
+    assert_eq!(record["end_reason"], "closed");
+    assert_eq!(record["transport"], "stdio");
+    assert_eq!(record["protocol_version"], "2025-06-18");
+    assert_eq!(
+        record["client_info"],
+        json!({"name": "shadowcat-tests", "version": "0"})
+    );
+    assert_eq!(record["server_info"]["name"], "shadowcat-fixture");
+    // initialize, initialized, ping, tools/call from the client; three answers from the server.
+    assert_eq!(
+        (
+            record["frames_from_client"].as_u64(),
+            record["frames_from_server"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    assert!(
+        record["upstream"]
+            .as_str()
+            .unwrap()
+            .ends_with("fixture_server")
+    );
+    assert!(list(data, "active").is_empty());
+
+    let show = shadowcat(data, &["session", "show", id]);
+    assert!(show.status.success());
+    let text = String::from_utf8(show.stdout).unwrap();
+    for needle in [
+        id,
+        "ended (closed)",
+        "shadowcat-tests 0",
+        "2025-06-18",
+        "messages from client  4",
+    ] {
+        assert!(text.contains(needle), "show lacks {needle:?}:\n{text}");
+    }
+    let table = String::from_utf8(shadowcat(data, &["session", "list"]).stdout).unwrap();
+    assert!(table.starts_with("ID") && table.contains(id), "{table}");
+
+    let dry = shadowcat(data, &["session", "cleanup", "--all", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would delete 1 session(s)"));
+    assert_eq!(list(data, "all").len(), 1);
+    let recent = shadowcat(data, &["session", "cleanup", "--older-than", "1h"]);
+    assert!(String::from_utf8_lossy(&recent.stdout).contains("deleted 0 session(s)"));
+    let cleaned = shadowcat(data, &["session", "cleanup", "--all"]);
+    assert!(String::from_utf8_lossy(&cleaned.stdout).contains("deleted 1 session(s)"));
+    assert!(list(data, "all").is_empty());
+}
+
+#[test]
+fn session_commands_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    // No history yet: an empty list, and `show` says the session is unknown.
+    assert!(list(data, "all").is_empty());
+    let show = shadowcat(data, &["session", "show", "nope"]);
+    assert_eq!(show.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&show.stderr).contains("no session nope"));
+    let usage = shadowcat(data, &["session", "cleanup"]);
+    assert_eq!(usage.status.code(), Some(2));
+    for (value, needle) in [
+        ("0s", "more than zero"),
+        ("-1h", "negative"),
+        ("3 parsecs", "unknown time unit"),
+    ] {
+        // Make a history file exist so the duration is actually parsed.
+        let mut proxy = proxy_with_history(data);
+        proxy.initialize();
+        proxy.close_stdin();
+        proxy.wait_exit(WAIT);
+        let out = shadowcat(data, &["session", "cleanup", "--older-than", value]);
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--older-than") && stderr.contains(needle),
+            "{value}: {stderr}"
+        );
+    }
+}
