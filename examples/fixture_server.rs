@@ -12,8 +12,8 @@
 //! - `big {bytes}`: returns a text of `bytes` bytes.
 //! - `raw_echo`: returns the exact line it received (to prove bytes pass unchanged).
 //! - `bad_request`: sends the client a malformed (truncated) `roots/list` request, id `bad-1`.
-//! - `stats`: returns what arrived that it did not ask for: responses to unknown ids, and the ids
-//!   of error responses (e.g. a proxy's answer to `bad_request`).
+//! - `stats`: returns what arrived that it did not ask for: responses to unknown ids, the ids of
+//!   error responses (e.g. a proxy's answer to `bad_request`), and cancelled request ids.
 //!
 //! Flags: `--ignore-stdin-eof` keeps running after stdin closes (to test SIGTERM escalation).
 
@@ -92,6 +92,7 @@ fn main() {
     let mut next_sample = 0u64;
     let mut unexpected_responses = 0u64;
     let mut errors_received: Vec<Value> = Vec::new();
+    let mut cancelled: Vec<Value> = Vec::new();
     // Sleeping calls still running; a well-behaved server finishes them before exiting on EOF.
     let mut sleepers = Vec::new();
     let stdin = std::io::stdin();
@@ -130,6 +131,13 @@ fn main() {
             continue;
         };
         if id.is_null() {
+            if method == "notifications/cancelled" {
+                cancelled.push(
+                    msg.pointer("/params/requestId")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                );
+            }
             continue; // notifications need no answer
         }
         match method {
@@ -209,7 +217,7 @@ fn main() {
                         &out,
                         &json!({"jsonrpc": "2.0", "id": id, "result": {
                             "content": [{"type": "text", "text": "stats"}],
-                            "structuredContent": {"unexpected_responses": unexpected_responses, "errors_received": errors_received}
+                            "structuredContent": {"unexpected_responses": unexpected_responses, "errors_received": errors_received, "cancelled": cancelled}
                         }}),
                     ),
                     "big" => {

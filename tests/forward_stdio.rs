@@ -698,3 +698,43 @@ fn stderr_without_newlines_is_passed_through_and_its_tail_is_bounded() {
         "stderr was not passed through whole"
     );
 }
+
+#[test]
+fn a_request_past_request_timeout_gets_an_error_and_the_server_a_cancellation() {
+    let mut proxy = Proxy::fixture(&["--request-timeout", "300ms"]);
+    proxy.initialize();
+    let started = Instant::now();
+    let answer = proxy.call(1, "tools/call", tool("sleep", json!({"ms": 1500})));
+    assert_eq!(error_code(&answer), -32086, "{answer}");
+    assert_eq!(answer["error"]["data"]["timeoutMs"], 300);
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stats = proxy.call(2, "tools/call", tool("stats", json!({})));
+    assert_eq!(
+        stats["result"]["structuredContent"]["cancelled"],
+        json!([1]),
+        "{stats}"
+    );
+    // The late answer (after 1.5 s) is dropped, not delivered as a second answer to id 1.
+    proxy.expect_silence(Duration::from_millis(1500));
+}
+
+#[test]
+fn past_the_pending_limit_requests_are_refused_with_the_scope_named() {
+    let mut proxy = Proxy::fixture(&["--max-pending-requests", "2"]);
+    proxy.initialize();
+    for id in 1..=2 {
+        proxy.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("sleep", json!({"ms": 300}))}));
+    }
+    let refused = proxy.call(3, "ping", json!({}));
+    assert_eq!(error_code(&refused), -32083);
+    assert_eq!(refused["error"]["data"]["scope"], "session");
+    assert_eq!(refused["error"]["data"]["limit"], 2);
+    for _ in 0..2 {
+        assert_eq!(proxy.recv()["result"]["content"][0]["text"], "slept 300 ms");
+    }
+    assert_eq!(proxy.call(4, "ping", json!({}))["result"], json!({}));
+}

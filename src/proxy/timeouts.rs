@@ -74,3 +74,60 @@ pub async fn enforce(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Method, RequestId};
+    use crate::session::TransportKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_gets_an_error_and_its_receiver_a_cancellation() {
+        let session = Arc::new(Session::standalone(TransportKind::Stdio, 10));
+        let (to_client, mut client_rx, _) = Outbox::new(8, 1 << 20);
+        let (to_server, mut server_rx, _) = Outbox::new(8, 1 << 20);
+        let watcher = tokio::spawn(enforce(
+            session.clone(),
+            Direction::ClientToServer,
+            Duration::from_secs(30),
+            Arc::new(to_client),
+            Arc::new(to_server),
+        ));
+        let pending = session.pending(Direction::ClientToServer);
+        pending
+            .insert(RequestId::Number(1), Method::ToolsCall)
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        pending
+            .insert(RequestId::Number(2), Method::ToolsCall)
+            .unwrap();
+        // Answered in time: never times out.
+        pending.insert(RequestId::Number(3), Method::Ping).unwrap();
+        pending.remove(&RequestId::Number(3));
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        let error: serde_json::Value =
+            serde_json::from_slice(client_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(error["id"], 1);
+        assert_eq!(error["error"]["code"], -32086);
+        assert_eq!(error["error"]["data"]["timeoutMs"], 30_000);
+        let cancel: serde_json::Value =
+            serde_json::from_slice(server_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(cancel["method"], "notifications/cancelled");
+        assert_eq!(cancel["params"]["requestId"], 1);
+        assert!(
+            pending.contains(&RequestId::Number(2)),
+            "request 2 still has 9 s"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let error: serde_json::Value =
+            serde_json::from_slice(client_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(error["id"], 2);
+        assert!(pending.is_empty());
+        assert!(
+            client_rx.try_recv().is_err(),
+            "request 3 was answered and must not time out"
+        );
+        session.closed_token().cancel();
+        watcher.await.unwrap();
+    }
+}

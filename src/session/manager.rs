@@ -108,6 +108,9 @@ pub struct SessionManager {
     budget: Arc<PendingBudget>,
     metrics: SessionMetrics,
     store: Option<StoreWriter>,
+    /// Makes the next cleanup pass panic (tests of the cleanup task's resilience).
+    #[cfg(test)]
+    panic_next_cleanup: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +130,8 @@ impl SessionManager {
             slots: AtomicUsize::new(0),
             metrics: SessionMetrics::default(),
             store,
+            #[cfg(test)]
+            panic_next_cleanup: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -290,6 +295,11 @@ impl SessionManager {
     /// Expires sessions whose deadline has passed. Sessions with requests in flight are not idle
     /// and only expire by age.
     pub fn cleanup(&self, now: Instant) -> CleanupReport {
+        #[cfg(test)]
+        assert!(
+            !self.panic_next_cleanup.swap(false, Ordering::Relaxed),
+            "injected cleanup panic"
+        );
         let mut report = CleanupReport::default();
         let due: Vec<SessionId> = {
             let mut heap = lock(&self.expiry);
