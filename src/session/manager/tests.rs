@@ -194,13 +194,13 @@ async fn max_age_expires_even_busy_sessions() {
     let m = SessionManager::new(config(10, None, Some(3000)), None);
     let s = m.create(TransportKind::Stdio, None).unwrap();
     for _ in 0..2 {
-        tokio::time::advance(Duration::from_millis(1000)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         s.record_frame(Direction::ClientToServer);
         m.touch(&s);
         m.cleanup(Instant::now());
     }
     assert!(!s.state().is_closed());
-    tokio::time::advance(Duration::from_millis(1000)).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     m.cleanup(Instant::now());
     assert_eq!(s.state(), State::Closed(EndReason::Expired));
 }
