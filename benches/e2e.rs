@@ -189,7 +189,7 @@ fn main() {
         "| payload | target | p50 | p99 | added p50 vs direct | pipelined msg/s | vs direct |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let mut proxy_rss = 0;
+    let mut rss_rows = Vec::new();
     // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
     let data_dir = tempfile::tempdir().unwrap();
     for (payload, text, seq_n, pipe_n) in [
@@ -218,7 +218,11 @@ fn main() {
             .iter_mut()
             .map(|t| throughput(t, &text, pipe_n))
             .collect();
-        proxy_rss = proxy_rss.max(targets[1].peak_rss_kib());
+        rss_rows.push((
+            payload,
+            targets[1].peak_rss_kib(),
+            targets[2].peak_rss_kib(),
+        ));
         for (i, target) in targets.iter().enumerate() {
             let (p50, p99) = latencies[i];
             println!(
@@ -235,9 +239,14 @@ fn main() {
             target.stop();
         }
     }
-    println!(
-        "\nshadowcat peak RSS (VmHWM): {:.1} MiB",
-        proxy_rss as f64 / 1024.0
-    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("\n| payload | shadowcat peak RSS (VmHWM) | line_relay peak RSS |\n|---|---|---|");
+    for (payload, proxy, relay) in rss_rows {
+        println!(
+            "| {payload} | {:.1} MiB | {:.1} MiB |",
+            mib(proxy),
+            mib(relay)
+        );
+    }
     println!("targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB");
 }

@@ -177,3 +177,22 @@ fn docs_cli_md_shows_the_current_help() {
         );
     }
 }
+
+#[test]
+fn the_readme_config_example_is_accepted() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadowcat.toml");
+    // Point its data dir somewhere harmless.
+    let example = example.replace("/var/lib/shadowcat", dir.path().to_str().unwrap());
+    std::fs::write(&path, example).unwrap();
+    let out = shadowcat(&["--config", path.to_str().unwrap(), "session", "list"]);
+    assert!(
+        out.status.success(),
+        "README's config example is refused: {}",
+        text(&out.stderr)
+    );
+}

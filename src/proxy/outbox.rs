@@ -21,7 +21,7 @@ use crate::protocol::{Message, RequestId};
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default byte budget of each outgoing queue. A larger message takes the whole budget, so at
 /// most one of those is queued at a time.
-pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// One queued frame, holding its share of the queue's byte budget until it is written.
 #[derive(Debug)]

@@ -6,7 +6,6 @@
 //! older file up to date inside one transaction.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -44,7 +43,20 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
-    conn: Mutex<Connection>,
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    // History rows are few and small: a 256 KiB page cache is plenty.
+    conn.pragma_update(None, "cache_size", -256).map_err(err)?;
+    Ok(conn)
 }
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
@@ -67,22 +79,20 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         migrate(&mut conn, path)?;
         Ok(Self {
             path: path.to_owned(),
-            conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A connection is left consistent by SQLite even if a holder panicked.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A connection for one operation. History is written a few times per session, so opening
+    /// one per batch costs nothing that matters, and nothing of SQLite (page cache, lookaside,
+    /// statements) stays resident in the proxy between batches (docs/performance.md, RSS).
+    fn conn(&self) -> Result<Connection, StoreError> {
+        connect(&self.path)
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -172,7 +182,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 
 impl SessionStore for SqliteStore {
     fn save(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(self.err())?;
         {
             let mut stmt = tx
@@ -220,7 +230,7 @@ impl SessionStore for SqliteStore {
             StateFilter::Ended => "WHERE state = 'closed'",
             StateFilter::All => "",
         };
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM sessions {condition} ORDER BY created_at_ms DESC"
@@ -232,7 +242,7 @@ impl SessionStore for SqliteStore {
     }
 
     fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.query_row(
             &format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"),
             [id],
@@ -243,7 +253,7 @@ impl SessionStore for SqliteStore {
     }
 
     fn delete(&self, ids: &[String]) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(self.err())?;
         let mut deleted = 0;
         for id in ids {
