@@ -159,3 +159,65 @@ fn session_commands_refuse_bad_input_clearly() {
         );
     }
 }
+
+#[test]
+fn an_idle_session_expires_and_the_proxy_shuts_its_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut cmd = support::command();
+    cmd.env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "forward",
+            "stdio",
+            "--session-idle-timeout",
+            "400ms",
+            "--cleanup-interval",
+            "100ms",
+            "--",
+        ])
+        .arg(fixture());
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    let started = Instant::now();
+    let status = proxy.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{}", proxy.stderr_text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "expired early: {:?}",
+        started.elapsed()
+    );
+    let all = list(data, "all");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["end_reason"], "expired");
+}
+
+#[test]
+fn a_session_past_its_max_age_ends_and_its_in_flight_request_gets_an_error() {
+    let mut cmd = support::command();
+    cmd.args([
+        "forward",
+        "stdio",
+        "--max-session-age",
+        "500ms",
+        "--cleanup-interval",
+        "50ms",
+        "--shutdown-timeout",
+        "200ms",
+        "--",
+    ])
+    .arg(fixture());
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    let answer = proxy.call(1, "tools/call", tool("sleep", json!({"ms": 10_000})));
+    assert_eq!(answer["error"]["code"], -32085, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{answer}"
+    );
+    assert!(proxy.wait_exit(Duration::from_secs(15)).success());
+}

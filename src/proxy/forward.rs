@@ -93,6 +93,7 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
         let event = proxy.next_event(&mut signals).await;
         tracing::debug!(?event, "shutting down");
         let reason = event.end_reason();
+        sessions.begin_closing(&session);
         let code = proxy.stop(event, &mut signals).await;
         proxy.finish().await;
         sessions.end(session.id(), reason);
@@ -105,6 +106,7 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
     }
     stop_cleanup.cancel();
     cleanup.join_within(Duration::from_secs(1)).await;
+    tracing::debug!(sessions = ?sessions.metrics(), "session totals");
     let closing = sessions.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     result
@@ -308,8 +310,21 @@ impl<'a> ForwardStdio<'a> {
                 tracing::info!(status = %describe_exit(status), "the MCP server exited");
                 self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
                 self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
-                let reason = format!("the MCP server exited ({})", describe_exit(status));
-                self.fail_in_flight(&reason, status).await;
+                let error = if matches!(event, Event::SessionEnded) {
+                    ProxyError::new(
+                        ErrorCode::ShuttingDown,
+                        format!(
+                            "the session was ended ({}) before the request was answered",
+                            self.session.state()
+                        ),
+                    )
+                } else {
+                    self.exit_error(
+                        &format!("the MCP server exited ({})", describe_exit(status)),
+                        status,
+                    )
+                };
+                self.fail_in_flight(&error).await;
                 Ok(0)
             }
             Event::ServerExited(status) => {
@@ -364,17 +379,29 @@ impl<'a> ForwardStdio<'a> {
             "the MCP server exited unexpectedly ({})",
             describe_exit(status)
         );
-        self.fail_in_flight(&reason, status).await;
+        let error = self.exit_error(&reason, status);
+        self.fail_in_flight(&error).await;
         exit_code_of(status)
     }
 
-    /// Answers every request still awaiting the server with an `upstream_exited` error. Bounded by
-    /// `--shutdown-timeout`: a client that no longer reads must not keep us alive.
-    async fn fail_in_flight(&self, reason: &str, status: std::process::ExitStatus) {
+    /// The `upstream_exited` error naming how the server ended and its last stderr lines.
+    fn exit_error(&self, reason: &str, status: std::process::ExitStatus) -> ProxyError {
         use std::os::unix::process::ExitStatusExt;
+        let error = ProxyError::new(ErrorCode::UpstreamExited, reason);
+        let error = match (status.code(), status.signal()) {
+            (Some(code), _) => error.with("exitCode", code),
+            (None, Some(signal)) => error.with("signal", signal),
+            (None, None) => error,
+        };
+        error.with("stderr", self.child.stderr_tail().lines())
+    }
+
+    /// Answers every request still awaiting the server with `error`. Bounded by
+    /// `--shutdown-timeout`: a client that no longer reads must not keep us alive.
+    async fn fail_in_flight(&self, error: &ProxyError) {
         // Requests the server sent the client can no longer be answered; forget them.
-        self.session.pending(Direction::ServerToClient).close();
-        let in_flight = self.session.pending(Direction::ClientToServer).close();
+        self.session.close_pending(Direction::ServerToClient);
+        let in_flight = self.session.close_pending(Direction::ClientToServer);
         if in_flight.is_empty() {
             return;
         }
@@ -382,18 +409,11 @@ impl<'a> ForwardStdio<'a> {
             count = in_flight.len(),
             "answering in-flight requests with errors"
         );
-        let mut error = ProxyError::new(ErrorCode::UpstreamExited, reason);
-        error = match (status.code(), status.signal()) {
-            (Some(code), _) => error.with("exitCode", code),
-            (None, Some(signal)) => error.with("signal", signal),
-            (None, None) => error,
-        };
-        let error = error.with("stderr", self.child.stderr_tail().lines());
         let send_all = async {
             for (id, _) in in_flight {
                 if self
                     .to_client
-                    .send(Message::error_response(Some(&id), &error))
+                    .send(Message::error_response(Some(&id), error))
                     .await
                     .is_err()
                 {

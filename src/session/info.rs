@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::id::SessionId;
 use super::lifecycle::{IllegalTransition, State};
-use super::pending::{PendingBudget, PendingRequests};
-use crate::protocol::Direction;
+use super::pending::{Pending, PendingBudget, PendingRequests};
+use crate::protocol::{Direction, RequestId};
 
 /// How the client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +82,9 @@ pub struct Session {
     meta: Mutex<Metadata>,
     to_server: PendingRequests,
     to_client: PendingRequests,
+    /// Requests still pending when the manager ended the session, kept (bounded by the pending
+    /// limits) for the front end to answer: the manager has no way to reach the peers.
+    abandoned: [Mutex<Vec<(RequestId, Pending)>>; 2],
     closed: CancellationToken,
 }
 
@@ -144,6 +147,7 @@ impl Session {
             meta: Mutex::new(Metadata::default()),
             to_server: PendingRequests::new(max_pending, budget.clone()),
             to_client: PendingRequests::new(max_pending, budget.clone()),
+            abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             closed: CancellationToken::new(),
         }
     }
@@ -270,6 +274,22 @@ impl Session {
             Direction::ClientToServer => &self.to_server,
             Direction::ServerToClient => &self.to_client,
         }
+    }
+
+    /// Closes both pending tables, keeping what was still waiting for the front end.
+    pub(crate) fn abandon_pending(&self) {
+        for direction in [Direction::ClientToServer, Direction::ServerToClient] {
+            let drained = self.pending(direction).close();
+            lock(&self.abandoned[slot(direction)]).extend(drained);
+        }
+    }
+
+    /// Closes the pending table for `direction` and returns every request that will now never be
+    /// answered (including those set aside when the manager ended the session), oldest first.
+    pub fn close_pending(&self, direction: Direction) -> Vec<(RequestId, Pending)> {
+        let mut all = std::mem::take(&mut *lock(&self.abandoned[slot(direction)]));
+        all.extend(self.pending(direction).close());
+        all
     }
 
     /// Requests awaiting answers in both directions.

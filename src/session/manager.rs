@@ -239,6 +239,14 @@ impl SessionManager {
         }
     }
 
+    /// The session is shutting down (`Active`/`Initializing` → `Closing`): its front end stops
+    /// taking requests and drains. Ignored if it is already closing or closed.
+    pub fn begin_closing(&self, session: &Session) {
+        if session.advance(State::Closing).is_ok() {
+            self.persist(session);
+        }
+    }
+
     /// Saves the session's current record to the store (write-behind; never blocks).
     pub fn persist(&self, session: &Session) {
         if let Some(store) = &self.store {
@@ -248,9 +256,9 @@ impl SessionManager {
         }
     }
 
-    /// Ends session `id` for `reason`: the one transition into `Closed`, counted once. Pending
-    /// requests left in it are dropped (the front end answers them first). Returns the session
-    /// if this call ended it.
+    /// Ends session `id` for `reason`: the one transition into `Closed`, counted once. Its pending
+    /// tables close; requests left in them are set aside for the front end to answer
+    /// ([`Session::close_pending`]). Returns the session if this call ended it.
     pub fn end(&self, id: &SessionId, reason: EndReason) -> Option<Arc<Session>> {
         // Whoever removes it from the map ends it: exactly once, however many race here.
         let (_, session) = self.sessions.remove(id)?;
@@ -258,12 +266,7 @@ impl SessionManager {
         if let Err(e) = session.advance(State::Closed(reason)) {
             tracing::error!(session = %id, %e, "session was already closed");
         }
-        for direction in [
-            crate::protocol::Direction::ClientToServer,
-            crate::protocol::Direction::ServerToClient,
-        ] {
-            session.pending(direction).close();
-        }
+        session.abandon_pending();
         session.closed_token().cancel();
         self.slots.fetch_sub(1, Ordering::AcqRel);
         self.metrics.ended(reason);

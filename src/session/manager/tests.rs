@@ -162,6 +162,11 @@ async fn idle_sessions_expire_and_touched_ones_do_not() {
     assert!(idle.closed_token().is_cancelled());
     assert_eq!(busy.state(), State::Initializing);
     assert_eq!(m.metrics().ended[EndReason::Expired.index()], 1);
+    m.activate(&busy);
+    m.begin_closing(&busy);
+    assert_eq!(busy.state(), State::Closing);
+    m.activate(&busy);
+    assert_eq!(busy.state(), State::Closing, "no way back from closing");
     check_invariants(&m);
 }
 
@@ -319,4 +324,28 @@ async fn concurrent_churn_with_cleanup_and_eviction_neither_deadlocks_nor_drifts
     );
     assert_eq!(m.sizes().0, 0);
     assert!(metrics.created > 0);
+}
+
+#[tokio::test]
+async fn requests_pending_when_the_manager_ends_a_session_are_kept_for_its_front_end() {
+    let m = SessionManager::new(config(10, None, None), None);
+    let s = m.create(TransportKind::Stdio, None).unwrap();
+    s.pending(Direction::ClientToServer)
+        .insert(RequestId::Number(7), Method::ToolsCall)
+        .unwrap();
+    m.end(s.id(), EndReason::Expired);
+    assert_eq!(
+        m.metrics().pending_requests,
+        0,
+        "the budget is released at once"
+    );
+    let owed = s.close_pending(Direction::ClientToServer);
+    assert_eq!(
+        owed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        [RequestId::Number(7)]
+    );
+    assert!(
+        s.close_pending(Direction::ClientToServer).is_empty(),
+        "answered once"
+    );
 }
