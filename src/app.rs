@@ -7,8 +7,11 @@ use anyhow::Context as _;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, ForwardCommand, OutputFormat, SessionCommand, StdioArgs};
-use crate::config::{Config, parse_duration};
+use std::sync::Arc;
+
+use crate::config::{Config, StoreKind, parse_duration};
 use crate::proxy::forward;
+use crate::session::StoreWriter;
 use crate::session::report;
 use crate::session::store::sqlite::DB_FILE;
 use crate::session::store::{SessionStore, SqliteStore, StateFilter};
@@ -51,10 +54,34 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(forward::run(config, &spec));
+    // Opened before the runtime starts: SQLite calls block, and the runtime must not.
+    let store = open_store(config);
+    let code = runtime.block_on(forward::run(config, &spec, store));
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
+}
+
+/// The session history writer `config` asks for. History is a convenience: if the store can't
+/// be opened, the proxy runs without it and says so.
+fn open_store(config: &Config) -> Option<StoreWriter> {
+    let store: Arc<dyn SessionStore> = match config.session_store {
+        StoreKind::Memory => return None,
+        StoreKind::Sqlite => match SqliteStore::open_in(&config.data_dir) {
+            Ok(store) => Arc::new(store),
+            Err(e) => {
+                tracing::warn!(%e, "session history is off (use --data-dir to choose another place)");
+                return None;
+            }
+        },
+    };
+    match StoreWriter::start(store, 2 * config.sessions.max_sessions) {
+        Ok(writer) => Some(writer),
+        Err(e) => {
+            tracing::warn!(%e, "session history is off: cannot start its writer thread");
+            None
+        }
+    }
 }
 
 /// `shadowcat session list|show|cleanup`, against the history in the data dir.
@@ -81,7 +108,10 @@ fn run_session(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
             }
         };
     }
-    let store = SqliteStore::open(&path)?;
+    let store = match cmd {
+        SessionCommand::Cleanup { .. } => SqliteStore::open(&path)?,
+        _ => SqliteStore::open_for_reading(&path)?,
+    };
     match cmd {
         SessionCommand::List { state, format } => {
             let records = store.list(state)?;
@@ -121,8 +151,9 @@ fn run_session(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
                 .into_iter()
                 .filter(|r| match r.ended_at_ms {
                     Some(ended) => all || cutoff.is_some_and(|c| ended < c),
-                    // Not ended: only if a killed proxy left it, silent since before the cutoff.
-                    None => cutoff.is_some_and(|c| r.last_activity_ms < c),
+                    // Not ended: only if no proxy has re-saved it since the cutoff (running proxies
+                    // re-save their sessions every minute), i.e. a killed proxy left it behind.
+                    None => cutoff.is_some_and(|c| r.updated_at_ms < c),
                 })
                 .map(|r| r.id)
                 .collect();

@@ -312,6 +312,10 @@ pub fn parse_count(text: &str, option: &'static str) -> Result<usize, ConfigErro
     }
 }
 
+/// Longest duration accepted anywhere: far beyond any sensible timeout, and far enough below
+/// the clock's range that adding it to "now" cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A duration greater than zero, in humantime's syntax (`5s`, `1500ms`, `10m`, `2h 30m`).
 /// Zero, negative, overflowing values and unknown units are refused with a message saying so.
 pub fn parse_duration(text: &str, option: &'static str) -> Result<Duration, ConfigError> {
@@ -324,6 +328,10 @@ pub fn parse_duration(text: &str, option: &'static str) -> Result<Duration, Conf
     }
     match humantime::parse_duration(trimmed) {
         Ok(d) if d.is_zero() => Err(invalid(option, format!("{text:?}: must be more than zero"))),
+        Ok(d) if d > MAX_DURATION => Err(invalid(
+            option,
+            format!("{text:?}: too long (at most 100 years)"),
+        )),
         Ok(d) => Ok(d),
         Err(e) => Err(invalid(
             option,
@@ -422,6 +430,7 @@ mod tests {
             ("99999999999999999999999h", "\"99999999999999999999999h\""),
             ("5 fortnights", "unknown time unit"),
             ("", "try 5s"),
+            ("200years", "too long"),
         ] {
             let err = parse_duration(text, "--x").unwrap_err().to_string();
             assert!(

@@ -221,3 +221,52 @@ fn a_session_past_its_max_age_ends_and_its_in_flight_request_gets_an_error() {
     );
     assert!(proxy.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn cleanup_older_than_deletes_old_and_abandoned_rows_and_keeps_live_ones() {
+    use shadowcat::session::store::{SessionStore, SqliteStore};
+    use shadowcat::session::{Metadata, SessionRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hour = 3_600_000;
+    let row = |id: &str, ended: Option<u64>, updated: u64| SessionRecord {
+        id: id.into(),
+        state: if ended.is_some() { "closed" } else { "active" }.into(),
+        end_reason: ended.map(|_| "closed".into()),
+        transport: "stdio".into(),
+        upstream: None,
+        created_at_ms: now_ms - 10 * hour,
+        last_activity_ms: now_ms - 5 * hour,
+        ended_at_ms: ended,
+        frames_from_client: 1,
+        frames_from_server: 1,
+        pending: 0,
+        metadata: Metadata::default(),
+        updated_at_ms: updated,
+    };
+    let store = SqliteStore::open_in(data).unwrap();
+    store
+        .save(&[
+            row("ended-long-ago", Some(now_ms - 3 * hour), now_ms - 3 * hour),
+            row("ended-recently", Some(now_ms - 60_000), now_ms - 60_000),
+            // A proxy that was killed: never ended, not re-saved for hours.
+            row("abandoned", None, now_ms - 2 * hour),
+            // A live, idle session: no message for 5 hours, but its proxy re-saved it just now.
+            row("live-but-idle", None, now_ms - 30_000),
+        ])
+        .unwrap();
+    let out = shadowcat(data, &["session", "cleanup", "--older-than", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("deleted 2 session(s)"), "{text}");
+    let mut left: Vec<String> = list(data, "all")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["ended-recently", "live-but-idle"]);
+}

@@ -21,13 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::config::StoreKind;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Message};
-use crate::session::store::SqliteStore;
-use crate::session::{
-    EndReason, Session, SessionManager, SessionStore, StoreWriter, TransportKind,
-};
+use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportKind};
 use crate::telemetry::Metrics;
 use crate::transport::child::{ChildProcess, ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
@@ -75,8 +71,12 @@ impl Event {
 }
 
 /// Runs the forward stdio proxy until one side ends; returns our exit code.
-pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
-    let sessions = SessionManager::new(config.sessions.clone(), open_store(config));
+pub async fn run(
+    config: &Config,
+    spec: &ChildSpec,
+    store: Option<StoreWriter>,
+) -> anyhow::Result<u8> {
+    let sessions = SessionManager::new(config.sessions.clone(), store);
     let upstream = std::iter::once(&spec.program)
         .chain(&spec.args)
         .map(|a| a.to_string_lossy())
@@ -114,28 +114,6 @@ pub async fn run(config: &Config, spec: &ChildSpec) -> anyhow::Result<u8> {
 
 /// How long the session history writer gets to save the last records at exit.
 const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// The session history writer `config` asks for. History is a convenience: if the store can't
-/// be opened, the proxy runs without it and says so.
-fn open_store(config: &Config) -> Option<StoreWriter> {
-    let store: Arc<dyn SessionStore> = match config.session_store {
-        StoreKind::Memory => return None,
-        StoreKind::Sqlite => match SqliteStore::open_in(&config.data_dir) {
-            Ok(store) => Arc::new(store),
-            Err(e) => {
-                tracing::warn!(%e, "session history is off (use --data-dir to choose another place)");
-                return None;
-            }
-        },
-    };
-    match StoreWriter::start(store) {
-        Ok(writer) => Some(writer),
-        Err(e) => {
-            tracing::warn!(%e, "session history is off: cannot start its writer thread");
-            None
-        }
-    }
-}
 
 /// The signals that ask us to shut down.
 struct Signals {

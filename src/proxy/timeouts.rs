@@ -130,4 +130,40 @@ mod tests {
         session.closed_token().cancel();
         watcher.await.unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_arriving_at_an_idle_watcher_is_timed_from_its_arrival_both_ways() {
+        let session = Arc::new(Session::standalone(TransportKind::Stdio, 10));
+        let (to_client, mut client_rx, _) = Outbox::new(8, 1 << 20);
+        let (to_server, mut server_rx, _) = Outbox::new(8, 1 << 20);
+        // Server→client: the server is the requester.
+        let watcher = tokio::spawn(enforce(
+            session.clone(),
+            Direction::ServerToClient,
+            Duration::from_secs(5),
+            Arc::new(to_server),
+            Arc::new(to_client),
+        ));
+        // Let the watcher find the table empty and wait.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(server_rx.try_recv().is_err());
+        session
+            .pending(Direction::ServerToClient)
+            .insert(RequestId::from("s-1"), Method::SamplingCreateMessage)
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(server_rx.try_recv().is_err(), "timed out early");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let error: serde_json::Value =
+            serde_json::from_slice(server_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(
+            (error["id"].as_str(), error["error"]["code"].as_i64()),
+            (Some("s-1"), Some(-32086))
+        );
+        let cancel: serde_json::Value =
+            serde_json::from_slice(client_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(cancel["params"]["requestId"], "s-1");
+        session.closed_token().cancel();
+        watcher.await.unwrap();
+    }
 }

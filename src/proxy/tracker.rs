@@ -43,6 +43,16 @@ impl RequestTracker {
                 let (Some(id), Some(method)) = (msg.id(), msg.method()) else {
                     return Verdict::Forward(msg);
                 };
+                if matches!(cx.session.state(), State::Closing | State::Closed(_)) {
+                    let error = ProxyError::new(
+                        ErrorCode::ShuttingDown,
+                        format!(
+                            "the session is {}; no new requests are forwarded",
+                            cx.session.state()
+                        ),
+                    );
+                    return Verdict::Respond(Message::error_response(Some(id), &error));
+                }
                 match cx
                     .session
                     .pending(cx.direction)
@@ -387,5 +397,28 @@ mod tests {
         );
         assert_eq!(session.frames(Direction::ClientToServer), 2);
         assert_eq!(session.frames(Direction::ServerToClient), 2);
+    }
+
+    #[test]
+    fn a_closing_session_forwards_no_new_requests() {
+        let sessions = SessionManager::new(SessionConfig::default(), None);
+        let tracker = RequestTracker::new(Arc::default(), sessions.clone());
+        let session = sessions.create(TransportKind::Stdio, None).unwrap();
+        sessions.begin_closing(&session);
+        let Verdict::Respond(answer) = run(
+            &tracker,
+            &session,
+            Direction::ServerToClient,
+            r#"{"jsonrpc":"2.0","id":9,"method":"roots/list"}"#,
+        ) else {
+            panic!("a request was forwarded while closing")
+        };
+        assert!(
+            std::str::from_utf8(answer.raw())
+                .unwrap()
+                .contains("-32085")
+        );
+        // Answers to what is already in flight still pass.
+        assert!(session.pending(Direction::ServerToClient).is_empty());
     }
 }

@@ -58,6 +58,10 @@ pub struct TagThresholds {
     pub high_volume_frames: u64,
 }
 
+/// A running session's record is saved at least this often (and whenever its counts changed,
+/// at the manager's cleanup cadence).
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
 /// Tag for sessions older than [`TagThresholds::long_running_after`].
 pub const TAG_LONG_RUNNING: &str = "long-running";
 /// Tag for sessions past [`TagThresholds::high_volume_frames`].
@@ -75,6 +79,9 @@ pub struct Session {
     last_activity_ms: AtomicU64,
     /// Milliseconds after `created` when the manager last moved it in LRU order.
     pub(crate) lru_moved_ms: AtomicU64,
+    /// Total frames when the record was last saved, and when (ms after `created`).
+    saved_frames: AtomicU64,
+    saved_at_ms: AtomicU64,
     frames: [AtomicU64; 2],
     high_volume: AtomicBool,
     thresholds: TagThresholds,
@@ -112,6 +119,10 @@ pub struct SessionRecord {
     pub last_activity_ms: u64,
     /// End time, Unix milliseconds, once closed.
     pub ended_at_ms: Option<u64>,
+    /// When this record was taken, Unix milliseconds. A running proxy re-saves its sessions at
+    /// least every [`HEARTBEAT`]; an unended record much older than that was left by a proxy
+    /// that died.
+    pub updated_at_ms: u64,
     /// Messages from the client.
     pub frames_from_client: u64,
     /// Messages from the server.
@@ -132,6 +143,7 @@ impl Session {
         budget: &Arc<PendingBudget>,
         thresholds: TagThresholds,
     ) -> Self {
+        let session_budget = PendingBudget::new(max_pending);
         Self {
             id: SessionId::random(),
             transport,
@@ -140,13 +152,15 @@ impl Session {
             created_at: SystemTime::now(),
             last_activity_ms: AtomicU64::new(0),
             lru_moved_ms: AtomicU64::new(0),
+            saved_frames: AtomicU64::new(0),
+            saved_at_ms: AtomicU64::new(0),
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
             high_volume: AtomicBool::new(false),
             thresholds,
             state: Mutex::new(State::Initializing),
             meta: Mutex::new(Metadata::default()),
-            to_server: PendingRequests::new(max_pending, budget.clone()),
-            to_client: PendingRequests::new(max_pending, budget.clone()),
+            to_server: PendingRequests::new(session_budget.clone(), budget.clone()),
+            to_client: PendingRequests::new(session_budget, budget.clone()),
             abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             closed: CancellationToken::new(),
         }
@@ -201,8 +215,9 @@ impl Session {
         Ok(previous)
     }
 
-    /// A copy of the metadata.
+    /// A copy of the metadata, with time-based tags brought up to date.
     pub fn metadata(&self) -> Metadata {
+        self.refresh_tags(Instant::now());
         lock(&self.meta).clone()
     }
 
@@ -297,6 +312,24 @@ impl Session {
         self.to_server.len() + self.to_client.len()
     }
 
+    /// Whether the stored record is behind: counts changed, or not saved for [`HEARTBEAT`].
+    pub(crate) fn needs_save(&self, now: Instant) -> bool {
+        let heartbeat_ms = u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX);
+        self.total_frames() != self.saved_frames.load(Ordering::Relaxed)
+            || self
+                .elapsed_ms(now)
+                .saturating_sub(self.saved_at_ms.load(Ordering::Relaxed))
+                >= heartbeat_ms
+    }
+
+    /// Notes that the record was just taken for saving.
+    pub(crate) fn mark_saved(&self, now: Instant) {
+        self.saved_frames
+            .store(self.total_frames(), Ordering::Relaxed);
+        self.saved_at_ms
+            .store(self.elapsed_ms(now), Ordering::Relaxed);
+    }
+
     /// Everything about the session as plain data.
     pub fn record(&self) -> SessionRecord {
         self.refresh_tags(Instant::now());
@@ -327,6 +360,7 @@ impl Session {
             created_at_ms: created_ms,
             last_activity_ms: last,
             ended_at_ms,
+            updated_at_ms: unix_ms(SystemTime::now()),
             frames_from_client: self.frames(Direction::ClientToServer),
             frames_from_server: self.frames(Direction::ServerToClient),
             pending: self.pending_count() as u64,

@@ -28,7 +28,7 @@ pub enum EndReason {
     Expired,
     /// Made room for a new session at `--max-sessions`.
     Evicted,
-    /// Ended by an operator (`session cleanup`) or a signal.
+    /// Ended by a signal (SIGINT/SIGTERM) or an operator.
     Killed,
     /// Ended by a failure (the server crashed, a transport broke).
     Error,

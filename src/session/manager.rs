@@ -39,7 +39,7 @@ pub const DEFAULT_LONG_RUNNING_AFTER: Duration = Duration::from_secs(3600);
 pub const DEFAULT_HIGH_VOLUME_FRAMES: u64 = 10_000;
 /// A session's LRU position moves at most this often.
 pub const LRU_GRANULARITY: Duration = Duration::from_millis(100);
-/// How many of the least recently used sessions eviction looks at for an idle one.
+/// How many LRU entries eviction copies out per lock while looking for an idle session.
 const EVICTION_SCAN: usize = 64;
 
 /// How sessions are bounded.
@@ -155,8 +155,10 @@ impl SessionManager {
             self.config.tags,
         ));
         let id = session.id().clone();
-        self.sessions.insert(id.clone(), session.clone());
+        // LRU first: a concurrent `end` finds nothing in the map until both are in place, so it
+        // can never leave an LRU entry behind.
         lock(&self.lru).insert(id.clone(), ());
+        self.sessions.insert(id.clone(), session.clone());
         if let Some(deadline) = self.deadline(&session) {
             lock(&self.expiry).push(Reverse((deadline, id)));
         }
@@ -185,20 +187,28 @@ impl SessionManager {
     }
 
     /// Ends the least recently used session that has nothing pending. False if there is none.
+    /// Walks the LRU in chunks, taking its lock only to copy each chunk.
     fn evict_one(&self) -> bool {
-        let candidates: Vec<SessionId> = lock(&self.lru)
-            .keys()
-            .take(EVICTION_SCAN)
-            .cloned()
-            .collect();
-        for id in candidates {
-            let idle = self.get(&id).is_some_and(|s| s.pending_count() == 0);
-            if idle && self.end(&id, EndReason::Evicted).is_some() {
-                tracing::info!(session = %id, "evicted the least recently used idle session (--max-sessions)");
-                return true;
+        let mut offset = 0;
+        loop {
+            let chunk: Vec<SessionId> = lock(&self.lru)
+                .keys()
+                .skip(offset)
+                .take(EVICTION_SCAN)
+                .cloned()
+                .collect();
+            if chunk.is_empty() {
+                return false;
+            }
+            offset += chunk.len();
+            for id in chunk {
+                let idle = self.get(&id).is_some_and(|s| s.pending_count() == 0);
+                if idle && self.end(&id, EndReason::Evicted).is_some() {
+                    tracing::info!(session = %id, "evicted the least recently used idle session (--max-sessions)");
+                    return true;
+                }
             }
         }
-        false
     }
 
     /// The open session `id`.
@@ -250,10 +260,31 @@ impl SessionManager {
     /// Saves the session's current record to the store (write-behind; never blocks).
     pub fn persist(&self, session: &Session) {
         if let Some(store) = &self.store {
+            session.mark_saved(Instant::now());
             if !store.save(session.record()) {
                 self.metrics.store_dropped();
             }
         }
+    }
+
+    /// Saves open sessions whose stored record is behind (counts changed, or older than
+    /// [`HEARTBEAT`](super::info::HEARTBEAT)), at most half a store queue per call. Run by the
+    /// cleanup task; walks every session, so it is kept out of [`cleanup`](Self::cleanup).
+    pub fn heartbeat(&self, now: Instant) -> usize {
+        if self.store.is_none() {
+            return 0;
+        }
+        let behind: Vec<Arc<Session>> = self
+            .sessions
+            .iter()
+            .filter(|e| e.value().needs_save(now))
+            .take(super::store::STORE_QUEUE / 2)
+            .map(|e| e.value().clone())
+            .collect();
+        for session in &behind {
+            self.persist(session);
+        }
+        behind.len()
     }
 
     /// Ends session `id` for `reason`: the one transition into `Closed`, counted once. Its pending
@@ -282,59 +313,56 @@ impl SessionManager {
         }
     }
 
-    /// When `session` should expire, from its activity and age now.
+    /// When `session` should expire, from its activity and age now. Deadlines too far away to
+    /// represent count as never.
     fn deadline(&self, session: &Session) -> Option<Instant> {
         let idle = self
             .config
             .idle_timeout
-            .map(|t| session.last_activity() + t);
-        let aged = self.config.max_age.map(|t| session.created() + t);
-        match (idle, aged) {
+            .and_then(|t| session.last_activity().checked_add(t));
+        match (idle, self.age_deadline(session)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
+    fn age_deadline(&self, session: &Session) -> Option<Instant> {
+        self.config
+            .max_age
+            .and_then(|t| session.created().checked_add(t))
+    }
+
     /// Expires sessions whose deadline has passed. Sessions with requests in flight are not idle
-    /// and only expire by age.
+    /// and only expire by age. Entries are taken off the heap one at a time, so a failure while
+    /// handling one (a panic is caught and counted) never loses the others.
     pub fn cleanup(&self, now: Instant) -> CleanupReport {
-        #[cfg(test)]
-        assert!(
-            !self.panic_next_cleanup.swap(false, Ordering::Relaxed),
-            "injected cleanup panic"
-        );
         let mut report = CleanupReport::default();
-        let due: Vec<SessionId> = {
-            let mut heap = lock(&self.expiry);
-            let mut due = Vec::new();
-            while heap
-                .peek()
-                .is_some_and(|Reverse((deadline, _))| *deadline <= now)
-            {
-                if let Some(Reverse((_, id))) = heap.pop() {
-                    due.push(id);
+        loop {
+            let entry = {
+                let mut heap = lock(&self.expiry);
+                if heap
+                    .peek()
+                    .is_none_or(|Reverse((deadline, _))| *deadline > now)
+                {
+                    break;
                 }
-            }
-            due
-        };
-        for id in due {
-            report.examined += 1;
-            let Some(session) = self.get(&id) else {
-                continue;
+                heap.pop()
             };
-            session.refresh_tags(now);
-            let aged = self.config.max_age.is_some_and(|t| session.age(now) >= t);
-            let busy = session.pending_count() > 0;
-            match self.deadline(&session) {
-                Some(deadline) if deadline > now => {
-                    lock(&self.expiry).push(Reverse((deadline, id)));
-                }
-                Some(_) if busy && !aged => {
-                    let retry = now + self.config.idle_timeout.unwrap_or(Duration::from_secs(1));
+            let Some(Reverse((deadline, id))) = entry else {
+                break;
+            };
+            report.examined += 1;
+            let handled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.expire_if_due(&id, now)));
+            match handled {
+                Ok(true) => report.expired += 1,
+                Ok(false) => {}
+                Err(_) => {
+                    self.metrics.cleanup_panic();
+                    tracing::error!(session = %id, "checking a session for expiry panicked; will retry");
+                    let retry = now.checked_add(Duration::from_secs(1)).unwrap_or(deadline);
                     lock(&self.expiry).push(Reverse((retry, id)));
                 }
-                Some(_) if self.end(&id, EndReason::Expired).is_some() => report.expired += 1,
-                Some(_) | None => {}
             }
         }
         self.compact_heap();
@@ -342,22 +370,61 @@ impl SessionManager {
         report
     }
 
+    /// Ends `id` if its deadline has really passed, else puts it back on the heap with the
+    /// deadline it has now. True if it was ended.
+    fn expire_if_due(&self, id: &SessionId, now: Instant) -> bool {
+        #[cfg(test)]
+        assert!(
+            !self.panic_next_cleanup.swap(false, Ordering::Relaxed),
+            "injected cleanup panic"
+        );
+        let Some(session) = self.get(id) else {
+            return false;
+        };
+        session.refresh_tags(now);
+        let age_deadline = self.age_deadline(&session);
+        let aged = age_deadline.is_some_and(|d| d <= now);
+        let busy = session.pending_count() > 0;
+        match self.deadline(&session) {
+            Some(deadline) if deadline > now => {
+                lock(&self.expiry).push(Reverse((deadline, id.clone())));
+                false
+            }
+            Some(_) if busy && !aged => {
+                // A request in flight is not idleness: look again an idle timeout from now, but
+                // never later than the session's maximum age.
+                let retry = self.config.idle_timeout.and_then(|t| now.checked_add(t));
+                let retry = match (retry, age_deadline) {
+                    (Some(r), Some(a)) => Some(r.min(a)),
+                    (r, a) => r.or(a),
+                };
+                if let Some(retry) = retry {
+                    lock(&self.expiry).push(Reverse((retry, id.clone())));
+                }
+                false
+            }
+            Some(_) => self.end(id, EndReason::Expired).is_some(),
+            None => false,
+        }
+    }
+
     /// Drops heap entries of ended sessions once they outnumber the live ones, so the heap stays
-    /// O(sessions) however many sessions come and go.
+    /// O(sessions) however many sessions come and go. The old heap is taken out under the lock,
+    /// filtered outside it, and merged back into whatever was pushed meanwhile.
     fn compact_heap(&self) {
         let live = self.sessions.len();
-        if lock(&self.expiry).len() <= 2 * live + 64 {
-            return;
-        }
-        let fresh: BinaryHeap<_> = self
-            .sessions
-            .iter()
-            .filter_map(|e| {
-                self.deadline(e.value())
-                    .map(|d| Reverse((d, e.key().clone())))
-            })
+        let old = {
+            let mut heap = lock(&self.expiry);
+            if heap.len() <= 2 * live + 64 {
+                return;
+            }
+            std::mem::take(&mut *heap)
+        };
+        let kept: Vec<_> = old
+            .into_iter()
+            .filter(|Reverse((_, id))| self.sessions.contains_key(id))
             .collect();
-        *lock(&self.expiry) = fresh;
+        lock(&self.expiry).extend(kept);
     }
 
     /// Runs [`cleanup`](Self::cleanup) every `interval` until `stop` is cancelled or the manager is

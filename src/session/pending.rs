@@ -6,8 +6,8 @@
 //! A `std::sync::Mutex` guards it: every critical section is one insert, remove or pop, never held
 //! across an `.await`; the two tasks of a session rarely touch the same table at once.
 //!
-//! The table enforces two bounds: its own (`--max-pending-requests`, per session and direction)
-//! and a total shared by every table of the process (`--max-pending-total`).
+//! Two bounds apply, each a [`PendingBudget`] shared by several tables: the session's (both
+//! directions together, `--max-pending-requests`) and the process's (`--max-pending-total`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::protocol::{Method, RequestId};
 
-/// Default bound on requests awaiting an answer, per session and direction.
+/// Default bound on requests awaiting an answer, per session (both directions together).
 pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 1_000;
 /// Default bound on requests awaiting an answer across all sessions.
 pub const DEFAULT_MAX_PENDING_TOTAL: usize = 100_000;
@@ -36,7 +36,7 @@ pub struct Pending {
 /// Which bound refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingScope {
-    /// This session's table (`--max-pending-requests`).
+    /// This session's tables (`--max-pending-requests`).
     Session,
     /// All sessions together (`--max-pending-total`).
     Total,
@@ -61,7 +61,7 @@ pub enum PendingError {
     Closed,
 }
 
-/// The count of pending requests across all tables, and its bound.
+/// A count of pending requests across the tables that share it, and its bound.
 #[derive(Debug)]
 pub struct PendingBudget {
     used: AtomicUsize,
@@ -101,7 +101,7 @@ impl PendingBudget {
 #[derive(Debug)]
 pub struct PendingRequests {
     inner: Mutex<Table>,
-    max: usize,
+    session: Arc<PendingBudget>,
     budget: Arc<PendingBudget>,
     /// Woken when a request is added to an empty table (a timeout watcher may be idle).
     added: Notify,
@@ -114,19 +114,24 @@ struct Table {
 }
 
 impl PendingRequests {
-    /// An empty table holding at most `max` requests, drawing on the shared `budget`.
-    pub fn new(max: usize, budget: Arc<PendingBudget>) -> Self {
+    /// An empty table drawing on its session's budget and the process's `total`.
+    pub fn new(session: Arc<PendingBudget>, total: Arc<PendingBudget>) -> Self {
         Self {
             inner: Mutex::new(Table::default()),
-            max,
-            budget,
+            session,
+            budget: total,
             added: Notify::new(),
         }
     }
 
-    /// A table with its own budget (tests, tools).
+    /// A table with budgets of its own (tests, tools).
     pub fn standalone(max: usize) -> Self {
-        Self::new(max, PendingBudget::new(usize::MAX))
+        Self::new(PendingBudget::new(max), PendingBudget::new(usize::MAX))
+    }
+
+    fn give_back(&self, n: usize) {
+        self.session.give_back(n);
+        self.budget.give_back(n);
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -143,13 +148,14 @@ impl PendingRequests {
         if table.requests.contains_key(&id) {
             return Err(PendingError::Duplicate);
         }
-        if table.requests.len() >= self.max {
+        if !self.session.take_one() {
             return Err(PendingError::Full {
-                limit: self.max,
+                limit: self.session.max,
                 scope: PendingScope::Session,
             });
         }
         if !self.budget.take_one() {
+            self.session.give_back(1);
             return Err(PendingError::Full {
                 limit: self.budget.max,
                 scope: PendingScope::Total,
@@ -174,7 +180,7 @@ impl PendingRequests {
     pub fn remove(&self, id: &RequestId) -> Option<Pending> {
         let removed = self.lock().requests.remove(id);
         if removed.is_some() {
-            self.budget.give_back(1);
+            self.give_back(1);
         }
         removed
     }
@@ -213,7 +219,7 @@ impl PendingRequests {
             }
         }
         drop(table);
-        self.budget.give_back(taken.len());
+        self.give_back(taken.len());
         taken
     }
 
@@ -229,7 +235,7 @@ impl PendingRequests {
         table.closed = true;
         let drained: Vec<_> = std::mem::take(&mut table.requests).into_iter().collect();
         drop(table);
-        self.budget.give_back(drained.len());
+        self.give_back(drained.len());
         self.added.notify_waiters();
         drained
     }
@@ -278,8 +284,8 @@ mod tests {
     #[test]
     fn the_total_bound_is_shared_and_given_back() {
         let budget = PendingBudget::new(3);
-        let a = PendingRequests::new(10, budget.clone());
-        let b = PendingRequests::new(10, budget.clone());
+        let a = PendingRequests::new(PendingBudget::new(10), budget.clone());
+        let b = PendingRequests::new(PendingBudget::new(10), budget.clone());
         a.insert(RequestId::Number(1), Method::Ping).unwrap();
         a.insert(RequestId::Number(2), Method::Ping).unwrap();
         b.insert(RequestId::Number(1), Method::Ping).unwrap();
@@ -296,6 +302,32 @@ mod tests {
         assert_eq!(budget.used(), 1);
         b.insert(RequestId::Number(2), Method::Ping).unwrap();
         assert_eq!(budget.used(), 2);
+    }
+
+    #[test]
+    fn a_session_budget_covers_both_directions() {
+        let session = PendingBudget::new(2);
+        let total = PendingBudget::new(100);
+        let to_server = PendingRequests::new(session.clone(), total.clone());
+        let to_client = PendingRequests::new(session.clone(), total.clone());
+        to_server
+            .insert(RequestId::Number(1), Method::Ping)
+            .unwrap();
+        to_client
+            .insert(RequestId::Number(1), Method::Ping)
+            .unwrap();
+        assert_eq!(
+            to_server.insert(RequestId::Number(2), Method::Ping),
+            Err(PendingError::Full {
+                limit: 2,
+                scope: PendingScope::Session
+            })
+        );
+        assert_eq!(total.used(), 2, "a refusal takes nothing from the total");
+        to_client.remove(&RequestId::Number(1));
+        to_server
+            .insert(RequestId::Number(2), Method::Ping)
+            .unwrap();
     }
 
     #[test]

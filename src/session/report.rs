@@ -5,7 +5,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::info::SessionRecord;
 
+/// Latest time RFC 3339 can write (9999-12-31T23:59:59Z), in Unix milliseconds.
+const LATEST_RFC3339_MS: u64 = 253_402_300_799_000;
+
 fn when(unix_ms: u64) -> String {
+    if unix_ms > LATEST_RFC3339_MS {
+        // A corrupt or hand-edited row must not crash the listing.
+        return format!("@{unix_ms}ms");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
@@ -128,4 +135,15 @@ pub fn details(r: &SessionRecord) -> String {
     );
     field("tape", "-".into());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_timestamps_do_not_crash_the_table() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(u64::MAX), format!("@{}ms", u64::MAX));
+    }
 }

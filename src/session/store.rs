@@ -18,7 +18,7 @@ pub use sqlite::SqliteStore;
 
 use super::info::SessionRecord;
 
-/// Default bound on session updates waiting for the writer.
+/// Smallest bound on session updates waiting for the writer.
 pub const STORE_QUEUE: usize = 4096;
 /// The writer saves at least this often while updates are waiting.
 pub const STORE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -88,7 +88,10 @@ impl SessionStore for MemoryStore {
     fn save(&self, records: &[SessionRecord]) -> Result<(), StoreError> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records {
-            map.insert(record.id.clone(), record.clone());
+            // As in SQLite: a late record never reopens a closed session.
+            if map.get(&record.id).is_none_or(|old| old.state != "closed") {
+                map.insert(record.id.clone(), record.clone());
+            }
         }
         Ok(())
     }
@@ -138,9 +141,10 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Starts the writer thread for `store`.
-    pub fn start(store: Arc<dyn SessionStore>) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(STORE_QUEUE);
+    /// Starts the writer thread for `store`, queueing at most `capacity` updates (give it room
+    /// for every session's final record at once: at least twice `--max-sessions`).
+    pub fn start(store: Arc<dyn SessionStore>, capacity: usize) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(capacity.max(STORE_QUEUE));
         let thread = std::thread::Builder::new()
             .name("shadowcat-store".into())
             .spawn(move || write_loop(&rx, &*store))?;

@@ -127,13 +127,26 @@ proptest! {
                         let _ = s.pending(Direction::ClientToServer).insert(RequestId::Number(id), Method::Ping);
                     },
                     Op::Answer(i, id) => if let Some(s) = nth(&m, i) {
-                        s.pending(Direction::ClientToServer).remove(&RequestId::Number(id));
+                        // An answer is a message, as the tracker counts it.
+                        if s.pending(Direction::ClientToServer).remove(&RequestId::Number(id)).is_some() {
+                            s.record_frame(Direction::ServerToClient);
+                            m.touch(&s);
+                        }
                     },
                     Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
                     Op::Cleanup => {
-                        m.cleanup(Instant::now());
+                        let now = Instant::now();
+                        m.cleanup(now);
                         let (live, _, heap) = m.sizes();
                         prop_assert!(heap <= 2 * live + 64, "heap grew to {heap} for {live} sessions");
+                        // Nothing that is due survives a pass: each survivor is either not yet
+                        // due or busy and younger than the maximum age.
+                        for entry in &m.sessions {
+                            let s = entry.value();
+                            let due = m.deadline(s).is_some_and(|d| d <= now);
+                            let aged = m.age_deadline(s).is_some_and(|d| d <= now);
+                            prop_assert!(!due || (s.pending_count() > 0 && !aged), "a due session survived cleanup");
+                        }
                     }
                 }
                 check_invariants(&m);
@@ -348,4 +361,49 @@ async fn requests_pending_when_the_manager_ends_a_session_are_kept_for_its_front
         s.close_pending(Direction::ClientToServer).is_empty(),
         "answered once"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_on_one_due_session_does_not_lose_the_others() {
+    let m = SessionManager::new(config(10, Some(1000), None), None);
+    let a = m.create(TransportKind::Stdio, None).unwrap();
+    let b = m.create(TransportKind::Stdio, None).unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    m.panic_next_cleanup.store(true, Ordering::Relaxed);
+    let report = m.cleanup(Instant::now());
+    assert_eq!(
+        report.expired, 1,
+        "the other due session still expired in the same pass"
+    );
+    assert_eq!(m.metrics().cleanup_panics, 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    m.cleanup(Instant::now());
+    assert!(
+        a.state().is_closed() && b.state().is_closed(),
+        "the one that panicked was retried"
+    );
+    check_invariants(&m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_save_changed_and_stale_records() {
+    let store = Arc::new(super::super::store::MemoryStore::default());
+    let writer = StoreWriter::start(store.clone(), 16).unwrap();
+    let m = SessionManager::new(config(10, None, None), Some(writer));
+    let s = m.create(TransportKind::Stdio, None).unwrap();
+    assert_eq!(m.heartbeat(Instant::now()), 0, "just saved at creation");
+    s.record_frame(Direction::ClientToServer);
+    assert_eq!(m.heartbeat(Instant::now()), 1, "counts changed");
+    assert_eq!(m.heartbeat(Instant::now()), 0);
+    tokio::time::advance(super::super::info::HEARTBEAT).await;
+    assert_eq!(
+        m.heartbeat(Instant::now()),
+        1,
+        "not saved for a heartbeat interval"
+    );
+    m.close_store(Duration::from_secs(5));
+    let saved = super::super::store::SessionStore::get(&*store, s.id().as_str())
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.frames_from_client, 1);
 }

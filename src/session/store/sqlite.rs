@@ -18,7 +18,8 @@ use crate::session::info::{Metadata, SessionRecord};
 pub const DB_FILE: &str = "sessions.db";
 
 /// Schema migrations; migration `i` moves `user_version` from `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         state TEXT NOT NULL,
         end_reason TEXT,
@@ -37,20 +38,33 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
         server_capabilities TEXT,
         tags TEXT NOT NULL
     );
-    CREATE INDEX sessions_state_created ON sessions (state, created_at_ms);"];
+    CREATE INDEX sessions_state_created ON sessions (state, created_at_ms);",
+    // v2: when a running proxy last saved the row, so cleanup can tell dead rows from live ones.
+    "ALTER TABLE sessions ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;",
+];
 
 /// Session history in an SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
+    read_only: bool,
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
+    connect_with(path, false)
+}
+
+fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let err = |source| StoreError::Sqlite {
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open(path).map_err(err)?;
+    let conn = if read_only {
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(err)?;
@@ -61,7 +75,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
     frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
-    server_info, server_capabilities, tags";
+    server_info, server_capabilities, tags, updated_at_ms";
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
@@ -85,6 +99,37 @@ impl SqliteStore {
         migrate(&mut conn, path)?;
         Ok(Self {
             path: path.to_owned(),
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing database for reading only (`session list|show`): nothing is written,
+    /// so a read-only data dir works. A file from an older Shadowcat is migrated first, which
+    /// does need write access.
+    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = connect_with(path, true)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(err)?;
+        drop(conn);
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known,
+            });
+        }
+        if version < known {
+            return Self::open(path);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            read_only: true,
         })
     }
 
@@ -92,7 +137,7 @@ impl SqliteStore {
     /// one per batch costs nothing that matters, and nothing of SQLite (page cache, lookaside,
     /// statements) stays resident in the proxy between batches (docs/performance.md, RSS).
     fn conn(&self) -> Result<Connection, StoreError> {
-        connect(&self.path)
+        connect_with(&self.path, self.read_only)
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -177,6 +222,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             server_capabilities: parse_json(row.get(15)?),
             tags: serde_json::from_str(&tags).unwrap_or_default(),
         },
+        updated_at_ms: u(17)?,
     })
 }
 
@@ -187,14 +233,15 @@ impl SessionStore for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                      ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
                        last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
                        frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
                        pending = excluded.pending, protocol_version = excluded.protocol_version,
                        client_info = excluded.client_info, client_capabilities = excluded.client_capabilities,
                        server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
-                       tags = excluded.tags"
+                       tags = excluded.tags, updated_at_ms = excluded.updated_at_ms
+                     WHERE sessions.state <> 'closed'"
                 ))
                 .map_err(self.err())?;
             for r in records {
@@ -217,6 +264,7 @@ impl SessionStore for SqliteStore {
                     json(m.server_info.as_ref()),
                     json(m.server_capabilities.as_ref()),
                     serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
+                    to_i64(r.updated_at_ms),
                 ])
                 .map_err(self.err())?;
             }
@@ -286,6 +334,7 @@ mod tests {
             created_at_ms: created,
             last_activity_ms: created + 5,
             ended_at_ms: (state == "closed").then_some(created + 10),
+            updated_at_ms: created + 10,
             frames_from_client: 3,
             frames_from_server: 4,
             pending: 0,
@@ -313,8 +362,29 @@ mod tests {
         assert_eq!(store.list(StateFilter::Ended).unwrap().len(), 1);
         store.save(&[record("a", "closed", 1)]).unwrap();
         assert_eq!(store.get("a").unwrap().unwrap().state, "closed");
+        // A late "active" record (queued before the end) never reopens a closed session.
+        store.save(&[record("a", "active", 1)]).unwrap();
+        assert_eq!(store.get("a").unwrap().unwrap().state, "closed");
         assert_eq!(store.delete(&["a".into(), "zzz".into()]).unwrap(), 1);
         assert!(store.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        store.save(&[record("m", "active", 5)]).unwrap();
+        assert_eq!(store.get("m").unwrap().unwrap().updated_at_ms, 15);
+        let version: i64 = connect(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
     }
 
     #[test]
