@@ -272,6 +272,11 @@ impl Session {
         self.created + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
     }
 
+    /// Milliseconds after creation of the last message.
+    pub(crate) fn activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn elapsed_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.created).as_millis()).unwrap_or(u64::MAX)
     }

@@ -226,9 +226,11 @@ impl SessionManager {
         self.sessions.is_empty()
     }
 
-    /// Marks `session` used now (call per message, after [`Session::record_frame`]).
+    /// Moves `session` in LRU order (call per message, after [`Session::record_frame`]).
+    /// Reads the activity time [`Session::record_frame`] just stored, so a message costs one
+    /// clock read, not two.
     pub fn touch(&self, session: &Session) {
-        let now_ms = session.elapsed_ms(Instant::now());
+        let now_ms = session.activity_ms();
         let moved = session.lru_moved_ms.load(Ordering::Relaxed);
         let granularity = u64::try_from(LRU_GRANULARITY.as_millis()).unwrap_or(u64::MAX);
         if now_ms.saturating_sub(moved) >= granularity

@@ -253,10 +253,13 @@ async fn lru_order_follows_use_at_its_granularity() {
     let b = m.create(TransportKind::Stdio, None).unwrap();
     assert_eq!(m.lru_order(), [a.id().clone(), b.id().clone()]);
     tokio::time::advance(LRU_GRANULARITY).await;
+    a.record_frame(Direction::ClientToServer);
     m.touch(&a);
     assert_eq!(m.lru_order(), [b.id().clone(), a.id().clone()]);
     // Within the granularity, a second touch doesn't move it (and takes no lock).
+    b.record_frame(Direction::ClientToServer);
     m.touch(&b);
+    a.record_frame(Direction::ClientToServer);
     m.touch(&a);
     assert_eq!(m.lru_order(), [a.id().clone(), b.id().clone()]);
 }

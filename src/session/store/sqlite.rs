@@ -107,23 +107,10 @@ impl SqliteStore {
     /// so a read-only data dir works. A file from an older Shadowcat is migrated first, which
     /// does need write access.
     pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
         let conn = connect_with(path, true)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(err)?;
+        let version = schema_version(&conn, path)?;
         drop(conn);
         let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known,
-            });
-        }
         if version < known {
             return Self::open(path);
         }
@@ -148,17 +135,14 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let err = |source| StoreError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(err)?;
-    let version: i64 = tx
+/// The file's schema version; an error if a newer Shadowcat wrote it.
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(err)?;
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
     let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     if version > known {
         return Err(StoreError::TooNew {
@@ -167,6 +151,18 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             known,
         });
     }
+    Ok(version)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version = schema_version(&tx, path)?;
     for (i, sql) in MIGRATIONS
         .iter()
         .enumerate()
