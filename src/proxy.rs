@@ -9,9 +9,11 @@
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
 //! - [`timeouts`]: request timeouts: an error for the requester, a cancellation for the other.
 //! - [`task`]: an owned background task that is awaited at most once.
+//! - [`link`]: a stdio upstream: a child server and the two tasks that move its bytes.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 
 pub mod forward;
+pub mod link;
 pub mod outbox;
 pub mod pipeline;
 pub mod relay;

@@ -36,11 +36,18 @@ pub enum ErrorCode {
     ShuttingDown,
     /// `-32086`: no answer came within `--request-timeout`.
     RequestTimedOut,
+    /// `-32087`: the upstream HTTP server could not be reached (connection refused, reset,
+    /// timed out).
+    UpstreamUnreachable,
+    /// `-32088`: the upstream HTTP server answered with an error status and no JSON-RPC answer.
+    UpstreamHttpError,
+    /// `-32089`: `--max-sessions` sessions are open and none is idle enough to evict.
+    TooManySessions,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InternalError,
@@ -51,6 +58,9 @@ impl ErrorCode {
         Self::DuplicateRequestId,
         Self::ShuttingDown,
         Self::RequestTimedOut,
+        Self::UpstreamUnreachable,
+        Self::UpstreamHttpError,
+        Self::TooManySessions,
     ];
 
     /// The numeric JSON-RPC code.
@@ -66,6 +76,9 @@ impl ErrorCode {
             Self::DuplicateRequestId => -32084,
             Self::ShuttingDown => -32085,
             Self::RequestTimedOut => -32086,
+            Self::UpstreamUnreachable => -32087,
+            Self::UpstreamHttpError => -32088,
+            Self::TooManySessions => -32089,
         }
     }
 
@@ -82,6 +95,9 @@ impl ErrorCode {
             Self::DuplicateRequestId => "duplicate_request_id",
             Self::ShuttingDown => "shutting_down",
             Self::RequestTimedOut => "request_timed_out",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamHttpError => "upstream_http_error",
+            Self::TooManySessions => "too_many_sessions",
         }
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -25,9 +24,10 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Message};
 use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportKind};
 use crate::telemetry::Metrics;
-use crate::transport::child::{ChildProcess, ChildSpec, describe_exit, exit_code_of};
+use crate::transport::child::{ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
+use super::link::StdioLink;
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
@@ -143,13 +143,11 @@ struct ForwardStdio<'a> {
     config: &'a Config,
     session: Arc<Session>,
     metrics: Arc<Metrics>,
-    child: ChildProcess,
+    /// The server and the tasks that move its bytes.
+    server: StdioLink,
     to_client: Arc<Outbox>,
-    to_server: Arc<Outbox>,
     client_reader: Task<RelayEnd>,
-    server_reader: Task<RelayEnd>,
     client_writer: Task<std::io::Result<()>>,
-    server_writer: Task<std::io::Result<()>>,
     /// Request-timeout watchers, one per direction, when `--request-timeout` is set.
     timeouts: Vec<Task<()>>,
 }
@@ -166,35 +164,30 @@ impl<'a> ForwardStdio<'a> {
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
-        let mut child = ChildProcess::spawn(spec)
-            .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
-        tracing::info!(pid = child.pid(), command = ?spec.program, "started the MCP server");
-        let server_in = child
-            .stdin
-            .take()
-            .context("the server's stdin was not captured")?;
-        let server_out = child
-            .stdout
-            .take()
-            .context("the server's stdout was not captured")?;
-
         let metrics = Arc::new(Metrics::default());
         let pipeline = Arc::new(Pipeline::new(metrics.clone(), sessions.clone()));
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
-        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
-        let (to_client, to_server) = (Arc::new(to_client), Arc::new(to_server));
-        let relay = |direction, to_sender: &Arc<Outbox>, to_receiver: &Arc<Outbox>| Relay {
-            direction,
-            pipeline: pipeline.clone(),
+        let to_client = Arc::new(to_client);
+        let server = StdioLink::start(
+            spec,
+            pipeline.clone(),
+            session.clone(),
+            to_client.clone(),
+            config.max_message_size,
+        )
+        .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
+        tracing::info!(pid = server.child.pid(), command = ?spec.program, "started the MCP server");
+        let to_server = server.to_server.clone();
+        let client_reader = Relay {
+            direction: Direction::ClientToServer,
+            pipeline,
             session: session.clone(),
-            to_sender: to_sender.clone(),
-            to_receiver: to_receiver.clone(),
+            to_sender: to_client.clone(),
+            to_receiver: to_server.clone(),
             max_message_size: config.max_message_size,
         };
-        let client_reader = relay(Direction::ClientToServer, &to_client, &to_server);
-        let server_reader = relay(Direction::ServerToClient, &to_server, &to_client);
         let timeouts = config.request_timeout.map_or_else(Vec::new, |timeout| {
             vec![
                 Task::spawn(
@@ -222,21 +215,15 @@ impl<'a> ForwardStdio<'a> {
         Ok(Self {
             timeouts,
             client_reader: Task::spawn("client-reader", client_reader.run(client_in)),
-            server_reader: Task::spawn("server-reader", server_reader.run(server_out)),
             client_writer: Task::spawn(
                 "client-writer",
                 writer::write_lines(client_rx, client_out, client_close),
             ),
-            server_writer: Task::spawn(
-                "server-writer",
-                writer::write_lines(server_rx, server_in, server_close),
-            ),
             config,
             session,
             metrics,
-            child,
+            server,
             to_client,
-            to_server,
         })
     }
 
@@ -252,8 +239,8 @@ impl<'a> ForwardStdio<'a> {
             _ = self.client_writer.join() => Event::ClientGone,
             () = self.session.closed_token().cancelled() => Event::SessionEnded,
             name = signals.recv() => Event::Signal(name),
-            status = self.child.wait() => Event::ServerExited(status),
-            end = self.server_reader.join() => match end {
+            status = self.server.child.wait() => Event::ServerExited(status),
+            end = self.server.server_reader.join() => match end {
                 Some(RelayEnd::ReceiverClosed) => Event::ClientGone,
                 Some(RelayEnd::ReadError(e)) => {
                     tracing::warn!(%e, "reading from the MCP server failed");
@@ -286,8 +273,11 @@ impl<'a> ForwardStdio<'a> {
                 self.client_reader.abort();
                 let status = self.shut_down_server(signals).await?;
                 tracing::info!(status = %describe_exit(status), "the MCP server exited");
-                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
-                self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
+                self.server
+                    .server_reader
+                    .join_within(STDOUT_DRAIN_GRACE)
+                    .await;
+                self.server.child.finish_stderr(STDERR_DRAIN_GRACE).await;
                 let error = if matches!(event, Event::SessionEnded) {
                     ProxyError::new(
                         ErrorCode::ShuttingDown,
@@ -308,13 +298,19 @@ impl<'a> ForwardStdio<'a> {
             Event::ServerExited(status) => {
                 let status = status.context("waiting for the MCP server")?;
                 // Deliver what it wrote before it died.
-                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                self.server
+                    .server_reader
+                    .join_within(STDOUT_DRAIN_GRACE)
+                    .await;
                 Ok(self.server_crashed(status).await)
             }
             Event::ServerGone(why) => {
                 tracing::warn!("{why}; stopping it");
                 let status = self.shut_down_server(signals).await?;
-                self.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                self.server
+                    .server_reader
+                    .join_within(STDOUT_DRAIN_GRACE)
+                    .await;
                 Ok(self.server_crashed(status).await)
             }
         }
@@ -327,15 +323,9 @@ impl<'a> ForwardStdio<'a> {
         &mut self,
         signals: &mut Signals,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
-        self.to_server.close();
-        // A server that doesn't read would block the writer forever; aborting it closes the pipe.
-        self.server_writer
-            .join_within(self.config.shutdown_timeout)
-            .await;
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = self.server.close_stdin(self.config.shutdown_timeout).await;
         let graceful = tokio::select! {
-            status = self.child.shutdown(remaining) => Some(status),
+            status = self.server.child.shutdown(remaining) => Some(status),
             name = signals.recv() => {
                 tracing::warn!(signal = name, "second signal: killing the MCP server now");
                 None
@@ -343,7 +333,7 @@ impl<'a> ForwardStdio<'a> {
         };
         let status = match graceful {
             Some(status) => status,
-            None => self.child.kill().await,
+            None => self.server.child.kill().await,
         };
         status.context("waiting for the MCP server")
     }
@@ -351,7 +341,7 @@ impl<'a> ForwardStdio<'a> {
     /// The server went away by itself: every request it still owed gets an error; returns its
     /// exit code for us to exit with.
     async fn server_crashed(&mut self, status: std::process::ExitStatus) -> u8 {
-        self.child.finish_stderr(STDERR_DRAIN_GRACE).await;
+        self.server.child.finish_stderr(STDERR_DRAIN_GRACE).await;
         tracing::error!(status = %describe_exit(status), "the MCP server exited unexpectedly");
         let reason = format!(
             "the MCP server exited unexpectedly ({})",
@@ -371,7 +361,7 @@ impl<'a> ForwardStdio<'a> {
             (None, Some(signal)) => error.with("signal", signal),
             (None, None) => error,
         };
-        error.with("stderr", self.child.stderr_tail().lines())
+        error.with("stderr", self.server.child.stderr_tail().lines())
     }
 
     /// Answers every request still awaiting the server with `error`. Bounded by
@@ -413,9 +403,7 @@ impl<'a> ForwardStdio<'a> {
             task.abort();
         }
         self.client_reader.abort();
-        self.to_server.close();
-        self.server_writer.abort();
-        self.server_reader.abort();
+        self.server.abort();
         self.to_client.close();
         // The client may have stopped reading; don't wait for it forever.
         if self
@@ -426,7 +414,6 @@ impl<'a> ForwardStdio<'a> {
         {
             tracing::debug!("the client writer ended without flushing everything");
         }
-        self.child.kill_stragglers();
         tracing::info!(totals = ?self.metrics.snapshot(), "shadowcat exiting");
     }
 }

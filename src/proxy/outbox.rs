@@ -8,6 +8,7 @@
 //! batch gets their answers back as one array, once the last one is in.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -40,6 +41,20 @@ impl AsRef<[u8]> for Outgoing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the peer's connection is closed")]
 pub struct Closed;
+
+/// Somewhere a message travelling one way can be handed: a peer's [`Outbox`], or something that
+/// picks the right one (the reverse proxy's router, which finds the HTTP request waiting for an
+/// answer). Relays and timeout watchers deliver through this, so they work with either.
+pub trait Deliver: Send + Sync {
+    /// Hands `msg` on; fails when its receiver is gone for good.
+    fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+impl Deliver for Outbox {
+    fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
+        self.send(msg)
+    }
+}
 
 /// The sending side of one peer's outgoing queue.
 #[derive(Debug)]

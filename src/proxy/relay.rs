@@ -19,7 +19,7 @@ use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, ParseError, sa
 use crate::session::Session;
 use crate::transport::lines::{Line, LineDecoder};
 
-use super::outbox::Outbox;
+use super::outbox::{Deliver, Outbox};
 use super::pipeline::{Context, Pipeline, Verdict};
 
 /// Most messages accepted in one JSON-RPC batch; a larger batch is refused whole with -32600.
@@ -39,7 +39,7 @@ pub enum RelayEnd {
 
 /// Moves messages from one peer to the other through the pipeline.
 #[derive(Debug)]
-pub struct Relay {
+pub struct Relay<R = Outbox> {
     /// Which way this relay moves messages.
     pub direction: Direction,
     /// The pipeline.
@@ -49,14 +49,14 @@ pub struct Relay {
     /// Where answers to the sending peer go.
     pub to_sender: Arc<Outbox>,
     /// Where forwarded messages go.
-    pub to_receiver: Arc<Outbox>,
+    pub to_receiver: Arc<R>,
     /// Longest frame accepted, in bytes.
     pub max_message_size: usize,
 }
 
-impl Relay {
+impl<R: Deliver> Relay<R> {
     /// Reads `input` until EOF or until the receiver is gone.
-    pub async fn run<R: AsyncRead>(self, input: R) -> RelayEnd {
+    pub async fn run<I: AsyncRead>(self, input: I) -> RelayEnd {
         let mut frames = std::pin::pin!(FramedRead::new(
             input,
             LineDecoder::new(self.max_message_size)
@@ -105,7 +105,7 @@ impl Relay {
         let is_request = msg.kind() == Kind::Request;
         match self.pipeline.process(msg, cx).await {
             Verdict::Forward(msg) => {
-                if self.to_receiver.send(msg).await.is_ok() {
+                if self.to_receiver.deliver(msg).await.is_ok() {
                     self.pipeline.metrics().forwarded(self.direction);
                     return Ok(());
                 }
@@ -277,7 +277,7 @@ impl Relay {
             return Ok(());
         }
         self.to_receiver
-            .send(Message::error_response(Some(&id), &to_receiver))
+            .deliver(Message::error_response(Some(&id), &to_receiver))
             .await
             .map_err(|_| Undeliverable)
     }

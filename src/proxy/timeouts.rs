@@ -16,15 +16,17 @@ use crate::protocol::{Direction, ErrorCode, Message};
 use crate::session::Session;
 use crate::session::pending::next_timeout;
 
+use super::outbox::Deliver;
+#[cfg(test)]
 use super::outbox::Outbox;
 
 /// Enforces `timeout` on requests travelling in `direction` until the session ends.
-pub async fn enforce(
+pub async fn enforce<Q: Deliver, A: Deliver>(
     session: Arc<Session>,
     direction: Direction,
     timeout: Duration,
-    to_requester: Arc<Outbox>,
-    to_answerer: Arc<Outbox>,
+    to_requester: Arc<Q>,
+    to_answerer: Arc<A>,
 ) {
     let pending = session.pending(direction);
     let ended = session.closed_token().clone();
@@ -59,14 +61,14 @@ pub async fn enforce(
             )
             .with("timeoutMs", timeout_ms);
             if to_requester
-                .send(Message::error_response(Some(&id), &error))
+                .deliver(Message::error_response(Some(&id), &error))
                 .await
                 .is_err()
             {
                 return;
             }
             let _ = to_answerer
-                .send(Message::cancelled(
+                .deliver(Message::cancelled(
                     &id,
                     "timed out in shadowcat (--request-timeout)",
                 ))

@@ -1,0 +1,100 @@
+//! A stdio upstream: an MCP server running as our child, speaking newline-delimited JSON-RPC on
+//! its stdin and stdout. The same link serves `forward stdio` (one child for the process) and
+//! `reverse -- <cmd>` (one child per session).
+//!
+//! Two tasks move its bytes: a writer drains [`StdioLink::to_server`] into the child's stdin, and
+//! a [`Relay`] reads the child's stdout through the pipeline and hands what passes to the
+//! client side, whatever that is (our stdout's outbox, or the reverse proxy's router).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::protocol::Direction;
+use crate::session::Session;
+use crate::transport::child::{ChildProcess, ChildSpec};
+use crate::transport::writer;
+
+use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
+use super::pipeline::Pipeline;
+use super::relay::{Relay, RelayEnd};
+use super::task::Task;
+
+/// A running child server and the two tasks that move its bytes.
+#[derive(Debug)]
+pub struct StdioLink {
+    /// The child.
+    pub child: ChildProcess,
+    /// Messages for the server: its stdin's queue.
+    pub to_server: Arc<Outbox>,
+    /// Reads the server's stdout through the pipeline.
+    pub server_reader: Task<RelayEnd>,
+    /// Writes the server's stdin.
+    pub server_writer: Task<std::io::Result<()>>,
+}
+
+impl StdioLink {
+    /// Spawns the server and starts moving its bytes; what it says goes to `to_client`.
+    pub fn start<R: Deliver + 'static>(
+        spec: &ChildSpec,
+        pipeline: Arc<Pipeline>,
+        session: Arc<Session>,
+        to_client: Arc<R>,
+        max_message_size: usize,
+    ) -> std::io::Result<Self> {
+        let mut child = ChildProcess::spawn(spec)?;
+        let captured = || std::io::Error::other("the server's stdio was not captured");
+        let server_in = child.stdin.take().ok_or_else(captured)?;
+        let server_out = child.stdout.take().ok_or_else(captured)?;
+        // A queue must hold at least one largest message.
+        let queue_bytes = DEFAULT_QUEUE_BYTES.max(max_message_size);
+        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
+        let to_server = Arc::new(to_server);
+        let reader = Relay {
+            direction: Direction::ServerToClient,
+            pipeline,
+            session,
+            to_sender: to_server.clone(),
+            to_receiver: to_client,
+            max_message_size,
+        };
+        Ok(Self {
+            child,
+            server_reader: Task::spawn("server-reader", reader.run(server_out)),
+            server_writer: Task::spawn(
+                "server-writer",
+                writer::write_lines(server_rx, server_in, server_close),
+            ),
+            to_server,
+        })
+    }
+
+    /// Delivers what is queued for the server and closes its stdin; waits at most `timeout` for
+    /// the writer. Returns how much of `timeout` is left.
+    pub async fn close_stdin(&mut self, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        self.to_server.close();
+        // A server that doesn't read would block the writer forever; aborting it closes the pipe.
+        self.server_writer.join_within(timeout).await;
+        deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The graceful stop: close stdin, wait, SIGTERM, SIGKILL; `timeout` before the SIGTERM
+    /// counts from now and includes delivering what is queued.
+    pub async fn shut_down(
+        &mut self,
+        timeout: Duration,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let remaining = self.close_stdin(timeout).await;
+        self.child.shutdown(remaining).await
+    }
+
+    /// Stops everything at once (after a shutdown, or when giving up).
+    pub fn abort(&mut self) {
+        self.to_server.close();
+        self.server_writer.abort();
+        self.server_reader.abort();
+        self.child.kill_stragglers();
+    }
+}
