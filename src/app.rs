@@ -9,7 +9,7 @@ use clap::CommandFactory;
 use crate::cli::{Cli, Command, ForwardCommand, OutputFormat, SessionCommand, StdioArgs};
 use std::sync::Arc;
 
-use crate::config::{Config, StoreKind, parse_duration};
+use crate::config::{Config, ReverseConfig, StoreKind, parse_duration};
 use crate::proxy::forward;
 use crate::session::StoreWriter;
 use crate::session::report;
@@ -21,14 +21,25 @@ use crate::transport::child::ChildSpec;
 pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
     match command {
         Command::Forward(ForwardCommand::Stdio(args)) => Some(&args.proxy),
+        Command::Reverse(args) => Some(&args.proxy),
         Command::Session(_) | Command::Completions { .. } => None,
     }
+}
+
+/// The validated configuration for a parsed command line.
+pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
+    let mut config = Config::build(&cli.global, proxy_args(&cli.command))?;
+    if let Command::Reverse(args) = &cli.command {
+        config.reverse = Some(ReverseConfig::build(&cli.global, args)?);
+    }
+    Ok(config)
 }
 
 /// Runs `command`; returns the process exit code.
 pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     match command {
         Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(args, config),
+        Command::Reverse(_) => run_reverse(config),
         Command::Session(cmd) => run_session(cmd, config),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
@@ -59,6 +70,25 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
     let code = runtime.block_on(forward::run(config, &spec, store));
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}
+
+fn run_reverse(config: &Config) -> anyhow::Result<u8> {
+    let reverse = config
+        .reverse
+        .as_ref()
+        .context("the reverse proxy's options were not configured")?;
+    // Two workers: the gateway serves many clients at once, and does an HTTP server's and an
+    // HTTP client's work per request.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("shadowcat")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let store = open_store(config);
+    let code = runtime.block_on(crate::proxy::reverse::run(config, reverse, store));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
 }
 

@@ -68,6 +68,16 @@ pub enum Command {
     /// Run as a forward proxy: the MCP client starts shadowcat in place of its server.
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Run as a reverse proxy: a Streamable HTTP gateway in front of one MCP server, each HTTP
+    /// client in its own session.
+    ///
+    /// The server is an HTTP URL (--upstream) or a command run once per session (after `--`).
+    ///
+    /// Examples:
+    ///   shadowcat reverse --upstream http://127.0.0.1:9000/mcp
+    ///   shadowcat reverse --listen 127.0.0.1:8080 -- python server.py
+    #[command(verbatim_doc_comment)]
+    Reverse(ReverseArgs),
     /// Inspect and prune the session history (sessions.db in the data dir).
     #[command(subcommand)]
     Session(SessionCommand),
@@ -146,6 +156,49 @@ pub struct StdioArgs {
     pub cwd: Option<PathBuf>,
     /// The MCP server to run, and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `reverse` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
+pub struct ReverseArgs {
+    /// Address to listen on for MCP clients. Anything but a loopback address exposes the
+    /// gateway to the network (there is no authentication yet). [default: 127.0.0.1:8080]
+    #[arg(long, env = "SHADOWCAT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// URL path of the MCP endpoint. [default: /mcp]
+    #[arg(long, env = "SHADOWCAT_PATH", value_name = "PATH")]
+    pub path: Option<String>,
+    /// The upstream MCP server's Streamable HTTP endpoint, e.g. http://127.0.0.1:9000/mcp.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// A header sent with every request to the upstream, e.g. "Authorization: Bearer xyz"
+    /// (repeatable). Clients' own credentials are never forwarded.
+    #[arg(long = "upstream-header", value_name = "NAME: VALUE")]
+    pub upstream_header: Vec<String>,
+    /// An Origin allowed to call the gateway (repeatable; `*` allows any). Requests with another
+    /// Origin get 403; requests without one (non-browser clients) are allowed. Also the origins
+    /// CORS answers. [default: http(s)://localhost, 127.0.0.1 and [::1], any port]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origin: Vec<String>,
+    /// Address for /healthz, /readyz and /metrics (Prometheus). [default: off]
+    #[arg(long, env = "SHADOWCAT_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Time to establish a connection to the upstream. [default: 10s]
+    #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Proxy limits and timeouts.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Extra environment variable for the server command, on top of ours (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory for the server command. [default: ours]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// The MCP server to run for each session, and its arguments (after `--`).
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
@@ -242,6 +295,24 @@ mod tests {
         assert_eq!(args.command, ["python", "-m", "srv", "--flag"]);
         assert_eq!(args.env, [("A".into(), "b=c".into())]);
         assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn reverse_takes_an_upstream_url_or_a_command_but_not_both() {
+        let cli = Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h/mcp"]).unwrap();
+        let Command::Reverse(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.upstream.as_deref(), Some("http://h/mcp"));
+        let cli = Cli::try_parse_from(["shadowcat", "reverse", "--", "srv", "-x"]).unwrap();
+        let Command::Reverse(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.command, ["srv", "-x"]);
+        assert!(
+            Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h", "--", "srv"])
+                .is_err()
+        );
     }
 
     #[test]

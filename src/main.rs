@@ -4,12 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shadowcat::cli::Cli;
-use shadowcat::config::Config;
 use shadowcat::{app, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::build(&cli.global, app::proxy_args(&cli.command)) {
+    let config = match app::configure(&cli) {
         Ok(config) => config,
         Err(e) => return fail(&e.into()),
     };

@@ -9,6 +9,7 @@
 //! - [`method`]: [`Method`], MCP's method names as an enum with an escape hatch.
 //! - [`message`]: [`Message`] and [`Frame`], envelope parsing and batches.
 //! - [`error`]: the one table of proxy-generated error codes, and error-response builders.
+//! - [`version`]: the protocol versions Shadowcat knows and what differs between them.
 //! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
 
 pub mod error;
@@ -16,6 +17,7 @@ pub mod id;
 pub mod message;
 pub mod method;
 pub mod salvage;
+pub mod version;
 
 pub use error::ErrorCode;
 pub use id::RequestId;

@@ -11,12 +11,14 @@
 //! - [`task`]: an owned background task that is awaited at most once.
 //! - [`link`]: a stdio upstream: a child server and the two tasks that move its bytes.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
+//! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
 
 pub mod forward;
 pub mod link;
 pub mod outbox;
 pub mod pipeline;
 pub mod relay;
+pub mod reverse;
 pub mod task;
 pub mod timeouts;
 pub mod tracker;

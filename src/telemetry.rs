@@ -137,3 +137,8 @@ impl Metrics {
         }
     }
 }
+
+/// The gateway's metrics in Prometheus' text format.
+pub fn prometheus_text(gateway: &crate::proxy::reverse::gateway::Gateway) -> String {
+    format!("shadowcat_sessions_open {}\n", gateway.open_sessions())
+}

@@ -3,10 +3,14 @@
 //! - [`lines`]: the newline-delimited framing of MCP's stdio transport, with a length bound.
 //! - [`stdio`]: our own stdin/stdout, driven by the reactor when they are pipes or sockets.
 //! - [`child`]: the upstream server as a child process: spawn, stderr tail, graceful shutdown.
+//! - [`http`]: the Streamable HTTP client: a pooled hyper client for one upstream URL.
+//! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
 
 pub mod child;
+pub mod http;
 pub mod lines;
+pub mod sse;
 pub mod stdio;
 pub mod writer;
 

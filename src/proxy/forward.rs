@@ -113,16 +113,16 @@ pub async fn run(
 }
 
 /// How long the session history writer gets to save the last records at exit.
-const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The signals that ask us to shut down.
-struct Signals {
+pub(crate) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn listen() -> anyhow::Result<Self> {
+    pub(crate) fn listen() -> anyhow::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
@@ -130,7 +130,7 @@ impl Signals {
     }
 
     /// The next SIGINT or SIGTERM, by name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",

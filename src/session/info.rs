@@ -21,6 +21,8 @@ use crate::protocol::{Direction, RequestId};
 pub enum TransportKind {
     /// Our stdin/stdout.
     Stdio,
+    /// Streamable HTTP (the reverse proxy).
+    Http,
 }
 
 impl TransportKind {
@@ -28,6 +30,7 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stdio => "stdio",
+            Self::Http => "http",
         }
     }
 }

@@ -1,0 +1,36 @@
+//! MCP protocol versions: the ones Shadowcat knows, and what differs between them.
+
+/// Every protocol version Shadowcat knows, oldest first.
+pub const KNOWN: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// What a Streamable HTTP server assumes when a client sends no `MCP-Protocol-Version`.
+pub const ASSUMED_WITHOUT_HEADER: &str = "2025-03-26";
+
+/// Whether `version` is one Shadowcat knows.
+pub fn is_known(version: &str) -> bool {
+    KNOWN.contains(&version)
+}
+
+/// Whether JSON-RPC batches are allowed in `version` (only 2025-03-26 has them; 2024-11-05
+/// inherited them from JSON-RPC and they were removed in 2025-06-18).
+pub fn allows_batches(version: &str) -> bool {
+    matches!(version, "2024-11-05" | "2025-03-26")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_belong_to_the_old_versions_only() {
+        assert!(allows_batches(ASSUMED_WITHOUT_HEADER));
+        assert!(!allows_batches("2025-06-18"));
+        assert!(is_known("2025-11-25") && !is_known("2025-13-01"));
+    }
+}

@@ -1,0 +1,120 @@
+//! `shadowcat reverse`: a Streamable HTTP gateway in front of one MCP server, many clients, each
+//! in its own session.
+//!
+//! - [`server`]: the downstream endpoint (axum): POST, DELETE, GET, status codes, Origin/Host
+//!   validation, CORS; JSON or SSE answers.
+//! - [`gateway`]: sessions and their upstreams (a child per session, or a session at the HTTP
+//!   upstream), the exchange of a POST's messages with the upstream, teardown.
+//! - [`router`]: per session, which waiting POST each server→client message goes to.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
+//!
+//! Every message passes through the same [`crate::proxy::Pipeline`] and
+//! [`crate::session::SessionManager`] as in forward mode. Shutdown (SIGINT/SIGTERM): stop
+//! accepting, let in-flight requests finish within `--shutdown-timeout` (a second signal cuts
+//! this short), then end every session, which ends upstream sessions and stops children.
+
+pub mod admin;
+pub mod gateway;
+pub mod router;
+pub mod server;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ReverseConfig};
+use crate::session::{SessionManager, StoreWriter};
+use crate::transport::child::KILL_GRACE;
+
+use super::forward::{STORE_CLOSE_GRACE, Signals};
+use gateway::Gateway;
+
+/// Runs the gateway until SIGINT or SIGTERM; returns our exit code.
+pub async fn run(
+    config: &Config,
+    reverse: &ReverseConfig,
+    store: Option<StoreWriter>,
+) -> anyhow::Result<u8> {
+    let mut signals = Signals::listen()?;
+    let sessions = SessionManager::new(config.sessions.clone(), store);
+    let stop_cleanup = CancellationToken::new();
+    let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
+    let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone());
+
+    let listener = TcpListener::bind(reverse.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", reverse.listen))?;
+    let local = listener.local_addr().context("cannot read the listening address")?;
+    let admin = match reverse.admin_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
+            let local = listener.local_addr().context("cannot read the admin address")?;
+            tracing::info!("admin endpoints on http://{local}/healthz, /readyz, /metrics");
+            let app = admin::routes(gateway.clone());
+            Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+        }
+        None => None,
+    };
+    if !local.ip().is_loopback() {
+        tracing::warn!(address = %local, "listening on a non-loopback address: any host that can reach it can use the upstream (there is no authentication yet)");
+    }
+    tracing::info!(upstream = %upstream_label(reverse), "listening on http://{local}{}", reverse.path);
+
+    let stop = CancellationToken::new();
+    let app = server::routes(gateway.clone());
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { serve.await });
+    let outcome = tokio::select! {
+        name = signals.recv() => Ok(name),
+        result = &mut server => Err(result),
+    };
+    let code = match outcome {
+        Ok(name) => {
+            tracing::info!(signal = name, timeout = ?config.shutdown_timeout, "shutting down: no new connections; in-flight requests may finish");
+            gateway.stopping.cancel();
+            stop.cancel();
+            let drained = tokio::select! {
+                result = tokio::time::timeout(config.shutdown_timeout, &mut server) => result.is_ok(),
+                name = signals.recv() => {
+                    tracing::warn!(signal = name, "second signal: not waiting for in-flight requests");
+                    false
+                }
+            };
+            if !drained {
+                tracing::warn!("in-flight requests did not finish within --shutdown-timeout; closing them");
+                server.abort();
+            }
+            0
+        }
+        Err(result) => {
+            tracing::error!(?result, "the HTTP server stopped unexpectedly");
+            1
+        }
+    };
+    gateway
+        .close_all(config.shutdown_timeout + KILL_GRACE + Duration::from_secs(1))
+        .await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    stop_cleanup.cancel();
+    cleanup.join_within(Duration::from_secs(1)).await;
+    tracing::info!(sessions = ?sessions.metrics(), totals = ?gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
+    let closing = sessions.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
+    drop(gateway);
+    Ok(code)
+}
+
+fn upstream_label(reverse: &ReverseConfig) -> String {
+    match &reverse.upstream {
+        crate::config::ReverseUpstream::Http(url) => url.to_string(),
+        crate::config::ReverseUpstream::Stdio(spec) => {
+            format!("{} (one process per session)", spec.program.to_string_lossy())
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Operations endpoints on `--admin-listen` (off by default, so that they are never exposed by
+//! accident next to the MCP endpoint): `/healthz` (the process is alive), `/readyz` (the upstream
+//! can be reached and we are not shutting down) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use super::gateway::{Gateway, Upstream};
+
+/// How long `/readyz` waits for a TCP connection to an HTTP upstream.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The admin routes.
+pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state(gateway)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.stopping.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match &gateway.upstream {
+        Upstream::Http(client) => match client.reachable(READY_TIMEOUT).await {
+            Ok(()) => "ok\n".into_response(),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream {} unreachable: {e}\n", client.url()),
+            )
+                .into_response(),
+        },
+        Upstream::Stdio(spec) => match find_program(&spec.program) {
+            Some(_) => "ok\n".into_response(),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("server command {:?} not found\n", spec.program),
+            )
+                .into_response(),
+        },
+    }
+}
+
+/// Where `program` would be found when spawned (a path as given, else on `PATH`).
+fn find_program(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let text = crate::telemetry::prometheus_text(&gateway);
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,622 @@
+//! The gateway's state: the sessions it carries, the upstream each is linked to, and the
+//! exchange of one POST's messages with that upstream.
+//!
+//! Each session holds a [`SessionLink`]: a [`Router`] for its server→client messages and its
+//! upstream, either a child process of its own (`reverse -- <cmd>`) or its session at the HTTP
+//! upstream (the upstream's `Mcp-Session-Id`, which never reaches the client). A watcher task per
+//! session tears the upstream down when the session ends, however it ends (DELETE, idle expiry,
+//! eviction, shutdown, a crashed child), and answers whatever was still in flight.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Config, ReverseConfig, ReverseUpstream};
+use crate::protocol::error::ProxyError;
+use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, Method};
+use crate::proxy::link::StdioLink;
+use crate::proxy::outbox::{Closed, Deliver, Outbox};
+use crate::proxy::pipeline::{Context, Pipeline, Verdict};
+use crate::proxy::timeouts;
+use crate::proxy::tracker::receiver_gone;
+use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
+use crate::telemetry::Metrics;
+use crate::transport::child::{ChildSpec, describe_exit};
+use crate::transport::http::{
+    HttpUpstream, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, UpstreamError, media_type, read_body,
+    sse_events,
+};
+use crate::transport::sse::Item;
+
+use super::router::{Reply, Router, Waiter};
+
+/// How long a crashed child's stdout may still be read for its last answers.
+const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
+/// Most bytes of an upstream error body passed on to the client.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The server behind the gateway.
+#[derive(Debug)]
+pub enum Upstream {
+    /// A Streamable HTTP endpoint, through one shared pooled client.
+    Http(HttpUpstream),
+    /// A command run once per session.
+    Stdio(ChildSpec),
+}
+
+/// One session's end of its upstream.
+#[derive(Debug)]
+pub enum LinkUpstream {
+    /// Its own child's stdin.
+    Stdio {
+        /// The child's stdin queue.
+        to_server: Arc<Outbox>,
+    },
+    /// Its session at the HTTP upstream.
+    Http {
+        /// The shared client.
+        client: HttpUpstream,
+        /// The upstream's `Mcp-Session-Id`, once its initialize answer gave one.
+        session_id: Mutex<Option<HeaderValue>>,
+    },
+}
+
+/// A session and its upstream.
+#[derive(Debug)]
+pub struct SessionLink {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Where its server→client messages go.
+    pub router: Arc<Router>,
+    /// Its upstream.
+    pub upstream: LinkUpstream,
+    /// Cancelled once the upstream side has been torn down.
+    pub torn_down: CancellationToken,
+}
+
+impl SessionLink {
+    fn upstream_session(&self) -> Option<HeaderValue> {
+        match &self.upstream {
+            LinkUpstream::Http { session_id, .. } => session_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            LinkUpstream::Stdio { .. } => None,
+        }
+    }
+
+    fn protocol_version(&self) -> Option<HeaderValue> {
+        self.session
+            .metadata()
+            .protocol_version
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+    }
+}
+
+/// Client→server delivery for proxy-made messages (cancellations, answers the pipeline gives
+/// the server): onto the child's stdin, or POSTed to the upstream with the answer discarded.
+impl Deliver for SessionLink {
+    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        match &self.upstream {
+            LinkUpstream::Stdio { to_server } => to_server.send(msg).await,
+            LinkUpstream::Http { client, .. } => {
+                let mut headers = HeaderMap::new();
+                if let Some(version) = self.protocol_version() {
+                    headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
+                }
+                let session = self.upstream_session();
+                match client.post(msg.raw().clone(), session.as_ref(), &headers).await {
+                    Ok(response) => {
+                        // Read (and discard) the answer so the connection can be reused.
+                        let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, "could not deliver a message to the upstream");
+                        Err(Closed)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The session manager is full.
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
+    /// The server command could not be started.
+    #[error("cannot start the MCP server {program:?}: {source}")]
+    Spawn {
+        /// The command.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gateway is shutting down.
+    #[error("shadowcat is shutting down")]
+    ShuttingDown,
+}
+
+/// The gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Limits and timeouts.
+    pub config: Config,
+    /// The gateway's own options.
+    pub reverse: ReverseConfig,
+    /// The session manager.
+    pub sessions: Arc<SessionManager>,
+    /// The pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// The server behind us.
+    pub upstream: Upstream,
+    links: DashMap<SessionId, Arc<SessionLink>>,
+    /// Per-session watcher tasks.
+    tasks: TaskTracker,
+    /// Cancelled when shutdown begins: no new sessions.
+    pub stopping: CancellationToken,
+}
+
+impl Gateway {
+    /// A gateway for `reverse`'s upstream.
+    pub fn new(config: Config, reverse: ReverseConfig, sessions: Arc<SessionManager>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let upstream = match &reverse.upstream {
+            ReverseUpstream::Http(url) => Upstream::Http(HttpUpstream::new(
+                url.clone(),
+                reverse.upstream_headers.clone(),
+                reverse.connect_timeout,
+            )),
+            ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
+        };
+        Arc::new(Self {
+            pipeline: Arc::new(Pipeline::new(metrics, sessions.clone())),
+            config,
+            reverse,
+            sessions,
+            upstream,
+            links: DashMap::new(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    /// The upstream, as sessions record it.
+    fn upstream_label(&self) -> String {
+        match &self.upstream {
+            Upstream::Http(client) => client.url().to_string(),
+            Upstream::Stdio(spec) => std::iter::once(&spec.program)
+                .chain(&spec.args)
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    /// The open session `id`, with its upstream.
+    pub fn link(&self, id: &SessionId) -> Option<Arc<SessionLink>> {
+        self.links.get(id).map(|l| l.value().clone())
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Opens a session: a manager session, and for a stdio upstream its own child.
+    pub fn open_session(self: &Arc<Self>) -> Result<Arc<SessionLink>, OpenError> {
+        if self.stopping.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        let session = self
+            .sessions
+            .create(TransportKind::Http, Some(self.upstream_label()))?;
+        let router = Arc::new(Router::default());
+        let (upstream, child) = match &self.upstream {
+            Upstream::Http(client) => (
+                LinkUpstream::Http {
+                    client: client.clone(),
+                    session_id: Mutex::new(None),
+                },
+                None,
+            ),
+            Upstream::Stdio(spec) => {
+                let child = StdioLink::start(
+                    spec,
+                    self.pipeline.clone(),
+                    session.clone(),
+                    router.clone(),
+                    self.config.max_message_size,
+                );
+                let child = match child {
+                    Ok(child) => child,
+                    Err(source) => {
+                        self.sessions.end(session.id(), EndReason::Error);
+                        return Err(OpenError::Spawn {
+                            program: spec.program.to_string_lossy().into_owned(),
+                            source,
+                        });
+                    }
+                };
+                tracing::info!(session = %session.id(), pid = child.child.pid(), "started the MCP server for a new session");
+                (
+                    LinkUpstream::Stdio {
+                        to_server: child.to_server.clone(),
+                    },
+                    Some(child),
+                )
+            }
+        };
+        let link = Arc::new(SessionLink {
+            session,
+            router,
+            upstream,
+            torn_down: CancellationToken::new(),
+        });
+        self.links.insert(link.session.id().clone(), link.clone());
+        let span = tracing::info_span!("session", id = %link.session.id());
+        self.tasks
+            .spawn(self.clone().watch(link.clone(), child).instrument(span));
+        Ok(link)
+    }
+
+    /// Ends session `id` (a client's DELETE) and waits, up to the shutdown timeout, for its
+    /// upstream side to be torn down. False if there was no such session.
+    pub async fn close_session(&self, id: &SessionId) -> bool {
+        let Some(link) = self.link(id) else {
+            return false;
+        };
+        self.sessions.begin_closing(&link.session);
+        self.sessions.end(id, EndReason::Closed);
+        let limit = self.config.shutdown_timeout + Duration::from_secs(2);
+        let _ = tokio::time::timeout(limit, link.torn_down.cancelled()).await;
+        true
+    }
+
+    /// Ends every session and waits (bounded) for their upstreams to be torn down.
+    pub async fn close_all(&self, limit: Duration) {
+        self.stopping.cancel();
+        self.sessions.end_all(EndReason::Killed);
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+            tracing::warn!("some sessions' upstreams were not torn down in time");
+        }
+    }
+
+    /// Watches one session until it ends, then tears its upstream down.
+    async fn watch(self: Arc<Self>, link: Arc<SessionLink>, mut child: Option<StdioLink>) {
+        let session = link.session.clone();
+        let mut watchers = Vec::new();
+        if let Some(timeout) = self.config.request_timeout {
+            watchers.push(tokio::spawn(timeouts::enforce(
+                session.clone(),
+                Direction::ClientToServer,
+                timeout,
+                link.router.clone(),
+                link.clone(),
+            )));
+            watchers.push(tokio::spawn(timeouts::enforce(
+                session.clone(),
+                Direction::ServerToClient,
+                timeout,
+                link.clone(),
+                link.router.clone(),
+            )));
+        }
+        let crashed = match child.as_mut() {
+            Some(child) => tokio::select! {
+                () = session.closed_token().cancelled() => None,
+                status = child.child.wait() => Some(status),
+                _ = child.server_reader.join() => {
+                    Some(child.shut_down(self.config.shutdown_timeout).await)
+                }
+            },
+            None => {
+                session.closed_token().cancelled().await;
+                None
+            }
+        };
+        for watcher in &watchers {
+            watcher.abort();
+        }
+        let error = match (&crashed, child.as_mut()) {
+            (Some(status), Some(child)) => {
+                child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
+                let status = match status {
+                    Ok(status) => describe_exit(*status),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(%status, "the MCP server exited; ending its session");
+                self.sessions.end(session.id(), EndReason::Error);
+                ProxyError::new(
+                    ErrorCode::UpstreamExited,
+                    format!("the MCP server exited unexpectedly ({status})"),
+                )
+                .with("stderr", child.child.stderr_tail().lines())
+            }
+            _ => {
+                tracing::info!(state = %session.state(), "session ended; closing its upstream");
+                ProxyError::new(
+                    ErrorCode::ShuttingDown,
+                    format!("the session ended ({}) before the request was answered", session.state()),
+                )
+            }
+        };
+        self.links.remove(session.id());
+        match (&link.upstream, child.as_mut()) {
+            (LinkUpstream::Stdio { .. }, Some(child)) => {
+                if crashed.is_none() {
+                    match child.shut_down(self.config.shutdown_timeout).await {
+                        Ok(status) => tracing::info!(status = %describe_exit(status), "the MCP server exited"),
+                        Err(e) => tracing::warn!(%e, "waiting for the MCP server failed"),
+                    }
+                    child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                }
+                child.abort();
+            }
+            (LinkUpstream::Http { client, .. }, _) => {
+                if let Some(upstream_session) = link.upstream_session() {
+                    let version = link.protocol_version();
+                    let deleted = tokio::time::timeout(
+                        self.config.shutdown_timeout,
+                        client.delete(&upstream_session, version.as_ref()),
+                    )
+                    .await;
+                    match deleted {
+                        Ok(Ok(status)) if status.is_success() => {
+                            tracing::debug!(%status, "ended the upstream session");
+                        }
+                        Ok(Ok(status)) => {
+                            tracing::debug!(%status, "the upstream did not end its session (it may not support DELETE)");
+                        }
+                        Ok(Err(e)) => tracing::warn!(%e, "could not end the upstream session"),
+                        Err(_) => tracing::warn!("the upstream did not answer DELETE in time"),
+                    }
+                }
+            }
+            (LinkUpstream::Stdio { .. }, None) => {}
+        }
+        // Whatever is still in flight gets an answer; then nothing more can arrive.
+        session.close_pending(Direction::ServerToClient);
+        for (id, _) in session.close_pending(Direction::ClientToServer) {
+            let _ = link
+                .router
+                .deliver(Message::error_response(Some(&id), &error))
+                .await;
+        }
+        link.router.close();
+        link.torn_down.cancel();
+    }
+
+    /// Runs one client message through the pipeline (client→server).
+    pub async fn inbound(&self, session: &Session, msg: Message) -> Verdict {
+        let cx = Context {
+            direction: Direction::ClientToServer,
+            session,
+        };
+        self.pipeline.process(msg, cx).await
+    }
+
+    /// Sends forwarded client messages upstream. Answers arrive at `reply` (and, for requests,
+    /// through the session's router, where the caller registered their ids). For an HTTP
+    /// upstream this returns once the upstream has answered every message (for a request that
+    /// streams, once the stream is over).
+    pub async fn exchange(
+        &self,
+        link: &Arc<SessionLink>,
+        messages: Vec<Message>,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+    ) {
+        match &link.upstream {
+            LinkUpstream::Stdio { to_server } => {
+                for msg in messages {
+                    let (is_request, id) = (msg.kind() == Kind::Request, msg.id().cloned());
+                    if to_server.send(msg).await.is_err() {
+                        if let (true, Some(id)) = (is_request, id) {
+                            link.session.pending(Direction::ClientToServer).remove(&id);
+                            let error = receiver_gone(Direction::ClientToServer);
+                            let _ = reply
+                                .send(Reply::Message(Message::error_response(Some(&id), &error)))
+                                .await;
+                        }
+                    }
+                }
+            }
+            LinkUpstream::Http { client, .. } => {
+                let posts = messages
+                    .into_iter()
+                    .map(|msg| self.post_one(link, client, msg, client_headers, reply));
+                futures_util::future::join_all(posts).await;
+            }
+        }
+    }
+
+    /// One message to the HTTP upstream, and its answer back through the pipeline.
+    async fn post_one(
+        &self,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        msg: Message,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+    ) {
+        let id = (msg.kind() == Kind::Request).then(|| msg.id().cloned()).flatten();
+        let is_initialize = msg.method() == Some(&Method::Initialize);
+        let session = link.upstream_session();
+        let response = match client.post(msg.raw().clone(), session.as_ref(), client_headers).await {
+            Ok(response) => response,
+            Err(e) => {
+                let UpstreamError::Unreachable { detail, .. } = &e;
+                tracing::warn!(%e, "upstream request failed");
+                let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string())
+                    .with("detail", detail.as_str());
+                self.fail(link, id.as_ref(), &error, reply).await;
+                return;
+            }
+        };
+        let status = response.status();
+        if is_initialize && status.is_success() {
+            if let (Some(value), LinkUpstream::Http { session_id, .. }) =
+                (response.headers().get(&MCP_SESSION_ID), &link.upstream)
+            {
+                *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.clone());
+            }
+        }
+        if !status.is_success() {
+            let content_type = response.headers().get(CONTENT_TYPE).cloned();
+            let body = read_body(response.into_body(), MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
+            tracing::debug!(%status, "the upstream refused a message");
+            if let Some(id) = &id {
+                link.session.pending(Direction::ClientToServer).remove(id);
+            }
+            let _ = reply
+                .send(Reply::Rejected {
+                    id,
+                    status,
+                    content_type,
+                    body,
+                })
+                .await;
+            return;
+        }
+        match media_type(response.headers()).as_deref() {
+            Some("text/event-stream") => self.relay_stream(link, response.into_body(), reply).await,
+            Some("application/json") => {
+                match read_body(response.into_body(), self.config.max_message_size).await {
+                    Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
+                        self.relay_frame(link, body, reply).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%e, "the upstream's answer could not be read");
+                        let error = ProxyError::new(
+                            ErrorCode::InvalidUpstreamResponse,
+                            format!("the upstream's answer could not be read: {e}"),
+                        );
+                        self.fail(link, id.as_ref(), &error, reply).await;
+                    }
+                }
+            }
+            // 202 Accepted or another body-less success.
+            _ => {}
+        }
+        // A request the upstream finished with without answering must not hang.
+        if let Some(id) = id {
+            if link.session.pending(Direction::ClientToServer).contains(&id) {
+                let error = ProxyError::new(
+                    ErrorCode::InvalidUpstreamResponse,
+                    format!("the upstream answered HTTP {status} without a JSON-RPC response to the request"),
+                );
+                self.fail(link, Some(&id), &error, reply).await;
+            }
+        }
+    }
+
+    /// Answers request `id` (if any) with `error`, forgetting it.
+    async fn fail(
+        &self,
+        link: &SessionLink,
+        id: Option<&crate::protocol::RequestId>,
+        error: &ProxyError,
+        reply: &Waiter,
+    ) {
+        let Some(id) = id else { return };
+        if link.session.pending(Direction::ClientToServer).remove(id).is_some() {
+            let _ = reply
+                .send(Reply::Message(Message::error_response(Some(id), error)))
+                .await;
+        }
+    }
+
+    async fn relay_stream(&self, link: &Arc<SessionLink>, body: Incoming, reply: &Waiter) {
+        use futures_util::StreamExt;
+        let mut events = std::pin::pin!(sse_events(body, self.config.max_message_size));
+        while let Some(item) = events.next().await {
+            match item {
+                Ok(Item::Event(event)) if event.is_message() => {
+                    self.relay_frame(link, event.data, reply).await;
+                }
+                Ok(Item::Event(_)) => {}
+                Ok(Item::TooLarge { len }) => {
+                    self.pipeline.metrics().oversized(Direction::ServerToClient);
+                    tracing::warn!(len, limit = self.config.max_message_size, "discarded an over-long event from the upstream");
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "the upstream's event stream broke");
+                    break;
+                }
+            }
+            if reply.is_closed() {
+                // The client has gone; dropping the stream disconnects (it does not cancel).
+                break;
+            }
+        }
+    }
+
+    /// One frame (a message or a batch) from the HTTP upstream, through the pipeline.
+    async fn relay_frame(&self, link: &Arc<SessionLink>, body: Bytes, reply: &Waiter) {
+        let members = match Message::parse_frame(body.clone()) {
+            Ok(Frame::Single(msg)) => vec![Ok(msg)],
+            Ok(Frame::Batch(members)) => members,
+            Err(e) => vec![Err(e)],
+        };
+        for member in members {
+            let msg = match member {
+                Ok(msg) => msg,
+                Err(e) => {
+                    self.pipeline.metrics().malformed(Direction::ServerToClient);
+                    let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    tracing::warn!(%e, %preview, "malformed message from the upstream; not forwarded");
+                    if let Some(id) = e.id() {
+                        let error = ProxyError::new(
+                            ErrorCode::InvalidUpstreamResponse,
+                            format!("the MCP server's response was not valid JSON-RPC: {e}"),
+                        );
+                        self.fail(link, Some(id), &error, reply).await;
+                    }
+                    continue;
+                }
+            };
+            let cx = Context {
+                direction: Direction::ServerToClient,
+                session: &link.session,
+            };
+            match self.pipeline.process(msg, cx).await {
+                Verdict::Forward(msg) => {
+                    self.pipeline.metrics().forwarded(Direction::ServerToClient);
+                    if msg.is_response() {
+                        let _ = link.router.deliver(msg).await;
+                    } else {
+                        let _ = reply.send(Reply::Message(msg)).await;
+                    }
+                }
+                Verdict::Respond(answer) => {
+                    self.pipeline.metrics().answered_by_proxy(Direction::ServerToClient);
+                    let _ = link.deliver(answer).await;
+                }
+                Verdict::Drop => {}
+            }
+        }
+    }
+}
+
+/// A channel for one POST's replies.
+pub fn reply_channel() -> (Waiter, mpsc::Receiver<Reply>) {
+    mpsc::channel(64)
+}

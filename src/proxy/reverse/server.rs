@@ -1,0 +1,669 @@
+//! The downstream side: the Streamable HTTP endpoint MCP clients talk to (axum on hyper).
+//!
+//! `POST` carries one client message (or, in 2025-03-26, a batch): notifications and responses
+//! are answered `202 Accepted`; requests with `application/json` when their answer is all there
+//! is, or `text/event-stream` when the server says more first (progress, logging, its own
+//! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` (the session's
+//! stream) is 405 until the streams work lands. Every refusal has the status the spec gives and
+//! a JSON-RPC error body that says what was wrong.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::config::is_loopback_authority;
+use crate::protocol::error::ProxyError;
+use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
+use crate::session::{EndReason, SessionError, SessionId};
+use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
+use crate::transport::sse;
+
+use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
+use super::router::{Reply, Router, Waiter};
+
+/// The MCP endpoint's routes, with Origin/Host validation and CORS.
+pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
+    let path = gateway.reverse.path.clone();
+    let cors = cors(&gateway);
+    axum::Router::new()
+        .route(
+            &path,
+            axum::routing::post(post)
+                .delete(delete)
+                .get(get)
+                .fallback(not_allowed),
+        )
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
+        .with_state(gateway)
+}
+
+fn cors(gateway: &Gateway) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    let origins = gateway.reverse.allowed_origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| origins.allows(o))
+        }))
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
+        // MCP's request headers include `Mcp-Param-*`, which no fixed list can name.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([MCP_SESSION_ID.clone(), MCP_PROTOCOL_VERSION.clone()])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// Origin (always) and Host (when bound to loopback: DNS rebinding) validation.
+async fn guard(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| gateway.reverse.allowed_origins.allows(o));
+        if !allowed {
+            tracing::warn!(origin = ?origin, "refused a request from a disallowed Origin");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden: Origin {} is not allowed (--allowed-origin)",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            );
+        }
+    }
+    if gateway.reverse.listen.ip().is_loopback() {
+        let host = headers
+            .get(HOST)
+            .map(|h| h.to_str().unwrap_or("?"))
+            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
+        if let Some(host) = host {
+            if !is_loopback_authority(host) {
+                tracing::warn!(host, "refused a request for a non-local Host (DNS rebinding?)");
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("Misdirected Request: Host {host:?} is not this loopback server"),
+                );
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// An HTTP refusal with a JSON-RPC error body (`id: null`).
+fn refuse(status: StatusCode, message: String) -> Response {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TooManySessions,
+        _ => ErrorCode::InvalidRequest,
+    };
+    let error = ProxyError::new(code, message).with("httpStatus", status.as_u16());
+    json_response(status, error.to_response(None))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn not_allowed() -> Response {
+    let mut response = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed: use POST for messages and DELETE to end a session".into(),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    response
+}
+
+/// `GET`: the session's server→client stream is not offered yet.
+async fn get() -> Response {
+    let mut response = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed: this gateway offers no GET stream; server messages arrive on the POST that caused them".into(),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
+    response
+}
+
+/// What the client's `Accept` allows.
+#[derive(Debug, Clone, Copy)]
+struct Accepts {
+    json: bool,
+    sse: bool,
+}
+
+fn accepts(headers: &HeaderMap) -> Accepts {
+    let mut accepts = Accepts {
+        json: false,
+        sse: false,
+    };
+    let values: Vec<_> = headers.get_all(ACCEPT).iter().collect();
+    if values.is_empty() {
+        return Accepts {
+            json: true,
+            sse: true,
+        };
+    }
+    for value in values {
+        for item in value.to_str().unwrap_or("").split(',') {
+            let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            match media.as_str() {
+                "*/*" => {
+                    accepts.json = true;
+                    accepts.sse = true;
+                }
+                "application/json" | "application/*" => accepts.json = true,
+                "text/event-stream" | "text/*" => accepts.sse = true,
+                _ => {}
+            }
+        }
+    }
+    accepts
+}
+
+/// The session a request names, or the refusal for a missing or unknown one.
+fn session_of(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<SessionLink>, Response> {
+    let Some(value) = headers.get(&MCP_SESSION_ID) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: missing Mcp-Session-Id header; start a session with initialize".into(),
+        ));
+    };
+    let link = value
+        .to_str()
+        .ok()
+        .and_then(|v| SessionId::parse(v).ok())
+        .and_then(|id| gateway.link(&id));
+    match link {
+        Some(link) if !link.session.closed_token().is_cancelled() => Ok(link),
+        _ => Err(refuse(
+            StatusCode::NOT_FOUND,
+            "Not Found: no such session (it expired or was ended); start a new one with initialize"
+                .into(),
+        )),
+    }
+}
+
+/// `DELETE`: ends the session, and its upstream session or child.
+async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let link = match session_of(&gateway, &headers) {
+        Ok(link) => link,
+        Err(response) => return response,
+    };
+    gateway.close_session(link.session.id()).await;
+    StatusCode::OK.into_response()
+}
+
+/// `POST`: one message or batch from the client.
+#[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
+async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type: POST bodies must be application/json".into(),
+        );
+    }
+    let accepts = accepts(&headers);
+    if !accepts.json && !accepts.sse {
+        return refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            "Not Acceptable: the client must accept application/json and text/event-stream".into(),
+        );
+    }
+    let header_version = match headers.get(&MCP_PROTOCOL_VERSION).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(v)) if version::is_known(v) => Some(v.to_owned()),
+        Some(v) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Bad Request: unsupported MCP-Protocol-Version {:?} (known: {})",
+                    v.unwrap_or("?"),
+                    version::KNOWN.join(", ")
+                ),
+            );
+        }
+    };
+    let limit = gateway.config.max_message_size;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = |size: Option<u64>| {
+        let mut error = ProxyError::new(
+            ErrorCode::MessageTooLarge,
+            format!("Payload Too Large: the body exceeds the limit of {limit} bytes (--max-message-size)"),
+        )
+        .with("limit", limit)
+        .with("httpStatus", 413);
+        if let Some(size) = size {
+            error = error.with("size", size);
+        }
+        json_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_response(None))
+    };
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large(declared);
+    }
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { .. }) => return too_large(None),
+        Err(BodyError::Read(e)) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: reading the body failed: {e}"));
+        }
+    };
+    let frame = match Message::parse_frame(body) {
+        Ok(frame) => frame,
+        Err(e) => {
+            gateway.pipeline.metrics().malformed(crate::protocol::Direction::ClientToServer);
+            return json_response(StatusCode::BAD_REQUEST, e.to_response().raw().clone());
+        }
+    };
+    let (members, batch) = match frame {
+        Frame::Single(msg) => (vec![Ok(msg)], false),
+        Frame::Batch(members) => (members, true),
+    };
+    let initialize = !batch
+        && matches!(&members[..], [Ok(m)] if m.kind() == Kind::Request && m.method() == Some(&Method::Initialize));
+    let contains_initialize = members
+        .iter()
+        .any(|m| matches!(m, Ok(m) if m.method() == Some(&Method::Initialize)));
+    if batch && contains_initialize {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: initialize must not be part of a batch".into(),
+        );
+    }
+    let (link, new_session) = if initialize && !headers.contains_key(&MCP_SESSION_ID) {
+        match gateway.open_session() {
+            Ok(link) => (link, true),
+            Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
+                let mut response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            Err(e @ OpenError::ShuttingDown) => {
+                let error = ProxyError::new(ErrorCode::ShuttingDown, e.to_string()).with("httpStatus", 503);
+                return json_response(StatusCode::SERVICE_UNAVAILABLE, error.to_response(None));
+            }
+            Err(e) => {
+                tracing::error!(%e, "cannot open a session");
+                let error = ProxyError::new(ErrorCode::UpstreamExited, e.to_string()).with("httpStatus", 502);
+                return json_response(StatusCode::BAD_GATEWAY, error.to_response(None));
+            }
+        }
+    } else {
+        match session_of(&gateway, &headers) {
+            Ok(link) => (link, false),
+            Err(response) => return response,
+        }
+    };
+    if batch {
+        let negotiated = link.session.metadata().protocol_version;
+        let version = header_version
+            .as_deref()
+            .or(negotiated.as_deref())
+            .unwrap_or(version::ASSUMED_WITHOUT_HEADER);
+        if !version::allows_batches(version) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Bad Request: JSON-RPC batches are not part of protocol version {version}"),
+            );
+        }
+    }
+
+    // Through the pipeline, in order.
+    let mut forwarded = Vec::with_capacity(members.len());
+    let mut expected = Vec::new();
+    let mut answers = Vec::new();
+    for member in members {
+        match member {
+            Err(e) => {
+                gateway.pipeline.metrics().malformed(crate::protocol::Direction::ClientToServer);
+                answers.push(e.to_response().raw().clone());
+            }
+            Ok(msg) => {
+                let request_id = (msg.kind() == Kind::Request).then(|| msg.id().cloned()).flatten();
+                match gateway.inbound(&link.session, msg).await {
+                    crate::proxy::Verdict::Forward(msg) => {
+                        gateway.pipeline.metrics().forwarded(crate::protocol::Direction::ClientToServer);
+                        expected.extend(request_id);
+                        forwarded.push(msg);
+                    }
+                    crate::proxy::Verdict::Respond(answer) => {
+                        gateway
+                            .pipeline
+                            .metrics()
+                            .answered_by_proxy(crate::protocol::Direction::ClientToServer);
+                        answers.push(answer.raw().clone());
+                    }
+                    crate::proxy::Verdict::Drop => {}
+                }
+            }
+        }
+    }
+
+    let (reply, mut replies) = reply_channel();
+    if expected.is_empty() {
+        // Notifications and responses: the upstream has taken them when we answer 202, so a
+        // client's next message can't overtake them.
+        gateway.exchange(&link, forwarded, &headers, &reply).await;
+        drop(reply);
+        while let Ok(item) = replies.try_recv() {
+            if let Reply::Rejected {
+                status,
+                content_type,
+                body,
+                ..
+            } = item
+            {
+                if answers.is_empty() {
+                    return passthrough(&gateway, &link, status, content_type, body);
+                }
+            }
+        }
+        if answers.is_empty() {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        return json_response(StatusCode::OK, join(&answers, batch));
+    }
+
+    let guard = Registration::new(link.router.clone(), expected.clone(), &reply);
+    let exchange = {
+        let (gateway, link, reply) = (gateway.clone(), link.clone(), reply.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            gateway.exchange(&link, forwarded, &headers, &reply).await;
+        }))
+    };
+    drop(reply);
+    let mut state = Answering {
+        gateway: gateway.clone(),
+        link: link.clone(),
+        replies,
+        expected: expected.into_iter().collect(),
+        new_session,
+        batch,
+        _exchange: exchange,
+        _registration: guard,
+    };
+
+    // Collect answers while that is all that comes; switch to SSE when something else does (or
+    // at once, for a client that accepts only SSE).
+    let mut out = answers;
+    let mut streaming = !accepts.json;
+    while !state.expected.is_empty() && !(streaming && !out.is_empty()) {
+        match state.next().await {
+            Arrival::Answer(raw) => out.push(raw),
+            Arrival::Other(raw) => {
+                if accepts.sse {
+                    out.push(raw);
+                    streaming = true;
+                } else {
+                    tracing::warn!("the client accepts only JSON; a server message for it was dropped");
+                }
+            }
+            Arrival::Rejected { status, content_type, body } if !batch && out.is_empty() => {
+                return passthrough(&gateway, &link, status, content_type, body);
+            }
+            Arrival::Rejected { .. } => {}
+        }
+    }
+    let session_header = new_session.then(|| HeaderValue::from_str(link.session.id().as_str()).ok()).flatten();
+    if !streaming {
+        if new_session && !out.first().is_some_and(|raw| is_success(raw)) {
+            // The upstream refused to initialize: no session.
+            gateway.sessions.end(link.session.id(), EndReason::Error);
+            return json_response(StatusCode::OK, join(&out, batch));
+        }
+        let mut response = json_response(StatusCode::OK, join(&out, batch));
+        if let Some(id) = session_header {
+            response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
+        }
+        return response;
+    }
+    let first = futures_util::stream::iter(out.into_iter().map(|raw| sse::message_event(&raw)));
+    let rest = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.expected.is_empty() {
+                return None;
+            }
+            match state.next().await {
+                Arrival::Answer(raw) | Arrival::Other(raw) => {
+                    return Some((sse::message_event(&raw), state));
+                }
+                Arrival::Rejected { .. } => {}
+            }
+        }
+    });
+    let body = Body::from_stream(first.chain(rest).map(Ok::<Bytes, Infallible>));
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = session_header {
+        headers.insert(MCP_SESSION_ID.clone(), id);
+    }
+    response
+}
+
+/// The upstream refused the POST's only message: its status and body go to the client as they
+/// are. A 404 means the upstream lost the session, so ours ends too and the client starts over.
+fn passthrough(
+    gateway: &Gateway,
+    link: &SessionLink,
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+) -> Response {
+    if status == StatusCode::NOT_FOUND {
+        tracing::warn!("the upstream no longer knows this session; ending it");
+        gateway.sessions.end(link.session.id(), EndReason::Error);
+    }
+    let is_json = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if is_json && !body.is_empty() {
+        return json_response(status, body);
+    }
+    let error = ProxyError::new(
+        ErrorCode::UpstreamHttpError,
+        format!("the upstream answered HTTP {status}"),
+    )
+    .with("httpStatus", status.as_u16())
+    .with("body", String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned());
+    json_response(status, error.to_response(None))
+}
+
+/// Whether a raw answer is a successful response (not an error).
+fn is_success(raw: &Bytes) -> bool {
+    Message::parse(raw.clone()).is_ok_and(|m| m.kind() == Kind::Response)
+}
+
+/// One answer, or a batch's answers as one array.
+fn join(answers: &[Bytes], batch: bool) -> Bytes {
+    if !batch {
+        if let [only] = answers {
+            return only.clone();
+        }
+    }
+    let mut out = BytesMut::with_capacity(answers.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+    out.put_u8(b'[');
+    for (i, answer) in answers.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(answer);
+    }
+    out.put_u8(b']');
+    out.freeze()
+}
+
+/// A POST's registration with its session's router, undone when the POST ends (answered, or the
+/// client went away).
+struct Registration {
+    router: Arc<Router>,
+    ids: Vec<RequestId>,
+    /// Weak, so that the POST sees its channel close once nothing else can answer it.
+    waiter: mpsc::WeakSender<Reply>,
+}
+
+impl Registration {
+    fn new(router: Arc<Router>, ids: Vec<RequestId>, waiter: &Waiter) -> Self {
+        router.register(&ids, waiter);
+        Self {
+            router,
+            ids,
+            waiter: waiter.downgrade(),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.waiter.upgrade() {
+            self.router.unregister(&self.ids, &waiter);
+        }
+    }
+}
+
+/// A POST waiting for the answers to its requests.
+struct Answering {
+    gateway: Arc<Gateway>,
+    link: Arc<SessionLink>,
+    replies: mpsc::Receiver<Reply>,
+    expected: HashSet<RequestId>,
+    new_session: bool,
+    batch: bool,
+    _exchange: AbortOnDropHandle<()>,
+    _registration: Registration,
+}
+
+/// What arrived for a waiting POST.
+enum Arrival {
+    /// The answer to one of its requests.
+    Answer(Bytes),
+    /// Something else for the client (a notification or server request).
+    Other(Bytes),
+    /// The upstream refused one of its messages at the HTTP level.
+    Rejected {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl Answering {
+    async fn next(&mut self) -> Arrival {
+        let Some(reply) = self.replies.recv().await else {
+            // Every sender is gone: the session ended (or its upstream died) with requests
+            // unanswered. The watcher answers what it knows about; this covers the rest.
+            let id = self.expected.iter().next().cloned();
+            if let Some(id) = &id {
+                self.expected.remove(id);
+            }
+            let error = ProxyError::new(
+                ErrorCode::ShuttingDown,
+                format!("the session ended ({}) before the request was answered", self.link.session.state()),
+            );
+            return Arrival::Answer(error.to_response(id.as_ref()));
+        };
+        match reply {
+            Reply::Message(msg) => {
+                let answers_ours = msg.is_response() && msg.id().is_some_and(|id| self.expected.remove(id));
+                if answers_ours {
+                    if self.new_session && msg.kind() == Kind::Error && !self.batch {
+                        // The upstream refused to initialize: the session goes.
+                        self.gateway.sessions.end(self.link.session.id(), EndReason::Error);
+                    }
+                    Arrival::Answer(msg.raw().clone())
+                } else {
+                    Arrival::Other(msg.raw().clone())
+                }
+            }
+            Reply::Rejected {
+                id,
+                status,
+                content_type,
+                body,
+            } => {
+                let id = id.filter(|id| self.expected.remove(id));
+                if self.expected.is_empty() && id.is_some() && !self.batch {
+                    return Arrival::Rejected {
+                        status,
+                        content_type,
+                        body,
+                    };
+                }
+                let error = ProxyError::new(
+                    ErrorCode::UpstreamHttpError,
+                    format!("the upstream answered HTTP {status}"),
+                )
+                .with("httpStatus", status.as_u16());
+                match id {
+                    Some(id) => Arrival::Answer(error.to_response(Some(&id))),
+                    None => Arrival::Rejected {
+                        status,
+                        content_type,
+                        body,
+                    },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers() {
+        let mut h = HeaderMap::new();
+        let a = accepts(&h);
+        assert!(a.json && a.sse);
+        h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        let a = accepts(&h);
+        assert!(a.json && a.sse);
+        h.insert(ACCEPT, HeaderValue::from_static("text/event-stream;q=1"));
+        let a = accepts(&h);
+        assert!(!a.json && a.sse);
+        h.insert(ACCEPT, HeaderValue::from_static("text/html"));
+        let a = accepts(&h);
+        assert!(!a.json && !a.sse);
+    }
+
+    #[test]
+    fn batches_join_into_one_array() {
+        let a = Bytes::from_static(b"{\"id\":1}");
+        assert_eq!(join(&[a.clone()], false), a);
+        assert_eq!(join(&[a.clone(), a.clone()], true), Bytes::from_static(b"[{\"id\":1},{\"id\":1}]"));
+        assert_eq!(join(&[a], true), Bytes::from_static(b"[{\"id\":1}]"));
+    }
+}

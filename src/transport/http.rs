@@ -1,0 +1,248 @@
+//! The Streamable HTTP client side: one shared hyper client (keep-alive connection pool) that
+//! talks to an upstream MCP server, and the bounded readers for what it answers (a JSON body or
+//! an SSE stream).
+//!
+//! Only the headers MCP defines travel from a client to the upstream; credentials (`Authorization`,
+//! `Cookie`) and hop-by-hop headers never do. Fixed headers for the upstream come from
+//! configuration (`--upstream-header`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::codec::FramedRead;
+use tokio_util::io::StreamReader;
+
+use super::sse::{Item, SseDecoder};
+
+/// `Mcp-Session-Id`.
+pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// `MCP-Protocol-Version`.
+pub static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// `Last-Event-ID`.
+pub static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// What we accept from an upstream: either answer form the spec allows.
+const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+/// Default time to establish a TCP connection to the upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Whether a client's header may be forwarded to the upstream: the request headers MCP defines
+/// (`Mcp-Session-Id` is not among them; it is mapped, never copied).
+pub fn is_forwarded_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == MCP_PROTOCOL_VERSION.as_str()
+        || name == LAST_EVENT_ID.as_str()
+        || name == "mcp-method"
+        || name == "mcp-name"
+        || name.starts_with("mcp-param-")
+}
+
+/// Why a request to the upstream failed before it produced an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made, or it broke before an answer.
+    #[error("cannot reach the upstream {url}: {detail}")]
+    Unreachable {
+        /// The upstream URL.
+        url: String,
+        /// What went wrong (refused, reset, timed out).
+        detail: String,
+    },
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Longer than the limit.
+    #[error("the body exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The connection failed mid-body.
+    #[error("reading the body failed: {0}")]
+    Read(String),
+}
+
+/// The shared client for one upstream URL.
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: Uri,
+    headers: HeaderMap,
+}
+
+impl HttpUpstream {
+    /// A client for `url` sending `headers` with every request.
+    pub fn new(url: Uri, headers: HeaderMap, connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Self {
+            client,
+            url,
+            headers,
+        }
+    }
+
+    /// The upstream URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    fn request(&self, method: Method, session: Option<&HeaderValue>) -> http::request::Builder {
+        let mut builder = Request::builder().method(method).uri(self.url.clone());
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(self.headers.clone());
+            if let Some(session) = session {
+                headers.insert(MCP_SESSION_ID.clone(), session.clone());
+            }
+        }
+        builder
+    }
+
+    /// POSTs one JSON-RPC frame, with the client's MCP headers from `client_headers`.
+    pub async fn post(
+        &self,
+        body: Bytes,
+        session: Option<&HeaderValue>,
+        client_headers: &HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut builder = self.request(Method::POST, session);
+        if let Some(headers) = builder.headers_mut() {
+            for (name, value) in client_headers {
+                if is_forwarded_header(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            headers.insert(ACCEPT, ACCEPT_BOTH);
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        self.send(builder, Full::new(body)).await
+    }
+
+    /// Ends an upstream session (DELETE); any 2xx counts as done.
+    pub async fn delete(
+        &self,
+        session: &HeaderValue,
+        protocol_version: Option<&HeaderValue>,
+    ) -> Result<StatusCode, UpstreamError> {
+        let mut builder = self.request(Method::DELETE, Some(session));
+        if let (Some(headers), Some(version)) = (builder.headers_mut(), protocol_version) {
+            headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
+        }
+        let response = self.send(builder, Full::new(Bytes::new())).await?;
+        Ok(response.status())
+    }
+
+    /// Whether a TCP connection to the upstream can be made now (readiness).
+    pub async fn reachable(&self, timeout: Duration) -> Result<(), String> {
+        let host = self.url.host().ok_or("the URL has no host")?;
+        let port = self.url.port_u16().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {}", humantime::format_duration(timeout))),
+        }
+    }
+
+    async fn send(
+        &self,
+        builder: http::request::Builder,
+        body: Full<Bytes>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let request = builder.body(body).map_err(|e| UpstreamError::Unreachable {
+            url: self.url.to_string(),
+            detail: format!("cannot build the request: {e}"),
+        })?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable {
+                url: self.url.to_string(),
+                detail: describe(&e),
+            })
+    }
+}
+
+/// The innermost cause of a client error, which names what really happened.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The media type of a response (`application/json`, `text/event-stream`), lowercased, without
+/// parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next()?.trim().to_ascii_lowercase();
+    Some(media)
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { limit }),
+        Err(e) => Err(BodyError::Read(describe(e.as_ref()))),
+    }
+}
+
+/// The events of an SSE body, each message's data bounded by `limit` bytes.
+pub fn sse_events(body: Incoming, limit: usize) -> impl Stream<Item = std::io::Result<Item>> {
+    let bytes = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    FramedRead::new(StreamReader::new(bytes), SseDecoder::new(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mcp_headers_are_forwarded() {
+        for name in [
+            "mcp-protocol-version",
+            "last-event-id",
+            "mcp-method",
+            "mcp-name",
+            "mcp-param-region",
+        ] {
+            assert!(is_forwarded_header(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "authorization",
+            "cookie",
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "mcp-session-id",
+            "host",
+            "x-forwarded-for",
+        ] {
+            assert!(!is_forwarded_header(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}
