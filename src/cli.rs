@@ -299,7 +299,8 @@ mod tests {
 
     #[test]
     fn reverse_takes_an_upstream_url_or_a_command_but_not_both() {
-        let cli = Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h/mcp"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h/mcp"]).unwrap();
         let Command::Reverse(args) = cli.command else {
             panic!()
         };
@@ -310,8 +311,15 @@ mod tests {
         };
         assert_eq!(args.command, ["srv", "-x"]);
         assert!(
-            Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h", "--", "srv"])
-                .is_err()
+            Cli::try_parse_from([
+                "shadowcat",
+                "reverse",
+                "--upstream",
+                "http://h",
+                "--",
+                "srv"
+            ])
+            .is_err()
         );
     }
 

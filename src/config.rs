@@ -374,7 +374,8 @@ impl ReverseConfig {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let text = |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
+        let text =
+            |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
         let listen = text(&args.listen, &file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = parse_addr(&listen, "--listen")?;
         let admin_listen = text(&args.admin_listen, &file.admin_listen)
@@ -382,7 +383,10 @@ impl ReverseConfig {
             .map(|a| parse_addr(&a, "--admin-listen"))
             .transpose()?;
         if admin_listen == Some(listen) {
-            return Err(invalid("--admin-listen", "must differ from --listen".into()));
+            return Err(invalid(
+                "--admin-listen",
+                "must differ from --listen".into(),
+            ));
         }
         let path = text(&args.path, &file.path).unwrap_or_else(|| DEFAULT_PATH.to_owned());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256 {
@@ -437,17 +441,20 @@ impl ReverseConfig {
                 if !(o.starts_with("http://") || o.starts_with("https://")) || o.len() < 10 {
                     return Err(invalid(
                         "--allowed-origin",
-                        format!("{origin:?}: expected scheme://host[:port], e.g. https://app.example.com, or *"),
+                        format!(
+                            "{origin:?}: expected scheme://host[:port], e.g. https://app.example.com, or *"
+                        ),
                     ));
                 }
                 list.push(o);
             }
             AllowedOrigins::List(list)
         };
-        let connect_timeout = match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
-            Some(text) => parse_duration(&text, "--connect-timeout")?,
-            None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
-        };
+        let connect_timeout =
+            match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
+                Some(text) => parse_duration(&text, "--connect-timeout")?,
+                None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+            };
         Ok(Self {
             listen,
             path,
@@ -486,7 +493,9 @@ fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
         Some("https") => {
             return Err(invalid(
                 "--upstream",
-                format!("{text:?}: https upstreams are not supported yet; use http:// (for example through a local TLS terminator)"),
+                format!(
+                    "{text:?}: https upstreams are not supported yet; use http:// (for example through a local TLS terminator)"
+                ),
             ));
         }
         _ => {
@@ -497,7 +506,10 @@ fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(invalid("--upstream", format!("{text:?}: the URL has no host")));
+        return Err(invalid(
+            "--upstream",
+            format!("{text:?}: the URL has no host"),
+        ));
     }
     Ok(uri)
 }
@@ -513,7 +525,10 @@ fn parse_header(line: &str) -> Result<(http::HeaderName, http::HeaderValue), Con
         .map_err(|e| invalid("--upstream-header", format!("{name:?}: {e}")))?;
     let mut value = http::HeaderValue::from_str(value.trim())
         .map_err(|e| invalid("--upstream-header", format!("value of {name}: {e}")))?;
-    if matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization") {
+    if matches!(
+        name.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) {
         value.set_sensitive(true);
     }
     if matches!(
@@ -676,7 +691,10 @@ mod tests {
     fn reverse(args: &[&str]) -> Result<ReverseConfig, ConfigError> {
         use clap::Parser;
         let cli = crate::cli::Cli::try_parse_from(
-            ["shadowcat", "reverse"].iter().copied().chain(args.iter().copied()),
+            ["shadowcat", "reverse"]
+                .iter()
+                .copied()
+                .chain(args.iter().copied()),
         )
         .unwrap();
         let crate::cli::Command::Reverse(args) = cli.command else {
@@ -713,14 +731,34 @@ mod tests {
             AllowedOrigins::List(vec!["https://app.example.com".into()])
         );
         for (args, option) in [
-            (&["--listen", "8080", "--upstream", "http://h/"][..], "--listen"),
+            (
+                &["--listen", "8080", "--upstream", "http://h/"][..],
+                "--listen",
+            ),
             (&["--upstream", "ftp://h/"][..], "--upstream"),
             (&["--upstream", "https://h/"][..], "--upstream"),
             (&["--upstream", "http://h/", "--path", "mcp"][..], "--path"),
-            (&["--upstream", "http://h/", "--upstream-header", "nocolon"][..], "--upstream-header"),
-            (&["--upstream", "http://h/", "--upstream-header", "Host: x"][..], "--upstream-header"),
-            (&["--upstream", "http://h/", "--allowed-origin", "example.com"][..], "--allowed-origin"),
-            (&["--upstream", "http://h/", "--admin-listen", "127.0.0.1:8080"][..], "--admin-listen"),
+            (
+                &["--upstream", "http://h/", "--upstream-header", "nocolon"][..],
+                "--upstream-header",
+            ),
+            (
+                &["--upstream", "http://h/", "--upstream-header", "Host: x"][..],
+                "--upstream-header",
+            ),
+            (
+                &["--upstream", "http://h/", "--allowed-origin", "example.com"][..],
+                "--allowed-origin",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "http://h/",
+                    "--admin-listen",
+                    "127.0.0.1:8080",
+                ][..],
+                "--admin-listen",
+            ),
             (&[][..], "--upstream"),
         ] {
             let err = reverse(args).unwrap_err();

@@ -46,16 +46,22 @@ pub async fn run(
     let listener = TcpListener::bind(reverse.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", reverse.listen))?;
-    let local = listener.local_addr().context("cannot read the listening address")?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     let admin = match reverse.admin_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
-            let local = listener.local_addr().context("cannot read the admin address")?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the admin address")?;
             tracing::info!("admin endpoints on http://{local}/healthz, /readyz, /metrics");
             let app = admin::routes(gateway.clone());
-            Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ))
         }
         None => None,
     };
@@ -85,7 +91,9 @@ pub async fn run(
                 }
             };
             if !drained {
-                tracing::warn!("in-flight requests did not finish within --shutdown-timeout; closing them");
+                tracing::warn!(
+                    "in-flight requests did not finish within --shutdown-timeout; closing them"
+                );
                 server.abort();
             }
             0
@@ -114,7 +122,10 @@ fn upstream_label(reverse: &ReverseConfig) -> String {
     match &reverse.upstream {
         crate::config::ReverseUpstream::Http(url) => url.to_string(),
         crate::config::ReverseUpstream::Stdio(spec) => {
-            format!("{} (one process per session)", spec.program.to_string_lossy())
+            format!(
+                "{} (one process per session)",
+                spec.program.to_string_lossy()
+            )
         }
     }
 }

@@ -156,7 +156,10 @@ impl HttpUpstream {
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no connection within {}", humantime::format_duration(timeout))),
+            Err(_) => Err(format!(
+                "no connection within {}",
+                humantime::format_duration(timeout)
+            )),
         }
     }
 
@@ -230,7 +233,10 @@ mod tests {
             "mcp-name",
             "mcp-param-region",
         ] {
-            assert!(is_forwarded_header(&HeaderName::from_static(name)), "{name}");
+            assert!(
+                is_forwarded_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
         }
         for name in [
             "authorization",
@@ -242,7 +248,10 @@ mod tests {
             "host",
             "x-forwarded-for",
         ] {
-            assert!(!is_forwarded_header(&HeaderName::from_static(name)), "{name}");
+            assert!(
+                !is_forwarded_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
         }
     }
 }

@@ -297,7 +297,10 @@ mod tests {
             decoder.decode(&mut buf).unwrap(),
             Some(Item::TooLarge { .. })
         ));
-        assert!(matches!(decoder.decode(&mut buf).unwrap(), Some(Item::Event(_))));
+        assert!(matches!(
+            decoder.decode(&mut buf).unwrap(),
+            Some(Item::Event(_))
+        ));
     }
 
     #[test]

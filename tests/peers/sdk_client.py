@@ -56,11 +56,15 @@ if SDK_MAJOR >= 2:
 else:
     from mcp import ClientSession
     from mcp.client.stdio import stdio_client
+    from mcp.client.streamable_http import streamablehttp_client
 
 SAMPLING_ANSWER = "42 (from client)"
 ECHO_TEXT = "hello through the proxy"
 ADD_ARGS = {"a": 2, "b": 40}
 ASK_QUESTION = "What is 6*7?"
+
+# Set by --no-sampling.
+NO_SAMPLING = False
 
 # Tool names the script knows how to call, per role; first match wins.
 ECHO_TOOLS = ("echo",)
@@ -171,7 +175,7 @@ async def run_scenario(client: Any, server_info: Any, protocol_version: str, cap
         calls["echo"] = _tool_result(name, await client.call_tool(name, {arg: ECHO_TEXT}))
     if name := _pick(tools, ADD_TOOLS):
         calls["add"] = _tool_result(name, await client.call_tool(name, dict(ADD_ARGS)))
-    if name := _pick(tools, ASK_TOOLS):
+    if not NO_SAMPLING and (name := _pick(tools, ASK_TOOLS)):
         calls["ask"] = _tool_result(name, await client.call_tool(name, {"question": ASK_QUESTION}))
     summary["calls"] = calls
     summary["sampling"] = {"requests": list(sampling_requests), "answer": SAMPLING_ANSWER} if sampling_requests else None
@@ -212,7 +216,7 @@ async def run_scenario(client: Any, server_info: Any, protocol_version: str, cap
 # --------------------------------------------------------------------------
 
 
-async def run_v2(params: StdioServerParameters, mode: str) -> dict[str, Any]:
+async def run_v2(params: StdioServerParameters | str, mode: str) -> dict[str, Any]:
     async with Client(
         params,
         mode=mode,
@@ -226,16 +230,23 @@ async def run_v2(params: StdioServerParameters, mode: str) -> dict[str, Any]:
         return summary
 
 
-async def run_v1(params: StdioServerParameters) -> dict[str, Any]:
+async def run_v1(params: StdioServerParameters | str) -> dict[str, Any]:
+    if isinstance(params, str):
+        async with streamablehttp_client(params) as (read, write, _):
+            return await run_v1_session(read, write)
     async with stdio_client(params) as (read, write):
-        async with ClientSession(
-            read,
-            write,
-            sampling_callback=sampling_callback,
-            client_info=types.Implementation(name="shadowcat-sdk-client", version=SDK_VERSION),
-        ) as session:
-            init = await session.initialize()
-            return await run_scenario(session, init.serverInfo, str(init.protocolVersion), init.capabilities)
+        return await run_v1_session(read, write)
+
+
+async def run_v1_session(read: Any, write: Any) -> dict[str, Any]:
+    async with ClientSession(
+        read,
+        write,
+        sampling_callback=sampling_callback,
+        client_info=types.Implementation(name="shadowcat-sdk-client", version=SDK_VERSION),
+    ) as session:
+        init = await session.initialize()
+        return await run_scenario(session, init.serverInfo, str(init.protocolVersion), init.capabilities)
 
 
 # --------------------------------------------------------------------------
@@ -246,7 +257,7 @@ async def run_v1(params: StdioServerParameters) -> dict[str, Any]:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description="Scripted MCP stdio client; prints a one-line normalized JSON summary.",
-        usage="%(prog)s [--mode legacy|auto] [--timeout SECONDS] -- <server command> [args...]",
+        usage="%(prog)s [--mode legacy|auto] [--timeout SECONDS] (--url URL | -- <server command> [args...])",
     )
     parser.add_argument(
         "--mode",
@@ -255,7 +266,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="connect mode for mcp>=2 (ignored with mcp 1.x); default: auto",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds; default: 30")
+    parser.add_argument("--url", help="connect over Streamable HTTP to this URL instead of spawning a server")
+    parser.add_argument(
+        "--no-sampling",
+        action="store_true",
+        help="don't call the sampling tool (servers without a back-channel: stateless or JSON-only HTTP)",
+    )
     if "--" not in argv:
+        opts = parser.parse_args(argv)
+        if opts.url:
+            return opts, []
         parser.error("missing '--' before the server command")
     split = argv.index("--")
     opts = parser.parse_args(argv[:split])
@@ -273,10 +293,14 @@ def _flatten(exc: BaseException) -> list[BaseException]:
 
 
 def main(argv: list[str]) -> int:
+    global NO_SAMPLING
     opts, command = parse_args(argv)
+    NO_SAMPLING = opts.no_sampling
     # Pass the whole environment through (the SDK default keeps only a small
     # allow-list), so a proxy under test sees e.g. its RUST_LOG / config vars.
-    params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    params: StdioServerParameters | str = (
+        opts.url if opts.url else StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    )
 
     async def run() -> dict[str, Any]:
         with anyio.fail_after(opts.timeout):

@@ -85,4 +85,14 @@ def greet(name: str) -> str:
 
 
 if __name__ == "__main__":
-    mcp.run("stdio")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from http_serve import parse_args, serve
+
+    args = parse_args(sys.argv[1:])
+    if args.http:
+        serve(mcp.streamable_http_app(json_response=args.json, stateless_http=args.stateless))
+    else:
+        mcp.run("stdio")

@@ -239,3 +239,358 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
 pub fn tool(name: &str, arguments: Value) -> Value {
     serde_json::json!({"name": name, "arguments": arguments})
 }
+
+/// A running `shadowcat reverse`, listening on a free loopback port.
+pub struct Gateway {
+    pub child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `shadowcat reverse --listen 127.0.0.1:0 [opts...]` (opts may end with `-- cmd`).
+    pub fn start(opts: &[&str]) -> Self {
+        let mut cmd = command();
+        cmd.args(["--log-level", "debug", "reverse", "--listen", "127.0.0.1:0"])
+            .args(opts);
+        Self::spawn(cmd)
+    }
+
+    /// Starts a gateway in front of the fixture server (a child per session).
+    pub fn fixture(opts: &[&str]) -> Self {
+        let fixture = fixture();
+        let mut all: Vec<&str> = opts.to_vec();
+        all.push("--");
+        all.push(fixture.to_str().unwrap());
+        Self::start(&all)
+    }
+
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shadowcat reverse");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "shadowcat reverse did not start listening:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            stderr: lines,
+        }
+    }
+
+    /// `http://ADDR/mcp`.
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// Everything the gateway (and its children) wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    /// Waits for the gateway to exit.
+    pub fn wait_exit(&mut self, wait: Duration) -> ExitStatus {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shadowcat reverse did not exit:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// POSTs one JSON-RPC body with the usual MCP headers.
+    pub fn post(&self, session: Option<&str>, body: &Value) -> HttpResponse {
+        let mut headers = vec![
+            ("Content-Type", "application/json".to_owned()),
+            ("Accept", "application/json, text/event-stream".to_owned()),
+        ];
+        if let Some(session) = session {
+            headers.push(("Mcp-Session-Id", session.to_owned()));
+        }
+        http_request(
+            &self.addr,
+            "POST",
+            "/mcp",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// Initializes a session (and sends `notifications/initialized`); returns its id.
+    pub fn initialize(&self) -> String {
+        let response = self.post(
+            None,
+            &serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},
+                "clientInfo":{"name":"shadowcat-tests","version":"1"}}}),
+        );
+        assert_eq!(response.status, 200, "initialize: {response:?}");
+        let session = response
+            .header("mcp-session-id")
+            .expect("a session id on the initialize answer")
+            .to_owned();
+        let ack = self.post(
+            Some(&session),
+            &serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        );
+        assert_eq!(ack.status, 202, "initialized: {ack:?}");
+        session
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The JSON-RPC messages of an SSE body, in order.
+    pub fn sse_messages(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.body);
+        text.split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                (!data.is_empty() && !data.join("").is_empty())
+                    .then(|| serde_json::from_str(&data.join("\n")).expect("SSE data is JSON"))
+            })
+            .collect()
+    }
+
+    /// The JSON-RPC messages of the body, whichever form it has.
+    pub fn messages(&self) -> Vec<Value> {
+        if self
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+        {
+            return self.sse_messages();
+        }
+        match self.json() {
+            Value::Array(items) => items,
+            other => vec![other],
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), read to the end.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> HttpResponse {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("read the whole response");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&raw[..end])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+}
+
+/// A POST whose SSE answer is read as it arrives.
+pub struct SseReader {
+    reader: BufReader<std::net::TcpStream>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SseReader {
+    /// POSTs `body` and reads the response head.
+    pub fn post(addr: &str, headers: &[(&str, String)], body: &[u8]) -> Self {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut request = format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = trimmed.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        Self {
+            reader,
+            status,
+            headers,
+        }
+    }
+
+    /// The next JSON-RPC message on the stream (each event arrives as one chunk, so its
+    /// `data:` line is whole); `None` at the end.
+    pub fn next_message(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                let data = data.trim_start();
+                if !data.is_empty() {
+                    return Some(serde_json::from_str(data).expect("SSE data is JSON"));
+                }
+            }
+        }
+    }
+}

@@ -67,7 +67,10 @@ fn find_program(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let text = crate::telemetry::prometheus_text(&gateway);
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

@@ -114,7 +114,10 @@ impl Deliver for SessionLink {
                     headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
                 }
                 let session = self.upstream_session();
-                match client.post(msg.raw().clone(), session.as_ref(), &headers).await {
+                match client
+                    .post(msg.raw().clone(), session.as_ref(), &headers)
+                    .await
+                {
                     Ok(response) => {
                         // Read (and discard) the answer so the connection can be reused.
                         let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
@@ -290,7 +293,10 @@ impl Gateway {
         self.stopping.cancel();
         self.sessions.end_all(EndReason::Killed);
         self.tasks.close();
-        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some sessions' upstreams were not torn down in time");
         }
     }
@@ -351,7 +357,10 @@ impl Gateway {
                 tracing::info!(state = %session.state(), "session ended; closing its upstream");
                 ProxyError::new(
                     ErrorCode::ShuttingDown,
-                    format!("the session ended ({}) before the request was answered", session.state()),
+                    format!(
+                        "the session ended ({}) before the request was answered",
+                        session.state()
+                    ),
                 )
             }
         };
@@ -360,7 +369,9 @@ impl Gateway {
             (LinkUpstream::Stdio { .. }, Some(child)) => {
                 if crashed.is_none() {
                     match child.shut_down(self.config.shutdown_timeout).await {
-                        Ok(status) => tracing::info!(status = %describe_exit(status), "the MCP server exited"),
+                        Ok(status) => {
+                            tracing::info!(status = %describe_exit(status), "the MCP server exited")
+                        }
                         Err(e) => tracing::warn!(%e, "waiting for the MCP server failed"),
                     }
                     child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
@@ -454,10 +465,15 @@ impl Gateway {
         client_headers: &HeaderMap,
         reply: &Waiter,
     ) {
-        let id = (msg.kind() == Kind::Request).then(|| msg.id().cloned()).flatten();
+        let id = (msg.kind() == Kind::Request)
+            .then(|| msg.id().cloned())
+            .flatten();
         let is_initialize = msg.method() == Some(&Method::Initialize);
         let session = link.upstream_session();
-        let response = match client.post(msg.raw().clone(), session.as_ref(), client_headers).await {
+        let response = match client
+            .post(msg.raw().clone(), session.as_ref(), client_headers)
+            .await
+        {
             Ok(response) => response,
             Err(e) => {
                 let UpstreamError::Unreachable { detail, .. } = &e;
@@ -518,10 +534,16 @@ impl Gateway {
         }
         // A request the upstream finished with without answering must not hang.
         if let Some(id) = id {
-            if link.session.pending(Direction::ClientToServer).contains(&id) {
+            if link
+                .session
+                .pending(Direction::ClientToServer)
+                .contains(&id)
+            {
                 let error = ProxyError::new(
                     ErrorCode::InvalidUpstreamResponse,
-                    format!("the upstream answered HTTP {status} without a JSON-RPC response to the request"),
+                    format!(
+                        "the upstream answered HTTP {status} without a JSON-RPC response to the request"
+                    ),
                 );
                 self.fail(link, Some(&id), &error, reply).await;
             }
@@ -537,7 +559,12 @@ impl Gateway {
         reply: &Waiter,
     ) {
         let Some(id) = id else { return };
-        if link.session.pending(Direction::ClientToServer).remove(id).is_some() {
+        if link
+            .session
+            .pending(Direction::ClientToServer)
+            .remove(id)
+            .is_some()
+        {
             let _ = reply
                 .send(Reply::Message(Message::error_response(Some(id), error)))
                 .await;
@@ -555,7 +582,11 @@ impl Gateway {
                 Ok(Item::Event(_)) => {}
                 Ok(Item::TooLarge { len }) => {
                     self.pipeline.metrics().oversized(Direction::ServerToClient);
-                    tracing::warn!(len, limit = self.config.max_message_size, "discarded an over-long event from the upstream");
+                    tracing::warn!(
+                        len,
+                        limit = self.config.max_message_size,
+                        "discarded an over-long event from the upstream"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(%e, "the upstream's event stream broke");
@@ -581,7 +612,8 @@ impl Gateway {
                 Ok(msg) => msg,
                 Err(e) => {
                     self.pipeline.metrics().malformed(Direction::ServerToClient);
-                    let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    let preview =
+                        String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
                     tracing::warn!(%e, %preview, "malformed message from the upstream; not forwarded");
                     if let Some(id) = e.id() {
                         let error = ProxyError::new(
@@ -607,7 +639,9 @@ impl Gateway {
                     }
                 }
                 Verdict::Respond(answer) => {
-                    self.pipeline.metrics().answered_by_proxy(Direction::ServerToClient);
+                    self.pipeline
+                        .metrics()
+                        .answered_by_proxy(Direction::ServerToClient);
                     let _ = link.deliver(answer).await;
                 }
                 Verdict::Drop => {}

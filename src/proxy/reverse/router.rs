@@ -161,11 +161,17 @@ mod tests {
         router.register(&[RequestId::Number(4)], &b);
         drop(b_rx);
         router
-            .deliver(msg(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#))
+            .deliver(msg(
+                r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
+            ))
             .await
             .unwrap();
         assert!(text(a_rx.recv().await.unwrap()).contains("progress"));
         router.unregister(&[RequestId::Number(3)], &b);
-        assert!(router.waiter_for(&msg(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#)).is_some());
+        assert!(
+            router
+                .waiter_for(&msg(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#))
+                .is_some()
+        );
     }
 }

@@ -88,7 +88,10 @@ async fn guard(State(gateway): State<Arc<Gateway>>, request: Request, next: Next
             .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
         if let Some(host) = host {
             if !is_loopback_authority(host) {
-                tracing::warn!(host, "refused a request for a non-local Host (DNS rebinding?)");
+                tracing::warn!(
+                    host,
+                    "refused a request for a non-local Host (DNS rebinding?)"
+                );
                 return refuse(
                     StatusCode::MISDIRECTED_REQUEST,
                     format!("Misdirected Request: Host {host:?} is not this loopback server"),
@@ -162,7 +165,12 @@ fn accepts(headers: &HeaderMap) -> Accepts {
     }
     for value in values {
         for item in value.to_str().unwrap_or("").split(',') {
-            let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = item
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             match media.as_str() {
                 "*/*" => {
                     accepts.json = true;
@@ -269,13 +277,19 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => return too_large(None),
         Err(BodyError::Read(e)) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: reading the body failed: {e}"));
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Bad Request: reading the body failed: {e}"),
+            );
         }
     };
     let frame = match Message::parse_frame(body) {
         Ok(frame) => frame,
         Err(e) => {
-            gateway.pipeline.metrics().malformed(crate::protocol::Direction::ClientToServer);
+            gateway
+                .pipeline
+                .metrics()
+                .malformed(crate::protocol::Direction::ClientToServer);
             return json_response(StatusCode::BAD_REQUEST, e.to_response().raw().clone());
         }
     };
@@ -300,7 +314,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
                 let mut response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"),
+                    format!(
+                        "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
+                    ),
                 );
                 response
                     .headers_mut()
@@ -308,12 +324,14 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 return response;
             }
             Err(e @ OpenError::ShuttingDown) => {
-                let error = ProxyError::new(ErrorCode::ShuttingDown, e.to_string()).with("httpStatus", 503);
+                let error =
+                    ProxyError::new(ErrorCode::ShuttingDown, e.to_string()).with("httpStatus", 503);
                 return json_response(StatusCode::SERVICE_UNAVAILABLE, error.to_response(None));
             }
             Err(e) => {
                 tracing::error!(%e, "cannot open a session");
-                let error = ProxyError::new(ErrorCode::UpstreamExited, e.to_string()).with("httpStatus", 502);
+                let error = ProxyError::new(ErrorCode::UpstreamExited, e.to_string())
+                    .with("httpStatus", 502);
                 return json_response(StatusCode::BAD_GATEWAY, error.to_response(None));
             }
         }
@@ -344,14 +362,22 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     for member in members {
         match member {
             Err(e) => {
-                gateway.pipeline.metrics().malformed(crate::protocol::Direction::ClientToServer);
+                gateway
+                    .pipeline
+                    .metrics()
+                    .malformed(crate::protocol::Direction::ClientToServer);
                 answers.push(e.to_response().raw().clone());
             }
             Ok(msg) => {
-                let request_id = (msg.kind() == Kind::Request).then(|| msg.id().cloned()).flatten();
+                let request_id = (msg.kind() == Kind::Request)
+                    .then(|| msg.id().cloned())
+                    .flatten();
                 match gateway.inbound(&link.session, msg).await {
                     crate::proxy::Verdict::Forward(msg) => {
-                        gateway.pipeline.metrics().forwarded(crate::protocol::Direction::ClientToServer);
+                        gateway
+                            .pipeline
+                            .metrics()
+                            .forwarded(crate::protocol::Direction::ClientToServer);
                         expected.extend(request_id);
                         forwarded.push(msg);
                     }
@@ -424,16 +450,24 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                     out.push(raw);
                     streaming = true;
                 } else {
-                    tracing::warn!("the client accepts only JSON; a server message for it was dropped");
+                    tracing::warn!(
+                        "the client accepts only JSON; a server message for it was dropped"
+                    );
                 }
             }
-            Arrival::Rejected { status, content_type, body } if !batch && out.is_empty() => {
+            Arrival::Rejected {
+                status,
+                content_type,
+                body,
+            } if !batch && out.is_empty() => {
                 return passthrough(&gateway, &link, status, content_type, body);
             }
             Arrival::Rejected { .. } => {}
         }
     }
-    let session_header = new_session.then(|| HeaderValue::from_str(link.session.id().as_str()).ok()).flatten();
+    let session_header = new_session
+        .then(|| HeaderValue::from_str(link.session.id().as_str()).ok())
+        .flatten();
     if !streaming {
         if new_session && !out.first().is_some_and(|raw| is_success(raw)) {
             // The upstream refused to initialize: no session.
@@ -497,7 +531,10 @@ fn passthrough(
         format!("the upstream answered HTTP {status}"),
     )
     .with("httpStatus", status.as_u16())
-    .with("body", String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned());
+    .with(
+        "body",
+        String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+    );
     json_response(status, error.to_response(None))
 }
 
@@ -590,17 +627,23 @@ impl Answering {
             }
             let error = ProxyError::new(
                 ErrorCode::ShuttingDown,
-                format!("the session ended ({}) before the request was answered", self.link.session.state()),
+                format!(
+                    "the session ended ({}) before the request was answered",
+                    self.link.session.state()
+                ),
             );
             return Arrival::Answer(error.to_response(id.as_ref()));
         };
         match reply {
             Reply::Message(msg) => {
-                let answers_ours = msg.is_response() && msg.id().is_some_and(|id| self.expected.remove(id));
+                let answers_ours =
+                    msg.is_response() && msg.id().is_some_and(|id| self.expected.remove(id));
                 if answers_ours {
                     if self.new_session && msg.kind() == Kind::Error && !self.batch {
                         // The upstream refused to initialize: the session goes.
-                        self.gateway.sessions.end(self.link.session.id(), EndReason::Error);
+                        self.gateway
+                            .sessions
+                            .end(self.link.session.id(), EndReason::Error);
                     }
                     Arrival::Answer(msg.raw().clone())
                 } else {
@@ -648,7 +691,10 @@ mod tests {
         let mut h = HeaderMap::new();
         let a = accepts(&h);
         assert!(a.json && a.sse);
-        h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         let a = accepts(&h);
         assert!(a.json && a.sse);
         h.insert(ACCEPT, HeaderValue::from_static("text/event-stream;q=1"));
@@ -663,7 +709,10 @@ mod tests {
     fn batches_join_into_one_array() {
         let a = Bytes::from_static(b"{\"id\":1}");
         assert_eq!(join(&[a.clone()], false), a);
-        assert_eq!(join(&[a.clone(), a.clone()], true), Bytes::from_static(b"[{\"id\":1},{\"id\":1}]"));
+        assert_eq!(
+            join(&[a.clone(), a.clone()], true),
+            Bytes::from_static(b"[{\"id\":1},{\"id\":1}]")
+        );
         assert_eq!(join(&[a], true), Bytes::from_static(b"[{\"id\":1}]"));
     }
 }

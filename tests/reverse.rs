@@ -1,0 +1,474 @@
+//! `shadowcat reverse` over real loopback HTTP: the Streamable HTTP rules (status codes, bodies,
+//! sessions, DELETE, Origin/Host), with the fixture server as a child per session.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Gateway, HttpResponse, SseReader, http_request, tool};
+
+fn headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+    ];
+    for (name, value) in extra {
+        h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        h.push((name, (*value).to_owned()));
+    }
+    h
+}
+
+fn post_raw(gw: &Gateway, extra: &[(&'static str, &str)], body: &[u8]) -> HttpResponse {
+    http_request(&gw.addr, "POST", "/mcp", &headers(extra), body)
+}
+
+fn call(id: i64, name: &str, arguments: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool(name, arguments)})
+}
+
+/// The JSON-RPC error of a refusal: its code and message.
+fn rpc_error(response: &HttpResponse) -> (i64, String) {
+    let body = response.json();
+    (
+        body["error"]["code"]
+            .as_i64()
+            .expect("a JSON-RPC error body"),
+        body["error"]["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Whether the fixture server processes started for sessions are all gone.
+fn fixture_children_of(gw: &Gateway) -> Vec<i32> {
+    let me = gw.child.id().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 1 && fields[0] != "Z" && fields[1] == me {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_session_initializes_calls_a_tool_and_is_deleted() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    assert_eq!(session.len(), 32, "a 128-bit hex session id: {session}");
+    let answer = gw.post(Some(&session), &call(1, "echo", json!({"text": "hello"})));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.json()["result"]["content"][0]["text"], "hello");
+    assert_eq!(answer.json()["id"], 1);
+    assert_eq!(fixture_children_of(&gw).len(), 1, "one child per session");
+
+    let deleted = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", session.clone())],
+        b"",
+    );
+    assert_eq!(deleted.status, 200);
+    wait_until("the session's child has exited", || {
+        fixture_children_of(&gw).is_empty()
+    });
+    let after = gw.post(Some(&session), &call(2, "echo", json!({"text": "again"})));
+    assert_eq!(after.status, 404);
+    assert_eq!(rpc_error(&after).0, -32600);
+    let again = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", session)],
+        b"",
+    );
+    assert_eq!(again.status, 404);
+}
+
+#[test]
+fn every_refusal_has_its_status_and_a_json_rpc_error_body() {
+    let gw = Gateway::fixture(&["--max-message-size", "4KiB"]);
+    let session = gw.initialize();
+    let sid = session.as_str();
+    let ping = br#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#;
+
+    // Missing session id.
+    let r = post_raw(&gw, &[], ping);
+    assert_eq!(r.status, 400);
+    assert!(rpc_error(&r).1.contains("Mcp-Session-Id"), "{r:?}");
+    // Unknown session id, and one that is not even well-formed.
+    for bogus in ["0123456789abcdef0123456789abcdef", "not a session"] {
+        let r = post_raw(&gw, &[("Mcp-Session-Id", bogus)], ping);
+        assert_eq!(r.status, 404, "{bogus}");
+        assert!(rpc_error(&r).1.contains("no such session"));
+    }
+    // Unsupported protocol version.
+    let r = post_raw(
+        &gw,
+        &[
+            ("Mcp-Session-Id", sid),
+            ("MCP-Protocol-Version", "1999-01-01"),
+        ],
+        ping,
+    );
+    assert_eq!(r.status, 400);
+    assert!(rpc_error(&r).1.contains("1999-01-01"));
+    // Accept that allows neither JSON nor SSE.
+    let r = post_raw(
+        &gw,
+        &[("Mcp-Session-Id", sid), ("Accept", "text/html")],
+        ping,
+    );
+    assert_eq!(r.status, 406);
+    assert!(rpc_error(&r).1.contains("Not Acceptable"));
+    // Wrong content type.
+    let r = post_raw(
+        &gw,
+        &[("Mcp-Session-Id", sid), ("Content-Type", "text/plain")],
+        ping,
+    );
+    assert_eq!(r.status, 415);
+    assert!(rpc_error(&r).1.contains("application/json"));
+    // Too large: refused with the limit named.
+    let big = json!({"jsonrpc":"2.0","id":10,"method":"tools/call","params":tool("echo", json!({"text": "x".repeat(5000)}))});
+    let r = post_raw(&gw, &[("Mcp-Session-Id", sid)], big.to_string().as_bytes());
+    assert_eq!(r.status, 413);
+    let body = r.json();
+    assert_eq!(body["error"]["code"], -32080);
+    assert_eq!(body["error"]["data"]["limit"], 4096);
+    // Not JSON, and JSON that is not JSON-RPC.
+    let r = post_raw(&gw, &[("Mcp-Session-Id", sid)], b"{not json");
+    assert_eq!(r.status, 400);
+    assert_eq!(rpc_error(&r).0, -32700);
+    let r = post_raw(
+        &gw,
+        &[("Mcp-Session-Id", sid)],
+        br#"{"jsonrpc":"1.0","id":3,"method":"ping"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(rpc_error(&r).0, -32600);
+    assert_eq!(r.json()["id"], 3, "the id is kept when it can be read");
+    // A batch where the negotiated version has none.
+    let r = post_raw(
+        &gw,
+        &[("Mcp-Session-Id", sid)],
+        format!("[{}]", String::from_utf8_lossy(ping)).as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(rpc_error(&r).1.contains("batches"));
+    // GET: no stream is offered.
+    let r = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 405);
+    assert!(r.header("allow").is_some_and(|a| a.contains("POST")));
+
+    // After all that, the session still works.
+    let r = gw.post(Some(sid), &call(11, "echo", json!({"text": "still here"})));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["result"]["content"][0]["text"], "still here");
+}
+
+#[test]
+fn notifications_and_responses_are_accepted_with_202() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let r = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":77}}),
+    );
+    assert_eq!(r.status, 202);
+    assert!(r.body.is_empty());
+}
+
+#[test]
+fn a_batch_in_2025_03_26_is_answered_as_one_array() {
+    let gw = Gateway::fixture(&[]);
+    let init = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+    );
+    let session = init.header("mcp-session-id").unwrap().to_owned();
+    let batch = json!([
+        call(1, "echo", json!({"text": "a"})),
+        {"jsonrpc":"2.0","method":"notifications/initialized"},
+        call(2, "echo", json!({"text": "b"})),
+        {"jsonrpc":"2.0","id":3},
+    ]);
+    let r = gw.post(Some(&session), &batch);
+    assert_eq!(r.status, 200, "{r:?}");
+    let answers = r.json();
+    let answers = answers.as_array().expect("one array");
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let by_id = |id: i64| answers.iter().find(|a| a["id"] == id).cloned();
+    assert_eq!(by_id(1).unwrap()["result"]["content"][0]["text"], "a");
+    assert_eq!(by_id(2).unwrap()["result"]["content"][0]["text"], "b");
+    assert_eq!(by_id(3).unwrap()["error"]["code"], -32600);
+}
+
+#[test]
+fn a_server_request_during_a_call_streams_and_its_answer_finds_the_server() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    // `sample` asks the client (sampling/createMessage) before it answers: the POST becomes an
+    // SSE stream that carries the server's request, then the tool's result.
+    let mut stream = SseReader::post(
+        &gw.addr,
+        &headers(&[("Mcp-Session-Id", &session)]),
+        call(5, "sample", json!({"prompt": "2+2?"}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(stream.status, 200);
+    assert!(
+        stream
+            .headers
+            .contains(&("content-type".into(), "text/event-stream".into()))
+    );
+    let request = stream.next_message().expect("the server's request");
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    // The client answers it in a POST of its own, accepted with 202; the server gets it and
+    // finishes the call on the first stream.
+    let answer = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant","content":{"type":"text","text":"sampled!"},"model":"m"}});
+    assert_eq!(gw.post(Some(&session), &answer).status, 202);
+    let result = stream.next_message().expect("the call's result");
+    assert_eq!(result["id"], 5);
+    assert_eq!(
+        result["result"]["content"][0]["text"],
+        "client said: sampled!"
+    );
+    assert!(
+        stream.next_message().is_none(),
+        "the stream ends after the answer"
+    );
+}
+
+#[test]
+fn origin_and_host_are_validated() {
+    let gw = Gateway::fixture(&[]);
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let body = init.to_string();
+    let r = post_raw(&gw, &[("Origin", "https://evil.example")], body.as_bytes());
+    assert_eq!(r.status, 403);
+    assert!(rpc_error(&r).1.contains("evil.example"));
+    let r = post_raw(&gw, &[("Host", "evil.example:8080")], body.as_bytes());
+    assert_eq!(r.status, 421);
+    assert!(rpc_error(&r).1.contains("evil.example"));
+    // Refusals created no session and no child.
+    assert!(fixture_children_of(&gw).is_empty());
+    let r = post_raw(&gw, &[("Origin", "http://localhost:3000")], body.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert!(
+        r.header("access-control-expose-headers")
+            .is_some_and(|h| h.contains("mcp-session-id"))
+    );
+
+    // A CORS preflight from an allowed origin allows the MCP headers, Mcp-Param-* included.
+    let r = http_request(
+        &gw.addr,
+        "OPTIONS",
+        "/mcp",
+        &[
+            ("Origin", "http://127.0.0.1:5173".into()),
+            ("Access-Control-Request-Method", "POST".into()),
+            (
+                "Access-Control-Request-Headers",
+                "content-type, mcp-session-id, mcp-protocol-version, mcp-param-region".into(),
+            ),
+        ],
+        b"",
+    );
+    assert!(r.status == 200 || r.status == 204, "{r:?}");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://127.0.0.1:5173")
+    );
+    let allowed = r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["mcp-session-id", "mcp-protocol-version", "mcp-param-region"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+
+    // --allowed-origin replaces the default.
+    let gw = Gateway::fixture(&["--allowed-origin", "https://app.example.com"]);
+    assert_eq!(
+        post_raw(
+            &gw,
+            &[("Origin", "https://app.example.com")],
+            body.as_bytes()
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        post_raw(&gw, &[("Origin", "http://localhost")], body.as_bytes()).status,
+        403
+    );
+}
+
+#[test]
+fn two_clients_calling_at_once_get_only_their_own_answers() {
+    let gw = Gateway::fixture(&[]);
+    let sessions = [gw.initialize(), gw.initialize()];
+    assert_ne!(sessions[0], sessions[1]);
+    let addr = gw.addr.clone();
+    let handles: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(client, session)| {
+            let (addr, session) = (addr.clone(), session.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let text = format!("client {client} call {i}");
+                    // Same request ids in both sessions: routing must go by session, not id.
+                    let r = http_request(
+                        &addr,
+                        "POST",
+                        "/mcp",
+                        &headers(&[("Mcp-Session-Id", &session)]),
+                        call(i, "echo", json!({"text": text}))
+                            .to_string()
+                            .as_bytes(),
+                    );
+                    assert_eq!(r.status, 200);
+                    let messages = r.messages();
+                    assert_eq!(messages.len(), 1, "{messages:?}");
+                    assert_eq!(messages[0]["id"], i);
+                    assert_eq!(messages[0]["result"]["content"][0]["text"], text);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
+#[test]
+fn a_crashed_server_fails_its_call_and_ends_the_session() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let r = gw.post(Some(&session), &call(4, "crash", json!({})));
+    assert_eq!(r.status, 200, "{r:?}");
+    let error = &r.messages()[0];
+    assert_eq!(error["id"], 4);
+    assert_eq!(error["error"]["code"], -32081, "{error}");
+    wait_until("the session is gone", || {
+        gw.post(Some(&session), &call(5, "echo", json!({"text": "x"})))
+            .status
+            == 404
+    });
+    // Other sessions are unaffected.
+    let other = gw.initialize();
+    let r = gw.post(Some(&other), &call(1, "echo", json!({"text": "fine"})));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "fine");
+}
+
+#[test]
+fn max_sessions_bounds_the_children() {
+    let gw = Gateway::fixture(&["--max-sessions", "1"]);
+    let first = gw.initialize();
+    // A call in flight makes the first session busy, so it can't be evicted.
+    let addr = gw.addr.clone();
+    let busy = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &first)]),
+            call(1, "sleep", json!({"ms": 1500})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = gw.post(None, &init);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(rpc_error(&r).0, -32089);
+    assert_eq!(fixture_children_of(&gw).len(), 1);
+    assert_eq!(busy.join().unwrap().status, 200);
+    // Idle now: a new session evicts it.
+    let r = gw.post(None, &init);
+    assert_eq!(r.status, 200);
+    wait_until("the evicted session's child has exited", || {
+        fixture_children_of(&gw).len() == 1
+    });
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_call_finish_then_exits_cleanly() {
+    let mut gw = Gateway::fixture(&["--shutdown-timeout", "5s"]);
+    let session = gw.initialize();
+    let addr = gw.addr.clone();
+    let caller = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &session)]),
+            call(1, "sleep", json!({"ms": 800})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let children = fixture_children_of(&gw);
+    assert_eq!(children.len(), 1);
+    gw.terminate();
+    let r = caller.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.messages()[0]["result"].is_object(), "{r:?}");
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", gw.stderr_text());
+    for pid in children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))),
+            "child {pid} outlived the gateway"
+        );
+    }
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(&gw.addr).is_err());
+}
