@@ -1,0 +1,227 @@
+//! Real MCP SDK peers through `shadowcat reverse`: Python SDK clients (2.3.0 in `legacy` and
+//! `auto` modes, and 1.30.0) over Streamable HTTP, to Python SDK servers over HTTP (stateful,
+//! stateless, SSE and JSON answers) and over stdio (a child per session). Each client prints a
+//! normalised summary of its session; through the gateway it must equal the summary without it.
+//!
+//! The peers are installed by `scripts/test.sh` (pinned). Without them these tests fail with
+//! instructions rather than skip.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use support::Gateway;
+
+fn test_env() -> PathBuf {
+    let dir = std::env::var_os("SHADOWCAT_TEST_ENV").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("mcp-2.3.0/bin/python").exists() && dir.join("mcp-1.30.0/bin/python").exists(),
+        "the test peers are not installed in {}: run scripts/test.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+}
+
+fn python(sdk: &str) -> String {
+    test_env()
+        .join(format!("mcp-{sdk}/bin/python"))
+        .display()
+        .to_string()
+}
+
+/// The Python server peer for `sdk` ("2.3.0" or "1.30.0").
+fn server_script(sdk: &str) -> String {
+    let file = if sdk == "2.3.0" {
+        "sdk_server_v2.py"
+    } else {
+        "sdk_server_v1.py"
+    };
+    peers().join(file).display().to_string()
+}
+
+/// A Python SDK server serving Streamable HTTP on a free port.
+struct HttpServer {
+    child: Child,
+    url: String,
+}
+
+impl HttpServer {
+    fn start(sdk: &str, flags: &[&str]) -> Self {
+        let mut child = Command::new(python(sdk))
+            .arg(server_script(sdk))
+            .arg("--http")
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // Its disconnect chatter ("Error in standalone SSE writer") is noise here.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the SDK server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("the SDK server did not report its port: {line:?}"));
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a client connects.
+enum Target<'a> {
+    Url(&'a str),
+    Stdio(&'a [String]),
+}
+
+fn run_client(sdk: &str, mode: Option<&str>, target: Target<'_>, sampling: bool) -> String {
+    let mut cmd = Command::new(python(sdk));
+    cmd.arg(peers().join("sdk_client.py"));
+    if let Some(mode) = mode {
+        cmd.args(["--mode", mode]);
+    }
+    cmd.args(["--timeout", "60"]);
+    if !sampling {
+        cmd.arg("--no-sampling");
+    }
+    match target {
+        Target::Url(url) => {
+            cmd.args(["--url", url]);
+        }
+        Target::Stdio(command) => {
+            cmd.arg("--").args(command);
+        }
+    }
+    let output = cmd.output().expect("run the SDK client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "client {sdk} {mode:?} failed: {}\n{stderr}",
+        output.status
+    );
+    String::from_utf8(output.stdout).expect("utf-8 summary")
+}
+
+fn check_summary(summary: &str, sampling: bool) {
+    let value: serde_json::Value = serde_json::from_str(summary).expect("summary is JSON");
+    assert!(
+        value["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "no tools listed: {summary}"
+    );
+    assert!(value["calls"]["echo"].is_object(), "echo was not called: {summary}");
+    if sampling {
+        assert_eq!(
+            value["calls"]["ask"]["content"][0]["text"], "42 (from client)",
+            "the sampling round trip: {summary}"
+        );
+    }
+}
+
+/// Clients of both SDKs against an HTTP server, directly and through a gateway; identical.
+fn http_upstream(server_sdk: &str, flags: &[&str]) {
+    let server = HttpServer::start(server_sdk, flags);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    // Servers without a back-channel (stateless, or JSON-only answers) can't send the client a
+    // sampling request, directly or not.
+    let sampling = flags.is_empty();
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Url(&server.url), sampling);
+        let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), sampling);
+        check_summary(&proxied, sampling);
+        assert_eq!(
+            direct, proxied,
+            "client {sdk} {mode:?} vs server {server_sdk} {flags:?}: different through shadowcat"
+        );
+    }
+}
+
+#[test]
+fn sdk_2_3_http_server_with_sse_answers() {
+    http_upstream("2.3.0", &[]);
+}
+
+#[test]
+fn sdk_2_3_http_server_with_json_answers() {
+    http_upstream("2.3.0", &["--json"]);
+}
+
+#[test]
+fn sdk_2_3_stateless_http_server() {
+    http_upstream("2.3.0", &["--stateless"]);
+    http_upstream("2.3.0", &["--stateless", "--json"]);
+}
+
+#[test]
+fn sdk_1_30_http_server() {
+    http_upstream("1.30.0", &[]);
+    http_upstream("1.30.0", &["--json"]);
+    http_upstream("1.30.0", &["--stateless"]);
+}
+
+#[test]
+fn sdk_servers_over_stdio_behind_the_gateway() {
+    for server_sdk in ["2.3.0", "1.30.0"] {
+        let command = vec![python(server_sdk), server_script(server_sdk)];
+        let mut opts: Vec<&str> = vec!["--"];
+        opts.extend(command.iter().map(String::as_str));
+        let gateway = Gateway::start(&opts);
+        for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+            let direct = run_client(sdk, mode, Target::Stdio(&command), true);
+            let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), true);
+            check_summary(&proxied, true);
+            assert_eq!(
+                direct, proxied,
+                "client {sdk} {mode:?} vs stdio server {server_sdk}: different through shadowcat"
+            );
+        }
+    }
+}
+
+/// `auto` mode probes with a 2026-07-28 `server/discover` first. The gateway refuses requests
+/// without a session (the stateless era's pass-through is not built yet), which the SDK takes as
+/// "handshake era" and falls back to `initialize`: the session then matches a legacy one.
+#[test]
+fn sdk_2_3_auto_mode_works_through_the_gateway() {
+    let server = HttpServer::start("1.30.0", &[]);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    let direct = run_client("2.3.0", Some("auto"), Target::Url(&server.url), true);
+    let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
+    assert_eq!(direct, proxied);
+
+    let server = HttpServer::start("2.3.0", &[]);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    let legacy = run_client("2.3.0", Some("legacy"), Target::Url(&server.url), true);
+    let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
+    check_summary(&proxied, true);
+    assert_eq!(
+        legacy.replace("\"mode\":\"legacy\"", "\"mode\":\"auto\""),
+        proxied
+    );
+}
