@@ -311,7 +311,7 @@ impl AllowedOrigins {
         let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
         match self {
             Self::Any => true,
-            Self::List(list) => list.iter().any(|o| *o == origin),
+            Self::List(list) => list.contains(&origin),
             Self::Localhost => {
                 let Some(rest) = origin
                     .strip_prefix("http://")

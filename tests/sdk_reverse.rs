@@ -135,7 +135,10 @@ fn check_summary(summary: &str, sampling: bool) {
         value["tools"].as_array().is_some_and(|t| !t.is_empty()),
         "no tools listed: {summary}"
     );
-    assert!(value["calls"]["echo"].is_object(), "echo was not called: {summary}");
+    assert!(
+        value["calls"]["echo"].is_object(),
+        "echo was not called: {summary}"
+    );
     if sampling {
         assert_eq!(
             value["calls"]["ask"]["content"][0]["text"], "42 (from client)",

@@ -48,7 +48,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Upstream {
     /// A Streamable HTTP endpoint, through one shared pooled client.
-    Http(HttpUpstream),
+    Http(Arc<HttpUpstream>),
     /// A command run once per session.
     Stdio(ChildSpec),
 }
@@ -64,7 +64,7 @@ pub enum LinkUpstream {
     /// Its session at the HTTP upstream.
     Http {
         /// The shared client.
-        client: HttpUpstream,
+        client: Arc<HttpUpstream>,
         /// The upstream's `Mcp-Session-Id`, once its initialize answer gave one.
         session_id: Mutex<Option<HeaderValue>>,
     },
@@ -177,11 +177,11 @@ impl Gateway {
     pub fn new(config: Config, reverse: ReverseConfig, sessions: Arc<SessionManager>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let upstream = match &reverse.upstream {
-            ReverseUpstream::Http(url) => Upstream::Http(HttpUpstream::new(
+            ReverseUpstream::Http(url) => Upstream::Http(Arc::new(HttpUpstream::new(
                 url.clone(),
                 reverse.upstream_headers.clone(),
                 reverse.connect_timeout,
-            )),
+            ))),
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };
         Arc::new(Self {
@@ -301,76 +301,57 @@ impl Gateway {
         }
     }
 
-    /// Watches one session until it ends, then tears its upstream down.
+    /// Watches one session until it ends, then tears its upstream down and answers what was
+    /// still in flight.
     async fn watch(self: Arc<Self>, link: Arc<SessionLink>, mut child: Option<StdioLink>) {
         let session = link.session.clone();
-        let mut watchers = Vec::new();
-        if let Some(timeout) = self.config.request_timeout {
-            watchers.push(tokio::spawn(timeouts::enforce(
-                session.clone(),
-                Direction::ClientToServer,
-                timeout,
-                link.router.clone(),
-                link.clone(),
-            )));
-            watchers.push(tokio::spawn(timeouts::enforce(
-                session.clone(),
-                Direction::ServerToClient,
-                timeout,
-                link.clone(),
-                link.router.clone(),
-            )));
-        }
-        let crashed = match child.as_mut() {
-            Some(child) => tokio::select! {
+        let watchers = self.spawn_timeouts(&link);
+        let crashed = if let Some(child) = child.as_mut() {
+            tokio::select! {
                 () = session.closed_token().cancelled() => None,
                 status = child.child.wait() => Some(status),
                 _ = child.server_reader.join() => {
                     Some(child.shut_down(self.config.shutdown_timeout).await)
                 }
-            },
-            None => {
-                session.closed_token().cancelled().await;
-                None
             }
+        } else {
+            session.closed_token().cancelled().await;
+            None
         };
         for watcher in &watchers {
             watcher.abort();
         }
-        let error = match (&crashed, child.as_mut()) {
-            (Some(status), Some(child)) => {
-                child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
-                child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
-                let status = match status {
-                    Ok(status) => describe_exit(*status),
-                    Err(e) => e.to_string(),
-                };
-                tracing::warn!(%status, "the MCP server exited; ending its session");
-                self.sessions.end(session.id(), EndReason::Error);
-                ProxyError::new(
-                    ErrorCode::UpstreamExited,
-                    format!("the MCP server exited unexpectedly ({status})"),
-                )
-                .with("stderr", child.child.stderr_tail().lines())
-            }
-            _ => {
-                tracing::info!(state = %session.state(), "session ended; closing its upstream");
-                ProxyError::new(
-                    ErrorCode::ShuttingDown,
-                    format!(
-                        "the session ended ({}) before the request was answered",
-                        session.state()
-                    ),
-                )
-            }
+        let error = if let (Some(status), Some(child)) = (&crashed, child.as_mut()) {
+            child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+            child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
+            let status = match status {
+                Ok(status) => describe_exit(*status),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(%status, "the MCP server exited; ending its session");
+            self.sessions.end(session.id(), EndReason::Error);
+            ProxyError::new(
+                ErrorCode::UpstreamExited,
+                format!("the MCP server exited unexpectedly ({status})"),
+            )
+            .with("stderr", child.child.stderr_tail().lines())
+        } else {
+            tracing::info!(state = %session.state(), "session ended; closing its upstream");
+            ProxyError::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the session ended ({}) before the request was answered",
+                    session.state()
+                ),
+            )
         };
         self.links.remove(session.id());
-        match (&link.upstream, child.as_mut()) {
-            (LinkUpstream::Stdio { .. }, Some(child)) => {
+        match child.as_mut() {
+            Some(child) => {
                 if crashed.is_none() {
                     match child.shut_down(self.config.shutdown_timeout).await {
                         Ok(status) => {
-                            tracing::info!(status = %describe_exit(status), "the MCP server exited")
+                            tracing::info!(status = %describe_exit(status), "the MCP server exited");
                         }
                         Err(e) => tracing::warn!(%e, "waiting for the MCP server failed"),
                     }
@@ -378,27 +359,7 @@ impl Gateway {
                 }
                 child.abort();
             }
-            (LinkUpstream::Http { client, .. }, _) => {
-                if let Some(upstream_session) = link.upstream_session() {
-                    let version = link.protocol_version();
-                    let deleted = tokio::time::timeout(
-                        self.config.shutdown_timeout,
-                        client.delete(&upstream_session, version.as_ref()),
-                    )
-                    .await;
-                    match deleted {
-                        Ok(Ok(status)) if status.is_success() => {
-                            tracing::debug!(%status, "ended the upstream session");
-                        }
-                        Ok(Ok(status)) => {
-                            tracing::debug!(%status, "the upstream did not end its session (it may not support DELETE)");
-                        }
-                        Ok(Err(e)) => tracing::warn!(%e, "could not end the upstream session"),
-                        Err(_) => tracing::warn!("the upstream did not answer DELETE in time"),
-                    }
-                }
-            }
-            (LinkUpstream::Stdio { .. }, None) => {}
+            None => self.end_upstream_session(&link).await,
         }
         // Whatever is still in flight gets an answer; then nothing more can arrive.
         session.close_pending(Direction::ServerToClient);
@@ -410,6 +371,55 @@ impl Gateway {
         }
         link.router.close();
         link.torn_down.cancel();
+    }
+
+    /// `--request-timeout` watchers for both directions of a session.
+    fn spawn_timeouts(&self, link: &Arc<SessionLink>) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(timeout) = self.config.request_timeout else {
+            return Vec::new();
+        };
+        let session = &link.session;
+        vec![
+            tokio::spawn(timeouts::enforce(
+                session.clone(),
+                Direction::ClientToServer,
+                timeout,
+                link.router.clone(),
+                link.clone(),
+            )),
+            tokio::spawn(timeouts::enforce(
+                session.clone(),
+                Direction::ServerToClient,
+                timeout,
+                link.clone(),
+                link.router.clone(),
+            )),
+        ]
+    }
+
+    /// DELETEs the session at the HTTP upstream, if it gave one.
+    async fn end_upstream_session(&self, link: &SessionLink) {
+        let (LinkUpstream::Http { client, .. }, Some(upstream_session)) =
+            (&link.upstream, link.upstream_session())
+        else {
+            return;
+        };
+        let version = link.protocol_version();
+        let deleted = tokio::time::timeout(
+            self.config.shutdown_timeout,
+            client.delete(&upstream_session, version.as_ref()),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(status)) if status.is_success() => {
+                tracing::debug!(%status, "ended the upstream session");
+            }
+            Ok(Ok(status)) => {
+                tracing::debug!(%status, "the upstream did not end its session (it may not support DELETE)");
+            }
+            Ok(Err(e)) => tracing::warn!(%e, "could not end the upstream session"),
+            Err(_) => tracing::warn!("the upstream did not answer DELETE in time"),
+        }
     }
 
     /// Runs one client message through the pipeline (client→server).

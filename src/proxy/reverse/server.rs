@@ -186,6 +186,7 @@ fn accepts(headers: &HeaderMap) -> Accepts {
 }
 
 /// The session a request names, or the refusal for a missing or unknown one.
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
 fn session_of(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<SessionLink>, Response> {
     let Some(value) = headers.get(&MCP_SESSION_ID) else {
         return Err(refuse(
@@ -409,7 +410,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             } = item
             {
                 if answers.is_empty() {
-                    return passthrough(&gateway, &link, status, content_type, body);
+                    return passthrough(&gateway, &link, status, content_type.as_ref(), body);
                 }
             }
         }
@@ -442,7 +443,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     // at once, for a client that accepts only SSE).
     let mut out = answers;
     let mut streaming = !accepts.json;
-    while !state.expected.is_empty() && !(streaming && !out.is_empty()) {
+    while !state.expected.is_empty() && (!streaming || out.is_empty()) {
         match state.next().await {
             Arrival::Answer(raw) => out.push(raw),
             Arrival::Other(raw) => {
@@ -460,7 +461,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 content_type,
                 body,
             } if !batch && out.is_empty() => {
-                return passthrough(&gateway, &link, status, content_type, body);
+                return passthrough(&gateway, &link, status, content_type.as_ref(), body);
             }
             Arrival::Rejected { .. } => {}
         }
@@ -469,7 +470,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         .then(|| HeaderValue::from_str(link.session.id().as_str()).ok())
         .flatten();
     if !streaming {
-        if new_session && !out.first().is_some_and(|raw| is_success(raw)) {
+        if new_session && !out.first().is_some_and(is_success) {
             // The upstream refused to initialize: no session.
             gateway.sessions.end(link.session.id(), EndReason::Error);
             return json_response(StatusCode::OK, join(&out, batch));
@@ -512,7 +513,7 @@ fn passthrough(
     gateway: &Gateway,
     link: &SessionLink,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
+    content_type: Option<&HeaderValue>,
     body: Bytes,
 ) -> Response {
     if status == StatusCode::NOT_FOUND {
@@ -708,7 +709,7 @@ mod tests {
     #[test]
     fn batches_join_into_one_array() {
         let a = Bytes::from_static(b"{\"id\":1}");
-        assert_eq!(join(&[a.clone()], false), a);
+        assert_eq!(join(std::slice::from_ref(&a), false), a);
         assert_eq!(
             join(&[a.clone(), a.clone()], true),
             Bytes::from_static(b"[{\"id\":1},{\"id\":1}]")
