@@ -382,7 +382,7 @@ impl ReverseConfig {
             .filter(|a| !a.eq_ignore_ascii_case("off"))
             .map(|a| parse_addr(&a, "--admin-listen"))
             .transpose()?;
-        if admin_listen == Some(listen) {
+        if admin_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 "--admin-listen",
                 "must differ from --listen".into(),

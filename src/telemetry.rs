@@ -7,7 +7,14 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use tracing_subscriber::EnvFilter;
 
@@ -138,7 +145,217 @@ impl Metrics {
     }
 }
 
-/// The gateway's metrics in Prometheus' text format.
-pub fn prometheus_text(gateway: &crate::proxy::reverse::gateway::Gateway) -> String {
-    format!("shadowcat_sessions_open {}\n", gateway.open_sessions())
+/// The gateway's Prometheus metrics: request counts and latencies recorded as requests finish,
+/// plus the session manager's and pipeline's own counters read at scrape time (so there is one
+/// source of truth for each number).
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<MethodLabels, Histogram>,
+    upstream_errors: Family<KindLabels, Counter>,
+}
+
+/// `method` and `outcome` (`ok`, `error`: the answer was a JSON-RPC error).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The request's method (MCP's names; anything else is `other`).
+    pub method: String,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// `method`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The request's method.
+    pub method: String,
+}
+
+/// The kinds of upstream failure `/metrics` counts.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
+    ["unreachable", "http_status", "invalid_response", "exited"];
+
+/// `kind` of upstream error.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `unreachable`, `http_status`, `invalid_response` or `exited`.
+    pub kind: &'static str,
+}
+
+/// Reads the live counters at scrape time.
+#[derive(Debug)]
+struct Live {
+    sessions: Arc<crate::session::SessionManager>,
+    pipeline: Arc<Metrics>,
+}
+
+impl prometheus_client::collector::Collector for Live {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let s = self.sessions.metrics();
+        let gauge = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     value: u64| {
+            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        let counter = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+                       name: &str,
+                       help: &str,
+                       value: u64| {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "shadowcat_sessions_open",
+            "Sessions open now",
+            s.active,
+        )?;
+        counter(
+            &mut encoder,
+            "shadowcat_sessions_created",
+            "Sessions created",
+            s.created,
+        )?;
+        counter(
+            &mut encoder,
+            "shadowcat_sessions_refused",
+            "Sessions refused at --max-sessions",
+            s.refused_sessions,
+        )?;
+        gauge(
+            &mut encoder,
+            "shadowcat_pending_requests",
+            "Requests awaiting an answer, both directions",
+            s.pending_requests,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "shadowcat_sessions_ended",
+            "Sessions ended, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, ended) in crate::session::EndReason::ALL.iter().zip(s.ended) {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(ended).encode(family.encode_family(&labels)?)?;
+        }
+        let p = self.pipeline.snapshot();
+        for (name, help, value) in [
+            (
+                "shadowcat_messages_to_server",
+                "Messages forwarded client to server",
+                p.forwarded_to_server,
+            ),
+            (
+                "shadowcat_messages_to_client",
+                "Messages forwarded server to client",
+                p.forwarded_to_client,
+            ),
+            (
+                "shadowcat_answered_by_proxy",
+                "Messages shadowcat answered itself (errors)",
+                p.answered_by_proxy,
+            ),
+            (
+                "shadowcat_malformed_messages",
+                "Messages that were not valid JSON-RPC",
+                p.malformed,
+            ),
+            (
+                "shadowcat_oversized_messages",
+                "Messages over --max-message-size",
+                p.oversized,
+            ),
+            (
+                "shadowcat_unmatched_responses",
+                "Responses that matched no pending request",
+                p.unmatched_responses,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value)?;
+        }
+        Ok(())
+    }
+}
+
+impl GatewayMetrics {
+    /// Metrics reading the live counters of `sessions` and `pipeline`.
+    pub fn new(sessions: Arc<crate::session::SessionManager>, pipeline: Arc<Metrics>) -> Self {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "shadowcat_requests",
+            "Client requests answered, by method and outcome",
+            requests.clone(),
+        );
+        let durations = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs .. ~105 s.
+            Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+        });
+        registry.register(
+            "shadowcat_request_duration_seconds",
+            "Time from a client request to its answer, by method",
+            durations.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shadowcat_upstream_errors",
+            "Upstream failures: unreachable, http_status, invalid_response, exited",
+            upstream_errors.clone(),
+        );
+        // Every kind is reported, at 0 until it happens.
+        for kind in UPSTREAM_ERROR_KINDS {
+            upstream_errors.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        registry.register_collector(Box::new(Live { sessions, pipeline }));
+        Self {
+            registry,
+            requests,
+            durations,
+            upstream_errors,
+        }
+    }
+
+    /// Records one answered request. The label set is bounded: unknown methods count as `other`.
+    pub fn request(
+        &self,
+        method: &crate::protocol::Method,
+        error: bool,
+        elapsed: std::time::Duration,
+    ) {
+        let method = match method {
+            crate::protocol::Method::Other(_) => "other".to_owned(),
+            known => known.as_str().to_owned(),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.clone(),
+                outcome: if error { "error" } else { "ok" },
+            })
+            .inc();
+        self.durations
+            .get_or_create(&MethodLabels { method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an upstream failure of `kind`.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            tracing::error!("encoding the metrics failed");
+        }
+        text
+    }
 }

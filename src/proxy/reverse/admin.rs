@@ -65,7 +65,7 @@ fn find_program(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    let text = crate::telemetry::prometheus_text(&gateway);
+    let text = gateway.metrics.render();
     (
         [(
             http::header::CONTENT_TYPE,

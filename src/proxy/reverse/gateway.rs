@@ -29,7 +29,7 @@ use crate::proxy::pipeline::{Context, Pipeline, Verdict};
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
-use crate::telemetry::Metrics;
+use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::{
     HttpUpstream, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, UpstreamError, media_type, read_body,
@@ -165,6 +165,8 @@ pub struct Gateway {
     pub pipeline: Arc<Pipeline>,
     /// The server behind us.
     pub upstream: Upstream,
+    /// What `/metrics` reports.
+    pub metrics: GatewayMetrics,
     links: DashMap<SessionId, Arc<SessionLink>>,
     /// Per-session watcher tasks.
     tasks: TaskTracker,
@@ -185,7 +187,8 @@ impl Gateway {
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };
         Arc::new(Self {
-            pipeline: Arc::new(Pipeline::new(metrics, sessions.clone())),
+            pipeline: Arc::new(Pipeline::new(metrics.clone(), sessions.clone())),
+            metrics: GatewayMetrics::new(sessions.clone(), metrics),
             config,
             reverse,
             sessions,
@@ -329,6 +332,7 @@ impl Gateway {
                 Err(e) => e.to_string(),
             };
             tracing::warn!(%status, "the MCP server exited; ending its session");
+            self.metrics.upstream_error("exited");
             self.sessions.end(session.id(), EndReason::Error);
             ProxyError::new(
                 ErrorCode::UpstreamExited,
@@ -488,6 +492,7 @@ impl Gateway {
             Err(e) => {
                 let UpstreamError::Unreachable { detail, .. } = &e;
                 tracing::warn!(%e, "upstream request failed");
+                self.metrics.upstream_error("unreachable");
                 let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string())
                     .with("detail", detail.as_str());
                 self.fail(link, id.as_ref(), &error, reply).await;
@@ -508,6 +513,7 @@ impl Gateway {
                 .await
                 .unwrap_or_default();
             tracing::debug!(%status, "the upstream refused a message");
+            self.metrics.upstream_error("http_status");
             if let Some(id) = &id {
                 link.session.pending(Direction::ClientToServer).remove(id);
             }
@@ -531,6 +537,7 @@ impl Gateway {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(%e, "the upstream's answer could not be read");
+                        self.metrics.upstream_error("invalid_response");
                         let error = ProxyError::new(
                             ErrorCode::InvalidUpstreamResponse,
                             format!("the upstream's answer could not be read: {e}"),
@@ -622,6 +629,7 @@ impl Gateway {
                 Ok(msg) => msg,
                 Err(e) => {
                     self.pipeline.metrics().malformed(Direction::ServerToClient);
+                    self.metrics.upstream_error("invalid_response");
                     let preview =
                         String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
                     tracing::warn!(%e, %preview, "malformed message from the upstream; not forwarded");

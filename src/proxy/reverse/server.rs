@@ -7,7 +7,7 @@
 //! stream) is 405 until the streams work lands. Every refusal has the status the spec gives and
 //! a JSON-RPC error body that says what was wrong.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -370,8 +370,8 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 answers.push(e.to_response().raw().clone());
             }
             Ok(msg) => {
-                let request_id = (msg.kind() == Kind::Request)
-                    .then(|| msg.id().cloned())
+                let request = (msg.kind() == Kind::Request)
+                    .then(|| msg.id().cloned().zip(msg.method().cloned()))
                     .flatten();
                 match gateway.inbound(&link.session, msg).await {
                     crate::proxy::Verdict::Forward(msg) => {
@@ -379,7 +379,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                             .pipeline
                             .metrics()
                             .forwarded(crate::protocol::Direction::ClientToServer);
-                        expected.extend(request_id);
+                        expected.extend(request);
                         forwarded.push(msg);
                     }
                     crate::proxy::Verdict::Respond(answer) => {
@@ -420,7 +420,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         return json_response(StatusCode::OK, join(&answers, batch));
     }
 
-    let guard = Registration::new(link.router.clone(), expected.clone(), &reply);
+    let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
+    let guard = Registration::new(link.router.clone(), ids, &reply);
+    let started = tokio::time::Instant::now();
     let exchange = {
         let (gateway, link, reply) = (gateway.clone(), link.clone(), reply.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
@@ -433,6 +435,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         link: link.clone(),
         replies,
         expected: expected.into_iter().collect(),
+        started,
         new_session,
         batch,
         _exchange: exchange,
@@ -596,7 +599,9 @@ struct Answering {
     gateway: Arc<Gateway>,
     link: Arc<SessionLink>,
     replies: mpsc::Receiver<Reply>,
-    expected: HashSet<RequestId>,
+    /// The POST's requests still unanswered, with their methods.
+    expected: HashMap<RequestId, Method>,
+    started: tokio::time::Instant,
     new_session: bool,
     batch: bool,
     _exchange: AbortOnDropHandle<()>,
@@ -618,13 +623,24 @@ enum Arrival {
 }
 
 impl Answering {
+    /// Marks request `id` answered (and counts it); false if it was not one of ours.
+    fn answered(&mut self, id: &RequestId, error: bool) -> bool {
+        let Some(method) = self.expected.remove(id) else {
+            return false;
+        };
+        self.gateway
+            .metrics
+            .request(&method, error, self.started.elapsed());
+        true
+    }
+
     async fn next(&mut self) -> Arrival {
         let Some(reply) = self.replies.recv().await else {
             // Every sender is gone: the session ended (or its upstream died) with requests
             // unanswered. The watcher answers what it knows about; this covers the rest.
-            let id = self.expected.iter().next().cloned();
+            let id = self.expected.keys().next().cloned();
             if let Some(id) = &id {
-                self.expected.remove(id);
+                self.answered(id, true);
             }
             let error = ProxyError::new(
                 ErrorCode::ShuttingDown,
@@ -637,8 +653,10 @@ impl Answering {
         };
         match reply {
             Reply::Message(msg) => {
-                let answers_ours =
-                    msg.is_response() && msg.id().is_some_and(|id| self.expected.remove(id));
+                let answers_ours = msg.is_response()
+                    && msg
+                        .id()
+                        .is_some_and(|id| self.answered(id, msg.kind() == Kind::Error));
                 if answers_ours {
                     if self.new_session && msg.kind() == Kind::Error && !self.batch {
                         // The upstream refused to initialize: the session goes.
@@ -657,7 +675,7 @@ impl Answering {
                 content_type,
                 body,
             } => {
-                let id = id.filter(|id| self.expected.remove(id));
+                let id = id.filter(|id| self.answered(id, true));
                 if self.expected.is_empty() && id.is_some() && !self.batch {
                     return Arrival::Rejected {
                         status,

@@ -1,0 +1,197 @@
+//! A small MCP server over Streamable HTTP, for tests and benchmarks of `shadowcat reverse`.
+//!
+//! Binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout. Options:
+//! - `--stateless`: issue no session ids (and require none);
+//! - `--sse`: answer requests as `text/event-stream` (default: `application/json`).
+//!
+//! Tools: `echo {text}`; `headers` (the request headers it received, as JSON text);
+//! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
+//! request gets 404, as after a server restart).
+
+// A test fixture: panics are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Fixture {
+    stateless: bool,
+    sse: bool,
+    next: AtomicU64,
+    sessions: Mutex<HashSet<String>>,
+    deleted: Mutex<Vec<String>>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fixture = Arc::new(Fixture {
+        stateless: args.iter().any(|a| a == "--stateless"),
+        sse: args.iter().any(|a| a == "--sse"),
+        ..Fixture::default()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("PORT {}", listener.local_addr().unwrap().port());
+        let app = axum::Router::new()
+            .route("/mcp", axum::routing::post(post).delete(delete))
+            .with_state(fixture);
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn delete(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> StatusCode {
+    let Some(session) = session_of(&headers) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if !fixture.sessions.lock().unwrap().remove(&session) {
+        return StatusCode::NOT_FOUND;
+    }
+    fixture.deleted.lock().unwrap().push(session);
+    // Any 2xx must do; this one answers 202, like rmcp.
+    StatusCode::ACCEPTED
+}
+
+async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return error_response(StatusCode::BAD_REQUEST, -32700, "Parse error");
+    };
+    let Some(method) = msg.get("method").and_then(Value::as_str) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let id = msg.get("id").cloned();
+    let mut new_session = None;
+    if method == "initialize" {
+        if !fixture.stateless {
+            let session = format!("upstream-{}", fixture.next.fetch_add(1, Ordering::Relaxed));
+            fixture.sessions.lock().unwrap().insert(session.clone());
+            new_session = Some(session);
+        }
+    } else if !fixture.stateless {
+        match session_of(&headers) {
+            None => return error_response(StatusCode::BAD_REQUEST, -32600, "Missing session"),
+            Some(s) if !fixture.sessions.lock().unwrap().contains(&s) => {
+                return error_response(StatusCode::NOT_FOUND, -32600, "Session not found");
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(id) = id else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let result = match method {
+        "initialize" => json!({
+            "protocolVersion": msg.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "shadowcat-http-fixture", "version": "1.0.0"}
+        }),
+        "ping" => json!({}),
+        "tools/list" => json!({"tools": [
+            {"name": "echo", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+            {"name": "headers", "inputSchema": {"type": "object"}},
+            {"name": "deleted", "inputSchema": {"type": "object"}},
+            {"name": "forget", "inputSchema": {"type": "object"}},
+        ]}),
+        "tools/call" => {
+            let name = msg
+                .pointer("/params/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let text = match name {
+                "echo" => msg
+                    .pointer("/params/arguments/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                "headers" => {
+                    let map: serde_json::Map<String, Value> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
+                        .collect();
+                    Value::Object(map).to_string()
+                }
+                "deleted" => json!(*fixture.deleted.lock().unwrap()).to_string(),
+                "forget" => {
+                    if let Some(s) = session_of(&headers) {
+                        fixture.sessions.lock().unwrap().remove(&s);
+                    }
+                    "forgotten".to_owned()
+                }
+                other => {
+                    return rpc(
+                        &fixture,
+                        &id,
+                        None,
+                        Some(json!({"code": -32602, "message": format!("unknown tool {other}")})),
+                        None,
+                    );
+                }
+            };
+            json!({"content": [{"type": "text", "text": text}]})
+        }
+        other => {
+            return rpc(
+                &fixture,
+                &id,
+                None,
+                Some(json!({"code": -32601, "message": format!("Method not found: {other}")})),
+                None,
+            );
+        }
+    };
+    rpc(&fixture, &id, Some(result), None, new_session)
+}
+
+fn rpc(
+    fixture: &Fixture,
+    id: &Value,
+    result: Option<Value>,
+    error: Option<Value>,
+    session: Option<String>,
+) -> Response {
+    let body = match (result, error) {
+        (Some(result), _) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        (None, error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+    }
+    .to_string();
+    let mut response = if fixture.sse {
+        let event = format!("event: message\ndata: {body}\n\n");
+        ([("content-type", "text/event-stream")], event).into_response()
+    } else {
+        ([("content-type", "application/json")], body).into_response()
+    };
+    if let Some(session) = session {
+        response
+            .headers_mut()
+            .insert("mcp-session-id", HeaderValue::from_str(&session).unwrap());
+    }
+    response
+}
+
+fn error_response(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,287 @@
+//! `shadowcat reverse --upstream URL`: the HTTP upstream side, against the HTTP fixture server
+//! (examples/http_fixture.rs): which headers travel, session id mapping, upstream DELETE, an
+//! upstream that forgets the session or can't be reached, SSE answers, admin endpoints.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Gateway, http_request, tool};
+
+/// The HTTP fixture server on a free port.
+struct Fixture {
+    child: Child,
+    url: String,
+}
+
+impl Fixture {
+    fn start(flags: &[&str]) -> Self {
+        let path = support::fixture().with_file_name("http_fixture");
+        let mut child = Command::new(&path)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo build --examples)", path.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn call(id: i64, name: &str, arguments: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool(name, arguments)})
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text result: {answer}"))
+        .to_owned()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn only_mcp_headers_and_configured_ones_reach_the_upstream_and_session_ids_are_mapped() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&[
+        "--upstream",
+        &fixture.url,
+        "--upstream-header",
+        "X-Api-Key: k-123",
+    ]);
+    let session = gw.initialize();
+    assert!(
+        !session.starts_with("upstream-"),
+        "the client sees our id: {session}"
+    );
+    let r = http_request(
+        &gw.addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json".into()),
+            ("Accept", "application/json, text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+            ("MCP-Protocol-Version", "2025-06-18".into()),
+            ("Mcp-Param-Region", "eu-west".into()),
+            ("Mcp-Method", "tools/call".into()),
+            ("Authorization", "Bearer client-secret".into()),
+            ("Cookie", "sid=client-cookie".into()),
+            ("X-Custom", "nope".into()),
+            ("Keep-Alive", "timeout=5".into()),
+        ],
+        call(1, "headers", json!({})).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen: Value = serde_json::from_str(&text_of(&r.json())).unwrap();
+    assert_eq!(
+        seen["mcp-session-id"], "upstream-0",
+        "mapped to the upstream's id: {seen}"
+    );
+    assert_eq!(seen["mcp-protocol-version"], "2025-06-18");
+    assert_eq!(seen["mcp-param-region"], "eu-west");
+    assert_eq!(seen["mcp-method"], "tools/call");
+    assert_eq!(seen["x-api-key"], "k-123");
+    for never in ["authorization", "cookie", "x-custom", "keep-alive"] {
+        assert!(
+            seen.get(never).is_none(),
+            "{never} reached the upstream: {seen}"
+        );
+    }
+    // The upstream's id never reaches the client.
+    assert!(r.header("mcp-session-id").is_none());
+}
+
+#[test]
+fn ending_a_session_ends_the_upstream_session() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&[
+        "--upstream",
+        &fixture.url,
+        "--session-idle-timeout",
+        "1s",
+        "--cleanup-interval",
+        "100ms",
+    ]);
+    let session = gw.initialize();
+    let deleted = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", session)],
+        b"",
+    );
+    assert_eq!(
+        deleted.status, 200,
+        "any 2xx from the upstream will do (it sent 202)"
+    );
+    // Idle expiry ends the next one the same way.
+    let _idle = gw.initialize();
+    let watcher = gw.initialize();
+    let deleted_upstream = || {
+        let r = gw.post(Some(&watcher), &call(9, "deleted", json!({})));
+        if r.status != 200 {
+            return Vec::new();
+        }
+        serde_json::from_str::<Vec<String>>(&text_of(&r.json())).unwrap()
+    };
+    assert_eq!(deleted_upstream(), ["upstream-0"]);
+    wait_until("the idle session's upstream session is deleted", || {
+        deleted_upstream().contains(&"upstream-1".to_owned())
+    });
+}
+
+#[test]
+fn an_upstream_that_forgets_the_session_makes_the_client_start_again() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let session = gw.initialize();
+    let r = gw.post(Some(&session), &call(1, "forget", json!({})));
+    assert_eq!(text_of(&r.json()), "forgotten");
+    let r = gw.post(Some(&session), &call(2, "echo", json!({"text": "x"})));
+    assert_eq!(r.status, 404, "the upstream's 404 is passed on: {r:?}");
+    let r = gw.post(Some(&session), &call(3, "echo", json!({"text": "x"})));
+    assert_eq!(r.status, 404, "and our session is gone too");
+    let fresh = gw.initialize();
+    let r = gw.post(Some(&fresh), &call(4, "echo", json!({"text": "again"})));
+    assert_eq!(text_of(&r.json()), "again");
+}
+
+#[test]
+fn sse_and_stateless_upstreams() {
+    for flags in [
+        &["--sse"][..],
+        &["--stateless"][..],
+        &["--stateless", "--sse"][..],
+    ] {
+        let fixture = Fixture::start(flags);
+        let gw = Gateway::start(&["--upstream", &fixture.url]);
+        let session = gw.initialize();
+        for i in 0..3 {
+            let r = gw.post(
+                Some(&session),
+                &call(i, "echo", json!({"text": format!("n{i}")})),
+            );
+            assert_eq!(r.status, 200, "{flags:?}: {r:?}");
+            assert_eq!(text_of(&r.messages()[0]), format!("n{i}"), "{flags:?}");
+        }
+        let r = http_request(
+            &gw.addr,
+            "DELETE",
+            "/mcp",
+            &[("Mcp-Session-Id", session)],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[test]
+fn an_unreachable_upstream_gets_a_clear_error_and_the_gateway_stays_up() {
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(&[
+        "--upstream",
+        &format!("http://127.0.0.1:{port}/mcp"),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    for _ in 0..2 {
+        let r = gw.post(
+            None,
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let error = r.json();
+        assert_eq!(error["id"], 0);
+        assert_eq!(error["error"]["code"], -32087, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&port.to_string())
+        );
+        assert!(
+            r.header("mcp-session-id").is_none(),
+            "no session for a failed initialize"
+        );
+    }
+}
+
+#[test]
+fn admin_endpoints_report_health_readiness_and_metrics() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url, "--admin-listen", "127.0.0.1:0"]);
+    let admin = gw
+        .stderr_text()
+        .split("admin endpoints on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the admin address in the log")
+        .to_owned();
+    let session = gw.initialize();
+    gw.post(Some(&session), &call(1, "echo", json!({"text": "m"})));
+    gw.post(Some(&session), &call(2, "nope", json!({})));
+    assert_eq!(
+        http_request(&admin, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    assert_eq!(http_request(&admin, "GET", "/readyz", &[], b"").status, 200);
+    let metrics = http_request(&admin, "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    for needle in [
+        "shadowcat_sessions_open 1",
+        "shadowcat_sessions_created_total 1",
+        r#"shadowcat_requests_total{method="tools/call",outcome="ok"} 1"#,
+        r#"shadowcat_requests_total{method="tools/call",outcome="error"} 1"#,
+        r#"shadowcat_requests_total{method="initialize",outcome="ok"} 1"#,
+        "shadowcat_request_duration_seconds_bucket",
+        "shadowcat_upstream_errors_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    drop(fixture);
+    let r = http_request(&admin, "GET", "/readyz", &[], b"");
+    assert_eq!(r.status, 503, "the upstream is gone");
+    // The MCP endpoint is not served on the admin address, nor the admin routes on the MCP one.
+    assert_eq!(
+        http_request(&gw.addr, "GET", "/metrics", &[], b"").status,
+        404
+    );
+}
