@@ -9,7 +9,7 @@
 //! request gets 404, as after a server restart).
 
 // A test fixture: panics are fine here.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
