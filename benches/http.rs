@@ -1,0 +1,287 @@
+//! End-to-end HTTP benchmark: `shadowcat reverse` in front of the HTTP fixture server
+//! (examples/http_fixture.rs), compared in the same run with the fixture reached directly.
+//!
+//! Measures (`tools/call echo` with a 64-byte text, JSON answers, keep-alive connections):
+//! - latency at concurrency 1, p50 and p99, direct and proxied requests interleaved;
+//! - throughput at concurrency 16 (16 sessions, one connection each);
+//! - the gateway's RSS with 1,000 idle sessions (and before them).
+//!
+//! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
+//! `E2E_QUICK=1` for a short smoke run. The machine is shared and noisy: read the ratios (proxy
+//! vs direct in the same run), not the absolute figures.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture() -> PathBuf {
+    let shadowcat = PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"));
+    let path = shadowcat.parent().unwrap().join("examples/http_fixture");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--example", "http_fixture"])
+        .status()
+        .expect("run cargo to build the fixture");
+    assert!(status.success() && path.exists(), "could not build {}", path.display());
+    path
+}
+
+/// A keep-alive HTTP/1.1 connection speaking MCP to one endpoint, with its own session.
+struct Client {
+    addr: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut client = Self {
+            addr: addr.to_owned(),
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            session: None,
+            next_id: 1,
+        };
+        let (session, _) = client.post(
+            br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#,
+        );
+        client.session = session;
+        client.post(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        client
+    }
+
+    /// One POST; returns the `Mcp-Session-Id` it carried and the body length.
+    fn post(&mut self, body: &[u8]) -> (Option<String>, usize) {
+        let mut head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(session) = &self.session {
+            head.push_str("Mcp-Session-Id: ");
+            head.push_str(session);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        self.writer.write_all(&request).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.1 202"),
+            "unexpected status: {line}"
+        );
+        let mut length = 0;
+        let mut session = None;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "mcp-session-id" => session = Some(value.trim().to_owned()),
+                "transfer-encoding" => panic!("expected a sized JSON answer"),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (session, length)
+    }
+
+    fn echo(&mut self, text: &str) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#
+        );
+        let (_, len) = self.post(body.as_bytes());
+        assert!(len > text.len());
+    }
+}
+
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+fn start_fixture() -> Process {
+    let mut child = Command::new(fixture())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().strip_prefix("PORT ").unwrap();
+    Process {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    }
+}
+
+fn start_gateway(upstream: &str) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowcat"))
+        .env("SHADOWCAT_SESSION_STORE", "memory")
+        .args([
+            "--log-level",
+            "info",
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("http://{upstream}/mcp"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the gateway did not start");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Process { child, addr }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn throughput(addr: &str, sessions: usize, per_session: usize, text: &str) -> f64 {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sessions + 1));
+    let handles: Vec<_> = (0..sessions)
+        .map(|_| {
+            let (addr, text, barrier) = (addr.to_owned(), text.to_owned(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&addr);
+                barrier.wait();
+                for _ in 0..per_session {
+                    client.echo(&text);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    (sessions * per_session) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = std::env::var_os("E2E_QUICK").is_some();
+    let text = "x".repeat(64);
+    let fixture = start_fixture();
+    let gateway = start_gateway(&fixture.addr);
+
+    // Latency at concurrency 1, interleaved so both see the same machine conditions.
+    let n = if quick { 300 } else { 5000 };
+    let mut direct = Client::connect(&fixture.addr);
+    let mut proxied = Client::connect(&gateway.addr);
+    for _ in 0..200 {
+        direct.echo(&text);
+        proxied.echo(&text);
+    }
+    let (mut d, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        direct.echo(&text);
+        d.push(t.elapsed());
+        let t = Instant::now();
+        proxied.echo(&text);
+        p.push(t.elapsed());
+    }
+    d.sort();
+    p.sort();
+    println!("concurrency 1, 64 B echo, {n} requests each:");
+    for (name, v) in [("direct", &d), ("shadowcat", &p)] {
+        println!(
+            "  {name:<10} p50 {:>8.1} µs   p99 {:>8.1} µs",
+            micros(percentile(v, 0.5)),
+            micros(percentile(v, 0.99))
+        );
+    }
+    println!(
+        "  added      p50 {:>8.1} µs   p99 {:>8.1} µs",
+        micros(percentile(&p, 0.5)) - micros(percentile(&d, 0.5)),
+        micros(percentile(&p, 0.99)) - micros(percentile(&d, 0.99))
+    );
+
+    // Throughput at concurrency 16: alternate runs, keep each side's best.
+    let per = if quick { 100 } else { 1000 };
+    let (mut best_d, mut best_p) = (0f64, 0f64);
+    for _ in 0..if quick { 1 } else { 3 } {
+        best_d = best_d.max(throughput(&fixture.addr, 16, per, &text));
+        best_p = best_p.max(throughput(&gateway.addr, 16, per, &text));
+    }
+    println!("concurrency 16, 64 B echo, {per} requests per session (best of runs):");
+    println!("  direct     {best_d:>9.0} req/s");
+    println!("  shadowcat  {best_p:>9.0} req/s   ({:.0}% of direct)", 100.0 * best_p / best_d);
+
+    // RSS with 1,000 idle sessions.
+    drop(direct);
+    drop(proxied);
+    let before = gateway.rss_kib();
+    let idle: Vec<Client> = (0..1000).map(|_| Client::connect(&gateway.addr)).collect();
+    // Closed connections: the sessions stay (sessions outlive connections).
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = gateway.rss_kib();
+    println!(
+        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+}
