@@ -280,7 +280,27 @@ fn main() {
     std::thread::sleep(Duration::from_millis(200));
     let after = gateway.rss_kib();
     println!(
-        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream)",
+        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream, a connection each)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    // The same on one connection: what the sessions themselves hold, without 1,000 connections'
+    // worth of freed buffers in the allocator.
+    let gateway = start_gateway(&fixture.addr);
+    let before = gateway.rss_kib();
+    let mut client = Client::connect(&gateway.addr);
+    for _ in 1..1000 {
+        client.session = None;
+        let (session, _) = client.post(
+            br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#,
+        );
+        client.session = session;
+        client.post(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = gateway.rss_kib();
+    println!(
+        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream, one connection)",
         before as f64 / 1024.0,
         after as f64 / 1024.0
     );

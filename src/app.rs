@@ -80,9 +80,7 @@ fn run_reverse(config: &Config) -> anyhow::Result<u8> {
         .context("the reverse proxy's options were not configured")?;
     // Two workers: the gateway serves many clients at once, and does an HTTP server's and an
     // HTTP client's work per request.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("shadowcat")
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -314,7 +314,7 @@ impl Gateway {
                 () = session.closed_token().cancelled() => None,
                 status = child.child.wait() => Some(status),
                 _ = child.server_reader.join() => {
-                    Some(child.shut_down(self.config.shutdown_timeout).await)
+                    Some(Box::pin(child.shut_down(self.config.shutdown_timeout)).await)
                 }
             }
         } else {
@@ -324,6 +324,19 @@ impl Gateway {
         for watcher in &watchers {
             watcher.abort();
         }
+        // Boxed: the waiting above is what stays resident per session; this part is bigger
+        // and only exists for a moment.
+        Box::pin(self.tear_down(link, child, crashed)).await;
+    }
+
+    /// Tears a session's upstream down and answers whatever was still in flight.
+    async fn tear_down(
+        &self,
+        link: Arc<SessionLink>,
+        mut child: Option<StdioLink>,
+        crashed: Option<std::io::Result<std::process::ExitStatus>>,
+    ) {
+        let session = link.session.clone();
         let error = if let (Some(status), Some(child)) = (&crashed, child.as_mut()) {
             child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
             child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
@@ -672,3 +685,4 @@ impl Gateway {
 pub fn reply_channel() -> (Waiter, mpsc::Receiver<Reply>) {
     mpsc::channel(64)
 }
+

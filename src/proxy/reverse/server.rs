@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -20,7 +21,6 @@ use futures_util::StreamExt;
 use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::is_loopback_authority;
 use crate::protocol::error::ProxyError;
@@ -423,11 +423,13 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
     let guard = Registration::new(link.router.clone(), ids, &reply);
     let started = tokio::time::Instant::now();
-    let exchange = {
+    // Driven by this POST's own task (no spawn, no cross-task wake-up per request), alongside
+    // the wait for its answers; dropped, and so cancelled, if the client goes away.
+    let exchange: Exchange = {
         let (gateway, link, reply) = (gateway.clone(), link.clone(), reply.clone());
-        AbortOnDropHandle::new(tokio::spawn(async move {
+        Box::pin(async move {
             gateway.exchange(&link, forwarded, &headers, &reply).await;
-        }))
+        })
     };
     drop(reply);
     let mut state = Answering {
@@ -438,7 +440,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         started,
         new_session,
         batch,
-        _exchange: exchange,
+        exchange: Some(exchange),
         _registration: guard,
     };
 
@@ -604,9 +606,13 @@ struct Answering {
     started: tokio::time::Instant,
     new_session: bool,
     batch: bool,
-    _exchange: AbortOnDropHandle<()>,
+    /// The exchange with the upstream, until it is over.
+    exchange: Option<Exchange>,
     _registration: Registration,
 }
+
+/// A POST's exchange with the upstream.
+type Exchange = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What arrived for a waiting POST.
 enum Arrival {
@@ -634,8 +640,22 @@ impl Answering {
         true
     }
 
+    /// The next reply, driving the exchange meanwhile.
+    async fn recv(&mut self) -> Option<Reply> {
+        loop {
+            let Some(exchange) = self.exchange.as_mut() else {
+                return self.replies.recv().await;
+            };
+            tokio::select! {
+                biased;
+                reply = self.replies.recv() => return reply,
+                () = exchange => self.exchange = None,
+            }
+        }
+    }
+
     async fn next(&mut self) -> Arrival {
-        let Some(reply) = self.replies.recv().await else {
+        let Some(reply) = self.recv().await else {
             // Every sender is gone: the session ended (or its upstream died) with requests
             // unanswered. The watcher answers what it knows about; this covers the rest.
             let id = self.expected.keys().next().cloned();
