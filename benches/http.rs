@@ -32,7 +32,11 @@ fn fixture() -> PathBuf {
         .args(["build", "--release", "--quiet", "--example", "http_fixture"])
         .status()
         .expect("run cargo to build the fixture");
-    assert!(status.success() && path.exists(), "could not build {}", path.display());
+    assert!(
+        status.success() && path.exists(),
+        "could not build {}",
+        path.display()
+    );
     path
 }
 
@@ -177,7 +181,10 @@ fn start_gateway(upstream: &str) -> Process {
     let mut line = String::new();
     let addr = loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the gateway did not start");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the gateway did not start"
+        );
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest.split('/').next().unwrap().to_owned();
         }
@@ -268,24 +275,41 @@ fn main() {
     }
     println!("concurrency 16, 64 B echo, {per} requests per session (best of runs):");
     println!("  direct     {best_d:>9.0} req/s");
-    println!("  shadowcat  {best_p:>9.0} req/s   ({:.0}% of direct)", 100.0 * best_p / best_d);
+    println!(
+        "  shadowcat  {best_p:>9.0} req/s   ({:.0}% of direct)",
+        100.0 * best_p / best_d
+    );
 
     // RSS with 1,000 idle sessions.
     drop(direct);
     drop(proxied);
     let before = gateway.rss_kib();
-    let idle: Vec<Client> = (0..1000).map(|_| Client::connect(&gateway.addr)).collect();
-    // Closed connections: the sessions stay (sessions outlive connections).
-    drop(idle);
+    // Each idle client initialized over its own connection, then let the connection go, as
+    // HTTP clients do with idle keep-alive connections: the sessions stay.
+    for _ in 0..1000 {
+        drop(Client::connect(&gateway.addr));
+    }
     std::thread::sleep(Duration::from_millis(200));
     let after = gateway.rss_kib();
     println!(
-        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream, a connection each)",
+        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream, a connection each, since closed)",
         before as f64 / 1024.0,
         after as f64 / 1024.0
     );
-    // The same on one connection: what the sessions themselves hold, without 1,000 connections'
-    // worth of freed buffers in the allocator.
+    // Worst case: 1,000 idle sessions whose clients all keep their connections open.
+    let gateway = start_gateway(&fixture.addr);
+    let before = gateway.rss_kib();
+    let held: Vec<Client> = (0..1000).map(|_| Client::connect(&gateway.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = gateway.rss_kib();
+    println!(
+        "gateway RSS: {:.1} MiB before, {:.1} MiB with 1,000 idle sessions (HTTP upstream, 1,000 open keep-alive connections)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    drop(held);
+    drop(gateway);
+    // The same on one connection: what the sessions themselves hold.
     let gateway = start_gateway(&fixture.addr);
     let before = gateway.rss_kib();
     let mut client = Client::connect(&gateway.addr);

@@ -310,7 +310,9 @@ impl GatewayMetrics {
         );
         // Every kind is reported, at 0 until it happens.
         for kind in UPSTREAM_ERROR_KINDS {
-            upstream_errors.get_or_create(&KindLabels { kind }).inc_by(0);
+            upstream_errors
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
         }
         registry.register_collector(Box::new(Live { sessions, pipeline }));
         Self {

@@ -685,4 +685,3 @@ impl Gateway {
 pub fn reply_channel() -> (Waiter, mpsc::Receiver<Reply>) {
     mpsc::channel(64)
 }
-
