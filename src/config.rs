@@ -704,6 +704,27 @@ mod tests {
     }
 
     #[test]
+    fn reverse_options_come_from_the_config_file_too() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listen = \"127.0.0.1:9999\"\nupstream = \"http://127.0.0.1:9000/mcp\"\nupstream_header = [\"X-Api-Key: k\"]\nallowed_origin = [\"https://app.example.com\"]\nadmin_listen = \"127.0.0.1:9090\"\nconnect_timeout = \"3s\""
+        )
+        .unwrap();
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["shadowcat", "reverse"]).unwrap();
+        let crate::cli::Command::Reverse(args) = cli.command else {
+            panic!()
+        };
+        let config = ReverseConfig::build(&globals(Some(file.path().to_owned())), &args).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9999");
+        assert!(matches!(config.upstream, ReverseUpstream::Http(_)));
+        assert_eq!(config.upstream_headers["x-api-key"], "k");
+        assert_eq!(config.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
     fn reverse_options_are_validated() {
         let config = reverse(&["--upstream", "http://127.0.0.1:9/mcp"]).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
