@@ -222,7 +222,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHADOWCAT_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
     /// How long the server gets to exit after its stdin closes, before SIGTERM (and SIGKILL
-    /// 2 s later). [default: 5s]
+    /// 2 s later); for `reverse`, also how long in-flight requests get to finish at shutdown.
+    /// [default: 5s]
     #[arg(long, env = "SHADOWCAT_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
     /// Most open sessions; at the limit the least recently used idle one is evicted, or the new

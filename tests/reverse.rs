@@ -472,3 +472,23 @@ fn sigterm_lets_an_in_flight_call_finish_then_exits_cleanly() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(&gw.addr).is_err());
 }
+
+#[test]
+fn a_request_timeout_answers_the_client_and_cancels_at_the_server() {
+    let gw = Gateway::fixture(&["--request-timeout", "300ms"]);
+    let session = gw.initialize();
+    let started = Instant::now();
+    let r = gw.post(Some(&session), &call(3, "sleep", json!({"ms": 3000})));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = &r.messages()[0];
+    assert_eq!(error["id"], 3);
+    assert_eq!(error["error"]["code"], -32086, "{error}");
+    // The server was told (`notifications/cancelled`), and the session goes on.
+    let stats = gw.post(Some(&session), &call(4, "stats", json!({})));
+    let stats = &stats.messages()[0]["result"]["structuredContent"];
+    assert_eq!(stats["cancelled"], json!([3]), "{stats}");
+}
