@@ -2,7 +2,9 @@
 //! (examples/http_fixture.rs), compared in the same run with the fixture reached directly.
 //!
 //! Measures (`tools/call echo` with a 64-byte text, JSON answers, keep-alive connections):
-//! - latency at concurrency 1, p50 and p99, direct and proxied requests interleaved;
+//! - latency at concurrency 1, p50 and p99, direct and proxied requests interleaved, with a third
+//!   target, `examples/tcp_relay.rs` (a byte-copying TCP relay, no parsing): the floor that any
+//!   extra process in the chain pays on this machine;
 //! - throughput at concurrency 16 (16 sessions, one connection each);
 //! - the gateway's RSS with 1,000 idle sessions (and before them).
 //!
@@ -29,7 +31,15 @@ fn fixture() -> PathBuf {
     let path = shadowcat.parent().unwrap().join("examples/http_fixture");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--example", "http_fixture"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "http_fixture",
+            "--example",
+            "tcp_relay",
+        ])
         .status()
         .expect("run cargo to build the fixture");
     assert!(
@@ -147,7 +157,17 @@ impl Process {
 }
 
 fn start_fixture() -> Process {
-    let mut child = Command::new(fixture())
+    start_example(fixture(), &[])
+}
+
+/// The TCP relay floor in front of `upstream`.
+fn start_relay(upstream: &str) -> Process {
+    start_example(fixture().with_file_name("tcp_relay"), &[upstream])
+}
+
+fn start_example(path: PathBuf, args: &[&str]) -> Process {
+    let mut child = Command::new(path)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -235,36 +255,42 @@ fn main() {
 
     // Latency at concurrency 1, interleaved so both see the same machine conditions.
     let n = if quick { 300 } else { 5000 };
-    let mut direct = Client::connect(&fixture.addr);
-    let mut proxied = Client::connect(&gateway.addr);
+    let relay = start_relay(&fixture.addr);
+    let mut clients = [
+        ("direct", Client::connect(&fixture.addr)),
+        ("shadowcat", Client::connect(&gateway.addr)),
+        ("tcp_relay", Client::connect(&relay.addr)),
+    ];
     for _ in 0..200 {
-        direct.echo(&text);
-        proxied.echo(&text);
+        for (_, client) in &mut clients {
+            client.echo(&text);
+        }
     }
-    let (mut d, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); clients.len()];
     for _ in 0..n {
-        let t = Instant::now();
-        direct.echo(&text);
-        d.push(t.elapsed());
-        let t = Instant::now();
-        proxied.echo(&text);
-        p.push(t.elapsed());
+        for (i, (_, client)) in clients.iter_mut().enumerate() {
+            let t = Instant::now();
+            client.echo(&text);
+            times[i].push(t.elapsed());
+        }
     }
-    d.sort();
-    p.sort();
-    println!("concurrency 1, 64 B echo, {n} requests each:");
-    for (name, v) in [("direct", &d), ("shadowcat", &p)] {
+    println!("concurrency 1, 64 B echo, {n} requests each (interleaved):");
+    for v in &mut times {
+        v.sort();
+    }
+    let (d50, d99) = (percentile(&times[0], 0.5), percentile(&times[0], 0.99));
+    for ((name, _), v) in clients.iter().zip(&times) {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
         println!(
-            "  {name:<10} p50 {:>8.1} µs   p99 {:>8.1} µs",
-            micros(percentile(v, 0.5)),
-            micros(percentile(v, 0.99))
+            "  {name:<10} p50 {:>8.1} µs   p99 {:>8.1} µs   added p50 {:>+7.1} µs   p99 {:>+7.1} µs",
+            micros(p50),
+            micros(p99),
+            micros(p50) - micros(d50),
+            micros(p99) - micros(d99)
         );
     }
-    println!(
-        "  added      p50 {:>8.1} µs   p99 {:>8.1} µs",
-        micros(percentile(&p, 0.5)) - micros(percentile(&d, 0.5)),
-        micros(percentile(&p, 0.99)) - micros(percentile(&d, 0.99))
-    );
+    drop(clients);
+    drop(relay);
 
     // Throughput at concurrency 16: alternate runs, keep each side's best.
     let per = if quick { 100 } else { 1000 };
@@ -281,8 +307,6 @@ fn main() {
     );
 
     // RSS with 1,000 idle sessions.
-    drop(direct);
-    drop(proxied);
     let before = gateway.rss_kib();
     // Each idle client initialized over its own connection, then let the connection go, as
     // HTTP clients do with idle keep-alive connections: the sessions stay.

@@ -21,6 +21,7 @@ pub mod server;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,12 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let app = server::routes(gateway.clone());
+    // Small JSON-RPC answers must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%e, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { serve.await });
     let outcome = tokio::select! {
