@@ -711,8 +711,8 @@ mod tests {
             "listen = \"127.0.0.1:9999\"\nupstream = \"http://127.0.0.1:9000/mcp\"\nupstream_header = [\"X-Api-Key: k\"]\nallowed_origin = [\"https://app.example.com\"]\nadmin_listen = \"127.0.0.1:9090\"\nconnect_timeout = \"3s\""
         )
         .unwrap();
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from(["shadowcat", "reverse"]).unwrap();
+        let cli =
+            <crate::cli::Cli as clap::Parser>::try_parse_from(["shadowcat", "reverse"]).unwrap();
         let crate::cli::Command::Reverse(args) = cli.command else {
             panic!()
         };
