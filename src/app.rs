@@ -56,8 +56,8 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
     let spec = ChildSpec {
         program,
         args: command.collect(),
-        env: args.env,
-        cwd: args.cwd,
+        env: args.child.env,
+        cwd: args.child.cwd,
     };
     // One thread: a stdio proxy does little work per message, and keeping both directions on one
     // thread avoids cross-thread wake-ups on every hop (see docs/performance.md).

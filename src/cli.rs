@@ -148,15 +148,23 @@ pub struct StdioArgs {
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// How the server process is started.
+    #[command(flatten)]
+    pub child: ChildArgs,
+    /// The MCP server to run, and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// How a server command is started (`forward stdio`, `reverse -- <cmd>`).
+#[derive(Debug, Args, Default)]
+pub struct ChildArgs {
     /// Extra environment variable for the server, on top of ours (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub env: Vec<(OsString, OsString)>,
     /// Working directory for the server. [default: ours]
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// The MCP server to run, and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<OsString>,
 }
 
 /// `reverse` options.
@@ -191,12 +199,9 @@ pub struct ReverseArgs {
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// Extra environment variable for the server command, on top of ours (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub env: Vec<(OsString, OsString)>,
-    /// Working directory for the server command. [default: ours]
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<PathBuf>,
+    /// How the server processes are started.
+    #[command(flatten)]
+    pub child: ChildArgs,
     /// The MCP server to run for each session, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -294,7 +299,7 @@ mod tests {
             panic!()
         };
         assert_eq!(args.command, ["python", "-m", "srv", "--flag"]);
-        assert_eq!(args.env, [("A".into(), "b=c".into())]);
+        assert_eq!(args.child.env, [("A".into(), "b=c".into())]);
         assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
     }
 

@@ -411,8 +411,8 @@ impl ReverseConfig {
             ReverseUpstream::Stdio(ChildSpec {
                 program,
                 args: command.collect(),
-                env: args.env.clone(),
-                cwd: args.cwd.clone(),
+                env: args.child.env.clone(),
+                cwd: args.child.cwd.clone(),
             })
         };
         let headers = if args.upstream_header.is_empty() {

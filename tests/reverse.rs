@@ -46,26 +46,9 @@ fn rpc_error(response: &HttpResponse) -> (i64, String) {
     )
 }
 
-/// Whether the fixture server processes started for sessions are all gone.
+/// The fixture servers the gateway started for its sessions (its live child processes).
 fn fixture_children_of(gw: &Gateway) -> Vec<i32> {
-    let me = gw.child.id().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 1 && fields[0] != "Z" && fields[1] == me {
-            pids.push(pid);
-        }
-    }
-    pids
+    support::live_children(gw.child.id())
 }
 
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {

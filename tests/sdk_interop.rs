@@ -18,32 +18,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn test_env() -> PathBuf {
-    let dir = std::env::var_os("SHADOWCAT_TEST_ENV").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("mcp-2.3.0/bin/python").exists() && dir.join("mcp-1.30.0/bin/python").exists(),
-        "the test peers are not installed in {}: run scripts/test.sh",
-        dir.display()
-    );
-    dir
-}
-
-fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-fn python(sdk: &str) -> String {
-    test_env()
-        .join(format!("mcp-{sdk}/bin/python"))
-        .display()
-        .to_string()
-}
+use support::{peers, python};
 
 #[derive(Clone, Copy, Debug)]
 enum Server {

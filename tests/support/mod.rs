@@ -22,6 +22,34 @@ pub fn command() -> Command {
     cmd
 }
 
+/// The installed test peers (pinned Python SDK venvs): `target/test-env`, or
+/// `$SHADOWCAT_TEST_ENV`. Without them, tests fail with instructions rather than skip.
+pub fn test_env() -> PathBuf {
+    let dir = std::env::var_os("SHADOWCAT_TEST_ENV").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-env"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("mcp-2.3.0/bin/python").exists() && dir.join("mcp-1.30.0/bin/python").exists(),
+        "the test peers are not installed in {}: run scripts/test.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// `tests/peers`: the peer scripts.
+pub fn peers() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+}
+
+/// The Python interpreter of the venv with `mcp==<sdk>`.
+pub fn python(sdk: &str) -> String {
+    test_env()
+        .join(format!("mcp-{sdk}/bin/python"))
+        .display()
+        .to_string()
+}
+
 /// The fixture MCP server (examples/fixture_server.rs), built by `cargo test` with the examples.
 pub fn fixture() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
@@ -215,6 +243,16 @@ pub fn group_alive(pgid: i32) -> bool {
 
 /// Pids of live processes in group `pgid`, from /proc.
 pub fn live_members(pgid: i32) -> Vec<i32> {
+    live_processes(|_ppid, pgrp| pgrp == pgid)
+}
+
+/// Pids of live child processes of `parent`, from /proc.
+pub fn live_children(parent: u32) -> Vec<i32> {
+    live_processes(|ppid, _pgrp| ppid == parent as i32)
+}
+
+/// Pids of live (non-zombie) processes whose parent pid and process group pass `keep`.
+fn live_processes(keep: impl Fn(i32, i32) -> bool) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -228,8 +266,11 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            pids.push(pid);
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i32>().ok());
+        if let (Some(&state), Some(ppid), Some(pgrp)) = (fields.first(), number(1), number(2)) {
+            if state != "Z" && keep(ppid, pgrp) {
+                pids.push(pid);
+            }
         }
     }
     pids
