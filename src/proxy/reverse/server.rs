@@ -397,6 +397,10 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
 
     let (reply, mut replies) = reply_channel();
     if expected.is_empty() {
+        if new_session {
+            // The pipeline answered the initialize itself (refused it): no session.
+            gateway.sessions.end(link.session.id(), EndReason::Error);
+        }
         // Notifications and responses: the upstream has taken them when we answer 202, so a
         // client's next message can't overtake them.
         gateway.exchange(&link, forwarded, &headers, &reply).await;
