@@ -4,7 +4,7 @@
 //! - `--stateless`: issue no session ids (and require none);
 //! - `--sse`: answer requests as `text/event-stream` (default: `application/json`).
 //!
-//! Tools: `echo {text}`; `headers` (the request headers it received, as JSON text);
+//! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
 //! request gets 404, as after a server restart).
 
@@ -129,6 +129,14 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                     Value::Object(map).to_string()
                 }
                 "deleted" => json!(*fixture.deleted.lock().unwrap()).to_string(),
+                "sleep" => {
+                    let ms = msg
+                        .pointer("/params/arguments/ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(100);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    "slept".to_owned()
+                }
                 "forget" => {
                     if let Some(s) = session_of(&headers) {
                         fixture.sessions.lock().unwrap().remove(&s);

@@ -475,3 +475,63 @@ fn a_request_timeout_answers_the_client_and_cancels_at_the_server() {
     let stats = &stats.messages()[0]["result"]["structuredContent"];
     assert_eq!(stats["cancelled"], json!([3]), "{stats}");
 }
+
+#[test]
+fn a_cancelled_request_releases_its_post() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let (addr, sid) = (gw.addr.clone(), session.clone());
+    let started = Instant::now();
+    let caller = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &sid)]),
+            call(8, "sleep", json!({"ms": 5000})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let cancel = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":8,"reason":"user"}}),
+    );
+    assert_eq!(cancel.status, 202);
+    let released = caller.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the POST waited for an answer that will never come"
+    );
+    assert_eq!(released.status, 202, "{released:?}");
+    // The server heard of it, and the session is idle again.
+    let stats = gw.post(Some(&session), &call(9, "stats", json!({})));
+    assert_eq!(
+        stats.messages()[0]["result"]["structuredContent"]["cancelled"],
+        json!([8])
+    );
+}
+
+#[test]
+fn a_json_only_client_gets_the_call_answered_when_the_server_asks_it_something() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    // The server's sampling request can't reach a client that takes only JSON: the server is
+    // told so (an error for its request) and finishes the call instead of waiting forever.
+    let r = post_raw(
+        &gw,
+        &[("Mcp-Session-Id", &session), ("Accept", "application/json")],
+        call(6, "sample", json!({"prompt": "?"}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let text = r.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.starts_with("client error:") && text.contains("only application/json"),
+        "{text}"
+    );
+}

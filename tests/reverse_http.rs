@@ -285,3 +285,35 @@ fn admin_endpoints_report_health_readiness_and_metrics() {
         404
     );
 }
+
+#[test]
+fn a_client_that_leaves_mid_call_leaves_nothing_pending() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url, "--max-sessions", "1"]);
+    let session = gw.initialize();
+    // A call, and the client hangs up before its answer.
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&gw.addr).unwrap();
+        let body = call(1, "sleep", json!({"ms": 3000})).to_string();
+        write!(
+            stream,
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nContent-Length: {}\r\n\r\n{body}",
+            gw.addr,
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Nothing is left pending, so the session is idle and a new client can take its place.
+    let r = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+    );
+    assert_eq!(
+        r.status, 200,
+        "the abandoned call still holds the session: {r:?}"
+    );
+}

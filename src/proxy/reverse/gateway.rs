@@ -37,10 +37,13 @@ use crate::transport::http::{
 };
 use crate::transport::sse::Item;
 
-use super::router::{Reply, Router, Waiter};
+use super::router::{Reply, Router, STREAM_SLACK, Waiter};
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
+/// How long a message shadowcat itself sends the HTTP upstream (a cancellation, an error for one
+/// of its requests) may take.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an upstream error body passed on to the client.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -114,17 +117,22 @@ impl Deliver for SessionLink {
                     headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
                 }
                 let session = self.upstream_session();
-                match client
-                    .post(msg.raw().clone(), session.as_ref(), &headers)
-                    .await
-                {
-                    Ok(response) => {
-                        // Read (and discard) the answer so the connection can be reused.
-                        let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
-                        Ok(())
-                    }
-                    Err(e) => {
+                let post = async {
+                    let response = client
+                        .post(msg.raw().clone(), session.as_ref(), &headers)
+                        .await?;
+                    // Read (and discard) the answer so the connection can be reused.
+                    let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
+                    Ok::<_, UpstreamError>(())
+                };
+                match tokio::time::timeout(DELIVER_TIMEOUT, post).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
                         tracing::warn!(%e, "could not deliver a message to the upstream");
+                        Err(Closed)
+                    }
+                    Err(_) => {
+                        tracing::warn!(method = ?msg.method(), "the upstream did not take a message in time");
                         Err(Closed)
                     }
                 }
@@ -229,7 +237,7 @@ impl Gateway {
         let session = self
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
-        let router = Arc::new(Router::default());
+        let router = Arc::new(Router::new(session.clone()));
         let (upstream, child) = match &self.upstream {
             Upstream::Http(client) => (
                 LinkUpstream::Http {
@@ -257,6 +265,7 @@ impl Gateway {
                     }
                 };
                 tracing::info!(session = %session.id(), pid = child.child.pid(), "started the MCP server for a new session");
+                router.answer_server_through(child.to_server.clone());
                 (
                     LinkUpstream::Stdio {
                         to_server: child.to_server.clone(),
@@ -665,8 +674,18 @@ impl Gateway {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
                     if msg.is_response() {
                         let _ = link.router.deliver(msg).await;
-                    } else {
-                        let _ = reply.send(Reply::Message(msg)).await;
+                    } else if let Err(mpsc::error::SendError(Reply::Message(msg))) =
+                        reply.send(Reply::Message(msg)).await
+                    {
+                        // The client has gone: a request from the server is answered, so it
+                        // doesn't wait for it.
+                        if let (Some(id), Kind::Request) = (msg.id(), msg.kind()) {
+                            link.session.pending(Direction::ServerToClient).remove(id);
+                            let error = receiver_gone(Direction::ServerToClient);
+                            let _ = link
+                                .deliver(Message::error_response(Some(id), &error))
+                                .await;
+                        }
                     }
                 }
                 Verdict::Respond(answer) => {
@@ -681,7 +700,8 @@ impl Gateway {
     }
 }
 
-/// A channel for one POST's replies.
-pub fn reply_channel() -> (Waiter, mpsc::Receiver<Reply>) {
-    mpsc::channel(64)
+/// A channel for one POST's replies, with room for the answers to its `requests` requests plus
+/// [`STREAM_SLACK`] other messages.
+pub fn reply_channel(requests: usize) -> (Waiter, mpsc::Receiver<Reply>) {
+    mpsc::channel(requests + STREAM_SLACK)
 }

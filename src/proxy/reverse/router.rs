@@ -6,20 +6,23 @@
 //!
 //! One router per session, so two sessions can never see each other's messages.
 
-use std::future::Future;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use linked_hash_map::LinkedHashMap;
 use tokio::sync::mpsc;
 
-use crate::protocol::{Message, RequestId};
-use crate::proxy::outbox::{Closed, Deliver};
+use crate::protocol::error::ProxyError;
+use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
+use crate::proxy::outbox::{Closed, Deliver, Outbox};
+use crate::session::Session;
 
 /// What a waiting POST receives.
 #[derive(Debug)]
 pub enum Reply {
+    /// The client cancelled one of the POST's requests: no answer will come for it.
+    Cancelled(RequestId),
     /// A message for the client.
     Message(Message),
     /// The upstream refused one of the POST's messages at the HTTP level.
@@ -38,11 +41,27 @@ pub enum Reply {
 /// The sending end a POST registers.
 pub type Waiter = mpsc::Sender<Reply>;
 
+/// Room kept in every POST's channel beyond one slot per request it waits for.
+pub const STREAM_SLACK: usize = 64;
+
+/// A registered POST: its channel, and how many slots of it are kept for answers (one per
+/// request it waits for), so that notifications can never take the room an answer needs and
+/// delivering an answer never waits on a client that stopped reading.
+#[derive(Debug, Clone)]
+struct Slot {
+    waiter: Waiter,
+    reserve: usize,
+}
+
 /// Routes one session's server→client messages to the POSTs waiting for them.
 #[derive(Debug, Default)]
 pub struct Router {
     /// Request id → the POST waiting for its answer, in registration order.
-    waiters: Mutex<LinkedHashMap<RequestId, Waiter>>,
+    waiters: Mutex<LinkedHashMap<RequestId, Slot>>,
+    /// The session, to forget server requests nobody can take.
+    session: Option<Arc<Session>>,
+    /// The child's stdin, to answer such requests (stdio upstreams).
+    to_server: OnceLock<Arc<Outbox>>,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
 }
@@ -53,14 +72,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Router {
+    /// A router for `session`.
+    pub fn new(session: Arc<Session>) -> Self {
+        Self {
+            session: Some(session),
+            ..Self::default()
+        }
+    }
+
+    /// Where requests the server sends with no POST open to carry them are answered (a stdio
+    /// child's stdin).
+    pub fn answer_server_through(&self, to_server: Arc<Outbox>) {
+        let _ = self.to_server.set(to_server);
+    }
+
     /// Registers `waiter` for the answers to `ids`. An id already waited for is left to its
-    /// first POST (the pipeline refuses the duplicate request).
+    /// first POST (the pipeline refuses the duplicate request). The waiter's channel must have
+    /// room for `ids.len()` + [`STREAM_SLACK`] messages.
     pub fn register(&self, ids: &[RequestId], waiter: &Waiter) {
         let mut waiters = lock(&self.waiters);
+        let slot = Slot {
+            waiter: waiter.clone(),
+            reserve: ids.len(),
+        };
         for id in ids {
             if !waiters.contains_key(id) {
-                waiters.insert(id.clone(), waiter.clone());
+                waiters.insert(id.clone(), slot.clone());
             }
+        }
+    }
+
+    /// The client cancelled request `id`: the POST waiting for it stops waiting.
+    pub async fn cancel(&self, id: &RequestId) {
+        let slot = lock(&self.waiters).remove(id);
+        if let Some(slot) = slot {
+            // A reserved slot: this never waits.
+            let _ = slot.waiter.send(Reply::Cancelled(id.clone())).await;
         }
     }
 
@@ -68,7 +115,10 @@ impl Router {
     pub fn unregister(&self, ids: &[RequestId], waiter: &Waiter) {
         let mut waiters = lock(&self.waiters);
         for id in ids {
-            if waiters.get(id).is_some_and(|w| w.same_channel(waiter)) {
+            if waiters
+                .get(id)
+                .is_some_and(|slot| slot.waiter.same_channel(waiter))
+            {
                 waiters.remove(id);
             }
         }
@@ -86,38 +136,86 @@ impl Router {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn waiter_for(&self, msg: &Message) -> Option<Waiter> {
+    /// An answer's POST (taken out: one answer per request).
+    fn answer_slot(&self, msg: &Message) -> Option<Slot> {
+        msg.id().and_then(|id| lock(&self.waiters).remove(id))
+    }
+
+    /// Hands a message that is not an answer to the most recent open POST with room to spare
+    /// beyond what it keeps for answers; gives it back if there is none.
+    fn offer(&self, msg: Message) -> Result<(), Message> {
         let mut waiters = lock(&self.waiters);
-        if msg.is_response() {
-            return msg.id().and_then(|id| waiters.remove(id));
-        }
-        // Not an answer: the most recent POST still open.
-        while let Some((_, waiter)) = waiters.iter().next_back() {
-            if !waiter.is_closed() {
-                return Some(waiter.clone());
+        let mut left = Some(msg);
+        let mut closed = Vec::new();
+        for (id, slot) in waiters.iter().rev() {
+            if slot.waiter.is_closed() {
+                closed.push(id.clone());
+                continue;
             }
-            waiters.pop_back();
+            if slot.waiter.capacity() <= slot.reserve {
+                continue;
+            }
+            let Some(msg) = left.take() else { break };
+            match slot.waiter.try_send(Reply::Message(msg)) {
+                Ok(()) => break,
+                Err(e) => {
+                    if let Reply::Message(back) = e.into_inner() {
+                        left = Some(back);
+                    }
+                }
+            }
         }
-        None
+        for id in closed {
+            waiters.remove(&id);
+        }
+        match left {
+            None => Ok(()),
+            Some(msg) => Err(msg),
+        }
+    }
+
+    /// A server message nobody can take: counted, and a request is answered with an error so
+    /// the server doesn't wait for it.
+    async fn drop_undeliverable(&self, msg: &Message) {
+        self.undeliverable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(method = ?msg.method(), "no open request to deliver a server message to; dropped");
+        let (Some(id), Kind::Request) = (msg.id(), msg.kind()) else {
+            return;
+        };
+        if let Some(session) = &self.session {
+            session.pending(Direction::ServerToClient).remove(id);
+        }
+        if let Some(to_server) = self.to_server.get() {
+            let error = ProxyError::new(
+                ErrorCode::ShuttingDown,
+                "the client has no open request or stream to carry this request",
+            );
+            let _ = to_server
+                .send(Message::error_response(Some(id), &error))
+                .await;
+        }
     }
 }
 
 impl Deliver for Router {
-    fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
-        let waiter = self.waiter_for(&msg);
-        async move {
-            let delivered = match waiter {
-                Some(waiter) => waiter.send(Reply::Message(msg)).await.is_ok(),
-                None => false,
-            };
-            if !delivered {
-                self.undeliverable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!("no open request to deliver a server message to; dropped");
+    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        if msg.is_response() {
+            match self.answer_slot(&msg) {
+                // A reserved slot: this never waits on a client that stopped reading.
+                Some(slot) => {
+                    if slot.waiter.send(Reply::Message(msg)).await.is_err() {
+                        self.undeliverable
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                None => self.drop_undeliverable(&msg).await,
             }
-            // The session goes on even if this one POST has gone.
-            Ok(())
+        } else if let Err(msg) = self.offer(msg) {
+            self.drop_undeliverable(&msg).await;
         }
+        // The session goes on even if one POST has gone.
+        Ok(())
     }
 }
 
@@ -132,6 +230,50 @@ mod tests {
     fn text(reply: Reply) -> String {
         let Reply::Message(m) = reply else { panic!() };
         String::from_utf8(m.raw().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_request_nobody_can_take_is_answered_and_forgotten() {
+        use crate::session::TransportKind;
+        let session = Arc::new(Session::standalone(TransportKind::Http, 8));
+        let router = Router::new(session.clone());
+        let (to_server, mut server_rx, _) = Outbox::new(8, 1 << 20);
+        router.answer_server_through(Arc::new(to_server));
+        session
+            .pending(Direction::ServerToClient)
+            .insert(RequestId::from("r1"), crate::protocol::Method::RootsList)
+            .unwrap();
+        router
+            .deliver(msg(r#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#))
+            .await
+            .unwrap();
+        assert!(session.pending(Direction::ServerToClient).is_empty());
+        let answer: serde_json::Value =
+            serde_json::from_slice(server_rx.recv().await.unwrap().as_ref()).unwrap();
+        assert_eq!(answer["id"], "r1");
+        assert_eq!(answer["error"]["code"], -32085);
+        // A POST that stopped reading never blocks delivery: notifications beyond its spare room
+        // are dropped, and its answer still has its reserved slot.
+        let (post, mut post_rx) = mpsc::channel(1 + STREAM_SLACK);
+        router.register(&[RequestId::Number(7)], &post);
+        for _ in 0..(STREAM_SLACK * 3) {
+            router
+                .deliver(msg(
+                    r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
+                ))
+                .await
+                .unwrap();
+        }
+        router
+            .deliver(msg(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#))
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        while let Ok(reply) = post_rx.try_recv() {
+            received.push(text(reply));
+        }
+        assert_eq!(received.len(), STREAM_SLACK + 1);
+        assert!(received.last().unwrap().contains("\"id\":7"));
     }
 
     #[tokio::test]
@@ -170,7 +312,7 @@ mod tests {
         router.unregister(&[RequestId::Number(3)], &b);
         assert!(
             router
-                .waiter_for(&msg(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#))
+                .answer_slot(&msg(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#))
                 .is_some()
         );
     }

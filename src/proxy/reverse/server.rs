@@ -25,11 +25,13 @@ use tokio::sync::mpsc;
 use crate::config::is_loopback_authority;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
+use crate::proxy::outbox::Deliver as _;
+use crate::proxy::relay::MAX_BATCH_MESSAGES;
 use crate::session::{EndReason, SessionError, SessionId};
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 use crate::transport::sse;
 
-use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
+use super::gateway::{Gateway, LinkUpstream, OpenError, SessionLink, reply_channel};
 use super::router::{Reply, Router, Waiter};
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
@@ -342,6 +344,21 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             Err(response) => return response,
         }
     };
+    if batch && members.len() > MAX_BATCH_MESSAGES {
+        let error = ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "Bad Request: a batch of {} messages exceeds the limit of {MAX_BATCH_MESSAGES}",
+                members.len()
+            ),
+        )
+        .with("limit", MAX_BATCH_MESSAGES)
+        .with("httpStatus", 400);
+        if new_session {
+            gateway.sessions.end(link.session.id(), EndReason::Error);
+        }
+        return json_response(StatusCode::BAD_REQUEST, error.to_response(None));
+    }
     if batch {
         let negotiated = link.session.metadata().protocol_version;
         let version = header_version
@@ -379,6 +396,13 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                             .pipeline
                             .metrics()
                             .forwarded(crate::protocol::Direction::ClientToServer);
+                        if msg.method() == Some(&Method::Cancelled) {
+                            // The request is over for the client: the POST waiting for it must
+                            // not wait for an answer the server won't send.
+                            if let Some(id) = msg.cancelled_request_id() {
+                                link.router.cancel(&id).await;
+                            }
+                        }
                         expected.extend(request);
                         forwarded.push(msg);
                     }
@@ -395,7 +419,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         }
     }
 
-    let (reply, mut replies) = reply_channel();
+    let (reply, mut replies) = reply_channel(expected.len());
     if expected.is_empty() {
         if new_session {
             // The pipeline answered the initialize itself (refused it): no session.
@@ -403,7 +427,21 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         }
         // Notifications and responses: the upstream has taken them when we answer 202, so a
         // client's next message can't overtake them.
-        gateway.exchange(&link, forwarded, &headers, &reply).await;
+        let mut rejected = None;
+        {
+            let mut exchange = std::pin::pin!(gateway.exchange(&link, forwarded, &headers, &reply));
+            // Drained as the exchange goes, so a large batch can't fill the channel and stall it.
+            loop {
+                tokio::select! {
+                    () = &mut exchange => break,
+                    Some(item) = replies.recv() => {
+                        if let Reply::Rejected { status, content_type, body, .. } = item {
+                            rejected.get_or_insert((status, content_type, body));
+                        }
+                    }
+                }
+            }
+        }
         drop(reply);
         while let Ok(item) = replies.try_recv() {
             if let Reply::Rejected {
@@ -413,10 +451,11 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 ..
             } = item
             {
-                if answers.is_empty() {
-                    return passthrough(&gateway, &link, status, content_type.as_ref(), body);
-                }
+                rejected.get_or_insert((status, content_type, body));
             }
+        }
+        if let (Some((status, content_type, body)), true) = (rejected, answers.is_empty()) {
+            return passthrough(&gateway, &link, false, status, content_type.as_ref(), body);
         }
         if answers.is_empty() {
             return StatusCode::ACCEPTED.into_response();
@@ -460,9 +499,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                     out.push(raw);
                     streaming = true;
                 } else {
-                    tracing::warn!(
-                        "the client accepts only JSON; a server message for it was dropped"
-                    );
+                    Answering::refuse_json_only(&state.link, raw).await;
                 }
             }
             Arrival::Rejected {
@@ -470,15 +507,28 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 content_type,
                 body,
             } if !batch && out.is_empty() => {
-                return passthrough(&gateway, &link, status, content_type.as_ref(), body);
+                return passthrough(
+                    &gateway,
+                    &link,
+                    new_session,
+                    status,
+                    content_type.as_ref(),
+                    body,
+                );
             }
-            Arrival::Rejected { .. } => {}
+            Arrival::Rejected { .. } | Arrival::Cancelled => {}
         }
     }
     let session_header = new_session
         .then(|| HeaderValue::from_str(link.session.id().as_str()).ok())
         .flatten();
     if !streaming {
+        // The rest of a batch (notifications, responses) still reaches the upstream.
+        state.finish_exchange().await;
+        if out.is_empty() {
+            // Every request was cancelled by the client: nothing to answer.
+            return StatusCode::ACCEPTED.into_response();
+        }
         if new_session && !out.first().is_some_and(is_success) {
             // The upstream refused to initialize: no session.
             gateway.sessions.end(link.session.id(), EndReason::Error);
@@ -494,13 +544,14 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let rest = futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if state.expected.is_empty() {
+                state.finish_exchange().await;
                 return None;
             }
             match state.next().await {
                 Arrival::Answer(raw) | Arrival::Other(raw) => {
                     return Some((sse::message_event(&raw), state));
                 }
-                Arrival::Rejected { .. } => {}
+                Arrival::Rejected { .. } | Arrival::Cancelled => {}
             }
         }
     });
@@ -521,11 +572,15 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
 fn passthrough(
     gateway: &Gateway,
     link: &SessionLink,
+    new_session: bool,
     status: StatusCode,
     content_type: Option<&HeaderValue>,
     body: Bytes,
 ) -> Response {
-    if status == StatusCode::NOT_FOUND {
+    if new_session {
+        // The upstream refused to initialize: no session.
+        gateway.sessions.end(link.session.id(), EndReason::Error);
+    } else if status == StatusCode::NOT_FOUND {
         tracing::warn!("the upstream no longer knows this session; ending it");
         gateway.sessions.end(link.session.id(), EndReason::Error);
     }
@@ -620,6 +675,8 @@ type Exchange = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What arrived for a waiting POST.
 enum Arrival {
+    /// The client cancelled one of its requests; nothing to send for it.
+    Cancelled,
     /// The answer to one of its requests.
     Answer(Bytes),
     /// Something else for the client (a notification or server request).
@@ -632,7 +689,66 @@ enum Arrival {
     },
 }
 
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.expected.is_empty() {
+            return;
+        }
+        // The client went away before every answer came. An HTTP upstream's exchange is dropped
+        // with this POST, so its answers will never come: forget those requests, or they would
+        // keep the session busy (never idle, never evicted) and hold pending slots for good. A
+        // child's answers still come and are then dropped as answering nothing.
+        if matches!(self.link.upstream, LinkUpstream::Http { .. }) {
+            for id in self.expected.keys() {
+                self.link
+                    .session
+                    .pending(crate::protocol::Direction::ClientToServer)
+                    .remove(id);
+            }
+        }
+        if self.new_session {
+            // Nobody will ever learn this session's id.
+            self.gateway
+                .sessions
+                .end(self.link.session.id(), EndReason::Closed);
+        }
+    }
+}
+
 impl Answering {
+    /// Lets the rest of the exchange (a batch's notifications and responses) reach the upstream
+    /// once every answer is in.
+    async fn finish_exchange(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.await;
+        }
+    }
+
+    /// A server message for a client that accepts only JSON can't be delivered: dropped, and a
+    /// server request is answered with an error so the server doesn't wait for it.
+    async fn refuse_json_only(link: &SessionLink, raw: Bytes) {
+        tracing::warn!(
+            "the client accepts only application/json; a server message for it was dropped"
+        );
+        let Ok(msg) = Message::parse(raw) else { return };
+        let (Some(id), Kind::Request) = (msg.id(), msg.kind()) else {
+            return;
+        };
+        let direction = crate::protocol::Direction::ServerToClient;
+        if link.session.pending(direction).remove(id).is_some() {
+            let error = ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the client accepts only application/json, so it cannot receive this {} request",
+                    msg.method().map_or("server", Method::as_str)
+                ),
+            );
+            let _ = link
+                .deliver(Message::error_response(Some(id), &error))
+                .await;
+        }
+    }
+
     /// Marks request `id` answered (and counts it); false if it was not one of ours.
     fn answered(&mut self, id: &RequestId, error: bool) -> bool {
         let Some(method) = self.expected.remove(id) else {
@@ -676,6 +792,10 @@ impl Answering {
             return Arrival::Answer(error.to_response(id.as_ref()));
         };
         match reply {
+            Reply::Cancelled(id) => {
+                self.answered(&id, true);
+                Arrival::Cancelled
+            }
             Reply::Message(msg) => {
                 let answers_ours = msg.is_response()
                     && msg
