@@ -5,6 +5,7 @@
 //!   validation, CORS; JSON or SSE answers.
 //! - [`gateway`]: sessions and their upstreams (a child per session, or a session at the HTTP
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
+//! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //!
@@ -14,6 +15,7 @@
 //! this short), then end every session, which ends upstream sessions and stops children.
 
 pub mod admin;
+pub mod answer;
 pub mod gateway;
 pub mod router;
 pub mod server;

@@ -10,11 +10,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use dashmap::DashMap;
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +19,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, ReverseConfig, ReverseUpstream};
 use crate::protocol::error::ProxyError;
-use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, Method};
+use crate::protocol::{Direction, ErrorCode, Kind, Message};
 use crate::proxy::link::StdioLink;
 use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::proxy::pipeline::{Context, Pipeline, Verdict};
@@ -31,13 +28,11 @@ use crate::proxy::tracker::receiver_gone;
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::{ChildSpec, describe_exit};
-use crate::transport::http::{
-    HttpUpstream, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, UpstreamError, media_type, read_body,
-    sse_events,
-};
-use crate::transport::sse::Item;
+use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, read_body};
 
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
+
+mod http_upstream;
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
@@ -488,213 +483,6 @@ impl Gateway {
                     .into_iter()
                     .map(|msg| self.post_one(link, client, msg, client_headers, reply));
                 futures_util::future::join_all(posts).await;
-            }
-        }
-    }
-
-    /// One message to the HTTP upstream, and its answer back through the pipeline.
-    async fn post_one(
-        &self,
-        link: &Arc<SessionLink>,
-        client: &HttpUpstream,
-        msg: Message,
-        client_headers: &HeaderMap,
-        reply: &Waiter,
-    ) {
-        let id = (msg.kind() == Kind::Request)
-            .then(|| msg.id().cloned())
-            .flatten();
-        let is_initialize = msg.method() == Some(&Method::Initialize);
-        let session = link.upstream_session();
-        let response = match client
-            .post(msg.raw().clone(), session.as_ref(), client_headers)
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => {
-                let UpstreamError::Unreachable { detail, .. } = &e;
-                tracing::warn!(%e, "upstream request failed");
-                self.metrics.upstream_error("unreachable");
-                let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string())
-                    .with("detail", detail.as_str());
-                self.fail(link, id.as_ref(), &error, reply).await;
-                return;
-            }
-        };
-        let status = response.status();
-        if is_initialize && status.is_success() {
-            if let (Some(value), LinkUpstream::Http { session_id, .. }) =
-                (response.headers().get(&MCP_SESSION_ID), &link.upstream)
-            {
-                *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.clone());
-            }
-        }
-        if !status.is_success() {
-            let content_type = response.headers().get(CONTENT_TYPE).cloned();
-            let body = read_body(response.into_body(), MAX_ERROR_BODY)
-                .await
-                .unwrap_or_default();
-            tracing::debug!(%status, "the upstream refused a message");
-            self.metrics.upstream_error("http_status");
-            if let Some(id) = &id {
-                link.session.pending(Direction::ClientToServer).remove(id);
-            }
-            let _ = reply
-                .send(Reply::Rejected {
-                    id,
-                    status,
-                    content_type,
-                    body,
-                })
-                .await;
-            return;
-        }
-        match media_type(response.headers()).as_deref() {
-            Some("text/event-stream") => self.relay_stream(link, response.into_body(), reply).await,
-            Some("application/json") => {
-                match read_body(response.into_body(), self.config.max_message_size).await {
-                    Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
-                        self.relay_frame(link, body, reply).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(%e, "the upstream's answer could not be read");
-                        self.metrics.upstream_error("invalid_response");
-                        let error = ProxyError::new(
-                            ErrorCode::InvalidUpstreamResponse,
-                            format!("the upstream's answer could not be read: {e}"),
-                        );
-                        self.fail(link, id.as_ref(), &error, reply).await;
-                    }
-                }
-            }
-            // 202 Accepted or another body-less success.
-            _ => {}
-        }
-        // A request the upstream finished with without answering must not hang.
-        if let Some(id) = id {
-            if link
-                .session
-                .pending(Direction::ClientToServer)
-                .contains(&id)
-            {
-                let error = ProxyError::new(
-                    ErrorCode::InvalidUpstreamResponse,
-                    format!(
-                        "the upstream answered HTTP {status} without a JSON-RPC response to the request"
-                    ),
-                );
-                self.fail(link, Some(&id), &error, reply).await;
-            }
-        }
-    }
-
-    /// Answers request `id` (if any) with `error`, forgetting it.
-    async fn fail(
-        &self,
-        link: &SessionLink,
-        id: Option<&crate::protocol::RequestId>,
-        error: &ProxyError,
-        reply: &Waiter,
-    ) {
-        let Some(id) = id else { return };
-        if link
-            .session
-            .pending(Direction::ClientToServer)
-            .remove(id)
-            .is_some()
-        {
-            let _ = reply
-                .send(Reply::Message(Message::error_response(Some(id), error)))
-                .await;
-        }
-    }
-
-    async fn relay_stream(&self, link: &Arc<SessionLink>, body: Incoming, reply: &Waiter) {
-        use futures_util::StreamExt;
-        let mut events = std::pin::pin!(sse_events(body, self.config.max_message_size));
-        while let Some(item) = events.next().await {
-            match item {
-                Ok(Item::Event(event)) if event.is_message() => {
-                    self.relay_frame(link, event.data, reply).await;
-                }
-                Ok(Item::Event(_)) => {}
-                Ok(Item::TooLarge { len }) => {
-                    self.pipeline.metrics().oversized(Direction::ServerToClient);
-                    tracing::warn!(
-                        len,
-                        limit = self.config.max_message_size,
-                        "discarded an over-long event from the upstream"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(%e, "the upstream's event stream broke");
-                    break;
-                }
-            }
-            if reply.is_closed() {
-                // The client has gone; dropping the stream disconnects (it does not cancel).
-                break;
-            }
-        }
-    }
-
-    /// One frame (a message or a batch) from the HTTP upstream, through the pipeline.
-    async fn relay_frame(&self, link: &Arc<SessionLink>, body: Bytes, reply: &Waiter) {
-        let members = match Message::parse_frame(body.clone()) {
-            Ok(Frame::Single(msg)) => vec![Ok(msg)],
-            Ok(Frame::Batch(members)) => members,
-            Err(e) => vec![Err(e)],
-        };
-        for member in members {
-            let msg = match member {
-                Ok(msg) => msg,
-                Err(e) => {
-                    self.pipeline.metrics().malformed(Direction::ServerToClient);
-                    self.metrics.upstream_error("invalid_response");
-                    let preview =
-                        String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                    tracing::warn!(%e, %preview, "malformed message from the upstream; not forwarded");
-                    if let Some(id) = e.id() {
-                        let error = ProxyError::new(
-                            ErrorCode::InvalidUpstreamResponse,
-                            format!("the MCP server's response was not valid JSON-RPC: {e}"),
-                        );
-                        self.fail(link, Some(id), &error, reply).await;
-                    }
-                    continue;
-                }
-            };
-            let cx = Context {
-                direction: Direction::ServerToClient,
-                session: &link.session,
-            };
-            match self.pipeline.process(msg, cx).await {
-                Verdict::Forward(msg) => {
-                    self.pipeline.metrics().forwarded(Direction::ServerToClient);
-                    if msg.is_response() {
-                        let _ = link.router.deliver(msg).await;
-                    } else if let Err(mpsc::error::SendError(Reply::Message(msg))) =
-                        reply.send(Reply::Message(msg)).await
-                    {
-                        // The client has gone: a request from the server is answered, so it
-                        // doesn't wait for it.
-                        if let (Some(id), Kind::Request) = (msg.id(), msg.kind()) {
-                            link.session.pending(Direction::ServerToClient).remove(id);
-                            let error = receiver_gone(Direction::ServerToClient);
-                            let _ = link
-                                .deliver(Message::error_response(Some(id), &error))
-                                .await;
-                        }
-                    }
-                }
-                Verdict::Respond(answer) => {
-                    self.pipeline
-                        .metrics()
-                        .answered_by_proxy(Direction::ServerToClient);
-                    let _ = link.deliver(answer).await;
-                }
-                Verdict::Drop => {}
             }
         }
     }

@@ -1,0 +1,417 @@
+//! The reverse proxy's own options (`reverse`): listen address, path, upstream, headers for the
+//! upstream, allowed origins, admin address; validated like every other option.
+
+use std::time::Duration;
+
+use super::{ConfigError, FileConfig, invalid, load_file, parse_duration, pick};
+use crate::cli::{GlobalArgs, ReverseArgs};
+use crate::transport::child::ChildSpec;
+
+/// Default address the reverse proxy listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default path of the MCP endpoint.
+pub const DEFAULT_PATH: &str = "/mcp";
+
+/// The server behind the reverse proxy.
+#[derive(Debug, Clone)]
+pub enum ReverseUpstream {
+    /// A Streamable HTTP endpoint.
+    Http(http::Uri),
+    /// A command run once per session.
+    Stdio(ChildSpec),
+}
+
+/// Which browser origins may call the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// `http(s)://localhost`, `127.0.0.1` and `[::1]`, with any port.
+    Localhost,
+    /// Exactly these (lowercase, no trailing slash).
+    List(Vec<String>),
+    /// Any (`*`).
+    Any,
+}
+
+impl AllowedOrigins {
+    /// Whether a request's `Origin` header value is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        match self {
+            Self::Any => true,
+            Self::List(list) => list.contains(&origin),
+            Self::Localhost => {
+                let Some(rest) = origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                else {
+                    return false;
+                };
+                is_loopback_authority(rest)
+            }
+        }
+    }
+}
+
+/// Whether `authority` (host with optional port) names this machine: `localhost`,
+/// `127.0.0.1` or `[::1]`.
+pub fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((host, rest)) if rest.is_empty() || port_ok(rest) => return host == "::1",
+            _ => return false,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) if port_ok(&format!(":{port}")) => host,
+            Some(_) => return false,
+            None => authority,
+        }
+    };
+    host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1"
+}
+
+fn port_ok(rest: &str) -> bool {
+    rest.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.parse::<u16>().is_ok())
+}
+
+/// The reverse proxy's own options, validated.
+#[derive(Debug, Clone)]
+pub struct ReverseConfig {
+    /// Where MCP clients connect.
+    pub listen: std::net::SocketAddr,
+    /// The MCP endpoint's path.
+    pub path: String,
+    /// The server behind us.
+    pub upstream: ReverseUpstream,
+    /// Headers sent with every upstream request.
+    pub upstream_headers: http::HeaderMap,
+    /// Origins allowed to call us.
+    pub allowed_origins: AllowedOrigins,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Time to connect to an HTTP upstream.
+    pub connect_timeout: Duration,
+}
+
+impl ReverseConfig {
+    /// Builds the reverse proxy's options from the command line and the config file.
+    pub fn build(global: &GlobalArgs, args: &ReverseArgs) -> Result<Self, ConfigError> {
+        let file = match &global.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let text =
+            |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
+        let listen = text(&args.listen, &file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = parse_addr(&listen, "--listen")?;
+        let admin_listen = text(&args.admin_listen, &file.admin_listen)
+            .filter(|a| !a.eq_ignore_ascii_case("off"))
+            .map(|a| parse_addr(&a, "--admin-listen"))
+            .transpose()?;
+        if admin_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid(
+                "--admin-listen",
+                "must differ from --listen".into(),
+            ));
+        }
+        let path = text(&args.path, &file.path).unwrap_or_else(|| DEFAULT_PATH.to_owned());
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256 {
+            return Err(invalid(
+                "--path",
+                format!("{path:?}: expected a URL path such as /mcp"),
+            ));
+        }
+        let upstream = if args.command.is_empty() {
+            let Some(url) = text(&args.upstream, &file.upstream) else {
+                return Err(invalid(
+                    "--upstream",
+                    "reverse needs a server: --upstream <URL>, or a command after --".into(),
+                ));
+            };
+            ReverseUpstream::Http(parse_upstream_url(&url)?)
+        } else {
+            let mut command = args.command.iter().cloned();
+            let Some(program) = command.next() else {
+                return Err(invalid("CMD", "empty server command".into()));
+            };
+            ReverseUpstream::Stdio(ChildSpec {
+                program,
+                args: command.collect(),
+                env: args.child.env.clone(),
+                cwd: args.child.cwd.clone(),
+            })
+        };
+        let headers = if args.upstream_header.is_empty() {
+            file.upstream_header.unwrap_or_default()
+        } else {
+            args.upstream_header.clone()
+        };
+        let mut upstream_headers = http::HeaderMap::new();
+        for line in &headers {
+            let (name, value) = parse_header(line)?;
+            upstream_headers.append(name, value);
+        }
+        let origins = if args.allowed_origin.is_empty() {
+            file.allowed_origin.unwrap_or_default()
+        } else {
+            args.allowed_origin.clone()
+        };
+        let allowed_origins = if origins.is_empty() {
+            AllowedOrigins::Localhost
+        } else if origins.iter().any(|o| o.trim() == "*") {
+            AllowedOrigins::Any
+        } else {
+            let mut list = Vec::new();
+            for origin in origins {
+                let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+                if !(o.starts_with("http://") || o.starts_with("https://")) || o.len() < 10 {
+                    return Err(invalid(
+                        "--allowed-origin",
+                        format!(
+                            "{origin:?}: expected scheme://host[:port], e.g. https://app.example.com, or *"
+                        ),
+                    ));
+                }
+                list.push(o);
+            }
+            AllowedOrigins::List(list)
+        };
+        let connect_timeout =
+            match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
+                Some(text) => parse_duration(&text, "--connect-timeout")?,
+                None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+            };
+        Ok(Self {
+            listen,
+            path,
+            upstream,
+            upstream_headers,
+            allowed_origins,
+            admin_listen,
+            connect_timeout,
+        })
+    }
+}
+
+fn parse_addr(text: &str, option: &'static str) -> Result<std::net::SocketAddr, ConfigError> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port = port
+            .parse::<u16>()
+            .map_err(|e| invalid(option, format!("{text:?}: {e}")))?;
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        invalid(
+            option,
+            format!("{text:?}: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"),
+        )
+    })
+}
+
+fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = text
+        .trim()
+        .parse()
+        .map_err(|e| invalid("--upstream", format!("{text:?}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(invalid(
+                "--upstream",
+                format!(
+                    "{text:?}: https upstreams are not supported yet; use http:// (for example through a local TLS terminator)"
+                ),
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "--upstream",
+                format!("{text:?}: expected an http:// URL such as http://127.0.0.1:9000/mcp"),
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "--upstream",
+            format!("{text:?}: the URL has no host"),
+        ));
+    }
+    Ok(uri)
+}
+
+fn parse_header(line: &str) -> Result<(http::HeaderName, http::HeaderValue), ConfigError> {
+    let Some((name, value)) = line.split_once(':') else {
+        return Err(invalid(
+            "--upstream-header",
+            format!("{line:?}: expected \"Name: value\""),
+        ));
+    };
+    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| invalid("--upstream-header", format!("{name:?}: {e}")))?;
+    let mut value = http::HeaderValue::from_str(value.trim())
+        .map_err(|e| invalid("--upstream-header", format!("value of {name}: {e}")))?;
+    if matches!(
+        name.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) {
+        value.set_sensitive(true);
+    }
+    if matches!(
+        name.as_str(),
+        "host" | "content-length" | "transfer-encoding" | "connection" | "mcp-session-id"
+    ) {
+        return Err(invalid(
+            "--upstream-header",
+            format!("{name} is set by shadowcat and cannot be overridden"),
+        ));
+    }
+    Ok((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn globals(config: Option<PathBuf>) -> GlobalArgs {
+        GlobalArgs {
+            log_level: None,
+            log_format: None,
+            log_file: None,
+            data_dir: None,
+            config,
+        }
+    }
+
+    #[test]
+    fn localhost_origins_and_hosts() {
+        let local = AllowedOrigins::Localhost;
+        for ok in [
+            "http://localhost",
+            "http://localhost:3000",
+            "https://127.0.0.1:8443/",
+            "http://[::1]:80",
+            "HTTP://LOCALHOST",
+        ] {
+            assert!(local.allows(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.com",
+            "http://evil.com",
+            "null",
+            "http://127.0.0.1.nip.io",
+            "http://localhost:99999",
+            "file://localhost",
+            "http://[::2]",
+        ] {
+            assert!(!local.allows(bad), "{bad}");
+        }
+        let list = AllowedOrigins::List(vec!["https://app.example.com".into()]);
+        assert!(list.allows("https://app.example.com"));
+        assert!(!list.allows("http://app.example.com"));
+        assert!(AllowedOrigins::Any.allows("https://anything"));
+    }
+
+    fn reverse(args: &[&str]) -> Result<ReverseConfig, ConfigError> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["shadowcat", "reverse"]
+                .iter()
+                .copied()
+                .chain(args.iter().copied()),
+        )
+        .unwrap();
+        let crate::cli::Command::Reverse(args) = cli.command else {
+            panic!()
+        };
+        ReverseConfig::build(&globals(None), &args)
+    }
+
+    #[test]
+    fn reverse_options_come_from_the_config_file_too() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listen = \"127.0.0.1:9999\"\nupstream = \"http://127.0.0.1:9000/mcp\"\nupstream_header = [\"X-Api-Key: k\"]\nallowed_origin = [\"https://app.example.com\"]\nadmin_listen = \"127.0.0.1:9090\"\nconnect_timeout = \"3s\""
+        )
+        .unwrap();
+        let cli =
+            <crate::cli::Cli as clap::Parser>::try_parse_from(["shadowcat", "reverse"]).unwrap();
+        let crate::cli::Command::Reverse(args) = cli.command else {
+            panic!()
+        };
+        let config = ReverseConfig::build(&globals(Some(file.path().to_owned())), &args).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9999");
+        assert!(matches!(config.upstream, ReverseUpstream::Http(_)));
+        assert_eq!(config.upstream_headers["x-api-key"], "k");
+        assert_eq!(config.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn reverse_options_are_validated() {
+        let config = reverse(&["--upstream", "http://127.0.0.1:9/mcp"]).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.path, "/mcp");
+        assert_eq!(config.allowed_origins, AllowedOrigins::Localhost);
+        assert!(config.admin_listen.is_none());
+        let config = reverse(&[
+            "--upstream-header",
+            "Authorization: Bearer s3cret",
+            "--upstream-header",
+            "X-Team: a",
+            "--listen",
+            "localhost:9100",
+            "--allowed-origin",
+            "https://App.example.com/",
+            "--",
+            "srv",
+        ])
+        .unwrap();
+        assert!(matches!(config.upstream, ReverseUpstream::Stdio(_)));
+        assert!(config.upstream_headers["authorization"].is_sensitive());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(
+            config.allowed_origins,
+            AllowedOrigins::List(vec!["https://app.example.com".into()])
+        );
+        for (args, option) in [
+            (
+                &["--listen", "8080", "--upstream", "http://h/"][..],
+                "--listen",
+            ),
+            (&["--upstream", "ftp://h/"][..], "--upstream"),
+            (&["--upstream", "https://h/"][..], "--upstream"),
+            (&["--upstream", "http://h/", "--path", "mcp"][..], "--path"),
+            (
+                &["--upstream", "http://h/", "--upstream-header", "nocolon"][..],
+                "--upstream-header",
+            ),
+            (
+                &["--upstream", "http://h/", "--upstream-header", "Host: x"][..],
+                "--upstream-header",
+            ),
+            (
+                &["--upstream", "http://h/", "--allowed-origin", "example.com"][..],
+                "--allowed-origin",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "http://h/",
+                    "--admin-listen",
+                    "127.0.0.1:8080",
+                ][..],
+                "--admin-listen",
+            ),
+            (&[][..], "--upstream"),
+        ] {
+            let err = reverse(args).unwrap_err();
+            assert!(err.to_string().contains(option), "{args:?}: {err}");
+        }
+    }
+}

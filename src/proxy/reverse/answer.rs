@@ -1,0 +1,238 @@
+//! A POST waiting for the answers to its requests: its registration with the session's router,
+//! the exchange with the upstream it drives meanwhile, and what it makes of each reply (an
+//! answer, another server message, a refusal, a cancellation). When it is dropped (the client
+//! went away), nothing it waited for is left pending.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use tokio::sync::mpsc;
+
+use crate::protocol::error::ProxyError;
+use crate::protocol::{ErrorCode, Kind, Message, Method, RequestId};
+use crate::proxy::outbox::Deliver as _;
+use crate::session::EndReason;
+
+use super::gateway::{Gateway, LinkUpstream, SessionLink};
+use super::router::{Reply, Router, Waiter};
+
+/// A POST's registration with its session's router, undone when the POST ends (answered, or the
+/// client went away).
+pub(super) struct Registration {
+    router: Arc<Router>,
+    ids: Vec<RequestId>,
+    /// Weak, so that the POST sees its channel close once nothing else can answer it.
+    waiter: mpsc::WeakSender<Reply>,
+}
+
+impl Registration {
+    pub(super) fn new(router: Arc<Router>, ids: Vec<RequestId>, waiter: &Waiter) -> Self {
+        router.register(&ids, waiter);
+        Self {
+            router,
+            ids,
+            waiter: waiter.downgrade(),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.waiter.upgrade() {
+            self.router.unregister(&self.ids, &waiter);
+        }
+    }
+}
+
+/// A POST waiting for the answers to its requests.
+pub(super) struct Answering {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) link: Arc<SessionLink>,
+    pub(super) replies: mpsc::Receiver<Reply>,
+    /// The POST's requests still unanswered, with their methods.
+    pub(super) expected: HashMap<RequestId, Method>,
+    pub(super) started: tokio::time::Instant,
+    pub(super) new_session: bool,
+    pub(super) batch: bool,
+    /// The exchange with the upstream, until it is over.
+    pub(super) exchange: Option<Exchange>,
+    pub(super) _registration: Registration,
+}
+
+/// A POST's exchange with the upstream.
+pub(super) type Exchange = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What arrived for a waiting POST.
+pub(super) enum Arrival {
+    /// The client cancelled one of its requests; nothing to send for it.
+    Cancelled,
+    /// The answer to one of its requests.
+    Answer(Bytes),
+    /// Something else for the client (a notification or server request).
+    Other(Bytes),
+    /// The upstream refused one of its messages at the HTTP level.
+    Rejected {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.expected.is_empty() {
+            return;
+        }
+        // The client went away before every answer came. An HTTP upstream's exchange is dropped
+        // with this POST, so its answers will never come: forget those requests, or they would
+        // keep the session busy (never idle, never evicted) and hold pending slots for good. A
+        // child's answers still come and are then dropped as answering nothing.
+        if matches!(self.link.upstream, LinkUpstream::Http { .. }) {
+            for id in self.expected.keys() {
+                self.link
+                    .session
+                    .pending(crate::protocol::Direction::ClientToServer)
+                    .remove(id);
+            }
+        }
+        if self.new_session {
+            // Nobody will ever learn this session's id.
+            self.gateway
+                .sessions
+                .end(self.link.session.id(), EndReason::Closed);
+        }
+    }
+}
+
+impl Answering {
+    /// Lets the rest of the exchange (a batch's notifications and responses) reach the upstream
+    /// once every answer is in.
+    pub(super) async fn finish_exchange(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.await;
+        }
+    }
+
+    /// A server message for a client that accepts only JSON can't be delivered: dropped, and a
+    /// server request is answered with an error so the server doesn't wait for it.
+    pub(super) async fn refuse_json_only(link: &SessionLink, raw: Bytes) {
+        tracing::warn!(
+            "the client accepts only application/json; a server message for it was dropped"
+        );
+        let Ok(msg) = Message::parse(raw) else { return };
+        let (Some(id), Kind::Request) = (msg.id(), msg.kind()) else {
+            return;
+        };
+        let direction = crate::protocol::Direction::ServerToClient;
+        if link.session.pending(direction).remove(id).is_some() {
+            let error = ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the client accepts only application/json, so it cannot receive this {} request",
+                    msg.method().map_or("server", Method::as_str)
+                ),
+            );
+            let _ = link
+                .deliver(Message::error_response(Some(id), &error))
+                .await;
+        }
+    }
+
+    /// Marks request `id` answered (and counts it); false if it was not one of ours.
+    fn answered(&mut self, id: &RequestId, error: bool) -> bool {
+        let Some(method) = self.expected.remove(id) else {
+            return false;
+        };
+        self.gateway
+            .metrics
+            .request(&method, error, self.started.elapsed());
+        true
+    }
+
+    /// The next reply, driving the exchange meanwhile.
+    async fn recv(&mut self) -> Option<Reply> {
+        loop {
+            let Some(exchange) = self.exchange.as_mut() else {
+                return self.replies.recv().await;
+            };
+            tokio::select! {
+                biased;
+                reply = self.replies.recv() => return reply,
+                () = exchange => self.exchange = None,
+            }
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Arrival {
+        let Some(reply) = self.recv().await else {
+            // Every sender is gone: the session ended (or its upstream died) with requests
+            // unanswered. The watcher answers what it knows about; this covers the rest.
+            let id = self.expected.keys().next().cloned();
+            if let Some(id) = &id {
+                self.answered(id, true);
+            }
+            let error = ProxyError::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the session ended ({}) before the request was answered",
+                    self.link.session.state()
+                ),
+            );
+            return Arrival::Answer(error.to_response(id.as_ref()));
+        };
+        match reply {
+            Reply::Cancelled(id) => {
+                self.answered(&id, true);
+                Arrival::Cancelled
+            }
+            Reply::Message(msg) => {
+                let answers_ours = msg.is_response()
+                    && msg
+                        .id()
+                        .is_some_and(|id| self.answered(id, msg.kind() == Kind::Error));
+                if answers_ours {
+                    if self.new_session && msg.kind() == Kind::Error && !self.batch {
+                        // The upstream refused to initialize: the session goes.
+                        self.gateway
+                            .sessions
+                            .end(self.link.session.id(), EndReason::Error);
+                    }
+                    Arrival::Answer(msg.raw().clone())
+                } else {
+                    Arrival::Other(msg.raw().clone())
+                }
+            }
+            Reply::Rejected {
+                id,
+                status,
+                content_type,
+                body,
+            } => {
+                let id = id.filter(|id| self.answered(id, true));
+                if self.expected.is_empty() && id.is_some() && !self.batch {
+                    return Arrival::Rejected {
+                        status,
+                        content_type,
+                        body,
+                    };
+                }
+                let error = ProxyError::new(
+                    ErrorCode::UpstreamHttpError,
+                    format!("the upstream answered HTTP {status}"),
+                )
+                .with("httpStatus", status.as_u16());
+                match id {
+                    Some(id) => Arrival::Answer(error.to_response(Some(&id))),
+                    None => Arrival::Rejected {
+                        status,
+                        content_type,
+                        body,
+                    },
+                }
+            }
+        }
+    }
+}
