@@ -317,3 +317,75 @@ fn a_client_that_leaves_mid_call_leaves_nothing_pending() {
         "the abandoned call still holds the session: {r:?}"
     );
 }
+
+#[test]
+fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() {
+    let fixture = Fixture::start(&["--stateless"]);
+    let gw = Gateway::start(&["--upstream", &fixture.url, "--admin-listen", "127.0.0.1:0"]);
+    let admin = gw
+        .stderr_text()
+        .split("admin endpoints on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let r = http_request(
+        &gw.addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json".into()),
+            ("Accept", "application/json, text/event-stream".into()),
+            ("MCP-Protocol-Version", "2026-07-28".into()),
+            ("Mcp-Method", "tools/call".into()),
+            ("Mcp-Name", "headers".into()),
+            ("Mcp-Param-Unknown-To-Us", "kept".into()),
+        ],
+        call(1, "headers", json!({})).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("mcp-session-id").is_none(),
+        "no session id for a stateless request"
+    );
+    let seen: Value = serde_json::from_str(&text_of(&r.json())).unwrap();
+    assert_eq!(seen["mcp-method"], "tools/call");
+    assert_eq!(seen["mcp-name"], "headers");
+    assert_eq!(
+        seen["mcp-param-unknown-to-us"], "kept",
+        "unknown Mcp-Param-* headers travel: {seen}"
+    );
+    assert!(seen.get("mcp-session-id").is_none());
+    let metrics =
+        String::from_utf8(http_request(&admin, "GET", "/metrics", &[], b"").body).unwrap();
+    assert!(metrics.contains("shadowcat_sessions_open 0"), "{metrics}");
+    assert!(
+        metrics.contains("shadowcat_sessions_created_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"shadowcat_sessions_ended_total{reason="closed"} 1"#),
+        "{metrics}"
+    );
+
+    // A command upstream has no stateless pass-through: a clear 400.
+    let gw = Gateway::fixture(&[]);
+    let r = http_request(
+        &gw.addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json".into()),
+            ("Accept", "application/json, text/event-stream".into()),
+            ("MCP-Protocol-Version", "2026-07-28".into()),
+        ],
+        br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("initialize")
+    );
+}

@@ -184,24 +184,36 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
     }
 }
 
-/// `auto` mode probes with a 2026-07-28 `server/discover` first. The gateway refuses requests
-/// without a session (the stateless era's pass-through is not built yet), which the SDK takes as
-/// "handshake era" and falls back to `initialize`: the session then matches a legacy one.
+/// The stateless era through the gateway: `auto` (which probes with a 2026-07-28
+/// `server/discover` first) and a pinned `2026-07-28` client against a 2.3.0 server get exactly
+/// what they get directly, while a legacy 1.30.0 client uses the same gateway at the same time.
 #[test]
-fn sdk_2_3_auto_mode_works_through_the_gateway() {
+fn sdk_2_3_stateless_era_clients_and_a_legacy_client_share_the_gateway() {
+    let server = HttpServer::start("2.3.0", &[]);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    let url = gateway.url();
+    let legacy = {
+        let url = url.clone();
+        std::thread::spawn(move || run_client("1.30.0", None, Target::Url(&url), true))
+    };
+    for mode in ["auto", "2026-07-28"] {
+        let direct = run_client("2.3.0", Some(mode), Target::Url(&server.url), true);
+        let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
+        check_summary(&proxied, true);
+        assert!(
+            proxied.contains("\"protocolVersion\":\"2026-07-28\""),
+            "{proxied}"
+        );
+        assert_eq!(direct, proxied, "mode {mode}: different through shadowcat");
+    }
+    let legacy = legacy.join().unwrap();
+    check_summary(&legacy, true);
+    assert!(!legacy.contains("2026-07-28"), "{legacy}");
+
+    // Against a handshake-era server, auto falls back to initialize, as it does directly.
     let server = HttpServer::start("1.30.0", &[]);
     let gateway = Gateway::start(&["--upstream", &server.url]);
     let direct = run_client("2.3.0", Some("auto"), Target::Url(&server.url), true);
     let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
     assert_eq!(direct, proxied);
-
-    let server = HttpServer::start("2.3.0", &[]);
-    let gateway = Gateway::start(&["--upstream", &server.url]);
-    let legacy = run_client("2.3.0", Some("legacy"), Target::Url(&server.url), true);
-    let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
-    check_summary(&proxied, true);
-    assert_eq!(
-        legacy.replace("\"mode\":\"legacy\"", "\"mode\":\"auto\""),
-        proxied
-    );
 }

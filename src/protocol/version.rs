@@ -17,6 +17,16 @@ pub fn is_known(version: &str) -> bool {
     KNOWN.contains(&version)
 }
 
+/// The first protocol version of the stateless era: no `initialize`, no sessions, the version in
+/// every request's `_meta` and `MCP-Protocol-Version` header.
+pub const FIRST_STATELESS: &str = "2026-07-28";
+
+/// Whether `version` belongs to the stateless era (2026-07-28 and later).
+pub fn is_stateless(version: &str) -> bool {
+    // Versions are dates, so they order as strings.
+    version >= FIRST_STATELESS
+}
+
 /// Whether JSON-RPC batches are allowed in `version` (only 2025-03-26 has them; 2024-11-05
 /// inherited them from JSON-RPC and they were removed in 2025-06-18).
 pub fn allows_batches(version: &str) -> bool {
@@ -32,5 +42,6 @@ mod tests {
         assert!(allows_batches(ASSUMED_WITHOUT_HEADER));
         assert!(!allows_batches("2025-06-18"));
         assert!(is_known("2025-11-25") && !is_known("2025-13-01"));
+        assert!(is_stateless("2026-07-28") && !is_stateless("2025-11-25"));
     }
 }

@@ -261,9 +261,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--mode",
-        choices=("legacy", "auto"),
+        choices=("legacy", "auto", "2026-07-28"),
         default="auto",
-        help="connect mode for mcp>=2 (ignored with mcp 1.x); default: auto",
+        help="connect mode for mcp>=2 (ignored with mcp 1.x): legacy, auto, or a pinned modern version; default: auto",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds; default: 30")
     parser.add_argument("--url", help="connect over Streamable HTTP to this URL instead of spawning a server")

@@ -56,10 +56,25 @@ pub(super) struct Answering {
     pub(super) expected: HashMap<RequestId, Method>,
     pub(super) started: tokio::time::Instant,
     pub(super) new_session: bool,
+    /// Ends a stateless request's session when the POST is over.
+    pub(super) ephemeral: Option<EndOnDrop>,
     pub(super) batch: bool,
     /// The exchange with the upstream, until it is over.
     pub(super) exchange: Option<Exchange>,
     pub(super) _registration: Registration,
+}
+
+/// Ends a session when dropped: the session of one stateless (2026-07-28) request, which lasts as
+/// long as its POST, however that ends.
+pub(super) struct EndOnDrop {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) session: crate::session::SessionId,
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.gateway.sessions.end(&self.session, EndReason::Closed);
+    }
 }
 
 /// A POST's exchange with the upstream.
@@ -194,7 +209,11 @@ impl Answering {
                         .id()
                         .is_some_and(|id| self.answered(id, msg.kind() == Kind::Error));
                 if answers_ours {
-                    if self.new_session && msg.kind() == Kind::Error && !self.batch {
+                    if self.new_session
+                        && self.ephemeral.is_none()
+                        && msg.kind() == Kind::Error
+                        && !self.batch
+                    {
                         // The upstream refused to initialize: the session goes.
                         self.gateway
                             .sessions

@@ -153,6 +153,11 @@ pub enum OpenError {
     /// The gateway is shutting down.
     #[error("shadowcat is shutting down")]
     ShuttingDown,
+    /// A stateless request for a command upstream.
+    #[error(
+        "stateless (2026-07-28) requests without a session reach HTTP upstreams only; start a session with initialize"
+    )]
+    StatelessUnsupported,
 }
 
 /// The gateway.
@@ -280,6 +285,30 @@ impl Gateway {
         self.tasks
             .spawn(self.clone().watch(link.clone(), child).instrument(span));
         Ok(link)
+    }
+
+    /// A session for one stateless (2026-07-28) request to an HTTP upstream: tracked by the
+    /// manager and the pipeline like any other, never addressable by the client, ended as soon as
+    /// the request is over. A command upstream has no stateless pass-through yet.
+    pub fn open_stateless(&self) -> Result<Arc<SessionLink>, OpenError> {
+        if self.stopping.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        let Upstream::Http(client) = &self.upstream else {
+            return Err(OpenError::StatelessUnsupported);
+        };
+        let session = self
+            .sessions
+            .create(TransportKind::Http, Some(self.upstream_label()))?;
+        Ok(Arc::new(SessionLink {
+            router: Arc::new(Router::new(session.clone())),
+            session,
+            upstream: LinkUpstream::Http {
+                client: client.clone(),
+                session_id: Mutex::new(None),
+            },
+            torn_down: CancellationToken::new(),
+        }))
     }
 
     /// Ends session `id` (a client's DELETE) and waits, up to the shutdown timeout, for its

@@ -27,7 +27,7 @@ use crate::session::{EndReason, SessionError, SessionId};
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 use crate::transport::sse;
 
-use super::answer::{Answering, Arrival, Exchange, Registration};
+use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
 use super::router::Reply;
 
@@ -308,8 +308,18 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             "Bad Request: initialize must not be part of a batch".into(),
         );
     }
-    let (link, new_session) = if initialize && !headers.contains_key(&MCP_SESSION_ID) {
-        match gateway.open_session() {
+    let stateless = !headers.contains_key(&MCP_SESSION_ID)
+        && !initialize
+        && header_version.as_deref().is_some_and(version::is_stateless);
+    let opened = if stateless {
+        Some(gateway.open_stateless())
+    } else if initialize && !headers.contains_key(&MCP_SESSION_ID) {
+        Some(gateway.open_session())
+    } else {
+        None
+    };
+    let (link, new_session) = if let Some(opened) = opened {
+        match opened {
             Ok(link) => (link, true),
             Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
                 let mut response = refuse(
@@ -322,6 +332,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return response;
+            }
+            Err(e @ OpenError::StatelessUnsupported) => {
+                return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
             }
             Err(e @ OpenError::ShuttingDown) => {
                 let error =
@@ -417,8 +430,12 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     }
 
     let (reply, mut replies) = reply_channel(expected.len());
+    let ephemeral = stateless.then(|| EndOnDrop {
+        gateway: gateway.clone(),
+        session: link.session.id().clone(),
+    });
     if expected.is_empty() {
-        if new_session {
+        if new_session && !stateless {
             // The pipeline answered the initialize itself (refused it): no session.
             gateway.sessions.end(link.session.id(), EndReason::Error);
         }
@@ -479,6 +496,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         expected: expected.into_iter().collect(),
         started,
         new_session,
+        ephemeral,
         batch,
         exchange: Some(exchange),
         _registration: guard,
@@ -516,7 +534,8 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             Arrival::Rejected { .. } | Arrival::Cancelled => {}
         }
     }
-    let session_header = new_session
+    // A stateless request's session is ours alone: the client never sees its id.
+    let session_header = (new_session && !stateless)
         .then(|| HeaderValue::from_str(link.session.id().as_str()).ok())
         .flatten();
     if !streaming {
