@@ -12,6 +12,9 @@
 //! - `big {bytes}`: returns a text of `bytes` bytes.
 //! - `raw_echo`: returns the exact line it received (to prove bytes pass unchanged).
 //! - `bad_request`: sends the client a malformed (truncated) `roots/list` request, id `bad-1`.
+//! - `notify {text}`: sends a `notifications/message` (logging) with `text`, then answers.
+//! - `progress {steps}`: sends `steps` `notifications/progress` for the request's
+//!   `_meta.progressToken` (if it has one), then answers.
 //! - `stats`: returns what arrived that it did not ask for: responses to unknown ids, the ids of
 //!   error responses (e.g. a proxy's answer to `bad_request`), and cancelled request ids.
 //!
@@ -72,6 +75,16 @@ fn tools() -> Value {
             json!({"code": {"type": "integer"}})
         ),
         tool("junk", "Writes a non-JSON line first", json!({})),
+        tool(
+            "notify",
+            "Sends a logging notification, then answers",
+            json!({"text": {"type": "string"}})
+        ),
+        tool(
+            "progress",
+            "Reports progress for the request's progressToken, then answers",
+            json!({"steps": {"type": "integer"}})
+        ),
         tool("bad_response", "Answers with malformed JSON", json!({})),
         tool(
             "big",
@@ -220,6 +233,27 @@ fn main() {
                             "structuredContent": {"unexpected_responses": unexpected_responses, "errors_received": errors_received, "cancelled": cancelled}
                         }}),
                     ),
+                    "notify" => {
+                        send(
+                            &out,
+                            &json!({"jsonrpc": "2.0", "method": "notifications/message",
+                                    "params": {"level": "info", "data": args["text"]}}),
+                        );
+                        send(&out, &text_result(&id, "notified"));
+                    }
+                    "progress" => {
+                        if let Some(token) = msg.pointer("/params/_meta/progressToken") {
+                            let steps = args["steps"].as_u64().unwrap_or(3);
+                            for step in 1..=steps {
+                                send(
+                                    &out,
+                                    &json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                                            "params": {"progressToken": token, "progress": step, "total": steps}}),
+                                );
+                            }
+                        }
+                        send(&out, &text_result(&id, "done"));
+                    }
                     "big" => {
                         let n =
                             usize::try_from(args["bytes"].as_u64().unwrap_or(1024)).unwrap_or(1024);

@@ -166,15 +166,31 @@ fn every_refusal_has_its_status_and_a_json_rpc_error_body() {
     );
     assert_eq!(r.status, 400);
     assert!(rpc_error(&r).1.contains("batches"));
-    // GET: no stream is offered.
+    // GET: the stream is SSE only, and needs a session.
     let r = http_request(
         &gw.addr,
         "GET",
         "/mcp",
         &[
-            ("Accept", "text/event-stream".into()),
+            ("Accept", "text/html".into()),
             ("Mcp-Session-Id", session.clone()),
         ],
+        b"",
+    );
+    assert_eq!(r.status, 406);
+    let r = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[("Accept", "text/event-stream".into())],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    let r = http_request(
+        &gw.addr,
+        "PUT",
+        "/mcp",
+        &[("Mcp-Session-Id", session.clone())],
         b"",
     );
     assert_eq!(r.status, 405);
@@ -533,5 +549,165 @@ fn a_json_only_client_gets_the_call_answered_when_the_server_asks_it_something()
     assert!(
         text.starts_with("client error:") && text.contains("only application/json"),
         "{text}"
+    );
+}
+
+fn get_stream(gw: &Gateway, session: &str, last_event_id: Option<&str>) -> SseReader {
+    let mut h = vec![
+        ("Accept", "text/event-stream".to_owned()),
+        ("Mcp-Session-Id", session.to_owned()),
+    ];
+    if let Some(id) = last_event_id {
+        h.push(("Last-Event-ID", id.to_owned()));
+    }
+    SseReader::get(&gw.addr, &h)
+}
+
+#[test]
+fn server_notifications_go_to_the_get_stream_which_resumes_after_the_last_event_seen() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let notify = |id: i64, text: &str| {
+        let r = gw.post(Some(&session), &call(id, "notify", json!({"text": text})));
+        // The log message belongs to no request: the call's own answer comes alone, as JSON.
+        assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+        assert_eq!(r.json()["result"]["content"][0]["text"], "notified");
+    };
+    let mut stream = get_stream(&gw, &session, None);
+    assert_eq!(stream.status, 200);
+    assert!(
+        stream
+            .headers
+            .contains(&("content-type".into(), "text/event-stream".into()))
+    );
+    // One GET stream per session at a time.
+    let second = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+        ],
+        b"",
+    );
+    assert_eq!(second.status, 409);
+    notify(1, "one");
+    notify(2, "two");
+    let (id1, m1) = stream.next_event().unwrap();
+    let (id2, m2) = stream.next_event().unwrap();
+    assert_eq!(
+        (id1.as_deref(), m1["params"]["data"].as_str()),
+        (Some("get-1"), Some("one"))
+    );
+    assert_eq!(
+        (id2.as_deref(), m2["params"]["data"].as_str()),
+        (Some("get-2"), Some("two"))
+    );
+    // The connection drops; what the server says meanwhile is kept.
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(100));
+    notify(3, "three");
+    notify(4, "four");
+    let mut resumed = get_stream(&gw, &session, Some("get-2"));
+    assert_eq!(resumed.status, 200);
+    let got: Vec<(Option<String>, String)> = (0..2)
+        .map(|_| {
+            let (id, m) = resumed.next_event().unwrap();
+            (id, m["params"]["data"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("get-3".to_owned()), "three".to_owned()),
+            (Some("get-4".to_owned()), "four".to_owned())
+        ],
+        "exactly the missed events, once, in order"
+    );
+    // Then it goes on live.
+    notify(5, "five");
+    let (id5, m5) = resumed.next_event().unwrap();
+    assert_eq!(
+        (id5.as_deref(), m5["params"]["data"].as_str()),
+        (Some("get-5"), Some("five"))
+    );
+    // An id this stream never issued.
+    drop(resumed);
+    std::thread::sleep(Duration::from_millis(100));
+    let bad = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+            ("Last-Event-ID", "get-999".into()),
+        ],
+        b"",
+    );
+    assert_eq!(bad.status, 400);
+    // Deleting the session ends its stream.
+    let mut open = get_stream(&gw, &session, None);
+    http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", session.clone())],
+        b"",
+    );
+    assert!(
+        open.next_event().is_none(),
+        "the stream ends with its session"
+    );
+}
+
+#[test]
+fn progress_goes_on_the_stream_of_the_request_it_reports_on() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let mut get = get_stream(&gw, &session, None);
+    let request = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
+        "name":"progress","arguments":{"steps":3},"_meta":{"progressToken":"tok-7"}}});
+    let mut post = SseReader::post(
+        &gw.addr,
+        &headers(&[("Mcp-Session-Id", &session)]),
+        request.to_string().as_bytes(),
+    );
+    assert!(
+        post.headers
+            .contains(&("content-type".into(), "text/event-stream".into()))
+    );
+    let mut steps = Vec::new();
+    loop {
+        let m = post.next_message().expect("the call's stream");
+        if m.get("id").is_some() {
+            assert_eq!(m["result"]["content"][0]["text"], "done");
+            break;
+        }
+        assert_eq!(m["params"]["progressToken"], "tok-7");
+        steps.push(m["params"]["progress"].as_i64().unwrap());
+    }
+    assert_eq!(steps, [1, 2, 3]);
+    // Nothing of it went to the GET stream: the next thing there is a later log message.
+    gw.post(Some(&session), &call(8, "notify", json!({"text": "after"})));
+    let (_, m) = get.next_event().unwrap();
+    assert_eq!(m["params"]["data"], "after");
+}
+
+#[test]
+fn an_open_get_stream_does_not_hold_up_shutdown() {
+    let mut gw = Gateway::fixture(&["--shutdown-timeout", "20s"]);
+    let session = gw.initialize();
+    let mut stream = get_stream(&gw, &session, None);
+    assert_eq!(stream.status, 200);
+    let started = Instant::now();
+    gw.terminate();
+    assert!(stream.next_event().is_none(), "the stream ends at shutdown");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the GET stream: {:?}",
+        started.elapsed()
     );
 }

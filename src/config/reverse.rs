@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, FileConfig, invalid, load_file, parse_duration, pick};
+use super::{
+    ConfigError, FileConfig, invalid, load_file, parse_count, parse_duration,
+    parse_optional_duration, pick,
+};
 use crate::cli::{GlobalArgs, ReverseArgs};
 use crate::transport::child::ChildSpec;
 
@@ -92,6 +95,10 @@ pub struct ReverseConfig {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Time to connect to an HTTP upstream.
     pub connect_timeout: Duration,
+    /// Events of a GET stream kept for replay.
+    pub sse_replay_events: usize,
+    /// Keep-alive comment interval on idle SSE streams (`None`: off).
+    pub sse_keepalive: Option<Duration>,
 }
 
 impl ReverseConfig {
@@ -157,31 +164,23 @@ impl ReverseConfig {
         } else {
             args.allowed_origin.clone()
         };
-        let allowed_origins = if origins.is_empty() {
-            AllowedOrigins::Localhost
-        } else if origins.iter().any(|o| o.trim() == "*") {
-            AllowedOrigins::Any
-        } else {
-            let mut list = Vec::new();
-            for origin in origins {
-                let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-                if !(o.starts_with("http://") || o.starts_with("https://")) || o.len() < 10 {
-                    return Err(invalid(
-                        "--allowed-origin",
-                        format!(
-                            "{origin:?}: expected scheme://host[:port], e.g. https://app.example.com, or *"
-                        ),
-                    ));
-                }
-                list.push(o);
-            }
-            AllowedOrigins::List(list)
-        };
+        let allowed_origins = parse_origins(&origins)?;
         let connect_timeout =
             match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
                 Some(text) => parse_duration(&text, "--connect-timeout")?,
                 None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
             };
+        let sse_replay_events = match pick(
+            args.sse_replay_events.as_ref(),
+            file.sse_replay_events.as_ref(),
+        ) {
+            Some(text) => parse_count(&text, "--sse-replay-events")?,
+            None => crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
+        };
+        let sse_keepalive = match pick(args.sse_keepalive.as_ref(), file.sse_keepalive.as_ref()) {
+            Some(text) => parse_optional_duration(&text, "--sse-keepalive")?,
+            None => Some(crate::proxy::reverse::stream::DEFAULT_KEEPALIVE),
+        };
         Ok(Self {
             listen,
             path,
@@ -190,8 +189,34 @@ impl ReverseConfig {
             allowed_origins,
             admin_listen,
             connect_timeout,
+            sse_replay_events,
+            sse_keepalive,
         })
     }
+}
+
+/// `--allowed-origin` values: none means localhost origins, `*` means any.
+fn parse_origins(origins: &[String]) -> Result<AllowedOrigins, ConfigError> {
+    Ok(if origins.is_empty() {
+        AllowedOrigins::Localhost
+    } else if origins.iter().any(|o| o.trim() == "*") {
+        AllowedOrigins::Any
+    } else {
+        let mut list = Vec::new();
+        for origin in origins {
+            let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.len() < 10 {
+                return Err(invalid(
+                    "--allowed-origin",
+                    format!(
+                        "{origin:?}: expected scheme://host[:port], e.g. https://app.example.com, or *"
+                    ),
+                ));
+            }
+            list.push(o);
+        }
+        AllowedOrigins::List(list)
+    })
 }
 
 fn parse_addr(text: &str, option: &'static str) -> Result<std::net::SocketAddr, ConfigError> {

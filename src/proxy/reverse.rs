@@ -7,6 +7,7 @@
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
+//! - [`stream`]: a session's GET stream: event ids, the replay buffer, resumption.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //!
 //! Every message passes through the same [`crate::proxy::Pipeline`] and
@@ -19,6 +20,7 @@ pub mod answer;
 pub mod gateway;
 pub mod router;
 pub mod server;
+pub mod stream;
 
 use std::time::Duration;
 

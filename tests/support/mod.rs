@@ -581,9 +581,20 @@ pub struct SseReader {
 impl SseReader {
     /// POSTs `body` and reads the response head.
     pub fn post(addr: &str, headers: &[(&str, String)], body: &[u8]) -> Self {
+        Self::open(addr, "POST", headers, body)
+    }
+
+    /// Opens the session's GET stream and reads the response head.
+    pub fn get(addr: &str, headers: &[(&str, String)]) -> Self {
+        Self::open(addr, "GET", headers, b"")
+    }
+
+    /// Sends `method /mcp` and reads the response head.
+    pub fn open(addr: &str, method: &str, headers: &[(&str, String)], body: &[u8]) -> Self {
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut request = format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut request =
+            format!("{method} /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -614,6 +625,29 @@ impl SseReader {
             reader,
             status,
             headers,
+        }
+    }
+
+    /// The next event that carries a message, as (its `id:`, the message); `None` at the end.
+    pub fn next_event(&mut self) -> Option<(Option<String>, Value)> {
+        let mut line = String::new();
+        let mut id = None;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let trimmed = line.trim_end();
+            if let Some(value) = trimmed.strip_prefix("id:") {
+                id = Some(value.trim().to_owned());
+            } else if let Some(data) = trimmed.strip_prefix("data:") {
+                let data = data.trim_start();
+                if !data.is_empty() {
+                    return Some((id, serde_json::from_str(data).expect("SSE data is JSON")));
+                }
+            } else if trimmed.is_empty() {
+                id = None;
+            }
         }
     }
 

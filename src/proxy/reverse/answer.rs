@@ -24,16 +24,25 @@ use super::router::{Reply, Router, Waiter};
 pub(super) struct Registration {
     router: Arc<Router>,
     ids: Vec<RequestId>,
+    tokens: Vec<String>,
     /// Weak, so that the POST sees its channel close once nothing else can answer it.
     waiter: mpsc::WeakSender<Reply>,
 }
 
 impl Registration {
-    pub(super) fn new(router: Arc<Router>, ids: Vec<RequestId>, waiter: &Waiter) -> Self {
+    /// Registers `waiter` for the answers to `ids` and the progress of `tokens`.
+    pub(super) fn new(
+        router: Arc<Router>,
+        ids: Vec<RequestId>,
+        tokens: Vec<String>,
+        waiter: &Waiter,
+    ) -> Self {
         router.register(&ids, waiter);
+        router.register_progress(&tokens, waiter, ids.len());
         Self {
             router,
             ids,
+            tokens,
             waiter: waiter.downgrade(),
         }
     }
@@ -43,6 +52,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(waiter) = self.waiter.upgrade() {
             self.router.unregister(&self.ids, &waiter);
+            self.router.unregister_progress(&self.tokens, &waiter);
         }
     }
 }

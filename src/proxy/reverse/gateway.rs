@@ -31,6 +31,7 @@ use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, read_body};
 
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
+use super::stream::{DEFAULT_REPLAY_BYTES, EventLog};
 
 mod http_upstream;
 
@@ -237,7 +238,8 @@ impl Gateway {
         let session = self
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
-        let router = Arc::new(Router::new(session.clone()));
+        let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
+        let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {
             Upstream::Http(client) => (
                 LinkUpstream::Http {
@@ -301,7 +303,7 @@ impl Gateway {
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
         Ok(Arc::new(SessionLink {
-            router: Arc::new(Router::new(session.clone())),
+            router: Arc::new(Router::new(session.clone(), None)),
             session,
             upstream: LinkUpstream::Http {
                 client: client.clone(),

@@ -6,6 +6,7 @@
 //!
 //! One router per session, so two sessions can never see each other's messages.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -17,6 +18,8 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
 use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
+
+use super::stream::EventLog;
 
 /// What a waiting POST receives.
 #[derive(Debug)]
@@ -62,6 +65,10 @@ pub struct Router {
     session: Option<Arc<Session>>,
     /// The child's stdin, to answer such requests (stdio upstreams).
     to_server: OnceLock<Arc<Outbox>>,
+    /// Progress token (its JSON text) → the POST whose request carried it.
+    progress: Mutex<HashMap<String, Slot>>,
+    /// The session's GET stream, for messages that belong to no open request.
+    events: Option<Arc<EventLog>>,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
 }
@@ -72,11 +79,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Router {
-    /// A router for `session`.
-    pub fn new(session: Arc<Session>) -> Self {
+    /// A router for `session`, whose GET stream (if it has one) is `events`.
+    pub fn new(session: Arc<Session>, events: Option<Arc<EventLog>>) -> Self {
         Self {
             session: Some(session),
+            events,
             ..Self::default()
+        }
+    }
+
+    /// The session's GET stream.
+    pub fn events(&self) -> Option<&Arc<EventLog>> {
+        self.events.as_ref()
+    }
+
+    /// Registers `waiter` for progress notifications carrying `tokens` (the JSON text of the
+    /// `progressToken`s of its requests).
+    pub fn register_progress(&self, tokens: &[String], waiter: &Waiter, reserve: usize) {
+        let mut progress = lock(&self.progress);
+        for token in tokens {
+            progress.insert(
+                token.clone(),
+                Slot {
+                    waiter: waiter.clone(),
+                    reserve,
+                },
+            );
+        }
+    }
+
+    /// Forgets `tokens` if `waiter` still holds them.
+    pub fn unregister_progress(&self, tokens: &[String], waiter: &Waiter) {
+        let mut progress = lock(&self.progress);
+        for token in tokens {
+            if progress
+                .get(token)
+                .is_some_and(|slot| slot.waiter.same_channel(waiter))
+            {
+                progress.remove(token);
+            }
         }
     }
 
@@ -128,6 +169,31 @@ impl Router {
     /// errors.
     pub fn close(&self) {
         lock(&self.waiters).clear();
+        lock(&self.progress).clear();
+        if let Some(events) = &self.events {
+            events.close();
+        }
+    }
+
+    /// A progress notification for a request whose POST is still open goes on that POST's
+    /// stream; gives the message back otherwise.
+    fn offer_progress(&self, msg: Message) -> Result<(), Message> {
+        let Some(token) = progress_token(&msg, "/params/progressToken") else {
+            return Err(msg);
+        };
+        let slot = lock(&self.progress).get(&token).cloned();
+        match slot {
+            Some(slot) if !slot.waiter.is_closed() && slot.waiter.capacity() > slot.reserve => {
+                match slot.waiter.try_send(Reply::Message(msg)) {
+                    Ok(()) => Ok(()),
+                    Err(e) => match e.into_inner() {
+                        Reply::Message(msg) => Err(msg),
+                        _ => Ok(()),
+                    },
+                }
+            }
+            _ => Err(msg),
+        }
     }
 
     /// Messages dropped so far because no POST was open to take them.
@@ -199,6 +265,11 @@ impl Router {
 }
 
 impl Deliver for Router {
+    /// Answers go to the POST that asked. Progress goes to the POST whose request carried its
+    /// token. A server request goes to the most recent open POST (it is being handled for one),
+    /// else to the GET stream if a client is connected to it. Every other notification goes to
+    /// the GET stream, buffered for replay whether or not anyone is connected. What nothing can
+    /// take is dropped, and a server request is answered with an error.
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         if msg.is_response() {
             match self.answer_slot(&msg) {
@@ -211,12 +282,47 @@ impl Deliver for Router {
                 }
                 None => self.drop_undeliverable(&msg).await,
             }
-        } else if let Err(msg) = self.offer(msg) {
+            return Ok(());
+        }
+        let msg = match self.offer_progress(msg) {
+            Ok(()) => return Ok(()),
+            Err(msg) => msg,
+        };
+        let left = if msg.kind() == Kind::Request {
+            match self.offer(msg) {
+                Ok(()) => None,
+                Err(msg) => match &self.events {
+                    Some(events) if events.is_connected() => {
+                        events.push(msg.raw());
+                        None
+                    }
+                    _ => Some(msg),
+                },
+            }
+        } else {
+            match &self.events {
+                Some(events) => {
+                    events.push(msg.raw());
+                    None
+                }
+                None => self.offer(msg).err(),
+            }
+        };
+        if let Some(msg) = left {
             self.drop_undeliverable(&msg).await;
         }
         // The session goes on even if one POST has gone.
         Ok(())
     }
+}
+
+/// The JSON text of the progress token at `pointer` in `msg`, if it has one. Parsed only when
+/// the frame mentions a progress token at all.
+pub fn progress_token(msg: &Message, pointer: &str) -> Option<String> {
+    memchr::memmem::find(msg.raw(), b"progressToken")?;
+    let value: serde_json::Value = serde_json::from_slice(msg.raw()).ok()?;
+    let token = value.pointer(pointer)?;
+    (token.is_string() || token.is_number()).then(|| token.to_string())
 }
 
 #[cfg(test)]
@@ -236,7 +342,7 @@ mod tests {
     async fn a_server_request_nobody_can_take_is_answered_and_forgotten() {
         use crate::session::TransportKind;
         let session = Arc::new(Session::standalone(TransportKind::Http, 8));
-        let router = Router::new(session.clone());
+        let router = Router::new(session.clone(), None);
         let (to_server, mut server_rx, _) = Outbox::new(8, 1 << 20);
         router.answer_server_through(Arc::new(to_server));
         session

@@ -3,8 +3,8 @@
 //! `POST` carries one client message (or, in 2025-03-26, a batch): notifications and responses
 //! are answered `202 Accepted`; requests with `application/json` when their answer is all there
 //! is, or `text/event-stream` when the server says more first (progress, logging, its own
-//! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` (the session's
-//! stream) is 405 until the streams work lands. Every refusal has the status the spec gives and
+//! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` opens the session's
+//! own stream (see [`super::stream`]). Every refusal has the status the spec gives and
 //! a JSON-RPC error body that says what was wrong.
 
 use std::convert::Infallible;
@@ -24,12 +24,15 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
 use crate::proxy::relay::MAX_BATCH_MESSAGES;
 use crate::session::{EndReason, SessionError, SessionId};
-use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
+use crate::transport::http::{
+    BodyError, LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body,
+};
 use crate::transport::sse;
 
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
-use super::router::Reply;
+use super::router::{Reply, progress_token};
+use super::stream::{self, ConnectError};
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
@@ -131,15 +134,81 @@ async fn not_allowed() -> Response {
     response
 }
 
-/// `GET`: the session's server→client stream is not offered yet.
-async fn get() -> Response {
-    let mut response = refuse(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method Not Allowed: this gateway offers no GET stream; server messages arrive on the POST that caused them".into(),
+/// `GET`: the session's server→client stream: the server messages that belong to no open
+/// request, with event ids; `Last-Event-ID` resumes it after the last event the client got.
+async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let link = match session_of(&gateway, &headers) {
+        Ok(link) => link,
+        Err(response) => return response,
+    };
+    if !accepts(&headers).sse {
+        return refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            "Not Acceptable: the GET stream is text/event-stream".into(),
+        );
+    }
+    let Some(events) = link.router.events() else {
+        let mut response = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed: this session has no GET stream".into(),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
+        return response;
+    };
+    let last = headers
+        .get(&LAST_EVENT_ID)
+        .map(|v| v.to_str().unwrap_or("?"));
+    let connection = match events.connect(last) {
+        Ok(connection) => connection,
+        Err(e @ ConnectError::Busy) => {
+            return refuse(StatusCode::CONFLICT, format!("Conflict: {e}"));
+        }
+        Err(e @ ConnectError::UnknownId(_)) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
+        }
+    };
+    let keepalive = gateway
+        .reverse
+        .sse_keepalive
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    // Ends with the session, or at once when shutdown begins (it is not an in-flight request).
+    let closed = link.session.closed_token().clone();
+    let stopping = gateway.stopping.clone();
+    let first = futures_util::stream::iter(connection.first);
+    let live = futures_util::stream::unfold(
+        (connection.live, keepalive, closed, stopping),
+        |(mut live, mut keepalive, closed, stopping)| async move {
+            let tick = async {
+                match keepalive.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = live.recv() => event?,
+                () = tick => stream::keepalive(),
+                () = closed.cancelled() => return None,
+                () = stopping.cancelled() => return None,
+            };
+            Some((event, (live, keepalive, closed, stopping)))
+        },
     );
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
+    sse_response(Body::from_stream(
+        first.chain(live).map(Ok::<Bytes, Infallible>),
+    ))
+}
+
+/// A `text/event-stream` response that no proxy in between should buffer.
+fn sse_response(body: Body) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 
@@ -386,6 +455,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     // Through the pipeline, in order.
     let mut forwarded = Vec::with_capacity(members.len());
     let mut expected = Vec::new();
+    let mut tokens = Vec::new();
     let mut answers = Vec::new();
     for member in members {
         match member {
@@ -400,6 +470,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 let request = (msg.kind() == Kind::Request)
                     .then(|| msg.id().cloned().zip(msg.method().cloned()))
                     .flatten();
+                let token = request
+                    .as_ref()
+                    .and_then(|_| progress_token(&msg, "/params/_meta/progressToken"));
                 match gateway.inbound(&link.session, msg).await {
                     crate::proxy::Verdict::Forward(msg) => {
                         gateway
@@ -412,6 +485,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                             if let Some(id) = msg.cancelled_request_id() {
                                 link.router.cancel(&id).await;
                             }
+                        }
+                        if request.is_some() {
+                            tokens.extend(token);
                         }
                         expected.extend(request);
                         forwarded.push(msg);
@@ -478,7 +554,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     }
 
     let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
-    let guard = Registration::new(link.router.clone(), ids, &reply);
+    let guard = Registration::new(link.router.clone(), ids, tokens, &reply);
     let started = tokio::time::Instant::now();
     // Driven by this POST's own task (no spawn, no cross-task wake-up per request), alongside
     // the wait for its answers; dropped, and so cancelled, if the client goes away.
@@ -572,13 +648,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         }
     });
     let body = Body::from_stream(first.chain(rest).map(Ok::<Bytes, Infallible>));
-    let mut response = (StatusCode::OK, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut response = sse_response(body);
     if let Some(id) = session_header {
-        headers.insert(MCP_SESSION_ID.clone(), id);
+        response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
     }
     response
 }

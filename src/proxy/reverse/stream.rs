@@ -1,0 +1,275 @@
+//! A session's standalone server→client stream (`GET /mcp`): the server messages that belong to
+//! no open request (logging, list-changed notifications, ...), with shadowcat's own event ids
+//! and a bounded replay buffer, so a client that loses the connection can come back with
+//! `Last-Event-ID` and get exactly the events it missed, once, in order.
+//!
+//! The [`EventLog`] is the one source of truth for the stream's ids and replay: ids are
+//! `get-<n>`, `n` counting from 1 in the order events were logged; the buffer keeps the last
+//! `--sse-replay-events` events (and at most [`DEFAULT_REPLAY_BYTES`]). Messages are logged
+//! whether or not a client is connected; at most one connection at a time takes them live.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+/// Default number of events kept for replay per stream (`--sse-replay-events`).
+pub const DEFAULT_REPLAY_EVENTS: usize = 256;
+/// Most bytes of events kept for replay per stream.
+pub const DEFAULT_REPLAY_BYTES: usize = 1024 * 1024;
+/// Default interval of keep-alive comments (`--sse-keepalive`).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// The reconnection delay suggested to clients (`retry:`), in milliseconds.
+pub const RETRY_MS: u64 = 3000;
+/// Events queued for a live connection before it counts as stalled and is dropped (its events
+/// stay in the log for the client to resume from).
+const LIVE_QUEUE: usize = 256;
+/// Prefix of this stream's event ids.
+const ID_PREFIX: &str = "get-";
+
+/// Why a GET could not take the stream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Another connection has it.
+    #[error("the session's GET stream is already open on another connection")]
+    Busy,
+    /// `Last-Event-ID` is not one of this stream's ids.
+    #[error("Last-Event-ID {0:?} is not an event id of this session's GET stream")]
+    UnknownId(String),
+}
+
+/// A connection's share of the stream: what to send first, then what comes live.
+#[derive(Debug)]
+pub struct Connection {
+    /// The priming event, a note about lost events if any, and the replayed events.
+    pub first: Vec<Bytes>,
+    /// Live events.
+    pub live: mpsc::Receiver<Bytes>,
+}
+
+/// The stream's event log and its live connection.
+#[derive(Debug)]
+pub struct EventLog {
+    inner: Mutex<Inner>,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The number of the last event logged (0: none yet).
+    last: u64,
+    /// The last events, oldest first, with their numbers.
+    buffer: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    live: Option<mpsc::Sender<Bytes>>,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Critical sections are single collection operations; a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl EventLog {
+    /// A log keeping at most `max_events` events and `max_bytes` bytes for replay.
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// Logs one message as the stream's next event and hands it to the live connection, if any.
+    pub fn push(&self, data: &[u8]) {
+        let mut inner = lock(&self.inner);
+        inner.last += 1;
+        let event = event(inner.last, data);
+        if let Some(live) = &inner.live {
+            if live.try_send(event.clone()).is_err() {
+                // Gone, or not reading: it can resume from the log.
+                inner.live = None;
+            }
+        }
+        inner.bytes += event.len();
+        let number = inner.last;
+        inner.buffer.push_back((number, event));
+        while inner.buffer.len() > self.max_events || inner.bytes > self.max_bytes {
+            let Some((_, old)) = inner.buffer.pop_front() else {
+                break;
+            };
+            inner.bytes -= old.len();
+        }
+    }
+
+    /// Whether a connection is taking events live now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.inner)
+            .live
+            .as_ref()
+            .is_some_and(|l| !l.is_closed())
+    }
+
+    /// Takes the stream for a new connection: after `last_event_id` (the events since are
+    /// replayed), or from now on.
+    pub fn connect(&self, last_event_id: Option<&str>) -> Result<Connection, ConnectError> {
+        let after = match last_event_id {
+            None => None,
+            Some(id) => Some(
+                id.strip_prefix(ID_PREFIX)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| ConnectError::UnknownId(id.to_owned()))?,
+            ),
+        };
+        let mut inner = lock(&self.inner);
+        if inner.live.as_ref().is_some_and(|l| !l.is_closed()) {
+            return Err(ConnectError::Busy);
+        }
+        if after.is_some_and(|n| n > inner.last) {
+            return Err(ConnectError::UnknownId(
+                last_event_id.unwrap_or("").to_owned(),
+            ));
+        }
+        let mut first = vec![priming(inner.last)];
+        if let Some(after) = after {
+            let oldest = inner.buffer.front().map_or(inner.last + 1, |(n, _)| *n);
+            if after + 1 < oldest {
+                // Older than the buffer: what fell out of it is gone. Say so, then replay the rest.
+                first.push(Bytes::from(format!(
+                    ": events get-{} to get-{} are no longer kept (--sse-replay-events)\n\n",
+                    after + 1,
+                    oldest - 1
+                )));
+            }
+            first.extend(
+                inner
+                    .buffer
+                    .iter()
+                    .filter(|(n, _)| *n > after)
+                    .map(|(_, e)| e.clone()),
+            );
+        }
+        let (tx, live) = mpsc::channel(LIVE_QUEUE);
+        inner.live = Some(tx);
+        Ok(Connection { first, live })
+    }
+
+    /// Ends the live connection (the session is over).
+    pub fn close(&self) {
+        lock(&self.inner).live = None;
+    }
+}
+
+/// One event: `id`, `event: message`, the message as `data:` lines.
+fn event(number: u64, data: &[u8]) -> Bytes {
+    let body = crate::transport::sse::message_event(data);
+    let mut out = BytesMut::with_capacity(body.len() + 24);
+    out.put_slice(format!("id: {ID_PREFIX}{number}\n").as_bytes());
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// The priming event (2025-11-25): the current id with empty data, and the reconnection delay,
+/// so that a client that loses the stream at once can still resume it.
+fn priming(last: u64) -> Bytes {
+    Bytes::from(format!(
+        "id: {ID_PREFIX}{last}\nretry: {RETRY_MS}\ndata:\n\n"
+    ))
+}
+
+/// A keep-alive comment.
+pub fn keepalive() -> Bytes {
+    Bytes::from_static(b": keep-alive\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(events: &[Bytes]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| {
+                let text = std::str::from_utf8(e).unwrap();
+                let id = text.strip_prefix("id: ")?.lines().next()?.to_owned();
+                text.contains("data: ").then_some(id)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_replayed_after_an_id_and_bounded() {
+        let log = EventLog::new(3, 1 << 20);
+        let mut first = log.connect(None).unwrap();
+        assert_eq!(first.first, vec![priming(0)]);
+        for i in 1..=2 {
+            log.push(format!("{{\"n\":{i}}}").as_bytes());
+        }
+        assert_eq!(
+            ids(&[
+                first.live.recv().await.unwrap(),
+                first.live.recv().await.unwrap()
+            ]),
+            ["get-1", "get-2"]
+        );
+        assert_eq!(log.connect(None).unwrap_err(), ConnectError::Busy);
+        drop(first);
+        // While nobody is connected, events are kept (the last 3).
+        for i in 3..=6 {
+            log.push(format!("{{\"n\":{i}}}").as_bytes());
+        }
+        let resumed = log.connect(Some("get-4")).unwrap();
+        assert_eq!(ids(&resumed.first), ["get-5", "get-6"]);
+        assert!(
+            std::str::from_utf8(&resumed.first[0])
+                .unwrap()
+                .starts_with("id: get-6\nretry: 3000")
+        );
+        drop(resumed);
+        // An id older than the buffer: a note, then everything still kept.
+        let late = log.connect(Some("get-1")).unwrap();
+        assert!(
+            std::str::from_utf8(&late.first[1])
+                .unwrap()
+                .contains("get-2 to get-3")
+        );
+        assert_eq!(ids(&late.first), ["get-4", "get-5", "get-6"]);
+        drop(late);
+        for bad in ["get-99", "7", "post-1", ""] {
+            assert!(
+                matches!(log.connect(Some(bad)), Err(ConnectError::UnknownId(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_connection_is_dropped_and_can_resume() {
+        let log = EventLog::new(10_000, 1 << 30);
+        let connection = log.connect(None).unwrap();
+        for _ in 0..(LIVE_QUEUE + 5) {
+            log.push(b"{}");
+        }
+        assert!(!log.is_connected());
+        let mut live = connection.live;
+        let mut got = 0;
+        while live.recv().await.is_some() {
+            got += 1;
+        }
+        assert_eq!(got, LIVE_QUEUE);
+        let resumed = log.connect(Some(&format!("get-{got}"))).unwrap();
+        assert_eq!(ids(&resumed.first).len(), 5);
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let log = EventLog::new(1000, 200);
+        for _ in 0..50 {
+            log.push(&[b'x'; 40]);
+        }
+        let inner = lock(&log.inner);
+        assert!(inner.bytes <= 200 && !inner.buffer.is_empty());
+    }
+}
