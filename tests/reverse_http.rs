@@ -356,15 +356,28 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
         "unknown Mcp-Param-* headers travel: {seen}"
     );
     assert!(seen.get("mcp-session-id").is_none());
+    // A refused stateless request leaves no session behind either (2026-07-28 has no batches).
+    let refused = http_request(
+        &gw.addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json".into()),
+            ("Accept", "application/json, text/event-stream".into()),
+            ("MCP-Protocol-Version", "2026-07-28".into()),
+        ],
+        format!("[{}]", call(2, "echo", json!({"text": "x"}))).as_bytes(),
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
     let metrics =
         String::from_utf8(http_request(&admin, "GET", "/metrics", &[], b"").body).unwrap();
     assert!(metrics.contains("shadowcat_sessions_open 0"), "{metrics}");
     assert!(
-        metrics.contains("shadowcat_sessions_created_total 1"),
+        metrics.contains("shadowcat_sessions_created_total 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"shadowcat_sessions_ended_total{reason="closed"} 1"#),
+        metrics.contains(r#"shadowcat_sessions_ended_total{reason="closed"} 2"#),
         "{metrics}"
     );
 

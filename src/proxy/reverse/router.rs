@@ -1,8 +1,10 @@
 //! Where a session's server→client messages go: each HTTP request (POST) that is waiting for
-//! answers registers the ids of its requests here, and the router hands every answer to the POST
-//! that carried its request. A message that answers nothing (a notification, a server request)
-//! goes to the POST that registered last and is still open; with none open it is dropped and
-//! counted (a session GET stream to hold them is the streams issue's work).
+//! answers registers the ids (and progress tokens) of its requests here, and the router hands
+//! every answer to the POST that carried its request, and progress to the POST whose request
+//! carried its token. A server request goes to the most recent open POST (it is being handled
+//! for one), else to the session's GET stream if a client has it open. Every other notification
+//! (logging, list-changed) goes to the GET stream, kept for replay while none is open. What
+//! nothing can take is dropped and counted, and a server request is answered with an error.
 //!
 //! One router per session, so two sessions can never see each other's messages.
 
@@ -292,10 +294,7 @@ impl Deliver for Router {
             match self.offer(msg) {
                 Ok(()) => None,
                 Err(msg) => match &self.events {
-                    Some(events) if events.is_connected() => {
-                        events.push(msg.raw());
-                        None
-                    }
+                    Some(events) if events.push_if_connected(msg.raw()) => None,
                     _ => Some(msg),
                 },
             }

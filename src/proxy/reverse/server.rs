@@ -162,9 +162,6 @@ async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
         .map(|v| v.to_str().unwrap_or("?"));
     let connection = match events.connect(last) {
         Ok(connection) => connection,
-        Err(e @ ConnectError::Busy) => {
-            return refuse(StatusCode::CONFLICT, format!("Conflict: {e}"));
-        }
         Err(e @ ConnectError::UnknownId(_)) => {
             return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
         }
@@ -423,6 +420,11 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             Err(response) => return response,
         }
     };
+    // A stateless request's session ends with its POST, whichever way that goes.
+    let ephemeral = stateless.then(|| EndOnDrop {
+        gateway: gateway.clone(),
+        session: link.session.id().clone(),
+    });
     if batch && members.len() > MAX_BATCH_MESSAGES {
         let error = ProxyError::new(
             ErrorCode::InvalidRequest,
@@ -506,10 +508,6 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     }
 
     let (reply, mut replies) = reply_channel(expected.len());
-    let ephemeral = stateless.then(|| EndOnDrop {
-        gateway: gateway.clone(),
-        session: link.session.id().clone(),
-    });
     if expected.is_empty() {
         if new_session && !stateless {
             // The pipeline answered the initialize itself (refused it): no session.

@@ -6,7 +6,8 @@
 //! The [`EventLog`] is the one source of truth for the stream's ids and replay: ids are
 //! `get-<n>`, `n` counting from 1 in the order events were logged; the buffer keeps the last
 //! `--sse-replay-events` events (and at most [`DEFAULT_REPLAY_BYTES`]). Messages are logged
-//! whether or not a client is connected; at most one connection at a time takes them live.
+//! whether or not a client is connected; one connection at a time takes them live (a new one
+//! takes over from the old), and events never handed to any connection go to the next one.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -32,9 +33,6 @@ const ID_PREFIX: &str = "get-";
 /// Why a GET could not take the stream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConnectError {
-    /// Another connection has it.
-    #[error("the session's GET stream is already open on another connection")]
-    Busy,
     /// `Last-Event-ID` is not one of this stream's ids.
     #[error("Last-Event-ID {0:?} is not an event id of this session's GET stream")]
     UnknownId(String),
@@ -61,6 +59,9 @@ pub struct EventLog {
 struct Inner {
     /// The number of the last event logged (0: none yet).
     last: u64,
+    /// The number of the last event handed to a live connection: events after it were never
+    /// sent to anyone, and go to the next connection even without `Last-Event-ID`.
+    handed: u64,
     /// The last events, oldest first, with their numbers.
     buffer: VecDeque<(u64, Bytes)>,
     bytes: usize,
@@ -88,7 +89,9 @@ impl EventLog {
         inner.last += 1;
         let event = event(inner.last, data);
         if let Some(live) = &inner.live {
-            if live.try_send(event.clone()).is_err() {
+            if live.try_send(event.clone()).is_ok() {
+                inner.handed = inner.last;
+            } else {
                 // Gone, or not reading: it can resume from the log.
                 inner.live = None;
             }
@@ -112,8 +115,23 @@ impl EventLog {
             .is_some_and(|l| !l.is_closed())
     }
 
+    /// Logs `data` only if a connection can take it live now; false otherwise, and nothing is
+    /// logged. If the connection goes in the meantime, the event stays logged for its return.
+    pub fn push_if_connected(&self, data: &[u8]) -> bool {
+        let connected = lock(&self.inner)
+            .live
+            .as_ref()
+            .is_some_and(|l| !l.is_closed() && l.capacity() > 0);
+        if connected {
+            self.push(data);
+        }
+        connected
+    }
+
     /// Takes the stream for a new connection: after `last_event_id` (the events since are
-    /// replayed), or from now on.
+    /// replayed), or after the last event handed to any connection (so events logged while
+    /// none was open are not lost). A connection already open is ended: the newest one has the
+    /// stream (the old one may be half-open, its client gone without a word).
     pub fn connect(&self, last_event_id: Option<&str>) -> Result<Connection, ConnectError> {
         let after = match last_event_id {
             None => None,
@@ -124,35 +142,34 @@ impl EventLog {
             ),
         };
         let mut inner = lock(&self.inner);
-        if inner.live.as_ref().is_some_and(|l| !l.is_closed()) {
-            return Err(ConnectError::Busy);
-        }
         if after.is_some_and(|n| n > inner.last) {
             return Err(ConnectError::UnknownId(
                 last_event_id.unwrap_or("").to_owned(),
             ));
         }
-        let mut first = vec![priming(inner.last)];
-        if let Some(after) = after {
-            let oldest = inner.buffer.front().map_or(inner.last + 1, |(n, _)| *n);
-            if after + 1 < oldest {
-                // Older than the buffer: what fell out of it is gone. Say so, then replay the rest.
-                first.push(Bytes::from(format!(
-                    ": events get-{} to get-{} are no longer kept (--sse-replay-events)\n\n",
-                    after + 1,
-                    oldest - 1
-                )));
-            }
-            first.extend(
-                inner
-                    .buffer
-                    .iter()
-                    .filter(|(n, _)| *n > after)
-                    .map(|(_, e)| e.clone()),
-            );
+        let after = after.unwrap_or(inner.handed);
+        // The priming event carries the id the replay starts after, so a connection lost before
+        // the replay is through resumes with all of it.
+        let mut first = vec![priming(after)];
+        let oldest = inner.buffer.front().map_or(inner.last + 1, |(n, _)| *n);
+        if after + 1 < oldest {
+            // Older than the buffer: what fell out of it is gone. Say so, then replay the rest.
+            first.push(Bytes::from(format!(
+                ": events get-{} to get-{} are no longer kept (--sse-replay-events)\n\n",
+                after + 1,
+                oldest - 1
+            )));
         }
+        first.extend(
+            inner
+                .buffer
+                .iter()
+                .filter(|(n, _)| *n > after)
+                .map(|(_, e)| e.clone()),
+        );
         let (tx, live) = mpsc::channel(LIVE_QUEUE);
         inner.live = Some(tx);
+        inner.handed = inner.last;
         Ok(Connection { first, live })
     }
 
@@ -202,9 +219,15 @@ mod tests {
     #[tokio::test]
     async fn events_are_numbered_replayed_after_an_id_and_bounded() {
         let log = EventLog::new(3, 1 << 20);
+        // Logged before anyone connected: the first connection gets it.
+        log.push(br#"{"n":1}"#);
+        let early = log.connect(None).unwrap();
+        assert_eq!(early.first[0], priming(0));
+        assert_eq!(ids(&early.first), ["get-1"]);
+        drop(early);
         let mut first = log.connect(None).unwrap();
-        assert_eq!(first.first, vec![priming(0)]);
-        for i in 1..=2 {
+        assert_eq!(first.first, vec![priming(1)], "nothing left undelivered");
+        for i in 2..=3 {
             log.push(format!("{{\"n\":{i}}}").as_bytes());
         }
         assert_eq!(
@@ -212,20 +235,23 @@ mod tests {
                 first.live.recv().await.unwrap(),
                 first.live.recv().await.unwrap()
             ]),
-            ["get-1", "get-2"]
+            ["get-2", "get-3"]
         );
-        assert_eq!(log.connect(None).unwrap_err(), ConnectError::Busy);
-        drop(first);
+        // A new connection takes over; the old one ends.
+        let takeover = log.connect(None).unwrap();
+        assert!(first.live.recv().await.is_none());
+        drop(takeover);
         // While nobody is connected, events are kept (the last 3).
-        for i in 3..=6 {
+        for i in 4..=7 {
             log.push(format!("{{\"n\":{i}}}").as_bytes());
         }
-        let resumed = log.connect(Some("get-4")).unwrap();
-        assert_eq!(ids(&resumed.first), ["get-5", "get-6"]);
+        let resumed = log.connect(Some("get-5")).unwrap();
+        assert_eq!(ids(&resumed.first), ["get-6", "get-7"]);
         assert!(
             std::str::from_utf8(&resumed.first[0])
                 .unwrap()
-                .starts_with("id: get-6\nretry: 3000")
+                .starts_with("id: get-5\nretry: 3000"),
+            "primed with the id the replay starts after"
         );
         drop(resumed);
         // An id older than the buffer: a note, then everything still kept.
@@ -233,16 +259,20 @@ mod tests {
         assert!(
             std::str::from_utf8(&late.first[1])
                 .unwrap()
-                .contains("get-2 to get-3")
+                .contains("get-2 to get-4")
         );
-        assert_eq!(ids(&late.first), ["get-4", "get-5", "get-6"]);
+        assert_eq!(ids(&late.first), ["get-5", "get-6", "get-7"]);
         drop(late);
-        for bad in ["get-99", "7", "post-1", ""] {
+        for bad in ["get-99", "8", "post-1", ""] {
             assert!(
                 matches!(log.connect(Some(bad)), Err(ConnectError::UnknownId(_))),
                 "{bad}"
             );
         }
+        // push_if_connected logs nothing without a connection.
+        assert!(!log.push_if_connected(b"{}"));
+        let _live = log.connect(None).unwrap();
+        assert!(log.push_if_connected(b"{}"));
     }
 
     #[tokio::test]
