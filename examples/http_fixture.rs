@@ -2,11 +2,14 @@
 //!
 //! Binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout. Options:
 //! - `--stateless`: issue no session ids (and require none);
-//! - `--sse`: answer requests as `text/event-stream` (default: `application/json`).
+//! - `--sse`: answer requests as `text/event-stream` (default: `application/json`);
+//! - `--no-get`: offer no GET stream (405).
 //!
 //! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
-//! request gets 404, as after a server restart).
+//! request gets 404, as after a server restart); `announce {text}` (sends a
+//! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
+//! streams took it).
 
 // A test fixture: panics are fine here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -25,6 +28,9 @@ use serde_json::{Value, json};
 struct Fixture {
     stateless: bool,
     sse: bool,
+    no_get: bool,
+    /// Open GET streams, by session.
+    streams: Mutex<Vec<(String, tokio::sync::mpsc::Sender<String>)>>,
     next: AtomicU64,
     sessions: Mutex<HashSet<String>>,
     deleted: Mutex<Vec<String>>,
@@ -35,6 +41,7 @@ fn main() {
     let fixture = Arc::new(Fixture {
         stateless: args.iter().any(|a| a == "--stateless"),
         sse: args.iter().any(|a| a == "--sse"),
+        no_get: args.iter().any(|a| a == "--no-get"),
         ..Fixture::default()
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -45,7 +52,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("PORT {}", listener.local_addr().unwrap().port());
         let app = axum::Router::new()
-            .route("/mcp", axum::routing::post(post).delete(delete))
+            .route("/mcp", axum::routing::post(post).delete(delete).get(get))
             .with_state(fixture);
         axum::serve(listener, app).await.unwrap();
     });
@@ -56,6 +63,26 @@ fn session_of(headers: &HeaderMap) -> Option<String> {
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+async fn get(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> Response {
+    if fixture.no_get {
+        return (StatusCode::METHOD_NOT_ALLOWED, [("allow", "POST, DELETE")]).into_response();
+    }
+    let Some(session) = session_of(&headers) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    fixture.streams.lock().unwrap().push((session, tx));
+    let prime = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(": hello\n\n".to_owned())
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(prime, events));
+    ([("content-type", "text/event-stream")], body).into_response()
 }
 
 async fn delete(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> StatusCode {
@@ -70,6 +97,7 @@ async fn delete(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> Stat
     StatusCode::ACCEPTED
 }
 
+#[allow(clippy::too_many_lines)] // One flat table of tools reads better than fragments.
 async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
         return error_response(StatusCode::BAD_REQUEST, -32700, "Parse error");
@@ -136,6 +164,28 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                         .unwrap_or(100);
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     "slept".to_owned()
+                }
+                "announce" => {
+                    let said = msg
+                        .pointer("/params/arguments/text")
+                        .cloned()
+                        .unwrap_or(json!(""));
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                                      "params": {"level": "info", "data": said}});
+                    let me = session_of(&headers).unwrap_or_default();
+                    let mut streams = fixture.streams.lock().unwrap();
+                    streams.retain(|(_, tx)| !tx.is_closed());
+                    let mut took = 0;
+                    for (session, tx) in streams.iter() {
+                        if *session == me
+                            && tx
+                                .try_send(format!("event: message\ndata: {note}\n\n"))
+                                .is_ok()
+                        {
+                            took += 1;
+                        }
+                    }
+                    took.to_string()
                 }
                 "forget" => {
                     if let Some(s) = session_of(&headers) {

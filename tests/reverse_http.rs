@@ -402,3 +402,44 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
             .contains("initialize")
     );
 }
+
+#[test]
+fn the_upstreams_get_stream_is_relayed_to_the_sessions_get_stream() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let session = gw.initialize();
+    let mut ours = support::SseReader::get(
+        &gw.addr,
+        &[
+            ("Accept", "text/event-stream".to_owned()),
+            ("Mcp-Session-Id", session.clone()),
+        ],
+    );
+    assert_eq!(ours.status, 200);
+    // Shadowcat opens the upstream's GET stream for the session on its own; once it has, the
+    // upstream's announcement reaches our stream, with our own event id.
+    let mut took = String::new();
+    wait_until("the gateway listens on the upstream's GET stream", || {
+        let r = gw.post(
+            Some(&session),
+            &call(1, "announce", json!({"text": "hello"})),
+        );
+        took = text_of(&r.json());
+        took != "0"
+    });
+    assert_eq!(took, "1", "exactly one upstream GET stream for the session");
+    let (id, message) = ours.next_event().expect("the relayed notification");
+    assert_eq!(message["method"], "notifications/message");
+    assert_eq!(message["params"]["data"], "hello");
+    assert!(id.is_some_and(|id| id.starts_with("get-")));
+
+    // An upstream without a GET stream: nothing to relay, and nothing breaks.
+    let fixture = Fixture::start(&["--no-get"]);
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let session = gw.initialize();
+    for i in 0..3 {
+        let r = gw.post(Some(&session), &call(i, "announce", json!({"text": "x"})));
+        assert_eq!(text_of(&r.json()), "0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

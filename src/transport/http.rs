@@ -134,6 +134,26 @@ impl HttpUpstream {
         self.send(builder, Full::new(body)).await
     }
 
+    /// Opens the upstream's GET stream for `session`, resuming after `last_event_id`.
+    pub async fn get_stream(
+        &self,
+        session: Option<&HeaderValue>,
+        protocol_version: Option<&HeaderValue>,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut builder = self.request(Method::GET, session);
+        if let Some(headers) = builder.headers_mut() {
+            headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+            if let Some(version) = protocol_version {
+                headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
+            }
+            if let Some(id) = last_event_id {
+                headers.insert(LAST_EVENT_ID.clone(), id.clone());
+            }
+        }
+        self.send(builder, Full::new(Bytes::new())).await
+    }
+
     /// Ends an upstream session (DELETE); any 2xx counts as done.
     pub async fn delete(
         &self,

@@ -28,7 +28,9 @@ use crate::proxy::tracker::receiver_gone;
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::{ChildSpec, describe_exit};
-use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, read_body};
+use crate::transport::http::{
+    HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, media_type, read_body,
+};
 
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
 use super::stream::{DEFAULT_REPLAY_BYTES, EventLog};
@@ -40,6 +42,10 @@ const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 /// How long a message shadowcat itself sends the HTTP upstream (a cancellation, an error for one
 /// of its requests) may take.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed attempts in a row after which the upstream's GET stream is given up on.
+const UPSTREAM_GET_ATTEMPTS: u32 = 3;
+/// Delay before reopening the upstream's GET stream when it sets no `retry:`.
+const UPSTREAM_GET_RETRY: Duration = Duration::from_secs(3);
 /// Most bytes of an upstream error body passed on to the client.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -80,6 +86,9 @@ pub struct SessionLink {
     pub upstream: LinkUpstream,
     /// Cancelled once the upstream side has been torn down.
     pub torn_down: CancellationToken,
+    /// Cancelled once an HTTP upstream has accepted the session's `initialize`: its GET stream
+    /// can be opened.
+    pub upstream_ready: CancellationToken,
 }
 
 impl SessionLink {
@@ -281,6 +290,7 @@ impl Gateway {
             router,
             upstream,
             torn_down: CancellationToken::new(),
+            upstream_ready: CancellationToken::new(),
         });
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id());
@@ -310,6 +320,7 @@ impl Gateway {
                 session_id: Mutex::new(None),
             },
             torn_down: CancellationToken::new(),
+            upstream_ready: CancellationToken::new(),
         }))
     }
 
@@ -353,7 +364,12 @@ impl Gateway {
                 }
             }
         } else {
-            session.closed_token().cancelled().await;
+            // An HTTP upstream: relay its GET stream, if it offers one, until the session ends.
+            let listen = Box::pin(self.listen_upstream(&link));
+            tokio::select! {
+                () = session.closed_token().cancelled() => {}
+                () = listen => session.closed_token().cancelled().await,
+            }
             None
         };
         for watcher in &watchers {
@@ -423,6 +439,61 @@ impl Gateway {
         }
         link.router.close();
         link.torn_down.cancel();
+    }
+
+    /// Relays the HTTP upstream's GET stream for `link` once its session exists: its messages go
+    /// through the pipeline and the router (to our GET stream, or the POST they belong to).
+    /// Reconnects after a drop, resuming with `Last-Event-ID` and waiting the upstream's `retry:`
+    /// (3 s by default); gives up after [`UPSTREAM_GET_ATTEMPTS`] failures in a row, or at once
+    /// if the upstream offers no GET stream (405).
+    async fn listen_upstream(&self, link: &Arc<SessionLink>) {
+        let LinkUpstream::Http { client, .. } = &link.upstream else {
+            return;
+        };
+        link.upstream_ready.cancelled().await;
+        let mut position = http_upstream::StreamPosition::default();
+        let mut failures = 0;
+        loop {
+            let session = link.upstream_session();
+            let version = link.protocol_version();
+            match client
+                .get_stream(
+                    session.as_ref(),
+                    version.as_ref(),
+                    position.last_event_id.as_ref(),
+                )
+                .await
+            {
+                Ok(response)
+                    if response.status().is_success()
+                        && media_type(response.headers()).as_deref()
+                            == Some("text/event-stream") =>
+                {
+                    failures = 0;
+                    tracing::debug!("relaying the upstream's GET stream");
+                    self.relay_stream(link, response.into_body(), None, &mut position)
+                        .await;
+                    tracing::debug!("the upstream's GET stream ended; reconnecting");
+                }
+                Ok(response) if response.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
+                    tracing::debug!("the upstream offers no GET stream");
+                    return;
+                }
+                Ok(response) => {
+                    failures += 1;
+                    tracing::debug!(status = %response.status(), "the upstream refused its GET stream");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(%e, "could not open the upstream's GET stream");
+                }
+            }
+            if failures >= UPSTREAM_GET_ATTEMPTS {
+                tracing::warn!(failures, "gave up on the upstream's GET stream");
+                return;
+            }
+            tokio::time::sleep(position.retry.unwrap_or(UPSTREAM_GET_RETRY)).await;
+        }
     }
 
     /// `--request-timeout` watchers for both directions of a session.

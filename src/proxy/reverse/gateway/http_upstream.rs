@@ -3,10 +3,11 @@
 //! session's router or the POST's own stream.
 
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
@@ -19,6 +20,15 @@ use crate::transport::http::{
     HttpUpstream, MCP_SESSION_ID, UpstreamError, media_type, read_body, sse_events,
 };
 use crate::transport::sse::Item;
+
+/// Where an upstream SSE stream got to, for reconnecting to it.
+#[derive(Debug, Default)]
+pub(super) struct StreamPosition {
+    /// The last event id the upstream sent.
+    pub(super) last_event_id: Option<HeaderValue>,
+    /// The reconnection delay the upstream asked for.
+    pub(super) retry: Option<Duration>,
+}
 
 use super::super::router::{Reply, Waiter};
 use super::{Gateway, LinkUpstream, MAX_ERROR_BODY, SessionLink};
@@ -49,7 +59,7 @@ impl Gateway {
                 self.metrics.upstream_error("unreachable");
                 let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string())
                     .with("detail", detail.as_str());
-                self.fail(link, id.as_ref(), &error, reply).await;
+                self.fail(link, id.as_ref(), &error, Some(reply)).await;
                 return;
             }
         };
@@ -60,6 +70,7 @@ impl Gateway {
             {
                 *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.clone());
             }
+            link.upstream_ready.cancel();
         }
         if !status.is_success() {
             let content_type = response.headers().get(CONTENT_TYPE).cloned();
@@ -82,11 +93,15 @@ impl Gateway {
             return;
         }
         match media_type(response.headers()).as_deref() {
-            Some("text/event-stream") => self.relay_stream(link, response.into_body(), reply).await,
+            Some("text/event-stream") => {
+                let mut position = StreamPosition::default();
+                self.relay_stream(link, response.into_body(), Some(reply), &mut position)
+                    .await;
+            }
             Some("application/json") => {
                 match read_body(response.into_body(), self.config.max_message_size).await {
                     Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
-                        self.relay_frame(link, body, reply).await;
+                        self.relay_frame(link, body, Some(reply)).await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -96,7 +111,7 @@ impl Gateway {
                             ErrorCode::InvalidUpstreamResponse,
                             format!("the upstream's answer could not be read: {e}"),
                         );
-                        self.fail(link, id.as_ref(), &error, reply).await;
+                        self.fail(link, id.as_ref(), &error, Some(reply)).await;
                     }
                 }
             }
@@ -116,7 +131,7 @@ impl Gateway {
                         "the upstream answered HTTP {status} without a JSON-RPC response to the request"
                     ),
                 );
-                self.fail(link, Some(&id), &error, reply).await;
+                self.fail(link, Some(&id), &error, Some(reply)).await;
             }
         }
     }
@@ -127,25 +142,49 @@ impl Gateway {
         link: &SessionLink,
         id: Option<&RequestId>,
         error: &ProxyError,
-        reply: &Waiter,
+        reply: Option<&Waiter>,
     ) {
         let Some(id) = id else { return };
         if link
             .session
             .pending(Direction::ClientToServer)
             .remove(id)
-            .is_some()
+            .is_none()
         {
-            let _ = reply
-                .send(Reply::Message(Message::error_response(Some(id), error)))
-                .await;
+            return;
+        }
+        let answer = Message::error_response(Some(id), error);
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(Reply::Message(answer)).await;
+            }
+            None => {
+                let _ = link.router.deliver(answer).await;
+            }
         }
     }
 
-    async fn relay_stream(&self, link: &Arc<SessionLink>, body: Incoming, reply: &Waiter) {
+    /// Relays an upstream SSE stream: a POST's answer (`reply`: its messages stay on that POST's
+    /// stream), or the upstream's GET stream (`None`: everything goes through the router).
+    /// `position` keeps the last event id and the server's `retry:` for reconnecting.
+    pub(super) async fn relay_stream(
+        &self,
+        link: &Arc<SessionLink>,
+        body: Incoming,
+        reply: Option<&Waiter>,
+        position: &mut StreamPosition,
+    ) {
         use futures_util::StreamExt;
         let mut events = std::pin::pin!(sse_events(body, self.config.max_message_size));
         while let Some(item) = events.next().await {
+            if let Ok(Item::Event(event)) = &item {
+                if let Some(id) = &event.id {
+                    position.last_event_id = HeaderValue::from_str(id).ok();
+                }
+                if let Some(ms) = event.retry {
+                    position.retry = Some(Duration::from_millis(ms));
+                }
+            }
             match item {
                 Ok(Item::Event(event)) if event.is_message() => {
                     self.relay_frame(link, event.data, reply).await;
@@ -164,7 +203,7 @@ impl Gateway {
                     break;
                 }
             }
-            if reply.is_closed() {
+            if reply.is_some_and(Waiter::is_closed) {
                 // The client has gone; dropping the stream disconnects (it does not cancel).
                 break;
             }
@@ -172,7 +211,7 @@ impl Gateway {
     }
 
     /// One frame (a message or a batch) from the HTTP upstream, through the pipeline.
-    async fn relay_frame(&self, link: &Arc<SessionLink>, body: Bytes, reply: &Waiter) {
+    async fn relay_frame(&self, link: &Arc<SessionLink>, body: Bytes, reply: Option<&Waiter>) {
         let members = match Message::parse_frame(body.clone()) {
             Ok(Frame::Single(msg)) => vec![Ok(msg)],
             Ok(Frame::Batch(members)) => members,
@@ -204,9 +243,11 @@ impl Gateway {
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
-                    if msg.is_response() {
+                    let Some(reply) = reply.filter(|_| !msg.is_response()) else {
                         let _ = link.router.deliver(msg).await;
-                    } else if let Err(mpsc::error::SendError(Reply::Message(msg))) =
+                        continue;
+                    };
+                    if let Err(mpsc::error::SendError(Reply::Message(msg))) =
                         reply.send(Reply::Message(msg)).await
                     {
                         // The client has gone: a request from the server is answered, so it
