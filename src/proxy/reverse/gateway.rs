@@ -89,6 +89,10 @@ pub struct SessionLink {
     /// Cancelled once an HTTP upstream has accepted the session's `initialize`: its GET stream
     /// can be opened.
     pub upstream_ready: CancellationToken,
+    /// Cancelled when the client first opens the session's GET stream: only then is the
+    /// upstream's opened (as the client would have done itself), so idle sessions hold no
+    /// upstream connection.
+    pub listening: CancellationToken,
 }
 
 impl SessionLink {
@@ -291,6 +295,7 @@ impl Gateway {
             upstream,
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
+            listening: CancellationToken::new(),
         });
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id());
@@ -321,6 +326,7 @@ impl Gateway {
             },
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
+            listening: CancellationToken::new(),
         }))
     }
 
@@ -364,11 +370,22 @@ impl Gateway {
                 }
             }
         } else {
-            // An HTTP upstream: relay its GET stream, if it offers one, until the session ends.
-            let listen = Box::pin(self.listen_upstream(&link));
+            // An HTTP upstream: once its session exists and the client listens, relay its GET
+            // stream (if it offers one) until the session ends. The relay is only built then:
+            // an idle session keeps nothing but the wait.
+            let wanted = async {
+                link.upstream_ready.cancelled().await;
+                link.listening.cancelled().await;
+            };
             tokio::select! {
                 () = session.closed_token().cancelled() => {}
-                () = listen => session.closed_token().cancelled().await,
+                () = wanted => {
+                    let listen = Box::pin(self.listen_upstream(&link));
+                    tokio::select! {
+                        () = session.closed_token().cancelled() => {}
+                        () = listen => session.closed_token().cancelled().await,
+                    }
+                }
             }
             None
         };
@@ -441,7 +458,8 @@ impl Gateway {
         link.torn_down.cancel();
     }
 
-    /// Relays the HTTP upstream's GET stream for `link` once its session exists: its messages go
+    /// Relays the HTTP upstream's GET stream for `link` (the watcher starts this once the
+    /// upstream session exists and the client has opened its own GET stream): its messages go
     /// through the pipeline and the router (to our GET stream, or the POST they belong to).
     /// Reconnects after a drop, resuming with `Last-Event-ID` and waiting the upstream's `retry:`
     /// (3 s by default); gives up after [`UPSTREAM_GET_ATTEMPTS`] failures in a row, or at once
@@ -450,7 +468,6 @@ impl Gateway {
         let LinkUpstream::Http { client, .. } = &link.upstream else {
             return;
         };
-        link.upstream_ready.cancelled().await;
         let mut position = http_upstream::StreamPosition::default();
         let mut failures = 0;
         loop {

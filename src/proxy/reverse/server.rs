@@ -157,6 +157,8 @@ async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
             .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
         return response;
     };
+    // The client listens: now the upstream's own GET stream is worth a connection.
+    link.listening.cancel();
     let last = headers
         .get(&LAST_EVENT_ID)
         .map(|v| v.to_str().unwrap_or("?"));
