@@ -1,6 +1,7 @@
-//! Real MCP SDK peers through `shadowcat reverse`: Python SDK clients (2.3.0 in `legacy` and
-//! `auto` modes, and 1.30.0) over Streamable HTTP, to Python SDK servers over HTTP (stateful,
-//! stateless, SSE and JSON answers) and over stdio (a child per session). Each client prints a
+//! Real MCP SDK peers through `shadowcat reverse`: Python SDK clients (2.3.0 in `legacy`, `auto`
+//! and `2026-07-28` modes, and 1.30.0) over Streamable HTTP, to Python SDK servers over HTTP
+//! (stateful, stateless, SSE and JSON answers) and over stdio (a child per session). The
+//! scenario includes sampling, progress and logging. Each client prints a
 //! normalised summary of its session; through the gateway it must equal the summary without it.
 //!
 //! The peers are installed by `scripts/test.sh` (pinned). Without them these tests fail with
@@ -106,6 +107,23 @@ fn run_client(sdk: &str, mode: Option<&str>, target: Target<'_>, sampling: bool)
     String::from_utf8(output.stdout).expect("utf-8 summary")
 }
 
+/// Progress (on the call's stream) and a log message (on the session's GET stream, when the
+/// upstream is a child) reached the client.
+fn check_progress_and_logs(summary: &str) {
+    let value: serde_json::Value = serde_json::from_str(summary).expect("summary is JSON");
+    let work = &value["calls"]["work"];
+    assert_eq!(
+        work["progress"],
+        serde_json::json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]),
+        "progress: {summary}"
+    );
+    assert_eq!(
+        work["logs"],
+        serde_json::json!(["worked 3 steps"]),
+        "logs: {summary}"
+    );
+}
+
 fn check_summary(summary: &str, sampling: bool) {
     let value: serde_json::Value = serde_json::from_str(summary).expect("summary is JSON");
     assert!(
@@ -145,6 +163,15 @@ fn http_upstream(server_sdk: &str, flags: &[&str]) {
 #[test]
 fn sdk_2_3_http_server_with_sse_answers() {
     http_upstream("2.3.0", &[]);
+    // Progress and logs of a call travel on its stream.
+    let server = HttpServer::start("2.3.0", &[]);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    check_progress_and_logs(&run_client(
+        "2.3.0",
+        Some("legacy"),
+        Target::Url(&gateway.url()),
+        true,
+    ));
 }
 
 #[test]
@@ -176,6 +203,7 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
             let direct = run_client(sdk, mode, Target::Stdio(&command), true);
             let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), true);
             check_summary(&proxied, true);
+            check_progress_and_logs(&proxied);
             assert_eq!(
                 direct, proxied,
                 "client {sdk} {mode:?} vs stdio server {server_sdk}: different through shadowcat"

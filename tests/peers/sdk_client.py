@@ -95,6 +95,14 @@ def dump(model: Any) -> Any:
 # Texts of the sampling prompts the server sent us, in arrival order.
 sampling_requests: list[str] = []
 
+# Log messages the server sent us (`notifications/message` data), in arrival order.
+log_messages: list[str] = []
+
+
+async def logging_callback(params: types.LoggingMessageNotificationParams) -> None:
+    """Keep every log message's data (as text)."""
+    log_messages.append(params.data if isinstance(params.data, str) else json.dumps(params.data))
+
 
 def _texts(content: Any) -> list[str]:
     """Text parts of a sampling message's content (a single block or a list)."""
@@ -175,6 +183,19 @@ async def run_scenario(client: Any, server_info: Any, protocol_version: str, cap
         calls["echo"] = _tool_result(name, await client.call_tool(name, {arg: ECHO_TEXT}))
     if name := _pick(tools, ADD_TOOLS):
         calls["add"] = _tool_result(name, await client.call_tool(name, dict(ADD_ARGS)))
+    if "work" in tools:
+        progress: list[list[float]] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append([done, total])
+
+        result = _tool_result("work", await client.call_tool("work", {"steps": 3}, progress_callback=on_progress))
+        # A log message may travel on another stream (a gateway's GET stream) than the call's
+        # answer: give it a moment to arrive.
+        with anyio.move_on_after(3):
+            while not any("worked 3 steps" in m for m in log_messages):
+                await anyio.sleep(0.02)
+        calls["work"] = {**result, "progress": progress, "logs": sorted(m for m in log_messages if "worked" in m)}
     if not NO_SAMPLING and (name := _pick(tools, ASK_TOOLS)):
         calls["ask"] = _tool_result(name, await client.call_tool(name, {"question": ASK_QUESTION}))
     summary["calls"] = calls
@@ -221,6 +242,9 @@ async def run_v2(params: StdioServerParameters | str, mode: str) -> dict[str, An
         params,
         mode=mode,
         sampling_callback=sampling_callback,
+        logging_callback=logging_callback,
+        # 2026-07-28 servers send log messages only to requests that opt in.
+        log_level="info",
         # No response cache: every list call must really go over the wire.
         cache=None,
         client_info=types.Implementation(name="shadowcat-sdk-client", version=SDK_VERSION),
@@ -243,6 +267,7 @@ async def run_v1_session(read: Any, write: Any) -> dict[str, Any]:
         read,
         write,
         sampling_callback=sampling_callback,
+        logging_callback=logging_callback,
         client_info=types.Implementation(name="shadowcat-sdk-client", version=SDK_VERSION),
     ) as session:
         init = await session.initialize()

@@ -58,6 +58,15 @@ async def ask(question: str, ctx: Context) -> str:
     return f"<non-text sampling answer: {content.type}>"
 
 
+@mcp.tool()
+async def work(steps: int, ctx: Context) -> str:
+    """Report progress for each step, log once, and say how many steps were done."""
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps)
+    await ctx.info(f"worked {steps} steps")
+    return f"did {steps} steps"
+
+
 @mcp.resource("peer://info", name="info", mime_type="text/plain")
 def info() -> str:
     """A static text resource."""

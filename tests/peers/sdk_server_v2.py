@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from mcp.server.mcpserver import MCPServer, Resolve, Sample
+from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
 
 # A fixed version string keeps `serverInfo` deterministic in the client's summary.
@@ -70,6 +70,15 @@ async def ask(
     if isinstance(content, TextContent):
         return content.text
     return f"<non-text sampling answer: {content.type}>"
+
+
+@mcp.tool()
+async def work(steps: int, ctx: Context) -> str:
+    """Report progress for each step, log once, and say how many steps were done."""
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps)
+    await ctx.info(f"worked {steps} steps")
+    return f"did {steps} steps"
 
 
 @mcp.resource("peer://info", name="info", mime_type="text/plain")
