@@ -704,3 +704,50 @@ fn an_open_get_stream_does_not_hold_up_shutdown() {
         started.elapsed()
     );
 }
+
+#[test]
+fn two_clients_with_get_streams_and_concurrent_calls_see_only_their_own_messages() {
+    let gw = Gateway::fixture(&[]);
+    let sessions = [gw.initialize(), gw.initialize()];
+    let mut streams: Vec<SseReader> = sessions.iter().map(|s| get_stream(&gw, s, None)).collect();
+    let addr = gw.addr.clone();
+    let callers: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(client, session)| {
+            let (addr, session) = (addr.clone(), session.clone());
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let r = http_request(
+                        &addr,
+                        "POST",
+                        "/mcp",
+                        &headers(&[("Mcp-Session-Id", &session)]),
+                        call(
+                            i,
+                            "notify",
+                            json!({"text": format!("client {client} note {i}")}),
+                        )
+                        .to_string()
+                        .as_bytes(),
+                    );
+                    assert_eq!(r.json()["result"]["content"][0]["text"], "notified");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    for (client, stream) in streams.iter_mut().enumerate() {
+        for i in 0..20 {
+            let (id, message) = stream.next_event().expect("a log message");
+            assert_eq!(id, Some(format!("get-{}", i + 1)));
+            assert_eq!(
+                message["params"]["data"],
+                format!("client {client} note {i}"),
+                "only this session's messages, in order"
+            );
+        }
+    }
+}
