@@ -751,3 +751,67 @@ fn two_clients_with_get_streams_and_concurrent_calls_see_only_their_own_messages
         }
     }
 }
+
+#[test]
+fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
+    let gw = Gateway::fixture(&[]);
+    let mut stream = SseReader::open_path(
+        &gw.addr,
+        "GET",
+        "/sse",
+        &[("Accept", "text/event-stream".into())],
+        b"",
+    );
+    assert_eq!(stream.status, 200);
+    let endpoint = stream.next_endpoint().expect("the endpoint event");
+    assert!(endpoint.starts_with("/message?sessionId="), "{endpoint}");
+    assert_eq!(fixture_children_of(&gw).len(), 1, "a child for the session");
+    let post = |body: Value| {
+        http_request(
+            &gw.addr,
+            "POST",
+            &endpoint,
+            &[("Content-Type", "application/json".into())],
+            body.to_string().as_bytes(),
+        )
+    };
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"old","version":"1"}}});
+    assert_eq!(post(init).status, 202);
+    let (_, answer) = stream.next_event().unwrap();
+    assert_eq!(answer["id"], 0);
+    assert!(answer["result"]["serverInfo"].is_object());
+    assert_eq!(
+        post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).status,
+        202
+    );
+    assert_eq!(
+        post(call(1, "echo", json!({"text": "old but gold"}))).status,
+        202
+    );
+    let (_, answer) = stream.next_event().unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "old but gold");
+    // Bad input is refused on the POST itself.
+    let r = http_request(
+        &gw.addr,
+        "POST",
+        "/message",
+        &[("Content-Type", "application/json".into())],
+        b"{}",
+    );
+    assert_eq!(r.status, 400, "no sessionId");
+    let r = http_request(
+        &gw.addr,
+        "POST",
+        "/message?sessionId=0123456789abcdef0123456789abcdef",
+        &[("Content-Type", "application/json".into())],
+        b"{}",
+    );
+    assert_eq!(r.status, 404);
+    // Closing the stream ends the session and its child.
+    drop(stream);
+    wait_until("the session's child has exited", || {
+        fixture_children_of(&gw).is_empty()
+    });
+    assert_eq!(post(call(2, "echo", json!({"text": "x"}))).status, 404);
+}

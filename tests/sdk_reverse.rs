@@ -76,6 +76,8 @@ impl Drop for HttpServer {
 /// Where a client connects.
 enum Target<'a> {
     Url(&'a str),
+    /// The 2024-11-05 HTTP+SSE transport (mcp 1.x clients).
+    Sse(&'a str),
     Stdio(&'a [String]),
 }
 
@@ -92,6 +94,9 @@ fn run_client(sdk: &str, mode: Option<&str>, target: Target<'_>, sampling: bool)
     match target {
         Target::Url(url) => {
             cmd.args(["--url", url]);
+        }
+        Target::Sse(url) => {
+            cmd.args(["--sse-url", url]);
         }
         Target::Stdio(command) => {
             cmd.arg("--").args(command);
@@ -244,4 +249,27 @@ fn sdk_2_3_stateless_era_clients_and_a_legacy_client_share_the_gateway() {
     let direct = run_client("2.3.0", Some("auto"), Target::Url(&server.url), true);
     let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
     assert_eq!(direct, proxied);
+}
+
+/// A 2024-11-05 HTTP+SSE client (mcp 1.30.0's `sse_client`) through the gateway gets what a
+/// Streamable HTTP client gets directly, from an HTTP upstream and from a stdio one.
+#[test]
+fn a_legacy_sse_client_reaches_http_and_stdio_upstreams() {
+    let server = HttpServer::start("2.3.0", &[]);
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    let sse_url = format!("http://{}/sse", gateway.addr);
+    let direct = run_client("1.30.0", None, Target::Url(&server.url), true);
+    let proxied = run_client("1.30.0", None, Target::Sse(&sse_url), true);
+    check_summary(&proxied, true);
+    check_progress_and_logs(&proxied);
+    assert_eq!(direct, proxied, "legacy SSE client vs HTTP upstream");
+
+    let command = vec![python("1.30.0"), server_script("1.30.0")];
+    let mut opts: Vec<&str> = vec!["--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    let sse_url = format!("http://{}/sse", gateway.addr);
+    let direct = run_client("1.30.0", None, Target::Stdio(&command), true);
+    let proxied = run_client("1.30.0", None, Target::Sse(&sse_url), true);
+    assert_eq!(direct, proxied, "legacy SSE client vs stdio upstream");
 }

@@ -6,6 +6,7 @@
 //! - [`gateway`]: sessions and their upstreams (a child per session, or a session at the HTTP
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
+//! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
 //! - [`stream`]: a session's GET stream: event ids, the replay buffer, resumption.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod answer;
 pub mod gateway;
+pub mod legacy;
 pub mod router;
 pub mod server;
 pub mod stream;

@@ -23,6 +23,8 @@ pub enum TransportKind {
     Stdio,
     /// Streamable HTTP (the reverse proxy).
     Http,
+    /// The 2024-11-05 HTTP+SSE transport (the reverse proxy's `/sse` endpoint).
+    Sse,
 }
 
 impl TransportKind {
@@ -31,6 +33,7 @@ impl TransportKind {
         match self {
             Self::Stdio => "stdio",
             Self::Http => "http",
+            Self::Sse => "sse",
         }
     }
 }

@@ -56,6 +56,7 @@ if SDK_MAJOR >= 2:
 else:
     from mcp import ClientSession
     from mcp.client.stdio import stdio_client
+    from mcp.client.sse import sse_client
     from mcp.client.streamable_http import streamablehttp_client
 
 SAMPLING_ANSWER = "42 (from client)"
@@ -255,6 +256,9 @@ async def run_v2(params: StdioServerParameters | str, mode: str) -> dict[str, An
 
 
 async def run_v1(params: StdioServerParameters | str) -> dict[str, Any]:
+    if isinstance(params, str) and params.startswith("sse:"):
+        async with sse_client(params.removeprefix("sse:")) as (read, write):
+            return await run_v1_session(read, write)
     if isinstance(params, str):
         async with streamablehttp_client(params) as (read, write, _):
             return await run_v1_session(read, write)
@@ -293,13 +297,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds; default: 30")
     parser.add_argument("--url", help="connect over Streamable HTTP to this URL instead of spawning a server")
     parser.add_argument(
+        "--sse-url", help="connect over the 2024-11-05 HTTP+SSE transport to this URL (mcp 1.x only)"
+    )
+    parser.add_argument(
         "--no-sampling",
         action="store_true",
         help="don't call the sampling tool (servers without a back-channel: stateless or JSON-only HTTP)",
     )
     if "--" not in argv:
         opts = parser.parse_args(argv)
-        if opts.url:
+        if opts.url or opts.sse_url:
             return opts, []
         parser.error("missing '--' before the server command")
     split = argv.index("--")
@@ -323,8 +330,15 @@ def main(argv: list[str]) -> int:
     NO_SAMPLING = opts.no_sampling
     # Pass the whole environment through (the SDK default keeps only a small
     # allow-list), so a proxy under test sees e.g. its RUST_LOG / config vars.
+    if opts.sse_url and SDK_MAJOR >= 2:
+        print("sdk_client: --sse-url needs mcp 1.x", file=sys.stderr)
+        return 2
     params: StdioServerParameters | str = (
-        opts.url if opts.url else StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+        f"sse:{opts.sse_url}"
+        if opts.sse_url
+        else opts.url
+        if opts.url
+        else StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
     )
 
     async def run() -> dict[str, Any]:

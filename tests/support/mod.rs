@@ -591,10 +591,21 @@ impl SseReader {
 
     /// Sends `method /mcp` and reads the response head.
     pub fn open(addr: &str, method: &str, headers: &[(&str, String)], body: &[u8]) -> Self {
+        Self::open_path(addr, method, "/mcp", headers, body)
+    }
+
+    /// Sends `method path` and reads the response head.
+    pub fn open_path(
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Self {
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut request =
-            format!("{method} /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -625,6 +636,24 @@ impl SseReader {
             reader,
             status,
             headers,
+        }
+    }
+
+    /// The data of the next `endpoint` event (the 2024-11-05 transport's first event).
+    pub fn next_endpoint(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let mut endpoint = false;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let trimmed = line.trim_end();
+            if trimmed == "event: endpoint" {
+                endpoint = true;
+            } else if let (true, Some(data)) = (endpoint, trimmed.strip_prefix("data:")) {
+                return Some(data.trim().to_owned());
+            }
         }
     }
 

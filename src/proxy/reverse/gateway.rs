@@ -7,6 +7,7 @@
 //! session tears the upstream down when the session ends, however it ends (DELETE, idle expiry,
 //! eviction, shutdown, a crashed child), and answers whatever was still in flight.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -238,19 +239,28 @@ impl Gateway {
         self.links.get(id).map(|l| l.value().clone())
     }
 
+    /// Runs `task` as one of the gateway's own (awaited at shutdown, within its limit).
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
     /// Sessions open now.
     pub fn open_sessions(&self) -> usize {
         self.links.len()
     }
 
-    /// Opens a session: a manager session, and for a stdio upstream its own child.
-    pub fn open_session(self: &Arc<Self>) -> Result<Arc<SessionLink>, OpenError> {
+    /// Opens a session for a client on `transport`: a manager session, and for a stdio upstream
+    /// its own child.
+    pub fn open_session(
+        self: &Arc<Self>,
+        transport: TransportKind,
+    ) -> Result<Arc<SessionLink>, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
         let session = self
             .sessions
-            .create(TransportKind::Http, Some(self.upstream_label()))?;
+            .create(transport, Some(self.upstream_label()))?;
         let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
         let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {

@@ -71,6 +71,8 @@ pub struct Router {
     progress: Mutex<HashMap<String, Slot>>,
     /// The session's GET stream, for messages that belong to no open request.
     events: Option<Arc<EventLog>>,
+    /// A 2024-11-05 HTTP+SSE session: every message, answers included, goes on its one stream.
+    legacy: std::sync::atomic::AtomicBool,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
 }
@@ -88,6 +90,12 @@ impl Router {
             events,
             ..Self::default()
         }
+    }
+
+    /// Makes this a 2024-11-05 HTTP+SSE session's router: every message goes on its one stream.
+    pub fn use_legacy_stream(&self) {
+        self.legacy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The session's GET stream.
@@ -273,6 +281,13 @@ impl Deliver for Router {
     /// the GET stream, buffered for replay whether or not anyone is connected. What nothing can
     /// take is dropped, and a server request is answered with an error.
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        if let (true, Some(events)) = (
+            self.legacy.load(std::sync::atomic::Ordering::Relaxed),
+            &self.events,
+        ) {
+            events.push(msg.raw());
+            return Ok(());
+        }
         if msg.is_response() {
             match self.answer_slot(&msg) {
                 // A reserved slot: this never waits on a client that stopped reading.

@@ -46,6 +46,14 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
                 .get(get)
                 .fallback(not_allowed),
         )
+        .route(
+            super::legacy::SSE_PATH,
+            axum::routing::get(super::legacy::open),
+        )
+        .route(
+            super::legacy::MESSAGE_PATH,
+            axum::routing::post(super::legacy::message),
+        )
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
@@ -105,7 +113,7 @@ async fn guard(State(gateway): State<Arc<Gateway>>, request: Request, next: Next
 }
 
 /// An HTTP refusal with a JSON-RPC error body (`id: null`).
-fn refuse(status: StatusCode, message: String) -> Response {
+pub(super) fn refuse(status: StatusCode, message: String) -> Response {
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
         StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TooManySessions,
@@ -115,7 +123,7 @@ fn refuse(status: StatusCode, message: String) -> Response {
     json_response(status, error.to_response(None))
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = (status, body).into_response();
     response
         .headers_mut()
@@ -202,7 +210,7 @@ async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
 }
 
 /// A `text/event-stream` response that no proxy in between should buffer.
-fn sse_response(body: Body) -> Response {
+pub(super) fn sse_response(body: Body) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -289,16 +297,8 @@ async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 /// `POST`: one message or batch from the client.
 #[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
 async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported Media Type: POST bodies must be application/json".into(),
-        );
+    if let Err(response) = check_content_type(&headers) {
+        return response;
     }
     let accepts = accepts(&headers);
     if !accepts.json && !accepts.sse {
@@ -321,45 +321,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             );
         }
     };
-    let limit = gateway.config.max_message_size;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = |size: Option<u64>| {
-        let mut error = ProxyError::new(
-            ErrorCode::MessageTooLarge,
-            format!("Payload Too Large: the body exceeds the limit of {limit} bytes (--max-message-size)"),
-        )
-        .with("limit", limit)
-        .with("httpStatus", 413);
-        if let Some(size) = size {
-            error = error.with("size", size);
-        }
-        json_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_response(None))
-    };
-    if declared.is_some_and(|len| len > limit as u64) {
-        return too_large(declared);
-    }
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge { .. }) => return too_large(None),
-        Err(BodyError::Read(e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("Bad Request: reading the body failed: {e}"),
-            );
-        }
-    };
-    let frame = match Message::parse_frame(body) {
+    let frame = match read_frame(&gateway, &headers, body).await {
         Ok(frame) => frame,
-        Err(e) => {
-            gateway
-                .pipeline
-                .metrics()
-                .malformed(crate::protocol::Direction::ClientToServer);
-            return json_response(StatusCode::BAD_REQUEST, e.to_response().raw().clone());
-        }
+        Err(response) => return response,
     };
     let (members, batch) = match frame {
         Frame::Single(msg) => (vec![Ok(msg)], false),
@@ -382,7 +346,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let opened = if stateless {
         Some(gateway.open_stateless())
     } else if initialize && !headers.contains_key(&MCP_SESSION_ID) {
-        Some(gateway.open_session())
+        Some(gateway.open_session(crate::session::TransportKind::Http))
     } else {
         None
     };
@@ -653,6 +617,77 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
     }
     response
+}
+
+/// 415 unless the body is `application/json`.
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+pub(super) fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(refuse(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Unsupported Media Type: POST bodies must be application/json".into(),
+    ))
+}
+
+/// Reads a POST body of at most `--max-message-size` (413 beyond) and parses its envelope
+/// (400 with the parse error when it is not JSON-RPC).
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+pub(super) async fn read_frame(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Frame, Response> {
+    let limit = gateway.config.max_message_size;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = |size: Option<u64>| {
+        let mut error = ProxyError::new(
+            ErrorCode::MessageTooLarge,
+            format!("Payload Too Large: the body exceeds the limit of {limit} bytes (--max-message-size)"),
+        )
+        .with("limit", limit)
+        .with("httpStatus", 413);
+        if let Some(size) = size {
+            error = error.with("size", size);
+        }
+        json_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_response(None))
+    };
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(declared));
+    }
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { .. }) => return Err(too_large(None)),
+        Err(BodyError::Read(e)) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Bad Request: reading the body failed: {e}"),
+            ));
+        }
+    };
+    let frame = match Message::parse_frame(body) {
+        Ok(frame) => frame,
+        Err(e) => {
+            gateway
+                .pipeline
+                .metrics()
+                .malformed(crate::protocol::Direction::ClientToServer);
+            return Err(json_response(
+                StatusCode::BAD_REQUEST,
+                e.to_response().raw().clone(),
+            ));
+        }
+    };
+    Ok(frame)
 }
 
 /// The upstream refused the POST's only message: its status and body go to the client as they

@@ -1,0 +1,229 @@
+//! The 2024-11-05 HTTP+SSE transport, downstream: `GET /sse` opens a session and its one stream,
+//! whose first event (`endpoint`) names where to POST (`/message?sessionId=…`); every message
+//! for the client, answers included, goes out on that stream as `event: message`; each POST is
+//! answered `202 Accepted` at once. The session ends when the stream's connection closes.
+//!
+//! Behind it is any upstream the gateway has: the messages take the same pipeline, session
+//! manager and upstream exchange as Streamable HTTP clients'.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use crate::protocol::error::ProxyError;
+use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
+use crate::proxy::Verdict;
+use crate::session::{EndReason, SessionError, SessionId, TransportKind};
+
+use super::gateway::{Gateway, OpenError, reply_channel};
+use super::router::Reply;
+use super::server::{check_content_type, read_frame, refuse, sse_response};
+use super::stream;
+
+/// Where 2024-11-05 clients open their stream.
+pub const SSE_PATH: &str = "/sse";
+/// Where they POST their messages.
+pub const MESSAGE_PATH: &str = "/message";
+
+/// `GET /sse`: a new session and its stream.
+pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
+    let link = match gateway.open_session(TransportKind::Sse) {
+        Ok(link) => link,
+        Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!(%e, "cannot open a session");
+            return refuse(StatusCode::BAD_GATEWAY, format!("Bad Gateway: {e}"));
+        }
+    };
+    link.router.use_legacy_stream();
+    let Some(events) = link.router.events().cloned() else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no session stream".into(),
+        );
+    };
+    let connection = match events.connect(None) {
+        Ok(connection) => connection,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let endpoint = Bytes::from(format!(
+        "event: endpoint\ndata: {MESSAGE_PATH}?sessionId={}\n\n",
+        link.session.id()
+    ));
+    tracing::info!(session = %link.session.id(), "a 2024-11-05 HTTP+SSE client connected");
+    // The session lasts as long as this stream: when the client goes, so does the session.
+    let guard = EndWithStream {
+        gateway: gateway.clone(),
+        session: link.session.id().clone(),
+    };
+    let keepalive = gateway
+        .reverse
+        .sse_keepalive
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    let closed = link.session.closed_token().clone();
+    let stopping = gateway.stopping.clone();
+    let live = futures_util::stream::unfold(
+        (connection.live, keepalive, closed, stopping, guard),
+        |(mut live, mut keepalive, closed, stopping, guard)| async move {
+            let tick = async {
+                match keepalive.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = live.recv() => event?,
+                () = tick => stream::keepalive(),
+                () = closed.cancelled() => return None,
+                () = stopping.cancelled() => return None,
+            };
+            Some((event, (live, keepalive, closed, stopping, guard)))
+        },
+    );
+    let first = futures_util::stream::once(async move { endpoint });
+    sse_response(Body::from_stream(
+        first.chain(live).map(Ok::<Bytes, Infallible>),
+    ))
+}
+
+/// Ends a 2024-11-05 session when its stream is dropped (the client disconnected).
+struct EndWithStream {
+    gateway: Arc<Gateway>,
+    session: SessionId,
+}
+
+impl Drop for EndWithStream {
+    fn drop(&mut self) {
+        if self
+            .gateway
+            .sessions
+            .end(&self.session, EndReason::Closed)
+            .is_some()
+        {
+            tracing::info!(session = %self.session, "the HTTP+SSE client disconnected; session ended");
+        }
+    }
+}
+
+/// `?sessionId=` of a message POST.
+#[derive(Debug, Deserialize)]
+pub struct Target {
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+}
+
+/// `POST /message?sessionId=…`: one client message (or batch); accepted at once, answered on
+/// the session's stream.
+pub async fn message(
+    State(gateway): State<Arc<Gateway>>,
+    Query(target): Query<Target>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(response) = check_content_type(&headers) {
+        return response;
+    }
+    let Some(id) = target.session_id else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: missing sessionId; open the stream at /sse first".into(),
+        );
+    };
+    let link = SessionId::parse(&id)
+        .ok()
+        .and_then(|id| gateway.link(&id))
+        .filter(|link| !link.session.closed_token().is_cancelled());
+    let Some(link) = link else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "Not Found: no such session (its stream closed); open a new one at /sse".into(),
+        );
+    };
+    let frame = match read_frame(&gateway, &headers, body).await {
+        Ok(frame) => frame,
+        Err(response) => return response,
+    };
+    let Some(events) = link.router.events().cloned() else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "Not Found: not an HTTP+SSE session".into(),
+        );
+    };
+    let members = match frame {
+        Frame::Single(msg) => vec![Ok(msg)],
+        Frame::Batch(members) => members,
+    };
+    let mut forwarded = Vec::with_capacity(members.len());
+    let mut requests: Vec<RequestId> = Vec::new();
+    for member in members {
+        match member {
+            Err(e) => events.push(e.to_response().raw()),
+            Ok(msg) => {
+                let request = (msg.kind() == Kind::Request)
+                    .then(|| msg.id().cloned())
+                    .flatten();
+                match gateway.inbound(&link.session, msg).await {
+                    Verdict::Forward(msg) => {
+                        gateway
+                            .pipeline
+                            .metrics()
+                            .forwarded(Direction::ClientToServer);
+                        requests.extend(request);
+                        forwarded.push(msg);
+                    }
+                    Verdict::Respond(answer) => events.push(answer.raw()),
+                    Verdict::Drop => {}
+                }
+            }
+        }
+    }
+    // The exchange runs on its own: the client gets its answers on the stream, not here.
+    let (reply, mut replies) = reply_channel(requests.len());
+    let exchange_gateway = gateway.clone();
+    gateway.spawn(async move {
+        let drain = async {
+            while let Some(item) = replies.recv().await {
+                match item {
+                    Reply::Message(msg) => events.push(msg.raw()),
+                    Reply::Rejected {
+                        id: Some(id),
+                        status,
+                        ..
+                    } => {
+                        let error = ProxyError::new(
+                            ErrorCode::UpstreamHttpError,
+                            format!("the upstream answered HTTP {status}"),
+                        )
+                        .with("httpStatus", status.as_u16());
+                        events.push(Message::error_response(Some(&id), &error).raw());
+                    }
+                    Reply::Rejected { id: None, .. } | Reply::Cancelled(_) => {}
+                }
+            }
+        };
+        // `reply` is dropped when the exchange is over, which ends the drain.
+        let exchange = async move {
+            exchange_gateway
+                .exchange(&link, forwarded, &headers, &reply)
+                .await;
+        };
+        tokio::join!(exchange, drain);
+    });
+    StatusCode::ACCEPTED.into_response()
+}
