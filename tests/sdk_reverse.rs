@@ -273,3 +273,40 @@ fn a_legacy_sse_client_reaches_http_and_stdio_upstreams() {
     let proxied = run_client("1.30.0", None, Target::Sse(&sse_url), true);
     assert_eq!(direct, proxied, "legacy SSE client vs stdio upstream");
 }
+
+/// Streamable HTTP clients through the gateway to a 2024-11-05 HTTP+SSE server
+/// (`mcp.sse_app()`): the gateway's back-compat probe finds it, and each session gets its own
+/// stream there. The results equal a legacy SSE client's talking to it directly.
+#[test]
+fn streamable_http_clients_reach_a_legacy_sse_upstream() {
+    let server = HttpServer::start("1.30.0", &["--legacy-sse"]);
+    let sse_url = server.url.replace("/mcp", "/sse");
+    let gateway = Gateway::start(&["--upstream", &sse_url]);
+    let direct = run_client("1.30.0", None, Target::Sse(&sse_url), true);
+    let proxied = run_client("1.30.0", None, Target::Url(&gateway.url()), true);
+    check_summary(&proxied, true);
+    check_progress_and_logs(&proxied);
+    assert_eq!(direct, proxied, "1.30.0 client");
+    // An old client at the gateway's own /sse, to the old server behind it.
+    let gateway_sse = format!("http://{}/sse", gateway.addr);
+    let both_old = run_client("1.30.0", None, Target::Sse(&gateway_sse), true);
+    assert_eq!(direct, both_old, "HTTP+SSE on both sides");
+    // A 2.3.0 client too (its summary names its own SDK; everything else must match).
+    let without_client = |summary: &str| {
+        let mut value: serde_json::Value = serde_json::from_str(summary).unwrap();
+        value.as_object_mut().unwrap().remove("client");
+        value
+    };
+    let proxied = run_client("2.3.0", Some("legacy"), Target::Url(&gateway.url()), true);
+    assert_eq!(
+        without_client(&direct),
+        without_client(&proxied),
+        "2.3.0 client"
+    );
+    assert!(
+        gateway
+            .stderr_text()
+            .contains("2024-11-05 HTTP+SSE transport"),
+        "the probe's finding is logged"
+    );
+}

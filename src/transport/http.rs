@@ -104,7 +104,16 @@ impl HttpUpstream {
     }
 
     fn request(&self, method: Method, session: Option<&HeaderValue>) -> http::request::Builder {
-        let mut builder = Request::builder().method(method).uri(self.url.clone());
+        self.request_to(method, &self.url, session)
+    }
+
+    fn request_to(
+        &self,
+        method: Method,
+        uri: &Uri,
+        session: Option<&HeaderValue>,
+    ) -> http::request::Builder {
+        let mut builder = Request::builder().method(method).uri(uri.clone());
         if let Some(headers) = builder.headers_mut() {
             headers.extend(self.headers.clone());
             if let Some(session) = session {
@@ -121,7 +130,18 @@ impl HttpUpstream {
         session: Option<&HeaderValue>,
         client_headers: &HeaderMap,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut builder = self.request(Method::POST, session);
+        self.post_to(&self.url, body, session, client_headers).await
+    }
+
+    /// POSTs one JSON-RPC frame to `uri` (a legacy HTTP+SSE upstream's message endpoint).
+    pub async fn post_to(
+        &self,
+        uri: &Uri,
+        body: Bytes,
+        session: Option<&HeaderValue>,
+        client_headers: &HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut builder = self.request_to(Method::POST, uri, session);
         if let Some(headers) = builder.headers_mut() {
             for (name, value) in client_headers {
                 if is_forwarded_header(name) {
@@ -166,6 +186,20 @@ impl HttpUpstream {
         }
         let response = self.send(builder, Full::new(Bytes::new())).await?;
         Ok(response.status())
+    }
+
+    /// The URI a legacy HTTP+SSE upstream's `endpoint` event names, resolved against the upstream
+    /// URL; `None` unless it stays on the upstream's origin (messages never go elsewhere).
+    pub fn resolve(&self, reference: &str) -> Option<Uri> {
+        let reference = reference.trim();
+        if reference.starts_with('/') && !reference.starts_with("//") {
+            let scheme = self.url.scheme_str()?;
+            let authority = self.url.authority()?;
+            return format!("{scheme}://{authority}{reference}").parse().ok();
+        }
+        let uri: Uri = reference.parse().ok()?;
+        (uri.scheme() == self.url.scheme() && uri.authority() == self.url.authority())
+            .then_some(uri)
     }
 
     /// Whether a TCP connection to the upstream can be made now (readiness).
@@ -243,6 +277,31 @@ pub fn sse_events(body: Incoming, limit: usize) -> impl Stream<Item = std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_resolve_on_the_upstreams_origin_only() {
+        let upstream = HttpUpstream::new(
+            "http://127.0.0.1:9000/sse".parse().unwrap(),
+            HeaderMap::new(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        assert_eq!(
+            upstream
+                .resolve("/messages/?session_id=ab")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9000/messages/?session_id=ab"
+        );
+        assert!(upstream.resolve("http://127.0.0.1:9000/m").is_some());
+        for elsewhere in [
+            "http://evil.example/m",
+            "//evil.example/m",
+            "https://127.0.0.1:9000/m",
+            "m",
+        ] {
+            assert!(upstream.resolve(elsewhere).is_none(), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn only_mcp_headers_are_forwarded() {

@@ -31,4 +31,7 @@ def parse_args(argv: list[str]) -> Any:
     parser.add_argument("--http", action="store_true", help="serve Streamable HTTP on a free port (default: stdio)")
     parser.add_argument("--stateless", action="store_true", help="HTTP: no sessions")
     parser.add_argument("--json", action="store_true", help="HTTP: answer with application/json, not SSE")
+    parser.add_argument(
+        "--legacy-sse", action="store_true", help="HTTP: the 2024-11-05 HTTP+SSE transport (GET /sse)"
+    )
     return parser.parse_args(argv)

@@ -101,7 +101,9 @@ if __name__ == "__main__":
     from http_serve import parse_args, serve
 
     args = parse_args(sys.argv[1:])
-    if args.http:
+    if args.http and args.legacy_sse:
+        serve(mcp.sse_app())
+    elif args.http:
         serve(mcp.streamable_http_app(json_response=args.json, stateless_http=args.stateless))
     else:
         mcp.run("stdio")

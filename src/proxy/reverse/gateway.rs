@@ -73,7 +73,20 @@ pub enum LinkUpstream {
         client: Arc<HttpUpstream>,
         /// The upstream's `Mcp-Session-Id`, once its initialize answer gave one.
         session_id: Mutex<Option<HeaderValue>>,
+        /// When the upstream speaks the 2024-11-05 HTTP+SSE transport: its stream for this
+        /// session and where to POST.
+        legacy: Mutex<Option<Arc<LegacyUpstream>>>,
     },
+}
+
+/// A session's connection to a 2024-11-05 HTTP+SSE upstream: the stream (read by a relay task)
+/// is the upstream session; messages are POSTed to the endpoint its first event named.
+#[derive(Debug)]
+pub struct LegacyUpstream {
+    /// Where to POST.
+    pub endpoint: http::Uri,
+    /// The task relaying the stream; aborting it closes the upstream session.
+    pub relay: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// A session and its upstream.
@@ -100,6 +113,17 @@ impl SessionLink {
     fn upstream_session(&self) -> Option<HeaderValue> {
         match &self.upstream {
             LinkUpstream::Http { session_id, .. } => session_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            LinkUpstream::Stdio { .. } => None,
+        }
+    }
+
+    /// The 2024-11-05 upstream connection, if this session has one.
+    pub fn legacy(&self) -> Option<Arc<LegacyUpstream>> {
+        match &self.upstream {
+            LinkUpstream::Http { legacy, .. } => legacy
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
@@ -195,6 +219,9 @@ pub struct Gateway {
     tasks: TaskTracker,
     /// Cancelled when shutdown begins: no new sessions.
     pub stopping: CancellationToken,
+    /// The HTTP upstream turned out to speak the 2024-11-05 HTTP+SSE transport (learnt from the
+    /// first session's probe, then used for every session).
+    legacy_upstream: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -219,6 +246,7 @@ impl Gateway {
             links: DashMap::new(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            legacy_upstream: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -268,6 +296,7 @@ impl Gateway {
                 LinkUpstream::Http {
                     client: client.clone(),
                     session_id: Mutex::new(None),
+                    legacy: Mutex::new(None),
                 },
                 None,
             ),
@@ -333,6 +362,7 @@ impl Gateway {
             upstream: LinkUpstream::Http {
                 client: client.clone(),
                 session_id: Mutex::new(None),
+                legacy: Mutex::new(None),
             },
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
@@ -478,6 +508,11 @@ impl Gateway {
         let LinkUpstream::Http { client, .. } = &link.upstream else {
             return;
         };
+        if link.legacy().is_some() {
+            // A 2024-11-05 upstream's one stream is already relayed; a GET would open another
+            // session there.
+            return;
+        }
         let mut position = http_upstream::StreamPosition::default();
         let mut failures = 0;
         loop {
@@ -549,6 +584,11 @@ impl Gateway {
 
     /// DELETEs the session at the HTTP upstream, if it gave one.
     async fn end_upstream_session(&self, link: &SessionLink) {
+        if let Some(legacy) = link.legacy() {
+            // Closing its stream ends a 2024-11-05 upstream session.
+            legacy.relay.abort();
+            return;
+        }
         let (LinkUpstream::Http { client, .. }, Some(upstream_session)) =
             (&link.upstream, link.upstream_session())
         else {
@@ -586,7 +626,7 @@ impl Gateway {
     /// upstream this returns once the upstream has answered every message (for a request that
     /// streams, once the stream is over).
     pub async fn exchange(
-        &self,
+        self: &Arc<Self>,
         link: &Arc<SessionLink>,
         messages: Vec<Message>,
         client_headers: &HeaderMap,

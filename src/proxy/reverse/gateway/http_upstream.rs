@@ -31,12 +31,54 @@ pub(super) struct StreamPosition {
 }
 
 use super::super::router::{Reply, Waiter};
-use super::{Gateway, LinkUpstream, MAX_ERROR_BODY, SessionLink};
+use super::{Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink};
+use crate::session::EndReason;
+use std::sync::atomic::Ordering;
 
 impl Gateway {
-    /// One message to the HTTP upstream, and its answer back through the pipeline.
+    /// One message to the HTTP upstream, and its answer back through the pipeline: to a
+    /// Streamable HTTP upstream, or to a 2024-11-05 HTTP+SSE one (known from an earlier session's
+    /// probe, or found by this initialize's).
     pub(super) async fn post_one(
-        &self,
+        self: &Arc<Self>,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        msg: Message,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+    ) {
+        let id = (msg.kind() == Kind::Request)
+            .then(|| msg.id().cloned())
+            .flatten();
+        let is_initialize = msg.method() == Some(&Method::Initialize);
+        // A 2024-11-05 upstream (known from an earlier session's probe): this session gets its
+        // own stream there before its initialize.
+        if is_initialize && link.legacy().is_none() && self.legacy_upstream.load(Ordering::Relaxed)
+        {
+            if let Err(e) = self.open_legacy(link, client).await {
+                tracing::warn!(%e, "cannot open the upstream's HTTP+SSE stream");
+                self.metrics.upstream_error("unreachable");
+                let error = ProxyError::new(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("cannot open the upstream's HTTP+SSE stream: {e}"),
+                );
+                self.fail(link, id.as_ref(), &error, Some(reply)).await;
+                return;
+            }
+        }
+        if let Some(legacy) = link.legacy() {
+            return self
+                .post_legacy(link, client, &legacy, msg, client_headers, reply)
+                .await;
+        }
+        self.post_streamable(link, client, msg, client_headers, reply)
+            .await;
+    }
+
+    /// One message to a Streamable HTTP upstream (trying the back-compat probe when it refuses
+    /// an initialize).
+    async fn post_streamable(
+        self: &Arc<Self>,
         link: &Arc<SessionLink>,
         client: &HttpUpstream,
         msg: Message,
@@ -77,6 +119,14 @@ impl Gateway {
             let body = read_body(response.into_body(), MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
+            if is_initialize
+                && matches!(status.as_u16(), 400 | 404 | 405)
+                && self
+                    .probe_legacy(link, client, &msg, client_headers, reply)
+                    .await
+            {
+                return;
+            }
             tracing::debug!(%status, "the upstream refused a message");
             self.metrics.upstream_error("http_status");
             if let Some(id) = &id {
@@ -136,6 +186,145 @@ impl Gateway {
         }
     }
 
+    /// The spec's back-compat probe, after the upstream refused an initialize with 400, 404 or
+    /// 405: perhaps it is a 2024-11-05 HTTP+SSE server. If so (remembered for every later
+    /// session), the initialize goes there; false if not.
+    async fn probe_legacy(
+        self: &Arc<Self>,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        msg: &Message,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+    ) -> bool {
+        match self.open_legacy(link, client).await {
+            Ok(legacy) => {
+                self.legacy_upstream.store(true, Ordering::Relaxed);
+                tracing::info!("the upstream speaks the 2024-11-05 HTTP+SSE transport");
+                self.post_legacy(link, client, &legacy, msg.clone(), client_headers, reply)
+                    .await;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%e, "not an HTTP+SSE upstream either");
+                false
+            }
+        }
+    }
+
+    /// Opens this session's stream at a 2024-11-05 HTTP+SSE upstream: GET the upstream URL, wait
+    /// for the `endpoint` event (within `--connect-timeout`), and relay the rest of the stream
+    /// through the pipeline and the router until it ends, which ends the session.
+    async fn open_legacy(
+        self: &Arc<Self>,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+    ) -> Result<Arc<LegacyUpstream>, String> {
+        use futures_util::StreamExt;
+        let response = client
+            .get_stream(None, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success()
+            || media_type(response.headers()).as_deref() != Some("text/event-stream")
+        {
+            return Err(format!("GET answered HTTP {status}"));
+        }
+        let mut events = Box::pin(sse_events(
+            response.into_body(),
+            self.config.max_message_size,
+        ));
+        let endpoint = tokio::time::timeout(self.reverse.connect_timeout, async {
+            while let Some(item) = events.next().await {
+                if let Ok(Item::Event(event)) = item {
+                    if event.event.as_deref() == Some("endpoint") {
+                        return Some(String::from_utf8_lossy(&event.data).into_owned());
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or("no endpoint event")?;
+        let endpoint = client
+            .resolve(&endpoint)
+            .ok_or_else(|| format!("the endpoint {endpoint:?} is not on the upstream's origin"))?;
+        let (gateway, relay_link) = (self.clone(), link.clone());
+        let relay = self.tasks.spawn(async move {
+            let mut position = StreamPosition::default();
+            gateway
+                .relay_events(&relay_link, events, None, &mut position)
+                .await;
+            // The stream is the upstream session: without it, the session is over.
+            if gateway
+                .sessions
+                .end(relay_link.session.id(), EndReason::Error)
+                .is_some()
+            {
+                tracing::warn!("the upstream closed its HTTP+SSE stream; session ended");
+            }
+        });
+        let legacy = Arc::new(LegacyUpstream {
+            endpoint,
+            relay: tokio_util::task::AbortOnDropHandle::new(relay),
+        });
+        if let LinkUpstream::Http { legacy: slot, .. } = &link.upstream {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(legacy.clone());
+        }
+        Ok(legacy)
+    }
+
+    /// One message to a 2024-11-05 upstream: POSTed to its endpoint; the answer comes on the
+    /// session's stream.
+    async fn post_legacy(
+        &self,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        legacy: &LegacyUpstream,
+        msg: Message,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+    ) {
+        let id = (msg.kind() == Kind::Request)
+            .then(|| msg.id().cloned())
+            .flatten();
+        match client
+            .post_to(&legacy.endpoint, msg.raw().clone(), None, client_headers)
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
+            }
+            Ok(response) => {
+                let status = response.status();
+                let content_type = response.headers().get(CONTENT_TYPE).cloned();
+                let body = read_body(response.into_body(), MAX_ERROR_BODY)
+                    .await
+                    .unwrap_or_default();
+                self.metrics.upstream_error("http_status");
+                if let Some(id) = &id {
+                    link.session.pending(Direction::ClientToServer).remove(id);
+                }
+                let _ = reply
+                    .send(Reply::Rejected {
+                        id,
+                        status,
+                        content_type,
+                        body,
+                    })
+                    .await;
+            }
+            Err(e) => {
+                self.metrics.upstream_error("unreachable");
+                let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string());
+                self.fail(link, id.as_ref(), &error, Some(reply)).await;
+            }
+        }
+    }
+
     /// Answers request `id` (if any) with `error`, forgetting it.
     async fn fail(
         &self,
@@ -174,8 +363,21 @@ impl Gateway {
         reply: Option<&Waiter>,
         position: &mut StreamPosition,
     ) {
+        let events = std::pin::pin!(sse_events(body, self.config.max_message_size));
+        self.relay_events(link, events, reply, position).await;
+    }
+
+    /// [`Self::relay_stream`] for an event stream already being read.
+    pub(super) async fn relay_events<S>(
+        &self,
+        link: &Arc<SessionLink>,
+        mut events: S,
+        reply: Option<&Waiter>,
+        position: &mut StreamPosition,
+    ) where
+        S: futures_util::Stream<Item = std::io::Result<Item>> + Unpin,
+    {
         use futures_util::StreamExt;
-        let mut events = std::pin::pin!(sse_events(body, self.config.max_message_size));
         while let Some(item) = events.next().await {
             if let Ok(Item::Event(event)) = &item {
                 if let Some(id) = &event.id {
