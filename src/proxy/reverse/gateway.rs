@@ -151,10 +151,21 @@ impl Deliver for SessionLink {
                     headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
                 }
                 let session = self.upstream_session();
+                // A 2024-11-05 upstream takes messages at its endpoint, not its stream's URL.
+                let legacy = self.legacy();
                 let post = async {
-                    let response = client
-                        .post(msg.raw().clone(), session.as_ref(), &headers)
-                        .await?;
+                    let response = match &legacy {
+                        Some(legacy) => {
+                            client
+                                .post_to(&legacy.endpoint, msg.raw().clone(), None, &headers)
+                                .await?
+                        }
+                        None => {
+                            client
+                                .post(msg.raw().clone(), session.as_ref(), &headers)
+                                .await?
+                        }
+                    };
                     // Read (and discard) the answer so the connection can be reused.
                     let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
                     Ok::<_, UpstreamError>(())

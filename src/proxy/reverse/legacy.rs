@@ -22,7 +22,7 @@ use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
-use super::gateway::{Gateway, OpenError, reply_channel};
+use super::gateway::{Gateway, LinkUpstream, OpenError, reply_channel};
 use super::router::Reply;
 use super::server::{check_content_type, read_frame, refuse, sse_response};
 use super::stream;
@@ -31,6 +31,8 @@ use super::stream;
 pub const SSE_PATH: &str = "/sse";
 /// Where they POST their messages.
 pub const MESSAGE_PATH: &str = "/message";
+/// Events queued for an old client's stream before it counts as stalled.
+const LEGACY_QUEUE: usize = 4096;
 
 /// `GET /sse`: a new session and its stream.
 pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -56,7 +58,11 @@ pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
             "no session stream".into(),
         );
     };
-    let connection = match events.connect(None) {
+    // Listening from the start: the upstream's own GET stream (if any) is relayed too.
+    link.listening.cancel();
+    // An old client can't resume a dropped stream (and its session ends with it): give it more
+    // room than a resumable GET stream gets before counting it as stalled.
+    let connection = match events.connect_with_queue(None, LEGACY_QUEUE) {
         Ok(connection) => connection,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -193,10 +199,17 @@ pub async fn message(
             }
         }
     }
-    // The exchange runs on its own: the client gets its answers on the stream, not here.
+    // The client gets its answers on the stream, not here. The exchange is awaited before the
+    // 202 whenever it is quick (notifications and responses only, or an upstream that just takes
+    // the messages: a child, or an HTTP+SSE server), so the client's next message can't
+    // overtake this one; a request to a Streamable HTTP upstream, which answers only when done,
+    // runs on its own (bounded by the pending-request limits).
+    let quick = requests.is_empty()
+        || matches!(link.upstream, LinkUpstream::Stdio { .. })
+        || link.legacy().is_some();
     let (reply, mut replies) = reply_channel(requests.len());
     let exchange_gateway = gateway.clone();
-    gateway.spawn(async move {
+    let work = async move {
         let drain = async {
             while let Some(item) = replies.recv().await {
                 match item {
@@ -224,6 +237,11 @@ pub async fn message(
                 .await;
         };
         tokio::join!(exchange, drain);
-    });
+    };
+    if quick {
+        work.await;
+    } else {
+        gateway.spawn(work);
+    }
     StatusCode::ACCEPTED.into_response()
 }

@@ -133,6 +133,16 @@ impl EventLog {
     /// none was open are not lost). A connection already open is ended: the newest one has the
     /// stream (the old one may be half-open, its client gone without a word).
     pub fn connect(&self, last_event_id: Option<&str>) -> Result<Connection, ConnectError> {
+        self.connect_with_queue(last_event_id, LIVE_QUEUE)
+    }
+
+    /// [`Self::connect`] with room for `queue` events not yet sent before the connection counts
+    /// as stalled (and is dropped; its events stay logged for a resume).
+    pub fn connect_with_queue(
+        &self,
+        last_event_id: Option<&str>,
+        queue: usize,
+    ) -> Result<Connection, ConnectError> {
         let after = match last_event_id {
             None => None,
             Some(id) => Some(
@@ -167,7 +177,7 @@ impl EventLog {
                 .filter(|(n, _)| *n > after)
                 .map(|(_, e)| e.clone()),
         );
-        let (tx, live) = mpsc::channel(LIVE_QUEUE);
+        let (tx, live) = mpsc::channel(queue.max(1));
         inner.live = Some(tx);
         inner.handed = inner.last;
         Ok(Connection { first, live })

@@ -221,10 +221,13 @@ impl Gateway {
         client: &HttpUpstream,
     ) -> Result<Arc<LegacyUpstream>, String> {
         use futures_util::StreamExt;
-        let response = client
-            .get_stream(None, None, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(
+            self.reverse.connect_timeout,
+            client.get_stream(None, None, None),
+        )
+        .await
+        .map_err(|_| "no answer to GET within --connect-timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
         let status = response.status();
         if !status.is_success()
             || media_type(response.headers()).as_deref() != Some("text/event-stream")
@@ -273,6 +276,15 @@ impl Gateway {
         });
         if let LinkUpstream::Http { legacy: slot, .. } = &link.upstream {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(legacy.clone());
+        }
+        if link.session.closed_token().is_cancelled() {
+            // The session ended while the stream was being opened, perhaps after its teardown
+            // looked for it: close it here, or nothing would.
+            legacy.relay.abort();
+            if let LinkUpstream::Http { legacy: slot, .. } = &link.upstream {
+                slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            }
+            return Err("the session ended".into());
         }
         Ok(legacy)
     }
