@@ -7,6 +7,8 @@
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
 //! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
+//! - [`listen`]: where clients listen: the session's GET stream endpoint, and the live body
+//!   shared with the 2024-11-05 stream.
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
 //! - [`stream`]: a session's GET stream: event ids, the replay buffer, resumption.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod answer;
 pub mod gateway;
 pub mod legacy;
+pub mod listen;
 pub mod router;
 pub mod server;
 pub mod stream;

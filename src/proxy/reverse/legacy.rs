@@ -6,14 +6,12 @@
 //! Behind it is any upstream the gateway has: the messages take the same pipeline, session
 //! manager and upstream exchange as Streamable HTTP clients'.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
@@ -23,8 +21,9 @@ use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
 use super::gateway::{Gateway, LinkUpstream, OpenError, reply_channel};
+use super::listen::{live_body, sse_response};
 use super::router::Reply;
-use super::server::{check_content_type, read_frame, refuse, sse_response};
+use super::server::{check_content_type, read_frame, refuse};
 use super::stream;
 
 /// Where 2024-11-05 clients open their stream.
@@ -76,36 +75,13 @@ pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
         gateway: gateway.clone(),
         session: link.session.id().clone(),
     };
-    let keepalive = gateway
-        .reverse
-        .sse_keepalive
-        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
-    let closed = link.session.closed_token().clone();
-    let stopping = gateway.stopping.clone();
-    let live = futures_util::stream::unfold(
-        (connection.live, keepalive, closed, stopping, guard),
-        |(mut live, mut keepalive, closed, stopping, guard)| async move {
-            let tick = async {
-                match keepalive.as_mut() {
-                    Some(interval) => {
-                        interval.tick().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let event = tokio::select! {
-                event = live.recv() => event?,
-                () = tick => stream::keepalive(),
-                () = closed.cancelled() => return None,
-                () = stopping.cancelled() => return None,
-            };
-            Some((event, (live, keepalive, closed, stopping, guard)))
-        },
-    );
-    let first = futures_util::stream::once(async move { endpoint });
-    sse_response(Body::from_stream(
-        first.chain(live).map(Ok::<Bytes, Infallible>),
-    ))
+    // The endpoint event first (no priming event: an old client would take its empty data for
+    // a message), then every message for the client.
+    let connection = stream::Connection {
+        first: vec![endpoint],
+        live: connection.live,
+    };
+    sse_response(live_body(&gateway, &link, connection, Some(guard)))
 }
 
 /// Ends a 2024-11-05 session when its stream is dropped (the client disconnected).

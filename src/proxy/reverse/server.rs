@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::config::is_loopback_authority;
@@ -24,15 +24,13 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
 use crate::proxy::relay::MAX_BATCH_MESSAGES;
 use crate::session::{EndReason, SessionError, SessionId};
-use crate::transport::http::{
-    BodyError, LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body,
-};
+use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 use crate::transport::sse;
 
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
+use super::listen::sse_response;
 use super::router::{Reply, progress_token};
-use super::stream::{self, ConnectError};
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
@@ -43,7 +41,7 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
             &path,
             axum::routing::post(post)
                 .delete(delete)
-                .get(get)
+                .get(super::listen::get)
                 .fallback(not_allowed),
         )
         .route(
@@ -142,91 +140,14 @@ async fn not_allowed() -> Response {
     response
 }
 
-/// `GET`: the session's server→client stream: the server messages that belong to no open
-/// request, with event ids; `Last-Event-ID` resumes it after the last event the client got.
-async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let link = match session_of(&gateway, &headers) {
-        Ok(link) => link,
-        Err(response) => return response,
-    };
-    if !accepts(&headers).sse {
-        return refuse(
-            StatusCode::NOT_ACCEPTABLE,
-            "Not Acceptable: the GET stream is text/event-stream".into(),
-        );
-    }
-    let Some(events) = link.router.events() else {
-        let mut response = refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method Not Allowed: this session has no GET stream".into(),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
-        return response;
-    };
-    // The client listens: now the upstream's own GET stream is worth a connection.
-    link.listening.cancel();
-    let last = headers
-        .get(&LAST_EVENT_ID)
-        .map(|v| v.to_str().unwrap_or("?"));
-    let connection = match events.connect(last) {
-        Ok(connection) => connection,
-        Err(e @ ConnectError::UnknownId(_)) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
-        }
-    };
-    let keepalive = gateway
-        .reverse
-        .sse_keepalive
-        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
-    // Ends with the session, or at once when shutdown begins (it is not an in-flight request).
-    let closed = link.session.closed_token().clone();
-    let stopping = gateway.stopping.clone();
-    let first = futures_util::stream::iter(connection.first);
-    let live = futures_util::stream::unfold(
-        (connection.live, keepalive, closed, stopping),
-        |(mut live, mut keepalive, closed, stopping)| async move {
-            let tick = async {
-                match keepalive.as_mut() {
-                    Some(interval) => {
-                        interval.tick().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let event = tokio::select! {
-                event = live.recv() => event?,
-                () = tick => stream::keepalive(),
-                () = closed.cancelled() => return None,
-                () = stopping.cancelled() => return None,
-            };
-            Some((event, (live, keepalive, closed, stopping)))
-        },
-    );
-    sse_response(Body::from_stream(
-        first.chain(live).map(Ok::<Bytes, Infallible>),
-    ))
-}
-
-/// A `text/event-stream` response that no proxy in between should buffer.
-pub(super) fn sse_response(body: Body) -> Response {
-    let mut response = (StatusCode::OK, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
 /// What the client's `Accept` allows.
 #[derive(Debug, Clone, Copy)]
-struct Accepts {
-    json: bool,
-    sse: bool,
+pub(super) struct Accepts {
+    pub(super) json: bool,
+    pub(super) sse: bool,
 }
 
-fn accepts(headers: &HeaderMap) -> Accepts {
+pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
     let mut accepts = Accepts {
         json: false,
         sse: false,
@@ -262,7 +183,10 @@ fn accepts(headers: &HeaderMap) -> Accepts {
 
 /// The session a request names, or the refusal for a missing or unknown one.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-fn session_of(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<SessionLink>, Response> {
+pub(super) fn session_of(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Arc<SessionLink>, Response> {
     let Some(value) = headers.get(&MCP_SESSION_ID) else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

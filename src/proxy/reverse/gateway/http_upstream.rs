@@ -31,11 +31,104 @@ pub(super) struct StreamPosition {
 }
 
 use super::super::router::{Reply, Waiter};
-use super::{Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink};
+use super::{
+    Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink, UPSTREAM_GET_ATTEMPTS,
+    UPSTREAM_GET_RETRY,
+};
 use crate::session::EndReason;
 use std::sync::atomic::Ordering;
 
 impl Gateway {
+    /// Relays the HTTP upstream's GET stream for `link` (the watcher starts this once the
+    /// upstream session exists and the client has opened its own GET stream): its messages go
+    /// through the pipeline and the router (to our GET stream, or the POST they belong to).
+    /// Reconnects after a drop, resuming with `Last-Event-ID` and waiting the upstream's `retry:`
+    /// (3 s by default); gives up after [`UPSTREAM_GET_ATTEMPTS`] failures in a row, or at once
+    /// if the upstream offers no GET stream (405).
+    pub(super) async fn listen_upstream(&self, link: &Arc<SessionLink>) {
+        let LinkUpstream::Http { client, .. } = &link.upstream else {
+            return;
+        };
+        if link.legacy().is_some() {
+            // A 2024-11-05 upstream's one stream is already relayed; a GET would open another
+            // session there.
+            return;
+        }
+        let mut position = StreamPosition::default();
+        let mut failures = 0;
+        loop {
+            let session = link.upstream_session();
+            let version = link.protocol_version();
+            match client
+                .get_stream(
+                    session.as_ref(),
+                    version.as_ref(),
+                    position.last_event_id.as_ref(),
+                )
+                .await
+            {
+                Ok(response)
+                    if response.status().is_success()
+                        && media_type(response.headers()).as_deref()
+                            == Some("text/event-stream") =>
+                {
+                    failures = 0;
+                    tracing::debug!("relaying the upstream's GET stream");
+                    self.relay_stream(link, response.into_body(), None, &mut position)
+                        .await;
+                    tracing::debug!("the upstream's GET stream ended; reconnecting");
+                }
+                Ok(response) if response.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
+                    tracing::debug!("the upstream offers no GET stream");
+                    return;
+                }
+                Ok(response) => {
+                    failures += 1;
+                    tracing::debug!(status = %response.status(), "the upstream refused its GET stream");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(%e, "could not open the upstream's GET stream");
+                }
+            }
+            if failures >= UPSTREAM_GET_ATTEMPTS {
+                tracing::warn!(failures, "gave up on the upstream's GET stream");
+                return;
+            }
+            tokio::time::sleep(position.retry.unwrap_or(UPSTREAM_GET_RETRY)).await;
+        }
+    }
+
+    /// DELETEs the session at the HTTP upstream, if it gave one.
+    pub(super) async fn end_upstream_session(&self, link: &SessionLink) {
+        if let Some(legacy) = link.legacy() {
+            // Closing its stream ends a 2024-11-05 upstream session.
+            legacy.relay.abort();
+            return;
+        }
+        let (LinkUpstream::Http { client, .. }, Some(upstream_session)) =
+            (&link.upstream, link.upstream_session())
+        else {
+            return;
+        };
+        let version = link.protocol_version();
+        let deleted = tokio::time::timeout(
+            self.config.shutdown_timeout,
+            client.delete(&upstream_session, version.as_ref()),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(status)) if status.is_success() => {
+                tracing::debug!(%status, "ended the upstream session");
+            }
+            Ok(Ok(status)) => {
+                tracing::debug!(%status, "the upstream did not end its session (it may not support DELETE)");
+            }
+            Ok(Err(e)) => tracing::warn!(%e, "could not end the upstream session"),
+            Err(_) => tracing::warn!("the upstream did not answer DELETE in time"),
+        }
+    }
+
     /// One message to the HTTP upstream, and its answer back through the pipeline: to a
     /// Streamable HTTP upstream, or to a 2024-11-05 HTTP+SSE one (known from an earlier session's
     /// probe, or found by this initialize's).
