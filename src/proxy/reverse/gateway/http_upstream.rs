@@ -221,17 +221,7 @@ impl Gateway {
                 return;
             }
             tracing::debug!(%status, "the upstream refused a message");
-            self.metrics.upstream_error("http_status");
-            if let Some(id) = &id {
-                link.session.pending(Direction::ClientToServer).remove(id);
-            }
-            let _ = reply
-                .send(Reply::Rejected {
-                    id,
-                    status,
-                    content_type,
-                    body,
-                })
+            self.rejected(link, id, status, content_type, body, reply)
                 .await;
             return;
         }
@@ -409,17 +399,7 @@ impl Gateway {
                 let body = read_body(response.into_body(), MAX_ERROR_BODY)
                     .await
                     .unwrap_or_default();
-                self.metrics.upstream_error("http_status");
-                if let Some(id) = &id {
-                    link.session.pending(Direction::ClientToServer).remove(id);
-                }
-                let _ = reply
-                    .send(Reply::Rejected {
-                        id,
-                        status,
-                        content_type,
-                        body,
-                    })
+                self.rejected(link, id, status, content_type, body, reply)
                     .await;
             }
             Err(e) => {
@@ -428,6 +408,31 @@ impl Gateway {
                 self.fail(link, id.as_ref(), &error, Some(reply)).await;
             }
         }
+    }
+
+    /// The upstream refused a message at the HTTP level: its request (if any) is forgotten, and
+    /// the POST waiting for it gets the refusal to pass on.
+    async fn rejected(
+        &self,
+        link: &SessionLink,
+        id: Option<RequestId>,
+        status: http::StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+        reply: &Waiter,
+    ) {
+        self.metrics.upstream_error("http_status");
+        if let Some(id) = &id {
+            link.session.pending(Direction::ClientToServer).remove(id);
+        }
+        let _ = reply
+            .send(Reply::Rejected {
+                id,
+                status,
+                content_type,
+                body,
+            })
+            .await;
     }
 
     /// Answers request `id` (if any) with `error`, forgetting it.
