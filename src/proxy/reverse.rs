@@ -5,6 +5,8 @@
 //!   validation, CORS; JSON or SSE answers.
 //! - [`gateway`]: sessions and their upstreams (a child per session, or a session at the HTTP
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
+//! - [`checks`]: what every request is checked against (Origin, Host, CORS, Accept, body,
+//!   session), and how it is refused.
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
 //! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
 //! - [`listen`]: where clients listen: the session's GET stream endpoint, and the live body
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod checks;
 pub mod gateway;
 pub mod legacy;
 pub mod listen;

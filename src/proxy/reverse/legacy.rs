@@ -20,10 +20,10 @@ use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
+use super::checks::{check_content_type, read_frame, refuse};
 use super::gateway::{Gateway, LinkUpstream, OpenError, reply_channel};
 use super::listen::{live_body, sse_response};
 use super::router::Reply;
-use super::server::{check_content_type, read_frame, refuse};
 use super::stream;
 
 /// Where 2024-11-05 clients open their stream.

@@ -15,8 +15,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::transport::http::LAST_EVENT_ID;
 
+use super::checks::{accepts, refuse, session_of};
 use super::gateway::{Gateway, SessionLink};
-use super::server::{accepts, refuse, session_of};
 use super::stream::{self, ConnectError, Connection};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open

@@ -4,30 +4,31 @@
 //! are answered `202 Accepted`; requests with `application/json` when their answer is all there
 //! is, or `text/event-stream` when the server says more first (progress, logging, its own
 //! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` opens the session's
-//! own stream (see [`super::stream`]). Every refusal has the status the spec gives and
-//! a JSON-RPC error body that says what was wrong.
+//! own stream (see [`super::listen`]). The checks every request passes, and the refusals, are in
+//! [`super::checks`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::header::ALLOW;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::config::is_loopback_authority;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
 use crate::proxy::relay::MAX_BATCH_MESSAGES;
-use crate::session::{EndReason, SessionError, SessionId};
-use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
+use crate::session::{EndReason, SessionError};
+use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::transport::sse;
 
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
+use super::checks::{
+    accepts, check_content_type, cors, guard, json_response, read_frame, refuse, session_of,
+};
 use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
 use super::listen::sse_response;
 use super::router::{Reply, progress_token};
@@ -57,78 +58,6 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
         .with_state(gateway)
 }
 
-fn cors(gateway: &Gateway) -> tower_http::cors::CorsLayer {
-    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
-    let origins = gateway.reverse.allowed_origins.clone();
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| {
-            origin.to_str().is_ok_and(|o| origins.allows(o))
-        }))
-        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
-        // MCP's request headers include `Mcp-Param-*`, which no fixed list can name.
-        .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([MCP_SESSION_ID.clone(), MCP_PROTOCOL_VERSION.clone()])
-        .max_age(std::time::Duration::from_secs(3600))
-}
-
-/// Origin (always) and Host (when bound to loopback: DNS rebinding) validation.
-async fn guard(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    if let Some(origin) = headers.get(ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| gateway.reverse.allowed_origins.allows(o));
-        if !allowed {
-            tracing::warn!(origin = ?origin, "refused a request from a disallowed Origin");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Forbidden: Origin {} is not allowed (--allowed-origin)",
-                    String::from_utf8_lossy(origin.as_bytes())
-                ),
-            );
-        }
-    }
-    if gateway.reverse.listen.ip().is_loopback() {
-        let host = headers
-            .get(HOST)
-            .map(|h| h.to_str().unwrap_or("?"))
-            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
-        if let Some(host) = host {
-            if !is_loopback_authority(host) {
-                tracing::warn!(
-                    host,
-                    "refused a request for a non-local Host (DNS rebinding?)"
-                );
-                return refuse(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    format!("Misdirected Request: Host {host:?} is not this loopback server"),
-                );
-            }
-        }
-    }
-    next.run(request).await
-}
-
-/// An HTTP refusal with a JSON-RPC error body (`id: null`).
-pub(super) fn refuse(status: StatusCode, message: String) -> Response {
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
-        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TooManySessions,
-        _ => ErrorCode::InvalidRequest,
-    };
-    let error = ProxyError::new(code, message).with("httpStatus", status.as_u16());
-    json_response(status, error.to_response(None))
-}
-
-pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
 async fn not_allowed() -> Response {
     let mut response = refuse(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -138,74 +67,6 @@ async fn not_allowed() -> Response {
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
     response
-}
-
-/// What the client's `Accept` allows.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Accepts {
-    pub(super) json: bool,
-    pub(super) sse: bool,
-}
-
-pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
-    let mut accepts = Accepts {
-        json: false,
-        sse: false,
-    };
-    let values: Vec<_> = headers.get_all(ACCEPT).iter().collect();
-    if values.is_empty() {
-        return Accepts {
-            json: true,
-            sse: true,
-        };
-    }
-    for value in values {
-        for item in value.to_str().unwrap_or("").split(',') {
-            let media = item
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            match media.as_str() {
-                "*/*" => {
-                    accepts.json = true;
-                    accepts.sse = true;
-                }
-                "application/json" | "application/*" => accepts.json = true,
-                "text/event-stream" | "text/*" => accepts.sse = true,
-                _ => {}
-            }
-        }
-    }
-    accepts
-}
-
-/// The session a request names, or the refusal for a missing or unknown one.
-#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-pub(super) fn session_of(
-    gateway: &Gateway,
-    headers: &HeaderMap,
-) -> Result<Arc<SessionLink>, Response> {
-    let Some(value) = headers.get(&MCP_SESSION_ID) else {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "Bad Request: missing Mcp-Session-Id header; start a session with initialize".into(),
-        ));
-    };
-    let link = value
-        .to_str()
-        .ok()
-        .and_then(|v| SessionId::parse(v).ok())
-        .and_then(|id| gateway.link(&id));
-    match link {
-        Some(link) if !link.session.closed_token().is_cancelled() => Ok(link),
-        _ => Err(refuse(
-            StatusCode::NOT_FOUND,
-            "Not Found: no such session (it expired or was ended); start a new one with initialize"
-                .into(),
-        )),
-    }
 }
 
 /// `DELETE`: ends the session, and its upstream session or child.
@@ -543,77 +404,6 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     response
 }
 
-/// 415 unless the body is `application/json`.
-#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-pub(super) fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        return Ok(());
-    }
-    Err(refuse(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "Unsupported Media Type: POST bodies must be application/json".into(),
-    ))
-}
-
-/// Reads a POST body of at most `--max-message-size` (413 beyond) and parses its envelope
-/// (400 with the parse error when it is not JSON-RPC).
-#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-pub(super) async fn read_frame(
-    gateway: &Gateway,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Frame, Response> {
-    let limit = gateway.config.max_message_size;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = |size: Option<u64>| {
-        let mut error = ProxyError::new(
-            ErrorCode::MessageTooLarge,
-            format!("Payload Too Large: the body exceeds the limit of {limit} bytes (--max-message-size)"),
-        )
-        .with("limit", limit)
-        .with("httpStatus", 413);
-        if let Some(size) = size {
-            error = error.with("size", size);
-        }
-        json_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_response(None))
-    };
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large(declared));
-    }
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge { .. }) => return Err(too_large(None)),
-        Err(BodyError::Read(e)) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                format!("Bad Request: reading the body failed: {e}"),
-            ));
-        }
-    };
-    let frame = match Message::parse_frame(body) {
-        Ok(frame) => frame,
-        Err(e) => {
-            gateway
-                .pipeline
-                .metrics()
-                .malformed(crate::protocol::Direction::ClientToServer);
-            return Err(json_response(
-                StatusCode::BAD_REQUEST,
-                e.to_response().raw().clone(),
-            ));
-        }
-    };
-    Ok(frame)
-}
-
 /// The upstream refused the POST's only message: its status and body go to the client as they
 /// are. A 404 means the upstream lost the session, so ours ends too and the client starts over.
 fn passthrough(
@@ -677,25 +467,6 @@ fn join(answers: &[Bytes], batch: bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_headers() {
-        let mut h = HeaderMap::new();
-        let a = accepts(&h);
-        assert!(a.json && a.sse);
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        let a = accepts(&h);
-        assert!(a.json && a.sse);
-        h.insert(ACCEPT, HeaderValue::from_static("text/event-stream;q=1"));
-        let a = accepts(&h);
-        assert!(!a.json && a.sse);
-        h.insert(ACCEPT, HeaderValue::from_static("text/html"));
-        let a = accepts(&h);
-        assert!(!a.json && !a.sse);
-    }
 
     #[test]
     fn batches_join_into_one_array() {
