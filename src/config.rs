@@ -380,12 +380,13 @@ fn invalid(option: &'static str, message: String) -> ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
 
-    fn globals(config: Option<PathBuf>) -> GlobalArgs {
+    /// Global options with nothing set but the config file (shared with `config::reverse`).
+    pub(super) fn globals(config: Option<PathBuf>) -> GlobalArgs {
         GlobalArgs {
             log_level: None,
             log_format: None,

@@ -13,19 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Gateway, HttpResponse, SseReader, http_request, tool};
-
-fn headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        ("Content-Type", "application/json".to_owned()),
-        ("Accept", "application/json, text/event-stream".to_owned()),
-    ];
-    for (name, value) in extra {
-        h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        h.push((name, (*value).to_owned()));
-    }
-    h
-}
+use support::{Gateway, HttpResponse, SseReader, http_request, mcp_headers as headers, tool};
 
 fn post_raw(gw: &Gateway, extra: &[(&'static str, &str)], body: &[u8]) -> HttpResponse {
     http_request(&gw.addr, "POST", "/mcp", &headers(extra), body)

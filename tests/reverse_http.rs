@@ -88,18 +88,16 @@ fn only_mcp_headers_and_configured_ones_reach_the_upstream_and_session_ids_are_m
         &gw.addr,
         "POST",
         "/mcp",
-        &[
-            ("Content-Type", "application/json".into()),
-            ("Accept", "application/json, text/event-stream".into()),
-            ("Mcp-Session-Id", session.clone()),
-            ("MCP-Protocol-Version", "2025-06-18".into()),
-            ("Mcp-Param-Region", "eu-west".into()),
-            ("Mcp-Method", "tools/call".into()),
-            ("Authorization", "Bearer client-secret".into()),
-            ("Cookie", "sid=client-cookie".into()),
-            ("X-Custom", "nope".into()),
-            ("Keep-Alive", "timeout=5".into()),
-        ],
+        &support::mcp_headers(&[
+            ("Mcp-Session-Id", &session),
+            ("MCP-Protocol-Version", "2025-06-18"),
+            ("Mcp-Param-Region", "eu-west"),
+            ("Mcp-Method", "tools/call"),
+            ("Authorization", "Bearer client-secret"),
+            ("Cookie", "sid=client-cookie"),
+            ("X-Custom", "nope"),
+            ("Keep-Alive", "timeout=5"),
+        ]),
         call(1, "headers", json!({})).to_string().as_bytes(),
     );
     assert_eq!(r.status, 200, "{r:?}");
@@ -333,14 +331,12 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
         &gw.addr,
         "POST",
         "/mcp",
-        &[
-            ("Content-Type", "application/json".into()),
-            ("Accept", "application/json, text/event-stream".into()),
-            ("MCP-Protocol-Version", "2026-07-28".into()),
-            ("Mcp-Method", "tools/call".into()),
-            ("Mcp-Name", "headers".into()),
-            ("Mcp-Param-Unknown-To-Us", "kept".into()),
-        ],
+        &support::mcp_headers(&[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "headers"),
+            ("Mcp-Param-Unknown-To-Us", "kept"),
+        ]),
         call(1, "headers", json!({})).to_string().as_bytes(),
     );
     assert_eq!(r.status, 200, "{r:?}");
@@ -361,11 +357,7 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
         &gw.addr,
         "POST",
         "/mcp",
-        &[
-            ("Content-Type", "application/json".into()),
-            ("Accept", "application/json, text/event-stream".into()),
-            ("MCP-Protocol-Version", "2026-07-28".into()),
-        ],
+        &support::mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
         format!("[{}]", call(2, "echo", json!({"text": "x"}))).as_bytes(),
     );
     assert_eq!(refused.status, 400, "{refused:?}");
@@ -387,11 +379,7 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
         &gw.addr,
         "POST",
         "/mcp",
-        &[
-            ("Content-Type", "application/json".into()),
-            ("Accept", "application/json, text/event-stream".into()),
-            ("MCP-Protocol-Version", "2026-07-28".into()),
-        ],
+        &support::mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
         br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#,
     );
     assert_eq!(r.status, 400, "{r:?}");

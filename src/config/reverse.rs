@@ -298,19 +298,9 @@ fn parse_header(line: &str) -> Result<(http::HeaderName, http::HeaderValue), Con
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::path::PathBuf;
 
     use super::*;
-
-    fn globals(config: Option<PathBuf>) -> GlobalArgs {
-        GlobalArgs {
-            log_level: None,
-            log_format: None,
-            log_file: None,
-            data_dir: None,
-            config,
-        }
-    }
+    use crate::config::tests::globals;
 
     #[test]
     fn localhost_origins_and_hosts() {

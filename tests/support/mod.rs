@@ -487,6 +487,19 @@ impl HttpResponse {
     }
 }
 
+/// The headers of an MCP POST (`Content-Type`, `Accept`), with `extra` added or replacing them.
+pub fn mcp_headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+    ];
+    for (name, value) in extra {
+        h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        h.push((name, (*value).to_owned()));
+    }
+    h
+}
+
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`), read to the end.
 pub fn http_request(
     addr: &str,

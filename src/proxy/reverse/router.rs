@@ -106,6 +106,9 @@ impl Router {
     /// Registers `waiter` for progress notifications carrying `tokens` (the JSON text of the
     /// `progressToken`s of its requests).
     pub fn register_progress(&self, tokens: &[String], waiter: &Waiter, reserve: usize) {
+        if tokens.is_empty() {
+            return;
+        }
         let mut progress = lock(&self.progress);
         for token in tokens {
             progress.insert(
@@ -120,6 +123,9 @@ impl Router {
 
     /// Forgets `tokens` if `waiter` still holds them.
     pub fn unregister_progress(&self, tokens: &[String], waiter: &Waiter) {
+        if tokens.is_empty() {
+            return;
+        }
         let mut progress = lock(&self.progress);
         for token in tokens {
             if progress
