@@ -265,6 +265,133 @@ fn a_server_request_during_a_call_streams_and_its_answer_finds_the_server() {
     );
 }
 
+/// A POST's stream has event ids of its own (`post<k>-<n>`, unique in the session); a client
+/// that loses it mid-call comes back with `Last-Event-ID` on a GET and gets the rest of that
+/// stream, ending with the call's answer. Priming events go only to 2025-11-25 clients.
+#[test]
+fn a_dropped_post_stream_resumes_with_last_event_id() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize_as("2025-11-25");
+    let sse_post = |body: &Value| {
+        let mut h = headers(&[("Mcp-Session-Id", &session)]);
+        h.push(("MCP-Protocol-Version", "2025-11-25".into()));
+        SseReader::post(&gw.addr, &h, body.to_string().as_bytes())
+    };
+    let mut stream = sse_post(&call(5, "sample", json!({"prompt": "2+2?"})));
+    assert_eq!(stream.status, 200);
+    // Primed with the stream's first id and a reconnection delay.
+    assert_eq!(
+        stream.next_block().unwrap(),
+        "id: post1-0\nretry: 3000\ndata:\n"
+    );
+    let (id, request) = stream.next_event().unwrap();
+    assert_eq!(id.as_deref(), Some("post1-1"));
+    assert_eq!(request["method"], "sampling/createMessage");
+    // The connection drops before the answer; the call goes on (a disconnection is not a
+    // cancellation), and its answer is kept for the client.
+    drop(stream);
+    let answer = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant","content":{"type":"text","text":"sampled!"},"model":"m"}});
+    let mut h = headers(&[("Mcp-Session-Id", &session)]);
+    h.push(("MCP-Protocol-Version", "2025-11-25".into()));
+    let accepted = http_request(&gw.addr, "POST", "/mcp", &h, answer.to_string().as_bytes());
+    assert_eq!(accepted.status, 202);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut resumed = get_stream(&gw, &session, Some("post1-1"));
+    assert_eq!(resumed.status, 200);
+    assert_eq!(
+        resumed.next_block().unwrap(),
+        "id: post1-1\nretry: 3000\ndata:\n"
+    );
+    let (id, result) = resumed.next_event().unwrap();
+    assert_eq!(id.as_deref(), Some("post1-2"));
+    assert_eq!(result["id"], 5);
+    assert_eq!(
+        result["result"]["content"][0]["text"],
+        "client said: sampled!"
+    );
+    assert!(
+        resumed.next_event().is_none(),
+        "a resumed POST stream ends with the answer"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    // Delivered whole: the stream is forgotten, and saying so is a clear 400.
+    let again = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+            ("Last-Event-ID", "post1-1".into()),
+        ],
+        b"",
+    );
+    assert_eq!(again.status, 400, "{again:?}");
+    assert!(
+        again.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer kept")
+    );
+    // A stream number the session never had.
+    let never = http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.clone()),
+            ("Last-Event-ID", "post99-1".into()),
+        ],
+        b"",
+    );
+    assert_eq!(never.status, 400);
+    // The next POST stream has the next number.
+    let mut next = sse_post(&call(6, "sample", json!({"prompt": "again"})));
+    next.next_block().unwrap();
+    let (id, _) = next.next_event().unwrap();
+    assert_eq!(id.as_deref(), Some("post2-1"));
+
+    // A 2025-06-18 client gets ids but no priming event (it may not parse empty data).
+    let old = gw.initialize();
+    let mut stream = SseReader::post(
+        &gw.addr,
+        &headers(&[("Mcp-Session-Id", &old)]),
+        call(5, "sample", json!({"prompt": "2+2?"}))
+            .to_string()
+            .as_bytes(),
+    );
+    let block = stream.next_block().unwrap();
+    assert!(block.starts_with("id: post1-1\n"), "{block}");
+    let mut get = get_stream(&gw, &old, None);
+    gw.post(Some(&old), &call(9, "notify", json!({"text": "hi"})));
+    let block = get.next_block().unwrap();
+    assert!(
+        block.starts_with("id: get-1\n") && block.contains("\"hi\""),
+        "{block}"
+    );
+}
+
+#[test]
+fn a_post_stream_waiting_on_the_client_gets_keep_alive_comments() {
+    let gw = Gateway::fixture(&["--sse-keepalive", "100ms"]);
+    let session = gw.initialize();
+    let mut stream = SseReader::post(
+        &gw.addr,
+        &headers(&[("Mcp-Session-Id", &session)]),
+        call(5, "sample", json!({"prompt": "2+2?"}))
+            .to_string()
+            .as_bytes(),
+    );
+    let (_, request) = stream.next_event().unwrap();
+    assert_eq!(request["method"], "sampling/createMessage");
+    // The tool waits for the client's answer; meanwhile the stream stays alive.
+    let started = Instant::now();
+    assert_eq!(stream.next_block().unwrap(), ": keep-alive\n");
+    assert_eq!(stream.next_block().unwrap(), ": keep-alive\n");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 #[test]
 fn origin_and_host_are_validated() {
     let gw = Gateway::fixture(&[]);

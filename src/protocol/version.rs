@@ -33,6 +33,13 @@ pub fn allows_batches(version: &str) -> bool {
     matches!(version, "2024-11-05" | "2025-03-26")
 }
 
+/// Whether a client of `version` takes SSE priming events (an event id with empty data, from
+/// 2025-11-25): older clients may try to parse the empty data as a message. Only known versions
+/// count, so an unknown string that sorts later does not turn priming on.
+pub fn takes_priming_events(version: &str) -> bool {
+    is_known(version) && version >= "2025-11-25"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +50,7 @@ mod tests {
         assert!(!allows_batches("2025-06-18"));
         assert!(is_known("2025-11-25") && !is_known("2025-13-01"));
         assert!(is_stateless("2026-07-28") && !is_stateless("2025-11-25"));
+        assert!(takes_priming_events("2025-11-25") && takes_priming_events("2026-07-28"));
+        assert!(!takes_priming_events("2025-06-18") && !takes_priming_events("2099-01-01"));
     }
 }

@@ -227,6 +227,11 @@ impl Session {
         lock(&self.meta).clone()
     }
 
+    /// Reads the metadata without copying it (time-based tags as last brought up to date).
+    pub fn read_metadata<R>(&self, f: impl FnOnce(&Metadata) -> R) -> R {
+        f(&lock(&self.meta))
+    }
+
     /// Updates the metadata.
     pub fn update_metadata(&self, f: impl FnOnce(&mut Metadata)) {
         f(&mut lock(&self.meta));

@@ -400,12 +400,17 @@ impl Gateway {
         )
     }
 
-    /// Initializes a session (and sends `notifications/initialized`); returns its id.
+    /// Initializes a 2025-06-18 session (and sends `notifications/initialized`); returns its id.
     pub fn initialize(&self) -> String {
+        self.initialize_as("2025-06-18")
+    }
+
+    /// Initializes a session of protocol `version`; returns its id.
+    pub fn initialize_as(&self, version: &str) -> String {
         let response = self.post(
             None,
             &serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion":"2025-06-18","capabilities":{},
+                "protocolVersion":version,"capabilities":{},
                 "clientInfo":{"name":"shadowcat-tests","version":"1"}}}),
         );
         assert_eq!(response.status, 200, "initialize: {response:?}");
@@ -666,6 +671,31 @@ impl SseReader {
                 endpoint = true;
             } else if let (true, Some(data)) = (endpoint, trimmed.strip_prefix("data:")) {
                 return Some(data.trim().to_owned());
+            }
+        }
+    }
+
+    /// The next event's lines as they came (comments included), without the blank line that
+    /// ends it; `None` at the end.
+    pub fn next_block(&mut self) -> Option<String> {
+        let mut block = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return (!block.is_empty()).then_some(block);
+            }
+            if line.trim_end().is_empty() {
+                if !block.is_empty() {
+                    return Some(block);
+                }
+                continue;
+            }
+            // The body is chunked: skip the chunk-size lines (SSE lines end in a bare `\n`).
+            let chunk_size =
+                line.ends_with("\r\n") && line.trim_end().chars().all(|c| c.is_ascii_hexdigit());
+            if !chunk_size {
+                block.push_str(&line);
             }
         }
     }

@@ -32,7 +32,7 @@ use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, read_body};
 
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
-use super::stream::{DEFAULT_REPLAY_BYTES, EventLog};
+use super::stream::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
 
 mod http_upstream;
 
@@ -105,6 +105,8 @@ pub struct SessionLink {
     /// upstream's opened (as the client would have done itself), so idle sessions hold no
     /// upstream connection.
     pub listening: CancellationToken,
+    /// The session's POST streams, while they may be resumed.
+    pub posts: PostStreams,
 }
 
 impl SessionLink {
@@ -130,10 +132,20 @@ impl SessionLink {
     }
 
     fn protocol_version(&self) -> Option<HeaderValue> {
-        self.session
-            .metadata()
-            .protocol_version
-            .and_then(|v| HeaderValue::from_str(&v).ok())
+        self.session.read_metadata(|m| {
+            m.protocol_version
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+        })
+    }
+
+    /// Whether the client takes SSE priming events (its protocol version is 2025-11-25 or later).
+    pub fn takes_priming_events(&self) -> bool {
+        self.session.read_metadata(|m| {
+            m.protocol_version
+                .as_deref()
+                .is_some_and(crate::protocol::version::takes_priming_events)
+        })
     }
 }
 
@@ -344,6 +356,7 @@ impl Gateway {
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
             listening: CancellationToken::new(),
+            posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
         });
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id());
@@ -376,6 +389,7 @@ impl Gateway {
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
             listening: CancellationToken::new(),
+            posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
         }))
     }
 

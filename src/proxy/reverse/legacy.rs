@@ -22,7 +22,7 @@ use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
 use super::checks::{check_content_type, read_frame, refuse};
 use super::gateway::{Gateway, LinkUpstream, OpenError, reply_channel};
-use super::listen::{live_body, sse_response};
+use super::listen::{Ends, live_body, sse_response};
 use super::router::Reply;
 use super::stream;
 
@@ -61,7 +61,7 @@ pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
     link.listening.cancel();
     // An old client can't resume a dropped stream (and its session ends with it): give it more
     // room than a resumable GET stream gets before counting it as stalled.
-    let connection = match events.connect_with_queue(None, LEGACY_QUEUE) {
+    let connection = match events.connect_with_queue(None, LEGACY_QUEUE, false) {
         Ok(connection) => connection,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -79,9 +79,15 @@ pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
     // a message), then every message for the client.
     let connection = stream::Connection {
         first: vec![endpoint],
-        live: connection.live,
+        ..connection
     };
-    sse_response(live_body(&gateway, &link, connection, Some(guard)))
+    sse_response(live_body(
+        &gateway,
+        &link,
+        connection,
+        Ends::Listening,
+        Some(guard),
+    ))
 }
 
 /// Ends a 2024-11-05 session when its stream is dropped (the client disconnected).

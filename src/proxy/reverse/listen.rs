@@ -17,10 +17,12 @@ use crate::transport::http::LAST_EVENT_ID;
 
 use super::checks::{accepts, refuse, session_of};
 use super::gateway::{Gateway, SessionLink};
-use super::stream::{self, ConnectError, Connection};
+use super::stream::{self, Connection, EventLog};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open
-/// request, with event ids; `Last-Event-ID` resumes it after the last event the client got.
+/// request, with event ids; `Last-Event-ID` resumes it after the last event the client got. A
+/// `Last-Event-ID` from one of the session's POST streams resumes that stream instead: the rest
+/// of its events, ending with the request's answer.
 pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let link = match session_of(&gateway, &headers) {
         Ok(link) => link,
@@ -42,57 +44,128 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
             .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
         return response;
     };
-    // The client listens: now the upstream's own GET stream is worth a connection.
-    link.listening.cancel();
     let last = headers
         .get(&LAST_EVENT_ID)
         .map(|v| v.to_str().unwrap_or("?"));
-    let connection = match events.connect(last) {
+    let prime = link.takes_priming_events();
+    if let Some(found) = last.and_then(|id| link.posts.find(id)) {
+        let resumed = found.and_then(|(number, log)| {
+            let connection = log.connect(last, prime)?;
+            Ok((number, log, connection))
+        });
+        return match resumed {
+            Ok((number, log, connection)) => {
+                sse_response(request_body(&gateway, &link, number, log, connection))
+            }
+            Err(e) => refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
+        };
+    }
+    // The client listens: now the upstream's own GET stream is worth a connection.
+    link.listening.cancel();
+    let connection = match events.connect(last, prime) {
         Ok(connection) => connection,
-        Err(e @ ConnectError::UnknownId(_)) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
-        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
     };
-    sse_response(live_body(&gateway, &link, connection, None::<()>))
+    sse_response(live_body(
+        &gateway,
+        &link,
+        connection,
+        Ends::Listening,
+        None::<()>,
+    ))
 }
 
-/// The body of a listening connection: `connection.first`, then its live events with keep-alive
-/// comments every `--sse-keepalive`, until the session ends, shutdown begins (a listening
-/// connection is not an in-flight request) or the client goes. `guard` is dropped with the body.
+/// How a connection's body ends, besides the client going away or the session ending.
+pub(super) enum Ends {
+    /// When its stream is taken over, or shutdown begins (a listening connection is not an
+    /// in-flight request).
+    Listening,
+    /// With its stream (a request's, after the last answer); `drained` runs if it sent
+    /// everything it was handed.
+    Request { drained: Box<dyn FnOnce() + Send> },
+}
+
+/// The body of a connection to POST stream `number` of `link`'s session (the POST's own, or a
+/// resumption of it): forgets the stream once this connection has delivered all of it.
+pub(super) fn request_body(
+    gateway: &Gateway,
+    link: &Arc<SessionLink>,
+    number: u64,
+    log: Arc<EventLog>,
+    connection: Connection,
+) -> Body {
+    let generation = connection.generation;
+    let owner = link.clone();
+    let drained = Box::new(move || {
+        if log.delivered_by(generation) {
+            owner.posts.forget(number);
+        }
+    });
+    live_body(
+        gateway,
+        link,
+        connection,
+        Ends::Request { drained },
+        None::<()>,
+    )
+}
+
+/// The body of a connection: `connection.first`, then its live events with keep-alive comments
+/// every `--sse-keepalive`, until the live channel closes, the session ends, the client goes or
+/// (listening) shutdown begins. `guard` is dropped with the body.
 pub(super) fn live_body<G: Send + 'static>(
     gateway: &Gateway,
     link: &SessionLink,
     connection: Connection,
+    ends: Ends,
     guard: Option<G>,
 ) -> Body {
-    let keepalive = gateway
-        .reverse
-        .sse_keepalive
-        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    let keepalive = keepalive_timer(gateway);
     let closed = link.session.closed_token().clone();
     let stopping = gateway.stopping.clone();
+    let (at_shutdown, drained) = match ends {
+        Ends::Listening => (true, None),
+        Ends::Request { drained } => (false, Some(drained)),
+    };
     let first = futures_util::stream::iter(connection.first);
     let live = futures_util::stream::unfold(
-        (connection.live, keepalive, closed, stopping, guard),
-        |(mut live, mut keepalive, closed, stopping, guard)| async move {
-            let tick = async {
-                match keepalive.as_mut() {
-                    Some(interval) => {
-                        interval.tick().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+        (connection.live, keepalive, closed, stopping, drained, guard),
+        move |(mut live, mut keepalive, closed, stopping, mut drained, guard)| async move {
             let event = tokio::select! {
-                event = live.recv() => event?,
-                () = tick => stream::keepalive(),
+                event = live.recv() => {
+                    let Some(event) = event else {
+                        if let Some(drained) = drained.take() {
+                            drained();
+                        }
+                        return None;
+                    };
+                    event
+                }
+                () = keepalive_due(&mut keepalive) => stream::keepalive(),
                 () = closed.cancelled() => return None,
-                () = stopping.cancelled() => return None,
+                () = stopping.cancelled(), if at_shutdown => return None,
             };
-            Some((event, (live, keepalive, closed, stopping, guard)))
+            Some((event, (live, keepalive, closed, stopping, drained, guard)))
         },
     );
     Body::from_stream(first.chain(live).map(Ok::<Bytes, Infallible>))
+}
+/// The timer of a stream's keep-alive comments (`--sse-keepalive`), if they are on.
+pub(super) fn keepalive_timer(gateway: &Gateway) -> Option<tokio::time::Interval> {
+    gateway
+        .reverse
+        .sse_keepalive
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period))
+}
+
+/// Resolves when the next keep-alive comment is due (never, if they are off).
+pub(super) async fn keepalive_due(timer: &mut Option<tokio::time::Interval>) {
+    match timer.as_mut() {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// A `text/event-stream` response that no proxy in between should buffer.

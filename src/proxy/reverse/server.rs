@@ -30,7 +30,7 @@ use super::checks::{
     accepts, check_content_type, cors, guard, json_response, read_frame, refuse, session_of,
 };
 use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
-use super::listen::sse_response;
+use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::router::{Reply, progress_token};
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
@@ -381,27 +381,73 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         }
         return response;
     }
-    let first = futures_util::stream::iter(out.into_iter().map(|raw| sse::message_event(&raw)));
-    let rest = futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if state.expected.is_empty() {
-                state.finish_exchange().await;
-                return None;
-            }
-            match state.next().await {
-                Arrival::Answer(raw) | Arrival::Other(raw) => {
-                    return Some((sse::message_event(&raw), state));
-                }
-                Arrival::Rejected { .. } | Arrival::Cancelled => {}
-            }
-        }
-    });
-    let body = Body::from_stream(first.chain(rest).map(Ok::<Bytes, Infallible>));
+    let body = if stateless {
+        stateless_stream(&gateway, state, out)
+    } else {
+        resumable_stream(&gateway, &link, state, &out)
+    };
     let mut response = sse_response(body);
     if let Some(id) = session_header {
         response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
     }
     response
+}
+
+/// A POST's SSE stream in a session: its events are logged (with ids, for the client to resume
+/// with `Last-Event-ID` if it loses the connection), and the request goes on without the client
+/// (a disconnection is not a cancellation) until its answers are in.
+fn resumable_stream(
+    gateway: &Arc<Gateway>,
+    link: &Arc<SessionLink>,
+    mut state: Answering,
+    first: &[Bytes],
+) -> Body {
+    let (number, log) = link.posts.open();
+    for raw in first {
+        log.push(raw);
+    }
+    let connection = log.attach(link.takes_priming_events());
+    let writer = log.clone();
+    gateway.spawn(async move {
+        while !state.expected.is_empty() {
+            match state.next().await {
+                Arrival::Answer(raw) | Arrival::Other(raw) => writer.push(&raw),
+                Arrival::Rejected { .. } | Arrival::Cancelled => {}
+            }
+        }
+        state.finish_exchange().await;
+        writer.finish();
+    });
+    request_body(gateway, link, number, log, connection)
+}
+
+/// A stateless (2026-07-28) request's SSE stream: no ids (that era has no resumability), and
+/// closing it cancels the request (the exchange is driven by this body and dropped with it).
+fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> Body {
+    let keepalive = keepalive_timer(gateway);
+    let first = futures_util::stream::iter(first.into_iter().map(|raw| sse::message_event(&raw)));
+    let rest = futures_util::stream::unfold(
+        (state, keepalive),
+        |(mut state, mut keepalive)| async move {
+            loop {
+                if state.expected.is_empty() {
+                    state.finish_exchange().await;
+                    return None;
+                }
+                let arrival = tokio::select! {
+                    arrival = state.next() => arrival,
+                    () = keepalive_due(&mut keepalive) => return Some((super::stream::keepalive(), (state, keepalive))),
+                };
+                match arrival {
+                    Arrival::Answer(raw) | Arrival::Other(raw) => {
+                        return Some((sse::message_event(&raw), (state, keepalive)));
+                    }
+                    Arrival::Rejected { .. } | Arrival::Cancelled => {}
+                }
+            }
+        },
+    );
+    Body::from_stream(first.chain(rest).map(Ok::<Bytes, Infallible>))
 }
 
 /// The upstream refused the POST's only message: its status and body go to the client as they

@@ -1,13 +1,18 @@
-//! A session's standalone server→client stream (`GET /mcp`): the server messages that belong to
-//! no open request (logging, list-changed notifications, ...), with shadowcat's own event ids
-//! and a bounded replay buffer, so a client that loses the connection can come back with
-//! `Last-Event-ID` and get exactly the events it missed, once, in order.
+//! A session's server→client SSE streams, with shadowcat's own event ids and a bounded replay
+//! buffer each, so a client that loses a connection can come back with `Last-Event-ID` and get
+//! exactly the events of that stream it missed, once, in order.
 //!
-//! The [`EventLog`] is the one source of truth for the stream's ids and replay: ids are
-//! `get-<n>`, `n` counting from 1 in the order events were logged; the buffer keeps the last
-//! `--sse-replay-events` events (and at most [`DEFAULT_REPLAY_BYTES`]). Messages are logged
-//! whether or not a client is connected; one connection at a time takes them live (a new one
-//! takes over from the old), and events never handed to any connection go to the next one.
+//! A session has its standalone stream (`GET /mcp`: the server messages that belong to no open
+//! request, such as logging and list-changed notifications) and one stream per POST answered
+//! with SSE (the request's progress, the server's requests while handling it, and its answer).
+//! Each stream's [`EventLog`] is the one source of truth for its ids and replay: ids are
+//! `get-<n>` on the GET stream and `post<k>-<n>` on the session's `k`th POST stream, `n`
+//! counting from 1 in the order events were logged, so ids are unique across the session's
+//! streams. The buffer keeps the last `--sse-replay-events` events (and at most
+//! [`DEFAULT_REPLAY_BYTES`]). Messages are logged whether or not a client is connected; one
+//! connection at a time takes them live (a new one takes over from the old), and events never
+//! handed to any connection go to the next one. A POST stream is finished once its last answer
+//! is logged; a connection to it ends after that answer.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -27,15 +32,23 @@ pub const RETRY_MS: u64 = 3000;
 /// Events queued for a live connection before it counts as stalled and is dropped (its events
 /// stay in the log for the client to resume from).
 const LIVE_QUEUE: usize = 256;
-/// Prefix of this stream's event ids.
-const ID_PREFIX: &str = "get-";
+/// Prefix of the GET stream's event ids.
+const GET_PREFIX: &str = "get-";
+/// Finished POST streams kept per session for clients to resume (the oldest go first); a
+/// stream whose every event reached its client is forgotten at once.
+pub const FINISHED_POST_STREAMS_KEPT: usize = 8;
 
-/// Why a GET could not take the stream.
+/// Why a GET could not take a stream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConnectError {
-    /// `Last-Event-ID` is not one of this stream's ids.
-    #[error("Last-Event-ID {0:?} is not an event id of this session's GET stream")]
+    /// `Last-Event-ID` is not one of the session's event ids.
+    #[error("Last-Event-ID {0:?} is not an event id of this session's streams")]
     UnknownId(String),
+    /// `Last-Event-ID` names a POST stream that is over and no longer kept.
+    #[error(
+        "Last-Event-ID {0:?} is from a request stream that is over and no longer kept (its answer was delivered, or it was one of the oldest of its session)"
+    )]
+    Forgotten(String),
 }
 
 /// A connection's share of the stream: what to send first, then what comes live.
@@ -43,14 +56,18 @@ pub enum ConnectError {
 pub struct Connection {
     /// The priming event, a note about lost events if any, and the replayed events.
     pub first: Vec<Bytes>,
-    /// Live events.
+    /// Live events; closed when the stream is finished (or taken over, or stalled).
     pub live: mpsc::Receiver<Bytes>,
+    /// Which of the stream's connections this is.
+    pub generation: u64,
 }
 
-/// The stream's event log and its live connection.
+/// One stream's event log and its live connection.
 #[derive(Debug)]
 pub struct EventLog {
     inner: Mutex<Inner>,
+    /// Prefix of this stream's event ids (`get-`, `post<k>-`).
+    prefix: Box<str>,
     max_events: usize,
     max_bytes: usize,
 }
@@ -66,6 +83,12 @@ struct Inner {
     buffer: VecDeque<(u64, Bytes)>,
     bytes: usize,
     live: Option<mpsc::Sender<Bytes>>,
+    /// Connections made so far.
+    generation: u64,
+    /// Whether the stream is finished.
+    finished: bool,
+    /// Once it is: the connection that then had every event, if one did.
+    complete: Option<u64>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -74,10 +97,16 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl EventLog {
-    /// A log keeping at most `max_events` events and `max_bytes` bytes for replay.
+    /// The GET stream's log, keeping at most `max_events` events and `max_bytes` bytes for
+    /// replay.
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self::with_prefix(GET_PREFIX.into(), max_events, max_bytes)
+    }
+
+    fn with_prefix(prefix: Box<str>, max_events: usize, max_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
+            prefix,
             max_events,
             max_bytes,
         }
@@ -87,7 +116,7 @@ impl EventLog {
     pub fn push(&self, data: &[u8]) {
         let mut inner = lock(&self.inner);
         inner.last += 1;
-        let event = event(inner.last, data);
+        let event = event(&self.prefix, inner.last, data);
         if let Some(live) = &inner.live {
             if live.try_send(event.clone()).is_ok() {
                 inner.handed = inner.last;
@@ -132,8 +161,13 @@ impl EventLog {
     /// replayed), or after the last event handed to any connection (so events logged while
     /// none was open are not lost). A connection already open is ended: the newest one has the
     /// stream (the old one may be half-open, its client gone without a word).
-    pub fn connect(&self, last_event_id: Option<&str>) -> Result<Connection, ConnectError> {
-        self.connect_with_queue(last_event_id, LIVE_QUEUE)
+    /// `prime`: begin with a priming event (clients of 2025-11-25 and later).
+    pub fn connect(
+        &self,
+        last_event_id: Option<&str>,
+        prime: bool,
+    ) -> Result<Connection, ConnectError> {
+        self.connect_with_queue(last_event_id, LIVE_QUEUE, prime)
     }
 
     /// [`Self::connect`] with room for `queue` events not yet sent before the connection counts
@@ -142,11 +176,12 @@ impl EventLog {
         &self,
         last_event_id: Option<&str>,
         queue: usize,
+        prime: bool,
     ) -> Result<Connection, ConnectError> {
         let after = match last_event_id {
             None => None,
             Some(id) => Some(
-                id.strip_prefix(ID_PREFIX)
+                id.strip_prefix(&*self.prefix)
                     .and_then(|n| n.parse::<u64>().ok())
                     .ok_or_else(|| ConnectError::UnknownId(id.to_owned()))?,
             ),
@@ -157,17 +192,30 @@ impl EventLog {
                 last_event_id.unwrap_or("").to_owned(),
             ));
         }
+        Ok(self.take(&mut inner, after, queue, prime))
+    }
+
+    /// Takes the stream for a new connection, after the last event handed to any connection.
+    pub fn attach(&self, prime: bool) -> Connection {
+        self.take(&mut lock(&self.inner), None, LIVE_QUEUE, prime)
+    }
+
+    fn take(&self, inner: &mut Inner, after: Option<u64>, queue: usize, prime: bool) -> Connection {
         let after = after.unwrap_or(inner.handed);
         // The priming event carries the id the replay starts after, so a connection lost before
         // the replay is through resumes with all of it.
-        let mut first = vec![priming(after)];
+        let mut first = Vec::new();
+        if prime {
+            first.push(priming(&self.prefix, after));
+        }
         let oldest = inner.buffer.front().map_or(inner.last + 1, |(n, _)| *n);
         if after + 1 < oldest {
             // Older than the buffer: what fell out of it is gone. Say so, then replay the rest.
             first.push(Bytes::from(format!(
-                ": events get-{} to get-{} are no longer kept (--sse-replay-events)\n\n",
+                ": events {prefix}{} to {prefix}{} are no longer kept (--sse-replay-events)\n\n",
                 after + 1,
-                oldest - 1
+                oldest - 1,
+                prefix = self.prefix,
             )));
         }
         first.extend(
@@ -178,32 +226,138 @@ impl EventLog {
                 .map(|(_, e)| e.clone()),
         );
         let (tx, live) = mpsc::channel(queue.max(1));
-        inner.live = Some(tx);
+        inner.generation += 1;
+        let generation = inner.generation;
         inner.handed = inner.last;
-        Ok(Connection { first, live })
+        if inner.finished {
+            // This connection gets the rest in `first`, and its live channel is closed.
+            inner.complete = Some(generation);
+        } else {
+            inner.live = Some(tx);
+        }
+        Connection {
+            first,
+            live,
+            generation,
+        }
     }
 
     /// Ends the live connection (the session is over).
     pub fn close(&self) {
         lock(&self.inner).live = None;
     }
+
+    /// Marks the stream finished (a POST's last answer is logged): its live connection ends
+    /// once it has sent what it was handed, and later connections get only the replay.
+    pub fn finish(&self) {
+        let mut inner = lock(&self.inner);
+        let holder = inner
+            .live
+            .take()
+            .filter(|live| !live.is_closed() && inner.handed == inner.last)
+            .map(|_| inner.generation);
+        inner.finished = true;
+        inner.complete = holder;
+    }
+
+    /// Whether connection `generation`, having sent everything it was handed, delivered the
+    /// whole finished stream (so nobody needs to resume it).
+    pub fn delivered_by(&self, generation: u64) -> bool {
+        lock(&self.inner).complete == Some(generation)
+    }
+
+    fn is_finished(&self) -> bool {
+        lock(&self.inner).finished
+    }
+}
+
+/// A session's POST streams, by number, while they may be resumed: until every event reached
+/// the client, or the session ends, or (finished) more than [`FINISHED_POST_STREAMS_KEPT`]
+/// newer finished ones are kept.
+#[derive(Debug)]
+pub struct PostStreams {
+    logs: Mutex<std::collections::BTreeMap<u64, std::sync::Arc<EventLog>>>,
+    next: std::sync::atomic::AtomicU64,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+impl PostStreams {
+    /// No streams yet; each will keep at most `max_events` events and `max_bytes` bytes.
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            logs: Mutex::default(),
+            next: std::sync::atomic::AtomicU64::new(1),
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// A new stream, with its number.
+    pub fn open(&self) -> (u64, std::sync::Arc<EventLog>) {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::sync::Arc::new(EventLog::with_prefix(
+            format!("post{number}-").into(),
+            self.max_events,
+            self.max_bytes,
+        ));
+        let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        logs.insert(number, log.clone());
+        let finished: Vec<u64> = logs
+            .iter()
+            .filter(|(_, log)| log.is_finished())
+            .map(|(n, _)| *n)
+            .collect();
+        for n in finished
+            .iter()
+            .take(finished.len().saturating_sub(FINISHED_POST_STREAMS_KEPT))
+        {
+            logs.remove(n);
+        }
+        (number, log)
+    }
+
+    /// Forgets stream `number` (its client has all of it).
+    pub fn forget(&self, number: u64) {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&number);
+    }
+
+    /// The stream a `Last-Event-ID` of the form `post<k>-<n>` belongs to; `None` if the id has
+    /// another form.
+    pub fn find(
+        &self,
+        last_event_id: &str,
+    ) -> Option<Result<(u64, std::sync::Arc<EventLog>), ConnectError>> {
+        let (number, _) = last_event_id.strip_prefix("post")?.split_once('-')?;
+        let number = number.parse::<u64>().ok()?;
+        let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(match logs.get(&number) {
+            Some(log) => Ok((number, log.clone())),
+            None if number < self.next.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(ConnectError::Forgotten(last_event_id.to_owned()))
+            }
+            None => Err(ConnectError::UnknownId(last_event_id.to_owned())),
+        })
+    }
 }
 
 /// One event: `id`, `event: message`, the message as `data:` lines.
-fn event(number: u64, data: &[u8]) -> Bytes {
+fn event(prefix: &str, number: u64, data: &[u8]) -> Bytes {
     let body = crate::transport::sse::message_event(data);
     let mut out = BytesMut::with_capacity(body.len() + 24);
-    out.put_slice(format!("id: {ID_PREFIX}{number}\n").as_bytes());
+    out.put_slice(format!("id: {prefix}{number}\n").as_bytes());
     out.put_slice(&body);
     out.freeze()
 }
 
 /// The priming event (2025-11-25): the current id with empty data, and the reconnection delay,
-/// so that a client that loses the stream at once can still resume it.
-fn priming(last: u64) -> Bytes {
-    Bytes::from(format!(
-        "id: {ID_PREFIX}{last}\nretry: {RETRY_MS}\ndata:\n\n"
-    ))
+/// so that a client that loses the stream at once can still resume it. Sent only to clients of
+/// 2025-11-25 and later: older ones may take its empty data for a message and fail to parse it.
+fn priming(prefix: &str, last: u64) -> Bytes {
+    Bytes::from(format!("id: {prefix}{last}\nretry: {RETRY_MS}\ndata:\n\n"))
 }
 
 /// A keep-alive comment.
@@ -231,12 +385,16 @@ mod tests {
         let log = EventLog::new(3, 1 << 20);
         // Logged before anyone connected: the first connection gets it.
         log.push(br#"{"n":1}"#);
-        let early = log.connect(None).unwrap();
-        assert_eq!(early.first[0], priming(0));
+        let early = log.connect(None, true).unwrap();
+        assert_eq!(early.first[0], priming("get-", 0));
         assert_eq!(ids(&early.first), ["get-1"]);
         drop(early);
-        let mut first = log.connect(None).unwrap();
-        assert_eq!(first.first, vec![priming(1)], "nothing left undelivered");
+        let mut first = log.connect(None, true).unwrap();
+        assert_eq!(
+            first.first,
+            vec![priming("get-", 1)],
+            "nothing left undelivered"
+        );
         for i in 2..=3 {
             log.push(format!("{{\"n\":{i}}}").as_bytes());
         }
@@ -248,14 +406,14 @@ mod tests {
             ["get-2", "get-3"]
         );
         // A new connection takes over; the old one ends.
-        let takeover = log.connect(None).unwrap();
+        let takeover = log.connect(None, true).unwrap();
         assert!(first.live.recv().await.is_none());
         drop(takeover);
         // While nobody is connected, events are kept (the last 3).
         for i in 4..=7 {
             log.push(format!("{{\"n\":{i}}}").as_bytes());
         }
-        let resumed = log.connect(Some("get-5")).unwrap();
+        let resumed = log.connect(Some("get-5"), true).unwrap();
         assert_eq!(ids(&resumed.first), ["get-6", "get-7"]);
         assert!(
             std::str::from_utf8(&resumed.first[0])
@@ -265,7 +423,7 @@ mod tests {
         );
         drop(resumed);
         // An id older than the buffer: a note, then everything still kept.
-        let late = log.connect(Some("get-1")).unwrap();
+        let late = log.connect(Some("get-1"), true).unwrap();
         assert!(
             std::str::from_utf8(&late.first[1])
                 .unwrap()
@@ -275,20 +433,23 @@ mod tests {
         drop(late);
         for bad in ["get-99", "8", "post-1", ""] {
             assert!(
-                matches!(log.connect(Some(bad)), Err(ConnectError::UnknownId(_))),
+                matches!(
+                    log.connect(Some(bad), true),
+                    Err(ConnectError::UnknownId(_))
+                ),
                 "{bad}"
             );
         }
         // push_if_connected logs nothing without a connection.
         assert!(!log.push_if_connected(b"{}"));
-        let _live = log.connect(None).unwrap();
+        let _live = log.connect(None, true).unwrap();
         assert!(log.push_if_connected(b"{}"));
     }
 
     #[tokio::test]
     async fn a_stalled_connection_is_dropped_and_can_resume() {
         let log = EventLog::new(10_000, 1 << 30);
-        let connection = log.connect(None).unwrap();
+        let connection = log.connect(None, true).unwrap();
         for _ in 0..(LIVE_QUEUE + 5) {
             log.push(b"{}");
         }
@@ -299,8 +460,71 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, LIVE_QUEUE);
-        let resumed = log.connect(Some(&format!("get-{got}"))).unwrap();
+        let resumed = log.connect(Some(&format!("get-{got}")), true).unwrap();
         assert_eq!(ids(&resumed.first).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn post_streams_finish_are_forgotten_once_delivered_and_bounded() {
+        let posts = PostStreams::new(16, 1 << 20);
+        let (number, log) = posts.open();
+        assert_eq!(number, 1);
+        log.push(br#"{"progress":1}"#);
+        let connection = log.attach(false);
+        assert_eq!(ids(&connection.first), ["post1-1"]);
+        log.push(br#"{"answer":1}"#);
+        log.finish();
+        let mut live = connection.live;
+        assert!(live.recv().await.is_some());
+        assert!(live.recv().await.is_none(), "ends once finished");
+        assert!(log.delivered_by(connection.generation));
+        // Resuming a finished stream replays the rest and ends at once.
+        let (_, found) = posts.find("post1-1").unwrap().unwrap();
+        let mut resumed = found.connect(Some("post1-1"), false).unwrap();
+        assert_eq!(ids(&resumed.first), ["post1-2"]);
+        assert!(resumed.live.recv().await.is_none());
+        assert!(found.delivered_by(resumed.generation));
+        assert!(!found.delivered_by(connection.generation));
+        posts.forget(1);
+        assert!(matches!(
+            posts.find("post1-1"),
+            Some(Err(ConnectError::Forgotten(_)))
+        ));
+        assert!(matches!(
+            posts.find("post2-1"),
+            Some(Err(ConnectError::UnknownId(_)))
+        ));
+        assert!(posts.find("get-1").is_none() && posts.find("post-x").is_none());
+
+        // A connection that was gone when the stream finished did not deliver it.
+        let (_, log) = posts.open();
+        let dropped = log.attach(false);
+        drop(dropped.live);
+        log.push(b"{}");
+        log.finish();
+        assert!(!log.delivered_by(dropped.generation));
+
+        // Finished streams kept: the newest FINISHED_POST_STREAMS_KEPT; unfinished ones stay.
+        let unfinished = posts.open();
+        for _ in 0..FINISHED_POST_STREAMS_KEPT + 3 {
+            posts.open().1.finish();
+        }
+        let kept = posts.logs.lock().unwrap().len();
+        assert_eq!(
+            kept,
+            FINISHED_POST_STREAMS_KEPT + 2,
+            "the bound, the unfinished one and the newest"
+        );
+        assert!(
+            posts
+                .find(&format!("post{}-0", unfinished.0))
+                .unwrap()
+                .is_ok()
+        );
+        assert!(matches!(
+            posts.find("post2-0"),
+            Some(Err(ConnectError::Forgotten(_)))
+        ));
     }
 
     #[test]
