@@ -11,11 +11,13 @@
 //! - [`error`]: the one table of proxy-generated error codes, and error-response builders.
 //! - [`version`]: the protocol versions Shadowcat knows and what differs between them.
 //! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
+//! - [`rewrite`]: one member of a message replaced (an id, a progress token), the rest as it came.
 
 pub mod error;
 pub mod id;
 pub mod message;
 pub mod method;
+pub mod rewrite;
 pub mod salvage;
 pub mod version;
 

@@ -392,6 +392,93 @@ fn a_post_stream_waiting_on_the_client_gets_keep_alive_comments() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Stateless (2026-07-28) requests to a command upstream share one child, which never sees
+/// `initialize`. Two clients may use the same request id and progress token at once: each
+/// request goes there under an id of the gateway's own, and each client gets its answer (and its
+/// progress) under the names it chose. Closing a request's stream cancels it at the child.
+#[test]
+fn stateless_requests_share_one_child_under_ids_of_their_own() {
+    let gw = Gateway::fixture(&[]);
+    let stateless = [("MCP-Protocol-Version", "2026-07-28")];
+    let addr = gw.addr.clone();
+    let sleepy = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&stateless),
+            call(1, "sleep", json!({"ms": 600})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    // The same id, at the same time: answered under it, with the right answer.
+    let quick = post_raw(
+        &gw,
+        &stateless,
+        call(1, "sleep", json!({"ms": 10})).to_string().as_bytes(),
+    );
+    assert_eq!(quick.status, 200, "{quick:?}");
+    assert!(quick.header("mcp-session-id").is_none());
+    assert_eq!(quick.json()["id"], 1);
+    assert_eq!(quick.json()["result"]["content"][0]["text"], "slept 10 ms");
+    let sleepy = sleepy.join().unwrap();
+    assert_eq!(sleepy.json()["id"], 1);
+    assert_eq!(
+        sleepy.json()["result"]["content"][0]["text"],
+        "slept 600 ms"
+    );
+    // Progress comes back under the client's own token.
+    let request = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"progress","arguments":{"steps":2},"_meta":{"progressToken":1}}});
+    let progress = post_raw(&gw, &stateless, request.to_string().as_bytes());
+    let messages = progress.sse_messages();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert_eq!(messages[0]["params"]["progressToken"], 1);
+    assert_eq!(messages[1]["params"]["progress"], 2);
+    assert_eq!(messages[2]["id"], 1);
+    assert_eq!(fixture_children_of(&gw).len(), 1, "one child for them all");
+
+    // A client that closes the stream cancels its request.
+    {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(&gw.addr).unwrap();
+        let body = call(9, "sleep", json!({"ms": 5000})).to_string();
+        let mut request = format!("POST /mcp HTTP/1.1\r\nHost: {}\r\n", gw.addr);
+        for (name, value) in headers(&stateless) {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        socket.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("the child is told", || {
+        let stats = post_raw(
+            &gw,
+            &stateless,
+            call(10, "stats", json!({})).to_string().as_bytes(),
+        );
+        let cancelled = stats.json()["result"]["structuredContent"]["cancelled"].clone();
+        cancelled.as_array().is_some_and(|c| c.len() == 1)
+    });
+
+    // GET and DELETE belong to sessions, which this era does not have.
+    for method in ["GET", "DELETE"] {
+        let r = http_request(
+            &gw.addr,
+            method,
+            "/mcp",
+            &[
+                ("Accept", "text/event-stream".into()),
+                ("MCP-Protocol-Version", "2026-07-28".into()),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 405, "{method}: {r:?}");
+        assert_eq!(r.header("allow"), Some("POST"));
+        assert_eq!(rpc_error(&r).0, -32600);
+    }
+}
+
 #[test]
 fn origin_and_host_are_validated() {
     let gw = Gateway::fixture(&[]);

@@ -251,6 +251,53 @@ fn sdk_2_3_stateless_era_clients_and_a_legacy_client_share_the_gateway() {
     assert_eq!(direct, proxied);
 }
 
+/// The stateless era to a command upstream: `auto` and `2026-07-28` clients through the gateway
+/// to a 2.3.0 stdio server (one child shared by every stateless request) get what they get
+/// running the server themselves, while a 1.30.0 client has a session (and a child) of its own
+/// at the same time. Against a handshake-era child, `auto` falls back to initialize.
+#[test]
+fn sdk_2_3_stateless_era_clients_reach_stdio_servers() {
+    let command = vec![python("2.3.0"), server_script("2.3.0")];
+    let mut opts: Vec<&str> = vec!["--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    let url = gateway.url();
+    let legacy = {
+        let url = url.clone();
+        std::thread::spawn(move || run_client("1.30.0", None, Target::Url(&url), true))
+    };
+    for mode in ["auto", "2026-07-28"] {
+        let direct = run_client("2.3.0", Some(mode), Target::Stdio(&command), true);
+        let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
+        check_summary(&proxied, true);
+        assert!(
+            proxied.contains("\"protocolVersion\":\"2026-07-28\""),
+            "{proxied}"
+        );
+        assert_eq!(direct, proxied, "mode {mode}: different through shadowcat");
+    }
+    let legacy = legacy.join().unwrap();
+    check_summary(&legacy, true);
+    check_progress_and_logs(&legacy);
+    assert!(!legacy.contains("2026-07-28"), "{legacy}");
+    assert_eq!(
+        gateway
+            .stderr_text()
+            .matches("started the MCP server for stateless (2026-07-28) requests")
+            .count(),
+        1,
+        "one shared child for the stateless requests"
+    );
+
+    let command = vec![python("1.30.0"), server_script("1.30.0")];
+    let mut opts: Vec<&str> = vec!["--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    let direct = run_client("2.3.0", Some("auto"), Target::Stdio(&command), true);
+    let proxied = run_client("2.3.0", Some("auto"), Target::Url(&gateway.url()), true);
+    assert_eq!(direct, proxied, "auto against a handshake-era child");
+}
+
 /// A 2024-11-05 HTTP+SSE client (mcp 1.30.0's `sse_client`) through the gateway gets what a
 /// Streamable HTTP client gets directly, from an HTTP upstream and from a stdio one.
 #[test]

@@ -21,6 +21,7 @@
 //! this short), then end every session, which ends upstream sessions and stops children.
 
 pub mod admin;
+mod alias;
 pub mod answer;
 pub mod checks;
 pub mod gateway;

@@ -16,6 +16,7 @@ use crate::protocol::{ErrorCode, Kind, Message, Method, RequestId};
 use crate::proxy::outbox::Deliver as _;
 use crate::session::EndReason;
 
+use super::alias::Aliases;
 use super::gateway::{Gateway, LinkUpstream, SessionLink};
 use super::router::{Reply, Router, Waiter};
 
@@ -68,6 +69,8 @@ pub(super) struct Answering {
     pub(super) new_session: bool,
     /// Ends a stateless request's session when the POST is over.
     pub(super) ephemeral: Option<EndOnDrop>,
+    /// A stateless request at the shared child: the names its client chose for what we renamed.
+    pub(super) aliases: Option<Aliases>,
     pub(super) batch: bool,
     /// The exchange with the upstream, until it is over.
     pub(super) exchange: Option<Exchange>,
@@ -109,6 +112,31 @@ pub(super) enum Arrival {
 impl Drop for Answering {
     fn drop(&mut self) {
         if self.expected.is_empty() {
+            return;
+        }
+        if self.aliases.is_some() {
+            // A stateless request at the shared child whose client closed the stream: in this
+            // era that is how a request is cancelled. The child is told, and forgets it.
+            let pending = self
+                .link
+                .session
+                .pending(crate::protocol::Direction::ClientToServer);
+            let cancelled: Vec<Message> = self
+                .expected
+                .keys()
+                .filter(|id| pending.remove(id).is_some())
+                .map(|id| Message::cancelled(id, "the client closed the request's stream"))
+                .collect();
+            if let (false, Ok(runtime)) =
+                (cancelled.is_empty(), tokio::runtime::Handle::try_current())
+            {
+                let link = self.link.clone();
+                runtime.spawn(async move {
+                    for msg in cancelled {
+                        let _ = link.deliver(msg).await;
+                    }
+                });
+            }
             return;
         }
         // The client went away before every answer came. An HTTP upstream's exchange is dropped
@@ -191,7 +219,17 @@ impl Answering {
         }
     }
 
+    /// What arrives next for the client (under the names it chose).
     pub(super) async fn next(&mut self) -> Arrival {
+        let arrival = self.arrive().await;
+        match (&self.aliases, arrival) {
+            (Some(aliases), Arrival::Answer(raw)) => Arrival::Answer(aliases.outbound(raw)),
+            (Some(aliases), Arrival::Other(raw)) => Arrival::Other(aliases.outbound(raw)),
+            (_, arrival) => arrival,
+        }
+    }
+
+    async fn arrive(&mut self) -> Arrival {
         let Some(reply) = self.recv().await else {
             // Every sender is gone: the session ended (or its upstream died) with requests
             // unanswered. The watcher answers what it knows about; this covers the rest.

@@ -10,12 +10,12 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::config::is_loopback_authority;
 use crate::protocol::error::ProxyError;
-use crate::protocol::{ErrorCode, Frame, Message};
+use crate::protocol::{ErrorCode, Frame, Message, version};
 use crate::session::SessionId;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 
@@ -145,6 +145,21 @@ pub(super) fn session_of(
     headers: &HeaderMap,
 ) -> Result<Arc<SessionLink>, Response> {
     let Some(value) = headers.get(&MCP_SESSION_ID) else {
+        let stateless = headers
+            .get(&MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| version::is_known(v) && version::is_stateless(v));
+        if stateless {
+            // GET streams and DELETE belong to sessions, which this era does not have.
+            let mut response = refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed: protocol version 2026-07-28 and later have no sessions, so no GET stream and no DELETE; send requests by POST".into(),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return Err(response);
+        }
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "Bad Request: missing Mcp-Session-Id header; start a session with initialize".into(),

@@ -213,11 +213,6 @@ pub enum OpenError {
     /// The gateway is shutting down.
     #[error("shadowcat is shutting down")]
     ShuttingDown,
-    /// A stateless request for a command upstream.
-    #[error(
-        "stateless (2026-07-28) requests without a session reach HTTP upstreams only; start a session with initialize"
-    )]
-    StatelessUnsupported,
 }
 
 /// The gateway.
@@ -243,6 +238,20 @@ pub struct Gateway {
     /// The HTTP upstream turned out to speak the 2024-11-05 HTTP+SSE transport (learnt from the
     /// first session's probe, then used for every session).
     legacy_upstream: std::sync::atomic::AtomicBool,
+    /// A command upstream's child for stateless (2026-07-28) requests, shared by them all.
+    stateless_child: Mutex<Option<Arc<SessionLink>>>,
+    /// The next id (and progress token number) a stateless request gets at that child.
+    pub(super) next_alias: std::sync::atomic::AtomicI64,
+}
+
+/// Where a stateless (2026-07-28) request goes.
+#[derive(Debug)]
+pub enum Stateless {
+    /// A session of its own, ended with its POST (an HTTP upstream: the request is passed on
+    /// as it is).
+    Own(Arc<SessionLink>),
+    /// The shared child of a command upstream (its ids and progress tokens are aliased there).
+    Shared(Arc<SessionLink>),
 }
 
 impl Gateway {
@@ -268,6 +277,8 @@ impl Gateway {
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             legacy_upstream: std::sync::atomic::AtomicBool::new(false),
+            stateless_child: Mutex::new(None),
+            next_alias: std::sync::atomic::AtomicI64::new(1),
         })
     }
 
@@ -365,20 +376,39 @@ impl Gateway {
         Ok(link)
     }
 
-    /// A session for one stateless (2026-07-28) request to an HTTP upstream: tracked by the
-    /// manager and the pipeline like any other, never addressable by the client, ended as soon as
-    /// the request is over. A command upstream has no stateless pass-through yet.
-    pub fn open_stateless(&self) -> Result<Arc<SessionLink>, OpenError> {
+    /// Where one stateless (2026-07-28) request goes. To an HTTP upstream: a session of its
+    /// own, tracked by the manager and the pipeline like any other, never addressable by the
+    /// client, ended as soon as the request is over. To a command upstream: the child that
+    /// serves every stateless request (started with the first, and again after it ended:
+    /// crashed, idle expired, evicted), never sent `initialize`.
+    pub fn open_stateless(self: &Arc<Self>) -> Result<Stateless, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
-        let Upstream::Http(client) = &self.upstream else {
-            return Err(OpenError::StatelessUnsupported);
+        let client = match &self.upstream {
+            Upstream::Http(client) => client,
+            Upstream::Stdio(_) => {
+                let mut shared = self
+                    .stateless_child
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(link) = shared.as_ref() {
+                    if !link.session.closed_token().is_cancelled() {
+                        return Ok(Stateless::Shared(link.clone()));
+                    }
+                }
+                // Spawning is synchronous: no await while the slot is locked.
+                let link = self.open_session(TransportKind::Http)?;
+                link.router.share_between_clients();
+                tracing::info!(session = %link.session.id(), "started the MCP server for stateless (2026-07-28) requests");
+                *shared = Some(link.clone());
+                return Ok(Stateless::Shared(link));
+            }
         };
         let session = self
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
-        Ok(Arc::new(SessionLink {
+        Ok(Stateless::Own(Arc::new(SessionLink {
             router: Arc::new(Router::new(session.clone(), None)),
             session,
             upstream: LinkUpstream::Http {
@@ -390,7 +420,7 @@ impl Gateway {
             upstream_ready: CancellationToken::new(),
             listening: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
-        }))
+        })))
     }
 
     /// Ends session `id` (a client's DELETE) and waits, up to the shutdown timeout, for its

@@ -73,6 +73,10 @@ pub struct Router {
     events: Option<Arc<EventLog>>,
     /// A 2024-11-05 HTTP+SSE session: every message, answers included, goes on its one stream.
     legacy: std::sync::atomic::AtomicBool,
+    /// The child shared by stateless requests of many clients: a message tied to no request
+    /// goes to the open request only when there is exactly one (else it could reach the wrong
+    /// client), and never to a GET stream (that era has none).
+    shared: std::sync::atomic::AtomicBool,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
 }
@@ -95,6 +99,12 @@ impl Router {
     /// Makes this a 2024-11-05 HTTP+SSE session's router: every message goes on its one stream.
     pub fn use_legacy_stream(&self) {
         self.legacy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes this the router of the child shared by stateless requests (see [`Self::deliver`]).
+    pub fn share_between_clients(&self) {
+        self.shared
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -256,6 +266,25 @@ impl Router {
         }
     }
 
+    /// Hands a message tied to no request to the one open POST, if exactly one is open.
+    fn offer_sole(&self, msg: Message) -> Result<(), Message> {
+        let waiters = lock(&self.waiters);
+        let mut open = waiters.values().filter(|slot| !slot.waiter.is_closed());
+        let (Some(slot), None) = (open.next(), open.next()) else {
+            return Err(msg);
+        };
+        if slot.waiter.capacity() <= slot.reserve {
+            return Err(msg);
+        }
+        match slot.waiter.try_send(Reply::Message(msg)) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                Reply::Message(msg) => Err(msg),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// A server message nobody can take: counted, and a request is answered with an error so
     /// the server doesn't wait for it.
     async fn drop_undeliverable(&self, msg: &Message) {
@@ -284,8 +313,10 @@ impl Deliver for Router {
     /// Answers go to the POST that asked. Progress goes to the POST whose request carried its
     /// token. A server request goes to the most recent open POST (it is being handled for one),
     /// else to the GET stream if a client is connected to it. Every other notification goes to
-    /// the GET stream, buffered for replay whether or not anyone is connected. What nothing can
-    /// take is dropped, and a server request is answered with an error.
+    /// the GET stream, buffered for replay whether or not anyone is connected. At the child
+    /// shared by stateless requests, what is tied to no request goes to the open one only if it
+    /// is the only one. What nothing can take is dropped, and a server request is answered with
+    /// an error.
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         if let (true, Some(events)) = (
             self.legacy.load(std::sync::atomic::Ordering::Relaxed),
@@ -311,7 +342,9 @@ impl Deliver for Router {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
-        let left = if msg.kind() == Kind::Request {
+        let left = if self.shared.load(std::sync::atomic::Ordering::Relaxed) {
+            self.offer_sole(msg).err()
+        } else if msg.kind() == Kind::Request {
             match self.offer(msg) {
                 Ok(()) => None,
                 Err(msg) => match &self.events {
@@ -400,6 +433,29 @@ mod tests {
         }
         assert_eq!(received.len(), STREAM_SLACK + 1);
         assert!(received.last().unwrap().contains("\"id\":7"));
+    }
+
+    #[tokio::test]
+    async fn at_a_shared_child_untied_messages_go_only_to_a_sole_open_request() {
+        let router = Router::default();
+        router.share_between_clients();
+        let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"x"}}"#;
+        let (a, mut a_rx) = mpsc::channel(8);
+        let (b, mut b_rx) = mpsc::channel(8);
+        router.register(&[RequestId::Number(1)], &a);
+        router.deliver(msg(log)).await.unwrap();
+        assert!(text(a_rx.try_recv().unwrap()).contains("notifications/message"));
+        // Two clients' requests open: it could be either's, so it is neither's.
+        router.register(&[RequestId::Number(2)], &b);
+        router.deliver(msg(log)).await.unwrap();
+        assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
+        assert_eq!(router.undeliverable(), 1);
+        // Answers still find their POSTs.
+        router
+            .deliver(msg(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#))
+            .await
+            .unwrap();
+        assert!(text(b_rx.try_recv().unwrap()).contains("\"id\":2"));
     }
 
     #[tokio::test]

@@ -25,11 +25,12 @@ use crate::session::{EndReason, SessionError};
 use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::transport::sse;
 
+use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::checks::{
     accepts, check_content_type, cors, guard, json_response, read_frame, refuse, session_of,
 };
-use super::gateway::{Gateway, OpenError, SessionLink, reply_channel};
+use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::router::{Reply, progress_token};
 
@@ -128,8 +129,15 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let stateless = !headers.contains_key(&MCP_SESSION_ID)
         && !initialize
         && header_version.as_deref().is_some_and(version::is_stateless);
+    let mut shared = false;
     let opened = if stateless {
-        Some(gateway.open_stateless())
+        Some(gateway.open_stateless().map(|to| match to {
+            Stateless::Own(link) => link,
+            Stateless::Shared(link) => {
+                shared = true;
+                link
+            }
+        }))
     } else if initialize && !headers.contains_key(&MCP_SESSION_ID) {
         Some(gateway.open_session(crate::session::TransportKind::Http))
     } else {
@@ -137,7 +145,8 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     };
     let (link, new_session) = if let Some(opened) = opened {
         match opened {
-            Ok(link) => (link, true),
+            // The shared child's session is not this request's to end.
+            Ok(link) => (link, !shared),
             Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
                 let mut response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -149,9 +158,6 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return response;
-            }
-            Err(e @ OpenError::StatelessUnsupported) => {
-                return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
             }
             Err(e @ OpenError::ShuttingDown) => {
                 let error =
@@ -171,8 +177,8 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             Err(response) => return response,
         }
     };
-    // A stateless request's session ends with its POST, whichever way that goes.
-    let ephemeral = stateless.then(|| EndOnDrop {
+    // A stateless request's own session ends with its POST, whichever way that goes.
+    let ephemeral = (stateless && !shared).then(|| EndOnDrop {
         gateway: gateway.clone(),
         session: link.session.id().clone(),
     });
@@ -210,7 +216,19 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let mut expected = Vec::new();
     let mut tokens = Vec::new();
     let mut answers = Vec::new();
+    // At a shared child, requests go under ids of our own.
+    let mut aliases = shared.then(Aliases::default);
     for member in members {
+        let member = match (member, aliases.as_mut()) {
+            (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
+                // Its request id is another POST's (in this era, closing that POST's stream is
+                // what cancels it).
+                tracing::debug!("a stateless notifications/cancelled was dropped");
+                continue;
+            }
+            (Ok(msg), Some(aliases)) => Ok(aliases.inbound(msg, &gateway.next_alias)),
+            (member, _) => member,
+        };
         match member {
             Err(e) => {
                 gateway
@@ -250,7 +268,11 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                             .pipeline
                             .metrics()
                             .answered_by_proxy(crate::protocol::Direction::ClientToServer);
-                        answers.push(answer.raw().clone());
+                        let answer = answer.raw().clone();
+                        answers.push(match &aliases {
+                            Some(aliases) => aliases.outbound(answer),
+                            None => answer,
+                        });
                     }
                     crate::proxy::Verdict::Drop => {}
                 }
@@ -322,6 +344,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         started,
         new_session,
         ephemeral,
+        aliases,
         batch,
         exchange: Some(exchange),
         _registration: guard,
