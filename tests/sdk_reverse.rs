@@ -74,6 +74,7 @@ impl Drop for HttpServer {
 }
 
 /// Where a client connects.
+#[derive(Clone, Copy)]
 enum Target<'a> {
     Url(&'a str),
     /// The 2024-11-05 HTTP+SSE transport (mcp 1.x clients).
@@ -217,6 +218,30 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
     }
 }
 
+/// 2.3.0 clients in `auto` and `2026-07-28` modes through `gateway` get what they get from
+/// `direct`, the stateless era, while a 1.30.0 client (handshake era) uses the gateway at once.
+fn stateless_and_legacy_clients_at_once(gateway: &Gateway, direct: Target<'_>) {
+    let url = gateway.url();
+    let legacy = {
+        let url = url.clone();
+        std::thread::spawn(move || run_client("1.30.0", None, Target::Url(&url), true))
+    };
+    for mode in ["auto", "2026-07-28"] {
+        let alone = run_client("2.3.0", Some(mode), direct, true);
+        let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
+        check_summary(&proxied, true);
+        assert!(
+            proxied.contains("\"protocolVersion\":\"2026-07-28\""),
+            "{proxied}"
+        );
+        assert_eq!(alone, proxied, "mode {mode}: different through shadowcat");
+    }
+    let legacy = legacy.join().unwrap();
+    check_summary(&legacy, true);
+    check_progress_and_logs(&legacy);
+    assert!(!legacy.contains("2026-07-28"), "{legacy}");
+}
+
 /// The stateless era through the gateway: `auto` (which probes with a 2026-07-28
 /// `server/discover` first) and a pinned `2026-07-28` client against a 2.3.0 server get exactly
 /// what they get directly, while a legacy 1.30.0 client uses the same gateway at the same time.
@@ -224,24 +249,7 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
 fn sdk_2_3_stateless_era_clients_and_a_legacy_client_share_the_gateway() {
     let server = HttpServer::start("2.3.0", &[]);
     let gateway = Gateway::start(&["--upstream", &server.url]);
-    let url = gateway.url();
-    let legacy = {
-        let url = url.clone();
-        std::thread::spawn(move || run_client("1.30.0", None, Target::Url(&url), true))
-    };
-    for mode in ["auto", "2026-07-28"] {
-        let direct = run_client("2.3.0", Some(mode), Target::Url(&server.url), true);
-        let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
-        check_summary(&proxied, true);
-        assert!(
-            proxied.contains("\"protocolVersion\":\"2026-07-28\""),
-            "{proxied}"
-        );
-        assert_eq!(direct, proxied, "mode {mode}: different through shadowcat");
-    }
-    let legacy = legacy.join().unwrap();
-    check_summary(&legacy, true);
-    assert!(!legacy.contains("2026-07-28"), "{legacy}");
+    stateless_and_legacy_clients_at_once(&gateway, Target::Url(&server.url));
 
     // Against a handshake-era server, auto falls back to initialize, as it does directly.
     let server = HttpServer::start("1.30.0", &[]);
@@ -261,25 +269,7 @@ fn sdk_2_3_stateless_era_clients_reach_stdio_servers() {
     let mut opts: Vec<&str> = vec!["--"];
     opts.extend(command.iter().map(String::as_str));
     let gateway = Gateway::start(&opts);
-    let url = gateway.url();
-    let legacy = {
-        let url = url.clone();
-        std::thread::spawn(move || run_client("1.30.0", None, Target::Url(&url), true))
-    };
-    for mode in ["auto", "2026-07-28"] {
-        let direct = run_client("2.3.0", Some(mode), Target::Stdio(&command), true);
-        let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
-        check_summary(&proxied, true);
-        assert!(
-            proxied.contains("\"protocolVersion\":\"2026-07-28\""),
-            "{proxied}"
-        );
-        assert_eq!(direct, proxied, "mode {mode}: different through shadowcat");
-    }
-    let legacy = legacy.join().unwrap();
-    check_summary(&legacy, true);
-    check_progress_and_logs(&legacy);
-    assert!(!legacy.contains("2026-07-28"), "{legacy}");
+    stateless_and_legacy_clients_at_once(&gateway, Target::Stdio(&command));
     assert_eq!(
         gateway
             .stderr_text()

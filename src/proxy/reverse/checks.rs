@@ -138,6 +138,18 @@ pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
     accepts
 }
 
+/// 405 with `why`, and `Allow: allow`.
+pub(super) fn method_not_allowed(why: &str, allow: &'static str) -> Response {
+    let mut response = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method Not Allowed: {why}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// The session a request names, or the refusal for a missing or unknown one.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
 pub(super) fn session_of(
@@ -151,14 +163,10 @@ pub(super) fn session_of(
             .is_some_and(|v| version::is_known(v) && version::is_stateless(v));
         if stateless {
             // GET streams and DELETE belong to sessions, which this era does not have.
-            let mut response = refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed: protocol version 2026-07-28 and later have no sessions, so no GET stream and no DELETE; send requests by POST".into(),
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            return Err(response);
+            return Err(method_not_allowed(
+                "protocol version 2026-07-28 and later have no sessions, so no GET stream and no DELETE; send requests by POST",
+                "POST",
+            ));
         }
         return Err(refuse(
             StatusCode::BAD_REQUEST,

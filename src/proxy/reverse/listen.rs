@@ -10,12 +10,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::transport::http::LAST_EVENT_ID;
 
-use super::checks::{accepts, refuse, session_of};
+use super::checks::{accepts, method_not_allowed, refuse, session_of};
 use super::gateway::{Gateway, SessionLink};
 use super::stream::{self, Connection, EventLog};
 
@@ -35,14 +35,7 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         );
     }
     let Some(events) = link.router.events() else {
-        let mut response = refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method Not Allowed: this session has no GET stream".into(),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
-        return response;
+        return method_not_allowed("this session has no GET stream", "POST, DELETE");
     };
     let last = headers
         .get(&LAST_EVENT_ID)

@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::ALLOW;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::protocol::error::ProxyError;
@@ -28,7 +27,8 @@ use crate::transport::sse;
 use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::checks::{
-    accepts, check_content_type, cors, guard, json_response, read_frame, refuse, session_of,
+    accepts, check_content_type, cors, guard, json_response, method_not_allowed, read_frame,
+    refuse, session_of,
 };
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
@@ -60,14 +60,10 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
 }
 
 async fn not_allowed() -> Response {
-    let mut response = refuse(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method Not Allowed: use POST for messages and DELETE to end a session".into(),
-    );
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-    response
+    method_not_allowed(
+        "use POST for messages and DELETE to end a session",
+        "GET, POST, DELETE",
+    )
 }
 
 /// `DELETE`: ends the session, and its upstream session or child.
