@@ -3,7 +3,8 @@
 //! Binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout. Options:
 //! - `--stateless`: issue no session ids (and require none);
 //! - `--sse`: answer requests as `text/event-stream` (default: `application/json`);
-//! - `--no-get`: offer no GET stream (405).
+//! - `--no-get`: offer no GET stream (405);
+//! - `--get-delay-ms N`: open a GET stream only after N ms (a slow upstream).
 //!
 //! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
@@ -29,6 +30,7 @@ struct Fixture {
     stateless: bool,
     sse: bool,
     no_get: bool,
+    get_delay: std::time::Duration,
     /// Open GET streams, by session.
     streams: Mutex<Vec<(String, tokio::sync::mpsc::Sender<String>)>>,
     next: AtomicU64,
@@ -42,6 +44,11 @@ fn main() {
         stateless: args.iter().any(|a| a == "--stateless"),
         sse: args.iter().any(|a| a == "--sse"),
         no_get: args.iter().any(|a| a == "--no-get"),
+        get_delay: std::time::Duration::from_millis(
+            args.iter()
+                .position(|a| a == "--get-delay-ms")
+                .map_or(0, |i| args[i + 1].parse().unwrap()),
+        ),
         ..Fixture::default()
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -72,6 +79,7 @@ async fn get(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> Respons
     let Some(session) = session_of(&headers) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    tokio::time::sleep(fixture.get_delay).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     fixture.streams.lock().unwrap().push((session, tx));
     let prime = futures_util::stream::once(async {

@@ -376,7 +376,8 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
 
 #[test]
 fn the_upstreams_get_stream_is_relayed_to_the_sessions_get_stream() {
-    let fixture = Fixture::start(&[]);
+    // An upstream slow to open its GET stream.
+    let fixture = Fixture::start(&["--get-delay-ms", "300"]);
     let gw = Gateway::start(&["--upstream", &fixture.url]);
     let session = gw.initialize();
     let mut ours = support::SseReader::get(
@@ -387,18 +388,18 @@ fn the_upstreams_get_stream_is_relayed_to_the_sessions_get_stream() {
         ],
     );
     assert_eq!(ours.status, 200);
-    // Shadowcat opens the upstream's GET stream for the session on its own; once it has, the
-    // upstream's announcement reaches our stream, with our own event id.
-    let mut took = String::new();
-    wait_until("the gateway listens on the upstream's GET stream", || {
-        let r = gw.post(
-            Some(&session),
-            &call(1, "announce", json!({"text": "hello"})),
-        );
-        took = text_of(&r.json());
-        took != "0"
-    });
-    assert_eq!(took, "1", "exactly one upstream GET stream for the session");
+    // Shadowcat opens the upstream's GET stream for the session when the client opens ours, and
+    // answers the client's GET once it has: the upstream's announcement, made right away,
+    // reaches our stream, with our own event id.
+    let r = gw.post(
+        Some(&session),
+        &call(1, "announce", json!({"text": "hello"})),
+    );
+    assert_eq!(
+        text_of(&r.json()),
+        "1",
+        "exactly one upstream GET stream for the session, open already"
+    );
     let (id, message) = ours.next_event().expect("the relayed notification");
     assert_eq!(message["method"], "notifications/message");
     assert_eq!(message["params"]["data"], "hello");

@@ -130,6 +130,25 @@ fn check_progress_and_logs(summary: &str) {
     );
 }
 
+/// The elicitation round trip happened, and (handshake era) the list-changed notification the
+/// `grow` tool sends, tied to no request, reached the client: through the gateway, on the
+/// session's GET stream.
+fn check_elicitation_and_list_changed(summary: &str) {
+    let value: serde_json::Value = serde_json::from_str(summary).expect("summary is JSON");
+    assert_eq!(
+        value["calls"]["confirm"]["content"][0]["text"],
+        "the thing: confirmed=True, note=from client",
+        "the elicitation round trip: {summary}"
+    );
+    if value["protocolVersion"] != "2026-07-28" {
+        assert_eq!(
+            value["calls"]["grow"]["listChanged"],
+            serde_json::json!(["notifications/tools/list_changed"]),
+            "list-changed: {summary}"
+        );
+    }
+}
+
 fn check_summary(summary: &str, sampling: bool) {
     let value: serde_json::Value = serde_json::from_str(summary).expect("summary is JSON");
     assert!(
@@ -159,6 +178,9 @@ fn http_upstream(server_sdk: &str, flags: &[&str]) {
         let direct = run_client(sdk, mode, Target::Url(&server.url), sampling);
         let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), sampling);
         check_summary(&proxied, sampling);
+        if sampling {
+            check_elicitation_and_list_changed(&proxied);
+        }
         assert_eq!(
             direct, proxied,
             "client {sdk} {mode:?} vs server {server_sdk} {flags:?}: different through shadowcat"
@@ -210,6 +232,7 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
             let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), true);
             check_summary(&proxied, true);
             check_progress_and_logs(&proxied);
+            check_elicitation_and_list_changed(&proxied);
             assert_eq!(
                 direct, proxied,
                 "client {sdk} {mode:?} vs stdio server {server_sdk}: different through shadowcat"
@@ -230,6 +253,7 @@ fn stateless_and_legacy_clients_at_once(gateway: &Gateway, direct: Target<'_>) {
         let alone = run_client("2.3.0", Some(mode), direct, true);
         let proxied = run_client("2.3.0", Some(mode), Target::Url(&url), true);
         check_summary(&proxied, true);
+        check_elicitation_and_list_changed(&proxied);
         assert!(
             proxied.contains("\"protocolVersion\":\"2026-07-28\""),
             "{proxied}"
@@ -239,6 +263,7 @@ fn stateless_and_legacy_clients_at_once(gateway: &Gateway, direct: Target<'_>) {
     let legacy = legacy.join().unwrap();
     check_summary(&legacy, true);
     check_progress_and_logs(&legacy);
+    check_elicitation_and_list_changed(&legacy);
     assert!(!legacy.contains("2026-07-28"), "{legacy}");
 }
 

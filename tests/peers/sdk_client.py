@@ -71,6 +71,8 @@ NO_SAMPLING = False
 ECHO_TOOLS = ("echo",)
 ADD_TOOLS = ("add", "get-sum", "get_sum")
 ASK_TOOLS = ("ask",)
+CONFIRM_TOOLS = ("confirm",)
+ELICIT_ANSWER = {"confirmed": True, "note": "from client"}
 # Extras exposed by our own Python peers (tests/peers/sdk_server_v*.py).
 PEER_RESOURCE_URI = "peer://info"
 PEER_PROMPT = "greet"
@@ -98,6 +100,26 @@ sampling_requests: list[str] = []
 
 # Log messages the server sent us (`notifications/message` data), in arrival order.
 log_messages: list[str] = []
+
+
+# Elicitation messages the server sent us, in arrival order.
+elicitations: list[str] = []
+
+# Methods of the list-changed notifications the server sent us, in arrival order.
+list_changed: list[str] = []
+
+
+async def elicitation_callback(context: Any, params: Any) -> types.ElicitResult:
+    """Accept every elicitation with the same canned answer."""
+    elicitations.append(params.message)
+    return types.ElicitResult(action="accept", content=dict(ELICIT_ANSWER))
+
+
+async def message_handler(message: Any) -> None:
+    """Note list-changed notifications (1.x wraps notifications in a RootModel)."""
+    method = getattr(getattr(message, "root", message), "method", None)
+    if isinstance(method, str) and method.endswith("/list_changed"):
+        list_changed.append(method)
 
 
 async def logging_callback(params: types.LoggingMessageNotificationParams) -> None:
@@ -199,8 +221,19 @@ async def run_scenario(client: Any, server_info: Any, protocol_version: str, cap
         calls["work"] = {**result, "progress": progress, "logs": sorted(m for m in log_messages if "worked" in m)}
     if not NO_SAMPLING and (name := _pick(tools, ASK_TOOLS)):
         calls["ask"] = _tool_result(name, await client.call_tool(name, {"question": ASK_QUESTION}))
+    if not NO_SAMPLING and (name := _pick(tools, CONFIRM_TOOLS)):
+        calls["confirm"] = _tool_result(name, await client.call_tool(name, {"item": "the thing"}))
+    # A notification tied to no request travels on the standalone (GET) stream, which servers
+    # with a back-channel have in the handshake era (2026-07-28 clients subscribe instead).
+    if not NO_SAMPLING and "grow" in tools and protocol_version != "2026-07-28":
+        told = _tool_result("grow", await client.call_tool("grow", {}))
+        with anyio.move_on_after(5):
+            while "notifications/tools/list_changed" not in list_changed:
+                await anyio.sleep(0.02)
+        calls["grow"] = {**told, "listChanged": sorted(set(list_changed))}
     summary["calls"] = calls
     summary["sampling"] = {"requests": list(sampling_requests), "answer": SAMPLING_ANSWER} if sampling_requests else None
+    summary["elicitation"] = {"messages": list(elicitations), "answer": ELICIT_ANSWER} if elicitations else None
 
     # -- resources / prompts: first page only (enough for a byte-for-byte check) --
     if caps is not None and caps.resources is not None:
@@ -243,6 +276,8 @@ async def run_v2(params: StdioServerParameters | str, mode: str) -> dict[str, An
         params,
         mode=mode,
         sampling_callback=sampling_callback,
+        elicitation_callback=elicitation_callback,
+        message_handler=message_handler,
         logging_callback=logging_callback,
         # 2026-07-28 servers send log messages only to requests that opt in.
         log_level="info",
@@ -271,6 +306,8 @@ async def run_v1_session(read: Any, write: Any) -> dict[str, Any]:
         read,
         write,
         sampling_callback=sampling_callback,
+        elicitation_callback=elicitation_callback,
+        message_handler=message_handler,
         logging_callback=logging_callback,
         client_info=types.Implementation(name="shadowcat-sdk-client", version=SDK_VERSION),
     ) as session:

@@ -12,6 +12,10 @@ against the 1.x ``FastMCP`` API:
   - ``add(a: int, b: int) -> int``  returns ``a + b``
   - ``ask(question: str) -> str``   sends ``sampling/createMessage`` to the
     client in the middle of the ``tools/call`` and returns the answer's text
+  - ``confirm(item: str) -> str``   asks the client to confirm (``elicitation/create``)
+    and says what it answered
+  - ``grow() -> str``               sends ``notifications/tools/list_changed`` on the
+    standalone stream (the GET stream over HTTP)
 * resource ``peer://info`` (static text)
 * prompt ``greet(name)``
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.types import SamplingMessage, TextContent
+from pydantic import BaseModel
 
 mcp = FastMCP(name="shadowcat-peer-v1", log_level="WARNING")
 # FastMCP has no `version=` argument and would otherwise report the installed
@@ -56,6 +61,27 @@ async def ask(question: str, ctx: Context) -> str:
     if isinstance(content, TextContent):
         return content.text
     return f"<non-text sampling answer: {content.type}>"
+
+
+class Confirmation(BaseModel):
+    confirmed: bool
+    note: str
+
+
+@mcp.tool()
+async def confirm(item: str, ctx: Context) -> str:
+    """Ask the user (elicitation) to confirm, and say what they answered."""
+    result = await ctx.elicit(message=f"Really do {item}?", schema=Confirmation)
+    if result.action != "accept":
+        return f"{item}: {result.action}"
+    return f"{item}: confirmed={result.data.confirmed}, note={result.data.note}"
+
+
+@mcp.tool()
+async def grow(ctx: Context) -> str:
+    """Tell the client that the tool list changed (a notification tied to no request)."""
+    await ctx.session.send_tool_list_changed()
+    return "told"
 
 
 @mcp.tool()

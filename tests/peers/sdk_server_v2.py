@@ -12,6 +12,10 @@ transport); anything it logs goes to stderr.  It exposes:
   - ``add(a: int, b: int) -> int``  returns ``a + b``
   - ``ask(question: str) -> str``   asks the *client* to sample an answer
     (server -> client ``sampling/createMessage``) and returns its text
+  - ``confirm(item: str) -> str``   asks the client to confirm (elicitation, by
+    the same mechanism as ``ask``) and says what it answered
+  - ``grow() -> str``               sends ``notifications/tools/list_changed`` on the
+    standalone stream (the GET stream over HTTP; handshake-era versions)
 * resource ``peer://info`` (static text)
 * prompt ``greet(name)``
 
@@ -33,8 +37,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
+from pydantic import BaseModel
 
 # A fixed version string keeps `serverInfo` deterministic in the client's summary.
 mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNING")
@@ -70,6 +75,29 @@ async def ask(
     if isinstance(content, TextContent):
         return content.text
     return f"<non-text sampling answer: {content.type}>"
+
+
+class Confirmation(BaseModel):
+    confirmed: bool
+    note: str
+
+
+def _ask_confirmation(item: str) -> Elicit[Confirmation]:
+    """Resolver for `confirm`: ask the user about `item`."""
+    return Elicit(f"Really do {item}?", Confirmation)
+
+
+@mcp.tool()
+async def confirm(item: str, answer: Annotated[Confirmation, Resolve(_ask_confirmation)]) -> str:
+    """Ask the user (elicitation) to confirm, and say what they answered."""
+    return f"{item}: confirmed={answer.confirmed}, note={answer.note}"
+
+
+@mcp.tool()
+async def grow(ctx: Context) -> str:
+    """Tell the client that the tool list changed (a notification tied to no request)."""
+    await ctx.session.send_tool_list_changed()
+    return "told"
 
 
 @mcp.tool()

@@ -105,6 +105,10 @@ pub struct SessionLink {
     /// upstream's opened (as the client would have done itself), so idle sessions hold no
     /// upstream connection.
     pub listening: CancellationToken,
+    /// Cancelled once the upstream's GET stream is open, or it is known there will be none: a
+    /// client's first GET waits for it (bounded by `--connect-timeout`), so that a message the
+    /// upstream sends on it right after is not lost for want of a listener there.
+    pub upstream_listens: CancellationToken,
     /// The session's POST streams, while they may be resumed.
     pub posts: PostStreams,
 }
@@ -367,6 +371,7 @@ impl Gateway {
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
             listening: CancellationToken::new(),
+            upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
         });
         self.links.insert(link.session.id().clone(), link.clone());
@@ -419,6 +424,7 @@ impl Gateway {
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),
             listening: CancellationToken::new(),
+            upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
         })))
     }

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::transport::http::LAST_EVENT_ID;
 
 use super::checks::{accepts, method_not_allowed, refuse, session_of};
-use super::gateway::{Gateway, SessionLink};
+use super::gateway::{Gateway, LinkUpstream, SessionLink};
 use super::stream::{self, Connection, EventLog};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open
@@ -53,8 +53,17 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
             Err(e) => refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
         };
     }
-    // The client listens: now the upstream's own GET stream is worth a connection.
+    // The client listens: now the upstream's own GET stream is worth a connection. Waiting for
+    // it (bounded) means the client is not told it listens while the upstream has nowhere yet
+    // to send what belongs on this stream.
     link.listening.cancel();
+    if matches!(link.upstream, LinkUpstream::Http { .. }) {
+        let _ = tokio::time::timeout(
+            gateway.reverse.connect_timeout,
+            link.upstream_listens.cancelled(),
+        )
+        .await;
+    }
     let connection = match events.connect(last, prime) {
         Ok(connection) => connection,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),

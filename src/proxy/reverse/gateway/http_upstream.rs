@@ -49,6 +49,8 @@ impl Gateway {
         let LinkUpstream::Http { client, .. } = &link.upstream else {
             return;
         };
+        // However this ends, nobody waits for it any more.
+        let _listens = link.upstream_listens.clone().drop_guard();
         if link.legacy().is_some() {
             // A 2024-11-05 upstream's one stream is already relayed; a GET would open another
             // session there.
@@ -73,6 +75,7 @@ impl Gateway {
                             == Some("text/event-stream") =>
                 {
                     failures = 0;
+                    link.upstream_listens.cancel();
                     tracing::debug!("relaying the upstream's GET stream");
                     self.relay_stream(link, response.into_body(), None, &mut position)
                         .await;
