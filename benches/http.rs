@@ -6,6 +6,10 @@
 //!   target, `examples/tcp_relay.rs` (a byte-copying TCP relay, no parsing): the floor that any
 //!   extra process in the chain pays on this machine;
 //! - throughput at concurrency 16 (16 sessions, one connection each);
+//! - SSE relay throughput: one `tools/call` answered with a stream of progress notifications
+//!   (100-byte messages), events per second received by the client, direct and through the
+//!   gateway (upstream SSE decoded, every event through the pipeline, the router and the POST
+//!   stream's resumable log);
 //! - the gateway's RSS with 1,000 idle sessions (and before them).
 //!
 //! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
@@ -244,6 +248,63 @@ fn throughput(addr: &str, sessions: usize, per_session: usize, text: &str) -> f6
     (sessions * per_session) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Events per second of one SSE answer of `count` progress notifications (`bytes` each).
+fn sse_burst(addr: &str, count: usize, bytes: usize) -> f64 {
+    let session = Client::connect(addr).session;
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"stream","arguments":{{"count":{count},"bytes":{bytes}}},"_meta":{{"progressToken":"p"}}}}}}"#
+    );
+    let mut head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(session) = session {
+        head.push_str("Mcp-Session-Id: ");
+        head.push_str(&session);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let (mut progress, mut answered) = (0, false);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if let Some(data) = line.strip_prefix("data: ") {
+            if data.contains("notifications/progress") {
+                progress += 1;
+            } else if data.contains("\"result\"") {
+                answered = true;
+            }
+        }
+        line.clear();
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        answered && progress == count,
+        "{progress} of {count} events"
+    );
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// SSE relay throughput: alternate runs, keep each side's best.
+fn sse_relay(fixture: &Process, gateway: &Process, quick: bool) {
+    let count = if quick { 2000 } else { 20_000 };
+    let (mut best_d, mut best_p) = (0f64, 0f64);
+    for _ in 0..if quick { 1 } else { 3 } {
+        best_d = best_d.max(sse_burst(&fixture.addr, count, 100));
+        best_p = best_p.max(sse_burst(&gateway.addr, count, 100));
+    }
+    println!("SSE relay, one tools/call streaming {count} progress notifications (best of runs):");
+    println!("  direct     {best_d:>9.0} events/s");
+    println!(
+        "  shadowcat  {best_p:>9.0} events/s   ({:.0}% of direct)",
+        100.0 * best_p / best_d
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -305,6 +366,8 @@ fn main() {
         "  shadowcat  {best_p:>9.0} req/s   ({:.0}% of direct)",
         100.0 * best_p / best_d
     );
+
+    sse_relay(&fixture, &gateway, quick);
 
     // RSS with 1,000 idle sessions.
     let before = gateway.rss_kib();

@@ -10,7 +10,9 @@
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
 //! request gets 404, as after a server restart); `announce {text}` (sends a
 //! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
-//! streams took it).
+//! streams took it); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
+//! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
+//! then the result).
 
 // A test fixture: panics are fine here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -133,6 +135,9 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
     let Some(id) = id else {
         return StatusCode::ACCEPTED.into_response();
     };
+    if msg.pointer("/params/name").and_then(Value::as_str) == Some("stream") {
+        return stream(&msg, id);
+    }
     let result = match method {
         "initialize" => json!({
             "protocolVersion": msg.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
@@ -224,6 +229,38 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
         }
     };
     rpc(&fixture, &id, Some(result), None, new_session)
+}
+
+/// The `stream` tool: an SSE answer of `count` progress notifications, then the result, each
+/// event written as its own chunk.
+fn stream(msg: &Value, id: Value) -> Response {
+    let count = msg
+        .pointer("/params/arguments/count")
+        .and_then(Value::as_u64)
+        .unwrap_or(10);
+    let bytes = msg
+        .pointer("/params/arguments/bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(100);
+    let token = msg
+        .pointer("/params/_meta/progressToken")
+        .cloned()
+        .unwrap_or(json!(0));
+    let padding = "x".repeat(usize::try_from(bytes).unwrap());
+    let events = futures_util::stream::iter((1..=count + 1).map(move |n| {
+        let body = if n <= count {
+            json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                   "params": {"progressToken": token, "progress": n, "total": count, "message": padding}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": format!("streamed {count}")}]}})
+        };
+        Ok::<_, std::convert::Infallible>(format!("event: message\ndata: {body}\n\n"))
+    }));
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(events),
+    )
+        .into_response()
 }
 
 fn rpc(
