@@ -239,10 +239,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHADOWCAT_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
     /// Most open sessions; at the limit the least recently used idle one is evicted, or the new
-    /// one refused. [default: 10000]
+    /// one refused. (Sessions with requests in flight or a client listening on a stream are not
+    /// idle.) [default: 10000]
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<String>,
-    /// A session with no message for this long expires. [default: off]
+    /// A session with no message for this long expires (unless requests are in flight or a
+    /// client listens on one of its streams). [default: off]
     #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT", value_name = "DURATION")]
     pub session_idle_timeout: Option<String>,
     /// A session older than this expires. [default: off]

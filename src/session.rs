@@ -20,7 +20,7 @@ pub mod report;
 pub mod store;
 
 pub use id::SessionId;
-pub use info::{Metadata, Session, SessionRecord, TransportKind};
+pub use info::{Listening, Metadata, Session, SessionRecord, TransportKind};
 pub use lifecycle::{EndReason, State};
 pub use manager::{SessionConfig, SessionError, SessionManager};
 pub use pending::{Pending, PendingError, PendingRequests, PendingScope};

@@ -890,6 +890,41 @@ fn progress_goes_on_the_stream_of_the_request_it_reports_on() {
     assert_eq!(m["params"]["data"], "after");
 }
 
+/// A client listening on its session's GET stream is not idle: the session outlives the idle
+/// timeout while the stream is open, and expires once it closes.
+#[test]
+fn a_listening_session_is_not_idle() {
+    let gw = Gateway::fixture(&[
+        "--session-idle-timeout",
+        "600ms",
+        "--cleanup-interval",
+        "100ms",
+    ]);
+    let listening = gw.initialize();
+    let quiet = gw.initialize();
+    let mut stream = get_stream(&gw, &listening, None);
+    assert_eq!(stream.status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    assert_eq!(
+        gw.post(Some(&quiet), &ping).status,
+        404,
+        "the quiet one expired"
+    );
+    assert_eq!(
+        gw.post(Some(&listening), &ping).status,
+        200,
+        "the listening one did not"
+    );
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        gw.post(Some(&listening), &ping).status,
+        404,
+        "idle once it stopped listening"
+    );
+}
+
 #[test]
 fn an_open_get_stream_does_not_hold_up_shutdown() {
     let mut gw = Gateway::fixture(&["--shutdown-timeout", "20s"]);

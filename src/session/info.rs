@@ -95,6 +95,8 @@ pub struct Session {
     meta: Mutex<Metadata>,
     to_server: PendingRequests,
     to_client: PendingRequests,
+    /// Connections listening on the session's streams now (see [`Session::listen`]).
+    listeners: AtomicU64,
     /// Requests still pending when the manager ended the session, kept (bounded by the pending
     /// limits) for the front end to answer: the manager has no way to reach the peers.
     abandoned: [Mutex<Vec<(RequestId, Pending)>>; 2],
@@ -168,6 +170,7 @@ impl Session {
             to_server: PendingRequests::new(session_budget.clone(), budget.clone()),
             to_client: PendingRequests::new(session_budget, budget.clone()),
             abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            listeners: AtomicU64::new(0),
             closed: CancellationToken::new(),
         }
     }
@@ -328,6 +331,18 @@ impl Session {
         self.to_server.len() + self.to_client.len()
     }
 
+    /// Whether the session is in use: requests in flight, or a client listening on one of its
+    /// streams. A busy session is neither idle-expired nor evicted (its maximum age still holds).
+    pub fn is_busy(&self) -> bool {
+        self.pending_count() > 0 || self.listeners.load(Ordering::Relaxed) > 0
+    }
+
+    /// Marks a client listening on one of the session's streams until the guard is dropped.
+    pub fn listen(self: &Arc<Self>) -> Listening {
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+        Listening(self.clone())
+    }
+
     /// Whether the stored record is behind: counts changed, or not saved for [`HEARTBEAT`].
     pub(crate) fn needs_save(&self, now: Instant) -> bool {
         let heartbeat_ms = u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX);
@@ -428,5 +443,15 @@ mod tests {
             (2, 1)
         );
         assert_eq!(record.state, "initializing");
+    }
+}
+
+/// A client listening on one of a session's streams (from [`Session::listen`]).
+#[derive(Debug)]
+pub struct Listening(Arc<Session>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.listeners.fetch_sub(1, Ordering::Relaxed);
     }
 }

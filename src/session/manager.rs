@@ -186,7 +186,8 @@ impl SessionManager {
         }
     }
 
-    /// Ends the least recently used session that has nothing pending. False if there is none.
+    /// Ends the least recently used session that is not busy (nothing pending, nobody
+    /// listening). False if there is none.
     /// Walks the LRU in chunks, taking its lock only to copy each chunk.
     fn evict_one(&self) -> bool {
         let mut offset = 0;
@@ -202,7 +203,7 @@ impl SessionManager {
             }
             offset += chunk.len();
             for id in chunk {
-                let idle = self.get(&id).is_some_and(|s| s.pending_count() == 0);
+                let idle = self.get(&id).is_some_and(|s| !s.is_busy());
                 if idle && self.end(&id, EndReason::Evicted).is_some() {
                     tracing::info!(session = %id, "evicted the least recently used idle session (--max-sessions)");
                     return true;
@@ -334,8 +335,8 @@ impl SessionManager {
             .and_then(|t| session.created().checked_add(t))
     }
 
-    /// Expires sessions whose deadline has passed. Sessions with requests in flight are not idle
-    /// and only expire by age. Entries are taken off the heap one at a time, so a failure while
+    /// Expires sessions whose deadline has passed. Busy sessions (requests in flight, a client
+    /// listening) are not idle and only expire by age. Entries are taken off the heap one at a time, so a failure while
     /// handling one (a panic is caught and counted) never loses the others.
     pub fn cleanup(&self, now: Instant) -> CleanupReport {
         let mut report = CleanupReport::default();
@@ -386,7 +387,7 @@ impl SessionManager {
         session.refresh_tags(now);
         let age_deadline = self.age_deadline(&session);
         let aged = age_deadline.is_some_and(|d| d <= now);
-        let busy = session.pending_count() > 0;
+        let busy = session.is_busy();
         match self.deadline(&session) {
             Some(deadline) if deadline > now => {
                 lock(&self.expiry).push(Reverse((deadline, id.clone())));

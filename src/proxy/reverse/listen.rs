@@ -114,7 +114,8 @@ pub(super) fn request_body(
 
 /// The body of a connection: `connection.first`, then its live events with keep-alive comments
 /// every `--sse-keepalive`, until the live channel closes, the session ends, the client goes or
-/// (listening) shutdown begins. `guard` is dropped with the body.
+/// (listening) shutdown begins. `guard` is dropped with the body. While a listening body lasts,
+/// its session is busy (not idle-expired, not evicted).
 pub(super) fn live_body<G: Send + 'static>(
     gateway: &Gateway,
     link: &SessionLink,
@@ -125,14 +126,22 @@ pub(super) fn live_body<G: Send + 'static>(
     let keepalive = keepalive_timer(gateway);
     let closed = link.session.closed_token().clone();
     let stopping = gateway.stopping.clone();
-    let (at_shutdown, drained) = match ends {
-        Ends::Listening => (true, None),
-        Ends::Request { drained } => (false, Some(drained)),
+    // A client listening keeps its session from counting as idle.
+    let (at_shutdown, drained, listening) = match ends {
+        Ends::Listening => (true, None, Some(link.session.listen())),
+        Ends::Request { drained } => (false, Some(drained), None),
     };
     let first = futures_util::stream::iter(connection.first);
     let live = futures_util::stream::unfold(
-        (connection.live, keepalive, closed, stopping, drained, guard),
-        move |(mut live, mut keepalive, closed, stopping, mut drained, guard)| async move {
+        (
+            connection.live,
+            keepalive,
+            closed,
+            stopping,
+            drained,
+            (guard, listening),
+        ),
+        move |(mut live, mut keepalive, closed, stopping, mut drained, guards)| async move {
             let event = tokio::select! {
                 event = live.recv() => {
                     let Some(event) = event else {
@@ -147,7 +156,7 @@ pub(super) fn live_body<G: Send + 'static>(
                 () = closed.cancelled() => return None,
                 () = stopping.cancelled(), if at_shutdown => return None,
             };
-            Some((event, (live, keepalive, closed, stopping, drained, guard)))
+            Some((event, (live, keepalive, closed, stopping, drained, guards)))
         },
     );
     Body::from_stream(first.chain(live).map(Ok::<Bytes, Infallible>))
@@ -223,6 +232,10 @@ mod tests {
         }
         let chunk = coalesce(Bytes::from_static(b"a"), &mut rx);
         assert_eq!(chunk.len(), 1 + CHUNK_BYTES);
-        assert_eq!(rx.try_recv().unwrap().len(), CHUNK_BYTES / 2, "the rest waits");
+        assert_eq!(
+            rx.try_recv().unwrap().len(),
+            CHUNK_BYTES / 2,
+            "the rest waits"
+        );
     }
 }

@@ -235,14 +235,17 @@ async fn at_the_limit_the_least_recently_used_idle_session_is_evicted() {
     let c = m.create(TransportKind::Stdio, None).unwrap();
     assert_eq!(b.state(), State::Closed(EndReason::Evicted));
     assert!(!a.state().is_closed() && !c.state().is_closed());
-    // Both remaining busy: the next is refused, clearly.
-    c.pending(Direction::ServerToClient)
-        .insert(RequestId::Number(1), Method::Ping)
-        .unwrap();
+    // Both remaining busy (c has a client listening on its stream): the next is refused,
+    // clearly.
+    let listening = c.listen();
     let err = m.create(TransportKind::Stdio, None).unwrap_err();
     assert_eq!(err, SessionError::TooManySessions { limit: 2 });
     assert!(err.to_string().contains("--max-sessions"));
     assert_eq!(m.metrics().refused_sessions, 1);
+    // Once nobody listens, c is idle again, and goes.
+    drop(listening);
+    m.create(TransportKind::Stdio, None).unwrap();
+    assert_eq!(c.state(), State::Closed(EndReason::Evicted));
     check_invariants(&m);
 }
 
