@@ -902,7 +902,7 @@ fn a_listening_session_is_not_idle() {
     ]);
     let listening = gw.initialize();
     let quiet = gw.initialize();
-    let mut stream = get_stream(&gw, &listening, None);
+    let stream = get_stream(&gw, &listening, None);
     assert_eq!(stream.status, 200);
     std::thread::sleep(Duration::from_millis(1500));
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});

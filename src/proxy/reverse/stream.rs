@@ -15,6 +15,7 @@
 //! is logged; a connection to it ends after that answer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub const RETRY_MS: u64 = 3000;
 /// Events queued for a live connection before it counts as stalled and is dropped (its events
 /// stay in the log for the client to resume from).
 const LIVE_QUEUE: usize = 256;
+/// Bytes of events queued for a live connection before it counts as stalled (one event is
+/// always let through, whatever its size).
+const LIVE_BYTES: usize = 4 * 1024 * 1024;
 /// Prefix of the GET stream's event ids.
 const GET_PREFIX: &str = "get-";
 /// Finished POST streams kept per session for clients to resume (the oldest go first); a
@@ -57,7 +61,7 @@ pub struct Connection {
     /// The priming event, a note about lost events if any, and the replayed events.
     pub first: Vec<Bytes>,
     /// Live events; closed when the stream is finished (or taken over, or stalled).
-    pub live: mpsc::Receiver<Bytes>,
+    pub live: LiveEvents,
     /// Which of the stream's connections this is.
     pub generation: u64,
 }
@@ -82,7 +86,7 @@ struct Inner {
     /// The last events, oldest first, with their numbers.
     buffer: VecDeque<(u64, Bytes)>,
     bytes: usize,
-    live: Option<mpsc::Sender<Bytes>>,
+    live: Option<Live>,
     /// Connections made so far.
     generation: u64,
     /// Whether the stream is finished.
@@ -118,7 +122,7 @@ impl EventLog {
         inner.last += 1;
         let event = event(&self.prefix, inner.last, data);
         if let Some(live) = &inner.live {
-            if live.try_send(event.clone()).is_ok() {
+            if live.offer(&event) {
                 inner.handed = inner.last;
             } else {
                 // Gone, or not reading: it can resume from the log.
@@ -141,16 +145,13 @@ impl EventLog {
         lock(&self.inner)
             .live
             .as_ref()
-            .is_some_and(|l| !l.is_closed())
+            .is_some_and(|l| !l.tx.is_closed())
     }
 
     /// Logs `data` only if a connection can take it live now; false otherwise, and nothing is
     /// logged. If the connection goes in the meantime, the event stays logged for its return.
     pub fn push_if_connected(&self, data: &[u8]) -> bool {
-        let connected = lock(&self.inner)
-            .live
-            .as_ref()
-            .is_some_and(|l| !l.is_closed() && l.capacity() > 0);
+        let connected = lock(&self.inner).live.as_ref().is_some_and(Live::has_room);
         if connected {
             self.push(data);
         }
@@ -225,7 +226,12 @@ impl EventLog {
                 .filter(|(n, _)| *n > after)
                 .map(|(_, e)| e.clone()),
         );
-        let (tx, live) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let queued = std::sync::Arc::new(AtomicUsize::new(0));
+        let live = LiveEvents {
+            rx,
+            queued: queued.clone(),
+        };
         inner.generation += 1;
         let generation = inner.generation;
         inner.handed = inner.last;
@@ -233,7 +239,7 @@ impl EventLog {
             // This connection gets the rest in `first`, and its live channel is closed.
             inner.complete = Some(generation);
         } else {
-            inner.live = Some(tx);
+            inner.live = Some(Live { tx, queued });
         }
         Connection {
             first,
@@ -254,7 +260,7 @@ impl EventLog {
         let holder = inner
             .live
             .take()
-            .filter(|live| !live.is_closed() && inner.handed == inner.last)
+            .filter(|live| !live.tx.is_closed() && inner.handed == inner.last)
             .map(|_| inner.generation);
         inner.finished = true;
         inner.complete = holder;
@@ -268,6 +274,58 @@ impl EventLog {
 
     fn is_finished(&self) -> bool {
         lock(&self.inner).finished
+    }
+}
+
+/// The sending side of a live connection: a bounded channel, and the bytes queued in it.
+#[derive(Debug)]
+struct Live {
+    tx: mpsc::Sender<Bytes>,
+    queued: std::sync::Arc<AtomicUsize>,
+}
+
+impl Live {
+    /// Queues `event`; false if the connection is gone or too far behind (by count or bytes).
+    fn offer(&self, event: &Bytes) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + event.len() > LIVE_BYTES {
+            return false;
+        }
+        self.queued.fetch_add(event.len(), Ordering::Relaxed);
+        if self.tx.try_send(event.clone()).is_ok() {
+            return true;
+        }
+        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        false
+    }
+
+    fn has_room(&self) -> bool {
+        !self.tx.is_closed()
+            && self.tx.capacity() > 0
+            && self.queued.load(Ordering::Relaxed) < LIVE_BYTES
+    }
+}
+
+/// A connection's live events, bounded in count and bytes.
+#[derive(Debug)]
+pub struct LiveEvents {
+    rx: mpsc::Receiver<Bytes>,
+    queued: std::sync::Arc<AtomicUsize>,
+}
+
+impl LiveEvents {
+    /// The next event; `None` once the stream is finished, taken over or dropped as stalled.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let event = self.rx.recv().await?;
+        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        Some(event)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        let event = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        Some(event)
     }
 }
 
@@ -295,7 +353,7 @@ impl PostStreams {
 
     /// A new stream, with its number.
     pub fn open(&self) -> (u64, std::sync::Arc<EventLog>) {
-        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
         let log = std::sync::Arc::new(EventLog::with_prefix(
             format!("post{number}-").into(),
             self.max_events,
@@ -336,7 +394,7 @@ impl PostStreams {
         let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         Some(match logs.get(&number) {
             Some(log) => Ok((number, log.clone())),
-            None if number < self.next.load(std::sync::atomic::Ordering::Relaxed) => {
+            None if number < self.next.load(Ordering::Relaxed) => {
                 Err(ConnectError::Forgotten(last_event_id.to_owned()))
             }
             None => Err(ConnectError::UnknownId(last_event_id.to_owned())),
@@ -525,6 +583,26 @@ mod tests {
             posts.find("post2-0"),
             Some(Err(ConnectError::Forgotten(_)))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_connection_too_many_bytes_behind_is_dropped() {
+        let log = EventLog::new(10, 1 << 20);
+        let mut connection = log.attach(false);
+        // One event larger than the bound still goes through.
+        log.push(&vec![b'x'; LIVE_BYTES + 1]);
+        assert!(log.is_connected());
+        assert!(connection.live.recv().await.is_some());
+        // Events of a quarter of the bound (and a little framing): three fit.
+        for _ in 0..5 {
+            log.push(&vec![b'x'; LIVE_BYTES / 4]);
+        }
+        assert!(!log.is_connected(), "dropped once over the bound");
+        let mut got = 0;
+        while connection.live.recv().await.is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 3);
     }
 
     #[test]
