@@ -175,6 +175,61 @@ fn an_upstream_that_forgets_the_session_makes_the_client_start_again() {
     assert_eq!(text_of(&r.json()), "again");
 }
 
+/// A 2024-11-05 client whose Streamable HTTP upstream loses the session gets the error on its
+/// stream, then the stream ends (its session with it), so it can connect afresh.
+#[test]
+fn an_upstream_that_forgets_a_legacy_clients_session_ends_its_stream() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let mut stream = support::SseReader::open_path(
+        &gw.addr,
+        "GET",
+        "/sse",
+        &[("Accept", "text/event-stream".into())],
+        b"",
+    );
+    let endpoint = stream.next_endpoint().expect("the endpoint event");
+    let post = |body: Value| {
+        let r = http_request(
+            &gw.addr,
+            "POST",
+            &endpoint,
+            &[("Content-Type", "application/json".into())],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+    };
+    post(
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"old","version":"1"}}}),
+    );
+    assert_eq!(stream.next_event().unwrap().1["id"], 0);
+    post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+    post(call(1, "forget", json!({})));
+    assert_eq!(stream.next_event().unwrap().1["id"], 1);
+    post(call(2, "echo", json!({"text": "anyone?"})));
+    let (_, error) = stream.next_event().expect("the error, on the stream");
+    assert_eq!(error["id"], 2);
+    assert_eq!(error["error"]["data"]["httpStatus"], 404, "{error}");
+    let started = Instant::now();
+    assert!(stream.next_event().is_none(), "then the stream ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended, not timed out"
+    );
+    let gone = http_request(
+        &gw.addr,
+        "POST",
+        &endpoint,
+        &[("Content-Type", "application/json".into())],
+        b"{}",
+    );
+    assert_eq!(gone.status, 404, "and its session with it");
+    wait_until("the reason is logged", || {
+        gw.stderr_text().contains("no longer knows this session")
+    });
+}
+
 #[test]
 fn sse_and_stateless_upstreams() {
     for flags in [

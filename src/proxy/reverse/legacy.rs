@@ -191,24 +191,26 @@ pub async fn message(
         || link.legacy().is_some();
     let (reply, mut replies) = reply_channel(requests.len());
     let exchange_gateway = gateway.clone();
+    let session = link.session.id().clone();
+    let sessions = gateway.sessions.clone();
     let work = async move {
+        let mut lost = false;
         let drain = async {
             while let Some(item) = replies.recv().await {
                 match item {
                     Reply::Message(msg) => events.push(msg.raw()),
-                    Reply::Rejected {
-                        id: Some(id),
-                        status,
-                        ..
-                    } => {
+                    Reply::Rejected { id, status, .. } => {
+                        lost |= status == StatusCode::NOT_FOUND;
                         let error = ProxyError::new(
                             ErrorCode::UpstreamHttpError,
                             format!("the upstream answered HTTP {status}"),
                         )
                         .with("httpStatus", status.as_u16());
-                        events.push(Message::error_response(Some(&id), &error).raw());
+                        if let Some(id) = id {
+                            events.push(Message::error_response(Some(&id), &error).raw());
+                        }
                     }
-                    Reply::Rejected { id: None, .. } | Reply::Cancelled(_) => {}
+                    Reply::Cancelled(_) => {}
                 }
             }
         };
@@ -219,6 +221,12 @@ pub async fn message(
                 .await;
         };
         tokio::join!(exchange, drain);
+        if lost {
+            // The upstream no longer knows the session: ours ends too, which closes the
+            // client's stream (after what is queued on it), so it connects afresh.
+            tracing::warn!(session = %session, "the upstream no longer knows this session; ending it");
+            sessions.end(&session, EndReason::Error);
+        }
     };
     if quick {
         work.await;

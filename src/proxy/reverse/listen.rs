@@ -143,6 +143,8 @@ pub(super) fn live_body<G: Send + 'static>(
         ),
         move |(mut live, mut keepalive, closed, stopping, mut drained, guards)| async move {
             let event = tokio::select! {
+                // Queued events go out before an ending is noticed.
+                biased;
                 event = live.recv() => {
                     let Some(event) = event else {
                         if let Some(drained) = drained.take() {
