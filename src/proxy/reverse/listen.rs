@@ -57,7 +57,12 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     // it (bounded) means the client is not told it listens while the upstream has nowhere yet
     // to send what belongs on this stream.
     link.listening.cancel();
-    if matches!(link.upstream, LinkUpstream::Http { .. }) {
+    // (Only where the upstream's GET stream is about to be opened: a Streamable HTTP upstream
+    // whose session exists. A 2024-11-05 upstream's one stream is relayed already.)
+    let opening = matches!(link.upstream, LinkUpstream::Http { .. })
+        && link.upstream_ready.is_cancelled()
+        && link.legacy().is_none();
+    if opening {
         let _ = tokio::time::timeout(
             gateway.reverse.connect_timeout,
             link.upstream_listens.cancelled(),
