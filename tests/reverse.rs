@@ -399,24 +399,18 @@ fn a_post_stream_waiting_on_the_client_gets_keep_alive_comments() {
 #[test]
 fn stateless_requests_share_one_child_under_ids_of_their_own() {
     let gw = Gateway::fixture(&[]);
-    let stateless = [("MCP-Protocol-Version", "2026-07-28")];
+    let post = |id: i64, name: &str, arguments: Value, meta: Value| {
+        let (h, body) = support::modern_call(id, name, arguments, meta);
+        http_request(&gw.addr, "POST", "/mcp", &h, &body)
+    };
     let addr = gw.addr.clone();
     let sleepy = std::thread::spawn(move || {
-        http_request(
-            &addr,
-            "POST",
-            "/mcp",
-            &headers(&stateless),
-            call(1, "sleep", json!({"ms": 600})).to_string().as_bytes(),
-        )
+        let (h, body) = support::modern_call(1, "sleep", json!({"ms": 600}), json!({}));
+        http_request(&addr, "POST", "/mcp", &h, &body)
     });
     std::thread::sleep(Duration::from_millis(150));
     // The same id, at the same time: answered under it, with the right answer.
-    let quick = post_raw(
-        &gw,
-        &stateless,
-        call(1, "sleep", json!({"ms": 10})).to_string().as_bytes(),
-    );
+    let quick = post(1, "sleep", json!({"ms": 10}), json!({}));
     assert_eq!(quick.status, 200, "{quick:?}");
     assert!(quick.header("mcp-session-id").is_none());
     assert_eq!(quick.json()["id"], 1);
@@ -428,9 +422,12 @@ fn stateless_requests_share_one_child_under_ids_of_their_own() {
         "slept 600 ms"
     );
     // Progress comes back under the client's own token.
-    let request = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
-        "name":"progress","arguments":{"steps":2},"_meta":{"progressToken":1}}});
-    let progress = post_raw(&gw, &stateless, request.to_string().as_bytes());
+    let progress = post(
+        1,
+        "progress",
+        json!({"steps": 2}),
+        json!({"progressToken": 1}),
+    );
     let messages = progress.sse_messages();
     assert_eq!(messages.len(), 3, "{messages:?}");
     assert_eq!(messages[0]["params"]["progressToken"], 1);
@@ -442,24 +439,32 @@ fn stateless_requests_share_one_child_under_ids_of_their_own() {
     {
         use std::io::Write;
         let mut socket = std::net::TcpStream::connect(&gw.addr).unwrap();
-        let body = call(9, "sleep", json!({"ms": 5000})).to_string();
+        let (h, body) = support::modern_call(9, "sleep", json!({"ms": 5000}), json!({}));
         let mut request = format!("POST /mcp HTTP/1.1\r\nHost: {}\r\n", gw.addr);
-        for (name, value) in headers(&stateless) {
+        for (name, value) in h {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         socket.write_all(request.as_bytes()).unwrap();
+        socket.write_all(&body).unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
     wait_until("the child is told", || {
-        let stats = post_raw(
-            &gw,
-            &stateless,
-            call(10, "stats", json!({})).to_string().as_bytes(),
-        );
+        let stats = post(10, "stats", json!({}), json!({}));
         let cancelled = stats.json()["result"]["structuredContent"]["cancelled"].clone();
         cancelled.as_array().is_some_and(|c| c.len() == 1)
     });
+
+    // Headers that disagree with the body are refused before anything is forwarded.
+    let (mut h, body) = support::modern_call(11, "echo", json!({"text": "x"}), json!({}));
+    h.retain(|(n, _)| *n != "Mcp-Name");
+    h.push(("Mcp-Name", "crash".into()));
+    let r = http_request(&gw.addr, "POST", "/mcp", &h, &body);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["id"], 11);
+    assert_eq!(rpc_error(&r).0, -32020);
+    assert_eq!(r.json()["error"]["data"]["header"], "Mcp-Name");
+    assert_eq!(fixture_children_of(&gw).len(), 1, "the child lives on");
 
     // GET and DELETE belong to sessions, which this era does not have.
     for method in ["GET", "DELETE"] {

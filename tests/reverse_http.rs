@@ -382,18 +382,9 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
         .and_then(|rest| rest.split('/').next())
         .unwrap()
         .to_owned();
-    let r = http_request(
-        &gw.addr,
-        "POST",
-        "/mcp",
-        &support::mcp_headers(&[
-            ("MCP-Protocol-Version", "2026-07-28"),
-            ("Mcp-Method", "tools/call"),
-            ("Mcp-Name", "headers"),
-            ("Mcp-Param-Unknown-To-Us", "kept"),
-        ]),
-        call(1, "headers", json!({})).to_string().as_bytes(),
-    );
+    let (mut h, body) = support::modern_call(1, "headers", json!({}), json!({}));
+    h.push(("Mcp-Param-Unknown-To-Us", "kept".into()));
+    let r = http_request(&gw.addr, "POST", "/mcp", &h, &body);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.header("mcp-session-id").is_none(),
@@ -408,14 +399,14 @@ fn a_stateless_request_passes_through_with_a_session_that_lasts_as_long_as_it() 
     );
     assert!(seen.get("mcp-session-id").is_none());
     // A refused stateless request leaves no session behind either (2026-07-28 has no batches).
-    let refused = http_request(
-        &gw.addr,
-        "POST",
-        "/mcp",
-        &support::mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
-        format!("[{}]", call(2, "echo", json!({"text": "x"}))).as_bytes(),
-    );
+    let (h, body) = support::modern_call(2, "echo", json!({"text": "x"}), json!({}));
+    let batch = [&b"["[..], &body, b"]"].concat();
+    let refused = http_request(&gw.addr, "POST", "/mcp", &h, &batch);
     assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("batches are not part of"),
+        "{refused:?}"
+    );
     let metrics =
         String::from_utf8(http_request(&admin, "GET", "/metrics", &[], b"").body).unwrap();
     assert!(metrics.contains("shadowcat_sessions_open 0"), "{metrics}");

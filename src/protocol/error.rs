@@ -1,6 +1,7 @@
 //! The one table of JSON-RPC error codes that Shadowcat itself generates.
 //!
-//! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32603`). Everything
+//! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32603`), and MCP's own
+//! where the spec defines the case (`-32020`, a header that does not match the body). Everything
 //! proxy-specific lives in `-32080..=-32089`, clear of the codes MCP and its SDKs use
 //! (`-32000..=-32010`, `-32020..=-32022`, `-32042`). Every error carries `data.shadowcat` naming
 //! the cause, so a client can tell a proxy error from one of its server's. docs/errors.md is
@@ -22,6 +23,9 @@ pub enum ErrorCode {
     InvalidRequest,
     /// `-32603`: Shadowcat failed in a way that is its own fault.
     InternalError,
+    /// `-32020` (MCP's `HeaderMismatch`, 2026-07-28): a request's mirrored HTTP headers are
+    /// missing, malformed, or differ from its body.
+    HeaderMismatch,
     /// `-32080`: the message is larger than `--max-message-size`.
     MessageTooLarge,
     /// `-32081`: the server exited (or its connection closed) with the request in flight.
@@ -47,10 +51,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InternalError,
+        Self::HeaderMismatch,
         Self::MessageTooLarge,
         Self::UpstreamExited,
         Self::InvalidUpstreamResponse,
@@ -69,6 +74,7 @@ impl ErrorCode {
             Self::ParseError => -32700,
             Self::InvalidRequest => -32600,
             Self::InternalError => -32603,
+            Self::HeaderMismatch => -32020,
             Self::MessageTooLarge => -32080,
             Self::UpstreamExited => -32081,
             Self::InvalidUpstreamResponse => -32082,
@@ -88,6 +94,7 @@ impl ErrorCode {
             Self::ParseError => "parse_error",
             Self::InvalidRequest => "invalid_request",
             Self::InternalError => "internal_error",
+            Self::HeaderMismatch => "header_mismatch",
             Self::MessageTooLarge => "message_too_large",
             Self::UpstreamExited => "upstream_exited",
             Self::InvalidUpstreamResponse => "invalid_upstream_response",
@@ -172,14 +179,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_unique_and_outside_mcp_ranges() {
+    fn codes_are_unique_and_proxy_codes_outside_mcp_ranges() {
         let mut seen = std::collections::HashSet::new();
+        let defined_elsewhere = [
+            ErrorCode::ParseError,
+            ErrorCode::InvalidRequest,
+            ErrorCode::InternalError,
+            ErrorCode::HeaderMismatch,
+        ];
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.code()), "duplicate {}", code.code());
-            let c = code.code();
-            assert!(
-                !(-32010..=-32000).contains(&c) && !(-32022..=-32020).contains(&c) && c != -32042
-            );
+            if !defined_elsewhere.contains(&code) {
+                assert!((-32089..=-32080).contains(&code.code()), "{code:?}");
+            }
         }
     }
 

@@ -505,6 +505,29 @@ pub fn mcp_headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)
     h
 }
 
+/// A stateless 2026-07-28 `tools/call` of `name`: its body (the protocol version in `_meta`,
+/// with `meta`'s members added) and the POST headers that mirror it.
+pub fn modern_call(
+    id: i64,
+    name: &str,
+    arguments: Value,
+    meta: Value,
+) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let mut meta_members =
+        serde_json::json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    if let (Some(all), Value::Object(extra)) = (meta_members.as_object_mut(), meta) {
+        all.extend(extra);
+    }
+    let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+        "params":{"name":name,"arguments":arguments,"_meta":meta_members}});
+    let headers = mcp_headers(&[
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", name),
+    ]);
+    (headers, body.to_string().into_bytes())
+}
+
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`), read to the end.
 pub fn http_request(
     addr: &str,

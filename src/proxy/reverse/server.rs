@@ -122,9 +122,14 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             "Bad Request: initialize must not be part of a batch".into(),
         );
     }
-    let stateless = !headers.contains_key(&MCP_SESSION_ID)
-        && !initialize
-        && header_version.as_deref().is_some_and(version::is_stateless);
+    let stateless_era = !initialize && header_version.as_deref().is_some_and(version::is_stateless);
+    if let ([Ok(msg)], true) = (&members[..], stateless_era) {
+        // The headers that mirror the body must match it (2026-07-28).
+        if let Err(response) = super::mirror::check(&headers, msg) {
+            return response;
+        }
+    }
+    let stateless = !headers.contains_key(&MCP_SESSION_ID) && stateless_era;
     let mut shared = false;
     let opened = if stateless {
         Some(gateway.open_stateless().map(|to| match to {

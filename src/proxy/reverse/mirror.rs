@@ -1,0 +1,237 @@
+//! The request metadata headers of the 2026-07-28 era: HTTP headers that mirror fields of the
+//! body (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) so intermediaries can route on them
+//! without reading it. Whoever does read the body must check that the two agree, or a component
+//! trusting the header could be steered by a body that says otherwise.
+
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::protocol::error::ProxyError;
+use serde_json::value::RawValue;
+
+use crate::protocol::{ErrorCode, Kind, Message};
+
+use super::checks::json_response;
+
+/// The body fields the headers mirror.
+#[derive(serde::Deserialize)]
+struct Body<'a> {
+    #[serde(borrow)]
+    params: Option<Params<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    uri: Option<&'a RawValue>,
+    #[serde(rename = "_meta", borrow)]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Meta<'a> {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow)]
+    version: Option<&'a RawValue>,
+}
+
+/// A raw JSON string's text.
+fn text(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+}
+
+/// A stateless-era (2026-07-28) request's mirrored headers against its body, as the spec asks
+/// of anyone who processes the body: `MCP-Protocol-Version` must equal the body's
+/// `_meta["io.modelcontextprotocol/protocolVersion"]`, `Mcp-Method` the method, and `Mcp-Name`
+/// (for `tools/call`, `prompts/get`, `resources/read`) `params.name` or `params.uri`, after
+/// decoding a `=?base64?…?=` value. Missing, malformed or different: 400 with `-32020`.
+/// `Mcp-Param-*` headers need the tool's schema to check; they pass on to the server.
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+pub(super) fn check(headers: &HeaderMap, msg: &Message) -> Result<(), Response> {
+    let (Some(method), Kind::Request) = (msg.method(), msg.kind()) else {
+        return Ok(());
+    };
+    let refuse = |header: &str, why: String| {
+        let error = ProxyError::new(ErrorCode::HeaderMismatch, format!("Header mismatch: {why}"))
+            .with("header", header)
+            .with("httpStatus", 400);
+        json_response(StatusCode::BAD_REQUEST, error.to_response(msg.id()))
+    };
+    let header = |name: &str| match headers.get(name).map(HeaderValue::to_str) {
+        None => Ok(None),
+        Some(Ok(value)) => Ok(Some(value.to_owned())),
+        Some(Err(_)) => Err(refuse(
+            name,
+            format!("the {name} header has invalid characters"),
+        )),
+    };
+    let params = serde_json::from_slice::<Body<'_>>(msg.raw())
+        .ok()
+        .and_then(|b| b.params);
+    let body_version = text(params.as_ref().and_then(|p| p.meta.as_ref()?.version));
+    let header_version = header("MCP-Protocol-Version")?;
+    if header_version != body_version {
+        return Err(refuse(
+            "MCP-Protocol-Version",
+            format!(
+                "MCP-Protocol-Version header {header_version:?} does not match the body's io.modelcontextprotocol/protocolVersion {body_version:?}"
+            ),
+        ));
+    }
+    match header("Mcp-Method")? {
+        Some(value) if value == method.as_str() => {}
+        value => {
+            return Err(refuse(
+                "Mcp-Method",
+                format!(
+                    "Mcp-Method header {value:?} does not match body method {:?}",
+                    method.as_str()
+                ),
+            ));
+        }
+    }
+    let (field, raw) = match method.as_str() {
+        "tools/call" | "prompts/get" => ("params.name", params.as_ref().and_then(|p| p.name)),
+        "resources/read" => ("params.uri", params.as_ref().and_then(|p| p.uri)),
+        _ => return Ok(()),
+    };
+    check_name(
+        method.as_str(),
+        header("Mcp-Name")?,
+        field,
+        text(raw).as_deref(),
+    )
+    .map_err(|why| refuse("Mcp-Name", why))
+}
+
+/// `Mcp-Name` (as sent) against the body's `field` of a `method` request.
+fn check_name(
+    method: &str,
+    header: Option<String>,
+    field: &str,
+    body: Option<&str>,
+) -> Result<(), String> {
+    let Some(value) = header else {
+        return Err(format!("the Mcp-Name header is required for {method}"));
+    };
+    let Some(decoded) = decode_sentinel(&value) else {
+        return Err(format!(
+            "the Mcp-Name header {value:?} is not valid =?base64?…?= encoding"
+        ));
+    };
+    if Some(decoded.as_str()) != body {
+        return Err(format!(
+            "Mcp-Name header value {decoded:?} does not match body {field} {body:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// A mirrored header's value: as it is, or decoded from the `=?base64?…?=` sentinel form;
+/// `None` if that encoding is broken.
+fn decode_sentinel(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let Some(encoded) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    else {
+        return Some(value.to_owned());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: &str) -> Message {
+        Message::parse(bytes::Bytes::copy_from_slice(body.as_bytes())).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"héllo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+
+    fn mismatch(h: &[(&'static str, &str)], body: &str) -> Option<String> {
+        check(&headers(h), &request(body)).err().map(|r| {
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            format!("{r:?}")
+        })
+    }
+
+    #[test]
+    fn mirrored_headers_must_match_the_body() {
+        let good = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?aMOpbGxv?="),
+        ];
+        assert_eq!(mismatch(&good, CALL), None);
+        // Each one wrong, or missing.
+        for (i, wrong) in ["2025-11-25", "tools/list", "hello"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut h = good;
+            h[i].1 = wrong;
+            assert!(mismatch(&h, CALL).is_some(), "{h:?}");
+            let missing: Vec<_> = good
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| *p)
+                .collect();
+            assert!(mismatch(&missing, CALL).is_some(), "{missing:?}");
+        }
+        // Broken Base64.
+        let mut h = good;
+        h[2].1 = "=?base64?***?=";
+        assert!(mismatch(&h, CALL).is_some());
+        // resources/read names its uri; other methods need no Mcp-Name.
+        let read = r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///a","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "resources/read"),
+            ("mcp-name", "file:///a"),
+        ];
+        assert_eq!(mismatch(&h, read), None);
+        let list = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        assert_eq!(
+            mismatch(
+                &[
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/list")
+                ],
+                list
+            ),
+            None
+        );
+        // Notifications carry no header requirements.
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/whatever"}"#;
+        assert_eq!(mismatch(&[], note), None);
+    }
+
+    #[test]
+    fn sentinel_values_decode() {
+        assert_eq!(decode_sentinel("plain").as_deref(), Some("plain"));
+        assert_eq!(
+            decode_sentinel("=?base64?SGVsbG8sIOS4lueVjA==?=").as_deref(),
+            Some("Hello, 世界")
+        );
+        assert_eq!(decode_sentinel("=?base64?not base64?="), None);
+    }
+}
