@@ -194,7 +194,9 @@ pub struct ReverseArgs {
     #[arg(long, env = "SHADOWCAT_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
     /// Events of each SSE stream of a session (its GET stream, each POST answered with SSE)
-    /// kept for clients that reconnect with Last-Event-ID (also bounded to 1 MiB). [default: 256]
+    /// kept for clients that reconnect with Last-Event-ID (also bounded to 1 MiB). A
+    /// Last-Event-ID older than that gets an SSE comment naming the events that are gone, then
+    /// everything still kept. [default: 256]
     #[arg(long, env = "SHADOWCAT_SSE_REPLAY_EVENTS", value_name = "N")]
     pub sse_replay_events: Option<String>,
     /// Interval of keep-alive comments on idle SSE streams, or `off`. [default: 15s]

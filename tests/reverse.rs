@@ -862,6 +862,39 @@ fn server_notifications_go_to_the_get_stream_which_resumes_after_the_last_event_
     );
 }
 
+/// `Last-Event-ID` older than the replay buffer (`--sse-replay-events`): a comment says which
+/// events are gone, then everything still kept is replayed, in order.
+#[test]
+fn a_resume_from_before_the_replay_buffer_says_what_is_gone_and_replays_the_rest() {
+    let gw = Gateway::fixture(&["--sse-replay-events", "2"]);
+    let session = gw.initialize();
+    let mut stream = get_stream(&gw, &session, None);
+    let notify = |id: i64| {
+        gw.post(
+            Some(&session),
+            &call(id, "notify", json!({"text": format!("n{id}")})),
+        );
+    };
+    notify(1);
+    assert_eq!(stream.next_event().unwrap().0.as_deref(), Some("get-1"));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(100));
+    for id in 2..=5 {
+        notify(id);
+    }
+    let mut resumed = get_stream(&gw, &session, Some("get-1"));
+    let mut blocks = Vec::new();
+    for _ in 0..3 {
+        blocks.push(resumed.next_block().unwrap());
+    }
+    assert!(
+        blocks[0].contains("events get-2 to get-3 are no longer kept"),
+        "{blocks:?}"
+    );
+    assert!(blocks[1].starts_with("id: get-4\n") && blocks[1].contains("\"n4\""));
+    assert!(blocks[2].starts_with("id: get-5\n") && blocks[2].contains("\"n5\""));
+}
+
 #[test]
 fn progress_goes_on_the_stream_of_the_request_it_reports_on() {
     let gw = Gateway::fixture(&[]);
