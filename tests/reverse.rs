@@ -272,11 +272,11 @@ fn a_server_request_during_a_call_streams_and_its_answer_finds_the_server() {
 fn a_dropped_post_stream_resumes_with_last_event_id() {
     let gw = Gateway::fixture(&[]);
     let session = gw.initialize_as("2025-11-25");
-    let sse_post = |body: &Value| {
-        let mut h = headers(&[("Mcp-Session-Id", &session)]);
-        h.push(("MCP-Protocol-Version", "2025-11-25".into()));
-        SseReader::post(&gw.addr, &h, body.to_string().as_bytes())
-    };
+    let h = headers(&[
+        ("Mcp-Session-Id", &session),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ]);
+    let sse_post = |body: &Value| SseReader::post(&gw.addr, &h, body.to_string().as_bytes());
     let mut stream = sse_post(&call(5, "sample", json!({"prompt": "2+2?"})));
     assert_eq!(stream.status, 200);
     // Primed with the stream's first id and a reconnection delay.
@@ -291,8 +291,6 @@ fn a_dropped_post_stream_resumes_with_last_event_id() {
     // cancellation), and its answer is kept for the client.
     drop(stream);
     let answer = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant","content":{"type":"text","text":"sampled!"},"model":"m"}});
-    let mut h = headers(&[("Mcp-Session-Id", &session)]);
-    h.push(("MCP-Protocol-Version", "2025-11-25".into()));
     let accepted = http_request(&gw.addr, "POST", "/mcp", &h, answer.to_string().as_bytes());
     assert_eq!(accepted.status, 202);
     std::thread::sleep(Duration::from_millis(200));
@@ -315,17 +313,7 @@ fn a_dropped_post_stream_resumes_with_last_event_id() {
     );
     std::thread::sleep(Duration::from_millis(100));
     // Delivered whole: the stream is forgotten, and saying so is a clear 400.
-    let again = http_request(
-        &gw.addr,
-        "GET",
-        "/mcp",
-        &[
-            ("Accept", "text/event-stream".into()),
-            ("Mcp-Session-Id", session.clone()),
-            ("Last-Event-ID", "post1-1".into()),
-        ],
-        b"",
-    );
+    let again = refused_get(&gw, &session, "post1-1");
     assert_eq!(again.status, 400, "{again:?}");
     assert!(
         again.json()["error"]["message"]
@@ -334,17 +322,7 @@ fn a_dropped_post_stream_resumes_with_last_event_id() {
             .contains("no longer kept")
     );
     // A stream number the session never had.
-    let never = http_request(
-        &gw.addr,
-        "GET",
-        "/mcp",
-        &[
-            ("Accept", "text/event-stream".into()),
-            ("Mcp-Session-Id", session.clone()),
-            ("Last-Event-ID", "post99-1".into()),
-        ],
-        b"",
-    );
+    let never = refused_get(&gw, &session, "post99-1");
     assert_eq!(never.status, 400);
     // The next POST stream has the next number.
     let mut next = sse_post(&call(6, "sample", json!({"prompt": "again"})));
@@ -759,6 +737,22 @@ fn a_json_only_client_gets_the_call_answered_when_the_server_asks_it_something()
     );
 }
 
+/// A GET of the session's stream with `Last-Event-ID: last_event_id`, read to the end (for the
+/// ones that are refused).
+fn refused_get(gw: &Gateway, session: &str, last_event_id: &str) -> HttpResponse {
+    http_request(
+        &gw.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Mcp-Session-Id", session.to_owned()),
+            ("Last-Event-ID", last_event_id.to_owned()),
+        ],
+        b"",
+    )
+}
+
 fn get_stream(gw: &Gateway, session: &str, last_event_id: Option<&str>) -> SseReader {
     let mut h = vec![
         ("Accept", "text/event-stream".to_owned()),
@@ -835,17 +829,7 @@ fn server_notifications_go_to_the_get_stream_which_resumes_after_the_last_event_
     // An id this stream never issued.
     drop(resumed);
     std::thread::sleep(Duration::from_millis(100));
-    let bad = http_request(
-        &gw.addr,
-        "GET",
-        "/mcp",
-        &[
-            ("Accept", "text/event-stream".into()),
-            ("Mcp-Session-Id", session.clone()),
-            ("Last-Event-ID", "get-999".into()),
-        ],
-        b"",
-    );
+    let bad = refused_get(&gw, &session, "get-999");
     assert_eq!(bad.status, 400);
     // Deleting the session ends its stream.
     let mut open = get_stream(&gw, &session, None);
