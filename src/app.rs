@@ -29,8 +29,13 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
 /// The validated configuration for a parsed command line.
 pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     let mut config = Config::build(&cli.global, proxy_args(&cli.command))?;
-    if let Command::Reverse(args) = &cli.command {
-        config.reverse = Some(ReverseConfig::build(&cli.global, args)?);
+    match &cli.command {
+        Command::Reverse(args) => config.reverse = Some(ReverseConfig::build(&cli.global, args)?),
+        // The stdio→HTTP bridge uses the gateway's upstream side.
+        Command::Forward(ForwardCommand::Stdio(args)) if args.url.is_some() => {
+            config.reverse = Some(ReverseConfig::for_url(&cli.global, args)?);
+        }
+        _ => {}
     }
     Ok(config)
 }
@@ -51,6 +56,9 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
 }
 
 fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
+    if args.url.is_some() {
+        return run_bridge(config);
+    }
     let mut command = args.command.into_iter();
     let program = command.next().context("no server command given after --")?;
     let spec = ChildSpec {
@@ -69,6 +77,22 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
     let store = open_store(config);
     let code = runtime.block_on(forward::run(config, &spec, store));
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}
+
+/// `forward stdio --url`: one thread, as for the stdio proxy.
+fn run_bridge(config: &Config) -> anyhow::Result<u8> {
+    let upstream = config
+        .reverse
+        .as_ref()
+        .context("the --url server's options were not configured")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let store = open_store(config);
+    let code = runtime.block_on(crate::proxy::bridge::run(config, upstream, store));
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }

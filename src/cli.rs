@@ -144,6 +144,7 @@ pub enum OutputFormat {
 
 /// `forward stdio` options.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "command"])))]
 pub struct StdioArgs {
     /// Proxy limits and timeouts.
     #[command(flatten)]
@@ -151,8 +152,23 @@ pub struct StdioArgs {
     /// How the server process is started.
     #[command(flatten)]
     pub child: ChildArgs,
+    /// A remote MCP server to bridge the client to, instead of a command: its Streamable HTTP
+    /// endpoint (an old HTTP+SSE server is found by the spec's back-compat probe), e.g.
+    /// http://127.0.0.1:9000/mcp.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Header sent with every request to the --url server, "Name: value" (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
+    pub header: Vec<String>,
+    /// Environment variable holding a bearer token for the --url server, sent as
+    /// "Authorization: Bearer <token>" to that server's origin only, and never logged.
+    #[arg(long, value_name = "VAR", requires = "url")]
+    pub bearer_token_env: Option<String>,
+    /// Time to establish a connection to the --url server. [default: 10s]
+    #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
     /// The MCP server to run, and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 

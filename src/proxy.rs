@@ -12,7 +12,10 @@
 //! - [`link`]: a stdio upstream: a child server and the two tasks that move its bytes.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 //! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
+//! - [`bridge`]: `forward stdio --url`: our stdio on one side, the gateway's HTTP upstream side on
+//!   the other.
 
+pub mod bridge;
 pub mod forward;
 pub mod link;
 pub mod outbox;

@@ -11,45 +11,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Gateway, http_request, tool};
-
-/// The HTTP fixture server on a free port.
-struct Fixture {
-    child: Child,
-    url: String,
-}
-
-impl Fixture {
-    fn start(flags: &[&str]) -> Self {
-        let path = support::fixture().with_file_name("http_fixture");
-        let mut child = Command::new(&path)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (cargo build --examples)", path.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}/mcp"),
-        }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{Gateway, HttpFixture as Fixture, http_request, tool};
 
 fn call(id: i64, name: &str, arguments: Value) -> Value {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool(name, arguments)})

@@ -7,7 +7,7 @@ use super::{
     ConfigError, FileConfig, invalid, load_file, parse_count, parse_duration,
     parse_optional_duration, pick,
 };
-use crate::cli::{GlobalArgs, ReverseArgs};
+use crate::cli::{GlobalArgs, ReverseArgs, StdioArgs};
 use crate::transport::child::ChildSpec;
 
 /// Default address the reverse proxy listens on.
@@ -136,7 +136,7 @@ impl ReverseConfig {
                     "reverse needs a server: --upstream <URL>, or a command after --".into(),
                 ));
             };
-            ReverseUpstream::Http(parse_upstream_url(&url)?)
+            ReverseUpstream::Http(parse_upstream_url(&url, "--upstream")?)
         } else {
             let mut command = args.command.iter().cloned();
             let Some(program) = command.next() else {
@@ -156,7 +156,7 @@ impl ReverseConfig {
         };
         let mut upstream_headers = http::HeaderMap::new();
         for line in &headers {
-            let (name, value) = parse_header(line)?;
+            let (name, value) = parse_header(line, "--upstream-header")?;
             upstream_headers.append(name, value);
         }
         let origins = if args.allowed_origin.is_empty() {
@@ -191,6 +191,78 @@ impl ReverseConfig {
             connect_timeout,
             sse_replay_events,
             sse_keepalive,
+        })
+    }
+}
+
+impl ReverseConfig {
+    /// The upstream side alone, for `forward stdio --url`: the stdio client is bridged through
+    /// the same HTTP upstream code the gateway uses (its listening options are unused).
+    pub fn for_url(global: &GlobalArgs, args: &StdioArgs) -> Result<Self, ConfigError> {
+        let file = match &global.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let Some(url) = &args.url else {
+            return Err(invalid("--url", "no URL given".into()));
+        };
+        if !args.child.env.is_empty() || args.child.cwd.is_some() {
+            return Err(invalid(
+                "--url",
+                "--env and --cwd apply to a server command, not to a --url server".into(),
+            ));
+        }
+        let upstream = ReverseUpstream::Http(parse_upstream_url(url, "--url")?);
+        let mut upstream_headers = http::HeaderMap::new();
+        for line in &args.header {
+            let (name, value) = parse_header(line, "--header")?;
+            upstream_headers.append(name, value);
+        }
+        if let Some(var) = &args.bearer_token_env {
+            if upstream_headers.contains_key(http::header::AUTHORIZATION) {
+                return Err(invalid(
+                    "--bearer-token-env",
+                    "an Authorization --header is given too; use one or the other".into(),
+                ));
+            }
+            let token = std::env::var(var).map_err(|_| {
+                invalid(
+                    "--bearer-token-env",
+                    format!("the environment variable {var} is not set (or not UTF-8)"),
+                )
+            })?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(invalid(
+                    "--bearer-token-env",
+                    format!("the environment variable {var} is empty"),
+                ));
+            }
+            let mut value =
+                http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    invalid(
+                        "--bearer-token-env",
+                        format!("the token in {var} is not a valid header value"),
+                    )
+                })?;
+            value.set_sensitive(true);
+            upstream_headers.insert(http::header::AUTHORIZATION, value);
+        }
+        let connect_timeout =
+            match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
+                Some(text) => parse_duration(&text, "--connect-timeout")?,
+                None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+            };
+        Ok(Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            path: DEFAULT_PATH.to_owned(),
+            upstream,
+            upstream_headers,
+            allowed_origins: AllowedOrigins::Localhost,
+            admin_listen: None,
+            connect_timeout,
+            sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
+            sse_keepalive: None,
         })
     }
 }
@@ -235,16 +307,16 @@ fn parse_addr(text: &str, option: &'static str) -> Result<std::net::SocketAddr, 
     })
 }
 
-fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
+fn parse_upstream_url(text: &str, flag: &'static str) -> Result<http::Uri, ConfigError> {
     let uri: http::Uri = text
         .trim()
         .parse()
-        .map_err(|e| invalid("--upstream", format!("{text:?}: {e}")))?;
+        .map_err(|e| invalid(flag, format!("{text:?}: {e}")))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
             return Err(invalid(
-                "--upstream",
+                flag,
                 format!(
                     "{text:?}: https upstreams are not supported yet; use http:// (for example through a local TLS terminator)"
                 ),
@@ -252,31 +324,28 @@ fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
         }
         _ => {
             return Err(invalid(
-                "--upstream",
+                flag,
                 format!("{text:?}: expected an http:// URL such as http://127.0.0.1:9000/mcp"),
             ));
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(invalid(
-            "--upstream",
-            format!("{text:?}: the URL has no host"),
-        ));
+        return Err(invalid(flag, format!("{text:?}: the URL has no host")));
     }
     Ok(uri)
 }
 
-fn parse_header(line: &str) -> Result<(http::HeaderName, http::HeaderValue), ConfigError> {
+fn parse_header(
+    line: &str,
+    flag: &'static str,
+) -> Result<(http::HeaderName, http::HeaderValue), ConfigError> {
     let Some((name, value)) = line.split_once(':') else {
-        return Err(invalid(
-            "--upstream-header",
-            format!("{line:?}: expected \"Name: value\""),
-        ));
+        return Err(invalid(flag, format!("{line:?}: expected \"Name: value\"")));
     };
     let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|e| invalid("--upstream-header", format!("{name:?}: {e}")))?;
+        .map_err(|e| invalid(flag, format!("{name:?}: {e}")))?;
     let mut value = http::HeaderValue::from_str(value.trim())
-        .map_err(|e| invalid("--upstream-header", format!("value of {name}: {e}")))?;
+        .map_err(|e| invalid(flag, format!("value of {name}: {e}")))?;
     if matches!(
         name.as_str(),
         "authorization" | "cookie" | "proxy-authorization"
@@ -288,7 +357,7 @@ fn parse_header(line: &str) -> Result<(http::HeaderName, http::HeaderValue), Con
         "host" | "content-length" | "transfer-encoding" | "connection" | "mcp-session-id"
     ) {
         return Err(invalid(
-            "--upstream-header",
+            flag,
             format!("{name} is set by shadowcat and cannot be overridden"),
         ));
     }

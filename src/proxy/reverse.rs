@@ -27,7 +27,7 @@ pub mod checks;
 pub mod gateway;
 pub mod legacy;
 pub mod listen;
-mod mirror;
+pub mod mirror;
 pub mod router;
 pub mod server;
 pub mod stream;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod sdk;
+
 /// The shadowcat binary under test.
 pub fn shadowcat() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"))
@@ -762,5 +764,40 @@ impl SseReader {
                 }
             }
         }
+    }
+}
+
+/// The HTTP fixture server on a free port.
+pub struct HttpFixture {
+    child: Child,
+    /// Its MCP endpoint.
+    pub url: String,
+}
+
+impl HttpFixture {
+    /// Starts `examples/http_fixture` with `flags`.
+    pub fn start(flags: &[&str]) -> Self {
+        let path = fixture().with_file_name("http_fixture");
+        let mut child = Command::new(&path)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo build --examples)", path.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for HttpFixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -135,7 +135,8 @@ impl SessionLink {
         }
     }
 
-    fn protocol_version(&self) -> Option<HeaderValue> {
+    /// The protocol version the session negotiated, as a header value.
+    pub fn protocol_version(&self) -> Option<HeaderValue> {
         self.session.read_metadata(|m| {
             m.protocol_version
                 .as_deref()
@@ -579,6 +580,56 @@ impl Gateway {
                 link.router.clone(),
             )),
         ]
+    }
+
+    /// Sends a client's messages upstream for a client with one way in for everything (a
+    /// 2024-11-05 stream, `forward stdio --url`'s stdout): what comes back (answers, the
+    /// server's own messages, errors for what the upstream refused) goes to `sink`. An upstream
+    /// that no longer knows the session (404) ends it too, which closes what the client listens
+    /// on (after what is queued there), so it starts afresh.
+    pub async fn exchange_to<D: Deliver>(
+        self: &Arc<Self>,
+        link: &Arc<SessionLink>,
+        messages: Vec<Message>,
+        client_headers: &HeaderMap,
+        sink: &D,
+        requests: usize,
+    ) {
+        let (reply, mut replies) = reply_channel(requests);
+        let mut lost = false;
+        let drain = async {
+            while let Some(item) = replies.recv().await {
+                match item {
+                    Reply::Message(msg) => {
+                        let _ = sink.deliver(msg).await;
+                    }
+                    Reply::Rejected { id, status, .. } => {
+                        lost |= status == http::StatusCode::NOT_FOUND;
+                        let error = ProxyError::new(
+                            ErrorCode::UpstreamHttpError,
+                            format!("the upstream answered HTTP {status}"),
+                        )
+                        .with("httpStatus", status.as_u16());
+                        if let Some(id) = id {
+                            let _ = sink
+                                .deliver(Message::error_response(Some(&id), &error))
+                                .await;
+                        }
+                    }
+                    Reply::Cancelled(_) => {}
+                }
+            }
+        };
+        // `reply` is dropped when the exchange is over, which ends the drain.
+        let exchange = async {
+            self.exchange(link, messages, client_headers, &reply).await;
+            drop(reply);
+        };
+        tokio::join!(exchange, drain);
+        if lost {
+            tracing::warn!(session = %link.session.id(), "the upstream no longer knows this session; ending it");
+            self.sessions.end(link.session.id(), EndReason::Error);
+        }
     }
 
     /// Runs one client message through the pipeline (client→server).

@@ -15,16 +15,14 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::protocol::error::ProxyError;
-use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
+use crate::protocol::{Direction, Frame, Kind, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
 use super::checks::{check_content_type, read_frame, refuse};
-use super::gateway::{Gateway, LinkUpstream, OpenError, SessionLink, reply_channel};
+use super::gateway::{Gateway, LinkUpstream, OpenError};
 use super::listen::{Ends, live_body, sse_response};
-use super::router::Reply;
-use super::stream::{self, EventLog};
+use super::stream;
 
 /// Where 2024-11-05 clients open their stream.
 pub const SSE_PATH: &str = "/sse";
@@ -189,63 +187,16 @@ pub async fn message(
     let quick = requests.is_empty()
         || matches!(link.upstream, LinkUpstream::Stdio { .. })
         || link.legacy().is_some();
-    let work = exchange_on_stream(
-        gateway.clone(),
-        link,
-        forwarded,
-        headers,
-        events,
-        requests.len(),
-    );
+    let exchange_gateway = gateway.clone();
+    let work = async move {
+        exchange_gateway
+            .exchange_to(&link, forwarded, &headers, events.as_ref(), requests.len())
+            .await;
+    };
     if quick {
         work.await;
     } else {
         gateway.spawn(work);
     }
     StatusCode::ACCEPTED.into_response()
-}
-
-/// Sends a client's messages upstream; what comes back (answers, the server's own messages,
-/// errors for what the upstream refused) goes on the session's stream. An upstream that no
-/// longer knows the session (404) ends it too, which closes the client's stream (after what is
-/// queued on it), so the client connects afresh.
-async fn exchange_on_stream(
-    gateway: Arc<Gateway>,
-    link: Arc<SessionLink>,
-    forwarded: Vec<Message>,
-    headers: HeaderMap,
-    events: Arc<EventLog>,
-    requests: usize,
-) {
-    let (reply, mut replies) = reply_channel(requests);
-    let mut lost = false;
-    let drain = async {
-        while let Some(item) = replies.recv().await {
-            match item {
-                Reply::Message(msg) => events.push(msg.raw()),
-                Reply::Rejected { id, status, .. } => {
-                    lost |= status == StatusCode::NOT_FOUND;
-                    let error = ProxyError::new(
-                        ErrorCode::UpstreamHttpError,
-                        format!("the upstream answered HTTP {status}"),
-                    )
-                    .with("httpStatus", status.as_u16());
-                    if let Some(id) = id {
-                        events.push(Message::error_response(Some(&id), &error).raw());
-                    }
-                }
-                Reply::Cancelled(_) => {}
-            }
-        }
-    };
-    // `reply` is dropped when the exchange is over, which ends the drain.
-    let exchange = async {
-        gateway.exchange(&link, forwarded, &headers, &reply).await;
-        drop(reply);
-    };
-    tokio::join!(exchange, drain);
-    if lost {
-        tracing::warn!(session = %link.session.id(), "the upstream no longer knows this session; ending it");
-        gateway.sessions.end(link.session.id(), EndReason::Error);
-    }
 }

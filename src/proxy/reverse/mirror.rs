@@ -128,6 +128,69 @@ fn check_name(
     Ok(())
 }
 
+/// The headers an HTTP client sends with `msg`, for a client that has none (the stdio side of
+/// `forward stdio --url`): in the stateless era (the body's `_meta` names the protocol version)
+/// `MCP-Protocol-Version` from it, and for requests `Mcp-Method` and `Mcp-Name` (encoded when
+/// not header-safe); otherwise the session's `negotiated` version, if any. (`Mcp-Param-*`
+/// headers would need the tool's schema; they are not made.)
+pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let params =
+        if memchr::memmem::find(msg.raw(), b"io.modelcontextprotocol/protocolVersion").is_some() {
+            serde_json::from_slice::<Body<'_>>(msg.raw())
+                .ok()
+                .and_then(|b| b.params)
+        } else {
+            None
+        };
+    let modern = text(params.as_ref().and_then(|p| p.meta.as_ref()?.version))
+        .and_then(|v| HeaderValue::from_str(&v).ok());
+    let Some(version) = modern else {
+        if let Some(version) = negotiated {
+            headers.insert(MCP_PROTOCOL_VERSION, version);
+        }
+        return headers;
+    };
+    headers.insert(MCP_PROTOCOL_VERSION, version);
+    let (Some(method), Kind::Request) = (msg.method(), msg.kind()) else {
+        return headers;
+    };
+    if let Ok(value) = HeaderValue::from_str(method.as_str()) {
+        headers.insert(MCP_METHOD, value);
+    }
+    let name = match method.as_str() {
+        "tools/call" | "prompts/get" => text(params.as_ref().and_then(|p| p.name)),
+        "resources/read" => text(params.as_ref().and_then(|p| p.uri)),
+        _ => None,
+    };
+    if let Some(value) = name.and_then(|n| HeaderValue::from_str(&encode_sentinel(&n)).ok()) {
+        headers.insert(MCP_NAME, value);
+    }
+    headers
+}
+
+/// `value` as a header value: as it is when that is safe (visible ASCII and inner spaces, not
+/// itself looking encoded), else in the `=?base64?…?=` form.
+fn encode_sentinel(value: &str) -> String {
+    use base64::Engine as _;
+    let safe = !value.is_empty()
+        && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        && value.trim() == value
+        && !(value.starts_with("=?base64?") && value.ends_with("?="));
+    if safe {
+        return value.to_owned();
+    }
+    format!(
+        "=?base64?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    )
+}
+
+const MCP_PROTOCOL_VERSION: http::HeaderName =
+    http::HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: http::HeaderName = http::HeaderName::from_static("mcp-method");
+const MCP_NAME: http::HeaderName = http::HeaderName::from_static("mcp-name");
+
 /// A mirrored header's value: as it is, or decoded from the `=?base64?…?=` sentinel form;
 /// `None` if that encoding is broken.
 fn decode_sentinel(value: &str) -> Option<String> {
@@ -223,6 +286,28 @@ mod tests {
         // Notifications carry no header requirements.
         let note = r#"{"jsonrpc":"2.0","method":"notifications/whatever"}"#;
         assert_eq!(mismatch(&[], note), None);
+    }
+
+    #[test]
+    fn headers_made_for_a_client_without_any_pass_the_check() {
+        let h = headers_for(&request(CALL), None);
+        assert_eq!(h["mcp-name"], "=?base64?aMOpbGxv?=");
+        assert_eq!(h["mcp-method"], "tools/call");
+        assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+        assert!(check(&h, &request(CALL)).is_ok());
+        // Handshake era: only the negotiated version.
+        let old =
+            request(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
+        let h = headers_for(&old, Some(HeaderValue::from_static("2025-06-18")));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["mcp-protocol-version"], "2025-06-18");
+        assert!(headers_for(&old, None).is_empty());
+        assert_eq!(encode_sentinel("us-west1"), "us-west1");
+        assert_eq!(encode_sentinel(" padded "), "=?base64?IHBhZGRlZCA=?=");
+        assert_eq!(
+            decode_sentinel(&encode_sentinel("=?base64?x?=")).as_deref(),
+            Some("=?base64?x?=")
+        );
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Router {
     shared: std::sync::atomic::AtomicBool,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
+    /// A client with one way in for everything (the stdio client of `forward stdio --url`).
+    sink: OnceLock<Arc<Outbox>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,6 +102,12 @@ impl Router {
     pub fn use_legacy_stream(&self) {
         self.legacy
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends every message to `sink`, in order and with backpressure: a client with one way in
+    /// for everything (`forward stdio --url`'s stdout).
+    pub fn send_everything_to(&self, sink: Arc<Outbox>) {
+        let _ = self.sink.set(sink);
     }
 
     /// Makes this the router of the child shared by stateless requests (see [`Self::deliver`]).
@@ -318,6 +326,9 @@ impl Deliver for Router {
     /// is the only one. What nothing can take is dropped, and a server request is answered with
     /// an error.
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        if let Some(sink) = self.sink.get() {
+            return sink.send(msg).await;
+        }
         if let (true, Some(events)) = (
             self.legacy.load(std::sync::atomic::Ordering::Relaxed),
             &self.events,

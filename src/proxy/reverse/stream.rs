@@ -277,6 +277,18 @@ impl EventLog {
     }
 }
 
+/// A message for a client whose every message goes on this stream (a 2024-11-05 session's):
+/// logged as the stream's next event.
+impl crate::proxy::outbox::Deliver for EventLog {
+    async fn deliver(
+        &self,
+        msg: crate::protocol::Message,
+    ) -> Result<(), crate::proxy::outbox::Closed> {
+        self.push(msg.raw());
+        Ok(())
+    }
+}
+
 /// The sending side of a live connection: a bounded channel, and the bytes queued in it.
 #[derive(Debug)]
 struct Live {

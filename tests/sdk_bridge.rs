@@ -1,0 +1,92 @@
+//! `shadowcat forward stdio --url`: Python SDK stdio clients (2.3.0 in `legacy` and `auto`
+//! modes, 1.30.0) bridged to Python SDK HTTP servers (stateful and stateless, SSE and JSON
+//! answers) and to a 2024-11-05 HTTP+SSE server. Each client's summary through the bridge must
+//! equal its summary talking to the server itself.
+//!
+//! The peers are installed by `scripts/test.sh` (pinned). Without them these tests fail with
+//! instructions rather than skip.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use support::sdk::{
+    HttpServer, Target, check_elicitation_and_list_changed, check_progress_and_logs, check_summary,
+    run_client,
+};
+
+/// The bridge as a stdio server command for the SDK client.
+fn bridge(url: &str) -> Vec<String> {
+    vec![
+        support::shadowcat().display().to_string(),
+        "forward".into(),
+        "stdio".into(),
+        "--url".into(),
+        url.into(),
+    ]
+}
+
+/// Clients of both SDKs against `server`, directly and through the bridge: identical.
+fn through_the_bridge(server_sdk: &str, flags: &[&str]) {
+    let server = HttpServer::start(server_sdk, flags);
+    let url = server.url.clone();
+    // Servers without a back-channel (stateless, or JSON-only answers) can't send the client a
+    // request, directly or not.
+    let back_channel = flags.is_empty();
+    for (sdk, mode) in [
+        ("2.3.0", Some("legacy")),
+        ("2.3.0", Some("auto")),
+        ("1.30.0", None),
+    ] {
+        let direct = run_client(sdk, mode, Target::Url(&url), back_channel);
+        let bridged = run_client(sdk, mode, Target::Stdio(&bridge(&url)), back_channel);
+        check_summary(&bridged, back_channel);
+        if back_channel {
+            check_progress_and_logs(&bridged);
+            check_elicitation_and_list_changed(&bridged);
+        }
+        assert_eq!(
+            direct, bridged,
+            "client {sdk} {mode:?} vs server {server_sdk} {flags:?}: different through the bridge"
+        );
+    }
+}
+
+#[test]
+fn sdk_2_3_server_with_sse_answers() {
+    through_the_bridge("2.3.0", &[]);
+}
+
+#[test]
+fn sdk_2_3_server_with_json_answers() {
+    through_the_bridge("2.3.0", &["--json"]);
+}
+
+#[test]
+fn sdk_2_3_stateless_server() {
+    through_the_bridge("2.3.0", &["--stateless"]);
+}
+
+#[test]
+fn sdk_1_30_servers() {
+    through_the_bridge("1.30.0", &[]);
+    through_the_bridge("1.30.0", &["--stateless", "--json"]);
+}
+
+/// A 2024-11-05 HTTP+SSE server (`mcp.sse_app()`) behind the bridge: found by the back-compat
+/// probe; the clients get what a legacy SSE client gets talking to it.
+#[test]
+fn a_legacy_sse_server() {
+    let server = HttpServer::start("1.30.0", &["--legacy-sse"]);
+    let sse_url = server.url.replace("/mcp", "/sse");
+    let direct = run_client("1.30.0", None, Target::Sse(&sse_url), true);
+    let bridged = run_client("1.30.0", None, Target::Stdio(&bridge(&sse_url)), true);
+    check_summary(&bridged, true);
+    check_progress_and_logs(&bridged);
+    assert_eq!(direct, bridged);
+}
