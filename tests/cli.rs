@@ -54,10 +54,14 @@ fn version_and_completions() {
 }
 
 #[test]
-fn a_missing_server_command_is_a_usage_error() {
+fn a_missing_server_command_or_url_is_a_usage_error() {
     let out = shadowcat(&["forward", "stdio"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("<CMD>"), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("required") && stderr.contains("--url <URL>|CMD"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
