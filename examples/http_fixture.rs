@@ -8,7 +8,8 @@
 //!
 //! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
-//! request gets 404, as after a server restart); `announce {text}` (sends a
+//! request gets 404, as after a server restart); `retire` (the same, and every later
+//! `initialize` is refused with 503: a server that takes no new sessions); `announce {text}` (sends a
 //! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
 //! streams took it); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
@@ -38,6 +39,8 @@ struct Fixture {
     next: AtomicU64,
     sessions: Mutex<HashSet<String>>,
     deleted: Mutex<Vec<String>>,
+    /// Set by `retire`: no new sessions.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 fn main() {
@@ -117,6 +120,9 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
     };
     let id = msg.get("id").cloned();
     let mut new_session = None;
+    if method == "initialize" && fixture.retired.load(Ordering::Relaxed) {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, -32603, "Retired");
+    }
     if method == "initialize" {
         if !fixture.stateless {
             let session = format!("upstream-{}", fixture.next.fetch_add(1, Ordering::Relaxed));
@@ -200,9 +206,12 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                     }
                     took.to_string()
                 }
-                "forget" => {
+                "forget" | "retire" => {
                     if let Some(s) = session_of(&headers) {
                         fixture.sessions.lock().unwrap().remove(&s);
+                    }
+                    if name == "retire" {
+                        fixture.retired.store(true, Ordering::Relaxed);
                     }
                     "forgotten".to_owned()
                 }

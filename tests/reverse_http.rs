@@ -124,23 +124,47 @@ fn ending_a_session_ends_the_upstream_session() {
     });
 }
 
+/// The upstream loses the session (a restart): shadowcat replays the client's handshake there,
+/// maps the new upstream session, and sends the refused request again; the client notices
+/// nothing.
 #[test]
-fn an_upstream_that_forgets_the_session_makes_the_client_start_again() {
+fn an_upstream_that_forgets_the_session_gets_it_back_and_the_client_carries_on() {
     let fixture = Fixture::start(&[]);
     let gw = Gateway::start(&["--upstream", &fixture.url]);
     let session = gw.initialize();
     let r = gw.post(Some(&session), &call(1, "forget", json!({})));
     assert_eq!(text_of(&r.json()), "forgotten");
+    let r = gw.post(
+        Some(&session),
+        &call(2, "echo", json!({"text": "still here"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(text_of(&r.json()), "still here");
+    let r = gw.post(Some(&session), &call(3, "headers", json!({})));
+    let seen: Value = serde_json::from_str(&text_of(&r.json())).unwrap();
+    assert_eq!(
+        seen["mcp-session-id"], "upstream-1",
+        "the new upstream session"
+    );
+    assert!(gw.stderr_text().contains("re-established it"));
+}
+
+/// An upstream that loses the session and will not take it back: its 404 is passed on, and our
+/// session ends too, so the client starts again.
+#[test]
+fn an_upstream_that_cannot_take_the_session_back_makes_the_client_start_again() {
+    let fixture = Fixture::start(&[]);
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let session = gw.initialize();
+    let r = gw.post(Some(&session), &call(1, "retire", json!({})));
+    assert_eq!(text_of(&r.json()), "forgotten");
     let r = gw.post(Some(&session), &call(2, "echo", json!({"text": "x"})));
     assert_eq!(r.status, 404, "the upstream's 404 is passed on: {r:?}");
     let r = gw.post(Some(&session), &call(3, "echo", json!({"text": "x"})));
     assert_eq!(r.status, 404, "and our session is gone too");
-    let fresh = gw.initialize();
-    let r = gw.post(Some(&fresh), &call(4, "echo", json!({"text": "again"})));
-    assert_eq!(text_of(&r.json()), "again");
 }
 
-/// A 2024-11-05 client whose Streamable HTTP upstream loses the session gets the error on its
+/// A 2024-11-05 client whose Streamable HTTP upstream loses the session for good gets the error on its
 /// stream, then the stream ends (its session with it), so it can connect afresh.
 #[test]
 fn an_upstream_that_forgets_a_legacy_clients_session_ends_its_stream() {
@@ -170,7 +194,7 @@ fn an_upstream_that_forgets_a_legacy_clients_session_ends_its_stream() {
     );
     assert_eq!(stream.next_event().unwrap().1["id"], 0);
     post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
-    post(call(1, "forget", json!({})));
+    post(call(1, "retire", json!({})));
     assert_eq!(stream.next_event().unwrap().1["id"], 1);
     post(call(2, "echo", json!({"text": "anyone?"})));
     let (_, error) = stream.next_event().expect("the error, on the stream");

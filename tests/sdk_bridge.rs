@@ -90,3 +90,52 @@ fn a_legacy_sse_server() {
     check_progress_and_logs(&bridged);
     assert_eq!(direct, bridged);
 }
+
+/// The server is killed and started again (same port) mid-session: it has forgotten the
+/// session, and answers 404. The bridge replays the client's handshake there and sends the
+/// refused request again: the client's next calls succeed without it re-initializing.
+#[test]
+fn a_restarted_server_gets_the_session_back_without_the_client_noticing() {
+    use serde_json::json;
+    let server = HttpServer::start("2.3.0", &[]);
+    let port = server
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .to_owned();
+    let mut cmd = support::command();
+    cmd.args(["forward", "stdio", "--url", &server.url]);
+    let mut proxy = support::Proxy::spawn(cmd);
+    proxy.initialize();
+    let echo = |proxy: &mut support::Proxy, id: i64, text: &str| {
+        let answer = proxy.call(
+            id,
+            "tools/call",
+            support::tool("echo", json!({"text": text})),
+        );
+        assert_eq!(answer["result"]["content"][0]["text"], text, "{answer}");
+    };
+    echo(&mut proxy, 1, "before");
+    drop(server);
+    let _server = HttpServer::start("2.3.0", &["--port", &port]);
+    echo(&mut proxy, 2, "after the restart");
+    let tools = proxy.call(3, "tools/list", json!({}));
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{tools}"
+    );
+    proxy.close_stdin();
+    assert_eq!(
+        proxy.wait_exit(std::time::Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert!(
+        proxy.stderr_text().contains("re-established it"),
+        "{}",
+        proxy.stderr_text()
+    );
+}

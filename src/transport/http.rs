@@ -57,6 +57,8 @@ pub enum UpstreamError {
         url: String,
         /// What went wrong (refused, reset, timed out).
         detail: String,
+        /// Whether a connection was made, so the request may have reached the server.
+        connected: bool,
     },
 }
 
@@ -225,6 +227,7 @@ impl HttpUpstream {
         let request = builder.body(body).map_err(|e| UpstreamError::Unreachable {
             url: self.url.to_string(),
             detail: format!("cannot build the request: {e}"),
+            connected: false,
         })?;
         self.client
             .request(request)
@@ -232,6 +235,7 @@ impl HttpUpstream {
             .map_err(|e| UpstreamError::Unreachable {
                 url: self.url.to_string(),
                 detail: describe(&e),
+                connected: !e.is_connect(),
             })
     }
 }

@@ -114,10 +114,10 @@ if __name__ == "__main__":
 
     args = parse_args(sys.argv[1:])
     if args.http and args.legacy_sse:
-        serve(mcp.sse_app())
+        serve(mcp.sse_app(), args.port)
     elif args.http:
         mcp.settings.json_response = args.json
         mcp.settings.stateless_http = args.stateless
-        serve(mcp.streamable_http_app())
+        serve(mcp.streamable_http_app(), args.port)
     else:
         mcp.run("stdio")

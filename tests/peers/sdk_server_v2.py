@@ -130,8 +130,8 @@ if __name__ == "__main__":
 
     args = parse_args(sys.argv[1:])
     if args.http and args.legacy_sse:
-        serve(mcp.sse_app())
+        serve(mcp.sse_app(), args.port)
     elif args.http:
-        serve(mcp.streamable_http_app(json_response=args.json, stateless_http=args.stateless))
+        serve(mcp.streamable_http_app(json_response=args.json, stateless_http=args.stateless), args.port)
     else:
         mcp.run("stdio")

@@ -74,7 +74,28 @@ pub enum LinkUpstream {
         /// When the upstream speaks the 2024-11-05 HTTP+SSE transport: its stream for this
         /// session and where to POST.
         legacy: Mutex<Option<Arc<LegacyUpstream>>>,
+        /// What it takes to get the session back if the upstream loses it.
+        recovery: Box<Recovery>,
     },
+}
+
+/// What re-establishing a lost upstream session takes.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The client's handshake, to replay.
+    pub handshake: Mutex<Handshake>,
+    /// Held while the session is re-established, so that is done once.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+/// What re-establishing a lost upstream session takes: the client's `initialize`, and whether
+/// it went on to send `notifications/initialized`.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    /// The client's `initialize` request, as the upstream accepted it.
+    pub initialize: Option<Message>,
+    /// Whether the client's `notifications/initialized` reached the upstream.
+    pub initialized: bool,
 }
 
 /// A session's connection to a 2024-11-05 HTTP+SSE upstream: the stream (read by a relay task)
@@ -334,6 +355,7 @@ impl Gateway {
                     client: client.clone(),
                     session_id: Mutex::new(None),
                     legacy: Mutex::new(None),
+                    recovery: Box::default(),
                 },
                 None,
             ),
@@ -421,6 +443,7 @@ impl Gateway {
                 client: client.clone(),
                 session_id: Mutex::new(None),
                 legacy: Mutex::new(None),
+                recovery: Box::default(),
             },
             torn_down: CancellationToken::new(),
             upstream_ready: CancellationToken::new(),

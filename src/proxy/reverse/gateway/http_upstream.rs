@@ -17,7 +17,8 @@ use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::{Context, Verdict};
 use crate::proxy::tracker::receiver_gone;
 use crate::transport::http::{
-    HttpUpstream, MCP_SESSION_ID, UpstreamError, media_type, read_body, sse_events,
+    HttpUpstream, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, UpstreamError, media_type, read_body,
+    sse_events,
 };
 use crate::transport::sse::Item;
 
@@ -31,6 +32,17 @@ pub(super) struct StreamPosition {
 }
 
 use super::super::router::{Reply, Waiter};
+
+/// Longest a lost upstream session's re-initialization may take.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether `msg` may be sent twice without harm, should the first try's fate be unknown.
+fn safe_to_repeat(msg: &Message) -> bool {
+    msg.kind() == Kind::Request
+        && msg
+            .method()
+            .is_some_and(|m| m == &Method::Ping || m.as_str().ends_with("/list"))
+}
 use super::{
     Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink, UPSTREAM_GET_ATTEMPTS,
     UPSTREAM_GET_RETRY,
@@ -84,6 +96,16 @@ impl Gateway {
                 Ok(response) if response.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
                     tracing::debug!("the upstream offers no GET stream");
                     return;
+                }
+                Ok(response)
+                    if response.status() == http::StatusCode::NOT_FOUND
+                        && session.is_some()
+                        && self.recover(link, client, session.as_ref()).await =>
+                {
+                    // The upstream lost the session; it is back under a new id: listen there.
+                    failures = 0;
+                    position = StreamPosition::default();
+                    continue;
                 }
                 Ok(response) => {
                     failures += 1;
@@ -167,12 +189,16 @@ impl Gateway {
                 .post_legacy(link, client, &legacy, msg, client_headers, reply)
                 .await;
         }
-        self.post_streamable(link, client, msg, client_headers, reply)
+        self.post_streamable(link, client, msg, client_headers, reply, false)
             .await;
     }
 
     /// One message to a Streamable HTTP upstream (trying the back-compat probe when it refuses
-    /// an initialize).
+    /// an initialize). If the upstream no longer knows the session (404), the session is
+    /// re-established with the client's handshake and the message sent again (the upstream
+    /// refused it, so it did not run); a request whose connection broke mid-way is sent again
+    /// only if it is safe to repeat (`ping`, `*/list`). `retried`: this is that second try.
+    #[allow(clippy::too_many_lines)] // One exchange, in the order things can go wrong.
     async fn post_streamable(
         self: &Arc<Self>,
         link: &Arc<SessionLink>,
@@ -180,6 +206,7 @@ impl Gateway {
         msg: Message,
         client_headers: &HeaderMap,
         reply: &Waiter,
+        retried: bool,
     ) {
         let id = (msg.kind() == Kind::Request)
             .then(|| msg.id().cloned())
@@ -191,6 +218,22 @@ impl Gateway {
             .await
         {
             Ok(response) => response,
+            Err(UpstreamError::Unreachable {
+                connected: true, ..
+            }) if !retried && safe_to_repeat(&msg) => {
+                tracing::debug!(
+                    "the connection broke mid-request; sending it again (safe to repeat)"
+                );
+                return Box::pin(self.post_streamable(
+                    link,
+                    client,
+                    msg,
+                    client_headers,
+                    reply,
+                    true,
+                ))
+                .await;
+            }
             Err(e) => {
                 let UpstreamError::Unreachable { detail, .. } = &e;
                 tracing::warn!(%e, "upstream request failed");
@@ -202,13 +245,44 @@ impl Gateway {
             }
         };
         let status = response.status();
-        if is_initialize && status.is_success() {
-            if let (Some(value), LinkUpstream::Http { session_id, .. }) =
-                (response.headers().get(&MCP_SESSION_ID), &link.upstream)
+        if status.is_success() {
+            if let LinkUpstream::Http {
+                session_id,
+                recovery,
+                ..
+            } = &link.upstream
             {
-                *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(value.clone());
+                if is_initialize {
+                    if let Some(value) = response.headers().get(&MCP_SESSION_ID) {
+                        *session_id.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(value.clone());
+                    }
+                    recovery
+                        .handshake
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .initialize = Some(msg.clone());
+                } else if msg.method() == Some(&Method::Initialized) {
+                    recovery
+                        .handshake
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .initialized = true;
+                }
             }
-            link.upstream_ready.cancel();
+            if is_initialize {
+                link.upstream_ready.cancel();
+            }
+        }
+        if status == http::StatusCode::NOT_FOUND
+            && session.is_some()
+            && !is_initialize
+            && !retried
+            && self.recover(link, client, session.as_ref()).await
+        {
+            // Refused, so not run: send it again on the new session.
+            return Box::pin(self.post_streamable(link, client, msg, client_headers, reply, true))
+                .await;
         }
         if !status.is_success() {
             let content_type = response.headers().get(CONTENT_TYPE).cloned();
@@ -270,6 +344,76 @@ impl Gateway {
                 self.fail(link, Some(&id), &error, Some(reply)).await;
             }
         }
+    }
+
+    /// Re-establishes a session the upstream no longer knows (it answered 404 for `lost`: it
+    /// restarted, or expired the session): replays the client's `initialize` (and
+    /// `notifications/initialized` if the client sent it) without a session id, and maps the new
+    /// upstream session id to ours. The client's session is untouched. Done once however many
+    /// requests meet the 404 at the same time; true if the session is (now) re-established.
+    pub(super) async fn recover(
+        &self,
+        link: &SessionLink,
+        client: &HttpUpstream,
+        lost: Option<&HeaderValue>,
+    ) -> bool {
+        let LinkUpstream::Http {
+            session_id,
+            recovery,
+            ..
+        } = &link.upstream
+        else {
+            return false;
+        };
+        let _once = recovery.running.lock().await;
+        let current = link.upstream_session();
+        if current.as_ref() != lost {
+            // Another request re-established it meanwhile.
+            return current.is_some();
+        }
+        let (initialize, initialized) = {
+            let handshake = recovery
+                .handshake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (handshake.initialize.clone(), handshake.initialized)
+        };
+        let Some(initialize) = initialize else {
+            return false;
+        };
+        let replay = async {
+            let response = client
+                .post(initialize.raw().clone(), None, &HeaderMap::new())
+                .await
+                .ok()?;
+            let status = response.status();
+            let new_id = response.headers().get(&MCP_SESSION_ID).cloned();
+            // The answer is ours, not the client's (it has its own): read and dropped.
+            let _ = read_body(response.into_body(), self.config.max_message_size).await;
+            let new_id = new_id.filter(|_| status.is_success())?;
+            if initialized {
+                let mut headers = HeaderMap::new();
+                if let Some(version) = link.protocol_version() {
+                    headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
+                }
+                let note = Bytes::from_static(
+                    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                );
+                let response = client.post(note, Some(&new_id), &headers).await.ok()?;
+                let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
+            }
+            Some(new_id)
+        };
+        let Ok(Some(new_id)) = tokio::time::timeout(RECOVERY_TIMEOUT, replay).await else {
+            tracing::warn!("the upstream lost this session and re-initializing it failed");
+            return false;
+        };
+        tracing::warn!(
+            "the upstream no longer knew this session (HTTP 404: it restarted or expired it); re-established it with the client's initialize"
+        );
+        self.metrics.upstream_error("session_recovered");
+        *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(new_id);
+        true
     }
 
     /// The spec's back-compat probe, after the upstream refused an initialize with 400, 404 or
