@@ -11,7 +11,8 @@
 //! request gets 404, as after a server restart); `retire` (the same, and every later
 //! `initialize` is refused with 503: a server that takes no new sessions); `announce {text}` (sends a
 //! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
-//! streams took it); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
+//! streams took it; events have ids, and a GET with `Last-Event-ID` gets the ones after it
+//! first); `cut` (drops the caller session's GET streams); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
 //! then the result).
 
@@ -39,6 +40,8 @@ struct Fixture {
     next: AtomicU64,
     sessions: Mutex<HashSet<String>>,
     deleted: Mutex<Vec<String>>,
+    /// Every GET-stream event of each session, in order (event `n` has id `n`), for resuming.
+    events: Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Set by `retire`: no new sessions.
     retired: std::sync::atomic::AtomicBool,
 }
@@ -86,10 +89,27 @@ async fn get(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> Respons
     };
     tokio::time::sleep(fixture.get_delay).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    // A resuming client gets the events after the one it names first.
+    let after: Option<usize> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let missed: Vec<String> = match after {
+        Some(after) => fixture
+            .events
+            .lock()
+            .unwrap()
+            .get(&session)
+            .map(|all| all.iter().skip(after).cloned().collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     fixture.streams.lock().unwrap().push((session, tx));
-    let prime = futures_util::stream::once(async {
-        Ok::<_, std::convert::Infallible>(": hello\n\n".to_owned())
-    });
+    let prime = futures_util::stream::iter(
+        std::iter::once(": hello\n\n".to_owned())
+            .chain(missed)
+            .map(Ok::<_, std::convert::Infallible>),
+    );
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         Some((Ok::<_, std::convert::Infallible>(event), rx))
@@ -192,19 +212,29 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                     let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
                                       "params": {"level": "info", "data": said}});
                     let me = session_of(&headers).unwrap_or_default();
+                    let event = {
+                        let mut events = fixture.events.lock().unwrap();
+                        let log = events.entry(me.clone()).or_default();
+                        let event =
+                            format!("id: {}\nevent: message\ndata: {note}\n\n", log.len() + 1);
+                        log.push(event.clone());
+                        event
+                    };
                     let mut streams = fixture.streams.lock().unwrap();
                     streams.retain(|(_, tx)| !tx.is_closed());
                     let mut took = 0;
                     for (session, tx) in streams.iter() {
-                        if *session == me
-                            && tx
-                                .try_send(format!("event: message\ndata: {note}\n\n"))
-                                .is_ok()
-                        {
+                        if *session == me && tx.try_send(event.clone()).is_ok() {
                             took += 1;
                         }
                     }
                     took.to_string()
+                }
+                "cut" => {
+                    // Drops the caller session's GET streams, as a broken connection would.
+                    let me = session_of(&headers).unwrap_or_default();
+                    fixture.streams.lock().unwrap().retain(|(s, _)| *s != me);
+                    "cut".to_owned()
                 }
                 "forget" | "retire" => {
                     if let Some(s) = session_of(&headers) {

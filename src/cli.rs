@@ -167,6 +167,10 @@ pub struct StdioArgs {
     /// Time to establish a connection to the --url server. [default: 10s]
     #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
+    /// An SSE stream from the --url server that stays silent this long is treated as dropped,
+    /// and resumed; or `off`. [default: 5m]
+    #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
+    pub read_timeout: Option<String>,
     /// The MCP server to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -221,6 +225,10 @@ pub struct ReverseArgs {
     /// Time to establish a connection to the upstream. [default: 10s]
     #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
+    /// An SSE stream from the upstream that stays silent this long is treated as dropped, and
+    /// resumed; or `off`. [default: 5m]
+    #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
+    pub read_timeout: Option<String>,
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,

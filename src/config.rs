@@ -130,6 +130,7 @@ struct FileConfig {
     allowed_origin: Option<Vec<String>>,
     admin_listen: Option<String>,
     connect_timeout: Option<Scalar>,
+    read_timeout: Option<Scalar>,
     sse_replay_events: Option<Scalar>,
     sse_keepalive: Option<Scalar>,
 }

@@ -6,7 +6,9 @@
 //! - [`http`]: the Streamable HTTP client: a pooled hyper client for one upstream URL.
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
+//! - [`backoff`]: reconnection delays (exponential, full jitter, capped, at least `retry:`).
 
+pub mod backoff;
 pub mod child;
 pub mod http;
 pub mod lines;

@@ -27,6 +27,26 @@ fn bridge(url: &str, opts: &[&str], env: &[(&str, &str)]) -> Proxy {
     Proxy::spawn(cmd)
 }
 
+/// Calls tool `name`; the notifications that arrive before its answer are added to `notes`
+/// (their `data`). Returns the answer's text.
+fn call_noting(
+    proxy: &mut Proxy,
+    notes: &mut Vec<String>,
+    id: i64,
+    name: &str,
+    args: Value,
+) -> String {
+    proxy.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool(name, args)}));
+    loop {
+        let msg = proxy.recv();
+        if msg["id"] == id {
+            return text_of(&msg);
+        }
+        assert_eq!(msg["method"], "notifications/message", "{msg}");
+        notes.push(msg["params"]["data"].as_str().unwrap().to_owned());
+    }
+}
+
 fn text_of(answer: &Value) -> String {
     answer["result"]["content"][0]["text"]
         .as_str()
@@ -172,4 +192,98 @@ fn bad_bridge_options_are_refused_clearly() {
     // Neither a command nor --url.
     let out = command().args(["forward", "stdio"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The upstream's GET stream breaks (the fixture's `cut`): the bridge reconnects with
+/// `Last-Event-ID` and the client gets every event exactly once, in order, including the one
+/// sent while the stream was down.
+#[test]
+fn a_cut_get_stream_resumes_without_losing_or_repeating_events() {
+    let fixture = HttpFixture::start(&[]);
+    let mut proxy = bridge(&fixture.url, &[], &[]);
+    proxy.initialize();
+    let mut notes: Vec<String> = Vec::new();
+    let mut next_id = 1;
+    let mut call = |proxy: &mut Proxy, notes: &mut Vec<String>, name: &str, args: Value| {
+        next_id += 1;
+        call_noting(proxy, notes, next_id, name, args)
+    };
+    let announce = |text: &str| ("announce", json!({ "text": text }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (name, args) = announce("warm-up");
+        if call(&mut proxy, &mut notes, name, args) == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream GET stream never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for text in ["a", "b"] {
+        let (name, args) = announce(text);
+        assert_eq!(call(&mut proxy, &mut notes, name, args), "1");
+    }
+    call(&mut proxy, &mut notes, "cut", json!({}));
+    // While the stream is down the event is only logged upstream.
+    let (name, args) = announce("c");
+    assert_eq!(call(&mut proxy, &mut notes, name, args), "0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (name, args) = announce("probe");
+        if call(&mut proxy, &mut notes, name, args) == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the GET stream was not reconnected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (name, args) = announce("d");
+    assert_eq!(call(&mut proxy, &mut notes, name, args), "1");
+    // The last one travels on another stream than the answers: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !notes.iter().any(|n| n == "d") {
+        assert!(Instant::now() < deadline, "d never arrived: {notes:?}");
+        call(&mut proxy, &mut notes, "echo", json!({"text": "-"}));
+    }
+    // Every event once, in order: the probes sent while the stream was down are replayed too.
+    let real: Vec<&str> = notes
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !matches!(*n, "warm-up" | "probe"))
+        .collect();
+    // "c" was sent while no stream was open: only a resume with Last-Event-ID brings it.
+    assert_eq!(real, ["a", "b", "c", "d"], "all notifications: {notes:?}");
+}
+
+/// A GET stream that stays silent past `--read-timeout` is treated as dropped and reopened
+/// (the fixture sends no keep-alives): events still arrive.
+#[test]
+fn a_silent_get_stream_is_reopened_after_the_read_timeout() {
+    let fixture = HttpFixture::start(&[]);
+    let mut proxy = bridge(&fixture.url, &["--read-timeout", "300ms"], &[]);
+    proxy.initialize();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut notes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 0;
+    loop {
+        id += 1;
+        if call_noting(&mut proxy, &mut notes, id, "announce", json!({"text": "x"})) == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no GET stream took the event");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It arrives, on another stream than the answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !notes.iter().any(|n| n == "x") {
+        assert!(Instant::now() < deadline, "x never arrived");
+        id += 1;
+        call_noting(&mut proxy, &mut notes, id, "echo", json!({"text": "-"}));
+    }
+    assert!(proxy.stderr_text().contains("silent for --read-timeout"));
 }

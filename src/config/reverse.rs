@@ -95,6 +95,9 @@ pub struct ReverseConfig {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Time to connect to an HTTP upstream.
     pub connect_timeout: Duration,
+    /// Longest an upstream SSE stream may stay silent before it counts as dropped (`None`: no
+    /// limit).
+    pub read_timeout: Option<Duration>,
     /// Events of a GET stream kept for replay.
     pub sse_replay_events: usize,
     /// Keep-alive comment interval on idle SSE streams (`None`: off).
@@ -189,6 +192,7 @@ impl ReverseConfig {
             allowed_origins,
             admin_listen,
             connect_timeout,
+            read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
             sse_replay_events,
             sse_keepalive,
         })
@@ -261,9 +265,23 @@ impl ReverseConfig {
             allowed_origins: AllowedOrigins::Localhost,
             admin_listen: None,
             connect_timeout,
+            read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
+    }
+}
+
+/// Default `--read-timeout`: an upstream SSE stream silent this long counts as dropped.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn read_timeout(
+    cli: Option<&String>,
+    file: Option<&super::Scalar>,
+) -> Result<Option<Duration>, ConfigError> {
+    match pick(cli, file) {
+        Some(text) => parse_optional_duration(&text, "--read-timeout"),
+        None => Ok(Some(DEFAULT_READ_TIMEOUT)),
     }
 }
 

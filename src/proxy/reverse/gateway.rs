@@ -41,10 +41,10 @@ const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 /// How long a message shadowcat itself sends the HTTP upstream (a cancellation, an error for one
 /// of its requests) may take.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed attempts in a row after which the upstream's GET stream is given up on.
+/// Refusals (4xx) in a row after which the upstream's GET stream is given up on.
 const UPSTREAM_GET_ATTEMPTS: u32 = 3;
-/// Delay before reopening the upstream's GET stream when it sets no `retry:`.
-const UPSTREAM_GET_RETRY: Duration = Duration::from_secs(3);
+/// Attempts to resume a POST's SSE stream that broke before its answer.
+const POST_STREAM_RESUMES: u32 = 5;
 /// Most bytes of an upstream error body passed on to the client.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 

@@ -44,19 +44,22 @@ fn safe_to_repeat(msg: &Message) -> bool {
             .is_some_and(|m| m == &Method::Ping || m.as_str().ends_with("/list"))
 }
 use super::{
-    Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink, UPSTREAM_GET_ATTEMPTS,
-    UPSTREAM_GET_RETRY,
+    Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, POST_STREAM_RESUMES, SessionLink,
+    UPSTREAM_GET_ATTEMPTS,
 };
 use crate::session::EndReason;
+use crate::transport::backoff::Backoff;
 use std::sync::atomic::Ordering;
 
 impl Gateway {
     /// Relays the HTTP upstream's GET stream for `link` (the watcher starts this once the
     /// upstream session exists and the client has opened its own GET stream): its messages go
     /// through the pipeline and the router (to our GET stream, or the POST they belong to).
-    /// Reconnects after a drop, resuming with `Last-Event-ID` and waiting the upstream's `retry:`
-    /// (3 s by default); gives up after [`UPSTREAM_GET_ATTEMPTS`] failures in a row, or at once
-    /// if the upstream offers no GET stream (405).
+    /// A dropped (or silent past `--read-timeout`) stream is reconnected with exponential backoff
+    /// and full jitter, never sooner than the upstream's `retry:`, resuming with `Last-Event-ID`
+    /// (the stream's [`StreamPosition`] is the one record of where it got to). Network errors and
+    /// 5xx are retried for as long as the session lasts; the upstream offering no GET stream
+    /// (405) ends this at once, and [`UPSTREAM_GET_ATTEMPTS`] other refusals in a row too.
     pub(super) async fn listen_upstream(&self, link: &Arc<SessionLink>) {
         let LinkUpstream::Http { client, .. } = &link.upstream else {
             return;
@@ -69,7 +72,8 @@ impl Gateway {
             return;
         }
         let mut position = StreamPosition::default();
-        let mut failures = 0;
+        let mut backoff = Backoff::default();
+        let mut refusals = 0;
         loop {
             let session = link.upstream_session();
             let version = link.protocol_version();
@@ -86,12 +90,16 @@ impl Gateway {
                         && media_type(response.headers()).as_deref()
                             == Some("text/event-stream") =>
                 {
-                    failures = 0;
+                    if backoff.failures() > 0 {
+                        tracing::info!(last_event_id = ?position.last_event_id, "reconnected to the upstream's GET stream");
+                    }
+                    backoff.reset();
+                    refusals = 0;
                     link.upstream_listens.cancel();
                     tracing::debug!("relaying the upstream's GET stream");
                     self.relay_stream(link, response.into_body(), None, &mut position)
                         .await;
-                    tracing::debug!("the upstream's GET stream ended; reconnecting");
+                    tracing::debug!(last_event_id = ?position.last_event_id, "the upstream's GET stream ended; reconnecting");
                 }
                 Ok(response) if response.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
                     tracing::debug!("the upstream offers no GET stream");
@@ -103,24 +111,29 @@ impl Gateway {
                         && self.recover(link, client, session.as_ref()).await =>
                 {
                     // The upstream lost the session; it is back under a new id: listen there.
-                    failures = 0;
                     position = StreamPosition::default();
                     continue;
                 }
-                Ok(response) => {
-                    failures += 1;
+                Ok(response) if response.status().is_client_error() => {
+                    refusals += 1;
                     tracing::debug!(status = %response.status(), "the upstream refused its GET stream");
+                    if refusals >= UPSTREAM_GET_ATTEMPTS {
+                        tracing::warn!(status = %response.status(), "gave up on the upstream's GET stream");
+                        return;
+                    }
+                }
+                Ok(response) => {
+                    tracing::debug!(status = %response.status(), "the upstream could not open its GET stream");
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::debug!(%e, "could not open the upstream's GET stream");
+                    if backoff.failures() == 0 {
+                        tracing::warn!(%e, "could not reconnect to the upstream's GET stream; retrying with backoff");
+                    } else {
+                        tracing::debug!(%e, failures = backoff.failures(), "could not reconnect to the upstream's GET stream");
+                    }
                 }
             }
-            if failures >= UPSTREAM_GET_ATTEMPTS {
-                tracing::warn!(failures, "gave up on the upstream's GET stream");
-                return;
-            }
-            tokio::time::sleep(position.retry.unwrap_or(UPSTREAM_GET_RETRY)).await;
+            tokio::time::sleep(backoff.next_delay(position.retry)).await;
         }
     }
 
@@ -307,6 +320,10 @@ impl Gateway {
                 let mut position = StreamPosition::default();
                 self.relay_stream(link, response.into_body(), Some(reply), &mut position)
                     .await;
+                if let Some(id) = &id {
+                    self.resume_post_stream(link, client, id, reply, &mut position)
+                        .await;
+                }
             }
             Some("application/json") => {
                 match read_body(response.into_body(), self.config.max_message_size).await {
@@ -342,6 +359,48 @@ impl Gateway {
                     ),
                 );
                 self.fail(link, Some(&id), &error, Some(reply)).await;
+            }
+        }
+    }
+
+    /// A POST's SSE stream that ended before the answer to request `id`: resumed with a GET and
+    /// `Last-Event-ID` (the upstream replays what came after), with backoff, at most
+    /// [`POST_STREAM_RESUMES`] times, while the request is pending and its client listens. Not
+    /// possible if the upstream gave the stream no event ids.
+    async fn resume_post_stream(
+        &self,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        id: &RequestId,
+        reply: &Waiter,
+        position: &mut StreamPosition,
+    ) {
+        let pending = || link.session.pending(Direction::ClientToServer).contains(id);
+        let mut backoff = Backoff::default();
+        while pending() && !reply.is_closed() && backoff.failures() < POST_STREAM_RESUMES {
+            let Some(last) = position.last_event_id.clone() else {
+                return;
+            };
+            tokio::time::sleep(backoff.next_delay(position.retry)).await;
+            tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
+            let session = link.upstream_session();
+            let version = link.protocol_version();
+            match client
+                .get_stream(session.as_ref(), version.as_ref(), Some(&last))
+                .await
+            {
+                Ok(response)
+                    if response.status().is_success()
+                        && media_type(response.headers()).as_deref()
+                            == Some("text/event-stream") =>
+                {
+                    self.relay_stream(link, response.into_body(), Some(reply), position)
+                        .await;
+                }
+                Ok(response) => {
+                    tracing::debug!(status = %response.status(), "the upstream would not resume the stream");
+                }
+                Err(e) => tracing::debug!(%e, "could not resume the stream"),
             }
         }
     }
@@ -635,7 +694,18 @@ impl Gateway {
         S: futures_util::Stream<Item = std::io::Result<Item>> + Unpin,
     {
         use futures_util::StreamExt;
-        while let Some(item) = events.next().await {
+        loop {
+            let next = match self.reverse.read_timeout {
+                Some(limit) => {
+                    let Ok(next) = tokio::time::timeout(limit, events.next()).await else {
+                        tracing::warn!(timeout = ?limit, "the upstream's event stream was silent for --read-timeout; treating it as dropped");
+                        break;
+                    };
+                    next
+                }
+                None => events.next().await,
+            };
+            let Some(item) = next else { break };
             if let Ok(Item::Event(event)) = &item {
                 if let Some(id) = &event.id {
                     position.last_event_id = HeaderValue::from_str(id).ok();
