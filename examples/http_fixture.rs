@@ -12,7 +12,9 @@
 //! `initialize` is refused with 503: a server that takes no new sessions); `announce {text}` (sends a
 //! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
 //! streams took it; events have ids, and a GET with `Last-Event-ID` gets the ones after it
-//! first); `cut` (drops the caller session's GET streams); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
+//! first); `cut` (drops the caller session's GET streams); `slow {ms, every}` (answers with SSE
+//! after `ms`, with a progress notification every `every` ms meanwhile); `cancelled` (the request
+//! ids of the `notifications/cancelled` received so far); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
 //! then the result).
 
@@ -42,6 +44,8 @@ struct Fixture {
     deleted: Mutex<Vec<String>>,
     /// Every GET-stream event of each session, in order (event `n` has id `n`), for resuming.
     events: Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// Request ids named by the `notifications/cancelled` received.
+    cancelled: Mutex<Vec<Value>>,
     /// Set by `retire`: no new sessions.
     retired: std::sync::atomic::AtomicBool,
 }
@@ -159,10 +163,19 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
         }
     }
     let Some(id) = id else {
+        if method == "notifications/cancelled" {
+            let cancelled = msg
+                .pointer("/params/requestId")
+                .cloned()
+                .unwrap_or_default();
+            fixture.cancelled.lock().unwrap().push(cancelled);
+        }
         return StatusCode::ACCEPTED.into_response();
     };
-    if msg.pointer("/params/name").and_then(Value::as_str) == Some("stream") {
-        return stream(&msg, id);
+    match msg.pointer("/params/name").and_then(Value::as_str) {
+        Some("stream") => return stream(&msg, id),
+        Some("slow") => return slow(&msg, id),
+        _ => {}
     }
     let result = match method {
         "initialize" => json!({
@@ -196,6 +209,7 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                     Value::Object(map).to_string()
                 }
                 "deleted" => json!(*fixture.deleted.lock().unwrap()).to_string(),
+                "cancelled" => json!(*fixture.cancelled.lock().unwrap()).to_string(),
                 "sleep" => {
                     let ms = msg
                         .pointer("/params/arguments/ms")
@@ -268,6 +282,48 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
         }
     };
     rpc(&fixture, &id, Some(result), None, new_session)
+}
+
+/// The `slow` tool: an SSE answer after `ms`, with a progress notification (for the request's
+/// `progressToken`) every `every` ms until then.
+fn slow(msg: &Value, id: Value) -> Response {
+    let arg = |name: &str, default: u64| {
+        msg.pointer(&format!("/params/arguments/{name}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(default)
+    };
+    let (total, every) = (arg("ms", 1000), arg("every", 100).max(1));
+    let token = msg
+        .pointer("/params/_meta/progressToken")
+        .cloned()
+        .unwrap_or(json!(0));
+    let start = tokio::time::Instant::now();
+    let events = futures_util::stream::unfold(Some(0u64), move |step| {
+        let (token, id) = (token.clone(), id.clone());
+        async move {
+            let step = step?;
+            let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap();
+            if elapsed >= total {
+                let body = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "slow done"}]}});
+                return Some((
+                    Ok::<_, std::convert::Infallible>(format!("event: message\ndata: {body}\n\n")),
+                    None,
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(every.min(total - elapsed))).await;
+            let body = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                              "params": {"progressToken": token, "progress": step + 1}});
+            Some((
+                Ok(format!("event: message\ndata: {body}\n\n")),
+                Some(step + 1),
+            ))
+        }
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(events),
+    )
+        .into_response()
 }
 
 /// The `stream` tool: an SSE answer of `count` progress notifications, then the result, each

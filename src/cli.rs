@@ -255,10 +255,15 @@ pub struct ProxyArgs {
     /// Most requests awaiting an answer across all sessions. [default: 100000]
     #[arg(long, env = "SHADOWCAT_MAX_PENDING_TOTAL", value_name = "N")]
     pub max_pending_total: Option<String>,
-    /// A request unanswered for this long gets an error, and its receiver a
-    /// notifications/cancelled. [default: off]
+    /// A request with neither an answer nor a progress notification for this long gets an
+    /// error, and its receiver a notifications/cancelled. Each progress notification for it
+    /// starts the time again. [default: off]
     #[arg(long, env = "SHADOWCAT_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
+    /// A request unanswered for this long gets an error (and its receiver a
+    /// notifications/cancelled), whatever progress it reports. [default: off]
+    #[arg(long, env = "SHADOWCAT_REQUEST_TIMEOUT_MAX", value_name = "DURATION")]
+    pub request_timeout_max: Option<String>,
     /// How long the server gets to exit after its stdin closes, before SIGTERM (and SIGKILL
     /// 2 s later); for `reverse`, also how long in-flight requests get to finish at shutdown.
     /// [default: 5s]

@@ -53,6 +53,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Requests unanswered this long time out (`None`: never).
     pub request_timeout: Option<Duration>,
+    /// Most time a request may take, whatever progress it reports (`None`: no limit).
+    pub request_timeout_max: Option<Duration>,
     /// How sessions are bounded and tagged.
     pub sessions: SessionConfig,
     /// How often expired sessions are looked for.
@@ -115,6 +117,7 @@ struct FileConfig {
     max_pending_requests: Option<Scalar>,
     max_pending_total: Option<Scalar>,
     request_timeout: Option<Scalar>,
+    request_timeout_max: Option<Scalar>,
     shutdown_timeout: Option<Scalar>,
     max_sessions: Option<Scalar>,
     session_idle_timeout: Option<Scalar>,
@@ -154,6 +157,16 @@ impl Scalar {
 /// The command line's value, else the file's.
 fn pick(cli: Option<&String>, file: Option<&Scalar>) -> Option<String> {
     cli.cloned().or_else(|| file.map(Scalar::text))
+}
+
+impl Config {
+    /// The request timeouts (`--request-timeout`, `--request-timeout-max`).
+    pub fn timeouts(&self) -> crate::session::pending::Timeouts {
+        crate::session::pending::Timeouts {
+            idle: self.request_timeout,
+            max: self.request_timeout_max,
+        }
+    }
 }
 
 impl Config {
@@ -268,6 +281,11 @@ impl Config {
                 &p.request_timeout,
                 &file.request_timeout,
                 "--request-timeout",
+            )?,
+            request_timeout_max: switchable(
+                &p.request_timeout_max,
+                &file.request_timeout_max,
+                "--request-timeout-max",
             )?,
             sessions,
             cleanup_interval: duration(

@@ -287,3 +287,81 @@ fn a_silent_get_stream_is_reopened_after_the_read_timeout() {
     }
     assert!(proxy.stderr_text().contains("silent for --read-timeout"));
 }
+
+/// `--request-timeout` counts from the last sign of life: a long call that reports progress
+/// outlives it, one that says nothing times out with an error, and the server is told
+/// (`notifications/cancelled`). `--request-timeout-max` bounds a call whatever its progress.
+#[test]
+fn progress_extends_the_request_timeout_up_to_its_maximum() {
+    let fixture = HttpFixture::start(&[]);
+    let mut proxy = bridge(
+        &fixture.url,
+        &["--request-timeout", "500ms", "--request-timeout-max", "2s"],
+        &[],
+    );
+    proxy.initialize();
+    let call = |proxy: &mut Proxy, id: i64, name: &str, args: Value| {
+        let mut params = tool(name, args);
+        params["_meta"] = json!({"progressToken": format!("p{id}")});
+        proxy.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}));
+        let mut progress = 0;
+        loop {
+            let msg = proxy.recv();
+            if msg["id"] == id {
+                return (msg, progress);
+            }
+            assert_eq!(msg["method"], "notifications/progress", "{msg}");
+            progress += 1;
+        }
+    };
+    // 1.2 s of work, progress every 150 ms: past the 500 ms timeout, and answered.
+    let started = Instant::now();
+    let (answer, progress) = call(&mut proxy, 1, "slow", json!({"ms": 1200, "every": 150}));
+    assert_eq!(text_of(&answer), "slow done");
+    assert!(progress >= 5, "{progress} progress notifications");
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    // Silent work: an error at about 500 ms, and the server is told.
+    let started = Instant::now();
+    let (answer, _) = call(&mut proxy, 2, "sleep", json!({"ms": 3000}));
+    assert_eq!(answer["error"]["code"], -32086, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--request-timeout)"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (answer, _) = call(&mut proxy, 3, "cancelled", json!({}));
+        if text_of(&answer) == "[2]" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cancellation: {answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Progress forever: the maximum ends it.
+    let started = Instant::now();
+    let (answer, _) = call(&mut proxy, 4, "slow", json!({"ms": 5000, "every": 100}));
+    assert_eq!(answer["error"]["code"], -32086, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--request-timeout-max"),
+        "{answer}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Its upstream stream is closed then: no more progress for it (one may have been on the way).
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, late_progress) = call(&mut proxy, 5, "echo", json!({"text": "-"}));
+    assert!(
+        late_progress <= 1,
+        "{late_progress} progress notifications after the timeout"
+    );
+}

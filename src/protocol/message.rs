@@ -289,6 +289,16 @@ impl Message {
         RequestId::from_raw(parsed.params?.request_id?).ok()
     }
 
+    /// The JSON text of the progress token at `pointer` (`/params/_meta/progressToken` of a
+    /// request, `/params/progressToken` of a progress notification), if there is one. Parses
+    /// the message only when its bytes mention a progress token at all.
+    pub fn progress_token(&self, pointer: &str) -> Option<String> {
+        memchr::memmem::find(&self.raw, b"progressToken")?;
+        let value: serde_json::Value = serde_json::from_slice(&self.raw).ok()?;
+        let token = value.pointer(pointer)?;
+        (token.is_string() || token.is_number()).then(|| token.to_string())
+    }
+
     /// A response or an error response.
     pub fn is_response(&self) -> bool {
         matches!(self.kind, Kind::Response | Kind::Error)

@@ -188,7 +188,9 @@ impl<'a> ForwardStdio<'a> {
             to_receiver: to_server.clone(),
             max_message_size: config.max_message_size,
         };
-        let timeouts = config.request_timeout.map_or_else(Vec::new, |timeout| {
+        let limits = config.timeouts();
+        let timeouts = if limits.any() {
+            let timeout = limits;
             vec![
                 Task::spawn(
                     "client-request-timeouts",
@@ -211,7 +213,9 @@ impl<'a> ForwardStdio<'a> {
                     ),
                 ),
             ]
-        });
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             timeouts,
             client_reader: Task::spawn("client-reader", client_reader.run(client_in)),

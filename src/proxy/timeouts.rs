@@ -1,41 +1,40 @@
-//! Request timeouts (`--request-timeout`): a request unanswered for that long gets an error, and
-//! the peer that was to answer it gets `notifications/cancelled`, so both sides move on.
+//! Request timeouts: a request unanswered for too long gets an error, and the peer that was to
+//! answer it gets `notifications/cancelled`, so both sides move on. "Too long" is
+//! `--request-timeout` without an answer or a progress notification for it (a long call that
+//! reports progress lives on), and at most `--request-timeout-max` in all.
 //!
-//! One watcher per session and direction. Pending tables keep requests in the order they were
-//! sent, which with one timeout for all is the order they expire in: the watcher sleeps until the
-//! oldest request's deadline, takes everything due, and sleeps again; with nothing pending it
-//! waits to be told a request arrived. Nothing is added to the per-message path.
+//! One watcher per session and direction. It sleeps until the earliest deadline in the pending
+//! table, takes everything due, and sleeps again; with nothing pending it waits to be told a
+//! request arrived. Nothing is added to the per-message path but the progress bookkeeping.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Message};
 use crate::session::Session;
-use crate::session::pending::next_timeout;
+use crate::session::pending::Timeouts;
 
 use super::outbox::Deliver;
 #[cfg(test)]
 use super::outbox::Outbox;
 
-/// Enforces `timeout` on requests travelling in `direction` until the session ends.
+/// Enforces `limits` on requests travelling in `direction` until the session ends.
 pub async fn enforce<Q: Deliver, A: Deliver>(
     session: Arc<Session>,
     direction: Direction,
-    timeout: Duration,
+    limits: Timeouts,
     to_requester: Arc<Q>,
     to_answerer: Arc<A>,
 ) {
     let pending = session.pending(direction);
     let ended = session.closed_token().clone();
-    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     loop {
         if pending.is_closed() {
             return;
         }
-        let Some(deadline) = next_timeout(pending, timeout) else {
+        let Some(deadline) = pending.next_deadline(limits) else {
             tokio::select! {
                 () = pending.added() => {}
                 () = ended.cancelled() => return,
@@ -45,21 +44,34 @@ pub async fn enforce<Q: Deliver, A: Deliver>(
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             () = ended.cancelled() => return,
+            // A new request may have an earlier deadline only if the table was empty, and then
+            // this branch is not taken; later requests time out later.
         }
-        let Some(cutoff) = Instant::now().checked_sub(timeout) else {
-            continue;
-        };
-        for (id, request) in pending.take_sent_before(cutoff) {
-            tracing::warn!(%id, method = %request.method, ?timeout, direction = direction.as_str(), "request timed out");
+        let now = Instant::now();
+        for (id, request) in pending.take_expired(now, limits) {
+            let (limit, flag, what) = match limits.max {
+                Some(max) if request.sent_at + max <= now => {
+                    (max, "--request-timeout-max", "no answer")
+                }
+                _ => (
+                    limits.idle.unwrap_or_default(),
+                    "--request-timeout",
+                    "no answer or progress",
+                ),
+            };
+            tracing::warn!(%id, method = %request.method, ?limit, direction = direction.as_str(), "request timed out ({flag})");
             let error = ProxyError::new(
                 ErrorCode::RequestTimedOut,
                 format!(
-                    "no answer to {} within {} (--request-timeout)",
+                    "{what} for {} within {} ({flag})",
                     request.method,
-                    humantime::format_duration(timeout)
+                    humantime::format_duration(limit)
                 ),
             )
-            .with("timeoutMs", timeout_ms);
+            .with(
+                "timeoutMs",
+                u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            );
             if to_requester
                 .deliver(Message::error_response(Some(&id), &error))
                 .await
@@ -70,7 +82,7 @@ pub async fn enforce<Q: Deliver, A: Deliver>(
             let _ = to_answerer
                 .deliver(Message::cancelled(
                     &id,
-                    "timed out in shadowcat (--request-timeout)",
+                    &format!("timed out in shadowcat ({flag})"),
                 ))
                 .await;
         }
@@ -82,6 +94,7 @@ mod tests {
     use super::*;
     use crate::protocol::{Method, RequestId};
     use crate::session::TransportKind;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_request_gets_an_error_and_its_receiver_a_cancellation() {
@@ -91,7 +104,10 @@ mod tests {
         let watcher = tokio::spawn(enforce(
             session.clone(),
             Direction::ClientToServer,
-            Duration::from_secs(30),
+            Timeouts {
+                idle: Some(Duration::from_secs(30)),
+                max: None,
+            },
             Arc::new(to_client),
             Arc::new(to_server),
         ));
@@ -142,7 +158,10 @@ mod tests {
         let watcher = tokio::spawn(enforce(
             session.clone(),
             Direction::ServerToClient,
-            Duration::from_secs(5),
+            Timeouts {
+                idle: Some(Duration::from_secs(5)),
+                max: None,
+            },
             Arc::new(to_server),
             Arc::new(to_client),
         ));

@@ -53,11 +53,13 @@ impl RequestTracker {
                     );
                     return Verdict::Respond(Message::error_response(Some(id), &error));
                 }
-                match cx
-                    .session
-                    .pending(cx.direction)
-                    .insert(id.clone(), method.clone())
-                {
+                // Progress notifications for it keep it from timing out.
+                let token = msg.progress_token("/params/_meta/progressToken");
+                match cx.session.pending(cx.direction).insert_with_token(
+                    id.clone(),
+                    method.clone(),
+                    token,
+                ) {
                     Ok(()) => {
                         if *method == Method::Initialize
                             && cx.direction == Direction::ClientToServer
@@ -78,6 +80,13 @@ impl RequestTracker {
                 }
             }
             Kind::Notification => {
+                if msg.method() == Some(&Method::Progress) {
+                    if let Some(token) = msg.progress_token("/params/progressToken") {
+                        cx.session
+                            .pending(cx.direction.reverse())
+                            .progressed(&token);
+                    }
+                }
                 if msg.method() == Some(&Method::Cancelled) {
                     // The request is over for its sender; its late answer will be dropped.
                     if let Some(id) = msg.cancelled_request_id() {

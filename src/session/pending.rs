@@ -1,8 +1,10 @@
 //! The table of requests that have been forwarded and not yet answered.
 //!
 //! One table per direction per session. Entries live in a `LinkedHashMap` in the order they were
-//! sent: with one timeout for every request, that is also the order they expire in, so the
-//! oldest deadline is always at the front and finding expired requests costs nothing per message.
+//! sent. A request's deadline is its last sign of life (when it was sent, or its latest progress
+//! notification) plus `--request-timeout`, and at most `--request-timeout-max` after it was sent;
+//! since no deadline comes before `sent_at` plus the shorter limit, expired requests are all in
+//! a prefix of the table, and finding them costs nothing per message.
 //! A `std::sync::Mutex` guards it: every critical section is one insert, remove or pop, never held
 //! across an `.await`; the two tasks of a session rarely touch the same table at once.
 //!
@@ -31,6 +33,44 @@ pub struct Pending {
     pub method: Method,
     /// When it was forwarded.
     pub sent_at: Instant,
+    /// Its last sign of life: when it was sent, or its latest progress notification.
+    pub active_at: Instant,
+    /// The JSON text of its `progressToken`, if it has one.
+    progress_token: Option<Box<str>>,
+}
+
+/// How long a request may go unanswered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Since it was sent or last reported progress (`--request-timeout`).
+    pub idle: Option<Duration>,
+    /// Since it was sent, whatever its progress (`--request-timeout-max`).
+    pub max: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.idle.is_some() || self.max.is_some()
+    }
+
+    /// When `request` times out (never, with no limit).
+    pub fn deadline(&self, request: &Pending) -> Option<Instant> {
+        let idle = self.idle.and_then(|t| request.active_at.checked_add(t));
+        let max = self.max.and_then(|t| request.sent_at.checked_add(t));
+        match (idle, max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The shorter limit: no request times out sooner than this after it was sent.
+    fn shortest(&self) -> Option<Duration> {
+        match (self.idle, self.max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Which bound refused a request.
@@ -110,7 +150,19 @@ pub struct PendingRequests {
 #[derive(Debug, Default)]
 struct Table {
     requests: LinkedHashMap<RequestId, Pending>,
+    /// Progress token → the request that carried it.
+    tokens: std::collections::HashMap<Box<str>, RequestId>,
     closed: bool,
+}
+
+impl Table {
+    fn take(&mut self, id: &RequestId) -> Option<Pending> {
+        let removed = self.requests.remove(id)?;
+        if let Some(token) = &removed.progress_token {
+            self.tokens.remove(token);
+        }
+        Some(removed)
+    }
 }
 
 impl PendingRequests {
@@ -141,6 +193,17 @@ impl PendingRequests {
 
     /// Records a forwarded request.
     pub fn insert(&self, id: RequestId, method: Method) -> Result<(), PendingError> {
+        self.insert_with_token(id, method, None)
+    }
+
+    /// Records a forwarded request that carries `progress_token` (its JSON text): progress
+    /// notifications for it keep it from timing out (see [`Timeouts`]).
+    pub fn insert_with_token(
+        &self,
+        id: RequestId,
+        method: Method,
+        progress_token: Option<String>,
+    ) -> Result<(), PendingError> {
         let mut table = self.lock();
         if table.closed {
             return Err(PendingError::Closed);
@@ -162,11 +225,18 @@ impl PendingRequests {
             });
         }
         let was_empty = table.requests.is_empty();
+        let progress_token = progress_token.map(String::into_boxed_str);
+        if let Some(token) = &progress_token {
+            table.tokens.insert(token.clone(), id.clone());
+        }
+        let now = Instant::now();
         table.requests.insert(
             id,
             Pending {
                 method,
-                sent_at: Instant::now(),
+                sent_at: now,
+                active_at: now,
+                progress_token,
             },
         );
         drop(table);
@@ -178,7 +248,7 @@ impl PendingRequests {
 
     /// Removes and returns the request an answer is for, in the same step that matches it.
     pub fn remove(&self, id: &RequestId) -> Option<Pending> {
-        let removed = self.lock().requests.remove(id);
+        let removed = self.lock().take(id);
         if removed.is_some() {
             self.give_back(1);
         }
@@ -200,24 +270,57 @@ impl PendingRequests {
         self.len() == 0
     }
 
-    /// When the oldest waiting request was sent.
-    pub fn oldest(&self) -> Option<Instant> {
-        self.lock().requests.front().map(|(_, p)| p.sent_at)
+    /// A progress notification for the request that carried `token`: it is alive. False if no
+    /// waiting request carried it.
+    pub fn progressed(&self, token: &str) -> bool {
+        let mut table = self.lock();
+        let Some(id) = table.tokens.get(token).cloned() else {
+            return false;
+        };
+        match table.requests.get_mut(&id) {
+            Some(request) => {
+                request.active_at = Instant::now();
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Removes and returns every request sent at or before `cutoff`, oldest first.
-    pub fn take_sent_before(&self, cutoff: Instant) -> Vec<(RequestId, Pending)> {
-        let mut taken = Vec::new();
-        let mut table = self.lock();
-        while table
-            .requests
-            .front()
-            .is_some_and(|(_, p)| p.sent_at <= cutoff)
-        {
-            if let Some(entry) = table.requests.pop_front() {
-                taken.push(entry);
+    /// The earliest deadline under `limits` of the requests waiting, if any.
+    pub fn next_deadline(&self, limits: Timeouts) -> Option<Instant> {
+        let shortest = limits.shortest()?;
+        let table = self.lock();
+        let mut best: Option<Instant> = None;
+        for request in table.requests.values() {
+            // No later request can time out before this one's earliest possible deadline.
+            if best.is_some_and(|b| request.sent_at + shortest >= b) {
+                break;
+            }
+            if let Some(deadline) = limits.deadline(request) {
+                best = Some(best.map_or(deadline, |b| b.min(deadline)));
             }
         }
+        best
+    }
+
+    /// Removes and returns every request whose deadline under `limits` is at or before `now`,
+    /// oldest first.
+    pub fn take_expired(&self, now: Instant, limits: Timeouts) -> Vec<(RequestId, Pending)> {
+        let Some(shortest) = limits.shortest() else {
+            return Vec::new();
+        };
+        let mut table = self.lock();
+        let expired: Vec<RequestId> = table
+            .requests
+            .iter()
+            .take_while(|(_, p)| p.sent_at + shortest <= now)
+            .filter(|(_, p)| limits.deadline(p).is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let taken: Vec<_> = expired
+            .into_iter()
+            .filter_map(|id| table.take(&id).map(|p| (id, p)))
+            .collect();
         drop(table);
         self.give_back(taken.len());
         taken
@@ -234,6 +337,7 @@ impl PendingRequests {
         let mut table = self.lock();
         table.closed = true;
         let drained: Vec<_> = std::mem::take(&mut table.requests).into_iter().collect();
+        table.tokens.clear();
         drop(table);
         self.give_back(drained.len());
         self.added.notify_waiters();
@@ -244,11 +348,6 @@ impl PendingRequests {
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
-}
-
-/// How long until the oldest of `table`'s requests times out, if any waits.
-pub fn next_timeout(table: &PendingRequests, timeout: Duration) -> Option<Instant> {
-    table.oldest().map(|sent| sent + timeout)
 }
 
 #[cfg(test)]
@@ -355,14 +454,69 @@ mod tests {
         table.insert(RequestId::Number(2), Method::Ping).unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         table.insert(RequestId::Number(3), Method::Ping).unwrap();
-        let timeout = Duration::from_millis(1500);
+        let limits = Timeouts {
+            idle: Some(Duration::from_millis(1500)),
+            max: None,
+        };
         assert_eq!(
-            next_timeout(&table, timeout),
-            Some(Instant::now() - Duration::from_secs(2) + timeout)
+            table.next_deadline(limits),
+            Some(Instant::now() - Duration::from_millis(500))
         );
-        let expired = table.take_sent_before(Instant::now() - timeout);
+        let expired = table.take_expired(Instant::now(), limits);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].0, RequestId::Number(1));
         assert_eq!(table.len(), 2);
+        assert!(
+            table
+                .take_expired(Instant::now(), Timeouts::default())
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_keeps_a_request_alive_up_to_the_maximum() {
+        let table = PendingRequests::standalone(10);
+        let limits = Timeouts {
+            idle: Some(Duration::from_secs(10)),
+            max: Some(Duration::from_secs(25)),
+        };
+        table
+            .insert_with_token(
+                RequestId::Number(1),
+                Method::ToolsCall,
+                Some("\"p\"".into()),
+            )
+            .unwrap();
+        table
+            .insert(RequestId::Number(2), Method::ToolsCall)
+            .unwrap();
+        assert!(!table.progressed("\"nobody\""));
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(8)).await;
+            assert!(table.progressed("\"p\""));
+        }
+        // 16 s in: 2 (no progress) is over its 10 s; 1 reported progress 0 s ago.
+        let expired = table.take_expired(Instant::now(), limits);
+        assert_eq!(
+            expired.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            [RequestId::Number(2)]
+        );
+        assert_eq!(
+            table.next_deadline(limits),
+            Some(Instant::now() + Duration::from_secs(9))
+        );
+        // Progress goes on, but the maximum holds.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            table.progressed("\"p\"");
+        }
+        assert_eq!(
+            table.next_deadline(limits),
+            Some(Instant::now() - Duration::from_secs(1))
+        );
+        let expired = table.take_expired(Instant::now(), limits);
+        assert_eq!(expired.len(), 1);
+        // Its token is forgotten with it.
+        assert!(!table.progressed("\"p\""));
     }
 }

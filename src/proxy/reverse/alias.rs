@@ -10,8 +10,6 @@ use bytes::Bytes;
 
 use crate::protocol::{Kind, Message, Method, RequestId};
 
-use super::router::progress_token;
-
 const REQUEST_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 const PROGRESS_TOKEN: [&str; 2] = ["params", "progressToken"];
 
@@ -35,7 +33,7 @@ impl Aliases {
         let Some(mut renamed) = msg.with_id(&alias) else {
             return msg;
         };
-        if let Some(token) = progress_token(&renamed, "/params/_meta/progressToken") {
+        if let Some(token) = renamed.progress_token("/params/_meta/progressToken") {
             let ours = format!("\"shadowcat-{number}\"");
             if let Some(with_token) = renamed.with_member(&REQUEST_TOKEN, &ours) {
                 renamed = with_token;
@@ -56,7 +54,7 @@ impl Aliases {
                 .and_then(|id| self.ids.get(id))
                 .and_then(|original| msg.with_id(original))
         } else if msg.method() == Some(&Method::Progress) {
-            progress_token(&msg, "/params/progressToken")
+            msg.progress_token("/params/progressToken")
                 .and_then(|token| self.tokens.get(&token))
                 .and_then(|original| msg.with_member(&PROGRESS_TOKEN, original))
         } else {

@@ -181,6 +181,20 @@ impl Deliver for SessionLink {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         match &self.upstream {
             LinkUpstream::Stdio { to_server } => to_server.send(msg).await,
+            LinkUpstream::Http { recovery, .. }
+                if msg.method() == Some(&crate::protocol::Method::Cancelled)
+                    && recovery
+                        .handshake
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .initialize
+                        .is_none() =>
+            {
+                // A session that never initialized is in the stateless (2026-07-28) era, where
+                // closing the request's stream is the cancellation (which happens as the
+                // request stops being pending); there is no notification to send.
+                Ok(())
+            }
             LinkUpstream::Http { client, .. } => {
                 let mut headers = HeaderMap::new();
                 if let Some(version) = self.protocol_version() {
@@ -583,9 +597,10 @@ impl Gateway {
 
     /// `--request-timeout` watchers for both directions of a session.
     fn spawn_timeouts(&self, link: &Arc<SessionLink>) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(timeout) = self.config.request_timeout else {
+        let timeout = self.config.timeouts();
+        if !timeout.any() {
             return Vec::new();
-        };
+        }
         let session = &link.session;
         vec![
             tokio::spawn(timeouts::enforce(

@@ -212,7 +212,7 @@ impl Router {
     /// A progress notification for a request whose POST is still open goes on that POST's
     /// stream; gives the message back otherwise.
     fn offer_progress(&self, msg: Message) -> Result<(), Message> {
-        let Some(token) = progress_token(&msg, "/params/progressToken") else {
+        let Some(token) = msg.progress_token("/params/progressToken") else {
             return Err(msg);
         };
         let slot = lock(&self.progress).get(&token).cloned();
@@ -378,15 +378,6 @@ impl Deliver for Router {
         // The session goes on even if one POST has gone.
         Ok(())
     }
-}
-
-/// The JSON text of the progress token at `pointer` in `msg`, if it has one. Parsed only when
-/// the frame mentions a progress token at all.
-pub fn progress_token(msg: &Message, pointer: &str) -> Option<String> {
-    memchr::memmem::find(msg.raw(), b"progressToken")?;
-    let value: serde_json::Value = serde_json::from_slice(msg.raw()).ok()?;
-    let token = value.pointer(pointer)?;
-    (token.is_string() || token.is_number()).then(|| token.to_string())
 }
 
 #[cfg(test)]

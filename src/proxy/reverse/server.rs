@@ -32,7 +32,7 @@ use super::checks::{
 };
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
-use super::router::{Reply, progress_token};
+use super::router::Reply;
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
@@ -244,7 +244,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                     .flatten();
                 let token = request
                     .as_ref()
-                    .and_then(|_| progress_token(&msg, "/params/_meta/progressToken"));
+                    .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
                 match gateway.inbound(&link.session, msg).await {
                     crate::proxy::Verdict::Forward(msg) => {
                         gateway

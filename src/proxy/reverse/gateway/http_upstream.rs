@@ -29,6 +29,10 @@ pub(super) struct StreamPosition {
     pub(super) last_event_id: Option<HeaderValue>,
     /// The reconnection delay the upstream asked for.
     pub(super) retry: Option<Duration>,
+    /// The request whose answer this stream carries (a POST's), if any: once it is no longer
+    /// pending (answered, timed out, cancelled), the stream is closed, which in the 2026-07-28
+    /// era is how a request is cancelled.
+    pub(super) request: Option<RequestId>,
 }
 
 use super::super::router::{Reply, Waiter};
@@ -317,7 +321,10 @@ impl Gateway {
         }
         match media_type(response.headers()).as_deref() {
             Some("text/event-stream") => {
-                let mut position = StreamPosition::default();
+                let mut position = StreamPosition {
+                    request: id.clone(),
+                    ..StreamPosition::default()
+                };
                 self.relay_stream(link, response.into_body(), Some(reply), &mut position)
                     .await;
                 if let Some(id) = &id {
@@ -734,6 +741,14 @@ impl Gateway {
             }
             if reply.is_some_and(Waiter::is_closed) {
                 // The client has gone; dropping the stream disconnects (it does not cancel).
+                break;
+            }
+            if position
+                .request
+                .as_ref()
+                .is_some_and(|id| !link.session.pending(Direction::ClientToServer).contains(id))
+            {
+                // Answered, or given up on (timed out, cancelled): nothing more to wait for.
                 break;
             }
         }
