@@ -4,7 +4,9 @@
 //! - `--stateless`: issue no session ids (and require none);
 //! - `--sse`: answer requests as `text/event-stream` (default: `application/json`);
 //! - `--no-get`: offer no GET stream (405);
-//! - `--get-delay-ms N`: open a GET stream only after N ms (a slow upstream).
+//! - `--get-delay-ms N`: open a GET stream only after N ms (a slow upstream);
+//! - `--tls CERT KEY`: serve https with this PEM certificate chain and key;
+//! - `--port N`: listen on this port (default: a free one).
 //!
 //! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
@@ -68,13 +70,55 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port: u16 = args
+            .iter()
+            .position(|a| a == "--port")
+            .map_or(0, |i| args[i + 1].parse().unwrap());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         println!("PORT {}", listener.local_addr().unwrap().port());
         let app = axum::Router::new()
             .route("/mcp", axum::routing::post(post).delete(delete).get(get))
             .with_state(fixture);
-        axum::serve(listener, app).await.unwrap();
+        match args.iter().position(|a| a == "--tls") {
+            Some(i) => serve_tls(listener, app, &args[i + 1], &args[i + 2]).await,
+            None => axum::serve(listener, app).await.unwrap(),
+        }
     });
+}
+
+/// Serves `app` over TLS with the PEM certificate chain `cert` and key `key`.
+async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, cert: &str, key: &str) {
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A client that refuses our certificate just goes away.
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }
 
 fn session_of(headers: &HeaderMap) -> Option<String> {

@@ -164,6 +164,14 @@ pub struct StdioArgs {
     /// "Authorization: Bearer <token>" to that server's origin only, and never logged.
     #[arg(long, value_name = "VAR", requires = "url")]
     pub bearer_token_env: Option<String>,
+    /// PEM file of a CA to trust for an https --url server, on top of the platform's roots.
+    #[arg(
+        long,
+        env = "SHADOWCAT_UPSTREAM_CA",
+        value_name = "FILE",
+        requires = "url"
+    )]
+    pub upstream_ca: Option<PathBuf>,
     /// Time to establish a connection to the --url server. [default: 10s]
     #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
@@ -225,6 +233,9 @@ pub struct ReverseArgs {
     /// Time to establish a connection to the upstream. [default: 10s]
     #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
+    /// PEM file of a CA to trust for an https --upstream, on top of the platform's roots.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
     /// An SSE stream from the upstream that stays silent this long is treated as dropped, and
     /// resumed; or `off`. [default: 5m]
     #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]

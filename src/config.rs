@@ -130,6 +130,7 @@ struct FileConfig {
     path: Option<String>,
     upstream: Option<String>,
     upstream_header: Option<Vec<String>>,
+    upstream_ca: Option<PathBuf>,
     allowed_origin: Option<Vec<String>>,
     admin_listen: Option<String>,
     connect_timeout: Option<Scalar>,

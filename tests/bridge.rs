@@ -130,9 +130,18 @@ fn an_unreachable_server_gets_a_prompt_error_and_the_bridge_stays_up() {
             .contains("cannot reach the upstream"),
         "{answer}"
     );
+    assert_eq!(
+        answer["error"]["data"]["kind"], "connection_refused",
+        "{answer}"
+    );
     // Still serving: the next request gets its own answer.
     let again = proxy.call(1, "ping", json!({}));
     assert_eq!(again["error"]["code"], -32087);
+    // The server comes up: the next requests go through.
+    let _fixture = HttpFixture::start(&["--port", &port.to_string()]);
+    proxy.initialize();
+    let echo = proxy.call(2, "tools/call", tool("echo", json!({"text": "up now"})));
+    assert_eq!(text_of(&echo), "up now");
     proxy.close_stdin();
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
@@ -364,4 +373,34 @@ fn progress_extends_the_request_timeout_up_to_its_maximum() {
         late_progress <= 1,
         "{late_progress} progress notifications after the timeout"
     );
+}
+
+/// An https server whose certificate a private CA issued: refused as untrusted (a TLS error,
+/// said so) until `--upstream-ca` names that CA, then reached.
+#[test]
+fn an_https_server_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = support::private_ca(dir.path());
+    let fixture = HttpFixture::start_tls(&cert, &key);
+    assert!(fixture.url.starts_with("https://localhost:"));
+    let mut untrusted = bridge(&fixture.url, &[], &[]);
+    let answer = untrusted.call(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    );
+    assert_eq!(answer["error"]["code"], -32087, "{answer}");
+    assert_eq!(answer["error"]["data"]["kind"], "tls", "{answer}");
+    let mut trusted = bridge(&fixture.url, &["--upstream-ca", ca.to_str().unwrap()], &[]);
+    trusted.initialize();
+    let echo = trusted.call(1, "tools/call", tool("echo", json!({"text": "over tls"})));
+    assert_eq!(text_of(&echo), "over tls");
+    // A file that is not a certificate is a clear usage error.
+    let out = command()
+        .args(["forward", "stdio", "--url", &fixture.url, "--upstream-ca"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream-ca"));
 }

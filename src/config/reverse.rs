@@ -95,6 +95,8 @@ pub struct ReverseConfig {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Time to connect to an HTTP upstream.
     pub connect_timeout: Duration,
+    /// Extra CA certificates to trust for an https upstream (`--upstream-ca`).
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Longest an upstream SSE stream may stay silent before it counts as dropped (`None`: no
     /// limit).
     pub read_timeout: Option<Duration>,
@@ -192,6 +194,7 @@ impl ReverseConfig {
             allowed_origins,
             admin_listen,
             connect_timeout,
+            upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
             read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
             sse_replay_events,
             sse_keepalive,
@@ -265,11 +268,32 @@ impl ReverseConfig {
             allowed_origins: AllowedOrigins::Localhost,
             admin_listen: None,
             connect_timeout,
+            upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
             read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
     }
+}
+
+/// The certificates of `--upstream-ca`: a PEM file with at least one.
+fn load_ca(
+    path: Option<&std::path::PathBuf>,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| invalid("--upstream-ca", format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "--upstream-ca",
+            format!("{}: no PEM certificate in it", path.display()),
+        ));
+    }
+    Ok(certs)
 }
 
 /// Default `--read-timeout`: an upstream SSE stream silent this long counts as dropped.
@@ -331,19 +355,13 @@ fn parse_upstream_url(text: &str, flag: &'static str) -> Result<http::Uri, Confi
         .parse()
         .map_err(|e| invalid(flag, format!("{text:?}: {e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                flag,
-                format!(
-                    "{text:?}: https upstreams are not supported yet; use http:// (for example through a local TLS terminator)"
-                ),
-            ));
-        }
+        Some("http" | "https") => {}
         _ => {
             return Err(invalid(
                 flag,
-                format!("{text:?}: expected an http:// URL such as http://127.0.0.1:9000/mcp"),
+                format!(
+                    "{text:?}: expected an http:// or https:// URL such as http://127.0.0.1:9000/mcp"
+                ),
             ));
         }
     }
@@ -487,7 +505,6 @@ mod tests {
                 "--listen",
             ),
             (&["--upstream", "ftp://h/"][..], "--upstream"),
-            (&["--upstream", "https://h/"][..], "--upstream"),
             (&["--upstream", "http://h/", "--path", "mcp"][..], "--path"),
             (
                 &["--upstream", "http://h/", "--upstream-header", "nocolon"][..],

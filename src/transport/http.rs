@@ -14,9 +14,11 @@ use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 use tokio_util::codec::FramedRead;
 use tokio_util::io::StreamReader;
 
@@ -59,6 +61,9 @@ pub enum UpstreamError {
         detail: String,
         /// Whether a connection was made, so the request may have reached the server.
         connected: bool,
+        /// What kind of failure: `connection_refused`, `dns`, `tls`, `timeout`, `reset`,
+        /// `other`.
+        kind: &'static str,
     },
 }
 
@@ -79,17 +84,59 @@ pub enum BodyError {
 /// The shared client for one upstream URL.
 #[derive(Debug, Clone)]
 pub struct HttpUpstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     headers: HeaderMap,
 }
 
+/// How https upstreams are verified: the platform's trusted roots, plus `extra` (a private CA,
+/// `--upstream-ca`). Roots the platform store can't give are logged, not fatal: `extra` may be
+/// all that is needed.
+pub fn tls_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(%e, "could not load some of the platform's trusted certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "the platform's trusted certificates");
+    for cert in extra {
+        if let Err(e) = roots.add(cert.clone()) {
+            tracing::warn!(%e, "a --upstream-ca certificate was not usable");
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // The ring provider supports the default versions; this is not reached.
+        Err(e) => {
+            tracing::error!(%e, "cannot set up TLS; https upstreams will fail");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
+}
+
 impl HttpUpstream {
-    /// A client for `url` sending `headers` with every request.
-    pub fn new(url: Uri, headers: HeaderMap, connect_timeout: Duration) -> Self {
+    /// A client for `url` sending `headers` with every request, verifying https with `tls`.
+    pub fn new(
+        url: Uri,
+        headers: HeaderMap,
+        connect_timeout: Duration,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
@@ -228,6 +275,7 @@ impl HttpUpstream {
             url: self.url.to_string(),
             detail: format!("cannot build the request: {e}"),
             connected: false,
+            kind: "other",
         })?;
         self.client
             .request(request)
@@ -236,8 +284,50 @@ impl HttpUpstream {
                 url: self.url.to_string(),
                 detail: describe(&e),
                 connected: !e.is_connect(),
+                kind: classify(&e),
             })
     }
+}
+
+/// What kind of failure a client error is, from its chain of causes.
+fn classify(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cause = Some(error);
+    let mut kind = "other";
+    while let Some(e) = cause {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return "tls";
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection_refused",
+                std::io::ErrorKind::TimedOut => return "timeout",
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof => kind = "reset",
+                _ => {}
+            }
+            // rustls reports through io::Errors, sometimes one inside another: look inside.
+            let mut inner = io.get_ref();
+            while let Some(wrapped) = inner {
+                if wrapped.is::<rustls::Error>() {
+                    return "tls";
+                }
+                inner = wrapped
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref);
+            }
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "dns";
+        }
+        if text.contains("timed out") || text.contains("timeout") {
+            kind = "timeout";
+        }
+        cause = e.source();
+    }
+    kind
 }
 
 /// The innermost cause of a client error, which names what really happened.
@@ -288,6 +378,7 @@ mod tests {
             "http://127.0.0.1:9000/sse".parse().unwrap(),
             HeaderMap::new(),
             DEFAULT_CONNECT_TIMEOUT,
+            tls_config(&[]),
         );
         assert_eq!(
             upstream

@@ -776,6 +776,13 @@ pub struct HttpFixture {
 
 impl HttpFixture {
     /// Starts `examples/http_fixture` with `flags`.
+    /// Starts it serving https (`--tls cert key`) at `https://localhost:PORT/mcp`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let mut fixture = Self::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+        fixture.url = fixture.url.replace("http://127.0.0.1", "https://localhost");
+        fixture
+    }
+
     pub fn start(flags: &[&str]) -> Self {
         let path = fixture().with_file_name("http_fixture");
         let mut child = Command::new(&path)
@@ -800,4 +807,29 @@ impl Drop for HttpFixture {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A private CA and a certificate it issued for `localhost` and 127.0.0.1, written as PEM files
+/// (`ca.pem`, `cert.pem`, `key.pem`) in `dir`.
+pub fn private_ca(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }

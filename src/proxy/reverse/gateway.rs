@@ -303,6 +303,7 @@ impl Gateway {
                 url.clone(),
                 reverse.upstream_headers.clone(),
                 reverse.connect_timeout,
+                crate::transport::http::tls_config(&reverse.upstream_ca),
             ))),
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };

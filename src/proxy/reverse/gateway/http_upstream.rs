@@ -252,11 +252,12 @@ impl Gateway {
                 .await;
             }
             Err(e) => {
-                let UpstreamError::Unreachable { detail, .. } = &e;
-                tracing::warn!(%e, "upstream request failed");
+                let UpstreamError::Unreachable { detail, kind, .. } = &e;
+                tracing::warn!(%e, kind, "upstream request failed");
                 self.metrics.upstream_error("unreachable");
                 let error = ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string())
-                    .with("detail", detail.as_str());
+                    .with("detail", detail.as_str())
+                    .with("kind", *kind);
                 self.fail(link, id.as_ref(), &error, Some(reply)).await;
                 return;
             }
