@@ -230,7 +230,8 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
         "ping" => json!({}),
         "tools/list" => json!({"tools": [
             {"name": "echo", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}},
-            {"name": "headers", "inputSchema": {"type": "object"}},
+            {"name": "headers", "inputSchema": {"type": "object", "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"}}}},
             {"name": "deleted", "inputSchema": {"type": "object"}},
             {"name": "forget", "inputSchema": {"type": "object"}},
         ]}),

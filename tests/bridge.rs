@@ -404,3 +404,26 @@ fn an_https_server_with_a_private_ca() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream-ca"));
 }
+
+/// A stdio client of the 2026-07-28 era sends no HTTP headers: the bridge makes the ones an
+/// HTTP client must (the protocol version, `Mcp-Method`, `Mcp-Name`, and `Mcp-Param-*` for the
+/// parameters the tool's schema marks `x-mcp-header`, learnt from `tools/list`).
+#[test]
+fn a_stateless_era_client_gets_its_mirrored_headers_made() {
+    let fixture = HttpFixture::start(&["--stateless"]);
+    let mut proxy = bridge(&fixture.url, &[], &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let tools = proxy.call(1, "tools/list", json!({"_meta": meta}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    let seen = proxy.call(
+        2,
+        "tools/call",
+        json!({"name": "headers", "arguments": {"region": "us-west1"}, "_meta": meta}),
+    );
+    let seen: Value = serde_json::from_str(&text_of(&seen)).unwrap();
+    assert_eq!(seen["mcp-protocol-version"], "2026-07-28", "{seen}");
+    assert_eq!(seen["mcp-method"], "tools/call");
+    assert_eq!(seen["mcp-name"], "headers");
+    assert_eq!(seen["mcp-param-region"], "us-west1");
+}

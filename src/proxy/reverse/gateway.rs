@@ -132,6 +132,9 @@ pub struct SessionLink {
     pub upstream_listens: CancellationToken,
     /// The session's POST streams, while they may be resumed.
     pub posts: PostStreams,
+    /// The upstream's tools that mirror parameters into `Mcp-Param-*` headers (from its
+    /// `tools/list` answers), for clients that send no headers of their own.
+    pub tool_params: Mutex<std::collections::HashMap<String, Vec<super::mirror::ParamHeader>>>,
 }
 
 impl SessionLink {
@@ -411,6 +414,7 @@ impl Gateway {
             listening: CancellationToken::new(),
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
+            tool_params: Mutex::default(),
         });
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id());
@@ -465,6 +469,7 @@ impl Gateway {
             listening: CancellationToken::new(),
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
+            tool_params: Mutex::default(),
         })))
     }
 

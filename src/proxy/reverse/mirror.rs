@@ -186,6 +186,114 @@ fn encode_sentinel(value: &str) -> String {
     )
 }
 
+/// A tool parameter whose value is mirrored into an `Mcp-Param-{name}` header (its schema says
+/// `"x-mcp-header": name`), at `path` (`properties` keys from the schema's root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamHeader {
+    /// The header is `Mcp-Param-{name}`.
+    pub name: String,
+    /// Where the value is in the call's `arguments`.
+    pub path: Vec<String>,
+}
+
+/// The tools of a `tools/list` answer that mirror parameters into headers: tool name → its
+/// mirrored parameters. Only annotations the spec allows count (a token name, reachable through
+/// `properties` alone); a tool with an invalid one mirrors nothing, and is logged.
+pub fn tool_param_headers(result: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
+    fn walk(
+        schema: &serde_json::Value,
+        path: &mut Vec<String>,
+        out: &mut Vec<ParamHeader>,
+    ) -> bool {
+        let Some(properties) = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+        else {
+            return true;
+        };
+        for (key, property) in properties {
+            path.push(key.clone());
+            if let Some(name) = property.get("x-mcp-header") {
+                let valid = name.as_str().is_some_and(|n| {
+                    !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+                });
+                if !valid {
+                    return false;
+                }
+                out.push(ParamHeader {
+                    name: name.as_str().unwrap_or_default().to_owned(),
+                    path: path.clone(),
+                });
+            }
+            if !walk(property, path, out) {
+                return false;
+            }
+            path.pop();
+        }
+        true
+    }
+    let Ok(msg) = serde_json::from_slice::<serde_json::Value>(result) else {
+        return Vec::new();
+    };
+    let Some(tools) = msg
+        .pointer("/result/tools")
+        .and_then(serde_json::Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for tool in tools {
+        let (Some(name), Some(schema)) = (
+            tool.get("name").and_then(serde_json::Value::as_str),
+            tool.get("inputSchema"),
+        ) else {
+            continue;
+        };
+        let mut params = Vec::new();
+        if walk(schema, &mut Vec::new(), &mut params) {
+            if !params.is_empty() {
+                found.push((name.to_owned(), params));
+            }
+        } else {
+            tracing::warn!(
+                tool = name,
+                "the tool has an invalid x-mcp-header annotation; its parameters are not mirrored into headers"
+            );
+        }
+    }
+    found
+}
+
+/// The `Mcp-Param-*` headers of a `tools/call` whose tool mirrors `params`: each value present
+/// in the call's arguments (a string as it is or Base64-encoded, an integer in decimal, a
+/// boolean as `true`/`false`; `null`, absent, or other types: no header).
+pub fn param_headers_for(
+    msg: &Message,
+    params: &[ParamHeader],
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(msg.raw()) else {
+        return Vec::new();
+    };
+    let Some(arguments) = body.pointer("/params/arguments") else {
+        return Vec::new();
+    };
+    params
+        .iter()
+        .filter_map(|param| {
+            let value = param.path.iter().try_fold(arguments, |v, key| v.get(key))?;
+            let text = match value {
+                serde_json::Value::String(s) => encode_sentinel(s),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                _ => return None,
+            };
+            let name = http::HeaderName::from_bytes(format!("mcp-param-{}", param.name).as_bytes())
+                .ok()?;
+            Some((name, HeaderValue::from_str(&text).ok()?))
+        })
+        .collect()
+}
+
 const MCP_PROTOCOL_VERSION: http::HeaderName =
     http::HeaderName::from_static("mcp-protocol-version");
 const MCP_METHOD: http::HeaderName = http::HeaderName::from_static("mcp-method");
@@ -193,7 +301,7 @@ const MCP_NAME: http::HeaderName = http::HeaderName::from_static("mcp-name");
 
 /// A mirrored header's value: as it is, or decoded from the `=?base64?…?=` sentinel form;
 /// `None` if that encoding is broken.
-fn decode_sentinel(value: &str) -> Option<String> {
+pub fn decode_sentinel(value: &str) -> Option<String> {
     use base64::Engine as _;
     let Some(encoded) = value
         .strip_prefix("=?base64?")
@@ -308,6 +416,46 @@ mod tests {
             decode_sentinel(&encode_sentinel("=?base64?x?=")).as_deref(),
             Some("=?base64?x?=")
         );
+    }
+
+    #[test]
+    fn tool_parameters_marked_x_mcp_header_are_mirrored() {
+        let list = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"sql","inputSchema":{"type":"object","properties":{
+                "region":{"type":"string","x-mcp-header":"Region"},
+                "opts":{"type":"object","properties":{"dry":{"type":"boolean","x-mcp-header":"Dry"}}},
+                "limit":{"type":"integer","x-mcp-header":"Limit"},
+                "query":{"type":"string"}}}},
+            {"name":"bad","inputSchema":{"type":"object","properties":{"x":{"type":"string","x-mcp-header":"no spaces"}}}},
+            {"name":"plain","inputSchema":{"type":"object"}}]}}"#;
+        let tools = tool_param_headers(list);
+        assert_eq!(tools.len(), 1, "{tools:?}");
+        let (name, params) = &tools[0];
+        assert_eq!(name, "sql");
+        let call = request(
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"sql","arguments":{"region":"Köln","opts":{"dry":true},"limit":5,"query":"x"}}}"#,
+        );
+        let mut headers: Vec<(String, String)> = param_headers_for(&call, params)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        assert_eq!(
+            headers,
+            [
+                ("mcp-param-dry".to_owned(), "true".to_owned()),
+                ("mcp-param-limit".to_owned(), "5".to_owned()),
+                (
+                    "mcp-param-region".to_owned(),
+                    "=?base64?S8O2bG4=?=".to_owned()
+                ),
+            ]
+        );
+        // Absent or null values: no header.
+        let call = request(
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"sql","arguments":{"region":null}}}"#,
+        );
+        assert!(param_headers_for(&call, params).is_empty());
     }
 
     #[test]

@@ -788,6 +788,17 @@ impl Gateway {
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
+                    if msg.is_response()
+                        && memchr::memmem::find(msg.raw(), b"x-mcp-header").is_some()
+                    {
+                        // A tools/list answer naming mirrored parameters: kept for clients
+                        // that send no headers of their own.
+                        let found = super::super::mirror::tool_param_headers(msg.raw());
+                        link.tool_params
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(found);
+                    }
                     let Some(reply) = reply.filter(|_| !msg.is_response()) else {
                         let _ = link.router.deliver(msg).await;
                         continue;
