@@ -293,10 +293,42 @@ impl Message {
     /// request, `/params/progressToken` of a progress notification), if there is one. Parses
     /// the message only when its bytes mention a progress token at all.
     pub fn progress_token(&self, pointer: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            params: Option<Params<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "progressToken")]
+            token: Option<&'a RawValue>,
+            #[serde(borrow, rename = "_meta")]
+            meta: Option<Meta<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow, rename = "progressToken")]
+            token: Option<&'a RawValue>,
+        }
         memchr::memmem::find(&self.raw, b"progressToken")?;
-        let value: serde_json::Value = serde_json::from_slice(&self.raw).ok()?;
-        let token = value.pointer(pointer)?;
-        (token.is_string() || token.is_number()).then(|| token.to_string())
+        // Only the envelope and the token are read, borrowed: no tree of the whole message.
+        let params = serde_json::from_slice::<Body<'_>>(&self.raw).ok()?.params?;
+        let raw = match pointer {
+            "/params/progressToken" => params.token?,
+            "/params/_meta/progressToken" => params.meta?.token?,
+            _ => return None,
+        };
+        // The token's normal JSON text, so that equal tokens compare equal however they were
+        // written (escapes, number forms).
+        match raw.get().as_bytes().first()? {
+            b'"' => serde_json::to_string(&serde_json::from_str::<String>(raw.get()).ok()?).ok(),
+            b'-' | b'0'..=b'9' => Some(
+                serde_json::from_str::<serde_json::Number>(raw.get())
+                    .ok()?
+                    .to_string(),
+            ),
+            _ => None,
+        }
     }
 
     /// A response or an error response.

@@ -153,3 +153,31 @@ proptest::proptest! {
         proptest::prop_assert_eq!(msg.method().unwrap().as_str(), method.as_str());
     }
 }
+
+#[test]
+fn progress_tokens_are_read_in_their_normal_form() {
+    let msg = |s: &str| Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap();
+    let request = msg(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":"\u0070-1"}}}"#,
+    );
+    assert_eq!(
+        request
+            .progress_token("/params/_meta/progressToken")
+            .as_deref(),
+        Some(r#""p-1""#)
+    );
+    assert_eq!(request.progress_token("/params/progressToken"), None);
+    let note = msg(
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
+    );
+    assert_eq!(
+        note.progress_token("/params/progressToken").as_deref(),
+        Some("7")
+    );
+    let odd = msg(
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{"x":1}}}"#,
+    );
+    assert_eq!(odd.progress_token("/params/progressToken"), None);
+    let ping = msg(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    assert_eq!(ping.progress_token("/params/_meta/progressToken"), None);
+}

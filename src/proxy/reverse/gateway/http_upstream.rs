@@ -279,7 +279,9 @@ impl Gateway {
                         .handshake
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .initialize = Some(msg.clone());
+                        // A copy of its own: the message's bytes may be a slice of a whole
+                        // read buffer, which the session would otherwise keep alive.
+                        .initialize = Message::parse(Bytes::copy_from_slice(msg.raw())).ok();
                 } else if msg.method() == Some(&Method::Initialized) {
                     recovery
                         .handshake
