@@ -35,6 +35,7 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
         Command::Forward(ForwardCommand::Stdio(args)) if args.url.is_some() => {
             config.reverse = Some(ReverseConfig::for_url(&cli.global, args)?);
         }
+        Command::Forward(ForwardCommand::Stdio(args)) => ReverseConfig::check_command_only(args)?,
         _ => {}
     }
     Ok(config)
@@ -67,34 +68,21 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
         env: args.child.env,
         cwd: args.child.cwd,
     };
-    // One thread: a stdio proxy does little work per message, and keeping both directions on one
-    // thread avoids cross-thread wake-ups on every hop (see docs/performance.md).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    // Opened before the runtime starts: SQLite calls block, and the runtime must not.
-    let store = open_store(config);
-    let code = runtime.block_on(forward::run(config, &spec, store));
-    // A terminal stdin is read on a blocking thread that never returns; don't wait for it.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    code
+    // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
+    on_one_thread(config, std::time::Duration::from_millis(100), |store| {
+        forward::run(config, &spec, store)
+    })
 }
 
-/// `forward stdio --url`: one thread, as for the stdio proxy.
+/// `forward stdio --url`.
 fn run_bridge(config: &Config) -> anyhow::Result<u8> {
     let upstream = config
         .reverse
         .as_ref()
         .context("the --url server's options were not configured")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let store = open_store(config);
-    let code = runtime.block_on(crate::proxy::bridge::run(config, upstream, store));
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    code
+    on_one_thread(config, std::time::Duration::from_millis(100), |store| {
+        crate::proxy::bridge::run(config, upstream, store)
+    })
 }
 
 fn run_reverse(config: &Config) -> anyhow::Result<u8> {
@@ -102,15 +90,27 @@ fn run_reverse(config: &Config) -> anyhow::Result<u8> {
         .reverse
         .as_ref()
         .context("the reverse proxy's options were not configured")?;
-    // Two workers: the gateway serves many clients at once, and does an HTTP server's and an
-    // HTTP client's work per request.
+    on_one_thread(config, std::time::Duration::from_secs(1), |store| {
+        crate::proxy::reverse::run(config, reverse, store)
+    })
+}
+
+/// Runs `proxy` (given the session history writer) on a one-thread runtime: cross-thread
+/// wake-ups cost more here than a second worker gains (see docs/performance.md). The runtime
+/// gets `grace` to wind down.
+fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
+    config: &Config,
+    grace: std::time::Duration,
+    proxy: impl FnOnce(Option<StoreWriter>) -> F,
+) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Opened before the runtime starts: SQLite calls block, and the runtime must not.
     let store = open_store(config);
-    let code = runtime.block_on(crate::proxy::reverse::run(config, reverse, store));
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let code = runtime.block_on(proxy(store));
+    runtime.shutdown_timeout(grace);
     code
 }
 

@@ -164,21 +164,9 @@ pub struct StdioArgs {
     /// "Authorization: Bearer <token>" to that server's origin only, and never logged.
     #[arg(long, value_name = "VAR", requires = "url")]
     pub bearer_token_env: Option<String>,
-    /// PEM file of a CA to trust for an https --url server, on top of the platform's roots.
-    #[arg(
-        long,
-        env = "SHADOWCAT_UPSTREAM_CA",
-        value_name = "FILE",
-        requires = "url"
-    )]
-    pub upstream_ca: Option<PathBuf>,
-    /// Time to establish a connection to the --url server. [default: 10s]
-    #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// An SSE stream from the --url server that stays silent this long is treated as dropped,
-    /// and resumed; or `off`. [default: 5m]
-    #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
-    pub read_timeout: Option<String>,
+    /// How the --url server is reached.
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
     /// The MCP server to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -193,6 +181,21 @@ pub struct ChildArgs {
     /// Working directory for the server. [default: ours]
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+}
+
+/// How an HTTP upstream is reached (`reverse --upstream`, `forward stdio --url`).
+#[derive(Debug, Args, Default)]
+pub struct UpstreamArgs {
+    /// Time to establish a connection to the HTTP server. [default: 10s]
+    #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// PEM file of a CA to trust for an https server, on top of the platform's roots.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// An SSE stream from the HTTP server that stays silent this long is treated as dropped,
+    /// and resumed; or `off`. [default: 5m]
+    #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
+    pub read_timeout: Option<String>,
 }
 
 /// `reverse` options.
@@ -230,16 +233,9 @@ pub struct ReverseArgs {
     /// Interval of keep-alive comments on idle SSE streams, or `off`. [default: 15s]
     #[arg(long, env = "SHADOWCAT_SSE_KEEPALIVE", value_name = "DURATION")]
     pub sse_keepalive: Option<String>,
-    /// Time to establish a connection to the upstream. [default: 10s]
-    #[arg(long, env = "SHADOWCAT_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// PEM file of a CA to trust for an https --upstream, on top of the platform's roots.
-    #[arg(long, env = "SHADOWCAT_UPSTREAM_CA", value_name = "FILE")]
-    pub upstream_ca: Option<PathBuf>,
-    /// An SSE stream from the upstream that stays silent this long is treated as dropped, and
-    /// resumed; or `off`. [default: 5m]
-    #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
-    pub read_timeout: Option<String>,
+    /// How the upstream is reached.
+    #[command(flatten)]
+    pub upstream_options: UpstreamArgs,
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,

@@ -149,7 +149,12 @@ fn an_unreachable_server_gets_a_prompt_error_and_the_bridge_stays_up() {
 #[test]
 fn bad_bridge_options_are_refused_clearly() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 6] = [
+    let cases: [Case<'_>; 7] = [
+        (
+            &["--read-timeout", "1s", "--", "srv"],
+            &[],
+            "applies to a --url server",
+        ),
         (&["--url", "ftp://h/mcp"], &[], "--url"),
         (
             &["--url", "http://h/mcp", "--header", "nocolon"],

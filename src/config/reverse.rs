@@ -170,11 +170,13 @@ impl ReverseConfig {
             args.allowed_origin.clone()
         };
         let allowed_origins = parse_origins(&origins)?;
-        let connect_timeout =
-            match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
-                Some(text) => parse_duration(&text, "--connect-timeout")?,
-                None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
-            };
+        let connect_timeout = match pick(
+            args.upstream_options.connect_timeout.as_ref(),
+            file.connect_timeout.as_ref(),
+        ) {
+            Some(text) => parse_duration(&text, "--connect-timeout")?,
+            None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+        };
         let sse_replay_events = match pick(
             args.sse_replay_events.as_ref(),
             file.sse_replay_events.as_ref(),
@@ -194,8 +196,16 @@ impl ReverseConfig {
             allowed_origins,
             admin_listen,
             connect_timeout,
-            upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
-            read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
+            upstream_ca: load_ca(
+                args.upstream_options
+                    .upstream_ca
+                    .as_ref()
+                    .or(file.upstream_ca.as_ref()),
+            )?,
+            read_timeout: read_timeout(
+                args.upstream_options.read_timeout.as_ref(),
+                file.read_timeout.as_ref(),
+            )?,
             sse_replay_events,
             sse_keepalive,
         })
@@ -203,6 +213,22 @@ impl ReverseConfig {
 }
 
 impl ReverseConfig {
+    /// `forward stdio -- <cmd>`: the options of an HTTP server (`--url`) have nothing to apply to.
+    pub fn check_command_only(args: &StdioArgs) -> Result<(), ConfigError> {
+        let given = [
+            ("--connect-timeout", args.upstream.connect_timeout.is_some()),
+            ("--upstream-ca", args.upstream.upstream_ca.is_some()),
+            ("--read-timeout", args.upstream.read_timeout.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(invalid(
+                flag,
+                "applies to a --url server, not to a server command".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The upstream side alone, for `forward stdio --url`: the stdio client is bridged through
     /// the same HTTP upstream code the gateway uses (its listening options are unused).
     pub fn for_url(global: &GlobalArgs, args: &StdioArgs) -> Result<Self, ConfigError> {
@@ -255,11 +281,13 @@ impl ReverseConfig {
             value.set_sensitive(true);
             upstream_headers.insert(http::header::AUTHORIZATION, value);
         }
-        let connect_timeout =
-            match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
-                Some(text) => parse_duration(&text, "--connect-timeout")?,
-                None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
-            };
+        let connect_timeout = match pick(
+            args.upstream.connect_timeout.as_ref(),
+            file.connect_timeout.as_ref(),
+        ) {
+            Some(text) => parse_duration(&text, "--connect-timeout")?,
+            None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+        };
         Ok(Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             path: DEFAULT_PATH.to_owned(),
@@ -268,8 +296,16 @@ impl ReverseConfig {
             allowed_origins: AllowedOrigins::Localhost,
             admin_listen: None,
             connect_timeout,
-            upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
-            read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
+            upstream_ca: load_ca(
+                args.upstream
+                    .upstream_ca
+                    .as_ref()
+                    .or(file.upstream_ca.as_ref()),
+            )?,
+            read_timeout: read_timeout(
+                args.upstream.read_timeout.as_ref(),
+                file.read_timeout.as_ref(),
+            )?,
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
