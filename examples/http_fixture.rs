@@ -16,7 +16,8 @@
 //! streams took it; events have ids, and a GET with `Last-Event-ID` gets the ones after it
 //! first); `cut` (drops the caller session's GET streams); `slow {ms, every}` (answers with SSE
 //! after `ms`, with a progress notification every `every` ms meanwhile); `cancelled` (the request
-//! ids of the `notifications/cancelled` received so far); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
+//! ids of the `notifications/cancelled` received so far); `slept` (how many `sleep` calls ran to
+//! the end rather than being dropped with their connection); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
 //! then the result).
 
@@ -48,6 +49,8 @@ struct Fixture {
     events: Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Request ids named by the `notifications/cancelled` received.
     cancelled: Mutex<Vec<Value>>,
+    /// `sleep` calls that ran to the end (not dropped with their connection).
+    slept: AtomicU64,
     /// Set by `retire`: no new sessions.
     retired: std::sync::atomic::AtomicBool,
 }
@@ -261,8 +264,10 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                         .and_then(Value::as_u64)
                         .unwrap_or(100);
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    fixture.slept.fetch_add(1, Ordering::Relaxed);
                     "slept".to_owned()
                 }
+                "slept" => fixture.slept.load(Ordering::Relaxed).to_string(),
                 "announce" => {
                     let said = msg
                         .pointer("/params/arguments/text")

@@ -432,3 +432,40 @@ fn a_stateless_era_client_gets_its_mirrored_headers_made() {
     assert_eq!(seen["mcp-name"], "headers");
     assert_eq!(seen["mcp-param-region"], "us-west1");
 }
+
+/// In the 2026-07-28 era a request is cancelled by closing its stream: a timed-out stateless
+/// request through the bridge gets its error, and the server gets no notification.
+#[test]
+fn a_stateless_request_that_times_out_is_cancelled_by_closing_its_stream() {
+    let fixture = HttpFixture::start(&["--stateless"]);
+    let mut proxy = bridge(&fixture.url, &["--request-timeout", "300ms"], &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let started = Instant::now();
+    let answer = proxy.call(
+        1,
+        "tools/call",
+        json!({"name": "sleep", "arguments": {"ms": 2000}, "_meta": meta}),
+    );
+    assert_eq!(answer["error"]["code"], -32086, "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(300));
+    let cancelled = proxy.call(
+        2,
+        "tools/call",
+        json!({"name": "cancelled", "arguments": {}, "_meta": meta}),
+    );
+    assert_eq!(
+        text_of(&cancelled),
+        "[]",
+        "no notifications/cancelled in this era"
+    );
+    // The request's connection was closed: the server dropped the call instead of finishing it.
+    std::thread::sleep(Duration::from_millis(2000));
+    let slept = proxy.call(
+        3,
+        "tools/call",
+        json!({"name": "slept", "arguments": {}, "_meta": meta}),
+    );
+    assert_eq!(text_of(&slept), "0", "the abandoned call ran to the end");
+}

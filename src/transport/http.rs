@@ -35,6 +35,8 @@ pub static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 /// Default time to establish a TCP connection to the upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keep-alive probes on upstream connections start after this much silence.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -131,6 +133,8 @@ impl HttpUpstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        // Idle connections (a quiet GET stream) are kept alive through NATs and firewalls.
+        connector.set_keepalive(Some(TCP_KEEPALIVE));
         connector.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

@@ -132,6 +132,9 @@ pub struct SessionLink {
     pub upstream_listens: CancellationToken,
     /// The session's POST streams, while they may be resumed.
     pub posts: PostStreams,
+    /// Stateless-era requests in flight at an HTTP upstream, each with the token that abandons
+    /// it: in that era closing a request's connection is its cancellation.
+    pub abandon: Mutex<std::collections::HashMap<crate::protocol::RequestId, CancellationToken>>,
     /// The upstream's tools that mirror parameters into `Mcp-Param-*` headers (from its
     /// `tools/list` answers), for clients that send no headers of their own.
     pub tool_params: Mutex<std::collections::HashMap<String, Vec<super::mirror::ParamHeader>>>,
@@ -168,6 +171,19 @@ impl SessionLink {
         })
     }
 
+    /// Whether the session never initialized (the stateless 2026-07-28 era).
+    pub fn never_initialized(&self) -> bool {
+        match &self.upstream {
+            LinkUpstream::Http { recovery, .. } => recovery
+                .handshake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .initialize
+                .is_none(),
+            LinkUpstream::Stdio { .. } => false,
+        }
+    }
+
     /// Whether the client takes SSE priming events (its protocol version is 2025-11-25 or later).
     pub fn takes_priming_events(&self) -> bool {
         self.session.read_metadata(|m| {
@@ -194,8 +210,16 @@ impl Deliver for SessionLink {
                         .is_none() =>
             {
                 // A session that never initialized is in the stateless (2026-07-28) era, where
-                // closing the request's stream is the cancellation (which happens as the
-                // request stops being pending); there is no notification to send.
+                // closing the request's connection is the cancellation; there is no
+                // notification to send.
+                if let Some(token) = msg.cancelled_request_id().and_then(|id| {
+                    self.abandon
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id)
+                }) {
+                    token.cancel();
+                }
                 Ok(())
             }
             LinkUpstream::Http { client, .. } => {
@@ -414,6 +438,7 @@ impl Gateway {
             listening: CancellationToken::new(),
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
+            abandon: Mutex::default(),
             tool_params: Mutex::default(),
         });
         self.links.insert(link.session.id().clone(), link.clone());
@@ -469,6 +494,7 @@ impl Gateway {
             listening: CancellationToken::new(),
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
+            abandon: Mutex::default(),
             tool_params: Mutex::default(),
         })))
     }

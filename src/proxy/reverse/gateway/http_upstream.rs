@@ -37,6 +37,38 @@ pub(super) struct StreamPosition {
 
 use super::super::router::{Reply, Waiter};
 
+/// A stateless-era request that can be abandoned, forgotten when its exchange is over.
+struct AbandonOnDrop {
+    link: Arc<SessionLink>,
+    id: RequestId,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl AbandonOnDrop {
+    fn register(link: &Arc<SessionLink>, id: &RequestId) -> Self {
+        let token = tokio_util::sync::CancellationToken::new();
+        link.abandon
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), token.clone());
+        Self {
+            link: link.clone(),
+            id: id.clone(),
+            token,
+        }
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.link
+            .abandon
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
 /// Longest a lost upstream session's re-initialization may take.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -215,8 +247,38 @@ impl Gateway {
     /// re-established with the client's handshake and the message sent again (the upstream
     /// refused it, so it did not run); a request whose connection broke mid-way is sent again
     /// only if it is safe to repeat (`ping`, `*/list`). `retried`: this is that second try.
-    #[allow(clippy::too_many_lines)] // One exchange, in the order things can go wrong.
     async fn post_streamable(
+        self: &Arc<Self>,
+        link: &Arc<SessionLink>,
+        client: &HttpUpstream,
+        msg: Message,
+        client_headers: &HeaderMap,
+        reply: &Waiter,
+        retried: bool,
+    ) {
+        // A stateless-era request (its session never initialized) can be abandoned: dropping
+        // its connection is that era's cancellation (see `SessionLink::deliver`).
+        let abandon = msg
+            .id()
+            .filter(|_| msg.kind() == Kind::Request && link.never_initialized())
+            .map(|id| AbandonOnDrop::register(link, id));
+        let exchange = self.post_streamable_once(link, client, msg, client_headers, reply, retried);
+        match &abandon {
+            Some(abandon) => {
+                tokio::select! {
+                    () = exchange => {}
+                    () = abandon.token.cancelled() => {
+                        tracing::debug!("abandoned a stateless request: its connection is closed");
+                    }
+                }
+            }
+            None => exchange.await,
+        }
+    }
+
+    /// [`Self::post_streamable`], without the means to abandon it.
+    #[allow(clippy::too_many_lines)] // One exchange, in the order things can go wrong.
+    async fn post_streamable_once(
         self: &Arc<Self>,
         link: &Arc<SessionLink>,
         client: &HttpUpstream,
