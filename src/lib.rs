@@ -17,6 +17,7 @@
 //! - [`proxy`]: the pipeline and its stages, the relays that pump messages through it, and
 //!   the front ends (today: `forward stdio`).
 //! - [`session`]: sessions and their pending-request tables.
+//! - [`tape`]: the tape format (recordings of sessions): writing and reading.
 //! - [`telemetry`]: tracing setup and counters.
 //!
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
@@ -27,5 +28,6 @@ pub mod config;
 pub mod protocol;
 pub mod proxy;
 pub mod session;
+pub mod tape;
 pub mod telemetry;
 pub mod transport;

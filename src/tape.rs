@@ -1,0 +1,597 @@
+//! Tapes: recordings of MCP sessions, one JSON Lines file per session (docs/tapes.md is the
+//! format's reference).
+//!
+//! A tape is append-only: a `header` line, then a `meta` line once the session's `initialize`
+//! exchange is known, one `frame` line per message as it was carried, and an `end` line. Every
+//! line is written whole and flushed as the writer catches up, so a tape whose writer was
+//! killed is still readable up to its last complete line.
+//!
+//! - [`Recorder`]: the handle a session records through. Lines go to a writer task over a bounded
+//!   channel: recording never drops a frame, and a writer that falls behind slows the session
+//!   down instead of growing memory.
+//! - [`read`]: loads a tape, tolerating a torn last line.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::protocol::Direction;
+
+/// The tape format's version, written in every header.
+pub const FORMAT_VERSION: u32 = 1;
+/// Lines queued for the writer before a session waits for it.
+const QUEUE: usize = 1024;
+
+/// The first line of a tape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    /// The format's version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// The tape's own id.
+    pub id: String,
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When recording began, RFC 3339 (UTC).
+    pub created: String,
+    /// The mode that recorded it: `forward`, `reverse`, `record`.
+    pub mode: String,
+    /// The client's transport: `stdio`, `http`, `sse`.
+    pub client_transport: String,
+    /// The server's transport: `stdio`, `http`.
+    pub server_transport: String,
+    /// The server: its command line or URL (no credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The session recorded.
+    pub session: String,
+}
+
+/// What the `initialize` exchange told, once known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    /// The negotiated protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The client's `clientInfo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_info: Option<serde_json::Value>,
+    /// The server's `serverInfo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<serde_json::Value>,
+}
+
+/// Where a frame travelled, for transports that have more to say than the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transport {
+    /// The HTTP status the frame came with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Its SSE event id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Which stream carried it (`post`, `get`, `sse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+impl Transport {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// One message as it was carried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Microseconds since recording began.
+    pub micros: u64,
+    /// Which way it travelled.
+    pub direction: Direction,
+    /// Its session.
+    pub session: String,
+    /// The message's bytes, exactly as carried.
+    pub raw: Bytes,
+    /// Transport details.
+    pub transport: Transport,
+}
+
+/// How a tape ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    /// Microseconds since recording began.
+    #[serde(rename = "t")]
+    pub micros: u64,
+    /// Why the session ended.
+    pub reason: String,
+}
+
+/// A tape's lines, as written (each with a `type` member naming its kind).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Line<'a> {
+    Header(Header),
+    Meta(Meta),
+    Frame(FrameLine<'a>),
+    End(End),
+}
+
+/// A `frame` line's members.
+#[derive(Debug, Serialize, Deserialize)]
+struct FrameLine<'a> {
+    t: u64,
+    dir: Dir,
+    #[serde(borrow)]
+    session: std::borrow::Cow<'a, str>,
+    /// The message verbatim, when it is one line of JSON.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    msg: Option<&'a RawValue>,
+    /// Otherwise its text.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Transport::is_empty")]
+    transport: Transport,
+}
+
+/// A line's kind, read first (a line's raw message can't pass through serde's tagged enums).
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+/// A line read back.
+enum Parsed<'a> {
+    Header(Header),
+    Meta(Meta),
+    Frame(FrameLine<'a>),
+    End(End),
+}
+
+fn parse_line(line: &[u8]) -> Result<Parsed<'_>, String> {
+    let kind: Kind<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let parsed = match &*kind.kind {
+        "header" => serde_json::from_slice(line).map(Parsed::Header),
+        "meta" => serde_json::from_slice(line).map(Parsed::Meta),
+        "frame" => serde_json::from_slice(line).map(Parsed::Frame),
+        "end" => serde_json::from_slice(line).map(Parsed::End),
+        other => return Err(format!("unknown line type {other:?}")),
+    };
+    parsed.map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Dir {
+    #[serde(rename = "c2s")]
+    ClientToServer,
+    #[serde(rename = "s2c")]
+    ServerToClient,
+}
+
+impl From<Direction> for Dir {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::ClientToServer => Self::ClientToServer,
+            Direction::ServerToClient => Self::ServerToClient,
+        }
+    }
+}
+
+impl From<Dir> for Direction {
+    fn from(d: Dir) -> Self {
+        match d {
+            Dir::ClientToServer => Self::ClientToServer,
+            Dir::ServerToClient => Self::ServerToClient,
+        }
+    }
+}
+
+/// Why a tape could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TapeError {
+    /// The file could not be created, written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The tape.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A line is not a tape line.
+    #[error("{path}:{line}: not a tape line: {reason}")]
+    Malformed {
+        /// The tape.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The first line is not a header, or of a format this build doesn't read.
+    #[error("{path}: {reason}")]
+    NotATape {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The writer is gone (it failed, or the tape was ended).
+    #[error("the tape's writer has stopped")]
+    Closed,
+}
+
+/// The handle a session records through.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Vec<u8>>,
+    started: Instant,
+}
+
+impl Recorder {
+    /// Creates the tape at `path` (its directory must exist) and starts its writer on a
+    /// blocking thread; the header is its first line. The writer's handle finishes when every
+    /// [`Recorder`] clone is dropped, after the last line is flushed.
+    pub fn create(
+        path: &Path,
+        header: &Header,
+    ) -> Result<(Self, tokio::task::JoinHandle<Result<(), TapeError>>), TapeError> {
+        let io = |source| TapeError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let mut out = std::io::BufWriter::new(file);
+        write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
+        out.flush().map_err(io)?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            let io = |source| TapeError::Io {
+                path: owned.clone(),
+                source,
+            };
+            while let Some(line) = rx.blocking_recv() {
+                out.write_all(&line).map_err(io)?;
+                // Flush whenever the writer has caught up: the tape is current on disk.
+                if rx.is_empty() {
+                    out.flush().map_err(io)?;
+                }
+            }
+            out.flush().map_err(io)
+        });
+        Ok((
+            Self {
+                tx,
+                started: Instant::now(),
+            },
+            writer,
+        ))
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    async fn send(&self, line: &Line<'_>) -> Result<(), TapeError> {
+        let mut bytes = Vec::new();
+        write_line(&mut bytes, line).map_err(|_| TapeError::Closed)?;
+        self.tx.send(bytes).await.map_err(|_| TapeError::Closed)
+    }
+
+    /// Records the session's `initialize` outcome.
+    pub async fn meta(&self, meta: Meta) -> Result<(), TapeError> {
+        self.send(&Line::Meta(meta)).await
+    }
+
+    /// Records one message as it was carried; waits while the writer is behind.
+    pub async fn frame(
+        &self,
+        direction: Direction,
+        session: &str,
+        raw: &[u8],
+        transport: Transport,
+    ) -> Result<(), TapeError> {
+        // One line of JSON goes in verbatim; anything else (a pretty-printed HTTP body) as text.
+        let one_line = !raw.iter().any(|b| matches!(b, b'\n' | b'\r'));
+        let text = std::str::from_utf8(raw).unwrap_or_default();
+        let msg = one_line
+            .then(|| serde_json::from_str::<&RawValue>(text).ok())
+            .flatten();
+        let line = Line::Frame(FrameLine {
+            t: self.micros(),
+            dir: direction.into(),
+            session: session.into(),
+            msg,
+            text: msg.is_none().then(|| String::from_utf8_lossy(raw)),
+            transport,
+        });
+        self.send(&line).await
+    }
+
+    /// Records how the session ended. Frames may still follow (late answers) until the last
+    /// clone is dropped.
+    pub async fn end(&self, reason: &str) -> Result<(), TapeError> {
+        let end = End {
+            micros: self.micros(),
+            reason: reason.to_owned(),
+        };
+        self.send(&Line::End(end)).await
+    }
+}
+
+fn write_line(out: &mut impl std::io::Write, line: &Line<'_>) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")
+}
+
+/// A tape, read back.
+#[derive(Debug)]
+pub struct Tape {
+    /// Its header.
+    pub header: Header,
+    /// The `initialize` outcome, if it was recorded.
+    pub meta: Meta,
+    /// Every frame, in the order they were recorded.
+    pub frames: Vec<Frame>,
+    /// How it ended, if it says.
+    pub end: Option<End>,
+    /// Whether its last line was torn (a writer killed mid-line): ignored.
+    pub torn: bool,
+}
+
+/// Reads the tape at `path`. A torn last line (its writer was killed) is ignored; any other bad
+/// line is an error naming it.
+pub fn read(path: &Path) -> Result<Tape, TapeError> {
+    let bytes = std::fs::read(path).map_err(|source| TapeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let complete = bytes.last() == Some(&b'\n');
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    let count = lines.len();
+    let mut header = None;
+    let mut tape_meta = Meta::default();
+    let mut frames = Vec::new();
+    let mut end = None;
+    let mut torn = false;
+    for (i, line) in lines.into_iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let last = i + 1 == count;
+        let parsed = match parse_line(line) {
+            Ok(parsed) => parsed,
+            Err(_) if last && !complete => {
+                torn = true;
+                break;
+            }
+            Err(reason) => {
+                return Err(TapeError::Malformed {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    reason,
+                });
+            }
+        };
+        match parsed {
+            Parsed::Header(h) if i == 0 => {
+                if h.format != FORMAT_VERSION {
+                    return Err(TapeError::NotATape {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "tape format {} (this build reads {FORMAT_VERSION})",
+                            h.format
+                        ),
+                    });
+                }
+                header = Some(h);
+            }
+            _ if i == 0 => {
+                return Err(TapeError::NotATape {
+                    path: path.to_owned(),
+                    reason: "the first line is not a tape header".into(),
+                });
+            }
+            Parsed::Header(_) => {
+                return Err(TapeError::Malformed {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    reason: "a second header".into(),
+                });
+            }
+            Parsed::Meta(m) => tape_meta = m,
+            Parsed::Frame(FrameLine {
+                t,
+                dir,
+                session,
+                msg,
+                text,
+                transport,
+            }) => frames.push(Frame {
+                micros: t,
+                direction: dir.into(),
+                session: session.into_owned(),
+                raw: match (msg, text) {
+                    (Some(msg), _) => Bytes::copy_from_slice(msg.get().as_bytes()),
+                    (None, Some(text)) => Bytes::from(text.into_owned()),
+                    (None, None) => Bytes::new(),
+                },
+                transport,
+            }),
+            Parsed::End(e) => end = Some(e),
+        }
+    }
+    let header = header.ok_or_else(|| TapeError::NotATape {
+        path: path.to_owned(),
+        reason: "empty file".into(),
+    })?;
+    Ok(Tape {
+        header,
+        meta: tape_meta,
+        frames,
+        end,
+        torn,
+    })
+}
+
+/// The current time as RFC 3339 (UTC), for headers.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            format: FORMAT_VERSION,
+            id: "t1".into(),
+            name: Some("demo".into()),
+            created: now_rfc3339(),
+            mode: "forward".into(),
+            client_transport: "stdio".into(),
+            server_transport: "stdio".into(),
+            upstream: Some("python server.py".into()),
+            session: "s1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tape_reads_back_exactly_what_was_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let (recorder, writer) = Recorder::create(&path, &header()).unwrap();
+        let request = br#"{"jsonrpc":"2.0", "id":1,"method":"ping"}"#;
+        let pretty = b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"result\": {}\n}";
+        recorder
+            .frame(
+                Direction::ClientToServer,
+                "s1",
+                request,
+                Transport::default(),
+            )
+            .await
+            .unwrap();
+        recorder
+            .meta(Meta {
+                protocol_version: Some("2025-06-18".into()),
+                ..Meta::default()
+            })
+            .await
+            .unwrap();
+        let transport = Transport {
+            status: Some(200),
+            event_id: Some("post1-1".into()),
+            stream: Some("post".into()),
+        };
+        recorder
+            .frame(Direction::ServerToClient, "s1", pretty, transport.clone())
+            .await
+            .unwrap();
+        recorder.end("closed").await.unwrap();
+        drop(recorder);
+        writer.await.unwrap().unwrap();
+        let tape = read(&path).unwrap();
+        assert_eq!(tape.header, header_with_created(&tape.header));
+        assert_eq!(tape.meta.protocol_version.as_deref(), Some("2025-06-18"));
+        assert_eq!(tape.frames.len(), 2);
+        assert_eq!(&tape.frames[0].raw[..], request, "byte for byte");
+        assert_eq!(&tape.frames[1].raw[..], pretty);
+        assert_eq!(tape.frames[1].transport, transport);
+        assert_eq!(tape.frames[1].direction, Direction::ServerToClient);
+        assert!(tape.frames[0].micros <= tape.frames[1].micros);
+        assert_eq!(tape.end.unwrap().reason, "closed");
+        assert!(!tape.torn);
+        // Every line is one line of JSON.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+
+    fn header_with_created(read: &Header) -> Header {
+        Header {
+            created: read.created.clone(),
+            ..header()
+        }
+    }
+
+    #[test]
+    fn the_example_in_the_docs_is_a_tape() {
+        let docs = include_str!("../docs/tapes.md");
+        let example = docs
+            .split("```jsonl\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.jsonl");
+        std::fs::write(&path, example).unwrap();
+        let tape = read(&path).unwrap();
+        assert_eq!(tape.header.mode, "forward");
+        assert_eq!(tape.meta.protocol_version.as_deref(), Some("2025-06-18"));
+        assert_eq!(tape.frames.len(), 5);
+        assert_eq!(tape.end.unwrap().reason, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_ignored_and_other_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let (recorder, writer) = Recorder::create(&path, &header()).unwrap();
+        recorder
+            .frame(
+                Direction::ClientToServer,
+                "s1",
+                br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+                Transport::default(),
+            )
+            .await
+            .unwrap();
+        drop(recorder);
+        writer.await.unwrap().unwrap();
+        // A writer killed mid-line.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(br#"{"type":"frame","t":5,"dir":"s2c","sess"#)
+            .unwrap();
+        drop(file);
+        let tape = read(&path).unwrap();
+        assert!(tape.torn);
+        assert_eq!(tape.frames.len(), 1);
+        assert!(tape.end.is_none());
+        // Damage anywhere else is an error with the line number.
+        let bad = dir.path().join("bad.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(1, "not json");
+        std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+        let err = read(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl:2"), "{err}");
+        // Not a tape at all.
+        std::fs::write(&bad, "{\"type\":\"end\",\"t\":0,\"reason\":\"x\"}\n").unwrap();
+        assert!(matches!(read(&bad), Err(TapeError::NotATape { .. })));
+        // An existing file is never overwritten.
+        assert!(matches!(
+            Recorder::create(&path, &header()),
+            Err(TapeError::Io { .. })
+        ));
+    }
+}
