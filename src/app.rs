@@ -69,8 +69,9 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
         cwd: args.child.cwd,
     };
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
+    let record = args.record;
     on_one_thread(config, std::time::Duration::from_millis(100), |store| {
-        forward::run(config, &spec, store)
+        forward::run(config, &spec, store, record)
     })
 }
 

@@ -167,6 +167,10 @@ pub struct StdioArgs {
     /// How the --url server is reached.
     #[command(flatten)]
     pub upstream: UpstreamArgs,
+    /// Record the session to this tape file (docs/tapes.md), or into this directory (a file
+    /// named by time and session). An existing file is never overwritten.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub record: Option<PathBuf>,
     /// The MCP server to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,

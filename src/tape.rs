@@ -195,6 +195,15 @@ impl From<Dir> for Direction {
     }
 }
 
+/// What the writer is sent.
+#[derive(Debug)]
+enum Item {
+    /// A whole line.
+    Line(Vec<u8>),
+    /// Flush, then say so.
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Why a tape could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum TapeError {
@@ -232,8 +241,12 @@ pub enum TapeError {
 /// The handle a session records through.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Item>,
     started: Instant,
+    /// Whether the `meta` line was written.
+    meta_written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a failure was reported (it is, once).
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recorder {
@@ -256,15 +269,21 @@ impl Recorder {
         let mut out = std::io::BufWriter::new(file);
         write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
         out.flush().map_err(io)?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
         let owned = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
             let io = |source| TapeError::Io {
                 path: owned.clone(),
                 source,
             };
-            while let Some(line) = rx.blocking_recv() {
-                out.write_all(&line).map_err(io)?;
+            while let Some(item) = rx.blocking_recv() {
+                match item {
+                    Item::Line(line) => out.write_all(&line).map_err(io)?,
+                    Item::Sync(done) => {
+                        out.flush().map_err(io)?;
+                        let _ = done.send(());
+                    }
+                }
                 // Flush whenever the writer has caught up: the tape is current on disk.
                 if rx.is_empty() {
                     out.flush().map_err(io)?;
@@ -276,6 +295,8 @@ impl Recorder {
             Self {
                 tx,
                 started: Instant::now(),
+                meta_written: std::sync::Arc::default(),
+                failed: std::sync::Arc::default(),
             },
             writer,
         ))
@@ -288,12 +309,30 @@ impl Recorder {
     async fn send(&self, line: &Line<'_>) -> Result<(), TapeError> {
         let mut bytes = Vec::new();
         write_line(&mut bytes, line).map_err(|_| TapeError::Closed)?;
-        self.tx.send(bytes).await.map_err(|_| TapeError::Closed)
+        self.tx
+            .send(Item::Line(bytes))
+            .await
+            .map_err(|_| TapeError::Closed)
     }
 
     /// Records the session's `initialize` outcome.
     pub async fn meta(&self, meta: Meta) -> Result<(), TapeError> {
-        self.send(&Line::Meta(meta)).await
+        self.send(&Line::Meta(meta)).await?;
+        self.meta_written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the `initialize` outcome is still to be recorded.
+    pub fn wants_meta(&self) -> bool {
+        !self.meta_written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reports that recording failed (once per tape): the session goes on unrecorded.
+    pub fn failed(&self, error: &TapeError) {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(%error, "recording stopped: the tape can no longer be written");
+        }
     }
 
     /// Records one message as it was carried; waits while the writer is behind.
@@ -321,14 +360,20 @@ impl Recorder {
         self.send(&line).await
     }
 
-    /// Records how the session ended. Frames may still follow (late answers) until the last
-    /// clone is dropped.
+    /// Records how the session ended, and waits until everything so far is on disk. Frames
+    /// may still follow (late answers) until the last clone is dropped.
     pub async fn end(&self, reason: &str) -> Result<(), TapeError> {
         let end = End {
             micros: self.micros(),
             reason: reason.to_owned(),
         };
-        self.send(&Line::End(end)).await
+        self.send(&Line::End(end)).await?;
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Item::Sync(done))
+            .await
+            .map_err(|_| TapeError::Closed)?;
+        flushed.await.map_err(|_| TapeError::Closed)
     }
 }
 

@@ -10,7 +10,10 @@
 //! 1. session tracking ([`RequestTracker`]) — counts the message towards its session, correlates
 //!    requests and responses, reads the `initialize` exchange.
 //!
-//! Later stages (session manager, rate limiting, interceptor rules, recorder) slot in after it.
+//! 2. recording (`--record`) — what the stages decided is written to the session's tape, if it
+//!    has one: a forwarded message as it goes on, an answer the proxy gives in its place.
+//!
+//! Later stages (rate limiting, interceptor rules) slot in between.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,10 +73,52 @@ impl Pipeline {
 
     /// Runs `msg` through every stage in order.
     pub async fn process(&self, msg: Message, cx: Context<'_>) -> Verdict {
-        let msg = match self.tracker.process(msg, cx).await {
-            Verdict::Forward(msg) => msg,
-            other => return other,
+        let Some(tape) = cx.session.tape() else {
+            return self.tracker.process(msg, cx).await;
         };
-        Verdict::Forward(msg)
+        // Recorded: what was sent, and what became of it.
+        let original = msg.clone();
+        let verdict = self.tracker.process(msg, cx).await;
+        record(tape, &original, &verdict, cx).await;
+        verdict
+    }
+}
+
+/// Writes what happened to `msg` to the session's tape: the message itself (forwarded or not;
+/// it was sent), and an answer the proxy gave in its place. Once the `initialize` answer has
+/// gone by, the session's metadata too. A tape that can no longer be written is logged once
+/// and the session goes on unrecorded.
+async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
+    use crate::tape::Transport;
+    let session = cx.session.id().as_str();
+    let mut result = tape
+        .frame(cx.direction, session, msg.raw(), Transport::default())
+        .await;
+    if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
+        result = tape
+            .frame(
+                cx.direction.reverse(),
+                session,
+                answer.raw(),
+                Transport::default(),
+            )
+            .await;
+    }
+    if let (Ok(()), Direction::ServerToClient, true) = (
+        &result,
+        cx.direction,
+        msg.is_response() && tape.wants_meta(),
+    ) {
+        let meta = cx.session.read_metadata(|m| crate::tape::Meta {
+            protocol_version: m.protocol_version.clone(),
+            client_info: m.client_info.clone(),
+            server_info: m.server_info.clone(),
+        });
+        if meta.server_info.is_some() {
+            result = tape.meta(meta).await;
+        }
+    }
+    if let Err(e) = result {
+        tape.failed(&e);
     }
 }

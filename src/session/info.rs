@@ -97,6 +97,8 @@ pub struct Session {
     to_client: PendingRequests,
     /// Connections listening on the session's streams now (see [`Session::listen`]).
     listeners: AtomicU64,
+    /// Where the session is recorded, if it is (`--record`).
+    tape: std::sync::OnceLock<crate::tape::Recorder>,
     /// Requests still pending when the manager ended the session, kept (bounded by the pending
     /// limits) for the front end to answer: the manager has no way to reach the peers.
     abandoned: [Mutex<Vec<(RequestId, Pending)>>; 2],
@@ -171,6 +173,7 @@ impl Session {
             to_client: PendingRequests::new(session_budget, budget.clone()),
             abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             listeners: AtomicU64::new(0),
+            tape: std::sync::OnceLock::new(),
             closed: CancellationToken::new(),
         }
     }
@@ -329,6 +332,16 @@ impl Session {
     /// Requests awaiting answers in both directions.
     pub fn pending_count(&self) -> usize {
         self.to_server.len() + self.to_client.len()
+    }
+
+    /// Records the session on `recorder` from now on (once; later calls are ignored).
+    pub fn record_to(&self, recorder: crate::tape::Recorder) {
+        let _ = self.tape.set(recorder);
+    }
+
+    /// The session's tape, if it is recorded.
+    pub fn tape(&self) -> Option<&crate::tape::Recorder> {
+        self.tape.get()
     }
 
     /// Whether the session is in use: requests in flight, or a client listening on one of its
