@@ -35,6 +35,7 @@ use super::router::{Reply, Router, STREAM_SLACK, Waiter};
 use super::stream::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
 
 mod http_upstream;
+mod recovery;
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
