@@ -331,6 +331,11 @@ impl Message {
         }
     }
 
+    /// The id of a request (`None` for notifications and responses).
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.id.as_ref().filter(|_| self.kind == Kind::Request)
+    }
+
     /// A response or an error response.
     pub fn is_response(&self) -> bool {
         matches!(self.kind, Kind::Response | Kind::Error)

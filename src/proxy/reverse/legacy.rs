@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::protocol::{Direction, Frame, Kind, RequestId};
+use crate::protocol::{Direction, Frame, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
@@ -161,9 +161,7 @@ pub async fn message(
         match member {
             Err(e) => events.push(e.to_response().raw()),
             Ok(msg) => {
-                let request = (msg.kind() == Kind::Request)
-                    .then(|| msg.id().cloned())
-                    .flatten();
+                let request = msg.request_id().cloned();
                 match gateway.inbound(&link.session, msg).await {
                     Verdict::Forward(msg) => {
                         gateway
