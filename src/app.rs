@@ -6,7 +6,11 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ForwardCommand, OutputFormat, SessionCommand, StdioArgs};
+use crate::cli::{
+    Cli, Command, ForwardCommand, OutputFormat, ReplayArgs, ReverseArgs, SessionCommand,
+    StdioServer,
+};
+use crate::config::recording::{Ask, Target};
 use std::sync::Arc;
 
 use crate::config::{Config, ReverseConfig, StoreKind, parse_duration};
@@ -22,30 +26,113 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
     match command {
         Command::Forward(ForwardCommand::Stdio(args)) => Some(&args.proxy),
         Command::Reverse(args) => Some(&args.proxy),
-        Command::Session(_) | Command::Completions { .. } => None,
+        Command::Record(args) => Some(&args.proxy),
+        Command::Replay(_)
+        | Command::Tape(_)
+        | Command::Session(_)
+        | Command::Completions { .. } => None,
     }
 }
 
 /// The validated configuration for a parsed command line.
 pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     let mut config = Config::build(&cli.global, proxy_args(&cli.command))?;
-    match &cli.command {
-        Command::Reverse(args) => config.reverse = Some(ReverseConfig::build(&cli.global, args)?),
-        // The stdio→HTTP bridge uses the gateway's upstream side.
-        Command::Forward(ForwardCommand::Stdio(args)) if args.url.is_some() => {
-            config.reverse = Some(ReverseConfig::for_url(&cli.global, args)?);
+    let ask = match &cli.command {
+        Command::Reverse(args) => {
+            config.reverse = Some(ReverseConfig::build(&cli.global, args)?);
+            args.recording.record.clone().map(|path| Ask {
+                path,
+                target: Target::Dir,
+                name: None,
+                redact: &args.recording.redact,
+                mode: "reverse",
+            })
         }
-        Command::Forward(ForwardCommand::Stdio(args)) => ReverseConfig::check_command_only(args)?,
-        _ => {}
+        Command::Forward(ForwardCommand::Stdio(args)) => {
+            config.reverse = stdio_server(&cli.global, &args.server)?;
+            args.recording.record.clone().map(|path| Ask {
+                path,
+                target: Target::FileOrDir,
+                name: None,
+                redact: &args.recording.redact,
+                mode: "forward",
+            })
+        }
+        Command::Record(args) => {
+            config.reverse = stdio_server(&cli.global, &args.server)?;
+            let (path, target) = match &args.output {
+                Some(path) => (path.clone(), Target::FileOrDir),
+                None => (config.data_dir.join(TAPES_DIR), Target::Dir),
+            };
+            Some(Ask {
+                path,
+                target,
+                name: args.name.clone(),
+                redact: &args.redact,
+                mode: "record",
+            })
+        }
+        Command::Replay(args) if args.listen.is_some() => {
+            config.reverse = Some(ReverseConfig::build(&cli.global, &replay_gateway(args))?);
+            None
+        }
+        _ => None,
+    };
+    if let Some(ask) = ask {
+        config.recording = Some(crate::config::recording::build(
+            ask,
+            config.reverse.as_ref(),
+        )?);
     }
     Ok(config)
+}
+
+/// Where tapes go in the data dir, by default.
+pub const TAPES_DIR: &str = "tapes";
+
+/// The upstream options of a stdio client's server: for a --url, the gateway's upstream side
+/// (the stdio→HTTP bridge uses it); none for a command.
+fn stdio_server(
+    global: &crate::cli::GlobalArgs,
+    server: &StdioServer,
+) -> Result<Option<ReverseConfig>, crate::config::ConfigError> {
+    if server.url.is_some() {
+        return ReverseConfig::for_url(global, server).map(Some);
+    }
+    ReverseConfig::check_command_only(server)?;
+    Ok(None)
+}
+
+/// `replay --listen`: a gateway whose server, for each session, is `shadowcat replay` of the
+/// tape over stdio. The gateway's sessions, SSE streams and HTTP handling are the reverse
+/// proxy's own; each HTTP session replays the tape afresh.
+fn replay_gateway(args: &ReplayArgs) -> ReverseArgs {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "shadowcat".into());
+    let tape = std::path::absolute(&args.tape).unwrap_or_else(|_| args.tape.clone());
+    ReverseArgs {
+        listen: args.listen.clone(),
+        command: vec![
+            exe.into_os_string(),
+            "replay".into(),
+            tape.into_os_string(),
+            "--match".into(),
+            args.match_mode.as_str().into(),
+            "--speed".into(),
+            args.speed.to_string().into(),
+        ],
+        ..ReverseArgs::default()
+    }
 }
 
 /// Runs `command`; returns the process exit code.
 pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     match command {
-        Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(args, config),
+        Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(args.server, config),
+        Command::Record(args) => run_forward_stdio(args.server, config),
         Command::Reverse(_) => run_reverse(config),
+        Command::Replay(args) if args.listen.is_some() => run_reverse(config),
+        Command::Replay(args) => crate::tape::replay::run_stdio(&args),
+        Command::Tape(cmd) => crate::tape::manage::run(cmd, config),
         Command::Session(cmd) => run_session(cmd, config),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
@@ -56,7 +143,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     }
 }
 
-fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
+fn run_forward_stdio(args: StdioServer, config: &Config) -> anyhow::Result<u8> {
     if args.url.is_some() {
         return run_bridge(config);
     }
@@ -69,9 +156,8 @@ fn run_forward_stdio(args: StdioArgs, config: &Config) -> anyhow::Result<u8> {
         cwd: args.child.cwd,
     };
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
-    let record = args.record;
     on_one_thread(config, std::time::Duration::from_millis(100), |store| {
-        forward::run(config, &spec, store, record)
+        forward::run(config, &spec, store, config.recording.as_ref())
     })
 }
 

@@ -78,6 +78,29 @@ pub enum Command {
     ///   shadowcat reverse --listen 127.0.0.1:8080 -- python server.py
     #[command(verbatim_doc_comment)]
     Reverse(ReverseArgs),
+    /// Record one session to a tape: `forward stdio` (a server command, or --url) with
+    /// recording on.
+    ///
+    /// Examples:
+    ///   shadowcat record -o demo.jsonl -- python server.py
+    ///   shadowcat record --name demo --url http://127.0.0.1:9000/mcp
+    #[command(verbatim_doc_comment)]
+    Record(RecordCmd),
+    /// Serve a tape as a mock MCP server: over stdio, or Streamable HTTP with --listen.
+    ///
+    /// Each request is answered with the recorded answer to the matching recorded request (with
+    /// the live request's id); the server's notifications and requests are replayed in their
+    /// recorded order. An unmatched request gets a JSON-RPC error naming the closest recorded
+    /// ones.
+    ///
+    /// Examples:
+    ///   shadowcat replay demo.jsonl
+    ///   shadowcat replay demo.jsonl --listen 127.0.0.1:8080 --speed 0
+    #[command(verbatim_doc_comment)]
+    Replay(ReplayArgs),
+    /// Work with tapes: verify a server against one, list, show, redact.
+    #[command(subcommand)]
+    Tape(TapeCommand),
     /// Inspect and prune the session history (sessions.db in the data dir).
     #[command(subcommand)]
     Session(SessionCommand),
@@ -144,11 +167,37 @@ pub enum OutputFormat {
 
 /// `forward stdio` options.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "command"])))]
 pub struct StdioArgs {
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// Recording the session.
+    #[command(flatten)]
+    pub recording: RecordArgs,
+    /// The server.
+    #[command(flatten)]
+    pub server: StdioServer,
+}
+
+/// `--record` and what goes with it (`forward stdio`, `reverse`).
+#[derive(Debug, Args, Default)]
+pub struct RecordArgs {
+    /// Record sessions to tapes (docs/tapes.md). forward: this tape file, or a new file in this
+    /// directory; reverse: one tape per session in this directory (created if missing), named
+    /// by time and session. An existing file is never overwritten.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub record: Option<PathBuf>,
+    /// Mask the values at this RFC 9535 JSONPath in every recorded message, e.g.
+    /// '$.params.arguments.password' (repeatable). Headers are never recorded, and the value of
+    /// an Authorization or Cookie header or --bearer-token-env is masked wherever it appears.
+    #[arg(long, value_name = "JSONPATH", requires = "record")]
+    pub redact: Vec<String>,
+}
+
+/// The server a stdio client is connected to: a command, or a --url.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "command"])))]
+pub struct StdioServer {
     /// How the server process is started.
     #[command(flatten)]
     pub child: ChildArgs,
@@ -167,13 +216,139 @@ pub struct StdioArgs {
     /// How the --url server is reached.
     #[command(flatten)]
     pub upstream: UpstreamArgs,
-    /// Record the session to this tape file (docs/tapes.md), or into this directory (a file
-    /// named by time and session). An existing file is never overwritten.
-    #[arg(long, value_name = "FILE|DIR")]
-    pub record: Option<PathBuf>,
     /// The MCP server to run, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `record` options.
+#[derive(Debug, Args)]
+pub struct RecordCmd {
+    /// The tape to write, or a directory to make it in. [default: the data dir's tapes/]
+    #[arg(short, long, value_name = "FILE|DIR")]
+    pub output: Option<PathBuf>,
+    /// A name for the tape, shown by `tape list`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Mask the values at this RFC 9535 JSONPath in every recorded message (repeatable).
+    #[arg(long, value_name = "JSONPATH")]
+    pub redact: Vec<String>,
+    /// Proxy limits and timeouts.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// The server.
+    #[command(flatten)]
+    pub server: StdioServer,
+}
+
+/// How `replay` matches a live request to a recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MatchMode {
+    /// The first unused recorded request with the same method and params (ids and `_meta`
+    /// ignored); once all such are used, the last one used again.
+    #[default]
+    MethodParams,
+    /// The next recorded request in order, whatever its params, if its method is the same.
+    Sequential,
+    /// The next recorded request in order, which must have the same method and params.
+    Strict,
+}
+
+impl MatchMode {
+    /// Its name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MethodParams => "method-params",
+            Self::Sequential => "sequential",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+/// `replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The tape.
+    pub tape: PathBuf,
+    /// Serve Streamable HTTP on this address (each HTTP session replays the tape afresh)
+    /// instead of stdio, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// How live requests are matched to recorded ones.
+    #[arg(long = "match", value_enum, default_value = "method-params")]
+    pub match_mode: MatchMode,
+    /// Replay speed: 1 keeps the recorded timing, 2 is twice as fast, 0 sends everything at
+    /// once.
+    #[arg(long, value_name = "FACTOR", default_value = "1", value_parser = parse_speed)]
+    pub speed: f64,
+}
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(speed) if speed.is_finite() && speed >= 0.0 => Ok(speed),
+        _ => Err(format!(
+            "{text:?}: expected a factor of 0 or more, e.g. 1, 2.5 or 0"
+        )),
+    }
+}
+
+/// `tape` subcommands.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once per process.
+pub enum TapeCommand {
+    /// Check a server against a tape: replay the tape's client side to it and compare its
+    /// answers with the recorded ones (ids ignored). Prints a diff per mismatch; exits 1 if
+    /// any, so it can gate CI.
+    ///
+    /// Examples:
+    ///   shadowcat tape verify demo.jsonl -- python server.py
+    ///   shadowcat tape verify demo.jsonl --ignore '$.result.content[0].text' --url http://127.0.0.1:9000/mcp
+    #[command(verbatim_doc_comment)]
+    Verify(VerifyArgs),
+    /// List tapes: name, date, session, frames, duration, size.
+    List {
+        /// The directory. [default: the data dir's tapes/]
+        dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Show a tape: its header and a timeline of its messages (direction, method, latency).
+    Show {
+        /// The tape.
+        tape: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Write a copy of a tape with the values at JSONPaths masked.
+    Redact {
+        /// The tape.
+        tape: PathBuf,
+        /// Mask the values at this RFC 9535 JSONPath in every message (repeatable).
+        #[arg(long, value_name = "JSONPATH", required = true)]
+        redact: Vec<String>,
+        /// The new tape (never the original; an existing file is not overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+/// `tape verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The tape.
+    pub tape: PathBuf,
+    /// Ignore the values at this RFC 9535 JSONPath when comparing answers, e.g.
+    /// '$.result.content[0].text' (repeatable).
+    #[arg(long, value_name = "JSONPATH")]
+    pub ignore: Vec<String>,
+    /// Longest wait for each answer.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: String,
+    /// The server to verify.
+    #[command(flatten)]
+    pub server: StdioServer,
 }
 
 /// How a server command is started (`forward stdio`, `reverse -- <cmd>`).
@@ -203,7 +378,7 @@ pub struct UpstreamArgs {
 }
 
 /// `reverse` options.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 #[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
 pub struct ReverseArgs {
     /// Address to listen on for MCP clients. Anything but a loopback address exposes the
@@ -246,6 +421,9 @@ pub struct ReverseArgs {
     /// How the server processes are started.
     #[command(flatten)]
     pub child: ChildArgs,
+    /// Recording sessions.
+    #[command(flatten)]
+    pub recording: RecordArgs,
     /// The MCP server to run for each session, and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -349,8 +527,8 @@ mod tests {
         let Command::Forward(ForwardCommand::Stdio(args)) = cli.command else {
             panic!()
         };
-        assert_eq!(args.command, ["python", "-m", "srv", "--flag"]);
-        assert_eq!(args.child.env, [("A".into(), "b=c".into())]);
+        assert_eq!(args.server.command, ["python", "-m", "srv", "--flag"]);
+        assert_eq!(args.server.child.env, [("A".into(), "b=c".into())]);
         assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
     }
 

@@ -63,6 +63,8 @@ pub struct Config {
     pub session_store: StoreKind,
     /// The reverse proxy's own options (`reverse` only).
     pub reverse: Option<ReverseConfig>,
+    /// Where and how sessions are recorded (`--record`, `record`).
+    pub recording: Option<crate::tape::Recording>,
 }
 
 /// Where session history goes.
@@ -297,10 +299,12 @@ impl Config {
             )?,
             session_store,
             reverse: None,
+            recording: None,
         })
     }
 }
 
+pub mod recording;
 mod reverse;
 pub use reverse::{
     AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream,

@@ -8,25 +8,33 @@
 //!
 //! - [`Recorder`]: the handle a session records through. Lines go to a writer task over a bounded
 //!   channel: recording never drops a frame, and a writer that falls behind slows the session
-//!   down instead of growing memory.
+//!   down instead of growing memory. [`Recording`] starts one per session.
+//! - [`Redactor`]: what is masked before anything is written.
 //! - [`read`]: loads a tape, tolerating a torn last line.
+//! - [`replay`]: serves a tape back as an MCP server; [`verify`]: checks a server against one;
+//!   [`manage`]: `tape list|show|redact`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::protocol::Direction;
 
+mod diff;
+pub mod manage;
+mod recorder;
+pub mod redact;
+pub mod replay;
+pub mod verify;
+
+pub use recorder::{Recorder, Recording};
+pub use redact::{MASK, Redactor};
+
 /// The tape format's version, written in every header.
 pub const FORMAT_VERSION: u32 = 1;
-/// Lines queued for the writer before a session waits for it.
-const QUEUE: usize = 1024;
 
 /// The first line of a tape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +93,15 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Nothing to say beyond the message.
+    pub const NONE: Self = Self {
+        status: None,
+        event_id: None,
+        stream: None,
+    };
+
     fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self == &Self::NONE
     }
 }
 
@@ -118,7 +133,7 @@ pub struct End {
 /// A tape's lines, as written (each with a `type` member naming its kind).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-enum Line<'a> {
+pub(crate) enum Line<'a> {
     Header(Header),
     Meta(Meta),
     Frame(FrameLine<'a>),
@@ -127,19 +142,45 @@ enum Line<'a> {
 
 /// A `frame` line's members.
 #[derive(Debug, Serialize, Deserialize)]
-struct FrameLine<'a> {
-    t: u64,
-    dir: Dir,
+pub(crate) struct FrameLine<'a> {
+    pub(crate) t: u64,
+    pub(crate) dir: Dir,
     #[serde(borrow)]
-    session: std::borrow::Cow<'a, str>,
+    pub(crate) session: std::borrow::Cow<'a, str>,
     /// The message verbatim, when it is one line of JSON.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    msg: Option<&'a RawValue>,
+    pub(crate) msg: Option<&'a RawValue>,
     /// Otherwise its text.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    text: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) text: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Transport::is_empty")]
-    transport: Transport,
+    pub(crate) transport: Transport,
+}
+
+impl<'a> FrameLine<'a> {
+    /// The line for one message: verbatim when it is one line of JSON, else as text (e.g. a
+    /// pretty-printed HTTP body), so every tape line stays one line.
+    pub(crate) fn new(
+        t: u64,
+        direction: Direction,
+        session: &'a str,
+        raw: &'a [u8],
+        transport: Transport,
+    ) -> Self {
+        let one_line = !raw.iter().any(|b| matches!(b, b'\n' | b'\r'));
+        let msg = std::str::from_utf8(raw)
+            .ok()
+            .filter(|_| one_line)
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        Self {
+            t,
+            dir: direction.into(),
+            session: session.into(),
+            msg,
+            text: msg.is_none().then(|| String::from_utf8_lossy(raw)),
+            transport,
+        }
+    }
 }
 
 /// A line's kind, read first (a line's raw message can't pass through serde's tagged enums).
@@ -170,7 +211,7 @@ fn parse_line(line: &[u8]) -> Result<Parsed<'_>, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum Dir {
+pub(crate) enum Dir {
     #[serde(rename = "c2s")]
     ClientToServer,
     #[serde(rename = "s2c")]
@@ -193,15 +234,6 @@ impl From<Dir> for Direction {
             Dir::ServerToClient => Self::ServerToClient,
         }
     }
-}
-
-/// What the writer is sent.
-#[derive(Debug)]
-enum Item {
-    /// A whole line.
-    Line(Vec<u8>),
-    /// Flush, then say so.
-    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Why a tape could not be written or read.
@@ -238,146 +270,7 @@ pub enum TapeError {
     Closed,
 }
 
-/// The handle a session records through.
-#[derive(Debug, Clone)]
-pub struct Recorder {
-    tx: mpsc::Sender<Item>,
-    started: Instant,
-    /// Whether the `meta` line was written.
-    meta_written: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Whether a failure was reported (it is, once).
-    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Recorder {
-    /// Creates the tape at `path` (its directory must exist) and starts its writer on a
-    /// blocking thread; the header is its first line. The writer's handle finishes when every
-    /// [`Recorder`] clone is dropped, after the last line is flushed.
-    pub fn create(
-        path: &Path,
-        header: &Header,
-    ) -> Result<(Self, tokio::task::JoinHandle<Result<(), TapeError>>), TapeError> {
-        let io = |source| TapeError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        let mut out = std::io::BufWriter::new(file);
-        write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
-        out.flush().map_err(io)?;
-        let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
-        let owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || {
-            let io = |source| TapeError::Io {
-                path: owned.clone(),
-                source,
-            };
-            while let Some(item) = rx.blocking_recv() {
-                match item {
-                    Item::Line(line) => out.write_all(&line).map_err(io)?,
-                    Item::Sync(done) => {
-                        out.flush().map_err(io)?;
-                        let _ = done.send(());
-                    }
-                }
-                // Flush whenever the writer has caught up: the tape is current on disk.
-                if rx.is_empty() {
-                    out.flush().map_err(io)?;
-                }
-            }
-            out.flush().map_err(io)
-        });
-        Ok((
-            Self {
-                tx,
-                started: Instant::now(),
-                meta_written: std::sync::Arc::default(),
-                failed: std::sync::Arc::default(),
-            },
-            writer,
-        ))
-    }
-
-    fn micros(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    async fn send(&self, line: &Line<'_>) -> Result<(), TapeError> {
-        let mut bytes = Vec::new();
-        write_line(&mut bytes, line).map_err(|_| TapeError::Closed)?;
-        self.tx
-            .send(Item::Line(bytes))
-            .await
-            .map_err(|_| TapeError::Closed)
-    }
-
-    /// Records the session's `initialize` outcome.
-    pub async fn meta(&self, meta: Meta) -> Result<(), TapeError> {
-        self.send(&Line::Meta(meta)).await?;
-        self.meta_written
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Whether the `initialize` outcome is still to be recorded.
-    pub fn wants_meta(&self) -> bool {
-        !self.meta_written.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Reports that recording failed (once per tape): the session goes on unrecorded.
-    pub fn failed(&self, error: &TapeError) {
-        if !self.failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::error!(%error, "recording stopped: the tape can no longer be written");
-        }
-    }
-
-    /// Records one message as it was carried; waits while the writer is behind.
-    pub async fn frame(
-        &self,
-        direction: Direction,
-        session: &str,
-        raw: &[u8],
-        transport: Transport,
-    ) -> Result<(), TapeError> {
-        // One line of JSON goes in verbatim; anything else (a pretty-printed HTTP body) as text.
-        let one_line = !raw.iter().any(|b| matches!(b, b'\n' | b'\r'));
-        let text = std::str::from_utf8(raw).unwrap_or_default();
-        let msg = one_line
-            .then(|| serde_json::from_str::<&RawValue>(text).ok())
-            .flatten();
-        let line = Line::Frame(FrameLine {
-            t: self.micros(),
-            dir: direction.into(),
-            session: session.into(),
-            msg,
-            text: msg.is_none().then(|| String::from_utf8_lossy(raw)),
-            transport,
-        });
-        self.send(&line).await
-    }
-
-    /// Records how the session ended, and waits until everything so far is on disk. Frames
-    /// may still follow (late answers) until the last clone is dropped.
-    pub async fn end(&self, reason: &str) -> Result<(), TapeError> {
-        let end = End {
-            micros: self.micros(),
-            reason: reason.to_owned(),
-        };
-        self.send(&Line::End(end)).await?;
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Item::Sync(done))
-            .await
-            .map_err(|_| TapeError::Closed)?;
-        flushed.await.map_err(|_| TapeError::Closed)
-    }
-}
-
-fn write_line(out: &mut impl std::io::Write, line: &Line<'_>) -> std::io::Result<()> {
+pub(crate) fn write_line(out: &mut impl std::io::Write, line: &Line<'_>) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, line)?;
     out.write_all(b"\n")
 }
@@ -515,11 +408,14 @@ mod tests {
         }
     }
 
+    use std::io::Write as _;
+
     #[tokio::test]
     async fn a_tape_reads_back_exactly_what_was_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
-        let (recorder, writer) = Recorder::create(&path, &header()).unwrap();
+        let (recorder, writer) =
+            Recorder::create(&path, &header(), std::sync::Arc::default()).unwrap();
         let request = br#"{"jsonrpc":"2.0", "id":1,"method":"ping"}"#;
         let pretty = b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"result\": {}\n}";
         recorder
@@ -598,7 +494,8 @@ mod tests {
     async fn a_torn_last_line_is_ignored_and_other_damage_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
-        let (recorder, writer) = Recorder::create(&path, &header()).unwrap();
+        let (recorder, writer) =
+            Recorder::create(&path, &header(), std::sync::Arc::default()).unwrap();
         recorder
             .frame(
                 Direction::ClientToServer,
@@ -635,7 +532,7 @@ mod tests {
         assert!(matches!(read(&bad), Err(TapeError::NotATape { .. })));
         // An existing file is never overwritten.
         assert!(matches!(
-            Recorder::create(&path, &header()),
+            Recorder::create(&path, &header(), std::sync::Arc::default()),
             Err(TapeError::Io { .. })
         ));
     }

@@ -248,6 +248,7 @@ fn cleanup_older_than_deletes_old_and_abandoned_rows_and_keeps_live_ones() {
         frames_from_client: 1,
         frames_from_server: 1,
         pending: 0,
+        tape: None,
         metadata: Metadata::default(),
         updated_at_ms: updated,
     };

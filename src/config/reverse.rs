@@ -7,7 +7,7 @@ use super::{
     ConfigError, FileConfig, invalid, load_file, parse_count, parse_duration,
     parse_optional_duration, pick,
 };
-use crate::cli::{GlobalArgs, ReverseArgs, StdioArgs};
+use crate::cli::{GlobalArgs, ReverseArgs, StdioServer};
 use crate::transport::child::ChildSpec;
 
 /// Default address the reverse proxy listens on.
@@ -214,7 +214,7 @@ impl ReverseConfig {
 
 impl ReverseConfig {
     /// `forward stdio -- <cmd>`: the options of an HTTP server (`--url`) have nothing to apply to.
-    pub fn check_command_only(args: &StdioArgs) -> Result<(), ConfigError> {
+    pub fn check_command_only(args: &StdioServer) -> Result<(), ConfigError> {
         let given = [
             ("--connect-timeout", args.upstream.connect_timeout.is_some()),
             ("--upstream-ca", args.upstream.upstream_ca.is_some()),
@@ -231,7 +231,7 @@ impl ReverseConfig {
 
     /// The upstream side alone, for `forward stdio --url`: the stdio client is bridged through
     /// the same HTTP upstream code the gateway uses (its listening options are unused).
-    pub fn for_url(global: &GlobalArgs, args: &StdioArgs) -> Result<Self, ConfigError> {
+    pub fn for_url(global: &GlobalArgs, args: &StdioServer) -> Result<Self, ConfigError> {
         let file = match &global.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),

@@ -2,7 +2,7 @@
 //!
 //! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32603`), and MCP's own
 //! where the spec defines the case (`-32020`, a header that does not match the body). Everything
-//! proxy-specific lives in `-32080..=-32089`, clear of the codes MCP and its SDKs use
+//! proxy-specific lives in `-32080..=-32099`, clear of the codes MCP and its SDKs use
 //! (`-32000..=-32010`, `-32020..=-32022`, `-32042`). Every error carries `data.shadowcat` naming
 //! the cause, so a client can tell a proxy error from one of its server's. docs/errors.md is
 //! this table in prose; keep the two in step.
@@ -47,11 +47,13 @@ pub enum ErrorCode {
     UpstreamHttpError,
     /// `-32089`: `--max-sessions` sessions are open and none is idle enough to evict.
     TooManySessions,
+    /// `-32090`: `shadowcat replay` has no recorded request matching this one.
+    ReplayUnmatched,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InternalError,
@@ -66,6 +68,7 @@ impl ErrorCode {
         Self::UpstreamUnreachable,
         Self::UpstreamHttpError,
         Self::TooManySessions,
+        Self::ReplayUnmatched,
     ];
 
     /// The numeric JSON-RPC code.
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable => -32087,
             Self::UpstreamHttpError => -32088,
             Self::TooManySessions => -32089,
+            Self::ReplayUnmatched => -32090,
         }
     }
 
@@ -105,6 +109,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamHttpError => "upstream_http_error",
             Self::TooManySessions => "too_many_sessions",
+            Self::ReplayUnmatched => "replay_unmatched",
         }
     }
 }
@@ -190,7 +195,7 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.code()), "duplicate {}", code.code());
             if !defined_elsewhere.contains(&code) {
-                assert!((-32089..=-32080).contains(&code.code()), "{code:?}");
+                assert!((-32099..=-32080).contains(&code.code()), "{code:?}");
             }
         }
     }

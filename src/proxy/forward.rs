@@ -75,7 +75,7 @@ pub async fn run(
     config: &Config,
     spec: &ChildSpec,
     store: Option<StoreWriter>,
-    record: Option<std::path::PathBuf>,
+    record: Option<&crate::tape::Recording>,
 ) -> anyhow::Result<u8> {
     let sessions = SessionManager::new(config.sessions.clone(), store);
     let upstream = std::iter::once(&spec.program)
@@ -83,11 +83,8 @@ pub async fn run(
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let session = sessions.create(TransportKind::Stdio, Some(upstream.clone()))?;
-    let tape = match &record {
-        Some(path) => Some(start_tape(path, &session, &upstream)?),
-        None => None,
-    };
+    let session = sessions.create(TransportKind::Stdio, Some(upstream))?;
+    let tape = record.map(|r| r.start(&session)).transpose()?;
     let span = tracing::info_span!("session", id = %session.id());
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
@@ -120,40 +117,6 @@ pub async fn run(
     let closing = sessions.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     result
-}
-
-/// Starts recording `session` to the tape at `path` (a file, or a directory to make one in).
-fn start_tape(
-    path: &std::path::Path,
-    session: &Session,
-    upstream: &str,
-) -> anyhow::Result<crate::tape::Recorder> {
-    let created = crate::tape::now_rfc3339();
-    let file = if path.is_dir() {
-        path.join(format!(
-            "{}-{}.jsonl",
-            created.replace([':', '.'], "-"),
-            session.id()
-        ))
-    } else {
-        path.to_owned()
-    };
-    let header = crate::tape::Header {
-        format: crate::tape::FORMAT_VERSION,
-        id: crate::session::SessionId::random().to_string(),
-        name: None,
-        created,
-        mode: "forward".into(),
-        client_transport: "stdio".into(),
-        server_transport: "stdio".into(),
-        upstream: Some(upstream.to_owned()),
-        session: session.id().to_string(),
-    };
-    let (recorder, _writer) = crate::tape::Recorder::create(&file, &header)
-        .with_context(|| format!("cannot record to {}", file.display()))?;
-    tracing::info!(tape = %file.display(), "recording the session");
-    session.record_to(recorder.clone());
-    Ok(recorder)
 }
 
 /// How long the session history writer gets to save the last records at exit.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::protocol::{Direction, Message};
 use crate::session::{Session, SessionManager};
+use crate::tape::Transport;
 use crate::telemetry::Metrics;
 
 use super::tracker::RequestTracker;
@@ -31,6 +32,8 @@ pub struct Context<'a> {
     pub direction: Direction,
     /// The session it belongs to.
     pub session: &'a Session,
+    /// How the transport carried it (HTTP status, SSE event id, stream), for the tape.
+    pub transport: &'a Transport,
 }
 
 /// What to do with a message.
@@ -89,10 +92,9 @@ impl Pipeline {
 /// gone by, the session's metadata too. A tape that can no longer be written is logged once
 /// and the session goes on unrecorded.
 async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
-    use crate::tape::Transport;
     let session = cx.session.id().as_str();
     let mut result = tape
-        .frame(cx.direction, session, msg.raw(), Transport::default())
+        .frame(cx.direction, session, msg.raw(), cx.transport.clone())
         .await;
     if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
         result = tape
@@ -100,7 +102,7 @@ async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, 
                 cx.direction.reverse(),
                 session,
                 answer.raw(),
-                Transport::default(),
+                Transport::NONE,
             )
             .await;
     }

@@ -100,6 +100,7 @@ impl<R: Deliver> Relay<R> {
         let cx = Context {
             direction: self.direction,
             session: &self.session,
+            transport: &crate::tape::Transport::NONE,
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;

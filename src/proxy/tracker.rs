@@ -223,7 +223,14 @@ mod tests {
     }
 
     fn run(tracker: &RequestTracker, session: &Session, direction: Direction, m: &str) -> Verdict {
-        tracker.track(msg(m), Context { direction, session })
+        tracker.track(
+            msg(m),
+            Context {
+                direction,
+                session,
+                transport: &crate::tape::Transport::NONE,
+            },
+        )
     }
 
     #[test]

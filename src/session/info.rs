@@ -139,6 +139,9 @@ pub struct SessionRecord {
     pub frames_from_server: u64,
     /// Requests awaiting answers (both directions) when the record was taken.
     pub pending: u64,
+    /// The tape the session is recorded to (`--record`), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tape: Option<String>,
     /// What the peers said about themselves, and tags.
     #[serde(flatten)]
     pub metadata: Metadata,
@@ -408,6 +411,7 @@ impl Session {
             frames_from_client: self.frames(Direction::ClientToServer),
             frames_from_server: self.frames(Direction::ServerToClient),
             pending: self.pending_count() as u64,
+            tape: self.tape().map(|t| t.path().display().to_string()),
             metadata: self.metadata(),
         }
     }

@@ -69,24 +69,28 @@ pub fn table(records: &[SessionRecord]) -> String {
         "PROTOCOL",
         "MESSAGES IN/OUT",
     ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+    columns(&header, &rows)
+}
+
+/// Rows under a header, in columns padded to their widest cell.
+pub fn columns<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &[&str]| {
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         let _ = writeln!(out, "{}", padded.join("  ").trim_end());
     };
-    line(&header);
-    for row in &rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.as_ref().iter().map(String::as_str));
     }
     out
 }
@@ -105,6 +109,7 @@ pub fn details(r: &SessionRecord) -> String {
     field("state", state(r));
     field("transport", r.transport.clone());
     field("upstream", r.upstream.clone().unwrap_or_else(|| "-".into()));
+    field("tape", r.tape.clone().unwrap_or_else(|| "-".into()));
     field("created", when(r.created_at_ms));
     field("last activity", when(r.last_activity_ms));
     field("ended", r.ended_at_ms.map_or_else(|| "-".into(), when));

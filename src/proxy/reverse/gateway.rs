@@ -188,6 +188,11 @@ impl Gateway {
         let session = self
             .sessions
             .create(transport, Some(self.upstream_label()))?;
+        if let Some(recording) = &self.config.recording {
+            if let Err(e) = recording.start(&session) {
+                tracing::error!(session = %session.id(), "{e:#}; the session goes on unrecorded");
+            }
+        }
         let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
         let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {
@@ -423,6 +428,15 @@ impl Gateway {
                 .await;
         }
         link.router.close();
+        if let Some(tape) = session.tape() {
+            let reason = match session.state() {
+                crate::session::State::Closed(reason) => reason.as_str(),
+                _ => EndReason::Closed.as_str(),
+            };
+            if let Err(e) = tape.end(reason).await {
+                tape.failed(&e);
+            }
+        }
         link.torn_down.cancel();
     }
 
@@ -506,6 +520,7 @@ impl Gateway {
         let cx = Context {
             direction: Direction::ClientToServer,
             session,
+            transport: &crate::tape::Transport::NONE,
         };
         self.pipeline.process(msg, cx).await
     }

@@ -41,6 +41,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_state_created ON sessions (state, created_at_ms);",
     // v2: when a running proxy last saved the row, so cleanup can tell dead rows from live ones.
     "ALTER TABLE sessions ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;",
+    // v3: the tape the session was recorded to.
+    "ALTER TABLE sessions ADD COLUMN tape TEXT;",
 ];
 
 /// Session history in an SQLite file.
@@ -75,7 +77,7 @@ fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> 
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
     frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
-    server_info, server_capabilities, tags, updated_at_ms";
+    server_info, server_capabilities, tags, updated_at_ms, tape";
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
@@ -219,6 +221,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             tags: serde_json::from_str(&tags).unwrap_or_default(),
         },
         updated_at_ms: u(17)?,
+        tape: row.get(18)?,
     })
 }
 
@@ -229,14 +232,14 @@ impl SessionStore for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
                      ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
                        last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
                        frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
                        pending = excluded.pending, protocol_version = excluded.protocol_version,
                        client_info = excluded.client_info, client_capabilities = excluded.client_capabilities,
                        server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
-                       tags = excluded.tags, updated_at_ms = excluded.updated_at_ms
+                       tags = excluded.tags, updated_at_ms = excluded.updated_at_ms, tape = excluded.tape
                      WHERE sessions.state <> 'closed'"
                 ))
                 .map_err(self.err())?;
@@ -261,6 +264,7 @@ impl SessionStore for SqliteStore {
                     json(m.server_capabilities.as_ref()),
                     serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
                     to_i64(r.updated_at_ms),
+                    r.tape,
                 ])
                 .map_err(self.err())?;
             }
@@ -334,6 +338,7 @@ mod tests {
             frames_from_client: 3,
             frames_from_server: 4,
             pending: 0,
+            tape: Some("/tapes/t.jsonl".into()),
             metadata,
         }
     }

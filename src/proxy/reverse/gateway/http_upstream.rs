@@ -255,7 +255,12 @@ impl Gateway {
             Some("application/json") => {
                 match read_body(response.into_body(), self.config.max_message_size).await {
                     Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
-                        self.relay_frame(link, body, Some(reply)).await;
+                        let transport = crate::tape::Transport {
+                            status: Some(status.as_u16()),
+                            stream: Some("post".into()),
+                            event_id: None,
+                        };
+                        self.relay_frame(link, body, Some(reply), &transport).await;
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -3,6 +3,7 @@
 //! same way if it breaks before the answer), and each frame they carry, through the pipeline to
 //! the router or the POST's own stream.
 
+use crate::tape::Transport;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -211,7 +212,24 @@ impl Gateway {
             }
             match item {
                 Ok(Item::Event(event)) if event.is_message() => {
-                    self.relay_frame(link, event.data, reply).await;
+                    // Which stream carried it, for the tape (only worked out when recording).
+                    let transport = if link.session.tape().is_some() {
+                        let stream = if position.request.is_some() {
+                            "post"
+                        } else if link.legacy().is_some() {
+                            "sse"
+                        } else {
+                            "get"
+                        };
+                        Transport {
+                            status: Some(200),
+                            event_id: event.id.clone(),
+                            stream: Some(stream.into()),
+                        }
+                    } else {
+                        Transport::NONE
+                    };
+                    self.relay_frame(link, event.data, reply, &transport).await;
                 }
                 Ok(Item::Event(_)) => {}
                 Ok(Item::TooLarge { len }) => {
@@ -242,12 +260,14 @@ impl Gateway {
         }
     }
 
-    /// One frame (a message or a batch) from the HTTP upstream, through the pipeline.
+    /// One frame (a message or a batch) from the HTTP upstream, through the pipeline;
+    /// `transport` says how it came (for the session's tape).
     pub(super) async fn relay_frame(
         &self,
         link: &Arc<SessionLink>,
         body: Bytes,
         reply: Option<&Waiter>,
+        transport: &Transport,
     ) {
         let members = match Message::parse_frame(body.clone()) {
             Ok(Frame::Single(msg)) => vec![Ok(msg)],
@@ -276,6 +296,7 @@ impl Gateway {
             let cx = Context {
                 direction: Direction::ServerToClient,
                 session: &link.session,
+                transport,
             };
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {

@@ -1,0 +1,106 @@
+//! `--record`, `--redact` and `record -o`: where tapes go and what is masked in them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{ConfigError, ReverseConfig, ReverseUpstream, invalid};
+use crate::tape::{Recording, Redactor};
+
+/// Where a mode puts its tapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One session: a file, or a new file in a directory that exists (`forward stdio`).
+    FileOrDir,
+    /// One tape per session in a directory, created if missing (`reverse`, `record` without
+    /// `-o`).
+    Dir,
+}
+
+/// What `--record` asks for, as given.
+#[derive(Debug)]
+pub struct Ask<'a> {
+    /// The tape or directory.
+    pub path: PathBuf,
+    /// What the path must be.
+    pub target: Target,
+    /// A name for the tapes.
+    pub name: Option<String>,
+    /// `--redact` paths.
+    pub redact: &'a [String],
+    /// The recording mode: `forward`, `reverse`, `record`.
+    pub mode: &'static str,
+}
+
+/// The recording `ask` describes, for a server reached through `upstream` (an HTTP upstream's
+/// credentials are masked wherever they appear).
+pub fn build(ask: Ask<'_>, upstream: Option<&ReverseConfig>) -> Result<Recording, ConfigError> {
+    let flag = if ask.mode == "record" {
+        "--output"
+    } else {
+        "--record"
+    };
+    if ask.target == Target::Dir {
+        if ask.path.exists() && !ask.path.is_dir() {
+            return Err(invalid(
+                flag,
+                format!(
+                    "{}: a file; {} records one tape per session, into a directory",
+                    ask.path.display(),
+                    ask.mode
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&ask.path).map_err(|e| {
+            invalid(
+                flag,
+                format!("cannot create the directory {}: {e}", ask.path.display()),
+            )
+        })?;
+    } else if let Some(parent) = parent_dir(&ask.path).filter(|p| !p.is_dir()) {
+        return Err(invalid(
+            flag,
+            format!("{}: no such directory", parent.display()),
+        ));
+    }
+    let redactor = Redactor::new(ask.redact, upstream.map(secrets).unwrap_or_default())
+        .map_err(|e| invalid("--redact", e.to_string()))?;
+    let server_transport = match upstream.map(|u| &u.upstream) {
+        Some(ReverseUpstream::Http(_)) => "http",
+        Some(ReverseUpstream::Stdio(_)) | None => "stdio",
+    };
+    Ok(Recording {
+        target: ask.path,
+        name: ask.name,
+        mode: ask.mode,
+        server_transport,
+        redactor: Arc::new(redactor),
+    })
+}
+
+fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The credentials in an HTTP upstream's configured headers: masked wherever they appear in a
+/// recorded message (whole, and without their scheme: `Bearer <token>` and `<token>`).
+fn secrets(upstream: &ReverseConfig) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for (name, value) in &upstream.upstream_headers {
+        let credential = value.is_sensitive()
+            || matches!(
+                name.as_str(),
+                "authorization" | "proxy-authorization" | "cookie"
+            );
+        let Ok(value) = value.to_str() else { continue };
+        if !credential {
+            continue;
+        }
+        if let Some((_, token)) = value.split_once(' ') {
+            secrets.push(token.trim().to_owned());
+        }
+        secrets.push(value.to_owned());
+    }
+    // Longest first, so a whole value is masked before a part of it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+}

@@ -1,0 +1,337 @@
+//! `shadowcat tape list|show|redact|verify`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{FrameLine, Line, Redactor, Tape, TapeError, read, write_line};
+use crate::cli::{OutputFormat, TapeCommand};
+use crate::config::Config;
+use crate::protocol::{Direction, Kind, Message, RequestId};
+use crate::session::report::columns;
+
+/// Runs a `tape` subcommand; returns the exit code.
+pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        TapeCommand::List { dir, format } => {
+            let dir = dir.unwrap_or_else(|| config.data_dir.join(crate::app::TAPES_DIR));
+            let rows = list(&dir)?;
+            match format {
+                OutputFormat::Table if rows.is_empty() => {
+                    eprintln!("shadowcat: no tapes in {}", dir.display());
+                }
+                OutputFormat::Table => write!(out, "{}", list_table(&rows))?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
+            }
+            Ok(0)
+        }
+        TapeCommand::Show { tape, format } => {
+            let tape = read(&tape)?;
+            let timeline = timeline(&tape);
+            match format {
+                OutputFormat::Table => write!(out, "{}", show_table(&tape, &timeline))?,
+                OutputFormat::Json => {
+                    let json = serde_json::json!({
+                        "header": tape.header,
+                        "meta": tape.meta,
+                        "end": tape.end,
+                        "torn": tape.torn,
+                        "timeline": timeline,
+                    });
+                    writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+                }
+            }
+            Ok(0)
+        }
+        TapeCommand::Redact {
+            tape,
+            redact,
+            output,
+        } => {
+            let redactor = Redactor::new(&redact, Vec::new())?;
+            let masked = redact_copy(&tape, &redactor, &output)?;
+            eprintln!(
+                "shadowcat: wrote {} ({masked} of its messages masked)",
+                output.display()
+            );
+            Ok(0)
+        }
+        TapeCommand::Verify(args) => super::verify::run(&args),
+    }
+}
+
+/// One tape in a listing.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    /// The file.
+    pub path: PathBuf,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// When recording began (RFC 3339).
+    pub created: String,
+    /// The session recorded.
+    pub session: String,
+    /// How many messages.
+    pub frames: usize,
+    /// From the start to the last frame or the end, in milliseconds.
+    pub duration_ms: u64,
+    /// The file's size, in bytes.
+    pub size: u64,
+    /// How it ended (`None`: no end line, e.g. a killed recorder).
+    pub end: Option<String>,
+}
+
+/// The tapes (`*.jsonl`) in `dir`, newest first. A file that is not a tape is skipped with a
+/// warning.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<Listed>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut rows = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let tape = match read(&path) {
+            Ok(tape) => tape,
+            Err(e) => {
+                eprintln!("shadowcat: skipping {e}");
+                continue;
+            }
+        };
+        let last = tape.frames.iter().map(|f| f.micros).max().unwrap_or(0);
+        let end = tape.end.as_ref().map_or(0, |e| e.micros);
+        rows.push(Listed {
+            size: std::fs::metadata(&path).map_or(0, |m| m.len()),
+            path,
+            name: tape.header.name.clone(),
+            created: tape.header.created.clone(),
+            session: tape.header.session.clone(),
+            frames: tape.frames.len(),
+            duration_ms: last.max(end) / 1000,
+            end: tape.end.map(|e| e.reason),
+        });
+    }
+    rows.sort_by(|a, b| b.created.cmp(&a.created).then(a.path.cmp(&b.path)));
+    Ok(rows)
+}
+
+fn list_table(rows: &[Listed]) -> String {
+    let header = [
+        "NAME", "CREATED", "SESSION", "FRAMES", "DURATION", "SIZE", "END", "FILE",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone().unwrap_or_else(|| "-".into()),
+                r.created.clone(),
+                r.session.clone(),
+                r.frames.to_string(),
+                millis(r.duration_ms * 1000),
+                bytesize::ByteSize(r.size).to_string(),
+                r.end.clone().unwrap_or_else(|| "-".into()),
+                r.path.display().to_string(),
+            ]
+        })
+        .collect();
+    columns(&header, &cells)
+}
+
+/// One message in a tape's timeline.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Microseconds since recording began.
+    pub t: u64,
+    /// `c2s` or `s2c`.
+    pub dir: &'static str,
+    /// `request`, `notification`, `response`, `error`, or `invalid` (not JSON-RPC).
+    pub kind: &'static str,
+    /// Its method (a response: its request's).
+    pub method: Option<String>,
+    /// Its id.
+    pub id: Option<String>,
+    /// A response's time since its request, in microseconds.
+    pub latency: Option<u64>,
+    /// Its size in bytes.
+    pub bytes: usize,
+}
+
+/// The tape's messages, with each answer's latency.
+pub fn timeline(tape: &Tape) -> Vec<Entry> {
+    // Requests awaiting answers, by direction and id: (method, when).
+    let mut open: std::collections::HashMap<(Direction, RequestId), (String, u64)> =
+        std::collections::HashMap::new();
+    tape.frames
+        .iter()
+        .map(|frame| {
+            let dir = match frame.direction {
+                Direction::ClientToServer => "c2s",
+                Direction::ServerToClient => "s2c",
+            };
+            let mut entry = Entry {
+                t: frame.micros,
+                dir,
+                kind: "invalid",
+                method: None,
+                id: None,
+                latency: None,
+                bytes: frame.raw.len(),
+            };
+            let Ok(msg) = Message::parse(frame.raw.clone()) else {
+                return entry;
+            };
+            entry.id = msg.id().map(ToString::to_string);
+            entry.method = msg.method().map(|m| m.as_str().to_owned());
+            entry.kind = match msg.kind() {
+                Kind::Request => "request",
+                Kind::Notification => "notification",
+                Kind::Response => "response",
+                Kind::Error => "error",
+            };
+            match (msg.kind(), msg.id()) {
+                (Kind::Request, Some(id)) => {
+                    open.insert(
+                        (frame.direction, id.clone()),
+                        (entry.method.clone().unwrap_or_default(), frame.micros),
+                    );
+                }
+                (Kind::Response | Kind::Error, Some(id)) => {
+                    if let Some((method, at)) =
+                        open.remove(&(frame.direction.reverse(), id.clone()))
+                    {
+                        entry.method = Some(method);
+                        entry.latency = Some(frame.micros.saturating_sub(at));
+                    }
+                }
+                _ => {}
+            }
+            entry
+        })
+        .collect()
+}
+
+/// Microseconds as milliseconds for people.
+fn millis(micros: u64) -> String {
+    format!("{:.1}ms", micros as f64 / 1000.0)
+}
+
+fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
+    let h = &tape.header;
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| {
+        let _ = writeln!(out, "{name:<18}{value}");
+    };
+    field("tape", &h.id);
+    field("name", h.name.as_deref().unwrap_or("-"));
+    field("created", &h.created);
+    field(
+        "mode",
+        &format!(
+            "{} ({} client, {} server)",
+            h.mode, h.client_transport, h.server_transport
+        ),
+    );
+    field("upstream", h.upstream.as_deref().unwrap_or("-"));
+    field("session", &h.session);
+    field(
+        "protocol version",
+        tape.meta.protocol_version.as_deref().unwrap_or("-"),
+    );
+    let info = |v: &Option<Value>| {
+        v.as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
+    };
+    field("client", &info(&tape.meta.client_info));
+    field("server", &info(&tape.meta.server_info));
+    let end = match (&tape.end, tape.torn) {
+        (Some(end), _) => format!("{} at {}", end.reason, millis(end.micros)),
+        (None, true) => "none (the recorder was killed mid-line; the torn line is ignored)".into(),
+        (None, false) => "none (the recorder did not finish)".into(),
+    };
+    field("end", &end);
+    field("frames", &timeline.len().to_string());
+    out.push('\n');
+    let rows: Vec<Vec<String>> = timeline
+        .iter()
+        .map(|e| {
+            vec![
+                millis(e.t),
+                if e.dir == "c2s" {
+                    "client → server"
+                } else {
+                    "server → client"
+                }
+                .to_owned(),
+                e.kind.to_owned(),
+                e.method.clone().unwrap_or_else(|| "-".into()),
+                e.id.clone().unwrap_or_else(|| "-".into()),
+                e.latency.map_or_else(|| "-".into(), millis),
+                e.bytes.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&columns(
+        &[
+            "TIME",
+            "DIRECTION",
+            "KIND",
+            "METHOD",
+            "ID",
+            "LATENCY",
+            "BYTES",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// Writes a copy of `source` to `output` (never overwriting) with `redactor`'s masks applied;
+/// returns how many messages changed.
+pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow::Result<usize> {
+    let tape = read(source)?;
+    let io = |source| TapeError::Io {
+        path: output.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(output)
+        .map_err(io)?;
+    let mut out = std::io::BufWriter::new(file);
+    write_line(&mut out, &Line::Header(tape.header.clone())).map_err(io)?;
+    if tape.meta != super::Meta::default() {
+        write_line(&mut out, &Line::Meta(tape.meta.clone())).map_err(io)?;
+    }
+    let mut masked = 0;
+    for frame in &tape.frames {
+        let raw = redactor.apply(&frame.raw);
+        if raw.as_ref() != frame.raw.as_ref() {
+            masked += 1;
+        }
+        let line = Line::Frame(FrameLine::new(
+            frame.micros,
+            frame.direction,
+            &frame.session,
+            &raw,
+            frame.transport.clone(),
+        ));
+        write_line(&mut out, &line).map_err(io)?;
+    }
+    if let Some(end) = tape.end {
+        write_line(&mut out, &Line::End(end)).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(masked)
+}

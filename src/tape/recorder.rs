@@ -1,0 +1,263 @@
+//! Writing tapes: [`Recorder`], the handle a session records through, and [`Recording`], what
+//! `--record` asks for (where, how named, what masked), which starts one per session.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{
+    End, FORMAT_VERSION, FrameLine, Header, Line, Meta, Redactor, TapeError, Transport,
+    now_rfc3339, write_line,
+};
+use crate::protocol::Direction;
+use crate::session::{Session, SessionId};
+
+/// Lines queued for the writer before a session waits for it.
+const QUEUE: usize = 1024;
+
+/// What the writer is sent.
+#[derive(Debug)]
+enum Item {
+    /// A whole line.
+    Line(Vec<u8>),
+    /// Flush, then say so.
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The handle a session records through.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Item>,
+    started: Instant,
+    /// The tape's file.
+    path: Arc<Path>,
+    /// What is masked before anything is written.
+    redactor: Arc<Redactor>,
+    /// Whether the `meta` line was written.
+    meta_written: Arc<AtomicBool>,
+    /// Whether a failure was reported (it is, once).
+    failed: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    /// Creates the tape at `path` (its directory must exist) and starts its writer on a
+    /// blocking thread; the header is its first line. The writer's handle finishes when every
+    /// [`Recorder`] clone is dropped, after the last line is flushed.
+    pub fn create(
+        path: &Path,
+        header: &Header,
+        redactor: Arc<Redactor>,
+    ) -> Result<(Self, tokio::task::JoinHandle<Result<(), TapeError>>), TapeError> {
+        let io = |source| TapeError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let mut out = std::io::BufWriter::new(file);
+        write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
+        out.flush().map_err(io)?;
+        let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
+        let owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            let io = |source| TapeError::Io {
+                path: owned.clone(),
+                source,
+            };
+            while let Some(item) = rx.blocking_recv() {
+                match item {
+                    Item::Line(line) => out.write_all(&line).map_err(io)?,
+                    Item::Sync(done) => {
+                        out.flush().map_err(io)?;
+                        let _ = done.send(());
+                    }
+                }
+                // Flush whenever the writer has caught up: the tape is current on disk.
+                if rx.is_empty() {
+                    out.flush().map_err(io)?;
+                }
+            }
+            out.flush().map_err(io)
+        });
+        Ok((
+            Self {
+                tx,
+                started: Instant::now(),
+                path: path.into(),
+                redactor,
+                meta_written: Arc::default(),
+                failed: Arc::default(),
+            },
+            writer,
+        ))
+    }
+
+    /// The tape's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    async fn send(&self, line: &Line<'_>) -> Result<(), TapeError> {
+        let mut bytes = Vec::new();
+        write_line(&mut bytes, line).map_err(|_| TapeError::Closed)?;
+        self.tx
+            .send(Item::Line(bytes))
+            .await
+            .map_err(|_| TapeError::Closed)
+    }
+
+    /// Records the session's `initialize` outcome.
+    pub async fn meta(&self, meta: Meta) -> Result<(), TapeError> {
+        self.send(&Line::Meta(meta)).await?;
+        self.meta_written.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the `initialize` outcome is still to be recorded.
+    pub fn wants_meta(&self) -> bool {
+        !self.meta_written.load(Ordering::Relaxed)
+    }
+
+    /// Reports that recording failed (once per tape): the session goes on unrecorded.
+    pub fn failed(&self, error: &TapeError) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, "recording stopped: the tape can no longer be written");
+        }
+    }
+
+    /// Records one message as it was carried; waits while the writer is behind.
+    pub async fn frame(
+        &self,
+        direction: Direction,
+        session: &str,
+        raw: &[u8],
+        transport: Transport,
+    ) -> Result<(), TapeError> {
+        let raw = self.redactor.apply(raw);
+        let line = Line::Frame(FrameLine::new(
+            self.micros(),
+            direction,
+            session,
+            &raw,
+            transport,
+        ));
+        self.send(&line).await
+    }
+
+    /// Records how the session ended, and waits until everything so far is on disk. Frames
+    /// may still follow (late answers) until the last clone is dropped.
+    pub async fn end(&self, reason: &str) -> Result<(), TapeError> {
+        let end = End {
+            micros: self.micros(),
+            reason: reason.to_owned(),
+        };
+        self.send(&Line::End(end)).await?;
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Item::Sync(done))
+            .await
+            .map_err(|_| TapeError::Closed)?;
+        flushed.await.map_err(|_| TapeError::Closed)
+    }
+}
+
+/// What `--record` asks for: where tapes go, what they say about themselves, what is masked.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// A tape file, or a directory to make one tape per session in.
+    pub target: PathBuf,
+    /// A name for the tapes (`record --name`).
+    pub name: Option<String>,
+    /// The mode recording: `forward`, `reverse`, `record`.
+    pub mode: &'static str,
+    /// The server's transport: `stdio`, `http`.
+    pub server_transport: &'static str,
+    /// What is masked before anything is written.
+    pub redactor: Arc<Redactor>,
+}
+
+impl Recording {
+    /// Starts recording `session` to a new tape (an existing file is never overwritten), and
+    /// links the session to it.
+    pub fn start(&self, session: &Session) -> anyhow::Result<Recorder> {
+        let created = now_rfc3339();
+        let file = if self.target.is_dir() {
+            self.target.join(file_name(&created, session.id()))
+        } else {
+            self.target.clone()
+        };
+        let upstream = session.upstream().map(|u| {
+            String::from_utf8_lossy(&self.redactor.apply(without_userinfo(u).as_bytes()))
+                .into_owned()
+        });
+        let header = Header {
+            format: FORMAT_VERSION,
+            id: SessionId::random().to_string(),
+            name: self.name.clone(),
+            created,
+            mode: self.mode.to_owned(),
+            client_transport: session.transport().as_str().to_owned(),
+            server_transport: self.server_transport.to_owned(),
+            upstream,
+            session: session.id().to_string(),
+        };
+        let (recorder, _writer) = Recorder::create(&file, &header, self.redactor.clone())
+            .with_context(|| format!("cannot record to {}", file.display()))?;
+        tracing::info!(tape = %file.display(), session = %session.id(), "recording the session");
+        session.record_to(recorder.clone());
+        Ok(recorder)
+    }
+}
+
+/// A tape's file name in a directory: its creation time, then its session.
+fn file_name(created: &str, session: &SessionId) -> String {
+    format!("{}-{session}.jsonl", created.replace([':', '.'], "-"))
+}
+
+/// `upstream` without a URL's `user:password@`.
+fn without_userinfo(upstream: &str) -> std::borrow::Cow<'_, str> {
+    match url_userinfo(upstream) {
+        Some((start, end)) => format!("{}{}", &upstream[..start], &upstream[end..]).into(),
+        None => upstream.into(),
+    }
+}
+
+/// Where a URL's `userinfo@` lies, if it has one.
+fn url_userinfo(upstream: &str) -> Option<(usize, usize)> {
+    let start = upstream.find("://")? + 3;
+    let authority_end = upstream[start..]
+        .find(['/', '?', '#'])
+        .map_or(upstream.len(), |i| start + i);
+    let at = upstream[start..authority_end].rfind('@')?;
+    Some((start, start + at + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_an_upstream_url_are_not_kept() {
+        assert_eq!(
+            without_userinfo("https://ann:pw@example.com/mcp?x=1"),
+            "https://example.com/mcp?x=1"
+        );
+        assert_eq!(
+            without_userinfo("https://example.com/a@b"),
+            "https://example.com/a@b"
+        );
+        assert_eq!(without_userinfo("python server.py"), "python server.py");
+    }
+}
