@@ -150,9 +150,12 @@ pub(crate) struct FrameLine<'a> {
     /// The message verbatim, when it is one line of JSON.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) msg: Option<&'a RawValue>,
-    /// Otherwise its text.
+    /// Otherwise its text, when it is UTF-8.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) text: Option<std::borrow::Cow<'a, str>>,
+    /// Otherwise its bytes, Base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base64: Option<String>,
     #[serde(default, skip_serializing_if = "Transport::is_empty")]
     pub(crate) transport: Transport,
 }
@@ -167,17 +170,23 @@ impl<'a> FrameLine<'a> {
         raw: &'a [u8],
         transport: Transport,
     ) -> Self {
+        use base64::Engine as _;
         let one_line = !raw.iter().any(|b| matches!(b, b'\n' | b'\r'));
-        let msg = std::str::from_utf8(raw)
-            .ok()
+        let utf8 = std::str::from_utf8(raw).ok();
+        // Verbatim only if the JSON value is the whole of it (no whitespace around it).
+        let msg = utf8
             .filter(|_| one_line)
-            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+            .filter(|value| value.get().len() == raw.len());
         Self {
             t,
             dir: direction.into(),
             session: session.into(),
             msg,
-            text: msg.is_none().then(|| String::from_utf8_lossy(raw)),
+            text: utf8.filter(|_| msg.is_none()).map(Into::into),
+            base64: utf8
+                .is_none()
+                .then(|| base64::engine::general_purpose::STANDARD.encode(raw)),
             transport,
         }
     }
@@ -357,15 +366,29 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
                 session,
                 msg,
                 text,
+                base64,
                 transport,
             }) => frames.push(Frame {
                 micros: t,
                 direction: dir.into(),
                 session: session.into_owned(),
-                raw: match (msg, text) {
-                    (Some(msg), _) => Bytes::copy_from_slice(msg.get().as_bytes()),
-                    (None, Some(text)) => Bytes::from(text.into_owned()),
-                    (None, None) => Bytes::new(),
+                raw: match (msg, text, base64) {
+                    (Some(msg), ..) => Bytes::copy_from_slice(msg.get().as_bytes()),
+                    (None, Some(text), _) => Bytes::from(text.into_owned()),
+                    (None, None, Some(encoded)) => {
+                        use base64::Engine as _;
+                        match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                            Ok(bytes) => Bytes::from(bytes),
+                            Err(e) => {
+                                return Err(TapeError::Malformed {
+                                    path: path.to_owned(),
+                                    line: i + 1,
+                                    reason: format!("base64: {e}"),
+                                });
+                            }
+                        }
+                    }
+                    (None, None, None) => Bytes::new(),
                 },
                 transport,
             }),
@@ -409,6 +432,8 @@ mod tests {
     }
 
     use std::io::Write as _;
+
+    use proptest::strategy::Strategy as _;
 
     #[tokio::test]
     async fn a_tape_reads_back_exactly_what_was_recorded() {
@@ -469,6 +494,126 @@ mod tests {
         Header {
             created: read.created.clone(),
             ..header()
+        }
+    }
+
+    /// Lines for fixed frames of every shape, written as the recorder writes them.
+    fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
+        let frames = vec![
+            Frame {
+                micros: 0,
+                direction: Direction::ClientToServer,
+                session: "s1".into(),
+                raw: Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"h\u00e9"}}}"#),
+                transport: Transport::NONE,
+            },
+            Frame {
+                micros: 1500,
+                direction: Direction::ServerToClient,
+                session: "s1".into(),
+                raw: Bytes::from_static(b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"result\": {}\n}"),
+                transport: Transport {
+                    status: Some(200),
+                    event_id: Some("post1-1".into()),
+                    stream: Some("post".into()),
+                },
+            },
+            Frame {
+                micros: 2000,
+                direction: Direction::ServerToClient,
+                session: "s1".into(),
+                raw: Bytes::from_static(b"\xff not utf-8"),
+                transport: Transport::NONE,
+            },
+        ];
+        let mut out = Vec::new();
+        let mut h = header();
+        h.created = "2026-11-21T09:00:00.000Z".into();
+        write_line(&mut out, &Line::Header(h)).unwrap();
+        write_line(
+            &mut out,
+            &Line::Meta(Meta {
+                protocol_version: Some("2025-11-25".into()),
+                ..Meta::default()
+            }),
+        )
+        .unwrap();
+        for f in &frames {
+            let line = FrameLine::new(
+                f.micros,
+                f.direction,
+                &f.session,
+                &f.raw,
+                f.transport.clone(),
+            );
+            write_line(&mut out, &Line::Frame(line)).unwrap();
+        }
+        write_line(
+            &mut out,
+            &Line::End(End {
+                micros: 3000,
+                reason: "closed".into(),
+            }),
+        )
+        .unwrap();
+        (frames, out)
+    }
+
+    /// The format, pinned: a change to how lines are written fails here (and needs a new
+    /// golden file, and a thought about the format's version).
+    #[test]
+    fn the_format_matches_the_golden_tape() {
+        let (frames, written) = golden_lines();
+        let golden = include_str!("../tests/golden/tape-v1.jsonl");
+        assert_eq!(std::str::from_utf8(&written).unwrap(), golden);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("golden.jsonl");
+        std::fs::write(&path, golden).unwrap();
+        let tape = read(&path).unwrap();
+        assert_eq!(tape.frames, frames);
+        assert_eq!(tape.end.unwrap().micros, 3000);
+    }
+
+    proptest::proptest! {
+        /// Any frame's bytes (JSON or not, one line or many, UTF-8 or not) come back exactly.
+        #[test]
+        fn write_then_read_round_trips_any_frame(
+            raws in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..64),
+                    "[ -~\n\r\t\u{e9}\u{1F600}]{0,40}".prop_map(String::into_bytes),
+                    proptest::arbitrary::any::<i64>().prop_map(|n| format!(r#"{{"jsonrpc":"2.0","id":{n},"result":{{"s":"{n}"}}}}"#).into_bytes()),
+                ],
+                1..6,
+            ),
+            micros in proptest::collection::vec(0u64..u64::MAX / 2, 6),
+            event in proptest::option::of("[a-z0-9-]{1,12}"),
+        ) {
+            use proptest::prop_assert;
+            let frames: Vec<Frame> = raws
+                .into_iter()
+                .zip(micros)
+                .enumerate()
+                .map(|(i, (raw, t))| Frame {
+                    micros: t,
+                    direction: if i % 2 == 0 { Direction::ClientToServer } else { Direction::ServerToClient },
+                    session: format!("s{i}"),
+                    raw: Bytes::from(raw),
+                    transport: Transport { status: Some(200), event_id: event.clone(), stream: None },
+                })
+                .collect();
+            let mut out = Vec::new();
+            write_line(&mut out, &Line::Header(header())).unwrap();
+            for f in &frames {
+                let line = FrameLine::new(f.micros, f.direction, &f.session, &f.raw, f.transport.clone());
+                write_line(&mut out, &Line::Frame(line)).unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.jsonl");
+            std::fs::write(&path, &out).unwrap();
+            let tape = read(&path).unwrap();
+            proptest::prop_assert_eq!(tape.frames, frames);
+            prop_assert!(!tape.torn);
         }
     }
 

@@ -35,6 +35,7 @@ Either way the tool body only ever sees the final ``CreateMessageResult``.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
@@ -48,7 +49,8 @@ mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNI
 @mcp.tool()
 def echo(text: str) -> str:
     """Return the given text unchanged."""
-    return text
+    # PEER_ECHO_UPPER stands for a changed server build (`tape verify` must catch it).
+    return text.upper() if os.environ.get("PEER_ECHO_UPPER") else text
 
 
 @mcp.tool()
