@@ -192,6 +192,29 @@ impl<'a> FrameLine<'a> {
     }
 }
 
+impl FrameLine<'_> {
+    /// The frame this line records.
+    fn into_frame(self) -> Result<Frame, String> {
+        use base64::Engine as _;
+        let raw = match (self.msg, self.text, self.base64) {
+            (Some(msg), ..) => Bytes::copy_from_slice(msg.get().as_bytes()),
+            (None, Some(text), _) => Bytes::from(text.into_owned()),
+            (None, None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(Bytes::from)
+                .map_err(|e| format!("base64: {e}"))?,
+            (None, None, None) => Bytes::new(),
+        };
+        Ok(Frame {
+            micros: self.t,
+            direction: self.dir.into(),
+            session: self.session.into_owned(),
+            raw,
+            transport: self.transport,
+        })
+    }
+}
+
 /// A line's kind, read first (a line's raw message can't pass through serde's tagged enums).
 #[derive(Deserialize)]
 struct Kind<'a> {
@@ -360,38 +383,13 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
                 });
             }
             Parsed::Meta(m) => tape_meta = m,
-            Parsed::Frame(FrameLine {
-                t,
-                dir,
-                session,
-                msg,
-                text,
-                base64,
-                transport,
-            }) => frames.push(Frame {
-                micros: t,
-                direction: dir.into(),
-                session: session.into_owned(),
-                raw: match (msg, text, base64) {
-                    (Some(msg), ..) => Bytes::copy_from_slice(msg.get().as_bytes()),
-                    (None, Some(text), _) => Bytes::from(text.into_owned()),
-                    (None, None, Some(encoded)) => {
-                        use base64::Engine as _;
-                        match base64::engine::general_purpose::STANDARD.decode(encoded) {
-                            Ok(bytes) => Bytes::from(bytes),
-                            Err(e) => {
-                                return Err(TapeError::Malformed {
-                                    path: path.to_owned(),
-                                    line: i + 1,
-                                    reason: format!("base64: {e}"),
-                                });
-                            }
-                        }
-                    }
-                    (None, None, None) => Bytes::new(),
-                },
-                transport,
-            }),
+            Parsed::Frame(line) => {
+                frames.push(line.into_frame().map_err(|reason| TapeError::Malformed {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    reason,
+                })?)
+            }
             Parsed::End(e) => end = Some(e),
         }
     }
