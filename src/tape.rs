@@ -388,7 +388,7 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
                     path: path.to_owned(),
                     line: i + 1,
                     reason,
-                })?)
+                })?);
             }
             Parsed::End(e) => end = Some(e),
         }
