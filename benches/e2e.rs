@@ -6,6 +6,9 @@
 //! - pipelined throughput with 64 requests in flight,
 //! - shadowcat's peak RSS (VmHWM).
 //!
+//! A fourth target, `shadowcat --record`, records every message to a tape: its throughput
+//! against unrecorded shadowcat in the same run is the cost of recording.
+//!
 //! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
 //! what one more process in the chain costs on this machine whatever it does.
 //!
@@ -190,6 +193,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut rss_rows = Vec::new();
+    let mut recording_rows = Vec::new();
     // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
     let data_dir = tempfile::tempdir().unwrap();
     for (payload, text, seq_n, pipe_n) in [
@@ -206,12 +210,21 @@ fn main() {
         shadowcat
             .args(["--log-level", "warn", "forward", "stdio", "--"])
             .arg(&fixture);
+        let tapes = tempfile::tempdir().unwrap();
+        let mut recording = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
+        recording.env("SHADOWCAT_DATA_DIR", data_dir.path());
+        recording
+            .args(["--log-level", "warn", "forward", "stdio", "--record"])
+            .arg(tapes.path())
+            .arg("--")
+            .arg(&fixture);
         let mut relay = Command::new(examples.join("line_relay"));
         relay.arg(&fixture);
         let mut targets = vec![
             Target::spawn("direct", Command::new(&fixture)),
             Target::spawn("shadowcat", shadowcat),
             Target::spawn("line_relay", relay),
+            Target::spawn("shadowcat --record", recording),
         ];
         let latencies = latency(&mut targets, &text, seq_n);
         let rates: Vec<f64> = targets
@@ -235,9 +248,14 @@ fn main() {
                 100.0 * rates[i] / rates[0]
             );
         }
+        recording_rows.push((payload, 100.0 * rates[3] / rates[1]));
         for target in targets {
             target.stop();
         }
+    }
+    println!("\n| payload | pipelined throughput with --record vs without |\n|---|---|");
+    for (payload, ratio) in recording_rows {
+        println!("| {payload} | {ratio:.0}% |");
     }
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!("\n| payload | shadowcat peak RSS (VmHWM) | line_relay peak RSS |\n|---|---|---|");
@@ -248,5 +266,7 @@ fn main() {
             mib(relay)
         );
     }
-    println!("targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB");
+    println!(
+        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded"
+    );
 }

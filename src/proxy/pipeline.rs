@@ -93,17 +93,10 @@ impl Pipeline {
 /// and the session goes on unrecorded.
 async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
     let session = cx.session.id().as_str();
-    let mut result = tape
-        .frame(cx.direction, session, msg.raw(), cx.transport.clone())
-        .await;
+    let mut result = tape.message(cx.direction, session, msg, cx.transport).await;
     if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
         result = tape
-            .frame(
-                cx.direction.reverse(),
-                session,
-                answer.raw(),
-                Transport::NONE,
-            )
+            .message(cx.direction.reverse(), session, answer, &Transport::NONE)
             .await;
     }
     if let (Ok(()), Direction::ServerToClient, true) = (

@@ -1,7 +1,6 @@
 //! Writing tapes: [`Recorder`], the handle a session records through, and [`Recording`], what
 //! `--record` asks for (where, how named, what masked), which starts one per session.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +18,10 @@ use crate::session::{Session, SessionId};
 
 /// Lines queued for the writer before a session waits for it.
 const QUEUE: usize = 1024;
+/// Most lines the writer takes at a time.
+const BATCH: usize = 256;
+/// The writer's buffer.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// What the writer is sent.
 #[derive(Debug)]
@@ -45,8 +48,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates the tape at `path` (its directory must exist) and starts its writer on a
-    /// blocking thread; the header is its first line. The writer's handle finishes when every
+    /// Creates the tape at `path` (its directory must exist) and starts its writer task; the
+    /// header is its first line. The writer's handle finishes when every
     /// [`Recorder`] clone is dropped, after the last line is flushed.
     pub fn create(
         path: &Path,
@@ -64,29 +67,13 @@ impl Recorder {
             .map_err(io)?;
         let mut out = std::io::BufWriter::new(file);
         write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
-        out.flush().map_err(io)?;
-        let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
-        let owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || {
-            let io = |source| TapeError::Io {
-                path: owned.clone(),
-                source,
-            };
-            while let Some(item) = rx.blocking_recv() {
-                match item {
-                    Item::Line(line) => out.write_all(&line).map_err(io)?,
-                    Item::Sync(done) => {
-                        out.flush().map_err(io)?;
-                        let _ = done.send(());
-                    }
-                }
-                // Flush whenever the writer has caught up: the tape is current on disk.
-                if rx.is_empty() {
-                    out.flush().map_err(io)?;
-                }
-            }
-            out.flush().map_err(io)
-        });
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let (tx, rx) = mpsc::channel::<Item>(QUEUE);
+        let writer = tokio::spawn(write_tape(
+            rx,
+            tokio::fs::File::from_std(file),
+            path.to_owned(),
+        ));
         Ok((
             Self {
                 tx,
@@ -156,6 +143,31 @@ impl Recorder {
         self.send(&line).await
     }
 
+    /// Records one parsed message as it was carried (the pipeline's path): a message already
+    /// known to be one JSON object is written without being parsed again.
+    pub async fn message(
+        &self,
+        direction: Direction,
+        session: &str,
+        msg: &crate::protocol::Message,
+        transport: &Transport,
+    ) -> Result<(), TapeError> {
+        let raw = self.redactor.apply(msg.raw());
+        // Masked secrets could in theory cut through JSON syntax: such lines are checked.
+        let valid = !self.redactor.has_secrets();
+        match frame_line(self.micros(), direction, session, &raw, transport).filter(|_| valid) {
+            Some(line) => self
+                .tx
+                .send(Item::Line(line))
+                .await
+                .map_err(|_| TapeError::Closed),
+            None => {
+                self.frame(direction, session, &raw, transport.clone())
+                    .await
+            }
+        }
+    }
+
     /// Records how the session ended, and waits until everything so far is on disk. Frames
     /// may still follow (late answers) until the last clone is dropped.
     pub async fn end(&self, reason: &str) -> Result<(), TapeError> {
@@ -171,6 +183,72 @@ impl Recorder {
             .map_err(|_| TapeError::Closed)?;
         flushed.await.map_err(|_| TapeError::Closed)
     }
+}
+
+/// Writes the lines queued on `rx` to `file`, as many as are queued at a time, and flushes
+/// whenever it has caught up: the tape on disk is current, and a killed process loses only
+/// what was still queued. The file's writes run on tokio's blocking pool, so a slow disk holds
+/// up this tape's session (backpressure through the bounded queue) and nothing else.
+async fn write_tape(
+    mut rx: mpsc::Receiver<Item>,
+    file: tokio::fs::File,
+    path: PathBuf,
+) -> Result<(), TapeError> {
+    use tokio::io::AsyncWriteExt as _;
+    let io = |source| TapeError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for item in batch.drain(..) {
+            match item {
+                Item::Line(line) => out.write_all(&line).await.map_err(io)?,
+                Item::Sync(done) => {
+                    out.flush().await.map_err(io)?;
+                    let _ = done.send(());
+                }
+            }
+        }
+        if rx.is_empty() {
+            out.flush().await.map_err(io)?;
+        }
+    }
+    out.flush().await.map_err(io)
+}
+
+/// A `frame` line for `raw`, a message known to be valid JSON, built without serde; `None`
+/// when `raw` is not one line of UTF-8 with nothing around the JSON value (then
+/// [`FrameLine::new`] decides how to write it).
+fn frame_line(
+    t: u64,
+    direction: Direction,
+    session: &str,
+    raw: &[u8],
+    transport: &Transport,
+) -> Option<Vec<u8>> {
+    let exact = raw.first().is_some_and(|b| !b.is_ascii_whitespace())
+        && raw.last().is_some_and(|b| !b.is_ascii_whitespace());
+    if !exact || memchr::memchr2(b'\n', b'\r', raw).is_some() || std::str::from_utf8(raw).is_err() {
+        return None;
+    }
+    let mut line = Vec::with_capacity(raw.len() + session.len() + 96);
+    line.extend_from_slice(br#"{"type":"frame","t":"#);
+    line.extend_from_slice(t.to_string().as_bytes());
+    line.extend_from_slice(match direction {
+        Direction::ClientToServer => br#","dir":"c2s","session":"#,
+        Direction::ServerToClient => br#","dir":"s2c","session":"#,
+    });
+    serde_json::to_writer(&mut line, session).ok()?;
+    line.extend_from_slice(br#","msg":"#);
+    line.extend_from_slice(raw);
+    if *transport != Transport::NONE {
+        line.extend_from_slice(br#","transport":"#);
+        serde_json::to_writer(&mut line, transport).ok()?;
+    }
+    line.extend_from_slice(b"}\n");
+    Some(line)
 }
 
 /// What `--record` asks for: where tapes go, what they say about themselves, what is masked.
@@ -247,6 +325,42 @@ fn url_userinfo(upstream: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_frame_line_is_the_serde_one() {
+        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"t":"h\u00e9 \u2028"}}"#;
+        let transport = Transport {
+            status: Some(200),
+            event_id: Some("get-1".into()),
+            stream: Some("get".into()),
+        };
+        for (direction, transport) in [
+            (Direction::ClientToServer, Transport::NONE),
+            (Direction::ServerToClient, transport),
+        ] {
+            let fast = frame_line(42, direction, "s\"1", raw, &transport).unwrap();
+            let mut slow = Vec::new();
+            let line = FrameLine::new(42, direction, "s\"1", raw, transport.clone());
+            write_line(&mut slow, &Line::Frame(line)).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
+        // Not one exact line: left to the general path.
+        assert!(frame_line(0, Direction::ClientToServer, "s", b" {}", &Transport::NONE).is_none());
+        assert!(frame_line(0, Direction::ClientToServer, "s", b"{\n}", &Transport::NONE).is_none());
+        assert!(
+            frame_line(
+                0,
+                Direction::ClientToServer,
+                "s",
+                b"{\xff}",
+                &Transport::NONE
+            )
+            .is_none()
+        );
+    }
 
     #[test]
     fn credentials_in_an_upstream_url_are_not_kept() {

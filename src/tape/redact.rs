@@ -63,6 +63,11 @@ impl Redactor {
         })
     }
 
+    /// Whether any secret strings are masked.
+    pub fn has_secrets(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
     /// Whether nothing is masked.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty() && self.secrets.is_empty()
