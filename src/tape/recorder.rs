@@ -20,7 +20,7 @@ use crate::session::{Session, SessionId};
 const QUEUE: usize = 1024;
 /// Most lines the writer takes at a time.
 const BATCH: usize = 256;
-/// The writer's buffer.
+/// Most bytes the writer gathers before writing.
 const WRITE_BUFFER: usize = 256 * 1024;
 
 /// What the writer is sent.
@@ -69,11 +69,7 @@ impl Recorder {
         write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         let (tx, rx) = mpsc::channel::<Item>(QUEUE);
-        let writer = tokio::spawn(write_tape(
-            rx,
-            tokio::fs::File::from_std(file),
-            path.to_owned(),
-        ));
+        let writer = tokio::spawn(write_tape(rx, file, path.to_owned()));
         Ok((
             Self {
                 tx,
@@ -185,37 +181,51 @@ impl Recorder {
     }
 }
 
-/// Writes the lines queued on `rx` to `file`, as many as are queued at a time, and flushes
+/// Writes the lines queued on `rx` to `file`, every line queued at the time in one `write`,
 /// whenever it has caught up: the tape on disk is current, and a killed process loses only
-/// what was still queued. The file's writes run on tokio's blocking pool, so a slow disk holds
-/// up this tape's session (backpressure through the bounded queue) and nothing else.
+/// what was still queued.
+///
+/// The writes are plain `write(2)`s on the runtime's thread. A write to the page cache takes
+/// microseconds, where a hop to tokio's blocking pool per batch cost a third of the proxy's
+/// throughput (context switches on a 2-core machine; docs/performance.md). Under dirty-page
+/// throttling a write blocks the thread: the backpressure lossless recording asks for.
 async fn write_tape(
     mut rx: mpsc::Receiver<Item>,
-    file: tokio::fs::File,
+    mut file: std::fs::File,
     path: PathBuf,
 ) -> Result<(), TapeError> {
-    use tokio::io::AsyncWriteExt as _;
+    use std::io::Write as _;
     let io = |source| TapeError::Io {
         path: path.clone(),
         source,
     };
-    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut out = Vec::with_capacity(WRITE_BUFFER);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut synced = Vec::new();
         for item in batch.drain(..) {
             match item {
-                Item::Line(line) => out.write_all(&line).await.map_err(io)?,
-                Item::Sync(done) => {
-                    out.flush().await.map_err(io)?;
-                    let _ = done.send(());
+                Item::Line(line) if out.is_empty() && line.len() >= WRITE_BUFFER => {
+                    file.write_all(&line).map_err(io)?;
                 }
+                Item::Line(line) => {
+                    out.extend_from_slice(&line);
+                    if out.len() >= WRITE_BUFFER {
+                        file.write_all(&out).map_err(io)?;
+                        out.clear();
+                    }
+                }
+                Item::Sync(done) => synced.push(done),
             }
         }
-        if rx.is_empty() {
-            out.flush().await.map_err(io)?;
+        file.write_all(&out).map_err(io)?;
+        out.clear();
+        out.shrink_to(WRITE_BUFFER);
+        for done in synced {
+            let _ = done.send(());
         }
     }
-    out.flush().await.map_err(io)
+    Ok(())
 }
 
 /// A `frame` line for `raw`, a message known to be valid JSON, built without serde; `None`
