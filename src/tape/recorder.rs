@@ -1,6 +1,7 @@
 //! Writing tapes: [`Recorder`], the handle a session records through, and [`Recording`], what
 //! `--record` asks for (where, how named, what masked), which starts one per session.
 
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +21,14 @@ use crate::session::{Session, SessionId};
 const QUEUE: usize = 1024;
 /// Most lines the writer takes at a time.
 const BATCH: usize = 256;
-/// Most bytes the writer gathers before writing.
-const WRITE_BUFFER: usize = 256 * 1024;
 
 /// What the writer is sent.
 #[derive(Debug)]
 enum Item {
     /// A whole line.
     Line(Vec<u8>),
+    /// A frame line in three parts, its message between (not copied).
+    Frame(Vec<u8>, bytes::Bytes, Vec<u8>),
     /// Flush, then say so.
     Sync(tokio::sync::oneshot::Sender<()>),
 }
@@ -148,13 +149,16 @@ impl Recorder {
         msg: &crate::protocol::Message,
         transport: &Transport,
     ) -> Result<(), TapeError> {
-        let raw = self.redactor.apply(msg.raw());
+        let raw = match self.redactor.apply(msg.raw()) {
+            std::borrow::Cow::Borrowed(_) => msg.raw().clone(),
+            std::borrow::Cow::Owned(masked) => bytes::Bytes::from(masked),
+        };
         // Masked secrets could in theory cut through JSON syntax: such lines are checked.
         let valid = !self.redactor.has_secrets();
-        match frame_line(self.micros(), direction, session, &raw, transport).filter(|_| valid) {
-            Some(line) => self
+        match frame_parts(self.micros(), direction, session, &raw, transport).filter(|_| valid) {
+            Some((head, tail)) => self
                 .tx
-                .send(Item::Line(line))
+                .send(Item::Frame(head, raw, tail))
                 .await
                 .map_err(|_| TapeError::Closed),
             None => {
@@ -194,35 +198,44 @@ async fn write_tape(
     mut file: std::fs::File,
     path: PathBuf,
 ) -> Result<(), TapeError> {
-    use std::io::Write as _;
     let io = |source| TapeError::Io {
         path: path.clone(),
         source,
     };
     let mut batch = Vec::with_capacity(BATCH);
-    let mut out = Vec::with_capacity(WRITE_BUFFER);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut synced = Vec::new();
-        for item in batch.drain(..) {
+        let mut slices = Vec::with_capacity(3 * batch.len());
+        for item in &batch {
             match item {
-                Item::Line(line) if out.is_empty() && line.len() >= WRITE_BUFFER => {
-                    file.write_all(&line).map_err(io)?;
+                Item::Line(line) => slices.push(IoSlice::new(line)),
+                Item::Frame(head, msg, tail) => {
+                    slices.extend([IoSlice::new(head), IoSlice::new(msg), IoSlice::new(tail)]);
                 }
-                Item::Line(line) => {
-                    out.extend_from_slice(&line);
-                    if out.len() >= WRITE_BUFFER {
-                        file.write_all(&out).map_err(io)?;
-                        out.clear();
-                    }
-                }
-                Item::Sync(done) => synced.push(done),
+                Item::Sync(_) => {}
             }
         }
-        file.write_all(&out).map_err(io)?;
-        out.clear();
-        out.shrink_to(WRITE_BUFFER);
-        for done in synced {
-            let _ = done.send(());
+        write_all_vectored(&mut file, &mut slices).map_err(io)?;
+        for item in batch.drain(..) {
+            if let Item::Sync(done) = item {
+                let _ = done.send(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `slices` (`Write::write_all_vectored` is not stable yet).
+fn write_all_vectored(
+    file: &mut std::fs::File,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -231,19 +244,19 @@ async fn write_tape(
 /// A `frame` line for `raw`, a message known to be valid JSON, built without serde; `None`
 /// when `raw` is not one line of UTF-8 with nothing around the JSON value (then
 /// [`FrameLine::new`] decides how to write it).
-fn frame_line(
+fn frame_parts(
     t: u64,
     direction: Direction,
     session: &str,
     raw: &[u8],
     transport: &Transport,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let exact = raw.first().is_some_and(|b| !b.is_ascii_whitespace())
         && raw.last().is_some_and(|b| !b.is_ascii_whitespace());
     if !exact || memchr::memchr2(b'\n', b'\r', raw).is_some() || std::str::from_utf8(raw).is_err() {
         return None;
     }
-    let mut line = Vec::with_capacity(raw.len() + session.len() + 96);
+    let mut line = Vec::with_capacity(session.len() + 64);
     line.extend_from_slice(br#"{"type":"frame","t":"#);
     line.extend_from_slice(t.to_string().as_bytes());
     line.extend_from_slice(match direction {
@@ -252,13 +265,13 @@ fn frame_line(
     });
     serde_json::to_writer(&mut line, session).ok()?;
     line.extend_from_slice(br#","msg":"#);
-    line.extend_from_slice(raw);
+    let mut tail = Vec::new();
     if *transport != Transport::NONE {
-        line.extend_from_slice(br#","transport":"#);
-        serde_json::to_writer(&mut line, transport).ok()?;
+        tail.extend_from_slice(br#","transport":"#);
+        serde_json::to_writer(&mut tail, transport).ok()?;
     }
-    line.extend_from_slice(b"}\n");
-    Some(line)
+    tail.extend_from_slice(b"}\n");
+    Some((line, tail))
 }
 
 /// What `--record` asks for: where tapes go, what they say about themselves, what is masked.
@@ -348,7 +361,8 @@ mod tests {
             (Direction::ClientToServer, Transport::NONE),
             (Direction::ServerToClient, transport),
         ] {
-            let fast = frame_line(42, direction, "s\"1", raw, &transport).unwrap();
+            let (head, tail) = frame_parts(42, direction, "s\"1", raw, &transport).unwrap();
+            let fast = [head, raw.to_vec(), tail].concat();
             let mut slow = Vec::new();
             let line = FrameLine::new(42, direction, "s\"1", raw, transport.clone());
             write_line(&mut slow, &Line::Frame(line)).unwrap();
@@ -358,10 +372,12 @@ mod tests {
             );
         }
         // Not one exact line: left to the general path.
-        assert!(frame_line(0, Direction::ClientToServer, "s", b" {}", &Transport::NONE).is_none());
-        assert!(frame_line(0, Direction::ClientToServer, "s", b"{\n}", &Transport::NONE).is_none());
+        assert!(frame_parts(0, Direction::ClientToServer, "s", b" {}", &Transport::NONE).is_none());
         assert!(
-            frame_line(
+            frame_parts(0, Direction::ClientToServer, "s", b"{\n}", &Transport::NONE).is_none()
+        );
+        assert!(
+            frame_parts(
                 0,
                 Direction::ClientToServer,
                 "s",
