@@ -204,6 +204,15 @@ async fn write_tape(
     };
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Let the session's other tasks run once first: lines they queue meanwhile join this
+        // write instead of costing one each.
+        tokio::task::yield_now().await;
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
         let mut slices = Vec::with_capacity(3 * batch.len());
         for item in &batch {
             match item {
