@@ -229,6 +229,21 @@ fn a_recorded_sdk_session_replays_identically_and_verifies() {
         out.contains("13 answers checked: 12 matched, 1 failed"),
         "{out}"
     );
+    // docs/tapes.md shows this run's output: every line of it is real.
+    let docs = include_str!("../docs/tapes.md");
+    let shown = docs
+        .split("```text\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    for line in shown.lines() {
+        assert!(
+            out.lines().any(|l| l == line),
+            "docs/tapes.md shows {line:?}; verify printed:\n{out}"
+        );
+    }
     // ...unless the changed paths are ignored.
     let mut ignoring = vec![
         "tape",
