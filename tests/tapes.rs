@@ -472,6 +472,64 @@ fn secrets_and_redacted_values_never_reach_the_tape() {
     assert_eq!(call["params"]["arguments"]["text"], "[REDACTED]");
     assert_eq!(tape.header.mode, "record");
     assert_eq!(tape.header.server_transport, "http");
+    // `tape redact` masks what recording left: here the echoed answer.
+    let clean = dir.path().join("clean.jsonl");
+    let (code, _, err) = shadowcat_run(
+        &[
+            "tape",
+            "redact",
+            path.to_str().unwrap(),
+            "--redact",
+            "$.result.content[0].text",
+            "-o",
+            clean.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(password));
+    assert!(!std::fs::read_to_string(&clean).unwrap().contains(password));
+    assert_eq!(
+        shadowcat::tape::read(&clean).unwrap().frames.len(),
+        tape.frames.len()
+    );
+}
+
+/// `tape verify --url`: the tape's client side against a live HTTP server, through the bridge.
+#[test]
+fn verify_reaches_an_http_server_through_the_bridge() {
+    let fixture = HttpFixture::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.jsonl");
+    let mut cmd = command();
+    cmd.args([
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--url",
+        &fixture.url,
+    ]);
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    proxy.call(1, "tools/call", tool("echo", json!({"text": "same twice"})));
+    proxy.call(2, "tools/list", json!({}));
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let (code, out, err) = shadowcat_run(
+        &[
+            "tape",
+            "verify",
+            path.to_str().unwrap(),
+            "--url",
+            &fixture.url,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("3 answers checked: 3 matched, 0 failed"),
+        "{out}"
+    );
 }
 
 /// kill -9 the recorder mid-session: what is on the tape replays.
