@@ -40,23 +40,11 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     let ask = match &cli.command {
         Command::Reverse(args) => {
             config.reverse = Some(ReverseConfig::build(&cli.global, args)?);
-            args.recording.record.clone().map(|path| Ask {
-                path,
-                target: Target::Dir,
-                name: None,
-                redact: &args.recording.redact,
-                mode: "reverse",
-            })
+            Ask::from_flags(&args.recording, Target::Dir, "reverse")
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
             config.reverse = stdio_server(&cli.global, &args.server)?;
-            args.recording.record.clone().map(|path| Ask {
-                path,
-                target: Target::FileOrDir,
-                name: None,
-                redact: &args.recording.redact,
-                mode: "forward",
-            })
+            Ask::from_flags(&args.recording, Target::FileOrDir, "forward")
         }
         Command::Record(args) => {
             config.reverse = stdio_server(&cli.global, &args.server)?;

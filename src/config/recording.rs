@@ -31,6 +31,23 @@ pub struct Ask<'a> {
     pub mode: &'static str,
 }
 
+impl<'a> Ask<'a> {
+    /// What `--record` and `--redact` ask for, if `--record` is given.
+    pub fn from_flags(
+        flags: &'a crate::cli::RecordArgs,
+        target: Target,
+        mode: &'static str,
+    ) -> Option<Self> {
+        flags.record.clone().map(|path| Self {
+            path,
+            target,
+            name: None,
+            redact: &flags.redact,
+            mode,
+        })
+    }
+}
+
 /// The recording `ask` describes, for a server reached through `upstream` (an HTTP upstream's
 /// credentials are masked wherever they appear).
 pub fn build(ask: Ask<'_>, upstream: Option<&ReverseConfig>) -> Result<Recording, ConfigError> {
