@@ -115,8 +115,8 @@ fn replay_gateway(args: &ReplayArgs) -> ReverseArgs {
 /// Runs `command`; returns the process exit code.
 pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     match command {
-        Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(args.server, config),
-        Command::Record(args) => run_forward_stdio(args.server, config),
+        Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(&args.server, config),
+        Command::Record(args) => run_forward_stdio(&args.server, config),
         Command::Reverse(_) => run_reverse(config),
         Command::Replay(args) if args.listen.is_some() => run_reverse(config),
         Command::Replay(args) => crate::tape::replay::run_stdio(&args),
@@ -131,21 +131,26 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     }
 }
 
-fn run_forward_stdio(args: StdioServer, config: &Config) -> anyhow::Result<u8> {
+fn run_forward_stdio(args: &StdioServer, config: &Config) -> anyhow::Result<u8> {
     if args.url.is_some() {
         return run_bridge(config);
     }
-    let mut command = args.command.into_iter();
-    let program = command.next().context("no server command given after --")?;
-    let spec = ChildSpec {
-        program,
-        args: command.collect(),
-        env: args.child.env,
-        cwd: args.child.cwd,
-    };
+    let spec = child_spec(args)?;
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
     on_one_thread(config, std::time::Duration::from_millis(100), |store| {
         forward::run(config, &spec, store, config.recording.as_ref())
+    })
+}
+
+/// The server command a stdio client's server is (the part after `--`, with `--env`, `--cwd`).
+pub fn child_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
+    let mut command = server.command.iter().cloned();
+    let program = command.next().context("no server command given after --")?;
+    Ok(ChildSpec {
+        program,
+        args: command.collect(),
+        env: server.child.env.clone(),
+        cwd: server.child.cwd.clone(),
     })
 }
 

@@ -127,6 +127,14 @@ fn a_killed_recorder_leaves_a_readable_tape() {
     assert!(again.stderr_text().contains("cannot record to"));
 }
 
+/// `shadowcat replay <tape> --speed 0 [extra...]` over stdio.
+fn replay_stdio(tape: &std::path::Path, extra: &[&str]) -> Proxy {
+    let mut cmd = command();
+    cmd.args(["replay", tape.to_str().unwrap(), "--speed", "0"])
+        .args(extra);
+    Proxy::spawn(cmd)
+}
+
 fn v2_server() -> Vec<String> {
     vec![
         python("2.3.0"),
@@ -272,11 +280,7 @@ fn replay_names_the_closest_recorded_requests() {
     proxy.call(2, "tools/call", tool("echo", json!({"text": "two"})));
     proxy.close_stdin();
     proxy.wait_exit(Duration::from_secs(10));
-    let mut replay = Proxy::spawn({
-        let mut cmd = command();
-        cmd.args(["replay", path.to_str().unwrap(), "--speed", "0"]);
-        cmd
-    });
+    let mut replay = replay_stdio(&path, &[]);
     replay.initialize();
     let two = replay.call(7, "tools/call", tool("echo", json!({"text": "two"})));
     assert_eq!(two["id"], 7, "the live id");
@@ -297,18 +301,7 @@ fn replay_names_the_closest_recorded_requests() {
     assert_eq!(pong["result"], json!({}));
     drop(replay);
 
-    let mut strict = Proxy::spawn({
-        let mut cmd = command();
-        cmd.args([
-            "replay",
-            path.to_str().unwrap(),
-            "--speed",
-            "0",
-            "--match",
-            "strict",
-        ]);
-        cmd
-    });
+    let mut strict = replay_stdio(&path, &["--match", "strict"]);
     strict.initialize();
     let out_of_order = strict.call(1, "tools/call", tool("echo", json!({"text": "two"})));
     assert_eq!(out_of_order["error"]["code"], -32090, "{out_of_order}");
@@ -554,11 +547,7 @@ fn a_killed_recorders_tape_replays_up_to_its_last_frame() {
         .unwrap()
         .write_all(br#"{"type":"frame","t":99,"dir":"c2s","#)
         .unwrap();
-    let mut replay = Proxy::spawn({
-        let mut cmd = command();
-        cmd.args(["replay", path.to_str().unwrap(), "--speed", "0"]);
-        cmd
-    });
+    let mut replay = replay_stdio(&path, &[]);
     replay.initialize();
     let echo = replay.call(
         5,

@@ -104,12 +104,15 @@ async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, 
         cx.direction,
         msg.is_response() && tape.wants_meta(),
     ) {
-        let meta = cx.session.read_metadata(|m| crate::tape::Meta {
-            protocol_version: m.protocol_version.clone(),
-            client_info: m.client_info.clone(),
-            server_info: m.server_info.clone(),
+        // Known once the tracker has read the `initialize` answer (nothing is copied before).
+        let meta = cx.session.read_metadata(|m| {
+            m.server_info.as_ref().map(|server| crate::tape::Meta {
+                protocol_version: m.protocol_version.clone(),
+                client_info: m.client_info.clone(),
+                server_info: Some(server.clone()),
+            })
         });
-        if meta.server_info.is_some() {
+        if let Some(meta) = meta {
             result = tape.meta(meta).await;
         }
     }

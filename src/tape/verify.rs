@@ -68,14 +68,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
 /// How to start the server: its command, or the bridge to a `--url`.
 fn server_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
     let Some(url) = &server.url else {
-        let mut command = server.command.iter().cloned();
-        let program = command.next().context("no server command given after --")?;
-        return Ok(ChildSpec {
-            program,
-            args: command.collect(),
-            env: server.child.env.clone(),
-            cwd: server.child.cwd.clone(),
-        });
+        return crate::app::child_spec(server);
     };
     let mut args: Vec<OsString> =
         vec!["forward".into(), "stdio".into(), "--url".into(), url.into()];
