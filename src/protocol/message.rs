@@ -30,6 +30,8 @@ pub struct Message {
     kind: Kind,
     id: Option<RequestId>,
     method: Option<Method>,
+    /// Whether `raw` is known to be UTF-8 (parsing checked every string in it).
+    utf8: bool,
 }
 
 /// A frame after parsing: a single message or a JSON-RPC batch.
@@ -96,25 +98,71 @@ impl ParseError {
 }
 
 /// The members the proxy reads; everything else is skipped without being parsed into values.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     params: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
+    /// Whether there were other members (skipped, so their strings were not checked as UTF-8).
+    others: bool,
 }
 
-/// Distinguishes a member that is present (even as `null`) from one that is absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// An envelope member's name.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Member {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Envelope<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Envelope<'de>, A::Error> {
+                let mut env = Envelope::default();
+                while let Some(member) = map.next_key::<Member>()? {
+                    let (slot, name) = match member {
+                        Member::Jsonrpc => (&mut env.jsonrpc, "jsonrpc"),
+                        Member::Id => (&mut env.id, "id"),
+                        Member::Method => (&mut env.method, "method"),
+                        Member::Params => (&mut env.params, "params"),
+                        Member::Result => (&mut env.result, "result"),
+                        Member::Error => (&mut env.error, "error"),
+                        Member::Other => {
+                            env.others = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::duplicate_field(name));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 impl Message {
@@ -151,6 +199,7 @@ impl Message {
         let env: Envelope<'_> = serde_json::from_slice(&raw)
             .map_err(|e| classify(&e, "a message must be a JSON object"))?;
 
+        let utf8 = !env.others;
         let id = match env.id {
             None => None,
             Some(raw_id) => match RequestId::from_raw(raw_id) {
@@ -220,6 +269,7 @@ impl Message {
             kind,
             id,
             method,
+            utf8,
         })
     }
 
@@ -230,6 +280,7 @@ impl Message {
             kind: Kind::Error,
             id: id.cloned(),
             method: None,
+            utf8: true,
         }
     }
 
@@ -246,12 +297,19 @@ impl Message {
             kind: Kind::Notification,
             id: None,
             method: Some(Method::Cancelled),
+            utf8: true,
         }
     }
 
     /// The exact bytes of this message.
     pub fn raw(&self) -> &Bytes {
         &self.raw
+    }
+
+    /// Whether [`Message::raw`] is known to be UTF-8: every string in it was checked while
+    /// parsing (not so when it has members the proxy skips), or the proxy wrote it.
+    pub fn is_utf8(&self) -> bool {
+        self.utf8
     }
 
     /// The message kind.

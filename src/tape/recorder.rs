@@ -1,13 +1,18 @@
 //! Writing tapes: [`Recorder`], the handle a session records through, and [`Recording`], what
 //! `--record` asks for (where, how named, what masked), which starts one per session.
+//!
+//! A session appends its lines to a queue under a short lock (no await inside it); a writer
+//! task takes everything queued at once and writes it with one `writev`. Small messages are
+//! copied into the queue's buffer, large ones are queued as they are (not copied).
 
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
@@ -17,31 +22,132 @@ use super::{
 use crate::protocol::Direction;
 use crate::session::{Session, SessionId};
 
-/// Lines queued for the writer before a session waits for it.
-const QUEUE: usize = 1024;
-/// Most lines the writer takes at a time.
-const BATCH: usize = 256;
+/// Bytes queued for the writer before a session waits for it (a line is taken whenever
+/// fewer are queued, however long it is).
+const QUEUED: usize = 1 << 20;
+/// Messages shorter than this are copied into the queue; longer ones are queued as they are.
+const COPIED: usize = 4096;
+/// How a frame line starts.
+const FRAME_START: &[u8] = br#"{"type":"frame","t":"#;
 
-/// What the writer is sent.
+/// What is waiting to be written, in order.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Whole parts, oldest first; `open` follows them.
+    parts: Vec<Bytes>,
+    /// Copied lines after the last of `parts`.
+    open: BytesMut,
+    /// Bytes in `parts` and `open`.
+    bytes: usize,
+    /// Who waits for everything queued before them to be written.
+    synced: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Every [`Recorder`] is gone: the writer finishes once all is written.
+    closed: bool,
+    /// The writer failed: nothing more is taken.
+    dead: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.synced.is_empty()
+    }
+
+    fn copy(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+        self.bytes += bytes.len();
+    }
+
+    /// Queues `bytes` without copying them.
+    fn share(&mut self, bytes: Bytes) {
+        if !self.open.is_empty() {
+            self.parts.push(std::mem::take(&mut self.open).freeze());
+        }
+        self.bytes += bytes.len();
+        self.parts.push(bytes);
+    }
+}
+
+/// The queue between a tape's sessions and its writer.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Wakes the writer: something was queued, or nothing more will be.
+    ready: Notify,
+    /// Wakes sessions waiting for room.
+    room: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Nothing panics while the lock is held; a poisoned queue is still consistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `add` on the queue once there is room (waiting while the writer is behind), and
+    /// wakes the writer.
+    async fn push<F: FnOnce(&mut Pending)>(&self, mut add: F) -> Result<(), TapeError> {
+        loop {
+            match self.try_push(add)? {
+                None => return Ok(()),
+                Some(back) => add = back,
+            }
+            // Registered before looking again, so the writer's wake-up cannot be missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let full = {
+                let pending = self.lock();
+                !pending.dead && pending.bytes >= QUEUED
+            };
+            if full {
+                room.await;
+            }
+        }
+    }
+
+    /// Runs `add` on the queue if there is room, and wakes the writer; gives `add` back if not.
+    fn try_push<F: FnOnce(&mut Pending)>(&self, add: F) -> Result<Option<F>, TapeError> {
+        let mut pending = self.lock();
+        if pending.dead {
+            return Err(TapeError::Closed);
+        }
+        if pending.bytes >= QUEUED {
+            return Ok(Some(add));
+        }
+        let wake = pending.is_empty();
+        add(&mut pending);
+        drop(pending);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(None)
+    }
+}
+
+/// Held by every clone of a [`Recorder`]: when the last goes, the writer is told.
 #[derive(Debug)]
-enum Item {
-    /// A whole line.
-    Line(Vec<u8>),
-    /// A frame line in three parts, its message between (not copied).
-    Frame(Vec<u8>, bytes::Bytes, Vec<u8>),
-    /// Flush, then say so.
-    Sync(tokio::sync::oneshot::Sender<()>),
+struct Open(Arc<Queue>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_one();
+    }
 }
 
 /// The handle a session records through.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Item>,
+    queue: Arc<Queue>,
+    _open: Arc<Open>,
     started: Instant,
     /// The tape's file.
     path: Arc<Path>,
     /// What is masked before anything is written.
     redactor: Arc<Redactor>,
+    /// The header's session, and what a frame line of it has between `t` and `msg`, one per
+    /// direction: written once, not per frame.
+    session: Arc<(String, [Vec<u8>; 2])>,
     /// Whether the `meta` line was written.
     meta_written: Arc<AtomicBool>,
     /// Whether a failure was reported (it is, once).
@@ -69,14 +175,22 @@ impl Recorder {
         let mut out = std::io::BufWriter::new(file);
         write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        let (tx, rx) = mpsc::channel::<Item>(QUEUE);
-        let writer = tokio::spawn(write_tape(rx, file, path.to_owned()));
+        let queue = Arc::new(Queue::default());
+        let writer = tokio::spawn(write_tape(queue.clone(), file, path.to_owned()));
         Ok((
             Self {
-                tx,
+                _open: Arc::new(Open(queue.clone())),
+                queue,
                 started: Instant::now(),
                 path: path.into(),
                 redactor,
+                session: Arc::new((
+                    header.session.clone(),
+                    [
+                        frame_middle(Direction::ClientToServer, &header.session),
+                        frame_middle(Direction::ServerToClient, &header.session),
+                    ],
+                )),
                 meta_written: Arc::default(),
                 failed: Arc::default(),
             },
@@ -96,10 +210,7 @@ impl Recorder {
     async fn send(&self, line: &Line<'_>) -> Result<(), TapeError> {
         let mut bytes = Vec::new();
         write_line(&mut bytes, line).map_err(|_| TapeError::Closed)?;
-        self.tx
-            .send(Item::Line(bytes))
-            .await
-            .map_err(|_| TapeError::Closed)
+        self.queue.push(|pending| pending.copy(&bytes)).await
     }
 
     /// Records the session's `initialize` outcome.
@@ -141,7 +252,7 @@ impl Recorder {
     }
 
     /// Records one parsed message as it was carried (the pipeline's path): a message already
-    /// known to be one JSON object is written without being parsed again.
+    /// known to be JSON is written without being parsed again.
     pub async fn message(
         &self,
         direction: Direction,
@@ -149,23 +260,24 @@ impl Recorder {
         msg: &crate::protocol::Message,
         transport: &Transport,
     ) -> Result<(), TapeError> {
-        let raw = match self.redactor.apply(msg.raw()) {
-            std::borrow::Cow::Borrowed(_) => msg.raw().clone(),
-            std::borrow::Cow::Owned(masked) => bytes::Bytes::from(masked),
+        let (raw, utf8) = match self.redactor.apply(msg.raw()) {
+            std::borrow::Cow::Borrowed(_) => (msg.raw().clone(), msg.is_utf8()),
+            // Masked paths are written by serde (UTF-8), masked secrets by bytes.
+            std::borrow::Cow::Owned(masked) => (Bytes::from(masked), false),
         };
         // Masked secrets could in theory cut through JSON syntax: such lines are checked.
-        let valid = !self.redactor.has_secrets();
-        match frame_parts(self.micros(), direction, session, &raw, transport).filter(|_| valid) {
-            Some((head, tail)) => self
-                .tx
-                .send(Item::Frame(head, raw, tail))
-                .await
-                .map_err(|_| TapeError::Closed),
-            None => {
-                self.frame(direction, session, &raw, transport.clone())
-                    .await
-            }
-        }
+        let fast =
+            !self.redactor.has_secrets() && session == self.session.0 && is_one_line(&raw, utf8);
+        let tail = fast.then(|| frame_tail(transport)).flatten();
+        let Some(tail) = tail else {
+            return self
+                .frame(direction, session, &raw, transport.clone())
+                .await;
+        };
+        let middle = &self.session.1[usize::from(direction == Direction::ServerToClient)];
+        self.queue
+            .push(|pending| frame_line(pending, self.micros(), middle, raw, &tail))
+            .await
     }
 
     /// Records how the session ended, and waits until everything so far is on disk. Frames
@@ -177,60 +289,63 @@ impl Recorder {
         };
         self.send(&Line::End(end)).await?;
         let (done, flushed) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Item::Sync(done))
-            .await
-            .map_err(|_| TapeError::Closed)?;
+        self.queue.push(|pending| pending.synced.push(done)).await?;
         flushed.await.map_err(|_| TapeError::Closed)
     }
 }
 
-/// Writes the lines queued on `rx` to `file`, every line queued at the time in one `write`,
-/// whenever it has caught up: the tape on disk is current, and a killed process loses only
-/// what was still queued.
+/// Writes what is queued to `file`, everything queued at the time in one `writev`, whenever
+/// it has caught up: the tape on disk is current, and a killed process loses only what was
+/// still queued.
 ///
 /// The writes are plain `write(2)`s on the runtime's thread. A write to the page cache takes
 /// microseconds, where a hop to tokio's blocking pool per batch cost a third of the proxy's
 /// throughput (context switches on a 2-core machine; docs/performance.md). Under dirty-page
 /// throttling a write blocks the thread: the backpressure lossless recording asks for.
 async fn write_tape(
-    mut rx: mpsc::Receiver<Item>,
+    queue: Arc<Queue>,
     mut file: std::fs::File,
     path: PathBuf,
 ) -> Result<(), TapeError> {
-    let io = |source| TapeError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        queue.ready.notified().await;
         // Let the session's other tasks run once first: lines they queue meanwhile join this
         // write instead of costing one each.
         tokio::task::yield_now().await;
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        let mut slices = Vec::with_capacity(3 * batch.len());
-        for item in &batch {
-            match item {
-                Item::Line(line) => slices.push(IoSlice::new(line)),
-                Item::Frame(head, msg, tail) => {
-                    slices.extend([IoSlice::new(head), IoSlice::new(msg), IoSlice::new(tail)]);
+        loop {
+            let (parts, synced, closed) = {
+                let mut pending = queue.lock();
+                let mut parts = std::mem::take(&mut pending.parts);
+                if !pending.open.is_empty() {
+                    parts.push(std::mem::take(&mut pending.open).freeze());
                 }
-                Item::Sync(_) => {}
+                pending.bytes = 0;
+                (parts, std::mem::take(&mut pending.synced), pending.closed)
+            };
+            if parts.is_empty() && synced.is_empty() {
+                if closed {
+                    return Ok(());
+                }
+                break;
             }
-        }
-        write_all_vectored(&mut file, &mut slices).map_err(io)?;
-        for item in batch.drain(..) {
-            if let Item::Sync(done) = item {
+            let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            if let Err(source) = write_all_vectored(&mut file, &mut slices) {
+                let mut pending = queue.lock();
+                pending.dead = true;
+                pending.synced.clear();
+                drop(pending);
+                queue.room.notify_waiters();
+                return Err(TapeError::Io {
+                    path: path.clone(),
+                    source,
+                });
+            }
+            for done in synced {
                 let _ = done.send(());
             }
+            queue.room.notify_waiters();
         }
     }
-    Ok(())
 }
 
 /// Writes all of `slices` (`Write::write_all_vectored` is not stable yet).
@@ -250,37 +365,54 @@ fn write_all_vectored(
     Ok(())
 }
 
-/// A `frame` line for `raw`, a message known to be valid JSON, built without serde; `None`
-/// when `raw` is not one line of UTF-8 with nothing around the JSON value (then
+/// What a frame line of `session` going `direction` has between its time and its message.
+fn frame_middle(direction: Direction, session: &str) -> Vec<u8> {
+    let mut middle = match direction {
+        Direction::ClientToServer => br#","dir":"c2s","session":"#.to_vec(),
+        Direction::ServerToClient => br#","dir":"s2c","session":"#.to_vec(),
+    };
+    // A string always serializes.
+    let _ = serde_json::to_writer(&mut middle, session);
+    middle.extend_from_slice(br#","msg":"#);
+    middle
+}
+
+/// Whether `raw`, a message known to be valid JSON (and UTF-8 if `utf8`), can be a frame
+/// line's `msg` as it is: one line of UTF-8 with nothing around the JSON value (if not,
 /// [`FrameLine::new`] decides how to write it).
-fn frame_parts(
-    t: u64,
-    direction: Direction,
-    session: &str,
-    raw: &[u8],
-    transport: &Transport,
-) -> Option<(Vec<u8>, Vec<u8>)> {
-    let exact = raw.first().is_some_and(|b| !b.is_ascii_whitespace())
-        && raw.last().is_some_and(|b| !b.is_ascii_whitespace());
-    if !exact || memchr::memchr2(b'\n', b'\r', raw).is_some() || std::str::from_utf8(raw).is_err() {
-        return None;
+fn is_one_line(raw: &[u8], utf8: bool) -> bool {
+    raw.first().is_some_and(|b| !b.is_ascii_whitespace())
+        && raw.last().is_some_and(|b| !b.is_ascii_whitespace())
+        && memchr::memchr2(b'\n', b'\r', raw).is_none()
+        && (utf8 || std::str::from_utf8(raw).is_ok())
+}
+
+/// How a frame line with `transport` ends, after its message.
+fn frame_tail(transport: &Transport) -> Option<std::borrow::Cow<'static, [u8]>> {
+    if *transport == Transport::NONE {
+        return Some(b"}\n"[..].into());
     }
-    let mut line = Vec::with_capacity(session.len() + 64);
-    line.extend_from_slice(br#"{"type":"frame","t":"#);
-    line.extend_from_slice(t.to_string().as_bytes());
-    line.extend_from_slice(match direction {
-        Direction::ClientToServer => br#","dir":"c2s","session":"#,
-        Direction::ServerToClient => br#","dir":"s2c","session":"#,
-    });
-    serde_json::to_writer(&mut line, session).ok()?;
-    line.extend_from_slice(br#","msg":"#);
-    let mut tail = Vec::new();
-    if *transport != Transport::NONE {
-        tail.extend_from_slice(br#","transport":"#);
-        serde_json::to_writer(&mut tail, transport).ok()?;
-    }
+    let mut tail = br#","transport":"#.to_vec();
+    serde_json::to_writer(&mut tail, transport).ok()?;
     tail.extend_from_slice(b"}\n");
-    Some((line, tail))
+    Some(tail.into())
+}
+
+/// Queues a frame line for `raw` (see [`is_one_line`]) built without serde: its time `t`,
+/// `middle` from [`frame_middle`], the message, and `tail` from [`frame_tail`].
+fn frame_line(pending: &mut Pending, t: u64, middle: &[u8], raw: Bytes, tail: &[u8]) {
+    pending
+        .open
+        .reserve(FRAME_START.len() + 20 + middle.len() + raw.len() + tail.len());
+    pending.copy(FRAME_START);
+    pending.copy(itoa::Buffer::new().format(t).as_bytes());
+    pending.copy(middle);
+    if raw.len() < COPIED {
+        pending.copy(&raw);
+    } else {
+        pending.share(raw);
+    }
+    pending.copy(tail);
 }
 
 /// What `--record` asks for: where tapes go, what they say about themselves, what is masked.
@@ -358,43 +490,183 @@ fn url_userinfo(upstream: &str) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    fn header(session: &str) -> Header {
+        Header {
+            format: FORMAT_VERSION,
+            id: "t1".into(),
+            name: None,
+            created: now_rfc3339(),
+            mode: "forward".into(),
+            client_transport: "stdio".into(),
+            server_transport: "stdio".into(),
+            upstream: None,
+            session: session.into(),
+        }
+    }
+
     #[test]
     fn the_fast_frame_line_is_the_serde_one() {
-        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"t":"h\u00e9 \u2028"}}"#;
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"result":{{"t":"{}"}}}}"#,
+            "x".repeat(COPIED)
+        );
         let transport = Transport {
             status: Some(200),
             event_id: Some("get-1".into()),
             stream: Some("get".into()),
         };
-        for (direction, transport) in [
-            (Direction::ClientToServer, Transport::NONE),
-            (Direction::ServerToClient, transport),
+        for raw in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":{"t":"h\u00e9 \u2028"}}"#[..],
+            long.as_bytes(),
         ] {
-            let (head, tail) = frame_parts(42, direction, "s\"1", raw, &transport).unwrap();
-            let fast = [head, raw.to_vec(), tail].concat();
-            let mut slow = Vec::new();
-            let line = FrameLine::new(42, direction, "s\"1", raw, transport.clone());
-            write_line(&mut slow, &Line::Frame(line)).unwrap();
-            assert_eq!(
-                String::from_utf8(fast).unwrap(),
-                String::from_utf8(slow).unwrap()
-            );
+            for (direction, transport) in [
+                (Direction::ClientToServer, Transport::NONE),
+                (Direction::ServerToClient, transport.clone()),
+            ] {
+                let middle = frame_middle(direction, "s\"1");
+                let mut pending = Pending::default();
+                pending.copy(b"before\n");
+                let tail = frame_tail(&transport).unwrap();
+                frame_line(
+                    &mut pending,
+                    42,
+                    &middle,
+                    Bytes::copy_from_slice(raw),
+                    &tail,
+                );
+                // Long messages are queued as they are; short ones copied.
+                assert_eq!(pending.parts.len(), if raw.len() < COPIED { 0 } else { 2 });
+                pending.parts.push(pending.open.clone().freeze());
+                let fast = pending.parts.concat();
+                assert_eq!(pending.bytes, fast.len());
+                let mut slow = b"before\n".to_vec();
+                let line = FrameLine::new(42, direction, "s\"1", raw, transport.clone());
+                write_line(&mut slow, &Line::Frame(line)).unwrap();
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap()
+                );
+            }
         }
         // Not one exact line: left to the general path.
-        assert!(frame_parts(0, Direction::ClientToServer, "s", b" {}", &Transport::NONE).is_none());
-        assert!(
-            frame_parts(0, Direction::ClientToServer, "s", b"{\n}", &Transport::NONE).is_none()
+        assert!(is_one_line(br#"{"a":1}"#, false));
+        for raw in [&b" {}"[..], b"{\n}", b"{\xff}", b""] {
+            assert!(!is_one_line(raw, false), "{raw:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_read_back_byte_for_byte_whichever_way_they_are_written() {
+        use crate::protocol::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let (recorder, writer) = Recorder::create(&path, &header("s1"), Arc::default()).unwrap();
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":3,"result":{{"t":"{}"}}}}"#,
+            "é".repeat(COPIED)
         );
+        let raws: Vec<Vec<u8>> = vec![
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_vec(),
+            // A member the proxy skips, holding bytes that are not UTF-8: not trusted as UTF-8.
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{},\"x\":\"\xff\"}".to_vec(),
+            // Around the JSON, whitespace.
+            b" {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\r".to_vec(),
+            long.into_bytes(),
+        ];
+        for raw in &raws {
+            let msg = Message::parse(Bytes::copy_from_slice(raw)).unwrap();
+            recorder
+                .message(Direction::ServerToClient, "s1", &msg, &Transport::NONE)
+                .await
+                .unwrap();
+        }
+        // Another session's message on this tape.
+        let msg = Message::parse(Bytes::copy_from_slice(&raws[0])).unwrap();
+        recorder
+            .message(Direction::ClientToServer, "s2", &msg, &Transport::NONE)
+            .await
+            .unwrap();
+        drop(recorder);
+        writer.await.unwrap().unwrap();
+        let tape = super::super::read(&path).unwrap();
+        let got: Vec<&[u8]> = tape.frames.iter().map(|f| &f.raw[..]).collect();
+        let want: Vec<&[u8]> = raws.iter().chain([&raws[0]]).map(|r| &r[..]).collect();
+        assert_eq!(got, want);
+        assert_eq!(tape.frames[4].session, "s2");
+        assert!(tape.frames.windows(2).all(|w| w[0].micros <= w[1].micros));
+    }
+
+    #[tokio::test]
+    async fn a_session_waits_while_the_writer_is_behind_and_nothing_is_lost() {
+        use crate::protocol::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let (recorder, writer) = Recorder::create(&path, &header("s1"), Arc::default()).unwrap();
+        let text = "y".repeat(1000);
+        let count = 3 * QUEUED / 1000;
+        let mut most = 0;
+        for id in 0..count {
+            let raw = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"t":"{text}"}}}}"#);
+            let msg = Message::parse(raw.into()).unwrap();
+            recorder
+                .message(Direction::ServerToClient, "s1", &msg, &Transport::NONE)
+                .await
+                .unwrap();
+            most = most.max(recorder.queue.lock().bytes);
+        }
+        // This runtime has one thread: the writer ran only while the session waited.
+        assert!(most >= QUEUED, "the queue never filled: {most}");
         assert!(
-            frame_parts(
-                0,
-                Direction::ClientToServer,
-                "s",
-                b"{\xff}",
-                &Transport::NONE
-            )
-            .is_none()
+            most < QUEUED + 2000,
+            "the queue grew past its bound: {most}"
         );
+        recorder.end("closed").await.unwrap();
+        drop(recorder);
+        writer.await.unwrap().unwrap();
+        let tape = super::super::read(&path).unwrap();
+        assert_eq!(tape.frames.len(), count);
+        for (id, frame) in tape.frames.iter().enumerate() {
+            assert!(
+                frame
+                    .raw
+                    .starts_with(format!(r#"{{"jsonrpc":"2.0","id":{id},"#).as_bytes())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_fails_stops_the_recording_not_the_session() {
+        use crate::protocol::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let (recorder, writer) = Recorder::create(&path, &header("s1"), Arc::default()).unwrap();
+        // As if the disk were full: the writer's next write fails.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let queue = recorder.queue.clone();
+        writer.abort();
+        let _ = writer.await;
+        let writer = tokio::spawn(write_tape(queue, full, path.clone()));
+        let msg = Message::parse(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        ))
+        .unwrap();
+        recorder
+            .message(Direction::ClientToServer, "s1", &msg, &Transport::NONE)
+            .await
+            .unwrap();
+        let err = writer.await.unwrap().unwrap_err();
+        assert!(matches!(err, TapeError::Io { .. }), "{err}");
+        let later = recorder
+            .message(Direction::ClientToServer, "s1", &msg, &Transport::NONE)
+            .await;
+        assert!(matches!(later, Err(TapeError::Closed)));
+        assert!(matches!(
+            recorder.end("closed").await,
+            Err(TapeError::Closed)
+        ));
     }
 
     #[test]

@@ -36,6 +36,25 @@ fn keeps_the_exact_bytes_and_unknown_fields() {
 }
 
 #[test]
+fn a_message_is_known_to_be_utf8_only_when_parsing_checked_all_of_it() {
+    let checked = parse(r#"{"jsonrpc":"2.0","id":"é","method":"a","params":{"t":"ü"}}"#).unwrap();
+    assert!(checked.is_utf8());
+    // Skipped members are not checked: a string in one may hold any bytes.
+    let raw = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{},\"x\":\"\xff\"}";
+    let skipped = Message::parse(Bytes::from_static(raw)).unwrap();
+    assert!(!skipped.is_utf8());
+    assert_eq!(skipped.raw().as_ref(), raw);
+    // Where the proxy checks, bad UTF-8 is refused.
+    assert!(parse_bytes(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"\xff\"}").is_err());
+    let answer = Message::error_response(None, &ProxyError::new(ErrorCode::InvalidRequest, "x"));
+    assert!(answer.is_utf8());
+}
+
+fn parse_bytes(raw: &'static [u8]) -> Result<Message, ParseError> {
+    Message::parse(Bytes::from_static(raw))
+}
+
+#[test]
 fn malformed_json_is_a_parse_error() {
     assert!(matches!(parse("{not json"), Err(ParseError::Json(_))));
     assert!(matches!(parse(""), Err(ParseError::Json(_))));
