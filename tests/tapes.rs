@@ -413,6 +413,47 @@ fn the_reverse_proxy_records_each_session_with_its_transport() {
     assert_eq!(listed.as_array().unwrap().len(), 2);
 }
 
+/// A stateless (2026-07-28) request passed to an HTTP upstream is a session of its own for
+/// one POST: a tape of its own, with the request, the answer and how it ended.
+#[test]
+fn a_stateless_request_through_the_reverse_proxy_is_a_tape_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = HttpFixture::start(&["--stateless"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &fixture.url,
+        "--record",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (headers, body) = support::modern_call(7, "echo", json!({"text": "stateless"}), json!({}));
+    let answer = support::http_request(&gateway.addr, "POST", "/mcp", &headers, &body);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // The end line is written once the POST is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let tape = loop {
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files.len() <= 1, "{files:?}");
+        if let Some(tape) = files.first().and_then(|f| shadowcat::tape::read(f).ok()) {
+            if tape.end.is_some() {
+                break tape;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no finished tape");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(tape.header.mode, "reverse");
+    assert_eq!(tape.end.unwrap().reason, "closed");
+    assert_eq!(tape.frames.len(), 2, "{:?}", tape.frames);
+    assert_eq!(tape.frames[0].direction, Direction::ClientToServer);
+    assert_eq!(&tape.frames[0].raw[..], &body[..]);
+    let answer: Value = serde_json::from_slice(&tape.frames[1].raw).unwrap();
+    assert_eq!(answer["id"], 7);
+    assert_eq!(tape.frames[1].transport.status, Some(200));
+}
+
 /// A session with an Authorization header (`--bearer-token-env`) and a redacted argument
 /// leaves neither in the tape, though the server echoes both back.
 #[test]

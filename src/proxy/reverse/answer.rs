@@ -82,11 +82,21 @@ pub(super) struct Answering {
 pub(super) struct EndOnDrop {
     pub(super) gateway: Arc<Gateway>,
     pub(super) session: crate::session::SessionId,
+    /// The session's tape, if it is recorded: its `end` line is written.
+    pub(super) tape: Option<crate::tape::Recorder>,
 }
 
 impl Drop for EndOnDrop {
     fn drop(&mut self) {
         self.gateway.sessions.end(&self.session, EndReason::Closed);
+        // Dropped where the request was served, on the runtime.
+        if let (Some(tape), Ok(_)) = (self.tape.take(), tokio::runtime::Handle::try_current()) {
+            self.gateway.spawn(async move {
+                if let Err(e) = tape.end(EndReason::Closed.as_str()).await {
+                    tape.failed(&e);
+                }
+            });
+        }
     }
 }
 

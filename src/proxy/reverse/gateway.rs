@@ -188,11 +188,7 @@ impl Gateway {
         let session = self
             .sessions
             .create(transport, Some(self.upstream_label()))?;
-        if let Some(recording) = &self.config.recording {
-            if let Err(e) = recording.start(&session) {
-                tracing::error!(session = %session.id(), "{e:#}; the session goes on unrecorded");
-            }
-        }
+        self.record(&session);
         let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
         let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {
@@ -284,6 +280,7 @@ impl Gateway {
         let session = self
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
+        self.record(&session);
         Ok(Stateless::Own(Arc::new(SessionLink {
             router: Arc::new(Router::new(session.clone(), None)),
             session,
@@ -301,6 +298,15 @@ impl Gateway {
             abandon: Mutex::default(),
             tool_params: Mutex::default(),
         })))
+    }
+
+    /// Starts recording `session` if `--record` asks for it.
+    fn record(&self, session: &Session) {
+        if let Some(recording) = &self.config.recording {
+            if let Err(e) = recording.start(session) {
+                tracing::error!(session = %session.id(), "{e:#}; the session goes on unrecorded");
+            }
+        }
     }
 
     /// Ends session `id` (a client's DELETE) and waits, up to the shutdown timeout, for its

@@ -182,6 +182,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let ephemeral = (stateless && !shared).then(|| EndOnDrop {
         gateway: gateway.clone(),
         session: link.session.id().clone(),
+        tape: link.session.tape().cloned(),
     });
     if batch && members.len() > MAX_BATCH_MESSAGES {
         let error = ProxyError::new(
