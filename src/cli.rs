@@ -487,6 +487,20 @@ pub struct ProxyArgs {
     /// kept after exit). [default: sqlite]
     #[arg(long, env = "SHADOWCAT_SESSION_STORE", value_name = "KIND")]
     pub session_store: Option<String>,
+    /// Interceptor rules (docs/rules.md): a YAML or JSON file of rules that block, mock,
+    /// modify, delay, tag, log or hide messages. It is watched: a valid new version replaces
+    /// the running rules, an invalid one is reported and the last good rules stay.
+    #[arg(long, env = "SHADOWCAT_RULES", value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// `audit`: rules change nothing; what each would do is logged (with a before/after diff)
+    /// and counted. Overrides the file's and each rule's mode. [default: the file's, enforce]
+    #[arg(
+        long,
+        env = "SHADOWCAT_RULES_MODE",
+        value_name = "MODE",
+        requires = "rules"
+    )]
+    pub rules_mode: Option<crate::intercept::Mode>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {

@@ -65,6 +65,8 @@ pub struct Config {
     pub reverse: Option<ReverseConfig>,
     /// Where and how sessions are recorded (`--record`, `record`).
     pub recording: Option<crate::tape::Recording>,
+    /// Interceptor rules (`--rules`), loaded and checked.
+    pub rules: Option<std::sync::Arc<crate::intercept::Rules>>,
 }
 
 /// Where session history goes.
@@ -139,6 +141,8 @@ struct FileConfig {
     read_timeout: Option<Scalar>,
     sse_replay_events: Option<Scalar>,
     sse_keepalive: Option<Scalar>,
+    rules: Option<PathBuf>,
+    rules_mode: Option<crate::intercept::Mode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +304,13 @@ impl Config {
             session_store,
             reverse: None,
             recording: None,
+            rules: match p.rules.clone().or(file.rules) {
+                Some(path) => Some(std::sync::Arc::new(
+                    crate::intercept::Rules::load(&path, p.rules_mode.or(file.rules_mode))
+                        .map_err(|e| invalid("--rules", e.to_string()))?,
+                )),
+                None => None,
+            },
         })
     }
 }

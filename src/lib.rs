@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`cli`]: clap definitions only (raw arguments).
+//! - [`intercept`]: interceptor rules: the rule file, matching, actions, hot reload.
 //! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
 //! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
 //! - [`protocol`]: the JSON-RPC/MCP message model: ids, envelope parsing, batches, error codes.
@@ -25,6 +26,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod intercept;
 pub mod protocol;
 pub mod proxy;
 pub mod session;

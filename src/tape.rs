@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::Direction;
 
-mod diff;
+pub mod diff;
 pub mod manage;
 mod recorder;
 pub mod redact;

@@ -70,6 +70,8 @@ pub fn init_tracing(
 /// Counters for one proxy process.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Interceptor rule actions, by rule, action and mode.
+    rules: Family<RuleLabels, Counter>,
     forwarded: [AtomicU64; 2],
     answered_by_proxy: [AtomicU64; 2],
     malformed: [AtomicU64; 2],
@@ -106,6 +108,33 @@ fn bump(counters: &[AtomicU64; 2], direction: Direction) {
 }
 
 impl Metrics {
+    /// Rule `rule` took (or, in audit mode, would have taken) `action` on a message.
+    pub fn rule_fired(&self, rule: &str, action: &'static str, audit: bool) {
+        self.rules
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+                action,
+                mode: if audit { "audit" } else { "enforce" },
+            })
+            .inc();
+    }
+
+    /// How often rule `rule` took `action` in `mode` (`enforce` or `audit`).
+    pub fn rule_count(&self, rule: &str, action: &'static str, mode: &'static str) -> u64 {
+        self.rules
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+                action,
+                mode,
+            })
+            .get()
+    }
+
+    /// The rule counters, for a registry.
+    pub fn rule_counters(&self) -> Family<RuleLabels, Counter> {
+        self.rules.clone()
+    }
+
     /// A message was forwarded in `direction`.
     pub fn forwarded(&self, direction: Direction) {
         bump(&self.forwarded, direction);
@@ -163,6 +192,17 @@ pub struct RequestLabels {
     pub method: String,
     /// `ok` or `error`.
     pub outcome: &'static str,
+}
+
+/// `rule`, `action`, `mode`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The rule's name.
+    pub rule: String,
+    /// What it did: `block`, `mock`, `modify`, `delay`, `tag`, `log`, `hide`.
+    pub action: &'static str,
+    /// `enforce` (it acted) or `audit` (it would have).
+    pub mode: &'static str,
 }
 
 /// `method`.
@@ -314,6 +354,11 @@ impl GatewayMetrics {
                 .get_or_create(&KindLabels { kind })
                 .inc_by(0);
         }
+        registry.register(
+            "shadowcat_rule_actions",
+            "Interceptor rule actions, by rule, action and mode (enforce, or audit: would have)",
+            pipeline.rule_counters(),
+        );
         registry.register_collector(Box::new(Live { sessions, pipeline }));
         Self {
             registry,

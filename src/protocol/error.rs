@@ -21,6 +21,11 @@ pub enum ErrorCode {
     ParseError,
     /// `-32600`: valid JSON, but not a valid JSON-RPC 2.0 message.
     InvalidRequest,
+    /// `-32602`: a rule hides the tool or prompt the request names (what a server says of one
+    /// it does not have).
+    InvalidParams,
+    /// `-32002` (MCP's "resource not found"): a rule hides the resource the request names.
+    ResourceNotFound,
     /// `-32603`: Shadowcat failed in a way that is its own fault.
     InternalError,
     /// `-32020` (MCP's `HeaderMismatch`, 2026-07-28): a request's mirrored HTTP headers are
@@ -49,13 +54,18 @@ pub enum ErrorCode {
     TooManySessions,
     /// `-32090`: `shadowcat replay` has no recorded request matching this one.
     ReplayUnmatched,
+    /// `-32091`: an interceptor rule blocks the message (`block:`; a rule may give its own
+    /// code).
+    BlockedByRule,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::ParseError,
         Self::InvalidRequest,
+        Self::InvalidParams,
+        Self::ResourceNotFound,
         Self::InternalError,
         Self::HeaderMismatch,
         Self::MessageTooLarge,
@@ -69,6 +79,7 @@ impl ErrorCode {
         Self::UpstreamHttpError,
         Self::TooManySessions,
         Self::ReplayUnmatched,
+        Self::BlockedByRule,
     ];
 
     /// The numeric JSON-RPC code.
@@ -76,6 +87,8 @@ impl ErrorCode {
         match self {
             Self::ParseError => -32700,
             Self::InvalidRequest => -32600,
+            Self::InvalidParams => -32602,
+            Self::ResourceNotFound => -32002,
             Self::InternalError => -32603,
             Self::HeaderMismatch => -32020,
             Self::MessageTooLarge => -32080,
@@ -89,6 +102,7 @@ impl ErrorCode {
             Self::UpstreamHttpError => -32088,
             Self::TooManySessions => -32089,
             Self::ReplayUnmatched => -32090,
+            Self::BlockedByRule => -32091,
         }
     }
 
@@ -97,6 +111,8 @@ impl ErrorCode {
         match self {
             Self::ParseError => "parse_error",
             Self::InvalidRequest => "invalid_request",
+            Self::InvalidParams => "invalid_params",
+            Self::ResourceNotFound => "resource_not_found",
             Self::InternalError => "internal_error",
             Self::HeaderMismatch => "header_mismatch",
             Self::MessageTooLarge => "message_too_large",
@@ -110,6 +126,7 @@ impl ErrorCode {
             Self::UpstreamHttpError => "upstream_http_error",
             Self::TooManySessions => "too_many_sessions",
             Self::ReplayUnmatched => "replay_unmatched",
+            Self::BlockedByRule => "blocked_by_rule",
         }
     }
 }
@@ -123,6 +140,8 @@ pub struct ProxyError {
     pub message: String,
     /// Extra fields for `data` (an object); `shadowcat` is added automatically.
     pub data: serde_json::Map<String, Value>,
+    /// The code sent instead of the table's (a rule's own `block.code`).
+    custom_code: Option<i64>,
 }
 
 impl ProxyError {
@@ -132,7 +151,20 @@ impl ProxyError {
             code,
             message: message.into(),
             data: serde_json::Map::new(),
+            custom_code: None,
         }
+    }
+
+    /// Sends `code` instead of the table's (`data.shadowcat` still names the cause).
+    #[must_use]
+    pub fn with_code(mut self, code: i64) -> Self {
+        self.custom_code = Some(code);
+        self
+    }
+
+    /// The code sent.
+    pub fn sent_code(&self) -> i64 {
+        self.custom_code.unwrap_or(i64::from(self.code.code()))
     }
 
     /// Adds a `data` field.
@@ -152,7 +184,7 @@ impl ProxyError {
         }
         #[derive(Serialize)]
         struct Body<'a> {
-            code: i32,
+            code: i64,
             message: &'a str,
             data: Data<'a>,
         }
@@ -166,7 +198,7 @@ impl ProxyError {
             jsonrpc: "2.0",
             id,
             error: Body {
-                code: self.code.code(),
+                code: self.sent_code(),
                 message: &self.message,
                 data: Data {
                     shadowcat: self.code.name(),
@@ -191,6 +223,8 @@ mod tests {
             ErrorCode::InvalidRequest,
             ErrorCode::InternalError,
             ErrorCode::HeaderMismatch,
+            ErrorCode::InvalidParams,
+            ErrorCode::ResourceNotFound,
         ];
         for code in ErrorCode::ALL {
             assert!(seen.insert(code.code()), "duplicate {}", code.code());

@@ -172,7 +172,11 @@ impl<'a> ForwardStdio<'a> {
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline::new(metrics.clone(), sessions.clone()));
+        let pipeline = Arc::new(Pipeline::new(
+            metrics.clone(),
+            sessions.clone(),
+            crate::intercept::start(config.rules.as_ref()),
+        ));
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);

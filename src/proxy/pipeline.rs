@@ -10,10 +10,13 @@
 //! 1. session tracking ([`RequestTracker`]) — counts the message towards its session, correlates
 //!    requests and responses, reads the `initialize` exchange.
 //!
-//! 2. recording (`--record`) — what the stages decided is written to the session's tape, if it
-//!    has one: a forwarded message as it goes on, an answer the proxy gives in its place.
+//! 2. interceptor rules (`--rules`, [`crate::intercept`]) — block, mock, modify, delay, tag,
+//!    log, hide; a response is matched by the method of the request it answers.
+//! 3. recording (`--record`) — what the stages decided is written to the session's tape, if it
+//!    has one: a message as it goes on (as rules left it), or as it came when the proxy
+//!    answered or dropped it, and the proxy's answer.
 //!
-//! Later stages (rate limiting, interceptor rules) slot in between.
+//! Rate limiting slots in before the rules.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,14 +60,20 @@ pub trait Stage: Send + Sync {
 #[derive(Debug)]
 pub struct Pipeline {
     tracker: RequestTracker,
+    rules: Option<Arc<crate::intercept::Rules>>,
     metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline in its documented order.
-    pub fn new(metrics: Arc<Metrics>, sessions: Arc<SessionManager>) -> Self {
+    /// Builds the pipeline in its documented order; `rules` from `--rules`.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        sessions: Arc<SessionManager>,
+        rules: Option<Arc<crate::intercept::Rules>>,
+    ) -> Self {
         Self {
             tracker: RequestTracker::new(metrics.clone(), sessions),
+            rules,
             metrics,
         }
     }
@@ -77,23 +86,41 @@ impl Pipeline {
     /// Runs `msg` through every stage in order.
     pub async fn process(&self, msg: Message, cx: Context<'_>) -> Verdict {
         let Some(tape) = cx.session.tape() else {
-            return self.tracker.process(msg, cx).await;
+            return self.stages(msg, cx).await;
         };
         // Recorded: what was sent, and what became of it.
         let original = msg.clone();
-        let verdict = self.tracker.process(msg, cx).await;
+        let verdict = self.stages(msg, cx).await;
         record(tape, &original, &verdict, cx).await;
         verdict
     }
+
+    async fn stages(&self, msg: Message, cx: Context<'_>) -> Verdict {
+        let (verdict, answers) = self.tracker.track(msg, cx);
+        match (verdict, &self.rules) {
+            (Verdict::Forward(msg), Some(rules)) => {
+                rules
+                    .process(msg, cx, answers.as_ref(), &self.metrics)
+                    .await
+            }
+            (verdict, _) => verdict,
+        }
+    }
 }
 
-/// Writes what happened to `msg` to the session's tape: the message itself (forwarded or not;
-/// it was sent), and an answer the proxy gave in its place. Once the `initialize` answer has
+/// Writes what happened to `msg` to the session's tape: the message as it went on (as rules
+/// left it), or as it came when it went no further, and an answer the proxy gave in its place. Once the `initialize` answer has
 /// gone by, the session's metadata too. A tape that can no longer be written is logged once
 /// and the session goes on unrecorded.
 async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
     let session = cx.session.id().as_str();
-    let mut result = tape.message(cx.direction, session, msg, cx.transport).await;
+    let carried = match verdict {
+        Verdict::Forward(forwarded) => forwarded,
+        Verdict::Respond(_) | Verdict::Drop => msg,
+    };
+    let mut result = tape
+        .message(cx.direction, session, carried, cx.transport)
+        .await;
     if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
         result = tape
             .message(cx.direction.reverse(), session, answer, &Transport::NONE)

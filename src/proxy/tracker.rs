@@ -35,7 +35,19 @@ impl RequestTracker {
         Self { metrics, sessions }
     }
 
-    fn track(&self, msg: Message, cx: Context<'_>) -> Verdict {
+    /// Tracks `msg`; with the verdict, for a response, the method of the request it answers.
+    pub fn track(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Method>) {
+        let mut answers = None;
+        let verdict = self.track_message(msg, cx, &mut answers);
+        (verdict, answers)
+    }
+
+    fn track_message(
+        &self,
+        msg: Message,
+        cx: Context<'_>,
+        answers: &mut Option<Method>,
+    ) -> Verdict {
         cx.session.record_frame(cx.direction);
         self.sessions.touch(cx.session);
         match msg.kind() {
@@ -115,6 +127,7 @@ impl RequestTracker {
                         self.sessions.activate(cx.session);
                     }
                 }
+                *answers = Some(request.method);
                 Verdict::Forward(msg)
             }
         }
@@ -123,7 +136,7 @@ impl RequestTracker {
 
 impl Stage for RequestTracker {
     fn process(&self, msg: Message, cx: Context<'_>) -> impl Future<Output = Verdict> + Send {
-        std::future::ready(self.track(msg, cx))
+        std::future::ready(self.track(msg, cx).0)
     }
 }
 
@@ -223,14 +236,16 @@ mod tests {
     }
 
     fn run(tracker: &RequestTracker, session: &Session, direction: Direction, m: &str) -> Verdict {
-        tracker.track(
-            msg(m),
-            Context {
-                direction,
-                session,
-                transport: &crate::tape::Transport::NONE,
-            },
-        )
+        tracker
+            .track(
+                msg(m),
+                Context {
+                    direction,
+                    session,
+                    transport: &crate::tape::Transport::NONE,
+                },
+            )
+            .0
     }
 
     #[test]

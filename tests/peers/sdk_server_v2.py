@@ -35,6 +35,7 @@ Either way the tool body only ever sees the final ``CreateMessageResult``.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Annotated
 
@@ -46,9 +47,18 @@ from pydantic import BaseModel
 mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNING")
 
 
+def _log_call(tool: str, arguments: dict) -> None:
+    """PEER_CALL_LOG names a file each call is appended to (what reached the server)."""
+    path = os.environ.get("PEER_CALL_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"tool": tool, "arguments": arguments}, sort_keys=True) + "\n")
+
+
 @mcp.tool()
 def echo(text: str) -> str:
     """Return the given text unchanged."""
+    _log_call("echo", {"text": text})
     # PEER_ECHO_UPPER stands for a changed server build (`tape verify` must catch it).
     return text.upper() if os.environ.get("PEER_ECHO_UPPER") else text
 
@@ -56,6 +66,7 @@ def echo(text: str) -> str:
 @mcp.tool()
 def add(a: int, b: int) -> int:
     """Add two integers."""
+    _log_call("add", {"a": a, "b": b})
     return a + b
 
 

@@ -134,7 +134,11 @@ impl Gateway {
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };
         Arc::new(Self {
-            pipeline: Arc::new(Pipeline::new(metrics.clone(), sessions.clone())),
+            pipeline: Arc::new(Pipeline::new(
+                metrics.clone(),
+                sessions.clone(),
+                crate::intercept::start(config.rules.as_ref()),
+            )),
             metrics: GatewayMetrics::new(sessions.clone(), metrics),
             config,
             reverse,

@@ -1,0 +1,268 @@
+//! Interceptor rules (`--rules FILE`, docs/rules.md): one declarative rule engine in the
+//! shared pipeline, the same in every mode.
+//!
+//! - [`file`]: the rule file, read and checked (line and column on any error).
+//! - [`matcher`]: when a rule applies; a message's body is parsed only if a rule needs it.
+//! - [`action`]: what a rule does, as an effect the engine applies or only reports.
+//! - [`reload`]: the file is watched; a good new version replaces the running rules.
+//!
+//! Order: rules run by priority (highest first; equal priorities in file order). Every rule that
+//! matches acts; `modify`, `delay`, `tag` and `log` let the walk go on (later rules see the
+//! modified message), and the first `block`, `mock` or `hide` that refuses the message ends
+//! it. In audit mode (`--rules-mode audit`, or `mode: audit` on the file or a rule) nothing is
+//! changed: each action is logged, with a before/after diff for changes, and counted.
+
+pub mod action;
+pub mod file;
+pub mod matcher;
+mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+
+pub use file::{Mode, Rule, RuleSet, RulesError};
+
+use crate::protocol::{Kind, Message, Method};
+use crate::proxy::{Context, Verdict};
+use crate::telemetry::Metrics;
+use action::Effect;
+use matcher::Subject;
+
+/// The running rules of one proxy: swapped whole when the file changes.
+#[derive(Debug)]
+pub struct Rules {
+    current: ArcSwap<Loaded>,
+    /// `--rules-mode`: every rule's mode, whatever the file says.
+    forced: Option<Mode>,
+    path: PathBuf,
+    /// The file's text last loaded (a reload of the same text is skipped).
+    text: Mutex<String>,
+    /// Watches the file while it lives.
+    watcher: Mutex<Option<reload::Watcher>>,
+}
+
+/// One version of the file, compiled.
+#[derive(Debug, Default)]
+struct Loaded {
+    set: RuleSet,
+    mode: Mode,
+}
+
+impl Rules {
+    /// Loads the rule file at `path`; `forced` overrides every rule's mode.
+    pub fn load(path: &Path, forced: Option<Mode>) -> Result<Self, RulesError> {
+        let (set, mode, text) = file::load(path)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(Loaded { set, mode }),
+            forced,
+            path: path.to_owned(),
+            text: Mutex::new(text),
+            watcher: Mutex::new(None),
+        })
+    }
+
+    /// The rule file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many rules run now.
+    pub fn len(&self) -> usize {
+        self.current.load().set.rules.len()
+    }
+
+    /// Whether no rule runs now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the file again; a valid one replaces the running rules (`Ok(true)`), the same text
+    /// changes nothing (`Ok(false)`), and an invalid one is returned as the error while the
+    /// running rules stay.
+    pub fn reload(&self) -> Result<bool, RulesError> {
+        let (set, mode, text) = file::load(&self.path)?;
+        let mut last = self
+            .text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == text {
+            return Ok(false);
+        }
+        *last = text;
+        self.current.store(Arc::new(Loaded { set, mode }));
+        Ok(true)
+    }
+
+    /// Watches the file for as long as these rules live, reloading it when it changes.
+    pub fn watch(self: &Arc<Self>) -> Result<(), RulesError> {
+        let watcher = reload::Watcher::start(self)?;
+        *self
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(watcher);
+        Ok(())
+    }
+
+    /// Runs `msg` through the rules. `answers` is the method of the request a response answers.
+    pub async fn process(
+        &self,
+        msg: Message,
+        cx: Context<'_>,
+        answers: Option<&Method>,
+        metrics: &Metrics,
+    ) -> Verdict {
+        let loaded = self.current.load_full();
+        if loaded.set.rules.is_empty() {
+            return Verdict::Forward(msg);
+        }
+        let mut s = Subject::new(&msg, cx.direction, cx.session, answers);
+        for rule in &loaded.set.rules {
+            if !rule.when.matches(&mut s) {
+                continue;
+            }
+            let effect = rule.action.effect(&rule.name, &mut s);
+            if matches!(effect, Effect::None) {
+                continue;
+            }
+            let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
+            metrics.rule_fired(&rule.name, rule.action.name(), audit);
+            if audit {
+                report(rule, &mut s, &effect);
+                continue;
+            }
+            match effect {
+                Effect::None => {}
+                Effect::Change(body) => s.set_body(body),
+                Effect::Wait(delay) => tokio::time::sleep(delay).await,
+                Effect::Tag(tags) => {
+                    for tag in &tags {
+                        cx.session.tag(tag);
+                    }
+                }
+                Effect::Log(log) => log_message(rule, &log, &s),
+                Effect::Answer(answer) => {
+                    // The request goes no further: it no longer awaits an answer from there.
+                    if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+                        cx.session.pending(cx.direction).remove(id);
+                    }
+                    return Verdict::Respond(answer);
+                }
+                Effect::Replace(replacement) => return Verdict::Forward(replacement),
+                Effect::Drop => return Verdict::Drop,
+            }
+        }
+        if !s.changed {
+            return Verdict::Forward(msg);
+        }
+        let Some(body) = s.body().cloned() else {
+            return Verdict::Forward(msg);
+        };
+        match Message::parse(body.to_string().into()) {
+            Ok(changed) => Verdict::Forward(changed),
+            Err(e) => {
+                // Rules change members inside the message; its envelope stays valid.
+                tracing::error!(%e, "a rule left the message invalid; forwarding it unchanged");
+                Verdict::Forward(msg)
+            }
+        }
+    }
+}
+
+/// The rules a pipeline runs, watched from now on. A watch that cannot start is logged: the
+/// rules still run, without reloading.
+pub fn start(rules: Option<&Arc<Rules>>) -> Option<Arc<Rules>> {
+    let rules = rules?;
+    if let Err(e) = rules.watch() {
+        tracing::warn!("{e}; the rules run but will not be reloaded when the file changes");
+    }
+    tracing::info!(file = %rules.path().display(), rules = rules.len(), "interceptor rules loaded");
+    Some(rules.clone())
+}
+
+/// What an effect does, in words (audit logs, `rules test`).
+pub fn describe(effect: &Effect, before: Option<&Value>) -> String {
+    match effect {
+        Effect::None => "nothing".to_owned(),
+        Effect::Change(after) => {
+            let changes: Vec<String> = match before {
+                Some(before) => crate::tape::diff::differences(before, after)
+                    .iter()
+                    .map(|d| {
+                        let show = |v: &Option<Value>| {
+                            v.as_ref()
+                                .map_or("(absent)".to_owned(), |v| crate::tape::diff::short(v, 120))
+                        };
+                        format!("{}: {} -> {}", d.path, show(&d.recorded), show(&d.live))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            format!("change {}", changes.join("; "))
+        }
+        Effect::Answer(answer) => format!(
+            "answer the sender {}",
+            crate::tape::diff::short(
+                &serde_json::from_slice(answer.raw()).unwrap_or(Value::Null),
+                200
+            )
+        ),
+        Effect::Replace(replacement) => format!(
+            "replace it with {}",
+            crate::tape::diff::short(
+                &serde_json::from_slice(replacement.raw()).unwrap_or(Value::Null),
+                200
+            )
+        ),
+        Effect::Drop => "drop it".to_owned(),
+        Effect::Wait(delay) => format!("delay it {}", humantime::format_duration(*delay)),
+        Effect::Tag(tags) => format!("tag the session {}", tags.join(", ")),
+        Effect::Log(_) => "log it".to_owned(),
+    }
+}
+
+/// Audit mode: what `rule` would have done, logged.
+fn report(rule: &Rule, s: &mut Subject<'_>, effect: &Effect) {
+    if let Effect::Log(log) = effect {
+        // Logging changes nothing: it happens in audit mode too.
+        log_message(rule, log, s);
+        return;
+    }
+    let what = describe(effect, s.body());
+    tracing::info!(
+        rule = %rule.name,
+        action = rule.action.name(),
+        direction = s.direction.as_str(),
+        method = s.method.map_or("", |m| m.as_str()),
+        id = %s.msg.id().map(ToString::to_string).unwrap_or_default(),
+        session = %s.session.id(),
+        "audit: rule {:?} would {what}",
+        rule.name
+    );
+}
+
+/// The `log` action.
+fn log_message(rule: &Rule, log: &action::Log, s: &Subject<'_>) {
+    let message = log.message.as_deref().unwrap_or("");
+    let method = s.method.map_or("", |m| m.as_str());
+    let id = s.msg.id().map(ToString::to_string).unwrap_or_default();
+    let direction = s.direction.as_str();
+    let session = s.session.id();
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!($level, rule = %rule.name, direction, method, id = %id, session = %session, "rule {:?}: {message}", rule.name)
+        };
+    }
+    match log.level {
+        tracing::Level::ERROR => emit!(tracing::Level::ERROR),
+        tracing::Level::WARN => emit!(tracing::Level::WARN),
+        tracing::Level::DEBUG => emit!(tracing::Level::DEBUG),
+        tracing::Level::TRACE => emit!(tracing::Level::TRACE),
+        _ => emit!(tracing::Level::INFO),
+    }
+}
+
+#[cfg(test)]
+mod tests;

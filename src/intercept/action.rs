@@ -1,0 +1,439 @@
+//! What a rule does: [`Action`]. Each action says what it would do to a [`Subject`] as an
+//! [`Effect`], without doing it: the engine applies the effect (enforce) or only logs and counts
+//! it (audit), so the two modes cannot drift apart.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
+
+use super::matcher::{Glob, NameKind, Path, Subject};
+use crate::protocol::error::{ErrorCode, ProxyError};
+use crate::protocol::{Kind, Message, RequestId};
+
+/// What a rule does.
+#[derive(Debug)]
+pub enum Action {
+    /// Refuse the message with a JSON-RPC error.
+    Block(Block),
+    /// Answer with a given result or error, without the receiver.
+    Mock(Mock),
+    /// Change `params` (or `result`).
+    Modify(Modify),
+    /// Hold the message for a while.
+    Delay(Delay),
+    /// Add tags to the session.
+    Tag(Vec<String>),
+    /// Log the message.
+    Log(Log),
+    /// Hide tools, prompts or resources: removed from lists, unknown when used.
+    Hide(Hide),
+}
+
+impl Action {
+    /// Its name in logs, metrics and `rules test`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Block(_) => "block",
+            Self::Mock(_) => "mock",
+            Self::Modify(_) => "modify",
+            Self::Delay(_) => "delay",
+            Self::Tag(_) => "tag",
+            Self::Log(_) => "log",
+            Self::Hide(_) => "hide",
+        }
+    }
+}
+
+/// `block:`: the JSON-RPC error the sender of a request gets (a notification is dropped; a
+/// response is replaced by this error, for the requester).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    /// The error code (default -32091, `blocked_by_rule`).
+    code: Option<i64>,
+    /// The error message (default: `blocked by rule "<name>"`).
+    message: Option<String>,
+    /// Extra members for the error's `data`.
+    data: Option<Map<String, Value>>,
+}
+
+/// `mock:`: the answer a request gets without reaching its receiver; exactly one of `result`
+/// or `error`.
+#[derive(Debug)]
+pub struct Mock {
+    answer: MockAnswer,
+}
+
+#[derive(Debug)]
+enum MockAnswer {
+    Result(Value),
+    Error(Value),
+}
+
+impl<'de> Deserialize<'de> for Mock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Spec {
+            result: Option<Value>,
+            error: Option<MockError>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct MockError {
+            code: i64,
+            message: String,
+            data: Option<Value>,
+        }
+        let answer = match Spec::deserialize(d)? {
+            Spec {
+                result: Some(result),
+                error: None,
+            } => MockAnswer::Result(result),
+            Spec {
+                result: None,
+                error: Some(e),
+            } => {
+                let mut error = json!({"code": e.code, "message": e.message});
+                if let Some(data) = e.data {
+                    error["data"] = data;
+                }
+                MockAnswer::Error(error)
+            }
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "mock needs exactly one of result or error",
+                ));
+            }
+        };
+        Ok(Self { answer })
+    }
+}
+
+/// `modify:`: changes to the message's `params` (requests, notifications), `result`
+/// (responses) or `error` (errors), applied in this order. JSONPaths start at that member.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modify {
+    /// Replace every value a path selects (paths select only what exists; use `merge` to add).
+    #[serde(default)]
+    set: Sets,
+    /// Remove every value a path selects.
+    #[serde(default)]
+    remove: Vec<Path>,
+    /// A JSON merge patch (RFC 7396): adds, replaces, and removes with `null`.
+    merge: Option<Value>,
+}
+
+/// `set:` as path → value, in file order.
+#[derive(Debug, Default)]
+struct Sets(Vec<(Path, Value)>);
+
+impl<'de> Deserialize<'de> for Sets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Sets;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from JSONPath to value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Sets, A::Error> {
+                let mut sets = Vec::new();
+                while let Some((path, value)) = map.next_entry::<Path, Value>()? {
+                    sets.push((path, value));
+                }
+                Ok(Sets(sets))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// `delay_between:`: a random delay in `[min, max]` (`delay: 200ms` is a fixed one).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delay {
+    /// Shortest.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// Longest.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Delay {
+    /// How long this time.
+    pub fn pick(self) -> Duration {
+        if self.min >= self.max {
+            return self.min;
+        }
+        let span = u64::try_from(self.max.saturating_sub(self.min).as_micros()).unwrap_or(u64::MAX);
+        self.min + Duration::from_micros(rand::random_range(0..=span))
+    }
+}
+
+/// `log:`: a level (`info`), or a level and a message.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// How loud.
+    pub level: tracing::Level,
+    /// What to say besides the message's method and id.
+    pub message: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Log {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spec {
+            Level(String),
+            Full {
+                level: Option<String>,
+                message: Option<String>,
+            },
+        }
+        let (level, message) = match Spec::deserialize(d)? {
+            Spec::Level(level) => (Some(level), None),
+            Spec::Full { level, message } => (level, message),
+        };
+        let level = match level.as_deref().unwrap_or("info") {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            "debug" => tracing::Level::DEBUG,
+            "trace" => tracing::Level::TRACE,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "log level {other:?}: use error, warn, info, debug or trace"
+                )));
+            }
+        };
+        Ok(Self { level, message })
+    }
+}
+
+/// `hide: true`: the tools (prompts, resources) the match's `tool` (`prompt`, `resource`) names.
+#[derive(Debug)]
+pub struct Hide {
+    /// What is hidden.
+    pub kind: NameKind,
+    /// Which ones.
+    pub names: Glob,
+}
+
+/// What an action would do to a message.
+#[derive(Debug)]
+pub enum Effect {
+    /// Nothing (the action does not apply to this message).
+    None,
+    /// The message's JSON becomes this.
+    Change(Value),
+    /// The sender gets this answer; the message goes no further.
+    Answer(Message),
+    /// The receiver gets this instead (a response replaced).
+    Replace(Message),
+    /// The message goes no further, unanswered (a notification).
+    Drop,
+    /// Hold the message this long.
+    Wait(Duration),
+    /// Tag the session.
+    Tag(Vec<String>),
+    /// Log.
+    Log(Log),
+}
+
+impl Effect {
+    /// Whether it ends the walk through the rules (when enforced).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Answer(_) | Self::Replace(_) | Self::Drop)
+    }
+}
+
+impl Action {
+    /// What this action, of rule `rule`, would do to `s`.
+    pub fn effect(&self, rule: &str, s: &mut Subject<'_>) -> Effect {
+        match self {
+            Self::Block(block) => block.effect(rule, s),
+            Self::Mock(mock) => mock.effect(s),
+            Self::Modify(modify) => modify.effect(s),
+            Self::Delay(delay) => Effect::Wait(delay.pick()),
+            Self::Tag(tags) => Effect::Tag(tags.clone()),
+            Self::Log(log) => Effect::Log(log.clone()),
+            Self::Hide(hide) => hide.effect(s),
+        }
+    }
+}
+
+impl Block {
+    fn effect(&self, rule: &str, s: &Subject<'_>) -> Effect {
+        let message = self
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("blocked by rule {rule:?}"));
+        let mut error = ProxyError::new(ErrorCode::BlockedByRule, message).with("rule", rule);
+        if let Some(code) = self.code {
+            error = error.with_code(code);
+        }
+        for (key, value) in self.data.iter().flatten() {
+            error = error.with(key, value.clone());
+        }
+        match s.msg.kind() {
+            Kind::Notification => Effect::Drop,
+            Kind::Request => Effect::Answer(Message::error_response(s.msg.id(), &error)),
+            Kind::Response | Kind::Error => {
+                Effect::Replace(Message::error_response(s.msg.id(), &error))
+            }
+        }
+    }
+}
+
+impl Mock {
+    fn effect(&self, s: &Subject<'_>) -> Effect {
+        let Some(id) = s.msg.id() else {
+            return Effect::None;
+        };
+        let answer = answer(id, &self.answer);
+        match s.msg.kind() {
+            Kind::Request => Effect::Answer(answer),
+            Kind::Response | Kind::Error => Effect::Replace(answer),
+            Kind::Notification => Effect::None,
+        }
+    }
+}
+
+/// A response to `id` built from a mock.
+fn answer(id: &RequestId, mock: &MockAnswer) -> Message {
+    let body = match mock {
+        MockAnswer::Result(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        MockAnswer::Error(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+    };
+    // A JSON-RPC response built here always parses; the fallback cannot be reached.
+    Message::parse(body.to_string().into()).unwrap_or_else(|_| {
+        Message::error_response(
+            Some(id),
+            &ProxyError::new(ErrorCode::InternalError, "a mock could not be built"),
+        )
+    })
+}
+
+impl Modify {
+    fn effect(&self, s: &mut Subject<'_>) -> Effect {
+        let member = s.target();
+        let Some(mut body) = s.body().cloned() else {
+            return Effect::None;
+        };
+        let Some(target) = body.get_mut(member) else {
+            return Effect::None;
+        };
+        for (path, value) in &self.set.0 {
+            for pointer in crate::tape::redact::pointers(&path.path, target) {
+                if let Some(slot) = target.pointer_mut(&pointer) {
+                    *slot = value.clone();
+                }
+            }
+        }
+        for path in &self.remove {
+            remove_all(target, &crate::tape::redact::pointers(&path.path, target));
+        }
+        if let Some(patch) = &self.merge {
+            json_patch::merge(target, patch);
+        }
+        Effect::Change(body)
+    }
+}
+
+/// Removes the values at `pointers` (the later array elements first, so indexes hold).
+fn remove_all(target: &mut Value, pointers: &[String]) {
+    for pointer in pointers.iter().rev() {
+        let Some((parent, key)) = pointer.rsplit_once('/') else {
+            continue;
+        };
+        let key = key.replace("~1", "/").replace("~0", "~");
+        match target.pointer_mut(parent) {
+            Some(Value::Object(map)) => {
+                map.remove(&key);
+            }
+            Some(Value::Array(items)) => {
+                if let Ok(i) = key.parse::<usize>() {
+                    if i < items.len() {
+                        items.remove(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Hide {
+    fn effect(&self, s: &mut Subject<'_>) -> Effect {
+        match s.msg.kind() {
+            Kind::Request => {
+                let Some(name) = s.name(self.kind).map(str::to_owned) else {
+                    return Effect::None;
+                };
+                if !self.names.is_match(&name) {
+                    return Effect::None;
+                }
+                Effect::Answer(Message::error_response(s.msg.id(), &self.unknown(&name)))
+            }
+            Kind::Response => self.filter(s),
+            _ => Effect::None,
+        }
+    }
+
+    /// The error a use of a hidden item gets: what a server says of one it does not have.
+    fn unknown(&self, name: &str) -> ProxyError {
+        match self.kind {
+            NameKind::Tool => {
+                ProxyError::new(ErrorCode::InvalidParams, format!("Unknown tool: {name}"))
+            }
+            NameKind::Prompt => {
+                ProxyError::new(ErrorCode::InvalidParams, format!("Unknown prompt: {name}"))
+            }
+            NameKind::Resource => {
+                ProxyError::new(ErrorCode::ResourceNotFound, "Resource not found").with("uri", name)
+            }
+        }
+    }
+
+    /// A list answer without the hidden entries.
+    fn filter(&self, s: &mut Subject<'_>) -> Effect {
+        let lists: &[(&str, &str, &str)] = match self.kind {
+            NameKind::Tool => &[("tools/list", "tools", "name")],
+            NameKind::Prompt => &[("prompts/list", "prompts", "name")],
+            NameKind::Resource => &[
+                ("resources/list", "resources", "uri"),
+                (
+                    "resources/templates/list",
+                    "resourceTemplates",
+                    "uriTemplate",
+                ),
+            ],
+        };
+        let Some(&(_, list, key)) = lists
+            .iter()
+            .find(|(method, _, _)| s.method.is_some_and(|m| m.as_str() == *method))
+        else {
+            return Effect::None;
+        };
+        let Some(mut body) = s.body().cloned() else {
+            return Effect::None;
+        };
+        let Some(Value::Array(entries)) = body.pointer_mut(&format!("/result/{list}")) else {
+            return Effect::None;
+        };
+        let before = entries.len();
+        entries.retain(|entry| {
+            !entry
+                .get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|name| self.names.is_match(name))
+        });
+        if entries.len() == before {
+            return Effect::None;
+        }
+        Effect::Change(body)
+    }
+}

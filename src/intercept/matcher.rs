@@ -1,0 +1,455 @@
+//! When a rule applies: [`Match`], compiled once when the file is read, tested against a
+//! [`Subject`] (one message in its session) that parses the message only if a condition needs
+//! its body.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+use crate::protocol::{Direction, Kind, Message, Method};
+use crate::session::{Session, TransportKind};
+
+/// A rule's conditions; every one given must hold. An empty match holds for every message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Which way the message travels.
+    direction: Option<DirectionSpec>,
+    /// What the message is.
+    kind: Option<KindSpec>,
+    /// The method (of a response: of the request it answers).
+    method: Option<Glob>,
+    /// A `tools/call` of a tool so named.
+    tool: Option<Glob>,
+    /// A `prompts/get` of a prompt so named.
+    prompt: Option<Glob>,
+    /// A `resources/read`, `subscribe` or `unsubscribe` of a resource with this URI.
+    resource: Option<Glob>,
+    /// Conditions on `params`.
+    #[serde(default)]
+    params: Vec<Predicate>,
+    /// Conditions on `result`.
+    #[serde(default)]
+    result: Vec<Predicate>,
+    /// Conditions on the session.
+    session: Option<SessionMatch>,
+    /// Every one of these holds.
+    #[serde(default)]
+    all: Vec<Match>,
+    /// At least one of these holds.
+    #[serde(default)]
+    any: Vec<Match>,
+    /// This does not hold.
+    not: Option<Box<Match>>,
+}
+
+/// `direction:` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DirectionSpec {
+    #[serde(alias = "c2s")]
+    ClientToServer,
+    #[serde(alias = "s2c")]
+    ServerToClient,
+}
+
+/// `kind:` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum KindSpec {
+    Request,
+    Notification,
+    Response,
+    Error,
+}
+
+/// What a name condition (and `hide`) is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// Tools: `tools/call` by `params.name`, `tools/list` entries by `name`.
+    Tool,
+    /// Prompts: `prompts/get` by `params.name`, `prompts/list` entries by `name`.
+    Prompt,
+    /// Resources: `resources/read|subscribe|unsubscribe` by `params.uri`, `resources/list`
+    /// entries by `uri` and `resources/templates/list` entries by `uriTemplate`.
+    Resource,
+}
+
+impl NameKind {
+    /// Whether `method` names one item of this kind in `params`.
+    pub fn is_use(self, method: &Method) -> bool {
+        match self {
+            Self::Tool => *method == Method::ToolsCall,
+            Self::Prompt => method.as_str() == "prompts/get",
+            Self::Resource => matches!(
+                method.as_str(),
+                "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+            ),
+        }
+    }
+
+    /// The member of `params` that names the item.
+    pub fn param(self) -> &'static str {
+        match self {
+            Self::Tool | Self::Prompt => "name",
+            Self::Resource => "uri",
+        }
+    }
+
+    /// What the kind is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Prompt => "prompt",
+            Self::Resource => "resource",
+        }
+    }
+}
+
+/// A name pattern: exact unless it has glob characters (`*`, `?`, `[...]`, `{a,b}`).
+#[derive(Debug, Clone)]
+pub enum Glob {
+    /// Matches only itself.
+    Exact(String),
+    /// Matches the glob.
+    Pattern(globset::GlobMatcher),
+}
+
+impl Glob {
+    /// Compiles `text`.
+    pub fn new(text: &str) -> Result<Self, String> {
+        if !text.contains(['*', '?', '[', '{']) {
+            return Ok(Self::Exact(text.to_owned()));
+        }
+        globset::GlobBuilder::new(text)
+            .literal_separator(false)
+            .build()
+            .map(|glob| Self::Pattern(glob.compile_matcher()))
+            .map_err(|e| format!("{text:?} is not a valid glob: {e}"))
+    }
+
+    /// Whether `text` matches.
+    pub fn is_match(&self, text: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == text,
+            Self::Pattern(glob) => glob.is_match(text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An RFC 9535 JSONPath, checked when read.
+#[derive(Debug, Clone)]
+pub struct Path {
+    /// As written.
+    pub text: String,
+    /// Compiled.
+    pub path: JsonPath,
+}
+
+impl<'de> Deserialize<'de> for Path {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let path = crate::tape::redact::parse_path(&text).map_err(serde::de::Error::custom)?;
+        Ok(Self { text, path })
+    }
+}
+
+/// A regular expression, checked when read.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        regex::Regex::new(&text)
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a valid regex: {e}")))
+    }
+}
+
+/// A condition on `params` or `result`: what a JSONPath (with `$` the member itself) selects.
+/// With only `path`, it holds when the path selects something.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Predicate {
+    path: Path,
+    /// Some selected value equals this.
+    equals: Option<Value>,
+    /// Some selected value is a string this regex finds a match in.
+    matches: Option<Pattern>,
+    /// `false`: holds when the path selects nothing.
+    exists: Option<bool>,
+}
+
+impl Predicate {
+    fn holds(&self, member: Option<&Value>) -> bool {
+        let nodes = member
+            .map(|m| self.path.path.query(m).all())
+            .unwrap_or_default();
+        if self.exists == Some(false) {
+            return nodes.is_empty();
+        }
+        !nodes.is_empty()
+            && self
+                .equals
+                .as_ref()
+                .is_none_or(|want| nodes.contains(&want))
+            && self.matches.as_ref().is_none_or(|re| {
+                nodes
+                    .iter()
+                    .any(|n| n.as_str().is_some_and(|s| re.0.is_match(s)))
+            })
+    }
+}
+
+/// Conditions on the session a message belongs to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionMatch {
+    /// `clientInfo.name` from `initialize`.
+    client: Option<Glob>,
+    /// The negotiated protocol version.
+    protocol: Option<Glob>,
+    /// How the client reached the proxy: `stdio` or `http`.
+    transport: Option<TransportSpec>,
+    /// The session has every one of these tags.
+    #[serde(default)]
+    tags: Vec<String>,
+    /// At least this many messages, both ways, this one included.
+    min_frames: Option<u64>,
+    /// At most this many.
+    max_frames: Option<u64>,
+    /// The session is at least this old.
+    #[serde(default, with = "humantime_serde")]
+    older_than: Option<Duration>,
+    /// The session is younger than this.
+    #[serde(default, with = "humantime_serde")]
+    younger_than: Option<Duration>,
+}
+
+/// `transport:` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TransportSpec {
+    Stdio,
+    Http,
+}
+
+impl SessionMatch {
+    fn holds(&self, session: &Session) -> bool {
+        if let Some(transport) = self.transport {
+            let want = match transport {
+                TransportSpec::Stdio => TransportKind::Stdio,
+                TransportSpec::Http => TransportKind::Http,
+            };
+            if session.transport() != want {
+                return false;
+            }
+        }
+        let frames = session.total_frames();
+        if self.min_frames.is_some_and(|min| frames < min)
+            || self.max_frames.is_some_and(|max| frames > max)
+        {
+            return false;
+        }
+        if self.older_than.is_some() || self.younger_than.is_some() {
+            let age = session.age(Instant::now());
+            if self.older_than.is_some_and(|d| age < d)
+                || self.younger_than.is_some_and(|d| age >= d)
+            {
+                return false;
+            }
+        }
+        if self.client.is_none() && self.protocol.is_none() && self.tags.is_empty() {
+            return true;
+        }
+        session.read_metadata(|m| {
+            let client = m
+                .client_info
+                .as_ref()
+                .and_then(|c| c.get("name"))
+                .and_then(Value::as_str);
+            self.client
+                .as_ref()
+                .is_none_or(|glob| client.is_some_and(|c| glob.is_match(c)))
+                && self.protocol.as_ref().is_none_or(|glob| {
+                    m.protocol_version
+                        .as_deref()
+                        .is_some_and(|v| glob.is_match(v))
+                })
+                && self.tags.iter().all(|t| m.tags.contains(t))
+        })
+    }
+}
+
+/// One message, in its session, as rules see it. The body is parsed the first time a condition
+/// or an action needs it, and rules that change the message change it here.
+#[derive(Debug)]
+pub struct Subject<'a> {
+    /// The message as it arrived.
+    pub msg: &'a Message,
+    /// Which way it travels.
+    pub direction: Direction,
+    /// Its session.
+    pub session: &'a Session,
+    /// Its method; for a response, the method of the request it answers.
+    pub method: Option<&'a Method>,
+    /// The parsed message, once needed.
+    body: Body,
+    /// Whether a rule changed the body.
+    pub changed: bool,
+}
+
+impl<'a> Subject<'a> {
+    /// `msg` travelling `direction` in `session`; `answers` is the method of the request a
+    /// response answers.
+    pub fn new(
+        msg: &'a Message,
+        direction: Direction,
+        session: &'a Session,
+        answers: Option<&'a Method>,
+    ) -> Self {
+        Self {
+            msg,
+            direction,
+            session,
+            method: msg.method().or(answers),
+            body: Body::Unparsed,
+            changed: false,
+        }
+    }
+
+    /// The message as JSON.
+    pub fn body(&mut self) -> Option<&Value> {
+        if let Body::Unparsed = self.body {
+            self.body = match serde_json::from_slice::<Value>(self.msg.raw()) {
+                Ok(value) if value.is_object() => Body::Parsed(value),
+                _ => Body::Unusable,
+            };
+        }
+        match &self.body {
+            Body::Parsed(value) => Some(value),
+            Body::Unparsed | Body::Unusable => None,
+        }
+    }
+
+    /// Replaces the message's JSON (a rule changed it).
+    pub fn set_body(&mut self, body: Value) {
+        self.body = Body::Parsed(body);
+        self.changed = true;
+    }
+
+    /// The member rules act on: `params` of requests and notifications, `result` of
+    /// responses, `error` of errors.
+    pub fn target(&self) -> &'static str {
+        match self.msg.kind() {
+            Kind::Request | Kind::Notification => "params",
+            Kind::Response => "result",
+            Kind::Error => "error",
+        }
+    }
+
+    /// The name the message uses an item of `kind` by (a tool called, a resource read).
+    pub fn name(&mut self, kind: NameKind) -> Option<&str> {
+        if self.msg.kind() != Kind::Request || !self.msg.method().is_some_and(|m| kind.is_use(m)) {
+            return None;
+        }
+        self.body()?.get("params")?.get(kind.param())?.as_str()
+    }
+}
+
+/// A [`Subject`]'s message as JSON.
+#[derive(Debug)]
+enum Body {
+    /// Not parsed yet.
+    Unparsed,
+    /// Parsed (or changed by a rule).
+    Parsed(Value),
+    /// Not a JSON object (cannot happen for a parsed message; rules needing the body fail).
+    Unusable,
+}
+
+impl Match {
+    /// Whether every condition holds for `s`.
+    pub fn matches(&self, s: &mut Subject<'_>) -> bool {
+        if let Some(direction) = self.direction {
+            let want = match direction {
+                DirectionSpec::ClientToServer => Direction::ClientToServer,
+                DirectionSpec::ServerToClient => Direction::ServerToClient,
+            };
+            if s.direction != want {
+                return false;
+            }
+        }
+        if let Some(kind) = self.kind {
+            let want = match kind {
+                KindSpec::Request => Kind::Request,
+                KindSpec::Notification => Kind::Notification,
+                KindSpec::Response => Kind::Response,
+                KindSpec::Error => Kind::Error,
+            };
+            if s.msg.kind() != want {
+                return false;
+            }
+        }
+        if let Some(glob) = &self.method {
+            if !s.method.is_some_and(|m| glob.is_match(m.as_str())) {
+                return false;
+            }
+        }
+        if let Some(session) = &self.session {
+            if !session.holds(s.session) {
+                return false;
+            }
+        }
+        for (glob, kind) in [
+            (&self.tool, NameKind::Tool),
+            (&self.prompt, NameKind::Prompt),
+            (&self.resource, NameKind::Resource),
+        ] {
+            if let Some(glob) = glob {
+                if !s.name(kind).is_some_and(|name| glob.is_match(name)) {
+                    return false;
+                }
+            }
+        }
+        for (predicates, member) in [(&self.params, "params"), (&self.result, "result")] {
+            if !predicates.is_empty() {
+                let value = s.body().and_then(|b| b.get(member));
+                if !predicates.iter().all(|p| p.holds(value)) {
+                    return false;
+                }
+            }
+        }
+        self.all.iter().all(|m| m.matches(s))
+            && (self.any.is_empty() || self.any.iter().any(|m| m.matches(s)))
+            && self.not.as_ref().is_none_or(|m| !m.matches(s))
+    }
+
+    /// Takes the one name condition out (for `hide`, whose names say what is hidden).
+    pub fn take_name(&mut self) -> Option<(NameKind, Glob)> {
+        if let Some(glob) = self.tool.take() {
+            return Some((NameKind::Tool, glob));
+        }
+        if let Some(glob) = self.prompt.take() {
+            return Some((NameKind::Prompt, glob));
+        }
+        self.resource.take().map(|glob| (NameKind::Resource, glob))
+    }
+
+    /// Whether it has a name condition at the top level.
+    pub fn mentions_names(&self) -> bool {
+        self.tool.is_some() || self.prompt.is_some() || self.resource.is_some()
+    }
+}

@@ -1,0 +1,332 @@
+#![allow(clippy::needless_pass_by_value)]
+
+use std::io::Write as _;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::protocol::{Direction, RequestId};
+use crate::session::{Session, TransportKind};
+use crate::tape::Transport;
+
+fn rules(yaml: &str) -> Rules {
+    let mut file = tempfile::NamedTempFile::with_suffix(".yaml").unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    Rules::load(file.path(), None).unwrap()
+}
+
+fn msg(value: &Value) -> Message {
+    Message::parse(value.to_string().into()).unwrap()
+}
+
+async fn run(
+    rules: &Rules,
+    session: &Session,
+    direction: Direction,
+    m: &Value,
+    answers: Option<Method>,
+) -> (Verdict, Metrics) {
+    let metrics = Metrics::default();
+    let cx = Context {
+        direction,
+        session,
+        transport: &Transport::NONE,
+    };
+    let verdict = rules.process(msg(m), cx, answers.as_ref(), &metrics).await;
+    (verdict, metrics)
+}
+
+fn json_of(verdict: &Verdict) -> (&'static str, Value) {
+    let (kind, m) = match verdict {
+        Verdict::Forward(m) => ("forward", m),
+        Verdict::Respond(m) => ("respond", m),
+        Verdict::Drop => return ("drop", Value::Null),
+    };
+    (kind, serde_json::from_slice(m.raw()).unwrap())
+}
+
+fn call(id: i64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": arguments}})
+}
+
+#[test]
+fn errors_name_the_line_and_column() {
+    let cases = [
+        (
+            "version: 1\nrules:\n  - name: a\n    block: {}\n    bogus: 1\n",
+            (5, 5),
+            "unknown field `bogus`",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    match:\n      params:\n        - path: '$.x['\n    block: {}\n",
+            (6, 17),
+            "\"$.x[\" is not a JSONPath (RFC 9535), at character 3",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    match: {method: 'a['}\n    block: {}\n",
+            (4, 21),
+            "\"a[\" is not a valid glob",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n",
+            (3, 5),
+            "rule \"a\" has no action",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    block: {}\n    log: info\n",
+            (3, 5),
+            "rule \"a\" has 2 actions",
+        ),
+        (
+            "version: 1\nrules:\n  - name: a\n    hide: true\n",
+            (3, 5),
+            "hide needs one of match.tool",
+        ),
+        ("version: 2\n", (1, 1), "version 2 is not supported"),
+        ("version: 1\nrules: [\n", (2, 8), "unclosed bracket"),
+        (
+            r#"{"version": 1, "rules": [{"name": "a", "blok": {}}]}"#,
+            (1, 45),
+            "unknown field `blok`",
+        ),
+    ];
+    for (text, (line, column), want) in cases {
+        let Err((l, c, message)) = RuleSet::parse(text, text.starts_with('{')) else {
+            panic!("{text:?} loaded");
+        };
+        assert_eq!((l, c), (line, column), "{text:?}: {message}");
+        assert!(message.contains(want), "{text:?}: {message}");
+        assert!(
+            !message.contains("at line"),
+            "location said twice: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_request_is_answered_with_the_configured_error_and_forgotten() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: no-deletes\n    match: {tool: 'delete_*'}\n    block: {code: -32001, message: deleting is off, data: {ticket: 7}}\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let id = RequestId::Number(1);
+    session
+        .pending(Direction::ClientToServer)
+        .insert_with_token(id.clone(), Method::ToolsCall, None)
+        .unwrap();
+    let (verdict, metrics) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(1, "delete_file", json!({})),
+        None,
+    )
+    .await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(answer["id"], 1);
+    assert_eq!(answer["error"]["code"], -32001);
+    assert_eq!(answer["error"]["message"], "deleting is off");
+    assert_eq!(answer["error"]["data"]["rule"], "no-deletes");
+    assert_eq!(answer["error"]["data"]["ticket"], 7);
+    assert_eq!(answer["error"]["data"]["shadowcat"], "blocked_by_rule");
+    assert!(!session.pending(Direction::ClientToServer).contains(&id));
+    assert_eq!(metrics.rule_count("no-deletes", "block", "enforce"), 1);
+    // Another tool passes untouched, byte for byte.
+    let other = call(2, "read_file", json!({}));
+    let (verdict, _) = run(&rules, &session, Direction::ClientToServer, &other, None).await;
+    match verdict {
+        Verdict::Forward(m) => assert_eq!(m.raw().as_ref(), other.to_string().as_bytes()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn mock_modify_and_priorities() {
+    let rules = rules(
+        r#"
+version: 1
+rules:
+  - name: limit
+    match: {tool: search}
+    modify:
+      set: {"$.arguments.limit": 10}
+      remove: ["$.arguments.debug"]
+      merge: {arguments: {source: proxy}}
+  - name: weather
+    priority: 5
+    match: {tool: weather}
+    mock: {result: {content: [{type: text, text: sunny}]}}
+  - name: weather-late
+    match: {tool: weather}
+    block: {}
+"#,
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(3, "search", json!({"q": "x", "limit": 500, "debug": true})),
+        None,
+    )
+    .await;
+    let (kind, sent) = json_of(&verdict);
+    assert_eq!(kind, "forward");
+    assert_eq!(
+        sent["params"]["arguments"],
+        json!({"q": "x", "limit": 10, "source": "proxy"})
+    );
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(4, "weather", json!({})),
+        None,
+    )
+    .await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "respond", "the higher priority mock wins: {answer}");
+    assert_eq!(answer["id"], 4);
+    assert_eq!(answer["result"]["content"][0]["text"], "sunny");
+}
+
+#[tokio::test]
+async fn hidden_tools_leave_lists_and_are_unknown_when_called() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: hide-admin\n    match: {tool: 'admin_*'}\n    hide: true\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "echo"}, {"name": "admin_reset"}, {"name": "admin_drop"}]}});
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    let (kind, sent) = json_of(&verdict);
+    assert_eq!(kind, "forward");
+    assert_eq!(sent["result"]["tools"], json!([{"name": "echo"}]));
+    // The same list answering another method is left alone.
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("prompts/list")),
+    )
+    .await;
+    assert_eq!(
+        json_of(&verdict).1["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(2, "admin_reset", json!({})),
+        None,
+    )
+    .await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(answer["error"]["code"], -32602);
+    assert_eq!(answer["error"]["message"], "Unknown tool: admin_reset");
+}
+
+#[tokio::test]
+async fn audit_mode_changes_nothing_and_counts() {
+    let mut file = tempfile::NamedTempFile::with_suffix(".yaml").unwrap();
+    file.write_all(
+        b"version: 1\nrules:\n  - name: no-deletes\n    match: {tool: 'delete_*'}\n    block: {}\n  - name: tag-it\n    tag: seen\n",
+    )
+    .unwrap();
+    let rules = Rules::load(file.path(), Some(Mode::Audit)).unwrap();
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let request = call(1, "delete_file", json!({}));
+    let (verdict, metrics) = run(&rules, &session, Direction::ClientToServer, &request, None).await;
+    match verdict {
+        Verdict::Forward(m) => assert_eq!(m.raw().as_ref(), request.to_string().as_bytes()),
+        other => panic!("audit changed the message: {other:?}"),
+    }
+    assert_eq!(metrics.rule_count("no-deletes", "block", "audit"), 1);
+    assert_eq!(metrics.rule_count("no-deletes", "block", "enforce"), 0);
+    assert_eq!(metrics.rule_count("tag-it", "tag", "audit"), 1);
+    assert!(session.metadata().tags.is_empty(), "audit must not tag");
+}
+
+#[tokio::test]
+async fn session_conditions_pick_the_session() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: beta\n    match: {session: {client: 'beta-*', transport: stdio}}\n    tag: [beta, watched]\n",
+    );
+    let beta = Session::standalone(TransportKind::Stdio, 10);
+    beta.update_metadata(|m| m.client_info = Some(json!({"name": "beta-client"})));
+    let other = Session::standalone(TransportKind::Stdio, 10);
+    other.update_metadata(|m| m.client_info = Some(json!({"name": "stable"})));
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    run(&rules, &beta, Direction::ClientToServer, &ping, None).await;
+    run(&rules, &other, Direction::ClientToServer, &ping, None).await;
+    assert!(beta.metadata().tags.contains("watched"));
+    assert!(other.metadata().tags.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_holds_the_message() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: slow\n    match: {method: 'tools/*'}\n    delay: 250ms\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let start = tokio::time::Instant::now();
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(1, "x", json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(json_of(&verdict).0, "forward");
+    assert_eq!(start.elapsed(), std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn a_bad_reload_keeps_the_running_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, "version: 1\nrules:\n  - name: a\n    log: info\n").unwrap();
+    let rules = Rules::load(&path, None).unwrap();
+    assert_eq!(rules.len(), 1);
+    std::fs::write(&path, "version: 1\nrules:\n  - name: a\n    nope: 1\n").unwrap();
+    let err = rules.reload().unwrap_err().to_string();
+    assert!(err.ends_with("rules.yaml:4:5: unknown field `nope`, expected one of name, priority, mode, match, block, mock, modify, delay, delay_between, tag, log, hide"), "{err}");
+    assert_eq!(rules.len(), 1);
+    std::fs::write(&path, "version: 1\nrules: []\n").unwrap();
+    assert!(rules.reload().unwrap());
+    assert!(rules.is_empty());
+    assert!(
+        !rules.reload().unwrap(),
+        "the same text again changes nothing"
+    );
+}
+
+#[test]
+fn every_example_in_the_docs_loads() {
+    let docs = include_str!("../../docs/rules.md");
+    let mut examples = 0;
+    for block in docs.split("```yaml\n").skip(1) {
+        let text = block.split("```").next().unwrap();
+        if let Err(e) = RuleSet::parse(text, false) {
+            panic!("docs/rules.md example does not load: {e:?}\n{text}");
+        }
+        examples += 1;
+    }
+    assert!(examples >= 9, "{examples}");
+}
