@@ -3,8 +3,8 @@
     python rules_client.py [--call TOOL JSON]... -- <server command> [args...]
 
 Connects (initialize), lists tools, makes each ``--call`` in order, and prints ONE line of
-JSON: ``{"tools": [names...], "calls": [{"tool", "text"} or {"tool", "error": {code,
-message}}...]}``. A JSON-RPC error answering a call is a result here, not a failure; the exit
+JSON: ``{"tools": [names...], "calls": [{"tool", "text", "ms"} or {"tool", "error": {code,
+message}}...]}`` (``ms``: how long the call took). A JSON-RPC error answering a call is a result here, not a failure; the exit
 status is 1 only if the session itself fails. An overall deadline (30 s) keeps it from hanging.
 """
 
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -26,6 +27,7 @@ async def run(command: list[str], calls: list[tuple[str, dict]]) -> dict:
         listed = await client.list_tools()
         out["tools"] = sorted(tool.name for tool in listed.tools)
         for tool, arguments in calls:
+            started = time.monotonic()
             try:
                 result = await client.call_tool(tool, arguments)
             except Exception as e:  # noqa: BLE001 - an error answer is what some tests expect
@@ -35,7 +37,7 @@ async def run(command: list[str], calls: list[tuple[str, dict]]) -> dict:
                 out["calls"].append({"tool": tool, "error": {"code": code, "message": message}})
                 continue
             text = "".join(getattr(c, "text", "") for c in result.content)
-            entry = {"tool": tool, "text": text}
+            entry = {"tool": tool, "text": text, "ms": round((time.monotonic() - started) * 1000)}
             if result.is_error:
                 entry["is_error"] = True
             out["calls"].append(entry)
