@@ -304,7 +304,8 @@ impl Config {
             session_store,
             reverse: None,
             recording: None,
-            rules: match p.rules.clone().or(file.rules) {
+            // Only commands that proxy run rules (a config file's `rules` is not theirs).
+            rules: match proxy.and(p.rules.clone().or(file.rules)) {
                 Some(path) => Some(std::sync::Arc::new(
                     crate::intercept::Rules::load(&path, p.rules_mode.or(file.rules_mode))
                         .map_err(|e| invalid("--rules", e.to_string()))?,

@@ -231,11 +231,6 @@ impl RuleSet {
         rules.sort_by_key(|rule| std::cmp::Reverse(rule.priority));
         Ok((Self { rules }, spec.mode))
     }
-
-    /// Whether any rule could act on a message at all.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
 /// Reads and checks the rule file at `path` (JSON when it ends in `.json`, else YAML): its

@@ -154,13 +154,13 @@ rules:
       set: {"$.arguments.limit": 10}
       remove: ["$.arguments.debug"]
       merge: {arguments: {source: proxy}}
+  - name: weather-first-in-the-file
+    match: {tool: weather}
+    block: {}
   - name: weather
     priority: 5
     match: {tool: weather}
     mock: {result: {content: [{type: text, text: sunny}]}}
-  - name: weather-late
-    match: {tool: weather}
-    block: {}
 "#,
     );
     let session = Session::standalone(TransportKind::Stdio, 10);

@@ -109,8 +109,8 @@ impl Pipeline {
 }
 
 /// Writes what happened to `msg` to the session's tape: the message as it went on (as rules
-/// left it), or as it came when it went no further, and an answer the proxy gave in its place. Once the `initialize` answer has
-/// gone by, the session's metadata too. A tape that can no longer be written is logged once
+/// left it), or as it came when it went no further, and an answer the proxy gave in its place.
+/// Once the `initialize` answer has gone by, the session's metadata too. A tape that can no longer be written is logged once
 /// and the session goes on unrecorded.
 async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
     let session = cx.session.id().as_str();
