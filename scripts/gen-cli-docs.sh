@@ -39,6 +39,14 @@ HEAD
   section session list --help
   section session show --help
   section session cleanup --help
+  section record --help
+  section replay --help
+  section tape verify --help
+  section tape list --help
+  section tape show --help
+  section tape redact --help
+  section rules check --help
+  section rules test --help
   section completions --help
   cat <<'TAIL'
 ## Exit codes

@@ -30,6 +30,7 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
         Command::Replay(_)
         | Command::Tape(_)
         | Command::Session(_)
+        | Command::Rules(_)
         | Command::Completions { .. } => None,
     }
 }
@@ -122,6 +123,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
         Command::Replay(args) => crate::tape::replay::run_stdio(&args),
         Command::Tape(cmd) => crate::tape::manage::run(cmd, config),
         Command::Session(cmd) => run_session(cmd, config),
+        Command::Rules(cmd) => crate::intercept::command::run(cmd),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut out);

@@ -104,6 +104,9 @@ pub enum Command {
     /// Inspect and prune the session history (sessions.db in the data dir).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Check an interceptor rule file, or try it on a recorded tape (docs/rules.md).
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Print a shell completion script to stdout.
     Completions {
         /// The shell.
@@ -156,7 +159,38 @@ pub enum SessionCommand {
     },
 }
 
-/// How `session` commands print.
+/// `rules` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Check a rule file as the proxy would load it. Prints its rules in the order they run;
+    /// an invalid file is reported on stderr as FILE:LINE:COLUMN: what is wrong, and exits 1.
+    ///
+    /// Example: shadowcat rules check rules.yaml
+    Check {
+        /// The rule file (YAML, or JSON if it ends in .json).
+        file: PathBuf,
+    },
+    /// Run a rule file over a recorded tape and print what each rule would do, message by
+    /// message. Each message is tried as recorded, in a session tracked as the proxy tracked
+    /// it; nothing is sent and nothing waits.
+    ///
+    /// Example: shadowcat rules test rules.yaml --tape demo.jsonl
+    Test {
+        /// The rule file.
+        file: PathBuf,
+        /// The tape (from `shadowcat record` or --record).
+        #[arg(long, value_name = "FILE")]
+        tape: PathBuf,
+        /// Every rule's mode, whatever the file says (as the proxy's --rules-mode).
+        #[arg(long, value_name = "MODE")]
+        rules_mode: Option<crate::intercept::Mode>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+/// How `session`, `tape` and `rules` commands print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// Aligned columns for people.

@@ -5,6 +5,7 @@
 //! - [`matcher`]: when a rule applies; a message's body is parsed only if a rule needs it.
 //! - [`action`]: what a rule does, as an effect the engine applies or only reports.
 //! - [`reload`]: the file is watched; a good new version replaces the running rules.
+//! - [`command`]: `shadowcat rules check|test`.
 //!
 //! Order: rules run by priority (highest first; equal priorities in file order). Every rule that
 //! matches acts; `modify`, `delay`, `tag` and `log` let the walk go on (later rules see the
@@ -13,12 +14,14 @@
 //! changed: each action is logged, with a before/after diff for changes, and counted.
 
 pub mod action;
+pub mod command;
 pub mod file;
 pub mod matcher;
 mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
@@ -114,50 +117,40 @@ impl Rules {
         answers: Option<&Method>,
         metrics: &Metrics,
     ) -> Verdict {
-        let loaded = self.current.load_full();
-        if loaded.set.rules.is_empty() {
-            return Verdict::Forward(msg);
-        }
-        let mut s = Subject::new(&msg, cx.direction, cx.session, answers);
-        for rule in &loaded.set.rules {
-            if !rule.when.matches(&mut s) {
-                continue;
+        let (walk, changed) = {
+            // The guard is dropped before any wait.
+            let loaded = self.current.load();
+            if loaded.set.rules.is_empty() {
+                return Verdict::Forward(msg);
             }
-            let effect = rule.action.effect(&rule.name, &mut s);
-            if matches!(effect, Effect::None) {
-                continue;
-            }
-            let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
-            metrics.rule_fired(&rule.name, rule.action.name(), audit);
-            if audit {
-                report(rule, &mut s, &effect);
-                continue;
-            }
-            match effect {
-                Effect::None => {}
-                Effect::Change(body) => s.set_body(body),
-                Effect::Wait(delay) => tokio::time::sleep(delay).await,
-                Effect::Tag(tags) => {
-                    for tag in &tags {
-                        cx.session.tag(tag);
-                    }
+            let mut s = Subject::new(&msg, cx.direction, cx.session, answers);
+            let walk = self.walk(&loaded, &mut s, |rule, effect, audit, s| {
+                metrics.rule_fired(&rule.name, rule.action.name(), audit);
+                match effect {
+                    // Logging changes nothing: it happens in audit mode too.
+                    Effect::Log(log) => log_message(rule, log, s),
+                    _ if audit => report(rule, s, effect),
+                    _ => {}
                 }
-                Effect::Log(log) => log_message(rule, &log, &s),
-                Effect::Answer(answer) => {
-                    // The request goes no further: it no longer awaits an answer from there.
-                    if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
-                        cx.session.pending(cx.direction).remove(id);
-                    }
-                    return Verdict::Respond(answer);
+            });
+            (walk, s.into_changed())
+        };
+        if !walk.wait.is_zero() {
+            tokio::time::sleep(walk.wait).await;
+        }
+        match walk.end {
+            Some(Effect::Answer(answer)) => {
+                // The request goes no further: it no longer awaits an answer from there.
+                if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+                    cx.session.pending(cx.direction).remove(id);
                 }
-                Effect::Replace(replacement) => return Verdict::Forward(replacement),
-                Effect::Drop => return Verdict::Drop,
+                return Verdict::Respond(answer);
             }
+            Some(Effect::Replace(replacement)) => return Verdict::Forward(replacement),
+            Some(Effect::Drop) => return Verdict::Drop,
+            _ => {}
         }
-        if !s.changed {
-            return Verdict::Forward(msg);
-        }
-        let Some(body) = s.body().cloned() else {
+        let Some(body) = changed else {
             return Verdict::Forward(msg);
         };
         match Message::parse(body.to_string().into()) {
@@ -169,6 +162,69 @@ impl Rules {
             }
         }
     }
+
+    /// Runs the rules over `s` without acting on anything but `s` (`rules test`): each rule
+    /// that acts is passed to `observe`, with whether it only audits.
+    pub fn dry_run(
+        &self,
+        s: &mut Subject<'_>,
+        observe: impl FnMut(&Rule, &Effect, bool, &mut Subject<'_>),
+    ) -> Walk {
+        self.walk(&self.current.load(), s, observe)
+    }
+
+    /// The walk through the rules, by priority: each rule that matches and acts is passed to
+    /// `observe` (before its effect is applied; `true` if it only audits), then changes, tags
+    /// and delays are applied to `s`, its session and the walk, and the first terminal effect
+    /// ends it.
+    fn walk(
+        &self,
+        loaded: &Loaded,
+        s: &mut Subject<'_>,
+        mut observe: impl FnMut(&Rule, &Effect, bool, &mut Subject<'_>),
+    ) -> Walk {
+        let mut wait = Duration::ZERO;
+        for rule in &loaded.set.rules {
+            if !rule.when.matches(s) {
+                continue;
+            }
+            let effect = rule.action.effect(&rule.name, s);
+            if matches!(effect, Effect::None) {
+                continue;
+            }
+            let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
+            observe(rule, &effect, audit, s);
+            if audit {
+                continue;
+            }
+            match effect {
+                Effect::None | Effect::Log(_) => {}
+                Effect::Change(body) | Effect::Filter { body, .. } => s.set_body(body),
+                Effect::Wait(delay) => wait = wait.saturating_add(delay),
+                Effect::Tag(tags) => {
+                    for tag in &tags {
+                        s.session.tag(tag);
+                    }
+                }
+                Effect::Answer(_) | Effect::Replace(_) | Effect::Drop => {
+                    return Walk {
+                        end: Some(effect),
+                        wait,
+                    };
+                }
+            }
+        }
+        Walk { end: None, wait }
+    }
+}
+
+/// What the rules decided for one message, besides changing it.
+#[derive(Debug)]
+pub struct Walk {
+    /// The terminal effect that ended the walk (an answer, a replacement, a drop), if any.
+    pub end: Option<Effect>,
+    /// How long to hold the message first: the delays of the rules that acted, added up.
+    pub wait: Duration,
 }
 
 /// The rules a pipeline runs, watched from now on. A watch that cannot start is logged: the
@@ -202,6 +258,7 @@ pub fn describe(effect: &Effect, before: Option<&Value>) -> String {
             };
             format!("change {}", changes.join("; "))
         }
+        Effect::Filter { hidden, .. } => format!("hide {} from the list", hidden.join(", ")),
         Effect::Answer(answer) => format!(
             "answer the sender {}",
             crate::tape::diff::short(

@@ -52,4 +52,12 @@ impl Direction {
             Self::ServerToClient => "server->client",
         }
     }
+
+    /// How tapes write it: `c2s` or `s2c`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::ClientToServer => "c2s",
+            Self::ServerToClient => "s2c",
+        }
+    }
 }

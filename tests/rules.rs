@@ -207,7 +207,7 @@ fn audit_mode_changes_nothing_and_logs_the_diff() {
     );
     assert!(
         run.log
-            .contains(r#"audit: rule "hide-confirm" would change $.result.tools"#),
+            .contains(r#"audit: rule "hide-confirm" would hide confirm from the list"#),
         "{}",
         run.log
     );

@@ -229,6 +229,13 @@ pub enum Effect {
     None,
     /// The message's JSON becomes this.
     Change(Value),
+    /// The message's JSON becomes `body`: a list answer without the `hidden` entries.
+    Filter {
+        /// The list answer, filtered.
+        body: Value,
+        /// The names of the entries taken out.
+        hidden: Vec<String>,
+    },
     /// The sender gets this answer; the message goes no further.
     Answer(Message),
     /// The receiver gets this instead (a response replaced).
@@ -339,6 +346,10 @@ impl Modify {
         if let Some(patch) = &self.merge {
             json_patch::merge(target, patch);
         }
+        if s.body() == Some(&body) {
+            // Nothing to change here (e.g. no value at the paths): the rule does not act.
+            return Effect::None;
+        }
         Effect::Change(body)
     }
 }
@@ -424,16 +435,17 @@ impl Hide {
         let Some(Value::Array(entries)) = body.pointer_mut(&format!("/result/{list}")) else {
             return Effect::None;
         };
-        let before = entries.len();
-        entries.retain(|entry| {
-            !entry
-                .get(key)
-                .and_then(Value::as_str)
-                .is_some_and(|name| self.names.is_match(name))
+        let mut hidden = Vec::new();
+        entries.retain(|entry| match entry.get(key).and_then(Value::as_str) {
+            Some(name) if self.names.is_match(name) => {
+                hidden.push(name.to_owned());
+                false
+            }
+            _ => true,
         });
-        if entries.len() == before {
+        if hidden.is_empty() {
             return Effect::None;
         }
-        Effect::Change(body)
+        Effect::Filter { body, hidden }
     }
 }

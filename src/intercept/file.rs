@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
 use super::action::{Action, Block, Delay, Hide, Log, Mock, Modify};
 use super::matcher::Match;
@@ -64,6 +65,9 @@ pub struct RuleSet {
 pub struct Rule {
     /// Its name, for logs, metrics and `rules test`.
     pub name: String,
+    /// Where its name is in the file: line and column from 1 (0, 0 for JSON, which does not
+    /// say).
+    pub at: (usize, usize),
     /// Higher runs first.
     pub priority: i32,
     /// Its own mode (the file's when it names none).
@@ -78,7 +82,7 @@ pub struct Rule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
-    version: u32,
+    version: Spanned<u32>,
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
@@ -89,7 +93,7 @@ struct FileSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
-    name: String,
+    name: Spanned<String>,
     #[serde(default)]
     priority: i32,
     mode: Option<Mode>,
@@ -118,7 +122,8 @@ impl TryFrom<RuleSpec> for Rule {
     type Error = String;
 
     fn try_from(spec: RuleSpec) -> Result<Self, String> {
-        let name = spec.name;
+        let at = position(&spec.name.referenced);
+        let name = spec.name.value;
         let mut actions = Vec::new();
         if let Some(block) = spec.block {
             actions.push(Action::Block(block));
@@ -186,6 +191,7 @@ impl TryFrom<RuleSpec> for Rule {
         };
         Ok(Self {
             name,
+            at,
             priority: spec.priority,
             mode: spec.mode,
             when,
@@ -210,13 +216,14 @@ impl RuleSet {
         } else {
             serde_saphyr::from_str(text).map_err(|e| yaml_error(&e))?
         };
-        if spec.version != VERSION {
+        if spec.version.value != VERSION {
+            let (line, column) = position(&spec.version.referenced);
             return Err((
-                1,
-                1,
+                line.max(1),
+                column.max(1),
                 format!(
                     "version {} is not supported: this shadowcat reads version {VERSION}",
-                    spec.version
+                    spec.version.value
                 ),
             ));
         }
@@ -224,7 +231,12 @@ impl RuleSet {
         let mut names = std::collections::HashSet::new();
         for rule in &rules {
             if !names.insert(rule.name.as_str()) {
-                return Err((1, 1, format!("two rules are named {:?}", rule.name)));
+                let (line, column) = rule.at;
+                return Err((
+                    line.max(1),
+                    column.max(1),
+                    format!("two rules are named {:?}", rule.name),
+                ));
             }
         }
         // Stable: equal priorities keep their order in the file.
@@ -265,6 +277,11 @@ fn yaml_error(e: &serde_saphyr::Error) -> (usize, usize, String) {
         message.truncate(message.len() - suffix.len());
     }
     (line, column, message)
+}
+
+/// A location as line and column (0, 0 when unknown).
+fn position(location: &serde_saphyr::Location) -> (usize, usize) {
+    (to_usize(location.line()), to_usize(location.column()))
 }
 
 fn to_usize(n: impl TryInto<usize>) -> usize {

@@ -172,9 +172,14 @@ pub struct Pattern(regex::Regex);
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        regex::Regex::new(&text)
-            .map(Self)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a valid regex: {e}")))
+        regex::Regex::new(&text).map(Self).map_err(|e| {
+            // The regex crate's message draws the pattern over several lines; its last
+            // line says what is wrong.
+            let e = e.to_string();
+            let why = e.lines().last().unwrap_or_default();
+            let why = why.strip_prefix("error: ").unwrap_or(why);
+            serde::de::Error::custom(format!("{text:?} is not a valid regex: {why}"))
+        })
     }
 }
 
@@ -247,7 +252,7 @@ enum TransportSpec {
 }
 
 impl SessionMatch {
-    fn holds(&self, session: &Session) -> bool {
+    fn holds(&self, session: &Session, at: Option<Instant>) -> bool {
         if let Some(transport) = self.transport {
             let want = match transport {
                 TransportSpec::Stdio => TransportKind::Stdio,
@@ -264,7 +269,7 @@ impl SessionMatch {
             return false;
         }
         if self.older_than.is_some() || self.younger_than.is_some() {
-            let age = session.age(Instant::now());
+            let age = session.age(at.unwrap_or_else(Instant::now));
             if self.older_than.is_some_and(|d| age < d)
                 || self.younger_than.is_some_and(|d| age >= d)
             {
@@ -305,6 +310,8 @@ pub struct Subject<'a> {
     pub session: &'a Session,
     /// Its method; for a response, the method of the request it answers.
     pub method: Option<&'a Method>,
+    /// When it passes: `None` for now (`rules test` gives the tape's time).
+    pub at: Option<Instant>,
     /// The parsed message, once needed.
     body: Body,
     /// Whether a rule changed the body.
@@ -325,6 +332,7 @@ impl<'a> Subject<'a> {
             direction,
             session,
             method: msg.method().or(answers),
+            at: None,
             body: Body::Unparsed,
             changed: false,
         }
@@ -341,6 +349,14 @@ impl<'a> Subject<'a> {
         match &self.body {
             Body::Parsed(value) => Some(value),
             Body::Unparsed | Body::Unusable => None,
+        }
+    }
+
+    /// The message's JSON as rules left it, if a rule changed it.
+    pub fn into_changed(self) -> Option<Value> {
+        match self.body {
+            Body::Parsed(value) if self.changed => Some(value),
+            _ => None,
         }
     }
 
@@ -409,7 +425,7 @@ impl Match {
             }
         }
         if let Some(session) = &self.session {
-            if !session.holds(s.session) {
+            if !session.holds(s.session, s.at) {
                 return false;
             }
         }

@@ -83,7 +83,12 @@ fn errors_name_the_line_and_column() {
             (3, 5),
             "hide needs one of match.tool",
         ),
-        ("version: 2\n", (1, 1), "version 2 is not supported"),
+        ("version: 2\n", (1, 10), "version 2 is not supported"),
+        (
+            "version: 1\nrules:\n  - name: a\n    log: info\n  - name: a\n    block: {}\n",
+            (5, 11),
+            "two rules are named \"a\"",
+        ),
         ("version: 1\nrules: [\n", (2, 8), "unclosed bracket"),
         (
             r#"{"version": 1, "rules": [{"name": "a", "blok": {}}]}"#,
@@ -294,7 +299,46 @@ async fn a_delay_holds_the_message() {
     )
     .await;
     assert_eq!(json_of(&verdict).0, "forward");
-    assert_eq!(start.elapsed(), std::time::Duration::from_millis(250));
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delays_add_up_and_a_block_after_a_delay_still_waits() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: slow\n    delay: 250ms\n  - name: slower\n    delay: 100ms\n  - name: stop\n    match: {tool: stop}\n    block: {}\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    for (tool, outcome) in [("go", "forward"), ("stop", "respond")] {
+        let start = tokio::time::Instant::now();
+        let (verdict, _) = run(
+            &rules,
+            &session,
+            Direction::ClientToServer,
+            &call(1, tool, json!({})),
+            None,
+        )
+        .await;
+        assert_eq!(json_of(&verdict).0, outcome);
+        assert_eq!(start.elapsed(), Duration::from_millis(350), "{tool}");
+    }
+}
+
+#[tokio::test]
+async fn a_modify_that_changes_nothing_does_not_act() {
+    let rules =
+        rules("version: 1\nrules:\n  - name: cap\n    modify: {remove: ['$.arguments.limit']}\n");
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let m = call(1, "search", json!({"q": "x"}));
+    let (verdict, metrics) = run(&rules, &session, Direction::ClientToServer, &m, None).await;
+    assert_eq!(json_of(&verdict), ("forward", m));
+    assert_eq!(metrics.rule_count("cap", "modify", "enforce"), 0);
+    let m = call(2, "search", json!({"q": "x", "limit": 5}));
+    let (verdict, metrics) = run(&rules, &session, Direction::ClientToServer, &m, None).await;
+    assert_eq!(
+        json_of(&verdict).1["params"]["arguments"],
+        json!({"q": "x"})
+    );
+    assert_eq!(metrics.rule_count("cap", "modify", "enforce"), 1);
 }
 
 #[test]

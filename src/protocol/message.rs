@@ -23,6 +23,18 @@ pub enum Kind {
     Error,
 }
 
+impl Kind {
+    /// `request`, `notification`, `response` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Notification => "notification",
+            Self::Response => "response",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// One JSON-RPC message: its raw bytes and the envelope fields the proxy reads.
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -175,13 +175,9 @@ pub fn timeline(tape: &Tape) -> Vec<Entry> {
     tape.frames
         .iter()
         .map(|frame| {
-            let dir = match frame.direction {
-                Direction::ClientToServer => "c2s",
-                Direction::ServerToClient => "s2c",
-            };
             let mut entry = Entry {
                 t: frame.micros,
-                dir,
+                dir: frame.direction.short(),
                 kind: "invalid",
                 method: None,
                 id: None,
@@ -193,12 +189,7 @@ pub fn timeline(tape: &Tape) -> Vec<Entry> {
             };
             entry.id = msg.id().map(ToString::to_string);
             entry.method = msg.method().map(|m| m.as_str().to_owned());
-            entry.kind = match msg.kind() {
-                Kind::Request => "request",
-                Kind::Notification => "notification",
-                Kind::Response => "response",
-                Kind::Error => "error",
-            };
+            entry.kind = msg.kind().as_str();
             match (msg.kind(), msg.id()) {
                 (Kind::Request, Some(id)) => {
                     open.insert(
