@@ -12,6 +12,10 @@
 //! kernel's dirty-page limits, and on disk the ratio would measure the disk's writeback speed
 //! (recording is lossless, so the proxy slows to it) instead of the recorder.
 //!
+//! A fifth target, `shadowcat --rules`, runs 100 interceptor rules that match nothing here:
+//! 50 on tool names (so each `tools/call` has its tool's name read) and 50 on other methods.
+//! Its throughput against shadowcat without rules is the cost of the rules stage.
+//!
 //! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
 //! what one more process in the chain costs on this machine whatever it does.
 //!
@@ -27,6 +31,7 @@
     missing_docs
 )]
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -197,6 +202,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut rss_rows = Vec::new();
     let mut recording_rows = Vec::new();
+    let mut rules_rows = Vec::new();
+    let rules_file = data_dir_rules();
     // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
     let data_dir = tempfile::tempdir().unwrap();
     for (payload, text, seq_n, pipe_n) in [
@@ -208,28 +215,32 @@ fn main() {
             10_000 / scale,
         ),
     ] {
-        let mut shadowcat = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
-        shadowcat.env("SHADOWCAT_DATA_DIR", data_dir.path());
-        shadowcat
-            .args(["--log-level", "warn", "forward", "stdio", "--"])
-            .arg(&fixture);
         let tapes = tempfile::tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .unwrap();
-        let mut recording = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
-        recording.env("SHADOWCAT_DATA_DIR", data_dir.path());
-        recording
-            .args(["--log-level", "warn", "forward", "stdio", "--record"])
-            .arg(tapes.path())
-            .arg("--")
-            .arg(&fixture);
+        let proxy = |extra: &[&std::ffi::OsStr]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
+            cmd.env("SHADOWCAT_DATA_DIR", data_dir.path())
+                .args(["--log-level", "warn", "forward", "stdio"])
+                .args(extra)
+                .arg("--")
+                .arg(&fixture);
+            cmd
+        };
         let mut relay = Command::new(examples.join("line_relay"));
         relay.arg(&fixture);
         let mut targets = vec![
             Target::spawn("direct", Command::new(&fixture)),
-            Target::spawn("shadowcat", shadowcat),
+            Target::spawn("shadowcat", proxy(&[])),
             Target::spawn("line_relay", relay),
-            Target::spawn("shadowcat --record", recording),
+            Target::spawn(
+                "shadowcat --record",
+                proxy(&["--record".as_ref(), tapes.path().as_os_str()]),
+            ),
+            Target::spawn(
+                "shadowcat --rules (100)",
+                proxy(&["--rules".as_ref(), rules_file.path().as_os_str()]),
+            ),
         ];
         let latencies = latency(&mut targets, &text, seq_n);
         // Best of three rounds, the targets taking turns: drift on the machine hits all alike.
@@ -257,31 +268,65 @@ fn main() {
             );
         }
         recording_rows.push((payload, 100.0 * rates[3] / rates[1]));
+        rules_rows.push((payload, 100.0 * rates[4] / rates[1]));
         for target in targets {
             target.stop();
         }
     }
-    println!(
-        "\n| payload | pipelined throughput with --record vs without (tapes in {}) |\n|---|---|",
-        if std::path::Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "the temp dir"
-        }
+    let tapes_in = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "the temp dir"
+    };
+    ratio_table(
+        &format!("pipelined throughput with --record vs without (tapes in {tapes_in})"),
+        &recording_rows,
     );
-    for (payload, ratio) in recording_rows {
-        println!("| {payload} | {ratio:.0}% |");
-    }
+    ratio_table(
+        "pipelined throughput with 100 non-matching rules vs without",
+        &rules_rows,
+    );
+    rss_table(&rss_rows);
+    println!(
+        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded; 100 rules >= 90% of none"
+    );
+}
+
+fn rss_table(rows: &[(&str, u64, u64)]) {
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!("\n| payload | shadowcat peak RSS (VmHWM) | line_relay peak RSS |\n|---|---|---|");
-    for (payload, proxy, relay) in rss_rows {
+    for (payload, proxy, relay) in rows {
         println!(
             "| {payload} | {:.1} MiB | {:.1} MiB |",
-            mib(proxy),
-            mib(relay)
+            mib(*proxy),
+            mib(*relay)
         );
     }
-    println!(
-        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded"
-    );
+}
+
+fn ratio_table(title: &str, rows: &[(&str, f64)]) {
+    println!("\n| payload | {title} |\n|---|---|");
+    for (payload, ratio) in rows {
+        println!("| {payload} | {ratio:.0}% |");
+    }
+}
+
+/// 100 rules that match none of the bench's messages: 50 on tool names, 50 on methods.
+fn data_dir_rules() -> tempfile::NamedTempFile {
+    let mut yaml = String::from("version: 1\nrules:\n");
+    for i in 0..50 {
+        writeln!(
+            yaml,
+            "  - name: tool-{i}\n    match: {{tool: 'admin_{i}_*'}}\n    block: {{}}"
+        )
+        .unwrap();
+        writeln!(
+            yaml,
+            "  - name: method-{i}\n    match: {{method: 'prompts/x{i}'}}\n    log: info"
+        )
+        .unwrap();
+    }
+    let file = tempfile::NamedTempFile::with_suffix(".yaml").unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    file
 }

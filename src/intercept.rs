@@ -16,6 +16,7 @@
 pub mod action;
 pub mod command;
 pub mod file;
+mod index;
 pub mod matcher;
 mod reload;
 
@@ -52,6 +53,18 @@ pub struct Rules {
 struct Loaded {
     set: RuleSet,
     mode: Mode,
+    /// Which of its rules can apply, by method.
+    index: index::Index,
+}
+
+impl Loaded {
+    fn new(set: RuleSet, mode: Mode) -> Self {
+        Self {
+            set,
+            mode,
+            index: index::Index::default(),
+        }
+    }
 }
 
 impl Rules {
@@ -59,7 +72,7 @@ impl Rules {
     pub fn load(path: &Path, forced: Option<Mode>) -> Result<Self, RulesError> {
         let (set, mode, text) = file::load(path)?;
         Ok(Self {
-            current: ArcSwap::from_pointee(Loaded { set, mode }),
+            current: ArcSwap::from_pointee(Loaded::new(set, mode)),
             forced,
             path: path.to_owned(),
             text: Mutex::new(text),
@@ -95,7 +108,7 @@ impl Rules {
             return Ok(false);
         }
         *last = text;
-        self.current.store(Arc::new(Loaded { set, mode }));
+        self.current.store(Arc::new(Loaded::new(set, mode)));
         Ok(true)
     }
 
@@ -184,7 +197,14 @@ impl Rules {
         mut observe: impl FnMut(&Rule, &Effect, bool, &mut Subject<'_>),
     ) -> Walk {
         let mut wait = Duration::ZERO;
-        for rule in &loaded.set.rules {
+        let candidates =
+            loaded
+                .index
+                .candidates(&loaded.set.rules, s.direction, s.msg.kind(), s.method);
+        for rule in candidates
+            .iter()
+            .filter_map(|&i| loaded.set.rules.get(i as usize))
+        {
             if !rule.when.matches(s) {
                 continue;
             }

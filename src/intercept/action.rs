@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::matcher::{Glob, NameKind, Path, Subject};
 use crate::protocol::error::{ErrorCode, ProxyError};
-use crate::protocol::{Kind, Message, RequestId};
+use crate::protocol::{Kind, Message, Method, RequestId};
 
 /// What a rule does.
 #[derive(Debug)]
@@ -258,6 +258,22 @@ impl Effect {
 }
 
 impl Action {
+    /// Whether the action can do anything to a message of `kind` with `method` (the rule index
+    /// leaves out rules that cannot).
+    pub fn may_apply(&self, kind: Kind, method: Option<&Method>) -> bool {
+        let Self::Hide(hide) = self else {
+            return true;
+        };
+        let Some(method) = method else {
+            return false;
+        };
+        match kind {
+            Kind::Request => hide.kind.is_use(method),
+            Kind::Response => hide.lists().iter().any(|(m, _, _)| *m == method.as_str()),
+            Kind::Notification | Kind::Error => false,
+        }
+    }
+
     /// What this action, of rule `rule`, would do to `s`.
     pub fn effect(&self, rule: &str, s: &mut Subject<'_>) -> Effect {
         match self {
@@ -409,9 +425,9 @@ impl Hide {
         }
     }
 
-    /// A list answer without the hidden entries.
-    fn filter(&self, s: &mut Subject<'_>) -> Effect {
-        let lists: &[(&str, &str, &str)] = match self.kind {
+    /// The list methods it filters: method, list member, and the entries' name member.
+    fn lists(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self.kind {
             NameKind::Tool => &[("tools/list", "tools", "name")],
             NameKind::Prompt => &[("prompts/list", "prompts", "name")],
             NameKind::Resource => &[
@@ -422,8 +438,13 @@ impl Hide {
                     "uriTemplate",
                 ),
             ],
-        };
-        let Some(&(_, list, key)) = lists
+        }
+    }
+
+    /// A list answer without the hidden entries.
+    fn filter(&self, s: &mut Subject<'_>) -> Effect {
+        let Some(&(_, list, key)) = self
+            .lists()
             .iter()
             .find(|(method, _, _)| s.method.is_some_and(|m| m.as_str() == *method))
         else {

@@ -57,6 +57,15 @@ enum DirectionSpec {
     ServerToClient,
 }
 
+impl DirectionSpec {
+    fn direction(self) -> Direction {
+        match self {
+            Self::ClientToServer => Direction::ClientToServer,
+            Self::ServerToClient => Direction::ServerToClient,
+        }
+    }
+}
+
 /// `kind:` as written.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +74,17 @@ enum KindSpec {
     Notification,
     Response,
     Error,
+}
+
+impl KindSpec {
+    fn kind(self) -> Kind {
+        match self {
+            Self::Request => Kind::Request,
+            Self::Notification => Kind::Notification,
+            Self::Response => Kind::Response,
+            Self::Error => Kind::Error,
+        }
+    }
 }
 
 /// What a name condition (and `hide`) is about.
@@ -115,6 +135,10 @@ impl NameKind {
 pub enum Glob {
     /// Matches only itself.
     Exact(String),
+    /// `prefix*`: names that start with it.
+    Prefix(String),
+    /// `*suffix`: names that end with it.
+    Suffix(String),
     /// Matches the glob.
     Pattern(globset::GlobMatcher),
 }
@@ -122,8 +146,16 @@ pub enum Glob {
 impl Glob {
     /// Compiles `text`.
     pub fn new(text: &str) -> Result<Self, String> {
+        const META: [char; 6] = ['*', '?', '[', '{', '\\', ']'];
         if !text.contains(['*', '?', '[', '{']) {
             return Ok(Self::Exact(text.to_owned()));
+        }
+        // The common forms, without a regex.
+        if let Some(prefix) = text.strip_suffix('*').filter(|p| !p.contains(META)) {
+            return Ok(Self::Prefix(prefix.to_owned()));
+        }
+        if let Some(suffix) = text.strip_prefix('*').filter(|s| !s.contains(META)) {
+            return Ok(Self::Suffix(suffix.to_owned()));
         }
         globset::GlobBuilder::new(text)
             .literal_separator(false)
@@ -136,6 +168,8 @@ impl Glob {
     pub fn is_match(&self, text: &str) -> bool {
         match self {
             Self::Exact(exact) => exact == text,
+            Self::Prefix(prefix) => text.starts_with(prefix.as_str()),
+            Self::Suffix(suffix) => text.ends_with(suffix.as_str()),
             Self::Pattern(glob) => glob.is_match(text),
         }
     }
@@ -155,13 +189,102 @@ pub struct Path {
     pub text: String,
     /// Compiled.
     pub path: JsonPath,
+    /// For a path of plain names and indexes (`$.arguments.limit`, `$.items[0]`, the usual
+    /// kind), its steps: such a path selects at most one value, found without a query.
+    steps: Option<Vec<Step>>,
+}
+
+/// One step of a plain path.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// An object's member.
+    Name(String),
+    /// An array's element.
+    Index(usize),
+}
+
+impl Path {
+    /// Compiles `text`.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let path = crate::tape::redact::parse_path(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            text: text.to_owned(),
+            path,
+            steps: plain_steps(text),
+        })
+    }
+
+    /// Whether the path is plain (selects without a query).
+    pub fn is_plain(&self) -> bool {
+        self.steps.is_some()
+    }
+
+    /// Calls `f` with the values the path selects in `value`.
+    pub fn select<R>(&self, value: &Value, f: impl FnOnce(&[&Value]) -> R) -> R {
+        match &self.steps {
+            Some(steps) => {
+                let mut at = Some(value);
+                for step in steps {
+                    at = at.and_then(|v| match (step, v) {
+                        (Step::Name(name), Value::Object(map)) => map.get(name),
+                        (Step::Index(i), Value::Array(items)) => items.get(*i),
+                        _ => None,
+                    });
+                }
+                match at {
+                    Some(found) => f(&[found]),
+                    None => f(&[]),
+                }
+            }
+            None => f(&self.path.query(value).all()),
+        }
+    }
+}
+
+/// The steps of `text` if it is `$` followed only by `.name`, `['name']` (no escapes) and
+/// `[N]` selectors; `None` for anything else (which the full query handles).
+fn plain_steps(text: &str) -> Option<Vec<Step>> {
+    let mut rest = text.strip_prefix('$')?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            steps.push(Step::Name(name.to_owned()));
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix("['") {
+            let (name, tail) = after.split_once("']")?;
+            if name.contains(['\\', '\'']) {
+                return None;
+            }
+            steps.push(Step::Name(name.to_owned()));
+            rest = tail;
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let (digits, tail) = after.split_once(']')?;
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || (digits.len() > 1 && digits.starts_with('0'))
+            {
+                return None;
+            }
+            steps.push(Step::Index(digits.parse().ok()?));
+            rest = tail;
+        } else {
+            return None;
+        }
+    }
+    Some(steps)
 }
 
 impl<'de> Deserialize<'de> for Path {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let path = crate::tape::redact::parse_path(&text).map_err(serde::de::Error::custom)?;
-        Ok(Self { text, path })
+        Self::new(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -199,22 +322,24 @@ struct Predicate {
 
 impl Predicate {
     fn holds(&self, member: Option<&Value>) -> bool {
-        let nodes = member
-            .map(|m| self.path.path.query(m).all())
-            .unwrap_or_default();
-        if self.exists == Some(false) {
-            return nodes.is_empty();
-        }
-        !nodes.is_empty()
-            && self
-                .equals
-                .as_ref()
-                .is_none_or(|want| nodes.contains(&want))
-            && self.matches.as_ref().is_none_or(|re| {
-                nodes
-                    .iter()
-                    .any(|n| n.as_str().is_some_and(|s| re.0.is_match(s)))
-            })
+        let Some(member) = member else {
+            return self.exists == Some(false);
+        };
+        self.path.select(member, |nodes| {
+            if self.exists == Some(false) {
+                return nodes.is_empty();
+            }
+            !nodes.is_empty()
+                && self
+                    .equals
+                    .as_ref()
+                    .is_none_or(|want| nodes.contains(&want))
+                && self.matches.as_ref().is_none_or(|re| {
+                    nodes
+                        .iter()
+                        .any(|n| n.as_str().is_some_and(|s| re.0.is_match(s)))
+                })
+        })
     }
 }
 
@@ -314,6 +439,9 @@ pub struct Subject<'a> {
     pub at: Option<Instant>,
     /// The parsed message, once needed.
     body: Body,
+    /// The name of the item used (`params.name` or `params.uri`), read on its own.
+    #[allow(clippy::option_option)] // Not read yet; read, and there is none; read.
+    name: Option<Option<String>>,
     /// Whether a rule changed the body.
     pub changed: bool,
 }
@@ -334,6 +462,7 @@ impl<'a> Subject<'a> {
             method: msg.method().or(answers),
             at: None,
             body: Body::Unparsed,
+            name: None,
             changed: false,
         }
     }
@@ -381,6 +510,15 @@ impl<'a> Subject<'a> {
         if self.msg.kind() != Kind::Request || !self.msg.method().is_some_and(|m| kind.is_use(m)) {
             return None;
         }
+        if matches!(self.body, Body::Unparsed) {
+            // Read alone, the name costs far less than the whole message's tree.
+            if self.name.is_none() {
+                self.name = self.msg.param_str(kind.param()).ok();
+            }
+            if self.name.is_some() {
+                return self.name.as_ref().and_then(Option::as_deref);
+            }
+        }
         self.body()?.get("params")?.get(kind.param())?.as_str()
     }
 }
@@ -397,27 +535,46 @@ enum Body {
 }
 
 impl Match {
-    /// Whether every condition holds for `s`.
-    pub fn matches(&self, s: &mut Subject<'_>) -> bool {
-        if let Some(direction) = self.direction {
-            let want = match direction {
-                DirectionSpec::ClientToServer => Direction::ClientToServer,
-                DirectionSpec::ServerToClient => Direction::ServerToClient,
-            };
-            if s.direction != want {
+    /// Whether the conditions on the envelope alone hold: direction, kind, method, and the
+    /// method and kind a name condition implies. Necessary for [`Match::matches`]; the rule
+    /// index sorts rules by it.
+    pub fn may_match(&self, direction: Direction, kind: Kind, method: Option<&Method>) -> bool {
+        if self.direction.is_some_and(|d| d.direction() != direction)
+            || self.kind.is_some_and(|k| k.kind() != kind)
+        {
+            return false;
+        }
+        if let Some(glob) = &self.method {
+            if !method.is_some_and(|m| glob.is_match(m.as_str())) {
                 return false;
             }
         }
-        if let Some(kind) = self.kind {
-            let want = match kind {
-                KindSpec::Request => Kind::Request,
-                KindSpec::Notification => Kind::Notification,
-                KindSpec::Response => Kind::Response,
-                KindSpec::Error => Kind::Error,
-            };
-            if s.msg.kind() != want {
+        for (glob, name) in [
+            (&self.tool, NameKind::Tool),
+            (&self.prompt, NameKind::Prompt),
+            (&self.resource, NameKind::Resource),
+        ] {
+            if glob.is_some() && !(kind == Kind::Request && method.is_some_and(|m| name.is_use(m)))
+            {
                 return false;
             }
+        }
+        self.all
+            .iter()
+            .all(|m| m.may_match(direction, kind, method))
+            && (self.any.is_empty()
+                || self
+                    .any
+                    .iter()
+                    .any(|m| m.may_match(direction, kind, method)))
+    }
+
+    /// Whether every condition holds for `s`.
+    pub fn matches(&self, s: &mut Subject<'_>) -> bool {
+        if self.direction.is_some_and(|d| d.direction() != s.direction)
+            || self.kind.is_some_and(|k| k.kind() != s.msg.kind())
+        {
+            return false;
         }
         if let Some(glob) = &self.method {
             if !s.method.is_some_and(|m| glob.is_match(m.as_str())) {

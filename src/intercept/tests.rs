@@ -374,3 +374,149 @@ fn every_example_in_the_docs_loads() {
     }
     assert!(examples >= 9, "{examples}");
 }
+
+#[test]
+fn plain_paths_select_what_the_full_query_selects() {
+    let values = [
+        json!({"arguments": {"limit": 5, "a b": [1, {"x": 2}], "0": "zero"}, "items": [10, 20]}),
+        json!({"arguments": [1, 2, 3], "items": {"0": "not an index"}}),
+        json!([{"arguments": null}]),
+        json!("text"),
+    ];
+    let cases = [
+        ("$", true),
+        ("$.arguments", true),
+        ("$.arguments.limit", true),
+        ("$['arguments']['a b'][1].x", true),
+        ("$.items[0]", true),
+        ("$.items[1]", true),
+        ("$.arguments['0']", true),
+        ("$[0].arguments", true),
+        ("$.items[7]", true),
+        ("$.arguments.*", false),
+        ("$..limit", false),
+        ("$.items[-1]", false),
+        ("$.items[0:1]", false),
+        ("$['a\\'b']", false),
+        ("$.items[?@ > 10]", false),
+    ];
+    for (text, plain) in cases {
+        let path = matcher::Path::new(text).unwrap();
+        assert_eq!(path.is_plain(), plain, "{text}");
+        for value in &values {
+            let fast: Vec<Value> =
+                path.select(value, |nodes| nodes.iter().map(|n| (*n).clone()).collect());
+            let full: Vec<Value> = path.path.query(value).all().into_iter().cloned().collect();
+            assert_eq!(fast, full, "{text} over {value}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_rule_index_is_bounded_and_never_hides_a_rule() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: odd\n    match: {method: 'x/*', any: [{direction: c2s}, {kind: response}]}\n    block: {}\n  - name: hide\n    match: {tool: secret}\n    hide: true\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10_000);
+    // A peer inventing method names: every one is still judged, and the index stays bounded.
+    for i in 0..1000 {
+        let m = json!({"jsonrpc": "2.0", "id": i, "method": format!("x/{i}")});
+        let (verdict, _) = run(&rules, &session, Direction::ClientToServer, &m, None).await;
+        assert_eq!(json_of(&verdict).0, "respond", "x/{i}");
+        let m = json!({"jsonrpc": "2.0", "id": i, "method": format!("y/{i}")});
+        let (verdict, _) = run(&rules, &session, Direction::ClientToServer, &m, None).await;
+        assert_eq!(json_of(&verdict).0, "forward", "y/{i}");
+    }
+    assert!(rules.current.load().index.methods() <= 256);
+    // The same method the other way is a different candidate list: `any` decides.
+    let m = json!({"jsonrpc": "2.0", "id": 1, "method": "x/1"});
+    let (verdict, _) = run(&rules, &session, Direction::ServerToClient, &m, None).await;
+    assert_eq!(json_of(&verdict).0, "forward");
+    // `hide` applies to the calls and list answers of its kind only.
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ClientToServer,
+        &call(5, "secret", json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(json_of(&verdict).1["error"]["code"], -32602);
+    let list = json!({"jsonrpc": "2.0", "id": 6, "result": {"tools": [{"name": "secret"}, {"name": "open"}]}});
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    assert_eq!(
+        json_of(&verdict).1["result"]["tools"],
+        json!([{"name": "open"}])
+    );
+}
+
+#[tokio::test]
+async fn a_tool_named_twice_is_judged_by_the_name_the_server_will_read() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: no-deletes\n    match: {tool: 'delete_*'}\n    block: {}\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let sneaky = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_all"}}"#;
+    let cx = Context {
+        direction: Direction::ClientToServer,
+        session: &session,
+        transport: &Transport::NONE,
+    };
+    let metrics = Metrics::default();
+    let verdict = rules
+        .process(
+            Message::parse(sneaky.as_bytes().to_vec().into()).unwrap(),
+            cx,
+            None,
+            &metrics,
+        )
+        .await;
+    assert_eq!(json_of(&verdict).0, "respond");
+}
+
+#[test]
+fn globs_in_their_short_forms_match_as_globset_does() {
+    let names = [
+        "admin_reset",
+        "admin_",
+        "admin",
+        "x_admin_reset",
+        "reset_admin",
+        "a/b",
+        "",
+        "*",
+    ];
+    for text in [
+        "admin_*",
+        "*_admin",
+        "*",
+        "**",
+        "admin_**",
+        "*admin*",
+        "a?min_*",
+        "admin_[rs]*",
+        "{a,b}*",
+        "\\*x*",
+    ] {
+        let ours = matcher::Glob::new(text).unwrap();
+        let theirs = globset::GlobBuilder::new(text)
+            .literal_separator(false)
+            .build()
+            .unwrap()
+            .compile_matcher();
+        for name in names {
+            assert_eq!(
+                ours.is_match(name),
+                theirs.is_match(name),
+                "{text} vs {name}"
+            );
+        }
+    }
+}

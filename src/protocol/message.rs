@@ -401,6 +401,46 @@ impl Message {
         }
     }
 
+    /// The string member `member` of `params` (a tool's `name`, a resource's `uri`), read
+    /// without building a tree of the message. `Ok(None)`: there is none, or it is not a
+    /// string. `Err(())`: the message could not be read this way (a member given twice, which
+    /// JSON readers settle differently); read the whole message instead.
+    #[allow(clippy::result_unit_err)]
+    pub fn param_str(&self, member: &str) -> Result<Option<String>, ()> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            params: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            name: Option<Cow<'a, str>>,
+        }
+        #[derive(Deserialize)]
+        struct Uri<'a> {
+            #[serde(borrow)]
+            uri: Option<Cow<'a, str>>,
+        }
+        let params = serde_json::from_slice::<Body<'_>>(&self.raw)
+            .map_err(|_| ())?
+            .params;
+        let Some(params) = params.filter(|p| p.get().starts_with('{')) else {
+            return Ok(None);
+        };
+        // Only a string counts; `{"name": 5}` has no name, as in the whole message's tree.
+        let found = match member {
+            "name" => serde_json::from_str::<Name<'_>>(params.get()).map(|n| n.name),
+            "uri" => serde_json::from_str::<Uri<'_>>(params.get()).map(|n| n.uri),
+            _ => return Err(()),
+        };
+        match found {
+            Ok(found) => Ok(found.map(Cow::into_owned)),
+            Err(e) if e.is_data() && !e.to_string().starts_with("duplicate field") => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
     /// The id of a request (`None` for notifications and responses).
     pub fn request_id(&self) -> Option<&RequestId> {
         self.id.as_ref().filter(|_| self.kind == Kind::Request)

@@ -200,3 +200,45 @@ fn progress_tokens_are_read_in_their_normal_form() {
     let ping = msg(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
     assert_eq!(ping.progress_token("/params/_meta/progressToken"), None);
 }
+
+#[test]
+fn param_str_reads_one_member_as_a_whole_reader_would() {
+    let name = |s: &str| parse(s).unwrap().param_str("name");
+    let call = |params: &str| {
+        name(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#
+        ))
+    };
+    assert_eq!(
+        call(r#"{"name":"echo","arguments":{"name":"inner"}}"#),
+        Ok(Some("echo".into()))
+    );
+    // Escapes in the key and the value are read as any JSON reader reads them.
+    assert_eq!(
+        call(r#"{"n\u0061me":"del\u0065te"}"#),
+        Ok(Some("delete".into()))
+    );
+    assert_eq!(
+        call(r#"{"arguments":{},"name":"late"}"#),
+        Ok(Some("late".into()))
+    );
+    assert_eq!(call(r#"{"name":5}"#), Ok(None));
+    assert_eq!(call(r#"{"arguments":{}}"#), Ok(None));
+    assert_eq!(call("[1,2]"), Ok(None));
+    assert_eq!(
+        name(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+        Ok(None)
+    );
+    // A member given twice is settled differently by different readers: the caller must read
+    // the whole message (where the last one wins, as in most readers) instead.
+    assert_eq!(call(r#"{"name":"safe","name":"delete_all"}"#), Err(()));
+    // (A message with `params` twice does not get this far: the envelope refuses it.)
+    assert!(
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"},"params":{"name":"b"}}"#)
+            .is_err()
+    );
+    let read =
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#)
+            .unwrap();
+    assert_eq!(read.param_str("uri"), Ok(Some("file:///x".into())));
+}
