@@ -60,9 +60,9 @@ struct Loaded {
 impl Loaded {
     fn new(set: RuleSet, mode: Mode) -> Self {
         Self {
+            index: index::Index::new(&set.rules),
             set,
             mode,
-            index: index::Index::default(),
         }
     }
 }
@@ -201,10 +201,16 @@ impl Rules {
             loaded
                 .index
                 .candidates(&loaded.set.rules, s.direction, s.msg.kind(), s.method);
-        for rule in candidates
-            .iter()
-            .filter_map(|&i| loaded.set.rules.get(i as usize))
-        {
+        let names = loaded.index.names(s);
+        for &i in candidates.iter() {
+            // The name filter holds for the message as it came; once a rule has changed it
+            // (perhaps its name), every candidate is checked in full.
+            if !s.changed && names.excludes(i) {
+                continue;
+            }
+            let Some(rule) = loaded.set.rules.get(i as usize) else {
+                continue;
+            };
             if !rule.when.matches(s) {
                 continue;
             }

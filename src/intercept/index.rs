@@ -1,47 +1,62 @@
-//! Which rules can apply to a message, by its direction, kind and method (for a response, the
-//! method of the request it answers). Worked out once per method and kept, so that rules on
-//! other methods, directions or kinds cost nothing per message.
+//! Which rules can apply to a message, so that rules about other messages cost nothing:
+//! - by direction, kind and method (for a response, the method of the request it answers),
+//!   worked out once per method and kept;
+//! - by the name a tool call, prompt get or resource read uses: every rule's top-level name
+//!   condition in one `GlobSet`, matched once per message.
+//!
+//! Both only leave out rules whose conditions cannot hold; the walk still checks every
+//! condition of the rules that are left.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::Rule;
+use super::matcher::{NameKind, Subject};
 use crate::protocol::{Direction, Kind, Method};
 
 /// At most this many methods are kept. Past it (a peer inventing method names), the
 /// candidates are worked out for each message instead: memory stays bounded.
 const MAX_METHODS: usize = 256;
 
-/// The candidate rules of a rule set, by method.
+/// The candidate rules of a rule set.
 #[derive(Debug, Default)]
 pub struct Index {
     /// For each method seen (and none), the candidates for each direction and kind, by
-    /// position in the rule set (so in the order the rules run).
-    seen: RwLock<Seen>,
-}
-
-#[derive(Debug, Default)]
-struct Seen {
-    /// Messages without a method (a response to no known request).
-    none: Slots,
-    by_method: HashMap<Method, Slots>,
-}
-
-impl Seen {
-    fn slots(&self, method: Option<&Method>) -> Option<&Slots> {
-        match method {
-            None => Some(&self.none),
-            Some(method) => self.by_method.get(method),
-        }
-    }
+    /// position in the rule set (so in the order the rules run). A short list: a proxy sees
+    /// a few methods, and comparing them beats hashing them.
+    seen: RwLock<Vec<(Option<Method>, Slots)>>,
+    /// The rules with a top-level condition on a tool, prompt or resource name.
+    names: Vec<Names>,
 }
 
 /// Candidates by direction and kind; `None` until asked.
 type Slots = [Option<Arc<[u32]>>; 8];
 
+/// The name conditions on one kind of item.
+#[derive(Debug)]
+struct Names {
+    kind: NameKind,
+    /// For each rule, whether it has such a condition.
+    gated: Vec<bool>,
+    /// The conditions' globs; glob `i` is rule `rules[i]`'s.
+    set: globset::GlobSet,
+    rules: Vec<u32>,
+}
+
 impl Index {
+    /// The index of `rules`.
+    pub fn new(rules: &[Rule]) -> Self {
+        let names = [NameKind::Tool, NameKind::Prompt, NameKind::Resource]
+            .into_iter()
+            .filter_map(|kind| Names::new(rules, kind))
+            .collect();
+        Self {
+            seen: RwLock::default(),
+            names,
+        }
+    }
+
     /// The positions, in `rules`, of the rules whose envelope conditions hold for a message
-    /// of `kind` travelling `direction` with `method`: the only ones that can match it.
+    /// of `kind` travelling `direction` with `method`.
     pub fn candidates(
         &self,
         rules: &[Rule],
@@ -50,10 +65,11 @@ impl Index {
         method: Option<&Method>,
     ) -> Arc<[u32]> {
         let slot = slot(direction, kind);
-        if let Some(found) = read(&self.seen)
-            .slots(method)
-            .and_then(|slots| slots[slot].clone())
-        {
+        let cached = read(&self.seen)
+            .iter()
+            .find(|(m, _)| m.as_ref() == method)
+            .and_then(|(_, slots)| slots[slot].clone());
+        if let Some(found) = cached {
             return found;
         }
         let found: Arc<[u32]> = rules
@@ -68,23 +84,92 @@ impl Index {
             .seen
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slots = match method {
-            None => Some(&mut seen.none),
-            Some(method) if seen.by_method.len() < MAX_METHODS => {
-                Some(seen.by_method.entry(method.clone()).or_default())
+        let at = match seen.iter().position(|(m, _)| m.as_ref() == method) {
+            Some(at) => Some(at),
+            None if seen.len() < MAX_METHODS => {
+                seen.push((method.cloned(), Slots::default()));
+                Some(seen.len() - 1)
             }
-            Some(method) => seen.by_method.get_mut(method),
+            None => None,
         };
-        if let Some(slots) = slots {
-            slots[slot] = Some(found.clone());
+        if let Some(at) = at {
+            seen[at].1[slot] = Some(found.clone());
         }
         found
+    }
+
+    /// For a message that uses a named item (a tool call, ...) when some rules have conditions
+    /// on such names: which rules' name conditions hold, as a filter over rule positions.
+    pub fn names(&self, s: &mut Subject<'_>) -> NameFilter<'_> {
+        let Some(names) = self.names.iter().find(|n| s.uses(n.kind)) else {
+            return NameFilter::default();
+        };
+        let passing = match s.name(names.kind) {
+            Some(name) => names
+                .set
+                .matches(name)
+                .into_iter()
+                .filter_map(|i| names.rules.get(i).copied())
+                .collect(),
+            None => Vec::new(),
+        };
+        NameFilter {
+            gated: Some(&names.gated),
+            passing,
+        }
     }
 
     /// How many methods are kept.
     #[cfg(test)]
     pub fn methods(&self) -> usize {
-        read(&self.seen).by_method.len()
+        read(&self.seen).len()
+    }
+}
+
+impl Names {
+    fn new(rules: &[Rule], kind: NameKind) -> Option<Self> {
+        let mut builder = globset::GlobSetBuilder::new();
+        let mut gated = vec![false; rules.len()];
+        let mut positions = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let Some((k, glob)) = rule.when.name_condition() else {
+                continue;
+            };
+            // A glob the set cannot take leaves its rule ungated: the walk still checks it.
+            let Some(glob) = glob.to_globset().filter(|_| k == kind) else {
+                continue;
+            };
+            builder.add(glob);
+            gated[i] = true;
+            positions.push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        if positions.is_empty() {
+            return None;
+        }
+        Some(Self {
+            kind,
+            gated,
+            set: builder.build().ok()?,
+            rules: positions,
+        })
+    }
+}
+
+/// Which rules the name a message uses leaves out.
+#[derive(Debug, Default)]
+pub struct NameFilter<'a> {
+    /// The rules with a condition on that kind of name (none: nothing is left out).
+    gated: Option<&'a [bool]>,
+    /// Of those, the ones whose condition holds, in order.
+    passing: Vec<u32>,
+}
+
+impl NameFilter<'_> {
+    /// Whether rule `i`'s name condition cannot hold.
+    pub fn excludes(&self, i: u32) -> bool {
+        self.gated
+            .is_some_and(|gated| gated.get(i as usize) == Some(&true))
+            && self.passing.binary_search(&i).is_err()
     }
 }
 

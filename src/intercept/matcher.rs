@@ -164,6 +164,20 @@ impl Glob {
             .map_err(|e| format!("{text:?} is not a valid glob: {e}"))
     }
 
+    /// The same pattern for a `globset::GlobSet` (the rule index matches many at once).
+    pub fn to_globset(&self) -> Option<globset::Glob> {
+        let text = match self {
+            Self::Exact(exact) => globset::escape(exact),
+            Self::Prefix(prefix) => format!("{}*", globset::escape(prefix)),
+            Self::Suffix(suffix) => format!("*{}", globset::escape(suffix)),
+            Self::Pattern(glob) => return Some(glob.glob().clone()),
+        };
+        globset::GlobBuilder::new(&text)
+            .literal_separator(false)
+            .build()
+            .ok()
+    }
+
     /// Whether `text` matches.
     pub fn is_match(&self, text: &str) -> bool {
         match self {
@@ -505,9 +519,14 @@ impl<'a> Subject<'a> {
         }
     }
 
+    /// Whether the message uses an item of `kind` (a `tools/call` request for tools, ...).
+    pub fn uses(&self, kind: NameKind) -> bool {
+        self.msg.kind() == Kind::Request && self.msg.method().is_some_and(|m| kind.is_use(m))
+    }
+
     /// The name the message uses an item of `kind` by (a tool called, a resource read).
     pub fn name(&mut self, kind: NameKind) -> Option<&str> {
-        if self.msg.kind() != Kind::Request || !self.msg.method().is_some_and(|m| kind.is_use(m)) {
+        if !self.uses(kind) {
             return None;
         }
         if matches!(self.body, Body::Unparsed) {
@@ -608,6 +627,17 @@ impl Match {
         self.all.iter().all(|m| m.matches(s))
             && (self.any.is_empty() || self.any.iter().any(|m| m.matches(s)))
             && self.not.as_ref().is_none_or(|m| !m.matches(s))
+    }
+
+    /// Its top-level name condition (the first, if it has several: each must hold).
+    pub fn name_condition(&self) -> Option<(NameKind, &Glob)> {
+        [
+            (&self.tool, NameKind::Tool),
+            (&self.prompt, NameKind::Prompt),
+            (&self.resource, NameKind::Resource),
+        ]
+        .into_iter()
+        .find_map(|(glob, kind)| glob.as_ref().map(|g| (kind, g)))
     }
 
     /// Takes the one name condition out (for `hide`, whose names say what is hidden).

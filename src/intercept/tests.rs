@@ -520,3 +520,31 @@ fn globs_in_their_short_forms_match_as_globset_does() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_name_index_leaves_out_only_rules_that_cannot_match() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: rename\n    priority: 10\n    match: {tool: old_search}\n    modify: {set: {'$.name': search}}\n  - name: no-admin\n    match: {tool: 'admin_*'}\n    block: {}\n  - name: no-search\n    match: {tool: search}\n    block: {message: renamed and blocked}\n  - name: no-prompt\n    match: {prompt: search}\n    block: {}\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let outcome = |tool: &str| {
+        let m = call(1, tool, json!({}));
+        let rules = &rules;
+        let session = &session;
+        async move {
+            let (verdict, _) = run(rules, session, Direction::ClientToServer, &m, None).await;
+            json_of(&verdict)
+        }
+    };
+    assert_eq!(outcome("admin_reset").await.0, "respond");
+    assert_eq!(outcome("echo").await.0, "forward");
+    assert_eq!(
+        outcome("search").await.1["error"]["message"],
+        "renamed and blocked"
+    );
+    // A later rule sees the name an earlier rule gave the call.
+    assert_eq!(
+        outcome("old_search").await.1["error"]["message"],
+        "renamed and blocked"
+    );
+}

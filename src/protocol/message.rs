@@ -44,6 +44,9 @@ pub struct Message {
     method: Option<Method>,
     /// Whether `raw` is known to be UTF-8 (parsing checked every string in it).
     utf8: bool,
+    /// Where `params` is in `raw` (start, end), if the message has it and was parsed (not for
+    /// the cancellations the proxy writes itself, which no reader of params needs).
+    params: Option<(u32, u32)>,
 }
 
 /// A frame after parsing: a single message or a JSON-RPC batch.
@@ -177,6 +180,79 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
     }
 }
 
+/// The string member `member` of the JSON object `object`, read only as far as that member,
+/// when no other member can have the same name: its quoted name occurs once in the text and
+/// nothing is written with `\u` escapes (the only way to spell a name differently). `Err`
+/// when that cannot be known this way. The text is valid JSON (the envelope parser read it).
+fn first_member_str(object: &[u8], member: &str) -> Result<Option<String>, ()> {
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
+
+    struct KeyIs<'m>(&'m str);
+    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for KeyIs<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a member name")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    struct Find<'m, 's> {
+        member: &'m str,
+        #[allow(clippy::option_option)] // Not found; found, not a string; found.
+        found: &'s mut Option<Option<String>>,
+    }
+    impl<'de> Visitor<'de> for Find<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(is_it) = map.next_key_seed(KeyIs(self.member))? {
+                if !is_it {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                // Not a string (or null): no name, as in the whole tree.
+                let value = map.next_value::<Option<Cow<'de, str>>>().ok().flatten();
+                *self.found = Some(value.map(Cow::into_owned));
+                // Found: stop reading here.
+                return Err(A::Error::custom("found"));
+            }
+            Ok(())
+        }
+    }
+
+    if memchr::memmem::find(object, b"\\u").is_some() {
+        return Err(());
+    }
+    let quoted = format!("\"{member}\"");
+    let mut hits = memchr::memmem::find_iter(object, quoted.as_bytes());
+    if hits.next().is_none() {
+        return Ok(None);
+    }
+    if hits.next().is_some() {
+        return Err(());
+    }
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(object);
+    let read = de.deserialize_map(Find {
+        member,
+        found: &mut found,
+    });
+    match (found, read) {
+        (Some(found), _) => Ok(found),
+        (None, Ok(())) => Ok(None),
+        (None, Err(_)) => Err(()),
+    }
+}
+
 impl Message {
     /// Parses one frame (a line from stdio, an HTTP body). Leading/trailing whitespace is allowed.
     pub fn parse_frame(raw: Bytes) -> Result<Frame, ParseError> {
@@ -276,12 +352,19 @@ impl Message {
                 }
             }
         };
+        // Where `params` lies, for readers of one member of it (rules reading a tool's name).
+        let params = env.params.and_then(|p| {
+            let start = (p.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+            let end = start.checked_add(p.get().len())?;
+            Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
+        });
         Ok(Self {
             raw,
             kind,
             id,
             method,
             utf8,
+            params,
         })
     }
 
@@ -293,6 +376,7 @@ impl Message {
             id: id.cloned(),
             method: None,
             utf8: true,
+            params: None,
         }
     }
 
@@ -310,6 +394,7 @@ impl Message {
             id: None,
             method: Some(Method::Cancelled),
             utf8: true,
+            params: None,
         }
     }
 
@@ -408,11 +493,6 @@ impl Message {
     #[allow(clippy::result_unit_err)]
     pub fn param_str(&self, member: &str) -> Result<Option<String>, ()> {
         #[derive(Deserialize)]
-        struct Body<'a> {
-            #[serde(borrow)]
-            params: Option<&'a RawValue>,
-        }
-        #[derive(Deserialize)]
         struct Name<'a> {
             #[serde(borrow)]
             name: Option<Cow<'a, str>>,
@@ -422,16 +502,16 @@ impl Message {
             #[serde(borrow)]
             uri: Option<Cow<'a, str>>,
         }
-        let params = serde_json::from_slice::<Body<'_>>(&self.raw)
-            .map_err(|_| ())?
-            .params;
-        let Some(params) = params.filter(|p| p.get().starts_with('{')) else {
+        let Some(params) = self.params_bytes().filter(|p| p.starts_with(b"{")) else {
             return Ok(None);
         };
+        if let Ok(found) = first_member_str(params, member) {
+            return Ok(found);
+        }
         // Only a string counts; `{"name": 5}` has no name, as in the whole message's tree.
         let found = match member {
-            "name" => serde_json::from_str::<Name<'_>>(params.get()).map(|n| n.name),
-            "uri" => serde_json::from_str::<Uri<'_>>(params.get()).map(|n| n.uri),
+            "name" => serde_json::from_slice::<Name<'_>>(params).map(|n| n.name),
+            "uri" => serde_json::from_slice::<Uri<'_>>(params).map(|n| n.uri),
             _ => return Err(()),
         };
         match found {
@@ -439,6 +519,12 @@ impl Message {
             Err(e) if e.is_data() && !e.to_string().starts_with("duplicate field") => Ok(None),
             Err(_) => Err(()),
         }
+    }
+
+    /// The bytes of `params`, if the message has it.
+    pub fn params_bytes(&self) -> Option<&[u8]> {
+        let (start, end) = self.params?;
+        self.raw.get(start as usize..end as usize)
     }
 
     /// The id of a request (`None` for notifications and responses).

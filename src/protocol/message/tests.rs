@@ -237,6 +237,23 @@ fn param_str_reads_one_member_as_a_whole_reader_would() {
         parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"},"params":{"name":"b"}}"#)
             .is_err()
     );
+    // Read only as far as the name when nothing can repeat it; in full when something might.
+    assert_eq!(
+        call(r#"{"name":"echo","arguments":{"text":"long"}}"#),
+        Ok(Some("echo".into()))
+    );
+    assert_eq!(
+        call(r#"{"name":"echo","arguments":{"field":"name"}}"#),
+        Ok(Some("echo".into()))
+    );
+    assert_eq!(call(r#"{"name":"safe","n\u0061me":"delete_all"}"#), Err(()));
+    assert_eq!(
+        call(r#"{"name":"safe","arguments":{},"name":"delete_all"}"#),
+        Err(())
+    );
+    assert_eq!(call(r#"{"name":null,"arguments":{}}"#), Ok(None));
+    assert_eq!(call(r#"{"name":{"x":"y"},"arguments":{}}"#), Ok(None));
+    assert_eq!(call(r#"{"text":"\"name\""}"#), Ok(None));
     let read =
         parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#)
             .unwrap();

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# What recording costs the forward proxy, in instructions (callgrind counts them repeatably,
-# whatever else the machine is doing): N pipelined `tools/call echo` requests through
-# `shadowcat forward stdio` against the fixture server, with and without `--record`.
-# Usage: scripts/record-cost.sh   (needs valgrind; builds release binaries first)
+# What the optional pipeline stages cost the forward proxy, in instructions (callgrind counts
+# them repeatably, whatever else the machine is doing): N pipelined `tools/call echo` requests
+# through `shadowcat forward stdio` against the fixture server, plain, with `--record`, and
+# with `--rules` (100 rules that match nothing here: 50 on tool names, 50 on other methods, as
+# in benches/e2e.rs).
+# Usage: scripts/stage-cost.sh   (needs valgrind; builds release binaries first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin shadowcat --example fixture_server
@@ -20,6 +22,11 @@ for name, size, n in [("64B", 64, 20000), ("64KiB", 65536, 2000)]:
             call = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
                     "params": {"name": "echo", "arguments": {"text": "x" * size}}}
             f.write(json.dumps(call, separators=(",", ":")) + "\n")
+with open(f"{sys.argv[1]}/rules.yaml", "w") as f:
+    f.write("version: 1\nrules:\n")
+    for i in range(50):
+        f.write(f"  - name: tool-{i}\n    match: {{tool: 'admin_{i}_*'}}\n    block: {{}}\n")
+        f.write(f"  - name: method-{i}\n    match: {{method: 'prompts/x{i}'}}\n    log: info\n")
 PY
 instructions() { # <input> [--record DIR]; stdout is a pipe, as a real client's is
     local input=$1
@@ -29,12 +36,13 @@ instructions() { # <input> [--record DIR]; stdout is a pipe, as a real client's 
         | cat >/dev/null
     sed -n 's/.*Collected : //p' "$work/log"
 }
-echo "| payload | instructions, unrecorded | with --record | recording adds |"
-echo "|---|---|---|---|"
+echo "| payload | instructions, plain | with --record | recording adds | with --rules (100) | rules add |"
+echo "|---|---|---|---|---|---|"
 for name in 64B 64KiB; do
     plain=$(instructions "$work/$name.jsonl")
     mkdir -p "$work/tapes-$name"
     recorded=$(instructions "$work/$name.jsonl" --record "$work/tapes-$name")
-    awk -v n="$name" -v p="$plain" -v r="$recorded" \
-        'BEGIN { printf "| %s | %d | %d | +%.1f%% |\n", n, p, r, 100 * (r - p) / p }'
+    ruled=$(instructions "$work/$name.jsonl" --rules "$work/rules.yaml")
+    awk -v n="$name" -v p="$plain" -v r="$recorded" -v u="$ruled" \
+        'BEGIN { printf "| %s | %d | %d | +%.1f%% | %d | +%.1f%% |\n", n, p, r, 100 * (r - p) / p, u, 100 * (u - p) / p }'
 done
