@@ -229,11 +229,21 @@ fn first_member_str(object: &[u8], member: &str) -> Result<Option<String>, ()> {
         }
     }
 
-    if memchr::memmem::find(object, b"\\u").is_some() {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: building a finder costs more than searching a short message.
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    static NAME: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"name\""));
+    static URI: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"uri\""));
+    let quoted: &Finder<'static> = match member {
+        "name" => &NAME,
+        "uri" => &URI,
+        _ => return Err(()),
+    };
+    if ESCAPE.find(object).is_some() {
         return Err(());
     }
-    let quoted = format!("\"{member}\"");
-    let mut hits = memchr::memmem::find_iter(object, quoted.as_bytes());
+    let mut hits = quoted.find_iter(object);
     if hits.next().is_none() {
         return Ok(None);
     }
@@ -505,8 +515,11 @@ impl Message {
         let Some(params) = self.params_bytes().filter(|p| p.starts_with(b"{")) else {
             return Ok(None);
         };
-        if let Ok(found) = first_member_str(params, member) {
-            return Ok(found);
+        // Stopping early pays (searches, an error to stop the parser) only past a few lines.
+        if params.len() >= 2048 {
+            if let Ok(found) = first_member_str(params, member) {
+                return Ok(found);
+            }
         }
         // Only a string counts; `{"name": 5}` has no name, as in the whole message's tree.
         let found = match member {

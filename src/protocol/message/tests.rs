@@ -259,3 +259,39 @@ fn param_str_reads_one_member_as_a_whole_reader_would() {
             .unwrap();
     assert_eq!(read.param_str("uri"), Ok(Some("file:///x".into())));
 }
+
+#[test]
+fn reading_up_to_a_member_agrees_with_reading_it_all_or_declines() {
+    let pad = "x".repeat(4096);
+    for params in [
+        r#"{"name":"echo","arguments":{"text":"PAD"}}"#,
+        r#"{"arguments":{"text":"PAD"},"name":"late"}"#,
+        r#"{"name":"echo","arguments":{"field":"name","t":"PAD"}}"#,
+        r#"{"name":"safe","n\u0061me":"delete_all","t":"PAD"}"#,
+        r#"{"name":"safe","arguments":{"t":"PAD"},"name":"delete_all"}"#,
+        r#"{"name":null,"arguments":{"t":"PAD"}}"#,
+        r#"{"name":{"x":"y"},"arguments":{"t":"PAD"}}"#,
+        r#"{"text":"\"name\" PAD"}"#,
+        r#"{"t":"PAD"}"#,
+    ] {
+        let params = params.replace("PAD", &pad);
+        let msg = parse(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#
+        ))
+        .unwrap();
+        let full: Option<String> = serde_json::from_str::<serde_json::Value>(&params)
+            .unwrap()
+            .get("name")
+            .and_then(|n| n.as_str().map(str::to_owned));
+        match first_member_str(params.as_bytes(), "name") {
+            Ok(early) => assert_eq!(early, full, "{}", &params[..60]),
+            // Declined only where a member could be repeated or respelled.
+            Err(()) => assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1),
+        }
+        // The public reader gives the whole tree's answer, or declines for a repeated member.
+        match msg.param_str("name") {
+            Ok(name) => assert_eq!(name, full, "{}", &params[..60]),
+            Err(()) => assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1),
+        }
+    }
+}
