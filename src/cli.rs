@@ -12,6 +12,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::LogFormat;
 
+mod tools;
+pub use tools::{
+    MatchMode, OutputFormat, ReplayArgs, RulesCommand, SessionCommand, TapeCommand, VerifyArgs,
+};
+
 /// Shadowcat: a proxy for MCP (Model Context Protocol) traffic.
 ///
 /// It sits between an MCP client and an MCP server, forwards every message faithfully, and
@@ -123,82 +128,6 @@ pub enum ForwardCommand {
     Stdio(StdioArgs),
 }
 
-/// `session` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum SessionCommand {
-    /// List sessions, newest first.
-    List {
-        /// Which sessions.
-        #[arg(long, value_enum, default_value = "all")]
-        state: crate::session::store::StateFilter,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-    },
-    /// Show one session: metadata, counts, pending requests, tags.
-    Show {
-        /// The session id (as `session list` prints it).
-        id: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-    },
-    /// Delete ended sessions from the history (and sessions whose last message is older than
-    /// --older-than, which a killed proxy left looking active).
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["older_than", "all"])))]
-    Cleanup {
-        /// Delete sessions that ended (or were last active) longer ago than this, e.g. 7d or 12h.
-        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-        older_than: Option<String>,
-        /// Delete every ended session.
-        #[arg(long)]
-        all: bool,
-        /// Print what would be deleted; delete nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-/// `rules` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum RulesCommand {
-    /// Check a rule file as the proxy would load it. Prints its rules in the order they run;
-    /// an invalid file is reported on stderr as FILE:LINE:COLUMN: what is wrong, and exits 1.
-    ///
-    /// Example: shadowcat rules check rules.yaml
-    Check {
-        /// The rule file (YAML, or JSON if it ends in .json).
-        file: PathBuf,
-    },
-    /// Run a rule file over a recorded tape and print what each rule would do, message by
-    /// message. Each message is tried as recorded, in a session tracked as the proxy tracked
-    /// it; nothing is sent and nothing waits.
-    ///
-    /// Example: shadowcat rules test rules.yaml --tape demo.jsonl
-    Test {
-        /// The rule file.
-        file: PathBuf,
-        /// The tape (from `shadowcat record` or --record).
-        #[arg(long, value_name = "FILE")]
-        tape: PathBuf,
-        /// Every rule's mode, whatever the file says (as the proxy's --rules-mode).
-        #[arg(long, value_name = "MODE")]
-        rules_mode: Option<crate::intercept::Mode>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-    },
-}
-
-/// How `session`, `tape` and `rules` commands print.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    Table,
-    /// JSON for programs.
-    Json,
-}
-
 /// `forward stdio` options.
 #[derive(Debug, Args)]
 pub struct StdioArgs {
@@ -271,116 +200,6 @@ pub struct RecordCmd {
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// The server.
-    #[command(flatten)]
-    pub server: StdioServer,
-}
-
-/// How `replay` matches a live request to a recorded one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum MatchMode {
-    /// The first unused recorded request with the same method and params (ids and `_meta`
-    /// ignored); once all such are used, the last one used again.
-    #[default]
-    MethodParams,
-    /// The next recorded request in order, whatever its params, if its method is the same.
-    Sequential,
-    /// The next recorded request in order, which must have the same method and params.
-    Strict,
-}
-
-impl MatchMode {
-    /// Its name on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MethodParams => "method-params",
-            Self::Sequential => "sequential",
-            Self::Strict => "strict",
-        }
-    }
-}
-
-/// `replay` options.
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// The tape.
-    pub tape: PathBuf,
-    /// Serve Streamable HTTP on this address (each HTTP session replays the tape afresh)
-    /// instead of stdio, e.g. 127.0.0.1:8080.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// How live requests are matched to recorded ones.
-    #[arg(long = "match", value_enum, default_value = "method-params")]
-    pub match_mode: MatchMode,
-    /// Replay speed: 1 keeps the recorded timing, 2 is twice as fast, 0 sends everything at
-    /// once.
-    #[arg(long, value_name = "FACTOR", default_value = "1", value_parser = parse_speed)]
-    pub speed: f64,
-}
-
-fn parse_speed(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(speed) if speed.is_finite() && speed >= 0.0 => Ok(speed),
-        _ => Err(format!(
-            "{text:?}: expected a factor of 0 or more, e.g. 1, 2.5 or 0"
-        )),
-    }
-}
-
-/// `tape` subcommands.
-#[derive(Debug, Subcommand)]
-#[allow(clippy::large_enum_variant)] // Parsed once per process.
-pub enum TapeCommand {
-    /// Check a server against a tape: replay the tape's client side to it and compare its
-    /// answers with the recorded ones (ids ignored). Prints a diff per mismatch; exits 1 if
-    /// any, so it can gate CI.
-    ///
-    /// Examples:
-    ///   shadowcat tape verify demo.jsonl -- python server.py
-    ///   shadowcat tape verify demo.jsonl --ignore '$.result.content[0].text' --url http://127.0.0.1:9000/mcp
-    #[command(verbatim_doc_comment)]
-    Verify(VerifyArgs),
-    /// List tapes: name, date, session, frames, duration, size.
-    List {
-        /// The directory. [default: the data dir's tapes/]
-        dir: Option<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-    },
-    /// Show a tape: its header and a timeline of its messages (direction, method, latency).
-    Show {
-        /// The tape.
-        tape: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-    },
-    /// Write a copy of a tape with the values at JSONPaths masked.
-    Redact {
-        /// The tape.
-        tape: PathBuf,
-        /// Mask the values at this RFC 9535 JSONPath in every message (repeatable).
-        #[arg(long, value_name = "JSONPATH", required = true)]
-        redact: Vec<String>,
-        /// The new tape (never the original; an existing file is not overwritten).
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-    },
-}
-
-/// `tape verify` options.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// The tape.
-    pub tape: PathBuf,
-    /// Ignore the values at this RFC 9535 JSONPath when comparing answers, e.g.
-    /// '$.result.content[0].text' (repeatable).
-    #[arg(long, value_name = "JSONPATH")]
-    pub ignore: Vec<String>,
-    /// Longest wait for each answer.
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
-    pub timeout: String,
-    /// The server to verify.
     #[command(flatten)]
     pub server: StdioServer,
 }

@@ -203,7 +203,7 @@ impl Rules {
             loaded
                 .index
                 .candidates(&loaded.set.rules, s.direction, s.msg.kind(), s.method);
-        let names = loaded.index.names(s);
+        let names = loaded.index.names(s, &candidates);
         for &i in candidates.iter() {
             // The name filter holds for the message as it came; once a rule has changed it
             // (perhaps its name), every candidate is checked in full.

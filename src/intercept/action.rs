@@ -250,13 +250,6 @@ pub enum Effect {
     Log(Log),
 }
 
-impl Effect {
-    /// Whether it ends the walk through the rules (when enforced).
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Answer(_) | Self::Replace(_) | Self::Drop)
-    }
-}
-
 impl Action {
     /// Whether the action can do anything to a message of `kind` with `method` (the rule index
     /// leaves out rules that cannot).

@@ -98,10 +98,16 @@ impl Index {
         found
     }
 
-    /// For a message that uses a named item (a tool call, ...) when some rules have conditions
-    /// on such names: which rules' name conditions hold, as a filter over rule positions.
-    pub fn names(&self, s: &mut Subject<'_>) -> NameFilter<'_> {
-        let Some(names) = self.names.iter().find(|n| s.uses(n.kind)) else {
+    /// For a message that uses a named item (a tool call, ...) when some of `candidates`
+    /// have conditions on such names: which rules' name conditions hold, as a filter over rule
+    /// positions. The name is read only then.
+    pub fn names(&self, s: &mut Subject<'_>, candidates: &[u32]) -> NameFilter<'_> {
+        let Some(names) = self.names.iter().find(|n| {
+            s.uses(n.kind)
+                && candidates
+                    .iter()
+                    .any(|&i| n.gated.get(i as usize) == Some(&true))
+        }) else {
             return NameFilter::default();
         };
         let passing = match s.name(names.kind) {
@@ -132,11 +138,13 @@ impl Names {
         let mut gated = vec![false; rules.len()];
         let mut positions = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            let Some((k, glob)) = rule.when.name_condition() else {
-                continue;
-            };
-            // A glob the set cannot take leaves its rule ungated: the walk still checks it.
-            let Some(glob) = glob.to_globset().filter(|_| k == kind) else {
+            let Some(glob) = rule
+                .when
+                .name_condition()
+                .filter(|(k, _)| *k == kind)
+                // A glob the set cannot take leaves its rule ungated: the walk still checks it.
+                .and_then(|(_, glob)| glob.to_globset())
+            else {
                 continue;
             };
             builder.add(glob);

@@ -26,13 +26,25 @@ async fn run(
     m: &Value,
     answers: Option<Method>,
 ) -> (Verdict, Metrics) {
+    run_raw(rules, session, direction, &m.to_string(), answers).await
+}
+
+/// [`run`] for a message written out (one `json!` cannot write, e.g. with a member twice).
+async fn run_raw(
+    rules: &Rules,
+    session: &Session,
+    direction: Direction,
+    raw: &str,
+    answers: Option<Method>,
+) -> (Verdict, Metrics) {
     let metrics = Metrics::default();
     let cx = Context {
         direction,
         session,
         transport: &Transport::NONE,
     };
-    let verdict = rules.process(msg(m), cx, answers.as_ref(), &metrics).await;
+    let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
+    let verdict = rules.process(m, cx, answers.as_ref(), &metrics).await;
     (verdict, metrics)
 }
 
@@ -464,20 +476,7 @@ async fn a_tool_named_twice_is_judged_by_the_name_the_server_will_read() {
     );
     let session = Session::standalone(TransportKind::Stdio, 10);
     let sneaky = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_all"}}"#;
-    let cx = Context {
-        direction: Direction::ClientToServer,
-        session: &session,
-        transport: &Transport::NONE,
-    };
-    let metrics = Metrics::default();
-    let verdict = rules
-        .process(
-            Message::parse(sneaky.as_bytes().to_vec().into()).unwrap(),
-            cx,
-            None,
-            &metrics,
-        )
-        .await;
+    let (verdict, _) = run_raw(&rules, &session, Direction::ClientToServer, sneaky, None).await;
     assert_eq!(json_of(&verdict).0, "respond");
 }
 
@@ -542,6 +541,32 @@ async fn the_name_index_leaves_out_only_rules_that_cannot_match() {
         outcome("search").await.1["error"]["message"],
         "renamed and blocked"
     );
+    // The filter itself: for a call of `echo`, every rule on a tool name is left out.
+    let loaded = rules.current.load();
+    let echo = msg(&call(9, "echo", json!({})));
+    let mut s = Subject::new(&echo, Direction::ClientToServer, &session, None);
+    let candidates = loaded.index.candidates(
+        &loaded.set.rules,
+        Direction::ClientToServer,
+        Kind::Request,
+        echo.method(),
+    );
+    assert_eq!(
+        candidates.len(),
+        3,
+        "the prompt rule is not a candidate for a tool call"
+    );
+    let names = loaded.index.names(&mut s, &candidates);
+    assert!(candidates.iter().all(|&i| names.excludes(i)));
+    let admin = msg(&call(9, "admin_x", json!({})));
+    let mut s = Subject::new(&admin, Direction::ClientToServer, &session, None);
+    let names = loaded.index.names(&mut s, &candidates);
+    let kept: Vec<&str> = candidates
+        .iter()
+        .filter(|&&i| !names.excludes(i))
+        .map(|&i| loaded.set.rules[i as usize].name.as_str())
+        .collect();
+    assert_eq!(kept, ["no-admin"]);
     // A later rule sees the name an earlier rule gave the call.
     assert_eq!(
         outcome("old_search").await.1["error"]["message"],
