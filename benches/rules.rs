@@ -100,6 +100,7 @@ fn rules(c: &mut Criterion) {
                         direction: Direction::ClientToServer,
                         session: &session,
                         transport: &Transport::NONE,
+                        client: shadowcat::proxy::Client::Local,
                     };
                     // No rule waits, so the future is ready at once.
                     let verdict = rules

@@ -253,6 +253,12 @@ pub struct ReverseArgs {
     /// CORS answers. [default: http(s)://localhost, 127.0.0.1 and [::1], any port]
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origin: Vec<String>,
+    /// A proxy in front of the gateway whose X-Forwarded-For is believed, as an address or a
+    /// CIDR range, e.g. 10.0.0.0/8 (repeatable). Per-client rate limits key on the socket's
+    /// peer address, or behind these proxies on the nearest untrusted X-Forwarded-For address.
+    /// [default: none: X-Forwarded-For is ignored]
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    pub trusted_proxy: Vec<String>,
     /// Address for /healthz, /readyz and /metrics (Prometheus). [default: off]
     #[arg(long, env = "SHADOWCAT_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -354,6 +360,13 @@ pub struct ProxyArgs {
         requires = "rules"
     )]
     pub rules_mode: Option<crate::intercept::Mode>,
+    /// A rate limit (repeatable; docs/rate-limits.md): PER=RATE[,burst=N][,method=GLOB]
+    /// [,tool=GLOB][,keys=N][,name=NAME], where PER is global, session, client, method or tool
+    /// and RATE is like 10/s, 100/min or 5/30s; e.g. client=10/s,burst=20. A request over a
+    /// limit is answered with a rate_limited error (HTTP: 429 with Retry-After), a notification
+    /// over one is dropped. [default: no limits]
+    #[arg(long = "rate-limit", value_name = "LIMIT")]
+    pub rate_limit: Vec<String>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {

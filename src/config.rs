@@ -67,6 +67,8 @@ pub struct Config {
     pub recording: Option<crate::tape::Recording>,
     /// Interceptor rules (`--rules`), loaded and checked.
     pub rules: Option<std::sync::Arc<crate::intercept::Rules>>,
+    /// Rate limits (`--rate-limit`), each with a unique name.
+    pub rate_limits: Vec<crate::ratelimit::LimitSpec>,
 }
 
 /// Where session history goes.
@@ -143,6 +145,8 @@ struct FileConfig {
     sse_keepalive: Option<Scalar>,
     rules: Option<PathBuf>,
     rules_mode: Option<crate::intercept::Mode>,
+    rate_limit: Option<Vec<String>>,
+    trusted_proxy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,7 +268,14 @@ impl Config {
                     ));
                 }
             };
+        let mut rate_limits = reverse::listed(&p.rate_limit, proxy.and(file.rate_limit))
+            .iter()
+            .map(|text| crate::ratelimit::LimitSpec::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("--rate-limit", e))?;
+        crate::ratelimit::spec::unique_names(&mut rate_limits);
         Ok(Self {
+            rate_limits,
             log_level: global
                 .log_level
                 .clone()
@@ -319,7 +330,7 @@ impl Config {
 pub mod recording;
 mod reverse;
 pub use reverse::{
-    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream,
+    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream, TrustedProxies,
     is_loopback_authority,
 };
 

@@ -29,6 +29,7 @@ pub mod config;
 pub mod intercept;
 pub mod protocol;
 pub mod proxy;
+pub mod ratelimit;
 pub mod session;
 pub mod tape;
 pub mod telemetry;

@@ -26,4 +26,4 @@ pub mod task;
 pub mod timeouts;
 pub mod tracker;
 
-pub use pipeline::{Context, Pipeline, Stage, Verdict};
+pub use pipeline::{Client, Context, Pipeline, Stage, Verdict};

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use tracing_subscriber::EnvFilter;
@@ -72,6 +72,12 @@ pub fn init_tracing(
 pub struct Metrics {
     /// Interceptor rule actions, by rule, action and mode.
     rules: Family<RuleLabels, Counter>,
+    /// Rate-limit decisions, by limit, key kind and outcome.
+    rate_limits: Family<RateLimitLabels, Counter>,
+    /// Keys a keyed limit forgot before their time (it was full), by limit.
+    rate_limit_evictions: Family<LimitLabels, Counter>,
+    /// Keys a keyed limit holds, by limit.
+    rate_limit_keys: Family<LimitLabels, Gauge>,
     forwarded: [AtomicU64; 2],
     answered_by_proxy: [AtomicU64; 2],
     malformed: [AtomicU64; 2],
@@ -133,6 +139,41 @@ impl Metrics {
     /// The rule counters, for a registry.
     pub fn rule_counters(&self) -> Family<RuleLabels, Counter> {
         self.rules.clone()
+    }
+
+    /// The counter of `outcome` (`allowed`, `refused`, `dropped`) for rate limit `limit`, which
+    /// is per `key`.
+    pub fn rate_limit_counter(
+        &self,
+        limit: &str,
+        key: &'static str,
+        outcome: &'static str,
+    ) -> Counter {
+        self.rate_limits
+            .get_or_create(&RateLimitLabels {
+                limit: limit.to_owned(),
+                key,
+                outcome,
+            })
+            .clone()
+    }
+
+    /// The eviction counter of rate limit `limit`.
+    pub fn rate_limit_evictions(&self, limit: &str) -> Counter {
+        self.rate_limit_evictions
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The key gauge of rate limit `limit`.
+    pub fn rate_limit_keys(&self, limit: &str) -> Gauge {
+        self.rate_limit_keys
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .clone()
     }
 
     /// A message was forwarded in `direction`.
@@ -203,6 +244,24 @@ pub struct RuleLabels {
     pub action: &'static str,
     /// `enforce` (it acted) or `audit` (it would have).
     pub mode: &'static str,
+}
+
+/// `limit`, `key`, `outcome`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// The limit's name.
+    pub limit: String,
+    /// What it is per: `global`, `session`, `client`, `method`, `tool`.
+    pub key: &'static str,
+    /// `allowed`, `refused` (a request, answered with an error) or `dropped` (a notification).
+    pub outcome: &'static str,
+}
+
+/// `limit`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The limit's name.
+    pub limit: String,
 }
 
 /// `method`.
@@ -358,6 +417,21 @@ impl GatewayMetrics {
             "shadowcat_rule_actions",
             "Interceptor rule actions, by rule, action and mode (enforce, or audit: would have)",
             pipeline.rule_counters(),
+        );
+        registry.register(
+            "shadowcat_rate_limit_checks",
+            "Rate-limit decisions, by limit, key kind and outcome (allowed, refused, dropped)",
+            pipeline.rate_limits.clone(),
+        );
+        registry.register(
+            "shadowcat_rate_limit_evictions",
+            "Keys a full keyed rate limit forgot before their time, by limit",
+            pipeline.rate_limit_evictions.clone(),
+        );
+        registry.register(
+            "shadowcat_rate_limit_keys",
+            "Keys a keyed rate limit holds now, by limit",
+            pipeline.rate_limit_keys.clone(),
         );
         registry.register_collector(Box::new(Live { sessions, pipeline }));
         Self {

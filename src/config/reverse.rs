@@ -104,6 +104,53 @@ pub struct ReverseConfig {
     pub sse_replay_events: usize,
     /// Keep-alive comment interval on idle SSE streams (`None`: off).
     pub sse_keepalive: Option<Duration>,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// A repeatable option: the command line's values if it gives any, else the file's.
+pub(super) fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli.to_vec()
+    }
+}
+
+/// `--trusted-proxy`: the addresses whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Reads addresses (`10.0.0.1`, `::1`) and CIDR ranges (`10.0.0.0/8`).
+    pub fn parse(items: &[String]) -> Result<Self, ConfigError> {
+        items
+            .iter()
+            .map(|item| {
+                let item = item.trim();
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "--trusted-proxy",
+                            format!("{item:?}: expected an IP address or a CIDR range such as 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether none is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` is a trusted proxy (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl ReverseConfig {
@@ -154,22 +201,12 @@ impl ReverseConfig {
                 cwd: args.child.cwd.clone(),
             })
         };
-        let headers = if args.upstream_header.is_empty() {
-            file.upstream_header.unwrap_or_default()
-        } else {
-            args.upstream_header.clone()
-        };
         let mut upstream_headers = http::HeaderMap::new();
-        for line in &headers {
+        for line in &listed(&args.upstream_header, file.upstream_header) {
             let (name, value) = parse_header(line, "--upstream-header")?;
             upstream_headers.append(name, value);
         }
-        let origins = if args.allowed_origin.is_empty() {
-            file.allowed_origin.unwrap_or_default()
-        } else {
-            args.allowed_origin.clone()
-        };
-        let allowed_origins = parse_origins(&origins)?;
+        let allowed_origins = parse_origins(&listed(&args.allowed_origin, file.allowed_origin))?;
         let connect_timeout = match pick(
             args.upstream_options.connect_timeout.as_ref(),
             file.connect_timeout.as_ref(),
@@ -188,7 +225,10 @@ impl ReverseConfig {
             Some(text) => parse_optional_duration(&text, "--sse-keepalive")?,
             None => Some(crate::proxy::reverse::stream::DEFAULT_KEEPALIVE),
         };
+        let trusted_proxies =
+            TrustedProxies::parse(&listed(&args.trusted_proxy, file.trusted_proxy))?;
         Ok(Self {
+            trusted_proxies,
             listen,
             path,
             upstream,
@@ -294,6 +334,7 @@ impl ReverseConfig {
             upstream,
             upstream_headers,
             allowed_origins: AllowedOrigins::Localhost,
+            trusted_proxies: TrustedProxies::default(),
             admin_listen: None,
             connect_timeout,
             upstream_ca: load_ca(

@@ -248,6 +248,7 @@ impl<'a> DryRun<'a> {
             direction: frame.direction,
             session: &session,
             transport: &frame.transport,
+            client: crate::proxy::Client::Local,
         };
         let (verdict, answers) = self.tracker.track(msg, cx);
         if let Some(answers) = &answers {

@@ -42,6 +42,7 @@ async fn run_raw(
         direction,
         session,
         transport: &Transport::NONE,
+        client: crate::proxy::Client::Local,
     };
     let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
     let verdict = rules.process(m, cx, answers.as_ref(), &metrics).await;

@@ -57,11 +57,13 @@ pub enum ErrorCode {
     /// `-32091`: an interceptor rule blocks the message (`block:`; a rule may give its own
     /// code).
     BlockedByRule,
+    /// `-32092`: a rate limit refuses the request (`data.retryAfterMs` says when to retry).
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidParams,
@@ -80,6 +82,7 @@ impl ErrorCode {
         Self::TooManySessions,
         Self::ReplayUnmatched,
         Self::BlockedByRule,
+        Self::RateLimited,
     ];
 
     /// The numeric JSON-RPC code.
@@ -103,6 +106,7 @@ impl ErrorCode {
             Self::TooManySessions => -32089,
             Self::ReplayUnmatched => -32090,
             Self::BlockedByRule => -32091,
+            Self::RateLimited => -32092,
         }
     }
 
@@ -127,6 +131,7 @@ impl ErrorCode {
             Self::TooManySessions => "too_many_sessions",
             Self::ReplayUnmatched => "replay_unmatched",
             Self::BlockedByRule => "blocked_by_rule",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

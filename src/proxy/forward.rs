@@ -175,6 +175,7 @@ impl<'a> ForwardStdio<'a> {
         let pipeline = Arc::new(Pipeline::new(
             metrics.clone(),
             sessions.clone(),
+            &config.rate_limits,
             crate::intercept::start(config.rules.as_ref()),
         ));
         // A queue must hold at least one largest message.

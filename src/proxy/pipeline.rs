@@ -9,19 +9,19 @@
 //! Order (documented here and in docs/architecture.md):
 //! 1. session tracking ([`RequestTracker`]) — counts the message towards its session, correlates
 //!    requests and responses, reads the `initialize` exchange.
-//!
-//! 2. interceptor rules (`--rules`, [`crate::intercept`]) — block, mock, modify, delay, tag,
-//!    log, hide; a response is matched by the method of the request it answers.
-//! 3. recording (`--record`) — what the stages decided is written to the session's tape, if it
+//! 2. rate limits (`--rate-limit`, [`crate::ratelimit`]) — a client's request over a limit is
+//!    answered with `rate_limited`, a notification over one is dropped.
+//! 3. interceptor rules (`--rules`, [`crate::intercept`]) — block, mock, modify, delay, tag,
+//!    log, hide, rate_limit; a response is matched by the method of the request it answers.
+//! 4. recording (`--record`) — what the stages decided is written to the session's tape, if it
 //!    has one: a message as it goes on (as rules left it), or as it came when the proxy
 //!    answered or dropped it, and the proxy's answer.
-//!
-//! Rate limiting slots in before the rules.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::protocol::{Direction, Message};
+use crate::protocol::{Direction, Kind, Message};
+use crate::ratelimit::{LimitSpec, RateLimits, Refusal};
 use crate::session::{Session, SessionManager};
 use crate::tape::Transport;
 use crate::telemetry::Metrics;
@@ -37,6 +37,20 @@ pub struct Context<'a> {
     pub session: &'a Session,
     /// How the transport carried it (HTTP status, SSE event id, stream), for the tape.
     pub transport: &'a Transport,
+    /// Who sent it, as far as the transport can tell (what per-client limits key on).
+    pub client: Client<'a>,
+}
+
+/// Who a client is, as far as the transport can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client<'a> {
+    /// The one local client of a stdio proxy (and the sender of any server→client message).
+    Local,
+    /// An HTTP client, by address: the socket's peer, or behind a `--trusted-proxy` the
+    /// address `X-Forwarded-For` gives.
+    Address(std::net::IpAddr),
+    /// An authenticated subject (once the gateway authenticates clients).
+    Subject(&'a str),
 }
 
 /// What to do with a message.
@@ -60,22 +74,31 @@ pub trait Stage: Send + Sync {
 #[derive(Debug)]
 pub struct Pipeline {
     tracker: RequestTracker,
+    limits: Option<RateLimits>,
     rules: Option<Arc<crate::intercept::Rules>>,
     metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline in its documented order; `rules` from `--rules`.
+    /// Builds the pipeline in its documented order: `limits` from `--rate-limit`, `rules` from
+    /// `--rules`.
     pub fn new(
         metrics: Arc<Metrics>,
         sessions: Arc<SessionManager>,
+        limits: &[LimitSpec],
         rules: Option<Arc<crate::intercept::Rules>>,
     ) -> Self {
         Self {
             tracker: RequestTracker::new(metrics.clone(), sessions),
+            limits: (!limits.is_empty()).then(|| RateLimits::new(limits, &metrics)),
             rules,
             metrics,
         }
+    }
+
+    /// The rate limits, if any.
+    pub fn limits(&self) -> Option<&RateLimits> {
+        self.limits.as_ref()
     }
 
     /// The counters the pipeline's stages update.
@@ -97,15 +120,33 @@ impl Pipeline {
 
     async fn stages(&self, msg: Message, cx: Context<'_>) -> Verdict {
         let (verdict, answers) = self.tracker.track(msg, cx);
-        match (verdict, &self.rules) {
-            (Verdict::Forward(msg), Some(rules)) => {
+        let Verdict::Forward(msg) = verdict else {
+            return verdict;
+        };
+        if let Some(refusal) = self.limits.as_ref().and_then(|l| l.check(&msg, &cx).err()) {
+            return refuse(&msg, cx, &refusal);
+        }
+        match &self.rules {
+            Some(rules) => {
                 rules
                     .process(msg, cx, answers.as_ref(), &self.metrics)
                     .await
             }
-            (verdict, _) => verdict,
+            None => Verdict::Forward(msg),
         }
     }
+}
+
+/// A limit refused `msg`: a request is answered with the `rate_limited` error (and no longer
+/// awaits an answer from the receiver); a notification is dropped.
+pub fn refuse(msg: &Message, cx: Context<'_>, refusal: &Refusal) -> Verdict {
+    if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+        cx.session.pending(cx.direction).remove(id);
+        tracing::debug!(session = %cx.session.id(), limit = %refusal.limit, retry_after_ms = refusal.retry_after_ms(), "refused a request over a rate limit");
+        return Verdict::Respond(Message::error_response(Some(id), &refusal.error()));
+    }
+    tracing::debug!(session = %cx.session.id(), limit = %refusal.limit, "dropped a notification over a rate limit");
+    Verdict::Drop
 }
 
 /// Writes what happened to `msg` to the session's tape: the message as it went on (as rules

@@ -101,6 +101,7 @@ impl<R: Deliver> Relay<R> {
             direction: self.direction,
             session: &self.session,
             transport: &crate::tape::Transport::NONE,
+            client: crate::proxy::Client::Local,
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;

@@ -93,6 +93,8 @@ pub async fn run(
             tracing::debug!(%e, "cannot set TCP_NODELAY");
         }
     });
+    // Each request knows its peer's address (per-client rate limits key on it).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { serve.await });
     let outcome = tokio::select! {

@@ -243,6 +243,7 @@ mod tests {
                     direction,
                     session,
                     transport: &crate::tape::Transport::NONE,
+                    client: crate::proxy::Client::Local,
                 },
             )
             .0

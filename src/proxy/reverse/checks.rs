@@ -13,9 +13,10 @@ use bytes::Bytes;
 use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::config::is_loopback_authority;
+use crate::config::{TrustedProxies, is_loopback_authority};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Message, version};
+use crate::proxy::Client;
 use crate::session::SessionId;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 
@@ -31,8 +32,63 @@ pub(super) fn cors(gateway: &Gateway) -> tower_http::cors::CorsLayer {
         .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
         // MCP's request headers include `Mcp-Param-*`, which no fixed list can name.
         .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([MCP_SESSION_ID.clone(), MCP_PROTOCOL_VERSION.clone()])
+        .expose_headers([
+            MCP_SESSION_ID.clone(),
+            MCP_PROTOCOL_VERSION.clone(),
+            http::header::RETRY_AFTER,
+            http::HeaderName::from_static("ratelimit"),
+            http::HeaderName::from_static("ratelimit-policy"),
+        ])
         .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// Who a request comes from: the socket's peer address, or, when that peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not one (read right to left, each trusted
+/// hop vouching for the one before it). Without a socket address (a request handed in by a
+/// test), the local client.
+pub(super) fn client_of(
+    trusted: &TrustedProxies,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+) -> Client<'static> {
+    let Some(peer) = peer else {
+        return Client::Local;
+    };
+    let mut ip = peer.ip().to_canonical();
+    if trusted.is_empty() || !trusted.contains(ip) {
+        return Client::Address(ip);
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        // Something unreadable: nothing before it can be believed; the last trusted hop stands.
+        let Some(hop) = parse_hop(hop) else {
+            break;
+        };
+        ip = hop;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    Client::Address(ip)
+}
+
+/// One `X-Forwarded-For` entry: an address, perhaps with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<std::net::IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<std::net::IpAddr>()
+        .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| {
+            hop.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+        })
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// Origin (always) and Host (when bound to loopback: DNS rebinding) validation.
@@ -280,5 +336,74 @@ mod tests {
         h.insert(ACCEPT, HeaderValue::from_static("text/html"));
         let a = accepts(&h);
         assert!(!a.json && !a.sse);
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "::1".into()]).unwrap();
+        let peer = |ip: &str| Some(std::net::SocketAddr::new(ip.parse().unwrap(), 5000));
+        let ip = |text: &str| Client::Address(text.parse().unwrap());
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let spoof = xff(&["203.0.113.9"]);
+        // An untrusted peer's header changes nothing, nor does any header without trust.
+        assert_eq!(
+            client_of(&trusted, peer("192.0.2.1"), &spoof),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            client_of(&TrustedProxies::default(), peer("10.0.0.1"), &spoof),
+            ip("10.0.0.1")
+        );
+        // Behind a trusted proxy: the nearest untrusted hop, right to left.
+        assert_eq!(
+            client_of(&trusted, peer("10.0.0.1"), &spoof),
+            ip("203.0.113.9")
+        );
+        let chain = xff(&["198.51.100.1, 203.0.113.9, 10.1.1.1"]);
+        assert_eq!(
+            client_of(&trusted, peer("10.0.0.1"), &chain),
+            ip("203.0.113.9")
+        );
+        // Several headers read as one list; ports and brackets are allowed.
+        let split = xff(&["198.51.100.1", "203.0.113.9:4711, 10.2.2.2"]);
+        assert_eq!(
+            client_of(&trusted, peer("10.0.0.1"), &split),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_of(&trusted, peer("::1"), &xff(&["[2001:db8::7]:443"])),
+            ip("2001:db8::7")
+        );
+        // All hops trusted: the farthest. Garbage: the last trusted hop stands.
+        assert_eq!(
+            client_of(&trusted, peer("10.0.0.1"), &xff(&["10.9.9.9"])),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            client_of(
+                &trusted,
+                peer("10.0.0.1"),
+                &xff(&["203.0.113.9, nonsense, 10.3.3.3"])
+            ),
+            ip("10.3.3.3")
+        );
+        assert_eq!(
+            client_of(&trusted, peer("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        // An IPv4-mapped peer is its IPv4 address.
+        assert_eq!(
+            client_of(&trusted, peer("::ffff:10.0.0.1"), &spoof),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_of(&trusted, None, &spoof), Client::Local);
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::parse(&["proxy.local".into()]).is_err());
     }
 }

@@ -23,7 +23,7 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message};
 use crate::proxy::link::StdioLink;
 use crate::proxy::outbox::Deliver;
-use crate::proxy::pipeline::{Context, Pipeline, Verdict};
+use crate::proxy::pipeline::{Client, Context, Pipeline, Verdict};
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
@@ -137,6 +137,7 @@ impl Gateway {
             pipeline: Arc::new(Pipeline::new(
                 metrics.clone(),
                 sessions.clone(),
+                &config.rate_limits,
                 crate::intercept::start(config.rules.as_ref()),
             )),
             metrics: GatewayMetrics::new(sessions.clone(), metrics),
@@ -525,12 +526,13 @@ impl Gateway {
         }
     }
 
-    /// Runs one client message through the pipeline (client→server).
-    pub async fn inbound(&self, session: &Session, msg: Message) -> Verdict {
+    /// Runs one message from `client` through the pipeline (client→server).
+    pub async fn inbound(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
         let cx = Context {
             direction: Direction::ClientToServer,
             session,
             transport: &crate::tape::Transport::NONE,
+            client,
         };
         self.pipeline.process(msg, cx).await
     }

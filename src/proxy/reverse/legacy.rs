@@ -119,9 +119,15 @@ pub struct Target {
 pub async fn message(
     State(gateway): State<Arc<Gateway>>,
     Query(target): Query<Target>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let client = super::checks::client_of(
+        &gateway.reverse.trusted_proxies,
+        peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr),
+        &headers,
+    );
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
@@ -162,7 +168,7 @@ pub async fn message(
             Err(e) => events.push(e.to_response().raw()),
             Ok(msg) => {
                 let request = msg.request_id().cloned();
-                match gateway.inbound(&link.session, msg).await {
+                match gateway.inbound(&link.session, msg, client).await {
                     Verdict::Forward(msg) => {
                         gateway
                             .pipeline

@@ -5,21 +5,26 @@
 //! is, or `text/event-stream` when the server says more first (progress, logging, its own
 //! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` opens the session's
 //! own stream (see [`super::listen`]). The checks every request passes, and the refusals, are in
-//! [`super::checks`].
+//! [`super::checks`]. A POST whose every message a rate limit refused is answered 429, with
+//! `Retry-After` and the `RateLimit` headers (a batch that was only partly refused gets the
+//! refusals among its answers).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use std::net::SocketAddr;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
 use crate::proxy::relay::MAX_BATCH_MESSAGES;
+use crate::ratelimit::Refusal;
 use crate::session::{EndReason, SessionError};
 use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::transport::sse;
@@ -27,8 +32,8 @@ use crate::transport::sse;
 use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
 use super::checks::{
-    accepts, check_content_type, cors, guard, json_response, method_not_allowed, read_frame,
-    refuse, session_of,
+    accepts, check_content_type, client_of, cors, guard, json_response, method_not_allowed,
+    read_frame, refuse, session_of,
 };
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
@@ -78,7 +83,17 @@ async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 
 /// `POST`: one message or batch from the client.
 #[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
-async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+async fn post(
+    State(gateway): State<Arc<Gateway>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client = client_of(
+        &gateway.reverse.trusted_proxies,
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+        &headers,
+    );
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
@@ -218,6 +233,8 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
     let mut expected = Vec::new();
     let mut tokens = Vec::new();
     let mut answers = Vec::new();
+    // The first rate-limit refusal, and how many answers are refusals.
+    let mut limited: Option<(Refusal, usize)> = None;
     // At a shared child, requests go under ids of our own.
     let mut aliases = shared.then(Aliases::default);
     for member in members {
@@ -246,7 +263,7 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                 let token = request
                     .as_ref()
                     .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
-                match gateway.inbound(&link.session, msg).await {
+                match gateway.inbound(&link.session, msg, client).await {
                     crate::proxy::Verdict::Forward(msg) => {
                         gateway
                             .pipeline
@@ -270,6 +287,9 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
                             .pipeline
                             .metrics()
                             .answered_by_proxy(crate::protocol::Direction::ClientToServer);
+                        if let Some(refusal) = Refusal::from_answer(&answer) {
+                            limited.get_or_insert((refusal, 0)).1 += 1;
+                        }
                         let answer = answer.raw().clone();
                         answers.push(match &aliases {
                             Some(aliases) => aliases.outbound(answer),
@@ -282,6 +302,17 @@ async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
         }
     }
 
+    if let Some((refusal, count)) = limited {
+        if forwarded.is_empty() && count == answers.len() {
+            // Refused by rate limits, all of it: 429, with when to come back.
+            if new_session && !stateless {
+                gateway.sessions.end(link.session.id(), EndReason::Error);
+            }
+            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, join(&answers, batch));
+            response.headers_mut().extend(refusal.headers());
+            return response;
+        }
+    }
     let (reply, mut replies) = reply_channel(expected.len());
     if expected.is_empty() {
         if new_session && !stateless {

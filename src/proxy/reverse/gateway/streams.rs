@@ -297,6 +297,7 @@ impl Gateway {
                 direction: Direction::ServerToClient,
                 session: &link.session,
                 transport,
+                client: crate::proxy::Client::Local,
             };
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {

@@ -1,0 +1,339 @@
+//! Rate limiting (`--rate-limit`, the config file's `rate_limit`, docs/rate-limits.md): the
+//! pipeline's second stage, after session tracking and before the rules.
+//!
+//! - [`spec`]: a limit as written (`client=10/s,burst=20`).
+//! - [`store`]: the bounded per-key state of a keyed limit.
+//!
+//! Each limit is governor's GCRA with a rate and a burst, over one bucket (`global`) or one per
+//! session, client, method or tool. Only what a client sends counts: its requests and
+//! notifications (responses, to the server's own requests, never do; nor do
+//! `notifications/initialized` and `notifications/cancelled`, whose loss would break the
+//! session rather than slow it). Limits are checked narrowest first (tool, method, session,
+//! client, global) and the first to refuse ends the check.
+//!
+//! A refused request is answered with the `rate_limited` error (`data.retryAfterMs`) and not
+//! forwarded; over HTTP the answer is a 429 with `Retry-After`, `RateLimit-Policy` and
+//! `RateLimit` (see [`Refusal::headers`]). A refused notification is dropped and counted.
+
+pub mod spec;
+mod store;
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::Value;
+
+pub use spec::{LimitSpec, Per, Rate};
+pub use store::Store;
+
+use crate::protocol::error::{ErrorCode, ProxyError};
+use crate::protocol::{Direction, Kind, Message, Method};
+use crate::proxy::{Client, Context};
+use crate::telemetry::Metrics;
+
+/// The limits of one proxy.
+#[derive(Debug)]
+pub struct RateLimits<C: Clock = MonotonicClock> {
+    /// Narrowest first.
+    limits: Vec<Limit<C>>,
+    /// Seeds key hashes (a sender cannot aim collisions).
+    hasher: RandomState,
+    clock: C,
+}
+
+/// One limit and its state.
+#[derive(Debug)]
+pub struct Limit<C: Clock> {
+    spec: Arc<LimitSpec>,
+    bucket: Bucket<C>,
+    allowed: Counter,
+    refused: Counter,
+    dropped: Counter,
+}
+
+#[derive(Debug)]
+enum Bucket<C: Clock> {
+    One(RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>),
+    Keyed(RateLimiter<u64, Store, C, NoOpMiddleware<C::Instant>>),
+}
+
+impl RateLimits {
+    /// The limits `specs`, counted in `metrics`, on the monotonic clock.
+    pub fn new(specs: &[LimitSpec], metrics: &Metrics) -> Self {
+        Self::with_clock(specs, metrics, MonotonicClock)
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// The limits `specs` on `clock` (tests use governor's fake clock).
+    pub fn with_clock(specs: &[LimitSpec], metrics: &Metrics, clock: C) -> Self {
+        let mut limits: Vec<Limit<C>> = specs
+            .iter()
+            .map(|spec| Limit::new(Arc::new(spec.clone()), metrics, clock.clone()))
+            .collect();
+        limits.sort_by_key(|l| l.spec.per.narrowness());
+        Self {
+            limits,
+            hasher: RandomState::new(),
+            clock,
+        }
+    }
+}
+
+impl<C: Clock> RateLimits<C> {
+    /// Whether there are no limits.
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    /// The limits, narrowest first.
+    pub fn limits(&self) -> impl Iterator<Item = &LimitSpec> {
+        self.limits.iter().map(|l| &*l.spec)
+    }
+
+    /// Keys a keyed limit holds now (`None` for `global` or an unknown name).
+    pub fn keys(&self, name: &str) -> Option<usize> {
+        self.limits
+            .iter()
+            .find(|l| l.spec.name == name)
+            .and_then(|l| match &l.bucket {
+                Bucket::One(_) => None,
+                Bucket::Keyed(limiter) => Some(limiter.len()),
+            })
+    }
+
+    /// Forgets every key whose time has passed and returns the memory (a keyed limit also does
+    /// this a little at a time as new keys come).
+    pub fn prune(&self) {
+        for limit in &self.limits {
+            if let Bucket::Keyed(limiter) = &limit.bucket {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Counts `msg` against every limit it falls under; the first that refuses says so.
+    pub fn check(&self, msg: &Message, cx: &Context<'_>) -> Result<(), Refusal> {
+        if cx.direction != Direction::ClientToServer || self.limits.is_empty() {
+            return Ok(());
+        }
+        let Some(method) = msg.method() else {
+            return Ok(());
+        };
+        if !matches!(msg.kind(), Kind::Request | Kind::Notification)
+            || matches!(method, Method::Initialized | Method::Cancelled)
+        {
+            return Ok(());
+        }
+        // Read once, if a limit needs it.
+        let mut tool: Option<Option<String>> = None;
+        for limit in &self.limits {
+            let spec = &limit.spec;
+            if !spec.methods.is_empty() && !spec.methods.iter().any(|g| g.is_match(method.as_str()))
+            {
+                continue;
+            }
+            if !spec.tools.is_empty() || spec.per == Per::Tool {
+                let name = tool.get_or_insert_with(|| tool_name(msg, method));
+                let Some(name) = name.as_deref() else {
+                    continue;
+                };
+                if !spec.tools.is_empty() && !spec.tools.iter().any(|g| g.is_match(name)) {
+                    continue;
+                }
+            }
+            let key = match spec.per {
+                Per::Global => None,
+                Per::Session => Some(self.hasher.hash_one(cx.session.id().as_str())),
+                Per::Client => Some(match cx.client {
+                    Client::Local => self.hasher.hash_one(0_u8),
+                    Client::Address(ip) => self.hasher.hash_one(ip),
+                    Client::Subject(subject) => self.hasher.hash_one(subject),
+                }),
+                Per::Method => Some(self.hasher.hash_one(method.as_str())),
+                Per::Tool => Some(
+                    self.hasher
+                        .hash_one(tool.as_ref().and_then(Option::as_deref)),
+                ),
+            };
+            let outcome = match (&limit.bucket, key) {
+                (Bucket::One(limiter), _) => limiter.check(),
+                (Bucket::Keyed(limiter), Some(key)) => limiter.check_key(&key),
+                (Bucket::Keyed(_), None) => Ok(()),
+            };
+            match outcome {
+                Ok(()) => limit.allowed.inc(),
+                Err(not_until) => {
+                    let retry_after = not_until.wait_time_from(self.clock.now());
+                    if msg.kind() == Kind::Notification {
+                        limit.dropped.inc();
+                    } else {
+                        limit.refused.inc();
+                    }
+                    return Err(Refusal::new(&limit.spec, retry_after));
+                }
+            };
+        }
+        Ok(())
+    }
+}
+
+impl<C: Clock> Limit<C> {
+    fn new(spec: Arc<LimitSpec>, metrics: &Metrics, clock: C) -> Self {
+        // `Rate::parse` keeps the interval at 1 ns or more.
+        let quota = Quota::with_period(spec.rate.period / spec.rate.count.get())
+            .unwrap_or_else(|| Quota::per_second(spec.rate.count))
+            .allow_burst(spec.burst);
+        let bucket = match spec.per {
+            Per::Global => Bucket::One(RateLimiter::direct_with_clock(quota, clock)),
+            _ => Bucket::Keyed(RateLimiter::new(
+                quota,
+                Store::new(
+                    spec.max_keys,
+                    quota.replenish_interval().into(),
+                    metrics.rate_limit_evictions(&spec.name),
+                    metrics.rate_limit_keys(&spec.name),
+                ),
+                clock,
+            )),
+        };
+        let counter = |outcome| metrics.rate_limit_counter(&spec.name, spec.per.as_str(), outcome);
+        Self {
+            allowed: counter("allowed"),
+            refused: counter("refused"),
+            dropped: counter("dropped"),
+            bucket,
+            spec,
+        }
+    }
+}
+
+/// The tool a `tools/call` names, as the server will read it (`None` for anything else).
+fn tool_name(msg: &Message, method: &Method) -> Option<String> {
+    if *method != Method::ToolsCall {
+        return None;
+    }
+    match msg.param_str("name") {
+        Ok(name) => name,
+        // A repeated member: the last one wins, as in the server's reader.
+        Err(()) => msg
+            .params_bytes()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            .and_then(|p| p.get("name")?.as_str().map(str::to_owned)),
+    }
+}
+
+/// A limit said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The limit's name.
+    pub limit: String,
+    /// What it counts separately.
+    pub per: Per,
+    /// Its rate.
+    pub rate: Rate,
+    /// Its burst.
+    pub burst: u32,
+    /// When the next message would pass.
+    pub retry_after: Duration,
+}
+
+impl Refusal {
+    fn new(spec: &LimitSpec, retry_after: Duration) -> Self {
+        Self {
+            limit: spec.name.clone(),
+            per: spec.per,
+            rate: spec.rate,
+            burst: spec.burst.get(),
+            retry_after,
+        }
+    }
+
+    /// Milliseconds until the next message would pass, rounded up.
+    pub fn retry_after_ms(&self) -> u64 {
+        u64::try_from(self.retry_after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+
+    /// The `rate_limited` error a refused request is answered with.
+    pub fn error(&self) -> ProxyError {
+        ProxyError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "rate limit {:?} ({} per {}, burst {}) exceeded; retry in {} ms",
+                self.limit,
+                self.rate,
+                self.per.as_str(),
+                self.burst,
+                self.retry_after_ms()
+            ),
+        )
+        .with("retryAfterMs", self.retry_after_ms())
+        .with("limit", self.limit.clone())
+        .with("per", self.per.as_str())
+        .with("rate", self.rate.to_string())
+        .with("burst", self.burst)
+    }
+
+    /// The refusal an answer carries, if it is a `rate_limited` error (the HTTP side turns it
+    /// into a 429).
+    pub fn from_answer(answer: &Message) -> Option<Self> {
+        if answer.kind() != Kind::Error
+            || memchr::memmem::find(answer.raw(), b"\"rate_limited\"").is_none()
+        {
+            return None;
+        }
+        let body: Value = serde_json::from_slice(answer.raw()).ok()?;
+        let data = body.get("error")?.get("data")?;
+        if data.get("shadowcat")? != "rate_limited" {
+            return None;
+        }
+        let per = data.get("per")?.as_str()?;
+        Some(Self {
+            limit: data.get("limit")?.as_str()?.to_owned(),
+            per: Per::ALL.into_iter().find(|p| p.as_str() == per)?,
+            rate: Rate::parse(data.get("rate")?.as_str()?).ok()?,
+            burst: u32::try_from(data.get("burst")?.as_u64()?).ok()?,
+            retry_after: Duration::from_millis(data.get("retryAfterMs")?.as_u64()?),
+        })
+    }
+
+    /// The 429's headers: `Retry-After` (whole seconds, rounded up), and the IETF draft's
+    /// `RateLimit-Policy` (the limit: `q` per `w` seconds) and `RateLimit` (`r` left, full
+    /// again in `t` seconds).
+    pub fn headers(&self) -> HeaderMap {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        let mut headers = HeaderMap::new();
+        let mut put = |name: HeaderName, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        put(http::header::RETRY_AFTER, secs.to_string());
+        put(
+            HeaderName::from_static("ratelimit-policy"),
+            format!(
+                "\"{}\";q={};w={}",
+                self.limit,
+                self.rate.count,
+                self.rate.window_secs()
+            ),
+        );
+        put(
+            HeaderName::from_static("ratelimit"),
+            format!("\"{}\";r=0;t={secs}", self.limit),
+        );
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests;
