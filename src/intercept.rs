@@ -33,6 +33,7 @@ pub use file::{Mode, Rule, RuleSet, RulesError};
 
 use crate::protocol::{Kind, Message, Method};
 use crate::proxy::{Context, Verdict};
+use crate::ratelimit::LimitClock;
 use crate::telemetry::Metrics;
 use action::Effect;
 use matcher::Subject;
@@ -48,6 +49,8 @@ pub struct Rules {
     text: Mutex<String>,
     /// Watches the file while it lives.
     watcher: Mutex<Option<reload::Watcher>>,
+    /// The clock `rate_limit:` rules run on.
+    clock: LimitClock,
 }
 
 /// One version of the file, compiled.
@@ -72,14 +75,31 @@ impl Loaded {
 impl Rules {
     /// Loads the rule file at `path`; `forced` overrides every rule's mode.
     pub fn load(path: &Path, forced: Option<Mode>) -> Result<Self, RulesError> {
-        let (set, mode, text) = file::load(path)?;
+        Self::load_on(path, forced, LimitClock::Monotonic)
+    }
+
+    /// [`Rules::load`], with `rate_limit:` rules on `clock` (`rules test` moves it by the
+    /// tape's times).
+    pub fn load_on(
+        path: &Path,
+        forced: Option<Mode>,
+        clock: LimitClock,
+    ) -> Result<Self, RulesError> {
+        let (mut set, mode, text) = file::load(path)?;
+        set.limits_on(&clock);
         Ok(Self {
+            clock,
             current: ArcSwap::from_pointee(Loaded::new(set, mode)),
             forced,
             path: path.to_owned(),
             text: Mutex::new(text),
             watcher: Mutex::new(None),
         })
+    }
+
+    /// The clock its `rate_limit:` rules run on.
+    pub fn clock(&self) -> &LimitClock {
+        &self.clock
     }
 
     /// The rule file.
@@ -101,7 +121,7 @@ impl Rules {
     /// changes nothing (`Ok(false)`), and an invalid one is returned as the error while the
     /// running rules stay.
     pub fn reload(&self) -> Result<bool, RulesError> {
-        let (set, mode, text) = file::load(&self.path)?;
+        let (mut set, mode, text) = file::load(&self.path)?;
         let mut last = self
             .text
             .lock()
@@ -110,6 +130,8 @@ impl Rules {
             return Ok(false);
         }
         *last = text;
+        set.limits_on(&self.clock);
+        set.adopt_limits(&self.current.load().set);
         self.current.store(Arc::new(Loaded::new(set, mode)));
         Ok(true)
     }
@@ -139,6 +161,7 @@ impl Rules {
                 return Verdict::Forward(msg);
             }
             let mut s = Subject::new(&msg, cx.direction, cx.session, answers);
+            s.client = cx.client;
             let walk = self.walk(&loaded, &mut s, |rule, effect, audit, s| {
                 metrics.rule_fired(&rule.name, rule.action.name(), audit);
                 match effect {

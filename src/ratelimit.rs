@@ -19,11 +19,13 @@ pub mod spec;
 mod store;
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
+use tokio::time::Instant;
 
-use governor::clock::{Clock, MonotonicClock};
+use governor::clock::{Clock, FakeRelativeClock};
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -36,58 +38,84 @@ pub use store::Store;
 use crate::protocol::error::{ErrorCode, ProxyError};
 use crate::protocol::{Direction, Kind, Message, Method};
 use crate::proxy::{Client, Context};
+use crate::session::Session;
 use crate::telemetry::Metrics;
 
 /// The limits of one proxy.
 #[derive(Debug)]
-pub struct RateLimits<C: Clock = MonotonicClock> {
+pub struct RateLimits {
     /// Narrowest first.
-    limits: Vec<Limit<C>>,
-    /// Seeds key hashes (a sender cannot aim collisions).
-    hasher: RandomState,
-    clock: C,
+    limits: Vec<Limit>,
 }
 
 /// One limit and its state.
 #[derive(Debug)]
-pub struct Limit<C: Clock> {
-    spec: Arc<LimitSpec>,
-    bucket: Bucket<C>,
+pub struct Limit {
+    spec: LimitSpec,
+    bucket: Bucket,
+    /// Seeds key hashes (a sender cannot aim collisions).
+    hasher: RandomState,
     allowed: Counter,
     refused: Counter,
     dropped: Counter,
 }
 
 #[derive(Debug)]
-enum Bucket<C: Clock> {
-    One(RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>),
-    Keyed(RateLimiter<u64, Store, C, NoOpMiddleware<C::Instant>>),
+enum Bucket {
+    One(RateLimiter<NotKeyed, InMemoryState, LimitClock, NoOpMiddleware<Nanos>>),
+    Keyed(RateLimiter<u64, Store, LimitClock, NoOpMiddleware<Nanos>>),
+}
+
+/// The clock limits run on: the monotonic clock, or one moved by hand (tests, and `rules test`,
+/// which replays a tape's times).
+#[derive(Debug, Clone, Default)]
+pub enum LimitClock {
+    /// Real time.
+    #[default]
+    Monotonic,
+    /// Time that passes only when it is advanced.
+    Manual(FakeRelativeClock),
+}
+
+impl Clock for LimitClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        match self {
+            Self::Monotonic => Nanos::from(EPOCH.get_or_init(Instant::now).elapsed()),
+            Self::Manual(clock) => clock.now(),
+        }
+    }
+}
+
+/// What a limit reads of a message besides the message.
+#[derive(Debug)]
+pub struct Sender<'a> {
+    /// Its session.
+    pub session: &'a Session,
+    /// Who sent it.
+    pub client: Client<'a>,
+    /// The tool a `tools/call` names, once read (`Some(None)`: read, none).
+    #[allow(clippy::option_option)] // Not read yet; read, and there is none; read.
+    pub tool: Option<Option<String>>,
 }
 
 impl RateLimits {
     /// The limits `specs`, counted in `metrics`, on the monotonic clock.
     pub fn new(specs: &[LimitSpec], metrics: &Metrics) -> Self {
-        Self::with_clock(specs, metrics, MonotonicClock)
+        Self::with_clock(specs, metrics, &LimitClock::Monotonic)
     }
-}
 
-impl<C: Clock + Clone> RateLimits<C> {
-    /// The limits `specs` on `clock` (tests use governor's fake clock).
-    pub fn with_clock(specs: &[LimitSpec], metrics: &Metrics, clock: C) -> Self {
-        let mut limits: Vec<Limit<C>> = specs
+    /// The limits `specs` on `clock`.
+    pub fn with_clock(specs: &[LimitSpec], metrics: &Metrics, clock: &LimitClock) -> Self {
+        let mut limits: Vec<Limit> = specs
             .iter()
-            .map(|spec| Limit::new(Arc::new(spec.clone()), metrics, clock.clone()))
+            .map(|spec| Limit::with_clock(spec.clone(), Some(metrics), clock.clone()))
             .collect();
         limits.sort_by_key(|l| l.spec.per.narrowness());
-        Self {
-            limits,
-            hasher: RandomState::new(),
-            clock,
-        }
+        Self { limits }
     }
-}
-
-impl<C: Clock> RateLimits<C> {
     /// Whether there are no limits.
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
@@ -95,7 +123,7 @@ impl<C: Clock> RateLimits<C> {
 
     /// The limits, narrowest first.
     pub fn limits(&self) -> impl Iterator<Item = &LimitSpec> {
-        self.limits.iter().map(|l| &*l.spec)
+        self.limits.iter().map(|l| &l.spec)
     }
 
     /// Keys a keyed limit holds now (`None` for `global` or an unknown name).
@@ -103,91 +131,46 @@ impl<C: Clock> RateLimits<C> {
         self.limits
             .iter()
             .find(|l| l.spec.name == name)
-            .and_then(|l| match &l.bucket {
-                Bucket::One(_) => None,
-                Bucket::Keyed(limiter) => Some(limiter.len()),
-            })
+            .and_then(Limit::keys)
     }
 
     /// Forgets every key whose time has passed and returns the memory (a keyed limit also does
     /// this a little at a time as new keys come).
     pub fn prune(&self) {
         for limit in &self.limits {
-            if let Bucket::Keyed(limiter) = &limit.bucket {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
+            limit.prune();
         }
     }
 
-    /// Counts `msg` against every limit it falls under; the first that refuses says so.
+    /// Counts `msg` against every limit it falls under; the first that refuses says so. Only
+    /// a client's requests and notifications count (see the module's documentation).
     pub fn check(&self, msg: &Message, cx: &Context<'_>) -> Result<(), Refusal> {
         if cx.direction != Direction::ClientToServer || self.limits.is_empty() {
             return Ok(());
         }
-        let Some(method) = msg.method() else {
+        if matches!(msg.method(), Some(Method::Initialized | Method::Cancelled)) {
             return Ok(());
+        }
+        let mut sender = Sender {
+            session: cx.session,
+            client: cx.client,
+            tool: None,
         };
-        if !matches!(msg.kind(), Kind::Request | Kind::Notification)
-            || matches!(method, Method::Initialized | Method::Cancelled)
-        {
-            return Ok(());
-        }
-        // Read once, if a limit needs it.
-        let mut tool: Option<Option<String>> = None;
-        for limit in &self.limits {
-            let spec = &limit.spec;
-            if !spec.methods.is_empty() && !spec.methods.iter().any(|g| g.is_match(method.as_str()))
-            {
-                continue;
-            }
-            if !spec.tools.is_empty() || spec.per == Per::Tool {
-                let name = tool.get_or_insert_with(|| tool_name(msg, method));
-                let Some(name) = name.as_deref() else {
-                    continue;
-                };
-                if !spec.tools.is_empty() && !spec.tools.iter().any(|g| g.is_match(name)) {
-                    continue;
-                }
-            }
-            let key = match spec.per {
-                Per::Global => None,
-                Per::Session => Some(self.hasher.hash_one(cx.session.id().as_str())),
-                Per::Client => Some(match cx.client {
-                    Client::Local => self.hasher.hash_one(0_u8),
-                    Client::Address(ip) => self.hasher.hash_one(ip),
-                    Client::Subject(subject) => self.hasher.hash_one(subject),
-                }),
-                Per::Method => Some(self.hasher.hash_one(method.as_str())),
-                Per::Tool => Some(
-                    self.hasher
-                        .hash_one(tool.as_ref().and_then(Option::as_deref)),
-                ),
-            };
-            let outcome = match (&limit.bucket, key) {
-                (Bucket::One(limiter), _) => limiter.check(),
-                (Bucket::Keyed(limiter), Some(key)) => limiter.check_key(&key),
-                (Bucket::Keyed(_), None) => Ok(()),
-            };
-            match outcome {
-                Ok(()) => limit.allowed.inc(),
-                Err(not_until) => {
-                    let retry_after = not_until.wait_time_from(self.clock.now());
-                    if msg.kind() == Kind::Notification {
-                        limit.dropped.inc();
-                    } else {
-                        limit.refused.inc();
-                    }
-                    return Err(Refusal::new(&limit.spec, retry_after));
-                }
-            };
-        }
-        Ok(())
+        self.limits
+            .iter()
+            .try_for_each(|limit| limit.check(msg, &mut sender))
     }
 }
 
-impl<C: Clock> Limit<C> {
-    fn new(spec: Arc<LimitSpec>, metrics: &Metrics, clock: C) -> Self {
+impl Limit {
+    /// A limit on the monotonic clock, counted nowhere but in what it answers (a rule's
+    /// `rate_limit:`, counted as the rule's actions).
+    pub fn standalone(spec: LimitSpec) -> Self {
+        Self::with_clock(spec, None, LimitClock::Monotonic)
+    }
+
+    /// `spec` on `clock`, counted in `metrics` if given.
+    pub fn with_clock(spec: LimitSpec, metrics: Option<&Metrics>, clock: LimitClock) -> Self {
         // `Rate::parse` keeps the interval at 1 ns or more.
         let quota = Quota::with_period(spec.rate.period / spec.rate.count.get())
             .unwrap_or_else(|| Quota::per_second(spec.rate.count))
@@ -199,19 +182,105 @@ impl<C: Clock> Limit<C> {
                 Store::new(
                     spec.max_keys,
                     quota.replenish_interval().into(),
-                    metrics.rate_limit_evictions(&spec.name),
-                    metrics.rate_limit_keys(&spec.name),
+                    metrics.map_or_else(Counter::default, |m| m.rate_limit_evictions(&spec.name)),
+                    metrics.map_or_else(Default::default, |m| m.rate_limit_keys(&spec.name)),
                 ),
                 clock,
             )),
         };
-        let counter = |outcome| metrics.rate_limit_counter(&spec.name, spec.per.as_str(), outcome);
+        let counter = |outcome| {
+            metrics.map_or_else(Counter::default, |m| {
+                m.rate_limit_counter(&spec.name, spec.per.as_str(), outcome)
+            })
+        };
         Self {
             allowed: counter("allowed"),
             refused: counter("refused"),
             dropped: counter("dropped"),
+            hasher: RandomState::new(),
             bucket,
             spec,
+        }
+    }
+
+    /// What it is.
+    pub fn spec(&self) -> &LimitSpec {
+        &self.spec
+    }
+
+    /// Keys it holds now (`None` if it is not keyed).
+    pub fn keys(&self) -> Option<usize> {
+        match &self.bucket {
+            Bucket::One(_) => None,
+            Bucket::Keyed(limiter) => Some(limiter.len()),
+        }
+    }
+
+    /// Forgets every key whose time has passed.
+    pub fn prune(&self) {
+        if let Bucket::Keyed(limiter) = &self.bucket {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Counts `msg` if it falls under this limit: a request or notification whose method
+    /// (and tool) match the limit's conditions, and for a per-tool limit, a `tools/call`.
+    pub fn check(&self, msg: &Message, sender: &mut Sender<'_>) -> Result<(), Refusal> {
+        let (Some(method), Kind::Request | Kind::Notification) = (msg.method(), msg.kind()) else {
+            return Ok(());
+        };
+        let spec = &self.spec;
+        if !spec.methods.is_empty() && !spec.methods.iter().any(|g| g.is_match(method.as_str())) {
+            return Ok(());
+        }
+        let mut tool = None;
+        if !spec.tools.is_empty() || spec.per == Per::Tool {
+            let Some(name) = sender
+                .tool
+                .get_or_insert_with(|| tool_name(msg, method))
+                .as_deref()
+            else {
+                return Ok(());
+            };
+            if !spec.tools.is_empty() && !spec.tools.iter().any(|g| g.is_match(name)) {
+                return Ok(());
+            }
+            tool = Some(name);
+        }
+        let outcome = match &self.bucket {
+            Bucket::One(limiter) => limiter
+                .check()
+                .map_err(|n| n.wait_time_from(limiter.clock().now())),
+            Bucket::Keyed(limiter) => {
+                let key = match spec.per {
+                    Per::Session => self.hasher.hash_one(sender.session.id().as_str()),
+                    Per::Client => match sender.client {
+                        Client::Local => self.hasher.hash_one(0_u8),
+                        Client::Address(ip) => self.hasher.hash_one(ip),
+                        Client::Subject(subject) => self.hasher.hash_one(subject),
+                    },
+                    Per::Method => self.hasher.hash_one(method.as_str()),
+                    Per::Tool | Per::Global => self.hasher.hash_one(tool),
+                };
+                limiter
+                    .check_key(&key)
+                    .map_err(|n| n.wait_time_from(limiter.clock().now()))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.allowed.inc();
+                Ok(())
+            }
+            Err(retry_after) => {
+                if msg.kind() == Kind::Notification {
+                    self.dropped.inc();
+                } else {
+                    self.refused.inc();
+                }
+                Err(Refusal::new(spec, retry_after))
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`Effect`], without doing it: the engine applies the effect (enforce) or only logs and counts
 //! it (audit), so the two modes cannot drift apart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -10,6 +11,7 @@ use serde_json::{Map, Value, json};
 use super::matcher::{Glob, NameKind, Path, Subject};
 use crate::protocol::error::{ErrorCode, ProxyError};
 use crate::protocol::{Kind, Message, Method, RequestId};
+use crate::ratelimit::{Limit, LimitClock, LimitSpec, Per, Rate, Sender};
 
 /// What a rule does.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub enum Action {
     Log(Log),
     /// Hide tools, prompts or resources: removed from lists, unknown when used.
     Hide(Hide),
+    /// Limit the rate of the requests and notifications the rule matches.
+    RateLimit(RuleLimit),
 }
 
 impl Action {
@@ -41,6 +45,7 @@ impl Action {
             Self::Tag(_) => "tag",
             Self::Log(_) => "log",
             Self::Hide(_) => "hide",
+            Self::RateLimit(_) => "rate_limit",
         }
     }
 }
@@ -254,8 +259,10 @@ impl Action {
     /// Whether the action can do anything to a message of `kind` with `method` (the rule index
     /// leaves out rules that cannot).
     pub fn may_apply(&self, kind: Kind, method: Option<&Method>) -> bool {
-        let Self::Hide(hide) = self else {
-            return true;
+        let hide = match self {
+            Self::Hide(hide) => hide,
+            Self::RateLimit(_) => return matches!(kind, Kind::Request | Kind::Notification),
+            _ => return true,
         };
         let Some(method) = method else {
             return false;
@@ -277,6 +284,92 @@ impl Action {
             Self::Tag(tags) => Effect::Tag(tags.clone()),
             Self::Log(log) => Effect::Log(log.clone()),
             Self::Hide(hide) => hide.effect(s),
+            Self::RateLimit(limit) => limit.effect(s),
+        }
+    }
+}
+
+/// `rate_limit:`: a limit over the requests and notifications the rule matches (in either
+/// direction), named after the rule. A request over it is answered with the `rate_limited`
+/// error, a notification over it is dropped; responses never count. Its state lives as long as
+/// the rule: a reload that keeps the rule's name and limit keeps the state.
+#[derive(Debug)]
+pub struct RuleLimit {
+    limit: Arc<Limit>,
+}
+
+/// `rate_limit:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleLimitSpec {
+    /// What it counts separately. [default: global]
+    #[serde(default = "global")]
+    per: Per,
+    /// The rate, e.g. `10/s`.
+    rate: Rate,
+    /// How many at once. [default: the rate's count]
+    burst: Option<u32>,
+    /// Most keys remembered.
+    keys: Option<usize>,
+}
+
+fn global() -> Per {
+    Per::Global
+}
+
+impl RuleLimit {
+    /// Rule `rule`'s limit.
+    pub fn new(rule: &str, written: &RuleLimitSpec) -> Result<Self, String> {
+        let mut spec = LimitSpec::new(written.per, written.rate);
+        rule.clone_into(&mut spec.name);
+        if let Some(burst) = written.burst {
+            spec.burst = std::num::NonZeroU32::new(burst)
+                .ok_or_else(|| format!("rule {rule:?}: rate_limit.burst must be at least 1"))?;
+        }
+        if let Some(keys) = written.keys {
+            if !(1..=100_000_000).contains(&keys) {
+                return Err(format!(
+                    "rule {rule:?}: rate_limit.keys must be from 1 to 100000000"
+                ));
+            }
+            spec.max_keys = keys;
+        }
+        Ok(Self {
+            limit: Arc::new(Limit::standalone(spec)),
+        })
+    }
+
+    /// Runs on `clock` from now on (`rules test` replays a tape's times), starting over.
+    pub fn on(&mut self, clock: &LimitClock) {
+        self.limit = Arc::new(Limit::with_clock(
+            self.limit.spec().clone(),
+            None,
+            clock.clone(),
+        ));
+    }
+
+    /// Takes over `old`'s state if it is the same limit (a reload that left it alone).
+    pub fn adopt(&mut self, old: &Self) {
+        let (a, b) = (self.limit.spec(), old.limit.spec());
+        if (a.per, a.rate, a.burst, a.max_keys) == (b.per, b.rate, b.burst, b.max_keys) {
+            self.limit = old.limit.clone();
+        }
+    }
+
+    fn effect(&self, s: &Subject<'_>) -> Effect {
+        let mut sender = Sender {
+            session: s.session,
+            client: s.client,
+            tool: None,
+        };
+        let Err(refusal) = self.limit.check(s.msg, &mut sender) else {
+            return Effect::None;
+        };
+        match (s.msg.kind(), s.msg.id()) {
+            (Kind::Request, Some(id)) => {
+                Effect::Answer(Message::error_response(Some(id), &refusal.error()))
+            }
+            _ => Effect::Drop,
         }
     }
 }

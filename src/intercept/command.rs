@@ -17,6 +17,7 @@ use crate::cli::{OutputFormat, RulesCommand};
 use crate::protocol::{Direction, Kind, Message, RequestId};
 use crate::proxy::tracker::RequestTracker;
 use crate::proxy::{Context, Verdict};
+use crate::ratelimit::LimitClock;
 use crate::session::report::columns;
 use crate::session::{Session, SessionConfig, SessionManager, TransportKind};
 use crate::tape::{Frame, Tape};
@@ -44,7 +45,9 @@ pub fn run(cmd: RulesCommand) -> anyhow::Result<u8> {
             rules_mode,
             format,
         } => {
-            let rules = Rules::load(&file, rules_mode)?;
+            // Rate limits see the tape's times, not how fast it is read.
+            let clock = LimitClock::Manual(governor::clock::FakeRelativeClock::default());
+            let rules = Rules::load_on(&file, rules_mode, clock)?;
             let recorded = crate::tape::read(&tape)?;
             let messages = dry_run(&rules, &recorded);
             match format {
@@ -167,6 +170,7 @@ pub fn dry_run(rules: &Rules, tape: &Tape) -> Vec<Tried> {
         sessions,
         open: HashMap::new(),
         answered: HashMap::new(),
+        now: 0,
     };
     let tried = tape
         .frames
@@ -191,6 +195,8 @@ struct DryRun<'a> {
     open: HashMap<&'a str, Arc<Session>>,
     /// Requests a rule answered, by direction and id: the rule.
     answered: HashMap<(Direction, RequestId), String>,
+    /// The tape time (µs) a manual limit clock has been moved to.
+    now: u64,
 }
 
 impl<'a> DryRun<'a> {
@@ -265,6 +271,12 @@ impl<'a> DryRun<'a> {
                 return entry;
             }
         };
+        if let LimitClock::Manual(clock) = self.rules.clock() {
+            if frame.micros > self.now {
+                clock.advance(Duration::from_micros(frame.micros - self.now));
+                self.now = frame.micros;
+            }
+        }
         let mut s = Subject::new(&msg, frame.direction, &session, answers.as_ref());
         s.at = Some(session.created() + Duration::from_micros(frame.micros));
         let mut last_enforced = None;

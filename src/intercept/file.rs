@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::action::{Action, Block, Delay, Hide, Log, Mock, Modify};
+use super::action::{Action, Block, Delay, Hide, Log, Mock, Modify, RuleLimit, RuleLimitSpec};
 use super::matcher::Match;
 
 /// The only rule file format so far.
@@ -57,6 +57,37 @@ pub enum Mode {
 pub struct RuleSet {
     /// By priority, highest first; equal priorities in file order.
     pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Runs its rate limits on `clock` (when it is not the monotonic clock they were built on).
+    pub fn limits_on(&mut self, clock: &crate::ratelimit::LimitClock) {
+        if matches!(clock, crate::ratelimit::LimitClock::Monotonic) {
+            return;
+        }
+        for rule in &mut self.rules {
+            if let Action::RateLimit(limit) = &mut rule.action {
+                limit.on(clock);
+            }
+        }
+    }
+
+    /// Keeps the state of the rate limits `old` had: a rule of the same name with the same
+    /// limit carries on where it was (a reload does not hand every client a fresh burst).
+    pub fn adopt_limits(&mut self, old: &RuleSet) {
+        for rule in &mut self.rules {
+            let Action::RateLimit(limit) = &mut rule.action else {
+                continue;
+            };
+            let before = old.rules.iter().find_map(|r| match &r.action {
+                Action::RateLimit(before) if r.name == rule.name => Some(before),
+                _ => None,
+            });
+            if let Some(before) = before {
+                limit.adopt(before);
+            }
+        }
+    }
 }
 
 /// One rule: when it applies and what it does.
@@ -108,6 +139,7 @@ struct RuleSpec {
     tag: Option<OneOrMany>,
     log: Option<Log>,
     hide: Option<bool>,
+    rate_limit: Option<RuleLimitSpec>,
 }
 
 /// One string or a list of them.
@@ -175,11 +207,14 @@ impl TryFrom<RuleSpec> for Rule {
             }
             actions.push(Action::Hide(Hide { kind, names }));
         }
+        if let Some(limit) = spec.rate_limit {
+            actions.push(Action::RateLimit(RuleLimit::new(&name, &limit)?));
+        }
         let action = match actions.len() {
             1 => actions.remove(0),
             0 => {
                 return Err(format!(
-                    "rule {name:?} has no action: give one of block, mock, modify, delay, delay_between, tag, log, hide"
+                    "rule {name:?} has no action: give one of block, mock, modify, delay, delay_between, tag, log, hide, rate_limit"
                 ));
             }
             _ => {

@@ -262,6 +262,8 @@ pub struct Subject<'a> {
     pub method: Option<&'a Method>,
     /// When it passes: `None` for now (`rules test` gives the tape's time).
     pub at: Option<Instant>,
+    /// Who sent it (what a per-client `rate_limit:` keys on); the local client unless set.
+    pub client: crate::proxy::Client<'a>,
     /// The parsed message, once needed.
     body: Body,
     /// The name of the item used (`params.name` or `params.uri`), read on its own.
@@ -286,6 +288,7 @@ impl<'a> Subject<'a> {
             session,
             method: msg.method().or(answers),
             at: None,
+            client: crate::proxy::Client::Local,
             body: Body::Unparsed,
             name: None,
             changed: false,

@@ -363,7 +363,7 @@ fn a_bad_reload_keeps_the_running_rules() {
     assert_eq!(rules.len(), 1);
     std::fs::write(&path, "version: 1\nrules:\n  - name: a\n    nope: 1\n").unwrap();
     let err = rules.reload().unwrap_err().to_string();
-    assert!(err.ends_with("rules.yaml:4:5: unknown field `nope`, expected one of name, priority, mode, match, block, mock, modify, delay, delay_between, tag, log, hide"), "{err}");
+    assert!(err.ends_with("rules.yaml:4:5: unknown field `nope`, expected one of name, priority, mode, match, block, mock, modify, delay, delay_between, tag, log, hide, rate_limit"), "{err}");
     assert_eq!(rules.len(), 1);
     std::fs::write(&path, "version: 1\nrules: []\n").unwrap();
     assert!(rules.reload().unwrap());

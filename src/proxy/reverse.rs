@@ -32,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -57,6 +58,7 @@ pub async fn run(
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
     let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone());
+    let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_cleanup.clone());
 
     let listener = TcpListener::bind(reverse.listen)
         .await
@@ -134,6 +136,9 @@ pub async fn run(
     }
     stop_cleanup.cancel();
     cleanup.join_within(Duration::from_secs(1)).await;
+    if let Some(prune) = prune.as_mut() {
+        prune.join_within(Duration::from_secs(1)).await;
+    }
     tracing::info!(sessions = ?sessions.metrics(), totals = ?gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
     let closing = sessions.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
@@ -151,4 +156,35 @@ fn upstream_label(reverse: &ReverseConfig) -> String {
             )
         }
     }
+}
+
+/// With rate limits, a task that forgets their stale keys every `interval` (they are also
+/// forgotten a few at a time as new keys come; this returns the memory after a flood).
+fn spawn_prune(
+    gateway: &Arc<Gateway>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> Option<crate::proxy::task::Task<()>> {
+    gateway.pipeline.limits()?;
+    let gateway = Arc::downgrade(gateway);
+    Some(crate::proxy::task::Task::spawn(
+        "rate-limit-prune",
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => break,
+                }
+                let Some(gateway) = gateway.upgrade() else {
+                    break;
+                };
+                if let Some(limits) = gateway.pipeline.limits() {
+                    limits.prune();
+                }
+            }
+        },
+    ))
 }
