@@ -180,89 +180,6 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
     }
 }
 
-/// The string member `member` of the JSON object `object`, read only as far as that member,
-/// when no other member can have the same name: its quoted name occurs once in the text and
-/// nothing is written with `\u` escapes (the only way to spell a name differently). `Err`
-/// when that cannot be known this way. The text is valid JSON (the envelope parser read it).
-fn first_member_str(object: &[u8], member: &str) -> Result<Option<String>, ()> {
-    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
-
-    struct KeyIs<'m>(&'m str);
-    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-        type Value = bool;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl Visitor<'_> for KeyIs<'_> {
-        type Value = bool;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a member name")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-            Ok(v == self.0)
-        }
-    }
-    struct Find<'m, 's> {
-        member: &'m str,
-        #[allow(clippy::option_option)] // Not found; found, not a string; found.
-        found: &'s mut Option<Option<String>>,
-    }
-    impl<'de> Visitor<'de> for Find<'_, '_> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(is_it) = map.next_key_seed(KeyIs(self.member))? {
-                if !is_it {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                // Not a string (or null): no name, as in the whole tree.
-                let value = map.next_value::<Option<Cow<'de, str>>>().ok().flatten();
-                *self.found = Some(value.map(Cow::into_owned));
-                // Found: stop reading here.
-                return Err(A::Error::custom("found"));
-            }
-            Ok(())
-        }
-    }
-
-    use memchr::memmem::Finder;
-    use std::sync::LazyLock;
-    // Built once: building a finder costs more than searching a short message.
-    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
-    static NAME: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"name\""));
-    static URI: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"uri\""));
-    let quoted: &Finder<'static> = match member {
-        "name" => &NAME,
-        "uri" => &URI,
-        _ => return Err(()),
-    };
-    if ESCAPE.find(object).is_some() {
-        return Err(());
-    }
-    let mut hits = quoted.find_iter(object);
-    if hits.next().is_none() {
-        return Ok(None);
-    }
-    if hits.next().is_some() {
-        return Err(());
-    }
-    let mut found = None;
-    let mut de = serde_json::Deserializer::from_slice(object);
-    let read = de.deserialize_map(Find {
-        member,
-        found: &mut found,
-    });
-    match (found, read) {
-        (Some(found), _) => Ok(found),
-        (None, Ok(())) => Ok(None),
-        (None, Err(_)) => Err(()),
-    }
-}
-
 impl Message {
     /// Parses one frame (a line from stdio, an HTTP body). Leading/trailing whitespace is allowed.
     pub fn parse_frame(raw: Bytes) -> Result<Frame, ParseError> {
@@ -502,35 +419,9 @@ impl Message {
     /// JSON readers settle differently); read the whole message instead.
     #[allow(clippy::result_unit_err)]
     pub fn param_str(&self, member: &str) -> Result<Option<String>, ()> {
-        #[derive(Deserialize)]
-        struct Name<'a> {
-            #[serde(borrow)]
-            name: Option<Cow<'a, str>>,
-        }
-        #[derive(Deserialize)]
-        struct Uri<'a> {
-            #[serde(borrow)]
-            uri: Option<Cow<'a, str>>,
-        }
-        let Some(params) = self.params_bytes().filter(|p| p.starts_with(b"{")) else {
-            return Ok(None);
-        };
-        // Stopping early pays (searches, an error to stop the parser) only past a few lines.
-        if params.len() >= 2048 {
-            if let Ok(found) = first_member_str(params, member) {
-                return Ok(found);
-            }
-        }
-        // Only a string counts; `{"name": 5}` has no name, as in the whole message's tree.
-        let found = match member {
-            "name" => serde_json::from_slice::<Name<'_>>(params).map(|n| n.name),
-            "uri" => serde_json::from_slice::<Uri<'_>>(params).map(|n| n.uri),
-            _ => return Err(()),
-        };
-        match found {
-            Ok(found) => Ok(found.map(Cow::into_owned)),
-            Err(e) if e.is_data() && !e.to_string().starts_with("duplicate field") => Ok(None),
-            Err(_) => Err(()),
+        match self.params_bytes().filter(|p| p.starts_with(b"{")) {
+            Some(params) => params::member_str(params, member),
+            None => Ok(None),
         }
     }
 
@@ -558,6 +449,8 @@ fn classify(e: &serde_json::Error, shape: &'static str) -> ParseError {
         _ => ParseError::Json(e.to_string()),
     }
 }
+
+mod params;
 
 #[cfg(test)]
 mod tests;

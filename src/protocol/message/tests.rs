@@ -1,3 +1,4 @@
+use super::params::{first_member_str, scan};
 use super::*;
 
 fn parse(s: &str) -> Result<Message, ParseError> {
@@ -262,36 +263,58 @@ fn param_str_reads_one_member_as_a_whole_reader_would() {
 
 #[test]
 fn reading_up_to_a_member_agrees_with_reading_it_all_or_declines() {
-    let pad = "x".repeat(4096);
-    for params in [
-        r#"{"name":"echo","arguments":{"text":"PAD"}}"#,
-        r#"{"arguments":{"text":"PAD"},"name":"late"}"#,
-        r#"{"name":"echo","arguments":{"field":"name","t":"PAD"}}"#,
-        r#"{"name":"safe","n\u0061me":"delete_all","t":"PAD"}"#,
-        r#"{"name":"safe","arguments":{"t":"PAD"},"name":"delete_all"}"#,
-        r#"{"name":null,"arguments":{"t":"PAD"}}"#,
-        r#"{"name":{"x":"y"},"arguments":{"t":"PAD"}}"#,
-        r#"{"text":"\"name\" PAD"}"#,
-        r#"{"t":"PAD"}"#,
-    ] {
-        let params = params.replace("PAD", &pad);
-        let msg = parse(&format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#
-        ))
-        .unwrap();
-        let full: Option<String> = serde_json::from_str::<serde_json::Value>(&params)
-            .unwrap()
-            .get("name")
-            .and_then(|n| n.as_str().map(str::to_owned));
-        match first_member_str(params.as_bytes(), "name") {
-            Ok(early) => assert_eq!(early, full, "{}", &params[..60]),
-            // Declined only where a member could be repeated or respelled.
-            Err(()) => assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1),
-        }
-        // The public reader gives the whole tree's answer, or declines for a repeated member.
-        match msg.param_str("name") {
-            Ok(name) => assert_eq!(name, full, "{}", &params[..60]),
-            Err(()) => assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1),
+    for pad in [String::new(), "x".repeat(4096)] {
+        for params in [
+            r#"{"name":"echo","arguments":{"text":"PAD"}}"#,
+            r#"{"arguments":{"name":"inner","t":"PAD"}}"#,
+            r#"{"a":[{"name":"x"},["name"]],"name":"y","t":"PAD"}"#,
+            r#"{"a":"\"},[{","name":"z","t":"PAD"}"#,
+            r#"{ "name" : "w" , "t" : [ 1, 2.5e3, -4, true, false, null, "PAD" ] }"#,
+            r#"{"name":5,"t":"PAD"}"#,
+            r#"{"t":"PAD","name":true}"#,
+            r#"{"name":"é ✓","t":"PAD"}"#,
+            r#"{"name":"a\nb","t":"PAD"}"#,
+            r#"{"name":"echo","name":"echo","t":"PAD"}"#,
+            r#"{"arguments":{"text":"PAD"},"name":"late"}"#,
+            r#"{"name":"echo","arguments":{"field":"name","t":"PAD"}}"#,
+            r#"{"name":"safe","n\u0061me":"delete_all","t":"PAD"}"#,
+            r#"{"name":"safe","arguments":{"t":"PAD"},"name":"delete_all"}"#,
+            r#"{"name":null,"arguments":{"t":"PAD"}}"#,
+            r#"{"name":{"x":"y"},"arguments":{"t":"PAD"}}"#,
+            r#"{"text":"\"name\" PAD"}"#,
+            r#"{"t":"PAD"}"#,
+        ] {
+            let params = params.replace("PAD", &pad);
+            let msg = parse(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#
+            ))
+            .unwrap();
+            let full: Option<String> = serde_json::from_str::<serde_json::Value>(&params)
+                .unwrap()
+                .get("name")
+                .and_then(|n| n.as_str().map(str::to_owned));
+            match scan(params.as_bytes(), "name") {
+                Some(Ok(one_pass)) => {
+                    assert_eq!(one_pass.map(str::to_owned), full, "{}", &params[..60]);
+                }
+                Some(Err(())) => assert!(params.matches("\"name\"").count() > 1, "{params}"),
+                // Declined only for escapes.
+                None => assert!(params.contains('\\'), "{}", &params[..60]),
+            }
+            match first_member_str(params.as_bytes(), "name") {
+                Ok(early) => assert_eq!(early, full, "{}", &params[..60]),
+                // Declined only where a member could be repeated or respelled.
+                Err(()) => {
+                    assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1);
+                }
+            }
+            // The public reader gives the whole tree's answer, or declines for a repeated member.
+            match msg.param_str("name") {
+                Ok(name) => assert_eq!(name, full, "{}", &params[..60]),
+                Err(()) => {
+                    assert!(params.contains("\\u") || params.matches("\"name\"").count() > 1);
+                }
+            }
         }
     }
 }
