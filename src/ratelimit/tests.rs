@@ -482,3 +482,62 @@ fn a_rule_limit_is_checked_when_the_file_is_read() {
         assert!(err.contains(says), "{limit}: {err}");
     }
 }
+
+#[test]
+fn the_docs_examples_are_what_the_code_reads_and_writes() {
+    let docs = include_str!("../../docs/rate-limits.md");
+    let mut limits = 0;
+    for part in docs.split("--rate-limit ").skip(1) {
+        let text = part.split_whitespace().next().unwrap();
+        if text == "LIMIT`" {
+            continue;
+        }
+        LimitSpec::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        limits += 1;
+    }
+    assert!(limits >= 6, "{limits}");
+    let block = |lang: &str| {
+        let start = format!("```{lang}\n");
+        docs.split(start.as_str())
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap()
+    };
+    let toml_block = block("toml");
+    let file: toml::Table = toml::from_str(toml_block).unwrap();
+    for text in file["rate_limit"].as_array().unwrap() {
+        LimitSpec::parse(text.as_str().unwrap()).unwrap();
+    }
+    let bad = LimitSpec::parse("client=10").unwrap_err();
+    assert!(
+        docs.contains(&format!("`invalid --rate-limit: {bad}`")),
+        "{bad}"
+    );
+    // The refusal shown is the one sent.
+    let refusal = Refusal {
+        limit: "client".into(),
+        per: Per::Client,
+        rate: Rate::parse("10/s").unwrap(),
+        burst: 20,
+        retry_after: Duration::from_millis(87),
+    };
+    let json_block = block("json");
+    let shown: Value = serde_json::from_str(json_block).unwrap();
+    let sent: Value =
+        serde_json::from_slice(&refusal.error().to_response(Some(&RequestId::Number(7)))).unwrap();
+    assert_eq!(shown, sent);
+    let headers = block("text").to_ascii_lowercase();
+    let refusal = Refusal {
+        retry_after: Duration::from_millis(870),
+        ..refusal
+    };
+    for (name, value) in &refusal.headers() {
+        let line = format!("{}: {}", name.as_str(), value.to_str().unwrap());
+        assert!(
+            headers.contains(&line.to_ascii_lowercase()),
+            "{line} not in the docs"
+        );
+    }
+}
