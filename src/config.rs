@@ -329,10 +329,12 @@ impl Config {
 
 pub mod recording;
 mod reverse;
+mod trusted;
 pub use reverse::{
-    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream, TrustedProxies,
+    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream,
     is_loopback_authority,
 };
+pub use trusted::TrustedProxies;
 
 /// The platform's data dir for Shadowcat (e.g. `~/.local/share/shadowcat`), or `./.shadowcat`
 /// when there is no home directory.

@@ -77,13 +77,7 @@ fn check_refusal(error: &Value, limit: &str, max_ms: u64) {
 }
 
 fn admin_metrics(gw: &Gateway) -> String {
-    let admin = gw
-        .stderr_text()
-        .split("admin endpoints on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the admin address in the log")
-        .to_owned();
+    let admin = gw.admin_addr();
     let response = http_request(&admin, "GET", "/metrics", &[], b"");
     assert_eq!(response.status, 200);
     String::from_utf8(response.body).unwrap()

@@ -289,13 +289,7 @@ fn an_unreachable_upstream_gets_a_clear_error_and_the_gateway_stays_up() {
 fn admin_endpoints_report_health_readiness_and_metrics() {
     let fixture = Fixture::start(&[]);
     let gw = Gateway::start(&["--upstream", &fixture.url, "--admin-listen", "127.0.0.1:0"]);
-    let admin = gw
-        .stderr_text()
-        .split("admin endpoints on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the admin address in the log")
-        .to_owned();
+    let admin = gw.admin_addr();
     let session = gw.initialize();
     gw.post(Some(&session), &call(1, "echo", json!({"text": "m"})));
     gw.post(Some(&session), &call(2, "nope", json!({})));

@@ -166,24 +166,14 @@ fn spawn_prune(
     stop: CancellationToken,
 ) -> Option<crate::proxy::task::Task<()>> {
     gateway.pipeline.limits()?;
-    let gateway = Arc::downgrade(gateway);
-    Some(crate::proxy::task::Task::spawn(
+    Some(crate::proxy::task::Task::every(
         "rate-limit-prune",
-        async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = stop.cancelled() => break,
-                }
-                let Some(gateway) = gateway.upgrade() else {
-                    break;
-                };
-                if let Some(limits) = gateway.pipeline.limits() {
-                    limits.prune();
-                }
+        interval,
+        stop,
+        gateway,
+        |gateway| {
+            if let Some(limits) = gateway.pipeline.limits() {
+                limits.prune();
             }
         },
     ))

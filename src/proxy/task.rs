@@ -17,6 +17,36 @@ pub struct Task<T> {
     handle: Option<JoinHandle<T>>,
 }
 
+impl Task<()> {
+    /// Runs `pass` on `target` every `interval` (the first after one interval) until `stop` is
+    /// cancelled or `target` is dropped; `target` is held only during a pass, never while
+    /// waiting.
+    pub fn every<T: Send + Sync + 'static>(
+        name: &'static str,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+        target: &std::sync::Arc<T>,
+        pass: impl Fn(&T) + Send + 'static,
+    ) -> Self {
+        let target = std::sync::Arc::downgrade(target);
+        Self::spawn(name, async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => break,
+                }
+                let Some(target) = target.upgrade() else {
+                    break;
+                };
+                pass(&target);
+            }
+        })
+    }
+}
+
 impl<T: Send + 'static> Task<T> {
     /// Spawns `future` on the current runtime inside a span named after the task.
     pub fn spawn<F>(name: &'static str, future: F) -> Self

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -437,33 +437,19 @@ impl SessionManager {
         interval: Duration,
         stop: CancellationToken,
     ) -> Task<()> {
-        let manager: Weak<Self> = Arc::downgrade(self);
-        Task::spawn("session-cleanup", async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = stop.cancelled() => break,
+        Task::every("session-cleanup", interval, stop, self, |manager| {
+            let pass =
+                std::panic::catch_unwind(AssertUnwindSafe(|| manager.cleanup(Instant::now())));
+            match pass {
+                Ok(report) if report.expired > 0 => {
+                    tracing::info!(expired = report.expired, "expired idle sessions");
                 }
-                // Hold the manager only for the pass, never while sleeping.
-                let Some(manager) = manager.upgrade() else {
-                    break;
-                };
-                let pass =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| manager.cleanup(Instant::now())));
-                match pass {
-                    Ok(report) if report.expired > 0 => {
-                        tracing::info!(expired = report.expired, "expired idle sessions");
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        manager.metrics.cleanup_panic();
-                        tracing::error!(
-                            "a session cleanup pass panicked; the next one will run as usual"
-                        );
-                    }
+                Ok(_) => {}
+                Err(_) => {
+                    manager.metrics.cleanup_panic();
+                    tracing::error!(
+                        "a session cleanup pass panicked; the next one will run as usual"
+                    );
                 }
             }
         })

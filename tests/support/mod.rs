@@ -350,6 +350,16 @@ impl Gateway {
         }
     }
 
+    /// The admin endpoints' `127.0.0.1:PORT` (started with `--admin-listen`), from the log.
+    pub fn admin_addr(&self) -> String {
+        self.stderr_text()
+            .split("admin endpoints on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("the admin address in the log")
+            .to_owned()
+    }
+
     /// `http://ADDR/mcp`.
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
