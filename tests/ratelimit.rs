@@ -19,19 +19,27 @@ use serde_json::Value;
 use support::sdk::server_script;
 use support::{Gateway, http_request, peers, python};
 
-/// Runs `ratelimit_client.py` with `args`; its summary.
-fn client(args: &[&str]) -> Value {
-    let output = Command::new(python("2.3.0"))
-        .arg(peers().join("ratelimit_client.py"))
-        .args(args)
-        .output()
-        .unwrap();
+/// `ratelimit_client.py` with `args`, to run.
+fn client_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(python("2.3.0"));
+    cmd.arg(peers().join("ratelimit_client.py")).args(args);
+    cmd
+}
+
+/// Runs the client; its summary.
+fn summary(mut cmd: Command) -> Value {
+    let output = cmd.output().unwrap();
     assert!(
         output.status.success(),
         "client failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs `ratelimit_client.py` with `args`; its summary.
+fn client(args: &[&str]) -> Value {
+    summary(client_command(args))
 }
 
 /// A gateway with `limits` in front of the Python SDK server (a child per session).
@@ -161,10 +169,8 @@ fn forward_stdio_answers_json_rpc_errors_and_forwards_nothing_refused() {
     let python = python("2.3.0");
     let server = server_script("2.3.0");
     let shadowcat = support::shadowcat();
-    let output = Command::new(&python)
-        .arg(peers().join("ratelimit_client.py"))
-        .args(["--calls", "5", "--"])
-        .arg(&shadowcat)
+    let mut cmd = client_command(&["--calls", "5", "--"]);
+    cmd.arg(&shadowcat)
         .args([
             "forward",
             "stdio",
@@ -176,15 +182,8 @@ fn forward_stdio_answers_json_rpc_errors_and_forwards_nothing_refused() {
             &python,
             &server,
         ])
-        .env("PEER_CALL_LOG", &reached)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        .env("PEER_CALL_LOG", &reached);
+    let summary = summary(cmd);
     let (passed, errors) = outcomes(&summary);
     assert_eq!(passed, 2, "{summary}");
     assert_eq!(errors.len(), 3, "{summary}");
