@@ -14,8 +14,8 @@
 //! `initialize` is refused with 503: a server that takes no new sessions); `announce {text}` (sends a
 //! `notifications/message` with `text` on the caller session's GET stream; answers how many GET
 //! streams took it; events have ids, and a GET with `Last-Event-ID` gets the ones after it
-//! first); `cut` (drops the caller session's GET streams); `slow {ms, every}` (answers with SSE
-//! after `ms`, with a progress notification every `every` ms meanwhile); `cancelled` (the request
+//! first); `cut` (drops the caller session's GET streams); `slow {ms, every, ids}` (answers with SSE
+//! after `ms`, with a progress notification every `every` ms meanwhile; events have ids if `ids`); `cancelled` (the request
 //! ids of the `notifications/cancelled` received so far); `slept` (how many `sleep` calls ran to
 //! the end rather than being dropped with their connection); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
@@ -343,6 +343,18 @@ fn slow(msg: &Value, id: Value) -> Response {
             .unwrap_or(default)
     };
     let (total, every) = (arg("ms", 1000), arg("every", 100).max(1));
+    // `ids: true`: events carry ids (`s<n>`), so a broken stream could be resumed.
+    let ids = msg
+        .pointer("/params/arguments/ids")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let id_line = move |step: u64| {
+        if ids {
+            format!("id: s{step}\n")
+        } else {
+            String::new()
+        }
+    };
     let token = msg
         .pointer("/params/_meta/progressToken")
         .cloned()
@@ -356,7 +368,10 @@ fn slow(msg: &Value, id: Value) -> Response {
             if elapsed >= total {
                 let body = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "slow done"}]}});
                 return Some((
-                    Ok::<_, std::convert::Infallible>(format!("event: message\ndata: {body}\n\n")),
+                    Ok::<_, std::convert::Infallible>(format!(
+                        "{}event: message\ndata: {body}\n\n",
+                        id_line(step + 1)
+                    )),
                     None,
                 ));
             }
@@ -364,7 +379,10 @@ fn slow(msg: &Value, id: Value) -> Response {
             let body = json!({"jsonrpc": "2.0", "method": "notifications/progress",
                               "params": {"progressToken": token, "progress": step + 1}});
             Some((
-                Ok(format!("event: message\ndata: {body}\n\n")),
+                Ok(format!(
+                    "{}event: message\ndata: {body}\n\n",
+                    id_line(step + 1)
+                )),
                 Some(step + 1),
             ))
         }

@@ -228,6 +228,11 @@ pub struct UpstreamArgs {
     /// and resumed; or `off`. [default: 5m]
     #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<String>,
+    /// Longest a request waits while the HTTP server's stream for it, broken before the
+    /// answer, is being resumed; then it gets an error naming the last failure. A refused
+    /// connection (the server is down) ends the wait at once. [default: 5s]
+    #[arg(long, env = "SHADOWCAT_RESUME_TIMEOUT", value_name = "DURATION")]
+    pub resume_timeout: Option<String>,
 }
 
 /// `reverse` options.
@@ -271,6 +276,12 @@ pub struct ReverseArgs {
     /// Interval of keep-alive comments on idle SSE streams, or `off`. [default: 15s]
     #[arg(long, env = "SHADOWCAT_SSE_KEEPALIVE", value_name = "DURATION")]
     pub sse_keepalive: Option<String>,
+    /// Longest a POST is held when its session already has --max-pending-requests awaiting
+    /// answers, for one of them to be answered; then its request is refused with 503,
+    /// Retry-After and -32083. (A stdio client is never refused for this: it is read more
+    /// slowly instead.) [default: 10s]
+    #[arg(long, env = "SHADOWCAT_PENDING_WAIT", value_name = "DURATION")]
+    pub pending_wait: Option<String>,
     /// How the upstream is reached.
     #[command(flatten)]
     pub upstream_options: UpstreamArgs,
@@ -296,8 +307,9 @@ pub struct ProxyArgs {
     /// larger one is discarded and answered with an error. [default: 32MiB]
     #[arg(long, env = "SHADOWCAT_MAX_MESSAGE_SIZE", value_name = "SIZE")]
     pub max_message_size: Option<String>,
-    /// Most requests awaiting an answer per session and direction; more are refused with an
-    /// error. [default: 1000]
+    /// Most requests awaiting an answer per session (both directions together). A stdio
+    /// client with this many is read no further until answers free room; an HTTP client's POST
+    /// is held (--pending-wait), then refused. [default: 1000]
     #[arg(long, env = "SHADOWCAT_MAX_PENDING_REQUESTS", value_name = "N")]
     pub max_pending_requests: Option<String>,
     /// Most requests awaiting an answer across all sessions. [default: 100000]

@@ -141,6 +141,8 @@ struct FileConfig {
     admin_listen: Option<String>,
     connect_timeout: Option<Scalar>,
     read_timeout: Option<Scalar>,
+    resume_timeout: Option<Scalar>,
+    pending_wait: Option<Scalar>,
     sse_replay_events: Option<Scalar>,
     sse_keepalive: Option<Scalar>,
     rules: Option<PathBuf>,

@@ -469,3 +469,71 @@ fn a_stateless_request_that_times_out_is_cancelled_by_closing_its_stream() {
     );
     assert_eq!(text_of(&slept), "0", "the abandoned call ran to the end");
 }
+
+/// Backpressure through the bridge: 10,000 pipelined calls with room for 100 pending are all
+/// answered, each with its own payload (none refused with -32083), in bounded memory.
+#[test]
+fn past_the_pending_limit_a_pipelining_client_is_slowed_down_not_refused() {
+    let fixture = HttpFixture::start(&[]);
+    let proxy = bridge(&fixture.url, &["--max-pending-requests", "100"], &[]);
+    let peak_kib = support::pipeline_echoes(proxy, 10_000);
+    eprintln!(
+        "forward stdio --url, 10,000 pipelined calls, 100 pending at most: peak RSS {peak_kib} KiB"
+    );
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+/// The HTTP server dies (SIGKILL) with two calls in flight on resumable SSE streams: each call
+/// gets a JSON-RPC error naming the cause (the refused connection) at once, not after the
+/// stream's resume attempts have run out, and well within --resume-timeout (5 s by default).
+#[test]
+fn a_dead_server_fails_the_calls_in_flight_promptly_with_the_cause() {
+    let mut fixture = HttpFixture::start(&["--sse"]);
+    let mut proxy = bridge(&fixture.url, &[], &[]);
+    proxy.initialize();
+    for id in [1, 2] {
+        proxy.send(
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":"slow","arguments":{"ms":60_000,"every":100,"ids":true},
+            "_meta":{"progressToken":id}}}),
+        );
+    }
+    // Both are in flight: each has reported progress.
+    let mut progressed = std::collections::HashSet::new();
+    while progressed.len() < 2 {
+        let msg = proxy.recv();
+        assert_eq!(msg["method"], "notifications/progress", "{msg}");
+        progressed.insert(msg["params"]["progressToken"].as_i64().unwrap());
+    }
+    fixture.kill();
+    let killed = Instant::now();
+    let mut failed = std::collections::HashMap::new();
+    while failed.len() < 2 {
+        let msg = proxy.recv();
+        if msg["method"] == "notifications/progress" {
+            continue;
+        }
+        failed.insert(msg["id"].as_i64().unwrap(), msg);
+    }
+    let elapsed = killed.elapsed();
+    for (id, answer) in &failed {
+        assert_eq!(
+            answer["error"]["code"],
+            -32087,
+            "call {id}: {answer}\n{}",
+            proxy.stderr_text()
+        );
+        assert_eq!(
+            answer["error"]["data"]["kind"], "connection_refused",
+            "call {id}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("refused"), "call {id}: {message}");
+    }
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the errors came {elapsed:?} after the server died"
+    );
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -1074,3 +1074,63 @@ fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
     });
     assert_eq!(post(call(2, "echo", json!({"text": "x"}))).status, 404);
 }
+
+/// A POST that finds its session's pending table full is held for room (`--pending-wait`): if a
+/// request is answered meanwhile it goes through (200); if not, it is refused with 503,
+/// `Retry-After` and `-32083` under its own id, and nothing of it reaches the server.
+#[test]
+fn a_post_past_the_pending_limit_is_held_then_refused_with_503() {
+    let gw = Gateway::fixture(&["--max-pending-requests", "2", "--pending-wait", "600ms"]);
+    let session = gw.initialize();
+    let sleep = |gw: &Gateway, session: &str, id: i64, ms: u64| {
+        let response = gw.post(Some(session), &call(id, "sleep", json!({"ms": ms})));
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(
+            response.messages()[0]["result"]["content"][0]["text"],
+            format!("slept {ms} ms")
+        );
+    };
+    // Both slots taken for 3 s: the third request waits out --pending-wait, then gets 503.
+    std::thread::scope(|s| {
+        s.spawn(|| sleep(&gw, &session, 1, 3000));
+        s.spawn(|| sleep(&gw, &session, 2, 3000));
+        // (If they were not both in flight yet, the ping would get 200 and the test fail.)
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let refused = gw.post(
+            Some(&session),
+            &json!({"jsonrpc":"2.0","id":3,"method":"ping"}),
+        );
+        let held = started.elapsed();
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+        let body = refused.json();
+        assert_eq!(body["id"], 3, "{body}");
+        assert_eq!(body["error"]["code"], -32083, "{body}");
+        assert_eq!(body["error"]["data"]["limit"], 2, "{body}");
+        assert!(
+            held >= Duration::from_millis(550),
+            "answered after {held:?}: not held"
+        );
+    });
+    // One slot frees after 1 s: a request held meanwhile goes through once it does.
+    let gw = Gateway::fixture(&["--max-pending-requests", "2", "--pending-wait", "5s"]);
+    let session = gw.initialize();
+    std::thread::scope(|s| {
+        s.spawn(|| sleep(&gw, &session, 4, 1000));
+        s.spawn(|| sleep(&gw, &session, 5, 3000));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let ping = gw.post(
+            Some(&session),
+            &json!({"jsonrpc":"2.0","id":6,"method":"ping"}),
+        );
+        let held = started.elapsed();
+        assert_eq!(ping.status, 200, "{ping:?}");
+        assert_eq!(ping.messages()[0]["result"], json!({}), "{ping:?}");
+        assert!(
+            held >= Duration::from_millis(300),
+            "answered after {held:?}: not held"
+        );
+    });
+}

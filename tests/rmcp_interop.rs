@@ -77,3 +77,55 @@ async fn an_rmcp_client_sees_the_same_session_through_shadowcat() {
     );
     assert_eq!(direct, proxied);
 }
+
+/// rmcp asks for protocol 2026-07-28 in its `initialize`. Through `forward stdio --url` to the
+/// Python SDK 2.3.0 HTTP server (dual-era), its session must be what it is with the same server
+/// over stdio: the bridge must not turn the handshake into a stateless request by sending
+/// `MCP-Protocol-Version` with it.
+#[tokio::test]
+async fn an_rmcp_client_reaches_a_python_http_server_through_the_bridge() {
+    use support::sdk::{HttpServer, server_script};
+    let summary = |value: Value| {
+        json!({
+            "server": value["info"]["serverInfo"]["name"],
+            "version": value["info"]["protocolVersion"],
+            "tools": value["tools"],
+            "echo": value["echo"],
+        })
+    };
+    async fn calls(mut command: Command) -> Value {
+        command.stderr(std::process::Stdio::null());
+        let client =
+            ().serve(TokioChildProcess::new(command).unwrap())
+                .await
+                .expect("rmcp handshake");
+        let info = serde_json::to_value(client.peer_info().expect("server info").as_ref()).unwrap();
+        let mut tools: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        tools.sort();
+        let echo = client
+            .call_tool(
+                CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "bridged"}))),
+            )
+            .await
+            .unwrap();
+        client.cancel().await.unwrap();
+        json!({"info": info, "tools": tools, "echo": serde_json::to_value(&echo).unwrap()})
+    }
+    let mut direct = Command::new(support::python("2.3.0"));
+    direct.arg(server_script("2.3.0"));
+    let direct = summary(calls(direct).await);
+    let server = HttpServer::start("2.3.0", &[]);
+    let mut bridged = Command::new(support::shadowcat());
+    bridged.env("SHADOWCAT_SESSION_STORE", "memory");
+    bridged.args(["forward", "stdio", "--url", &server.url]);
+    let bridged = summary(calls(bridged).await);
+    assert_eq!(direct["echo"]["content"][0]["text"], "bridged", "{direct}");
+    assert!(direct["tools"].as_array().unwrap().len() > 3, "{direct}");
+    assert_eq!(direct, bridged);
+}

@@ -139,3 +139,40 @@ fn a_restarted_server_gets_the_session_back_without_the_client_noticing() {
         proxy.stderr_text()
     );
 }
+
+/// When the HTTP server refuses a request with a JSON-RPC error in the body (here the Python
+/// SDK's stateless server: an unsupported protocol version is 400 with `-32022`, a request
+/// without the required `_meta` 400 with `-32602`, an unknown method 404 with `-32601`), the
+/// stdio client gets that error, with its code, message and data, under its request's id:
+/// not a generic error of ours.
+#[test]
+fn the_servers_own_error_reaches_the_stdio_client() {
+    use serde_json::json;
+    let server = HttpServer::start("2.3.0", &["--stateless"]);
+    let mut cmd = support::command();
+    cmd.args(["forward", "stdio", "--url", &server.url]);
+    let mut proxy = support::Proxy::spawn(cmd);
+    let meta = |version: &str| {
+        json!({"_meta": {
+            "io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }})
+    };
+    let unsupported = proxy.call(7, "tools/list", meta("2099-01-01"));
+    assert_eq!(unsupported["id"], 7, "{unsupported}");
+    assert_eq!(unsupported["error"]["code"], -32022, "{unsupported}");
+    assert_eq!(
+        unsupported["error"]["data"]["supported"],
+        json!(["2026-07-28"]),
+        "{unsupported}"
+    );
+    let unknown = proxy.call(8, "no/such/method", meta("2026-07-28"));
+    assert_eq!(unknown["id"], 8, "{unknown}");
+    assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+    assert_eq!(unknown["error"]["message"], "Method not found", "{unknown}");
+    proxy.close_stdin();
+    assert_eq!(
+        proxy.wait_exit(std::time::Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}

@@ -100,6 +100,10 @@ pub struct ReverseConfig {
     /// Longest an upstream SSE stream may stay silent before it counts as dropped (`None`: no
     /// limit).
     pub read_timeout: Option<Duration>,
+    /// Longest a request waits for its broken upstream stream to be resumed.
+    pub resume_timeout: Duration,
+    /// Longest a POST is held for room in its session's pending table.
+    pub pending_wait: Duration,
     /// Events of a GET stream kept for replay.
     pub sse_replay_events: usize,
     /// Keep-alive comment interval on idle SSE streams (`None`: off).
@@ -119,6 +123,7 @@ pub(super) fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
 
 impl ReverseConfig {
     /// Builds the reverse proxy's options from the command line and the config file.
+    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
     pub fn build(global: &GlobalArgs, args: &ReverseArgs) -> Result<Self, ConfigError> {
         let file = match &global.config {
             Some(path) => load_file(path)?,
@@ -210,6 +215,14 @@ impl ReverseConfig {
                 args.upstream_options.read_timeout.as_ref(),
                 file.read_timeout.as_ref(),
             )?,
+            resume_timeout: resume_timeout(
+                args.upstream_options.resume_timeout.as_ref(),
+                file.resume_timeout.as_ref(),
+            )?,
+            pending_wait: match pick(args.pending_wait.as_ref(), file.pending_wait.as_ref()) {
+                Some(text) => parse_duration(&text, "--pending-wait")?,
+                None => DEFAULT_PENDING_WAIT,
+            },
             sse_replay_events,
             sse_keepalive,
         })
@@ -223,6 +236,7 @@ impl ReverseConfig {
             ("--connect-timeout", args.upstream.connect_timeout.is_some()),
             ("--upstream-ca", args.upstream.upstream_ca.is_some()),
             ("--read-timeout", args.upstream.read_timeout.is_some()),
+            ("--resume-timeout", args.upstream.resume_timeout.is_some()),
         ];
         match given.iter().find(|(_, set)| *set) {
             Some((flag, _)) => Err(invalid(
@@ -311,6 +325,12 @@ impl ReverseConfig {
                 args.upstream.read_timeout.as_ref(),
                 file.read_timeout.as_ref(),
             )?,
+            resume_timeout: resume_timeout(
+                args.upstream.resume_timeout.as_ref(),
+                file.resume_timeout.as_ref(),
+            )?,
+            // A stdio client is slowed down instead (it is never refused for want of room).
+            pending_wait: DEFAULT_PENDING_WAIT,
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
@@ -339,6 +359,22 @@ fn load_ca(
 
 /// Default `--read-timeout`: an upstream SSE stream silent this long counts as dropped.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `--resume-timeout`: a request waits this long at most for its broken stream to be
+/// resumed.
+pub const DEFAULT_RESUME_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `--pending-wait`: a POST is held this long at most for room in its session's pending
+/// table.
+pub const DEFAULT_PENDING_WAIT: Duration = Duration::from_secs(10);
+
+fn resume_timeout(
+    cli: Option<&String>,
+    file: Option<&super::Scalar>,
+) -> Result<Duration, ConfigError> {
+    match pick(cli, file) {
+        Some(text) => parse_duration(&text, "--resume-timeout"),
+        None => Ok(DEFAULT_RESUME_TIMEOUT),
+    }
+}
 
 fn read_timeout(
     cli: Option<&String>,

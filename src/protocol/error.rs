@@ -13,6 +13,21 @@ use serde_json::Value;
 
 use super::id::RequestId;
 
+/// Codes the proxy reads in its peers' errors (JSON-RPC's and MCP's), where what it does
+/// depends on them: the 2026-07-28 HTTP binding gives each its own status.
+pub mod peer {
+    /// JSON-RPC: the method does not exist (2026-07-28 HTTP: 404).
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// JSON-RPC: invalid method parameters (2026-07-28 HTTP: 400).
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// MCP `HeaderMismatch` (2026-07-28 HTTP: 400).
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP `MissingRequiredClientCapability` (2026-07-28 HTTP: 400).
+    pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
+    /// MCP `UnsupportedProtocolVersion` (2026-07-28 HTTP: 400).
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+}
+
 /// A proxy-generated error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -80,6 +80,17 @@ impl Message {
         id.write_json(&mut json);
         self.with_member(&["id"], std::str::from_utf8(&json).ok()?)
     }
+
+    /// This error response as the answer to request `id`, whatever id it carried (an HTTP
+    /// server's refusal often has `null`); `None` unless it is an error response.
+    pub fn error_for(&self, id: &RequestId) -> Option<Message> {
+        if self.kind() != super::Kind::Error {
+            return None;
+        }
+        let mut json = Vec::new();
+        id.write_json(&mut json);
+        self.with_member(&["id"], std::str::from_utf8(&json).ok()?)
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +124,18 @@ mod tests {
         ))
         .unwrap();
         assert!(note.with_id(&RequestId::Number(1)).is_none());
+        // An HTTP refusal's error body, answered under the request's id.
+        let refusal = Message::parse(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32602,"message":"bad"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            refusal.error_for(&RequestId::Number(4)).unwrap().raw(),
+            &Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}}"#
+            )
+        );
+        assert!(note.error_for(&RequestId::Number(1)).is_none());
         // Escaped keys are written back escaped.
         assert_eq!(
             replace(r#"{"a\"b":1,"c":2}"#, &["c"], "3").as_deref(),

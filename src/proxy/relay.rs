@@ -5,6 +5,9 @@
 //! session carries on. From the server, such a frame is logged and counted but never forwarded
 //! (it would corrupt the client's stream); if it can be tied to a pending request, that request
 //! is answered with an error instead of being left to hang.
+//!
+//! A client whose session has `--max-pending-requests` awaiting answers is not refused: its
+//! relay stops reading until an answer frees room, which slows the client down (backpressure).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -105,6 +108,11 @@ impl<R: Deliver> Relay<R> {
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;
+        if is_request && self.direction == Direction::ClientToServer {
+            // Backpressure: while the session has as many requests awaiting answers as it may,
+            // the client is read no further (its writes then block) until an answer frees room.
+            self.session.pending(self.direction).room().await;
+        }
         match self.pipeline.process(msg, cx).await {
             Verdict::Forward(msg) => {
                 if self.to_receiver.deliver(msg).await.is_ok() {

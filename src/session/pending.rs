@@ -106,6 +106,9 @@ pub enum PendingError {
 pub struct PendingBudget {
     used: AtomicUsize,
     max: usize,
+    /// Tasks waiting in [`Self::room`]; only when there are any does a freed slot wake them.
+    waiting: AtomicUsize,
+    freed: Notify,
 }
 
 impl PendingBudget {
@@ -114,12 +117,46 @@ impl PendingBudget {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
         })
     }
 
     /// Requests pending across all tables now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more request fits.
+    fn has_room(&self) -> bool {
+        self.used.load(Ordering::SeqCst) < self.max
+    }
+
+    /// Waits until one more request fits (at once, if it does now). Another task may take the
+    /// slot first, so an insert after this can still find the budget full.
+    pub async fn room(&self) {
+        /// Counts the waiter for as long as it waits, however the wait ends (it may be dropped).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if self.has_room() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before looking, so a slot freed in between still wakes us.
+            freed.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
     }
 
     fn take_one(&self) -> bool {
@@ -132,7 +169,10 @@ impl PendingBudget {
 
     fn give_back(&self, n: usize) {
         if n > 0 {
-            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.used.fetch_sub(n, Ordering::SeqCst);
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.freed.notify_waiters();
+            }
         }
     }
 }
@@ -189,6 +229,23 @@ impl PendingRequests {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // Every critical section leaves the table consistent, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until this table can take one more request under both its bounds (the session's
+    /// and the process's): how a client that can be slowed down is, instead of refused. Only
+    /// while this table holds requests of its own, whose answers will free room: a budget that
+    /// the other direction's requests fill may need this sender's answers to drain, so then it
+    /// returns at once (and the insert is refused).
+    pub async fn room(&self) {
+        loop {
+            let fits = self.session.has_room() && self.budget.has_room();
+            // Only looked at (under the lock) when the budgets are full.
+            if fits || self.is_empty() {
+                return;
+            }
+            self.session.room().await;
+            self.budget.room().await;
+        }
     }
 
     /// Records a forwarded request.

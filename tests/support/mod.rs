@@ -812,6 +812,14 @@ impl HttpFixture {
     }
 }
 
+impl HttpFixture {
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for HttpFixture {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -842,4 +850,44 @@ pub fn private_ca(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     paths
+}
+
+/// Pipelines `n` echo calls into `proxy` at once (written by another thread, so neither side's
+/// pipe buffer can deadlock the test) and checks every id is answered exactly once with its own
+/// payload. Returns the proxy's peak resident memory (VmHWM) in KiB, read before it exits.
+pub fn pipeline_echoes(mut proxy: Proxy, n: i64) -> u64 {
+    proxy.initialize();
+    let mut stdin = Some(proxy.take_stdin());
+    let mut batch = Vec::new();
+    for id in 0..n {
+        let msg = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("echo", serde_json::json!({"text": format!("m{id}")}))});
+        serde_json::to_writer(&mut batch, &msg).unwrap();
+        batch.push(b'\n');
+    }
+    let writer = std::thread::spawn(move || {
+        let mut stdin = stdin.take().unwrap();
+        stdin.write_all(&batch).unwrap();
+        stdin
+    });
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        let answer = proxy.recv();
+        let id = answer["id"].as_i64().unwrap_or_else(|| panic!("{answer}"));
+        assert_eq!(
+            answer["result"]["content"][0]["text"],
+            format!("m{id}"),
+            "{answer}"
+        );
+        assert!(seen.insert(id), "id {id} answered twice");
+    }
+    assert_eq!(seen.len(), n as usize);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    let peak_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    drop(writer.join().unwrap());
+    assert!(proxy.wait_exit(WAIT).success(), "{}", proxy.stderr_text());
+    peak_kib
 }

@@ -39,6 +39,7 @@ mod link;
 mod recovery;
 mod streams;
 
+pub(super) use http_upstream::session_lost;
 pub use link::{Handshake, LegacyUpstream, LinkUpstream, Recovery, SessionLink};
 
 /// How long a crashed child's stdout may still be read for its last answers.
@@ -497,18 +498,24 @@ impl Gateway {
                     Reply::Message(msg) => {
                         let _ = sink.deliver(msg).await;
                     }
-                    Reply::Rejected { id, status, .. } => {
-                        lost |= status == http::StatusCode::NOT_FOUND;
-                        let error = ProxyError::new(
-                            ErrorCode::UpstreamHttpError,
-                            format!("the upstream answered HTTP {status}"),
-                        )
-                        .with("httpStatus", status.as_u16());
-                        if let Some(id) = id {
-                            let _ = sink
-                                .deliver(Message::error_response(Some(&id), &error))
-                                .await;
-                        }
+                    Reply::Rejected {
+                        id, status, body, ..
+                    } => {
+                        lost |= session_lost(status, &body);
+                        let Some(id) = id else { continue };
+                        // The upstream's own JSON-RPC error, if its refusal carried one.
+                        let answer = Message::parse(body)
+                            .ok()
+                            .and_then(|m| m.error_for(&id))
+                            .unwrap_or_else(|| {
+                                let error = ProxyError::new(
+                                    ErrorCode::UpstreamHttpError,
+                                    format!("the upstream answered HTTP {status}"),
+                                )
+                                .with("httpStatus", status.as_u16());
+                                Message::error_response(Some(&id), &error)
+                            });
+                        let _ = sink.deliver(answer).await;
                     }
                     Reply::Cancelled(_) => {}
                 }
@@ -526,8 +533,19 @@ impl Gateway {
         }
     }
 
-    /// Runs one message from `client` through the pipeline (client→server).
+    /// Runs one message from `client` through the pipeline (client→server). A request that finds
+    /// its session's pending table full is held up to `--pending-wait` for an answer to free
+    /// room (the client is slowed down first); if none does, the tracker refuses it (-32083).
     pub async fn inbound(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
+        if msg.kind() == Kind::Request {
+            let room = session.pending(Direction::ClientToServer).room();
+            if tokio::time::timeout(self.reverse.pending_wait, room)
+                .await
+                .is_err()
+            {
+                tracing::debug!(session = %session.id(), "no room for a request within --pending-wait");
+            }
+        }
         let cx = Context {
             direction: Direction::ClientToServer,
             session,

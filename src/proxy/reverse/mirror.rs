@@ -132,9 +132,14 @@ fn check_name(
 /// `forward stdio --url`): in the stateless era (the body's `_meta` names the protocol version)
 /// `MCP-Protocol-Version` from it, and for requests `Mcp-Method` and `Mcp-Name` (encoded when
 /// not header-safe); otherwise the session's `negotiated` version, if any. (`Mcp-Param-*`
-/// headers would need the tool's schema; they are not made.)
+/// headers would need the tool's schema; they are not made.) `initialize` gets none: the
+/// version header belongs to the requests after the handshake, and a dual-era server reads one
+/// on `initialize` (say `2026-07-28`, which the client asked for) as a stateless request.
 pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    if msg.method() == Some(&crate::protocol::Method::Initialize) {
+        return headers;
+    }
     let params =
         if memchr::memmem::find(msg.raw(), b"io.modelcontextprotocol/protocolVersion").is_some() {
             serde_json::from_slice::<Body<'_>>(msg.raw())
@@ -410,6 +415,11 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert_eq!(h["mcp-protocol-version"], "2025-06-18");
         assert!(headers_for(&old, None).is_empty());
+        // The handshake itself carries no version header, whatever it asks for.
+        let init = request(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2026-07-28","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        assert!(headers_for(&init, Some(HeaderValue::from_static("2026-07-28"))).is_empty());
         assert_eq!(encode_sentinel("us-west1"), "us-west1");
         assert_eq!(encode_sentinel(" padded "), "=?base64?IHBhZGRlZCA=?=");
         assert_eq!(

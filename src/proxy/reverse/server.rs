@@ -235,6 +235,8 @@ async fn post(
     let mut answers = Vec::new();
     // The first rate-limit refusal, and how many answers are refusals.
     let mut limited: Option<(Refusal, usize)> = None;
+    // How many answers are refusals for want of room in the pending table (after --pending-wait).
+    let mut busy = 0;
     // At a shared child, requests go under ids of our own.
     let mut aliases = shared.then(Aliases::default);
     for member in members {
@@ -289,6 +291,8 @@ async fn post(
                             .answered_by_proxy(crate::protocol::Direction::ClientToServer);
                         if let Some(refusal) = Refusal::from_answer(&answer) {
                             limited.get_or_insert((refusal, 0)).1 += 1;
+                        } else if is_too_many_pending(&answer) {
+                            busy += 1;
                         }
                         let answer = answer.raw().clone();
                         answers.push(match &aliases {
@@ -312,6 +316,17 @@ async fn post(
             response.headers_mut().extend(refusal.headers());
             return response;
         }
+    }
+    if busy > 0 && forwarded.is_empty() && busy == answers.len() {
+        // No room for any of it, even after --pending-wait: 503, come back shortly.
+        if new_session && !stateless {
+            gateway.sessions.end(link.session.id(), EndReason::Error);
+        }
+        let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, join(&answers, batch));
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
     }
     let (reply, mut replies) = reply_channel(expected.len());
     if expected.is_empty() {
@@ -519,7 +534,7 @@ fn passthrough(
     if new_session {
         // The upstream refused to initialize: no session.
         gateway.sessions.end(link.session.id(), EndReason::Error);
-    } else if status == StatusCode::NOT_FOUND {
+    } else if super::gateway::session_lost(status, &body) {
         tracing::warn!("the upstream no longer knows this session; ending it");
         gateway.sessions.end(link.session.id(), EndReason::Error);
     }
@@ -540,6 +555,12 @@ fn passthrough(
         String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
     );
     json_response(status, error.to_response(None))
+}
+
+/// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
+fn is_too_many_pending(answer: &Message) -> bool {
+    answer.kind() == Kind::Error
+        && memchr::memmem::find(answer.raw(), b"\"too_many_pending_requests\"").is_some()
 }
 
 /// Whether a raw answer is a successful response (not an error).

@@ -23,6 +23,17 @@ use super::streams::StreamPosition;
 use super::{Gateway, LegacyUpstream, LinkUpstream, MAX_ERROR_BODY, SessionLink};
 use std::sync::atomic::Ordering;
 
+/// Whether an upstream's refusal says it no longer knows the session: 404, unless its body is
+/// the 2026-07-28 HTTP binding's answer to an unknown method (404 with `-32601`), which the
+/// server gives after reading the request.
+pub(in crate::proxy::reverse) fn session_lost(status: http::StatusCode, body: &[u8]) -> bool {
+    status == http::StatusCode::NOT_FOUND
+        && !serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+            v.pointer("/error/code").and_then(serde_json::Value::as_i64)
+                == Some(crate::protocol::error::peer::METHOD_NOT_FOUND)
+        })
+}
+
 /// Whether `msg` may be sent twice without harm, should the first try's fate be unknown.
 fn safe_to_repeat(msg: &Message) -> bool {
     msg.kind() == Kind::Request
@@ -211,21 +222,28 @@ impl Gateway {
                 link.upstream_ready.cancel();
             }
         }
-        if status == http::StatusCode::NOT_FOUND
-            && session.is_some()
-            && !is_initialize
-            && !retried
-            && self.recover(link, client, session.as_ref()).await
-        {
-            // Refused, so not run: send it again on the new session.
-            return Box::pin(self.post_streamable(link, client, msg, client_headers, reply, true))
-                .await;
-        }
         if !status.is_success() {
             let content_type = response.headers().get(CONTENT_TYPE).cloned();
             let body = read_body(response.into_body(), MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
+            if session_lost(status, &body)
+                && session.is_some()
+                && !is_initialize
+                && !retried
+                && self.recover(link, client, session.as_ref()).await
+            {
+                // Refused, so not run: send it again on the new session.
+                return Box::pin(self.post_streamable(
+                    link,
+                    client,
+                    msg,
+                    client_headers,
+                    reply,
+                    true,
+                ))
+                .await;
+            }
             if is_initialize
                 && matches!(status.as_u16(), 400 | 404 | 405)
                 && self
@@ -248,8 +266,13 @@ impl Gateway {
                 self.relay_stream(link, response.into_body(), Some(reply), &mut position)
                     .await;
                 if let Some(id) = &id {
-                    self.resume_post_stream(link, client, id, reply, &mut position)
-                        .await;
+                    if let Some(error) = self
+                        .resume_post_stream(link, client, id, reply, &mut position)
+                        .await
+                    {
+                        self.metrics.upstream_error("unreachable");
+                        self.fail(link, Some(id), &error, Some(reply)).await;
+                    }
                 }
             }
             Some("application/json") => {

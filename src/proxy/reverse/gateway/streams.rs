@@ -18,7 +18,7 @@ use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::{Context, Verdict};
 use crate::proxy::tracker::receiver_gone;
 use crate::transport::backoff::Backoff;
-use crate::transport::http::{HttpUpstream, media_type, sse_events};
+use crate::transport::http::{HttpUpstream, UpstreamError, media_type, sse_events};
 use crate::transport::sse::Item;
 
 use super::super::router::{Reply, Waiter};
@@ -125,8 +125,11 @@ impl Gateway {
 
     /// A POST's SSE stream that ended before the answer to request `id`: resumed with a GET and
     /// `Last-Event-ID` (the upstream replays what came after), with backoff, at most
-    /// [`POST_STREAM_RESUMES`] times, while the request is pending and its client listens. Not
-    /// possible if the upstream gave the stream no event ids.
+    /// [`POST_STREAM_RESUMES`] times and for at most `--resume-timeout`, while the request is
+    /// pending and its client listens. Not possible if the upstream gave the stream no event
+    /// ids. A refused connection ends it at once: the server is down, not the stream dropped.
+    /// Returns the error for the request if it is still pending when this gives up, naming the
+    /// last failure.
     pub(super) async fn resume_post_stream(
         &self,
         link: &Arc<SessionLink>,
@@ -134,21 +137,32 @@ impl Gateway {
         id: &RequestId,
         reply: &Waiter,
         position: &mut StreamPosition,
-    ) {
+    ) -> Option<ProxyError> {
         let pending = || link.session.pending(Direction::ClientToServer).contains(id);
+        let deadline = tokio::time::Instant::now() + self.reverse.resume_timeout;
         let mut backoff = Backoff::default();
-        while pending() && !reply.is_closed() && backoff.failures() < POST_STREAM_RESUMES {
-            let Some(last) = position.last_event_id.clone() else {
-                return;
+        let mut cause = String::from("the stream ended before the answer");
+        while pending() && !reply.is_closed() {
+            if backoff.failures() >= POST_STREAM_RESUMES {
+                return Some(resume_failed(
+                    &cause,
+                    &format!("after {POST_STREAM_RESUMES} tries"),
+                ));
+            }
+            let last = position.last_event_id.clone()?;
+            let attempt = async {
+                tokio::time::sleep(backoff.next_delay(position.retry)).await;
+                tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
+                let session = link.upstream_session();
+                let version = link.protocol_version();
+                client
+                    .get_stream(session.as_ref(), version.as_ref(), Some(&last))
+                    .await
             };
-            tokio::time::sleep(backoff.next_delay(position.retry)).await;
-            tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
-            let session = link.upstream_session();
-            let version = link.protocol_version();
-            match client
-                .get_stream(session.as_ref(), version.as_ref(), Some(&last))
-                .await
-            {
+            let Ok(resumed) = tokio::time::timeout_at(deadline, attempt).await else {
+                return pending().then(|| resume_failed(&cause, "within --resume-timeout"));
+            };
+            match resumed {
                 Ok(response)
                     if response.status().is_success()
                         && media_type(response.headers()).as_deref()
@@ -156,13 +170,38 @@ impl Gateway {
                 {
                     self.relay_stream(link, response.into_body(), Some(reply), position)
                         .await;
+                    cause = String::from("the resumed stream ended before the answer");
                 }
                 Ok(response) => {
                     tracing::debug!(status = %response.status(), "the upstream would not resume the stream");
+                    cause = format!(
+                        "the upstream answered HTTP {} to resuming it",
+                        response.status()
+                    );
                 }
-                Err(e) => tracing::debug!(%e, "could not resume the stream"),
+                Err(
+                    e @ UpstreamError::Unreachable {
+                        connected: false,
+                        kind: "connection_refused",
+                        ..
+                    },
+                ) => {
+                    tracing::warn!(%e, "the upstream refuses connections; not resuming the stream");
+                    return pending().then(|| {
+                        ProxyError::new(
+                            ErrorCode::UpstreamUnreachable,
+                            format!("the upstream's stream for this request broke, and {e}"),
+                        )
+                        .with("kind", "connection_refused")
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(%e, "could not resume the stream");
+                    cause = e.to_string();
+                }
             }
         }
+        None
     }
 
     /// Relays an upstream SSE stream: a POST's answer (`reply`: its messages stay on that POST's
@@ -341,4 +380,15 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The error for a request whose broken stream could not be resumed (`within`: the limit that
+/// ran out), naming the last failure.
+fn resume_failed(cause: &str, within: &str) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::UpstreamUnreachable,
+        format!(
+            "the upstream's stream for this request broke and could not be resumed {within}: {cause}"
+        ),
+    )
 }
