@@ -2,6 +2,7 @@
 # Installs everything Shadowcat's tests need (pinned) and runs the whole suite:
 #   - Python venvs with the MCP SDK 2.3.0 and 1.30.0 (tests/peers/requirements-*.txt),
 #   - @modelcontextprotocol/server-everything from npm (tests/peers/package-lock.json),
+#   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),
 #   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
 # Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.
 set -euo pipefail
@@ -27,6 +28,13 @@ if [ ! -f tests/peers/node_modules/.package-lock.json ] || ! cmp -s tests/peers/
   echo "==> installing npm test peers"
   npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
   cp tests/peers/package-lock.json "$env_dir/npm.lock"
+fi
+
+# The official MCP conformance suite and the Node (>= 22) it needs, both from npm.
+if [ ! -f tests/conformance/node_modules/.package-lock.json ] || ! cmp -s tests/conformance/package-lock.json "$env_dir/conformance.lock"; then
+  echo "==> installing the MCP conformance suite"
+  npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
+  cp tests/conformance/package-lock.json "$env_dir/conformance.lock"
 fi
 
 export SHADOWCAT_TEST_ENV="$env_dir"

@@ -1,6 +1,7 @@
 //! The one table of JSON-RPC error codes that Shadowcat itself generates.
 //!
-//! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32603`), and MCP's own
+//! Standard JSON-RPC codes are used where they fit (`-32700`, `-32600`, `-32601`, `-32602`,
+//! `-32603`), and MCP's own
 //! where the spec defines the case (`-32020`, a header that does not match the body). Everything
 //! proxy-specific lives in `-32080..=-32099`, clear of the codes MCP and its SDKs use
 //! (`-32000..=-32010`, `-32020..=-32022`, `-32042`). Every error carries `data.shadowcat` naming
@@ -36,6 +37,9 @@ pub enum ErrorCode {
     ParseError,
     /// `-32600`: valid JSON, but not a valid JSON-RPC 2.0 message.
     InvalidRequest,
+    /// `-32601`: the method does not exist in the request's protocol era (`initialize` sent to
+    /// a stdio server as a 2026-07-28 request; HTTP 404).
+    MethodNotFound,
     /// `-32602`: a rule hides the tool or prompt the request names (what a server says of one
     /// it does not have).
     InvalidParams,
@@ -78,9 +82,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::ParseError,
         Self::InvalidRequest,
+        Self::MethodNotFound,
         Self::InvalidParams,
         Self::ResourceNotFound,
         Self::InternalError,
@@ -105,6 +110,7 @@ impl ErrorCode {
         match self {
             Self::ParseError => -32700,
             Self::InvalidRequest => -32600,
+            Self::MethodNotFound => -32601,
             Self::InvalidParams => -32602,
             Self::ResourceNotFound => -32002,
             Self::InternalError => -32603,
@@ -130,6 +136,7 @@ impl ErrorCode {
         match self {
             Self::ParseError => "parse_error",
             Self::InvalidRequest => "invalid_request",
+            Self::MethodNotFound => "method_not_found",
             Self::InvalidParams => "invalid_params",
             Self::ResourceNotFound => "resource_not_found",
             Self::InternalError => "internal_error",
@@ -241,6 +248,7 @@ mod tests {
         let defined_elsewhere = [
             ErrorCode::ParseError,
             ErrorCode::InvalidRequest,
+            ErrorCode::MethodNotFound,
             ErrorCode::InternalError,
             ErrorCode::HeaderMismatch,
             ErrorCode::InvalidParams,

@@ -10,6 +10,9 @@ use super::error::{ErrorCode, ProxyError};
 use super::id::RequestId;
 use super::method::Method;
 
+/// The `_meta` member that names a 2026-07-28 notification's subscription.
+pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
 /// What a JSON-RPC message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -411,6 +414,34 @@ impl Message {
             ),
             _ => None,
         }
+    }
+
+    /// The subscription a 2026-07-28 notification belongs to: its
+    /// `params._meta["io.modelcontextprotocol/subscriptionId"]`, which is the id of the
+    /// `subscriptions/listen` request that opened it. Read only when the frame mentions one.
+    pub fn subscription_id(&self) -> Option<RequestId> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            params: Option<Params<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "_meta")]
+            meta: Option<Meta<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow, rename = "io.modelcontextprotocol/subscriptionId")]
+            id: Option<&'a RawValue>,
+        }
+        memchr::memmem::find(&self.raw, SUBSCRIPTION_ID.as_bytes())?;
+        let raw = serde_json::from_slice::<Body<'_>>(&self.raw)
+            .ok()?
+            .params?
+            .meta?
+            .id?;
+        RequestId::from_raw(raw).ok()
     }
 
     /// The string member `member` of `params` (a tool's `name`, a resource's `uri`), read

@@ -231,6 +231,11 @@ impl PendingRequests {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether one more request fits under both its bounds now.
+    pub fn has_room(&self) -> bool {
+        self.session.has_room() && self.budget.has_room()
+    }
+
     /// Waits until this table can take one more request under both its bounds (the session's
     /// and the process's): how a client that can be slowed down is, instead of refused. Only
     /// while this table holds requests of its own, whose answers will free room: a budget that
@@ -238,9 +243,8 @@ impl PendingRequests {
     /// returns at once (and the insert is refused).
     pub async fn room(&self) {
         loop {
-            let fits = self.session.has_room() && self.budget.has_room();
-            // Only looked at (under the lock) when the budgets are full.
-            if fits || self.is_empty() {
+            // The table is only looked at (under its lock) when the budgets are full.
+            if self.has_room() || self.is_empty() {
                 return;
             }
             self.session.room().await;

@@ -525,8 +525,8 @@ pub fn modern_call(
     arguments: Value,
     meta: Value,
 ) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let mut meta_members =
-        serde_json::json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    let mut meta_members = serde_json::json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}});
     if let (Some(all), Value::Object(extra)) = (meta_members.as_object_mut(), meta) {
         all.extend(extra);
     }

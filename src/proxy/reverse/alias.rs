@@ -1,7 +1,8 @@
 //! Stateless (2026-07-28) requests to a command upstream: they have no session, so they share
 //! one child, and requests of different clients may carry the same ids and progress tokens.
 //! Each request goes to the child under an id (and progress token) of our own, unique there,
-//! and what comes back for it is turned back into the names its client chose.
+//! and what comes back for it (answers, progress, a subscription's notifications) is turned back
+//! into the names its client chose.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,6 +13,7 @@ use crate::protocol::{Kind, Message, Method, RequestId};
 
 const REQUEST_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 const PROGRESS_TOKEN: [&str; 2] = ["params", "progressToken"];
+const SUBSCRIPTION: [&str; 3] = ["params", "_meta", crate::protocol::message::SUBSCRIPTION_ID];
 
 /// One POST's aliases: ours → the client's, for its request ids and progress tokens.
 #[derive(Debug, Default)]
@@ -58,7 +60,14 @@ impl Aliases {
                 .and_then(|token| self.tokens.get(&token))
                 .and_then(|original| msg.with_member(&PROGRESS_TOKEN, original))
         } else {
-            None
+            // A subscription's notification names the listen request by our id.
+            msg.subscription_id()
+                .and_then(|id| self.ids.get(&id))
+                .and_then(|original| {
+                    let mut json = Vec::new();
+                    original.write_json(&mut json);
+                    msg.with_member(&SUBSCRIPTION, std::str::from_utf8(&json).ok()?)
+                })
         };
         renamed.map_or(raw, |m| m.raw().clone())
     }
@@ -98,6 +107,14 @@ mod tests {
         );
         // Not one of a's: left alone.
         assert_eq!(a.outbound(answer.raw().clone()), answer.raw().clone());
+        // A subscription's notifications name its listen request by the client's id again.
+        let changed = msg(
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":2}}}"#,
+        );
+        assert_eq!(
+            &b.outbound(changed.raw().clone())[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}"#
+        );
         // Notifications pass as they are.
         let note = msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert_eq!(a.inbound(note.clone(), &next).raw(), note.raw());

@@ -103,6 +103,13 @@ impl Drop for EndOnDrop {
 /// A POST's exchange with the upstream.
 pub(super) type Exchange = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The upstream's close of a request's stream, for its client to resume (polling).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pause {
+    /// The reconnection delay the upstream asked for (`retry:`).
+    pub(super) retry: Option<std::time::Duration>,
+}
+
 /// What arrived for a waiting POST.
 pub(super) enum Arrival {
     /// The client cancelled one of its requests; nothing to send for it.
@@ -111,6 +118,9 @@ pub(super) enum Arrival {
     Answer(Bytes),
     /// Something else for the client (a notification or server request).
     Other(Bytes),
+    /// The upstream closed the stream of one of its requests before the answer, for the client
+    /// to resume it (see [`Reply::Paused`]).
+    Paused(Pause),
     /// The upstream refused one of its messages at the HTTP level.
     Rejected {
         status: StatusCode,
@@ -261,6 +271,7 @@ impl Answering {
                 self.answered(&id, true);
                 Arrival::Cancelled
             }
+            Reply::Paused { retry } => Arrival::Paused(Pause { retry }),
             Reply::Message(msg) => {
                 let answers_ours = msg.is_response()
                     && msg

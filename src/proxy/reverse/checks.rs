@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::config::{TrustedProxies, is_loopback_authority};
 use crate::protocol::error::ProxyError;
-use crate::protocol::{ErrorCode, Frame, Message, version};
+use crate::protocol::{ErrorCode, Frame, Message, RequestId, version};
 use crate::proxy::Client;
 use crate::session::SessionId;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
@@ -136,13 +136,18 @@ pub(super) async fn guard(
 
 /// An HTTP refusal with a JSON-RPC error body (`id: null`).
 pub(super) fn refuse(status: StatusCode, message: String) -> Response {
+    refuse_to(status, message, None)
+}
+
+/// [`refuse`], answering request `id` (a refusal after the body was read carries its id).
+pub(super) fn refuse_to(status: StatusCode, message: String, id: Option<&RequestId>) -> Response {
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
         StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TooManySessions,
         _ => ErrorCode::InvalidRequest,
     };
     let error = ProxyError::new(code, message).with("httpStatus", status.as_u16());
-    json_response(status, error.to_response(None))
+    json_response(status, error.to_response(id))
 }
 
 pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
@@ -208,9 +213,12 @@ pub(super) fn method_not_allowed(why: &str, allow: &'static str) -> Response {
 
 /// The session a request names, or the refusal for a missing or unknown one.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+/// The session a request names in `Mcp-Session-Id`; refused (answering request `id`, if the
+/// body was read) if it names none, or one that is gone.
 pub(super) fn session_of(
     gateway: &Gateway,
     headers: &HeaderMap,
+    id: Option<&RequestId>,
 ) -> Result<Arc<SessionLink>, Response> {
     let Some(value) = headers.get(&MCP_SESSION_ID) else {
         let stateless = headers
@@ -224,9 +232,10 @@ pub(super) fn session_of(
                 "POST",
             ));
         }
-        return Err(refuse(
+        return Err(refuse_to(
             StatusCode::BAD_REQUEST,
             "Bad Request: missing Mcp-Session-Id header; start a session with initialize".into(),
+            id,
         ));
     };
     let link = value
@@ -236,10 +245,11 @@ pub(super) fn session_of(
         .and_then(|id| gateway.link(&id));
     match link {
         Some(link) if !link.session.closed_token().is_cancelled() => Ok(link),
-        _ => Err(refuse(
+        _ => Err(refuse_to(
             StatusCode::NOT_FOUND,
             "Not Found: no such session (it expired or was ended); start a new one with initialize"
                 .into(),
+            id,
         )),
     }
 }

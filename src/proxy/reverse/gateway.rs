@@ -517,7 +517,8 @@ impl Gateway {
                             });
                         let _ = sink.deliver(answer).await;
                     }
-                    Reply::Cancelled(_) => {}
+                    // A stdio client cannot resume a stream: the gateway's resumption is all.
+                    Reply::Cancelled(_) | Reply::Paused { .. } => {}
                 }
             }
         };
@@ -537,8 +538,9 @@ impl Gateway {
     /// its session's pending table full is held up to `--pending-wait` for an answer to free
     /// room (the client is slowed down first); if none does, the tracker refuses it (-32083).
     pub async fn inbound(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
-        if msg.kind() == Kind::Request {
-            let room = session.pending(Direction::ClientToServer).room();
+        let pending = session.pending(Direction::ClientToServer);
+        if msg.kind() == Kind::Request && !pending.has_room() {
+            let room = pending.room();
             if tokio::time::timeout(self.reverse.pending_wait, room)
                 .await
                 .is_err()

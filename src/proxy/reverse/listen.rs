@@ -24,7 +24,7 @@ use super::stream::{self, Connection, EventLog, LiveEvents};
 /// `Last-Event-ID` from one of the session's POST streams resumes that stream instead: the rest
 /// of its events, ending with the request's answer.
 pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let link = match session_of(&gateway, &headers) {
+    let link = match session_of(&gateway, &headers, None) {
         Ok(link) => link,
         Err(response) => return response,
     };

@@ -30,6 +30,14 @@ pub enum Reply {
     Cancelled(RequestId),
     /// A message for the client.
     Message(Message),
+    /// The upstream closed the stream carrying the POST's answer before the answer, as a
+    /// server that wants the client to poll does (2025-11-25: after a priming event, with
+    /// `retry:`); the gateway resumes it upstream, and the client's stream is closed the same
+    /// way, for it to resume with `Last-Event-ID`.
+    Paused {
+        /// The reconnection delay the upstream asked for.
+        retry: Option<std::time::Duration>,
+    },
     /// The upstream refused one of the POST's messages at the HTTP level.
     Rejected {
         /// The refused request's id (none for a notification or response).
@@ -230,6 +238,31 @@ impl Router {
         }
     }
 
+    /// A notification of a subscription (2026-07-28: `_meta` names the `subscriptions/listen`
+    /// request that opened it) goes on that request's stream while it is open; gives the
+    /// message back otherwise.
+    fn offer_subscription(&self, msg: Message) -> Result<(), Message> {
+        if msg.kind() != Kind::Notification {
+            return Err(msg);
+        }
+        let Some(id) = msg.subscription_id() else {
+            return Err(msg);
+        };
+        let slot = lock(&self.waiters).get(&id).cloned();
+        match slot {
+            Some(slot) if !slot.waiter.is_closed() && slot.waiter.capacity() > slot.reserve => {
+                match slot.waiter.try_send(Reply::Message(msg)) {
+                    Ok(()) => Ok(()),
+                    Err(e) => match e.into_inner() {
+                        Reply::Message(msg) => Err(msg),
+                        _ => Ok(()),
+                    },
+                }
+            }
+            _ => Err(msg),
+        }
+    }
+
     /// Messages dropped so far because no POST was open to take them.
     pub fn undeliverable(&self) -> u64 {
         self.undeliverable
@@ -319,7 +352,8 @@ impl Router {
 
 impl Deliver for Router {
     /// Answers go to the POST that asked. Progress goes to the POST whose request carried its
-    /// token. A server request goes to the most recent open POST (it is being handled for one),
+    /// token, and a subscription's notification to the POST of the `subscriptions/listen` that
+    /// opened it. A server request goes to the most recent open POST (it is being handled for one),
     /// else to the GET stream if a client is connected to it. Every other notification goes to
     /// the GET stream, buffered for replay whether or not anyone is connected. At the child
     /// shared by stateless requests, what is tied to no request goes to the open one only if it
@@ -350,6 +384,10 @@ impl Deliver for Router {
             return Ok(());
         }
         let msg = match self.offer_progress(msg) {
+            Ok(()) => return Ok(()),
+            Err(msg) => msg,
+        };
+        let msg = match self.offer_subscription(msg) {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
@@ -458,6 +496,13 @@ mod tests {
             .await
             .unwrap();
         assert!(text(b_rx.try_recv().unwrap()).contains("\"id\":2"));
+        // A subscription's notification names the listen request that opened it: it goes
+        // there, however many requests are open.
+        let changed = r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}"#;
+        router.deliver(msg(changed)).await.unwrap();
+        assert!(text(a_rx.try_recv().unwrap()).contains("list_changed"));
+        assert!(b_rx.try_recv().is_err());
+        assert_eq!(router.undeliverable(), 1);
     }
 
     #[tokio::test]

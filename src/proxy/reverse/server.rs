@@ -30,10 +30,10 @@ use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::transport::sse;
 
 use super::alias::Aliases;
-use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Registration};
+use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
 use super::checks::{
     accepts, check_content_type, client_of, cors, guard, json_response, method_not_allowed,
-    read_frame, refuse, session_of,
+    read_frame, refuse, refuse_to, session_of,
 };
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
@@ -73,7 +73,7 @@ async fn not_allowed() -> Response {
 
 /// `DELETE`: ends the session, and its upstream session or child.
 async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let link = match session_of(&gateway, &headers) {
+    let link = match session_of(&gateway, &headers, None) {
         Ok(link) => link,
         Err(response) => return response,
     };
@@ -106,15 +106,11 @@ async fn post(
     }
     let header_version = match headers.get(&MCP_PROTOCOL_VERSION).map(HeaderValue::to_str) {
         None => None,
-        Some(Ok(v)) if version::is_known(v) => Some(v.to_owned()),
-        Some(v) => {
+        Some(Ok(v)) => Some(v.trim().to_owned()),
+        Some(Err(_)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "Bad Request: unsupported MCP-Protocol-Version {:?} (known: {})",
-                    v.unwrap_or("?"),
-                    version::KNOWN.join(", ")
-                ),
+                "Bad Request: the MCP-Protocol-Version header has invalid characters".into(),
             );
         }
     };
@@ -126,7 +122,36 @@ async fn post(
         Frame::Single(msg) => (vec![Ok(msg)], false),
         Frame::Batch(members) => (members, true),
     };
+    // The id of the POST's one request, for the refusals below.
+    let only_id = match (&members[..], batch) {
+        ([Ok(msg)], false) => msg.request_id().cloned(),
+        _ => None,
+    };
+    // A version of the stateless era, or one we do not know (a later one, perhaps): not ours
+    // to refuse without a session; the server answers it (-32022 if it does not know it either).
+    let modern_header = header_version
+        .as_deref()
+        .is_some_and(|v| version::is_stateless(v) || !version::is_known(v));
+    if let (Some(v), true) = (
+        header_version.as_deref(),
+        headers.contains_key(&MCP_SESSION_ID),
+    ) {
+        if !version::is_known(v) {
+            let error = ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "Bad Request: unsupported MCP-Protocol-Version {v:?} (known: {})",
+                    version::KNOWN.join(", ")
+                ),
+            )
+            .with("httpStatus", 400);
+            return json_response(StatusCode::BAD_REQUEST, error.to_response(only_id.as_ref()));
+        }
+    }
+    // The handshake, unless the header puts the request in the stateless era (where
+    // `initialize` is a method that no longer exists).
     let initialize = !batch
+        && !modern_header
         && matches!(&members[..], [Ok(m)] if m.kind() == Kind::Request && m.method() == Some(&Method::Initialize));
     let contains_initialize = members
         .iter()
@@ -137,7 +162,7 @@ async fn post(
             "Bad Request: initialize must not be part of a batch".into(),
         );
     }
-    let stateless_era = !initialize && header_version.as_deref().is_some_and(version::is_stateless);
+    let stateless_era = !initialize && modern_header;
     if let ([Ok(msg)], true) = (&members[..], stateless_era) {
         // The headers that mirror the body must match it (2026-07-28).
         if let Err(response) = super::mirror::check(&headers, msg) {
@@ -164,11 +189,12 @@ async fn post(
             // The shared child's session is not this request's to end.
             Ok(link) => (link, !shared),
             Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
-                let mut response = refuse(
+                let mut response = refuse_to(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
                     ),
+                    only_id.as_ref(),
                 );
                 response
                     .headers_mut()
@@ -188,11 +214,17 @@ async fn post(
             }
         }
     } else {
-        match session_of(&gateway, &headers) {
+        match session_of(&gateway, &headers, only_id.as_ref()) {
             Ok(link) => (link, false),
             Err(response) => return response,
         }
     };
+    if let ([Ok(msg)], true) = (&members[..], shared) {
+        // The gateway is the HTTP server of a stdio child: it checks what the child cannot see.
+        if let Err(response) = check_at_child(&link, &headers, msg) {
+            return response;
+        }
+    }
     // A stateless request's own session ends with its POST, whichever way that goes.
     let ephemeral = (stateless && !shared).then(|| EndOnDrop {
         gateway: gateway.clone(),
@@ -245,6 +277,18 @@ async fn post(
                 // Its request id is another POST's (in this era, closing that POST's stream is
                 // what cancels it).
                 tracing::debug!("a stateless notifications/cancelled was dropped");
+                continue;
+            }
+            (Ok(msg), Some(_)) if msg.method() == Some(&Method::Initialize) => {
+                // The stateless era has no initialize. The child would take it for the
+                // handshake of the other era, so it is answered here, as that era's HTTP
+                // server answers a method it does not have.
+                let error = ProxyError::new(
+                    ErrorCode::MethodNotFound,
+                    "Method not found: initialize is not part of protocol 2026-07-28 and later",
+                )
+                .with("httpStatus", 404);
+                answers.push(error.to_response(msg.id()));
                 continue;
             }
             (Ok(msg), Some(aliases)) => Ok(aliases.inbound(msg, &gateway.next_alias)),
@@ -369,7 +413,8 @@ async fn post(
         if answers.is_empty() {
             return StatusCode::ACCEPTED.into_response();
         }
-        return json_response(StatusCode::OK, join(&answers, batch));
+        let status = answer_status(shared, batch, &answers);
+        return json_response(status, join(&answers, batch));
     }
 
     let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
@@ -402,9 +447,19 @@ async fn post(
     // at once, for a client that accepts only SSE).
     let mut out = answers;
     let mut streaming = !accepts.json;
-    while !state.expected.is_empty() && (!streaming || out.is_empty()) {
+    // The upstream closed the request's stream for the client to resume (its polling): the
+    // client's stream is closed the same way, once it has its first events.
+    let mut paused = None;
+    while !state.expected.is_empty() && (!streaming || (out.is_empty() && paused.is_none())) {
         match state.next().await {
             Arrival::Answer(raw) => out.push(raw),
+            Arrival::Paused(pause) => {
+                // Only a client that resumes (it got a priming event) can be made to.
+                if accepts.sse && !stateless && link.takes_priming_events() {
+                    streaming = true;
+                    paused = Some(pause);
+                }
+            }
             Arrival::Other(raw) => {
                 if accepts.sse {
                     out.push(raw);
@@ -446,7 +501,13 @@ async fn post(
             gateway.sessions.end(link.session.id(), EndReason::Error);
             return json_response(StatusCode::OK, join(&out, batch));
         }
-        let mut response = json_response(StatusCode::OK, join(&out, batch));
+        if shared {
+            for raw in &out {
+                link.learn_tool_params(raw);
+            }
+        }
+        let status = answer_status(shared, batch, &out);
+        let mut response = json_response(status, join(&out, batch));
         if let Some(id) = session_header {
             response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
         }
@@ -455,7 +516,7 @@ async fn post(
     let body = if stateless {
         stateless_stream(&gateway, state, out)
     } else {
-        resumable_stream(&gateway, &link, state, &out)
+        resumable_stream(&gateway, &link, state, &out, paused)
     };
     let mut response = sse_response(body);
     if let Some(id) = session_header {
@@ -467,22 +528,30 @@ async fn post(
 /// A POST's SSE stream in a session: its events are logged (with ids, for the client to resume
 /// with `Last-Event-ID` if it loses the connection), and the request goes on without the client
 /// (a disconnection is not a cancellation) until its answers are in.
+/// `paused`: the upstream has already closed the request's stream for its client to resume, so
+/// this connection ends after its first events.
 fn resumable_stream(
     gateway: &Arc<Gateway>,
     link: &Arc<SessionLink>,
     mut state: Answering,
     first: &[Bytes],
+    paused: Option<Pause>,
 ) -> Body {
     let (number, log) = link.posts.open();
     for raw in first {
         log.push(raw);
     }
     let connection = log.attach(link.takes_priming_events());
+    if let Some(pause) = paused {
+        log.pause(pause.retry);
+    }
     let writer = log.clone();
     gateway.spawn(async move {
         while !state.expected.is_empty() {
             match state.next().await {
                 Arrival::Answer(raw) | Arrival::Other(raw) => writer.push(&raw),
+                // The client's connection closes as the upstream's did; it resumes by GET.
+                Arrival::Paused(pause) => writer.pause(pause.retry),
                 Arrival::Rejected { .. } | Arrival::Cancelled => {}
             }
         }
@@ -513,7 +582,8 @@ fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> B
                     Arrival::Answer(raw) | Arrival::Other(raw) => {
                         return Some((sse::message_event(&raw), (state, keepalive)));
                     }
-                    Arrival::Rejected { .. } | Arrival::Cancelled => {}
+                    // That era has no resumption: the gateway's own is all there is.
+                    Arrival::Paused(_) | Arrival::Rejected { .. } | Arrival::Cancelled => {}
                 }
             }
         },
@@ -557,6 +627,58 @@ fn passthrough(
     json_response(status, error.to_response(None))
 }
 
+/// What the gateway checks of a stateless request to the stdio child it shares, being the
+/// HTTP server there: a `tools/call`'s `Mcp-Param-*` headers against the tool's mirrored
+/// parameters (known from the child's `tools/list` answers; a tool not seen there yet is not
+/// checked).
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+fn check_at_child(link: &SessionLink, headers: &HeaderMap, msg: &Message) -> Result<(), Response> {
+    if msg.method().is_none_or(|m| m.as_str() != "tools/call") {
+        return Ok(());
+    }
+    let Ok(Some(name)) = msg.param_str("name") else {
+        return Ok(());
+    };
+    let params = link
+        .tool_params
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&name)
+        .cloned();
+    match params {
+        Some(params) => super::mirror::check_params(headers, msg, &params),
+        None => Ok(()),
+    }
+}
+
+/// The status of a JSON answer. From the stdio child shared by stateless requests, the
+/// 2026-07-28 HTTP binding's: a method that does not exist (-32601) is 404; invalid params
+/// (-32602), a header mismatch (-32020), a missing client capability (-32021) and an
+/// unsupported protocol version (-32022) are 400. (An HTTP upstream sets its own status, which
+/// is passed on.) Anything else, and a batch, is 200.
+fn answer_status(shared: bool, batch: bool, answers: &[Bytes]) -> StatusCode {
+    use crate::protocol::error::peer;
+    let ([only], true, false) = (answers, shared, batch) else {
+        return StatusCode::OK;
+    };
+    if memchr::memmem::find(only, b"\"error\"").is_none() {
+        return StatusCode::OK;
+    }
+    let code = serde_json::from_slice::<serde_json::Value>(only)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(serde_json::Value::as_i64));
+    match code {
+        Some(peer::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        Some(
+            peer::INVALID_PARAMS
+            | peer::HEADER_MISMATCH
+            | peer::MISSING_CLIENT_CAPABILITY
+            | peer::UNSUPPORTED_PROTOCOL_VERSION,
+        ) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    }
+}
+
 /// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
 fn is_too_many_pending(answer: &Message) -> bool {
     answer.kind() == Kind::Error
@@ -590,6 +712,37 @@ fn join(answers: &[Bytes], batch: bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_childs_errors_get_the_stateless_eras_statuses() {
+        let answer = |code: i64| {
+            Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"x"}}}}"#
+            ))
+        };
+        assert_eq!(
+            answer_status(true, false, &[answer(-32601)]),
+            StatusCode::NOT_FOUND
+        );
+        for code in [-32602, -32020, -32021, -32022] {
+            assert_eq!(
+                answer_status(true, false, &[answer(code)]),
+                StatusCode::BAD_REQUEST
+            );
+        }
+        assert_eq!(
+            answer_status(true, false, &[answer(-32000)]),
+            StatusCode::OK
+        );
+        let result = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"error":1}}"#);
+        assert_eq!(answer_status(true, false, &[result]), StatusCode::OK);
+        // An HTTP upstream sets its own; a batch is 200.
+        assert_eq!(
+            answer_status(false, false, &[answer(-32601)]),
+            StatusCode::OK
+        );
+        assert_eq!(answer_status(true, true, &[answer(-32601)]), StatusCode::OK);
+    }
 
     #[test]
     fn batches_join_into_one_array() {

@@ -248,6 +248,18 @@ impl EventLog {
         }
     }
 
+    /// Ends the live connection once it has sent what it was handed, telling its client to
+    /// come back after `retry` (an SSE `retry:` field): the stream goes on, for the client to
+    /// resume with `Last-Event-ID` (a server's polling, passed on).
+    pub fn pause(&self, retry: Option<Duration>) {
+        let mut inner = lock(&self.inner);
+        if let Some(live) = inner.live.take() {
+            if let Some(retry) = retry {
+                let _ = live.offer(&Bytes::from(format!("retry: {}\n\n", retry.as_millis())));
+            }
+        }
+    }
+
     /// Ends the live connection (the session is over).
     pub fn close(&self) {
         lock(&self.inner).live = None;

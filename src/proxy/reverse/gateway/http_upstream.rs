@@ -266,6 +266,7 @@ impl Gateway {
                 self.relay_stream(link, response.into_body(), Some(reply), &mut position)
                     .await;
                 if let Some(id) = &id {
+                    self.pass_on_pause(link, id, reply, &position).await;
                     if let Some(error) = self
                         .resume_post_stream(link, client, id, reply, &mut position)
                         .await
@@ -315,6 +316,31 @@ impl Gateway {
                 );
                 self.fail(link, Some(&id), &error, Some(reply)).await;
             }
+        }
+    }
+
+    /// The upstream ended request `id`'s resumable stream before the answer (a 2025-11-25
+    /// server that wants its client to poll: a priming event, `retry:`, then the close): the
+    /// POST is told, so the client's stream closes the same way (the gateway resumes the
+    /// upstream's meanwhile). A stream that broke, or that could not be resumed (no event ids;
+    /// the stateless era), is not passed on.
+    async fn pass_on_pause(
+        &self,
+        link: &SessionLink,
+        id: &RequestId,
+        reply: &Waiter,
+        position: &StreamPosition,
+    ) {
+        let resumable = position.ended
+            && position.last_event_id.is_some()
+            && !link.never_initialized()
+            && link.session.pending(Direction::ClientToServer).contains(id);
+        if resumable {
+            let _ = reply
+                .send(Reply::Paused {
+                    retry: position.retry,
+                })
+                .await;
         }
     }
 

@@ -101,6 +101,19 @@ pub struct SessionLink {
 }
 
 impl SessionLink {
+    /// Keeps the mirrored parameters a `tools/list` answer names (`x-mcp-header`), for clients
+    /// that send no headers of their own and for checking the headers of those that do.
+    pub fn learn_tool_params(&self, raw: &[u8]) {
+        if memchr::memmem::find(raw, b"x-mcp-header").is_none() {
+            return;
+        }
+        let found = super::super::mirror::tool_param_headers(raw);
+        self.tool_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(found);
+    }
+
     /// The upstream's session id for this session, once it gave one.
     pub(super) fn upstream_session(&self) -> Option<HeaderValue> {
         match &self.upstream {

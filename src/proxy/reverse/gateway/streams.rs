@@ -4,7 +4,7 @@
 //! the router or the POST's own stream.
 
 use crate::tape::Transport;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub(super) struct StreamPosition {
     /// pending (answered, timed out, cancelled), the stream is closed, which in the 2026-07-28
     /// era is how a request is cancelled.
     pub(super) request: Option<RequestId>,
+    /// Whether the upstream ended the stream itself (rather than it breaking or going silent).
+    pub(super) ended: bool,
 }
 
 impl Gateway {
@@ -240,7 +242,10 @@ impl Gateway {
                 }
                 None => events.next().await,
             };
-            let Some(item) = next else { break };
+            let Some(item) = next else {
+                position.ended = true;
+                break;
+            };
             if let Ok(Item::Event(event)) = &item {
                 if let Some(id) = &event.id {
                     position.last_event_id = HeaderValue::from_str(id).ok();
@@ -341,16 +346,8 @@ impl Gateway {
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
-                    if msg.is_response()
-                        && memchr::memmem::find(msg.raw(), b"x-mcp-header").is_some()
-                    {
-                        // A tools/list answer naming mirrored parameters: kept for clients
-                        // that send no headers of their own.
-                        let found = super::super::mirror::tool_param_headers(msg.raw());
-                        link.tool_params
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .extend(found);
+                    if msg.is_response() {
+                        link.learn_tool_params(msg.raw());
                     }
                     let Some(reply) = reply.filter(|_| !msg.is_response()) else {
                         let _ = link.router.deliver(msg).await;

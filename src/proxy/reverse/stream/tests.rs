@@ -187,3 +187,25 @@ fn the_byte_bound_holds() {
     let inner = lock(&log.inner);
     assert!(inner.bytes <= 200 && !inner.buffer.is_empty());
 }
+
+/// A server's polling, passed on: the live connection ends after what it was handed and a
+/// `retry:`, and the stream goes on for the client to resume with `Last-Event-ID`.
+#[tokio::test]
+async fn a_paused_stream_ends_its_connection_and_resumes_after_the_last_id() {
+    let log = EventLog::with_prefix("post1-".into(), 16, 1 << 20);
+    let mut first = log.attach(true);
+    log.push(br#"{"n":1}"#);
+    log.pause(Some(Duration::from_millis(100)));
+    assert_eq!(ids(&[first.live.recv().await.unwrap()]), ["post1-1"]);
+    assert_eq!(
+        first.live.recv().await.unwrap(),
+        Bytes::from("retry: 100\n\n")
+    );
+    assert!(first.live.recv().await.is_none(), "the connection ends");
+    // Logged while nobody is connected, then the client comes back after the last id it saw.
+    log.push(br#"{"n":2}"#);
+    log.push(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    log.finish();
+    let again = log.connect(Some("post1-1"), true).unwrap();
+    assert_eq!(ids(&again.first), ["post1-2", "post1-3"]);
+}
