@@ -19,12 +19,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::Gateway;
+use support::sdk::HttpServer;
 
 /// The suite's era versions, each run as its own set of scenarios.
 const VERSIONS: [&str; 2] = ["2025-11-25", "2026-07-28"];
@@ -75,44 +75,6 @@ fn run_suite(url: &str, version: &str) -> Results {
     serde_json::from_value(parsed["scenarios"].clone()).expect("scenarios")
 }
 
-/// The fixture over Streamable HTTP on a free port.
-struct HttpFixture {
-    child: Child,
-    url: String,
-}
-
-impl HttpFixture {
-    fn start() -> Self {
-        let mut child = Command::new(support::python("2.3.0"))
-            .arg(support::peers().join("conformance_server.py"))
-            .arg("--http")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the conformance fixture");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .unwrap_or_else(|| panic!("the fixture did not report its port: {line:?}"));
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}/mcp"),
-        }
-    }
-}
-
-impl Drop for HttpFixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Whether two statuses are the same outcome. INFO is the suite's note, not a verdict: e.g.
 /// `server-sse-streams-functional` notes an answer sent as JSON where a server chose SSE,
 /// which the gateway does when only the answer arrives (both are the spec's).
@@ -158,10 +120,10 @@ fn differences(direct: &Results, proxied: &Results, skip: &[&str]) -> Vec<String
 
 #[test]
 fn the_conformance_suite_finds_nothing_lost_through_the_gateway() {
-    let fixture = HttpFixture::start();
+    let script = support::peers().join("conformance_server.py");
+    let fixture = HttpServer::start_script("2.3.0", script.to_str().unwrap(), &[]);
     let http = Gateway::start(&["--upstream", &fixture.url]);
     let python = support::python("2.3.0");
-    let script = support::peers().join("conformance_server.py");
     let stdio = Gateway::start(&["--", &python, script.to_str().unwrap()]);
     let mut report = Vec::new();
     for version in VERSIONS {

@@ -22,8 +22,14 @@ fn args(value: Value) -> serde_json::Map<String, Value> {
     value.as_object().unwrap().clone()
 }
 
-/// One rmcp client session against `command`; a summary of everything it saw.
-async fn session(mut command: Command) -> Value {
+/// An rmcp client connected to `command`: the client, the server's info and its tools' names.
+async fn connect(
+    mut command: Command,
+) -> (
+    rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    Value,
+    Vec<String>,
+) {
     command.stderr(std::process::Stdio::null());
     let client = ().serve(TokioChildProcess::new(command).unwrap()).await.expect("rmcp handshake");
     let info = serde_json::to_value(client.peer_info().expect("server info").as_ref()).unwrap();
@@ -35,13 +41,22 @@ async fn session(mut command: Command) -> Value {
         .map(|t| t.name.to_string())
         .collect();
     tools.sort();
-    let echo = client
-        .call_tool(
-            CallToolRequestParams::new("echo")
-                .with_arguments(args(json!({"text": "through rmcp"}))),
-        )
+    (client, info, tools)
+}
+
+/// The `echo` tool's answer to `text`.
+async fn echo(client: &rmcp::service::RunningService<rmcp::RoleClient, ()>, text: &str) -> Value {
+    let answer = client
+        .call_tool(CallToolRequestParams::new("echo").with_arguments(args(json!({"text": text}))))
         .await
         .unwrap();
+    serde_json::to_value(&answer).unwrap()
+}
+
+/// One rmcp client session against `command`; a summary of everything it saw.
+async fn session(command: Command) -> Value {
+    let (client, info, tools) = connect(command).await;
+    let echo = echo(&client, "through rmcp").await;
     // rmcp's default client handler declines sampling; the fixture reports the client's error.
     let sample = client
         .call_tool(
@@ -53,7 +68,7 @@ async fn session(mut command: Command) -> Value {
     json!({
         "info": info,
         "tools": tools,
-        "echo": serde_json::to_value(&echo).unwrap(),
+        "echo": echo,
         "sample": serde_json::to_value(&sample).unwrap(),
     })
 }
@@ -93,29 +108,11 @@ async fn an_rmcp_client_reaches_a_python_http_server_through_the_bridge() {
             "echo": value["echo"],
         })
     };
-    async fn calls(mut command: Command) -> Value {
-        command.stderr(std::process::Stdio::null());
-        let client =
-            ().serve(TokioChildProcess::new(command).unwrap())
-                .await
-                .expect("rmcp handshake");
-        let info = serde_json::to_value(client.peer_info().expect("server info").as_ref()).unwrap();
-        let mut tools: Vec<String> = client
-            .list_all_tools()
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.name.to_string())
-            .collect();
-        tools.sort();
-        let echo = client
-            .call_tool(
-                CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "bridged"}))),
-            )
-            .await
-            .unwrap();
+    async fn calls(command: Command) -> Value {
+        let (client, info, tools) = connect(command).await;
+        let echo = echo(&client, "bridged").await;
         client.cancel().await.unwrap();
-        json!({"info": info, "tools": tools, "echo": serde_json::to_value(&echo).unwrap()})
+        json!({"info": info, "tools": tools, "echo": echo})
     }
     let mut direct = Command::new(support::python("2.3.0"));
     direct.arg(server_script("2.3.0"));

@@ -27,8 +27,13 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts the `sdk` server with `flags` (`--stateless`, `--json`, `--legacy-sse`).
     pub fn start(sdk: &str, flags: &[&str]) -> Self {
+        Self::start_script(sdk, &server_script(sdk), flags)
+    }
+
+    /// Starts the peer `script` (on the `sdk` venv's Python) serving HTTP, with `flags`.
+    pub fn start_script(sdk: &str, script: &str, flags: &[&str]) -> Self {
         let mut child = Command::new(python(sdk))
-            .arg(server_script(sdk))
+            .arg(script)
             .arg("--http")
             .args(flags)
             .stdin(Stdio::null())

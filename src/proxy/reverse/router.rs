@@ -91,6 +91,23 @@ pub struct Router {
     sink: OnceLock<Arc<Outbox>>,
 }
 
+/// Hands a message that is not an answer to `slot`'s POST if it is open and has room beyond
+/// what it keeps for answers; gives it back otherwise.
+fn hand_to(slot: Option<Slot>, msg: Message) -> Result<(), Message> {
+    match slot {
+        Some(slot) if !slot.waiter.is_closed() && slot.waiter.capacity() > slot.reserve => {
+            match slot.waiter.try_send(Reply::Message(msg)) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.into_inner() {
+                    Reply::Message(msg) => Err(msg),
+                    _ => Ok(()),
+                },
+            }
+        }
+        _ => Err(msg),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are single map operations; a poisoned lock is still consistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -224,18 +241,7 @@ impl Router {
             return Err(msg);
         };
         let slot = lock(&self.progress).get(&token).cloned();
-        match slot {
-            Some(slot) if !slot.waiter.is_closed() && slot.waiter.capacity() > slot.reserve => {
-                match slot.waiter.try_send(Reply::Message(msg)) {
-                    Ok(()) => Ok(()),
-                    Err(e) => match e.into_inner() {
-                        Reply::Message(msg) => Err(msg),
-                        _ => Ok(()),
-                    },
-                }
-            }
-            _ => Err(msg),
-        }
+        hand_to(slot, msg)
     }
 
     /// A notification of a subscription (2026-07-28: `_meta` names the `subscriptions/listen`
@@ -249,18 +255,7 @@ impl Router {
             return Err(msg);
         };
         let slot = lock(&self.waiters).get(&id).cloned();
-        match slot {
-            Some(slot) if !slot.waiter.is_closed() && slot.waiter.capacity() > slot.reserve => {
-                match slot.waiter.try_send(Reply::Message(msg)) {
-                    Ok(()) => Ok(()),
-                    Err(e) => match e.into_inner() {
-                        Reply::Message(msg) => Err(msg),
-                        _ => Ok(()),
-                    },
-                }
-            }
-            _ => Err(msg),
-        }
+        hand_to(slot, msg)
     }
 
     /// Messages dropped so far because no POST was open to take them.
@@ -314,16 +309,7 @@ impl Router {
         let (Some(slot), None) = (open.next(), open.next()) else {
             return Err(msg);
         };
-        if slot.waiter.capacity() <= slot.reserve {
-            return Err(msg);
-        }
-        match slot.waiter.try_send(Reply::Message(msg)) {
-            Ok(()) => Ok(()),
-            Err(e) => match e.into_inner() {
-                Reply::Message(msg) => Err(msg),
-                _ => Ok(()),
-            },
-        }
+        hand_to(Some(slot.clone()), msg)
     }
 
     /// A server message nobody can take: counted, and a request is answered with an error so
