@@ -59,6 +59,9 @@ fn fixture() -> PathBuf {
             "--quiet",
             "--example",
             "fixture_server",
+            // The floor target, beside it.
+            "--example",
+            "line_relay",
         ])
         .status()
         .expect("run cargo to build the fixture");

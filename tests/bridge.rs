@@ -516,6 +516,7 @@ fn a_dead_server_fails_the_calls_in_flight_promptly_with_the_cause() {
         failed.insert(msg["id"].as_i64().unwrap(), msg);
     }
     let elapsed = killed.elapsed();
+    eprintln!("both calls failed {elapsed:?} after the server died");
     for (id, answer) in &failed {
         assert_eq!(
             answer["error"]["code"],
