@@ -8,6 +8,8 @@
 //! - [`checks`]: what every request is checked against (Origin, Host, CORS, Accept, body,
 //!   session), and how it is refused.
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
+//! - `binding`: the 2026-07-28 HTTP binding where the gateway is a stdio child's HTTP server
+//!   (statuses of its errors, `Mcp-Param-*` checks, `initialize`).
 //! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
 //! - [`listen`]: where clients listen: the session's GET stream endpoint, and the live body
 //!   shared with the 2024-11-05 stream.
@@ -23,6 +25,7 @@
 pub mod admin;
 mod alias;
 pub mod answer;
+mod binding;
 pub mod checks;
 pub mod gateway;
 pub mod legacy;

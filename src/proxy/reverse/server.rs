@@ -221,7 +221,7 @@ async fn post(
     };
     if let ([Ok(msg)], true) = (&members[..], shared) {
         // The gateway is the HTTP server of a stdio child: it checks what the child cannot see.
-        if let Err(response) = check_at_child(&link, &headers, msg) {
+        if let Err(response) = super::binding::check_request(&link, &headers, msg) {
             return response;
         }
     }
@@ -283,12 +283,7 @@ async fn post(
                 // The stateless era has no initialize. The child would take it for the
                 // handshake of the other era, so it is answered here, as that era's HTTP
                 // server answers a method it does not have.
-                let error = ProxyError::new(
-                    ErrorCode::MethodNotFound,
-                    "Method not found: initialize is not part of protocol 2026-07-28 and later",
-                )
-                .with("httpStatus", 404);
-                answers.push(error.to_response(msg.id()));
+                answers.push(super::binding::no_initialize(msg.id()));
                 continue;
             }
             (Ok(msg), Some(aliases)) => Ok(aliases.inbound(msg, &gateway.next_alias)),
@@ -413,7 +408,7 @@ async fn post(
         if answers.is_empty() {
             return StatusCode::ACCEPTED.into_response();
         }
-        let status = answer_status(shared, batch, &answers);
+        let status = super::binding::answer_status(shared, batch, &answers);
         return json_response(status, join(&answers, batch));
     }
 
@@ -506,7 +501,7 @@ async fn post(
                 link.learn_tool_params(raw);
             }
         }
-        let status = answer_status(shared, batch, &out);
+        let status = super::binding::answer_status(shared, batch, &out);
         let mut response = json_response(status, join(&out, batch));
         if let Some(id) = session_header {
             response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
@@ -627,58 +622,6 @@ fn passthrough(
     json_response(status, error.to_response(None))
 }
 
-/// What the gateway checks of a stateless request to the stdio child it shares, being the
-/// HTTP server there: a `tools/call`'s `Mcp-Param-*` headers against the tool's mirrored
-/// parameters (known from the child's `tools/list` answers; a tool not seen there yet is not
-/// checked).
-#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-fn check_at_child(link: &SessionLink, headers: &HeaderMap, msg: &Message) -> Result<(), Response> {
-    if msg.method().is_none_or(|m| m.as_str() != "tools/call") {
-        return Ok(());
-    }
-    let Ok(Some(name)) = msg.param_str("name") else {
-        return Ok(());
-    };
-    let params = link
-        .tool_params
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&name)
-        .cloned();
-    match params {
-        Some(params) => super::mirror::check_params(headers, msg, &params),
-        None => Ok(()),
-    }
-}
-
-/// The status of a JSON answer. From the stdio child shared by stateless requests, the
-/// 2026-07-28 HTTP binding's: a method that does not exist (-32601) is 404; invalid params
-/// (-32602), a header mismatch (-32020), a missing client capability (-32021) and an
-/// unsupported protocol version (-32022) are 400. (An HTTP upstream sets its own status, which
-/// is passed on.) Anything else, and a batch, is 200.
-fn answer_status(shared: bool, batch: bool, answers: &[Bytes]) -> StatusCode {
-    use crate::protocol::error::peer;
-    let ([only], true, false) = (answers, shared, batch) else {
-        return StatusCode::OK;
-    };
-    if memchr::memmem::find(only, b"\"error\"").is_none() {
-        return StatusCode::OK;
-    }
-    let code = serde_json::from_slice::<serde_json::Value>(only)
-        .ok()
-        .and_then(|v| v.pointer("/error/code").and_then(serde_json::Value::as_i64));
-    match code {
-        Some(peer::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
-        Some(
-            peer::INVALID_PARAMS
-            | peer::HEADER_MISMATCH
-            | peer::MISSING_CLIENT_CAPABILITY
-            | peer::UNSUPPORTED_PROTOCOL_VERSION,
-        ) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
-    }
-}
-
 /// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
 fn is_too_many_pending(answer: &Message) -> bool {
     answer.kind() == Kind::Error
@@ -712,37 +655,6 @@ fn join(answers: &[Bytes], batch: bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_shared_childs_errors_get_the_stateless_eras_statuses() {
-        let answer = |code: i64| {
-            Bytes::from(format!(
-                r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"x"}}}}"#
-            ))
-        };
-        assert_eq!(
-            answer_status(true, false, &[answer(-32601)]),
-            StatusCode::NOT_FOUND
-        );
-        for code in [-32602, -32020, -32021, -32022] {
-            assert_eq!(
-                answer_status(true, false, &[answer(code)]),
-                StatusCode::BAD_REQUEST
-            );
-        }
-        assert_eq!(
-            answer_status(true, false, &[answer(-32000)]),
-            StatusCode::OK
-        );
-        let result = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"error":1}}"#);
-        assert_eq!(answer_status(true, false, &[result]), StatusCode::OK);
-        // An HTTP upstream sets its own; a batch is 200.
-        assert_eq!(
-            answer_status(false, false, &[answer(-32601)]),
-            StatusCode::OK
-        );
-        assert_eq!(answer_status(true, true, &[answer(-32601)]), StatusCode::OK);
-    }
 
     #[test]
     fn batches_join_into_one_array() {
