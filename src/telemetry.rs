@@ -5,7 +5,6 @@
 //! when that writer's buffer is full, log lines are dropped rather than waited for. Counters are
 //! atomics, each changed in exactly one place per event, so they cannot drift.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,10 +44,7 @@ pub fn init_tracing(
         .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
     let (writer, guard) = match file {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let file = crate::transport::files::open_private_append(path)
                 .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
             log_writer().finish(file)
         }

@@ -7,9 +7,11 @@
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
 //! - [`backoff`]: reconnection delays (exponential, full jitter, capped, at least `retry:`).
+//! - [`files`]: files only their owner reads (tapes, history, logs): `0600`, directories `0700`.
 
 pub mod backoff;
 pub mod child;
+pub mod files;
 pub mod http;
 pub mod lines;
 pub mod sse;

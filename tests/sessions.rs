@@ -273,3 +273,56 @@ fn cleanup_older_than_deletes_old_and_abandoned_rows_and_keeps_live_ones() {
     left.sort();
     assert_eq!(left, ["ended-recently", "live-but-idle"]);
 }
+
+/// Tapes, their directories, the history and the log file are their owner's alone (`0600`,
+/// directories `0700`): they hold live session ids and recorded messages.
+#[test]
+fn what_shadowcat_writes_only_its_owner_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let root = tempfile::tempdir().unwrap();
+    // `record` with no -o: a tape in the data dir's `tapes/`, all of it created here.
+    let (data, log) = (
+        root.path().join("data/nested"),
+        root.path().join("shadowcat.log"),
+    );
+    let tapes = data.join("tapes");
+    let mut cmd = support::command();
+    cmd.env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--log-file")
+        .arg(&log)
+        .args(["record", "--"])
+        .arg(fixture());
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    let answer = proxy.call(1, "tools/call", tool("echo", json!({"text": "x"})));
+    assert_eq!(answer["result"]["content"][0]["text"], "x");
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(WAIT).success());
+    for dir in [root.path().join("data"), data.clone(), tapes.clone()] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let db = data.join("sessions.db");
+    assert_eq!(mode(&db), 0o600, "{}", db.display());
+    for extra in ["sessions.db-wal", "sessions.db-shm"] {
+        let path = data.join(extra);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    let recorded: Vec<_> = std::fs::read_dir(&tapes)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(mode(&recorded[0]), 0o600, "{}", recorded[0].display());
+    assert_eq!(mode(&log), 0o600);
+}

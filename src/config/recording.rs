@@ -67,7 +67,7 @@ pub fn build(ask: Ask<'_>, upstream: Option<&ReverseConfig>) -> Result<Recording
                 ),
             ));
         }
-        std::fs::create_dir_all(&ask.path).map_err(|e| {
+        crate::transport::files::create_private_dir_all(&ask.path).map_err(|e| {
             invalid(
                 flag,
                 format!("cannot create the directory {}: {e}", ask.path.display()),

@@ -295,11 +295,7 @@ pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow:
         path: output.to_owned(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(output)
-        .map_err(io)?;
+    let file = crate::transport::files::create_private_new(output).map_err(io)?;
     let mut out = std::io::BufWriter::new(file);
     write_line(&mut out, &Line::Header(tape.header.clone())).map_err(io)?;
     if tape.meta != super::Meta::default() {

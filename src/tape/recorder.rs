@@ -167,11 +167,7 @@ impl Recorder {
             path: path.to_owned(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        let file = crate::transport::files::create_private_new(path).map_err(io)?;
         let mut out = std::io::BufWriter::new(file);
         write_line(&mut out, &Line::Header(header.clone())).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;

@@ -61,6 +61,14 @@ fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> 
         path: path.to_owned(),
         source,
     };
+    if !read_only && !path.exists() {
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode.
+        crate::transport::files::open_private_append(path).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
     let conn = if read_only {
         Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     } else {
@@ -82,7 +90,7 @@ const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        crate::transport::files::create_private_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
