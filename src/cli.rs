@@ -235,6 +235,30 @@ pub struct UpstreamArgs {
     pub resume_timeout: Option<String>,
 }
 
+/// Bounds on the gateway's client connections (`reverse`). Connections over a cap are answered
+/// 503 and closed; each refusal is counted in /metrics.
+#[derive(Debug, Args, Default)]
+pub struct ConnectionArgs {
+    /// Time a client has to send a request's headers, counted from when its connection opened
+    /// or its previous response ended: a slow (slowloris) or idle keep-alive connection is
+    /// closed after it. [default: 30s]
+    #[arg(long, env = "SHADOWCAT_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// Time a client has to send a request's whole body, once its headers are in; a slower one
+    /// is answered 408. [default: 30s]
+    #[arg(long, env = "SHADOWCAT_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+    /// Open client connections in all. At start it is lowered, with a warning, to half the
+    /// open-file limit left after a reserve (the soft limit is first raised to the hard one),
+    /// so that sessions, the store and the admin listener keep descriptors. [default: 4096]
+    #[arg(long, env = "SHADOWCAT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Open connections from one client address, so that one client cannot take them all.
+    /// Behind a load balancer every client has its address: raise this there. [default: 256]
+    #[arg(long, env = "SHADOWCAT_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    pub max_connections_per_client: Option<String>,
+}
+
 /// `reverse` options.
 #[derive(Debug, Args, Default)]
 #[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
@@ -285,6 +309,9 @@ pub struct ReverseArgs {
     /// How the upstream is reached.
     #[command(flatten)]
     pub upstream_options: UpstreamArgs,
+    /// Bounds on client connections.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,

@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::protocol::Direction;
+use crate::transport::serve::ConnectionCounters;
 
 /// Log lines buffered for the background writer before new ones are dropped. The buffer is
 /// allocated up front: tracing-appender's default (128,000 lines) costs about 4 MiB of RSS.
@@ -220,6 +221,7 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
     upstream_errors: Family<KindLabels, Counter>,
+    connections: Arc<ConnectionCounters>,
 }
 
 /// `method` and `outcome` (`ok`, `error`: the answer was a JSON-RPC error).
@@ -283,6 +285,7 @@ pub struct KindLabels {
 struct Live {
     sessions: Arc<crate::session::SessionManager>,
     pipeline: Arc<Metrics>,
+    connections: Arc<ConnectionCounters>,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -291,20 +294,6 @@ impl prometheus_client::collector::Collector for Live {
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         let s = self.sessions.metrics();
-        let gauge = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
-                     name: &str,
-                     help: &str,
-                     value: u64| {
-            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-        };
-        let counter = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
-                       name: &str,
-                       help: &str,
-                       value: u64| {
-            let metric = ConstCounter::new(value);
-            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-        };
         gauge(
             &mut encoder,
             "shadowcat_sessions_open",
@@ -374,8 +363,69 @@ impl prometheus_client::collector::Collector for Live {
         ] {
             counter(&mut encoder, name, help, value)?;
         }
-        Ok(())
+        encode_connections(&self.connections, &mut encoder)
     }
+}
+
+/// One gauge sample.
+fn gauge(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One counter sample.
+fn counter(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// The client listener's connection counters.
+fn encode_connections(
+    c: &ConnectionCounters,
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "shadowcat_connections_open",
+        "Client connections open now",
+        c.open.load(Ordering::Relaxed),
+    )?;
+    counter(
+        encoder,
+        "shadowcat_connections_accepted",
+        "Client connections accepted",
+        c.accepted.load(Ordering::Relaxed),
+    )?;
+    counter(
+        encoder,
+        "shadowcat_connections_accept_errors",
+        "Failed accepts (such as out of file descriptors)",
+        c.accept_errors.load(Ordering::Relaxed),
+    )?;
+    let mut family = encoder.encode_descriptor(
+        "shadowcat_connections_refused",
+        "Client connections refused at a cap: total (--max-connections) or per_client",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (cap, value) in [
+        ("total", &c.refused_total_cap),
+        ("per_client", &c.refused_client_cap),
+    ] {
+        ConstCounter::new(value.load(Ordering::Relaxed))
+            .encode(family.encode_family(&[("cap", cap)])?)?;
+    }
+    Ok(())
 }
 
 impl GatewayMetrics {
@@ -429,13 +479,24 @@ impl GatewayMetrics {
             "Keys a keyed rate limit holds now, by limit",
             pipeline.rate_limit_keys.clone(),
         );
-        registry.register_collector(Box::new(Live { sessions, pipeline }));
+        let connections = Arc::<ConnectionCounters>::default();
+        registry.register_collector(Box::new(Live {
+            sessions,
+            pipeline,
+            connections: connections.clone(),
+        }));
         Self {
             registry,
             requests,
             durations,
             upstream_errors,
+            connections,
         }
+    }
+
+    /// The client listener's connection counters (the listener changes them).
+    pub fn connections(&self) -> Arc<ConnectionCounters> {
+        self.connections.clone()
     }
 
     /// Records one answered request. The label set is bounded: unknown methods count as `other`.

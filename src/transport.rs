@@ -7,6 +7,8 @@
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
 //! - [`backoff`]: reconnection delays (exponential, full jitter, capped, at least `retry:`).
+//! - [`serve`]: serving HTTP/1 to clients: header and body deadlines, connection caps in total
+//!   and per address, accept errors counted, graceful shutdown.
 //! - [`files`]: files only their owner reads (tapes, history, logs): `0600`, directories `0700`.
 
 pub mod backoff;
@@ -14,6 +16,7 @@ pub mod child;
 pub mod files;
 pub mod http;
 pub mod lines;
+pub mod serve;
 pub mod sse;
 pub mod stdio;
 pub mod writer;

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use super::{
-    ConfigError, FileConfig, TrustedProxies, invalid, load_file, parse_count, parse_duration,
-    parse_optional_duration, pick,
+    ConfigError, FileConfig, Scalar, TrustedProxies, invalid, load_file, parse_count,
+    parse_duration, parse_optional_duration, pick,
 };
-use crate::cli::{GlobalArgs, ReverseArgs, StdioServer};
+use crate::cli::{ConnectionArgs, GlobalArgs, ReverseArgs, StdioServer};
 use crate::transport::child::ChildSpec;
+use crate::transport::serve::ConnectionLimits;
 
 /// Default address the reverse proxy listens on.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -110,6 +111,8 @@ pub struct ReverseConfig {
     pub sse_keepalive: Option<Duration>,
     /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
     pub trusted_proxies: TrustedProxies,
+    /// Bounds on client connections (`--header-timeout`, `--max-connections`, ...).
+    pub connections: ConnectionLimits,
 }
 
 /// A repeatable option: the command line's values if it gives any, else the file's.
@@ -143,6 +146,7 @@ impl ReverseConfig {
                 "must differ from --listen".into(),
             ));
         }
+        let connections = connection_limits(&args.connections, &file)?;
         let path = text(&args.path, &file.path).unwrap_or_else(|| DEFAULT_PATH.to_owned());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256 {
             return Err(invalid(
@@ -225,8 +229,49 @@ impl ReverseConfig {
             },
             sse_replay_events,
             sse_keepalive,
+            connections,
         })
     }
+}
+
+/// `--header-timeout`, `--body-timeout`, `--max-connections`, `--max-connections-per-client`.
+fn connection_limits(
+    args: &ConnectionArgs,
+    file: &FileConfig,
+) -> Result<ConnectionLimits, ConfigError> {
+    let defaults = ConnectionLimits::default();
+    let duration = |cli: Option<&String>, file: Option<&Scalar>, option, default| {
+        pick(cli, file).map_or(Ok(default), |text| parse_duration(&text, option))
+    };
+    let count = |cli: Option<&String>, file: Option<&Scalar>, option, default| {
+        pick(cli, file).map_or(Ok(default), |text| parse_count(&text, option))
+    };
+    Ok(ConnectionLimits {
+        header_timeout: duration(
+            args.header_timeout.as_ref(),
+            file.header_timeout.as_ref(),
+            "--header-timeout",
+            defaults.header_timeout,
+        )?,
+        body_timeout: duration(
+            args.body_timeout.as_ref(),
+            file.body_timeout.as_ref(),
+            "--body-timeout",
+            defaults.body_timeout,
+        )?,
+        max_connections: count(
+            args.max_connections.as_ref(),
+            file.max_connections.as_ref(),
+            "--max-connections",
+            defaults.max_connections,
+        )?,
+        max_per_client: count(
+            args.max_connections_per_client.as_ref(),
+            file.max_connections_per_client.as_ref(),
+            "--max-connections-per-client",
+            defaults.max_per_client,
+        )?,
+    })
 }
 
 impl ReverseConfig {
@@ -331,6 +376,7 @@ impl ReverseConfig {
             )?,
             // A stdio client is slowed down instead (it is never refused for want of room).
             pending_wait: DEFAULT_PENDING_WAIT,
+            connections: ConnectionLimits::default(),
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
@@ -366,10 +412,7 @@ pub const DEFAULT_RESUME_TIMEOUT: Duration = Duration::from_secs(5);
 /// table.
 pub const DEFAULT_PENDING_WAIT: Duration = Duration::from_secs(10);
 
-fn resume_timeout(
-    cli: Option<&String>,
-    file: Option<&super::Scalar>,
-) -> Result<Duration, ConfigError> {
+fn resume_timeout(cli: Option<&String>, file: Option<&Scalar>) -> Result<Duration, ConfigError> {
     match pick(cli, file) {
         Some(text) => parse_duration(&text, "--resume-timeout"),
         None => Ok(DEFAULT_RESUME_TIMEOUT),
@@ -378,7 +421,7 @@ fn resume_timeout(
 
 fn read_timeout(
     cli: Option<&String>,
-    file: Option<&super::Scalar>,
+    file: Option<&Scalar>,
 ) -> Result<Option<Duration>, ConfigError> {
     match pick(cli, file) {
         Some(text) => parse_optional_duration(&text, "--read-timeout"),

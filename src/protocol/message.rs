@@ -10,6 +10,16 @@ use super::error::{ErrorCode, ProxyError};
 use super::id::RequestId;
 use super::method::Method;
 
+/// Most messages in one JSON-RPC batch. A longer batch is refused while it is parsed, before
+/// its members are built: a body of `[{},{},…]` must not cost a message per member first.
+pub const MAX_BATCH_MESSAGES: usize = 1024;
+
+/// Deepest nesting of arrays and objects in a message, the message object itself counted.
+/// Deeper messages are refused at the envelope (-32600): every stage that reads a message's
+/// JSON (rules, redaction) can then build its tree (serde_json stops at 128 levels), so none
+/// has to let through what it cannot read.
+pub const MAX_NESTING: usize = 100;
+
 /// The `_meta` member that names a 2026-07-28 notification's subscription.
 pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
@@ -45,8 +55,6 @@ pub struct Message {
     kind: Kind,
     id: Option<RequestId>,
     method: Option<Method>,
-    /// Whether `raw` is known to be UTF-8 (parsing checked every string in it).
-    utf8: bool,
     /// Where `params` is in `raw` (start, end), if the message has it and was parsed (not for
     /// the cancellations the proxy writes itself, which no reader of params needs).
     params: Option<(u32, u32)>,
@@ -67,6 +75,14 @@ pub enum ParseError {
     /// Not JSON at all.
     #[error("parse error: {0}")]
     Json(String),
+    /// A string in it is not UTF-8 (JSON text must be): parse error, answered to `id`.
+    #[error("parse error: {detail}")]
+    Utf8 {
+        /// The id of the offending request, when it had a readable one.
+        id: Option<RequestId>,
+        /// Where the invalid byte is.
+        detail: String,
+    },
     /// JSON, but not a valid JSON-RPC message. `id` is set when one could be read, so the
     /// sender's request can be answered instead of left hanging.
     #[error("invalid request: {reason}")]
@@ -75,6 +91,12 @@ pub enum ParseError {
         id: Option<RequestId>,
         /// What was wrong.
         reason: Cow<'static, str>,
+    },
+    /// A batch longer than [`MAX_BATCH_MESSAGES`] (found before its members were built).
+    #[error("invalid request: a batch of more than {limit} messages")]
+    BatchTooLong {
+        /// [`MAX_BATCH_MESSAGES`].
+        limit: usize,
     },
 }
 
@@ -89,8 +111,8 @@ impl ParseError {
     /// The id to answer, if one is known.
     pub fn id(&self) -> Option<&RequestId> {
         match self {
-            Self::Json(_) => None,
-            Self::Invalid { id, .. } => id.as_ref(),
+            Self::Json(_) | Self::BatchTooLong { .. } => None,
+            Self::Invalid { id, .. } | Self::Utf8 { id, .. } => id.as_ref(),
         }
     }
 
@@ -102,10 +124,20 @@ impl ParseError {
                 "Parse error: the message is not valid JSON",
             )
             .with("detail", detail.as_str()),
+            Self::Utf8 { detail, .. } => ProxyError::new(
+                ErrorCode::ParseError,
+                "Parse error: the message is not valid UTF-8",
+            )
+            .with("detail", detail.as_str()),
             Self::Invalid { reason, .. } => ProxyError::new(
                 ErrorCode::InvalidRequest,
                 format!("Invalid Request: {reason}"),
             ),
+            Self::BatchTooLong { limit } => ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("Invalid Request: a batch of more than {limit} messages exceeds the limit"),
+            )
+            .with("limit", *limit),
         }
     }
 
@@ -188,8 +220,7 @@ impl Message {
     pub fn parse_frame(raw: Bytes) -> Result<Frame, ParseError> {
         let first = raw.iter().position(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|i| raw[i] == b'[') {
-            let members: Vec<&RawValue> = serde_json::from_slice(&raw)
-                .map_err(|e| classify(&e, "a batch must be an array of messages"))?;
+            let members = batch_members(&raw)?;
             if members.is_empty() {
                 return Err(ParseError::invalid(None, "empty batch"));
             }
@@ -217,7 +248,6 @@ impl Message {
         let env: Envelope<'_> = serde_json::from_slice(&raw)
             .map_err(|e| classify(&e, "a message must be a JSON object"))?;
 
-        let utf8 = !env.others;
         let id = match env.id {
             None => None,
             Some(raw_id) => match RequestId::from_raw(raw_id) {
@@ -229,6 +259,23 @@ impl Message {
                 Err(e) => return Err(ParseError::invalid(None, format!("bad id: {e}"))),
             },
         };
+        // Decided here, once, for every stage after: the message is UTF-8 (the members read
+        // above were checked as they were parsed; skipped ones were not) and not nested too
+        // deeply to become a tree.
+        if env.others {
+            if let Err(e) = std::str::from_utf8(&raw) {
+                return Err(ParseError::Utf8 {
+                    id,
+                    detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                });
+            }
+        }
+        if nesting_exceeds(&raw, MAX_NESTING) {
+            return Err(ParseError::invalid(
+                id,
+                format!("the message is nested deeper than {MAX_NESTING} levels"),
+            ));
+        }
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::invalid(id, "\"jsonrpc\" must be \"2.0\""));
         }
@@ -293,7 +340,6 @@ impl Message {
             kind,
             id,
             method,
-            utf8,
             params,
         })
     }
@@ -305,7 +351,6 @@ impl Message {
             kind: Kind::Error,
             id: id.cloned(),
             method: None,
-            utf8: true,
             params: None,
         }
     }
@@ -323,20 +368,14 @@ impl Message {
             kind: Kind::Notification,
             id: None,
             method: Some(Method::Cancelled),
-            utf8: true,
             params: None,
         }
     }
 
-    /// The exact bytes of this message.
+    /// The exact bytes of this message: always UTF-8 JSON, nested at most [`MAX_NESTING`]
+    /// deep (parsing refuses anything else).
     pub fn raw(&self) -> &Bytes {
         &self.raw
-    }
-
-    /// Whether [`Message::raw`] is known to be UTF-8: every string in it was checked while
-    /// parsing (not so when it has members the proxy skips), or the proxy wrote it.
-    pub fn is_utf8(&self) -> bool {
-        self.utf8
     }
 
     /// The message kind.
@@ -474,6 +513,87 @@ impl Message {
 }
 
 /// A syntax error is a parse error (-32700); valid JSON of the wrong shape is invalid (-32600).
+/// The members of a batch, read without being parsed; refused once there are more than
+/// [`MAX_BATCH_MESSAGES`].
+fn batch_members(raw: &[u8]) -> Result<Vec<&RawValue>, ParseError> {
+    struct Members;
+    impl<'de> serde::de::Visitor<'de> for Members {
+        type Value = Vec<&'de RawValue>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a batch: an array of messages")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut members = Vec::new();
+            while let Some(member) = seq.next_element::<&RawValue>()? {
+                if members.len() == MAX_BATCH_MESSAGES {
+                    return Err(serde::de::Error::custom(TOO_LONG));
+                }
+                members.push(member);
+            }
+            Ok(members)
+        }
+    }
+    const TOO_LONG: &str = "batch too long";
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let members = de
+        .deserialize_seq(Members)
+        .and_then(|members| de.end().map(|()| members));
+    members.map_err(|e| {
+        if e.is_data() && e.to_string().starts_with(TOO_LONG) {
+            ParseError::BatchTooLong {
+                limit: MAX_BATCH_MESSAGES,
+            }
+        } else {
+            classify(&e, "a batch must be an array of messages")
+        }
+    })
+}
+
+/// Whether `raw` (JSON) nests arrays and objects deeper than `limit`. Most messages have fewer
+/// brackets than that in all, which one vectorised count tells; the rest are walked.
+fn nesting_exceeds(raw: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'{', b'[', raw).nth(limit).is_none() {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut rest = raw;
+    while let Some(at) = memchr::memchr3(b'"', b'{', b'[', rest) {
+        // Outside strings: the brackets closed before this one.
+        depth = depth.saturating_sub(memchr::memchr2_iter(b'}', b']', &rest[..at]).count());
+        if rest[at] == b'"' {
+            let Some(end) = string_end(&rest[at + 1..]) else {
+                return false;
+            };
+            rest = &rest[at + 1 + end..];
+        } else {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+            rest = &rest[at + 1..];
+        }
+    }
+    false
+}
+
+/// Where the JSON string whose contents begin `text` ends: just past its closing quote.
+fn string_end(text: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        let n = memchr::memchr2(b'"', b'\\', text.get(i..)?)?;
+        if text[i + n] == b'"' {
+            return Some(i + n + 1);
+        }
+        // An escape: skip the escaped character too.
+        i += n + 2;
+    }
+}
+
 fn classify(e: &serde_json::Error, shape: &'static str) -> ParseError {
     match e.classify() {
         serde_json::error::Category::Data => ParseError::invalid(None, shape),

@@ -25,10 +25,6 @@ use crate::transport::lines::{Line, LineDecoder};
 use super::outbox::{Deliver, Outbox};
 use super::pipeline::{Context, Pipeline, Verdict};
 
-/// Most messages accepted in one JSON-RPC batch; a larger batch is refused whole with -32600.
-/// Bounds the answers a batch holds back until it is complete.
-pub const MAX_BATCH_MESSAGES: usize = 1024;
-
 /// How a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -144,19 +140,6 @@ impl<R: Deliver> Relay<R> {
         &self,
         members: Vec<Result<Message, ParseError>>,
     ) -> Result<(), Undeliverable> {
-        if members.len() > MAX_BATCH_MESSAGES {
-            self.pipeline.metrics().malformed(self.direction);
-            let error = ProxyError::new(
-                ErrorCode::InvalidRequest,
-                format!("Invalid Request: a batch of {} messages exceeds the limit of {MAX_BATCH_MESSAGES}", members.len()),
-            )
-            .with("limit", MAX_BATCH_MESSAGES);
-            let _ = self
-                .to_sender
-                .send(Message::error_response(None, &error))
-                .await;
-            return Ok(());
-        }
         let mut expect = Vec::new();
         let mut seen = HashSet::new();
         let mut ready = Vec::new();

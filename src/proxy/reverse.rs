@@ -39,13 +39,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReverseConfig};
 use crate::session::{SessionManager, StoreWriter};
 use crate::transport::child::KILL_GRACE;
+use crate::transport::serve::{raise_descriptor_limit, serve};
 
 use super::forward::{STORE_CLOSE_GRACE, Signals};
 use gateway::Gateway;
@@ -63,6 +63,10 @@ pub async fn run(
     let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone());
     let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_cleanup.clone());
 
+    let descriptors = raise_descriptor_limit();
+    let connections = reverse
+        .connections
+        .fit_to_descriptors(descriptors, "--listen");
     let listener = TcpListener::bind(reverse.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", reverse.listen))?;
@@ -79,9 +83,14 @@ pub async fn run(
                 .context("cannot read the admin address")?;
             tracing::info!("admin endpoints on http://{local}/healthz, /readyz, /metrics");
             let app = admin::routes(gateway.clone());
-            Some(tokio::spawn(
-                async move { axum::serve(listener, app).await },
-            ))
+            let limits = admin::connection_limits(reverse.connections);
+            Some(tokio::spawn(serve(
+                listener,
+                app,
+                limits,
+                Arc::default(),
+                CancellationToken::new(),
+            )))
         }
         None => None,
     };
@@ -92,16 +101,13 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let app = server::routes(gateway.clone());
-    // Small JSON-RPC answers must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%e, "cannot set TCP_NODELAY");
-        }
-    });
-    // Each request knows its peer's address (per-client rate limits key on it).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { serve.await });
+    let mut server = tokio::spawn(serve(
+        listener,
+        app,
+        connections,
+        gateway.metrics.connections(),
+        stop.clone(),
+    ));
     let outcome = tokio::select! {
         name = signals.recv() => Ok(name),
         result = &mut server => Err(result),

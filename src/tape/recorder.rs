@@ -257,7 +257,7 @@ impl Recorder {
         transport: &Transport,
     ) -> Result<(), TapeError> {
         let (raw, utf8) = match self.redactor.apply(msg.raw()) {
-            std::borrow::Cow::Borrowed(_) => (msg.raw().clone(), msg.is_utf8()),
+            std::borrow::Cow::Borrowed(_) => (msg.raw().clone(), true),
             // Masked paths are written by serde (UTF-8), masked secrets by bytes.
             std::borrow::Cow::Owned(masked) => (Bytes::from(masked), false),
         };

@@ -852,6 +852,16 @@ pub fn private_ca(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
+/// The peak resident memory (VmHWM) of live process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// Pipelines `n` echo calls into `proxy` at once (written by another thread, so neither side's
 /// pipe buffer can deadlock the test) and checks every id is answered exactly once with its own
 /// payload. Returns the proxy's peak resident memory (VmHWM) in KiB, read before it exits.
@@ -881,12 +891,7 @@ pub fn pipeline_echoes(mut proxy: Proxy, n: i64) -> u64 {
         assert!(seen.insert(id), "id {id} answered twice");
     }
     assert_eq!(seen.len(), n as usize);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
-    let peak_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let peak_kib = peak_rss_kib(proxy.child.id());
     drop(writer.join().unwrap());
     assert!(proxy.wait_exit(WAIT).success(), "{}", proxy.stderr_text());
     peak_kib

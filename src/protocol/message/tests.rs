@@ -37,22 +37,86 @@ fn keeps_the_exact_bytes_and_unknown_fields() {
 }
 
 #[test]
-fn a_message_is_known_to_be_utf8_only_when_parsing_checked_all_of_it() {
-    let checked = parse(r#"{"jsonrpc":"2.0","id":"é","method":"a","params":{"t":"ü"}}"#).unwrap();
-    assert!(checked.is_utf8());
-    // Skipped members are not checked: a string in one may hold any bytes.
-    let raw = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{},\"x\":\"\xff\"}";
-    let skipped = Message::parse(Bytes::from_static(raw)).unwrap();
-    assert!(!skipped.is_utf8());
-    assert_eq!(skipped.raw().as_ref(), raw);
-    // Where the proxy checks, bad UTF-8 is refused.
-    assert!(parse_bytes(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"\xff\"}").is_err());
-    let answer = Message::error_response(None, &ProxyError::new(ErrorCode::InvalidRequest, "x"));
-    assert!(answer.is_utf8());
+fn invalid_utf8_anywhere_is_a_parse_error_answered_to_its_id() {
+    assert!(parse(r#"{"jsonrpc":"2.0","id":"é","method":"a","params":{"t":"ü"}}"#).is_ok());
+    // In a member the envelope skips as well as in one it reads.
+    for raw in [
+        &b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{},\"x\":\"\xff\"}"[..],
+        &b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\",\"params\":{\"t\":\"\xff\"}}"[..],
+    ] {
+        let error = Message::parse(Bytes::from_static(raw)).unwrap_err();
+        let answer: serde_json::Value = serde_json::from_slice(error.to_response().raw()).unwrap();
+        assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    }
+    let error = Message::parse(Bytes::from_static(
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\",\"x\":\"\xff\"}",
+    ))
+    .unwrap_err();
+    assert_eq!(error.id(), Some(&RequestId::Number(1)));
 }
 
-fn parse_bytes(raw: &'static [u8]) -> Result<Message, ParseError> {
-    Message::parse(Bytes::from_static(raw))
+#[test]
+fn nesting_beyond_the_limit_is_refused_and_up_to_it_becomes_a_tree() {
+    let nested = |depth: usize, wrap: &str| {
+        let (open, close) = (
+            wrap.repeat(depth - 2),
+            wrap.replace('[', "]").replace('{', "}"),
+        );
+        let close = close.repeat(depth - 2);
+        format!(r#"{{"jsonrpc":"2.0","id":3,"method":"a","params":{{"k":{open}1{close}}}}}"#)
+    };
+    let at_limit = parse(&nested(MAX_NESTING, "[")).unwrap();
+    let _: serde_json::Value = serde_json::from_slice(at_limit.raw()).unwrap();
+    let error = parse(&nested(MAX_NESTING + 1, "[")).unwrap_err();
+    assert_eq!(error.id(), Some(&RequestId::Number(3)));
+    assert!(error.to_string().contains("nested deeper"), "{error}");
+    // Brackets in strings do not count; escaped quotes do not end a string.
+    let in_strings = format!(
+        r#"{{"jsonrpc":"2.0","id":4,"method":"a","params":{{"s":"\"{}","t":[[1]]}}}}"#,
+        "[{".repeat(200)
+    );
+    assert!(parse(&in_strings).is_ok());
+    // Depth is what counts, not the number of brackets.
+    let wide = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"method":"a","params":{{"a":[{}]}}}}"#,
+        vec!["[{}]"; 500].join(",")
+    );
+    assert!(parse(&wide).is_ok());
+    // In a member the envelope skips too.
+    let skipped = format!(
+        r#"{{"jsonrpc":"2.0","id":6,"method":"a","x":{}1{}}}"#,
+        "[".repeat(150),
+        "]".repeat(150)
+    );
+    assert!(parse(&skipped).is_err());
+}
+
+#[test]
+fn a_batch_is_refused_past_its_limit_before_its_members_are_built() {
+    let batch = |n: usize| Bytes::from(format!("[{}]", vec!["{}"; n].join(",")));
+    match Message::parse_frame(batch(MAX_BATCH_MESSAGES)).unwrap() {
+        Frame::Batch(members) => assert_eq!(members.len(), MAX_BATCH_MESSAGES),
+        Frame::Single(_) => panic!("a batch"),
+    }
+    let error = Message::parse_frame(batch(2_000_000)).unwrap_err();
+    assert!(matches!(
+        error,
+        ParseError::BatchTooLong {
+            limit: MAX_BATCH_MESSAGES
+        }
+    ));
+    let answer: serde_json::Value = serde_json::from_slice(error.to_response().raw()).unwrap();
+    assert_eq!(answer["error"]["code"], -32600);
+    assert_eq!(answer["error"]["data"]["limit"], MAX_BATCH_MESSAGES);
+    // Malformed batches are still parse errors.
+    assert!(matches!(
+        Message::parse_frame(Bytes::from_static(b"[{},")),
+        Err(ParseError::Json(_))
+    ));
+    assert!(matches!(
+        Message::parse_frame(Bytes::from_static(b"[{}] x")),
+        Err(ParseError::Json(_))
+    ));
 }
 
 #[test]

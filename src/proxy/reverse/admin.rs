@@ -14,6 +14,21 @@ use super::gateway::{Gateway, Upstream};
 /// How long `/readyz` waits for a TCP connection to an HTTP upstream.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Connections the admin listener serves at once (in all, and per address): it answers
+/// probes and scrapes, not clients.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The admin listener's bounds: the client listener's deadlines, its own small caps.
+pub fn connection_limits(
+    clients: crate::transport::serve::ConnectionLimits,
+) -> crate::transport::serve::ConnectionLimits {
+    crate::transport::serve::ConnectionLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        max_per_client: ADMIN_MAX_CONNECTIONS,
+        ..clients
+    }
+}
+
 /// The admin routes.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
     axum::Router::new()

@@ -134,42 +134,40 @@ impl Drop for Answering {
         if self.expected.is_empty() {
             return;
         }
-        if self.aliases.is_some() {
-            // A stateless request at the shared child whose client closed the stream: in this
-            // era that is how a request is cancelled. The child is told, and forgets it.
-            let pending = self
-                .link
-                .session
-                .pending(crate::protocol::Direction::ClientToServer);
-            let cancelled: Vec<Message> = self
-                .expected
-                .keys()
-                .filter(|id| pending.remove(id).is_some())
-                .map(|id| Message::cancelled(id, "the client closed the request's stream"))
+        let pending = self
+            .link
+            .session
+            .pending(crate::protocol::Direction::ClientToServer);
+        // The client went away before every answer came, and no stream of this POST is kept
+        // for it to resume: the requests it left are forgotten, or they would hold pending
+        // slots (and keep the session busy) until the server answers, which may be never.
+        let forgotten: Vec<&RequestId> = self
+            .expected
+            .keys()
+            .filter(|id| pending.remove(id).is_some())
+            .collect();
+        // An HTTP upstream's exchange is dropped with this POST: the upstream sees its request's
+        // connection close. A child is told, as MCP cancels a request (at the shared child, a
+        // stateless request's closed stream is how that era cancels one).
+        if let (LinkUpstream::Stdio { .. }, false, Ok(runtime)) = (
+            &self.link.upstream,
+            forgotten.is_empty(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let cancelled: Vec<Message> = forgotten
+                .into_iter()
+                .map(|id| Message::cancelled(id, "the client went away before the answer"))
                 .collect();
-            if let (false, Ok(runtime)) =
-                (cancelled.is_empty(), tokio::runtime::Handle::try_current())
-            {
-                let link = self.link.clone();
-                runtime.spawn(async move {
-                    for msg in cancelled {
-                        let _ = link.deliver(msg).await;
-                    }
-                });
-            }
-            return;
+            let link = self.link.clone();
+            runtime.spawn(async move {
+                for msg in cancelled {
+                    let _ = link.deliver(msg).await;
+                }
+            });
         }
-        // The client went away before every answer came. An HTTP upstream's exchange is dropped
-        // with this POST, so its answers will never come: forget those requests, or they would
-        // keep the session busy (never idle, never evicted) and hold pending slots for good. A
-        // child's answers still come and are then dropped as answering nothing.
-        if matches!(self.link.upstream, LinkUpstream::Http { .. }) {
-            for id in self.expected.keys() {
-                self.link
-                    .session
-                    .pending(crate::protocol::Direction::ClientToServer)
-                    .remove(id);
-            }
+        if self.aliases.is_some() {
+            // The shared child's session is not this request's.
+            return;
         }
         if self.new_session {
             // Nobody will ever learn this session's id.

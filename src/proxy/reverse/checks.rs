@@ -299,7 +299,22 @@ pub(super) async fn read_frame(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large(declared));
     }
-    let body = match read_body(body, limit).await {
+    let deadline = gateway.reverse.connections.body_timeout;
+    let Ok(body) = tokio::time::timeout(deadline, read_body(body, limit)).await else {
+        let error = ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "Request Timeout: the body did not arrive within {} (--body-timeout)",
+                humantime::format_duration(deadline)
+            ),
+        )
+        .with("httpStatus", 408);
+        return Err(json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            error.to_response(None),
+        ));
+    };
+    let body = match body {
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => return Err(too_large(None)),
         Err(BodyError::Read(e)) => {

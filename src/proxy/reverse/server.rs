@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
-use crate::proxy::relay::MAX_BATCH_MESSAGES;
 use crate::ratelimit::Refusal;
 use crate::session::{EndReason, SessionError};
 use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
@@ -231,21 +230,6 @@ async fn post(
         session: link.session.id().clone(),
         tape: link.session.tape().cloned(),
     });
-    if batch && members.len() > MAX_BATCH_MESSAGES {
-        let error = ProxyError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "Bad Request: a batch of {} messages exceeds the limit of {MAX_BATCH_MESSAGES}",
-                members.len()
-            ),
-        )
-        .with("limit", MAX_BATCH_MESSAGES)
-        .with("httpStatus", 400);
-        if new_session {
-            gateway.sessions.end(link.session.id(), EndReason::Error);
-        }
-        return json_response(StatusCode::BAD_REQUEST, error.to_response(None));
-    }
     if batch {
         let negotiated = link.session.metadata().protocol_version;
         let version = header_version

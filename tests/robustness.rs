@@ -1,0 +1,440 @@
+//! The gateway against hostile clients and faulty servers: one test per way found to hurt it
+//! (issue 19), each against the real binary on loopback, each bounded in time.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Gateway, Proxy, fixture, http_request, peak_rss_kib, tool};
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.0/8 is all ours), so that
+/// a test can be several clients.
+fn connect_from(from: &str, addr: &str) -> std::io::Result<TcpStream> {
+    let target: SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into())?;
+    socket.connect_timeout(&target.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
+}
+
+/// Reads until the peer closes (or `wait` passes: then panics): what it sent, and when it closed.
+fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, start.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (got, start.elapsed());
+            }
+            Err(e) => panic!(
+                "the connection was not closed within {wait:?} ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+        assert!(start.elapsed() < wait, "the connection stayed open");
+    }
+}
+
+/// The first line of an HTTP response.
+fn status_line(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn get(addr: &str, path: &str) -> support::HttpResponse {
+    http_request(addr, "GET", path, &[], b"")
+}
+
+/// The value of a Prometheus sample line `name` (labels included) in `/metrics`.
+fn metric(admin: &str, name: &str) -> f64 {
+    let text = String::from_utf8(get(admin, "/metrics").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+
+/// Finding 1: a client that sends its headers slowly (slowloris) is closed after
+/// `--header-timeout`, not held for ever.
+#[test]
+fn a_slowloris_connection_is_closed_at_the_header_timeout() {
+    let gw = Gateway::fixture(&["--header-timeout", "1s"]);
+    let mut slow = TcpStream::connect(&gw.addr).unwrap();
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let (_, after) = read_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+}
+
+/// Finding 1: a keep-alive connection left idle after its response is closed at the same
+/// deadline.
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let gw = Gateway::fixture(&["--header-timeout", "1s"]);
+    let mut idle = TcpStream::connect(&gw.addr).unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{PING}",
+        gw.addr,
+        PING.len()
+    );
+    idle.write_all(request.as_bytes()).unwrap();
+    let (response, after) = read_until_closed(&mut idle, Duration::from_secs(10));
+    assert!(
+        status_line(&response).starts_with("HTTP/1.1 "),
+        "{response:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+}
+
+/// Finding 1: a body that trickles in is answered 408 with a JSON-RPC error at
+/// `--body-timeout`.
+#[test]
+fn a_slow_body_is_answered_408() {
+    let gw = Gateway::fixture(&["--body-timeout", "1s"]);
+    let mut slow = TcpStream::connect(&gw.addr).unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{{\"jsonrpc\"",
+        gw.addr
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let (response, _) = read_until_closed(&mut slow, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("--body-timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Starts the fixture gateway with at most 64 open descriptors (soft and hard, so it cannot
+/// raise them) and an admin listener.
+fn gateway_with_64_descriptors(opts: &[&str]) -> Gateway {
+    let mut sh = std::process::Command::new("sh");
+    sh.env("SHADOWCAT_SESSION_STORE", "memory")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(support::shadowcat())
+        .args(["--log-level", "debug", "reverse", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(opts)
+        .arg("--")
+        .arg(fixture());
+    Gateway::spawn(sh)
+}
+
+/// Opens `n` connections from `from` that each send half a request's headers and stop.
+fn half_sent(from: &str, addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let mut stream = connect_from(from, addr).ok()?;
+            stream
+                .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .ok()?;
+            Some(stream)
+        })
+        .collect()
+}
+
+/// How many of `streams` the gateway answered with its 503 and closed (the rest it holds).
+fn refused(streams: &mut [TcpStream]) -> usize {
+    streams
+        .iter_mut()
+        .filter(|s| {
+            let mut s: &TcpStream = s;
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+                    assert!(text.contains("too many open connections"), "{text}");
+                    true
+                }
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        })
+        .count()
+}
+
+/// Finding 1: 80 half-sent requests from one client under a 64-descriptor limit no longer lock
+/// out everyone: that client holds its `--max-connections-per-client`, the rest of its
+/// connections are told 503, another client is served, `/healthz` answers, and `/metrics`
+/// counts the refusals.
+#[test]
+fn one_client_cannot_take_every_connection_under_a_low_descriptor_limit() {
+    let gw = gateway_with_64_descriptors(&["--max-connections-per-client", "4"]);
+    let admin = gw.admin_addr();
+    assert!(
+        gw.stderr_text().contains("--max-connections lowered"),
+        "{}",
+        gw.stderr_text()
+    );
+    let mut attacker = half_sent("127.0.0.2", &gw.addr, 80);
+    assert_eq!(
+        attacker.len(),
+        80,
+        "every connection was accepted by the kernel"
+    );
+    assert_eq!(refused(&mut attacker), 76);
+    assert_eq!(get(&admin, "/healthz").status, 200);
+    let session = gw.initialize();
+    assert!(!session.is_empty());
+    assert!(
+        metric(
+            &admin,
+            "shadowcat_connections_refused_total{cap=\"per_client\"}"
+        ) >= 76.0
+    );
+    assert!(gw.stderr_text().contains("connection refused: at its cap"));
+}
+
+/// Finding 1: when every connection is taken (by several clients), a new one is told 503 at
+/// once, `/healthz` still answers, and service resumes when they go.
+#[test]
+fn at_the_connection_cap_new_connections_are_refused_and_the_admin_listener_answers() {
+    let gw = gateway_with_64_descriptors(&["--max-connections-per-client", "8"]);
+    let admin = gw.admin_addr();
+    // The cap fits the descriptors: (64 - 32) / 2 = 16 connections.
+    let mut first = half_sent("127.0.0.2", &gw.addr, 8);
+    let mut second = half_sent("127.0.0.3", &gw.addr, 8);
+    assert_eq!(refused(&mut first) + refused(&mut second), 0);
+    let mut third = half_sent("127.0.0.4", &gw.addr, 4);
+    assert_eq!(refused(&mut third), 4);
+    assert_eq!(get(&admin, "/healthz").status, 200);
+    assert!(metric(&admin, "shadowcat_connections_refused_total{cap=\"total\"}") >= 4.0);
+    drop(first);
+    // The held connections' slots come back as they close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused(&mut half_sent("127.0.0.5", &gw.addr, 1)) == 1 {
+        assert!(Instant::now() < deadline, "still refused");
+    }
+}
+
+/// `[{},{},…]`: `n` empty members, as bytes.
+fn empty_members(n: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(3 * n + 2);
+    body.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{}");
+    }
+    body.push(b']');
+    body
+}
+
+/// Finding 2: a 30 MiB POST of ten million empty batch members is refused (-32600, the limit
+/// named) without a message built per member: the gateway's peak memory stays near the body's
+/// size, and another client is answered meanwhile.
+#[test]
+fn a_batch_bomb_is_refused_before_it_is_built() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let bomb = empty_members(10_000_000);
+    let addr = gw.addr.clone();
+    let attacker = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &[
+                ("Content-Type", "application/json".to_owned()),
+                ("Accept", "application/json, text/event-stream".to_owned()),
+            ],
+            &bomb,
+        )
+    });
+    let started = Instant::now();
+    let mut answered = 0;
+    while !attacker.is_finished() || answered == 0 {
+        let ping = gw.post(
+            Some(&session),
+            &json!({"jsonrpc":"2.0","id":answered,"method":"ping"}),
+        );
+        assert_eq!(ping.status, 200, "{ping:?}");
+        answered += 1;
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let refused = attacker.join().unwrap();
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let error = refused.json();
+    assert_eq!(error["error"]["code"], -32600, "{error}");
+    assert_eq!(error["error"]["data"]["limit"], 1024, "{error}");
+    let peak = peak_rss_kib(gw.child.id());
+    eprintln!("gateway peak RSS after the bomb: {peak} KiB");
+    assert!(peak < 160 * 1024, "peak RSS {peak} KiB for a 30 MiB body");
+}
+
+/// Finding 2, on stdio: the same bomb as one line costs the forward proxy no more.
+#[test]
+fn a_batch_bomb_on_stdio_is_refused_before_it_is_built() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    let mut bomb = empty_members(10_000_000);
+    bomb.push(b'\n');
+    proxy.write_raw(&bomb);
+    let answer = proxy.recv();
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(answer["error"]["data"]["limit"], 1024, "{answer}");
+    assert_eq!(proxy.call(2, "ping", json!({}))["result"], json!({}));
+    let peak = peak_rss_kib(proxy.child.id());
+    eprintln!("forward proxy peak RSS after the bomb: {peak} KiB");
+    assert!(peak < 160 * 1024, "peak RSS {peak} KiB for a 30 MiB line");
+}
+
+fn rules_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("rules.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nrules:\n  - name: no-secret-echo\n    match:\n      tool: echo\n      params: [{path: \"$.arguments.text\", equals: s3cret}]\n    block: {message: not that}\n",
+    )
+    .unwrap();
+    path
+}
+
+/// Finding 4: a message a rule or redaction would have to read, and could not (nested deeper
+/// than any tree, or with a byte that is not UTF-8 in a member the envelope skips), is refused
+/// to its sender and neither forwarded nor recorded: the rule's stage fails closed.
+#[test]
+fn what_rules_and_redaction_cannot_read_is_refused_not_let_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("t.tape");
+    let rules = rules_file(dir.path());
+    let mut proxy = Proxy::fixture(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--record",
+        tape.to_str().unwrap(),
+        "--redact",
+        "$.params.arguments.text",
+    ]);
+    proxy.initialize();
+    // The rule applies to a well-formed call.
+    let blocked = proxy.call(1, "tools/call", tool("echo", json!({"text": "s3cret"})));
+    assert_eq!(blocked["error"]["message"], "not that", "{blocked}");
+    // Nested 150 deep beside the argument the rule reads.
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"s3cret","pad":{}0{}}}}}}}"#,
+        "[".repeat(150),
+        "]".repeat(150)
+    );
+    proxy.write_raw(format!("{deep}\n").as_bytes());
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested deeper")
+    );
+    // A byte that is not UTF-8 in a member the envelope skips.
+    let mut bad = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"s3cret"}},"x":""#.to_vec();
+    bad.extend_from_slice(b"\xff\"}\n");
+    proxy.write_raw(&bad);
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // The session carries on.
+    let echoed = proxy.call(4, "tools/call", tool("echo", json!({"text": "fine"})));
+    assert_eq!(echoed["result"]["content"][0]["text"], "fine", "{echoed}");
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    let recorded = std::fs::read(&tape).unwrap();
+    assert!(
+        memchr_find(&recorded, b"s3cret").is_none(),
+        "the secret reached the tape:\n{}",
+        String::from_utf8_lossy(&recorded)
+    );
+    let frames: Vec<Value> = String::from_utf8(recorded)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(frames.len() > 3);
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A POST from `from` of a tool call that the fixture answers after ten minutes, written and
+/// left waiting.
+fn call_that_never_ends(addr: &str, session: &str, id: u64) -> TcpStream {
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":tool("sleep", json!({"ms": 600_000}))}).to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// Polls `/metrics` until sample `name` is `want` (or fails after 10 s).
+fn await_metric(admin: &str, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(admin, name);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {got}, not {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finding 7: with a server command, requests whose clients hung up are forgotten (and the
+/// server told they are cancelled), so never-answered calls cannot fill `--max-pending-total`
+/// and lock every client out.
+#[test]
+fn a_client_that_hangs_up_leaves_nothing_pending() {
+    let gw = Gateway::fixture(&["--max-pending-total", "3", "--admin-listen", "127.0.0.1:0"]);
+    let admin = gw.admin_addr();
+    let session = gw.initialize();
+    let calls: Vec<TcpStream> = (0..3)
+        .map(|id| call_that_never_ends(&gw.addr, &session, 10 + id))
+        .collect();
+    // The premise: all three are in flight.
+    await_metric(&admin, "shadowcat_pending_requests", 3.0);
+    for call in &calls {
+        call.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    drop(calls);
+    await_metric(&admin, "shadowcat_pending_requests", 0.0);
+    let ping = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    );
+    assert_eq!(ping.status, 200, "{ping:?}");
+    assert_eq!(ping.json()["result"], json!({}));
+}
