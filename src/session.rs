@@ -3,6 +3,7 @@
 //!
 //! - [`id`]: [`SessionId`], 128 CSPRNG bits as visible ASCII.
 //! - [`lifecycle`]: the one [`State`] machine and [`EndReason`].
+//! - [`declared`]: [`Declared`]: what a peer said about itself, as bounded JSON text.
 //! - [`info`]: [`Session`]: metadata from `initialize`, counters, tags, pending tables.
 //! - [`pending`]: [`PendingRequests`], bounded per session and in total.
 //! - [`manager`]: [`SessionManager`]: sharded map, LRU, expiry heap, limits, cleanup task.
@@ -10,6 +11,7 @@
 //! - [`report`]: the tables `shadowcat session list|show` print.
 //! - [`store`]: [`SessionStore`] (memory, SQLite) and the write-behind [`StoreWriter`].
 
+pub mod declared;
 pub mod id;
 pub mod info;
 pub mod lifecycle;
@@ -19,6 +21,7 @@ pub mod pending;
 pub mod report;
 pub mod store;
 
+pub use declared::Declared;
 pub use id::SessionId;
 pub use info::{Listening, Metadata, Session, SessionRecord, TransportKind};
 pub use lifecycle::{EndReason, State};

@@ -438,3 +438,71 @@ fn a_client_that_hangs_up_leaves_nothing_pending() {
     assert_eq!(ping.status, 200, "{ping:?}");
     assert_eq!(ping.json()["result"], json!({}));
 }
+
+/// Finding 3: an 8 MiB `clientInfo` is not kept per session (nor copied into the history):
+/// ten such sessions leave the gateway's memory and each history row small, and what rules and
+/// `session list` read (the client's name) is still there.
+#[test]
+fn metadata_bombs_are_kept_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let gw = Gateway::fixture(&["--session-store", "sqlite", "--data-dir", data]);
+    let padding = "p".repeat(8 * 1024 * 1024);
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let response = gw.post(
+            None,
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-03-26",
+                "capabilities":{"experimental":{"pad": padding}},
+                "clientInfo":{"name":"bomber","version":"1","pad": padding}}}),
+        );
+        assert_eq!(response.status, 200, "{response:?}");
+        let session = response.header("mcp-session-id").unwrap().to_owned();
+        // A batch (which read the session's metadata) and a ping.
+        let batch = gw.post(
+            Some(&session),
+            &json!([{"jsonrpc":"2.0","method":"notifications/initialized"},
+                    {"jsonrpc":"2.0","id":1,"method":"ping"}]),
+        );
+        assert_eq!(batch.status, 200, "{batch:?}");
+        sessions.push(session);
+    }
+    let peak = peak_rss_kib(gw.child.id());
+    eprintln!("gateway peak RSS after ten 8 MiB initializes: {peak} KiB");
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    let rss_now = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:").map(|v| {
+                v.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+        })
+        .unwrap();
+    assert!(
+        rss_now < 120 * 1024,
+        "RSS {rss_now} KiB kept for ten sessions"
+    );
+    let mut gw = gw;
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    let db = dir.path().join("sessions.db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size < 1024 * 1024, "sessions.db is {size} bytes");
+    let listed = support::command()
+        .args(["--data-dir", data, "session", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        text.matches("bomber 1").count(),
+        10,
+        "{text}\n{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}

@@ -19,7 +19,7 @@ use crate::proxy::tracker::RequestTracker;
 use crate::proxy::{Context, Verdict};
 use crate::ratelimit::LimitClock;
 use crate::session::report::columns;
-use crate::session::{Session, SessionConfig, SessionManager, TransportKind};
+use crate::session::{Declared, Session, SessionConfig, SessionManager, TransportKind};
 use crate::tape::{Frame, Tape};
 use crate::telemetry::Metrics;
 
@@ -217,8 +217,8 @@ impl<'a> DryRun<'a> {
                 // A tape without the `initialize` exchange still says who the peers were.
                 session.update_metadata(|m| {
                     m.protocol_version.clone_from(&tape.meta.protocol_version);
-                    m.client_info.clone_from(&tape.meta.client_info);
-                    m.server_info.clone_from(&tape.meta.server_info);
+                    m.client_info = tape.meta.client_info.as_ref().map(Declared::from_value);
+                    m.server_info = tape.meta.server_info.as_ref().map(Declared::from_value);
                 });
                 session
             })

@@ -230,11 +230,8 @@ impl SessionMatch {
             return true;
         }
         session.read_metadata(|m| {
-            let client = m
-                .client_info
-                .as_ref()
-                .and_then(|c| c.get("name"))
-                .and_then(Value::as_str);
+            let client = m.client_info.as_ref().and_then(|c| c.str_member("name"));
+            let client = client.as_deref();
             self.client
                 .as_ref()
                 .is_none_or(|glob| client.is_some_and(|c| glob.is_match(c)))

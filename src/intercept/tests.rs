@@ -286,9 +286,17 @@ async fn session_conditions_pick_the_session() {
         "version: 1\nrules:\n  - name: beta\n    match: {session: {client: 'beta-*', transport: stdio}}\n    tag: [beta, watched]\n",
     );
     let beta = Session::standalone(TransportKind::Stdio, 10);
-    beta.update_metadata(|m| m.client_info = Some(json!({"name": "beta-client"})));
+    beta.update_metadata(|m| {
+        m.client_info = Some(crate::session::Declared::from_value(
+            &json!({"name": "beta-client"}),
+        ));
+    });
     let other = Session::standalone(TransportKind::Stdio, 10);
-    other.update_metadata(|m| m.client_info = Some(json!({"name": "stable"})));
+    other.update_metadata(|m| {
+        m.client_info = Some(crate::session::Declared::from_value(
+            &json!({"name": "stable"}),
+        ));
+    });
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
     run(&rules, &beta, Direction::ClientToServer, &ping, None).await;
     run(&rules, &other, Direction::ClientToServer, &ping, None).await;

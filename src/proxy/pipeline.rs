@@ -176,8 +176,11 @@ async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, 
         let meta = cx.session.read_metadata(|m| {
             m.server_info.as_ref().map(|server| crate::tape::Meta {
                 protocol_version: m.protocol_version.clone(),
-                client_info: m.client_info.clone(),
-                server_info: Some(server.clone()),
+                client_info: m
+                    .client_info
+                    .as_ref()
+                    .map(crate::session::Declared::to_value),
+                server_info: Some(server.to_value()),
             })
         });
         if let Some(meta) = meta {

@@ -12,12 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
-use crate::session::{PendingError, PendingScope, Session, SessionManager, State};
+use crate::session::{Declared, PendingError, PendingScope, Session, SessionManager, State};
 use crate::telemetry::Metrics;
 
 use super::pipeline::{Context, Stage, Verdict};
@@ -146,10 +145,13 @@ struct InitializeParts<'a> {
     #[serde(rename = "protocolVersion")]
     protocol_version: Option<String>,
     #[serde(rename = "clientInfo")]
-    client_info: Option<Value>,
+    #[serde(borrow)]
+    client_info: Option<&'a RawValue>,
     #[serde(rename = "serverInfo")]
-    server_info: Option<Value>,
-    capabilities: Option<Value>,
+    #[serde(borrow)]
+    server_info: Option<&'a RawValue>,
+    #[serde(borrow)]
+    capabilities: Option<&'a RawValue>,
     #[serde(borrow, rename = "_meta", default)]
     _meta: Option<&'a RawValue>,
 }
@@ -171,8 +173,8 @@ fn read_initialize_request(session: &Session, msg: &Message) {
     if let Some(parts) = initialize_parts(msg) {
         session.update_metadata(|m| {
             m.protocol_version = parts.protocol_version.or(m.protocol_version.take());
-            m.client_info = parts.client_info;
-            m.client_capabilities = parts.capabilities;
+            m.client_info = parts.client_info.map(Declared::bounded);
+            m.client_capabilities = parts.capabilities.map(Declared::bounded);
         });
     }
 }
@@ -181,8 +183,8 @@ fn read_initialize_result(session: &Session, msg: &Message) {
     if let Some(parts) = initialize_parts(msg) {
         session.update_metadata(|m| {
             m.protocol_version = parts.protocol_version.or(m.protocol_version.take());
-            m.server_info = parts.server_info;
-            m.server_capabilities = parts.capabilities;
+            m.server_info = parts.server_info.map(Declared::bounded);
+            m.server_capabilities = parts.capabilities.map(Declared::bounded);
         });
     }
 }
@@ -415,16 +417,17 @@ mod tests {
         );
         let meta = session.metadata();
         assert_eq!(meta.protocol_version.as_deref(), Some("2025-03-26"));
+        let tree = |d: Option<Declared>| d.map(|d| d.to_value());
         assert_eq!(
-            meta.client_info,
+            tree(meta.client_info),
             Some(serde_json::json!({"name":"ide","version":"9"}))
         );
         assert_eq!(
-            meta.server_info,
+            tree(meta.server_info),
             Some(serde_json::json!({"name":"srv","version":"1"}))
         );
         assert_eq!(
-            meta.client_capabilities,
+            tree(meta.client_capabilities),
             Some(serde_json::json!({"sampling":{}}))
         );
         assert_eq!(session.frames(Direction::ClientToServer), 2);

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::declared::Declared;
 use super::id::SessionId;
 use super::lifecycle::{IllegalTransition, State};
 use super::pending::{Pending, PendingBudget, PendingRequests};
@@ -44,13 +44,13 @@ pub struct Metadata {
     /// The negotiated protocol version (from the server's answer; the client's ask until then).
     pub protocol_version: Option<String>,
     /// `clientInfo` (name, version, ...).
-    pub client_info: Option<Value>,
+    pub client_info: Option<Declared>,
     /// `capabilities` the client declared.
-    pub client_capabilities: Option<Value>,
+    pub client_capabilities: Option<Declared>,
     /// `serverInfo`.
-    pub server_info: Option<Value>,
+    pub server_info: Option<Declared>,
     /// `capabilities` the server declared.
-    pub server_capabilities: Option<Value>,
+    pub server_capabilities: Option<Declared>,
     /// Labels: automatic (`long-running`, `high-volume`) and, later, from rules.
     pub tags: BTreeSet<String>,
 }

@@ -19,12 +19,11 @@ fn when(unix_ms: u64) -> String {
 fn client(record: &SessionRecord) -> String {
     let info = record.metadata.client_info.as_ref();
     let name = info
-        .and_then(|i| i.get("name"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("-");
-    match info.and_then(|i| i.get("version")).and_then(|v| v.as_str()) {
+        .and_then(|i| i.str_member("name"))
+        .unwrap_or_else(|| "-".into());
+    match info.and_then(|i| i.str_member("version")) {
         Some(version) => format!("{name} {version}"),
-        None => name.to_owned(),
+        None => name,
     }
 }
 
@@ -97,9 +96,9 @@ pub fn columns<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
 
 /// Everything about one session, one field per line.
 pub fn details(r: &SessionRecord) -> String {
-    let json = |v: &Option<serde_json::Value>| {
+    let json = |v: &Option<crate::session::Declared>| {
         v.as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string)
+            .map_or_else(|| "-".to_owned(), |d| d.to_value().to_string())
     };
     let mut out = String::new();
     let mut field = |name: &str, value: String| {

@@ -231,7 +231,7 @@ async fn post(
         tape: link.session.tape().cloned(),
     });
     if batch {
-        let negotiated = link.session.metadata().protocol_version;
+        let negotiated = link.session.read_metadata(|m| m.protocol_version.clone());
         let version = header_version
             .as_deref()
             .or(negotiated.as_deref())

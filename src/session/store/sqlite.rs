@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::Value;
 
 use super::{SessionStore, StateFilter, StoreError};
+use crate::session::Declared;
 use crate::session::info::{Metadata, SessionRecord};
 
 /// The history file's name inside the data dir.
@@ -189,12 +189,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     tx.commit().map_err(err)
 }
 
-fn json(value: Option<&Value>) -> Option<String> {
-    value.map(Value::to_string)
+fn json(value: Option<&Declared>) -> Option<&str> {
+    value.map(Declared::get)
 }
 
-fn parse_json(text: Option<String>) -> Option<Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
+fn parse_json(text: Option<String>) -> Option<Declared> {
+    text.and_then(|t| Declared::parse(&t))
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -331,7 +331,9 @@ mod tests {
             protocol_version: Some("2025-06-18".into()),
             ..Metadata::default()
         };
-        metadata.client_info = Some(serde_json::json!({"name": "c", "version": "1"}));
+        metadata.client_info = Some(Declared::from_value(
+            &serde_json::json!({"name": "c", "version": "1"}),
+        ));
         metadata.tags.insert("high-volume".into());
         SessionRecord {
             id: id.into(),
