@@ -40,7 +40,9 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     let mut config = Config::build(&cli.global, proxy_args(&cli.command))?;
     let ask = match &cli.command {
         Command::Reverse(args) => {
-            config.reverse = Some(ReverseConfig::build(&cli.global, args)?);
+            let mut reverse = ReverseConfig::build(&cli.global, args)?;
+            reverse.settle_sessions(&mut config.sessions);
+            config.reverse = Some(reverse);
             Ask::from_flags(&args.recording, Target::Dir, "reverse")
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {

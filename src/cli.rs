@@ -300,6 +300,12 @@ pub struct ReverseArgs {
     /// Interval of keep-alive comments on idle SSE streams, or `off`. [default: 15s]
     #[arg(long, env = "SHADOWCAT_SSE_KEEPALIVE", value_name = "DURATION")]
     pub sse_keepalive: Option<String>,
+    /// Most sessions one client address may have open (a GET /sse stream is one), so that one
+    /// client cannot take every slot or evict everyone else's sessions. Behind a load balancer
+    /// every client has its address: raise this there. [default: a quarter of --max-sessions,
+    /// at most 64]
+    #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_CLIENT", value_name = "N")]
+    pub max_sessions_per_client: Option<String>,
     /// Longest a POST is held when its session already has --max-pending-requests awaiting
     /// answers, for one of them to be answered; then its request is refused with 503,
     /// Retry-After and -32083. (A stdio client is never refused for this: it is read more
@@ -358,11 +364,11 @@ pub struct ProxyArgs {
     pub shutdown_timeout: Option<String>,
     /// Most open sessions; at the limit the least recently used idle one is evicted, or the new
     /// one refused. (Sessions with requests in flight or a client listening on a stream are not
-    /// idle.) [default: 10000]
+    /// idle.) [default: 10000; `reverse -- <cmd>`, where each session is a process: 100]
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<String>,
     /// A session with no message for this long expires (unless requests are in flight or a
-    /// client listens on one of its streams). [default: off]
+    /// client listens on one of its streams), or `off`. [default: `reverse`: 30m; otherwise off]
     #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT", value_name = "DURATION")]
     pub session_idle_timeout: Option<String>,
     /// A session older than this expires. [default: off]

@@ -143,6 +143,7 @@ struct FileConfig {
     read_timeout: Option<Scalar>,
     resume_timeout: Option<Scalar>,
     pending_wait: Option<Scalar>,
+    max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,
     max_connections: Option<Scalar>,

@@ -592,7 +592,8 @@ fn a_crashed_server_fails_its_call_and_ends_the_session() {
 
 #[test]
 fn max_sessions_bounds_the_children() {
-    let gw = Gateway::fixture(&["--max-sessions", "1"]);
+    // (The client's own cap, a quarter of --max-sessions by default, is not what is tested.)
+    let gw = Gateway::fixture(&["--max-sessions", "1", "--max-sessions-per-client", "2"]);
     let first = gw.initialize();
     // A call in flight makes the first session busy, so it can't be evicted.
     let addr = gw.addr.clone();
@@ -1024,7 +1025,11 @@ fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
     assert_eq!(stream.status, 200);
     let endpoint = stream.next_endpoint().expect("the endpoint event");
     assert!(endpoint.starts_with("/message?sessionId="), "{endpoint}");
-    assert_eq!(fixture_children_of(&gw).len(), 1, "a child for the session");
+    assert_eq!(
+        fixture_children_of(&gw).len(),
+        0,
+        "the session's child starts with its first message"
+    );
     let post = |body: Value| {
         http_request(
             &gw.addr,
@@ -1040,6 +1045,7 @@ fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
     let (_, answer) = stream.next_event().unwrap();
     assert_eq!(answer["id"], 0);
     assert!(answer["result"]["serverInfo"].is_object());
+    assert_eq!(fixture_children_of(&gw).len(), 1, "a child for the session");
     assert_eq!(
         post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).status,
         202

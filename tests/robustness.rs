@@ -506,3 +506,148 @@ fn metadata_bombs_are_kept_bounded() {
         String::from_utf8_lossy(&listed.stderr)
     );
 }
+
+/// Opens a 2024-11-05 `/sse` stream from `from` and returns it with its first bytes read.
+fn open_sse(from: &str, addr: &str) -> (TcpStream, String) {
+    let mut stream = connect_from(from, addr).unwrap();
+    let request = format!("GET /sse HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// An `initialize` POST from `from`.
+fn initialize_from(from: &str, addr: &str) -> support::HttpResponse {
+    let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"t","version":"1"}}})
+    .to_string();
+    let mut stream = connect_from(from, addr).unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let (raw, _) = read_until_closed(&mut stream, Duration::from_secs(10));
+    support::parse_response(&raw)
+}
+
+/// Finding 6: one client can hold only `--max-sessions-per-client` sessions (an `/sse` stream
+/// is one), so it can neither take every slot nor evict everyone else's; another client still
+/// gets in. A session's process starts with its first message: streams that say nothing and
+/// initializes a rate limit refuses start none.
+#[test]
+fn one_client_cannot_pin_every_session_or_start_processes_for_nothing() {
+    let gw = Gateway::fixture(&[
+        "--max-sessions",
+        "6",
+        "--max-sessions-per-client",
+        "3",
+        "--rate-limit",
+        "client=2/min,burst=2",
+    ]);
+    let pid = gw.child.id();
+    // Three silent /sse streams: three sessions, no process.
+    let streams: Vec<(TcpStream, String)> =
+        (0..3).map(|_| open_sse("127.0.0.2", &gw.addr)).collect();
+    for (_, first) in &streams {
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    }
+    assert_eq!(
+        support::live_children(pid).len(),
+        0,
+        "silent streams started processes"
+    );
+    // The fourth is over the client's cap.
+    let (_, fourth) = open_sse("127.0.0.2", &gw.addr);
+    assert!(fourth.starts_with("HTTP/1.1 429"), "{fourth}");
+    assert!(fourth.contains("--max-sessions-per-client"), "{fourth}");
+    let refused = initialize_from("127.0.0.2", &gw.addr);
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.json()["error"]["code"], -32089);
+    // Another client: two initializes pass its rate limit, the rest are refused before any
+    // process starts for them.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| initialize_from("127.0.0.3", &gw.addr).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::live_children(pid).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "children: {:?}",
+            support::live_children(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        support::live_children(pid).len(),
+        2,
+        "refused initializes started processes"
+    );
+    drop(streams);
+}
+
+/// Finding 8: a server that writes a lot to stderr while nobody reads ours does not block its
+/// session: its stderr is drained, the passthrough drops what ours cannot take.
+#[test]
+fn a_chatty_server_is_not_blocked_by_an_undrained_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    // 4 MiB of stderr before the server starts, and our stderr a pipe nobody reads.
+    let chatty = format!(
+        "head -c 4194304 /dev/zero | tr '\\0' 'e' >&2; exec {}",
+        fixture().display()
+    );
+    let mut child = support::command()
+        .args(["--log-level", "debug", "--log-file", log.to_str().unwrap()])
+        .args([
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "sh",
+            "-c",
+            &chatty,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("listening on http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "not listening:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let response = http_request(
+        &addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json".to_owned()),
+            ("Accept", "application/json, text/event-stream".to_owned()),
+        ],
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.json()["result"]["serverInfo"]["name"],
+        "shadowcat-fixture"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -113,7 +113,28 @@ pub struct ReverseConfig {
     pub trusted_proxies: TrustedProxies,
     /// Bounds on client connections (`--header-timeout`, `--max-connections`, ...).
     pub connections: ConnectionLimits,
+    /// Most sessions one client address may have open (settled by [`Self::settle_sessions`]).
+    pub max_sessions_per_client: usize,
+    /// What the user chose of the session bounds whose gateway defaults differ from other
+    /// modes': `--max-sessions`, `--session-idle-timeout` and `--max-sessions-per-client`.
+    chosen: ChosenSessionBounds,
 }
+
+/// Which session bounds the command line or file gave (the rest take the gateway's defaults).
+#[derive(Debug, Clone, Copy, Default)]
+struct ChosenSessionBounds {
+    max_sessions: bool,
+    idle_timeout: bool,
+    per_client: Option<usize>,
+}
+
+/// `--max-sessions` of `reverse -- <cmd>` by default: each session is a server process.
+pub const DEFAULT_MAX_SESSIONS_COMMAND: usize = 100;
+/// `--session-idle-timeout` of `reverse` by default: a session nobody uses is not kept (nor
+/// its process) for ever.
+pub const DEFAULT_GATEWAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The most `--max-sessions-per-client` is by default (else a quarter of `--max-sessions`).
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 64;
 
 /// A repeatable option: the command line's values if it gives any, else the file's.
 pub(super) fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
@@ -147,6 +168,21 @@ impl ReverseConfig {
             ));
         }
         let connections = connection_limits(&args.connections, &file)?;
+        let chosen = ChosenSessionBounds {
+            max_sessions: pick(args.proxy.max_sessions.as_ref(), file.max_sessions.as_ref())
+                .is_some(),
+            idle_timeout: pick(
+                args.proxy.session_idle_timeout.as_ref(),
+                file.session_idle_timeout.as_ref(),
+            )
+            .is_some(),
+            per_client: pick(
+                args.max_sessions_per_client.as_ref(),
+                file.max_sessions_per_client.as_ref(),
+            )
+            .map(|text| parse_count(&text, "--max-sessions-per-client"))
+            .transpose()?,
+        };
         let path = text(&args.path, &file.path).unwrap_or_else(|| DEFAULT_PATH.to_owned());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256 {
             return Err(invalid(
@@ -230,7 +266,23 @@ impl ReverseConfig {
             sse_replay_events,
             sse_keepalive,
             connections,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            chosen,
         })
+    }
+
+    /// The gateway's session bounds where the user chose none: `--max-sessions` 100 when each
+    /// session is a process, `--session-idle-timeout` 30m; then `--max-sessions-per-client`.
+    pub fn settle_sessions(&mut self, sessions: &mut crate::session::SessionConfig) {
+        if !self.chosen.max_sessions && matches!(self.upstream, ReverseUpstream::Stdio(_)) {
+            sessions.max_sessions = DEFAULT_MAX_SESSIONS_COMMAND;
+        }
+        if !self.chosen.idle_timeout {
+            sessions.idle_timeout = Some(DEFAULT_GATEWAY_IDLE_TIMEOUT);
+        }
+        self.max_sessions_per_client = self.chosen.per_client.unwrap_or_else(|| {
+            (sessions.max_sessions / 4).clamp(1, DEFAULT_MAX_SESSIONS_PER_CLIENT)
+        });
     }
 }
 
@@ -377,6 +429,8 @@ impl ReverseConfig {
             // A stdio client is slowed down instead (it is never refused for want of room).
             pending_wait: DEFAULT_PENDING_WAIT,
             connections: ConnectionLimits::default(),
+            max_sessions_per_client: usize::MAX,
+            chosen: ChosenSessionBounds::default(),
             sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
@@ -569,6 +623,41 @@ mod tests {
             panic!()
         };
         ReverseConfig::build(&globals(None), &args)
+    }
+
+    #[test]
+    fn the_gateway_bounds_sessions_by_default_and_keeps_what_is_chosen() {
+        let settle = |args: &[&str]| {
+            let mut reverse = reverse(args).unwrap();
+            let mut sessions = crate::session::SessionConfig::default();
+            if let Some(given) = args.iter().position(|a| *a == "--max-sessions") {
+                sessions.max_sessions = args[given + 1].parse().unwrap();
+            }
+            reverse.settle_sessions(&mut sessions);
+            (
+                sessions.max_sessions,
+                sessions.idle_timeout,
+                reverse.max_sessions_per_client,
+            )
+        };
+        let idle = Some(DEFAULT_GATEWAY_IDLE_TIMEOUT);
+        assert_eq!(
+            settle(&["--", "server"]),
+            (DEFAULT_MAX_SESSIONS_COMMAND, idle, 25)
+        );
+        assert_eq!(
+            settle(&["--upstream", "http://127.0.0.1:9/mcp"]),
+            (crate::session::manager::DEFAULT_MAX_SESSIONS, idle, 64)
+        );
+        assert_eq!(
+            settle(&["--max-sessions", "2", "--", "server"]),
+            (2, idle, 1)
+        );
+        assert_eq!(
+            settle(&["--max-sessions-per-client", "7", "--", "server"]).2,
+            7
+        );
+        assert!(reverse(&["--max-sessions-per-client", "0", "--", "s"]).is_err());
     }
 
     #[test]

@@ -142,7 +142,7 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
     let to_client = Arc::new(to_client);
     let link = gateway
-        .open_session(TransportKind::Stdio)
+        .open_session(TransportKind::Stdio, crate::proxy::Client::Local)
         .context("cannot open the session")?;
     let span = tracing::info_span!("session", id = %link.session.id());
     async {

@@ -34,6 +34,67 @@ pub struct StdioLink {
     pub server_writer: Task<std::io::Result<()>>,
 }
 
+/// The queue of a server not started yet: messages for it wait there (bounded) until
+/// [`StdioQueue::spawn`] starts it, so a session can exist before its process does.
+#[derive(Debug)]
+pub struct StdioQueue {
+    /// Messages for the server.
+    pub to_server: Arc<Outbox>,
+    rx: tokio::sync::mpsc::Receiver<super::outbox::Outgoing>,
+    close: tokio_util::sync::CancellationToken,
+}
+
+impl StdioQueue {
+    /// An empty queue that holds at least one message of `max_message_size`.
+    pub fn new(max_message_size: usize) -> Self {
+        let queue_bytes = DEFAULT_QUEUE_BYTES.max(max_message_size);
+        let (to_server, rx, close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
+        Self {
+            to_server: Arc::new(to_server),
+            rx,
+            close,
+        }
+    }
+
+    /// Spawns the server and starts moving its bytes: what is queued first, then the rest;
+    /// what it says goes to `to_client`.
+    pub fn spawn<R: Deliver + 'static>(
+        self,
+        spec: &ChildSpec,
+        pipeline: Arc<Pipeline>,
+        session: Arc<Session>,
+        to_client: Arc<R>,
+        max_message_size: usize,
+    ) -> std::io::Result<StdioLink> {
+        let mut child = ChildProcess::spawn(spec)?;
+        let captured = || std::io::Error::other("the server's stdio was not captured");
+        let server_in = child.stdin.take().ok_or_else(captured)?;
+        let server_out = child.stdout.take().ok_or_else(captured)?;
+        let Self {
+            to_server,
+            rx: server_rx,
+            close: server_close,
+        } = self;
+        let reader = Relay {
+            direction: Direction::ServerToClient,
+            pipeline,
+            session,
+            to_sender: to_server.clone(),
+            to_receiver: to_client,
+            max_message_size,
+        };
+        Ok(StdioLink {
+            child,
+            server_reader: Task::spawn("server-reader", reader.run(server_out)),
+            server_writer: Task::spawn(
+                "server-writer",
+                writer::write_lines(server_rx, server_in, server_close),
+            ),
+            to_server,
+        })
+    }
+}
+
 impl StdioLink {
     /// Spawns the server and starts moving its bytes; what it says goes to `to_client`.
     pub fn start<R: Deliver + 'static>(
@@ -43,31 +104,13 @@ impl StdioLink {
         to_client: Arc<R>,
         max_message_size: usize,
     ) -> std::io::Result<Self> {
-        let mut child = ChildProcess::spawn(spec)?;
-        let captured = || std::io::Error::other("the server's stdio was not captured");
-        let server_in = child.stdin.take().ok_or_else(captured)?;
-        let server_out = child.stdout.take().ok_or_else(captured)?;
-        // A queue must hold at least one largest message.
-        let queue_bytes = DEFAULT_QUEUE_BYTES.max(max_message_size);
-        let (to_server, server_rx, server_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
-        let to_server = Arc::new(to_server);
-        let reader = Relay {
-            direction: Direction::ServerToClient,
+        StdioQueue::new(max_message_size).spawn(
+            spec,
             pipeline,
             session,
-            to_sender: to_server.clone(),
-            to_receiver: to_client,
+            to_client,
             max_message_size,
-        };
-        Ok(Self {
-            child,
-            server_reader: Task::spawn("server-reader", reader.run(server_out)),
-            server_writer: Task::spawn(
-                "server-writer",
-                writer::write_lines(server_rx, server_in, server_close),
-            ),
-            to_server,
-        })
+        )
     }
 
     /// Delivers what is queued for the server and closes its stdin; waits at most `timeout` for

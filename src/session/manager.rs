@@ -212,6 +212,12 @@ impl SessionManager {
         }
     }
 
+    /// Counts a session refused before it reached the manager (a front end's own cap, such
+    /// as the gateway's per client), with those refused at `--max-sessions`.
+    pub fn count_refused(&self) {
+        self.metrics.refused_session();
+    }
+
     /// The open session `id`.
     pub fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         self.sessions.get(id).map(|entry| entry.value().clone())

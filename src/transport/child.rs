@@ -1,8 +1,9 @@
 //! The upstream MCP server as a child process.
 //!
 //! The child runs in its own process group, so a shutdown signal reaches everything it started
-//! (`npx` → `node`, `sh -c` → the server) and no orphan survives us. Its stderr is passed through
-//! to ours line by line, and the last lines are kept to explain a crash to the client. Shutdown
+//! (`npx` → `node`, `sh -c` → the server) and no orphan survives us. Its stderr is always drained:
+//! passed on to ours through a bounded queue (dropped, and said so, when ours is not read, so a
+//! chatty child never blocks), with the last lines kept to explain a crash to the client. Shutdown
 //! follows the MCP stdio rules: close its stdin, wait, SIGTERM, wait, SIGKILL.
 
 use std::collections::VecDeque;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt as _};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 
 /// How many of the child's last stderr lines are kept for error reports.
@@ -198,9 +199,48 @@ impl ChildProcess {
     }
 }
 
-/// Copies the child's stderr to ours line by line, keeping the last lines.
+/// Chunks of children's stderr waiting for our stderr (at most this many, 8 KiB each). A
+/// child's stderr is drained whatever happens to ours: when ours is not read and this fills,
+/// the passthrough drops output (the tail is still kept) rather than block the child.
+const PASSTHROUGH_CHUNKS: usize = 256;
+
+/// Children's stderr bytes dropped because our stderr was not keeping up.
+static PASSTHROUGH_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Where children's stderr goes: a thread that writes to ours, fed through a bounded queue.
+fn passthrough() -> Option<&'static std::sync::mpsc::SyncSender<Vec<u8>>> {
+    static SINK: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    SINK.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PASSTHROUGH_CHUNKS);
+        let spawned = std::thread::Builder::new()
+            .name("shadowcat-child-stderr".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                let mut out = std::io::stderr();
+                let mut reported = 0;
+                for chunk in rx {
+                    let dropped = PASSTHROUGH_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+                    if dropped > reported {
+                        let _ = writeln!(
+                            out,
+                            "[shadowcat: {} bytes of the server's stderr were dropped: ours was not read]",
+                            dropped - reported
+                        );
+                        reported = dropped;
+                    }
+                    let _ = out.write_all(&chunk);
+                }
+            });
+        spawned.ok().map(|_| tx)
+    })
+    .as_ref()
+}
+
+/// Drains the child's stderr, passing it on to ours (never blocking on ours) and keeping the
+/// last lines.
 async fn copy_stderr(mut stderr: ChildStderr, tail: StderrTail) {
-    let mut out = tokio::io::stderr();
+    let out = passthrough();
     let mut chunk = vec![0u8; 8192];
     // The line being assembled for the tail; capped, so a server that never writes a newline
     // (progress bars with `\r`) can't grow it. The copy to our stderr is not line-bound.
@@ -210,8 +250,11 @@ async fn copy_stderr(mut stderr: ChildStderr, tail: StderrTail) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        // Our stderr going away must not stop the copy: the tail is still needed.
-        let _ = out.write_all(&chunk[..n]).await;
+        if let Some(out) = out {
+            if out.try_send(chunk[..n].to_vec()).is_err() {
+                PASSTHROUGH_DROPPED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         for piece in chunk[..n].split_inclusive(|&b| b == b'\n') {
             let room = STDERR_LINE_MAX.saturating_sub(line.len());
             line.extend_from_slice(&piece[..piece.len().min(room)]);

@@ -226,7 +226,7 @@ enum Cap {
 #[derive(Debug)]
 struct Admission {
     total: Arc<Semaphore>,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: Arc<ClientCounts>,
     max_per_client: usize,
 }
 
@@ -234,8 +234,7 @@ struct Admission {
 #[derive(Debug)]
 struct Slot {
     _total: OwnedSemaphorePermit,
-    client: IpAddr,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    _client: ClientSlot,
 }
 
 impl Admission {
@@ -248,41 +247,77 @@ impl Admission {
     }
 
     fn admit(&self, client: IpAddr) -> Result<Slot, Cap> {
-        let client = client.to_canonical();
         let total = self
             .total
             .clone()
             .try_acquire_owned()
             .map_err(|_| Cap::Total)?;
-        {
-            let mut counts = self
-                .per_client
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let count = counts.entry(client).or_insert(0);
-            if *count >= self.max_per_client {
-                return Err(Cap::PerClient);
-            }
-            *count += 1;
-        }
+        let client = ClientCounts::take(&self.per_client, client, self.max_per_client)
+            .ok_or(Cap::PerClient)?;
         Ok(Slot {
             _total: total,
-            client,
-            per_client: self.per_client.clone(),
+            _client: client,
         })
     }
 }
 
-impl Drop for Slot {
+/// How many of something (connections, sessions) each client address holds, for a cap per
+/// client. An address is forgotten when it holds none.
+#[derive(Debug, Default)]
+pub struct ClientCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One of a client's places under its cap, given back when dropped.
+#[derive(Debug)]
+pub struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    client: IpAddr,
+}
+
+impl ClientCounts {
+    /// A place for `client` (IPv4-mapped IPv6 counts as IPv4), if it holds fewer than `max`.
+    pub fn take(counts: &Arc<Self>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        let client = client.to_canonical();
+        let mut map = counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(client).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                map.remove(&client);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            client,
+        })
+    }
+
+    /// How many `client` holds.
+    pub fn held(&self, client: IpAddr) -> usize {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&client.to_canonical()).copied().unwrap_or(0)
+    }
+
+    /// How many addresses hold any.
+    pub fn clients(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl ClientSlot {
+    /// The client address this place is held for.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+}
+
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .per_client
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.client) {
+        let mut map = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.client);
+                map.remove(&self.client);
             }
         }
     }
@@ -335,7 +370,7 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Cap::Total);
         drop(a1);
         let _b2 = admission.admit(b).unwrap();
-        assert_eq!(admission.per_client.lock().unwrap().len(), 2);
+        assert_eq!(admission.per_client.clients(), 2);
     }
 
     #[test]
@@ -343,7 +378,7 @@ mod tests {
         let admission = Admission::new(limits(8, 8));
         let slot = admission.admit("10.0.0.1".parse().unwrap()).unwrap();
         drop(slot);
-        assert!(admission.per_client.lock().unwrap().is_empty());
+        assert_eq!(admission.per_client.clients(), 0);
     }
 
     #[test]

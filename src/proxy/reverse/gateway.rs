@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::config::{Config, ReverseConfig, ReverseUpstream};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message};
-use crate::proxy::link::StdioLink;
+use crate::proxy::link::{StdioLink, StdioQueue};
 use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::{Client, Context, Pipeline, Verdict};
 use crate::proxy::timeouts;
@@ -30,6 +30,7 @@ use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager
 use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::HttpUpstream;
+use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
 use super::stream::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
@@ -80,6 +81,25 @@ pub enum OpenError {
     /// The gateway is shutting down.
     #[error("shadowcat is shutting down")]
     ShuttingDown,
+    /// The client already has its `--max-sessions-per-client` open.
+    #[error(
+        "this client already has {limit} sessions open and none is idle (--max-sessions-per-client)"
+    )]
+    ClientSessions {
+        /// The bound.
+        limit: usize,
+    },
+}
+
+/// How a session's upstream came to be torn down.
+#[derive(Debug)]
+enum Ending {
+    /// The session ended (or its child was never needed).
+    Closed,
+    /// Its child exited by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// Its child could not be started: the error its pending requests get.
+    NotStarted(ProxyError),
 }
 
 /// The gateway.
@@ -109,6 +129,8 @@ pub struct Gateway {
     stateless_child: Mutex<Option<Arc<SessionLink>>>,
     /// The next id (and progress token number) a stateless request gets at that child.
     pub(super) next_alias: std::sync::atomic::AtomicI64,
+    /// Sessions each client address has open (`--max-sessions-per-client`).
+    client_sessions: Arc<ClientCounts>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -152,6 +174,7 @@ impl Gateway {
             legacy_upstream: std::sync::atomic::AtomicBool::new(false),
             stateless_child: Mutex::new(None),
             next_alias: std::sync::atomic::AtomicI64::new(1),
+            client_sessions: Arc::default(),
         })
     }
 
@@ -182,15 +205,54 @@ impl Gateway {
         self.links.len()
     }
 
-    /// Opens a session for a client on `transport`: a manager session, and for a stdio upstream
-    /// its own child.
+    /// A place for one more session of `client` under `--max-sessions-per-client` (the local
+    /// client of a bridge, and the gateway's own shared child, are not counted). A client at
+    /// its cap makes way with its own least recently used idle session, as `--max-sessions`
+    /// does with anyone's; with none idle, it is refused.
+    fn client_slot(&self, client: Client<'_>) -> Result<Option<ClientSlot>, OpenError> {
+        let Client::Address(address) = client else {
+            return Ok(None);
+        };
+        let limit = self.reverse.max_sessions_per_client;
+        let address = address.to_canonical();
+        if let Some(slot) = ClientCounts::take(&self.client_sessions, address, limit) {
+            return Ok(Some(slot));
+        }
+        let idle = self
+            .links
+            .iter()
+            .filter(|l| l.client() == Some(address) && !l.session.is_busy())
+            .min_by_key(|l| l.session.last_activity())
+            .map(|l| l.value().clone());
+        if let Some(victim) = idle {
+            if self
+                .sessions
+                .end(victim.session.id(), EndReason::Evicted)
+                .is_some()
+            {
+                tracing::info!(session = %victim.session.id(), "evicted the client's least recently used idle session (--max-sessions-per-client)");
+                victim.release_client();
+                if let Some(slot) = ClientCounts::take(&self.client_sessions, address, limit) {
+                    return Ok(Some(slot));
+                }
+            }
+        }
+        self.sessions.count_refused();
+        Err(OpenError::ClientSessions { limit })
+    }
+
+    /// Opens a session for `client` on `transport`: a manager session, and for a stdio
+    /// upstream its own child (started by the session's watcher when the first message is on
+    /// its way). The client's own cap is checked before anything is created.
     pub fn open_session(
         self: &Arc<Self>,
         transport: TransportKind,
+        client: Client<'_>,
     ) -> Result<Arc<SessionLink>, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
+        let client_slot = self.client_slot(client)?;
         let session = self
             .sessions
             .create(transport, Some(self.upstream_label()))?;
@@ -208,30 +270,17 @@ impl Gateway {
                 None,
             ),
             Upstream::Stdio(spec) => {
-                let child = StdioLink::start(
-                    spec,
-                    self.pipeline.clone(),
-                    session.clone(),
-                    router.clone(),
-                    self.config.max_message_size,
-                );
-                let child = match child {
-                    Ok(child) => child,
-                    Err(source) => {
-                        self.sessions.end(session.id(), EndReason::Error);
-                        return Err(OpenError::Spawn {
-                            program: spec.program.to_string_lossy().into_owned(),
-                            source,
-                        });
-                    }
-                };
-                tracing::info!(session = %session.id(), pid = child.child.pid(), "started the MCP server for a new session");
-                router.answer_server_through(child.to_server.clone());
+                // The server is started when the session's first message is on its way (so a
+                // session whose initialize a rate limit or rule refuses, or a /sse stream that
+                // sends nothing, costs no process); until then what is sent waits here.
+                let queue = StdioQueue::new(self.config.max_message_size);
+                router.answer_server_through(queue.to_server.clone());
                 (
                     LinkUpstream::Stdio {
-                        to_server: child.to_server.clone(),
+                        to_server: queue.to_server.clone(),
+                        start: CancellationToken::new(),
                     },
-                    Some(child),
+                    Some((spec.clone(), queue)),
                 )
             }
         };
@@ -246,6 +295,7 @@ impl Gateway {
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
             abandon: Mutex::default(),
             tool_params: Mutex::default(),
+            client: Mutex::new(client_slot),
         });
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id());
@@ -259,7 +309,7 @@ impl Gateway {
     /// client, ended as soon as the request is over. To a command upstream: the child that
     /// serves every stateless request (started with the first, and again after it ended:
     /// crashed, idle expired, evicted), never sent `initialize`.
-    pub fn open_stateless(self: &Arc<Self>) -> Result<Stateless, OpenError> {
+    pub fn open_stateless(self: &Arc<Self>, caller: Client<'_>) -> Result<Stateless, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
@@ -276,13 +326,14 @@ impl Gateway {
                     }
                 }
                 // Spawning is synchronous: no await while the slot is locked.
-                let link = self.open_session(TransportKind::Http)?;
+                let link = self.open_session(TransportKind::Http, Client::Local)?;
                 link.router.share_between_clients();
                 tracing::info!(session = %link.session.id(), "started the MCP server for stateless (2026-07-28) requests");
                 *shared = Some(link.clone());
                 return Ok(Stateless::Shared(link));
             }
         };
+        let client_slot = self.client_slot(caller)?;
         let session = self
             .sessions
             .create(TransportKind::Http, Some(self.upstream_label()))?;
@@ -303,6 +354,7 @@ impl Gateway {
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
             abandon: Mutex::default(),
             tool_params: Mutex::default(),
+            client: Mutex::new(client_slot),
         })))
     }
 
@@ -343,16 +395,27 @@ impl Gateway {
 
     /// Watches one session until it ends, then tears its upstream down and answers what was
     /// still in flight.
-    async fn watch(self: Arc<Self>, link: Arc<SessionLink>, mut child: Option<StdioLink>) {
+    async fn watch(
+        self: Arc<Self>,
+        link: Arc<SessionLink>,
+        child: Option<(ChildSpec, StdioQueue)>,
+    ) {
         let session = link.session.clone();
         let watchers = self.spawn_timeouts(&link);
-        let crashed = if let Some(child) = child.as_mut() {
-            tokio::select! {
-                () = session.closed_token().cancelled() => None,
-                status = child.child.wait() => Some(status),
-                _ = child.server_reader.join() => {
-                    Some(Box::pin(child.shut_down(self.config.shutdown_timeout)).await)
+        let (child, ending) = if let Some((spec, queue)) = child {
+            match self.start_child(&link, &spec, queue).await {
+                Ok(Some(mut child)) => {
+                    let ending = tokio::select! {
+                        () = session.closed_token().cancelled() => Ending::Closed,
+                        status = child.child.wait() => Ending::Exited(status),
+                        _ = child.server_reader.join() => {
+                            Ending::Exited(Box::pin(child.shut_down(self.config.shutdown_timeout)).await)
+                        }
+                    };
+                    (Some(child), ending)
                 }
+                Ok(None) => (None, Ending::Closed),
+                Err(error) => (None, Ending::NotStarted(error)),
             }
         } else {
             // An HTTP upstream: once its session exists and the client listens, relay its GET
@@ -372,14 +435,59 @@ impl Gateway {
                     }
                 }
             }
-            None
+            (None, Ending::Closed)
         };
         for watcher in &watchers {
             watcher.abort();
         }
         // Boxed: the waiting above is what stays resident per session; this part is bigger
         // and only exists for a moment.
-        Box::pin(self.tear_down(link, child, crashed)).await;
+        Box::pin(self.tear_down(link, child, ending)).await;
+    }
+
+    /// Starts a session's child once its first message is on its way (`Ok(None)`: the session
+    /// ended first). A child that cannot be started ends the session with the reason, which
+    /// its pending requests are answered with.
+    async fn start_child(
+        &self,
+        link: &Arc<SessionLink>,
+        spec: &ChildSpec,
+        queue: StdioQueue,
+    ) -> Result<Option<StdioLink>, ProxyError> {
+        let LinkUpstream::Stdio { start, .. } = &link.upstream else {
+            return Ok(None);
+        };
+        let session = &link.session;
+        tokio::select! {
+            () = session.closed_token().cancelled() => return Ok(None),
+            () = start.cancelled() => {}
+        }
+        let started = queue.spawn(
+            spec,
+            self.pipeline.clone(),
+            session.clone(),
+            link.router.clone(),
+            self.config.max_message_size,
+        );
+        match started {
+            Ok(child) => {
+                tracing::info!(
+                    pid = child.child.pid(),
+                    "started the MCP server for the session"
+                );
+                Ok(Some(child))
+            }
+            Err(e) => {
+                let program = spec.program.to_string_lossy();
+                tracing::error!(%e, %program, "cannot start the MCP server; ending the session");
+                self.metrics.upstream_error("exited");
+                self.sessions.end(session.id(), EndReason::Error);
+                Err(ProxyError::new(
+                    ErrorCode::UpstreamExited,
+                    format!("cannot start the MCP server {program:?}: {e}"),
+                ))
+            }
+        }
     }
 
     /// Tears a session's upstream down and answers whatever was still in flight.
@@ -387,38 +495,44 @@ impl Gateway {
         &self,
         link: Arc<SessionLink>,
         mut child: Option<StdioLink>,
-        crashed: Option<std::io::Result<std::process::ExitStatus>>,
+        ending: Ending,
     ) {
         let session = link.session.clone();
-        let error = if let (Some(status), Some(child)) = (&crashed, child.as_mut()) {
-            child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
-            child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
-            let status = match status {
-                Ok(status) => describe_exit(*status),
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(%status, "the MCP server exited; ending its session");
-            self.metrics.upstream_error("exited");
-            self.sessions.end(session.id(), EndReason::Error);
-            ProxyError::new(
-                ErrorCode::UpstreamExited,
-                format!("the MCP server exited unexpectedly ({status})"),
-            )
-            .with("stderr", child.child.stderr_tail().lines())
-        } else {
-            tracing::info!(state = %session.state(), "session ended; closing its upstream");
-            ProxyError::new(
-                ErrorCode::ShuttingDown,
-                format!(
-                    "the session ended ({}) before the request was answered",
-                    session.state()
-                ),
-            )
+        let crashed = matches!(ending, Ending::Exited(_));
+        let error = match (ending, child.as_mut()) {
+            (Ending::Exited(status), Some(child)) => {
+                child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+                child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
+                let status = match status {
+                    Ok(status) => describe_exit(status),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(%status, "the MCP server exited; ending its session");
+                self.metrics.upstream_error("exited");
+                self.sessions.end(session.id(), EndReason::Error);
+                ProxyError::new(
+                    ErrorCode::UpstreamExited,
+                    format!("the MCP server exited unexpectedly ({status})"),
+                )
+                .with("stderr", child.child.stderr_tail().lines())
+            }
+            (Ending::NotStarted(error), _) => error,
+            (Ending::Closed | Ending::Exited(_), _) => {
+                tracing::info!(state = %session.state(), "session ended; closing its upstream");
+                ProxyError::new(
+                    ErrorCode::ShuttingDown,
+                    format!(
+                        "the session ended ({}) before the request was answered",
+                        session.state()
+                    ),
+                )
+            }
         };
         self.links.remove(session.id());
+        link.release_client();
         match child.as_mut() {
             Some(child) => {
-                if crashed.is_none() {
+                if !crashed {
                     match child.shut_down(self.config.shutdown_timeout).await {
                         Ok(status) => {
                             tracing::info!(status = %describe_exit(status), "the MCP server exited");
@@ -569,7 +683,9 @@ impl Gateway {
         reply: &Waiter,
     ) {
         match &link.upstream {
-            LinkUpstream::Stdio { to_server } => {
+            LinkUpstream::Stdio { to_server, start } => {
+                // The session's child starts with its first message.
+                start.cancel();
                 for msg in messages {
                     let (is_request, id) = (msg.kind() == Kind::Request, msg.id().cloned());
                     if to_server.send(msg).await.is_err() {

@@ -6,10 +6,12 @@
 //! Behind it is any upstream the gateway has: the messages take the same pipeline, session
 //! manager and upstream exchange as Streamable HTTP clients'.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -19,7 +21,7 @@ use crate::protocol::{Direction, Frame, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionError, SessionId, TransportKind};
 
-use super::checks::{check_content_type, read_frame, refuse};
+use super::checks::{check_content_type, client_of, read_frame, refuse};
 use super::gateway::{Gateway, LinkUpstream, OpenError};
 use super::listen::{Ends, live_body, sse_response};
 use super::stream;
@@ -32,8 +34,17 @@ pub const MESSAGE_PATH: &str = "/message";
 const LEGACY_QUEUE: usize = 4096;
 
 /// `GET /sse`: a new session and its stream.
-pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
-    let link = match gateway.open_session(TransportKind::Sse) {
+pub async fn open(
+    State(gateway): State<Arc<Gateway>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let client = client_of(
+        &gateway.reverse.trusted_proxies,
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+        &headers,
+    );
+    let link = match gateway.open_session(TransportKind::Sse, client) {
         Ok(link) => link,
         Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
             return refuse(
@@ -41,6 +52,12 @@ pub async fn open(State(gateway): State<Arc<Gateway>>) -> Response {
                 format!(
                     "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
                 ),
+            );
+        }
+        Err(e @ OpenError::ClientSessions { .. }) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too Many Requests: {e}"),
             );
         }
         Err(e) => {
@@ -119,13 +136,13 @@ pub struct Target {
 pub async fn message(
     State(gateway): State<Arc<Gateway>>,
     Query(target): Query<Target>,
-    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let client = super::checks::client_of(
+    let client = client_of(
         &gateway.reverse.trusted_proxies,
-        peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr),
+        peer.map(|Extension(ConnectInfo(addr))| addr),
         &headers,
     );
     if let Err(response) = check_content_type(&headers) {

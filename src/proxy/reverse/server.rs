@@ -171,7 +171,7 @@ async fn post(
     let stateless = !headers.contains_key(&MCP_SESSION_ID) && stateless_era;
     let mut shared = false;
     let opened = if stateless {
-        Some(gateway.open_stateless().map(|to| match to {
+        Some(gateway.open_stateless(client).map(|to| match to {
             Stateless::Own(link) => link,
             Stateless::Shared(link) => {
                 shared = true;
@@ -179,7 +179,7 @@ async fn post(
             }
         }))
     } else if initialize && !headers.contains_key(&MCP_SESSION_ID) {
-        Some(gateway.open_session(crate::session::TransportKind::Http))
+        Some(gateway.open_session(crate::session::TransportKind::Http, client))
     } else {
         None
     };
@@ -199,6 +199,18 @@ async fn post(
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return response;
+            }
+            Err(e @ OpenError::ClientSessions { limit }) => {
+                let error = ProxyError::new(
+                    ErrorCode::TooManySessions,
+                    format!("Too Many Requests: {e}"),
+                )
+                .with("limit", limit)
+                .with("httpStatus", 429);
+                return json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    error.to_response(only_id.as_ref()),
+                );
             }
             Err(e @ OpenError::ShuttingDown) => {
                 let error =

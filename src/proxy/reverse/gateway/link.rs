@@ -23,6 +23,8 @@ pub enum LinkUpstream {
     Stdio {
         /// The child's stdin queue.
         to_server: Arc<Outbox>,
+        /// Cancelled when the first message is on its way: the child is started then.
+        start: CancellationToken,
     },
     /// Its session at the HTTP upstream.
     Http {
@@ -98,9 +100,29 @@ pub struct SessionLink {
     /// `tools/list` answers), for clients that send no headers of their own.
     pub tool_params:
         Mutex<std::collections::HashMap<String, Vec<super::super::mirror::ParamHeader>>>,
+    /// The session's place under its client's `--max-sessions-per-client`, given back as the
+    /// session ends.
+    pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
 }
 
 impl SessionLink {
+    /// The client address whose session this is (while it holds its place).
+    pub fn client(&self) -> Option<std::net::IpAddr> {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(crate::transport::serve::ClientSlot::client)
+    }
+
+    /// Gives the session's place under its client's cap back (the session has ended).
+    pub fn release_client(&self) {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     /// Keeps the mirrored parameters a `tools/list` answer names (`x-mcp-header`), for clients
     /// that send no headers of their own and for checking the headers of those that do.
     pub fn learn_tool_params(&self, raw: &[u8]) {
@@ -173,7 +195,10 @@ impl SessionLink {
 impl Deliver for SessionLink {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         match &self.upstream {
-            LinkUpstream::Stdio { to_server } => to_server.send(msg).await,
+            LinkUpstream::Stdio { to_server, start } => {
+                start.cancel();
+                to_server.send(msg).await
+            }
             LinkUpstream::Http { .. }
                 if msg.method() == Some(&crate::protocol::Method::Cancelled)
                     && self.never_initialized() =>
