@@ -49,6 +49,32 @@ HEAD
   section rules test --help
   section completions --help
   cat <<'TAIL'
+## Limits and timeouts
+Every bound the gateway (`reverse`) keeps, its default and why. Each is an option above (with
+its environment variable and config key) unless marked *fixed*.
+
+| bound | default | why |
+|---|---|---|
+| `--header-timeout` | 30s | a request's headers, counted from when the connection opened or went idle: ends slowloris connections and idle keep-alive ones (nginx: 60 s / 75 s) |
+| `--body-timeout` | 30s | a request's whole body (then 408) |
+| `--write-timeout` | 60s | a client that takes none of our bytes (stopped reading its stream) is closed; it resumes from the replay log (nginx `send_timeout`) |
+| `--max-connections` | 4096, lowered to half the open-file limit left after 32 | a connection flood cannot take the descriptors sessions, the store and `--admin-listen` need |
+| `--max-connections-per-client` | 256 | one address cannot take every connection |
+| admin listener connections | 64 (*fixed*) | it serves probes and scrapes |
+| `--max-sessions` | 10000; 100 with a server command | each session is a process there |
+| `--max-sessions-per-client` | a quarter of `--max-sessions`, at most 64 | one address cannot take every session or evict everyone's; at its cap its own idle session makes way |
+| `--session-idle-timeout` | 30m for `reverse` (off elsewhere) | an abandoned session (and its process) is not kept for ever |
+| `--max-message-size` | 32MiB | one message or body |
+| batch members | 1024 (*fixed*) | counted while parsing, refused before any member is built |
+| nesting of a message | 100 levels (*fixed*) | every stage can build the message's tree (serde_json stops at 128) |
+| `clientInfo`, `serverInfo`, capabilities kept | 16 KiB each (*fixed*) | a larger one is kept as its name, version and size |
+| `--max-pending-requests` / `--max-pending-total` | 1000 / 100000 | requests awaiting answers; over them a POST is held up to `--pending-wait` (10s), then 503 |
+| SSE replay per stream | `--sse-replay-events` 256, and 1 MiB (*fixed*) | what a client that reconnects can get back |
+| events queued for one live stream | 4 MiB (*fixed*) | a stream further behind is detached (its client resumes from the replay log) |
+| events queued for all live streams | 256 MiB (*fixed*) | slow readers together cannot hold more |
+| `--read-timeout` | 5m | an upstream's silence on a stream, or wait for a response's headers or JSON body |
+| `--connect-timeout` | 10s | connecting to an HTTP upstream |
+
 ## Exit codes
 See [errors.md](errors.md#exit-codes): 0 after a graceful shutdown, the server's own code when
 it exits by itself (128+N if killed by signal N), 2 for usage and configuration errors.

@@ -225,7 +225,9 @@ pub struct UpstreamArgs {
     #[arg(long, env = "SHADOWCAT_UPSTREAM_CA", value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,
     /// An SSE stream from the HTTP server that stays silent this long is treated as dropped,
-    /// and resumed; or `off`. [default: 5m]
+    /// and resumed; also the longest wait for a response's headers and for a JSON answer's
+    /// whole body (an upstream that takes a request and never answers fails it with
+    /// upstream_unreachable); or `off`. [default: 5m]
     #[arg(long, env = "SHADOWCAT_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<String>,
     /// Longest a request waits while the HTTP server's stream for it, broken before the
@@ -248,6 +250,11 @@ pub struct ConnectionArgs {
     /// is answered 408. [default: 30s]
     #[arg(long, env = "SHADOWCAT_BODY_TIMEOUT", value_name = "DURATION")]
     pub body_timeout: Option<String>,
+    /// Time a client may take none of the bytes we have for it (an SSE stream it stopped
+    /// reading) before its connection is closed; what it missed stays in the replay log for it
+    /// to resume. [default: 60s]
+    #[arg(long, env = "SHADOWCAT_WRITE_TIMEOUT", value_name = "DURATION")]
+    pub write_timeout: Option<String>,
     /// Open client connections in all. At start it is lowered, with a warning, to half the
     /// open-file limit left after a reserve (the soft limit is first raised to the hard one),
     /// so that sessions, the store and the admin listener keep descriptors. [default: 4096]

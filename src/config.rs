@@ -146,6 +146,7 @@ struct FileConfig {
     max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,
+    write_timeout: Option<Scalar>,
     max_connections: Option<Scalar>,
     max_connections_per_client: Option<Scalar>,
     sse_replay_events: Option<Scalar>,

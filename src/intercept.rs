@@ -345,7 +345,7 @@ fn report(rule: &Rule, s: &mut Subject<'_>, effect: &Effect) {
         direction = s.direction.as_str(),
         method = s.method.map_or("", |m| m.as_str()),
         id = %s.msg.id().map(ToString::to_string).unwrap_or_default(),
-        session = %s.session.id(),
+        session = %s.session.id().digest(),
         "audit: rule {:?} would {what}",
         rule.name
     );
@@ -357,7 +357,7 @@ fn log_message(rule: &Rule, log: &action::Log, s: &Subject<'_>) {
     let method = s.method.map_or("", |m| m.as_str());
     let id = s.msg.id().map(ToString::to_string).unwrap_or_default();
     let direction = s.direction.as_str();
-    let session = s.session.id();
+    let session = s.session.id().digest();
     macro_rules! emit {
         ($level:expr) => {
             tracing::event!($level, rule = %rule.name, direction, method, id = %id, session = %session, "rule {:?}: {message}", rule.name)

@@ -408,6 +408,12 @@ fn encode_connections(
     )?;
     counter(
         encoder,
+        "shadowcat_connections_write_timeouts",
+        "Client connections closed for taking none of our bytes within --write-timeout",
+        c.write_timeouts.load(Ordering::Relaxed),
+    )?;
+    counter(
+        encoder,
         "shadowcat_connections_accept_errors",
         "Failed accepts (such as out of file descriptors)",
         c.accept_errors.load(Ordering::Relaxed),

@@ -1140,3 +1140,30 @@ fn a_post_past_the_pending_limit_is_held_then_refused_with_503() {
         );
     });
 }
+
+#[test]
+fn an_answer_larger_than_the_replay_buffer_reaches_a_client_that_takes_only_sse() {
+    let gw = Gateway::fixture(&[]);
+    let session = gw.initialize();
+    let size = 3 * 1024 * 1024;
+    let h = headers(&[
+        ("Mcp-Session-Id", &session),
+        ("Accept", "text/event-stream"),
+    ]);
+    let mut stream = SseReader::post(
+        &gw.addr,
+        &h,
+        call(7, "big", json!({"bytes": size}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(stream.status, 200);
+    let answer = stream.next_message().expect("the answer");
+    assert_eq!(answer["id"], 7);
+    assert_eq!(
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::len),
+        Some(size)
+    );
+}

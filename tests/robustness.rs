@@ -651,3 +651,151 @@ fn a_chatty_server_is_not_blocked_by_an_undrained_stderr() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A server that accepts connections, reads, and never answers. Returns its address.
+fn silent_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// Finding 8: an HTTP upstream that takes requests and never answers fails them after
+/// `--read-timeout` (naming it), and `/readyz` says it is not ready; its URL's password and
+/// query values are never shown (finding 10).
+#[test]
+fn a_silent_upstream_fails_requests_and_is_not_ready() {
+    let upstream = silent_upstream();
+    let url = format!("http://alice:pw-s3cret@{upstream}/mcp?token=tok-s3cret");
+    let gw = Gateway::start(&[
+        "--upstream",
+        &url,
+        "--read-timeout",
+        "1s",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = gw.admin_addr();
+    let started = Instant::now();
+    let response = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}}),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    assert_eq!(response.json()["error"]["code"], -32087, "{text}");
+    assert!(text.contains("--read-timeout"), "{text}");
+    let ready = get(&admin, "/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    let ready = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(
+        ready.contains("unreachable") && ready.contains("within"),
+        "{ready}"
+    );
+    let everything = format!("{text}\n{ready}\n{}", gw.stderr_text());
+    assert!(everything.contains("alice:***@"), "{everything}");
+    assert!(
+        !everything.contains("s3cret"),
+        "a secret of the URL was shown:\n{everything}"
+    );
+}
+
+/// Finding 10: no live session id in the logs (even at debug) or in a tape's file name, only
+/// its digest, which `session show` gives to find them; the admin listener checks Host.
+#[test]
+fn live_session_ids_stay_out_of_logs_and_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let tapes = dir.path().join("tapes");
+    let gw = Gateway::fixture(&[
+        "--record",
+        tapes.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let session = gw.initialize();
+    let echo = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("echo", json!({"text": "hi"}))}),
+    );
+    assert_eq!(echo.status, 200);
+    let deleted = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", session.clone())],
+        b"",
+    );
+    assert_eq!(deleted.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = gw.stderr_text();
+    assert!(logs.contains("session"), "{logs}");
+    assert!(
+        !logs.contains(&session),
+        "the session id is in the log:\n{logs}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&tapes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(!names[0].contains(&session), "{names:?}");
+    // The admin listener refuses another Host (DNS rebinding) and browser pages.
+    let admin = gw.admin_addr();
+    let rebound = http_request(
+        &admin,
+        "GET",
+        "/metrics",
+        &[("Host", "evil.example:80".into())],
+        b"",
+    );
+    assert_eq!(rebound.status, 421);
+    let page = http_request(
+        &admin,
+        "GET",
+        "/metrics",
+        &[("Origin", "http://localhost:3000".into())],
+        b"",
+    );
+    assert_eq!(page.status, 403);
+    assert_eq!(get(&admin, "/healthz").status, 200);
+}
+
+/// Finding 9: a client that stops reading its SSE stream is closed after `--write-timeout`
+/// (counted in /metrics), rather than holding what was queued for it as long as it stays.
+#[test]
+fn a_client_that_stops_reading_is_closed_at_the_write_timeout() {
+    let gw = Gateway::fixture(&["--write-timeout", "1s", "--admin-listen", "127.0.0.1:0"]);
+    let admin = gw.admin_addr();
+    let session = gw.initialize();
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("big", json!({"bytes": 24 * 1024 * 1024}))}).to_string();
+    let mut reader = TcpStream::connect(&gw.addr).unwrap();
+    // A small receive buffer, never read.
+    socket2::SockRef::from(&reader)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.addr,
+        body.len()
+    );
+    reader.write_all(request.as_bytes()).unwrap();
+    await_metric(&admin, "shadowcat_connections_write_timeouts_total", 1.0);
+    // The gateway serves everyone else meanwhile.
+    let ping = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","id":2,"method":"ping"}),
+    );
+    assert_eq!(ping.status, 200, "{ping:?}");
+    drop(reader);
+}

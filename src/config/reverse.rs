@@ -311,6 +311,12 @@ fn connection_limits(
             "--body-timeout",
             defaults.body_timeout,
         )?,
+        write_timeout: duration(
+            args.write_timeout.as_ref(),
+            file.write_timeout.as_ref(),
+            "--write-timeout",
+            defaults.write_timeout,
+        )?,
         max_connections: count(
             args.max_connections.as_ref(),
             file.max_connections.as_ref(),

@@ -144,7 +144,7 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     let link = gateway
         .open_session(TransportKind::Stdio, crate::proxy::Client::Local)
         .context("cannot open the session")?;
-    let span = tracing::info_span!("session", id = %link.session.id());
+    let span = tracing::info_span!("session", id = %link.session.id().digest());
     async {
         tracing::info!(upstream = %upstream_label(gateway), "bridging stdio to the MCP server");
         link.router.send_everything_to(to_client.clone());
@@ -230,7 +230,7 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
 
 fn upstream_label(gateway: &Gateway) -> String {
     match &gateway.reverse.upstream {
-        crate::config::ReverseUpstream::Http(url) => url.to_string(),
+        crate::config::ReverseUpstream::Http(url) => crate::transport::http::shown_url(url),
         crate::config::ReverseUpstream::Stdio(spec) => spec.program.to_string_lossy().into_owned(),
     }
 }

@@ -85,7 +85,7 @@ pub async fn run(
         .join(" ");
     let session = sessions.create(TransportKind::Stdio, Some(upstream))?;
     let tape = record.map(|r| r.start(&session)).transpose()?;
-    let span = tracing::info_span!("session", id = %session.id());
+    let span = tracing::info_span!("session", id = %session.id().digest());
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
     let result = async {

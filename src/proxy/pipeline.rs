@@ -142,10 +142,10 @@ impl Pipeline {
 pub fn refuse(msg: &Message, cx: Context<'_>, refusal: &Refusal) -> Verdict {
     if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
         cx.session.pending(cx.direction).remove(id);
-        tracing::debug!(session = %cx.session.id(), limit = %refusal.limit, retry_after_ms = refusal.retry_after_ms(), "refused a request over a rate limit");
+        tracing::debug!(session = %cx.session.id().digest(), limit = %refusal.limit, retry_after_ms = refusal.retry_after_ms(), "refused a request over a rate limit");
         return Verdict::Respond(Message::error_response(Some(id), &refusal.error()));
     }
-    tracing::debug!(session = %cx.session.id(), limit = %refusal.limit, "dropped a notification over a rate limit");
+    tracing::debug!(session = %cx.session.id().digest(), limit = %refusal.limit, "dropped a notification over a rate limit");
     Verdict::Drop
 }
 

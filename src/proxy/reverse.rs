@@ -157,7 +157,7 @@ pub async fn run(
 
 fn upstream_label(reverse: &ReverseConfig) -> String {
     match &reverse.upstream {
-        crate::config::ReverseUpstream::Http(url) => url.to_string(),
+        crate::config::ReverseUpstream::Http(url) => crate::transport::http::shown_url(url),
         crate::config::ReverseUpstream::Stdio(spec) => {
             format!(
                 "{} (one process per session)",

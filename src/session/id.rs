@@ -54,6 +54,26 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What logs and file names show for this session: a digest of the id (which is the one
+    /// credential the gateway checks, so it is never written where others may read it).
+    /// `session show` prints it too, to find a session's log lines.
+    pub fn digest(&self) -> Digest {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.0.hash(&mut hasher);
+        Digest(hasher.finish() >> 16)
+    }
+}
+
+/// A session id's digest ([`SessionId::digest`]): `s-` and 12 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(u64);
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s-{:012x}", self.0)
+    }
 }
 
 impl fmt::Display for SessionId {

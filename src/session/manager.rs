@@ -205,7 +205,7 @@ impl SessionManager {
             for id in chunk {
                 let idle = self.get(&id).is_some_and(|s| !s.is_busy());
                 if idle && self.end(&id, EndReason::Evicted).is_some() {
-                    tracing::info!(session = %id, "evicted the least recently used idle session (--max-sessions)");
+                    tracing::info!(session = %id.digest(), "evicted the least recently used idle session (--max-sessions)");
                     return true;
                 }
             }
@@ -304,7 +304,7 @@ impl SessionManager {
         let (_, session) = self.sessions.remove(id)?;
         lock(&self.lru).remove(id);
         if let Err(e) = session.advance(State::Closed(reason)) {
-            tracing::error!(session = %id, %e, "session was already closed");
+            tracing::error!(session = %id.digest(), %e, "session was already closed");
         }
         session.abandon_pending();
         session.closed_token().cancel();
@@ -368,7 +368,7 @@ impl SessionManager {
                 Ok(false) => {}
                 Err(_) => {
                     self.metrics.cleanup_panic();
-                    tracing::error!(session = %id, "checking a session for expiry panicked; will retry");
+                    tracing::error!(session = %id.digest(), "checking a session for expiry panicked; will retry");
                     let retry = now.checked_add(Duration::from_secs(1)).unwrap_or(deadline);
                     lock(&self.expiry).push(Reverse((retry, id)));
                 }

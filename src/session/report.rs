@@ -105,6 +105,11 @@ pub fn details(r: &SessionRecord) -> String {
         let _ = writeln!(out, "{name:<22}{value}");
     };
     field("id", r.id.clone());
+    field(
+        "in logs as",
+        crate::session::SessionId::parse(&r.id)
+            .map_or_else(|_| "-".into(), |id| id.digest().to_string()),
+    );
     field("state", state(r));
     field("transport", r.transport.clone());
     field("upstream", r.upstream.clone().unwrap_or_else(|| "-".into()));

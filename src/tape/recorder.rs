@@ -453,7 +453,7 @@ impl Recording {
         };
         let (recorder, _writer) = Recorder::create(&file, &header, self.redactor.clone())
             .with_context(|| format!("cannot record to {}", file.display()))?;
-        tracing::info!(tape = %file.display(), session = %session.id(), "recording the session");
+        tracing::info!(tape = %file.display(), session = %session.id().digest(), "recording the session");
         session.record_to(recorder.clone());
         Ok(recorder)
     }
@@ -461,7 +461,11 @@ impl Recording {
 
 /// A tape's file name in a directory: its creation time, then its session.
 fn file_name(created: &str, session: &SessionId) -> String {
-    format!("{}-{session}.jsonl", created.replace([':', '.'], "-"))
+    format!(
+        "{}-{}.jsonl",
+        created.replace([':', '.'], "-"),
+        session.digest()
+    )
 }
 
 /// `upstream` without a URL's `user:password@`.

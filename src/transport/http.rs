@@ -89,6 +89,10 @@ pub struct HttpUpstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     headers: HeaderMap,
+    /// Longest wait for a response's headers (`--read-timeout`; `None`: no limit).
+    response_timeout: Option<Duration>,
+    /// The URL as it may be shown ([`shown_url`]).
+    shown: String,
 }
 
 /// How https upstreams are verified: the platform's trusted roots, plus `extra` (a private CA,
@@ -146,14 +150,29 @@ impl HttpUpstream {
             .build(connector);
         Self {
             client,
+            shown: shown_url(&url),
             url,
             headers,
+            response_timeout: None,
         }
+    }
+
+    /// This client, waiting at most `timeout` for each response's headers: an upstream that
+    /// takes a request and never answers fails it rather than hold it for ever.
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.response_timeout = timeout;
+        self
     }
 
     /// The upstream URL.
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// The upstream URL as it may be shown: a password and query values masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     fn request(&self, method: Method, session: Option<&HeaderValue>) -> http::request::Builder {
@@ -255,16 +274,19 @@ impl HttpUpstream {
             .then_some(uri)
     }
 
-    /// Whether a TCP connection to the upstream can be made now (readiness).
-    pub async fn reachable(&self, timeout: Duration) -> Result<(), String> {
-        let host = self.url.host().ok_or("the URL has no host")?;
-        let port = self.url.port_u16().unwrap_or(80);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+    /// Whether the upstream answers HTTP now (readiness): an `OPTIONS` request (which changes
+    /// nothing at an MCP server) answered within `timeout` with a status below 500. A server
+    /// that accepts connections and never answers is not ready.
+    pub async fn answers(&self, timeout: Duration) -> Result<(), String> {
+        let request = self.request(Method::OPTIONS, None);
+        match tokio::time::timeout(timeout, self.send(request, Full::new(Bytes::new()))).await {
+            Ok(Ok(response)) if response.status().is_server_error() => {
+                Err(format!("it answered HTTP {}", response.status()))
+            }
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
-                "no connection within {}",
+                "no answer within {}",
                 humantime::format_duration(timeout)
             )),
         }
@@ -276,20 +298,35 @@ impl HttpUpstream {
         body: Full<Bytes>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let request = builder.body(body).map_err(|e| UpstreamError::Unreachable {
-            url: self.url.to_string(),
+            url: self.shown.clone(),
             detail: format!("cannot build the request: {e}"),
             connected: false,
             kind: "other",
         })?;
-        self.client
-            .request(request)
-            .await
-            .map_err(|e| UpstreamError::Unreachable {
-                url: self.url.to_string(),
-                detail: describe(&e),
-                connected: !e.is_connect(),
-                kind: classify(&e),
-            })
+        let response = self.client.request(request);
+        let response = match self.response_timeout {
+            Some(limit) => match tokio::time::timeout(limit, response).await {
+                Ok(response) => response,
+                Err(_) => {
+                    return Err(UpstreamError::Unreachable {
+                        url: self.shown.clone(),
+                        detail: format!(
+                            "no response within {} (--read-timeout)",
+                            humantime::format_duration(limit)
+                        ),
+                        connected: true,
+                        kind: "timeout",
+                    });
+                }
+            },
+            None => response.await,
+        };
+        response.map_err(|e| UpstreamError::Unreachable {
+            url: self.shown.clone(),
+            detail: describe(&e),
+            connected: !e.is_connect(),
+            kind: classify(&e),
+        })
     }
 }
 
@@ -364,6 +401,67 @@ where
     }
 }
 
+/// `uri` as it may be shown (logs, errors, `/readyz`, session history, tapes): a password in
+/// it and the values of its query are masked, since either may be a credential.
+pub fn shown_url(uri: &Uri) -> String {
+    let mut shown = String::new();
+    if let Some(scheme) = uri.scheme_str() {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    if let Some(authority) = uri.authority() {
+        let authority = authority.as_str();
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                shown.push_str(user);
+                if userinfo.contains(':') {
+                    shown.push_str(":***");
+                }
+                shown.push('@');
+                shown.push_str(host);
+            }
+            None => shown.push_str(authority),
+        }
+    }
+    shown.push_str(uri.path());
+    if let Some(query) = uri.query() {
+        shown.push('?');
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        shown.push_str(&masked.join("&"));
+    }
+    shown
+}
+
+/// [`read_body`], failing if the whole body has not arrived within `timeout` (if any).
+pub async fn read_body_within<B>(
+    body: B,
+    limit: usize,
+    timeout: Option<Duration>,
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(timeout) = timeout else {
+        return read_body(body, limit).await;
+    };
+    tokio::time::timeout(timeout, read_body(body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BodyError::Read(format!(
+                "the body did not arrive within {} (--read-timeout)",
+                humantime::format_duration(timeout)
+            )))
+        })
+}
+
 /// The events of an SSE body, each message's data bounded by `limit` bytes.
 pub fn sse_events(body: Incoming, limit: usize) -> impl Stream<Item = std::io::Result<Item>> {
     let bytes = body
@@ -375,6 +473,27 @@ pub fn sse_events(body: Incoming, limit: usize) -> impl Stream<Item = std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_passwords_or_query_values() {
+        let shown = |url: &str| shown_url(&url.parse().unwrap());
+        assert_eq!(
+            shown("https://alice:s3cret@mcp.example.com:8443/mcp?token=abc&x=1&flag"),
+            "https://alice:***@mcp.example.com:8443/mcp?token=***&x=***&flag"
+        );
+        assert_eq!(
+            shown("http://127.0.0.1:9000/mcp"),
+            "http://127.0.0.1:9000/mcp"
+        );
+        assert_eq!(shown("http://bob@h/p"), "http://bob@h/p");
+        let upstream = HttpUpstream::new(
+            "http://u:pw@127.0.0.1:9/mcp?key=k".parse().unwrap(),
+            HeaderMap::new(),
+            DEFAULT_CONNECT_TIMEOUT,
+            tls_config(&[]),
+        );
+        assert!(!upstream.shown().contains("pw") && !upstream.shown().contains("=k"));
+    }
 
     #[test]
     fn endpoints_resolve_on_the_upstreams_origin_only() {

@@ -27,6 +27,10 @@ use tower::ServiceExt as _;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a client has to send a request's whole body (`--body-timeout`).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a connection may take none of the bytes we have for it before it is closed
+/// (`--write-timeout`; nginx's `send_timeout` is 60 s): a client that stops reading its SSE
+/// stream does not hold the stream's queued events for as long as its connection lives.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default cap on open client connections (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default cap on open connections from one client address (`--max-connections-per-client`).
@@ -50,6 +54,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Time to send a request's whole body (applied where bodies are read).
     pub body_timeout: Duration,
+    /// Time a connection may take none of our bytes while we have some for it.
+    pub write_timeout: Duration,
     /// Open connections in all.
     pub max_connections: usize,
     /// Open connections from one client address.
@@ -61,6 +67,7 @@ impl Default for ConnectionLimits {
         Self {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
@@ -105,6 +112,8 @@ pub struct ConnectionCounters {
     pub refused_client_cap: AtomicU64,
     /// Failed accepts (such as out of descriptors).
     pub accept_errors: AtomicU64,
+    /// Connections closed because they took none of our bytes for `write_timeout`.
+    pub write_timeouts: AtomicU64,
 }
 
 /// Raises this process's soft limit on open descriptors to its hard limit, and returns the
@@ -190,12 +199,22 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
+        let (tcp, stall) = Watched::new(tcp);
         let connection = builder.serve_connection(TokioIo::new(tcp), service);
         let connection = graceful.watch(connection);
         let counters = counters.clone();
+        let write_timeout = limits.write_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, %e, "client connection ended with an error");
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, %e, "client connection ended with an error");
+                    }
+                }
+                () = stall.exceeded(write_timeout) => {
+                    counters.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "closed a connection that took none of our bytes within --write-timeout");
+                }
             }
             drop(slot);
             counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -203,6 +222,125 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A client's socket, noting since when writing to it has made no progress.
+#[derive(Debug)]
+struct Watched {
+    tcp: tokio::net::TcpStream,
+    stall: Stall,
+}
+
+/// Since when a connection's writes have been waiting (milliseconds after `base`, plus one;
+/// zero: they are not).
+#[derive(Debug, Clone)]
+struct Stall {
+    base: tokio::time::Instant,
+    since: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn new(tcp: tokio::net::TcpStream) -> (Self, Stall) {
+        let stall = Stall {
+            base: tokio::time::Instant::now(),
+            since: Arc::default(),
+        };
+        (
+            Self {
+                tcp,
+                stall: stall.clone(),
+            },
+            stall,
+        )
+    }
+
+    fn note<T>(&self, poll: &std::task::Poll<std::io::Result<T>>) {
+        match poll {
+            std::task::Poll::Pending => self.stall.begin(),
+            std::task::Poll::Ready(_) => self.stall.end(),
+        }
+    }
+}
+
+impl Stall {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn begin(&self) {
+        let now = self.now_ms();
+        let _ = self
+            .since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// Resolves once writes have waited `limit` without progress.
+    async fn exceeded(&self, limit: Duration) {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let check = (limit / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(check).await;
+            let since = self.since.load(Ordering::Relaxed);
+            if since != 0 && self.now_ms().saturating_sub(since) >= limit_ms {
+                return;
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.note(&poll);
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.note(&poll);
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // A socket's flush is always ready: it says nothing of the client taking our bytes.
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
 
 /// Errors of one incoming connection (it went before we took it), not of the listener.

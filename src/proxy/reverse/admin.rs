@@ -11,7 +11,7 @@ use http::StatusCode;
 
 use super::gateway::{Gateway, Upstream};
 
-/// How long `/readyz` waits for a TCP connection to an HTTP upstream.
+/// How long `/readyz` waits for an HTTP upstream to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connections the admin listener serves at once (in all, and per address): it answers
@@ -35,7 +35,26 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
+}
+
+/// The admin listener checks `Host` as the MCP endpoint does, and serves no browser page (a
+/// request with an `Origin` is refused): its counters and readiness are not a web page's.
+async fn guard(
+    State(gateway): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.headers().contains_key(http::header::ORIGIN) {
+        return (StatusCode::FORBIDDEN, "Forbidden: no browser access\n").into_response();
+    }
+    if let Some(bound) = gateway.reverse.admin_listen {
+        if let Err(response) = super::checks::check_host(bound, &request) {
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 async fn healthz() -> &'static str {
@@ -47,11 +66,11 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match &gateway.upstream {
-        Upstream::Http(client) => match client.reachable(READY_TIMEOUT).await {
+        Upstream::Http(client) => match client.answers(READY_TIMEOUT).await {
             Ok(()) => "ok\n".into_response(),
             Err(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream {} unreachable: {e}\n", client.url()),
+                format!("upstream {} unreachable: {e}\n", client.shown()),
             )
                 .into_response(),
         },

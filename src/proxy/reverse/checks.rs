@@ -113,25 +113,37 @@ pub(super) async fn guard(
             );
         }
     }
-    if gateway.reverse.listen.ip().is_loopback() {
-        let host = headers
-            .get(HOST)
-            .map(|h| h.to_str().unwrap_or("?"))
-            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
-        if let Some(host) = host {
-            if !is_loopback_authority(host) {
-                tracing::warn!(
-                    host,
-                    "refused a request for a non-local Host (DNS rebinding?)"
-                );
-                return refuse(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    format!("Misdirected Request: Host {host:?} is not this loopback server"),
-                );
-            }
-        }
+    if let Err(response) = check_host(gateway.reverse.listen, &request) {
+        return response;
     }
     next.run(request).await
+}
+
+/// A server bound to a loopback address answers only requests for a loopback host: a web page
+/// that rebinds its own name to 127.0.0.1 (DNS rebinding) is refused with 421.
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+pub(super) fn check_host(bound: std::net::SocketAddr, request: &Request) -> Result<(), Response> {
+    if !bound.ip().is_loopback() {
+        return Ok(());
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .map(|h| h.to_str().unwrap_or("?"))
+        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
+    match host {
+        Some(host) if !is_loopback_authority(host) => {
+            tracing::warn!(
+                host,
+                "refused a request for a non-local Host (DNS rebinding?)"
+            );
+            Err(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("Misdirected Request: Host {host:?} is not this loopback server"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An HTTP refusal with a JSON-RPC error body (`id: null`).

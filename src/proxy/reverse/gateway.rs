@@ -148,12 +148,15 @@ impl Gateway {
     pub fn new(config: Config, reverse: ReverseConfig, sessions: Arc<SessionManager>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let upstream = match &reverse.upstream {
-            ReverseUpstream::Http(url) => Upstream::Http(Arc::new(HttpUpstream::new(
-                url.clone(),
-                reverse.upstream_headers.clone(),
-                reverse.connect_timeout,
-                crate::transport::http::tls_config(&reverse.upstream_ca),
-            ))),
+            ReverseUpstream::Http(url) => Upstream::Http(Arc::new(
+                HttpUpstream::new(
+                    url.clone(),
+                    reverse.upstream_headers.clone(),
+                    reverse.connect_timeout,
+                    crate::transport::http::tls_config(&reverse.upstream_ca),
+                )
+                .with_response_timeout(reverse.read_timeout),
+            )),
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };
         Arc::new(Self {
@@ -181,7 +184,7 @@ impl Gateway {
     /// The upstream, as sessions record it.
     fn upstream_label(&self) -> String {
         match &self.upstream {
-            Upstream::Http(client) => client.url().to_string(),
+            Upstream::Http(client) => client.shown().to_owned(),
             Upstream::Stdio(spec) => std::iter::once(&spec.program)
                 .chain(&spec.args)
                 .map(|a| a.to_string_lossy())
@@ -230,7 +233,7 @@ impl Gateway {
                 .end(victim.session.id(), EndReason::Evicted)
                 .is_some()
             {
-                tracing::info!(session = %victim.session.id(), "evicted the client's least recently used idle session (--max-sessions-per-client)");
+                tracing::info!(session = %victim.session.id().digest(), "evicted the client's least recently used idle session (--max-sessions-per-client)");
                 victim.release_client();
                 if let Some(slot) = ClientCounts::take(&self.client_sessions, address, limit) {
                     return Ok(Some(slot));
@@ -298,7 +301,7 @@ impl Gateway {
             client: Mutex::new(client_slot),
         });
         self.links.insert(link.session.id().clone(), link.clone());
-        let span = tracing::info_span!("session", id = %link.session.id());
+        let span = tracing::info_span!("session", id = %link.session.id().digest());
         self.tasks
             .spawn(self.clone().watch(link.clone(), child).instrument(span));
         Ok(link)
@@ -328,7 +331,7 @@ impl Gateway {
                 // Spawning is synchronous: no await while the slot is locked.
                 let link = self.open_session(TransportKind::Http, Client::Local)?;
                 link.router.share_between_clients();
-                tracing::info!(session = %link.session.id(), "started the MCP server for stateless (2026-07-28) requests");
+                tracing::info!(session = %link.session.id().digest(), "started the MCP server for stateless (2026-07-28) requests");
                 *shared = Some(link.clone());
                 return Ok(Stateless::Shared(link));
             }
@@ -362,7 +365,7 @@ impl Gateway {
     fn record(&self, session: &Session) {
         if let Some(recording) = &self.config.recording {
             if let Err(e) = recording.start(session) {
-                tracing::error!(session = %session.id(), "{e:#}; the session goes on unrecorded");
+                tracing::error!(session = %session.id().digest(), "{e:#}; the session goes on unrecorded");
             }
         }
     }
@@ -643,7 +646,7 @@ impl Gateway {
         };
         tokio::join!(exchange, drain);
         if lost {
-            tracing::warn!(session = %link.session.id(), "the upstream no longer knows this session; ending it");
+            tracing::warn!(session = %link.session.id().digest(), "the upstream no longer knows this session; ending it");
             self.sessions.end(link.session.id(), EndReason::Error);
         }
     }
@@ -659,7 +662,7 @@ impl Gateway {
                 .await
                 .is_err()
             {
-                tracing::debug!(session = %session.id(), "no room for a request within --pending-wait");
+                tracing::debug!(session = %session.id().digest(), "no room for a request within --pending-wait");
             }
         }
         let cx = Context {

@@ -84,7 +84,7 @@ pub async fn open(
         "event: endpoint\ndata: {MESSAGE_PATH}?sessionId={}\n\n",
         link.session.id()
     ));
-    tracing::info!(session = %link.session.id(), "a 2024-11-05 HTTP+SSE client connected");
+    tracing::info!(session = %link.session.id().digest(), "a 2024-11-05 HTTP+SSE client connected");
     // The session lasts as long as this stream: when the client goes, so does the session.
     let guard = EndWithStream {
         gateway: gateway.clone(),
@@ -119,7 +119,7 @@ impl Drop for EndWithStream {
             .end(&self.session, EndReason::Closed)
             .is_some()
         {
-            tracing::info!(session = %self.session, "the HTTP+SSE client disconnected; session ended");
+            tracing::info!(session = %self.session.digest(), "the HTTP+SSE client disconnected; session ended");
         }
     }
 }

@@ -529,10 +529,13 @@ fn resumable_stream(
     paused: Option<Pause>,
 ) -> Body {
     let (number, log) = link.posts.open();
+    // Attached before the first events are logged, so they are handed to this connection
+    // live: an event larger than the replay buffer's bound would otherwise be gone before
+    // anyone took it.
+    let connection = log.attach(link.takes_priming_events());
     for raw in first {
         log.push(raw);
     }
-    let connection = log.attach(link.takes_priming_events());
     if let Some(pause) = paused {
         log.pause(pause.retry);
     }

@@ -36,6 +36,12 @@ const LIVE_QUEUE: usize = 256;
 /// Bytes of events queued for a live connection before it counts as stalled (one event is
 /// always let through, whatever its size).
 const LIVE_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of events queued for all live connections together. A connection whose event
+/// would go past it is detached, as one too far behind is (its client resumes from the replay
+/// log with `Last-Event-ID`): slow readers cannot add up to more than this.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes of events queued for all live connections now.
+static QUEUED_EVENT_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Prefix of the GET stream's event ids.
 const GET_PREFIX: &str = "get-";
 /// Finished POST streams kept per session for clients to resume (the oldest go first); a
@@ -309,17 +315,28 @@ struct Live {
 }
 
 impl Live {
-    /// Queues `event`; false if the connection is gone or too far behind (by count or bytes).
+    /// Queues `event`; false if the connection is gone or too far behind (by count or bytes),
+    /// or all connections together have [`MAX_QUEUED_EVENT_BYTES`] queued.
     fn offer(&self, event: &Bytes) -> bool {
+        self.offer_within(event, &QUEUED_EVENT_BYTES, MAX_QUEUED_EVENT_BYTES)
+    }
+
+    fn offer_within(&self, event: &Bytes, all: &AtomicUsize, max_all: usize) -> bool {
         let queued = self.queued.load(Ordering::Relaxed);
         if queued > 0 && queued + event.len() > LIVE_BYTES {
             return false;
         }
-        self.queued.fetch_add(event.len(), Ordering::Relaxed);
+        let len = event.len();
+        if all.fetch_add(len, Ordering::Relaxed).saturating_add(len) > max_all {
+            all.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
         if self.tx.try_send(event.clone()).is_ok() {
             return true;
         }
-        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        all.fetch_sub(len, Ordering::Relaxed);
         false
     }
 
@@ -341,15 +358,30 @@ impl LiveEvents {
     /// The next event; `None` once the stream is finished, taken over or dropped as stalled.
     pub async fn recv(&mut self) -> Option<Bytes> {
         let event = self.rx.recv().await?;
-        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        self.taken(event.len());
         Some(event)
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         let event = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(event.len(), Ordering::Relaxed);
+        self.taken(event.len());
         Some(event)
+    }
+
+    fn taken(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        QUEUED_EVENT_BYTES.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LiveEvents {
+    /// What was queued for a connection that went is no longer queued.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(event) = self.rx.try_recv() {
+            self.taken(event.len());
+        }
     }
 }
 

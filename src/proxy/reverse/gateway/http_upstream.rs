@@ -13,7 +13,8 @@ use crate::protocol::{Direction, ErrorCode, Kind, Message, Method, RequestId};
 use crate::proxy::outbox::Deliver;
 use crate::session::EndReason;
 use crate::transport::http::{
-    HttpUpstream, MCP_SESSION_ID, UpstreamError, media_type, read_body, sse_events,
+    HttpUpstream, MCP_SESSION_ID, UpstreamError, media_type, read_body, read_body_within,
+    sse_events,
 };
 use crate::transport::sse::Item;
 
@@ -277,7 +278,12 @@ impl Gateway {
                 }
             }
             Some("application/json") => {
-                match read_body(response.into_body(), self.config.max_message_size).await {
+                let body = read_body_within(
+                    response.into_body(),
+                    self.config.max_message_size,
+                    self.reverse.read_timeout,
+                );
+                match body.await {
                     Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
                         let transport = crate::tape::Transport {
                             status: Some(status.as_u16()),

@@ -209,3 +209,22 @@ async fn a_paused_stream_ends_its_connection_and_resumes_after_the_last_id() {
     let again = log.connect(Some("post1-1"), true).unwrap();
     assert_eq!(ids(&again.first), ["post1-2", "post1-3"]);
 }
+
+#[test]
+fn live_connections_together_queue_at_most_the_budget() {
+    let all = AtomicUsize::new(0);
+    let log = EventLog::new(1000, 1 << 30);
+    let _connection = log.attach(false);
+    let inner = lock(&log.inner);
+    let live = inner.live.as_ref().unwrap();
+    let event = Bytes::from(vec![b'x'; 100]);
+    assert!(live.offer_within(&event, &all, 250));
+    assert!(live.offer_within(&event, &all, 250));
+    assert!(
+        !live.offer_within(&event, &all, 250),
+        "past the budget of all connections"
+    );
+    assert_eq!(all.load(Ordering::Relaxed), 200);
+    // What this connection takes back off the queue is counted off the process's total.
+    QUEUED_EVENT_BYTES.fetch_add(200, Ordering::Relaxed);
+}
