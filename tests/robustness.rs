@@ -799,3 +799,76 @@ fn a_client_that_stops_reading_is_closed_at_the_write_timeout() {
     assert_eq!(ping.status, 200, "{ping:?}");
     drop(reader);
 }
+
+/// Finding 11: another site's page cannot open a 2024-11-05 session by a plain GET (no Origin,
+/// but `Sec-Fetch-Site: cross-site`); `/message` takes only an HTTP+SSE session's id; request
+/// ids are bounded.
+#[test]
+fn smaller_holes_are_closed() {
+    let gw = Gateway::fixture(&[]);
+    let cross = http_request(
+        &gw.addr,
+        "GET",
+        "/sse",
+        &[
+            ("Accept", "text/event-stream".into()),
+            ("Sec-Fetch-Site", "cross-site".into()),
+        ],
+        b"",
+    );
+    assert_eq!(cross.status, 403, "{cross:?}");
+    let session = gw.initialize();
+    let message = http_request(
+        &gw.addr,
+        "POST",
+        &format!("/message?sessionId={session}"),
+        &[("Content-Type", "application/json".into())],
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(message.status, 404, "{message:?}");
+    let long_id = "i".repeat(2000);
+    let answer = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","id": long_id,"method":"ping"}),
+    );
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(answer.json()["error"]["code"], -32600);
+}
+
+/// Finding 5: stateless (2026-07-28) clients sharing the child of a server command are kept
+/// apart. A server request sent to one client carries an unguessable id of ours: another
+/// client answering it (by the child's own id, or any other) is refused, and the call gets
+/// the answer of the client it asked.
+#[test]
+fn stateless_clients_at_the_shared_child_cannot_answer_each_others_server_requests() {
+    let gw = Gateway::fixture(&[]);
+    let (h, body) = support::modern_call(5, "sample", json!({"prompt": "2+2?"}), json!({}));
+    let mut victim = support::SseReader::post(&gw.addr, &h, &body);
+    assert_eq!(victim.status, 200);
+    let request = victim.next_message().expect("the server's request");
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    let ours = request["id"].as_str().expect("a string id").to_owned();
+    assert!(ours.starts_with("sc-") && ours.len() == 35, "{ours}");
+    let answer = |id: &str, text: &str| {
+        let body = json!({"jsonrpc":"2.0","id":id,"result":{"role":"assistant","content":{"type":"text","text":text},"model":"m"}});
+        http_request(
+            &gw.addr,
+            "POST",
+            "/mcp",
+            &support::mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
+            body.to_string().as_bytes(),
+        )
+    };
+    // The child's own id is sample-1: an attacker's guess of it is refused.
+    let forged = answer("sample-1", "forged");
+    assert_eq!(forged.json()["error"]["code"], -32600, "{forged:?}");
+    assert_eq!(answer(&ours, "sampled!").status, 202);
+    let result = victim.next_message().expect("the call's result");
+    assert_eq!(result["id"], 5);
+    assert_eq!(
+        result["result"]["content"][0]["text"],
+        "client said: sampled!"
+    );
+    // Answered once: the same id again is refused.
+    assert_eq!(answer(&ours, "again").json()["error"]["code"], -32600);
+}

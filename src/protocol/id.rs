@@ -29,7 +29,14 @@ pub enum IdError {
     /// An object, array or boolean.
     #[error("id must be a string or an integer")]
     WrongType,
+    /// A string id longer than [`MAX_ID_BYTES`] (ids are kept while their request is pending).
+    #[error("id must be at most 1024 bytes long")]
+    TooLong,
 }
+
+/// Longest id accepted, as JSON text: ids (and progress tokens) are kept while their request
+/// is pending, so their size is bounded like everything else a client can make us hold.
+pub const MAX_ID_BYTES: usize = 1024;
 
 impl RequestId {
     /// Reads an id from its raw JSON text.
@@ -39,6 +46,9 @@ impl RequestId {
 
     /// Reads an id from a JSON text fragment (a string or number literal).
     pub fn from_json_text(text: &str) -> Result<Self, IdError> {
+        if text.len() > MAX_ID_BYTES {
+            return Err(IdError::TooLong);
+        }
         match text.as_bytes().first() {
             Some(b'"') => serde_json::from_str::<std::borrow::Cow<'_, str>>(text)
                 .map(|s| Self::String(Arc::from(s.as_ref())))

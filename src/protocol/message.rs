@@ -417,6 +417,14 @@ impl Message {
     /// request, `/params/progressToken` of a progress notification), if there is one. Parses
     /// the message only when its bytes mention a progress token at all.
     pub fn progress_token(&self, pointer: &str) -> Option<String> {
+        self.read_progress_token(pointer).ok().flatten()
+    }
+
+    /// [`Message::progress_token`], telling a message without one (`Ok(None)`) from one whose
+    /// `params` cannot be read for it (`Err`: a member twice, say), which a reader that must
+    /// rename the token has to refuse rather than pass on.
+    #[allow(clippy::result_unit_err)] // There is nothing to say but "unreadable".
+    pub fn read_progress_token(&self, pointer: &str) -> Result<Option<String>, ()> {
         #[derive(Deserialize)]
         struct Body<'a> {
             #[serde(borrow)]
@@ -434,25 +442,35 @@ impl Message {
             #[serde(borrow, rename = "progressToken")]
             token: Option<&'a RawValue>,
         }
-        memchr::memmem::find(&self.raw, b"progressToken")?;
+        if memchr::memmem::find(&self.raw, b"progressToken").is_none() {
+            return Ok(None);
+        }
         // Only the envelope and the token are read, borrowed: no tree of the whole message.
-        let params = serde_json::from_slice::<Body<'_>>(&self.raw).ok()?.params?;
+        let body = serde_json::from_slice::<Body<'_>>(&self.raw).map_err(|_| ())?;
+        let Some(params) = body.params else {
+            return Ok(None);
+        };
         let raw = match pointer {
-            "/params/progressToken" => params.token?,
-            "/params/_meta/progressToken" => params.meta?.token?,
-            _ => return None,
+            "/params/progressToken" => params.token,
+            "/params/_meta/progressToken" => params.meta.and_then(|m| m.token),
+            _ => None,
+        };
+        let Some(raw) = raw else {
+            return Ok(None);
         };
         // The token's normal JSON text, so that equal tokens compare equal however they were
         // written (escapes, number forms).
-        match raw.get().as_bytes().first()? {
-            b'"' => serde_json::to_string(&serde_json::from_str::<String>(raw.get()).ok()?).ok(),
-            b'-' | b'0'..=b'9' => Some(
-                serde_json::from_str::<serde_json::Number>(raw.get())
-                    .ok()?
-                    .to_string(),
-            ),
+        let normal = match raw.get().as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(raw.get())
+                .ok()
+                .and_then(|s| serde_json::to_string(&s).ok()),
+            Some(b'-' | b'0'..=b'9') => serde_json::from_str::<serde_json::Number>(raw.get())
+                .ok()
+                .map(|n| n.to_string()),
             _ => None,
-        }
+        };
+        // A token that is neither a string nor a number is not one.
+        Ok(normal)
     }
 
     /// The subscription a 2026-07-28 notification belongs to: its

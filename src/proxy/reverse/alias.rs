@@ -5,48 +5,154 @@
 //! into the names its client chose.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
+use linked_hash_map::LinkedHashMap;
 
-use crate::protocol::{Kind, Message, Method, RequestId};
+use crate::protocol::error::ProxyError;
+use crate::protocol::{ErrorCode, Kind, Message, Method, RequestId};
 
 const REQUEST_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 const PROGRESS_TOKEN: [&str; 2] = ["params", "progressToken"];
 const SUBSCRIPTION: [&str; 3] = ["params", "_meta", crate::protocol::message::SUBSCRIPTION_ID];
 
-/// One POST's aliases: ours → the client's, for its request ids and progress tokens.
+/// Most server→client requests of the shared child awaiting a stateless client's answer; the
+/// oldest is forgotten past it (its answer is then refused, and the child's own timeout ends
+/// it).
+pub(super) const MAX_SERVER_REQUESTS: usize = 10_000;
+
+/// A fresh name nobody can guess: `sc-` and 128 random bits.
+fn fresh() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness, a name that is only unique (not secret) still keeps ids apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        bytes[..8].copy_from_slice(
+            &NEXT
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+    }
+    let mut name = String::with_capacity(35);
+    name.push_str("sc-");
+    for b in bytes {
+        use std::fmt::Write as _;
+        let _ = write!(name, "{b:02x}");
+    }
+    name
+}
+
+/// What all stateless requests at the shared child share: the server→client requests sent to
+/// their clients, each under an unguessable id of ours, so that only the client it was sent to
+/// can answer it.
 #[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Our id → the child's.
+    server_requests: Mutex<LinkedHashMap<RequestId, RequestId>>,
+}
+
+impl Shared {
+    fn remember(&self, ours: RequestId, theirs: RequestId) {
+        let mut map = self
+            .server_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(ours, theirs);
+        while map.len() > MAX_SERVER_REQUESTS {
+            map.pop_front();
+        }
+    }
+
+    fn take(&self, ours: &RequestId) -> Option<RequestId> {
+        self.server_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(ours)
+    }
+}
+
+/// One POST's aliases: ours → the client's, for its request ids and progress tokens.
+#[derive(Debug)]
 pub(super) struct Aliases {
+    shared: std::sync::Arc<Shared>,
     ids: HashMap<RequestId, RequestId>,
     /// JSON texts of progress tokens.
     tokens: HashMap<String, String>,
 }
 
 impl Aliases {
-    /// A client request under an id (and progress token) from `next`, unique at the child.
-    /// Other messages pass as they are.
-    pub(super) fn inbound(&mut self, msg: Message, next: &AtomicI64) -> Message {
-        let (Kind::Request, Some(original)) = (msg.kind(), msg.id().cloned()) else {
-            return msg;
-        };
-        let number = next.fetch_add(1, Ordering::Relaxed);
-        let alias = RequestId::Number(number);
-        let Some(mut renamed) = msg.with_id(&alias) else {
-            return msg;
-        };
-        if let Some(token) = renamed.progress_token("/params/_meta/progressToken") {
-            let ours = format!("\"shadowcat-{number}\"");
-            if let Some(with_token) = renamed.with_member(&REQUEST_TOKEN, &ours) {
-                renamed = with_token;
-                self.tokens.insert(ours, token);
-            }
+    pub(super) fn new(shared: std::sync::Arc<Shared>) -> Self {
+        Self {
+            shared,
+            ids: HashMap::new(),
+            tokens: HashMap::new(),
         }
-        self.ids.insert(alias, original);
-        renamed
     }
 
-    /// A message for the client, under the id or progress token its client chose.
+    /// A client message as the child gets it: a request under an id (and progress token) of
+    /// ours, unguessable and unique there; an answer to a server request under the child's
+    /// id, if that request was sent to this client (whoever else answers it is refused). What
+    /// cannot be renamed is refused rather than passed on under a name another client may use:
+    /// the error for the client is the `Err`.
+    pub(super) fn inbound(&mut self, msg: Message) -> Result<Message, Bytes> {
+        let refuse = |msg: &Message, why: &str| {
+            let error =
+                ProxyError::new(ErrorCode::InvalidRequest, format!("Invalid Request: {why}"));
+            Message::error_response(msg.id(), &error).raw().clone()
+        };
+        match (msg.kind(), msg.id().cloned()) {
+            (Kind::Request, Some(original)) => {
+                let name = fresh();
+                let alias = RequestId::String(name.as_str().into());
+                let Some(mut renamed) = msg.with_id(&alias) else {
+                    return Err(refuse(
+                        &msg,
+                        "the request's id cannot be read to be renamed",
+                    ));
+                };
+                let token = renamed
+                    .read_progress_token("/params/_meta/progressToken")
+                    .map_err(|()| {
+                        refuse(
+                            &msg,
+                            "the request's params cannot be read for its progress token",
+                        )
+                    })?;
+                if let Some(token) = token {
+                    let ours = format!("\"{name}\"");
+                    let Some(with_token) = renamed.with_member(&REQUEST_TOKEN, &ours) else {
+                        return Err(refuse(
+                            &msg,
+                            "the request's progress token cannot be read to be renamed",
+                        ));
+                    };
+                    renamed = with_token;
+                    self.tokens.insert(ours, token);
+                }
+                self.ids.insert(alias, original);
+                Ok(renamed)
+            }
+            (Kind::Response | Kind::Error, Some(ours)) => {
+                let Some(theirs) = self.shared.take(&ours) else {
+                    return Err(refuse(
+                        &msg,
+                        "this answers no request the server sent to this client",
+                    ));
+                };
+                msg.with_id(&theirs)
+                    .ok_or_else(|| refuse(&msg, "the answer's id cannot be read to be renamed"))
+            }
+            (Kind::Response | Kind::Error, None) => Err(refuse(
+                &msg,
+                "an answer without an id reaches no server request",
+            )),
+            _ => Ok(msg),
+        }
+    }
+
+    /// A message for the client, under the id or progress token its client chose; a server
+    /// request under an unguessable id of ours, which only this client learns.
     pub(super) fn outbound(&self, raw: Bytes) -> Bytes {
         let Ok(msg) = Message::parse(raw.clone()) else {
             return raw;
@@ -55,6 +161,14 @@ impl Aliases {
             msg.id()
                 .and_then(|id| self.ids.get(id))
                 .and_then(|original| msg.with_id(original))
+        } else if msg.kind() == Kind::Request {
+            let theirs = msg.id().cloned();
+            let ours = RequestId::String(fresh().into());
+            msg.with_id(&ours).inspect(|_| {
+                if let Some(theirs) = theirs {
+                    self.shared.remember(ours.clone(), theirs);
+                }
+            })
         } else if msg.method() == Some(&Method::Progress) {
             msg.progress_token("/params/progressToken")
                 .and_then(|token| self.tokens.get(&token))
@@ -81,26 +195,35 @@ mod tests {
         Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
     }
 
+    fn text(raw: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(raw).unwrap()
+    }
+
     #[test]
     fn two_clients_with_the_same_ids_are_told_apart_and_answered_under_their_own() {
-        let next = AtomicI64::new(1);
+        let shared = std::sync::Arc::new(Shared::default());
         let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"work","_meta":{"progressToken":1}}}"#;
-        let (mut a, mut b) = (Aliases::default(), Aliases::default());
-        let to_child_a = a.inbound(msg(request), &next);
-        let to_child_b = b.inbound(msg(request), &next);
-        assert_eq!(to_child_a.id(), Some(&RequestId::Number(1)));
-        assert_eq!(to_child_b.id(), Some(&RequestId::Number(2)));
-        assert!(
-            String::from_utf8_lossy(to_child_b.raw()).contains(r#""progressToken":"shadowcat-2""#)
-        );
-        let progress = msg(
-            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"shadowcat-2","progress":1}}"#,
-        );
+        let (mut a, mut b) = (Aliases::new(shared.clone()), Aliases::new(shared));
+        let to_child_a = a.inbound(msg(request)).unwrap();
+        let to_child_b = b.inbound(msg(request)).unwrap();
+        let (id_a, id_b) = (to_child_a.id().unwrap(), to_child_b.id().unwrap());
+        assert_ne!(id_a, id_b);
+        let RequestId::String(name_b) = id_b else {
+            panic!("{id_b:?}")
+        };
+        assert!(name_b.starts_with("sc-") && name_b.len() == 35, "{name_b}");
+        let body_b = text(to_child_b.raw());
+        assert_eq!(body_b["params"]["_meta"]["progressToken"], name_b.as_ref());
+        let progress = msg(&format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":"{name_b}","progress":1}}}}"#
+        ));
         assert_eq!(
             &b.outbound(progress.raw().clone())[..],
             br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#
         );
-        let answer = msg(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#);
+        let answer = msg(&format!(
+            r#"{{"jsonrpc":"2.0","id":"{name_b}","result":{{}}}}"#
+        ));
         assert_eq!(
             &b.outbound(answer.raw().clone())[..],
             br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
@@ -108,15 +231,50 @@ mod tests {
         // Not one of a's: left alone.
         assert_eq!(a.outbound(answer.raw().clone()), answer.raw().clone());
         // A subscription's notifications name its listen request by the client's id again.
-        let changed = msg(
-            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":2}}}"#,
-        );
+        let changed = msg(&format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{{"_meta":{{"io.modelcontextprotocol/subscriptionId":"{name_b}"}}}}}}"#
+        ));
         assert_eq!(
-            &b.outbound(changed.raw().clone())[..],
-            br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}"#
+            text(&b.outbound(changed.raw().clone()))["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            1
         );
         // Notifications pass as they are.
         let note = msg(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        assert_eq!(a.inbound(note.clone(), &next).raw(), note.raw());
+        assert_eq!(a.inbound(note.clone()).unwrap().raw(), note.raw());
+    }
+
+    #[test]
+    fn only_the_client_a_server_request_was_sent_to_can_answer_it() {
+        let shared = std::sync::Arc::new(Shared::default());
+        let (mut victim, mut other) = (Aliases::new(shared.clone()), Aliases::new(shared));
+        let ask = msg(
+            r#"{"jsonrpc":"2.0","id":"sample-1","method":"sampling/createMessage","params":{}}"#,
+        );
+        let sent = text(&victim.outbound(ask.raw().clone()));
+        let ours = sent["id"].as_str().unwrap().to_owned();
+        assert!(ours.starts_with("sc-"), "{sent}");
+        // Its child's own id is refused, from anyone.
+        let guess = msg(r#"{"jsonrpc":"2.0","id":"sample-1","result":{"content":"forged"}}"#);
+        assert!(other.inbound(guess).is_err());
+        // The id the victim got answers it, once.
+        let answer = msg(&format!(
+            r#"{{"jsonrpc":"2.0","id":"{ours}","result":{{}}}}"#
+        ));
+        let to_child = victim.inbound(answer.clone()).unwrap();
+        assert_eq!(to_child.id(), Some(&RequestId::String("sample-1".into())));
+        let refused = other.inbound(answer).unwrap_err();
+        assert_eq!(text(&refused)["error"]["code"], -32600);
+    }
+
+    #[test]
+    fn what_cannot_be_renamed_is_refused_not_passed_on() {
+        let mut aliases = Aliases::new(std::sync::Arc::default());
+        // Two `_meta` members: the token cannot be renamed with certainty.
+        let twice = msg(
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"_meta":{"progressToken":1},"_meta":{"progressToken":2}}}"#,
+        );
+        let refused = aliases.inbound(twice).unwrap_err();
+        assert_eq!(text(&refused)["id"], 4);
+        assert_eq!(text(&refused)["error"]["code"], -32600);
     }
 }

@@ -75,6 +75,8 @@ pub(super) struct Answering {
     /// The exchange with the upstream, until it is over.
     pub(super) exchange: Option<Exchange>,
     pub(super) _registration: Registration,
+    /// A stateless request's place under its client's bound at the shared child.
+    pub(super) _in_flight: Option<crate::transport::serve::ClientSlot>,
 }
 
 /// Ends a session when dropped: the session of one stateless (2026-07-28) request, which lasts as

@@ -113,6 +113,23 @@ pub(super) async fn guard(
             );
         }
     }
+    // A browser says where a request comes from even when it sends no Origin (a plain GET,
+    // such as an EventSource's `/sse`): another site's page is refused as its Origin would be.
+    if !headers.contains_key(ORIGIN)
+        && headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        && !matches!(
+            gateway.reverse.allowed_origins,
+            crate::config::AllowedOrigins::Any
+        )
+    {
+        tracing::warn!("refused a cross-site browser request without an Origin");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Forbidden: a cross-site browser request (Sec-Fetch-Site) without an Origin".into(),
+        );
+    }
     if let Err(response) = check_host(gateway.reverse.listen, &request) {
         return response;
     }

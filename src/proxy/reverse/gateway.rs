@@ -127,8 +127,11 @@ pub struct Gateway {
     legacy_upstream: std::sync::atomic::AtomicBool,
     /// A command upstream's child for stateless (2026-07-28) requests, shared by them all.
     stateless_child: Mutex<Option<Arc<SessionLink>>>,
-    /// The next id (and progress token number) a stateless request gets at that child.
-    pub(super) next_alias: std::sync::atomic::AtomicI64,
+    /// The server requests of that child sent to stateless clients, under names of ours.
+    pub(super) shared_aliases: Arc<super::alias::Shared>,
+    /// Requests each client address has in flight at that child (a quarter of
+    /// `--max-pending-requests` each, so that one client cannot take all the room).
+    pub(super) stateless_in_flight: Arc<ClientCounts>,
     /// Sessions each client address has open (`--max-sessions-per-client`).
     client_sessions: Arc<ClientCounts>,
 }
@@ -176,7 +179,8 @@ impl Gateway {
             stopping: CancellationToken::new(),
             legacy_upstream: std::sync::atomic::AtomicBool::new(false),
             stateless_child: Mutex::new(None),
-            next_alias: std::sync::atomic::AtomicI64::new(1),
+            shared_aliases: Arc::default(),
+            stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
         })
     }

@@ -157,6 +157,8 @@ pub async fn message(
     let link = SessionId::parse(&id)
         .ok()
         .and_then(|id| gateway.link(&id))
+        // A Streamable HTTP session's id opens nothing here: its POSTs are checked on /mcp.
+        .filter(|link| link.session.transport() == TransportKind::Sse)
         .filter(|link| !link.session.closed_token().is_cancelled());
     let Some(link) = link else {
         return refuse(

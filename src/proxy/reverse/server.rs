@@ -26,6 +26,7 @@ use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, versio
 use crate::ratelimit::Refusal;
 use crate::session::{EndReason, SessionError};
 use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::transport::serve::ClientCounts;
 use crate::transport::sse;
 
 use super::alias::Aliases;
@@ -236,6 +237,32 @@ async fn post(
             return response;
         }
     }
+    // At the shared child, one client's requests in flight are bounded, so that it cannot take
+    // the room every other stateless client needs there.
+    let in_flight = match (shared, client) {
+        (true, crate::proxy::Client::Address(address)) => {
+            let limit = (gateway.config.sessions.max_pending_requests / 4).max(1);
+            let slot = ClientCounts::take(&gateway.stateless_in_flight, address, limit);
+            if slot.is_none() {
+                let error = ProxyError::new(
+                    ErrorCode::TooManyPendingRequests,
+                    format!("Service Unavailable: this client has {limit} requests in flight at the server (a quarter of --max-pending-requests)"),
+                )
+                .with("limit", limit)
+                .with("httpStatus", 503);
+                let mut response = json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.to_response(only_id.as_ref()),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            slot
+        }
+        _ => None,
+    };
     // A stateless request's own session ends with its POST, whichever way that goes.
     let ephemeral = (stateless && !shared).then(|| EndOnDrop {
         gateway: gateway.clone(),
@@ -266,7 +293,7 @@ async fn post(
     // How many answers are refusals for want of room in the pending table (after --pending-wait).
     let mut busy = 0;
     // At a shared child, requests go under ids of our own.
-    let mut aliases = shared.then(Aliases::default);
+    let mut aliases = shared.then(|| Aliases::new(gateway.shared_aliases.clone()));
     for member in members {
         let member = match (member, aliases.as_mut()) {
             (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
@@ -282,7 +309,13 @@ async fn post(
                 answers.push(super::binding::no_initialize(msg.id()));
                 continue;
             }
-            (Ok(msg), Some(aliases)) => Ok(aliases.inbound(msg, &gateway.next_alias)),
+            (Ok(msg), Some(aliases)) => match aliases.inbound(msg) {
+                Ok(msg) => Ok(msg),
+                Err(refusal) => {
+                    answers.push(refusal);
+                    continue;
+                }
+            },
             (member, _) => member,
         };
         match member {
@@ -432,6 +465,7 @@ async fn post(
         batch,
         exchange: Some(exchange),
         _registration: guard,
+        _in_flight: in_flight,
     };
 
     // Collect answers while that is all that comes; switch to SSE when something else does (or
