@@ -575,7 +575,8 @@ fn batch_members(raw: &[u8]) -> Result<Vec<&RawValue>, ParseError> {
 /// Whether `raw` (JSON) nests arrays and objects deeper than `limit`. Most messages have fewer
 /// brackets than that in all, which one vectorised count tells; the rest are walked.
 fn nesting_exceeds(raw: &[u8], limit: usize) -> bool {
-    if memchr::memchr2_iter(b'{', b'[', raw).nth(limit).is_none() {
+    // Deeper than `limit` takes more than `limit` openings and as many closings.
+    if raw.len() < 2 * (limit + 1) || memchr::memchr2_iter(b'{', b'[', raw).nth(limit).is_none() {
         return false;
     }
     let mut depth = 0usize;
