@@ -22,25 +22,9 @@ const SUBSCRIPTION: [&str; 3] = ["params", "_meta", crate::protocol::message::SU
 /// it).
 pub(super) const MAX_SERVER_REQUESTS: usize = 10_000;
 
-/// A fresh name nobody can guess: `sc-` and 128 random bits.
+/// A fresh name nobody can guess: `sc-` and 128 random bits (a session id's).
 fn fresh() -> String {
-    let mut bytes = [0u8; 16];
-    // Without randomness, a name that is only unique (not secret) still keeps ids apart.
-    if getrandom::fill(&mut bytes).is_err() {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        bytes[..8].copy_from_slice(
-            &NEXT
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .to_le_bytes(),
-        );
-    }
-    let mut name = String::with_capacity(35);
-    name.push_str("sc-");
-    for b in bytes {
-        use std::fmt::Write as _;
-        let _ = write!(name, "{b:02x}");
-    }
-    name
+    format!("sc-{}", crate::session::SessionId::random())
 }
 
 /// What all stateless requests at the shared child share: the server→client requests sent to
