@@ -4,9 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shadowcat::cli::Cli;
+use shadowcat::transport::reaper;
 use shadowcat::{app, telemetry};
 
 fn main() -> ExitCode {
+    if let Some(code) = reaper::run_if_asked() {
+        return ExitCode::from(code);
+    }
+    reaper::enable();
     let cli = Cli::parse();
     let config = match app::configure(&cli) {
         Ok(config) => config,

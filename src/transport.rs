@@ -3,6 +3,7 @@
 //! - [`lines`]: the newline-delimited framing of MCP's stdio transport, with a length bound.
 //! - [`stdio`]: our own stdin/stdout, driven by the reactor when they are pipes or sockets.
 //! - [`child`]: the upstream server as a child process: spawn, stderr tail, graceful shutdown.
+//! - [`reaper`]: a helper process that ends our children's process groups when we are killed.
 //! - [`http`]: the Streamable HTTP client: a pooled hyper client for one upstream URL.
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
@@ -16,6 +17,7 @@ pub mod child;
 pub mod files;
 pub mod http;
 pub mod lines;
+pub mod reaper;
 pub mod serve;
 pub mod sse;
 pub mod stdio;

@@ -57,7 +57,9 @@ fn only_mcp_headers_and_configured_ones_reach_the_upstream_and_session_ids_are_m
             ("Mcp-Session-Id", &session),
             ("MCP-Protocol-Version", "2025-06-18"),
             ("Mcp-Param-Region", "eu-west"),
-            ("Mcp-Method", "tools/call"),
+            // A lie nothing checks before 2026-07-28, so it is not passed on.
+            ("Mcp-Method", "tools/list"),
+            ("Mcp-Name", "delete_everything"),
             ("Authorization", "Bearer client-secret"),
             ("Cookie", "sid=client-cookie"),
             ("X-Custom", "nope"),
@@ -72,10 +74,17 @@ fn only_mcp_headers_and_configured_ones_reach_the_upstream_and_session_ids_are_m
         "mapped to the upstream's id: {seen}"
     );
     assert_eq!(seen["mcp-protocol-version"], "2025-06-18");
-    assert_eq!(seen["mcp-param-region"], "eu-west");
-    assert_eq!(seen["mcp-method"], "tools/call");
     assert_eq!(seen["x-api-key"], "k-123");
-    for never in ["authorization", "cookie", "x-custom", "keep-alive"] {
+    for never in [
+        "authorization",
+        "cookie",
+        "x-custom",
+        "keep-alive",
+        // The stateless era's mirrored headers mean nothing before it, and were not checked.
+        "mcp-method",
+        "mcp-name",
+        "mcp-param-region",
+    ] {
         assert!(
             seen.get(never).is_none(),
             "{never} reached the upstream: {seen}"

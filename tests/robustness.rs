@@ -873,3 +873,160 @@ fn stateless_clients_at_the_shared_child_cannot_answer_each_others_server_reques
     // Answered once: the same id again is refused.
     assert_eq!(answer(&ours, "again").json()["error"]["code"], -32600);
 }
+
+/// A shell that writes its pid (its process group: shadowcat starts each server in its own) to
+/// `pidfile`, leaves a grandchild sleeping in the group, ignores SIGTERM, and runs the fixture
+/// deaf to end-of-file: a server that nothing but SIGKILL of its whole group ends.
+fn stubborn_server(pidfile: &std::path::Path) -> String {
+    format!(
+        "echo $$ > '{}'; sleep 300 & trap '' TERM; exec '{}' --ignore-stdin-eof",
+        pidfile.display(),
+        fixture().display()
+    )
+}
+
+fn read_pid(pidfile: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until no live process is left in group `pgid`: the reaper sends SIGTERM, then SIGKILL
+/// after two seconds to a group that ignores it.
+fn await_group_gone(pgid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !support::live_members(pgid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left in group {pgid}: {:?}",
+            support::live_members(pgid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigkill(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Finding 11: a SIGKILLed shadowcat (no chance to shut anything down) leaves no server process
+/// behind, neither the server nor what it started, in forward mode and in the gateway, even
+/// when the server ignores end-of-file and SIGTERM.
+#[test]
+fn a_sigkilled_proxy_leaves_no_server_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let forward_pid = dir.path().join("forward.pid");
+    let mut proxy = Proxy::start(&[], &["sh", "-c", &stubborn_server(&forward_pid)]);
+    proxy.initialize();
+    let forward_group = read_pid(&forward_pid);
+
+    let gateway_pid = dir.path().join("gateway.pid");
+    let mut gw = Gateway::start(&["--", "sh", "-c", &stubborn_server(&gateway_pid)]);
+    assert!(!gw.initialize().is_empty());
+    let gateway_group = read_pid(&gateway_pid);
+
+    for group in [forward_group, gateway_group] {
+        assert_eq!(
+            support::live_members(group).len(),
+            2,
+            "the server and its sleeping grandchild run in group {group}"
+        );
+    }
+    sigkill(&proxy.child);
+    sigkill(&gw.child);
+    proxy.wait_exit(Duration::from_secs(5));
+    gw.wait_exit(Duration::from_secs(5));
+    await_group_gone(forward_group);
+    await_group_gone(gateway_group);
+}
+
+/// Finding 11: progress tokens are bounded (kept while their request waits, as ids are) and
+/// unique among active requests: a second call reusing a waiting call's token is refused, so
+/// it cannot take over the first one's progress (nor the first's answer end the second's
+/// timeout); once the first is answered, the token is free again.
+#[test]
+fn progress_tokens_are_bounded_and_unique_among_active_requests() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    let call = |id: i64, token: &str, ms: u64| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":"sleep","arguments":{"ms":ms},"_meta":{"progressToken":token}}})
+    };
+    proxy.send(&call(1, "p", 1500));
+    proxy.send(&call(2, "p", 0));
+    let refused = proxy.recv();
+    assert_eq!(refused["id"], 2, "{refused}");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("progressToken is already used"),
+        "{refused}"
+    );
+    let first = proxy.recv();
+    assert_eq!(first["id"], 1, "{first}");
+    assert!(first.get("result").is_some(), "{first}");
+    let again = proxy.call(3, "tools/call", call(3, "p", 0)["params"].clone());
+    assert!(again.get("result").is_some(), "{again}");
+
+    let long = "t".repeat(2000);
+    let refused = proxy.call(4, "tools/call", call(4, &long, 0)["params"].clone());
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 1024 bytes"),
+        "{refused}"
+    );
+}
+
+/// Finding 11: a stateless (2026-07-28) request is no session to its client, so it leaves no
+/// row in the history store (one per request would grow it without bound); a session that was
+/// opened with `initialize` still does.
+#[test]
+fn stateless_requests_leave_no_history_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let fixture = support::HttpFixture::start(&["--stateless"]);
+    let mut gw = Gateway::start(&[
+        "--session-store",
+        "sqlite",
+        "--data-dir",
+        data,
+        "--upstream",
+        &fixture.url,
+    ]);
+    for id in 0..20 {
+        let (h, body) = support::modern_call(id, "echo", json!({"text": "x"}), json!({}));
+        let r = http_request(&gw.addr, "POST", "/mcp", &h, &body);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(!gw.initialize().is_empty());
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    let listed = support::command()
+        .args(["--data-dir", data, "session", "list", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let rows: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(1),
+        "only the initialized session: {rows}"
+    );
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::error::{ErrorCode, ProxyError};
-use super::id::RequestId;
+use super::id::{MAX_ID_BYTES, RequestId};
 use super::method::Method;
 
 /// Most messages in one JSON-RPC batch. A longer batch is refused while it is parsed, before
@@ -145,6 +145,17 @@ impl ParseError {
     pub fn to_response(&self) -> Message {
         Message::error_response(self.id(), &self.to_proxy_error())
     }
+}
+
+/// Why a request's progress token cannot be kept ([`Message::read_progress_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Its `params` cannot be read for it (a member twice, say).
+    #[error("the request's params cannot be read for its progress token")]
+    Unreadable,
+    /// Its normal JSON text is longer than [`MAX_ID_BYTES`].
+    #[error("its progressToken is longer than {MAX_ID_BYTES} bytes")]
+    TooLong,
 }
 
 /// The members the proxy reads; everything else is skipped without being parsed into values.
@@ -421,10 +432,10 @@ impl Message {
     }
 
     /// [`Message::progress_token`], telling a message without one (`Ok(None)`) from one whose
-    /// `params` cannot be read for it (`Err`: a member twice, say), which a reader that must
-    /// rename the token has to refuse rather than pass on.
-    #[allow(clippy::result_unit_err)] // There is nothing to say but "unreadable".
-    pub fn read_progress_token(&self, pointer: &str) -> Result<Option<String>, ()> {
+    /// `params` cannot be read for it (a member twice, say) or whose token is longer than
+    /// [`MAX_ID_BYTES`] (a token is kept while its request is pending, as an id is): a reader
+    /// that must keep or rename the token refuses those rather than pass them on.
+    pub fn read_progress_token(&self, pointer: &str) -> Result<Option<String>, TokenError> {
         #[derive(Deserialize)]
         struct Body<'a> {
             #[serde(borrow)]
@@ -446,7 +457,8 @@ impl Message {
             return Ok(None);
         }
         // Only the envelope and the token are read, borrowed: no tree of the whole message.
-        let body = serde_json::from_slice::<Body<'_>>(&self.raw).map_err(|_| ())?;
+        let body =
+            serde_json::from_slice::<Body<'_>>(&self.raw).map_err(|_| TokenError::Unreadable)?;
         let Some(params) = body.params else {
             return Ok(None);
         };
@@ -470,7 +482,10 @@ impl Message {
             _ => None,
         };
         // A token that is neither a string nor a number is not one.
-        Ok(normal)
+        match normal {
+            Some(token) if token.len() > MAX_ID_BYTES => Err(TokenError::TooLong),
+            normal => Ok(normal),
+        }
     }
 
     /// The subscription a 2026-07-28 notification belongs to: its

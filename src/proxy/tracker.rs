@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::protocol::error::ProxyError;
+use crate::protocol::message::TokenError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::session::{Declared, PendingError, PendingScope, Session, SessionManager, State};
 use crate::telemetry::Metrics;
@@ -64,8 +65,20 @@ impl RequestTracker {
                     );
                     return Verdict::Respond(Message::error_response(Some(id), &error));
                 }
-                // Progress notifications for it keep it from timing out.
-                let token = msg.progress_token("/params/_meta/progressToken");
+                // Progress notifications for it keep it from timing out. A token too long to
+                // keep is refused; one in params that cannot be read is left to the stages that
+                // read params (and refuse what they cannot read).
+                let token = match msg.read_progress_token("/params/_meta/progressToken") {
+                    Ok(token) => token,
+                    Err(TokenError::Unreadable) => None,
+                    Err(e @ TokenError::TooLong) => {
+                        let error = ProxyError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("Invalid Request: {e}"),
+                        );
+                        return Verdict::Respond(Message::error_response(Some(id), &error));
+                    }
+                };
                 match cx.session.pending(cx.direction).insert_with_token(
                     id.clone(),
                     method.clone(),
@@ -208,6 +221,10 @@ fn refusal(e: PendingError, direction: Direction) -> ProxyError {
             .with("limit", limit)
             .with("scope", scope)
         }
+        PendingError::TokenInUse => ProxyError::new(
+            ErrorCode::InvalidRequest,
+            "Invalid Request: its progressToken is already used by an outstanding request; tokens must be unique among active requests",
+        ),
         PendingError::Closed => receiver_gone(direction),
     }
 }

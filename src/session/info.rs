@@ -99,6 +99,8 @@ pub struct Session {
     listeners: AtomicU64,
     /// Where the session is recorded, if it is (`--record`).
     tape: std::sync::OnceLock<crate::tape::Recorder>,
+    /// Whether its record goes to the history store (not for one stateless request).
+    kept: bool,
     /// Requests still pending when the manager ended the session, kept (bounded by the pending
     /// limits) for the front end to answer: the manager has no way to reach the peers.
     abandoned: [Mutex<Vec<(RequestId, Pending)>>; 2],
@@ -177,8 +179,23 @@ impl Session {
             abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             listeners: AtomicU64::new(0),
             tape: std::sync::OnceLock::new(),
+            kept: true,
             closed: CancellationToken::new(),
         }
+    }
+
+    /// The same session, kept out of the history store: the session that carries one
+    /// stateless (2026-07-28) request is no session to its client, and a row per request would
+    /// grow the history without bound. It is counted and logged like any other.
+    #[must_use]
+    pub fn unkept(mut self) -> Self {
+        self.kept = false;
+        self
+    }
+
+    /// Whether its record goes to the history store.
+    pub fn is_kept(&self) -> bool {
+        self.kept
     }
 
     /// A session outside any manager, with its own pending budget (tests, tools).
@@ -362,11 +379,12 @@ impl Session {
     /// Whether the stored record is behind: counts changed, or not saved for [`HEARTBEAT`].
     pub(crate) fn needs_save(&self, now: Instant) -> bool {
         let heartbeat_ms = u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX);
-        self.total_frames() != self.saved_frames.load(Ordering::Relaxed)
-            || self
-                .elapsed_ms(now)
-                .saturating_sub(self.saved_at_ms.load(Ordering::Relaxed))
-                >= heartbeat_ms
+        self.kept
+            && (self.total_frames() != self.saved_frames.load(Ordering::Relaxed)
+                || self
+                    .elapsed_ms(now)
+                    .saturating_sub(self.saved_at_ms.load(Ordering::Relaxed))
+                    >= heartbeat_ms)
     }
 
     /// Notes that the record was just taken for saving.

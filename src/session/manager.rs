@@ -146,14 +146,34 @@ impl SessionManager {
         transport: TransportKind,
         upstream: Option<String>,
     ) -> Result<Arc<Session>, SessionError> {
+        self.create_with(transport, upstream, true)
+    }
+
+    /// [`create`](Self::create) for the session of one stateless request, which the history
+    /// store does not keep ([`Session::unkept`]).
+    pub fn create_unkept(
+        &self,
+        transport: TransportKind,
+        upstream: Option<String>,
+    ) -> Result<Arc<Session>, SessionError> {
+        self.create_with(transport, upstream, false)
+    }
+
+    fn create_with(
+        &self,
+        transport: TransportKind,
+        upstream: Option<String>,
+        kept: bool,
+    ) -> Result<Arc<Session>, SessionError> {
         self.reserve_slot()?;
-        let session = Arc::new(Session::new(
+        let session = Session::new(
             transport,
             upstream,
             self.config.max_pending_requests,
             &self.budget,
             self.config.tags,
-        ));
+        );
+        let session = Arc::new(if kept { session } else { session.unkept() });
         let id = session.id().clone();
         // LRU first: a concurrent `end` finds nothing in the map until both are in place, so it
         // can never leave an LRU entry behind.
@@ -268,7 +288,7 @@ impl SessionManager {
 
     /// Saves the session's current record to the store (write-behind; never blocks).
     pub fn persist(&self, session: &Session) {
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store.as_ref().filter(|_| session.is_kept()) {
             session.mark_saved(Instant::now());
             if !store.save(session.record()) {
                 self.metrics.store_dropped();

@@ -96,6 +96,10 @@ pub enum PendingError {
         /// Which one.
         scope: PendingScope,
     },
+    /// Another waiting request carries the same progress token (tokens must be unique among
+    /// active requests, or progress could not say which request it is for).
+    #[error("the progressToken is already used by an outstanding request")]
+    TokenInUse,
     /// The peer that would answer is gone; nothing more will be recorded.
     #[error("the peer that would answer is gone")]
     Closed,
@@ -271,6 +275,12 @@ impl PendingRequests {
         }
         if table.requests.contains_key(&id) {
             return Err(PendingError::Duplicate);
+        }
+        if progress_token
+            .as_ref()
+            .is_some_and(|t| table.tokens.contains_key(t.as_str()))
+        {
+            return Err(PendingError::TokenInUse);
         }
         if !self.session.take_one() {
             return Err(PendingError::Full {
@@ -532,6 +542,28 @@ mod tests {
                 .take_expired(Instant::now(), Timeouts::default())
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_progress_token_is_used_by_one_waiting_request_at_a_time() {
+        let table = PendingRequests::standalone(10);
+        let p = || Some("\"p\"".to_owned());
+        table
+            .insert_with_token(RequestId::Number(1), Method::ToolsCall, p())
+            .unwrap();
+        assert_eq!(
+            table.insert_with_token(RequestId::Number(2), Method::ToolsCall, p()),
+            Err(PendingError::TokenInUse)
+        );
+        // The refused request took nothing: the first still owns the token.
+        assert_eq!(table.len(), 1);
+        assert!(table.progressed("\"p\""));
+        table.remove(&RequestId::Number(1)).unwrap();
+        assert!(!table.progressed("\"p\""));
+        table
+            .insert_with_token(RequestId::Number(2), Method::ToolsCall, p())
+            .unwrap();
+        assert!(table.progressed("\"p\""));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,9 @@
 //! (`npx` → `node`, `sh -c` → the server) and no orphan survives us. Its stderr is always drained:
 //! passed on to ours through a bounded queue (dropped, and said so, when ours is not read, so a
 //! chatty child never blocks), with the last lines kept to explain a crash to the client. Shutdown
-//! follows the MCP stdio rules: close its stdin, wait, SIGTERM, wait, SIGKILL.
+//! follows the MCP stdio rules: close its stdin, wait, SIGTERM, wait, SIGKILL. Each group is
+//! listed with the [`super::reaper`] while it is ours, so not even a SIGKILL of shadowcat leaves it
+//! running.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -101,6 +103,9 @@ impl ChildProcess {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw);
+        if let Some(pgid) = pgid {
+            super::reaper::register(pgid.as_raw());
+        }
         if let Some(stdin) = &child.stdin {
             super::stdio::grow_pipe(stdin);
         }
@@ -170,7 +175,7 @@ impl ChildProcess {
                 self.child.wait().await?
             }
         };
-        self.kill_stragglers();
+        self.release_group();
         Ok(status)
     }
 
@@ -179,12 +184,21 @@ impl ChildProcess {
         self.signal_group(Signal::SIGKILL);
         let status = self.child.wait().await;
         self.stdin.take();
+        self.release_group();
         status
     }
 
     /// Kills whatever is left in the child's process group (its leader may be gone already).
     pub fn kill_stragglers(&self) {
         self.signal_group(Signal::SIGKILL);
+    }
+
+    /// Kills what is left of the group and forgets it: after this it is nobody's to signal.
+    fn release_group(&mut self) {
+        self.kill_stragglers();
+        if let Some(pgid) = self.pgid.take() {
+            super::reaper::release(pgid.as_raw());
+        }
     }
 
     fn signal_group(&self, signal: Signal) {
@@ -196,6 +210,14 @@ impl ChildProcess {
                 }
             }
         }
+    }
+}
+
+/// A child dropped without a shutdown takes its whole group with it (the leader alone would be
+/// killed by `kill_on_drop`), so nothing it started is left behind.
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.release_group();
     }
 }
 

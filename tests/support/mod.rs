@@ -248,9 +248,16 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
     live_processes(|_ppid, pgrp| pgrp == pgid)
 }
 
-/// Pids of live child processes of `parent`, from /proc.
+/// Pids of live child processes of `parent`, from /proc, its reaper (`shadowcat __reaper`,
+/// which watches over the others) left out.
 pub fn live_children(parent: u32) -> Vec<i32> {
     live_processes(|ppid, _pgrp| ppid == parent as i32)
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !cmdline.ends_with(b"\0__reaper\0")
+        })
+        .collect()
 }
 
 /// Pids of live (non-zombie) processes whose parent pid and process group pass `keep`.

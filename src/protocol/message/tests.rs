@@ -267,6 +267,35 @@ fn progress_tokens_are_read_in_their_normal_form() {
 }
 
 #[test]
+fn a_progress_token_longer_than_an_id_may_be_is_refused() {
+    let token = "t".repeat(MAX_ID_BYTES - 2);
+    let fits = parse(&format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"_meta":{{"progressToken":"{token}"}}}}}}"#
+    ))
+    .unwrap();
+    assert_eq!(
+        fits.read_progress_token("/params/_meta/progressToken"),
+        Ok(Some(format!("\"{token}\"")))
+    );
+    let over = parse(&format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"_meta":{{"progressToken":"{token}x"}}}}}}"#
+    ))
+    .unwrap();
+    assert_eq!(
+        over.read_progress_token("/params/_meta/progressToken"),
+        Err(TokenError::TooLong)
+    );
+    let twice = parse(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{},"_meta":{"progressToken":1}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        twice.read_progress_token("/params/_meta/progressToken"),
+        Err(TokenError::Unreadable)
+    );
+}
+
+#[test]
 fn param_str_reads_one_member_as_a_whole_reader_would() {
     let name = |s: &str| parse(s).unwrap().param_str("name");
     let call = |params: &str| {

@@ -97,12 +97,7 @@ impl Aliases {
                 };
                 let token = renamed
                     .read_progress_token("/params/_meta/progressToken")
-                    .map_err(|()| {
-                        refuse(
-                            &msg,
-                            "the request's params cannot be read for its progress token",
-                        )
-                    })?;
+                    .map_err(|e| refuse(&msg, &e.to_string()))?;
                 if let Some(token) = token {
                     let ours = format!("\"{name}\"");
                     let Some(with_token) = renamed.with_member(&REQUEST_TOKEN, &ours) else {

@@ -343,7 +343,7 @@ impl Gateway {
         let client_slot = self.client_slot(caller)?;
         let session = self
             .sessions
-            .create(TransportKind::Http, Some(self.upstream_label()))?;
+            .create_unkept(TransportKind::Http, Some(self.upstream_label()))?;
         self.record(&session);
         Ok(Stateless::Own(Arc::new(SessionLink {
             router: Arc::new(Router::new(session.clone(), None)),

@@ -281,6 +281,32 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
     headers
 }
 
+/// The headers sent upstream with `msg` for a client that sent `client`: theirs that MCP defines
+/// ([`crate::transport::http::is_forwarded_header`]), except that `Mcp-Method` and `Mcp-Name`
+/// are made from `msg` itself, never copied: they then say what the forwarded body says (after
+/// any rule changed it), and a client cannot steer an intermediary with values nobody checked.
+/// Before the stateless era, which defines them, none of the mirrored headers go (nor the
+/// client's `Mcp-Param-*`).
+pub fn upstream_headers(client: &HeaderMap, msg: &Message) -> HeaderMap {
+    let made = headers_for(msg, None);
+    let modern = made.contains_key(&MCP_PROTOCOL_VERSION);
+    let mut headers = HeaderMap::with_capacity(client.len().min(8) + made.len());
+    for (name, value) in client {
+        let mirrored = name == MCP_METHOD
+            || name == MCP_NAME
+            || (!modern && name.as_str().starts_with("mcp-param-"));
+        if crate::transport::http::is_forwarded_header(name) && !mirrored {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in made {
+        if let Some(name) = name.filter(|name| *name != MCP_PROTOCOL_VERSION) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
 /// `value` as a header value: as it is when that is safe (visible ASCII and inner spaces, not
 /// itself looking encoded), else in the `=?base64?…?=` form.
 fn encode_sentinel(value: &str) -> String {
@@ -605,6 +631,38 @@ mod tests {
             refused(&[("mcp-param-region", "42")], r#"{"region":42}"#),
             None
         );
+    }
+
+    #[test]
+    fn mirrored_headers_go_upstream_as_the_forwarded_body_says_never_as_sent() {
+        let sent: HeaderMap = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "other"),
+            ("mcp-param-region", "eu"),
+            ("authorization", "Bearer x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                http::HeaderName::from_static(k),
+                HeaderValue::from_static(v),
+            )
+        })
+        .collect();
+        let h = upstream_headers(&sent, &request(CALL));
+        assert_eq!(h["mcp-method"], "tools/call");
+        assert_eq!(h["mcp-name"], "=?base64?aMOpbGxv?=");
+        assert_eq!(h["mcp-param-region"], "eu");
+        assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+        assert!(!h.contains_key("authorization"));
+        assert_eq!(h.len(), 4);
+        // Before the stateless era, none of them: only the version the client sent.
+        let old =
+            request(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
+        let h = upstream_headers(&sent, &old);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["mcp-protocol-version"], "2026-07-28");
     }
 
     #[test]

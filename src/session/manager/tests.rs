@@ -413,3 +413,25 @@ async fn heartbeats_save_changed_and_stale_records() {
         .unwrap();
     assert_eq!(saved.frames_from_client, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_session_of_one_stateless_request_leaves_no_history_row() {
+    let store = Arc::new(super::super::store::MemoryStore::default());
+    let writer = StoreWriter::start(store.clone(), 16).unwrap();
+    let m = SessionManager::new(config(10, None, None), Some(writer));
+    let kept = m.create(TransportKind::Http, None).unwrap();
+    let unkept = m.create_unkept(TransportKind::Http, None).unwrap();
+    unkept.record_frame(Direction::ClientToServer);
+    tokio::time::advance(super::super::info::HEARTBEAT).await;
+    assert_eq!(
+        m.heartbeat(Instant::now()),
+        1,
+        "only the kept one is behind"
+    );
+    m.end(unkept.id(), EndReason::Closed).unwrap();
+    assert_eq!(m.metrics().ended[0], 1, "it is counted like any other");
+    m.close_store(Duration::from_secs(5));
+    let store: &dyn super::super::store::SessionStore = &*store;
+    assert!(store.get(kept.id().as_str()).unwrap().is_some());
+    assert!(store.get(unkept.id().as_str()).unwrap().is_none());
+}
