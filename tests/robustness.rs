@@ -216,6 +216,53 @@ fn one_client_cannot_take_every_connection_under_a_low_descriptor_limit() {
     assert!(gw.stderr_text().contains("connection refused: at its cap"));
 }
 
+/// Finding 1: when the process runs out of descriptors (here: sessions' servers took them, and
+/// then a few held connections the rest), failed accepts are counted and logged, not fatal, and
+/// the gateway serves again as soon as descriptors come back.
+#[test]
+fn out_of_descriptors_accept_errors_are_counted_and_the_gateway_recovers() {
+    let gw = gateway_with_64_descriptors(&["--max-sessions-per-client", "64"]);
+    let admin = gw.admin_addr();
+    let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    // Each session's server holds three pipes; sessions are opened until one cannot start.
+    let mut sessions = Vec::new();
+    loop {
+        let r = gw.post(None, &initialize);
+        if r.json().get("result").is_none() {
+            assert_eq!(r.json()["error"]["code"], -32081, "{r:?}");
+            assert!(
+                String::from_utf8_lossy(&r.body).contains("Too many open files"),
+                "{r:?}"
+            );
+            break;
+        }
+        sessions.push(r.header("mcp-session-id").unwrap().to_owned());
+        assert!(sessions.len() < 40, "descriptors never ran out");
+    }
+    // What little is left goes to held connections, and then accepting fails.
+    let held = half_sent("127.0.0.2", &gw.addr, 12);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.stderr_text().contains("cannot accept connections") {
+        assert!(Instant::now() < deadline, "{}", gw.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    for session in &sessions {
+        let r = http_request(
+            &gw.addr,
+            "DELETE",
+            "/mcp",
+            &[("Mcp-Session-Id", session.clone())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(metric(&admin, "shadowcat_connections_accept_errors_total") >= 1.0);
+    assert_eq!(get(&admin, "/healthz").status, 200);
+    assert!(!gw.initialize().is_empty(), "sessions start again");
+}
+
 /// Finding 1: when every connection is taken (by several clients), a new one is told 503 at
 /// once, `/healthz` still answers, and service resumes when they go.
 #[test]
@@ -709,6 +756,52 @@ fn a_silent_upstream_fails_requests_and_is_not_ready() {
         !everything.contains("s3cret"),
         "a secret of the URL was shown:\n{everything}"
     );
+}
+
+/// Finding 8: with a server command, `/readyz` checks more than that the program exists: a
+/// server that exits before it says anything makes the gateway unready (saying why, with its
+/// last stderr line) until a server started after it has answered; a program that cannot be
+/// run is unready from the start.
+#[test]
+fn a_crashing_server_command_is_not_ready_until_one_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("second-time");
+    let script = format!(
+        "if [ -e '{flag}' ]; then exec '{}'; fi; touch '{flag}'; echo 'boom: no such module' >&2; exit 3",
+        fixture().display(),
+        flag = flag.display()
+    );
+    let gw = Gateway::start(&["--admin-listen", "127.0.0.1:0", "--", "sh", "-c", &script]);
+    let admin = gw.admin_addr();
+    assert_eq!(get(&admin, "/readyz").status, 200, "nothing has failed yet");
+    let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let failed = gw.post(None, &initialize);
+    assert_eq!(failed.json()["error"]["code"], -32081, "{failed:?}");
+    let ready = get(&admin, "/readyz");
+    let text = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 503, "{text}");
+    assert!(
+        text.contains("exited before it said anything") && text.contains("boom: no such module"),
+        "{text}"
+    );
+    // The next session's server works: ready again.
+    let answered = gw.post(None, &initialize);
+    assert!(answered.json().get("result").is_some(), "{answered:?}");
+    assert_eq!(get(&admin, "/readyz").status, 200);
+
+    let not_runnable = dir.path().join("server.sh");
+    std::fs::write(&not_runnable, "#!/bin/sh\n").unwrap();
+    let gw = Gateway::start(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--",
+        not_runnable.to_str().unwrap(),
+    ]);
+    let ready = get(&gw.admin_addr(), "/readyz");
+    let text = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 503, "{text}");
+    assert!(text.contains("not executable"), "{text}");
 }
 
 /// Finding 10: no live session id in the logs (even at debug) or in a tape's file name, only

@@ -74,28 +74,11 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
             )
                 .into_response(),
         },
-        Upstream::Stdio(spec) => match find_program(&spec.program) {
-            Some(_) => "ok\n".into_response(),
-            None => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("server command {:?} not found\n", spec.program),
-            )
-                .into_response(),
+        Upstream::Stdio(spec) => match gateway.command_problem(&spec.program) {
+            None => "ok\n".into_response(),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
         },
     }
-}
-
-/// Where `program` would be found when spawned (a path as given, else on `PATH`).
-fn find_program(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
-    let path = std::path::Path::new(program);
-    if path.components().count() > 1 {
-        return path.is_file().then(|| path.to_owned());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {

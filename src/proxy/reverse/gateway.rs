@@ -37,6 +37,7 @@ use super::stream::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
 
 mod http_upstream;
 mod link;
+mod readiness;
 mod recovery;
 mod streams;
 
@@ -134,6 +135,8 @@ pub struct Gateway {
     pub(super) stateless_in_flight: Arc<ClientCounts>,
     /// Sessions each client address has open (`--max-sessions-per-client`).
     client_sessions: Arc<ClientCounts>,
+    /// The latest failure of a command upstream's server, for `/readyz`.
+    child_failures: readiness::ChildFailures,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -182,6 +185,7 @@ impl Gateway {
             shared_aliases: Arc::default(),
             stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
+            child_failures: readiness::ChildFailures::default(),
         })
     }
 
@@ -489,10 +493,9 @@ impl Gateway {
                 tracing::error!(%e, %program, "cannot start the MCP server; ending the session");
                 self.metrics.upstream_error("exited");
                 self.sessions.end(session.id(), EndReason::Error);
-                Err(ProxyError::new(
-                    ErrorCode::UpstreamExited,
-                    format!("cannot start the MCP server {program:?}: {e}"),
-                ))
+                let why = format!("cannot start the MCP server {program:?}: {e}");
+                self.child_failures.record(why.clone());
+                Err(ProxyError::new(ErrorCode::UpstreamExited, why))
             }
         }
     }
@@ -516,6 +519,15 @@ impl Gateway {
                 };
                 tracing::warn!(%status, "the MCP server exited; ending its session");
                 self.metrics.upstream_error("exited");
+                if session.frames(Direction::ServerToClient) == 0 {
+                    let stderr = child.child.stderr_tail().lines();
+                    let last = stderr
+                        .last()
+                        .map_or(String::new(), |l| format!("; stderr: {l}"));
+                    self.child_failures.record(format!(
+                        "the MCP server exited before it said anything ({status}){last}"
+                    ));
+                }
                 self.sessions.end(session.id(), EndReason::Error);
                 ProxyError::new(
                     ErrorCode::UpstreamExited,
