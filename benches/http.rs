@@ -13,7 +13,7 @@
 //! - the gateway's RSS with 1,000 idle sessions (and before them).
 //!
 //! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
-//! `E2E_QUICK=1` for a short smoke run. The machine is shared and noisy: read the ratios (proxy
+//! `E2E_QUICK=1` for a short smoke run, `SHADOWCAT_BENCH_BIN` to measure another build's binary. The machine is shared and noisy: read the ratios (proxy
 //! vs direct in the same run), not the absolute figures.
 
 #![allow(
@@ -186,9 +186,23 @@ fn start_example(path: PathBuf, args: &[&str]) -> Process {
     }
 }
 
+/// The gateway under test: this build's, or `SHADOWCAT_BENCH_BIN` (an older build, to compare
+/// two in the same bench run).
+fn gateway_binary() -> PathBuf {
+    std::env::var_os("SHADOWCAT_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_shadowcat")),
+        PathBuf::from,
+    )
+}
+
 fn start_gateway(upstream: &str) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowcat"))
+    let mut child = Command::new(gateway_binary())
         .env("SHADOWCAT_SESSION_STORE", "memory")
+        // Every client of this bench is 127.0.0.1, and the RSS run holds 1,000 sessions and
+        // connections: lift the per-client caps (environment, so older builds ignore them).
+        .env("SHADOWCAT_MAX_CONNECTIONS_PER_CLIENT", "4096")
+        .env("SHADOWCAT_MAX_SESSIONS_PER_CLIENT", "4096")
+        .env("SHADOWCAT_MAX_SESSIONS", "4096")
         .args([
             "--log-level",
             "info",

@@ -17,7 +17,7 @@
 //! first); `cut` (drops the caller session's GET streams); `slow {ms, every, ids}` (answers with SSE
 //! after `ms`, with a progress notification every `every` ms meanwhile; events have ids if `ids`); `cancelled` (the request
 //! ids of the `notifications/cancelled` received so far); `slept` (how many `sleep` calls ran to
-//! the end rather than being dropped with their connection); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
+//! the end rather than being dropped with their connection); `sleeping` (how many run now); `stream {count, bytes}` (answers with SSE whatever the mode: `count`
 //! progress notifications for the request's `progressToken`, each with a `bytes`-long message,
 //! then the result).
 
@@ -51,8 +51,27 @@ struct Fixture {
     cancelled: Mutex<Vec<Value>>,
     /// `sleep` calls that ran to the end (not dropped with their connection).
     slept: AtomicU64,
+    /// `sleep` calls running now.
+    sleeping: AtomicU64,
     /// Set by `retire`: no new sessions.
     retired: std::sync::atomic::AtomicBool,
+}
+
+/// Counts a call while it runs: up when it starts, down when it ends or is dropped with its
+/// connection.
+struct Running<'a>(&'a AtomicU64);
+
+impl<'a> Running<'a> {
+    fn start(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn main() {
@@ -263,11 +282,13 @@ async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Byt
                         .pointer("/params/arguments/ms")
                         .and_then(Value::as_u64)
                         .unwrap_or(100);
+                    let _running = Running::start(&fixture.sleeping);
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     fixture.slept.fetch_add(1, Ordering::Relaxed);
                     "slept".to_owned()
                 }
                 "slept" => fixture.slept.load(Ordering::Relaxed).to_string(),
+                "sleeping" => fixture.sleeping.load(Ordering::Relaxed).to_string(),
                 "announce" => {
                     let said = msg
                         .pointer("/params/arguments/text")

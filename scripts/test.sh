@@ -45,7 +45,8 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 log="$env_dir/cargo-test.log"
-cargo test --quiet 2>&1 | tee "$log"
+# A hung test fails the run instead of holding CI to its limit (a full run takes ~10 minutes).
+timeout --kill-after=60s 40m cargo test --quiet 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last often empty).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -48,9 +48,27 @@ fn version_and_completions() {
         text(&out.stdout).trim(),
         format!("shadowcat {}", env!("CARGO_PKG_VERSION"))
     );
-    let out = shadowcat(&["completions", "bash"]);
-    assert!(out.status.success());
-    assert!(text(&out.stdout).contains("_shadowcat()"));
+    // Every shell the README lists, each with what its completion script must contain.
+    for (shell, marker) in [
+        ("bash", "_shadowcat()"),
+        ("zsh", "#compdef shadowcat"),
+        ("fish", "complete -c shadowcat"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[shadowcat]"),
+    ] {
+        let out = shadowcat(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Subcommands are completed too.
+        assert!(
+            script.contains("reverse") && script.contains("replay"),
+            "{shell}"
+        );
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("`shadowcat completions <bash|zsh|fish|powershell|elvish>`"));
 }
 
 #[test]
@@ -152,21 +170,33 @@ fn logs_go_to_the_log_file_and_never_to_stdout() {
     assert!(logged.contains("started the MCP server"));
 }
 
+/// Every command path of the CLI: `[]` for the top level, then each subcommand, depth first.
+fn command_paths(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    out.push(prefix.to_vec());
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let mut path = prefix.to_vec();
+        path.push(sub.get_name().to_owned());
+        command_paths(sub, &path, out);
+    }
+}
+
 #[test]
-fn docs_cli_md_shows_the_current_help() {
+fn docs_cli_md_shows_the_current_help_of_every_command() {
+    use clap::CommandFactory as _;
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
-    for args in [
-        &["--help"][..],
-        &["forward", "stdio", "--help"],
-        &["session", "--help"],
-        &["session", "list", "--help"],
-        &["session", "show", "--help"],
-        &["session", "cleanup", "--help"],
-        &["completions", "--help"],
-    ] {
+    // Each section the page has is the current help of its command...
+    let sections: Vec<Vec<String>> = docs
+        .lines()
+        .filter_map(|line| line.strip_prefix("## `shadowcat ")?.strip_suffix("--help`"))
+        .map(|path| path.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    for args in &sections {
         let mut cmd = Command::new(support::shadowcat());
-        cmd.args(args).env_remove("COLUMNS");
+        cmd.args(args).arg("--help").env_remove("COLUMNS");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SHADOWCAT_") {
                 cmd.env_remove(key);
@@ -176,14 +206,40 @@ fn docs_cli_md_shows_the_current_help() {
         let block = format!("```text\n{help}```");
         assert!(
             docs.contains(&block),
-            "docs/cli.md is out of date for `shadowcat {}`; it should contain:\n{block}",
+            "docs/cli.md is out of date for `shadowcat {} --help`; it should contain:\n{block}",
             args.join(" ")
         );
     }
+    // ...and every command that does something has a section (the groups `forward`, `tape` and
+    // `rules` only list their subcommands, each of which has its own).
+    let mut paths = Vec::new();
+    command_paths(&shadowcat::cli::Cli::command(), &[], &mut paths);
+    let groups: [&[&str]; 3] = [&["forward"], &["tape"], &["rules"]];
+    let wanted: Vec<&Vec<String>> = paths
+        .iter()
+        .filter(|p| {
+            !groups
+                .iter()
+                .any(|g| p.iter().map(String::as_str).eq(g.iter().copied()))
+        })
+        .collect();
+    for path in &wanted {
+        assert!(
+            sections.contains(path),
+            "docs/cli.md has no section for `shadowcat {} --help` (run scripts/gen-cli-docs.sh)",
+            path.join(" ")
+        );
+    }
+    assert_eq!(sections.len(), wanted.len(), "sections: {sections:?}");
+    assert_eq!(sections.len(), 16);
 }
 
+/// The README's configuration file, as the reverse proxy would run with it: every value it sets
+/// is the value in force (and `session list` accepts the same file).
 #[test]
-fn the_readme_config_example_is_accepted() {
+fn the_readme_config_example_sets_every_value_it_shows() {
+    use clap::Parser as _;
+    use shadowcat::config::{AllowedOrigins, ReverseUpstream};
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
@@ -192,11 +248,103 @@ fn the_readme_config_example_is_accepted() {
     let path = dir.path().join("shadowcat.toml");
     // Point its data dir somewhere harmless.
     let example = example.replace("/var/lib/shadowcat", dir.path().to_str().unwrap());
-    std::fs::write(&path, example).unwrap();
+    std::fs::write(&path, &example).unwrap();
     let out = shadowcat(&["--config", path.to_str().unwrap(), "session", "list"]);
     assert!(
         out.status.success(),
         "README's config example is refused: {}",
         text(&out.stderr)
     );
+    // Values set in this test's own environment would win over the file.
+    for (key, _) in std::env::vars_os() {
+        assert!(
+            !key.to_string_lossy().starts_with("SHADOWCAT_") || key == "SHADOWCAT_TEST_ENV",
+            "{key:?} is set"
+        );
+    }
+    let cli = shadowcat::cli::Cli::try_parse_from([
+        "shadowcat",
+        "--config",
+        path.to_str().unwrap(),
+        "reverse",
+    ])
+    .unwrap();
+    let config = shadowcat::app::configure(&cli).unwrap();
+    assert_eq!(config.log_level, "info");
+    assert_eq!(config.log_format, shadowcat::config::LogFormat::Json);
+    assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+    assert_eq!(config.sessions.max_pending_requests, 10_000);
+    assert_eq!(config.shutdown_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(
+        config.request_timeout,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(config.data_dir, dir.path());
+    assert_eq!(config.session_store, shadowcat::config::StoreKind::Sqlite);
+    let reverse = config.reverse.expect("the reverse configuration");
+    assert_eq!(reverse.listen.to_string(), "127.0.0.1:8080");
+    let ReverseUpstream::Http(upstream) = &reverse.upstream else {
+        panic!("not an HTTP upstream")
+    };
+    assert_eq!(upstream.to_string(), "http://127.0.0.1:9000/mcp");
+    assert_eq!(reverse.upstream_headers["x-api-key"], "change-me");
+    assert_eq!(reverse.upstream_headers.len(), 1);
+    assert_eq!(
+        reverse.allowed_origins,
+        AllowedOrigins::List(vec!["https://app.example.com".into()])
+    );
+    assert_eq!(
+        reverse.admin_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
+    // Every key of the example was looked at above.
+    let keys: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+        .filter(|k| !k.starts_with('#'))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        13,
+        "a new key in the README's example: {keys:?}"
+    );
+}
+
+/// Flags beat the environment, which beats the file (README): a message size limit from the
+/// environment overrides the file's, and the file's holds without it.
+#[test]
+fn the_environment_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadowcat.toml");
+    std::fs::write(&path, "max_message_size = \"1KiB\"\n").unwrap();
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"{}\"}}}}}}",
+        "x".repeat(2048)
+    );
+    let answer_with = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = support::command();
+        cmd.args(["--config", path.to_str().unwrap()]);
+        if let Some(size) = env {
+            cmd.env("SHADOWCAT_MAX_MESSAGE_SIZE", size);
+        }
+        cmd.args(["forward", "stdio"]);
+        if let Some(size) = flag {
+            cmd.args(["--max-message-size", size]);
+        }
+        cmd.arg("--").arg(support::fixture());
+        let mut proxy = support::Proxy::spawn(cmd);
+        proxy.initialize();
+        proxy.write_raw(big.as_bytes());
+        proxy.write_raw(b"\n");
+        let answer = proxy.recv();
+        proxy.close_stdin();
+        assert!(proxy.wait_exit(support::WAIT).success());
+        answer
+    };
+    let from_file = answer_with(None, None);
+    assert_eq!(from_file["error"]["code"], -32080, "{from_file}");
+    let from_env = answer_with(Some("1MiB"), None);
+    assert!(from_env.get("result").is_some(), "{from_env}");
+    let from_flag = answer_with(Some("1KiB"), Some("1MiB"));
+    assert!(from_flag.get("result").is_some(), "{from_flag}");
 }

@@ -496,7 +496,7 @@ fn stdio_over_a_unix_socket_works() {
         );
     }
     writer.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(support::wait_within(&mut child, WAIT).success());
 }
 
 #[test]
@@ -735,4 +735,80 @@ fn past_the_pending_limit_a_request_waits_for_room() {
             .any(|m| m["result"]["content"][0]["text"] == "slept 300 ms"),
         "{rest:?}"
     );
+}
+
+/// A batch that repeats an id gets the first member answered and the repeat refused with
+/// -32084 (docs/errors.md), in one batch back.
+#[test]
+fn a_batch_repeating_an_id_gets_the_repeat_refused() {
+    let mut proxy = Proxy::fixture(&[]);
+    proxy.initialize();
+    proxy.write_raw(
+        b"[{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\"},{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"twice\"}}}]\n",
+    );
+    let answer = proxy.recv();
+    let members = answer
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {answer}"));
+    assert_eq!(members.len(), 2, "{answer}");
+    let codes: Vec<Option<i64>> = members
+        .iter()
+        .map(|m| m["error"]["code"].as_i64())
+        .collect();
+    assert!(codes.contains(&Some(-32084)), "{answer}");
+    assert!(
+        members.iter().any(|m| m["result"] == json!({})),
+        "the first is answered: {answer}"
+    );
+}
+
+/// A server killed by a signal: requests in flight get -32081 with `data.signal`, and the proxy
+/// exits 128 + the signal's number, as a shell reports it.
+#[test]
+fn a_server_killed_by_a_signal_is_reported_with_it_and_exit_code_128_plus_n() {
+    let (mut proxy, pid, _dir) = proxy_with_pid(&[], "", "");
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 30_000}))}));
+    // The call is at the server before it is killed.
+    proxy.send(&json!({"jsonrpc":"2.0","id":2,"method":"ping"}));
+    assert_eq!(proxy.recv()["id"], 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(error_code(&answer), -32081, "{answer}");
+    assert_eq!(answer["error"]["data"]["signal"], 9, "{answer}");
+    assert!(
+        answer["error"]["data"].get("exitCode").is_none(),
+        "{answer}"
+    );
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(128 + 9));
+}
+
+/// SIGTERM with a slow call in flight: the call is answered, the server ends by its stdin
+/// closing (never SIGTERMed or SIGKILLed), and the proxy exits 0.
+#[test]
+fn sigterm_lets_a_call_in_flight_finish_and_signals_nothing() {
+    let (mut proxy, pgid, _dir) = proxy_with_pid(&["--shutdown-timeout", "10s"], "", "");
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 1000}))}));
+    proxy.send(&json!({"jsonrpc":"2.0","id":2,"method":"ping"}));
+    assert_eq!(proxy.recv()["id"], 2);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(proxy.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let answer = proxy.recv();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "slept 1000 ms",
+        "{answer}"
+    );
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
+    assert!(!group_alive(pgid));
+    let stderr = proxy.stderr_text();
+    assert!(
+        !stderr.contains("sending SIGTERM") && !stderr.contains("sending SIGKILL"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the MCP server exited"), "{stderr}");
 }

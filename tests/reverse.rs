@@ -260,7 +260,7 @@ fn a_server_request_during_a_call_streams_and_its_answer_finds_the_server() {
         "client said: sampled!"
     );
     assert!(
-        stream.next_message().is_none(),
+        stream.assert_ends_within(support::ENDS_WITHIN).is_empty(),
         "the stream ends after the answer"
     );
 }
@@ -308,7 +308,7 @@ fn a_dropped_post_stream_resumes_with_last_event_id() {
         "client said: sampled!"
     );
     assert!(
-        resumed.next_event().is_none(),
+        resumed.assert_ends_within(support::ENDS_WITHIN).is_empty(),
         "a resumed POST stream ends with the answer"
     );
     std::thread::sleep(Duration::from_millis(100));
@@ -376,28 +376,34 @@ fn a_post_stream_waiting_on_the_client_gets_keep_alive_comments() {
 /// progress) under the names it chose. Closing a request's stream cancels it at the child.
 #[test]
 fn stateless_requests_share_one_child_under_ids_of_their_own() {
-    let gw = Gateway::fixture(&[]);
+    let gw = Gateway::fixture(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = gw.admin_addr();
     let post = |id: i64, name: &str, arguments: Value, meta: Value| {
         let (h, body) = support::modern_call(id, name, arguments, meta);
         http_request(&gw.addr, "POST", "/mcp", &h, &body)
     };
     let addr = gw.addr.clone();
     let sleepy = std::thread::spawn(move || {
-        let (h, body) = support::modern_call(1, "sleep", json!({"ms": 600}), json!({}));
+        let (h, body) = support::modern_call(1, "sleep", json!({"ms": 2000}), json!({}));
         http_request(&addr, "POST", "/mcp", &h, &body)
     });
-    std::thread::sleep(Duration::from_millis(150));
-    // The same id, at the same time: answered under it, with the right answer.
+    // The same id, at the same time: the first call is at the child...
+    wait_until("the first call is in flight", || {
+        let metrics = http_request(&admin, "GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&metrics.body).contains("\nshadowcat_pending_requests 1\n")
+    });
+    // ...when the second, with its id, is answered under it, with the right answer.
     let quick = post(1, "sleep", json!({"ms": 10}), json!({}));
     assert_eq!(quick.status, 200, "{quick:?}");
     assert!(quick.header("mcp-session-id").is_none());
     assert_eq!(quick.json()["id"], 1);
     assert_eq!(quick.json()["result"]["content"][0]["text"], "slept 10 ms");
+    assert!(!sleepy.is_finished(), "the calls were not at the same time");
     let sleepy = sleepy.join().unwrap();
     assert_eq!(sleepy.json()["id"], 1);
     assert_eq!(
         sleepy.json()["result"]["content"][0]["text"],
-        "slept 600 ms"
+        "slept 2000 ms"
     );
     // Progress comes back under the client's own token.
     let progress = post(
@@ -612,6 +618,7 @@ fn max_sessions_bounds_the_children() {
     let r = gw.post(None, &init);
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(rpc_error(&r).0, -32089);
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
     assert_eq!(fixture_children_of(&gw).len(), 1);
     assert_eq!(busy.join().unwrap().status, 200);
     // Idle now: a new session evicts it.
@@ -785,7 +792,10 @@ fn server_notifications_go_to_the_get_stream_which_resumes_after_the_last_event_
     // One connection has the stream at a time: a new one takes over, and the old one ends.
     let second = get_stream(&gw, &session, None);
     assert_eq!(second.status, 200);
-    assert!(stream.next_event().is_none(), "the old connection ends");
+    assert!(
+        stream.assert_ends_within(support::ENDS_WITHIN).is_empty(),
+        "the old connection ends"
+    );
     let mut stream = second;
     notify(1, "one");
     notify(2, "two");
@@ -834,15 +844,16 @@ fn server_notifications_go_to_the_get_stream_which_resumes_after_the_last_event_
     assert_eq!(bad.status, 400);
     // Deleting the session ends its stream.
     let mut open = get_stream(&gw, &session, None);
-    http_request(
+    let deleted = http_request(
         &gw.addr,
         "DELETE",
         "/mcp",
         &[("Mcp-Session-Id", session.clone())],
         b"",
     );
+    assert_eq!(deleted.status, 200, "{deleted:?}");
     assert!(
-        open.next_event().is_none(),
+        open.assert_ends_within(support::ENDS_WITHIN).is_empty(),
         "the stream ends with its session"
     );
 }
@@ -956,7 +967,10 @@ fn an_open_get_stream_does_not_hold_up_shutdown() {
     assert_eq!(stream.status, 200);
     let started = Instant::now();
     gw.terminate();
-    assert!(stream.next_event().is_none(), "the stream ends at shutdown");
+    assert!(
+        stream.assert_ends_within(support::ENDS_WITHIN).is_empty(),
+        "the stream ends at shutdown"
+    );
     assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -1166,4 +1180,62 @@ fn an_answer_larger_than_the_replay_buffer_reaches_a_client_that_takes_only_sse(
             .map(str::len),
         Some(size)
     );
+}
+
+/// `initialize` inside a batch is refused whole with 400 (docs/errors.md), before any session
+/// or process exists.
+#[test]
+fn initialize_inside_a_batch_is_refused_with_400() {
+    let gw = Gateway::fixture(&[]);
+    let batch = json!([
+        {"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}},
+        {"jsonrpc":"2.0","id":1,"method":"ping"}
+    ]);
+    let r = post_raw(&gw, &[], batch.to_string().as_bytes());
+    assert_eq!(r.status, 400, "{r:?}");
+    let (code, message) = rpc_error(&r);
+    assert_eq!(code, -32600);
+    assert!(
+        message.contains("initialize must not be part of a batch"),
+        "{message}"
+    );
+    assert!(r.header("mcp-session-id").is_none());
+    assert!(fixture_children_of(&gw).is_empty());
+}
+
+/// A request that arrives while the gateway shuts down is refused with 503 and -32085
+/// (docs/errors.md): its headers came before the SIGTERM (so shutdown waits for it), its body
+/// after.
+#[test]
+fn a_request_arriving_during_shutdown_gets_503_shutting_down() {
+    use std::io::{Read as _, Write as _};
+    // The request being read keeps the gateway's graceful shutdown waiting for it.
+    let mut gw = Gateway::fixture(&["--shutdown-timeout", "5s"]);
+    let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"late","version":"1"}}})
+    .to_string();
+    let mut late = std::net::TcpStream::connect(&gw.addr).unwrap();
+    write!(
+        late,
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        gw.addr,
+        body.len(),
+        &body[..10]
+    )
+    .unwrap();
+    // The headers are in: the handler is reading the body.
+    std::thread::sleep(Duration::from_millis(100));
+    gw.terminate();
+    wait_until("shutdown began", || {
+        gw.stderr_text().contains("shutting down")
+    });
+    late.write_all(&body.as_bytes()[10..]).unwrap();
+    late.set_read_timeout(Some(support::WAIT)).unwrap();
+    let mut raw = Vec::new();
+    let _ = late.read_to_end(&mut raw);
+    let r = support::parse_response(&raw);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(rpc_error(&r).0, -32085, "{r:?}");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

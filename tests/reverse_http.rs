@@ -211,7 +211,10 @@ fn an_upstream_that_forgets_a_legacy_clients_session_ends_its_stream() {
     // The upstream's own error (its 404 carried one), under the request's id.
     assert_eq!(error["error"]["message"], "Session not found", "{error}");
     let started = Instant::now();
-    assert!(stream.next_event().is_none(), "then the stream ends");
+    assert!(
+        stream.assert_ends_within(support::ENDS_WITHIN).is_empty(),
+        "then the stream ends"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "ended, not timed out"
@@ -337,7 +340,12 @@ fn a_client_that_leaves_mid_call_leaves_nothing_pending() {
     let fixture = Fixture::start(&[]);
     let gw = Gateway::start(&["--upstream", &fixture.url, "--max-sessions", "1"]);
     let session = gw.initialize();
-    // A call, and the client hangs up before its answer.
+    let ask = |id: i64, tool: &str| {
+        let r = gw.post(Some(&session), &call(id, tool, json!({})));
+        assert_eq!(r.status, 200, "{r:?}");
+        text_of(&r.json())
+    };
+    // A call, and the client hangs up before its answer, once the server is running it.
     {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(&gw.addr).unwrap();
@@ -349,10 +357,12 @@ fn a_client_that_leaves_mid_call_leaves_nothing_pending() {
             body.len()
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("the server runs the call", || ask(2, "sleeping") == "1");
     }
-    std::thread::sleep(Duration::from_millis(300));
-    // Nothing is left pending, so the session is idle and a new client can take its place.
+    // The server's call is dropped with it (it never runs to its end)...
+    wait_until("the server drops the call", || ask(3, "sleeping") == "0");
+    assert_eq!(ask(4, "slept"), "0");
+    // ...and nothing is left pending, so the session is idle and a new client can take its place.
     let r = gw.post(
         None,
         &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
@@ -453,4 +463,94 @@ fn the_upstreams_get_stream_is_relayed_to_the_sessions_get_stream() {
         assert_eq!(text_of(&r.json()), "0");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An upstream that answers every request with `response`, whatever it was. Returns its URL.
+fn answering_stub(response: &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read as _, Write as _};
+                let mut stream = stream;
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(response.as_bytes());
+            });
+        }
+    });
+    url
+}
+
+/// An upstream that answers with an error status and a body that is no JSON-RPC error gets the
+/// client -32088 with the status and the body's start (docs/errors.md), and the same status.
+#[test]
+fn an_upstream_http_error_is_passed_on_as_32088() {
+    let upstream = answering_stub(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 23\r\nConnection: close\r\n\r\nthe database is on fire",
+    );
+    let gw = Gateway::start(&["--upstream", &upstream]);
+    let r = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+    );
+    assert_eq!(r.status, 500, "{r:?}");
+    let error = r.json();
+    assert_eq!(error["id"], 0, "{error}");
+    assert_eq!(error["error"]["code"], -32088, "{error}");
+    assert_eq!(error["error"]["data"]["httpStatus"], 500, "{error}");
+    assert!(
+        error["error"]["data"]["body"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("the database is on")),
+        "{error}"
+    );
+}
+
+/// An upstream whose connections are never accepted (its backlog is full) fails the request
+/// at `--connect-timeout` with -32087 and `data.kind: timeout`.
+#[test]
+fn a_connect_timeout_is_reported_as_a_timeout() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the backlog: later connection attempts get no answer at all.
+    let held: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    assert!(!held.is_empty());
+    let gw = Gateway::start(&[
+        "--upstream",
+        &format!("http://{addr}/mcp"),
+        "--connect-timeout",
+        "500ms",
+    ]);
+    let started = Instant::now();
+    let r = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+    );
+    let error = r.json();
+    assert_eq!(error["error"]["code"], -32087, "{error}");
+    assert_eq!(error["error"]["data"]["kind"], "timeout", "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
 }

@@ -77,8 +77,7 @@ async fn session(command: Command) -> Value {
 async fn an_rmcp_client_sees_the_same_session_through_shadowcat() {
     let fixture = support::fixture();
     let direct = session(Command::new(&fixture)).await;
-    let mut proxied = Command::new(support::shadowcat());
-    proxied.env("SHADOWCAT_SESSION_STORE", "memory");
+    let mut proxied = Command::from(support::command());
     proxied.args(["forward", "stdio", "--"]).arg(&fixture);
     let proxied = session(proxied).await;
     assert_eq!(
@@ -118,8 +117,7 @@ async fn an_rmcp_client_reaches_a_python_http_server_through_the_bridge() {
     direct.arg(server_script("2.3.0"));
     let direct = summary(calls(direct).await);
     let server = HttpServer::start("2.3.0", &[]);
-    let mut bridged = Command::new(support::shadowcat());
-    bridged.env("SHADOWCAT_SESSION_STORE", "memory");
+    let mut bridged = Command::from(support::command());
     bridged.args(["forward", "stdio", "--url", &server.url]);
     let bridged = summary(calls(bridged).await);
     assert_eq!(direct["echo"]["content"][0]["text"], "bridged", "{direct}");

@@ -136,7 +136,7 @@ fn a_slow_body_is_answered_408() {
 /// raise them) and an admin listener.
 fn gateway_with_64_descriptors(opts: &[&str]) -> Gateway {
     let mut sh = std::process::Command::new("sh");
-    sh.env("SHADOWCAT_SESSION_STORE", "memory")
+    support::hermetic(&mut sh)
         .arg("-c")
         .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
         .arg(support::shadowcat())
@@ -696,7 +696,7 @@ fn a_chatty_server_is_not_blocked_by_an_undrained_stderr() {
         "shadowcat-fixture"
     );
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = support::wait_within(&mut child, support::WAIT);
 }
 
 /// A server that accepts connections, reads, and never answers. Returns its address.
@@ -1039,8 +1039,9 @@ fn a_sigkilled_proxy_leaves_no_server_processes() {
     }
     sigkill(&proxy.child);
     sigkill(&gw.child);
-    proxy.wait_exit(Duration::from_secs(5));
-    gw.wait_exit(Duration::from_secs(5));
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(proxy.wait_exit(Duration::from_secs(5)).signal(), Some(9));
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)).signal(), Some(9));
     await_group_gone(forward_group);
     await_group_gone(gateway_group);
 }

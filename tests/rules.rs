@@ -30,6 +30,7 @@ fn session(dir: &Path, rules: &Path, extra: &[&str], calls: &[(&str, Value)]) ->
     let reached = dir.join(format!("calls-{}.log", rand_suffix()));
     let log = dir.join(format!("shadowcat-{}.log", rand_suffix()));
     let mut cmd = Command::new(python("2.3.0"));
+    support::hermetic(&mut cmd);
     cmd.arg(peers().join("rules_client.py"));
     for (tool, arguments) in calls {
         cmd.args(["--call", tool, &arguments.to_string()]);
@@ -318,5 +319,133 @@ fn rules_reload_while_a_session_runs() {
     assert!(log.contains("the previous rules stay in force"), "{log}");
     assert!(log.contains("rules reloaded"), "{log}");
     proxy.close_stdin();
-    proxy.wait_exit(Duration::from_secs(15));
+    assert!(proxy.wait_exit(Duration::from_secs(15)).success());
+}
+
+const GATEWAY_RULES: &str = r#"
+version: 1
+rules:
+  - name: no-danger
+    match: {tool: danger}
+    block: {}
+  - name: one-echo-a-minute
+    match: {tool: echo}
+    rate_limit: {per: session, rate: 1/min}
+  - name: watch-echoes
+    match: {tool: echo}
+    log: {level: warn, message: an echo went through}
+"#;
+
+/// `--rules` on `reverse`: a block answers the call with -32091, a rule's `rate_limit` is a 429
+/// with `Retry-After`, and the `log` action writes its line with the rule, direction, method,
+/// id and session.
+#[test]
+fn rules_apply_at_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(dir.path(), GATEWAY_RULES);
+    let gw =
+        support::Gateway::fixture(&["--log-format", "json", "--rules", rules.to_str().unwrap()]);
+    let session = gw.initialize();
+    let call = |id: i64, tool: &str| {
+        gw.post(
+            Some(&session),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"text":"hi"}}}),
+        )
+    };
+    let blocked = call(1, "danger");
+    assert_eq!(blocked.status, 200, "{blocked:?}");
+    assert_eq!(blocked.json()["error"]["code"], -32091, "{blocked:?}");
+    assert_eq!(blocked.json()["error"]["data"]["rule"], "no-danger");
+    let first = call(2, "echo");
+    assert_eq!(
+        first.json()["result"]["content"][0]["text"],
+        "hi",
+        "{first:?}"
+    );
+    let limited = call(3, "echo");
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert_eq!(limited.json()["error"]["code"], -32092, "{limited:?}");
+    assert_eq!(
+        limited.json()["error"]["data"]["limit"],
+        "one-echo-a-minute"
+    );
+    let retry: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // The log line of the one echo that went through.
+    let logged: Vec<Value> = gw
+        .stderr_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["rule"] == "watch-echoes")
+        .collect();
+    assert_eq!(logged.len(), 1, "{}", gw.stderr_text());
+    let line = &logged[0];
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(
+        line["fields"]["message"], "rule \"watch-echoes\": an echo went through",
+        "{line}"
+    );
+    assert_eq!(line["fields"]["direction"], "client->server", "{line}");
+    assert_eq!(line["fields"]["method"], "tools/call", "{line}");
+    assert_eq!(line["fields"]["id"], "2", "{line}");
+    assert!(
+        line["fields"]["session"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("s-")),
+        "{line}"
+    );
+}
+
+/// `--rules` on `record`: the tape holds the messages as the rules left them (a modified
+/// request, a blocked call's error, which the server never saw).
+#[test]
+fn a_recording_holds_what_the_rules_made_of_the_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        r#"
+version: 1
+rules:
+  - name: shout
+    match: {tool: echo}
+    modify: {set: {"$.arguments.text": CHANGED}}
+  - name: no-danger
+    match: {tool: danger}
+    block: {}
+"#,
+    );
+    let tape = dir.path().join("ruled.jsonl");
+    let mut cmd = support::command();
+    cmd.args([
+        "record",
+        "-o",
+        tape.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--",
+    ])
+    .arg(support::fixture());
+    let mut proxy = support::Proxy::spawn(cmd);
+    proxy.initialize();
+    let echo = proxy.call(
+        1,
+        "tools/call",
+        support::tool("echo", json!({"text": "quiet"})),
+    );
+    assert_eq!(echo["result"]["content"][0]["text"], "CHANGED", "{echo}");
+    let blocked = proxy.call(2, "tools/call", support::tool("danger", json!({})));
+    assert_eq!(blocked["error"]["code"], -32091, "{blocked}");
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    let recorded = std::fs::read_to_string(&tape).unwrap();
+    assert!(recorded.contains("CHANGED"), "{recorded}");
+    assert!(
+        !recorded.contains("quiet"),
+        "the unmodified request was recorded: {recorded}"
+    );
+    assert!(recorded.contains("-32091"), "{recorded}");
 }

@@ -151,7 +151,7 @@ fn session_commands_refuse_bad_input_clearly() {
         let mut proxy = proxy_with_history(data);
         proxy.initialize();
         proxy.close_stdin();
-        proxy.wait_exit(WAIT);
+        assert!(proxy.wait_exit(WAIT).success());
         let out = shadowcat(data, &["session", "cleanup", "--older-than", value]);
         assert_eq!(out.status.code(), Some(2), "{value}");
         let stderr = String::from_utf8_lossy(&out.stderr);

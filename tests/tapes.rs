@@ -279,7 +279,7 @@ fn replay_names_the_closest_recorded_requests() {
     proxy.call(1, "tools/call", tool("echo", json!({"text": "one"})));
     proxy.call(2, "tools/call", tool("echo", json!({"text": "two"})));
     proxy.close_stdin();
-    proxy.wait_exit(Duration::from_secs(10));
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
     let mut replay = replay_stdio(&path, &[]);
     replay.initialize();
     let two = replay.call(7, "tools/call", tool("echo", json!({"text": "two"})));
@@ -339,7 +339,7 @@ fn the_reverse_proxy_records_each_session_with_its_transport() {
     let second = run_client("2.3.0", Some("legacy"), Target::Url(&gateway.url()), false);
     assert_eq!(live, second);
     gateway.terminate();
-    gateway.wait_exit(Duration::from_secs(15));
+    assert!(gateway.wait_exit(Duration::from_secs(15)).success());
     let mut files: Vec<_> = std::fs::read_dir(&tapes)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -599,4 +599,143 @@ fn a_killed_recorders_tape_replays_up_to_its_last_frame() {
     let (code, out, _) = shadowcat_run(&["tape", "show", path.to_str().unwrap()], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("the recorder was killed mid-line"), "{out}");
+}
+
+/// Records one session of the fixture that makes `calls` (tool, arguments), to `path`.
+fn record_fixture_calls(path: &std::path::Path, calls: &[(&str, Value)]) {
+    let mut proxy = Proxy::fixture(&["--record", path.to_str().unwrap()]);
+    proxy.initialize();
+    for (i, (name, arguments)) in calls.iter().enumerate() {
+        let answer = proxy.call(
+            i64::try_from(i).unwrap() + 1,
+            "tools/call",
+            tool(name, arguments.clone()),
+        );
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+}
+
+fn replay_at(tape: &std::path::Path, speed: &str) -> Proxy {
+    let mut cmd = command();
+    cmd.args(["replay", tape.to_str().unwrap(), "--speed", speed]);
+    Proxy::spawn(cmd)
+}
+
+/// `replay --speed`: an answer comes at its recorded delay after its request divided by the
+/// factor (1 as recorded, 2 twice as fast), and at once with 0.
+#[test]
+fn replay_keeps_the_recorded_timing_divided_by_the_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.jsonl");
+    record_fixture_calls(&path, &[("sleep", json!({"ms": 600}))]);
+    let mut took = Vec::new();
+    for speed in ["1", "2", "0"] {
+        let mut replay = replay_at(&path, speed);
+        replay.initialize();
+        let started = std::time::Instant::now();
+        let answer = replay.call(1, "tools/call", tool("sleep", json!({"ms": 600})));
+        took.push(started.elapsed());
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "slept 600 ms",
+            "{answer}"
+        );
+    }
+    assert!(took[0] >= Duration::from_millis(580), "speed 1: {took:?}");
+    assert!(took[1] >= Duration::from_millis(290), "speed 2: {took:?}");
+    assert!(took[1] < took[0], "speed 2 is faster than 1: {took:?}");
+    assert!(took[2] < Duration::from_millis(290), "speed 0: {took:?}");
+}
+
+/// A client's `notifications/cancelled` stops the replay of that request: its answer never
+/// comes, and other requests are still answered.
+#[test]
+fn a_cancelled_request_is_not_answered_by_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel.jsonl");
+    record_fixture_calls(&path, &[("sleep", json!({"ms": 800}))]);
+    let mut replay = replay_at(&path, "1");
+    replay.initialize();
+    replay.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 800}))}));
+    replay.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"changed my mind"}}));
+    let ping = replay.call(2, "ping", json!({}));
+    assert_eq!(ping["result"], json!({}), "{ping}");
+    replay.expect_silence(Duration::from_millis(1500));
+}
+
+/// `tape verify --timeout`: a live server that does not answer in time fails the check (exit
+/// 1) and says so.
+#[test]
+fn verify_fails_an_answer_that_does_not_come_within_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.jsonl");
+    record_fixture_calls(&path, &[("sleep", json!({"ms": 1500}))]);
+    let fixture = support::fixture();
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = shadowcat_run(
+        &[
+            "tape",
+            "verify",
+            path.to_str().unwrap(),
+            "--timeout",
+            "300ms",
+            "--",
+            fixture.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("no answer within 300ms"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // With time enough, the same tape passes.
+    let (code, stdout, stderr) = shadowcat_run(
+        &[
+            "tape",
+            "verify",
+            path.to_str().unwrap(),
+            "--",
+            fixture.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}
+
+/// `tape list` lists the tapes of a directory and nothing else: other files are not looked at,
+/// and a `.jsonl` file that is not a tape is named in a warning.
+#[test]
+fn tape_list_skips_what_is_not_a_tape() {
+    let dir = tempfile::tempdir().unwrap();
+    record_fixture_calls(
+        &dir.path().join("real.jsonl"),
+        &[("echo", json!({"text": "x"}))],
+    );
+    std::fs::write(dir.path().join("notes.txt"), "not a tape").unwrap();
+    std::fs::write(dir.path().join("broken.jsonl"), "{\"not\": \"a header\"}\n").unwrap();
+    let (code, stdout, stderr) = shadowcat_run(
+        &[
+            "tape",
+            "list",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    let files: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "{stdout}");
+    assert!(files[0].ends_with("real.jsonl"), "{stdout}");
+    assert!(stderr.contains("broken.jsonl"), "{stderr}");
+    assert!(!stderr.contains("notes.txt"), "{stderr}");
 }

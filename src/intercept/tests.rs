@@ -582,3 +582,377 @@ async fn the_name_index_leaves_out_only_rules_that_cannot_match() {
         "renamed and blocked"
     );
 }
+
+/// One documented condition, and a message it holds for and one it does not.
+struct ConditionRow {
+    what: &'static str,
+    /// The rule's `match`, as YAML flow.
+    matching: &'static str,
+    holds: Value,
+    fails: Value,
+    /// For responses: the method of the request they answer.
+    answers: Option<&'static str>,
+}
+
+fn response(id: i64, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// Every documented condition on the message (docs/rules.md, Matching): with a `block` rule on
+/// it, a message it holds for is blocked and one it does not hold for goes on untouched.
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // One row per documented condition.
+async fn every_documented_message_condition_holds_and_fails_as_documented() {
+    let rows = [
+        ConditionRow {
+            what: "matches",
+            matching: r#"{tool: t, params: [{path: "$.arguments.path", matches: "^/etc/"}]}"#,
+            holds: call(1, "t", json!({"path": "/etc/passwd"})),
+            fails: call(1, "t", json!({"path": "/home/etc/x"})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "exists: false",
+            matching: r#"{params: [{path: "$.arguments.length", exists: false}]}"#,
+            holds: call(1, "t", json!({"path": "x"})),
+            fails: call(1, "t", json!({"length": 3})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "path only",
+            matching: r#"{params: [{path: "$.arguments.length"}]}"#,
+            holds: call(1, "t", json!({"length": null})),
+            fails: call(1, "t", json!({})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "equals",
+            matching: r#"{params: [{path: "$.arguments.n", equals: {a: [1]}}]}"#,
+            holds: call(1, "t", json!({"n": {"a": [1]}})),
+            fails: call(1, "t", json!({"n": {"a": [2]}})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "not",
+            matching: "{kind: request, not: {tool: safe}}",
+            holds: call(1, "danger", json!({})),
+            fails: call(1, "safe", json!({})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "all",
+            matching: "{all: [{tool: 'a*'}, {tool: '*z'}]}",
+            holds: call(1, "abz", json!({})),
+            fails: call(1, "abc", json!({})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "any",
+            matching: "{any: [{tool: x}, {tool: y}]}",
+            holds: call(1, "y", json!({})),
+            fails: call(1, "z", json!({})),
+            answers: None,
+        },
+        ConditionRow {
+            what: "result",
+            matching: r#"{kind: response, method: tools/call, result: [{path: "$.isError", equals: true}]}"#,
+            holds: response(1, json!({"content": [], "isError": true})),
+            fails: response(1, json!({"content": [], "isError": false})),
+            answers: Some("tools/call"),
+        },
+        ConditionRow {
+            what: "method of the answered request",
+            matching: "{kind: response, method: tools/list}",
+            holds: response(1, json!({"tools": []})),
+            fails: response(1, json!({"tools": []})),
+            answers: Some("tools/list"),
+        },
+        ConditionRow {
+            what: "prompt",
+            matching: "{prompt: 'secret_*'}",
+            holds: json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": "secret_plan"}}),
+            fails: json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": "plan"}}),
+            answers: None,
+        },
+        ConditionRow {
+            what: "resource",
+            matching: "{resource: 'file:///etc/*'}",
+            holds: json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "file:///etc/passwd"}}),
+            fails: json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "file:///tmp/x"}}),
+            answers: None,
+        },
+    ];
+    for row in rows {
+        let rules = rules(&format!(
+            "version: 1\nrules:\n  - name: r\n    match: {}\n    block: {{}}\n",
+            row.matching
+        ));
+        let session = Session::standalone(TransportKind::Stdio, 10);
+        let direction = if row.answers.is_some() {
+            Direction::ServerToClient
+        } else {
+            Direction::ClientToServer
+        };
+        let answers = row.answers.map(Method::from_name);
+        let (verdict, _) = run(&rules, &session, direction, &row.holds, answers.clone()).await;
+        let (kind, out) = json_of(&verdict);
+        let blocked = match row.answers {
+            // A blocked response reaches its requester as the error instead.
+            Some(_) => kind == "forward" && out["error"]["code"] == -32091,
+            None => kind == "respond" && out["error"]["code"] == -32091,
+        };
+        assert!(
+            blocked,
+            "{}: should hold for {}: {kind} {out}",
+            row.what, row.holds
+        );
+        if row.what == "method of the answered request" {
+            // The same response answering another method.
+            let other = Some(Method::from_name("prompts/list"));
+            let (verdict, _) = run(&rules, &session, direction, &row.fails, other).await;
+            assert_eq!(
+                json_of(&verdict),
+                ("forward", row.fails.clone()),
+                "{}",
+                row.what
+            );
+            continue;
+        }
+        let (verdict, _) = run(&rules, &session, direction, &row.fails, answers).await;
+        assert_eq!(
+            json_of(&verdict),
+            ("forward", row.fails.clone()),
+            "{}: should not hold",
+            row.what
+        );
+    }
+}
+
+/// Every documented session condition (docs/rules.md, Session conditions), on one session whose
+/// frames, age, protocol and client are set by the test.
+#[tokio::test(start_paused = true)]
+async fn every_documented_session_condition_holds_and_fails_as_documented() {
+    let session = Session::standalone(TransportKind::Http, 10);
+    for _ in 0..3 {
+        session.record_frame(Direction::ClientToServer);
+    }
+    session.update_metadata(|m| {
+        m.protocol_version = Some("2025-06-18".into());
+        m.tags.insert("beta".into());
+    });
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let rows = [
+        ("min_frames: 3", true),
+        ("min_frames: 4", false),
+        ("max_frames: 3", true),
+        ("max_frames: 2", false),
+        ("older_than: 5s", true),
+        ("older_than: 20s", false),
+        ("younger_than: 20s", true),
+        ("younger_than: 5s", false),
+        ("protocol: '2025-*'", true),
+        ("protocol: '2024-*'", false),
+        ("transport: http", true),
+        ("transport: stdio", false),
+        ("tags: [beta]", true),
+        ("tags: [beta, gamma]", false),
+    ];
+    for (condition, holds) in rows {
+        let rules = rules(&format!(
+            "version: 1\nrules:\n  - name: r\n    match: {{session: {{{condition}}}}}\n    block: {{}}\n"
+        ));
+        let (verdict, _) = run(
+            &rules,
+            &session,
+            Direction::ClientToServer,
+            &call(1, "t", json!({})),
+            None,
+        )
+        .await;
+        let want = if holds { "respond" } else { "forward" };
+        assert_eq!(json_of(&verdict).0, want, "{condition}");
+    }
+}
+
+/// The documented actions not covered above: a blocked notification is dropped, a blocked
+/// response becomes the error, `mock: {error}` answers a request with it (and leaves a
+/// notification alone).
+#[tokio::test]
+async fn blocked_notifications_and_responses_and_mocked_errors_behave_as_documented() {
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let note =
+        json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x"}});
+    let block_notes = rules(
+        "version: 1\nrules:\n  - name: quiet\n    match: {kind: notification}\n    block: {}\n",
+    );
+    let (verdict, _) = run(
+        &block_notes,
+        &session,
+        Direction::ServerToClient,
+        &note,
+        None,
+    )
+    .await;
+    assert_eq!(json_of(&verdict).0, "drop");
+
+    let block_answers = rules(
+        "version: 1\nrules:\n  - name: no-lists\n    match: {kind: response, method: tools/list}\n    block: {message: nope}\n",
+    );
+    let (verdict, _) = run(
+        &block_answers,
+        &session,
+        Direction::ServerToClient,
+        &response(8, json!({"tools": []})),
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    let (kind, out) = json_of(&verdict);
+    assert_eq!(kind, "forward", "{out}");
+    assert_eq!(out["id"], 8);
+    assert_eq!(out["error"]["code"], -32091);
+    assert_eq!(out["error"]["message"], "nope");
+    assert_eq!(out["error"]["data"]["rule"], "no-lists");
+
+    let flaky = rules(
+        "version: 1\nrules:\n  - name: flaky\n    match: {method: '*'}\n    mock:\n      error: {code: -32603, message: search is down, data: {retry: true}}\n",
+    );
+    let (verdict, _) = run(
+        &flaky,
+        &session,
+        Direction::ClientToServer,
+        &call(3, "search", json!({})),
+        None,
+    )
+    .await;
+    let (kind, out) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(
+        out,
+        json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -32603, "message": "search is down", "data": {"retry": true}}})
+    );
+    let (verdict, _) = run(&flaky, &session, Direction::ClientToServer, &note, None).await;
+    assert_eq!(
+        json_of(&verdict),
+        ("forward", note.clone()),
+        "notifications are left alone"
+    );
+}
+
+/// `hide` of a prompt and a resource: their lists are filtered, and a use of one is answered
+/// as a server answers for one it does not have.
+#[tokio::test]
+async fn hidden_prompts_and_resources_leave_lists_and_are_unknown_when_used() {
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let hide = rules(
+        "version: 1\nrules:\n  - name: p\n    match: {prompt: 'secret_*'}\n    hide: true\n  - name: r\n    match: {resource: 'file:///etc/*'}\n    hide: true\n",
+    );
+    let lists = [
+        (
+            "prompts/list",
+            json!({"prompts": [{"name": "plan"}, {"name": "secret_plan"}]}),
+            json!({"prompts": [{"name": "plan"}]}),
+        ),
+        (
+            "resources/list",
+            json!({"resources": [{"uri": "file:///etc/passwd"}, {"uri": "file:///tmp/x"}]}),
+            json!({"resources": [{"uri": "file:///tmp/x"}]}),
+        ),
+        (
+            "resources/templates/list",
+            json!({"resourceTemplates": [{"uriTemplate": "file:///etc/{name}"}, {"uriTemplate": "file:///tmp/{name}"}]}),
+            json!({"resourceTemplates": [{"uriTemplate": "file:///tmp/{name}"}]}),
+        ),
+    ];
+    for (method, listed, shown) in lists {
+        let (verdict, _) = run(
+            &hide,
+            &session,
+            Direction::ServerToClient,
+            &response(1, listed),
+            Some(Method::from_name(method)),
+        )
+        .await;
+        let (kind, out) = json_of(&verdict);
+        assert_eq!((kind, &out["result"]), ("forward", &shown), "{method}");
+    }
+    let get = json!({"jsonrpc": "2.0", "id": 5, "method": "prompts/get", "params": {"name": "secret_plan"}});
+    let (verdict, _) = run(&hide, &session, Direction::ClientToServer, &get, None).await;
+    let (kind, out) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(out["error"]["code"], -32602);
+    assert_eq!(out["error"]["message"], "Unknown prompt: secret_plan");
+    for method in [
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+    ] {
+        let read = json!({"jsonrpc": "2.0", "id": 6, "method": method, "params": {"uri": "file:///etc/passwd"}});
+        let (verdict, _) = run(&hide, &session, Direction::ClientToServer, &read, None).await;
+        let (kind, out) = json_of(&verdict);
+        assert_eq!(kind, "respond", "{method}");
+        assert_eq!(out["error"]["code"], -32002, "{method}");
+        assert_eq!(out["error"]["message"], "Resource not found");
+        assert_eq!(out["error"]["data"]["uri"], "file:///etc/passwd");
+    }
+    let visible = json!({"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": "file:///tmp/x"}});
+    let (verdict, _) = run(&hide, &session, Direction::ClientToServer, &visible, None).await;
+    assert_eq!(json_of(&verdict), ("forward", visible.clone()));
+}
+
+/// `delay_between` holds each message for a time drawn between its bounds (paused clock: the
+/// time measured is the time slept).
+#[tokio::test(start_paused = true)]
+async fn delay_between_holds_each_message_within_its_bounds() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: jitter\n    match: {kind: request}\n    delay_between: {min: 10ms, max: 90ms}\n",
+    );
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let mut seen = std::collections::BTreeSet::new();
+    for id in 0..40 {
+        let started = tokio::time::Instant::now();
+        let (verdict, _) = run(
+            &rules,
+            &session,
+            Direction::ClientToServer,
+            &call(id, "t", json!({})),
+            None,
+        )
+        .await;
+        let held = started.elapsed();
+        assert_eq!(json_of(&verdict).0, "forward");
+        assert!(
+            held >= Duration::from_millis(10) && held <= Duration::from_millis(90),
+            "{held:?}"
+        );
+        seen.insert(held.as_millis());
+    }
+    assert!(seen.len() > 5, "not drawn: {seen:?}");
+}
+
+/// Hot reload sees a file replaced by rename, as editors save (twice: the second rename
+/// replaces the file the first one put there).
+#[test]
+fn rules_reload_when_the_file_is_replaced_by_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    let one = "version: 1\nrules:\n  - name: a\n    log: info\n";
+    std::fs::write(&path, one).unwrap();
+    let rules = Arc::new(Rules::load(&path, None).unwrap());
+    rules.watch().unwrap();
+    for count in [2usize, 3] {
+        let mut text = String::from("version: 1\nrules:\n");
+        for i in 0..count {
+            text += &["  - name: r", &i.to_string(), "\n    log: info\n"].concat();
+        }
+        let temporary = dir.path().join(".rules.yaml.swp");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        // At most 10 s, looking every 20 ms.
+        let mut looks = 0;
+        while rules.len() != count {
+            looks += 1;
+            assert!(looks < 500, "never reloaded {count}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

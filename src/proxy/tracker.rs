@@ -456,6 +456,16 @@ mod tests {
         let sessions = SessionManager::new(SessionConfig::default(), None);
         let tracker = RequestTracker::new(Arc::default(), sessions.clone());
         let session = sessions.create(TransportKind::Stdio, None).unwrap();
+        // A call in flight when the session starts closing.
+        assert!(matches!(
+            run(
+                &tracker,
+                &session,
+                Direction::ClientToServer,
+                r#"{"jsonrpc":"2.0","id":4,"method":"tools/call"}"#
+            ),
+            Verdict::Forward(_)
+        ));
         sessions.begin_closing(&session);
         let Verdict::Respond(answer) = run(
             &tracker,
@@ -472,5 +482,15 @@ mod tests {
         );
         // Answers to what is already in flight still pass.
         assert!(session.pending(Direction::ServerToClient).is_empty());
+        assert!(matches!(
+            run(
+                &tracker,
+                &session,
+                Direction::ServerToClient,
+                r#"{"jsonrpc":"2.0","id":4,"result":{}}"#
+            ),
+            Verdict::Forward(_)
+        ));
+        assert!(session.pending(Direction::ClientToServer).is_empty());
     }
 }

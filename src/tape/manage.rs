@@ -87,8 +87,8 @@ pub struct Listed {
     pub end: Option<String>,
 }
 
-/// The tapes (`*.jsonl`) in `dir`, newest first. A file that is not a tape is skipped with a
-/// warning.
+/// The tapes (`*.jsonl`) in `dir`, newest first. Other files are not looked at; a `*.jsonl`
+/// file that is not a tape is skipped with a warning.
 pub fn list(dir: &Path) -> anyhow::Result<Vec<Listed>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,

@@ -20,8 +20,23 @@ pub fn shadowcat() -> PathBuf {
 /// the user's data dir; the persistence tests choose their own `--data-dir`).
 pub fn command() -> Command {
     let mut cmd = Command::new(shadowcat());
-    cmd.env("SHADOWCAT_SESSION_STORE", "memory");
+    hermetic(&mut cmd);
     cmd
+}
+
+/// Keeps what `cmd` (shadowcat, or a peer that starts it) writes out of the user's own data
+/// directory: no session history, and a data directory of the tests' own (`target/tmp`). A
+/// test that wants history passes `--data-dir` and `--session-store sqlite` itself.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    cmd.env("SHADOWCAT_SESSION_STORE", "memory")
+        .env("SHADOWCAT_DATA_DIR", test_data_dir())
+}
+
+/// The data directory every test's shadowcat gets unless it names one.
+pub fn test_data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shadowcat-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The installed test peers (pinned Python SDK venvs): `target/test-env`, or
@@ -73,11 +88,62 @@ pub struct Proxy {
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+    stderr: Stderr,
+}
+
+/// A child's stderr, read to its end by a thread of its own.
+pub struct Stderr {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Disconnected when the reader has reached the end of the stream.
+    done: std::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Stderr {
+    /// Starts reading `stderr`; `on_line` sees each line first.
+    pub fn read(
+        stderr: impl std::io::Read + Send + 'static,
+        on_line: impl Fn(&str) + Send + 'static,
+    ) -> Self {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done) = mpsc::channel::<()>();
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            let _done = done_tx;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                on_line(&line);
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            lines,
+            done: std::sync::Mutex::new(done),
+        }
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the stream has ended (every writer has closed it), so that [`Self::text`]
+    /// is all there will ever be; fails the test after `wait`.
+    pub fn read_to_end(&self, wait: Duration) {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.done.lock().unwrap().recv_timeout(wait) {
+            panic!(
+                "stderr was still open {wait:?} after the process exited (something holds it):\n{}",
+                self.text()
+            );
+        }
+    }
 }
 
 /// Default wait for one message.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How soon a stream that should end must have ended (well under [`WAIT`], so an end is never
+/// confused with a read timing out).
+pub const ENDS_WITHIN: Duration = Duration::from_secs(5);
 
 impl Proxy {
     /// Starts `shadowcat [flags...] forward stdio [opts...] -- <server...>`.
@@ -115,17 +181,11 @@ impl Proxy {
                 }
             }
         });
-        let (etx, stderr_lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = etx.send(line);
-            }
-        });
         Self {
             stdin: child.stdin.take(),
             child,
             lines,
-            stderr: stderr_lines,
+            stderr: Stderr::read(stderr, |_| {}),
         }
     }
 
@@ -196,11 +256,14 @@ impl Proxy {
         self.stdin.take();
     }
 
-    /// Waits for the proxy to exit, at most `wait`.
+    /// Waits for the proxy to exit, at most `wait`, and then for its stderr to end, so that
+    /// [`Self::stderr_text`] has every line.
+    #[must_use = "assert the exit status"]
     pub fn wait_exit(&mut self, wait: Duration) -> ExitStatus {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.stderr.read_to_end(WAIT);
                 return status;
             }
             if Instant::now() > deadline {
@@ -214,9 +277,10 @@ impl Proxy {
         }
     }
 
-    /// Everything shadowcat (and the server) wrote to stderr so far.
+    /// Everything shadowcat (and the server) wrote to stderr so far (all of it after
+    /// [`Self::wait_exit`]).
     pub fn stderr_text(&self) -> String {
-        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+        self.stderr.text()
     }
 }
 
@@ -295,7 +359,7 @@ pub struct Gateway {
     pub child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
-    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Stderr,
 }
 
 impl Gateway {
@@ -323,21 +387,15 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn shadowcat reverse");
-        let stderr = child.stderr.take().unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        let keep = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line
-                    .split("listening on http://")
-                    .nth(1)
-                    .and_then(|rest| rest.split('/').next())
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                keep.lock().unwrap().push(line);
+        let tx = std::sync::Mutex::new(tx);
+        let stderr = Stderr::read(child.stderr.take().unwrap(), move |line| {
+            if let Some(addr) = line
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+            {
+                let _ = tx.lock().unwrap().send(addr.to_owned());
             }
         });
         let addr = match rx.recv_timeout(WAIT) {
@@ -346,14 +404,14 @@ impl Gateway {
                 let _ = child.kill();
                 panic!(
                     "shadowcat reverse did not start listening:\n{}",
-                    lines.lock().unwrap().join("\n")
+                    stderr.text()
                 );
             }
         };
         Self {
             child,
             addr,
-            stderr: lines,
+            stderr,
         }
     }
 
@@ -372,9 +430,10 @@ impl Gateway {
         format!("http://{}/mcp", self.addr)
     }
 
-    /// Everything the gateway (and its children) wrote to stderr so far.
+    /// Everything the gateway (and its children) wrote to stderr so far (all of it after
+    /// [`Self::wait_exit`]).
     pub fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr.text()
     }
 
     /// Sends SIGTERM.
@@ -385,11 +444,13 @@ impl Gateway {
         );
     }
 
-    /// Waits for the gateway to exit.
+    /// Waits for the gateway to exit, and then for its stderr to end.
+    #[must_use = "assert the exit status"]
     pub fn wait_exit(&mut self, wait: Duration) -> ExitStatus {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.stderr.read_to_end(WAIT);
                 return status;
             }
             assert!(
@@ -699,13 +760,42 @@ impl SseReader {
         }
     }
 
+    /// Reads one line into `line`: its length, 0 at the end of the stream (the connection
+    /// closed, or reset). Nothing for [`WAIT`] fails the test: a stream that neither sends nor
+    /// ends is never taken for one that ended.
+    fn read_line(&mut self, line: &mut String) -> usize {
+        match self.reader.read_line(line) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!(
+                "the SSE stream neither sent anything nor ended within {WAIT:?} ({e}); read so far: {line:?}"
+            ),
+        }
+    }
+
+    /// Reads the rest of the stream and asserts that it ends (the connection closes) within
+    /// `within`, and returns the messages it carried before that.
+    pub fn assert_ends_within(&mut self, within: Duration) -> Vec<Value> {
+        let started = Instant::now();
+        let mut messages = Vec::new();
+        while let Some(message) = self.next_message() {
+            messages.push(message);
+        }
+        assert!(
+            started.elapsed() <= within,
+            "the stream took {:?} to end, more than {within:?}",
+            started.elapsed()
+        );
+        messages
+    }
+
     /// The data of the next `endpoint` event (the 2024-11-05 transport's first event).
     pub fn next_endpoint(&mut self) -> Option<String> {
         let mut line = String::new();
         let mut endpoint = false;
         loop {
             line.clear();
-            if self.reader.read_line(&mut line).ok()? == 0 {
+            if self.read_line(&mut line) == 0 {
                 return None;
             }
             let trimmed = line.trim_end();
@@ -724,7 +814,7 @@ impl SseReader {
         let mut line = String::new();
         loop {
             line.clear();
-            if self.reader.read_line(&mut line).ok()? == 0 {
+            if self.read_line(&mut line) == 0 {
                 return (!block.is_empty()).then_some(block);
             }
             if line.trim_end().is_empty() {
@@ -748,7 +838,7 @@ impl SseReader {
         let mut id = None;
         loop {
             line.clear();
-            if self.reader.read_line(&mut line).ok()? == 0 {
+            if self.read_line(&mut line) == 0 {
                 return None;
             }
             let trimmed = line.trim_end();
@@ -771,7 +861,7 @@ impl SseReader {
         let mut line = String::new();
         loop {
             line.clear();
-            if self.reader.read_line(&mut line).ok()? == 0 {
+            if self.read_line(&mut line) == 0 {
                 return None;
             }
             if let Some(data) = line.trim_end().strip_prefix("data:") {
@@ -781,6 +871,45 @@ impl SseReader {
                 }
             }
         }
+    }
+}
+
+/// The first line `child` writes to its (piped) stdout, within [`WAIT`]: a peer that never
+/// reports its port fails the test instead of hanging it. The rest of its stdout is drained.
+pub fn first_line(child: &mut Child, what: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep reading, so the peer never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(line) if !line.is_empty() => line,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} wrote no line to stdout within {WAIT:?}");
+        }
+    }
+}
+
+/// Waits for `child` to exit, at most `wait`; kills it and fails the test after that.
+pub fn wait_within(child: &mut Child, wait: Duration) -> ExitStatus {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -807,10 +936,7 @@ impl HttpFixture {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e} (cargo build --examples)", path.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = first_line(&mut child, "the HTTP fixture");
         let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
         Self {
             child,

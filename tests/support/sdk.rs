@@ -2,7 +2,6 @@
 //! (tests/peers/sdk_client.py), whose one-line summary of a session must be the same whatever
 //! sits in between.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use super::{peers, python};
@@ -42,10 +41,7 @@ impl HttpServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the SDK server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_line(&mut child, "the SDK server");
         let port = line
             .strip_prefix("PORT ")
             .and_then(|p| p.trim().parse::<u16>().ok())
@@ -75,6 +71,8 @@ pub enum Target<'a> {
 
 pub fn run_client(sdk: &str, mode: Option<&str>, target: Target<'_>, sampling: bool) -> String {
     let mut cmd = Command::new(python(sdk));
+    // It may start shadowcat (`Target::Stdio`), which inherits this.
+    super::hermetic(&mut cmd);
     cmd.arg(peers().join("sdk_client.py"));
     if let Some(mode) = mode {
         cmd.args(["--mode", mode]);

@@ -223,7 +223,124 @@ fn error_responses_round_trip_through_the_parser() {
     assert_eq!(again.id(), Some(&RequestId::from("r1")));
 }
 
+/// A valid JSON-RPC message of any kind, with a params tree of strings, numbers and nesting.
+fn valid_message() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        "[ -~é\u{1F600}]{0,12}".prop_map(|s| serde_json::json!(s)),
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(|b| serde_json::json!(b)),
+    ];
+    let tree = leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z_]{1,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let params = proptest::collection::btree_map("[a-z_]{1,6}", tree, 0..4)
+        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()));
+    (0..4u8, any::<i64>(), "[a-z/_]{1,20}", params).prop_map(|(kind, id, method, params)| {
+        let v = match kind {
+            0 => serde_json::json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
+            1 => serde_json::json!({"jsonrpc":"2.0","method":method,"params":params}),
+            2 => serde_json::json!({"jsonrpc":"2.0","id":id,"result":params}),
+            _ => serde_json::json!({"jsonrpc":"2.0","id":id,"error":{"code":-1,"message":"m","data":params}}),
+        };
+        v.to_string()
+    })
+}
+
+/// How a valid line is broken.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Cut off after this many bytes.
+    Truncate(usize),
+    /// One byte at this position XORed with this mask.
+    Flip(usize, u8),
+    /// The member at this position said twice (`"id":…`, `"method":…` or `"jsonrpc":…`).
+    Duplicate(usize),
+    /// The params wrapped in this many arrays.
+    Nest(usize),
+    /// A byte that is not UTF-8 put into the text at this position.
+    NotUtf8(usize, u8),
+}
+
+fn mutation() -> impl proptest::strategy::Strategy<Value = Mutation> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), 1..=255u8).prop_map(|(at, mask)| Mutation::Flip(at, mask)),
+        (0..3usize).prop_map(Mutation::Duplicate),
+        (90..110usize).prop_map(Mutation::Nest),
+        (
+            any::<usize>(),
+            prop_oneof![Just(0xffu8), Just(0xc0), Just(0x80), Just(0xf5)]
+        )
+            .prop_map(|(at, b)| Mutation::NotUtf8(at, b)),
+    ]
+}
+
+fn mutate(line: &str, how: &Mutation) -> Vec<u8> {
+    let mut bytes = line.as_bytes().to_vec();
+    match *how {
+        Mutation::Truncate(at) => bytes.truncate(at % bytes.len()),
+        Mutation::Flip(at, mask) => {
+            let at = at % bytes.len();
+            bytes[at] ^= mask;
+        }
+        Mutation::Duplicate(which) => {
+            let member = [r#""id":7,"#, r#""method":"ping","#, r#""jsonrpc":"2.0","#][which];
+            bytes.splice(1..1, member.bytes());
+        }
+        Mutation::Nest(depth) => {
+            let text = line.replacen(
+                r#""params":"#,
+                &format!(r#""params":{{"x":{}"#, "[".repeat(depth)),
+                1,
+            );
+            // Close what was opened just before the params' own end (the message's last `}`).
+            let end = text.len() - 1;
+            bytes = format!("{}{}}}}}", &text[..end], "]".repeat(depth)).into_bytes();
+        }
+        Mutation::NotUtf8(at, byte) => {
+            let at = at % bytes.len();
+            bytes.insert(at, byte);
+        }
+    }
+    bytes
+}
+
+/// Arrays and objects open at the deepest point of `value` (the value itself counted).
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// What the envelope lets through, every stage can read: a broken valid line is either
+    /// refused, or is UTF-8 JSON no deeper than the limit whose id and method are the ones the
+    /// envelope read (so a rule reading the tree sees the same message the proxy routes).
+    #[test]
+    fn a_broken_valid_line_is_refused_or_readable_by_every_stage(line in valid_message(), how in mutation()) {
+        let bytes = mutate(&line, &how);
+        let Ok(Frame::Single(msg)) = Message::parse_frame(Bytes::from(bytes.clone())) else {
+            return Ok(());
+        };
+        proptest::prop_assert!(std::str::from_utf8(&bytes).is_ok(), "not UTF-8 let through: {how:?}");
+        let tree: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("let through, but not JSON ({e}): {how:?}")))?;
+        proptest::prop_assert!(depth(&tree) <= MAX_NESTING, "{} deep let through", depth(&tree));
+        let id = tree.get("id").map(|id| RequestId::from_raw(&serde_json::value::to_raw_value(id).unwrap()));
+        proptest::prop_assert_eq!(msg.id().cloned(), id.and_then(Result::ok));
+        proptest::prop_assert_eq!(msg.method().map(|m| m.as_str().to_owned()), tree.get("method").and_then(|m| m.as_str()).map(str::to_owned));
+    }
+
     #[test]
     fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
         let _ = Message::parse_frame(Bytes::from(bytes));

@@ -179,6 +179,44 @@ pub(super) fn refuse_to(status: StatusCode, message: String, id: Option<&Request
     json_response(status, error.to_response(id))
 }
 
+/// How a request that needed a new session is refused when it cannot have one: 503 with
+/// `Retry-After` at `--max-sessions`, 429 at the client's own cap, 503 while shutting down
+/// (the JSON-RPC error says which, and carries `httpStatus`). One answer for every endpoint
+/// that opens sessions (`POST /mcp`, `GET /sse`).
+pub(super) fn refuse_open(e: &super::gateway::OpenError, id: Option<&RequestId>) -> Response {
+    use super::gateway::OpenError;
+    let (status, code, message) = match e {
+        OpenError::Sessions(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            format!("Service Unavailable: {e}"),
+        ),
+        OpenError::ClientSessions { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManySessions,
+            format!("Too Many Requests: {e}"),
+        ),
+        OpenError::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown,
+            format!("Service Unavailable: {e}"),
+        ),
+    };
+    let mut error = ProxyError::new(code, message).with("httpStatus", status.as_u16());
+    if let OpenError::Sessions(crate::session::SessionError::TooManySessions { limit })
+    | OpenError::ClientSessions { limit } = e
+    {
+        error = error.with("limit", *limit);
+    }
+    let mut response = json_response(status, error.to_response(id));
+    if matches!(e, OpenError::Sessions(_)) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
 pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = (status, body).into_response();
     response

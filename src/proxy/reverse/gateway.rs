@@ -71,14 +71,6 @@ pub enum OpenError {
     /// The session manager is full.
     #[error(transparent)]
     Sessions(#[from] SessionError),
-    /// The server command could not be started.
-    #[error("cannot start the MCP server {program:?}: {source}")]
-    Spawn {
-        /// The command.
-        program: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The gateway is shutting down.
     #[error("shadowcat is shutting down")]
     ShuttingDown,

@@ -19,10 +19,10 @@ use serde::Deserialize;
 
 use crate::protocol::{Direction, Frame, RequestId};
 use crate::proxy::Verdict;
-use crate::session::{EndReason, SessionError, SessionId, TransportKind};
+use crate::session::{EndReason, SessionId, TransportKind};
 
 use super::checks::{check_content_type, client_of, read_frame, refuse};
-use super::gateway::{Gateway, LinkUpstream, OpenError};
+use super::gateway::{Gateway, LinkUpstream};
 use super::listen::{Ends, live_body, sse_response};
 use super::stream;
 
@@ -46,24 +46,7 @@ pub async fn open(
     );
     let link = match gateway.open_session(TransportKind::Sse, client) {
         Ok(link) => link,
-        Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
-                ),
-            );
-        }
-        Err(e @ OpenError::ClientSessions { .. }) => {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too Many Requests: {e}"),
-            );
-        }
-        Err(e) => {
-            tracing::error!(%e, "cannot open a session");
-            return refuse(StatusCode::BAD_GATEWAY, format!("Bad Gateway: {e}"));
-        }
+        Err(e) => return super::checks::refuse_open(&e, None),
     };
     link.router.use_legacy_stream();
     let Some(events) = link.router.events().cloned() else {

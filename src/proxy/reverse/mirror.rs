@@ -243,10 +243,22 @@ fn check_name(
 /// version header belongs to the requests after the handshake, and a dual-era server reads one
 /// on `initialize` (say `2026-07-28`, which the client asked for) as a stateless request.
 pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
     if msg.method() == Some(&crate::protocol::Method::Initialize) {
-        return headers;
+        return HeaderMap::new();
     }
+    stateless_headers(msg).unwrap_or_else(|| {
+        let mut headers = HeaderMap::new();
+        if let Some(version) = negotiated {
+            headers.insert(MCP_PROTOCOL_VERSION, version);
+        }
+        headers
+    })
+}
+
+/// The headers that mirror `msg`'s body in the stateless era, if the body is of that era (its
+/// `_meta` names the protocol version): `MCP-Protocol-Version`, and for requests `Mcp-Method`
+/// and `Mcp-Name` (encoded when not header-safe).
+fn stateless_headers(msg: &Message) -> Option<HeaderMap> {
     let params =
         if memchr::memmem::find(msg.raw(), b"io.modelcontextprotocol/protocolVersion").is_some() {
             serde_json::from_slice::<Body<'_>>(msg.raw())
@@ -255,17 +267,12 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
         } else {
             None
         };
-    let modern = text(params.as_ref().and_then(|p| p.meta.as_ref()?.version))
-        .and_then(|v| HeaderValue::from_str(&v).ok());
-    let Some(version) = modern else {
-        if let Some(version) = negotiated {
-            headers.insert(MCP_PROTOCOL_VERSION, version);
-        }
-        return headers;
-    };
+    let version = text(params.as_ref().and_then(|p| p.meta.as_ref()?.version))
+        .and_then(|v| HeaderValue::from_str(&v).ok())?;
+    let mut headers = HeaderMap::new();
     headers.insert(MCP_PROTOCOL_VERSION, version);
     let (Some(method), Kind::Request) = (msg.method(), msg.kind()) else {
-        return headers;
+        return Some(headers);
     };
     if let Ok(value) = HeaderValue::from_str(method.as_str()) {
         headers.insert(MCP_METHOD, value);
@@ -278,7 +285,7 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
     if let Some(value) = name.and_then(|n| HeaderValue::from_str(&encode_sentinel(&n)).ok()) {
         headers.insert(MCP_NAME, value);
     }
-    headers
+    Some(headers)
 }
 
 /// The headers sent upstream with `msg` for a client that sent `client`: theirs that MCP defines
@@ -288,8 +295,9 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
 /// Before the stateless era, which defines them, none of the mirrored headers go (nor the
 /// client's `Mcp-Param-*`).
 pub fn upstream_headers(client: &HeaderMap, msg: &Message) -> HeaderMap {
-    let made = headers_for(msg, None);
-    let modern = made.contains_key(&MCP_PROTOCOL_VERSION);
+    let made = stateless_headers(msg);
+    let modern = made.is_some();
+    let made = made.unwrap_or_default();
     let mut headers = HeaderMap::with_capacity(client.len().min(8) + made.len());
     for (name, value) in client {
         let mirrored = name == MCP_METHOD
@@ -663,6 +671,11 @@ mod tests {
         let h = upstream_headers(&sent, &old);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+        // A stateless-era initialize (which a server of that era refuses) says what it is too.
+        let init = request(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        assert_eq!(upstream_headers(&sent, &init)["mcp-method"], "initialize");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Kind, Message, Method, RequestId, version};
 use crate::ratelimit::Refusal;
-use crate::session::{EndReason, SessionError};
+use crate::session::EndReason;
 use crate::transport::http::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::transport::serve::ClientCounts;
 use crate::transport::sse;
@@ -33,7 +33,7 @@ use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
 use super::checks::{
     accepts, check_content_type, client_of, cors, guard, json_response, method_not_allowed,
-    read_frame, refuse, refuse_to, session_of,
+    read_frame, refuse, session_of,
 };
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
@@ -188,41 +188,11 @@ async fn post(
         match opened {
             // The shared child's session is not this request's to end.
             Ok(link) => (link, !shared),
-            Err(OpenError::Sessions(SessionError::TooManySessions { limit })) => {
-                let mut response = refuse_to(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "Service Unavailable: {limit} sessions are open and none is idle (--max-sessions)"
-                    ),
-                    only_id.as_ref(),
-                );
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
-            }
-            Err(e @ OpenError::ClientSessions { limit }) => {
-                let error = ProxyError::new(
-                    ErrorCode::TooManySessions,
-                    format!("Too Many Requests: {e}"),
-                )
-                .with("limit", limit)
-                .with("httpStatus", 429);
-                return json_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    error.to_response(only_id.as_ref()),
-                );
-            }
-            Err(e @ OpenError::ShuttingDown) => {
-                let error =
-                    ProxyError::new(ErrorCode::ShuttingDown, e.to_string()).with("httpStatus", 503);
-                return json_response(StatusCode::SERVICE_UNAVAILABLE, error.to_response(None));
-            }
             Err(e) => {
-                tracing::error!(%e, "cannot open a session");
-                let error = ProxyError::new(ErrorCode::UpstreamExited, e.to_string())
-                    .with("httpStatus", 502);
-                return json_response(StatusCode::BAD_GATEWAY, error.to_response(None));
+                if let OpenError::Sessions(_) = e {
+                    tracing::warn!(%e, "cannot open a session");
+                }
+                return super::checks::refuse_open(&e, only_id.as_ref());
             }
         }
     } else {
@@ -432,7 +402,15 @@ async fn post(
             }
         }
         if let (Some((status, content_type, body)), true) = (rejected, answers.is_empty()) {
-            return passthrough(&gateway, &link, false, status, content_type.as_ref(), body);
+            return passthrough(
+                &gateway,
+                &link,
+                false,
+                status,
+                content_type.as_ref(),
+                body,
+                only_id.as_ref(),
+            );
         }
         if answers.is_empty() {
             return StatusCode::ACCEPTED.into_response();
@@ -505,6 +483,7 @@ async fn post(
                     status,
                     content_type.as_ref(),
                     body,
+                    only_id.as_ref(),
                 );
             }
             Arrival::Rejected { .. } | Arrival::Cancelled => {}
@@ -620,7 +599,8 @@ fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> B
 }
 
 /// The upstream refused the POST's only message: its status and body go to the client as they
-/// are. A 404 means the upstream lost the session, so ours ends too and the client starts over.
+/// are (a body that is no JSON-RPC error becomes -32088 answering `id`). A 404 means the
+/// upstream lost the session, so ours ends too and the client starts over.
 fn passthrough(
     gateway: &Gateway,
     link: &SessionLink,
@@ -628,6 +608,7 @@ fn passthrough(
     status: StatusCode,
     content_type: Option<&HeaderValue>,
     body: Bytes,
+    id: Option<&RequestId>,
 ) -> Response {
     if new_session {
         // The upstream refused to initialize: no session.
@@ -652,7 +633,7 @@ fn passthrough(
         "body",
         String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
     );
-    json_response(status, error.to_response(None))
+    json_response(status, error.to_response(id))
 }
 
 /// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
