@@ -348,3 +348,26 @@ fn the_environment_beats_the_config_file() {
     let from_flag = answer_with(Some("1KiB"), Some("1MiB"));
     assert!(from_flag.get("result").is_some(), "{from_flag}");
 }
+
+/// Every error code docs/errors.md lists is produced by shadowcat in some test through the real
+/// binary (these files assert its number), so the table cannot promise what nothing checks.
+#[test]
+fn every_documented_error_code_is_asserted_by_an_end_to_end_test() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("cli.rs") {
+            text += &std::fs::read_to_string(&path).unwrap();
+        }
+    }
+    let missing: Vec<String> = shadowcat::protocol::ErrorCode::ALL
+        .iter()
+        .map(|code| code.code().to_string())
+        .filter(|code| !text.contains(code.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no end-to-end test asserts these documented codes: {missing:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The official Rust SDK (`rmcp`, pinned) as the client, through `shadowcat forward stdio`: its
 //! whole session (era detection, initialize, tools/list, tools/call, a server→client sampling
-//! request it answers with an error) must look the same with and without shadowcat.
+//! request it answers with an error) must look the same with and without shadowcat. And as the
+//! server (`examples/rmcp_server.rs`): an rmcp client and an rmcp server, through shadowcat.
 
 // Test code: panics are the failure report.
 #![allow(
@@ -73,13 +74,18 @@ async fn session(command: Command) -> Value {
     })
 }
 
+/// `shadowcat forward stdio -- <server>`.
+fn through_shadowcat(server: &std::path::Path) -> Command {
+    let mut proxied = Command::from(support::command());
+    proxied.args(["forward", "stdio", "--"]).arg(server);
+    proxied
+}
+
 #[tokio::test]
 async fn an_rmcp_client_sees_the_same_session_through_shadowcat() {
     let fixture = support::fixture();
     let direct = session(Command::new(&fixture)).await;
-    let mut proxied = Command::from(support::command());
-    proxied.args(["forward", "stdio", "--"]).arg(&fixture);
-    let proxied = session(proxied).await;
+    let proxied = session(through_shadowcat(&fixture)).await;
     assert_eq!(
         direct["echo"]["content"][0]["text"], "through rmcp",
         "{direct}"
@@ -123,4 +129,67 @@ async fn an_rmcp_client_reaches_a_python_http_server_through_the_bridge() {
     assert_eq!(direct["echo"]["content"][0]["text"], "bridged", "{direct}");
     assert!(direct["tools"].as_array().unwrap().len() > 3, "{direct}");
     assert_eq!(direct, bridged);
+}
+
+/// An rmcp client against the rmcp server (`examples/rmcp_server.rs`): tools, prompts and
+/// resources, the same with and without `shadowcat forward stdio` between them.
+async fn rmcp_to_rmcp(command: Command) -> Value {
+    use rmcp::model::{GetPromptRequestParams, ReadResourceRequestParams};
+    let (client, info, tools) = connect(command).await;
+    let echo = echo(&client, "rust to rust").await;
+    let add = client
+        .call_tool(CallToolRequestParams::new("add").with_arguments(args(json!({"a": 40, "b": 2}))))
+        .await
+        .unwrap();
+    let prompts = client.list_all_prompts().await.unwrap();
+    let greeting = client
+        .get_prompt(
+            GetPromptRequestParams::new("greet").with_arguments(args(json!({"name": "Ada"}))),
+        )
+        .await
+        .unwrap();
+    let resources = client.list_all_resources().await.unwrap();
+    let memo = client
+        .read_resource(ReadResourceRequestParams::new("memo://greeting"))
+        .await
+        .unwrap();
+    client.cancel().await.unwrap();
+    json!({
+        "info": info,
+        "tools": tools,
+        "echo": echo,
+        "add": serde_json::to_value(&add).unwrap(),
+        "prompts": serde_json::to_value(&prompts).unwrap(),
+        "greeting": serde_json::to_value(&greeting).unwrap(),
+        "resources": serde_json::to_value(&resources).unwrap(),
+        "memo": serde_json::to_value(&memo).unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn an_rmcp_client_and_an_rmcp_server_see_the_same_session_through_shadowcat() {
+    let server = support::rmcp_server();
+    let direct = rmcp_to_rmcp(Command::new(&server)).await;
+    let proxied = rmcp_to_rmcp(through_shadowcat(&server)).await;
+    assert_eq!(
+        direct["info"]["serverInfo"]["name"], "rmcp-example-server",
+        "{direct}"
+    );
+    assert_eq!(direct["tools"], json!(["add", "echo"]), "{direct}");
+    assert_eq!(
+        direct["echo"]["content"][0]["text"], "rust to rust",
+        "{direct}"
+    );
+    assert_eq!(direct["add"]["content"][0]["text"], "42", "{direct}");
+    assert!(
+        direct["greeting"].to_string().contains("Please greet Ada."),
+        "{direct}"
+    );
+    assert!(
+        direct["memo"]
+            .to_string()
+            .contains("Hello from the rmcp example server."),
+        "{direct}"
+    );
+    assert_eq!(direct, proxied, "different through shadowcat");
 }

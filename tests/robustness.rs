@@ -175,6 +175,7 @@ fn refused(streams: &mut [TcpStream]) -> usize {
                     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
                     assert!(text.contains("too many open connections"), "{text}");
+                    assert!(text.contains("-32603"), "{text}");
                     true
                 }
                 Ok(_) => true,

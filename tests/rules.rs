@@ -334,6 +334,9 @@ rules:
   - name: watch-echoes
     match: {tool: echo}
     log: {level: warn, message: an echo went through}
+  - name: no-system-files
+    match: {resource: "file:///etc/*"}
+    hide: true
 "#;
 
 /// `--rules` on `reverse`: a block answers the call with -32091, a rule's `rate_limit` is a 429
@@ -375,6 +378,14 @@ fn rules_apply_at_the_gateway() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // A hidden resource is one the server does not have (the fixture has none: the answer is
+    // the gateway's).
+    let read = gw.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"file:///etc/passwd"}}),
+    );
+    assert_eq!(read.json()["error"]["code"], -32002, "{read:?}");
+    assert_eq!(read.json()["error"]["data"]["uri"], "file:///etc/passwd");
     // The log line of the one echo that went through.
     let logged: Vec<Value> = gw
         .stderr_text()

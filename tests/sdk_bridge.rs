@@ -98,13 +98,7 @@ fn a_legacy_sse_server() {
 fn a_restarted_server_gets_the_session_back_without_the_client_noticing() {
     use serde_json::json;
     let server = HttpServer::start("2.3.0", &[]);
-    let port = server
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .unwrap()
-        .to_owned();
+    let port = server.port();
     let mut cmd = support::command();
     cmd.args(["forward", "stdio", "--url", &server.url]);
     let mut proxy = support::Proxy::spawn(cmd);

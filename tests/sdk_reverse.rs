@@ -228,3 +228,91 @@ fn streamable_http_clients_reach_a_legacy_sse_upstream() {
         "the probe's finding is logged"
     );
 }
+
+/// `@modelcontextprotocol/server-everything` (the reference server, on Node) as the command
+/// behind the gateway, as the README shows: both SDKs' clients get what they get from it over
+/// stdio directly.
+#[test]
+fn server_everything_behind_the_gateway() {
+    let entry =
+        support::peers().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        entry.exists(),
+        "{} is missing: run scripts/test.sh",
+        entry.display()
+    );
+    let command = vec![
+        "node".to_owned(),
+        entry.display().to_string(),
+        "stdio".to_owned(),
+    ];
+    let mut opts: Vec<&str> = vec!["--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Stdio(&command), false);
+        let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), false);
+        check_summary(&proxied, false);
+        assert_eq!(
+            direct, proxied,
+            "client {sdk} {mode:?} vs server-everything: different through shadowcat"
+        );
+    }
+}
+
+/// The Python SDK's HTTP server is killed and started again (same port) mid-session: it has
+/// forgotten the session. The gateway re-establishes it there (the client's handshake
+/// replayed) and the client's next calls succeed under the session id it already has.
+#[test]
+fn a_restarted_sdk_server_gets_the_gateways_session_back() {
+    use serde_json::json;
+    let server = HttpServer::start("2.3.0", &[]);
+    let port = server.port();
+    let gateway = Gateway::start(&["--upstream", &server.url]);
+    let session = gateway.initialize();
+    let echo = |id: i64, text: &str| {
+        let r = gateway.post(
+            Some(&session),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let answer = r
+            .messages()
+            .into_iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer: {r:?}"));
+        assert_eq!(answer["result"]["content"][0]["text"], text, "{answer}");
+    };
+    echo(1, "before");
+    drop(server);
+    let _server = HttpServer::start("2.3.0", &["--port", &port]);
+    echo(2, "after the restart");
+    echo(3, "and after that");
+    assert!(
+        gateway.stderr_text().contains("re-established it"),
+        "{}",
+        gateway.stderr_text()
+    );
+}
+
+/// A server made with the official Rust SDK (`examples/rmcp_server.rs`) as the command behind
+/// the gateway: both Python SDK clients get what they get from it over stdio directly.
+#[test]
+fn an_rmcp_server_behind_the_gateway() {
+    let command = vec![support::rmcp_server().display().to_string()];
+    let gateway = Gateway::start(&["--", &command[0]]);
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Stdio(&command), false);
+        let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), false);
+        check_summary(&proxied, false);
+        let summary: serde_json::Value = serde_json::from_str(&proxied).unwrap();
+        assert_eq!(
+            summary["calls"]["add"]["content"][0]["text"], "42",
+            "{proxied}"
+        );
+        assert_eq!(
+            direct, proxied,
+            "client {sdk} {mode:?} vs the rmcp server: different through shadowcat"
+        );
+    }
+}

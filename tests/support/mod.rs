@@ -83,6 +83,17 @@ pub fn fixture() -> PathBuf {
     path
 }
 
+/// The MCP server built with the official Rust SDK (`examples/rmcp_server.rs`).
+pub fn rmcp_server() -> PathBuf {
+    let path = fixture().with_file_name("rmcp_server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --examples` (cargo test does)",
+        path.display()
+    );
+    path
+}
+
 /// A running `shadowcat forward stdio` with its stdio in our hands.
 pub struct Proxy {
     pub child: Child,

@@ -53,6 +53,18 @@ impl HttpServer {
     }
 }
 
+impl HttpServer {
+    /// The port it listens on (to start another on the same one, as a restart would).
+    pub fn port(&self) -> String {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .expect("a port in the URL")
+            .to_owned()
+    }
+}
+
 impl Drop for HttpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
