@@ -259,14 +259,18 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
 /// `_meta` names the protocol version): `MCP-Protocol-Version`, and for requests `Mcp-Method`
 /// and `Mcp-Name` (encoded when not header-safe).
 fn stateless_headers(msg: &Message) -> Option<HeaderMap> {
-    let params =
-        if memchr::memmem::find(msg.raw(), b"io.modelcontextprotocol/protocolVersion").is_some() {
-            serde_json::from_slice::<Body<'_>>(msg.raw())
-                .ok()
-                .and_then(|b| b.params)
-        } else {
-            None
-        };
+    // Built once: setting up a search for this needle costs more than most searches.
+    static VERSION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| {
+            memchr::memmem::Finder::new(b"io.modelcontextprotocol/protocolVersion")
+        });
+    let params = if VERSION.find(msg.raw()).is_some() {
+        serde_json::from_slice::<Body<'_>>(msg.raw())
+            .ok()
+            .and_then(|b| b.params)
+    } else {
+        None
+    };
     let version = text(params.as_ref().and_then(|p| p.meta.as_ref()?.version))
         .and_then(|v| HeaderValue::from_str(&v).ok())?;
     let mut headers = HeaderMap::new();
