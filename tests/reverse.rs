@@ -1205,8 +1205,8 @@ fn initialize_inside_a_batch_is_refused_with_400() {
 }
 
 /// A request that arrives while the gateway shuts down is refused with 503 and -32085
-/// (docs/errors.md): its headers came before the SIGTERM (so shutdown waits for it), its body
-/// after.
+/// (docs/errors.md): its handler was reading the body before the SIGTERM (so shutdown waits
+/// for it), and the body came after.
 #[test]
 fn a_request_arriving_during_shutdown_gets_503_shutting_down() {
     use std::io::{Read as _, Write as _};
@@ -1216,22 +1216,35 @@ fn a_request_arriving_during_shutdown_gets_503_shutting_down() {
         "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"late","version":"1"}}})
     .to_string();
     let mut late = std::net::TcpStream::connect(&gw.addr).unwrap();
+    late.set_read_timeout(Some(support::WAIT)).unwrap();
+    // `Expect: 100-continue`: the "100 Continue" says the handler is reading the body.
     write!(
         late,
-        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         gw.addr,
         body.len(),
-        &body[..10]
     )
     .unwrap();
-    // The headers are in: the handler is reading the body.
-    std::thread::sleep(Duration::from_millis(100));
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            late.read(&mut byte).unwrap(),
+            1,
+            "closed before 100 Continue"
+        );
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     gw.terminate();
     wait_until("shutdown began", || {
         gw.stderr_text().contains("shutting down")
     });
-    late.write_all(&body.as_bytes()[10..]).unwrap();
-    late.set_read_timeout(Some(support::WAIT)).unwrap();
+    late.write_all(body.as_bytes()).unwrap();
     let mut raw = Vec::new();
     let _ = late.read_to_end(&mut raw);
     let r = support::parse_response(&raw);
