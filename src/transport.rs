@@ -23,5 +23,9 @@ pub mod sse;
 pub mod stdio;
 pub mod writer;
 
+/// How long a process group is given after SIGTERM before SIGKILL, by a shutdown
+/// ([`child`]) and by the [`reaper`] alike.
+pub const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Default bound on one message, in bytes (`--max-message-size`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;

@@ -24,8 +24,7 @@ use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 pub const STDERR_TAIL_LINES: usize = 20;
 /// Longest stderr line kept (longer ones are cut), in bytes.
 const STDERR_LINE_MAX: usize = 1024;
-/// How long to wait after SIGTERM before SIGKILL.
-pub const KILL_GRACE: Duration = Duration::from_secs(2);
+pub use super::KILL_GRACE;
 
 /// What to run.
 #[derive(Debug, Clone)]

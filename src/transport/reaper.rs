@@ -1,6 +1,6 @@
 //! The reaper: children's process groups do not outlive us, however we end.
 //!
-//! A graceful exit shuts every child down ([`super::child`]), but a SIGKILL (the OOM killer, a
+//! A graceful exit shuts every child down (`transport::child`), but a SIGKILL (the OOM killer, a
 //! supervisor's `kill -9`, a crashing host) gives us no chance to. Linux's `PR_SET_PDEATHSIG`
 //! would need code between `fork` and `exec`, which this crate does not run (no `unsafe`), and it
 //! covers the leader only, not the rest of its group. So the binary starts one helper process,
@@ -8,12 +8,13 @@
 //! Ctrl-C does not reach it). We tell it over a pipe which process groups we own (`+pgid`) and
 //! which we are done with (`-pgid`). The write end of that pipe is ours alone (close-on-exec, so
 //! no child inherits it); when we end, by any means, the reaper reads end-of-file, sends SIGTERM to
-//! every group still listed, SIGKILL after [`super::child::KILL_GRACE`] to what is left, and exits.
+//! every group still listed, SIGKILL after [`super::KILL_GRACE`] to what is left, and exits.
 //! After a clean exit the list is empty and it exits at once.
 //!
 //! The reaper is started the first time a child is, and only in the binary ([`enable`]): a library
 //! user or a test harness has no `__reaper` mode, and its children are then shut down only by
-//! [`super::child`] itself.
+//! `transport::child` itself (which calls [`register`] and [`release`]; this module does not
+//! know it).
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -133,7 +134,7 @@ fn reap(groups: &BTreeSet<i32>) {
     }
     // No clock is needed for so coarse a wait (and this process runs no runtime): look every
     // 50 ms, as many times as fit in the grace period.
-    for _ in 0..super::child::KILL_GRACE.as_millis() / LOOK.as_millis() {
+    for _ in 0..super::KILL_GRACE.as_millis() / LOOK.as_millis() {
         if !groups.iter().any(alive) {
             break;
         }
