@@ -236,14 +236,37 @@ impl Rules {
             let Some(rule) = loaded.set.rules.get(i as usize) else {
                 continue;
             };
-            if !rule.when.matches(s) {
-                continue;
+            // What was asked of the body before this rule is not this rule's to answer for.
+            s.take_missed();
+            let matched = rule.when.matches(s);
+            let effect = if matched {
+                rule.action.effect(&rule.name, s)
+            } else {
+                Effect::None
+            };
+            let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
+            if let Some(why) = s.take_missed().map(str::to_owned) {
+                // The rule needed the message's JSON and could not read it: it cannot be
+                // decided, so the message is refused rather than let through unread.
+                tracing::warn!(
+                    rule = %rule.name,
+                    reason = %why,
+                    audit,
+                    "a rule needs the message's JSON and cannot read it: the message is refused"
+                );
+                let effect = action::unreadable(&rule.name, &why, s);
+                observe(rule, &effect, audit, s);
+                if audit {
+                    continue;
+                }
+                return Walk {
+                    end: Some(effect),
+                    wait,
+                };
             }
-            let effect = rule.action.effect(&rule.name, s);
             if matches!(effect, Effect::None) {
                 continue;
             }
-            let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
             observe(rule, &effect, audit, s);
             if audit {
                 continue;

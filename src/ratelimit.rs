@@ -243,7 +243,10 @@ impl Limit {
             else {
                 return Ok(());
             };
-            if !spec.tools.is_empty() && !spec.tools.iter().any(|g| g.is_match(name)) {
+            if !spec.tools.is_empty()
+                && name != UNREADABLE_TOOL
+                && !spec.tools.iter().any(|g| g.is_match(name))
+            {
                 return Ok(());
             }
             tool = Some(name);
@@ -285,6 +288,11 @@ impl Limit {
     }
 }
 
+/// What a `tools/call` whose name cannot be read is counted as: a tool every tool condition
+/// takes in, so that no limit is dodged by being unreadable (fails closed). No MCP tool is
+/// named by the empty string.
+const UNREADABLE_TOOL: &str = "";
+
 /// The tool a `tools/call` names, as the server will read it (`None` for anything else).
 fn tool_name(msg: &Message, method: &Method) -> Option<String> {
     if *method != Method::ToolsCall {
@@ -293,10 +301,12 @@ fn tool_name(msg: &Message, method: &Method) -> Option<String> {
     match msg.param_str("name") {
         Ok(name) => name,
         // A repeated member: the last one wins, as in the server's reader.
-        Err(()) => msg
-            .params_bytes()
-            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-            .and_then(|p| p.get("name")?.as_str().map(str::to_owned)),
+        Err(()) => match msg.params_bytes().map(serde_json::from_slice::<Value>) {
+            Some(Ok(params)) => params.get("name")?.as_str().map(str::to_owned),
+            // Valid JSON no tree holds (`1e999` beside the names).
+            Some(Err(_)) => Some(UNREADABLE_TOOL.to_owned()),
+            None => None,
+        },
     }
 }
 

@@ -370,8 +370,9 @@ fn rules_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Finding 4: a message a rule or redaction would have to read, and could not (nested deeper
-/// than any tree, or with a byte that is not UTF-8 in a member the envelope skips), is refused
-/// to its sender and neither forwarded nor recorded: the rule's stage fails closed.
+/// than any tree, a byte that is not UTF-8 in a member the envelope skips, a number beyond a
+/// double's range, an escaped lone surrogate), is refused to its sender and neither forwarded
+/// nor recorded: the rule's stage fails closed.
 #[test]
 fn what_rules_and_redaction_cannot_read_is_refused_not_let_through() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,6 +413,21 @@ fn what_rules_and_redaction_cannot_read_is_refused_not_let_through() {
     let answer = proxy.recv();
     assert_eq!(answer["id"], 3, "{answer}");
     assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // Valid JSON that no tree holds beside the argument the rule reads (a number beyond a
+    // double's range; an escaped lone surrogate): the rule cannot read it, so it refuses it.
+    for (id, extra) in [(5, r#""n":1e999"#), (6, r#""pad":"\ud800""#)] {
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"s3cret",{extra}}}}}}}"#
+        );
+        proxy.write_raw(format!("{line}\n").as_bytes());
+        let answer = proxy.recv();
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        assert_eq!(
+            answer["error"]["data"]["rule"], "no-secret-echo",
+            "{answer}"
+        );
+    }
     // The session carries on.
     let echoed = proxy.call(4, "tools/call", tool("echo", json!({"text": "fine"})));
     assert_eq!(echoed["result"]["content"][0]["text"], "fine", "{echoed}");
@@ -429,6 +445,55 @@ fn what_rules_and_redaction_cannot_read_is_refused_not_let_through() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(frames.len() > 3);
+}
+
+/// Finding 4, on a tape: a message `--redact` must read and cannot (no rules stop it: it is
+/// forwarded as it came, as a direct connection would) reaches the tape masked whole.
+#[test]
+fn what_redaction_cannot_read_reaches_the_tape_masked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("t.tape");
+    let mut proxy = Proxy::fixture(&[
+        "--record",
+        tape.to_str().unwrap(),
+        "--redact",
+        "$.params.arguments.text",
+    ]);
+    proxy.initialize();
+    let line = r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"arguments":{"text":"s3cret","n":1e999}}}"#;
+    proxy.write_raw(format!("{line}\n").as_bytes());
+    // It reached the server, which (serde_json too) cannot read it either, and says so.
+    let from_server = proxy.recv();
+    assert_eq!(from_server["error"]["code"], -32700, "{from_server}");
+    assert!(from_server["error"].get("data").is_none(), "{from_server}");
+    let echoed = proxy.call(2, "tools/call", tool("echo", json!({"text": "fine"})));
+    assert_eq!(echoed["result"]["content"][0]["text"], "fine", "{echoed}");
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    let recorded = String::from_utf8(std::fs::read(&tape).unwrap()).unwrap();
+    assert!(
+        !recorded.contains("s3cret"),
+        "the secret reached the tape:\n{recorded}"
+    );
+    let masked = recorded
+        .lines()
+        .find(|l| l.contains("notifications/roots/list_changed"))
+        .unwrap_or_else(|| panic!("the notification was not recorded:\n{recorded}"));
+    assert!(
+        masked.contains("could not be read to mask it: number out of range"),
+        "{masked}"
+    );
+    // The tape still loads.
+    let shown = std::process::Command::new(support::shadowcat())
+        .args(["tape", "show"])
+        .arg(&tape)
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
 }
 
 fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

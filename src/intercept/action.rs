@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::matcher::{Glob, NameKind, Path, Subject};
 use crate::protocol::error::{ErrorCode, ProxyError};
-use crate::protocol::{Kind, Message, Method, RequestId};
+use crate::protocol::{Direction, Kind, Message, Method, RequestId};
 use crate::ratelimit::{Limit, LimitClock, LimitSpec, Per, Rate, Sender};
 
 /// What a rule does.
@@ -393,6 +393,30 @@ impl Block {
             Kind::Response | Kind::Error => {
                 Effect::Replace(Message::error_response(s.msg.id(), &error))
             }
+        }
+    }
+}
+
+/// What happens to a message a rule needed to read and could not (see [`Subject::take_missed`]):
+/// it is refused, as a malformed message would be. A request's sender gets -32600; a response
+/// becomes an error for its requester (-32082 when the server sent it); a notification is
+/// dropped.
+pub fn unreadable(rule: &str, why: &str, s: &Subject<'_>) -> Effect {
+    let message = format!("rule {rule:?} cannot read the message: {why}");
+    let code = match (s.msg.kind(), s.direction) {
+        (Kind::Response | Kind::Error, Direction::ServerToClient) => {
+            ErrorCode::InvalidUpstreamResponse
+        }
+        _ => ErrorCode::InvalidRequest,
+    };
+    let error = ProxyError::new(code, message)
+        .with("rule", rule)
+        .with("detail", why);
+    match s.msg.kind() {
+        Kind::Notification => Effect::Drop,
+        Kind::Request => Effect::Answer(Message::error_response(s.msg.id(), &error)),
+        Kind::Response | Kind::Error => {
+            Effect::Replace(Message::error_response(s.msg.id(), &error))
         }
     }
 }

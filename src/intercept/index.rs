@@ -119,6 +119,11 @@ impl Index {
                 .collect(),
             None => Vec::new(),
         };
+        if s.take_missed().is_some() {
+            // The name could not be read: no rule is passed over for it (each is checked in
+            // full, and one that needs the name cannot be decided).
+            return NameFilter::default();
+        }
         NameFilter {
             gated: Some(&names.gated),
             passing,

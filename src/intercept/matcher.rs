@@ -268,6 +268,10 @@ pub struct Subject<'a> {
     name: Option<Option<String>>,
     /// Whether a rule changed the body.
     pub changed: bool,
+    /// Whether something asked for the body since [`Subject::take_missed`], and it could not
+    /// be read (a number beyond a double's range, an escaped lone surrogate: JSON the envelope
+    /// forwards as it came, but no tree holds). A rule that needed it cannot be decided.
+    missed: bool,
 }
 
 impl<'a> Subject<'a> {
@@ -289,6 +293,7 @@ impl<'a> Subject<'a> {
             body: Body::Unparsed,
             name: None,
             changed: false,
+            missed: false,
         }
     }
 
@@ -297,12 +302,43 @@ impl<'a> Subject<'a> {
         if let Body::Unparsed = self.body {
             self.body = match serde_json::from_slice::<Value>(self.msg.raw()) {
                 Ok(value) if value.is_object() => Body::Parsed(value),
-                _ => Body::Unusable,
+                Ok(_) => Body::Unusable("not a JSON object".to_owned()),
+                Err(e) => Body::Unusable(e.to_string()),
             };
         }
         match &self.body {
             Body::Parsed(value) => Some(value),
-            Body::Unparsed | Body::Unusable => None,
+            Body::Unusable(_) => {
+                self.missed = true;
+                None
+            }
+            Body::Unparsed => None,
+        }
+    }
+
+    /// Top-level member `member` of the message. One the envelope found absent (`result` of a
+    /// request, `params` of a message without them) is absent without reading the body.
+    pub fn member(&mut self, member: &str) -> Option<&Value> {
+        let present = match member {
+            "params" => self.msg.params_bytes().is_some(),
+            "result" => self.msg.kind() == Kind::Response,
+            _ => true,
+        };
+        if !present && !matches!(self.body, Body::Parsed(_)) {
+            return None;
+        }
+        self.body()?.get(member)
+    }
+
+    /// Why the body could not be read, if something asked for it since the last call and it
+    /// could not be; starts over.
+    pub fn take_missed(&mut self) -> Option<&str> {
+        if !std::mem::take(&mut self.missed) {
+            return None;
+        }
+        match &self.body {
+            Body::Unusable(why) => Some(why),
+            Body::Unparsed | Body::Parsed(_) => None,
         }
     }
 
@@ -360,8 +396,10 @@ enum Body {
     Unparsed,
     /// Parsed (or changed by a rule).
     Parsed(Value),
-    /// Not a JSON object (cannot happen for a parsed message; rules needing the body fail).
-    Unusable,
+    /// Not readable as a tree, and why: valid JSON that `serde_json::Value` cannot hold (a
+    /// number beyond a double's range, an escaped lone surrogate). A rule that needs it is
+    /// undecided, and the stage refuses the message (fails closed).
+    Unusable(String),
 }
 
 impl Match {
@@ -429,7 +467,7 @@ impl Match {
         }
         for (predicates, member) in [(&self.params, "params"), (&self.result, "result")] {
             if !predicates.is_empty() {
-                let value = s.body().and_then(|b| b.get(member));
+                let value = s.member(member);
                 if !predicates.iter().all(|p| p.holds(value)) {
                     return false;
                 }

@@ -956,3 +956,91 @@ fn rules_reload_when_the_file_is_replaced_by_rename() {
         }
     }
 }
+
+/// JSON the envelope forwards as it came but no tree can hold (a number beyond a double's
+/// range, an escaped lone surrogate): a rule that needs to read it cannot be decided, so the
+/// message is refused (the stage fails closed) instead of let through unread; one that no rule
+/// needs to read passes byte for byte.
+#[tokio::test]
+async fn a_rule_that_cannot_read_the_message_refuses_it() {
+    let yaml = r#"version: 1
+rules:
+  - name: no-secret
+    match: {tool: echo, params: [{path: "$.arguments.text", equals: s3cret}]}
+    block: {}
+  - name: read-result
+    match: {result: [{path: "$.x", equals: 1}]}
+    block: {}
+  - name: read-note
+    match: {method: "notifications/*", params: [{path: "$.x", equals: 1}]}
+    block: {}
+"#;
+    let rules = rules(yaml);
+    let session = Session::standalone(TransportKind::Stdio, 10);
+    let unreadable = [
+        (r#"{"text":"s3cret","n":1e999}"#, "number out of range"),
+        (
+            r#"{"text":"s3cret","n":-12345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890}"#,
+            "number out of range",
+        ),
+        (r#"{"text":"s3cret\ud800"}"#, "hex escape"),
+    ];
+    for (i, (arguments, why)) in (1..).zip(unreadable) {
+        let id = RequestId::Number(i);
+        session
+            .pending(Direction::ClientToServer)
+            .insert_with_token(id.clone(), Method::ToolsCall, None)
+            .unwrap();
+        let raw = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{arguments}}}}}"#
+        );
+        let (verdict, _) = run_raw(&rules, &session, Direction::ClientToServer, &raw, None).await;
+        let (kind, answer) = json_of(&verdict);
+        assert_eq!(kind, "respond", "{arguments}");
+        assert_eq!(answer["id"], i);
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        assert_eq!(answer["error"]["data"]["shadowcat"], "invalid_request");
+        assert_eq!(answer["error"]["data"]["rule"], "no-secret");
+        let detail = answer["error"]["data"]["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{detail}");
+        assert!(!session.pending(Direction::ClientToServer).contains(&id));
+    }
+    // A name that cannot be read is not passed over by the name index: the rule cannot be
+    // decided either.
+    let raw = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo\ud800","arguments":{}}}"#;
+    let (verdict, _) = run_raw(&rules, &session, Direction::ClientToServer, raw, None).await;
+    assert_eq!(json_of(&verdict).1["error"]["code"], -32600);
+    // No rule needs to read a call of another tool: it passes as it came.
+    let raw = r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"add","arguments":{"n":1e999}}}"#;
+    match run_raw(&rules, &session, Direction::ClientToServer, raw, None)
+        .await
+        .0
+    {
+        Verdict::Forward(m) => assert_eq!(m.raw().as_ref(), raw.as_bytes()),
+        other => panic!("{other:?}"),
+    }
+    // A server's answer becomes -32082 for the client; a notification is dropped.
+    let raw = r#"{"jsonrpc":"2.0","id":11,"result":{"x":1e999}}"#;
+    let answers = Some(Method::ToolsCall);
+    let (verdict, _) = run_raw(&rules, &session, Direction::ServerToClient, raw, answers).await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "forward");
+    assert_eq!(answer["id"], 11);
+    assert_eq!(answer["error"]["code"], -32082, "{answer}");
+    assert_eq!(answer["error"]["data"]["rule"], "read-result");
+    let raw = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"x":1e999}}"#;
+    let (verdict, _) = run_raw(&rules, &session, Direction::ServerToClient, raw, None).await;
+    assert_eq!(json_of(&verdict).0, "drop");
+    // In audit mode the rules only report.
+    let mut file = tempfile::NamedTempFile::with_suffix(".yaml").unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    let audit = Rules::load(file.path(), Some(Mode::Audit)).unwrap();
+    let raw = r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"echo","arguments":{"n":1e999}}}"#;
+    match run_raw(&audit, &session, Direction::ClientToServer, raw, None)
+        .await
+        .0
+    {
+        Verdict::Forward(m) => assert_eq!(m.raw().as_ref(), raw.as_bytes()),
+        other => panic!("audit refused: {other:?}"),
+    }
+}

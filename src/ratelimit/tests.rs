@@ -184,6 +184,24 @@ fn tool_limits_each_tool_alone_and_only_tool_calls() {
     assert!(b.check(&sneaky, &s).is_err(), "counted as echo");
 }
 
+/// A name that cannot be read (given twice, beside a number no tree holds) is counted by
+/// every tool limit, not passed by.
+#[test]
+fn an_unreadable_tool_name_is_counted_not_passed_by() {
+    let b = limits(&["client=1/h,burst=1,tool=search*"]);
+    let s = session();
+    let sneaky = || {
+        Message::parse(
+            br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"x","name":"search_web","n":1e999}}"#
+                .to_vec()
+                .into(),
+        )
+        .unwrap()
+    };
+    assert!(b.check(&sneaky(), &s).is_ok());
+    assert!(b.check(&sneaky(), &s).is_err());
+}
+
 #[test]
 fn conditions_pick_what_counts() {
     let b = limits(&[

@@ -74,13 +74,26 @@ impl Redactor {
     }
 
     /// `raw` with every mask applied (borrowed when nothing matched).
+    ///
+    /// Secrets are looked for in the bytes, and, when the message has escapes (a secret may be
+    /// spelt `\u0073ecret` or `a\/b`), in its decoded strings too. A message that must be read
+    /// as a tree for that and cannot be (valid JSON no tree holds: a number beyond a double's
+    /// range, an escaped lone surrogate) is masked whole: what cannot be read is not written.
     pub fn apply<'a>(&self, raw: &'a [u8]) -> Cow<'a, [u8]> {
         let mut out = Cow::Borrowed(raw);
-        if !self.paths.is_empty() {
-            if let Ok(mut value) = serde_json::from_slice::<Value>(raw) {
-                if self.mask_paths(&mut value) {
-                    out = Cow::Owned(value.to_string().into_bytes());
+        let escaped = !self.secrets.is_empty() && memchr::memchr(b'\\', raw).is_some();
+        if !self.paths.is_empty() || escaped {
+            match serde_json::from_slice::<Value>(raw) {
+                Ok(mut value) => {
+                    let mut changed = self.mask_paths(&mut value);
+                    if escaped {
+                        changed |= self.mask_secrets_in(&mut value);
+                    }
+                    if changed {
+                        out = Cow::Owned(value.to_string().into_bytes());
+                    }
                 }
+                Err(e) => return Cow::Owned(masked_whole(raw, &e.to_string())),
             }
         }
         for secret in &self.secrets {
@@ -101,6 +114,38 @@ impl Redactor {
         out
     }
 
+    /// Masks the secrets in every string (and member name) of `value`; whether any was found.
+    fn mask_secrets_in(&self, value: &mut Value) -> bool {
+        let mask = |text: &mut String| {
+            let mut changed = false;
+            for secret in &self.secrets {
+                if text.contains(secret.as_str()) {
+                    *text = text.replace(secret.as_str(), MASK);
+                    changed = true;
+                }
+            }
+            changed
+        };
+        match value {
+            Value::String(text) => mask(text),
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.mask_secrets_in(item) | changed),
+            Value::Object(members) => {
+                let mut changed = false;
+                for (name, member) in std::mem::take(members) {
+                    let mut name = name;
+                    changed |= mask(&mut name);
+                    let mut member = member;
+                    changed |= self.mask_secrets_in(&mut member);
+                    members.insert(name, member);
+                }
+                changed
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+
     /// Masks the values at the configured paths in `value`; whether any was found.
     pub fn mask_paths(&self, value: &mut Value) -> bool {
         let mut changed = false;
@@ -114,6 +159,50 @@ impl Redactor {
         }
         changed
     }
+}
+
+/// What is written for a message that had to be read to be masked and could not be (`why`):
+/// its id and method as they came (the envelope read both), and in place of its `params`,
+/// `result` or `error` a mask saying why. The line is still a JSON-RPC message.
+fn masked_whole(raw: &[u8], why: &str) -> Vec<u8> {
+    use serde::de::IgnoredAny;
+    use serde_json::value::RawValue;
+
+    #[derive(serde::Deserialize)]
+    struct Outline<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        method: Option<&'a RawValue>,
+        result: Option<IgnoredAny>,
+        error: Option<ErrorOutline>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorOutline {
+        code: Option<i64>,
+    }
+
+    let note =
+        serde_json::json!({ MASK: format!("the message could not be read to mask it: {why}") });
+    let Ok(outline) = serde_json::from_slice::<Outline<'_>>(raw) else {
+        // The envelope read these members before the message got here; this cannot happen.
+        return format!(r#"{{"jsonrpc":"2.0","method":"{MASK}","params":{note}}}"#).into_bytes();
+    };
+    let id = outline
+        .id
+        .map(|id| format!(r#","id":{}"#, id.get()))
+        .unwrap_or_default();
+    let body = if let Some(method) = outline.method {
+        format!(r#","method":{},"params":{note}"#, method.get())
+    } else if let Some(error) = outline.error {
+        let code = error.code.unwrap_or(-32603);
+        format!(r#","error":{{"code":{code},"message":"{MASK}","data":{note}}}"#)
+    } else if outline.result.is_some() {
+        format!(r#","result":{note}"#)
+    } else {
+        String::new()
+    };
+    format!(r#"{{"jsonrpc":"2.0"{id}{body}}}"#).into_bytes()
 }
 
 #[cfg(test)]
@@ -140,6 +229,67 @@ mod tests {
         let plain = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
         assert!(matches!(r.apply(plain), Cow::Borrowed(_)));
         assert!(Redactor::default().is_empty());
+    }
+
+    #[test]
+    fn secrets_spelt_with_escapes_are_masked_too() {
+        let r = Redactor::new(&[], vec!["s3cr3t/k3y".into()]).unwrap();
+        for spelt in [r"s3cr\u0033t\/k3y", r"s3cr3t\/k3y", r"\u0073\u0033cr3t/k3y"] {
+            let msg = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"note":"Bearer {spelt}","q":"a\"b"}}}}"#
+            );
+            let out = r.apply(msg.as_bytes());
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["result"]["note"], format!("Bearer {MASK}"), "{spelt}");
+            assert_eq!(v["result"]["q"], "a\"b");
+        }
+    }
+
+    /// Valid JSON no tree holds cannot be searched for paths or escaped secrets: the message is
+    /// masked whole, and the line is still the same JSON-RPC message (id, method, kind).
+    #[test]
+    fn what_cannot_be_read_is_masked_whole() {
+        let by_path = Redactor::new(&["$..password".into()], vec![]).unwrap();
+        let by_secret = Redactor::new(&[], vec!["hunter2".into()]).unwrap();
+        let cases = [
+            (
+                &by_path,
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"password":"hunter2","n":1e999}}}"#,
+            ),
+            (
+                &by_secret,
+                r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"x":"hunt\u0065r2\ud800"}}"#,
+            ),
+            (
+                &by_path,
+                r#"{"jsonrpc":"2.0","id":"a","result":{"password":"hunter2","n":-1e400}}"#,
+            ),
+            (
+                &by_path,
+                r#"{"jsonrpc":"2.0","id":8,"error":{"code":-32001,"message":"hunter2","data":{"n":1E+999}}}"#,
+            ),
+        ];
+        for (redactor, raw) in cases {
+            let out = redactor.apply(raw.as_bytes());
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(
+                !text.contains("hunter2") && !text.contains("hunt"),
+                "{text}"
+            );
+            let msg = crate::protocol::Message::parse(out.to_vec().into()).unwrap();
+            let original = crate::protocol::Message::parse(raw.as_bytes().to_vec().into()).unwrap();
+            assert_eq!(msg.kind(), original.kind(), "{text}");
+            assert_eq!(msg.id(), original.id());
+            assert_eq!(msg.method(), original.method());
+            assert!(text.contains("could not be read to mask it"), "{text}");
+        }
+        // Without paths or escapes nothing needs the tree: the bytes are searched as they are.
+        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"n":1e999,"x":"hunter2"}}"#;
+        let out = by_secret.apply(raw);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"jsonrpc":"2.0","id":1,"result":{"n":1e999,"x":"[REDACTED]"}}"#
+        );
     }
 
     #[test]

@@ -162,7 +162,18 @@ pub(super) fn check_params(
     msg: &Message,
     params: &[ParamHeader],
 ) -> Result<(), Response> {
-    let body = serde_json::from_slice::<serde_json::Value>(msg.raw()).unwrap_or_default();
+    if params.is_empty() {
+        return Ok(());
+    }
+    let body = match serde_json::from_slice::<serde_json::Value>(msg.raw()) {
+        Ok(body) => body,
+        // Valid JSON that no tree holds (`1e999`): what cannot be checked is refused.
+        Err(e) => {
+            let header = format!("Mcp-Param-{}", params[0].name);
+            let why = format!("the arguments cannot be read to check the Mcp-Param headers: {e}");
+            return Err(mismatch(msg, &header, &why));
+        }
+    };
     let arguments = body.pointer("/params/arguments");
     for param in params {
         let header = format!("Mcp-Param-{}", param.name);
@@ -643,6 +654,11 @@ mod tests {
             refused(&[("mcp-param-region", "42")], r#"{"region":42}"#),
             None
         );
+        // Arguments no tree holds cannot be checked, so they are refused, header or not.
+        for h in [&[][..], &[("mcp-param-region", "Hello")][..]] {
+            let why = refused(h, r#"{"region":"Hello","n":1e999}"#).unwrap();
+            assert!(why.contains("cannot be read"), "{why}");
+        }
     }
 
     #[test]
