@@ -298,16 +298,8 @@ fn tool_name(msg: &Message, method: &Method) -> Option<String> {
     if *method != Method::ToolsCall {
         return None;
     }
-    match msg.param_str("name") {
-        Ok(name) => name,
-        // A repeated member: the last one wins, as in the server's reader.
-        Err(()) => match msg.params_bytes().map(serde_json::from_slice::<Value>) {
-            Some(Ok(params)) => params.get("name")?.as_str().map(str::to_owned),
-            // Valid JSON no tree holds (`1e999` beside the names).
-            Some(Err(_)) => Some(UNREADABLE_TOOL.to_owned()),
-            None => None,
-        },
-    }
+    msg.called_tool()
+        .unwrap_or_else(|()| Some(UNREADABLE_TOOL.to_owned()))
 }
 
 /// A limit said no.

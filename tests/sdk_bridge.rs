@@ -170,3 +170,88 @@ fn the_servers_own_error_reaches_the_stdio_client() {
         Some(0)
     );
 }
+
+/// The Python SDK server, keeping events, closes its GET stream and logs an event at once
+/// (`cut`: SEP-1699's `close_standalone_sse_stream`): the bridge reconnects with
+/// `Last-Event-ID`, and the client gets every event once, in order, including the one logged
+/// while no stream was open (only a resume brings that one).
+#[test]
+fn the_python_servers_get_stream_resumes_with_last_event_id() {
+    use serde_json::{Value, json};
+    use std::time::{Duration, Instant};
+    let server = HttpServer::start("2.3.0", &["--resumable"]);
+    let mut cmd = support::command();
+    cmd.args(["forward", "stdio", "--url", &server.url]);
+    let mut proxy = support::Proxy::spawn(cmd);
+    let init = proxy.call(
+        0,
+        "initialize",
+        json!({"protocolVersion": "2025-11-25", "capabilities": {},
+               "clientInfo": {"name": "shadowcat-tests", "version": "0"}}),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
+    proxy.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let mut notes: Vec<(String, Instant)> = Vec::new();
+    let mut id = 0;
+    // Calls `name`; the logged events that arrive meanwhile go to `notes`.
+    let mut call = |proxy: &mut support::Proxy,
+                    notes: &mut Vec<(String, Instant)>,
+                    name: &str,
+                    args: Value| {
+        id += 1;
+        proxy.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                           "params": support::tool(name, args)}));
+        loop {
+            let msg = proxy.recv();
+            if msg["id"] == id {
+                assert!(msg["result"]["content"][0]["text"].is_string(), "{msg}");
+                return;
+            }
+            assert_eq!(msg["method"], "notifications/message", "{msg}");
+            notes.push((
+                msg["params"]["data"].as_str().unwrap().to_owned(),
+                Instant::now(),
+            ));
+        }
+    };
+    let has = |notes: &[(String, Instant)], text: &str| notes.iter().any(|(n, _)| n == text);
+    // Until the bridge's GET stream is open, events are kept but not sent.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !has(&notes, "warm-up") {
+        assert!(Instant::now() < deadline, "the GET stream never opened");
+        call(
+            &mut proxy,
+            &mut notes,
+            "announce",
+            json!({"text": "warm-up"}),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for text in ["a", "b"] {
+        call(&mut proxy, &mut notes, "announce", json!({"text": text}));
+    }
+    call(&mut proxy, &mut notes, "cut", json!({"text": "c"}));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !has(&notes, "c") {
+        assert!(
+            Instant::now() < deadline,
+            "the GET stream was not resumed: {notes:?}"
+        );
+        call(&mut proxy, &mut notes, "echo", json!({"text": "-"}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    call(&mut proxy, &mut notes, "announce", json!({"text": "d"}));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !has(&notes, "d") {
+        assert!(Instant::now() < deadline, "d never arrived: {notes:?}");
+        call(&mut proxy, &mut notes, "echo", json!({"text": "-"}));
+    }
+    let real: Vec<&str> = notes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != "warm-up")
+        .collect();
+    assert_eq!(real, ["a", "b", "c", "d"], "every event once, in order");
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

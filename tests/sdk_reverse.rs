@@ -316,3 +316,94 @@ fn an_rmcp_server_behind_the_gateway() {
         );
     }
 }
+
+/// `Mcp-Param-*` mirroring against a server that checks it: the Python SDK's HTTP server, whose
+/// `regional` tool marks `region` `x-mcp-header: Region`, refuses a 2026-07-28 call whose
+/// header differs from the argument (shown directly first, so the check is live). Through the
+/// gateway, once it has seen the tool in a `tools/list` answer, the header goes upstream as the
+/// forwarded body says: a rule rewrites the argument, and the server accepts the call with the
+/// rewritten value (the client's header would have been refused).
+#[test]
+fn mcp_param_headers_reach_the_python_server_as_the_forwarded_body_says() {
+    use serde_json::{Value, json};
+    use support::{http_request, mcp_headers, modern_call};
+    let server = HttpServer::start("2.3.0", &["--mirrored"]);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "version: 1\nrules:\n  - name: no-moon\n    match:\n      tool: regional\n      params: [{path: \"$.arguments.region\", equals: moon}]\n    modify: {set: {\"$.arguments.region\": eu-central}}\n",
+    )
+    .unwrap();
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &server.url,
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let regional = |addr: &str, path: &str, id: i64, region: &str, header: &str| -> Value {
+        let (mut headers, body) = modern_call(id, "regional", json!({"region": region}), json!({}));
+        headers.push(("Mcp-Param-Region", header.to_owned()));
+        let r = http_request(addr, "POST", path, &headers, &body);
+        r.messages()
+            .into_iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer: {r:?}"))
+    };
+    let server_addr = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    // The server itself checks the header against the argument.
+    let refused = regional(&server_addr, "/mcp", 1, "moon", "mars");
+    assert_eq!(refused["error"]["code"], -32020, "{refused}");
+    let direct = regional(&server_addr, "/mcp", 2, "eu-west", "eu-west");
+    assert_eq!(
+        direct["result"]["content"][0]["text"], "region eu-west",
+        "{direct}"
+    );
+    // Through the gateway: it learns the tool's mirrored parameters from tools/list.
+    let list = json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{}}}});
+    let headers = mcp_headers(&[
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/list"),
+    ]);
+    let r = http_request(
+        &gateway.addr,
+        "POST",
+        "/mcp",
+        &headers,
+        list.to_string().as_bytes(),
+    );
+    let tools = r
+        .messages()
+        .into_iter()
+        .find(|m| m["id"] == 3)
+        .unwrap_or_else(|| panic!("{r:?}"));
+    let schema = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "regional")
+        .unwrap_or_else(|| panic!("{tools}"))["inputSchema"]
+        .clone();
+    assert_eq!(
+        schema["properties"]["region"]["x-mcp-header"], "Region",
+        "{schema}"
+    );
+    let same = regional(&gateway.addr, "/mcp", 4, "eu-west", "eu-west");
+    assert_eq!(
+        same["result"]["content"][0]["text"], "region eu-west",
+        "{same}"
+    );
+    let rewritten = regional(&gateway.addr, "/mcp", 5, "moon", "moon");
+    assert_eq!(
+        rewritten["result"]["content"][0]["text"],
+        "region eu-central",
+        "{rewritten}\n{}",
+        gateway.stderr_text()
+    );
+}

@@ -528,6 +528,23 @@ impl Message {
         }
     }
 
+    /// The tool a `tools/call` request names, as its server will read it (a name given twice:
+    /// the last). `Ok(None)`: not a `tools/call`, or no name (or not a string). `Err(())`: the
+    /// name cannot be read (given twice, in a message that no JSON tree holds); a stage that
+    /// acts on the name must not pass such a call by.
+    #[allow(clippy::result_unit_err)]
+    pub fn called_tool(&self) -> Result<Option<String>, ()> {
+        if self.kind != Kind::Request || self.method != Some(Method::ToolsCall) {
+            return Ok(None);
+        }
+        if let Ok(name) = self.param_str("name") {
+            return Ok(name);
+        }
+        let params = self.params_bytes().ok_or(())?;
+        let tree = serde_json::from_slice::<serde_json::Value>(params).map_err(|_| ())?;
+        Ok(tree.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+    }
+
     /// The bytes of `params`, if the message has it.
     pub fn params_bytes(&self) -> Option<&[u8]> {
         let (start, end) = self.params?;

@@ -64,31 +64,9 @@ impl Deliver for Upstream {
             self.to_client.clone(),
         );
         // The headers an HTTP client would send: the negotiated protocol version, or the
-        // stateless era's mirrored headers.
-        let mut headers = headers_for(&msg, self.link.protocol_version());
-        if headers.contains_key("mcp-method")
-            && msg.method().is_some_and(|m| m.as_str() == "tools/call")
-        {
-            // The parameters the tool mirrors into headers (known from tools/list).
-            let name = headers
-                .get("mcp-name")
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::proxy::reverse::mirror::decode_sentinel);
-            let params = name.and_then(|name| {
-                self.link
-                    .tool_params
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&name)
-                    .cloned()
-            });
-            for (header, value) in params
-                .map(|p| crate::proxy::reverse::mirror::param_headers_for(&msg, &p))
-                .unwrap_or_default()
-            {
-                headers.insert(header, value);
-            }
-        }
+        // stateless era's mirrored headers (`Mcp-Param-*` too, for the tools the upstream's
+        // `tools/list` answers say mirror parameters: made where every message goes upstream).
+        let headers = headers_for(&msg, self.link.protocol_version());
         let exchange = async move {
             gateway
                 .exchange_to(

@@ -16,6 +16,10 @@ transport); anything it logs goes to stderr.  It exposes:
     the same mechanism as ``ask``) and says what it answered
   - ``grow() -> str``               sends ``notifications/tools/list_changed`` on the
     standalone stream (the GET stream over HTTP; handshake-era versions)
+  - with ``--resumable``: ``announce(text)`` logs ``text`` on the standalone stream,
+    ``cut(text)`` closes that stream and then logs ``text`` (events are kept in memory
+    for Last-Event-ID)
+  - with ``--mirrored``: ``regional(region)``, ``region`` marked ``x-mcp-header: Region``
 * resource ``peer://info`` (static text)
 * prompt ``greet(name)``
 
@@ -41,7 +45,7 @@ from typing import Annotated
 
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 # A fixed version string keeps `serverInfo` deterministic in the client's summary.
 mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNING")
@@ -122,6 +126,32 @@ async def work(steps: int, ctx: Context) -> str:
     return f"did {steps} steps"
 
 
+# Registered only with --resumable (so the default tool list stays as it is):
+
+
+async def announce(text: str, ctx: Context) -> str:
+    """Log `text` on the standalone stream (the GET stream; handshake-era versions)."""
+    await ctx.session.send_log_message(level="info", data=text)
+    return "announced"
+
+
+async def cut(text: str, ctx: Context) -> str:
+    """Close the standalone GET stream, then log `text` on it: kept, not sent (no stream is
+    open), so only a client resuming with Last-Event-ID gets it."""
+    await ctx.close_standalone_sse_stream()
+    await ctx.session.send_log_message(level="info", data=text)
+    return "cut"
+
+
+# Registered only with --mirrored:
+
+
+async def regional(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+    """Say which region was asked for; `region` is mirrored in the Mcp-Param-Region header."""
+    _log_call("regional", {"region": region})
+    return f"region {region}"
+
+
 @mcp.resource("peer://info", name="info", mime_type="text/plain")
 def info() -> str:
     """A static text resource."""
@@ -141,10 +171,22 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from http_serve import parse_args, serve
 
+    from http_serve import MemoryEventStore
+
     args = parse_args(sys.argv[1:])
+    if args.resumable:
+        mcp.tool()(announce)
+        mcp.tool()(cut)
+    if args.mirrored:
+        mcp.tool()(regional)
     if args.http and args.legacy_sse:
         serve(mcp.sse_app(), args.port)
     elif args.http:
-        serve(mcp.streamable_http_app(json_response=args.json, stateless_http=args.stateless), args.port)
+        app = mcp.streamable_http_app(
+            json_response=args.json,
+            stateless_http=args.stateless,
+            event_store=MemoryEventStore.create() if args.resumable else None,
+        )
+        serve(app, args.port)
     else:
         mcp.run("stdio")

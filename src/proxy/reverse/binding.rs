@@ -34,21 +34,15 @@ pub(super) fn check_request(
     headers: &HeaderMap,
     msg: &Message,
 ) -> Result<(), Response> {
-    if msg.method().is_none_or(|m| m.as_str() != "tools/call") {
-        return Ok(());
-    }
-    let Ok(Some(name)) = msg.param_str("name") else {
-        return Ok(());
-    };
-    let params = link
-        .tool_params
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&name)
-        .cloned();
-    match params {
-        Some(params) => super::mirror::check_params(headers, msg, &params),
-        None => Ok(()),
+    match link.tool_params.of(msg) {
+        Ok(Some(params)) => super::mirror::check_params(headers, msg, &params),
+        Ok(None) => Ok(()),
+        // Some tool mirrors parameters, and which one this calls cannot be read.
+        Err(()) => Err(super::mirror::mismatch(
+            msg,
+            "Mcp-Name",
+            "the tool's name cannot be read to check its Mcp-Param headers",
+        )),
     }
 }
 

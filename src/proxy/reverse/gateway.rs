@@ -129,6 +129,9 @@ pub struct Gateway {
     client_sessions: Arc<ClientCounts>,
     /// The latest failure of a command upstream's server, for `/readyz`.
     child_failures: readiness::ChildFailures,
+    /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers, learnt from
+    /// every session's `tools/list` answers (a stateless request's session lasts one request).
+    mirrored: super::mirror::MirroredTools,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -178,6 +181,7 @@ impl Gateway {
             stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
             child_failures: readiness::ChildFailures::default(),
+            mirrored: super::mirror::MirroredTools::default(),
         })
     }
 
@@ -297,7 +301,7 @@ impl Gateway {
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
             abandon: Mutex::default(),
-            tool_params: Mutex::default(),
+            tool_params: super::mirror::MirroredTools::default(),
             client: Mutex::new(client_slot),
         });
         self.links.insert(link.session.id().clone(), link.clone());
@@ -356,7 +360,7 @@ impl Gateway {
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
             abandon: Mutex::default(),
-            tool_params: Mutex::default(),
+            tool_params: super::mirror::MirroredTools::default(),
             client: Mutex::new(client_slot),
         })))
     }

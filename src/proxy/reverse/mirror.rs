@@ -4,6 +4,9 @@
 //! trusting the header could be steered by a body that says otherwise.
 
 use axum::response::Response;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::protocol::error::ProxyError;
@@ -131,7 +134,7 @@ pub(super) fn check(headers: &HeaderMap, msg: &Message) -> Result<(), Response> 
 }
 
 /// 400 with `-32020` (`HeaderMismatch`) for `msg`, naming `header` and why.
-fn mismatch(msg: &Message, header: &str, why: &str) -> Response {
+pub(super) fn mismatch(msg: &Message, header: &str, why: &str) -> Response {
     let error = ProxyError::new(ErrorCode::HeaderMismatch, format!("Header mismatch: {why}"))
         .with("header", header)
         .with("httpStatus", 400);
@@ -309,16 +312,29 @@ fn stateless_headers(msg: &Message) -> Option<HeaderMap> {
 /// any rule changed it), and a client cannot steer an intermediary with values nobody checked.
 /// Before the stateless era, which defines them, none of the mirrored headers go (nor the
 /// client's `Mcp-Param-*`).
-pub fn upstream_headers(client: &HeaderMap, msg: &Message) -> HeaderMap {
+/// The `Mcp-Param-*` headers are made from `msg` too when the tool is known to mirror
+/// parameters (`mirrored`, from its `tools/list` entry); for a tool not known, the client's go
+/// as sent, and the upstream checks them.
+pub fn upstream_headers(
+    client: &HeaderMap,
+    msg: &Message,
+    mirrored: Option<&[ParamHeader]>,
+) -> HeaderMap {
     let made = stateless_headers(msg);
     let modern = made.is_some();
-    let made = made.unwrap_or_default();
+    let mut made = made.unwrap_or_default();
+    let params_made = modern && mirrored.is_some();
+    if let Some(params) = mirrored.filter(|_| modern) {
+        for (name, value) in param_headers_for(msg, params) {
+            made.insert(name, value);
+        }
+    }
     let mut headers = HeaderMap::with_capacity(client.len().min(8) + made.len());
     for (name, value) in client {
-        let mirrored = name == MCP_METHOD
+        let made_here = name == MCP_METHOD
             || name == MCP_NAME
-            || (!modern && name.as_str().starts_with("mcp-param-"));
-        if crate::transport::http::is_forwarded_header(name) && !mirrored {
+            || ((!modern || params_made) && name.as_str().starts_with("mcp-param-"));
+        if crate::transport::http::is_forwarded_header(name) && !made_here {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -355,6 +371,45 @@ pub struct ParamHeader {
     pub name: String,
     /// Where the value is in the call's `arguments`.
     pub path: Vec<String>,
+}
+
+/// The tools an upstream mirrors parameters of (`x-mcp-header`), learnt from the `tools/list`
+/// answers that pass: for headers made from the forwarded body, and for checking a client's.
+/// At most [`MirroredTools::MAX`] tools are kept (a later answer updates those it names).
+#[derive(Debug, Default)]
+pub struct MirroredTools(Mutex<HashMap<String, Vec<ParamHeader>>>);
+
+impl MirroredTools {
+    /// Most tools kept.
+    pub const MAX: usize = 4096;
+
+    /// Keeps what the answer `raw` (any message; only `tools/list` answers name tools) says.
+    pub fn learn(&self, raw: &[u8]) {
+        if memchr::memmem::find(raw, b"x-mcp-header").is_none() {
+            return;
+        }
+        let found = tool_param_headers(raw);
+        let mut tools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, params) in found {
+            if tools.len() < Self::MAX || tools.contains_key(&name) {
+                tools.insert(name, params);
+            }
+        }
+    }
+
+    /// The parameters the tool `msg` calls mirrors. `Ok(None)`: not a `tools/call`, or a tool
+    /// not known to mirror any; `Err(())`: the tool's name cannot be read, while some tool
+    /// mirrors parameters (a check must not pass such a call by).
+    #[allow(clippy::result_unit_err)] // As `Message::called_tool`, whose `Err(())` it passes on.
+    pub fn of(&self, msg: &Message) -> Result<Option<Vec<ParamHeader>>, ()> {
+        let tools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if tools.is_empty() {
+            return Ok(None);
+        }
+        Ok(msg
+            .called_tool()?
+            .and_then(|name| tools.get(&name).cloned()))
+    }
 }
 
 /// The tools of a `tools/list` answer that mirror parameters into headers: tool name → its
@@ -678,24 +733,38 @@ mod tests {
             )
         })
         .collect();
-        let h = upstream_headers(&sent, &request(CALL));
+        let h = upstream_headers(&sent, &request(CALL), None);
         assert_eq!(h["mcp-method"], "tools/call");
         assert_eq!(h["mcp-name"], "=?base64?aMOpbGxv?=");
+        // A tool not known to mirror parameters: the client's go as sent.
         assert_eq!(h["mcp-param-region"], "eu");
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         assert!(!h.contains_key("authorization"));
         assert_eq!(h.len(), 4);
+        // A tool known to: made from the forwarded body (the client's dropped).
+        let params = [ParamHeader {
+            name: "Zone".into(),
+            path: vec!["zone".into()],
+        }];
+        let call = request(&CALL.replace(r#""arguments":{}"#, r#""arguments":{"zone":"b"}"#));
+        let h = upstream_headers(&sent, &call, Some(&params));
+        assert_eq!(h["mcp-param-zone"], "b");
+        assert!(!h.contains_key("mcp-param-region"), "{h:?}");
+        assert_eq!(h.len(), 4);
         // Before the stateless era, none of them: only the version the client sent.
         let old =
             request(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
-        let h = upstream_headers(&sent, &old);
+        let h = upstream_headers(&sent, &old, Some(&params));
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         // A stateless-era initialize (which a server of that era refuses) says what it is too.
         let init = request(
             r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
         );
-        assert_eq!(upstream_headers(&sent, &init)["mcp-method"], "initialize");
+        assert_eq!(
+            upstream_headers(&sent, &init, None)["mcp-method"],
+            "initialize"
+        );
     }
 
     #[test]

@@ -507,7 +507,7 @@ async fn post(
         }
         if shared {
             for raw in &out {
-                link.learn_tool_params(raw);
+                link.tool_params.learn(raw);
             }
         }
         let status = super::binding::answer_status(shared, batch, &out);

@@ -98,8 +98,7 @@ pub struct SessionLink {
     pub abandon: Mutex<std::collections::HashMap<crate::protocol::RequestId, CancellationToken>>,
     /// The upstream's tools that mirror parameters into `Mcp-Param-*` headers (from its
     /// `tools/list` answers), for clients that send no headers of their own.
-    pub tool_params:
-        Mutex<std::collections::HashMap<String, Vec<super::super::mirror::ParamHeader>>>,
+    pub tool_params: super::super::mirror::MirroredTools,
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.
     pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
@@ -121,19 +120,6 @@ impl SessionLink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-    }
-
-    /// Keeps the mirrored parameters a `tools/list` answer names (`x-mcp-header`), for clients
-    /// that send no headers of their own and for checking the headers of those that do.
-    pub fn learn_tool_params(&self, raw: &[u8]) {
-        if memchr::memmem::find(raw, b"x-mcp-header").is_none() {
-            return;
-        }
-        let found = super::super::mirror::tool_param_headers(raw);
-        self.tool_params
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(found);
     }
 
     /// The upstream's session id for this session, once it gave one.

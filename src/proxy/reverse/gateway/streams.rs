@@ -347,7 +347,8 @@ impl Gateway {
                 Verdict::Forward(msg) => {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
                     if msg.is_response() {
-                        link.learn_tool_params(msg.raw());
+                        link.tool_params.learn(msg.raw());
+                        self.mirrored.learn(msg.raw());
                     }
                     let Some(reply) = reply.filter(|_| !msg.is_response()) else {
                         let _ = link.router.deliver(msg).await;
