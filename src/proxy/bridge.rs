@@ -64,9 +64,18 @@ impl Deliver for Upstream {
             self.to_client.clone(),
         );
         // The headers an HTTP client would send: the negotiated protocol version, or the
-        // stateless era's mirrored headers (`Mcp-Param-*` too, for the tools the upstream's
-        // `tools/list` answers say mirror parameters: made where every message goes upstream).
-        let headers = headers_for(&msg, self.link.protocol_version());
+        // stateless era's mirrored headers, `Mcp-Param-*` too for the tools the upstream's
+        // `tools/list` answers say mirror parameters.
+        let mut headers = headers_for(&msg, self.link.protocol_version());
+        if headers.contains_key("mcp-method") {
+            if let Ok(Some(params)) = self.gateway.mirrored.of(&msg) {
+                for (header, value) in
+                    crate::proxy::reverse::mirror::param_headers_for(&msg, &params)
+                {
+                    headers.insert(header, value);
+                }
+            }
+        }
         let exchange = async move {
             gateway
                 .exchange_to(

@@ -31,6 +31,7 @@ pub mod gateway;
 pub mod legacy;
 pub mod listen;
 pub mod mirror;
+mod respond;
 pub mod router;
 pub mod server;
 pub mod stream;

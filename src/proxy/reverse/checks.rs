@@ -8,9 +8,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use axum::response::Response;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::config::{TrustedProxies, is_loopback_authority};
@@ -21,6 +20,7 @@ use crate::session::SessionId;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 
 use super::gateway::{Gateway, SessionLink};
+use super::respond::{json_response, method_not_allowed, refuse, refuse_to};
 
 pub(super) fn cors(gateway: &Gateway) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -163,22 +163,6 @@ pub(super) fn check_host(bound: std::net::SocketAddr, request: &Request) -> Resu
     }
 }
 
-/// An HTTP refusal with a JSON-RPC error body (`id: null`).
-pub(super) fn refuse(status: StatusCode, message: String) -> Response {
-    refuse_to(status, message, None)
-}
-
-/// [`refuse`], answering request `id` (a refusal after the body was read carries its id).
-pub(super) fn refuse_to(status: StatusCode, message: String, id: Option<&RequestId>) -> Response {
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLarge,
-        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TooManySessions,
-        _ => ErrorCode::InvalidRequest,
-    };
-    let error = ProxyError::new(code, message).with("httpStatus", status.as_u16());
-    json_response(status, error.to_response(id))
-}
-
 /// How a request that needed a new session is refused when it cannot have one: 503 with
 /// `Retry-After` at `--max-sessions`, 429 at the client's own cap, 503 while shutting down
 /// (the JSON-RPC error says which, and carries `httpStatus`). One answer for every endpoint
@@ -214,14 +198,6 @@ pub(super) fn refuse_open(e: &super::gateway::OpenError, id: Option<&RequestId>)
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    response
-}
-
-pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -264,18 +240,6 @@ pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
         }
     }
     accepts
-}
-
-/// 405 with `why`, and `Allow: allow`.
-pub(super) fn method_not_allowed(why: &str, allow: &'static str) -> Response {
-    let mut response = refuse(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("Method Not Allowed: {why}"),
-    );
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 /// The session a request names, or the refusal for a missing or unknown one.

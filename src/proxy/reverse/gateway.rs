@@ -131,7 +131,7 @@ pub struct Gateway {
     child_failures: readiness::ChildFailures,
     /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers, learnt from
     /// every session's `tools/list` answers (a stateless request's session lasts one request).
-    mirrored: super::mirror::MirroredTools,
+    pub(crate) mirrored: super::mirror::MirroredTools,
 }
 
 /// Where a stateless (2026-07-28) request goes.

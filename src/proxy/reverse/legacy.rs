@@ -21,9 +21,10 @@ use crate::protocol::{Direction, Frame, RequestId};
 use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionId, TransportKind};
 
-use super::checks::{check_content_type, client_of, read_frame, refuse};
+use super::checks::{check_content_type, client_of, read_frame};
 use super::gateway::{Gateway, LinkUpstream};
 use super::listen::{Ends, live_body, sse_response};
+use super::respond::refuse;
 use super::stream;
 
 /// Where 2024-11-05 clients open their stream.

@@ -15,8 +15,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::transport::http::LAST_EVENT_ID;
 
-use super::checks::{accepts, method_not_allowed, refuse, session_of};
+use super::checks::{accepts, session_of};
 use super::gateway::{Gateway, LinkUpstream, SessionLink};
+use super::respond::{method_not_allowed, refuse};
 use super::stream::{self, Connection, EventLog, LiveEvents};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open

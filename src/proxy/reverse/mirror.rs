@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{ErrorCode, Kind, Message};
 
-use super::checks::json_response;
+use super::respond::json_response;
 
 /// The body fields the headers mirror.
 #[derive(serde::Deserialize)]
@@ -312,28 +312,17 @@ fn stateless_headers(msg: &Message) -> Option<HeaderMap> {
 /// any rule changed it), and a client cannot steer an intermediary with values nobody checked.
 /// Before the stateless era, which defines them, none of the mirrored headers go (nor the
 /// client's `Mcp-Param-*`).
-/// The `Mcp-Param-*` headers are made from `msg` too when the tool is known to mirror
-/// parameters (`mirrored`, from its `tools/list` entry); for a tool not known, the client's go
-/// as sent, and the upstream checks them.
-pub fn upstream_headers(
-    client: &HeaderMap,
-    msg: &Message,
-    mirrored: Option<&[ParamHeader]>,
-) -> HeaderMap {
+/// The client's `Mcp-Param-*` go as sent (the upstream checks them against the body), except
+/// where a rule changed a mirrored argument ([`follow_rule_change`]).
+pub fn upstream_headers(client: &HeaderMap, msg: &Message) -> HeaderMap {
     let made = stateless_headers(msg);
     let modern = made.is_some();
-    let mut made = made.unwrap_or_default();
-    let params_made = modern && mirrored.is_some();
-    if let Some(params) = mirrored.filter(|_| modern) {
-        for (name, value) in param_headers_for(msg, params) {
-            made.insert(name, value);
-        }
-    }
+    let made = made.unwrap_or_default();
     let mut headers = HeaderMap::with_capacity(client.len().min(8) + made.len());
     for (name, value) in client {
         let made_here = name == MCP_METHOD
             || name == MCP_NAME
-            || ((!modern || params_made) && name.as_str().starts_with("mcp-param-"));
+            || (!modern && name.as_str().starts_with("mcp-param-"));
         if crate::transport::http::is_forwarded_header(name) && !made_here {
             headers.append(name.clone(), value.clone());
         }
@@ -409,6 +398,64 @@ impl MirroredTools {
         Ok(msg
             .called_tool()?
             .and_then(|name| tools.get(&name).cloned()))
+    }
+
+    /// `msg` before the pipeline, if it calls a tool that mirrors parameters: the headers
+    /// follow what a rule then changes in it ([`Before::follow`]).
+    pub fn before(&self, msg: &Message) -> Option<Before> {
+        let params = self.of(msg).ok().flatten()?;
+        Some(Before {
+            params,
+            msg: msg.clone(),
+        })
+    }
+}
+
+/// A call of a tool that mirrors parameters, as the client sent it.
+#[derive(Debug)]
+pub struct Before {
+    params: Vec<ParamHeader>,
+    msg: Message,
+}
+
+impl Before {
+    /// Makes the client's `headers` follow what the pipeline made of the call (`after`).
+    pub fn follow(self, headers: &mut HeaderMap, after: &Message) {
+        if self.msg.raw() != after.raw() {
+            follow_rule_change(headers, &self.msg, after, &self.params);
+        }
+    }
+}
+
+/// Makes the client's `Mcp-Param-*` `headers` follow a rule that changed its message from
+/// `before` to `after`: each mirrored parameter whose value the change altered gets the header
+/// the forwarded body calls for (or none, if the rule removed the argument); the others stay as
+/// the client sent them, right or wrong, for the upstream to judge as it would without us.
+pub fn follow_rule_change(
+    headers: &mut HeaderMap,
+    before: &Message,
+    after: &Message,
+    params: &[ParamHeader],
+) {
+    let was = param_headers_for(before, params);
+    let now = param_headers_for(after, params);
+    for param in params {
+        let Ok(name) = http::HeaderName::from_bytes(format!("mcp-param-{}", param.name).as_bytes())
+        else {
+            continue;
+        };
+        let value = |made: &[(http::HeaderName, HeaderValue)]| {
+            made.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let (old, new) = (value(&was), value(&now));
+        if old != new {
+            headers.remove(&name);
+            if let Some(new) = new {
+                headers.insert(name, new);
+            }
+        }
     }
 }
 
@@ -733,38 +780,55 @@ mod tests {
             )
         })
         .collect();
-        let h = upstream_headers(&sent, &request(CALL), None);
+        let h = upstream_headers(&sent, &request(CALL));
         assert_eq!(h["mcp-method"], "tools/call");
         assert_eq!(h["mcp-name"], "=?base64?aMOpbGxv?=");
-        // A tool not known to mirror parameters: the client's go as sent.
         assert_eq!(h["mcp-param-region"], "eu");
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         assert!(!h.contains_key("authorization"));
         assert_eq!(h.len(), 4);
-        // A tool known to: made from the forwarded body (the client's dropped).
-        let params = [ParamHeader {
-            name: "Zone".into(),
-            path: vec!["zone".into()],
-        }];
-        let call = request(&CALL.replace(r#""arguments":{}"#, r#""arguments":{"zone":"b"}"#));
-        let h = upstream_headers(&sent, &call, Some(&params));
-        assert_eq!(h["mcp-param-zone"], "b");
-        assert!(!h.contains_key("mcp-param-region"), "{h:?}");
-        assert_eq!(h.len(), 4);
         // Before the stateless era, none of them: only the version the client sent.
         let old =
             request(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
-        let h = upstream_headers(&sent, &old, Some(&params));
+        let h = upstream_headers(&sent, &old);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["mcp-protocol-version"], "2026-07-28");
         // A stateless-era initialize (which a server of that era refuses) says what it is too.
         let init = request(
             r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
         );
-        assert_eq!(
-            upstream_headers(&sent, &init, None)["mcp-method"],
-            "initialize"
-        );
+        assert_eq!(upstream_headers(&sent, &init)["mcp-method"], "initialize");
+    }
+
+    #[test]
+    fn param_headers_follow_only_what_a_rule_changed() {
+        let params = [
+            ParamHeader {
+                name: "Zone".into(),
+                path: vec!["zone".into()],
+            },
+            ParamHeader {
+                name: "Tier".into(),
+                path: vec!["tier".into()],
+            },
+            ParamHeader {
+                name: "Gone".into(),
+                path: vec!["gone".into()],
+            },
+        ];
+        let call = |arguments: &str| request(&CALL.replace(r#""arguments":{}"#, arguments));
+        let before = call(r#""arguments":{"zone":"a","tier":"gold","gone":"x"}"#);
+        let after = call(r#""arguments":{"zone":"b","tier":"gold"}"#);
+        let mut h = headers(&[
+            ("mcp-param-zone", "a"),
+            // Wrong as sent, and not changed by the rule: the upstream's to refuse.
+            ("mcp-param-tier", "silver"),
+            ("mcp-param-gone", "x"),
+        ]);
+        follow_rule_change(&mut h, &before, &after, &params);
+        assert_eq!(h["mcp-param-zone"], "b");
+        assert_eq!(h["mcp-param-tier"], "silver");
+        assert!(!h.contains_key("mcp-param-gone"), "{h:?}");
     }
 
     #[test]

@@ -31,12 +31,10 @@ use crate::transport::sse;
 
 use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
-use super::checks::{
-    accepts, check_content_type, client_of, cors, guard, json_response, method_not_allowed,
-    read_frame, refuse, session_of,
-};
+use super::checks::{accepts, check_content_type, client_of, cors, guard, read_frame, session_of};
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
+use super::respond::{json_response, method_not_allowed, refuse};
 use super::router::Reply;
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
@@ -86,7 +84,7 @@ async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 async fn post(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Response {
     let client = client_of(
@@ -303,8 +301,13 @@ async fn post(
                 let token = request
                     .as_ref()
                     .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
+                // A call of a tool that mirrors arguments into headers, as it came.
+                let before = gateway.mirrored.before(&msg);
                 match gateway.inbound(&link.session, msg, client).await {
                     crate::proxy::Verdict::Forward(msg) => {
+                        if let Some(before) = before {
+                            before.follow(&mut headers, &msg);
+                        }
                         gateway
                             .pipeline
                             .metrics()
