@@ -26,9 +26,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use shadowcat::protocol::{Direction, Message};
-use shadowcat::proxy::{Client, Context};
 use shadowcat::ratelimit::{LimitSpec, RateLimits};
 use shadowcat::session::{Session, TransportKind};
+use shadowcat::stage::{Client, Context};
 use shadowcat::tape::Transport;
 use shadowcat::telemetry::Metrics;
 

@@ -29,8 +29,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use shadowcat::intercept::Rules;
 use shadowcat::protocol::{Direction, Message};
-use shadowcat::proxy::{Context, Verdict};
 use shadowcat::session::{Session, TransportKind};
+use shadowcat::stage::{Context, Verdict};
 use shadowcat::tape::Transport;
 use shadowcat::telemetry::Metrics;
 
@@ -100,7 +100,7 @@ fn rules(c: &mut Criterion) {
                         direction: Direction::ClientToServer,
                         session: &session,
                         transport: &Transport::NONE,
-                        client: shadowcat::proxy::Client::Local,
+                        client: shadowcat::stage::Client::Local,
                     };
                     // No rule waits, so the future is ready at once.
                     let verdict = rules

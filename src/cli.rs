@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::LogFormat;
+use crate::telemetry::LogFormat;
 
 mod tools;
 pub use tools::{

@@ -16,6 +16,7 @@ use crate::session::manager::{
     DEFAULT_MAX_SESSIONS, SessionConfig,
 };
 use crate::session::pending::{DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_PENDING_TOTAL};
+use crate::telemetry::LogFormat;
 use crate::transport::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Default log filter.
@@ -24,17 +25,6 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Smallest accepted `--max-message-size`: an `initialize` must fit.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Everything a command needs, validated.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 //!
 //! - [`file`]: the rule file, read and checked (line and column on any error).
 //! - [`matcher`]: when a rule applies; a message's body is parsed only if a rule needs it.
-//! - [`pattern`]: the globs, JSONPaths and regexes rules are written with.
 //! - [`action`]: what a rule does, as an effect the engine applies or only reports.
 //! - [`reload`]: the file is watched; a good new version replaces the running rules.
 //! - [`command`]: `shadowcat rules check|test`.
@@ -19,7 +18,6 @@ pub mod command;
 pub mod file;
 mod index;
 pub mod matcher;
-pub mod pattern;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +30,8 @@ use serde_json::Value;
 pub use file::{Mode, Rule, RuleSet, RulesError};
 
 use crate::protocol::{Kind, Message, Method};
-use crate::proxy::{Context, Verdict};
 use crate::ratelimit::LimitClock;
+use crate::stage::{Context, Verdict};
 use crate::telemetry::Metrics;
 use action::Effect;
 use matcher::Subject;

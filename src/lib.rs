@@ -9,17 +9,24 @@
 //!         ◄─                      ◄─                 ◄─                    ◄─
 //! ```
 //!
-//! - [`cli`]: clap definitions only (raw arguments).
-//! - [`intercept`]: interceptor rules: the rule file, matching, actions, hot reload.
-//! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
-//! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
+//! The modules in layer order, lowest first. Each uses only the ones listed before it
+//! (`tests/layers.rs` reads this list and checks every `crate::` path in `src/` against it):
+//!
 //! - [`protocol`]: the JSON-RPC/MCP message model: ids, envelope parsing, batches, error codes.
-//! - [`transport`]: framing and I/O: stdio lines, our stdio, child processes, writers.
-//! - [`proxy`]: the pipeline and its stages, the relays that pump messages through it, and
-//!   the front ends (today: `forward stdio`).
-//! - [`session`]: sessions and their pending-request tables.
-//! - [`tape`]: the tape format (recordings of sessions): writing and reading.
-//! - [`telemetry`]: tracing setup and counters.
+//! - [`task`]: an owned background task that is awaited at most once; `Task::every`.
+//! - [`pattern`]: globs, JSONPaths and regexes, shared by rules, redaction and rate limits.
+//! - [`transport`]: framing and I/O: stdio lines, HTTP plumbing, SSE, child processes.
+//! - [`tape`]: the tape format (recordings of sessions), the recorder and redaction.
+//! - [`session`]: sessions, their pending-request tables, the manager and its stores.
+//! - [`telemetry`]: tracing setup, the log format, counters.
+//! - [`stage`]: the contract between the pipeline and its stages (`Context`, `Client`, `Verdict`).
+//! - [`ratelimit`]: keyed rate limits and their refusals.
+//! - [`intercept`]: interceptor rules: the rule file, matching, actions, hot reload.
+//! - [`cli`]: clap definitions only (raw arguments).
+//! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
+//! - [`proxy`]: the pipeline, the pumps that move messages through it, and the front ends
+//!   (`forward`, `bridge`, `reverse`).
+//! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
 //!
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
 
@@ -27,10 +34,13 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod intercept;
+pub mod pattern;
 pub mod protocol;
 pub mod proxy;
 pub mod ratelimit;
 pub mod session;
+pub mod stage;
 pub mod tape;
+pub mod task;
 pub mod telemetry;
 pub mod transport;

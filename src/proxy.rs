@@ -1,14 +1,13 @@
 //! The proxy: the one pipeline every message passes through, and the pumps that move messages
 //! between a downstream (client side) and an upstream (server side).
 //!
-//! - [`pipeline`]: [`Pipeline`], its [`Stage`]s and the order they run in; the one place a
-//!   pipeline is built.
+//! - [`pipeline`]: [`Pipeline`], its stages and the order they run in; the one place a
+//!   pipeline is built (the stages' contract is [`crate::stage`]).
 //! - [`tracker`]: the request-tracking stage (pending requests per direction).
 //! - [`outbox`]: the way out to one peer: a bounded queue to its writer, which also re-assembles
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
 //! - [`timeouts`]: request timeouts: an error for the requester, a cancellation for the other.
-//! - [`task`]: an owned background task that is awaited at most once.
 //! - [`link`]: a stdio upstream: a child server and the two tasks that move its bytes.
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 //! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
@@ -22,8 +21,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod relay;
 pub mod reverse;
-pub mod task;
 pub mod timeouts;
 pub mod tracker;
 
-pub use pipeline::{Client, Context, Pipeline, Stage, Verdict};
+pub use pipeline::Pipeline;

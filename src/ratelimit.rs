@@ -37,8 +37,8 @@ pub use store::Store;
 
 use crate::protocol::error::{ErrorCode, ProxyError};
 use crate::protocol::{Direction, Kind, Message, Method};
-use crate::proxy::{Client, Context};
 use crate::session::Session;
+use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::Metrics;
 
 /// The limits of one proxy.
@@ -318,6 +318,18 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A limit refused `msg`: a request is answered with the `rate_limited` error (and no longer
+    /// awaits an answer from the receiver); a notification is dropped.
+    pub fn verdict(&self, msg: &Message, cx: Context<'_>) -> Verdict {
+        if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+            cx.session.pending(cx.direction).remove(id);
+            tracing::debug!(session = %cx.session.id().digest(), limit = %self.limit, retry_after_ms = self.retry_after_ms(), "refused a request over a rate limit");
+            return Verdict::Respond(Message::error_response(Some(id), &self.error()));
+        }
+        tracing::debug!(session = %cx.session.id().digest(), limit = %self.limit, "dropped a notification over a rate limit");
+        Verdict::Drop
+    }
+
     fn new(spec: &LimitSpec, retry_after: Duration) -> Self {
         Self {
             limit: spec.name.clone(),

@@ -17,9 +17,19 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
 use crate::protocol::Direction;
 use crate::transport::serve::ConnectionCounters;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Log lines buffered for the background writer before new ones are dropped. The buffer is
 /// allocated up front: tracing-appender's default (128,000 lines) costs about 4 MiB of RSS.

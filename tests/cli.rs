@@ -271,7 +271,7 @@ fn the_readme_config_example_sets_every_value_it_shows() {
     .unwrap();
     let config = shadowcat::app::configure(&cli).unwrap();
     assert_eq!(config.log_level, "info");
-    assert_eq!(config.log_format, shadowcat::config::LogFormat::Json);
+    assert_eq!(config.log_format, shadowcat::telemetry::LogFormat::Json);
     assert_eq!(config.max_message_size, 16 * 1024 * 1024);
     assert_eq!(config.sessions.max_pending_requests, 10_000);
     assert_eq!(config.shutdown_timeout, std::time::Duration::from_secs(3));

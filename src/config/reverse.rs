@@ -15,6 +15,10 @@ use crate::transport::serve::ConnectionLimits;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default path of the MCP endpoint.
 pub const DEFAULT_PATH: &str = "/mcp";
+/// Default number of events kept for replay per SSE stream (`--sse-replay-events`).
+pub const DEFAULT_REPLAY_EVENTS: usize = 256;
+/// Default interval of SSE keep-alive comments (`--sse-keepalive`).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The server behind the reverse proxy.
 #[derive(Debug, Clone)]
@@ -228,11 +232,11 @@ impl ReverseConfig {
             file.sse_replay_events.as_ref(),
         ) {
             Some(text) => parse_count(&text, "--sse-replay-events")?,
-            None => crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
+            None => DEFAULT_REPLAY_EVENTS,
         };
         let sse_keepalive = match pick(args.sse_keepalive.as_ref(), file.sse_keepalive.as_ref()) {
             Some(text) => parse_optional_duration(&text, "--sse-keepalive")?,
-            None => Some(crate::proxy::reverse::stream::DEFAULT_KEEPALIVE),
+            None => Some(DEFAULT_KEEPALIVE),
         };
         let trusted_proxies =
             TrustedProxies::parse(&listed(&args.trusted_proxy, file.trusted_proxy))?;
@@ -437,7 +441,7 @@ impl ReverseConfig {
             connections: ConnectionLimits::default(),
             max_sessions_per_client: usize::MAX,
             chosen: ChosenSessionBounds::default(),
-            sse_replay_events: crate::proxy::reverse::stream::DEFAULT_REPLAY_EVENTS,
+            sse_replay_events: DEFAULT_REPLAY_EVENTS,
             sse_keepalive: None,
         })
     }

@@ -460,14 +460,14 @@ impl Modify {
             return Effect::None;
         };
         for (path, value) in &self.set.0 {
-            for pointer in crate::tape::redact::pointers(&path.path, target) {
+            for pointer in crate::pattern::pointers(&path.path, target) {
                 if let Some(slot) = target.pointer_mut(&pointer) {
                     *slot = value.clone();
                 }
             }
         }
         for path in &self.remove {
-            remove_all(target, &crate::tape::redact::pointers(&path.path, target));
+            remove_all(target, &crate::pattern::pointers(&path.path, target));
         }
         if let Some(patch) = &self.merge {
             json_patch::merge(target, patch);

@@ -16,10 +16,10 @@ use super::{Mode, Rule, Rules, RulesError};
 use crate::cli::{OutputFormat, RulesCommand};
 use crate::protocol::{Direction, Kind, Message, RequestId};
 use crate::proxy::tracker::RequestTracker;
-use crate::proxy::{Context, Verdict};
 use crate::ratelimit::LimitClock;
 use crate::session::report::columns;
 use crate::session::{Declared, Session, SessionConfig, SessionManager, TransportKind};
+use crate::stage::{Context, Verdict};
 use crate::tape::{Frame, Tape};
 use crate::telemetry::Metrics;
 
@@ -254,7 +254,7 @@ impl<'a> DryRun<'a> {
             direction: frame.direction,
             session: &session,
             transport: &frame.transport,
-            client: crate::proxy::Client::Local,
+            client: crate::stage::Client::Local,
         };
         let (verdict, answers) = self.tracker.track(msg, cx);
         if let Some(answers) = &answers {

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::pattern::Pattern;
-pub use super::pattern::{Glob, Path};
+use crate::pattern::Pattern;
+pub use crate::pattern::{Glob, Path};
 use crate::protocol::{Direction, Kind, Message, Method};
 use crate::session::{Session, TransportKind};
 
@@ -260,7 +260,7 @@ pub struct Subject<'a> {
     /// When it passes: `None` for now (`rules test` gives the tape's time).
     pub at: Option<Instant>,
     /// Who sent it (what a per-client `rate_limit:` keys on); the local client unless set.
-    pub client: crate::proxy::Client<'a>,
+    pub client: crate::stage::Client<'a>,
     /// The parsed message, once needed.
     body: Body,
     /// The name of the item used (`params.name` or `params.uri`), read on its own.
@@ -289,7 +289,7 @@ impl<'a> Subject<'a> {
             session,
             method: msg.method().or(answers),
             at: None,
-            client: crate::proxy::Client::Local,
+            client: crate::stage::Client::Local,
             body: Body::Unparsed,
             name: None,
             changed: false,

@@ -42,7 +42,7 @@ async fn run_raw(
         direction,
         session,
         transport: &Transport::NONE,
-        client: crate::proxy::Client::Local,
+        client: crate::stage::Client::Local,
     };
     let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
     let verdict = rules.process(m, cx, answers.as_ref(), &metrics).await;
@@ -1042,5 +1042,97 @@ rules:
     {
         Verdict::Forward(m) => assert_eq!(m.raw().as_ref(), raw.as_bytes()),
         other => panic!("audit refused: {other:?}"),
+    }
+}
+
+/// A `tools/call` of `tool` (for the `rate_limit:` rules below).
+fn limited_call(tool: &str) -> Message {
+    msg(&call(1, tool, json!({})))
+}
+
+/// A rules file with a `rate_limit:` rule, at `path`.
+fn write_limit_rules(path: &Path, name: &str, limit: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "version: 1\nrules:\n  - name: {name}\n    match: {{method: tools/call, tool: echo}}\n    rate_limit: {limit}\n"
+        ),
+    )
+    .unwrap();
+}
+
+async fn through_rules(rules: &Rules, s: &Session, msg: Message) -> Verdict {
+    let cx = Context {
+        direction: Direction::ClientToServer,
+        session: s,
+        transport: &Transport::NONE,
+        client: crate::stage::Client::Address("192.0.2.9".parse().unwrap()),
+    };
+    rules.process(msg, cx, None, &Metrics::default()).await
+}
+
+#[tokio::test]
+async fn a_rule_limits_what_it_matches_and_keeps_its_state_across_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    write_limit_rules(&path, "echo-calls", "{per: client, rate: 1/h, burst: 2}");
+    let rules = Rules::load(&path, None).unwrap();
+    let s = Session::standalone(TransportKind::Http, 100);
+    for _ in 0..2 {
+        assert!(matches!(
+            through_rules(&rules, &s, limited_call("echo")).await,
+            Verdict::Forward(_)
+        ));
+    }
+    let Verdict::Respond(answer) = through_rules(&rules, &s, limited_call("echo")).await else {
+        panic!("the third is refused");
+    };
+    let refusal = crate::ratelimit::Refusal::from_answer(&answer).expect("a rate_limited answer");
+    assert_eq!(
+        (refusal.limit.as_str(), refusal.per, refusal.burst),
+        ("echo-calls", crate::ratelimit::Per::Client, 2)
+    );
+    assert!(
+        refusal.retry_after > Duration::from_secs(1700),
+        "{refusal:?}"
+    );
+    // What the rule does not match is not counted.
+    assert!(matches!(
+        through_rules(&rules, &s, limited_call("add")).await,
+        Verdict::Forward(_)
+    ));
+    // A reload that keeps the rule keeps its state; one that changes the limit starts over.
+    std::fs::write(
+        &path,
+        format!("# edited\n{}", std::fs::read_to_string(&path).unwrap()),
+    )
+    .unwrap();
+    assert!(rules.reload().unwrap());
+    assert!(matches!(
+        through_rules(&rules, &s, limited_call("echo")).await,
+        Verdict::Respond(_)
+    ));
+    write_limit_rules(&path, "echo-calls", "{per: client, rate: 1/h, burst: 3}");
+    assert!(rules.reload().unwrap());
+    assert!(matches!(
+        through_rules(&rules, &s, limited_call("echo")).await,
+        Verdict::Forward(_)
+    ));
+}
+
+#[test]
+fn a_rule_limit_is_checked_when_the_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    for (limit, says) in [
+        ("{rate: 10}", "is not a rate"),
+        ("{rate: 1/s, burst: 0}", "burst must be at least 1"),
+        ("{rate: 1/s, per: everyone}", "unknown variant `everyone`"),
+        ("{rate: 1/s, keys: 0}", "keys must be from 1"),
+        ("{per: client}", "missing field `rate`"),
+    ] {
+        write_limit_rules(&path, "r", limit);
+        let err = Rules::load(&path, None).unwrap_err().to_string();
+        assert!(err.contains(says), "{limit}: {err}");
     }
 }

@@ -30,7 +30,7 @@ use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver
 use super::relay::{Relay, RelayEnd};
 use super::reverse::gateway::{Gateway, SessionLink};
 use super::reverse::mirror::headers_for;
-use super::task::Task;
+use crate::task::Task;
 
 /// Why the bridge is stopping.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
     let to_client = Arc::new(to_client);
     let link = gateway
-        .open_session(TransportKind::Stdio, crate::proxy::Client::Local)
+        .open_session(TransportKind::Stdio, crate::stage::Client::Local)
         .context("cannot open the session")?;
     let span = tracing::info_span!("session", id = %link.session.id().digest());
     async {

@@ -31,8 +31,8 @@ use super::link::StdioLink;
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
-use super::task::Task;
 use super::timeouts;
+use crate::task::Task;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold
 /// it), before its last output is given up on.

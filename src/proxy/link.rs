@@ -19,7 +19,7 @@ use crate::transport::writer;
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
-use super::task::Task;
+use crate::task::Task;
 
 /// A running child server and the two tasks that move its bytes.
 #[derive(Debug)]

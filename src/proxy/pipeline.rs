@@ -17,58 +17,16 @@
 //!    has one: a message as it goes on (as rules left it), or as it came when the proxy
 //!    answered or dropped it, and the proxy's answer.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use crate::protocol::{Direction, Kind, Message};
-use crate::ratelimit::{LimitSpec, RateLimits, Refusal};
-use crate::session::{Session, SessionManager};
+use crate::protocol::{Direction, Message};
+use crate::ratelimit::{LimitSpec, RateLimits};
+use crate::session::SessionManager;
+use crate::stage::{Context, Verdict};
 use crate::tape::Transport;
 use crate::telemetry::Metrics;
 
 use super::tracker::RequestTracker;
-
-/// What a stage sees besides the message.
-#[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
-    /// Which way the message travels.
-    pub direction: Direction,
-    /// The session it belongs to.
-    pub session: &'a Session,
-    /// How the transport carried it (HTTP status, SSE event id, stream), for the tape.
-    pub transport: &'a Transport,
-    /// Who sent it, as far as the transport can tell (what per-client limits key on).
-    pub client: Client<'a>,
-}
-
-/// Who a client is, as far as the transport can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Client<'a> {
-    /// The one local client of a stdio proxy (and the sender of any server→client message).
-    Local,
-    /// An HTTP client, by address: the socket's peer, or behind a `--trusted-proxy` the
-    /// address `X-Forwarded-For` gives.
-    Address(std::net::IpAddr),
-    /// An authenticated subject (once the gateway authenticates clients).
-    Subject(&'a str),
-}
-
-/// What to do with a message.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Pass it on towards its receiver.
-    Forward(Message),
-    /// Don't pass it on; send this answer back to its sender instead.
-    Respond(Message),
-    /// Don't pass it on, and answer nothing.
-    Drop,
-}
-
-/// One step of the pipeline.
-pub trait Stage: Send + Sync {
-    /// Handles one message.
-    fn process(&self, msg: Message, cx: Context<'_>) -> impl Future<Output = Verdict> + Send;
-}
 
 /// The pipeline every mode runs messages through.
 #[derive(Debug)]
@@ -124,7 +82,7 @@ impl Pipeline {
             return verdict;
         };
         if let Some(refusal) = self.limits.as_ref().and_then(|l| l.check(&msg, &cx).err()) {
-            return refuse(&msg, cx, &refusal);
+            return refusal.verdict(&msg, cx);
         }
         match &self.rules {
             Some(rules) => {
@@ -135,18 +93,6 @@ impl Pipeline {
             None => Verdict::Forward(msg),
         }
     }
-}
-
-/// A limit refused `msg`: a request is answered with the `rate_limited` error (and no longer
-/// awaits an answer from the receiver); a notification is dropped.
-pub fn refuse(msg: &Message, cx: Context<'_>, refusal: &Refusal) -> Verdict {
-    if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
-        cx.session.pending(cx.direction).remove(id);
-        tracing::debug!(session = %cx.session.id().digest(), limit = %refusal.limit, retry_after_ms = refusal.retry_after_ms(), "refused a request over a rate limit");
-        return Verdict::Respond(Message::error_response(Some(id), &refusal.error()));
-    }
-    tracing::debug!(session = %cx.session.id().digest(), limit = %refusal.limit, "dropped a notification over a rate limit");
-    Verdict::Drop
 }
 
 /// Writes what happened to `msg` to the session's tape: the message as it went on (as rules

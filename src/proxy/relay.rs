@@ -23,7 +23,8 @@ use crate::session::Session;
 use crate::transport::lines::{Line, LineDecoder};
 
 use super::outbox::{Deliver, Outbox};
-use super::pipeline::{Context, Pipeline, Verdict};
+use super::pipeline::Pipeline;
+use crate::stage::{Context, Verdict};
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -100,7 +101,7 @@ impl<R: Deliver> Relay<R> {
             direction: self.direction,
             session: &self.session,
             transport: &crate::tape::Transport::NONE,
-            client: crate::proxy::Client::Local,
+            client: crate::stage::Client::Local,
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;

@@ -174,9 +174,9 @@ fn spawn_prune(
     gateway: &Arc<Gateway>,
     interval: Duration,
     stop: CancellationToken,
-) -> Option<crate::proxy::task::Task<()>> {
+) -> Option<crate::task::Task<()>> {
     gateway.pipeline.limits()?;
-    Some(crate::proxy::task::Task::every(
+    Some(crate::task::Task::every(
         "rate-limit-prune",
         interval,
         stop,

@@ -8,7 +8,6 @@
 //! both directions. The `initialize` answer is recognised by the method of the request it
 //! answers (from the pending table), never by the shape of the response.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -20,7 +19,7 @@ use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::session::{Declared, PendingError, PendingScope, Session, SessionManager, State};
 use crate::telemetry::Metrics;
 
-use super::pipeline::{Context, Stage, Verdict};
+use crate::stage::{Context, Verdict};
 
 /// The session-tracking stage.
 #[derive(Debug)]
@@ -146,12 +145,6 @@ impl RequestTracker {
     }
 }
 
-impl Stage for RequestTracker {
-    fn process(&self, msg: Message, cx: Context<'_>) -> impl Future<Output = Verdict> + Send {
-        std::future::ready(self.track(msg, cx).0)
-    }
-}
-
 /// The parts of `initialize` (params or result) the session keeps. Parsed only for this message.
 #[derive(Deserialize)]
 struct InitializeParts<'a> {
@@ -262,7 +255,7 @@ mod tests {
                     direction,
                     session,
                     transport: &crate::tape::Transport::NONE,
-                    client: crate::proxy::Client::Local,
+                    client: crate::stage::Client::Local,
                 },
             )
             .0

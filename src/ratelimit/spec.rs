@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::intercept::pattern::Glob;
+use crate::pattern::Glob;
 
 /// Most keys one keyed limit remembers, unless `keys=` says otherwise.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::protocol::RequestId;
-use crate::proxy::{Context, Verdict};
 use crate::session::{Session, TransportKind};
+use crate::stage::{Context, Verdict};
 use crate::tape::Transport;
 
 struct Bench {
@@ -301,7 +301,7 @@ async fn the_pipeline_answers_a_refused_request_and_drops_a_notification() {
         .insert_with_token(RequestId::Number(1), Method::ToolsList, None)
         .unwrap();
     let refusal = b.limits.check(&msg, &cx).unwrap_err();
-    let Verdict::Respond(answer) = crate::proxy::pipeline::refuse(&msg, cx, &refusal) else {
+    let Verdict::Respond(answer) = refusal.verdict(&msg, cx) else {
         panic!("a request is answered");
     };
     assert!(
@@ -330,10 +330,7 @@ async fn the_pipeline_answers_a_refused_request_and_drops_a_notification() {
             .into(),
     )
     .unwrap();
-    assert!(matches!(
-        crate::proxy::pipeline::refuse(&note, cx, &refusal),
-        Verdict::Drop
-    ));
+    assert!(matches!(refusal.verdict(&note, cx), Verdict::Drop));
 
     let headers = refusal.headers();
     assert_eq!(headers["retry-after"], "1");
@@ -410,95 +407,6 @@ fn keys_whose_time_has_passed_are_forgotten_as_new_ones_come() {
     b.limits.prune();
     assert_eq!(b.limits.keys("client"), Some(0));
     assert_eq!(b.metrics.rate_limit_keys("client").get(), 0);
-}
-
-/// A rules file with a `rate_limit:` rule, at `path`.
-fn write_rules(path: &std::path::Path, name: &str, limit: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "version: 1\nrules:\n  - name: {name}\n    match: {{method: tools/call, tool: echo}}\n    rate_limit: {limit}\n"
-        ),
-    )
-    .unwrap();
-}
-
-async fn through_rules(rules: &crate::intercept::Rules, s: &Session, msg: Message) -> Verdict {
-    let cx = Context {
-        direction: Direction::ClientToServer,
-        session: s,
-        transport: &Transport::NONE,
-        client: Client::Address("192.0.2.9".parse().unwrap()),
-    };
-    rules.process(msg, cx, None, &Metrics::default()).await
-}
-
-#[tokio::test]
-async fn a_rule_limits_what_it_matches_and_keeps_its_state_across_reloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    write_rules(&path, "echo-calls", "{per: client, rate: 1/h, burst: 2}");
-    let rules = crate::intercept::Rules::load(&path, None).unwrap();
-    let s = session();
-    for _ in 0..2 {
-        assert!(matches!(
-            through_rules(&rules, &s, call("echo")).await,
-            Verdict::Forward(_)
-        ));
-    }
-    let Verdict::Respond(answer) = through_rules(&rules, &s, call("echo")).await else {
-        panic!("the third is refused");
-    };
-    let refusal = Refusal::from_answer(&answer).expect("a rate_limited answer");
-    assert_eq!(
-        (refusal.limit.as_str(), refusal.per, refusal.burst),
-        ("echo-calls", Per::Client, 2)
-    );
-    assert!(
-        refusal.retry_after > Duration::from_secs(1700),
-        "{refusal:?}"
-    );
-    // What the rule does not match is not counted.
-    assert!(matches!(
-        through_rules(&rules, &s, call("add")).await,
-        Verdict::Forward(_)
-    ));
-    // A reload that keeps the rule keeps its state; one that changes the limit starts over.
-    std::fs::write(
-        &path,
-        format!("# edited\n{}", std::fs::read_to_string(&path).unwrap()),
-    )
-    .unwrap();
-    assert!(rules.reload().unwrap());
-    assert!(matches!(
-        through_rules(&rules, &s, call("echo")).await,
-        Verdict::Respond(_)
-    ));
-    write_rules(&path, "echo-calls", "{per: client, rate: 1/h, burst: 3}");
-    assert!(rules.reload().unwrap());
-    assert!(matches!(
-        through_rules(&rules, &s, call("echo")).await,
-        Verdict::Forward(_)
-    ));
-}
-
-#[test]
-fn a_rule_limit_is_checked_when_the_file_is_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    for (limit, says) in [
-        ("{rate: 10}", "is not a rate"),
-        ("{rate: 1/s, burst: 0}", "burst must be at least 1"),
-        ("{rate: 1/s, per: everyone}", "unknown variant `everyone`"),
-        ("{rate: 1/s, keys: 0}", "keys must be from 1"),
-        ("{per: client}", "missing field `rate`"),
-    ] {
-        write_rules(&path, "r", limit);
-        let err = crate::intercept::Rules::load(&path, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(says), "{limit}: {err}");
-    }
 }
 
 #[test]

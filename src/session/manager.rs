@@ -27,7 +27,7 @@ use super::lifecycle::{EndReason, State};
 use super::metrics::{SessionMetrics, SessionMetricsSnapshot};
 use super::pending::{DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_PENDING_TOTAL, PendingBudget};
 use super::store::StoreWriter;
-use crate::proxy::task::Task;
+use crate::task::Task;
 
 /// Default bound on open sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;

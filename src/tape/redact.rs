@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
+use crate::pattern::{BadPath, parse_path, pointers};
+
 /// What a masked value becomes.
 pub const MASK: &str = "[REDACTED]";
 
@@ -20,35 +22,6 @@ pub struct Redactor {
     paths: Vec<(String, JsonPath)>,
     /// Strings masked wherever they appear.
     secrets: Vec<String>,
-}
-
-/// A `--redact` path that is not an RFC 9535 JSONPath.
-#[derive(Debug, thiserror::Error)]
-#[error("{path:?} is not a JSONPath (RFC 9535), at character {position}: {reason}")]
-pub struct BadPath {
-    /// The path as given.
-    pub path: String,
-    /// Where it goes wrong, from 0.
-    pub position: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// Parses one RFC 9535 JSONPath, with an error naming where it goes wrong.
-pub fn parse_path(path: &str) -> Result<JsonPath, BadPath> {
-    JsonPath::parse(path).map_err(|e| BadPath {
-        path: path.to_owned(),
-        position: e.position(),
-        reason: e.message().to_owned(),
-    })
-}
-
-/// The JSON pointers of every value `path` selects in `value`.
-pub fn pointers(path: &JsonPath, value: &Value) -> Vec<String> {
-    path.query_located(value)
-        .locations()
-        .map(serde_json_path::NormalizedPath::to_json_pointer)
-        .collect()
 }
 
 impl Redactor {

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::diff::{Difference, differences};
-use super::redact::{parse_path, pointers};
 use super::{Tape, read};
 use crate::cli::{StdioServer, VerifyArgs};
+use crate::pattern::{parse_path, pointers};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
 use crate::transport::child::{ChildProcess, ChildSpec};

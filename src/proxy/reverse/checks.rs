@@ -15,8 +15,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::config::{TrustedProxies, is_loopback_authority};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Message, RequestId, version};
-use crate::proxy::Client;
 use crate::session::SessionId;
+use crate::stage::Client;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 
 use super::gateway::{Gateway, SessionLink};

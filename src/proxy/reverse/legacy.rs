@@ -18,8 +18,8 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use crate::protocol::{Direction, Frame, RequestId};
-use crate::proxy::Verdict;
 use crate::session::{EndReason, SessionId, TransportKind};
+use crate::stage::Verdict;
 
 use super::checks::{check_content_type, client_of, read_frame};
 use super::gateway::{Gateway, LinkUpstream};

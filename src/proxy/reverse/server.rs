@@ -208,7 +208,7 @@ async fn post(
     // At the shared child, one client's requests in flight are bounded, so that it cannot take
     // the room every other stateless client needs there.
     let in_flight = match (shared, client) {
-        (true, crate::proxy::Client::Address(address)) => {
+        (true, crate::stage::Client::Address(address)) => {
             let limit = (gateway.config.sessions.max_pending_requests / 4).max(1);
             let slot = ClientCounts::take(&gateway.stateless_in_flight, address, limit);
             if slot.is_none() {
@@ -304,7 +304,7 @@ async fn post(
                 // A call of a tool that mirrors arguments into headers, as it came.
                 let before = gateway.mirrored.before(&msg);
                 match gateway.inbound(&link.session, msg, client).await {
-                    crate::proxy::Verdict::Forward(msg) => {
+                    crate::stage::Verdict::Forward(msg) => {
                         if let Some(before) = before {
                             before.follow(&mut headers, &msg);
                         }
@@ -325,7 +325,7 @@ async fn post(
                         expected.extend(request);
                         forwarded.push(msg);
                     }
-                    crate::proxy::Verdict::Respond(answer) => {
+                    crate::stage::Verdict::Respond(answer) => {
                         gateway
                             .pipeline
                             .metrics()
@@ -341,7 +341,7 @@ async fn post(
                             None => answer,
                         });
                     }
-                    crate::proxy::Verdict::Drop => {}
+                    crate::stage::Verdict::Drop => {}
                 }
             }
         }

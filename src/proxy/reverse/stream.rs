@@ -22,12 +22,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-/// Default number of events kept for replay per stream (`--sse-replay-events`).
-pub const DEFAULT_REPLAY_EVENTS: usize = 256;
 /// Most bytes of events kept for replay per stream.
 pub const DEFAULT_REPLAY_BYTES: usize = 1024 * 1024;
-/// Default interval of keep-alive comments (`--sse-keepalive`).
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// The reconnection delay suggested to clients (`retry:`), in milliseconds.
 pub const RETRY_MS: u64 = 3000;
 /// Events queued for a live connection before it counts as stalled and is dropped (its events

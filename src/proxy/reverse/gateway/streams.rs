@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
 use crate::proxy::outbox::Deliver;
-use crate::proxy::pipeline::{Context, Verdict};
 use crate::proxy::tracker::receiver_gone;
+use crate::stage::{Context, Verdict};
 use crate::transport::backoff::Backoff;
 use crate::transport::http::{HttpUpstream, UpstreamError, media_type, sse_events};
 use crate::transport::sse::Item;
@@ -341,7 +341,7 @@ impl Gateway {
                 direction: Direction::ServerToClient,
                 session: &link.session,
                 transport,
-                client: crate::proxy::Client::Local,
+                client: crate::stage::Client::Local,
             };
             match self.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {

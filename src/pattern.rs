@@ -95,7 +95,7 @@ enum Step {
 impl Path {
     /// Compiles `text`.
     pub fn new(text: &str) -> Result<Self, String> {
-        let path = crate::tape::redact::parse_path(text).map_err(|e| e.to_string())?;
+        let path = parse_path(text).map_err(|e| e.to_string())?;
         Ok(Self {
             text: text.to_owned(),
             path,
@@ -193,4 +193,33 @@ impl<'de> Deserialize<'de> for Pattern {
             serde::de::Error::custom(format!("{text:?} is not a valid regex: {why}"))
         })
     }
+}
+
+/// A JSONPath (`--redact`, a rule's `path`) that is not RFC 9535.
+#[derive(Debug, thiserror::Error)]
+#[error("{path:?} is not a JSONPath (RFC 9535), at character {position}: {reason}")]
+pub struct BadPath {
+    /// The path as given.
+    pub path: String,
+    /// Where it goes wrong, from 0.
+    pub position: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Parses one RFC 9535 JSONPath, with an error naming where it goes wrong.
+pub fn parse_path(path: &str) -> Result<JsonPath, BadPath> {
+    JsonPath::parse(path).map_err(|e| BadPath {
+        path: path.to_owned(),
+        position: e.position(),
+        reason: e.message().to_owned(),
+    })
+}
+
+/// The JSON pointers of every value `path` selects in `value`.
+pub fn pointers(path: &JsonPath, value: &Value) -> Vec<String> {
+    path.query_located(value)
+        .locations()
+        .map(serde_json_path::NormalizedPath::to_json_pointer)
+        .collect()
 }

@@ -1,0 +1,44 @@
+//! The contract between the pipeline and its stages: what a stage sees besides the message
+//! ([`Context`], with who sent it, [`Client`]) and what it decides ([`Verdict`]). Below every
+//! stage (`ratelimit`, `intercept`) and the pipeline that runs them (`proxy::pipeline`), so
+//! that neither imports the other for it.
+
+use crate::protocol::{Direction, Message};
+use crate::session::Session;
+use crate::tape::Transport;
+
+/// What a stage sees besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Which way the message travels.
+    pub direction: Direction,
+    /// The session it belongs to.
+    pub session: &'a Session,
+    /// How the transport carried it (HTTP status, SSE event id, stream), for the tape.
+    pub transport: &'a Transport,
+    /// Who sent it, as far as the transport can tell (what per-client limits key on).
+    pub client: Client<'a>,
+}
+
+/// Who a client is, as far as the transport can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client<'a> {
+    /// The one local client of a stdio proxy (and the sender of any server→client message).
+    Local,
+    /// An HTTP client, by address: the socket's peer, or behind a `--trusted-proxy` the
+    /// address `X-Forwarded-For` gives.
+    Address(std::net::IpAddr),
+    /// An authenticated subject (once the gateway authenticates clients).
+    Subject(&'a str),
+}
+
+/// What to do with a message.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Pass it on towards its receiver.
+    Forward(Message),
+    /// Don't pass it on; send this answer back to its sender instead.
+    Respond(Message),
+    /// Don't pass it on, and answer nothing.
+    Drop,
+}
