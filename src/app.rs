@@ -6,20 +6,14 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{
-    Cli, Command, ForwardCommand, OutputFormat, ReplayArgs, ReverseArgs, SessionCommand,
-    StdioServer,
-};
+use crate::cli::{Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, StdioServer};
 use crate::config::recording::{Ask, Target};
 use std::sync::Arc;
 
-use crate::config::{Config, ReverseConfig, StoreKind, parse_duration};
+use crate::config::{Config, ReverseConfig, StoreKind};
 use crate::proxy::forward;
 use crate::session::StoreWriter;
-use crate::session::report;
-use crate::session::store::sqlite::DB_FILE;
-use crate::session::store::{SessionStore, SqliteStore, StateFilter};
-use crate::transport::child::ChildSpec;
+use crate::session::store::{SessionStore, SqliteStore};
 
 /// The options a command proxies with, if it proxies.
 pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
@@ -53,7 +47,7 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
             config.reverse = stdio_server(&cli.global, &args.server)?;
             let (path, target) = match &args.output {
                 Some(path) => (path.clone(), Target::FileOrDir),
-                None => (config.data_dir.join(TAPES_DIR), Target::Dir),
+                None => (config.data_dir.join(crate::config::TAPES_DIR), Target::Dir),
             };
             Some(Ask {
                 path,
@@ -77,9 +71,6 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     }
     Ok(config)
 }
-
-/// Where tapes go in the data dir, by default.
-pub const TAPES_DIR: &str = "tapes";
 
 /// The upstream options of a stdio client's server: for a --url, the gateway's upstream side
 /// (the stdio→HTTP bridge uses it); none for a command.
@@ -122,10 +113,10 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
         Command::Record(args) => run_forward_stdio(&args.server, config),
         Command::Reverse(_) => run_reverse(config),
         Command::Replay(args) if args.listen.is_some() => run_reverse(config),
-        Command::Replay(args) => crate::tape::replay::run_stdio(&args),
-        Command::Tape(cmd) => crate::tape::manage::run(cmd, config),
-        Command::Session(cmd) => run_session(cmd, config),
-        Command::Rules(cmd) => crate::intercept::command::run(cmd),
+        Command::Replay(args) => crate::cmd::replay::run_stdio(&args),
+        Command::Tape(cmd) => crate::cmd::tape::run(cmd, config),
+        Command::Session(cmd) => crate::cmd::session::run(cmd, config),
+        Command::Rules(cmd) => crate::cmd::rules::run(cmd),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut out);
@@ -139,22 +130,10 @@ fn run_forward_stdio(args: &StdioServer, config: &Config) -> anyhow::Result<u8> 
     if args.url.is_some() {
         return run_bridge(config);
     }
-    let spec = child_spec(args)?;
+    let spec = crate::config::child_spec(args)?;
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
     on_one_thread(config, std::time::Duration::from_millis(100), |store| {
         forward::run(config, &spec, store, config.recording.as_ref())
-    })
-}
-
-/// The server command a stdio client's server is (the part after `--`, with `--env`, `--cwd`).
-pub fn child_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
-    let mut command = server.command.iter().cloned();
-    let program = command.next().context("no server command given after --")?;
-    Ok(ChildSpec {
-        program,
-        args: command.collect(),
-        env: server.child.env.clone(),
-        cwd: server.child.cwd.clone(),
     })
 }
 
@@ -218,92 +197,4 @@ fn open_store(config: &Config) -> Option<StoreWriter> {
             None
         }
     }
-}
-
-/// `shadowcat session list|show|cleanup`, against the history in the data dir.
-fn run_session(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
-    let path = config.data_dir.join(DB_FILE);
-    let mut out = std::io::stdout().lock();
-    if !path.exists() {
-        eprintln!(
-            "shadowcat: no session history in {} yet",
-            config.data_dir.display()
-        );
-        return match cmd {
-            SessionCommand::List {
-                format: OutputFormat::Json,
-                ..
-            } => {
-                writeln!(out, "[]")?;
-                Ok(0)
-            }
-            SessionCommand::List { .. } | SessionCommand::Cleanup { .. } => Ok(0),
-            SessionCommand::Show { id, .. } => {
-                eprintln!("shadowcat: no session {id}");
-                Ok(1)
-            }
-        };
-    }
-    let store = match cmd {
-        SessionCommand::Cleanup { .. } => SqliteStore::open(&path)?,
-        _ => SqliteStore::open_for_reading(&path)?,
-    };
-    match cmd {
-        SessionCommand::List { state, format } => {
-            let records = store.list(state)?;
-            match format {
-                OutputFormat::Table => write!(out, "{}", report::table(&records))?,
-                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
-            }
-        }
-        SessionCommand::Show { id, format } => {
-            let Some(record) = store.get(&id)? else {
-                eprintln!("shadowcat: no session {id} in {}", path.display());
-                return Ok(1);
-            };
-            match format {
-                OutputFormat::Table => write!(out, "{}", report::details(&record))?,
-                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?,
-            }
-        }
-        SessionCommand::Cleanup {
-            older_than,
-            all,
-            dry_run,
-        } => {
-            let cutoff = match older_than {
-                Some(text) => {
-                    let age = parse_duration(&text, "--older-than")?;
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-                    let cutoff = now
-                        .checked_sub(age)
-                        .context("--older-than reaches back before 1970")?;
-                    Some(u64::try_from(cutoff.as_millis()).unwrap_or(u64::MAX))
-                }
-                None => None,
-            };
-            let doomed: Vec<String> = store
-                .list(StateFilter::All)?
-                .into_iter()
-                .filter(|r| match r.ended_at_ms {
-                    Some(ended) => all || cutoff.is_some_and(|c| ended < c),
-                    // Not ended: only if no proxy has re-saved it since the cutoff (running proxies
-                    // re-save their sessions every minute), i.e. a killed proxy left it behind.
-                    None => cutoff.is_some_and(|c| r.updated_at_ms < c),
-                })
-                .map(|r| r.id)
-                .collect();
-            if dry_run {
-                writeln!(out, "would delete {} session(s)", doomed.len())?;
-            } else {
-                let deleted = store.delete(&doomed)?;
-                writeln!(out, "deleted {deleted} session(s)")?;
-            }
-            for id in &doomed {
-                writeln!(out, "  {id}")?;
-            }
-        }
-    }
-    out.flush()?;
-    Ok(0)
 }

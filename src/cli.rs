@@ -13,9 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::telemetry::LogFormat;
 
 mod tools;
-pub use tools::{
-    MatchMode, OutputFormat, ReplayArgs, RulesCommand, SessionCommand, TapeCommand, VerifyArgs,
-};
+pub use tools::{OutputFormat, ReplayArgs, RulesCommand, SessionCommand, TapeCommand, VerifyArgs};
 
 /// Shadowcat: a proxy for MCP (Model Context Protocol) traffic.
 ///

@@ -426,6 +426,25 @@ fn invalid(option: &'static str, message: String) -> ConfigError {
     ConfigError::Invalid { option, message }
 }
 
+/// Where tapes go in the data dir, by default.
+pub const TAPES_DIR: &str = "tapes";
+
+/// The server command a stdio client's server is (the part after `--`, with `--env`, `--cwd`).
+pub fn child_spec(
+    server: &crate::cli::StdioServer,
+) -> anyhow::Result<crate::transport::child::ChildSpec> {
+    let mut command = server.command.iter().cloned();
+    let program = command
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no server command given after --"))?;
+    Ok(crate::transport::child::ChildSpec {
+        program,
+        args: command.collect(),
+        env: server.child.env.clone(),
+        cwd: server.child.cwd.clone(),
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::io::Write;

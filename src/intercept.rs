@@ -5,7 +5,6 @@
 //! - [`matcher`]: when a rule applies; a message's body is parsed only if a rule needs it.
 //! - [`action`]: what a rule does, as an effect the engine applies or only reports.
 //! - [`reload`]: the file is watched; a good new version replaces the running rules.
-//! - [`command`]: `shadowcat rules check|test`.
 //!
 //! Order: rules run by priority (highest first; equal priorities in file order). Every rule that
 //! matches acts; `modify`, `delay`, `tag` and `log` let the walk go on (later rules see the
@@ -14,7 +13,6 @@
 //! changed: each action is logged, with a before/after diff for changes, and counted.
 
 pub mod action;
-pub mod command;
 pub mod file;
 mod index;
 pub mod matcher;
@@ -53,9 +51,9 @@ pub struct Rules {
 
 /// One version of the file, compiled.
 #[derive(Debug, Default)]
-struct Loaded {
-    set: RuleSet,
-    mode: Mode,
+pub(crate) struct Loaded {
+    pub(crate) set: RuleSet,
+    pub(crate) mode: Mode,
     /// Which of its rules can apply, by method.
     index: index::Index,
 }
@@ -197,6 +195,11 @@ impl Rules {
                 Verdict::Forward(msg)
             }
         }
+    }
+
+    /// The rules as they run now (`rules check` lists them).
+    pub(crate) fn loaded(&self) -> arc_swap::Guard<Arc<Loaded>> {
+        self.current.load()
     }
 
     /// Runs the rules over `s` without acting on anything but `s` (`rules test`): each rule

@@ -26,12 +26,14 @@
 //! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
 //! - [`proxy`]: the pipeline, the pumps that move messages through it, and the front ends
 //!   (`forward`, `bridge`, `reverse`).
+//! - [`cmd`]: the commands that do not proxy: `session`, `tape`, `replay`, `rules`.
 //! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
 //!
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
 
 pub mod app;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod intercept;
 pub mod pattern;

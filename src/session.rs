@@ -8,7 +8,6 @@
 //! - [`pending`]: [`PendingRequests`], bounded per session and in total.
 //! - [`manager`]: [`SessionManager`]: sharded map, LRU, expiry heap, limits, cleanup task.
 //! - [`metrics`]: counters that change only on lifecycle transitions.
-//! - [`report`]: the tables `shadowcat session list|show` print.
 //! - [`store`]: [`SessionStore`] (memory, SQLite) and the write-behind [`StoreWriter`].
 
 pub mod declared;
@@ -18,7 +17,6 @@ pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod pending;
-pub mod report;
 pub mod store;
 
 pub use declared::Declared;

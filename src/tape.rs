@@ -11,8 +11,6 @@
 //!   down instead of growing memory. [`Recording`] starts one per session.
 //! - [`Redactor`]: what is masked before anything is written.
 //! - [`read`]: loads a tape, tolerating a torn last line.
-//! - [`replay`]: serves a tape back as an MCP server; [`verify`]: checks a server against one;
-//!   [`manage`]: `tape list|show|redact`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -24,15 +22,13 @@ use serde_json::value::RawValue;
 use crate::protocol::Direction;
 
 pub mod diff;
-pub mod manage;
 mod recorder;
 pub mod redact;
-pub mod replay;
 pub mod script;
-pub mod verify;
 
 pub use recorder::{Recorder, Recording};
 pub use redact::{MASK, Redactor};
+pub use script::MatchMode;
 
 /// The tape format's version, written in every header.
 pub const FORMAT_VERSION: u32 = 1;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::StdioServer;
+use crate::tape::MatchMode;
 
 /// `session` subcommands.
 #[derive(Debug, Subcommand)]
@@ -81,30 +82,6 @@ pub enum OutputFormat {
     Table,
     /// JSON for programs.
     Json,
-}
-
-/// How `replay` matches a live request to a recorded one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum MatchMode {
-    /// The first unused recorded request with the same method and params (ids and `_meta`
-    /// ignored); once all such are used, the last one used again.
-    #[default]
-    MethodParams,
-    /// The next recorded request in order, whatever its params, if its method is the same.
-    Sequential,
-    /// The next recorded request in order, which must have the same method and params.
-    Strict,
-}
-
-impl MatchMode {
-    /// Its name on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MethodParams => "method-params",
-            Self::Sequential => "sequential",
-            Self::Strict => "strict",
-        }
-    }
 }
 
 /// `replay` options.

@@ -5,20 +5,43 @@ use serde_json::{Value, json};
 
 use super::Tape;
 use super::diff::differences;
-use crate::cli::MatchMode;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
+
+/// How `replay` matches a live request to a recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MatchMode {
+    /// The first unused recorded request with the same method and params (ids and `_meta`
+    /// ignored); once all such are used, the last one used again.
+    #[default]
+    MethodParams,
+    /// The next recorded request in order, whatever its params, if its method is the same.
+    Sequential,
+    /// The next recorded request in order, which must have the same method and params.
+    Strict,
+}
+
+impl MatchMode {
+    /// Its name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MethodParams => "method-params",
+            Self::Sequential => "sequential",
+            Self::Strict => "strict",
+        }
+    }
+}
 
 /// Most candidates an unmatched request's error names.
 const CANDIDATES: usize = 3;
 
 /// What the server sent on one request's account.
 #[derive(Debug, Clone)]
-pub(super) struct Event {
+pub(crate) struct Event {
     /// Microseconds after the request.
-    pub(super) offset: u64,
+    pub(crate) offset: u64,
     /// The message as recorded.
-    pub(super) msg: Message,
+    pub(crate) msg: Message,
 }
 
 /// One recorded client request and what followed it.
@@ -28,7 +51,7 @@ pub struct Recorded {
     pub method: String,
     /// Its params, without `_meta`.
     pub params: Option<Value>,
-    pub(super) events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
 }
 
 /// A tape as the player sees it.
@@ -39,7 +62,7 @@ pub struct Script {
 }
 
 /// `params` without `_meta` (ids, progress tokens and protocol metadata are not matched).
-pub(super) fn params_of(msg: &Message) -> Option<Value> {
+pub(crate) fn params_of(msg: &Message) -> Option<Value> {
     #[derive(serde::Deserialize)]
     struct Body {
         params: Option<Value>,
@@ -51,8 +74,8 @@ pub(super) fn params_of(msg: &Message) -> Option<Value> {
     Some(params)
 }
 
-pub(super) const REQUEST_TOKEN: &str = "/params/_meta/progressToken";
-pub(super) const PROGRESS_TOKEN: &str = "/params/progressToken";
+pub(crate) const REQUEST_TOKEN: &str = "/params/_meta/progressToken";
+pub(crate) const PROGRESS_TOKEN: &str = "/params/progressToken";
 
 impl Script {
     /// The script of `tape`.
@@ -231,7 +254,7 @@ impl Matcher {
 }
 
 /// The error for a request nothing matched.
-pub(super) fn unmatched_error(
+pub(crate) fn unmatched_error(
     script: &Script,
     mode: MatchMode,
     method: &str,

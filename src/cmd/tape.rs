@@ -1,5 +1,7 @@
 //! `shadowcat tape list|show|redact|verify`.
 
+pub mod verify;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,18 +10,18 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{FrameLine, Line, Redactor, Tape, TapeError, read, write_line};
+use super::session::columns;
 use crate::cli::{OutputFormat, TapeCommand};
 use crate::config::Config;
 use crate::protocol::{Direction, Kind, Message, RequestId};
-use crate::session::report::columns;
+use crate::tape::{FrameLine, Line, Redactor, Tape, TapeError, read, write_line};
 
 /// Runs a `tape` subcommand; returns the exit code.
 pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     match cmd {
         TapeCommand::List { dir, format } => {
-            let dir = dir.unwrap_or_else(|| config.data_dir.join(crate::app::TAPES_DIR));
+            let dir = dir.unwrap_or_else(|| config.data_dir.join(crate::config::TAPES_DIR));
             let rows = list(&dir)?;
             match format {
                 OutputFormat::Table if rows.is_empty() => {
@@ -61,7 +63,7 @@ pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        TapeCommand::Verify(args) => super::verify::run(&args),
+        TapeCommand::Verify(args) => verify::run(&args),
     }
 }
 
@@ -298,7 +300,7 @@ pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow:
     let file = crate::transport::files::create_private_new(output).map_err(io)?;
     let mut out = std::io::BufWriter::new(file);
     write_line(&mut out, &Line::Header(tape.header.clone())).map_err(io)?;
-    if tape.meta != super::Meta::default() {
+    if tape.meta != crate::tape::Meta::default() {
         write_line(&mut out, &Line::Meta(tape.meta.clone())).map_err(io)?;
     }
     let mut masked = 0;

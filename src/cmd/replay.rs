@@ -27,11 +27,14 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::read;
-use super::script::{Matcher, PROGRESS_TOKEN, REQUEST_TOKEN, Script, params_of, unmatched_error};
-use crate::cli::{MatchMode, ReplayArgs};
+use crate::cli::ReplayArgs;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Kind, Message, RequestId};
+use crate::tape::MatchMode;
+use crate::tape::read;
+use crate::tape::script::{
+    Matcher, PROGRESS_TOKEN, REQUEST_TOKEN, Script, params_of, unmatched_error,
+};
 use crate::transport::lines::{Line, LineDecoder};
 
 /// Longest line the player reads.

@@ -24,12 +24,12 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::diff::{Difference, differences};
-use super::{Tape, read};
 use crate::cli::{StdioServer, VerifyArgs};
 use crate::pattern::{parse_path, pointers};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
+use crate::tape::diff::{Difference, differences};
+use crate::tape::{Tape, read};
 use crate::transport::child::{ChildProcess, ChildSpec};
 use crate::transport::lines::{Line, LineDecoder};
 
@@ -68,7 +68,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
 /// How to start the server: its command, or the bridge to a `--url`.
 fn server_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
     let Some(url) = &server.url else {
-        return crate::app::child_spec(server);
+        return crate::config::child_spec(server);
     };
     let mut args: Vec<OsString> =
         vec!["forward".into(), "stdio".into(), "--url".into(), url.into()];

@@ -1,9 +1,17 @@
-//! Session records as people read them: the tables `shadowcat session list|show` print.
+//! `shadowcat session list|show|cleanup`: the session history in the data dir, as people read
+//! it (tables) or scripts do (JSON).
 
 use std::fmt::Write;
+use std::io::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::info::SessionRecord;
+use anyhow::Context as _;
+
+use crate::cli::{OutputFormat, SessionCommand};
+use crate::config::{Config, parse_duration};
+use crate::session::info::SessionRecord;
+use crate::session::store::sqlite::DB_FILE;
+use crate::session::store::{SessionStore, SqliteStore, StateFilter};
 
 /// Latest time RFC 3339 can write (9999-12-31T23:59:59Z), in Unix milliseconds.
 const LATEST_RFC3339_MS: u64 = 253_402_300_799_000;
@@ -144,6 +152,94 @@ pub fn details(r: &SessionRecord) -> String {
     );
     field("tape", "-".into());
     out
+}
+
+/// `shadowcat session list|show|cleanup`, against the history in the data dir.
+pub fn run(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
+    let path = config.data_dir.join(DB_FILE);
+    let mut out = std::io::stdout().lock();
+    if !path.exists() {
+        eprintln!(
+            "shadowcat: no session history in {} yet",
+            config.data_dir.display()
+        );
+        return match cmd {
+            SessionCommand::List {
+                format: OutputFormat::Json,
+                ..
+            } => {
+                writeln!(out, "[]")?;
+                Ok(0)
+            }
+            SessionCommand::List { .. } | SessionCommand::Cleanup { .. } => Ok(0),
+            SessionCommand::Show { id, .. } => {
+                eprintln!("shadowcat: no session {id}");
+                Ok(1)
+            }
+        };
+    }
+    let store = match cmd {
+        SessionCommand::Cleanup { .. } => SqliteStore::open(&path)?,
+        _ => SqliteStore::open_for_reading(&path)?,
+    };
+    match cmd {
+        SessionCommand::List { state, format } => {
+            let records = store.list(state)?;
+            match format {
+                OutputFormat::Table => write!(out, "{}", table(&records))?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
+            }
+        }
+        SessionCommand::Show { id, format } => {
+            let Some(record) = store.get(&id)? else {
+                eprintln!("shadowcat: no session {id} in {}", path.display());
+                return Ok(1);
+            };
+            match format {
+                OutputFormat::Table => write!(out, "{}", details(&record))?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?,
+            }
+        }
+        SessionCommand::Cleanup {
+            older_than,
+            all,
+            dry_run,
+        } => {
+            let cutoff = match older_than {
+                Some(text) => {
+                    let age = parse_duration(&text, "--older-than")?;
+                    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH)?;
+                    let cutoff = now
+                        .checked_sub(age)
+                        .context("--older-than reaches back before 1970")?;
+                    Some(u64::try_from(cutoff.as_millis()).unwrap_or(u64::MAX))
+                }
+                None => None,
+            };
+            let doomed: Vec<String> = store
+                .list(StateFilter::All)?
+                .into_iter()
+                .filter(|r| match r.ended_at_ms {
+                    Some(ended) => all || cutoff.is_some_and(|c| ended < c),
+                    // Not ended: only if no proxy has re-saved it since the cutoff (running proxies
+                    // re-save their sessions every minute), i.e. a killed proxy left it behind.
+                    None => cutoff.is_some_and(|c| r.updated_at_ms < c),
+                })
+                .map(|r| r.id)
+                .collect();
+            if dry_run {
+                writeln!(out, "would delete {} session(s)", doomed.len())?;
+            } else {
+                let deleted = store.delete(&doomed)?;
+                writeln!(out, "deleted {deleted} session(s)")?;
+            }
+            for id in &doomed {
+                writeln!(out, "  {id}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::action::{Action, Effect};
-use super::matcher::Subject;
-use super::{Mode, Rule, Rules, RulesError};
+use super::session::columns;
 use crate::cli::{OutputFormat, RulesCommand};
+use crate::intercept::action::{Action, Effect};
+use crate::intercept::matcher::Subject;
+use crate::intercept::{Mode, Rule, Rules, RulesError};
 use crate::protocol::{Direction, Kind, Message, RequestId};
 use crate::proxy::tracker::RequestTracker;
 use crate::ratelimit::LimitClock;
-use crate::session::report::columns;
 use crate::session::{Declared, Session, SessionConfig, SessionManager, TransportKind};
 use crate::stage::{Context, Verdict};
 use crate::tape::{Frame, Tape};
@@ -68,7 +68,7 @@ pub fn run(cmd: RulesCommand) -> anyhow::Result<u8> {
 
 /// `rules check` of a valid file: its rules, in the order they run.
 fn check_report(file: &Path, rules: &Rules) -> String {
-    let loaded = rules.current.load();
+    let loaded = rules.loaded();
     let mut out = format!(
         "{}: valid, {} rule{} (mode {}), in the order they run:\n",
         file.display(),
@@ -313,7 +313,7 @@ fn effect_text(rule: &Rule, effect: &Effect, s: &mut Subject<'_>) -> String {
             log.level.as_str().to_ascii_lowercase(),
             log.message.as_deref().unwrap_or("")
         ),
-        _ => super::describe(effect, s.body()),
+        _ => crate::intercept::describe(effect, s.body()),
     }
 }
 
@@ -399,7 +399,7 @@ fn test_report(
             .collect();
         let _ = writeln!(out, ": {}", fired.join(", "));
     }
-    let loaded = rules.current.load();
+    let loaded = rules.loaded();
     let idle: Vec<&str> = loaded
         .set
         .rules
