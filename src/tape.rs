@@ -26,7 +26,7 @@ mod recorder;
 pub mod redact;
 pub mod script;
 
-pub use recorder::{Recorder, Recording};
+pub use recorder::{Recorded, Recorder, Recording};
 pub use redact::{MASK, Redactor};
 pub use script::MatchMode;
 

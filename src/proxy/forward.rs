@@ -84,7 +84,9 @@ pub async fn run(
         .collect::<Vec<_>>()
         .join(" ");
     let session = sessions.create(TransportKind::Stdio, Some(upstream))?;
-    let tape = record.map(|r| r.start(&session)).transpose()?;
+    let tape = record
+        .map(|r| super::pipeline::start_recording(r, &session))
+        .transpose()?;
     let span = tracing::info_span!("session", id = %session.id().digest());
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());

@@ -95,6 +95,23 @@ impl Pipeline {
     }
 }
 
+/// Starts recording `session` as `recording` asks, and links the session to its tape: from then
+/// on [`Pipeline::process`] writes the session's messages there.
+pub fn start_recording(
+    recording: &crate::tape::Recording,
+    session: &crate::session::Session,
+) -> anyhow::Result<crate::tape::Recorder> {
+    let digest = session.id().digest().to_string();
+    let recorder = recording.start(&crate::tape::Recorded {
+        id: session.id().as_str(),
+        digest: &digest,
+        client_transport: session.transport().as_str(),
+        upstream: session.upstream(),
+    })?;
+    session.record_to(recorder.clone());
+    Ok(recorder)
+}
+
 /// Writes what happened to `msg` to the session's tape: the message as it went on (as rules
 /// left it), or as it came when it went no further, and an answer the proxy gave in its place.
 /// Once the `initialize` answer has gone by, the session's metadata too. A tape that can no longer be written is logged once

@@ -5,6 +5,7 @@
 //! task takes everything queued at once and writes it with one `writev`. Small messages are
 //! copied into the queue's buffer, large ones are queued as they are (not copied).
 
+use std::fmt::Write as _;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,6 @@ use super::{
     now_rfc3339, write_line,
 };
 use crate::protocol::Direction;
-use crate::session::{Session, SessionId};
 
 /// Bytes queued for the writer before a session waits for it (a line is taken whenever
 /// fewer are queued, however long it is).
@@ -426,46 +426,67 @@ pub struct Recording {
     pub redactor: Arc<Redactor>,
 }
 
+/// What a tape's header says of the session it records: plain facts, so that tapes need no
+/// session type (the pipeline, which has the session, gives them).
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded<'a> {
+    /// The session's id (in the header only: the file name and the logs get `digest`).
+    pub id: &'a str,
+    /// The id's digest (`s-…`), which may be shown.
+    pub digest: &'a str,
+    /// How the client reached the proxy: `stdio`, `http`.
+    pub client_transport: &'a str,
+    /// The server: its URL or command line (masked before it is written).
+    pub upstream: Option<&'a str>,
+}
+
 impl Recording {
-    /// Starts recording `session` to a new tape (an existing file is never overwritten), and
-    /// links the session to it.
-    pub fn start(&self, session: &Session) -> anyhow::Result<Recorder> {
+    /// Starts recording the session `recorded` describes to a new tape (an existing file is
+    /// never overwritten).
+    pub fn start(&self, session: &Recorded<'_>) -> anyhow::Result<Recorder> {
         let created = now_rfc3339();
         let file = if self.target.is_dir() {
-            self.target.join(file_name(&created, session.id()))
+            self.target.join(file_name(&created, session.digest))
         } else {
             self.target.clone()
         };
-        let upstream = session.upstream().map(|u| {
+        let upstream = session.upstream.map(|u| {
             String::from_utf8_lossy(&self.redactor.apply(without_userinfo(u).as_bytes()))
                 .into_owned()
         });
         let header = Header {
             format: FORMAT_VERSION,
-            id: SessionId::random().to_string(),
+            id: tape_id()?,
             name: self.name.clone(),
             created,
             mode: self.mode.to_owned(),
-            client_transport: session.transport().as_str().to_owned(),
+            client_transport: session.client_transport.to_owned(),
             server_transport: self.server_transport.to_owned(),
             upstream,
-            session: session.id().to_string(),
+            session: session.id.to_owned(),
         };
         let (recorder, _writer) = Recorder::create(&file, &header, self.redactor.clone())
             .with_context(|| format!("cannot record to {}", file.display()))?;
-        tracing::info!(tape = %file.display(), session = %session.id().digest(), "recording the session");
-        session.record_to(recorder.clone());
+        tracing::info!(tape = %file.display(), session = %session.digest, "recording the session");
         Ok(recorder)
     }
 }
 
-/// A tape's file name in a directory: its creation time, then its session.
-fn file_name(created: &str, session: &SessionId) -> String {
-    format!(
-        "{}-{}.jsonl",
-        created.replace([':', '.'], "-"),
-        session.digest()
-    )
+/// A new tape's id: 128 random bits, in hex.
+fn tape_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).context("the OS random number generator failed")?;
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{b:02x}");
+    }
+    Ok(id)
+}
+
+/// A tape's file name in a directory: its creation time, then its session's digest.
+fn file_name(created: &str, digest: &str) -> String {
+    format!("{}-{}.jsonl", created.replace([':', '.'], "-"), digest)
 }
 
 /// `upstream` without a URL's `user:password@`.

@@ -369,7 +369,7 @@ impl Gateway {
     /// Starts recording `session` if `--record` asks for it.
     fn record(&self, session: &Session) {
         if let Some(recording) = &self.config.recording {
-            if let Err(e) = recording.start(session) {
+            if let Err(e) = crate::proxy::pipeline::start_recording(recording, session) {
                 tracing::error!(session = %session.id().digest(), "{e:#}; the session goes on unrecorded");
             }
         }
