@@ -71,8 +71,7 @@ pub enum Command {
     /// Run as a forward proxy: the MCP client starts shadowcat in place of its server.
     #[command(subcommand)]
     Forward(ForwardCommand),
-    /// Run as a reverse proxy: a Streamable HTTP gateway in front of one MCP server, each HTTP
-    /// client in its own session.
+    /// Run as a reverse proxy: an HTTP gateway to one MCP server, a session per client.
     ///
     /// The server is an HTTP URL (--upstream) or a command run once per session (after `--`).
     ///
@@ -81,8 +80,9 @@ pub enum Command {
     ///   shadowcat reverse --listen 127.0.0.1:8080 -- python server.py
     #[command(verbatim_doc_comment)]
     Reverse(ReverseArgs),
-    /// Record one session to a tape: `forward stdio` (a server command, or --url) with
-    /// recording on.
+    /// Record one session to a tape: `forward stdio` with recording on.
+    ///
+    /// The server is a command (after `--`) or an HTTP URL (--url).
     ///
     /// Examples:
     ///   shadowcat record -o demo.jsonl -- python server.py

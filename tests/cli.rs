@@ -40,6 +40,26 @@ fn help_explains_forward_stdio() {
     }
 }
 
+/// Each command's summary in `shadowcat --help` is one line: a summary written over two lines
+/// of source came out broken mid-sentence ("each HTTP" / "client in its own session").
+#[test]
+fn every_command_summary_in_help_is_one_line() {
+    let help = text(&shadowcat(&["--help"]).stdout);
+    let commands = help
+        .split("Commands:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no command list in:\n{help}"));
+    let lines: Vec<&str> = commands.lines().collect();
+    assert!(lines.len() >= 8, "{commands}");
+    for line in lines {
+        assert!(
+            line.starts_with("  ") && !line.starts_with("   "),
+            "a summary goes on past its line:\n{commands}"
+        );
+    }
+}
+
 #[test]
 fn version_and_completions() {
     let out = shadowcat(&["--version"]);
