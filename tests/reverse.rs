@@ -1028,7 +1028,12 @@ fn two_clients_with_get_streams_and_concurrent_calls_see_only_their_own_messages
 
 #[test]
 fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
-    let gw = Gateway::fixture(&[]);
+    let gw = Gateway::fixture(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "global=1/h,burst=1,method=tools/call",
+    ]);
     let mut stream = SseReader::open_path(
         &gw.addr,
         "GET",
@@ -1070,6 +1075,25 @@ fn a_2024_11_05_sse_client_gets_an_endpoint_and_its_answers_on_the_stream() {
     );
     let (_, answer) = stream.next_event().unwrap();
     assert_eq!(answer["result"]["content"][0]["text"], "old but gold");
+    // What the proxy answers itself comes on the stream, and is counted as on POST /mcp: a
+    // batch member that is not a message, and a request over a rate limit.
+    assert_eq!(post(json!([{"jsonrpc":"2.0","id":7}])).status, 202);
+    let (_, answer) = stream.next_event().unwrap();
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(post(call(8, "echo", json!({"text": "again"}))).status, 202);
+    let (_, answer) = stream.next_event().unwrap();
+    assert_eq!(answer["error"]["code"], -32092, "{answer}");
+    let metrics = http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    for sample in [
+        "shadowcat_malformed_messages_total 1",
+        "shadowcat_answered_by_proxy_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == sample),
+            "no {sample:?} in:\n{metrics}"
+        );
+    }
     // Bad input is refused on the POST itself.
     let r = http_request(
         &gw.addr,

@@ -664,10 +664,29 @@ impl Gateway {
         }
     }
 
-    /// Runs one message from `client` through the pipeline (client→server). A request that finds
-    /// its session's pending table full is held up to `--pending-wait` for an answer to free
-    /// room (the client is slowed down first); if none does, the tracker refuses it (-32083).
+    /// Runs one message from `client` through the pipeline (client→server), and counts what
+    /// became of it (forwarded, or answered by the proxy): every endpoint that takes client
+    /// messages goes through here. A request that finds its session's pending table full is
+    /// held up to `--pending-wait` for an answer to free room (the client is slowed down
+    /// first); if none does, the tracker refuses it (-32083).
     pub async fn inbound(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
+        let verdict = self.screen(session, msg, client).await;
+        let metrics = self.pipeline.metrics();
+        match &verdict {
+            Verdict::Forward(_) => metrics.forwarded(Direction::ClientToServer),
+            Verdict::Respond(_) => metrics.answered_by_proxy(Direction::ClientToServer),
+            Verdict::Drop => {}
+        }
+        verdict
+    }
+
+    /// The answer to a client's member that is not a valid message, counted.
+    pub fn malformed(&self, e: &crate::protocol::ParseError) -> bytes::Bytes {
+        self.pipeline.metrics().malformed(Direction::ClientToServer);
+        e.to_response().raw().clone()
+    }
+
+    async fn screen(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
         let pending = session.pending(Direction::ClientToServer);
         if msg.kind() == Kind::Request && !pending.has_room() {
             let room = pending.room();

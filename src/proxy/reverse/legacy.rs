@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::protocol::{Direction, Frame, RequestId};
+use crate::protocol::{Frame, RequestId};
 use crate::session::{EndReason, SessionId, TransportKind};
 use crate::stage::Verdict;
 
@@ -168,15 +168,11 @@ pub async fn message(
     let mut requests: Vec<RequestId> = Vec::new();
     for member in members {
         match member {
-            Err(e) => events.push(e.to_response().raw()),
+            Err(e) => events.push(&gateway.malformed(&e)),
             Ok(msg) => {
                 let request = msg.request_id().cloned();
                 match gateway.inbound(&link.session, msg, client).await {
                     Verdict::Forward(msg) => {
-                        gateway
-                            .pipeline
-                            .metrics()
-                            .forwarded(Direction::ClientToServer);
                         requests.extend(request);
                         forwarded.push(msg);
                     }

@@ -287,13 +287,7 @@ async fn post(
             (member, _) => member,
         };
         match member {
-            Err(e) => {
-                gateway
-                    .pipeline
-                    .metrics()
-                    .malformed(crate::protocol::Direction::ClientToServer);
-                answers.push(e.to_response().raw().clone());
-            }
+            Err(e) => answers.push(gateway.malformed(&e)),
             Ok(msg) => {
                 let request = (msg.kind() == Kind::Request)
                     .then(|| msg.id().cloned().zip(msg.method().cloned()))
@@ -308,10 +302,6 @@ async fn post(
                         if let Some(before) = before {
                             before.follow(&mut headers, &msg);
                         }
-                        gateway
-                            .pipeline
-                            .metrics()
-                            .forwarded(crate::protocol::Direction::ClientToServer);
                         if msg.method() == Some(&Method::Cancelled) {
                             // The request is over for the client: the POST waiting for it must
                             // not wait for an answer the server won't send.
@@ -326,10 +316,6 @@ async fn post(
                         forwarded.push(msg);
                     }
                     crate::stage::Verdict::Respond(answer) => {
-                        gateway
-                            .pipeline
-                            .metrics()
-                            .answered_by_proxy(crate::protocol::Direction::ClientToServer);
                         if let Some(refusal) = Refusal::from_answer(&answer) {
                             limited.get_or_insert((refusal, 0)).1 += 1;
                         } else if is_too_many_pending(&answer) {
