@@ -8,7 +8,8 @@
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
 //! - [`timeouts`]: request timeouts: an error for the requester, a cancellation for the other.
-//! - [`link`]: a stdio upstream: a child server and the two tasks that move its bytes.
+//! - [`upstream`]: what a session's server is, as the session holds it; today a stdio child
+//!   ([`upstream::StdioLink`]).
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
 //! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
 //! - [`bridge`]: `forward stdio --url`: our stdio on one side, the gateway's HTTP upstream side on
@@ -16,12 +17,12 @@
 
 pub mod bridge;
 pub mod forward;
-pub mod link;
 pub mod outbox;
 pub mod pipeline;
 pub mod relay;
 pub mod reverse;
 pub mod timeouts;
 pub mod tracker;
+pub mod upstream;
 
 pub use pipeline::Pipeline;

@@ -27,11 +27,11 @@ use crate::telemetry::Metrics;
 use crate::transport::child::{ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
-use super::link::StdioLink;
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::timeouts;
+use super::upstream::StdioLink;
 use crate::task::Task;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold

@@ -11,10 +11,10 @@
 //! - `binding`: the 2026-07-28 HTTP binding where the gateway is a stdio child's HTTP server
 //!   (statuses of its errors, `Mcp-Param-*` checks, `initialize`).
 //! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
-//! - [`listen`]: where clients listen: the session's GET stream endpoint, and the live body
+//! - [`get`]: where clients listen: the session's GET stream endpoint, and the live body
 //!   shared with the 2024-11-05 stream.
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
-//! - [`stream`]: a session's GET stream: event ids, the replay buffer, resumption.
+//! - [`events`]: a session's event streams: event ids, the replay buffer, resumption.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //!
 //! Every message passes through the same [`crate::proxy::Pipeline`] and
@@ -27,14 +27,14 @@ mod alias;
 pub mod answer;
 mod binding;
 pub mod checks;
+pub mod events;
 pub mod gateway;
+pub mod get;
 pub mod legacy;
-pub mod listen;
 pub mod mirror;
 mod respond;
 pub mod router;
 pub mod server;
-pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,11 +21,11 @@ use tracing::Instrument;
 use crate::config::{Config, ReverseConfig, ReverseUpstream};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message};
-use crate::proxy::link::{StdioLink, StdioQueue};
 use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::Pipeline;
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
+use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
@@ -33,8 +33,8 @@ use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::HttpUpstream;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
+use super::events::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
-use super::stream::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
 
 mod http_upstream;
 mod link;

@@ -22,10 +22,10 @@ use crate::session::{EndReason, SessionId, TransportKind};
 use crate::stage::Verdict;
 
 use super::checks::{check_content_type, client_of, read_frame};
+use super::events;
 use super::gateway::{Gateway, LinkUpstream};
-use super::listen::{Ends, live_body, sse_response};
+use super::get::{Ends, live_body, sse_response};
 use super::respond::refuse;
-use super::stream;
 
 /// Where 2024-11-05 clients open their stream.
 pub const SSE_PATH: &str = "/sse";
@@ -76,7 +76,7 @@ pub async fn open(
     };
     // The endpoint event first (no priming event: an old client would take its empty data for
     // a message), then every message for the client.
-    let connection = stream::Connection {
+    let connection = events::Connection {
         first: vec![endpoint],
         ..connection
     };

@@ -21,7 +21,7 @@ use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
 use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
 
-use super::stream::EventLog;
+use super::events::EventLog;
 
 /// What a waiting POST receives.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! are answered `202 Accepted`; requests with `application/json` when their answer is all there
 //! is, or `text/event-stream` when the server says more first (progress, logging, its own
 //! requests) or the client accepts only SSE. `DELETE` ends the session; `GET` opens the session's
-//! own stream (see [`super::listen`]). The checks every request passes, and the refusals, are in
+//! own stream (see [`super::get`]). The checks every request passes, and the refusals, are in
 //! [`super::checks`]. A POST whose every message a rate limit refused is answered 429, with
 //! `Retry-After` and the `RateLimit` headers (a batch that was only partly refused gets the
 //! refusals among its answers).
@@ -33,7 +33,7 @@ use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
 use super::checks::{accepts, check_content_type, client_of, cors, guard, read_frame, session_of};
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
-use super::listen::{keepalive_due, keepalive_timer, request_body, sse_response};
+use super::get::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::respond::{json_response, method_not_allowed, refuse};
 use super::router::Reply;
 
@@ -46,7 +46,7 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
             &path,
             axum::routing::post(post)
                 .delete(delete)
-                .get(super::listen::get)
+                .get(super::get::get)
                 .fallback(not_allowed),
         )
         .route(
@@ -572,7 +572,7 @@ fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> B
                 }
                 let arrival = tokio::select! {
                     arrival = state.next() => arrival,
-                    () = keepalive_due(&mut keepalive) => return Some((super::stream::keepalive(), (state, keepalive))),
+                    () = keepalive_due(&mut keepalive) => return Some((super::events::keepalive(), (state, keepalive))),
                 };
                 match arrival {
                     Arrival::Answer(raw) | Arrival::Other(raw) => {

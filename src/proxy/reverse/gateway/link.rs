@@ -12,8 +12,8 @@ use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
 use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, UpstreamError, read_body};
 
+use super::super::events::PostStreams;
 use super::super::router::Router;
-use super::super::stream::PostStreams;
 use super::{DELIVER_TIMEOUT, MAX_ERROR_BODY};
 
 /// One session's end of its upstream.

@@ -16,9 +16,9 @@ use crate::session::Session;
 use crate::transport::child::{ChildProcess, ChildSpec};
 use crate::transport::writer;
 
-use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
-use super::pipeline::Pipeline;
-use super::relay::{Relay, RelayEnd};
+use crate::proxy::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
+use crate::proxy::pipeline::Pipeline;
+use crate::proxy::relay::{Relay, RelayEnd};
 use crate::task::Task;
 
 /// A running child server and the two tasks that move its bytes.
@@ -40,7 +40,7 @@ pub struct StdioLink {
 pub struct StdioQueue {
     /// Messages for the server.
     pub to_server: Arc<Outbox>,
-    rx: tokio::sync::mpsc::Receiver<super::outbox::Outgoing>,
+    rx: tokio::sync::mpsc::Receiver<crate::proxy::outbox::Outgoing>,
     close: tokio_util::sync::CancellationToken,
 }
 

@@ -16,9 +16,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::transport::http::LAST_EVENT_ID;
 
 use super::checks::{accepts, session_of};
+use super::events::{self, Connection, EventLog, LiveEvents};
 use super::gateway::{Gateway, LinkUpstream, SessionLink};
 use super::respond::{method_not_allowed, refuse};
-use super::stream::{self, Connection, EventLog, LiveEvents};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open
 /// request, with event ids; `Last-Event-ID` resumes it after the last event the client got. A
@@ -160,7 +160,7 @@ pub(super) fn live_body<G: Send + 'static>(
                     };
                     coalesce(event, &mut live)
                 }
-                () = keepalive_due(&mut keepalive) => stream::keepalive(),
+                () = keepalive_due(&mut keepalive) => events::keepalive(),
                 () = closed.cancelled() => return None,
                 () = stopping.cancelled(), if at_shutdown => return None,
             };
