@@ -1,9 +1,12 @@
 //! The proxy: the one pipeline every message passes through, and the pumps that move messages
 //! between a downstream (client side) and an upstream (server side).
 //!
+//! Its modules in layer order, lowest first; each uses only those before it (`tests/layers.rs`
+//! checks this list as it checks the crate's):
+//!
+//! - [`tracker`]: the request-tracking stage (pending requests per direction).
 //! - [`pipeline`]: [`Pipeline`], its stages and the order they run in; the one place a
 //!   pipeline is built (the stages' contract is [`crate::stage`]).
-//! - [`tracker`]: the request-tracking stage (pending requests per direction).
 //! - [`outbox`]: the way out to one peer: a bounded queue to its writer, which also re-assembles
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
@@ -11,9 +14,9 @@
 //! - [`upstream`]: what a session's server is, as the session holds it; today a stdio child
 //!   ([`upstream::StdioLink`]).
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
-//! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
 //! - [`bridge`]: `forward stdio --url`: our stdio on one side, the gateway's HTTP upstream side on
 //!   the other.
+//! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
 
 pub mod bridge;
 pub mod forward;
