@@ -656,17 +656,4 @@ fn join(answers: &[Bytes], batch: bool) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_join_into_one_array() {
-        let a = Bytes::from_static(b"{\"id\":1}");
-        assert_eq!(join(std::slice::from_ref(&a), false), a);
-        assert_eq!(
-            join(&[a.clone(), a.clone()], true),
-            Bytes::from_static(b"[{\"id\":1},{\"id\":1}]")
-        );
-        assert_eq!(join(&[a], true), Bytes::from_static(b"[{\"id\":1}]"));
-    }
-}
+mod tests;
