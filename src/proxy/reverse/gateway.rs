@@ -33,7 +33,7 @@ use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::http::HttpUpstream;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
-use super::events::{DEFAULT_REPLAY_BYTES, EventLog, PostStreams};
+use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
 use super::router::{Reply, Router, STREAM_SLACK, Waiter};
 
 mod http_upstream;
@@ -268,15 +268,7 @@ impl Gateway {
         let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
         let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {
-            Upstream::Http(client) => (
-                LinkUpstream::Http {
-                    client: client.clone(),
-                    session_id: Mutex::new(None),
-                    legacy: Mutex::new(None),
-                    recovery: Box::default(),
-                },
-                None,
-            ),
+            Upstream::Http(client) => (LinkUpstream::http(client.clone()), None),
             Upstream::Stdio(spec) => {
                 // The server is started when the session's first message is on its way (so a
                 // session whose initialize a rate limit or rule refuses, or a /sse stream that
@@ -292,19 +284,13 @@ impl Gateway {
                 )
             }
         };
-        let link = Arc::new(SessionLink {
+        let link = Arc::new(SessionLink::new(
             session,
             router,
             upstream,
-            torn_down: CancellationToken::new(),
-            upstream_ready: CancellationToken::new(),
-            listening: CancellationToken::new(),
-            upstream_listens: CancellationToken::new(),
-            posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
-            abandon: Mutex::default(),
-            tool_params: super::mirror::MirroredTools::default(),
-            client: Mutex::new(client_slot),
-        });
+            client_slot,
+            self.reverse.sse_replay_events,
+        ));
         self.links.insert(link.session.id().clone(), link.clone());
         let span = tracing::info_span!("session", id = %link.session.id().digest());
         self.tasks
@@ -346,24 +332,13 @@ impl Gateway {
             .sessions
             .create_unkept(TransportKind::Http, Some(self.upstream_label()))?;
         self.record(&session);
-        Ok(Stateless::Own(Arc::new(SessionLink {
-            router: Arc::new(Router::new(session.clone(), None)),
-            session,
-            upstream: LinkUpstream::Http {
-                client: client.clone(),
-                session_id: Mutex::new(None),
-                legacy: Mutex::new(None),
-                recovery: Box::default(),
-            },
-            torn_down: CancellationToken::new(),
-            upstream_ready: CancellationToken::new(),
-            listening: CancellationToken::new(),
-            upstream_listens: CancellationToken::new(),
-            posts: PostStreams::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES),
-            abandon: Mutex::default(),
-            tool_params: super::mirror::MirroredTools::default(),
-            client: Mutex::new(client_slot),
-        })))
+        Ok(Stateless::Own(Arc::new(SessionLink::new(
+            session.clone(),
+            Arc::new(Router::new(session, None)),
+            LinkUpstream::http(client.clone()),
+            client_slot,
+            self.reverse.sse_replay_events,
+        ))))
     }
 
     /// Starts recording `session` if `--record` asks for it.

@@ -40,6 +40,18 @@ pub enum LinkUpstream {
     },
 }
 
+impl LinkUpstream {
+    /// A session at the HTTP upstream `client`, not yet initialized there.
+    pub fn http(client: Arc<HttpUpstream>) -> Self {
+        Self::Http {
+            client,
+            session_id: Mutex::new(None),
+            legacy: Mutex::new(None),
+            recovery: Box::default(),
+        }
+    }
+}
+
 /// What re-establishing a lost upstream session takes.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -105,6 +117,31 @@ pub struct SessionLink {
 }
 
 impl SessionLink {
+    /// `session`, whose messages from the server go to `router`, linked to `upstream`; `client`
+    /// holds its place under its client's `--max-sessions-per-client`. `replay_events`: how
+    /// many events each POST stream keeps for resumption (`--sse-replay-events`).
+    pub fn new(
+        session: Arc<Session>,
+        router: Arc<Router>,
+        upstream: LinkUpstream,
+        client: Option<crate::transport::serve::ClientSlot>,
+        replay_events: usize,
+    ) -> Self {
+        Self {
+            session,
+            router,
+            upstream,
+            torn_down: CancellationToken::new(),
+            upstream_ready: CancellationToken::new(),
+            listening: CancellationToken::new(),
+            upstream_listens: CancellationToken::new(),
+            posts: PostStreams::new(replay_events, super::super::events::DEFAULT_REPLAY_BYTES),
+            abandon: Mutex::default(),
+            tool_params: super::super::mirror::MirroredTools::default(),
+            client: Mutex::new(client),
+        }
+    }
+
     /// The client address whose session this is (while it holds its place).
     pub fn client(&self) -> Option<std::net::IpAddr> {
         self.client
