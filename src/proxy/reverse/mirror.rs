@@ -374,7 +374,11 @@ impl MirroredTools {
 
     /// Keeps what the answer `raw` (any message; only `tools/list` answers name tools) says.
     pub fn learn(&self, raw: &[u8]) {
-        if memchr::memmem::find(raw, b"x-mcp-header").is_none() {
+        // Built once: setting up a search costs more than most searches (this runs for every
+        // answer from the upstream).
+        static ANNOTATION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"x-mcp-header"));
+        if ANNOTATION.find(raw).is_none() {
             return;
         }
         let found = tool_param_headers(raw);

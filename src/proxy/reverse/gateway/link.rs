@@ -108,8 +108,9 @@ pub struct SessionLink {
     /// Stateless-era requests in flight at an HTTP upstream, each with the token that abandons
     /// it: in that era closing a request's connection is its cancellation.
     pub abandon: Mutex<std::collections::HashMap<crate::protocol::RequestId, CancellationToken>>,
-    /// The upstream's tools that mirror parameters into `Mcp-Param-*` headers (from its
-    /// `tools/list` answers), for clients that send no headers of their own.
+    /// The shared child's tools that mirror parameters into `Mcp-Param-*` headers (from its
+    /// `tools/list` answers), to check the headers stateless clients send (the gateway is that
+    /// child's HTTP server). An HTTP upstream's are the gateway's (`Gateway::mirrored`).
     pub tool_params: super::super::mirror::MirroredTools,
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.

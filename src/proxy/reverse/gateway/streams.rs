@@ -347,7 +347,6 @@ impl Gateway {
                 Verdict::Forward(msg) => {
                     self.pipeline.metrics().forwarded(Direction::ServerToClient);
                     if msg.is_response() {
-                        link.tool_params.learn(msg.raw());
                         self.mirrored.learn(msg.raw());
                     }
                     let Some(reply) = reply.filter(|_| !msg.is_response()) else {
