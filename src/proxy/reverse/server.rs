@@ -79,43 +79,53 @@ async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     StatusCode::OK.into_response()
 }
 
-/// `POST`: one message or batch from the client.
-#[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
-async fn post(
-    State(gateway): State<Arc<Gateway>>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    mut headers: HeaderMap,
+/// What a POST is, read before any session is touched: who sent it, what it accepts, its
+/// messages, and which era and kind of exchange it starts.
+struct Intake {
+    client: crate::stage::Client<'static>,
+    accepts: super::checks::Accepts,
+    /// The `MCP-Protocol-Version` header, trimmed.
+    header_version: Option<String>,
+    members: Vec<Result<Message, crate::protocol::ParseError>>,
+    batch: bool,
+    /// The id of the POST's one request, for refusals.
+    only_id: Option<RequestId>,
+    /// A handshake (`initialize` alone, not in the stateless era).
+    initialize: bool,
+    /// The header puts the request in the stateless era (2026-07-28, or a version unknown).
+    stateless_era: bool,
+}
+
+/// The first step of a POST: its headers, its body read and parsed, and the checks that need
+/// nothing else (Content-Type, Accept, the version header, `initialize` in a batch, the
+/// 2026-07-28 headers against the body).
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+async fn intake(
+    gateway: &Gateway,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
     body: Body,
-) -> Response {
-    let client = client_of(
-        &gateway.reverse.trusted_proxies,
-        peer.map(|Extension(ConnectInfo(addr))| addr),
-        &headers,
-    );
-    if let Err(response) = check_content_type(&headers) {
-        return response;
-    }
-    let accepts = accepts(&headers);
+) -> Result<Intake, Response> {
+    let client = client_of(&gateway.reverse.trusted_proxies, peer, headers);
+    check_content_type(headers)?;
+    let accepts = accepts(headers);
     if !accepts.json && !accepts.sse {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_ACCEPTABLE,
             "Not Acceptable: the client must accept application/json and text/event-stream".into(),
-        );
+        ));
     }
     let header_version = match headers.get(&MCP_PROTOCOL_VERSION).map(HeaderValue::to_str) {
         None => None,
         Some(Ok(v)) => Some(v.trim().to_owned()),
         Some(Err(_)) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: the MCP-Protocol-Version header has invalid characters".into(),
-            );
+            ));
         }
     };
-    let frame = match read_frame(&gateway, &headers, body).await {
-        Ok(frame) => frame,
-        Err(response) => return response,
-    };
+    let frame = read_frame(gateway, headers, body).await?;
     let (members, batch) = match frame {
         Frame::Single(msg) => (vec![Ok(msg)], false),
         Frame::Batch(members) => (members, true),
@@ -143,7 +153,10 @@ async fn post(
                 ),
             )
             .with("httpStatus", 400);
-            return json_response(StatusCode::BAD_REQUEST, error.to_response(only_id.as_ref()));
+            return Err(json_response(
+                StatusCode::BAD_REQUEST,
+                error.to_response(only_id.as_ref()),
+            ));
         }
     }
     // The handshake, unless the header puts the request in the stateless era (where
@@ -155,30 +168,60 @@ async fn post(
         .iter()
         .any(|m| matches!(m, Ok(m) if m.method() == Some(&Method::Initialize)));
     if batch && contains_initialize {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "Bad Request: initialize must not be part of a batch".into(),
-        );
+        ));
     }
     let stateless_era = !initialize && modern_header;
     if let ([Ok(msg)], true) = (&members[..], stateless_era) {
         // The headers that mirror the body must match it (2026-07-28).
-        if let Err(response) = super::mirror::check(&headers, msg) {
-            return response;
-        }
+        super::mirror::check(headers, msg)?;
     }
-    let stateless = !headers.contains_key(&MCP_SESSION_ID) && stateless_era;
+    Ok(Intake {
+        client,
+        accepts,
+        header_version,
+        members,
+        batch,
+        only_id,
+        initialize,
+        stateless_era,
+    })
+}
+
+/// The session a POST's exchange belongs to, and what the POST holds for it.
+struct Opened {
+    link: Arc<SessionLink>,
+    /// This POST opened the session (its `initialize`, or a stateless request's own session).
+    new_session: bool,
+    /// The stateless requests' shared child.
+    shared: bool,
+    /// A stateless (2026-07-28) request: no session id from the client.
+    stateless: bool,
+    /// The request's place under its client's bound at the shared child.
+    in_flight: Option<crate::transport::serve::ClientSlot>,
+    /// Ends a stateless request's own session when the POST is over.
+    ephemeral: Option<EndOnDrop>,
+}
+
+/// The second step of a POST: the session it opens (`initialize`, a stateless request) or
+/// names, refused if it cannot have one; at the shared child the checks of the HTTP binding
+/// and the client's bound; a batch where the protocol version has none.
+#[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
+fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<Opened, Response> {
+    let stateless = !headers.contains_key(&MCP_SESSION_ID) && intake.stateless_era;
     let mut shared = false;
     let opened = if stateless {
-        Some(gateway.open_stateless(client).map(|to| match to {
+        Some(gateway.open_stateless(intake.client).map(|to| match to {
             Stateless::Own(link) => link,
             Stateless::Shared(link) => {
                 shared = true;
                 link
             }
         }))
-    } else if initialize && !headers.contains_key(&MCP_SESSION_ID) {
-        Some(gateway.open_session(crate::session::TransportKind::Http, client))
+    } else if intake.initialize && !headers.contains_key(&MCP_SESSION_ID) {
+        Some(gateway.open_session(crate::session::TransportKind::Http, intake.client))
     } else {
         None
     };
@@ -190,24 +233,22 @@ async fn post(
                 if let OpenError::Sessions(_) = e {
                     tracing::warn!(%e, "cannot open a session");
                 }
-                return super::checks::refuse_open(&e, only_id.as_ref());
+                return Err(super::checks::refuse_open(&e, intake.only_id.as_ref()));
             }
         }
     } else {
-        match session_of(&gateway, &headers, only_id.as_ref()) {
-            Ok(link) => (link, false),
-            Err(response) => return response,
-        }
+        (
+            session_of(gateway, headers, intake.only_id.as_ref())?,
+            false,
+        )
     };
-    if let ([Ok(msg)], true) = (&members[..], shared) {
+    if let ([Ok(msg)], true) = (&intake.members[..], shared) {
         // The gateway is the HTTP server of a stdio child: it checks what the child cannot see.
-        if let Err(response) = super::binding::check_request(&link, &headers, msg) {
-            return response;
-        }
+        super::binding::check_request(&link, headers, msg)?;
     }
     // At the shared child, one client's requests in flight are bounded, so that it cannot take
     // the room every other stateless client needs there.
-    let in_flight = match (shared, client) {
+    let in_flight = match (shared, intake.client) {
         (true, crate::stage::Client::Address(address)) => {
             let limit = (gateway.config.sessions.max_pending_requests / 4).max(1);
             let slot = ClientCounts::take(&gateway.stateless_in_flight, address, limit);
@@ -220,12 +261,12 @@ async fn post(
                 .with("httpStatus", 503);
                 let mut response = json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    error.to_response(only_id.as_ref()),
+                    error.to_response(intake.only_id.as_ref()),
                 );
                 response
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
+                return Err(response);
             }
             slot
         }
@@ -237,21 +278,58 @@ async fn post(
         session: link.session.id().clone(),
         tape: link.session.tape().cloned(),
     });
-    if batch {
+    if intake.batch {
         let negotiated = link.session.read_metadata(|m| m.protocol_version.clone());
-        let version = header_version
+        let version = intake
+            .header_version
             .as_deref()
             .or(negotiated.as_deref())
             .unwrap_or(version::ASSUMED_WITHOUT_HEADER);
         if !version::allows_batches(version) {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("Bad Request: JSON-RPC batches are not part of protocol version {version}"),
-            );
+            ));
         }
     }
+    Ok(Opened {
+        link,
+        new_session,
+        shared,
+        stateless,
+        in_flight,
+        ephemeral,
+    })
+}
 
-    // Through the pipeline, in order.
+/// What the pipeline made of a POST's members.
+struct Screened {
+    /// What goes on to the upstream.
+    forwarded: Vec<Message>,
+    /// The requests among them, with their methods: the answers the POST waits for.
+    expected: Vec<(RequestId, Method)>,
+    /// Their progress tokens.
+    tokens: Vec<String>,
+    /// What the proxy answered itself.
+    answers: Vec<Bytes>,
+    /// The first rate-limit refusal, and how many answers are refusals.
+    limited: Option<(Refusal, usize)>,
+    /// How many answers are refusals for want of room in the pending table (after
+    /// `--pending-wait`).
+    busy: usize,
+}
+
+/// The third step of a POST: each member through the pipeline, in order (at the shared child
+/// under names of the gateway's own first). A call's `Mcp-Param-*` `headers` follow what a
+/// rule changes in it.
+async fn screen(
+    gateway: &Arc<Gateway>,
+    link: &Arc<SessionLink>,
+    client: crate::stage::Client<'static>,
+    members: Vec<Result<Message, crate::protocol::ParseError>>,
+    mut aliases: Option<&mut Aliases>,
+    headers: &mut HeaderMap,
+) -> Screened {
     let mut forwarded = Vec::with_capacity(members.len());
     let mut expected = Vec::new();
     let mut tokens = Vec::new();
@@ -260,10 +338,8 @@ async fn post(
     let mut limited: Option<(Refusal, usize)> = None;
     // How many answers are refusals for want of room in the pending table (after --pending-wait).
     let mut busy = 0;
-    // At a shared child, requests go under ids of our own.
-    let mut aliases = shared.then(|| Aliases::new(gateway.shared_aliases.clone()));
     for member in members {
-        let member = match (member, aliases.as_mut()) {
+        let member = match (member, aliases.as_deref_mut()) {
             (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
                 // Its request id is another POST's (in this era, closing that POST's stream is
                 // what cancels it).
@@ -300,7 +376,7 @@ async fn post(
                 match gateway.inbound(&link.session, msg, client).await {
                     crate::stage::Verdict::Forward(msg) => {
                         if let Some(before) = before {
-                            before.follow(&mut headers, &msg);
+                            before.follow(headers, &msg);
                         }
                         if msg.method() == Some(&Method::Cancelled) {
                             // The request is over for the client: the POST waiting for it must
@@ -332,27 +408,111 @@ async fn post(
             }
         }
     }
+    Screened {
+        forwarded,
+        expected,
+        tokens,
+        answers,
+        limited,
+        busy,
+    }
+}
 
-    if let Some((refusal, count)) = limited {
-        if forwarded.is_empty() && count == answers.len() {
-            // Refused by rate limits, all of it: 429, with when to come back.
-            if new_session && !stateless {
-                gateway.sessions.end(link.session.id(), EndReason::Error);
-            }
-            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, join(&answers, batch));
+/// A POST's members as the pipeline left them, for [`refused_whole`].
+struct Refused<'a> {
+    forwarded: usize,
+    answers: &'a [Bytes],
+    limited: Option<&'a (Refusal, usize)>,
+    busy: usize,
+    batch: bool,
+}
+
+/// The answer to a POST refused whole: every member over a rate limit (429, with when to come
+/// back), or every request without room even after `--pending-wait` (503, `Retry-After: 1`).
+fn refused_whole(r: &Refused<'_>) -> Option<Response> {
+    if r.forwarded > 0 {
+        return None;
+    }
+    if let Some((refusal, count)) = r.limited {
+        if *count == r.answers.len() {
+            let mut response =
+                json_response(StatusCode::TOO_MANY_REQUESTS, join(r.answers, r.batch));
             response.headers_mut().extend(refusal.headers());
-            return response;
+            return Some(response);
         }
     }
-    if busy > 0 && forwarded.is_empty() && busy == answers.len() {
-        // No room for any of it, even after --pending-wait: 503, come back shortly.
-        if new_session && !stateless {
-            gateway.sessions.end(link.session.id(), EndReason::Error);
-        }
-        let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, join(&answers, batch));
+    if r.busy > 0 && r.busy == r.answers.len() {
+        let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, join(r.answers, r.batch));
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Some(response);
+    }
+    None
+}
+
+/// `POST`: one message or batch from the client.
+#[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
+async fn post(
+    State(gateway): State<Arc<Gateway>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    mut headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let intake = match intake(&gateway, peer, &headers, body).await {
+        Ok(intake) => intake,
+        Err(response) => return response,
+    };
+    let opened = match open(&gateway, &headers, &intake) {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    let Intake {
+        client,
+        accepts,
+        members,
+        batch,
+        only_id,
+        ..
+    } = intake;
+    let Opened {
+        link,
+        new_session,
+        shared,
+        stateless,
+        in_flight,
+        ephemeral,
+    } = opened;
+
+    // Through the pipeline, in order.
+    let mut aliases = shared.then(|| Aliases::new(gateway.shared_aliases.clone()));
+    let Screened {
+        forwarded,
+        expected,
+        tokens,
+        answers,
+        limited,
+        busy,
+    } = screen(
+        &gateway,
+        &link,
+        client,
+        members,
+        aliases.as_mut(),
+        &mut headers,
+    )
+    .await;
+    if let Some(response) = refused_whole(&Refused {
+        forwarded: forwarded.len(),
+        answers: &answers,
+        limited: limited.as_ref(),
+        busy,
+        batch,
+    }) {
+        if new_session && !stateless {
+            gateway.sessions.end(link.session.id(), EndReason::Error);
+        }
         return response;
     }
     let (reply, mut replies) = reply_channel(expected.len());
