@@ -451,6 +451,72 @@ fn refused_whole(r: &Refused<'_>) -> Option<Response> {
     None
 }
 
+/// What the proxy answered of a POST itself, and how the POST is to be answered.
+struct Answered<'a> {
+    answers: &'a [Bytes],
+    /// The id of the POST's one request.
+    only_id: Option<&'a RequestId>,
+    /// At the stateless requests' shared child (whose answers take the binding's statuses).
+    shared: bool,
+    batch: bool,
+}
+
+/// The last step of a POST without requests (notifications and responses): handed to the
+/// upstream before the answer, so a client's next message cannot overtake them; then 202, or
+/// the upstream's refusal passed on, or what the proxy answered itself.
+async fn accept(
+    gateway: &Arc<Gateway>,
+    link: &Arc<SessionLink>,
+    forwarded: Vec<Message>,
+    headers: &HeaderMap,
+    post: &Answered<'_>,
+) -> Response {
+    let (reply, mut replies) = reply_channel(0);
+    let mut rejected = None;
+    {
+        let mut exchange = std::pin::pin!(gateway.exchange(link, forwarded, headers, &reply));
+        // Drained as the exchange goes, so a large batch can't fill the channel and stall it.
+        loop {
+            tokio::select! {
+                () = &mut exchange => break,
+                Some(item) = replies.recv() => {
+                    if let Reply::Rejected { status, content_type, body, .. } = item {
+                        rejected.get_or_insert((status, content_type, body));
+                    }
+                }
+            }
+        }
+    }
+    drop(reply);
+    while let Ok(item) = replies.try_recv() {
+        if let Reply::Rejected {
+            status,
+            content_type,
+            body,
+            ..
+        } = item
+        {
+            rejected.get_or_insert((status, content_type, body));
+        }
+    }
+    if let (Some((status, content_type, body)), true) = (rejected, post.answers.is_empty()) {
+        return passthrough(
+            gateway,
+            link,
+            false,
+            status,
+            content_type.as_ref(),
+            body,
+            post.only_id,
+        );
+    }
+    if post.answers.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let status = super::binding::answer_status(post.shared, post.batch, post.answers);
+    json_response(status, join(post.answers, post.batch))
+}
+
 /// `POST`: one message or batch from the client.
 #[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
 async fn post(
@@ -515,58 +581,20 @@ async fn post(
         }
         return response;
     }
-    let (reply, mut replies) = reply_channel(expected.len());
     if expected.is_empty() {
         if new_session && !stateless {
             // The pipeline answered the initialize itself (refused it): no session.
             gateway.sessions.end(link.session.id(), EndReason::Error);
         }
-        // Notifications and responses: the upstream has taken them when we answer 202, so a
-        // client's next message can't overtake them.
-        let mut rejected = None;
-        {
-            let mut exchange = std::pin::pin!(gateway.exchange(&link, forwarded, &headers, &reply));
-            // Drained as the exchange goes, so a large batch can't fill the channel and stall it.
-            loop {
-                tokio::select! {
-                    () = &mut exchange => break,
-                    Some(item) = replies.recv() => {
-                        if let Reply::Rejected { status, content_type, body, .. } = item {
-                            rejected.get_or_insert((status, content_type, body));
-                        }
-                    }
-                }
-            }
-        }
-        drop(reply);
-        while let Ok(item) = replies.try_recv() {
-            if let Reply::Rejected {
-                status,
-                content_type,
-                body,
-                ..
-            } = item
-            {
-                rejected.get_or_insert((status, content_type, body));
-            }
-        }
-        if let (Some((status, content_type, body)), true) = (rejected, answers.is_empty()) {
-            return passthrough(
-                &gateway,
-                &link,
-                false,
-                status,
-                content_type.as_ref(),
-                body,
-                only_id.as_ref(),
-            );
-        }
-        if answers.is_empty() {
-            return StatusCode::ACCEPTED.into_response();
-        }
-        let status = super::binding::answer_status(shared, batch, &answers);
-        return json_response(status, join(&answers, batch));
+        let answered = Answered {
+            answers: &answers,
+            only_id: only_id.as_ref(),
+            shared,
+            batch,
+        };
+        return accept(&gateway, &link, forwarded, &headers, &answered).await;
     }
+    let (reply, replies) = reply_channel(expected.len());
 
     let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
     let guard = Registration::new(link.router.clone(), ids, tokens, &reply);
