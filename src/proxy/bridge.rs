@@ -129,12 +129,15 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
     let to_client = Arc::new(to_client);
     let link = gateway
-        .open_session(TransportKind::Stdio, crate::stage::Client::Local)
+        .open_session(
+            TransportKind::Stdio,
+            crate::stage::Client::Local,
+            crate::proxy::reverse::router::Delivery::Sink(to_client.clone()),
+        )
         .context("cannot open the session")?;
     let span = tracing::info_span!("session", id = %link.session.id().digest());
     async {
         tracing::info!(upstream = %upstream_label(gateway), "bridging stdio to the MCP server");
-        link.router.send_everything_to(to_client.clone());
         // The client always listens: the upstream's GET stream is relayed once its session
         // exists.
         link.listening.cancel();

@@ -34,7 +34,7 @@ use crate::transport::http::HttpUpstream;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
-use super::router::{Reply, Router, STREAM_SLACK, Waiter};
+use super::router::{Delivery, Reply, Router, STREAM_SLACK, Waiter};
 
 mod http_upstream;
 mod link;
@@ -249,13 +249,15 @@ impl Gateway {
         Err(OpenError::ClientSessions { limit })
     }
 
-    /// Opens a session for `client` on `transport`: a manager session, and for a stdio
-    /// upstream its own child (started by the session's watcher when the first message is on
-    /// its way). The client's own cap is checked before anything is created.
+    /// Opens a session for `client` on `transport`, whose messages from the server reach it as
+    /// `delivery` says: a manager session, and for a stdio upstream its own child (started by
+    /// the session's watcher when the first message is on its way). The client's own cap is
+    /// checked before anything is created.
     pub fn open_session(
         self: &Arc<Self>,
         transport: TransportKind,
         client: Client<'_>,
+        delivery: Delivery,
     ) -> Result<Arc<SessionLink>, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
@@ -266,7 +268,6 @@ impl Gateway {
             .create(transport, Some(self.upstream_label()))?;
         self.record(&session);
         let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
-        let router = Arc::new(Router::new(session.clone(), Some(Arc::new(events))));
         let (upstream, child) = match &self.upstream {
             Upstream::Http(client) => (LinkUpstream::http(client.clone()), None),
             Upstream::Stdio(spec) => {
@@ -274,7 +275,6 @@ impl Gateway {
                 // session whose initialize a rate limit or rule refuses, or a /sse stream that
                 // sends nothing, costs no process); until then what is sent waits here.
                 let queue = StdioQueue::new(self.config.max_message_size);
-                router.answer_server_through(queue.to_server.clone());
                 (
                     LinkUpstream::Stdio {
                         to_server: queue.to_server.clone(),
@@ -284,6 +284,16 @@ impl Gateway {
                 )
             }
         };
+        let to_server = match &upstream {
+            LinkUpstream::Stdio { to_server, .. } => Some(to_server.clone()),
+            LinkUpstream::Http { .. } => None,
+        };
+        let router = Arc::new(Router::new(
+            session.clone(),
+            Some(Arc::new(events)),
+            delivery,
+            to_server,
+        ));
         let link = Arc::new(SessionLink::new(
             session,
             router,
@@ -320,8 +330,8 @@ impl Gateway {
                     }
                 }
                 // Spawning is synchronous: no await while the slot is locked.
-                let link = self.open_session(TransportKind::Http, Client::Local)?;
-                link.router.share_between_clients();
+                let link =
+                    self.open_session(TransportKind::Http, Client::Local, Delivery::Shared)?;
                 tracing::info!(session = %link.session.id().digest(), "started the MCP server for stateless (2026-07-28) requests");
                 *shared = Some(link.clone());
                 return Ok(Stateless::Shared(link));
@@ -334,7 +344,7 @@ impl Gateway {
         self.record(&session);
         Ok(Stateless::Own(Arc::new(SessionLink::new(
             session.clone(),
-            Arc::new(Router::new(session, None)),
+            Arc::new(Router::new(session, None, Delivery::Streamable, None)),
             LinkUpstream::http(client.clone()),
             client_slot,
             self.reverse.sse_replay_events,

@@ -26,6 +26,7 @@ use super::events;
 use super::gateway::{Gateway, LinkUpstream};
 use super::get::{Ends, live_body, sse_response};
 use super::respond::refuse;
+use super::router::Delivery;
 
 /// Where 2024-11-05 clients open their stream.
 pub const SSE_PATH: &str = "/sse";
@@ -45,11 +46,10 @@ pub async fn open(
         peer.map(|Extension(ConnectInfo(addr))| addr),
         &headers,
     );
-    let link = match gateway.open_session(TransportKind::Sse, client) {
+    let link = match gateway.open_session(TransportKind::Sse, client, Delivery::Legacy) {
         Ok(link) => link,
         Err(e) => return super::checks::refuse_open(&e, None),
     };
-    link.router.use_legacy_stream();
     let Some(events) = link.router.events().cloned() else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -66,6 +66,22 @@ struct Slot {
     reserve: usize,
 }
 
+/// How a session's client takes the server's messages: what a [`Router`] is made for.
+#[derive(Debug, Default)]
+pub enum Delivery {
+    /// A Streamable HTTP client: answers on the POST that asked, the rest on a POST stream
+    /// or the session's GET stream.
+    #[default]
+    Streamable,
+    /// A 2024-11-05 HTTP+SSE client: every message, answers included, on its one stream.
+    Legacy,
+    /// The child shared by stateless requests of many clients (see [`Router::deliver`]).
+    Shared,
+    /// A client with one way in for everything, in order and with backpressure
+    /// (`forward stdio --url`'s stdout).
+    Sink(Arc<Outbox>),
+}
+
 /// Routes one session's server→client messages to the POSTs waiting for them.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -114,31 +130,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Router {
-    /// A router for `session`, whose GET stream (if it has one) is `events`.
-    pub fn new(session: Arc<Session>, events: Option<Arc<EventLog>>) -> Self {
-        Self {
+    /// A router for `session`, whose GET stream (if it has one) is `events`, delivering as
+    /// `delivery` says. `to_server`: where requests from the server that no POST can carry are
+    /// answered (a stdio child's stdin).
+    pub fn new(
+        session: Arc<Session>,
+        events: Option<Arc<EventLog>>,
+        delivery: Delivery,
+        to_server: Option<Arc<Outbox>>,
+    ) -> Self {
+        let router = Self {
             session: Some(session),
             events,
+            legacy: std::sync::atomic::AtomicBool::new(matches!(delivery, Delivery::Legacy)),
+            shared: std::sync::atomic::AtomicBool::new(matches!(delivery, Delivery::Shared)),
             ..Self::default()
+        };
+        if let Delivery::Sink(sink) = delivery {
+            let _ = router.sink.set(sink);
         }
-    }
-
-    /// Makes this a 2024-11-05 HTTP+SSE session's router: every message goes on its one stream.
-    pub fn use_legacy_stream(&self) {
-        self.legacy
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sends every message to `sink`, in order and with backpressure: a client with one way in
-    /// for everything (`forward stdio --url`'s stdout).
-    pub fn send_everything_to(&self, sink: Arc<Outbox>) {
-        let _ = self.sink.set(sink);
-    }
-
-    /// Makes this the router of the child shared by stateless requests (see [`Self::deliver`]).
-    pub fn share_between_clients(&self) {
-        self.shared
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(to_server) = to_server {
+            let _ = router.to_server.set(to_server);
+        }
+        router
     }
 
     /// The session's GET stream.
@@ -178,12 +192,6 @@ impl Router {
                 progress.remove(token);
             }
         }
-    }
-
-    /// Where requests the server sends with no POST open to carry them are answered (a stdio
-    /// child's stdin).
-    pub fn answer_server_through(&self, to_server: Arc<Outbox>) {
-        let _ = self.to_server.set(to_server);
     }
 
     /// Registers `waiter` for the answers to `ids`. An id already waited for is left to its
@@ -421,9 +429,13 @@ mod tests {
     async fn a_server_request_nobody_can_take_is_answered_and_forgotten() {
         use crate::session::TransportKind;
         let session = Arc::new(Session::standalone(TransportKind::Http, 8));
-        let router = Router::new(session.clone(), None);
         let (to_server, mut server_rx, _) = Outbox::new(8, 1 << 20);
-        router.answer_server_through(Arc::new(to_server));
+        let router = Router::new(
+            session.clone(),
+            None,
+            Delivery::Streamable,
+            Some(Arc::new(to_server)),
+        );
         session
             .pending(Direction::ServerToClient)
             .insert(RequestId::from("r1"), crate::protocol::Method::RootsList)
@@ -463,8 +475,10 @@ mod tests {
 
     #[tokio::test]
     async fn at_a_shared_child_untied_messages_go_only_to_a_sole_open_request() {
-        let router = Router::default();
-        router.share_between_clients();
+        let router = Router {
+            shared: std::sync::atomic::AtomicBool::new(true),
+            ..Router::default()
+        };
         let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"x"}}"#;
         let (a, mut a_rx) = mpsc::channel(8);
         let (b, mut b_rx) = mpsc::channel(8);

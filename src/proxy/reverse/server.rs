@@ -221,7 +221,11 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
             }
         }))
     } else if intake.initialize && !headers.contains_key(&MCP_SESSION_ID) {
-        Some(gateway.open_session(crate::session::TransportKind::Http, intake.client))
+        Some(gateway.open_session(
+            crate::session::TransportKind::Http,
+            intake.client,
+            super::router::Delivery::Streamable,
+        ))
     } else {
         None
     };
