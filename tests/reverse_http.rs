@@ -11,6 +11,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -481,6 +483,98 @@ fn answering_stub(response: &'static str) -> String {
         }
     });
     url
+}
+
+/// An upstream with a 5-second keep-alive timeout, as uvicorn's and Node's: each connection
+/// answers requests one after another with `response`, and a request that reaches a connection
+/// idle for 4.5 s or more is taken to race the server's closing of it: the connection is reset
+/// unanswered. Returns its URL and the number of connections it accepted.
+fn keep_alive_stub(response: &'static str) -> (String, Arc<AtomicUsize>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut idle_since = Instant::now();
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if idle_since.elapsed() >= Duration::from_millis(4500) {
+                        let _ = socket2::SockRef::from(&writer).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        response.len()
+                    );
+                    writer.write_all(head.as_bytes()).unwrap();
+                    writer.write_all(response.as_bytes()).unwrap();
+                    idle_since = Instant::now();
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// A pooled upstream connection is not reused after the idle time at which the servers MCP
+/// servers run on close theirs (5 s for uvicorn and Node), where the request would race the
+/// server's close and fail (a reset: -32087) although a direct client, with a new connection,
+/// is answered. Within it, the connection is reused.
+#[test]
+fn an_upstream_connection_idle_near_the_servers_keep_alive_timeout_is_not_reused() {
+    let (upstream, accepted) = keep_alive_stub(
+        r#"{"jsonrpc":"2.0","id":1,"result":{"supportedVersions":["2026-07-28"],"capabilities":{},"serverInfo":{"name":"stub","version":"1"}}}"#,
+    );
+    let gw = Gateway::start(&["--upstream", &upstream]);
+    let discover = br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let headers = [
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+        ("MCP-Protocol-Version", "2026-07-28".to_owned()),
+        ("Mcp-Method", "server/discover".to_owned()),
+    ];
+    let ask = || {
+        let r = http_request(&gw.addr, "POST", "/mcp", &headers, discover);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["result"]["serverInfo"]["name"], "stub", "{r:?}");
+    };
+    ask();
+    std::thread::sleep(Duration::from_millis(200));
+    ask();
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a busy connection is reused"
+    );
+    std::thread::sleep(Duration::from_millis(4700));
+    ask();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 /// An upstream that answers with an error status and a body that is no JSON-RPC error gets the

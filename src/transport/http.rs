@@ -37,8 +37,12 @@ const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, tex
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keep-alive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled connections are closed after this long: less than the keep-alive timeout of
+/// the servers MCP servers run on (5 s for uvicorn, Node's `http`, hypercorn, Apache), as
+/// fetch (undici, 4 s) keeps it. A connection the server is closing as a request reuses it
+/// fails that request (a reset, or an end before the answer), and a POST cannot be retried
+/// safely: it may have reached the server.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Whether a client's header may be forwarded to the upstream: the request headers MCP defines
 /// (`Mcp-Session-Id` is not among them; it is mapped, never copied).

@@ -522,6 +522,17 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the gateway logged (at debug level) to explain it.
+        if std::thread::panicking() {
+            if let Ok(done) = self.stderr.done.lock() {
+                let _ = done.recv_timeout(Duration::from_secs(2));
+            }
+            eprintln!(
+                "---- shadowcat reverse ({}) stderr ----\n{}",
+                self.addr,
+                self.stderr_text()
+            );
+        }
     }
 }
 
