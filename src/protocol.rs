@@ -9,11 +9,13 @@
 //! - [`method`]: [`Method`], MCP's method names as an enum with an escape hatch.
 //! - [`message`]: [`Message`] and [`Frame`], envelope parsing and batches.
 //! - [`error`]: the one table of proxy-generated error codes, and error-response builders.
+//! - [`headers`]: MCP's HTTP request headers, and those that mirror a 2026-07-28 body.
 //! - [`version`]: the protocol versions Shadowcat knows and what differs between them.
 //! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
 //! - [`rewrite`]: one member of a message replaced (an id, a progress token), the rest as it came.
 
 pub mod error;
+pub mod headers;
 pub mod id;
 pub mod message;
 pub mod method;

@@ -29,7 +29,7 @@ use super::forward::{STORE_CLOSE_GRACE, Signals};
 use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
 use super::relay::{Relay, RelayEnd};
 use super::reverse::gateway::{Gateway, SessionLink};
-use super::reverse::mirror::headers_for;
+use crate::protocol::headers::headers_for;
 use crate::task::Task;
 
 /// Why the bridge is stopping.
@@ -69,9 +69,7 @@ impl Deliver for Upstream {
         let mut headers = headers_for(&msg, self.link.protocol_version());
         if headers.contains_key("mcp-method") {
             if let Ok(Some(params)) = self.gateway.mirrored.of(&msg) {
-                for (header, value) in
-                    crate::proxy::reverse::mirror::param_headers_for(&msg, &params)
-                {
+                for (header, value) in crate::protocol::headers::param_headers_for(&msg, &params) {
                     headers.insert(header, value);
                 }
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -24,12 +24,9 @@ use tokio_util::io::StreamReader;
 
 use super::sse::{Item, SseDecoder};
 
-/// `Mcp-Session-Id`.
-pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-/// `MCP-Protocol-Version`.
-pub static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-/// `Last-Event-ID`.
-pub static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+pub use crate::protocol::headers::{
+    LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_forwarded_header,
+};
 
 /// What we accept from an upstream: either answer form the spec allows.
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
@@ -43,17 +40,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// fails that request (a reset, or an end before the answer), and a POST cannot be retried
 /// safely: it may have reached the server.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// Whether a client's header may be forwarded to the upstream: the request headers MCP defines
-/// (`Mcp-Session-Id` is not among them; it is mapped, never copied).
-pub fn is_forwarded_header(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    name == MCP_PROTOCOL_VERSION.as_str()
-        || name == LAST_EVENT_ID.as_str()
-        || name == "mcp-method"
-        || name == "mcp-name"
-        || name.starts_with("mcp-param-")
-}
 
 /// Why a request to the upstream failed before it produced an answer.
 #[derive(Debug, thiserror::Error)]
@@ -522,37 +508,6 @@ mod tests {
             "m",
         ] {
             assert!(upstream.resolve(elsewhere).is_none(), "{elsewhere}");
-        }
-    }
-
-    #[test]
-    fn only_mcp_headers_are_forwarded() {
-        for name in [
-            "mcp-protocol-version",
-            "last-event-id",
-            "mcp-method",
-            "mcp-name",
-            "mcp-param-region",
-        ] {
-            assert!(
-                is_forwarded_header(&HeaderName::from_static(name)),
-                "{name}"
-            );
-        }
-        for name in [
-            "authorization",
-            "cookie",
-            "connection",
-            "keep-alive",
-            "transfer-encoding",
-            "mcp-session-id",
-            "host",
-            "x-forwarded-for",
-        ] {
-            assert!(
-                !is_forwarded_header(&HeaderName::from_static(name)),
-                "{name}"
-            );
         }
     }
 }

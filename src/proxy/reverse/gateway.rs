@@ -132,7 +132,7 @@ pub struct Gateway {
     child_failures: readiness::ChildFailures,
     /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers, learnt from
     /// every session's `tools/list` answers (a stateless request's session lasts one request).
-    pub(crate) mirrored: super::mirror::MirroredTools,
+    pub(crate) mirrored: crate::protocol::headers::MirroredTools,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -182,7 +182,7 @@ impl Gateway {
             stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
             child_failures: readiness::ChildFailures::default(),
-            mirrored: super::mirror::MirroredTools::default(),
+            mirrored: crate::protocol::headers::MirroredTools::default(),
         })
     }
 

@@ -87,7 +87,7 @@ impl Gateway {
     ) {
         let id = msg.request_id().cloned();
         let is_initialize = msg.method() == Some(&Method::Initialize);
-        let headers = super::super::mirror::upstream_headers(client_headers, &msg);
+        let headers = crate::protocol::headers::upstream_headers(client_headers, &msg);
         let client_headers = &headers;
         // A 2024-11-05 upstream (known from an earlier session's probe): this session gets its
         // own stream there before its initialize.

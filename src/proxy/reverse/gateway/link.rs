@@ -111,7 +111,7 @@ pub struct SessionLink {
     /// The shared child's tools that mirror parameters into `Mcp-Param-*` headers (from its
     /// `tools/list` answers), to check the headers stateless clients send (the gateway is that
     /// child's HTTP server). An HTTP upstream's are the gateway's (`Gateway::mirrored`).
-    pub tool_params: super::super::mirror::MirroredTools,
+    pub tool_params: crate::protocol::headers::MirroredTools,
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.
     pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
@@ -138,7 +138,7 @@ impl SessionLink {
             upstream_listens: CancellationToken::new(),
             posts: PostStreams::new(replay_events, super::super::events::DEFAULT_REPLAY_BYTES),
             abandon: Mutex::default(),
-            tool_params: super::super::mirror::MirroredTools::default(),
+            tool_params: crate::protocol::headers::MirroredTools::default(),
             client: Mutex::new(client),
         }
     }
