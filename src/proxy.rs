@@ -11,11 +11,11 @@
 //!   answers to a JSON-RPC batch into one array.
 //! - [`relay`]: reads frames from one peer, parses them, runs the pipeline, routes the verdicts.
 //! - [`timeouts`]: request timeouts: an error for the requester, a cancellation for the other.
-//! - [`upstream`]: what a session's server is, as the session holds it; today a stdio child
-//!   ([`upstream::StdioLink`]).
+//! - [`upstream`]: what a session's server is, as the session holds it: a stdio child
+//!   ([`upstream::StdioLink`]) or its session at an HTTP server ([`upstream::HttpSession`]).
 //! - [`forward`]: the `forward stdio` front end: our stdio on one side, a child on the other.
-//! - [`bridge`]: `forward stdio --url`: our stdio on one side, the gateway's HTTP upstream side on
-//!   the other.
+//! - [`bridge`]: `forward stdio --url`: our stdio on one side, one HTTP upstream session on the
+//!   other.
 //! - [`reverse`]: the `reverse` front end: a Streamable HTTP gateway, a session per client.
 
 pub mod bridge;

@@ -230,7 +230,7 @@ pub struct GatewayMetrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
-    upstream_errors: Family<KindLabels, Counter>,
+    upstream_errors: UpstreamErrors,
     connections: Arc<ConnectionCounters>,
 }
 
@@ -282,6 +282,18 @@ pub struct MethodLabels {
 /// The kinds of upstream failure `/metrics` counts.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
     ["unreachable", "http_status", "invalid_response", "exited"];
+
+/// Upstream failures by kind (`shadowcat_upstream_errors`); a handle that counts into the
+/// gateway's metrics, or into nothing anyone reads (the default, where no metrics are served).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamErrors(Family<KindLabels, Counter>);
+
+impl UpstreamErrors {
+    /// Counts an upstream failure of `kind`.
+    pub fn count(&self, kind: &'static str) {
+        self.0.get_or_create(&KindLabels { kind }).inc();
+    }
+}
 
 /// `kind` of upstream error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -475,6 +487,7 @@ impl GatewayMetrics {
                 .get_or_create(&KindLabels { kind })
                 .inc_by(0);
         }
+        let upstream_errors = UpstreamErrors(upstream_errors);
         registry.register(
             "shadowcat_rule_actions",
             "Interceptor rule actions, by rule, action and mode (enforce, or audit: would have)",
@@ -539,9 +552,12 @@ impl GatewayMetrics {
 
     /// Counts an upstream failure of `kind`.
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&KindLabels { kind })
-            .inc();
+        self.upstream_errors.count(kind);
+    }
+
+    /// The upstream failure counters, for the upstream's own code to count in.
+    pub fn upstream_errors(&self) -> UpstreamErrors {
+        self.upstream_errors.clone()
     }
 
     /// The Prometheus text exposition.

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 /// `(file under src/, the module above its layer that it imports)`, still to be moved.
 const KNOWN: &[(&str, &str)] = &[];
 
-/// The same inside `proxy` (its layers listed in `src/proxy.rs`): the bridge is built on the
-/// gateway today, until the HTTP upstream session moves to `proxy::upstream` (issue 21).
-const KNOWN_IN_PROXY: &[(&str, &str)] = &[("bridge.rs", "reverse")];
+/// The same inside `proxy` (its layers listed in `src/proxy.rs`); empty since the HTTP upstream
+/// session moved to `proxy::upstream` (issue 21).
+const KNOWN_IN_PROXY: &[(&str, &str)] = &[];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -1,11 +1,11 @@
 //! `shadowcat forward stdio --url <URL>`: a stdio client bridged to a remote MCP server over
 //! Streamable HTTP (or the 2024-11-05 HTTP+SSE transport, found by the spec's back-compat probe).
 //!
-//! The client's messages run through the pipeline and then the gateway's HTTP upstream side, the
-//! same code the reverse proxy uses: the upstream's session id kept and never shown, JSON or SSE
+//! The client's messages run through the pipeline and then one [`HttpSession`], the same code
+//! the reverse proxy's sessions use: the upstream's session id kept and never shown, JSON or SSE
 //! answers (bounded), the upstream's own GET stream relayed, configured headers on every request.
-//! Everything the server sends comes back through the pipeline, and the session's router hands
-//! all of it to our stdout, in order and with backpressure.
+//! Everything the server sends comes back through the pipeline to our stdout, in order and with
+//! backpressure.
 //!
 //! Requests are exchanged concurrently (each waits for its own answer); notifications and
 //! responses are handed to the upstream before the next client message is read, so nothing
@@ -20,16 +20,19 @@ use anyhow::Context as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{Config, ReverseConfig};
-use crate::protocol::{Direction, Kind, Message};
-use crate::session::{EndReason, SessionManager, StoreWriter, TransportKind};
+use crate::config::{Config, ReverseConfig, ReverseUpstream};
+use crate::protocol::error::ProxyError;
+use crate::protocol::headers::{headers_for, param_headers_for};
+use crate::protocol::{Direction, ErrorCode, Kind, Message};
+use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportKind};
+use crate::telemetry::{Metrics, UpstreamErrors};
 use crate::transport::{stdio, writer};
 
 use super::forward::{STORE_CLOSE_GRACE, Signals};
 use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
+use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
-use super::reverse::gateway::{Gateway, SessionLink};
-use crate::protocol::headers::headers_for;
+use super::upstream::http::{HttpBackend, HttpLimits, HttpSession, client_for, version_header};
 use crate::task::Task;
 
 /// Why the bridge is stopping.
@@ -45,11 +48,13 @@ enum Event {
     SessionEnded,
 }
 
+/// The session at the upstream; what the server sends goes to our stdout.
+type Link = HttpSession<Arc<Outbox>>;
+
 /// The upstream side as the client's relay sees it: each message is exchanged with the HTTP
 /// upstream, and what comes back goes to the client.
 struct Upstream {
-    gateway: Arc<Gateway>,
-    link: Arc<SessionLink>,
+    http: Arc<Link>,
     to_client: Arc<Outbox>,
     /// Requests being exchanged.
     in_flight: TaskTracker,
@@ -58,32 +63,26 @@ struct Upstream {
 impl Deliver for Upstream {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         let request = msg.kind() == Kind::Request;
-        let (gateway, link, to_client) = (
-            self.gateway.clone(),
-            self.link.clone(),
-            self.to_client.clone(),
-        );
+        let (http, to_client) = (self.http.clone(), self.to_client.clone());
         // The headers an HTTP client would send: the negotiated protocol version, or the
         // stateless era's mirrored headers, `Mcp-Param-*` too for the tools the upstream's
         // `tools/list` answers say mirror parameters.
-        let mut headers = headers_for(&msg, self.link.protocol_version());
+        let mut headers = headers_for(&msg, version_header(&self.http.session));
         if headers.contains_key("mcp-method") {
-            if let Ok(Some(params)) = self.gateway.mirrored.of(&msg) {
-                for (header, value) in crate::protocol::headers::param_headers_for(&msg, &params) {
+            if let Ok(Some(params)) = self.http.backend().mirrored().of(&msg) {
+                for (header, value) in param_headers_for(&msg, &params) {
                     headers.insert(header, value);
                 }
             }
         }
         let exchange = async move {
-            gateway
-                .exchange_to(
-                    &link,
-                    vec![msg],
-                    &headers,
-                    to_client.as_ref(),
-                    usize::from(request),
-                )
-                .await;
+            http.exchange_to(
+                vec![msg],
+                &headers,
+                to_client.as_ref(),
+                usize::from(request),
+            )
+            .await;
         };
         if request {
             // A request waits for its own answer; the client may send more meanwhile.
@@ -102,23 +101,39 @@ pub async fn run(
     upstream: &ReverseConfig,
     store: Option<StoreWriter>,
 ) -> anyhow::Result<u8> {
+    let ReverseUpstream::Http(url) = &upstream.upstream else {
+        anyhow::bail!("the bridge needs an HTTP upstream (--url)");
+    };
     let sessions = SessionManager::new(config.sessions.clone(), store);
-    let gateway = Gateway::new(config.clone(), upstream.clone(), sessions.clone());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(Metrics::default()),
+        sessions.clone(),
+        &config.rate_limits,
+        crate::intercept::start(config.rules.as_ref()),
+    ));
+    let backend = HttpBackend::new(
+        client_for(url, upstream),
+        HttpLimits::of(config, upstream),
+        pipeline.clone(),
+        sessions.clone(),
+        UpstreamErrors::default(),
+    );
     let stop_cleanup = tokio_util::sync::CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
-    let result = bridge(config, &gateway).await;
-    gateway
-        .close_all(config.shutdown_timeout + Duration::from_secs(1))
-        .await;
+    let result = bridge(config, &backend, &sessions).await;
     stop_cleanup.cancel();
     cleanup.join_within(Duration::from_secs(1)).await;
-    tracing::info!(totals = ?gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
+    tracing::info!(totals = ?pipeline.metrics().snapshot(), "shadowcat exiting");
     let closing = sessions.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     result
 }
 
-async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
+async fn bridge(
+    config: &Config,
+    backend: &Arc<HttpBackend>,
+    sessions: &Arc<SessionManager>,
+) -> anyhow::Result<u8> {
     // Listen before starting anything, so a signal never finds the default (fatal) handler.
     let mut signals = Signals::listen()?;
     let (client_in, _) = stdio::stdin().context("cannot open stdin")?;
@@ -126,29 +141,37 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
     let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);
     let to_client = Arc::new(to_client);
-    let link = gateway
-        .open_session(
-            TransportKind::Stdio,
-            crate::stage::Client::Local,
-            crate::proxy::reverse::router::Delivery::Sink(to_client.clone()),
-        )
+    let shown = backend.client().shown().to_owned();
+    let session = sessions
+        .create(TransportKind::Stdio, Some(shown.clone()))
         .context("cannot open the session")?;
-    let span = tracing::info_span!("session", id = %link.session.id().digest());
+    if let Some(recording) = &config.recording {
+        if let Err(e) = super::pipeline::start_recording(recording, &session) {
+            tracing::error!(session = %session.id().digest(), "{e:#}; the session goes on unrecorded");
+        }
+    }
+    let http = backend.session(session.clone(), to_client.clone());
+    let span = tracing::info_span!("session", id = %session.id().digest());
     async {
-        tracing::info!(upstream = %upstream_label(gateway), "bridging stdio to the MCP server");
+        tracing::info!(upstream = %shown, "bridging stdio to the MCP server");
         // The client always listens: the upstream's GET stream is relayed once its session
         // exists.
-        link.listening.cancel();
+        let listening = tokio_util::sync::CancellationToken::new();
+        listening.cancel();
+        let mut listener = Task::spawn("upstream-listener", {
+            let http = http.clone();
+            async move { http.serve(&listening).await }
+        });
+        let mut timeouts = spawn_timeouts(config, &session, &http, &to_client);
         let upstream = Arc::new(Upstream {
-            gateway: gateway.clone(),
-            link: link.clone(),
+            http: http.clone(),
             to_client: to_client.clone(),
             in_flight: TaskTracker::new(),
         });
         let relay = Relay {
             direction: Direction::ClientToServer,
-            pipeline: gateway.pipeline.clone(),
-            session: link.session.clone(),
+            pipeline: backend.pipeline().clone(),
+            session: session.clone(),
             to_sender: to_client.clone(),
             to_receiver: upstream.clone(),
             max_message_size: config.max_message_size,
@@ -161,46 +184,28 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
         let event = tokio::select! {
             end = client_reader.join() => Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)),
             _ = client_writer.join() => Event::ClientGone,
-            () = link.session.closed_token().cancelled() => Event::SessionEnded,
+            () = session.closed_token().cancelled() => Event::SessionEnded,
             name = signals.recv() => Event::Signal(name),
         };
         tracing::debug!(?event, "shutting down");
-        match &event {
-            Event::Signal(name) => tracing::info!(signal = name, "received a signal; shutting down"),
-            Event::ClientClosed(RelayEnd::ReadError(e)) => {
-                tracing::warn!(%e, "reading from the client failed");
-            }
-            _ => {}
+        let code = wind_down(config, &event, &mut signals, &upstream.in_flight).await;
+        if let Event::SessionEnded = event {
+            tracing::error!(
+                state = %session.state(),
+                "the session ended; the client must start again"
+            );
         }
-        let code = match event {
-            Event::ClientClosed(_) | Event::Signal(_) => {
-                // In-flight requests may finish (a second signal stops the wait).
-                upstream.in_flight.close();
-                tokio::select! {
-                    finished = tokio::time::timeout(config.shutdown_timeout, upstream.in_flight.wait()) => {
-                        if finished.is_err() {
-                            tracing::warn!("in-flight requests did not finish within --shutdown-timeout");
-                        }
-                    }
-                    name = signals.recv() => {
-                        tracing::warn!(signal = name, "second signal: not waiting for in-flight requests");
-                    }
-                }
-                0
-            }
-            Event::ClientGone => 0,
-            Event::SessionEnded => {
-                tracing::error!(
-                    state = %link.session.state(),
-                    "the session ended; the client must start again"
-                );
-                1
-            }
-        };
         // Ends the upstream session (DELETE) and answers whatever is still in flight.
-        gateway.sessions.begin_closing(&link.session);
-        gateway.close_session(link.session.id()).await;
-        gateway.sessions.end(link.session.id(), EndReason::Closed);
+        sessions.begin_closing(&session);
+        sessions.end(session.id(), EndReason::Closed);
+        listener.join_within(Duration::from_secs(1)).await;
+        for watcher in &mut timeouts {
+            watcher.abort();
+        }
+        let _ = tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), http.end())
+            .await;
+        answer_in_flight(&session, &to_client).await;
+        super::pipeline::end_recording(&session).await;
         client_reader.abort();
         to_client.close();
         if client_writer
@@ -216,9 +221,94 @@ async fn bridge(config: &Config, gateway: &Arc<Gateway>) -> anyhow::Result<u8> {
     .await
 }
 
-fn upstream_label(gateway: &Gateway) -> String {
-    match &gateway.reverse.upstream {
-        crate::config::ReverseUpstream::Http(url) => crate::transport::http::shown_url(url),
-        crate::config::ReverseUpstream::Stdio(spec) => spec.program.to_string_lossy().into_owned(),
+/// Logs why the bridge stops and, unless the client or the session is gone, lets the requests
+/// in flight finish within `--shutdown-timeout` (a second signal stops the wait). The exit code.
+async fn wind_down(
+    config: &Config,
+    event: &Event,
+    signals: &mut Signals,
+    in_flight: &TaskTracker,
+) -> u8 {
+    match event {
+        Event::Signal(name) => tracing::info!(signal = name, "received a signal; shutting down"),
+        Event::ClientClosed(RelayEnd::ReadError(e)) => {
+            tracing::warn!(%e, "reading from the client failed");
+        }
+        _ => {}
+    }
+    match event {
+        Event::ClientClosed(_) | Event::Signal(_) => {
+            in_flight.close();
+            tokio::select! {
+                finished = tokio::time::timeout(config.shutdown_timeout, in_flight.wait()) => {
+                    if finished.is_err() {
+                        tracing::warn!("in-flight requests did not finish within --shutdown-timeout");
+                    }
+                }
+                name = signals.recv() => {
+                    tracing::warn!(signal = name, "second signal: not waiting for in-flight requests");
+                }
+            }
+            0
+        }
+        Event::ClientGone => 0,
+        Event::SessionEnded => 1,
+    }
+}
+
+/// `--request-timeout` watchers for both directions of the session.
+fn spawn_timeouts(
+    config: &Config,
+    session: &Arc<Session>,
+    http: &Arc<Link>,
+    to_client: &Arc<Outbox>,
+) -> Vec<Task<()>> {
+    let timeout = config.timeouts();
+    if !timeout.any() {
+        return Vec::new();
+    }
+    vec![
+        Task::spawn(
+            "request-timeouts",
+            super::timeouts::enforce(
+                session.clone(),
+                Direction::ClientToServer,
+                timeout,
+                to_client.clone(),
+                http.clone(),
+            ),
+        ),
+        Task::spawn(
+            "server-request-timeouts",
+            super::timeouts::enforce(
+                session.clone(),
+                Direction::ServerToClient,
+                timeout,
+                http.clone(),
+                to_client.clone(),
+            ),
+        ),
+    ]
+}
+
+/// Answers the client's requests still waiting for the server (the session has ended), and
+/// forgets the server's requests to the client.
+async fn answer_in_flight(session: &Session, to_client: &Outbox) {
+    session.close_pending(Direction::ServerToClient);
+    let error = ProxyError::new(
+        ErrorCode::ShuttingDown,
+        format!(
+            "the session ended ({}) before the request was answered",
+            session.state()
+        ),
+    );
+    for (id, _) in session.close_pending(Direction::ClientToServer) {
+        if to_client
+            .send(Message::error_response(Some(&id), &error))
+            .await
+            .is_err()
+        {
+            break;
+        }
     }
 }

@@ -50,6 +50,12 @@ pub trait Deliver: Send + Sync {
     fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send;
 }
 
+impl<T: Deliver> Deliver for std::sync::Arc<T> {
+    fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
+        (**self).deliver(msg)
+    }
+}
+
 impl Deliver for Outbox {
     fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
         self.send(msg)

@@ -112,6 +112,19 @@ pub fn start_recording(
     Ok(recorder)
 }
 
+/// Ends `session`'s tape, if it has one, with the reason the session ended.
+pub async fn end_recording(session: &crate::session::Session) {
+    if let Some(tape) = session.tape() {
+        let reason = match session.state() {
+            crate::session::State::Closed(reason) => reason.as_str(),
+            _ => crate::session::EndReason::Closed.as_str(),
+        };
+        if let Err(e) = tape.end(reason).await {
+            tape.failed(&e);
+        }
+    }
+}
+
 /// Writes what happened to `msg` to the session's tape: the message as it went on (as rules
 /// left it), or as it came when it went no further, and an answer the proxy gave in its place.
 /// Once the `initialize` answer has gone by, the session's metadata too. A tape that can no longer be written is logged once

@@ -1,9 +1,60 @@
-//! A session's upstream: the server, as the session holds it. Today a stdio child
-//! ([`StdioLink`]); the HTTP upstream session, the pool of warm children, supervised restarts
-//! and shared children are to move here (issue 21, then 22).
+//! A session's upstream: the server, as the session holds it: a stdio child ([`StdioLink`]) or
+//! its session at an HTTP server ([`HttpSession`]), and what an exchange with it sends back to
+//! the request waiting for it ([`Reply`]). The pool of warm children, supervised restarts and
+//! shared children are to come here (issue 22).
 //!
 //! - [`stdio`]: a child server and the two tasks that move its bytes.
+//! - [`http`]: one session at a Streamable HTTP (or 2024-11-05 HTTP+SSE) server: its POSTs,
+//!   event streams, recovery of a lost session; [`HttpBackend`] is what its sessions share.
 
+use ::http::{HeaderValue, StatusCode};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::{Message, RequestId};
+
+pub mod http;
 pub mod stdio;
 
+pub use self::http::{HttpBackend, HttpLimits, HttpSession};
 pub use stdio::{StdioLink, StdioQueue};
+
+/// What a waiting POST receives.
+#[derive(Debug)]
+pub enum Reply {
+    /// The client cancelled one of the POST's requests: no answer will come for it.
+    Cancelled(RequestId),
+    /// A message for the client.
+    Message(Message),
+    /// The upstream closed the stream carrying the POST's answer before the answer, as a
+    /// server that wants the client to poll does (2025-11-25: after a priming event, with
+    /// `retry:`); the gateway resumes it upstream, and the client's stream is closed the same
+    /// way, for it to resume with `Last-Event-ID`.
+    Paused {
+        /// The reconnection delay the upstream asked for.
+        retry: Option<std::time::Duration>,
+    },
+    /// The upstream refused one of the POST's messages at the HTTP level.
+    Rejected {
+        /// The refused request's id (none for a notification or response).
+        id: Option<RequestId>,
+        /// The upstream's status.
+        status: StatusCode,
+        /// Its `Content-Type`.
+        content_type: Option<HeaderValue>,
+        /// Its body (bounded).
+        body: Bytes,
+    },
+}
+
+/// The sending end a POST registers.
+pub type Waiter = mpsc::Sender<Reply>;
+
+/// Room kept in every POST's channel beyond one slot per request it waits for.
+pub const STREAM_SLACK: usize = 64;
+
+/// A channel for one exchange's replies, with room for the answers to its `requests` requests
+/// plus [`STREAM_SLACK`] other messages.
+pub fn reply_channel(requests: usize) -> (Waiter, mpsc::Receiver<Reply>) {
+    mpsc::channel(requests + STREAM_SLACK)
+}

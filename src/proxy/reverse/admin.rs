@@ -66,11 +66,11 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match &gateway.upstream {
-        Upstream::Http(client) => match client.answers(READY_TIMEOUT).await {
+        Upstream::Http(backend) => match backend.client().answers(READY_TIMEOUT).await {
             Ok(()) => "ok\n".into_response(),
             Err(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream {} unreachable: {e}\n", client.shown()),
+                format!("upstream {} unreachable: {e}\n", backend.client().shown()),
             )
                 .into_response(),
         },

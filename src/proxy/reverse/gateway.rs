@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use http::HeaderMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -25,43 +24,32 @@ use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::Pipeline;
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
+use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::{ChildSpec, describe_exit};
-use crate::transport::http::HttpUpstream;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
-use super::router::{Delivery, Reply, Router, STREAM_SLACK, Waiter};
+use super::router::{Delivery, Reply, Router, Waiter};
 
-mod http_upstream;
 mod link;
 mod readiness;
-mod recovery;
-mod streams;
 
-pub(super) use http_upstream::session_lost;
-pub use link::{Handshake, LegacyUpstream, LinkUpstream, Recovery, SessionLink};
+pub use crate::proxy::upstream::http::session_lost;
+pub use crate::proxy::upstream::reply_channel;
+pub use link::{HttpLink, LinkUpstream, SessionLink};
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
-/// How long a message shadowcat itself sends the HTTP upstream (a cancellation, an error for one
-/// of its requests) may take.
-const DELIVER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Refusals (4xx) in a row after which the upstream's GET stream is given up on.
-const UPSTREAM_GET_ATTEMPTS: u32 = 3;
-/// Attempts to resume a POST's SSE stream that broke before its answer.
-const POST_STREAM_RESUMES: u32 = 5;
-/// Most bytes of an upstream error body passed on to the client.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The server behind the gateway.
 #[derive(Debug)]
 pub enum Upstream {
     /// A Streamable HTTP endpoint, through one shared pooled client.
-    Http(Arc<HttpUpstream>),
+    Http(Arc<HttpBackend>),
     /// A command run once per session.
     Stdio(ChildSpec),
 }
@@ -116,9 +104,6 @@ pub struct Gateway {
     tasks: TaskTracker,
     /// Cancelled when shutdown begins: no new sessions.
     pub stopping: CancellationToken,
-    /// The HTTP upstream turned out to speak the 2024-11-05 HTTP+SSE transport (learnt from the
-    /// first session's probe, then used for every session).
-    legacy_upstream: std::sync::atomic::AtomicBool,
     /// A command upstream's child for stateless (2026-07-28) requests, shared by them all.
     stateless_child: Mutex<Option<Arc<SessionLink>>>,
     /// The server requests of that child sent to stateless clients, under names of ours.
@@ -130,9 +115,6 @@ pub struct Gateway {
     client_sessions: Arc<ClientCounts>,
     /// The latest failure of a command upstream's server, for `/readyz`.
     child_failures: readiness::ChildFailures,
-    /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers, learnt from
-    /// every session's `tools/list` answers (a stateless request's session lasts one request).
-    pub(crate) mirrored: crate::protocol::headers::MirroredTools,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -149,26 +131,26 @@ impl Gateway {
     /// A gateway for `reverse`'s upstream.
     pub fn new(config: Config, reverse: ReverseConfig, sessions: Arc<SessionManager>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
+        let pipeline = Arc::new(Pipeline::new(
+            metrics.clone(),
+            sessions.clone(),
+            &config.rate_limits,
+            crate::intercept::start(config.rules.as_ref()),
+        ));
+        let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
-            ReverseUpstream::Http(url) => Upstream::Http(Arc::new(
-                HttpUpstream::new(
-                    url.clone(),
-                    reverse.upstream_headers.clone(),
-                    reverse.connect_timeout,
-                    crate::transport::http::tls_config(&reverse.upstream_ca),
-                )
-                .with_response_timeout(reverse.read_timeout),
+            ReverseUpstream::Http(url) => Upstream::Http(HttpBackend::new(
+                client_for(url, &reverse),
+                HttpLimits::of(&config, &reverse),
+                pipeline.clone(),
+                sessions.clone(),
+                gateway_metrics.upstream_errors(),
             )),
             ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
         };
         Arc::new(Self {
-            pipeline: Arc::new(Pipeline::new(
-                metrics.clone(),
-                sessions.clone(),
-                &config.rate_limits,
-                crate::intercept::start(config.rules.as_ref()),
-            )),
-            metrics: GatewayMetrics::new(sessions.clone(), metrics),
+            pipeline,
+            metrics: gateway_metrics,
             config,
             reverse,
             sessions,
@@ -176,25 +158,32 @@ impl Gateway {
             links: DashMap::new(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
-            legacy_upstream: std::sync::atomic::AtomicBool::new(false),
             stateless_child: Mutex::new(None),
             shared_aliases: Arc::default(),
             stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
             child_failures: readiness::ChildFailures::default(),
-            mirrored: crate::protocol::headers::MirroredTools::default(),
         })
     }
 
     /// The upstream, as sessions record it.
     fn upstream_label(&self) -> String {
         match &self.upstream {
-            Upstream::Http(client) => client.shown().to_owned(),
+            Upstream::Http(backend) => backend.client().shown().to_owned(),
             Upstream::Stdio(spec) => std::iter::once(&spec.program)
                 .chain(&spec.args)
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(" "),
+        }
+    }
+
+    /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers (none for a
+    /// command upstream: the shared child's are its link's).
+    pub fn mirrored(&self) -> Option<&crate::protocol::headers::MirroredTools> {
+        match &self.upstream {
+            Upstream::Http(backend) => Some(backend.mirrored()),
+            Upstream::Stdio(_) => None,
         }
     }
 
@@ -267,33 +256,34 @@ impl Gateway {
             .sessions
             .create(transport, Some(self.upstream_label()))?;
         self.record(&session);
-        let events = EventLog::new(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES);
-        let (upstream, child) = match &self.upstream {
-            Upstream::Http(client) => (LinkUpstream::http(client.clone()), None),
+        let events = Some(Arc::new(EventLog::new(
+            self.reverse.sse_replay_events,
+            DEFAULT_REPLAY_BYTES,
+        )));
+        let (upstream, router, child) = match &self.upstream {
+            Upstream::Http(backend) => {
+                let router = Arc::new(Router::new(session.clone(), events, delivery, None));
+                let http = backend.session(session.clone(), router.clone());
+                (LinkUpstream::Http(http), router, None)
+            }
             Upstream::Stdio(spec) => {
                 // The server is started when the session's first message is on its way (so a
                 // session whose initialize a rate limit or rule refuses, or a /sse stream that
                 // sends nothing, costs no process); until then what is sent waits here.
                 let queue = StdioQueue::new(self.config.max_message_size);
-                (
-                    LinkUpstream::Stdio {
-                        to_server: queue.to_server.clone(),
-                        start: CancellationToken::new(),
-                    },
-                    Some((spec.clone(), queue)),
-                )
+                let router = Arc::new(Router::new(
+                    session.clone(),
+                    events,
+                    delivery,
+                    Some(queue.to_server.clone()),
+                ));
+                let upstream = LinkUpstream::Stdio {
+                    to_server: queue.to_server.clone(),
+                    start: CancellationToken::new(),
+                };
+                (upstream, router, Some((spec.clone(), queue)))
             }
         };
-        let to_server = match &upstream {
-            LinkUpstream::Stdio { to_server, .. } => Some(to_server.clone()),
-            LinkUpstream::Http { .. } => None,
-        };
-        let router = Arc::new(Router::new(
-            session.clone(),
-            Some(Arc::new(events)),
-            delivery,
-            to_server,
-        ));
         let link = Arc::new(SessionLink::new(
             session,
             router,
@@ -317,8 +307,8 @@ impl Gateway {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
-        let client = match &self.upstream {
-            Upstream::Http(client) => client,
+        let backend = match &self.upstream {
+            Upstream::Http(backend) => backend,
             Upstream::Stdio(_) => {
                 let mut shared = self
                     .stateless_child
@@ -342,10 +332,17 @@ impl Gateway {
             .sessions
             .create_unkept(TransportKind::Http, Some(self.upstream_label()))?;
         self.record(&session);
-        Ok(Stateless::Own(Arc::new(SessionLink::new(
+        let router = Arc::new(Router::new(
             session.clone(),
-            Arc::new(Router::new(session, None, Delivery::Streamable, None)),
-            LinkUpstream::http(client.clone()),
+            None,
+            Delivery::Streamable,
+            None,
+        ));
+        let http = backend.session(session.clone(), router.clone());
+        Ok(Stateless::Own(Arc::new(SessionLink::new(
+            session,
+            router,
+            LinkUpstream::Http(http),
             client_slot,
             self.reverse.sse_replay_events,
         ))))
@@ -411,22 +408,9 @@ impl Gateway {
                 Err(error) => (None, Ending::NotStarted(error)),
             }
         } else {
-            // An HTTP upstream: once its session exists and the client listens, relay its GET
-            // stream (if it offers one) until the session ends. The relay is only built then:
-            // an idle session keeps nothing but the wait.
-            let wanted = async {
-                link.upstream_ready.cancelled().await;
-                link.listening.cancelled().await;
-            };
-            tokio::select! {
-                () = session.closed_token().cancelled() => {}
-                () = wanted => {
-                    let listen = Box::pin(self.listen_upstream(&link));
-                    tokio::select! {
-                        () = session.closed_token().cancelled() => {}
-                        () = listen => session.closed_token().cancelled().await,
-                    }
-                }
+            // An HTTP upstream: its GET stream relayed once the client listens.
+            if let LinkUpstream::Http(http) = &link.upstream {
+                http.serve(&link.listening).await;
             }
             (None, Ending::Closed)
         };
@@ -544,7 +528,11 @@ impl Gateway {
                 }
                 child.abort();
             }
-            None => self.end_upstream_session(&link).await,
+            None => {
+                if let LinkUpstream::Http(http) = &link.upstream {
+                    http.end().await;
+                }
+            }
         }
         // Whatever is still in flight gets an answer; then nothing more can arrive.
         session.close_pending(Direction::ServerToClient);
@@ -555,15 +543,7 @@ impl Gateway {
                 .await;
         }
         link.router.close();
-        if let Some(tape) = session.tape() {
-            let reason = match session.state() {
-                crate::session::State::Closed(reason) => reason.as_str(),
-                _ => EndReason::Closed.as_str(),
-            };
-            if let Err(e) = tape.end(reason).await {
-                tape.failed(&e);
-            }
-        }
+        crate::proxy::pipeline::end_recording(&session).await;
         link.torn_down.cancel();
     }
 
@@ -593,10 +573,9 @@ impl Gateway {
     }
 
     /// Sends a client's messages upstream for a client with one way in for everything (a
-    /// 2024-11-05 stream, `forward stdio --url`'s stdout): what comes back (answers, the
-    /// server's own messages, errors for what the upstream refused) goes to `sink`. An upstream
-    /// that no longer knows the session (404) ends it too, which closes what the client listens
-    /// on (after what is queued there), so it starts afresh.
+    /// 2024-11-05 stream): what comes back (answers, the server's own messages, errors for what
+    /// the upstream refused) goes to `sink`. An HTTP upstream that no longer knows the session
+    /// (404) ends it too ([`HttpSession::exchange_to`](crate::proxy::upstream::HttpSession::exchange_to)).
     pub async fn exchange_to<D: Deliver>(
         self: &Arc<Self>,
         link: &Arc<SessionLink>,
@@ -605,48 +584,18 @@ impl Gateway {
         sink: &D,
         requests: usize,
     ) {
-        let (reply, mut replies) = reply_channel(requests);
-        let mut lost = false;
-        let drain = async {
-            while let Some(item) = replies.recv().await {
-                match item {
-                    Reply::Message(msg) => {
-                        let _ = sink.deliver(msg).await;
-                    }
-                    Reply::Rejected {
-                        id, status, body, ..
-                    } => {
-                        lost |= session_lost(status, &body);
-                        let Some(id) = id else { continue };
-                        // The upstream's own JSON-RPC error, if its refusal carried one.
-                        let answer = Message::parse(body)
-                            .ok()
-                            .and_then(|m| m.error_for(&id))
-                            .unwrap_or_else(|| {
-                                let error = ProxyError::new(
-                                    ErrorCode::UpstreamHttpError,
-                                    format!("the upstream answered HTTP {status}"),
-                                )
-                                .with("httpStatus", status.as_u16());
-                                Message::error_response(Some(&id), &error)
-                            });
-                        let _ = sink.deliver(answer).await;
-                    }
-                    // A stdio client cannot resume a stream: the gateway's resumption is all.
-                    Reply::Cancelled(_) | Reply::Paused { .. } => {}
-                }
-            }
-        };
+        if let LinkUpstream::Http(http) = &link.upstream {
+            return http
+                .exchange_to(messages, client_headers, sink, requests)
+                .await;
+        }
+        let (reply, replies) = reply_channel(requests);
         // `reply` is dropped when the exchange is over, which ends the drain.
         let exchange = async {
             self.exchange(link, messages, client_headers, &reply).await;
             drop(reply);
         };
-        tokio::join!(exchange, drain);
-        if lost {
-            tracing::warn!(session = %link.session.id().digest(), "the upstream no longer knows this session; ending it");
-            self.sessions.end(link.session.id(), EndReason::Error);
-        }
+        tokio::join!(exchange, pass_replies(replies, sink));
     }
 
     /// Runs one message from `client` through the pipeline (client→server), and counts what
@@ -719,18 +668,9 @@ impl Gateway {
                     }
                 }
             }
-            LinkUpstream::Http { client, .. } => {
-                let posts = messages
-                    .into_iter()
-                    .map(|msg| self.post_one(link, client, msg, client_headers, reply));
-                futures_util::future::join_all(posts).await;
+            LinkUpstream::Http(http) => {
+                http.exchange(messages, client_headers, reply).await;
             }
         }
     }
-}
-
-/// A channel for one POST's replies, with room for the answers to its `requests` requests plus
-/// [`STREAM_SLACK`] other messages.
-pub fn reply_channel(requests: usize) -> (Waiter, mpsc::Receiver<Reply>) {
-    mpsc::channel(requests + STREAM_SLACK)
 }

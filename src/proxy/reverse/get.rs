@@ -17,7 +17,7 @@ use crate::transport::http::LAST_EVENT_ID;
 
 use super::checks::{accepts, session_of};
 use super::events::{self, Connection, EventLog, LiveEvents};
-use super::gateway::{Gateway, LinkUpstream, SessionLink};
+use super::gateway::{Gateway, SessionLink};
 use super::respond::{method_not_allowed, refuse};
 
 /// `GET`: the session's server→client stream: the server messages that belong to no open
@@ -60,15 +60,12 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     link.listening.cancel();
     // (Only where the upstream's GET stream is about to be opened: a Streamable HTTP upstream
     // whose session exists. A 2024-11-05 upstream's one stream is relayed already.)
-    let opening = matches!(link.upstream, LinkUpstream::Http { .. })
-        && link.upstream_ready.is_cancelled()
-        && link.legacy().is_none();
-    if opening {
-        let _ = tokio::time::timeout(
-            gateway.reverse.connect_timeout,
-            link.upstream_listens.cancelled(),
-        )
-        .await;
+    let opening = link
+        .http()
+        .filter(|http| http.ready.is_cancelled() && http.legacy().is_none());
+    if let Some(http) = opening {
+        let _ =
+            tokio::time::timeout(gateway.reverse.connect_timeout, http.listens.cancelled()).await;
     }
     let connection = match events.connect(last, prime) {
         Ok(connection) => connection,

@@ -189,7 +189,7 @@ pub async fn message(
     // runs on its own (bounded by the pending-request limits).
     let quick = requests.is_empty()
         || matches!(link.upstream, LinkUpstream::Stdio { .. })
-        || link.legacy().is_some();
+        || link.at_legacy_upstream();
     let exchange_gateway = gateway.clone();
     let work = async move {
         exchange_gateway

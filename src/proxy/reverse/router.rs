@@ -11,10 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
 use linked_hash_map::LinkedHashMap;
-use tokio::sync::mpsc;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
@@ -22,40 +19,7 @@ use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
 
 use super::events::EventLog;
-
-/// What a waiting POST receives.
-#[derive(Debug)]
-pub enum Reply {
-    /// The client cancelled one of the POST's requests: no answer will come for it.
-    Cancelled(RequestId),
-    /// A message for the client.
-    Message(Message),
-    /// The upstream closed the stream carrying the POST's answer before the answer, as a
-    /// server that wants the client to poll does (2025-11-25: after a priming event, with
-    /// `retry:`); the gateway resumes it upstream, and the client's stream is closed the same
-    /// way, for it to resume with `Last-Event-ID`.
-    Paused {
-        /// The reconnection delay the upstream asked for.
-        retry: Option<std::time::Duration>,
-    },
-    /// The upstream refused one of the POST's messages at the HTTP level.
-    Rejected {
-        /// The refused request's id (none for a notification or response).
-        id: Option<RequestId>,
-        /// The upstream's status.
-        status: StatusCode,
-        /// Its `Content-Type`.
-        content_type: Option<HeaderValue>,
-        /// Its body (bounded).
-        body: Bytes,
-    },
-}
-
-/// The sending end a POST registers.
-pub type Waiter = mpsc::Sender<Reply>;
-
-/// Room kept in every POST's channel beyond one slot per request it waits for.
-pub const STREAM_SLACK: usize = 64;
+pub use crate::proxy::upstream::{Reply, STREAM_SLACK, Waiter};
 
 /// A registered POST: its channel, and how many slots of it are kept for answers (one per
 /// request it waits for), so that notifications can never take the room an answer needs and
@@ -67,7 +31,7 @@ struct Slot {
 }
 
 /// How a session's client takes the server's messages: what a [`Router`] is made for.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// A Streamable HTTP client: answers on the POST that asked, the rest on a POST stream
     /// or the session's GET stream.
@@ -77,9 +41,6 @@ pub enum Delivery {
     Legacy,
     /// The child shared by stateless requests of many clients (see [`Router::deliver`]).
     Shared,
-    /// A client with one way in for everything, in order and with backpressure
-    /// (`forward stdio --url`'s stdout).
-    Sink(Arc<Outbox>),
 }
 
 /// Routes one session's server→client messages to the POSTs waiting for them.
@@ -103,8 +64,6 @@ pub struct Router {
     shared: std::sync::atomic::AtomicBool,
     /// Messages dropped because no POST was open to take them.
     undeliverable: std::sync::atomic::AtomicU64,
-    /// A client with one way in for everything (the stdio client of `forward stdio --url`).
-    sink: OnceLock<Arc<Outbox>>,
 }
 
 /// Hands a message that is not an answer to `slot`'s POST if it is open and has room beyond
@@ -146,9 +105,6 @@ impl Router {
             shared: std::sync::atomic::AtomicBool::new(matches!(delivery, Delivery::Shared)),
             ..Self::default()
         };
-        if let Delivery::Sink(sink) = delivery {
-            let _ = router.sink.set(sink);
-        }
         if let Some(to_server) = to_server {
             let _ = router.to_server.set(to_server);
         }
@@ -354,9 +310,6 @@ impl Deliver for Router {
     /// is the only one. What nothing can take is dropped, and a server request is answered with
     /// an error.
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
-        if let Some(sink) = self.sink.get() {
-            return sink.send(msg).await;
-        }
         if let (true, Some(events)) = (
             self.legacy.load(std::sync::atomic::Ordering::Relaxed),
             &self.events,
@@ -415,6 +368,8 @@ impl Deliver for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
 
     fn msg(s: &str) -> Message {
         Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()

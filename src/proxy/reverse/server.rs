@@ -376,7 +376,7 @@ async fn screen(
                     .as_ref()
                     .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
                 // A call of a tool that mirrors arguments into headers, as it came.
-                let before = gateway.mirrored.before(&msg);
+                let before = gateway.mirrored().and_then(|m| m.before(&msg));
                 match gateway.inbound(&link.session, msg, client).await {
                     crate::stage::Verdict::Forward(msg) => {
                         if let Some(before) = before {

@@ -1,10 +1,8 @@
 //! The HTTP upstream's event streams: its GET stream, relayed for as long as the session lasts
 //! (reconnected with backoff, resumed with `Last-Event-ID`), a POST's SSE answer (resumed the
 //! same way if it breaks before the answer), and each frame they carry, through the pipeline to
-//! the router or the POST's own stream.
+//! the request's waiter or the session's client.
 
-use crate::tape::Transport;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,12 +15,12 @@ use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
 use crate::proxy::outbox::Deliver;
 use crate::proxy::tracker::receiver_gone;
 use crate::stage::{Context, Verdict};
+use crate::tape::Transport;
 use crate::transport::backoff::Backoff;
-use crate::transport::http::{HttpUpstream, UpstreamError, media_type, sse_events};
+use crate::transport::http::{UpstreamError, media_type, sse_events};
 use crate::transport::sse::Item;
 
-use super::super::router::{Reply, Waiter};
-use super::{Gateway, LinkUpstream, POST_STREAM_RESUMES, SessionLink, UPSTREAM_GET_ATTEMPTS};
+use super::{HttpSession, POST_STREAM_RESUMES, Reply, UPSTREAM_GET_ATTEMPTS, Waiter};
 
 /// Where an upstream SSE stream got to, for reconnecting to it.
 #[derive(Debug, Default)]
@@ -39,8 +37,8 @@ pub(super) struct StreamPosition {
     pub(super) ended: bool,
 }
 
-impl Gateway {
-    /// Relays the HTTP upstream's GET stream for `link` (the watcher starts this once the
+impl<C: Deliver + 'static> HttpSession<C> {
+    /// Relays the HTTP upstream's GET stream for this session (the gateway starts this once the
     /// upstream session exists and the client has opened its own GET stream): its messages go
     /// through the pipeline and the router (to our GET stream, or the POST they belong to).
     /// A dropped (or silent past `--read-timeout`) stream is reconnected with exponential backoff
@@ -48,13 +46,10 @@ impl Gateway {
     /// (the stream's [`StreamPosition`] is the one record of where it got to). Network errors and
     /// 5xx are retried for as long as the session lasts; the upstream offering no GET stream
     /// (405) ends this at once, and [`UPSTREAM_GET_ATTEMPTS`] other refusals in a row too.
-    pub(super) async fn listen_upstream(&self, link: &Arc<SessionLink>) {
-        let LinkUpstream::Http { client, .. } = &link.upstream else {
-            return;
-        };
+    pub(super) async fn listen(&self) {
         // However this ends, nobody waits for it any more.
-        let _listens = link.upstream_listens.clone().drop_guard();
-        if link.legacy().is_some() {
+        let _listens = self.listens.clone().drop_guard();
+        if self.legacy().is_some() {
             // A 2024-11-05 upstream's one stream is already relayed; a GET would open another
             // session there.
             return;
@@ -63,9 +58,11 @@ impl Gateway {
         let mut backoff = Backoff::default();
         let mut refusals = 0;
         loop {
-            let session = link.upstream_session();
-            let version = link.protocol_version();
-            match client
+            let session = self.upstream_session();
+            let version = self.protocol_version();
+            match self
+                .backend
+                .client
                 .get_stream(
                     session.as_ref(),
                     version.as_ref(),
@@ -83,9 +80,9 @@ impl Gateway {
                     }
                     backoff.reset();
                     refusals = 0;
-                    link.upstream_listens.cancel();
+                    self.listens.cancel();
                     tracing::debug!("relaying the upstream's GET stream");
-                    self.relay_stream(link, response.into_body(), None, &mut position)
+                    self.relay_stream(response.into_body(), None, &mut position)
                         .await;
                     tracing::debug!(last_event_id = ?position.last_event_id, "the upstream's GET stream ended; reconnecting");
                 }
@@ -96,7 +93,7 @@ impl Gateway {
                 Ok(response)
                     if response.status() == http::StatusCode::NOT_FOUND
                         && session.is_some()
-                        && self.recover(link, client, session.as_ref()).await =>
+                        && self.recover(session.as_ref()).await =>
                 {
                     // The upstream lost the session; it is back under a new id: listen there.
                     position = StreamPosition::default();
@@ -134,14 +131,12 @@ impl Gateway {
     /// last failure.
     pub(super) async fn resume_post_stream(
         &self,
-        link: &Arc<SessionLink>,
-        client: &HttpUpstream,
         id: &RequestId,
         reply: &Waiter,
         position: &mut StreamPosition,
     ) -> Option<ProxyError> {
-        let pending = || link.session.pending(Direction::ClientToServer).contains(id);
-        let deadline = tokio::time::Instant::now() + self.reverse.resume_timeout;
+        let pending = || self.session.pending(Direction::ClientToServer).contains(id);
+        let deadline = tokio::time::Instant::now() + self.backend.limits.resume_timeout;
         let mut backoff = Backoff::default();
         let mut cause = String::from("the stream ended before the answer");
         while pending() && !reply.is_closed() {
@@ -155,9 +150,10 @@ impl Gateway {
             let attempt = async {
                 tokio::time::sleep(backoff.next_delay(position.retry)).await;
                 tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
-                let session = link.upstream_session();
-                let version = link.protocol_version();
-                client
+                let session = self.upstream_session();
+                let version = self.protocol_version();
+                self.backend
+                    .client
                     .get_stream(session.as_ref(), version.as_ref(), Some(&last))
                     .await
             };
@@ -170,7 +166,7 @@ impl Gateway {
                         && media_type(response.headers()).as_deref()
                             == Some("text/event-stream") =>
                 {
-                    self.relay_stream(link, response.into_body(), Some(reply), position)
+                    self.relay_stream(response.into_body(), Some(reply), position)
                         .await;
                     cause = String::from("the resumed stream ended before the answer");
                 }
@@ -211,19 +207,17 @@ impl Gateway {
     /// `position` keeps the last event id and the server's `retry:` for reconnecting.
     pub(super) async fn relay_stream(
         &self,
-        link: &Arc<SessionLink>,
         body: Incoming,
         reply: Option<&Waiter>,
         position: &mut StreamPosition,
     ) {
-        let events = std::pin::pin!(sse_events(body, self.config.max_message_size));
-        self.relay_events(link, events, reply, position).await;
+        let events = std::pin::pin!(sse_events(body, self.backend.limits.max_message_size));
+        self.relay_events(events, reply, position).await;
     }
 
     /// [`Self::relay_stream`] for an event stream already being read.
     pub(super) async fn relay_events<S>(
         &self,
-        link: &Arc<SessionLink>,
         mut events: S,
         reply: Option<&Waiter>,
         position: &mut StreamPosition,
@@ -232,7 +226,7 @@ impl Gateway {
     {
         use futures_util::StreamExt;
         loop {
-            let next = match self.reverse.read_timeout {
+            let next = match self.backend.limits.read_timeout {
                 Some(limit) => {
                     let Ok(next) = tokio::time::timeout(limit, events.next()).await else {
                         tracing::warn!(timeout = ?limit, "the upstream's event stream was silent for --read-timeout; treating it as dropped");
@@ -257,10 +251,10 @@ impl Gateway {
             match item {
                 Ok(Item::Event(event)) if event.is_message() => {
                     // Which stream carried it, for the tape (only worked out when recording).
-                    let transport = if link.session.tape().is_some() {
+                    let transport = if self.session.tape().is_some() {
                         let stream = if position.request.is_some() {
                             "post"
-                        } else if link.legacy().is_some() {
+                        } else if self.legacy().is_some() {
                             "sse"
                         } else {
                             "get"
@@ -273,14 +267,17 @@ impl Gateway {
                     } else {
                         Transport::NONE
                     };
-                    self.relay_frame(link, event.data, reply, &transport).await;
+                    self.relay_frame(event.data, reply, &transport).await;
                 }
                 Ok(Item::Event(_)) => {}
                 Ok(Item::TooLarge { len }) => {
-                    self.pipeline.metrics().oversized(Direction::ServerToClient);
+                    self.backend
+                        .pipeline
+                        .metrics()
+                        .oversized(Direction::ServerToClient);
                     tracing::warn!(
                         len,
-                        limit = self.config.max_message_size,
+                        limit = self.backend.limits.max_message_size,
                         "discarded an over-long event from the upstream"
                     );
                 }
@@ -296,7 +293,7 @@ impl Gateway {
             if position
                 .request
                 .as_ref()
-                .is_some_and(|id| !link.session.pending(Direction::ClientToServer).contains(id))
+                .is_some_and(|id| !self.session.pending(Direction::ClientToServer).contains(id))
             {
                 // Answered, or given up on (timed out, cancelled): nothing more to wait for.
                 break;
@@ -308,7 +305,6 @@ impl Gateway {
     /// `transport` says how it came (for the session's tape).
     pub(super) async fn relay_frame(
         &self,
-        link: &Arc<SessionLink>,
         body: Bytes,
         reply: Option<&Waiter>,
         transport: &Transport,
@@ -322,8 +318,11 @@ impl Gateway {
             let msg = match member {
                 Ok(msg) => msg,
                 Err(e) => {
-                    self.pipeline.metrics().malformed(Direction::ServerToClient);
-                    self.metrics.upstream_error("invalid_response");
+                    self.backend
+                        .pipeline
+                        .metrics()
+                        .malformed(Direction::ServerToClient);
+                    self.backend.errors.count("invalid_response");
                     let preview =
                         String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
                     tracing::warn!(%e, %preview, "malformed message from the upstream; not forwarded");
@@ -332,25 +331,28 @@ impl Gateway {
                             ErrorCode::InvalidUpstreamResponse,
                             format!("the MCP server's response was not valid JSON-RPC: {e}"),
                         );
-                        self.fail(link, Some(id), &error, reply).await;
+                        self.fail(Some(id), &error, reply).await;
                     }
                     continue;
                 }
             };
             let cx = Context {
                 direction: Direction::ServerToClient,
-                session: &link.session,
+                session: &self.session,
                 transport,
                 client: crate::stage::Client::Local,
             };
-            match self.pipeline.process(msg, cx).await {
+            match self.backend.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {
-                    self.pipeline.metrics().forwarded(Direction::ServerToClient);
+                    self.backend
+                        .pipeline
+                        .metrics()
+                        .forwarded(Direction::ServerToClient);
                     if msg.is_response() {
-                        self.mirrored.learn(msg.raw());
+                        self.backend.mirrored.learn(msg.raw());
                     }
                     let Some(reply) = reply.filter(|_| !msg.is_response()) else {
-                        let _ = link.router.deliver(msg).await;
+                        let _ = self.to_client.deliver(msg).await;
                         continue;
                     };
                     if let Err(mpsc::error::SendError(Reply::Message(msg))) =
@@ -359,19 +361,20 @@ impl Gateway {
                         // The client has gone: a request from the server is answered, so it
                         // doesn't wait for it.
                         if let (Some(id), Kind::Request) = (msg.id(), msg.kind()) {
-                            link.session.pending(Direction::ServerToClient).remove(id);
+                            self.session.pending(Direction::ServerToClient).remove(id);
                             let error = receiver_gone(Direction::ServerToClient);
-                            let _ = link
+                            let _ = self
                                 .deliver(Message::error_response(Some(id), &error))
                                 .await;
                         }
                     }
                 }
                 Verdict::Respond(answer) => {
-                    self.pipeline
+                    self.backend
+                        .pipeline
                         .metrics()
                         .answered_by_proxy(Direction::ServerToClient);
-                    let _ = link.deliver(answer).await;
+                    let _ = self.deliver(answer).await;
                 }
                 Verdict::Drop => {}
             }

@@ -2,33 +2,50 @@
 //! answers 404 (it restarted, or expired the session); and, in the stateless era, abandoning a
 //! request (closing its connection is that era's cancellation).
 
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use tokio_util::sync::CancellationToken;
 
-use crate::protocol::RequestId;
-use crate::transport::http::{HttpUpstream, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
+use crate::protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::protocol::{Message, RequestId};
+use crate::proxy::outbox::Deliver;
+use crate::transport::http::read_body;
 
-use super::{Gateway, LinkUpstream, MAX_ERROR_BODY, SessionLink};
+use super::{Abandon, HttpSession, MAX_ERROR_BODY, lock};
+
+/// What re-establishing a lost upstream session takes.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The client's handshake, to replay.
+    pub handshake: std::sync::Mutex<Handshake>,
+    /// Held while the session is re-established, so that is done once.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+/// The client's `initialize`, and whether it went on to send `notifications/initialized`.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    /// The client's `initialize` request, as the upstream accepted it.
+    pub initialize: Option<Message>,
+    /// Whether the client's `notifications/initialized` reached the upstream.
+    pub initialized: bool,
+}
 
 /// A stateless-era request that can be abandoned, forgotten when its exchange is over.
 pub(super) struct AbandonOnDrop {
-    link: Arc<SessionLink>,
+    abandon: Abandon,
     id: RequestId,
-    pub(super) token: tokio_util::sync::CancellationToken,
+    pub(super) token: CancellationToken,
 }
 
 impl AbandonOnDrop {
-    pub(super) fn register(link: &Arc<SessionLink>, id: &RequestId) -> Self {
-        let token = tokio_util::sync::CancellationToken::new();
-        link.abandon
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone(), token.clone());
+    pub(super) fn register<C>(http: &HttpSession<C>, id: &RequestId) -> Self {
+        let token = CancellationToken::new();
+        lock(&http.abandon).insert(id.clone(), token.clone());
         Self {
-            link: link.clone(),
+            abandon: http.abandon.clone(),
             id: id.clone(),
             token,
         }
@@ -37,72 +54,59 @@ impl AbandonOnDrop {
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        self.link
-            .abandon
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
+        lock(&self.abandon).remove(&self.id);
     }
 }
 
 /// Longest a lost upstream session's re-initialization may take.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Gateway {
+impl<C: Deliver + 'static> HttpSession<C> {
     /// Re-establishes a session the upstream no longer knows (it answered 404 for `lost`: it
     /// restarted, or expired the session): replays the client's `initialize` (and
     /// `notifications/initialized` if the client sent it) without a session id, and maps the new
     /// upstream session id to ours. The client's session is untouched. Done once however many
     /// requests meet the 404 at the same time; true if the session is (now) re-established.
-    pub(super) async fn recover(
-        &self,
-        link: &SessionLink,
-        client: &HttpUpstream,
-        lost: Option<&HeaderValue>,
-    ) -> bool {
-        let LinkUpstream::Http {
-            session_id,
-            recovery,
-            ..
-        } = &link.upstream
-        else {
-            return false;
-        };
-        let _once = recovery.running.lock().await;
-        let current = link.upstream_session();
+    pub(super) async fn recover(&self, lost: Option<&HeaderValue>) -> bool {
+        let _once = self.recovery.running.lock().await;
+        let current = self.upstream_session();
         if current.as_ref() != lost {
             // Another request re-established it meanwhile.
             return current.is_some();
         }
         let (initialize, initialized) = {
-            let handshake = recovery
-                .handshake
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let handshake = lock(&self.recovery.handshake);
             (handshake.initialize.clone(), handshake.initialized)
         };
         let Some(initialize) = initialize else {
             return false;
         };
         let replay = async {
-            let response = client
+            let response = self
+                .backend
+                .client
                 .post(initialize.raw().clone(), None, &HeaderMap::new())
                 .await
                 .ok()?;
             let status = response.status();
             let new_id = response.headers().get(&MCP_SESSION_ID).cloned();
             // The answer is ours, not the client's (it has its own): read and dropped.
-            let _ = read_body(response.into_body(), self.config.max_message_size).await;
+            let _ = read_body(response.into_body(), self.backend.limits.max_message_size).await;
             let new_id = new_id.filter(|_| status.is_success())?;
             if initialized {
                 let mut headers = HeaderMap::new();
-                if let Some(version) = link.protocol_version() {
+                if let Some(version) = self.protocol_version() {
                     headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
                 }
                 let note = Bytes::from_static(
                     br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
                 );
-                let response = client.post(note, Some(&new_id), &headers).await.ok()?;
+                let response = self
+                    .backend
+                    .client
+                    .post(note, Some(&new_id), &headers)
+                    .await
+                    .ok()?;
                 let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
             }
             Some(new_id)
@@ -114,8 +118,8 @@ impl Gateway {
         tracing::warn!(
             "the upstream no longer knew this session (HTTP 404: it restarted or expired it); re-established it with the client's initialize"
         );
-        self.metrics.upstream_error("session_recovered");
-        *session_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(new_id);
+        self.backend.errors.count("session_recovered");
+        *lock(&self.session_id) = Some(new_id);
         true
     }
 }
