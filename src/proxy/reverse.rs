@@ -7,6 +7,7 @@
 //!   upstream), the exchange of a POST's messages with the upstream, teardown.
 //! - [`checks`]: what every request is checked against (Origin, Host, CORS, Accept, body,
 //!   session), and how it is refused.
+//! - `screen`: a POST's members through the pipeline (`POST /mcp` and `POST /message`).
 //! - [`answer`]: a POST waiting for its answers, and what it makes of each reply.
 //! - `binding`: the 2026-07-28 HTTP binding where the gateway is a stdio child's HTTP server
 //!   (statuses of its errors, `Mcp-Param-*` checks, `initialize`).
@@ -34,6 +35,7 @@ pub mod legacy;
 pub mod mirror;
 mod respond;
 pub mod router;
+mod screen;
 pub mod server;
 
 use std::sync::Arc;

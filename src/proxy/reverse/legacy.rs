@@ -17,9 +17,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::protocol::{Frame, RequestId};
+use crate::protocol::Frame;
 use crate::session::{EndReason, SessionId, TransportKind};
-use crate::stage::Verdict;
 
 use super::checks::{check_content_type, client_of, read_frame};
 use super::events;
@@ -164,36 +163,26 @@ pub async fn message(
         Frame::Single(msg) => vec![Ok(msg)],
         Frame::Batch(members) => members,
     };
-    let mut forwarded = Vec::with_capacity(members.len());
-    let mut requests: Vec<RequestId> = Vec::new();
-    for member in members {
-        match member {
-            Err(e) => events.push(&gateway.malformed(&e)),
-            Ok(msg) => {
-                let request = msg.request_id().cloned();
-                match gateway.inbound(&link.session, msg, client).await {
-                    Verdict::Forward(msg) => {
-                        requests.extend(request);
-                        forwarded.push(msg);
-                    }
-                    Verdict::Respond(answer) => events.push(answer.raw()),
-                    Verdict::Drop => {}
-                }
-            }
-        }
+    // Through the pipeline as a POST to /mcp goes; what the proxy answers goes on the stream.
+    let mut headers = headers;
+    let screened =
+        super::screen::screen(&gateway, &link, client, members, None, &mut headers).await;
+    for answer in &screened.answers {
+        events.push(answer);
     }
+    let (forwarded, requests) = (screened.forwarded, screened.expected.len());
     // The client gets its answers on the stream, not here. The exchange is awaited before the
     // 202 whenever it is quick (notifications and responses only, or an upstream that just takes
     // the messages: a child, or an HTTP+SSE server), so the client's next message can't
     // overtake this one; a request to a Streamable HTTP upstream, which answers only when done,
     // runs on its own (bounded by the pending-request limits).
-    let quick = requests.is_empty()
+    let quick = requests == 0
         || matches!(link.upstream, LinkUpstream::Stdio { .. })
         || link.at_legacy_upstream();
     let exchange_gateway = gateway.clone();
     let work = async move {
         exchange_gateway
-            .exchange_to(&link, forwarded, &headers, events.as_ref(), requests.len())
+            .exchange_to(&link, forwarded, &headers, events.as_ref(), requests)
             .await;
     };
     if quick {

@@ -36,6 +36,7 @@ use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::get::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::respond::{json_response, method_not_allowed, refuse};
 use super::router::Reply;
+use super::screen::{Screened, screen};
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
@@ -306,122 +307,6 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
     })
 }
 
-/// What the pipeline made of a POST's members.
-struct Screened {
-    /// What goes on to the upstream.
-    forwarded: Vec<Message>,
-    /// The requests among them, with their methods: the answers the POST waits for.
-    expected: Vec<(RequestId, Method)>,
-    /// Their progress tokens.
-    tokens: Vec<String>,
-    /// What the proxy answered itself.
-    answers: Vec<Bytes>,
-    /// The first rate-limit refusal, and how many answers are refusals.
-    limited: Option<(Refusal, usize)>,
-    /// How many answers are refusals for want of room in the pending table (after
-    /// `--pending-wait`).
-    busy: usize,
-}
-
-/// The third step of a POST: each member through the pipeline, in order (at the shared child
-/// under names of the gateway's own first). A call's `Mcp-Param-*` `headers` follow what a
-/// rule changes in it.
-async fn screen(
-    gateway: &Arc<Gateway>,
-    link: &Arc<SessionLink>,
-    client: crate::stage::Client<'static>,
-    members: Vec<Result<Message, crate::protocol::ParseError>>,
-    mut aliases: Option<&mut Aliases>,
-    headers: &mut HeaderMap,
-) -> Screened {
-    let mut forwarded = Vec::with_capacity(members.len());
-    let mut expected = Vec::new();
-    let mut tokens = Vec::new();
-    let mut answers = Vec::new();
-    // The first rate-limit refusal, and how many answers are refusals.
-    let mut limited: Option<(Refusal, usize)> = None;
-    // How many answers are refusals for want of room in the pending table (after --pending-wait).
-    let mut busy = 0;
-    for member in members {
-        let member = match (member, aliases.as_deref_mut()) {
-            (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
-                // Its request id is another POST's (in this era, closing that POST's stream is
-                // what cancels it).
-                tracing::debug!("a stateless notifications/cancelled was dropped");
-                continue;
-            }
-            (Ok(msg), Some(_)) if msg.method() == Some(&Method::Initialize) => {
-                // The stateless era has no initialize. The child would take it for the
-                // handshake of the other era, so it is answered here, as that era's HTTP
-                // server answers a method it does not have.
-                answers.push(super::binding::no_initialize(msg.id()));
-                continue;
-            }
-            (Ok(msg), Some(aliases)) => match aliases.inbound(msg) {
-                Ok(msg) => Ok(msg),
-                Err(refusal) => {
-                    answers.push(refusal);
-                    continue;
-                }
-            },
-            (member, _) => member,
-        };
-        match member {
-            Err(e) => answers.push(gateway.malformed(&e)),
-            Ok(msg) => {
-                let request = (msg.kind() == Kind::Request)
-                    .then(|| msg.id().cloned().zip(msg.method().cloned()))
-                    .flatten();
-                let token = request
-                    .as_ref()
-                    .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
-                // A call of a tool that mirrors arguments into headers, as it came.
-                let before = gateway.mirrored().and_then(|m| m.before(&msg));
-                match gateway.inbound(&link.session, msg, client).await {
-                    crate::stage::Verdict::Forward(msg) => {
-                        if let Some(before) = before {
-                            before.follow(headers, &msg);
-                        }
-                        if msg.method() == Some(&Method::Cancelled) {
-                            // The request is over for the client: the POST waiting for it must
-                            // not wait for an answer the server won't send.
-                            if let Some(id) = msg.cancelled_request_id() {
-                                link.router.cancel(&id).await;
-                            }
-                        }
-                        if request.is_some() {
-                            tokens.extend(token);
-                        }
-                        expected.extend(request);
-                        forwarded.push(msg);
-                    }
-                    crate::stage::Verdict::Respond(answer) => {
-                        if let Some(refusal) = Refusal::from_answer(&answer) {
-                            limited.get_or_insert((refusal, 0)).1 += 1;
-                        } else if is_too_many_pending(&answer) {
-                            busy += 1;
-                        }
-                        let answer = answer.raw().clone();
-                        answers.push(match &aliases {
-                            Some(aliases) => aliases.outbound(answer),
-                            None => answer,
-                        });
-                    }
-                    crate::stage::Verdict::Drop => {}
-                }
-            }
-        }
-    }
-    Screened {
-        forwarded,
-        expected,
-        tokens,
-        answers,
-        limited,
-        busy,
-    }
-}
-
 /// A POST's members as the pipeline left them, for [`refused_whole`].
 struct Refused<'a> {
     forwarded: usize,
@@ -521,8 +406,9 @@ async fn accept(
     json_response(status, join(post.answers, post.batch))
 }
 
-/// `POST`: one message or batch from the client.
-#[allow(clippy::too_many_lines)] // One pass over the spec's checks, in the order it lists them.
+/// `POST`: one message or batch from the client, in named steps: [`intake`], [`open`] its
+/// session, [`screen`] its members through the pipeline; then refused whole
+/// ([`refused_whole`]), or without requests [`accept`]ed, or [`answer`]ed.
 async fn post(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -546,6 +432,97 @@ async fn post(
         only_id,
         ..
     } = intake;
+    // Through the pipeline, in order.
+    let mut aliases = opened
+        .shared
+        .then(|| Aliases::new(gateway.shared_aliases.clone()));
+    let screened = screen(
+        &gateway,
+        &opened.link,
+        client,
+        members,
+        aliases.as_mut(),
+        &mut headers,
+    )
+    .await;
+    let refused = refused_whole(&Refused {
+        forwarded: screened.forwarded.len(),
+        answers: &screened.answers,
+        limited: screened.limited.as_ref(),
+        busy: screened.busy,
+        batch,
+    });
+    if refused.is_some() || screened.expected.is_empty() {
+        if opened.new_session && !opened.stateless {
+            // Refused, or the pipeline answered the initialize itself: no session.
+            gateway
+                .sessions
+                .end(opened.link.session.id(), EndReason::Error);
+        }
+        if let Some(response) = refused {
+            return response;
+        }
+        let answered = Answered {
+            answers: &screened.answers,
+            only_id: only_id.as_ref(),
+            shared: opened.shared,
+            batch,
+        };
+        return accept(
+            &gateway,
+            &opened.link,
+            screened.forwarded,
+            &headers,
+            &answered,
+        )
+        .await;
+    }
+    let shape = Shape {
+        accepts,
+        batch,
+        only_id,
+    };
+    answer(&gateway, headers, &shape, opened, screened, aliases).await
+}
+
+/// How a POST's client takes its answers.
+struct Shape {
+    accepts: super::checks::Accepts,
+    batch: bool,
+    /// The id of the POST's one request.
+    only_id: Option<RequestId>,
+}
+
+/// What [`collect`] gathered for a POST.
+enum Collected {
+    /// Every answer, for one JSON body.
+    Json(Vec<Bytes>),
+    /// The first events of an SSE stream (`paused`: the upstream closed the request's stream for
+    /// its client to resume, so the client's closes the same way after these).
+    Stream {
+        first: Vec<Bytes>,
+        paused: Option<Pause>,
+    },
+    /// The upstream refused the POST's only message: passed on as it is.
+    Rejected {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+/// The last step of a POST with requests: its exchange, driven by this POST's own task (no
+/// spawn, no cross-task wake-up per request) alongside the wait for its answers, and dropped
+/// (so cancelled) if the client goes away; then the answers as JSON, or an SSE stream for what
+/// is still to come.
+async fn answer(
+    gateway: &Arc<Gateway>,
+    headers: HeaderMap,
+    shape: &Shape,
+    opened: Opened,
+    screened: Screened,
+    aliases: Option<Aliases>,
+) -> Response {
     let Opened {
         link,
         new_session,
@@ -554,59 +531,16 @@ async fn post(
         in_flight,
         ephemeral,
     } = opened;
-
-    // Through the pipeline, in order.
-    let mut aliases = shared.then(|| Aliases::new(gateway.shared_aliases.clone()));
-    let Screened {
-        forwarded,
-        expected,
-        tokens,
-        answers,
-        limited,
-        busy,
-    } = screen(
-        &gateway,
-        &link,
-        client,
-        members,
-        aliases.as_mut(),
-        &mut headers,
-    )
-    .await;
-    if let Some(response) = refused_whole(&Refused {
-        forwarded: forwarded.len(),
-        answers: &answers,
-        limited: limited.as_ref(),
-        busy,
-        batch,
-    }) {
-        if new_session && !stateless {
-            gateway.sessions.end(link.session.id(), EndReason::Error);
-        }
-        return response;
-    }
-    if expected.is_empty() {
-        if new_session && !stateless {
-            // The pipeline answered the initialize itself (refused it): no session.
-            gateway.sessions.end(link.session.id(), EndReason::Error);
-        }
-        let answered = Answered {
-            answers: &answers,
-            only_id: only_id.as_ref(),
-            shared,
-            batch,
-        };
-        return accept(&gateway, &link, forwarded, &headers, &answered).await;
-    }
-    let (reply, replies) = reply_channel(expected.len());
-
-    let ids: Vec<RequestId> = expected.iter().map(|(id, _)| id.clone()).collect();
-    let guard = Registration::new(link.router.clone(), ids, tokens, &reply);
-    let started = tokio::time::Instant::now();
-    // Driven by this POST's own task (no spawn, no cross-task wake-up per request), alongside
-    // the wait for its answers; dropped, and so cancelled, if the client goes away.
+    let (reply, replies) = reply_channel(screened.expected.len());
+    let ids: Vec<RequestId> = screened.expected.iter().map(|(id, _)| id.clone()).collect();
+    let registration = Registration::new(link.router.clone(), ids, screened.tokens, &reply);
     let exchange: Exchange = {
-        let (gateway, link, reply) = (gateway.clone(), link.clone(), reply.clone());
+        let (gateway, link, reply, forwarded) = (
+            gateway.clone(),
+            link.clone(),
+            reply.clone(),
+            screened.forwarded,
+        );
         Box::pin(async move {
             gateway.exchange(&link, forwarded, &headers, &reply).await;
         })
@@ -616,36 +550,92 @@ async fn post(
         gateway: gateway.clone(),
         link: link.clone(),
         replies,
-        expected: expected.into_iter().collect(),
-        started,
+        expected: screened.expected.into_iter().collect(),
+        started: tokio::time::Instant::now(),
         new_session,
         ephemeral,
         aliases,
-        batch,
+        batch: shape.batch,
         exchange: Some(exchange),
-        _registration: guard,
+        _registration: registration,
         _in_flight: in_flight,
     };
+    // Only a client that resumes (it gets priming events) can be made to.
+    let resumes = shape.accepts.sse && !stateless && link.takes_priming_events();
+    let mut response = match collect(&mut state, screened.answers, shape, resumes).await {
+        Collected::Rejected {
+            status,
+            content_type,
+            body,
+        } => {
+            return passthrough(
+                gateway,
+                &link,
+                new_session,
+                status,
+                content_type.as_ref(),
+                body,
+                shape.only_id.as_ref(),
+            );
+        }
+        Collected::Json(out) => {
+            // The rest of a batch (notifications, responses) still reaches the upstream.
+            state.finish_exchange().await;
+            if out.is_empty() {
+                // Every request was cancelled by the client: nothing to answer.
+                return StatusCode::ACCEPTED.into_response();
+            }
+            if new_session && !out.first().is_some_and(is_success) {
+                // The upstream refused to initialize: no session.
+                gateway.sessions.end(link.session.id(), EndReason::Error);
+                return json_response(StatusCode::OK, join(&out, shape.batch));
+            }
+            if shared {
+                for raw in &out {
+                    link.tool_params.learn(raw);
+                }
+            }
+            let status = super::binding::answer_status(shared, shape.batch, &out);
+            json_response(status, join(&out, shape.batch))
+        }
+        Collected::Stream { first, paused } => sse_response(if stateless {
+            stateless_stream(gateway, state, first)
+        } else {
+            resumable_stream(gateway, &link, state, &first, paused)
+        }),
+    };
+    // A stateless request's session is ours alone: the client never sees its id.
+    if new_session && !stateless {
+        if let Ok(id) = HeaderValue::from_str(link.session.id().as_str()) {
+            response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
+        }
+    }
+    response
+}
 
-    // Collect answers while that is all that comes; switch to SSE when something else does (or
-    // at once, for a client that accepts only SSE).
+/// Collects a POST's answers (after the proxy's own, `answers`) while that is all that comes;
+/// switches to SSE when something else does (or at once, for a client that accepts only SSE),
+/// or when the upstream pauses a request's stream for a client that `resumes`.
+async fn collect(
+    state: &mut Answering,
+    answers: Vec<Bytes>,
+    shape: &Shape,
+    resumes: bool,
+) -> Collected {
     let mut out = answers;
-    let mut streaming = !accepts.json;
-    // The upstream closed the request's stream for the client to resume (its polling): the
-    // client's stream is closed the same way, once it has its first events.
+    let mut streaming = !shape.accepts.json;
     let mut paused = None;
     while !state.expected.is_empty() && (!streaming || (out.is_empty() && paused.is_none())) {
         match state.next().await {
             Arrival::Answer(raw) => out.push(raw),
             Arrival::Paused(pause) => {
-                // Only a client that resumes (it got a priming event) can be made to.
-                if accepts.sse && !stateless && link.takes_priming_events() {
+                if resumes {
                     streaming = true;
                     paused = Some(pause);
                 }
             }
             Arrival::Other(raw) => {
-                if accepts.sse {
+                if shape.accepts.sse {
                     out.push(raw);
                     streaming = true;
                 } else {
@@ -656,58 +646,21 @@ async fn post(
                 status,
                 content_type,
                 body,
-            } if !batch && out.is_empty() => {
-                return passthrough(
-                    &gateway,
-                    &link,
-                    new_session,
+            } if !shape.batch && out.is_empty() => {
+                return Collected::Rejected {
                     status,
-                    content_type.as_ref(),
+                    content_type,
                     body,
-                    only_id.as_ref(),
-                );
+                };
             }
             Arrival::Rejected { .. } | Arrival::Cancelled => {}
         }
     }
-    // A stateless request's session is ours alone: the client never sees its id.
-    let session_header = (new_session && !stateless)
-        .then(|| HeaderValue::from_str(link.session.id().as_str()).ok())
-        .flatten();
-    if !streaming {
-        // The rest of a batch (notifications, responses) still reaches the upstream.
-        state.finish_exchange().await;
-        if out.is_empty() {
-            // Every request was cancelled by the client: nothing to answer.
-            return StatusCode::ACCEPTED.into_response();
-        }
-        if new_session && !out.first().is_some_and(is_success) {
-            // The upstream refused to initialize: no session.
-            gateway.sessions.end(link.session.id(), EndReason::Error);
-            return json_response(StatusCode::OK, join(&out, batch));
-        }
-        if shared {
-            for raw in &out {
-                link.tool_params.learn(raw);
-            }
-        }
-        let status = super::binding::answer_status(shared, batch, &out);
-        let mut response = json_response(status, join(&out, batch));
-        if let Some(id) = session_header {
-            response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
-        }
-        return response;
-    }
-    let body = if stateless {
-        stateless_stream(&gateway, state, out)
+    if streaming {
+        Collected::Stream { first: out, paused }
     } else {
-        resumable_stream(&gateway, &link, state, &out, paused)
-    };
-    let mut response = sse_response(body);
-    if let Some(id) = session_header {
-        response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
+        Collected::Json(out)
     }
-    response
 }
 
 /// A POST's SSE stream in a session: its events are logged (with ids, for the client to resume
@@ -815,12 +768,6 @@ fn passthrough(
         String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
     );
     json_response(status, error.to_response(id))
-}
-
-/// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
-fn is_too_many_pending(answer: &Message) -> bool {
-    answer.kind() == Kind::Error
-        && memchr::memmem::find(answer.raw(), b"\"too_many_pending_requests\"").is_some()
 }
 
 /// Whether a raw answer is a successful response (not an error).
