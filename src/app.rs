@@ -10,7 +10,7 @@ use crate::cli::{Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, StdioSer
 use crate::config::recording::{Ask, Target};
 use std::sync::Arc;
 
-use crate::config::{Config, ReverseConfig, StoreKind};
+use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind};
 use crate::proxy::forward;
 use crate::session::StoreWriter;
 use crate::session::store::{SessionStore, SqliteStore};
@@ -31,20 +31,22 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
 
 /// The validated configuration for a parsed command line.
 pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
-    let mut config = Config::build(&cli.global, proxy_args(&cli.command))?;
+    // Read once, for every part of the configuration.
+    let file = ConfigFile::read(&cli.global)?;
+    let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
     let ask = match &cli.command {
         Command::Reverse(args) => {
-            let mut reverse = ReverseConfig::build(&cli.global, args)?;
+            let mut reverse = ReverseConfig::build_with(&file, args)?;
             reverse.settle_sessions(&mut config.sessions);
             config.reverse = Some(reverse);
             Ask::from_flags(&args.recording, Target::Dir, "reverse")
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
-            config.reverse = stdio_server(&cli.global, &args.server)?;
+            config.reverse = stdio_server(&file, &args.server)?;
             Ask::from_flags(&args.recording, Target::FileOrDir, "forward")
         }
         Command::Record(args) => {
-            config.reverse = stdio_server(&cli.global, &args.server)?;
+            config.reverse = stdio_server(&file, &args.server)?;
             let (path, target) = match &args.output {
                 Some(path) => (path.clone(), Target::FileOrDir),
                 None => (config.data_dir.join(crate::config::TAPES_DIR), Target::Dir),
@@ -58,7 +60,7 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
             })
         }
         Command::Replay(args) if args.listen.is_some() => {
-            config.reverse = Some(ReverseConfig::build(&cli.global, &replay_gateway(args))?);
+            config.reverse = Some(ReverseConfig::build_with(&file, &replay_gateway(args))?);
             None
         }
         _ => None,
@@ -75,11 +77,11 @@ pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
 /// The upstream options of a stdio client's server: for a --url, the gateway's upstream side
 /// (the stdio→HTTP bridge uses it); none for a command.
 fn stdio_server(
-    global: &crate::cli::GlobalArgs,
+    file: &ConfigFile,
     server: &StdioServer,
 ) -> Result<Option<ReverseConfig>, crate::config::ConfigError> {
     if server.url.is_some() {
-        return ReverseConfig::for_url(global, server).map(Some);
+        return ReverseConfig::for_url(file, server).map(Some);
     }
     ReverseConfig::check_command_only(server)?;
     Ok(None)

@@ -179,13 +179,20 @@ impl Config {
 }
 
 impl Config {
-    /// Builds the configuration. `proxy` is `None` for commands that don't proxy.
-    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
+    /// Builds the configuration (reading `--config`'s file). `proxy` is `None` for commands
+    /// that don't proxy.
     pub fn build(global: &GlobalArgs, proxy: Option<&ProxyArgs>) -> Result<Self, ConfigError> {
-        let file = match &global.config {
-            Some(path) => load_file(path)?,
-            None => FileConfig::default(),
-        };
+        Self::build_with(global, &ConfigFile::read(global)?, proxy)
+    }
+
+    /// [`Self::build`] with the config file already read.
+    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
+    pub fn build_with(
+        global: &GlobalArgs,
+        file: &ConfigFile,
+        proxy: Option<&ProxyArgs>,
+    ) -> Result<Self, ConfigError> {
+        let file = file.inner();
         let none = ProxyArgs::default();
         let p = proxy.unwrap_or(&none);
 
@@ -266,7 +273,7 @@ impl Config {
                     ));
                 }
             };
-        let mut rate_limits = reverse::listed(&p.rate_limit, proxy.and(file.rate_limit))
+        let mut rate_limits = reverse::listed(&p.rate_limit, proxy.and(file.rate_limit.clone()))
             .iter()
             .map(|text| crate::ratelimit::LimitSpec::parse(text))
             .collect::<Result<Vec<_>, _>>()
@@ -277,14 +284,14 @@ impl Config {
             log_level: global
                 .log_level
                 .clone()
-                .or(file.log_level)
+                .or_else(|| file.log_level.clone())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),
-            log_file: global.log_file.clone().or(file.log_file),
+            log_file: global.log_file.clone().or_else(|| file.log_file.clone()),
             data_dir: global
                 .data_dir
                 .clone()
-                .or(file.data_dir)
+                .or_else(|| file.data_dir.clone())
                 .unwrap_or_else(default_data_dir),
             max_message_size,
             shutdown_timeout: duration(
@@ -314,7 +321,7 @@ impl Config {
             reverse: None,
             recording: None,
             // Only commands that proxy run rules (a config file's `rules` is not theirs).
-            rules: match proxy.and(p.rules.clone().or(file.rules)) {
+            rules: match proxy.and(p.rules.clone().or_else(|| file.rules.clone())) {
                 Some(path) => Some(std::sync::Arc::new(
                     crate::intercept::Rules::load(&path, p.rules_mode.or(file.rules_mode))
                         .map_err(|e| invalid("--rules", e.to_string()))?,
@@ -341,6 +348,26 @@ pub fn default_data_dir() -> PathBuf {
         || PathBuf::from(".shadowcat"),
         |dirs| dirs.data_dir().to_owned(),
     )
+}
+
+/// The file `--config` names, read and parsed once for every part of the configuration
+/// (empty without one).
+#[derive(Debug, Default)]
+pub struct ConfigFile(FileConfig);
+
+impl ConfigFile {
+    /// The file's keys.
+    fn inner(&self) -> &FileConfig {
+        &self.0
+    }
+
+    /// Reads `global.config`, if it names a file.
+    pub fn read(global: &GlobalArgs) -> Result<Self, ConfigError> {
+        match &global.config {
+            Some(path) => load_file(path).map(Self),
+            None => Ok(Self::default()),
+        }
+    }
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -1276,3 +1276,26 @@ fn a_request_arriving_during_shutdown_gets_503_shutting_down() {
     assert_eq!(rpc_error(&r).0, -32085, "{r:?}");
     assert_eq!(gw.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// The config file is read once, so `--config` may be a pipe (a shell's `<(…)`, a secret
+/// handed over by a parent process), which only the first reader gets to read: its gateway
+/// options (here the admin listener) apply.
+#[test]
+fn the_config_file_is_read_once_so_it_may_be_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("shadowcat.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        // Blocks until shadowcat opens the pipe; written once.
+        std::thread::spawn(move || std::fs::write(&fifo, "admin_listen = \"127.0.0.1:0\"\n"))
+    };
+    let gw = Gateway::fixture(&["--config", fifo.to_str().unwrap()]);
+    writer.join().unwrap().unwrap();
+    let r = http_request(&gw.admin_addr(), "GET", "/healthz", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+}

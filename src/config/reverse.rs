@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    ConfigError, FileConfig, Scalar, TrustedProxies, invalid, load_file, parse_count,
+    ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, parse_count,
     parse_duration, parse_optional_duration, pick,
 };
 use crate::cli::{ConnectionArgs, GlobalArgs, ReverseArgs, StdioServer};
@@ -150,13 +150,15 @@ pub(super) fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
 }
 
 impl ReverseConfig {
-    /// Builds the reverse proxy's options from the command line and the config file.
-    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
+    /// Builds the reverse proxy's options from the command line and the config file (read here).
     pub fn build(global: &GlobalArgs, args: &ReverseArgs) -> Result<Self, ConfigError> {
-        let file = match &global.config {
-            Some(path) => load_file(path)?,
-            None => FileConfig::default(),
-        };
+        Self::build_with(&ConfigFile::read(global)?, args)
+    }
+
+    /// [`Self::build`] with the config file already read.
+    #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
+    pub fn build_with(file: &ConfigFile, args: &ReverseArgs) -> Result<Self, ConfigError> {
+        let file = file.inner();
         let text =
             |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
         let listen = text(&args.listen, &file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -171,7 +173,7 @@ impl ReverseConfig {
                 "must differ from --listen".into(),
             ));
         }
-        let connections = connection_limits(&args.connections, &file)?;
+        let connections = connection_limits(&args.connections, file)?;
         let chosen = ChosenSessionBounds {
             max_sessions: pick(args.proxy.max_sessions.as_ref(), file.max_sessions.as_ref())
                 .is_some(),
@@ -215,11 +217,12 @@ impl ReverseConfig {
             })
         };
         let mut upstream_headers = http::HeaderMap::new();
-        for line in &listed(&args.upstream_header, file.upstream_header) {
+        for line in &listed(&args.upstream_header, file.upstream_header.clone()) {
             let (name, value) = parse_header(line, "--upstream-header")?;
             upstream_headers.append(name, value);
         }
-        let allowed_origins = parse_origins(&listed(&args.allowed_origin, file.allowed_origin))?;
+        let allowed_origins =
+            parse_origins(&listed(&args.allowed_origin, file.allowed_origin.clone()))?;
         let connect_timeout = match pick(
             args.upstream_options.connect_timeout.as_ref(),
             file.connect_timeout.as_ref(),
@@ -239,7 +242,7 @@ impl ReverseConfig {
             None => Some(DEFAULT_KEEPALIVE),
         };
         let trusted_proxies =
-            TrustedProxies::parse(&listed(&args.trusted_proxy, file.trusted_proxy))?;
+            TrustedProxies::parse(&listed(&args.trusted_proxy, file.trusted_proxy.clone()))?;
         Ok(Self {
             trusted_proxies,
             listen,
@@ -356,11 +359,8 @@ impl ReverseConfig {
 
     /// The upstream side alone, for `forward stdio --url`: the stdio client is bridged through
     /// the same HTTP upstream code the gateway uses (its listening options are unused).
-    pub fn for_url(global: &GlobalArgs, args: &StdioServer) -> Result<Self, ConfigError> {
-        let file = match &global.config {
-            Some(path) => load_file(path)?,
-            None => FileConfig::default(),
-        };
+    pub fn for_url(file: &ConfigFile, args: &StdioServer) -> Result<Self, ConfigError> {
+        let file = file.inner();
         let Some(url) = &args.url else {
             return Err(invalid("--url", "no URL given".into()));
         };

@@ -396,3 +396,6 @@ impl<C: Deliver + 'static> Deliver for HttpSession<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
