@@ -29,7 +29,7 @@ use shadowcat::protocol::{Direction, Message};
 use shadowcat::ratelimit::{LimitSpec, RateLimits};
 use shadowcat::session::{Session, TransportKind};
 use shadowcat::stage::{Client, Context};
-use shadowcat::tape::Transport;
+use shadowcat::tape::Wire;
 use shadowcat::telemetry::Metrics;
 
 /// This process's resident memory, in bytes (Linux).
@@ -63,7 +63,7 @@ fn flood() {
         let cx = Context {
             direction: Direction::ClientToServer,
             session: &session,
-            transport: &Transport::NONE,
+            transport: &Wire::NONE,
             client: Client::Address(IpAddr::V4(Ipv4Addr::from(i))),
         };
         limits.check(&msg, &cx).unwrap();
@@ -92,7 +92,7 @@ fn ratelimit(c: &mut Criterion) {
     let cx = Context {
         direction: Direction::ClientToServer,
         session: &session,
-        transport: &Transport::NONE,
+        transport: &Wire::NONE,
         client: Client::Address(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
     };
     let mut group = c.benchmark_group("ratelimit");

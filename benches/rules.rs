@@ -31,7 +31,7 @@ use shadowcat::intercept::Rules;
 use shadowcat::protocol::{Direction, Message};
 use shadowcat::session::{Session, TransportKind};
 use shadowcat::stage::{Context, Verdict};
-use shadowcat::tape::Transport;
+use shadowcat::tape::Wire;
 use shadowcat::telemetry::Metrics;
 
 /// A rule file of `n` rules, each written by `rule(i)`.
@@ -99,7 +99,7 @@ fn rules(c: &mut Criterion) {
                     let cx = Context {
                         direction: Direction::ClientToServer,
                         session: &session,
-                        transport: &Transport::NONE,
+                        transport: &Wire::NONE,
                         client: shadowcat::stage::Client::Local,
                     };
                     // No rule waits, so the future is ready at once.

@@ -5,7 +5,7 @@
 
 use crate::protocol::{Direction, Message};
 use crate::session::Session;
-use crate::tape::Transport;
+use crate::tape::Wire;
 
 /// What a stage sees besides the message.
 #[derive(Debug, Clone, Copy)]
@@ -15,7 +15,7 @@ pub struct Context<'a> {
     /// The session it belongs to.
     pub session: &'a Session,
     /// How the transport carried it (HTTP status, SSE event id, stream), for the tape.
-    pub transport: &'a Transport,
+    pub transport: &'a Wire,
     /// Who sent it, as far as the transport can tell (what per-client limits key on).
     pub client: Client<'a>,
 }

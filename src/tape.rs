@@ -74,10 +74,11 @@ pub struct Meta {
     pub server_info: Option<serde_json::Value>,
 }
 
-/// Where a frame travelled, for transports that have more to say than the message.
+/// How a frame was on the wire, for transports that have more to say than the message (the
+/// tape line's `transport` member).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Transport {
+pub struct Wire {
     /// The HTTP status the frame came with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -89,7 +90,7 @@ pub struct Transport {
     pub stream: Option<String>,
 }
 
-impl Transport {
+impl Wire {
     /// Nothing to say beyond the message.
     pub const NONE: Self = Self {
         status: None,
@@ -113,8 +114,8 @@ pub struct Frame {
     pub session: String,
     /// The message's bytes, exactly as carried.
     pub raw: Bytes,
-    /// Transport details.
-    pub transport: Transport,
+    /// Wire details.
+    pub transport: Wire,
 }
 
 /// How a tape ended.
@@ -153,8 +154,8 @@ pub(crate) struct FrameLine<'a> {
     /// Otherwise its bytes, Base64 (standard alphabet, padded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Transport::is_empty")]
-    pub(crate) transport: Transport,
+    #[serde(default, skip_serializing_if = "Wire::is_empty")]
+    pub(crate) transport: Wire,
 }
 
 impl<'a> FrameLine<'a> {
@@ -165,7 +166,7 @@ impl<'a> FrameLine<'a> {
         direction: Direction,
         session: &'a str,
         raw: &'a [u8],
-        transport: Transport,
+        transport: Wire,
     ) -> Self {
         use base64::Engine as _;
         let one_line = !raw.iter().any(|b| matches!(b, b'\n' | b'\r'));

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::protocol::{Direction, RequestId};
 use crate::session::{Session, TransportKind};
-use crate::tape::Transport;
+use crate::tape::Wire;
 
 fn rules(yaml: &str) -> Rules {
     let mut file = tempfile::NamedTempFile::with_suffix(".yaml").unwrap();
@@ -41,7 +41,7 @@ async fn run_raw(
     let cx = Context {
         direction,
         session,
-        transport: &Transport::NONE,
+        transport: &Wire::NONE,
         client: crate::stage::Client::Local,
     };
     let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
@@ -1065,7 +1065,7 @@ async fn through_rules(rules: &Rules, s: &Session, msg: Message) -> Verdict {
     let cx = Context {
         direction: Direction::ClientToServer,
         session: s,
-        transport: &Transport::NONE,
+        transport: &Wire::NONE,
         client: crate::stage::Client::Address("192.0.2.9".parse().unwrap()),
     };
     rules.process(msg, cx, None, &Metrics::default()).await

@@ -53,14 +53,14 @@ type Link = HttpSession<Arc<Outbox>>;
 
 /// The upstream side as the client's relay sees it: each message is exchanged with the HTTP
 /// upstream, and what comes back goes to the client.
-struct Upstream {
+struct ToServer {
     http: Arc<Link>,
     to_client: Arc<Outbox>,
     /// Requests being exchanged.
     in_flight: TaskTracker,
 }
 
-impl Deliver for Upstream {
+impl Deliver for ToServer {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         let request = msg.kind() == Kind::Request;
         let (http, to_client) = (self.http.clone(), self.to_client.clone());
@@ -163,7 +163,7 @@ async fn bridge(
             async move { http.serve(&listening).await }
         });
         let mut timeouts = spawn_timeouts(config, &session, &http, &to_client);
-        let upstream = Arc::new(Upstream {
+        let upstream = Arc::new(ToServer {
             http: http.clone(),
             to_client: to_client.clone(),
             in_flight: TaskTracker::new(),

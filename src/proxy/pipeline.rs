@@ -23,7 +23,7 @@ use crate::protocol::{Direction, Message};
 use crate::ratelimit::{LimitSpec, RateLimits};
 use crate::session::SessionManager;
 use crate::stage::{Context, Verdict};
-use crate::tape::Transport;
+use crate::tape::Wire;
 use crate::telemetry::Metrics;
 
 use super::tracker::RequestTracker;
@@ -140,7 +140,7 @@ async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, 
         .await;
     if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
         result = tape
-            .message(cx.direction.reverse(), session, answer, &Transport::NONE)
+            .message(cx.direction.reverse(), session, answer, &Wire::NONE)
             .await;
     }
     if let (Ok(()), Direction::ServerToClient, true) = (

@@ -100,7 +100,7 @@ impl<R: Deliver> Relay<R> {
         let cx = Context {
             direction: self.direction,
             session: &self.session,
-            transport: &crate::tape::Transport::NONE,
+            transport: &crate::tape::Wire::NONE,
             client: crate::stage::Client::Local,
         };
         let id = msg.id().cloned();

@@ -254,7 +254,7 @@ mod tests {
                 Context {
                     direction,
                     session,
-                    transport: &crate::tape::Transport::NONE,
+                    transport: &crate::tape::Wire::NONE,
                     client: crate::stage::Client::Local,
                 },
             )

@@ -11,13 +11,57 @@ use ::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::protocol::{Message, RequestId};
+use crate::proxy::outbox::{Closed, Deliver, Outbox};
 
 pub mod http;
 pub mod stdio;
 
 pub use self::http::{HttpBackend, HttpLimits, HttpSession};
 pub use stdio::{StdioLink, StdioQueue};
+
+/// The server as one session holds it: its own child, or its session at an HTTP server (whose
+/// messages for the client go to `C`).
+#[derive(Debug)]
+pub enum Upstream<C> {
+    /// Its own child's stdin.
+    Stdio {
+        /// The child's stdin queue.
+        to_server: Arc<Outbox>,
+        /// Cancelled when the first message is on its way: the child is started then.
+        start: CancellationToken,
+    },
+    /// Its session at the HTTP upstream.
+    Http(Arc<HttpSession<C>>),
+}
+
+impl<C> Upstream<C> {
+    /// The session at the HTTP upstream, if that is where it goes.
+    pub fn http(&self) -> Option<&Arc<HttpSession<C>>> {
+        match self {
+            Self::Http(http) => Some(http),
+            Self::Stdio { .. } => None,
+        }
+    }
+}
+
+/// Client→server delivery for proxy-made messages (cancellations, answers the pipeline gives
+/// the server): onto the child's stdin (starting it), or to the HTTP upstream.
+impl<C: Deliver + 'static> Deliver for Upstream<C> {
+    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        match self {
+            Self::Stdio { to_server, start } => {
+                start.cancel();
+                to_server.send(msg).await
+            }
+            Self::Http(http) => http.deliver(msg).await,
+        }
+    }
+}
 
 /// What a waiting POST receives.
 #[derive(Debug)]
@@ -47,14 +91,14 @@ pub enum Reply {
     },
 }
 
-/// The sending end a POST registers.
-pub type Waiter = mpsc::Sender<Reply>;
+/// Where an exchange sends its replies: the sending end of the channel a waiting POST reads.
+pub type ReplyTo = mpsc::Sender<Reply>;
 
 /// Room kept in every POST's channel beyond one slot per request it waits for.
 pub const STREAM_SLACK: usize = 64;
 
 /// A channel for one exchange's replies, with room for the answers to its `requests` requests
 /// plus [`STREAM_SLACK`] other messages.
-pub fn reply_channel(requests: usize) -> (Waiter, mpsc::Receiver<Reply>) {
+pub fn reply_channel(requests: usize) -> (ReplyTo, mpsc::Receiver<Reply>) {
     mpsc::channel(requests + STREAM_SLACK)
 }

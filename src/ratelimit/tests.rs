@@ -10,7 +10,7 @@ use super::*;
 use crate::protocol::RequestId;
 use crate::session::{Session, TransportKind};
 use crate::stage::{Context, Verdict};
-use crate::tape::Transport;
+use crate::tape::Wire;
 
 struct Bench {
     limits: RateLimits,
@@ -66,7 +66,7 @@ impl Bench {
         let cx = Context {
             direction: Direction::ClientToServer,
             session,
-            transport: &Transport::NONE,
+            transport: &Wire::NONE,
             client,
         };
         self.limits.check(msg, &cx)
@@ -246,7 +246,7 @@ fn only_client_requests_and_notifications_count() {
     let cx = |direction| Context {
         direction,
         session: &s,
-        transport: &Transport::NONE,
+        transport: &Wire::NONE,
         client: Client::Local,
     };
     let raw = |v: Value| Message::parse(v.to_string().into()).unwrap();
@@ -291,7 +291,7 @@ async fn the_pipeline_answers_a_refused_request_and_drops_a_notification() {
     let cx = Context {
         direction: Direction::ClientToServer,
         session: &s,
-        transport: &Transport::NONE,
+        transport: &Wire::NONE,
         client: Client::Local,
     };
     assert!(b.check(&ping(), &s).is_ok());

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    End, FORMAT_VERSION, FrameLine, Header, Line, Meta, Redactor, TapeError, Transport,
-    now_rfc3339, write_line,
+    End, FORMAT_VERSION, FrameLine, Header, Line, Meta, Redactor, TapeError, Wire, now_rfc3339,
+    write_line,
 };
 use crate::protocol::Direction;
 
@@ -234,7 +234,7 @@ impl Recorder {
         direction: Direction,
         session: &str,
         raw: &[u8],
-        transport: Transport,
+        transport: Wire,
     ) -> Result<(), TapeError> {
         let raw = self.redactor.apply(raw);
         let line = Line::Frame(FrameLine::new(
@@ -254,7 +254,7 @@ impl Recorder {
         direction: Direction,
         session: &str,
         msg: &crate::protocol::Message,
-        transport: &Transport,
+        transport: &Wire,
     ) -> Result<(), TapeError> {
         let (raw, utf8) = match self.redactor.apply(msg.raw()) {
             std::borrow::Cow::Borrowed(_) => (msg.raw().clone(), true),
@@ -384,8 +384,8 @@ fn is_one_line(raw: &[u8], utf8: bool) -> bool {
 }
 
 /// How a frame line with `transport` ends, after its message.
-fn frame_tail(transport: &Transport) -> Option<std::borrow::Cow<'static, [u8]>> {
-    if *transport == Transport::NONE {
+fn frame_tail(transport: &Wire) -> Option<std::borrow::Cow<'static, [u8]>> {
+    if *transport == Wire::NONE {
         return Some(b"}\n"[..].into());
     }
     let mut tail = br#","transport":"#.to_vec();

@@ -303,7 +303,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::tape::{Frame, Header, Meta, Transport};
+    use crate::tape::{Frame, Header, Meta, Wire};
 
     fn tape(frames: &[(Direction, u64, &str)]) -> Tape {
         Tape {
@@ -326,7 +326,7 @@ mod tests {
                     direction: *direction,
                     session: "s".into(),
                     raw: Bytes::copy_from_slice(raw.as_bytes()),
-                    transport: Transport::NONE,
+                    transport: Wire::NONE,
                 })
                 .collect(),
             end: None,

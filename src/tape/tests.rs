@@ -28,12 +28,7 @@ async fn a_tape_reads_back_exactly_what_was_recorded() {
     let request = br#"{"jsonrpc":"2.0", "id":1,"method":"ping"}"#;
     let pretty = b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"result\": {}\n}";
     recorder
-        .frame(
-            Direction::ClientToServer,
-            "s1",
-            request,
-            Transport::default(),
-        )
+        .frame(Direction::ClientToServer, "s1", request, Wire::default())
         .await
         .unwrap();
     recorder
@@ -43,7 +38,7 @@ async fn a_tape_reads_back_exactly_what_was_recorded() {
         })
         .await
         .unwrap();
-    let transport = Transport {
+    let transport = Wire {
         status: Some(200),
         event_id: Some("post1-1".into()),
         stream: Some("post".into()),
@@ -89,14 +84,14 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
             direction: Direction::ClientToServer,
             session: "s1".into(),
             raw: Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"h\u00e9"}}}"#),
-            transport: Transport::NONE,
+            transport: Wire::NONE,
         },
         Frame {
             micros: 1500,
             direction: Direction::ServerToClient,
             session: "s1".into(),
             raw: Bytes::from_static(b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"result\": {}\n}"),
-            transport: Transport {
+            transport: Wire {
                 status: Some(200),
                 event_id: Some("post1-1".into()),
                 stream: Some("post".into()),
@@ -107,7 +102,7 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
             direction: Direction::ServerToClient,
             session: "s1".into(),
             raw: Bytes::from_static(b"\xff not utf-8"),
-            transport: Transport::NONE,
+            transport: Wire::NONE,
         },
     ];
     let mut out = Vec::new();
@@ -183,7 +178,7 @@ proptest::proptest! {
                 direction: if i % 2 == 0 { Direction::ClientToServer } else { Direction::ServerToClient },
                 session: format!("s{i}"),
                 raw: Bytes::from(raw),
-                transport: Transport { status: Some(200), event_id: event.clone(), stream: None },
+                transport: Wire { status: Some(200), event_id: event.clone(), stream: None },
             })
             .collect();
         let mut out = Vec::new();
@@ -229,7 +224,7 @@ async fn a_torn_last_line_is_ignored_and_other_damage_is_named() {
             Direction::ClientToServer,
             "s1",
             br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
-            Transport::default(),
+            Wire::default(),
         )
         .await
         .unwrap();

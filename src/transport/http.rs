@@ -75,7 +75,7 @@ pub enum BodyError {
 
 /// The shared client for one upstream URL.
 #[derive(Debug, Clone)]
-pub struct HttpUpstream {
+pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     headers: HeaderMap,
@@ -116,7 +116,7 @@ pub fn tls_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     }
 }
 
-impl HttpUpstream {
+impl HttpClient {
     /// A client for `url` sending `headers` with every request, verifying https with `tls`.
     pub fn new(
         url: Uri,
@@ -476,7 +476,7 @@ mod tests {
             "http://127.0.0.1:9000/mcp"
         );
         assert_eq!(shown("http://bob@h/p"), "http://bob@h/p");
-        let upstream = HttpUpstream::new(
+        let upstream = HttpClient::new(
             "http://u:pw@127.0.0.1:9/mcp?key=k".parse().unwrap(),
             HeaderMap::new(),
             DEFAULT_CONNECT_TIMEOUT,
@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn endpoints_resolve_on_the_upstreams_origin_only() {
-        let upstream = HttpUpstream::new(
+        let upstream = HttpClient::new(
             "http://127.0.0.1:9000/sse".parse().unwrap(),
             HeaderMap::new(),
             DEFAULT_CONNECT_TIMEOUT,

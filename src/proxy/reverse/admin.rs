@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
-use super::gateway::{Gateway, Upstream};
+use super::gateway::{Gateway, Server};
 
 /// How long `/readyz` waits for an HTTP upstream to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,8 +65,8 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     if gateway.stopping.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    match &gateway.upstream {
-        Upstream::Http(backend) => match backend.client().answers(READY_TIMEOUT).await {
+    match &gateway.server {
+        Server::Http(backend) => match backend.client().answers(READY_TIMEOUT).await {
             Ok(()) => "ok\n".into_response(),
             Err(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -74,7 +74,7 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
             )
                 .into_response(),
         },
-        Upstream::Stdio(spec) => match gateway.command_problem(&spec.program) {
+        Server::Command(spec) => match gateway.command_problem(&spec.program) {
             None => "ok\n".into_response(),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
         },

@@ -17,8 +17,8 @@ use crate::proxy::outbox::Deliver as _;
 use crate::session::EndReason;
 
 use super::alias::Aliases;
-use super::gateway::{Gateway, LinkUpstream, SessionLink};
-use super::router::{Reply, Router, Waiter};
+use super::gateway::{Gateway, SessionLink, Upstream};
+use super::router::{Reply, ReplyTo, Router};
 
 /// A POST's registration with its session's router, undone when the POST ends (answered, or the
 /// client went away).
@@ -36,7 +36,7 @@ impl Registration {
         router: Arc<Router>,
         ids: Vec<RequestId>,
         tokens: Vec<String>,
-        waiter: &Waiter,
+        waiter: &ReplyTo,
     ) -> Self {
         router.register(&ids, waiter);
         router.register_progress(&tokens, waiter, ids.len());
@@ -151,7 +151,7 @@ impl Drop for Answering {
         // An HTTP upstream's exchange is dropped with this POST: the upstream sees its request's
         // connection close. A child is told, as MCP cancels a request (at the shared child, a
         // stateless request's closed stream is how that era cancels one).
-        if let (LinkUpstream::Stdio { .. }, false, Ok(runtime)) = (
+        if let (Upstream::Stdio { .. }, false, Ok(runtime)) = (
             &self.link.upstream,
             forgotten.is_empty(),
             tokio::runtime::Handle::try_current(),

@@ -33,25 +33,26 @@ use crate::transport::child::{ChildSpec, describe_exit};
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
-use super::router::{Delivery, Reply, Router, Waiter};
+use super::router::{Delivery, Reply, ReplyTo, Router};
 
 mod link;
 mod readiness;
 
+pub use crate::proxy::upstream::Upstream;
 pub use crate::proxy::upstream::http::session_lost;
 pub use crate::proxy::upstream::reply_channel;
-pub use link::{HttpLink, LinkUpstream, SessionLink};
+pub use link::{HttpLink, SessionLink};
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 
 /// The server behind the gateway.
 #[derive(Debug)]
-pub enum Upstream {
+pub enum Server {
     /// A Streamable HTTP endpoint, through one shared pooled client.
     Http(Arc<HttpBackend>),
     /// A command run once per session.
-    Stdio(ChildSpec),
+    Command(ChildSpec),
 }
 
 /// Why a session could not be opened.
@@ -96,7 +97,7 @@ pub struct Gateway {
     /// The pipeline.
     pub pipeline: Arc<Pipeline>,
     /// The server behind us.
-    pub upstream: Upstream,
+    pub server: Server,
     /// What `/metrics` reports.
     pub metrics: GatewayMetrics,
     links: DashMap<SessionId, Arc<SessionLink>>,
@@ -139,14 +140,14 @@ impl Gateway {
         ));
         let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
-            ReverseUpstream::Http(url) => Upstream::Http(HttpBackend::new(
+            ReverseUpstream::Http(url) => Server::Http(HttpBackend::new(
                 client_for(url, &reverse),
                 HttpLimits::of(&config, &reverse),
                 pipeline.clone(),
                 sessions.clone(),
                 gateway_metrics.upstream_errors(),
             )),
-            ReverseUpstream::Stdio(spec) => Upstream::Stdio(spec.clone()),
+            ReverseUpstream::Stdio(spec) => Server::Command(spec.clone()),
         };
         Arc::new(Self {
             pipeline,
@@ -154,7 +155,7 @@ impl Gateway {
             config,
             reverse,
             sessions,
-            upstream,
+            server: upstream,
             links: DashMap::new(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -168,9 +169,9 @@ impl Gateway {
 
     /// The upstream, as sessions record it.
     fn upstream_label(&self) -> String {
-        match &self.upstream {
-            Upstream::Http(backend) => backend.client().shown().to_owned(),
-            Upstream::Stdio(spec) => std::iter::once(&spec.program)
+        match &self.server {
+            Server::Http(backend) => backend.client().shown().to_owned(),
+            Server::Command(spec) => std::iter::once(&spec.program)
                 .chain(&spec.args)
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
@@ -181,9 +182,9 @@ impl Gateway {
     /// The HTTP upstream's tools that mirror parameters into `Mcp-Param-*` headers (none for a
     /// command upstream: the shared child's are its link's).
     pub fn mirrored(&self) -> Option<&crate::protocol::headers::MirroredTools> {
-        match &self.upstream {
-            Upstream::Http(backend) => Some(backend.mirrored()),
-            Upstream::Stdio(_) => None,
+        match &self.server {
+            Server::Http(backend) => Some(backend.mirrored()),
+            Server::Command(_) => None,
         }
     }
 
@@ -260,13 +261,13 @@ impl Gateway {
             self.reverse.sse_replay_events,
             DEFAULT_REPLAY_BYTES,
         )));
-        let (upstream, router, child) = match &self.upstream {
-            Upstream::Http(backend) => {
+        let (upstream, router, child) = match &self.server {
+            Server::Http(backend) => {
                 let router = Arc::new(Router::new(session.clone(), events, delivery, None));
                 let http = backend.session(session.clone(), router.clone());
-                (LinkUpstream::Http(http), router, None)
+                (Upstream::Http(http), router, None)
             }
-            Upstream::Stdio(spec) => {
+            Server::Command(spec) => {
                 // The server is started when the session's first message is on its way (so a
                 // session whose initialize a rate limit or rule refuses, or a /sse stream that
                 // sends nothing, costs no process); until then what is sent waits here.
@@ -277,7 +278,7 @@ impl Gateway {
                     delivery,
                     Some(queue.to_server.clone()),
                 ));
-                let upstream = LinkUpstream::Stdio {
+                let upstream = Upstream::Stdio {
                     to_server: queue.to_server.clone(),
                     start: CancellationToken::new(),
                 };
@@ -307,9 +308,9 @@ impl Gateway {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
-        let backend = match &self.upstream {
-            Upstream::Http(backend) => backend,
-            Upstream::Stdio(_) => {
+        let backend = match &self.server {
+            Server::Http(backend) => backend,
+            Server::Command(_) => {
                 let mut shared = self
                     .stateless_child
                     .lock()
@@ -342,7 +343,7 @@ impl Gateway {
         Ok(Stateless::Own(Arc::new(SessionLink::new(
             session,
             router,
-            LinkUpstream::Http(http),
+            Upstream::Http(http),
             client_slot,
             self.reverse.sse_replay_events,
         ))))
@@ -409,7 +410,7 @@ impl Gateway {
             }
         } else {
             // An HTTP upstream: its GET stream relayed once the client listens.
-            if let LinkUpstream::Http(http) = &link.upstream {
+            if let Upstream::Http(http) = &link.upstream {
                 http.serve(&link.listening).await;
             }
             (None, Ending::Closed)
@@ -431,7 +432,7 @@ impl Gateway {
         spec: &ChildSpec,
         queue: StdioQueue,
     ) -> Result<Option<StdioLink>, ProxyError> {
-        let LinkUpstream::Stdio { start, .. } = &link.upstream else {
+        let Upstream::Stdio { start, .. } = &link.upstream else {
             return Ok(None);
         };
         let session = &link.session;
@@ -529,7 +530,7 @@ impl Gateway {
                 child.abort();
             }
             None => {
-                if let LinkUpstream::Http(http) = &link.upstream {
+                if let Upstream::Http(http) = &link.upstream {
                     http.end().await;
                 }
             }
@@ -584,7 +585,7 @@ impl Gateway {
         sink: &D,
         requests: usize,
     ) {
-        if let LinkUpstream::Http(http) = &link.upstream {
+        if let Upstream::Http(http) = &link.upstream {
             return http
                 .exchange_to(messages, client_headers, sink, requests)
                 .await;
@@ -634,7 +635,7 @@ impl Gateway {
         let cx = Context {
             direction: Direction::ClientToServer,
             session,
-            transport: &crate::tape::Transport::NONE,
+            transport: &crate::tape::Wire::NONE,
             client,
         };
         self.pipeline.process(msg, cx).await
@@ -649,10 +650,10 @@ impl Gateway {
         link: &Arc<SessionLink>,
         messages: Vec<Message>,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) {
         match &link.upstream {
-            LinkUpstream::Stdio { to_server, start } => {
+            Upstream::Stdio { to_server, start } => {
                 // The session's child starts with its first message.
                 start.cancel();
                 for msg in messages {
@@ -668,7 +669,7 @@ impl Gateway {
                     }
                 }
             }
-            LinkUpstream::Http(http) => {
+            Upstream::Http(http) => {
                 http.exchange(messages, client_headers, reply).await;
             }
         }

@@ -19,14 +19,14 @@ use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
 
 use super::events::EventLog;
-pub use crate::proxy::upstream::{Reply, STREAM_SLACK, Waiter};
+pub use crate::proxy::upstream::{Reply, ReplyTo, STREAM_SLACK};
 
 /// A registered POST: its channel, and how many slots of it are kept for answers (one per
 /// request it waits for), so that notifications can never take the room an answer needs and
 /// delivering an answer never waits on a client that stopped reading.
 #[derive(Debug, Clone)]
 struct Slot {
-    waiter: Waiter,
+    waiter: ReplyTo,
     reserve: usize,
 }
 
@@ -118,7 +118,7 @@ impl Router {
 
     /// Registers `waiter` for progress notifications carrying `tokens` (the JSON text of the
     /// `progressToken`s of its requests).
-    pub fn register_progress(&self, tokens: &[String], waiter: &Waiter, reserve: usize) {
+    pub fn register_progress(&self, tokens: &[String], waiter: &ReplyTo, reserve: usize) {
         if tokens.is_empty() {
             return;
         }
@@ -135,7 +135,7 @@ impl Router {
     }
 
     /// Forgets `tokens` if `waiter` still holds them.
-    pub fn unregister_progress(&self, tokens: &[String], waiter: &Waiter) {
+    pub fn unregister_progress(&self, tokens: &[String], waiter: &ReplyTo) {
         if tokens.is_empty() {
             return;
         }
@@ -153,7 +153,7 @@ impl Router {
     /// Registers `waiter` for the answers to `ids`. An id already waited for is left to its
     /// first POST (the pipeline refuses the duplicate request). The waiter's channel must have
     /// room for `ids.len()` + [`STREAM_SLACK`] messages.
-    pub fn register(&self, ids: &[RequestId], waiter: &Waiter) {
+    pub fn register(&self, ids: &[RequestId], waiter: &ReplyTo) {
         let mut waiters = lock(&self.waiters);
         let slot = Slot {
             waiter: waiter.clone(),
@@ -176,7 +176,7 @@ impl Router {
     }
 
     /// Forgets `ids` if `waiter` still holds them (the POST has finished or gone).
-    pub fn unregister(&self, ids: &[RequestId], waiter: &Waiter) {
+    pub fn unregister(&self, ids: &[RequestId], waiter: &ReplyTo) {
         let mut waiters = lock(&self.waiters);
         for id in ids {
             if waiters

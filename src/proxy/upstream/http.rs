@@ -30,9 +30,9 @@ use crate::proxy::outbox::{Closed, Deliver};
 use crate::proxy::pipeline::Pipeline;
 use crate::session::{EndReason, Session, SessionManager};
 use crate::telemetry::UpstreamErrors;
-use crate::transport::http::{HttpUpstream, UpstreamError, read_body};
+use crate::transport::http::{HttpClient, UpstreamError, read_body};
 
-use super::{Reply, Waiter, reply_channel};
+use super::{Reply, ReplyTo, reply_channel};
 
 mod legacy;
 mod post;
@@ -82,8 +82,8 @@ impl HttpLimits {
 }
 
 /// The pooled client for the upstream at `url`, with `upstream`'s headers, CA and timeouts.
-pub fn client_for(url: &http::Uri, upstream: &crate::config::ReverseConfig) -> HttpUpstream {
-    HttpUpstream::new(
+pub fn client_for(url: &http::Uri, upstream: &crate::config::ReverseConfig) -> HttpClient {
+    HttpClient::new(
         url.clone(),
         upstream.upstream_headers.clone(),
         upstream.connect_timeout,
@@ -95,7 +95,7 @@ pub fn client_for(url: &http::Uri, upstream: &crate::config::ReverseConfig) -> H
 /// What every session at one HTTP upstream shares.
 #[derive(Debug)]
 pub struct HttpBackend {
-    client: HttpUpstream,
+    client: HttpClient,
     limits: HttpLimits,
     /// Each message from the upstream runs through it.
     pipeline: Arc<Pipeline>,
@@ -116,7 +116,7 @@ impl HttpBackend {
     /// The upstream `client` serves, for sessions of `sessions` whose messages run through
     /// `pipeline`; its failures are counted in `errors`.
     pub fn new(
-        client: HttpUpstream,
+        client: HttpClient,
         limits: HttpLimits,
         pipeline: Arc<Pipeline>,
         sessions: Arc<SessionManager>,
@@ -135,7 +135,7 @@ impl HttpBackend {
     }
 
     /// The client (its URL, for showing).
-    pub fn client(&self) -> &HttpUpstream {
+    pub fn client(&self) -> &HttpClient {
         &self.client
     }
 
@@ -247,7 +247,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         self: &Arc<Self>,
         messages: Vec<Message>,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) {
         let posts = messages
             .into_iter()

@@ -20,7 +20,7 @@ fn the_fast_frame_line_is_the_serde_one() {
         r#"{{"jsonrpc":"2.0","id":2,"result":{{"t":"{}"}}}}"#,
         "x".repeat(COPIED)
     );
-    let transport = Transport {
+    let transport = Wire {
         status: Some(200),
         event_id: Some("get-1".into()),
         stream: Some("get".into()),
@@ -30,7 +30,7 @@ fn the_fast_frame_line_is_the_serde_one() {
         long.as_bytes(),
     ] {
         for (direction, transport) in [
-            (Direction::ClientToServer, Transport::NONE),
+            (Direction::ClientToServer, Wire::NONE),
             (Direction::ServerToClient, transport.clone()),
         ] {
             let middle = frame_middle(direction, "s\"1");
@@ -88,14 +88,14 @@ async fn messages_read_back_byte_for_byte_whichever_way_they_are_written() {
     for raw in &raws {
         let msg = Message::parse(Bytes::copy_from_slice(raw)).unwrap();
         recorder
-            .message(Direction::ServerToClient, "s1", &msg, &Transport::NONE)
+            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE)
             .await
             .unwrap();
     }
     // Another session's message on this tape.
     let msg = Message::parse(Bytes::copy_from_slice(&raws[0])).unwrap();
     recorder
-        .message(Direction::ClientToServer, "s2", &msg, &Transport::NONE)
+        .message(Direction::ClientToServer, "s2", &msg, &Wire::NONE)
         .await
         .unwrap();
     drop(recorder);
@@ -121,7 +121,7 @@ async fn a_session_waits_while_the_writer_is_behind_and_nothing_is_lost() {
         let raw = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"t":"{text}"}}}}"#);
         let msg = Message::parse(raw.into()).unwrap();
         recorder
-            .message(Direction::ServerToClient, "s1", &msg, &Transport::NONE)
+            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE)
             .await
             .unwrap();
         most = most.max(recorder.queue.lock().bytes);
@@ -166,13 +166,13 @@ async fn a_writer_that_fails_stops_the_recording_not_the_session() {
     ))
     .unwrap();
     recorder
-        .message(Direction::ClientToServer, "s1", &msg, &Transport::NONE)
+        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE)
         .await
         .unwrap();
     let err = writer.await.unwrap().unwrap_err();
     assert!(matches!(err, TapeError::Io { .. }), "{err}");
     let later = recorder
-        .message(Direction::ClientToServer, "s1", &msg, &Transport::NONE)
+        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE)
         .await;
     assert!(matches!(later, Err(TapeError::Closed)));
     assert!(matches!(

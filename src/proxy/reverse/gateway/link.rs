@@ -7,7 +7,8 @@ use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Message;
-use crate::proxy::outbox::{Closed, Deliver, Outbox};
+use crate::proxy::outbox::{Closed, Deliver};
+use crate::proxy::upstream::Upstream;
 use crate::proxy::upstream::http::{HttpSession, version_header};
 use crate::session::Session;
 
@@ -17,20 +18,6 @@ use super::super::router::Router;
 /// The session's end of the HTTP upstream: its server→client messages go to its router.
 pub type HttpLink = HttpSession<Arc<Router>>;
 
-/// One session's end of its upstream.
-#[derive(Debug)]
-pub enum LinkUpstream {
-    /// Its own child's stdin.
-    Stdio {
-        /// The child's stdin queue.
-        to_server: Arc<Outbox>,
-        /// Cancelled when the first message is on its way: the child is started then.
-        start: CancellationToken,
-    },
-    /// Its session at the HTTP upstream.
-    Http(Arc<HttpLink>),
-}
-
 /// A session and its upstream.
 #[derive(Debug)]
 pub struct SessionLink {
@@ -39,7 +26,7 @@ pub struct SessionLink {
     /// Where its server→client messages go.
     pub router: Arc<Router>,
     /// Its upstream.
-    pub upstream: LinkUpstream,
+    pub upstream: Upstream<Arc<Router>>,
     /// Cancelled once the upstream side has been torn down.
     pub torn_down: CancellationToken,
     /// Cancelled when the client first opens the session's GET stream: only then is the
@@ -64,7 +51,7 @@ impl SessionLink {
     pub fn new(
         session: Arc<Session>,
         router: Arc<Router>,
-        upstream: LinkUpstream,
+        upstream: Upstream<Arc<Router>>,
         client: Option<crate::transport::serve::ClientSlot>,
         replay_events: usize,
     ) -> Self {
@@ -99,10 +86,7 @@ impl SessionLink {
 
     /// The session at the HTTP upstream, if that is where it goes.
     pub fn http(&self) -> Option<&Arc<HttpLink>> {
-        match &self.upstream {
-            LinkUpstream::Http(http) => Some(http),
-            LinkUpstream::Stdio { .. } => None,
-        }
+        self.upstream.http()
     }
 
     /// Whether the session is at a 2024-11-05 HTTP+SSE upstream.
@@ -131,15 +115,9 @@ impl SessionLink {
 }
 
 /// Client→server delivery for proxy-made messages (cancellations, answers the pipeline gives
-/// the server): onto the child's stdin, or to the HTTP upstream.
+/// the server): to the session's upstream.
 impl Deliver for SessionLink {
-    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
-        match &self.upstream {
-            LinkUpstream::Stdio { to_server, start } => {
-                start.cancel();
-                to_server.send(msg).await
-            }
-            LinkUpstream::Http(http) => http.deliver(msg).await,
-        }
+    fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
+        self.upstream.deliver(msg)
     }
 }

@@ -16,7 +16,7 @@ use crate::transport::http::{media_type, read_body, sse_events};
 use crate::transport::sse::Item;
 
 use super::streams::StreamPosition;
-use super::{HttpSession, MAX_ERROR_BODY, Waiter, lock};
+use super::{HttpSession, MAX_ERROR_BODY, ReplyTo, lock};
 
 /// A session's stream at a 2024-11-05 HTTP+SSE upstream (read by a relay task) is the upstream
 /// session; messages are POSTed to the endpoint its first event named.
@@ -36,7 +36,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         self: &Arc<Self>,
         msg: &Message,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) -> bool {
         match self.open_legacy().await {
             Ok(legacy) => {
@@ -129,7 +129,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         legacy: &LegacyStream,
         msg: Message,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) {
         let id = msg.request_id().cloned();
         match self

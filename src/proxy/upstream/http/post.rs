@@ -17,7 +17,7 @@ use crate::transport::http::{UpstreamError, media_type, read_body, read_body_wit
 
 use super::recovery::AbandonOnDrop;
 use super::streams::StreamPosition;
-use super::{HttpSession, MAX_ERROR_BODY, Reply, Waiter, lock};
+use super::{HttpSession, MAX_ERROR_BODY, Reply, ReplyTo, lock};
 
 /// Whether an upstream's refusal says it no longer knows the session: 404, unless its body is
 /// the 2026-07-28 HTTP binding's answer to an unknown method (404 with `-32601`), which the
@@ -77,7 +77,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         self: &Arc<Self>,
         msg: Message,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) {
         let id = msg.request_id().cloned();
         let is_initialize = msg.method() == Some(&Method::Initialize);
@@ -113,7 +113,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         self: &Arc<Self>,
         msg: Message,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
         retried: bool,
     ) {
         // A stateless-era request (its session never initialized) can be abandoned: dropping
@@ -142,7 +142,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         self: &Arc<Self>,
         msg: Message,
         client_headers: &HeaderMap,
-        reply: &Waiter,
+        reply: &ReplyTo,
         retried: bool,
     ) {
         let id = msg.request_id().cloned();
@@ -239,7 +239,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                 );
                 match body.await {
                     Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
-                        let transport = crate::tape::Transport {
+                        let transport = crate::tape::Wire {
                             status: Some(status.as_u16()),
                             stream: Some("post".into()),
                             event_id: None,
@@ -287,7 +287,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
     pub(super) async fn pass_on_pause(
         &self,
         id: &RequestId,
-        reply: &Waiter,
+        reply: &ReplyTo,
         position: &StreamPosition,
     ) {
         let resumable = position.ended
@@ -311,7 +311,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         status: http::StatusCode,
         content_type: Option<HeaderValue>,
         body: Bytes,
-        reply: &Waiter,
+        reply: &ReplyTo,
     ) {
         self.backend.errors.count("http_status");
         if let Some(id) = &id {
@@ -332,7 +332,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         &self,
         id: Option<&RequestId>,
         error: &ProxyError,
-        reply: Option<&Waiter>,
+        reply: Option<&ReplyTo>,
     ) {
         let Some(id) = id else { return };
         if self

@@ -15,12 +15,12 @@ use crate::protocol::{Direction, ErrorCode, Frame, Kind, Message, RequestId};
 use crate::proxy::outbox::Deliver;
 use crate::proxy::tracker::receiver_gone;
 use crate::stage::{Context, Verdict};
-use crate::tape::Transport;
+use crate::tape::Wire;
 use crate::transport::backoff::Backoff;
 use crate::transport::http::{UpstreamError, media_type, sse_events};
 use crate::transport::sse::Item;
 
-use super::{HttpSession, POST_STREAM_RESUMES, Reply, UPSTREAM_GET_ATTEMPTS, Waiter};
+use super::{HttpSession, POST_STREAM_RESUMES, Reply, ReplyTo, UPSTREAM_GET_ATTEMPTS};
 
 /// Where an upstream SSE stream got to, for reconnecting to it.
 #[derive(Debug, Default)]
@@ -132,7 +132,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
     pub(super) async fn resume_post_stream(
         &self,
         id: &RequestId,
-        reply: &Waiter,
+        reply: &ReplyTo,
         position: &mut StreamPosition,
     ) -> Option<ProxyError> {
         let pending = || self.session.pending(Direction::ClientToServer).contains(id);
@@ -208,7 +208,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
     pub(super) async fn relay_stream(
         &self,
         body: Incoming,
-        reply: Option<&Waiter>,
+        reply: Option<&ReplyTo>,
         position: &mut StreamPosition,
     ) {
         let events = std::pin::pin!(sse_events(body, self.backend.limits.max_message_size));
@@ -219,7 +219,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
     pub(super) async fn relay_events<S>(
         &self,
         mut events: S,
-        reply: Option<&Waiter>,
+        reply: Option<&ReplyTo>,
         position: &mut StreamPosition,
     ) where
         S: futures_util::Stream<Item = std::io::Result<Item>> + Unpin,
@@ -259,13 +259,13 @@ impl<C: Deliver + 'static> HttpSession<C> {
                         } else {
                             "get"
                         };
-                        Transport {
+                        Wire {
                             status: Some(200),
                             event_id: event.id.clone(),
                             stream: Some(stream.into()),
                         }
                     } else {
-                        Transport::NONE
+                        Wire::NONE
                     };
                     self.relay_frame(event.data, reply, &transport).await;
                 }
@@ -286,7 +286,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                     break;
                 }
             }
-            if reply.is_some_and(Waiter::is_closed) {
+            if reply.is_some_and(ReplyTo::is_closed) {
                 // The client has gone; dropping the stream disconnects (it does not cancel).
                 break;
             }
@@ -303,12 +303,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
 
     /// One frame (a message or a batch) from the HTTP upstream, through the pipeline;
     /// `transport` says how it came (for the session's tape).
-    pub(super) async fn relay_frame(
-        &self,
-        body: Bytes,
-        reply: Option<&Waiter>,
-        transport: &Transport,
-    ) {
+    pub(super) async fn relay_frame(&self, body: Bytes, reply: Option<&ReplyTo>, transport: &Wire) {
         let members = match Message::parse_frame(body.clone()) {
             Ok(Frame::Single(msg)) => vec![Ok(msg)],
             Ok(Frame::Batch(members)) => members,

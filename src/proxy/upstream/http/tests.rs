@@ -105,7 +105,7 @@ async fn start() -> (Arc<Upstream>, Arc<HttpSession<Arc<Collect>>>, Arc<Collect>
         &[],
         None,
     ));
-    let client = HttpUpstream::new(
+    let client = HttpClient::new(
         url,
         HeaderMap::new(),
         Duration::from_secs(5),
@@ -138,7 +138,7 @@ async fn send(http: &Arc<HttpSession<Arc<Collect>>>, to_client: &Arc<Collect>, t
     let cx = Context {
         direction: Direction::ClientToServer,
         session: &http.session,
-        transport: &crate::tape::Transport::NONE,
+        transport: &crate::tape::Wire::NONE,
         client: Client::Local,
     };
     let Verdict::Forward(msg) = http.backend().pipeline().process(msg, cx).await else {
