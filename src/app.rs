@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind};
 use crate::proxy::forward;
+use crate::proxy::shutdown::Shutdown;
 use crate::session::StoreWriter;
 use crate::session::store::{SessionStore, SqliteStore};
 
@@ -134,9 +135,11 @@ fn run_forward_stdio(args: &StdioServer, config: &Config) -> anyhow::Result<u8> 
     }
     let spec = crate::config::child_spec(args)?;
     // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
-    on_one_thread(config, std::time::Duration::from_millis(100), |store| {
-        forward::run(config, &spec, store, config.recording.as_ref())
-    })
+    on_one_thread(
+        config,
+        std::time::Duration::from_millis(100),
+        |store, shutdown| forward::run(config, &spec, store, config.recording.as_ref(), shutdown),
+    )
 }
 
 /// `forward stdio --url`.
@@ -145,9 +148,11 @@ fn run_bridge(config: &Config) -> anyhow::Result<u8> {
         .reverse
         .as_ref()
         .context("the --url server's options were not configured")?;
-    on_one_thread(config, std::time::Duration::from_millis(100), |store| {
-        crate::proxy::bridge::run(config, upstream, store)
-    })
+    on_one_thread(
+        config,
+        std::time::Duration::from_millis(100),
+        |store, shutdown| crate::proxy::bridge::run(config, upstream, store, shutdown),
+    )
 }
 
 fn run_reverse(config: &Config) -> anyhow::Result<u8> {
@@ -155,18 +160,21 @@ fn run_reverse(config: &Config) -> anyhow::Result<u8> {
         .reverse
         .as_ref()
         .context("the reverse proxy's options were not configured")?;
-    on_one_thread(config, std::time::Duration::from_secs(1), |store| {
-        crate::proxy::reverse::run(config, reverse, store)
-    })
+    on_one_thread(
+        config,
+        std::time::Duration::from_secs(1),
+        |store, shutdown| crate::proxy::reverse::run(config, reverse, store, shutdown),
+    )
 }
 
-/// Runs `proxy` (given the session history writer) on a one-thread runtime: cross-thread
-/// wake-ups cost more here than a second worker gains (see docs/performance.md). The runtime
-/// gets `grace` to wind down.
+/// Runs `proxy` (given the session history writer, and SIGINT and SIGTERM as its shutdown
+/// requests, listened for before it starts) on a one-thread runtime: cross-thread wake-ups
+/// cost more here than a second worker gains (see docs/performance.md). The runtime gets
+/// `grace` to wind down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
     grace: std::time::Duration,
-    proxy: impl FnOnce(Option<StoreWriter>) -> F,
+    proxy: impl FnOnce(Option<StoreWriter>, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,7 +182,11 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         .context("cannot start the async runtime")?;
     // Opened before the runtime starts: SQLite calls block, and the runtime must not.
     let store = open_store(config);
-    let code = runtime.block_on(proxy(store));
+    let code = runtime.block_on(async {
+        // Before anything starts, so a signal never finds the default (fatal) handler.
+        let shutdown = Shutdown::on_signals()?;
+        proxy(store, shutdown).await
+    });
     runtime.shutdown_timeout(grace);
     code
 }

@@ -4,6 +4,7 @@
 //! Its modules in layer order, lowest first; each uses only those before it (`tests/layers.rs`
 //! checks this list as it checks the crate's):
 //!
+//! - [`shutdown`]: requests to shut down (SIGINT and SIGTERM, or a test's), as front ends take them.
 //! - [`tracker`]: the request-tracking stage (pending requests per direction).
 //! - [`pipeline`]: [`Pipeline`], its stages and the order they run in; the one place a
 //!   pipeline is built (the stages' contract is [`crate::stage`]).
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod relay;
 pub mod reverse;
+pub mod shutdown;
 pub mod timeouts;
 pub mod tracker;
 pub mod upstream;

@@ -28,10 +28,11 @@ use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportK
 use crate::telemetry::{Metrics, UpstreamErrors};
 use crate::transport::{stdio, writer};
 
-use super::forward::{STORE_CLOSE_GRACE, Signals};
+use super::forward::STORE_CLOSE_GRACE;
 use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
+use super::shutdown::Shutdown;
 use super::upstream::http::{HttpBackend, HttpLimits, HttpSession, client_for, version_header};
 use crate::task::Task;
 
@@ -100,6 +101,7 @@ pub async fn run(
     config: &Config,
     upstream: &ReverseConfig,
     store: Option<StoreWriter>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let ReverseUpstream::Http(url) = &upstream.upstream else {
         anyhow::bail!("the bridge needs an HTTP upstream (--url)");
@@ -120,7 +122,7 @@ pub async fn run(
     );
     let stop_cleanup = tokio_util::sync::CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
-    let result = bridge(config, &backend, &sessions).await;
+    let result = bridge(config, &backend, &sessions, shutdown).await;
     stop_cleanup.cancel();
     cleanup.join_within(Duration::from_secs(1)).await;
     tracing::info!(totals = ?pipeline.metrics().snapshot(), "shadowcat exiting");
@@ -133,9 +135,8 @@ async fn bridge(
     config: &Config,
     backend: &Arc<HttpBackend>,
     sessions: &Arc<SessionManager>,
+    mut signals: Shutdown,
 ) -> anyhow::Result<u8> {
-    // Listen before starting anything, so a signal never finds the default (fatal) handler.
-    let mut signals = Signals::listen()?;
     let (client_in, _) = stdio::stdin().context("cannot open stdin")?;
     let (client_out, _) = stdio::stdout().context("cannot open stdout")?;
     let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
@@ -226,7 +227,7 @@ async fn bridge(
 async fn wind_down(
     config: &Config,
     event: &Event,
-    signals: &mut Signals,
+    signals: &mut Shutdown,
     in_flight: &TaskTracker,
 ) -> u8 {
     match event {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,6 +29,7 @@ use crate::transport::{stdio, writer};
 use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
+use super::shutdown::Shutdown;
 use super::timeouts;
 use super::upstream::StdioLink;
 use crate::task::Task;
@@ -76,6 +76,7 @@ pub async fn run(
     spec: &ChildSpec,
     store: Option<StoreWriter>,
     record: Option<&crate::tape::Recording>,
+    mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let sessions = SessionManager::new(config.sessions.clone(), store);
     let upstream = std::iter::once(&spec.program)
@@ -91,14 +92,12 @@ pub async fn run(
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
     let result = async {
-        // Listen before starting anything, so a signal never finds the default (fatal) handler.
-        let mut signals = Signals::listen()?;
         let mut proxy = ForwardStdio::start(config, spec, &sessions, session.clone())?;
-        let event = proxy.next_event(&mut signals).await;
+        let event = proxy.next_event(&mut shutdown).await;
         tracing::debug!(?event, "shutting down");
         let reason = event.end_reason();
         sessions.begin_closing(&session);
-        let code = proxy.stop(event, &mut signals).await;
+        let code = proxy.stop(event, &mut shutdown).await;
         proxy.finish().await;
         sessions.end(session.id(), reason);
         if let Some(tape) = &tape {
@@ -123,29 +122,6 @@ pub async fn run(
 
 /// How long the session history writer gets to save the last records at exit.
 pub(crate) const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// The signals that ask us to shut down.
-pub(crate) struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn listen() -> anyhow::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-        })
-    }
-
-    /// The next SIGINT or SIGTERM, by name.
-    pub(crate) async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
-    }
-}
 
 /// The running parts of one forward stdio session.
 struct ForwardStdio<'a> {
@@ -246,7 +222,7 @@ impl<'a> ForwardStdio<'a> {
     }
 
     /// Waits for whatever ends the session first.
-    async fn next_event(&mut self, signals: &mut Signals) -> Event {
+    async fn next_event(&mut self, signals: &mut Shutdown) -> Event {
         tokio::select! {
             end = self.client_reader.join() => match end {
                 // Our writes to the server fail: it stopped reading (it is probably dying).
@@ -270,7 +246,7 @@ impl<'a> ForwardStdio<'a> {
     }
 
     /// Stops the server as `event` requires; returns our exit code.
-    async fn stop(&mut self, event: Event, signals: &mut Signals) -> anyhow::Result<u8> {
+    async fn stop(&mut self, event: Event, signals: &mut Shutdown) -> anyhow::Result<u8> {
         match event {
             Event::ClientClosed(_) | Event::ClientGone | Event::Signal(_) | Event::SessionEnded => {
                 match &event {
@@ -339,7 +315,7 @@ impl<'a> ForwardStdio<'a> {
     /// A signal meanwhile means "now": the server is killed at once.
     async fn shut_down_server(
         &mut self,
-        signals: &mut Signals,
+        signals: &mut Shutdown,
     ) -> anyhow::Result<std::process::ExitStatus> {
         let remaining = self.server.close_stdin(self.config.shutdown_timeout).await;
         let graceful = tokio::select! {

@@ -50,16 +50,17 @@ use crate::session::{SessionManager, StoreWriter};
 use crate::transport::child::KILL_GRACE;
 use crate::transport::serve::{raise_descriptor_limit, serve};
 
-use super::forward::{STORE_CLOSE_GRACE, Signals};
+use super::forward::STORE_CLOSE_GRACE;
+use super::shutdown::Shutdown;
 use gateway::Gateway;
 
-/// Runs the gateway until SIGINT or SIGTERM; returns our exit code.
+/// Runs the gateway until `shutdown` asks it to stop; returns our exit code.
 pub async fn run(
     config: &Config,
     reverse: &ReverseConfig,
     store: Option<StoreWriter>,
+    mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let mut signals = Signals::listen()?;
     let sessions = SessionManager::new(config.sessions.clone(), store);
     let stop_cleanup = CancellationToken::new();
     let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
@@ -112,7 +113,7 @@ pub async fn run(
         stop.clone(),
     ));
     let outcome = tokio::select! {
-        name = signals.recv() => Ok(name),
+        name = shutdown.recv() => Ok(name),
         result = &mut server => Err(result),
     };
     let code = match outcome {
@@ -122,7 +123,7 @@ pub async fn run(
             stop.cancel();
             let drained = tokio::select! {
                 result = tokio::time::timeout(config.shutdown_timeout, &mut server) => result.is_ok(),
-                name = signals.recv() => {
+                name = shutdown.recv() => {
                     tracing::warn!(signal = name, "second signal: not waiting for in-flight requests");
                     false
                 }

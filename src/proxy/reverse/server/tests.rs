@@ -156,3 +156,37 @@ async fn delete_and_get_of_an_unknown_session_are_refused() {
     let (status, body) = send(&gw, get).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// The gateway runs until its shutdown source asks it to stop (no signal needed), then stops
+/// with exit code 0.
+#[tokio::test]
+async fn the_gateway_runs_until_asked_to_shut_down() {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "shadowcat",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9/mcp",
+    ])
+    .unwrap();
+    let Command::Reverse(options) = &cli.command else {
+        panic!("not a reverse command");
+    };
+    let config = Config::build(&cli.global, Some(&options.proxy)).unwrap();
+    let reverse = ReverseConfig::build(&cli.global, options).unwrap();
+    let (trigger, shutdown) = crate::proxy::shutdown::Shutdown::requested();
+    let mut run =
+        tokio::spawn(
+            async move { crate::proxy::reverse::run(&config, &reverse, None, shutdown).await },
+        );
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut run).await;
+    assert!(early.is_err(), "it stopped unasked: {early:?}");
+    trigger.request("a test");
+    let code = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("stopped when asked")
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+}
