@@ -13,8 +13,8 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind};
 use crate::proxy::forward;
 use crate::proxy::shutdown::Shutdown;
-use crate::session::StoreWriter;
 use crate::session::store::{SessionStore, SqliteStore};
+use crate::session::{SessionManager, StoreWriter};
 
 /// The options a command proxies with, if it proxies.
 pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
@@ -138,7 +138,16 @@ fn run_forward_stdio(args: &StdioServer, config: &Config) -> anyhow::Result<u8> 
     on_one_thread(
         config,
         std::time::Duration::from_millis(100),
-        |store, shutdown| forward::run(config, &spec, store, config.recording.as_ref(), shutdown),
+        |sessions, shutdown| async move {
+            forward::run(
+                config,
+                &spec,
+                &sessions,
+                config.recording.as_ref(),
+                shutdown,
+            )
+            .await
+        },
     )
 }
 
@@ -151,7 +160,9 @@ fn run_bridge(config: &Config) -> anyhow::Result<u8> {
     on_one_thread(
         config,
         std::time::Duration::from_millis(100),
-        |store, shutdown| crate::proxy::bridge::run(config, upstream, store, shutdown),
+        |sessions, shutdown| async move {
+            crate::proxy::bridge::run(config, upstream, &sessions, shutdown).await
+        },
     )
 }
 
@@ -163,18 +174,24 @@ fn run_reverse(config: &Config) -> anyhow::Result<u8> {
     on_one_thread(
         config,
         std::time::Duration::from_secs(1),
-        |store, shutdown| crate::proxy::reverse::run(config, reverse, store, shutdown),
+        |sessions, shutdown| async move {
+            crate::proxy::reverse::run(config, reverse, &sessions, shutdown).await
+        },
     )
 }
 
-/// Runs `proxy` (given the session history writer, and SIGINT and SIGTERM as its shutdown
-/// requests, listened for before it starts) on a one-thread runtime: cross-thread wake-ups
-/// cost more here than a second worker gains (see docs/performance.md). The runtime gets
-/// `grace` to wind down.
+/// How long the session history writer gets to save the last records at exit.
+const STORE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `proxy` on a one-thread runtime (cross-thread wake-ups cost more here than a second
+/// worker gains; see docs/performance.md), with what every front end stands on: the session
+/// manager (its history store opened, its expiry task running, the store closed at the end,
+/// within [`STORE_CLOSE_GRACE`]) and SIGINT and SIGTERM as its shutdown requests, listened for
+/// before it starts. The runtime gets `grace` to wind down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
     grace: std::time::Duration,
-    proxy: impl FnOnce(Option<StoreWriter>, Shutdown) -> F,
+    proxy: impl FnOnce(Arc<SessionManager>, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,7 +202,15 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     let code = runtime.block_on(async {
         // Before anything starts, so a signal never finds the default (fatal) handler.
         let shutdown = Shutdown::on_signals()?;
-        proxy(store, shutdown).await
+        let sessions = SessionManager::new(config.sessions.clone(), store);
+        let stop_cleanup = tokio_util::sync::CancellationToken::new();
+        let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
+        let code = proxy(sessions.clone(), shutdown).await;
+        stop_cleanup.cancel();
+        cleanup.join_within(std::time::Duration::from_secs(1)).await;
+        tracing::debug!(sessions = ?sessions.metrics(), "session totals");
+        let _ = tokio::task::spawn_blocking(move || sessions.close_store(STORE_CLOSE_GRACE)).await;
+        code
     });
     runtime.shutdown_timeout(grace);
     code

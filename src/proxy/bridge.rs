@@ -24,11 +24,10 @@ use crate::config::{Config, ReverseConfig, ReverseUpstream};
 use crate::protocol::error::ProxyError;
 use crate::protocol::headers::{headers_for, param_headers_for};
 use crate::protocol::{Direction, ErrorCode, Kind, Message};
-use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportKind};
+use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::{Metrics, UpstreamErrors};
 use crate::transport::{stdio, writer};
 
-use super::forward::STORE_CLOSE_GRACE;
 use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
@@ -100,13 +99,12 @@ impl Deliver for ToServer {
 pub async fn run(
     config: &Config,
     upstream: &ReverseConfig,
-    store: Option<StoreWriter>,
+    sessions: &Arc<SessionManager>,
     shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let ReverseUpstream::Http(url) = &upstream.upstream else {
         anyhow::bail!("the bridge needs an HTTP upstream (--url)");
     };
-    let sessions = SessionManager::new(config.sessions.clone(), store);
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(Metrics::default()),
         sessions.clone(),
@@ -120,14 +118,8 @@ pub async fn run(
         sessions.clone(),
         UpstreamErrors::default(),
     );
-    let stop_cleanup = tokio_util::sync::CancellationToken::new();
-    let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
-    let result = bridge(config, &backend, &sessions, shutdown).await;
-    stop_cleanup.cancel();
-    cleanup.join_within(Duration::from_secs(1)).await;
+    let result = bridge(config, &backend, sessions, shutdown).await;
     tracing::info!(totals = ?pipeline.metrics().snapshot(), "shadowcat exiting");
-    let closing = sessions.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     result
 }
 

@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Message};
-use crate::session::{EndReason, Session, SessionManager, StoreWriter, TransportKind};
+use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::Metrics;
 use crate::transport::child::{ChildSpec, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
@@ -74,11 +73,10 @@ impl Event {
 pub async fn run(
     config: &Config,
     spec: &ChildSpec,
-    store: Option<StoreWriter>,
+    sessions: &Arc<SessionManager>,
     record: Option<&crate::tape::Recording>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let sessions = SessionManager::new(config.sessions.clone(), store);
     let upstream = std::iter::once(&spec.program)
         .chain(&spec.args)
         .map(|a| a.to_string_lossy())
@@ -89,10 +87,8 @@ pub async fn run(
         .map(|r| super::pipeline::start_recording(r, &session))
         .transpose()?;
     let span = tracing::info_span!("session", id = %session.id().digest());
-    let stop_cleanup = CancellationToken::new();
-    let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
     let result = async {
-        let mut proxy = ForwardStdio::start(config, spec, &sessions, session.clone())?;
+        let mut proxy = ForwardStdio::start(config, spec, sessions, session.clone())?;
         let event = proxy.next_event(&mut shutdown).await;
         tracing::debug!(?event, "shutting down");
         let reason = event.end_reason();
@@ -112,16 +108,8 @@ pub async fn run(
     if result.is_err() {
         sessions.end(session.id(), EndReason::Error);
     }
-    stop_cleanup.cancel();
-    cleanup.join_within(Duration::from_secs(1)).await;
-    tracing::debug!(sessions = ?sessions.metrics(), "session totals");
-    let closing = sessions.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     result
 }
-
-/// How long the session history writer gets to save the last records at exit.
-pub(crate) const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The running parts of one forward stdio session.
 struct ForwardStdio<'a> {

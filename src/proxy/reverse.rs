@@ -46,11 +46,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReverseConfig};
-use crate::session::{SessionManager, StoreWriter};
+use crate::session::SessionManager;
 use crate::transport::child::KILL_GRACE;
 use crate::transport::serve::{raise_descriptor_limit, serve};
 
-use super::forward::STORE_CLOSE_GRACE;
 use super::shutdown::Shutdown;
 use gateway::Gateway;
 
@@ -58,14 +57,12 @@ use gateway::Gateway;
 pub async fn run(
     config: &Config,
     reverse: &ReverseConfig,
-    store: Option<StoreWriter>,
+    sessions: &Arc<SessionManager>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let sessions = SessionManager::new(config.sessions.clone(), store);
-    let stop_cleanup = CancellationToken::new();
-    let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
     let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone());
-    let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_cleanup.clone());
+    let stop_prune = CancellationToken::new();
+    let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_prune.clone());
 
     let descriptors = raise_descriptor_limit();
     let connections = reverse
@@ -147,14 +144,11 @@ pub async fn run(
     if let Some(admin) = admin {
         admin.abort();
     }
-    stop_cleanup.cancel();
-    cleanup.join_within(Duration::from_secs(1)).await;
+    stop_prune.cancel();
     if let Some(prune) = prune.as_mut() {
         prune.join_within(Duration::from_secs(1)).await;
     }
     tracing::info!(sessions = ?sessions.metrics(), totals = ?gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
-    let closing = sessions.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close_store(STORE_CLOSE_GRACE)).await;
     drop(gateway);
     Ok(code)
 }

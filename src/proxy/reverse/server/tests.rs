@@ -176,10 +176,10 @@ async fn the_gateway_runs_until_asked_to_shut_down() {
     let config = Config::build(&cli.global, Some(&options.proxy)).unwrap();
     let reverse = ReverseConfig::build(&cli.global, options).unwrap();
     let (trigger, shutdown) = crate::proxy::shutdown::Shutdown::requested();
-    let mut run =
-        tokio::spawn(
-            async move { crate::proxy::reverse::run(&config, &reverse, None, shutdown).await },
-        );
+    let sessions = SessionManager::new(config.sessions.clone(), None);
+    let mut run = tokio::spawn(async move {
+        crate::proxy::reverse::run(&config, &reverse, &sessions, shutdown).await
+    });
     let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut run).await;
     assert!(early.is_err(), "it stopped unasked: {early:?}");
     trigger.request("a test");
