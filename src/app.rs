@@ -6,8 +6,14 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, StdioServer};
+use std::time::Duration;
+
+use crate::cli::{
+    Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, RulesCommand, SessionCommand,
+    StdioServer, TapeCommand,
+};
 use crate::config::recording::{Ask, Target};
+use crate::transport::child::ChildSpec;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind};
@@ -30,62 +36,103 @@ pub fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
     }
 }
 
-/// The validated configuration for a parsed command line.
-pub fn configure(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
-    // Read once, for every part of the configuration.
+/// What a command runs, validated from the command line: [`run`] matches on this, never on
+/// the command line's types. (The commands that do not proxy keep their arguments: `cmd` reads
+/// them.)
+#[derive(Debug)]
+pub enum Mode {
+    /// `forward stdio -- <cmd>` and `record`: a child server of our own.
+    Forward(ChildSpec),
+    /// `forward stdio --url`: our stdio bridged to an HTTP server.
+    Bridge(ReverseConfig),
+    /// `reverse`, and `replay --listen` (whose server, per session, is `replay` of the tape).
+    Reverse(ReverseConfig),
+    /// `replay` on stdio.
+    Replay(ReplayArgs),
+    /// `tape …`.
+    Tape(TapeCommand),
+    /// `session …`.
+    Session(SessionCommand),
+    /// `rules …`.
+    Rules(RulesCommand),
+    /// `completions SHELL`.
+    Completions(clap_complete::Shell),
+}
+
+/// The validated configuration and mode for a parsed command line, which it consumes. The
+/// config file is read once, here.
+pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
     let file = ConfigFile::read(&cli.global)?;
     let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
-    let ask = match &cli.command {
+    let mode = match cli.command {
         Command::Reverse(args) => {
-            let mut reverse = ReverseConfig::build_with(&file, args)?;
+            let mut reverse = ReverseConfig::build_with(&file, &args)?;
             reverse.settle_sessions(&mut config.sessions);
-            config.reverse = Some(reverse);
-            Ask::from_flags(&args.recording, Target::Dir, "reverse")
+            let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
+            config.recording = recording(ask, Some(&reverse))?;
+            Mode::Reverse(reverse)
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
-            config.reverse = stdio_server(&file, &args.server)?;
-            Ask::from_flags(&args.recording, Target::FileOrDir, "forward")
+            let mode = stdio_server(&file, &args.server)?;
+            let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
+            config.recording = recording(ask, mode.upstream())?;
+            mode
         }
         Command::Record(args) => {
-            config.reverse = stdio_server(&file, &args.server)?;
+            let mode = stdio_server(&file, &args.server)?;
             let (path, target) = match &args.output {
                 Some(path) => (path.clone(), Target::FileOrDir),
                 None => (config.data_dir.join(crate::config::TAPES_DIR), Target::Dir),
             };
-            Some(Ask {
+            let ask = Ask {
                 path,
                 target,
                 name: args.name.clone(),
                 redact: &args.redact,
                 mode: "record",
-            })
+            };
+            config.recording = recording(Some(ask), mode.upstream())?;
+            mode
         }
         Command::Replay(args) if args.listen.is_some() => {
-            config.reverse = Some(ReverseConfig::build_with(&file, &replay_gateway(args))?);
-            None
+            Mode::Reverse(ReverseConfig::build_with(&file, &replay_gateway(&args))?)
         }
-        _ => None,
+        Command::Replay(args) => Mode::Replay(args),
+        Command::Tape(cmd) => Mode::Tape(cmd),
+        Command::Session(cmd) => Mode::Session(cmd),
+        Command::Rules(cmd) => Mode::Rules(cmd),
+        Command::Completions { shell } => Mode::Completions(shell),
     };
-    if let Some(ask) = ask {
-        config.recording = Some(crate::config::recording::build(
-            ask,
-            config.reverse.as_ref(),
-        )?);
-    }
-    Ok(config)
+    Ok((config, mode))
 }
 
-/// The upstream options of a stdio client's server: for a --url, the gateway's upstream side
-/// (the stdio→HTTP bridge uses it); none for a command.
-fn stdio_server(
-    file: &ConfigFile,
-    server: &StdioServer,
-) -> Result<Option<ReverseConfig>, crate::config::ConfigError> {
+impl Mode {
+    /// The HTTP server's options, for a mode that has one.
+    fn upstream(&self) -> Option<&ReverseConfig> {
+        match self {
+            Self::Bridge(upstream) | Self::Reverse(upstream) => Some(upstream),
+            _ => None,
+        }
+    }
+}
+
+/// The recording `ask` asks for (with `upstream`'s credentials to mask), if any.
+fn recording(
+    ask: Option<Ask<'_>>,
+    upstream: Option<&ReverseConfig>,
+) -> Result<Option<crate::tape::Recording>, crate::config::ConfigError> {
+    ask.map(|ask| crate::config::recording::build(ask, upstream))
+        .transpose()
+}
+
+/// A stdio client's server: for a --url, the bridge to it (the gateway's upstream options);
+/// else the command, run as our child.
+fn stdio_server(file: &ConfigFile, server: &StdioServer) -> anyhow::Result<Mode> {
     if server.url.is_some() {
-        return ReverseConfig::for_url(file, server).map(Some);
+        return Ok(Mode::Bridge(ReverseConfig::for_url(file, server)?));
     }
     ReverseConfig::check_command_only(server)?;
-    Ok(None)
+    Ok(Mode::Forward(crate::config::child_spec(server)?))
 }
 
 /// `replay --listen`: a gateway whose server, for each session, is `shadowcat replay` of the
@@ -109,18 +156,44 @@ fn replay_gateway(args: &ReplayArgs) -> ReverseArgs {
     }
 }
 
-/// Runs `command`; returns the process exit code.
-pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
-    match command {
-        Command::Forward(ForwardCommand::Stdio(args)) => run_forward_stdio(&args.server, config),
-        Command::Record(args) => run_forward_stdio(&args.server, config),
-        Command::Reverse(_) => run_reverse(config),
-        Command::Replay(args) if args.listen.is_some() => run_reverse(config),
-        Command::Replay(args) => crate::cmd::replay::run_stdio(&args),
-        Command::Tape(cmd) => crate::cmd::tape::run(cmd, config),
-        Command::Session(cmd) => crate::cmd::session::run(cmd, config),
-        Command::Rules(cmd) => crate::cmd::rules::run(cmd),
-        Command::Completions { shell } => {
+/// Runs `mode`; returns the process exit code.
+pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
+    match mode {
+        // A terminal stdin is read on a blocking thread that never returns; don't wait for it
+        // long.
+        Mode::Forward(spec) => on_one_thread(
+            config,
+            Duration::from_millis(100),
+            |sessions, shutdown| async move {
+                forward::run(
+                    config,
+                    &spec,
+                    &sessions,
+                    config.recording.as_ref(),
+                    shutdown,
+                )
+                .await
+            },
+        ),
+        Mode::Bridge(upstream) => on_one_thread(
+            config,
+            Duration::from_millis(100),
+            |sessions, shutdown| async move {
+                crate::proxy::bridge::run(config, &upstream, &sessions, shutdown).await
+            },
+        ),
+        Mode::Reverse(reverse) => on_one_thread(
+            config,
+            Duration::from_secs(1),
+            |sessions, shutdown| async move {
+                crate::proxy::reverse::run(config, &reverse, &sessions, shutdown).await
+            },
+        ),
+        Mode::Replay(args) => crate::cmd::replay::run_stdio(&args),
+        Mode::Tape(cmd) => crate::cmd::tape::run(cmd, config),
+        Mode::Session(cmd) => crate::cmd::session::run(cmd, config),
+        Mode::Rules(cmd) => crate::cmd::rules::run(cmd),
+        Mode::Completions(shell) => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut out);
             out.flush().context("cannot write the completion script")?;
@@ -129,59 +202,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<u8> {
     }
 }
 
-fn run_forward_stdio(args: &StdioServer, config: &Config) -> anyhow::Result<u8> {
-    if args.url.is_some() {
-        return run_bridge(config);
-    }
-    let spec = crate::config::child_spec(args)?;
-    // A terminal stdin is read on a blocking thread that never returns; don't wait for it long.
-    on_one_thread(
-        config,
-        std::time::Duration::from_millis(100),
-        |sessions, shutdown| async move {
-            forward::run(
-                config,
-                &spec,
-                &sessions,
-                config.recording.as_ref(),
-                shutdown,
-            )
-            .await
-        },
-    )
-}
-
-/// `forward stdio --url`.
-fn run_bridge(config: &Config) -> anyhow::Result<u8> {
-    let upstream = config
-        .reverse
-        .as_ref()
-        .context("the --url server's options were not configured")?;
-    on_one_thread(
-        config,
-        std::time::Duration::from_millis(100),
-        |sessions, shutdown| async move {
-            crate::proxy::bridge::run(config, upstream, &sessions, shutdown).await
-        },
-    )
-}
-
-fn run_reverse(config: &Config) -> anyhow::Result<u8> {
-    let reverse = config
-        .reverse
-        .as_ref()
-        .context("the reverse proxy's options were not configured")?;
-    on_one_thread(
-        config,
-        std::time::Duration::from_secs(1),
-        |sessions, shutdown| async move {
-            crate::proxy::reverse::run(config, reverse, &sessions, shutdown).await
-        },
-    )
-}
-
 /// How long the session history writer gets to save the last records at exit.
-const STORE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `proxy` on a one-thread runtime (cross-thread wake-ups cost more here than a second
 /// worker gains; see docs/performance.md), with what every front end stands on: the session
@@ -190,7 +212,7 @@ const STORE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 /// before it starts. The runtime gets `grace` to wind down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
-    grace: std::time::Duration,
+    grace: Duration,
     proxy: impl FnOnce(Arc<SessionManager>, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -207,7 +229,7 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
         let code = proxy(sessions.clone(), shutdown).await;
         stop_cleanup.cancel();
-        cleanup.join_within(std::time::Duration::from_secs(1)).await;
+        cleanup.join_within(Duration::from_secs(1)).await;
         tracing::debug!(sessions = ?sessions.metrics(), "session totals");
         let _ = tokio::task::spawn_blocking(move || sessions.close_store(STORE_CLOSE_GRACE)).await;
         code

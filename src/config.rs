@@ -51,8 +51,6 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// Where session history goes.
     pub session_store: StoreKind,
-    /// The reverse proxy's own options (`reverse` only).
-    pub reverse: Option<ReverseConfig>,
     /// Where and how sessions are recorded (`--record`, `record`).
     pub recording: Option<crate::tape::Recording>,
     /// Interceptor rules (`--rules`), loaded and checked.
@@ -318,7 +316,6 @@ impl Config {
                 DEFAULT_CLEANUP_INTERVAL,
             )?,
             session_store,
-            reverse: None,
             recording: None,
             // Only commands that proxy run rules (a config file's `rules` is not theirs).
             rules: match proxy.and(p.rules.clone().or_else(|| file.rules.clone())) {

@@ -13,9 +13,9 @@ fn main() -> ExitCode {
     }
     reaper::enable();
     let cli = Cli::parse();
-    let config = match app::configure(&cli) {
-        Ok(config) => config,
-        Err(e) => return fail(&e.into()),
+    let (config, mode) = match app::configure(cli) {
+        Ok(configured) => configured,
+        Err(e) => return fail(&e),
     };
     // Held to the end: dropping it flushes the log writer.
     let _log_guard = match telemetry::init_tracing(
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Ok(guard) => guard,
         Err(e) => return fail(&e),
     };
-    match app::run(cli.command, &config) {
+    match app::run(mode, &config) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e:#}");

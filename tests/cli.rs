@@ -289,7 +289,7 @@ fn the_readme_config_example_sets_every_value_it_shows() {
         "reverse",
     ])
     .unwrap();
-    let config = shadowcat::app::configure(&cli).unwrap();
+    let (config, mode) = shadowcat::app::configure(cli).unwrap();
     assert_eq!(config.log_level, "info");
     assert_eq!(config.log_format, shadowcat::telemetry::LogFormat::Json);
     assert_eq!(config.max_message_size, 16 * 1024 * 1024);
@@ -301,7 +301,9 @@ fn the_readme_config_example_sets_every_value_it_shows() {
     );
     assert_eq!(config.data_dir, dir.path());
     assert_eq!(config.session_store, shadowcat::config::StoreKind::Sqlite);
-    let reverse = config.reverse.expect("the reverse configuration");
+    let shadowcat::app::Mode::Reverse(reverse) = mode else {
+        panic!("not the gateway: {mode:?}")
+    };
     assert_eq!(reverse.listen.to_string(), "127.0.0.1:8080");
     let ReverseUpstream::Http(upstream) = &reverse.upstream else {
         panic!("not an HTTP upstream")

@@ -89,22 +89,22 @@ enum Ending {
 #[derive(Debug)]
 pub struct Gateway {
     /// Limits and timeouts.
-    pub config: Config,
+    pub(in crate::proxy::reverse) config: Config,
     /// The gateway's own options.
-    pub reverse: ReverseConfig,
+    pub(in crate::proxy::reverse) reverse: ReverseConfig,
     /// The session manager.
-    pub sessions: Arc<SessionManager>,
+    pub(in crate::proxy::reverse) sessions: Arc<SessionManager>,
     /// The pipeline.
-    pub pipeline: Arc<Pipeline>,
+    pub(in crate::proxy::reverse) pipeline: Arc<Pipeline>,
     /// The server behind us.
-    pub server: Server,
+    pub(in crate::proxy::reverse) server: Server,
     /// What `/metrics` reports.
-    pub metrics: GatewayMetrics,
+    pub(in crate::proxy::reverse) metrics: GatewayMetrics,
     links: DashMap<SessionId, Arc<SessionLink>>,
     /// Per-session watcher tasks.
     tasks: TaskTracker,
     /// Cancelled when shutdown begins: no new sessions.
-    pub stopping: CancellationToken,
+    pub(in crate::proxy::reverse) stopping: CancellationToken,
     /// A command upstream's child for stateless (2026-07-28) requests, shared by them all.
     stateless_child: Mutex<Option<Arc<SessionLink>>>,
     /// The server requests of that child sent to stateless clients, under names of ours.

@@ -137,7 +137,6 @@ impl<C: Deliver + 'static> HttpSession<C> {
     }
 
     /// [`Self::post_streamable`], without the means to abandon it.
-    #[allow(clippy::too_many_lines)] // One exchange, in the order things can go wrong.
     pub(super) async fn post_streamable_once(
         self: &Arc<Self>,
         msg: Message,
@@ -176,45 +175,62 @@ impl<C: Deliver + 'static> HttpSession<C> {
         };
         let status = response.status();
         if status.is_success() {
-            if is_initialize {
-                if let Some(value) = response.headers().get(&MCP_SESSION_ID) {
+            self.accepted(&msg, response.headers());
+            return self.relay_answer(id, response, reply).await;
+        }
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let body = read_body(response.into_body(), MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        if session_lost(status, &body)
+            && session.is_some()
+            && !is_initialize
+            && !retried
+            && self.recover(session.as_ref()).await
+        {
+            // Refused, so not run: send it again on the new session.
+            return Box::pin(self.post_streamable(msg, client_headers, reply, true)).await;
+        }
+        if is_initialize
+            && matches!(status.as_u16(), 400 | 404 | 405)
+            && self.probe_legacy(&msg, client_headers, reply).await
+        {
+            return;
+        }
+        tracing::debug!(%status, "the upstream refused a message");
+        self.rejected(id, status, content_type, body, reply).await;
+    }
+
+    /// The upstream took `msg`: an `initialize` gives the session its upstream id (from
+    /// `headers`) and is kept to replay should the upstream lose the session, as is whether
+    /// `notifications/initialized` followed; the GET stream may be opened from then on.
+    fn accepted(&self, msg: &Message, headers: &HeaderMap) {
+        match msg.method() {
+            Some(Method::Initialize) => {
+                if let Some(value) = headers.get(&MCP_SESSION_ID) {
                     *lock(&self.session_id) = Some(value.clone());
                 }
                 // A copy of its own: the message's bytes may be a slice of a whole read
                 // buffer, which the session would otherwise keep alive.
                 lock(&self.recovery.handshake).initialize =
                     Message::parse(Bytes::copy_from_slice(msg.raw())).ok();
-            } else if msg.method() == Some(&Method::Initialized) {
-                lock(&self.recovery.handshake).initialized = true;
-            }
-            if is_initialize {
                 self.ready.cancel();
             }
+            Some(Method::Initialized) => lock(&self.recovery.handshake).initialized = true,
+            _ => {}
         }
-        if !status.is_success() {
-            let content_type = response.headers().get(CONTENT_TYPE).cloned();
-            let body = read_body(response.into_body(), MAX_ERROR_BODY)
-                .await
-                .unwrap_or_default();
-            if session_lost(status, &body)
-                && session.is_some()
-                && !is_initialize
-                && !retried
-                && self.recover(session.as_ref()).await
-            {
-                // Refused, so not run: send it again on the new session.
-                return Box::pin(self.post_streamable(msg, client_headers, reply, true)).await;
-            }
-            if is_initialize
-                && matches!(status.as_u16(), 400 | 404 | 405)
-                && self.probe_legacy(&msg, client_headers, reply).await
-            {
-                return;
-            }
-            tracing::debug!(%status, "the upstream refused a message");
-            self.rejected(id, status, content_type, body, reply).await;
-            return;
-        }
+    }
+
+    /// The upstream's successful answer to request `id` (if any) through the pipeline: an SSE
+    /// stream (resumed if it breaks before the answer), a JSON body (bounded), or nothing
+    /// (202). A request it finished with without answering gets an error, so it cannot hang.
+    async fn relay_answer(
+        self: &Arc<Self>,
+        id: Option<RequestId>,
+        response: http::Response<hyper::body::Incoming>,
+        reply: &ReplyTo,
+    ) {
+        let status = response.status();
         match media_type(response.headers()).as_deref() {
             Some("text/event-stream") => {
                 let mut position = StreamPosition {
@@ -239,12 +255,12 @@ impl<C: Deliver + 'static> HttpSession<C> {
                 );
                 match body.await {
                     Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => {
-                        let transport = crate::tape::Wire {
+                        let wire = crate::tape::Wire {
                             status: Some(status.as_u16()),
                             stream: Some("post".into()),
                             event_id: None,
                         };
-                        self.relay_frame(body, Some(reply), &transport).await;
+                        self.relay_frame(body, Some(reply), &wire).await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -261,21 +277,19 @@ impl<C: Deliver + 'static> HttpSession<C> {
             // 202 Accepted or another body-less success.
             _ => {}
         }
-        // A request the upstream finished with without answering must not hang.
-        if let Some(id) = id {
-            if self
-                .session
-                .pending(Direction::ClientToServer)
-                .contains(&id)
-            {
-                let error = ProxyError::new(
-                    ErrorCode::InvalidUpstreamResponse,
-                    format!(
-                        "the upstream answered HTTP {status} without a JSON-RPC response to the request"
-                    ),
-                );
-                self.fail(Some(&id), &error, Some(reply)).await;
-            }
+        let Some(id) = id else { return };
+        if self
+            .session
+            .pending(Direction::ClientToServer)
+            .contains(&id)
+        {
+            let error = ProxyError::new(
+                ErrorCode::InvalidUpstreamResponse,
+                format!(
+                    "the upstream answered HTTP {status} without a JSON-RPC response to the request"
+                ),
+            );
+            self.fail(Some(&id), &error, Some(reply)).await;
         }
     }
 
