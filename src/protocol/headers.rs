@@ -4,6 +4,7 @@
 //! `x-mcp-header`), made from a message so they say what its body says.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -180,7 +181,12 @@ pub struct ParamHeader {
 /// answers that pass: for headers made from the forwarded body, and for checking a client's.
 /// At most [`MirroredTools::MAX`] tools are kept (a later answer updates those it names).
 #[derive(Debug, Default)]
-pub struct MirroredTools(Mutex<HashMap<String, Vec<ParamHeader>>>);
+pub struct MirroredTools {
+    tools: Mutex<HashMap<String, Vec<ParamHeader>>>,
+    /// Whether any tool was learnt: until one is, [`Self::of`] takes no lock (most servers
+    /// mirror nothing, and every `tools/call` asks).
+    any: AtomicBool,
+}
 
 impl MirroredTools {
     /// Most tools kept.
@@ -196,11 +202,14 @@ impl MirroredTools {
             return;
         }
         let found = tool_param_headers(raw);
-        let mut tools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
         for (name, params) in found {
             if tools.len() < Self::MAX || tools.contains_key(&name) {
                 tools.insert(name, params);
             }
+        }
+        if !tools.is_empty() {
+            self.any.store(true, Ordering::Release);
         }
     }
 
@@ -209,10 +218,10 @@ impl MirroredTools {
     /// mirrors parameters (a check must not pass such a call by).
     #[allow(clippy::result_unit_err)] // As `Message::called_tool`, whose `Err(())` it passes on.
     pub fn of(&self, msg: &Message) -> Result<Option<Vec<ParamHeader>>, ()> {
-        let tools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if tools.is_empty() {
+        if !self.any.load(Ordering::Acquire) {
             return Ok(None);
         }
+        let tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(msg
             .called_tool()?
             .and_then(|name| tools.get(&name).cloned()))
