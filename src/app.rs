@@ -16,7 +16,7 @@ use crate::config::recording::{Ask, Target};
 use crate::transport::child::ChildSpec;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind};
+use crate::config::{Config, ConfigFile, ReverseConfig, StoreKind, UpstreamConfig};
 use crate::proxy::forward;
 use crate::proxy::shutdown::Shutdown;
 use crate::session::store::{SessionStore, SqliteStore};
@@ -44,9 +44,9 @@ pub enum Mode {
     /// `forward stdio -- <cmd>` and `record`: a child server of our own.
     Forward(ChildSpec),
     /// `forward stdio --url`: our stdio bridged to an HTTP server.
-    Bridge(ReverseConfig),
+    Bridge(UpstreamConfig),
     /// `reverse`, and `replay --listen` (whose server, per session, is `replay` of the tape).
-    Reverse(ReverseConfig),
+    Reverse(Box<ReverseConfig>),
     /// `replay` on stdio.
     Replay(ReplayArgs),
     /// `tape …`.
@@ -69,13 +69,13 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
             let mut reverse = ReverseConfig::build_with(&file, &args)?;
             reverse.settle_sessions(&mut config.sessions);
             let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
-            config.recording = recording(ask, Some(&reverse))?;
-            Mode::Reverse(reverse)
+            config.recording = recording(ask, reverse.http_upstream().as_ref())?;
+            Mode::Reverse(Box::new(reverse))
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
             let mode = stdio_server(&file, &args.server)?;
             let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
-            config.recording = recording(ask, mode.upstream())?;
+            config.recording = recording(ask, mode.upstream().as_ref())?;
             mode
         }
         Command::Record(args) => {
@@ -91,12 +91,12 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
                 redact: &args.redact,
                 mode: "record",
             };
-            config.recording = recording(Some(ask), mode.upstream())?;
+            config.recording = recording(Some(ask), mode.upstream().as_ref())?;
             mode
         }
-        Command::Replay(args) if args.listen.is_some() => {
-            Mode::Reverse(ReverseConfig::build_with(&file, &replay_gateway(&args))?)
-        }
+        Command::Replay(args) if args.listen.is_some() => Mode::Reverse(Box::new(
+            ReverseConfig::build_with(&file, &replay_gateway(&args))?,
+        )),
         Command::Replay(args) => Mode::Replay(args),
         Command::Tape(cmd) => Mode::Tape(cmd),
         Command::Session(cmd) => Mode::Session(cmd),
@@ -108,9 +108,10 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
 
 impl Mode {
     /// The HTTP server's options, for a mode that has one.
-    fn upstream(&self) -> Option<&ReverseConfig> {
+    fn upstream(&self) -> Option<UpstreamConfig> {
         match self {
-            Self::Bridge(upstream) | Self::Reverse(upstream) => Some(upstream),
+            Self::Bridge(upstream) => Some(upstream.clone()),
+            Self::Reverse(reverse) => reverse.http_upstream(),
             _ => None,
         }
     }
@@ -119,7 +120,7 @@ impl Mode {
 /// The recording `ask` asks for (with `upstream`'s credentials to mask), if any.
 fn recording(
     ask: Option<Ask<'_>>,
-    upstream: Option<&ReverseConfig>,
+    upstream: Option<&UpstreamConfig>,
 ) -> Result<Option<crate::tape::Recording>, crate::config::ConfigError> {
     ask.map(|ask| crate::config::recording::build(ask, upstream))
         .transpose()

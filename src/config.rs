@@ -333,7 +333,7 @@ pub mod recording;
 mod reverse;
 mod trusted;
 pub use reverse::{
-    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream,
+    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream, UpstreamConfig,
     is_loopback_authority,
 };
 pub use trusted::TrustedProxies;

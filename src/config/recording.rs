@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{ConfigError, ReverseConfig, ReverseUpstream, invalid};
+use super::{ConfigError, UpstreamConfig, invalid};
 use crate::tape::{Recording, Redactor};
 
 /// Where a mode puts its tapes.
@@ -50,7 +50,7 @@ impl<'a> Ask<'a> {
 
 /// The recording `ask` describes, for a server reached through `upstream` (an HTTP upstream's
 /// credentials are masked wherever they appear).
-pub fn build(ask: Ask<'_>, upstream: Option<&ReverseConfig>) -> Result<Recording, ConfigError> {
+pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recording, ConfigError> {
     let flag = if ask.mode == "record" {
         "--output"
     } else {
@@ -81,10 +81,7 @@ pub fn build(ask: Ask<'_>, upstream: Option<&ReverseConfig>) -> Result<Recording
     }
     let redactor = Redactor::new(ask.redact, upstream.map(secrets).unwrap_or_default())
         .map_err(|e| invalid("--redact", e.to_string()))?;
-    let server_transport = match upstream.map(|u| &u.upstream) {
-        Some(ReverseUpstream::Http(_)) => "http",
-        Some(ReverseUpstream::Stdio(_)) | None => "stdio",
-    };
+    let server_transport = if upstream.is_some() { "http" } else { "stdio" };
     Ok(Recording {
         target: ask.path,
         name: ask.name,
@@ -100,9 +97,9 @@ fn parent_dir(path: &Path) -> Option<&Path> {
 
 /// The credentials in an HTTP upstream's configured headers: masked wherever they appear in a
 /// recorded message (whole, and without their scheme: `Bearer <token>` and `<token>`).
-fn secrets(upstream: &ReverseConfig) -> Vec<String> {
+fn secrets(upstream: &UpstreamConfig) -> Vec<String> {
     let mut secrets = Vec::new();
-    for (name, value) in &upstream.upstream_headers {
+    for (name, value) in &upstream.headers {
         let credential = value.is_sensitive()
             || matches!(
                 name.as_str(),

@@ -29,6 +29,24 @@ pub enum ReverseUpstream {
     Stdio(ChildSpec),
 }
 
+/// An HTTP server's options as its client: the bridge's `--url`, or the gateway's
+/// `--upstream URL` ([`ReverseConfig::http_upstream`]).
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The server's MCP endpoint.
+    pub url: http::Uri,
+    /// Headers sent with every request (credentials marked sensitive).
+    pub headers: http::HeaderMap,
+    /// Time to connect.
+    pub connect_timeout: Duration,
+    /// Extra CA certificates to trust for https (`--upstream-ca`).
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Longest an answer or SSE stream may stay silent before it counts as dropped.
+    pub read_timeout: Option<Duration>,
+    /// Longest a request waits for its broken stream to be resumed.
+    pub resume_timeout: Duration,
+}
+
 /// Which browser origins may call the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -357,9 +375,29 @@ impl ReverseConfig {
         }
     }
 
-    /// The upstream side alone, for `forward stdio --url`: the stdio client is bridged through
-    /// the same HTTP upstream code the gateway uses (its listening options are unused).
-    pub fn for_url(file: &ConfigFile, args: &StdioServer) -> Result<Self, ConfigError> {
+    /// The HTTP server behind the gateway, if that is what it is.
+    pub fn http_upstream(&self) -> Option<UpstreamConfig> {
+        match &self.upstream {
+            ReverseUpstream::Http(url) => Some(self.upstream_at(url)),
+            ReverseUpstream::Stdio(_) => None,
+        }
+    }
+
+    /// The gateway's upstream options for the HTTP server at `url`.
+    pub fn upstream_at(&self, url: &http::Uri) -> UpstreamConfig {
+        UpstreamConfig {
+            url: url.clone(),
+            headers: self.upstream_headers.clone(),
+            connect_timeout: self.connect_timeout,
+            upstream_ca: self.upstream_ca.clone(),
+            read_timeout: self.read_timeout,
+            resume_timeout: self.resume_timeout,
+        }
+    }
+
+    /// The server of `forward stdio --url`, which the stdio client is bridged to through the
+    /// same HTTP upstream session the gateway's sessions are.
+    pub fn for_url(file: &ConfigFile, args: &StdioServer) -> Result<UpstreamConfig, ConfigError> {
         let file = file.inner();
         let Some(url) = &args.url else {
             return Err(invalid("--url", "no URL given".into()));
@@ -370,7 +408,7 @@ impl ReverseConfig {
                 "--env and --cwd apply to a server command, not to a --url server".into(),
             ));
         }
-        let upstream = ReverseUpstream::Http(parse_upstream_url(url, "--url")?);
+        let url = parse_upstream_url(url, "--url")?;
         let mut upstream_headers = http::HeaderMap::new();
         for line in &args.header {
             let (name, value) = parse_header(line, "--header")?;
@@ -413,14 +451,9 @@ impl ReverseConfig {
             Some(text) => parse_duration(&text, "--connect-timeout")?,
             None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
         };
-        Ok(Self {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            path: DEFAULT_PATH.to_owned(),
-            upstream,
-            upstream_headers,
-            allowed_origins: AllowedOrigins::Localhost,
-            trusted_proxies: TrustedProxies::default(),
-            admin_listen: None,
+        Ok(UpstreamConfig {
+            url,
+            headers: upstream_headers,
             connect_timeout,
             upstream_ca: load_ca(
                 args.upstream
@@ -436,13 +469,6 @@ impl ReverseConfig {
                 args.upstream.resume_timeout.as_ref(),
                 file.resume_timeout.as_ref(),
             )?,
-            // A stdio client is slowed down instead (it is never refused for want of room).
-            pending_wait: DEFAULT_PENDING_WAIT,
-            connections: ConnectionLimits::default(),
-            max_sessions_per_client: usize::MAX,
-            chosen: ChosenSessionBounds::default(),
-            sse_replay_events: DEFAULT_REPLAY_EVENTS,
-            sse_keepalive: None,
         })
     }
 }

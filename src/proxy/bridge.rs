@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{Config, ReverseConfig, ReverseUpstream};
+use crate::config::{Config, UpstreamConfig};
 use crate::protocol::error::ProxyError;
 use crate::protocol::headers::{headers_for, param_headers_for};
 use crate::protocol::{Direction, ErrorCode, Kind, Message};
@@ -98,13 +98,10 @@ impl Deliver for ToServer {
 /// Runs the bridge until the client or the session ends; returns our exit code.
 pub async fn run(
     config: &Config,
-    upstream: &ReverseConfig,
+    upstream: &UpstreamConfig,
     sessions: &Arc<SessionManager>,
     shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let ReverseUpstream::Http(url) = &upstream.upstream else {
-        anyhow::bail!("the bridge needs an HTTP upstream (--url)");
-    };
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(Metrics::default()),
         sessions.clone(),
@@ -112,7 +109,7 @@ pub async fn run(
         crate::intercept::start(config.rules.as_ref()),
     ));
     let backend = HttpBackend::new(
-        client_for(url, upstream),
+        client_for(upstream),
         HttpLimits::of(config, upstream),
         pipeline.clone(),
         sessions.clone(),

@@ -141,8 +141,8 @@ impl Gateway {
         let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(url) => Server::Http(HttpBackend::new(
-                client_for(url, &reverse),
-                HttpLimits::of(&config, &reverse),
+                client_for(&reverse.upstream_at(url)),
+                HttpLimits::of(&config, &reverse.upstream_at(url)),
                 pipeline.clone(),
                 sessions.clone(),
                 gateway_metrics.upstream_errors(),

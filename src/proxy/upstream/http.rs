@@ -70,7 +70,7 @@ pub struct HttpLimits {
 
 impl HttpLimits {
     /// The limits `config` and `upstream`'s options set.
-    pub fn of(config: &crate::config::Config, upstream: &crate::config::ReverseConfig) -> Self {
+    pub fn of(config: &crate::config::Config, upstream: &crate::config::UpstreamConfig) -> Self {
         Self {
             max_message_size: config.max_message_size,
             connect_timeout: upstream.connect_timeout,
@@ -81,11 +81,11 @@ impl HttpLimits {
     }
 }
 
-/// The pooled client for the upstream at `url`, with `upstream`'s headers, CA and timeouts.
-pub fn client_for(url: &http::Uri, upstream: &crate::config::ReverseConfig) -> HttpClient {
+/// The pooled client for `upstream`: its URL, headers, CA and timeouts.
+pub fn client_for(upstream: &crate::config::UpstreamConfig) -> HttpClient {
     HttpClient::new(
-        url.clone(),
-        upstream.upstream_headers.clone(),
+        upstream.url.clone(),
+        upstream.headers.clone(),
         upstream.connect_timeout,
         crate::transport::http::tls_config(&upstream.upstream_ca),
     )
