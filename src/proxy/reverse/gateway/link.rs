@@ -22,23 +22,23 @@ pub type HttpLink = HttpSession<Arc<Router>>;
 #[derive(Debug)]
 pub struct SessionLink {
     /// The session.
-    pub session: Arc<Session>,
+    pub(in crate::proxy::reverse) session: Arc<Session>,
     /// Where its server→client messages go.
-    pub router: Arc<Router>,
+    pub(in crate::proxy::reverse) router: Arc<Router>,
     /// Its upstream.
-    pub upstream: Upstream<Arc<Router>>,
+    pub(in crate::proxy::reverse) upstream: Upstream<Arc<Router>>,
     /// Cancelled once the upstream side has been torn down.
-    pub torn_down: CancellationToken,
+    pub(in crate::proxy::reverse) torn_down: CancellationToken,
     /// Cancelled when the client first opens the session's GET stream: only then is the
     /// upstream's opened (as the client would have done itself), so idle sessions hold no
     /// upstream connection.
-    pub listening: CancellationToken,
+    pub(in crate::proxy::reverse) listening: CancellationToken,
     /// The session's POST streams, while they may be resumed.
-    pub posts: PostStreams,
+    pub(in crate::proxy::reverse) posts: PostStreams,
     /// The shared child's tools that mirror parameters into `Mcp-Param-*` headers (from its
     /// `tools/list` answers), to check the headers stateless clients send (the gateway is that
     /// child's HTTP server). An HTTP upstream's are the gateway's (`Gateway::mirrored`).
-    pub tool_params: crate::protocol::headers::MirroredTools,
+    pub(in crate::proxy::reverse) tool_params: crate::protocol::headers::MirroredTools,
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.
     pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
