@@ -112,37 +112,6 @@ pub fn start_recording(
     Ok(recorder)
 }
 
-/// The error a request gets when its session ended before the server answered it.
-pub fn session_ended(session: &crate::session::Session) -> crate::protocol::error::ProxyError {
-    crate::protocol::error::ProxyError::new(
-        crate::protocol::ErrorCode::ShuttingDown,
-        format!(
-            "the session ended ({}) before the request was answered",
-            session.state()
-        ),
-    )
-}
-
-/// Answers each client request of `session` still waiting for the server with `error` (through
-/// `to_client`, until it is gone), and forgets the server's requests to the client: the session
-/// has ended, so nothing more can arrive.
-pub async fn answer_in_flight<D: super::outbox::Deliver>(
-    session: &crate::session::Session,
-    error: &crate::protocol::error::ProxyError,
-    to_client: &D,
-) {
-    session.close_pending(Direction::ServerToClient);
-    for (id, _) in session.close_pending(Direction::ClientToServer) {
-        if to_client
-            .deliver(Message::error_response(Some(&id), error))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
 /// Ends `session`'s tape, if it has one, with the reason the session ended.
 pub async fn end_recording(session: &crate::session::Session) {
     if let Some(tape) = session.tape() {

@@ -505,7 +505,13 @@ impl Gateway {
             (Ending::NotStarted(error), _) => error,
             (Ending::Closed | Ending::Exited(_), _) => {
                 tracing::info!(state = %session.state(), "session ended; closing its upstream");
-                crate::proxy::pipeline::session_ended(&session)
+                ProxyError::new(
+                    ErrorCode::ShuttingDown,
+                    format!(
+                        "the session ended ({}) before the request was answered",
+                        session.state()
+                    ),
+                )
             }
         };
         self.links.remove(session.id());
@@ -530,7 +536,13 @@ impl Gateway {
             }
         }
         // Whatever is still in flight gets an answer; then nothing more can arrive.
-        crate::proxy::pipeline::answer_in_flight(&session, &error, link.router.as_ref()).await;
+        session.close_pending(Direction::ServerToClient);
+        for (id, _) in session.close_pending(Direction::ClientToServer) {
+            let _ = link
+                .router
+                .deliver(Message::error_response(Some(&id), &error))
+                .await;
+        }
         link.router.close();
         crate::proxy::pipeline::end_recording(&session).await;
         link.torn_down.cancel();
