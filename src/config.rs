@@ -329,8 +329,10 @@ impl Config {
     }
 }
 
+mod mode;
 pub mod recording;
 mod reverse;
+pub use mode::{Mode, configure};
 mod trusted;
 pub use reverse::{
     AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream, UpstreamConfig,

@@ -23,11 +23,12 @@
 //! - [`ratelimit`]: keyed rate limits and their refusals.
 //! - [`intercept`]: interceptor rules: the rule file, matching, actions, hot reload.
 //! - [`cli`]: clap definitions only (raw arguments).
-//! - [`config`]: validated configuration from file + environment + command line; `DEFAULT_*`.
+//! - [`config`]: validated configuration from file + environment + command line, and the `Mode`
+//!   it runs in; `DEFAULT_*`.
 //! - [`proxy`]: the pipeline, the pumps that move messages through it, and the front ends
 //!   (`forward`, `bridge`, `reverse`).
 //! - [`cmd`]: the commands that do not proxy: `session`, `tape`, `replay`, `rules`.
-//! - [`app`]: wiring: builds the pipeline and transports for a command, runs them, shuts down.
+//! - [`app`]: wiring: runs a mode on the runtime, signals and session manager, shuts down.
 //!
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
 

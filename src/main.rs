@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use shadowcat::cli::Cli;
 use shadowcat::transport::reaper;
-use shadowcat::{app, telemetry};
+use shadowcat::{app, config, telemetry};
 
 fn main() -> ExitCode {
     if let Some(code) = reaper::run_if_asked() {
@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     }
     reaper::enable();
     let cli = Cli::parse();
-    let (config, mode) = match app::configure(cli) {
+    let (config, mode) = match config::configure(cli) {
         Ok(configured) => configured,
         Err(e) => return fail(&e),
     };

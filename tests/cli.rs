@@ -289,7 +289,7 @@ fn the_readme_config_example_sets_every_value_it_shows() {
         "reverse",
     ])
     .unwrap();
-    let (config, mode) = shadowcat::app::configure(cli).unwrap();
+    let (config, mode) = shadowcat::config::configure(cli).unwrap();
     assert_eq!(config.log_level, "info");
     assert_eq!(config.log_format, shadowcat::telemetry::LogFormat::Json);
     assert_eq!(config.max_message_size, 16 * 1024 * 1024);
@@ -301,16 +301,16 @@ fn the_readme_config_example_sets_every_value_it_shows() {
     );
     assert_eq!(config.data_dir, dir.path());
     assert_eq!(config.session_store, shadowcat::config::StoreKind::Sqlite);
-    let shadowcat::app::Mode::Reverse(reverse) = mode else {
+    let shadowcat::config::Mode::Reverse(reverse) = mode else {
         panic!("not the gateway: {mode:?}")
     };
     assert_eq!(reverse.listen.to_string(), "127.0.0.1:8080");
     let ReverseUpstream::Http(upstream) = &reverse.upstream else {
         panic!("not an HTTP upstream")
     };
-    assert_eq!(upstream.to_string(), "http://127.0.0.1:9000/mcp");
-    assert_eq!(reverse.upstream_headers["x-api-key"], "change-me");
-    assert_eq!(reverse.upstream_headers.len(), 1);
+    assert_eq!(upstream.url.to_string(), "http://127.0.0.1:9000/mcp");
+    assert_eq!(upstream.headers["x-api-key"], "change-me");
+    assert_eq!(upstream.headers.len(), 1);
     assert_eq!(
         reverse.allowed_origins,
         AllowedOrigins::List(vec!["https://app.example.com".into()])

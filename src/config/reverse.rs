@@ -7,7 +7,7 @@ use super::{
     ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, parse_count,
     parse_duration, parse_optional_duration, pick,
 };
-use crate::cli::{ConnectionArgs, GlobalArgs, ReverseArgs, StdioServer};
+use crate::cli::{ConnectionArgs, GlobalArgs, ReverseArgs, StdioServer, UpstreamArgs};
 use crate::transport::child::ChildSpec;
 use crate::transport::serve::ConnectionLimits;
 
@@ -23,14 +23,14 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// The server behind the reverse proxy.
 #[derive(Debug, Clone)]
 pub enum ReverseUpstream {
-    /// A Streamable HTTP endpoint.
-    Http(http::Uri),
+    /// A Streamable HTTP endpoint, and how it is reached.
+    Http(UpstreamConfig),
     /// A command run once per session.
     Stdio(ChildSpec),
 }
 
 /// An HTTP server's options as its client: the bridge's `--url`, or the gateway's
-/// `--upstream URL` ([`ReverseConfig::http_upstream`]).
+/// `--upstream URL` ([`ReverseUpstream::Http`]).
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// The server's MCP endpoint.
@@ -110,21 +110,10 @@ pub struct ReverseConfig {
     pub path: String,
     /// The server behind us.
     pub upstream: ReverseUpstream,
-    /// Headers sent with every upstream request.
-    pub upstream_headers: http::HeaderMap,
     /// Origins allowed to call us.
     pub allowed_origins: AllowedOrigins,
     /// Where the admin endpoints listen, if anywhere.
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// Time to connect to an HTTP upstream.
-    pub connect_timeout: Duration,
-    /// Extra CA certificates to trust for an https upstream (`--upstream-ca`).
-    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Longest an upstream SSE stream may stay silent before it counts as dropped (`None`: no
-    /// limit).
-    pub read_timeout: Option<Duration>,
-    /// Longest a request waits for its broken upstream stream to be resumed.
-    pub resume_timeout: Duration,
     /// Longest a POST is held for room in its session's pending table.
     pub pending_wait: Duration,
     /// Events of a GET stream kept for replay.
@@ -221,7 +210,12 @@ impl ReverseConfig {
                     "reverse needs a server: --upstream <URL>, or a command after --".into(),
                 ));
             };
-            ReverseUpstream::Http(parse_upstream_url(&url, "--upstream")?)
+            let url = parse_upstream_url(&url, "--upstream")?;
+            let headers = parse_headers(
+                &listed(&args.upstream_header, file.upstream_header.clone()),
+                "--upstream-header",
+            )?;
+            ReverseUpstream::Http(upstream_config(url, headers, &args.upstream_options, file)?)
         } else {
             let mut command = args.command.iter().cloned();
             let Some(program) = command.next() else {
@@ -234,20 +228,8 @@ impl ReverseConfig {
                 cwd: args.child.cwd.clone(),
             })
         };
-        let mut upstream_headers = http::HeaderMap::new();
-        for line in &listed(&args.upstream_header, file.upstream_header.clone()) {
-            let (name, value) = parse_header(line, "--upstream-header")?;
-            upstream_headers.append(name, value);
-        }
         let allowed_origins =
             parse_origins(&listed(&args.allowed_origin, file.allowed_origin.clone()))?;
-        let connect_timeout = match pick(
-            args.upstream_options.connect_timeout.as_ref(),
-            file.connect_timeout.as_ref(),
-        ) {
-            Some(text) => parse_duration(&text, "--connect-timeout")?,
-            None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
-        };
         let sse_replay_events = match pick(
             args.sse_replay_events.as_ref(),
             file.sse_replay_events.as_ref(),
@@ -266,24 +248,8 @@ impl ReverseConfig {
             listen,
             path,
             upstream,
-            upstream_headers,
             allowed_origins,
             admin_listen,
-            connect_timeout,
-            upstream_ca: load_ca(
-                args.upstream_options
-                    .upstream_ca
-                    .as_ref()
-                    .or(file.upstream_ca.as_ref()),
-            )?,
-            read_timeout: read_timeout(
-                args.upstream_options.read_timeout.as_ref(),
-                file.read_timeout.as_ref(),
-            )?,
-            resume_timeout: resume_timeout(
-                args.upstream_options.resume_timeout.as_ref(),
-                file.resume_timeout.as_ref(),
-            )?,
             pending_wait: match pick(args.pending_wait.as_ref(), file.pending_wait.as_ref()) {
                 Some(text) => parse_duration(&text, "--pending-wait")?,
                 None => DEFAULT_PENDING_WAIT,
@@ -376,22 +342,10 @@ impl ReverseConfig {
     }
 
     /// The HTTP server behind the gateway, if that is what it is.
-    pub fn http_upstream(&self) -> Option<UpstreamConfig> {
+    pub fn http_upstream(&self) -> Option<&UpstreamConfig> {
         match &self.upstream {
-            ReverseUpstream::Http(url) => Some(self.upstream_at(url)),
+            ReverseUpstream::Http(upstream) => Some(upstream),
             ReverseUpstream::Stdio(_) => None,
-        }
-    }
-
-    /// The gateway's upstream options for the HTTP server at `url`.
-    pub fn upstream_at(&self, url: &http::Uri) -> UpstreamConfig {
-        UpstreamConfig {
-            url: url.clone(),
-            headers: self.upstream_headers.clone(),
-            connect_timeout: self.connect_timeout,
-            upstream_ca: self.upstream_ca.clone(),
-            read_timeout: self.read_timeout,
-            resume_timeout: self.resume_timeout,
         }
     }
 
@@ -409,68 +363,76 @@ impl ReverseConfig {
             ));
         }
         let url = parse_upstream_url(url, "--url")?;
-        let mut upstream_headers = http::HeaderMap::new();
-        for line in &args.header {
-            let (name, value) = parse_header(line, "--header")?;
-            upstream_headers.append(name, value);
-        }
+        let mut headers = parse_headers(&args.header, "--header")?;
         if let Some(var) = &args.bearer_token_env {
-            if upstream_headers.contains_key(http::header::AUTHORIZATION) {
+            if headers.contains_key(http::header::AUTHORIZATION) {
                 return Err(invalid(
                     "--bearer-token-env",
                     "an Authorization --header is given too; use one or the other".into(),
                 ));
             }
-            let token = std::env::var(var).map_err(|_| {
-                invalid(
-                    "--bearer-token-env",
-                    format!("the environment variable {var} is not set (or not UTF-8)"),
-                )
-            })?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(invalid(
-                    "--bearer-token-env",
-                    format!("the environment variable {var} is empty"),
-                ));
-            }
-            let mut value =
-                http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    invalid(
-                        "--bearer-token-env",
-                        format!("the token in {var} is not a valid header value"),
-                    )
-                })?;
-            value.set_sensitive(true);
-            upstream_headers.insert(http::header::AUTHORIZATION, value);
+            headers.insert(http::header::AUTHORIZATION, bearer_token(var)?);
         }
-        let connect_timeout = match pick(
-            args.upstream.connect_timeout.as_ref(),
-            file.connect_timeout.as_ref(),
-        ) {
-            Some(text) => parse_duration(&text, "--connect-timeout")?,
-            None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
-        };
-        Ok(UpstreamConfig {
-            url,
-            headers: upstream_headers,
-            connect_timeout,
-            upstream_ca: load_ca(
-                args.upstream
-                    .upstream_ca
-                    .as_ref()
-                    .or(file.upstream_ca.as_ref()),
-            )?,
-            read_timeout: read_timeout(
-                args.upstream.read_timeout.as_ref(),
-                file.read_timeout.as_ref(),
-            )?,
-            resume_timeout: resume_timeout(
-                args.upstream.resume_timeout.as_ref(),
-                file.resume_timeout.as_ref(),
-            )?,
-        })
+        upstream_config(url, headers, &args.upstream, file)
     }
+}
+
+/// The `Authorization` value for the bearer token in the environment variable `var`, marked
+/// sensitive.
+fn bearer_token(var: &str) -> Result<http::HeaderValue, ConfigError> {
+    let token = std::env::var(var).map_err(|_| {
+        invalid(
+            "--bearer-token-env",
+            format!("the environment variable {var} is not set (or not UTF-8)"),
+        )
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(invalid(
+            "--bearer-token-env",
+            format!("the environment variable {var} is empty"),
+        ));
+    }
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        invalid(
+            "--bearer-token-env",
+            format!("the token in {var} is not a valid header value"),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Headers given as "Name: value" lines to `flag`.
+fn parse_headers(lines: &[String], flag: &'static str) -> Result<http::HeaderMap, ConfigError> {
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = parse_header(line, flag)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// The options for reaching the HTTP server at `url` with `headers`: how to connect, which
+/// CAs to trust, how long streams may be silent and broken ones are resumed.
+fn upstream_config(
+    url: http::Uri,
+    headers: http::HeaderMap,
+    args: &UpstreamArgs,
+    file: &FileConfig,
+) -> Result<UpstreamConfig, ConfigError> {
+    let connect_timeout = match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
+        Some(text) => parse_duration(&text, "--connect-timeout")?,
+        None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
+    };
+    Ok(UpstreamConfig {
+        url,
+        headers,
+        connect_timeout,
+        upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
+        read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,
+        resume_timeout: resume_timeout(args.resume_timeout.as_ref(), file.resume_timeout.as_ref())?,
+    })
 }
 
 /// The certificates of `--upstream-ca`: a PEM file with at least one.
@@ -711,10 +673,12 @@ mod tests {
         };
         let config = ReverseConfig::build(&globals(Some(file.path().to_owned())), &args).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:9999");
-        assert!(matches!(config.upstream, ReverseUpstream::Http(_)));
-        assert_eq!(config.upstream_headers["x-api-key"], "k");
+        let ReverseUpstream::Http(upstream) = &config.upstream else {
+            panic!("not an HTTP upstream: {:?}", config.upstream)
+        };
+        assert_eq!(upstream.headers["x-api-key"], "k");
         assert_eq!(config.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
-        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(upstream.connect_timeout, Duration::from_secs(3));
     }
 
     #[test]
@@ -724,6 +688,8 @@ mod tests {
         assert_eq!(config.path, "/mcp");
         assert_eq!(config.allowed_origins, AllowedOrigins::Localhost);
         assert!(config.admin_listen.is_none());
+        let config = reverse(&["--", "srv"]).unwrap();
+        assert!(matches!(config.upstream, ReverseUpstream::Stdio(_)));
         let config = reverse(&[
             "--upstream-header",
             "Authorization: Bearer s3cret",
@@ -733,12 +699,15 @@ mod tests {
             "localhost:9100",
             "--allowed-origin",
             "https://App.example.com/",
-            "--",
-            "srv",
+            "--upstream",
+            "http://127.0.0.1:9/mcp",
         ])
         .unwrap();
-        assert!(matches!(config.upstream, ReverseUpstream::Stdio(_)));
-        assert!(config.upstream_headers["authorization"].is_sensitive());
+        let ReverseUpstream::Http(upstream) = &config.upstream else {
+            panic!("not an HTTP upstream: {:?}", config.upstream)
+        };
+        assert!(upstream.headers["authorization"].is_sensitive());
+        assert_eq!(upstream.headers["x-team"], "a");
         assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(
             config.allowed_origins,

@@ -21,9 +21,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::protocol::error::ProxyError;
 use crate::protocol::headers::{headers_for, param_headers_for};
-use crate::protocol::{Direction, ErrorCode, Kind, Message};
+use crate::protocol::{Direction, Kind, Message};
 use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::{Metrics, UpstreamErrors};
 use crate::transport::{stdio, writer};
@@ -194,7 +193,8 @@ async fn bridge(
         }
         let _ = tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), http.end())
             .await;
-        answer_in_flight(&session, &to_client).await;
+        let error = super::upstream::session_ended(&session);
+        super::upstream::answer_in_flight(&session, &error, to_client.as_ref()).await;
         super::pipeline::end_recording(&session).await;
         client_reader.abort();
         to_client.close();
@@ -279,26 +279,4 @@ fn spawn_timeouts(
             ),
         ),
     ]
-}
-
-/// Answers the client's requests still waiting for the server (the session has ended), and
-/// forgets the server's requests to the client.
-async fn answer_in_flight(session: &Session, to_client: &Outbox) {
-    session.close_pending(Direction::ServerToClient);
-    let error = ProxyError::new(
-        ErrorCode::ShuttingDown,
-        format!(
-            "the session ended ({}) before the request was answered",
-            session.state()
-        ),
-    );
-    for (id, _) in session.close_pending(Direction::ClientToServer) {
-        if to_client
-            .send(Message::error_response(Some(&id), &error))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
 }

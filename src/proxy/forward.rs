@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::protocol::error::ProxyError;
-use crate::protocol::{Direction, ErrorCode, Message};
+use crate::protocol::{Direction, ErrorCode};
 use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::Metrics;
 use crate::transport::child::{ChildSpec, describe_exit, exit_code_of};
@@ -30,7 +30,7 @@ use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::shutdown::Shutdown;
 use super::timeouts;
-use super::upstream::StdioLink;
+use super::upstream::{StdioLink, answer_in_flight};
 use crate::task::Task;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold
@@ -349,33 +349,15 @@ impl<'a> ForwardStdio<'a> {
     /// Answers every request still awaiting the server with `error`. Bounded by
     /// `--shutdown-timeout`: a client that no longer reads must not keep us alive.
     async fn fail_in_flight(&self, error: &ProxyError) {
-        // Requests the server sent the client can no longer be answered; forget them.
-        self.session.close_pending(Direction::ServerToClient);
-        let in_flight = self.session.close_pending(Direction::ClientToServer);
-        if in_flight.is_empty() {
-            return;
-        }
-        tracing::warn!(
-            count = in_flight.len(),
-            "answering in-flight requests with errors"
-        );
-        let send_all = async {
-            for (id, _) in in_flight {
-                if self
-                    .to_client
-                    .send(Message::error_response(Some(&id), error))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        let answer = answer_in_flight(&self.session, error, self.to_client.as_ref());
+        match tokio::time::timeout(self.config.shutdown_timeout, answer).await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "answered in-flight requests with errors"),
+            Err(_) => {
+                tracing::warn!(
+                    "the client is not reading; gave up answering its in-flight requests"
+                );
             }
-        };
-        if tokio::time::timeout(self.config.shutdown_timeout, send_all)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the client is not reading; gave up answering its in-flight requests");
         }
     }
 

@@ -155,7 +155,9 @@ pub async fn run(
 
 fn upstream_label(reverse: &ReverseConfig) -> String {
     match &reverse.upstream {
-        crate::config::ReverseUpstream::Http(url) => crate::transport::http::shown_url(url),
+        crate::config::ReverseUpstream::Http(upstream) => {
+            crate::transport::http::shown_url(&upstream.url)
+        }
         crate::config::ReverseUpstream::Stdio(spec) => {
             format!(
                 "{} (one process per session)",

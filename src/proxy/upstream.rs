@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{Message, RequestId};
+use crate::protocol::error::ProxyError;
+use crate::protocol::{Direction, ErrorCode, Message, RequestId};
 use crate::proxy::outbox::{Closed, Deliver, Outbox};
+use crate::session::Session;
 
 pub mod http;
 pub mod stdio;
@@ -101,4 +103,38 @@ pub const STREAM_SLACK: usize = 64;
 /// plus [`STREAM_SLACK`] other messages.
 pub fn reply_channel(requests: usize) -> (ReplyTo, mpsc::Receiver<Reply>) {
     mpsc::channel(requests + STREAM_SLACK)
+}
+
+/// The error a request gets when its session ended before the server answered it.
+pub fn session_ended(session: &Session) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::ShuttingDown,
+        format!(
+            "the session ended ({}) before the request was answered",
+            session.state()
+        ),
+    )
+}
+
+/// Answers each client request of `session` still waiting for the server with `error`, through
+/// `to_client` until it is gone, and forgets the server's requests to the client: the session's
+/// upstream has ended, so no answer can arrive for either. Returns how many requests it answered.
+pub async fn answer_in_flight<D: Deliver>(
+    session: &Session,
+    error: &ProxyError,
+    to_client: &D,
+) -> usize {
+    session.close_pending(Direction::ServerToClient);
+    let mut answered = 0;
+    for (id, _) in session.close_pending(Direction::ClientToServer) {
+        if to_client
+            .deliver(Message::error_response(Some(&id), error))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        answered += 1;
+    }
+    answered
 }

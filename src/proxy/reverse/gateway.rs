@@ -140,9 +140,9 @@ impl Gateway {
         ));
         let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
-            ReverseUpstream::Http(url) => Server::Http(HttpBackend::new(
-                client_for(&reverse.upstream_at(url)),
-                HttpLimits::of(&config, &reverse.upstream_at(url)),
+            ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(
+                client_for(upstream),
+                HttpLimits::of(&config, upstream),
                 pipeline.clone(),
                 sessions.clone(),
                 gateway_metrics.upstream_errors(),
@@ -505,13 +505,7 @@ impl Gateway {
             (Ending::NotStarted(error), _) => error,
             (Ending::Closed | Ending::Exited(_), _) => {
                 tracing::info!(state = %session.state(), "session ended; closing its upstream");
-                ProxyError::new(
-                    ErrorCode::ShuttingDown,
-                    format!(
-                        "the session ended ({}) before the request was answered",
-                        session.state()
-                    ),
-                )
+                crate::proxy::upstream::session_ended(&session)
             }
         };
         self.links.remove(session.id());
@@ -536,13 +530,7 @@ impl Gateway {
             }
         }
         // Whatever is still in flight gets an answer; then nothing more can arrive.
-        session.close_pending(Direction::ServerToClient);
-        for (id, _) in session.close_pending(Direction::ClientToServer) {
-            let _ = link
-                .router
-                .deliver(Message::error_response(Some(&id), &error))
-                .await;
-        }
+        crate::proxy::upstream::answer_in_flight(&session, &error, link.router.as_ref()).await;
         link.router.close();
         crate::proxy::pipeline::end_recording(&session).await;
         link.torn_down.cancel();

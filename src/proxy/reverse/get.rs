@@ -64,8 +64,7 @@ pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         .http()
         .filter(|http| http.ready.is_cancelled() && http.legacy().is_none());
     if let Some(http) = opening {
-        let _ =
-            tokio::time::timeout(gateway.reverse.connect_timeout, http.listens.cancelled()).await;
+        http.until_listening().await;
     }
     let connection = match events.connect(last, prime) {
         Ok(connection) => connection,

@@ -194,9 +194,9 @@ pub struct HttpSession<C> {
     /// be opened.
     pub ready: CancellationToken,
     /// Cancelled once the upstream's GET stream is open, or it is known there will be none: a
-    /// client's first GET waits for it (bounded by `--connect-timeout`), so that a message the
+    /// client's first GET waits for it ([`Self::until_listening`]), so that a message the
     /// upstream sends on it right after is not lost for want of a listener there.
-    pub listens: CancellationToken,
+    listens: CancellationToken,
 }
 
 /// Critical sections are single reads or writes; a poisoned lock is still consistent.
@@ -222,6 +222,13 @@ impl<C: Deliver + 'static> HttpSession<C> {
     /// The upstream's session id for this session, once it gave one.
     fn upstream_session(&self) -> Option<HeaderValue> {
         lock(&self.session_id).clone()
+    }
+
+    /// Waits until the upstream's GET stream is open, or known not to come, for at most
+    /// `--connect-timeout`.
+    pub async fn until_listening(&self) {
+        let connect = self.backend.limits.connect_timeout;
+        let _ = tokio::time::timeout(connect, self.listens.cancelled()).await;
     }
 
     /// The 2024-11-05 upstream stream, if this session has one.

@@ -1,0 +1,146 @@
+//! What a command line asks to run: [`configure`] turns the parsed command into the validated
+//! [`Config`] and a [`Mode`], reading the config file once; `app` runs the mode.
+
+use crate::cli::{
+    Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, RulesCommand, SessionCommand,
+    StdioServer, TapeCommand,
+};
+use crate::transport::child::ChildSpec;
+
+use super::recording::{Ask, Target};
+use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
+
+/// The options a command proxies with, if it proxies.
+fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
+    match command {
+        Command::Forward(ForwardCommand::Stdio(args)) => Some(&args.proxy),
+        Command::Reverse(args) => Some(&args.proxy),
+        Command::Record(args) => Some(&args.proxy),
+        Command::Replay(_)
+        | Command::Tape(_)
+        | Command::Session(_)
+        | Command::Rules(_)
+        | Command::Completions { .. } => None,
+    }
+}
+
+/// What a command runs, validated from the command line: [`run`] matches on this, never on
+/// the command line's types. (The commands that do not proxy keep their arguments: `cmd` reads
+/// them.)
+#[derive(Debug)]
+pub enum Mode {
+    /// `forward stdio -- <cmd>` and `record`: a child server of our own.
+    Forward(ChildSpec),
+    /// `forward stdio --url`: our stdio bridged to an HTTP server.
+    Bridge(UpstreamConfig),
+    /// `reverse`, and `replay --listen` (whose server, per session, is `replay` of the tape).
+    Reverse(Box<ReverseConfig>),
+    /// `replay` on stdio.
+    Replay(ReplayArgs),
+    /// `tape …`.
+    Tape(TapeCommand),
+    /// `session …`.
+    Session(SessionCommand),
+    /// `rules …`.
+    Rules(RulesCommand),
+    /// `completions SHELL`.
+    Completions(clap_complete::Shell),
+}
+
+/// The validated configuration and mode for a parsed command line, which it consumes. The
+/// config file is read once, here.
+pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
+    let file = ConfigFile::read(&cli.global)?;
+    let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
+    let mode = match cli.command {
+        Command::Reverse(args) => {
+            let mut reverse = ReverseConfig::build_with(&file, &args)?;
+            reverse.settle_sessions(&mut config.sessions);
+            let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
+            config.recording = recording(ask, reverse.http_upstream())?;
+            Mode::Reverse(Box::new(reverse))
+        }
+        Command::Forward(ForwardCommand::Stdio(args)) => {
+            let mode = stdio_server(&file, &args.server)?;
+            let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
+            config.recording = recording(ask, mode.upstream())?;
+            mode
+        }
+        Command::Record(args) => {
+            let mode = stdio_server(&file, &args.server)?;
+            let (path, target) = match &args.output {
+                Some(path) => (path.clone(), Target::FileOrDir),
+                None => (config.data_dir.join(super::TAPES_DIR), Target::Dir),
+            };
+            let ask = Ask {
+                path,
+                target,
+                name: args.name.clone(),
+                redact: &args.redact,
+                mode: "record",
+            };
+            config.recording = recording(Some(ask), mode.upstream())?;
+            mode
+        }
+        Command::Replay(args) if args.listen.is_some() => Mode::Reverse(Box::new(
+            ReverseConfig::build_with(&file, &replay_gateway(&args))?,
+        )),
+        Command::Replay(args) => Mode::Replay(args),
+        Command::Tape(cmd) => Mode::Tape(cmd),
+        Command::Session(cmd) => Mode::Session(cmd),
+        Command::Rules(cmd) => Mode::Rules(cmd),
+        Command::Completions { shell } => Mode::Completions(shell),
+    };
+    Ok((config, mode))
+}
+
+impl Mode {
+    /// The HTTP server's options, for a mode that has one.
+    fn upstream(&self) -> Option<&UpstreamConfig> {
+        match self {
+            Self::Bridge(upstream) => Some(upstream),
+            Self::Reverse(reverse) => reverse.http_upstream(),
+            _ => None,
+        }
+    }
+}
+
+/// The recording `ask` asks for (with `upstream`'s credentials to mask), if any.
+fn recording(
+    ask: Option<Ask<'_>>,
+    upstream: Option<&UpstreamConfig>,
+) -> Result<Option<crate::tape::Recording>, super::ConfigError> {
+    ask.map(|ask| super::recording::build(ask, upstream))
+        .transpose()
+}
+
+/// A stdio client's server: for a --url, the bridge to it (the gateway's upstream options);
+/// else the command, run as our child.
+fn stdio_server(file: &ConfigFile, server: &StdioServer) -> anyhow::Result<Mode> {
+    if server.url.is_some() {
+        return Ok(Mode::Bridge(ReverseConfig::for_url(file, server)?));
+    }
+    ReverseConfig::check_command_only(server)?;
+    Ok(Mode::Forward(super::child_spec(server)?))
+}
+
+/// `replay --listen`: a gateway whose server, for each session, is `shadowcat replay` of the
+/// tape over stdio. The gateway's sessions, SSE streams and HTTP handling are the reverse
+/// proxy's own; each HTTP session replays the tape afresh.
+fn replay_gateway(args: &ReplayArgs) -> ReverseArgs {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "shadowcat".into());
+    let tape = std::path::absolute(&args.tape).unwrap_or_else(|_| args.tape.clone());
+    ReverseArgs {
+        listen: args.listen.clone(),
+        command: vec![
+            exe.into_os_string(),
+            "replay".into(),
+            tape.into_os_string(),
+            "--match".into(),
+            args.match_mode.as_str().into(),
+            "--speed".into(),
+            args.speed.to_string().into(),
+        ],
+        ..ReverseArgs::default()
+    }
+}
