@@ -235,6 +235,26 @@ pub struct UpstreamArgs {
     pub resume_timeout: Option<String>,
 }
 
+/// The server processes of `reverse -- <cmd>`: each session has its own, taken from a pool
+/// that can keep some started ahead of need.
+#[derive(Debug, Args, Default)]
+pub struct PoolArgs {
+    /// Server processes kept started and idle, so that a new session's first request does not
+    /// wait for its server to start (the Python SDK's takes ~0.6 s). A spare serves one session
+    /// and is retired with it; another is started in its place. Each costs a running server's
+    /// memory. [default: 0]
+    #[arg(long, env = "SHADOWCAT_POOL_MIN_IDLE", value_name = "N")]
+    pub pool_min_idle: Option<String>,
+    /// A spare idle this long is replaced with a fresh one, or `off`. [default: 10m]
+    #[arg(long, env = "SHADOWCAT_POOL_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub pool_idle_timeout: Option<String>,
+    /// Longest a session's first message waits for its server process (a spare, or one
+    /// started for it; starts are limited in rate and concurrency so that a burst of sessions
+    /// does not start a storm of processes); then it gets error -32093. [default: 30s]
+    #[arg(long, env = "SHADOWCAT_POOL_ACQUIRE_TIMEOUT", value_name = "DURATION")]
+    pub pool_acquire_timeout: Option<String>,
+}
+
 /// Bounds on the gateway's client connections (`reverse`). Connections over a cap are answered
 /// 503 and closed; each refusal is counted in /metrics.
 #[derive(Debug, Args, Default)]
@@ -320,6 +340,9 @@ pub struct ReverseArgs {
     /// How the upstream is reached.
     #[command(flatten)]
     pub upstream_options: UpstreamArgs,
+    /// The server processes of `reverse -- <cmd>`.
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// Bounds on client connections.
     #[command(flatten)]
     pub connections: ConnectionArgs,

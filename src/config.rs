@@ -131,6 +131,9 @@ struct FileConfig {
     read_timeout: Option<Scalar>,
     resume_timeout: Option<Scalar>,
     pending_wait: Option<Scalar>,
+    pool_min_idle: Option<Scalar>,
+    pool_idle_timeout: Option<Scalar>,
+    pool_acquire_timeout: Option<Scalar>,
     max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,
@@ -335,8 +338,8 @@ mod reverse;
 pub use mode::{Mode, configure};
 mod trusted;
 pub use reverse::{
-    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, ReverseConfig, ReverseUpstream, UpstreamConfig,
-    is_loopback_authority,
+    AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, PoolConfig, ReverseConfig, ReverseUpstream,
+    UpstreamConfig, is_loopback_authority,
 };
 pub use trusted::TrustedProxies;
 

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tracing_subscriber::EnvFilter;
 
 use crate::protocol::Direction;
+use crate::transport::child::ChildCounters;
 use crate::transport::serve::ConnectionCounters;
 
 /// Log line format.
@@ -232,6 +233,7 @@ pub struct GatewayMetrics {
     durations: Family<MethodLabels, Histogram>,
     upstream_errors: UpstreamErrors,
     connections: Arc<ConnectionCounters>,
+    children: Arc<ChildCounters>,
 }
 
 /// `method` and `outcome` (`ok`, `error`: the answer was a JSON-RPC error).
@@ -308,6 +310,7 @@ struct Live {
     sessions: Arc<crate::session::SessionManager>,
     pipeline: Arc<Metrics>,
     connections: Arc<ConnectionCounters>,
+    children: Arc<ChildCounters>,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -385,7 +388,8 @@ impl prometheus_client::collector::Collector for Live {
         ] {
             counter(&mut encoder, name, help, value)?;
         }
-        encode_connections(&self.connections, &mut encoder)
+        encode_connections(&self.connections, &mut encoder)?;
+        encode_children(&self.children, &mut encoder)
     }
 }
 
@@ -409,6 +413,57 @@ fn counter(
 ) -> Result<(), std::fmt::Error> {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A command upstream's server processes.
+fn encode_children(
+    c: &ChildCounters,
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "shadowcat_upstream_children",
+        "Server processes of a command upstream now, by state: idle (spares), busy (serving a session), spawning",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (state, value) in [
+        ("idle", &c.idle),
+        ("busy", &c.busy),
+        ("spawning", &c.spawning),
+    ] {
+        let value = i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(value).encode(family.encode_family(&[("state", state)])?)?;
+    }
+    for (name, help, value) in [
+        (
+            "shadowcat_upstream_spawns",
+            "Server processes started",
+            &c.spawns,
+        ),
+        (
+            "shadowcat_upstream_spawn_failures",
+            "Server processes that could not be started",
+            &c.spawn_failures,
+        ),
+        (
+            "shadowcat_upstream_dead_spares",
+            "Spare server processes found dead (exited, stdout closed) before any session",
+            &c.dead_spares,
+        ),
+        (
+            "shadowcat_upstream_pool_waits",
+            "Sessions that waited for a server process (none spare, none free to start)",
+            &c.waits,
+        ),
+        (
+            "shadowcat_upstream_pool_timeouts",
+            "Sessions that waited past --pool-acquire-timeout",
+            &c.timeouts,
+        ),
+    ] {
+        counter(encoder, name, help, value.load(Ordering::Relaxed))?;
+    }
+    Ok(())
 }
 
 /// The client listener's connection counters.
@@ -509,10 +564,12 @@ impl GatewayMetrics {
             pipeline.rate_limit_keys.clone(),
         );
         let connections = Arc::<ConnectionCounters>::default();
+        let children = Arc::<ChildCounters>::default();
         registry.register_collector(Box::new(Live {
             sessions,
             pipeline,
             connections: connections.clone(),
+            children: children.clone(),
         }));
         Self {
             registry,
@@ -520,12 +577,18 @@ impl GatewayMetrics {
             durations,
             upstream_errors,
             connections,
+            children,
         }
     }
 
     /// The client listener's connection counters (the listener changes them).
     pub fn connections(&self) -> Arc<ConnectionCounters> {
         self.connections.clone()
+    }
+
+    /// A command upstream's process counters (its pool changes them).
+    pub fn children(&self) -> Arc<ChildCounters> {
+        self.children.clone()
     }
 
     /// Records one answered request. The label set is bounded: unknown methods count as `other`.

@@ -1299,3 +1299,96 @@ fn the_config_file_is_read_once_so_it_may_be_a_pipe() {
     let r = http_request(&gw.admin_addr(), "GET", "/healthz", &[], b"");
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// The gateway's `/metrics` text.
+fn metrics_of(gw: &Gateway) -> String {
+    let metrics = http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+    String::from_utf8_lossy(&metrics.body).into_owned()
+}
+
+/// Waits (up to 10 s) until `/metrics` has the line `sample`.
+fn until_metric(gw: &Gateway, sample: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = metrics_of(gw);
+        if metrics.lines().any(|l| l == sample) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {sample:?} in:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server process still stopping (one that ignores its stdin closing, given
+/// --shutdown-timeout) keeps its place in the pool. With every place taken by evicted sessions'
+/// processes, a new session waits --pool-acquire-timeout for one, then its request is answered
+/// with -32093 (pool_timed_out), and the wait and the timeout are counted.
+#[test]
+fn a_session_that_gets_no_server_process_in_time_is_told_so() {
+    let fixture = support::fixture();
+    let gw = Gateway::start(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--max-sessions",
+        "1",
+        "--shutdown-timeout",
+        "5s",
+        "--pool-acquire-timeout",
+        "300ms",
+        "--",
+        fixture.to_str().unwrap(),
+        "--ignore-stdin-eof",
+    ]);
+    // Places: one per session (1), the spares (0), and the stateless requests' child.
+    let _a = gw.initialize();
+    let _b = gw.initialize(); // evicts a, whose process takes 5 s to stop
+    let r = gw.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}}),
+    );
+    let answer = r.messages();
+    assert_eq!(answer[0]["error"]["code"], -32093, "{answer:?}");
+    let message = answer[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--pool-acquire-timeout"), "{message}");
+    until_metric(&gw, "shadowcat_upstream_pool_timeouts_total 1");
+    until_metric(&gw, "shadowcat_upstream_pool_waits_total 1");
+    until_metric(&gw, "shadowcat_upstream_spawns_total 2");
+}
+
+/// With --pool-min-idle, spares are started before any session, each session's first message
+/// takes one (no cold start), and another is started in its place; /metrics shows them.
+#[test]
+fn sessions_take_warm_spares_that_are_replaced() {
+    let fixture = support::fixture();
+    let gw = Gateway::start(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--pool-min-idle",
+        "2",
+        "--",
+        fixture.to_str().unwrap(),
+    ]);
+    until_metric(&gw, "shadowcat_upstream_children{state=\"idle\"} 2");
+    until_metric(&gw, "shadowcat_upstream_spawns_total 2");
+    let a = gw.initialize();
+    let b = gw.initialize();
+    for (id, session) in [(2, &a), (3, &b)] {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params": tool("echo", json!({"text": "warm"}))});
+        let r = gw.post(Some(session), &call);
+        assert_eq!(
+            r.messages()[0]["result"]["content"][0]["text"],
+            "warm",
+            "{:?}",
+            r.messages()
+        );
+    }
+    until_metric(&gw, "shadowcat_upstream_children{state=\"busy\"} 2");
+    until_metric(&gw, "shadowcat_upstream_children{state=\"idle\"} 2");
+    until_metric(&gw, "shadowcat_upstream_spawns_total 4");
+    let log = gw.stderr_text();
+    assert_eq!(log.matches("spare=true").count(), 2, "{log}");
+    assert!(!log.contains("spare=false"), "{log}");
+}

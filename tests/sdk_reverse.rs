@@ -83,17 +83,23 @@ fn sdk_servers_over_stdio_behind_the_gateway() {
         let mut opts: Vec<&str> = vec!["--"];
         opts.extend(command.iter().map(String::as_str));
         let gateway = Gateway::start(&opts);
-        for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
-            let direct = run_client(sdk, mode, Target::Stdio(&command), true);
-            let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), true);
-            check_summary(&proxied, true);
-            check_progress_and_logs(&proxied);
-            check_elicitation_and_list_changed(&proxied);
-            assert_eq!(
-                direct, proxied,
-                "client {sdk} {mode:?} vs stdio server {server_sdk}: different through shadowcat"
-            );
-        }
+        same_as_running_the_server(&gateway, &command);
+    }
+}
+
+/// Clients of both SDKs get the whole scenario through `gateway` (in front of `command`), the
+/// same as running the server themselves.
+fn same_as_running_the_server(gateway: &Gateway, command: &[String]) {
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Stdio(command), true);
+        let proxied = run_client(sdk, mode, Target::Url(&gateway.url()), true);
+        check_summary(&proxied, true);
+        check_progress_and_logs(&proxied);
+        check_elicitation_and_list_changed(&proxied);
+        assert_eq!(
+            direct, proxied,
+            "client {sdk} {mode:?} vs {command:?}: different through shadowcat"
+        );
     }
 }
 
@@ -406,4 +412,30 @@ fn mcp_param_headers_reach_the_python_server_as_the_forwarded_body_says() {
         "{rewritten}\n{}",
         gateway.stderr_text()
     );
+}
+
+/// A warm pool in front of a Python SDK server (`--pool-min-idle 2`): both SDKs' clients get
+/// the whole scenario (sampling, progress, logs, elicitation) from sessions whose processes
+/// were started before they came, exactly as running the server themselves.
+#[test]
+fn sdk_sessions_are_served_by_warm_spares() {
+    let command = vec![python("2.3.0"), server_script("2.3.0")];
+    let mut opts: Vec<&str> = vec!["--pool-min-idle", "2", "--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    let started = |gateway: &Gateway| {
+        gateway
+            .stderr_text()
+            .matches("started an MCP server process")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while started(&gateway) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no spares started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    same_as_running_the_server(&gateway, &command);
+    let log = gateway.stderr_text();
+    assert_eq!(log.matches("spare=true").count(), 2, "{log}");
+    assert!(!log.contains("spare=false"), "{log}");
 }

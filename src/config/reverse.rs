@@ -7,7 +7,7 @@ use super::{
     ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, parse_count,
     parse_duration, parse_optional_duration, pick,
 };
-use crate::cli::{ConnectionArgs, GlobalArgs, ReverseArgs, StdioServer, UpstreamArgs};
+use crate::cli::{ConnectionArgs, GlobalArgs, PoolArgs, ReverseArgs, StdioServer, UpstreamArgs};
 use crate::transport::child::ChildSpec;
 use crate::transport::serve::ConnectionLimits;
 
@@ -27,6 +27,34 @@ pub enum ReverseUpstream {
     Http(UpstreamConfig),
     /// A command run once per session.
     Stdio(ChildSpec),
+}
+
+/// The pool of server processes of `reverse -- <cmd>` (`--pool-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Spares kept started and idle.
+    pub min_idle: usize,
+    /// A spare idle this long is replaced (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Longest a session waits for its process.
+    pub acquire_timeout: Duration,
+}
+
+/// Default `--pool-idle-timeout`.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default `--pool-acquire-timeout`.
+pub const DEFAULT_POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most `--pool-min-idle`: spares are running servers.
+pub const MAX_POOL_MIN_IDLE: usize = 64;
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_idle: 0,
+            idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
+            acquire_timeout: DEFAULT_POOL_ACQUIRE_TIMEOUT,
+        }
+    }
 }
 
 /// An HTTP server's options as its client: the bridge's `--url`, or the gateway's
@@ -116,6 +144,8 @@ pub struct ReverseConfig {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Longest a POST is held for room in its session's pending table.
     pub pending_wait: Duration,
+    /// The pool of server processes (a command upstream).
+    pub pool: PoolConfig,
     /// Events of a GET stream kept for replay.
     pub sse_replay_events: usize,
     /// Keep-alive comment interval on idle SSE streams (`None`: off).
@@ -254,6 +284,7 @@ impl ReverseConfig {
                 Some(text) => parse_duration(&text, "--pending-wait")?,
                 None => DEFAULT_PENDING_WAIT,
             },
+            pool: pool_config(&args.pool, file)?,
             sse_replay_events,
             sse_keepalive,
             connections,
@@ -275,6 +306,48 @@ impl ReverseConfig {
             (sessions.max_sessions / 4).clamp(1, DEFAULT_MAX_SESSIONS_PER_CLIENT)
         });
     }
+}
+
+/// `--pool-min-idle`, `--pool-idle-timeout`, `--pool-acquire-timeout`.
+fn pool_config(args: &PoolArgs, file: &FileConfig) -> Result<PoolConfig, ConfigError> {
+    let defaults = PoolConfig::default();
+    let min_idle = match pick(args.pool_min_idle.as_ref(), file.pool_min_idle.as_ref()) {
+        Some(text) => {
+            let n = text.trim().parse::<usize>().map_err(|e| {
+                invalid(
+                    "--pool-min-idle",
+                    format!("{text:?}: {e} (expected a whole number)"),
+                )
+            })?;
+            if n > MAX_POOL_MIN_IDLE {
+                return Err(invalid(
+                    "--pool-min-idle",
+                    format!("{n}: at most {MAX_POOL_MIN_IDLE} spares (each is a running server)"),
+                ));
+            }
+            n
+        }
+        None => defaults.min_idle,
+    };
+    let idle_timeout = match pick(
+        args.pool_idle_timeout.as_ref(),
+        file.pool_idle_timeout.as_ref(),
+    ) {
+        Some(text) => parse_optional_duration(&text, "--pool-idle-timeout")?,
+        None => defaults.idle_timeout,
+    };
+    let acquire_timeout = match pick(
+        args.pool_acquire_timeout.as_ref(),
+        file.pool_acquire_timeout.as_ref(),
+    ) {
+        Some(text) => parse_duration(&text, "--pool-acquire-timeout")?,
+        None => defaults.acquire_timeout,
+    };
+    Ok(PoolConfig {
+        min_idle,
+        idle_timeout,
+        acquire_timeout,
+    })
 }
 
 /// `--header-timeout`, `--body-timeout`, `--max-connections`, `--max-connections-per-client`.

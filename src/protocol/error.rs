@@ -78,11 +78,14 @@ pub enum ErrorCode {
     BlockedByRule,
     /// `-32092`: a rate limit refuses the request (`data.retryAfterMs` says when to retry).
     RateLimited,
+    /// `-32093`: no server process for the session became available within
+    /// `--pool-acquire-timeout` (all in use, or starting).
+    PoolTimedOut,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::MethodNotFound,
@@ -103,6 +106,7 @@ impl ErrorCode {
         Self::ReplayUnmatched,
         Self::BlockedByRule,
         Self::RateLimited,
+        Self::PoolTimedOut,
     ];
 
     /// The numeric JSON-RPC code.
@@ -128,6 +132,7 @@ impl ErrorCode {
             Self::ReplayUnmatched => -32090,
             Self::BlockedByRule => -32091,
             Self::RateLimited => -32092,
+            Self::PoolTimedOut => -32093,
         }
     }
 
@@ -154,6 +159,7 @@ impl ErrorCode {
             Self::ReplayUnmatched => "replay_unmatched",
             Self::BlockedByRule => "blocked_by_rule",
             Self::RateLimited => "rate_limited",
+            Self::PoolTimedOut => "pool_timed_out",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! A session's upstream: the server, as the session holds it: a stdio child ([`StdioLink`]) or
 //! its session at an HTTP server ([`HttpSession`]), and what an exchange with it sends back to
-//! the request waiting for it ([`Reply`]). The pool of warm children, supervised restarts and
-//! shared children are to come here (issue 22).
+//! the request waiting for it ([`Reply`]). Supervised restarts and shared children are to come
+//! here (issue 22).
 //!
 //! - [`stdio`]: a child server and the two tasks that move its bytes.
+//! - [`pool`]: the server processes of a command upstream: spares started ahead of need,
+//!   starts bounded in number, rate and concurrency.
 //! - [`http`]: one session at a Streamable HTTP (or 2024-11-05 HTTP+SSE) server: its POSTs,
 //!   event streams, recovery of a lost session; [`HttpBackend`] is what its sessions share.
 
@@ -21,9 +23,11 @@ use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
 
 pub mod http;
+pub mod pool;
 pub mod stdio;
 
 pub use self::http::{HttpBackend, HttpLimits, HttpSession};
+pub use pool::{Pool, PoolError};
 pub use stdio::{StdioLink, StdioQueue};
 
 /// The server as one session holds it: its own child, or its session at an HTTP server (whose

@@ -39,6 +39,28 @@ pub struct ChildSpec {
     pub cwd: Option<PathBuf>,
 }
 
+/// Counters of a command upstream's server processes, for `/metrics` (the pool and the
+/// gateway change them; telemetry reads them).
+#[derive(Debug, Default)]
+pub struct ChildCounters {
+    /// Started, waiting for a session.
+    pub idle: std::sync::atomic::AtomicU64,
+    /// Serving a session.
+    pub busy: std::sync::atomic::AtomicU64,
+    /// Being started.
+    pub spawning: std::sync::atomic::AtomicU64,
+    /// Processes started.
+    pub spawns: std::sync::atomic::AtomicU64,
+    /// Starts that failed.
+    pub spawn_failures: std::sync::atomic::AtomicU64,
+    /// Spares found dead (exited, or stdout closed) before any session used them.
+    pub dead_spares: std::sync::atomic::AtomicU64,
+    /// Sessions that had to wait for a process (none spare).
+    pub waits: std::sync::atomic::AtomicU64,
+    /// Sessions that waited past `--pool-acquire-timeout`.
+    pub timeouts: std::sync::atomic::AtomicU64,
+}
+
 /// A running child with its pipes taken apart.
 #[derive(Debug)]
 pub struct ChildProcess {
@@ -144,6 +166,11 @@ impl ChildProcess {
                 task.abort();
             }
         }
+    }
+
+    /// How the child ended, if it has (without waiting).
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the child to exit by itself.

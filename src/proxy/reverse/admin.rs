@@ -74,7 +74,7 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
             )
                 .into_response(),
         },
-        Server::Command(spec) => match gateway.command_problem(&spec.program) {
+        Server::Command(pool) => match gateway.command_problem(&pool.spec().program) {
             None => "ok\n".into_response(),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
         },

@@ -26,10 +26,11 @@ use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
+use crate::proxy::upstream::{Pool, PoolError};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
-use crate::transport::child::{ChildSpec, describe_exit};
+use crate::transport::child::describe_exit;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
@@ -51,8 +52,8 @@ const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 pub enum Server {
     /// A Streamable HTTP endpoint, through one shared pooled client.
     Http(Arc<HttpBackend>),
-    /// A command run once per session.
-    Command(ChildSpec),
+    /// A command: a process per session, from its pool.
+    Command(Pool),
 }
 
 /// Why a session could not be opened.
@@ -147,7 +148,13 @@ impl Gateway {
                 sessions.clone(),
                 gateway_metrics.upstream_errors(),
             )),
-            ReverseUpstream::Stdio(spec) => Server::Command(spec.clone()),
+            ReverseUpstream::Stdio(spec) => Server::Command(Pool::new(
+                spec.clone(),
+                reverse.pool,
+                // Every session's process, the spares, and the stateless requests' shared one.
+                config.sessions.max_sessions + reverse.pool.min_idle + 1,
+                gateway_metrics.children(),
+            )),
         };
         Arc::new(Self {
             pipeline,
@@ -171,8 +178,8 @@ impl Gateway {
     fn upstream_label(&self) -> String {
         match &self.server {
             Server::Http(backend) => backend.client().shown().to_owned(),
-            Server::Command(spec) => std::iter::once(&spec.program)
-                .chain(&spec.args)
+            Server::Command(pool) => std::iter::once(&pool.spec().program)
+                .chain(&pool.spec().args)
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -267,7 +274,7 @@ impl Gateway {
                 let http = backend.session(session.clone(), router.clone());
                 (Upstream::Http(http), router, None)
             }
-            Server::Command(spec) => {
+            Server::Command(_) => {
                 // The server is started when the session's first message is on its way (so a
                 // session whose initialize a rate limit or rule refuses, or a /sse stream that
                 // sends nothing, costs no process); until then what is sent waits here.
@@ -282,7 +289,7 @@ impl Gateway {
                     to_server: queue.to_server.clone(),
                     start: CancellationToken::new(),
                 };
-                (upstream, router, Some((spec.clone(), queue)))
+                (upstream, router, Some(queue))
             }
         };
         let link = Arc::new(SessionLink::new(
@@ -376,25 +383,25 @@ impl Gateway {
         self.stopping.cancel();
         self.sessions.end_all(EndReason::Killed);
         self.tasks.close();
-        if tokio::time::timeout(limit, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        // The spares, never used, are stopped alongside.
+        let spares = async {
+            if let Server::Command(pool) = &self.server {
+                pool.close(self.config.shutdown_timeout.min(limit)).await;
+            }
+        };
+        let torn_down = async { tokio::join!(self.tasks.wait(), spares) };
+        if tokio::time::timeout(limit, torn_down).await.is_err() {
             tracing::warn!("some sessions' upstreams were not torn down in time");
         }
     }
 
     /// Watches one session until it ends, then tears its upstream down and answers what was
     /// still in flight.
-    async fn watch(
-        self: Arc<Self>,
-        link: Arc<SessionLink>,
-        child: Option<(ChildSpec, StdioQueue)>,
-    ) {
+    async fn watch(self: Arc<Self>, link: Arc<SessionLink>, child: Option<StdioQueue>) {
         let session = link.session.clone();
         let watchers = self.spawn_timeouts(&link);
-        let (child, ending) = if let Some((spec, queue)) = child {
-            match self.start_child(&link, &spec, queue).await {
+        let (child, ending) = if let Some(queue) = child {
+            match self.start_child(&link, queue).await {
                 Ok(Some(mut child)) => {
                     let ending = tokio::select! {
                         () = session.closed_token().cancelled() => Ending::Closed,
@@ -429,10 +436,10 @@ impl Gateway {
     async fn start_child(
         &self,
         link: &Arc<SessionLink>,
-        spec: &ChildSpec,
         queue: StdioQueue,
     ) -> Result<Option<StdioLink>, ProxyError> {
-        let Upstream::Stdio { start, .. } = &link.upstream else {
+        let (Upstream::Stdio { start, .. }, Server::Command(pool)) = (&link.upstream, &self.server)
+        else {
             return Ok(None);
         };
         let session = &link.session;
@@ -440,29 +447,46 @@ impl Gateway {
             () = session.closed_token().cancelled() => return Ok(None),
             () = start.cancelled() => {}
         }
-        let started = queue.spawn(
-            spec,
-            self.pipeline.clone(),
-            session.clone(),
-            link.router.clone(),
-            self.config.max_message_size,
-        );
+        let lease = tokio::select! {
+            () = session.closed_token().cancelled() => return Ok(None),
+            lease = pool.acquire() => lease,
+        };
+        let started = lease.and_then(|lease| {
+            let cold = lease.cold;
+            let program = pool.spec().program.to_string_lossy().into_owned();
+            queue
+                .attach(
+                    lease.into(),
+                    self.pipeline.clone(),
+                    session.clone(),
+                    link.router.clone(),
+                    self.config.max_message_size,
+                )
+                .map(|child| (child, cold))
+                .map_err(|error| PoolError::Spawn { program, error })
+        });
         match started {
-            Ok(child) => {
+            Ok((child, cold)) => {
                 tracing::info!(
                     pid = child.child.pid(),
-                    "started the MCP server for the session"
+                    spare = !cold,
+                    "the MCP server for the session is running"
                 );
                 Ok(Some(child))
             }
             Err(e) => {
-                let program = spec.program.to_string_lossy();
-                tracing::error!(%e, %program, "cannot start the MCP server; ending the session");
-                self.metrics.upstream_error("exited");
+                tracing::error!(%e, "no MCP server for the session; ending it");
                 self.sessions.end(session.id(), EndReason::Error);
-                let why = format!("cannot start the MCP server {program:?}: {e}");
-                self.child_failures.record(why.clone());
-                Err(ProxyError::new(ErrorCode::UpstreamExited, why))
+                let code = match e {
+                    PoolError::Spawn { .. } => {
+                        self.metrics.upstream_error("exited");
+                        self.child_failures.record(e.to_string());
+                        ErrorCode::UpstreamExited
+                    }
+                    PoolError::TimedOut(_) => ErrorCode::PoolTimedOut,
+                    PoolError::Closed => ErrorCode::ShuttingDown,
+                };
+                Err(ProxyError::new(code, e.to_string()))
             }
         }
     }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
 use crate::protocol::Direction;
@@ -21,6 +22,8 @@ use crate::proxy::pipeline::Pipeline;
 use crate::proxy::relay::{Relay, RelayEnd};
 use crate::task::Task;
 
+use super::pool::{Lease, ServerOutput, Slot};
+
 /// A running child server and the two tasks that move its bytes.
 #[derive(Debug)]
 pub struct StdioLink {
@@ -32,6 +35,8 @@ pub struct StdioLink {
     pub server_reader: Task<RelayEnd>,
     /// Writes the server's stdin.
     pub server_writer: Task<std::io::Result<()>>,
+    /// Its place in a pool, if it came from one: given back when the link is dropped.
+    pub slot: Option<Slot>,
 }
 
 /// The queue of a server not started yet: messages for it wait there (bounded) until
@@ -67,9 +72,37 @@ impl StdioQueue {
         max_message_size: usize,
     ) -> std::io::Result<StdioLink> {
         let mut child = ChildProcess::spawn(spec)?;
-        let captured = || std::io::Error::other("the server's stdio was not captured");
-        let server_in = child.stdin.take().ok_or_else(captured)?;
-        let server_out = child.stdout.take().ok_or_else(captured)?;
+        let server_out = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("the server's stdout was not captured"))?;
+        let server = Server {
+            child,
+            output: server_out,
+            slot: None,
+        };
+        self.attach(server, pipeline, session, to_client, max_message_size)
+    }
+
+    /// Starts moving the bytes of `server`, a process already running: what is queued first,
+    /// then the rest; what it says goes to `to_client`.
+    pub fn attach<O: AsyncRead + Send + 'static, R: Deliver + 'static>(
+        self,
+        server: Server<O>,
+        pipeline: Arc<Pipeline>,
+        session: Arc<Session>,
+        to_client: Arc<R>,
+        max_message_size: usize,
+    ) -> std::io::Result<StdioLink> {
+        let Server {
+            mut child,
+            output,
+            slot,
+        } = server;
+        let server_in = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("the server's stdin was not captured"))?;
         let Self {
             to_server,
             rx: server_rx,
@@ -85,13 +118,36 @@ impl StdioQueue {
         };
         Ok(StdioLink {
             child,
-            server_reader: Task::spawn("server-reader", reader.run(server_out)),
+            server_reader: Task::spawn("server-reader", reader.run(output)),
             server_writer: Task::spawn(
                 "server-writer",
                 writer::write_lines(server_rx, server_in, server_close),
             ),
             to_server,
+            slot,
         })
+    }
+}
+
+/// A running server process for a link: the child (its stdin still in it), its stdout, and its
+/// place in a pool if it has one.
+#[derive(Debug)]
+pub struct Server<O> {
+    /// The process.
+    pub child: ChildProcess,
+    /// Its stdout.
+    pub output: O,
+    /// Its place in a pool.
+    pub slot: Option<Slot>,
+}
+
+impl From<Lease> for Server<ServerOutput> {
+    fn from(lease: Lease) -> Self {
+        Self {
+            child: lease.child,
+            output: lease.output,
+            slot: Some(lease.slot),
+        }
     }
 }
 
