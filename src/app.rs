@@ -20,13 +20,14 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
     match mode {
         // A terminal stdin is read on a blocking thread that never returns; don't wait for it
         // long.
-        Mode::Forward(spec) => on_one_thread(
+        Mode::Forward(spec, restart) => on_one_thread(
             config,
             Duration::from_millis(100),
             |sessions, shutdown| async move {
                 forward::run(
                     config,
                     &spec,
+                    restart,
                     &sessions,
                     config.recording.as_ref(),
                     shutdown,

@@ -174,6 +174,14 @@ pub struct StdioServer {
     /// "Authorization: Bearer <token>" to that server's origin only, and never logged.
     #[arg(long, value_name = "VAR", requires = "url")]
     pub bearer_token_env: Option<String>,
+    /// Start the server command again when it fails (exits non-zero, is killed, or closes its
+    /// stdout) while the client is connected: what it owed gets errors at once, then a new
+    /// process is started after a backoff (exponential with jitter, 100 ms up to 30 s; 5
+    /// crashes within a minute is a crash loop, logged, retried at the cap) and given the
+    /// client's initialize and notifications/initialized again, so the client keeps its
+    /// session. [default: never]
+    #[arg(long, env = "SHADOWCAT_RESTART", value_name = "WHEN", value_enum)]
+    pub restart: Option<crate::transport::child::Restart>,
     /// How the --url server is reached.
     #[command(flatten)]
     pub upstream: UpstreamArgs,

@@ -131,6 +131,7 @@ struct FileConfig {
     read_timeout: Option<Scalar>,
     resume_timeout: Option<Scalar>,
     pending_wait: Option<Scalar>,
+    restart: Option<crate::transport::child::Restart>,
     pool_min_idle: Option<Scalar>,
     pool_idle_timeout: Option<Scalar>,
     pool_acquire_timeout: Option<Scalar>,

@@ -2,7 +2,8 @@
 //!
 //! - [`lines`]: the newline-delimited framing of MCP's stdio transport, with a length bound.
 //! - [`stdio`]: our own stdin/stdout, driven by the reactor when they are pipes or sockets.
-//! - [`child`]: the upstream server as a child process: spawn, stderr tail, graceful shutdown.
+//! - [`child`]: the upstream server as a child process: spawn, stderr tail, graceful shutdown,
+//!   one request written straight to it (`exchange`), `Restart`, `ChildCounters`.
 //! - [`reaper`]: a helper process that ends our children's process groups when we are killed.
 //! - [`http`]: the Streamable HTTP client: a pooled hyper client for one upstream URL.
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.

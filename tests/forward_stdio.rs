@@ -812,3 +812,80 @@ fn sigterm_lets_a_call_in_flight_finish_and_signals_nothing() {
     );
     assert!(stderr.contains("the MCP server exited"), "{stderr}");
 }
+
+/// `--restart on-failure`: a crash fails what the server owed at once (with its exit status),
+/// then a new server process takes over the same session; the client goes on, and a clean
+/// end of the client still ends everything with 0.
+#[test]
+fn a_crashed_server_is_restarted_and_the_session_goes_on() {
+    let mut proxy = Proxy::fixture(&["--restart", "on-failure"]);
+    proxy.initialize();
+    proxy.send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":tool("sleep", json!({"ms": 30_000}))}));
+    std::thread::sleep(Duration::from_millis(100));
+    proxy.send(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":tool("crash", json!({"code": 7}))}));
+    let mut ids = HashSet::new();
+    for _ in 0..2 {
+        let answer = proxy.recv();
+        assert_eq!(error_code(&answer), -32081, "{answer}");
+        assert_eq!(answer["error"]["data"]["exitCode"], 7);
+        ids.insert(answer["id"].as_i64().unwrap());
+    }
+    assert_eq!(ids, HashSet::from([1, 2]));
+    // Sent at once: it waits for the new process, then is answered by it.
+    let answer = proxy.call(3, "tools/call", tool("echo", json!({"text": "still here"})));
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "still here",
+        "{answer}\n{}",
+        proxy.stderr_text()
+    );
+    let log = proxy.stderr_text();
+    assert!(log.contains("restarted the MCP server"), "{log}");
+    assert!(log.contains("generation=2"), "{log}");
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
+}
+
+/// A server that crashes as soon as it starts is restarted with growing delays, and the crash
+/// loop is reported; the client can still end it all at any time.
+#[test]
+fn a_crash_loop_is_backed_off_and_reported() {
+    let mut proxy = Proxy::start(&["--restart", "on-failure"], &["sh", "-c", "exit 3"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.stderr_text().contains("crashing in a loop") {
+        assert!(
+            Instant::now() < deadline,
+            "no crash loop reported:\n{}",
+            proxy.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = proxy.stderr_text();
+    // Five crashes in a row (the first process, four restarts) make the loop: no more starts
+    // than that before it, so the delays were not zero.
+    assert_eq!(log.matches("restarting the MCP server").count(), 4, "{log}");
+    let closed_at = Instant::now();
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
+    assert!(closed_at.elapsed() < Duration::from_secs(5));
+}
+
+/// `--restart` is for a server command: with --url it is refused, naming the option.
+#[test]
+fn restart_with_a_url_is_refused() {
+    let out = support::command()
+        .args([
+            "forward",
+            "stdio",
+            "--restart",
+            "on-failure",
+            "--url",
+            "http://127.0.0.1:9/mcp",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--restart"), "{stderr}");
+}

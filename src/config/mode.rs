@@ -5,7 +5,7 @@ use crate::cli::{
     Cli, Command, ForwardCommand, ReplayArgs, ReverseArgs, RulesCommand, SessionCommand,
     StdioServer, TapeCommand,
 };
-use crate::transport::child::ChildSpec;
+use crate::transport::child::{ChildSpec, Restart};
 
 use super::recording::{Ask, Target};
 use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
@@ -29,8 +29,8 @@ fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
 /// them.)
 #[derive(Debug)]
 pub enum Mode {
-    /// `forward stdio -- <cmd>` and `record`: a child server of our own.
-    Forward(ChildSpec),
+    /// `forward stdio -- <cmd>` and `record`: a child server of our own, restarted as asked.
+    Forward(ChildSpec, Restart),
     /// `forward stdio --url`: our stdio bridged to an HTTP server.
     Bridge(UpstreamConfig),
     /// `reverse`, and `replay --listen` (whose server, per session, is `replay` of the tape).
@@ -118,10 +118,18 @@ fn recording(
 /// else the command, run as our child.
 fn stdio_server(file: &ConfigFile, server: &StdioServer) -> anyhow::Result<Mode> {
     if server.url.is_some() {
+        if server.restart.is_some() {
+            return Err(super::invalid(
+                "--restart",
+                "applies to a server command, not to a --url server".into(),
+            )
+            .into());
+        }
         return Ok(Mode::Bridge(ReverseConfig::for_url(file, server)?));
     }
     ReverseConfig::check_command_only(server)?;
-    Ok(Mode::Forward(super::child_spec(server)?))
+    let restart = server.restart.or(file.inner().restart).unwrap_or_default();
+    Ok(Mode::Forward(super::child_spec(server)?, restart))
 }
 
 /// `replay --listen`: a gateway whose server, for each session, is `shadowcat replay` of the

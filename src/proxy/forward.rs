@@ -15,22 +15,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::io::AsyncReadExt as _;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::protocol::RequestId;
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode};
+use crate::session::pending::Pending;
 use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::Metrics;
-use crate::transport::child::{ChildSpec, describe_exit, exit_code_of};
+use crate::transport::child::{ChildProcess, ChildSpec, Restart, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
-use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Outbox};
+use super::outbox::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver, Outbox};
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::shutdown::Shutdown;
 use super::timeouts;
-use super::upstream::{StdioLink, answer_in_flight};
+use super::upstream::pool::ServerOutput;
+use super::upstream::stdio::{Server, StdioQueue};
+use super::upstream::supervise::{ServerInbox, Supervisor, replay_handshake};
+use super::upstream::{StdioLink, answer_each};
 use crate::task::Task;
 
 /// How long the server's stdout may stay open after the server exited (a grandchild can hold
@@ -38,6 +44,79 @@ use crate::task::Task;
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 /// How long the server's stderr copier may run on after it exited.
 const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(100);
+
+/// What the client side of a session is started with.
+struct ClientSide<'a> {
+    config: &'a Config,
+    session: &'a Arc<Session>,
+    pipeline: &'a Arc<Pipeline>,
+    to_client: &'a Arc<Outbox>,
+}
+
+impl ClientSide<'_> {
+    /// Starts reading the client (`client_in`) into `to_server`, and the `--request-timeout`
+    /// watchers if any.
+    fn start<R: Deliver + 'static>(
+        &self,
+        to_server: Arc<R>,
+        client_in: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> (Task<RelayEnd>, Vec<Task<()>>) {
+        let limits = self.config.timeouts();
+        let timeouts = if limits.any() {
+            vec![
+                Task::spawn(
+                    "client-request-timeouts",
+                    timeouts::enforce(
+                        self.session.clone(),
+                        Direction::ClientToServer,
+                        limits,
+                        self.to_client.clone(),
+                        to_server.clone(),
+                    ),
+                ),
+                Task::spawn(
+                    "server-request-timeouts",
+                    timeouts::enforce(
+                        self.session.clone(),
+                        Direction::ServerToClient,
+                        limits,
+                        to_server.clone(),
+                        self.to_client.clone(),
+                    ),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let reader = Relay {
+            direction: Direction::ClientToServer,
+            pipeline: self.pipeline.clone(),
+            session: self.session.clone(),
+            to_sender: self.to_client.clone(),
+            to_receiver: to_server,
+            max_message_size: self.config.max_message_size,
+        };
+        (
+            Task::spawn("client-reader", reader.run(client_in)),
+            timeouts,
+        )
+    }
+}
+
+/// Starts the server command again and gives it the session's handshake (kept by `inbox`).
+async fn respawn(spec: &ChildSpec, inbox: &ServerInbox) -> Result<Server<ServerOutput>, String> {
+    let mut child = ChildProcess::spawn(spec).map_err(|e| format!("cannot start it: {e}"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| "its stdout was not captured".to_owned())?;
+    let stray = replay_handshake(&mut child, &mut stdout, &inbox.handshake()).await?;
+    Ok(Server {
+        child,
+        output: std::io::Cursor::new(stray).chain(stdout),
+        slot: None,
+    })
+}
 
 /// Why the proxy is stopping.
 #[derive(Debug)]
@@ -73,6 +152,7 @@ impl Event {
 pub async fn run(
     config: &Config,
     spec: &ChildSpec,
+    restart: Restart,
     sessions: &Arc<SessionManager>,
     record: Option<&crate::tape::Recording>,
     mut shutdown: Shutdown,
@@ -88,8 +168,14 @@ pub async fn run(
         .transpose()?;
     let span = tracing::info_span!("session", id = %session.id().digest());
     let result = async {
-        let mut proxy = ForwardStdio::start(config, spec, sessions, session.clone())?;
-        let event = proxy.next_event(&mut shutdown).await;
+        let mut proxy = ForwardStdio::start(config, spec, restart, sessions, session.clone())?;
+        let event = loop {
+            let event = proxy.next_event(&mut shutdown).await;
+            match proxy.restart_after(event, &mut shutdown).await {
+                Ok(()) => {}
+                Err(event) => break event,
+            }
+        };
         tracing::debug!(?event, "shutting down");
         let reason = event.end_reason();
         sessions.begin_closing(&session);
@@ -114,10 +200,16 @@ pub async fn run(
 /// The running parts of one forward stdio session.
 struct ForwardStdio<'a> {
     config: &'a Config,
+    spec: &'a ChildSpec,
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    pipeline: Arc<Pipeline>,
     /// The server and the tasks that move its bytes.
     server: StdioLink,
+    /// With restarts: the client's way to the server, whichever process is current.
+    inbox: Option<Arc<ServerInbox>>,
+    /// With `--restart on-failure`: when to start the server again.
+    supervisor: Option<Supervisor>,
     to_client: Arc<Outbox>,
     client_reader: Task<RelayEnd>,
     client_writer: Task<std::io::Result<()>>,
@@ -129,7 +221,8 @@ impl<'a> ForwardStdio<'a> {
     /// Opens our stdio, spawns the server, and starts the four tasks that move bytes.
     fn start(
         config: &'a Config,
-        spec: &ChildSpec,
+        spec: &'a ChildSpec,
+        restart: Restart,
         sessions: &Arc<SessionManager>,
         session: Arc<Session>,
     ) -> anyhow::Result<Self> {
@@ -157,54 +250,37 @@ impl<'a> ForwardStdio<'a> {
         )
         .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
         tracing::info!(pid = server.child.pid(), command = ?spec.program, "started the MCP server");
-        let to_server = server.to_server.clone();
-        let client_reader = Relay {
-            direction: Direction::ClientToServer,
-            pipeline,
-            session: session.clone(),
-            to_sender: to_client.clone(),
-            to_receiver: to_server.clone(),
-            max_message_size: config.max_message_size,
+        let supervisor = (restart == Restart::OnFailure).then(Supervisor::new);
+        // With restarts the client's way to the server goes through an inbox that outlives
+        // each process; without, straight to the one process's queue.
+        let inbox = supervisor
+            .as_ref()
+            .map(|_| Arc::new(ServerInbox::new(server.to_server.clone(), session.clone())));
+        let client = ClientSide {
+            config,
+            session: &session,
+            pipeline: &pipeline,
+            to_client: &to_client,
         };
-        let limits = config.timeouts();
-        let timeouts = if limits.any() {
-            let timeout = limits;
-            vec![
-                Task::spawn(
-                    "client-request-timeouts",
-                    timeouts::enforce(
-                        session.clone(),
-                        Direction::ClientToServer,
-                        timeout,
-                        to_client.clone(),
-                        to_server.clone(),
-                    ),
-                ),
-                Task::spawn(
-                    "server-request-timeouts",
-                    timeouts::enforce(
-                        session.clone(),
-                        Direction::ServerToClient,
-                        timeout,
-                        to_server.clone(),
-                        to_client.clone(),
-                    ),
-                ),
-            ]
-        } else {
-            Vec::new()
+        let (client_reader, timeouts) = match &inbox {
+            Some(inbox) => client.start(inbox.clone(), client_in),
+            None => client.start(server.to_server.clone(), client_in),
         };
         Ok(Self {
             timeouts,
-            client_reader: Task::spawn("client-reader", client_reader.run(client_in)),
+            client_reader,
             client_writer: Task::spawn(
                 "client-writer",
                 writer::write_lines(client_rx, client_out, client_close),
             ),
             config,
+            spec,
             session,
             metrics,
+            pipeline,
             server,
+            inbox,
+            supervisor,
             to_client,
         })
     }
@@ -320,6 +396,122 @@ impl<'a> ForwardStdio<'a> {
         status.context("waiting for the MCP server")
     }
 
+    /// With `--restart on-failure`, a server that failed (`event`) is started again: what it owed
+    /// gets errors at once, then, after the supervisor's delay, a new process gets the client's
+    /// handshake and takes over; messages the client sends meanwhile wait for it. `Err` gives
+    /// back the event that ends the session instead (no restart asked, a clean exit, or the
+    /// client or a signal while waiting).
+    async fn restart_after(&mut self, event: Event, signals: &mut Shutdown) -> Result<(), Event> {
+        if self.supervisor.is_none() {
+            return Err(event);
+        }
+        let status = match event {
+            Event::ServerExited(Ok(status)) if !status.success() => status,
+            Event::ServerGone(why) => {
+                tracing::warn!("{why}; stopping it");
+                match self.shut_down_server(signals).await {
+                    Ok(status) => status,
+                    Err(_) => return Err(Event::ServerGone(why)),
+                }
+            }
+            other => return Err(other),
+        };
+        self.server
+            .server_reader
+            .join_within(STDOUT_DRAIN_GRACE)
+            .await;
+        self.server.child.finish_stderr(STDERR_DRAIN_GRACE).await;
+        let reason = format!(
+            "the MCP server exited unexpectedly ({})",
+            describe_exit(status)
+        );
+        let error = self.exit_error(&reason, status);
+        tracing::error!(status = %describe_exit(status), "the MCP server exited unexpectedly; it will be restarted");
+        // What the client sends from now on waits in the next process's queue. The swap and
+        // the taking of what is in flight happen with no await between them (this runtime has
+        // one thread), so every request is either failed here or sent to the next process
+        // (one caught on its way is dropped by the inbox if it was failed here).
+        let Some(inbox) = &self.inbox else {
+            return Err(Event::ServerGone("no inbox to restart into"));
+        };
+        let queue = StdioQueue::new(self.config.max_message_size);
+        inbox.replace(queue.to_server.clone()).close();
+        let owed = self.session.take_pending(Direction::ClientToServer);
+        // The client's answers to the dead process's requests have nowhere to go.
+        self.session.take_pending(Direction::ServerToClient);
+        self.server.abort();
+        self.answer_owed(owed, &error).await;
+        self.start_again(queue, signals).await
+    }
+
+    /// Starts the server again (after the supervisor's delay, as many times as it takes) and
+    /// links it to `queue`; `Err` if the client, a signal or the session ends it first.
+    async fn start_again(
+        &mut self,
+        queue: StdioQueue,
+        signals: &mut Shutdown,
+    ) -> Result<(), Event> {
+        let (Some(supervisor), Some(inbox)) = (self.supervisor.as_mut(), &self.inbox) else {
+            return Err(Event::ServerGone("no supervisor"));
+        };
+        loop {
+            let delay = supervisor.crashed();
+            if supervisor.in_crash_loop() {
+                tracing::error!(
+                    ?delay,
+                    generation = supervisor.generation(),
+                    "the MCP server is crashing in a loop; retrying at the longest interval"
+                );
+            } else {
+                tracing::warn!(
+                    ?delay,
+                    generation = supervisor.generation(),
+                    "restarting the MCP server"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                end = self.client_reader.join() => {
+                    return Err(Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)));
+                }
+                _ = self.client_writer.join() => return Err(Event::ClientGone),
+                () = self.session.closed_token().cancelled() => return Err(Event::SessionEnded),
+                name = signals.recv() => return Err(Event::Signal(name)),
+            }
+            match respawn(self.spec, inbox).await {
+                Ok(server) => {
+                    supervisor.started();
+                    let generation = supervisor.generation();
+                    let link = queue.attach(
+                        server,
+                        self.pipeline.clone(),
+                        self.session.clone(),
+                        self.to_client.clone(),
+                        self.config.max_message_size,
+                    );
+                    match link {
+                        Ok(link) => {
+                            tracing::info!(
+                                pid = link.child.pid(),
+                                generation,
+                                "restarted the MCP server; the session goes on"
+                            );
+                            self.server = link;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            tracing::error!(%e, "cannot link the restarted MCP server");
+                            return Err(Event::ServerGone(
+                                "the restarted MCP server could not be linked",
+                            ));
+                        }
+                    }
+                }
+                Err(why) => tracing::warn!(%why, "the restarted MCP server failed"),
+            }
+        }
+    }
+
     /// The server went away by itself: every request it still owed gets an error; returns its
     /// exit code for us to exit with.
     async fn server_crashed(&mut self, status: std::process::ExitStatus) -> u8 {
@@ -349,7 +541,14 @@ impl<'a> ForwardStdio<'a> {
     /// Answers every request still awaiting the server with `error`. Bounded by
     /// `--shutdown-timeout`: a client that no longer reads must not keep us alive.
     async fn fail_in_flight(&self, error: &ProxyError) {
-        let answer = answer_in_flight(&self.session, error, self.to_client.as_ref());
+        self.session.close_pending(Direction::ServerToClient);
+        let owed = self.session.close_pending(Direction::ClientToServer);
+        self.answer_owed(owed, error).await;
+    }
+
+    /// Answers `owed` with `error`, within `--shutdown-timeout`.
+    async fn answer_owed(&self, owed: Vec<(RequestId, Pending)>, error: &ProxyError) {
+        let answer = answer_each(owed, error, self.to_client.as_ref());
         match tokio::time::timeout(self.config.shutdown_timeout, answer).await {
             Ok(0) => {}
             Ok(count) => tracing::warn!(count, "answered in-flight requests with errors"),

@@ -1,11 +1,12 @@
 //! A session's upstream: the server, as the session holds it: a stdio child ([`StdioLink`]) or
 //! its session at an HTTP server ([`HttpSession`]), and what an exchange with it sends back to
-//! the request waiting for it ([`Reply`]). Supervised restarts and shared children are to come
-//! here (issue 22).
+//! the request waiting for it ([`Reply`]). Shared children are to come here (issue 22).
 //!
 //! - [`stdio`]: a child server and the two tasks that move its bytes.
 //! - [`pool`]: the server processes of a command upstream: spares started ahead of need,
 //!   starts bounded in number, rate and concurrency.
+//! - [`supervise`]: a failed server process started again, with backoff, crash-loop detection
+//!   and the session's handshake replayed.
 //! - [`http`]: one session at a Streamable HTTP (or 2024-11-05 HTTP+SSE) server: its POSTs,
 //!   event streams, recovery of a lost session; [`HttpBackend`] is what its sessions share.
 
@@ -25,6 +26,7 @@ use crate::session::Session;
 pub mod http;
 pub mod pool;
 pub mod stdio;
+pub mod supervise;
 
 pub use self::http::{HttpBackend, HttpLimits, HttpSession};
 pub use pool::{Pool, PoolError};
@@ -129,8 +131,23 @@ pub async fn answer_in_flight<D: Deliver>(
     to_client: &D,
 ) -> usize {
     session.close_pending(Direction::ServerToClient);
+    answer_each(
+        session.close_pending(Direction::ClientToServer),
+        error,
+        to_client,
+    )
+    .await
+}
+
+/// Answers each of `requests` with `error` through `to_client`, until it is gone; returns how
+/// many it answered.
+pub async fn answer_each<D: Deliver>(
+    requests: Vec<(RequestId, crate::session::pending::Pending)>,
+    error: &ProxyError,
+    to_client: &D,
+) -> usize {
     let mut answered = 0;
-    for (id, _) in session.close_pending(Direction::ClientToServer) {
+    for (id, _) in requests {
         if to_client
             .deliver(Message::error_response(Some(&id), error))
             .await

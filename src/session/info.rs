@@ -349,6 +349,12 @@ impl Session {
         all
     }
 
+    /// Takes every request waiting in `direction`, oldest first, leaving the table open (their
+    /// answerer was replaced by another that owes them nothing).
+    pub fn take_pending(&self, direction: Direction) -> Vec<(RequestId, Pending)> {
+        self.pending(direction).take_all()
+    }
+
     /// Requests awaiting answers in both directions.
     pub fn pending_count(&self) -> usize {
         self.to_server.len() + self.to_client.len()

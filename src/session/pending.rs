@@ -405,8 +405,14 @@ impl PendingRequests {
     /// Closes the table (later inserts fail with [`PendingError::Closed`]) and returns every
     /// request still waiting, oldest first: the answering peer is gone and they need errors.
     pub fn close(&self) -> Vec<(RequestId, Pending)> {
+        self.lock().closed = true;
+        self.take_all()
+    }
+
+    /// Takes every request still waiting, oldest first, leaving the table open: their
+    /// answerer was replaced, and they need errors.
+    pub fn take_all(&self) -> Vec<(RequestId, Pending)> {
         let mut table = self.lock();
-        table.closed = true;
         let drained: Vec<_> = std::mem::take(&mut table.requests).into_iter().collect();
         table.tokens.clear();
         drop(table);

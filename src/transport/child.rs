@@ -39,6 +39,17 @@ pub struct ChildSpec {
     pub cwd: Option<PathBuf>,
 }
 
+/// When a server command that exits is started again (`--restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Never: its session ends with it.
+    #[default]
+    Never,
+    /// When it exits with a failure (a non-zero status, a signal) or closes its stdout.
+    OnFailure,
+}
+
 /// Counters of a command upstream's server processes, for `/metrics` (the pool and the
 /// gateway change them; telemetry reads them).
 #[derive(Debug, Default)]
@@ -245,6 +256,77 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.release_group();
     }
+}
+
+/// How a process took one request written straight to its stdin ([`exchange`]).
+#[derive(Debug)]
+pub enum Exchanged {
+    /// It answered: the answer (a result or an error).
+    Answered(serde_json::Value),
+    /// It said nothing in time (or only other things, up to the bound).
+    Silent,
+    /// It closed its stdout, or its stdin (it ended).
+    Ended(String),
+}
+
+/// Writes `request` (one line, with `id`) to a process no link moves the bytes of yet, and
+/// waits until `deadline` for its answer, which is returned rather than passed on. Anything
+/// else it writes first is appended to `stray` (up to `stray_max` bytes), for whoever reads
+/// the process next: it is its output.
+pub async fn exchange(
+    child: &mut ChildProcess,
+    stdout: &mut ChildStdout,
+    request: &[u8],
+    id: &serde_json::Value,
+    deadline: tokio::time::Instant,
+    stray: &mut Vec<u8>,
+    stray_max: usize,
+) -> Exchanged {
+    use tokio::io::AsyncBufReadExt as _;
+    let Some(stdin) = child.stdin.as_mut() else {
+        return Exchanged::Ended("its stdin is not ours".into());
+    };
+    let written = async {
+        stdin.write_all(request).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.flush().await
+    };
+    if let Err(e) = written.await {
+        return Exchanged::Ended(format!("writing to its stdin failed: {e}"));
+    }
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let mut line = Vec::new();
+    let outcome = loop {
+        line.clear();
+        let room = stray_max.saturating_sub(stray.len()).max(1) as u64;
+        let mut bounded = (&mut reader).take(room);
+        let read = bounded.read_until(b'\n', &mut line);
+        match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => break Exchanged::Silent,
+            Ok(Ok(0)) => break Exchanged::Ended("its stdout closed".into()),
+            Ok(Err(e)) => break Exchanged::Ended(format!("reading its stdout failed: {e}")),
+            Ok(Ok(_)) => {
+                if let Some(answer) = answer_to(&line, id) {
+                    break Exchanged::Answered(answer);
+                }
+                stray.extend_from_slice(&line);
+                if stray.len() >= stray_max {
+                    break Exchanged::Silent;
+                }
+            }
+        }
+    };
+    // What was read past the answer is the process's output too.
+    stray.extend_from_slice(reader.buffer());
+    outcome
+}
+
+/// `line` as the answer to the request `id`, if it is one.
+fn answer_to(line: &[u8], id: &serde_json::Value) -> Option<serde_json::Value> {
+    let message = serde_json::from_slice::<serde_json::Value>(line).ok()?;
+    let answers = message.get("id") == Some(id)
+        && (message.get("result").is_some() || message.get("error").is_some());
+    answers.then_some(message)
 }
 
 /// Chunks of children's stderr waiting for our stderr (at most this many, 8 KiB each). A

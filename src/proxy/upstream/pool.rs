@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
-use crate::transport::child::{ChildCounters, ChildProcess, ChildSpec};
+use crate::transport::child::{ChildCounters, ChildProcess, ChildSpec, Exchanged, exchange};
 
 /// Processes being started at once, at most.
 pub const MAX_CONCURRENT_SPAWNS: usize = 8;
@@ -412,14 +412,14 @@ impl PoolInner {
         let mut stray = Vec::new();
         if self.warm_up.load(Ordering::Relaxed) {
             match warm_up(&mut child, &mut stdout, &mut stray).await {
-                Warmed::Answered => {}
-                Warmed::Silent => {
+                Exchanged::Answered(_) => {}
+                Exchanged::Silent => {
                     tracing::debug!(
                         pid = child.pid(),
                         "a spare did not answer its warm-up ping in time; kept as it is"
                     );
                 }
-                Warmed::Ended(why) => {
+                Exchanged::Ended(why) => {
                     // A server that ends when pinged before initialize: start spares without.
                     self.warm_up.store(false, Ordering::Relaxed);
                     self.counters.dead_spares.fetch_add(1, Ordering::Relaxed);
@@ -611,68 +611,26 @@ enum Added {
     Died,
 }
 
-/// How a new spare took its warm-up `ping`.
-enum Warmed {
-    /// It answered (a result or an error: either way it is up and reading).
-    Answered,
-    /// It said nothing in time.
-    Silent,
-    /// It closed its stdout, or its stdin (it ended).
-    Ended(String),
-}
-
 /// Sends a new spare a `ping` and waits (up to [`WARM_UP_TIMEOUT`]) for its answer, which is
 /// not kept; anything else it writes first is kept in `stray` for its session.
 async fn warm_up(
     child: &mut ChildProcess,
     stdout: &mut ChildStdout,
     stray: &mut Vec<u8>,
-) -> Warmed {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let ping = format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{WARM_UP_ID}\",\"method\":\"ping\"}}\n");
-    let Some(stdin) = child.stdin.as_mut() else {
-        return Warmed::Ended("its stdin is not ours".into());
-    };
-    if let Err(e) = async {
-        stdin.write_all(ping.as_bytes()).await?;
-        stdin.flush().await
-    }
-    .await
-    {
-        return Warmed::Ended(format!("its stdin: {e}"));
-    }
+) -> Exchanged {
+    let ping = format!(r#"{{"jsonrpc":"2.0","id":"{WARM_UP_ID}","method":"ping"}}"#);
+    let id = serde_json::Value::from(WARM_UP_ID);
     let deadline = Instant::now() + WARM_UP_TIMEOUT;
-    let mut reader = tokio::io::BufReader::new(stdout);
-    let mut line = Vec::new();
-    let outcome = loop {
-        line.clear();
-        let room = STRAY_OUTPUT_MAX.saturating_sub(stray.len()).max(1) as u64;
-        let mut bounded = (&mut reader).take(room);
-        let read = bounded.read_until(b'\n', &mut line);
-        match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => break Warmed::Silent,
-            Ok(Ok(0)) => break Warmed::Ended("its stdout closed".into()),
-            Ok(Err(e)) => break Warmed::Ended(format!("its stdout: {e}")),
-            Ok(Ok(_)) if is_warm_up_answer(&line) => break Warmed::Answered,
-            Ok(Ok(_)) => {
-                stray.extend_from_slice(&line);
-                if stray.len() >= STRAY_OUTPUT_MAX {
-                    break Warmed::Silent;
-                }
-            }
-        }
-    };
-    // What was read past the answer belongs to the session.
-    stray.extend_from_slice(reader.buffer());
-    outcome
-}
-
-/// Whether `line` is the answer to the warm-up `ping`.
-fn is_warm_up_answer(line: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|message| {
-        message.get("id").and_then(serde_json::Value::as_str) == Some(WARM_UP_ID)
-            && (message.get("result").is_some() || message.get("error").is_some())
-    })
+    exchange(
+        child,
+        stdout,
+        ping.as_bytes(),
+        &id,
+        deadline,
+        stray,
+        STRAY_OUTPUT_MAX,
+    )
+    .await
 }
 
 /// A spare counted as warming up until this is dropped (whatever ended its warm-up), which
