@@ -469,16 +469,22 @@ impl<'a> ForwardStdio<'a> {
                     "restarting the MCP server"
                 );
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+            // Waiting, and starting the new process (its handshake may take a while), both
+            // give way to the client leaving, a signal or the session's end.
+            let restarted = async {
+                tokio::time::sleep(delay).await;
+                respawn(self.spec, inbox).await
+            };
+            let restarted = tokio::select! {
+                restarted = restarted => restarted,
                 end = self.client_reader.join() => {
                     return Err(Event::ClientClosed(end.unwrap_or(RelayEnd::Eof)));
                 }
                 _ = self.client_writer.join() => return Err(Event::ClientGone),
                 () = self.session.closed_token().cancelled() => return Err(Event::SessionEnded),
                 name = signals.recv() => return Err(Event::Signal(name)),
-            }
-            match respawn(self.spec, inbox).await {
+            };
+            match restarted {
                 Ok(server) => {
                     supervisor.started();
                     let generation = supervisor.generation();

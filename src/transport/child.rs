@@ -302,7 +302,11 @@ pub async fn exchange(
         let mut bounded = (&mut reader).take(room);
         let read = bounded.read_until(b'\n', &mut line);
         match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => break Exchanged::Silent,
+            Err(_) => {
+                // A line cut short by the deadline is output too.
+                stray.extend_from_slice(&line);
+                break Exchanged::Silent;
+            }
             Ok(Ok(0)) => break Exchanged::Ended("its stdout closed".into()),
             Ok(Err(e)) => break Exchanged::Ended(format!("reading its stdout failed: {e}")),
             Ok(Ok(_)) => {

@@ -50,8 +50,9 @@ const STRAY_OUTPUT_MAX: usize = 64 * 1024;
 /// The id of the `ping` a new spare is sent to know it is up (the spec lets a client ping
 /// before `initialize`).
 const WARM_UP_ID: &str = "shadowcat-warm-up";
-/// Longest a new spare is given to answer that `ping`; one that has not is used as it is.
-const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a new spare is given to answer that `ping`; one that has not is used as it is, and
+/// later spares are not pinged (the server does not answer before `initialize`).
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why no process could be had.
 #[derive(Debug, thiserror::Error)]
@@ -298,8 +299,12 @@ impl PoolInner {
             if !claimed {
                 if let Some(_claim) = self.claim_warming() {
                     claimed = true;
+                    // Bounded: a spare slow to warm up (or a short --pool-acquire-timeout)
+                    // leaves time to start one of its own.
+                    let patience = self.config.acquire_timeout / 2;
                     tokio::select! {
                         () = changed => continue,
+                        () = tokio::time::sleep(patience) => continue,
                         () = self.closed.cancelled() => return Err(PoolError::Closed),
                     }
                 }
@@ -414,10 +419,8 @@ impl PoolInner {
             match warm_up(&mut child, &mut stdout, &mut stray).await {
                 Exchanged::Answered(_) => {}
                 Exchanged::Silent => {
-                    tracing::debug!(
-                        pid = child.pid(),
-                        "a spare did not answer its warm-up ping in time; kept as it is"
-                    );
+                    self.warm_up.store(false, Ordering::Relaxed);
+                    tracing::info!(pid = child.pid(), timeout = ?WARM_UP_TIMEOUT, "a spare did not answer its warm-up ping in time; spares are started but not warmed up from now on");
                 }
                 Exchanged::Ended(why) => {
                     // A server that ends when pinged before initialize: start spares without.

@@ -39,8 +39,8 @@ const HANDSHAKE_STRAY_MAX: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct Supervisor {
     backoff: Backoff,
-    /// When the current process started.
-    started: Instant,
+    /// Since when the current process has run (none while starting one again).
+    running_since: Option<Instant>,
     /// Crashes within the last [`CRASH_LOOP_WINDOW`].
     crashes: VecDeque<Instant>,
     crash_loop: bool,
@@ -58,7 +58,7 @@ impl Supervisor {
     pub fn new() -> Self {
         Self {
             backoff: Backoff::new(RESTART_BASE, RESTART_CAP),
-            started: Instant::now(),
+            running_since: Some(Instant::now()),
             crashes: VecDeque::new(),
             crash_loop: false,
             generation: 1,
@@ -77,7 +77,7 @@ impl Supervisor {
 
     /// A new process started now.
     pub fn started(&mut self) {
-        self.started = Instant::now();
+        self.running_since = Some(Instant::now());
         self.generation += 1;
     }
 
@@ -87,7 +87,9 @@ impl Supervisor {
     /// lasts.
     pub fn crashed(&mut self) -> Duration {
         let now = Instant::now();
-        if now.duration_since(self.started) >= SUSTAINED_UPTIME {
+        // Only a process that ran counts: waiting and failed starts are no uptime.
+        let ran = self.running_since.take();
+        if ran.is_some_and(|since| now.duration_since(since) >= SUSTAINED_UPTIME) {
             self.backoff.reset();
             self.crashes.clear();
             self.crash_loop = false;
@@ -103,8 +105,6 @@ impl Supervisor {
         if self.crashes.len() >= CRASH_LOOP_CRASHES {
             self.crash_loop = true;
         }
-        // Counted as a start attempt from now on: a failed start is a crash too.
-        self.started = now;
         if self.crash_loop {
             RESTART_CAP
         } else {
@@ -162,9 +162,16 @@ impl ServerInbox {
         old
     }
 
-    /// The handshake so far.
+    /// The handshake to give a new process: the client's, once the server answered its
+    /// `initialize` (one still in flight at a crash got an error, and the client will send
+    /// its own again); else none.
     pub fn handshake(&self) -> Handshake {
-        lock(&self.handshake).clone()
+        let negotiated = self.session.read_metadata(|m| m.protocol_version.is_some());
+        if negotiated {
+            lock(&self.handshake).clone()
+        } else {
+            Handshake::default()
+        }
     }
 
     fn keep_handshake(&self, msg: &Message) {
@@ -183,25 +190,32 @@ impl ServerInbox {
 impl Deliver for ServerInbox {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         self.keep_handshake(&msg);
-        // The process died and its queue closed: the next one's comes.
+        // A process that died closed its queue (perhaps under a send waiting for room): the
+        // message waits for the next process's. Never `Closed`: the front end ends the client
+        // side itself when there will be no next process.
         let mut waited = false;
         loop {
             let replaced = self.replaced.notified();
-            if !self.current().is_closed() {
-                break;
+            let to_server = self.current();
+            if to_server.is_closed() {
+                waited = true;
+                replaced.await;
+                continue;
             }
-            waited = true;
-            replaced.await;
-        }
-        if waited {
-            // A request the crash answered (it was in flight) is not sent to the next process.
-            if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
-                if !self.session.pending(Direction::ClientToServer).contains(id) {
-                    return Ok(());
+            if waited {
+                // A request the crash answered (it was in flight) is not sent to the next
+                // process.
+                if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
+                    if !self.session.pending(Direction::ClientToServer).contains(id) {
+                        return Ok(());
+                    }
                 }
             }
+            match to_server.send(msg.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(Closed) => waited = true,
+            }
         }
-        self.current().send(msg).await
     }
 }
 
@@ -286,12 +300,53 @@ mod tests {
         supervisor.started();
         assert_eq!(supervisor.crashed(), RESTART_CAP);
         assert_eq!(supervisor.generation(), 1 + CRASH_LOOP_CRASHES as u64);
+        // Starts that fail after the long wait are no uptime: still a loop.
+        tokio::time::advance(RESTART_CAP).await;
+        assert_eq!(supervisor.crashed(), RESTART_CAP);
+        assert!(supervisor.in_crash_loop());
         // A process that lasts ends the loop and the streak.
         supervisor.started();
         tokio::time::advance(SUSTAINED_UPTIME).await;
         let delay = supervisor.crashed();
         assert!(!supervisor.in_crash_loop());
         assert!(delay <= RESTART_BASE, "{delay:?}");
+    }
+
+    fn message(text: &str) -> Message {
+        let raw = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"data":"{text}"}}}}"#
+        );
+        Message::parse(raw.into()).unwrap()
+    }
+
+    /// A message waiting for room in a process's queue when that process dies (its queue
+    /// closes under the send) is not lost, nor an error: it goes to the next process's queue.
+    #[tokio::test]
+    async fn a_message_caught_by_a_crash_goes_to_the_next_process() {
+        let session = Arc::new(Session::standalone(
+            crate::session::TransportKind::Stdio,
+            100,
+        ));
+        let (old, old_rx, _) = Outbox::new(1, 1 << 20);
+        let old = Arc::new(old);
+        let inbox = Arc::new(ServerInbox::new(old.clone(), session));
+        inbox.deliver(message("first")).await.unwrap();
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.deliver(message("second")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the queue had no room");
+        // The process dies: its writer, and the receiver, are gone.
+        drop(old_rx);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "it must wait for the next process");
+        let (next, mut next_rx, _) = Outbox::new(8, 1 << 20);
+        inbox.replace(Arc::new(next));
+        waiting.await.unwrap().unwrap();
+        let delivered = next_rx.recv().await.unwrap();
+        let text = String::from_utf8_lossy(delivered.as_ref()).into_owned();
+        assert!(text.contains("second"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -352,3 +352,23 @@ async fn a_server_that_ends_when_pinged_early_gets_spares_without_a_warm_up() {
         .unwrap();
     assert_eq!(line, "{\"id\":1}\n");
 }
+
+#[tokio::test]
+async fn a_session_does_not_wait_out_its_timeout_for_a_spare_that_stays_silent() {
+    let counters = Arc::new(ChildCounters::default());
+    // Never answers (its warm-up takes the whole WARM_UP_TIMEOUT).
+    let pool = Pool::new(
+        sh("exec sleep 60", None),
+        config(1, Duration::from_secs(1)),
+        4,
+        counters.clone(),
+    );
+    until("a spare starting", || {
+        counters.spawns.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // It waits half its --pool-acquire-timeout for the spare, then starts its own.
+    let lease = pool.acquire().await.unwrap();
+    assert!(lease.cold);
+    assert_eq!(counters.spawns.load(Ordering::Relaxed), 2);
+}
