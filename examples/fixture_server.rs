@@ -129,7 +129,10 @@ fn main() {
             let key = id.to_string();
             if let Some(call_id) = sampling.remove(&key) {
                 let reply = match msg.pointer("/error/message").and_then(Value::as_str) {
-                    Some(message) => format!("client error: {message}"),
+                    Some(message) => {
+                        let code = msg.pointer("/error/code").cloned().unwrap_or(Value::Null);
+                        format!("client error: {message} ({code})")
+                    }
                     None => {
                         let text = msg.pointer("/result/content/text").and_then(Value::as_str);
                         format!("client said: {}", text.unwrap_or("<no text>"))

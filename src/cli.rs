@@ -261,6 +261,19 @@ pub struct PoolArgs {
     /// does not start a storm of processes); then it gets error -32093. [default: 30s]
     #[arg(long, env = "SHADOWCAT_POOL_ACQUIRE_TIMEOUT", value_name = "DURATION")]
     pub pool_acquire_timeout: Option<String>,
+    /// Which requests share a server process: `never` (a process per session and per
+    /// stateless request), `stateless` (2026-07-28 stateless requests share one; each session
+    /// has its own), `always` (sessions share processes too, up to --max-sessions-per-child
+    /// each: the first session's `initialize` goes to the process and later sessions asking
+    /// for the same protocol version get its answer; request ids, progress tokens and
+    /// subscriptions are kept apart per session; a request from the server goes to the
+    /// session it can be tied to, or is refused). [default: stateless]
+    #[arg(long, env = "SHADOWCAT_SHARE", value_name = "WHEN")]
+    pub share: Option<crate::transport::child::Share>,
+    /// With `--share always`: most sessions on one server process; more processes are started
+    /// as needed. [default: 64]
+    #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_CHILD", value_name = "N")]
+    pub max_sessions_per_child: Option<String>,
 }
 
 /// Bounds on the gateway's client connections (`reverse`). Connections over a cap are answered

@@ -135,6 +135,8 @@ struct FileConfig {
     pool_min_idle: Option<Scalar>,
     pool_idle_timeout: Option<Scalar>,
     pool_acquire_timeout: Option<Scalar>,
+    share: Option<crate::transport::child::Share>,
+    max_sessions_per_child: Option<Scalar>,
     max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,

@@ -460,6 +460,11 @@ fn encode_children(
             "Sessions that waited past --pool-acquire-timeout",
             &c.timeouts,
         ),
+        (
+            "shadowcat_upstream_unattributed",
+            "Messages of a shared server tied to no one session: notifications dropped, requests refused (-32094)",
+            &c.unattributed,
+        ),
     ] {
         counter(encoder, name, help, value.load(Ordering::Relaxed))?;
     }

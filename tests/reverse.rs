@@ -538,21 +538,17 @@ fn origin_and_host_are_validated() {
     );
 }
 
-#[test]
-fn two_clients_calling_at_once_get_only_their_own_answers() {
-    let gw = Gateway::fixture(&[]);
-    let sessions = [gw.initialize(), gw.initialize()];
-    assert_ne!(sessions[0], sessions[1]);
-    let addr = gw.addr.clone();
+/// Each of `sessions` makes `calls` echo calls at once with the others, under the same request
+/// ids in every session: each must get its own answers (routing by session, not by id).
+fn own_answers_at_once(gw: &Gateway, sessions: &[String], calls: i64) {
     let handles: Vec<_> = sessions
         .iter()
         .enumerate()
         .map(|(client, session)| {
-            let (addr, session) = (addr.clone(), session.clone());
+            let (addr, session) = (gw.addr.clone(), session.clone());
             std::thread::spawn(move || {
-                for i in 0..40 {
+                for i in 0..calls {
                     let text = format!("client {client} call {i}");
-                    // Same request ids in both sessions: routing must go by session, not id.
                     let r = http_request(
                         &addr,
                         "POST",
@@ -574,6 +570,14 @@ fn two_clients_calling_at_once_get_only_their_own_answers() {
     for handle in handles {
         handle.join().unwrap();
     }
+}
+
+#[test]
+fn two_clients_calling_at_once_get_only_their_own_answers() {
+    let gw = Gateway::fixture(&[]);
+    let sessions = [gw.initialize(), gw.initialize()];
+    assert_ne!(sessions[0], sessions[1]);
+    own_answers_at_once(&gw, &sessions, 40);
 }
 
 #[test]
@@ -1391,4 +1395,182 @@ fn sessions_take_warm_spares_that_are_replaced() {
     let log = gw.stderr_text();
     assert_eq!(log.matches("spare=true").count(), 2, "{log}");
     assert!(!log.contains("spare=false"), "{log}");
+}
+
+/// `--share always`: sessions run on one server process, each with its own ids; a crash of
+/// that process fails what every session had in flight there (-32081) and ends them all, and
+/// the next session gets a new process.
+#[test]
+fn sessions_share_a_process_and_its_crash_ends_them_all() {
+    let gw = Gateway::fixture(&["--share", "always"]);
+    let sessions = [gw.initialize(), gw.initialize(), gw.initialize()];
+    assert_eq!(
+        fixture_children_of(&gw).len(),
+        1,
+        "one process for them all"
+    );
+    // The same ids in every session, at once: each gets its own answers.
+    own_answers_at_once(&gw, &sessions, 20);
+    // One session's call is in flight when another's crashes the process.
+    let (addr, first) = (gw.addr.clone(), sessions[0].clone());
+    let sleeping = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &first)]),
+            call(7, "sleep", json!({"ms": 5000})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let crashed = gw.post(Some(&sessions[1]), &call(8, "crash", json!({})));
+    assert_eq!(
+        crashed.messages()[0]["error"]["code"],
+        -32081,
+        "{crashed:?}"
+    );
+    let slept = sleeping.join().unwrap();
+    let error = &slept.messages()[0];
+    assert_eq!(error["id"], 7);
+    assert_eq!(error["error"]["code"], -32081, "{error}");
+    for session in &sessions {
+        wait_until("the session is gone", || {
+            gw.post(Some(session), &call(9, "echo", json!({"text": "x"})))
+                .status
+                == 404
+        });
+    }
+    let next = gw.initialize();
+    let r = gw.post(Some(&next), &call(1, "echo", json!({"text": "fine"})));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "fine");
+    assert_eq!(fixture_children_of(&gw).len(), 1);
+}
+
+/// `--max-sessions-per-child 2`: a third session gets a second process; a process whose
+/// sessions all ended is kept (--pool-idle-timeout) for the next session.
+#[test]
+fn max_sessions_per_child_starts_another_process() {
+    let gw = Gateway::fixture(&["--share", "always", "--max-sessions-per-child", "2"]);
+    let sessions = [gw.initialize(), gw.initialize()];
+    assert_eq!(fixture_children_of(&gw).len(), 1);
+    let third = gw.initialize();
+    assert_eq!(fixture_children_of(&gw).len(), 2);
+    for session in sessions.iter().chain([&third]) {
+        let r = gw.post(Some(session), &call(1, "echo", json!({"text": session})));
+        assert_eq!(r.json()["result"]["content"][0]["text"], session.as_str());
+    }
+    let r = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &headers(&[("Mcp-Session-Id", &third)]),
+        b"",
+    );
+    assert!(r.status < 300, "{r:?}");
+    let again = gw.initialize();
+    let r = gw.post(Some(&again), &call(1, "echo", json!({"text": "again"})));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "again");
+    assert_eq!(
+        fixture_children_of(&gw).len(),
+        2,
+        "the idle process was used again"
+    );
+}
+
+/// `--share never`: each stateless (2026-07-28) request gets a process of its own, stopped
+/// when the request is over.
+#[test]
+fn with_share_never_each_stateless_request_has_its_own_process() {
+    let gw = Gateway::fixture(&["--share", "never", "--admin-listen", "127.0.0.1:0"]);
+    for id in 1..=2 {
+        let (h, body) = support::modern_call(id, "echo", json!({"text": "alone"}), json!({}));
+        let r = http_request(&gw.addr, "POST", "/mcp", &h, &body);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["id"], id);
+        assert_eq!(r.json()["result"]["content"][0]["text"], "alone");
+        wait_until("the request's process has exited", || {
+            fixture_children_of(&gw).is_empty()
+        });
+    }
+    until_metric(&gw, "shadowcat_upstream_spawns_total 2");
+}
+
+/// Bad `--share` and `--max-sessions-per-child` values are refused before anything starts.
+#[test]
+fn bad_share_options_are_refused() {
+    for (args, says) in [
+        (vec!["--share", "sometimes"], "sometimes"),
+        (
+            vec!["--max-sessions-per-child", "0"],
+            "--max-sessions-per-child",
+        ),
+        (
+            vec!["--max-sessions-per-child", "lots"],
+            "--max-sessions-per-child",
+        ),
+    ] {
+        let out = support::command()
+            .arg("reverse")
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// At a shared process, a server request made while two sessions have calls in flight cannot
+/// be tied to one: the process gets -32094 and neither client sees the request. With one
+/// session busy, it goes to that session.
+#[test]
+fn an_ambiguous_server_request_at_a_shared_process_is_refused_not_guessed() {
+    let gw = Gateway::fixture(&["--share", "always"]);
+    let (a, b) = (gw.initialize(), gw.initialize());
+    let (addr, busy) = (gw.addr.clone(), a.clone());
+    let sleeping = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &busy)]),
+            call(1, "sleep", json!({"ms": 1500})).to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = gw.post(Some(&b), &call(2, "sample", json!({"prompt": "whose?"})));
+    let messages = r.messages();
+    assert_eq!(
+        messages.len(),
+        1,
+        "no sampling request reached b: {messages:?}"
+    );
+    let text = messages[0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(text.contains("(-32094)"), "{text}");
+    let slept = sleeping.join().unwrap();
+    assert_eq!(
+        slept.messages().len(),
+        1,
+        "none reached a either: {slept:?}"
+    );
+    // With only b busy, the request is b's.
+    let mut stream = SseReader::post(
+        &gw.addr,
+        &headers(&[("Mcp-Session-Id", &b)]),
+        call(3, "sample", json!({"prompt": "mine"}))
+            .to_string()
+            .as_bytes(),
+    );
+    let request = stream.next_message().expect("the server's request");
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    let answer = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant","content":{"type":"text","text":"b's"},"model":"m"}});
+    // a cannot answer it (its answer is dropped); b can.
+    let forged = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant","content":{"type":"text","text":"forged"},"model":"m"}});
+    assert_eq!(gw.post(Some(&a), &forged).status, 202);
+    assert_eq!(gw.post(Some(&b), &answer).status, 202);
+    let result = stream.next_message().expect("the call's result");
+    assert_eq!(result["result"]["content"][0]["text"], "client said: b's");
 }

@@ -240,6 +240,12 @@ fn streamable_http_clients_reach_a_legacy_sse_upstream() {
 /// stdio directly.
 #[test]
 fn server_everything_behind_the_gateway() {
+    everything_behind_the_gateway(&[]);
+}
+
+/// Both SDKs' clients get from server-everything behind a gateway started with `flags` what
+/// they get from it directly.
+fn everything_behind_the_gateway(flags: &[&str]) {
     let entry =
         support::peers().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(
@@ -252,7 +258,8 @@ fn server_everything_behind_the_gateway() {
         entry.display().to_string(),
         "stdio".to_owned(),
     ];
-    let mut opts: Vec<&str> = vec!["--"];
+    let mut opts: Vec<&str> = flags.to_vec();
+    opts.push("--");
     opts.extend(command.iter().map(String::as_str));
     let gateway = Gateway::start(&opts);
     for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
@@ -438,4 +445,77 @@ fn sdk_sessions_are_served_by_warm_spares() {
     let log = gateway.stderr_text();
     assert_eq!(log.matches("spare=true").count(), 2, "{log}");
     assert!(!log.contains("spare=false"), "{log}");
+}
+
+/// `--share always`: 50 Python SDK sessions at once on one server process. Each gets only its
+/// own answers, progress and sampling requests; a sampling request made while two sessions
+/// have calls in flight is refused (-32094), never handed to either (tests/peers/share_client.py
+/// checks each of these and exits 1 if one fails).
+#[test]
+fn fifty_sdk_sessions_share_one_server_process() {
+    let command = [python("2.3.0"), server_script("2.3.0")];
+    let mut opts: Vec<&str> = vec![
+        "--share",
+        "always",
+        "--max-sessions-per-client",
+        "60",
+        "--log-level",
+        "info",
+        "--",
+    ];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    let out = std::process::Command::new(python("1.30.0"))
+        .arg(support::peers().join("share_client.py"))
+        .arg(gateway.url())
+        .arg("50")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{stderr}\n{}",
+        gateway.stderr_text()
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["own_answers_and_progress"], 50, "{summary}");
+    assert_eq!(summary["own_sampling"], 50, "{summary}");
+    assert_eq!(summary["held_then_answered"], true, "{summary}");
+    assert!(
+        summary["ambiguous"]
+            .to_string()
+            .contains("cannot tell which one"),
+        "{summary}"
+    );
+    let log = gateway.stderr_text();
+    assert_eq!(
+        log.matches("started a shared MCP server").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("the session is on a shared MCP server").count(),
+        50
+    );
+}
+
+/// `--share always` is faithful: both SDKs' clients, one after the other on the same shared
+/// process (the second gets the first's `initialize` answer), get the whole scenario
+/// (sampling, elicitation, progress, logs, list-changed) exactly as running the server
+/// themselves; and so against the reference server.
+#[test]
+fn shared_server_processes_are_faithful() {
+    let command = vec![python("2.3.0"), server_script("2.3.0")];
+    let mut opts: Vec<&str> = vec!["--share", "always", "--log-level", "info", "--"];
+    opts.extend(command.iter().map(String::as_str));
+    let gateway = Gateway::start(&opts);
+    same_as_running_the_server(&gateway, &command);
+    let log = gateway.stderr_text();
+    // Each client asks for its own protocol version; sessions asking for the same one share.
+    assert!(
+        log.matches("started a shared MCP server").count() <= 2,
+        "{log}"
+    );
+    everything_behind_the_gateway(&["--share", "always"]);
 }

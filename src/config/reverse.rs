@@ -8,7 +8,7 @@ use super::{
     parse_duration, parse_optional_duration, pick,
 };
 use crate::cli::{ConnectionArgs, GlobalArgs, PoolArgs, ReverseArgs, StdioServer, UpstreamArgs};
-use crate::transport::child::ChildSpec;
+use crate::transport::child::{ChildSpec, Share};
 use crate::transport::serve::ConnectionLimits;
 
 /// Default address the reverse proxy listens on.
@@ -38,12 +38,20 @@ pub struct PoolConfig {
     pub idle_timeout: Option<Duration>,
     /// Longest a session waits for its process.
     pub acquire_timeout: Duration,
+    /// Which requests share a process.
+    pub share: Share,
+    /// Most sessions on one shared process (`--share always`).
+    pub max_sessions_per_child: usize,
 }
 
 /// Default `--pool-idle-timeout`.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Default `--pool-acquire-timeout`.
 pub const DEFAULT_POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--max-sessions-per-child`.
+pub const DEFAULT_MAX_SESSIONS_PER_CHILD: usize = 64;
+/// Most `--max-sessions-per-child`.
+pub const MAX_SESSIONS_PER_CHILD: usize = 10_000;
 /// Most `--pool-min-idle`: spares are running servers.
 pub const MAX_POOL_MIN_IDLE: usize = 64;
 
@@ -53,6 +61,8 @@ impl Default for PoolConfig {
             min_idle: 0,
             idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
             acquire_timeout: DEFAULT_POOL_ACQUIRE_TIMEOUT,
+            share: Share::default(),
+            max_sessions_per_child: DEFAULT_MAX_SESSIONS_PER_CHILD,
         }
     }
 }
@@ -343,10 +353,33 @@ fn pool_config(args: &PoolArgs, file: &FileConfig) -> Result<PoolConfig, ConfigE
         Some(text) => parse_duration(&text, "--pool-acquire-timeout")?,
         None => defaults.acquire_timeout,
     };
+    let max_sessions_per_child = match pick(
+        args.max_sessions_per_child.as_ref(),
+        file.max_sessions_per_child.as_ref(),
+    ) {
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_SESSIONS_PER_CHILD).contains(&n) => n,
+            Ok(n) => {
+                return Err(invalid(
+                    "--max-sessions-per-child",
+                    format!("{n}: expected 1 to {MAX_SESSIONS_PER_CHILD}"),
+                ));
+            }
+            Err(e) => {
+                return Err(invalid(
+                    "--max-sessions-per-child",
+                    format!("{text:?}: {e} (expected a whole number)"),
+                ));
+            }
+        },
+        None => defaults.max_sessions_per_child,
+    };
     Ok(PoolConfig {
         min_idle,
         idle_timeout,
         acquire_timeout,
+        share: args.share.or(file.share).unwrap_or_default(),
+        max_sessions_per_child,
     })
 }
 

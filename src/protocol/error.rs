@@ -81,11 +81,14 @@ pub enum ErrorCode {
     /// `-32093`: no server process for the session became available within
     /// `--pool-acquire-timeout` (all in use, or starting).
     PoolTimedOut,
+    /// `-32094`: a request from a server shared by several sessions (`--share always`) that
+    /// cannot be tied to exactly one of them; the server gets this rather than a guess.
+    Unattributable,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::MethodNotFound,
@@ -107,6 +110,7 @@ impl ErrorCode {
         Self::BlockedByRule,
         Self::RateLimited,
         Self::PoolTimedOut,
+        Self::Unattributable,
     ];
 
     /// The numeric JSON-RPC code.
@@ -133,6 +137,7 @@ impl ErrorCode {
             Self::BlockedByRule => -32091,
             Self::RateLimited => -32092,
             Self::PoolTimedOut => -32093,
+            Self::Unattributable => -32094,
         }
     }
 
@@ -160,6 +165,7 @@ impl ErrorCode {
             Self::BlockedByRule => "blocked_by_rule",
             Self::RateLimited => "rate_limited",
             Self::PoolTimedOut => "pool_timed_out",
+            Self::Unattributable => "unattributable",
         }
     }
 }

@@ -56,6 +56,35 @@ impl<T: Deliver> Deliver for std::sync::Arc<T> {
     }
 }
 
+/// A [`Deliver`] for tests: keeps the texts of what it is handed.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Collect(Mutex<Vec<String>>);
+
+#[cfg(test)]
+impl Deliver for Collect {
+    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(String::from_utf8_lossy(msg.raw()).into_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Collect {
+    /// What it was handed since last asked.
+    pub(crate) fn taken(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+}
+
 impl Deliver for Outbox {
     fn deliver(&self, msg: Message) -> impl Future<Output = Result<(), Closed>> + Send {
         self.send(msg)

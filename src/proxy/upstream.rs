@@ -1,10 +1,12 @@
 //! A session's upstream: the server, as the session holds it: a stdio child ([`StdioLink`]) or
 //! its session at an HTTP server ([`HttpSession`]), and what an exchange with it sends back to
-//! the request waiting for it ([`Reply`]). Shared children are to come here (issue 22).
+//! the request waiting for it ([`Reply`]).
 //!
 //! - [`stdio`]: a child server and the two tasks that move its bytes.
 //! - [`pool`]: the server processes of a command upstream: spares started ahead of need,
 //!   starts bounded in number, rate and concurrency.
+//! - [`share`]: server processes shared by many sessions, their ids, progress tokens and
+//!   subscriptions kept apart.
 //! - [`supervise`]: a failed server process started again, with backoff, crash-loop detection
 //!   and the session's handshake replayed.
 //! - [`http`]: one session at a Streamable HTTP (or 2024-11-05 HTTP+SSE) server: its POSTs,
@@ -25,6 +27,7 @@ use crate::session::Session;
 
 pub mod http;
 pub mod pool;
+pub mod share;
 pub mod stdio;
 pub mod supervise;
 
@@ -45,6 +48,8 @@ pub enum Upstream<C> {
     },
     /// Its session at the HTTP upstream.
     Http(Arc<HttpSession<C>>),
+    /// Its place on a server process shared with other sessions (`--share always`).
+    Shared(Arc<share::Member<C>>),
 }
 
 impl<C> Upstream<C> {
@@ -52,8 +57,13 @@ impl<C> Upstream<C> {
     pub fn http(&self) -> Option<&Arc<HttpSession<C>>> {
         match self {
             Self::Http(http) => Some(http),
-            Self::Stdio { .. } => None,
+            Self::Stdio { .. } | Self::Shared(_) => None,
         }
+    }
+
+    /// Whether the server is a process (of its own or shared), which takes messages at once.
+    pub fn is_process(&self) -> bool {
+        !matches!(self, Self::Http(_))
     }
 }
 
@@ -67,6 +77,7 @@ impl<C: Deliver + 'static> Deliver for Upstream<C> {
                 to_server.send(msg).await
             }
             Self::Http(http) => http.deliver(msg).await,
+            Self::Shared(member) => member.deliver(msg).await,
         }
     }
 }

@@ -50,6 +50,20 @@ pub enum Restart {
     OnFailure,
 }
 
+/// Which requests of `reverse -- <cmd>` share a server process (`--share`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Share {
+    /// None: each session has a process of its own, and so has each stateless request.
+    Never,
+    /// Stateless (2026-07-28) requests share one; each session has its own.
+    #[default]
+    Stateless,
+    /// Sessions too: up to `--max-sessions-per-child` sessions per process, their ids,
+    /// progress tokens and subscriptions kept apart.
+    Always,
+}
+
 /// Counters of a command upstream's server processes, for `/metrics` (the pool and the
 /// gateway change them; telemetry reads them).
 #[derive(Debug, Default)]
@@ -70,6 +84,9 @@ pub struct ChildCounters {
     pub waits: std::sync::atomic::AtomicU64,
     /// Sessions that waited past `--pool-acquire-timeout`.
     pub timeouts: std::sync::atomic::AtomicU64,
+    /// Messages of a shared server that could be tied to no one session: notifications
+    /// dropped, requests refused.
+    pub unattributed: std::sync::atomic::AtomicU64,
 }
 
 /// A running child with its pipes taken apart.

@@ -17,7 +17,7 @@ use crate::proxy::outbox::Deliver as _;
 use crate::session::EndReason;
 
 use super::alias::Aliases;
-use super::gateway::{Gateway, SessionLink, Upstream};
+use super::gateway::{Gateway, SessionLink};
 use super::router::{Reply, ReplyTo, Router};
 
 /// A POST's registration with its session's router, undone when the POST ends (answered, or the
@@ -151,8 +151,8 @@ impl Drop for Answering {
         // An HTTP upstream's exchange is dropped with this POST: the upstream sees its request's
         // connection close. A child is told, as MCP cancels a request (at the shared child, a
         // stateless request's closed stream is how that era cancels one).
-        if let (Upstream::Stdio { .. }, false, Ok(runtime)) = (
-            &self.link.upstream,
+        if let (true, false, Ok(runtime)) = (
+            self.link.upstream.is_process(),
             forgotten.is_empty(),
             tokio::runtime::Handle::try_current(),
         ) {

@@ -25,11 +25,13 @@ use crate::proxy::pipeline::Pipeline;
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
+use crate::proxy::upstream::share::{ShareLimits, SharedChildren};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
 use crate::proxy::upstream::{Pool, PoolError};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
+use crate::transport::child::Share;
 use crate::transport::child::describe_exit;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
@@ -43,6 +45,9 @@ pub use crate::proxy::upstream::Upstream;
 pub use crate::proxy::upstream::http::session_lost;
 pub use crate::proxy::upstream::reply_channel;
 pub use link::{HttpLink, SessionLink};
+
+/// How long a shared process without sessions is kept when `--pool-idle-timeout` is off.
+const SHARED_LINGER: Duration = Duration::from_secs(10 * 60);
 
 /// How long a crashed child's stdout may still be read for its last answers.
 const STDOUT_DRAIN_GRACE: Duration = Duration::from_millis(250);
@@ -82,8 +87,9 @@ enum Ending {
     Closed,
     /// Its child exited by itself.
     Exited(std::io::Result<std::process::ExitStatus>),
-    /// Its child could not be started: the error its pending requests get.
-    NotStarted(ProxyError),
+    /// Its server failed (its child could not be started, or the process it shared exited):
+    /// the error its pending requests get.
+    Failed(ProxyError),
 }
 
 /// The gateway.
@@ -117,6 +123,8 @@ pub struct Gateway {
     client_sessions: Arc<ClientCounts>,
     /// The latest failure of a command upstream's server, for `/readyz`.
     child_failures: readiness::ChildFailures,
+    /// The server processes sessions share (`--share always`).
+    shared: Option<Arc<SharedChildren<Arc<Router>>>>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -156,7 +164,22 @@ impl Gateway {
                 gateway_metrics.children(),
             )),
         };
+        let shared = match (&upstream, reverse.pool.share) {
+            (Server::Command(pool), Share::Always) => Some(SharedChildren::new(
+                pool.clone(),
+                pipeline.clone(),
+                gateway_metrics.children(),
+                ShareLimits {
+                    max_members: reverse.pool.max_sessions_per_child,
+                    max_message_size: config.max_message_size,
+                    shutdown_timeout: config.shutdown_timeout,
+                    linger: reverse.pool.idle_timeout.unwrap_or(SHARED_LINGER),
+                },
+            )),
+            _ => None,
+        };
         Arc::new(Self {
+            shared,
             pipeline,
             metrics: gateway_metrics,
             config,
@@ -256,13 +279,27 @@ impl Gateway {
         client: Client<'_>,
         delivery: Delivery,
     ) -> Result<Arc<SessionLink>, OpenError> {
+        self.open_link(transport, client, delivery, true)
+    }
+
+    /// [`Self::open_session`], kept in the history or not (a stateless request's own).
+    fn open_link(
+        self: &Arc<Self>,
+        transport: TransportKind,
+        client: Client<'_>,
+        delivery: Delivery,
+        kept: bool,
+    ) -> Result<Arc<SessionLink>, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
         let client_slot = self.client_slot(client)?;
-        let session = self
-            .sessions
-            .create(transport, Some(self.upstream_label()))?;
+        let label = Some(self.upstream_label());
+        let session = if kept {
+            self.sessions.create(transport, label)?
+        } else {
+            self.sessions.create_unkept(transport, label)?
+        };
         self.record(&session);
         let events = Some(Arc::new(EventLog::new(
             self.reverse.sse_replay_events,
@@ -273,6 +310,16 @@ impl Gateway {
                 let router = Arc::new(Router::new(session.clone(), events, delivery, None));
                 let http = backend.session(session.clone(), router.clone());
                 (Upstream::Http(http), router, None)
+            }
+            Server::Command(_) if self.shared.is_some() => {
+                let router = Arc::new(Router::new(session.clone(), events, delivery, None));
+                let upstream = match &self.shared {
+                    Some(shared) => {
+                        Upstream::Shared(Arc::new(shared.member(session.clone(), router.clone())))
+                    }
+                    None => return Err(OpenError::ShuttingDown),
+                };
+                (upstream, router, None)
             }
             Server::Command(_) => {
                 // The server is started when the session's first message is on its way (so a
@@ -317,6 +364,12 @@ impl Gateway {
         }
         let backend = match &self.server {
             Server::Http(backend) => backend,
+            Server::Command(_) if self.reverse.pool.share == Share::Never => {
+                // A process of its own, stopped when the request is over.
+                let link =
+                    self.open_link(TransportKind::Http, caller, Delivery::Streamable, false)?;
+                return Ok(Stateless::Own(link));
+            }
             Server::Command(_) => {
                 let mut shared = self
                     .stateless_child
@@ -383,10 +436,13 @@ impl Gateway {
         self.stopping.cancel();
         self.sessions.end_all(EndReason::Killed);
         self.tasks.close();
-        // The spares, never used, are stopped alongside.
+        // The spares, never used, are stopped alongside (and the shared processes).
+        let grace = self.config.shutdown_timeout.min(limit);
         let spares = async {
-            if let Server::Command(pool) = &self.server {
-                pool.close(self.config.shutdown_timeout.min(limit)).await;
+            match (&self.server, &self.shared) {
+                (_, Some(shared)) => shared.close(grace).await,
+                (Server::Command(pool), None) => pool.close(grace).await,
+                (Server::Http(_), None) => {}
             }
         };
         let torn_down = async { tokio::join!(self.tasks.wait(), spares) };
@@ -400,7 +456,9 @@ impl Gateway {
     async fn watch(self: Arc<Self>, link: Arc<SessionLink>, child: Option<StdioQueue>) {
         let session = link.session.clone();
         let watchers = self.spawn_timeouts(&link);
-        let (child, ending) = if let Some(queue) = child {
+        let (child, ending) = if let Upstream::Shared(member) = &link.upstream {
+            (None, self.join_shared(&link, member).await)
+        } else if let Some(queue) = child {
             match self.start_child(&link, queue).await {
                 Ok(Some(mut child)) => {
                     let ending = tokio::select! {
@@ -413,7 +471,7 @@ impl Gateway {
                     (Some(child), ending)
                 }
                 Ok(None) => (None, Ending::Closed),
-                Err(error) => (None, Ending::NotStarted(error)),
+                Err(error) => (None, Ending::Failed(error)),
             }
         } else {
             // An HTTP upstream: its GET stream relayed once the client listens.
@@ -474,19 +532,65 @@ impl Gateway {
                 );
                 Ok(Some(child))
             }
+            Err(e) => Err(self.no_process(session, &e)),
+        }
+    }
+
+    /// A session that could have no server process ends; the error is what its requests get.
+    fn no_process(&self, session: &Session, e: &PoolError) -> ProxyError {
+        tracing::error!(%e, "no MCP server for the session; ending it");
+        self.sessions.end(session.id(), EndReason::Error);
+        let code = match e {
+            PoolError::Spawn { .. } => {
+                self.metrics.upstream_error("exited");
+                self.child_failures.record(e.to_string());
+                ErrorCode::UpstreamExited
+            }
+            PoolError::TimedOut(_) => ErrorCode::PoolTimedOut,
+            PoolError::Closed => ErrorCode::ShuttingDown,
+        };
+        ProxyError::new(code, e.to_string())
+    }
+
+    /// A session on a shared process: it takes one with its first message, then is served
+    /// until it ends or the process exits.
+    async fn join_shared(
+        &self,
+        link: &Arc<SessionLink>,
+        member: &crate::proxy::upstream::share::Member<Arc<Router>>,
+    ) -> Ending {
+        let session = &link.session;
+        tokio::select! {
+            () = session.closed_token().cancelled() => return Ending::Closed,
+            () = member.start.cancelled() => {}
+        }
+        let joined = tokio::select! {
+            () = session.closed_token().cancelled() => return Ending::Closed,
+            joined = member.join() => joined,
+        };
+        match joined {
+            Ok(child) => {
+                link.router.answer_server_via(child.to_server().clone());
+                tracing::info!(
+                    pid = child.pid(),
+                    sessions = child.members(),
+                    "the session is on a shared MCP server"
+                );
+            }
             Err(e) => {
-                tracing::error!(%e, "no MCP server for the session; ending it");
+                let error = self.no_process(session, &e);
+                member.fail(error.clone());
+                return Ending::Failed(error);
+            }
+        }
+        tokio::select! {
+            () = session.closed_token().cancelled() => Ending::Closed,
+            error = member.lost() => {
+                if error.code == ErrorCode::UpstreamExited {
+                    self.metrics.upstream_error("exited");
+                }
                 self.sessions.end(session.id(), EndReason::Error);
-                let code = match e {
-                    PoolError::Spawn { .. } => {
-                        self.metrics.upstream_error("exited");
-                        self.child_failures.record(e.to_string());
-                        ErrorCode::UpstreamExited
-                    }
-                    PoolError::TimedOut(_) => ErrorCode::PoolTimedOut,
-                    PoolError::Closed => ErrorCode::ShuttingDown,
-                };
-                Err(ProxyError::new(code, e.to_string()))
+                Ending::Failed(error)
             }
         }
     }
@@ -526,7 +630,7 @@ impl Gateway {
                 )
                 .with("stderr", child.child.stderr_tail().lines())
             }
-            (Ending::NotStarted(error), _) => error,
+            (Ending::Failed(error), _) => error,
             (Ending::Closed | Ending::Exited(_), _) => {
                 tracing::info!(state = %session.state(), "session ended; closing its upstream");
                 crate::proxy::upstream::session_ended(&session)
@@ -547,11 +651,11 @@ impl Gateway {
                 }
                 child.abort();
             }
-            None => {
-                if let Upstream::Http(http) = &link.upstream {
-                    http.end().await;
-                }
-            }
+            None => match &link.upstream {
+                Upstream::Http(http) => http.end().await,
+                Upstream::Shared(member) => member.leave().await,
+                Upstream::Stdio { .. } => {}
+            },
         }
         // Whatever is still in flight gets an answer; then nothing more can arrive.
         crate::proxy::upstream::answer_in_flight(&session, &error, link.router.as_ref()).await;
@@ -665,12 +769,11 @@ impl Gateway {
         reply: &ReplyTo,
     ) {
         match &link.upstream {
-            Upstream::Stdio { to_server, start } => {
-                // The session's child starts with its first message.
-                start.cancel();
+            Upstream::Stdio { .. } | Upstream::Shared(_) => {
+                // The session's process is started (or picked) with its first message.
                 for msg in messages {
                     let (is_request, id) = (msg.kind() == Kind::Request, msg.id().cloned());
-                    if to_server.send(msg).await.is_err() {
+                    if link.upstream.deliver(msg).await.is_err() {
                         if let (true, Some(id)) = (is_request, id) {
                             link.session.pending(Direction::ClientToServer).remove(&id);
                             let error = receiver_gone(Direction::ClientToServer);

@@ -22,7 +22,7 @@ use crate::session::{EndReason, SessionId, TransportKind};
 
 use super::checks::{check_content_type, client_of, read_frame};
 use super::events;
-use super::gateway::{Gateway, Upstream};
+use super::gateway::Gateway;
 use super::get::{Ends, live_body, sse_response};
 use super::respond::refuse;
 use super::router::Delivery;
@@ -176,9 +176,7 @@ pub async fn message(
     // the messages: a child, or an HTTP+SSE server), so the client's next message can't
     // overtake this one; a request to a Streamable HTTP upstream, which answers only when done,
     // runs on its own (bounded by the pending-request limits).
-    let quick = requests == 0
-        || matches!(link.upstream, Upstream::Stdio { .. })
-        || link.at_legacy_upstream();
+    let quick = requests == 0 || link.upstream.is_process() || link.at_legacy_upstream();
     let exchange_gateway = gateway.clone();
     let work = async move {
         exchange_gateway

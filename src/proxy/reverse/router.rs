@@ -111,6 +111,12 @@ impl Router {
         router
     }
 
+    /// Answers the server's requests that no POST can carry on `to_server` (a shared process's
+    /// stdin, known once the session is on one).
+    pub fn answer_server_via(&self, to_server: Arc<Outbox>) {
+        let _ = self.to_server.set(to_server);
+    }
+
     /// The session's GET stream.
     pub fn events(&self) -> Option<&Arc<EventLog>> {
         self.events.as_ref()

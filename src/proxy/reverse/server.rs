@@ -206,6 +206,14 @@ struct Opened {
     ephemeral: Option<EndOnDrop>,
 }
 
+impl Opened {
+    /// A stateless request to a command's process (shared or its own): the gateway is the
+    /// process's HTTP server, so the binding's checks and statuses are the gateway's to apply.
+    fn served_here(&self) -> bool {
+        self.stateless && self.link.upstream.is_process()
+    }
+}
+
 /// The second step of a POST: the session it opens (`initialize`, a stateless request) or
 /// names, refused if it cannot have one; at the shared child the checks of the HTTP binding
 /// and the client's bound; a batch where the protocol version has none.
@@ -247,7 +255,8 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
             false,
         )
     };
-    if let ([Ok(msg)], true) = (&intake.members[..], shared) {
+    let served_here = stateless && link.upstream.is_process();
+    if let ([Ok(msg)], true) = (&intake.members[..], served_here) {
         // The gateway is the HTTP server of a stdio child: it checks what the child cannot see.
         super::binding::check_request(&link, headers, msg)?;
     }
@@ -345,7 +354,7 @@ struct Answered<'a> {
     answers: &'a [Bytes],
     /// The id of the POST's one request.
     only_id: Option<&'a RequestId>,
-    /// At the stateless requests' shared child (whose answers take the binding's statuses).
+    /// At a command's process in the stateless era (whose answers take the binding's statuses).
     shared: bool,
     batch: bool,
 }
@@ -465,7 +474,7 @@ async fn post(
         let answered = Answered {
             answers: &screened.answers,
             only_id: only_id.as_ref(),
-            shared: opened.shared,
+            shared: opened.served_here(),
             batch,
         };
         return accept(
@@ -523,6 +532,7 @@ async fn answer(
     screened: Screened,
     aliases: Option<Aliases>,
 ) -> Response {
+    let served_here = opened.served_here();
     let Opened {
         link,
         new_session,
@@ -595,7 +605,7 @@ async fn answer(
                     link.tool_params.learn(raw);
                 }
             }
-            let status = super::binding::answer_status(shared, shape.batch, &out);
+            let status = super::binding::answer_status(served_here, shape.batch, &out);
             json_response(status, join(&out, shape.batch))
         }
         Collected::Stream { first, paused } => sse_response(if stateless {

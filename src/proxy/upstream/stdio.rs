@@ -85,7 +85,7 @@ impl StdioQueue {
     }
 
     /// Starts moving the bytes of `server`, a process already running: what is queued first,
-    /// then the rest; what it says goes to `to_client`.
+    /// then the rest; what it says goes through the pipeline to `to_client`.
     pub fn attach<O: AsyncRead + Send + 'static, R: Deliver + 'static>(
         self,
         server: Server<O>,
@@ -94,6 +94,28 @@ impl StdioQueue {
         to_client: Arc<R>,
         max_message_size: usize,
     ) -> std::io::Result<StdioLink> {
+        let to_sender = self.to_server.clone();
+        self.attach_reader(server, move |output| {
+            let reader = Relay {
+                direction: Direction::ServerToClient,
+                pipeline,
+                session,
+                to_sender,
+                to_receiver: to_client,
+                max_message_size,
+            };
+            reader.run(output)
+        })
+    }
+
+    /// Starts moving the bytes of `server`: what is queued goes to its stdin, and `read` reads
+    /// its stdout (a [`Relay`], or the demultiplexer of a shared child).
+    pub fn attach_reader<O, F, Fut>(self, server: Server<O>, read: F) -> std::io::Result<StdioLink>
+    where
+        O: AsyncRead + Send + 'static,
+        F: FnOnce(O) -> Fut,
+        Fut: Future<Output = RelayEnd> + Send + 'static,
+    {
         let Server {
             mut child,
             output,
@@ -108,17 +130,9 @@ impl StdioQueue {
             rx: server_rx,
             close: server_close,
         } = self;
-        let reader = Relay {
-            direction: Direction::ServerToClient,
-            pipeline,
-            session,
-            to_sender: to_server.clone(),
-            to_receiver: to_client,
-            max_message_size,
-        };
         Ok(StdioLink {
             child,
-            server_reader: Task::spawn("server-reader", reader.run(output)),
+            server_reader: Task::spawn("server-reader", read(output)),
             server_writer: Task::spawn(
                 "server-writer",
                 writer::write_lines(server_rx, server_in, server_close),

@@ -15,22 +15,7 @@ use crate::session::{SessionConfig, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::Metrics;
 
-/// What the test's client receives.
-#[derive(Debug, Default)]
-struct Collect(Mutex<Vec<String>>);
-
-impl Deliver for Collect {
-    async fn deliver(&self, msg: Message) -> Result<(), Closed> {
-        lock(&self.0).push(String::from_utf8_lossy(msg.raw()).into_owned());
-        Ok(())
-    }
-}
-
-impl Collect {
-    fn taken(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.0))
-    }
-}
+use crate::proxy::outbox::Collect;
 
 /// The upstream: sessions numbered from 1; `current` is the one it knows (0: none, as after a
 /// restart). A request answers with the session it reached; `refuse` answers everything but

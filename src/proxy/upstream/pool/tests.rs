@@ -30,6 +30,7 @@ fn config(min_idle: usize, acquire_timeout: Duration) -> PoolConfig {
         min_idle,
         idle_timeout: None,
         acquire_timeout,
+        ..PoolConfig::default()
     }
 }
 
