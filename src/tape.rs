@@ -128,6 +128,19 @@ pub struct End {
     pub reason: String,
 }
 
+/// A server process that took the session over: its first, or one started again after a
+/// crash (`generation` counts from 1), or a shared one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    /// Microseconds since recording began.
+    #[serde(rename = "t")]
+    pub micros: u64,
+    /// Its process id.
+    pub pid: u32,
+    /// How many processes the session has had, this one included.
+    pub generation: u64,
+}
+
 /// A tape's lines, as written (each with a `type` member naming its kind).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -135,6 +148,7 @@ pub(crate) enum Line<'a> {
     Header(Header),
     Meta(Meta),
     Frame(FrameLine<'a>),
+    Server(Server),
     End(End),
 }
 
@@ -225,6 +239,7 @@ enum Parsed<'a> {
     Header(Header),
     Meta(Meta),
     Frame(FrameLine<'a>),
+    Server(Server),
     End(End),
 }
 
@@ -235,6 +250,7 @@ fn parse_line(line: &[u8]) -> Result<Parsed<'_>, String> {
         "meta" => serde_json::from_slice(line).map(Parsed::Meta),
         "frame" => serde_json::from_slice(line).map(Parsed::Frame),
         "end" => serde_json::from_slice(line).map(Parsed::End),
+        "server" => serde_json::from_slice(line).map(Parsed::Server),
         other => return Err(format!("unknown line type {other:?}")),
     };
     parsed.map_err(|e| e.to_string())
@@ -314,6 +330,8 @@ pub struct Tape {
     pub meta: Meta,
     /// Every frame, in the order they were recorded.
     pub frames: Vec<Frame>,
+    /// The server processes that served the session, in order.
+    pub servers: Vec<Server>,
     /// How it ended, if it says.
     pub end: Option<End>,
     /// Whether its last line was torn (a writer killed mid-line): ignored.
@@ -333,6 +351,7 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
     let mut header = None;
     let mut tape_meta = Meta::default();
     let mut frames = Vec::new();
+    let mut servers = Vec::new();
     let mut end = None;
     let mut torn = false;
     for (i, line) in lines.into_iter().enumerate() {
@@ -388,6 +407,7 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
                     reason,
                 })?);
             }
+            Parsed::Server(server) => servers.push(server),
             Parsed::End(e) => end = Some(e),
         }
     }
@@ -399,6 +419,7 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
         header,
         meta: tape_meta,
         frames,
+        servers,
         end,
         torn,
     })

@@ -326,3 +326,52 @@ fn what_shadowcat_writes_only_its_owner_can_read() {
     assert_eq!(mode(&recorded[0]), 0o600, "{}", recorded[0].display());
     assert_eq!(mode(&log), 0o600);
 }
+
+/// The server process serving a session is in its history and on its tape: with
+/// `--restart on-failure`, a crash and restart make generation 2, with the new pid; the tape
+/// has a `server` line for each process and `session show` / `tape show` say which.
+#[test]
+fn the_server_process_and_its_generation_are_in_history_and_on_the_tape() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let tape_path = data.join("restarted.jsonl");
+    let mut cmd = support::command();
+    cmd.env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["forward", "stdio", "--restart", "on-failure", "--record"])
+        .arg(&tape_path)
+        .arg("--")
+        .arg(fixture());
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    let crashed = proxy.call(1, "tools/call", tool("crash", json!({"code": 3})));
+    assert_eq!(crashed["error"]["code"], -32081, "{crashed}");
+    let echo = proxy.call(2, "tools/call", tool("echo", json!({"text": "again"})));
+    assert_eq!(echo["result"]["content"][0]["text"], "again", "{echo}");
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(WAIT).code(), Some(0));
+
+    let tape = shadowcat::tape::read(&tape_path).unwrap();
+    let generations: Vec<u64> = tape.servers.iter().map(|s| s.generation).collect();
+    assert_eq!(generations, [1, 2], "{:?}", tape.servers);
+    assert_ne!(tape.servers[0].pid, tape.servers[1].pid);
+    let second = tape.servers[1].pid;
+
+    let records = list(data, "ended");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["server_pid"], second);
+    assert_eq!(records[0]["server_generation"], 2);
+    let id = records[0]["id"].as_str().unwrap();
+    let show = String::from_utf8(shadowcat(data, &["session", "show", id]).stdout).unwrap();
+    assert!(
+        show.contains(&format!("pid {second} (generation 2)")),
+        "{show}"
+    );
+    let shown = shadowcat(data, &["tape", "show", tape_path.to_str().unwrap()]);
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        shown.contains(&format!("pid {second} (generation 2)")),
+        "{shown}"
+    );
+}

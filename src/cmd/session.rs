@@ -138,6 +138,14 @@ pub fn details(r: &SessionRecord) -> String {
     field("client capabilities", json(&r.metadata.client_capabilities));
     field("server info", json(&r.metadata.server_info));
     field("server capabilities", json(&r.metadata.server_capabilities));
+    field(
+        "server process",
+        match (r.metadata.server_pid, r.metadata.server_generation) {
+            (Some(pid), Some(generation)) => format!("pid {pid} (generation {generation})"),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "-".into(),
+        },
+    );
     field("messages from client", r.frames_from_client.to_string());
     field("messages from server", r.frames_from_server.to_string());
     field("pending requests", r.pending.to_string());

@@ -41,6 +41,7 @@ pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
                     let json = serde_json::json!({
                         "header": tape.header,
                         "meta": tape.meta,
+                        "servers": tape.servers,
                         "end": tape.end,
                         "torn": tape.torn,
                         "timeline": timeline,
@@ -252,6 +253,26 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
         (None, true) => "none (the recorder was killed mid-line; the torn line is ignored)".into(),
         (None, false) => "none (the recorder did not finish)".into(),
     };
+    let servers: Vec<String> = tape
+        .servers
+        .iter()
+        .map(|s| {
+            format!(
+                "pid {} (generation {}) at {}",
+                s.pid,
+                s.generation,
+                millis(s.micros)
+            )
+        })
+        .collect();
+    field(
+        "server processes",
+        &if servers.is_empty() {
+            "-".to_owned()
+        } else {
+            servers.join(", ")
+        },
+    );
     field("end", &end);
     field("frames", &timeline.len().to_string());
     out.push('\n');
@@ -317,6 +338,9 @@ pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow:
             frame.transport.clone(),
         ));
         write_line(&mut out, &line).map_err(io)?;
+    }
+    for server in &tape.servers {
+        write_line(&mut out, &Line::Server(server.clone())).map_err(io)?;
     }
     if let Some(end) = tape.end {
         write_line(&mut out, &Line::End(end)).map_err(io)?;

@@ -169,6 +169,7 @@ pub async fn run(
     let span = tracing::info_span!("session", id = %session.id().digest());
     let result = async {
         let mut proxy = ForwardStdio::start(config, spec, restart, sessions, session.clone())?;
+        crate::proxy::pipeline::server_started(&session, proxy.server.child.pid(), 1).await;
         let event = loop {
             let event = proxy.next_event(&mut shutdown).await;
             match proxy.restart_after(event, &mut shutdown).await {
@@ -502,6 +503,12 @@ impl<'a> ForwardStdio<'a> {
                                 generation,
                                 "restarted the MCP server; the session goes on"
                             );
+                            crate::proxy::pipeline::server_started(
+                                &self.session,
+                                link.child.pid(),
+                                generation,
+                            )
+                            .await;
                             self.server = link;
                             return Ok(());
                         }

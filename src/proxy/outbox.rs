@@ -76,12 +76,7 @@ impl Deliver for Collect {
 impl Collect {
     /// What it was handed since last asked.
     pub(crate) fn taken(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

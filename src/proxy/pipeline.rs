@@ -112,6 +112,21 @@ pub fn start_recording(
     Ok(recorder)
 }
 
+/// A server process took `session` over (its first, one started again, or a shared one): its
+/// pid and the session's count of processes go into the session's record and onto its tape.
+pub async fn server_started(session: &crate::session::Session, pid: Option<u32>, generation: u64) {
+    let Some(pid) = pid else { return };
+    session.update_metadata(|m| {
+        m.server_pid = Some(pid);
+        m.server_generation = Some(generation);
+    });
+    if let Some(tape) = session.tape() {
+        if let Err(e) = tape.server(pid, generation).await {
+            tape.failed(&e);
+        }
+    }
+}
+
 /// Ends `session`'s tape, if it has one, with the reason the session ended.
 pub async fn end_recording(session: &crate::session::Session) {
     if let Some(tape) = session.tape() {

@@ -53,6 +53,12 @@ pub struct Metadata {
     pub server_capabilities: Option<Declared>,
     /// Labels: automatic (`long-running`, `high-volume`) and, later, from rules.
     pub tags: BTreeSet<String>,
+    /// The server process serving the session now (a command upstream): its pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_pid: Option<u32>,
+    /// How many server processes the session has had (1, then one more per restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_generation: Option<u64>,
 }
 
 /// Thresholds for automatic tags.

@@ -276,6 +276,16 @@ impl Recorder {
             .await
     }
 
+    /// Records that a server process took the session over.
+    pub async fn server(&self, pid: u32, generation: u64) -> Result<(), TapeError> {
+        let server = crate::tape::Server {
+            micros: self.micros(),
+            pid,
+            generation,
+        };
+        self.send(&Line::Server(server)).await
+    }
+
     /// Records how the session ended, and waits until everything so far is on disk. Frames
     /// may still follow (late answers) until the last clone is dropped.
     pub async fn end(&self, reason: &str) -> Result<(), TapeError> {

@@ -329,6 +329,7 @@ mod tests {
                     transport: Wire::NONE,
                 })
                 .collect(),
+            servers: Vec::new(),
             end: None,
             torn: false,
         }

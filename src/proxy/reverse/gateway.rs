@@ -530,6 +530,7 @@ impl Gateway {
                     spare = !cold,
                     "the MCP server for the session is running"
                 );
+                crate::proxy::pipeline::server_started(session, child.child.pid(), 1).await;
                 Ok(Some(child))
             }
             Err(e) => Err(self.no_process(session, &e)),
@@ -571,6 +572,7 @@ impl Gateway {
         match joined {
             Ok(child) => {
                 link.router.answer_server_via(child.to_server().clone());
+                crate::proxy::pipeline::server_started(session, child.pid(), 1).await;
                 tracing::info!(
                     pid = child.pid(),
                     sessions = child.members(),

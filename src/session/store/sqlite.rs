@@ -43,6 +43,9 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;",
     // v3: the tape the session was recorded to.
     "ALTER TABLE sessions ADD COLUMN tape TEXT;",
+    // v4: the server process serving the session (a command upstream), and how many it had.
+    "ALTER TABLE sessions ADD COLUMN server_pid INTEGER;
+     ALTER TABLE sessions ADD COLUMN server_generation INTEGER;",
 ];
 
 /// Session history in an SQLite file.
@@ -85,7 +88,7 @@ fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> 
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
     frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
-    server_info, server_capabilities, tags, updated_at_ms, tape";
+    server_info, server_capabilities, tags, updated_at_ms, tape, server_pid, server_generation";
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
@@ -227,6 +230,12 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             server_info: parse_json(row.get(14)?),
             server_capabilities: parse_json(row.get(15)?),
             tags: serde_json::from_str(&tags).unwrap_or_default(),
+            server_pid: row
+                .get::<_, Option<i64>>(19)?
+                .and_then(|v| u32::try_from(v).ok()),
+            server_generation: row
+                .get::<_, Option<i64>>(20)?
+                .and_then(|v| u64::try_from(v).ok()),
         },
         updated_at_ms: u(17)?,
         tape: row.get(18)?,
@@ -240,14 +249,15 @@ impl SessionStore for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
                      ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
                        last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
                        frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
                        pending = excluded.pending, protocol_version = excluded.protocol_version,
                        client_info = excluded.client_info, client_capabilities = excluded.client_capabilities,
                        server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
-                       tags = excluded.tags, updated_at_ms = excluded.updated_at_ms, tape = excluded.tape
+                       tags = excluded.tags, updated_at_ms = excluded.updated_at_ms, tape = excluded.tape,
+                       server_pid = excluded.server_pid, server_generation = excluded.server_generation
                      WHERE sessions.state <> 'closed'"
                 ))
                 .map_err(self.err())?;
@@ -273,6 +283,8 @@ impl SessionStore for SqliteStore {
                     serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into()),
                     to_i64(r.updated_at_ms),
                     r.tape,
+                    m.server_pid,
+                    m.server_generation.map(to_i64),
                 ])
                 .map_err(self.err())?;
             }
@@ -329,6 +341,8 @@ mod tests {
     fn record(id: &str, state: &str, created: u64) -> SessionRecord {
         let mut metadata = Metadata {
             protocol_version: Some("2025-06-18".into()),
+            server_pid: Some(4242),
+            server_generation: Some(2),
             ..Metadata::default()
         };
         metadata.client_info = Some(Declared::from_value(
