@@ -274,6 +274,15 @@ pub struct PoolArgs {
     /// as needed. [default: 64]
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_CHILD", value_name = "N")]
     pub max_sessions_per_child: Option<String>,
+    /// When a session's server process that exits is started again: `never` (the session ends
+    /// with it) or `on-failure` (a non-zero exit, a signal, or its stdout closing): what it owed
+    /// gets errors at once, then a new process from the pool, after a backoff (exponential with
+    /// jitter, 100 ms up to 30 s; 5 crashes within a minute is a crash loop, reported by /readyz
+    /// and retried at the cap), is given the session's initialize and
+    /// notifications/initialized again, and the client keeps its session id. Not with
+    /// `--share always`. [default: never]
+    #[arg(long, env = "SHADOWCAT_RESTART", value_name = "WHEN", value_enum)]
+    pub restart: Option<crate::transport::child::Restart>,
 }
 
 /// Bounds on the gateway's client connections (`reverse`). Connections over a cap are answered

@@ -465,6 +465,11 @@ fn encode_children(
             "Messages of a shared server tied to no one session: notifications dropped, requests refused (-32094)",
             &c.unattributed,
         ),
+        (
+            "shadowcat_upstream_restarts",
+            "Server processes that failed and were started again (--restart on-failure)",
+            &c.restarts,
+        ),
     ] {
         counter(encoder, name, help, value.load(Ordering::Relaxed))?;
     }

@@ -1574,3 +1574,109 @@ fn an_ambiguous_server_request_at_a_shared_process_is_refused_not_guessed() {
     let result = stream.next_message().expect("the call's result");
     assert_eq!(result["result"]["content"][0]["text"], "client said: b's");
 }
+
+/// `reverse --restart on-failure`: a session's process that crashes fails what it owed
+/// (-32081, both the crashing call and another in flight), then a new process from the pool
+/// is given the session's handshake and the client goes on under the same session id; the
+/// restart is counted and the new pid and generation are logged.
+#[test]
+fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
+    let gw = Gateway::fixture(&["--restart", "on-failure", "--admin-listen", "127.0.0.1:0"]);
+    let session = gw.initialize();
+    let (addr, id) = (gw.addr.clone(), session.clone());
+    let sleeping = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "POST",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", &id)]),
+            call(1, "sleep", json!({"ms": 10_000}))
+                .to_string()
+                .as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let crashed = gw.post(Some(&session), &call(2, "crash", json!({"code": 9})));
+    assert_eq!(
+        crashed.messages()[0]["error"]["code"],
+        -32081,
+        "{crashed:?}"
+    );
+    let slept = sleeping.join().unwrap();
+    assert_eq!(slept.messages()[0]["error"]["code"], -32081, "{slept:?}");
+    let r = gw.post(
+        Some(&session),
+        &call(3, "echo", json!({"text": "still here"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.stderr_text());
+    assert_eq!(r.json()["result"]["content"][0]["text"], "still here");
+    until_metric(&gw, "shadowcat_upstream_restarts_total 1");
+    let log = gw.stderr_text();
+    assert!(log.contains("restarted the session's MCP server"), "{log}");
+    assert!(log.contains("generation=2"), "{log}");
+    assert_eq!(fixture_children_of(&gw).len(), 1);
+}
+
+/// With `--restart on-failure`, a server that runs once and then fails at every start: its
+/// session's restarts back off into a crash loop, and `/readyz` says so.
+#[test]
+fn a_gateway_crash_loop_is_detected_and_reported_by_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let script = format!(
+        "if [ -e '{}' ]; then echo dying >&2; exit 3; fi; touch '{}'; exec '{}'",
+        ran.display(),
+        ran.display(),
+        support::fixture().display()
+    );
+    let gw = Gateway::start(&[
+        "--restart",
+        "on-failure",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let session = gw.initialize();
+    let crashed = gw.post(Some(&session), &call(1, "crash", json!({})));
+    assert_eq!(
+        crashed.messages()[0]["error"]["code"],
+        -32081,
+        "{crashed:?}"
+    );
+    let admin = gw.admin_addr();
+    wait_until("/readyz reports the crash loop", || {
+        let ready = http_request(&admin, "GET", "/readyz", &[], b"");
+        ready.status == 503 && String::from_utf8_lossy(&ready.body).contains("crashing in a loop")
+    });
+    let log = gw.stderr_text();
+    assert_eq!(log.matches("restarting the MCP server").count(), 4, "{log}");
+}
+
+/// `--restart` is for a server command; with `--upstream`, and with `--share always` (not
+/// supported yet), it is refused, naming the option.
+#[test]
+fn restart_is_refused_where_it_does_not_apply() {
+    for args in [
+        vec![
+            "--restart",
+            "on-failure",
+            "--upstream",
+            "http://127.0.0.1:9/mcp",
+        ],
+        vec!["--restart", "on-failure", "--share", "always", "--", "true"],
+    ] {
+        let out = support::command()
+            .arg("reverse")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--restart"),
+            "{args:?}"
+        );
+    }
+}

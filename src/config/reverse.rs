@@ -8,7 +8,7 @@ use super::{
     parse_duration, parse_optional_duration, pick,
 };
 use crate::cli::{ConnectionArgs, GlobalArgs, PoolArgs, ReverseArgs, StdioServer, UpstreamArgs};
-use crate::transport::child::{ChildSpec, Share};
+use crate::transport::child::{ChildSpec, Restart, Share};
 use crate::transport::serve::ConnectionLimits;
 
 /// Default address the reverse proxy listens on.
@@ -42,6 +42,8 @@ pub struct PoolConfig {
     pub share: Share,
     /// Most sessions on one shared process (`--share always`).
     pub max_sessions_per_child: usize,
+    /// When a session's process that exits is started again.
+    pub restart: Restart,
 }
 
 /// Default `--pool-idle-timeout`.
@@ -63,6 +65,7 @@ impl Default for PoolConfig {
             acquire_timeout: DEFAULT_POOL_ACQUIRE_TIMEOUT,
             share: Share::default(),
             max_sessions_per_child: DEFAULT_MAX_SESSIONS_PER_CHILD,
+            restart: Restart::Never,
         }
     }
 }
@@ -283,6 +286,11 @@ impl ReverseConfig {
         };
         let trusted_proxies =
             TrustedProxies::parse(&listed(&args.trusted_proxy, file.trusted_proxy.clone()))?;
+        let pool = pool_config(
+            &args.pool,
+            file,
+            matches!(upstream, ReverseUpstream::Http(_)),
+        )?;
         Ok(Self {
             trusted_proxies,
             listen,
@@ -294,7 +302,7 @@ impl ReverseConfig {
                 Some(text) => parse_duration(&text, "--pending-wait")?,
                 None => DEFAULT_PENDING_WAIT,
             },
-            pool: pool_config(&args.pool, file)?,
+            pool,
             sse_replay_events,
             sse_keepalive,
             connections,
@@ -318,8 +326,20 @@ impl ReverseConfig {
     }
 }
 
-/// `--pool-min-idle`, `--pool-idle-timeout`, `--pool-acquire-timeout`.
-fn pool_config(args: &PoolArgs, file: &FileConfig) -> Result<PoolConfig, ConfigError> {
+/// `--pool-min-idle`, `--pool-idle-timeout`, `--pool-acquire-timeout`, `--share`,
+/// `--max-sessions-per-child`, `--restart` (refused with an HTTP upstream, which has no
+/// process to restart).
+fn pool_config(
+    args: &PoolArgs,
+    file: &FileConfig,
+    http_upstream: bool,
+) -> Result<PoolConfig, ConfigError> {
+    if http_upstream && args.restart.is_some() {
+        return Err(invalid(
+            "--restart",
+            "applies to a server command, not to an --upstream server".into(),
+        ));
+    }
     let defaults = PoolConfig::default();
     let min_idle = match pick(args.pool_min_idle.as_ref(), file.pool_min_idle.as_ref()) {
         Some(text) => {
@@ -353,6 +373,14 @@ fn pool_config(args: &PoolArgs, file: &FileConfig) -> Result<PoolConfig, ConfigE
         Some(text) => parse_duration(&text, "--pool-acquire-timeout")?,
         None => defaults.acquire_timeout,
     };
+    let share = args.share.or(file.share).unwrap_or_default();
+    let restart = args.restart.or(file.restart).unwrap_or_default();
+    if restart == Restart::OnFailure && share == Share::Always {
+        return Err(invalid(
+            "--restart",
+            "on-failure is not available with --share always yet (a shared process that exits ends its sessions)".into(),
+        ));
+    }
     let max_sessions_per_child = match pick(
         args.max_sessions_per_child.as_ref(),
         file.max_sessions_per_child.as_ref(),
@@ -378,8 +406,9 @@ fn pool_config(args: &PoolArgs, file: &FileConfig) -> Result<PoolConfig, ConfigE
         min_idle,
         idle_timeout,
         acquire_timeout,
-        share: args.share.or(file.share).unwrap_or_default(),
+        share,
         max_sessions_per_child,
+        restart,
     })
 }
 

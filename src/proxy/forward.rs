@@ -456,20 +456,7 @@ impl<'a> ForwardStdio<'a> {
             return Err(Event::ServerGone("no supervisor"));
         };
         loop {
-            let delay = supervisor.crashed();
-            if supervisor.in_crash_loop() {
-                tracing::error!(
-                    ?delay,
-                    generation = supervisor.generation(),
-                    "the MCP server is crashing in a loop; retrying at the longest interval"
-                );
-            } else {
-                tracing::warn!(
-                    ?delay,
-                    generation = supervisor.generation(),
-                    "restarting the MCP server"
-                );
-            }
+            let delay = supervisor.crashed_and_logged();
             // Waiting, and starting the new process (its handshake may take a while), both
             // give way to the client leaving, a signal or the session's end.
             let restarted = async {

@@ -45,6 +45,8 @@ pub enum Upstream<C> {
         to_server: Arc<Outbox>,
         /// Cancelled when the first message is on its way: the child is started then.
         start: CancellationToken,
+        /// With restarts: the way to whichever process is current (it keeps the handshake).
+        inbox: Option<Arc<supervise::ServerInbox>>,
     },
     /// Its session at the HTTP upstream.
     Http(Arc<HttpSession<C>>),
@@ -72,9 +74,16 @@ impl<C> Upstream<C> {
 impl<C: Deliver + 'static> Deliver for Upstream<C> {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
         match self {
-            Self::Stdio { to_server, start } => {
+            Self::Stdio {
+                to_server,
+                start,
+                inbox,
+            } => {
                 start.cancel();
-                to_server.send(msg).await
+                match inbox {
+                    Some(inbox) => inbox.deliver(msg).await,
+                    None => to_server.send(msg).await,
+                }
             }
             Self::Http(http) => http.deliver(msg).await,
             Self::Shared(member) => member.deliver(msg).await,

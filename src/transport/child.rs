@@ -87,6 +87,8 @@ pub struct ChildCounters {
     /// Messages of a shared server that could be tied to no one session: notifications
     /// dropped, requests refused.
     pub unattributed: std::sync::atomic::AtomicU64,
+    /// Server processes that failed and were started again (`--restart on-failure`).
+    pub restarts: std::sync::atomic::AtomicU64,
 }
 
 /// A running child with its pipes taken apart.

@@ -27,12 +27,13 @@ use crate::proxy::tracker::receiver_gone;
 use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
 use crate::proxy::upstream::share::{ShareLimits, SharedChildren};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
+use crate::proxy::upstream::supervise::ServerInbox;
 use crate::proxy::upstream::{Pool, PoolError};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
-use crate::transport::child::Share;
 use crate::transport::child::describe_exit;
+use crate::transport::child::{Restart, Share};
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
@@ -40,6 +41,7 @@ use super::router::{Delivery, Reply, ReplyTo, Router};
 
 mod link;
 mod readiness;
+mod restart;
 
 pub use crate::proxy::upstream::Upstream;
 pub use crate::proxy::upstream::http::session_lost;
@@ -332,9 +334,12 @@ impl Gateway {
                     delivery,
                     Some(queue.to_server.clone()),
                 ));
+                let inbox = (self.reverse.pool.restart == Restart::OnFailure)
+                    .then(|| Arc::new(ServerInbox::new(queue.to_server.clone(), session.clone())));
                 let upstream = Upstream::Stdio {
                     to_server: queue.to_server.clone(),
                     start: CancellationToken::new(),
+                    inbox,
                 };
                 (upstream, router, Some(queue))
             }
@@ -454,22 +459,12 @@ impl Gateway {
     /// Watches one session until it ends, then tears its upstream down and answers what was
     /// still in flight.
     async fn watch(self: Arc<Self>, link: Arc<SessionLink>, child: Option<StdioQueue>) {
-        let session = link.session.clone();
         let watchers = self.spawn_timeouts(&link);
         let (child, ending) = if let Upstream::Shared(member) = &link.upstream {
             (None, self.join_shared(&link, member).await)
         } else if let Some(queue) = child {
             match self.start_child(&link, queue).await {
-                Ok(Some(mut child)) => {
-                    let ending = tokio::select! {
-                        () = session.closed_token().cancelled() => Ending::Closed,
-                        status = child.child.wait() => Ending::Exited(status),
-                        _ = child.server_reader.join() => {
-                            Ending::Exited(Box::pin(child.shut_down(self.config.shutdown_timeout)).await)
-                        }
-                    };
-                    (Some(child), ending)
-                }
+                Ok(Some(child)) => Box::pin(self.serve_child(&link, child)).await,
                 Ok(None) => (None, Ending::Closed),
                 Err(error) => (None, Ending::Failed(error)),
             }

@@ -81,6 +81,25 @@ impl Supervisor {
         self.generation += 1;
     }
 
+    /// [`Self::crashed`], logged: the restart coming, or the crash loop.
+    pub fn crashed_and_logged(&mut self) -> Duration {
+        let delay = self.crashed();
+        if self.crash_loop {
+            tracing::error!(
+                ?delay,
+                generation = self.generation,
+                "the MCP server is crashing in a loop; retrying at the longest interval"
+            );
+        } else {
+            tracing::warn!(
+                ?delay,
+                generation = self.generation,
+                "restarting the MCP server"
+            );
+        }
+        delay
+    }
+
     /// The process crashed (or a new one failed to start) now: how long to wait before the next
     /// start. A crash after [`SUSTAINED_UPTIME`] starts a new streak; [`CRASH_LOOP_CRASHES`]
     /// within [`CRASH_LOOP_WINDOW`] is a crash loop, retried at [`RESTART_CAP`] until a process

@@ -1,0 +1,172 @@
+//! A gateway session's server process started again when it fails (`--restart on-failure`):
+//! what it owed is answered with the error at once, then a process from the pool is given the
+//! session's handshake after a backoff, and the session goes on under the same id.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt as _;
+
+use crate::protocol::error::ProxyError;
+use crate::protocol::{Direction, ErrorCode};
+use crate::proxy::upstream::pool::{Lease, ServerOutput};
+use crate::proxy::upstream::stdio::{Server as Process, StdioLink, StdioQueue};
+use crate::proxy::upstream::supervise::{ServerInbox, Supervisor, replay_handshake};
+use crate::transport::child::describe_exit;
+
+use super::{Ending, Gateway, STDOUT_DRAIN_GRACE, Server, SessionLink, Upstream};
+
+impl Gateway {
+    /// Serves `link` with `child` until the session ends or its process exits for good (with
+    /// `--restart on-failure`, a failed process is replaced and serving goes on).
+    pub(super) async fn serve_child(
+        &self,
+        link: &Arc<SessionLink>,
+        mut child: StdioLink,
+    ) -> (Option<StdioLink>, Ending) {
+        let session = &link.session;
+        let inbox = match &link.upstream {
+            Upstream::Stdio {
+                inbox: Some(inbox), ..
+            } => Some(inbox.clone()),
+            _ => None,
+        };
+        let mut supervisor = inbox.as_ref().map(|_| Supervisor::new());
+        loop {
+            let (ending, failed) = tokio::select! {
+                () = session.closed_token().cancelled() => (Ending::Closed, false),
+                status = child.child.wait() => {
+                    let failed = !matches!(&status, Ok(s) if s.success());
+                    (Ending::Exited(status), failed)
+                }
+                _ = child.server_reader.join() => {
+                    // Its stdout closed: stopped, then started again as a crashed one is.
+                    let status = Box::pin(child.shut_down(self.config.shutdown_timeout)).await;
+                    (Ending::Exited(status), true)
+                }
+            };
+            let (Ending::Exited(status), true, Some(inbox), Some(supervisor)) =
+                (&ending, failed, &inbox, supervisor.as_mut())
+            else {
+                return (Some(child), ending);
+            };
+            let status = match status {
+                Ok(status) => describe_exit(*status),
+                Err(e) => e.to_string(),
+            };
+            match self.restart(link, child, inbox, supervisor, &status).await {
+                Ok(next) => child = next,
+                Err(ending) => return (None, ending),
+            }
+        }
+    }
+
+    /// Fails what the dead process owed, then starts another (with backoff) and gives it the
+    /// session's handshake; `Err` if the session ended meanwhile or no process can be had.
+    async fn restart(
+        &self,
+        link: &Arc<SessionLink>,
+        mut child: StdioLink,
+        inbox: &ServerInbox,
+        supervisor: &mut Supervisor,
+        status: &str,
+    ) -> Result<StdioLink, Ending> {
+        let session = &link.session;
+        child.server_reader.join_within(STDOUT_DRAIN_GRACE).await;
+        child.child.finish_stderr(STDOUT_DRAIN_GRACE).await;
+        self.metrics.upstream_error("exited");
+        self.metrics
+            .children()
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let error = ProxyError::new(
+            ErrorCode::UpstreamExited,
+            format!("the MCP server exited unexpectedly ({status})"),
+        )
+        .with("stderr", child.child.stderr_tail().lines());
+        tracing::error!(%status, "the session's MCP server exited unexpectedly; it will be restarted");
+        // What the client sends from now on waits in the next process's queue; what was in
+        // flight is answered now (the swap and the taking happen with no await between them).
+        let queue = StdioQueue::new(self.config.max_message_size);
+        inbox.replace(queue.to_server.clone()).close();
+        let owed = session.take_pending(Direction::ClientToServer);
+        session.take_pending(Direction::ServerToClient);
+        child.abort();
+        drop(child);
+        crate::proxy::upstream::answer_each(owed, &error, link.router.as_ref()).await;
+        let Server::Command(pool) = &self.server else {
+            return Err(Ending::Failed(error));
+        };
+        loop {
+            let delay = supervisor.crashed_and_logged();
+            if supervisor.in_crash_loop() {
+                self.child_failures.record(format!(
+                    "a session's MCP server is crashing in a loop (last: {status})"
+                ));
+            }
+            let next = async {
+                tokio::time::sleep(delay).await;
+                let lease = pool.acquire().await.map_err(|e| e.to_string())?;
+                with_handshake(lease, inbox).await
+            };
+            let next = tokio::select! {
+                () = session.closed_token().cancelled() => return Err(Ending::Closed),
+                next = next => next,
+            };
+            let process = match next {
+                Ok(process) => process,
+                Err(why) => {
+                    tracing::warn!("the session's MCP server could not be restarted: {why}");
+                    continue;
+                }
+            };
+            supervisor.started();
+            let generation = supervisor.generation();
+            return match queue.attach(
+                process,
+                self.pipeline.clone(),
+                session.clone(),
+                link.router.clone(),
+                self.config.max_message_size,
+            ) {
+                Ok(next) => {
+                    tracing::info!(
+                        pid = next.child.pid(),
+                        generation,
+                        "restarted the session's MCP server; the session goes on"
+                    );
+                    crate::proxy::pipeline::server_started(session, next.child.pid(), generation)
+                        .await;
+                    Ok(next)
+                }
+                Err(e) => Err(Ending::Failed(ProxyError::new(
+                    ErrorCode::UpstreamExited,
+                    format!("the restarted MCP server could not be linked: {e}"),
+                ))),
+            };
+        }
+    }
+}
+
+/// A process from the pool, given the session's handshake; what it wrote besides the answer
+/// stays first in its output, for the session to read.
+async fn with_handshake(
+    lease: Lease,
+    inbox: &ServerInbox,
+) -> Result<Process<ServerOutput>, String> {
+    let Lease {
+        mut child,
+        output,
+        slot,
+        ..
+    } = lease;
+    let (before, mut stdout) = output.into_inner();
+    let stray = replay_handshake(&mut child, &mut stdout, &inbox.handshake()).await?;
+    let mut bytes = before.into_inner();
+    bytes.extend(stray);
+    Ok(Process {
+        child,
+        output: Cursor::new(bytes).chain(stdout),
+        slot: Some(slot),
+    })
+}
