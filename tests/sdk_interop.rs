@@ -136,13 +136,12 @@ fn a_sampling_request_from_a_real_sdk_server_round_trips() {
 /// client never knows.
 #[test]
 fn an_sdk_session_survives_a_crash_of_its_server() {
-    use std::io::{BufRead as _, BufReader, Write as _};
     use std::process::Stdio;
     let shadowcat = support::shadowcat();
     let server = server_command(Server::PythonV2);
     let mut client = Command::new(python("1.30.0"));
     support::hermetic(&mut client);
-    let mut client = client
+    let client = client
         .arg(peers().join("restart_client.py"))
         .arg("--")
         .arg(&shadowcat)
@@ -161,39 +160,17 @@ fn an_sdk_session_survives_a_crash_of_its_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = support::Stderr::read(client.stderr.take().unwrap(), |_| {});
-    let mut stdout = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let ready: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{}", stderr.text()));
-    assert_eq!(ready["text"], "before");
-
     // The server: the one child of shadowcat (the client's child) that is not its reaper.
-    let proxy = support::live_children(client.id())[0];
-    let servers = support::live_children(proxy as u32);
-    assert_eq!(servers.len(), 1, "{servers:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(servers[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !stderr.text().contains("restarted the MCP server") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not restarted:\n{}",
-            stderr.text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    let after: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{}", stderr.text()));
-    assert_eq!(after["isError"], false, "{after}\n{}", stderr.text());
-    assert_eq!(after["text"], "after");
-    drop(client.stdin.take());
-    assert!(client.wait().unwrap().success(), "{}", stderr.text());
+    let the_server = |client: &std::process::Child| {
+        let proxy = support::live_children(client.id())[0];
+        let servers = support::live_children(proxy as u32);
+        assert_eq!(servers.len(), 1, "{servers:?}");
+        servers[0]
+    };
+    support::sdk::kill_between_calls(
+        client,
+        the_server,
+        |log| log.contains("restarted the MCP server"),
+        String::new,
+    );
 }

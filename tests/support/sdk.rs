@@ -167,3 +167,50 @@ pub fn check_summary(summary: &str, sampling: bool) {
         );
     }
 }
+
+/// Drives tests/peers/restart_client.py (`client`, spawned with piped stdio): waits for its
+/// first call, SIGKILLs the server process `server()` names, waits until `restarted` (given
+/// the client's stderr so far, where a `forward stdio` proxy's log goes) says a new one took
+/// over, lets the client make its second call, and returns the client's two
+/// reports (`ready`, `after`) once it exited successfully.
+#[allow(dead_code)]
+pub fn kill_between_calls(
+    mut client: Child,
+    server: impl FnOnce(&Child) -> i32,
+    restarted: impl Fn(&str) -> bool,
+    log: impl Fn() -> String,
+) -> (serde_json::Value, serde_json::Value) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stderr = super::Stderr::read(client.stderr.take().unwrap(), |_| {});
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut report = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|_| panic!("{line}\n{}\n{}", stderr.text(), log()))
+    };
+    let ready = report();
+    assert_eq!(ready["text"], "before", "{ready}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server(&client)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !restarted(&stderr.text()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted:\n{}\n{}",
+            stderr.text(),
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let after = report();
+    assert_eq!(after["isError"], false, "{after}\n{}", log());
+    assert_eq!(after["text"], "after");
+    drop(client.stdin.take());
+    assert!(client.wait().unwrap().success(), "{}", stderr.text());
+    (ready, after)
+}
