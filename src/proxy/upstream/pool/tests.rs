@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-use super::{Pool, PoolError};
+use super::{MAX_CONCURRENT_SPAWNS, Pool, PoolError};
 use crate::config::PoolConfig;
 use crate::transport::child::{ChildCounters, ChildSpec};
 
@@ -220,6 +220,10 @@ async fn a_command_that_cannot_start_is_named_and_gives_its_place_back() {
     assert_eq!(counters.spawning.load(Ordering::Relaxed), 0);
 }
 
+/// 48 sessions at once: every one gets its process (none refused), but never more than
+/// [`MAX_CONCURRENT_SPAWNS`] start at once, and past the first second's [`SPAWNS_PER_SECOND`]
+/// the rest wait for the rate (so the burst takes at least half a second: a lower bound, which
+/// a slow machine only makes longer).
 #[tokio::test]
 async fn a_burst_of_sessions_is_paced_not_refused() {
     let counters = Arc::new(ChildCounters::default());
@@ -229,11 +233,31 @@ async fn a_burst_of_sessions_is_paced_not_refused() {
         64,
         counters.clone(),
     );
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let (inner, peak) = (pool.inner.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let starting = MAX_CONCURRENT_SPAWNS - inner.starts.available_permits();
+                peak.fetch_max(starting as u64, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let began = tokio::time::Instant::now();
     let acquires = (0..48).map(|_| pool.acquire());
     let leases = futures_util::future::join_all(acquires).await;
+    let took = began.elapsed();
+    sampler.abort();
     assert!(leases.iter().all(Result::is_ok));
     assert_eq!(counters.spawns.load(Ordering::Relaxed), 48);
     assert_eq!(counters.busy.load(Ordering::Relaxed), 48);
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        (1..=MAX_CONCURRENT_SPAWNS as u64).contains(&peak),
+        "{peak} starts at once"
+    );
+    assert!(took >= Duration::from_millis(400), "48 starts in {took:?}");
 }
 
 /// A pool with one spare, and that spare's pid (its command writes it to a file first).
