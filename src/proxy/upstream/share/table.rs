@@ -16,6 +16,11 @@ use super::Route;
 /// requests are refused (it cannot make us hold more).
 const MAX_SERVER_REQUESTS: usize = 10_000;
 
+/// Most resources subscribed at one shared process (by all its sessions), and by one session:
+/// what a client can make us keep is bounded before it is kept.
+pub(super) const MAX_SUBSCRIPTIONS: usize = 10_000;
+pub(super) const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1_000;
+
 const REQUEST_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 const PROGRESS_TOKEN: [&str; 2] = ["params", "progressToken"];
 const CANCELLED_ID: [&str; 2] = ["params", "requestId"];
@@ -55,6 +60,8 @@ enum Handshake {
 struct Entry<C> {
     route: Arc<Route<C>>,
     in_flight: usize,
+    /// URIs it is subscribed to.
+    subscribed: usize,
 }
 
 /// What the process and its members have between them.
@@ -110,6 +117,7 @@ impl<C> Table<C> {
             Entry {
                 route: route.clone(),
                 in_flight: 0,
+                subscribed: 0,
             },
         );
         true
@@ -142,6 +150,33 @@ impl<C> Table<C> {
         self.members.get(&member).map(|m| m.route.clone())
     }
 
+    /// Why `member` may not subscribe to `uri` (a new subscription past a bound), if so.
+    fn no_room_to_subscribe(&self, member: u64, uri: &str) -> Option<String> {
+        let subscribers = self.subscriptions.get(uri);
+        if subscribers.is_some_and(|s| s.contains(&member)) {
+            return None;
+        }
+        if subscribers.is_none() && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Some(format!(
+                "the shared server has {MAX_SUBSCRIPTIONS} resources subscribed, the most shadowcat keeps"
+            ));
+        }
+        let mine = self.members.get(&member).map_or(0, |m| m.subscribed);
+        (mine >= MAX_SUBSCRIPTIONS_PER_SESSION).then(|| {
+            format!("this session has {MAX_SUBSCRIPTIONS_PER_SESSION} resources subscribed, the most one session may")
+        })
+    }
+
+    fn count_subscription(&mut self, member: u64, added: bool) {
+        if let Some(entry) = self.members.get_mut(&member) {
+            entry.subscribed = if added {
+                entry.subscribed + 1
+            } else {
+                entry.subscribed.saturating_sub(1)
+            };
+        }
+    }
+
     /// Sessions on the process now.
     pub(super) fn member_count(&self) -> usize {
         self.members.len()
@@ -171,9 +206,14 @@ impl<C> Table<C> {
                 let Ok(Some(uri)) = msg.param_str("uri") else {
                     return table.forward(member, msg, Then::Nothing);
                 };
+                if let Some(why) = table.no_room_to_subscribe(member, &uri) {
+                    return refuse(msg, &why).map_or(Inbound::Drop, Inbound::Answer);
+                }
                 let subscribers = table.subscriptions.entry(uri.clone().into()).or_default();
                 let first = subscribers.is_empty();
-                subscribers.insert(member);
+                if subscribers.insert(member) {
+                    table.count_subscription(member, true);
+                }
                 if first {
                     table.forward(member, msg, Then::Subscribed(uri.into()))
                 } else {
@@ -192,6 +232,7 @@ impl<C> Table<C> {
                     // Not subscribed: the process says what it says to that.
                     return table.forward(member, msg, Then::Nothing);
                 };
+                table.count_subscription(member, false);
                 if last {
                     table.subscriptions.remove(uri.as_str());
                     table.forward(member, msg, Then::Nothing)
@@ -401,9 +442,12 @@ impl<C> Table<C> {
                 if let (Some(member), Some(subscribers)) =
                     (forwarded.member, table.subscriptions.get_mut(&uri))
                 {
-                    subscribers.remove(&member);
+                    let removed = subscribers.remove(&member);
                     if subscribers.is_empty() {
                         table.subscriptions.remove(&uri);
+                    }
+                    if removed {
+                        table.count_subscription(member, false);
                     }
                 }
             }

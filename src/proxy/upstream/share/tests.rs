@@ -74,7 +74,7 @@ impl Bench {
             why: OnceLock::new(),
         });
         self.next += 1;
-        assert!(self.child.admit(&route, 10));
+        assert!(self.child.admit(&route, 100));
         Peer { route, got }
     }
 
@@ -314,4 +314,62 @@ async fn server_requests_go_only_where_they_can_be_told_apart() {
     let sent = bench.sent();
     assert_eq!(sent[0]["method"], "notifications/cancelled");
     assert_eq!(sent[0]["params"]["requestId"], a_call);
+}
+
+/// `peer` subscribes to `file:///{n}` for each `n` of `uris`, each answered by the process.
+async fn subscribe_each(bench: &mut Bench, peer: &Peer, uris: std::ops::Range<usize>) {
+    for n in uris {
+        bench
+            .send(
+                peer,
+                &format!(
+                    r#"{{"jsonrpc":"2.0","id":{n},"method":"resources/subscribe","params":{{"uri":"file:///{n}"}}}}"#
+                ),
+            )
+            .await;
+        let sent = bench.sent();
+        if let Some(ours) = sent.first().map(|m| m["id"].clone()) {
+            bench
+                .server_says(&format!(r#"{{"jsonrpc":"2.0","id":{ours},"result":{{}}}}"#))
+                .await;
+        }
+    }
+}
+
+fn last_answer(peer: &Peer) -> serde_json::Value {
+    got(&peer.got).pop().unwrap()
+}
+
+#[tokio::test]
+async fn subscriptions_are_bounded_per_session_and_in_total() {
+    let per_session = table::MAX_SUBSCRIPTIONS_PER_SESSION;
+    let mut bench = Bench::new();
+    let a = bench.peer();
+    subscribe_each(&mut bench, &a, 0..per_session).await;
+    assert_eq!(got(&a.got).len(), per_session);
+    // One more is refused to a, before anything is kept or sent; a may subscribe again to what
+    // it has.
+    subscribe_each(&mut bench, &a, per_session..per_session + 1).await;
+    assert_eq!(last_answer(&a)["error"]["code"], -32600);
+    subscribe_each(&mut bench, &a, 0..1).await;
+    assert!(last_answer(&a).get("result").is_some());
+    // Others fill the process up to its total; past it a new URI is refused, a known one not.
+    let total = table::MAX_SUBSCRIPTIONS;
+    let mut next = per_session;
+    while next < total {
+        let peer = bench.peer();
+        let end = (next + per_session).min(total);
+        subscribe_each(&mut bench, &peer, next..end).await;
+        next = end;
+    }
+    let late = bench.peer();
+    subscribe_each(&mut bench, &late, total..total + 1).await;
+    let refused = last_answer(&late);
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused.to_string().contains("most shadowcat keeps"),
+        "{refused}"
+    );
+    subscribe_each(&mut bench, &late, 5..6).await;
+    assert!(last_answer(&late).get("result").is_some());
 }
