@@ -24,11 +24,11 @@ use crate::proxy::outbox::Deliver;
 use crate::proxy::pipeline::Pipeline;
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
+use crate::proxy::upstream::Pool;
 use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
 use crate::proxy::upstream::share::{ShareLimits, SharedChildren};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
 use crate::proxy::upstream::supervise::ServerInbox;
-use crate::proxy::upstream::{Pool, PoolError};
 use crate::session::{EndReason, Session, SessionError, SessionId, SessionManager, TransportKind};
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
@@ -40,8 +40,8 @@ use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
 use super::router::{Delivery, Reply, ReplyTo, Router};
 
 mod link;
+mod process;
 mod readiness;
-mod restart;
 
 pub use crate::proxy::upstream::Upstream;
 pub use crate::proxy::upstream::http::session_lost;
@@ -481,115 +481,6 @@ impl Gateway {
         // Boxed: the waiting above is what stays resident per session; this part is bigger
         // and only exists for a moment.
         Box::pin(self.tear_down(link, child, ending)).await;
-    }
-
-    /// Starts a session's child once its first message is on its way (`Ok(None)`: the session
-    /// ended first). A child that cannot be started ends the session with the reason, which
-    /// its pending requests are answered with.
-    async fn start_child(
-        &self,
-        link: &Arc<SessionLink>,
-        queue: StdioQueue,
-    ) -> Result<Option<StdioLink>, ProxyError> {
-        let (Upstream::Stdio { start, .. }, Server::Command(pool)) = (&link.upstream, &self.server)
-        else {
-            return Ok(None);
-        };
-        let session = &link.session;
-        tokio::select! {
-            () = session.closed_token().cancelled() => return Ok(None),
-            () = start.cancelled() => {}
-        }
-        let lease = tokio::select! {
-            () = session.closed_token().cancelled() => return Ok(None),
-            lease = pool.acquire() => lease,
-        };
-        let started = lease.and_then(|lease| {
-            let cold = lease.cold;
-            let program = pool.spec().program.to_string_lossy().into_owned();
-            queue
-                .attach(
-                    lease.into(),
-                    self.pipeline.clone(),
-                    session.clone(),
-                    link.router.clone(),
-                    self.config.max_message_size,
-                )
-                .map(|child| (child, cold))
-                .map_err(|error| PoolError::Spawn { program, error })
-        });
-        match started {
-            Ok((child, cold)) => {
-                tracing::info!(
-                    pid = child.child.pid(),
-                    spare = !cold,
-                    "the MCP server for the session is running"
-                );
-                crate::proxy::pipeline::server_started(session, child.child.pid(), 1).await;
-                Ok(Some(child))
-            }
-            Err(e) => Err(self.no_process(session, &e)),
-        }
-    }
-
-    /// A session that could have no server process ends; the error is what its requests get.
-    fn no_process(&self, session: &Session, e: &PoolError) -> ProxyError {
-        tracing::error!(%e, "no MCP server for the session; ending it");
-        self.sessions.end(session.id(), EndReason::Error);
-        let code = match e {
-            PoolError::Spawn { .. } => {
-                self.metrics.upstream_error("exited");
-                self.child_failures.record(e.to_string());
-                ErrorCode::UpstreamExited
-            }
-            PoolError::TimedOut(_) => ErrorCode::PoolTimedOut,
-            PoolError::Closed => ErrorCode::ShuttingDown,
-        };
-        ProxyError::new(code, e.to_string())
-    }
-
-    /// A session on a shared process: it takes one with its first message, then is served
-    /// until it ends or the process exits.
-    async fn join_shared(
-        &self,
-        link: &Arc<SessionLink>,
-        member: &crate::proxy::upstream::share::Member<Arc<Router>>,
-    ) -> Ending {
-        let session = &link.session;
-        tokio::select! {
-            () = session.closed_token().cancelled() => return Ending::Closed,
-            () = member.start.cancelled() => {}
-        }
-        let joined = tokio::select! {
-            () = session.closed_token().cancelled() => return Ending::Closed,
-            joined = member.join() => joined,
-        };
-        match joined {
-            Ok(child) => {
-                link.router.answer_server_via(child.to_server().clone());
-                crate::proxy::pipeline::server_started(session, child.pid(), 1).await;
-                tracing::info!(
-                    pid = child.pid(),
-                    sessions = child.members(),
-                    "the session is on a shared MCP server"
-                );
-            }
-            Err(e) => {
-                let error = self.no_process(session, &e);
-                member.fail(error.clone());
-                return Ending::Failed(error);
-            }
-        }
-        tokio::select! {
-            () = session.closed_token().cancelled() => Ending::Closed,
-            error = member.lost() => {
-                if error.code == ErrorCode::UpstreamExited {
-                    self.metrics.upstream_error("exited");
-                }
-                self.sessions.end(session.id(), EndReason::Error);
-                Ending::Failed(error)
-            }
-        }
     }
 
     /// Tears a session's upstream down and answers whatever was still in flight.

@@ -1,6 +1,8 @@
-//! A gateway session's server process started again when it fails (`--restart on-failure`):
-//! what it owed is answered with the error at once, then a process from the pool is given the
-//! session's handshake after a backoff, and the session goes on under the same id.
+//! A gateway session's server process: its own, taken from the pool when its first message is
+//! on its way, or a place on a shared one (`--share always`); and with `--restart on-failure`,
+//! its own started again when it fails: what it owed is answered with the error at once, then a
+//! process from the pool is given the session's handshake after a backoff, and the session goes
+//! on under the same id.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -9,7 +11,12 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode};
+use crate::proxy::upstream::PoolError;
 use crate::proxy::upstream::pool::{Lease, ServerOutput};
+use crate::proxy::upstream::share::Member;
+use crate::session::{EndReason, Session};
+
+use super::super::router::Router;
 use crate::proxy::upstream::stdio::{Server as Process, StdioLink, StdioQueue};
 use crate::proxy::upstream::supervise::{ServerInbox, Supervisor, replay_handshake};
 use crate::transport::child::describe_exit;
@@ -17,6 +24,115 @@ use crate::transport::child::describe_exit;
 use super::{Ending, Gateway, STDOUT_DRAIN_GRACE, Server, SessionLink, Upstream};
 
 impl Gateway {
+    /// Starts a session's child once its first message is on its way (`Ok(None)`: the session
+    /// ended first). A child that cannot be started ends the session with the reason, which
+    /// its pending requests are answered with.
+    pub(super) async fn start_child(
+        &self,
+        link: &Arc<SessionLink>,
+        queue: StdioQueue,
+    ) -> Result<Option<StdioLink>, ProxyError> {
+        let (Upstream::Stdio { start, .. }, Server::Command(pool)) = (&link.upstream, &self.server)
+        else {
+            return Ok(None);
+        };
+        let session = &link.session;
+        tokio::select! {
+            () = session.closed_token().cancelled() => return Ok(None),
+            () = start.cancelled() => {}
+        }
+        let lease = tokio::select! {
+            () = session.closed_token().cancelled() => return Ok(None),
+            lease = pool.acquire() => lease,
+        };
+        let started = lease.and_then(|lease| {
+            let cold = lease.cold;
+            let program = pool.spec().program.to_string_lossy().into_owned();
+            queue
+                .attach(
+                    lease.into(),
+                    self.pipeline.clone(),
+                    session.clone(),
+                    link.router.clone(),
+                    self.config.max_message_size,
+                )
+                .map(|child| (child, cold))
+                .map_err(|error| PoolError::Spawn { program, error })
+        });
+        match started {
+            Ok((child, cold)) => {
+                tracing::info!(
+                    pid = child.child.pid(),
+                    spare = !cold,
+                    "the MCP server for the session is running"
+                );
+                crate::proxy::pipeline::server_started(session, child.child.pid(), 1).await;
+                Ok(Some(child))
+            }
+            Err(e) => Err(self.no_process(session, &e)),
+        }
+    }
+
+    /// A session that could have no server process ends; the error is what its requests get.
+    fn no_process(&self, session: &Session, e: &PoolError) -> ProxyError {
+        tracing::error!(%e, "no MCP server for the session; ending it");
+        self.sessions.end(session.id(), EndReason::Error);
+        let code = match e {
+            PoolError::Spawn { .. } => {
+                self.metrics.upstream_error("exited");
+                self.child_failures.record(e.to_string());
+                ErrorCode::UpstreamExited
+            }
+            PoolError::TimedOut(_) => ErrorCode::PoolTimedOut,
+            PoolError::Closed => ErrorCode::ShuttingDown,
+        };
+        ProxyError::new(code, e.to_string())
+    }
+
+    /// A session on a shared process: it takes one with its first message, then is served
+    /// until it ends or the process exits.
+    pub(super) async fn join_shared(
+        &self,
+        link: &Arc<SessionLink>,
+        member: &Member<Arc<Router>>,
+    ) -> Ending {
+        let session = &link.session;
+        tokio::select! {
+            () = session.closed_token().cancelled() => return Ending::Closed,
+            () = member.start.cancelled() => {}
+        }
+        let joined = tokio::select! {
+            () = session.closed_token().cancelled() => return Ending::Closed,
+            joined = member.join() => joined,
+        };
+        match joined {
+            Ok(child) => {
+                link.router.answer_server_via(child.to_server().clone());
+                crate::proxy::pipeline::server_started(session, child.pid(), 1).await;
+                tracing::info!(
+                    pid = child.pid(),
+                    sessions = child.members(),
+                    "the session is on a shared MCP server"
+                );
+            }
+            Err(e) => {
+                let error = self.no_process(session, &e);
+                member.fail(error.clone());
+                return Ending::Failed(error);
+            }
+        }
+        tokio::select! {
+            () = session.closed_token().cancelled() => Ending::Closed,
+            error = member.lost() => {
+                if error.code == ErrorCode::UpstreamExited {
+                    self.metrics.upstream_error("exited");
+                }
+                self.sessions.end(session.id(), EndReason::Error);
+                Ending::Failed(error)
+            }
+        }
+    }
+
     /// Serves `link` with `child` until the session ends or its process exits for good (with
     /// `--restart on-failure`, a failed process is replaced and serving goes on).
     pub(super) async fn serve_child(
