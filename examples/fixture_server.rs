@@ -76,6 +76,11 @@ fn tools() -> Value {
         ),
         tool("junk", "Writes a non-JSON line first", json!({})),
         tool(
+            "ask_later",
+            "Answers, then asks the client for its roots (a request tied to no call)",
+            json!({})
+        ),
+        tool(
             "notify",
             "Sends a logging notification, then answers",
             json!({"text": {"type": "string"}})
@@ -211,6 +216,14 @@ fn main() {
                         eprintln!("fixture: last words before exiting");
                         std::process::exit(
                             i32::try_from(args["code"].as_i64().unwrap_or(3)).unwrap_or(3),
+                        );
+                    }
+                    "ask_later" => {
+                        send(&out, &text_result(&id, "will ask"));
+                        next_sample += 1;
+                        send(
+                            &out,
+                            &json!({"jsonrpc": "2.0", "id": format!("later-{next_sample}"), "method": "roots/list"}),
                         );
                     }
                     "junk" => {

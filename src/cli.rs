@@ -274,6 +274,14 @@ pub struct PoolArgs {
     /// as needed. [default: 64]
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_CHILD", value_name = "N")]
     pub max_sessions_per_child: Option<String>,
+    /// With `--share stateless|always`: most server processes serving stateless (2026-07-28)
+    /// requests. Each request goes to the one with the fewest requests in flight; another is
+    /// started (from the pool) only when every running one is busy, so a server that answers
+    /// one request at a time is not a bottleneck. The processes share no state: raise it only
+    /// for a server whose answers do not depend on earlier requests (one that keeps data in
+    /// memory would answer differently from one process to the next). [default: 1]
+    #[arg(long, env = "SHADOWCAT_MAX_STATELESS_CHILDREN", value_name = "N")]
+    pub max_stateless_children: Option<String>,
     /// When a session's server process that exits is started again: `never` (the session ends
     /// with it) or `on-failure` (a non-zero exit, a signal, or its stdout closing): what it owed
     /// gets errors at once, then a new process from the pool, after a backoff (exponential with

@@ -137,6 +137,7 @@ struct FileConfig {
     pool_acquire_timeout: Option<Scalar>,
     share: Option<crate::transport::child::Share>,
     max_sessions_per_child: Option<Scalar>,
+    max_stateless_children: Option<Scalar>,
     max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,

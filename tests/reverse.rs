@@ -370,8 +370,8 @@ fn a_post_stream_waiting_on_the_client_gets_keep_alive_comments() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// Stateless (2026-07-28) requests to a command upstream share one child, which never sees
-/// `initialize`. Two clients may use the same request id and progress token at once: each
+/// Stateless (2026-07-28) requests to a command upstream share a child (by default at most
+/// one), which never sees `initialize`. Two clients may use the same request id and progress token at once: each
 /// request goes there under an id of the gateway's own, and each client gets its answer (and its
 /// progress) under the names it chose. Closing a request's stream cancels it at the child.
 #[test]
@@ -1343,7 +1343,7 @@ fn a_session_that_gets_no_server_process_in_time_is_told_so() {
         fixture.to_str().unwrap(),
         "--ignore-stdin-eof",
     ]);
-    // Places: one per session (1), the spares (0), and the stateless requests' child.
+    // Places: one per session (1), the spares (0), and the stateless requests' children (1).
     let _a = gw.initialize();
     let _b = gw.initialize(); // evicts a, whose process takes 5 s to stop
     let r = gw.post(
@@ -1477,6 +1477,68 @@ fn max_sessions_per_child_starts_another_process() {
     );
 }
 
+/// Stateless (2026-07-28) requests are served by a pool of shared processes: a request finds
+/// the least busy one, and another is started only when every running one is busy (up to
+/// `--max-stateless-children`), so a call is not held up behind another's. A client's answer
+/// to a server request reaches the process that asked, whichever is least busy.
+#[test]
+fn stateless_requests_are_spread_over_a_pool_of_shared_processes() {
+    let gw = Gateway::fixture(&["--max-stateless-children", "2"]);
+    let post = |id: i64, name: &str, arguments: Value| {
+        let (h, body) = support::modern_call(id, name, arguments, json!({}));
+        http_request(&gw.addr, "POST", "/mcp", &h, &body)
+    };
+    // Idle: one process serves request after request.
+    for id in 1..=3 {
+        assert_eq!(
+            post(id, "echo", json!({"text": "hi"})).json()["result"]["content"][0]["text"],
+            "hi"
+        );
+    }
+    assert_eq!(fixture_children_of(&gw).len(), 1);
+    // A sampling call waits at the first process for its client's answer; the next client's
+    // goes to a second one, started for it.
+    let sample = |id: i64, prompt: &str| {
+        let (h, body) = support::modern_call(id, "sample", json!({"prompt": prompt}), json!({}));
+        let mut stream = SseReader::post(&gw.addr, &h, &body);
+        let request = stream.next_message().expect("the server's request");
+        assert_eq!(request["method"], "sampling/createMessage", "{request}");
+        (
+            stream,
+            request["id"].as_str().expect("a string id").to_owned(),
+        )
+    };
+    let (mut a, asked_a) = sample(10, "a?");
+    let (mut b, asked_b) = sample(20, "b?");
+    assert_eq!(
+        fixture_children_of(&gw).len(),
+        2,
+        "a second process for the busy first"
+    );
+    // Both busy and at the bound: a third request waits its turn at one of them.
+    assert_eq!(
+        post(30, "echo", json!({"text": "third"})).json()["result"]["content"][0]["text"],
+        "third"
+    );
+    assert_eq!(
+        fixture_children_of(&gw).len(),
+        2,
+        "--max-stateless-children holds"
+    );
+    // Each answer reaches the process that asked (b's first: the least busy would be a's).
+    for (stream, asked, id, text) in [(&mut b, &asked_b, 20, "b's"), (&mut a, &asked_a, 10, "a's")]
+    {
+        let answered = support::stateless_sampling_answer(&gw.addr, asked, text);
+        assert_eq!(answered.status, 202, "{answered:?}");
+        let result = stream.next_message().expect("the call's result");
+        assert_eq!(result["id"], id);
+        assert_eq!(
+            result["result"]["content"][0]["text"],
+            format!("client said: {text}")
+        );
+    }
+}
+
 /// `--share never`: each stateless (2026-07-28) request gets a process of its own, stopped
 /// when the request is over.
 #[test]
@@ -1507,6 +1569,11 @@ fn bad_share_options_are_refused() {
         (
             vec!["--max-sessions-per-child", "lots"],
             "--max-sessions-per-child",
+        ),
+        (vec!["--max-stateless-children", "65"], "expected 1 to 64"),
+        (
+            vec!["--max-stateless-children", "0"],
+            "--max-stateless-children",
         ),
     ] {
         let out = support::command()
@@ -1615,6 +1682,20 @@ fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
     assert!(log.contains("restarted the session's MCP server"), "{log}");
     assert!(log.contains("generation=2"), "{log}");
     assert_eq!(fixture_children_of(&gw).len(), 1);
+    // A request of the new process that no POST can carry is answered with an error on the
+    // new process's stdin (not the dead one's), so the server does not wait for it forever.
+    let r = gw.post(Some(&session), &call(4, "ask_later", json!({})));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "will ask");
+    let mut errors = json!([]);
+    for attempt in 0..50 {
+        let stats = gw.post(Some(&session), &call(5 + attempt, "stats", json!({})));
+        errors = stats.json()["result"]["structuredContent"]["errors_received"].clone();
+        if errors != json!([]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors, json!(["later-1"]));
 }
 
 /// With `--restart on-failure`, a server that runs once and then fails at every start: its

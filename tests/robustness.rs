@@ -1009,16 +1009,7 @@ fn stateless_clients_at_the_shared_child_cannot_answer_each_others_server_reques
     assert_eq!(request["method"], "sampling/createMessage", "{request}");
     let ours = request["id"].as_str().expect("a string id").to_owned();
     assert!(ours.starts_with("sc-") && ours.len() == 35, "{ours}");
-    let answer = |id: &str, text: &str| {
-        let body = json!({"jsonrpc":"2.0","id":id,"result":{"role":"assistant","content":{"type":"text","text":text},"model":"m"}});
-        http_request(
-            &gw.addr,
-            "POST",
-            "/mcp",
-            &support::mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
-            body.to_string().as_bytes(),
-        )
-    };
+    let answer = |id: &str, text: &str| support::stateless_sampling_answer(&gw.addr, id, text);
     // The child's own id is sample-1: an attacker's guess of it is refused.
     let forged = answer("sample-1", "forged");
     assert_eq!(forged.json()["error"]["code"], -32600, "{forged:?}");

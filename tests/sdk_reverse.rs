@@ -160,7 +160,7 @@ fn sdk_2_3_stateless_era_clients_reach_stdio_servers() {
     assert_eq!(
         gateway
             .stderr_text()
-            .matches("started the MCP server for stateless (2026-07-28) requests")
+            .matches("started an MCP server for stateless (2026-07-28) requests")
             .count(),
         1,
         "one shared child for the stateless requests"

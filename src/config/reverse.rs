@@ -44,6 +44,8 @@ pub struct PoolConfig {
     pub max_sessions_per_child: usize,
     /// When a session's process that exits is started again.
     pub restart: Restart,
+    /// Most processes serving stateless (2026-07-28) requests (`--share stateless|always`).
+    pub max_stateless_children: usize,
 }
 
 /// Default `--pool-idle-timeout`.
@@ -54,6 +56,10 @@ pub const DEFAULT_POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSIONS_PER_CHILD: usize = 64;
 /// Most `--max-sessions-per-child`.
 pub const MAX_SESSIONS_PER_CHILD: usize = 10_000;
+/// Default `--max-stateless-children`.
+pub const DEFAULT_MAX_STATELESS_CHILDREN: usize = 1;
+/// Most `--max-stateless-children`: each is a running server.
+pub const MAX_STATELESS_CHILDREN: usize = 64;
 /// Most `--pool-min-idle`: spares are running servers.
 pub const MAX_POOL_MIN_IDLE: usize = 64;
 
@@ -66,6 +72,7 @@ impl Default for PoolConfig {
             share: Share::default(),
             max_sessions_per_child: DEFAULT_MAX_SESSIONS_PER_CHILD,
             restart: Restart::Never,
+            max_stateless_children: DEFAULT_MAX_STATELESS_CHILDREN,
         }
     }
 }
@@ -385,22 +392,15 @@ fn pool_config(
         args.max_sessions_per_child.as_ref(),
         file.max_sessions_per_child.as_ref(),
     ) {
-        Some(text) => match text.trim().parse::<usize>() {
-            Ok(n) if (1..=MAX_SESSIONS_PER_CHILD).contains(&n) => n,
-            Ok(n) => {
-                return Err(invalid(
-                    "--max-sessions-per-child",
-                    format!("{n}: expected 1 to {MAX_SESSIONS_PER_CHILD}"),
-                ));
-            }
-            Err(e) => {
-                return Err(invalid(
-                    "--max-sessions-per-child",
-                    format!("{text:?}: {e} (expected a whole number)"),
-                ));
-            }
-        },
+        Some(text) => count_within(&text, "--max-sessions-per-child", MAX_SESSIONS_PER_CHILD)?,
         None => defaults.max_sessions_per_child,
+    };
+    let max_stateless_children = match pick(
+        args.max_stateless_children.as_ref(),
+        file.max_stateless_children.as_ref(),
+    ) {
+        Some(text) => count_within(&text, "--max-stateless-children", MAX_STATELESS_CHILDREN)?,
+        None => defaults.max_stateless_children,
     };
     Ok(PoolConfig {
         min_idle,
@@ -409,7 +409,16 @@ fn pool_config(
         share,
         max_sessions_per_child,
         restart,
+        max_stateless_children,
     })
+}
+
+/// A whole number from 1 to `max` for `option`.
+fn count_within(text: &str, option: &'static str, max: usize) -> Result<usize, ConfigError> {
+    match parse_count(text, option)? {
+        n if n <= max => Ok(n),
+        n => Err(invalid(option, format!("{n}: expected 1 to {max}"))),
+    }
 }
 
 /// `--header-timeout`, `--body-timeout`, `--max-connections`, `--max-connections-per-client`.

@@ -607,6 +607,19 @@ pub fn mcp_headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)
     h
 }
 
+/// A stateless (2026-07-28) client's answer `text` to the sampling request it got as `id`,
+/// POSTed to the gateway at `addr`.
+pub fn stateless_sampling_answer(addr: &str, id: &str, text: &str) -> HttpResponse {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":id,"result":{"role":"assistant","content":{"type":"text","text":text},"model":"m"}});
+    http_request(
+        addr,
+        "POST",
+        "/mcp",
+        &mcp_headers(&[("MCP-Protocol-Version", "2026-07-28")]),
+        body.to_string().as_bytes(),
+    )
+}
+
 /// A stateless 2026-07-28 `tools/call` of `name`: its body (the protocol version in `_meta`,
 /// with `meta`'s members added) and the POST headers that mirror it.
 pub fn modern_call(

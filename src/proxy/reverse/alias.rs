@@ -1,5 +1,6 @@
 //! Stateless (2026-07-28) requests to a command upstream: they have no session, so they share
-//! one child, and requests of different clients may carry the same ids and progress tokens.
+//! the children that serve them, and requests of different clients may carry the same ids and
+//! progress tokens.
 //! Each request goes to the child under an id (and progress token) of our own, unique there,
 //! and what comes back for it (answers, progress, a subscription's notifications) is turned back
 //! into the names its client chose.
@@ -12,6 +13,7 @@ use linked_hash_map::LinkedHashMap;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Kind, Message, Method, RequestId};
+use crate::session::SessionId;
 
 const REQUEST_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 const PROGRESS_TOKEN: [&str; 2] = ["params", "progressToken"];
@@ -24,51 +26,78 @@ pub(super) const MAX_SERVER_REQUESTS: usize = 10_000;
 
 /// A fresh name nobody can guess: `sc-` and 128 random bits (a session id's).
 fn fresh() -> String {
-    format!("sc-{}", crate::session::SessionId::random())
+    format!("sc-{}", SessionId::random())
 }
 
-/// What all stateless requests at the shared child share: the server→client requests sent to
-/// their clients, each under an unguessable id of ours, so that only the client it was sent to
-/// can answer it.
+/// A server→client request sent to a stateless client: the child's id for it, and which child
+/// asked (the session that carries it).
+#[derive(Debug)]
+struct Asked {
+    theirs: RequestId,
+    by: SessionId,
+}
+
+/// What all stateless requests at the shared children share: the server→client requests sent
+/// to their clients, each under an unguessable id of ours, so that only the client it was sent
+/// to can answer it, and the answer reaches the child that asked.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
-    /// Our id → the child's.
-    server_requests: Mutex<LinkedHashMap<RequestId, RequestId>>,
+    /// Our id → the child's, and the child.
+    server_requests: Mutex<LinkedHashMap<RequestId, Asked>>,
 }
 
 impl Shared {
-    fn remember(&self, ours: RequestId, theirs: RequestId) {
+    fn remember(&self, ours: RequestId, asked: Asked) {
         let mut map = self
             .server_requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        map.insert(ours, theirs);
+        map.insert(ours, asked);
         while map.len() > MAX_SERVER_REQUESTS {
             map.pop_front();
         }
     }
 
-    fn take(&self, ours: &RequestId) -> Option<RequestId> {
+    /// The child (its session) that sent the server request the client names `ours`, if any.
+    pub(super) fn asker(&self, ours: &RequestId) -> Option<SessionId> {
         self.server_requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(ours)
+            .get(ours)
+            .map(|asked| asked.by.clone())
+    }
+
+    /// The child's id for `ours`, if the child served by session `by` asked it (then it is
+    /// forgotten: it is answered once).
+    fn take(&self, ours: &RequestId, by: &SessionId) -> Option<RequestId> {
+        let mut map = self
+            .server_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.get(ours).is_some_and(|asked| &asked.by == by) {
+            map.remove(ours).map(|asked| asked.theirs)
+        } else {
+            None
+        }
     }
 }
 
-/// One POST's aliases: ours → the client's, for its request ids and progress tokens.
+/// One POST's aliases: ours → the client's, for its request ids and progress tokens, at the
+/// child served by session `child`.
 #[derive(Debug)]
 pub(super) struct Aliases {
     shared: std::sync::Arc<Shared>,
+    child: SessionId,
     ids: HashMap<RequestId, RequestId>,
     /// JSON texts of progress tokens.
     tokens: HashMap<String, String>,
 }
 
 impl Aliases {
-    pub(super) fn new(shared: std::sync::Arc<Shared>) -> Self {
+    pub(super) fn new(shared: std::sync::Arc<Shared>, child: SessionId) -> Self {
         Self {
             shared,
+            child,
             ids: HashMap::new(),
             tokens: HashMap::new(),
         }
@@ -113,7 +142,7 @@ impl Aliases {
                 Ok(renamed)
             }
             (Kind::Response | Kind::Error, Some(ours)) => {
-                let Some(theirs) = self.shared.take(&ours) else {
+                let Some(theirs) = self.shared.take(&ours, &self.child) else {
                     return Err(refuse(
                         &msg,
                         "this answers no request the server sent to this client",
@@ -145,7 +174,8 @@ impl Aliases {
             let ours = RequestId::String(fresh().into());
             msg.with_id(&ours).inspect(|_| {
                 if let Some(theirs) = theirs {
-                    self.shared.remember(ours.clone(), theirs);
+                    let by = self.child.clone();
+                    self.shared.remember(ours.clone(), Asked { theirs, by });
                 }
             })
         } else if msg.method() == Some(&Method::Progress) {
@@ -182,7 +212,11 @@ mod tests {
     fn two_clients_with_the_same_ids_are_told_apart_and_answered_under_their_own() {
         let shared = std::sync::Arc::new(Shared::default());
         let request = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"work","_meta":{"progressToken":1}}}"#;
-        let (mut a, mut b) = (Aliases::new(shared.clone()), Aliases::new(shared));
+        let child = SessionId::random();
+        let (mut a, mut b) = (
+            Aliases::new(shared.clone(), child.clone()),
+            Aliases::new(shared, child),
+        );
         let to_child_a = a.inbound(msg(request)).unwrap();
         let to_child_b = b.inbound(msg(request)).unwrap();
         let (id_a, id_b) = (to_child_a.id().unwrap(), to_child_b.id().unwrap());
@@ -225,7 +259,11 @@ mod tests {
     #[test]
     fn only_the_client_a_server_request_was_sent_to_can_answer_it() {
         let shared = std::sync::Arc::new(Shared::default());
-        let (mut victim, mut other) = (Aliases::new(shared.clone()), Aliases::new(shared));
+        let child = SessionId::random();
+        let (mut victim, mut other) = (
+            Aliases::new(shared.clone(), child.clone()),
+            Aliases::new(shared.clone(), child.clone()),
+        );
         let ask = msg(
             r#"{"jsonrpc":"2.0","id":"sample-1","method":"sampling/createMessage","params":{}}"#,
         );
@@ -239,6 +277,11 @@ mod tests {
         let answer = msg(&format!(
             r#"{{"jsonrpc":"2.0","id":"{ours}","result":{{}}}}"#
         ));
+        // It names the child that asked; at another child it answers nothing.
+        let named = RequestId::String(ours.as_str().into());
+        assert_eq!(shared.asker(&named), Some(child.clone()));
+        let mut elsewhere = Aliases::new(shared.clone(), SessionId::random());
+        assert!(elsewhere.inbound(answer.clone()).is_err());
         let to_child = victim.inbound(answer.clone()).unwrap();
         assert_eq!(to_child.id(), Some(&RequestId::String("sample-1".into())));
         let refused = other.inbound(answer).unwrap_err();
@@ -247,7 +290,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_renamed_is_refused_not_passed_on() {
-        let mut aliases = Aliases::new(std::sync::Arc::default());
+        let mut aliases = Aliases::new(std::sync::Arc::default(), SessionId::random());
         // Two `_meta` members: the token cannot be renamed with certainty.
         let twice = msg(
             r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"_meta":{"progressToken":1},"_meta":{"progressToken":2}}}"#,

@@ -114,11 +114,12 @@ pub struct Gateway {
     tasks: TaskTracker,
     /// Cancelled when shutdown begins: no new sessions.
     pub(in crate::proxy::reverse) stopping: CancellationToken,
-    /// A command upstream's child for stateless (2026-07-28) requests, shared by them all.
-    stateless_child: Mutex<Option<Arc<SessionLink>>>,
-    /// The server requests of that child sent to stateless clients, under names of ours.
+    /// A command upstream's children for stateless (2026-07-28) requests, shared by them all
+    /// (up to `--max-stateless-children`).
+    stateless_children: Mutex<Vec<Arc<SessionLink>>>,
+    /// The server requests of those children sent to stateless clients, under names of ours.
     pub(super) shared_aliases: Arc<super::alias::Shared>,
-    /// Requests each client address has in flight at that child (a quarter of
+    /// Requests each client address has in flight at those children (a quarter of
     /// `--max-pending-requests` each, so that one client cannot take all the room).
     pub(super) stateless_in_flight: Arc<ClientCounts>,
     /// Sessions each client address has open (`--max-sessions-per-client`).
@@ -161,8 +162,10 @@ impl Gateway {
             ReverseUpstream::Stdio(spec) => Server::Command(Pool::new(
                 spec.clone(),
                 reverse.pool,
-                // Every session's process, the spares, and the stateless requests' shared one.
-                config.sessions.max_sessions + reverse.pool.min_idle + 1,
+                // Every session's process, the spares, and the stateless requests' shared ones.
+                config.sessions.max_sessions
+                    + reverse.pool.min_idle
+                    + reverse.pool.max_stateless_children,
                 gateway_metrics.children(),
             )),
         };
@@ -191,7 +194,7 @@ impl Gateway {
             links: DashMap::new(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
-            stateless_child: Mutex::new(None),
+            stateless_children: Mutex::new(Vec::new()),
             shared_aliases: Arc::default(),
             stateless_in_flight: Arc::default(),
             client_sessions: Arc::default(),
@@ -360,10 +363,15 @@ impl Gateway {
 
     /// Where one stateless (2026-07-28) request goes. To an HTTP upstream: a session of its
     /// own, tracked by the manager and the pipeline like any other, never addressable by the
-    /// client, ended as soon as the request is over. To a command upstream: the child that
-    /// serves every stateless request (started with the first, and again after it ended:
-    /// crashed, idle expired, evicted), never sent `initialize`.
-    pub fn open_stateless(self: &Arc<Self>, caller: Client<'_>) -> Result<Stateless, OpenError> {
+    /// client, ended as soon as the request is over. To a command upstream: with `--share
+    /// never` a process of its own; else one of the children that serve every stateless
+    /// request, never sent `initialize` ([`Self::stateless_child`]). `answering`: the id of
+    /// a server request the POST answers, which goes to the child that asked.
+    pub fn open_stateless(
+        self: &Arc<Self>,
+        caller: Client<'_>,
+        answering: Option<&crate::protocol::RequestId>,
+    ) -> Result<Stateless, OpenError> {
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
         }
@@ -375,23 +383,7 @@ impl Gateway {
                     self.open_link(TransportKind::Http, caller, Delivery::Streamable, false)?;
                 return Ok(Stateless::Own(link));
             }
-            Server::Command(_) => {
-                let mut shared = self
-                    .stateless_child
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if let Some(link) = shared.as_ref() {
-                    if !link.session.closed_token().is_cancelled() {
-                        return Ok(Stateless::Shared(link.clone()));
-                    }
-                }
-                // Spawning is synchronous: no await while the slot is locked.
-                let link =
-                    self.open_session(TransportKind::Http, Client::Local, Delivery::Shared)?;
-                tracing::info!(session = %link.session.id().digest(), "started the MCP server for stateless (2026-07-28) requests");
-                *shared = Some(link.clone());
-                return Ok(Stateless::Shared(link));
-            }
+            Server::Command(_) => return self.stateless_child(answering).map(Stateless::Shared),
         };
         let client_slot = self.client_slot(caller)?;
         let session = self
@@ -412,6 +404,46 @@ impl Gateway {
             client_slot,
             self.reverse.sse_replay_events,
         ))))
+    }
+
+    /// The child for a stateless request: the one that asked, for an answer to its request;
+    /// else the running one with the fewest requests in flight, unless every one has some and
+    /// fewer than `--max-stateless-children` run: then another is started (its process from the
+    /// pool with the request). Each is a session of the gateway's own (ended like any other:
+    /// crashed, idle expired, evicted), and one that ended is replaced.
+    fn stateless_child(
+        self: &Arc<Self>,
+        answering: Option<&crate::protocol::RequestId>,
+    ) -> Result<Arc<SessionLink>, OpenError> {
+        let mut children = self
+            .stateless_children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        children.retain(|link| !link.session.closed_token().is_cancelled());
+        let asker = answering.and_then(|id| self.shared_aliases.asker(id));
+        if let Some(asker) = asker {
+            if let Some(link) = children.iter().find(|l| l.session.id() == &asker) {
+                return Ok(link.clone());
+            }
+        }
+        let least_busy = children
+            .iter()
+            .min_by_key(|link| link.session.pending(Direction::ClientToServer).len());
+        if let Some(link) = least_busy {
+            let idle = link.session.pending(Direction::ClientToServer).is_empty();
+            if idle || children.len() >= self.reverse.pool.max_stateless_children {
+                return Ok(link.clone());
+            }
+        }
+        // Opening is synchronous: no await while the list is locked.
+        let link = self.open_session(TransportKind::Http, Client::Local, Delivery::Shared)?;
+        tracing::info!(
+            session = %link.session.id().digest(),
+            running = children.len() + 1,
+            "started an MCP server for stateless (2026-07-28) requests"
+        );
+        children.push(link.clone());
+        Ok(link)
     }
 
     /// Starts recording `session` if `--record` asks for it.

@@ -9,7 +9,7 @@
 //! One router per session, so two sessions can never see each other's messages.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use linked_hash_map::LinkedHashMap;
 
@@ -50,8 +50,9 @@ pub struct Router {
     waiters: Mutex<LinkedHashMap<RequestId, Slot>>,
     /// The session, to forget server requests nobody can take.
     session: Option<Arc<Session>>,
-    /// The child's stdin, to answer such requests (stdio upstreams).
-    to_server: OnceLock<Arc<Outbox>>,
+    /// The current process's stdin, to answer such requests (stdio upstreams; replaced when
+    /// the process is).
+    to_server: Mutex<Option<Arc<Outbox>>>,
     /// Progress token (its JSON text) → the POST whose request carried it.
     progress: Mutex<HashMap<String, Slot>>,
     /// The session's GET stream, for messages that belong to no open request.
@@ -98,23 +99,20 @@ impl Router {
         delivery: Delivery,
         to_server: Option<Arc<Outbox>>,
     ) -> Self {
-        let router = Self {
+        Self {
             session: Some(session),
+            to_server: Mutex::new(to_server),
             events,
             legacy: std::sync::atomic::AtomicBool::new(matches!(delivery, Delivery::Legacy)),
             shared: std::sync::atomic::AtomicBool::new(matches!(delivery, Delivery::Shared)),
             ..Self::default()
-        };
-        if let Some(to_server) = to_server {
-            let _ = router.to_server.set(to_server);
         }
-        router
     }
 
-    /// Answers the server's requests that no POST can carry on `to_server` (a shared process's
-    /// stdin, known once the session is on one).
+    /// Answers the server's requests that no POST can carry on `to_server` from now on: a
+    /// shared process's stdin, known once the session is on one, or a restarted process's.
     pub fn answer_server_via(&self, to_server: Arc<Outbox>) {
-        let _ = self.to_server.set(to_server);
+        *lock(&self.to_server) = Some(to_server);
     }
 
     /// The session's GET stream.
@@ -294,7 +292,8 @@ impl Router {
         if let Some(session) = &self.session {
             session.pending(Direction::ServerToClient).remove(id);
         }
-        if let Some(to_server) = self.to_server.get() {
+        let to_server = lock(&self.to_server).clone();
+        if let Some(to_server) = to_server {
             let error = ProxyError::new(
                 ErrorCode::ShuttingDown,
                 "the client has no open request or stream to carry this request",

@@ -222,13 +222,22 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
     let stateless = !headers.contains_key(&MCP_SESSION_ID) && intake.stateless_era;
     let mut shared = false;
     let opened = if stateless {
-        Some(gateway.open_stateless(intake.client).map(|to| match to {
-            Stateless::Own(link) => link,
-            Stateless::Shared(link) => {
-                shared = true;
-                link
-            }
-        }))
+        // An answer to a server request goes to the child that asked.
+        let answering = intake.members.iter().find_map(|m| match m {
+            Ok(msg) if msg.is_response() => msg.id(),
+            _ => None,
+        });
+        Some(
+            gateway
+                .open_stateless(intake.client, answering)
+                .map(|to| match to {
+                    Stateless::Own(link) => link,
+                    Stateless::Shared(link) => {
+                        shared = true;
+                        link
+                    }
+                }),
+        )
     } else if intake.initialize && !headers.contains_key(&MCP_SESSION_ID) {
         Some(gateway.open_session(
             crate::session::TransportKind::Http,
@@ -442,9 +451,12 @@ async fn post(
         ..
     } = intake;
     // Through the pipeline, in order.
-    let mut aliases = opened
-        .shared
-        .then(|| Aliases::new(gateway.shared_aliases.clone()));
+    let mut aliases = opened.shared.then(|| {
+        Aliases::new(
+            gateway.shared_aliases.clone(),
+            opened.link.session.id().clone(),
+        )
+    });
     let screened = screen(
         &gateway,
         &opened.link,

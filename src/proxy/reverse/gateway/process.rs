@@ -205,6 +205,7 @@ impl Gateway {
         // flight is answered now (the swap and the taking happen with no await between them).
         let queue = StdioQueue::new(self.config.max_message_size);
         inbox.replace(queue.to_server.clone()).close();
+        link.router.answer_server_via(queue.to_server.clone());
         let owed = session.take_pending(Direction::ClientToServer);
         session.take_pending(Direction::ServerToClient);
         child.abort();
