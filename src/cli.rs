@@ -287,8 +287,8 @@ pub struct PoolArgs {
     /// gets errors at once, then a new process from the pool, after a backoff (exponential with
     /// jitter, 100 ms up to 30 s; 5 crashes within a minute is a crash loop, reported by /readyz
     /// and retried at the cap), is given the session's initialize and
-    /// notifications/initialized again, and the client keeps its session id. Not with
-    /// `--share always`. [default: never]
+    /// notifications/initialized again, and the client keeps its session id. With `--share
+    /// always` a shared process is replaced so, with every session on it. [default: never]
     #[arg(long, env = "SHADOWCAT_RESTART", value_name = "WHEN", value_enum)]
     pub restart: Option<crate::transport::child::Restart>,
 }

@@ -434,6 +434,13 @@ fn encode_children(
         let value = i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         ConstGauge::new(value).encode(family.encode_family(&[("state", state)])?)?;
     }
+    let crash_looping = i64::try_from(c.crash_looping.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    ConstGauge::new(crash_looping).encode(encoder.encode_descriptor(
+        "shadowcat_upstream_crash_looping",
+        "Shared server processes crashing in a loop now (--restart on-failure)",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?)?;
     for (name, help, value) in [
         (
             "shadowcat_upstream_spawns",

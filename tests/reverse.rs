@@ -1642,15 +1642,10 @@ fn an_ambiguous_server_request_at_a_shared_process_is_refused_not_guessed() {
     assert_eq!(result["result"]["content"][0]["text"], "client said: b's");
 }
 
-/// `reverse --restart on-failure`: a session's process that crashes fails what it owed
-/// (-32081, both the crashing call and another in flight), then a new process from the pool
-/// is given the session's handshake and the client goes on under the same session id; the
-/// restart is counted and the new pid and generation are logged.
-#[test]
-fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
-    let gw = Gateway::fixture(&["--restart", "on-failure", "--admin-listen", "127.0.0.1:0"]);
-    let session = gw.initialize();
-    let (addr, id) = (gw.addr.clone(), session.clone());
+/// Session `sleeper` has a call in flight (id 1) when session `crasher`'s call (id 2) crashes
+/// the server: both get -32081 under their ids.
+fn crash_with_a_call_in_flight(gw: &Gateway, sleeper: &str, crasher: &str) {
+    let (addr, id) = (gw.addr.clone(), sleeper.to_owned());
     let sleeping = std::thread::spawn(move || {
         http_request(
             &addr,
@@ -1663,14 +1658,27 @@ fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
         )
     });
     std::thread::sleep(Duration::from_millis(300));
-    let crashed = gw.post(Some(&session), &call(2, "crash", json!({"code": 9})));
+    let crashed = gw.post(Some(crasher), &call(2, "crash", json!({"code": 9})));
     assert_eq!(
         crashed.messages()[0]["error"]["code"],
         -32081,
         "{crashed:?}"
     );
+    assert_eq!(crashed.messages()[0]["id"], 2);
     let slept = sleeping.join().unwrap();
     assert_eq!(slept.messages()[0]["error"]["code"], -32081, "{slept:?}");
+    assert_eq!(slept.messages()[0]["id"], 1);
+}
+
+/// `reverse --restart on-failure`: a session's process that crashes fails what it owed
+/// (-32081, both the crashing call and another in flight), then a new process from the pool
+/// is given the session's handshake and the client goes on under the same session id; the
+/// restart is counted and the new pid and generation are logged.
+#[test]
+fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
+    let gw = Gateway::fixture(&["--restart", "on-failure", "--admin-listen", "127.0.0.1:0"]);
+    let session = gw.initialize();
+    crash_with_a_call_in_flight(&gw, &session, &session);
     let r = gw.post(
         Some(&session),
         &call(3, "echo", json!({"text": "still here"})),
@@ -1698,66 +1706,148 @@ fn a_gateway_sessions_crashed_server_is_restarted_and_the_session_goes_on() {
     assert_eq!(errors, json!(["later-1"]));
 }
 
-/// With `--restart on-failure`, a server that runs once and then fails at every start: its
-/// session's restarts back off into a crash loop, and `/readyz` says so.
+/// `--share always --restart on-failure`: a shared process that crashes fails what every
+/// session on it had in flight (-32081), then a process from the pool is given the handshake
+/// the old one got, and every session goes on under its id, on the new process: each tape
+/// says which process served it (generation 1, then 2).
 #[test]
-fn a_gateway_crash_loop_is_detected_and_reported_by_readyz() {
+fn a_shared_servers_crash_is_restarted_and_its_sessions_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran");
-    let script = format!(
-        "if [ -e '{}' ]; then echo dying >&2; exit 3; fi; touch '{}'; exec '{}'",
-        ran.display(),
-        ran.display(),
-        support::fixture().display()
-    );
-    let gw = Gateway::start(&[
+    let tapes = dir.path().join("tapes");
+    let gw = Gateway::fixture(&[
+        "--share",
+        "always",
         "--restart",
         "on-failure",
         "--admin-listen",
         "127.0.0.1:0",
-        "--",
-        "sh",
-        "-c",
-        &script,
+        "--record",
+        tapes.to_str().unwrap(),
     ]);
-    let session = gw.initialize();
-    let crashed = gw.post(Some(&session), &call(1, "crash", json!({})));
-    assert_eq!(
-        crashed.messages()[0]["error"]["code"],
-        -32081,
-        "{crashed:?}"
-    );
-    let admin = gw.admin_addr();
-    wait_until("/readyz reports the crash loop", || {
-        let ready = http_request(&admin, "GET", "/readyz", &[], b"");
-        ready.status == 503 && String::from_utf8_lossy(&ready.body).contains("crashing in a loop")
-    });
+    let (a, b) = (gw.initialize(), gw.initialize());
+    let first = fixture_children_of(&gw);
+    assert_eq!(first.len(), 1, "one process for both");
+    crash_with_a_call_in_flight(&gw, &a, &b);
+    for (n, session) in [(3, &a), (4, &b)] {
+        let r = gw.post(Some(session), &call(n, "echo", json!({"text": session})));
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.stderr_text());
+        assert_eq!(r.json()["id"], n);
+        assert_eq!(r.json()["result"]["content"][0]["text"], session.as_str());
+    }
+    let second = fixture_children_of(&gw);
+    assert_eq!(second.len(), 1, "one process for both again");
+    assert_ne!(first, second, "a new process");
+    until_metric(&gw, "shadowcat_upstream_restarts_total 1");
     let log = gw.stderr_text();
-    assert_eq!(log.matches("restarting the MCP server").count(), 4, "{log}");
+    assert!(log.contains("restarted the shared MCP server"), "{log}");
+    // A session started later still gets the handshake's answer, from the new process's day.
+    let c = gw.initialize();
+    let r = gw.post(Some(&c), &call(5, "echo", json!({"text": "c"})));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "c");
+    assert_eq!(fixture_children_of(&gw), second);
+    for session in [&a, &b, &c] {
+        let r = http_request(
+            &gw.addr,
+            "DELETE",
+            "/mcp",
+            &headers(&[("Mcp-Session-Id", session)]),
+            b"",
+        );
+        assert!(r.status < 300, "{r:?}");
+    }
+    let mut generations = Vec::new();
+    wait_until("every session's tape is closed", || {
+        generations = std::fs::read_dir(&tapes)
+            .unwrap()
+            .filter_map(|e| shadowcat::tape::read(&e.unwrap().path()).ok())
+            .filter(|tape| tape.end.is_some())
+            .map(|tape| {
+                tape.servers
+                    .iter()
+                    .map(|s| (s.generation, s.pid))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        generations.len() == 3
+    });
+    generations.sort();
+    let pid = |p: i32| u32::try_from(p).unwrap();
+    let (old, new) = (pid(first[0]), pid(second[0]));
+    assert_eq!(
+        generations,
+        [
+            vec![(1, old), (2, new)],
+            vec![(1, old), (2, new)],
+            vec![(2, new)]
+        ],
+    );
 }
 
-/// `--restart` is for a server command; with `--upstream`, and with `--share always` (not
-/// supported yet), it is refused, naming the option.
+/// With `--restart on-failure`, a server that runs once and then fails at every start: its
+/// restarts back off into a crash loop, and `/readyz` says so; for a session's own process and
+/// for a shared one (also shown in `/metrics`).
 #[test]
-fn restart_is_refused_where_it_does_not_apply() {
-    for args in [
-        vec![
+fn a_gateway_crash_loop_is_detected_and_reported_by_readyz() {
+    for share in ["stateless", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("ran");
+        let script = format!(
+            "if [ -e '{}' ]; then echo dying >&2; exit 3; fi; touch '{}'; exec '{}'",
+            ran.display(),
+            ran.display(),
+            support::fixture().display()
+        );
+        let gw = Gateway::start(&[
             "--restart",
             "on-failure",
-            "--upstream",
-            "http://127.0.0.1:9/mcp",
-        ],
-        vec!["--restart", "on-failure", "--share", "always", "--", "true"],
-    ] {
-        let out = support::command()
-            .arg("reverse")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("--restart"),
-            "{args:?}"
+            "--share",
+            share,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let session = gw.initialize();
+        let crashed = gw.post(Some(&session), &call(1, "crash", json!({})));
+        assert_eq!(
+            crashed.messages()[0]["error"]["code"],
+            -32081,
+            "{share}: {crashed:?}"
         );
+        let admin = gw.admin_addr();
+        wait_until("/readyz reports the crash loop", || {
+            let ready = http_request(&admin, "GET", "/readyz", &[], b"");
+            ready.status == 503
+                && String::from_utf8_lossy(&ready.body).contains("crashing in a loop")
+        });
+        let log = gw.stderr_text();
+        assert_eq!(
+            log.matches("restarting the MCP server").count(),
+            4,
+            "{share}: {log}"
+        );
+        if share == "always" {
+            until_metric(&gw, "shadowcat_upstream_crash_looping 1");
+        }
     }
+}
+
+/// `--restart` is for a server command; with `--upstream` it is refused, naming the option.
+#[test]
+fn restart_is_refused_where_it_does_not_apply() {
+    let args = [
+        "--restart",
+        "on-failure",
+        "--upstream",
+        "http://127.0.0.1:9/mcp",
+    ];
+    let out = support::command()
+        .arg("reverse")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--restart"));
 }

@@ -513,9 +513,12 @@ fn shared_server_processes_are_faithful() {
     same_as_running_the_server(&gateway, &command);
     let log = gateway.stderr_text();
     // Each client asks for its own protocol version; sessions asking for the same one share.
+    let started = log.matches("started a shared MCP server").count();
+    let sessions = log.matches("the session is on a shared MCP server").count();
+    assert!((1..=2).contains(&started), "{log}");
     assert!(
-        log.matches("started a shared MCP server").count() <= 2,
-        "{log}"
+        sessions > started,
+        "sessions were not put on a running process: {log}"
     );
     everything_behind_the_gateway(&["--share", "always"]);
 }
@@ -523,43 +526,54 @@ fn shared_server_processes_are_faithful() {
 /// `reverse --restart on-failure` with the Python SDK server (which refuses calls before
 /// `initialize`): the test kills the session's server between two calls of one SDK client
 /// session over Streamable HTTP; the second call is answered by a new process that was given
-/// the session's handshake, under the same session id, and the client never knows.
+/// the session's handshake, under the same session id, and the client never knows. So with a
+/// process of its own and with a shared one (`--share always`).
 #[test]
 fn an_sdk_client_keeps_its_gateway_session_across_a_crash_of_its_server() {
     use std::process::Stdio;
-    let mut opts: Vec<&str> = vec!["--restart", "on-failure", "--log-level", "info", "--"];
-    let command = [python("2.3.0"), server_script("2.3.0")];
-    opts.extend(command.iter().map(String::as_str));
-    let gateway = Gateway::start(&opts);
-    let client = std::process::Command::new(python("1.30.0"))
-        .arg(support::peers().join("restart_client.py"))
-        .args(["--url", &gateway.url()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let the_server = |_: &std::process::Child| {
-        let servers: Vec<i32> = support::live_children(gateway.child.id())
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains("sdk_server_v2.py"))
-            })
-            .collect();
-        assert_eq!(servers.len(), 1, "{servers:?}");
-        servers[0]
-    };
-    let (ready, after) = support::sdk::kill_between_calls(
-        client,
-        the_server,
-        |_| {
-            gateway
-                .stderr_text()
-                .contains("restarted the session's MCP server")
-        },
-        || gateway.stderr_text(),
-    );
-    assert!(ready["session"].is_string(), "{ready}");
-    assert_eq!(after["session"], ready["session"]);
+    for share in ["stateless", "always"] {
+        let mut opts: Vec<&str> = vec![
+            "--restart",
+            "on-failure",
+            "--share",
+            share,
+            "--log-level",
+            "info",
+            "--",
+        ];
+        let command = [python("2.3.0"), server_script("2.3.0")];
+        opts.extend(command.iter().map(String::as_str));
+        let gateway = Gateway::start(&opts);
+        let client = std::process::Command::new(python("1.30.0"))
+            .arg(support::peers().join("restart_client.py"))
+            .args(["--url", &gateway.url()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let the_server = |_: &std::process::Child| {
+            let servers: Vec<i32> = support::live_children(gateway.child.id())
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.contains("sdk_server_v2.py"))
+                })
+                .collect();
+            assert_eq!(servers.len(), 1, "{share}: {servers:?}");
+            servers[0]
+        };
+        let (ready, after) = support::sdk::kill_between_calls(
+            client,
+            the_server,
+            |_| {
+                let log = gateway.stderr_text();
+                log.contains("restarted the session's MCP server")
+                    || log.contains("restarted the shared MCP server")
+            },
+            || gateway.stderr_text(),
+        );
+        assert!(ready["session"].is_string(), "{share}: {ready}");
+        assert_eq!(after["session"], ready["session"], "{share}");
+    }
 }

@@ -382,12 +382,6 @@ fn pool_config(
     };
     let share = args.share.or(file.share).unwrap_or_default();
     let restart = args.restart.or(file.restart).unwrap_or_default();
-    if restart == Restart::OnFailure && share == Share::Always {
-        return Err(invalid(
-            "--restart",
-            "on-failure is not available with --share always yet (a shared process that exits ends its sessions)".into(),
-        ));
-    }
     let max_sessions_per_child = match pick(
         args.max_sessions_per_child.as_ref(),
         file.max_sessions_per_child.as_ref(),

@@ -89,6 +89,8 @@ pub struct ChildCounters {
     pub unattributed: std::sync::atomic::AtomicU64,
     /// Server processes that failed and were started again (`--restart on-failure`).
     pub restarts: std::sync::atomic::AtomicU64,
+    /// Shared server processes crashing in a loop now (`--restart on-failure`).
+    pub crash_looping: std::sync::atomic::AtomicU64,
 }
 
 /// A running child with its pipes taken apart.

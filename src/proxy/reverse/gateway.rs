@@ -179,6 +179,7 @@ impl Gateway {
                     max_message_size: config.max_message_size,
                     shutdown_timeout: config.shutdown_timeout,
                     linger: reverse.pool.idle_timeout.unwrap_or(SHARED_LINGER),
+                    restart: reverse.pool.restart,
                 },
             )),
             _ => None,

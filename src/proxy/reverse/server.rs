@@ -97,6 +97,17 @@ struct Intake {
     stateless_era: bool,
 }
 
+impl Intake {
+    /// The id of the server request the POST answers, if it answers one (which goes to the
+    /// process that asked).
+    fn answering(&self) -> Option<&RequestId> {
+        self.members.iter().find_map(|m| match m {
+            Ok(msg) if msg.is_response() => msg.id(),
+            _ => None,
+        })
+    }
+}
+
 /// The first step of a POST: its headers, its body read and parsed, and the checks that need
 /// nothing else (Content-Type, Accept, the version header, `initialize` in a batch, the
 /// 2026-07-28 headers against the body).
@@ -222,14 +233,9 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
     let stateless = !headers.contains_key(&MCP_SESSION_ID) && intake.stateless_era;
     let mut shared = false;
     let opened = if stateless {
-        // An answer to a server request goes to the child that asked.
-        let answering = intake.members.iter().find_map(|m| match m {
-            Ok(msg) if msg.is_response() => msg.id(),
-            _ => None,
-        });
         Some(
             gateway
-                .open_stateless(intake.client, answering)
+                .open_stateless(intake.client, intake.answering())
                 .map(|to| match to {
                     Stateless::Own(link) => link,
                     Stateless::Shared(link) => {

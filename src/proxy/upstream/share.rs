@@ -22,13 +22,13 @@
 //! there (or the only member), else the request is refused with an error to the process and
 //! the notification dropped, both counted. A `ping` from the process is answered here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncRead;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,7 +40,7 @@ use crate::proxy::pipeline::Pipeline;
 use crate::proxy::relay::RelayEnd;
 use crate::session::Session;
 use crate::stage::{Client, Context, Verdict};
-use crate::transport::child::{ChildCounters, describe_exit};
+use crate::transport::child::{ChildCounters, Restart, describe_exit};
 use crate::transport::lines::{Line, LineDecoder};
 
 use super::pool::{Pool, PoolError};
@@ -48,6 +48,7 @@ use super::pool::{Pool, PoolError};
 mod table;
 
 use super::stdio::{StdioLink, StdioQueue};
+use super::supervise::{Supervisor, with_handshake};
 use table::{Inbound, Table, To};
 
 /// Longest a session's `initialize` waits for another session's, in flight at the process,
@@ -172,6 +173,8 @@ pub struct SharedChildren<C> {
     shutdown_timeout: Duration,
     /// How long a process without members is kept for the next session.
     linger: Duration,
+    /// Whether a process that fails is started again, its members kept.
+    restart: Restart,
     children: Mutex<Vec<Arc<SharedChild<C>>>>,
     /// One process is started at a time, so that a burst of sessions fills one before the next
     /// is started.
@@ -192,6 +195,8 @@ pub struct ShareLimits {
     pub shutdown_timeout: Duration,
     /// How long a process without members is kept.
     pub linger: Duration,
+    /// Whether a process that fails is started again (its members kept) or ends them.
+    pub restart: Restart,
 }
 
 impl<C: Deliver + 'static> SharedChildren<C> {
@@ -210,6 +215,7 @@ impl<C: Deliver + 'static> SharedChildren<C> {
             max_message_size: limits.max_message_size,
             shutdown_timeout: limits.shutdown_timeout,
             linger: limits.linger,
+            restart: limits.restart,
             children: Mutex::new(Vec::new()),
             starting: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
@@ -277,11 +283,13 @@ impl<C: Deliver + 'static> SharedChildren<C> {
         let queue = StdioQueue::new(self.max_message_size);
         let child = Arc::new(SharedChild {
             key,
-            pid: lease.child.pid(),
-            to_server: queue.to_server.clone(),
+            pid: AtomicU32::new(lease.child.pid().unwrap_or(0)),
+            generation: watch::Sender::new(1),
+            to_server: Mutex::new(queue.to_server.clone()),
             table: Mutex::new(Table::default()),
             handshake_changed: Notify::new(),
             emptied: Notify::new(),
+            crash_looping: AtomicBool::new(false),
             pipeline: self.pipeline.clone(),
             counters: self.counters.clone(),
         });
@@ -291,7 +299,7 @@ impl<C: Deliver + 'static> SharedChildren<C> {
             .attach_reader(lease.into(), move |output| reader.read(output, max))
             .map_err(|error| PoolError::Spawn { program, error })?;
         tracing::info!(
-            pid = child.pid,
+            pid = child.pid(),
             version = child.key.as_deref().unwrap_or("-"),
             "started a shared MCP server"
         );
@@ -318,30 +326,43 @@ impl<C: Deliver + 'static> SharedChildren<C> {
     }
 }
 
-/// One process shared by sessions.
+/// A server process shared by sessions (with `--restart on-failure`, whichever process is
+/// current: one that fails is replaced, and its members stay).
 #[derive(Debug)]
 pub struct SharedChild<C> {
     /// The protocol version its first `initialize` asked for.
     key: Option<Box<str>>,
-    pid: Option<u32>,
-    to_server: Arc<Outbox>,
+    /// The current process's id (0: unknown).
+    pid: AtomicU32,
+    /// Which process it is: 1, then one more per restart.
+    generation: watch::Sender<u64>,
+    /// The current process's stdin queue. Read under the table's lock where a message's
+    /// names are given, so a message renamed before a restart never reaches the next process.
+    to_server: Mutex<Arc<Outbox>>,
     table: Mutex<Table<C>>,
     handshake_changed: Notify,
     /// Notified when its last member leaves.
     emptied: Notify,
+    /// Counted in `crash_looping` now.
+    crash_looping: AtomicBool,
     pipeline: Arc<Pipeline>,
     counters: Arc<ChildCounters>,
 }
 
 impl<C: Deliver + 'static> SharedChild<C> {
-    /// The process's stdin.
-    pub fn to_server(&self) -> &Arc<Outbox> {
-        &self.to_server
+    /// The current process's stdin.
+    pub fn to_server(&self) -> Arc<Outbox> {
+        lock(&self.to_server).clone()
     }
 
-    /// The process's id.
+    /// The current process's id.
     pub fn pid(&self) -> Option<u32> {
-        self.pid
+        Some(self.pid.load(Ordering::Relaxed)).filter(|pid| *pid != 0)
+    }
+
+    /// Which process is current (1, then one more per restart); changes when one is replaced.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Sessions on it now.
@@ -358,9 +379,12 @@ impl<C: Deliver + 'static> SharedChild<C> {
         let mut waited = false;
         loop {
             let changed = self.handshake_changed.notified();
-            let inbound = lock(&self.table).inbound(route.id, &msg, waited);
+            let (inbound, to_server) = {
+                let mut table = lock(&self.table);
+                (table.inbound(route.id, &msg, waited), self.to_server())
+            };
             match inbound {
-                Inbound::Forward(msg) => return self.to_server.send(msg).await,
+                Inbound::Forward(msg) => return to_server.send(msg).await,
                 Inbound::Answer(answer) => {
                     self.pass(route, answer).await;
                     return Ok(());
@@ -394,7 +418,7 @@ impl<C: Deliver + 'static> SharedChild<C> {
             }
             Verdict::Respond(answer) => {
                 metrics.answered_by_proxy(Direction::ServerToClient);
-                let _ = self.to_server.send(answer).await;
+                let _ = self.to_server().send(answer).await;
             }
             Verdict::Drop => {}
         }
@@ -402,6 +426,10 @@ impl<C: Deliver + 'static> SharedChild<C> {
 
     /// Delivers a message of the process where it belongs.
     async fn dispatch(&self, msg: Message) {
+        // A process that speaks after its handshake is serving: no longer a crash loop.
+        if self.crash_looping.swap(false, Ordering::Relaxed) {
+            self.counters.crash_looping.fetch_sub(1, Ordering::Relaxed);
+        }
         let (to, settled) = {
             let mut table = lock(&self.table);
             let to = table.outbound(msg);
@@ -418,14 +446,14 @@ impl<C: Deliver + 'static> SharedChild<C> {
                 }
             }
             To::Child(msg) => {
-                let _ = self.to_server.send(msg).await;
+                let _ = self.to_server().send(msg).await;
             }
             To::Refused(msg) => {
                 self.counters.unattributed.fetch_add(1, Ordering::Relaxed);
-                let _ = self.to_server.send(msg).await;
+                let _ = self.to_server().send(msg).await;
             }
             To::Nowhere { why, counted } => {
-                tracing::debug!(pid = self.pid, "{why}; dropped");
+                tracing::debug!(pid = self.pid(), "{why}; dropped");
                 if counted {
                     self.counters.unattributed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -469,7 +497,7 @@ impl<C: Deliver + 'static> SharedChild<C> {
     async fn bad_frame(&self, what: &str, id: Option<RequestId>) {
         self.pipeline.metrics().malformed(Direction::ServerToClient);
         tracing::warn!(
-            pid = self.pid,
+            pid = self.pid(),
             "the shared MCP server sent {what} that cannot be passed on"
         );
         let error = ProxyError::new(
@@ -495,8 +523,9 @@ impl<C: Deliver + 'static> SharedChild<C> {
         if settled {
             self.handshake_changed.notify_waiters();
         }
+        let to_server = self.to_server();
         for msg in to_child {
-            if self.to_server.send(msg).await.is_err() {
+            if to_server.send(msg).await.is_err() {
                 break;
             }
         }
@@ -515,59 +544,171 @@ impl<C: Deliver + 'static> SharedChild<C> {
     }
 
     /// Runs the process until it exits, the gateway stops, or it has had no member for the
-    /// linger time; then its members (if any) lose it, with the reason.
+    /// linger time; with `--restart on-failure` a process that fails is replaced and its
+    /// members go on. Then its members (if any) lose it, with the reason.
     async fn run(
         self: Arc<Self>,
         mut link: StdioLink,
         group: Weak<SharedChildren<C>>,
         closing: CancellationToken,
     ) {
-        let linger = group.upgrade().map_or(Duration::ZERO, |g| g.linger);
-        let shutdown_timeout = group
+        let Some((linger, shutdown_timeout, restart, max_message_size)) = group
             .upgrade()
-            .map_or(Duration::from_secs(5), |g| g.shutdown_timeout);
-        let exited = loop {
-            let idle = async {
-                self.emptied.notified().await;
-                tokio::time::sleep(linger).await;
+            .map(|g| (g.linger, g.shutdown_timeout, g.restart, g.max_message_size))
+        else {
+            link.abort();
+            return;
+        };
+        let mut supervisor = Supervisor::new();
+        let error = loop {
+            let exited = loop {
+                let idle = async {
+                    self.emptied.notified().await;
+                    tokio::time::sleep(linger).await;
+                };
+                tokio::select! {
+                    status = link.child.wait() => {
+                        let failed = !matches!(&status, Ok(s) if s.success());
+                        break Some((status, failed));
+                    }
+                    _ = link.server_reader.join() => {
+                        // Its stdout closed: stopped, and taken for a failure.
+                        break Some((Box::pin(link.shut_down(shutdown_timeout)).await, true));
+                    }
+                    () = closing.cancelled() => break None,
+                    () = idle => if self.retire_if_empty() { break None },
+                }
             };
-            tokio::select! {
-                status = link.child.wait() => break Some(status),
-                _ = link.server_reader.join() => break Some(Box::pin(link.shut_down(shutdown_timeout)).await),
-                () = closing.cancelled() => break None,
-                () = idle => if self.retire_if_empty() { break None },
+            let Some((status, failed)) = exited else {
+                match link.shut_down(shutdown_timeout).await {
+                    Ok(status) => {
+                        tracing::info!(pid = self.pid(), status = %describe_exit(status), "the shared MCP server stopped");
+                    }
+                    Err(e) => {
+                        tracing::warn!(pid = self.pid(), %e, "waiting for the shared MCP server failed");
+                    }
+                }
+                link.abort();
+                break ProxyError::new(
+                    ErrorCode::ShuttingDown,
+                    "the shared MCP server was stopped",
+                );
+            };
+            link.server_reader.join_within(DRAIN_GRACE).await;
+            link.child.finish_stderr(DRAIN_GRACE).await;
+            let status = status.map_or_else(|e| e.to_string(), describe_exit);
+            let error = ProxyError::new(
+                ErrorCode::UpstreamExited,
+                format!("the MCP server exited unexpectedly ({status})"),
+            )
+            .with("stderr", link.child.stderr_tail().lines());
+            link.abort();
+            if !(failed && restart == Restart::OnFailure) || closing.is_cancelled() {
+                tracing::warn!(pid = self.pid(), %status, "the shared MCP server exited; ending its sessions");
+                break error;
+            }
+            tracing::error!(pid = self.pid(), %status, "the shared MCP server exited unexpectedly; it will be restarted");
+            let restarted = self
+                .restart(&error, &mut supervisor, &group, &closing, max_message_size)
+                .await;
+            match restarted {
+                Some(next) => link = next,
+                None => {
+                    break ProxyError::new(
+                        ErrorCode::ShuttingDown,
+                        "the shared MCP server was stopped while it was being restarted",
+                    );
+                }
             }
         };
         lock(&self.table).retired = true;
         if let Some(group) = group.upgrade() {
             group.forget(&self);
         }
-        let error = if let Some(status) = exited {
-            link.server_reader.join_within(DRAIN_GRACE).await;
-            link.child.finish_stderr(DRAIN_GRACE).await;
-            let status = status.map_or_else(|e| e.to_string(), describe_exit);
-            tracing::warn!(pid = self.pid, %status, "the shared MCP server exited; ending its sessions");
-            ProxyError::new(
-                ErrorCode::UpstreamExited,
-                format!("the MCP server exited unexpectedly ({status})"),
-            )
-            .with("stderr", link.child.stderr_tail().lines())
-        } else {
-            match link.shut_down(shutdown_timeout).await {
-                Ok(status) => {
-                    tracing::info!(pid = self.pid, status = %describe_exit(status), "the shared MCP server stopped");
-                }
-                Err(e) => {
-                    tracing::warn!(pid = self.pid, %e, "waiting for the shared MCP server failed");
-                }
-            }
-            ProxyError::new(ErrorCode::ShuttingDown, "the shared MCP server was stopped")
-        };
+        if self.crash_looping.swap(false, Ordering::Relaxed) {
+            self.counters.crash_looping.fetch_sub(1, Ordering::Relaxed);
+        }
         let routes = lock(&self.table).all();
         for route in routes {
             route.fail(error.clone());
         }
-        link.abort();
+    }
+
+    /// Replaces a failed process: what it owed is answered with `error` at once; then, after a
+    /// backoff, a process from the pool is given the handshake the old one got, subscribed
+    /// again to what the members are subscribed to, and takes over (what members sent
+    /// meanwhile waits in its queue). `None` if the gateway stopped first.
+    async fn restart(
+        self: &Arc<Self>,
+        error: &ProxyError,
+        supervisor: &mut Supervisor,
+        group: &Weak<SharedChildren<C>>,
+        closing: &CancellationToken,
+        max_message_size: usize,
+    ) -> Option<StdioLink> {
+        self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        let queue = StdioQueue::new(max_message_size);
+        let (crashed, settled) = {
+            let mut table = lock(&self.table);
+            let old = std::mem::replace(&mut *lock(&self.to_server), queue.to_server.clone());
+            old.close();
+            let crashed = table.crashed(error);
+            (crashed, std::mem::take(&mut table.handshake_settled))
+        };
+        if settled {
+            self.handshake_changed.notify_waiters();
+        }
+        for (route, answer) in crashed.owed {
+            self.pass(&route, answer).await;
+        }
+        let (process, pool) = loop {
+            let delay = supervisor.crashed_and_logged();
+            if supervisor.in_crash_loop() && !self.crash_looping.swap(true, Ordering::Relaxed) {
+                self.counters.crash_looping.fetch_add(1, Ordering::Relaxed);
+            }
+            let pool = group.upgrade()?.pool.clone();
+            let next = async {
+                tokio::time::sleep(delay).await;
+                let lease = pool.acquire().await.map_err(|e| e.to_string())?;
+                with_handshake(lease, &crashed.handshake).await
+            };
+            let next = tokio::select! {
+                () = closing.cancelled() => return None,
+                next = next => next,
+            };
+            match next {
+                Ok(process) => break (process, pool),
+                Err(why) => {
+                    tracing::warn!("the shared MCP server could not be restarted: {why}");
+                }
+            }
+        };
+        supervisor.started();
+        let program = pool.spec().program.to_string_lossy().into_owned();
+        let pid = process.child.pid();
+        let reader = self.clone();
+        let link = match queue
+            .attach_reader(process, move |output| reader.read(output, max_message_size))
+        {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::error!(%program, %e, "the restarted shared MCP server could not be linked");
+                return None;
+            }
+        };
+        self.pid.store(pid.unwrap_or(0), Ordering::Relaxed);
+        let generation = supervisor.generation();
+        self.generation.send_replace(generation);
+        tracing::info!(
+            pid,
+            generation,
+            sessions = self.members(),
+            "restarted the shared MCP server; its sessions go on"
+        );
+        for msg in crashed.resubscribe {
+            let _ = link.to_server.send(msg).await;
+        }
+        Some(link)
     }
 }
 

@@ -5,9 +5,11 @@
 //! handshake again ([`replay_handshake`]) so the client keeps its session.
 
 use std::collections::VecDeque;
+use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt as _;
 use tokio::process::ChildStdout;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -15,6 +17,9 @@ use tokio::time::Instant;
 use crate::protocol::{Direction, Kind, Message, Method};
 use crate::proxy::outbox::{Closed, Deliver, Outbox};
 use crate::session::Session;
+
+use super::pool::{Lease, ServerOutput};
+use super::stdio::Server as Process;
 use crate::transport::backoff::Backoff;
 use crate::transport::child::ChildProcess;
 
@@ -236,6 +241,29 @@ impl Deliver for ServerInbox {
             }
         }
     }
+}
+
+/// A process from the pool, given `handshake`; what it wrote besides the answer stays first in
+/// its output, for its session(s) to read.
+pub async fn with_handshake(
+    lease: Lease,
+    handshake: &Handshake,
+) -> Result<Process<ServerOutput>, String> {
+    let Lease {
+        mut child,
+        output,
+        slot,
+        ..
+    } = lease;
+    let (before, mut stdout) = output.into_inner();
+    let stray = replay_handshake(&mut child, &mut stdout, handshake).await?;
+    let mut bytes = before.into_inner();
+    bytes.extend(stray);
+    Ok(Process {
+        child,
+        output: Cursor::new(bytes).chain(stdout),
+        slot: Some(slot),
+    })
 }
 
 /// Gives a new process the session's handshake: the client's `initialize` (the answer must

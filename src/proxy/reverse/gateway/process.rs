@@ -4,21 +4,17 @@
 //! process from the pool is given the session's handshake after a backoff, and the session goes
 //! on under the same id.
 
-use std::io::Cursor;
 use std::sync::Arc;
-
-use tokio::io::AsyncReadExt as _;
 
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode};
 use crate::proxy::upstream::PoolError;
-use crate::proxy::upstream::pool::{Lease, ServerOutput};
 use crate::proxy::upstream::share::Member;
 use crate::session::{EndReason, Session};
 
 use super::super::router::Router;
-use crate::proxy::upstream::stdio::{Server as Process, StdioLink, StdioQueue};
-use crate::proxy::upstream::supervise::{ServerInbox, Supervisor, replay_handshake};
+use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
+use crate::proxy::upstream::supervise::{ServerInbox, Supervisor, with_handshake};
 use crate::transport::child::describe_exit;
 
 use super::{Ending, Gateway, STDOUT_DRAIN_GRACE, Server, SessionLink, Upstream};
@@ -105,30 +101,40 @@ impl Gateway {
             () = session.closed_token().cancelled() => return Ending::Closed,
             joined = member.join() => joined,
         };
-        match joined {
-            Ok(child) => {
-                link.router.answer_server_via(child.to_server().clone());
-                crate::proxy::pipeline::server_started(session, child.pid(), 1).await;
-                tracing::info!(
-                    pid = child.pid(),
-                    sessions = child.members(),
-                    "the session is on a shared MCP server"
-                );
-            }
+        let child = match joined {
+            Ok(child) => child,
             Err(e) => {
                 let error = self.no_process(session, &e);
                 member.fail(error.clone());
                 return Ending::Failed(error);
             }
-        }
-        tokio::select! {
-            () = session.closed_token().cancelled() => Ending::Closed,
-            error = member.lost() => {
-                if error.code == ErrorCode::UpstreamExited {
-                    self.metrics.upstream_error("exited");
+        };
+        tracing::info!(
+            pid = child.pid(),
+            sessions = child.members(),
+            "the session is on a shared MCP server"
+        );
+        // With `--restart on-failure` the process may be replaced: the session then answers
+        // the new one and records it.
+        let mut generations = child.generations();
+        loop {
+            let generation = *generations.borrow_and_update();
+            link.router.answer_server_via(child.to_server());
+            crate::proxy::pipeline::server_started(session, child.pid(), generation).await;
+            tokio::select! {
+                () = session.closed_token().cancelled() => return Ending::Closed,
+                error = member.lost() => {
+                    if error.code == ErrorCode::UpstreamExited {
+                        self.metrics.upstream_error("exited");
+                    }
+                    self.sessions.end(session.id(), EndReason::Error);
+                    return Ending::Failed(error);
                 }
-                self.sessions.end(session.id(), EndReason::Error);
-                Ending::Failed(error)
+                changed = generations.changed() => {
+                    if changed.is_err() {
+                        return Ending::Closed;
+                    }
+                }
             }
         }
     }
@@ -224,7 +230,7 @@ impl Gateway {
             let next = async {
                 tokio::time::sleep(delay).await;
                 let lease = pool.acquire().await.map_err(|e| e.to_string())?;
-                with_handshake(lease, inbox).await
+                with_handshake(lease, &inbox.handshake()).await
             };
             let next = tokio::select! {
                 () = session.closed_token().cancelled() => return Err(Ending::Closed),
@@ -263,27 +269,4 @@ impl Gateway {
             };
         }
     }
-}
-
-/// A process from the pool, given the session's handshake; what it wrote besides the answer
-/// stays first in its output, for the session to read.
-async fn with_handshake(
-    lease: Lease,
-    inbox: &ServerInbox,
-) -> Result<Process<ServerOutput>, String> {
-    let Lease {
-        mut child,
-        output,
-        slot,
-        ..
-    } = lease;
-    let (before, mut stdout) = output.into_inner();
-    let stray = replay_handshake(&mut child, &mut stdout, &inbox.handshake()).await?;
-    let mut bytes = before.into_inner();
-    bytes.extend(stray);
-    Ok(Process {
-        child,
-        output: Cursor::new(bytes).chain(stdout),
-        slot: Some(slot),
-    })
 }

@@ -47,6 +47,16 @@ impl Gateway {
                 "server command {program:?} not found (or not executable)"
             ));
         }
+        let looping = self
+            .metrics
+            .children()
+            .crash_looping
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if looping > 0 {
+            return Some(format!(
+                "{looping} shared MCP server process(es) crashing in a loop (restarted at the longest interval until one lasts)"
+            ));
+        }
         let links: Vec<Arc<SessionLink>> = self.links.iter().map(|e| e.value().clone()).collect();
         self.child_failures
             .problem(links.iter())

@@ -11,6 +11,7 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Kind, Message, Method, RequestId};
 
 use super::Route;
+use crate::proxy::upstream::supervise::Handshake as Replay;
 
 /// Most requests of the process awaiting an answer from a member; past it the process's
 /// requests are refused (it cannot make us hold more).
@@ -80,6 +81,9 @@ pub(super) struct Table<C> {
     subscriptions: HashMap<Box<str>, HashSet<u64>>,
     handshake: Handshake,
     initialized_sent: bool,
+    /// The `initialize` the process was sent (under our id) and its `notifications/initialized`,
+    /// for a process started in its place.
+    sent: Replay,
     /// No member may join any more (the process is stopping).
     pub(super) retired: bool,
     /// The handshake's answer came (or its session left): whoever waits for it is to be woken.
@@ -99,6 +103,7 @@ impl<C> Default for Table<C> {
             subscriptions: HashMap::new(),
             handshake: Handshake::Idle,
             initialized_sent: false,
+            sent: Replay::default(),
             retired: false,
             handshake_settled: false,
             next_alias: 0,
@@ -199,7 +204,11 @@ impl<C> Table<C> {
                 Handshake::InFlight if !waited => Inbound::Wait,
                 Handshake::InFlight | Handshake::Idle => {
                     table.handshake = Handshake::InFlight;
-                    table.forward(member, msg, Then::Handshake)
+                    let forwarded = table.forward(member, msg, Then::Handshake);
+                    if let Inbound::Forward(sent) = &forwarded {
+                        table.sent.initialize = Some(sent.clone());
+                    }
+                    forwarded
                 }
             },
             (Kind::Request, Some(Method::ResourcesSubscribe)) => {
@@ -245,6 +254,7 @@ impl<C> Table<C> {
                 if std::mem::replace(&mut table.initialized_sent, true) {
                     Inbound::Drop
                 } else {
+                    table.sent.initialized = Some(msg.clone());
                     Inbound::Forward(msg.clone())
                 }
             }
@@ -432,10 +442,13 @@ impl<C> Table<C> {
         }
         match forwarded.then {
             Then::Handshake => {
-                table.handshake = match (msg.kind(), result_of(msg)) {
-                    (Kind::Response, Some(result)) => Handshake::Done(result),
-                    _ => Handshake::Idle,
-                };
+                table.handshake =
+                    if let (Kind::Response, Some(result)) = (msg.kind(), result_of(msg)) {
+                        Handshake::Done(result)
+                    } else {
+                        table.sent.initialize = None;
+                        Handshake::Idle
+                    };
                 table.handshake_settled = true;
             }
             Then::Subscribed(uri) if msg.kind() == Kind::Error => {
@@ -495,6 +508,7 @@ impl<C> Table<C> {
                 }
                 if matches!(forwarded.then, Then::Handshake) {
                     table.handshake = Handshake::Idle;
+                    table.sent.initialize = None;
                     table.handshake_settled = true;
                 }
             }
@@ -526,28 +540,92 @@ impl<C> Table<C> {
             true
         });
         for uri in unsubscribe {
-            let ours = table.alias();
-            let text = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": ours,
-                "method": "resources/unsubscribe",
-                "params": {"uri": &*uri},
-            });
-            if let Ok(msg) = Message::parse(Bytes::from(text.to_string())) {
-                table.requests.insert(
-                    ours,
-                    Forwarded {
-                        member: None,
-                        original: RequestId::Number(ours),
-                        token: None,
-                        then: Then::Nothing,
-                    },
-                );
-                to_child.push(msg);
-            }
+            to_child.extend(table.own_request("resources/unsubscribe", &uri));
         }
         to_child
     }
+
+    /// A request of the proxy's own about resource `uri`, under an id of ours (its answer is
+    /// nobody's).
+    fn own_request(&mut self, method: &str, uri: &str) -> Option<Message> {
+        let ours = self.alias();
+        let text = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": ours,
+            "method": method,
+            "params": {"uri": uri},
+        });
+        let msg = Message::parse(Bytes::from(text.to_string())).ok()?;
+        self.requests.insert(
+            ours,
+            Forwarded {
+                member: None,
+                original: RequestId::Number(ours),
+                token: None,
+                then: Then::Nothing,
+            },
+        );
+        Some(msg)
+    }
+
+    /// The process failed and another is to take its place: each request in flight there is
+    /// answered with `error` (the process's own requests to members are forgotten; an answer
+    /// to one is dropped). What stays is the members, the handshake's answer and the
+    /// subscriptions: the new process is to be given the handshake the old one got and
+    /// subscribed again to what the members are subscribed to.
+    pub(super) fn crashed(&mut self, error: &ProxyError) -> Crashed<C> {
+        let table = self;
+        let forwarded: Vec<Forwarded> = table.requests.drain().map(|(_, f)| f).collect();
+        let mut owed = Vec::new();
+        for forwarded in forwarded {
+            if matches!(forwarded.then, Then::Handshake) {
+                table.handshake = Handshake::Idle;
+                table.sent.initialize = None;
+                table.handshake_settled = true;
+            }
+            if let Some(route) = forwarded.member.and_then(|m| table.route(m)) {
+                owed.push((
+                    route,
+                    Message::error_response(Some(&forwarded.original), error),
+                ));
+            }
+        }
+        table.by_member.clear();
+        table.tokens.clear();
+        table.server_requests.clear();
+        for entry in table.members.values_mut() {
+            entry.in_flight = 0;
+        }
+        let handshake = if matches!(table.handshake, Handshake::Done(_)) {
+            table.sent.clone()
+        } else {
+            // No handshake to give: the next member's own goes to the new process.
+            table.initialized_sent = false;
+            table.sent = Replay::default();
+            Replay::default()
+        };
+        let uris: Vec<Box<str>> = table.subscriptions.keys().cloned().collect();
+        let resubscribe = uris
+            .iter()
+            .filter_map(|uri| table.own_request("resources/subscribe", uri))
+            .collect();
+        Crashed {
+            owed,
+            handshake,
+            resubscribe,
+        }
+    }
+}
+
+/// What a failed process leaves to do ([`Table::crashed`]).
+#[derive(Debug)]
+pub(super) struct Crashed<C> {
+    /// The error answer for each member request it had in flight.
+    pub(super) owed: Vec<(Arc<Route<C>>, Message)>,
+    /// The handshake to give the process started in its place.
+    pub(super) handshake: Replay,
+    /// The subscribes to send it.
+    pub(super) resubscribe: Vec<Message>,
 }
 
 /// Where a message goes.

@@ -47,11 +47,13 @@ impl Bench {
         ));
         let child = Arc::new(SharedChild {
             key: None,
-            pid: None,
-            to_server: Arc::new(to_server),
+            pid: AtomicU32::new(0),
+            generation: watch::Sender::new(1),
+            to_server: Mutex::new(Arc::new(to_server)),
             table: Mutex::new(Table::default()),
             handshake_changed: Notify::new(),
             emptied: Notify::new(),
+            crash_looping: AtomicBool::new(false),
 
             pipeline: pipeline.clone(),
             counters: Arc::default(),
@@ -372,4 +374,86 @@ async fn subscriptions_are_bounded_per_session_and_in_total() {
     );
     subscribe_each(&mut bench, &late, 5..6).await;
     assert!(last_answer(&late).get("result").is_some());
+}
+
+/// A process that failed: what it had in flight is owed an error (under each session's own
+/// id), the handshake it got and the subscriptions are what the next process is to be given,
+/// and an answer of the old process that comes late reaches no one.
+#[tokio::test]
+async fn a_crash_answers_what_was_in_flight_and_keeps_what_the_next_process_needs() {
+    let mut bench = Bench::new();
+    let (a, b) = (bench.peer(), bench.peer());
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    bench.send(&a, init).await;
+    let ours = bench.sent()[0]["id"].clone();
+    bench
+        .server_says(&format!(
+            r#"{{"jsonrpc":"2.0","id":{ours},"result":{{"protocolVersion":"2025-11-25","capabilities":{{}},"serverInfo":{{"name":"s","version":"1"}}}}}}"#
+        ))
+        .await;
+    bench
+        .send(
+            &a,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .await;
+    bench
+        .send(&a, r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"file:///x"}}"#)
+        .await;
+    let subscribed = bench.sent()[1]["id"].clone();
+    bench
+        .server_says(&format!(
+            r#"{{"jsonrpc":"2.0","id":{subscribed},"result":{{}}}}"#
+        ))
+        .await;
+    bench
+        .send(
+            &b,
+            r#"{"jsonrpc":"2.0","id":"b-1","method":"tools/call","params":{"name":"slow"}}"#,
+        )
+        .await;
+    let in_flight = bench.sent()[0]["id"].clone();
+
+    let error = ProxyError::new(ErrorCode::UpstreamExited, "gone");
+    let crashed = lock(&bench.child.table).crashed(&error);
+    let owed: Vec<(u64, serde_json::Value)> = crashed
+        .owed
+        .iter()
+        .map(|(route, m)| (route.id, serde_json::from_slice(m.raw()).unwrap()))
+        .collect();
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    assert_eq!(owed[0].0, b.route.id);
+    assert_eq!(owed[0].1["id"], "b-1");
+    assert_eq!(owed[0].1["error"]["code"], -32081);
+    let replayed = crashed
+        .handshake
+        .initialize
+        .expect("the initialize to replay");
+    assert_eq!(replayed.method(), Some(&Method::Initialize));
+    assert_eq!(
+        serde_json::to_value(replayed.id()).ok(),
+        Some(ours.clone()),
+        "as the process got it"
+    );
+    assert!(crashed.handshake.initialized.is_some());
+    let resubscribe: Vec<serde_json::Value> = crashed
+        .resubscribe
+        .iter()
+        .map(|m| serde_json::from_slice(m.raw()).unwrap())
+        .collect();
+    assert_eq!(resubscribe.len(), 1);
+    assert_eq!(resubscribe[0]["method"], "resources/subscribe");
+    assert_eq!(resubscribe[0]["params"]["uri"], "file:///x");
+    // The old process's late answer reaches no one.
+    bench
+        .server_says(&format!(
+            r#"{{"jsonrpc":"2.0","id":{in_flight},"result":{{}}}}"#
+        ))
+        .await;
+    assert!(got(&b.got).is_empty());
+    // Later sessions still get the handshake's answer without the process being asked.
+    let c = bench.peer();
+    bench.send(&c, init).await;
+    assert!(bench.sent().is_empty());
+    assert_eq!(got(&c.got)[0]["result"]["serverInfo"]["name"], "s");
 }
