@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Shadowcat's tests need (pinned) and runs the whole suite:
 #   - Python venvs with the MCP SDK 2.3.0 and 1.30.0 (tests/peers/requirements-*.txt),
-#   - @modelcontextprotocol/server-everything from npm (tests/peers/package-lock.json),
+#   - @modelcontextprotocol/server-everything and oauth2-mock-server (the OAuth issuer of
+#     tests/auth.rs) from npm (tests/peers/package-lock.json),
 #   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),
 #   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
 # Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.

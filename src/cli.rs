@@ -293,6 +293,52 @@ pub struct PoolArgs {
     pub restart: Option<crate::transport::child::Restart>,
 }
 
+/// Authentication of the gateway's clients (`reverse`): OAuth 2.1 bearer tokens (JWTs) as the
+/// MCP authorization spec has a resource server check them, and/or static API keys. With
+/// either, every request to the MCP endpoint needs a valid `Authorization: Bearer` token; the
+/// Protected Resource Metadata (RFC 9728) is served at /.well-known/oauth-protected-resource.
+/// Without, anyone who can reach the listener is served (keep it on loopback). docs/auth.md.
+#[derive(Debug, Args, Default)]
+pub struct AuthArgs {
+    /// The authorization server whose tokens are accepted: their `iss` must be exactly this,
+    /// and it is the one the metadata names. Turns OAuth on (with --auth-audience).
+    #[arg(long, env = "SHADOWCAT_AUTH_ISSUER", value_name = "URL")]
+    pub auth_issuer: Option<String>,
+    /// The audience a token must name in its `aud` (this gateway's resource identifier);
+    /// required with --auth-issuer.
+    #[arg(long, env = "SHADOWCAT_AUTH_AUDIENCE", value_name = "AUD")]
+    pub auth_audience: Option<String>,
+    /// Where the issuer's signing keys (JWKS) are fetched; refreshed every 10 minutes, and at
+    /// most every 30 s when a token names a key not in it. [default: the `jwks_uri` of the
+    /// issuer's metadata]
+    #[arg(
+        long,
+        env = "SHADOWCAT_AUTH_JWKS_URL",
+        value_name = "URL",
+        conflicts_with = "auth_jwks_file"
+    )]
+    pub auth_jwks_url: Option<String>,
+    /// The issuer's signing keys (JWKS) from a file instead, read again every 10 minutes.
+    #[arg(long, env = "SHADOWCAT_AUTH_JWKS_FILE", value_name = "PATH")]
+    pub auth_jwks_file: Option<PathBuf>,
+    /// A scope every token must carry (repeatable); one missing is answered 403
+    /// `insufficient_scope` naming it.
+    #[arg(long = "auth-scope", value_name = "SCOPE")]
+    pub auth_scope: Vec<String>,
+    /// The resource identifier published in the metadata (the URL clients use for the MCP
+    /// endpoint, e.g. https://mcp.example.com/mcp). [default: http://<Host><--path>]
+    #[arg(long, env = "SHADOWCAT_AUTH_RESOURCE", value_name = "URL")]
+    pub auth_resource: Option<String>,
+    /// Clock skew allowed when checking a token's `exp` and `nbf`. [default: 60s]
+    #[arg(long, env = "SHADOWCAT_AUTH_LEEWAY", value_name = "DURATION")]
+    pub auth_leeway: Option<String>,
+    /// Static API keys for machine clients, sent as `Authorization: Bearer <key>`: one per
+    /// line, `<name> sha256:<hex of the key's SHA-256>` (never the key itself; `#` comments).
+    /// The name is the caller's identity.
+    #[arg(long, env = "SHADOWCAT_API_KEY_FILE", value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+}
+
 /// Bounds on the gateway's client connections (`reverse`). Connections over a cap are answered
 /// 503 and closed; each refusal is counted in /metrics.
 #[derive(Debug, Args, Default)]
@@ -327,7 +373,8 @@ pub struct ConnectionArgs {
 #[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
 pub struct ReverseArgs {
     /// Address to listen on for MCP clients. Anything but a loopback address exposes the
-    /// gateway to the network (there is no authentication yet). [default: 127.0.0.1:8080]
+    /// gateway to the network: require tokens there (--auth-issuer, --api-key-file).
+    /// [default: 127.0.0.1:8080]
     #[arg(long, env = "SHADOWCAT_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// URL path of the MCP endpoint. [default: /mcp]
@@ -381,6 +428,9 @@ pub struct ReverseArgs {
     /// The server processes of `reverse -- <cmd>`.
     #[command(flatten)]
     pub pool: PoolArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Bounds on client connections.
     #[command(flatten)]
     pub connections: ConnectionArgs,

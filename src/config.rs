@@ -138,6 +138,14 @@ struct FileConfig {
     share: Option<crate::transport::child::Share>,
     max_sessions_per_child: Option<Scalar>,
     max_stateless_children: Option<Scalar>,
+    auth_issuer: Option<String>,
+    auth_audience: Option<String>,
+    auth_jwks_url: Option<String>,
+    auth_jwks_file: Option<PathBuf>,
+    auth_scope: Option<Vec<String>>,
+    auth_resource: Option<String>,
+    auth_leeway: Option<Scalar>,
+    api_key_file: Option<PathBuf>,
     max_sessions_per_client: Option<Scalar>,
     header_timeout: Option<Scalar>,
     body_timeout: Option<Scalar>,
@@ -336,11 +344,13 @@ impl Config {
     }
 }
 
+mod auth;
 mod mode;
 pub mod recording;
 mod reverse;
 pub use mode::{Mode, configure};
 mod trusted;
+pub use auth::{AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};
 pub use reverse::{
     AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, PoolConfig, ReverseConfig, ReverseUpstream,
     UpstreamConfig, is_loopback_authority,

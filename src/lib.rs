@@ -25,6 +25,8 @@
 //! - [`cli`]: clap definitions only (raw arguments).
 //! - [`config`]: validated configuration from file + environment + command line, and the `Mode`
 //!   it runs in; `DEFAULT_*`.
+//! - [`auth`]: who a gateway client is: bearer tokens (JWTs against the issuer's keys, API
+//!   keys) checked as the MCP authorization spec's resource server does; the `Principal`.
 //! - [`proxy`]: the pipeline, the pumps that move messages through it, and the front ends
 //!   (`forward`, `bridge`, `reverse`).
 //! - [`cmd`]: the commands that do not proxy: `session`, `tape`, `replay`, `rules`.
@@ -33,6 +35,7 @@
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod cmd;
 pub mod config;

@@ -1576,15 +1576,7 @@ fn bad_share_options_are_refused() {
             "--max-stateless-children",
         ),
     ] {
-        let out = support::command()
-            .arg("reverse")
-            .args(&args)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        support::assert_reverse_refuses(&args, says);
     }
 }
 

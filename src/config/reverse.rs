@@ -176,6 +176,8 @@ pub struct ReverseConfig {
     pub connections: ConnectionLimits,
     /// Most sessions one client address may have open (settled by [`Self::settle_sessions`]).
     pub max_sessions_per_client: usize,
+    /// How clients authenticate (`None`: they do not).
+    pub auth: Option<super::AuthConfig>,
     /// What the user chose of the session bounds whose gateway defaults differ from other
     /// modes': `--max-sessions`, `--session-idle-timeout` and `--max-sessions-per-client`.
     chosen: ChosenSessionBounds,
@@ -314,6 +316,7 @@ impl ReverseConfig {
             sse_keepalive,
             connections,
             max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            auth: super::auth::auth_config(&args.auth, file)?,
             chosen,
         })
     }

@@ -17,6 +17,8 @@
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
 //! - [`events`]: a session's event streams: event ids, the replay buffer, resumption.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
+//! - [`authn`]: the door with `--auth-issuer` / `--api-key-file`: bearer tokens checked, the
+//!   Protected Resource Metadata served, sessions bound to the principal that opened them.
 //!
 //! Every message passes through the same [`crate::proxy::Pipeline`] and
 //! [`crate::session::SessionManager`] as in forward mode. Shutdown (SIGINT/SIGTERM): stop
@@ -26,6 +28,7 @@
 pub mod admin;
 mod alias;
 pub mod answer;
+pub mod authn;
 mod binding;
 pub mod checks;
 pub mod events;
@@ -60,7 +63,16 @@ pub async fn run(
     sessions: &Arc<SessionManager>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone());
+    let auth = match &reverse.auth {
+        Some(auth) => Some(
+            crate::auth::Authenticator::start(auth)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let authenticated = auth.is_some();
+    let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone(), auth);
     let stop_prune = CancellationToken::new();
     let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_prune.clone());
 
@@ -95,8 +107,8 @@ pub async fn run(
         }
         None => None,
     };
-    if !local.ip().is_loopback() {
-        tracing::warn!(address = %local, "listening on a non-loopback address: any host that can reach it can use the upstream (there is no authentication yet)");
+    if !local.ip().is_loopback() && !authenticated {
+        tracing::warn!(address = %local, "listening on a non-loopback address without authentication: any host that can reach it can use the upstream (see --auth-issuer, --api-key-file)");
     }
     tracing::info!(upstream = %upstream_label(reverse), "listening on http://{local}{}", reverse.path);
 

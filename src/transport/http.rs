@@ -236,6 +236,36 @@ impl HttpClient {
         self.send(builder, Full::new(Bytes::new())).await
     }
 
+    /// GETs `uri` (a JSON document: metadata, a key set) and reads its body, at most `limit`
+    /// bytes, all within `timeout`; anything but 200 is an error naming the status.
+    pub async fn fetch(&self, uri: &Uri, limit: usize, timeout: Duration) -> Result<Bytes, String> {
+        let mut builder = self.request_to(Method::GET, uri, None);
+        if let Some(headers) = builder.headers_mut() {
+            headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        let fetched = async {
+            let response = self
+                .send(builder, Full::new(Bytes::new()))
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status() != StatusCode::OK {
+                return Err(format!("{} answered {}", shown_url(uri), response.status()));
+            }
+            read_body(response.into_body(), limit)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, fetched)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{} did not answer within {}",
+                    shown_url(uri),
+                    humantime::format_duration(timeout)
+                ))
+            })
+    }
+
     /// Ends an upstream session (DELETE); any 2xx counts as done.
     pub async fn delete(
         &self,

@@ -607,6 +607,20 @@ pub fn mcp_headers(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)
     h
 }
 
+/// `shadowcat reverse ARGS -- true` is refused before anything starts: exit 2, and stderr
+/// says `says`.
+pub fn assert_reverse_refuses(args: &[&str], says: &str) {
+    let out = command()
+        .arg("reverse")
+        .args(args)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(says), "{args:?}: {stderr}");
+}
+
 /// A stateless (2026-07-28) client's answer `text` to the sampling request it got as `id`,
 /// POSTed to the gateway at `addr`.
 pub fn stateless_sampling_answer(addr: &str, id: &str, text: &str) -> HttpResponse {

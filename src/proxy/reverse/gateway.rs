@@ -128,6 +128,8 @@ pub struct Gateway {
     child_failures: readiness::ChildFailures,
     /// The server processes sessions share (`--share always`).
     shared: Option<Arc<SharedChildren<Arc<Router>>>>,
+    /// The checks of clients' tokens (`--auth-issuer`, `--api-key-file`).
+    pub(in crate::proxy::reverse) auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -141,8 +143,13 @@ pub enum Stateless {
 }
 
 impl Gateway {
-    /// A gateway for `reverse`'s upstream.
-    pub fn new(config: Config, reverse: ReverseConfig, sessions: Arc<SessionManager>) -> Arc<Self> {
+    /// A gateway for `reverse`'s upstream, letting clients in as `auth` says (everyone without).
+    pub fn new(
+        config: Config,
+        reverse: ReverseConfig,
+        sessions: Arc<SessionManager>,
+        auth: Option<Arc<crate::auth::Authenticator>>,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let pipeline = Arc::new(Pipeline::new(
             metrics.clone(),
@@ -185,6 +192,7 @@ impl Gateway {
             _ => None,
         };
         Arc::new(Self {
+            auth,
             shared,
             pipeline,
             metrics: gateway_metrics,

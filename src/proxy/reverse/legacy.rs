@@ -38,6 +38,7 @@ const LEGACY_QUEUE: usize = 4096;
 pub async fn open(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: super::authn::Caller,
     headers: HeaderMap,
 ) -> Response {
     let client = client_of(
@@ -49,6 +50,7 @@ pub async fn open(
         Ok(link) => link,
         Err(e) => return super::checks::refuse_open(&e, None),
     };
+    link.bind(&caller);
     let Some(events) = link.router.events().cloned() else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -42,6 +42,7 @@ use super::screen::{Screened, screen};
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
     let path = gateway.reverse.path.clone();
     let cors = cors(&gateway);
+    let metadata = format!("{}{path}", super::authn::METADATA_PATH);
     axum::Router::new()
         .route(
             &path,
@@ -58,6 +59,15 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
             super::legacy::MESSAGE_PATH,
             axum::routing::post(super::legacy::message),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            super::authn::authenticate,
+        ))
+        .route(
+            super::authn::METADATA_PATH,
+            axum::routing::get(super::authn::metadata),
+        )
+        .route(&metadata, axum::routing::get(super::authn::metadata))
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
@@ -436,6 +446,7 @@ async fn accept(
 async fn post(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: super::authn::Caller,
     mut headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -448,6 +459,9 @@ async fn post(
         Ok(opened) => opened,
         Err(response) => return response,
     };
+    if opened.new_session && !opened.stateless {
+        opened.link.bind(&caller);
+    }
     let Intake {
         client,
         accepts,

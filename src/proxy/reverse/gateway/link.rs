@@ -42,6 +42,8 @@ pub struct SessionLink {
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.
     pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
+    /// The principal that opened it (with authentication): no other may use it.
+    owner: std::sync::OnceLock<String>,
 }
 
 impl SessionLink {
@@ -64,7 +66,20 @@ impl SessionLink {
             posts: PostStreams::new(replay_events, super::super::events::DEFAULT_REPLAY_BYTES),
             tool_params: crate::protocol::headers::MirroredTools::default(),
             client: Mutex::new(client),
+            owner: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Binds the session to the principal that opened it (`caller`, with authentication).
+    pub fn bind(&self, caller: &super::super::authn::Caller) {
+        if let Some(principal) = caller {
+            let _ = self.owner.set(principal.id.clone());
+        }
+    }
+
+    /// Whether `principal` may use the session: it opened it (or nobody is bound to it).
+    pub fn owned_by(&self, principal: &str) -> bool {
+        self.owner.get().is_none_or(|owner| owner == principal)
     }
 
     /// The client address whose session this is (while it holds its place).

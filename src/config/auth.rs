@@ -1,0 +1,181 @@
+//! The gateway's authentication options (`--auth-*`, `--api-key-file`): validated here, used by
+//! [`crate::auth`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::reverse::listed;
+use super::{ConfigError, FileConfig, invalid, parse_duration, pick};
+use crate::cli::AuthArgs;
+
+/// Default `--auth-leeway`.
+pub const DEFAULT_AUTH_LEEWAY: Duration = Duration::from_secs(60);
+/// Most `--auth-leeway`: tokens are short-lived; more would keep expired ones good.
+pub const MAX_AUTH_LEEWAY: Duration = Duration::from_secs(10 * 60);
+/// Most `--auth-scope`s.
+pub const MAX_REQUIRED_SCOPES: usize = 32;
+
+/// How clients authenticate (`None` in [`super::ReverseConfig::auth`]: they do not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// OAuth bearer tokens (JWTs), if accepted.
+    pub oauth: Option<OAuthConfig>,
+    /// The API key file, if API keys are accepted.
+    pub api_keys: Option<PathBuf>,
+    /// The resource identifier to publish (`None`: from the request's Host and the path).
+    pub resource: Option<String>,
+    /// Scopes every request needs.
+    pub scopes: Vec<String>,
+}
+
+/// What a JWT must be to be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// Its `iss`, exactly.
+    pub issuer: String,
+    /// A value its `aud` must hold.
+    pub audience: String,
+    /// Where the signing keys come from.
+    pub jwks: JwksSource,
+    /// Clock skew allowed for `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// Where the issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched from this URL.
+    Url(String),
+    /// Read from this file.
+    File(PathBuf),
+    /// The `jwks_uri` of the issuer's metadata (RFC 8414, else OpenID Connect discovery).
+    Discover,
+}
+
+fn http_url(text: &str, option: &'static str) -> Result<String, ConfigError> {
+    let trimmed = text.trim();
+    let uri: http::Uri = trimmed
+        .parse()
+        .map_err(|e| invalid(option, format!("{trimmed:?}: {e}")))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(trimmed.to_owned()),
+        _ => Err(invalid(
+            option,
+            format!("{trimmed:?}: expected an http:// or https:// URL"),
+        )),
+    }
+}
+
+/// The authentication options, validated: `None` when neither OAuth nor API keys are asked for.
+pub(super) fn auth_config(
+    args: &AuthArgs,
+    file: &FileConfig,
+) -> Result<Option<AuthConfig>, ConfigError> {
+    let text = |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
+    let issuer = text(&args.auth_issuer, &file.auth_issuer);
+    let audience = text(&args.auth_audience, &file.auth_audience);
+    let jwks_url = text(&args.auth_jwks_url, &file.auth_jwks_url);
+    let jwks_file = args
+        .auth_jwks_file
+        .clone()
+        .or_else(|| file.auth_jwks_file.clone());
+    let api_keys = args
+        .api_key_file
+        .clone()
+        .or_else(|| file.api_key_file.clone());
+    let scopes = listed(&args.auth_scope, file.auth_scope.clone());
+    let resource = text(&args.auth_resource, &file.auth_resource)
+        .map(|r| http_url(&r, "--auth-resource"))
+        .transpose()?;
+    let leeway = pick(args.auth_leeway.as_ref(), file.auth_leeway.as_ref());
+    let oauth = oauth_config(issuer, audience, jwks_url, jwks_file, leeway)?;
+    if oauth.is_none() && api_keys.is_none() {
+        if !scopes.is_empty() || resource.is_some() {
+            return Err(invalid(
+                "--auth-scope",
+                "--auth-scope and --auth-resource need --auth-issuer or --api-key-file".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if scopes.len() > MAX_REQUIRED_SCOPES {
+        return Err(invalid(
+            "--auth-scope",
+            format!("at most {MAX_REQUIRED_SCOPES}"),
+        ));
+    }
+    if let Some(bad) = scopes.iter().find(|s| {
+        s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        return Err(invalid(
+            "--auth-scope",
+            format!("{bad:?}: a scope is printable ASCII without spaces, quotes or backslashes"),
+        ));
+    }
+    Ok(Some(AuthConfig {
+        oauth,
+        api_keys,
+        resource,
+        scopes,
+    }))
+}
+
+/// The OAuth options, validated: `None` without an issuer (then the others must be absent).
+fn oauth_config(
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    leeway: Option<String>,
+) -> Result<Option<OAuthConfig>, ConfigError> {
+    let Some(issuer) = issuer else {
+        for (given, option) in [
+            (audience.is_some(), "--auth-audience"),
+            (jwks_url.is_some(), "--auth-jwks-url"),
+            (jwks_file.is_some(), "--auth-jwks-file"),
+        ] {
+            if given {
+                return Err(invalid(option, "needs --auth-issuer".into()));
+            }
+        }
+        return Ok(None);
+    };
+    let issuer = http_url(&issuer, "--auth-issuer")?;
+    let Some(audience) = audience.filter(|a| !a.trim().is_empty()) else {
+        return Err(invalid(
+            "--auth-audience",
+            "is required with --auth-issuer: a token must name this gateway as its audience (the MCP authorization spec requires the check)".into(),
+        ));
+    };
+    let jwks = match (jwks_url, jwks_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "--auth-jwks-url",
+                "give --auth-jwks-url or --auth-jwks-file, not both".into(),
+            ));
+        }
+        (Some(url), None) => JwksSource::Url(http_url(&url, "--auth-jwks-url")?),
+        (None, Some(path)) => JwksSource::File(path),
+        (None, None) => JwksSource::Discover,
+    };
+    let leeway = match leeway {
+        Some(text) if text.trim() == "0" => Duration::ZERO,
+        Some(text) => parse_duration(&text, "--auth-leeway")?,
+        None => DEFAULT_AUTH_LEEWAY,
+    };
+    if leeway > MAX_AUTH_LEEWAY {
+        return Err(invalid(
+            "--auth-leeway",
+            format!("at most {}", humantime::format_duration(MAX_AUTH_LEEWAY)),
+        ));
+    }
+    Ok(Some(OAuthConfig {
+        issuer,
+        audience: audience.trim().to_owned(),
+        jwks,
+        leeway,
+    }))
+}

@@ -1,0 +1,452 @@
+//! `reverse --auth-*`: the gateway as an OAuth 2.1 resource server, against a real issuer
+//! (oauth2-mock-server, started by the tests: RSA-signed JWTs and a published JWKS), and with
+//! static API keys. Every refusal is checked raw: status, `WWW-Authenticate`, and the body.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::{Value, json};
+use support::{Gateway, http_request, mcp_headers};
+
+const AUDIENCE: &str = "https://gateway.example/mcp";
+
+/// The real issuer, driven over its stdin (tests/peers/oauth_issuer.mjs).
+struct Issuer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    url: String,
+    jwks_uri: String,
+}
+
+impl Issuer {
+    fn start() -> Self {
+        let node = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/conformance/node_modules/.bin/node");
+        assert!(
+            node.exists(),
+            "Node from the test env is missing ({}): run scripts/test.sh",
+            node.display()
+        );
+        let mut child = Command::new(node)
+            .arg(support::peers().join("oauth_issuer.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the OAuth issuer");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let ready: Value = serde_json::from_str(&line).expect("the issuer's ready line");
+        Self {
+            child,
+            stdin,
+            stdout,
+            url: ready["issuer"].as_str().unwrap().to_owned(),
+            jwks_uri: ready["jwks_uri"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn send(&mut self, command: &Value) -> Value {
+        writeln!(self.stdin, "{command}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).expect("the issuer's answer")
+    }
+
+    /// A token for `claims` (on top of `iss`, `iat`, `nbf`, `exp` in an hour).
+    fn mint(&mut self, claims: Value) -> String {
+        self.mint_with(&json!({ "mint": claims }))
+    }
+
+    fn mint_with(&mut self, command: &Value) -> String {
+        self.send(command)["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A good token for `sub` with `scope`.
+    fn token(&mut self, sub: &str, scope: &str) -> String {
+        self.mint(json!({"sub": sub, "aud": AUDIENCE, "scope": scope}))
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(issuer: &Issuer, extra: &[&str]) -> Gateway {
+    let mut opts = vec![
+        "--auth-issuer",
+        &issuer.url,
+        "--auth-audience",
+        AUDIENCE,
+        "--auth-jwks-url",
+        &issuer.jwks_uri,
+        "--auth-leeway",
+        "5s",
+    ];
+    opts.extend_from_slice(extra);
+    Gateway::fixture(&opts)
+}
+
+fn initialize_body() -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"auth-tests","version":"1"}}})
+    .to_string()
+    .into_bytes()
+}
+
+/// POSTs `body` with `token` (if any) and the session (if any).
+fn post(
+    gw: &Gateway,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: &[u8],
+) -> support::HttpResponse {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut extra: Vec<(&'static str, &str)> = Vec::new();
+    if let Some(bearer) = &bearer {
+        extra.push(("Authorization", bearer));
+    }
+    if let Some(session) = session {
+        extra.push(("Mcp-Session-Id", session));
+    }
+    http_request(&gw.addr, "POST", "/mcp", &mcp_headers(&extra), body)
+}
+
+fn challenge(r: &support::HttpResponse) -> String {
+    r.header("www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate: {r:?}"))
+        .to_owned()
+}
+
+/// A client without a token learns where the metadata is from the 401, the metadata names the
+/// issuer, and a good token is let in; the session it opens works with that token.
+#[test]
+fn a_client_finds_the_issuer_from_the_401_and_gets_in_with_a_token() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &["--auth-resource", AUDIENCE]);
+    let r = post(&gw, None, None, &initialize_body());
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        challenge(&r),
+        "Bearer resource_metadata=\"https://gateway.example/.well-known/oauth-protected-resource/mcp\""
+    );
+    assert_eq!(r.json()["error"]["data"]["httpStatus"], 401);
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let metadata = http_request(&gw.addr, "GET", path, &[], b"");
+        assert_eq!(metadata.status, 200, "{path}: {metadata:?}");
+        let document = metadata.json();
+        assert_eq!(document["resource"], AUDIENCE);
+        assert_eq!(document["authorization_servers"], json!([issuer.url]));
+        assert_eq!(document["bearer_methods_supported"], json!(["header"]));
+    }
+    // Every MCP endpoint is behind the door, the 2024-11-05 ones too.
+    for (method, path) in [
+        ("GET", "/mcp"),
+        ("DELETE", "/mcp"),
+        ("GET", "/sse"),
+        ("POST", "/message?sessionId=x"),
+    ] {
+        let r = http_request(&gw.addr, method, path, &mcp_headers(&[]), b"{}");
+        assert_eq!(r.status, 401, "{method} {path}: {r:?}");
+        assert!(challenge(&r).starts_with("Bearer resource_metadata="));
+    }
+    let token = issuer.token("alice", "mcp");
+    let r = post(&gw, Some(&token), None, &initialize_body());
+    assert_eq!(r.status, 200, "{r:?}");
+    let session = r.header("mcp-session-id").unwrap().to_owned();
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"in"}}});
+    let r = post(
+        &gw,
+        Some(&token),
+        Some(&session),
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(r.json()["result"]["content"][0]["text"], "in", "{r:?}");
+}
+
+/// Every bad token is refused 401 `invalid_token` and nothing reaches the server: expired,
+/// another audience, another issuer, no `sub`, unsigned (`alg: none`), HMAC-signed with the
+/// issuer's public key, a tampered payload, a key the issuer never published, not a JWT at all.
+#[test]
+fn bad_tokens_are_refused_with_invalid_token() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &[]);
+    let good = issuer.token("alice", "mcp");
+    let (head, rest) = good.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims =
+        json!({"iss": issuer.url, "aud": AUDIENCE, "sub": "root", "exp": 4_000_000_000u64});
+    let forged_payload = engine.encode(claims.to_string());
+    let unknown_kid =
+        engine.encode(json!({"typ": "JWT", "alg": "RS256", "kid": "never-published"}).to_string());
+    let cases = [
+        (
+            "expired",
+            issuer.mint_with(&json!({"mint": {"sub": "a", "aud": AUDIENCE}, "expiresIn": -60})),
+            "expired",
+        ),
+        (
+            "another audience",
+            issuer.mint(json!({"sub": "a", "aud": "https://other.example/mcp"})),
+            "aud",
+        ),
+        (
+            "another issuer",
+            issuer.mint(json!({"sub": "a", "aud": AUDIENCE, "iss": "https://evil.example"})),
+            "iss",
+        ),
+        ("no sub", issuer.mint(json!({"aud": AUDIENCE})), "sub"),
+        (
+            "alg none",
+            issuer.mint_with(&json!({"forge": "none", "claims": {"sub": "a", "aud": AUDIENCE}})),
+            "header",
+        ),
+        (
+            "HS256 with the public key",
+            issuer.mint_with(&json!({"forge": "hs256", "claims": {"sub": "a", "aud": AUDIENCE}})),
+            "HS256",
+        ),
+        (
+            "tampered",
+            format!("{head}.{forged_payload}.{signature}"),
+            "signature",
+        ),
+        (
+            "unknown key",
+            format!("{unknown_kid}.{rest}"),
+            "not one of the issuer's",
+        ),
+        ("not a JWT", "just-a-string".to_owned(), "not a JWT"),
+    ];
+    for (what, token, says) in cases {
+        let r = post(&gw, Some(&token), None, &initialize_body());
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        let header = challenge(&r);
+        assert!(
+            header.contains("error=\"invalid_token\""),
+            "{what}: {header}"
+        );
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    assert!(
+        support::live_children(gw.child.id()).is_empty(),
+        "no server was started"
+    );
+}
+
+/// A token without a required scope is 403 `insufficient_scope` naming it; with it, it is in.
+#[test]
+fn a_missing_scope_is_refused_with_insufficient_scope() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &["--auth-scope", "mcp:tools"]);
+    let r = post(
+        &gw,
+        Some(&issuer.token("bob", "openid")),
+        None,
+        &initialize_body(),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let header = challenge(&r);
+    assert!(header.contains("error=\"insufficient_scope\""), "{header}");
+    assert!(header.contains("scope=\"mcp:tools\""), "{header}");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mcp:tools")
+    );
+    let r = post(
+        &gw,
+        Some(&issuer.token("bob", "openid mcp:tools")),
+        None,
+        &initialize_body(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// The issuer rotates its keys: a token signed with the new key is accepted (the key set is
+/// fetched again for it).
+#[test]
+fn a_rotated_signing_key_is_fetched_when_a_token_names_it() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &[]);
+    assert_eq!(
+        post(&gw, Some(&issuer.token("a", "")), None, &initialize_body()).status,
+        200
+    );
+    issuer.send(&json!({"rotate": "second"}));
+    let rotated =
+        issuer.mint_with(&json!({"mint": {"sub": "a", "aud": AUDIENCE}, "kid": "second"}));
+    let r = post(&gw, Some(&rotated), None, &initialize_body());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        gw.stderr_text()
+            .contains("fetching the issuer's keys again")
+    );
+}
+
+/// A session belongs to the principal that opened it: another principal's token naming it gets
+/// 404, as for a session that does not exist; its owner goes on.
+#[test]
+fn a_session_is_bound_to_the_principal_that_opened_it() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &[]);
+    let alice = issuer.token("alice", "");
+    let mallory = issuer.token("mallory", "");
+    let r = post(&gw, Some(&alice), None, &initialize_body());
+    let session = r.header("mcp-session-id").unwrap().to_owned();
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"}).to_string();
+    let r = post(&gw, Some(&mallory), Some(&session), ping.as_bytes());
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &mcp_headers(&[
+            ("Authorization", &format!("Bearer {mallory}")),
+            ("Mcp-Session-Id", &session),
+        ]),
+        b"",
+    );
+    assert_eq!(r.status, 404, "another principal cannot end it: {r:?}");
+    let r = post(&gw, Some(&alice), Some(&session), ping.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Static API keys: the file holds their hashes; a known key is let in as its name, an unknown
+/// one is 401; a file holding a key in the clear is refused at start.
+#[test]
+fn api_keys_from_a_file_of_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let hash = shadowcat::auth::keys::hash_line("s3cret-ci-key");
+    std::fs::write(&keys, format!("# machine clients\nci {hash}\n")).unwrap();
+    let gw = Gateway::fixture(&["--api-key-file", keys.to_str().unwrap()]);
+    let r = post(&gw, Some("s3cret-ci-key"), None, &initialize_body());
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = post(&gw, Some("guess"), None, &initialize_body());
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(challenge(&r).contains("invalid_token"));
+    let metadata = http_request(
+        &gw.addr,
+        "GET",
+        "/.well-known/oauth-protected-resource",
+        &[],
+        b"",
+    );
+    assert_eq!(metadata.status, 200);
+    assert!(metadata.json().get("authorization_servers").is_none());
+
+    std::fs::write(&keys, "ci s3cret-ci-key\n").unwrap();
+    let out = support::command()
+        .args([
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key-file",
+            keys.to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":1: the key must be given as its SHA-256"),
+        "{stderr}"
+    );
+}
+
+/// Options that cannot work together are refused before anything starts.
+#[test]
+fn incomplete_auth_options_are_refused() {
+    for (args, says) in [
+        (
+            vec!["--auth-issuer", "https://id.example"],
+            "--auth-audience",
+        ),
+        (vec!["--auth-audience", "x"], "needs --auth-issuer"),
+        (
+            vec!["--auth-issuer", "ftp://id.example", "--auth-audience", "x"],
+            "http://",
+        ),
+        (vec!["--auth-scope", "mcp"], "--auth-scope"),
+        (
+            vec![
+                "--auth-issuer",
+                "https://id.example",
+                "--auth-audience",
+                "x",
+                "--auth-leeway",
+                "1h",
+            ],
+            "--auth-leeway",
+        ),
+    ] {
+        support::assert_reverse_refuses(&args, says);
+    }
+}
+
+/// The Python SDK 2.3.0 client's own OAuth support (client_credentials) against the gateway:
+/// refused 401, it reads our Protected Resource Metadata, finds the issuer there, gets a token
+/// for our resource from it, and calls a tool through the gateway.
+#[test]
+fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
+    let issuer = Issuer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let fixture = support::fixture();
+    let mut cmd = support::command();
+    cmd.args(["--log-level", "debug", "reverse", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--auth-issuer", &issuer.url, "--auth-audience", &url])
+        .args(["--auth-scope", "mcp:tools", "--"])
+        .arg(fixture);
+    let gw = Gateway::spawn(cmd);
+    let out = Command::new(support::python("2.3.0"))
+        .arg(support::peers().join("oauth_client.py"))
+        .args([&url, &issuer.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.stderr_text()
+    );
+    let said: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(said["text"], "authorized");
+    let log = gw.stderr_text();
+    assert!(
+        log.contains("refused a request without a valid token"),
+        "{log}"
+    );
+}

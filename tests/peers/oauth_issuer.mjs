@@ -1,0 +1,62 @@
+// A real OAuth 2.0 / OIDC issuer for the tests (oauth2-mock-server): signs JWTs with a
+// generated RSA key and publishes its JWKS and metadata on 127.0.0.1.
+//
+// Prints one JSON line when ready: {"issuer": "...", "jwks_uri": "..."}. Then reads one JSON
+// command per line on stdin and answers each with one line:
+//   {"mint": {claims to set or override}, "expiresIn": s, "kid": k}  -> {"token": "..."}
+//   {"rotate": "kid"}            -> a new RSA key with that kid, published in the JWKS
+//   {"forge": "none"}            -> {"token": ...} an unsigned token (alg none)
+//   {"forge": "hs256"}           -> {"token": ...} HS256-signed with the public key's PEM
+import { createHmac, createPublicKey } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { Events, OAuth2Server } from 'oauth2-mock-server';
+
+const server = new OAuth2Server();
+await server.issuer.keys.generate('RS256', { kid: 'first' });
+// Tokens from the token endpoint are for the resource the client names (RFC 8707), as a real
+// authorization server issues them, and name the client as their subject.
+server.service.on(Events.BeforeTokenSigning, (token, req) => {
+  const body = req.body ?? {};
+  if (body.resource !== undefined) token.payload.aud = body.resource;
+  if (token.payload.sub === undefined) {
+    const basic = (req.headers.authorization ?? '').replace(/^Basic /i, '');
+    const fromBasic = basic ? Buffer.from(basic, 'base64').toString().split(':')[0] : undefined;
+    token.payload.sub = body.client_id ?? fromBasic ?? 'client';
+  }
+});
+await server.start(0, '127.0.0.1');
+const issuer = server.issuer.url;
+// The server listens on 127.0.0.1 only: its keys are fetched there, whatever host it names.
+const jwksUri = `${issuer.replace('//localhost:', '//127.0.0.1:')}/jwks`;
+process.stdout.write(JSON.stringify({ issuer, jwks_uri: jwksUri }) + '\n');
+
+const b64 = (value) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
+const now = () => Math.floor(Date.now() / 1000);
+const claims = (extra) => ({ iss: issuer, iat: now(), nbf: now() - 10, exp: now() + 3600, ...extra });
+
+const lines = createInterface({ input: process.stdin });
+for await (const line of lines) {
+  const command = JSON.parse(line);
+  let answer = {};
+  if (command.mint !== undefined) {
+    const token = await server.issuer.buildToken({
+      kid: command.kid,
+      expiresIn: command.expiresIn,
+      scopesOrTransform: (_header, payload) => Object.assign(payload, command.mint),
+    });
+    answer = { token };
+  } else if (command.rotate !== undefined) {
+    await server.issuer.keys.generate('RS256', { kid: command.rotate });
+  } else if (command.forge === 'none') {
+    answer = { token: `${b64({ alg: 'none', typ: 'JWT', kid: 'first' })}.${b64(claims(command.claims ?? {}))}.` };
+  } else if (command.forge === 'hs256') {
+    // The classic confusion attack: HMAC keyed with the bytes of the RSA public key.
+    const jwk = server.issuer.keys.get('first');
+    const pem = createPublicKey({ key: { kty: jwk.kty, n: jwk.n, e: jwk.e }, format: 'jwk' })
+      .export({ type: 'spki', format: 'pem' });
+    const signed = `${b64({ alg: 'HS256', typ: 'JWT', kid: 'first' })}.${b64(claims(command.claims ?? {}))}`;
+    answer = { token: `${signed}.${createHmac('sha256', pem).update(signed).digest('base64url')}` };
+  }
+  process.stdout.write(JSON.stringify(answer) + '\n');
+}
+await server.stop();
