@@ -72,6 +72,9 @@ pub struct Meta {
     /// The server's `serverInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_info: Option<serde_json::Value>,
+    /// The authenticated principal whose session it is (never a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// How a frame was on the wire, for transports that have more to say than the message (the

@@ -450,3 +450,105 @@ fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
         "{log}"
     );
 }
+
+/// With authentication, `--rate-limit client=…` keys on the principal: two principals behind
+/// one address have a budget each, and one principal's budget holds whichever connection it
+/// uses.
+#[test]
+fn rate_limits_per_client_key_on_the_principal() {
+    let mut issuer = Issuer::start();
+    let gw = gateway(&issuer, &["--rate-limit", "client=2/m,burst=2"]);
+    let (alice, bob) = (issuer.token("alice", ""), issuer.token("bob", ""));
+    let ping = json!({"jsonrpc":"2.0","id":7,"method":"ping"}).to_string();
+    let session = post(&gw, Some(&alice), None, &initialize_body())
+        .header("mcp-session-id")
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        post(&gw, Some(&alice), Some(&session), ping.as_bytes()).status,
+        200
+    );
+    let limited = post(&gw, Some(&alice), Some(&session), ping.as_bytes());
+    assert_eq!(limited.status, 429, "{limited:?}");
+    // Bob, from the same address, has his own budget.
+    let r = post(&gw, Some(&bob), None, &initialize_body());
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// A recorded authenticated session names its principal on its tape (`meta`) and in the
+/// session history, and neither holds the token.
+#[test]
+fn the_principal_is_on_the_tape_and_in_the_history_never_the_token() {
+    let mut issuer = Issuer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tapes = dir.path().join("tapes");
+    let data = dir.path().join("data");
+    let token = issuer.token("carol", "mcp");
+    let mut cmd = support::command();
+    cmd.env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .args(["--data-dir", data.to_str().unwrap(), "--log-level", "debug"])
+        .args([
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            tapes.to_str().unwrap(),
+        ])
+        .args(["--auth-issuer", &issuer.url, "--auth-audience", AUDIENCE])
+        .args(["--auth-jwks-url", &issuer.jwks_uri, "--"])
+        .arg(support::fixture());
+    let mut gw = Gateway::spawn(cmd);
+    let r = post(&gw, Some(&token), None, &initialize_body());
+    let session = r.header("mcp-session-id").unwrap().to_owned();
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}});
+    assert_eq!(
+        post(
+            &gw,
+            Some(&token),
+            Some(&session),
+            call.to_string().as_bytes()
+        )
+        .status,
+        200
+    );
+    let bearer = format!("Bearer {token}");
+    let r = http_request(
+        &gw.addr,
+        "DELETE",
+        "/mcp",
+        &mcp_headers(&[("Authorization", &bearer), ("Mcp-Session-Id", &session)]),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    gw.terminate();
+    assert!(gw.wait_exit(std::time::Duration::from_secs(15)).success());
+    let principal = format!("{}#carol", issuer.url);
+    let files: Vec<_> = std::fs::read_dir(&tapes)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(!text.contains(&token), "the token is on the tape");
+    let tape = shadowcat::tape::read(&files[0]).unwrap();
+    assert_eq!(tape.meta.principal.as_deref(), Some(principal.as_str()));
+    let show = support::command()
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "session",
+            "list",
+            "--state",
+            "all",
+            "--format",
+            "json",
+        ])
+        .env("SHADOWCAT_SESSION_STORE", "sqlite")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&show.stdout);
+    let records: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(records[0]["principal"], principal.as_str(), "{listed}");
+    assert_eq!(records.as_array().unwrap().len(), 1, "{listed}");
+    assert!(!listed.contains(&token));
+}

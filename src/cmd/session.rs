@@ -134,6 +134,10 @@ pub fn details(r: &SessionRecord) -> String {
             .unwrap_or_else(|| "-".into()),
     );
     field("client", client(r));
+    field(
+        "principal",
+        r.metadata.principal.clone().unwrap_or_else(|| "-".into()),
+    );
     field("client info", json(&r.metadata.client_info));
     field("client capabilities", json(&r.metadata.client_capabilities));
     field("server info", json(&r.metadata.server_info));

@@ -247,6 +247,9 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
             .map_or_else(|| "-".to_owned(), ToString::to_string)
     };
     field("client", &info(&tape.meta.client_info));
+    if let Some(principal) = &tape.meta.principal {
+        field("principal", principal);
+    }
     field("server", &info(&tape.meta.server_info));
     let end = match (&tape.end, tape.torn) {
         (Some(end), _) => format!("{} at {}", end.reason, millis(end.micros)),

@@ -172,6 +172,7 @@ async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, 
                     .as_ref()
                     .map(crate::session::Declared::to_value),
                 server_info: Some(server.to_value()),
+                principal: m.principal.clone(),
             })
         });
         if let Some(meta) = meta {

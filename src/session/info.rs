@@ -59,6 +59,10 @@ pub struct Metadata {
     /// How many server processes the session has had (1, then one more per restart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_generation: Option<u64>,
+    /// The authenticated principal that opened the session (`<issuer>#<sub>`, `key:<name>`);
+    /// never a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// Thresholds for automatic tags.

@@ -16,6 +16,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::auth::Principal;
 use crate::session::SessionId;
+use crate::stage::Client;
 use crate::transport::http::MCP_SESSION_ID;
 
 use super::gateway::Gateway;
@@ -99,3 +100,11 @@ fn named_session(request: &Request) -> Option<SessionId> {
 
 /// The principal a request was let in with (none without authentication).
 pub type Caller = Option<axum::Extension<Arc<Principal>>>;
+
+/// Who the pipeline sees as the sender: the principal the request was let in with, else the
+/// client's address (what rate limits `per=client` key on).
+pub fn sender<'a>(caller: &'a Caller, address: Client<'a>) -> Client<'a> {
+    caller.as_ref().map_or(address, |principal| {
+        Client::Subject(principal.0.id.as_str())
+    })
+}

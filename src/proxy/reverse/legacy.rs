@@ -122,6 +122,7 @@ pub async fn message(
     State(gateway): State<Arc<Gateway>>,
     Query(target): Query<Target>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: super::authn::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -167,8 +168,15 @@ pub async fn message(
     };
     // Through the pipeline as a POST to /mcp goes; what the proxy answers goes on the stream.
     let mut headers = headers;
-    let screened =
-        super::screen::screen(&gateway, &link, client, members, None, &mut headers).await;
+    let screened = super::screen::screen(
+        &gateway,
+        &link,
+        super::authn::sender(&caller, client),
+        members,
+        None,
+        &mut headers,
+    )
+    .await;
     for answer in &screened.answers {
         events.push(answer);
     }

@@ -37,7 +37,7 @@ pub(super) struct Screened {
 pub(super) async fn screen(
     gateway: &Arc<Gateway>,
     link: &Arc<SessionLink>,
-    client: crate::stage::Client<'static>,
+    client: crate::stage::Client<'_>,
     members: Vec<Result<Message, crate::protocol::ParseError>>,
     mut aliases: Option<&mut Aliases>,
     headers: &mut HeaderMap,

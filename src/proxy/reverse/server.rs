@@ -480,7 +480,7 @@ async fn post(
     let screened = screen(
         &gateway,
         &opened.link,
-        client,
+        super::authn::sender(&caller, client),
         members,
         aliases.as_mut(),
         &mut headers,

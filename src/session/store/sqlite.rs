@@ -46,6 +46,8 @@ pub const MIGRATIONS: &[&str] = &[
     // v4: the server process serving the session (a command upstream), and how many it had.
     "ALTER TABLE sessions ADD COLUMN server_pid INTEGER;
      ALTER TABLE sessions ADD COLUMN server_generation INTEGER;",
+    // v5: the authenticated principal that opened the session (never its token).
+    "ALTER TABLE sessions ADD COLUMN principal TEXT;",
 ];
 
 /// Session history in an SQLite file.
@@ -88,7 +90,7 @@ fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> 
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
     frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
-    server_info, server_capabilities, tags, updated_at_ms, tape, server_pid, server_generation";
+    server_info, server_capabilities, tags, updated_at_ms, tape, server_pid, server_generation, principal";
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
@@ -236,6 +238,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             server_generation: row
                 .get::<_, Option<i64>>(20)?
                 .and_then(|v| u64::try_from(v).ok()),
+            principal: row.get(21)?,
         },
         updated_at_ms: u(17)?,
         tape: row.get(18)?,
@@ -249,7 +252,7 @@ impl SessionStore for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
                      ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
                        last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
                        frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
@@ -257,7 +260,8 @@ impl SessionStore for SqliteStore {
                        client_info = excluded.client_info, client_capabilities = excluded.client_capabilities,
                        server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
                        tags = excluded.tags, updated_at_ms = excluded.updated_at_ms, tape = excluded.tape,
-                       server_pid = excluded.server_pid, server_generation = excluded.server_generation
+                       server_pid = excluded.server_pid, server_generation = excluded.server_generation,
+                       principal = excluded.principal
                      WHERE sessions.state <> 'closed'"
                 ))
                 .map_err(self.err())?;
@@ -285,6 +289,7 @@ impl SessionStore for SqliteStore {
                     r.tape,
                     m.server_pid,
                     m.server_generation.map(to_i64),
+                    m.principal,
                 ])
                 .map_err(self.err())?;
             }
@@ -343,6 +348,7 @@ mod tests {
             protocol_version: Some("2025-06-18".into()),
             server_pid: Some(4242),
             server_generation: Some(2),
+            principal: Some("https://id.example#alice".into()),
             ..Metadata::default()
         };
         metadata.client_info = Some(Declared::from_value(

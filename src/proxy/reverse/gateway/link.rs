@@ -74,6 +74,9 @@ impl SessionLink {
     pub fn bind(&self, caller: &super::super::authn::Caller) {
         if let Some(principal) = caller {
             let _ = self.owner.set(principal.id.clone());
+            self.session
+                .update_metadata(|m| m.principal = Some(principal.id.clone()));
+            tracing::info!(session = %self.session.id().digest(), principal = %principal.id, "the session belongs to its principal");
         }
     }
 
