@@ -8,10 +8,12 @@
 //! find the authorization server from our Protected Resource Metadata ([`Authenticator::metadata`]);
 //! a token without a required scope is answered 403 `insufficient_scope` naming it (RFC 6750).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
+use linked_hash_map::LinkedHashMap;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, JwksSource};
 
@@ -49,9 +51,31 @@ pub enum Refusal {
     Scope(String),
 }
 
+/// Most verified tokens remembered (the least recently used forgotten past it).
+pub const MAX_VERIFIED: usize = 10_000;
+
+/// A token that passed the full check.
+#[derive(Debug)]
+struct Verified {
+    principal: Arc<Principal>,
+    /// Its `exp`.
+    exp: u64,
+    /// The key set it was checked against ([`Jwks::version`]).
+    keys: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The gateway's checks of its clients.
 #[derive(Debug)]
 pub struct Authenticator {
+    /// Tokens that passed the full check, by their SHA-256: a client presents the same token
+    /// for many requests, and its signature is checked once, not on each.
+    verified: Mutex<LinkedHashMap<[u8; 32], Verified>>,
     jwt: Option<Jwks>,
     keys: Option<ApiKeys>,
     scopes: Vec<String>,
@@ -63,6 +87,8 @@ pub struct Authenticator {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Checked by the validation; kept to know how long the token may be cached.
+    exp: u64,
     /// OAuth's space-separated `scope`.
     #[serde(default)]
     scope: Option<String>,
@@ -82,6 +108,7 @@ impl Authenticator {
             None => None,
         };
         Ok(Arc::new(Self {
+            verified: Mutex::new(LinkedHashMap::new()),
             jwt,
             keys,
             scopes: config.scopes.clone(),
@@ -91,12 +118,13 @@ impl Authenticator {
     }
 
     /// Who sent a request with `headers`.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Refusal> {
         let token = bearer(headers)?;
         let principal = if self.jwt.is_some() && looks_like_jwt(token) {
             self.validate_jwt(token).await?
         } else if let Some(keys) = &self.keys {
             keys.check(token)
+                .map(Arc::new)
                 .ok_or_else(|| Refusal::Invalid("the token is not a known API key".into()))?
         } else {
             return Err(Refusal::Invalid("the token is not a JWT".into()));
@@ -111,10 +139,43 @@ impl Authenticator {
         Ok(principal)
     }
 
-    async fn validate_jwt(&self, token: &str) -> Result<Principal, Refusal> {
+    /// A JWT's principal: from the cache of tokens verified before (while the key set they
+    /// were verified with is current and they have not expired), else checked in full.
+    async fn validate_jwt(&self, token: &str) -> Result<Arc<Principal>, Refusal> {
         let Some(jwks) = &self.jwt else {
             return Err(Refusal::Invalid("JWTs are not accepted".into()));
         };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let keys = jwks.version();
+        let now = unix_now();
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = verified.get_refresh(&digest) {
+                if entry.keys == keys && now <= entry.exp.saturating_add(jwks.leeway_secs()) {
+                    return Ok(entry.principal.clone());
+                }
+                verified.remove(&digest);
+            }
+        }
+        let (principal, exp) = self.check_jwt(jwks, token).await?;
+        let principal = Arc::new(principal);
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        verified.insert(
+            digest,
+            Verified {
+                principal: principal.clone(),
+                exp,
+                keys,
+            },
+        );
+        while verified.len() > MAX_VERIFIED {
+            verified.pop_front();
+        }
+        Ok(principal)
+    }
+
+    /// A JWT checked in full: its principal and its `exp`.
+    async fn check_jwt(&self, jwks: &Jwks, token: &str) -> Result<(Principal, u64), Refusal> {
         let claims: Claims = jwks.validate(token).await.map_err(Refusal::Invalid)?;
         let mut scopes: Vec<String> = claims
             .scope
@@ -125,12 +186,13 @@ impl Authenticator {
             .collect();
         scopes.extend(claims.scp.unwrap_or_default());
         let issuer = jwks.issuer().to_owned();
-        Ok(Principal {
+        let principal = Principal {
             id: format!("{issuer}#{}", claims.sub),
             subject: claims.sub,
             issuer: Some(issuer),
             scopes,
-        })
+        };
+        Ok((principal, claims.exp))
     }
 
     /// The resource identifier: `--auth-resource`, else the URL of the MCP endpoint at the

@@ -552,3 +552,34 @@ fn the_principal_is_on_the_tape_and_in_the_history_never_the_token() {
     assert_eq!(records.as_array().unwrap().len(), 1, "{listed}");
     assert!(!listed.contains(&token));
 }
+
+/// A token is verified in full once and then remembered, but never past its `exp`: the same
+/// token, good a moment ago, is refused once it expired.
+#[test]
+fn a_remembered_token_still_expires() {
+    let mut issuer = Issuer::start();
+    let mut opts = vec![
+        "--auth-issuer",
+        &issuer.url,
+        "--auth-audience",
+        AUDIENCE,
+        "--auth-jwks-url",
+        &issuer.jwks_uri,
+    ];
+    opts.extend(["--auth-leeway", "0"]);
+    let gw = Gateway::fixture(&opts);
+    let token = issuer.mint_with(&json!({"mint": {"sub": "a", "aud": AUDIENCE}, "expiresIn": 2}));
+    for _ in 0..3 {
+        let r = post(&gw, Some(&token), None, &initialize_body());
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let r = post(&gw, Some(&token), None, &initialize_body());
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+}

@@ -77,6 +77,8 @@ struct Inner {
     source: Source,
     client: HttpClient,
     keys: ArcSwap<HashMap<String, Key>>,
+    /// Loads of the key set so far: what a token was verified against.
+    version: std::sync::atomic::AtomicU64,
     /// When a token last made us fetch (none yet); held while fetching, so one fetch serves
     /// every request waiting for it.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
@@ -118,6 +120,7 @@ impl Jwks {
             source,
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
+            version: std::sync::atomic::AtomicU64::new(0),
             on_demand: tokio::sync::Mutex::new(None),
         });
         match inner.load().await {
@@ -138,6 +141,19 @@ impl Jwks {
     /// The issuer tokens must name.
     pub fn issuer(&self) -> &str {
         &self.inner.issuer
+    }
+
+    /// Which load of the key set is current (one more each time it is loaded): a token
+    /// verified against an earlier one is verified again.
+    pub fn version(&self) -> u64 {
+        self.inner
+            .version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The clock skew allowed, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.inner.leeway.as_secs()
     }
 
     /// `token`'s claims, if it is a JWT of the issuer for our audience, signed with one of its
@@ -283,6 +299,8 @@ impl Inner {
         }
         let n = keys.len();
         self.keys.store(Arc::new(keys));
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(n)
     }
 }

@@ -49,7 +49,7 @@ pub async fn authenticate(
         return next.run(request).await;
     };
     let principal = match auth.authenticate(request.headers()).await {
-        Ok(principal) => Arc::new(principal),
+        Ok(principal) => principal,
         Err(refusal) => {
             let (status, challenge) =
                 auth.challenge(&refusal, host(request.headers()), &gateway.reverse.path);
