@@ -5,6 +5,8 @@
 //! - latency at concurrency 1, p50 and p99, direct and proxied requests interleaved, with a third
 //!   target, `examples/tcp_relay.rs` (a byte-copying TCP relay, no parsing): the floor that any
 //!   extra process in the chain pays on this machine;
+//!   and a fourth, the gateway with `--auth-issuer` (every request with the RS256 token of
+//!   `benches/auth-fixture.json`): what checking a client's token adds;
 //! - throughput at concurrency 16 (16 sessions, one connection each);
 //! - SSE relay throughput: one `tools/call` answered with a stream of progress notifications
 //!   (100-byte messages), events per second received by the client, direct and through the
@@ -61,10 +63,17 @@ struct Client {
     writer: TcpStream,
     session: Option<String>,
     next_id: u64,
+    /// `Authorization` value sent with every request (a gateway with `--auth-issuer`).
+    bearer: Option<String>,
 }
 
 impl Client {
     fn connect(addr: &str) -> Self {
+        Self::connect_with(addr, None)
+    }
+
+    /// [`Self::connect`], presenting `token` with every request.
+    fn connect_with(addr: &str, token: Option<&str>) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         let mut client = Self {
@@ -73,6 +82,7 @@ impl Client {
             writer: stream,
             session: None,
             next_id: 1,
+            bearer: token.map(|t| format!("Bearer {t}")),
         };
         let (session, _) = client.post(
             br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#,
@@ -92,6 +102,11 @@ impl Client {
         if let Some(session) = &self.session {
             head.push_str("Mcp-Session-Id: ");
             head.push_str(session);
+            head.push_str("\r\n");
+        }
+        if let Some(bearer) = &self.bearer {
+            head.push_str("Authorization: ");
+            head.push_str(bearer);
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
@@ -196,6 +211,30 @@ fn gateway_binary() -> PathBuf {
 }
 
 fn start_gateway(upstream: &str) -> Process {
+    start_gateway_with(upstream, &[])
+}
+
+/// The token and issuer key of `benches/auth-fixture.json`, and the options that make a
+/// gateway accept it (`--auth-issuer`, the key from a file in `dir`).
+fn auth_options(dir: &std::path::Path) -> (String, Vec<String>) {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("auth-fixture.json")).unwrap();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, fixture["jwks"].to_string()).unwrap();
+    let options = [
+        "--auth-issuer",
+        "https://issuer.bench.example",
+        "--auth-audience",
+        "https://bench.example/mcp",
+        "--auth-jwks-file",
+        jwks.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    (fixture["token"].as_str().unwrap().to_owned(), options)
+}
+
+fn start_gateway_with(upstream: &str, extra: &[String]) -> Process {
     let mut child = Command::new(gateway_binary())
         .env("SHADOWCAT_SESSION_STORE", "memory")
         // Every client of this bench is 127.0.0.1, and the RSS run holds 1,000 sessions and
@@ -212,6 +251,7 @@ fn start_gateway(upstream: &str) -> Process {
             "--upstream",
             &format!("http://{upstream}/mcp"),
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -319,33 +359,34 @@ fn sse_relay(fixture: &Process, gateway: &Process, quick: bool) {
     );
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let quick = std::env::var_os("E2E_QUICK").is_some();
-    let text = "x".repeat(64);
-    let fixture = start_fixture();
-    let gateway = start_gateway(&fixture.addr);
-
+/// Latency at concurrency 1, `n` requests to each target, interleaved so all see the same
+/// machine conditions: direct, through the gateway, through a byte relay, and through a gateway
+/// that checks a token.
+fn latency_at_one(fixture: &Process, gateway: &Process, n: usize, text: &str) {
     // Latency at concurrency 1, interleaved so both see the same machine conditions.
-    let n = if quick { 300 } else { 5000 };
     let relay = start_relay(&fixture.addr);
+    let auth_dir = tempfile::tempdir().unwrap();
+    let (token, auth) = auth_options(auth_dir.path());
+    let authenticated = start_gateway_with(&fixture.addr, &auth);
     let mut clients = [
         ("direct", Client::connect(&fixture.addr)),
         ("shadowcat", Client::connect(&gateway.addr)),
         ("tcp_relay", Client::connect(&relay.addr)),
+        (
+            "with auth",
+            Client::connect_with(&authenticated.addr, Some(&token)),
+        ),
     ];
     for _ in 0..200 {
         for (_, client) in &mut clients {
-            client.echo(&text);
+            client.echo(text);
         }
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); clients.len()];
     for _ in 0..n {
         for (i, (_, client)) in clients.iter_mut().enumerate() {
             let t = Instant::now();
-            client.echo(&text);
+            client.echo(text);
             times[i].push(t.elapsed());
         }
     }
@@ -366,6 +407,19 @@ fn main() {
     }
     drop(clients);
     drop(relay);
+    drop(authenticated);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = std::env::var_os("E2E_QUICK").is_some();
+    let text = "x".repeat(64);
+    let fixture = start_fixture();
+    let gateway = start_gateway(&fixture.addr);
+
+    latency_at_one(&fixture, &gateway, if quick { 300 } else { 5000 }, &text);
 
     // Throughput at concurrency 16: alternate runs, keep each side's best.
     let per = if quick { 100 } else { 1000 };
