@@ -398,9 +398,15 @@ pub struct ReverseArgs {
     /// [default: none: X-Forwarded-For is ignored]
     #[arg(long = "trusted-proxy", value_name = "ADDR")]
     pub trusted_proxy: Vec<String>,
-    /// Address for /healthz, /readyz and /metrics (Prometheus). [default: off]
+    /// Address for /healthz, /readyz and /metrics (Prometheus). A non-loopback address needs
+    /// --admin-token-file. [default: off]
     #[arg(long, env = "SHADOWCAT_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// A file holding the token /readyz and /metrics require (`Authorization: Bearer
+    /// <token>`, at least 16 characters; /healthz stays open for liveness probes). Required
+    /// for a non-loopback --admin-listen; separate from the clients' tokens.
+    #[arg(long, env = "SHADOWCAT_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Events of each SSE stream of a session (its GET stream, each POST answered with SSE)
     /// kept for clients that reconnect with Last-Event-ID (also bounded to 1 MiB). A
     /// Last-Event-ID older than that gets an SSE comment naming the events that are gone, then

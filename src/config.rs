@@ -127,6 +127,7 @@ struct FileConfig {
     upstream_ca: Option<PathBuf>,
     allowed_origin: Option<Vec<String>>,
     admin_listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
     connect_timeout: Option<Scalar>,
     read_timeout: Option<Scalar>,
     resume_timeout: Option<Scalar>,
@@ -350,7 +351,7 @@ pub mod recording;
 mod reverse;
 pub use mode::{Mode, configure};
 mod trusted;
-pub use auth::{AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};
+pub use auth::{AdminToken, AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};
 pub use reverse::{
     AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, PoolConfig, ReverseConfig, ReverseUpstream,
     UpstreamConfig, is_loopback_authority,

@@ -572,3 +572,48 @@ fn a_remembered_token_still_expires() {
             .contains("expired")
     );
 }
+
+/// The admin listener: with `--admin-token-file`, `/readyz` and `/metrics` need that token
+/// (`/healthz` stays open); a non-loopback `--admin-listen` without a token, or a short
+/// token, is refused at start.
+#[test]
+fn the_admin_listener_takes_its_own_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "admin-0123456789abcdef\n").unwrap();
+    let gw = Gateway::fixture(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let admin = gw.admin_addr();
+    assert_eq!(
+        http_request(&admin, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    for path in ["/metrics", "/readyz"] {
+        let r = http_request(&admin, "GET", path, &[], b"");
+        assert_eq!(r.status, 401, "{path}: {r:?}");
+        assert!(r.header("www-authenticate").is_some());
+        let wrong = [("Authorization", "Bearer admin-0123456789abcdeX".to_owned())];
+        assert_eq!(http_request(&admin, "GET", path, &wrong, b"").status, 401);
+        let right = [("Authorization", "Bearer admin-0123456789abcdef".to_owned())];
+        assert_eq!(
+            http_request(&admin, "GET", path, &right, b"").status,
+            200,
+            "{path}"
+        );
+    }
+    support::assert_reverse_refuses(&["--admin-listen", "0.0.0.0:0"], "--admin-token-file");
+    std::fs::write(&token_file, "short\n").unwrap();
+    support::assert_reverse_refuses(
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        "at least 16",
+    );
+}

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
 use super::reverse::listed;
 use super::{ConfigError, FileConfig, invalid, parse_duration, pick};
 use crate::cli::AuthArgs;
@@ -178,4 +181,55 @@ fn oauth_config(
         jwks,
         leeway,
     }))
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// The admin listener's token, kept as its SHA-256 only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Whether `presented` is the token (compared by hash, in constant time).
+    pub fn accepts(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(self.0.ct_eq(&digest))
+    }
+}
+
+/// `--admin-token-file`, read and checked; and a non-loopback `admin` address refused
+/// without it.
+pub(super) fn admin_token(
+    path: Option<&std::path::Path>,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let Some(path) = path else {
+        if admin.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err(invalid(
+                "--admin-listen",
+                "a non-loopback address needs --admin-token-file (its metrics and readiness would be open to the network)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("--admin-token-file", format!("{}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "--admin-token-file",
+            format!(
+                "{}: the token must be one word of at least {MIN_ADMIN_TOKEN_LEN} characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(AdminToken(Sha256::digest(token.as_bytes()).into())))
 }

@@ -162,6 +162,8 @@ pub struct ReverseConfig {
     pub allowed_origins: AllowedOrigins,
     /// Where the admin endpoints listen, if anywhere.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// The token /readyz and /metrics require (`--admin-token-file`).
+    pub admin_token: Option<super::AdminToken>,
     /// Longest a POST is held for room in its session's pending table.
     pub pending_wait: Duration,
     /// The pool of server processes (a command upstream).
@@ -306,6 +308,12 @@ impl ReverseConfig {
             path,
             upstream,
             allowed_origins,
+            admin_token: super::auth::admin_token(
+                args.admin_token_file
+                    .as_deref()
+                    .or(file.admin_token_file.as_deref()),
+                admin_listen,
+            )?,
             admin_listen,
             pending_wait: match pick(args.pending_wait.as_ref(), file.pending_wait.as_ref()) {
                 Some(text) => parse_duration(&text, "--pending-wait")?,

@@ -40,7 +40,8 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
 }
 
 /// The admin listener checks `Host` as the MCP endpoint does, and serves no browser page (a
-/// request with an `Origin` is refused): its counters and readiness are not a web page's.
+/// request with an `Origin` is refused): its counters and readiness are not a web page's. With
+/// `--admin-token-file`, `/readyz` and `/metrics` need that token (`/healthz` does not).
 async fn guard(
     State(gateway): State<Arc<Gateway>>,
     request: axum::extract::Request,
@@ -52,6 +53,27 @@ async fn guard(
     if let Some(bound) = gateway.reverse.admin_listen {
         if let Err(response) = super::checks::check_host(bound, &request) {
             return response;
+        }
+    }
+    if let Some(token) = &gateway.reverse.admin_token {
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let open = request.uri().path() == "/healthz";
+        if !open && !presented.is_some_and(|p| token.accepts(p)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    http::header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"shadowcat-admin\"",
+                )],
+                "Unauthorized: /readyz and /metrics need the admin token (--admin-token-file)\n",
+            )
+                .into_response();
         }
     }
     next.run(request).await
