@@ -182,6 +182,15 @@ fn pick(cli: Option<&String>, file: Option<&Scalar>) -> Option<String> {
     cli.cloned().or_else(|| file.map(Scalar::text))
 }
 
+/// A repeatable option: the command line's values if it gives any, else the file's.
+fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli.to_vec()
+    }
+}
+
 impl Config {
     /// The request timeouts (`--request-timeout`, `--request-timeout-max`).
     pub fn timeouts(&self) -> crate::session::pending::Timeouts {
@@ -287,7 +296,7 @@ impl Config {
                     ));
                 }
             };
-        let mut rate_limits = reverse::listed(&p.rate_limit, proxy.and(file.rate_limit.clone()))
+        let mut rate_limits = listed(&p.rate_limit, proxy.and(file.rate_limit.clone()))
             .iter()
             .map(|text| crate::ratelimit::LimitSpec::parse(text))
             .collect::<Result<Vec<_>, _>>()

@@ -7,8 +7,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::reverse::listed;
-use super::{ConfigError, FileConfig, invalid, parse_duration, pick};
+use super::{ConfigError, FileConfig, invalid, listed, parse_duration, pick};
 use crate::cli::AuthArgs;
 
 /// Default `--auth-leeway`.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, parse_count,
+    ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, listed, parse_count,
     parse_duration, parse_optional_duration, pick,
 };
 use crate::cli::{ConnectionArgs, GlobalArgs, PoolArgs, ReverseArgs, StdioServer, UpstreamArgs};
@@ -200,15 +200,6 @@ pub const DEFAULT_MAX_SESSIONS_COMMAND: usize = 100;
 pub const DEFAULT_GATEWAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The most `--max-sessions-per-client` is by default (else a quarter of `--max-sessions`).
 pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 64;
-
-/// A repeatable option: the command line's values if it gives any, else the file's.
-pub(super) fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
-    if cli.is_empty() {
-        file.unwrap_or_default()
-    } else {
-        cli.to_vec()
-    }
-}
 
 impl ReverseConfig {
     /// Builds the reverse proxy's options from the command line and the config file (read here).

@@ -56,6 +56,21 @@ use crate::transport::serve::{raise_descriptor_limit, serve};
 use super::shutdown::Shutdown;
 use gateway::Gateway;
 
+/// The checks of clients' tokens, if `--auth-issuer` or `--api-key-file` asks for them (a key
+/// file that cannot be used keeps the gateway from starting).
+async fn start_auth(
+    reverse: &ReverseConfig,
+) -> anyhow::Result<Option<Arc<crate::auth::Authenticator>>> {
+    match &reverse.auth {
+        Some(auth) => Ok(Some(
+            crate::auth::Authenticator::start(auth)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Runs the gateway until `shutdown` asks it to stop; returns our exit code.
 pub async fn run(
     config: &Config,
@@ -63,14 +78,7 @@ pub async fn run(
     sessions: &Arc<SessionManager>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let auth = match &reverse.auth {
-        Some(auth) => Some(
-            crate::auth::Authenticator::start(auth)
-                .await
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
+    let auth = start_auth(reverse).await?;
     let authenticated = auth.is_some();
     let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone(), auth);
     let stop_prune = CancellationToken::new();
