@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
             api_keys: None,
             resource: None,
             scopes: vec!["mcp".into()],
+            claims: vec![],
         }))
         .unwrap();
     let mut headers = HeaderMap::new();

@@ -20,25 +20,12 @@ use crate::config::{AuthConfig, JwksSource};
 pub mod jwks;
 pub mod keys;
 
+pub use crate::session::Principal;
 pub use jwks::Jwks;
 pub use keys::ApiKeys;
 
 /// Longest `Authorization` value looked at; a longer one is refused unread.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
-
-/// Who a client proved to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Its identity, unique across issuers: `<issuer>#<sub>` for a token, `key:<name>` for an
-    /// API key. What sessions are bound to and rate limits key on.
-    pub id: String,
-    /// The token's `sub`, or the API key's name.
-    pub subject: String,
-    /// The token's issuer (none for an API key).
-    pub issuer: Option<String>,
-    /// The scopes it was granted.
-    pub scopes: Vec<String>,
-}
 
 /// Why a request is not let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +34,14 @@ pub enum Refusal {
     Missing,
     /// A token that is not good (401 `invalid_token`), and why (logged, and told the client).
     Invalid(String),
-    /// A good token without this scope (403 `insufficient_scope`).
-    Scope(String),
+    /// A good token without a scope the request needs (403 `insufficient_scope`).
+    Scope {
+        /// The scopes it lacks, space-separated.
+        missing: String,
+        /// The scopes to ask for, space-separated: every one the gateway requires (`--auth-scope`)
+        /// is added to these.
+        wanted: String,
+    },
 }
 
 /// Most verified tokens remembered (the least recently used forgotten past it).
@@ -79,6 +72,8 @@ pub struct Authenticator {
     jwt: Option<Jwks>,
     keys: Option<ApiKeys>,
     scopes: Vec<String>,
+    /// The claims kept in a token's principal (`--auth-claim`).
+    claims: Vec<String>,
     resource: Option<String>,
     issuer: Option<String>,
 }
@@ -95,6 +90,9 @@ struct Claims {
     /// The `scp` array some providers use instead.
     #[serde(default)]
     scp: Option<Vec<String>>,
+    /// The others, of which those selected are kept.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Authenticator {
@@ -112,6 +110,7 @@ impl Authenticator {
             jwt,
             keys,
             scopes: config.scopes.clone(),
+            claims: config.claims.clone(),
             resource: config.resource.clone(),
             issuer: config.oauth.as_ref().map(|o| o.issuer.clone()),
         }))
@@ -134,7 +133,10 @@ impl Authenticator {
             .iter()
             .find(|scope| !principal.scopes.contains(scope))
         {
-            return Err(Refusal::Scope(missing.clone()));
+            return Err(Refusal::Scope {
+                missing: missing.clone(),
+                wanted: missing.clone(),
+            });
         }
         Ok(principal)
     }
@@ -186,11 +188,21 @@ impl Authenticator {
             .collect();
         scopes.extend(claims.scp.unwrap_or_default());
         let issuer = jwks.issuer().to_owned();
+        let mut other = claims.other;
+        let kept = self
+            .claims
+            .iter()
+            .map(|name| {
+                let value = other.remove(name).unwrap_or(serde_json::Value::Null);
+                (name.clone(), value)
+            })
+            .collect();
         let principal = Principal {
             id: format!("{issuer}#{}", claims.sub),
             subject: claims.sub,
             issuer: Some(issuer),
             scopes,
+            claims: kept,
         };
         Ok((principal, claims.exp))
     }
@@ -244,16 +256,23 @@ impl Authenticator {
                 parts.push(format!("error_description=\"{}\"", quoted(why)));
                 StatusCode::UNAUTHORIZED
             }
-            Refusal::Scope(missing) => {
+            Refusal::Scope { missing, wanted } => {
                 parts.push("error=\"insufficient_scope\"".into());
                 parts.push(format!(
                     "error_description=\"the token lacks the scope {}\"",
                     quoted(missing)
                 ));
+                let mut scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+                for scope in wanted.split_ascii_whitespace() {
+                    if !scopes.contains(&scope) {
+                        scopes.push(scope);
+                    }
+                }
+                parts.push(format!("scope=\"{}\"", quoted(&scopes.join(" "))));
                 StatusCode::FORBIDDEN
             }
         };
-        if !self.scopes.is_empty() {
+        if !self.scopes.is_empty() && !matches!(refusal, Refusal::Scope { .. }) {
             parts.push(format!("scope=\"{}\"", quoted(&self.scopes.join(" "))));
         }
         let value = parts.join(", ");

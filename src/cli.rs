@@ -325,6 +325,11 @@ pub struct AuthArgs {
     /// `insufficient_scope` naming it.
     #[arg(long = "auth-scope", value_name = "SCOPE")]
     pub auth_scope: Vec<String>,
+    /// A token claim to keep with the caller's identity (repeatable), for rules' `claim:`
+    /// conditions (e.g. `groups`, `tenant`); `sub` and `iss` are always known. A rule on a
+    /// claim not kept refuses the messages it would have to decide.
+    #[arg(long = "auth-claim", value_name = "CLAIM")]
+    pub auth_claim: Vec<String>,
     /// The resource identifier published in the metadata (the URL clients use for the MCP
     /// endpoint, e.g. https://mcp.example.com/mcp). [default: http://<Host><--path>]
     #[arg(long, env = "SHADOWCAT_AUTH_RESOURCE", value_name = "URL")]

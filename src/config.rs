@@ -144,6 +144,7 @@ struct FileConfig {
     auth_jwks_url: Option<String>,
     auth_jwks_file: Option<PathBuf>,
     auth_scope: Option<Vec<String>>,
+    auth_claim: Option<Vec<String>>,
     auth_resource: Option<String>,
     auth_leeway: Option<Scalar>,
     api_key_file: Option<PathBuf>,

@@ -246,16 +246,17 @@ impl Rules {
                 Effect::None
             };
             let audit = self.forced.or(rule.mode).unwrap_or(loaded.mode) == Mode::Audit;
-            if let Some(why) = s.take_missed().map(str::to_owned) {
-                // The rule needed the message's JSON and could not read it: it cannot be
-                // decided, so the message is refused rather than let through unread.
+            if let Some(missed) = s.take_missed() {
+                // The rule needed the message's JSON (or something about its caller) and could
+                // not have it: it cannot be decided, so the message is refused rather than let
+                // through undecided.
                 tracing::warn!(
                     rule = %rule.name,
-                    reason = %why,
+                    reason = %missed.why(),
                     audit,
-                    "a rule needs the message's JSON and cannot read it: the message is refused"
+                    "a rule cannot be decided for a message: the message is refused"
                 );
-                let effect = action::unreadable(&rule.name, &why, s);
+                let effect = action::unreadable(&rule.name, &missed, s);
                 observe(rule, &effect, audit, s);
                 if audit {
                     continue;

@@ -261,7 +261,7 @@ impl Limit {
                     Per::Client => match sender.client {
                         Client::Local => self.hasher.hash_one(0_u8),
                         Client::Address(ip) => self.hasher.hash_one(ip),
-                        Client::Subject(subject) => self.hasher.hash_one(subject),
+                        Client::Subject(principal) => self.hasher.hash_one(&principal.id),
                     },
                     Per::Method => self.hasher.hash_one(method.as_str()),
                     Per::Tool | Per::Global => self.hasher.hash_one(tool),

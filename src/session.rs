@@ -6,6 +6,7 @@
 //! - [`declared`]: [`Declared`]: what a peer said about itself, as bounded JSON text.
 //! - [`info`]: [`Session`]: metadata from `initialize`, counters, tags, pending tables.
 //! - [`pending`]: [`PendingRequests`], bounded per session and in total.
+//! - [`principal`]: [`Principal`], who an authenticated client proved to be.
 //! - [`manager`]: [`SessionManager`]: sharded map, LRU, expiry heap, limits, cleanup task.
 //! - [`metrics`]: counters that change only on lifecycle transitions.
 //! - [`store`]: [`SessionStore`] (memory, SQLite) and the write-behind [`StoreWriter`].
@@ -17,6 +18,7 @@ pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod pending;
+pub mod principal;
 pub mod store;
 
 pub use declared::Declared;
@@ -25,4 +27,5 @@ pub use info::{Listening, Metadata, Session, SessionRecord, TransportKind};
 pub use lifecycle::{EndReason, State};
 pub use manager::{SessionConfig, SessionError, SessionManager};
 pub use pending::{Pending, PendingError, PendingRequests, PendingScope};
+pub use principal::Principal;
 pub use store::{SessionStore, StoreWriter};

@@ -4,7 +4,7 @@
 //! that neither imports the other for it.
 
 use crate::protocol::{Direction, Message};
-use crate::session::Session;
+use crate::session::{Principal, Session};
 use crate::tape::Wire;
 
 /// What a stage sees besides the message.
@@ -21,15 +21,25 @@ pub struct Context<'a> {
 }
 
 /// Who a client is, as far as the transport can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Client<'a> {
     /// The one local client of a stdio proxy (and the sender of any server→client message).
     Local,
     /// An HTTP client, by address: the socket's peer, or behind a `--trusted-proxy` the
     /// address `X-Forwarded-For` gives.
     Address(std::net::IpAddr),
-    /// An authenticated subject (once the gateway authenticates clients).
-    Subject(&'a str),
+    /// An authenticated principal (the gateway's `--auth-*` options).
+    Subject(&'a Principal),
+}
+
+impl<'a> Client<'a> {
+    /// The principal, if the client authenticated.
+    pub fn principal(self) -> Option<&'a Principal> {
+        match self {
+            Self::Subject(principal) => Some(principal),
+            Self::Local | Self::Address(_) => None,
+        }
+    }
 }
 
 /// What to do with a message.

@@ -411,22 +411,23 @@ fn incomplete_auth_options_are_refused() {
 /// The Python SDK 2.3.0 client's own OAuth support (client_credentials) against the gateway:
 /// refused 401, it reads our Protected Resource Metadata, finds the issuer there, gets a token
 /// for our resource from it, and calls a tool through the gateway.
-#[test]
-fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
-    let issuer = Issuer::start();
+/// A gateway in front of the fixture on a port picked for its URL (the audience), with `opts`
+/// besides the issuer's; the Python SDK client (tests/peers/oauth_client.py) run against it,
+/// and what it said.
+fn sdk_client_through(issuer: &Issuer, opts: &[&str]) -> (Gateway, Value) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let fixture = support::fixture();
     let mut cmd = support::command();
     cmd.args(["--log-level", "debug", "reverse", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--auth-issuer", &issuer.url, "--auth-audience", &url])
-        .args(["--auth-scope", "mcp:tools", "--"])
-        .arg(fixture);
+        .args(opts)
+        .arg("--")
+        .arg(support::fixture());
     let gw = Gateway::spawn(cmd);
     let out = Command::new(support::python("2.3.0"))
         .arg(support::peers().join("oauth_client.py"))
@@ -440,7 +441,14 @@ fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
         String::from_utf8_lossy(&out.stderr),
         gw.stderr_text()
     );
-    let said: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let said = serde_json::from_str(stdout.trim()).unwrap();
+    (gw, said)
+}
+
+#[test]
+fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
+    let issuer = Issuer::start();
+    let (gw, said) = sdk_client_through(&issuer, &["--auth-scope", "mcp:tools"]);
     assert_eq!(said["text"], "authorized");
     let log = gw.stderr_text();
     assert!(
@@ -616,4 +624,162 @@ fn the_admin_listener_takes_its_own_token() {
         ],
         "at least 16",
     );
+}
+
+/// A rule file in a temporary directory (kept as long as the returned guard).
+fn rule_file(yaml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+/// Opens a session for `token` and says `notifications/initialized`; its id.
+fn open_session(gw: &Gateway, token: &str) -> String {
+    let r = post(gw, Some(token), None, &initialize_body());
+    assert_eq!(r.status, 200, "{r:?}");
+    let session = r.header("mcp-session-id").unwrap().to_owned();
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    assert_eq!(
+        post(gw, Some(token), Some(&session), note.as_bytes()).status,
+        202
+    );
+    session
+}
+
+/// The one message answering a POST.
+fn answer(r: &support::HttpResponse) -> Value {
+    let mut messages = r.messages();
+    assert_eq!(messages.len(), 1, "{r:?}");
+    messages.remove(0)
+}
+
+fn tool_names(gw: &Gateway, token: &str, session: &str) -> Vec<String> {
+    let list = json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}).to_string();
+    let r = post(gw, Some(token), Some(session), list.as_bytes());
+    answer(&r)["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn call_tool(gw: &Gateway, token: &str, session: &str, tool: &str) -> support::HttpResponse {
+    let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
+        "params":{"name": tool, "arguments": {"text": "hi"}}})
+    .to_string();
+    post(gw, Some(token), Some(session), call.as_bytes())
+}
+
+/// Rules see who is calling: a tool hidden from all but a group (a claim kept with
+/// `--auth-claim`), a tool one subject may not call; each caller sees and may use what the
+/// rules give them.
+#[test]
+fn rules_decide_by_the_callers_subject_and_claims() {
+    let mut issuer = Issuer::start();
+    let (_dir, rules) = rule_file(
+        "version: 1\nrules:\n\
+         - name: crash is for admins\n  match: {tool: crash, not: {claim: {groups: admins}}}\n  hide: true\n\
+         - name: bob may not echo\n  match: {tool: echo, subject: bob}\n  block: {message: not for bob}\n",
+    );
+    let gw = gateway(&issuer, &["--auth-claim", "groups", "--rules", &rules]);
+    let alice = issuer.mint(json!({"sub": "alice", "aud": AUDIENCE, "groups": ["dev", "admins"]}));
+    let bob = issuer.mint(json!({"sub": "bob", "aud": AUDIENCE, "groups": ["dev"]}));
+    let (a, b) = (open_session(&gw, &alice), open_session(&gw, &bob));
+    let (for_alice, for_bob) = (tool_names(&gw, &alice, &a), tool_names(&gw, &bob, &b));
+    assert!(for_alice.iter().any(|t| t == "crash"), "{for_alice:?}");
+    assert!(!for_bob.iter().any(|t| t == "crash"), "{for_bob:?}");
+    assert!(for_bob.iter().any(|t| t == "echo"), "{for_bob:?}");
+    let refused = answer(&call_tool(&gw, &bob, &b, "crash"));
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    let blocked = answer(&call_tool(&gw, &bob, &b, "echo"));
+    assert_eq!(blocked["error"]["code"], -32091, "{blocked}");
+    assert_eq!(blocked["error"]["message"], "not for bob");
+    let echoed = answer(&call_tool(&gw, &alice, &a, "echo"));
+    assert_eq!(echoed["result"]["content"][0]["text"], "hi", "{echoed}");
+}
+
+/// A rule on a claim the gateway does not keep cannot be decided: what it would decide is
+/// refused (never let through), and the error says which option keeps the claim.
+#[test]
+fn a_rule_on_a_claim_not_kept_refuses_rather_than_guesses() {
+    let mut issuer = Issuer::start();
+    let (_dir, rules) = rule_file(
+        "version: 1\nrules:\n  - name: other tenants\n    match: {tool: echo, claim: {tenant: other}}\n    block: {}\n",
+    );
+    let gw = gateway(&issuer, &["--rules", &rules]);
+    let token = issuer.mint(json!({"sub": "carol", "aud": AUDIENCE, "tenant": "other"}));
+    let session = open_session(&gw, &token);
+    let refused = answer(&call_tool(&gw, &token, &session, "echo"));
+    assert_eq!(refused["error"]["code"], -32091, "{refused}");
+    let detail = refused["error"]["data"]["detail"].as_str().unwrap();
+    assert!(detail.contains("--auth-claim tenant"), "{detail}");
+}
+
+/// `require_scope:` on a tool: a call with a token without the scope is answered 403
+/// `insufficient_scope` with the challenge naming the scopes to ask for (those the token has,
+/// and the one missing); the same caller with a token that has it gets through, in the same
+/// session.
+#[test]
+fn a_tool_needing_a_scope_is_refused_403_until_the_token_has_it() {
+    let mut issuer = Issuer::start();
+    let (_dir, rules) = rule_file(
+        "version: 1\nrules:\n  - name: echo writes\n    match: {tool: echo}\n    require_scope: 'files:write'\n",
+    );
+    let gw = gateway(
+        &issuer,
+        &[
+            "--auth-scope",
+            "mcp:tools",
+            "--auth-resource",
+            AUDIENCE,
+            "--rules",
+            &rules,
+        ],
+    );
+    let reader = issuer.token("dana", "mcp:tools");
+    let session = open_session(&gw, &reader);
+    let r = call_tool(&gw, &reader, &session, "echo");
+    assert_eq!(r.status, 403, "{r:?}");
+    let challenge = challenge(&r);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"mcp:tools files:write\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(
+            "resource_metadata=\"https://gateway.example/.well-known/oauth-protected-resource/mcp\""
+        ),
+        "{challenge}"
+    );
+    let refused = answer(&r);
+    assert_eq!(refused["error"]["code"], -32095, "{refused}");
+    assert_eq!(refused["error"]["data"]["missing"], json!(["files:write"]));
+    // Other tools need no more than the gateway does.
+    let r = call_tool(&gw, &reader, &session, "sleep");
+    assert_eq!(r.status, 200, "{r:?}");
+    let writer = issuer.token("dana", "mcp:tools files:write");
+    let r = call_tool(&gw, &writer, &session, "echo");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(answer(&r)["result"]["content"][0]["text"], "hi");
+}
+
+/// The Python SDK's own OAuth support steps up: refused 403 `insufficient_scope` for a tool,
+/// it gets a token with the scopes the challenge names and calls the tool again.
+#[test]
+fn the_python_sdk_client_steps_up_to_the_scope_a_tool_needs() {
+    let issuer = Issuer::start();
+    let (_dir, rules) = rule_file(
+        "version: 1\nrules:\n  - name: echo writes\n    match: {tool: echo}\n    require_scope: 'files:write'\n",
+    );
+    let (gw, said) = sdk_client_through(&issuer, &["--auth-scope", "mcp:tools", "--rules", &rules]);
+    assert_eq!(said["text"], "authorized");
+    let log = gw.stderr_text();
+    assert!(log.contains("asking the client to step up"), "{log}");
 }

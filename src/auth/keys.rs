@@ -88,6 +88,7 @@ impl ApiKeys {
             subject: name.clone(),
             issuer: None,
             scopes: Vec::new(),
+            claims: std::collections::BTreeMap::new(),
         })
     }
 }

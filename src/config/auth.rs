@@ -16,6 +16,8 @@ pub const DEFAULT_AUTH_LEEWAY: Duration = Duration::from_secs(60);
 pub const MAX_AUTH_LEEWAY: Duration = Duration::from_secs(10 * 60);
 /// Most `--auth-scope`s.
 pub const MAX_REQUIRED_SCOPES: usize = 32;
+/// Most `--auth-claim`s.
+pub const MAX_KEPT_CLAIMS: usize = 32;
 
 /// How clients authenticate (`None` in [`super::ReverseConfig::auth`]: they do not).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct AuthConfig {
     pub resource: Option<String>,
     /// Scopes every request needs.
     pub scopes: Vec<String>,
+    /// The token claims kept with the principal, for rules.
+    pub claims: Vec<String>,
 }
 
 /// What a JWT must be to be accepted.
@@ -86,6 +90,7 @@ pub(super) fn auth_config(
         .clone()
         .or_else(|| file.api_key_file.clone());
     let scopes = listed(&args.auth_scope, file.auth_scope.clone());
+    let claims = listed(&args.auth_claim, file.auth_claim.clone());
     let resource = text(&args.auth_resource, &file.auth_resource)
         .map(|r| http_url(&r, "--auth-resource"))
         .transpose()?;
@@ -98,7 +103,28 @@ pub(super) fn auth_config(
                 "--auth-scope and --auth-resource need --auth-issuer or --api-key-file".into(),
             ));
         }
+        if !claims.is_empty() {
+            return Err(invalid(
+                "--auth-claim",
+                "--auth-claim needs --auth-issuer (claims come from tokens)".into(),
+            ));
+        }
         return Ok(None);
+    }
+    if claims.len() > MAX_KEPT_CLAIMS {
+        return Err(invalid(
+            "--auth-claim",
+            format!("at most {MAX_KEPT_CLAIMS}"),
+        ));
+    }
+    if let Some(bad) = claims
+        .iter()
+        .find(|c| c.is_empty() || c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(invalid(
+            "--auth-claim",
+            format!("{bad:?}: a claim name is 1 to 128 printable ASCII characters"),
+        ));
     }
     if scopes.len() > MAX_REQUIRED_SCOPES {
         return Err(invalid(
@@ -122,6 +148,7 @@ pub(super) fn auth_config(
         api_keys,
         resource,
         scopes,
+        claims,
     }))
 }
 

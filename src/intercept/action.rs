@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
-use super::matcher::{Glob, NameKind, Path, Subject};
+use super::matcher::{Glob, Missed, NameKind, Path, Subject};
 use crate::protocol::error::{ErrorCode, ProxyError};
 use crate::protocol::{Direction, Kind, Message, Method, RequestId};
 use crate::ratelimit::{Limit, LimitClock, LimitSpec, Per, Rate, Sender};
@@ -32,6 +32,9 @@ pub enum Action {
     Hide(Hide),
     /// Limit the rate of the requests and notifications the rule matches.
     RateLimit(RuleLimit),
+    /// Let the client's requests and notifications the rule matches through only for a
+    /// caller whose token has these scopes.
+    RequireScope(RequireScope),
 }
 
 impl Action {
@@ -46,6 +49,7 @@ impl Action {
             Self::Log(_) => "log",
             Self::Hide(_) => "hide",
             Self::RateLimit(_) => "rate_limit",
+            Self::RequireScope(_) => "require_scope",
         }
     }
 }
@@ -261,7 +265,9 @@ impl Action {
     pub fn may_apply(&self, kind: Kind, method: Option<&Method>) -> bool {
         let hide = match self {
             Self::Hide(hide) => hide,
-            Self::RateLimit(_) => return matches!(kind, Kind::Request | Kind::Notification),
+            Self::RateLimit(_) | Self::RequireScope(_) => {
+                return matches!(kind, Kind::Request | Kind::Notification);
+            }
             _ => return true,
         };
         let Some(method) = method else {
@@ -285,6 +291,84 @@ impl Action {
             Self::Log(log) => Effect::Log(log.clone()),
             Self::Hide(hide) => hide.effect(s),
             Self::RateLimit(limit) => limit.effect(s),
+            Self::RequireScope(require) => require.effect(rule, s),
+        }
+    }
+}
+
+/// `require_scope:`: the scopes a caller's token must have for the client's requests and
+/// notifications the rule matches (per-tool scopes). A request of a caller without them (or of
+/// one who did not authenticate) is answered `insufficient_scope` naming the scopes to ask
+/// for, which the gateway turns into a 403 challenge so that the client can step up; such a
+/// notification is dropped.
+#[derive(Debug)]
+pub struct RequireScope {
+    scopes: Vec<String>,
+}
+
+impl RequireScope {
+    /// Rule `rule`'s requirement of `scopes`, each a valid scope token (RFC 6749 §3.3, and no
+    /// quote or backslash, to go in a challenge as it is).
+    pub fn new(rule: &str, scopes: Vec<String>) -> Result<Self, String> {
+        if scopes.is_empty() {
+            return Err(format!(
+                "rule {rule:?}: require_scope needs one or more scopes"
+            ));
+        }
+        if let Some(bad) = scopes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            return Err(format!(
+                "rule {rule:?}: require_scope {bad:?}: a scope is printable ASCII without spaces, quotes or backslashes"
+            ));
+        }
+        Ok(Self { scopes })
+    }
+
+    fn effect(&self, rule: &str, s: &mut Subject<'_>) -> Effect {
+        if s.direction != Direction::ClientToServer {
+            return Effect::None;
+        }
+        let held: &[String] = s.caller().map_or(&[], |caller| &caller.scopes);
+        if self.scopes.iter().all(|scope| held.contains(scope)) {
+            return Effect::None;
+        }
+        let held = held.to_vec();
+        let missing: Vec<&String> = self
+            .scopes
+            .iter()
+            .filter(|scope| !held.contains(scope))
+            .collect();
+        // What to ask for: what the token has, and what it lacks (a new token replaces it).
+        let mut wanted: Vec<&str> = held.iter().map(String::as_str).collect();
+        wanted.extend(missing.iter().map(|m| m.as_str()));
+        let what = s
+            .name(NameKind::Tool)
+            .map(|tool| format!("the tool {tool:?}"))
+            .or_else(|| s.method.map(|m| format!("{:?}", m.as_str())))
+            .unwrap_or_else(|| "this message".into());
+        let list = missing
+            .iter()
+            .map(|m| format!("{m:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let error = ProxyError::new(
+            ErrorCode::InsufficientScope,
+            format!("Forbidden: {what} needs the scope {list}, which the caller's token lacks"),
+        )
+        .with("rule", rule)
+        .with("scope", wanted.join(" "))
+        .with(
+            "missing",
+            missing.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        );
+        match s.msg.kind() {
+            Kind::Request => Effect::Answer(Message::error_response(s.msg.id(), &error)),
+            Kind::Notification => Effect::Drop,
+            Kind::Response | Kind::Error => Effect::None,
         }
     }
 }
@@ -397,17 +481,27 @@ impl Block {
     }
 }
 
-/// What happens to a message a rule needed to read and could not (see [`Subject::take_missed`]):
-/// it is refused, as a malformed message would be. A request's sender gets -32600; a response
-/// becomes an error for its requester (-32082 when the server sent it); a notification is
-/// dropped.
-pub fn unreadable(rule: &str, why: &str, s: &Subject<'_>) -> Effect {
-    let message = format!("rule {rule:?} cannot read the message: {why}");
-    let code = match (s.msg.kind(), s.direction) {
-        (Kind::Response | Kind::Error, Direction::ServerToClient) => {
-            ErrorCode::InvalidUpstreamResponse
-        }
-        _ => ErrorCode::InvalidRequest,
+/// What happens to a message a rule could not be decided for (see [`Subject::take_missed`]):
+/// it is refused. One it could not read is refused as a malformed message would be: a
+/// request's sender gets -32600; a response becomes an error for its requester (-32082 when
+/// the server sent it). One whose caller it could not tell apart is blocked (-32091). A
+/// notification is dropped.
+pub fn unreadable(rule: &str, missed: &Missed, s: &Subject<'_>) -> Effect {
+    let why = missed.why();
+    let (message, code) = match missed {
+        Missed::Body(_) => (
+            format!("rule {rule:?} cannot read the message: {why}"),
+            match (s.msg.kind(), s.direction) {
+                (Kind::Response | Kind::Error, Direction::ServerToClient) => {
+                    ErrorCode::InvalidUpstreamResponse
+                }
+                _ => ErrorCode::InvalidRequest,
+            },
+        ),
+        Missed::Caller(_) => (
+            format!("rule {rule:?} cannot be decided for this caller: {why}"),
+            ErrorCode::BlockedByRule,
+        ),
     };
     let error = ProxyError::new(code, message)
         .with("rule", rule)

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::action::{Action, Block, Delay, Hide, Log, Mock, Modify, RuleLimit, RuleLimitSpec};
-use super::matcher::Match;
+use super::action::{
+    Action, Block, Delay, Hide, Log, Mock, Modify, RequireScope, RuleLimit, RuleLimitSpec,
+};
+use super::matcher::{Match, OneOrMany};
 
 /// The only rule file format so far.
 pub const VERSION: u32 = 1;
@@ -140,14 +142,7 @@ struct RuleSpec {
     log: Option<Log>,
     hide: Option<bool>,
     rate_limit: Option<RuleLimitSpec>,
-}
-
-/// One string or a list of them.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+    require_scope: Option<OneOrMany>,
 }
 
 impl TryFrom<RuleSpec> for Rule {
@@ -179,10 +174,7 @@ impl TryFrom<RuleSpec> for Rule {
             actions.push(Action::Delay(between));
         }
         if let Some(tags) = spec.tag {
-            let tags = match tags {
-                OneOrMany::One(tag) => vec![tag],
-                OneOrMany::Many(tags) => tags,
-            };
+            let tags = tags.into_vec();
             if tags.is_empty() || tags.iter().any(String::is_empty) {
                 return Err(format!(
                     "rule {name:?}: tag needs one or more non-empty tags"
@@ -210,11 +202,17 @@ impl TryFrom<RuleSpec> for Rule {
         if let Some(limit) = spec.rate_limit {
             actions.push(Action::RateLimit(RuleLimit::new(&name, &limit)?));
         }
+        if let Some(scopes) = spec.require_scope {
+            actions.push(Action::RequireScope(RequireScope::new(
+                &name,
+                scopes.into_vec(),
+            )?));
+        }
         let action = match actions.len() {
             1 => actions.remove(0),
             0 => {
                 return Err(format!(
-                    "rule {name:?} has no action: give one of block, mock, modify, delay, delay_between, tag, log, hide, rate_limit"
+                    "rule {name:?} has no action: give one of block, mock, modify, delay, delay_between, tag, log, hide, rate_limit, require_scope"
                 ));
             }
             _ => {

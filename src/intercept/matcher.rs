@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::pattern::Pattern;
 pub use crate::pattern::{Glob, Path};
 use crate::protocol::{Direction, Kind, Message, Method};
-use crate::session::{Session, TransportKind};
+use crate::session::{Principal, Session, TransportKind};
+use std::sync::Arc;
 
 /// A rule's conditions; every one given must hold. An empty match holds for every message.
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,14 @@ pub struct Match {
     result: Vec<Predicate>,
     /// Conditions on the session.
     session: Option<SessionMatch>,
+    /// The caller's subject (a token's `sub`, an API key's name) matches.
+    subject: Option<Glob>,
+    /// The caller's token has every one of these scopes.
+    scope: Option<OneOrMany>,
+    /// The caller's token claims (`--auth-claim`), by name: each has a value this matches (a
+    /// string; a number or boolean as JSON writes it; a string of an array).
+    #[serde(default)]
+    claim: std::collections::BTreeMap<String, Glob>,
     /// Every one of these holds.
     #[serde(default)]
     all: Vec<Match>,
@@ -46,6 +55,34 @@ pub struct Match {
     any: Vec<Match>,
     /// This does not hold.
     not: Option<Box<Match>>,
+}
+
+/// One string or a list of them, as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+
+    /// The strings, owned.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
 }
 
 /// `direction:` as written.
@@ -268,10 +305,32 @@ pub struct Subject<'a> {
     name: Option<Option<String>>,
     /// Whether a rule changed the body.
     pub changed: bool,
-    /// Whether something asked for the body since [`Subject::take_missed`], and it could not
-    /// be read (a number beyond a double's range, an escaped lone surrogate: JSON the envelope
-    /// forwards as it came, but no tree holds). A rule that needed it cannot be decided.
-    missed: bool,
+    /// What a condition or action asked for since [`Subject::take_missed`] and could not
+    /// have: the body, unreadable (a number beyond a double's range, an escaped lone
+    /// surrogate: JSON the envelope forwards as it came, but no tree holds), or what is known
+    /// of the caller. A rule that needed it cannot be decided.
+    missed: Option<Missed>,
+    /// The session's caller, once looked up (for messages towards the client).
+    #[allow(clippy::option_option)] // Not looked up yet; looked up, and there is none; found.
+    session_caller: Option<Option<Arc<Principal>>>,
+}
+
+/// What a rule needed and could not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missed {
+    /// The message's JSON, and why it cannot be read.
+    Body(String),
+    /// Something about the caller, and why it is not known.
+    Caller(String),
+}
+
+impl Missed {
+    /// Why, in words.
+    pub fn why(&self) -> &str {
+        match self {
+            Self::Body(why) | Self::Caller(why) => why,
+        }
+    }
 }
 
 impl<'a> Subject<'a> {
@@ -293,7 +352,8 @@ impl<'a> Subject<'a> {
             body: Body::Unparsed,
             name: None,
             changed: false,
-            missed: false,
+            missed: None,
+            session_caller: None,
         }
     }
 
@@ -308,8 +368,8 @@ impl<'a> Subject<'a> {
         }
         match &self.body {
             Body::Parsed(value) => Some(value),
-            Body::Unusable(_) => {
-                self.missed = true;
+            Body::Unusable(why) => {
+                self.missed = Some(Missed::Body(why.clone()));
                 None
             }
             Body::Unparsed => None,
@@ -330,16 +390,40 @@ impl<'a> Subject<'a> {
         self.body()?.get(member)
     }
 
-    /// Why the body could not be read, if something asked for it since the last call and it
-    /// could not be; starts over.
-    pub fn take_missed(&mut self) -> Option<&str> {
-        if !std::mem::take(&mut self.missed) {
+    /// What a rule asked for since the last call and could not have; starts over.
+    pub fn take_missed(&mut self) -> Option<Missed> {
+        self.missed.take()
+    }
+
+    /// Who the rules about the caller (`subject`, `scope`, `claim`, `require_scope`) are
+    /// about: the authenticated sender of a client's message; for a message towards the
+    /// client, the session's caller. `None` without authentication. When the session serves
+    /// several callers (a shared stateless child), a message towards the client is nobody's
+    /// in particular: asking is a miss, and the rule cannot be decided.
+    pub fn caller(&mut self) -> Option<&Principal> {
+        if let Some(principal) = self.client.principal() {
+            return Some(principal);
+        }
+        if self.direction == Direction::ClientToServer {
             return None;
         }
-        match &self.body {
-            Body::Unusable(why) => Some(why),
-            Body::Unparsed | Body::Parsed(_) => None,
+        if self.session.callers_mixed() {
+            self.missed = Some(Missed::Caller(
+                "the session's server serves several callers, so a message from it is no one caller's"
+                    .into(),
+            ));
+            return None;
         }
+        self.session_caller
+            .get_or_insert_with(|| self.session.caller())
+            .as_deref()
+    }
+
+    /// Notes that a rule needed `claim` of the caller, which the gateway does not keep.
+    pub fn missed_claim(&mut self, claim: &str) {
+        self.missed = Some(Missed::Caller(format!(
+            "the gateway does not keep the token claim {claim:?} (add --auth-claim {claim})"
+        )));
     }
 
     /// The message's JSON as rules left it, if a rule changed it.
@@ -454,6 +538,9 @@ impl Match {
                 return false;
             }
         }
+        if !self.caller_holds(s) {
+            return false;
+        }
         for (glob, kind) in [
             (&self.tool, NameKind::Tool),
             (&self.prompt, NameKind::Prompt),
@@ -476,6 +563,44 @@ impl Match {
         self.all.iter().all(|m| m.matches(s))
             && (self.any.is_empty() || self.any.iter().any(|m| m.matches(s)))
             && self.not.as_ref().is_none_or(|m| !m.matches(s))
+    }
+
+    /// Whether the conditions on the caller hold: none without an authenticated caller; a
+    /// claim the gateway does not keep is a miss (the rule cannot be decided).
+    fn caller_holds(&self, s: &mut Subject<'_>) -> bool {
+        if self.subject.is_none() && self.scope.is_none() && self.claim.is_empty() {
+            return true;
+        }
+        let Some(caller) = s.caller() else {
+            return false;
+        };
+        if self
+            .subject
+            .as_ref()
+            .is_some_and(|glob| !glob.is_match(&caller.subject))
+            || self
+                .scope
+                .as_ref()
+                .is_some_and(|scopes| !scopes.as_slice().iter().all(|s| caller.has_scope(s)))
+        {
+            return false;
+        }
+        let mut not_kept = None;
+        for (name, glob) in &self.claim {
+            match caller.claim_texts(name) {
+                Some(texts) if texts.iter().any(|t| glob.is_match(t)) => {}
+                Some(_) => return false,
+                None => {
+                    not_kept = Some(name);
+                    break;
+                }
+            }
+        }
+        if let Some(name) = not_kept {
+            s.missed_claim(name);
+            return false;
+        }
+        true
     }
 
     /// Its top-level name condition (the first, if it has several: each must hold).

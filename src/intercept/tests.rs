@@ -371,7 +371,7 @@ fn a_bad_reload_keeps_the_running_rules() {
     assert_eq!(rules.len(), 1);
     std::fs::write(&path, "version: 1\nrules:\n  - name: a\n    nope: 1\n").unwrap();
     let err = rules.reload().unwrap_err().to_string();
-    assert!(err.ends_with("rules.yaml:4:5: unknown field `nope`, expected one of name, priority, mode, match, block, mock, modify, delay, delay_between, tag, log, hide, rate_limit"), "{err}");
+    assert!(err.ends_with("rules.yaml:4:5: unknown field `nope`, expected one of name, priority, mode, match, block, mock, modify, delay, delay_between, tag, log, hide, rate_limit, require_scope"), "{err}");
     assert_eq!(rules.len(), 1);
     std::fs::write(&path, "version: 1\nrules: []\n").unwrap();
     assert!(rules.reload().unwrap());
@@ -1135,4 +1135,231 @@ fn a_rule_limit_is_checked_when_the_file_is_read() {
         let err = Rules::load(&path, None).unwrap_err().to_string();
         assert!(err.contains(says), "{limit}: {err}");
     }
+}
+
+fn principal(subject: &str, scopes: &[&str], claims: Value) -> crate::session::Principal {
+    crate::session::Principal {
+        id: format!("https://id.example#{subject}"),
+        subject: subject.into(),
+        issuer: Some("https://id.example".into()),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        claims: claims
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// [`run`] with the message sent by `caller`.
+async fn run_as(
+    rules: &Rules,
+    session: &Session,
+    caller: Option<&crate::session::Principal>,
+    m: &Value,
+) -> Verdict {
+    let metrics = Metrics::default();
+    let cx = Context {
+        direction: Direction::ClientToServer,
+        session,
+        transport: &Wire::NONE,
+        client: caller.map_or(crate::stage::Client::Local, crate::stage::Client::Subject),
+    };
+    rules.process(msg(m), cx, None, &metrics).await
+}
+
+#[tokio::test]
+async fn subject_scope_and_claim_conditions_match_the_caller() {
+    let rules = rules(
+        "version: 1\nrules:\n\
+         - name: bob may not sample\n  match: {tool: sample, subject: bob}\n  block: {}\n\
+         - name: drops need admin\n  match: {tool: drop, not: {scope: [admin, 'files:write']}}\n  block: {}\n\
+         - name: acme only\n  match: {tool: 'acme_*', not: {claim: {tenant: acme, groups: 'ops-*'}}}\n  block: {}\n",
+    );
+    let session = Session::standalone(TransportKind::Http, 10);
+    let alice = principal(
+        "alice",
+        &["admin", "files:write"],
+        json!({"tenant": "acme", "groups": ["dev", "ops-eu"]}),
+    );
+    let bob = principal("bob", &["admin"], json!({"tenant": "acme", "groups": null}));
+    let outcome = |verdict: Verdict| json_of(&verdict).0;
+    for (who, tool, want) in [
+        (Some(&bob), "sample", "respond"),
+        (Some(&alice), "sample", "forward"),
+        (None, "sample", "forward"),
+        (Some(&alice), "drop", "forward"),
+        (Some(&bob), "drop", "respond"),
+        (None, "drop", "respond"),
+        (Some(&alice), "acme_bill", "forward"),
+        (Some(&bob), "acme_bill", "respond"),
+        (None, "acme_bill", "respond"),
+    ] {
+        let verdict = run_as(&rules, &session, who, &call(1, tool, json!({}))).await;
+        assert_eq!(
+            outcome(verdict),
+            want,
+            "{tool} by {:?}",
+            who.map(|p| &p.subject)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_claim_the_gateway_does_not_keep_refuses_what_the_rule_decides() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: tenants\n    match: {tool: echo, claim: {tenant: other}}\n    block: {}\n",
+    );
+    let session = Session::standalone(TransportKind::Http, 10);
+    // The token's `tenant` was not kept (no --auth-claim tenant): the rule cannot tell.
+    let carol = principal("carol", &[], json!({}));
+    let verdict = run_as(&rules, &session, Some(&carol), &call(3, "echo", json!({}))).await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(answer["error"]["code"], -32091);
+    assert_eq!(answer["error"]["data"]["rule"], "tenants");
+    let detail = answer["error"]["data"]["detail"].as_str().unwrap();
+    assert!(detail.contains("--auth-claim tenant"), "{detail}");
+    // An API key has no claims: the condition simply does not hold.
+    let key = crate::session::Principal {
+        id: "key:ci".into(),
+        subject: "ci".into(),
+        issuer: None,
+        scopes: vec![],
+        claims: std::collections::BTreeMap::new(),
+    };
+    let verdict = run_as(&rules, &session, Some(&key), &call(4, "echo", json!({}))).await;
+    assert_eq!(json_of(&verdict).0, "forward");
+}
+
+#[tokio::test]
+async fn require_scope_answers_insufficient_scope_naming_what_to_ask_for() {
+    let needs_scope = rules(
+        "version: 1\nrules:\n  - name: writes\n    match: {tool: 'write_*'}\n    require_scope: ['files:write', audit]\n",
+    );
+    let session = Session::standalone(TransportKind::Http, 10);
+    let reader = principal("dana", &["mcp", "audit"], json!({}));
+    let verdict = run_as(
+        &needs_scope,
+        &session,
+        Some(&reader),
+        &call(5, "write_file", json!({})),
+    )
+    .await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "respond");
+    assert_eq!(answer["id"], 5);
+    assert_eq!(answer["error"]["code"], -32095);
+    let data = &answer["error"]["data"];
+    assert_eq!(data["shadowcat"], "insufficient_scope");
+    assert_eq!(data["scope"], "mcp audit files:write");
+    assert_eq!(data["missing"], json!(["files:write"]));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"write_file\""),
+        "{answer}"
+    );
+    let writer = principal("erin", &["files:write", "audit"], json!({}));
+    let verdict = run_as(
+        &needs_scope,
+        &session,
+        Some(&writer),
+        &call(6, "write_file", json!({})),
+    )
+    .await;
+    assert_eq!(json_of(&verdict).0, "forward");
+    // Without authentication there is no scope at all.
+    let verdict = run_as(
+        &needs_scope,
+        &session,
+        None,
+        &call(7, "write_file", json!({})),
+    )
+    .await;
+    assert_eq!(
+        json_of(&verdict).1["error"]["data"]["scope"],
+        "files:write audit"
+    );
+    // A notification without the scope is dropped.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/x", "params": {}});
+    let rules_all = rules("version: 1\nrules:\n  - name: all\n    require_scope: mcp\n");
+    assert_eq!(
+        json_of(&run_as(&rules_all, &session, None, &note).await).0,
+        "drop"
+    );
+    assert!(
+        RuleSet::parse(
+            "version: 1\nrules:\n  - name: a\n    require_scope: []\n",
+            false
+        )
+        .is_err()
+    );
+    assert!(
+        RuleSet::parse(
+            "version: 1\nrules:\n  - name: a\n    require_scope: 'a \"b'\n",
+            false
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_list_towards_the_client_is_filtered_for_the_sessions_caller() {
+    let rules = rules(
+        "version: 1\nrules:\n  - name: admin tools\n    match: {tool: 'admin_*', not: {claim: {groups: admins}}}\n    hide: true\n",
+    );
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "echo"}, {"name": "admin_reset"}]}});
+    let names = |verdict: &Verdict| {
+        json_of(verdict).1["result"]["tools"]
+            .as_array()
+            .map(|tools| tools.iter().map(|t| t["name"].clone()).collect::<Vec<_>>())
+    };
+    let session = Session::standalone(TransportKind::Http, 10);
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    assert_eq!(
+        names(&verdict),
+        Some(vec![json!("echo")]),
+        "no caller: hidden"
+    );
+    session.set_caller(&Arc::new(principal(
+        "alice",
+        &[],
+        json!({"groups": ["admins"]}),
+    )));
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    assert_eq!(
+        names(&verdict),
+        Some(vec![json!("echo"), json!("admin_reset")])
+    );
+    // A server serving several callers at once: its list is no one caller's, so it is refused.
+    session.mix_callers();
+    let (verdict, _) = run(
+        &rules,
+        &session,
+        Direction::ServerToClient,
+        &list,
+        Some(Method::from_name("tools/list")),
+    )
+    .await;
+    let (kind, answer) = json_of(&verdict);
+    assert_eq!(kind, "forward");
+    assert_eq!(answer["error"]["code"], -32091, "{answer}");
 }

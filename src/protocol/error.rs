@@ -84,11 +84,15 @@ pub enum ErrorCode {
     /// `-32094`: a request from a server shared by several sessions (`--share always`) that
     /// cannot be tied to exactly one of them; the server gets this rather than a guess.
     Unattributable,
+    /// `-32095`: a rule requires a scope the caller's token lacks (`require_scope:`;
+    /// `data.scope` names the scopes to ask for). The gateway answers such a POST 403
+    /// `insufficient_scope`, so that the client can step up.
+    InsufficientScope,
 }
 
 impl ErrorCode {
     /// Every code, in table order (for docs and tests).
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::MethodNotFound,
@@ -111,6 +115,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::PoolTimedOut,
         Self::Unattributable,
+        Self::InsufficientScope,
     ];
 
     /// The numeric JSON-RPC code.
@@ -138,6 +143,7 @@ impl ErrorCode {
             Self::RateLimited => -32092,
             Self::PoolTimedOut => -32093,
             Self::Unattributable => -32094,
+            Self::InsufficientScope => -32095,
         }
     }
 
@@ -166,6 +172,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::PoolTimedOut => "pool_timed_out",
             Self::Unattributable => "unattributable",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }

@@ -144,8 +144,15 @@ fn client_limits_each_address_alone() {
         4,
         "another address has its own"
     );
+    let alice = crate::session::Principal {
+        id: "key:alice".into(),
+        subject: "alice".into(),
+        issuer: None,
+        scopes: vec![],
+        claims: std::collections::BTreeMap::new(),
+    };
     assert_eq!(
-        passes(5, || b.check_as(&ping(), &s, Client::Subject("alice"))),
+        passes(5, || b.check_as(&ping(), &s, Client::Subject(&alice))),
         4
     );
     assert_eq!(passes(5, || b.check_as(&ping(), &s, Client::Local)), 4);

@@ -13,6 +13,7 @@ use super::declared::Declared;
 use super::id::SessionId;
 use super::lifecycle::{IllegalTransition, State};
 use super::pending::{Pending, PendingBudget, PendingRequests};
+use super::principal::Principal;
 use crate::protocol::{Direction, RequestId};
 
 /// How the client reached us.
@@ -115,6 +116,11 @@ pub struct Session {
     /// limits) for the front end to answer: the manager has no way to reach the peers.
     abandoned: [Mutex<Vec<(RequestId, Pending)>>; 2],
     closed: CancellationToken,
+    /// The authenticated principal of its latest request (what rules about the caller see in
+    /// the messages towards the client).
+    caller: arc_swap::ArcSwapOption<Principal>,
+    /// Whether it serves the requests of several callers at once (a shared stateless child's).
+    callers_mixed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +197,8 @@ impl Session {
             tape: std::sync::OnceLock::new(),
             kept: true,
             closed: CancellationToken::new(),
+            caller: arc_swap::ArcSwapOption::empty(),
+            callers_mixed: AtomicBool::new(false),
         }
     }
 
@@ -271,6 +279,41 @@ impl Session {
     /// Updates the metadata.
     pub fn update_metadata(&self, f: impl FnOnce(&mut Metadata)) {
         f(&mut lock(&self.meta));
+    }
+
+    /// The authenticated principal of its latest request, if the client authenticated.
+    pub fn caller(&self) -> Option<Arc<Principal>> {
+        self.caller.load_full()
+    }
+
+    /// Notes who sent its latest request: the first principal is recorded in the metadata
+    /// (the session is bound to it); a later one (the same identity, perhaps with a token of
+    /// other scopes) replaces it as the caller.
+    pub fn set_caller(&self, principal: &Arc<Principal>) {
+        if self
+            .caller
+            .load()
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(now, principal))
+        {
+            return;
+        }
+        self.caller.store(Some(principal.clone()));
+        let mut meta = lock(&self.meta);
+        if meta.principal.is_none() {
+            meta.principal = Some(principal.id.clone());
+        }
+    }
+
+    /// Notes that it serves the requests of several authenticated callers at once: a
+    /// message from its server is no one caller's.
+    pub fn mix_callers(&self) {
+        self.callers_mixed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it serves several callers at once ([`Session::mix_callers`]).
+    pub fn callers_mixed(&self) -> bool {
+        self.callers_mixed.load(Ordering::Relaxed)
     }
 
     /// Adds a tag.

@@ -12,9 +12,10 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::header::{HOST, WWW_AUTHENTICATE};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::auth::Principal;
+use crate::protocol::{Kind, Message};
 use crate::session::SessionId;
 use crate::stage::Client;
 use crate::transport::http::MCP_SESSION_ID;
@@ -59,8 +60,8 @@ pub async fn authenticate(
                     "Unauthorized: this gateway needs an `Authorization: Bearer` token (see the WWW-Authenticate header)".to_owned()
                 }
                 crate::auth::Refusal::Invalid(why) => format!("Unauthorized: {why}"),
-                crate::auth::Refusal::Scope(scope) => {
-                    format!("Forbidden: the token lacks the scope {scope:?}")
+                crate::auth::Refusal::Scope { missing, .. } => {
+                    format!("Forbidden: the token lacks the scope {missing:?}")
                 }
             };
             let mut response = refuse(status, message);
@@ -85,6 +86,51 @@ pub async fn authenticate(
     next.run(request).await
 }
 
+/// What an answer refuses for, if it is a rule's `insufficient_scope` refusal
+/// (`require_scope:`): the scopes missing, and those to ask for.
+pub fn wanted_scope(answer: &Message) -> Option<(String, String)> {
+    if answer.kind() != Kind::Error
+        || memchr::memmem::find(answer.raw(), b"\"insufficient_scope\"").is_none()
+    {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_slice(answer.raw()).ok()?;
+    let data = body.get("error")?.get("data")?;
+    if data.get("shadowcat")? != "insufficient_scope" {
+        return None;
+    }
+    let missing = data
+        .get("missing")?
+        .as_array()?
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((missing, data.get("scope")?.as_str()?.to_owned()))
+}
+
+/// With authentication, the refusals for want of a scope a POST got (how many, and the scopes
+/// the first asks for) with the challenge that asks for them (RFC 6750 §3.1), so that the
+/// client can get a token with them and try again.
+pub fn step_up(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    forbidden: Option<((String, String), usize)>,
+) -> Option<(usize, HeaderValue)> {
+    let auth = gateway.auth.as_ref()?;
+    let ((missing, wanted), count) = forbidden?;
+    let (_, challenge) = auth.challenge(
+        &crate::auth::Refusal::Scope { missing, wanted },
+        host(headers),
+        &gateway.reverse.path,
+    );
+    tracing::info!(
+        count,
+        "refused requests for want of a scope: asking the client to step up"
+    );
+    Some((count, challenge))
+}
+
 /// The session a request names: its `Mcp-Session-Id`, or a 2024-11-05 message's `sessionId`.
 fn named_session(request: &Request) -> Option<SessionId> {
     if let Some(value) = request.headers().get(&MCP_SESSION_ID) {
@@ -104,7 +150,7 @@ pub type Caller = Option<axum::Extension<Arc<Principal>>>;
 /// Who the pipeline sees as the sender: the principal the request was let in with, else the
 /// client's address (what rate limits `per=client` key on).
 pub fn sender<'a>(caller: &'a Caller, address: Client<'a>) -> Client<'a> {
-    caller.as_ref().map_or(address, |principal| {
-        Client::Subject(principal.0.id.as_str())
-    })
+    caller
+        .as_ref()
+        .map_or(address, |principal| Client::Subject(&principal.0))
 }

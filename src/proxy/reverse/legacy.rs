@@ -167,6 +167,7 @@ pub async fn message(
         Frame::Batch(members) => members,
     };
     // Through the pipeline as a POST to /mcp goes; what the proxy answers goes on the stream.
+    link.bind(&caller);
     let mut headers = headers;
     let screened = super::screen::screen(
         &gateway,

@@ -29,6 +29,9 @@ pub(super) struct Screened {
     /// How many answers are refusals for want of room in the pending table (after
     /// `--pending-wait`).
     pub(super) busy: usize,
+    /// The scopes the first refusal for want of a scope (`require_scope:`) misses and asks
+    /// for, and how many answers are such refusals.
+    pub(super) forbidden: Option<((String, String), usize)>,
 }
 
 /// Each member of a POST (to `/mcp`, or to a 2024-11-05 session's `/message`) through the pipeline, in order (at the shared child
@@ -50,6 +53,7 @@ pub(super) async fn screen(
     let mut limited: Option<(Refusal, usize)> = None;
     // How many answers are refusals for want of room in the pending table (after --pending-wait).
     let mut busy = 0;
+    let mut forbidden: Option<((String, String), usize)> = None;
     for member in members {
         let member = match (member, aliases.as_deref_mut()) {
             (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
@@ -108,6 +112,8 @@ pub(super) async fn screen(
                             limited.get_or_insert((refusal, 0)).1 += 1;
                         } else if is_too_many_pending(&answer) {
                             busy += 1;
+                        } else if let Some(scope) = super::authn::wanted_scope(&answer) {
+                            forbidden.get_or_insert((scope, 0)).1 += 1;
                         }
                         let answer = answer.raw().clone();
                         answers.push(match &aliases {
@@ -127,6 +133,7 @@ pub(super) async fn screen(
         answers,
         limited,
         busy,
+        forbidden,
     }
 }
 

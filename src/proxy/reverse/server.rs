@@ -347,14 +347,28 @@ struct Refused<'a> {
     answers: &'a [Bytes],
     limited: Option<&'a (Refusal, usize)>,
     busy: usize,
+    /// With authentication: how many answers are refusals for want of a scope, and the
+    /// challenge that asks for it.
+    forbidden: Option<(usize, HeaderValue)>,
     batch: bool,
 }
 
 /// The answer to a POST refused whole: every member over a rate limit (429, with when to come
-/// back), or every request without room even after `--pending-wait` (503, `Retry-After: 1`).
+/// back), every request without room even after `--pending-wait` (503, `Retry-After: 1`), or
+/// every member refused by a rule for want of a scope (403 `insufficient_scope`, with the
+/// challenge that asks for it).
 fn refused_whole(r: &Refused<'_>) -> Option<Response> {
     if r.forwarded > 0 {
         return None;
+    }
+    if let Some((count, challenge)) = &r.forbidden {
+        if *count == r.answers.len() {
+            let mut response = json_response(StatusCode::FORBIDDEN, join(r.answers, r.batch));
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+            return Some(response);
+        }
     }
     if let Some((refusal, count)) = r.limited {
         if *count == r.answers.len() {
@@ -459,8 +473,10 @@ async fn post(
         Ok(opened) => opened,
         Err(response) => return response,
     };
-    if opened.new_session && !opened.stateless {
+    if !opened.shared {
         opened.link.bind(&caller);
+    } else if caller.is_some() {
+        opened.link.session.mix_callers();
     }
     let Intake {
         client,
@@ -477,7 +493,7 @@ async fn post(
             opened.link.session.id().clone(),
         )
     });
-    let screened = screen(
+    let mut screened = screen(
         &gateway,
         &opened.link,
         super::authn::sender(&caller, client),
@@ -491,6 +507,7 @@ async fn post(
         answers: &screened.answers,
         limited: screened.limited.as_ref(),
         busy: screened.busy,
+        forbidden: super::authn::step_up(&gateway, &headers, screened.forbidden.take()),
         batch,
     });
     if refused.is_some() || screened.expected.is_empty() {

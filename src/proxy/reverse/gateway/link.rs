@@ -70,13 +70,14 @@ impl SessionLink {
         }
     }
 
-    /// Binds the session to the principal that opened it (`caller`, with authentication).
+    /// Notes the principal of a request in the session (`caller`, with authentication): the
+    /// first binds the session to it; each is the caller rules see from then on.
     pub fn bind(&self, caller: &super::super::authn::Caller) {
         if let Some(principal) = caller {
-            let _ = self.owner.set(principal.id.clone());
-            self.session
-                .update_metadata(|m| m.principal = Some(principal.id.clone()));
-            tracing::info!(session = %self.session.id().digest(), principal = %principal.id, "the session belongs to its principal");
+            if self.owner.set(principal.id.clone()).is_ok() {
+                tracing::info!(session = %self.session.id().digest(), principal = %principal.id, "the session belongs to its principal");
+            }
+            self.session.set_caller(&principal.0);
         }
     }
 
