@@ -170,10 +170,6 @@ pub struct StdioServer {
     /// Header sent with every request to the --url server, "Name: value" (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
     pub header: Vec<String>,
-    /// Environment variable holding a bearer token for the --url server, sent as
-    /// "Authorization: Bearer <token>" to that server's origin only, and never logged.
-    #[arg(long, value_name = "VAR", requires = "url")]
-    pub bearer_token_env: Option<String>,
     /// Start the server command again when it fails (exits non-zero, is killed, or closes its
     /// stdout) while the client is connected: what it owed gets errors at once, then a new
     /// process is started after a backoff (exponential with jitter, 100 ms up to 30 s; 5
@@ -241,6 +237,34 @@ pub struct UpstreamArgs {
     /// connection (the server is down) ends the wait at once. [default: 5s]
     #[arg(long, env = "SHADOWCAT_RESUME_TIMEOUT", value_name = "DURATION")]
     pub resume_timeout: Option<String>,
+    /// Environment variable holding a bearer token for the HTTP server, sent as
+    /// "Authorization: Bearer <token>" to that server only, and never logged.
+    #[arg(long, value_name = "VAR")]
+    pub bearer_token_env: Option<String>,
+    /// File holding a bearer token for the HTTP server (its first line); read again when the
+    /// server refuses the token (401), so a rotated secret is picked up.
+    #[arg(long, env = "SHADOWCAT_BEARER_TOKEN_FILE", value_name = "PATH")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Token endpoint of the HTTP server's authorization server: a token is got there with
+    /// the OAuth client-credentials grant (with --upstream-client-id and
+    /// --upstream-client-secret-file), for the server's URL as the resource, and renewed
+    /// before it expires.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_TOKEN_URL", value_name = "URL")]
+    pub upstream_token_url: Option<String>,
+    /// Our client id at the --upstream-token-url authorization server.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CLIENT_ID", value_name = "ID")]
+    pub upstream_client_id: Option<String>,
+    /// File holding our client secret at the --upstream-token-url authorization server (sent
+    /// with HTTP Basic authentication).
+    #[arg(
+        long,
+        env = "SHADOWCAT_UPSTREAM_CLIENT_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub upstream_client_secret_file: Option<PathBuf>,
+    /// A scope to ask the --upstream-token-url authorization server for (repeatable).
+    #[arg(long = "upstream-scope", value_name = "SCOPE")]
+    pub upstream_scope: Vec<String>,
 }
 
 /// The server processes of `reverse -- <cmd>`: each session has its own, taken from a pool

@@ -124,6 +124,12 @@ struct FileConfig {
     path: Option<String>,
     upstream: Option<String>,
     upstream_header: Option<Vec<String>>,
+    bearer_token_env: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    upstream_token_url: Option<String>,
+    upstream_client_id: Option<String>,
+    upstream_client_secret_file: Option<PathBuf>,
+    upstream_scope: Option<Vec<String>>,
     upstream_ca: Option<PathBuf>,
     allowed_origin: Option<Vec<String>>,
     admin_listen: Option<String>,
@@ -356,6 +362,7 @@ impl Config {
 }
 
 mod auth;
+mod credentials;
 mod mode;
 pub mod recording;
 mod reverse;

@@ -6,6 +6,8 @@
 //!   one request written straight to it (`exchange`), `Restart`, `ChildCounters`.
 //! - [`reaper`]: a helper process that ends our children's process groups when we are killed.
 //! - [`http`]: the Streamable HTTP client: a pooled hyper client for one upstream URL.
+//! - [`credentials`]: the upstream's credentials that change: a token file, the OAuth
+//!   client-credentials grant; kept current by a task.
 //! - [`sse`]: server-sent events: writing them, and a bounded decoder.
 //! - [`writer`]: the outgoing half of a link: a queue drained into a buffered writer.
 //! - [`backoff`]: reconnection delays (exponential, full jitter, capped, at least `retry:`).
@@ -15,6 +17,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod credentials;
 pub mod files;
 pub mod http;
 pub mod lines;

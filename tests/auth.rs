@@ -411,10 +411,9 @@ fn incomplete_auth_options_are_refused() {
 /// The Python SDK 2.3.0 client's own OAuth support (client_credentials) against the gateway:
 /// refused 401, it reads our Protected Resource Metadata, finds the issuer there, gets a token
 /// for our resource from it, and calls a tool through the gateway.
-/// A gateway in front of the fixture on a port picked for its URL (the audience), with `opts`
-/// besides the issuer's; the Python SDK client (tests/peers/oauth_client.py) run against it,
-/// and what it said.
-fn sdk_client_through(issuer: &Issuer, opts: &[&str]) -> (Gateway, Value) {
+/// A gateway in front of the fixture on a port picked for its URL, which is the audience its
+/// tokens must name; with `opts` besides the issuer's. The gateway and its URL.
+fn resource_server(issuer: &Issuer, opts: &[&str]) -> (Gateway, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -425,10 +424,17 @@ fn sdk_client_through(issuer: &Issuer, opts: &[&str]) -> (Gateway, Value) {
     cmd.args(["--log-level", "debug", "reverse", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--auth-issuer", &issuer.url, "--auth-audience", &url])
+        .args(["--auth-jwks-url", &issuer.jwks_uri])
         .args(opts)
         .arg("--")
         .arg(support::fixture());
-    let gw = Gateway::spawn(cmd);
+    (Gateway::spawn(cmd), url)
+}
+
+/// [`resource_server`], and the Python SDK client (tests/peers/oauth_client.py) run against
+/// it: the gateway, and what the client said.
+fn sdk_client_through(issuer: &Issuer, opts: &[&str]) -> (Gateway, Value) {
+    let (gw, url) = resource_server(issuer, opts);
     let out = Command::new(support::python("2.3.0"))
         .arg(support::peers().join("oauth_client.py"))
         .args([&url, &issuer.url])
@@ -782,4 +788,240 @@ fn the_python_sdk_client_steps_up_to_the_scope_a_tool_needs() {
     assert_eq!(said["text"], "authorized");
     let log = gw.stderr_text();
     assert!(log.contains("asking the client to step up"), "{log}");
+}
+
+impl Issuer {
+    /// Its token endpoint, on 127.0.0.1 where it listens.
+    fn token_url(&self) -> String {
+        format!("{}/token", self.url.replace("//localhost:", "//127.0.0.1:"))
+    }
+
+    /// How many tokens its token endpoint gave.
+    fn granted(&mut self) -> u64 {
+        self.send(&json!({"granted": true}))["granted"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// A file holding `text`, in `dir`.
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The options that have a gateway get its upstream's tokens with the client-credentials
+/// grant, as client `id`.
+fn grant_options(issuer: &Issuer, dir: &tempfile::TempDir, id: &str) -> Vec<String> {
+    [
+        "--upstream-token-url",
+        &issuer.token_url(),
+        "--upstream-client-id",
+        id,
+        "--upstream-client-secret-file",
+        &write_file(dir, "secret", "s3cret\n"),
+        "--upstream-scope",
+        "mcp:tools",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The gateway in front of an authenticating upstream gets its own token there with the
+/// client-credentials grant (for the upstream's URL as the resource), renews it before it
+/// expires, and never passes its client's token on: the upstream sees the gateway's identity.
+#[test]
+fn the_gateway_gets_its_upstream_a_token_with_the_client_credentials_grant() {
+    let mut issuer = Issuer::start();
+    issuer.send(&json!({"lifetime": 2}));
+    let (upstream, url) = resource_server(
+        &issuer,
+        &["--auth-scope", "mcp:tools", "--auth-leeway", "1s"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = vec!["--upstream".to_owned(), url];
+    opts.extend(grant_options(&issuer, &dir, "front-gateway"));
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let gw = Gateway::start(&opts);
+    let session = gw.initialize();
+    // Calls over three lifetimes of the token: each needs a token that has not expired.
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        let r = gw.post(Some(&session), &call_body("granted"));
+        let answer = answer(&r);
+        assert_eq!(
+            answer["result"]["content"][0]["text"],
+            "granted",
+            "{answer}\n{}",
+            gw.stderr_text()
+        );
+        calls += 1;
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(calls >= 10);
+    let granted = issuer.granted();
+    assert!(
+        granted >= 3,
+        "the token was renewed before it expired: {granted} grants"
+    );
+    let log = upstream.stderr_text();
+    assert!(
+        log.contains("#front-gateway"),
+        "the upstream saw the gateway's identity:\n{log}"
+    );
+}
+
+/// The bridge (`forward stdio --url`) gets the token for a stdio client that cannot do OAuth.
+#[test]
+fn the_bridge_gets_a_stdio_client_a_token_with_the_client_credentials_grant() {
+    let issuer = Issuer::start();
+    let (upstream, url) = resource_server(&issuer, &["--auth-scope", "mcp:tools"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = support::command();
+    cmd.args(["--log-level", "debug", "forward", "stdio", "--url", &url])
+        .args(grant_options(&issuer, &dir, "stdio-bridge"));
+    let mut bridge = support::Proxy::spawn(cmd);
+    bridge.initialize();
+    let answer = bridge.call(
+        2,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "bridged"}}),
+    );
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "bridged",
+        "{answer}\n{}",
+        bridge.stderr_text()
+    );
+    assert!(upstream.stderr_text().contains("#stdio-bridge"));
+}
+
+/// A grant the authorization server refuses, or options that do not make one, keep the gateway
+/// from starting with an error that says which.
+#[test]
+fn upstream_credential_options_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir, "secret", "s");
+    let empty = write_file(&dir, "empty", "\n");
+    for (args, says) in [
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-client-id",
+                "a",
+            ],
+            "--upstream-client-id needs --upstream-token-url",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
+                "http://127.0.0.1:9/token",
+                "--upstream-client-id",
+                "a",
+            ],
+            "--upstream-token-url needs --upstream-client-secret-file",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
+                "ftp://x/token",
+                "--upstream-client-id",
+                "a",
+                "--upstream-client-secret-file",
+                &secret,
+            ],
+            "expected an http:// or https:// URL",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
+                "http://127.0.0.1:9/token",
+                "--upstream-client-id",
+                "a",
+                "--upstream-client-secret-file",
+                &empty,
+            ],
+            "is empty",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--bearer-token-file",
+                &secret,
+                "--upstream-header",
+                "Authorization: Bearer x",
+            ],
+            "--bearer-token-file and an Authorization header both give",
+        ),
+        (
+            vec!["--bearer-token-file", &secret, "--", "true"],
+            "applies to an --upstream server, not to a server command",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--bearer-token-file",
+                "/nonexistent/token",
+            ],
+            "cannot read the token file /nonexistent/token",
+        ),
+    ] {
+        if args.contains(&"--") {
+            let (before, _) = args.split_at(args.iter().position(|a| *a == "--").unwrap());
+            support::assert_reverse_refuses(before, says);
+            continue;
+        }
+        let out = support::command()
+            .arg("reverse")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// A `tools/call` of `echo` saying `text`.
+fn call_body(text: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params": support::tool("echo", json!({"text": text}))})
+}
+
+/// A token file: its token is sent to the upstream; when the upstream refuses it (401) the
+/// file is read again and the request sent once more, so a rotated secret is picked up
+/// without a restart.
+#[test]
+fn a_token_file_is_read_again_when_the_upstream_refuses_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "front-key-0123456789";
+    let keys = write_file(
+        &dir,
+        "keys",
+        &format!("front {}\n", shadowcat::auth::keys::hash_line(key)),
+    );
+    let upstream = Gateway::fixture(&["--api-key-file", &keys]);
+    let token = write_file(&dir, "token", "an-old-key\n");
+    let url = format!("http://{}/mcp", upstream.addr);
+    let gw = Gateway::start(&["--upstream", &url, "--bearer-token-file", &token]);
+    std::fs::write(dir.path().join("token"), format!("{key}\n")).unwrap();
+    let session = gw.initialize();
+    let r = gw.post(Some(&session), &call_body("rotated"));
+    assert_eq!(
+        answer(&r)["result"]["content"][0]["text"],
+        "rotated",
+        "{r:?}"
+    );
+    assert!(gw.stderr_text().contains("sending again with renewed ones"));
+    assert!(upstream.stderr_text().contains("key:front"));
 }

@@ -126,23 +126,8 @@ pub(super) fn auth_config(
             format!("{bad:?}: a claim name is 1 to 128 printable ASCII characters"),
         ));
     }
-    if scopes.len() > MAX_REQUIRED_SCOPES {
-        return Err(invalid(
-            "--auth-scope",
-            format!("at most {MAX_REQUIRED_SCOPES}"),
-        ));
-    }
-    if let Some(bad) = scopes.iter().find(|s| {
-        s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    }) {
-        return Err(invalid(
-            "--auth-scope",
-            format!("{bad:?}: a scope is printable ASCII without spaces, quotes or backslashes"),
-        ));
-    }
+    crate::session::principal::check_scopes(&scopes, MAX_REQUIRED_SCOPES)
+        .map_err(|why| invalid("--auth-scope", why))?;
     Ok(Some(AuthConfig {
         oauth,
         api_keys,

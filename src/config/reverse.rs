@@ -85,6 +85,8 @@ pub struct UpstreamConfig {
     pub url: http::Uri,
     /// Headers sent with every request (credentials marked sensitive).
     pub headers: http::HeaderMap,
+    /// Credentials that change while we run (a token file, an OAuth grant).
+    pub credentials: Option<Box<crate::transport::credentials::Source>>,
     /// Time to connect.
     pub connect_timeout: Duration,
     /// Extra CA certificates to trust for https (`--upstream-ca`).
@@ -262,6 +264,12 @@ impl ReverseConfig {
             )?;
             ReverseUpstream::Http(upstream_config(url, headers, &args.upstream_options, file)?)
         } else {
+            if let Some(flag) = super::credentials::any_given(&args.upstream_options) {
+                return Err(invalid(
+                    flag,
+                    "applies to an --upstream server, not to a server command".into(),
+                ));
+            }
             let mut command = args.command.iter().cloned();
             let Some(program) = command.next() else {
                 return Err(invalid("CMD", "empty server command".into()));
@@ -471,6 +479,10 @@ impl ReverseConfig {
             ("--upstream-ca", args.upstream.upstream_ca.is_some()),
             ("--read-timeout", args.upstream.read_timeout.is_some()),
             ("--resume-timeout", args.upstream.resume_timeout.is_some()),
+            (
+                super::credentials::any_given(&args.upstream).unwrap_or_default(),
+                super::credentials::any_given(&args.upstream).is_some(),
+            ),
         ];
         match given.iter().find(|(_, set)| *set) {
             Some((flag, _)) => Err(invalid(
@@ -503,44 +515,9 @@ impl ReverseConfig {
             ));
         }
         let url = parse_upstream_url(url, "--url")?;
-        let mut headers = parse_headers(&args.header, "--header")?;
-        if let Some(var) = &args.bearer_token_env {
-            if headers.contains_key(http::header::AUTHORIZATION) {
-                return Err(invalid(
-                    "--bearer-token-env",
-                    "an Authorization --header is given too; use one or the other".into(),
-                ));
-            }
-            headers.insert(http::header::AUTHORIZATION, bearer_token(var)?);
-        }
+        let headers = parse_headers(&args.header, "--header")?;
         upstream_config(url, headers, &args.upstream, file)
     }
-}
-
-/// The `Authorization` value for the bearer token in the environment variable `var`, marked
-/// sensitive.
-fn bearer_token(var: &str) -> Result<http::HeaderValue, ConfigError> {
-    let token = std::env::var(var).map_err(|_| {
-        invalid(
-            "--bearer-token-env",
-            format!("the environment variable {var} is not set (or not UTF-8)"),
-        )
-    })?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(invalid(
-            "--bearer-token-env",
-            format!("the environment variable {var} is empty"),
-        ));
-    }
-    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        invalid(
-            "--bearer-token-env",
-            format!("the token in {var} is not a valid header value"),
-        )
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// Headers given as "Name: value" lines to `flag`.
@@ -557,10 +534,12 @@ fn parse_headers(lines: &[String], flag: &'static str) -> Result<http::HeaderMap
 /// CAs to trust, how long streams may be silent and broken ones are resumed.
 fn upstream_config(
     url: http::Uri,
-    headers: http::HeaderMap,
+    mut headers: http::HeaderMap,
     args: &UpstreamArgs,
     file: &FileConfig,
 ) -> Result<UpstreamConfig, ConfigError> {
+    let credentials =
+        super::credentials::credentials(args, file, &url, &mut headers)?.map(Box::new);
     let connect_timeout = match pick(args.connect_timeout.as_ref(), file.connect_timeout.as_ref()) {
         Some(text) => parse_duration(&text, "--connect-timeout")?,
         None => crate::transport::http::DEFAULT_CONNECT_TIMEOUT,
@@ -568,6 +547,7 @@ fn upstream_config(
     Ok(UpstreamConfig {
         url,
         headers,
+        credentials,
         connect_timeout,
         upstream_ca: load_ca(args.upstream_ca.as_ref().or(file.upstream_ca.as_ref()))?,
         read_timeout: read_timeout(args.read_timeout.as_ref(), file.read_timeout.as_ref())?,

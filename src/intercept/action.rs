@@ -306,6 +306,9 @@ pub struct RequireScope {
     scopes: Vec<String>,
 }
 
+/// Most scopes one `require_scope:` names.
+const MAX_REQUIRED_SCOPES: usize = 32;
+
 impl RequireScope {
     /// Rule `rule`'s requirement of `scopes`, each a valid scope token (RFC 6749 §3.3, and no
     /// quote or backslash, to go in a challenge as it is).
@@ -315,16 +318,8 @@ impl RequireScope {
                 "rule {rule:?}: require_scope needs one or more scopes"
             ));
         }
-        if let Some(bad) = scopes.iter().find(|s| {
-            s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        }) {
-            return Err(format!(
-                "rule {rule:?}: require_scope {bad:?}: a scope is printable ASCII without spaces, quotes or backslashes"
-            ));
-        }
+        crate::session::principal::check_scopes(&scopes, MAX_REQUIRED_SCOPES)
+            .map_err(|why| format!("rule {rule:?}: require_scope {why}"))?;
         Ok(Self { scopes })
     }
 

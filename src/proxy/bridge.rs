@@ -31,7 +31,9 @@ use super::outbox::{Closed, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY, Deliver
 use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::shutdown::Shutdown;
-use super::upstream::http::{HttpBackend, HttpLimits, HttpSession, client_for, version_header};
+use super::upstream::http::{
+    HttpBackend, HttpLimits, HttpSession, client_for, start_credentials, version_header,
+};
 use crate::task::Task;
 
 /// Why the bridge is stopping.
@@ -107,8 +109,9 @@ pub async fn run(
         &config.rate_limits,
         crate::intercept::start(config.rules.as_ref()),
     ));
+    let credentials = start_credentials(upstream).await?;
     let backend = HttpBackend::new(
-        client_for(upstream),
+        client_for(upstream, credentials),
         HttpLimits::of(config, upstream),
         pipeline.clone(),
         sessions.clone(),

@@ -56,19 +56,28 @@ use crate::transport::serve::{raise_descriptor_limit, serve};
 use super::shutdown::Shutdown;
 use gateway::Gateway;
 
-/// The checks of clients' tokens, if `--auth-issuer` or `--api-key-file` asks for them (a key
-/// file that cannot be used keeps the gateway from starting).
+/// The checks of clients' tokens, if `--auth-issuer` or `--api-key-file` asks for them, and
+/// the credentials for an HTTP upstream that change (a token file, an OAuth grant). A key file
+/// that cannot be used, or credentials refused, keep the gateway from starting.
 async fn start_auth(
     reverse: &ReverseConfig,
-) -> anyhow::Result<Option<Arc<crate::auth::Authenticator>>> {
-    match &reverse.auth {
-        Some(auth) => Ok(Some(
+) -> anyhow::Result<(
+    Option<Arc<crate::auth::Authenticator>>,
+    Option<Arc<crate::transport::credentials::Credentials>>,
+)> {
+    let auth = match &reverse.auth {
+        Some(auth) => Some(
             crate::auth::Authenticator::start(auth)
                 .await
                 .map_err(anyhow::Error::msg)?,
-        )),
-        None => Ok(None),
-    }
+        ),
+        None => None,
+    };
+    let credentials = match reverse.http_upstream() {
+        Some(upstream) => crate::proxy::upstream::http::start_credentials(upstream).await?,
+        None => None,
+    };
+    Ok((auth, credentials))
 }
 
 /// Runs the gateway until `shutdown` asks it to stop; returns our exit code.
@@ -78,9 +87,15 @@ pub async fn run(
     sessions: &Arc<SessionManager>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let auth = start_auth(reverse).await?;
+    let (auth, credentials) = start_auth(reverse).await?;
     let authenticated = auth.is_some();
-    let gateway = Gateway::new(config.clone(), reverse.clone(), sessions.clone(), auth);
+    let gateway = Gateway::new(
+        config.clone(),
+        reverse.clone(),
+        sessions.clone(),
+        auth,
+        credentials,
+    );
     let stop_prune = CancellationToken::new();
     let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_prune.clone());
 

@@ -76,6 +76,26 @@ impl Principal {
     }
 }
 
+/// Whether `scopes` can be granted and asked for: at most `most`, each a scope token (RFC 6749
+/// §3.3) that also goes in a challenge as it is (no quote or backslash). The error says which
+/// is not.
+pub fn check_scopes(scopes: &[String], most: usize) -> Result<(), String> {
+    if scopes.len() > most {
+        return Err(format!("at most {most} scopes"));
+    }
+    match scopes.iter().find(|s| {
+        s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        Some(bad) => Err(format!(
+            "{bad:?}: a scope is printable ASCII without spaces, quotes or backslashes"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //!
 //! Only the headers MCP defines travel from a client to the upstream; credentials (`Authorization`,
 //! `Cookie`) and hop-by-hop headers never do. Fixed headers for the upstream come from
-//! configuration (`--upstream-header`).
+//! configuration (`--upstream-header`), and credentials that change from [`super::credentials`].
 
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     headers: HeaderMap,
+    /// Credentials that change while we run (an OAuth token), sent as `Authorization`.
+    credentials: Option<std::sync::Arc<super::credentials::Credentials>>,
     /// Longest wait for a response's headers (`--read-timeout`; `None`: no limit).
     response_timeout: Option<Duration>,
     /// The URL as it may be shown ([`shown_url`]).
@@ -143,8 +145,20 @@ impl HttpClient {
             shown: shown_url(&url),
             url,
             headers,
+            credentials: None,
             response_timeout: None,
         }
+    }
+
+    /// This client, sending `credentials` as `Authorization` with every request, and asking
+    /// them renewed (then sending the request once more) when the upstream answers 401.
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        credentials: Option<std::sync::Arc<super::credentials::Credentials>>,
+    ) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// This client, waiting at most `timeout` for each response's headers: an upstream that
@@ -178,6 +192,9 @@ impl HttpClient {
         let mut builder = Request::builder().method(method).uri(uri.clone());
         if let Some(headers) = builder.headers_mut() {
             headers.extend(self.headers.clone());
+            if let Some(authorization) = self.credentials.as_ref().and_then(|c| c.authorization()) {
+                headers.insert(http::header::AUTHORIZATION, authorization);
+            }
             if let Some(session) = session {
                 headers.insert(MCP_SESSION_ID.clone(), session.clone());
             }
@@ -203,17 +220,81 @@ impl HttpClient {
         session: Option<&HeaderValue>,
         client_headers: &HeaderMap,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut builder = self.request_to(Method::POST, uri, session);
-        if let Some(headers) = builder.headers_mut() {
-            for (name, value) in client_headers {
-                if is_forwarded_header(name) {
-                    headers.append(name.clone(), value.clone());
+        let build = || {
+            let mut builder = self.request_to(Method::POST, uri, session);
+            if let Some(headers) = builder.headers_mut() {
+                for (name, value) in client_headers {
+                    if is_forwarded_header(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
                 }
+                headers.insert(ACCEPT, ACCEPT_BOTH);
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
-            headers.insert(ACCEPT, ACCEPT_BOTH);
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            builder
+        };
+        self.send_authorized(build, body).await
+    }
+
+    /// POSTs `form` (`application/x-www-form-urlencoded`, with this client's headers) to its
+    /// URL, and reads the answer's status and body (at most `limit` bytes; the whole exchange
+    /// within the response timeout).
+    pub async fn post_form(
+        &self,
+        form: Bytes,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let builder = self.request(Method::POST, None);
+        let exchange = async {
+            let response = self
+                .send(builder, Full::new(form))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = read_body(response.into_body(), limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, body))
+        };
+        match self.response_timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {}",
+                        humantime::format_duration(limit)
+                    ))
+                }),
+            None => exchange.await,
         }
-        self.send(builder, Full::new(body)).await
+    }
+
+    /// Sends the request `build` makes; when the upstream answers 401 to the credentials it
+    /// carried and they can be renewed, sends it once more with the renewed ones (a 401 means
+    /// the upstream did not act on it).
+    async fn send_authorized(
+        &self,
+        build: impl Fn() -> http::request::Builder,
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let builder = build();
+        let Some(credentials) = &self.credentials else {
+            return self.send(builder, Full::new(body)).await;
+        };
+        let sent = builder
+            .headers_ref()
+            .and_then(|h| h.get(http::header::AUTHORIZATION))
+            .cloned();
+        let response = self.send(builder, Full::new(body.clone())).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        if credentials.renew(sent.as_ref()).await.is_none() {
+            tracing::warn!(upstream = %self.shown, "the upstream refused our credentials, and none other are to be had");
+            return Ok(response);
+        }
+        tracing::info!(upstream = %self.shown, "the upstream refused our credentials; sending again with renewed ones");
+        self.send(build(), Full::new(body)).await
     }
 
     /// Opens the upstream's GET stream for `session`, resuming after `last_event_id`.
@@ -223,17 +304,20 @@ impl HttpClient {
         protocol_version: Option<&HeaderValue>,
         last_event_id: Option<&HeaderValue>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut builder = self.request(Method::GET, session);
-        if let Some(headers) = builder.headers_mut() {
-            headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-            if let Some(version) = protocol_version {
-                headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
+        let build = || {
+            let mut builder = self.request(Method::GET, session);
+            if let Some(headers) = builder.headers_mut() {
+                headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+                if let Some(version) = protocol_version {
+                    headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
+                }
+                if let Some(id) = last_event_id {
+                    headers.insert(LAST_EVENT_ID.clone(), id.clone());
+                }
             }
-            if let Some(id) = last_event_id {
-                headers.insert(LAST_EVENT_ID.clone(), id.clone());
-            }
-        }
-        self.send(builder, Full::new(Bytes::new())).await
+            builder
+        };
+        self.send_authorized(build, Bytes::new()).await
     }
 
     /// GETs `uri` (a JSON document: metadata, a key set) and reads its body, at most `limit`
@@ -272,11 +356,14 @@ impl HttpClient {
         session: &HeaderValue,
         protocol_version: Option<&HeaderValue>,
     ) -> Result<StatusCode, UpstreamError> {
-        let mut builder = self.request(Method::DELETE, Some(session));
-        if let (Some(headers), Some(version)) = (builder.headers_mut(), protocol_version) {
-            headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
-        }
-        let response = self.send(builder, Full::new(Bytes::new())).await?;
+        let build = || {
+            let mut builder = self.request(Method::DELETE, Some(session));
+            if let (Some(headers), Some(version)) = (builder.headers_mut(), protocol_version) {
+                headers.insert(MCP_PROTOCOL_VERSION.clone(), version.clone());
+            }
+            builder
+        };
+        let response = self.send_authorized(build, Bytes::new()).await?;
         Ok(response.status())
     }
 

@@ -7,12 +7,17 @@
 //   {"rotate": "kid"}            -> a new RSA key with that kid, published in the JWKS
 //   {"forge": "none"}            -> {"token": ...} an unsigned token (alg none)
 //   {"forge": "hs256"}           -> {"token": ...} HS256-signed with the public key's PEM
+//   {"lifetime": s}              -> tokens from the token endpoint live s seconds from now on
+//   {"granted": true}            -> {"granted": n} how many tokens the token endpoint gave
 import { createHmac, createPublicKey } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { Events, OAuth2Server } from 'oauth2-mock-server';
 
 const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256', { kid: 'first' });
+// The token endpoint's token lifetime (unset: the server's default), and its grants so far.
+let lifetime;
+let granted = 0;
 // Tokens from the token endpoint are for the resource the client names (RFC 8707), as a real
 // authorization server issues them, and name the client as their subject.
 server.service.on(Events.BeforeTokenSigning, (token, req) => {
@@ -23,6 +28,14 @@ server.service.on(Events.BeforeTokenSigning, (token, req) => {
     const fromBasic = basic ? Buffer.from(basic, 'base64').toString().split(':')[0] : undefined;
     token.payload.sub = body.client_id ?? fromBasic ?? 'client';
   }
+  if (lifetime !== undefined && body.grant_type !== undefined) {
+    token.payload.exp = Math.floor(Date.now() / 1000) + lifetime;
+  }
+});
+server.service.on(Events.BeforeResponse, (response) => {
+  if (response.body?.access_token === undefined) return;
+  granted += 1;
+  if (lifetime !== undefined) response.body.expires_in = lifetime;
 });
 await server.start(0, '127.0.0.1');
 const issuer = server.issuer.url;
@@ -45,6 +58,10 @@ for await (const line of lines) {
       scopesOrTransform: (_header, payload) => Object.assign(payload, command.mint),
     });
     answer = { token };
+  } else if (command.lifetime !== undefined) {
+    lifetime = command.lifetime;
+  } else if (command.granted !== undefined) {
+    answer = { granted };
   } else if (command.rotate !== undefined) {
     await server.issuer.keys.generate('RS256', { kid: command.rotate });
   } else if (command.forge === 'none') {

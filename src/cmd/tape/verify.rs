@@ -75,10 +75,45 @@ fn server_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
     for header in &server.header {
         args.extend(["--header".into(), header.into()]);
     }
+    for scope in &server.upstream.upstream_scope {
+        args.extend(["--upstream-scope".into(), scope.into()]);
+    }
     let options = [
         (
             "--bearer-token-env",
-            server.bearer_token_env.clone().map(OsString::from),
+            server.upstream.bearer_token_env.clone().map(OsString::from),
+        ),
+        (
+            "--bearer-token-file",
+            server
+                .upstream
+                .bearer_token_file
+                .clone()
+                .map(OsString::from),
+        ),
+        (
+            "--upstream-token-url",
+            server
+                .upstream
+                .upstream_token_url
+                .clone()
+                .map(OsString::from),
+        ),
+        (
+            "--upstream-client-id",
+            server
+                .upstream
+                .upstream_client_id
+                .clone()
+                .map(OsString::from),
+        ),
+        (
+            "--upstream-client-secret-file",
+            server
+                .upstream
+                .upstream_client_secret_file
+                .clone()
+                .map(OsString::from),
         ),
         (
             "--connect-timeout",

@@ -149,6 +149,7 @@ impl Gateway {
         reverse: ReverseConfig,
         sessions: Arc<SessionManager>,
         auth: Option<Arc<crate::auth::Authenticator>>,
+        credentials: Option<Arc<crate::transport::credentials::Credentials>>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let pipeline = Arc::new(Pipeline::new(
@@ -160,7 +161,7 @@ impl Gateway {
         let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(
-                client_for(upstream),
+                client_for(upstream, credentials),
                 HttpLimits::of(&config, upstream),
                 pipeline.clone(),
                 sessions.clone(),

@@ -30,6 +30,7 @@ use crate::proxy::outbox::{Closed, Deliver};
 use crate::proxy::pipeline::Pipeline;
 use crate::session::{EndReason, Session, SessionManager};
 use crate::telemetry::UpstreamErrors;
+use crate::transport::credentials::Credentials;
 use crate::transport::http::{HttpClient, UpstreamError, read_body};
 
 use super::{Reply, ReplyTo, reply_channel};
@@ -81,8 +82,12 @@ impl HttpLimits {
     }
 }
 
-/// The pooled client for `upstream`: its URL, headers, CA and timeouts.
-pub fn client_for(upstream: &crate::config::UpstreamConfig) -> HttpClient {
+/// The pooled client for `upstream`: its URL, headers, credentials (started with
+/// [`start_credentials`]), CA and timeouts.
+pub fn client_for(
+    upstream: &crate::config::UpstreamConfig,
+    credentials: Option<Arc<Credentials>>,
+) -> HttpClient {
     HttpClient::new(
         upstream.url.clone(),
         upstream.headers.clone(),
@@ -90,6 +95,23 @@ pub fn client_for(upstream: &crate::config::UpstreamConfig) -> HttpClient {
         crate::transport::http::tls_config(&upstream.upstream_ca),
     )
     .with_response_timeout(upstream.read_timeout)
+    .with_credentials(credentials)
+}
+
+/// The credentials `upstream` gets from a token file or an OAuth grant, fetched now; an error
+/// is a source that refuses (a missing file, a grant the server refuses), which keeps us from
+/// starting.
+pub async fn start_credentials(
+    upstream: &crate::config::UpstreamConfig,
+) -> anyhow::Result<Option<Arc<Credentials>>> {
+    let Some(source) = &upstream.credentials else {
+        return Ok(None);
+    };
+    let tls = crate::transport::http::tls_config(&upstream.upstream_ca);
+    let credentials = Credentials::start((**source).clone(), tls, upstream.connect_timeout)
+        .await
+        .map_err(|why| anyhow::anyhow!("the upstream's credentials: {why}"))?;
+    Ok(Some(credentials))
 }
 
 /// What every session at one HTTP upstream shares.

@@ -41,7 +41,7 @@ fn gateway(extra: &[&str]) -> Arc<Gateway> {
     let mut reverse = ReverseConfig::build(&cli.global, options).unwrap();
     reverse.settle_sessions(&mut config.sessions);
     let sessions = SessionManager::new(config.sessions.clone(), None);
-    Gateway::new(config, reverse, sessions, None)
+    Gateway::new(config, reverse, sessions, None, None)
 }
 
 /// A POST to `/mcp` with `body` and the headers an MCP client sends, `extra` added or replacing.
