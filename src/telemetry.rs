@@ -232,8 +232,27 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
     upstream_errors: UpstreamErrors,
+    auth_refusals: Family<ReasonLabels, Counter>,
     connections: Arc<ConnectionCounters>,
     children: Arc<ChildCounters>,
+}
+
+/// Why the gateway's door refused a request (`shadowcat_auth_refusals`): `missing` (no
+/// token), `invalid_token`, `insufficient_scope` (an `--auth-scope` the token lacks),
+/// `step_up` (a rule's `require_scope:`), `foreign_session` (another principal's session).
+pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
+    "missing",
+    "invalid_token",
+    "insufficient_scope",
+    "step_up",
+    "foreign_session",
+];
+
+/// `reason` of a refusal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// One of [`AUTH_REFUSAL_REASONS`].
+    pub reason: &'static str,
 }
 
 /// `method` and `outcome` (`ok`, `error`: the answer was a JSON-RPC error).
@@ -560,6 +579,17 @@ impl GatewayMetrics {
                 .inc_by(0);
         }
         let upstream_errors = UpstreamErrors(upstream_errors);
+        let auth_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "shadowcat_auth_refusals",
+            "Requests refused at the door (--auth-*): missing, invalid_token, insufficient_scope, step_up, foreign_session",
+            auth_refusals.clone(),
+        );
+        for reason in AUTH_REFUSAL_REASONS {
+            auth_refusals
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         registry.register(
             "shadowcat_rule_actions",
             "Interceptor rule actions, by rule, action and mode (enforce, or audit: would have)",
@@ -593,9 +623,17 @@ impl GatewayMetrics {
             requests,
             durations,
             upstream_errors,
+            auth_refusals,
             connections,
             children,
         }
+    }
+
+    /// Counts a request refused at the door for `reason` (one of [`AUTH_REFUSAL_REASONS`]).
+    pub fn auth_refused(&self, reason: &'static str) {
+        self.auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The client listener's connection counters (the listener changes them).

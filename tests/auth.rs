@@ -310,7 +310,7 @@ fn a_rotated_signing_key_is_fetched_when_a_token_names_it() {
 #[test]
 fn a_session_is_bound_to_the_principal_that_opened_it() {
     let mut issuer = Issuer::start();
-    let gw = gateway(&issuer, &[]);
+    let gw = gateway(&issuer, &["--admin-listen", "127.0.0.1:0"]);
     let alice = issuer.token("alice", "");
     let mallory = issuer.token("mallory", "");
     let r = post(&gw, Some(&alice), None, &initialize_body());
@@ -331,6 +331,12 @@ fn a_session_is_bound_to_the_principal_that_opened_it() {
     assert_eq!(r.status, 404, "another principal cannot end it: {r:?}");
     let r = post(&gw, Some(&alice), Some(&session), ping.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
+    let metrics = http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("shadowcat_auth_refusals_total{reason=\"foreign_session\"} 2"),
+        "{text}"
+    );
 }
 
 /// Static API keys: the file holds their hashes; a known key is let in as its name, an unknown
@@ -743,6 +749,8 @@ fn a_tool_needing_a_scope_is_refused_403_until_the_token_has_it() {
             AUDIENCE,
             "--rules",
             &rules,
+            "--admin-listen",
+            "127.0.0.1:0",
         ],
     );
     let reader = issuer.token("dana", "mcp:tools");
@@ -774,6 +782,14 @@ fn a_tool_needing_a_scope_is_refused_403_until_the_token_has_it() {
     let r = call_tool(&gw, &writer, &session, "echo");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(answer(&r)["result"]["content"][0]["text"], "hi");
+    // Refusals at the door are counted by reason.
+    assert_eq!(post(&gw, None, None, &initialize_body()).status, 401);
+    let metrics = http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    for (reason, count) in [("step_up", 1), ("missing", 1), ("invalid_token", 0)] {
+        let line = format!("shadowcat_auth_refusals_total{{reason=\"{reason}\"}} {count}");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
 }
 
 /// The Python SDK's own OAuth support steps up: refused 403 `insufficient_scope` for a tool,

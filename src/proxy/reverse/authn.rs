@@ -55,6 +55,11 @@ pub async fn authenticate(
             let (status, challenge) =
                 auth.challenge(&refusal, host(request.headers()), &gateway.reverse.path);
             tracing::info!(?refusal, path = %request.uri().path(), "refused a request without a valid token");
+            gateway.metrics.auth_refused(match &refusal {
+                crate::auth::Refusal::Missing => "missing",
+                crate::auth::Refusal::Invalid(_) => "invalid_token",
+                crate::auth::Refusal::Scope { .. } => "insufficient_scope",
+            });
             let message = match &refusal {
                 crate::auth::Refusal::Missing => {
                     "Unauthorized: this gateway needs an `Authorization: Bearer` token (see the WWW-Authenticate header)".to_owned()
@@ -75,6 +80,7 @@ pub async fn authenticate(
             .is_some_and(|link| !link.owned_by(&principal.id));
         if foreign {
             tracing::warn!(principal = %principal.id, session = %id.digest(), "refused a session opened by another principal");
+            gateway.metrics.auth_refused("foreign_session");
             return refuse(
                 StatusCode::NOT_FOUND,
                 "Not Found: no such session (it expired or was ended); start a new one with initialize"
@@ -128,6 +134,7 @@ pub fn step_up(
         count,
         "refused requests for want of a scope: asking the client to step up"
     );
+    gateway.metrics.auth_refused("step_up");
     Some((count, challenge))
 }
 
