@@ -283,7 +283,7 @@ impl Authenticator {
 }
 
 /// The bearer token of `headers`' `Authorization` (case-insensitive scheme, RFC 6750 §2.1).
-fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(Refusal::Missing);
     };

@@ -265,6 +265,11 @@ pub struct UpstreamArgs {
     /// A scope to ask the --upstream-token-url authorization server for (repeatable).
     #[arg(long = "upstream-scope", value_name = "SCOPE")]
     pub upstream_scope: Vec<String>,
+    /// Instead of a token of our own, trade each caller's token at --upstream-token-url for
+    /// one for the server (RFC 8693 token exchange: the caller's identity kept, the gateway
+    /// named as the actor). `reverse` with --auth-issuer only.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_TOKEN_EXCHANGE")]
+    pub upstream_token_exchange: bool,
 }
 
 /// The server processes of `reverse -- <cmd>`: each session has its own, taken from a pool

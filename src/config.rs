@@ -130,6 +130,7 @@ struct FileConfig {
     upstream_client_id: Option<String>,
     upstream_client_secret_file: Option<PathBuf>,
     upstream_scope: Option<Vec<String>>,
+    upstream_token_exchange: Option<bool>,
     upstream_ca: Option<PathBuf>,
     allowed_origin: Option<Vec<String>>,
     admin_listen: Option<String>,

@@ -239,13 +239,15 @@ pub struct GatewayMetrics {
 
 /// Why the gateway's door refused a request (`shadowcat_auth_refusals`): `missing` (no
 /// token), `invalid_token`, `insufficient_scope` (an `--auth-scope` the token lacks),
-/// `step_up` (a rule's `require_scope:`), `foreign_session` (another principal's session).
-pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
+/// `step_up` (a rule's `require_scope:`), `foreign_session` (another principal's session),
+/// `exchange` (the authorization server would not exchange the token for the upstream's).
+pub const AUTH_REFUSAL_REASONS: [&str; 6] = [
     "missing",
     "invalid_token",
     "insufficient_scope",
     "step_up",
     "foreign_session",
+    "exchange",
 ];
 
 /// `reason` of a refusal.
@@ -582,7 +584,7 @@ impl GatewayMetrics {
         let auth_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "shadowcat_auth_refusals",
-            "Requests refused at the door (--auth-*): missing, invalid_token, insufficient_scope, step_up, foreign_session",
+            "Requests refused at the door (--auth-*): missing, invalid_token, insufficient_scope, step_up, foreign_session, exchange",
             auth_refusals.clone(),
         );
         for reason in AUTH_REFUSAL_REASONS {

@@ -26,6 +26,8 @@ struct Issuer {
     stdout: BufReader<ChildStdout>,
     url: String,
     jwks_uri: String,
+    /// Its RFC 8693 token exchange endpoint.
+    exchange_uri: String,
 }
 
 impl Issuer {
@@ -55,6 +57,7 @@ impl Issuer {
             stdout,
             url: ready["issuer"].as_str().unwrap().to_owned(),
             jwks_uri: ready["jwks_uri"].as_str().unwrap().to_owned(),
+            exchange_uri: ready["exchange_uri"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -987,6 +990,28 @@ fn upstream_credential_options_are_checked_at_start() {
             vec![
                 "--upstream",
                 "http://127.0.0.1:9/mcp",
+                "--upstream-token-exchange",
+            ],
+            "--upstream-token-exchange needs --upstream-token-url",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
+                "http://127.0.0.1:9/token",
+                "--upstream-client-id",
+                "a",
+                "--upstream-client-secret-file",
+                &secret,
+                "--upstream-token-exchange",
+            ],
+            "--upstream-token-exchange needs --auth-issuer",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
                 "--bearer-token-file",
                 "/nonexistent/token",
             ],
@@ -1007,6 +1032,21 @@ fn upstream_credential_options_are_checked_at_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // The bridge's stdio client presents no token to exchange.
+    let out = support::command()
+        .args(["forward", "stdio", "--url", "http://127.0.0.1:9/mcp"])
+        .args(["--upstream-token-url", "http://127.0.0.1:9/token"])
+        .args([
+            "--upstream-client-id",
+            "a",
+            "--upstream-client-secret-file",
+            &secret,
+        ])
+        .arg("--upstream-token-exchange")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a stdio client presents none"));
 }
 
 /// A `tools/call` of `echo` saying `text`.
@@ -1040,4 +1080,61 @@ fn a_token_file_is_read_again_when_the_upstream_refuses_its_token() {
     );
     assert!(gw.stderr_text().contains("sending again with renewed ones"));
     assert!(upstream.stderr_text().contains("key:front"));
+}
+
+/// RFC 8693 token exchange: each caller's token is traded at the authorization server for one
+/// for the upstream, which then sees the caller (not the gateway) as the principal; the trade
+/// is remembered for the caller's token, and a caller the server will not trade for is
+/// refused 403 before anything reaches the upstream.
+#[test]
+fn callers_tokens_are_exchanged_for_the_upstreams() {
+    let mut issuer = Issuer::start();
+    issuer.send(&json!({"refuse_exchange": "bob"}));
+    let (upstream, url) = resource_server(&issuer, &["--auth-scope", "mcp:tools"]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir, "secret", "s3cret\n");
+    let gw = Gateway::start(&[
+        "--auth-issuer",
+        &issuer.url,
+        "--auth-audience",
+        AUDIENCE,
+        "--auth-jwks-url",
+        &issuer.jwks_uri,
+        "--upstream",
+        &url,
+        "--upstream-token-url",
+        &issuer.exchange_uri,
+        "--upstream-client-id",
+        "front-gateway",
+        "--upstream-client-secret-file",
+        &secret,
+        "--upstream-scope",
+        "mcp:tools",
+        "--upstream-token-exchange",
+    ]);
+    let alice = issuer.token("alice", "mcp");
+    let session = open_session(&gw, &alice);
+    let echoed = answer(&call_tool(&gw, &alice, &session, "echo"));
+    assert_eq!(
+        echoed["result"]["content"][0]["text"],
+        "hi",
+        "{echoed}\n{}",
+        gw.stderr_text()
+    );
+    assert_eq!(
+        issuer.send(&json!({"exchanged": true}))["exchanged"],
+        1,
+        "one exchange for the caller's token, remembered for its other requests"
+    );
+    let log = upstream.stderr_text();
+    assert!(
+        log.contains("#alice"),
+        "the upstream saw the caller:\n{log}"
+    );
+    assert!(!log.contains("#front-gateway"), "{log}");
+    let bob = issuer.token("bob", "mcp");
+    let r = post(&gw, Some(&bob), None, &initialize_body());
+    assert_eq!(r.status, 403, "{r:?}");
+    let said = String::from_utf8_lossy(&r.body);
+    assert!(said.contains("bob may not reach that resource"), "{said}");
 }

@@ -62,7 +62,15 @@ pub(super) fn credentials(
             )
         })?;
     }
-    Ok(token_file.map(Source::File).or(grant.map(Source::Grant)))
+    let exchange = args.upstream_token_exchange || file.upstream_token_exchange == Some(true);
+    match (exchange, grant) {
+        (true, None) => Err(invalid(
+            "--upstream-token-exchange",
+            "--upstream-token-exchange needs --upstream-token-url".into(),
+        )),
+        (true, Some(grant)) => Ok(Some(Source::Exchange(grant))),
+        (false, grant) => Ok(token_file.map(Source::File).or(grant.map(Source::Grant))),
+    }
 }
 
 /// Whether any credential option is given (they need an HTTP server).
@@ -77,6 +85,7 @@ pub(super) fn any_given(args: &UpstreamArgs) -> Option<&'static str> {
             "--upstream-client-secret-file",
         ),
         (!args.upstream_scope.is_empty(), "--upstream-scope"),
+        (args.upstream_token_exchange, "--upstream-token-exchange"),
     ]
     .into_iter()
     .find_map(|(set, flag)| set.then_some(flag))

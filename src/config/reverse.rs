@@ -301,6 +301,14 @@ impl ReverseConfig {
             file,
             matches!(upstream, ReverseUpstream::Http(_)),
         )?;
+        let auth = super::auth::auth_config(&args.auth, file)?;
+        let exchanges = matches!(&upstream, ReverseUpstream::Http(u) if matches!(u.credentials.as_deref(), Some(crate::transport::credentials::Source::Exchange(_))));
+        if exchanges && auth.as_ref().is_none_or(|a| a.oauth.is_none()) {
+            return Err(invalid(
+                "--upstream-token-exchange",
+                "--upstream-token-exchange needs --auth-issuer: the callers' tokens are what is exchanged".into(),
+            ));
+        }
         Ok(Self {
             trusted_proxies,
             listen,
@@ -323,7 +331,7 @@ impl ReverseConfig {
             sse_keepalive,
             connections,
             max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
-            auth: super::auth::auth_config(&args.auth, file)?,
+            auth,
             chosen,
         })
     }
@@ -516,7 +524,16 @@ impl ReverseConfig {
         }
         let url = parse_upstream_url(url, "--url")?;
         let headers = parse_headers(&args.header, "--header")?;
-        upstream_config(url, headers, &args.upstream, file)
+        let upstream = upstream_config(url, headers, &args.upstream, file)?;
+        if let Some(crate::transport::credentials::Source::Exchange(_)) =
+            upstream.credentials.as_deref()
+        {
+            return Err(invalid(
+                "--upstream-token-exchange",
+                "applies to the gateway (reverse), whose callers present tokens; a stdio client presents none: use --upstream-token-url alone".into(),
+            ));
+        }
+        Ok(upstream)
     }
 }
 

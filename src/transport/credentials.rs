@@ -42,6 +42,8 @@ pub enum Source {
     File(PathBuf),
     /// The client-credentials grant.
     Grant(Grant),
+    /// RFC 8693 token exchange of each caller's token (at the gateway), as this client.
+    Exchange(Grant),
 }
 
 /// An OAuth client's grant of its own credentials.
@@ -83,6 +85,11 @@ impl Source {
             Self::File(path) => format!("the token file {}", path.display()),
             Self::Grant(grant) => format!(
                 "the client-credentials grant of {} at {}",
+                grant.client_id,
+                super::http::shown_url(&grant.token_url)
+            ),
+            Self::Exchange(grant) => format!(
+                "token exchange by {} at {}",
                 grant.client_id,
                 super::http::shown_url(&grant.token_url)
             ),
@@ -214,27 +221,8 @@ impl Fetcher {
     fn new(source: Source, tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
         let client = match &source {
             Source::File(_) => None,
-            Source::Grant(grant) => {
-                let mut headers = HeaderMap::new();
-                let basic = format!(
-                    "{}:{}",
-                    form_encode(&grant.client_id),
-                    form_encode(&grant.client_secret)
-                );
-                let basic = base64::engine::general_purpose::STANDARD.encode(basic);
-                if let Ok(mut value) = HeaderValue::from_str(&format!("Basic {basic}")) {
-                    value.set_sensitive(true);
-                    headers.insert(AUTHORIZATION, value);
-                }
-                headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-                Some(
-                    HttpClient::new(grant.token_url.clone(), headers, connect_timeout, tls)
-                        .with_response_timeout(Some(TOKEN_TIMEOUT)),
-                )
+            Source::Grant(grant) | Source::Exchange(grant) => {
+                Some(token_client(grant, tls, connect_timeout))
             }
         };
         Self { source, client }
@@ -291,8 +279,34 @@ impl Fetcher {
             (Source::File(path), _) => read_token_file(path).await,
             (Source::Grant(grant), Some(client)) => grant_token(client, grant).await,
             (Source::Grant(_), None) => Err(Failure::Refused("no client for the grant".into())),
+            (Source::Exchange(_), _) => Err(Failure::Refused(
+                "token exchange trades each caller's token, not one of our own".into(),
+            )),
         }
     }
+}
+
+/// The client for `grant`'s token endpoint: our client id and secret in HTTP Basic (each
+/// form-encoded first, RFC 6749 §2.3.1), a form body, a JSON answer within [`TOKEN_TIMEOUT`].
+fn token_client(grant: &Grant, tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpClient {
+    let mut headers = HeaderMap::new();
+    let basic = format!(
+        "{}:{}",
+        form_encode(&grant.client_id),
+        form_encode(&grant.client_secret)
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(basic);
+    if let Ok(mut value) = HeaderValue::from_str(&format!("Basic {basic}")) {
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    HttpClient::new(grant.token_url.clone(), headers, connect_timeout, tls)
+        .with_response_timeout(Some(TOKEN_TIMEOUT))
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -356,6 +370,11 @@ async fn grant_token(client: &HttpClient, grant: &Grant) -> Result<Fetched, Fail
         }
         form.finish()
     };
+    token_request(client, form).await
+}
+
+/// POSTs `form` to the token endpoint and reads the token it answers (RFC 6749 §5).
+async fn token_request(client: &HttpClient, form: String) -> Result<Fetched, Failure> {
     let at = client.shown();
     let (status, body) = client
         .post_form(Bytes::from(form), MAX_TOKEN_RESPONSE)
@@ -384,7 +403,8 @@ async fn grant_token(client: &HttpClient, grant: &Grant) -> Result<Fetched, Fail
     let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
         Failure::Unavailable(format!("the token endpoint {at} answered no token: {e}"))
     })?;
-    if !token.token_type.eq_ignore_ascii_case("bearer") {
+    // RFC 8693 §2.2.1: an exchanged token that is not an access token says `N_A`.
+    if !token.token_type.eq_ignore_ascii_case("bearer") && token.token_type != "N_A" {
         return Err(Failure::Refused(format!(
             "the token endpoint {at} gave a {:?} token; only bearer tokens are sent",
             token.token_type
@@ -396,6 +416,90 @@ async fn grant_token(client: &HttpClient, grant: &Grant) -> Result<Fetched, Fail
         ))
     })?;
     Ok((value, token.expires_in.map(Duration::from_secs)))
+}
+
+/// Most exchanged tokens remembered (the least recently used forgotten past it).
+pub const MAX_EXCHANGED: usize = 10_000;
+/// An exchanged token is used until this long before it expires, then exchanged anew.
+const EXCHANGE_MARGIN: Duration = Duration::from_secs(30);
+/// How long an exchanged token without `expires_in` is used.
+const EXCHANGE_DEFAULT_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// RFC 8693 token exchange: each caller's token traded at the authorization server for one for
+/// the upstream (the caller's identity kept, the gateway named as the actor), remembered by the
+/// caller token's SHA-256 until shortly before it expires.
+#[derive(Debug)]
+pub struct Exchanger {
+    grant: Grant,
+    client: HttpClient,
+    exchanged: std::sync::Mutex<linked_hash_map::LinkedHashMap<[u8; 32], (HeaderValue, Instant)>>,
+}
+
+impl Exchanger {
+    /// Exchanges at `grant`'s token endpoint, as its client, for its resource and scopes.
+    pub fn new(grant: Grant, tls: rustls::ClientConfig, connect_timeout: Duration) -> Arc<Self> {
+        let client = token_client(&grant, tls, connect_timeout);
+        Arc::new(Self {
+            grant,
+            client,
+            exchanged: std::sync::Mutex::new(linked_hash_map::LinkedHashMap::new()),
+        })
+    }
+
+    /// The `Authorization` for the upstream on behalf of the caller who presented
+    /// `subject_token`.
+    pub async fn exchange(&self, subject_token: &str) -> Result<HeaderValue, Failure> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(subject_token.as_bytes()).into();
+        let now = Instant::now();
+        {
+            let mut exchanged = self.exchanged();
+            if let Some((value, until)) = exchanged.get_refresh(&digest) {
+                if now < *until {
+                    return Ok(value.clone());
+                }
+            }
+        }
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair(
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            );
+            form.append_pair("subject_token", subject_token);
+            form.append_pair(
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            );
+            form.append_pair(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            );
+            form.append_pair("resource", &self.grant.resource);
+            if !self.grant.scopes.is_empty() {
+                form.append_pair("scope", &self.grant.scopes.join(" "));
+            }
+            form.finish()
+        };
+        let (value, lifetime) = token_request(&self.client, form).await?;
+        let lifetime = lifetime.unwrap_or(EXCHANGE_DEFAULT_LIFETIME);
+        let until = now + lifetime.saturating_sub(EXCHANGE_MARGIN.min(lifetime / 2));
+        let mut exchanged = self.exchanged();
+        exchanged.insert(digest, (value.clone(), until));
+        while exchanged.len() > MAX_EXCHANGED {
+            exchanged.pop_front();
+        }
+        Ok(value)
+    }
+
+    fn exchanged(
+        &self,
+    ) -> std::sync::MutexGuard<'_, linked_hash_map::LinkedHashMap<[u8; 32], (HeaderValue, Instant)>>
+    {
+        self.exchanged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,24 @@ impl HttpClient {
         self
     }
 
+    /// The same client, sending `authorization` (marked sensitive) with every request instead
+    /// of any other.
+    #[must_use]
+    pub fn with_authorization(&self, mut authorization: HeaderValue) -> Self {
+        authorization.set_sensitive(true);
+        let mut client = self.clone();
+        client.credentials = None;
+        client
+            .headers
+            .insert(http::header::AUTHORIZATION, authorization);
+        client
+    }
+
+    /// The fixed `Authorization` it sends, if any.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::AUTHORIZATION)
+    }
+
     /// The upstream URL.
     pub fn url(&self) -> &Uri {
         &self.url

@@ -138,6 +138,50 @@ pub fn step_up(
     Some((count, challenge))
 }
 
+/// With `--upstream-token-exchange`: the session's requests to the upstream carry, from now on,
+/// the token the authorization server exchanged for the one this request carried (remembered
+/// while it is good); or the response refusing the request: 403 when the server will not
+/// exchange it, 503 when it cannot be reached.
+pub async fn exchange(
+    gateway: &Gateway,
+    link: &super::gateway::SessionLink,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let (Some(exchanger), Some(http)) = (&gateway.exchange, link.upstream.http()) else {
+        return Ok(());
+    };
+    let Ok(token) = crate::auth::bearer(headers) else {
+        return Ok(());
+    };
+    match exchanger.exchange(token).await {
+        Ok(authorization) => {
+            http.authorize(&authorization);
+            Ok(())
+        }
+        Err(crate::transport::credentials::Failure::Refused(why)) => {
+            tracing::warn!(%why, "the authorization server would not exchange a caller's token");
+            gateway.metrics.auth_refused("exchange");
+            Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden: the authorization server would not exchange this token for one for the upstream: {why}"
+                ),
+            ))
+        }
+        Err(crate::transport::credentials::Failure::Unavailable(why)) => {
+            tracing::warn!(%why, "cannot exchange a caller's token");
+            let mut response = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Service Unavailable: the token for the upstream cannot be had now: {why}"),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(response)
+        }
+    }
+}
+
 /// The session a request names: its `Mcp-Session-Id`, or a 2024-11-05 message's `sessionId`.
 fn named_session(request: &Request) -> Option<SessionId> {
     if let Some(value) = request.headers().get(&MCP_SESSION_ID) {

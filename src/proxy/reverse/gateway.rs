@@ -25,7 +25,9 @@ use crate::proxy::pipeline::Pipeline;
 use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::proxy::upstream::Pool;
-use crate::proxy::upstream::http::{HttpBackend, HttpLimits, client_for, pass_replies};
+use crate::proxy::upstream::http::{
+    HttpBackend, HttpLimits, client_for, exchanger_for, pass_replies,
+};
 use crate::proxy::upstream::share::{ShareLimits, SharedChildren};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
 use crate::proxy::upstream::supervise::ServerInbox;
@@ -130,6 +132,8 @@ pub struct Gateway {
     shared: Option<Arc<SharedChildren<Arc<Router>>>>,
     /// The checks of clients' tokens (`--auth-issuer`, `--api-key-file`).
     pub(in crate::proxy::reverse) auth: Option<Arc<crate::auth::Authenticator>>,
+    /// The exchange of callers' tokens for the upstream's (`--upstream-token-exchange`).
+    pub(in crate::proxy::reverse) exchange: Option<Arc<crate::transport::credentials::Exchanger>>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -194,6 +198,7 @@ impl Gateway {
         };
         Arc::new(Self {
             auth,
+            exchange: reverse.http_upstream().and_then(exchanger_for),
             shared,
             pipeline,
             metrics: gateway_metrics,

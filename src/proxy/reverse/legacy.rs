@@ -168,6 +168,9 @@ pub async fn message(
     };
     // Through the pipeline as a POST to /mcp goes; what the proxy answers goes on the stream.
     link.bind(&caller);
+    if let Err(refused) = super::authn::exchange(&gateway, &link, &headers).await {
+        return refused;
+    }
     let mut headers = headers;
     let screened = super::screen::screen(
         &gateway,

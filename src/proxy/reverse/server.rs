@@ -478,6 +478,14 @@ async fn post(
     } else if caller.is_some() {
         opened.link.session.mix_callers();
     }
+    if let Err(refused) = super::authn::exchange(&gateway, &opened.link, &headers).await {
+        if opened.new_session && !opened.stateless {
+            gateway
+                .sessions
+                .end(opened.link.session.id(), EndReason::Error);
+        }
+        return refused;
+    }
     let Intake {
         client,
         accepts,

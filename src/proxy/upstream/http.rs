@@ -30,7 +30,7 @@ use crate::proxy::outbox::{Closed, Deliver};
 use crate::proxy::pipeline::Pipeline;
 use crate::session::{EndReason, Session, SessionManager};
 use crate::telemetry::UpstreamErrors;
-use crate::transport::credentials::Credentials;
+use crate::transport::credentials::{Credentials, Exchanger, Source};
 use crate::transport::http::{HttpClient, UpstreamError, read_body};
 
 use super::{Reply, ReplyTo, reply_channel};
@@ -98,6 +98,18 @@ pub fn client_for(
     .with_credentials(credentials)
 }
 
+/// The token exchange `upstream` asks for (`--upstream-token-exchange`), if it does.
+pub fn exchanger_for(upstream: &crate::config::UpstreamConfig) -> Option<Arc<Exchanger>> {
+    match upstream.credentials.as_deref() {
+        Some(Source::Exchange(grant)) => Some(Exchanger::new(
+            grant.clone(),
+            crate::transport::http::tls_config(&upstream.upstream_ca),
+            upstream.connect_timeout,
+        )),
+        _ => None,
+    }
+}
+
 /// The credentials `upstream` gets from a token file or an OAuth grant, fetched now; an error
 /// is a source that refuses (a missing file, a grant the server refuses), which keeps us from
 /// starting.
@@ -107,6 +119,10 @@ pub async fn start_credentials(
     let Some(source) = &upstream.credentials else {
         return Ok(None);
     };
+    if let Source::Exchange(_) = **source {
+        // Each caller's token is exchanged as it comes (the gateway's `Exchanger`).
+        return Ok(None);
+    }
     let tls = crate::transport::http::tls_config(&upstream.upstream_ca);
     let credentials = Credentials::start((**source).clone(), tls, upstream.connect_timeout)
         .await
@@ -188,6 +204,7 @@ impl HttpBackend {
             abandon: Arc::default(),
             ready: CancellationToken::new(),
             listens: CancellationToken::new(),
+            own_client: arc_swap::ArcSwapOption::empty(),
         })
     }
 }
@@ -219,6 +236,26 @@ pub struct HttpSession<C> {
     /// client's first GET waits for it ([`Self::until_listening`]), so that a message the
     /// upstream sends on it right after is not lost for want of a listener there.
     listens: CancellationToken,
+    /// The backend's client with this session's own `Authorization` (a token exchanged for
+    /// its caller's), once it has one.
+    own_client: arc_swap::ArcSwapOption<HttpClient>,
+}
+
+/// The client a session's requests go through: the backend's, or its own.
+enum SessionClient<'a> {
+    Shared(&'a HttpClient),
+    Own(Arc<HttpClient>),
+}
+
+impl std::ops::Deref for SessionClient<'_> {
+    type Target = HttpClient;
+
+    fn deref(&self) -> &HttpClient {
+        match self {
+            Self::Shared(client) => client,
+            Self::Own(client) => client,
+        }
+    }
 }
 
 /// Critical sections are single reads or writes; a poisoned lock is still consistent.
@@ -239,6 +276,31 @@ impl<C: Deliver + 'static> HttpSession<C> {
     /// What the session's upstream shares with the others.
     pub fn backend(&self) -> &Arc<HttpBackend> {
         &self.backend
+    }
+
+    /// The client its requests go through.
+    fn client(&self) -> SessionClient<'_> {
+        match self.own_client.load_full() {
+            Some(own) => SessionClient::Own(own),
+            None => SessionClient::Shared(&self.backend.client),
+        }
+    }
+
+    /// Sends `authorization` with the session's requests from now on, instead of the
+    /// backend's (a token exchanged for the session's caller).
+    pub fn authorize(&self, authorization: &HeaderValue) {
+        let current = self.own_client.load();
+        if current
+            .as_ref()
+            .is_some_and(|own| own.authorization() == Some(authorization))
+        {
+            return;
+        }
+        self.own_client.store(Some(Arc::new(
+            self.backend
+                .client
+                .with_authorization(authorization.clone()),
+        )));
     }
 
     /// The upstream's session id for this session, once it gave one.
@@ -394,7 +456,7 @@ impl<C: Deliver + 'static> Deliver for HttpSession<C> {
         let session = self.upstream_session();
         // A 2024-11-05 upstream takes messages at its endpoint, not its stream's URL.
         let legacy = self.legacy();
-        let client = &self.backend.client;
+        let client = self.client();
         let post = async {
             let response = match &legacy {
                 Some(legacy) => {

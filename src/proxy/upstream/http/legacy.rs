@@ -60,7 +60,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         use futures_util::StreamExt;
         let response = tokio::time::timeout(
             self.backend.limits.connect_timeout,
-            self.backend.client.get_stream(None, None, None),
+            self.client().get_stream(None, None, None),
         )
         .await
         .map_err(|_| "no answer to GET within --connect-timeout".to_owned())?
@@ -89,10 +89,10 @@ impl<C: Deliver + 'static> HttpSession<C> {
         .ok()
         .flatten()
         .ok_or("no endpoint event")?;
-        let endpoint =
-            self.backend.client.resolve(&endpoint).ok_or_else(|| {
-                format!("the endpoint {endpoint:?} is not on the upstream's origin")
-            })?;
+        let endpoint = self
+            .client()
+            .resolve(&endpoint)
+            .ok_or_else(|| format!("the endpoint {endpoint:?} is not on the upstream's origin"))?;
         let http = self.clone();
         let relay = self.backend.tasks.spawn(async move {
             let mut position = StreamPosition::default();
@@ -133,8 +133,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
     ) {
         let id = msg.request_id().cloned();
         match self
-            .backend
-            .client
+            .client()
             .post_to(&legacy.endpoint, msg.raw().clone(), None, client_headers)
             .await
         {

@@ -53,9 +53,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         let version = self.protocol_version();
         let deleted = tokio::time::timeout(
             self.backend.limits.shutdown_timeout,
-            self.backend
-                .client
-                .delete(&upstream_session, version.as_ref()),
+            self.client().delete(&upstream_session, version.as_ref()),
         )
         .await;
         match deleted {
@@ -148,8 +146,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         let is_initialize = msg.method() == Some(&Method::Initialize);
         let session = self.upstream_session();
         let response = match self
-            .backend
-            .client
+            .client()
             .post(msg.raw().clone(), session.as_ref(), client_headers)
             .await
         {

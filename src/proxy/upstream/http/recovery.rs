@@ -83,8 +83,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
         };
         let replay = async {
             let response = self
-                .backend
-                .client
+                .client()
                 .post(initialize.raw().clone(), None, &HeaderMap::new())
                 .await
                 .ok()?;
@@ -102,8 +101,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                     br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
                 );
                 let response = self
-                    .backend
-                    .client
+                    .client()
                     .post(note, Some(&new_id), &headers)
                     .await
                     .ok()?;

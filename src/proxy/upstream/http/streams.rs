@@ -61,8 +61,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
             let session = self.upstream_session();
             let version = self.protocol_version();
             match self
-                .backend
-                .client
+                .client()
                 .get_stream(
                     session.as_ref(),
                     version.as_ref(),
@@ -152,8 +151,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                 tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
                 let session = self.upstream_session();
                 let version = self.protocol_version();
-                self.backend
-                    .client
+                self.client()
                     .get_stream(session.as_ref(), version.as_ref(), Some(&last))
                     .await
             };
