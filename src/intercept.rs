@@ -371,6 +371,7 @@ fn report(rule: &Rule, s: &mut Subject<'_>, effect: &Effect) {
         method = s.method.map_or("", |m| m.as_str()),
         id = %s.msg.id().map(ToString::to_string).unwrap_or_default(),
         session = %s.session.id().digest(),
+        caller = s.client.principal().map_or("", |p| p.id.as_str()),
         "audit: rule {:?} would {what}",
         rule.name
     );
@@ -379,13 +380,14 @@ fn report(rule: &Rule, s: &mut Subject<'_>, effect: &Effect) {
 /// The `log` action.
 fn log_message(rule: &Rule, log: &action::Log, s: &Subject<'_>) {
     let message = log.message.as_deref().unwrap_or("");
+    let caller = s.client.principal().map_or("", |p| p.id.as_str());
     let method = s.method.map_or("", |m| m.as_str());
     let id = s.msg.id().map(ToString::to_string).unwrap_or_default();
     let direction = s.direction.as_str();
     let session = s.session.id().digest();
     macro_rules! emit {
         ($level:expr) => {
-            tracing::event!($level, rule = %rule.name, direction, method, id = %id, session = %session, "rule {:?}: {message}", rule.name)
+            tracing::event!($level, rule = %rule.name, direction, method, id = %id, session = %session, caller, "rule {:?}: {message}", rule.name)
         };
     }
     match log.level {

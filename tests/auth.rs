@@ -478,7 +478,8 @@ fn the_python_sdk_client_discovers_the_issuer_and_calls_a_tool() {
 #[test]
 fn rate_limits_per_client_key_on_the_principal() {
     let mut issuer = Issuer::start();
-    let gw = gateway(&issuer, &["--rate-limit", "client=2/m,burst=2"]);
+    // `per=subject` is `per=client` by its other name.
+    let gw = gateway(&issuer, &["--rate-limit", "subject=2/m,burst=2"]);
     let (alice, bob) = (issuer.token("alice", ""), issuer.token("bob", ""));
     let ping = json!({"jsonrpc":"2.0","id":7,"method":"ping"}).to_string();
     let session = post(&gw, Some(&alice), None, &initialize_body())
@@ -697,7 +698,8 @@ fn rules_decide_by_the_callers_subject_and_claims() {
     let (_dir, rules) = rule_file(
         "version: 1\nrules:\n\
          - name: crash is for admins\n  match: {tool: crash, not: {claim: {groups: admins}}}\n  hide: true\n\
-         - name: bob may not echo\n  match: {tool: echo, subject: bob}\n  block: {message: not for bob}\n",
+         - name: bob may not echo\n  match: {tool: echo, subject: bob}\n  block: {message: not for bob}\n\
+         - name: calls\n  priority: 9\n  match: {method: tools/call}\n  log: info\n",
     );
     let gw = gateway(&issuer, &["--auth-claim", "groups", "--rules", &rules]);
     let alice = issuer.mint(json!({"sub": "alice", "aud": AUDIENCE, "groups": ["dev", "admins"]}));
@@ -714,6 +716,14 @@ fn rules_decide_by_the_callers_subject_and_claims() {
     assert_eq!(blocked["error"]["message"], "not for bob");
     let echoed = answer(&call_tool(&gw, &alice, &a, "echo"));
     assert_eq!(echoed["result"]["content"][0]["text"], "hi", "{echoed}");
+    // A rule's log line names the caller.
+    let log = gw.stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rule \"calls\"")
+                && l.contains(&format!("caller=\"{}#alice\"", issuer.url))),
+        "{log}"
+    );
 }
 
 /// A rule on a claim the gateway does not keep cannot be decided: what it would decide is

@@ -21,7 +21,8 @@ pub enum Per {
     /// One per session.
     Session,
     /// One per client: the authenticated subject, else the client's IP address (stdio: the one
-    /// local client).
+    /// local client). Also written `subject`.
+    #[serde(alias = "subject")]
     Client,
     /// One per method.
     Method,
@@ -51,6 +52,9 @@ impl Per {
     }
 
     fn parse(text: &str) -> Option<Self> {
+        if text == "subject" {
+            return Some(Self::Client);
+        }
         Self::ALL.into_iter().find(|p| p.as_str() == text)
     }
 
