@@ -719,9 +719,8 @@ fn rules_decide_by_the_callers_subject_and_claims() {
     // A rule's log line names the caller.
     let log = gw.stderr_text();
     assert!(
-        log.lines()
-            .any(|l| l.contains("rule \"calls\"")
-                && l.contains(&format!("caller=\"{}#alice\"", issuer.url))),
+        log.lines().any(|l| l.contains("rule \"calls\"")
+            && l.contains(&format!("caller=\"{}#alice\"", issuer.url))),
         "{log}"
     );
 }

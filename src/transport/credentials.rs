@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::http::HttpClient;
+use super::http::{Authorizer, HttpClient};
 use crate::task::Task;
 
 /// Least time between two renewals asked for by refused requests.
@@ -187,6 +187,19 @@ impl Credentials {
                 .filter(|now| Some(now) != rejected),
             Ok(Err(_)) | Err(_) => None,
         }
+    }
+}
+
+impl Authorizer for Credentials {
+    fn authorization(&self) -> Option<HeaderValue> {
+        Credentials::authorization(self)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        rejected: Option<&'a HeaderValue>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<HeaderValue>> + Send + 'a>> {
+        Box::pin(Credentials::renew(self, rejected))
     }
 }
 

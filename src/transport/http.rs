@@ -73,6 +73,20 @@ pub enum BodyError {
     Read(String),
 }
 
+/// Where a client's `Authorization` comes from when it changes while we run (a token file, an
+/// OAuth token: [`super::credentials`]).
+pub trait Authorizer: std::fmt::Debug + Send + Sync {
+    /// The value to send now, if there is one.
+    fn authorization(&self) -> Option<HeaderValue>;
+
+    /// The upstream refused `rejected` (401): renewed credentials, if they can be had and
+    /// differ from it.
+    fn renew<'a>(
+        &'a self,
+        rejected: Option<&'a HeaderValue>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<HeaderValue>> + Send + 'a>>;
+}
+
 /// The shared client for one upstream URL.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
@@ -80,7 +94,7 @@ pub struct HttpClient {
     url: Uri,
     headers: HeaderMap,
     /// Credentials that change while we run (an OAuth token), sent as `Authorization`.
-    credentials: Option<std::sync::Arc<super::credentials::Credentials>>,
+    credentials: Option<std::sync::Arc<dyn Authorizer>>,
     /// Longest wait for a response's headers (`--read-timeout`; `None`: no limit).
     response_timeout: Option<Duration>,
     /// The URL as it may be shown ([`shown_url`]).
@@ -153,10 +167,7 @@ impl HttpClient {
     /// This client, sending `credentials` as `Authorization` with every request, and asking
     /// them renewed (then sending the request once more) when the upstream answers 401.
     #[must_use]
-    pub fn with_credentials(
-        mut self,
-        credentials: Option<std::sync::Arc<super::credentials::Credentials>>,
-    ) -> Self {
+    pub fn with_credentials(mut self, credentials: Option<std::sync::Arc<dyn Authorizer>>) -> Self {
         self.credentials = credentials;
         self
     }

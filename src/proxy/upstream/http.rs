@@ -95,7 +95,7 @@ pub fn client_for(
         crate::transport::http::tls_config(&upstream.upstream_ca),
     )
     .with_response_timeout(upstream.read_timeout)
-    .with_credentials(credentials)
+    .with_credentials(credentials.map(|c| c as Arc<dyn crate::transport::http::Authorizer>))
 }
 
 /// The token exchange `upstream` asks for (`--upstream-token-exchange`), if it does.
