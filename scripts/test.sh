@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Shadowcat's tests need (pinned) and runs the whole suite:
-#   - Python venvs with the MCP SDK 2.3.0 and 1.30.0 (tests/peers/requirements-*.txt),
+#   - Python venvs with the MCP SDK 2.3.0 and 1.30.0 (tests/peers/requirements-*.txt; the
+#     2.3.0 one also has the OpenTelemetry SDK, its OTLP exporter, and the OTLP protobuf
+#     definitions and grpcio for the OTLP receiver of tests/tracing.rs),
 #   - @modelcontextprotocol/server-everything and oauth2-mock-server (the OAuth issuer of
 #     tests/auth.rs) from npm (tests/peers/package-lock.json),
 #   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),

@@ -48,6 +48,11 @@ import anyio
 import mcp.types as types
 from mcp import StdioServerParameters
 
+import otel_peer
+
+# With OTLP_TRACES_URL, the SDK's spans are exported (tests/tracing.rs).
+otel_peer.install()
+
 SDK_VERSION = importlib.metadata.version("mcp")
 SDK_MAJOR = int(SDK_VERSION.split(".")[0])
 

@@ -47,6 +47,11 @@ from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
 from pydantic import BaseModel, Field
 
+import otel_peer
+
+# With OTLP_TRACES_URL, the SDK's spans are exported (tests/tracing.rs).
+otel_peer.install()
+
 # A fixed version string keeps `serverInfo` deterministic in the client's summary.
 mcp = MCPServer(name="shadowcat-peer-v2", version="2.3.0-peer", log_level="WARNING")
 
