@@ -1008,6 +1008,39 @@ fn upstream_credential_options_are_checked_at_start() {
                 "--upstream",
                 "http://127.0.0.1:9/mcp",
                 "--upstream-token-url",
+                "http://id.example/token",
+                "--upstream-client-id",
+                "a",
+                "--upstream-client-secret-file",
+                &secret,
+            ],
+            "would cross the network in clear text",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
+                "http://127.0.0.1:9/token",
+                "--upstream-client-id",
+                "a",
+                "--upstream-client-secret-file",
+                &secret,
+                "--upstream-token-exchange",
+                "--auth-issuer",
+                "https://id.example",
+                "--auth-audience",
+                "x",
+                "--api-key-file",
+                &secret,
+            ],
+            "--upstream-token-exchange and --api-key-file exclude each other",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9/mcp",
+                "--upstream-token-url",
                 "http://127.0.0.1:9/token",
                 "--upstream-client-id",
                 "a",
@@ -1142,8 +1175,15 @@ fn callers_tokens_are_exchanged_for_the_upstreams() {
     );
     assert!(!log.contains("#front-gateway"), "{log}");
     let bob = issuer.token("bob", "mcp");
-    let r = post(&gw, Some(&bob), None, &initialize_body());
-    assert_eq!(r.status, 403, "{r:?}");
-    let said = String::from_utf8_lossy(&r.body);
-    assert!(said.contains("bob may not reach that resource"), "{said}");
+    for _ in 0..3 {
+        let r = post(&gw, Some(&bob), None, &initialize_body());
+        assert_eq!(r.status, 403, "{r:?}");
+        let said = String::from_utf8_lossy(&r.body);
+        assert!(said.contains("bob may not reach that resource"), "{said}");
+    }
+    assert_eq!(
+        issuer.send(&json!({"exchanged": true}))["asked"],
+        2,
+        "a refused token is refused again without asking the server"
+    );
 }

@@ -132,6 +132,21 @@ fn grant(
             format!("{token_url:?}: expected an http:// or https:// URL"),
         ));
     }
+    let loopback = parsed.host().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if parsed.scheme_str() == Some("http") && !loopback {
+        return Err(invalid(
+            "--upstream-token-url",
+            format!(
+                "{token_url:?}: the client secret (and callers' tokens, for an exchange) would cross the network in clear text; use https://"
+            ),
+        ));
+    }
     let Some(client_id) = client_id.filter(|id| !id.trim().is_empty()) else {
         return Err(invalid(
             "--upstream-client-id",
@@ -151,8 +166,21 @@ fn grant(
         client_id: client_id.trim().to_owned(),
         client_secret: read_secret(&secret_file)?,
         scopes,
-        resource: url.to_string(),
+        resource: resource_of(url),
     }))
+}
+
+/// The resource a token is asked for: the upstream's URL without any user or password in it.
+fn resource_of(url: &http::Uri) -> String {
+    let text = url.to_string();
+    match (url.scheme_str(), url.authority()) {
+        (Some(scheme), Some(authority)) if authority.as_str().contains('@') => {
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            let path = url.path_and_query().map_or("/", |p| p.as_str());
+            format!("{scheme}://{host}{path}")
+        }
+        _ => text,
+    }
 }
 
 /// The client secret in `path`: its first line, trimmed.
@@ -201,4 +229,19 @@ fn bearer_token(var: &str) -> Result<http::HeaderValue, ConfigError> {
     })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_leaves_out_credentials_in_the_url() {
+        let url: http::Uri = "https://user:pw@mcp.example.com:8443/mcp?x=1"
+            .parse()
+            .unwrap();
+        assert_eq!(resource_of(&url), "https://mcp.example.com:8443/mcp?x=1");
+        let url: http::Uri = "http://127.0.0.1:9/mcp".parse().unwrap();
+        assert_eq!(resource_of(&url), "http://127.0.0.1:9/mcp");
+    }
 }

@@ -309,6 +309,12 @@ impl ReverseConfig {
                 "--upstream-token-exchange needs --auth-issuer: the callers' tokens are what is exchanged".into(),
             ));
         }
+        if exchanges && auth.as_ref().is_some_and(|a| a.api_keys.is_some()) {
+            return Err(invalid(
+                "--upstream-token-exchange",
+                "--upstream-token-exchange and --api-key-file exclude each other: an API key is no token the authorization server issued, and is never sent to it".into(),
+            ));
+        }
         Ok(Self {
             trusted_proxies,
             listen,

@@ -26,10 +26,17 @@ use crate::task::Task;
 
 /// Least time between two renewals asked for by refused requests.
 pub const MIN_RENEW_GAP: Duration = Duration::from_secs(5);
-/// Longest a refused request waits for renewed credentials.
-pub const RENEW_WAIT: Duration = Duration::from_secs(10);
 /// Longest the authorization server may take to answer.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a refused request waits for renewed credentials: a renewal asked for may wait out
+/// [`MIN_RENEW_GAP`], then take [`TOKEN_TIMEOUT`].
+pub const RENEW_WAIT: Duration = Duration::from_secs(16);
+/// Longest lifetime believed of a token (`expires_in`), so that no arithmetic on it overflows.
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+/// Token requests of exchanges in flight at once, whatever the callers do.
+const MAX_EXCHANGES_IN_FLIGHT: usize = 8;
+/// How long a refused exchange is remembered (and refused again without asking).
+const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// Largest token file read.
@@ -220,7 +227,27 @@ struct Fetcher {
 struct TokenResponse {
     access_token: String,
     token_type: String,
-    expires_in: Option<u64>,
+    #[serde(default)]
+    expires_in: Option<Seconds>,
+}
+
+/// `expires_in`: a number, or (as some servers send it) a string of one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Number(u64),
+    Text(String),
+}
+
+impl Seconds {
+    /// The lifetime, at most [`MAX_LIFETIME`]; `None` when it is not a number.
+    fn lifetime(&self) -> Option<Duration> {
+        let secs = match self {
+            Self::Number(n) => *n,
+            Self::Text(text) => text.trim().parse().ok()?,
+        };
+        Some(Duration::from_secs(secs).min(MAX_LIFETIME))
+    }
 }
 
 /// Its refusal (§5.2).
@@ -383,11 +410,17 @@ async fn grant_token(client: &HttpClient, grant: &Grant) -> Result<Fetched, Fail
         }
         form.finish()
     };
-    token_request(client, form).await
+    token_request(client, form, false).await
 }
 
 /// POSTs `form` to the token endpoint and reads the token it answers (RFC 6749 §5).
-async fn token_request(client: &HttpClient, form: String) -> Result<Fetched, Failure> {
+/// `exchanged`: the answer to a token exchange, whose token may be of type `N_A` (RFC 8693
+/// §2.2.1).
+async fn token_request(
+    client: &HttpClient,
+    form: String,
+    exchanged: bool,
+) -> Result<Fetched, Failure> {
     let at = client.shown();
     let (status, body) = client
         .post_form(Bytes::from(form), MAX_TOKEN_RESPONSE)
@@ -416,8 +449,8 @@ async fn token_request(client: &HttpClient, form: String) -> Result<Fetched, Fai
     let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
         Failure::Unavailable(format!("the token endpoint {at} answered no token: {e}"))
     })?;
-    // RFC 8693 §2.2.1: an exchanged token that is not an access token says `N_A`.
-    if !token.token_type.eq_ignore_ascii_case("bearer") && token.token_type != "N_A" {
+    let not_applicable = exchanged && token.token_type == "N_A";
+    if !token.token_type.eq_ignore_ascii_case("bearer") && !not_applicable {
         return Err(Failure::Refused(format!(
             "the token endpoint {at} gave a {:?} token; only bearer tokens are sent",
             token.token_type
@@ -428,7 +461,7 @@ async fn token_request(client: &HttpClient, form: String) -> Result<Fetched, Fai
             "the token endpoint {at} gave a token a header cannot carry"
         ))
     })?;
-    Ok((value, token.expires_in.map(Duration::from_secs)))
+    Ok((value, token.expires_in.as_ref().and_then(Seconds::lifetime)))
 }
 
 /// Most exchanged tokens remembered (the least recently used forgotten past it).
@@ -446,6 +479,11 @@ pub struct Exchanger {
     grant: Grant,
     client: HttpClient,
     exchanged: std::sync::Mutex<linked_hash_map::LinkedHashMap<[u8; 32], (HeaderValue, Instant)>>,
+    /// Tokens the server would not exchange, and why, for a while ([`REFUSAL_MEMORY`]): a
+    /// caller repeating one costs the server nothing more.
+    refused: std::sync::Mutex<linked_hash_map::LinkedHashMap<[u8; 32], (String, Instant)>>,
+    /// Bounds the token requests in flight ([`MAX_EXCHANGES_IN_FLIGHT`]).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Exchanger {
@@ -456,6 +494,8 @@ impl Exchanger {
             grant,
             client,
             exchanged: std::sync::Mutex::new(linked_hash_map::LinkedHashMap::new()),
+            refused: std::sync::Mutex::new(linked_hash_map::LinkedHashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_EXCHANGES_IN_FLIGHT),
         })
     }
 
@@ -471,6 +511,15 @@ impl Exchanger {
                 if now < *until {
                     return Ok(value.clone());
                 }
+            }
+        }
+        {
+            let mut refused = self.refused();
+            if let Some((why, until)) = refused.get_refresh(&digest) {
+                if now < *until {
+                    return Err(Failure::Refused(why.clone()));
+                }
+                refused.remove(&digest);
             }
         }
         let form = {
@@ -494,7 +543,23 @@ impl Exchanger {
             }
             form.finish()
         };
-        let (value, lifetime) = token_request(&self.client, form).await?;
+        let answer = {
+            let _slot = self.in_flight.acquire().await;
+            token_request(&self.client, form, true).await
+        };
+        let (value, lifetime) = match answer {
+            Ok(fetched) => fetched,
+            Err(failure) => {
+                if let Failure::Refused(why) = &failure {
+                    let mut refused = self.refused();
+                    refused.insert(digest, (why.clone(), Instant::now() + REFUSAL_MEMORY));
+                    while refused.len() > MAX_EXCHANGED {
+                        refused.pop_front();
+                    }
+                }
+                return Err(failure);
+            }
+        };
         let lifetime = lifetime.unwrap_or(EXCHANGE_DEFAULT_LIFETIME);
         let until = now + lifetime.saturating_sub(EXCHANGE_MARGIN.min(lifetime / 2));
         let mut exchanged = self.exchanged();
@@ -503,6 +568,15 @@ impl Exchanger {
             exchanged.pop_front();
         }
         Ok(value)
+    }
+
+    fn refused(
+        &self,
+    ) -> std::sync::MutexGuard<'_, linked_hash_map::LinkedHashMap<[u8; 32], (String, Instant)>>
+    {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn exchanged(

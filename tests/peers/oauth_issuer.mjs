@@ -9,7 +9,8 @@
 //   {"forge": "hs256"}           -> {"token": ...} HS256-signed with the public key's PEM
 //   {"lifetime": s}              -> tokens from the token endpoint live s seconds from now on
 //   {"granted": true}            -> {"granted": n} how many tokens the token endpoint gave
-//   {"exchanged": true}          -> {"exchanged": n} how many tokens the exchange endpoint gave
+//   {"exchanged": true}          -> {"exchanged": n, "asked": m} tokens the exchange endpoint
+//                                   gave, and requests it had
 //   {"refuse_exchange": sub}     -> the exchange endpoint refuses the tokens of `sub`
 //
 // Besides the mock's own endpoints (which have no RFC 8693 token exchange), `exchange_uri` is a
@@ -52,12 +53,14 @@ const issuer = server.issuer.url;
 const jwksUri = `${issuer.replace('//localhost:', '//127.0.0.1:')}/jwks`;
 
 let exchanged = 0;
+let asked = 0;
 const refused = new Set();
 const exchange = createServer(async (req, res) => {
   const answer = (status, body) => {
     res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
     res.end(JSON.stringify(body));
   };
+  asked += 1;
   let text = '';
   for await (const chunk of req) text += chunk;
   const body = Object.fromEntries(new URLSearchParams(text));
@@ -119,7 +122,7 @@ for await (const line of lines) {
   } else if (command.granted !== undefined) {
     answer = { granted };
   } else if (command.exchanged !== undefined) {
-    answer = { exchanged };
+    answer = { exchanged, asked };
   } else if (command.refuse_exchange !== undefined) {
     refused.add(command.refuse_exchange);
   } else if (command.rotate !== undefined) {
