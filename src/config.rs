@@ -190,6 +190,11 @@ fn pick(cli: Option<&String>, file: Option<&Scalar>) -> Option<String> {
     cli.cloned().or_else(|| file.map(Scalar::text))
 }
 
+/// A single option: the command line's value if it gives one, else the file's.
+fn either<T: Clone>(cli: Option<&T>, file: Option<&T>) -> Option<T> {
+    cli.or(file).cloned()
+}
+
 /// A repeatable option: the command line's values if it gives any, else the file's.
 fn listed(cli: &[String], file: Option<Vec<String>>) -> Vec<String> {
     if cli.is_empty() {
@@ -312,17 +317,11 @@ impl Config {
         crate::ratelimit::spec::unique_names(&mut rate_limits);
         Ok(Self {
             rate_limits,
-            log_level: global
-                .log_level
-                .clone()
-                .or_else(|| file.log_level.clone())
+            log_level: either(global.log_level.as_ref(), file.log_level.as_ref())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),
-            log_file: global.log_file.clone().or_else(|| file.log_file.clone()),
-            data_dir: global
-                .data_dir
-                .clone()
-                .or_else(|| file.data_dir.clone())
+            log_file: either(global.log_file.as_ref(), file.log_file.as_ref()),
+            data_dir: either(global.data_dir.as_ref(), file.data_dir.as_ref())
                 .unwrap_or_else(default_data_dir),
             max_message_size,
             shutdown_timeout: duration(
@@ -351,7 +350,7 @@ impl Config {
             session_store,
             recording: None,
             // Only commands that proxy run rules (a config file's `rules` is not theirs).
-            rules: match proxy.and(p.rules.clone().or_else(|| file.rules.clone())) {
+            rules: match proxy.and(either(p.rules.as_ref(), file.rules.as_ref())) {
                 Some(path) => Some(std::sync::Arc::new(
                     crate::intercept::Rules::load(&path, p.rules_mode.or(file.rules_mode))
                         .map_err(|e| invalid("--rules", e.to_string()))?,

@@ -1089,6 +1089,20 @@ fn upstream_credential_options_are_checked_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a stdio client presents none"));
+    // A server command has no HTTP server to give credentials to.
+    let out = support::command()
+        .args([
+            "forward",
+            "stdio",
+            "--bearer-token-file",
+            &secret,
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("applies to a --url server"));
 }
 
 /// A `tools/call` of `echo` saying `text`.

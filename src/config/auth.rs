@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::{ConfigError, FileConfig, invalid, listed, parse_duration, pick};
+use super::{ConfigError, FileConfig, either, invalid, listed, parse_duration, pick};
 use crate::cli::AuthArgs;
 
 /// Default `--auth-leeway`.
@@ -77,21 +77,14 @@ pub(super) fn auth_config(
     args: &AuthArgs,
     file: &FileConfig,
 ) -> Result<Option<AuthConfig>, ConfigError> {
-    let text = |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
-    let issuer = text(&args.auth_issuer, &file.auth_issuer);
-    let audience = text(&args.auth_audience, &file.auth_audience);
-    let jwks_url = text(&args.auth_jwks_url, &file.auth_jwks_url);
-    let jwks_file = args
-        .auth_jwks_file
-        .clone()
-        .or_else(|| file.auth_jwks_file.clone());
-    let api_keys = args
-        .api_key_file
-        .clone()
-        .or_else(|| file.api_key_file.clone());
+    let issuer = either(args.auth_issuer.as_ref(), file.auth_issuer.as_ref());
+    let audience = either(args.auth_audience.as_ref(), file.auth_audience.as_ref());
+    let jwks_url = either(args.auth_jwks_url.as_ref(), file.auth_jwks_url.as_ref());
+    let jwks_file = either(args.auth_jwks_file.as_ref(), file.auth_jwks_file.as_ref());
+    let api_keys = either(args.api_key_file.as_ref(), file.api_key_file.as_ref());
     let scopes = listed(&args.auth_scope, file.auth_scope.clone());
     let claims = listed(&args.auth_claim, file.auth_claim.clone());
-    let resource = text(&args.auth_resource, &file.auth_resource)
+    let resource = either(args.auth_resource.as_ref(), file.auth_resource.as_ref())
         .map(|r| http_url(&r, "--auth-resource"))
         .transpose()?;
     let leeway = pick(args.auth_leeway.as_ref(), file.auth_leeway.as_ref());

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{ConfigError, FileConfig, invalid, listed};
+use super::{ConfigError, FileConfig, either, invalid, listed};
 use crate::cli::UpstreamArgs;
 use crate::transport::credentials::{Grant, Source};
 
@@ -23,14 +23,14 @@ pub(super) fn credentials(
     url: &http::Uri,
     headers: &mut http::HeaderMap,
 ) -> Result<Option<Source>, ConfigError> {
-    let env = args
-        .bearer_token_env
-        .clone()
-        .or_else(|| file.bearer_token_env.clone());
-    let token_file = args
-        .bearer_token_file
-        .clone()
-        .or_else(|| file.bearer_token_file.clone());
+    let env = either(
+        args.bearer_token_env.as_ref(),
+        file.bearer_token_env.as_ref(),
+    );
+    let token_file = either(
+        args.bearer_token_file.as_ref(),
+        file.bearer_token_file.as_ref(),
+    );
     let grant = grant(args, file, url)?;
     let given: Vec<&str> = [
         (env.is_some(), "--bearer-token-env"),
@@ -97,18 +97,18 @@ fn grant(
     file: &FileConfig,
     url: &http::Uri,
 ) -> Result<Option<Grant>, ConfigError> {
-    let token_url = args
-        .upstream_token_url
-        .clone()
-        .or_else(|| file.upstream_token_url.clone());
-    let client_id = args
-        .upstream_client_id
-        .clone()
-        .or_else(|| file.upstream_client_id.clone());
-    let secret_file = args
-        .upstream_client_secret_file
-        .clone()
-        .or_else(|| file.upstream_client_secret_file.clone());
+    let token_url = either(
+        args.upstream_token_url.as_ref(),
+        file.upstream_token_url.as_ref(),
+    );
+    let client_id = either(
+        args.upstream_client_id.as_ref(),
+        file.upstream_client_id.as_ref(),
+    );
+    let secret_file = either(
+        args.upstream_client_secret_file.as_ref(),
+        file.upstream_client_secret_file.as_ref(),
+    );
     let scopes = listed(&args.upstream_scope, file.upstream_scope.clone());
     let Some(token_url) = token_url else {
         for (given, flag) in [

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, invalid, listed, parse_count,
-    parse_duration, parse_optional_duration, pick,
+    ConfigError, ConfigFile, FileConfig, Scalar, TrustedProxies, either, invalid, listed,
+    parse_count, parse_duration, parse_optional_duration, pick,
 };
 use crate::cli::{ConnectionArgs, GlobalArgs, PoolArgs, ReverseArgs, StdioServer, UpstreamArgs};
 use crate::transport::child::{ChildSpec, Restart, Share};
@@ -213,11 +213,10 @@ impl ReverseConfig {
     #[allow(clippy::too_many_lines)] // One flat list of options reads better than fragments.
     pub fn build_with(file: &ConfigFile, args: &ReverseArgs) -> Result<Self, ConfigError> {
         let file = file.inner();
-        let text =
-            |cli: &Option<String>, file: &Option<String>| cli.clone().or_else(|| file.clone());
-        let listen = text(&args.listen, &file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = either(args.listen.as_ref(), file.listen.as_ref())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = parse_addr(&listen, "--listen")?;
-        let admin_listen = text(&args.admin_listen, &file.admin_listen)
+        let admin_listen = either(args.admin_listen.as_ref(), file.admin_listen.as_ref())
             .filter(|a| !a.eq_ignore_ascii_case("off"))
             .map(|a| parse_addr(&a, "--admin-listen"))
             .transpose()?;
@@ -243,7 +242,8 @@ impl ReverseConfig {
             .map(|text| parse_count(&text, "--max-sessions-per-client"))
             .transpose()?,
         };
-        let path = text(&args.path, &file.path).unwrap_or_else(|| DEFAULT_PATH.to_owned());
+        let path = either(args.path.as_ref(), file.path.as_ref())
+            .unwrap_or_else(|| DEFAULT_PATH.to_owned());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256 {
             return Err(invalid(
                 "--path",
@@ -251,7 +251,7 @@ impl ReverseConfig {
             ));
         }
         let upstream = if args.command.is_empty() {
-            let Some(url) = text(&args.upstream, &file.upstream) else {
+            let Some(url) = either(args.upstream.as_ref(), file.upstream.as_ref()) else {
                 return Err(invalid(
                     "--upstream",
                     "reverse needs a server: --upstream <URL>, or a command after --".into(),
@@ -493,13 +493,13 @@ impl ReverseConfig {
             ("--upstream-ca", args.upstream.upstream_ca.is_some()),
             ("--read-timeout", args.upstream.read_timeout.is_some()),
             ("--resume-timeout", args.upstream.resume_timeout.is_some()),
-            (
-                super::credentials::any_given(&args.upstream).unwrap_or_default(),
-                super::credentials::any_given(&args.upstream).is_some(),
-            ),
         ];
-        match given.iter().find(|(_, set)| *set) {
-            Some((flag, _)) => Err(invalid(
+        let flag = given
+            .iter()
+            .find_map(|(flag, set)| set.then_some(*flag))
+            .or_else(|| super::credentials::any_given(&args.upstream));
+        match flag {
+            Some(flag) => Err(invalid(
                 flag,
                 "applies to a --url server, not to a server command".into(),
             )),

@@ -37,12 +37,25 @@ async fn run_raw(
     raw: &str,
     answers: Option<Method>,
 ) -> (Verdict, Metrics) {
+    let client = crate::stage::Client::Local;
+    run_from(rules, session, direction, client, raw, answers).await
+}
+
+/// [`run_raw`] with the message sent by `client`.
+async fn run_from(
+    rules: &Rules,
+    session: &Session,
+    direction: Direction,
+    client: crate::stage::Client<'_>,
+    raw: &str,
+    answers: Option<Method>,
+) -> (Verdict, Metrics) {
     let metrics = Metrics::default();
     let cx = Context {
         direction,
         session,
         transport: &Wire::NONE,
-        client: crate::stage::Client::Local,
+        client,
     };
     let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
     let verdict = rules.process(m, cx, answers.as_ref(), &metrics).await;
@@ -1159,14 +1172,18 @@ async fn run_as(
     caller: Option<&crate::session::Principal>,
     m: &Value,
 ) -> Verdict {
-    let metrics = Metrics::default();
-    let cx = Context {
-        direction: Direction::ClientToServer,
+    let client = caller.map_or(crate::stage::Client::Local, crate::stage::Client::Subject);
+    let raw = m.to_string();
+    run_from(
+        rules,
         session,
-        transport: &Wire::NONE,
-        client: caller.map_or(crate::stage::Client::Local, crate::stage::Client::Subject),
-    };
-    rules.process(msg(m), cx, None, &metrics).await
+        Direction::ClientToServer,
+        client,
+        &raw,
+        None,
+    )
+    .await
+    .0
 }
 
 #[tokio::test]
