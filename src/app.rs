@@ -14,6 +14,7 @@ use crate::proxy::forward;
 use crate::proxy::shutdown::Shutdown;
 use crate::session::store::{SessionStore, SqliteStore};
 use crate::session::{SessionManager, StoreWriter};
+use crate::telemetry::traces::Tracer;
 
 /// Runs `mode`; returns the process exit code.
 pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
@@ -23,13 +24,14 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         Mode::Forward(spec, restart) => on_one_thread(
             config,
             Duration::from_millis(100),
-            |sessions, shutdown| async move {
+            |sessions, tracer, shutdown| async move {
                 forward::run(
                     config,
                     &spec,
                     restart,
                     &sessions,
                     config.recording.as_ref(),
+                    tracer,
                     shutdown,
                 )
                 .await
@@ -38,15 +40,15 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         Mode::Bridge(upstream) => on_one_thread(
             config,
             Duration::from_millis(100),
-            |sessions, shutdown| async move {
-                crate::proxy::bridge::run(config, &upstream, &sessions, shutdown).await
+            |sessions, tracer, shutdown| async move {
+                crate::proxy::bridge::run(config, &upstream, &sessions, tracer, shutdown).await
             },
         ),
         Mode::Reverse(reverse) => on_one_thread(
             config,
             Duration::from_secs(1),
-            |sessions, shutdown| async move {
-                crate::proxy::reverse::run(config, &reverse, &sessions, shutdown).await
+            |sessions, tracer, shutdown| async move {
+                crate::proxy::reverse::run(config, &reverse, &sessions, tracer, shutdown).await
             },
         ),
         Mode::Replay(args) => crate::cmd::replay::run_stdio(&args),
@@ -64,16 +66,19 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
 
 /// How long the session history writer gets to save the last records at exit.
 const STORE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long the spans still queued get to reach the collector at exit.
+const TRACE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `proxy` on a one-thread runtime (cross-thread wake-ups cost more here than a second
 /// worker gains; see docs/performance.md), with what every front end stands on: the session
 /// manager (its history store opened, its expiry task running, the store closed at the end,
-/// within [`STORE_CLOSE_GRACE`]) and SIGINT and SIGTERM as its shutdown requests, listened for
+/// within [`STORE_CLOSE_GRACE`]), the trace exporter (`--otlp-endpoint`; what it holds sent at
+/// the end, within [`TRACE_FLUSH_GRACE`]) and SIGINT and SIGTERM as its shutdown requests, listened for
 /// before it starts. The runtime gets `grace` to wind down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
     grace: Duration,
-    proxy: impl FnOnce(Arc<SessionManager>, Shutdown) -> F,
+    proxy: impl FnOnce(Arc<SessionManager>, Option<Arc<Tracer>>, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,10 +89,14 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     let code = runtime.block_on(async {
         // Before anything starts, so a signal never finds the default (fatal) handler.
         let shutdown = Shutdown::on_signals()?;
+        let tracer = crate::telemetry::traces::start(config.traces.as_ref())?;
         let sessions = SessionManager::new(config.sessions.clone(), store);
         let stop_cleanup = tokio_util::sync::CancellationToken::new();
         let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
-        let code = proxy(sessions.clone(), shutdown).await;
+        let code = proxy(sessions.clone(), tracer.clone(), shutdown).await;
+        if let Some(tracer) = tracer {
+            tracer.shutdown(TRACE_FLUSH_GRACE).await;
+        }
         stop_cleanup.cancel();
         cleanup.join_within(Duration::from_secs(1)).await;
         tracing::debug!(sessions = ?sessions.metrics(), "session totals");

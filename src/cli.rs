@@ -568,6 +568,27 @@ pub struct ProxyArgs {
     /// over one is dropped. [default: no limits]
     #[arg(long = "rate-limit", value_name = "LIMIT")]
     pub rate_limit: Vec<String>,
+    /// Export OpenTelemetry traces to this OTLP collector (docs/observability.md): a span per
+    /// request where it arrives and one for the hop on, W3C trace context read from and
+    /// written into `params._meta`. http:// only (run a collector beside the proxy), e.g.
+    /// http://127.0.0.1:4318 (HTTP; /v1/traces is added when no path is given) or
+    /// http://127.0.0.1:4317 with --otlp-protocol grpc. [default: off: messages pass byte for
+    /// byte]
+    #[arg(long, env = "SHADOWCAT_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: `http` (protobuf over HTTP) or `grpc`. [default: http]
+    #[arg(long, env = "SHADOWCAT_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// A header sent with every export, NAME=VALUE (repeatable), e.g. an API key.
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
+    pub otlp_header: Vec<String>,
+    /// The share of new traces recorded, 0 to 1. A request whose sender's trace context says
+    /// sampled is always recorded, one that says not sampled never. [default: 1]
+    #[arg(long, env = "SHADOWCAT_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    pub trace_sample_ratio: Option<String>,
+    /// `service.name` of the proxy's spans. [default: shadowcat]
+    #[arg(long, env = "SHADOWCAT_SERVICE_NAME", value_name = "NAME")]
+    pub service_name: Option<String>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {

@@ -57,6 +57,8 @@ pub struct Config {
     pub rules: Option<std::sync::Arc<crate::intercept::Rules>>,
     /// Rate limits (`--rate-limit`), each with a unique name.
     pub rate_limits: Vec<crate::ratelimit::LimitSpec>,
+    /// Trace export (`--otlp-endpoint`), if on.
+    pub traces: Option<crate::telemetry::traces::TraceOptions>,
 }
 
 /// Where session history goes.
@@ -167,6 +169,11 @@ struct FileConfig {
     rules_mode: Option<crate::intercept::Mode>,
     rate_limit: Option<Vec<String>>,
     trusted_proxy: Option<Vec<String>>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
+    otlp_header: Option<Vec<String>>,
+    trace_sample_ratio: Option<Scalar>,
+    service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,8 +322,13 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("--rate-limit", e))?;
         crate::ratelimit::spec::unique_names(&mut rate_limits);
+        let traces = match proxy {
+            Some(p) => traces::options(p, file)?,
+            None => None,
+        };
         Ok(Self {
             rate_limits,
+            traces,
             log_level: either(global.log_level.as_ref(), file.log_level.as_ref())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),
@@ -366,6 +378,7 @@ mod credentials;
 mod mode;
 pub mod recording;
 mod reverse;
+mod traces;
 pub use mode::{Mode, configure};
 mod trusted;
 pub use auth::{AdminToken, AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};

@@ -13,6 +13,7 @@
 //! - [`version`]: the protocol versions Shadowcat knows and what differs between them.
 //! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
 //! - [`rewrite`]: one member of a message replaced (an id, a progress token), the rest as it came.
+//! - [`trace_context`]: W3C trace context in `params._meta` (SEP-414), read and written.
 
 pub mod error;
 pub mod headers;
@@ -21,6 +22,7 @@ pub mod message;
 pub mod method;
 pub mod rewrite;
 pub mod salvage;
+pub mod trace_context;
 pub mod version;
 
 pub use error::ErrorCode;

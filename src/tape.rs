@@ -119,6 +119,8 @@ pub struct Frame {
     pub raw: Bytes,
     /// Wire details.
     pub transport: Wire,
+    /// The trace its spans belong to (32 hex digits), when tracing was on.
+    pub trace: Option<String>,
 }
 
 /// How a tape ended.
@@ -173,6 +175,9 @@ pub(crate) struct FrameLine<'a> {
     pub(crate) base64: Option<String>,
     #[serde(default, skip_serializing_if = "Wire::is_empty")]
     pub(crate) transport: Wire,
+    /// The trace its spans belong to, when tracing was on.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl<'a> FrameLine<'a> {
@@ -203,6 +208,7 @@ impl<'a> FrameLine<'a> {
                 .is_none()
                 .then(|| base64::engine::general_purpose::STANDARD.encode(raw)),
             transport,
+            trace: None,
         }
     }
 }
@@ -226,6 +232,7 @@ impl FrameLine<'_> {
             session: self.session.into_owned(),
             raw,
             transport: self.transport,
+            trace: self.trace.map(std::borrow::Cow::into_owned),
         })
     }
 }

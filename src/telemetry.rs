@@ -17,6 +17,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use tracing_subscriber::EnvFilter;
 
+pub mod traces;
+
 use crate::protocol::Direction;
 use crate::transport::child::ChildCounters;
 use crate::transport::serve::ConnectionCounters;

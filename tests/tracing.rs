@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The OTLP receiver, and the port of its OTLP/HTTP endpoint (which also answers the spans).
+/// The OTLP receiver, and the ports of its OTLP/HTTP endpoint (which also answers the spans)
+/// and its OTLP/gRPC one.
 struct Receiver {
     child: Child,
     http: u16,
+    grpc: u16,
 }
 
 impl Receiver {
@@ -42,7 +44,36 @@ impl Receiver {
             .find_map(|w| w.strip_prefix("http="))
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("the receiver's ready line: {line:?}"));
-        Self { child, http }
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the receiver's ready line: {line:?}"));
+        Self { child, http, grpc }
+    }
+
+    /// Where spans are sent over OTLP/gRPC.
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    /// The span of `service` named `name` of kind `kind`, waiting a little for it to arrive.
+    fn span_of_kind(&self, service: &str, name: &str, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let spans = self.spans();
+            if let Some(span) = spans
+                .iter()
+                .find(|s| s["service"] == service && s["name"] == name && s["kind"] == kind)
+            {
+                return span.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} span {name:?} of {service}: {spans:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Where spans are sent over OTLP/HTTP.
@@ -89,21 +120,7 @@ impl Drop for Receiver {
 /// their spans to `receiver`, and checks that the server's span for the `echo` call is the
 /// child of the client's, in one trace.
 fn assert_one_trace(receiver: &Receiver, server: &[String]) {
-    let mut client = Command::new(support::python("2.3.0"));
-    client
-        .arg(support::peers().join("sdk_client.py"))
-        .arg("--")
-        .args(server)
-        .env("OTLP_TRACES_URL", receiver.traces_url())
-        .env("OTEL_SERVICE_NAME", "client");
-    support::hermetic(&mut client);
-    let out = client.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client(receiver, server);
     let sent = receiver.span("client", "MCP send tools/call echo");
     let served = receiver.span("server", "tools/call echo");
     assert_eq!(sent["kind"], "client");
@@ -115,6 +132,25 @@ fn assert_one_trace(receiver: &Receiver, server: &[String]) {
     assert_eq!(
         served["parent_span_id"], sent["span_id"],
         "the client's span is the parent"
+    );
+}
+
+/// Runs the Python SDK client (tests/peers/sdk_client.py) with `target` (`-- cmd` or
+/// `--url URL`), exporting its spans to `receiver` as the service `client`.
+fn run_client(receiver: &Receiver, target: &[String]) {
+    let mut client = Command::new(support::python("2.3.0"));
+    client
+        .arg(support::peers().join("sdk_client.py"))
+        .args(target)
+        .env("OTLP_TRACES_URL", receiver.traces_url())
+        .env("OTEL_SERVICE_NAME", "client");
+    support::hermetic(&mut client);
+    let out = client.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -141,7 +177,9 @@ fn forward_stdio_passes_trace_context_on_untouched() {
         "--".into(),
     ];
     server.extend(python_server());
-    assert_one_trace(&receiver, &server);
+    let mut target = vec!["--".to_owned()];
+    target.extend(server);
+    assert_one_trace(&receiver, &target);
 }
 
 #[test]
@@ -162,5 +200,120 @@ fn the_bridge_and_the_gateway_pass_trace_context_on_untouched() {
         "--url".into(),
         gateway.url(),
     ];
-    assert_one_trace(&receiver, &server);
+    let mut target = vec!["--".to_owned()];
+    target.extend(server);
+    assert_one_trace(&receiver, &target);
+}
+
+/// Checks the four spans of the `echo` call: the client's, then shadowcat's SERVER span (its
+/// child), shadowcat's CLIENT span (the SERVER span's child), and the server's span, whose
+/// parent is shadowcat's CLIENT span: one trace, with the conventions' names and attributes.
+/// `near` and `far`: the `network.transport` of the side the call came from and went to.
+fn assert_traced_through(receiver: &Receiver, near: &str, far: &str) -> (Value, Value) {
+    let sent = receiver.span("client", "MCP send tools/call echo");
+    let ours = receiver.span_of_kind("shadowcat", "tools/call echo", "server");
+    let hop = receiver.span_of_kind("shadowcat", "tools/call echo", "client");
+    let served = receiver.span("server", "tools/call echo");
+    for span in [&ours, &hop, &served] {
+        assert_eq!(span["trace_id"], sent["trace_id"], "one trace: {span:#}");
+    }
+    assert_eq!(ours["parent_span_id"], sent["span_id"], "{ours:#}");
+    assert_eq!(hop["parent_span_id"], ours["span_id"], "{hop:#}");
+    assert_eq!(
+        served["parent_span_id"], hop["span_id"],
+        "the server received our CLIENT span as its parent: {served:#}"
+    );
+    for (span, transport) in [(&ours, near), (&hop, far)] {
+        let a = &span["attributes"];
+        assert_eq!(a["mcp.method.name"], "tools/call", "{span:#}");
+        assert_eq!(a["gen_ai.tool.name"], "echo");
+        assert_eq!(a["gen_ai.operation.name"], "execute_tool");
+        assert!(a["jsonrpc.request.id"].is_string(), "{span:#}");
+        assert!(a["mcp.session.id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(a["mcp.protocol.version"].is_string(), "{span:#}");
+        assert_eq!(a["network.transport"], transport, "{span:#}");
+        assert!(a.get("error.type").is_none(), "{span:#}");
+    }
+    (ours, hop)
+}
+
+#[test]
+fn forward_stdio_traces_each_call_as_the_conventions_say() {
+    let receiver = Receiver::start();
+    let mut target = vec![
+        "--".to_owned(),
+        support::shadowcat().display().to_string(),
+        "forward".into(),
+        "stdio".into(),
+        "--otlp-endpoint".into(),
+        format!("http://127.0.0.1:{}", receiver.http),
+        "--env".into(),
+        "OTEL_SERVICE_NAME=server".into(),
+        "--env".into(),
+        format!("OTLP_TRACES_URL={}", receiver.traces_url()),
+        "--".into(),
+    ];
+    target.extend(python_server());
+    run_client(&receiver, &target);
+    let (ours, _) = assert_traced_through(&receiver, "pipe", "pipe");
+    // Every request has its pair, the era's first (`server/discover`) among them.
+    receiver.span_of_kind("shadowcat", "server/discover", "server");
+    receiver.span_of_kind("shadowcat", "server/discover", "client");
+    assert_eq!(ours["transport"], "http");
+}
+
+/// The Python SDK server serving Streamable HTTP, exporting its spans to `receiver` as the
+/// service `server`; its MCP URL.
+fn traced_http_server(receiver: &Receiver) -> (Child, String) {
+    let mut child = Command::new(support::python("2.3.0"))
+        .arg(support::peers().join("sdk_server_v2.py"))
+        .arg("--http")
+        .env("OTLP_TRACES_URL", receiver.traces_url())
+        .env("OTEL_SERVICE_NAME", "server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the SDK server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the SDK server's port line: {line:?}"));
+    (child, format!("http://127.0.0.1:{port}/mcp"))
+}
+
+#[test]
+fn reverse_traces_each_call_to_an_http_server_exporting_over_grpc() {
+    let receiver = Receiver::start();
+    let (mut server, url) = traced_http_server(&receiver);
+    let grpc = receiver.grpc_url();
+    let gateway = support::Gateway::start(&[
+        "--upstream",
+        &url,
+        "--otlp-endpoint",
+        &grpc,
+        "--otlp-protocol",
+        "grpc",
+    ]);
+    run_client(&receiver, &["--url".to_owned(), gateway.url()]);
+    let (ours, hop) = assert_traced_through(&receiver, "tcp", "tcp");
+    assert_eq!(ours["transport"], "grpc");
+    assert_eq!(hop["attributes"]["server.address"], "127.0.0.1");
+    let port: i64 = url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(hop["attributes"]["server.port"], port);
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -256,7 +256,8 @@ impl<'a> DryRun<'a> {
             transport: &frame.transport,
             client: crate::stage::Client::Local,
         };
-        let (verdict, answers) = self.tracker.track(msg, cx);
+        let (verdict, answered) = self.tracker.track(msg, cx);
+        let answers = answered.map(|request| request.method);
         if let Some(answers) = &answers {
             entry.method = Some(answers.as_str().to_owned());
         }

@@ -84,15 +84,24 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
     })
 }
 
+/// Built once: setting up a search for this needle costs more than most searches.
+static VERSION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| {
+        memchr::memmem::Finder::new(b"io.modelcontextprotocol/protocolVersion")
+    });
+
+/// The protocol version a stateless-era (2026-07-28) request names in its
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]`, if it names one.
+pub fn body_version(msg: &Message) -> Option<String> {
+    VERSION.find(msg.raw())?;
+    let params = serde_json::from_slice::<Body<'_>>(msg.raw()).ok()?.params?;
+    text(params.meta?.version)
+}
+
 /// The headers that mirror `msg`'s body in the stateless era, if the body is of that era (its
 /// `_meta` names the protocol version): `MCP-Protocol-Version`, and for requests `Mcp-Method`
 /// and `Mcp-Name` (encoded when not header-safe).
 fn stateless_headers(msg: &Message) -> Option<HeaderMap> {
-    // Built once: setting up a search for this needle costs more than most searches.
-    static VERSION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| {
-            memchr::memmem::Finder::new(b"io.modelcontextprotocol/protocolVersion")
-        });
     let params = if VERSION.find(msg.raw()).is_some() {
         serde_json::from_slice::<Body<'_>>(msg.raw())
             .ok()

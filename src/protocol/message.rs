@@ -551,6 +551,25 @@ impl Message {
         self.raw.get(start as usize..end as usize)
     }
 
+    /// The `error.code` of an error response, read without building a tree; `None` for other
+    /// messages or an error without an integer code.
+    pub fn error_code(&self) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Body {
+            error: Code,
+        }
+        #[derive(Deserialize)]
+        struct Code {
+            code: i64,
+        }
+        if self.kind != Kind::Error {
+            return None;
+        }
+        serde_json::from_slice::<Body>(&self.raw)
+            .ok()
+            .map(|b| b.error.code)
+    }
+
     /// The id of a request (`None` for notifications and responses).
     pub fn request_id(&self) -> Option<&RequestId> {
         self.id.as_ref().filter(|_| self.kind == Kind::Request)

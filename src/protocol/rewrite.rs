@@ -39,9 +39,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 /// `json` (an object) with the member at `path` (keys from the top) replaced by the JSON text
 /// `value`; `None` if `json` is not an object or has no such member.
 pub fn replace(json: &str, path: &[&str], value: &str) -> Option<String> {
+    edit(json, path, value, false)
+}
+
+/// `json` (an object) with the member at `path` set to the JSON text `value`: replaced where it
+/// is, or added as its object's last member, the objects on the way created when absent. `None`
+/// if `json` or a member on the path is not an object, or a key on the path is there twice
+/// (which one a reader takes is not settled).
+pub fn set(json: &str, path: &[&str], value: &str) -> Option<String> {
+    edit(json, path, value, true)
+}
+
+fn edit(json: &str, path: &[&str], value: &str, add: bool) -> Option<String> {
     let (key, rest) = path.split_first()?;
     let Members(members) = serde_json::from_str(json).ok()?;
-    let mut out = String::with_capacity(json.len() + value.len());
+    if add && members.iter().filter(|(name, _)| name == key).count() > 1 {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len() + value.len() + key.len() + 16);
     out.push('{');
     let mut found = false;
     for (i, (name, member)) in members.iter().enumerate() {
@@ -55,11 +70,24 @@ pub fn replace(json: &str, path: &[&str], value: &str) -> Option<String> {
             if rest.is_empty() {
                 out.push_str(value);
             } else {
-                out.push_str(&replace(member.get(), rest, value)?);
+                out.push_str(&edit(member.get(), rest, value, add)?);
             }
         } else {
             out.push_str(member.get());
         }
+    }
+    if !found && add {
+        if !members.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).ok()?);
+        out.push(':');
+        if rest.is_empty() {
+            out.push_str(value);
+        } else {
+            out.push_str(&edit("{}", rest, value, add)?);
+        }
+        found = true;
     }
     out.push('}');
     found.then_some(out)
@@ -136,6 +164,14 @@ mod tests {
             )
         );
         assert!(note.error_for(&RequestId::Number(1)).is_none());
+        // `set` adds what `replace` cannot, and refuses a key given twice on the path.
+        assert_eq!(
+            set(r#"{"a":{"b":1}}"#, &["a", "c", "d"], "2").as_deref(),
+            Some(r#"{"a":{"b":1,"c":{"d":2}}}"#)
+        );
+        assert!(set(r#"{"a":{},"a":{}}"#, &["a", "b"], "1").is_none());
+        assert!(set(r#"{"a":[1]}"#, &["a", "b"], "1").is_none());
+        assert!(replace(r#"{"a":1}"#, &["b"], "2").is_none());
         // Escaped keys are written back escaped.
         assert_eq!(
             replace(r#"{"a\"b":1,"c":2}"#, &["c"], "3").as_deref(),

@@ -101,14 +101,15 @@ pub async fn run(
     config: &Config,
     upstream: &UpstreamConfig,
     sessions: &Arc<SessionManager>,
+    tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let pipeline = Arc::new(Pipeline::new(
+    let pipeline = Pipeline::for_mode(
+        config,
         Arc::new(Metrics::default()),
         sessions.clone(),
-        &config.rate_limits,
-        crate::intercept::start(config.rules.as_ref()),
-    ));
+        tracer,
+    );
     let credentials = start_credentials(upstream).await?;
     let backend = HttpBackend::new(
         client_for(upstream, credentials),

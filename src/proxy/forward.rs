@@ -25,6 +25,7 @@ use crate::protocol::{Direction, ErrorCode};
 use crate::session::pending::Pending;
 use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::Tracer;
 use crate::transport::child::{ChildProcess, ChildSpec, Restart, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
@@ -155,6 +156,7 @@ pub async fn run(
     restart: Restart,
     sessions: &Arc<SessionManager>,
     record: Option<&crate::tape::Recording>,
+    tracer: Option<Arc<Tracer>>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let upstream = std::iter::once(&spec.program)
@@ -168,7 +170,8 @@ pub async fn run(
         .transpose()?;
     let span = tracing::info_span!("session", id = %session.id().digest());
     let result = async {
-        let mut proxy = ForwardStdio::start(config, spec, restart, sessions, session.clone())?;
+        let mut proxy =
+            ForwardStdio::start(config, spec, restart, sessions, session.clone(), tracer)?;
         crate::proxy::pipeline::server_started(&session, proxy.server.child.pid(), 1).await;
         let event = loop {
             let event = proxy.next_event(&mut shutdown).await;
@@ -226,18 +229,14 @@ impl<'a> ForwardStdio<'a> {
         restart: Restart,
         sessions: &Arc<SessionManager>,
         session: Arc<Session>,
+        tracer: Option<Arc<Tracer>>,
     ) -> anyhow::Result<Self> {
         // Our stdio first: if it fails, no child has been started that would need stopping.
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline::new(
-            metrics.clone(),
-            sessions.clone(),
-            &config.rate_limits,
-            crate::intercept::start(config.rules.as_ref()),
-        ));
+        let pipeline = Pipeline::for_mode(config, metrics.clone(), sessions.clone(), tracer);
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);

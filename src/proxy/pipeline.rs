@@ -19,12 +19,13 @@
 
 use std::sync::Arc;
 
-use crate::protocol::{Direction, Message};
+use crate::protocol::{Direction, ErrorCode, Kind, Message};
 use crate::ratelimit::{LimitSpec, RateLimits};
-use crate::session::SessionManager;
+use crate::session::{Pending, SessionManager};
 use crate::stage::{Context, Verdict};
 use crate::tape::Wire;
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::{Call, Tracer};
 
 use super::tracker::RequestTracker;
 
@@ -35,6 +36,7 @@ pub struct Pipeline {
     limits: Option<RateLimits>,
     rules: Option<Arc<crate::intercept::Rules>>,
     metrics: Arc<Metrics>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Pipeline {
@@ -51,7 +53,34 @@ impl Pipeline {
             limits: (!limits.is_empty()).then(|| RateLimits::new(limits, &metrics)),
             rules,
             metrics,
+            tracer: None,
         }
+    }
+
+    /// The pipeline a proxying mode runs: `config`'s rate limits and rules (their file watched),
+    /// spans made with `tracer` (`--otlp-endpoint`).
+    pub fn for_mode(
+        config: &crate::config::Config,
+        metrics: Arc<Metrics>,
+        sessions: Arc<SessionManager>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Arc<Self> {
+        Arc::new(
+            Self::new(
+                metrics,
+                sessions,
+                &config.rate_limits,
+                crate::intercept::start(config.rules.as_ref()),
+            )
+            .traced(tracer),
+        )
+    }
+
+    /// This pipeline, making the spans of every request with `tracer` (`--otlp-endpoint`).
+    #[must_use]
+    pub fn traced(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The rate limits, if any.
@@ -66,32 +95,119 @@ impl Pipeline {
 
     /// Runs `msg` through every stage in order.
     pub async fn process(&self, msg: Message, cx: Context<'_>) -> Verdict {
+        let call = match &self.tracer {
+            Some(tracer) if msg.kind() == Kind::Request => {
+                Some(tracer.request(&msg, cx.direction, cx.session))
+            }
+            _ => None,
+        };
         let Some(tape) = cx.session.tape() else {
-            return self.stages(msg, cx).await;
+            let (verdict, answered) = self.stages(msg, cx).await;
+            return self.finish(verdict, call, answered, cx);
         };
         // Recorded: what was sent, and what became of it.
         let original = msg.clone();
-        let verdict = self.stages(msg, cx).await;
-        record(tape, &original, &verdict, cx).await;
-        verdict
+        let (verdict, answered) = self.stages(msg, cx).await;
+        let trace = call
+            .as_ref()
+            .map(Call::trace_id)
+            .or_else(|| answered.as_ref().and_then(trace_of));
+        record(tape, &original, &verdict, cx, trace.as_deref()).await;
+        self.finish(verdict, call, answered, cx)
     }
 
-    async fn stages(&self, msg: Message, cx: Context<'_>) -> Verdict {
-        let (verdict, answers) = self.tracker.track(msg, cx);
+    async fn stages(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Pending>) {
+        let (verdict, answered) = self.tracker.track(msg, cx);
         let Verdict::Forward(msg) = verdict else {
-            return verdict;
+            return (verdict, answered);
         };
         if let Some(refusal) = self.limits.as_ref().and_then(|l| l.check(&msg, &cx).err()) {
-            return refusal.verdict(&msg, cx);
+            return (refusal.verdict(&msg, cx), answered);
         }
-        match &self.rules {
+        let verdict = match &self.rules {
             Some(rules) => {
-                rules
-                    .process(msg, cx, answers.as_ref(), &self.metrics)
-                    .await
+                let answers = answered.as_ref().map(|request| &request.method);
+                rules.process(msg, cx, answers, &self.metrics).await
             }
             None => Verdict::Forward(msg),
+        };
+        (verdict, answered)
+    }
+
+    /// What follows the stages: a request that goes on is marked sent (after any delay a rule
+    /// added) and carries its spans' context; the spans of a request that is answered end.
+    fn finish(
+        &self,
+        verdict: Verdict,
+        call: Option<Call>,
+        answered: Option<Pending>,
+        cx: Context<'_>,
+    ) -> Verdict {
+        if let Some(request) = answered {
+            if let Some(call) = request.attachment.and_then(|a| a.downcast::<Call>().ok()) {
+                match &verdict {
+                    Verdict::Forward(answer) => call.answered(answer, false),
+                    Verdict::Respond(_) | Verdict::Drop => call.abandoned("dropped"),
+                }
+            }
+            return verdict;
         }
+        match verdict {
+            Verdict::Forward(msg) if msg.kind() == Kind::Request => {
+                let Some(id) = msg.id().cloned() else {
+                    return Verdict::Forward(msg);
+                };
+                let pending = cx.session.pending(cx.direction);
+                if let Some(call) = call {
+                    let msg = call.outgoing(msg);
+                    pending.forwarded(&id, Some(Box::new(call)));
+                    return Verdict::Forward(msg);
+                }
+                if self.rules.is_some() {
+                    // A rule may have delayed it: the hop starts now.
+                    pending.forwarded(&id, None);
+                }
+                Verdict::Forward(msg)
+            }
+            Verdict::Respond(answer) => {
+                if let Some(mut call) = call {
+                    call.event(proxy_answer_event(&answer), Vec::new());
+                    call.answered(&answer, true);
+                }
+                Verdict::Respond(answer)
+            }
+            Verdict::Drop => {
+                if let Some(mut call) = call {
+                    call.event("dropped", Vec::new());
+                    call.abandoned("dropped");
+                }
+                Verdict::Drop
+            }
+            verdict @ Verdict::Forward(_) => verdict,
+        }
+    }
+}
+
+/// The trace id a request's spans carry, if it has them.
+fn trace_of(request: &Pending) -> Option<String> {
+    request
+        .attachment
+        .as_ref()
+        .and_then(|a| a.downcast_ref::<Call>())
+        .map(Call::trace_id)
+}
+
+/// The span event for an answer the proxy gave in the receiver's place.
+fn proxy_answer_event(answer: &Message) -> &'static str {
+    if answer.kind() == Kind::Response {
+        return "mocked";
+    }
+    match answer.error_code().unwrap_or(0) {
+        c if c == i64::from(ErrorCode::RateLimited.code()) => "rate_limited",
+        c if c == i64::from(ErrorCode::InsufficientScope.code()) => "insufficient_scope",
+        c if c == i64::from(ErrorCode::TooManyPendingRequests.code()) => "too_many_pending",
+        c if c == i64::from(ErrorCode::ShuttingDown.code()) => "shutting_down",
+        _ => "blocked",
     }
 }
 
@@ -144,18 +260,24 @@ pub async fn end_recording(session: &crate::session::Session) {
 /// left it), or as it came when it went no further, and an answer the proxy gave in its place.
 /// Once the `initialize` answer has gone by, the session's metadata too. A tape that can no longer be written is logged once
 /// and the session goes on unrecorded.
-async fn record(tape: &crate::tape::Recorder, msg: &Message, verdict: &Verdict, cx: Context<'_>) {
+async fn record(
+    tape: &crate::tape::Recorder,
+    msg: &Message,
+    verdict: &Verdict,
+    cx: Context<'_>,
+    trace: Option<&str>,
+) {
     let session = cx.session.id().as_str();
     let carried = match verdict {
         Verdict::Forward(forwarded) => forwarded,
         Verdict::Respond(_) | Verdict::Drop => msg,
     };
     let mut result = tape
-        .message(cx.direction, session, carried, cx.transport)
+        .message(cx.direction, session, carried, cx.transport, trace)
         .await;
     if let (Ok(()), Verdict::Respond(answer)) = (&result, verdict) {
         result = tape
-            .message(cx.direction.reverse(), session, answer, &Wire::NONE)
+            .message(cx.direction.reverse(), session, answer, &Wire::NONE, trace)
             .await;
     }
     if let (Ok(()), Direction::ServerToClient, true) = (

@@ -16,7 +16,9 @@ use serde_json::value::RawValue;
 use crate::protocol::error::ProxyError;
 use crate::protocol::message::TokenError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
-use crate::session::{Declared, PendingError, PendingScope, Session, SessionManager, State};
+use crate::session::{
+    Declared, Pending, PendingError, PendingScope, Session, SessionManager, State,
+};
 use crate::telemetry::Metrics;
 
 use crate::stage::{Context, Verdict};
@@ -34,8 +36,9 @@ impl RequestTracker {
         Self { metrics, sessions }
     }
 
-    /// Tracks `msg`; with the verdict, for a response, the method of the request it answers.
-    pub fn track(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Method>) {
+    /// Tracks `msg`; with the verdict, for a response, the request it answers (taken from the
+    /// pending table).
+    pub fn track(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Pending>) {
         let mut answers = None;
         let verdict = self.track_message(msg, cx, &mut answers);
         (verdict, answers)
@@ -45,7 +48,7 @@ impl RequestTracker {
         &self,
         msg: Message,
         cx: Context<'_>,
-        answers: &mut Option<Method>,
+        answers: &mut Option<Pending>,
     ) -> Verdict {
         cx.session.record_frame(cx.direction);
         self.sessions.touch(cx.session);
@@ -138,7 +141,7 @@ impl RequestTracker {
                         self.sessions.activate(cx.session);
                     }
                 }
-                *answers = Some(request.method);
+                *answers = Some(request);
                 Verdict::Forward(msg)
             }
         }

@@ -26,13 +26,21 @@ pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 1_000;
 /// Default bound on requests awaiting an answer across all sessions.
 pub const DEFAULT_MAX_PENDING_TOTAL: usize = 100_000;
 
+/// Whatever a stage above keeps with a request until it ends (its trace spans): dropped with the
+/// entry, however the request ends.
+pub type Attachment = Box<dyn std::any::Any + Send + Sync>;
+
 /// What the proxy remembers about a forwarded request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Pending {
     /// Its method.
     pub method: Method,
-    /// When it was forwarded.
+    /// When it arrived.
     pub sent_at: Instant,
+    /// When it went on to its receiver, after the stages (a rule may delay it).
+    pub forwarded_at: Instant,
+    /// What a stage keeps with it ([`PendingRequests::forwarded`]).
+    pub attachment: Option<Attachment>,
     /// Its last sign of life: when it was sent, or its latest progress notification.
     pub active_at: Instant,
     /// The JSON text of its `progressToken`, if it has one.
@@ -306,6 +314,8 @@ impl PendingRequests {
             Pending {
                 method,
                 sent_at: now,
+                forwarded_at: now,
+                attachment: None,
                 active_at: now,
                 progress_token,
             },
@@ -324,6 +334,15 @@ impl PendingRequests {
             self.give_back(1);
         }
         removed
+    }
+
+    /// Request `id` went on to its receiver now, with `attachment` to keep until it ends.
+    /// Nothing if it is no longer waiting.
+    pub fn forwarded(&self, id: &RequestId, attachment: Option<Attachment>) {
+        if let Some(request) = self.lock().requests.get_mut(id) {
+            request.forwarded_at = Instant::now();
+            request.attachment = attachment;
+        }
     }
 
     /// Whether `id` is awaiting its answer.

@@ -255,6 +255,7 @@ impl Recorder {
         session: &str,
         msg: &crate::protocol::Message,
         transport: &Wire,
+        trace: Option<&str>,
     ) -> Result<(), TapeError> {
         let (raw, utf8) = match self.redactor.apply(msg.raw()) {
             std::borrow::Cow::Borrowed(_) => (msg.raw().clone(), true),
@@ -264,11 +265,13 @@ impl Recorder {
         // Masked secrets could in theory cut through JSON syntax: such lines are checked.
         let fast =
             !self.redactor.has_secrets() && session == self.session.0 && is_one_line(&raw, utf8);
-        let tail = fast.then(|| frame_tail(transport)).flatten();
+        let tail = fast.then(|| frame_tail(transport, trace)).flatten();
         let Some(tail) = tail else {
-            return self
-                .frame(direction, session, &raw, transport.clone())
-                .await;
+            let raw = self.redactor.apply(&raw);
+            let mut line =
+                FrameLine::new(self.micros(), direction, session, &raw, transport.clone());
+            line.trace = trace.map(Into::into);
+            return self.send(&Line::Frame(line)).await;
         };
         let middle = &self.session.1[usize::from(direction == Direction::ServerToClient)];
         self.queue
@@ -394,12 +397,19 @@ fn is_one_line(raw: &[u8], utf8: bool) -> bool {
 }
 
 /// How a frame line with `transport` ends, after its message.
-fn frame_tail(transport: &Wire) -> Option<std::borrow::Cow<'static, [u8]>> {
-    if *transport == Wire::NONE {
+fn frame_tail(transport: &Wire, trace: Option<&str>) -> Option<std::borrow::Cow<'static, [u8]>> {
+    if *transport == Wire::NONE && trace.is_none() {
         return Some(b"}\n"[..].into());
     }
-    let mut tail = br#","transport":"#.to_vec();
-    serde_json::to_writer(&mut tail, transport).ok()?;
+    let mut tail = Vec::new();
+    if *transport != Wire::NONE {
+        tail.extend_from_slice(br#","transport":"#);
+        serde_json::to_writer(&mut tail, transport).ok()?;
+    }
+    if let Some(trace) = trace {
+        tail.extend_from_slice(br#","trace":"#);
+        serde_json::to_writer(&mut tail, trace).ok()?;
+    }
     tail.extend_from_slice(b"}\n");
     Some(tail.into())
 }

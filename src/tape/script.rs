@@ -327,6 +327,7 @@ mod tests {
                     session: "s".into(),
                     raw: Bytes::copy_from_slice(raw.as_bytes()),
                     transport: Wire::NONE,
+                    trace: None,
                 })
                 .collect(),
             servers: Vec::new(),

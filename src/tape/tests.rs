@@ -85,6 +85,7 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
             session: "s1".into(),
             raw: Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"h\u00e9"}}}"#),
             transport: Wire::NONE,
+            trace: None,
         },
         Frame {
             micros: 1500,
@@ -96,6 +97,7 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
                 event_id: Some("post1-1".into()),
                 stream: Some("post".into()),
             },
+            trace: Some("0af7651916cd43dd8448eb211c80319c".into()),
         },
         Frame {
             micros: 2000,
@@ -103,6 +105,7 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
             session: "s1".into(),
             raw: Bytes::from_static(b"\xff not utf-8"),
             transport: Wire::NONE,
+            trace: None,
         },
     ];
     let mut out = Vec::new();
@@ -118,13 +121,14 @@ fn golden_lines() -> (Vec<Frame>, Vec<u8>) {
     )
     .unwrap();
     for f in &frames {
-        let line = FrameLine::new(
+        let mut line = FrameLine::new(
             f.micros,
             f.direction,
             &f.session,
             &f.raw,
             f.transport.clone(),
         );
+        line.trace = f.trace.as_deref().map(Into::into);
         write_line(&mut out, &Line::Frame(line)).unwrap();
     }
     write_line(
@@ -179,6 +183,7 @@ proptest::proptest! {
                 session: format!("s{i}"),
                 raw: Bytes::from(raw),
                 transport: Wire { status: Some(200), event_id: event.clone(), stream: None },
+                trace: None,
             })
             .collect();
         let mut out = Vec::new();

@@ -154,14 +154,10 @@ impl Gateway {
         sessions: Arc<SessionManager>,
         auth: Option<Arc<crate::auth::Authenticator>>,
         credentials: Option<Arc<crate::transport::credentials::Credentials>>,
+        tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline::new(
-            metrics.clone(),
-            sessions.clone(),
-            &config.rate_limits,
-            crate::intercept::start(config.rules.as_ref()),
-        ));
+        let pipeline = Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), tracer);
         let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(

@@ -36,7 +36,7 @@ fn the_fast_frame_line_is_the_serde_one() {
             let middle = frame_middle(direction, "s\"1");
             let mut pending = Pending::default();
             pending.copy(b"before\n");
-            let tail = frame_tail(&transport).unwrap();
+            let tail = frame_tail(&transport, None).unwrap();
             frame_line(
                 &mut pending,
                 42,
@@ -88,14 +88,14 @@ async fn messages_read_back_byte_for_byte_whichever_way_they_are_written() {
     for raw in &raws {
         let msg = Message::parse(Bytes::copy_from_slice(raw)).unwrap();
         recorder
-            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE)
+            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE, None)
             .await
             .unwrap();
     }
     // Another session's message on this tape.
     let msg = Message::parse(Bytes::copy_from_slice(&raws[0])).unwrap();
     recorder
-        .message(Direction::ClientToServer, "s2", &msg, &Wire::NONE)
+        .message(Direction::ClientToServer, "s2", &msg, &Wire::NONE, None)
         .await
         .unwrap();
     drop(recorder);
@@ -121,7 +121,7 @@ async fn a_session_waits_while_the_writer_is_behind_and_nothing_is_lost() {
         let raw = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"t":"{text}"}}}}"#);
         let msg = Message::parse(raw.into()).unwrap();
         recorder
-            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE)
+            .message(Direction::ServerToClient, "s1", &msg, &Wire::NONE, None)
             .await
             .unwrap();
         most = most.max(recorder.queue.lock().bytes);
@@ -166,13 +166,13 @@ async fn a_writer_that_fails_stops_the_recording_not_the_session() {
     ))
     .unwrap();
     recorder
-        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE)
+        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE, None)
         .await
         .unwrap();
     let err = writer.await.unwrap().unwrap_err();
     assert!(matches!(err, TapeError::Io { .. }), "{err}");
     let later = recorder
-        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE)
+        .message(Direction::ClientToServer, "s1", &msg, &Wire::NONE, None)
         .await;
     assert!(matches!(later, Err(TapeError::Closed)));
     assert!(matches!(

@@ -1,0 +1,448 @@
+//! Traces: OpenTelemetry spans for every request, named and attributed per the MCP semantic
+//! conventions, exported over OTLP (gRPC or HTTP/protobuf), with W3C trace context taken from and
+//! written into `params._meta` (SEP-414).
+//!
+//! A request that arrives gets a SERVER span (its parent: the `traceparent` the sender put in
+//! `_meta`) and a CLIENT span, its child, for the hop on to the receiver; the CLIENT span's
+//! context goes into the forwarded message's `_meta`, so the receiver's span is its child. Both
+//! end when the answer passes back (or when the request ends any other way: they are held in the
+//! request's pending entry and end when it goes). What the proxy itself did to the request is a
+//! span event. Off unless `--otlp-endpoint` is given: then nothing here runs and messages pass
+//! byte for byte.
+
+pub mod export;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+
+use crate::protocol::trace_context::Carrier;
+use crate::protocol::{Direction, Kind, Message, Method};
+use crate::session::{Session, TransportKind};
+
+/// The default `--service-name`.
+pub const DEFAULT_SERVICE_NAME: &str = "shadowcat";
+/// How long one export to the collector may take.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which OTLP transport to export with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (the collector's port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    #[default]
+    Http,
+}
+
+/// Where and how spans are exported (`--otlp-*`, `--trace-sample-ratio`, `--service-name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceOptions {
+    /// The collector: `http://host:4317` for gRPC, `http://host:4318/v1/traces` for HTTP.
+    pub endpoint: String,
+    /// Which transport.
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export (an API key, a tenant).
+    pub headers: Vec<(String, String)>,
+    /// The share of new traces recorded, 0 to 1 (a request whose sender's trace is sampled is
+    /// always recorded; one whose sender's is not, never).
+    pub sample_ratio: f64,
+    /// `service.name` of our spans.
+    pub service_name: String,
+}
+
+/// Makes the spans of every request and sends them to the collector.
+#[derive(Debug)]
+pub struct Tracer {
+    provider: SdkTracerProvider,
+    spans: SdkTracer,
+    counts: Arc<export::Counts>,
+    exporting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Starts exporting as `options` ask, or nothing without options. Runs inside a Tokio runtime
+/// (the export task runs on it).
+pub fn start(options: Option<&TraceOptions>) -> anyhow::Result<Option<Arc<Tracer>>> {
+    options.map(Tracer::start).transpose()
+}
+
+impl Tracer {
+    /// A tracer exporting as `options` ask.
+    pub fn start(options: &TraceOptions) -> anyhow::Result<Arc<Self>> {
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(options.service_name.clone())
+            .build();
+        let counts = Arc::new(export::Counts::default());
+        let (queue, task) = match options.protocol {
+            OtlpProtocol::Grpc => {
+                let mut headers = http::HeaderMap::new();
+                for (name, value) in &options.headers {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| anyhow::anyhow!("invalid --otlp-header name {name:?}: {e}"))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|e| anyhow::anyhow!("invalid --otlp-header value: {e}"))?;
+                    headers.insert(name, value);
+                }
+                let metadata =
+                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(options.endpoint.clone())
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_metadata(metadata)
+                    .build()?;
+                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+                export::Queue::start(exporter, counts.clone())
+            }
+            OtlpProtocol::Http => {
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(options.endpoint.clone())
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_headers(options.headers.iter().cloned().collect())
+                    .build()?;
+                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+                export::Queue::start(exporter, counts.clone())
+            }
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(queue)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                options.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "shadowcat");
+        tracing::info!(endpoint = %options.endpoint, protocol = ?options.protocol, "exporting traces over OTLP");
+        Ok(Arc::new(Self {
+            provider,
+            spans: tracer,
+            counts,
+            exporting: std::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    /// Spans accepted by the collector so far.
+    pub fn exported(&self) -> u64 {
+        self.counts.exported.load(Ordering::Relaxed)
+    }
+
+    /// Spans dropped so far (queue full, collector down or refusing).
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sends what is queued, waiting at most `within`; spans that end later are not sent.
+    pub async fn shutdown(&self, within: Duration) {
+        // Dropping the provider's processor closes the queue; the task sends the rest and ends.
+        let _ = self.provider.shutdown();
+        let task = self
+            .exporting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(within, task).await;
+        }
+        tracing::info!(
+            exported = self.exported(),
+            dropped = self.dropped(),
+            "trace export finished"
+        );
+    }
+
+    /// The spans of request `msg`, arriving travelling `direction` in `session`.
+    pub fn request(&self, msg: &Message, direction: Direction, session: &Session) -> Call {
+        let carrier = msg.trace_context();
+        let parent = if carrier.traceparent.is_some() {
+            TraceContextPropagator::new().extract(&CarrierText(&carrier))
+        } else {
+            Context::new()
+        };
+        let facts = Facts::of(msg, session);
+        let (near, far) = sides(session, direction);
+        let mut attributes = facts.attributes();
+        attributes.extend(near.attributes());
+        let server = self
+            .spans
+            .span_builder(facts.name.clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes.clone())
+            .start_with_context(&self.spans, &parent);
+        let own = Context::new().with_remote_span_context(server.span_context().clone());
+        let mut attributes = facts.attributes();
+        attributes.extend(far.attributes());
+        let client = self
+            .spans
+            .span_builder(facts.name)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&self.spans, &own);
+        Call {
+            server,
+            client,
+            sender: carrier,
+        }
+    }
+}
+
+/// The two spans of one request: where it arrived, and the hop on.
+#[derive(Debug)]
+pub struct Call {
+    server: Span,
+    client: Span,
+    /// The trace context the sender gave, for a forwarded message that must keep it.
+    sender: Carrier,
+}
+
+impl Call {
+    /// The trace id, as 32 hex digits (for tapes and history).
+    pub fn trace_id(&self) -> String {
+        self.server.span_context().trace_id().to_string()
+    }
+
+    /// `msg` as it goes on: with our CLIENT span as the parent its receiver sees in
+    /// `params._meta` (one or two members set, every other byte kept). As it came if it cannot
+    /// be rewritten.
+    pub fn outgoing(&self, msg: Message) -> Message {
+        let ours = Context::new().with_remote_span_context(self.client.span_context().clone());
+        let mut carrier = Carrier::default();
+        TraceContextPropagator::new().inject_context(&ours, &mut CarrierSlot(&mut carrier));
+        if carrier.traceparent == self.sender.traceparent {
+            return msg;
+        }
+        msg.with_trace_context(&carrier).unwrap_or(msg)
+    }
+
+    /// Something the proxy did to the request (`rate_limited`, `blocked`, `mocked`, ...).
+    pub fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
+        self.server.add_event(name, attributes);
+    }
+
+    /// The request is answered by `answer`: both spans get its outcome and end. `by_proxy`:
+    /// the proxy answered in the receiver's place (the hop never happened).
+    pub fn answered(mut self, answer: &Message, by_proxy: bool) {
+        if let Some(error) = error_type(answer) {
+            for span in [&mut self.server, &mut self.client] {
+                span.set_attribute(KeyValue::new("error.type", error.clone()));
+                span.set_status(Status::error(error.clone()));
+            }
+        }
+        if by_proxy {
+            self.client
+                .set_attribute(KeyValue::new("shadowcat.answered_by_proxy", true));
+        }
+        self.client.end();
+        self.server.end();
+    }
+
+    /// The request ended without an answer passing (dropped, timed out, its peer gone).
+    pub fn abandoned(mut self, why: &'static str) {
+        for span in [&mut self.server, &mut self.client] {
+            span.set_attribute(KeyValue::new("error.type", why));
+            span.set_status(Status::error(why));
+        }
+        self.client.end();
+        self.server.end();
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // A request that ends unanswered (its entry dropped with its session, or timed out)
+        // still ends its spans, marked so.
+        for span in [&mut self.server, &mut self.client] {
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new("error.type", "unanswered"));
+                span.set_status(Status::error("unanswered"));
+                span.end();
+            }
+        }
+    }
+}
+
+/// `error.type` for an answer: the JSON-RPC error code, or `tool_error` for a result with
+/// `isError: true`; `None` for success.
+fn error_type(answer: &Message) -> Option<String> {
+    match answer.kind() {
+        Kind::Error => Some(
+            answer
+                .error_code()
+                .map_or_else(|| "unreadable".to_owned(), |code| code.to_string()),
+        ),
+        Kind::Response => {
+            #[derive(serde::Deserialize)]
+            struct Body {
+                result: Option<ToolResult>,
+            }
+            #[derive(serde::Deserialize)]
+            struct ToolResult {
+                #[serde(rename = "isError", default)]
+                is_error: bool,
+            }
+            let raw = answer.raw();
+            memchr::memmem::find(raw, b"\"isError\"")?;
+            let body: Body = serde_json::from_slice(raw).ok()?;
+            body.result
+                .filter(|r| r.is_error)
+                .map(|_| "tool_error".to_owned())
+        }
+        Kind::Request | Kind::Notification => None,
+    }
+}
+
+/// What the conventions name about a request, read once for both spans.
+struct Facts {
+    name: Cow<'static, str>,
+    method: String,
+    id: Option<String>,
+    target: Option<(&'static str, String)>,
+    session: String,
+    version: Option<String>,
+}
+
+impl Facts {
+    fn of(msg: &Message, session: &Session) -> Self {
+        let method = msg.method().map_or("", Method::as_str).to_owned();
+        let target = match msg.method() {
+            Some(Method::ToolsCall) => msg
+                .called_tool()
+                .ok()
+                .flatten()
+                .map(|t| ("gen_ai.tool.name", t)),
+            Some(Method::PromptsGet) => msg
+                .param_str("name")
+                .ok()
+                .flatten()
+                .map(|t| ("gen_ai.prompt.name", t)),
+            Some(
+                Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe,
+            ) => msg
+                .param_str("uri")
+                .ok()
+                .flatten()
+                .map(|t| ("mcp.resource.uri", t)),
+            _ => None,
+        };
+        let name = match &target {
+            Some((_, target)) => Cow::Owned(format!("{method} {target}")),
+            None => Cow::Owned(method.clone()),
+        };
+        Self {
+            name,
+            method,
+            id: msg.id().map(ToString::to_string),
+            target,
+            session: session.id().as_str().to_owned(),
+            version: session
+                .read_metadata(|m| m.protocol_version.clone())
+                .or_else(|| crate::protocol::headers::body_version(msg)),
+        }
+    }
+
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut out = Vec::with_capacity(12);
+        out.push(KeyValue::new("mcp.method.name", self.method.clone()));
+        if let Some(id) = &self.id {
+            out.push(KeyValue::new("jsonrpc.request.id", id.clone()));
+        }
+        out.push(KeyValue::new("mcp.session.id", self.session.clone()));
+        if let Some(version) = &self.version {
+            out.push(KeyValue::new("mcp.protocol.version", version.clone()));
+        }
+        if let Some((key, value)) = &self.target {
+            out.push(KeyValue::new(*key, value.clone()));
+            if *key == "gen_ai.tool.name" {
+                out.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+            }
+        }
+        out
+    }
+}
+
+/// One side of the proxy, as the conventions describe a peer.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    /// A pipe (stdio).
+    Pipe,
+    /// HTTP, to or from `address` (a URL) when known.
+    Http(Option<&'a str>),
+}
+
+impl Side<'_> {
+    fn attributes(self) -> Vec<KeyValue> {
+        match self {
+            Self::Pipe => vec![KeyValue::new("network.transport", "pipe")],
+            Self::Http(url) => {
+                let mut out = vec![
+                    KeyValue::new("network.transport", "tcp"),
+                    KeyValue::new("network.protocol.name", "http"),
+                ];
+                if let Some(uri) = url.and_then(|u| u.parse::<http::Uri>().ok()) {
+                    if let Some(host) = uri.host() {
+                        out.push(KeyValue::new("server.address", host.to_owned()));
+                    }
+                    if let Some(port) = uri.port_u16() {
+                        out.push(KeyValue::new("server.port", i64::from(port)));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The side a request arrives on and the side it goes on to.
+fn sides(session: &Session, direction: Direction) -> (Side<'_>, Side<'_>) {
+    let client = match session.transport() {
+        TransportKind::Stdio => Side::Pipe,
+        _ => Side::Http(None),
+    };
+    let server = match session.upstream() {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Side::Http(Some(url))
+        }
+        _ => Side::Pipe,
+    };
+    match direction {
+        Direction::ClientToServer => (client, server),
+        Direction::ServerToClient => (server, client),
+    }
+}
+
+struct CarrierText<'a>(&'a Carrier);
+
+impl Extractor for CarrierText<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.0.traceparent.as_deref(),
+            "tracestate" => self.0.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+struct CarrierSlot<'a>(&'a mut Carrier);
+
+impl Injector for CarrierSlot<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.0.traceparent = Some(value),
+            "tracestate" if !value.is_empty() => self.0.tracestate = Some(value),
+            _ => {}
+        }
+    }
+}
