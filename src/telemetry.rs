@@ -88,6 +88,8 @@ pub struct Metrics {
     rate_limit_evictions: Family<LimitLabels, Counter>,
     /// Keys a keyed limit holds, by limit.
     rate_limit_keys: Family<LimitLabels, Gauge>,
+    /// `mcp.server.operation.duration`, `mcp.client.operation.duration`.
+    operations: Operations,
     forwarded: [AtomicU64; 2],
     answered_by_proxy: [AtomicU64; 2],
     malformed: [AtomicU64; 2],
@@ -123,7 +125,105 @@ fn bump(counters: &[AtomicU64; 2], direction: Direction) {
     counters[slot(direction)].fetch_add(1, Ordering::Relaxed);
 }
 
+/// The buckets the MCP semantic conventions give for operation and session durations, seconds.
+pub const MCP_DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn mcp_histogram() -> Histogram {
+    Histogram::new(MCP_DURATION_BUCKETS)
+}
+
+/// The semantic conventions' operation durations, kept only while something exposes them
+/// (the gateway's `/metrics`): a proxy with no scraper pays one flag read per answer.
+#[derive(Debug)]
+struct Operations {
+    on: std::sync::atomic::AtomicBool,
+    /// From a request's arrival to its answer leaving (we are the server).
+    server: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// From a request's hop on to its receiver's answer (we are the client).
+    client: Family<OperationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Operations {
+    fn default() -> Self {
+        Self {
+            on: std::sync::atomic::AtomicBool::new(false),
+            server: Family::new_with_constructor(mcp_histogram),
+            client: Family::new_with_constructor(mcp_histogram),
+        }
+    }
+}
+
+/// `mcp_method_name` (known methods, else `other`) and `error_type` (a JSON-RPC code, or
+/// `tool_error`, or empty for success): both of bounded cardinality.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The method.
+    pub mcp_method_name: &'static str,
+    /// What went wrong, if anything.
+    pub error_type: &'static str,
+}
+
+/// The `error_type` label of an answer: `tool_error` for a tool result with `isError: true`,
+/// the code of a JSON-RPC error the proxy or the specification defines, `other` for any other
+/// code, empty for success.
+pub fn error_label(answer: &crate::protocol::Message) -> &'static str {
+    use crate::protocol::{ErrorCode, Kind};
+    match answer.kind() {
+        Kind::Error => {
+            let Some(code) = answer.error_code() else {
+                return "other";
+            };
+            ErrorCode::ALL
+                .iter()
+                .find(|c| i64::from(c.code()) == code)
+                .map_or("other", |c| c.code_text())
+        }
+        Kind::Response if answer.is_tool_error() => "tool_error",
+        _ => "",
+    }
+}
+
 impl Metrics {
+    /// Starts keeping the operation durations (something will expose them).
+    pub fn keep_operations(&self) {
+        self.operations.on.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether operation durations are kept.
+    pub fn keeps_operations(&self) -> bool {
+        self.operations.on.load(Ordering::Relaxed)
+    }
+
+    /// A request of `method` was answered by `answer`: `served` after it arrived, `hop` after
+    /// it went on to its receiver (`None`: the proxy answered in the receiver's place).
+    pub fn operation(
+        &self,
+        method: &crate::protocol::Method,
+        answer: &crate::protocol::Message,
+        served: std::time::Duration,
+        hop: Option<std::time::Duration>,
+    ) {
+        if !self.operations.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let labels = OperationLabels {
+            mcp_method_name: method.label(),
+            error_type: error_label(answer),
+        };
+        self.operations
+            .server
+            .get_or_create(&labels)
+            .observe(served.as_secs_f64());
+        if let Some(hop) = hop {
+            self.operations
+                .client
+                .get_or_create(&labels)
+                .observe(hop.as_secs_f64());
+        }
+    }
+
     /// Rule `rule` took (or, in audit mode, would have taken) `action` on a message.
     pub fn rule_fired(&self, rule: &str, action: &'static str, audit: bool) {
         self.rules
@@ -416,6 +516,30 @@ impl prometheus_client::collector::Collector for Live {
     }
 }
 
+/// The trace exporter's counts, read at scrape time.
+#[derive(Debug)]
+struct TraceCounts(Arc<traces::Tracer>);
+
+impl prometheus_client::collector::Collector for TraceCounts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        counter(
+            &mut encoder,
+            "shadowcat_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            self.0.exported(),
+        )?;
+        counter(
+            &mut encoder,
+            "shadowcat_trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector was down or refused them",
+            self.0.dropped(),
+        )
+    }
+}
+
 /// One gauge sample.
 fn gauge(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
@@ -594,6 +718,29 @@ impl GatewayMetrics {
                 .get_or_create(&ReasonLabels { reason })
                 .inc_by(0);
         }
+        pipeline.keep_operations();
+        registry.register_with_unit(
+            "mcp_server_operation_duration",
+            "MCP requests as the server saw them (semantic conventions' mcp.server.operation.duration): from arrival to answer, by method and error type",
+            prometheus_client::registry::Unit::Seconds,
+            pipeline.operations.server.clone(),
+        );
+        registry.register_with_unit(
+            "mcp_client_operation_duration",
+            "MCP requests as the client saw them (mcp.client.operation.duration): from the hop on to the receiver's answer, by method and error type",
+            prometheus_client::registry::Unit::Seconds,
+            pipeline.operations.client.clone(),
+        );
+        let session_durations = mcp_histogram();
+        registry.register_with_unit(
+            "mcp_server_session_duration",
+            "MCP sessions from creation to end (mcp.server.session.duration)",
+            prometheus_client::registry::Unit::Seconds,
+            session_durations.clone(),
+        );
+        sessions.on_end(Box::new(move |age| {
+            session_durations.observe(age.as_secs_f64());
+        }));
         registry.register(
             "shadowcat_rule_actions",
             "Interceptor rule actions, by rule, action and mode (enforce, or audit: would have)",
@@ -631,6 +778,12 @@ impl GatewayMetrics {
             connections,
             children,
         }
+    }
+
+    /// Adds the trace exporter's counts (`--otlp-endpoint`).
+    pub fn trace_export(&mut self, tracer: Arc<traces::Tracer>) {
+        self.registry
+            .register_collector(Box::new(TraceCounts(tracer)));
     }
 
     /// Counts a request refused at the door for `reason` (one of [`AUTH_REFUSAL_REASONS`]).

@@ -47,8 +47,20 @@ fn every_metric_served_is_documented_and_every_documented_one_exists() {
         "shadowcat_rule_actions",
         "shadowcat_rate_limit_checks",
         "shadowcat_sessions_open",
+        "mcp_server_operation_duration_seconds",
+        "mcp_client_operation_duration_seconds",
+        "mcp_server_session_duration_seconds",
     ] {
         assert!(served.iter().any(|s| s == family), "{family}: {served:?}");
+    }
+    // The conventions' histograms counted the call, as the server and as the client.
+    let text = String::from_utf8_lossy(&metrics.body);
+    for family in [
+        "mcp_server_operation_duration_seconds",
+        "mcp_client_operation_duration_seconds",
+    ] {
+        let count = format!("{family}_count{{mcp_method_name=\"tools/call\",error_type=\"\"}} 1");
+        assert!(text.contains(&count), "{count}: {text}");
     }
     let docs = include_str!("../docs/observability.md");
     for name in &served {
@@ -58,10 +70,17 @@ fn every_metric_served_is_documented_and_every_documented_one_exists() {
         );
     }
     let telemetry = include_str!("../src/telemetry.rs");
+    // The metric tables' first column.
     let documented = docs
-        .split('`')
-        .filter(|w| w.starts_with("shadowcat_") && !w.contains(' '));
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|w| w.starts_with("shadowcat_") || w.starts_with("mcp_"));
     for name in documented {
+        // A family registered with a unit is named without it in the code.
+        let name = name
+            .strip_suffix("_seconds")
+            .filter(|n| n.starts_with("mcp_"))
+            .unwrap_or(name);
         assert!(
             telemetry.contains(&format!("\"{name}\"")),
             "docs/observability.md lists {name}, which the code does not have"

@@ -317,3 +317,63 @@ fn reverse_traces_each_call_to_an_http_server_exporting_over_grpc() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A free loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The value of the sample `name` in a Prometheus scrape.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_collector_that_is_down_costs_only_counted_drops() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let gw = support::Gateway::fixture(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    let session = gw.initialize();
+    let started = Instant::now();
+    for id in 2..22 {
+        let call = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"x"}}});
+        let r = gw.post(Some(&session), &call);
+        assert_eq!(r.status, 200);
+        assert!(String::from_utf8_lossy(&r.body).contains("\"result\""));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "calls waited for the collector: {:?}",
+        started.elapsed()
+    );
+    // The batch goes within a second, fails at once, and its spans are counted as dropped.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = support::http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let dropped = sample(&text, "shadowcat_trace_spans_dropped_total").unwrap_or(0.0);
+        assert_eq!(
+            sample(&text, "shadowcat_trace_spans_exported_total"),
+            Some(0.0),
+            "{text}"
+        );
+        // 21 requests, two spans each.
+        if dropped >= 42.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drops not counted: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        gw.stderr_text().contains("cannot export spans"),
+        "the failure is logged"
+    );
+}

@@ -118,6 +118,35 @@ impl ErrorCode {
         Self::InsufficientScope,
     ];
 
+    /// [`Self::code`] as text (a metric label, `error.type`).
+    pub fn code_text(self) -> &'static str {
+        match self {
+            Self::ParseError => "-32700",
+            Self::InvalidRequest => "-32600",
+            Self::MethodNotFound => "-32601",
+            Self::InvalidParams => "-32602",
+            Self::ResourceNotFound => "-32002",
+            Self::InternalError => "-32603",
+            Self::HeaderMismatch => "-32020",
+            Self::MessageTooLarge => "-32080",
+            Self::UpstreamExited => "-32081",
+            Self::InvalidUpstreamResponse => "-32082",
+            Self::TooManyPendingRequests => "-32083",
+            Self::DuplicateRequestId => "-32084",
+            Self::ShuttingDown => "-32085",
+            Self::RequestTimedOut => "-32086",
+            Self::UpstreamUnreachable => "-32087",
+            Self::UpstreamHttpError => "-32088",
+            Self::TooManySessions => "-32089",
+            Self::ReplayUnmatched => "-32090",
+            Self::BlockedByRule => "-32091",
+            Self::RateLimited => "-32092",
+            Self::PoolTimedOut => "-32093",
+            Self::Unattributable => "-32094",
+            Self::InsufficientScope => "-32095",
+        }
+    }
+
     /// The numeric JSON-RPC code.
     pub fn code(self) -> i32 {
         match self {

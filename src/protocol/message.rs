@@ -570,6 +570,26 @@ impl Message {
             .map(|b| b.error.code)
     }
 
+    /// Whether this is a tool result that reports a failure (`result.isError: true`). Read only
+    /// when the frame mentions `isError`.
+    pub fn is_tool_error(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Body {
+            result: Option<ToolResult>,
+        }
+        #[derive(Deserialize)]
+        struct ToolResult {
+            #[serde(rename = "isError", default)]
+            is_error: bool,
+        }
+        self.kind == Kind::Response
+            && memchr::memmem::find(&self.raw, b"\"isError\"").is_some()
+            && serde_json::from_slice::<Body>(&self.raw)
+                .ok()
+                .and_then(|b| b.result)
+                .is_some_and(|r| r.is_error)
+    }
+
     /// The id of a request (`None` for notifications and responses).
     pub fn request_id(&self) -> Option<&RequestId> {
         self.id.as_ref().filter(|_| self.kind == Kind::Request)

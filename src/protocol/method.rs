@@ -28,6 +28,15 @@ macro_rules! methods {
                 }
             }
 
+            /// The name of a known method, `other` for any other: a label of bounded
+            /// cardinality for metrics.
+            pub fn label(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                    Self::Other(_) => "other",
+                }
+            }
+
             /// The method name as it appears on the wire.
             pub fn as_str(&self) -> &str {
                 match self {

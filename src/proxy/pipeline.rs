@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use crate::protocol::{Direction, ErrorCode, Kind, Message};
+use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::ratelimit::{LimitSpec, RateLimits};
 use crate::session::{Pending, SessionManager};
 use crate::stage::{Context, Verdict};
@@ -95,6 +95,9 @@ impl Pipeline {
 
     /// Runs `msg` through every stage in order.
     pub async fn process(&self, msg: Message, cx: Context<'_>) -> Verdict {
+        // A request the proxy may answer itself: what its duration is measured by.
+        let asked = (msg.kind() == Kind::Request && self.metrics.keeps_operations())
+            .then(|| (msg.method().cloned(), tokio::time::Instant::now()));
         let call = match &self.tracer {
             Some(tracer) if msg.kind() == Kind::Request => {
                 Some(tracer.request(&msg, cx.direction, cx.session))
@@ -103,7 +106,7 @@ impl Pipeline {
         };
         let Some(tape) = cx.session.tape() else {
             let (verdict, answered) = self.stages(msg, cx).await;
-            return self.finish(verdict, call, answered, cx);
+            return self.finish(verdict, call, answered, asked, cx);
         };
         // Recorded: what was sent, and what became of it.
         let original = msg.clone();
@@ -113,7 +116,7 @@ impl Pipeline {
             .map(Call::trace_id)
             .or_else(|| answered.as_ref().and_then(trace_of));
         record(tape, &original, &verdict, cx, trace.as_deref()).await;
-        self.finish(verdict, call, answered, cx)
+        self.finish(verdict, call, answered, asked, cx)
     }
 
     async fn stages(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Pending>) {
@@ -141,9 +144,18 @@ impl Pipeline {
         verdict: Verdict,
         call: Option<Call>,
         answered: Option<Pending>,
+        asked: Option<(Option<Method>, tokio::time::Instant)>,
         cx: Context<'_>,
     ) -> Verdict {
         if let Some(request) = answered {
+            if let Verdict::Forward(answer) = &verdict {
+                self.metrics.operation(
+                    &request.method,
+                    answer,
+                    request.sent_at.elapsed(),
+                    Some(request.forwarded_at.elapsed()),
+                );
+            }
             if let Some(call) = request.attachment.and_then(|a| a.downcast::<Call>().ok()) {
                 match &verdict {
                     Verdict::Forward(answer) => call.answered(answer, false),
@@ -170,6 +182,9 @@ impl Pipeline {
                 Verdict::Forward(msg)
             }
             Verdict::Respond(answer) => {
+                if let Some((Some(method), at)) = asked {
+                    self.metrics.operation(&method, &answer, at.elapsed(), None);
+                }
                 if let Some(mut call) = call {
                     call.event(proxy_answer_event(&answer), Vec::new());
                     call.answered(&answer, true);

@@ -108,9 +108,22 @@ pub struct SessionManager {
     budget: Arc<PendingBudget>,
     metrics: SessionMetrics,
     store: Option<StoreWriter>,
+    /// Told each ended session's age ([`Self::on_end`]).
+    end_hook: std::sync::OnceLock<Hook>,
     /// Makes the next cleanup pass panic (tests of the cleanup task's resilience).
     #[cfg(test)]
     panic_next_cleanup: std::sync::atomic::AtomicBool,
+}
+
+/// What [`SessionManager::on_end`] calls with each ended session's age.
+pub type EndHook = Box<dyn Fn(Duration) + Send + Sync>;
+
+struct Hook(EndHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndHook")
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,6 +142,7 @@ impl SessionManager {
             expiry: Mutex::new(BinaryHeap::new()),
             slots: AtomicUsize::new(0),
             metrics: SessionMetrics::default(),
+            end_hook: std::sync::OnceLock::new(),
             store,
             #[cfg(test)]
             panic_next_cleanup: std::sync::atomic::AtomicBool::new(false),
@@ -330,8 +344,19 @@ impl SessionManager {
         session.closed_token().cancel();
         self.slots.fetch_sub(1, Ordering::AcqRel);
         self.metrics.ended(reason);
+        if let Some(Hook(hook)) = self.end_hook.get() {
+            hook(session.age(Instant::now()));
+        }
         self.persist(&session);
         Some(session)
+    }
+
+    /// Calls `hook` with the age of every session that ends from now on (a duration
+    /// histogram). One hook per manager: a second is ignored.
+    pub fn on_end(&self, hook: EndHook) {
+        if self.end_hook.set(Hook(hook)).is_err() {
+            tracing::debug!("a session end hook is already set");
+        }
     }
 
     /// Ends every open session (shutdown).

@@ -279,23 +279,7 @@ fn error_type(answer: &Message) -> Option<String> {
                 .error_code()
                 .map_or_else(|| "unreadable".to_owned(), |code| code.to_string()),
         ),
-        Kind::Response => {
-            #[derive(serde::Deserialize)]
-            struct Body {
-                result: Option<ToolResult>,
-            }
-            #[derive(serde::Deserialize)]
-            struct ToolResult {
-                #[serde(rename = "isError", default)]
-                is_error: bool,
-            }
-            let raw = answer.raw();
-            memchr::memmem::find(raw, b"\"isError\"")?;
-            let body: Body = serde_json::from_slice(raw).ok()?;
-            body.result
-                .filter(|r| r.is_error)
-                .map(|_| "tool_error".to_owned())
-        }
+        Kind::Response => answer.is_tool_error().then(|| "tool_error".to_owned()),
         Kind::Request | Kind::Notification => None,
     }
 }

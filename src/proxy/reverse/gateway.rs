@@ -157,8 +157,12 @@ impl Gateway {
         tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), tracer);
-        let gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
+        let pipeline =
+            Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), tracer.clone());
+        let mut gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
+        if let Some(tracer) = tracer {
+            gateway_metrics.trace_export(tracer);
+        }
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(
                 client_for(upstream, credentials),
