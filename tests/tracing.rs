@@ -377,3 +377,66 @@ fn a_collector_that_is_down_costs_only_counted_drops() {
         "the failure is logged"
     );
 }
+
+#[test]
+fn tapes_and_session_history_carry_the_trace_ids() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tape = dir.path().join("call.jsonl");
+    let mut target = vec![
+        "--".to_owned(),
+        support::shadowcat().display().to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "forward".into(),
+        "stdio".into(),
+        "--session-store".into(),
+        "sqlite".into(),
+        "--record".into(),
+        tape.display().to_string(),
+        "--otlp-endpoint".into(),
+        format!("http://127.0.0.1:{}", receiver.http),
+        "--".into(),
+    ];
+    target.extend(python_server());
+    run_client(&receiver, &target);
+    let sent = receiver.span("client", "MCP send tools/call echo");
+    let trace = sent["trace_id"].as_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = support::command()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The tape: each frame of the call, request and answer, names the client's trace.
+    let shown = run(&["tape", "show", tape.to_str().unwrap()]);
+    assert!(shown.contains("TRACE"), "{shown}");
+    let call_rows: Vec<&str> = shown.lines().filter(|l| l.ends_with(&trace)).collect();
+    assert_eq!(call_rows.len(), 2, "{trace}: {shown}");
+    assert!(call_rows[0].contains("request") && call_rows[0].contains("tools/call"));
+    assert!(call_rows[1].contains("response") && call_rows[1].contains("tools/call"));
+    // The session's history row lists it among its traces.
+    let list = run(&["session", "list", "--format", "json"]);
+    let sessions: Value = serde_json::from_str(&list).unwrap();
+    let id = sessions[0]["id"].as_str().unwrap();
+    assert!(
+        sessions[0]["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == trace.as_str()),
+        "{sessions:#}"
+    );
+    let show = run(&["session", "show", id]);
+    let traces = show.lines().find(|l| l.starts_with("traces")).unwrap();
+    assert!(traces.contains(&trace), "{show}");
+}

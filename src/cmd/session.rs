@@ -150,6 +150,14 @@ pub fn details(r: &SessionRecord) -> String {
             _ => "-".into(),
         },
     );
+    field(
+        "traces",
+        if r.metadata.traces.is_empty() {
+            "-".into()
+        } else {
+            r.metadata.traces.join(" ")
+        },
+    );
     field("messages from client", r.frames_from_client.to_string());
     field("messages from server", r.frames_from_server.to_string());
     field("pending requests", r.pending.to_string());

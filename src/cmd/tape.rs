@@ -168,6 +168,9 @@ pub struct Entry {
     pub latency: Option<u64>,
     /// Its size in bytes.
     pub bytes: usize,
+    /// The trace its spans belong to, when it was recorded with tracing on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// The tape's messages, with each answer's latency.
@@ -186,6 +189,7 @@ pub fn timeline(tape: &Tape) -> Vec<Entry> {
                 id: None,
                 latency: None,
                 bytes: frame.raw.len(),
+                trace: frame.trace.clone(),
             };
             let Ok(msg) = Message::parse(frame.raw.clone()) else {
                 return entry;
@@ -279,10 +283,12 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
     field("end", &end);
     field("frames", &timeline.len().to_string());
     out.push('\n');
+    // The trace column only for a tape recorded with tracing on.
+    let traced = timeline.iter().any(|e| e.trace.is_some());
     let rows: Vec<Vec<String>> = timeline
         .iter()
         .map(|e| {
-            vec![
+            let mut row = vec![
                 millis(e.t),
                 if e.dir == "c2s" {
                     "client → server"
@@ -295,21 +301,26 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
                 e.id.clone().unwrap_or_else(|| "-".into()),
                 e.latency.map_or_else(|| "-".into(), millis),
                 e.bytes.to_string(),
-            ]
+            ];
+            if traced {
+                row.push(e.trace.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    out.push_str(&columns(
-        &[
-            "TIME",
-            "DIRECTION",
-            "KIND",
-            "METHOD",
-            "ID",
-            "LATENCY",
-            "BYTES",
-        ],
-        &rows,
-    ));
+    let mut header = vec![
+        "TIME",
+        "DIRECTION",
+        "KIND",
+        "METHOD",
+        "ID",
+        "LATENCY",
+        "BYTES",
+    ];
+    if traced {
+        header.push("TRACE");
+    }
+    out.push_str(&columns(&header, &rows));
     out
 }
 
@@ -333,14 +344,15 @@ pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow:
         if raw.as_ref() != frame.raw.as_ref() {
             masked += 1;
         }
-        let line = Line::Frame(FrameLine::new(
+        let mut line = FrameLine::new(
             frame.micros,
             frame.direction,
             &frame.session,
             &raw,
             frame.transport.clone(),
-        ));
-        write_line(&mut out, &line).map_err(io)?;
+        );
+        line.trace = frame.trace.as_deref().map(Into::into);
+        write_line(&mut out, &Line::Frame(line)).map_err(io)?;
     }
     for server in &tape.servers {
         write_line(&mut out, &Line::Server(server.clone())).map_err(io)?;

@@ -100,7 +100,9 @@ impl Pipeline {
             .then(|| (msg.method().cloned(), tokio::time::Instant::now()));
         let call = match &self.tracer {
             Some(tracer) if msg.kind() == Kind::Request => {
-                Some(tracer.request(&msg, cx.direction, cx.session))
+                let call = tracer.request(&msg, cx.direction, cx.session);
+                cx.session.update_metadata(|m| m.saw_trace(call.trace_id()));
+                Some(call)
             }
             _ => None,
         };

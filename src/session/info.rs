@@ -64,6 +64,27 @@ pub struct Metadata {
     /// never a token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// The traces its requests belonged to, when tracing was on: the latest
+    /// [`MAX_SESSION_TRACES`] distinct ids (32 hex digits), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<String>,
+}
+
+/// How many trace ids a session's record keeps.
+pub const MAX_SESSION_TRACES: usize = 32;
+
+impl Metadata {
+    /// Notes that a request of the session belonged to trace `id`.
+    pub fn saw_trace(&mut self, id: String) {
+        if self.traces.last() == Some(&id) {
+            return;
+        }
+        self.traces.retain(|t| *t != id);
+        if self.traces.len() >= MAX_SESSION_TRACES {
+            self.traces.remove(0);
+        }
+        self.traces.push(id);
+    }
 }
 
 /// Thresholds for automatic tags.
@@ -504,6 +525,22 @@ fn slot(direction: Direction) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_keeps_the_latest_distinct_traces() {
+        let mut m = Metadata::default();
+        m.saw_trace("a".into());
+        m.saw_trace("a".into());
+        m.saw_trace("b".into());
+        m.saw_trace("a".into());
+        assert_eq!(m.traces, ["b", "a"]);
+        for i in 0..100 {
+            m.saw_trace(format!("t{i}"));
+        }
+        assert_eq!(m.traces.len(), MAX_SESSION_TRACES);
+        assert_eq!(m.traces.first().map(String::as_str), Some("t68"));
+        assert_eq!(m.traces.last().map(String::as_str), Some("t99"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn counts_frames_tracks_activity_and_tags() {

@@ -48,6 +48,8 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE sessions ADD COLUMN server_generation INTEGER;",
     // v5: the authenticated principal that opened the session (never its token).
     "ALTER TABLE sessions ADD COLUMN principal TEXT;",
+    // v6: the traces the session's requests belonged to (a JSON list), with tracing on.
+    "ALTER TABLE sessions ADD COLUMN traces TEXT;",
 ];
 
 /// Session history in an SQLite file.
@@ -90,7 +92,7 @@ fn connect_with(path: &Path, read_only: bool) -> Result<Connection, StoreError> 
 
 const COLUMNS: &str = "id, state, end_reason, transport, upstream, created_at_ms, last_activity_ms, ended_at_ms, \
     frames_from_client, frames_from_server, pending, protocol_version, client_info, client_capabilities, \
-    server_info, server_capabilities, tags, updated_at_ms, tape, server_pid, server_generation, principal";
+    server_info, server_capabilities, tags, updated_at_ms, tape, server_pid, server_generation, principal, traces";
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/sessions.db` and migrates it.
@@ -239,6 +241,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
                 .get::<_, Option<i64>>(20)?
                 .and_then(|v| u64::try_from(v).ok()),
             principal: row.get(21)?,
+            traces: row
+                .get::<_, Option<String>>(22)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
         },
         updated_at_ms: u(17)?,
         tape: row.get(18)?,
@@ -252,7 +258,7 @@ impl SessionStore for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
+                    "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
                      ON CONFLICT(id) DO UPDATE SET state = excluded.state, end_reason = excluded.end_reason,
                        last_activity_ms = excluded.last_activity_ms, ended_at_ms = excluded.ended_at_ms,
                        frames_from_client = excluded.frames_from_client, frames_from_server = excluded.frames_from_server,
@@ -261,7 +267,7 @@ impl SessionStore for SqliteStore {
                        server_info = excluded.server_info, server_capabilities = excluded.server_capabilities,
                        tags = excluded.tags, updated_at_ms = excluded.updated_at_ms, tape = excluded.tape,
                        server_pid = excluded.server_pid, server_generation = excluded.server_generation,
-                       principal = excluded.principal
+                       principal = excluded.principal, traces = excluded.traces
                      WHERE sessions.state <> 'closed'"
                 ))
                 .map_err(self.err())?;
@@ -290,6 +296,8 @@ impl SessionStore for SqliteStore {
                     m.server_pid,
                     m.server_generation.map(to_i64),
                     m.principal,
+                    (!m.traces.is_empty())
+                        .then(|| serde_json::to_string(&m.traces).unwrap_or_default()),
                 ])
                 .map_err(self.err())?;
             }
@@ -349,6 +357,7 @@ mod tests {
             server_pid: Some(4242),
             server_generation: Some(2),
             principal: Some("https://id.example#alice".into()),
+            traces: vec!["0af7651916cd43dd8448eb211c80319c".into()],
             ..Metadata::default()
         };
         metadata.client_info = Some(Declared::from_value(
