@@ -440,3 +440,96 @@ fn tapes_and_session_history_carry_the_trace_ids() {
     let traces = show.lines().find(|l| l.starts_with("traces")).unwrap();
     assert!(traces.contains(&trace), "{show}");
 }
+
+/// The body of the first fenced block opened by `fence` after `heading` in `doc`.
+fn block<'a>(doc: &'a str, heading: &str, fence: &str) -> &'a str {
+    let from = &doc[doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"))..];
+    let start = from.find(fence).unwrap() + fence.len();
+    let body = &from[start..];
+    body[..body.find("```").unwrap()].trim_start_matches('\n')
+}
+
+#[test]
+fn the_documented_collector_takes_what_the_documented_commands_send() {
+    let docs = include_str!("../docs/observability.md");
+    let config: Value =
+        serde_saphyr::from_str(block(docs, "### An example collector", "```yaml")).unwrap();
+    let protocols = &config["receivers"]["otlp"]["protocols"];
+    let listens = |protocol: &str| protocols[protocol]["endpoint"].as_str().unwrap().to_owned();
+    let traces = &config["service"]["pipelines"]["traces"];
+    assert!(
+        traces["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "otlp")
+    );
+    assert!(!traces["exporters"].as_array().unwrap().is_empty());
+    // The command lines of the Traces section, continuation lines joined.
+    let commands: Vec<Vec<String>> = block(docs, "## Traces", "```sh")
+        .replace("\\\n", " ")
+        .lines()
+        .filter(|l| l.starts_with("shadowcat "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let receiver = Receiver::start();
+    for command in &commands {
+        let value = |flag: &str| {
+            command
+                .iter()
+                .position(|a| a == flag)
+                .map(|i| command[i + 1].clone())
+        };
+        let protocol = value("--otlp-protocol").unwrap_or_else(|| "http".into());
+        let endpoint = value("--otlp-endpoint").unwrap();
+        // The collector listens where the command sends.
+        assert_eq!(
+            endpoint.strip_prefix("http://").unwrap(),
+            listens(&protocol),
+            "{command:?}"
+        );
+        // The command's trace options, sent to the test's receiver instead.
+        let ours = match protocol.as_str() {
+            "grpc" => receiver.grpc_url(),
+            _ => format!("http://127.0.0.1:{}", receiver.http),
+        };
+        let mut opts = vec!["--otlp-endpoint".to_owned(), ours];
+        for flag in [
+            "--otlp-protocol",
+            "--trace-sample-ratio",
+            "--otlp-header",
+            "--service-name",
+        ] {
+            if let Some(v) = value(flag) {
+                opts.extend([flag.to_owned(), v]);
+            }
+        }
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let gw = support::Gateway::fixture(&opts);
+        let session = gw.initialize();
+        // A sampled parent: recorded whatever the ratio.
+        let trace = format!(
+            "{:032x}",
+            0xc0ffee_u128 + commands.len() as u128 + opts.len() as u128
+        );
+        let call = serde_json::json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"x"},
+            "_meta":{"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}}});
+        assert_eq!(gw.post(Some(&session), &call).status, 200);
+        let service = value("--service-name").unwrap_or_else(|| "shadowcat".into());
+        let span = receiver.span_of_kind(&service, "tools/call echo", "server");
+        assert_eq!(span["trace_id"], trace.as_str());
+        assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
+        assert_eq!(span["transport"], protocol.as_str());
+        let _ = support::http_request(
+            &format!("127.0.0.1:{}", receiver.http),
+            "DELETE",
+            "/spans",
+            &[],
+            b"",
+        );
+    }
+}
