@@ -65,6 +65,7 @@ fn flood() {
             session: &session,
             transport: &Wire::NONE,
             client: Client::Address(IpAddr::V4(Ipv4Addr::from(i))),
+            header_trace: None,
         };
         limits.check(&msg, &cx).unwrap();
     }
@@ -94,6 +95,7 @@ fn ratelimit(c: &mut Criterion) {
         session: &session,
         transport: &Wire::NONE,
         client: Client::Address(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
+        header_trace: None,
     };
     let mut group = c.benchmark_group("ratelimit");
     // Rates far above what the loop sends: every check passes, as most do.

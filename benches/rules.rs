@@ -101,6 +101,7 @@ fn rules(c: &mut Criterion) {
                         session: &session,
                         transport: &Wire::NONE,
                         client: shadowcat::stage::Client::Local,
+                        header_trace: None,
                     };
                     // No rule waits, so the future is ready at once.
                     let verdict = rules

@@ -18,6 +18,9 @@ pub struct Context<'a> {
     pub transport: &'a Wire,
     /// Who sent it, as far as the transport can tell (what per-client limits key on).
     pub client: Client<'a>,
+    /// The W3C `traceparent` the transport carried beside the message (an HTTP header), if
+    /// any: linked from the request's span (its parent comes from `params._meta`).
+    pub header_trace: Option<&'a str>,
 }
 
 /// Who a client is, as far as the transport can tell.

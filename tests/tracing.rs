@@ -533,3 +533,74 @@ fn the_documented_collector_takes_what_the_documented_commands_send() {
         );
     }
 }
+
+/// The JSON-RPC answer in an HTTP response body (JSON, or the last SSE `data:` line).
+fn answer_of(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let json = if text.trim_start().starts_with('{') {
+        text.trim().to_owned()
+    } else {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .next_back()
+            .unwrap_or_else(|| panic!("no answer in {text}"))
+            .trim()
+            .to_owned()
+    };
+    serde_json::from_str(&json).unwrap()
+}
+
+/// The request headers the HTTP fixture received with a `tools/call headers` sent through `gw`
+/// with a `traceparent` header `header` and one in `_meta`, `meta`.
+fn headers_seen(gw: &support::Gateway, session: &str, header: &str, meta: &str) -> Value {
+    let call = serde_json::json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"headers","arguments":{},"_meta":{"traceparent": meta}}});
+    let r = support::http_request(
+        &gw.addr,
+        "POST",
+        "/mcp",
+        &support::mcp_headers(&[("Mcp-Session-Id", session), ("traceparent", header)]),
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let answer = answer_of(&r.body);
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    serde_json::from_str(text).unwrap()
+}
+
+const META_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const HEADER_PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+#[test]
+fn the_traceparent_header_is_linked_and_carries_our_span_on() {
+    let receiver = Receiver::start();
+    let fixture = support::HttpFixture::start(&[]);
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http);
+    let gw = support::Gateway::start(&["--upstream", &fixture.url, "--otlp-endpoint", &endpoint]);
+    let session = gw.initialize();
+    let seen = headers_seen(&gw, &session, HEADER_PARENT, META_PARENT);
+    let ours = receiver.span_of_kind("shadowcat", "tools/call headers", "server");
+    let hop = receiver.span_of_kind("shadowcat", "tools/call headers", "client");
+    // The parent is the one in `_meta`; the header's is a link.
+    assert_eq!(ours["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(ours["parent_span_id"], "00f067aa0ba902b7");
+    let links = ours["links"].as_array().unwrap();
+    assert_eq!(links.len(), 1, "{ours:#}");
+    assert_eq!(links[0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(links[0]["span_id"], "b7ad6b7169203331");
+    // The server gets our CLIENT span as the parent in the header as in the body.
+    let ours_on = format!(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+        hop["span_id"].as_str().unwrap()
+    );
+    assert_eq!(seen["traceparent"], ours_on.as_str(), "{seen:#}");
+}
+
+#[test]
+fn without_tracing_the_traceparent_header_passes_untouched() {
+    let fixture = support::HttpFixture::start(&[]);
+    let gw = support::Gateway::start(&["--upstream", &fixture.url]);
+    let session = gw.initialize();
+    let seen = headers_seen(&gw, &session, HEADER_PARENT, META_PARENT);
+    assert_eq!(seen["traceparent"], HEADER_PARENT, "{seen:#}");
+}

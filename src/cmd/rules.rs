@@ -255,6 +255,7 @@ impl<'a> DryRun<'a> {
             session: &session,
             transport: &frame.transport,
             client: crate::stage::Client::Local,
+            header_trace: None,
         };
         let (verdict, answered) = self.tracker.track(msg, cx);
         let answers = answered.map(|request| request.method);

@@ -23,11 +23,20 @@ pub static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 /// `Mcp-Name` (2026-07-28).
 pub static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
+/// W3C trace context's `traceparent` header.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace context's `tracestate` header.
+pub const TRACESTATE: &str = "tracestate";
+
 /// Whether a client's header may be forwarded to the upstream: the request headers MCP defines
-/// (`Mcp-Session-Id` is not among them; it is mapped, never copied).
+/// (`Mcp-Session-Id` is not among them; it is mapped, never copied), and W3C trace context,
+/// which passes through untouched as it does in `_meta` (with tracing on, the proxy's own
+/// replaces it: [`with_trace_context`]).
 pub fn is_forwarded_header(name: &HeaderName) -> bool {
     let name = name.as_str();
-    name == MCP_PROTOCOL_VERSION.as_str()
+    name == TRACEPARENT
+        || name == TRACESTATE
+        || name == MCP_PROTOCOL_VERSION.as_str()
         || name == LAST_EVENT_ID.as_str()
         || name == MCP_METHOD.as_str()
         || name == MCP_NAME.as_str()
@@ -82,6 +91,24 @@ pub fn headers_for(msg: &Message, negotiated: Option<HeaderValue>) -> HeaderMap 
         }
         headers
     })
+}
+
+/// `headers` with the trace context of `msg` (as the proxy's tracing wrote it into
+/// `params._meta`) as its `traceparent` and `tracestate`, in place of any it had.
+pub fn with_trace_context(headers: &HeaderMap, msg: &Message) -> HeaderMap {
+    let mut headers = headers.clone();
+    let carrier = msg.trace_context();
+    headers.remove(TRACEPARENT);
+    headers.remove(TRACESTATE);
+    for (name, value) in [
+        (TRACEPARENT, carrier.traceparent),
+        (TRACESTATE, carrier.tracestate),
+    ] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers
 }
 
 /// Built once: setting up a search for this needle costs more than most searches.

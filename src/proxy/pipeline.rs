@@ -83,6 +83,11 @@ impl Pipeline {
         self
     }
 
+    /// Whether requests get spans (`--otlp-endpoint`).
+    pub fn is_traced(&self) -> bool {
+        self.tracer.is_some()
+    }
+
     /// The rate limits, if any.
     pub fn limits(&self) -> Option<&RateLimits> {
         self.limits.as_ref()
@@ -100,7 +105,7 @@ impl Pipeline {
             .then(|| (msg.method().cloned(), tokio::time::Instant::now()));
         let call = match &self.tracer {
             Some(tracer) if msg.kind() == Kind::Request => {
-                let call = tracer.request(&msg, cx.direction, cx.session);
+                let call = tracer.request(&msg, cx.direction, cx.session, cx.header_trace);
                 cx.session.update_metadata(|m| m.saw_trace(call.trace_id()));
                 Some(call)
             }

@@ -102,6 +102,7 @@ impl<R: Deliver> Relay<R> {
             session: &self.session,
             transport: &crate::tape::Wire::NONE,
             client: crate::stage::Client::Local,
+            header_trace: None,
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;

@@ -259,6 +259,7 @@ mod tests {
                     session,
                     transport: &crate::tape::Wire::NONE,
                     client: crate::stage::Client::Local,
+                    header_trace: None,
                 },
             )
             .0

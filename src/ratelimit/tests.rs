@@ -68,6 +68,7 @@ impl Bench {
             session,
             transport: &Wire::NONE,
             client,
+            header_trace: None,
         };
         self.limits.check(msg, &cx)
     }
@@ -255,6 +256,7 @@ fn only_client_requests_and_notifications_count() {
         session: &s,
         transport: &Wire::NONE,
         client: Client::Local,
+        header_trace: None,
     };
     let raw = |v: Value| Message::parse(v.to_string().into()).unwrap();
     let response = raw(json!({"jsonrpc": "2.0", "id": 5, "result": {}}));
@@ -300,6 +302,7 @@ async fn the_pipeline_answers_a_refused_request_and_drops_a_notification() {
         session: &s,
         transport: &Wire::NONE,
         client: Client::Local,
+        header_trace: None,
     };
     assert!(b.check(&ping(), &s).is_ok());
     b.clock.advance(Duration::from_millis(250));

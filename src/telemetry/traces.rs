@@ -24,7 +24,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 
-use crate::protocol::trace_context::Carrier;
+use crate::protocol::trace_context::{Carrier, MAX_CARRIER_BYTES};
 use crate::protocol::{Direction, Kind, Message, Method};
 use crate::session::{Session, TransportKind};
 
@@ -160,14 +160,41 @@ impl Tracer {
         );
     }
 
-    /// The spans of request `msg`, arriving travelling `direction` in `session`.
-    pub fn request(&self, msg: &Message, direction: Direction, session: &Session) -> Call {
+    /// The spans of request `msg`, arriving travelling `direction` in `session`, beside the
+    /// `traceparent` header `header` (HTTP). The parent is the context in `params._meta`; the
+    /// header's is linked (or, with none in `_meta`, the parent).
+    pub fn request(
+        &self,
+        msg: &Message,
+        direction: Direction,
+        session: &Session,
+        header: Option<&str>,
+    ) -> Call {
         let carrier = msg.trace_context();
-        let parent = if carrier.traceparent.is_some() {
-            TraceContextPropagator::new().extract(&CarrierText(&carrier))
+        let propagator = TraceContextPropagator::new();
+        let mut parent = if carrier.traceparent.is_some() {
+            propagator.extract(&CarrierText(&carrier))
         } else {
             Context::new()
         };
+        let mut links = Vec::new();
+        if let Some(header) = header.filter(|h| h.len() <= MAX_CARRIER_BYTES) {
+            let beside = Carrier {
+                traceparent: Some(header.to_owned()),
+                tracestate: None,
+            };
+            let beside = propagator.extract(&CarrierText(&beside));
+            let linked = beside.span().span_context().clone();
+            if linked.is_valid() {
+                if parent.span().span_context().is_valid() {
+                    if linked != *parent.span().span_context() {
+                        links.push(opentelemetry::trace::Link::with_context(linked));
+                    }
+                } else {
+                    parent = beside;
+                }
+            }
+        }
         let facts = Facts::of(msg, session);
         let (near, far) = sides(session, direction);
         let mut attributes = facts.attributes();
@@ -177,6 +204,7 @@ impl Tracer {
             .span_builder(facts.name.clone())
             .with_kind(SpanKind::Server)
             .with_attributes(attributes.clone())
+            .with_links(links)
             .start_with_context(&self.spans, &parent);
         let own = Context::new().with_remote_span_context(server.span_context().clone());
         let mut attributes = facts.attributes();

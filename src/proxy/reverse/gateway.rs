@@ -655,8 +655,14 @@ impl Gateway {
     /// messages goes through here. A request that finds its session's pending table full is
     /// held up to `--pending-wait` for an answer to free room (the client is slowed down
     /// first); if none does, the tracker refuses it (-32083).
-    pub async fn inbound(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
-        let verdict = self.screen(session, msg, client).await;
+    pub async fn inbound(
+        &self,
+        session: &Session,
+        msg: Message,
+        client: Client<'_>,
+        header_trace: Option<&str>,
+    ) -> Verdict {
+        let verdict = self.screen(session, msg, client, header_trace).await;
         let metrics = self.pipeline.metrics();
         match &verdict {
             Verdict::Forward(_) => metrics.forwarded(Direction::ClientToServer),
@@ -672,7 +678,13 @@ impl Gateway {
         e.to_response().raw().clone()
     }
 
-    async fn screen(&self, session: &Session, msg: Message, client: Client<'_>) -> Verdict {
+    async fn screen(
+        &self,
+        session: &Session,
+        msg: Message,
+        client: Client<'_>,
+        header_trace: Option<&str>,
+    ) -> Verdict {
         let pending = session.pending(Direction::ClientToServer);
         if msg.kind() == Kind::Request && !pending.has_room() {
             let room = pending.room();
@@ -688,6 +700,7 @@ impl Gateway {
             session,
             transport: &crate::tape::Wire::NONE,
             client,
+            header_trace,
         };
         self.pipeline.process(msg, cx).await
     }

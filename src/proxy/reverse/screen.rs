@@ -54,6 +54,11 @@ pub(super) async fn screen(
     // How many answers are refusals for want of room in the pending table (after --pending-wait).
     let mut busy = 0;
     let mut forbidden: Option<((String, String), usize)> = None;
+    // The trace context the HTTP request carried beside the messages (W3C `traceparent`).
+    let header_trace = headers
+        .get(crate::protocol::headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     for member in members {
         let member = match (member, aliases.as_deref_mut()) {
             (Ok(msg), Some(_)) if msg.method() == Some(&Method::Cancelled) => {
@@ -89,7 +94,10 @@ pub(super) async fn screen(
                     .and_then(|_| msg.progress_token("/params/_meta/progressToken"));
                 // A call of a tool that mirrors arguments into headers, as it came.
                 let before = gateway.mirrored().and_then(|m| m.before(&msg));
-                match gateway.inbound(&link.session, msg, client).await {
+                match gateway
+                    .inbound(&link.session, msg, client, header_trace.as_deref())
+                    .await
+                {
                     crate::stage::Verdict::Forward(msg) => {
                         if let Some(before) = before {
                             before.follow(headers, &msg);

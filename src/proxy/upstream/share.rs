@@ -409,6 +409,7 @@ impl<C: Deliver + 'static> SharedChild<C> {
             session: &route.session,
             transport: &crate::tape::Wire::NONE,
             client: Client::Local,
+            header_trace: None,
         };
         let metrics = self.pipeline.metrics();
         match self.pipeline.process(msg, cx).await {

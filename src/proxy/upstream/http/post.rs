@@ -145,9 +145,16 @@ impl<C: Deliver + 'static> HttpSession<C> {
         let id = msg.request_id().cloned();
         let is_initialize = msg.method() == Some(&Method::Initialize);
         let session = self.upstream_session();
+        // With tracing on, the header says what `_meta` says: our span is the parent.
+        let traced = (id.is_some() && self.backend().pipeline().is_traced())
+            .then(|| crate::protocol::headers::with_trace_context(client_headers, &msg));
         let response = match self
             .client()
-            .post(msg.raw().clone(), session.as_ref(), client_headers)
+            .post(
+                msg.raw().clone(),
+                session.as_ref(),
+                traced.as_ref().unwrap_or(client_headers),
+            )
             .await
         {
             Ok(response) => response,

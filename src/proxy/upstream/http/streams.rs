@@ -334,6 +334,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                 session: &self.session,
                 transport,
                 client: crate::stage::Client::Local,
+                header_trace: None,
             };
             match self.backend.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {
