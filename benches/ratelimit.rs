@@ -66,6 +66,7 @@ fn flood() {
             transport: &Wire::NONE,
             client: Client::Address(IpAddr::V4(Ipv4Addr::from(i))),
             header_trace: None,
+            notes: None,
         };
         limits.check(&msg, &cx).unwrap();
     }
@@ -96,6 +97,7 @@ fn ratelimit(c: &mut Criterion) {
         transport: &Wire::NONE,
         client: Client::Address(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
         header_trace: None,
+        notes: None,
     };
     let mut group = c.benchmark_group("ratelimit");
     // Rates far above what the loop sends: every check passes, as most do.

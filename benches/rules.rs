@@ -102,6 +102,7 @@ fn rules(c: &mut Criterion) {
                         transport: &Wire::NONE,
                         client: shadowcat::stage::Client::Local,
                         header_trace: None,
+                        notes: None,
                     };
                     // No rule waits, so the future is ready at once.
                     let verdict = rules

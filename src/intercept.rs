@@ -160,6 +160,16 @@ impl Rules {
             s.client = cx.client;
             let walk = self.walk(&loaded, &mut s, |rule, effect, audit, s| {
                 metrics.rule_fired(&rule.name, rule.action.name(), audit);
+                cx.note("rule", || {
+                    vec![
+                        ("shadowcat.rule", rule.name.clone()),
+                        ("shadowcat.action", rule.action.name().to_owned()),
+                        (
+                            "shadowcat.mode",
+                            if audit { "audit" } else { "enforce" }.to_owned(),
+                        ),
+                    ]
+                });
                 match effect {
                     // Logging changes nothing: it happens in audit mode too.
                     Effect::Log(log) => log_message(rule, log, s),
@@ -170,6 +180,9 @@ impl Rules {
             (walk, s.into_changed())
         };
         if !walk.wait.is_zero() {
+            cx.note("delayed", || {
+                vec![("shadowcat.delay_ms", walk.wait.as_millis().to_string())]
+            });
             tokio::time::sleep(walk.wait).await;
         }
         match walk.end {

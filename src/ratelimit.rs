@@ -321,6 +321,15 @@ impl Refusal {
     /// A limit refused `msg`: a request is answered with the `rate_limited` error (and no longer
     /// awaits an answer from the receiver); a notification is dropped.
     pub fn verdict(&self, msg: &Message, cx: Context<'_>) -> Verdict {
+        cx.note("rate_limited", || {
+            vec![
+                ("shadowcat.limit", self.limit.clone()),
+                (
+                    "shadowcat.retry_after_ms",
+                    self.retry_after_ms().to_string(),
+                ),
+            ]
+        });
         if let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) {
             cx.session.pending(cx.direction).remove(id);
             tracing::debug!(session = %cx.session.id().digest(), limit = %self.limit, retry_after_ms = self.retry_after_ms(), "refused a request over a rate limit");

@@ -21,6 +21,54 @@ pub struct Context<'a> {
     /// The W3C `traceparent` the transport carried beside the message (an HTTP header), if
     /// any: linked from the request's span (its parent comes from `params._meta`).
     pub header_trace: Option<&'a str>,
+    /// Where stages note what they did to the message, when someone keeps it (the request's
+    /// span, with tracing on).
+    pub notes: Option<&'a Notes>,
+}
+
+impl Context<'_> {
+    /// Notes that a stage did `what` to the message, with `details` (name, value pairs); costs
+    /// nothing when no one keeps notes.
+    pub fn note(&self, what: &'static str, details: impl FnOnce() -> Vec<(&'static str, String)>) {
+        if let Some(notes) = self.notes {
+            notes.push(Note {
+                what,
+                details: details(),
+            });
+        }
+    }
+}
+
+/// What a stage did to a message, for its span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// What: `rule`, `delayed`, `rate_limited`.
+    pub what: &'static str,
+    /// Its details, as attribute names and values.
+    pub details: Vec<(&'static str, String)>,
+}
+
+/// The notes stages made about one message.
+#[derive(Debug, Default)]
+pub struct Notes(std::sync::Mutex<Vec<Note>>);
+
+impl Notes {
+    fn push(&self, note: Note) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(note);
+    }
+
+    /// The notes, in the order they were made.
+    pub fn take(&self) -> Vec<Note> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// Who a client is, as far as the transport can tell.

@@ -604,3 +604,77 @@ fn without_tracing_the_traceparent_header_passes_untouched() {
     let seen = headers_seen(&gw, &session, HEADER_PARENT, META_PARENT);
     assert_eq!(seen["traceparent"], HEADER_PARENT, "{seen:#}");
 }
+
+#[test]
+fn what_the_proxy_did_is_on_the_span() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "version: 1\nrules:\n  - name: slow-echo\n    match: {tool: echo}\n    delay: 30ms\n  - name: no-add\n    match: {tool: add}\n    block: {message: no adding}\n",
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http);
+    let gw = support::Gateway::fixture(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--rate-limit",
+        "session=1/h,method=ping,name=one-ping",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    let session = gw.initialize();
+    let call = |id: u64, name: &str| {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":name,"arguments":{"text":"x","a":1,"b":2}}});
+        answer_of(&gw.post(Some(&session), &body).body)
+    };
+    assert!(call(2, "echo")["result"].is_object());
+    assert_eq!(call(3, "add")["error"]["code"], -32091);
+    // A delayed call: the rule and the delay, and no error.
+    let echo = receiver.span_of_kind("shadowcat", "tools/call echo", "server");
+    let events = echo["events"].as_array().unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rule", "delayed"], "{echo:#}");
+    assert_eq!(events[0]["attributes"]["shadowcat.rule"], "slow-echo");
+    assert_eq!(events[0]["attributes"]["shadowcat.action"], "delay");
+    assert_eq!(events[1]["attributes"]["shadowcat.delay_ms"], "30");
+    // A blocked call: the rule, the block, the error; no hop to the server.
+    let add = receiver.span_of_kind("shadowcat", "tools/call add", "server");
+    let names: Vec<&str> = add["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rule", "blocked"], "{add:#}");
+    assert_eq!(add["attributes"]["error.type"], "-32091");
+    assert_eq!(add["status"], "error");
+    let hop = receiver.span_of_kind("shadowcat", "tools/call add", "client");
+    assert_eq!(hop["attributes"]["shadowcat.answered_by_proxy"], true);
+    // Over a rate limit: the limit's name and the refusal.
+    let ping = |id: u64| {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"ping"});
+        answer_of(&gw.post(Some(&session), &body).body)
+    };
+    assert!(ping(4)["result"].is_object());
+    assert_eq!(ping(5)["error"]["code"], -32092);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let limited = loop {
+        let spans = receiver.spans();
+        if let Some(span) = spans.iter().find(|s| {
+            s["name"] == "ping"
+                && s["kind"] == "server"
+                && s["attributes"]["error.type"] == "-32092"
+        }) {
+            break span.clone();
+        }
+        assert!(Instant::now() < deadline, "{spans:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let events = limited["events"].as_array().unwrap();
+    assert_eq!(events[0]["name"], "rate_limited", "{limited:#}");
+    assert_eq!(events[0]["attributes"]["shadowcat.limit"], "one-ping");
+    assert_eq!(events[1]["name"], "rate_limited");
+}

@@ -256,6 +256,7 @@ impl<'a> DryRun<'a> {
             transport: &frame.transport,
             client: crate::stage::Client::Local,
             header_trace: None,
+            notes: None,
         };
         let (verdict, answered) = self.tracker.track(msg, cx);
         let answers = answered.map(|request| request.method);

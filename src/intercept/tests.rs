@@ -57,6 +57,7 @@ async fn run_from(
         transport: &Wire::NONE,
         client,
         header_trace: None,
+        notes: None,
     };
     let m = Message::parse(raw.as_bytes().to_vec().into()).unwrap();
     let verdict = rules.process(m, cx, answers.as_ref(), &metrics).await;
@@ -1082,6 +1083,7 @@ async fn through_rules(rules: &Rules, s: &Session, msg: Message) -> Verdict {
         transport: &Wire::NONE,
         client: crate::stage::Client::Address("192.0.2.9".parse().unwrap()),
         header_trace: None,
+        notes: None,
     };
     rules.process(msg, cx, None, &Metrics::default()).await
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::ratelimit::{LimitSpec, RateLimits};
 use crate::session::{Pending, SessionManager};
-use crate::stage::{Context, Verdict};
+use crate::stage::{Context, Notes, Verdict};
 use crate::tape::Wire;
 use crate::telemetry::Metrics;
 use crate::telemetry::traces::{Call, Tracer};
@@ -111,6 +111,12 @@ impl Pipeline {
             }
             _ => None,
         };
+        // With tracing on, what the stages do becomes events of the request's span.
+        let notes = self.tracer.as_ref().map(|_| Notes::default());
+        let cx = Context {
+            notes: notes.as_ref(),
+            ..cx
+        };
         let Some(tape) = cx.session.tape() else {
             let (verdict, answered) = self.stages(msg, cx).await;
             return self.finish(verdict, call, answered, asked, cx);
@@ -163,7 +169,8 @@ impl Pipeline {
                     Some(request.forwarded_at.elapsed()),
                 );
             }
-            if let Some(call) = request.attachment.and_then(|a| a.downcast::<Call>().ok()) {
+            if let Some(mut call) = request.attachment.and_then(|a| a.downcast::<Call>().ok()) {
+                noted(&mut call, cx);
                 match &verdict {
                     Verdict::Forward(answer) => call.answered(answer, false),
                     Verdict::Respond(_) | Verdict::Drop => call.abandoned("dropped"),
@@ -177,7 +184,8 @@ impl Pipeline {
                     return Verdict::Forward(msg);
                 };
                 let pending = cx.session.pending(cx.direction);
-                if let Some(call) = call {
+                if let Some(mut call) = call {
+                    noted(&mut call, cx);
                     let msg = call.outgoing(msg);
                     pending.forwarded(&id, Some(Box::new(call)));
                     return Verdict::Forward(msg);
@@ -193,6 +201,7 @@ impl Pipeline {
                     self.metrics.operation(&method, &answer, at.elapsed(), None);
                 }
                 if let Some(mut call) = call {
+                    noted(&mut call, cx);
                     call.event(proxy_answer_event(&answer), Vec::new());
                     call.answered(&answer, true);
                 }
@@ -200,6 +209,7 @@ impl Pipeline {
             }
             Verdict::Drop => {
                 if let Some(mut call) = call {
+                    noted(&mut call, cx);
                     call.event("dropped", Vec::new());
                     call.abandoned("dropped");
                 }
@@ -207,6 +217,19 @@ impl Pipeline {
             }
             verdict @ Verdict::Forward(_) => verdict,
         }
+    }
+}
+
+/// What the stages noted about the message, as events of `call`'s span.
+fn noted(call: &mut Call, cx: Context<'_>) {
+    for note in cx.notes.map(Notes::take).unwrap_or_default() {
+        call.event(
+            note.what,
+            note.details
+                .into_iter()
+                .map(|(name, value)| opentelemetry::KeyValue::new(name, value))
+                .collect(),
+        );
     }
 }
 

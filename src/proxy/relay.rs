@@ -103,6 +103,7 @@ impl<R: Deliver> Relay<R> {
             transport: &crate::tape::Wire::NONE,
             client: crate::stage::Client::Local,
             header_trace: None,
+            notes: None,
         };
         let id = msg.id().cloned();
         let is_request = msg.kind() == Kind::Request;

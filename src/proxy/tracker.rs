@@ -260,6 +260,7 @@ mod tests {
                     transport: &crate::tape::Wire::NONE,
                     client: crate::stage::Client::Local,
                     header_trace: None,
+                    notes: None,
                 },
             )
             .0

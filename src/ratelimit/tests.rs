@@ -69,6 +69,7 @@ impl Bench {
             transport: &Wire::NONE,
             client,
             header_trace: None,
+            notes: None,
         };
         self.limits.check(msg, &cx)
     }
@@ -257,6 +258,7 @@ fn only_client_requests_and_notifications_count() {
         transport: &Wire::NONE,
         client: Client::Local,
         header_trace: None,
+        notes: None,
     };
     let raw = |v: Value| Message::parse(v.to_string().into()).unwrap();
     let response = raw(json!({"jsonrpc": "2.0", "id": 5, "result": {}}));
@@ -303,6 +305,7 @@ async fn the_pipeline_answers_a_refused_request_and_drops_a_notification() {
         transport: &Wire::NONE,
         client: Client::Local,
         header_trace: None,
+        notes: None,
     };
     assert!(b.check(&ping(), &s).is_ok());
     b.clock.advance(Duration::from_millis(250));

@@ -61,7 +61,7 @@ def ingest(request, transport):
                     "span_id": s.span_id.hex(),
                     "parent_span_id": s.parent_span_id.hex(),
                     "attributes": attributes(s.attributes),
-                    "events": [e.name for e in s.events],
+                    "events": [{"name": e.name, "attributes": attributes(e.attributes)} for e in s.events],
                     "status": Status.StatusCode.Name(s.status.code).removeprefix("STATUS_CODE_").lower(),
                     "links": [{"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex()} for l in s.links],
                 })

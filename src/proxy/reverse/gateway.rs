@@ -701,6 +701,7 @@ impl Gateway {
             transport: &crate::tape::Wire::NONE,
             client,
             header_trace,
+            notes: None,
         };
         self.pipeline.process(msg, cx).await
     }

@@ -410,6 +410,7 @@ impl<C: Deliver + 'static> SharedChild<C> {
             transport: &crate::tape::Wire::NONE,
             client: Client::Local,
             header_trace: None,
+            notes: None,
         };
         let metrics = self.pipeline.metrics();
         match self.pipeline.process(msg, cx).await {

@@ -335,6 +335,7 @@ impl<C: Deliver + 'static> HttpSession<C> {
                 transport,
                 client: crate::stage::Client::Local,
                 header_trace: None,
+                notes: None,
             };
             match self.backend.pipeline.process(msg, cx).await {
                 Verdict::Forward(msg) => {

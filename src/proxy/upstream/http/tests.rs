@@ -126,6 +126,7 @@ async fn send(http: &Arc<HttpSession<Arc<Collect>>>, to_client: &Arc<Collect>, t
         transport: &crate::tape::Wire::NONE,
         client: Client::Local,
         header_trace: None,
+        notes: None,
     };
     let Verdict::Forward(msg) = http.backend().pipeline().process(msg, cx).await else {
         panic!("the pipeline did not forward {text}");

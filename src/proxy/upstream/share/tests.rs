@@ -88,6 +88,7 @@ impl Bench {
             transport: &crate::tape::Wire::NONE,
             client: Client::Local,
             header_trace: None,
+            notes: None,
         };
         if let Verdict::Forward(msg) = self.pipeline.process(msg(text), cx).await {
             self.child.send(&peer.route, msg).await.unwrap();
@@ -177,6 +178,7 @@ async fn initialize_reaches_the_process_once_and_later_sessions_get_its_answer()
             transport: &crate::tape::Wire::NONE,
             client: Client::Local,
             header_trace: None,
+            notes: None,
         };
         let init = r#"{"jsonrpc":"2.0","id":"b-init","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}"#;
         if let Verdict::Forward(msg) = pipeline.process(msg(init), cx).await {
