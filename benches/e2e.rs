@@ -16,6 +16,12 @@
 //! 50 on tool names (so each `tools/call` has its tool's name read) and 50 on other methods.
 //! Its throughput against shadowcat without rules is the cost of the rules stage.
 //!
+//! A sixth target, `shadowcat --otlp-endpoint`, makes two spans per call and exports them over
+//! OTLP/HTTP to a sink in this process that accepts every batch: its throughput and CPU time per
+//! call against shadowcat without tracing are the cost of tracing (the sink runs on its own
+//! thread; its CPU is not counted). A seventh does the same with 1% of traces sampled: the
+//! others still get their context written on, with spans that record nothing.
+//!
 //! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
 //! what one more process in the chain costs on this machine whatever it does.
 //!
@@ -112,6 +118,18 @@ impl Target {
         line.len()
     }
 
+    /// CPU time the process has used (user and system), from /proc.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces) close with ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
     /// RSS high-water mark of the process, in KiB.
     fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -206,7 +224,9 @@ fn main() {
     let mut rss_rows = Vec::new();
     let mut recording_rows = Vec::new();
     let mut rules_rows = Vec::new();
+    let mut tracing_rows = Vec::new();
     let rules_file = data_dir_rules();
+    let sink = otlp_sink();
     // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
     let data_dir = tempfile::tempdir().unwrap();
     for (payload, text, seq_n, pipe_n) in [
@@ -221,30 +241,14 @@ fn main() {
         let tapes = tempfile::tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .unwrap();
-        let proxy = |extra: &[&std::ffi::OsStr]| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
-            cmd.env("SHADOWCAT_DATA_DIR", data_dir.path())
-                .args(["--log-level", "warn", "forward", "stdio"])
-                .args(extra)
-                .arg("--")
-                .arg(&fixture);
-            cmd
-        };
-        let mut relay = Command::new(examples.join("line_relay"));
-        relay.arg(&fixture);
-        let mut targets = vec![
-            Target::spawn("direct", Command::new(&fixture)),
-            Target::spawn("shadowcat", proxy(&[])),
-            Target::spawn("line_relay", relay),
-            Target::spawn(
-                "shadowcat --record",
-                proxy(&["--record".as_ref(), tapes.path().as_os_str()]),
-            ),
-            Target::spawn(
-                "shadowcat --rules (100)",
-                proxy(&["--rules".as_ref(), rules_file.path().as_os_str()]),
-            ),
-        ];
+        let mut targets = spawn_targets(
+            &fixture,
+            &examples,
+            data_dir.path(),
+            tapes.path(),
+            rules_file.path(),
+            &sink,
+        );
         let latencies = latency(&mut targets, &text, seq_n);
         // Best of three rounds, the targets taking turns: drift on the machine hits all alike.
         let mut rates = vec![0.0_f64; targets.len()];
@@ -272,6 +276,18 @@ fn main() {
         }
         recording_rows.push((payload, 100.0 * rates[3] / rates[1]));
         rules_rows.push((payload, 100.0 * rates[4] / rates[1]));
+        // Every target carried the same calls: CPU per call, traced against untraced.
+        let calls = (seq_n + 3 * pipe_n) as f64;
+        let per_call = |t: &Target| us(t.cpu()) / calls;
+        for (sampled, i) in [("all", 5), ("1%", 6)] {
+            tracing_rows.push((
+                payload,
+                sampled,
+                100.0 * rates[i] / rates[1],
+                per_call(&targets[1]),
+                per_call(&targets[i]),
+            ));
+        }
         for target in targets {
             target.stop();
         }
@@ -289,10 +305,115 @@ fn main() {
         "pipelined throughput with 100 non-matching rules vs without",
         &rules_rows,
     );
+    tracing_table(&tracing_rows);
     rss_table(&rss_rows);
     println!(
-        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded; 100 rules >= 90% of none"
+        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded; 100 rules >= 90% of none; tracing >= 90% of untraced at 64 B"
     );
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and keeps nothing: a collector that keeps
+/// up. Its URL.
+fn otlp_sink() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The targets, in the order the tables read them: direct, shadowcat, line_relay, --record,
+/// --rules, --otlp-endpoint, --otlp-endpoint at 1%.
+fn spawn_targets(
+    fixture: &std::path::Path,
+    examples: &std::path::Path,
+    data_dir: &std::path::Path,
+    tapes: &std::path::Path,
+    rules: &std::path::Path,
+    sink: &str,
+) -> Vec<Target> {
+    let proxy = |extra: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
+        cmd.env("SHADOWCAT_DATA_DIR", data_dir)
+            .args(["--log-level", "warn", "forward", "stdio"])
+            .args(extra)
+            .arg("--")
+            .arg(fixture);
+        cmd
+    };
+    let mut relay = Command::new(examples.join("line_relay"));
+    relay.arg(fixture);
+    vec![
+        Target::spawn("direct", Command::new(fixture)),
+        Target::spawn("shadowcat", proxy(&[])),
+        Target::spawn("line_relay", relay),
+        Target::spawn(
+            "shadowcat --record",
+            proxy(&["--record".as_ref(), tapes.as_os_str()]),
+        ),
+        Target::spawn(
+            "shadowcat --rules (100)",
+            proxy(&["--rules".as_ref(), rules.as_os_str()]),
+        ),
+        Target::spawn(
+            "shadowcat --otlp-endpoint",
+            proxy(&["--otlp-endpoint".as_ref(), sink.as_ref()]),
+        ),
+        Target::spawn(
+            "shadowcat --otlp-endpoint (1% sampled)",
+            proxy(&[
+                "--otlp-endpoint".as_ref(),
+                sink.as_ref(),
+                "--trace-sample-ratio".as_ref(),
+                "0.01".as_ref(),
+            ]),
+        ),
+    ]
+}
+
+/// Per payload and share of traces sampled: throughput and CPU per call, traced vs untraced.
+fn tracing_table(rows: &[(&str, &str, f64, f64, f64)]) {
+    println!(
+        "\n| payload | traces sampled | pipelined throughput, tracing on vs off | CPU per call off | CPU per call on | added |\n|---|---|---|---|---|---|"
+    );
+    for (payload, sampled, ratio, off, on) in rows {
+        println!(
+            "| {payload} | {sampled} | {ratio:.0}% | {off:.2} µs | {on:.2} µs | {:+.0}% |",
+            100.0 * (on - off) / off
+        );
+    }
 }
 
 fn rss_table(rows: &[(&str, u64, u64)]) {

@@ -77,6 +77,9 @@ impl Message {
     /// those there; `params` and `_meta` created if absent), every other byte as it came.
     /// `None` if the message cannot be rewritten (its `params` is not an object).
     pub fn with_trace_context(&self, carrier: &Carrier) -> Option<Message> {
+        if let Some(fast) = self.with_traceparent_first(carrier) {
+            return Some(fast);
+        }
         let mut text = std::str::from_utf8(self.raw()).ok()?.to_owned();
         for (key, value) in [
             ("traceparent", &carrier.traceparent),
@@ -88,6 +91,42 @@ impl Message {
             }
         }
         Message::parse(bytes::Bytes::from(text)).ok()
+    }
+}
+
+impl Message {
+    /// The common case of [`Message::with_trace_context`] without parsing `params`: only a
+    /// `traceparent` to write, and `params` an object with no `_meta` (nor any `\u` escape,
+    /// which could spell one): `"_meta":{"traceparent":…}` goes in as its first member. `None`
+    /// when the case does not apply (or the result would not parse: the careful path decides).
+    fn with_traceparent_first(&self, carrier: &Carrier) -> Option<Message> {
+        let (Some(traceparent), None) = (&carrier.traceparent, &carrier.tracestate) else {
+            return None;
+        };
+        let params = self.params_bytes()?;
+        if params.first() != Some(&b'{')
+            || memchr::memmem::find(params, b"_meta").is_some()
+            || memchr::memmem::find(params, b"\\u").is_some()
+        {
+            return None;
+        }
+        let raw = self.raw();
+        // Where `params`' members begin, in the message.
+        let at = params.as_ptr() as usize - raw.as_ptr() as usize + 1;
+        let empty = params[1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'}');
+        let mut out = Vec::with_capacity(raw.len() + traceparent.len() + 32);
+        out.extend_from_slice(&raw[..at]);
+        out.extend_from_slice(br#""_meta":{"traceparent":"#);
+        serde_json::to_writer(&mut out, traceparent).ok()?;
+        out.push(b'}');
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(&raw[at..]);
+        Message::parse(bytes::Bytes::from(out)).ok()
     }
 }
 
@@ -165,6 +204,23 @@ mod tests {
             msg(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)
                 .with_trace_context(&ours)
                 .is_none()
+        );
+        // Params without `_meta`: it goes first, the rest byte for byte after it.
+        let m = msg(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{ "name":"a","arguments":{"t":"x\ny"}}}"#,
+        );
+        let traced = m.with_trace_context(&ours).unwrap();
+        assert_eq!(
+            std::str::from_utf8(traced.raw()).unwrap(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "name":"a","arguments":{"t":"x\ny"}}}"#
+        );
+        assert_eq!(traced.called_tool(), Ok(Some("a".into())));
+        // A key that might spell `_meta` with escapes takes the careful path: no second `_meta`.
+        let m = msg(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"\u005fmeta":{"a":1}}}"#);
+        let traced = m.with_trace_context(&ours).unwrap();
+        assert_eq!(
+            std::str::from_utf8(traced.raw()).unwrap(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"a":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}"#
         );
     }
 }

@@ -106,7 +106,9 @@ impl Pipeline {
         let call = match &self.tracer {
             Some(tracer) if msg.kind() == Kind::Request => {
                 let call = tracer.request(&msg, cx.direction, cx.session, cx.header_trace);
-                cx.session.update_metadata(|m| m.saw_trace(call.trace_id()));
+                if call.is_kept() {
+                    cx.session.update_metadata(|m| m.saw_trace(call.trace_id()));
+                }
                 Some(call)
             }
             _ => None,
@@ -124,10 +126,10 @@ impl Pipeline {
         // Recorded: what was sent, and what became of it.
         let original = msg.clone();
         let (verdict, answered) = self.stages(msg, cx).await;
-        let trace = call
-            .as_ref()
-            .map(Call::trace_id)
-            .or_else(|| answered.as_ref().and_then(trace_of));
+        let trace = match &call {
+            Some(call) => call.is_kept().then(|| call.trace_id()),
+            None => answered.as_ref().and_then(trace_of),
+        };
         record(tape, &original, &verdict, cx, trace.as_deref()).await;
         self.finish(verdict, call, answered, asked, cx)
     }
@@ -239,6 +241,7 @@ fn trace_of(request: &Pending) -> Option<String> {
         .attachment
         .as_ref()
         .and_then(|a| a.downcast_ref::<Call>())
+        .filter(|call| call.is_kept())
         .map(Call::trace_id)
 }
 

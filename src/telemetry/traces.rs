@@ -65,7 +65,7 @@ pub struct Tracer {
     provider: SdkTracerProvider,
     spans: SdkTracer,
     counts: Arc<export::Counts>,
-    exporting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    exporting: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 /// Starts exporting as `options` ask, or nothing without options. Runs inside a Tokio runtime
@@ -81,7 +81,7 @@ impl Tracer {
             .with_service_name(options.service_name.clone())
             .build();
         let counts = Arc::new(export::Counts::default());
-        let (queue, task) = match options.protocol {
+        let (queue, exporting) = match options.protocol {
             OtlpProtocol::Grpc => {
                 let mut headers = http::HeaderMap::new();
                 for (name, value) in &options.headers {
@@ -91,27 +91,49 @@ impl Tracer {
                         .map_err(|e| anyhow::anyhow!("invalid --otlp-header value: {e}"))?;
                     headers.insert(name, value);
                 }
-                let metadata =
-                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
-                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(options.endpoint.clone())
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .with_metadata(metadata)
-                    .build()?;
-                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-                export::Queue::start(exporter, counts.clone())
+                let (endpoint, resource) = (options.endpoint.clone(), resource.clone());
+                export::Queue::start(
+                    move || {
+                        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(endpoint)
+                            .with_timeout(EXPORT_TIMEOUT)
+                            .with_metadata(
+                                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                                    headers,
+                                ),
+                            )
+                            .build()?;
+                        opentelemetry_sdk::trace::SpanExporter::set_resource(
+                            &mut exporter,
+                            &resource,
+                        );
+                        Ok(exporter)
+                    },
+                    counts.clone(),
+                )?
             }
             OtlpProtocol::Http => {
-                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(options.endpoint.clone())
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .with_headers(options.headers.iter().cloned().collect())
-                    .build()?;
-                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-                export::Queue::start(exporter, counts.clone())
+                let (endpoint, resource) = (options.endpoint.clone(), resource.clone());
+                let headers: std::collections::HashMap<String, String> =
+                    options.headers.iter().cloned().collect();
+                export::Queue::start(
+                    move || {
+                        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                            .with_http()
+                            .with_endpoint(endpoint)
+                            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                            .with_timeout(EXPORT_TIMEOUT)
+                            .with_headers(headers)
+                            .build()?;
+                        opentelemetry_sdk::trace::SpanExporter::set_resource(
+                            &mut exporter,
+                            &resource,
+                        );
+                        Ok(exporter)
+                    },
+                    counts.clone(),
+                )?
             }
         };
         let provider = SdkTracerProvider::builder()
@@ -127,7 +149,7 @@ impl Tracer {
             provider,
             spans: tracer,
             counts,
-            exporting: std::sync::Mutex::new(Some(task)),
+            exporting: std::sync::Mutex::new(Some(exporting)),
         }))
     }
 
@@ -143,7 +165,8 @@ impl Tracer {
 
     /// Sends what is queued, waiting at most `within`; spans that end later are not sent.
     pub async fn shutdown(&self, within: Duration) {
-        // Dropping the provider's processor closes the queue; the task sends the rest and ends.
+        // Shutting the provider down drops its processor, which closes the queue; the export
+        // thread sends the rest and ends.
         let _ = self.provider.shutdown();
         let task = self
             .exporting
@@ -195,26 +218,36 @@ impl Tracer {
                 }
             }
         }
-        let facts = Facts::of(msg, session);
-        let (near, far) = sides(session, direction);
-        let mut attributes = facts.attributes();
-        attributes.extend(near.attributes());
-        let server = self
+        // Sampling is decided first: a request whose trace is not recorded gets one span that
+        // records nothing (its context still goes on), and nothing is read for attributes.
+        let method = msg.method().map_or("", Method::label);
+        let mut server = self
             .spans
-            .span_builder(facts.name.clone())
+            .span_builder(method)
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes.clone())
             .with_links(links)
             .start_with_context(&self.spans, &parent);
+        if !server.is_recording() {
+            return Call {
+                server,
+                client: None,
+                sender: carrier,
+            };
+        }
+        let facts = Facts::of(msg, session);
+        let (near, far) = sides(session, direction);
+        server.update_name(facts.name.clone());
+        server.set_attributes(facts.attributes.iter().cloned().chain(near.attributes()));
         let own = Context::new().with_remote_span_context(server.span_context().clone());
-        let mut attributes = facts.attributes();
+        let mut attributes = facts.attributes;
         attributes.extend(far.attributes());
-        let client = self
-            .spans
-            .span_builder(facts.name)
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(&self.spans, &own);
+        let client = Some(
+            self.spans
+                .span_builder(facts.name)
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes)
+                .start_with_context(&self.spans, &own),
+        );
         Call {
             server,
             client,
@@ -227,12 +260,19 @@ impl Tracer {
 #[derive(Debug)]
 pub struct Call {
     server: Span,
-    client: Span,
+    /// The hop's span; `None` when the trace is not recorded.
+    client: Option<Span>,
     /// The trace context the sender gave, for a forwarded message that must keep it.
     sender: Carrier,
 }
 
 impl Call {
+    /// Whether its trace can be looked up somewhere: we record it, or its sender's trace
+    /// goes on (a new trace that is not sampled is recorded nowhere).
+    pub fn is_kept(&self) -> bool {
+        self.server.is_recording() || self.sender.traceparent.is_some()
+    }
+
     /// The trace id, as 32 hex digits (for tapes and history).
     pub fn trace_id(&self) -> String {
         self.server.span_context().trace_id().to_string()
@@ -242,7 +282,8 @@ impl Call {
     /// `params._meta` (one or two members set, every other byte kept). As it came if it cannot
     /// be rewritten.
     pub fn outgoing(&self, msg: Message) -> Message {
-        let ours = Context::new().with_remote_span_context(self.client.span_context().clone());
+        let hop = self.client.as_ref().unwrap_or(&self.server);
+        let ours = Context::new().with_remote_span_context(hop.span_context().clone());
         let mut carrier = Carrier::default();
         TraceContextPropagator::new().inject_context(&ours, &mut CarrierSlot(&mut carrier));
         if carrier.traceparent == self.sender.traceparent {
@@ -259,28 +300,39 @@ impl Call {
     /// The request is answered by `answer`: both spans get its outcome and end. `by_proxy`:
     /// the proxy answered in the receiver's place (the hop never happened).
     pub fn answered(mut self, answer: &Message, by_proxy: bool) {
+        if !self.server.is_recording() {
+            return;
+        }
         if let Some(error) = error_type(answer) {
-            for span in [&mut self.server, &mut self.client] {
+            for span in self.spans() {
                 span.set_attribute(KeyValue::new("error.type", error.clone()));
                 span.set_status(Status::error(error.clone()));
             }
         }
-        if by_proxy {
-            self.client
-                .set_attribute(KeyValue::new("shadowcat.answered_by_proxy", true));
+        if let (true, Some(client)) = (by_proxy, &mut self.client) {
+            client.set_attribute(KeyValue::new("shadowcat.answered_by_proxy", true));
         }
-        self.client.end();
-        self.server.end();
+        for span in self.spans() {
+            span.end();
+        }
     }
 
     /// The request ended without an answer passing (dropped, timed out, its peer gone).
     pub fn abandoned(mut self, why: &'static str) {
-        for span in [&mut self.server, &mut self.client] {
-            span.set_attribute(KeyValue::new("error.type", why));
-            span.set_status(Status::error(why));
+        for span in self.spans() {
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new("error.type", why));
+                span.set_status(Status::error(why));
+                span.end();
+            }
         }
-        self.client.end();
-        self.server.end();
+    }
+
+    /// Its spans, the hop's first.
+    fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
+        self.client
+            .iter_mut()
+            .chain(std::iter::once(&mut self.server))
     }
 }
 
@@ -288,7 +340,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // A request that ends unanswered (its entry dropped with its session, or timed out)
         // still ends its spans, marked so.
-        for span in [&mut self.server, &mut self.client] {
+        for span in self.spans() {
             if span.is_recording() {
                 span.set_attribute(KeyValue::new("error.type", "unanswered"));
                 span.set_status(Status::error("unanswered"));
@@ -312,20 +364,37 @@ fn error_type(answer: &Message) -> Option<String> {
     }
 }
 
-/// What the conventions name about a request, read once for both spans.
+/// What the conventions name about a request, read once for both spans: strings shared
+/// (`Arc<str>`), so the second span's copy costs no allocation.
 struct Facts {
     name: Cow<'static, str>,
-    method: String,
-    id: Option<String>,
-    target: Option<(&'static str, String)>,
-    session: String,
-    version: Option<String>,
+    attributes: Vec<KeyValue>,
 }
 
 impl Facts {
     fn of(msg: &Message, session: &Session) -> Self {
-        let method = msg.method().map_or("", Method::as_str).to_owned();
-        let target = match msg.method() {
+        let shared = |s: String| opentelemetry::Value::from(Arc::<str>::from(s));
+        let mut attributes = Vec::with_capacity(12);
+        let method = msg.method();
+        attributes.push(match method {
+            Some(Method::Other(name)) => KeyValue::new("mcp.method.name", shared(name.to_string())),
+            Some(known) => KeyValue::new("mcp.method.name", known.label()),
+            None => KeyValue::new("mcp.method.name", ""),
+        });
+        if let Some(id) = msg.id() {
+            attributes.push(KeyValue::new("jsonrpc.request.id", shared(id.to_string())));
+        }
+        attributes.push(KeyValue::new(
+            "mcp.session.id",
+            shared(session.id().as_str().to_owned()),
+        ));
+        let version = session
+            .read_metadata(|m| m.protocol_version.clone())
+            .or_else(|| crate::protocol::headers::body_version(msg));
+        if let Some(version) = version {
+            attributes.push(KeyValue::new("mcp.protocol.version", shared(version)));
+        }
+        let target = match method {
             Some(Method::ToolsCall) => msg
                 .called_tool()
                 .ok()
@@ -345,39 +414,18 @@ impl Facts {
                 .map(|t| ("mcp.resource.uri", t)),
             _ => None,
         };
+        let method = method.map_or("", Method::as_str);
         let name = match &target {
             Some((_, target)) => Cow::Owned(format!("{method} {target}")),
-            None => Cow::Owned(method.clone()),
+            None => Cow::Owned(method.to_owned()),
         };
-        Self {
-            name,
-            method,
-            id: msg.id().map(ToString::to_string),
-            target,
-            session: session.id().as_str().to_owned(),
-            version: session
-                .read_metadata(|m| m.protocol_version.clone())
-                .or_else(|| crate::protocol::headers::body_version(msg)),
-        }
-    }
-
-    fn attributes(&self) -> Vec<KeyValue> {
-        let mut out = Vec::with_capacity(12);
-        out.push(KeyValue::new("mcp.method.name", self.method.clone()));
-        if let Some(id) = &self.id {
-            out.push(KeyValue::new("jsonrpc.request.id", id.clone()));
-        }
-        out.push(KeyValue::new("mcp.session.id", self.session.clone()));
-        if let Some(version) = &self.version {
-            out.push(KeyValue::new("mcp.protocol.version", version.clone()));
-        }
-        if let Some((key, value)) = &self.target {
-            out.push(KeyValue::new(*key, value.clone()));
-            if *key == "gen_ai.tool.name" {
-                out.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        if let Some((key, value)) = target {
+            if key == "gen_ai.tool.name" {
+                attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
             }
+            attributes.push(KeyValue::new(key, shared(value)));
         }
-        out
+        Self { name, attributes }
     }
 }
 
