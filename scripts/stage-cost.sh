@@ -3,14 +3,17 @@
 # them repeatably, whatever else the machine is doing): N pipelined `tools/call echo` requests
 # through `shadowcat forward stdio` against the fixture server, plain, with `--record`, and
 # with `--rules` (100 rules that match nothing here: 50 on tool names, 50 on other methods, as
-# in benches/e2e.rs).
+# in benches/e2e.rs), and with `--otlp-endpoint` (two spans per call exported over OTLP/HTTP to
+# a sink started here that accepts every batch; the export thread's instructions count), all
+# sampled and 1% sampled.
+# SHADOWCAT=path runs another build (e.g. an older commit's) for the columns it can.
 # Usage: scripts/stage-cost.sh   (needs valgrind; builds release binaries first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin shadowcat --example fixture_server
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-shadowcat=target/release/shadowcat
+shadowcat=${SHADOWCAT:-target/release/shadowcat}
 fixture=target/release/examples/fixture_server
 python3 - "$work" <<'PY'
 import json, sys
@@ -28,6 +31,27 @@ with open(f"{sys.argv[1]}/rules.yaml", "w") as f:
         f.write(f"  - name: tool-{i}\n    match: {{tool: 'admin_{i}_*'}}\n    block: {{}}\n")
         f.write(f"  - name: method-{i}\n    match: {{method: 'prompts/x{i}'}}\n    log: info\n")
 PY
+# An OTLP/HTTP sink: every POST answered 200, nothing kept.
+python3 - "$work/sink-port" <<'PY' &
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Sink)
+open(sys.argv[1], "w").write(str(server.server_address[1]))
+server.serve_forever()
+PY
+sink=$!
+trap 'kill $sink 2>/dev/null; rm -rf "$work"' EXIT
+while [ ! -s "$work/sink-port" ]; do sleep 0.1; done
+otlp="http://127.0.0.1:$(cat "$work/sink-port")"
 instructions() { # <input> [--record DIR]; stdout is a pipe, as a real client's is
     local input=$1
     shift
@@ -36,13 +60,19 @@ instructions() { # <input> [--record DIR]; stdout is a pipe, as a real client's 
         | cat >/dev/null
     sed -n 's/.*Collected : //p' "$work/log"
 }
-echo "| payload | instructions, plain | with --record | recording adds | with --rules (100) | rules add |"
-echo "|---|---|---|---|---|---|"
+echo "| payload | instructions, plain | with --record | recording adds | with --rules (100) | rules add | traced, all sampled | adds | traced, 1% | adds |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for name in 64B 64KiB; do
     plain=$(instructions "$work/$name.jsonl")
     mkdir -p "$work/tapes-$name"
     recorded=$(instructions "$work/$name.jsonl" --record "$work/tapes-$name")
     ruled=$(instructions "$work/$name.jsonl" --rules "$work/rules.yaml")
-    awk -v n="$name" -v p="$plain" -v r="$recorded" -v u="$ruled" \
-        'BEGIN { printf "| %s | %d | %d | +%.1f%% | %d | +%.1f%% |\n", n, p, r, 100 * (r - p) / p, u, 100 * (u - p) / p }'
+    if "$shadowcat" forward stdio --help | grep -q -- --otlp-endpoint; then
+        traced=$(instructions "$work/$name.jsonl" --otlp-endpoint "$otlp")
+        sampled=$(instructions "$work/$name.jsonl" --otlp-endpoint "$otlp" --trace-sample-ratio 0.01)
+    else
+        traced=0 sampled=0
+    fi
+    awk -v n="$name" -v p="$plain" -v r="$recorded" -v u="$ruled" -v t="$traced" -v s="$sampled" \
+        'BEGIN { printf "| %s | %d | %d | +%.1f%% | %d | +%.1f%% | %d | +%.1f%% | %d | +%.1f%% |\n", n, p, r, 100 * (r - p) / p, u, 100 * (u - p) / p, t, 100 * (t - p) / p, s, 100 * (s - p) / p }'
 done

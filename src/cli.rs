@@ -148,10 +148,11 @@ pub struct RecordArgs {
     /// by time and session. An existing file is never overwritten.
     #[arg(long, value_name = "FILE|DIR")]
     pub record: Option<PathBuf>,
-    /// Mask the values at this RFC 9535 JSONPath in every recorded message, e.g.
-    /// '$.params.arguments.password' (repeatable). Headers are never recorded, and the value of
-    /// an Authorization or Cookie header or --bearer-token-env is masked wherever it appears.
-    #[arg(long, value_name = "JSONPATH", requires = "record")]
+    /// Mask the values at this RFC 9535 JSONPath in every recorded message and in traced
+    /// payloads (--trace-payloads), e.g. '$.params.arguments.password' (repeatable). Headers
+    /// are never recorded, and the value of an Authorization or Cookie header or
+    /// --bearer-token-env is masked wherever it appears.
+    #[arg(long, value_name = "JSONPATH")]
     pub redact: Vec<String>,
 }
 
@@ -586,6 +587,11 @@ pub struct ProxyArgs {
     /// sampled is always recorded, one that says not sampled never. [default: 1]
     #[arg(long, env = "SHADOWCAT_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
     pub trace_sample_ratio: Option<String>,
+    /// Put tool calls' arguments and results on their spans (gen_ai.tool.call.arguments,
+    /// gen_ai.tool.call.result), masked as --redact says first (and an upstream's credentials
+    /// wherever they appear), at most 16 KiB each. [default: off: no payload leaves in a span]
+    #[arg(long, env = "SHADOWCAT_TRACE_PAYLOADS")]
+    pub trace_payloads: bool,
     /// `service.name` of the proxy's spans. [default: shadowcat]
     #[arg(long, env = "SHADOWCAT_SERVICE_NAME", value_name = "NAME")]
     pub service_name: Option<String>,

@@ -173,6 +173,7 @@ struct FileConfig {
     otlp_protocol: Option<String>,
     otlp_header: Option<Vec<String>>,
     trace_sample_ratio: Option<Scalar>,
+    trace_payloads: Option<bool>,
     service_name: Option<String>,
 }
 

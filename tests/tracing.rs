@@ -678,3 +678,51 @@ fn what_the_proxy_did_is_on_the_span() {
     assert_eq!(events[0]["attributes"]["shadowcat.limit"], "one-ping");
     assert_eq!(events[1]["name"], "rate_limited");
 }
+
+#[test]
+fn tool_payloads_go_on_spans_only_when_asked_and_masked_first() {
+    let receiver = Receiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http);
+    let call = serde_json::json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"hello","password":"s3cr3t"}}});
+    // Asked for, with a mask: the arguments and the result, the password masked.
+    let gw = support::Gateway::fixture(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--service-name",
+        "with-payloads",
+        "--trace-payloads",
+        "--redact",
+        "$.params.arguments.password",
+    ]);
+    let session = gw.initialize();
+    assert!(answer_of(&gw.post(Some(&session), &call).body)["result"].is_object());
+    let span = receiver.span_of_kind("with-payloads", "tools/call echo", "server");
+    let arguments = span["attributes"]["gen_ai.tool.call.arguments"]
+        .as_str()
+        .unwrap();
+    let arguments: Value = serde_json::from_str(arguments).unwrap();
+    assert_eq!(
+        arguments,
+        serde_json::json!({"text":"hello","password":"[REDACTED]"})
+    );
+    let result = span["attributes"]["gen_ai.tool.call.result"]
+        .as_str()
+        .unwrap();
+    assert!(result.contains("hello"), "{result}");
+    assert!(!span.to_string().contains("s3cr3t"), "{span:#}");
+    // Not asked for: no payload on any span.
+    let gw = support::Gateway::fixture(&["--otlp-endpoint", &endpoint, "--service-name", "plain"]);
+    let session = gw.initialize();
+    assert!(answer_of(&gw.post(Some(&session), &call).body)["result"].is_object());
+    let span = receiver.span_of_kind("plain", "tools/call echo", "server");
+    assert!(
+        span["attributes"]
+            .get("gen_ai.tool.call.arguments")
+            .is_none(),
+        "{span:#}"
+    );
+    assert!(!span.to_string().contains("hello"), "{span:#}");
+    // --redact with nothing to mask is refused.
+    support::assert_reverse_refuses(&["--redact", "$.x"], "neither is on");
+}

@@ -58,12 +58,14 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
             reverse.settle_sessions(&mut config.sessions);
             let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
             config.recording = recording(ask, reverse.http_upstream())?;
+            masks(&mut config, &args.recording.redact, reverse.http_upstream())?;
             Mode::Reverse(Box::new(reverse))
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
             let mode = stdio_server(&file, &args.server)?;
             let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
             config.recording = recording(ask, mode.upstream())?;
+            masks(&mut config, &args.recording.redact, mode.upstream())?;
             mode
         }
         Command::Record(args) => {
@@ -80,6 +82,7 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
                 mode: "record",
             };
             config.recording = recording(Some(ask), mode.upstream())?;
+            masks(&mut config, &args.redact, mode.upstream())?;
             mode
         }
         Command::Replay(args) if args.listen.is_some() => Mode::Reverse(Box::new(
@@ -102,6 +105,28 @@ impl Mode {
             Self::Reverse(reverse) => reverse.http_upstream(),
             _ => None,
         }
+    }
+}
+
+/// The masks for traced payloads (`--trace-payloads`): `--redact`'s paths and `upstream`'s
+/// credentials. `--redact` with neither a recording nor traced payloads to mask is refused.
+fn masks(
+    config: &mut Config,
+    redact: &[String],
+    upstream: Option<&UpstreamConfig>,
+) -> Result<(), super::ConfigError> {
+    let payloads = config.traces.as_mut().and_then(|t| t.payloads.as_mut());
+    match payloads {
+        Some(payloads) => {
+            *payloads = std::sync::Arc::new(super::recording::redactor(redact, upstream)?);
+            Ok(())
+        }
+        None if !redact.is_empty() && config.recording.is_none() => Err(super::invalid(
+            "--redact",
+            "masks what is recorded (--record) or traced (--trace-payloads); neither is on"
+                .to_owned(),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -79,8 +79,7 @@ pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recordin
             format!("{}: no such directory", parent.display()),
         ));
     }
-    let redactor = Redactor::new(ask.redact, upstream.map(secrets).unwrap_or_default())
-        .map_err(|e| invalid("--redact", e.to_string()))?;
+    let redactor = redactor(ask.redact, upstream)?;
     let server_transport = if upstream.is_some() { "http" } else { "stdio" };
     Ok(Recording {
         target: ask.path,
@@ -89,6 +88,15 @@ pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recordin
         server_transport,
         redactor: Arc::new(redactor),
     })
+}
+
+/// The masks of `--redact`'s `paths`, and `upstream`'s credentials wherever they appear.
+pub fn redactor(
+    paths: &[String],
+    upstream: Option<&UpstreamConfig>,
+) -> Result<Redactor, ConfigError> {
+    Redactor::new(paths, upstream.map(secrets).unwrap_or_default())
+        .map_err(|e| invalid("--redact", e.to_string()))
 }
 
 fn parent_dir(path: &Path) -> Option<&Path> {

@@ -1,7 +1,10 @@
 //! Trace export: `--otlp-endpoint`, `--otlp-protocol`, `--otlp-header`, `--trace-sample-ratio`,
 //! `--service-name`, each from the command line, else the config file.
 
+use std::sync::Arc;
+
 use crate::cli::ProxyArgs;
+use crate::tape::Redactor;
 use crate::telemetry::traces::{DEFAULT_SERVICE_NAME, OtlpProtocol, TraceOptions};
 
 use super::{ConfigError, FileConfig, either, invalid, listed, pick};
@@ -16,6 +19,8 @@ pub(super) fn options(
             || !p.otlp_header.is_empty()
             || p.trace_sample_ratio.is_some()
             || p.service_name.is_some()
+            || p.trace_payloads
+            || file.trace_payloads.is_some()
             || file.service_name.is_some()
             || file.otlp_protocol.is_some()
             || file.otlp_header.is_some()
@@ -81,6 +86,8 @@ pub(super) fn options(
         headers,
         sample_ratio,
         service_name,
+        payloads: (p.trace_payloads || file.trace_payloads == Some(true))
+            .then(|| Arc::new(Redactor::default())),
     }))
 }
 
@@ -125,7 +132,7 @@ mod tests {
     #[allow(clippy::float_cmp)] // The ratios are parsed from exact decimal text.
     fn endpoints_defaults_and_refusals() {
         let file = FileConfig::default();
-        assert_eq!(options(&args(None), &file).unwrap(), None);
+        assert!(options(&args(None), &file).unwrap().is_none());
         let on = options(&args(Some("http://127.0.0.1:4318")), &file)
             .unwrap()
             .unwrap();

@@ -43,8 +43,9 @@ pub enum OtlpProtocol {
     Http,
 }
 
-/// Where and how spans are exported (`--otlp-*`, `--trace-sample-ratio`, `--service-name`).
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how spans are exported (`--otlp-*`, `--trace-sample-ratio`, `--service-name`,
+/// `--trace-payloads`).
+#[derive(Debug, Clone)]
 pub struct TraceOptions {
     /// The collector: `http://host:4317` for gRPC, `http://host:4318/v1/traces` for HTTP.
     pub endpoint: String,
@@ -57,11 +58,19 @@ pub struct TraceOptions {
     pub sample_ratio: f64,
     /// `service.name` of our spans.
     pub service_name: String,
+    /// With `--trace-payloads`, what is masked in tool calls' arguments and results before
+    /// they go on a span (`--redact`, an upstream's credentials); `None`: no payloads.
+    pub payloads: Option<Arc<crate::tape::Redactor>>,
 }
+
+/// The longest payload attribute; a longer one is cut (at a character boundary) and marked.
+pub const MAX_PAYLOAD_ATTRIBUTE: usize = 16 * 1024;
 
 /// Makes the spans of every request and sends them to the collector.
 #[derive(Debug)]
 pub struct Tracer {
+    /// `--trace-payloads`: the masks applied to tool calls' arguments and results first.
+    payloads: Option<Arc<crate::tape::Redactor>>,
     provider: SdkTracerProvider,
     spans: SdkTracer,
     counts: Arc<export::Counts>,
@@ -146,6 +155,7 @@ impl Tracer {
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "shadowcat");
         tracing::info!(endpoint = %options.endpoint, protocol = ?options.protocol, "exporting traces over OTLP");
         Ok(Arc::new(Self {
+            payloads: options.payloads.clone(),
             provider,
             spans: tracer,
             counts,
@@ -232,12 +242,24 @@ impl Tracer {
                 server,
                 client: None,
                 sender: carrier,
+                payloads: None,
             };
         }
         let facts = Facts::of(msg, session);
         let (near, far) = sides(session, direction);
         server.update_name(facts.name.clone());
         server.set_attributes(facts.attributes.iter().cloned().chain(near.attributes()));
+        // Payloads only when asked for, masked first, and only a tool call's.
+        let payloads = self
+            .payloads
+            .clone()
+            .filter(|_| msg.method() == Some(&Method::ToolsCall));
+        if let Some(arguments) = payloads
+            .as_ref()
+            .and_then(|masks| payload(masks, msg, "/params/arguments"))
+        {
+            server.set_attribute(KeyValue::new("gen_ai.tool.call.arguments", arguments));
+        }
         let own = Context::new().with_remote_span_context(server.span_context().clone());
         let mut attributes = facts.attributes;
         attributes.extend(far.attributes());
@@ -252,6 +274,7 @@ impl Tracer {
             server,
             client,
             sender: carrier,
+            payloads,
         }
     }
 }
@@ -264,6 +287,8 @@ pub struct Call {
     client: Option<Span>,
     /// The trace context the sender gave, for a forwarded message that must keep it.
     sender: Carrier,
+    /// A tool call's masks, when its result goes on the span (`--trace-payloads`).
+    payloads: Option<Arc<crate::tape::Redactor>>,
 }
 
 impl Call {
@@ -312,6 +337,14 @@ impl Call {
         if let (true, Some(client)) = (by_proxy, &mut self.client) {
             client.set_attribute(KeyValue::new("shadowcat.answered_by_proxy", true));
         }
+        if let Some(result) = self
+            .payloads
+            .take()
+            .and_then(|masks| payload(&masks, answer, "/result"))
+        {
+            self.server
+                .set_attribute(KeyValue::new("gen_ai.tool.call.result", result));
+        }
         for span in self.spans() {
             span.end();
         }
@@ -348,6 +381,24 @@ impl Drop for Call {
             }
         }
     }
+}
+
+/// The JSON text at `pointer` in `msg` with `masks` applied to the whole message first (its
+/// JSONPaths are the message's), at most [`MAX_PAYLOAD_ATTRIBUTE`] bytes. `None` if there is
+/// none. A message that cannot be read yields nothing: what cannot be masked is not sent.
+fn payload(masks: &crate::tape::Redactor, msg: &Message, pointer: &str) -> Option<String> {
+    let masked = masks.apply(msg.raw());
+    let tree: serde_json::Value = serde_json::from_slice(&masked).ok()?;
+    let mut text = tree.pointer(pointer)?.to_string();
+    if text.len() > MAX_PAYLOAD_ATTRIBUTE {
+        let mut end = MAX_PAYLOAD_ATTRIBUTE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…(truncated)");
+    }
+    Some(text)
 }
 
 /// `error.type` for an answer: the JSON-RPC error code, or `tool_error` for a result with
