@@ -74,5 +74,5 @@ for name in 64B 64KiB; do
         traced=0 sampled=0
     fi
     awk -v n="$name" -v p="$plain" -v r="$recorded" -v u="$ruled" -v t="$traced" -v s="$sampled" \
-        'BEGIN { printf "| %s | %d | %d | +%.1f%% | %d | +%.1f%% | %d | +%.1f%% | %d | +%.1f%% |\n", n, p, r, 100 * (r - p) / p, u, 100 * (u - p) / p, t, 100 * (t - p) / p, s, 100 * (s - p) / p }'
+        'BEGIN { printf "| %s | %.0f | %.0f | +%.1f%% | %.0f | +%.1f%% | %.0f | +%.1f%% | %.0f | +%.1f%% |\n", n, p, r, 100 * (r - p) / p, u, 100 * (u - p) / p, t, 100 * (t - p) / p, s, 100 * (s - p) / p }'
 done

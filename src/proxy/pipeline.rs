@@ -157,13 +157,13 @@ impl Pipeline {
     fn finish(
         &self,
         verdict: Verdict,
-        call: Option<Call>,
+        call: Option<Box<Call>>,
         answered: Option<Pending>,
         asked: Option<(Option<Method>, tokio::time::Instant)>,
         cx: Context<'_>,
     ) -> Verdict {
         if let Some(request) = answered {
-            if let Verdict::Forward(answer) = &verdict {
+            if let (Verdict::Forward(answer), true) = (&verdict, self.metrics.keeps_operations()) {
                 self.metrics.operation(
                     &request.method,
                     answer,
@@ -180,6 +180,10 @@ impl Pipeline {
             }
             return verdict;
         }
+        if call.is_none() && asked.is_none() && self.rules.is_none() {
+            // Untraced, unmeasured, no rule to delay it: nothing to do.
+            return verdict;
+        }
         match verdict {
             Verdict::Forward(msg) if msg.kind() == Kind::Request => {
                 let Some(id) = msg.id().cloned() else {
@@ -189,7 +193,7 @@ impl Pipeline {
                 if let Some(mut call) = call {
                     noted(&mut call, cx);
                     let msg = call.outgoing(msg);
-                    pending.forwarded(&id, Some(Box::new(call)));
+                    pending.forwarded(&id, Some(call));
                     return Verdict::Forward(msg);
                 }
                 if self.rules.is_some() {

@@ -195,14 +195,15 @@ impl Tracer {
 
     /// The spans of request `msg`, arriving travelling `direction` in `session`, beside the
     /// `traceparent` header `header` (HTTP). The parent is the context in `params._meta`; the
-    /// header's is linked (or, with none in `_meta`, the parent).
+    /// header's is linked (or, with none in `_meta`, the parent). Boxed: the spans are large,
+    /// and the pipeline's future holds them across its stages.
     pub fn request(
         &self,
         msg: &Message,
         direction: Direction,
         session: &Session,
         header: Option<&str>,
-    ) -> Call {
+    ) -> Box<Call> {
         let carrier = msg.trace_context();
         let propagator = TraceContextPropagator::new();
         let mut parent = if carrier.traceparent.is_some() {
@@ -238,12 +239,12 @@ impl Tracer {
             .with_links(links)
             .start_with_context(&self.spans, &parent);
         if !server.is_recording() {
-            return Call {
+            return Box::new(Call {
                 server,
                 client: None,
                 sender: carrier,
                 payloads: None,
-            };
+            });
         }
         let facts = Facts::of(msg, session);
         let (near, far) = sides(session, direction);
@@ -270,12 +271,12 @@ impl Tracer {
                 .with_attributes(attributes)
                 .start_with_context(&self.spans, &own),
         );
-        Call {
+        Box::new(Call {
             server,
             client,
             sender: carrier,
             payloads,
-        }
+        })
     }
 }
 
