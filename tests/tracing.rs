@@ -726,3 +726,50 @@ fn tool_payloads_go_on_spans_only_when_asked_and_masked_first() {
     // --redact with nothing to mask is refused.
     support::assert_reverse_refuses(&["--redact", "$.x"], "neither is on");
 }
+
+#[test]
+fn what_the_upstream_side_did_is_on_the_span_too() {
+    let receiver = Receiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http);
+    // A process started for the session: the requests that waited for it say so.
+    let gw = support::Gateway::fixture(&["--otlp-endpoint", &endpoint, "--service-name", "pool"]);
+    gw.initialize();
+    let init = receiver.span_of_kind("pool", "initialize", "server");
+    let started = init["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "server_process")
+        .unwrap_or_else(|| panic!("{init:#}"));
+    assert_eq!(started["attributes"]["shadowcat.spare"], false, "{init:#}");
+    assert!(
+        started["attributes"]["shadowcat.wait_ms"].is_i64(),
+        "{init:#}"
+    );
+    // An HTTP upstream that lost the session: the request sent again says it was recovered.
+    let fixture = support::HttpFixture::start(&[]);
+    let gw = support::Gateway::start(&[
+        "--upstream",
+        &fixture.url,
+        "--otlp-endpoint",
+        &endpoint,
+        "--service-name",
+        "recovery",
+    ]);
+    let session = gw.initialize();
+    let call = |id: u64, name: &str| {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":name,"arguments":{"text":"x"}}});
+        answer_of(&gw.post(Some(&session), &body).body)
+    };
+    assert!(call(2, "forget")["result"].is_object());
+    assert!(call(3, "echo")["result"].is_object());
+    let echo = receiver.span_of_kind("recovery", "tools/call echo", "server");
+    let names: Vec<&str> = echo["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["session_recovered"], "{echo:#}");
+}

@@ -226,6 +226,41 @@ impl Pipeline {
     }
 }
 
+/// Adds the event `what` to the spans of request `id` (travelling `direction` in `session`), if
+/// it has spans: what the proxy did for it after the stages (re-established the upstream
+/// session, waited for a server process).
+pub fn request_event(
+    session: &crate::session::Session,
+    direction: Direction,
+    id: &crate::protocol::RequestId,
+    what: &'static str,
+) {
+    session.pending(direction).with_attachment(id, |kept| {
+        if let Some(call) = kept.downcast_mut::<Call>() {
+            call.event(what, Vec::new());
+        }
+    });
+}
+
+/// Adds the event `what`, with `details`, to the spans of every request waiting in `session`'s
+/// `direction`: what the proxy did for all of them (started or found a server process).
+pub fn waiting_event(
+    session: &crate::session::Session,
+    direction: Direction,
+    what: &'static str,
+    details: &[(&'static str, opentelemetry::Value)],
+) {
+    session.pending(direction).each_attachment(|kept| {
+        if let Some(call) = kept.downcast_mut::<Call>() {
+            let details = details
+                .iter()
+                .map(|(name, value)| opentelemetry::KeyValue::new(*name, value.clone()))
+                .collect();
+            call.event(what, details);
+        }
+    });
+}
+
 /// What the stages noted about the message, as events of `call`'s span.
 fn noted(call: &mut Call, cx: Context<'_>) {
     for note in cx.notes.map(Notes::take).unwrap_or_default() {

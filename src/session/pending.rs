@@ -345,6 +345,29 @@ impl PendingRequests {
         }
     }
 
+    /// Runs `f` on what a stage keeps with request `id` (its spans), if it is waiting and has
+    /// something kept. The table is locked while `f` runs: `f` must not block.
+    pub fn with_attachment(&self, id: &RequestId, f: impl FnOnce(&mut Attachment)) {
+        if let Some(attachment) = self
+            .lock()
+            .requests
+            .get_mut(id)
+            .and_then(|r| r.attachment.as_mut())
+        {
+            f(attachment);
+        }
+    }
+
+    /// Runs `f` on what stages keep with each waiting request (their spans). The table is
+    /// locked while `f` runs: `f` must not block.
+    pub fn each_attachment(&self, mut f: impl FnMut(&mut Attachment)) {
+        for (_, request) in &mut self.lock().requests {
+            if let Some(attachment) = request.attachment.as_mut() {
+                f(attachment);
+            }
+        }
+    }
+
     /// Whether `id` is awaiting its answer.
     pub fn contains(&self, id: &RequestId) -> bool {
         self.lock().requests.contains_key(id)

@@ -37,10 +37,28 @@ impl Gateway {
             () = session.closed_token().cancelled() => return Ok(None),
             () = start.cancelled() => {}
         }
+        let asked = tokio::time::Instant::now();
         let lease = tokio::select! {
             () = session.closed_token().cancelled() => return Ok(None),
             lease = pool.acquire() => lease,
         };
+        if let (Ok(lease), true) = (&lease, self.pipeline.is_traced()) {
+            // The requests that waited for it say so on their spans.
+            crate::proxy::pipeline::waiting_event(
+                session,
+                Direction::ClientToServer,
+                "server_process",
+                &[
+                    ("shadowcat.spare", (!lease.cold).into()),
+                    (
+                        "shadowcat.wait_ms",
+                        i64::try_from(asked.elapsed().as_millis())
+                            .unwrap_or(i64::MAX)
+                            .into(),
+                    ),
+                ],
+            );
+        }
         let started = lease.and_then(|lease| {
             let cold = lease.cold;
             let program = pool.spec().program.to_string_lossy().into_owned();

@@ -192,6 +192,14 @@ impl<C: Deliver + 'static> HttpSession<C> {
             && !retried
             && self.recover(session.as_ref()).await
         {
+            if let Some(id) = &id {
+                crate::proxy::pipeline::request_event(
+                    &self.session,
+                    Direction::ClientToServer,
+                    id,
+                    "session_recovered",
+                );
+            }
             // Refused, so not run: send it again on the new session.
             return Box::pin(self.post_streamable(msg, client_headers, reply, true)).await;
         }
