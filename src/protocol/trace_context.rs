@@ -11,6 +11,18 @@ use serde::Deserialize;
 use super::message::Message;
 use super::rewrite;
 
+/// A search built once: setting one up costs more than most searches of a small message.
+fn finder(needle: &'static [u8]) -> memchr::memmem::Finder<'static> {
+    memchr::memmem::Finder::new(needle)
+}
+
+static TRACEPARENT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| finder(b"traceparent"));
+static META: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| finder(b"_meta"));
+static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| finder(b"\\u"));
+
 /// The longest `traceparent` or `tracestate` kept (W3C: a `tracestate` of at most 32 members of
 /// at most 256 characters; a `traceparent` of version 00 is 55 characters).
 pub const MAX_CARRIER_BYTES: usize = 8_192;
@@ -53,7 +65,7 @@ impl Message {
             #[serde(borrow)]
             tracestate: Option<std::borrow::Cow<'a, str>>,
         }
-        if memchr::memmem::find(self.raw(), b"traceparent").is_none() {
+        if TRACEPARENT.find(self.raw()).is_none() {
             return Carrier::default();
         }
         let Some(meta) = serde_json::from_slice::<Body<'_>>(self.raw())
@@ -105,8 +117,8 @@ impl Message {
         };
         let params = self.params_bytes()?;
         if params.first() != Some(&b'{')
-            || memchr::memmem::find(params, b"_meta").is_some()
-            || memchr::memmem::find(params, b"\\u").is_some()
+            || META.find(params).is_some()
+            || ESCAPE.find(params).is_some()
         {
             return None;
         }

@@ -15,7 +15,12 @@
 //!    log, hide, rate_limit; a response is matched by the method of the request it answers.
 //! 4. recording (`--record`) — what the stages decided is written to the session's tape, if it
 //!    has one: a message as it goes on (as rules left it), or as it came when the proxy
-//!    answered or dropped it, and the proxy's answer.
+//!    answered or dropped it, and the proxy's answer (with the trace id, when traced).
+//!
+//! Around them, with `--otlp-endpoint`: tracing. A request's spans start before the stages (its
+//! parent read from `params._meta`), hear what the stages did (`stage::Notes`), and, if it goes
+//! on, ride in its pending entry with our CLIENT span's context written into its `_meta`; its
+//! answer ends them. And the MCP conventions' operation durations, when a gateway exposes them.
 
 use std::sync::Arc;
 
