@@ -545,6 +545,28 @@ impl Message {
         Ok(tree.get("name").and_then(|n| n.as_str()).map(str::to_owned))
     }
 
+    /// This message with `insert` put into its bytes at `at`, which is inside `params` (past its
+    /// first byte): the envelope stays as read, `params` grows by `insert`. Not checked: the
+    /// caller keeps the JSON valid and the envelope unchanged (a member added to `params`).
+    pub(super) fn spliced_into_params(&self, at: usize, insert: &[u8]) -> Option<Message> {
+        let (start, end) = self.params?;
+        if at <= start as usize || at >= end as usize {
+            return None;
+        }
+        let grown = u32::try_from(insert.len()).ok()?;
+        let mut raw = Vec::with_capacity(self.raw.len() + insert.len());
+        raw.extend_from_slice(&self.raw[..at]);
+        raw.extend_from_slice(insert);
+        raw.extend_from_slice(&self.raw[at..]);
+        Some(Message {
+            raw: Bytes::from(raw),
+            kind: self.kind,
+            id: self.id.clone(),
+            method: self.method.clone(),
+            params: Some((start, end.checked_add(grown)?)),
+        })
+    }
+
     /// The bytes of `params`, if the message has it.
     pub fn params_bytes(&self) -> Option<&[u8]> {
         let (start, end) = self.params?;

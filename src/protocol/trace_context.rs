@@ -122,23 +122,21 @@ impl Message {
         {
             return None;
         }
-        let raw = self.raw();
         // Where `params`' members begin, in the message.
-        let at = params.as_ptr() as usize - raw.as_ptr() as usize + 1;
+        let at = params.as_ptr() as usize - self.raw().as_ptr() as usize + 1;
         let empty = params[1..]
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| *b == b'}');
-        let mut out = Vec::with_capacity(raw.len() + traceparent.len() + 32);
-        out.extend_from_slice(&raw[..at]);
-        out.extend_from_slice(br#""_meta":{"traceparent":"#);
-        serde_json::to_writer(&mut out, traceparent).ok()?;
-        out.push(b'}');
+        let mut member = Vec::with_capacity(traceparent.len() + 32);
+        member.extend_from_slice(br#""_meta":{"traceparent":"#);
+        serde_json::to_writer(&mut member, traceparent).ok()?;
+        member.push(b'}');
         if !empty {
-            out.push(b',');
+            member.push(b',');
         }
-        out.extend_from_slice(&raw[at..]);
-        Message::parse(bytes::Bytes::from(out)).ok()
+        // The envelope is as it was read; only `params` grew: no need to read it again.
+        self.spliced_into_params(at, &member)
     }
 }
 
@@ -227,6 +225,13 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "name":"a","arguments":{"t":"x\ny"}}}"#
         );
         assert_eq!(traced.called_tool(), Ok(Some("a".into())));
+        assert_eq!(traced.trace_context(), ours);
+        let reparsed = Message::parse(traced.raw().clone()).unwrap();
+        assert_eq!(reparsed.params_bytes(), traced.params_bytes());
+        assert_eq!(
+            (reparsed.id(), reparsed.method()),
+            (traced.id(), traced.method())
+        );
         // A key that might spell `_meta` with escapes takes the careful path: no second `_meta`.
         let m = msg(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"\u005fmeta":{"a":1}}}"#);
         let traced = m.with_trace_context(&ours).unwrap();
