@@ -108,15 +108,17 @@ impl Pipeline {
         // A request the proxy may answer itself: what its duration is measured by.
         let asked = (msg.kind() == Kind::Request && self.metrics.keeps_operations())
             .then(|| (msg.method().cloned(), tokio::time::Instant::now()));
-        let call = match &self.tracer {
+        // A request's spans, and its trace id if the trace can be found somewhere.
+        let (call, trace) = match &self.tracer {
             Some(tracer) if msg.kind() == Kind::Request => {
                 let call = tracer.request(&msg, cx.direction, cx.session, cx.header_trace);
-                if call.is_kept() {
-                    cx.session.update_metadata(|m| m.saw_trace(call.trace_id()));
+                let trace = call.is_kept().then(|| call.trace_id());
+                if let Some(trace) = &trace {
+                    cx.session.update_metadata(|m| m.saw_trace(trace.clone()));
                 }
-                Some(call)
+                (Some(call), trace)
             }
-            _ => None,
+            _ => (None, None),
         };
         // With tracing on, what the stages do becomes events of the request's span.
         let notes = self.tracer.as_ref().map(|_| Notes::default());
@@ -131,10 +133,7 @@ impl Pipeline {
         // Recorded: what was sent, and what became of it.
         let original = msg.clone();
         let (verdict, answered) = self.stages(msg, cx).await;
-        let trace = match &call {
-            Some(call) => call.is_kept().then(|| call.trace_id()),
-            None => answered.as_ref().and_then(trace_of),
-        };
+        let trace = trace.or_else(|| answered.as_ref().and_then(trace_of));
         record(tape, &original, &verdict, cx, trace.as_deref()).await;
         self.finish(verdict, call, answered, asked, cx)
     }
@@ -185,8 +184,9 @@ impl Pipeline {
             }
             return verdict;
         }
-        if call.is_none() && asked.is_none() && self.rules.is_none() {
-            // Untraced, unmeasured, no rule to delay it: nothing to do.
+        if call.is_none() && asked.is_none() {
+            // Untraced and unmeasured: nothing to do (the hop's start matters to the
+            // durations only).
             return verdict;
         }
         match verdict {
@@ -202,7 +202,7 @@ impl Pipeline {
                     return Verdict::Forward(msg);
                 }
                 if self.rules.is_some() {
-                    // A rule may have delayed it: the hop starts now.
+                    // Measured, and a rule may have delayed it: the hop starts now.
                     pending.forwarded(&id, None);
                 }
                 Verdict::Forward(msg)

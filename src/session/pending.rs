@@ -37,7 +37,8 @@ pub struct Pending {
     pub method: Method,
     /// When it arrived.
     pub sent_at: Instant,
-    /// When it went on to its receiver, after the stages (a rule may delay it).
+    /// When it went on to its receiver, after the stages (a rule may delay it); set so only
+    /// where it is read: for the operation durations, and with spans.
     pub forwarded_at: Instant,
     /// What a stage keeps with it ([`PendingRequests::forwarded`]).
     pub attachment: Option<Attachment>,

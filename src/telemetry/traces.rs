@@ -77,8 +77,8 @@ pub struct Tracer {
     exporting: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
-/// Starts exporting as `options` ask, or nothing without options. Runs inside a Tokio runtime
-/// (the export task runs on it).
+/// Starts exporting as `options` ask, or nothing without options (the export runs on a thread
+/// of its own).
 pub fn start(options: Option<&TraceOptions>) -> anyhow::Result<Option<Arc<Tracer>>> {
     options.map(Tracer::start).transpose()
 }
@@ -103,7 +103,7 @@ impl Tracer {
                 let (endpoint, resource) = (options.endpoint.clone(), resource.clone());
                 export::Queue::start(
                     move || {
-                        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                        let exporter = opentelemetry_otlp::SpanExporter::builder()
                             .with_tonic()
                             .with_endpoint(endpoint)
                             .with_timeout(EXPORT_TIMEOUT)
@@ -113,11 +113,7 @@ impl Tracer {
                                 ),
                             )
                             .build()?;
-                        opentelemetry_sdk::trace::SpanExporter::set_resource(
-                            &mut exporter,
-                            &resource,
-                        );
-                        Ok(exporter)
+                        Ok(described(exporter, &resource))
                     },
                     counts.clone(),
                 )?
@@ -128,18 +124,14 @@ impl Tracer {
                     options.headers.iter().cloned().collect();
                 export::Queue::start(
                     move || {
-                        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                        let exporter = opentelemetry_otlp::SpanExporter::builder()
                             .with_http()
                             .with_endpoint(endpoint)
                             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                             .with_timeout(EXPORT_TIMEOUT)
                             .with_headers(headers)
                             .build()?;
-                        opentelemetry_sdk::trace::SpanExporter::set_resource(
-                            &mut exporter,
-                            &resource,
-                        );
-                        Ok(exporter)
+                        Ok(described(exporter, &resource))
                     },
                     counts.clone(),
                 )?
@@ -175,8 +167,8 @@ impl Tracer {
 
     /// Sends what is queued, waiting at most `within`; spans that end later are not sent.
     pub async fn shutdown(&self, within: Duration) {
-        // Shutting the provider down drops its processor, which closes the queue; the export
-        // thread sends the rest and ends.
+        // Shutting the provider down closes the queue; the export thread sends the rest and
+        // ends.
         let _ = self.provider.shutdown();
         let task = self
             .exporting
@@ -242,7 +234,7 @@ impl Tracer {
             return Box::new(Call {
                 server,
                 client: None,
-                sender: carrier,
+                from_sender: carrier.traceparent.is_some(),
                 payloads: None,
             });
         }
@@ -274,10 +266,19 @@ impl Tracer {
         Box::new(Call {
             server,
             client,
-            sender: carrier,
+            from_sender: carrier.traceparent.is_some(),
             payloads,
         })
     }
+}
+
+/// `exporter`, telling the collector whose spans they are.
+fn described<E: opentelemetry_sdk::trace::SpanExporter>(
+    mut exporter: E,
+    resource: &opentelemetry_sdk::Resource,
+) -> E {
+    exporter.set_resource(resource);
+    exporter
 }
 
 /// The two spans of one request: where it arrived, and the hop on.
@@ -286,8 +287,8 @@ pub struct Call {
     server: Span,
     /// The hop's span; `None` when the trace is not recorded.
     client: Option<Span>,
-    /// The trace context the sender gave, for a forwarded message that must keep it.
-    sender: Carrier,
+    /// Whether the sender gave a trace context (its trace goes on through ours).
+    from_sender: bool,
     /// A tool call's masks, when its result goes on the span (`--trace-payloads`).
     payloads: Option<Arc<crate::tape::Redactor>>,
 }
@@ -296,7 +297,7 @@ impl Call {
     /// Whether its trace can be looked up somewhere: we record it, or its sender's trace
     /// goes on (a new trace that is not sampled is recorded nowhere).
     pub fn is_kept(&self) -> bool {
-        self.server.is_recording() || self.sender.traceparent.is_some()
+        self.server.is_recording() || self.from_sender
     }
 
     /// The trace id, as 32 hex digits (for tapes and history).
@@ -312,9 +313,6 @@ impl Call {
         let ours = Context::new().with_remote_span_context(hop.span_context().clone());
         let mut carrier = Carrier::default();
         TraceContextPropagator::new().inject_context(&ours, &mut CarrierSlot(&mut carrier));
-        if carrier.traceparent == self.sender.traceparent {
-            return msg;
-        }
         msg.with_trace_context(&carrier).unwrap_or(msg)
     }
 
