@@ -597,6 +597,71 @@ fn the_traceparent_header_is_linked_and_carries_our_span_on() {
 }
 
 #[test]
+fn sampling_decides_what_is_recorded_and_the_decision_goes_on() {
+    let receiver = Receiver::start();
+    let fixture = support::HttpFixture::start(&[]);
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http);
+    // No new trace is sampled: only a sender's sampled trace is recorded.
+    let gw = support::Gateway::start(&[
+        "--upstream",
+        &fixture.url,
+        "--otlp-endpoint",
+        &endpoint,
+        "--trace-sample-ratio",
+        "0",
+    ]);
+    let session = gw.initialize();
+    // The headers the HTTP server got with a call carrying `meta` (or nothing) in `_meta`.
+    let call = |id: u64, meta: Option<&str>| {
+        let mut params = serde_json::json!({"name": "headers", "arguments": {}});
+        if let Some(meta) = meta {
+            params["_meta"] = serde_json::json!({ "traceparent": meta });
+        }
+        let body =
+            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params});
+        let answer = answer_of(&gw.post(Some(&session), &body).body);
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+        serde_json::from_str::<Value>(text).unwrap()
+    };
+    // A sender's unsampled trace: not recorded, its context passed on as it came.
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    assert_eq!(call(2, Some(unsampled))["traceparent"], unsampled);
+    // No context, a new trace not sampled: the server is told so, in a trace of its own.
+    let seen = call(3, None);
+    let ours = seen["traceparent"].as_str().unwrap();
+    let parts: Vec<&str> = ours.split('-').collect();
+    assert_eq!(parts.len(), 4, "{ours}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1].len(), 32);
+    assert_ne!(parts[1], "0".repeat(32));
+    assert_eq!(parts[3], "00", "not sampled: {ours}");
+    // A sender's sampled trace: recorded, whatever the ratio, our span passed on.
+    let seen = call(4, Some(META_PARENT));
+    let hop = receiver.span_of_kind("shadowcat", "tools/call headers", "client");
+    assert_eq!(hop["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        seen["traceparent"],
+        format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            hop["span_id"].as_str().unwrap()
+        )
+    );
+    // The unsampled calls, queued before it, went nowhere.
+    let recorded: Vec<Value> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["service"] == "shadowcat")
+        .collect();
+    assert!(
+        recorded
+            .iter()
+            .all(|s| s["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{recorded:#?}"
+    );
+    assert_eq!(recorded.len(), 2, "{recorded:#?}");
+}
+
+#[test]
 fn without_tracing_the_traceparent_header_passes_untouched() {
     let fixture = support::HttpFixture::start(&[]);
     let gw = support::Gateway::start(&["--upstream", &fixture.url]);
@@ -634,6 +699,10 @@ fn what_the_proxy_did_is_on_the_span() {
     assert_eq!(call(3, "add")["error"]["code"], -32091);
     // A delayed call: the rule and the delay, and no error.
     let echo = receiver.span_of_kind("shadowcat", "tools/call echo", "server");
+    // The session as logs name it, never its id (the client's credential).
+    let named = echo["attributes"]["mcp.session.id"].as_str().unwrap();
+    assert!(named.starts_with("s-") && named.len() == 14, "{named}");
+    assert!(!session.contains(named.trim_start_matches("s-")), "{named}");
     let events = echo["events"].as_array().unwrap();
     let names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["rule", "delayed"], "{echo:#}");

@@ -545,18 +545,22 @@ impl Message {
         Ok(tree.get("name").and_then(|n| n.as_str()).map(str::to_owned))
     }
 
-    /// This message with `insert` put into its bytes at `at`, which is inside `params` (past its
-    /// first byte): the envelope stays as read, `params` grows by `insert`. Not checked: the
-    /// caller keeps the JSON valid and the envelope unchanged (a member added to `params`).
-    pub(super) fn spliced_into_params(&self, at: usize, insert: &[u8]) -> Option<Message> {
+    /// This message with the `pieces` put into its bytes, one after another, at `at`, which is
+    /// inside `params` (past its first byte): the envelope stays as read, `params` grows by
+    /// them. Not checked: the caller keeps the JSON valid and the envelope unchanged (a member
+    /// added to `params`).
+    pub(super) fn spliced_into_params(&self, at: usize, pieces: &[&[u8]]) -> Option<Message> {
         let (start, end) = self.params?;
         if at <= start as usize || at >= end as usize {
             return None;
         }
-        let grown = u32::try_from(insert.len()).ok()?;
-        let mut raw = Vec::with_capacity(self.raw.len() + insert.len());
+        let added: usize = pieces.iter().map(|p| p.len()).sum();
+        let grown = u32::try_from(added).ok()?;
+        let mut raw = Vec::with_capacity(self.raw.len() + added);
         raw.extend_from_slice(&self.raw[..at]);
-        raw.extend_from_slice(insert);
+        for piece in pieces {
+            raw.extend_from_slice(piece);
+        }
         raw.extend_from_slice(&self.raw[at..]);
         Some(Message {
             raw: Bytes::from(raw),

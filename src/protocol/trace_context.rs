@@ -89,14 +89,27 @@ impl Message {
     /// those there; `params` and `_meta` created if absent), every other byte as it came.
     /// `None` if the message cannot be rewritten (its `params` is not an object).
     pub fn with_trace_context(&self, carrier: &Carrier) -> Option<Message> {
-        if let Some(fast) = self.with_traceparent_first(carrier) {
-            return Some(fast);
+        self.with_trace(
+            carrier.traceparent.as_deref(),
+            carrier.tracestate.as_deref(),
+        )
+    }
+
+    /// [`Message::with_trace_context`] with the members given as text.
+    pub fn with_trace(
+        &self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Option<Message> {
+        if let (Some(traceparent), None) = (traceparent, tracestate) {
+            if let Ok(json) = serde_json::to_vec(traceparent) {
+                if let Some(fast) = self.with_traceparent_first(&json) {
+                    return Some(fast);
+                }
+            }
         }
         let mut text = std::str::from_utf8(self.raw()).ok()?.to_owned();
-        for (key, value) in [
-            ("traceparent", &carrier.traceparent),
-            ("tracestate", &carrier.tracestate),
-        ] {
+        for (key, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
             if let Some(value) = value {
                 let json = serde_json::to_string(value).ok()?;
                 text = rewrite::set(&text, &["params", "_meta", key], &json)?;
@@ -104,21 +117,35 @@ impl Message {
         }
         Message::parse(bytes::Bytes::from(text)).ok()
     }
-}
 
-impl Message {
-    /// The common case of [`Message::with_trace_context`] without parsing `params`: only a
-    /// `traceparent` to write, and `params` an object with no `_meta` (nor any `\u` escape,
-    /// which could spell one): `"_meta":{"traceparent":…}` goes in as its first member. `None`
-    /// when the case does not apply (or the result would not parse: the careful path decides).
-    fn with_traceparent_first(&self, carrier: &Carrier) -> Option<Message> {
-        let (Some(traceparent), None) = (&carrier.traceparent, &carrier.tracestate) else {
-            return None;
-        };
+    /// This request with `traceparent` (and `tracestate`) written into `params._meta`, as
+    /// [`Message::with_trace_context`] does; the common case (no `tracestate`, no `_meta` yet)
+    /// costs one copy of the message.
+    pub fn with_traceparent(
+        &self,
+        traceparent: &Traceparent,
+        tracestate: Option<&str>,
+    ) -> Option<Message> {
+        if tracestate.is_none() {
+            let mut json = [b'"'; TRACEPARENT_LEN + 2];
+            json[1..=TRACEPARENT_LEN].copy_from_slice(&traceparent.0);
+            if let Some(fast) = self.with_traceparent_first(&json) {
+                return Some(fast);
+            }
+        }
+        self.with_trace(Some(traceparent.as_str()), tracestate)
+    }
+
+    /// The common case without parsing `params`: only a `traceparent` to write (`json`, the
+    /// string as JSON), and `params` an object with no `_meta` (nor any `\u` escape, which
+    /// could spell one): `"_meta":{"traceparent":…}` goes in as its first member. `None` when
+    /// the case does not apply (or the result would not parse: the careful path decides).
+    fn with_traceparent_first(&self, json: &[u8]) -> Option<Message> {
         let params = self.params_bytes()?;
+        // Without a `_` or a `\` (most calls), neither `_meta` nor an escape can be there.
         if params.first() != Some(&b'{')
-            || META.find(params).is_some()
-            || ESCAPE.find(params).is_some()
+            || (memchr::memchr2(b'_', b'\\', params).is_some()
+                && (META.find(params).is_some() || ESCAPE.find(params).is_some()))
         {
             return None;
         }
@@ -128,15 +155,43 @@ impl Message {
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| *b == b'}');
-        let mut member = Vec::with_capacity(traceparent.len() + 32);
-        member.extend_from_slice(br#""_meta":{"traceparent":"#);
-        serde_json::to_writer(&mut member, traceparent).ok()?;
-        member.push(b'}');
-        if !empty {
-            member.push(b',');
-        }
+        let end: &[u8] = if empty { b"}" } else { b"}," };
         // The envelope is as it was read; only `params` grew: no need to read it again.
-        self.spliced_into_params(at, &member)
+        self.spliced_into_params(at, &[br#""_meta":{"traceparent":"#, json, end])
+    }
+}
+
+/// The length of a version 00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// A version 00 `traceparent` value, made from its parts: always `00-`, 32 and 16 lowercase
+/// hex digits and the flags, so it is written into a message as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traceparent([u8; TRACEPARENT_LEN]);
+
+impl Traceparent {
+    /// The value for span `span_id` in trace `trace_id`, `sampled` or not.
+    pub fn new(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let hex = |out: &mut [u8], bytes: &[u8]| {
+            for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = HEX[usize::from(b >> 4)];
+                pair[1] = HEX[usize::from(b & 0xf)];
+            }
+        };
+        let mut out = [0; TRACEPARENT_LEN];
+        out[..3].copy_from_slice(b"00-");
+        hex(&mut out[3..35], trace_id);
+        out[35] = b'-';
+        hex(&mut out[36..52], span_id);
+        out[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+        Self(out)
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and dashes are ever written (`new`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -238,6 +293,52 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(traced.raw()).unwrap(),
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"a":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}"#
+        );
+    }
+
+    #[test]
+    fn a_made_traceparent_is_written_as_the_carrier_would_be() {
+        let ours = Traceparent::new(
+            &[
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c,
+            ],
+            &[0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+            true,
+        );
+        assert_eq!(ours.as_str(), PARENT);
+        let unsampled = Traceparent::new(&[1; 16], &[2; 8], false);
+        assert!(unsampled.as_str().ends_with("-0202020202020202-00"));
+        let carrier = Carrier {
+            traceparent: Some(PARENT.into()),
+            tracestate: None,
+        };
+        for raw in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"t":"x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{ }}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"a":1},"b_c":2}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"\u005fmeta":{"a":1}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#,
+        ] {
+            let m = msg(raw);
+            let made = m.with_traceparent(&ours, None).unwrap();
+            assert_eq!(
+                made.raw(),
+                m.with_trace_context(&carrier).unwrap().raw(),
+                "{raw}"
+            );
+            assert_eq!(made.trace_context(), carrier, "{raw}");
+            Message::parse(made.raw().clone()).unwrap();
+        }
+        // With a tracestate: both members, the careful way.
+        let m = msg(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{}}"#);
+        let made = m.with_traceparent(&ours, Some("k=v")).unwrap();
+        assert_eq!(
+            made.trace_context(),
+            Carrier {
+                traceparent: Some(PARENT.into()),
+                tracestate: Some("k=v".into()),
+            }
         );
     }
 }

@@ -120,8 +120,11 @@ impl Pipeline {
             }
             _ => (None, None),
         };
-        // With tracing on, what the stages do becomes events of the request's span.
-        let notes = self.tracer.as_ref().map(|_| Notes::default());
+        // What the stages do becomes events of a recorded request's span.
+        let notes = call
+            .as_ref()
+            .filter(|call| call.is_recorded())
+            .map(|_| Notes::default());
         let cx = Context {
             notes: notes.as_ref(),
             ..cx
@@ -161,7 +164,7 @@ impl Pipeline {
     fn finish(
         &self,
         verdict: Verdict,
-        call: Option<Box<Call>>,
+        call: Option<Call>,
         answered: Option<Pending>,
         asked: Option<(Option<Method>, tokio::time::Instant)>,
         cx: Context<'_>,
@@ -198,7 +201,13 @@ impl Pipeline {
                 if let Some(mut call) = call {
                     noted(&mut call, cx);
                     let msg = call.outgoing(msg);
-                    pending.forwarded(&id, Some(call));
+                    // Kept with the request until it ends if its answer or its trace id will
+                    // be wanted (a new trace not sampled: neither).
+                    if call.is_kept() {
+                        pending.forwarded(&id, Some(Box::new(call)));
+                    } else if asked.is_some() && self.rules.is_some() {
+                        pending.forwarded(&id, None);
+                    }
                     return Verdict::Forward(msg);
                 }
                 if self.rules.is_some() {
@@ -253,15 +262,11 @@ pub fn waiting_event(
     session: &crate::session::Session,
     direction: Direction,
     what: &'static str,
-    details: &[(&'static str, opentelemetry::Value)],
+    details: &[crate::telemetry::traces::Attribute],
 ) {
     session.pending(direction).each_attachment(|kept| {
         if let Some(call) = kept.downcast_mut::<Call>() {
-            let details = details
-                .iter()
-                .map(|(name, value)| opentelemetry::KeyValue::new(*name, value.clone()))
-                .collect();
-            call.event(what, details);
+            call.event(what, details.to_vec());
         }
     });
 }
@@ -273,7 +278,7 @@ fn noted(call: &mut Call, cx: Context<'_>) {
             note.what,
             note.details
                 .into_iter()
-                .map(|(name, value)| opentelemetry::KeyValue::new(name, value))
+                .map(|(name, value)| (name, value.into()))
                 .collect(),
         );
     }

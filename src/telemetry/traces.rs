@@ -11,22 +11,20 @@
 //! byte for byte.
 
 pub mod export;
+mod otlp;
+pub mod span;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
-
-use crate::protocol::trace_context::{Carrier, MAX_CARRIER_BYTES};
+use crate::protocol::trace_context::MAX_CARRIER_BYTES;
 use crate::protocol::{Direction, Kind, Message, Method};
 use crate::session::{Session, TransportKind};
+
+pub use span::{Attribute, Value};
+use span::{Event, Span, SpanContext};
 
 /// The default `--service-name`.
 pub const DEFAULT_SERVICE_NAME: &str = "shadowcat";
@@ -71,8 +69,9 @@ pub const MAX_PAYLOAD_ATTRIBUTE: usize = 16 * 1024;
 pub struct Tracer {
     /// `--trace-payloads`: the masks applied to tool calls' arguments and results first.
     payloads: Option<Arc<crate::tape::Redactor>>,
-    provider: SdkTracerProvider,
-    spans: SdkTracer,
+    /// `--trace-sample-ratio`.
+    sample_ratio: f64,
+    queue: Arc<export::Queue>,
     counts: Arc<export::Counts>,
     exporting: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
@@ -86,70 +85,13 @@ pub fn start(options: Option<&TraceOptions>) -> anyhow::Result<Option<Arc<Tracer
 impl Tracer {
     /// A tracer exporting as `options` ask.
     pub fn start(options: &TraceOptions) -> anyhow::Result<Arc<Self>> {
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(options.service_name.clone())
-            .build();
         let counts = Arc::new(export::Counts::default());
-        let (queue, exporting) = match options.protocol {
-            OtlpProtocol::Grpc => {
-                let mut headers = http::HeaderMap::new();
-                for (name, value) in &options.headers {
-                    let name = http::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|e| anyhow::anyhow!("invalid --otlp-header name {name:?}: {e}"))?;
-                    let value = http::HeaderValue::from_str(value)
-                        .map_err(|e| anyhow::anyhow!("invalid --otlp-header value: {e}"))?;
-                    headers.insert(name, value);
-                }
-                let (endpoint, resource) = (options.endpoint.clone(), resource.clone());
-                export::Queue::start(
-                    move || {
-                        let exporter = opentelemetry_otlp::SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(endpoint)
-                            .with_timeout(EXPORT_TIMEOUT)
-                            .with_metadata(
-                                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                                    headers,
-                                ),
-                            )
-                            .build()?;
-                        Ok(described(exporter, &resource))
-                    },
-                    counts.clone(),
-                )?
-            }
-            OtlpProtocol::Http => {
-                let (endpoint, resource) = (options.endpoint.clone(), resource.clone());
-                let headers: std::collections::HashMap<String, String> =
-                    options.headers.iter().cloned().collect();
-                export::Queue::start(
-                    move || {
-                        let exporter = opentelemetry_otlp::SpanExporter::builder()
-                            .with_http()
-                            .with_endpoint(endpoint)
-                            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                            .with_timeout(EXPORT_TIMEOUT)
-                            .with_headers(headers)
-                            .build()?;
-                        Ok(described(exporter, &resource))
-                    },
-                    counts.clone(),
-                )?
-            }
-        };
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(queue)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                options.sample_ratio,
-            ))))
-            .with_resource(resource)
-            .build();
-        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "shadowcat");
+        let (queue, exporting) = export::Queue::start(options, counts.clone())?;
         tracing::info!(endpoint = %options.endpoint, protocol = ?options.protocol, "exporting traces over OTLP");
         Ok(Arc::new(Self {
             payloads: options.payloads.clone(),
-            provider,
-            spans: tracer,
+            sample_ratio: options.sample_ratio,
+            queue: Arc::new(queue),
             counts,
             exporting: std::sync::Mutex::new(Some(exporting)),
         }))
@@ -167,9 +109,7 @@ impl Tracer {
 
     /// Sends what is queued, waiting at most `within`; spans that end later are not sent.
     pub async fn shutdown(&self, within: Duration) {
-        // Shutting the provider down closes the queue; the export thread sends the rest and
-        // ends.
-        let _ = self.provider.shutdown();
+        self.queue.close();
         let task = self
             .exporting
             .lock()
@@ -187,61 +127,65 @@ impl Tracer {
 
     /// The spans of request `msg`, arriving travelling `direction` in `session`, beside the
     /// `traceparent` header `header` (HTTP). The parent is the context in `params._meta`; the
-    /// header's is linked (or, with none in `_meta`, the parent). Boxed: the spans are large,
-    /// and the pipeline's future holds them across its stages.
+    /// header's is linked (or, with none in `_meta`, the parent).
     pub fn request(
         &self,
         msg: &Message,
         direction: Direction,
         session: &Session,
         header: Option<&str>,
-    ) -> Box<Call> {
+    ) -> Call {
         let carrier = msg.trace_context();
-        let propagator = TraceContextPropagator::new();
-        let mut parent = if carrier.traceparent.is_some() {
-            propagator.extract(&CarrierText(&carrier))
-        } else {
-            Context::new()
-        };
-        let mut links = Vec::new();
-        if let Some(header) = header.filter(|h| h.len() <= MAX_CARRIER_BYTES) {
-            let beside = Carrier {
-                traceparent: Some(header.to_owned()),
-                tracestate: None,
-            };
-            let beside = propagator.extract(&CarrierText(&beside));
-            let linked = beside.span().span_context().clone();
-            if linked.is_valid() {
-                if parent.span().span_context().is_valid() {
-                    if linked != *parent.span().span_context() {
-                        links.push(opentelemetry::trace::Link::with_context(linked));
-                    }
-                } else {
-                    parent = beside;
-                }
+        let in_meta = carrier
+            .traceparent
+            .as_deref()
+            .and_then(|tp| SpanContext::parse(tp, carrier.tracestate.as_deref()));
+        let beside = header
+            .filter(|h| h.len() <= MAX_CARRIER_BYTES)
+            .and_then(|h| SpanContext::parse(h, None));
+        let from_meta = in_meta.is_some();
+        let (parent, link) = match (in_meta, beside) {
+            (Some(parent), Some(linked)) if linked.span_id != parent.span_id => {
+                (Some(parent), Some(linked))
             }
-        }
-        // Sampling is decided first: a request whose trace is not recorded gets one span that
-        // records nothing (its context still goes on), and nothing is read for attributes.
-        let method = msg.method().map_or("", Method::label);
-        let mut server = self
-            .spans
-            .span_builder(method)
-            .with_kind(SpanKind::Server)
-            .with_links(links)
-            .start_with_context(&self.spans, &parent);
-        if !server.is_recording() {
-            return Box::new(Call {
-                server,
-                client: None,
-                from_sender: carrier.traceparent.is_some(),
-                payloads: None,
-            });
+            (Some(parent), _) => (Some(parent), None),
+            (None, beside) => (beside, None),
+        };
+        // Sampling is decided first: a request whose trace is not recorded gets no spans (its
+        // context still goes on), and nothing is read for attributes.
+        let ours = if let Some(parent) = &parent {
+            parent.child()
+        } else {
+            let mut root = SpanContext::root(false);
+            root.sampled = span::sampled_at(&root.trace_id, self.sample_ratio);
+            root
+        };
+        if !ours.sampled {
+            // The sender's context in `_meta` goes on as it came (W3C lets a hop that records
+            // nothing pass it unchanged); otherwise ours, marked not sampled.
+            return Call {
+                trace_id: ours.trace_id,
+                onward: (!from_meta).then_some(ours),
+                from_sender: parent.is_some(),
+                recorded: None,
+            };
         }
         let facts = Facts::of(msg, session);
         let (near, far) = sides(session, direction);
-        server.update_name(facts.name.clone());
-        server.set_attributes(facts.attributes.iter().cloned().chain(near.attributes()));
+        let start = span::now();
+        let client_cx = ours.child();
+        let mut server = Span::new(
+            ours,
+            parent.as_ref().map(|p| p.span_id),
+            facts.name.clone(),
+            span::Kind::Server,
+            start,
+        );
+        server.remote_parent = parent.is_some();
+        server.links.extend(link);
+        let mut attributes = facts.attributes.clone();
+        near.push_attributes(&mut attributes);
+        server.attributes = attributes;
         // Payloads only when asked for, masked first, and only a tool call's.
         let payloads = self
             .payloads
@@ -251,120 +195,152 @@ impl Tracer {
             .as_ref()
             .and_then(|masks| payload(masks, msg, "/params/arguments"))
         {
-            server.set_attribute(KeyValue::new("gen_ai.tool.call.arguments", arguments));
+            server.set("gen_ai.tool.call.arguments", Value::from(arguments));
         }
-        let own = Context::new().with_remote_span_context(server.span_context().clone());
-        let mut attributes = facts.attributes;
-        attributes.extend(far.attributes());
-        let client = Some(
-            self.spans
-                .span_builder(facts.name)
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes)
-                .start_with_context(&self.spans, &own),
+        let mut client = Span::new(
+            client_cx.clone(),
+            Some(server.context.span_id),
+            facts.name,
+            span::Kind::Client,
+            start,
         );
-        Box::new(Call {
-            server,
-            client,
-            from_sender: carrier.traceparent.is_some(),
-            payloads,
-        })
+        let mut attributes = facts.attributes;
+        far.push_attributes(&mut attributes);
+        client.attributes = attributes;
+        Call {
+            trace_id: client_cx.trace_id,
+            onward: Some(client_cx),
+            from_sender: parent.is_some(),
+            recorded: Some(Box::new(Recorded {
+                server,
+                client,
+                payloads,
+                queue: self.queue.clone(),
+            })),
+        }
     }
 }
 
-/// `exporter`, telling the collector whose spans they are.
-fn described<E: opentelemetry_sdk::trace::SpanExporter>(
-    mut exporter: E,
-    resource: &opentelemetry_sdk::Resource,
-) -> E {
-    exporter.set_resource(resource);
-    exporter
-}
-
-/// The two spans of one request: where it arrived, and the hop on.
+/// The spans of one request: where it arrived, and the hop on.
 #[derive(Debug)]
 pub struct Call {
-    server: Span,
-    /// The hop's span; `None` when the trace is not recorded.
-    client: Option<Span>,
+    trace_id: [u8; 16],
+    /// The context the receiver is given as its parent; `None`: the message's own goes on.
+    onward: Option<SpanContext>,
     /// Whether the sender gave a trace context (its trace goes on through ours).
     from_sender: bool,
+    /// The spans, when the trace is recorded (boxed: they are large, and a request that is
+    /// not recorded should not carry their room through the pipeline).
+    recorded: Option<Box<Recorded>>,
+}
+
+/// A recorded request's spans, until they end.
+#[derive(Debug)]
+struct Recorded {
+    server: Span,
+    client: Span,
     /// A tool call's masks, when its result goes on the span (`--trace-payloads`).
     payloads: Option<Arc<crate::tape::Redactor>>,
+    /// Where they go when they end.
+    queue: Arc<export::Queue>,
+}
+
+impl Recorded {
+    /// Both spans end now, with `error` (`error.type` and the status) if it failed.
+    fn end(mut self: Box<Self>, error: Option<Cow<'static, str>>) {
+        let end = span::now();
+        self.client.end = end;
+        self.server.end = end;
+        if let Some(error) = error {
+            for span in [&mut self.client, &mut self.server] {
+                span.set("error.type", cow_value(error.clone()));
+                span.error = Some(error.clone());
+            }
+        }
+        let Recorded {
+            client,
+            server,
+            queue,
+            ..
+        } = *self;
+        queue.push([client, server]);
+    }
+}
+
+fn cow_value(text: Cow<'static, str>) -> Value {
+    match text {
+        Cow::Borrowed(s) => Value::Static(s),
+        Cow::Owned(s) => Value::from(s),
+    }
 }
 
 impl Call {
     /// Whether its trace can be looked up somewhere: we record it, or its sender's trace
     /// goes on (a new trace that is not sampled is recorded nowhere).
     pub fn is_kept(&self) -> bool {
-        self.server.is_recording() || self.from_sender
+        self.recorded.is_some() || self.from_sender
     }
 
     /// The trace id, as 32 hex digits (for tapes and history).
     pub fn trace_id(&self) -> String {
-        self.server.span_context().trace_id().to_string()
+        span::hex_string(&self.trace_id)
     }
 
     /// `msg` as it goes on: with our CLIENT span as the parent its receiver sees in
     /// `params._meta` (one or two members set, every other byte kept). As it came if it cannot
-    /// be rewritten.
+    /// be rewritten, or if the trace is the sender's and not recorded.
     pub fn outgoing(&self, msg: Message) -> Message {
-        let hop = self.client.as_ref().unwrap_or(&self.server);
-        let ours = Context::new().with_remote_span_context(hop.span_context().clone());
-        let mut carrier = Carrier::default();
-        TraceContextPropagator::new().inject_context(&ours, &mut CarrierSlot(&mut carrier));
-        msg.with_trace_context(&carrier).unwrap_or(msg)
+        let Some(onward) = &self.onward else {
+            return msg;
+        };
+        msg.with_traceparent(&onward.traceparent(), onward.state.as_deref())
+            .unwrap_or(msg)
+    }
+
+    /// Whether its spans are recorded (what the stages did is noted only then).
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.is_some()
     }
 
     /// Something the proxy did to the request (`rate_limited`, `blocked`, `mocked`, ...).
-    pub fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
-        self.server.add_event(name, attributes);
+    pub fn event(&mut self, name: &'static str, attributes: Vec<Attribute>) {
+        if let Some(recorded) = &mut self.recorded {
+            recorded.server.events.push(Event {
+                time: span::now(),
+                name,
+                attributes,
+            });
+        }
     }
 
     /// The request is answered by `answer`: both spans get its outcome and end. `by_proxy`:
     /// the proxy answered in the receiver's place (the hop never happened).
     pub fn answered(mut self, answer: &Message, by_proxy: bool) {
-        if !self.server.is_recording() {
+        let Some(mut recorded) = self.recorded.take() else {
             return;
+        };
+        if by_proxy {
+            recorded
+                .client
+                .set("shadowcat.answered_by_proxy", Value::Bool(true));
         }
-        if let Some(error) = error_type(answer) {
-            for span in self.spans() {
-                span.set_attribute(KeyValue::new("error.type", error.clone()));
-                span.set_status(Status::error(error.clone()));
-            }
-        }
-        if let (true, Some(client)) = (by_proxy, &mut self.client) {
-            client.set_attribute(KeyValue::new("shadowcat.answered_by_proxy", true));
-        }
-        if let Some(result) = self
+        if let Some(result) = recorded
             .payloads
             .take()
             .and_then(|masks| payload(&masks, answer, "/result"))
         {
-            self.server
-                .set_attribute(KeyValue::new("gen_ai.tool.call.result", result));
+            recorded
+                .server
+                .set("gen_ai.tool.call.result", Value::from(result));
         }
-        for span in self.spans() {
-            span.end();
-        }
+        recorded.end(error_type(answer));
     }
 
     /// The request ended without an answer passing (dropped, timed out, its peer gone).
     pub fn abandoned(mut self, why: &'static str) {
-        for span in self.spans() {
-            if span.is_recording() {
-                span.set_attribute(KeyValue::new("error.type", why));
-                span.set_status(Status::error(why));
-                span.end();
-            }
+        if let Some(recorded) = self.recorded.take() {
+            recorded.end(Some(Cow::Borrowed(why)));
         }
-    }
-
-    /// Its spans, the hop's first.
-    fn spans(&mut self) -> impl Iterator<Item = &mut Span> {
-        self.client
-            .iter_mut()
-            .chain(std::iter::once(&mut self.server))
     }
 }
 
@@ -372,12 +348,8 @@ impl Drop for Call {
     fn drop(&mut self) {
         // A request that ends unanswered (its entry dropped with its session, or timed out)
         // still ends its spans, marked so.
-        for span in self.spans() {
-            if span.is_recording() {
-                span.set_attribute(KeyValue::new("error.type", "unanswered"));
-                span.set_status(Status::error("unanswered"));
-                span.end();
-            }
+        if let Some(recorded) = self.recorded.take() {
+            recorded.end(Some(Cow::Borrowed("unanswered")));
         }
     }
 }
@@ -402,14 +374,18 @@ fn payload(masks: &crate::tape::Redactor, msg: &Message, pointer: &str) -> Optio
 
 /// `error.type` for an answer: the JSON-RPC error code, or `tool_error` for a result with
 /// `isError: true`; `None` for success.
-fn error_type(answer: &Message) -> Option<String> {
+fn error_type(answer: &Message) -> Option<Cow<'static, str>> {
     match answer.kind() {
         Kind::Error => Some(
             answer
                 .error_code()
-                .map_or_else(|| "unreadable".to_owned(), |code| code.to_string()),
+                .map_or(Cow::Borrowed("unreadable"), |code| {
+                    Cow::Owned(code.to_string())
+                }),
         ),
-        Kind::Response => answer.is_tool_error().then(|| "tool_error".to_owned()),
+        Kind::Response => answer
+            .is_tool_error()
+            .then_some(Cow::Borrowed("tool_error")),
         Kind::Request | Kind::Notification => None,
     }
 }
@@ -418,31 +394,34 @@ fn error_type(answer: &Message) -> Option<String> {
 /// (`Arc<str>`), so the second span's copy costs no allocation.
 struct Facts {
     name: Cow<'static, str>,
-    attributes: Vec<KeyValue>,
+    attributes: Vec<Attribute>,
 }
 
 impl Facts {
     fn of(msg: &Message, session: &Session) -> Self {
-        let shared = |s: String| opentelemetry::Value::from(Arc::<str>::from(s));
-        let mut attributes = Vec::with_capacity(12);
+        let mut attributes: Vec<Attribute> = Vec::with_capacity(12);
         let method = msg.method();
-        attributes.push(match method {
-            Some(Method::Other(name)) => KeyValue::new("mcp.method.name", shared(name.to_string())),
-            Some(known) => KeyValue::new("mcp.method.name", known.label()),
-            None => KeyValue::new("mcp.method.name", ""),
-        });
+        attributes.push((
+            "mcp.method.name",
+            match method {
+                Some(Method::Other(name)) => Value::from(name.to_string()),
+                Some(known) => Value::Static(known.label()),
+                None => Value::Static(""),
+            },
+        ));
         if let Some(id) = msg.id() {
-            attributes.push(KeyValue::new("jsonrpc.request.id", shared(id.to_string())));
+            attributes.push(("jsonrpc.request.id", Value::from(id.to_string())));
         }
-        attributes.push(KeyValue::new(
+        // The id's digest, as logs show it: the id itself is the client's credential.
+        attributes.push((
             "mcp.session.id",
-            shared(session.id().as_str().to_owned()),
+            Value::from(session.id().digest().to_string()),
         ));
         let version = session
             .read_metadata(|m| m.protocol_version.clone())
             .or_else(|| crate::protocol::headers::body_version(msg));
         if let Some(version) = version {
-            attributes.push(KeyValue::new("mcp.protocol.version", shared(version)));
+            attributes.push(("mcp.protocol.version", Value::from(version)));
         }
         let target = match method {
             Some(Method::ToolsCall) => msg
@@ -471,9 +450,9 @@ impl Facts {
         };
         if let Some((key, value)) = target {
             if key == "gen_ai.tool.name" {
-                attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+                attributes.push(("gen_ai.operation.name", Value::Static("execute_tool")));
             }
-            attributes.push(KeyValue::new(key, shared(value)));
+            attributes.push((key, Value::from(value)));
         }
         Self { name, attributes }
     }
@@ -489,23 +468,20 @@ enum Side<'a> {
 }
 
 impl Side<'_> {
-    fn attributes(self) -> Vec<KeyValue> {
+    fn push_attributes(self, out: &mut Vec<Attribute>) {
         match self {
-            Self::Pipe => vec![KeyValue::new("network.transport", "pipe")],
+            Self::Pipe => out.push(("network.transport", Value::Static("pipe"))),
             Self::Http(url) => {
-                let mut out = vec![
-                    KeyValue::new("network.transport", "tcp"),
-                    KeyValue::new("network.protocol.name", "http"),
-                ];
+                out.push(("network.transport", Value::Static("tcp")));
+                out.push(("network.protocol.name", Value::Static("http")));
                 if let Some(uri) = url.and_then(|u| u.parse::<http::Uri>().ok()) {
                     if let Some(host) = uri.host() {
-                        out.push(KeyValue::new("server.address", host.to_owned()));
+                        out.push(("server.address", Value::from(host.to_owned())));
                     }
                     if let Some(port) = uri.port_u16() {
-                        out.push(KeyValue::new("server.port", i64::from(port)));
+                        out.push(("server.port", Value::Int(i64::from(port))));
                     }
                 }
-                out
             }
         }
     }
@@ -526,33 +502,5 @@ fn sides(session: &Session, direction: Direction) -> (Side<'_>, Side<'_>) {
     match direction {
         Direction::ClientToServer => (client, server),
         Direction::ServerToClient => (server, client),
-    }
-}
-
-struct CarrierText<'a>(&'a Carrier);
-
-impl Extractor for CarrierText<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "traceparent" => self.0.traceparent.as_deref(),
-            "tracestate" => self.0.tracestate.as_deref(),
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent", "tracestate"]
-    }
-}
-
-struct CarrierSlot<'a>(&'a mut Carrier);
-
-impl Injector for CarrierSlot<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        match key {
-            "traceparent" => self.0.traceparent = Some(value),
-            "tracestate" if !value.is_empty() => self.0.tracestate = Some(value),
-            _ => {}
-        }
     }
 }

@@ -1,17 +1,18 @@
-//! Getting finished spans to the collector off the hot path: a bounded queue that a span joins
-//! without waiting (or is dropped from, counted, when the queue is full), and a thread of its
-//! own that encodes and sends them in batches (the proxy's runtime has one thread; encoding
-//! spans there would take turns with the traffic). A collector that is slow or down costs the
-//! proxy counted drops, never a wait.
+//! Getting finished spans to the collector off the hot path: a bounded queue that spans join
+//! without waiting (or are dropped from, counted, when it is full), and a thread of its own that
+//! encodes them ([`super::otlp`]) and sends them in batches over OTLP/HTTP (hyper) or OTLP/gRPC
+//! (tonic). The proxy's runtime has one thread; encoding or sending there would take turns with
+//! the traffic. A collector that is slow or down costs the proxy counted drops, never a wait.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use bytes::Bytes;
 
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
+use super::otlp::Encoder;
+use super::span::Span;
+use super::{EXPORT_TIMEOUT, OtlpProtocol, TraceOptions};
 
 /// Spans waiting to be sent, at most; more are dropped (and counted).
 pub const QUEUE_SPANS: usize = 4_096;
@@ -19,6 +20,8 @@ pub const QUEUE_SPANS: usize = 4_096;
 pub const BATCH_SPANS: usize = 512;
 /// How long a span waits for its batch to fill before the batch goes anyway.
 pub const BATCH_WAIT: Duration = Duration::from_secs(1);
+/// The gRPC method spans are exported with.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// What became of finished spans.
 #[derive(Debug, Default)]
@@ -38,7 +41,7 @@ impl Counts {
 /// The spans waiting, shared by the proxy (which adds) and the export thread (which takes).
 #[derive(Debug, Default)]
 struct Waiting {
-    spans: Vec<SpanData>,
+    spans: Vec<Span>,
     /// No more spans will come: send what is here and stop.
     closed: bool,
 }
@@ -52,14 +55,13 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Waiting> {
-        // Each critical section is one push or one swap: a poisoned lock is still consistent.
+        // Each critical section is a push or a swap: a poisoned lock is still consistent.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The span processor: adds each finished, sampled span to the queue, or drops it. The export
-/// thread is woken once per full batch (or by its own timer), never per span: a wake-up across
-/// threads costs more than a span.
+/// The queue finished spans join. The export thread is woken once per full batch (or by its
+/// own timer), never per span: a wake-up across threads costs more than a span.
 #[derive(Debug)]
 pub struct Queue {
     shared: Arc<Shared>,
@@ -67,21 +69,18 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue whose spans the exporter `make` builds sends, from a thread of its own (with a
-    /// Tokio runtime, on which the exporter is built and runs). The thread ends once the queue
-    /// is shut down and what it held is sent; the receiver hears when.
-    pub fn start<E, F>(
-        make: F,
+    /// A queue whose spans are sent as `options` ask, from a thread of its own (with a Tokio
+    /// runtime of its own, on which the client is built and runs). The thread ends once the
+    /// queue is closed and what it held is sent; the receiver hears when.
+    pub fn start(
+        options: &TraceOptions,
         counts: Arc<Counts>,
-    ) -> anyhow::Result<(Self, tokio::sync::oneshot::Receiver<()>)>
-    where
-        E: SpanExporter + 'static,
-        F: FnOnce() -> anyhow::Result<E> + Send + 'static,
-    {
+    ) -> anyhow::Result<(Self, tokio::sync::oneshot::Receiver<()>)> {
         let shared = Arc::new(Shared::default());
         let (built, ready) = std::sync::mpsc::channel();
         let (finished, done) = tokio::sync::oneshot::channel();
         let (taken, sent) = (shared.clone(), counts.clone());
+        let options = options.clone();
         std::thread::Builder::new()
             .name("shadowcat-otlp".into())
             .spawn(move || {
@@ -97,19 +96,18 @@ impl Queue {
                         return;
                     }
                 };
-                // Built inside the runtime: its connections' tasks run here, not on the proxy's.
-                let exporter = match runtime.block_on(async { make() }) {
-                    Ok(exporter) => {
+                let client = match runtime.block_on(async { Client::new(&options) }) {
+                    Ok(client) => {
                         let _ = built.send(Ok(()));
-                        exporter
+                        client
                     }
                     Err(e) => {
                         let _ = built.send(Err(e));
                         return;
                     }
                 };
-                send(&runtime, &exporter, &taken, &sent);
-                let _ = exporter.shutdown();
+                let encoder = Encoder::new(&options.service_name);
+                send(&runtime, client, encoder, &taken, &sent);
                 let _ = finished.send(());
             })?;
         ready
@@ -117,47 +115,190 @@ impl Queue {
             .map_err(|_| anyhow::anyhow!("the span exporter's thread ended at once"))??;
         Ok((Self { shared, counts }, done))
     }
-}
 
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
+    /// Adds finished spans, or drops them (counted) when the queue is full or closed.
+    pub fn push(&self, spans: impl IntoIterator<Item = Span>) {
         let mut waiting = self.shared.lock();
-        if waiting.closed || waiting.spans.len() >= QUEUE_SPANS {
-            drop(waiting);
-            self.counts.dropped(1);
-            return;
+        let mut dropped = 0;
+        let mut full = false;
+        for span in spans {
+            if waiting.closed || waiting.spans.len() >= QUEUE_SPANS {
+                dropped += 1;
+                continue;
+            }
+            waiting.spans.push(span);
+            full |= waiting.spans.len() == BATCH_SPANS;
         }
-        waiting.spans.push(span);
-        let full = waiting.spans.len() == BATCH_SPANS;
         drop(waiting);
+        if dropped > 0 {
+            self.counts.dropped(dropped);
+        }
         if full {
             self.shared.ready.notify_one();
         }
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.shared.ready.notify_one();
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+    /// No more spans: the thread sends what is queued and ends.
+    pub fn close(&self) {
         self.shared.lock().closed = true;
         self.shared.ready.notify_one();
+    }
+}
+
+/// How batches reach the collector.
+#[derive(Debug)]
+enum Client {
+    /// OTLP/HTTP: a POST of the protobuf body.
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<Bytes>,
+        >,
+        endpoint: http::Uri,
+        headers: http::HeaderMap,
+    },
+    /// OTLP/gRPC: the `Export` method, its message as the body encodes it.
+    Grpc {
+        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        metadata: tonic::metadata::MetadataMap,
+    },
+}
+
+impl Client {
+    /// The client `options` ask for (built inside the export thread's runtime).
+    fn new(options: &TraceOptions) -> anyhow::Result<Self> {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &options.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| anyhow::anyhow!("invalid --otlp-header name {name:?}: {e}"))?;
+            let value = http::HeaderValue::from_str(value)
+                .map_err(|e| anyhow::anyhow!("invalid --otlp-header value: {e}"))?;
+            headers.append(name, value);
+        }
+        Ok(match options.protocol {
+            OtlpProtocol::Http => Self::Http {
+                client: hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http(),
+                endpoint: options.endpoint.parse().map_err(|e| {
+                    anyhow::anyhow!("invalid --otlp-endpoint {:?}: {e}", options.endpoint)
+                })?,
+                headers,
+            },
+            OtlpProtocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
+                    .map_err(|e| {
+                        anyhow::anyhow!("invalid --otlp-endpoint {:?}: {e}", options.endpoint)
+                    })?
+                    .timeout(EXPORT_TIMEOUT)
+                    .connect_timeout(EXPORT_TIMEOUT)
+                    .connect_lazy();
+                Self::Grpc {
+                    grpc: tonic::client::Grpc::new(channel),
+                    metadata: tonic::metadata::MetadataMap::from_headers(headers),
+                }
+            }
+        })
+    }
+
+    /// Sends one export request; `Err` says why the collector did not take it.
+    async fn export(&mut self, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Http {
+                client,
+                endpoint,
+                headers,
+            } => {
+                let mut request = http::Request::post(endpoint.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(http_body_util::Full::new(Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                request.headers_mut().extend(headers.clone());
+                let response = client.request(request).await.map_err(|e| {
+                    // The cause says more than "client error (Connect)".
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
+                })?;
+                let status = response.status();
+                // Read to the end, so the connection is kept for the next batch.
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the collector answered HTTP {status}"))
+                }
+            }
+            Self::Grpc { grpc, metadata } => {
+                grpc.ready().await.map_err(|e| e.to_string())?;
+                let mut request = tonic::Request::new(Bytes::from(body));
+                *request.metadata_mut() = metadata.clone();
+                grpc.unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(GRPC_EXPORT),
+                    Raw,
+                )
+                .await
+                .map(drop)
+                .map_err(|status| format!("the collector answered {status}"))
+            }
+        }
+    }
+}
+
+/// A gRPC codec for messages already encoded: the request goes as written, the answer is kept
+/// as bytes (a partial success is not told apart).
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
         Ok(())
     }
 }
 
+impl tonic::codec::Decoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
+}
+
 /// Sends batches until the queue closes: each full batch at once, what there is at least every
-/// [`BATCH_WAIT`]. A failed batch is dropped (counted) and logged, at most once a minute: a
-/// collector that is down must not flood the log either.
-fn send<E: SpanExporter>(
+/// [`BATCH_WAIT`], each within [`EXPORT_TIMEOUT`]. A failed batch is dropped (counted) and
+/// logged, at most once a minute: a collector that is down must not flood the log either.
+fn send(
     runtime: &tokio::runtime::Runtime,
-    exporter: &E,
+    mut client: Client,
+    mut encoder: Encoder,
     shared: &Shared,
     counts: &Counts,
 ) {
@@ -174,21 +315,26 @@ fn send<E: SpanExporter>(
             }
             (std::mem::take(&mut waiting.spans), waiting.closed)
         };
-        let mut spans = spans.into_iter().peekable();
-        while spans.peek().is_some() {
-            let batch: Vec<SpanData> = spans.by_ref().take(BATCH_SPANS).collect();
-            let n = batch.len();
-            match runtime.block_on(exporter.export(batch)) {
+        for batch in spans.chunks(BATCH_SPANS) {
+            let body = encoder.request(batch);
+            let sent = runtime.block_on(async {
+                tokio::time::timeout(EXPORT_TIMEOUT, client.export(body))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {EXPORT_TIMEOUT:?}")))
+            });
+            match sent {
                 Ok(()) => {
-                    counts.exported.fetch_add(n as u64, Ordering::Relaxed);
+                    counts
+                        .exported
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    counts.dropped(n);
+                    counts.dropped(batch.len());
                     let now = tokio::time::Instant::now();
                     if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
                     {
                         last_warning = Some(now);
-                        tracing::warn!(error = %e, spans = n, "cannot export spans to the OTLP collector; they are dropped (counted in shadowcat_trace_spans_dropped_total)");
+                        tracing::warn!(error = %e, spans = batch.len(), "cannot export spans to the OTLP collector; they are dropped (counted in shadowcat_trace_spans_dropped_total)");
                     }
                 }
             }
@@ -201,32 +347,45 @@ fn send<E: SpanExporter>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::span::{Kind, SpanContext};
     use super::*;
-    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
 
-    /// A collector that takes a batch and never answers.
-    #[derive(Debug)]
-    struct Hung;
-
-    impl SpanExporter for Hung {
-        fn export(&self, _batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-            std::future::pending()
+    fn options(endpoint: String) -> TraceOptions {
+        TraceOptions {
+            endpoint,
+            protocol: OtlpProtocol::Http,
+            headers: Vec::new(),
+            sample_ratio: 1.0,
+            service_name: "test".into(),
+            payloads: None,
         }
+    }
+
+    fn span() -> Span {
+        Span::new(
+            SpanContext::root(true),
+            None,
+            "call".into(),
+            Kind::Server,
+            1,
+        )
     }
 
     #[test]
     fn a_collector_that_hangs_costs_counted_drops_never_a_wait() {
+        // A collector that accepts connections and never answers.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", hung.local_addr().unwrap());
         let counts = Arc::new(Counts::default());
-        let (queue, _done) = Queue::start(|| Ok(Hung), counts.clone()).unwrap();
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_span_processor(queue)
-            .build();
-        let tracer = provider.tracer("test");
+        let (queue, _done) = Queue::start(&options(endpoint), counts.clone()).unwrap();
         let n = 2 * QUEUE_SPANS + 1_000;
-        // Were ending a span to wait for the queue, this would never return: the export hangs.
+        // Were adding a span to wait for the export, this would not return for seconds a
+        // batch: the collector never answers.
+        let began = std::time::SystemTime::now();
         for _ in 0..n {
-            tracer.start("call").end();
+            queue.push([span()]);
         }
+        assert!(began.elapsed().unwrap() < EXPORT_TIMEOUT);
         // The hung export holds what it took (a queue's worth at most), the queue its bound;
         // the rest are dropped.
         let dropped = counts.dropped.load(Ordering::Relaxed);
@@ -235,5 +394,17 @@ mod tests {
             "{dropped} of {n} dropped"
         );
         assert_eq!(counts.exported.load(Ordering::Relaxed), 0);
+        queue.close();
+    }
+
+    #[test]
+    fn spans_after_close_are_dropped_and_counted() {
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", hung.local_addr().unwrap());
+        let counts = Arc::new(Counts::default());
+        let (queue, _done) = Queue::start(&options(endpoint), counts.clone()).unwrap();
+        queue.close();
+        queue.push([span(), span()]);
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 2);
     }
 }
