@@ -183,7 +183,9 @@ impl Tracer {
         );
         server.remote_parent = parent.is_some();
         server.links.extend(link);
-        let mut attributes = facts.attributes.clone();
+        // Room for what each side adds (and the payloads), so none of them grows the vector.
+        let mut attributes = Vec::with_capacity(facts.attributes.len() + 6);
+        attributes.extend(facts.attributes.iter().cloned());
         near.push_attributes(&mut attributes);
         server.attributes = attributes;
         // Payloads only when asked for, masked first, and only a tool call's.
@@ -205,6 +207,7 @@ impl Tracer {
             start,
         );
         let mut attributes = facts.attributes;
+        attributes.reserve(6);
         far.push_attributes(&mut attributes);
         client.attributes = attributes;
         Call {

@@ -200,26 +200,36 @@ fn any_value_len(value: &Value) -> usize {
 }
 
 /// A length-delimited field's size: tag (fields below 16: one byte), length, content.
+#[inline]
 fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
+#[inline]
 fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     tag(out, field, LEN);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
+#[inline]
 fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     tag(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire)));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut value: u64) {
+    if value < 0x80 {
+        // Tags and most lengths: one byte.
+        out.push(value as u8);
+        return;
+    }
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -227,6 +237,7 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 fn varint_len(value: u64) -> usize {
     // Seven bits a byte; zero takes one.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)

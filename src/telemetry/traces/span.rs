@@ -137,18 +137,13 @@ fn valid_state(state: &str) -> bool {
 
 /// `bytes` as lowercase hex digits.
 pub fn hex_string(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 * bytes.len());
-    push_hex(&mut out, bytes);
-    out
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .collect();
+    // Only ASCII hex digits were written.
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// `N` bytes from `2N` lowercase hex digits.
