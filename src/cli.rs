@@ -569,6 +569,14 @@ pub struct ProxyArgs {
     /// over one is dropped. [default: no limits]
     #[arg(long = "rate-limit", value_name = "LIMIT")]
     pub rate_limit: Vec<String>,
+    /// Trace export (docs/observability.md).
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// OpenTelemetry trace export: the proxying modes and `replay`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct TraceArgs {
     /// Export OpenTelemetry traces to this OTLP collector (docs/observability.md): a span per
     /// request where it arrives and one for the hop on, W3C trace context read from and
     /// written into `params._meta`. http:// only (run a collector beside the proxy), e.g.

@@ -324,7 +324,7 @@ impl Config {
             .map_err(|e| invalid("--rate-limit", e))?;
         crate::ratelimit::spec::unique_names(&mut rate_limits);
         let traces = match proxy {
-            Some(p) => traces::options(p, file)?,
+            Some(p) => traces::options(&p.trace, file)?,
             None => None,
         };
         Ok(Self {

@@ -842,3 +842,148 @@ fn what_the_upstream_side_did_is_on_the_span_too() {
         .collect();
     assert_eq!(names, ["session_recovered"], "{echo:#}");
 }
+
+#[test]
+fn replay_traces_each_request_it_answers() {
+    use std::io::Write as _;
+    let receiver = Receiver::start();
+    let tape = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tape-v1.jsonl");
+    let mut replay = Command::new(support::shadowcat())
+        .args(["--log-level", "warn", "replay"])
+        .arg(&tape)
+        .args(["--speed", "0", "--otlp-endpoint"])
+        .arg(format!("http://127.0.0.1:{}", receiver.http))
+        .args(["--service-name", "replayed"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start replay");
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let mut stdin = replay.stdin.take().unwrap();
+    // The recorded call, under the client's trace; then one the tape does not have.
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hé"}},"_meta":{{"traceparent":"00-{trace}-00f067aa0ba902b7-01"}}}}}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"other","arguments":{{}}}}}}"#
+    )
+    .unwrap();
+    let mut out = BufReader::new(replay.stdout.take().unwrap());
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        answers.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    // The unmatched one is answered at once, the recorded one as its script plays.
+    answers.sort_by_key(|a| a["id"].as_i64());
+    assert_eq!(answers[0]["id"], 7, "{answers:?}");
+    assert!(answers[0]["result"].is_object(), "{answers:?}");
+    assert_eq!(answers[1]["id"], 8, "{answers:?}");
+    let unmatched_code = answers[1]["error"]["code"].as_i64().unwrap();
+    drop(stdin);
+    assert!(replay.wait().unwrap().success());
+
+    let served = receiver.span_of_kind("replayed", "tools/call echo", "server");
+    assert_eq!(served["trace_id"], trace);
+    assert_eq!(served["parent_span_id"], "00f067aa0ba902b7");
+    let a = &served["attributes"];
+    assert_eq!(a["shadowcat.replayed"], true, "{served:#}");
+    assert_eq!(a["gen_ai.tool.name"], "echo");
+    assert_eq!(a["jsonrpc.request.id"], "7");
+    assert_eq!(a["network.transport"], "pipe");
+    assert!(a.get("error.type").is_none(), "{served:#}");
+    // No hop: the tape answered.
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| s["service"] == "replayed" && s["kind"] == "client"),
+        "a replay has no CLIENT span"
+    );
+    let unmatched = receiver.span_of_kind("replayed", "tools/call other", "server");
+    assert_eq!(
+        unmatched["attributes"]["error.type"],
+        unmatched_code.to_string().as_str(),
+        "{unmatched:#}"
+    );
+    assert_eq!(unmatched["status"], "error");
+}
+
+#[test]
+fn replay_over_http_is_traced_by_its_gateway() {
+    let receiver = Receiver::start();
+    // A tape with a handshake, which a gateway's session needs.
+    let init = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("handshake.jsonl");
+    let frame = |t: u64, dir: &str, msg: Value| {
+        serde_json::json!({"type":"frame","t":t,"dir":dir,"session":"s1","msg":msg}).to_string()
+    };
+    let lines = [
+        r#"{"type":"header","format":1,"id":"t2","name":"handshake","created":"2026-12-04T09:00:00.000Z","mode":"forward","clientTransport":"stdio","serverTransport":"stdio","upstream":"server","session":"s1"}"#.to_owned(),
+        frame(0, "c2s", init.clone()),
+        frame(10, "s2c", serde_json::json!({"jsonrpc":"2.0","id":0,"result":{
+            "protocolVersion":"2025-11-25","capabilities":{"tools":{}},
+            "serverInfo":{"name":"taped","version":"0"}}})),
+        frame(20, "c2s", serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"})),
+        frame(30, "c2s", serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"hé"}}})),
+        frame(40, "s2c", serde_json::json!({"jsonrpc":"2.0","id":1,"result":{
+            "content":[{"type":"text","text":"hé"}]}})),
+        r#"{"type":"end","t":50,"reason":"closed"}"#.to_owned(),
+    ];
+    std::fs::write(&tape, lines.join("\n") + "\n").unwrap();
+    let port = closed_port();
+    let mut replay = Command::new(support::shadowcat())
+        .args(["--log-level", "warn", "replay"])
+        .arg(&tape)
+        .args(["--speed", "0", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--otlp-endpoint")
+        .arg(format!("http://127.0.0.1:{}", receiver.http))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start replay --listen");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "replay --listen never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = support::http_request(
+        &addr,
+        "POST",
+        "/mcp",
+        &support::mcp_headers(&[]),
+        init.to_string().as_bytes(),
+    );
+    let session = r
+        .header("mcp-session-id")
+        .unwrap_or_else(|| panic!("no session: {r:?}"))
+        .to_owned();
+    let call = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"hé"}}});
+    let r = support::http_request(
+        &addr,
+        "POST",
+        "/mcp",
+        &support::mcp_headers(&[("Mcp-Session-Id", &session)]),
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(answer_of(&r.body)["result"].is_object(), "{r:?}");
+    let ours = receiver.span_of_kind("shadowcat", "tools/call echo", "server");
+    let hop = receiver.span_of_kind("shadowcat", "tools/call echo", "client");
+    assert_eq!(hop["parent_span_id"], ours["span_id"]);
+    assert_eq!(ours["attributes"]["network.transport"], "tcp");
+    let _ = replay.kill();
+    let _ = replay.wait();
+}

@@ -100,6 +100,9 @@ pub struct ReplayArgs {
     /// once.
     #[arg(long, value_name = "FACTOR", default_value = "1", value_parser = parse_speed)]
     pub speed: f64,
+    /// Trace export: a span per replayed request (docs/observability.md).
+    #[command(flatten)]
+    pub trace: super::TraceArgs,
 }
 
 fn parse_speed(text: &str) -> Result<f64, String> {

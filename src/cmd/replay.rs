@@ -35,6 +35,7 @@ use crate::tape::read;
 use crate::tape::script::{
     Matcher, PROGRESS_TOKEN, REQUEST_TOKEN, Script, params_of, unmatched_error,
 };
+use crate::telemetry::traces::{Call, TraceOptions, Tracer};
 use crate::transport::lines::{Line, LineDecoder};
 
 /// Longest line the player reads.
@@ -43,9 +44,13 @@ const MAX_LINE: usize = 32 * 1024 * 1024;
 const CLIENT_ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// How long requests still playing get once the client has closed its side.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long the spans still queued get to reach the collector at exit.
+const TRACE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// `shadowcat replay <tape>` over stdio.
-pub fn run_stdio(args: &ReplayArgs) -> anyhow::Result<u8> {
+/// With `trace_options`, a span per replayed request (its arguments' facts, the answer's outcome),
+/// sent before it exits.
+pub fn run_stdio(args: &ReplayArgs, trace_options: Option<&TraceOptions>) -> anyhow::Result<u8> {
     let tape = read(&args.tape)?;
     let script = Arc::new(Script::from_tape(&tape));
     tracing::info!(
@@ -60,9 +65,14 @@ pub fn run_stdio(args: &ReplayArgs) -> anyhow::Result<u8> {
         .context("cannot start the async runtime")?;
     let (speed, mode) = (args.speed, args.match_mode);
     runtime.block_on(async move {
+        let tracer = crate::telemetry::traces::start(trace_options)?;
         let (input, _) = crate::transport::stdio::stdin()?;
         let (output, _) = crate::transport::stdio::stdout()?;
-        serve(script, mode, speed, input, output).await
+        let served = serve(script, mode, speed, input, output, tracer.clone()).await;
+        if let Some(tracer) = tracer {
+            tracer.shutdown(TRACE_FLUSH_GRACE).await;
+        }
+        served.map_err(anyhow::Error::from)
     })?;
     // A terminal stdin is read on a thread that never returns: don't wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -72,13 +82,15 @@ pub fn run_stdio(args: &ReplayArgs) -> anyhow::Result<u8> {
 /// Server→client requests being replayed, awaiting the client's answers.
 type Waiters = Arc<Mutex<HashMap<RequestId, oneshot::Sender<()>>>>;
 
-/// Serves `script` to the client on `input`/`output` until it closes `input`.
+/// Serves `script` to the client on `input`/`output` until it closes `input`; with `tracer`, a
+/// span per request.
 pub async fn serve<R, W>(
     script: Arc<Script>,
     mode: MatchMode,
     speed: f64,
     input: R,
     output: W,
+    tracer: Option<Arc<Tracer>>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -121,21 +133,12 @@ where
                 let (Some(id), Some(method)) = (msg.id().cloned(), msg.method()) else {
                     continue;
                 };
-                let method = method.as_str().to_owned();
-                let params = params_of(&msg);
-                let index = match matcher.find(&script, &method, params.as_ref()) {
+                let call = tracer.as_ref().map(|t| t.served(&msg));
+                let index = match matched(&script, &mut matcher, mode, method, &msg, &id) {
                     Ok(index) => index,
-                    Err(_) if method == "ping" => {
-                        let pong =
-                            format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id_json(&id));
-                        let _ = out.send(Bytes::from(pong)).await;
-                        continue;
-                    }
-                    Err(unmatched) => {
-                        tracing::warn!(%method, "no recorded request matches");
-                        let error =
-                            unmatched_error(&script, mode, &method, params.as_ref(), &unmatched);
-                        let _ = out.send(error.to_response(Some(&id))).await;
+                    Err(answer) => {
+                        answered(call, &answer);
+                        let _ = out.send(answer).await;
                         continue;
                     }
                 };
@@ -149,6 +152,7 @@ where
                     speed,
                     out: out.clone(),
                     waiters: waiters.clone(),
+                    call,
                 };
                 playing.spawn(async move {
                     tokio::select! {
@@ -182,6 +186,39 @@ where
     writer.await.map_err(std::io::Error::other)?
 }
 
+/// The recorded request that request `msg` (`method`, `id`) matches, or the answer it gets at
+/// once: a ping's, or the error saying that none matches.
+fn matched(
+    script: &Script,
+    matcher: &mut Matcher,
+    mode: MatchMode,
+    method: &crate::protocol::Method,
+    msg: &Message,
+    id: &RequestId,
+) -> Result<usize, Bytes> {
+    let method = method.as_str();
+    let params = params_of(msg);
+    match matcher.find(script, method, params.as_ref()) {
+        Ok(index) => Ok(index),
+        Err(_) if method == "ping" => Err(Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#,
+            id_json(id)
+        ))),
+        Err(unmatched) => {
+            tracing::warn!(%method, "no recorded request matches");
+            let error = unmatched_error(script, mode, method, params.as_ref(), &unmatched);
+            Err(error.to_response(Some(id)))
+        }
+    }
+}
+
+/// Ends `call`'s span with the answer `raw`.
+fn answered(call: Option<Call>, raw: &Bytes) {
+    if let (Some(call), Ok(answer)) = (call, Message::parse(raw.clone())) {
+        call.answered(&answer, false);
+    }
+}
+
 fn id_json(id: &RequestId) -> String {
     let mut json = Vec::new();
     id.write_json(&mut json);
@@ -199,10 +236,12 @@ struct Play {
     speed: f64,
     out: mpsc::Sender<Bytes>,
     waiters: Waiters,
+    /// The request's span, ended by the answer (or, if the play stops first, unanswered).
+    call: Option<Call>,
 }
 
 impl Play {
-    async fn run(self) {
+    async fn run(mut self) {
         let start = Instant::now();
         for event in &self.script.requests[self.index].events {
             if self.speed > 0.0 {
@@ -240,6 +279,11 @@ impl Play {
                 }
             };
             if let Some(outgoing) = outgoing {
+                if matches!(outgoing.kind(), Kind::Response | Kind::Error) {
+                    if let Some(call) = self.call.take() {
+                        call.answered(&outgoing, false);
+                    }
+                }
                 if self.out.send(outgoing.raw().clone()).await.is_err() {
                     return;
                 }

@@ -52,6 +52,10 @@ pub enum Mode {
 pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
     let file = ConfigFile::read(&cli.global)?;
     let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
+    if let Command::Replay(args) = &cli.command {
+        // Replay's spans: the gateway's with --listen, else the stdio server's own.
+        config.traces = super::traces::options(&args.trace, file.inner())?;
+    }
     let mode = match cli.command {
         Command::Reverse(args) => {
             let mut reverse = ReverseConfig::build_with(&file, &args)?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::cli::ProxyArgs;
+use crate::cli::TraceArgs;
 use crate::tape::Redactor;
 use crate::telemetry::traces::{DEFAULT_SERVICE_NAME, OtlpProtocol, TraceOptions};
 
@@ -11,7 +11,7 @@ use super::{ConfigError, FileConfig, either, invalid, listed, pick};
 
 /// The trace export `p` and `file` ask for; `None` without an endpoint.
 pub(super) fn options(
-    p: &ProxyArgs,
+    p: &TraceArgs,
     file: &FileConfig,
 ) -> Result<Option<TraceOptions>, ConfigError> {
     let Some(endpoint) = either(p.otlp_endpoint.as_ref(), file.otlp_endpoint.as_ref()) else {
@@ -121,10 +121,10 @@ fn check_endpoint(text: &str, protocol: OtlpProtocol) -> Result<String, ConfigEr
 mod tests {
     use super::*;
 
-    fn args(endpoint: Option<&str>) -> ProxyArgs {
-        ProxyArgs {
+    fn args(endpoint: Option<&str>) -> TraceArgs {
+        TraceArgs {
             otlp_endpoint: endpoint.map(str::to_owned),
-            ..ProxyArgs::default()
+            ..TraceArgs::default()
         }
     }
 
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(on.protocol, OtlpProtocol::Http);
         assert_eq!(on.sample_ratio, 1.0);
         assert_eq!(on.service_name, "shadowcat");
-        let grpc = ProxyArgs {
+        let grpc = TraceArgs {
             otlp_protocol: Some("grpc".into()),
             otlp_header: vec!["X-Key = abc".into()],
             trace_sample_ratio: Some("0.25".into()),
@@ -155,21 +155,21 @@ mod tests {
             (args(Some("ftp://c")), "expected an http:// URL"),
             (args(Some("not a url")), "not a URL"),
             (
-                ProxyArgs {
+                TraceArgs {
                     trace_sample_ratio: Some("2".into()),
                     ..args(Some("http://c:4318"))
                 },
                 "from 0 to 1",
             ),
             (
-                ProxyArgs {
+                TraceArgs {
                     otlp_protocol: Some("udp".into()),
                     ..args(Some("http://c:4318"))
                 },
                 "expected http or grpc",
             ),
             (
-                ProxyArgs {
+                TraceArgs {
                     otlp_header: vec!["nope".into()],
                     ..args(Some("http://c:4318"))
                 },

@@ -135,6 +135,75 @@ impl Tracer {
         session: &Session,
         header: Option<&str>,
     ) -> Call {
+        let (mut server, payloads, parent) = match self.arrived(msg, Some(session), header) {
+            Ok(arrived) => arrived,
+            Err(unrecorded) => return unrecorded,
+        };
+        let (near, far) = sides(session, direction);
+        let shared = server.attributes.len();
+        near.push_attributes(&mut server.attributes);
+        let client_cx = server.context.child();
+        let mut client = Span::new(
+            client_cx.clone(),
+            Some(server.context.span_id),
+            server.name.clone(),
+            span::Kind::Client,
+            server.start,
+        );
+        // The attributes both spans have, then the far side's.
+        let mut attributes = Vec::with_capacity(shared + 4);
+        attributes.extend(server.attributes[..shared].iter().cloned());
+        far.push_attributes(&mut attributes);
+        client.attributes = attributes;
+        with_arguments(&mut server, payloads.as_deref(), msg);
+        Call {
+            trace_id: client_cx.trace_id,
+            onward: Some(client_cx),
+            from_sender: parent,
+            recorded: Some(Box::new(Recorded {
+                server,
+                client: Some(client),
+                payloads,
+                queue: self.queue.clone(),
+            })),
+        }
+    }
+
+    /// The span of request `msg` answered here, read from stdin (`replay`): a SERVER span and
+    /// no hop.
+    pub fn served(&self, msg: &Message) -> Call {
+        let (mut server, payloads, parent) = match self.arrived(msg, None, None) {
+            Ok(arrived) => arrived,
+            Err(unrecorded) => return unrecorded,
+        };
+        Side::Pipe.push_attributes(&mut server.attributes);
+        server.set("shadowcat.replayed", Value::Bool(true));
+        with_arguments(&mut server, payloads.as_deref(), msg);
+        Call {
+            trace_id: server.context.trace_id,
+            onward: None,
+            from_sender: parent,
+            recorded: Some(Box::new(Recorded {
+                server,
+                client: None,
+                payloads,
+                queue: self.queue.clone(),
+            })),
+        }
+    }
+
+    /// The SERVER span of request `msg` (in `session`, beside the `traceparent` header
+    /// `header`), with the masks for its result if it goes on the span, and whether the sender
+    /// gave the trace; or, when its trace is not recorded, the `Call` that only passes its
+    /// context on. The parent is the context in `params._meta`; the header's is linked (or,
+    /// with none in `_meta`, the parent).
+    #[allow(clippy::type_complexity)] // One use: the two constructors above.
+    fn arrived(
+        &self,
+        msg: &Message,
+        session: Option<&Session>,
+        header: Option<&str>,
+    ) -> Result<(Span, Option<Arc<crate::tape::Redactor>>, bool), Call> {
         let carrier = msg.trace_context();
         let in_meta = carrier
             .traceparent
@@ -163,64 +232,40 @@ impl Tracer {
         if !ours.sampled {
             // The sender's context in `_meta` goes on as it came (W3C lets a hop that records
             // nothing pass it unchanged); otherwise ours, marked not sampled.
-            return Call {
+            return Err(Call {
                 trace_id: ours.trace_id,
                 onward: (!from_meta).then_some(ours),
                 from_sender: parent.is_some(),
                 recorded: None,
-            };
+            });
         }
         let facts = Facts::of(msg, session);
-        let (near, far) = sides(session, direction);
-        let start = span::now();
-        let client_cx = ours.child();
         let mut server = Span::new(
             ours,
             parent.as_ref().map(|p| p.span_id),
-            facts.name.clone(),
+            facts.name,
             span::Kind::Server,
-            start,
+            span::now(),
         );
         server.remote_parent = parent.is_some();
         server.links.extend(link);
         // Room for what each side adds (and the payloads), so none of them grows the vector.
-        let mut attributes = Vec::with_capacity(facts.attributes.len() + 6);
-        attributes.extend(facts.attributes.iter().cloned());
-        near.push_attributes(&mut attributes);
+        let mut attributes = facts.attributes;
+        attributes.reserve(6);
         server.attributes = attributes;
         // Payloads only when asked for, masked first, and only a tool call's.
         let payloads = self
             .payloads
             .clone()
             .filter(|_| msg.method() == Some(&Method::ToolsCall));
-        if let Some(arguments) = payloads
-            .as_ref()
-            .and_then(|masks| payload(masks, msg, "/params/arguments"))
-        {
-            server.set("gen_ai.tool.call.arguments", Value::from(arguments));
-        }
-        let mut client = Span::new(
-            client_cx.clone(),
-            Some(server.context.span_id),
-            facts.name,
-            span::Kind::Client,
-            start,
-        );
-        let mut attributes = facts.attributes;
-        attributes.reserve(6);
-        far.push_attributes(&mut attributes);
-        client.attributes = attributes;
-        Call {
-            trace_id: client_cx.trace_id,
-            onward: Some(client_cx),
-            from_sender: parent.is_some(),
-            recorded: Some(Box::new(Recorded {
-                server,
-                client,
-                payloads,
-                queue: self.queue.clone(),
-            })),
-        }
+        Ok((server, payloads, parent.is_some()))
+    }
+}
+
+/// With `--trace-payloads` (`masks`), a tool call's arguments on its SERVER span.
+fn with_arguments(server: &mut Span, masks: Option<&crate::tape::Redactor>, msg: &Message) {
+    if let Some(arguments) = masks.and_then(|masks| payload(masks, msg, "/params/arguments")) {
+        server.set("gen_ai.tool.call.arguments", Value::from(arguments));
     }
 }
 
@@ -241,7 +286,8 @@ pub struct Call {
 #[derive(Debug)]
 struct Recorded {
     server: Span,
-    client: Span,
+    /// The hop's; `None` for a request answered here (`replay`).
+    client: Option<Span>,
     /// A tool call's masks, when its result goes on the span (`--trace-payloads`).
     payloads: Option<Arc<crate::tape::Redactor>>,
     /// Where they go when they end.
@@ -252,10 +298,11 @@ impl Recorded {
     /// Both spans end now, with `error` (`error.type` and the status) if it failed.
     fn end(mut self: Box<Self>, error: Option<Cow<'static, str>>) {
         let end = span::now();
-        self.client.end = end;
-        self.server.end = end;
+        for span in self.client.iter_mut().chain([&mut self.server]) {
+            span.end = end;
+        }
         if let Some(error) = error {
-            for span in [&mut self.client, &mut self.server] {
+            for span in self.client.iter_mut().chain([&mut self.server]) {
                 span.set("error.type", cow_value(error.clone()));
                 span.error = Some(error.clone());
             }
@@ -266,7 +313,7 @@ impl Recorded {
             queue,
             ..
         } = *self;
-        queue.push([client, server]);
+        queue.push(client.into_iter().chain([server]));
     }
 }
 
@@ -322,10 +369,8 @@ impl Call {
         let Some(mut recorded) = self.recorded.take() else {
             return;
         };
-        if by_proxy {
-            recorded
-                .client
-                .set("shadowcat.answered_by_proxy", Value::Bool(true));
+        if let (true, Some(client)) = (by_proxy, &mut recorded.client) {
+            client.set("shadowcat.answered_by_proxy", Value::Bool(true));
         }
         if let Some(result) = recorded
             .payloads
@@ -401,7 +446,7 @@ struct Facts {
 }
 
 impl Facts {
-    fn of(msg: &Message, session: &Session) -> Self {
+    fn of(msg: &Message, session: Option<&Session>) -> Self {
         let mut attributes: Vec<Attribute> = Vec::with_capacity(12);
         let method = msg.method();
         attributes.push((
@@ -415,13 +460,15 @@ impl Facts {
         if let Some(id) = msg.id() {
             attributes.push(("jsonrpc.request.id", Value::from(id.to_string())));
         }
-        // The id's digest, as logs show it: the id itself is the client's credential.
-        attributes.push((
-            "mcp.session.id",
-            Value::from(session.id().digest().to_string()),
-        ));
+        if let Some(session) = session {
+            // The id's digest, as logs show it: the id itself is the client's credential.
+            attributes.push((
+                "mcp.session.id",
+                Value::from(session.id().digest().to_string()),
+            ));
+        }
         let version = session
-            .read_metadata(|m| m.protocol_version.clone())
+            .and_then(|s| s.read_metadata(|m| m.protocol_version.clone()))
             .or_else(|| crate::protocol::headers::body_version(msg));
         if let Some(version) = version {
             attributes.push(("mcp.protocol.version", Value::from(version)));
