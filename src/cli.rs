@@ -579,10 +579,10 @@ pub struct ProxyArgs {
 pub struct TraceArgs {
     /// Export OpenTelemetry traces to this OTLP collector (docs/observability.md): a span per
     /// request where it arrives and one for the hop on, W3C trace context read from and
-    /// written into `params._meta`. http:// only (run a collector beside the proxy), e.g.
-    /// http://127.0.0.1:4318 (HTTP; /v1/traces is added when no path is given) or
-    /// http://127.0.0.1:4317 with --otlp-protocol grpc. [default: off: messages pass byte for
-    /// byte]
+    /// written into `params._meta`. E.g. http://127.0.0.1:4318 (HTTP; /v1/traces is added when
+    /// no path is given), http://127.0.0.1:4317 with --otlp-protocol grpc, or an https:// URL
+    /// (verified against the platform's trusted roots and --otlp-ca). [default: off: messages
+    /// pass byte for byte]
     #[arg(long, env = "SHADOWCAT_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// OTLP transport: `http` (protobuf over HTTP) or `grpc`. [default: http]
@@ -591,6 +591,10 @@ pub struct TraceArgs {
     /// A header sent with every export, NAME=VALUE (repeatable), e.g. an API key.
     #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
     pub otlp_header: Vec<String>,
+    /// A PEM file of CA certificates to trust for an https:// collector, besides the
+    /// platform's (a private CA).
+    #[arg(long, env = "SHADOWCAT_OTLP_CA", value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
     /// The share of new traces recorded, 0 to 1. A request whose sender's trace context says
     /// sampled is always recorded, one that says not sampled never. [default: 1]
     #[arg(long, env = "SHADOWCAT_TRACE_SAMPLE_RATIO", value_name = "RATIO")]

@@ -172,6 +172,7 @@ struct FileConfig {
     otlp_endpoint: Option<String>,
     otlp_protocol: Option<String>,
     otlp_header: Option<Vec<String>>,
+    otlp_ca: Option<PathBuf>,
     trace_sample_ratio: Option<Scalar>,
     trace_payloads: Option<bool>,
     service_name: Option<String>,

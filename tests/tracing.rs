@@ -25,12 +25,30 @@ struct Receiver {
     child: Child,
     http: u16,
     grpc: u16,
+    /// With TLS (`start_tls`): the OTLP/HTTP and OTLP/gRPC ports over TLS.
+    tls: Option<(u16, u16)>,
 }
 
 impl Receiver {
     fn start() -> Self {
+        Self::spawn(&[])
+    }
+
+    /// A receiver that also listens over TLS, its certificate issued for 127.0.0.1 by the
+    /// CA `ca_dir`'s `ca.pem` holds.
+    fn start_tls(ca_dir: &std::path::Path) -> Self {
+        let (_, cert, key) = support::private_ca(ca_dir);
+        Self::spawn(&[
+            "--tls".into(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ])
+    }
+
+    fn spawn(args: &[String]) -> Self {
         let mut child = Command::new(support::python("2.3.0"))
             .arg(support::peers().join("otlp_receiver.py"))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -49,7 +67,18 @@ impl Receiver {
             .find_map(|w| w.strip_prefix("grpc="))
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("the receiver's ready line: {line:?}"));
-        Self { child, http, grpc }
+        let port = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|p| p.parse().ok())
+        };
+        let tls = port("https=").zip(port("grpcs="));
+        Self {
+            child,
+            http,
+            grpc,
+            tls,
+        }
     }
 
     /// Where spans are sent over OTLP/gRPC.
@@ -986,4 +1015,77 @@ fn replay_over_http_is_traced_by_its_gateway() {
     assert_eq!(ours["attributes"]["network.transport"], "tcp");
     let _ = replay.kill();
     let _ = replay.wait();
+}
+
+#[test]
+fn spans_go_to_an_https_collector_verified_against_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start_tls(dir.path());
+    let (https, grpcs) = receiver.tls.unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let call = |id: u64| {
+        serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"x"}}})
+    };
+    for (protocol, url, transport) in [
+        ("http", format!("https://127.0.0.1:{https}"), "https"),
+        ("grpc", format!("https://127.0.0.1:{grpcs}"), "grpcs"),
+    ] {
+        let service = format!("over-{transport}");
+        let gw = support::Gateway::fixture(&[
+            "--otlp-endpoint",
+            &url,
+            "--otlp-protocol",
+            protocol,
+            "--otlp-ca",
+            ca,
+            "--service-name",
+            &service,
+        ]);
+        let session = gw.initialize();
+        assert_eq!(gw.post(Some(&session), &call(2)).status, 200);
+        let span = receiver.span_of_kind(&service, "tools/call echo", "server");
+        assert_eq!(span["transport"], transport, "{span:#}");
+    }
+    // Without the CA, the collector's certificate is not trusted: spans are dropped, counted,
+    // and the traffic is untouched.
+    let gw = support::Gateway::fixture(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &format!("https://127.0.0.1:{https}"),
+        "--service-name",
+        "untrusted",
+    ]);
+    let session = gw.initialize();
+    assert_eq!(gw.post(Some(&session), &call(2)).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = support::http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        if sample(&text, "shadowcat_trace_spans_dropped_total").unwrap_or(0.0) >= 2.0 {
+            assert_eq!(
+                sample(&text, "shadowcat_trace_spans_exported_total"),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !receiver.spans().iter().any(|s| s["service"] == "untrusted"),
+        "an untrusted collector got spans"
+    );
+    // A CA for a collector that is not https is refused at start.
+    support::assert_reverse_refuses(
+        &[
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{}", receiver.http),
+            "--otlp-ca",
+            ca,
+        ],
+        "--otlp-ca",
+    );
 }

@@ -20,6 +20,8 @@ pub(super) fn options(
             || p.trace_sample_ratio.is_some()
             || p.service_name.is_some()
             || p.trace_payloads
+            || p.otlp_ca.is_some()
+            || file.otlp_ca.is_some()
             || file.trace_payloads.is_some()
             || file.service_name.is_some()
             || file.otlp_protocol.is_some()
@@ -75,6 +77,16 @@ pub(super) fn options(
             }
         },
     };
+    let ca = match p.otlp_ca.as_ref().or(file.otlp_ca.as_ref()) {
+        Some(path) => Some(read_ca(path)?),
+        None => None,
+    };
+    if ca.is_some() && !endpoint.starts_with("https://") {
+        return Err(invalid(
+            "--otlp-ca",
+            format!("{endpoint:?} is not https: a CA would verify nothing"),
+        ));
+    }
     let service_name = either(p.service_name.as_ref(), file.service_name.as_ref())
         .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
     if service_name.trim().is_empty() {
@@ -84,6 +96,7 @@ pub(super) fn options(
         endpoint,
         protocol,
         headers,
+        ca,
         sample_ratio,
         service_name,
         payloads: (p.trace_payloads || file.trace_payloads == Some(true))
@@ -91,19 +104,27 @@ pub(super) fn options(
     }))
 }
 
-/// The endpoint as the exporter takes it: an http:// URL with a host; for HTTP, `/v1/traces`
-/// added when it has no path.
+/// `--otlp-ca`'s PEM text, checked to hold at least one certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let bad = |why: String| invalid("--otlp-ca", format!("{}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".to_owned()));
+    }
+    Ok(pem)
+}
+
+/// The endpoint as the exporter takes it: an http:// or https:// URL with a host; for HTTP,
+/// `/v1/traces` added when it has no path.
 fn check_endpoint(text: &str, protocol: OtlpProtocol) -> Result<String, ConfigError> {
     let bad = |why: &str| invalid("--otlp-endpoint", format!("{text:?}: {why}"));
     let uri: http::Uri = text.trim().parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported yet; export to a collector on this machine or network over http://, and let it forward with TLS",
-            ));
-        }
-        _ => return Err(bad("expected an http:// URL")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("expected an http:// or https:// URL"));
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -146,13 +167,24 @@ mod tests {
             trace_sample_ratio: Some("0.25".into()),
             ..args(Some("http://collector:4317/"))
         };
+        let secure = options(&args(Some("https://collector.example:4318")), &file)
+            .unwrap()
+            .unwrap();
+        assert_eq!(secure.endpoint, "https://collector.example:4318/v1/traces");
+        assert_eq!(secure.ca, None);
         let on = options(&grpc, &file).unwrap().unwrap();
         assert_eq!(on.endpoint, "http://collector:4317");
         assert_eq!(on.headers, vec![("x-key".to_owned(), "abc".to_owned())]);
         assert_eq!(on.sample_ratio, 0.25);
         for (bad, says) in [
-            (args(Some("https://c:4318")), "https is not supported"),
-            (args(Some("ftp://c")), "expected an http:// URL"),
+            (args(Some("ftp://c")), "expected an http:// or https:// URL"),
+            (
+                TraceArgs {
+                    otlp_ca: Some("/nonexistent/ca.pem".into()),
+                    ..args(Some("https://c:4318"))
+                },
+                "/nonexistent/ca.pem",
+            ),
             (args(Some("not a url")), "not a URL"),
             (
                 TraceArgs {

@@ -45,12 +45,16 @@ pub enum OtlpProtocol {
 /// `--trace-payloads`).
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
-    /// The collector: `http://host:4317` for gRPC, `http://host:4318/v1/traces` for HTTP.
+    /// The collector: `http://host:4317` for gRPC, `http://host:4318/v1/traces` for HTTP
+    /// (or `https://`).
     pub endpoint: String,
     /// Which transport.
     pub protocol: OtlpProtocol,
     /// Headers sent with every export (an API key, a tenant).
     pub headers: Vec<(String, String)>,
+    /// CA certificates (PEM) trusted for an https:// collector besides the platform's
+    /// (`--otlp-ca`).
+    pub ca: Option<Vec<u8>>,
     /// The share of new traces recorded, 0 to 1 (a request whose sender's trace is sampled is
     /// always recorded; one whose sender's is not, never).
     pub sample_ratio: f64,

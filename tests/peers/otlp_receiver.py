@@ -1,15 +1,19 @@
 """Test peer: an OTLP trace receiver built on the official OTLP protobuf definitions
 (opentelemetry-proto), for the tests of trace context through Shadowcat.
 
-Usage: otlp_receiver.py. Listens on 127.0.0.1 for OTLP/HTTP (POST /v1/traces, protobuf or
-JSON) and OTLP/gRPC (TraceService/Export), on ports of its own choosing, and prints one line
-when ready: ``READY grpc=<port> http=<port>``. ``GET /spans`` on the HTTP port answers every
+Usage: otlp_receiver.py [--tls CERT KEY]. Listens on 127.0.0.1 for OTLP/HTTP (POST /v1/traces,
+protobuf or JSON) and OTLP/gRPC (TraceService/Export), on ports of its own choosing, and prints
+one line when ready: ``READY grpc=<port> http=<port>``; with ``--tls``, also over TLS with that
+certificate (PEM files) on two more ports, ``grpcs=<port> https=<port>``, whose spans say
+``transport`` ``grpcs`` or ``https``. ``GET /spans`` on the HTTP port answers every
 span received so far as a JSON list (name, kind, ids in hex, parent, attributes, status,
 links, resource); ``DELETE /spans`` forgets them. It runs until killed.
 """
 
 import gzip
 import json
+import ssl
+import sys
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,7 +75,8 @@ def ingest(request, transport):
 
 class Traces(TraceServiceServicer):
     def Export(self, request, context):
-        ingest(request, "grpc")
+        secure = context.auth_context().get("transport_security_type") == [b"ssl"]
+        ingest(request, "grpcs" if secure else "grpc")
         return ExportTraceServiceResponse()
 
 
@@ -114,7 +119,7 @@ class Http(BaseHTTPRequestHandler):
                 request.ParseFromString(body)
         except Exception as e:  # OTLP/HTTP: a malformed request is 400.
             return self.answer(400, str(e).encode(), "text/plain")
-        ingest(request, "http")
+        ingest(request, "https" if isinstance(self.connection, ssl.SSLSocket) else "http")
         return self.answer(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
 
 
@@ -122,10 +127,26 @@ def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     add_TraceServiceServicer_to_server(Traces(), server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
+    ready = f"grpc={grpc_port}"
+    tls = sys.argv[2:4] if sys.argv[1:2] == ["--tls"] else None
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        grpcs_port = server.add_secure_port(
+            "127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)])
+        )
+        ready += f" grpcs={grpcs_port}"
     server.start()
     http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    print(f"READY grpc={grpc_port} http={http.server_address[1]}", flush=True)
+    ready += f" http={http.server_address[1]}"
+    if tls:
+        https = ThreadingHTTPServer(("127.0.0.1", 0), Http)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        https.socket = context.wrap_socket(https.socket, server_side=True)
+        threading.Thread(target=https.serve_forever, daemon=True).start()
+        ready += f" https={https.server_address[1]}"
+    print(f"READY {ready}", flush=True)
     server.wait_for_termination()
 
 

@@ -151,7 +151,7 @@ enum Client {
     /// OTLP/HTTP: a POST of the protobuf body.
     Http {
         client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
+            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
             http_body_util::Full<Bytes>,
         >,
         endpoint: http::Uri,
@@ -175,25 +175,47 @@ impl Client {
                 .map_err(|e| anyhow::anyhow!("invalid --otlp-header value: {e}"))?;
             headers.append(name, value);
         }
+        let invalid = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("invalid --otlp-endpoint {:?}: {e}", options.endpoint)
+        };
+        let ca = options.ca.as_deref().unwrap_or_default();
         Ok(match options.protocol {
-            OtlpProtocol::Http => Self::Http {
-                client: hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .build_http(),
-                endpoint: options.endpoint.parse().map_err(|e| {
-                    anyhow::anyhow!("invalid --otlp-endpoint {:?}: {e}", options.endpoint)
-                })?,
-                headers,
-            },
+            OtlpProtocol::Http => {
+                use rustls::pki_types::pem::PemObject as _;
+                let extra = rustls::pki_types::CertificateDer::pem_slice_iter(ca)
+                    .filter_map(Result::ok)
+                    .collect::<Vec<_>>();
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_connect_timeout(Some(EXPORT_TIMEOUT));
+                connector.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(crate::transport::http::tls_config(&extra))
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Self::Http {
+                    client: hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build(connector),
+                    endpoint: options.endpoint.parse().map_err(|e| invalid(&e))?,
+                    headers,
+                }
+            }
             OtlpProtocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
-                    .map_err(|e| {
-                        anyhow::anyhow!("invalid --otlp-endpoint {:?}: {e}", options.endpoint)
-                    })?
-                    .timeout(EXPORT_TIMEOUT)
-                    .connect_timeout(EXPORT_TIMEOUT)
-                    .connect_lazy();
+                let mut endpoint =
+                    tonic::transport::Endpoint::from_shared(options.endpoint.clone())
+                        .map_err(|e| invalid(&e))?
+                        .timeout(EXPORT_TIMEOUT)
+                        .connect_timeout(EXPORT_TIMEOUT);
+                if options.endpoint.starts_with("https://") {
+                    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                    if !ca.is_empty() {
+                        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                    }
+                    endpoint = endpoint.tls_config(tls).map_err(|e| invalid(&e))?;
+                }
+                let channel = endpoint.connect_lazy();
                 Self::Grpc {
                     grpc: tonic::client::Grpc::new(channel),
                     metadata: tonic::metadata::MetadataMap::from_headers(headers),
@@ -355,6 +377,7 @@ mod tests {
             endpoint,
             protocol: OtlpProtocol::Http,
             headers: Vec::new(),
+            ca: None,
             sample_ratio: 1.0,
             service_name: "test".into(),
             payloads: None,
