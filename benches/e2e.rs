@@ -118,9 +118,22 @@ impl Target {
         line.len()
     }
 
-    /// CPU time the process has used (user and system), from /proc.
+    /// CPU time the process has used (user and system): the sum of its live threads' run
+    /// time in nanoseconds (`/proc/<pid>/task/*/schedstat`), or where the kernel does not keep
+    /// it, the process's user and system ticks (`/proc/<pid>/stat`, 10 ms each).
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let pid = self.child.id();
+        let ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        if ns > 0 {
+            return Duration::from_nanos(ns);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         // Fields after the command name (which may hold spaces) close with ')'.
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
             .split_whitespace()
