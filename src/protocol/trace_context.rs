@@ -65,7 +65,11 @@ impl Message {
             #[serde(borrow)]
             tracestate: Option<std::borrow::Cow<'a, str>>,
         }
-        if TRACEPARENT.find(self.raw()).is_none() {
+        // `_meta` is inside `params`: only those bytes need searching.
+        if self
+            .params_bytes()
+            .is_none_or(|params| TRACEPARENT.find(params).is_none())
+        {
             return Carrier::default();
         }
         let Some(meta) = serde_json::from_slice::<Body<'_>>(self.raw())
@@ -161,6 +165,18 @@ impl Message {
     }
 }
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
+
 /// The length of a version 00 `traceparent`.
 pub const TRACEPARENT_LEN: usize = 55;
 
@@ -172,11 +188,9 @@ pub struct Traceparent([u8; TRACEPARENT_LEN]);
 impl Traceparent {
     /// The value for span `span_id` in trace `trace_id`, `sampled` or not.
     pub fn new(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let hex = |out: &mut [u8], bytes: &[u8]| {
             for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-                pair[0] = HEX[usize::from(b >> 4)];
-                pair[1] = HEX[usize::from(b & 0xf)];
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
             }
         };
         let mut out = [0; TRACEPARENT_LEN];

@@ -188,8 +188,19 @@ impl Client {
                 let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
                 connector.set_connect_timeout(Some(EXPORT_TIMEOUT));
                 connector.enforce_http(false);
+                // The platform's roots are read (a cost at start) only for an https collector.
+                let tls = if options.endpoint.starts_with("https://") {
+                    crate::transport::http::tls_config(&extra)
+                } else {
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+                };
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(crate::transport::http::tls_config(&extra))
+                    .with_tls_config(tls)
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(connector);
