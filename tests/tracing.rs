@@ -563,6 +563,16 @@ fn the_documented_collector_takes_what_the_documented_commands_send() {
     }
 }
 
+/// The names of `span`'s events, in order.
+fn event_names(span: &Value) -> Vec<&str> {
+    span["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
 /// The JSON-RPC answer in an HTTP response body (JSON, or the last SSE `data:` line).
 fn answer_of(body: &[u8]) -> Value {
     let text = String::from_utf8_lossy(body);
@@ -733,19 +743,14 @@ fn what_the_proxy_did_is_on_the_span() {
     assert!(named.starts_with("s-") && named.len() == 14, "{named}");
     assert!(!session.contains(named.trim_start_matches("s-")), "{named}");
     let events = echo["events"].as_array().unwrap();
-    let names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names = event_names(&echo);
     assert_eq!(names, ["rule", "delayed"], "{echo:#}");
     assert_eq!(events[0]["attributes"]["shadowcat.rule"], "slow-echo");
     assert_eq!(events[0]["attributes"]["shadowcat.action"], "delay");
     assert_eq!(events[1]["attributes"]["shadowcat.delay_ms"], "30");
     // A blocked call: the rule, the block, the error; no hop to the server.
     let add = receiver.span_of_kind("shadowcat", "tools/call add", "server");
-    let names: Vec<&str> = add["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let names = event_names(&add);
     assert_eq!(names, ["rule", "blocked"], "{add:#}");
     assert_eq!(add["attributes"]["error.type"], "-32091");
     assert_eq!(add["status"], "error");
@@ -863,12 +868,7 @@ fn what_the_upstream_side_did_is_on_the_span_too() {
     assert!(call(2, "forget")["result"].is_object());
     assert!(call(3, "echo")["result"].is_object());
     let echo = receiver.span_of_kind("recovery", "tools/call echo", "server");
-    let names: Vec<&str> = echo["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let names = event_names(&echo);
     assert_eq!(names, ["session_recovered"], "{echo:#}");
 }
 

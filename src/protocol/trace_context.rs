@@ -177,6 +177,21 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
+/// `bytes`' hex digits into `out`, two a byte.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+}
+
+/// `bytes` as lowercase hex digits (a trace id as tapes and history keep it).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; 2 * bytes.len()];
+    write_hex(&mut out, bytes);
+    // Only ASCII hex digits were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The length of a version 00 `traceparent`.
 pub const TRACEPARENT_LEN: usize = 55;
 
@@ -188,16 +203,11 @@ pub struct Traceparent([u8; TRACEPARENT_LEN]);
 impl Traceparent {
     /// The value for span `span_id` in trace `trace_id`, `sampled` or not.
     pub fn new(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> Self {
-        let hex = |out: &mut [u8], bytes: &[u8]| {
-            for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-                pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
-            }
-        };
         let mut out = [0; TRACEPARENT_LEN];
         out[..3].copy_from_slice(b"00-");
-        hex(&mut out[3..35], trace_id);
+        write_hex(&mut out[3..35], trace_id);
         out[35] = b'-';
-        hex(&mut out[36..52], span_id);
+        write_hex(&mut out[36..52], span_id);
         out[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
         Self(out)
     }

@@ -337,7 +337,7 @@ impl Call {
 
     /// The trace id, as 32 hex digits (for tapes and history).
     pub fn trace_id(&self) -> String {
-        span::hex_string(&self.trace_id)
+        crate::protocol::trace_context::hex(&self.trace_id)
     }
 
     /// `msg` as it goes on: with our CLIENT span as the parent its receiver sees in

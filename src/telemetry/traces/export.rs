@@ -405,13 +405,19 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_collector_that_hangs_costs_counted_drops_never_a_wait() {
-        // A collector that accepts connections and never answers.
+    /// A queue exporting to a collector that accepts connections and never answers (kept
+    /// listening by the listener returned), and its counts.
+    fn hung_queue() -> (Queue, Arc<Counts>, std::net::TcpListener) {
         let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}/v1/traces", hung.local_addr().unwrap());
         let counts = Arc::new(Counts::default());
         let (queue, _done) = Queue::start(&options(endpoint), counts.clone()).unwrap();
+        (queue, counts, hung)
+    }
+
+    #[test]
+    fn a_collector_that_hangs_costs_counted_drops_never_a_wait() {
+        let (queue, counts, _hung) = hung_queue();
         let n = 2 * QUEUE_SPANS + 1_000;
         // Were adding a span to wait for the export, this would not return for seconds a
         // batch: the collector never answers.
@@ -433,10 +439,7 @@ mod tests {
 
     #[test]
     fn spans_after_close_are_dropped_and_counted() {
-        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}/v1/traces", hung.local_addr().unwrap());
-        let counts = Arc::new(Counts::default());
-        let (queue, _done) = Queue::start(&options(endpoint), counts.clone()).unwrap();
+        let (queue, counts, _hung) = hung_queue();
         queue.close();
         queue.push([span(), span()]);
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 2);

@@ -135,17 +135,6 @@ fn valid_state(state: &str) -> bool {
         && state.split(',').count() <= 32
 }
 
-/// `bytes` as lowercase hex digits.
-pub fn hex_string(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> = bytes
-        .iter()
-        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-        .collect();
-    // Only ASCII hex digits were written.
-    String::from_utf8(digits).unwrap_or_default()
-}
-
 /// `N` bytes from `2N` lowercase hex digits.
 fn hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     let digit = |c: u8| match c {
@@ -298,7 +287,10 @@ mod tests {
         let cx = SpanContext::parse(PARENT, Some("k=v")).unwrap();
         assert!(cx.sampled);
         assert_eq!(cx.traceparent().as_str(), PARENT);
-        assert_eq!(hex_string(&cx.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            crate::protocol::trace_context::hex(&cx.trace_id),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
         assert_eq!(cx.state.as_deref(), Some("k=v"));
         let unsampled = SpanContext::parse(&PARENT.replace("-01", "-00"), None).unwrap();
         assert!(!unsampled.sampled);
