@@ -14,12 +14,14 @@
 //! - [`salvage`]: best-effort recovery of a request id from a frame that failed to parse.
 //! - [`rewrite`]: one member of a message replaced (an id, a progress token), the rest as it came.
 //! - [`trace_context`]: W3C trace context in `params._meta` (SEP-414), read and written.
+//! - [`needle`]: fixed strings searched for in frames, each searcher built once.
 
 pub mod error;
 pub mod headers;
 pub mod id;
 pub mod message;
 pub mod method;
+pub mod needle;
 pub mod rewrite;
 pub mod salvage;
 pub mod trace_context;

@@ -41,6 +41,10 @@ use crate::session::Session;
 use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::Metrics;
 
+/// A `rate_limited` error's code, searched for in answers.
+static RATE_LIMITED: crate::protocol::needle::Needle =
+    crate::protocol::needle::Needle::new(b"\"rate_limited\"");
+
 /// The limits of one proxy.
 #[derive(Debug)]
 pub struct RateLimits {
@@ -377,9 +381,7 @@ impl Refusal {
     /// The refusal an answer carries, if it is a `rate_limited` error (the HTTP side turns it
     /// into a 429).
     pub fn from_answer(answer: &Message) -> Option<Self> {
-        if answer.kind() != Kind::Error
-            || memchr::memmem::find(answer.raw(), b"\"rate_limited\"").is_none()
-        {
+        if answer.kind() != Kind::Error || !RATE_LIMITED.is_in(answer.raw()) {
             return None;
         }
         let body: Value = serde_json::from_slice(answer.raw()).ok()?;

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use super::error::{ErrorCode, ProxyError};
 use super::id::{MAX_ID_BYTES, RequestId};
 use super::method::Method;
+use super::needle::Needle;
 
 /// Most messages in one JSON-RPC batch. A longer batch is refused while it is parsed, before
 /// its members are built: a body of `[{},{},…]` must not cost a message per member first.
@@ -22,6 +23,11 @@ pub const MAX_NESTING: usize = 100;
 
 /// The `_meta` member that names a 2026-07-28 notification's subscription.
 pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// The searches that decide whether a frame needs reading further.
+static SUBSCRIPTION_ID_NEEDLE: Needle = Needle::new(SUBSCRIPTION_ID.as_bytes());
+static PROGRESS_TOKEN: Needle = Needle::new(b"progressToken");
+static IS_ERROR: Needle = Needle::new(b"\"isError\"");
 
 /// What a JSON-RPC message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +395,11 @@ impl Message {
         &self.raw
     }
 
+    /// Its bytes, taken (no copy, no shared count where the message was the only holder).
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
     /// The message kind.
     pub fn kind(&self) -> Kind {
         self.kind
@@ -453,7 +464,7 @@ impl Message {
             #[serde(borrow, rename = "progressToken")]
             token: Option<&'a RawValue>,
         }
-        if memchr::memmem::find(&self.raw, b"progressToken").is_none() {
+        if !PROGRESS_TOKEN.is_in(&self.raw) {
             return Ok(None);
         }
         // Only the envelope and the token are read, borrowed: no tree of the whole message.
@@ -507,7 +518,7 @@ impl Message {
             #[serde(borrow, rename = "io.modelcontextprotocol/subscriptionId")]
             id: Option<&'a RawValue>,
         }
-        memchr::memmem::find(&self.raw, SUBSCRIPTION_ID.as_bytes())?;
+        SUBSCRIPTION_ID_NEEDLE.find(&self.raw)?;
         let raw = serde_json::from_slice::<Body<'_>>(&self.raw)
             .ok()?
             .params?
@@ -609,7 +620,7 @@ impl Message {
             is_error: bool,
         }
         self.kind == Kind::Response
-            && memchr::memmem::find(&self.raw, b"\"isError\"").is_some()
+            && IS_ERROR.is_in(&self.raw)
             && serde_json::from_slice::<Body>(&self.raw)
                 .ok()
                 .and_then(|b| b.result)

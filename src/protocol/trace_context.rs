@@ -9,19 +9,12 @@
 use serde::Deserialize;
 
 use super::message::Message;
+use super::needle::Needle;
 use super::rewrite;
 
-/// A search built once: setting one up costs more than most searches of a small message.
-fn finder(needle: &'static [u8]) -> memchr::memmem::Finder<'static> {
-    memchr::memmem::Finder::new(needle)
-}
-
-static TRACEPARENT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| finder(b"traceparent"));
-static META: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| finder(b"_meta"));
-static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| finder(b"\\u"));
+static TRACEPARENT: Needle = Needle::new(b"traceparent");
+static META: Needle = Needle::new(b"_meta");
+static ESCAPE: Needle = Needle::new(b"\\u");
 
 /// The longest `traceparent` or `tracestate` kept (W3C: a `tracestate` of at most 32 members of
 /// at most 256 characters; a `traceparent` of version 00 is 55 characters).

@@ -144,7 +144,7 @@ impl Outbox {
                 }
             }
         }
-        self.send_raw(msg.raw().clone()).await
+        self.send_raw(msg.into_raw()).await
     }
 
     /// Sends raw bytes as one frame.

@@ -114,7 +114,7 @@ impl Pipeline {
                 let call = tracer.request(&msg, cx.direction, cx.session, cx.header_trace);
                 let trace = call.is_kept().then(|| call.trace_id());
                 if let Some(trace) = &trace {
-                    cx.session.update_metadata(|m| m.saw_trace(trace.clone()));
+                    cx.session.update_metadata(|m| m.saw_trace(trace));
                 }
                 (Some(call), trace)
             }

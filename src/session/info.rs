@@ -75,14 +75,24 @@ pub const MAX_SESSION_TRACES: usize = 32;
 
 impl Metadata {
     /// Notes that a request of the session belonged to trace `id`.
-    pub fn saw_trace(&mut self, id: String) {
-        if self.traces.last() == Some(&id) {
+    pub fn saw_trace(&mut self, id: &str) {
+        if self.traces.last().is_some_and(|t| t == id) {
             return;
         }
-        self.traces.retain(|t| *t != id);
-        if self.traces.len() >= MAX_SESSION_TRACES {
-            self.traces.remove(0);
-        }
+        // Ids are random: their first eight digits tell two apart without a call to compare.
+        let head = id.as_bytes().first_chunk::<8>();
+        let seen = self
+            .traces
+            .iter()
+            .position(|t| t.as_bytes().first_chunk::<8>() == head && t == id);
+        let id = if let Some(at) = seen {
+            self.traces.remove(at)
+        } else {
+            if self.traces.len() >= MAX_SESSION_TRACES {
+                self.traces.remove(0);
+            }
+            id.to_owned()
+        };
         self.traces.push(id);
     }
 }
@@ -131,6 +141,9 @@ pub struct Session {
     listeners: AtomicU64,
     /// Where the session is recorded, if it is (`--record`).
     tape: std::sync::OnceLock<crate::tape::Recorder>,
+    /// Its id's digest as text, made the first time it is asked for (every traced request's
+    /// spans carry it).
+    digest: std::sync::OnceLock<Arc<str>>,
     /// Whether its record goes to the history store (not for one stateless request).
     kept: bool,
     /// Requests still pending when the manager ended the session, kept (bounded by the pending
@@ -216,6 +229,7 @@ impl Session {
             abandoned: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             listeners: AtomicU64::new(0),
             tape: std::sync::OnceLock::new(),
+            digest: std::sync::OnceLock::new(),
             kept: true,
             closed: CancellationToken::new(),
             caller: arc_swap::ArcSwapOption::empty(),
@@ -255,6 +269,12 @@ impl Session {
     /// The session id.
     pub fn id(&self) -> &SessionId {
         &self.id
+    }
+
+    /// Its id's digest as logs show it (`s-` and 12 hex digits), shared.
+    pub fn digest_text(&self) -> &Arc<str> {
+        self.digest
+            .get_or_init(|| Arc::from(self.id.digest().to_string()))
     }
 
     /// How the client reached us.
@@ -529,13 +549,13 @@ mod tests {
     #[test]
     fn a_record_keeps_the_latest_distinct_traces() {
         let mut m = Metadata::default();
-        m.saw_trace("a".into());
-        m.saw_trace("a".into());
-        m.saw_trace("b".into());
-        m.saw_trace("a".into());
+        m.saw_trace("a");
+        m.saw_trace("a");
+        m.saw_trace("b");
+        m.saw_trace("a");
         assert_eq!(m.traces, ["b", "a"]);
         for i in 0..100 {
-            m.saw_trace(format!("t{i}"));
+            m.saw_trace(&format!("t{i}"));
         }
         assert_eq!(m.traces.len(), MAX_SESSION_TRACES);
         assert_eq!(m.traces.first().map(String::as_str), Some("t68"));

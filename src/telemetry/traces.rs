@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::protocol::trace_context::MAX_CARRIER_BYTES;
-use crate::protocol::{Direction, Kind, Message, Method};
+use crate::protocol::{Direction, Kind, Message, Method, RequestId};
 use crate::session::{Session, TransportKind};
 
 pub use span::{Attribute, Value};
@@ -154,8 +154,9 @@ impl Tracer {
             span::Kind::Client,
             server.start,
         );
-        // The attributes both spans have, then the far side's.
-        let mut attributes = Vec::with_capacity(shared + 4);
+        // The attributes both spans have, then the far side's (at most four), with room for
+        // the two the end may add (`error.type`, `shadowcat.answered_by_proxy`).
+        let mut attributes = Vec::with_capacity(shared + 6);
         attributes.extend(server.attributes[..shared].iter().cloned());
         far.push_attributes(&mut attributes);
         client.attributes = attributes;
@@ -253,10 +254,7 @@ impl Tracer {
         );
         server.remote_parent = parent.is_some();
         server.links.extend(link);
-        // Room for what each side adds (and the payloads), so none of them grows the vector.
-        let mut attributes = facts.attributes;
-        attributes.reserve(6);
-        server.attributes = attributes;
+        server.attributes = facts.attributes;
         // Payloads only when asked for, masked first, and only a tool call's.
         let payloads = self
             .payloads
@@ -445,37 +443,41 @@ fn error_type(answer: &Message) -> Option<Cow<'static, str>> {
 /// What the conventions name about a request, read once for both spans: strings shared
 /// (`Arc<str>`), so the second span's copy costs no allocation.
 struct Facts {
-    name: Cow<'static, str>,
+    name: Arc<str>,
     attributes: Vec<Attribute>,
 }
 
 impl Facts {
     fn of(msg: &Message, session: Option<&Session>) -> Self {
-        let mut attributes: Vec<Attribute> = Vec::with_capacity(12);
+        // Room for what is read here (at most seven), the side's (at most four), the payloads
+        // and what the end adds, so none of them grows the vector.
+        let mut attributes: Vec<Attribute> = Vec::with_capacity(16);
         let method = msg.method();
         attributes.push((
             "mcp.method.name",
             match method {
-                Some(Method::Other(name)) => Value::from(name.to_string()),
+                Some(Method::Other(name)) => Value::Str(Arc::from(&**name)),
                 Some(known) => Value::Static(known.label()),
                 None => Value::Static(""),
             },
         ));
         if let Some(id) = msg.id() {
-            attributes.push(("jsonrpc.request.id", Value::from(id.to_string())));
+            // The conventions' string: a string id as it is, a number in decimal.
+            let id = match id {
+                RequestId::Number(n) => Arc::from(itoa::Buffer::new().format(*n)),
+                RequestId::String(s) => s.clone(),
+            };
+            attributes.push(("jsonrpc.request.id", Value::Str(id)));
         }
         if let Some(session) = session {
             // The id's digest, as logs show it: the id itself is the client's credential.
-            attributes.push((
-                "mcp.session.id",
-                Value::from(session.id().digest().to_string()),
-            ));
+            attributes.push(("mcp.session.id", Value::Str(session.digest_text().clone())));
         }
         let version = session
-            .and_then(|s| s.read_metadata(|m| m.protocol_version.clone()))
-            .or_else(|| crate::protocol::headers::body_version(msg));
+            .and_then(|s| s.read_metadata(|m| m.protocol_version.as_deref().map(Arc::from)))
+            .or_else(|| crate::protocol::headers::body_version(msg).map(Arc::from));
         if let Some(version) = version {
-            attributes.push(("mcp.protocol.version", Value::from(version)));
+            attributes.push(("mcp.protocol.version", Value::Str(version)));
         }
         let target = match method {
             Some(Method::ToolsCall) => msg
@@ -499,15 +501,19 @@ impl Facts {
         };
         let method = method.map_or("", Method::as_str);
         let name = match &target {
-            Some((_, target)) => Cow::Owned(format!("{method} {target}")),
-            None => Cow::Owned(method.to_owned()),
-        };
-        if let Some((key, value)) = target {
-            if key == "gen_ai.tool.name" {
-                attributes.push(("gen_ai.operation.name", Value::Static("execute_tool")));
+            Some((key, target)) => {
+                let mut name = String::with_capacity(method.len() + 1 + target.len());
+                name.push_str(method);
+                name.push(' ');
+                name.push_str(target);
+                if *key == "gen_ai.tool.name" {
+                    attributes.push(("gen_ai.operation.name", Value::Static("execute_tool")));
+                }
+                attributes.push((key, Value::Str(Arc::from(target.as_str()))));
+                Arc::from(name)
             }
-            attributes.push((key, Value::from(value)));
-        }
+            None => Arc::from(method),
+        };
         Self { name, attributes }
     }
 }
@@ -556,5 +562,51 @@ fn sides(session: &Session, direction: Direction) -> (Side<'_>, Side<'_>) {
     match direction {
         Direction::ClientToServer => (client, server),
         Direction::ServerToClient => (server, client),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(raw: &'static str) -> Facts {
+        Facts::of(&Message::parse(bytes::Bytes::from(raw)).unwrap(), None)
+    }
+
+    fn text<'a>(facts: &'a Facts, key: &str) -> Option<&'a str> {
+        facts
+            .attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| match v {
+                Value::Str(s) => &**s,
+                Value::Static(s) => s,
+                other => panic!("{key} is not text: {other:?}"),
+            })
+    }
+
+    #[test]
+    fn names_and_ids_read_as_the_conventions_write_them() {
+        let call =
+            facts(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}"#);
+        assert_eq!(&*call.name, "tools/call echo");
+        assert_eq!(text(&call, "jsonrpc.request.id"), Some("7"));
+        assert_eq!(text(&call, "gen_ai.tool.name"), Some("echo"));
+        assert_eq!(text(&call, "gen_ai.operation.name"), Some("execute_tool"));
+        assert_eq!(text(&call, "mcp.method.name"), Some("tools/call"));
+        // A string id as it is, not quoted; a negative number in decimal.
+        let string_id = facts(r#"{"jsonrpc":"2.0","id":"req-1","method":"ping"}"#);
+        assert_eq!(&*string_id.name, "ping");
+        assert_eq!(text(&string_id, "jsonrpc.request.id"), Some("req-1"));
+        let negative = facts(r#"{"jsonrpc":"2.0","id":-12,"method":"x/custom"}"#);
+        assert_eq!(text(&negative, "jsonrpc.request.id"), Some("-12"));
+        assert_eq!(text(&negative, "mcp.method.name"), Some("x/custom"));
+        let read = facts(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        );
+        assert_eq!(&*read.name, "resources/read file:///a");
+        assert_eq!(text(&read, "mcp.resource.uri"), Some("file:///a"));
+        // Room for everything a span can be given, so none of it grows the vector.
+        assert!(call.attributes.capacity() >= call.attributes.len() + 9);
     }
 }

@@ -23,6 +23,10 @@ use crate::transport::http::MCP_SESSION_ID;
 use super::gateway::Gateway;
 use super::respond::{json_response, refuse};
 
+/// A scope refusal, searched for in answers.
+static INSUFFICIENT_SCOPE: crate::protocol::needle::Needle =
+    crate::protocol::needle::Needle::new(b"\"insufficient_scope\"");
+
 /// Where the Protected Resource Metadata is served (and, followed by the endpoint's path, for
 /// that resource).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -95,9 +99,7 @@ pub async fn authenticate(
 /// What an answer refuses for, if it is a rule's `insufficient_scope` refusal
 /// (`require_scope:`): the scopes missing, and those to ask for.
 pub fn wanted_scope(answer: &Message) -> Option<(String, String)> {
-    if answer.kind() != Kind::Error
-        || memchr::memmem::find(answer.raw(), b"\"insufficient_scope\"").is_none()
-    {
+    if answer.kind() != Kind::Error || !INSUFFICIENT_SCOPE.is_in(answer.raw()) {
         return None;
     }
     let body: serde_json::Value = serde_json::from_slice(answer.raw()).ok()?;

@@ -13,6 +13,9 @@ use crate::protocol::{ErrorCode, Message, RequestId};
 
 use super::gateway::SessionLink;
 
+/// An error member, searched for before an answer is read.
+static ERROR: crate::protocol::needle::Needle = crate::protocol::needle::Needle::new(b"\"error\"");
+
 /// The answer to `initialize` sent as a 2026-07-28 request: that era has no such method (404).
 /// The child would take it for the other era's handshake, so it never gets it.
 pub(super) fn no_initialize(id: Option<&RequestId>) -> Bytes {
@@ -56,7 +59,7 @@ pub(super) fn answer_status(shared: bool, batch: bool, answers: &[Bytes]) -> Sta
     let ([only], true, false) = (answers, shared, batch) else {
         return StatusCode::OK;
     };
-    if memchr::memmem::find(only, b"\"error\"").is_none() {
+    if !ERROR.is_in(only) {
         return StatusCode::OK;
     }
     let code = serde_json::from_slice::<serde_json::Value>(only)

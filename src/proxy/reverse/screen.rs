@@ -14,6 +14,10 @@ use crate::ratelimit::Refusal;
 use super::alias::Aliases;
 use super::gateway::{Gateway, SessionLink};
 
+/// The refusal for too many pending requests, searched for in answers.
+static TOO_MANY_PENDING: crate::protocol::needle::Needle =
+    crate::protocol::needle::Needle::new(b"\"too_many_pending_requests\"");
+
 /// What the pipeline made of a POST's members.
 pub(super) struct Screened {
     /// What goes on to the upstream.
@@ -147,6 +151,5 @@ pub(super) async fn screen(
 
 /// Whether `answer` is the proxy's refusal for want of room in the pending table (-32083).
 fn is_too_many_pending(answer: &Message) -> bool {
-    answer.kind() == Kind::Error
-        && memchr::memmem::find(answer.raw(), b"\"too_many_pending_requests\"").is_some()
+    answer.kind() == Kind::Error && TOO_MANY_PENDING.is_in(answer.raw())
 }

@@ -336,8 +336,11 @@ fn send(
     counts: &Counts,
 ) {
     let mut last_warning: Option<tokio::time::Instant> = None;
+    // Swapped with the queue's vector each round, so neither grows from empty again.
+    let mut spans = Vec::with_capacity(BATCH_SPANS);
     loop {
-        let (spans, closed) = {
+        spans.clear();
+        let closed = {
             let mut waiting = shared.lock();
             if waiting.spans.len() < BATCH_SPANS && !waiting.closed {
                 waiting = shared
@@ -346,7 +349,8 @@ fn send(
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            (std::mem::take(&mut waiting.spans), waiting.closed)
+            std::mem::swap(&mut waiting.spans, &mut spans);
+            waiting.closed
         };
         for batch in spans.chunks(BATCH_SPANS) {
             let body = encoder.request(batch);
@@ -399,7 +403,7 @@ mod tests {
         Span::new(
             SpanContext::root(true),
             None,
-            "call".into(),
+            Arc::from("call"),
             Kind::Server,
             1,
         )

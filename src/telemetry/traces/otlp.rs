@@ -166,11 +166,15 @@ fn encode_link(out: &mut Vec<u8>, link: &SpanContext) {
 
 /// A `KeyValue` as field `field`.
 fn key_value(out: &mut Vec<u8>, field: u32, (key, value): &Attribute) {
+    // Lengths worked out once, and room made once: the writes below never grow `out`.
+    let any_len = any_value_len(value);
+    let len = field_len(key.len()) + field_len(any_len);
+    out.reserve(field_len(len) + 1);
     tag(out, field, LEN);
-    varint(out, key_value_len(key, value) as u64);
+    varint(out, len as u64);
     bytes_field(out, 1, key.as_bytes());
     tag(out, 2, LEN);
-    varint(out, any_value_len(value) as u64);
+    varint(out, any_len as u64);
     match value {
         Value::Str(s) => bytes_field(out, 1, s.as_bytes()),
         Value::Static(s) => bytes_field(out, 1, s.as_bytes()),

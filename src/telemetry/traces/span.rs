@@ -218,8 +218,8 @@ pub struct Span {
     pub parent: Option<[u8; 8]>,
     /// Whether that parent is another process's.
     pub remote_parent: bool,
-    /// Its name.
-    pub name: Cow<'static, str>,
+    /// Its name (shared by a request's two spans).
+    pub name: Arc<str>,
     /// Its kind.
     pub kind: Kind,
     /// When it started and ended, in nanoseconds since the Unix epoch (0: not yet).
@@ -241,7 +241,7 @@ impl Span {
     pub fn new(
         context: SpanContext,
         parent: Option<[u8; 8]>,
-        name: Cow<'static, str>,
+        name: Arc<str>,
         kind: Kind,
         start: u64,
     ) -> Self {

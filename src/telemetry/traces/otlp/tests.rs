@@ -28,7 +28,7 @@ fn spans() -> Vec<Span> {
     let mut server = Span::new(
         server_cx.clone(),
         Some(parent.span_id),
-        Cow::Borrowed("tools/call echo"),
+        Arc::from("tools/call echo"),
         Kind::Server,
         1_700_000_000_000_000_001,
     );
@@ -65,7 +65,7 @@ fn spans() -> Vec<Span> {
     let mut client = Span::new(
         server_cx.child(),
         Some(server_cx.span_id),
-        Cow::Owned("x".repeat(200)),
+        Arc::from("x".repeat(200)),
         Kind::Client,
         5,
     );
@@ -141,7 +141,7 @@ fn the_official_definitions_read_every_field_back() {
     let (ours, theirs) = (&spans[1], &scope.spans[1]);
     assert_eq!(theirs.parent_span_id, spans[0].context.span_id);
     assert_eq!(theirs.kind, span::SpanKind::Client as i32);
-    assert_eq!(theirs.name, ours.name);
+    assert_eq!(theirs.name, &*ours.name);
     assert_eq!(theirs.flags, 0x101);
     assert_eq!(theirs.trace_state, "k=v,a=b");
     assert!(theirs.status.is_none());
