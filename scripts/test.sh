@@ -6,6 +6,7 @@
 #   - @modelcontextprotocol/server-everything and oauth2-mock-server (the OAuth issuer of
 #     tests/auth.rs) from npm (tests/peers/package-lock.json),
 #   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),
+#   - Chromium and ChromeDriver from Debian's packages (the live view's browser tests),
 #   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
 # Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.
 set -euo pipefail
@@ -38,6 +39,19 @@ if [ ! -f tests/conformance/node_modules/.package-lock.json ] || ! cmp -s tests/
   echo "==> installing the MCP conformance suite"
   npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
   cp tests/conformance/package-lock.json "$env_dir/conformance.lock"
+fi
+
+# Chromium and its WebDriver for the live view's browser tests (tests/ui_browser.rs), from
+# Debian's packages (as root, as CI runs; otherwise ask for them).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium and chromium-driver (Debian packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "the browser tests need Chromium and ChromeDriver: sudo apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
 fi
 
 export SHADOWCAT_TEST_ENV="$env_dir"

@@ -14,7 +14,8 @@ use crate::proxy::forward;
 use crate::proxy::shutdown::Shutdown;
 use crate::session::store::{SessionStore, SqliteStore};
 use crate::session::{SessionManager, StoreWriter};
-use crate::telemetry::traces::Tracer;
+use crate::telemetry::Observers;
+use crate::telemetry::feed::Feed;
 
 /// Runs `mode`; returns the process exit code.
 pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
@@ -24,14 +25,14 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         Mode::Forward(spec, restart) => on_one_thread(
             config,
             Duration::from_millis(100),
-            |sessions, tracer, shutdown| async move {
+            |sessions, observers, shutdown| async move {
                 forward::run(
                     config,
                     &spec,
                     restart,
                     &sessions,
                     config.recording.as_ref(),
-                    tracer,
+                    &observers,
                     shutdown,
                 )
                 .await
@@ -40,15 +41,15 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         Mode::Bridge(upstream) => on_one_thread(
             config,
             Duration::from_millis(100),
-            |sessions, tracer, shutdown| async move {
-                crate::proxy::bridge::run(config, &upstream, &sessions, tracer, shutdown).await
+            |sessions, observers, shutdown| async move {
+                crate::proxy::bridge::run(config, &upstream, &sessions, &observers, shutdown).await
             },
         ),
         Mode::Reverse(reverse) => on_one_thread(
             config,
             Duration::from_secs(1),
-            |sessions, tracer, shutdown| async move {
-                crate::proxy::reverse::run(config, &reverse, &sessions, tracer, shutdown).await
+            |sessions, observers, shutdown| async move {
+                crate::proxy::reverse::run(config, &reverse, &sessions, &observers, shutdown).await
             },
         ),
         Mode::Replay(args) => crate::cmd::replay::run_stdio(&args, config.traces.as_ref()),
@@ -73,12 +74,13 @@ const TRACE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// worker gains; see docs/performance.md), with what every front end stands on: the session
 /// manager (its history store opened, its expiry task running, the store closed at the end,
 /// within [`STORE_CLOSE_GRACE`]), the trace exporter (`--otlp-endpoint`; what it holds sent at
-/// the end, within [`TRACE_FLUSH_GRACE`]) and SIGINT and SIGTERM as its shutdown requests, listened for
-/// before it starts. The runtime gets `grace` to wind down.
+/// the end, within [`TRACE_FLUSH_GRACE`]), the live view (`--ui-listen`) and SIGINT and SIGTERM
+/// as its shutdown requests, listened for before it starts. The runtime gets `grace` to wind
+/// down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
     grace: Duration,
-    proxy: impl FnOnce(Arc<SessionManager>, Option<Arc<Tracer>>, Shutdown) -> F,
+    proxy: impl FnOnce(Arc<SessionManager>, Observers, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -91,9 +93,23 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         let shutdown = Shutdown::on_signals()?;
         let tracer = crate::telemetry::traces::start(config.traces.as_ref())?;
         let sessions = SessionManager::new(config.sessions.clone(), store);
+        let feed = config.ui.as_ref().map(|ui| Feed::new(ui.masks.clone()));
+        let ui = match (&config.ui, &feed) {
+            (Some(ui), Some(feed)) => {
+                Some(crate::ui::start(ui, config, sessions.clone(), feed.clone()).await?)
+            }
+            _ => None,
+        };
         let stop_cleanup = tokio_util::sync::CancellationToken::new();
         let mut cleanup = sessions.spawn_cleanup(config.cleanup_interval, stop_cleanup.clone());
-        let code = proxy(sessions.clone(), tracer.clone(), shutdown).await;
+        let observers = Observers {
+            tracer: tracer.clone(),
+            feed,
+        };
+        let code = proxy(sessions.clone(), observers, shutdown).await;
+        if let Some(ui) = ui {
+            ui.stop().await;
+        }
         if let Some(tracer) = tracer {
             tracer.shutdown(TRACE_FLUSH_GRACE).await;
         }

@@ -572,6 +572,11 @@ pub struct ProxyArgs {
     /// Trace export (docs/observability.md).
     #[command(flatten)]
     pub trace: TraceArgs,
+    /// Serve the live view on this loopback address (docs/ui.md): a web page that shows the
+    /// sessions and their messages as they flow (what the rules and limits did, timings,
+    /// bodies masked as on tapes) and the tapes, e.g. 127.0.0.1:9100. [default: off]
+    #[arg(long, env = "SHADOWCAT_UI_LISTEN", value_name = "ADDR")]
+    pub ui_listen: Option<String>,
 }
 
 /// OpenTelemetry trace export: the proxying modes and `replay`.

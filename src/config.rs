@@ -59,6 +59,8 @@ pub struct Config {
     pub rate_limits: Vec<crate::ratelimit::LimitSpec>,
     /// Trace export (`--otlp-endpoint`), if on.
     pub traces: Option<crate::telemetry::traces::TraceOptions>,
+    /// The live view (`--ui-listen`), if asked for.
+    pub ui: Option<ui::UiConfig>,
 }
 
 /// Where session history goes.
@@ -176,6 +178,7 @@ struct FileConfig {
     trace_sample_ratio: Option<Scalar>,
     trace_payloads: Option<bool>,
     service_name: Option<String>,
+    ui_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,9 +331,14 @@ impl Config {
             Some(p) => traces::options(&p.trace, file)?,
             None => None,
         };
+        let ui = match proxy {
+            Some(p) => ui::options(p, file)?,
+            None => None,
+        };
         Ok(Self {
             rate_limits,
             traces,
+            ui,
             log_level: either(global.log_level.as_ref(), file.log_level.as_ref())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),
@@ -381,6 +389,7 @@ mod mode;
 pub mod recording;
 mod reverse;
 mod traces;
+pub mod ui;
 pub use mode::{Mode, configure};
 mod trusted;
 pub use auth::{AdminToken, AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};

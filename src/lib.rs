@@ -18,7 +18,7 @@
 //! - [`transport`]: framing and I/O: stdio lines, HTTP plumbing, SSE, child processes.
 //! - [`tape`]: the tape format (recordings of sessions), the recorder and redaction.
 //! - [`session`]: sessions, their pending-request tables, the manager and its stores.
-//! - [`telemetry`]: tracing setup, the log format, counters.
+//! - [`telemetry`]: tracing setup, the log format, counters, trace export, the live feed.
 //! - [`stage`]: the contract between the pipeline and its stages (`Context`, `Client`, `Verdict`).
 //! - [`ratelimit`]: keyed rate limits and their refusals.
 //! - [`intercept`]: interceptor rules: the rule file, matching, actions, hot reload.
@@ -30,6 +30,8 @@
 //! - [`proxy`]: the pipeline, the pumps that move messages through it, and the front ends
 //!   (`forward`, `bridge`, `reverse`).
 //! - [`cmd`]: the commands that do not proxy: `session`, `tape`, `replay`, `rules`.
+//! - [`ui`]: the live view (`--ui-listen`): a page and its API over the sessions, the live feed
+//!   and the tapes.
 //! - [`app`]: wiring: runs a mode on the runtime, signals and session manager, shuts down.
 //!
 //! `main.rs` only parses arguments, sets up logging, calls [`app::run`] and exits.
@@ -50,3 +52,4 @@ pub mod tape;
 pub mod task;
 pub mod telemetry;
 pub mod transport;
+pub mod ui;

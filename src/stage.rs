@@ -60,6 +60,14 @@ impl Notes {
             .push(note);
     }
 
+    /// A copy of the notes so far, in the order they were made.
+    pub fn peek(&self) -> Vec<Note> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The notes, in the order they were made.
     pub fn take(&self) -> Vec<Note> {
         std::mem::take(

@@ -17,11 +17,22 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use tracing_subscriber::EnvFilter;
 
+pub mod feed;
 pub mod traces;
 
 use crate::protocol::Direction;
 use crate::transport::child::ChildCounters;
 use crate::transport::serve::ConnectionCounters;
+
+/// What watches the traffic besides the counters: the trace exporter (`--otlp-endpoint`) and
+/// the live feed (`--ui-listen`). Each is off (`None`) unless asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Observers {
+    /// Makes and exports every request's spans.
+    pub tracer: Option<Arc<traces::Tracer>>,
+    /// Publishes every message to whoever watches.
+    pub feed: Option<Arc<feed::Feed>>,
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]

@@ -347,10 +347,22 @@ fn reverse_traces_each_call_to_an_http_server_exporting_over_grpc() {
     let _ = server.wait();
 }
 
-/// A free loopback port nothing listens on.
-fn closed_port() -> u16 {
+/// A free loopback port, for a process to listen on.
+fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A loopback port that refuses connections while the returned socket lives: bound, never
+/// listening, so no other test's listener can take it meanwhile (a port merely closed again
+/// could be handed to one, which would then answer our exports).
+fn refusing_port() -> (socket2::Socket, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
 }
 
 /// The value of the sample `name` in a Prometheus scrape.
@@ -362,7 +374,8 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn a_collector_that_is_down_costs_only_counted_drops() {
-    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let (_refusing, port) = refusing_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
     let gw = support::Gateway::fixture(&[
         "--admin-listen",
         "127.0.0.1:0",
@@ -827,7 +840,7 @@ fn tool_payloads_go_on_spans_only_when_asked_and_masked_first() {
     );
     assert!(!span.to_string().contains("hello"), "{span:#}");
     // --redact with nothing to mask is refused.
-    support::assert_reverse_refuses(&["--redact", "$.x"], "neither is on");
+    support::assert_reverse_refuses(&["--redact", "$.x"], "none of them is on");
 }
 
 #[test]
@@ -968,7 +981,7 @@ fn replay_over_http_is_traced_by_its_gateway() {
         r#"{"type":"end","t":50,"reason":"closed"}"#.to_owned(),
     ];
     std::fs::write(&tape, lines.join("\n") + "\n").unwrap();
-    let port = closed_port();
+    let port = free_port();
     let mut replay = Command::new(support::shadowcat())
         .args(["--log-level", "warn", "replay"])
         .arg(&tape)

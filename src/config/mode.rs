@@ -112,24 +112,30 @@ impl Mode {
     }
 }
 
-/// The masks for traced payloads (`--trace-payloads`): `--redact`'s paths and `upstream`'s
-/// credentials. `--redact` with neither a recording nor traced payloads to mask is refused.
+/// The masks for traced payloads (`--trace-payloads`) and the live view (`--ui-listen`):
+/// `--redact`'s paths and `upstream`'s credentials. `--redact` with nothing to mask is refused.
 fn masks(
     config: &mut Config,
     redact: &[String],
     upstream: Option<&UpstreamConfig>,
 ) -> Result<(), super::ConfigError> {
+    if let Some(ui) = config.ui.as_mut() {
+        ui.masks = std::sync::Arc::new(super::recording::redactor(redact, upstream)?);
+    }
     let payloads = config.traces.as_mut().and_then(|t| t.payloads.as_mut());
     match payloads {
         Some(payloads) => {
             *payloads = std::sync::Arc::new(super::recording::redactor(redact, upstream)?);
             Ok(())
         }
-        None if !redact.is_empty() && config.recording.is_none() => Err(super::invalid(
-            "--redact",
-            "masks what is recorded (--record) or traced (--trace-payloads); neither is on"
-                .to_owned(),
-        )),
+        None if !redact.is_empty() && config.recording.is_none() && config.ui.is_none() => {
+            Err(super::invalid(
+                "--redact",
+                "masks what is recorded (--record), traced (--trace-payloads) or shown \
+                 (--ui-listen); none of them is on"
+                    .to_owned(),
+            ))
+        }
         None => Ok(()),
     }
 }

@@ -648,7 +648,10 @@ fn parse_origins(origins: &[String]) -> Result<AllowedOrigins, ConfigError> {
     })
 }
 
-fn parse_addr(text: &str, option: &'static str) -> Result<std::net::SocketAddr, ConfigError> {
+pub(super) fn parse_addr(
+    text: &str,
+    option: &'static str,
+) -> Result<std::net::SocketAddr, ConfigError> {
     let text = text.trim();
     if let Some(port) = text.strip_prefix("localhost:") {
         let port = port

@@ -101,14 +101,14 @@ pub async fn run(
     config: &Config,
     upstream: &UpstreamConfig,
     sessions: &Arc<SessionManager>,
-    tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
+    observers: &crate::telemetry::Observers,
     shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let pipeline = Pipeline::for_mode(
         config,
         Arc::new(Metrics::default()),
         sessions.clone(),
-        tracer,
+        observers,
     );
     let credentials = start_credentials(upstream).await?;
     let backend = HttpBackend::new(

@@ -25,7 +25,7 @@ use crate::protocol::{Direction, ErrorCode};
 use crate::session::pending::Pending;
 use crate::session::{EndReason, Session, SessionManager, TransportKind};
 use crate::telemetry::Metrics;
-use crate::telemetry::traces::Tracer;
+use crate::telemetry::Observers;
 use crate::transport::child::{ChildProcess, ChildSpec, Restart, describe_exit, exit_code_of};
 use crate::transport::{stdio, writer};
 
@@ -156,7 +156,7 @@ pub async fn run(
     restart: Restart,
     sessions: &Arc<SessionManager>,
     record: Option<&crate::tape::Recording>,
-    tracer: Option<Arc<Tracer>>,
+    observers: &Observers,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let upstream = std::iter::once(&spec.program)
@@ -171,7 +171,7 @@ pub async fn run(
     let span = tracing::info_span!("session", id = %session.id().digest());
     let result = async {
         let mut proxy =
-            ForwardStdio::start(config, spec, restart, sessions, session.clone(), tracer)?;
+            ForwardStdio::start(config, spec, restart, sessions, session.clone(), observers)?;
         crate::proxy::pipeline::server_started(&session, proxy.server.child.pid(), 1).await;
         let event = loop {
             let event = proxy.next_event(&mut shutdown).await;
@@ -229,14 +229,14 @@ impl<'a> ForwardStdio<'a> {
         restart: Restart,
         sessions: &Arc<SessionManager>,
         session: Arc<Session>,
-        tracer: Option<Arc<Tracer>>,
+        observers: &Observers,
     ) -> anyhow::Result<Self> {
         // Our stdio first: if it fails, no child has been started that would need stopping.
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::for_mode(config, metrics.clone(), sessions.clone(), tracer);
+        let pipeline = Pipeline::for_mode(config, metrics.clone(), sessions.clone(), observers);
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);

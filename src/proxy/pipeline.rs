@@ -27,10 +27,11 @@ use std::sync::Arc;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method};
 use crate::ratelimit::{LimitSpec, RateLimits};
 use crate::session::{Pending, SessionManager};
-use crate::stage::{Context, Notes, Verdict};
+use crate::stage::{Context, Note, Notes, Verdict};
 use crate::tape::Wire;
-use crate::telemetry::Metrics;
+use crate::telemetry::feed::{Decision, Feed, Outcome, Seen};
 use crate::telemetry::traces::{Call, Tracer};
+use crate::telemetry::{Metrics, Observers};
 
 use super::tracker::RequestTracker;
 
@@ -42,6 +43,8 @@ pub struct Pipeline {
     rules: Option<Arc<crate::intercept::Rules>>,
     metrics: Arc<Metrics>,
     tracer: Option<Arc<Tracer>>,
+    /// The live feed (`--ui-listen`).
+    feed: Option<Arc<Feed>>,
 }
 
 impl Pipeline {
@@ -59,16 +62,18 @@ impl Pipeline {
             rules,
             metrics,
             tracer: None,
+            feed: None,
         }
     }
 
     /// The pipeline a proxying mode runs: `config`'s rate limits and rules (their file watched),
-    /// spans made with `tracer` (`--otlp-endpoint`).
+    /// spans made by `observers`' tracer (`--otlp-endpoint`), messages told to its feed
+    /// (`--ui-listen`).
     pub fn for_mode(
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
         sessions: Arc<SessionManager>,
-        tracer: Option<Arc<Tracer>>,
+        observers: &Observers,
     ) -> Arc<Self> {
         Arc::new(
             Self::new(
@@ -77,7 +82,8 @@ impl Pipeline {
                 &config.rate_limits,
                 crate::intercept::start(config.rules.as_ref()),
             )
-            .traced(tracer),
+            .traced(observers.tracer.clone())
+            .watched(observers.feed.clone()),
         )
     }
 
@@ -85,6 +91,14 @@ impl Pipeline {
     #[must_use]
     pub fn traced(mut self, tracer: Option<Arc<Tracer>>) -> Self {
         self.tracer = tracer;
+        self
+    }
+
+    /// This pipeline, telling `feed` what becomes of every message while someone watches
+    /// (`--ui-listen`).
+    #[must_use]
+    pub fn watched(mut self, feed: Option<Arc<Feed>>) -> Self {
+        self.feed = feed;
         self
     }
 
@@ -120,25 +134,49 @@ impl Pipeline {
             }
             _ => (None, None),
         };
-        // What the stages do becomes events of a recorded request's span.
-        let notes = call
-            .as_ref()
-            .filter(|call| call.is_recorded())
-            .map(|_| Notes::default());
+        // Watched (`--ui-listen`, a browser open): the feed is told what became of it.
+        let feed = self.feed.as_deref().filter(|feed| feed.is_watched());
+        // What the stages do becomes events of a recorded request's span, and the feed's.
+        let notes =
+            (call.as_ref().is_some_and(Call::is_recorded) || feed.is_some()).then(Notes::default);
         let cx = Context {
             notes: notes.as_ref(),
             ..cx
         };
-        let Some(tape) = cx.session.tape() else {
+        let tape = cx.session.tape();
+        if tape.is_none() && feed.is_none() {
             let (verdict, answered) = self.stages(msg, cx).await;
             return self.finish(verdict, call, answered, asked, cx);
-        };
-        // Recorded: what was sent, and what became of it.
-        let original = msg.clone();
+        }
+        // Recorded or watched: what was sent, and what became of it.
+        let arrived = msg.clone();
         let (verdict, answered) = self.stages(msg, cx).await;
         let trace = trace.or_else(|| answered.as_ref().and_then(trace_of));
-        record(tape, &original, &verdict, cx, trace.as_deref()).await;
-        self.finish(verdict, call, answered, asked, cx)
+        if let Some(tape) = tape {
+            record(tape, &arrived, &verdict, cx, trace.as_deref()).await;
+        }
+        let Some(feed) = feed else {
+            return self.finish(verdict, call, answered, asked, cx);
+        };
+        let answers = answered.as_ref().map(|p| (p.method.clone(), p.sent_at));
+        let decisions = notes.as_ref().map(Notes::peek).unwrap_or_default();
+        // Decided before the hop's trace context is written in: that is not a change.
+        let outcome = match &verdict {
+            Verdict::Forward(sent) if sent.raw() == arrived.raw() => Outcome::Forwarded,
+            Verdict::Forward(_) => Outcome::Modified,
+            Verdict::Respond(_) => Outcome::Answered,
+            Verdict::Drop => Outcome::Dropped,
+        };
+        let verdict = self.finish(verdict, call, answered, asked, cx);
+        let watched = Watched {
+            arrived: &arrived,
+            outcome,
+            answers,
+            decisions,
+            trace: trace.as_deref(),
+        };
+        watched.publish(feed, &verdict, cx);
+        verdict
     }
 
     async fn stages(&self, msg: Message, cx: Context<'_>) -> (Verdict, Option<Pending>) {
@@ -292,6 +330,48 @@ fn trace_of(request: &Pending) -> Option<String> {
         .and_then(|a| a.downcast_ref::<Call>())
         .filter(|call| call.is_kept())
         .map(Call::trace_id)
+}
+
+/// What the feed is told about a message, gathered before the hop's context was written.
+struct Watched<'a> {
+    arrived: &'a Message,
+    outcome: Outcome,
+    /// For an answer: its request's method and when that arrived.
+    answers: Option<(Method, tokio::time::Instant)>,
+    decisions: Vec<Note>,
+    trace: Option<&'a str>,
+}
+
+impl Watched<'_> {
+    /// Tells `feed`, with `verdict` as it finally is: the message that went on (with its trace
+    /// context) or the proxy's answer.
+    fn publish(self, feed: &Feed, verdict: &Verdict, cx: Context<'_>) {
+        let result = match (self.outcome, verdict) {
+            (Outcome::Modified, Verdict::Forward(sent)) => Some(sent),
+            (Outcome::Answered, Verdict::Respond(answer)) => Some(answer),
+            _ => None,
+        };
+        feed.publish(Seen {
+            session: cx.session.digest_text(),
+            direction: cx.direction,
+            arrived: self.arrived,
+            answers: self
+                .answers
+                .as_ref()
+                .map(|(method, at)| (method.as_str(), *at)),
+            outcome: self.outcome,
+            result,
+            decisions: self
+                .decisions
+                .into_iter()
+                .map(|note| Decision {
+                    what: note.what,
+                    details: note.details,
+                })
+                .collect(),
+            trace: self.trace,
+        });
+    }
 }
 
 /// The span event for an answer the proxy gave in the receiver's place.

@@ -85,7 +85,7 @@ pub async fn run(
     config: &Config,
     reverse: &ReverseConfig,
     sessions: &Arc<SessionManager>,
-    tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
+    observers: &crate::telemetry::Observers,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
     let (auth, credentials) = start_auth(reverse).await?;
@@ -96,7 +96,7 @@ pub async fn run(
         sessions.clone(),
         auth,
         credentials,
-        tracer,
+        observers,
     );
     let stop_prune = CancellationToken::new();
     let mut prune = spawn_prune(&gateway, config.cleanup_interval, stop_prune.clone());

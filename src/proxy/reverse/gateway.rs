@@ -154,14 +154,13 @@ impl Gateway {
         sessions: Arc<SessionManager>,
         auth: Option<Arc<crate::auth::Authenticator>>,
         credentials: Option<Arc<crate::transport::credentials::Credentials>>,
-        tracer: Option<Arc<crate::telemetry::traces::Tracer>>,
+        observers: &crate::telemetry::Observers,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let pipeline =
-            Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), tracer.clone());
+        let pipeline = Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), observers);
         let mut gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
-        if let Some(tracer) = tracer {
-            gateway_metrics.trace_export(tracer);
+        if let Some(tracer) = &observers.tracer {
+            gateway_metrics.trace_export(tracer.clone());
         }
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(

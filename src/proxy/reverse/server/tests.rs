@@ -41,7 +41,14 @@ fn gateway(extra: &[&str]) -> Arc<Gateway> {
     let mut reverse = ReverseConfig::build(&cli.global, options).unwrap();
     reverse.settle_sessions(&mut config.sessions);
     let sessions = SessionManager::new(config.sessions.clone(), None);
-    Gateway::new(config, reverse, sessions, None, None, None)
+    Gateway::new(
+        config,
+        reverse,
+        sessions,
+        None,
+        None,
+        &crate::telemetry::Observers::default(),
+    )
 }
 
 /// A POST to `/mcp` with `body` and the headers an MCP client sends, `extra` added or replacing.
@@ -178,7 +185,14 @@ async fn the_gateway_runs_until_asked_to_shut_down() {
     let (trigger, shutdown) = crate::proxy::shutdown::Shutdown::requested();
     let sessions = SessionManager::new(config.sessions.clone(), None);
     let mut run = tokio::spawn(async move {
-        crate::proxy::reverse::run(&config, &reverse, &sessions, None, shutdown).await
+        crate::proxy::reverse::run(
+            &config,
+            &reverse,
+            &sessions,
+            &crate::telemetry::Observers::default(),
+            shutdown,
+        )
+        .await
     });
     let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut run).await;
     assert!(early.is_err(), "it stopped unasked: {early:?}");

@@ -1,0 +1,45 @@
+//! The live view: `--ui-listen`, from the command line, else the config file.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::cli::ProxyArgs;
+use crate::tape::Redactor;
+
+use super::reverse::parse_addr;
+use super::{ConfigError, FileConfig, either, invalid};
+
+/// The live view's options, validated.
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    /// Where the page is served: a loopback address.
+    pub listen: SocketAddr,
+    /// What is masked in the bodies it shows (`--redact`, an upstream's credentials), as on
+    /// tapes; set with the mode's upstream.
+    pub masks: Arc<Redactor>,
+}
+
+/// The live view `p` and `file` ask for; `None` unless `--ui-listen` is given (and not `off`).
+pub(super) fn options(p: &ProxyArgs, file: &FileConfig) -> Result<Option<UiConfig>, ConfigError> {
+    let Some(text) = either(p.ui_listen.as_ref(), file.ui_listen.as_ref())
+        .filter(|a| !a.eq_ignore_ascii_case("off"))
+    else {
+        return Ok(None);
+    };
+    let listen = parse_addr(&text, "--ui-listen")?;
+    if !listen.ip().is_loopback() {
+        return Err(invalid(
+            "--ui-listen",
+            format!(
+                "{listen}: the live view shows every message, so it listens on loopback only \
+                 (e.g. 127.0.0.1:{port}); from another machine, reach it through an SSH tunnel \
+                 (ssh -L {port}:127.0.0.1:{port} HOST)",
+                port = listen.port()
+            ),
+        ));
+    }
+    Ok(Some(UiConfig {
+        listen,
+        masks: Arc::new(Redactor::default()),
+    }))
+}

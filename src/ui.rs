@@ -1,0 +1,210 @@
+//! The live view (`--ui-listen`): a web page served by the proxy that shows its sessions and
+//! their messages as they flow, and the tapes. The page (`ui/assets`, plain HTML, CSS and
+//! JavaScript, no build step) is compiled into the binary and needs nothing from the network.
+//!
+//! - `GET /`, `/app.js`, `/app.css`: the page.
+//! - `GET /api/events`: the live feed ([`crate::telemetry::feed`]) as server-sent events: one
+//!   `message` event per message, `missed` when this watcher fell behind and lost some.
+//! - `GET /api/sessions`: the running sessions, and those the history store keeps.
+//! - `GET /api/stats`: the feed's counts (watchers, events published, events missed).
+//! - `GET /api/tapes`, `GET /api/tapes/{file}`: the tapes, and one tape's messages.
+//!
+//! It listens on loopback only (the configuration refuses anything else), and refuses a request
+//! whose `Host` is not a loopback name (DNS rebinding) or whose `Origin` is another site's: a
+//! page elsewhere cannot read the traffic through the visitor's browser.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::config::ui::UiConfig;
+use crate::session::SessionManager;
+use crate::task::Task;
+use crate::telemetry::feed::Feed;
+use crate::transport::serve::{ConnectionLimits, serve};
+
+/// Connections the live view serves at once (a few browser tabs, each with its event stream).
+pub const UI_MAX_CONNECTIONS: usize = 32;
+/// How long open pages get to let go at exit.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// What the pages read: the sessions, the feed, where tapes are.
+#[derive(Debug)]
+struct Shared {
+    sessions: Arc<SessionManager>,
+    feed: Arc<Feed>,
+    tapes: PathBuf,
+    /// The data dir whose history store lists ended sessions (`None`: `--session-store
+    /// memory`, no history).
+    history: Option<PathBuf>,
+}
+
+/// The running live view.
+#[derive(Debug)]
+pub struct Ui {
+    stop: CancellationToken,
+    task: Task<()>,
+    /// Where it listens.
+    pub local: SocketAddr,
+}
+
+/// Starts serving the live view as `ui` says, for `sessions` and `feed`.
+pub async fn start(
+    ui: &UiConfig,
+    config: &Config,
+    sessions: Arc<SessionManager>,
+    feed: Arc<Feed>,
+) -> anyhow::Result<Ui> {
+    let listener = tokio::net::TcpListener::bind(ui.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--ui-listen)", ui.listen))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the live view's address")?;
+    let tapes = match &config.recording {
+        Some(recording) if recording.target.is_dir() => recording.target.clone(),
+        _ => config.data_dir.join(crate::config::TAPES_DIR),
+    };
+    let shared = Arc::new(Shared {
+        sessions,
+        feed,
+        tapes,
+        history: (config.session_store == crate::config::StoreKind::Sqlite)
+            .then(|| config.data_dir.clone()),
+    });
+    let limits = ConnectionLimits {
+        max_connections: UI_MAX_CONNECTIONS,
+        max_per_client: UI_MAX_CONNECTIONS,
+        ..ConnectionLimits::default()
+    };
+    let stop = CancellationToken::new();
+    let task = Task::spawn(
+        "ui",
+        serve(
+            listener,
+            routes(shared),
+            limits,
+            Arc::default(),
+            stop.clone(),
+        ),
+    );
+    // The one line a person needs: where to point the browser.
+    tracing::info!("live view on http://{local}/");
+    Ok(Ui { stop, task, local })
+}
+
+impl Ui {
+    /// Stops serving; open pages get [`STOP_GRACE`] to let go.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if self.task.join_within(STOP_GRACE).await.is_none() {
+            self.task.abort();
+        }
+    }
+}
+
+fn routes(shared: Arc<Shared>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/api/events", get(api::events))
+        .route("/api/sessions", get(api::sessions))
+        .route("/api/stats", get(api::stats))
+        .route("/api/tapes", get(api::tapes))
+        .route("/api/tapes/{file}", get(api::tape))
+        .layer(axum::middleware::from_fn(guard))
+        .with_state(shared)
+}
+
+const INDEX_HTML: &str = include_str!("ui/assets/index.html");
+const APP_JS: &str = include_str!("ui/assets/app.js");
+const APP_CSS: &str = include_str!("ui/assets/app.css");
+
+/// What the page may load and run: only its own files, and nothing may frame it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Refuses a request for a `Host` that is not a loopback name, or from another site's page
+/// (`Origin`); marks every answer with the page's security policy.
+async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !crate::config::is_loopback_authority(host) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("Misdirected Request: Host {host:?} is not this loopback server"),
+        );
+    }
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "Forbidden: the live view answers its own page only".to_owned(),
+            );
+        }
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
+}
