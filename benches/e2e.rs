@@ -22,6 +22,12 @@
 //! thread; its CPU is not counted). A seventh does the same with 1% of traces sampled: the
 //! others still get their context written on, with spans that record nothing.
 //!
+//! Two more run the live view (`--ui-listen`): with no page open (the pipeline's cost is one
+//! atomic load a message), and with Debian's Chromium (headless, `/usr/bin/chromium`, as
+//! scripts/test.sh installs it) showing the page, whose feed carries every message: their
+//! throughput, CPU per call and peak RSS against shadowcat without it. Chromium's own CPU is
+//! not counted, but it shares the machine's two cores with everything else.
+//!
 //! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
 //! what one more process in the chain costs on this machine whatever it does.
 //!
@@ -51,6 +57,8 @@ struct Target {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// A process that watches it (the browser showing its live view), stopped with it.
+    watcher: Option<Child>,
 }
 
 fn fixture() -> PathBuf {
@@ -94,6 +102,7 @@ impl Target {
             child,
             stdin,
             stdout,
+            watcher: None,
         };
         target.round_trip(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"bench\",\"version\":\"0\"}}}\n");
         target
@@ -154,9 +163,61 @@ impl Target {
     }
 
     fn stop(mut self) {
+        if let Some(mut watcher) = self.watcher.take() {
+            let _ = watcher.kill();
+            let _ = watcher.wait();
+        }
         drop(self.stdin);
         let _ = self.child.wait();
     }
+
+    /// Opens its live view on `port` in headless Chromium, and waits until the page watches.
+    fn watched(mut self, port: u16, profile: &std::path::Path) -> Self {
+        let chromium = "/usr/bin/chromium";
+        assert!(
+            std::path::Path::new(chromium).exists(),
+            "{chromium} is missing: scripts/test.sh installs Debian's chromium"
+        );
+        let browser = Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        self.watcher = Some(browser);
+        let started = Instant::now();
+        while ui_watchers(port) != Some(1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the browser never opened the live view"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self
+    }
+}
+
+/// How many pages watch the live view on `port` (`GET /api/stats`).
+fn ui_watchers(port: u16) -> Option<u64> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let body = answer.split("\r\n\r\n").nth(1)?;
+    let stats: serde_json::Value = serde_json::from_str(body).ok()?;
+    stats["watchers"].as_u64()
 }
 
 fn request(id: usize, text: &str) -> Vec<u8> {
@@ -238,6 +299,8 @@ fn main() {
     let mut recording_rows = Vec::new();
     let mut rules_rows = Vec::new();
     let mut tracing_rows = Vec::new();
+    let mut ui_rows = Vec::new();
+    let profile = tempfile::tempdir().unwrap();
     let rules_file = data_dir_rules();
     let sink = otlp_sink();
     // shadowcat keeps session history (SQLite) by default; keep the bench's out of the user's.
@@ -261,6 +324,7 @@ fn main() {
             tapes.path(),
             rules_file.path(),
             &sink,
+            profile.path(),
         );
         let latencies = latency(&mut targets, &text, seq_n);
         // Best of three rounds, the targets taking turns: drift on the machine hits all alike.
@@ -301,28 +365,64 @@ fn main() {
                 per_call(&targets[i]),
             ));
         }
+        for i in [7, 8] {
+            ui_rows.push((
+                payload,
+                targets[i].name,
+                100.0 * rates[i] / rates[1],
+                per_call(&targets[i]),
+                per_call(&targets[1]),
+                targets[i].peak_rss_kib(),
+                targets[1].peak_rss_kib(),
+            ));
+        }
         for target in targets {
             target.stop();
         }
     }
-    let tapes_in = if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "the temp dir"
-    };
-    ratio_table(
-        &format!("pipelined throughput with --record vs without (tapes in {tapes_in})"),
+    report(
         &recording_rows,
+        &rules_rows,
+        &tracing_rows,
+        &ui_rows,
+        &rss_rows,
+    );
+}
+
+/// The tables after the first: each cost as a ratio, then peak RSS, then the targets.
+fn report(
+    recording_rows: &[(&str, f64)],
+    rules_rows: &[(&str, f64)],
+    tracing_rows: &[(&str, &str, f64, f64, f64)],
+    ui_rows: &[UiRow<'_>],
+    rss_rows: &[(&str, u64, u64)],
+) {
+    ratio_table(
+        &format!(
+            "pipelined throughput with --record vs without (tapes in {})",
+            tapes_dir_kind()
+        ),
+        recording_rows,
     );
     ratio_table(
         "pipelined throughput with 100 non-matching rules vs without",
-        &rules_rows,
+        rules_rows,
     );
-    tracing_table(&tracing_rows);
-    rss_table(&rss_rows);
+    tracing_table(tracing_rows);
+    ui_table(ui_rows);
+    rss_table(rss_rows);
     println!(
-        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded; 100 rules >= 90% of none; tracing >= 90% of untraced at 64 B"
+        "targets: added p50 <= 25 µs; pipelined >= 40% of direct; RSS <= 15 MiB; recording >= 90% of unrecorded; 100 rules >= 90% of none; tracing >= 90% of untraced at 64 B; live view closed: no change"
     );
+}
+
+/// Where the tapes of `--record` go.
+fn tapes_dir_kind() -> &'static str {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "the temp dir"
+    }
 }
 
 /// An OTLP/HTTP endpoint that accepts every export and keeps nothing: a collector that keeps
@@ -368,7 +468,8 @@ fn otlp_sink() -> String {
 }
 
 /// The targets, in the order the tables read them: direct, shadowcat, line_relay, --record,
-/// --rules, --otlp-endpoint, --otlp-endpoint at 1%.
+/// --rules, --otlp-endpoint, --otlp-endpoint at 1%, --ui-listen with no page open, and with a
+/// browser showing it (its profile in `profile`).
 fn spawn_targets(
     fixture: &std::path::Path,
     examples: &std::path::Path,
@@ -376,6 +477,7 @@ fn spawn_targets(
     tapes: &std::path::Path,
     rules: &std::path::Path,
     sink: &str,
+    profile: &std::path::Path,
 ) -> Vec<Target> {
     let proxy = |extra: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadowcat"));
@@ -386,6 +488,11 @@ fn spawn_targets(
             .arg(fixture);
         cmd
     };
+    let ui_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut relay = Command::new(examples.join("line_relay"));
     relay.arg(fixture);
     vec![
@@ -413,7 +520,38 @@ fn spawn_targets(
                 "0.01".as_ref(),
             ]),
         ),
+        Target::spawn(
+            "shadowcat --ui-listen (no page open)",
+            proxy(&["--ui-listen".as_ref(), "127.0.0.1:0".as_ref()]),
+        ),
+        Target::spawn(
+            "shadowcat --ui-listen (Chromium watching)",
+            proxy(&[
+                "--ui-listen".as_ref(),
+                format!("127.0.0.1:{ui_port}").as_ref(),
+            ]),
+        )
+        .watched(ui_port, profile),
     ]
+}
+
+/// The live view's cost: throughput against shadowcat without it, CPU per call and peak RSS.
+/// A live-view row: payload, target, throughput ratio, CPU per call with and without, peak RSS
+/// with and without.
+type UiRow<'a> = (&'a str, &'a str, f64, f64, f64, u64, u64);
+
+fn ui_table(rows: &[UiRow<'_>]) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\n| payload | target | pipelined throughput vs without | CPU per call | without | peak RSS | without |\n|---|---|---|---|---|---|---|"
+    );
+    for (payload, name, ratio, on, off, rss, rss_off) in rows {
+        println!(
+            "| {payload} | {name} | {ratio:.0}% | {on:.2} µs | {off:.2} µs | {:.1} MiB | {:.1} MiB |",
+            mib(*rss),
+            mib(*rss_off)
+        );
+    }
 }
 
 /// Per payload and share of traces sampled: throughput and CPU per call, traced vs untraced.
