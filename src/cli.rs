@@ -577,6 +577,11 @@ pub struct ProxyArgs {
     /// bodies masked as on tapes) and the tapes, e.g. 127.0.0.1:9100. [default: off]
     #[arg(long, env = "SHADOWCAT_UI_LISTEN", value_name = "ADDR")]
     pub ui_listen: Option<String>,
+    /// With --ui-listen and --otlp-endpoint: where a message's trace id links to in the live
+    /// view, a URL with `{trace_id}` in it, e.g. http://127.0.0.1:16686/trace/{trace_id}
+    /// (Jaeger). [default: the id is shown, not linked]
+    #[arg(long, env = "SHADOWCAT_UI_TRACE_URL", value_name = "URL")]
+    pub ui_trace_url: Option<String>,
 }
 
 /// OpenTelemetry trace export: the proxying modes and `replay`.

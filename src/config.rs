@@ -179,6 +179,7 @@ struct FileConfig {
     trace_payloads: Option<bool>,
     service_name: Option<String>,
     ui_listen: Option<String>,
+    ui_trace_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //!   `message` event per message, `missed` when this watcher fell behind and lost some.
 //! - `GET /api/sessions`: the running sessions, and those the history store keeps.
 //! - `GET /api/stats`: the feed's counts (watchers, events published, events missed).
+//! - `GET /api/config`: what the page is configured with (`--ui-trace-url`).
 //! - `GET /api/tapes`, `GET /api/tapes/{file}`: the tapes, and one tape's messages.
 //!
 //! It listens on loopback only (the configuration refuses anything else), and refuses a request
@@ -43,6 +44,8 @@ struct Shared {
     sessions: Arc<SessionManager>,
     feed: Arc<Feed>,
     tapes: PathBuf,
+    /// Where a trace id links to (`--ui-trace-url`).
+    trace_url: Option<String>,
     /// The data dir whose history store lists ended sessions (`None`: `--session-store
     /// memory`, no history).
     history: Option<PathBuf>,
@@ -78,6 +81,7 @@ pub async fn start(
         sessions,
         feed,
         tapes,
+        trace_url: ui.trace_url.clone(),
         history: (config.session_store == crate::config::StoreKind::Sqlite)
             .then(|| config.data_dir.clone()),
     });
@@ -130,6 +134,7 @@ fn routes(shared: Arc<Shared>) -> axum::Router {
         .route("/api/events", get(api::events))
         .route("/api/sessions", get(api::sessions))
         .route("/api/stats", get(api::stats))
+        .route("/api/config", get(api::config))
         .route("/api/tapes", get(api::tapes))
         .route("/api/tapes/{file}", get(api::tape))
         .layer(axum::middleware::from_fn(guard))

@@ -210,8 +210,20 @@ fn the_feed_shows_each_message_and_what_became_of_it() {
 
 #[test]
 fn the_page_is_served_with_its_policy_and_other_sites_and_hosts_are_refused() {
-    let mut proxy = Proxy::fixture(&["--session-store", "memory", "--ui-listen", "127.0.0.1:0"]);
+    let mut proxy = Proxy::fixture(&[
+        "--session-store",
+        "memory",
+        "--ui-listen",
+        "127.0.0.1:0",
+        "--ui-trace-url",
+        "http://127.0.0.1:16686/trace/{trace_id}",
+    ]);
     let addr = ui_addr(|| proxy.stderr_text());
+    let config = get(&addr, "/api/config", &[]).json();
+    assert_eq!(
+        config["trace_url"], "http://127.0.0.1:16686/trace/{trace_id}",
+        "{config}"
+    );
     let page = get(&addr, "/", &[]);
     assert_eq!(page.status, 200);
     assert!(
@@ -270,6 +282,45 @@ fn a_non_loopback_ui_address_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--ui-listen"), "{stderr}");
     assert!(stderr.contains("loopback only"), "{stderr}");
+}
+
+#[test]
+fn a_trace_url_needs_the_view_and_a_place_for_the_id() {
+    for (args, says) in [
+        (
+            vec!["--ui-trace-url", "http://127.0.0.1:16686/trace/{trace_id}"],
+            "needs --ui-listen",
+        ),
+        (
+            vec![
+                "--ui-listen",
+                "127.0.0.1:0",
+                "--ui-trace-url",
+                "http://127.0.0.1:16686/trace/",
+            ],
+            "{trace_id}",
+        ),
+        (
+            vec![
+                "--ui-listen",
+                "127.0.0.1:0",
+                "--ui-trace-url",
+                "javascript:alert(1)//{trace_id}",
+            ],
+            "http(s) URL",
+        ),
+    ] {
+        let out = support::command()
+            .args(["forward", "stdio"])
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--ui-trace-url"), "{stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

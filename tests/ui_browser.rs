@@ -301,6 +301,52 @@ async fn a_browser_sees_an_sdk_session_live_and_steps_through_its_tape() {
     assert_eq!(acted.len(), 1, "{acted:?}");
     assert_eq!(acted[0][5], "add");
 
+    // Export the first session's messages as a tape: `shadowcat tape show` reads it.
+    let first_session = table[0][1].clone();
+    let exported = page
+        .execute(
+            "return window.shadowcatExport(arguments[0]);",
+            vec![json!(first_session)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(exported["skipped"], 0, "{exported}");
+    let exported_tape = dir.path().join("exported.jsonl");
+    std::fs::write(&exported_tape, exported["text"].as_str().unwrap()).unwrap();
+    let shown = Command::new(support::shadowcat())
+        .args(["tape", "show"])
+        .arg(&exported_tape)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert_eq!(
+        listing.matches("tools/call").count(),
+        6,
+        "three calls and their answers:\n{listing}"
+    );
+
+    // The rule goes (the file is watched); a third session's add now reaches the server,
+    // whose answer differs from the rule's: comparing the two sessions' tapes shows it.
+    std::fs::write(&rules, "version: 1\nrules: []\n").unwrap();
+    let reloaded = Instant::now();
+    while !gateway.stderr_text().contains("rules reloaded") {
+        assert!(reloaded.elapsed() < WAIT, "the rules were not reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = gateway.url();
+    let unblocked = tokio::task::spawn_blocking(move || sdk_calls(&url, "add", 1))
+        .await
+        .unwrap();
+    assert_ne!(
+        unblocked["calls"][0]["error"]["code"], -32001,
+        "{unblocked}"
+    );
+
     // The tapes: open the first session's and step through it.
     page.find(Locator::Css("#tab-tapes"))
         .await
@@ -310,18 +356,49 @@ async fn a_browser_sees_an_sdk_session_live_and_steps_through_its_tape() {
         .unwrap();
     until("the tapes", || async {
         let rows = rows(&page, "#tape-list").await;
-        (rows.len() >= 2).then(|| format!("{rows:?}"))
+        (rows.len() >= 3).then(|| format!("{rows:?}"))
     })
     .await;
-    // Newest first: the first session's tape is the last row.
+    // Newest first: the blocked add's session is the second row, the first session's the last.
     let tape_rows = page
         .find_all(Locator::Css("#tape-list tbody tr"))
         .await
         .unwrap();
-    tape_rows.last().unwrap().click().await.unwrap();
-    until("the tape opened", || async {
+    let newest = tape_rows[0].attr("data-file").await.unwrap().unwrap();
+    tape_rows[1].click().await.unwrap();
+    until("the blocked session's tape", || async {
         let pos = text(&page, "#tape-pos").await;
         pos.starts_with("1 / ").then_some(pos)
+    })
+    .await;
+    page.execute(
+        "const s = document.getElementById('compare-with'); s.value = arguments[0]; \
+         s.dispatchEvent(new Event('input'));",
+        vec![json!(newest)],
+    )
+    .await
+    .unwrap();
+    let compared = until("the comparison", || async {
+        let summary = text(&page, "#compare-summary").await;
+        (!summary.is_empty()).then_some(summary)
+    })
+    .await;
+    assert!(compared.contains("1 changed"), "{compared}");
+    let changes = text(&page, "#compare").await;
+    assert!(changes.contains("changed: tools/call add"), "{changes}");
+    assert!(changes.contains("adding is off"), "{changes}");
+    screenshot(&page, "compare.png").await;
+    let oldest = page
+        .find_all(Locator::Css("#tape-list tbody tr"))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let oldest_file = oldest.attr("data-file").await.unwrap().unwrap();
+    oldest.click().await.unwrap();
+    until("the first session's tape", || async {
+        let title = text(&page, "#tape-title").await;
+        title.contains(&oldest_file).then_some(title)
     })
     .await;
     let first = text(&page, "#tape-detail").await;

@@ -17,15 +17,36 @@ pub struct UiConfig {
     /// What is masked in the bodies it shows (`--redact`, an upstream's credentials), as on
     /// tapes; set with the mode's upstream.
     pub masks: Arc<Redactor>,
+    /// Where a trace id links to (`--ui-trace-url`): a URL with `{trace_id}` in it.
+    pub trace_url: Option<String>,
 }
 
 /// The live view `p` and `file` ask for; `None` unless `--ui-listen` is given (and not `off`).
 pub(super) fn options(p: &ProxyArgs, file: &FileConfig) -> Result<Option<UiConfig>, ConfigError> {
+    let trace_url = either(p.ui_trace_url.as_ref(), file.ui_trace_url.as_ref());
     let Some(text) = either(p.ui_listen.as_ref(), file.ui_listen.as_ref())
         .filter(|a| !a.eq_ignore_ascii_case("off"))
     else {
+        if trace_url.is_some() {
+            return Err(invalid(
+                "--ui-trace-url",
+                "links trace ids in the live view; it needs --ui-listen".to_owned(),
+            ));
+        }
         return Ok(None);
     };
+    if let Some(url) = &trace_url {
+        let web = url.starts_with("http://") || url.starts_with("https://");
+        if !web || !url.contains("{trace_id}") || url.parse::<http::Uri>().is_err() {
+            return Err(invalid(
+                "--ui-trace-url",
+                format!(
+                    "{url:?}: expected an http(s) URL with {{trace_id}} in it, e.g. \
+                     http://127.0.0.1:16686/trace/{{trace_id}}"
+                ),
+            ));
+        }
+    }
     let listen = parse_addr(&text, "--ui-listen")?;
     if !listen.ip().is_loopback() {
         return Err(invalid(
@@ -41,5 +62,6 @@ pub(super) fn options(p: &ProxyArgs, file: &FileConfig) -> Result<Option<UiConfi
     Ok(Some(UiConfig {
         listen,
         masks: Arc::new(Redactor::default()),
+        trace_url,
     }))
 }

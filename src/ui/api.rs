@@ -56,6 +56,11 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Json<FeedStats> 
     Json(shared.feed.stats())
 }
 
+/// `GET /api/config`: what the page is configured with: where trace ids link to.
+pub(super) async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "trace_url": shared.trace_url }))
+}
+
 /// A session id as the page names it: its digest (`s-…`).
 fn digest(id: &str) -> String {
     SessionId::parse(id).map_or_else(|_| "s-?".to_owned(), |id| id.digest().to_string())

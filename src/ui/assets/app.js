@@ -111,6 +111,8 @@ function matches(ev) {
   if (status === "error" && !ev.isError) return false;
   if (status === "acted" && !ev.acted) return false;
   if (status === "slow" && !(ev.latency_us >= SLOW_MS * 1000)) return false;
+  const minMs = Number($("min-latency").value);
+  if (minMs > 0 && !(ev.latency_us >= minMs * 1000)) return false;
   const q = $("search").value.trim().toLowerCase();
   if (q) {
     const hay = [ev.method, ev.name, ev.id, ev.session, ev.trace, ev.body.text].join(" ").toLowerCase();
@@ -219,6 +221,19 @@ function connect() {
 
 // ---- the selected message ----
 
+let traceUrl = null; // `--ui-trace-url`: where a trace id links to
+
+// A trace id, linked to the trace viewer when one is configured. Ids are 32 hex digits (the
+// feed and tapes write nothing else); anything else is shown, never linked.
+function traceView(trace) {
+  const id = el("code", {}, trace);
+  if (traceUrl && /^[0-9a-f]{32}$/.test(trace)) {
+    const link = el("a", { href: traceUrl.replaceAll("{trace_id}", trace), target: "_blank", rel: "noopener noreferrer", class: "trace-link" }, id);
+    return el("div", { class: "trace" }, "trace ", link);
+  }
+  return el("div", { class: "trace" }, "trace ", id);
+}
+
 function jsonTree(value, key) {
   const label = key === undefined ? null : el("span", { class: "k" }, JSON.stringify(key) + ": ");
   if (value === null || typeof value !== "object") {
@@ -282,7 +297,7 @@ function select(seq) {
     el("h3", {}, `${ev.kind} ${ev.method || ""} ${ev.name || ""}`.trim()),
     el("div", {}, `${time(ev.at_ms)} · ${ev.session} · ${ev.direction === "to_server" ? "client → server" : "server → client"} · ${size(ev.body.size)}` + (ev.latency_us != null ? ` · answered in ${latency(ev.latency_us)}` : "")),
   ];
-  if (ev.trace) parts.push(el("div", { class: "trace" }, "trace ", el("code", {}, ev.trace)));
+  if (ev.trace) parts.push(traceView(ev.trace));
   if (ev.decisions.length) {
     parts.push(el("h3", {}, "What the proxy did"));
     for (const d of ev.decisions) {
@@ -313,10 +328,56 @@ function select(seq) {
   detail.replaceChildren(...parts);
 }
 
+// ---- a session's messages as a tape ----
+
+// The messages this page saw of `session`, as a tape (docs/tapes.md, format 1): each as it went
+// on, and an answer the proxy gave after the message it answers, as recording writes them.
+// Bodies are as the page has them (masked); one cut at 16 KiB cannot be written whole and is
+// left out (counted in `skipped`).
+function exportTape(session) {
+  const events = state.events.filter((e) => e.session === session);
+  const row = sessionRows.get(session) || {};
+  const first = events.length ? events[0].at_ms : Date.now();
+  const id = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+  const lines = [{
+    type: "header", format: 1, id, name: "exported from the live view",
+    created: new Date(first).toISOString(), mode: row.transport === "stdio" ? "forward" : "reverse",
+    clientTransport: row.transport || "stdio", serverTransport: /^https?:/.test(row.upstream || "") ? "http" : "stdio",
+    upstream: row.upstream || undefined, session,
+  }];
+  let skipped = 0;
+  let last = 0;
+  const frame = (ev, body, dir) => {
+    const msg = body.truncated ? undefined : parse(body.text);
+    if (msg === undefined) { skipped++; return; }
+    last = Math.max(last, (ev.at_ms - first) * 1000);
+    lines.push({ type: "frame", t: last, dir, session, msg });
+  };
+  for (const ev of events) {
+    const dir = ev.direction === "to_server" ? "c2s" : "s2c";
+    frame(ev, ev.body, dir);
+    if (ev.answer) frame(ev, ev.answer, dir === "c2s" ? "s2c" : "c2s");
+  }
+  lines.push({ type: "end", t: last, reason: "exported" });
+  return { text: lines.map((l) => JSON.stringify(l)).join("\n") + "\n", frames: lines.length - 2, skipped };
+}
+
+function downloadTape() {
+  if (!state.session) return;
+  const tape = exportTape(state.session);
+  const link = el("a", { href: URL.createObjectURL(new Blob([tape.text], { type: "application/jsonl" })), download: `${state.session}.jsonl` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  $("shown").textContent = `exported ${tape.frames} messages` + (tape.skipped ? ` (${tape.skipped} too large to export left out)` : "");
+}
+window.shadowcatExport = exportTape;
+
 // ---- sessions ----
 
 let sessionsLoading = null;
 const knownSessions = new Set();
+const sessionRows = new Map(); // digest -> its record
 
 function sessionKnown(s) {
   return knownSessions.has(s);
@@ -342,6 +403,7 @@ function sessionRow(r, ended) {
     state.session = state.session === r.session ? null : r.session;
     for (const other of document.querySelectorAll("#sessions tr.selected")) other.classList.remove("selected");
     if (state.session) row.classList.add("selected");
+    $("export").disabled = !state.session;
     redraw();
   });
   return row;
@@ -353,9 +415,10 @@ function loadSessions() {
     .then((r) => r.json())
     .then((data) => {
       knownSessions.clear();
+      sessionRows.clear();
       const rows = [];
-      for (const r of data.live) { knownSessions.add(r.session); rows.push(sessionRow(r, false)); }
-      for (const r of data.ended) { knownSessions.add(r.session); rows.push(sessionRow(r, true)); }
+      for (const r of data.live) { knownSessions.add(r.session); sessionRows.set(r.session, r); rows.push(sessionRow(r, false)); }
+      for (const r of data.ended) { knownSessions.add(r.session); sessionRows.set(r.session, r); rows.push(sessionRow(r, true)); }
       $("sessions").tBodies[0].replaceChildren(...rows);
     })
     .catch(() => {})
@@ -369,6 +432,7 @@ function loadTapes() {
   fetch("/api/tapes")
     .then((r) => r.json())
     .then((tapes) => {
+      state.tapeFiles = tapes.map((t) => t.file);
       $("tape-list").tBodies[0].replaceChildren(
         ...tapes.map((t) => {
           const row = el(
@@ -396,6 +460,9 @@ function openTape(file) {
     .then((tape) => {
       state.tape = tape;
       $("tape").hidden = false;
+      $("compare").hidden = true;
+      const others = (state.tapeFiles || []).filter((f) => f !== tape.file);
+      $("compare-with").replaceChildren(el("option", { value: "" }, "another tape…"), ...others.map((f) => el("option", { value: f }, f)));
       $("tape-title").textContent = `${tape.name || tape.file} (${tape.total} messages${tape.total > tape.frames.length ? `, first ${tape.frames.length} shown` : ""})`;
       $("tape-frames").tBodies[0].replaceChildren(
         ...tape.frames.map((f, i) => {
@@ -433,9 +500,82 @@ function step(i) {
     el("h3", {}, `${f.kind} ${f.method || ""}`.trim()),
     el("div", {}, `${(f.t / 1000).toFixed(1)} ms · ${f.dir === "c2s" ? "client → server" : "server → client"} · ${size(f.bytes)}` + (f.latency != null ? ` · answered in ${latency(f.latency)}` : "")),
   ];
-  if (f.trace) parts.push(el("div", { class: "trace" }, "trace ", el("code", {}, f.trace)));
+  if (f.trace) parts.push(traceView(f.trace));
   parts.push(bodyView({ text: f.body, truncated: f.truncated, size: f.bytes }));
   $("tape-detail").replaceChildren(...parts);
+}
+
+// ---- two tapes compared ----
+
+// A value as text with object keys sorted and `_meta` left out: what two recordings of one
+// request share whatever their ids, key order or trace context.
+function stable(v) {
+  if (v === null || typeof v !== "object") return JSON.stringify(v);
+  if (Array.isArray(v)) return "[" + v.map(stable).join(",") + "]";
+  return "{" + Object.keys(v).filter((k) => k !== "_meta").sort().map((k) => JSON.stringify(k) + ":" + stable(v[k])).join(",") + "}";
+}
+
+// A tape's client requests in order, each with its answer (`null` if none came).
+function answersOf(tape) {
+  const out = [];
+  const open = new Map();
+  for (const f of tape.frames) {
+    const m = f.truncated ? undefined : parse(f.body);
+    if (!m || m.id === undefined || m.id === null) continue;
+    if (f.dir === "c2s" && m.method) {
+      const entry = { key: m.method + " " + stable(m.params), method: m.method, name: targetOf(m), answer: null };
+      open.set(JSON.stringify(m.id), entry);
+      out.push(entry);
+    } else if (f.dir === "s2c" && !m.method) {
+      const entry = open.get(JSON.stringify(m.id));
+      if (entry) { entry.answer = m; open.delete(JSON.stringify(m.id)); }
+    }
+  }
+  return out;
+}
+
+// What an answer says, without its id.
+function said(answer) {
+  if (!answer) return null;
+  const rest = Object.assign({}, answer);
+  delete rest.id;
+  delete rest.jsonrpc;
+  return rest;
+}
+
+// Each request of `a` paired with the first unpaired one of `b` with the same method and
+// params (ids and `_meta` aside), as `tape verify` pairs a tape with a live server's answers.
+function compareTapes(a, b) {
+  const right = answersOf(b);
+  const used = new Set();
+  return answersOf(a).map((l) => {
+    const i = right.findIndex((r, j) => !used.has(j) && r.key === l.key);
+    if (i < 0) return { l, r: null, status: "only here" };
+    used.add(i);
+    const r = right[i];
+    return { l, r, status: stable(said(l.answer)) === stable(said(r.answer)) ? "same" : "changed" };
+  });
+}
+
+function compareWith(file) {
+  const box = $("compare");
+  if (!file || !state.tape) { box.hidden = true; return; }
+  fetch("/api/tapes/" + encodeURIComponent(file))
+    .then((r) => r.json())
+    .then((other) => {
+      const rows = compareTapes(state.tape, other);
+      const count = (s) => rows.filter((r) => r.status === s).length;
+      const parts = [el("div", { id: "compare-summary" }, `against ${other.file}: ${count("same")} same, ${count("changed")} changed, ${count("only here")} not in it`)];
+      for (const row of rows.filter((r) => r.status !== "same")) {
+        parts.push(el("h3", { class: row.status === "changed" ? "changed" : "" }, `${row.status}: ${row.l.method} ${row.l.name}`.trim()));
+        if (row.r) {
+          parts.push(diffView({ text: JSON.stringify(said(row.l.answer)) }, { text: JSON.stringify(said(row.r.answer)) }));
+        }
+      }
+      box.replaceChildren(...parts);
+      box.hidden = false;
+    })
+    .catch(() => {});
 }
 
 // ---- wiring ----
@@ -455,7 +595,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-tapes").addEventListener("click", () => tab("tapes"));
   $("refresh").addEventListener("click", loadSessions);
   $("tapes-refresh").addEventListener("click", loadTapes);
-  for (const id of ["search", "method", "status-filter"]) $(id).addEventListener("input", redraw);
+  for (const id of ["search", "method", "status-filter", "min-latency"]) $(id).addEventListener("input", redraw);
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     $("pause").textContent = state.paused ? "Resume" : "Pause";
@@ -473,6 +613,8 @@ document.addEventListener("DOMContentLoaded", () => {
     redraw();
     select(null);
   });
+  $("export").addEventListener("click", downloadTape);
+  $("compare-with").addEventListener("input", () => compareWith($("compare-with").value));
   $("tape-prev").addEventListener("click", () => step(state.tapePos - 1));
   $("tape-next").addEventListener("click", () => step(state.tapePos + 1));
   document.addEventListener("keydown", (e) => {
@@ -480,6 +622,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "ArrowDown" || e.key === "j") step(state.tapePos + 1);
     if (e.key === "ArrowUp" || e.key === "k") step(state.tapePos - 1);
   });
+  fetch("/api/config").then((r) => r.json()).then((c) => { traceUrl = c.trace_url || null; }).catch(() => {});
   loadSessions();
   setInterval(loadSessions, 2000);
   connect();
