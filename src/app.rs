@@ -53,7 +53,7 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
             },
         ),
         Mode::Replay(args) => crate::cmd::replay::run_stdio(&args, config.traces.as_ref()),
-        Mode::Tape(cmd) => crate::cmd::tape::run(cmd, config),
+        Mode::Tape(cmd) => crate::cmd::tape::run(*cmd, config),
         Mode::Session(cmd) => crate::cmd::session::run(cmd, config),
         Mode::Rules(cmd) => crate::cmd::rules::run(cmd),
         Mode::Completions(shell) => {

@@ -582,6 +582,12 @@ pub struct ProxyArgs {
     /// (Jaeger). [default: the id is shown, not linked]
     #[arg(long, env = "SHADOWCAT_UI_TRACE_URL", value_name = "URL")]
     pub ui_trace_url: Option<String>,
+    /// A file holding the token the live view requires (at least 16 characters): a page opened
+    /// as http://ADDR/?token=TOKEN is let in (a cookie keeps it in), a script sends
+    /// `Authorization: Bearer TOKEN`. Required for a non-loopback --ui-listen (and serve it
+    /// behind TLS there: the view shows every message).
+    #[arg(long, env = "SHADOWCAT_UI_TOKEN_FILE", value_name = "PATH")]
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// OpenTelemetry trace export: the proxying modes and `replay`.

@@ -180,6 +180,7 @@ struct FileConfig {
     service_name: Option<String>,
     ui_listen: Option<String>,
     ui_trace_url: Option<String>,
+    ui_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,7 +394,7 @@ mod traces;
 pub mod ui;
 pub use mode::{Mode, configure};
 mod trusted;
-pub use auth::{AdminToken, AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, OAuthConfig};
+pub use auth::{AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, ListenerToken, OAuthConfig};
 pub use reverse::{
     AllowedOrigins, DEFAULT_LISTEN, DEFAULT_PATH, PoolConfig, ReverseConfig, ReverseUpstream,
     UpstreamConfig, is_loopback_authority,

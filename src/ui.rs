@@ -10,9 +10,12 @@
 //! - `GET /api/config`: what the page is configured with (`--ui-trace-url`).
 //! - `GET /api/tapes`, `GET /api/tapes/{file}`: the tapes, and one tape's messages.
 //!
-//! It listens on loopback only (the configuration refuses anything else), and refuses a request
-//! whose `Host` is not a loopback name (DNS rebinding) or whose `Origin` is another site's: a
-//! page elsewhere cannot read the traffic through the visitor's browser.
+//! It listens on loopback unless `--ui-token-file` gives it a token (the configuration refuses a
+//! non-loopback address without one). On loopback it refuses a request whose `Host` is not a
+//! loopback name (DNS rebinding); everywhere, one whose `Origin` is another site's: a page
+//! elsewhere cannot read the traffic through the visitor's browser. With a token, a page opened
+//! as `/?token=TOKEN` gets a cookie (a random value of this process's, not the token:
+//! `HttpOnly`, `SameSite=Strict`) and is sent to `/`; a script sends `Authorization: Bearer`.
 
 mod api;
 
@@ -46,6 +49,8 @@ struct Shared {
     tapes: PathBuf,
     /// Where a trace id links to (`--ui-trace-url`).
     trace_url: Option<String>,
+    /// Who may look: where it listens, and the token and cookie, when it has one.
+    access: Access,
     /// The data dir whose history store lists ended sessions (`None`: `--session-store
     /// memory`, no history).
     history: Option<PathBuf>,
@@ -82,6 +87,11 @@ pub async fn start(
         feed,
         tapes,
         trace_url: ui.trace_url.clone(),
+        access: Access {
+            loopback: local.ip().is_loopback(),
+            token: ui.token.clone(),
+            cookie: random_hex(),
+        },
         history: (config.session_store == crate::config::StoreKind::Sqlite)
             .then(|| config.data_dir.clone()),
     });
@@ -137,7 +147,7 @@ fn routes(shared: Arc<Shared>) -> axum::Router {
         .route("/api/config", get(api::config))
         .route("/api/tapes", get(api::tapes))
         .route("/api/tapes/{file}", get(api::tape))
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
 
@@ -161,25 +171,132 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-/// Refuses a request for a `Host` that is not a loopback name, or from another site's page
-/// (`Origin`); marks every answer with the page's security policy.
-async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Who may look at the live view.
+#[derive(Debug)]
+struct Access {
+    /// Whether it listens on loopback (then `Host` must be a loopback name).
+    loopback: bool,
+    /// `--ui-token-file`: what a page or script must present.
+    token: Option<crate::config::ListenerToken>,
+    /// The cookie a page that presented the token gets: random, this process's own.
+    cookie: String,
+}
+
+/// The cookie that keeps a page in.
+const COOKIE: &str = "shadowcat_ui";
+
+/// 128 random bits as hex.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    // Without the OS's randomness the cookie would be guessable; a zero cookie is refused
+    // below, so the page then needs the token on every load (a script, the header).
+    if getrandom::fill(&mut bytes).is_err() {
+        return String::new();
+    }
+    crate::protocol::trace_context::hex(&bytes)
+}
+
+impl Access {
+    /// Whether `request` presents the token (a bearer header) or the cookie.
+    fn lets_in(&self, request: &axum::extract::Request) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let headers = request.headers();
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .is_some_and(|(_, presented)| token.accepts(presented.trim()));
+        bearer
+            || (!self.cookie.is_empty()
+                && headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .any(|(name, value)| {
+                        name == COOKIE
+                            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                                value.as_bytes(),
+                                self.cookie.as_bytes(),
+                            ))
+                    }))
+    }
+
+    /// For `/?token=…`: the cookie and a redirect to `/` if the token is right; `None` if the
+    /// request carries no token in its query.
+    fn signs_in(&self, request: &axum::extract::Request) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        let presented = request
+            .uri()
+            .query()
+            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token"))?
+            .1;
+        if !token.accepts(&presented) || self.cookie.is_empty() {
+            return Some(unauthorized());
+        }
+        let cookie = format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            self.cookie
+        );
+        Some(
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/".to_owned()),
+                    (header::SET_COOKIE, cookie),
+                ],
+            )
+                .into_response(),
+        )
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"shadowcat-ui\""),
+        ],
+        "Unauthorized: open the live view as /?token=TOKEN (the token in --ui-token-file), \
+         or send Authorization: Bearer TOKEN\n",
+    )
+        .into_response()
+}
+
+/// Refuses a request for a `Host` that is not a loopback name (on loopback), from another
+/// site's page (`Origin`), or without the token (with `--ui-token-file`); marks every answer
+/// with the page's security policy.
+async fn guard(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let access = &shared.access;
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !crate::config::is_loopback_authority(host) {
+    if access.loopback && !crate::config::is_loopback_authority(host) {
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
             format!("Misdirected Request: Host {host:?} is not this loopback server"),
         );
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
+        // Its own page, reached directly or through a TLS front.
         let same = origin
             .to_str()
             .ok()
-            .and_then(|o| o.strip_prefix("http://"))
+            .and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            })
             .is_some_and(|o| o.eq_ignore_ascii_case(host));
         if !same {
             return refuse(
@@ -187,6 +304,14 @@ async fn guard(request: axum::extract::Request, next: axum::middleware::Next) ->
                 "Forbidden: the live view answers its own page only".to_owned(),
             );
         }
+    }
+    if request.uri().path() == "/" {
+        if let Some(signed_in) = access.signs_in(&request) {
+            return signed_in;
+        }
+    }
+    if !access.lets_in(&request) {
+        return unauthorized();
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

@@ -237,6 +237,28 @@ fn a_recorded_sdk_session_replays_identically_and_verifies() {
         out.contains("13 answers checked: 12 matched, 1 failed"),
         "{out}"
     );
+    // --record keeps the live run as a tape of its own, the changed answer in it (the live
+    // view compares the two side by side).
+    let live_tape = dir.path().join("live.jsonl");
+    let live_arg = live_tape.to_str().unwrap().to_owned();
+    let mut recording = vec!["tape", "verify", &tape_arg, "--record", &live_arg, "--"];
+    recording.extend(server.iter().map(String::as_str));
+    let (code, out, err) = shadowcat_run(&recording, &[("PEER_ECHO_UPPER", "1")]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let live_run = shadowcat::tape::read(&live_tape).unwrap();
+    assert_eq!(live_run.header.mode, "forward");
+    let said = |needle: &str| {
+        live_run
+            .frames
+            .iter()
+            .any(|f| String::from_utf8_lossy(&f.raw).contains(needle))
+    };
+    assert!(said("HELLO THROUGH THE PROXY"), "{live_run:?}");
+    assert!(said("\"initialize\""), "{live_run:?}");
+    // A tape is never overwritten.
+    let (code, _, err) = shadowcat_run(&recording, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("the file exists"), "{err}");
     // docs/tapes.md shows this run's output: every line of it is real.
     let docs = include_str!("../docs/tapes.md");
     let shown = docs

@@ -281,7 +281,8 @@ fn a_non_loopback_ui_address_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--ui-listen"), "{stderr}");
-    assert!(stderr.contains("loopback only"), "{stderr}");
+    assert!(stderr.contains("needs --ui-token-file"), "{stderr}");
+    assert!(stderr.contains("SSH tunnel"), "{stderr}");
 }
 
 #[test]
@@ -397,6 +398,87 @@ fn tapes_are_listed_and_read_and_only_tapes() {
         assert_eq!(refused.status, 400, "{bad}");
     }
     assert_eq!(get(&addr, "/api/tapes/none.jsonl", &[]).status, 404);
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(WAIT).success());
+}
+
+#[test]
+fn off_loopback_the_view_wants_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // A token too short to be one is refused at start.
+    let short = write(dir.path(), "short", "tiny\n");
+    let out = support::command()
+        .args(["forward", "stdio", "--ui-listen", "127.0.0.1:0"])
+        .args(["--ui-token-file", &short, "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+
+    let token = "correct-horse-battery-staple";
+    let file = write(dir.path(), "ui-token", &format!("{token}\n"));
+    let mut proxy = Proxy::fixture(&[
+        "--session-store",
+        "memory",
+        "--ui-listen",
+        "0.0.0.0:0",
+        "--ui-token-file",
+        &file,
+    ]);
+    let announced = ui_addr(|| proxy.stderr_text());
+    let port = announced.rsplit(':').next().unwrap().to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    for path in ["/", "/app.js", "/api/sessions", "/api/events", "/api/tapes"] {
+        let refused = get(&addr, path, &[]);
+        assert_eq!(refused.status, 401, "{path}");
+        assert!(String::from_utf8_lossy(&refused.body).contains("?token="));
+    }
+    assert_eq!(get(&addr, "/?token=wrong-but-long-enough", &[]).status, 401);
+    // The right token: a cookie of the process's own, and back to `/` (the token leaves the
+    // address bar).
+    let signed = get(&addr, &format!("/?token={token}"), &[]);
+    assert_eq!(signed.status, 303);
+    assert_eq!(signed.header("location"), Some("/"));
+    let cookie = signed.header("set-cookie").unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        !cookie.contains(token),
+        "the cookie is not the token: {cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(get(&addr, "/", &[("Cookie", pair.clone())]).status, 200);
+    let mut events = SseReader::open_path(
+        &addr,
+        "GET",
+        "/api/events",
+        &[("Cookie", pair.clone())],
+        b"",
+    );
+    assert_eq!(events.status, 200);
+    proxy.initialize();
+    let first = events.next_message().unwrap();
+    assert_eq!(first["method"], "initialize");
+    let forged = format!("{}x", pair);
+    assert_eq!(get(&addr, "/api/stats", &[("Cookie", forged)]).status, 401);
+    // A script: the bearer header. Off loopback any Host is served (the token keeps others
+    // out), but another site's page is not.
+    let bearer = ("Authorization", format!("Bearer {token}"));
+    let named = http_request(
+        &addr,
+        "GET",
+        "/api/stats",
+        &[("Host", format!("gateway.internal:{port}")), bearer.clone()],
+        b"",
+    );
+    assert_eq!(named.status, 200);
+    let cross = get(
+        &addr,
+        "/api/stats",
+        &[("Origin", "http://attacker.example".to_owned()), bearer],
+    );
+    assert_eq!(cross.status, 403);
+    drop(events);
     proxy.close_stdin();
     assert!(proxy.wait_exit(WAIT).success());
 }

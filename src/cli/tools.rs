@@ -168,6 +168,11 @@ pub struct VerifyArgs {
     /// Longest wait for each answer.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: String,
+    /// Also record the live run as a tape in this new file (the server runs behind `shadowcat
+    /// forward stdio --record`), to compare with the recorded one side by side in the live
+    /// view's Tapes tab (docs/ui.md).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// The server to verify.
     #[command(flatten)]
     pub server: StdioServer,

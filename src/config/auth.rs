@@ -187,20 +187,21 @@ fn oauth_config(
     }))
 }
 
-/// Shortest admin token accepted.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Shortest listener token accepted (`--admin-token-file`, `--ui-token-file`).
+pub const MIN_LISTENER_TOKEN_LEN: usize = 16;
 
-/// The admin listener's token, kept as its SHA-256 only.
+/// A side listener's bearer token (the admin endpoints', the live view's), kept as its SHA-256
+/// only.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken([u8; 32]);
+pub struct ListenerToken([u8; 32]);
 
-impl std::fmt::Debug for AdminToken {
+impl std::fmt::Debug for ListenerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
+        f.write_str("ListenerToken(..)")
     }
 }
 
-impl AdminToken {
+impl ListenerToken {
     /// Whether `presented` is the token (compared by hash, in constant time).
     pub fn accepts(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -213,27 +214,44 @@ impl AdminToken {
 pub(super) fn admin_token(
     path: Option<&std::path::Path>,
     admin: Option<std::net::SocketAddr>,
-) -> Result<Option<AdminToken>, ConfigError> {
+) -> Result<Option<ListenerToken>, ConfigError> {
+    listener_token(
+        path,
+        admin,
+        ("--admin-listen", "--admin-token-file"),
+        "its metrics and readiness would be open to the network",
+    )
+}
+
+/// A side listener's token file (`flags`: the listener's option and the file's), read and
+/// checked; a non-loopback `listen` address refused without it, saying what it would
+/// `expose`.
+pub(super) fn listener_token(
+    path: Option<&std::path::Path>,
+    listen: Option<std::net::SocketAddr>,
+    (listen_flag, file_flag): (&'static str, &'static str),
+    expose: &str,
+) -> Result<Option<ListenerToken>, ConfigError> {
     let Some(path) = path else {
-        if admin.is_some_and(|a| !a.ip().is_loopback()) {
+        if listen.is_some_and(|a| !a.ip().is_loopback()) {
             return Err(invalid(
-                "--admin-listen",
-                "a non-loopback address needs --admin-token-file (its metrics and readiness would be open to the network)".into(),
+                listen_flag,
+                format!("a non-loopback address needs {file_flag} ({expose})"),
             ));
         }
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid("--admin-token-file", format!("{}: {e}", path.display())))?;
+        .map_err(|e| invalid(file_flag, format!("{}: {e}", path.display())))?;
     let token = text.trim();
-    if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+    if token.len() < MIN_LISTENER_TOKEN_LEN || token.chars().any(char::is_whitespace) {
         return Err(invalid(
-            "--admin-token-file",
+            file_flag,
             format!(
-                "{}: the token must be one word of at least {MIN_ADMIN_TOKEN_LEN} characters",
+                "{}: the token must be one word of at least {MIN_LISTENER_TOKEN_LEN} characters",
                 path.display()
             ),
         ));
     }
-    Ok(Some(AdminToken(Sha256::digest(token.as_bytes()).into())))
+    Ok(Some(ListenerToken(Sha256::digest(token.as_bytes()).into())))
 }

@@ -37,8 +37,8 @@ pub enum Mode {
     Reverse(Box<ReverseConfig>),
     /// `replay` on stdio.
     Replay(ReplayArgs),
-    /// `tape …`.
-    Tape(TapeCommand),
+    /// `tape …` (boxed: `tape verify` carries a server's options).
+    Tape(Box<TapeCommand>),
     /// `session …`.
     Session(SessionCommand),
     /// `rules …`.
@@ -93,7 +93,7 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
             ReverseConfig::build_with(&file, &replay_gateway(&args))?,
         )),
         Command::Replay(args) => Mode::Replay(args),
-        Command::Tape(cmd) => Mode::Tape(cmd),
+        Command::Tape(cmd) => Mode::Tape(Box::new(cmd)),
         Command::Session(cmd) => Mode::Session(cmd),
         Command::Rules(cmd) => Mode::Rules(cmd),
         Command::Completions { shell } => Mode::Completions(shell),

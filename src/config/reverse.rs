@@ -165,7 +165,7 @@ pub struct ReverseConfig {
     /// Where the admin endpoints listen, if anywhere.
     pub admin_listen: Option<std::net::SocketAddr>,
     /// The token /readyz and /metrics require (`--admin-token-file`).
-    pub admin_token: Option<super::AdminToken>,
+    pub admin_token: Option<super::ListenerToken>,
     /// Longest a POST is held for room in its session's pending table.
     pub pending_wait: Duration,
     /// The pool of server processes (a command upstream).

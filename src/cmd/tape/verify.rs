@@ -56,7 +56,10 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
         .collect::<Result<Vec<_>, _>>()
         .context("--ignore")?;
     let timeout = crate::config::parse_duration(&args.timeout, "--timeout")?;
-    let spec = server_spec(&args.server)?;
+    let mut spec = server_spec(&args.server)?;
+    if let Some(out) = &args.record {
+        spec = recorded_to(spec, out, args.server.url.is_some())?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,6 +143,43 @@ fn server_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
         args,
         env: Vec::new(),
         cwd: None,
+    })
+}
+
+/// `spec` with the live run recorded to the new tape `out`: the server behind `shadowcat
+/// forward stdio --record` (a `--url` server's bridge, our own binary already, records itself).
+fn recorded_to(spec: ChildSpec, out: &std::path::Path, bridged: bool) -> anyhow::Result<ChildSpec> {
+    if out.exists() {
+        anyhow::bail!(
+            "--record {}: the file exists; the live run is recorded to a new one",
+            out.display()
+        );
+    }
+    // The server may run elsewhere (`--cwd`): the path is ours.
+    let out = std::path::absolute(out).with_context(|| format!("--record {}", out.display()))?;
+    let record: [OsString; 4] = [
+        "--session-store".into(),
+        "memory".into(),
+        "--record".into(),
+        out.into_os_string(),
+    ];
+    if bridged {
+        let mut spec = spec;
+        spec.args.extend(record);
+        return Ok(spec);
+    }
+    let mut args: Vec<OsString> = vec!["forward".into(), "stdio".into()];
+    args.extend(record);
+    args.push("--".into());
+    args.push(spec.program);
+    args.extend(spec.args);
+    Ok(ChildSpec {
+        program: std::env::current_exe()
+            .context("cannot find the shadowcat binary")?
+            .into(),
+        args,
+        env: spec.env,
+        cwd: spec.cwd,
     })
 }
 
