@@ -551,6 +551,37 @@ impl prometheus_client::collector::Collector for TraceCounts {
     }
 }
 
+/// The live feed's counts, read when scraped (`--ui-listen`).
+#[derive(Debug)]
+struct FeedCounts(Arc<feed::Feed>);
+
+impl prometheus_client::collector::Collector for FeedCounts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        gauge(
+            &mut encoder,
+            "shadowcat_ui_watchers",
+            "Pages watching the live view's feed now",
+            stats.watchers as u64,
+        )?;
+        counter(
+            &mut encoder,
+            "shadowcat_ui_events_published",
+            "Messages told to the live view's feed while a page watched",
+            stats.published,
+        )?;
+        counter(
+            &mut encoder,
+            "shadowcat_ui_events_missed",
+            "Feed events pages lost by falling behind (summed over pages); the traffic never waits",
+            stats.missed,
+        )
+    }
+}
+
 /// One gauge sample.
 fn gauge(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
@@ -795,6 +826,11 @@ impl GatewayMetrics {
     pub fn trace_export(&mut self, tracer: Arc<traces::Tracer>) {
         self.registry
             .register_collector(Box::new(TraceCounts(tracer)));
+    }
+
+    /// Adds the live feed's counts (`--ui-listen`).
+    pub fn live_feed(&mut self, feed: Arc<feed::Feed>) {
+        self.registry.register_collector(Box::new(FeedCounts(feed)));
     }
 
     /// Counts a request refused at the door for `reason` (one of [`AUTH_REFUSAL_REASONS`]).

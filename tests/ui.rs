@@ -482,3 +482,51 @@ fn off_loopback_the_view_wants_its_token() {
     proxy.close_stdin();
     assert!(proxy.wait_exit(WAIT).success());
 }
+
+#[test]
+fn a_gateways_feed_shows_a_rate_limit_and_is_counted_on_metrics() {
+    let gw = support::Gateway::fixture(&[
+        "--session-store",
+        "memory",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--ui-listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "global=1/min,tool=echo",
+    ]);
+    let ui = ui_addr(|| gw.stderr_text());
+    let mut events = SseReader::open_path(&ui, "GET", "/api/events", &[], b"");
+    let session = gw.initialize();
+    for id in 2..4 {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}});
+        gw.post(Some(&session), &call);
+    }
+    let refused = (0..10)
+        .map(|_| events.next_message().expect("the feed ended"))
+        .find(|e| e["id"] == "3" && e["kind"] == "request")
+        .expect("the second call in the feed");
+    assert_eq!(refused["outcome"], "answered", "{refused}");
+    assert_eq!(refused["decisions"][0]["what"], "rate_limited", "{refused}");
+    assert!(
+        refused["answer"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("rate_limited"),
+        "{refused}"
+    );
+    let metrics = http_request(&gw.admin_addr(), "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("shadowcat_ui_watchers 1\n"), "{text}");
+    let published: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shadowcat_ui_events_published_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(published >= 6, "{text}");
+    assert!(
+        text.contains("shadowcat_ui_events_missed_total 0\n"),
+        "{text}"
+    );
+}

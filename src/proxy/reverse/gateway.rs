@@ -162,6 +162,9 @@ impl Gateway {
         if let Some(tracer) = &observers.tracer {
             gateway_metrics.trace_export(tracer.clone());
         }
+        if let Some(feed) = &observers.feed {
+            gateway_metrics.live_feed(feed.clone());
+        }
         let upstream = match &reverse.upstream {
             ReverseUpstream::Http(upstream) => Server::Http(HttpBackend::new(
                 client_for(upstream, credentials),
