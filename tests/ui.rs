@@ -398,6 +398,13 @@ fn tapes_are_listed_and_read_and_only_tapes() {
         assert_eq!(refused.status, 400, "{bad}");
     }
     assert_eq!(get(&addr, "/api/tapes/none.jsonl", &[]).status, 404);
+    // A tape too large to open whole is refused, naming the command that reads it (a sparse
+    // file: nothing is written).
+    let huge = std::fs::File::create(tapes.join("huge.jsonl")).unwrap();
+    huge.set_len(65 * 1024 * 1024).unwrap();
+    let refused = get(&addr, "/api/tapes/huge.jsonl", &[]);
+    assert_eq!(refused.status, 413);
+    assert!(String::from_utf8_lossy(&refused.body).contains("tape show"));
     proxy.close_stdin();
     assert!(proxy.wait_exit(WAIT).success());
 }

@@ -23,6 +23,9 @@ use super::{Shared, refuse};
 pub const MAX_ENDED_SESSIONS: usize = 200;
 /// Messages of one tape the page is sent; a longer tape's first ones (and how many there are).
 pub const MAX_TAPE_FRAMES: usize = 5_000;
+/// The largest tape file the page may open (it is read whole): a larger one is refused, with
+/// the command that reads it.
+pub const MAX_TAPE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `GET /api/events`: the live feed, one `message` event per message; `missed` (with a count)
 /// when this page fell behind and lost some. 503 when [`crate::telemetry::feed::MAX_WATCHERS`]
@@ -205,6 +208,18 @@ pub(super) async fn tape(
         );
     }
     let path = shared.tapes.join(&file);
+    let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+    if size > MAX_TAPE_BYTES {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{file:?} is {} MiB, more than the live view opens ({} MiB): \
+                 use `shadowcat tape show` on it",
+                size / (1024 * 1024),
+                MAX_TAPE_BYTES / (1024 * 1024)
+            ),
+        );
+    }
     let read = tokio::task::spawn_blocking(move || crate::tape::read(&path)).await;
     let tape = match read {
         Ok(Ok(tape)) => tape,
