@@ -12,7 +12,11 @@
 //!   (100-byte messages), events per second received by the client, direct and through the
 //!   gateway (upstream SSE decoded, every event through the pipeline, the router and the POST
 //!   stream's resumable log);
-//! - the gateway's RSS with 1,000 idle sessions (and before them).
+//! - the gateway's RSS with 1,000 idle sessions (and before them);
+//! - a cluster (`cargo bench --bench http -- cluster` runs only this): HAProxy in front of one
+//!   gateway without a cluster key, one with (every request's sealed id opened), and three with
+//!   (round-robin, each session adopted by every instance): latency at concurrency 1 and
+//!   throughput at 16, beside the fixture reached directly (needs Debian's haproxy).
 //!
 //! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
 //! `E2E_QUICK=1` for a short smoke run, `SHADOWCAT_BENCH_BIN` to measure another build's binary. The machine is shared and noisy: read the ratios (proxy
@@ -31,6 +35,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/support/balancer.rs"]
+mod balancer;
 
 fn fixture() -> PathBuf {
     let shadowcat = PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"));
@@ -362,6 +369,28 @@ fn sse_relay(fixture: &Process, gateway: &Process, quick: bool) {
 /// Latency at concurrency 1, `n` requests to each target, interleaved so all see the same
 /// machine conditions: direct, through the gateway, through a byte relay, and through a gateway
 /// that checks a token.
+/// `n` echo round trips of each client after 200 to warm up, interleaved so that all see the
+/// same machine conditions: each client's times, sorted.
+fn latencies(clients: &mut [(&str, Client)], n: usize, text: &str) -> Vec<Vec<Duration>> {
+    for _ in 0..200 {
+        for (_, client) in clients.iter_mut() {
+            client.echo(text);
+        }
+    }
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); clients.len()];
+    for _ in 0..n {
+        for (i, (_, client)) in clients.iter_mut().enumerate() {
+            let t = Instant::now();
+            client.echo(text);
+            times[i].push(t.elapsed());
+        }
+    }
+    for v in &mut times {
+        v.sort();
+    }
+    times
+}
+
 fn latency_at_one(fixture: &Process, gateway: &Process, n: usize, text: &str) {
     // Latency at concurrency 1, interleaved so both see the same machine conditions.
     let relay = start_relay(&fixture.addr);
@@ -377,23 +406,8 @@ fn latency_at_one(fixture: &Process, gateway: &Process, n: usize, text: &str) {
             Client::connect_with(&authenticated.addr, Some(&token)),
         ),
     ];
-    for _ in 0..200 {
-        for (_, client) in &mut clients {
-            client.echo(text);
-        }
-    }
-    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); clients.len()];
-    for _ in 0..n {
-        for (i, (_, client)) in clients.iter_mut().enumerate() {
-            let t = Instant::now();
-            client.echo(text);
-            times[i].push(t.elapsed());
-        }
-    }
+    let times = latencies(&mut clients, n, text);
     println!("concurrency 1, 64 B echo, {n} requests each (interleaved):");
-    for v in &mut times {
-        v.sort();
-    }
     let (d50, d99) = (percentile(&times[0], 0.5), percentile(&times[0], 0.99));
     for ((name, _), v) in clients.iter().zip(&times) {
         let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
@@ -410,6 +424,74 @@ fn latency_at_one(fixture: &Process, gateway: &Process, n: usize, text: &str) {
     drop(authenticated);
 }
 
+/// Latency at concurrency 1 (interleaved) and throughput at 16 of each of `targets`.
+fn compare(targets: &[(&str, &str)], n: usize, per: usize, runs: usize, text: &str) {
+    let mut clients: Vec<(&str, Client)> = targets
+        .iter()
+        .map(|(name, addr)| (*name, Client::connect(addr)))
+        .collect();
+    let times = latencies(&mut clients, n, text);
+    drop(clients);
+    let mut best = vec![0f64; targets.len()];
+    for _ in 0..runs {
+        for (i, (_, addr)) in targets.iter().enumerate() {
+            best[i] = best[i].max(throughput(addr, 16, per, text));
+        }
+    }
+    println!(
+        "concurrency 1 ({n} requests each, interleaved) and 16 ({per} per session, best of {runs}), 64 B echo:"
+    );
+    let d50 = percentile(&times[0], 0.5);
+    for (((name, _), v), rate) in targets.iter().zip(&times).zip(&best) {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        println!(
+            "  {name:<22} p50 {:>7.1} µs  p99 {:>7.1} µs  added p50 {:>+7.1} µs   {rate:>8.0} req/s ({:.0}% of direct)",
+            micros(p50),
+            micros(p99),
+            micros(p50) - micros(d50),
+            100.0 * rate / best[0]
+        );
+    }
+}
+
+/// Gateways behind HAProxy (docs/scale-out.md's configuration): one without a cluster key,
+/// one with, three with; and the fixture direct and behind HAProxy alone, for the balancer's
+/// own cost.
+fn cluster(fixture: &Process, quick: bool, text: &str) {
+    if balancer::binary().is_none() {
+        println!("cluster: skipped (HAProxy is not installed: apt-get install haproxy)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("cluster.keys");
+    std::fs::write(&keys, "bench-cluster-key-0123456789abcdef0123456789\n").unwrap();
+    let sealed = ["--cluster-key-file".to_owned(), keys.display().to_string()];
+    let plain = start_gateway(&fixture.addr);
+    let members: Vec<Process> = (0..3)
+        .map(|_| start_gateway_with(&fixture.addr, &sealed))
+        .collect();
+    let lb_direct = balancer::Balancer::start(&[&fixture.addr]);
+    let lb_plain = balancer::Balancer::start(&[&plain.addr]);
+    let lb_one = balancer::Balancer::start(&[&members[0].addr]);
+    let addrs: Vec<&str> = members.iter().map(|m| m.addr.as_str()).collect();
+    let lb_three = balancer::Balancer::start(&addrs);
+    println!("cluster: HAProxy round-robin per request, no affinity");
+    compare(
+        &[
+            ("direct", &fixture.addr),
+            ("haproxy", &lb_direct.addr),
+            ("1 gateway", &plain.addr),
+            ("haproxy > 1 gateway", &lb_plain.addr),
+            ("haproxy > 1 sealed", &lb_one.addr),
+            ("haproxy > 3 sealed", &lb_three.addr),
+        ],
+        if quick { 300 } else { 3000 },
+        if quick { 100 } else { 1000 },
+        if quick { 1 } else { 3 },
+        text,
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -417,6 +499,10 @@ fn main() {
     let quick = std::env::var_os("E2E_QUICK").is_some();
     let text = "x".repeat(64);
     let fixture = start_fixture();
+    if std::env::args().skip(1).any(|a| a == "cluster") {
+        cluster(&fixture, quick, &text);
+        return;
+    }
     let gateway = start_gateway(&fixture.addr);
 
     latency_at_one(&fixture, &gateway, if quick { 300 } else { 5000 }, &text);

@@ -1,5 +1,6 @@
 //! Session manager costs: create, touch, lookup and a cleanup pass at 10k and 100k sessions,
-//! touch from one and two threads, and memory per idle session.
+//! touch from one and two threads, and memory per idle session; sealing and unsealing a
+//! cluster's session id (`--cluster-key-file`), which every request of a cluster pays.
 //!
 //! Run: `cargo bench --bench sessions`
 
@@ -114,5 +115,39 @@ fn memory_per_session(_: &mut Criterion) {
 }
 
 // Memory first: later groups free sessions into the allocator, which would hide the growth.
-criterion_group!(benches, memory_per_session, sessions);
+/// A session id sealed for a cluster: sealing it (once per session) and opening it (once per
+/// request), with one key and with a rotated list whose old key sealed it; and an altered id.
+fn sealed_ids(c: &mut Criterion) {
+    use shadowcat::session::seal::principal_digest;
+    use shadowcat::session::{Sealer, SessionId, Unsealed};
+    let old = "an old cluster secret, at least thirty-two characters";
+    let new = "a new cluster secret, at least thirty-two characters long";
+    let sealer = Sealer::new(&[old]).unwrap();
+    let rotated = Sealer::new(&[new, old]).unwrap();
+    let session = Unsealed {
+        id: SessionId::random(),
+        upstream: Some("6f1c2a0e-9b7d-4c1e-8a3f-2d5e6b7c8d9e".into()),
+        protocol_version: Some("2025-06-18".into()),
+        principal: Some(principal_digest("https://issuer.example|alice")),
+        owner: None,
+    };
+    let token = sealer.seal(&session).unwrap();
+    let mut altered = token.clone().into_bytes();
+    altered[40] = if altered[40] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let mut group = c.benchmark_group("seal");
+    group.bench_function("seal", |b| b.iter(|| sealer.seal(black_box(&session))));
+    group.bench_function("unseal", |b| b.iter(|| sealer.unseal(black_box(&token))));
+    group.bench_function("unseal_rotated_old_key", |b| {
+        b.iter(|| rotated.unseal(black_box(&token)));
+    });
+    group.bench_function("unseal_altered", |b| {
+        b.iter(|| sealer.unseal(black_box(&altered)));
+    });
+    group.finish();
+    assert_eq!(rotated.unseal(&token), Some(session));
+    assert_eq!(sealer.unseal(&altered), None);
+}
+
+criterion_group!(benches, memory_per_session, sessions, sealed_ids);
 criterion_main!(benches);

@@ -6,7 +6,8 @@
 #   - @modelcontextprotocol/server-everything and oauth2-mock-server (the OAuth issuer of
 #     tests/auth.rs) from npm (tests/peers/package-lock.json),
 #   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),
-#   - Chromium and ChromeDriver from Debian's packages (the live view's browser tests),
+#   - Chromium and ChromeDriver (the live view's browser tests) and HAProxy (the cluster's
+#     load balancer) from Debian's packages,
 #   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
 # Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.
 set -euo pipefail
@@ -41,15 +42,20 @@ if [ ! -f tests/conformance/node_modules/.package-lock.json ] || ! cmp -s tests/
   cp tests/conformance/package-lock.json "$env_dir/conformance.lock"
 fi
 
-# Chromium and its WebDriver for the live view's browser tests (tests/ui_browser.rs), from
-# Debian's packages (as root, as CI runs; otherwise ask for them).
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+# From Debian's packages (as root, as CI runs; otherwise ask for them): Chromium and its
+# WebDriver for the live view's browser tests (tests/ui_browser.rs), HAProxy for the cluster's
+# load balancer (tests/cluster.rs).
+missing=()
+for need in chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver haproxy:/usr/sbin/haproxy; do
+  [ -x "${need#*:}" ] || missing+=("${need%%:*}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing chromium and chromium-driver (Debian packages)"
+    echo "==> installing ${missing[*]} (Debian packages)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "the browser tests need Chromium and ChromeDriver: sudo apt-get install chromium chromium-driver" >&2
+    echo "the tests need Debian's ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi

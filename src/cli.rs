@@ -403,6 +403,25 @@ pub struct ConnectionArgs {
     pub max_connections_per_client: Option<String>,
 }
 
+/// Several gateway instances behind a load balancer serving the same sessions
+/// (docs/scale-out.md).
+#[derive(Debug, Args, Default)]
+pub struct ClusterArgs {
+    /// The secrets that seal session ids, shared by every instance of the cluster: the
+    /// Mcp-Session-Id handed out then carries, encrypted and authenticated, what any instance
+    /// needs to serve the session, so a request may land on any of them. One key per line,
+    /// newest first: the first seals, all open (rotate by adding a new first line; drop the
+    /// old one once sessions sealed with it are over). Each at least 32 characters, e.g. from
+    /// `openssl rand -hex 32`; `#` comments. [default: off: a session is served only by the
+    /// instance that opened it]
+    #[arg(long, env = "SHADOWCAT_CLUSTER_KEY_FILE", value_name = "PATH")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the cluster keys (comma-separated, newest
+    /// first), instead of --cluster-key-file.
+    #[arg(long, env = "SHADOWCAT_CLUSTER_KEY_ENV", value_name = "VAR")]
+    pub cluster_key_env: Option<String>,
+}
+
 /// `reverse` options.
 #[derive(Debug, Args, Default)]
 #[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
@@ -475,6 +494,9 @@ pub struct ReverseArgs {
     /// Bounds on client connections.
     #[command(flatten)]
     pub connections: ConnectionArgs,
+    /// Several instances serving the same sessions.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Proxy limits and timeouts.
     #[command(flatten)]
     pub proxy: ProxyArgs,

@@ -181,6 +181,8 @@ struct FileConfig {
     ui_listen: Option<String>,
     ui_trace_url: Option<String>,
     ui_token_file: Option<PathBuf>,
+    cluster_key_file: Option<PathBuf>,
+    cluster_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +388,7 @@ impl Config {
 }
 
 mod auth;
+pub mod cluster;
 mod credentials;
 mod mode;
 pub mod recording;

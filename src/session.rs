@@ -9,6 +9,8 @@
 //! - [`principal`]: [`Principal`], who an authenticated client proved to be.
 //! - [`manager`]: [`SessionManager`]: sharded map, LRU, expiry heap, limits, cleanup task.
 //! - [`metrics`]: counters that change only on lifecycle transitions.
+//! - [`seal`]: [`Sealer`]: session ids that carry, sealed, what any instance of a cluster needs
+//!   to serve the session.
 //! - [`store`]: [`SessionStore`] (memory, SQLite) and the write-behind [`StoreWriter`].
 
 pub mod declared;
@@ -19,6 +21,7 @@ pub mod manager;
 pub mod metrics;
 pub mod pending;
 pub mod principal;
+pub mod seal;
 pub mod store;
 
 pub use declared::Declared;
@@ -28,4 +31,5 @@ pub use lifecycle::{EndReason, State};
 pub use manager::{SessionConfig, SessionError, SessionManager};
 pub use pending::{Pending, PendingError, PendingRequests, PendingScope};
 pub use principal::Principal;
+pub use seal::{Sealer, Unsealed};
 pub use store::{SessionStore, StoreWriter};

@@ -346,6 +346,7 @@ pub struct GatewayMetrics {
     durations: Family<MethodLabels, Histogram>,
     upstream_errors: UpstreamErrors,
     auth_refusals: Family<ReasonLabels, Counter>,
+    adopted: Counter,
     connections: Arc<ConnectionCounters>,
     children: Arc<ChildCounters>,
 }
@@ -717,6 +718,31 @@ fn encode_connections(
     Ok(())
 }
 
+/// The counters of who comes in: refusals at the door (`--auth-*`), and sessions adopted from
+/// another instance of the cluster.
+fn door_counters(
+    registry: &mut prometheus_client::registry::Registry,
+) -> (Family<ReasonLabels, Counter>, Counter) {
+    let auth_refusals = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "shadowcat_auth_refusals",
+        "Requests refused at the door (--auth-*): missing, invalid_token, insufficient_scope, step_up, foreign_session, exchange",
+        auth_refusals.clone(),
+    );
+    for reason in AUTH_REFUSAL_REASONS {
+        auth_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(0);
+    }
+    let adopted = Counter::default();
+    registry.register(
+        "shadowcat_cluster_sessions_adopted",
+        "Sessions another instance of the cluster opened, served here from their sealed id (--cluster-key-file)",
+        adopted.clone(),
+    );
+    (auth_refusals, adopted)
+}
+
 impl GatewayMetrics {
     /// Metrics reading the live counters of `sessions` and `pipeline`.
     pub fn new(sessions: Arc<crate::session::SessionManager>, pipeline: Arc<Metrics>) -> Self {
@@ -749,17 +775,7 @@ impl GatewayMetrics {
                 .inc_by(0);
         }
         let upstream_errors = UpstreamErrors(upstream_errors);
-        let auth_refusals = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "shadowcat_auth_refusals",
-            "Requests refused at the door (--auth-*): missing, invalid_token, insufficient_scope, step_up, foreign_session, exchange",
-            auth_refusals.clone(),
-        );
-        for reason in AUTH_REFUSAL_REASONS {
-            auth_refusals
-                .get_or_create(&ReasonLabels { reason })
-                .inc_by(0);
-        }
+        let (auth_refusals, adopted) = door_counters(&mut registry);
         pipeline.keep_operations();
         registry.register_with_unit(
             "mcp_server_operation_duration",
@@ -817,9 +833,15 @@ impl GatewayMetrics {
             durations,
             upstream_errors,
             auth_refusals,
+            adopted,
             connections,
             children,
         }
+    }
+
+    /// Counts a session another instance of the cluster opened, now served here too.
+    pub fn session_reopened(&self) {
+        self.adopted.inc();
     }
 
     /// Adds the trace exporter's counts (`--otlp-endpoint`).

@@ -182,6 +182,8 @@ pub struct ReverseConfig {
     pub max_sessions_per_client: usize,
     /// How clients authenticate (`None`: they do not).
     pub auth: Option<super::AuthConfig>,
+    /// The keys that seal session ids for a cluster of instances (`None`: no cluster).
+    pub cluster: Option<super::cluster::ClusterConfig>,
     /// What the user chose of the session bounds whose gateway defaults differ from other
     /// modes': `--max-sessions`, `--session-idle-timeout` and `--max-sessions-per-client`.
     chosen: ChosenSessionBounds,
@@ -338,6 +340,7 @@ impl ReverseConfig {
             connections,
             max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
             auth,
+            cluster: super::cluster::options(&args.cluster, file)?,
             chosen,
         })
     }

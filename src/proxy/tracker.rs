@@ -81,6 +81,11 @@ impl RequestTracker {
                         return Verdict::Respond(Message::error_response(Some(id), &error));
                     }
                 };
+                if cx.direction == Direction::ServerToClient && cx.session.roams() {
+                    // Its answer may reach the server through another instance of the
+                    // cluster, unseen here: not held here, where it would wait for ever.
+                    return Verdict::Forward(msg);
+                }
                 match cx.session.pending(cx.direction).insert_with_token(
                     id.clone(),
                     method.clone(),
@@ -127,6 +132,11 @@ impl RequestTracker {
                     return Verdict::Forward(msg);
                 };
                 let Some(request) = cx.session.pending(cx.direction.reverse()).remove(id) else {
+                    if cx.direction == Direction::ClientToServer && cx.session.roams() {
+                        // The server's request may have reached the client through another
+                        // instance of the cluster: the server matches the answer itself.
+                        return Verdict::Forward(msg);
+                    }
                     self.metrics.unmatched_response(cx.direction);
                     tracing::warn!(direction = cx.direction.as_str(), %id, "dropping a response to no pending request");
                     return Verdict::Drop;

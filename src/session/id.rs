@@ -3,8 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// Longest session id accepted from outside (e.g. a client's `Mcp-Session-Id`).
-pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Longest session id accepted from outside (a client's `Mcp-Session-Id`, an upstream's): room
+/// for a sealed id ([`super::seal`]) and for upstreams whose ids carry state of their own.
+pub const MAX_SESSION_ID_LEN: usize = 1024;
 
 /// A session id: 128 bits from the OS's CSPRNG, written as 32 lowercase hex digits, so it is
 /// visible ASCII and fit to be an `Mcp-Session-Id`. Cheap to clone.
@@ -34,13 +35,13 @@ impl SessionId {
         Self(text.into())
     }
 
-    /// Accepts an id from outside: 1 to 128 visible ASCII characters (0x21..=0x7E).
+    /// Accepts an id from outside: 1 to 1024 visible ASCII characters (0x21..=0x7E).
     pub fn parse(text: &str) -> Result<Self, InvalidSessionId> {
         if text.is_empty() {
             return Err(InvalidSessionId("empty"));
         }
         if text.len() > MAX_SESSION_ID_LEN {
-            return Err(InvalidSessionId("longer than 128 characters"));
+            return Err(InvalidSessionId("longer than 1024 characters"));
         }
         if !text.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(InvalidSessionId(
@@ -102,7 +103,8 @@ mod tests {
         assert!(SessionId::parse("has space").is_err());
         assert!(SessionId::parse("tab\t").is_err());
         assert!(SessionId::parse("é").is_err());
-        assert!(SessionId::parse(&"x".repeat(129)).is_err());
+        assert!(SessionId::parse(&"x".repeat(1025)).is_err());
+        assert!(SessionId::parse(&"x".repeat(1024)).is_ok());
         assert!(SessionId::parse("~!abc").is_ok());
     }
 }

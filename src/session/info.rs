@@ -155,6 +155,8 @@ pub struct Session {
     caller: arc_swap::ArcSwapOption<Principal>,
     /// Whether it serves the requests of several callers at once (a shared stateless child's).
     callers_mixed: AtomicBool,
+    /// Whether other instances of a cluster serve it too (its client holds a sealed id).
+    roams: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +236,7 @@ impl Session {
             closed: CancellationToken::new(),
             caller: arc_swap::ArcSwapOption::empty(),
             callers_mixed: AtomicBool::new(false),
+            roams: AtomicBool::new(false),
         }
     }
 
@@ -244,6 +247,26 @@ impl Session {
     pub fn unkept(mut self) -> Self {
         self.kept = false;
         self
+    }
+
+    /// The same session under `id`: a session another instance of a cluster opened, served
+    /// here too ([`super::seal`]).
+    #[must_use]
+    pub fn with_id(mut self, id: SessionId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Notes that other instances of a cluster serve it too: its client may answer, through
+    /// one of them, what the server asked through another, and its end at one instance is no
+    /// end of its upstream session.
+    pub fn set_roaming(&self) {
+        self.roams.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether other instances of a cluster serve it too ([`Self::set_roaming`]).
+    pub fn roams(&self) -> bool {
+        self.roams.load(Ordering::Relaxed)
     }
 
     /// Whether its record goes to the history store.

@@ -85,6 +85,9 @@ pub enum SessionError {
         /// The bound.
         limit: usize,
     },
+    /// A session of that id is already open here ([`SessionManager::create_as`]).
+    #[error("a session of that id is already open")]
+    Exists,
 }
 
 /// What one cleanup pass did.
@@ -160,7 +163,7 @@ impl SessionManager {
         transport: TransportKind,
         upstream: Option<String>,
     ) -> Result<Arc<Session>, SessionError> {
-        self.create_with(transport, upstream, true)
+        self.create_with(transport, upstream, true, None)
     }
 
     /// [`create`](Self::create) for the session of one stateless request, which the history
@@ -170,7 +173,22 @@ impl SessionManager {
         transport: TransportKind,
         upstream: Option<String>,
     ) -> Result<Arc<Session>, SessionError> {
-        self.create_with(transport, upstream, false)
+        self.create_with(transport, upstream, false, None)
+    }
+
+    /// [`create`](Self::create) under a given `id`: a session another instance of a cluster
+    /// opened, now served here too ([`super::seal`]). Refused if a session of that id is open
+    /// here (the caller serialises these).
+    pub fn create_as(
+        &self,
+        id: SessionId,
+        transport: TransportKind,
+        upstream: Option<String>,
+    ) -> Result<Arc<Session>, SessionError> {
+        if self.sessions.contains_key(&id) {
+            return Err(SessionError::Exists);
+        }
+        self.create_with(transport, upstream, true, Some(id))
     }
 
     fn create_with(
@@ -178,15 +196,19 @@ impl SessionManager {
         transport: TransportKind,
         upstream: Option<String>,
         kept: bool,
+        id: Option<SessionId>,
     ) -> Result<Arc<Session>, SessionError> {
         self.reserve_slot()?;
-        let session = Session::new(
+        let mut session = Session::new(
             transport,
             upstream,
             self.config.max_pending_requests,
             &self.budget,
             self.config.tags,
         );
+        if let Some(id) = id {
+            session = session.with_id(id);
+        }
         let session = Arc::new(if kept { session } else { session.unkept() });
         let id = session.id().clone();
         // LRU first: a concurrent `end` finds nothing in the map until both are in place, so it

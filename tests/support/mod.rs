@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod balancer;
 pub mod sdk;
 
 /// The shadowcat binary under test.

@@ -20,7 +20,7 @@ use crate::session::SessionId;
 use crate::stage::Client;
 use crate::transport::http::MCP_SESSION_ID;
 
-use super::gateway::Gateway;
+use super::gateway::{Gateway, Named};
 use super::respond::{json_response, refuse};
 
 /// A scope refusal, searched for in answers.
@@ -78,12 +78,16 @@ pub async fn authenticate(
             return response;
         }
     };
-    if let Some(id) = named_session(&request) {
-        let foreign = gateway
-            .link(&id)
-            .is_some_and(|link| !link.owned_by(&principal.id));
+    if let Some(named) = named_session(&gateway, &request) {
+        let foreign = match named {
+            Named::Here(link) => !link.owned_by(&principal.id),
+            Named::Sealed(sealed) => sealed.principal.is_some_and(|bound| {
+                bound != crate::session::seal::principal_digest(&principal.id)
+            }),
+            Named::Unknown => false,
+        };
         if foreign {
-            tracing::warn!(principal = %principal.id, session = %id.digest(), "refused a session opened by another principal");
+            tracing::warn!(principal = %principal.id, "refused a session opened by another principal");
             gateway.metrics.auth_refused("foreign_session");
             return refuse(
                 StatusCode::NOT_FOUND,
@@ -185,9 +189,9 @@ pub async fn exchange(
 }
 
 /// The session a request names: its `Mcp-Session-Id`, or a 2024-11-05 message's `sessionId`.
-fn named_session(request: &Request) -> Option<SessionId> {
+fn named_session(gateway: &Gateway, request: &Request) -> Option<Named> {
     if let Some(value) = request.headers().get(&MCP_SESSION_ID) {
-        return value.to_str().ok().and_then(|v| SessionId::parse(v).ok());
+        return value.to_str().ok().map(|v| gateway.named(v));
     }
     let query = request.uri().query()?;
     query
@@ -195,6 +199,7 @@ fn named_session(request: &Request) -> Option<SessionId> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(name, _)| *name == "sessionId")
         .and_then(|(_, value)| SessionId::parse(value).ok())
+        .map(|id| gateway.link(&id).map_or(Named::Unknown, Named::Here))
 }
 
 /// The principal a request was let in with (none without authentication).

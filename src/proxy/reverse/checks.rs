@@ -15,11 +15,10 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::config::{TrustedProxies, is_loopback_authority};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{ErrorCode, Frame, Message, RequestId, version};
-use crate::session::SessionId;
 use crate::stage::Client;
 use crate::transport::http::{BodyError, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, read_body};
 
-use super::gateway::{Gateway, SessionLink};
+use super::gateway::{Gateway, Named, SessionLink};
 use super::respond::{json_response, method_not_allowed, refuse, refuse_to};
 
 pub(super) fn cors(gateway: &Gateway) -> tower_http::cors::CorsLayer {
@@ -242,14 +241,15 @@ pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
     accepts
 }
 
-/// The session a request names, or the refusal for a missing or unknown one.
+/// The session a request names in `Mcp-Session-Id` (in a cluster, perhaps one another
+/// instance opened, served here from now on); refused (answering request `id`, if the body
+/// was read) if it names none, or one that is gone.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-/// The session a request names in `Mcp-Session-Id`; refused (answering request `id`, if the
-/// body was read) if it names none, or one that is gone.
 pub(super) fn session_of(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     id: Option<&RequestId>,
+    client: Client<'_>,
 ) -> Result<Arc<SessionLink>, Response> {
     let Some(value) = headers.get(&MCP_SESSION_ID) else {
         let stateless = headers
@@ -269,11 +269,18 @@ pub(super) fn session_of(
             id,
         ));
     };
-    let link = value
+    let named = value
         .to_str()
-        .ok()
-        .and_then(|v| SessionId::parse(v).ok())
-        .and_then(|id| gateway.link(&id));
+        .map_or(Named::Unknown, |text| gateway.named(text));
+    let link = match named {
+        Named::Here(link) => Some(link),
+        Named::Sealed(sealed) => match gateway.reopen(&sealed, client) {
+            Some(Ok(link)) => Some(link),
+            Some(Err(e)) => return Err(refuse_open(&e, id)),
+            None => None,
+        },
+        Named::Unknown => None,
+    };
     match link {
         Some(link) if !link.session.closed_token().is_cancelled() => Ok(link),
         _ => Err(refuse_to(

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::transport::http::LAST_EVENT_ID;
 
-use super::checks::{accepts, session_of};
+use super::checks::{accepts, client_of, session_of};
 use super::events::{self, Connection, EventLog, LiveEvents};
 use super::gateway::{Gateway, SessionLink};
 use super::respond::{method_not_allowed, refuse};
@@ -24,8 +24,14 @@ use super::respond::{method_not_allowed, refuse};
 /// request, with event ids; `Last-Event-ID` resumes it after the last event the client got. A
 /// `Last-Event-ID` from one of the session's POST streams resumes that stream instead: the rest
 /// of its events, ending with the request's answer.
-pub async fn get(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let link = match session_of(&gateway, &headers, None) {
+pub async fn get(
+    State(gateway): State<Arc<Gateway>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr);
+    let client = client_of(&gateway.reverse.trusted_proxies, peer, &headers);
+    let link = match session_of(&gateway, &headers, None, client) {
         Ok(link) => link,
         Err(response) => return response,
     };

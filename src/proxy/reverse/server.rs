@@ -81,8 +81,14 @@ async fn not_allowed() -> Response {
 }
 
 /// `DELETE`: ends the session, and its upstream session or child.
-async fn delete(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let link = match session_of(&gateway, &headers, None) {
+async fn delete(
+    State(gateway): State<Arc<Gateway>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let client = client_of(&gateway.reverse.trusted_proxies, peer, &headers);
+    let link = match session_of(&gateway, &headers, None, client) {
         Ok(link) => link,
         Err(response) => return response,
     };
@@ -276,7 +282,7 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
         }
     } else {
         (
-            session_of(gateway, headers, intake.only_id.as_ref())?,
+            session_of(gateway, headers, intake.only_id.as_ref(), intake.client)?,
             false,
         )
     };
@@ -673,7 +679,7 @@ async fn answer(
     };
     // A stateless request's session is ours alone: the client never sees its id.
     if new_session && !stateless {
-        if let Ok(id) = HeaderValue::from_str(link.session.id().as_str()) {
+        if let Some(id) = gateway.client_id(&link) {
             response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
         }
     }

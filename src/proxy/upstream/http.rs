@@ -327,7 +327,25 @@ impl<C: Deliver + 'static> HttpSession<C> {
 
     /// Whether the session never initialized (the stateless 2026-07-28 era).
     pub fn never_initialized(&self) -> bool {
-        lock(&self.recovery.handshake).initialize.is_none()
+        !self.ready.is_cancelled()
+    }
+
+    /// The upstream's session id for this session, as text (what a seal carries).
+    pub fn upstream_id(&self) -> Option<String> {
+        lock(&self.session_id)
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// Serves a session another instance of a cluster opened: its upstream session id
+    /// (`upstream`, from the seal), initialized there. Its handshake stays where it was made,
+    /// so should the upstream lose the session it cannot be re-established here.
+    pub fn adopt(&self, upstream: Option<&str>) {
+        if let Some(value) = upstream.and_then(|u| HeaderValue::from_str(u).ok()) {
+            *lock(&self.session_id) = Some(value);
+        }
+        self.ready.cancel();
     }
 
     /// Sends forwarded client messages to the upstream, one POST each, concurrently. Answers

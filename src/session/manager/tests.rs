@@ -111,6 +111,7 @@ proptest! {
                                 assert_eq!(before, 4);
                                 assert!(m.sessions.iter().all(|e| e.value().pending_count() > 0));
                             }
+                            Err(SessionError::Exists) => panic!("a random id is never taken"),
                         }
                     }
                     Op::Touch(i) => if let Some(s) = nth(&m, i) {

@@ -42,8 +42,9 @@ pub struct SessionLink {
     /// The session's place under its client's `--max-sessions-per-client`, given back as the
     /// session ends.
     pub(in crate::proxy::reverse) client: Mutex<Option<crate::transport::serve::ClientSlot>>,
-    /// The principal that opened it (with authentication): no other may use it.
-    owner: std::sync::OnceLock<String>,
+    /// A digest of the principal that opened it (with authentication): no other may use it.
+    /// Set from the seal when another instance of a cluster opened it.
+    owner: std::sync::OnceLock<[u8; 16]>,
 }
 
 impl SessionLink {
@@ -74,7 +75,8 @@ impl SessionLink {
     /// first binds the session to it; each is the caller rules see from then on.
     pub fn bind(&self, caller: &super::super::authn::Caller) {
         if let Some(principal) = caller {
-            if self.owner.set(principal.id.clone()).is_ok() {
+            let digest = crate::session::seal::principal_digest(&principal.id);
+            if self.owner.set(digest).is_ok() {
                 tracing::info!(session = %self.session.id().digest(), principal = %principal.id, "the session belongs to its principal");
             }
             self.session.set_caller(&principal.0);
@@ -83,7 +85,20 @@ impl SessionLink {
 
     /// Whether `principal` may use the session: it opened it (or nobody is bound to it).
     pub fn owned_by(&self, principal: &str) -> bool {
-        self.owner.get().is_none_or(|owner| owner == principal)
+        self.owner
+            .get()
+            .is_none_or(|owner| *owner == crate::session::seal::principal_digest(principal))
+    }
+
+    /// The digest of the principal the session is bound to, if it is.
+    pub fn owner_digest(&self) -> Option<[u8; 16]> {
+        self.owner.get().copied()
+    }
+
+    /// Binds the session to the principal whose digest its seal carries (a session another
+    /// instance opened).
+    pub(in crate::proxy::reverse) fn bind_digest(&self, digest: [u8; 16]) {
+        let _ = self.owner.set(digest);
     }
 
     /// The client address whose session this is (while it holds its place).

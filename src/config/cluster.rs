@@ -1,0 +1,104 @@
+//! The cluster: the keys that seal session ids (`--cluster-key-file`, `--cluster-key-env`), so
+//! that every gateway instance sharing them serves every session (docs/scale-out.md).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cli::ClusterArgs;
+use crate::session::Sealer;
+use crate::session::seal::MIN_KEY_LEN;
+
+use super::{ConfigError, FileConfig, either, invalid};
+
+/// Largest key file read.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// The cluster's options, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The keys: the first seals the ids this instance hands out, every one opens.
+    pub sealer: Arc<Sealer>,
+}
+
+/// The cluster `args` and `file` ask for; `None` without a key.
+pub(super) fn options(
+    args: &ClusterArgs,
+    file: &FileConfig,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let path = either(
+        args.cluster_key_file.as_ref(),
+        file.cluster_key_file.as_ref(),
+    );
+    let var = either(args.cluster_key_env.as_ref(), file.cluster_key_env.as_ref());
+    let (keys, flag) = match (path, var) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "--cluster-key-file",
+                "give the cluster keys once: --cluster-key-file or --cluster-key-env".into(),
+            ));
+        }
+        (Some(path), None) => (read_keys(&path)?, "--cluster-key-file"),
+        (None, Some(var)) => {
+            let text = std::env::var(&var).map_err(|_| {
+                invalid(
+                    "--cluster-key-env",
+                    format!("the environment variable {var} is not set (or not UTF-8)"),
+                )
+            })?;
+            let keys: Vec<String> = text
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (keys, "--cluster-key-env")
+        }
+    };
+    if keys.is_empty() {
+        return Err(invalid(flag, "no key given".into()));
+    }
+    if let Some(short) = keys.iter().position(|k| k.len() < MIN_KEY_LEN) {
+        return Err(invalid(
+            flag,
+            format!(
+                "key {} is shorter than {MIN_KEY_LEN} characters (make one with `openssl rand -hex 32`)",
+                short + 1
+            ),
+        ));
+    }
+    let sealer = Sealer::new(&keys).ok_or_else(|| invalid(flag, "unusable keys".into()))?;
+    Ok(Some(ClusterConfig {
+        sealer: Arc::new(sealer),
+    }))
+}
+
+/// The keys in `path`: one per line, newest first; blank lines and `#` comments skipped.
+fn read_keys(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let flag = "--cluster-key-file";
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| invalid(flag, format!("{shown}: {e}")))?
+        .len();
+    if len > MAX_KEY_FILE {
+        return Err(invalid(
+            flag,
+            format!("{shown} is larger than {MAX_KEY_FILE} bytes"),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(flag, format!("{shown}: {e}")))?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                flag,
+                format!("{shown}:{}: a key is one word", n + 1),
+            ));
+        }
+        keys.push(line.to_owned());
+    }
+    Ok(keys)
+}

@@ -1,0 +1,369 @@
+//! Several `shadowcat reverse` instances sharing `--cluster-key-file`, behind a real HAProxy
+//! (Debian's package, installed by `scripts/test.sh`) balancing round-robin without affinity,
+//! in front of a Python SDK server over Streamable HTTP: a session's requests spread over every
+//! instance, and the client sees what it sees without them. Sealed ids: altered or foreign ones
+//! are 404, a rotated key still opens the ids sealed with the old one, an instance killed
+//! mid-session costs the client nothing.
+
+#![allow(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_types
+)]
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::balancer::Balancer;
+use support::sdk::{HttpServer, Target, check_elicitation_and_list_changed, run_client};
+use support::{Gateway, http_request, python};
+
+const KEY_A: &str = "0f4d5e6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f80";
+const KEY_B: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+/// A key file holding `keys`, newest first.
+fn key_file(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("# cluster keys\n{}\n", keys.join("\n"))).unwrap();
+    path
+}
+
+/// `count` gateways in front of `upstream`, sharing `keys`, each with its admin listener.
+fn instances(count: usize, upstream: &str, keys: &Path) -> Vec<Gateway> {
+    (0..count)
+        .map(|_| {
+            Gateway::start(&[
+                "--upstream",
+                upstream,
+                "--cluster-key-file",
+                keys.to_str().unwrap(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+        })
+        .collect()
+}
+
+/// The value of the counter `name` on `gateway`'s /metrics.
+fn counter(gateway: &Gateway, name: &str) -> f64 {
+    let metrics = http_request(&gateway.admin_addr(), "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Messages `gateway` forwarded from clients to the server.
+fn forwarded(gateway: &Gateway) -> f64 {
+    counter(gateway, "shadowcat_messages_to_server_total")
+}
+
+#[test]
+fn a_session_spread_over_three_instances_behind_a_balancer_is_the_same_as_direct() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let gateways = instances(3, &server.url, &keys);
+    let addrs: Vec<&str> = gateways.iter().map(|g| g.addr.as_str()).collect();
+    let balancer = Balancer::start(&addrs);
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Url(&server.url), true);
+        let spread = run_client(sdk, mode, Target::Url(&balancer.url()), true);
+        check_elicitation_and_list_changed(&spread);
+        assert_eq!(
+            direct, spread,
+            "client {sdk}: different through three instances behind a balancer"
+        );
+    }
+    // Every instance carried some of it, and the two that did not open a session served it
+    // from its sealed id.
+    for gateway in &gateways {
+        assert!(
+            forwarded(gateway) > 0.0,
+            "an instance carried nothing:\n{}",
+            gateway.stderr_text()
+        );
+    }
+    let adopted: f64 = gateways
+        .iter()
+        .map(|g| counter(g, "shadowcat_cluster_sessions_adopted_total"))
+        .sum();
+    assert!(
+        adopted >= 4.0,
+        "two sessions, each adopted by two other instances: {adopted}"
+    );
+}
+
+/// POSTs `body` to `gateway` in session `session`.
+fn post(addr: &str, session: &str, body: &Value) -> support::HttpResponse {
+    let headers = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+        ("Mcp-Session-Id", session.to_owned()),
+        ("MCP-Protocol-Version", "2025-06-18".to_owned()),
+    ];
+    http_request(addr, "POST", "/mcp", &headers, body.to_string().as_bytes())
+}
+
+fn list_tools(addr: &str, session: &str) -> support::HttpResponse {
+    post(
+        addr,
+        session,
+        &json!({"jsonrpc":"2.0","id":7,"method":"tools/list"}),
+    )
+}
+
+#[test]
+fn altered_and_foreign_ids_are_not_found_and_a_rotated_key_still_opens_old_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = key_file(dir.path(), "old", &[KEY_A]);
+    let rotated = key_file(dir.path(), "rotated", &[KEY_B, KEY_A]);
+    let foreign = key_file(dir.path(), "foreign", &[KEY_B]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let a = &instances(1, &server.url, &old).remove(0);
+    let b = &instances(1, &server.url, &rotated).remove(0);
+    let c = &instances(1, &server.url, &foreign).remove(0);
+
+    let session = a.initialize();
+    assert!(session.len() > 100, "a sealed id: {session}");
+    let here = list_tools(&a.addr, &session);
+    assert_eq!(here.status, 200, "{here:?}");
+    let tools = here.messages()[0]["result"]["tools"].clone();
+    assert!(tools.as_array().is_some_and(|t| !t.is_empty()));
+
+    // An instance whose keys include the old one serves the session: the same tools.
+    let elsewhere = list_tools(&b.addr, &session);
+    assert_eq!(elsewhere.status, 200, "{elsewhere:?}\n{}", b.stderr_text());
+    assert_eq!(elsewhere.messages()[0]["result"]["tools"], tools);
+    assert_eq!(counter(b, "shadowcat_cluster_sessions_adopted_total"), 1.0);
+    // And the ids it hands out are sealed with the new key, which the old instance lacks.
+    let newer = b.initialize();
+    assert_eq!(list_tools(&b.addr, &newer).status, 200);
+    assert_eq!(list_tools(&a.addr, &newer).status, 404);
+
+    // An instance with other keys knows neither.
+    let refused = list_tools(&c.addr, &session);
+    assert_eq!(refused.status, 404, "{refused:?}");
+    assert_eq!(refused.json()["id"], 7, "the refusal answers the request");
+
+    // Any change to the id: not found, at every instance, and nothing breaks.
+    let mut bytes = session.clone().into_bytes();
+    for at in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        let original = bytes[at];
+        bytes[at] = if original == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(bytes.clone()).unwrap();
+        for gateway in [a, b] {
+            let response = list_tools(&gateway.addr, &altered);
+            assert_eq!(response.status, 404, "altered at {at}: {response:?}");
+        }
+        bytes[at] = original;
+    }
+    let too_long = format!("{session}{}", "A".repeat(2000));
+    assert_eq!(list_tools(&a.addr, &too_long).status, 404);
+    assert_eq!(
+        list_tools(&a.addr, &session).status,
+        200,
+        "the real id still works"
+    );
+}
+
+/// Drives tests/peers/restart_client.py: one call, then (while it waits) `between`, then a
+/// second call in the same session; returns the two reports.
+fn two_calls(url: &str, between: impl FnOnce()) -> (Value, Value) {
+    let mut client = Command::new(python("1.30.0"))
+        .arg(support::peers().join("restart_client.py"))
+        .args(["--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = client.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let Ok(ready) = serde_json::from_str::<Value>(&line) else {
+        let _ = client.kill();
+        panic!("{line}\n{}", errors.join().unwrap())
+    };
+    between();
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let status = client.wait().unwrap();
+    let stderr = errors.join().unwrap();
+    let after: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{stderr}"));
+    assert!(status.success(), "{stderr}");
+    (ready, after)
+}
+
+#[test]
+fn an_instance_killed_mid_session_costs_the_client_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("1.30.0", &[]);
+    let mut gateways = instances(3, &server.url, &keys);
+    let addrs: Vec<String> = gateways.iter().map(|g| g.addr.clone()).collect();
+    let balancer = Balancer::start(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ready, after) = two_calls(&balancer.url(), || {
+        // The instance that opened the session (the one that adopted none) goes.
+        let opener = gateways
+            .iter()
+            .position(|g| {
+                counter(g, "shadowcat_sessions_created_total") == 1.0
+                    && counter(g, "shadowcat_cluster_sessions_adopted_total") == 0.0
+            })
+            .expect("the instance that opened the session");
+        // Dropped: killed.
+        gateways.remove(opener);
+    });
+    assert_eq!(ready["text"], "before");
+    assert_eq!(after["isError"], false, "{after}");
+    assert_eq!(after["text"], "after");
+    assert_eq!(after["session"], ready["session"], "the same session id");
+}
+
+/// POSTs `body` to `addr` with the API key `key`, in `session` if given.
+fn post_as(addr: &str, key: &str, session: Option<&str>, body: &Value) -> support::HttpResponse {
+    let mut headers = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+        ("Authorization", format!("Bearer {key}")),
+        ("MCP-Protocol-Version", "2025-06-18".to_owned()),
+    ];
+    if let Some(session) = session {
+        headers.push(("Mcp-Session-Id", session.to_owned()));
+    }
+    http_request(addr, "POST", "/mcp", &headers, body.to_string().as_bytes())
+}
+
+#[test]
+fn a_sealed_session_stays_its_principals_at_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let api_keys = dir.path().join("api-keys");
+    std::fs::write(
+        &api_keys,
+        format!(
+            "alice {}\nbob {}\n",
+            shadowcat::auth::keys::hash_line("alice-key-0123456789"),
+            shadowcat::auth::keys::hash_line("bob-key-0123456789")
+        ),
+    )
+    .unwrap();
+    let server = HttpServer::start("2.3.0", &[]);
+    let with_auth = |_| {
+        Gateway::start(&[
+            "--upstream",
+            &server.url,
+            "--cluster-key-file",
+            keys.to_str().unwrap(),
+            "--api-key-file",
+            api_keys.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+    };
+    let (a, b) = (with_auth(0), with_auth(1));
+    let opened = post_as(
+        &a.addr,
+        "alice-key-0123456789",
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"shadowcat-tests","version":"1"}}}),
+    );
+    assert_eq!(opened.status, 200, "{opened:?}");
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    let tools = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
+    // Bob has the id, at an instance that never saw the session: not his.
+    let bob = post_as(&b.addr, "bob-key-0123456789", Some(&session), &tools);
+    assert_eq!(bob.status, 404, "{bob:?}");
+    assert_eq!(counter(&b, "shadowcat_cluster_sessions_adopted_total"), 0.0);
+    // Alice there: hers.
+    let alice = post_as(&b.addr, "alice-key-0123456789", Some(&session), &tools);
+    assert_eq!(alice.status, 200, "{alice:?}");
+    // And once adopted, still not Bob's.
+    let bob = post_as(&b.addr, "bob-key-0123456789", Some(&session), &tools);
+    assert_eq!(bob.status, 404, "{bob:?}");
+    // An instance that checks no tokens does not serve a session bound to a principal.
+    let open_door = &instances(1, &server.url, &keys).remove(0);
+    let anyone = post(&open_door.addr, &session, &tools);
+    assert_eq!(anyone.status, 404, "{anyone:?}");
+    // Its log says why (read from its stderr as it comes).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !open_door
+        .stderr_text()
+        .contains("this instance checks no tokens")
+    {
+        assert!(Instant::now() < deadline, "{}", open_door.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_session_ending_at_one_instance_goes_on_at_the_others_until_its_client_deletes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let a = &instances(1, &server.url, &keys).remove(0);
+    let c = &instances(1, &server.url, &keys).remove(0);
+    let d = &instances(1, &server.url, &keys).remove(0);
+    // An instance that forgets idle sessions after a second.
+    let b = &Gateway::start(&[
+        "--upstream",
+        &server.url,
+        "--cluster-key-file",
+        keys.to_str().unwrap(),
+        "--session-idle-timeout",
+        "1s",
+        "--cleanup-interval",
+        "200ms",
+    ]);
+    let session = a.initialize();
+    for gateway in [b, c, d] {
+        let response = list_tools(&gateway.addr, &session);
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    // B lets it go: its log says so, and the upstream session is left alone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.stderr_text().contains("reason=expired") && !b.stderr_text().contains("expired") {
+        assert!(Instant::now() < deadline, "{}", b.stderr_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // C, which never saw the handshake and so could not re-establish it, still reaches it.
+    let response = list_tools(&c.addr, &session);
+    assert_eq!(response.status, 200, "{response:?}\n{}", b.stderr_text());
+    // B serves it again when asked.
+    assert_eq!(list_tools(&b.addr, &session).status, 200);
+    // The client's DELETE, through C, ends it at the upstream: D finds it gone.
+    let deleted = http_request(
+        &c.addr,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Mcp-Session-Id", session.clone()),
+            ("MCP-Protocol-Version", "2025-06-18".to_owned()),
+        ],
+        b"",
+    );
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    assert_eq!(list_tools(&c.addr, &session).status, 404);
+    let gone = list_tools(&d.addr, &session);
+    assert_eq!(gone.status, 404, "{gone:?}\n{}", d.stderr_text());
+}
