@@ -6,8 +6,8 @@
 #   - @modelcontextprotocol/server-everything and oauth2-mock-server (the OAuth issuer of
 #     tests/auth.rs) from npm (tests/peers/package-lock.json),
 #   - the MCP conformance suite and Node 22 from npm (tests/conformance/package-lock.json),
-#   - Chromium and ChromeDriver (the live view's browser tests) and HAProxy (the cluster's
-#     load balancer) from Debian's packages,
+#   - Chromium and ChromeDriver (the live view's browser tests), HAProxy (the cluster's load
+#     balancer) and redis-server (the state the cluster shares) from Debian's packages,
 #   - then formatting, clippy and `cargo test` (unit, integration, doc tests; builds examples).
 # Idempotent: a second run reuses what is installed. Needs only cargo, python3 and npm.
 set -euo pipefail
@@ -44,9 +44,9 @@ fi
 
 # From Debian's packages (as root, as CI runs; otherwise ask for them): Chromium and its
 # WebDriver for the live view's browser tests (tests/ui_browser.rs), HAProxy for the cluster's
-# load balancer (tests/cluster.rs).
+# load balancer and redis-server for the state it shares (tests/cluster.rs).
 missing=()
-for need in chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver haproxy:/usr/sbin/haproxy; do
+for need in chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver haproxy:/usr/sbin/haproxy redis-server:/usr/bin/redis-server; do
   [ -x "${need#*:}" ] || missing+=("${need%%:*}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

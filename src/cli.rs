@@ -420,6 +420,17 @@ pub struct ClusterArgs {
     /// first), instead of --cluster-key-file.
     #[arg(long, env = "SHADOWCAT_CLUSTER_KEY_ENV", value_name = "VAR")]
     pub cluster_key_env: Option<String>,
+    /// The Redis server the instances of a cluster share what must be shared through:
+    /// rate-limit state (a limit holds across instances), and word of sessions their clients
+    /// ended (no other instance serves them on). `redis://[:PASSWORD@]HOST[:PORT][/DB]`. Redis
+    /// slow or down: each instance does without it (its own limits), logs it once, and tries
+    /// again every second. [default: off: nothing needs Redis]
+    #[arg(long, env = "SHADOWCAT_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Longest wait for Redis to answer one command, or to connect; past it the instance does
+    /// without for that message. [default: 100ms]
+    #[arg(long, env = "SHADOWCAT_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
 }
 
 /// `reverse` options.

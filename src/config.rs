@@ -183,6 +183,8 @@ struct FileConfig {
     ui_token_file: Option<PathBuf>,
     cluster_key_file: Option<PathBuf>,
     cluster_key_env: Option<String>,
+    redis_url: Option<String>,
+    redis_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@
 //! forwarded; over HTTP the answer is a 429 with `Retry-After`, `RateLimit-Policy` and
 //! `RateLimit` (see [`Refusal::headers`]). A refused notification is dropped and counted.
 
+mod shared;
 pub mod spec;
 mod store;
 
@@ -32,6 +33,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
+pub use shared::Shared;
 pub use spec::{LimitSpec, Per, Rate};
 pub use store::Store;
 
@@ -50,6 +52,8 @@ static RATE_LIMITED: crate::protocol::needle::Needle =
 pub struct RateLimits {
     /// Narrowest first.
     limits: Vec<Limit>,
+    /// Where their state is kept for the whole cluster (`--redis-url`), if it is.
+    shared: Option<Shared>,
 }
 
 /// One limit and its state.
@@ -105,6 +109,17 @@ pub struct Sender<'a> {
     pub tool: Option<Option<String>>,
 }
 
+impl<'a> Sender<'a> {
+    /// The sender of the message `cx` is about (its tool not read yet).
+    fn of(cx: &Context<'a>) -> Self {
+        Self {
+            session: cx.session,
+            client: cx.client,
+            tool: None,
+        }
+    }
+}
+
 impl RateLimits {
     /// The limits `specs`, counted in `metrics`, on the monotonic clock.
     pub fn new(specs: &[LimitSpec], metrics: &Metrics) -> Self {
@@ -118,7 +133,20 @@ impl RateLimits {
             .map(|spec| Limit::with_clock(spec.clone(), Some(metrics), clock.clone()))
             .collect();
         limits.sort_by_key(|l| l.spec.per.narrowness());
-        Self { limits }
+        Self {
+            limits,
+            shared: None,
+        }
+    }
+
+    /// These limits, kept in `shared` for every instance of the cluster (each instance's own
+    /// state is used while it cannot be reached).
+    #[must_use]
+    pub fn shared(self, shared: Shared) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
+        }
     }
     /// Whether there are no limits.
     pub fn is_empty(&self) -> bool {
@@ -149,20 +177,62 @@ impl RateLimits {
     /// Counts `msg` against every limit it falls under; the first that refuses says so. Only
     /// a client's requests and notifications count (see the module's documentation).
     pub fn check(&self, msg: &Message, cx: &Context<'_>) -> Result<(), Refusal> {
-        if cx.direction != Direction::ClientToServer || self.limits.is_empty() {
+        if !self.counts(msg, cx) {
             return Ok(());
         }
-        if matches!(msg.method(), Some(Method::Initialized | Method::Cancelled)) {
-            return Ok(());
-        }
-        let mut sender = Sender {
-            session: cx.session,
-            client: cx.client,
-            tool: None,
-        };
+        let mut sender = Sender::of(cx);
         self.limits
             .iter()
             .try_for_each(|limit| limit.check(msg, &mut sender))
+    }
+
+    /// Whether `msg` counts toward limits at all.
+    fn counts(&self, msg: &Message, cx: &Context<'_>) -> bool {
+        cx.direction == Direction::ClientToServer
+            && !self.limits.is_empty()
+            && !matches!(msg.method(), Some(Method::Initialized | Method::Cancelled))
+    }
+
+    /// As [`Self::check`], against the cluster's shared state when the limits are shared (one
+    /// round trip to Redis), else (or while Redis does not answer) this instance's own.
+    pub async fn admit(&self, msg: &Message, cx: &Context<'_>) -> Result<(), Refusal> {
+        let Some(shared) = &self.shared else {
+            return self.check(msg, cx);
+        };
+        if !self.counts(msg, cx) {
+            return Ok(());
+        }
+        let mut sender = Sender::of(cx);
+        let covered: Vec<usize> = (0..self.limits.len())
+            .filter(|&i| self.limits[i].covers(msg, &mut sender))
+            .collect();
+        let parts: Vec<shared::Part> = covered
+            .iter()
+            .map(|&index| {
+                let limit = &self.limits[index];
+                let spec = &limit.spec;
+                shared::Part {
+                    index,
+                    key: shared::bucket_key(
+                        &spec.name,
+                        spec.per.as_str(),
+                        &limit.key(msg, &sender),
+                    ),
+                    interval_us: spec.rate.interval_us(),
+                    burst: spec.burst.get(),
+                }
+            })
+            .collect();
+        match shared.check(&parts).await {
+            Some(None) => {
+                for &i in &covered {
+                    self.limits[i].allowed.inc();
+                }
+                Ok(())
+            }
+            Some(Some((refusing, wait))) => self.limits[refusing].decided(msg.kind(), Err(wait)),
+            None => self.check(msg, cx),
+        }
     }
 }
 
@@ -231,65 +301,104 @@ impl Limit {
     /// Counts `msg` if it falls under this limit: a request or notification whose method
     /// (and tool) match the limit's conditions, and for a per-tool limit, a `tools/call`.
     pub fn check(&self, msg: &Message, sender: &mut Sender<'_>) -> Result<(), Refusal> {
-        let (Some(method), Kind::Request | Kind::Notification) = (msg.method(), msg.kind()) else {
+        if !self.covers(msg, sender) {
             return Ok(());
-        };
-        let spec = &self.spec;
-        if !spec.methods.is_empty() && !spec.methods.iter().any(|g| g.is_match(method.as_str())) {
-            return Ok(());
-        }
-        let mut tool = None;
-        if !spec.tools.is_empty() || spec.per == Per::Tool {
-            let Some(name) = sender
-                .tool
-                .get_or_insert_with(|| tool_name(msg, method))
-                .as_deref()
-            else {
-                return Ok(());
-            };
-            if !spec.tools.is_empty()
-                && name != UNREADABLE_TOOL
-                && !spec.tools.iter().any(|g| g.is_match(name))
-            {
-                return Ok(());
-            }
-            tool = Some(name);
         }
         let outcome = match &self.bucket {
             Bucket::One(limiter) => limiter
                 .check()
                 .map_err(|n| n.wait_time_from(limiter.clock().now())),
             Bucket::Keyed(limiter) => {
-                let key = match spec.per {
-                    Per::Session => self.hasher.hash_one(sender.session.id().as_str()),
-                    Per::Client => match sender.client {
-                        Client::Local => self.hasher.hash_one(0_u8),
-                        Client::Address(ip) => self.hasher.hash_one(ip),
-                        Client::Subject(principal) => self.hasher.hash_one(&principal.id),
-                    },
-                    Per::Method => self.hasher.hash_one(method.as_str()),
-                    Per::Tool | Per::Global => self.hasher.hash_one(tool),
+                let key = match self.key(msg, sender) {
+                    Key::Global => self.hasher.hash_one(()),
+                    Key::Session(id) => self.hasher.hash_one(id),
+                    Key::Client(Client::Local) => self.hasher.hash_one(0_u8),
+                    Key::Client(Client::Address(ip)) => self.hasher.hash_one(ip),
+                    Key::Client(Client::Subject(principal)) => self.hasher.hash_one(&principal.id),
+                    Key::Method(method) | Key::Tool(method) => self.hasher.hash_one(method),
                 };
                 limiter
                     .check_key(&key)
                     .map_err(|n| n.wait_time_from(limiter.clock().now()))
             }
         };
+        self.decided(msg.kind(), outcome)
+    }
+
+    /// Whether `msg` falls under this limit: a request or notification whose method (and
+    /// tool) match its conditions, and for a per-tool limit, a `tools/call`. Reads the tool
+    /// into `sender` if it needs it.
+    fn covers(&self, msg: &Message, sender: &mut Sender<'_>) -> bool {
+        let (Some(method), Kind::Request | Kind::Notification) = (msg.method(), msg.kind()) else {
+            return false;
+        };
+        let spec = &self.spec;
+        if !spec.methods.is_empty() && !spec.methods.iter().any(|g| g.is_match(method.as_str())) {
+            return false;
+        }
+        if !spec.tools.is_empty() || spec.per == Per::Tool {
+            let Some(name) = sender
+                .tool
+                .get_or_insert_with(|| tool_name(msg, method))
+                .as_deref()
+            else {
+                return false;
+            };
+            if !spec.tools.is_empty()
+                && name != UNREADABLE_TOOL
+                && !spec.tools.iter().any(|g| g.is_match(name))
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What `msg`, which falls under this limit, counts against.
+    fn key<'s>(&self, msg: &'s Message, sender: &'s Sender<'_>) -> Key<'s> {
+        match self.spec.per {
+            Per::Global => Key::Global,
+            Per::Session => Key::Session(sender.session.id().as_str()),
+            Per::Client => Key::Client(sender.client),
+            Per::Method => Key::Method(msg.method().map_or("", Method::as_str)),
+            Per::Tool => Key::Tool(
+                sender
+                    .tool
+                    .as_ref()
+                    .and_then(Option::as_deref)
+                    .unwrap_or(UNREADABLE_TOOL),
+            ),
+        }
+    }
+
+    /// Counts what the limit decided about a message of `kind` (`Err`: how long until it
+    /// would have passed).
+    fn decided(&self, kind: Kind, outcome: Result<(), Duration>) -> Result<(), Refusal> {
         match outcome {
             Ok(()) => {
                 self.allowed.inc();
                 Ok(())
             }
             Err(retry_after) => {
-                if msg.kind() == Kind::Notification {
+                if kind == Kind::Notification {
                     self.dropped.inc();
                 } else {
                     self.refused.inc();
                 }
-                Err(Refusal::new(spec, retry_after))
+                Err(Refusal::new(&self.spec, retry_after))
             }
         }
     }
+}
+
+/// What a message counts against in a limit: the one bucket, or the bucket of its key.
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Global,
+    Session(&'a str),
+    Client(Client<'a>),
+    Method(&'a str),
+    Tool(&'a str),
 }
 
 /// What a `tools/call` whose name cannot be read is counted as: a tool every tool condition

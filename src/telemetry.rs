@@ -552,6 +552,38 @@ impl prometheus_client::collector::Collector for TraceCounts {
     }
 }
 
+/// How Redis has been answering, read when scraped (`--redis-url`).
+#[derive(Debug)]
+struct RedisCounts(Arc<crate::transport::redis::Redis>);
+
+impl prometheus_client::collector::Collector for RedisCounts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::transport::redis::{OUTCOMES, Use};
+        gauge(
+            &mut encoder,
+            "shadowcat_redis_up",
+            "Whether the last command sent to Redis was answered in time (0: the instance does without it)",
+            u64::from(self.0.is_up()),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "shadowcat_redis_commands",
+            "Redis commands by use (rate_limit, session) and outcome: ok, failed (an error, or no answer within --redis-timeout), skipped (Redis was failing: done without)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for use_ in Use::ALL {
+            for (outcome, name) in OUTCOMES.iter().enumerate() {
+                ConstCounter::new(self.0.count(use_, outcome))
+                    .encode(family.encode_family(&[("use", use_.as_str()), ("outcome", *name)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The live feed's counts, read when scraped (`--ui-listen`).
 #[derive(Debug)]
 struct FeedCounts(Arc<feed::Feed>);
@@ -848,6 +880,12 @@ impl GatewayMetrics {
     pub fn trace_export(&mut self, tracer: Arc<traces::Tracer>) {
         self.registry
             .register_collector(Box::new(TraceCounts(tracer)));
+    }
+
+    /// Adds how Redis has been answering (`--redis-url`).
+    pub fn redis(&mut self, redis: Arc<crate::transport::redis::Redis>) {
+        self.registry
+            .register_collector(Box::new(RedisCounts(redis)));
     }
 
     /// Adds the live feed's counts (`--ui-listen`).

@@ -14,6 +14,8 @@
 //! - [`serve`]: serving HTTP/1 to clients: header and body deadlines, connection caps in total
 //!   and per address, accept errors counted, graceful shutdown.
 //! - [`files`]: files only their owner reads (tapes, history, logs): `0600`, directories `0700`.
+//! - [`redis`]: the Redis a cluster's instances share (`--redis-url`): bounded commands, a
+//!   breaker while it fails, a subscriber that reconnects.
 
 pub mod backoff;
 pub mod child;
@@ -22,6 +24,7 @@ pub mod files;
 pub mod http;
 pub mod lines;
 pub mod reaper;
+pub mod redis;
 pub mod serve;
 pub mod sse;
 pub mod stdio;

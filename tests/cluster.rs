@@ -3,7 +3,10 @@
 //! in front of a Python SDK server over Streamable HTTP: a session's requests spread over every
 //! instance, and the client sees what it sees without them. Sealed ids: altered or foreign ones
 //! are 404, a rotated key still opens the ids sealed with the old one, an instance killed
-//! mid-session costs the client nothing.
+//! mid-session costs the client nothing. With a real `redis-server` shared (`--redis-url`):
+//! a rate limit holds across instances, Redis stopped mid-run costs a timeout once a second
+//! and the instances' own limits until it is back, and a session its client ended through one
+//! instance is over at every instance.
 
 #![allow(
     clippy::pedantic,
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::balancer::Balancer;
+use support::redis::RedisServer;
 use support::sdk::{HttpServer, Target, check_elicitation_and_list_changed, run_client};
 use support::{Gateway, http_request, python};
 
@@ -36,16 +40,23 @@ fn key_file(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
 
 /// `count` gateways in front of `upstream`, sharing `keys`, each with its admin listener.
 fn instances(count: usize, upstream: &str, keys: &Path) -> Vec<Gateway> {
+    instances_with(count, upstream, keys, &[])
+}
+
+/// As [`instances`], with `extra` options.
+fn instances_with(count: usize, upstream: &str, keys: &Path, extra: &[&str]) -> Vec<Gateway> {
     (0..count)
         .map(|_| {
-            Gateway::start(&[
+            let mut opts = vec![
                 "--upstream",
                 upstream,
                 "--cluster-key-file",
                 keys.to_str().unwrap(),
                 "--admin-listen",
                 "127.0.0.1:0",
-            ])
+            ];
+            opts.extend_from_slice(extra);
+            Gateway::start(&opts)
         })
         .collect()
 }
@@ -355,18 +366,240 @@ fn a_session_ending_at_one_instance_goes_on_at_the_others_until_its_client_delet
     // B serves it again when asked.
     assert_eq!(list_tools(&b.addr, &session).status, 200);
     // The client's DELETE, through C, ends it at the upstream: D finds it gone.
+    delete(&c.addr, &session);
+    assert_eq!(list_tools(&c.addr, &session).status, 404);
+    let gone = list_tools(&d.addr, &session);
+    assert_eq!(gone.status, 404, "{gone:?}\n{}", d.stderr_text());
+}
+
+/// Waits (up to 10 s) until `gateway` has logged `text`.
+fn wait_for_log(gateway: &Gateway, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway.stderr_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            gateway.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tools/list` in `session` at each of `at` in turn: the HTTP statuses.
+fn statuses(at: &[&Gateway], session: &str) -> Vec<u16> {
+    at.iter()
+        .map(|g| list_tools(&g.addr, session).status)
+        .collect()
+}
+
+#[test]
+fn a_rate_limit_holds_across_instances_that_share_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gateways = instances_with(
+        3,
+        &server.url,
+        &keys,
+        &[
+            "--redis-url",
+            &url,
+            "--rate-limit",
+            "session=4/min,burst=4,method=tools/list",
+        ],
+    );
+    let [a, b, c] = [&gateways[0], &gateways[1], &gateways[2]];
+    let session = a.initialize();
+    // Nine calls spread over the three: four pass (the limit's burst, for the session as a
+    // whole), five are refused; each instance alone would have let four through.
+    let seen = statuses(&[a, b, c, a, b, c, a, b, c], &session);
+    assert_eq!(seen, [200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    for gateway in &gateways {
+        let asked = counter(
+            gateway,
+            "shadowcat_redis_commands_total{use=\"rate_limit\",outcome=\"ok\"}",
+        );
+        assert_eq!(asked, 3.0, "{}", gateway.stderr_text());
+        assert_eq!(counter(gateway, "shadowcat_redis_up"), 1.0);
+    }
+    // Through the balancer too: still refused, whichever instance answers.
+    let balancer = Balancer::start(&[&a.addr, &b.addr, &c.addr]);
+    assert_eq!(list_tools(&balancer.addr, &session).status, 429);
+}
+
+#[test]
+fn with_redis_gone_the_instances_use_their_own_limits_and_share_again_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let gateways = instances_with(
+        2,
+        &server.url,
+        &keys,
+        &[
+            "--redis-url",
+            &url,
+            "--redis-timeout",
+            "200ms",
+            "--rate-limit",
+            "session=3/min,burst=3,method=tools/list",
+        ],
+    );
+    let [a, b] = [&gateways[0], &gateways[1]];
+    let session = a.initialize();
+    assert_eq!(statuses(&[a, b, a, b], &session), [200, 200, 200, 429]);
+
+    // Redis dies: each instance answers at once from its own limit (three each), never hangs.
+    redis.stop();
+    let started = Instant::now();
+    assert_eq!(statuses(&[a, b], &session), [200, 200]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(statuses(&[a, a, a], &session), [200, 200, 429]);
+    for gateway in [a, b] {
+        wait_for_log(gateway, "Redis failed");
+        assert_eq!(counter(gateway, "shadowcat_redis_up"), 0.0);
+    }
+
+    // Back (empty): each instance finds it again within a second or so of asking, and the
+    // limit is the cluster's again.
+    redis.restart();
+    for gateway in [a, b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(gateway, "shadowcat_redis_up") != 1.0 {
+            assert!(Instant::now() < deadline, "{}", gateway.stderr_text());
+            list_tools(&gateway.addr, &session);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        wait_for_log(gateway, "Redis answers again");
+    }
+    // One call each found it back, so one of the three is left.
+    assert_eq!(statuses(&[a, b], &session), [200, 429]);
+    // The subscriber is back too: a DELETE through B ends the session at A.
+    wait_for_subscriptions(a, 2);
+    delete(&b.addr, &session);
+    wait_for_log(a, "ended the session through another instance");
+}
+
+/// Waits until `gateway` has subscribed to Redis `times` times (its debug log).
+fn wait_for_subscriptions(gateway: &Gateway, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.stderr_text().matches("subscribed").count() < times {
+        assert!(Instant::now() < deadline, "{}", gateway.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The client's DELETE of `session` through `addr`.
+fn delete(addr: &str, session: &str) {
     let deleted = http_request(
-        &c.addr,
+        addr,
         "DELETE",
         "/mcp",
         &[
-            ("Mcp-Session-Id", session.clone()),
+            ("Mcp-Session-Id", session.to_owned()),
             ("MCP-Protocol-Version", "2025-06-18".to_owned()),
         ],
         b"",
     );
     assert_eq!(deleted.status, 200, "{deleted:?}");
-    assert_eq!(list_tools(&c.addr, &session).status, 404);
-    let gone = list_tools(&d.addr, &session);
-    assert_eq!(gone.status, 404, "{gone:?}\n{}", d.stderr_text());
+}
+
+#[test]
+fn a_session_its_client_ended_through_one_instance_is_over_at_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gateways = instances_with(4, &server.url, &keys, &["--redis-url", &url]);
+    let [a, b, c, d] = [&gateways[0], &gateways[1], &gateways[2], &gateways[3]];
+    for gateway in [a, b, c, d] {
+        wait_for_subscriptions(gateway, 1);
+    }
+    let session = a.initialize();
+    assert_eq!(statuses(&[b, c], &session), [200, 200]);
+    delete(&b.addr, &session);
+    // A, which opened it and holds its handshake, and C, which adopted it, end it at once
+    // (and leave the upstream, which B ended, alone).
+    for gateway in [a, c] {
+        wait_for_log(gateway, "ended the session through another instance");
+    }
+    assert_eq!(statuses(&[a, b, c, d], &session), [404, 404, 404, 404]);
+    // None of them took it up again: the mark in Redis said it was over.
+    for gateway in [a, c, d] {
+        assert_eq!(
+            counter(gateway, "shadowcat_cluster_sessions_adopted_total"),
+            if std::ptr::eq(gateway, c) { 1.0 } else { 0.0 },
+            "{}",
+            gateway.stderr_text()
+        );
+    }
+    // Only B ended it at the upstream (the others did not even try).
+    wait_for_log(b, "ended the upstream session");
+    for gateway in [a, c] {
+        let log = gateway.stderr_text();
+        assert!(
+            !log.contains("ended the upstream session") && !log.contains("end its session"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn cluster_options_that_cannot_work_are_refused_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let short = key_file(dir.path(), "short", &["0123456789"]);
+    let keys = keys.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--cluster-key-file", keys, "--cluster-key-env", "K"],
+            "give the cluster keys once",
+        ),
+        (
+            &["--cluster-key-file", short.to_str().unwrap()],
+            "key 1 is shorter than 32 characters",
+        ),
+        (
+            &["--redis-timeout", "1s"],
+            "--redis-timeout: it needs --redis-url",
+        ),
+        (
+            &["--redis-url", "http://127.0.0.1:6379"],
+            "invalid --redis-url",
+        ),
+        (
+            &["--redis-url", "redis://:hunter2@127.0.0.1:port"],
+            "invalid --redis-url",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://:hunter2@127.0.0.1:6379",
+                "--redis-timeout",
+                "0s",
+            ],
+            "--redis-timeout",
+        ),
+    ];
+    for (options, expected) in cases {
+        let out = support::command()
+            .args(["reverse", "--upstream", "http://127.0.0.1:9/mcp"])
+            .args(options)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{options:?}: {stderr}");
+        assert!(stderr.contains(expected), "{options:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "a password shown: {stderr}");
+    }
 }

@@ -1,30 +1,90 @@
-//! The cluster: the keys that seal session ids (`--cluster-key-file`, `--cluster-key-env`), so
-//! that every gateway instance sharing them serves every session (docs/scale-out.md).
+//! The cluster (docs/scale-out.md): the keys that seal session ids (`--cluster-key-file`,
+//! `--cluster-key-env`), so that every gateway instance sharing them serves every session, and
+//! the Redis the instances share state through (`--redis-url`).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::ClusterArgs;
 use crate::session::Sealer;
 use crate::session::seal::MIN_KEY_LEN;
 
-use super::{ConfigError, FileConfig, either, invalid};
+use super::{ConfigError, FileConfig, either, invalid, parse_duration, pick};
 
 /// Largest key file read.
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
+/// How long one Redis command (or connecting) may take (`--redis-timeout`).
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The cluster's options, validated.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The keys: the first seals the ids this instance hands out, every one opens.
-    pub sealer: Arc<Sealer>,
+    /// The keys: the first seals the ids this instance hands out, every one opens (`None`: ids
+    /// are not sealed; a session is served by the instance that opened it).
+    pub sealer: Option<Arc<Sealer>>,
+    /// The Redis the instances share state through.
+    pub redis: Option<RedisConfig>,
 }
 
-/// The cluster `args` and `file` ask for; `None` without a key.
+/// `--redis-url`, `--redis-timeout`.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The URL, password and all (never shown: see [`crate::transport::redis::shown_url`]).
+    pub url: String,
+    /// Longest wait for one command.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::transport::redis::shown_url(&self.url))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The cluster `args` and `file` ask for; `None` if they ask for none.
 pub(super) fn options(
     args: &ClusterArgs,
     file: &FileConfig,
 ) -> Result<Option<ClusterConfig>, ConfigError> {
+    let sealer = sealer(args, file)?;
+    let redis = redis(args, file)?;
+    Ok((sealer.is_some() || redis.is_some()).then_some(ClusterConfig { sealer, redis }))
+}
+
+/// `--redis-url` and `--redis-timeout`, checked.
+fn redis(args: &ClusterArgs, file: &FileConfig) -> Result<Option<RedisConfig>, ConfigError> {
+    let timeout = match pick(args.redis_timeout.as_ref(), file.redis_timeout.as_ref()) {
+        Some(text) => Some(parse_duration(&text, "--redis-timeout")?),
+        None => None,
+    };
+    let Some(url) = either(args.redis_url.as_ref(), file.redis_url.as_ref()) else {
+        if timeout.is_some() {
+            return Err(invalid("--redis-timeout", "it needs --redis-url".into()));
+        }
+        return Ok(None);
+    };
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(invalid(
+            "--redis-url",
+            format!(
+                "{}: {e} (expected redis://[:PASSWORD@]HOST[:PORT][/DB])",
+                crate::transport::redis::shown_url(&url)
+            ),
+        ));
+    }
+    Ok(Some(RedisConfig {
+        url,
+        timeout: timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT),
+    }))
+}
+
+/// The sealer `--cluster-key-file` or `--cluster-key-env` give, if one does.
+fn sealer(args: &ClusterArgs, file: &FileConfig) -> Result<Option<Arc<Sealer>>, ConfigError> {
     let path = either(
         args.cluster_key_file.as_ref(),
         file.cluster_key_file.as_ref(),
@@ -67,9 +127,7 @@ pub(super) fn options(
         ));
     }
     let sealer = Sealer::new(&keys).ok_or_else(|| invalid(flag, "unusable keys".into()))?;
-    Ok(Some(ClusterConfig {
-        sealer: Arc::new(sealer),
-    }))
+    Ok(Some(Arc::new(sealer)))
 }
 
 /// The keys in `path`: one per line, newest first; blank lines and `#` comments skipped.

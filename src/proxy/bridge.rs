@@ -109,6 +109,7 @@ pub async fn run(
         Arc::new(Metrics::default()),
         sessions.clone(),
         observers,
+        None,
     );
     let credentials = start_credentials(upstream).await?;
     let backend = HttpBackend::new(

@@ -236,7 +236,8 @@ impl<'a> ForwardStdio<'a> {
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
         tracing::debug!(?in_kind, ?out_kind, "stdio opened");
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::for_mode(config, metrics.clone(), sessions.clone(), observers);
+        let pipeline =
+            Pipeline::for_mode(config, metrics.clone(), sessions.clone(), observers, None);
         // A queue must hold at least one largest message.
         let queue_bytes = DEFAULT_QUEUE_BYTES.max(config.max_message_size);
         let (to_client, client_rx, client_close) = Outbox::new(DEFAULT_QUEUE_CAPACITY, queue_bytes);

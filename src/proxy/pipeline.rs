@@ -66,14 +66,15 @@ impl Pipeline {
         }
     }
 
-    /// The pipeline a proxying mode runs: `config`'s rate limits and rules (their file watched),
-    /// spans made by `observers`' tracer (`--otlp-endpoint`), messages told to its feed
-    /// (`--ui-listen`).
+    /// The pipeline a proxying mode runs: `config`'s rate limits (kept in `redis` for a
+    /// cluster, if given) and rules (their file watched), spans made by `observers`' tracer
+    /// (`--otlp-endpoint`), messages told to its feed (`--ui-listen`).
     pub fn for_mode(
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
         sessions: Arc<SessionManager>,
         observers: &Observers,
+        redis: Option<Arc<crate::transport::redis::Redis>>,
     ) -> Arc<Self> {
         Arc::new(
             Self::new(
@@ -82,9 +83,21 @@ impl Pipeline {
                 &config.rate_limits,
                 crate::intercept::start(config.rules.as_ref()),
             )
+            .shared_limits(redis)
             .traced(observers.tracer.clone())
             .watched(observers.feed.clone()),
         )
+    }
+
+    /// This pipeline, its rate limits kept for the whole cluster in `redis` (`--redis-url`).
+    #[must_use]
+    pub fn shared_limits(mut self, redis: Option<Arc<crate::transport::redis::Redis>>) -> Self {
+        if let Some(redis) = redis {
+            self.limits = self
+                .limits
+                .map(|limits| limits.shared(crate::ratelimit::Shared::new(redis)));
+        }
+        self
     }
 
     /// This pipeline, making the spans of every request with `tracer` (`--otlp-endpoint`).
@@ -184,8 +197,10 @@ impl Pipeline {
         let Verdict::Forward(msg) = verdict else {
             return (verdict, answered);
         };
-        if let Some(refusal) = self.limits.as_ref().and_then(|l| l.check(&msg, &cx).err()) {
-            return (refusal.verdict(&msg, cx), answered);
+        if let Some(limits) = &self.limits {
+            if let Err(refusal) = limits.admit(&msg, &cx).await {
+                return (refusal.verdict(&msg, cx), answered);
+            }
         }
         let verdict = match &self.rules {
             Some(rules) => {

@@ -108,6 +108,14 @@ impl Rate {
         Ok(Self { count, period })
     }
 
+    /// The time one message is worth (the period over the count), in µs, at least 1.
+    pub fn interval_us(self) -> u64 {
+        let nanos = self.period.as_nanos() / u128::from(self.count.get());
+        u64::try_from(nanos.div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// The period in whole seconds, at least 1 (for `RateLimit-Policy`'s `w`).
     pub fn window_secs(self) -> u64 {
         self.period.as_secs_f64().ceil().max(1.0) as u64

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod balancer;
+pub mod redis;
 pub mod sdk;
 
 /// The shadowcat binary under test.

@@ -245,7 +245,7 @@ pub(super) fn accepts(headers: &HeaderMap) -> Accepts {
 /// instance opened, served here from now on); refused (answering request `id`, if the body
 /// was read) if it names none, or one that is gone.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-pub(super) fn session_of(
+pub(super) async fn session_of(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     id: Option<&RequestId>,
@@ -274,6 +274,8 @@ pub(super) fn session_of(
         .map_or(Named::Unknown, |text| gateway.named(text));
     let link = match named {
         Named::Here(link) => Some(link),
+        // Its client ended it through another instance (marked so in Redis): not taken up.
+        Named::Sealed(sealed) if gateway.ended_elsewhere(&sealed.id).await => None,
         Named::Sealed(sealed) => match gateway.reopen(&sealed, client) {
             Some(Ok(link)) => Some(link),
             Some(Err(e)) => return Err(refuse_open(&e, id)),

@@ -38,6 +38,7 @@ use crate::stage::{Client, Context, Verdict};
 use crate::telemetry::{GatewayMetrics, Metrics};
 use crate::transport::child::describe_exit;
 use crate::transport::child::{Restart, Share};
+use crate::transport::redis::Redis;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
 use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
@@ -142,6 +143,10 @@ pub struct Gateway {
     sealer: Option<Arc<Sealer>>,
     /// Held while a session another instance opened is set up here, so that is done once.
     reopening: Mutex<()>,
+    /// The Redis the cluster's instances share state through (`--redis-url`).
+    redis: Option<Arc<Redis>>,
+    /// Hears which sessions their clients ended through other instances.
+    subscriber: Mutex<Option<crate::task::Task<()>>>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -165,8 +170,29 @@ impl Gateway {
         observers: &crate::telemetry::Observers,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::for_mode(&config, metrics.clone(), sessions.clone(), observers);
+        let redis = reverse
+            .cluster
+            .as_ref()
+            .and_then(|c| c.redis.as_ref())
+            .and_then(|r| match Redis::new(&r.url, r.timeout) {
+                Ok(redis) => Some(Arc::new(redis)),
+                Err(e) => {
+                    // The URL was checked with the configuration: not expected.
+                    tracing::error!(%e, "Redis cannot be used; this instance goes on without it");
+                    None
+                }
+            });
+        let pipeline = Pipeline::for_mode(
+            &config,
+            metrics.clone(),
+            sessions.clone(),
+            observers,
+            redis.clone(),
+        );
         let mut gateway_metrics = GatewayMetrics::new(sessions.clone(), metrics);
+        if let Some(redis) = &redis {
+            gateway_metrics.redis(redis.clone());
+        }
         if let Some(tracer) = &observers.tracer {
             gateway_metrics.trace_export(tracer.clone());
         }
@@ -206,9 +232,11 @@ impl Gateway {
             )),
             _ => None,
         };
-        Arc::new(Self {
+        let gateway = Arc::new(Self {
+            redis,
+            subscriber: Mutex::new(None),
             auth,
-            sealer: reverse.cluster.as_ref().map(|c| c.sealer.clone()),
+            sealer: reverse.cluster.as_ref().and_then(|c| c.sealer.clone()),
             exchange: reverse.http_upstream().and_then(exchanger_for),
             shared,
             pipeline,
@@ -226,7 +254,9 @@ impl Gateway {
             client_sessions: Arc::default(),
             child_failures: readiness::ChildFailures::default(),
             reopening: Mutex::new(()),
-        })
+        });
+        gateway.listen_for_ends();
+        gateway
     }
 
     /// The upstream, as sessions record it.
@@ -500,6 +530,7 @@ impl Gateway {
         };
         self.sessions.begin_closing(&link.session);
         self.sessions.end(id, EndReason::Closed);
+        self.announce_end(id).await;
         let limit = self.config.shutdown_timeout + Duration::from_secs(2);
         let _ = tokio::time::timeout(limit, link.torn_down.cancelled()).await;
         true
@@ -522,6 +553,15 @@ impl Gateway {
         let torn_down = async { tokio::join!(self.tasks.wait(), spares) };
         if tokio::time::timeout(limit, torn_down).await.is_err() {
             tracing::warn!("some sessions' upstreams were not torn down in time");
+        }
+        // It stops with `stopping`.
+        let subscriber = self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut subscriber) = subscriber {
+            subscriber.join_within(Duration::from_secs(1)).await;
         }
     }
 
@@ -613,7 +653,9 @@ impl Gateway {
                 // ends it at the upstream (else the upstream's own expiry does).
                 Upstream::Http(_)
                     if session.roams()
-                        && session.state() != crate::session::State::Closed(EndReason::Closed) => {}
+                        && (session.state()
+                            != crate::session::State::Closed(EndReason::Closed)
+                            || link.ended_elsewhere()) => {}
                 Upstream::Http(http) => http.end().await,
                 Upstream::Shared(member) => member.leave().await,
                 Upstream::Stdio { .. } => {}

@@ -31,7 +31,7 @@ pub async fn get(
 ) -> Response {
     let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr);
     let client = client_of(&gateway.reverse.trusted_proxies, peer, &headers);
-    let link = match session_of(&gateway, &headers, None, client) {
+    let link = match session_of(&gateway, &headers, None, client).await {
         Ok(link) => link,
         Err(response) => return response,
     };

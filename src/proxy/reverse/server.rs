@@ -88,7 +88,7 @@ async fn delete(
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let client = client_of(&gateway.reverse.trusted_proxies, peer, &headers);
-    let link = match session_of(&gateway, &headers, None, client) {
+    let link = match session_of(&gateway, &headers, None, client).await {
         Ok(link) => link,
         Err(response) => return response,
     };
@@ -245,7 +245,11 @@ impl Opened {
 /// names, refused if it cannot have one; at the shared child the checks of the HTTP binding
 /// and the client's bound; a batch where the protocol version has none.
 #[allow(clippy::result_large_err)] // The error is the response itself, returned at once.
-fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<Opened, Response> {
+async fn open(
+    gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
+    intake: &Intake,
+) -> Result<Opened, Response> {
     let stateless = !headers.contains_key(&MCP_SESSION_ID) && intake.stateless_era;
     let mut shared = false;
     let opened = if stateless {
@@ -282,7 +286,7 @@ fn open(gateway: &Arc<Gateway>, headers: &HeaderMap, intake: &Intake) -> Result<
         }
     } else {
         (
-            session_of(gateway, headers, intake.only_id.as_ref(), intake.client)?,
+            session_of(gateway, headers, intake.only_id.as_ref(), intake.client).await?,
             false,
         )
     };
@@ -475,7 +479,7 @@ async fn post(
         Ok(intake) => intake,
         Err(response) => return response,
     };
-    let opened = match open(&gateway, &headers, &intake) {
+    let opened = match open(&gateway, &headers, &intake).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };

@@ -1,12 +1,21 @@
-//! What a cluster of instances adds to the gateway (`--cluster-key-file`, docs/scale-out.md):
-//! the sealed id a client is given, what an id a client presents names, and the adoption of a
-//! session another instance opened.
+//! What a cluster of instances adds to the gateway (`--cluster-key-file`, `--redis-url`,
+//! docs/scale-out.md): the sealed id a client is given, what an id a client presents names, the
+//! adoption of a session another instance opened, and word (through Redis) of sessions their
+//! clients ended through another instance.
+//!
+//! An ended session is announced on a Redis channel, which every instance hears (one that
+//! serves the session ends it there, leaving the upstream alone), and marked with a key that
+//! outlives it by the idle timeout, for instances that were not listening then (asked before
+//! a session is adopted). Without Redis, or while it is down, an instance that still holds the
+//! session serves it until its idle timeout.
 
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use crate::proxy::reverse::router::{Delivery, Router};
-use crate::session::{SessionId, TransportKind, Unsealed};
+use crate::session::{EndReason, SessionId, TransportKind, Unsealed};
 use crate::stage::Client;
+use crate::transport::redis::Use;
 
 use super::{Gateway, OpenError, Server, SessionLink, Upstream};
 
@@ -132,4 +141,100 @@ impl Gateway {
         })();
         Some(opened)
     }
+
+    /// Tells the other instances that the client ended session `id` (if they share Redis).
+    pub(in crate::proxy::reverse) async fn announce_end(&self, id: &SessionId) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let kept = self
+            .config
+            .sessions
+            .idle_timeout
+            .unwrap_or(ENDED_KEPT)
+            .as_secs()
+            .max(1);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(ended_key(id))
+            .arg(1)
+            .arg("EX")
+            .arg(kept)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(ENDED_CHANNEL)
+            .arg(id.as_str())
+            .ignore();
+        if redis
+            .pipeline::<()>(Use::Session, &pipeline)
+            .await
+            .is_none()
+        {
+            tracing::warn!(session = %id.digest(), "could not tell the other instances the session ended (Redis did not answer): one that holds it serves it until its idle timeout");
+        }
+    }
+
+    /// Whether session `id`'s client ended it through another instance (as far as Redis
+    /// says: not when it does not answer).
+    pub(in crate::proxy::reverse) async fn ended_elsewhere(&self, id: &SessionId) -> bool {
+        let Some(redis) = &self.redis else {
+            return false;
+        };
+        redis
+            .query::<bool>(Use::Session, redis::cmd("EXISTS").arg(ended_key(id)))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Listens (while the gateway runs) for sessions ended through other instances.
+    pub(super) fn listen_for_ends(self: &Arc<Self>) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let gateway = Arc::downgrade(self);
+        let task = redis.subscribe(
+            ENDED_CHANNEL.to_owned(),
+            self.stopping.clone(),
+            move |payload| {
+                let id = std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|text| SessionId::parse(text).ok());
+                if let (Some(gateway), Some(id)) = (gateway.upgrade(), id) {
+                    gateway.end_ended_elsewhere(&id);
+                }
+            },
+        );
+        *self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+
+    /// Ends session `id` here, if it is served here, because its client ended it through
+    /// another instance (which ended it at the upstream).
+    fn end_ended_elsewhere(&self, id: &SessionId) {
+        let Some(link) = self.link(id) else {
+            return;
+        };
+        if link.session.closed_token().is_cancelled() {
+            // Ended here (this instance's own announcement, or it was ending anyway).
+            return;
+        }
+        link.set_ended_elsewhere();
+        tracing::info!(session = %id.digest(), "its client ended the session through another instance of the cluster");
+        self.sessions.begin_closing(&link.session);
+        self.sessions.end(id, EndReason::Closed);
+    }
+}
+
+/// The channel on which an instance says a client ended its session.
+const ENDED_CHANNEL: &str = "shadowcat:ended";
+
+/// How long the mark of an ended session is kept when sessions never expire for idleness.
+const ENDED_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The key that marks session `id` as ended by its client.
+fn ended_key(id: &SessionId) -> String {
+    ["shadowcat:ended:", id.as_str()].concat()
 }

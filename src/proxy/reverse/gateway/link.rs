@@ -45,6 +45,9 @@ pub struct SessionLink {
     /// A digest of the principal that opened it (with authentication): no other may use it.
     /// Set from the seal when another instance of a cluster opened it.
     owner: std::sync::OnceLock<[u8; 16]>,
+    /// Its client ended it through another instance of the cluster, which ended it at the
+    /// upstream too.
+    ended_elsewhere: std::sync::atomic::AtomicBool,
 }
 
 impl SessionLink {
@@ -68,7 +71,20 @@ impl SessionLink {
             tool_params: crate::protocol::headers::MirroredTools::default(),
             client: Mutex::new(client),
             owner: std::sync::OnceLock::new(),
+            ended_elsewhere: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether its client ended it through another instance of the cluster.
+    pub(in crate::proxy::reverse) fn ended_elsewhere(&self) -> bool {
+        self.ended_elsewhere
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that its client ended it through another instance of the cluster.
+    pub(in crate::proxy::reverse) fn set_ended_elsewhere(&self) {
+        self.ended_elsewhere
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Notes the principal of a request in the session (`caller`, with authentication): the
