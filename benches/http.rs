@@ -15,8 +15,10 @@
 //! - the gateway's RSS with 1,000 idle sessions (and before them);
 //! - a cluster (`cargo bench --bench http -- cluster` runs only this): HAProxy in front of one
 //!   gateway without a cluster key, one with (every request's sealed id opened), and three with
-//!   (round-robin, each session adopted by every instance): latency at concurrency 1 and
-//!   throughput at 16, beside the fixture reached directly (needs Debian's haproxy).
+//!   (round-robin, each session adopted by every instance), and three with a rate limit that
+//!   never refuses, kept by each instance or shared in Redis (`--redis-url`: one Redis round
+//!   trip per request): latency at concurrency 1 and throughput at 16, beside the fixture
+//!   reached directly (needs Debian's haproxy and redis-server).
 //!
 //! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
 //! `E2E_QUICK=1` for a short smoke run, `SHADOWCAT_BENCH_BIN` to measure another build's binary. The machine is shared and noisy: read the ratios (proxy
@@ -38,6 +40,8 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/support/balancer.rs"]
 mod balancer;
+#[path = "../tests/support/redis.rs"]
+mod redis;
 
 fn fixture() -> PathBuf {
     let shadowcat = PathBuf::from(env!("CARGO_BIN_EXE_shadowcat"));
@@ -475,6 +479,31 @@ fn cluster(fixture: &Process, quick: bool, text: &str) {
     let lb_one = balancer::Balancer::start(&[&members[0].addr]);
     let addrs: Vec<&str> = members.iter().map(|m| m.addr.as_str()).collect();
     let lb_three = balancer::Balancer::start(&addrs);
+    // A limit that never refuses: what keeping it costs, in each instance or in Redis.
+    let redis = redis::RedisServer::start();
+    let limited: Vec<String> = sealed
+        .iter()
+        .cloned()
+        .chain([
+            "--rate-limit".to_owned(),
+            "session=1000000/s,burst=1000000".to_owned(),
+        ])
+        .collect();
+    let shared: Vec<String> = limited
+        .iter()
+        .cloned()
+        .chain(["--redis-url".to_owned(), redis.url()])
+        .collect();
+    let local_members: Vec<Process> = (0..3)
+        .map(|_| start_gateway_with(&fixture.addr, &limited))
+        .collect();
+    let redis_members: Vec<Process> = (0..3)
+        .map(|_| start_gateway_with(&fixture.addr, &shared))
+        .collect();
+    let addrs: Vec<&str> = local_members.iter().map(|m| m.addr.as_str()).collect();
+    let lb_local = balancer::Balancer::start(&addrs);
+    let addrs: Vec<&str> = redis_members.iter().map(|m| m.addr.as_str()).collect();
+    let lb_redis = balancer::Balancer::start(&addrs);
     println!("cluster: HAProxy round-robin per request, no affinity");
     compare(
         &[
@@ -484,6 +513,8 @@ fn cluster(fixture: &Process, quick: bool, text: &str) {
             ("haproxy > 1 gateway", &lb_plain.addr),
             ("haproxy > 1 sealed", &lb_one.addr),
             ("haproxy > 3 sealed", &lb_three.addr),
+            ("haproxy > 3, own limit", &lb_local.addr),
+            ("haproxy > 3, Redis limit", &lb_redis.addr),
         ],
         if quick { 300 } else { 3000 },
         if quick { 100 } else { 1000 },

@@ -603,3 +603,70 @@ fn cluster_options_that_cannot_work_are_refused_naming_what_is_wrong() {
         assert!(!stderr.contains("hunter2"), "a password shown: {stderr}");
     }
 }
+
+/// A gateway at `port` in front of `upstream`, sharing `keys` (and `extra` options).
+fn instance_at(port: u16, upstream: &str, keys: &Path, extra: &[&str]) -> Gateway {
+    let mut cmd = support::command();
+    cmd.args(["--log-level", "debug", "reverse", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--upstream", upstream, "--admin-listen", "127.0.0.1:0"])
+        .arg("--cluster-key-file")
+        .arg(keys)
+        .args(extra);
+    Gateway::spawn(cmd)
+}
+
+#[test]
+fn a_rolling_restart_of_every_instance_costs_the_client_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("1.30.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let extra = ["--redis-url", url.as_str()];
+    let ports: Vec<u16> = (0..3).map(|_| support::balancer::free_port()).collect();
+    let mut gateways: Vec<Gateway> = ports
+        .iter()
+        .map(|&port| instance_at(port, &server.url, &keys, &extra))
+        .collect();
+    let addrs: Vec<String> = gateways.iter().map(|g| g.addr.clone()).collect();
+    let balancer = Balancer::start(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut client = Command::new(python("1.30.0"))
+        .arg(support::peers().join("steady_client.py"))
+        .args(["--url", &balancer.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = support::Stderr::read(client.stderr.take().unwrap(), |_| {});
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let ready: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{}", stderr.text()));
+    // Each instance in turn: stopped (SIGTERM: it finishes what it has in flight), then
+    // started again on its port, while the client calls on.
+    for (i, port) in ports.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(500));
+        gateways[i].terminate();
+        let status = gateways[i].wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "{}", gateways[i].stderr_text());
+        std::thread::sleep(Duration::from_millis(300));
+        gateways[i] = instance_at(*port, &server.url, &keys, &extra);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    client.stdin.as_mut().unwrap().write_all(b"stop\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let done: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{}", stderr.text()));
+    assert!(client.wait().unwrap().success(), "{}", stderr.text());
+    assert_eq!(done["failures"], json!([]), "{done}\n{}", stderr.text());
+    assert_eq!(done["sessions"], json!([ready["session"]]), "{done}");
+    assert!(done["calls"].as_u64().unwrap() >= 20, "{done}");
+    // The restarted instances served the session too.
+    for gateway in &gateways {
+        assert!(forwarded(gateway) > 0.0, "{}", gateway.stderr_text());
+    }
+}
