@@ -420,6 +420,13 @@ pub struct ClusterArgs {
     /// first), instead of --cluster-key-file.
     #[arg(long, env = "SHADOWCAT_CLUSTER_KEY_ENV", value_name = "VAR")]
     pub cluster_key_env: Option<String>,
+    /// The URL the other instances of the cluster reach this one at (`http://HOST:PORT`), for
+    /// the sessions whose server is a process this instance started (`reverse -- <cmd>`): a
+    /// request for such a session that lands elsewhere is passed here. [default: the
+    /// --listen address, unless it is 0.0.0.0 or [::]: then sessions at a process stay at
+    /// their instance]
+    #[arg(long, env = "SHADOWCAT_CLUSTER_ADVERTISE", value_name = "URL")]
+    pub cluster_advertise: Option<String>,
     /// The Redis server the instances of a cluster share what must be shared through:
     /// rate-limit state (a limit holds across instances), and word of sessions their clients
     /// ended (no other instance serves them on). `redis://[:PASSWORD@]HOST[:PORT][/DB]`. Redis

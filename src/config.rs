@@ -185,6 +185,7 @@ struct FileConfig {
     cluster_key_env: Option<String>,
     redis_url: Option<String>,
     redis_timeout: Option<Scalar>,
+    cluster_advertise: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -347,6 +347,7 @@ pub struct GatewayMetrics {
     upstream_errors: UpstreamErrors,
     auth_refusals: Family<ReasonLabels, Counter>,
     adopted: Counter,
+    forwarded: Counter,
     connections: Arc<ConnectionCounters>,
     children: Arc<ChildCounters>,
 }
@@ -750,11 +751,11 @@ fn encode_connections(
     Ok(())
 }
 
-/// The counters of who comes in: refusals at the door (`--auth-*`), and sessions adopted from
-/// another instance of the cluster.
+/// The counters of who comes in: refusals at the door (`--auth-*`), sessions adopted from
+/// another instance of the cluster, and requests passed to the instance that owns their session.
 fn door_counters(
     registry: &mut prometheus_client::registry::Registry,
-) -> (Family<ReasonLabels, Counter>, Counter) {
+) -> (Family<ReasonLabels, Counter>, Counter, Counter) {
     let auth_refusals = Family::<ReasonLabels, Counter>::default();
     registry.register(
         "shadowcat_auth_refusals",
@@ -772,7 +773,13 @@ fn door_counters(
         "Sessions another instance of the cluster opened, served here from their sealed id (--cluster-key-file)",
         adopted.clone(),
     );
-    (auth_refusals, adopted)
+    let forwarded = Counter::default();
+    registry.register(
+        "shadowcat_cluster_requests_forwarded",
+        "Requests passed to the instance of the cluster that owns their session (its server is a process there)",
+        forwarded.clone(),
+    );
+    (auth_refusals, adopted, forwarded)
 }
 
 impl GatewayMetrics {
@@ -807,7 +814,7 @@ impl GatewayMetrics {
                 .inc_by(0);
         }
         let upstream_errors = UpstreamErrors(upstream_errors);
-        let (auth_refusals, adopted) = door_counters(&mut registry);
+        let (auth_refusals, adopted, forwarded) = door_counters(&mut registry);
         pipeline.keep_operations();
         registry.register_with_unit(
             "mcp_server_operation_duration",
@@ -866,9 +873,15 @@ impl GatewayMetrics {
             upstream_errors,
             auth_refusals,
             adopted,
+            forwarded,
             connections,
             children,
         }
+    }
+
+    /// Counts a request passed to the instance that owns its session.
+    pub fn forwarded_to_owner(&self) {
+        self.forwarded.inc();
     }
 
     /// Counts a session another instance of the cluster opened, now served here too.

@@ -559,7 +559,20 @@ fn cluster_options_that_cannot_work_are_refused_naming_what_is_wrong() {
     let keys = key_file(dir.path(), "keys", &[KEY_A]);
     let short = key_file(dir.path(), "short", &["0123456789"]);
     let keys = keys.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--cluster-advertise", "http://127.0.0.1:8080"],
+            "--cluster-advertise: it needs --cluster-key-file",
+        ),
+        (
+            &[
+                "--cluster-key-file",
+                keys,
+                "--cluster-advertise",
+                "http://10.0.0.5/mcp",
+            ],
+            "names no port",
+        ),
         (
             &["--cluster-key-file", keys, "--cluster-key-env", "K"],
             "give the cluster keys once",
@@ -669,4 +682,73 @@ fn a_rolling_restart_of_every_instance_costs_the_client_nothing() {
     for gateway in &gateways {
         assert!(forwarded(gateway) > 0.0, "{}", gateway.stderr_text());
     }
+}
+
+#[test]
+fn a_session_at_a_process_is_served_through_every_instance_by_the_one_that_started_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let command = vec![python("2.3.0"), support::sdk::server_script("2.3.0")];
+    let gateways: Vec<Gateway> = (0..3)
+        .map(|_| {
+            let mut opts = vec![
+                "--cluster-key-file",
+                keys.to_str().unwrap(),
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--",
+            ];
+            opts.extend(command.iter().map(String::as_str));
+            Gateway::start(&opts)
+        })
+        .collect();
+    let addrs: Vec<&str> = gateways.iter().map(|g| g.addr.as_str()).collect();
+    let balancer = Balancer::start(&addrs);
+    for (sdk, mode) in [("2.3.0", Some("legacy")), ("1.30.0", None)] {
+        let direct = run_client(sdk, mode, Target::Stdio(&command), true);
+        let spread = run_client(sdk, mode, Target::Url(&balancer.url()), true);
+        support::sdk::check_progress_and_logs(&spread);
+        check_elicitation_and_list_changed(&spread);
+        assert_eq!(
+            direct, spread,
+            "client {sdk}: different through three instances"
+        );
+    }
+    // Each session's process ran at one instance; the others passed its requests there.
+    let forwarded: f64 = gateways
+        .iter()
+        .map(|g| counter(g, "shadowcat_cluster_requests_forwarded_total"))
+        .sum();
+    assert!(forwarded >= 4.0, "{forwarded}");
+    let created: f64 = gateways
+        .iter()
+        .map(|g| counter(g, "shadowcat_sessions_created_total"))
+        .sum();
+    assert_eq!(created, 2.0, "one session (and process) per client");
+    // A session opened at A, asked for at B: passed to A. Marked as passed on already, B
+    // serves it not (no loops between instances).
+    let [a, b] = [&gateways[0], &gateways[1]];
+    let session = a.initialize();
+    assert_eq!(list_tools(&b.addr, &session).status, 200);
+    let headers = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+        ("Mcp-Session-Id", session.clone()),
+        ("MCP-Protocol-Version", "2025-06-18".to_owned()),
+        ("Shadowcat-Forwarded", "1".to_owned()),
+    ];
+    let body = json!({"jsonrpc":"2.0","id":8,"method":"tools/list"}).to_string();
+    let looped = http_request(&b.addr, "POST", "/mcp", &headers, body.as_bytes());
+    assert_eq!(looped.status, 404, "{looped:?}");
+    // A gone: its sessions are gone with their processes (404, saying so).
+    let b_addr = b.addr.clone();
+    let mut gateways = gateways;
+    gateways[0].child.kill().unwrap();
+    gateways[0].child.wait().unwrap();
+    let gone = list_tools(&b_addr, &session);
+    assert_eq!(gone.status, 404, "{gone:?}");
+    assert!(
+        String::from_utf8_lossy(&gone.body).contains("an instance of the cluster that is gone"),
+        "{gone:?}"
+    );
 }

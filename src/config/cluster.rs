@@ -26,6 +26,9 @@ pub struct ClusterConfig {
     pub sealer: Option<Arc<Sealer>>,
     /// The Redis the instances share state through.
     pub redis: Option<RedisConfig>,
+    /// The URL the other instances reach this one at (`--cluster-advertise`; `None`: the
+    /// listening address, if it is a specific one).
+    pub advertise: Option<String>,
 }
 
 /// `--redis-url`, `--redis-timeout`.
@@ -53,7 +56,49 @@ pub(super) fn options(
 ) -> Result<Option<ClusterConfig>, ConfigError> {
     let sealer = sealer(args, file)?;
     let redis = redis(args, file)?;
-    Ok((sealer.is_some() || redis.is_some()).then_some(ClusterConfig { sealer, redis }))
+    let advertise = match either(
+        args.cluster_advertise.as_ref(),
+        file.cluster_advertise.as_ref(),
+    ) {
+        Some(url) => Some(advertised(&url)?),
+        None => None,
+    };
+    if advertise.is_some() && sealer.is_none() {
+        return Err(invalid(
+            "--cluster-advertise",
+            "it needs --cluster-key-file or --cluster-key-env".into(),
+        ));
+    }
+    Ok(
+        (sealer.is_some() || redis.is_some()).then_some(ClusterConfig {
+            sealer,
+            redis,
+            advertise,
+        }),
+    )
+}
+
+/// `--cluster-advertise`: `http://HOST:PORT`, nothing after it.
+fn advertised(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        invalid(
+            "--cluster-advertise",
+            format!(
+                "{url:?} {why} (expected http://HOST:PORT, as the other instances reach this one)"
+            ),
+        )
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("is not an http:// URL"));
+    }
+    if uri.authority().is_none_or(|a| a.port_u16().is_none()) {
+        return Err(bad("names no port"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("has a path"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// `--redis-url` and `--redis-timeout`, checked.

@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod get;
 pub mod legacy;
 pub mod mirror;
+mod peer;
 mod respond;
 pub mod router;
 mod screen;
@@ -80,6 +81,42 @@ async fn start_auth(
     Ok((auth, credentials))
 }
 
+/// Tells `gateway` the URL the other instances of a cluster reach it at: `--cluster-advertise`,
+/// else the address it listens on (`local`), unless that is every interface's.
+fn advertise(gateway: &Gateway, reverse: &ReverseConfig, local: std::net::SocketAddr) {
+    match reverse.cluster.as_ref().and_then(|c| c.advertise.clone()) {
+        Some(url) => gateway.advertise(&url),
+        None if !local.ip().is_unspecified() => gateway.advertise(&format!("http://{local}")),
+        None => {}
+    }
+}
+
+/// The admin endpoints (`--admin-listen`), if asked for: `/healthz`, `/readyz`, `/metrics`.
+async fn start_admin(
+    gateway: &Arc<Gateway>,
+    reverse: &ReverseConfig,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = reverse.admin_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the admin address")?;
+    tracing::info!("admin endpoints on http://{local}/healthz, /readyz, /metrics");
+    let app = admin::routes(gateway.clone());
+    let limits = admin::connection_limits(reverse.connections);
+    Ok(Some(tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        Arc::default(),
+        CancellationToken::new(),
+    ))))
+}
+
 /// Runs the gateway until `shutdown` asks it to stop; returns our exit code.
 pub async fn run(
     config: &Config,
@@ -111,31 +148,12 @@ pub async fn run(
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    let admin = match reverse.admin_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?;
-            let local = listener
-                .local_addr()
-                .context("cannot read the admin address")?;
-            tracing::info!("admin endpoints on http://{local}/healthz, /readyz, /metrics");
-            let app = admin::routes(gateway.clone());
-            let limits = admin::connection_limits(reverse.connections);
-            Some(tokio::spawn(serve(
-                listener,
-                app,
-                limits,
-                Arc::default(),
-                CancellationToken::new(),
-            )))
-        }
-        None => None,
-    };
+    let admin = start_admin(&gateway, reverse).await?;
     if !local.ip().is_loopback() && !authenticated {
         tracing::warn!(address = %local, "listening on a non-loopback address without authentication: any host that can reach it can use the upstream (see --auth-issuer, --api-key-file)");
     }
     tracing::info!(upstream = %upstream_label(reverse), "listening on http://{local}{}", reverse.path);
+    advertise(&gateway, reverse, local);
 
     let stop = CancellationToken::new();
     let app = server::routes(gateway.clone());

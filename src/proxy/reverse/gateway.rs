@@ -147,6 +147,9 @@ pub struct Gateway {
     redis: Option<Arc<Redis>>,
     /// Hears which sessions their clients ended through other instances.
     subscriber: Mutex<Option<crate::task::Task<()>>>,
+    /// This instance as the others of the cluster reach it, once it listens (for sessions at
+    /// a process, which other instances pass to it).
+    peers: std::sync::OnceLock<super::peer::Peers>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -235,6 +238,7 @@ impl Gateway {
         let gateway = Arc::new(Self {
             redis,
             subscriber: Mutex::new(None),
+            peers: std::sync::OnceLock::new(),
             auth,
             sealer: reverse.cluster.as_ref().and_then(|c| c.sealer.clone()),
             exchange: reverse.http_upstream().and_then(exchanger_for),

@@ -63,6 +63,11 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
             gateway.clone(),
             super::authn::authenticate,
         ))
+        // Before the door: the owner checks the request's token itself.
+        .route_layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            super::peer::to_owner,
+        ))
         .route(
             super::authn::METADATA_PATH,
             axum::routing::get(super::authn::metadata),

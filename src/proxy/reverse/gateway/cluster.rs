@@ -35,8 +35,29 @@ impl Gateway {
     /// serve the session (for a session at the HTTP upstream); else the session's own.
     pub fn client_id(&self, link: &SessionLink) -> Option<http::HeaderValue> {
         let plain = || http::HeaderValue::from_str(link.session.id().as_str()).ok();
-        let (Some(sealer), Upstream::Http(http)) = (&self.sealer, &link.upstream) else {
+        let Some(sealer) = &self.sealer else {
             return plain();
+        };
+        let Upstream::Http(http) = &link.upstream else {
+            // A process's session: sealed with this instance as its owner, if the others can
+            // reach it.
+            let Some(peers) = self.peers.get() else {
+                return plain();
+            };
+            let unsealed = Unsealed {
+                id: link.session.id().clone(),
+                upstream: None,
+                protocol_version: link.session.read_metadata(|m| m.protocol_version.clone()),
+                principal: link.owner_digest(),
+                owner: Some(peers.me().to_owned()),
+            };
+            return match sealer.seal(&unsealed) {
+                Ok(token) => http::HeaderValue::from_str(&token).ok(),
+                Err(e) => {
+                    tracing::warn!(session = %link.session.id().digest(), %e, "the session stays on this instance");
+                    plain()
+                }
+            };
         };
         if http.legacy().is_some() {
             // A 2024-11-05 upstream's session lives in its stream, held here.
@@ -66,9 +87,12 @@ impl Gateway {
     /// the session open here under it.
     pub fn named(&self, text: &str) -> Named {
         if let Some(unsealed) = self.sealer.as_ref().and_then(|s| s.unseal(text)) {
-            return match self.link(&unsealed.id) {
-                Some(link) => Named::Here(link),
-                None => Named::Sealed(unsealed),
+            return match (self.link(&unsealed.id), &unsealed.owner) {
+                (Some(link), _) => Named::Here(link),
+                // A process's session: served only by the instance that owns it (a request
+                // for it elsewhere is passed there before it gets here).
+                (None, Some(_)) => Named::Unknown,
+                (None, None) => Named::Sealed(unsealed),
             };
         }
         SessionId::parse(text)
@@ -225,6 +249,33 @@ impl Gateway {
         tracing::info!(session = %id.digest(), "its client ended the session through another instance of the cluster");
         self.sessions.begin_closing(&link.session);
         self.sessions.end(id, EndReason::Closed);
+    }
+}
+
+impl Gateway {
+    /// This instance as the others reach it: set once it listens, for the sessions at its
+    /// processes (a cluster whose server is a command, with an address to advertise).
+    pub fn advertise(&self, url: &str) {
+        if self.sealer.is_some() && matches!(self.server, Server::Command(_)) {
+            let peers = super::super::peer::Peers::new(url);
+            tracing::info!(
+                url,
+                "the other instances of the cluster pass requests for this instance's sessions to it here"
+            );
+            let _ = self.peers.set(peers);
+        }
+    }
+
+    /// The peers, if requests may be passed between instances.
+    pub(in crate::proxy::reverse) fn peers(&self) -> Option<&super::super::peer::Peers> {
+        self.peers.get()
+    }
+
+    /// The owner (as sealed ids name it) of the session `text` names, if another instance
+    /// owns it.
+    pub(in crate::proxy::reverse) fn foreign_owner(&self, text: &str, me: &str) -> Option<String> {
+        let owner = self.sealer.as_ref()?.unseal(text)?.owner?;
+        (owner != me).then_some(owner)
     }
 }
 
