@@ -149,7 +149,9 @@ pub struct Gateway {
     subscriber: Mutex<Option<crate::task::Task<()>>>,
     /// This instance as the others of the cluster reach it, once it listens (for sessions at
     /// a process, which other instances pass to it).
-    peers: std::sync::OnceLock<super::peer::Peers>,
+    peers: std::sync::OnceLock<Arc<super::peer::Peers>>,
+    /// Keeps this instance on the cluster's list of those up (with Redis).
+    heartbeat: Mutex<Option<crate::task::Task<()>>>,
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -239,6 +241,7 @@ impl Gateway {
             redis,
             subscriber: Mutex::new(None),
             peers: std::sync::OnceLock::new(),
+            heartbeat: Mutex::new(None),
             auth,
             sealer: reverse.cluster.as_ref().and_then(|c| c.sealer.clone()),
             exchange: reverse.http_upstream().and_then(exchanger_for),
@@ -385,23 +388,7 @@ impl Gateway {
                 (upstream, router, None)
             }
             Server::Command(_) => {
-                // The server is started when the session's first message is on its way (so a
-                // session whose initialize a rate limit or rule refuses, or a /sse stream that
-                // sends nothing, costs no process); until then what is sent waits here.
-                let queue = StdioQueue::new(self.config.max_message_size);
-                let router = Arc::new(Router::new(
-                    session.clone(),
-                    events,
-                    delivery,
-                    Some(queue.to_server.clone()),
-                ));
-                let inbox = (self.reverse.pool.restart == Restart::OnFailure)
-                    .then(|| Arc::new(ServerInbox::new(queue.to_server.clone(), session.clone())));
-                let upstream = Upstream::Stdio {
-                    to_server: queue.to_server.clone(),
-                    start: CancellationToken::new(),
-                    inbox,
-                };
+                let (upstream, router, queue) = self.own_process(&session, events, delivery);
                 (upstream, router, Some(queue))
             }
         };
@@ -414,6 +401,33 @@ impl Gateway {
         ));
         self.install(&link, child);
         Ok(link)
+    }
+
+    /// A session's way to a process of its own. The server is started when the session's
+    /// first message is on its way (so a session whose initialize a rate limit or rule
+    /// refuses, or a /sse stream that sends nothing, costs no process); until then what is
+    /// sent waits in the queue.
+    fn own_process(
+        &self,
+        session: &Arc<Session>,
+        events: Option<Arc<EventLog>>,
+        delivery: Delivery,
+    ) -> (Upstream<Arc<Router>>, Arc<Router>, StdioQueue) {
+        let queue = StdioQueue::new(self.config.max_message_size);
+        let router = Arc::new(Router::new(
+            session.clone(),
+            events,
+            delivery,
+            Some(queue.to_server.clone()),
+        ));
+        let inbox = (self.reverse.pool.restart == Restart::OnFailure)
+            .then(|| Arc::new(ServerInbox::new(queue.to_server.clone(), session.clone())));
+        let upstream = Upstream::Stdio {
+            to_server: queue.to_server.clone(),
+            start: CancellationToken::new(),
+            inbox,
+        };
+        (upstream, router, queue)
     }
 
     /// A new session's log of its GET stream's events, for clients that resume it.
@@ -558,14 +572,12 @@ impl Gateway {
         if tokio::time::timeout(limit, torn_down).await.is_err() {
             tracing::warn!("some sessions' upstreams were not torn down in time");
         }
-        // It stops with `stopping`.
-        let subscriber = self
-            .subscriber
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut subscriber) = subscriber {
-            subscriber.join_within(Duration::from_secs(1)).await;
+        // They stop with `stopping`.
+        for task in [&self.subscriber, &self.heartbeat] {
+            let task = task.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(mut task) = task {
+                task.join_within(Duration::from_secs(1)).await;
+            }
         }
     }
 

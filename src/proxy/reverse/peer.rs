@@ -7,9 +7,15 @@
 //! `Shadowcat-Forwarded`, so it is never passed on again (an instance that restarted at the
 //! same URL answers 404 for a session it does not hold), and `X-Forwarded-For` with the client's
 //! address (the owner reads it if the instances are each other's `--trusted-proxy`).
+//!
+//! With Redis (`--redis-url`) the instances also keep a list of who is up: each renews its
+//! entry every [`HEARTBEAT`] (it lapses [`MEMBER_TTL`] later, on Redis's clock) and removes it
+//! when it stops. An owner not on the list is gone, and its sessions are taken over
+//! (`Gateway::take_over`) instead of being passed to it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,7 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use bytes::Bytes;
+
 use crate::protocol::headers::MCP_SESSION_ID;
+use crate::transport::http::{BodyError, read_body};
 
 use super::gateway::Gateway;
 use super::respond::refuse;
@@ -32,6 +41,36 @@ pub static FORWARDED: HeaderName = HeaderName::from_static("shadowcat-forwarded"
 /// How long reaching the owner may take before it counts as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often an instance renews its place on the list of those that are up.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long an entry lasts unless renewed.
+pub const MEMBER_TTL: Duration = Duration::from_secs(5);
+
+/// How old the list may be and still be trusted to say an owner is gone.
+const LIST_FRESH: Duration = Duration::from_secs(3);
+
+/// The hash of the instances that are up: run id → until when (ms, Redis's clock).
+const MEMBERS: &str = "shadowcat:members";
+
+/// Renews (or, with a time of 0, removes) `ARGV[1]` until Redis's now + `ARGV[2]` ms, removes
+/// entries past their time, and returns the run ids still up.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[2] == '0' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
+end
+local up = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) > now then table.insert(up, all[i]) else redis.call('HDEL', KEYS[1], all[i]) end
+end
+return up
+";
+
 /// This instance as the others reach it, and the client it reaches them with.
 #[derive(Debug)]
 pub struct Peers {
@@ -39,6 +78,9 @@ pub struct Peers {
     /// started again at the same URL is another owner) and the base URL.
     me: String,
     client: Client<HttpConnector, Body>,
+    /// The run ids of the instances up, and when that was read (none yet: nobody is known to
+    /// be gone).
+    up: Mutex<Option<(tokio::time::Instant, HashSet<String>)>>,
 }
 
 impl Peers {
@@ -59,7 +101,55 @@ impl Peers {
         Self {
             me: format!("{id} {}", url.trim_end_matches('/')),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            up: Mutex::new(None),
         }
+    }
+
+    /// Whether `owner` (as sealed ids name it) is known to be gone: not on a fresh list of the
+    /// instances up. Without Redis, or while it does not answer, nobody is.
+    pub fn is_gone(&self, owner: &str) -> bool {
+        let run = owner.split(' ').next().unwrap_or_default();
+        let up = self.up.lock().unwrap_or_else(PoisonError::into_inner);
+        up.as_ref()
+            .is_some_and(|(read, up)| read.elapsed() < LIST_FRESH && !up.contains(run))
+    }
+
+    /// Keeps this instance on the list of those up (in `redis`) until `stop`, then takes it
+    /// off (so its sessions are taken over at once), and keeps a copy of the list.
+    pub fn keep_listed(
+        self: &Arc<Self>,
+        redis: Arc<crate::transport::redis::Redis>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> crate::task::Task<()> {
+        let peers = self.clone();
+        crate::task::Task::spawn("cluster heartbeat", async move {
+            let script = redis::Script::new(HEARTBEAT_SCRIPT);
+            let run = peers.me.split(' ').next().unwrap_or_default().to_owned();
+            let ttl = u64::try_from(MEMBER_TTL.as_millis()).unwrap_or(u64::MAX);
+            loop {
+                let mut call = script.prepare_invoke();
+                call.key(MEMBERS).arg(&run).arg(ttl);
+                let listed: Option<Vec<String>> = redis
+                    .script(crate::transport::redis::Use::Session, &call)
+                    .await;
+                if let Some(listed) = listed {
+                    *peers.up.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((tokio::time::Instant::now(), listed.into_iter().collect()));
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(HEARTBEAT) => {}
+                }
+            }
+            let mut call = script.prepare_invoke();
+            call.key(MEMBERS).arg(&run).arg(0);
+            let _: Option<Vec<String>> = redis
+                .script(crate::transport::redis::Use::Session, &call)
+                .await;
+            tracing::info!(
+                "off the cluster's list: the other instances take this one's sessions over"
+            );
+        })
     }
 
     /// How sealed ids name this instance.
@@ -67,42 +157,55 @@ impl Peers {
         &self.me
     }
 
-    /// Passes `request` to `owner` (as sealed ids name it) and its answer back; 404 if the
-    /// owner cannot be reached (it is gone, and the session with it).
-    async fn forward(&self, owner: &str, client: Option<SocketAddr>, request: Request) -> Response {
-        let Some((_, base)) = owner.split_once(' ') else {
-            return gone();
-        };
-        let (mut parts, body) = request.into_parts();
+    /// Takes `owner` (as sealed ids name it) off the copy of the list of instances up: it
+    /// could not be reached (until the list is read again).
+    fn mark_gone(&self, owner: &str) {
+        let run = owner.split(' ').next().unwrap_or_default();
+        if let Some((_, up)) = self
+            .up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            up.remove(run);
+        }
+    }
+
+    /// Passes the request (`parts` and `body`) to `owner` (as sealed ids name it) and its
+    /// answer back; `Err` if the owner cannot be reached.
+    async fn forward(
+        &self,
+        owner: &str,
+        client: Option<SocketAddr>,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response, ()> {
+        let base = owner.split_once(' ').map(|(_, base)| base).ok_or(())?;
         let path = parts
             .uri
             .path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str);
-        let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
-            return gone();
-        };
-        parts.uri = uri;
-        parts
-            .headers
-            .insert(FORWARDED.clone(), HeaderValue::from_static("1"));
+        let uri = format!("{base}{path}").parse::<Uri>().map_err(|_| ())?;
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        let headers = request.headers_mut();
+        headers.insert(FORWARDED.clone(), HeaderValue::from_static("1"));
         if let Some(client) = client {
-            let forwarded_for = match parts
-                .headers
-                .get("x-forwarded-for")
-                .map(HeaderValue::to_str)
-            {
+            let forwarded_for = match headers.get("x-forwarded-for").map(HeaderValue::to_str) {
                 Some(Ok(earlier)) => format!("{earlier}, {}", client.ip()),
                 _ => client.ip().to_string(),
             };
             if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-                parts.headers.insert("x-forwarded-for", value);
+                headers.insert("x-forwarded-for", value);
             }
         }
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(answer) => answer.map(Body::new),
+        match self.client.request(request).await {
+            Ok(answer) => Ok(answer.map(Body::new)),
             Err(e) => {
                 tracing::warn!(owner = base, %e, "the instance that owns the session cannot be reached");
-                gone()
+                Err(())
             }
         }
     }
@@ -118,29 +221,73 @@ fn gone() -> Response {
     .into_response()
 }
 
-/// Passes a request for a session another instance owns to that instance; anything else goes
-/// on here.
+/// Where a request for a session another instance started goes.
+#[derive(Debug)]
+pub enum Route {
+    /// To that instance (as sealed ids name it).
+    To(String),
+    /// Here: the session is served here (taken over from an instance that is gone).
+    Here,
+    /// Nowhere: the session is gone.
+    Gone,
+}
+
+/// Passes a request for a session another instance owns to that instance (or, if that one is
+/// gone, to whichever took the session over, perhaps this one); anything else goes on here.
 pub async fn to_owner(
     State(gateway): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let owner = match (gateway.peers(), request.headers().contains_key(&FORWARDED)) {
+    let sealed = match (gateway.peers(), request.headers().contains_key(&FORWARDED)) {
         (Some(peers), false) => request
             .headers()
             .get(&MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .and_then(|text| gateway.foreign_owner(text, peers.me()))
-            .map(|owner| (peers, owner)),
+            .map(|sealed| (peers, sealed)),
         _ => None,
     };
-    let Some((peers, owner)) = owner else {
+    let Some((peers, sealed)) = sealed else {
         return next.run(request).await;
     };
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    gateway.metrics.forwarded_to_owner();
-    peers.forward(&owner, client, request).await
+    // Read whole (it is one message at most), so that it can still be served here if its
+    // owner turns out to be gone.
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, gateway.config.max_message_size).await {
+        Ok(body) => body,
+        Err(e @ BodyError::TooLarge { .. }) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Payload Too Large: {e}"),
+            );
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
+    };
+    let owner = sealed.owner.clone().unwrap_or_default();
+    let mut route = if peers.is_gone(&owner) {
+        gateway.take_over(&sealed, client).await
+    } else {
+        Route::To(owner)
+    };
+    // At most: the owner named, then whichever took the session over.
+    for _ in 0..3 {
+        match route {
+            Route::To(owner) => {
+                if let Ok(answer) = peers.forward(&owner, client, &parts, body.clone()).await {
+                    gateway.metrics.forwarded_to_owner();
+                    return answer;
+                }
+                peers.mark_gone(&owner);
+                route = gateway.take_over(&sealed, client).await;
+            }
+            Route::Here => return next.run(Request::from_parts(parts, Body::from(body))).await,
+            Route::Gone => return gone(),
+        }
+    }
+    gone()
 }

@@ -613,6 +613,16 @@ async fn answer(
         in_flight,
         ephemeral,
     } = opened;
+    // A new session's `initialize`, kept for an instance that takes the session over.
+    let initialize = new_session
+        .then(|| {
+            screened
+                .forwarded
+                .iter()
+                .find(|m| m.method() == Some(&Method::Initialize))
+                .cloned()
+        })
+        .flatten();
     let (reply, replies) = reply_channel(screened.expected.len());
     let ids: Vec<RequestId> = screened.expected.iter().map(|(id, _)| id.clone()).collect();
     let registration = Registration::new(link.router.clone(), ids, screened.tokens, &reply);
@@ -690,6 +700,9 @@ async fn answer(
     if new_session && !stateless {
         if let Some(id) = gateway.client_id(&link) {
             response.headers_mut().insert(MCP_SESSION_ID.clone(), id);
+        }
+        if let Some(initialize) = &initialize {
+            gateway.remember_handshake(&link, initialize).await;
         }
     }
     response

@@ -198,6 +198,12 @@ impl ServerInbox {
         }
     }
 
+    /// Keeps `handshake` as the session's (a session taken over from another instance, whose
+    /// handshake never passed through here).
+    pub fn remember(&self, handshake: &Handshake) {
+        *lock(&self.handshake) = handshake.clone();
+    }
+
     fn keep_handshake(&self, msg: &Message) {
         match (msg.kind(), msg.method()) {
             (Kind::Request, Some(Method::Initialize)) => {

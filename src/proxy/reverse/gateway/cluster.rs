@@ -17,6 +17,7 @@ use crate::session::{EndReason, SessionId, TransportKind, Unsealed};
 use crate::stage::Client;
 use crate::transport::redis::Use;
 
+use super::super::peer::{Peers, Route};
 use super::{Gateway, OpenError, Server, SessionLink, Upstream};
 
 /// What a client's `Mcp-Session-Id` names.
@@ -171,13 +172,7 @@ impl Gateway {
         let Some(redis) = &self.redis else {
             return;
         };
-        let kept = self
-            .config
-            .sessions
-            .idle_timeout
-            .unwrap_or(ENDED_KEPT)
-            .as_secs()
-            .max(1);
+        let kept = self.ended_kept();
         let mut pipeline = redis::pipe();
         pipeline
             .cmd("SET")
@@ -256,27 +251,189 @@ impl Gateway {
     /// This instance as the others reach it: set once it listens, for the sessions at its
     /// processes (a cluster whose server is a command, with an address to advertise).
     pub fn advertise(&self, url: &str) {
-        if self.sealer.is_some() && matches!(self.server, Server::Command(_)) {
-            let peers = super::super::peer::Peers::new(url);
-            tracing::info!(
-                url,
-                "the other instances of the cluster pass requests for this instance's sessions to it here"
-            );
-            let _ = self.peers.set(peers);
+        if self.sealer.is_none() || !matches!(self.server, Server::Command(_)) {
+            return;
         }
+        let peers = Arc::new(Peers::new(url));
+        tracing::info!(
+            url,
+            "the other instances of the cluster pass requests for this instance's sessions to it here"
+        );
+        if let Some(redis) = &self.redis {
+            let task = peers.keep_listed(redis.clone(), self.stopping.clone());
+            *self
+                .heartbeat
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        let _ = self.peers.set(peers);
     }
 
     /// The peers, if requests may be passed between instances.
-    pub(in crate::proxy::reverse) fn peers(&self) -> Option<&super::super::peer::Peers> {
+    pub(in crate::proxy::reverse) fn peers(&self) -> Option<&Arc<Peers>> {
         self.peers.get()
     }
 
-    /// The owner (as sealed ids name it) of the session `text` names, if another instance
-    /// owns it.
-    pub(in crate::proxy::reverse) fn foreign_owner(&self, text: &str, me: &str) -> Option<String> {
-        let owner = self.sealer.as_ref()?.unseal(text)?.owner?;
-        (owner != me).then_some(owner)
+    /// What the sealed id `text` carries, if it names a session at another instance's
+    /// process, not open here.
+    pub(in crate::proxy::reverse) fn foreign_owner(
+        &self,
+        text: &str,
+        me: &str,
+    ) -> Option<Unsealed> {
+        let sealed = self.sealer.as_ref()?.unseal(text)?;
+        let foreign = sealed.owner.as_deref().is_some_and(|owner| owner != me);
+        (foreign && self.link(&sealed.id).is_none()).then_some(sealed)
     }
+
+    /// Keeps (in Redis) what another instance needs to take the session at `link`'s process
+    /// over should this one go: this instance as its owner and the client's `initialize`.
+    pub(in crate::proxy::reverse) async fn remember_handshake(
+        &self,
+        link: &SessionLink,
+        initialize: &crate::protocol::Message,
+    ) {
+        let (Some(redis), Some(peers), true) =
+            (&self.redis, self.peers(), link.upstream.is_process())
+        else {
+            return;
+        };
+        let id = link.session.id();
+        let kept = self.ended_kept();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(record_key(OWNER_KEY, id))
+            .arg(peers.me())
+            .arg("EX")
+            .arg(kept)
+            .ignore()
+            .cmd("SET")
+            .arg(record_key(HANDSHAKE_KEY, id))
+            .arg(&initialize.raw()[..])
+            .arg("EX")
+            .arg(kept)
+            .ignore();
+        if redis
+            .pipeline::<()>(Use::Session, &pipeline)
+            .await
+            .is_none()
+        {
+            tracing::warn!(session = %id.digest(), "could not keep the session's handshake in Redis: should this instance go, the session goes with it");
+        }
+    }
+
+    /// Where a request for `sealed`'s session goes now that the instance that started it is
+    /// gone: to whichever instance took it over, or here, taking it over (a new process given
+    /// the client's handshake, as `--restart on-failure` does); gone without Redis, or if
+    /// nothing was kept for it.
+    pub(in crate::proxy::reverse) async fn take_over(
+        self: &Arc<Self>,
+        sealed: &Unsealed,
+        client: Option<std::net::SocketAddr>,
+    ) -> Route {
+        let (Some(redis), Some(peers)) = (&self.redis, self.peers()) else {
+            return Route::Gone;
+        };
+        if self.ended_elsewhere(&sealed.id).await {
+            return Route::Gone;
+        }
+        let owner_key = record_key(OWNER_KEY, &sealed.id);
+        for _ in 0..2 {
+            let Some(owner) = redis
+                .query::<Option<String>>(Use::Session, redis::cmd("GET").arg(&owner_key))
+                .await
+                .flatten()
+            else {
+                return Route::Gone;
+            };
+            if owner == peers.me() {
+                return if self.link(&sealed.id).is_some() {
+                    Route::Here
+                } else {
+                    Route::Gone
+                };
+            }
+            if !peers.is_gone(&owner) {
+                return Route::To(owner);
+            }
+            // Its owner is gone too: this instance takes it, unless another does first.
+            let script = redis::Script::new(CLAIM);
+            let mut claim = script.prepare_invoke();
+            claim.key(&owner_key).arg(&owner).arg(peers.me());
+            if redis.script::<i64>(Use::Session, &claim).await == Some(1) {
+                return self.recover(sealed, client).await;
+            }
+        }
+        Route::Gone
+    }
+
+    /// Serves `sealed`'s session here from now on: a process given the client's `initialize`
+    /// kept in Redis.
+    async fn recover(
+        self: &Arc<Self>,
+        sealed: &Unsealed,
+        client: Option<std::net::SocketAddr>,
+    ) -> Route {
+        let Some(redis) = &self.redis else {
+            return Route::Gone;
+        };
+        let raw = redis
+            .query::<Option<Vec<u8>>>(
+                Use::Session,
+                redis::cmd("GET").arg(record_key(HANDSHAKE_KEY, &sealed.id)),
+            )
+            .await
+            .flatten();
+        let Some(initialize) =
+            raw.and_then(|raw| crate::protocol::Message::parse(bytes::Bytes::from(raw)).ok())
+        else {
+            return Route::Gone;
+        };
+        let caller = client.map_or(Client::Local, |addr| Client::Address(addr.ip()));
+        match self.open_recovered(sealed, initialize, caller) {
+            Ok(_) => {
+                tracing::info!(session = %sealed.id.digest(), "took over a session whose instance is gone: a new MCP server process is given its handshake");
+                self.metrics.session_reopened();
+                Route::Here
+            }
+            Err(e) => {
+                tracing::warn!(session = %sealed.id.digest(), %e, "could not take over a session whose instance is gone");
+                Route::Gone
+            }
+        }
+    }
+
+    /// How long what the cluster keeps of a session lasts: the idle timeout, or a day.
+    fn ended_kept(&self) -> u64 {
+        self.config
+            .sessions
+            .idle_timeout
+            .unwrap_or(ENDED_KEPT)
+            .as_secs()
+            .max(1)
+    }
+}
+
+/// Sets `KEYS[1]` to `ARGV[2]` if it still holds `ARGV[1]` (keeping its time to live): 1 if it
+/// did.
+const CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+";
+
+/// Prefix of the key naming the instance that runs a session's process.
+const OWNER_KEY: &str = "shadowcat:owner:";
+
+/// Prefix of the key holding a session's `initialize`, for an instance that takes it over.
+const HANDSHAKE_KEY: &str = "shadowcat:handshake:";
+
+/// `prefix` + `id`.
+fn record_key(prefix: &str, id: &SessionId) -> String {
+    [prefix, id.as_str()].concat()
 }
 
 /// The channel on which an instance says a client ended its session.
@@ -288,4 +445,68 @@ const ENDED_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 /// The key that marks session `id` as ended by its client.
 fn ended_key(id: &SessionId) -> String {
     ["shadowcat:ended:", id.as_str()].concat()
+}
+
+impl Gateway {
+    /// Opens here, under its own id, the session at a process that `sealed` names, whose
+    /// instance is gone: a process of its own that is given `initialize` (and
+    /// `notifications/initialized`) before the client's next message.
+    fn open_recovered(
+        self: &Arc<Self>,
+        sealed: &Unsealed,
+        initialize: crate::protocol::Message,
+        client: Client<'_>,
+    ) -> Result<Arc<SessionLink>, OpenError> {
+        if self.shared.is_some() {
+            // A shared process's other sessions are not this one's to replay.
+            return Err(OpenError::ShuttingDown);
+        }
+        let _once = self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(link) = self.link(&sealed.id) {
+            return Ok(link);
+        }
+        if self.stopping.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        let client_slot = self.client_slot(client)?;
+        let session = self.sessions.create_as(
+            sealed.id.clone(),
+            TransportKind::Http,
+            Some(self.upstream_label()),
+        )?;
+        session.update_metadata(|m| m.protocol_version.clone_from(&sealed.protocol_version));
+        self.sessions.activate(&session);
+        self.record(&session);
+        let (upstream, router, queue) =
+            self.own_process(&session, Some(self.event_log()), Delivery::Streamable);
+        let handshake = crate::proxy::upstream::supervise::Handshake {
+            initialize: Some(initialize),
+            initialized: crate::protocol::Message::parse(bytes::Bytes::from_static(
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            ))
+            .ok(),
+        };
+        if let Upstream::Stdio {
+            inbox: Some(inbox), ..
+        } = &upstream
+        {
+            inbox.remember(&handshake);
+        }
+        let link = Arc::new(SessionLink::new(
+            session,
+            router,
+            upstream,
+            client_slot,
+            self.reverse.sse_replay_events,
+        ));
+        link.replay_first(handshake);
+        if let Some(digest) = sealed.principal {
+            link.bind_digest(digest);
+        }
+        self.install(&link, Some(queue));
+        Ok(link)
+    }
 }

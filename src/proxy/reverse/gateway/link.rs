@@ -48,6 +48,9 @@ pub struct SessionLink {
     /// Its client ended it through another instance of the cluster, which ended it at the
     /// upstream too.
     ended_elsewhere: std::sync::atomic::AtomicBool,
+    /// The handshake its process is given before anything else (a session taken over from an
+    /// instance that is gone).
+    replay: Mutex<Option<crate::proxy::upstream::supervise::Handshake>>,
 }
 
 impl SessionLink {
@@ -72,7 +75,26 @@ impl SessionLink {
             client: Mutex::new(client),
             owner: std::sync::OnceLock::new(),
             ended_elsewhere: std::sync::atomic::AtomicBool::new(false),
+            replay: Mutex::new(None),
         }
+    }
+
+    /// Gives its process `handshake` before anything else.
+    pub(in crate::proxy::reverse) fn replay_first(
+        &self,
+        handshake: crate::proxy::upstream::supervise::Handshake,
+    ) {
+        *self.replay.lock().unwrap_or_else(PoisonError::into_inner) = Some(handshake);
+    }
+
+    /// The handshake to give its process first, if there is one (taken: given once).
+    pub(in crate::proxy::reverse) fn take_replay(
+        &self,
+    ) -> Option<crate::proxy::upstream::supervise::Handshake> {
+        self.replay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Whether its client ended it through another instance of the cluster.

@@ -59,12 +59,36 @@ impl Gateway {
                 ],
             );
         }
-        let started = lease.and_then(|lease| {
-            let cold = lease.cold;
+        // A session taken over from an instance that is gone: its process is given the
+        // client's handshake first.
+        let process = match (lease, link.take_replay()) {
+            (Ok(lease), Some(handshake)) => {
+                let cold = lease.cold;
+                match with_handshake(lease, &handshake).await {
+                    Ok(process) => Ok((process, cold)),
+                    Err(why) => {
+                        tracing::error!(%why, "the new MCP server did not take the session's handshake; ending it");
+                        self.sessions.end(session.id(), EndReason::Error);
+                        return Err(ProxyError::new(
+                            ErrorCode::UpstreamExited,
+                            format!(
+                                "the session's new MCP server did not take its handshake: {why}"
+                            ),
+                        ));
+                    }
+                }
+            }
+            (Ok(lease), None) => {
+                let cold = lease.cold;
+                Ok((lease.into(), cold))
+            }
+            (Err(e), _) => Err(e),
+        };
+        let started = process.and_then(|(process, cold)| {
             let program = pool.spec().program.to_string_lossy().into_owned();
             queue
                 .attach(
-                    lease.into(),
+                    process,
                     self.pipeline.clone(),
                     session.clone(),
                     link.router.clone(),
