@@ -18,7 +18,9 @@
 //!   (round-robin, each session adopted by every instance), and three with a rate limit that
 //!   never refuses, kept by each instance or shared in Redis (`--redis-url`: one Redis round
 //!   trip per request): latency at concurrency 1 and throughput at 16, beside the fixture
-//!   reached directly (needs Debian's haproxy and redis-server).
+//!   reached directly (needs Debian's haproxy and redis-server); and sessions at a process (the
+//!   stdio fixture) at one instance and spread over three, two requests in three passed to the
+//!   instance that runs the session's process.
 //!
 //! Run: `cargo bench --bench http` (builds the fixture in release mode if needed). Set
 //! `E2E_QUICK=1` for a short smoke run, `SHADOWCAT_BENCH_BIN` to measure another build's binary. The machine is shared and noisy: read the ratios (proxy
@@ -56,6 +58,8 @@ fn fixture() -> PathBuf {
             "http_fixture",
             "--example",
             "tcp_relay",
+            "--example",
+            "fixture_server",
         ])
         .status()
         .expect("run cargo to build the fixture");
@@ -245,6 +249,7 @@ fn auth_options(dir: &std::path::Path) -> (String, Vec<String>) {
     (fixture["token"].as_str().unwrap().to_owned(), options)
 }
 
+/// A gateway in front of the HTTP fixture at `upstream` (none: `extra` ends with `-- <cmd>`).
 fn start_gateway_with(upstream: &str, extra: &[String]) -> Process {
     let mut child = Command::new(gateway_binary())
         .env("SHADOWCAT_SESSION_STORE", "memory")
@@ -253,15 +258,13 @@ fn start_gateway_with(upstream: &str, extra: &[String]) -> Process {
         .env("SHADOWCAT_MAX_CONNECTIONS_PER_CLIENT", "4096")
         .env("SHADOWCAT_MAX_SESSIONS_PER_CLIENT", "4096")
         .env("SHADOWCAT_MAX_SESSIONS", "4096")
-        .args([
-            "--log-level",
-            "info",
-            "reverse",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("http://{upstream}/mcp"),
-        ])
+        .args(["--log-level", "info", "reverse", "--listen", "127.0.0.1:0"])
+        .args(
+            (!upstream.is_empty())
+                .then(|| ["--upstream".to_owned(), format!("http://{upstream}/mcp")])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -504,6 +507,19 @@ fn cluster(fixture: &Process, quick: bool, text: &str) {
     let lb_local = balancer::Balancer::start(&addrs);
     let addrs: Vec<&str> = redis_members.iter().map(|m| m.addr.as_str()).collect();
     let lb_redis = balancer::Balancer::start(&addrs);
+    // Sessions at a process (the stdio fixture): at one instance, and spread over three, where
+    // two requests in three are passed to the instance that runs the session's process.
+    let stdio_server = self::fixture().with_file_name("fixture_server");
+    let processes: Vec<String> = sealed
+        .iter()
+        .cloned()
+        .chain(["--".to_owned(), stdio_server.display().to_string()])
+        .collect();
+    let process_members: Vec<Process> =
+        (0..3).map(|_| start_gateway_with("", &processes)).collect();
+    let lb_process_one = balancer::Balancer::start(&[&process_members[0].addr]);
+    let addrs: Vec<&str> = process_members.iter().map(|m| m.addr.as_str()).collect();
+    let lb_process_three = balancer::Balancer::start(&addrs);
     println!("cluster: HAProxy round-robin per request, no affinity");
     compare(
         &[
@@ -515,6 +531,8 @@ fn cluster(fixture: &Process, quick: bool, text: &str) {
             ("haproxy > 3 sealed", &lb_three.addr),
             ("haproxy > 3, own limit", &lb_local.addr),
             ("haproxy > 3, Redis limit", &lb_redis.addr),
+            ("haproxy > 1, process", &lb_process_one.addr),
+            ("haproxy > 3, process", &lb_process_three.addr),
         ],
         if quick { 300 } else { 3000 },
         if quick { 100 } else { 1000 },

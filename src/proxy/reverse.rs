@@ -19,6 +19,8 @@
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //! - [`authn`]: the door with `--auth-issuer` / `--api-key-file`: bearer tokens checked, the
 //!   Protected Resource Metadata served, sessions bound to the principal that opened them.
+//! - `peer`: in a cluster, a request for a session at another instance's process passed to
+//!   that instance (or taken over here when it is gone), and the list of instances up.
 //!
 //! Every message passes through the same [`crate::proxy::Pipeline`] and
 //! [`crate::session::SessionManager`] as in forward mode. Shutdown (SIGINT/SIGTERM): stop
