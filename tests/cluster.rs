@@ -814,6 +814,30 @@ fn process_instances(keys: &Path, redis_url: &str) -> Vec<Gateway> {
 }
 
 #[test]
+fn an_owner_that_is_up_keeps_its_session_even_before_the_others_list_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let redis = RedisServer::start();
+    let mut gateways = process_instances(&keys, &redis.url());
+    // A new instance: the others' copies of the list of instances up (read every second) may
+    // not have it yet; a request for its session at another is still passed to it, never
+    // taken over (Redis's own list says it is up).
+    let a = process_instances(&keys, &redis.url()).remove(0);
+    let session = a.initialize();
+    for gateway in &gateways {
+        assert_eq!(list_tools(&gateway.addr, &session).status, 200);
+        assert_eq!(
+            counter(gateway, "shadowcat_cluster_sessions_adopted_total"),
+            0.0,
+            "{}",
+            gateway.stderr_text()
+        );
+    }
+    assert_eq!(counter(&a, "shadowcat_sessions_created_total"), 1.0);
+    gateways.push(a);
+}
+
+#[test]
 fn a_session_at_a_process_is_taken_over_under_its_id_when_its_instance_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let keys = key_file(dir.path(), "keys", &[KEY_A]);

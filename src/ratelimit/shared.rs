@@ -39,7 +39,7 @@ for i, key in ipairs(KEYS) do
   after[i] = next_tat
 end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.0f', after[i]), 'PX', math.ceil((after[i] - now) / 1000) + 1)
+  redis.call('SET', key, string.format('%.0f', after[i]), 'PX', string.format('%.0f', math.ceil((after[i] - now) / 1000) + 1))
 end
 return {0, 0}
 ";

@@ -226,33 +226,20 @@ impl Redis {
     }
 
     /// Calls `on_message` with each message published on `channel` until `stop`; reconnects
-    /// (every `RETRY_EVERY`) when the connection is lost. Messages published while it was lost
-    /// are not seen (what relies on them has a fallback).
+    /// (every `RETRY_EVERY`) when the connection is lost, or when it does not answer a ping
+    /// (every [`PING_EVERY`]) in time: a connection that died without a word is found out.
+    /// Messages published while it was lost are not seen (what relies on them has a fallback).
     pub fn subscribe(
         self: &std::sync::Arc<Self>,
         channel: String,
         stop: CancellationToken,
-        on_message: impl Fn(&[u8]) + Send + 'static,
+        on_message: impl Fn(&[u8]) + Send + Sync + 'static,
     ) -> Task<()> {
         let redis = self.clone();
         Task::spawn("redis subscriber", async move {
             loop {
-                let connected =
-                    tokio::time::timeout(redis.timeout, redis.client.get_async_pubsub()).await;
-                if let Ok(Ok(mut pubsub)) = connected {
-                    if pubsub.subscribe(&channel).await.is_ok() {
-                        tracing::debug!(redis = %redis.shown, channel, "subscribed");
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            tokio::select! {
-                                () = stop.cancelled() => return,
-                                message = messages.next() => match message {
-                                    Some(message) => on_message(message.get_payload_bytes()),
-                                    None => break,
-                                },
-                            }
-                        }
-                    }
+                if redis.listen(&channel, &stop, &on_message).await {
+                    return;
                 }
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -261,7 +248,46 @@ impl Redis {
             }
         })
     }
+
+    /// One subscription to `channel`, until its connection fails (`false`) or `stop` (`true`).
+    async fn listen(
+        &self,
+        channel: &str,
+        stop: &CancellationToken,
+        on_message: &(impl Fn(&[u8]) + Send + Sync),
+    ) -> bool {
+        let connected = tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = connected else {
+            return false;
+        };
+        let (mut sink, mut messages) = pubsub.split();
+        let subscribed = tokio::time::timeout(self.timeout, sink.subscribe(channel)).await;
+        if !matches!(subscribed, Ok(Ok(()))) {
+            return false;
+        }
+        tracing::debug!(redis = %self.shown, channel, "subscribed");
+        let mut pings = tokio::time::interval(PING_EVERY);
+        pings.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return true,
+                message = messages.next() => match message {
+                    Some(message) => on_message(message.get_payload_bytes()),
+                    None => return false,
+                },
+                _ = pings.tick() => {
+                    let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// How often a subscription's connection is asked whether it is still there.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

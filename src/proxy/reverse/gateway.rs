@@ -681,6 +681,10 @@ impl Gateway {
         crate::proxy::upstream::answer_in_flight(&session, &error, link.router.as_ref()).await;
         link.router.close();
         crate::proxy::pipeline::end_recording(&session).await;
+        // Over for good (not this instance's shutdown, after which another takes it over).
+        if session.state() != crate::session::State::Closed(EndReason::Killed) {
+            self.forget_handshake(&link).await;
+        }
         link.torn_down.cancel();
     }
 

@@ -51,7 +51,7 @@ pub const MEMBER_TTL: Duration = Duration::from_secs(5);
 const LIST_FRESH: Duration = Duration::from_secs(3);
 
 /// The hash of the instances that are up: run id → until when (ms, Redis's clock).
-const MEMBERS: &str = "shadowcat:members";
+pub const MEMBERS: &str = "shadowcat:members";
 
 /// Renews (or, with a time of 0, removes) `ARGV[1]` until Redis's now + `ARGV[2]` ms, removes
 /// entries past their time, and returns the run ids still up.
@@ -172,7 +172,8 @@ impl Peers {
     }
 
     /// Passes the request (`parts` and `body`) to `owner` (as sealed ids name it) and its
-    /// answer back; `Err` if the owner cannot be reached.
+    /// answer back; `Err` if the owner cannot be reached (no connection: the request was not
+    /// sent). A failure once it was sent is a 502: it may have been served.
     async fn forward(
         &self,
         owner: &str,
@@ -191,23 +192,66 @@ impl Peers {
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
         let headers = request.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(http::header::CONTENT_LENGTH);
         headers.insert(FORWARDED.clone(), HeaderValue::from_static("1"));
         if let Some(client) = client {
-            let forwarded_for = match headers.get("x-forwarded-for").map(HeaderValue::to_str) {
-                Some(Ok(earlier)) => format!("{earlier}, {}", client.ip()),
-                _ => client.ip().to_string(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            let mut chain: Vec<String> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect();
+            chain.push(client.ip().to_string());
+            if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
                 headers.insert("x-forwarded-for", value);
             }
         }
         match self.client.request(request).await {
-            Ok(answer) => Ok(answer.map(Body::new)),
-            Err(e) => {
+            Ok(mut answer) => {
+                strip_hop_by_hop(answer.headers_mut());
+                Ok(answer.map(Body::new))
+            }
+            Err(e) if e.is_connect() => {
                 tracing::warn!(owner = base, %e, "the instance that owns the session cannot be reached");
                 Err(())
             }
+            Err(e) => {
+                tracing::warn!(owner = base, %e, "the instance that owns the session failed to answer");
+                Ok(refuse(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "Bad Gateway: the instance of the cluster that runs the session's server did not answer ({e})"
+                    ),
+                ))
+            }
         }
+    }
+}
+
+/// Removes the headers that belong to one connection, not to the message (RFC 9110, 7.6.1):
+/// the fixed ones and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
     }
 }
 
@@ -268,14 +312,18 @@ pub async fn to_owner(
         }
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
     };
+    let caller = super::checks::client_of(&gateway.reverse.trusted_proxies, client, &parts.headers);
     let owner = sealed.owner.clone().unwrap_or_default();
     let mut route = if peers.is_gone(&owner) {
-        gateway.take_over(&sealed, client).await
+        gateway.take_over(&sealed, caller).await
     } else {
         Route::To(owner)
     };
-    // At most: the owner named, then whichever took the session over.
-    for _ in 0..3 {
+    // The owner named, then whichever took the session over. An owner that cannot be reached
+    // but is still on Redis's list died a moment ago: its entry lapses within `MEMBER_TTL`,
+    // and then the session can be taken over; the request waits that long at most.
+    let deadline = tokio::time::Instant::now() + MEMBER_TTL + HEARTBEAT;
+    loop {
         match route {
             Route::To(owner) => {
                 if let Ok(answer) = peers.forward(&owner, client, &parts, body.clone()).await {
@@ -283,11 +331,42 @@ pub async fn to_owner(
                     return answer;
                 }
                 peers.mark_gone(&owner);
-                route = gateway.take_over(&sealed, client).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return gone();
+                }
+                route = gateway.take_over(&sealed, caller).await;
+                if matches!(&route, Route::To(next) if *next == owner) {
+                    tokio::time::sleep(HEARTBEAT / 2).await;
+                }
             }
             Route::Here => return next.run(Request::from_parts(parts, Body::from(body))).await,
             Route::Gone => return gone(),
         }
     }
-    gone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headers_of_one_connection_are_not_passed_on() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("x-hop", "1"),
+            ("mcp-session-id", "abc"),
+            ("authorization", "Bearer t"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "mcp-session-id"]);
+    }
 }

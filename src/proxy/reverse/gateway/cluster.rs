@@ -299,7 +299,8 @@ impl Gateway {
             return;
         };
         let id = link.session.id();
-        let kept = self.ended_kept();
+        // Deleted when the session ends here; this is for an owner that never says so.
+        let kept = HANDSHAKE_KEPT.as_secs();
         let mut pipeline = redis::pipe();
         pipeline
             .cmd("SET")
@@ -323,14 +324,16 @@ impl Gateway {
         }
     }
 
-    /// Where a request for `sealed`'s session goes now that the instance that started it is
-    /// gone: to whichever instance took it over, or here, taking it over (a new process given
-    /// the client's handshake, as `--restart on-failure` does); gone without Redis, or if
-    /// nothing was kept for it.
+    /// Where a request for `sealed`'s session goes now that the instance that started it
+    /// seems gone (off this instance's copy of the list, or unreachable): to whichever
+    /// instance took it over, or here, taking it over (a new process given the client's
+    /// handshake, as `--restart on-failure` does); gone without Redis, or if nothing was kept
+    /// for it. The claim is made on Redis's own list of the instances up: an owner still on
+    /// it keeps its session.
     pub(in crate::proxy::reverse) async fn take_over(
         self: &Arc<Self>,
         sealed: &Unsealed,
-        client: Option<std::net::SocketAddr>,
+        client: Client<'static>,
     ) -> Route {
         let (Some(redis), Some(peers)) = (&self.redis, self.peers()) else {
             return Route::Gone;
@@ -347,52 +350,62 @@ impl Gateway {
             else {
                 return Route::Gone;
             };
-            if owner == peers.me() {
-                return if self.link(&sealed.id).is_some() {
-                    Route::Here
-                } else {
-                    Route::Gone
-                };
-            }
-            if !peers.is_gone(&owner) {
+            if owner != peers.me() && !peers.is_gone(&owner) {
                 return Route::To(owner);
             }
-            // Its owner is gone too: this instance takes it, unless another does first.
+            // Read before the claim, so that once it is ours the session opens at once.
+            let Some(initialize) = self.kept_handshake(&sealed.id).await else {
+                return Route::Gone;
+            };
+            if owner == peers.me() {
+                // Ours (taken over by another request a moment ago, or being): the one that
+                // opens it first wins, the other finds it open.
+                return self.recover(sealed, initialize, client);
+            }
             let script = redis::Script::new(CLAIM);
             let mut claim = script.prepare_invoke();
-            claim.key(&owner_key).arg(&owner).arg(peers.me());
-            if redis.script::<i64>(Use::Session, &claim).await == Some(1) {
-                return self.recover(sealed, client).await;
+            claim
+                .key(&owner_key)
+                .key(super::super::peer::MEMBERS)
+                .arg(&owner)
+                .arg(peers.me())
+                .arg(owner.split(' ').next().unwrap_or_default());
+            match redis.script::<i64>(Use::Session, &claim).await {
+                Some(CLAIMED) => return self.recover(sealed, initialize, client),
+                // Still on the list (this instance's copy was behind): it serves it.
+                Some(OWNER_UP) => return Route::To(owner),
+                // Another instance took it first: ask again who.
+                Some(_) => {}
+                None => return Route::Gone,
             }
         }
         Route::Gone
     }
 
-    /// Serves `sealed`'s session here from now on: a process given the client's `initialize`
-    /// kept in Redis.
-    async fn recover(
-        self: &Arc<Self>,
-        sealed: &Unsealed,
-        client: Option<std::net::SocketAddr>,
-    ) -> Route {
-        let Some(redis) = &self.redis else {
-            return Route::Gone;
-        };
-        let raw = redis
+    /// The client's `initialize` of session `id`, as its owner kept it in Redis.
+    async fn kept_handshake(&self, id: &SessionId) -> Option<crate::protocol::Message> {
+        let raw = self
+            .redis
+            .as_ref()?
             .query::<Option<Vec<u8>>>(
                 Use::Session,
-                redis::cmd("GET").arg(record_key(HANDSHAKE_KEY, &sealed.id)),
+                redis::cmd("GET").arg(record_key(HANDSHAKE_KEY, id)),
             )
             .await
-            .flatten();
-        let Some(initialize) =
-            raw.and_then(|raw| crate::protocol::Message::parse(bytes::Bytes::from(raw)).ok())
-        else {
-            return Route::Gone;
-        };
-        let caller = client.map_or(Client::Local, |addr| Client::Address(addr.ip()));
-        match self.open_recovered(sealed, initialize, caller) {
-            Ok(_) => {
+            .flatten()?;
+        crate::protocol::Message::parse(bytes::Bytes::from(raw)).ok()
+    }
+
+    /// Serves `sealed`'s session here from now on: a process given `initialize` first.
+    fn recover(
+        self: &Arc<Self>,
+        sealed: &Unsealed,
+        initialize: crate::protocol::Message,
+        client: Client<'static>,
+    ) -> Route {
+        match self.open_recovered(sealed, initialize, client) {
+            Ok((_, false)) => Route::Here,
+            Ok((_, true)) => {
                 tracing::info!(session = %sealed.id.digest(), "took over a session whose instance is gone: a new MCP server process is given its handshake");
                 self.metrics.session_reopened();
                 Route::Here
@@ -402,6 +415,24 @@ impl Gateway {
                 Route::Gone
             }
         }
+    }
+
+    /// Forgets (in Redis) what was kept to take the session at `link`'s process over, once it
+    /// ended here for good (not at this instance's shutdown, when the others take it over).
+    pub(in crate::proxy::reverse) async fn forget_handshake(&self, link: &SessionLink) {
+        let (Some(redis), Some(peers), true) =
+            (&self.redis, self.peers(), link.upstream.is_process())
+        else {
+            return;
+        };
+        let id = link.session.id();
+        let script = redis::Script::new(FORGET);
+        let mut forget = script.prepare_invoke();
+        forget
+            .key(record_key(OWNER_KEY, id))
+            .key(record_key(HANDSHAKE_KEY, id))
+            .arg(peers.me());
+        let _: Option<i64> = redis.script(Use::Session, &forget).await;
     }
 
     /// How long what the cluster keeps of a session lasts: the idle timeout, or a day.
@@ -415,15 +446,35 @@ impl Gateway {
     }
 }
 
-/// Sets `KEYS[1]` to `ARGV[2]` if it still holds `ARGV[1]` (keeping its time to live): 1 if it
-/// did.
+/// What [`CLAIM`] answers: the session is now this instance's.
+const CLAIMED: i64 = 1;
+/// What [`CLAIM`] answers: its owner is still up (on Redis's clock).
+const OWNER_UP: i64 = 2;
+
+/// Makes `ARGV[2]` the owner in `KEYS[1]` if it still names `ARGV[1]`, whose run `ARGV[3]` is
+/// not up in the members hash `KEYS[2]` (as `Peers::keep_listed` keeps it): 1 if it did, 2 if
+/// that owner is up, 0 if another owner is named now. Keeps the key's time to live.
 const CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = tonumber(redis.call('HGET', KEYS[2], ARGV[3]))
+if until_ms and until_ms > now then return 2 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+";
+
+/// Deletes `KEYS[1]` and `KEYS[2]` if `KEYS[1]` names `ARGV[1]` (this instance) as the owner.
+const FORGET: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
+  return redis.call('DEL', KEYS[1], KEYS[2])
 end
 return 0
 ";
+
+/// How long a session at a process can be taken over when its owner goes without a word (a
+/// week: longer than any session is expected to run).
+const HANDSHAKE_KEPT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Prefix of the key naming the instance that runs a session's process.
 const OWNER_KEY: &str = "shadowcat:owner:";
@@ -456,17 +507,17 @@ impl Gateway {
         sealed: &Unsealed,
         initialize: crate::protocol::Message,
         client: Client<'_>,
-    ) -> Result<Arc<SessionLink>, OpenError> {
+    ) -> Result<(Arc<SessionLink>, bool), OpenError> {
         if self.shared.is_some() {
             // A shared process's other sessions are not this one's to replay.
-            return Err(OpenError::ShuttingDown);
+            return Err(OpenError::Sessions(crate::session::SessionError::Exists));
         }
         let _once = self
             .reopening
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(link) = self.link(&sealed.id) {
-            return Ok(link);
+            return Ok((link, false));
         }
         if self.stopping.is_cancelled() {
             return Err(OpenError::ShuttingDown);
@@ -507,6 +558,6 @@ impl Gateway {
             link.bind_digest(digest);
         }
         self.install(&link, Some(queue));
-        Ok(link)
+        Ok((link, true))
     }
 }
