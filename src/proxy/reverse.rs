@@ -19,8 +19,10 @@
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //! - [`authn`]: the door with `--auth-issuer` / `--api-key-file`: bearer tokens checked, the
 //!   Protected Resource Metadata served, sessions bound to the principal that opened them.
-//! - `peer`: in a cluster, a request for a session at another instance's process passed to
-//!   that instance (or taken over here when it is gone), and the list of instances up.
+//! - `peer`: in a cluster, the other instances: the list of those up (in Redis) and passing a
+//!   request to one of them.
+//! - `owner`: the middleware that sends a request for a session at another instance's process
+//!   to that instance (or takes the session over here when it is gone).
 //!
 //! Every message passes through the same [`crate::proxy::Pipeline`] and
 //! [`crate::session::SessionManager`] as in forward mode. Shutdown (SIGINT/SIGTERM): stop
@@ -38,6 +40,7 @@ pub mod gateway;
 pub mod get;
 pub mod legacy;
 pub mod mirror;
+mod owner;
 mod peer;
 mod respond;
 pub mod router;

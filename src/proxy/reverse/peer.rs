@@ -11,7 +11,8 @@
 //! With Redis (`--redis-url`) the instances also keep a list of who is up: each renews its
 //! entry every [`HEARTBEAT`] (it lapses [`MEMBER_TTL`] later, on Redis's clock) and removes it
 //! when it stops. An owner not on the list is gone, and its sessions are taken over
-//! (`Gateway::take_over`) instead of being passed to it.
+//! (`Gateway::take_over`) instead of being passed to it. The middleware that routes a request
+//! by its session's owner is `owner::to_owner`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,8 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse as _, Response};
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -29,10 +29,6 @@ use hyper_util::rt::TokioExecutor;
 
 use bytes::Bytes;
 
-use crate::protocol::headers::MCP_SESSION_ID;
-use crate::transport::http::{BodyError, read_body};
-
-use super::gateway::Gateway;
 use super::respond::refuse;
 
 /// Marks a request one instance passed to another.
@@ -159,7 +155,7 @@ impl Peers {
 
     /// Takes `owner` (as sealed ids name it) off the copy of the list of instances up: it
     /// could not be reached (until the list is read again).
-    fn mark_gone(&self, owner: &str) {
+    pub(super) fn mark_gone(&self, owner: &str) {
         let run = owner.split(' ').next().unwrap_or_default();
         if let Some((_, up)) = self
             .up
@@ -174,7 +170,7 @@ impl Peers {
     /// Passes the request (`parts` and `body`) to `owner` (as sealed ids name it) and its
     /// answer back; `Err` if the owner cannot be reached (no connection: the request was not
     /// sent). A failure once it was sent is a 502: it may have been served.
-    async fn forward(
+    pub(super) async fn forward(
         &self,
         owner: &str,
         client: Option<SocketAddr>,
@@ -256,7 +252,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// The answer for a session whose owner is gone.
-fn gone() -> Response {
+pub(super) fn gone() -> Response {
     refuse(
         StatusCode::NOT_FOUND,
         "Not Found: the session's server ran at an instance of the cluster that is gone; start a new session with initialize"
@@ -274,75 +270,6 @@ pub enum Route {
     Here,
     /// Nowhere: the session is gone.
     Gone,
-}
-
-/// Passes a request for a session another instance owns to that instance (or, if that one is
-/// gone, to whichever took the session over, perhaps this one); anything else goes on here.
-pub async fn to_owner(
-    State(gateway): State<Arc<Gateway>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let sealed = match (gateway.peers(), request.headers().contains_key(&FORWARDED)) {
-        (Some(peers), false) => request
-            .headers()
-            .get(&MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|text| gateway.foreign_owner(text, peers.me()))
-            .map(|sealed| (peers, sealed)),
-        _ => None,
-    };
-    let Some((peers, sealed)) = sealed else {
-        return next.run(request).await;
-    };
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-    // Read whole (it is one message at most), so that it can still be served here if its
-    // owner turns out to be gone.
-    let (parts, body) = request.into_parts();
-    let body = match read_body(body, gateway.config.max_message_size).await {
-        Ok(body) => body,
-        Err(e @ BodyError::TooLarge { .. }) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Payload Too Large: {e}"),
-            );
-        }
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
-    };
-    let caller = super::checks::client_of(&gateway.reverse.trusted_proxies, client, &parts.headers);
-    let owner = sealed.owner.clone().unwrap_or_default();
-    let mut route = if peers.is_gone(&owner) {
-        gateway.take_over(&sealed, caller).await
-    } else {
-        Route::To(owner)
-    };
-    // The owner named, then whichever took the session over. An owner that cannot be reached
-    // but is still on Redis's list died a moment ago: its entry lapses within `MEMBER_TTL`,
-    // and then the session can be taken over; the request waits that long at most.
-    let deadline = tokio::time::Instant::now() + MEMBER_TTL + HEARTBEAT;
-    loop {
-        match route {
-            Route::To(owner) => {
-                if let Ok(answer) = peers.forward(&owner, client, &parts, body.clone()).await {
-                    gateway.metrics.forwarded_to_owner();
-                    return answer;
-                }
-                peers.mark_gone(&owner);
-                if tokio::time::Instant::now() >= deadline {
-                    return gone();
-                }
-                route = gateway.take_over(&sealed, caller).await;
-                if matches!(&route, Route::To(next) if *next == owner) {
-                    tokio::time::sleep(HEARTBEAT / 2).await;
-                }
-            }
-            Route::Here => return next.run(Request::from_parts(parts, Body::from(body))).await,
-            Route::Gone => return gone(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
         // Before the door: the owner checks the request's token itself.
         .route_layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
-            super::peer::to_owner,
+            super::owner::to_owner,
         ))
         .route(
             super::authn::METADATA_PATH,
