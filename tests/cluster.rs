@@ -480,8 +480,16 @@ fn with_redis_gone_the_instances_use_their_own_limits_and_share_again_once_it_is
         }
         wait_for_log(gateway, "Redis answers again");
     }
-    // One call each found it back, so one of the three is left.
-    assert_eq!(statuses(&[a, b], &session), [200, 429]);
+    // The limit is the cluster's again: whatever the calls (and heartbeats) that found Redis
+    // back took from the fresh bucket, the calls through both instances draw on one bucket of
+    // three, so they are admitted until it is empty and refused from then on (each instance's
+    // own limit would refuse at A, which spent its own, and admit at B).
+    let after = statuses(&[a, b, a, b], &session);
+    let admitted = after.iter().take_while(|s| **s == 200).count();
+    assert!(
+        admitted <= 3 && after[admitted..].iter().all(|s| *s == 429) && admitted < 4,
+        "{after:?}"
+    );
     // The subscriber is back too: a DELETE through B ends the session at A.
     wait_for_subscriptions(a, 2);
     delete(&b.addr, &session);
@@ -882,4 +890,264 @@ fn a_session_at_a_process_is_taken_over_under_its_id_when_its_instance_is_killed
         "{}",
         survivors[0].stderr_text()
     );
+}
+
+/// A 2025-11-25 session (which takes priming events) opened at `gateway`, its client able to
+/// sample (the server's `ask` asks it mid-call).
+fn initialize_sampling(gateway: &Gateway) -> String {
+    let init = gateway.post(
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{"sampling":{}},
+            "clientInfo":{"name":"shadowcat-tests","version":"1"}}}),
+    );
+    assert_eq!(init.status, 200, "{init:?}");
+    let session = init.header("mcp-session-id").unwrap().to_owned();
+    let ack = gateway.post(
+        Some(&session),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    assert_eq!(ack.status, 202, "{ack:?}");
+    session
+}
+
+/// The headers of a 2025-11-25 client's requests in `session`, with `Last-Event-ID: last`.
+fn stream_headers(session: &str, last: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "application/json, text/event-stream".to_owned()),
+        ("Mcp-Session-Id", session.to_owned()),
+        ("MCP-Protocol-Version", "2025-11-25".to_owned()),
+    ];
+    if let Some(last) = last {
+        headers.push(("Last-Event-ID", last.to_owned()));
+    }
+    headers
+}
+
+/// The client's `tools/call` of `name` through `addr`, answered.
+fn call_at(addr: &str, session: &str, id: i64, name: &str, arguments: Value) -> Value {
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                      "params": support::tool(name, arguments)});
+    let response = http_request(
+        addr,
+        "POST",
+        "/mcp",
+        &stream_headers(session, None),
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    response
+        .sse_messages()
+        .into_iter()
+        .chain(serde_json::from_slice::<Value>(&response.body).ok())
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no answer to {name}: {response:?}"))
+}
+
+/// A client loses a request's stream at the instance that serves it, answers the server's
+/// question through a second instance, and resumes the stream with `Last-Event-ID` at a third,
+/// which never saw the request: it gets the rest of the stream (the call's answer), once, from
+/// the stream's copy in Redis, and the stream ends. Without a copy, the resume is a clear 400.
+#[test]
+fn a_request_stream_resumes_with_last_event_id_at_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gateways = instances_with(3, &server.url, &keys, &["--redis-url", &url]);
+    let [a, b, c] = [&gateways[0], &gateways[1], &gateways[2]];
+    let session = initialize_sampling(a);
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+                      "params": support::tool("ask", json!({"question": "2+2?"}))});
+    let mut stream = support::SseReader::post(
+        &a.addr,
+        &stream_headers(&session, None),
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(stream.status, 200);
+    let priming = stream.next_block().unwrap();
+    let (id, request) = stream.next_event().unwrap();
+    let id = id.unwrap();
+    // Ids name the stream, the instance's run, and the event's number.
+    let (stream_name, number) = id.rsplit_once('-').unwrap();
+    assert!(stream_name.starts_with("post1."), "{id}");
+    assert_eq!(number, "1");
+    assert_eq!(
+        priming,
+        format!("id: {stream_name}-0\nretry: 3000\ndata:\n")
+    );
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    drop(stream);
+    // The question is answered through B; the server answers the call on its stream to A.
+    let answer = json!({"jsonrpc":"2.0","id":request["id"],"result":{"role":"assistant",
+        "content":{"type":"text","text":"four"},"model":"m"}});
+    let accepted = http_request(
+        &b.addr,
+        "POST",
+        "/mcp",
+        &stream_headers(&session, None),
+        answer.to_string().as_bytes(),
+    );
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let mut resumed = support::SseReader::get(&c.addr, &stream_headers(&session, Some(&id)));
+    assert_eq!(resumed.status, 200);
+    assert_eq!(
+        resumed.next_block().unwrap(),
+        format!("id: {id}\nretry: 3000\ndata:\n")
+    );
+    let (next, result) = resumed.next_event().unwrap();
+    assert_eq!(next.unwrap(), format!("{stream_name}-2"));
+    assert_eq!(result["id"], 5, "{result}");
+    assert_eq!(result["result"]["content"][0]["text"], "four", "{result}");
+    assert!(
+        resumed.assert_ends_within(support::ENDS_WITHIN).is_empty(),
+        "the resumed stream ends with the call's answer"
+    );
+    assert!(
+        counter(
+            c,
+            "shadowcat_redis_commands_total{use=\"stream\",outcome=\"ok\"}"
+        ) >= 1.0,
+        "C read the copy"
+    );
+    // A stream of a run no instance had: nothing to resume, said clearly.
+    let unknown = http_request(
+        &c.addr,
+        "GET",
+        "/mcp",
+        &stream_headers(&session, Some("post1.00000000000000ff-1")),
+        b"",
+    );
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    assert!(
+        unknown.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another instance of the cluster"),
+        "{unknown:?}"
+    );
+    // Without Redis an instance cannot read another's streams, and says why.
+    let alone = instances(1, &server.url, &keys);
+    let refused = http_request(
+        &alone[0].addr,
+        "GET",
+        "/mcp",
+        &stream_headers(&session, Some(&id)),
+        b"",
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--redis-url"),
+        "{refused:?}"
+    );
+}
+
+/// A client loses the session's GET stream at the instance that holds the upstream's, and
+/// resumes it at another: it gets what it missed, then what the server goes on sending,
+/// followed in the copy. When the first instance is killed, the stream ends once that
+/// instance is off the cluster's list, and the client's next resume goes on with the second
+/// instance's own GET stream, which carries the server's next notification.
+#[test]
+fn a_get_stream_resumes_at_another_instance_and_outlives_the_one_that_held_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut gateways = instances_with(3, &server.url, &keys, &["--redis-url", &url]);
+    let (a_addr, b_addr, c_addr) = (
+        gateways[0].addr.clone(),
+        gateways[1].addr.clone(),
+        gateways[2].addr.clone(),
+    );
+    let session = initialize_sampling(&gateways[0]);
+    let get = |addr: &str, last: Option<&str>| {
+        let mut headers = stream_headers(&session, last);
+        headers[1].1 = "text/event-stream".to_owned();
+        support::SseReader::get(addr, &headers)
+    };
+    let grow = |id: i64| {
+        let answer = call_at(&b_addr, &session, id, "grow", json!({}));
+        assert_eq!(answer["result"]["content"][0]["text"], "told", "{answer}");
+    };
+    let mut at_a = get(&a_addr, None);
+    assert_eq!(at_a.status, 200);
+    let priming = at_a.next_block().unwrap();
+    let stream_a = priming
+        .strip_prefix("id: ")
+        .and_then(|rest| rest.split_once("-0\n"))
+        .map(|(name, _)| name.to_owned())
+        .unwrap_or_else(|| panic!("{priming}"));
+    assert!(stream_a.starts_with("get."), "{stream_a}");
+    grow(1);
+    let (first, note) = at_a.next_event().unwrap();
+    assert_eq!(first.as_deref(), Some(format!("{stream_a}-1").as_str()));
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    drop(at_a);
+    // Sent while the client is away: A still holds the upstream's stream, and logs it.
+    grow(2);
+    let mut at_c = get(&c_addr, first.as_deref());
+    assert_eq!(at_c.status, 200);
+    assert_eq!(
+        at_c.next_block().unwrap(),
+        format!("id: {stream_a}-1\nretry: 3000\ndata:\n")
+    );
+    let (missed, note) = at_c.next_event().unwrap();
+    assert_eq!(missed.unwrap(), format!("{stream_a}-2"));
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    // And what comes next, live, through the copy.
+    grow(3);
+    let (live, _) = at_c.next_event().unwrap();
+    assert_eq!(live.clone().unwrap(), format!("{stream_a}-3"));
+    // A dies: once it is off the list, C ends the stream it followed.
+    gateways[0].child.kill().unwrap();
+    gateways[0].child.wait().unwrap();
+    let ended = Instant::now();
+    assert!(at_c.next_event().is_none(), "the followed stream ends");
+    assert!(
+        ended.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        ended.elapsed()
+    );
+    // The client resumes at C, which now holds the upstream's stream itself.
+    let mut own = get(&c_addr, live.as_deref());
+    assert_eq!(own.status, 200);
+    assert_eq!(
+        own.next_block().unwrap(),
+        format!("id: {stream_a}-3\nretry: 3000\ndata:\n")
+    );
+    let own_priming = own.next_block().unwrap();
+    assert!(
+        own_priming.starts_with("id: get.") && !own_priming.contains(&stream_a),
+        "{own_priming}"
+    );
+    // The server's GET stream to C may take a moment: ask until a notification comes.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let done = done.clone();
+        let (b_addr, session) = (b_addr.clone(), session.clone());
+        std::thread::spawn(move || {
+            let mut id = 10;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && id < 60 {
+                id += 1;
+                call_at(&b_addr, &session, id, "grow", json!({}));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let (next, note) = own.next_event().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    asker.join().unwrap();
+    let next = next.unwrap();
+    assert!(
+        next.starts_with("get.") && !next.starts_with(&stream_a),
+        "C's own stream: {next}"
+    );
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    drop(gateways);
 }

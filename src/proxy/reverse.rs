@@ -15,7 +15,9 @@
 //! - [`get`]: where clients listen: the session's GET stream endpoint, and the live body
 //!   shared with the 2024-11-05 stream.
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
-//! - [`events`]: a session's event streams: event ids, the replay buffer, resumption.
+//! - [`events`]: a session's event streams: event ids, the replay buffer, resumption; in a
+//!   cluster with Redis, their copies there (`events::shared`).
+//! - `resume`: a client resuming here a stream another instance of the cluster wrote.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on `--admin-listen`.
 //! - [`authn`]: the door with `--auth-issuer` / `--api-key-file`: bearer tokens checked, the
 //!   Protected Resource Metadata served, sessions bound to the principal that opened them.
@@ -43,6 +45,7 @@ pub mod mirror;
 mod owner;
 mod peer;
 mod respond;
+mod resume;
 pub mod router;
 mod screen;
 pub mod server;

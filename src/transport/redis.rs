@@ -27,19 +27,22 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub enum Use {
     /// Shared rate-limit state.
     RateLimit,
-    /// What the instances tell each other about sessions (ends).
+    /// What the instances tell each other about sessions (ends, owners, who is up).
     Session,
+    /// Copies of sessions' SSE streams, for clients that resume them at another instance.
+    Stream,
 }
 
 impl Use {
     /// Every use, in label order.
-    pub const ALL: [Self; 2] = [Self::RateLimit, Self::Session];
+    pub const ALL: [Self; 3] = [Self::RateLimit, Self::Session, Self::Stream];
 
     /// As in metrics' `use` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RateLimit => "rate_limit",
             Self::Session => "session",
+            Self::Stream => "stream",
         }
     }
 }

@@ -6,9 +6,12 @@
 //! request, such as logging and list-changed notifications) and one stream per POST answered
 //! with SSE (the request's progress, the server's requests while handling it, and its answer).
 //! Each stream's [`EventLog`] is the one source of truth for its ids and replay: ids are
-//! `get-<n>` on the GET stream and `post<k>-<n>` on the session's `k`th POST stream, `n`
-//! counting from 1 in the order events were logged, so ids are unique across the session's
-//! streams. The buffer keeps the last `--sse-replay-events` events (and at most
+//! `<stream>-<n>`, where the stream is `get` for the GET stream and `post<k>` for the
+//! session's `k`th POST stream, and `n` counts from 1 in the order events were logged, so ids
+//! are unique across the session's streams. In a cluster a stream's name also names the
+//! instance's run that writes it (`get.<run>`, `post<k>.<run>`), so that ids are unique across
+//! the instances that serve a session; with Redis each stream is copied there
+//! ([`shared`]) for a client that resumes it at another instance. The buffer keeps the last `--sse-replay-events` events (and at most
 //! [`DEFAULT_REPLAY_BYTES`]). Messages are logged whether or not a client is connected; one
 //! connection at a time takes them live (a new one takes over from the old), and events never
 //! handed to any connection go to the next one. A POST stream is finished once its last answer
@@ -16,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -38,8 +41,8 @@ const LIVE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_QUEUED_EVENT_BYTES: usize = 256 * 1024 * 1024;
 /// Bytes of events queued for all live connections now.
 static QUEUED_EVENT_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Prefix of the GET stream's event ids.
-const GET_PREFIX: &str = "get-";
+/// The GET stream's name.
+const GET_STREAM: &str = "get";
 /// Finished POST streams kept per session for clients to resume (the oldest go first); a
 /// stream whose every event reached its client is forgotten at once.
 pub const FINISHED_POST_STREAMS_KEPT: usize = 8;
@@ -50,6 +53,12 @@ pub enum ConnectError {
     /// `Last-Event-ID` is not one of the session's event ids.
     #[error("Last-Event-ID {0:?} is not an event id of this session's streams")]
     UnknownId(String),
+    /// `Last-Event-ID` names a stream another instance of the cluster wrote, and no copy of
+    /// it can be read here.
+    #[error(
+        "Last-Event-ID {0:?} is from a stream another instance of the cluster served, and no copy of it is kept where this instance can read it (it is over, or the instances share no Redis: --redis-url)"
+    )]
+    Elsewhere(String),
     /// `Last-Event-ID` names a POST stream that is over and no longer kept.
     #[error(
         "Last-Event-ID {0:?} is from a request stream that is over and no longer kept (its answer was delivered, or it was one of the oldest of its session)"
@@ -72,10 +81,92 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct EventLog {
     inner: Mutex<Inner>,
-    /// Prefix of this stream's event ids (`get-`, `post<k>-`).
+    /// Prefix of this stream's event ids (its name and `-`).
     prefix: Box<str>,
     max_events: usize,
     max_bytes: usize,
+    /// Where its events are copied for other instances (a cluster with Redis).
+    mirror: Option<shared::Mirror>,
+}
+
+/// How a session's streams are named, and where they are copied (in a cluster).
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    /// The instance's run, in every stream's name.
+    run: Option<Arc<str>>,
+    /// Where the streams are copied, for the session with this id.
+    shared: Option<(Arc<shared::SharedStreams>, crate::session::SessionId)>,
+}
+
+impl Naming {
+    /// Names for a session served by run `run` of an instance of a cluster, its streams
+    /// copied to `shared` if given.
+    pub fn cluster(
+        run: &str,
+        shared: Option<(Arc<shared::SharedStreams>, crate::session::SessionId)>,
+    ) -> Self {
+        Self {
+            run: Some(run.into()),
+            shared,
+        }
+    }
+
+    /// The name of stream `base` (`get`, `post<k>`).
+    fn name(&self, base: &str) -> String {
+        match &self.run {
+            Some(run) => format!("{base}.{run}"),
+            None => base.to_owned(),
+        }
+    }
+
+    fn mirror(&self, name: &str) -> Option<shared::Mirror> {
+        self.shared
+            .as_ref()
+            .map(|(streams, session)| streams.mirror(session, name))
+    }
+
+    /// The GET stream's log, keeping at most `max_events` events and `max_bytes` bytes.
+    pub fn get_log(&self, max_events: usize, max_bytes: usize) -> EventLog {
+        let name = self.name(GET_STREAM);
+        EventLog::named(&name, max_events, max_bytes, self.mirror(&name))
+    }
+}
+
+/// A `Last-Event-ID`, read: `<stream>-<n>`, the stream `get` or `post<k>`, in a cluster with
+/// `.<run>` after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventId<'a> {
+    /// The stream's whole name.
+    pub stream: &'a str,
+    /// The POST stream's number, if it is one.
+    pub post: Option<u64>,
+    /// The run of the instance that wrote it, in a cluster.
+    pub run: Option<&'a str>,
+    /// The event's number.
+    pub number: u64,
+}
+
+impl<'a> EventId<'a> {
+    /// Reads `id`; `None` if it is not of this form.
+    pub fn parse(id: &'a str) -> Option<Self> {
+        let (stream, number) = id.rsplit_once('-')?;
+        let number = number.parse().ok()?;
+        let (base, run) = match stream.split_once('.') {
+            Some((base, run)) if !run.is_empty() => (base, Some(run)),
+            Some(_) => return None,
+            None => (stream, None),
+        };
+        let post = match base {
+            GET_STREAM => None,
+            _ => Some(base.strip_prefix("post")?.parse().ok()?),
+        };
+        Some(Self {
+            stream,
+            post,
+            run,
+            number,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +184,8 @@ struct Inner {
     generation: u64,
     /// Whether the stream is finished.
     finished: bool,
+    /// Whether its copy was marked over (nothing more is copied).
+    copy_ended: bool,
     /// Once it is: the connection that then had every event, if one did.
     complete: Option<u64>,
 }
@@ -106,15 +199,21 @@ impl EventLog {
     /// The GET stream's log, keeping at most `max_events` events and `max_bytes` bytes for
     /// replay.
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
-        Self::with_prefix(GET_PREFIX.into(), max_events, max_bytes)
+        Self::named(GET_STREAM, max_events, max_bytes, None)
     }
 
-    fn with_prefix(prefix: Box<str>, max_events: usize, max_bytes: usize) -> Self {
+    fn named(
+        name: &str,
+        max_events: usize,
+        max_bytes: usize,
+        mirror: Option<shared::Mirror>,
+    ) -> Self {
         Self {
             inner: Mutex::default(),
-            prefix,
+            prefix: format!("{name}-").into(),
             max_events,
             max_bytes,
+            mirror,
         }
     }
 
@@ -123,6 +222,10 @@ impl EventLog {
         let mut inner = lock(&self.inner);
         inner.last += 1;
         let event = event(&self.prefix, inner.last, data);
+        if let Some(mirror) = self.mirror.as_ref().filter(|_| !inner.copy_ended) {
+            // Under the lock: copies are queued in the order of their numbers.
+            mirror.event(inner.last, &event);
+        }
         if let Some(live) = &inner.live {
             if live.offer(&event) {
                 inner.handed = inner.last;
@@ -229,7 +332,7 @@ impl EventLog {
                 .map(|(_, e)| e.clone()),
         );
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let queued = std::sync::Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let live = LiveEvents {
             rx,
             queued: queued.clone(),
@@ -262,9 +365,19 @@ impl EventLog {
         }
     }
 
-    /// Ends the live connection (the session is over).
+    /// Ends the live connection (the session is over here).
     pub fn close(&self) {
-        lock(&self.inner).live = None;
+        let mut inner = lock(&self.inner);
+        inner.live = None;
+        self.end_copy(&mut inner);
+    }
+
+    /// Marks the copy over: nothing more comes from here.
+    fn end_copy(&self, inner: &mut Inner) {
+        if let Some(mirror) = self.mirror.as_ref().filter(|_| !inner.copy_ended) {
+            inner.copy_ended = true;
+            mirror.end(inner.last);
+        }
     }
 
     /// Marks the stream finished (a POST's last answer is logged): its live connection ends
@@ -278,6 +391,7 @@ impl EventLog {
             .map(|_| inner.generation);
         inner.finished = true;
         inner.complete = holder;
+        self.end_copy(&mut inner);
     }
 
     /// Whether connection `generation`, having sent everything it was handed, delivered the
@@ -307,7 +421,7 @@ impl crate::proxy::outbox::Deliver for EventLog {
 #[derive(Debug)]
 struct Live {
     tx: mpsc::Sender<Bytes>,
-    queued: std::sync::Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Live {
@@ -347,7 +461,7 @@ impl Live {
 #[derive(Debug)]
 pub struct LiveEvents {
     rx: mpsc::Receiver<Bytes>,
-    queued: std::sync::Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl LiveEvents {
@@ -386,30 +500,35 @@ impl Drop for LiveEvents {
 /// newer finished ones are kept.
 #[derive(Debug)]
 pub struct PostStreams {
-    logs: Mutex<std::collections::BTreeMap<u64, std::sync::Arc<EventLog>>>,
+    logs: Mutex<std::collections::BTreeMap<u64, Arc<EventLog>>>,
     next: std::sync::atomic::AtomicU64,
     max_events: usize,
     max_bytes: usize,
+    naming: Naming,
 }
 
 impl PostStreams {
-    /// No streams yet; each will keep at most `max_events` events and `max_bytes` bytes.
-    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+    /// No streams yet; each will keep at most `max_events` events and `max_bytes` bytes, and
+    /// be named (and copied) as `naming` says.
+    pub fn new(max_events: usize, max_bytes: usize, naming: Naming) -> Self {
         Self {
             logs: Mutex::default(),
             next: std::sync::atomic::AtomicU64::new(1),
             max_events,
             max_bytes,
+            naming,
         }
     }
 
     /// A new stream, with its number.
-    pub fn open(&self) -> (u64, std::sync::Arc<EventLog>) {
+    pub fn open(&self) -> (u64, Arc<EventLog>) {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
-        let log = std::sync::Arc::new(EventLog::with_prefix(
-            format!("post{number}-").into(),
+        let name = self.naming.name(&format!("post{number}"));
+        let log = Arc::new(EventLog::named(
+            &name,
             self.max_events,
             self.max_bytes,
+            self.naming.mirror(&name),
         ));
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         logs.insert(number, log.clone());
@@ -435,14 +554,14 @@ impl PostStreams {
             .remove(&number);
     }
 
-    /// The stream a `Last-Event-ID` of the form `post<k>-<n>` belongs to; `None` if the id has
-    /// another form.
-    pub fn find(
-        &self,
-        last_event_id: &str,
-    ) -> Option<Result<(u64, std::sync::Arc<EventLog>), ConnectError>> {
-        let (number, _) = last_event_id.strip_prefix("post")?.split_once('-')?;
-        let number = number.parse::<u64>().ok()?;
+    /// The stream of this instance a POST stream's `Last-Event-ID` belongs to; `None` if the
+    /// id is not a POST stream's.
+    pub fn find(&self, last_event_id: &str) -> Option<Result<(u64, Arc<EventLog>), ConnectError>> {
+        let id = EventId::parse(last_event_id)?;
+        let number = id.post?;
+        if id.run != self.naming.run.as_deref() {
+            return Some(Err(ConnectError::UnknownId(last_event_id.to_owned())));
+        }
         let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         Some(match logs.get(&number) {
             Some(log) => Ok((number, log.clone())),
@@ -466,7 +585,7 @@ fn event(prefix: &str, number: u64, data: &[u8]) -> Bytes {
 /// The priming event (2025-11-25): the current id with empty data, and the reconnection delay,
 /// so that a client that loses the stream at once can still resume it. Sent only to clients of
 /// 2025-11-25 and later: older ones may take its empty data for a message and fail to parse it.
-fn priming(prefix: &str, last: u64) -> Bytes {
+pub(super) fn priming(prefix: &str, last: u64) -> Bytes {
     Bytes::from(format!("id: {prefix}{last}\nretry: {RETRY_MS}\ndata:\n\n"))
 }
 
@@ -474,6 +593,8 @@ fn priming(prefix: &str, last: u64) -> Bytes {
 pub fn keepalive() -> Bytes {
     Bytes::from_static(b": keep-alive\n\n")
 }
+
+pub mod shared;
 
 #[cfg(test)]
 mod tests;

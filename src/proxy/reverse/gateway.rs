@@ -41,7 +41,8 @@ use crate::transport::child::{Restart, Share};
 use crate::transport::redis::Redis;
 use crate::transport::serve::{ClientCounts, ClientSlot};
 
-use super::events::{DEFAULT_REPLAY_BYTES, EventLog};
+use super::events::shared::SharedStreams;
+use super::events::{DEFAULT_REPLAY_BYTES, EventLog, Naming, PostStreams};
 use super::router::{Delivery, Reply, ReplyTo, Router};
 
 mod cluster;
@@ -150,8 +151,26 @@ pub struct Gateway {
     /// This instance as the others of the cluster reach it, once it listens (for sessions at
     /// a process, which other instances pass to it).
     peers: std::sync::OnceLock<Arc<super::peer::Peers>>,
+    /// This run among the cluster's instances, and who else is up (in a cluster).
+    members: Option<Arc<super::peer::Members>>,
     /// Keeps this instance on the cluster's list of those up (with Redis).
     heartbeat: Mutex<Option<crate::task::Task<()>>>,
+    /// Copies of the sessions' SSE streams in Redis, for clients that resume them at another
+    /// instance (a cluster with Redis and an HTTP upstream).
+    shared_streams: Option<Arc<SharedStreams>>,
+}
+
+/// The Redis the cluster's instances share (`--redis-url`), if one is configured.
+fn redis_of(reverse: &ReverseConfig) -> Option<Arc<Redis>> {
+    let config = reverse.cluster.as_ref()?.redis.as_ref()?;
+    match Redis::new(&config.url, config.timeout) {
+        Ok(redis) => Some(Arc::new(redis)),
+        Err(e) => {
+            // The URL was checked with the configuration: not expected.
+            tracing::error!(%e, "Redis cannot be used; this instance goes on without it");
+            None
+        }
+    }
 }
 
 /// Where a stateless (2026-07-28) request goes.
@@ -175,18 +194,7 @@ impl Gateway {
         observers: &crate::telemetry::Observers,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let redis = reverse
-            .cluster
-            .as_ref()
-            .and_then(|c| c.redis.as_ref())
-            .and_then(|r| match Redis::new(&r.url, r.timeout) {
-                Ok(redis) => Some(Arc::new(redis)),
-                Err(e) => {
-                    // The URL was checked with the configuration: not expected.
-                    tracing::error!(%e, "Redis cannot be used; this instance goes on without it");
-                    None
-                }
-            });
+        let redis = redis_of(&reverse);
         let pipeline = Pipeline::for_mode(
             &config,
             metrics.clone(),
@@ -237,13 +245,27 @@ impl Gateway {
             )),
             _ => None,
         };
+        let sealer = reverse.cluster.as_ref().and_then(|c| c.sealer.clone());
+        let members = sealer
+            .as_ref()
+            .map(|_| Arc::new(super::peer::Members::new()));
+        let shared_streams = match (&redis, &members, &upstream) {
+            (Some(redis), Some(_), Server::Http(_)) => Some(Arc::new(SharedStreams::new(
+                redis.clone(),
+                reverse.sse_replay_events,
+                config.sessions.idle_timeout,
+            ))),
+            _ => None,
+        };
         let gateway = Arc::new(Self {
             redis,
             subscriber: Mutex::new(None),
             peers: std::sync::OnceLock::new(),
+            members,
             heartbeat: Mutex::new(None),
+            shared_streams,
             auth,
-            sealer: reverse.cluster.as_ref().and_then(|c| c.sealer.clone()),
+            sealer,
             exchange: reverse.http_upstream().and_then(exchanger_for),
             shared,
             pipeline,
@@ -263,6 +285,7 @@ impl Gateway {
             reopening: Mutex::new(()),
         });
         gateway.listen_for_ends();
+        gateway.keep_listed();
         gateway
     }
 
@@ -370,7 +393,8 @@ impl Gateway {
             self.sessions.create_unkept(transport, label)?
         };
         self.record(&session);
-        let events = Some(self.event_log());
+        let naming = self.naming(session.id());
+        let events = Some(self.event_log(&naming));
         let (upstream, router, child) = match &self.server {
             Server::Http(backend) => {
                 let router = Arc::new(Router::new(session.clone(), events, delivery, None));
@@ -397,7 +421,7 @@ impl Gateway {
             router,
             upstream,
             client_slot,
-            self.reverse.sse_replay_events,
+            self.post_streams(&naming),
         ));
         self.install(&link, child);
         Ok(link)
@@ -430,12 +454,35 @@ impl Gateway {
         (upstream, router, queue)
     }
 
+    /// How session `id`'s streams are named, and where they are copied: in a cluster, named
+    /// for this run (and with Redis and an HTTP upstream, copied for the other instances).
+    fn naming(&self, id: &SessionId) -> Naming {
+        match &self.members {
+            Some(members) => Naming::cluster(
+                members.run(),
+                self.shared_streams.clone().map(|s| (s, id.clone())),
+            ),
+            None => Naming::default(),
+        }
+    }
+
     /// A new session's log of its GET stream's events, for clients that resume it.
-    fn event_log(&self) -> Arc<EventLog> {
-        Arc::new(EventLog::new(
+    fn event_log(&self, naming: &Naming) -> Arc<EventLog> {
+        Arc::new(naming.get_log(self.reverse.sse_replay_events, DEFAULT_REPLAY_BYTES))
+    }
+
+    /// A new session's POST streams.
+    fn post_streams(&self, naming: &Naming) -> PostStreams {
+        PostStreams::new(
             self.reverse.sse_replay_events,
             DEFAULT_REPLAY_BYTES,
-        ))
+            naming.clone(),
+        )
+    }
+
+    /// The copies of sessions' streams in Redis (a cluster with Redis and an HTTP upstream).
+    pub(in crate::proxy::reverse) fn shared_streams(&self) -> Option<&Arc<SharedStreams>> {
+        self.shared_streams.as_ref()
     }
 
     /// Makes `link` the open session of its id, watched until it ends.
@@ -475,6 +522,7 @@ impl Gateway {
             .sessions
             .create_unkept(TransportKind::Http, Some(self.upstream_label()))?;
         self.record(&session);
+        let naming = self.naming(session.id());
         let router = Arc::new(Router::new(
             session.clone(),
             None,
@@ -487,7 +535,7 @@ impl Gateway {
             router,
             Upstream::Http(http),
             client_slot,
-            self.reverse.sse_replay_events,
+            self.post_streams(&naming),
         ))))
     }
 

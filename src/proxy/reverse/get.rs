@@ -48,6 +48,12 @@ pub async fn get(
         .get(&LAST_EVENT_ID)
         .map(|v| v.to_str().unwrap_or("?"));
     let prime = link.takes_priming_events();
+    let written_elsewhere = last
+        .and_then(events::EventId::parse)
+        .filter(|id| id.run.is_some() && id.run != gateway.members().map(|m| m.run()));
+    if let (Some(id), Some(last)) = (written_elsewhere, last) {
+        return super::resume::elsewhere(&gateway, &link, id, last, prime).await;
+    }
     if let Some(found) = last.and_then(|id| link.posts.find(id)) {
         let resumed = found.and_then(|(number, log)| {
             let connection = log.connect(last, prime)?;
@@ -60,6 +66,27 @@ pub async fn get(
             Err(e) => refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
         };
     }
+    let connection = match listen(&link, events, last, prime).await {
+        Ok(connection) => connection,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
+    };
+    sse_response(live_body(
+        &gateway,
+        &link,
+        connection,
+        Ends::Listening,
+        None::<()>,
+    ))
+}
+
+/// Takes `link`'s GET stream (`events`) for a new connection, after `last` (as
+/// [`EventLog::connect`]), once the upstream has somewhere to send what belongs on it.
+pub(super) async fn listen(
+    link: &SessionLink,
+    events: &EventLog,
+    last: Option<&str>,
+    prime: bool,
+) -> Result<Connection, events::ConnectError> {
     // The client listens: now the upstream's own GET stream is worth a connection. Waiting for
     // it (bounded) means the client is not told it listens while the upstream has nowhere yet
     // to send what belongs on this stream.
@@ -72,17 +99,7 @@ pub async fn get(
     if let Some(http) = opening {
         http.until_listening().await;
     }
-    let connection = match events.connect(last, prime) {
-        Ok(connection) => connection,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
-    };
-    sse_response(live_body(
-        &gateway,
-        &link,
-        connection,
-        Ends::Listening,
-        None::<()>,
-    ))
+    events.connect(last, prime)
 }
 
 /// How a connection's body ends, besides the client going away or the session ending.

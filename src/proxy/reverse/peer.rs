@@ -8,10 +8,11 @@
 //! same URL answers 404 for a session it does not hold), and `X-Forwarded-For` with the client's
 //! address (the owner reads it if the instances are each other's `--trusted-proxy`).
 //!
-//! With Redis (`--redis-url`) the instances also keep a list of who is up: each renews its
-//! entry every [`HEARTBEAT`] (it lapses [`MEMBER_TTL`] later, on Redis's clock) and removes it
-//! when it stops. An owner not on the list is gone, and its sessions are taken over
-//! (`Gateway::take_over`) instead of being passed to it. The middleware that routes a request
+//! With Redis (`--redis-url`) the instances also keep a list of who is up ([`Members`]): each
+//! renews its entry every [`HEARTBEAT`] (it lapses [`MEMBER_TTL`] later, on Redis's clock) and
+//! removes it when it stops. An owner not on the list is gone, and its sessions are taken over
+//! (`Gateway::take_over`) instead of being passed to it; a stream whose writer is not on it
+//! is no longer followed (`resume`). The middleware that routes a request
 //! by its session's owner is `owner::to_owner`.
 
 use std::collections::HashSet;
@@ -67,21 +68,26 @@ end
 return up
 ";
 
-/// This instance as the others reach it, and the client it reaches them with.
+/// The instances of the cluster that are up, as this one knows them (with Redis): this run's
+/// id, kept on Redis's list while it runs, and a copy of the list.
 #[derive(Debug)]
-pub struct Peers {
-    /// `<id> <url>`, as sealed ids name their owner: a random id for this run (so an instance
-    /// started again at the same URL is another owner) and the base URL.
-    me: String,
-    client: Client<HttpConnector, Body>,
+pub struct Members {
+    /// A random id for this run (so an instance started again is another member).
+    run: String,
     /// The run ids of the instances up, and when that was read (none yet: nobody is known to
     /// be gone).
     up: Mutex<Option<(tokio::time::Instant, HashSet<String>)>>,
 }
 
-impl Peers {
-    /// This instance, reached at `url` (`http://HOST:PORT`).
-    pub fn new(url: &str) -> Self {
+impl Default for Members {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Members {
+    /// This run, with a new random id.
+    pub fn new() -> Self {
         let mut id = [0u8; 8];
         // Without the OS's randomness the id is still this run's: the time it started.
         if getrandom::fill(&mut id).is_err() {
@@ -90,46 +96,56 @@ impl Peers {
                 .map_or(0, |d| d.as_nanos());
             id.copy_from_slice(&now.to_le_bytes()[..8]);
         }
-        let id = format!("{:016x}", u64::from_le_bytes(id));
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
         Self {
-            me: format!("{id} {}", url.trim_end_matches('/')),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            run: format!("{:016x}", u64::from_le_bytes(id)),
             up: Mutex::new(None),
         }
     }
 
-    /// Whether `owner` (as sealed ids name it) is known to be gone: not on a fresh list of the
-    /// instances up. Without Redis, or while it does not answer, nobody is.
-    pub fn is_gone(&self, owner: &str) -> bool {
-        let run = owner.split(' ').next().unwrap_or_default();
+    /// This run's id.
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// Whether run `run` is known to be gone: not on a fresh list of the instances up.
+    /// Without Redis, or while it does not answer, nobody is.
+    pub fn is_gone(&self, run: &str) -> bool {
         let up = self.up.lock().unwrap_or_else(PoisonError::into_inner);
         up.as_ref()
             .is_some_and(|(read, up)| read.elapsed() < LIST_FRESH && !up.contains(run))
     }
 
-    /// Keeps this instance on the list of those up (in `redis`) until `stop`, then takes it
-    /// off (so its sessions are taken over at once), and keeps a copy of the list.
+    /// Takes run `run` off the copy of the list (until the list is read again).
+    fn mark_gone(&self, run: &str) {
+        if let Some((_, up)) = self
+            .up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            up.remove(run);
+        }
+    }
+
+    /// Keeps this run on the list of those up (in `redis`) until `stop`, then takes it off
+    /// (so its sessions are taken over at once), and keeps a copy of the list.
     pub fn keep_listed(
         self: &Arc<Self>,
         redis: Arc<crate::transport::redis::Redis>,
         stop: tokio_util::sync::CancellationToken,
     ) -> crate::task::Task<()> {
-        let peers = self.clone();
+        let members = self.clone();
         crate::task::Task::spawn("cluster heartbeat", async move {
             let script = redis::Script::new(HEARTBEAT_SCRIPT);
-            let run = peers.me.split(' ').next().unwrap_or_default().to_owned();
             let ttl = u64::try_from(MEMBER_TTL.as_millis()).unwrap_or(u64::MAX);
             loop {
                 let mut call = script.prepare_invoke();
-                call.key(MEMBERS).arg(&run).arg(ttl);
+                call.key(MEMBERS).arg(&members.run).arg(ttl);
                 let listed: Option<Vec<String>> = redis
                     .script(crate::transport::redis::Use::Session, &call)
                     .await;
                 if let Some(listed) = listed {
-                    *peers.up.lock().unwrap_or_else(PoisonError::into_inner) =
+                    *members.up.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some((tokio::time::Instant::now(), listed.into_iter().collect()));
                 }
                 tokio::select! {
@@ -138,7 +154,7 @@ impl Peers {
                 }
             }
             let mut call = script.prepare_invoke();
-            call.key(MEMBERS).arg(&run).arg(0);
+            call.key(MEMBERS).arg(&members.run).arg(0);
             let _: Option<Vec<String>> = redis
                 .script(crate::transport::redis::Use::Session, &call)
                 .await;
@@ -146,6 +162,36 @@ impl Peers {
                 "off the cluster's list: the other instances take this one's sessions over"
             );
         })
+    }
+}
+
+/// This instance as the others reach it, and the client it reaches them with.
+#[derive(Debug)]
+pub struct Peers {
+    /// `<id> <url>`, as sealed ids name their owner: this run's id (so an instance started
+    /// again at the same URL is another owner) and the base URL.
+    me: String,
+    members: Arc<Members>,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Peers {
+    /// This instance (the run `members` lists), reached at `url` (`http://HOST:PORT`).
+    pub fn new(members: Arc<Members>, url: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Self {
+            me: format!("{} {}", members.run(), url.trim_end_matches('/')),
+            members,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Whether `owner` (as sealed ids name it) is known to be gone: not on a fresh list of the
+    /// instances up. Without Redis, or while it does not answer, nobody is.
+    pub fn is_gone(&self, owner: &str) -> bool {
+        self.members.is_gone(run_of(owner))
     }
 
     /// How sealed ids name this instance.
@@ -156,15 +202,7 @@ impl Peers {
     /// Takes `owner` (as sealed ids name it) off the copy of the list of instances up: it
     /// could not be reached (until the list is read again).
     pub(super) fn mark_gone(&self, owner: &str) {
-        let run = owner.split(' ').next().unwrap_or_default();
-        if let Some((_, up)) = self
-            .up
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-        {
-            up.remove(run);
-        }
+        self.members.mark_gone(run_of(owner));
     }
 
     /// Passes the request (`parts` and `body`) to `owner` (as sealed ids name it) and its
@@ -223,6 +261,11 @@ impl Peers {
             }
         }
     }
+}
+
+/// The run id in `owner` (as sealed ids name an owner: `<run> <url>`).
+fn run_of(owner: &str) -> &str {
+    owner.split(' ').next().unwrap_or_default()
 }
 
 /// Removes the headers that belong to one connection, not to the message (RFC 9110, 7.6.1):

@@ -97,7 +97,7 @@ async fn a_stalled_connection_is_dropped_and_can_resume() {
 
 #[tokio::test]
 async fn post_streams_finish_are_forgotten_once_delivered_and_bounded() {
-    let posts = PostStreams::new(16, 1 << 20);
+    let posts = PostStreams::new(16, 1 << 20, Naming::default());
     let (number, log) = posts.open();
     assert_eq!(number, 1);
     log.push(br#"{"progress":1}"#);
@@ -192,7 +192,7 @@ fn the_byte_bound_holds() {
 /// `retry:`, and the stream goes on for the client to resume with `Last-Event-ID`.
 #[tokio::test]
 async fn a_paused_stream_ends_its_connection_and_resumes_after_the_last_id() {
-    let log = EventLog::with_prefix("post1-".into(), 16, 1 << 20);
+    let log = EventLog::named("post1", 16, 1 << 20, None);
     let mut first = log.attach(true);
     log.push(br#"{"n":1}"#);
     log.pause(Some(Duration::from_millis(100)));

@@ -141,9 +141,10 @@ impl Gateway {
             session.update_metadata(|m| m.protocol_version.clone_from(&sealed.protocol_version));
             self.sessions.activate(&session);
             self.record(&session);
+            let naming = self.naming(session.id());
             let router = Arc::new(Router::new(
                 session.clone(),
-                Some(self.event_log()),
+                Some(self.event_log(&naming)),
                 Delivery::Streamable,
                 None,
             ));
@@ -154,7 +155,7 @@ impl Gateway {
                 router,
                 Upstream::Http(http),
                 client_slot,
-                self.reverse.sse_replay_events,
+                self.post_streams(&naming),
             ));
             if let Some(digest) = sealed.principal {
                 link.bind_digest(digest);
@@ -251,22 +252,34 @@ impl Gateway {
     /// This instance as the others reach it: set once it listens, for the sessions at its
     /// processes (a cluster whose server is a command, with an address to advertise).
     pub fn advertise(&self, url: &str) {
-        if self.sealer.is_none() || !matches!(self.server, Server::Command(_)) {
+        let (Some(members), Server::Command(_)) = (&self.members, &self.server) else {
             return;
-        }
-        let peers = Arc::new(Peers::new(url));
+        };
+        let peers = Arc::new(Peers::new(members.clone(), url));
         tracing::info!(
             url,
             "the other instances of the cluster pass requests for this instance's sessions to it here"
         );
-        if let Some(redis) = &self.redis {
-            let task = peers.keep_listed(redis.clone(), self.stopping.clone());
-            *self
-                .heartbeat
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task);
-        }
         let _ = self.peers.set(peers);
+    }
+
+    /// Keeps this instance on the cluster's list of those up while it runs (in a cluster with
+    /// Redis): the others take its process sessions over, and stop following its streams,
+    /// once it is off the list.
+    pub(super) fn keep_listed(&self) {
+        let (Some(members), Some(redis)) = (&self.members, &self.redis) else {
+            return;
+        };
+        let task = members.keep_listed(redis.clone(), self.stopping.clone());
+        *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+
+    /// This run among the cluster's instances (in a cluster).
+    pub(in crate::proxy::reverse) fn members(&self) -> Option<&Arc<super::super::peer::Members>> {
+        self.members.as_ref()
     }
 
     /// The peers, if requests may be passed between instances.
@@ -531,8 +544,12 @@ impl Gateway {
         session.update_metadata(|m| m.protocol_version.clone_from(&sealed.protocol_version));
         self.sessions.activate(&session);
         self.record(&session);
-        let (upstream, router, queue) =
-            self.own_process(&session, Some(self.event_log()), Delivery::Streamable);
+        let naming = self.naming(session.id());
+        let (upstream, router, queue) = self.own_process(
+            &session,
+            Some(self.event_log(&naming)),
+            Delivery::Streamable,
+        );
         let handshake = crate::proxy::upstream::supervise::Handshake {
             initialize: Some(initialize),
             initialized: crate::protocol::Message::parse(bytes::Bytes::from_static(
@@ -551,7 +568,7 @@ impl Gateway {
             router,
             upstream,
             client_slot,
-            self.reverse.sse_replay_events,
+            self.post_streams(&naming),
         ));
         link.replay_first(handshake);
         if let Some(digest) = sealed.principal {

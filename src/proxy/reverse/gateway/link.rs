@@ -55,14 +55,14 @@ pub struct SessionLink {
 
 impl SessionLink {
     /// `session`, whose messages from the server go to `router`, linked to `upstream`; `client`
-    /// holds its place under its client's `--max-sessions-per-client`. `replay_events`: how
-    /// many events each POST stream keeps for resumption (`--sse-replay-events`).
+    /// holds its place under its client's `--max-sessions-per-client`; `posts` will hold its
+    /// POST streams.
     pub fn new(
         session: Arc<Session>,
         router: Arc<Router>,
         upstream: Upstream<Arc<Router>>,
         client: Option<crate::transport::serve::ClientSlot>,
-        replay_events: usize,
+        posts: PostStreams,
     ) -> Self {
         Self {
             session,
@@ -70,7 +70,7 @@ impl SessionLink {
             upstream,
             torn_down: CancellationToken::new(),
             listening: CancellationToken::new(),
-            posts: PostStreams::new(replay_events, super::super::events::DEFAULT_REPLAY_BYTES),
+            posts,
             tool_params: crate::protocol::headers::MirroredTools::default(),
             client: Mutex::new(client),
             owner: std::sync::OnceLock::new(),
