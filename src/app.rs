@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use clap::CommandFactory;
 
 use crate::cli::Cli;
+use crate::config::cluster::RedisConfig;
 use crate::config::{Config, Mode, StoreKind};
 use crate::proxy::forward;
 use crate::proxy::shutdown::Shutdown;
+use crate::session::store::redis::{ClusterHistory, RedisStore};
 use crate::session::store::{SessionStore, SqliteStore};
 use crate::session::{SessionManager, StoreWriter};
 use crate::telemetry::Observers;
@@ -24,6 +26,7 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         // long.
         Mode::Forward(spec, restart) => on_one_thread(
             config,
+            None,
             Duration::from_millis(100),
             |sessions, observers, shutdown| async move {
                 forward::run(
@@ -40,18 +43,25 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         ),
         Mode::Bridge(upstream) => on_one_thread(
             config,
+            None,
             Duration::from_millis(100),
             |sessions, observers, shutdown| async move {
                 crate::proxy::bridge::run(config, &upstream, &sessions, &observers, shutdown).await
             },
         ),
-        Mode::Reverse(reverse) => on_one_thread(
-            config,
-            Duration::from_secs(1),
-            |sessions, observers, shutdown| async move {
-                crate::proxy::reverse::run(config, &reverse, &sessions, &observers, shutdown).await
-            },
-        ),
+        Mode::Reverse(reverse) => {
+            // A cluster's instances keep the history in its Redis too.
+            let redis = reverse.cluster.as_ref().and_then(|c| c.redis.clone());
+            on_one_thread(
+                config,
+                redis.as_ref(),
+                Duration::from_secs(1),
+                |sessions, observers, shutdown| async move {
+                    crate::proxy::reverse::run(config, &reverse, &sessions, &observers, shutdown)
+                        .await
+                },
+            )
+        }
         Mode::Replay(args) => crate::cmd::replay::run_stdio(&args, config.traces.as_ref()),
         Mode::Tape(cmd) => crate::cmd::tape::run(*cmd, config),
         Mode::Session(cmd) => crate::cmd::session::run(cmd, config),
@@ -79,6 +89,7 @@ const TRACE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// down.
 fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     config: &Config,
+    redis: Option<&RedisConfig>,
     grace: Duration,
     proxy: impl FnOnce(Arc<SessionManager>, Observers, Shutdown) -> F,
 ) -> anyhow::Result<u8> {
@@ -87,7 +98,7 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         .build()
         .context("cannot start the async runtime")?;
     // Opened before the runtime starts: SQLite calls block, and the runtime must not.
-    let store = open_store(config);
+    let store = open_store(config, redis);
     let code = runtime.block_on(async {
         // Before anything starts, so a signal never finds the default (fatal) handler.
         let shutdown = Shutdown::on_signals()?;
@@ -123,18 +134,31 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
     code
 }
 
-/// The session history writer `config` asks for. History is a convenience: if the store can't
-/// be opened, the proxy runs without it and says so.
-fn open_store(config: &Config) -> Option<StoreWriter> {
-    let store: Arc<dyn SessionStore> = match config.session_store {
-        StoreKind::Memory => return None,
+/// The session history writer `config` asks for (in a cluster with `redis`, the cluster's
+/// history there too). History is a convenience: if the store can't be opened, the proxy runs
+/// without it and says so.
+fn open_store(config: &Config, redis: Option<&RedisConfig>) -> Option<StoreWriter> {
+    let local: Option<Arc<dyn SessionStore>> = match config.session_store {
+        StoreKind::Memory => None,
         StoreKind::Sqlite => match SqliteStore::open_in(&config.data_dir) {
-            Ok(store) => Arc::new(store),
+            Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::warn!(%e, "session history is off (use --data-dir to choose another place)");
-                return None;
+                None
             }
         },
+    };
+    let shared = redis.and_then(|r| match RedisStore::new(&r.url, r.timeout) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!(%e, "the cluster's session history is off");
+            None
+        }
+    });
+    let store: Arc<dyn SessionStore> = match (local, shared) {
+        (local, Some(shared)) => Arc::new(ClusterHistory::new(local, shared)),
+        (Some(local), None) => local,
+        (None, None) => return None,
     };
     match StoreWriter::start(store, 2 * config.sessions.max_sessions) {
         Ok(writer) => Some(writer),

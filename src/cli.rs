@@ -429,8 +429,10 @@ pub struct ClusterArgs {
     pub cluster_advertise: Option<String>,
     /// The Redis server the instances of a cluster share what must be shared through:
     /// rate-limit state (a limit holds across instances), word of sessions their clients
-    /// ended (no other instance serves them on), the list of instances up, and what another
-    /// instance needs to take over a session at a process whose instance is gone.
+    /// ended (no other instance serves them on), the list of instances up, what another
+    /// instance needs to take over a session at a process whose instance is gone, copies of
+    /// SSE streams (a client resumes one at any instance), and the session history (`session
+    /// list --redis-url`).
     /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`, Redis 6.2 or later, not in cluster mode. Redis
     /// slow or down: each instance does without it (its own limits), logs it once, and tries
     /// again every second. [default: off: nothing needs Redis]

@@ -1151,3 +1151,138 @@ fn a_get_stream_resumes_at_another_instance_and_outlives_the_one_that_held_it() 
     assert_eq!(note["method"], "notifications/tools/list_changed");
     drop(gateways);
 }
+
+/// `shadowcat session <args>`, its exit code, stdout and stderr.
+fn session_cmd(args: &[&str]) -> (i32, String, String) {
+    let output = support::command()
+        .arg("session")
+        .args(args)
+        .env_remove("SHADOWCAT_REDIS_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The ids (and states) `session list --format json` prints with `args`.
+fn listed(args: &[&str]) -> Vec<(String, String)> {
+    let mut all = vec!["list", "--format", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = session_cmd(&all);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Every instance writes its sessions' records to Redis as well as to its own SQLite file, so
+/// `session list --redis-url` shows the cluster's sessions: exactly the union of the instances'
+/// own lists, one row per session however many instances served it. A session its client
+/// ended through one instance shows ended; `session show` and `session cleanup` work there too;
+/// Redis gone is a clear error.
+#[test]
+fn session_list_shows_the_sessions_of_every_instance_from_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let data: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("data{i}")))
+        .collect();
+    let gateways: Vec<Gateway> = data
+        .iter()
+        .map(|d| {
+            Gateway::start(&[
+                "--upstream",
+                &server.url,
+                "--cluster-key-file",
+                keys.to_str().unwrap(),
+                "--redis-url",
+                &url,
+                "--session-store",
+                "sqlite",
+                "--data-dir",
+                d.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let [a, b, c] = [&gateways[0], &gateways[1], &gateways[2]];
+    let first = a.initialize();
+    b.initialize();
+    // C serves A's session too.
+    assert_eq!(list_tools(&c.addr, &first).status, 200);
+    let local = |i: usize| listed(&["--data-dir", data[i].to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (cluster, own) = loop {
+        let cluster = listed(&["--redis-url", &url]);
+        let own: Vec<Vec<(String, String)>> = (0..3).map(local).collect();
+        if cluster.len() == 2 && own.iter().map(Vec::len).sum::<usize>() == 3 {
+            break (cluster, own);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster: {cluster:?}, own: {own:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ids =
+        |rows: &[(String, String)]| -> Vec<String> { rows.iter().map(|r| r.0.clone()).collect() };
+    let mut union: Vec<String> = own.iter().flat_map(|rows| ids(rows)).collect();
+    union.sort();
+    union.dedup();
+    assert_eq!(ids(&cluster), union, "own lists: {own:?}");
+    assert_eq!(own[0].len(), 1, "A keeps only its own: {own:?}");
+    assert_eq!(
+        ids(&own[2]),
+        ids(&own[0]),
+        "C keeps A's session, which it served"
+    );
+    // The plain ids the history shows are no credential: only the sealed ids name sessions.
+    for (gateway, row) in [(a, &own[0][0]), (b, &own[1][0])] {
+        assert_eq!(list_tools(&gateway.addr, &row.0).status, 404, "{row:?}");
+    }
+    assert_eq!(list_tools(&a.addr, &first).status, 200);
+    // `session show` reads one record there.
+    let (code, shown, err) = session_cmd(&["show", &own[1][0].0, "--redis-url", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains(&own[1][0].0), "{shown}");
+    // The client ends the first session through B: the cluster's row says so.
+    delete(&b.addr, &first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cluster = listed(&["--redis-url", &url, "--state", "ended"]);
+        if cluster.len() == 1 {
+            assert_eq!(cluster[0].0, own[0][0].0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{cluster:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(listed(&["--redis-url", &url, "--state", "active"]).len(), 1);
+    let (code, out, err) = session_cmd(&["cleanup", "--all", "--redis-url", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 1 session"), "{out}");
+    assert_eq!(listed(&["--redis-url", &url]).len(), 1);
+    // Redis gone: the command says where it could not read, and fails.
+    redis.stop();
+    let (code, _, err) = session_cmd(&["list", "--redis-url", &url, "--redis-timeout", "200ms"]);
+    assert_eq!(code, 2, "shadowcat's exit code for an error: {err}");
+    assert!(
+        err.contains("session history in Redis at redis://127.0.0.1"),
+        "{err}"
+    );
+    drop(gateways);
+}

@@ -19,6 +19,8 @@ pub enum SessionCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
     /// Show one session: metadata, counts, pending requests, tags.
     Show {
@@ -27,6 +29,8 @@ pub enum SessionCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
     /// Delete ended sessions from the history (and sessions whose last message is older than
     /// --older-than, which a killed proxy left looking active).
@@ -41,7 +45,32 @@ pub enum SessionCommand {
         /// Print what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        history: HistoryArgs,
     },
+}
+
+impl SessionCommand {
+    /// Where the history it works on is.
+    pub fn history(&self) -> &HistoryArgs {
+        match self {
+            Self::List { history, .. }
+            | Self::Show { history, .. }
+            | Self::Cleanup { history, .. } => history,
+        }
+    }
+}
+
+/// Which session history a `session` command works on.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HistoryArgs {
+    /// The session history of a cluster, which its instances keep in this Redis (their
+    /// --redis-url), instead of sessions.db in the data dir: every instance's sessions.
+    #[arg(long, env = "SHADOWCAT_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Longest wait for Redis to answer one command, or to connect. [default: 1s]
+    #[arg(long, env = "SHADOWCAT_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
 }
 
 /// `rules` subcommands.

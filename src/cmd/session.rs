@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use crate::cli::{OutputFormat, SessionCommand};
 use crate::config::{Config, parse_duration};
 use crate::session::info::SessionRecord;
+use crate::session::store::redis::RedisStore;
 use crate::session::store::sqlite::DB_FILE;
 use crate::session::store::{SessionStore, SqliteStore, StateFilter};
 
@@ -174,8 +175,24 @@ pub fn details(r: &SessionRecord) -> String {
     out
 }
 
-/// `shadowcat session list|show|cleanup`, against the history in the data dir.
+/// How long a `session` command waits for Redis by default.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `shadowcat session list|show|cleanup`, against the history in the data dir, or (with
+/// `--redis-url`) the cluster's in Redis.
 pub fn run(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
+    if let Some(url) = cmd.history().redis_url.clone() {
+        let timeout = match &cmd.history().redis_timeout {
+            Some(text) => parse_duration(text, "--redis-timeout")?,
+            None => REDIS_TIMEOUT,
+        };
+        let store = RedisStore::new(&url, timeout)?;
+        let place = format!(
+            "the cluster's history (Redis at {})",
+            crate::transport::redis::shown_url(&url)
+        );
+        return on(&store, cmd, &place);
+    }
     let path = config.data_dir.join(DB_FILE);
     let mut out = std::io::stdout().lock();
     if !path.exists() {
@@ -202,17 +219,24 @@ pub fn run(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
         SessionCommand::Cleanup { .. } => SqliteStore::open(&path)?,
         _ => SqliteStore::open_for_reading(&path)?,
     };
+    drop(out);
+    on(&store, cmd, &path.display().to_string())
+}
+
+/// `cmd` against `store` (`place` names it).
+fn on(store: &dyn SessionStore, cmd: SessionCommand, place: &str) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
     match cmd {
-        SessionCommand::List { state, format } => {
+        SessionCommand::List { state, format, .. } => {
             let records = store.list(state)?;
             match format {
                 OutputFormat::Table => write!(out, "{}", table(&records))?,
                 OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
             }
         }
-        SessionCommand::Show { id, format } => {
+        SessionCommand::Show { id, format, .. } => {
             let Some(record) = store.get(&id)? else {
-                eprintln!("shadowcat: no session {id} in {}", path.display());
+                eprintln!("shadowcat: no session {id} in {place}");
                 return Ok(1);
             };
             match format {
@@ -224,6 +248,7 @@ pub fn run(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
             older_than,
             all,
             dry_run,
+            ..
         } => {
             let cutoff = match older_than {
                 Some(text) => {

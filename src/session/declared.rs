@@ -102,6 +102,15 @@ impl Serialize for Declared {
     }
 }
 
+/// Read back as written (bounded again, as when it was declared; object keys sorted).
+impl<'de> serde::Deserialize<'de> for Declared {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // As a value (a raw value cannot be read back through `#[serde(flatten)]`).
+        let value = Value::deserialize(deserializer)?;
+        Ok(Self::from_value(&value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,8 @@ impl TransportKind {
 }
 
 /// What the peers said about themselves in the `initialize` exchange, plus tags.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Metadata {
     /// The negotiated protocol version (from the server's answer; the client's ask until then).
     pub protocol_version: Option<String>,
@@ -164,8 +165,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Everything about a session as plain data, for stores and the CLI.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Everything about a session as plain data, for stores and the CLI (and, as JSON, for the
+/// history a cluster keeps in Redis).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The id.
     pub id: String,
@@ -194,7 +196,7 @@ pub struct SessionRecord {
     /// Requests awaiting answers (both directions) when the record was taken.
     pub pending: u64,
     /// The tape the session is recorded to (`--record`), if it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tape: Option<String>,
     /// What the peers said about themselves, and tags.
     #[serde(flatten)]

@@ -2,9 +2,11 @@
 //! embedded default, in the data dir), and the write-behind [`StoreWriter`] that keeps store I/O
 //! off the proxy's hot path.
 //!
-//! The trait is synchronous and batch-shaped: the writer thread hands it whole batches, and a
-//! networked store (Redis, later) implements it the same way, one round trip per batch.
+//! The trait is synchronous and batch-shaped: the writer thread hands it whole batches, and the
+//! networked store of a cluster ([`redis::RedisStore`]) implements it the same way, one round
+//! trip per batch.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +57,14 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// Redis refused or did not answer.
+    #[error("session history in Redis at {url}: {why}")]
+    Redis {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        why: String,
     },
     /// The database was written by a newer Shadowcat.
     #[error("session store {path} has schema version {found}; this shadowcat knows up to {known}")]

@@ -348,10 +348,10 @@ impl SessionStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(id: &str, state: &str, created: u64) -> SessionRecord {
+    pub(crate) fn record(id: &str, state: &str, created: u64) -> SessionRecord {
         let mut metadata = Metadata {
             protocol_version: Some("2025-06-18".into()),
             server_pid: Some(4242),

@@ -53,7 +53,10 @@ impl Gateway {
                 owner: Some(peers.me().to_owned()),
             };
             return match sealer.seal(&unsealed) {
-                Ok(token) => http::HeaderValue::from_str(&token).ok(),
+                Ok(token) => {
+                    link.set_sealed();
+                    http::HeaderValue::from_str(&token).ok()
+                }
                 Err(e) => {
                     tracing::warn!(session = %link.session.id().digest(), %e, "the session stays on this instance");
                     plain()
@@ -74,6 +77,7 @@ impl Gateway {
         match sealer.seal(&unsealed) {
             Ok(token) => {
                 link.session.set_roaming();
+                link.set_sealed();
                 http::HeaderValue::from_str(&token).ok()
             }
             Err(e) => {
@@ -96,9 +100,12 @@ impl Gateway {
                 (None, None) => Named::Sealed(unsealed),
             };
         }
+        // A plain id names only a session whose client was given it: the plain id of a sealed
+        // session (kept in Redis and the history) opens nothing.
         SessionId::parse(text)
             .ok()
             .and_then(|id| self.link(&id))
+            .filter(|link| !link.is_sealed())
             .map_or(Named::Unknown, Named::Here)
     }
 
@@ -157,6 +164,7 @@ impl Gateway {
                 client_slot,
                 self.post_streams(&naming),
             ));
+            link.set_sealed();
             if let Some(digest) = sealed.principal {
                 link.bind_digest(digest);
             }
@@ -571,6 +579,7 @@ impl Gateway {
             self.post_streams(&naming),
         ));
         link.replay_first(handshake);
+        link.set_sealed();
         if let Some(digest) = sealed.principal {
             link.bind_digest(digest);
         }

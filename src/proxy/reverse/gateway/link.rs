@@ -48,6 +48,9 @@ pub struct SessionLink {
     /// Its client ended it through another instance of the cluster, which ended it at the
     /// upstream too.
     ended_elsewhere: std::sync::atomic::AtomicBool,
+    /// Its client was given a sealed id: only that names it (its plain id, which Redis and
+    /// the history keep, is no credential).
+    sealed: std::sync::atomic::AtomicBool,
     /// The handshake its process is given before anything else (a session taken over from an
     /// instance that is gone).
     replay: Mutex<Option<crate::proxy::upstream::supervise::Handshake>>,
@@ -75,6 +78,7 @@ impl SessionLink {
             client: Mutex::new(client),
             owner: std::sync::OnceLock::new(),
             ended_elsewhere: std::sync::atomic::AtomicBool::new(false),
+            sealed: std::sync::atomic::AtomicBool::new(false),
             replay: Mutex::new(None),
         }
     }
@@ -101,6 +105,17 @@ impl SessionLink {
     pub(in crate::proxy::reverse) fn ended_elsewhere(&self) -> bool {
         self.ended_elsewhere
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether its client was given a sealed id.
+    pub(in crate::proxy::reverse) fn is_sealed(&self) -> bool {
+        self.sealed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that its client was given a sealed id.
+    pub(in crate::proxy::reverse) fn set_sealed(&self) {
+        self.sealed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Notes that its client ended it through another instance of the cluster.
