@@ -139,7 +139,8 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
 /// without it and says so.
 fn open_store(config: &Config, redis: Option<&RedisConfig>) -> Option<StoreWriter> {
     let local: Option<Arc<dyn SessionStore>> = match config.session_store {
-        StoreKind::Memory => None,
+        // No history kept: not in Redis either.
+        StoreKind::Memory => return None,
         StoreKind::Sqlite => match SqliteStore::open_in(&config.data_dir) {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {

@@ -716,13 +716,17 @@ fn rules_decide_by_the_callers_subject_and_claims() {
     assert_eq!(blocked["error"]["message"], "not for bob");
     let echoed = answer(&call_tool(&gw, &alice, &a, "echo"));
     assert_eq!(echoed["result"]["content"][0]["text"], "hi", "{echoed}");
-    // A rule's log line names the caller.
-    let log = gw.stderr_text();
-    assert!(
-        log.lines().any(|l| l.contains("rule \"calls\"")
-            && l.contains(&format!("caller=\"{}#alice\"", issuer.url))),
-        "{log}"
-    );
+    // A rule's log line names the caller (the log is read as it is written: wait for it).
+    let names_alice = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("rule \"calls\"") && l.contains(&format!("caller=\"{}#alice\"", issuer.url))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !names_alice(&gw.stderr_text()) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A rule on a claim the gateway does not keep cannot be decided: what it would decide is

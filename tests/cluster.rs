@@ -1286,3 +1286,42 @@ fn session_list_shows_the_sessions_of_every_instance_from_redis() {
     );
     drop(gateways);
 }
+
+/// The Python SDK client (2.3.0) through HAProxy to three instances sharing Redis, in front of
+/// a server that closes a call's stream after its first step (SEP-1699 polling): the client
+/// comes back with `Last-Event-ID`, and the balancer sends that GET to another instance than
+/// the one that relayed the call, which gives it the rest from the stream's copy. The client
+/// sees what it sees talking to the server itself.
+#[test]
+fn an_sdk_client_resumes_a_polled_call_through_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &["--resumable"]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gateways = instances_with(3, &server.url, &keys, &["--redis-url", &url]);
+    let addrs: Vec<&str> = gateways.iter().map(|g| g.addr.as_str()).collect();
+    let balancer = Balancer::start(&addrs);
+    let direct = run_client("2.3.0", Some("legacy"), Target::Url(&server.url), true);
+    let summary: Value = serde_json::from_str(&direct).unwrap();
+    assert_eq!(
+        summary["calls"]["poll"]["progress"],
+        json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]),
+        "{summary}"
+    );
+    let spread = run_client("2.3.0", Some("legacy"), Target::Url(&balancer.url()), true);
+    assert_eq!(direct, spread, "different through three instances");
+    // The resume came to an instance that had not relayed the call, and it read the copy.
+    let resumed: Vec<bool> = gateways
+        .iter()
+        .map(|g| {
+            g.stderr_text()
+                .contains("a client resumes a stream another instance wrote")
+        })
+        .collect();
+    assert!(
+        resumed.contains(&true),
+        "{resumed:?}\n{}",
+        gateways[0].stderr_text()
+    );
+}

@@ -20,7 +20,8 @@ its stderr is passed through to ours.  The client then
 2. lists tools,
 3. calls whichever of the known tools the server has:
    ``echo`` (argument ``text`` or ``message``, whichever its schema wants),
-   ``add`` / ``get-sum`` ({"a": 2, "b": 40}), and ``ask`` ({"question": ...})
+   ``add`` / ``get-sum`` ({"a": 2, "b": 40}), ``poll`` ({"steps": 3}: the server closes the
+   call's stream and the client resumes it), and ``ask`` ({"question": ...})
    with a sampling callback that always answers "42 (from client)",
 4. lists resources / resource templates / prompts when the server advertises
    them, and reads ``peer://info`` / gets prompt ``greet`` when present.
@@ -224,6 +225,16 @@ async def run_scenario(client: Any, server_info: Any, protocol_version: str, cap
             while not any("worked 3 steps" in m for m in log_messages):
                 await anyio.sleep(0.02)
         calls["work"] = {**result, "progress": progress, "logs": sorted(m for m in log_messages if "worked" in m)}
+    if "poll" in tools:
+        # The server closes the call's stream after the first step; the client comes back with
+        # Last-Event-ID for the rest (behind a gateway cluster: perhaps at another instance).
+        polled: list[list[float]] = []
+
+        async def on_poll(done: float, total: float | None, message: str | None) -> None:
+            polled.append([done, total])
+
+        result = _tool_result("poll", await client.call_tool("poll", {"steps": 3}, progress_callback=on_poll))
+        calls["poll"] = {**result, "progress": polled}
     if not NO_SAMPLING and (name := _pick(tools, ASK_TOOLS)):
         calls["ask"] = _tool_result(name, await client.call_tool(name, {"question": ASK_QUESTION}))
     if not NO_SAMPLING and (name := _pick(tools, CONFIRM_TOOLS)):

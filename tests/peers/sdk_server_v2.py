@@ -17,8 +17,9 @@ transport); anything it logs goes to stderr.  It exposes:
   - ``grow() -> str``               sends ``notifications/tools/list_changed`` on the
     standalone stream (the GET stream over HTTP; handshake-era versions)
   - with ``--resumable``: ``announce(text)`` logs ``text`` on the standalone stream,
-    ``cut(text)`` closes that stream and then logs ``text`` (events are kept in memory
-    for Last-Event-ID)
+    ``cut(text)`` closes that stream and then logs ``text``, ``poll(steps)`` reports a step,
+    closes its request's stream, then reports the rest and answers (events are kept in
+    memory for Last-Event-ID)
   - with ``--mirrored``: ``regional(region)``, ``region`` marked ``x-mcp-header: Region``
 * resource ``peer://info`` (static text)
 * prompt ``greet(name)``
@@ -43,6 +44,7 @@ import json
 import os
 from typing import Annotated
 
+import anyio
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
 from pydantic import BaseModel, Field
@@ -148,6 +150,17 @@ async def cut(text: str, ctx: Context) -> str:
     return "cut"
 
 
+async def poll(steps: int, ctx: Context) -> str:
+    """Report the first step, close the request's stream (SEP-1699 polling: the client comes
+    back with Last-Event-ID), then report the other steps and answer, kept for that return."""
+    await ctx.report_progress(1, steps)
+    await ctx.close_sse_stream()
+    for step in range(2, steps + 1):
+        await anyio.sleep(0.1)
+        await ctx.report_progress(step, steps)
+    return f"polled {steps} steps"
+
+
 # Registered only with --mirrored:
 
 
@@ -182,6 +195,7 @@ if __name__ == "__main__":
     if args.resumable:
         mcp.tool()(announce)
         mcp.tool()(cut)
+        mcp.tool()(poll)
     if args.mirrored:
         mcp.tool()(regional)
     if args.http and args.legacy_sse:
