@@ -1325,3 +1325,46 @@ fn an_sdk_client_resumes_a_polled_call_through_another_instance() {
         gateways[0].stderr_text()
     );
 }
+
+/// The instance that owns a session at a process stalls (SIGSTOP) until its entry on the
+/// cluster's list lapses, and another takes the session over. When it resumes, it hears that
+/// from Redis: it stops its own process for the session, and a request that still reaches it
+/// goes to the new owner. One process serves the session, never two.
+#[test]
+fn an_owner_back_after_its_entry_lapsed_lets_go_of_the_session_another_took_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let redis = RedisServer::start();
+    let gateways = process_instances(&keys, &redis.url());
+    let [a, b] = [&gateways[0], &gateways[1]];
+    let session = a.initialize();
+    assert_eq!(list_tools(&b.addr, &session).status, 200);
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &a.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // Its entry lapses within 5 s; B's copy of the list says so within another second.
+    std::thread::sleep(Duration::from_secs(8));
+    let taken = list_tools(&b.addr, &session);
+    signal("-CONT");
+    assert_eq!(taken.status, 200, "{taken:?}");
+    assert_eq!(
+        counter(b, "shadowcat_cluster_sessions_adopted_total"),
+        1.0,
+        "{}",
+        b.stderr_text()
+    );
+    wait_for_log(a, "took the session over while this one was off the list");
+    // A request that still reaches A is passed to B, whose process serves it.
+    let before = counter(b, "shadowcat_messages_to_server_total");
+    assert_eq!(list_tools(&a.addr, &session).status, 200);
+    assert_eq!(
+        counter(b, "shadowcat_messages_to_server_total"),
+        before + 1.0
+    );
+    assert!(counter(a, "shadowcat_cluster_requests_forwarded_total") >= 1.0);
+}

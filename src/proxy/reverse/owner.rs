@@ -31,7 +31,7 @@ pub async fn to_owner(
             .headers()
             .get(&MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
-            .and_then(|text| gateway.foreign_owner(text, peers.me()))
+            .and_then(|text| gateway.owned_elsewhere(text, peers.me()))
             .map(|sealed| (peers, sealed)),
         _ => None,
     };
@@ -57,7 +57,10 @@ pub async fn to_owner(
     };
     let caller = super::checks::client_of(&gateway.reverse.trusted_proxies, client, &parts.headers);
     let owner = sealed.owner.clone().unwrap_or_default();
-    let mut route = if peers.is_gone(&owner) {
+    // Named as this instance's but not open here: taken over while this instance was off the
+    // list (or over): Redis says where it is now.
+    let mine = owner == peers.me();
+    let mut route = if mine || peers.is_gone(&owner) {
         gateway.take_over(&sealed, caller).await
     } else {
         Route::To(owner)
@@ -83,6 +86,10 @@ pub async fn to_owner(
                 }
             }
             Route::Here => return next.run(Request::from_parts(parts, Body::from(body))).await,
+            // Ended here: as any session unknown here.
+            Route::Gone if mine => {
+                return next.run(Request::from_parts(parts, Body::from(body))).await;
+            }
             Route::Gone => return gone(),
         }
     }

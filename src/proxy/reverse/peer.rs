@@ -79,6 +79,10 @@ pub struct Members {
     up: Mutex<Option<(tokio::time::Instant, HashSet<String>)>>,
 }
 
+/// What to do when this instance is on the list again after its entry may have lapsed (its
+/// heartbeats failed for longer than [`MEMBER_TTL`]): others may have taken its sessions over.
+pub type Relisted = Box<dyn Fn() + Send + Sync>;
+
 impl Default for Members {
     fn default() -> Self {
         Self::new()
@@ -128,16 +132,20 @@ impl Members {
     }
 
     /// Keeps this run on the list of those up (in `redis`) until `stop`, then takes it off
-    /// (so its sessions are taken over at once), and keeps a copy of the list.
+    /// (so its sessions are taken over at once), and keeps a copy of the list. `relisted` runs
+    /// when it is on the list again after its heartbeats failed for longer than an entry
+    /// lasts.
     pub fn keep_listed(
         self: &Arc<Self>,
         redis: Arc<crate::transport::redis::Redis>,
         stop: tokio_util::sync::CancellationToken,
+        relisted: Relisted,
     ) -> crate::task::Task<()> {
         let members = self.clone();
         crate::task::Task::spawn("cluster heartbeat", async move {
             let script = redis::Script::new(HEARTBEAT_SCRIPT);
             let ttl = u64::try_from(MEMBER_TTL.as_millis()).unwrap_or(u64::MAX);
+            let mut listed_at: Option<tokio::time::Instant> = None;
             loop {
                 let mut call = script.prepare_invoke();
                 call.key(MEMBERS).arg(&members.run).arg(ttl);
@@ -145,8 +153,16 @@ impl Members {
                     .script(crate::transport::redis::Use::Session, &call)
                     .await;
                 if let Some(listed) = listed {
+                    let now = tokio::time::Instant::now();
                     *members.up.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((tokio::time::Instant::now(), listed.into_iter().collect()));
+                        Some((now, listed.into_iter().collect()));
+                    if listed_at.is_some_and(|at| now.duration_since(at) >= MEMBER_TTL) {
+                        tracing::warn!(
+                            "back on the cluster's list after its entry lapsed: the sessions the others took over meanwhile are theirs"
+                        );
+                        relisted();
+                    }
+                    listed_at = Some(now);
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,

@@ -274,11 +274,18 @@ impl Gateway {
     /// Keeps this instance on the cluster's list of those up while it runs (in a cluster with
     /// Redis): the others take its process sessions over, and stop following its streams,
     /// once it is off the list.
-    pub(super) fn keep_listed(&self) {
+    pub(super) fn keep_listed(self: &Arc<Self>) {
         let (Some(members), Some(redis)) = (&self.members, &self.redis) else {
             return;
         };
-        let task = members.keep_listed(redis.clone(), self.stopping.clone());
+        let gateway = Arc::downgrade(self);
+        let relisted = Box::new(move || {
+            if let Some(gateway) = gateway.upgrade() {
+                let again = gateway.clone();
+                gateway.spawn(async move { again.let_go_of_taken_over().await });
+            }
+        });
+        let task = members.keep_listed(redis.clone(), self.stopping.clone(), relisted);
         *self
             .heartbeat
             .lock()
@@ -295,16 +302,50 @@ impl Gateway {
         self.peers.get()
     }
 
-    /// What the sealed id `text` carries, if it names a session at another instance's
-    /// process, not open here.
-    pub(in crate::proxy::reverse) fn foreign_owner(
+    /// What the sealed id `text` carries, if it names a session at a process that is not open
+    /// here: another instance's, or (with Redis) this one's that another took over while
+    /// this one was off the cluster's list.
+    pub(in crate::proxy::reverse) fn owned_elsewhere(
         &self,
         text: &str,
         me: &str,
     ) -> Option<Unsealed> {
         let sealed = self.sealer.as_ref()?.unseal(text)?;
-        let foreign = sealed.owner.as_deref().is_some_and(|owner| owner != me);
-        (foreign && self.link(&sealed.id).is_none()).then_some(sealed)
+        let elsewhere = sealed
+            .owner
+            .as_deref()
+            .is_some_and(|owner| owner != me || self.redis.is_some());
+        (elsewhere && self.link(&sealed.id).is_none()).then_some(sealed)
+    }
+
+    /// Ends here the sessions at this instance's processes that another instance took over
+    /// while this one was off the cluster's list (its heartbeats failed): the client's
+    /// requests go to their new owner, and only one process serves each session.
+    async fn let_go_of_taken_over(self: Arc<Self>) {
+        let (Some(redis), Some(peers)) = (&self.redis, self.peers()) else {
+            return;
+        };
+        let links: Vec<Arc<SessionLink>> = self
+            .links
+            .iter()
+            .filter(|l| l.upstream.is_process() && l.is_sealed())
+            .map(|l| l.value().clone())
+            .collect();
+        for link in links {
+            let id = link.session.id();
+            let owner = redis
+                .query::<Option<String>>(
+                    Use::Session,
+                    redis::cmd("GET").arg(record_key(OWNER_KEY, id)),
+                )
+                .await
+                .flatten();
+            if owner.is_some_and(|owner| owner != peers.me()) {
+                tracing::warn!(session = %id.digest(), "another instance of the cluster took the session over while this one was off the list: its process here is stopped, and its requests go there");
+                self.sessions.begin_closing(&link.session);
+                self.sessions.end(id, EndReason::Evicted);
+            }
+        }
     }
 
     /// Keeps (in Redis) what another instance needs to take the session at `link`'s process
