@@ -1347,8 +1347,18 @@ fn an_owner_back_after_its_entry_lapsed_lets_go_of_the_session_another_took_over
         assert!(status.success());
     };
     signal("-STOP");
-    // Its entry lapses within 5 s; B's copy of the list says so within another second.
-    std::thread::sleep(Duration::from_secs(8));
+    // B passes the next request to A, which does not answer: once A's entry lapses (within
+    // 5 s, and B's copy of the list says so within another second) B gives up on it: 502, the
+    // request may have reached A.
+    let started = Instant::now();
+    let stalled = list_tools(&b.addr, &session);
+    assert_eq!(stalled.status, 502, "{stalled:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The client's retry: B takes the session over.
     let taken = list_tools(&b.addr, &session);
     signal("-CONT");
     assert_eq!(taken.status, 200, "{taken:?}");

@@ -257,7 +257,28 @@ impl Peers {
                 headers.insert("x-forwarded-for", value);
             }
         }
-        match self.client.request(request).await {
+        // An owner that stalls before answering (its connection open, nothing coming) is given
+        // up once it is off the list; the request may have reached it, so this is a 502, not
+        // a takeover (the client's retry is taken over).
+        let off_the_list = async {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if self.is_gone(owner) {
+                    break;
+                }
+            }
+        };
+        let answered = tokio::select! {
+            answered = self.client.request(request) => answered,
+            () = off_the_list => {
+                tracing::warn!(owner = base, "the instance that owns the session stopped answering (it is off the cluster's list)");
+                return Ok(refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad Gateway: the instance of the cluster that runs the session's server stopped answering; try again".into(),
+                ));
+            }
+        };
+        match answered {
             Ok(mut answer) => {
                 strip_hop_by_hop(answer.headers_mut());
                 Ok(answer.map(Body::new))
