@@ -803,6 +803,11 @@ fn a_session_at_a_process_is_served_through_every_instance_by_the_one_that_start
 /// Three instances sharing `keys` and Redis (`redis_url`) in front of the Python SDK 1.30.0
 /// server over stdio (a process per session), each with its admin listener.
 fn process_instances(keys: &Path, redis_url: &str) -> Vec<Gateway> {
+    process_instances_with(keys, redis_url, &[])
+}
+
+/// As [`process_instances`], with `extra` options.
+fn process_instances_with(keys: &Path, redis_url: &str, extra: &[&str]) -> Vec<Gateway> {
     let command = [python("1.30.0"), support::sdk::server_script("1.30.0")];
     (0..3)
         .map(|_| {
@@ -813,8 +818,9 @@ fn process_instances(keys: &Path, redis_url: &str) -> Vec<Gateway> {
                 redis_url,
                 "--admin-listen",
                 "127.0.0.1:0",
-                "--",
             ];
+            opts.extend_from_slice(extra);
+            opts.push("--");
             opts.extend(command.iter().map(String::as_str));
             Gateway::start(&opts)
         })
@@ -847,10 +853,21 @@ fn an_owner_that_is_up_keeps_its_session_even_before_the_others_list_it() {
 
 #[test]
 fn a_session_at_a_process_is_taken_over_under_its_id_when_its_instance_is_killed() {
+    taken_over_when_its_instance_is_killed(&[]);
+}
+
+/// As above, the sessions on processes they share (`--share always`): the session joins a
+/// shared process at the instance that takes it over, given its handshake first.
+#[test]
+fn a_session_on_a_shared_process_is_taken_over_under_its_id_when_its_instance_is_killed() {
+    taken_over_when_its_instance_is_killed(&["--share", "always"]);
+}
+
+fn taken_over_when_its_instance_is_killed(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let keys = key_file(dir.path(), "keys", &[KEY_A]);
     let redis = RedisServer::start();
-    let mut gateways = process_instances(&keys, &redis.url());
+    let mut gateways = process_instances_with(&keys, &redis.url(), extra);
     let addrs: Vec<String> = gateways.iter().map(|g| g.addr.clone()).collect();
     let balancer = Balancer::start(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
     let mut owner = None;
@@ -890,6 +907,15 @@ fn a_session_at_a_process_is_taken_over_under_its_id_when_its_instance_is_killed
         "{}",
         survivors[0].stderr_text()
     );
+    if extra.contains(&"always") {
+        assert!(
+            survivors
+                .iter()
+                .any(|g| g.stderr_text().contains("on a shared MCP server")),
+            "{}",
+            survivors[0].stderr_text()
+        );
+    }
 }
 
 /// A 2025-11-25 session (which takes priming events) opened at `gateway`, its client able to

@@ -95,9 +95,27 @@ pub struct Member<C> {
     joined: Notify,
     /// Cancelled when the first message is on its way: the process is picked then.
     pub start: CancellationToken,
+    /// What its process is given before the session's own messages (a session taken over
+    /// from another gateway instance: its handshake), once.
+    replay: Mutex<Vec<Message>>,
+    replayed: tokio::sync::OnceCell<()>,
 }
 
 impl<C: Deliver + 'static> Member<C> {
+    /// Gives its process `messages` before the session's own: a handshake (whose
+    /// `initialize` also picks the process, by the protocol version it asks for; its answer
+    /// goes to the session under the id it carries, so give it one no client request has).
+    pub fn replay_first(&self, messages: Vec<Message>) {
+        if let Some(initialize) = messages
+            .iter()
+            .find(|m| m.method() == Some(&Method::Initialize))
+        {
+            let version = initialize.param_str("protocolVersion").ok().flatten();
+            let _ = self.key.set(version.map(String::into_boxed_str));
+        }
+        *lock(&self.replay) = messages;
+    }
+
     /// Takes a process for the session (the gateway calls this once `start` is cancelled); on
     /// failure the session's messages are refused from then on.
     pub async fn join(&self) -> Result<Arc<SharedChild<C>>, PoolError> {
@@ -141,24 +159,36 @@ impl<C: Deliver + 'static> Member<C> {
 /// the pipeline gives the server). The first picks the process.
 impl<C: Deliver + 'static> Deliver for Member<C> {
     async fn deliver(&self, msg: Message) -> Result<(), Closed> {
-        if let Some(child) = self.child.get() {
-            return child.send(&self.route, msg).await;
-        }
-        if msg.method() == Some(&Method::Initialize) {
-            let version = msg.param_str("protocolVersion").ok().flatten();
-            let _ = self.key.set(version.map(String::into_boxed_str));
-        }
-        self.start.cancel();
-        let child = loop {
-            let joined = self.joined.notified();
-            if let Some(child) = self.child.get() {
-                break child.clone();
+        let child = if let Some(child) = self.child.get() {
+            child.clone()
+        } else {
+            if msg.method() == Some(&Method::Initialize) {
+                let version = msg.param_str("protocolVersion").ok().flatten();
+                let _ = self.key.set(version.map(String::into_boxed_str));
             }
-            tokio::select! {
-                () = joined => {}
-                () = self.route.ended.cancelled() => return Err(Closed),
+            self.start.cancel();
+            loop {
+                let joined = self.joined.notified();
+                if let Some(child) = self.child.get() {
+                    break child.clone();
+                }
+                tokio::select! {
+                    () = joined => {}
+                    () = self.route.ended.cancelled() => return Err(Closed),
+                }
             }
         };
+        // Whoever comes first gives the process what is replayed; the others wait for it.
+        self.replayed
+            .get_or_init(|| async {
+                let replay = std::mem::take(&mut *lock(&self.replay));
+                for message in replay {
+                    if child.send(&self.route, message).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
         child.send(&self.route, msg).await
     }
 }
@@ -251,6 +281,8 @@ impl<C: Deliver + 'static> SharedChildren<C> {
             child: OnceLock::new(),
             joined: Notify::new(),
             start: CancellationToken::new(),
+            replay: Mutex::new(Vec::new()),
+            replayed: tokio::sync::OnceCell::new(),
         }
     }
 

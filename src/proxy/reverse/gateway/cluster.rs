@@ -562,18 +562,15 @@ fn ended_key(id: &SessionId) -> String {
 
 impl Gateway {
     /// Opens here, under its own id, the session at a process that `sealed` names, whose
-    /// instance is gone: a process of its own that is given `initialize` (and
-    /// `notifications/initialized`) before the client's next message.
+    /// instance is gone: a process of its own (or, with `--share always`, a place on a shared
+    /// one) that is given `initialize` (and `notifications/initialized`) before the client's
+    /// next message.
     fn open_recovered(
         self: &Arc<Self>,
         sealed: &Unsealed,
         initialize: crate::protocol::Message,
         client: Client<'_>,
     ) -> Result<(Arc<SessionLink>, bool), OpenError> {
-        if self.shared.is_some() {
-            // A shared process's other sessions are not this one's to replay.
-            return Err(OpenError::Sessions(crate::session::SessionError::Exists));
-        }
         let _once = self
             .reopening
             .lock()
@@ -594,37 +591,75 @@ impl Gateway {
         self.sessions.activate(&session);
         self.record(&session);
         let naming = self.naming(session.id());
-        let (upstream, router, queue) = self.own_process(
-            &session,
-            Some(self.event_log(&naming)),
-            Delivery::Streamable,
-        );
-        let handshake = crate::proxy::upstream::supervise::Handshake {
-            initialize: Some(initialize),
-            initialized: crate::protocol::Message::parse(bytes::Bytes::from_static(
-                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            ))
-            .ok(),
+        let events = Some(self.event_log(&naming));
+        let initialized = crate::protocol::Message::parse(bytes::Bytes::from_static(
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ))
+        .ok();
+        let (link, queue) = if let Some(shared) = &self.shared {
+            // A session on a shared process: it joins one here (one whose handshake asked for
+            // its protocol version), given the session's handshake first. The `initialize`
+            // goes under an id of ours: its answer (the process's, or the one it gave another
+            // session) reaches no request of the client's.
+            let router = Arc::new(Router::new(
+                session.clone(),
+                events,
+                Delivery::Streamable,
+                None,
+            ));
+            let member = shared.member(session.clone(), router.clone());
+            member.replay_first(
+                [with_id(&initialize, RECOVERED_INITIALIZE_ID), initialized]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            );
+            let link = SessionLink::new(
+                session,
+                router,
+                Upstream::Shared(Arc::new(member)),
+                client_slot,
+                self.post_streams(&naming),
+            );
+            (Arc::new(link), None)
+        } else {
+            let (upstream, router, queue) =
+                self.own_process(&session, events, Delivery::Streamable);
+            let handshake = crate::proxy::upstream::supervise::Handshake {
+                initialize: Some(initialize),
+                initialized,
+            };
+            if let Upstream::Stdio {
+                inbox: Some(inbox), ..
+            } = &upstream
+            {
+                inbox.remember(&handshake);
+            }
+            let link = Arc::new(SessionLink::new(
+                session,
+                router,
+                upstream,
+                client_slot,
+                self.post_streams(&naming),
+            ));
+            link.replay_first(handshake);
+            (link, Some(queue))
         };
-        if let Upstream::Stdio {
-            inbox: Some(inbox), ..
-        } = &upstream
-        {
-            inbox.remember(&handshake);
-        }
-        let link = Arc::new(SessionLink::new(
-            session,
-            router,
-            upstream,
-            client_slot,
-            self.post_streams(&naming),
-        ));
-        link.replay_first(handshake);
         link.set_sealed();
         if let Some(digest) = sealed.principal {
             link.bind_digest(digest);
         }
-        self.install(&link, Some(queue));
+        self.install(&link, queue);
         Ok((link, true))
     }
+}
+
+/// The id a recovered session's `initialize` goes to a shared process under.
+const RECOVERED_INITIALIZE_ID: &str = "shadowcat-recovered-initialize";
+
+/// `request` under id `id`.
+fn with_id(request: &crate::protocol::Message, id: &str) -> Option<crate::protocol::Message> {
+    let mut value: serde_json::Value = serde_json::from_slice(request.raw()).ok()?;
+    *value.get_mut("id")? = serde_json::Value::from(id);
+    crate::protocol::Message::parse(bytes::Bytes::from(serde_json::to_vec(&value).ok()?)).ok()
 }
