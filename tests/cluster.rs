@@ -1404,3 +1404,98 @@ fn an_owner_back_after_its_entry_lapsed_lets_go_of_the_session_another_took_over
     );
     assert!(counter(a, "shadowcat_cluster_requests_forwarded_total") >= 1.0);
 }
+
+/// A session idles out at the instance that held its GET stream (an orderly end there: the
+/// stream's copy is marked over), and is taken up there again later. The client's resume at
+/// another instance goes on with that instance's own GET stream (not a stream that ended, over
+/// and over), and the streams of the session's second visit to the first instance are named
+/// apart from its first (their copies never collide: Redis never fails them).
+#[test]
+fn streams_outlive_a_session_idling_out_at_the_instance_that_wrote_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_file(dir.path(), "keys", &[KEY_A]);
+    let server = HttpServer::start("2.3.0", &[]);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = &instances_with(
+        1,
+        &server.url,
+        &keys,
+        &[
+            "--redis-url",
+            &url,
+            "--session-idle-timeout",
+            "1s",
+            "--cleanup-interval",
+            "200ms",
+        ],
+    )[0];
+    let b = &instances_with(1, &server.url, &keys, &["--redis-url", &url])[0];
+    let session = initialize_sampling(a);
+    let get = |addr: &str, last: Option<&str>| {
+        let mut headers = stream_headers(&session, last);
+        headers[1].1 = "text/event-stream".to_owned();
+        support::SseReader::get(addr, &headers)
+    };
+    // A call answered on a stream of its own (its progress, then its answer): the first id of
+    // that stream.
+    let work = |id: i64| {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{
+            "name":"work","arguments":{"steps":2},"_meta":{"progressToken":"p"}}});
+        let worked = http_request(
+            &a.addr,
+            "POST",
+            "/mcp",
+            &stream_headers(&session, None),
+            call.to_string().as_bytes(),
+        );
+        assert_eq!(worked.status, 200, "{worked:?}");
+        let text = String::from_utf8_lossy(&worked.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .filter(|id| id.starts_with("post"))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_owned()
+    };
+    let first_post = work(2);
+    let mut at_a = get(&a.addr, None);
+    let priming = at_a.next_block().unwrap();
+    let first_id = priming
+        .strip_prefix("id: ")
+        .and_then(|rest| rest.split_once('\n'))
+        .map(|(id, _)| id.to_owned())
+        .unwrap();
+    drop(at_a);
+    wait_for_log(a, "expired idle sessions");
+    // The copy is over: B goes on with its own stream after it.
+    let mut at_b = get(&b.addr, Some(&first_id));
+    assert_eq!(at_b.status, 200);
+    assert_eq!(
+        at_b.next_block().unwrap(),
+        format!("id: {first_id}\nretry: 3000\ndata:\n")
+    );
+    let own = at_b.next_block().unwrap();
+    assert!(
+        own.starts_with("id: get.") && !own.contains(&first_id),
+        "{own}"
+    );
+    // A takes the session up again: its streams now carry another writer (the first stream
+    // of this visit is named apart from the first of the last).
+    let second_post = work(3);
+    let stream = |id: &str| id.rsplit_once('-').unwrap().0.to_owned();
+    assert!(stream(&first_post).starts_with("post1."), "{first_post}");
+    assert!(stream(&second_post).starts_with("post1."), "{second_post}");
+    assert_ne!(stream(&first_post), stream(&second_post));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !a.stderr_text().contains("Redis failed"),
+        "{}",
+        a.stderr_text()
+    );
+    assert!(
+        counter(
+            a,
+            "shadowcat_redis_commands_total{use=\"stream\",outcome=\"failed\"}"
+        ) == 0.0
+    );
+}

@@ -8,10 +8,11 @@
 //! Each stream's [`EventLog`] is the one source of truth for its ids and replay: ids are
 //! `<stream>-<n>`, where the stream is `get` for the GET stream and `post<k>` for the
 //! session's `k`th POST stream, and `n` counts from 1 in the order events were logged, so ids
-//! are unique across the session's streams. In a cluster a stream's name also names the
-//! instance's run that writes it (`get.<run>`, `post<k>.<run>`), so that ids are unique across
-//! the instances that serve a session; with Redis each stream is copied there
-//! ([`shared`]) for a client that resumes it at another instance. The buffer keeps the last `--sse-replay-events` events (and at most
+//! are unique across the session's streams. In a cluster a stream's name also names its
+//! writer: the instance's run and which of its links to the session wrote it
+//! (`get.<run>_<link>`, `post<k>.<run>_<link>`), so that ids are unique across the instances
+//! that serve a session and across a session's comings and goings at one; with Redis each
+//! stream is copied there ([`shared`]) for a client that resumes it at another instance. The buffer keeps the last `--sse-replay-events` events (and at most
 //! [`DEFAULT_REPLAY_BYTES`]). Messages are logged whether or not a client is connected; one
 //! connection at a time takes them live (a new one takes over from the old), and events never
 //! handed to any connection go to the next one. A POST stream is finished once its last answer
@@ -56,7 +57,7 @@ pub enum ConnectError {
     /// `Last-Event-ID` names a stream another instance of the cluster wrote, and no copy of
     /// it can be read here.
     #[error(
-        "Last-Event-ID {0:?} is from a stream another instance of the cluster served, and no copy of it is kept where this instance can read it (it is over, or the instances share no Redis: --redis-url)"
+        "Last-Event-ID {0:?} is from a request's stream another instance of the cluster served, and no copy of it is kept where this instance can read it (it is over; or copies are not kept: they are, in Redis, with --redis-url and an HTTP upstream)"
     )]
     Elsewhere(String),
     /// `Last-Event-ID` names a POST stream that is over and no longer kept.
@@ -92,29 +93,36 @@ pub struct EventLog {
 /// How a session's streams are named, and where they are copied (in a cluster).
 #[derive(Debug, Clone, Default)]
 pub struct Naming {
-    /// The instance's run, in every stream's name.
-    run: Option<Arc<str>>,
+    /// The writer (`<run>_<link>`: the instance's run, and this link of it to the session), in
+    /// every stream's name.
+    writer: Option<Arc<str>>,
     /// Where the streams are copied, for the session with this id.
     shared: Option<(Arc<shared::SharedStreams>, crate::session::SessionId)>,
 }
 
 impl Naming {
-    /// Names for a session served by run `run` of an instance of a cluster, its streams
-    /// copied to `shared` if given.
+    /// Names for a session served by run `run` of an instance of a cluster, as the instance's
+    /// `link`th link to a session, its streams copied to `shared` if given.
     pub fn cluster(
         run: &str,
+        link: u64,
         shared: Option<(Arc<shared::SharedStreams>, crate::session::SessionId)>,
     ) -> Self {
         Self {
-            run: Some(run.into()),
+            writer: Some(format!("{run}_{link}").into()),
             shared,
         }
     }
 
+    /// The writer its stream names carry (in a cluster).
+    pub fn writer(&self) -> Option<&str> {
+        self.writer.as_deref()
+    }
+
     /// The name of stream `base` (`get`, `post<k>`).
     fn name(&self, base: &str) -> String {
-        match &self.run {
-            Some(run) => format!("{base}.{run}"),
+        match &self.writer {
+            Some(writer) => format!("{base}.{writer}"),
             None => base.to_owned(),
         }
     }
@@ -133,15 +141,15 @@ impl Naming {
 }
 
 /// A `Last-Event-ID`, read: `<stream>-<n>`, the stream `get` or `post<k>`, in a cluster with
-/// `.<run>` after it.
+/// `.<writer>` after it (`<run>_<link>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventId<'a> {
     /// The stream's whole name.
     pub stream: &'a str,
     /// The POST stream's number, if it is one.
     pub post: Option<u64>,
-    /// The run of the instance that wrote it, in a cluster.
-    pub run: Option<&'a str>,
+    /// Who wrote it, in a cluster: `<run>_<link>`.
+    pub writer: Option<&'a str>,
     /// The event's number.
     pub number: u64,
 }
@@ -151,8 +159,8 @@ impl<'a> EventId<'a> {
     pub fn parse(id: &'a str) -> Option<Self> {
         let (stream, number) = id.rsplit_once('-')?;
         let number = number.parse().ok()?;
-        let (base, run) = match stream.split_once('.') {
-            Some((base, run)) if !run.is_empty() => (base, Some(run)),
+        let (base, writer) = match stream.split_once('.') {
+            Some((base, writer)) if !writer.is_empty() => (base, Some(writer)),
             Some(_) => return None,
             None => (stream, None),
         };
@@ -163,9 +171,14 @@ impl<'a> EventId<'a> {
         Some(Self {
             stream,
             post,
-            run,
+            writer,
             number,
         })
+    }
+
+    /// The run of the instance that wrote it, in a cluster.
+    pub fn run(&self) -> Option<&'a str> {
+        self.writer.map(|w| w.split('_').next().unwrap_or(w))
     }
 }
 
@@ -546,12 +559,21 @@ impl PostStreams {
         (number, log)
     }
 
-    /// Forgets stream `number` (its client has all of it).
+    /// Forgets stream `number` (its client has all of it), and its copy.
     pub fn forget(&self, number: u64) {
-        self.logs
+        let log = self
+            .logs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&number);
+        if let Some(mirror) = log.as_ref().and_then(|log| log.mirror.as_ref()) {
+            mirror.delete();
+        }
+    }
+
+    /// The writer its streams' names carry (in a cluster).
+    pub fn writer(&self) -> Option<&str> {
+        self.naming.writer()
     }
 
     /// The stream of this instance a POST stream's `Last-Event-ID` belongs to; `None` if the
@@ -559,7 +581,7 @@ impl PostStreams {
     pub fn find(&self, last_event_id: &str) -> Option<Result<(u64, Arc<EventLog>), ConnectError>> {
         let id = EventId::parse(last_event_id)?;
         let number = id.post?;
-        if id.run != self.naming.run.as_deref() {
+        if id.writer != self.naming.writer() {
             return Some(Err(ConnectError::UnknownId(last_event_id.to_owned())));
         }
         let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);

@@ -158,6 +158,8 @@ pub struct Gateway {
     /// Copies of the sessions' SSE streams in Redis, for clients that resume them at another
     /// instance (a cluster with Redis and an HTTP upstream).
     shared_streams: Option<Arc<SharedStreams>>,
+    /// Links to sessions opened so far (each names its streams apart, in a cluster).
+    links_opened: std::sync::atomic::AtomicU64,
 }
 
 /// The Redis the cluster's instances share (`--redis-url`), if one is configured.
@@ -264,6 +266,7 @@ impl Gateway {
             members,
             heartbeat: Mutex::new(None),
             shared_streams,
+            links_opened: std::sync::atomic::AtomicU64::new(1),
             auth,
             sealer,
             exchange: reverse.http_upstream().and_then(exchanger_for),
@@ -460,6 +463,8 @@ impl Gateway {
         match &self.members {
             Some(members) => Naming::cluster(
                 members.run(),
+                self.links_opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 self.shared_streams.clone().map(|s| (s, id.clone())),
             ),
             None => Naming::default(),

@@ -48,9 +48,10 @@ pub async fn get(
         .get(&LAST_EVENT_ID)
         .map(|v| v.to_str().unwrap_or("?"));
     let prime = link.takes_priming_events();
+    // Written by another instance, or by this one before the session last came here.
     let written_elsewhere = last
         .and_then(events::EventId::parse)
-        .filter(|id| id.run.is_some() && id.run != gateway.members().map(|m| m.run()));
+        .filter(|id| id.writer.is_some() && id.writer != link.posts.writer());
     if let (Some(id), Some(last)) = (written_elsewhere, last) {
         return super::resume::elsewhere(&gateway, &link, id, last, prime).await;
     }

@@ -60,7 +60,17 @@ pub async fn to_owner(
     // Named as this instance's but not open here: taken over while this instance was off the
     // list (or over): Redis says where it is now.
     let mine = owner == peers.me();
-    let mut route = if mine || peers.is_gone(&owner) {
+    let mut route = if mine {
+        // Never opened here again (it ended here): only passed on, if another instance
+        // took it over.
+        match gateway.owner_now(&sealed.id).await {
+            Some(now) if now != owner && peers.is_gone(&now) => {
+                gateway.take_over(&sealed, caller).await
+            }
+            Some(now) if now != owner => Route::To(now),
+            _ => Route::Gone,
+        }
+    } else if peers.is_gone(&owner) {
         gateway.take_over(&sealed, caller).await
     } else {
         Route::To(owner)

@@ -51,16 +51,20 @@ const LIST_FRESH: Duration = Duration::from_secs(3);
 pub const MEMBERS: &str = "shadowcat:members";
 
 /// Renews (or, with a time of 0, removes) `ARGV[1]` until Redis's now + `ARGV[2]` ms, removes
-/// entries past their time, and returns the run ids still up.
+/// entries past their time, and returns whether `ARGV[1]`'s entry had lapsed (`1`: it was
+/// gone or past its time, `0`), then the run ids still up.
 const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lapsed = '0'
 if ARGV[2] == '0' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
+  local old = redis.call('HGET', KEYS[1], ARGV[1])
+  if (not old) or tonumber(old) <= now then lapsed = '1' end
   redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
 end
-local up = {}
+local up = {lapsed}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if tonumber(all[i + 1]) > now then table.insert(up, all[i]) else redis.call('HDEL', KEYS[1], all[i]) end
@@ -77,10 +81,14 @@ pub struct Members {
     /// The run ids of the instances up, and when that was read (none yet: nobody is known to
     /// be gone).
     up: Mutex<Option<(tokio::time::Instant, HashSet<String>)>>,
+    /// Runs this instance could not reach since the list was read (taken for gone until it is
+    /// read again).
+    unreachable: Mutex<HashSet<String>>,
 }
 
 /// What to do when this instance is on the list again after its entry may have lapsed (its
-/// heartbeats failed for longer than [`MEMBER_TTL`]): others may have taken its sessions over.
+/// heartbeats failed for longer than [`MEMBER_TTL`], or Redis lost the list): others may have
+/// taken its sessions over.
 pub type Relisted = Box<dyn Fn() + Send + Sync>;
 
 impl Default for Members {
@@ -103,6 +111,7 @@ impl Members {
         Self {
             run: format!("{:016x}", u64::from_le_bytes(id)),
             up: Mutex::new(None),
+            unreachable: Mutex::new(HashSet::new()),
         }
     }
 
@@ -111,30 +120,43 @@ impl Members {
         &self.run
     }
 
-    /// Whether run `run` is known to be gone: not on a fresh list of the instances up.
-    /// Without Redis, or while it does not answer, nobody is.
+    /// Whether run `run` is known to be gone: not on a fresh list of the instances up, or not
+    /// reachable since it was read. Without Redis, or while it does not answer, nobody is.
     pub fn is_gone(&self, run: &str) -> bool {
+        self.is_off_the_list(run)
+            || self
+                .unreachable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(run)
+    }
+
+    /// Whether run `run` is not on a fresh list of the instances up, as Redis said.
+    pub fn is_off_the_list(&self, run: &str) -> bool {
         let up = self.up.lock().unwrap_or_else(PoisonError::into_inner);
         up.as_ref()
             .is_some_and(|(read, up)| read.elapsed() < LIST_FRESH && !up.contains(run))
     }
 
-    /// Takes run `run` off the copy of the list (until the list is read again).
+    /// Takes run `run` for gone until the list is read again (it could not be reached).
     fn mark_gone(&self, run: &str) {
-        if let Some((_, up)) = self
+        if self
             .up
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
+            .is_some()
         {
-            up.remove(run);
+            self.unreachable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(run.to_owned());
         }
     }
 
     /// Keeps this run on the list of those up (in `redis`) until `stop`, then takes it off
     /// (so its sessions are taken over at once), and keeps a copy of the list. `relisted` runs
-    /// when it is on the list again after its heartbeats failed for longer than an entry
-    /// lasts.
+    /// when Redis says its entry had lapsed since the last heartbeat (they failed for longer
+    /// than an entry lasts, or Redis lost the list).
     pub fn keep_listed(
         self: &Arc<Self>,
         redis: Arc<crate::transport::redis::Redis>,
@@ -145,24 +167,29 @@ impl Members {
         crate::task::Task::spawn("cluster heartbeat", async move {
             let script = redis::Script::new(HEARTBEAT_SCRIPT);
             let ttl = u64::try_from(MEMBER_TTL.as_millis()).unwrap_or(u64::MAX);
-            let mut listed_at: Option<tokio::time::Instant> = None;
+            let mut listed_before = false;
             loop {
                 let mut call = script.prepare_invoke();
                 call.key(MEMBERS).arg(&members.run).arg(ttl);
                 let listed: Option<Vec<String>> = redis
                     .script(crate::transport::redis::Use::Session, &call)
                     .await;
-                if let Some(listed) = listed {
-                    let now = tokio::time::Instant::now();
+                if let Some(mut listed) = listed.filter(|l| !l.is_empty()) {
+                    let lapsed = listed.remove(0) == "1";
                     *members.up.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((now, listed.into_iter().collect()));
-                    if listed_at.is_some_and(|at| now.duration_since(at) >= MEMBER_TTL) {
+                        Some((tokio::time::Instant::now(), listed.into_iter().collect()));
+                    members
+                        .unreachable
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                    if lapsed && listed_before {
                         tracing::warn!(
                             "back on the cluster's list after its entry lapsed: the sessions the others took over meanwhile are theirs"
                         );
                         relisted();
                     }
-                    listed_at = Some(now);
+                    listed_before = true;
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -263,7 +290,7 @@ impl Peers {
         let off_the_list = async {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                if self.is_gone(owner) {
+                if self.members.is_off_the_list(run_of(owner)) {
                     break;
                 }
             }

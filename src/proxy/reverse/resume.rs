@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use http::StatusCode;
 
-use super::events::shared::{Batch, SharedStreams};
+use super::events::shared::{Batch, Follower, SharedStreams};
 use super::events::{self, ConnectError, EventId};
 use super::gateway::{Gateway, SessionLink};
 use super::get::{Ends, keepalive_due, keepalive_timer, listen, live_body, sse_response};
@@ -38,8 +38,15 @@ pub(super) async fn elsewhere(
     prime: bool,
 ) -> Response {
     let bad = |e: ConnectError| refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}"));
+    let get_stream = id.post.is_none();
     let Some(shared) = gateway.shared_streams() else {
-        return bad(ConnectError::Elsewhere(last.to_owned()));
+        // Nothing to resume from: the GET stream goes on here (what was sent meanwhile is
+        // lost with the instance that had it); a request's stream cannot.
+        return if get_stream {
+            own_stream(gateway, link, Vec::new(), prime).await
+        } else {
+            bad(ConnectError::Elsewhere(last.to_owned()))
+        };
     };
     let Some(batch) = shared
         .read(link.session.id(), id.stream, id.number, BATCH)
@@ -50,60 +57,39 @@ pub(super) async fn elsewhere(
             "Service Unavailable: the stream was served by another instance of the cluster, and Redis, which keeps its copy, does not answer; try again".into(),
         );
     };
-    let Some(oldest) = batch.oldest else {
-        return bad(ConnectError::Elsewhere(last.to_owned()));
-    };
-    let run = id.run.unwrap_or_default();
+    let run = id.run().unwrap_or_default();
     let writer_gone = gateway.members().is_some_and(|m| m.is_gone(run));
     let caught_up = batch.events.len() < BATCH;
     let mut first = Vec::new();
     if prime {
         first.push(events::priming(&format!("{}-", id.stream), id.number));
     }
-    if oldest > id.number + 1 {
-        first.push(Bytes::from(format!(
-            ": events {stream}-{} to {stream}-{} are no longer kept (--sse-replay-events)\n\n",
-            id.number + 1,
-            oldest - 1,
-            stream = id.stream,
-        )));
+    if batch.oldest.is_none() {
+        // No copy (lapsed, or never kept).
+        return if get_stream {
+            own_stream(gateway, link, first, prime).await
+        } else {
+            bad(ConnectError::Elsewhere(last.to_owned()))
+        };
     }
-    let cursor = batch.events.last().map_or(id.number, |(n, _)| *n);
-    first.extend(batch.events.into_iter().map(|(_, event)| event));
+    let cursor = replay(id.stream, id.number, batch.events, &mut first);
     tracing::debug!(session = %link.session.id().digest(), stream = id.stream, after = id.number, "a client resumes a stream another instance wrote");
-    if batch.ended {
-        return finite(first);
-    }
-    match (id.post, writer_gone && caught_up) {
-        (Some(_), true) => {
-            first.push(Bytes::from_static(
-                b": the instance of the cluster that relayed this request is gone: its answer will not come\n\n",
-            ));
-            finite(first)
-        }
-        (None, true) => {
-            // Nobody writes that stream any more: this instance's own goes on from here.
-            let Some(events) = link.router.events() else {
-                return finite(first);
-            };
-            match listen(link, events, None, prime).await {
-                Ok(mut connection) => {
-                    first.append(&mut connection.first);
-                    connection.first = first;
-                    sse_response(live_body(
-                        gateway,
-                        link,
-                        connection,
-                        Ends::Listening,
-                        None::<()>,
-                    ))
-                }
-                Err(e) => bad(e),
+    let over = batch.ended || (writer_gone && caught_up);
+    match (get_stream, over) {
+        // Nobody writes that stream any more: this instance's own goes on from here.
+        (true, true) => own_stream(gateway, link, first, prime).await,
+        (false, true) => {
+            if !batch.ended {
+                first.push(Bytes::from_static(
+                    b": the instance of the cluster that relayed this request is gone: its answer will not come\n\n",
+                ));
             }
+            finite(first)
         }
         (_, false) => {
             let follow = Follow {
                 shared: shared.clone(),
+                follower: shared.follow(link.session.id(), id.stream),
                 members: gateway.members().cloned(),
                 stream: id.stream.to_owned(),
                 run: run.to_owned(),
@@ -111,9 +97,56 @@ pub(super) async fn elsewhere(
                 poll_now: !caught_up,
                 done: false,
             };
-            sse_response(follow_body(gateway, link, first, follow, id.post.is_none()))
+            sse_response(follow_body(gateway, link, first, follow, get_stream))
         }
     }
+}
+
+/// `first`, then `link`'s own GET stream (this instance opens the upstream's).
+async fn own_stream(
+    gateway: &Arc<Gateway>,
+    link: &Arc<SessionLink>,
+    mut first: Vec<Bytes>,
+    prime: bool,
+) -> Response {
+    let Some(events) = link.router.events() else {
+        return finite(first);
+    };
+    match listen(link, events, None, prime).await {
+        Ok(mut connection) => {
+            first.append(&mut connection.first);
+            connection.first = first;
+            sse_response(live_body(
+                gateway,
+                link,
+                connection,
+                Ends::Listening,
+                None::<()>,
+            ))
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
+    }
+}
+
+/// Appends `events` (numbered, in order, after event `after` of `stream`) to `out`, with a
+/// comment wherever some are missing from the copy; the number of the last.
+fn replay(stream: &str, after: u64, events: Vec<(u64, Bytes)>, out: &mut Vec<Bytes>) -> u64 {
+    let mut cursor = after;
+    for (n, event) in events {
+        if n > cursor + 1 {
+            out.push(missing(stream, cursor + 1, n - 1));
+        }
+        cursor = n;
+        out.push(event);
+    }
+    cursor
+}
+
+/// The comment saying events `from` to `to` of `stream` are not in its copy.
+fn missing(stream: &str, from: u64, to: u64) -> Bytes {
+    Bytes::from(format!(
+        ": events {stream}-{from} to {stream}-{to} are not kept (--sse-replay-events, or too large to copy)\n\n"
+    ))
 }
 
 /// A body of `events` and nothing more.
@@ -126,6 +159,8 @@ fn finite(events: Vec<Bytes>) -> Response {
 /// A copy being followed.
 struct Follow {
     shared: Arc<SharedStreams>,
+    /// This connection's claim on the copy (another connection following it ends this one).
+    follower: Follower,
     members: Option<Arc<Members>>,
     /// The stream's name, and the run that writes it.
     stream: String,
@@ -154,12 +189,15 @@ impl Follow {
                 .shared
                 .read(session, &self.stream, self.cursor, BATCH)
                 .await?;
+            // The copy lapsed: nothing more will come.
+            batch.oldest?;
             self.poll_now = batch.events.len() == BATCH;
-            if let Some((n, _)) = batch.events.last() {
-                self.cursor = *n;
+            if !batch.events.is_empty() {
+                let mut out = Vec::new();
+                self.cursor = replay(&self.stream, self.cursor, batch.events, &mut out);
                 self.done = batch.ended;
                 let mut chunk = BytesMut::new();
-                for (_, event) in batch.events {
+                for event in out {
                     chunk.extend_from_slice(&event);
                 }
                 return Some(chunk.freeze());
@@ -197,9 +235,11 @@ fn follow_body(
     let live = futures_util::stream::unfold(
         (follow, keepalive, closed, stopping, session, guard),
         move |(mut follow, mut keepalive, closed, stopping, session, guard)| async move {
+            let taken = follow.follower.cancelled.clone();
             let chunk = tokio::select! {
                 biased;
                 () = closed.cancelled() => return None,
+                () = taken.cancelled() => return None,
                 () = stopping.cancelled(), if listening => return None,
                 chunk = follow.next(&session) => chunk?,
                 () = keepalive_due(&mut keepalive) => events::keepalive(),

@@ -181,12 +181,15 @@ impl<C: Deliver + 'static> Deliver for Member<C> {
         // Whoever comes first gives the process what is replayed; the others wait for it.
         self.replayed
             .get_or_init(|| async {
-                let replay = std::mem::take(&mut *lock(&self.replay));
+                // Cleared only once all of it is sent: if this is cut short (its caller went),
+                // the next caller sends it again.
+                let replay = lock(&self.replay).clone();
                 for message in replay {
                     if child.send(&self.route, message).await.is_err() {
                         break;
                     }
                 }
+                lock(&self.replay).clear();
             })
             .await;
         child.send(&self.route, msg).await

@@ -32,7 +32,8 @@ const INDEX: &str = "shadowcat:sessions";
 const PAGE: usize = 500;
 
 /// Saves `ARGV[3..]` (id, creation time, JSON, in turn) for `ARGV[1]` ms each, unless the
-/// stored one was ended by its client, and keeps the newest `ARGV[2]` ids in the index. (A
+/// stored one was ended by its client, and keeps the newest `ARGV[2]` ids in the index (and
+/// their records: the older ones' are deleted). (A
 /// session that ended at one instance for another reason, such as its idle timeout there, may
 /// go on at another, whose next save shows it open again.)
 const SAVE_SCRIPT: &str = r#"
@@ -43,6 +44,10 @@ for i = 3, #ARGV, 3 do
     redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[1])
     redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
   end
+end
+local trimmed = redis.call('ZRANGE', KEYS[1], 0, -1 - tonumber(ARGV[2]))
+for _, id in ipairs(trimmed) do
+  redis.call('DEL', 'shadowcat:session:' .. id)
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[2]))
 return 0

@@ -4,29 +4,40 @@
 //!
 //! Each stream an instance writes ([`super::EventLog`]) is copied, event by event, to its own
 //! Redis stream: the key names the session by a digest of its id (never the id, which is the
-//! session's credential) and the stream by its name (`get.<run>`, `post<k>.<run>`, unique in
-//! the cluster), each entry's id is `0-<n>` for the event numbered `n`, and the last entry of a
-//! stream that is over says so (`end`). A copy keeps about the last `--sse-replay-events`
-//! events (`XADD … MAXLEN ~`) and lapses after the session's idle timeout without a write.
+//! session's credential) and the stream by its name (`get.<run>_<link>`, `post<k>.<run>_<link>`,
+//! unique in the cluster), each entry's id is `0-<n>` for the event numbered `n`, and the last
+//! entry of a stream that is over says so (`end`). A copy keeps about the last
+//! `--sse-replay-events` events (`XADD … MAXLEN ~`), each at most [`MAX_COPIED_EVENT`] bytes;
+//! it lapses after the session's idle timeout without a write, [`KEPT_AFTER_END`] once it is
+//! over, and at once when its client had all of it.
 //!
-//! Copying never holds the stream up: events are queued (at most [`QUEUE`]) for one writer task
-//! that sends them in pipelined batches. What cannot be queued, or what Redis does not take, is
+//! Copying never holds the stream up: events are queued (at most [`QUEUE`] writes and
+//! [`QUEUE_BYTES`] bytes, for all streams) for one writer task that sends them in pipelined
+//! batches. What is not copied (too large, no room in the queue, or not taken by Redis) is
 //! missing from the copy (a client resuming there is told which events are gone), never from
 //! the stream itself.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::session::SessionId;
 use crate::transport::redis::{Redis, Use};
 
-/// Events waiting for the writer task, for all streams together.
+/// Writes waiting for the writer task, for all streams together.
 pub const QUEUE: usize = 4096;
+/// Bytes of events waiting for the writer task, for all streams together.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest event copied (larger ones are missing from the copy).
+pub const MAX_COPIED_EVENT: usize = super::DEFAULT_REPLAY_BYTES;
+/// How long a copy is kept once its stream is over.
+pub const KEPT_AFTER_END: Duration = Duration::from_secs(10 * 60);
 /// Most writes sent in one pipeline.
 const BATCH: usize = 128;
 /// How long a copy is kept without a write when sessions do not idle out.
@@ -41,8 +52,13 @@ const END_FIELD: &str = "end";
 pub struct SharedStreams {
     redis: Arc<Redis>,
     queue: mpsc::Sender<Write>,
+    /// Bytes of events queued now.
+    queued: Arc<AtomicUsize>,
     /// Said once: events could not be queued.
     warned: AtomicBool,
+    /// The connection following each copy now (one per copy: a new one takes over).
+    followers: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_follower: AtomicU64,
     /// Ends with the last sender.
     _writer: crate::task::Task<()>,
 }
@@ -58,6 +74,8 @@ enum Write {
     },
     /// The stream at `key` is over after event `number - 1`.
     End { key: Arc<str>, number: u64 },
+    /// Nobody needs the copy at `key` any more.
+    Delete { key: Arc<str> },
 }
 
 /// Where one stream is copied to.
@@ -68,12 +86,22 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Copies event `number` (`event`, as sent).
+    /// Copies event `number` (`event`, as sent), unless it is too large.
     pub(super) fn event(&self, number: u64, event: &Bytes) {
+        if event.len() > MAX_COPIED_EVENT {
+            return;
+        }
         self.streams.queue(Write::Event {
             key: self.key.clone(),
             number,
             event: event.clone(),
+        });
+    }
+
+    /// Deletes the copy (its client had all of it).
+    pub(super) fn delete(&self) {
+        self.streams.queue(Write::Delete {
+            key: self.key.clone(),
         });
     }
 
@@ -103,15 +131,25 @@ impl SharedStreams {
     /// (the sessions') after their last write.
     pub fn new(redis: Arc<Redis>, max_events: usize, idle_timeout: Option<Duration>) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let kept = idle_timeout.unwrap_or(KEPT_WITHOUT_IDLE_TIMEOUT);
         let task = crate::task::Task::spawn(
             "stream copies",
-            write(redis.clone(), pending, max_events.max(1), kept),
+            write(
+                redis.clone(),
+                pending,
+                queued.clone(),
+                max_events.max(1),
+                kept,
+            ),
         );
         Self {
             redis,
             queue,
+            queued,
             warned: AtomicBool::new(false),
+            followers: Mutex::new(HashMap::new()),
+            next_follower: AtomicU64::new(1),
             _writer: task,
         }
     }
@@ -172,14 +210,74 @@ impl SharedStreams {
         Some(batch)
     }
 
+    /// A connection that follows the copy of stream `stream` of session `session` from now
+    /// on: the one that did is told to stop (`cancelled`), as a new connection to a stream
+    /// takes over from the old one.
+    pub fn follow(self: &Arc<Self>, session: &SessionId, stream: &str) -> Follower {
+        let key = key(session, stream);
+        let number = self.next_follower.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let old = lock(&self.followers).insert(key.clone(), (number, token.clone()));
+        if let Some((_, old)) = old {
+            old.cancel();
+        }
+        Follower {
+            streams: self.clone(),
+            key,
+            number,
+            cancelled: token,
+        }
+    }
+
     fn queue(&self, write: Write) {
-        if self.queue.try_send(write).is_err() && !self.warned.swap(true, Ordering::Relaxed) {
+        let len = match &write {
+            Write::Event { event, .. } => event.len(),
+            _ => 0,
+        };
+        let room = self
+            .queued
+            .fetch_add(len, Ordering::Relaxed)
+            .saturating_add(len)
+            <= QUEUE_BYTES;
+        if room && self.queue.try_send(write).is_ok() {
+            return;
+        }
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 queued = QUEUE,
+                queued_bytes = QUEUE_BYTES,
                 "events are being written faster than Redis takes their copies: some are missing from the copies (a client resuming at another instance is told which)"
             );
         }
     }
+}
+
+/// The connection following one copy, until it is dropped or `cancelled` (another took over).
+#[derive(Debug)]
+pub struct Follower {
+    streams: Arc<SharedStreams>,
+    key: String,
+    number: u64,
+    /// Cancelled when another connection follows the copy.
+    pub cancelled: CancellationToken,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut followers = lock(&self.streams.followers);
+        if followers
+            .get(&self.key)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            followers.remove(&self.key);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single map operations; a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An entry as `XRANGE` gives it: its id, and its fields and values in turn.
@@ -209,15 +307,30 @@ fn key(session: &SessionId, stream: &str) -> String {
 }
 
 /// The writer task: sends what is queued, in batches, until every sender is gone.
-async fn write(redis: Arc<Redis>, mut writes: mpsc::Receiver<Write>, max: usize, kept: Duration) {
-    let kept_ms = u64::try_from(kept.as_millis()).unwrap_or(u64::MAX).max(1);
+async fn write(
+    redis: Arc<Redis>,
+    mut writes: mpsc::Receiver<Write>,
+    queued: Arc<AtomicUsize>,
+    max: usize,
+    kept: Duration,
+) {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    let kept_ms = millis(kept);
+    let after_end_ms = millis(kept.min(KEPT_AFTER_END));
     let mut batch = Vec::with_capacity(BATCH);
     while writes.recv_many(&mut batch, BATCH).await > 0 {
         let mut pipeline = redis::pipe();
         for write in batch.drain(..) {
-            let (key, number, field, value) = match write {
-                Write::Event { key, number, event } => (key, number, EVENT_FIELD, event),
-                Write::End { key, number } => (key, number, END_FIELD, Bytes::new()),
+            let (key, number, field, value, ttl) = match write {
+                Write::Event { key, number, event } => {
+                    queued.fetch_sub(event.len(), Ordering::Relaxed);
+                    (key, number, EVENT_FIELD, event, kept_ms)
+                }
+                Write::End { key, number } => (key, number, END_FIELD, Bytes::new(), after_end_ms),
+                Write::Delete { key } => {
+                    pipeline.cmd("DEL").arg(&*key).ignore();
+                    continue;
+                }
             };
             pipeline
                 .cmd("XADD")
@@ -231,7 +344,7 @@ async fn write(redis: Arc<Redis>, mut writes: mpsc::Receiver<Write>, max: usize,
                 .ignore()
                 .cmd("PEXPIRE")
                 .arg(&*key)
-                .arg(kept_ms)
+                .arg(ttl)
                 .ignore();
         }
         // Redis not answering is logged and counted by `Redis`; the copies have a gap.

@@ -318,11 +318,24 @@ impl Gateway {
         (elsewhere && self.link(&sealed.id).is_none()).then_some(sealed)
     }
 
+    /// The instance that owns session `id`'s process now, as Redis says (`None` without
+    /// Redis, if it does not answer, or if nobody does).
+    pub(in crate::proxy::reverse) async fn owner_now(&self, id: &SessionId) -> Option<String> {
+        self.redis
+            .as_ref()?
+            .query::<Option<String>>(
+                Use::Session,
+                redis::cmd("GET").arg(record_key(OWNER_KEY, id)),
+            )
+            .await
+            .flatten()
+    }
+
     /// Ends here the sessions at this instance's processes that another instance took over
     /// while this one was off the cluster's list (its heartbeats failed): the client's
     /// requests go to their new owner, and only one process serves each session.
     async fn let_go_of_taken_over(self: Arc<Self>) {
-        let (Some(redis), Some(peers)) = (&self.redis, self.peers()) else {
+        let Some(peers) = self.peers() else {
             return;
         };
         let links: Vec<Arc<SessionLink>> = self
@@ -333,14 +346,11 @@ impl Gateway {
             .collect();
         for link in links {
             let id = link.session.id();
-            let owner = redis
-                .query::<Option<String>>(
-                    Use::Session,
-                    redis::cmd("GET").arg(record_key(OWNER_KEY, id)),
-                )
+            if self
+                .owner_now(id)
                 .await
-                .flatten();
-            if owner.is_some_and(|owner| owner != peers.me()) {
+                .is_some_and(|owner| owner != peers.me())
+            {
                 tracing::warn!(session = %id.digest(), "another instance of the cluster took the session over while this one was off the list: its process here is stopped, and its requests go there");
                 self.sessions.begin_closing(&link.session);
                 self.sessions.end(id, EndReason::Evicted);
