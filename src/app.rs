@@ -67,9 +67,13 @@ pub fn run(mode: Mode, config: &Config) -> anyhow::Result<u8> {
         Mode::Session(cmd) => crate::cmd::session::run(cmd, config),
         Mode::Rules(cmd) => crate::cmd::rules::run(cmd),
         Mode::Completions(shell) => {
+            // Made whole first: the generator panics if it cannot write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut script);
             let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut Cli::command(), "shadowcat", &mut out);
-            out.flush().context("cannot write the completion script")?;
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("cannot write the completion script")?;
             Ok(0)
         }
     }
@@ -126,7 +130,7 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         }
         stop_cleanup.cancel();
         cleanup.join_within(Duration::from_secs(1)).await;
-        tracing::debug!(sessions = ?sessions.metrics(), "session totals");
+        tracing::debug!(sessions = %sessions.metrics(), "session totals");
         let _ = tokio::task::spawn_blocking(move || sessions.close_store(STORE_CLOSE_GRACE)).await;
         code
     });

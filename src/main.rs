@@ -28,8 +28,12 @@ fn main() -> ExitCode {
     };
     match app::run(mode, &config) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Said once: on stderr, and in the log file if there is one (which stderr is not).
+            if config.log_file.is_some() {
+                tracing::error!("{}", said(&e));
+            }
             fail(&e)
         }
     }
@@ -37,6 +41,30 @@ fn main() -> ExitCode {
 
 /// Reports a fatal error on stderr (never stdout: it may carry MCP).
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("shadowcat: error: {e:#}");
+    eprintln!("shadowcat: error: {}", said(e));
     ExitCode::from(2)
+}
+
+/// `e` and its causes, each said once: a cause whose words the message before already carries
+/// (`cannot read x: No such file or directory`) is not said again.
+fn said(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Whether `e` is stdout closed by its reader (`shadowcat session list | head`): what was
+/// wanted was read, so that is no failure.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

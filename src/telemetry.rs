@@ -125,6 +125,29 @@ pub struct Snapshot {
     pub unmatched_responses: u64,
 }
 
+/// For people (logs): `12 messages to the server, 12 to the client`, then what the proxy
+/// answered, refused or could not match, if anything.
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} messages to the server, {} to the client",
+            self.forwarded_to_server, self.forwarded_to_client
+        )?;
+        for (what, n) in [
+            ("answered by shadowcat", self.answered_by_proxy),
+            ("malformed", self.malformed),
+            ("oversized", self.oversized),
+            ("unmatched answers", self.unmatched_responses),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn slot(direction: Direction) -> usize {
     match direction {
         Direction::ClientToServer => 0,

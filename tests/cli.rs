@@ -393,3 +393,89 @@ fn every_documented_error_code_is_asserted_by_an_end_to_end_test() {
         "no end-to-end test asserts these documented codes: {missing:?}"
     );
 }
+
+/// A reader that closes stdout early (`shadowcat completions powershell | head -1`,
+/// `shadowcat session list | head`) is no failure: exit 0, nothing on stderr, no panic.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly_with_exit_0() {
+    let data = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["completions", "powershell"],
+        vec!["completions", "bash"],
+        vec!["session", "list", "--format", "json"],
+    ] {
+        let mut child = support::command()
+            .args(&args)
+            .env("SHADOWCAT_DATA_DIR", data.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+/// A fatal error is said once on stderr (not again by the log, which goes there too), and the
+/// log at debug level carries no Rust debug dumps.
+#[test]
+fn a_fatal_error_is_said_once_and_logs_carry_no_debug_dumps() {
+    let out = support::command()
+        .args(["--log-level", "debug"])
+        .args(["session", "list", "--redis-url", "redis://127.0.0.1:1"])
+        .env_remove("SHADOWCAT_REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("session history in Redis at redis://127.0.0.1:1")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    // Its cause is said once too.
+    for args in [
+        &["tape", "show", "/nonexistent/tape.jsonl"][..],
+        &["rules", "check", "/nonexistent/rules.yaml"],
+    ] {
+        let out = shadowcat(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{stderr}"
+        );
+    }
+    let out = support::command()
+        .args(["--log-level", "debug", "forward", "stdio", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    let totals = stderr
+        .lines()
+        .find(|l| l.contains("session totals"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(totals.contains("1 created, 0 open, 1 ended"), "{totals}");
+    let exiting = stderr
+        .lines()
+        .find(|l| l.contains("shadowcat exiting"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        exiting.contains("0 messages to the server, 0 to the client"),
+        "{exiting}"
+    );
+    // No Rust debug dumps of structs or enums.
+    for dump in ["Snapshot {", "ServerExited(", "ExitStatus("] {
+        assert!(!stderr.contains(dump), "{dump}: {stderr}");
+    }
+}

@@ -1310,6 +1310,7 @@ fn session_list_shows_the_sessions_of_every_instance_from_redis() {
         err.contains("session history in Redis at redis://127.0.0.1"),
         "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
     drop(gateways);
 }
 

@@ -120,7 +120,7 @@ pub async fn run(
         UpstreamErrors::default(),
     );
     let result = bridge(config, &backend, sessions, shutdown).await;
-    tracing::info!(totals = ?pipeline.metrics().snapshot(), "shadowcat exiting");
+    tracing::info!(totals = %pipeline.metrics().snapshot(), "shadowcat exiting");
     result
 }
 

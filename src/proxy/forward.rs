@@ -180,8 +180,8 @@ pub async fn run(
                 Err(event) => break event,
             }
         };
-        tracing::debug!(?event, "shutting down");
         let reason = event.end_reason();
+        tracing::debug!(reason = reason.as_str(), "shutting down");
         sessions.begin_closing(&session);
         let code = proxy.stop(event, &mut shutdown).await;
         proxy.finish().await;
@@ -577,6 +577,6 @@ impl<'a> ForwardStdio<'a> {
         {
             tracing::debug!("the client writer ended without flushing everything");
         }
-        tracing::info!(totals = ?self.metrics.snapshot(), "shadowcat exiting");
+        tracing::info!(totals = %self.metrics.snapshot(), "shadowcat exiting");
     }
 }

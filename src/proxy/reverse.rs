@@ -211,7 +211,7 @@ pub async fn run(
     if let Some(prune) = prune.as_mut() {
         prune.join_within(Duration::from_secs(1)).await;
     }
-    tracing::info!(sessions = ?sessions.metrics(), totals = ?gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
+    tracing::info!(sessions = %sessions.metrics(), totals = %gateway.pipeline.metrics().snapshot(), "shadowcat exiting");
     drop(gateway);
     Ok(code)
 }

@@ -43,6 +43,39 @@ pub struct SessionMetricsSnapshot {
     pub store_dropped: u64,
 }
 
+/// For people (logs): `3 created, 0 open, 3 ended (closed 1, killed 2)`, then what was
+/// refused or dropped, if anything was.
+impl std::fmt::Display for SessionMetricsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ended: u64 = self.ended.iter().sum();
+        write!(
+            f,
+            "{} created, {} open, {ended} ended",
+            self.created, self.active
+        )?;
+        let reasons: Vec<String> = EndReason::ALL
+            .iter()
+            .zip(self.ended)
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{} {n}", reason.as_str()))
+            .collect();
+        if !reasons.is_empty() {
+            write!(f, " ({})", reasons.join(", "))?;
+        }
+        for (what, n) in [
+            ("sessions refused", self.refused_sessions),
+            ("requests refused", self.refused_requests),
+            ("history updates dropped", self.store_dropped),
+            ("cleanup panics", self.cleanup_panics),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SessionMetrics {
     pub(crate) fn created(&self) {
         self.created.fetch_add(1, Ordering::Relaxed);
