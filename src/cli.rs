@@ -51,7 +51,8 @@ pub struct GlobalArgs {
     /// Log line format. [default: text]
     #[arg(long, global = true, env = "SHADOWCAT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Append logs to this file instead of stderr. Logs never go to stdout.
+    /// Append logs to this file instead of stderr, the MCP servers' stderr too (each line
+    /// logged as `server: <line>`). Logs never go to stdout.
     #[arg(long, global = true, env = "SHADOWCAT_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     /// Directory for session history (sessions.db) and other data. [default: the platform's

@@ -71,6 +71,8 @@ pub fn init_tracing(
         Some(path) => {
             let file = crate::transport::files::open_private_append(path)
                 .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
+            // The servers' stderr goes there too (ours may be hidden: that is why a file).
+            crate::transport::child::log_stderr();
             log_writer().finish(file)
         }
         None => log_writer().finish(std::io::stderr()),

@@ -179,7 +179,14 @@ fn logs_go_to_the_log_file_and_never_to_stdout() {
             "--log-file",
             log.to_str().unwrap(),
         ])
-        .args(["forward", "stdio", "--", "true"])
+        .args([
+            "forward",
+            "stdio",
+            "--",
+            "sh",
+            "-c",
+            "echo the-server-says-hello >&2",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -188,6 +195,18 @@ fn logs_go_to_the_log_file_and_never_to_stdout() {
     let first: serde_json::Value = serde_json::from_str(logged.lines().next().unwrap()).unwrap();
     assert!(first["fields"]["message"].is_string(), "{logged}");
     assert!(logged.contains("started the MCP server"));
+    // The server's stderr reaches the log file too (a client may hide stderr), as a line of
+    // its own, and not our stderr.
+    let said = logged
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "server: the-server-says-hello");
+    assert!(said.is_some(), "{logged}");
+    assert!(
+        !text(&out.stderr).contains("the-server-says-hello"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Every command path of the CLI: `[]` for the top level, then each subcommand, depth first.

@@ -169,7 +169,11 @@ fn rules_test_reports_a_bad_tape_or_rule_file() {
             "demo.jsonl",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // The same exit code and words as `rules check` for an invalid file.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let check = shadowcat(&dir, &["rules", "check", "bad/typo-in-action.yaml"]);
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    assert_eq!(text(&out.stderr), text(&check.stderr));
     assert!(
         text(&out.stderr).contains("bad/typo-in-action.yaml:5:5: unknown field `blok`"),
         "{out:?}"

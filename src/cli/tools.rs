@@ -86,7 +86,8 @@ pub enum RulesCommand {
     },
     /// Run a rule file over a recorded tape and print what each rule would do, message by
     /// message. Each message is tried as recorded, in a session tracked as the proxy tracked
-    /// it; nothing is sent and nothing waits.
+    /// it; nothing is sent and nothing waits. An invalid rule file is reported as `rules check`
+    /// reports it, and exits 1.
     ///
     /// Example: shadowcat rules test rules.yaml --tape demo.jsonl
     Test {

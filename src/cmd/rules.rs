@@ -47,7 +47,15 @@ pub fn run(cmd: RulesCommand) -> anyhow::Result<u8> {
         } => {
             // Rate limits see the tape's times, not how fast it is read.
             let clock = LimitClock::Manual(governor::clock::FakeRelativeClock::default());
-            let rules = Rules::load_on(&file, rules_mode, clock)?;
+            let rules = match Rules::load_on(&file, rules_mode, clock) {
+                Ok(rules) => rules,
+                // As `rules check` says it: an invalid file is a verdict (1), not a failure.
+                Err(e @ RulesError::Invalid { .. }) => {
+                    eprintln!("shadowcat: {e}");
+                    return Ok(1);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let recorded = crate::tape::read(&tape)?;
             let messages = dry_run(&rules, &recorded);
             match format {

@@ -359,6 +359,15 @@ fn answer_to(line: &[u8], id: &serde_json::Value) -> Option<serde_json::Value> {
 /// the passthrough drops output (the tail is still kept) rather than block the child.
 const PASSTHROUGH_CHUNKS: usize = 256;
 
+/// Whether children's stderr goes to the log (a `--log-file`) instead of ours, line by line.
+static STDERR_TO_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on children's stderr lines are logged (at info, `server: <line>`) instead of
+/// copied to our stderr: the log is a file (`--log-file`), read where ours may be hidden.
+pub fn log_stderr() {
+    STDERR_TO_LOG.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Children's stderr bytes dropped because our stderr was not keeping up.
 static PASSTHROUGH_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -395,7 +404,8 @@ fn passthrough() -> Option<&'static std::sync::mpsc::SyncSender<Vec<u8>>> {
 /// Drains the child's stderr, passing it on to ours (never blocking on ours) and keeping the
 /// last lines.
 async fn copy_stderr(mut stderr: ChildStderr, tail: StderrTail) {
-    let out = passthrough();
+    let to_log = STDERR_TO_LOG.load(std::sync::atomic::Ordering::Relaxed);
+    let out = if to_log { None } else { passthrough() };
     let mut chunk = vec![0u8; 8192];
     // The line being assembled for the tail; capped, so a server that never writes a newline
     // (progress bars with `\r`) can't grow it. The copy to our stderr is not line-bound.
@@ -414,14 +424,26 @@ async fn copy_stderr(mut stderr: ChildStderr, tail: StderrTail) {
             let room = STDERR_LINE_MAX.saturating_sub(line.len());
             line.extend_from_slice(&piece[..piece.len().min(room)]);
             if piece.ends_with(b"\n") {
+                if to_log {
+                    log_line(&line);
+                }
                 tail.push(&line);
                 line.clear();
             }
         }
     }
     if !line.is_empty() {
+        if to_log {
+            log_line(&line);
+        }
         tail.push(&line);
     }
+}
+
+/// One line of a child's stderr, logged.
+fn log_line(line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    tracing::info!("server: {}", text.trim_end());
 }
 
 /// A short description of how a process ended, e.g. `exit status 3` or `signal 9 (SIGKILL)`.
