@@ -12,8 +12,8 @@
 //! - `binding`: the 2026-07-28 HTTP binding where the gateway is a stdio child's HTTP server
 //!   (statuses of its errors, `Mcp-Param-*` checks, `initialize`).
 //! - [`legacy`]: the 2024-11-05 HTTP+SSE transport for old clients (`/sse`, `/message`).
-//! - [`get`]: where clients listen: the session's GET stream endpoint, and the live body
-//!   shared with the 2024-11-05 stream.
+//! - [`get`]: where clients listen: the session's GET stream endpoint.
+//! - `live`: the body of a connection to an SSE stream (GET, POST, resumed, 2024-11-05).
 //! - [`router`]: per session, which waiting POST each server→client message goes to.
 //! - [`events`]: a session's event streams: event ids, the replay buffer, resumption; in a
 //!   cluster with Redis, their copies there (`events::shared`).
@@ -41,6 +41,7 @@ pub mod events;
 pub mod gateway;
 pub mod get;
 pub mod legacy;
+mod live;
 pub mod mirror;
 mod owner;
 mod peer;

@@ -23,7 +23,7 @@ use crate::session::{EndReason, SessionId, TransportKind};
 use super::checks::{check_content_type, client_of, read_frame};
 use super::events;
 use super::gateway::Gateway;
-use super::get::{Ends, live_body, sse_response};
+use super::live::{Ends, live_body, sse_response};
 use super::respond::refuse;
 use super::router::Delivery;
 

@@ -19,7 +19,7 @@ use http::StatusCode;
 use super::events::shared::{Batch, Follower, SharedStreams};
 use super::events::{self, ConnectError, EventId};
 use super::gateway::{Gateway, SessionLink};
-use super::get::{Ends, keepalive_due, keepalive_timer, listen, live_body, sse_response};
+use super::live::{Ends, keepalive_due, keepalive_timer, listen, live_body, sse_response};
 use super::peer::Members;
 use super::respond::refuse;
 

@@ -33,7 +33,7 @@ use super::alias::Aliases;
 use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
 use super::checks::{accepts, check_content_type, client_of, cors, guard, read_frame, session_of};
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
-use super::get::{keepalive_due, keepalive_timer, request_body, sse_response};
+use super::live::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::respond::{json_response, method_not_allowed, refuse};
 use super::router::Reply;
 use super::screen::{Screened, screen};
