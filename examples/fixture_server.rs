@@ -19,6 +19,8 @@
 //!   error responses (e.g. a proxy's answer to `bad_request`), and cancelled request ids.
 //!
 //! Flags: `--ignore-stdin-eof` keeps running after stdin closes (to test SIGTERM escalation).
+//! A changed server, for `tape verify`: `FIXTURE_ECHO_UPPER=1` makes `echo` answer in capitals,
+//! `FIXTURE_EXTRA_TOOL=1` lists a tool `added` first.
 
 // A test fixture: panicking when its own stdout breaks is the right end for it, and its one
 // dispatch function reads best as one match.
@@ -53,7 +55,9 @@ fn text_result(id: &Value, text: &str) -> Value {
 
 fn tools() -> Value {
     let tool = |name: &str, desc: &str, props: Value| json!({"name": name, "description": desc, "inputSchema": {"type": "object", "properties": props}});
-    json!([
+    let extra = std::env::var_os("FIXTURE_EXTRA_TOOL")
+        .map(|_| tool("added", "A tool the recording did not have", json!({})));
+    let listed = json!([
         tool(
             "echo",
             "Returns its text",
@@ -96,7 +100,10 @@ fn tools() -> Value {
             "Returns a text of the given size",
             json!({"bytes": {"type": "integer"}})
         ),
-    ])
+    ]);
+    let mut listed = listed.as_array().cloned().unwrap_or_default();
+    listed.splice(0..0, extra);
+    Value::Array(listed)
 }
 
 fn main() {
@@ -191,7 +198,14 @@ fn main() {
                     .cloned()
                     .unwrap_or(json!({}));
                 match name {
-                    "echo" => send(&out, &text_result(&id, args["text"].as_str().unwrap_or(""))),
+                    "echo" => {
+                        let text = args["text"].as_str().unwrap_or("");
+                        let text = match std::env::var_os("FIXTURE_ECHO_UPPER") {
+                            Some(_) => text.to_uppercase(),
+                            None => text.to_owned(),
+                        };
+                        send(&out, &text_result(&id, &text));
+                    }
                     "sample" => {
                         next_sample += 1;
                         let sample_id = json!(format!("sample-{next_sample}"));

@@ -215,11 +215,13 @@ fn a_recorded_sdk_session_replays_identically_and_verifies() {
     let mut args = vec!["tape", "verify", &tape_arg, "--"];
     let server = v2_server();
     args.extend(server.iter().map(String::as_str));
-    let (code, out, err) = shadowcat_run(&args, &[]);
+    let mut verbose = vec!["tape", "verify", "-v", &tape_arg, "--"];
+    verbose.extend(server.iter().map(String::as_str));
+    let (code, out, err) = shadowcat_run(&verbose, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("ok   #3 tools/call echo"), "{out}");
     assert!(
-        out.contains("13 answers checked: 13 matched, 0 failed"),
+        out.contains("13 answers compared: 13 matched, 0 differed"),
         "{out}"
     );
     // ...a changed one fails, naming the path and both values.
@@ -234,7 +236,7 @@ fn a_recorded_sdk_session_replays_identically_and_verifies() {
         "{out}"
     );
     assert!(
-        out.contains("13 answers checked: 12 matched, 1 failed"),
+        out.contains("13 answers compared: 12 matched, 1 differed"),
         "{out}"
     );
     // --record keeps the live run as a tape of its own, the changed answer in it (the live
@@ -582,10 +584,7 @@ fn verify_reaches_an_http_server_through_the_bridge() {
         &[],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("3 answers checked: 3 matched, 0 failed"),
-        "{out}"
-    );
+    assert_eq!(out, "3 answers compared: 3 matched, 0 differed\n");
 }
 
 /// kill -9 the recorder mid-session: what is on the tape replays.
@@ -760,4 +759,171 @@ fn tape_list_skips_what_is_not_a_tape() {
     assert!(files[0].ends_with("real.jsonl"), "{stdout}");
     assert!(stderr.contains("broken.jsonl"), "{stderr}");
     assert!(!stderr.contains("notes.txt"), "{stderr}");
+}
+
+/// Records the fixture listing its tools, then calling `echo` and `big`.
+fn record_fixture_listing(path: &std::path::Path) {
+    let mut proxy = Proxy::fixture(&["--record", path.to_str().unwrap()]);
+    proxy.initialize();
+    let listed = proxy.call(1, "tools/list", json!({}));
+    assert!(listed["result"]["tools"].is_array(), "{listed}");
+    for (id, (name, arguments)) in [
+        ("echo", json!({"text": "quiet please"})),
+        ("big", json!({"bytes": 3})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = proxy.call(id as i64 + 2, "tools/call", tool(name, arguments));
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    proxy.close_stdin();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// `tape verify` fit for CI: quiet unless something differs (`-v` names every answer); a
+/// list compared by name (one added tool is one difference, not every tool after it); an
+/// `--ignore` scoped to a method and a tool; a summary that counts the answers that came.
+#[test]
+fn verify_is_quiet_compares_lists_by_name_and_scopes_ignores() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("listing.jsonl");
+    record_fixture_listing(&tape);
+    let fixture = support::fixture();
+    let verify = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["tape", "verify", tape.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(["--", fixture.to_str().unwrap()]);
+        shadowcat_run(&args, env)
+    };
+    // The same server: one summary line, nothing else.
+    let (code, out, err) = verify(&[], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out, "4 answers compared: 4 matched, 0 differed\n");
+    let (code, out, _) = verify(&["-v"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "ok   #1 initialize",
+            "ok   #2 tools/list",
+            "ok   #3 tools/call echo",
+            "ok   #4 tools/call big",
+            "4 answers compared: 4 matched, 0 differed",
+        ]
+    );
+    // A server with one tool more (listed first) and echo in capitals.
+    let changed = [("FIXTURE_EXTRA_TOOL", "1"), ("FIXTURE_ECHO_UPPER", "1")];
+    let (code, out, err) = verify(&[], &changed);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "FAIL #2 tools/list: the answer differs from the tape",
+            r#"       $.result.tools[?@.name=='added']: recorded (absent), live {"description":"A tool the recording did not have","inputSchema":{"properties":{},"type":"object"},"name":"added"}"#,
+            "FAIL #3 tools/call echo: the answer differs from the tape",
+            r#"       $.result.content[0].text: recorded "quiet please", live "QUIET PLEASE""#,
+            "4 answers compared: 2 matched, 2 differed",
+        ],
+        "{out}"
+    );
+    // Ignored for echo's answers: echo passes, the list still fails.
+    let (code, out, _) = verify(
+        &["--ignore", "tools/call:echo=$.result.content[0].text"],
+        &changed,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("tools/call echo"), "{out}");
+    assert!(out.contains("FAIL #2 tools/list"), "{out}");
+    // Scoped to another tool or method, it does not reach echo's answer.
+    for other in [
+        "tools/call:big=$.result.content[0].text",
+        "tools/list=$.result.content[0].text",
+    ] {
+        let (code, out, _) = verify(&["--ignore", other], &changed);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("FAIL #3 tools/call echo"), "{other}: {out}");
+    }
+    // The added tool is ignorable by the path the report gave; both ignored, all pass.
+    let (code, out, err) = verify(
+        &[
+            "--ignore",
+            "tools/call:echo=$.result.content[0].text",
+            "--ignore",
+            "tools/list=$.result.tools[?@.name=='added']",
+        ],
+        &changed,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out, "4 answers compared: 4 matched, 0 differed\n");
+    // An --ignore that is neither a path nor scoped says what it expects.
+    let (code, _, err) = verify(&["--ignore", "result.content"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("METHOD[:NAME]=JSONPATH such as 'tools/call:echo=$.result.content'"),
+        "{err}"
+    );
+}
+
+/// A server that never answers the handshake stops the run at once, not after `--timeout` for
+/// every request; one that exits stops it too. The summary counts what was not sent.
+#[test]
+fn verify_stops_at_a_failed_handshake_or_a_gone_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("calls.jsonl");
+    let calls: Vec<(&str, Value)> = (0..6)
+        .map(|i| ("echo", json!({"text": format!("call {i}")})))
+        .collect();
+    record_fixture_calls(&tape, &calls);
+    let tape_arg = tape.to_str().unwrap();
+    // Reads everything, answers nothing.
+    let started = std::time::Instant::now();
+    let (code, out, err) = shadowcat_run(
+        &[
+            "tape",
+            "verify",
+            tape_arg,
+            "--timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "cat >/dev/null",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "FAIL #1 initialize: no answer within 1s",
+            "0 answers compared: 0 matched, 0 differed; 1 request got no answer; \
+             stopped (the handshake failed) with 6 requests not sent",
+        ],
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // docs/tapes.md shows this output.
+    let shown = include_str!("../docs/tapes.md")
+        .split("```text\n")
+        .nth(2)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    assert_eq!(shown, out);
+    // Exits at once.
+    let (code, out, err) = shadowcat_run(&["tape", "verify", tape_arg, "--", "true"], &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.ends_with("stopped (the server exited before answering) with 6 requests not sent\n")
+            || out.ends_with(
+                "stopped (the server stopped reading its input) with 6 requests not sent\n"
+            ),
+        "{out}"
+    );
 }

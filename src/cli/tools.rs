@@ -149,12 +149,13 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 #[allow(clippy::large_enum_variant)] // Parsed once per process.
 pub enum TapeCommand {
     /// Check a server against a tape: replay the tape's client side to it and compare its
-    /// answers with the recorded ones (ids ignored). Prints a diff per mismatch; exits 1 if
-    /// any, so it can gate CI.
+    /// answers with the recorded ones (ids ignored, lists matched by name). Prints a diff per
+    /// mismatch and a summary; exits 1 if any answer differed or did not come, so it can gate
+    /// CI. A failed handshake or a server that exits stops the run at once.
     ///
     /// Examples:
     ///   shadowcat tape verify demo.jsonl -- python server.py
-    ///   shadowcat tape verify demo.jsonl --ignore '$.result.content[0].text' --url http://127.0.0.1:9000/mcp
+    ///   shadowcat tape verify demo.jsonl --ignore 'tools/call:now=$.result' --url http://127.0.0.1:9000/mcp
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
     /// List tapes: name, date, session, frames, duration, size.
@@ -191,10 +192,16 @@ pub enum TapeCommand {
 pub struct VerifyArgs {
     /// The tape.
     pub tape: PathBuf,
-    /// Ignore the values at this RFC 9535 JSONPath when comparing answers, e.g.
-    /// '$.result.content[0].text' (repeatable).
-    #[arg(long, value_name = "JSONPATH")]
+    /// Ignore the values at this RFC 9535 JSONPath when comparing answers (repeatable):
+    /// '$.result.content[0].text' in every answer; 'tools/call:echo=$.result.content' only in
+    /// the answers to calls of the tool echo; 'resources/read=$.result' in every answer to
+    /// that method. A NAME is a tool's or prompt's name or a resource's URI.
+    #[arg(long, value_name = "[METHOD[:NAME]=]JSONPATH")]
     pub ignore: Vec<String>,
+    /// Also print a line for each answer that matched (by default only the mismatches and the
+    /// summary).
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Longest wait for each answer.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: String,

@@ -45,15 +45,82 @@ pub fn short(value: &Value, max: usize) -> String {
 
 /// Every place `recorded` and `live` differ, in document order.
 pub fn differences(recorded: &Value, live: &Value) -> Vec<Difference> {
+    differences_keyed(recorded, live, &[])
+}
+
+/// Arrays of named things that are sets, not sequences: at the path (`$.result.tools`), the
+/// elements are matched by the key (`name`), so one added tool is one difference rather than
+/// every tool after it shifted by one.
+pub type Keyed<'a> = [(&'a str, &'a str)];
+
+/// [`differences`], with the arrays at the `keyed` paths matched element by element on their
+/// key (paths then read `$.result.tools[?@.name=='echo'].description`, a JSONPath that
+/// `--ignore` takes). An array whose elements do not all carry a distinct string key is
+/// compared by index.
+pub fn differences_keyed(recorded: &Value, live: &Value, keyed: &Keyed<'_>) -> Vec<Difference> {
     let mut out = Vec::new();
-    walk(Some(recorded), Some(live), &mut "$".to_owned(), &mut out);
+    walk(
+        Some(recorded),
+        Some(live),
+        &mut "$".to_owned(),
+        keyed,
+        &mut out,
+    );
     out
+}
+
+/// `items` by their `key`, in order, if every one has a distinct string `key`.
+fn by_key<'v>(items: &'v [Value], key: &str) -> Option<Vec<(&'v str, &'v Value)>> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items
+        .iter()
+        .map(|item| {
+            let name = item.get(key)?.as_str()?;
+            seen.insert(name).then_some((name, item))
+        })
+        .collect()
+}
+
+/// Walks two keyed arrays: the recorded elements in order, then the live ones the tape lacks.
+fn walk_keyed(
+    recorded: &[(&str, &Value)],
+    live: &[(&str, &Value)],
+    key: &str,
+    path: &mut String,
+    keyed: &Keyed<'_>,
+    out: &mut Vec<Difference>,
+) {
+    fn find<'v>(side: &[(&str, &'v Value)], name: &str) -> Option<&'v Value> {
+        side.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+    let extra = live
+        .iter()
+        .filter(|(name, _)| find(recorded, name).is_none());
+    for (name, _) in recorded.iter().chain(extra) {
+        let len = path.len();
+        let _ = write!(path, "[?@.{key}=={}]", quoted(name));
+        walk(find(recorded, name), find(live, name), path, keyed, out);
+        path.truncate(len);
+    }
+}
+
+/// `text` as a JSONPath string literal in single quotes.
+fn quoted(text: &str) -> String {
+    let json = Value::String(text.to_owned()).to_string();
+    // JSON's escapes are JSONPath's, but for the quote: `"` goes bare, `'` escaped.
+    let inner = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default()
+        .replace("\\\"", "\"")
+        .replace('\'', "\\'");
+    format!("'{inner}'")
 }
 
 fn walk(
     recorded: Option<&Value>,
     live: Option<&Value>,
     path: &mut String,
+    keyed: &Keyed<'_>,
     out: &mut Vec<Difference>,
 ) {
     match (recorded, live) {
@@ -66,15 +133,22 @@ fn walk(
             for key in keys {
                 let len = path.len();
                 push_key(path, key);
-                walk(a.get(key), b.get(key), path, out);
+                walk(a.get(key), b.get(key), path, keyed, out);
                 path.truncate(len);
             }
         }
         (Some(Value::Array(a)), Some(Value::Array(b))) => {
+            let key = keyed.iter().find(|(at, _)| *at == path.as_str());
+            if let Some((_, key)) = key
+                && let (Some(a), Some(b)) = (by_key(a, key), by_key(b, key))
+            {
+                walk_keyed(&a, &b, key, path, keyed, out);
+                return;
+            }
             for i in 0..a.len().max(b.len()) {
                 let len = path.len();
                 let _ = write!(path, "[{i}]");
-                walk(a.get(i), b.get(i), path, out);
+                walk(a.get(i), b.get(i), path, keyed, out);
                 path.truncate(len);
             }
         }
@@ -130,5 +204,34 @@ mod tests {
         assert!(differences(&a, &a).is_empty());
         let d = differences(&json!({"a b": 1}), &json!({"a b": 2}));
         assert_eq!(d[0].path, "$['a b']");
+    }
+
+    #[test]
+    fn keyed_lists_are_matched_by_name_not_index() {
+        let tool =
+            |name: &str, description: &str| json!({"name": name, "description": description});
+        let recorded =
+            json!({"result": {"tools": [tool("a", "A"), tool("b", "B"), tool("c", "C")]}});
+        let live = json!({"result": {"tools": [tool("new", "N"), tool("a", "A"), tool("b", "B2"), tool("c", "C")]}});
+        let keyed = [("$.result.tools", "name")];
+        let found: Vec<String> = differences_keyed(&recorded, &live, &keyed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                r#"$.result.tools[?@.name=='b'].description: recorded "B", live "B2""#,
+                r#"$.result.tools[?@.name=='new']: recorded (absent), live {"description":"N","name":"new"}"#,
+            ]
+        );
+        // By index, the one insertion shifts every tool.
+        assert_eq!(differences(&recorded, &live).len(), 7);
+        // Without distinct names, by index.
+        let twice = json!({"result": {"tools": [tool("a", "A"), tool("a", "B")]}});
+        let swapped = json!({"result": {"tools": [tool("a", "B"), tool("a", "A")]}});
+        assert_eq!(differences_keyed(&twice, &swapped, &keyed).len(), 2);
+        // A name with quotes reads as a JSONPath string.
+        assert_eq!(quoted(r#"it's "x""#), r#"'it\'s "x"'"#);
     }
 }

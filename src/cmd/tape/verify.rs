@@ -28,23 +28,13 @@ use crate::cli::{StdioServer, VerifyArgs};
 use crate::pattern::{parse_path, pointers};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
-use crate::tape::diff::{Difference, differences};
+use crate::tape::diff::{Difference, Keyed, differences_keyed};
 use crate::tape::{Tape, read};
 use crate::transport::child::{ChildProcess, ChildSpec};
 use crate::transport::lines::{Line, LineDecoder};
 
 /// Longest line read from the server.
 const MAX_LINE: usize = 32 * 1024 * 1024;
-/// What an ignored value is compared as.
-const IGNORED: &str = "(ignored)";
-
-/// The verdict on one recorded request.
-#[derive(Debug)]
-enum Outcome {
-    Same,
-    Differs(Vec<Difference>),
-    NoAnswer(String),
-}
 
 /// Runs `tape verify`; exit code 0 when every answer matched, 1 otherwise.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
@@ -52,9 +42,8 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
     let ignore = args
         .ignore
         .iter()
-        .map(|p| parse_path(p))
-        .collect::<Result<Vec<_>, _>>()
-        .context("--ignore")?;
+        .map(|p| Ignore::parse(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let timeout = crate::config::parse_duration(&args.timeout, "--timeout")?;
     let mut spec = server_spec(&args.server)?;
     if let Some(out) = &args.record {
@@ -64,8 +53,110 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let failures = runtime.block_on(verify(&tape, &spec, &ignore, timeout))?;
-    Ok(u8::from(failures > 0))
+    let check = Check {
+        ignore,
+        timeout,
+        verbose: args.verbose,
+    };
+    let tally = runtime.block_on(verify(&tape, &spec, &check))?;
+    Ok(u8::from(!tally.passed()))
+}
+
+/// An `--ignore`: a JSONPath, in the answers to one method (and one tool, prompt or resource)
+/// or in all of them.
+#[derive(Debug)]
+struct Ignore {
+    method: Option<String>,
+    name: Option<String>,
+    path: JsonPath,
+}
+
+impl Ignore {
+    /// `$.path`, `METHOD=$.path` or `METHOD:NAME=$.path`.
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let (scope, path) = if text.trim_start().starts_with('$') {
+            (None, text)
+        } else {
+            let Some((scope, path)) = text.split_once('=') else {
+                anyhow::bail!(
+                    "--ignore {text:?}: expected a JSONPath such as '$.result.content', or \
+                     METHOD[:NAME]=JSONPATH such as 'tools/call:echo=$.result.content'"
+                );
+            };
+            (Some(scope.trim()), path)
+        };
+        let path = parse_path(path).with_context(|| format!("--ignore {text:?}"))?;
+        let (method, name) = match scope.map(|s| s.split_once(':').unwrap_or((s, ""))) {
+            None => (None, None),
+            Some(("", _)) => anyhow::bail!("--ignore {text:?}: the method before '=' is empty"),
+            Some((method, "")) => (Some(method.to_owned()), None),
+            Some((method, name)) => (Some(method.to_owned()), Some(name.to_owned())),
+        };
+        Ok(Self { method, name, path })
+    }
+
+    /// Whether it applies to the answer to `method` about `name`.
+    fn applies(&self, method: &str, name: Option<&str>) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+            && self.name.as_deref().is_none_or(|n| Some(n) == name)
+    }
+}
+
+/// How answers are checked and reported.
+struct Check {
+    ignore: Vec<Ignore>,
+    timeout: Duration,
+    verbose: bool,
+}
+
+/// What the run found.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Answers that came and equal the tape's.
+    matched: usize,
+    /// Answers that came and differ.
+    differed: usize,
+    /// Requests whose answer did not come.
+    unanswered: usize,
+    /// Requests not sent because the run stopped early, and why it stopped.
+    not_sent: usize,
+    stopped: Option<String>,
+}
+
+impl Tally {
+    fn passed(&self) -> bool {
+        self.differed + self.unanswered + self.not_sent == 0
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn counted(n: usize, one: &str, many: &str) -> String {
+            format!("{n} {}", if n == 1 { one } else { many })
+        }
+        write!(
+            f,
+            "{} compared: {} matched, {} differed",
+            counted(self.matched + self.differed, "answer", "answers"),
+            self.matched,
+            self.differed
+        )?;
+        if self.unanswered > 0 {
+            write!(
+                f,
+                "; {} no answer",
+                counted(self.unanswered, "request got", "requests got")
+            )?;
+        }
+        if let Some(why) = &self.stopped {
+            write!(
+                f,
+                "; stopped ({why}) with {} not sent",
+                counted(self.not_sent, "request", "requests")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// How to start the server: its command, or the bridge to a `--url`.
@@ -223,14 +314,9 @@ fn recorded(tape: &Tape) -> Recorded {
     }
 }
 
-/// Replays the tape against the server `spec` starts; prints a line per request and returns
-/// how many failed.
-async fn verify(
-    tape: &Tape,
-    spec: &ChildSpec,
-    ignore: &[JsonPath],
-    timeout: Duration,
-) -> anyhow::Result<usize> {
+/// Replays the tape against the server `spec` starts, printing each mismatch (each answer
+/// with `verbose`) and the tally.
+async fn verify(tape: &Tape, spec: &ChildSpec, check: &Check) -> anyhow::Result<Tally> {
     let mut recorded = recorded(tape);
     let mut child =
         ChildProcess::spawn(spec).with_context(|| format!("cannot start {:?}", spec.program))?;
@@ -251,82 +337,195 @@ async fn verify(
             }
         }
     });
-    let mut out = std::io::stdout().lock();
-    let (mut checked, mut failed) = (0usize, 0usize);
+    // The client's own messages; its answers to the server's requests go when the server asks.
+    let sent: Vec<Message> = tape
+        .frames
+        .iter()
+        .filter(|frame| frame.direction == Direction::ClientToServer)
+        .filter_map(|frame| Message::parse(frame.raw.clone()).ok())
+        .filter(|msg| !matches!(msg.kind(), Kind::Response | Kind::Error))
+        .collect();
+    let mut run = Run {
+        out: std::io::stdout().lock(),
+        tally: Tally::default(),
+        check,
+    };
     let mut index = 0;
-    for frame in &tape.frames {
-        if frame.direction != Direction::ClientToServer {
-            continue;
-        }
-        let Ok(msg) = Message::parse(frame.raw.clone()) else {
-            continue;
-        };
-        if matches!(msg.kind(), Kind::Response | Kind::Error) {
-            // The client's answers to the server's requests go when the server asks.
-            continue;
-        }
+    for (at, msg) in sent.iter().enumerate() {
         let mut line = msg.raw().to_vec();
         line.push(b'\n');
-        if stdin.write_all(&line).await.is_err() {
-            writeln!(out, "FAIL the server stopped reading its input")?;
-            failed += 1;
-            break;
-        }
+        let written = stdin.write_all(&line).await.is_ok();
         let (Kind::Request, Some(id)) = (msg.kind(), msg.id()) else {
+            if !written {
+                run.stop(
+                    "the server stopped reading its input",
+                    &sent[at..],
+                    &recorded,
+                );
+                break;
+            }
             continue;
         };
         index += 1;
-        let method = msg
-            .method()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default();
         let Some(expected) = recorded.answers.remove(id) else {
             // Never answered on tape (cancelled, or the recording ended first).
             continue;
         };
-        let answered = answer(id, &mut from_server, &mut stdin, &mut recorded, timeout).await;
-        let outcome = match answered {
-            Ok(got) => compare(&expected, &got, ignore),
-            Err(reason) => Outcome::NoAnswer(reason),
+        let answered = if written {
+            answer(
+                id,
+                &mut from_server,
+                &mut stdin,
+                &mut recorded,
+                check.timeout,
+            )
+            .await
+        } else {
+            Err(Unanswered::Gone(
+                "the server stopped reading its input".into(),
+            ))
         };
-        checked += 1;
-        let label = format!("#{index} {method}{}", name_of(&msg));
-        match outcome {
-            Outcome::Same => writeln!(out, "ok   {label}")?,
-            Outcome::Differs(diffs) => {
-                failed += 1;
-                writeln!(out, "FAIL {label}: the answer differs from the tape")?;
-                for diff in diffs {
-                    writeln!(out, "       {diff}")?;
+        let request = Request::of(msg, index);
+        // Nothing after a failed handshake or a gone server can be answered: stop rather
+        // than wait `--timeout` for each request left.
+        let stop = match answered {
+            Ok(got) => {
+                run.compared(&request, &expected, &got)?;
+                let refused = got.kind() == Kind::Error && expected.kind() != Kind::Error;
+                (request.method == "initialize" && refused).then(|| "the handshake failed".into())
+            }
+            Err(reason) => {
+                run.tally.unanswered += 1;
+                writeln!(run.out, "FAIL {}: {reason}", request.label)?;
+                match reason {
+                    Unanswered::Gone(why) => Some(why),
+                    Unanswered::Late(_) if request.method == "initialize" => {
+                        Some("the handshake failed".into())
+                    }
+                    Unanswered::Late(_) => None,
                 }
             }
-            Outcome::NoAnswer(reason) => {
-                failed += 1;
-                writeln!(out, "FAIL {label}: {reason}")?;
-            }
+        };
+        if let Some(why) = stop {
+            run.stop(&why, &sent[at + 1..], &recorded);
+            break;
         }
     }
-    writeln!(
-        out,
-        "{checked} answers checked: {} matched, {failed} failed",
-        checked.saturating_sub(failed)
-    )?;
+    writeln!(run.out, "{}", run.tally)?;
     drop(stdin);
     if let Err(e) = child.shutdown(Duration::from_secs(5)).await {
-        tracing::warn!(%e, "stopping the server failed");
+        tracing::warn!(error = %e, "stopping the server failed");
     }
     reader.abort();
-    Ok(failed)
+    Ok(run.tally)
 }
 
-/// A `tools/call`'s tool (or a read's resource), for the report.
-fn name_of(msg: &Message) -> String {
+/// A recorded request, as the report names it.
+struct Request {
+    method: String,
+    /// Its tool, prompt or resource.
+    name: Option<String>,
+    /// `#3 tools/call echo`.
+    label: String,
+}
+
+impl Request {
+    fn of(msg: &Message, index: usize) -> Self {
+        let method = msg
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let name = name_of(msg);
+        let label = match &name {
+            Some(name) => format!("#{index} {method} {name}"),
+            None => format!("#{index} {method}"),
+        };
+        Self {
+            method,
+            name,
+            label,
+        }
+    }
+}
+
+/// The report as it is written.
+struct Run<'a, W> {
+    out: W,
+    tally: Tally,
+    check: &'a Check,
+}
+
+impl<W: std::io::Write> Run<'_, W> {
+    /// Compares a live answer with the recorded one, and says so.
+    fn compared(
+        &mut self,
+        request: &Request,
+        expected: &Message,
+        got: &Message,
+    ) -> anyhow::Result<()> {
+        let ignore: Vec<&JsonPath> = self
+            .check
+            .ignore
+            .iter()
+            .filter(|i| i.applies(&request.method, request.name.as_deref()))
+            .map(|i| &i.path)
+            .collect();
+        let diffs = compare(expected, got, &ignore);
+        if diffs.is_empty() {
+            self.tally.matched += 1;
+            if self.check.verbose {
+                writeln!(self.out, "ok   {}", request.label)?;
+            }
+        } else {
+            self.tally.differed += 1;
+            writeln!(
+                self.out,
+                "FAIL {}: the answer differs from the tape",
+                request.label
+            )?;
+            for diff in diffs {
+                writeln!(self.out, "       {diff}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the run early, counting the requests of `left` that would have been checked.
+    fn stop(&mut self, why: &str, left: &[Message], recorded: &Recorded) {
+        self.tally.stopped = Some(why.to_owned());
+        self.tally.not_sent = left
+            .iter()
+            .filter(|msg| msg.kind() == Kind::Request)
+            .filter(|msg| msg.id().is_some_and(|id| recorded.answers.contains_key(id)))
+            .count();
+    }
+}
+
+/// Why an answer did not come.
+#[derive(Debug)]
+enum Unanswered {
+    /// Not within `--timeout`.
+    Late(String),
+    /// The server exited or stopped reading: nothing more will come.
+    Gone(String),
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Late(why) | Self::Gone(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A `tools/call`'s tool, a `prompts/get`'s prompt or a read's resource.
+fn name_of(msg: &Message) -> Option<String> {
     let value: Value = serde_json::from_slice(msg.raw()).unwrap_or_default();
     let params = &value["params"];
     params["name"]
         .as_str()
         .or_else(|| params["uri"].as_str())
-        .map_or_else(String::new, |name| format!(" {name}"))
+        .map(str::to_owned)
 }
 
 /// Waits for the server's answer to `id`, answering its requests meanwhile.
@@ -336,17 +535,21 @@ async fn answer(
     stdin: &mut tokio::process::ChildStdin,
     recorded: &mut Recorded,
     timeout: Duration,
-) -> Result<Message, String> {
+) -> Result<Message, Unanswered> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let msg = match tokio::time::timeout_at(deadline, from_server.recv()).await {
             Err(_) => {
-                return Err(format!(
+                return Err(Unanswered::Late(format!(
                     "no answer within {}",
                     humantime::format_duration(timeout)
+                )));
+            }
+            Ok(None) => {
+                return Err(Unanswered::Gone(
+                    "the server exited before answering".into(),
                 ));
             }
-            Ok(None) => return Err("the server exited before answering".into()),
             Ok(Some(msg)) => msg,
         };
         match (msg.kind(), msg.id()) {
@@ -371,7 +574,9 @@ async fn answer(
                 let mut line = reply.raw().to_vec();
                 line.push(b'\n');
                 if stdin.write_all(&line).await.is_err() {
-                    return Err("the server stopped reading its input".into());
+                    return Err(Unanswered::Gone(
+                        "the server stopped reading its input".into(),
+                    ));
                 }
             }
             _ => {}
@@ -379,8 +584,38 @@ async fn answer(
     }
 }
 
-/// Compares a recorded answer with a live one, `id`, `jsonrpc` and the ignored paths aside.
-fn compare(expected: &Message, live: &Message, ignore: &[JsonPath]) -> Outcome {
+/// The lists whose items are compared by name, not place: one tool more is one difference.
+const KEYED: &Keyed<'static> = &[
+    ("$.result.tools", "name"),
+    ("$.result.prompts", "name"),
+    ("$.result.resources", "uri"),
+    ("$.result.resourceTemplates", "uriTemplate"),
+];
+
+/// Takes the value at the JSON pointer out of its object or array.
+fn remove(value: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match value.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.remove(&last);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(at) = last.parse::<usize>()
+                && at < items.len()
+            {
+                items.remove(at);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Where a recorded answer and a live one differ, `id`, `jsonrpc` and the ignored paths
+/// (present on either side or both) aside.
+fn compare(expected: &Message, live: &Message, ignore: &[&JsonPath]) -> Vec<Difference> {
     let prepare = |msg: &Message| {
         let mut value: Value = serde_json::from_slice(msg.raw()).unwrap_or_default();
         if let Value::Object(map) = &mut value {
@@ -388,20 +623,14 @@ fn compare(expected: &Message, live: &Message, ignore: &[JsonPath]) -> Outcome {
             map.remove("jsonrpc");
         }
         for path in ignore {
-            for pointer in pointers(path, &value) {
-                if let Some(target) = value.pointer_mut(&pointer) {
-                    *target = Value::String(IGNORED.into());
-                }
+            // Last first, so that removing an array's element leaves the earlier pointers true.
+            for pointer in pointers(path, &value).iter().rev() {
+                remove(&mut value, pointer);
             }
         }
         value
     };
-    let diffs = differences(&prepare(expected), &prepare(live));
-    if diffs.is_empty() {
-        Outcome::Same
-    } else {
-        Outcome::Differs(diffs)
-    }
+    differences_keyed(&prepare(expected), &prepare(live), KEYED)
 }
 
 #[cfg(test)]
@@ -422,19 +651,45 @@ mod tests {
         let same = msg(
             r#"{"id":7,"jsonrpc":"2.0","result":{"at":"10:00","content":[{"text":"hi","type":"text"}]}}"#,
         );
-        assert!(matches!(compare(&recorded, &same, &[]), Outcome::Same));
+        assert!(compare(&recorded, &same, &[]).is_empty());
         let later = msg(
             r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],"at":"11:00"}}"#,
         );
-        let Outcome::Differs(diffs) = compare(&recorded, &later, &[]) else {
-            panic!("should differ");
-        };
+        let diffs = compare(&recorded, &later, &[]);
         assert_eq!(diffs.len(), 1);
         assert_eq!(
             diffs[0].to_string(),
             r#"$.result.at: recorded "10:00", live "11:00""#
         );
-        let ignore = [parse_path("$.result.at").unwrap()];
-        assert!(matches!(compare(&recorded, &later, &ignore), Outcome::Same));
+        let ignore = parse_path("$.result.at").unwrap();
+        assert!(compare(&recorded, &later, &[&ignore]).is_empty());
+        // An ignored value present on one side only is no difference either.
+        let without =
+            msg(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#);
+        assert!(compare(&recorded, &without, &[&ignore]).is_empty());
+        let first = parse_path("$.result.content[0]").unwrap();
+        let more = msg(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"new"},{"type":"text","text":"hi"}],"at":"10:00"}}"#,
+        );
+        assert_eq!(compare(&recorded, &more, &[&first]).len(), 1);
+    }
+
+    #[test]
+    fn an_ignore_is_scoped_to_a_method_and_a_name() {
+        let all = Ignore::parse("$.result").unwrap();
+        assert!(all.applies("tools/list", None));
+        let method = Ignore::parse("resources/read=$.result").unwrap();
+        assert!(method.applies("resources/read", Some("file:///a")));
+        assert!(!method.applies("tools/call", Some("file:///a")));
+        let tool = Ignore::parse("tools/call:echo=$.result.content").unwrap();
+        assert!(tool.applies("tools/call", Some("echo")));
+        assert!(!tool.applies("tools/call", Some("add")));
+        assert!(!tool.applies("prompts/get", Some("echo")));
+        let uri = Ignore::parse("resources/read:file:///a=$.result").unwrap();
+        assert!(uri.applies("resources/read", Some("file:///a")));
+        for bad in ["result", "=$.result", "tools/call=result"] {
+            let e = format!("{:#}", Ignore::parse(bad).unwrap_err());
+            assert!(e.contains(&format!("--ignore {bad:?}")), "{e}");
+        }
     }
 }
