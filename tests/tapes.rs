@@ -927,3 +927,147 @@ fn verify_stops_at_a_failed_handshake_or_a_gone_server() {
         "{out}"
     );
 }
+
+/// A server command line's secret-looking arguments and environment values never reach a
+/// tape or the session history, not even echoed back by the server; `--redact` masks the
+/// `meta` line as it masks the `initialize` exchange; `tape redact` masks an older tape's
+/// meta line and command line; `tape verify` refuses to send masked values unless told to.
+#[test]
+fn tapes_keep_no_secrets_from_the_command_line_or_the_meta_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("secret.jsonl");
+    let (arg_secret, env_secret) = ("argsecret-4b1d9e", "envsecret-77c0aa");
+    let fixture = support::fixture();
+    let mut cmd = command();
+    cmd.args(["--data-dir", data.to_str().unwrap()])
+        .args([
+            "record",
+            "--session-store",
+            "sqlite",
+            "-o",
+            path.to_str().unwrap(),
+            "--redact",
+            "$.params.clientInfo.name",
+        ])
+        .args(["--env", &format!("SERVICE_TOKEN={env_secret}"), "--"])
+        .args([
+            fixture.to_str().unwrap(),
+            "--api-key",
+            arg_secret,
+            "--mode",
+            "plain",
+        ]);
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.initialize();
+    // The server echoes both secrets: the live session gets them, the tape does not.
+    let text = format!("key {arg_secret} and {env_secret}");
+    let echo = proxy.call(1, "tools/call", tool("echo", json!({"text": text})));
+    assert_eq!(echo["result"]["content"][0]["text"], text.as_str());
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let written = std::fs::read_to_string(&path).unwrap();
+    for secret in [arg_secret, env_secret] {
+        assert!(
+            !written.contains(secret),
+            "{secret} is on the tape:\n{written}"
+        );
+    }
+    let tape = shadowcat::tape::read(&path).unwrap();
+    assert_eq!(
+        tape.header.upstream.as_deref(),
+        Some(format!("{} --api-key [REDACTED] --mode plain", fixture.display()).as_str())
+    );
+    assert_eq!(
+        tape.meta.client_info,
+        Some(json!({"name": "[REDACTED]", "version": "0"}))
+    );
+    // The session history has the masked command line too.
+    let (code, listed, err) = shadowcat_run(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "session",
+            "list",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.contains("--api-key [REDACTED]"), "{listed}");
+    assert!(!listed.contains(arg_secret), "{listed}");
+
+    // An older tape, written before command lines were masked: `tape redact` masks its
+    // command line, and its meta line as the paths say.
+    let old = dir.path().join("old.jsonl");
+    let unmasked = written.replacen(
+        "--api-key [REDACTED]",
+        &format!("--api-key {arg_secret}"),
+        1,
+    );
+    std::fs::write(
+        &old,
+        unmasked.replace("\"[REDACTED]\",\"version\"", "\"old-client\",\"version\""),
+    )
+    .unwrap();
+    assert_eq!(
+        shadowcat::tape::read(&old).unwrap().meta.client_info,
+        Some(json!({"name": "old-client", "version": "0"}))
+    );
+    let clean = dir.path().join("clean.jsonl");
+    let (code, _, err) = shadowcat_run(
+        &[
+            "tape",
+            "redact",
+            old.to_str().unwrap(),
+            "--redact",
+            "$..clientInfo.name",
+            "-o",
+            clean.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cleaned = std::fs::read_to_string(&clean).unwrap();
+    assert!(
+        !cleaned.contains(arg_secret) && !cleaned.contains("old-client"),
+        "{cleaned}"
+    );
+
+    // A tape whose client messages hold masks is not sent to a live server by default.
+    let masked = dir.path().join("masked.jsonl");
+    let (code, _, err) = shadowcat_run(
+        &[
+            "tape",
+            "redact",
+            path.to_str().unwrap(),
+            "--redact",
+            "$.params.arguments.text",
+            "-o",
+            masked.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["tape", "verify", masked.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(["--", fixture.to_str().unwrap()]);
+        shadowcat_run(&args, &[])
+    };
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(
+        err.trim_end(),
+        "shadowcat: error: the tape's client messages hold 2 values masked as [REDACTED] \
+         (first: #1 initialize at $.params.clientInfo.name); the live server would get the \
+         mask, not the value. Record the tape without masking what the client sends, or pass \
+         --send-redacted to send the masks anyway"
+    );
+    assert!(out.is_empty(), "{out}");
+    // Told to, it sends them: the echo's answer differs by the mask.
+    let (code, out, err) = verify(&["--send-redacted"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains(r#"live "[REDACTED]""#), "{out}");
+}

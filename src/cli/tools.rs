@@ -202,6 +202,10 @@ pub struct VerifyArgs {
     /// summary).
     #[arg(long, short)]
     pub verbose: bool,
+    /// Send the tape's client messages even where they hold values masked as "[REDACTED]"
+    /// (by default such a tape is refused: the live server would get the mask, not the value).
+    #[arg(long)]
+    pub send_redacted: bool,
     /// Longest wait for each answer.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: String,

@@ -324,8 +324,9 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
     out
 }
 
-/// Writes a copy of `source` to `output` (never overwriting) with `redactor`'s masks applied;
-/// returns how many messages changed.
+/// Writes a copy of `source` to `output` (never overwriting) with `redactor`'s masks applied
+/// to its messages, its `meta` line and its server's command line; returns how many of those
+/// changed.
 pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow::Result<usize> {
     let tape = read(source)?;
     let io = |source| TapeError::Io {
@@ -334,11 +335,20 @@ pub fn redact_copy(source: &Path, redactor: &Redactor, output: &Path) -> anyhow:
     };
     let file = crate::transport::files::create_private_new(output).map_err(io)?;
     let mut out = std::io::BufWriter::new(file);
-    write_line(&mut out, &Line::Header(tape.header.clone())).map_err(io)?;
-    if tape.meta != crate::tape::Meta::default() {
-        write_line(&mut out, &Line::Meta(tape.meta.clone())).map_err(io)?;
-    }
     let mut masked = 0;
+    let mut header = tape.header.clone();
+    if let Some(upstream) = &header.upstream {
+        // Tapes from before their server's command line was masked, too.
+        let shown = redactor.mask_text(&crate::tape::redact::command::shown_line(upstream));
+        masked += usize::from(&shown != upstream);
+        header.upstream = Some(shown);
+    }
+    write_line(&mut out, &Line::Header(header)).map_err(io)?;
+    if tape.meta != crate::tape::Meta::default() {
+        let meta = redactor.mask_meta(&tape.meta);
+        masked += usize::from(meta != tape.meta);
+        write_line(&mut out, &Line::Meta(meta)).map_err(io)?;
+    }
     for frame in &tape.frames {
         let raw = redactor.apply(&frame.raw);
         if raw.as_ref() != frame.raw.as_ref() {

@@ -7,7 +7,7 @@ use crate::cli::{
 };
 use crate::transport::child::{ChildSpec, Restart};
 
-use super::recording::{Ask, Target};
+use super::recording::{Ask, Server, Target, secrets};
 use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
 
 /// The options a command proxies with, if it proxies.
@@ -61,15 +61,16 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
             let mut reverse = ReverseConfig::build_with(&file, &args)?;
             reverse.settle_sessions(&mut config.sessions);
             let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
-            config.recording = recording(ask, reverse.http_upstream())?;
-            masks(&mut config, &args.recording.redact, reverse.http_upstream())?;
+            let server = Some(reverse.server());
+            config.recording = recording(ask, server)?;
+            masks(&mut config, &args.recording.redact, server)?;
             Mode::Reverse(Box::new(reverse))
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
             let mode = stdio_server(&file, &args.server)?;
             let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
-            config.recording = recording(ask, mode.upstream())?;
-            masks(&mut config, &args.recording.redact, mode.upstream())?;
+            config.recording = recording(ask, mode.server())?;
+            masks(&mut config, &args.recording.redact, mode.server())?;
             mode
         }
         Command::Record(args) => {
@@ -85,8 +86,8 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
                 redact: &args.redact,
                 mode: "record",
             };
-            config.recording = recording(Some(ask), mode.upstream())?;
-            masks(&mut config, &args.redact, mode.upstream())?;
+            config.recording = recording(Some(ask), mode.server())?;
+            masks(&mut config, &args.redact, mode.server())?;
             mode
         }
         Command::Replay(args) if args.listen.is_some() => Mode::Reverse(Box::new(
@@ -102,30 +103,42 @@ pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
 }
 
 impl Mode {
-    /// The HTTP server's options, for a mode that has one.
-    fn upstream(&self) -> Option<&UpstreamConfig> {
+    /// The server a proxying mode reaches.
+    fn server(&self) -> Option<Server<'_>> {
         match self {
-            Self::Bridge(upstream) => Some(upstream),
-            Self::Reverse(reverse) => reverse.http_upstream(),
+            Self::Forward(spec, _) => Some(Server::Command(spec)),
+            Self::Bridge(upstream) => Some(Server::Http(upstream)),
+            Self::Reverse(reverse) => Some(reverse.server()),
             _ => None,
         }
     }
 }
 
+impl ReverseConfig {
+    /// The gateway's server.
+    fn server(&self) -> Server<'_> {
+        match &self.upstream {
+            super::ReverseUpstream::Http(upstream) => Server::Http(upstream),
+            super::ReverseUpstream::Stdio(spec) => Server::Command(spec),
+        }
+    }
+}
+
 /// The masks for traced payloads (`--trace-payloads`) and the live view (`--ui-listen`):
-/// `--redact`'s paths and `upstream`'s credentials. `--redact` with nothing to mask is refused.
+/// `--redact`'s paths and the server's credentials. `--redact` with nothing to mask is refused.
 fn masks(
     config: &mut Config,
     redact: &[String],
-    upstream: Option<&UpstreamConfig>,
+    server: Option<Server<'_>>,
 ) -> Result<(), super::ConfigError> {
+    let secrets = server.map(secrets).unwrap_or_default();
     if let Some(ui) = config.ui.as_mut() {
-        ui.masks = std::sync::Arc::new(super::recording::redactor(redact, upstream)?);
+        ui.masks = std::sync::Arc::new(super::recording::redactor(redact, &secrets)?);
     }
     let payloads = config.traces.as_mut().and_then(|t| t.payloads.as_mut());
     match payloads {
         Some(payloads) => {
-            *payloads = std::sync::Arc::new(super::recording::redactor(redact, upstream)?);
+            *payloads = std::sync::Arc::new(super::recording::redactor(redact, &secrets)?);
             Ok(())
         }
         None if !redact.is_empty() && config.recording.is_none() && config.ui.is_none() => {
@@ -140,12 +153,14 @@ fn masks(
     }
 }
 
-/// The recording `ask` asks for (with `upstream`'s credentials to mask), if any.
+/// The recording `ask` asks for (with the server's credentials to mask), if any.
 fn recording(
     ask: Option<Ask<'_>>,
-    upstream: Option<&UpstreamConfig>,
+    server: Option<Server<'_>>,
 ) -> Result<Option<crate::tape::Recording>, super::ConfigError> {
-    ask.map(|ask| super::recording::build(ask, upstream))
+    let http = matches!(server, Some(Server::Http(_)));
+    let secrets = server.map(secrets).unwrap_or_default();
+    ask.map(|ask| super::recording::build(ask, &secrets, http))
         .transpose()
 }
 

@@ -48,9 +48,9 @@ impl<'a> Ask<'a> {
     }
 }
 
-/// The recording `ask` describes, for a server reached through `upstream` (an HTTP upstream's
-/// credentials are masked wherever they appear).
-pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recording, ConfigError> {
+/// The recording `ask` describes, of an HTTP server (`http`) or a command, with `secrets` (the
+/// server's credentials, [`secrets`]) masked wherever they appear.
+pub fn build(ask: Ask<'_>, secrets: &[String], http: bool) -> Result<Recording, ConfigError> {
     let flag = if ask.mode == "record" {
         "--output"
     } else {
@@ -79,8 +79,8 @@ pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recordin
             format!("{}: no such directory", parent.display()),
         ));
     }
-    let redactor = redactor(ask.redact, upstream)?;
-    let server_transport = if upstream.is_some() { "http" } else { "stdio" };
+    let redactor = redactor(ask.redact, secrets)?;
+    let server_transport = if http { "http" } else { "stdio" };
     Ok(Recording {
         target: ask.path,
         name: ask.name,
@@ -90,22 +90,37 @@ pub fn build(ask: Ask<'_>, upstream: Option<&UpstreamConfig>) -> Result<Recordin
     })
 }
 
-/// The masks of `--redact`'s `paths`, and `upstream`'s credentials wherever they appear.
-pub fn redactor(
-    paths: &[String],
-    upstream: Option<&UpstreamConfig>,
-) -> Result<Redactor, ConfigError> {
-    Redactor::new(paths, upstream.map(secrets).unwrap_or_default())
-        .map_err(|e| invalid("--redact", e.to_string()))
+/// The masks of `--redact`'s `paths`, and `secrets` wherever they appear.
+pub fn redactor(paths: &[String], secrets: &[String]) -> Result<Redactor, ConfigError> {
+    Redactor::new(paths, secrets.to_vec()).map_err(|e| invalid("--redact", e.to_string()))
 }
 
 fn parent_dir(path: &Path) -> Option<&Path> {
     path.parent().filter(|p| !p.as_os_str().is_empty())
 }
 
+/// The server's credentials, to be masked wherever they appear: an HTTP upstream's, or the
+/// secret-looking arguments and environment values of a command's
+/// ([`crate::tape::redact::command`]).
+pub fn secrets(server: Server<'_>) -> Vec<String> {
+    match server {
+        Server::Http(upstream) => http_secrets(upstream),
+        Server::Command(spec) => {
+            crate::tape::redact::command::command(&spec.program, &spec.args, &spec.env).secrets
+        }
+    }
+}
+
+/// The server a mode reaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Server<'a> {
+    Http(&'a UpstreamConfig),
+    Command(&'a crate::transport::child::ChildSpec),
+}
+
 /// The credentials in an HTTP upstream's configured headers: masked wherever they appear in a
 /// recorded message (whole, and without their scheme: `Bearer <token>` and `<token>`).
-fn secrets(upstream: &UpstreamConfig) -> Vec<String> {
+fn http_secrets(upstream: &UpstreamConfig) -> Vec<String> {
     let mut secrets = Vec::new();
     for (name, value) in &upstream.headers {
         let credential = value.is_sensitive()

@@ -159,11 +159,9 @@ pub async fn run(
     observers: &Observers,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<u8> {
-    let upstream = std::iter::once(&spec.program)
-        .chain(&spec.args)
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
+    // Written down (session records, tapes, traces): secret-looking arguments masked.
+    let upstream =
+        crate::tape::redact::command::command(&spec.program, &spec.args, &spec.env).shown;
     let session = sessions.create(TransportKind::Stdio, Some(upstream))?;
     let tape = record
         .map(|r| super::pipeline::start_recording(r, &session))
@@ -250,7 +248,7 @@ impl<'a> ForwardStdio<'a> {
             config.max_message_size,
         )
         .with_context(|| format!("cannot start the MCP server {:?}", spec.program))?;
-        tracing::info!(pid = server.child.pid(), command = ?spec.program, "started the MCP server");
+        tracing::info!(pid = server.child.pid(), command = %spec.program.to_string_lossy(), "started the MCP server");
         let supervisor = (restart == Restart::OnFailure).then(Supervisor::new);
         // With restarts the client's way to the server goes through an inbox that outlives
         // each process; without, straight to the one process's queue.

@@ -161,7 +161,8 @@ fn walk(
     }
 }
 
-fn push_key(path: &mut String, key: &str) {
+/// Appends the member `key` to the JSONPath `path`: `.key`, or `['odd key']`.
+pub fn push_key(path: &mut String, key: &str) {
     let plain = key
         .chars()
         .next()

@@ -209,9 +209,10 @@ impl Recorder {
         self.queue.push(|pending| pending.copy(&bytes)).await
     }
 
-    /// Records the session's `initialize` outcome.
+    /// Records the session's `initialize` outcome, masked as its messages are.
     pub async fn meta(&self, meta: Meta) -> Result<(), TapeError> {
-        self.send(&Line::Meta(meta)).await?;
+        self.send(&Line::Meta(self.redactor.mask_meta(&meta)))
+            .await?;
         self.meta_written.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -470,10 +471,10 @@ impl Recording {
         } else {
             self.target.clone()
         };
-        let upstream = session.upstream.map(|u| {
-            String::from_utf8_lossy(&self.redactor.apply(without_userinfo(u).as_bytes()))
-                .into_owned()
-        });
+        // Not a message: its secrets are masked, `--redact`'s paths are not for it.
+        let upstream = session
+            .upstream
+            .map(|u| self.redactor.mask_text(&without_userinfo(u)));
         let header = Header {
             format: FORMAT_VERSION,
             id: tape_id()?,

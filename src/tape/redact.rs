@@ -4,6 +4,9 @@
 //! evaluated against the whole JSON-RPC message), and every occurrence of a configured secret
 //! (the value of `--bearer-token-env`, of an `Authorization` or `Cookie` `--header`) anywhere in a
 //! message. Headers themselves are never written to tapes at all.
+//!
+//! [`command`]: the server's command line as it may be written down, secret-looking arguments
+//! masked.
 
 use std::borrow::Cow;
 
@@ -11,6 +14,8 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 
 use crate::pattern::{BadPath, parse_path, pointers};
+
+pub mod command;
 
 /// What a masked value becomes.
 pub const MASK: &str = "[REDACTED]";
@@ -87,16 +92,61 @@ impl Redactor {
         out
     }
 
+    /// `text` (not a message: a name, a command line) with the secrets in it masked.
+    pub fn mask_text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), MASK);
+            }
+        }
+        text
+    }
+
+    /// `meta` masked as the `initialize` exchange it tells of is: `clientInfo` as the request's
+    /// `params` member, `serverInfo` as the answer's `result` member (so `--redact
+    /// '$.params.clientInfo.title'` masks both), the principal as a string with secrets in it.
+    /// What cannot be read back after masking is left out.
+    pub fn mask_meta(&self, meta: &super::Meta) -> super::Meta {
+        if self.is_empty() {
+            return meta.clone();
+        }
+        let masked = |message: Value, part: &str, member: &str| -> Option<Value> {
+            let raw = self.apply(message.to_string().as_bytes()).into_owned();
+            let value: Value = serde_json::from_slice(&raw).ok()?;
+            let found = value.get(part)?.get(member)?.clone();
+            // A message masked whole says why in place of its params or result.
+            (!found.is_null()).then_some(found)
+        };
+        let request = |info: &Value| {
+            serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": meta.protocol_version, "clientInfo": info}})
+        };
+        let answer = |info: &Value| {
+            serde_json::json!({"jsonrpc": "2.0", "id": 0,
+                "result": {"protocolVersion": meta.protocol_version, "serverInfo": info}})
+        };
+        let principal = meta.principal.as_deref().map(|p| self.mask_text(p));
+        super::Meta {
+            protocol_version: meta.protocol_version.clone(),
+            client_info: meta
+                .client_info
+                .as_ref()
+                .and_then(|info| masked(request(info), "params", "clientInfo")),
+            server_info: meta
+                .server_info
+                .as_ref()
+                .and_then(|info| masked(answer(info), "result", "serverInfo")),
+            principal,
+        }
+    }
+
     /// Masks the secrets in every string (and member name) of `value`; whether any was found.
     fn mask_secrets_in(&self, value: &mut Value) -> bool {
         let mask = |text: &mut String| {
-            let mut changed = false;
-            for secret in &self.secrets {
-                if text.contains(secret.as_str()) {
-                    *text = text.replace(secret.as_str(), MASK);
-                    changed = true;
-                }
-            }
+            let masked = self.mask_text(text);
+            let changed = masked != *text;
+            *text = masked;
             changed
         };
         match value {
@@ -198,6 +248,35 @@ mod tests {
         assert_eq!(v["params"]["arguments"]["nested"]["token"], MASK);
         assert_eq!(v["params"]["arguments"]["user"], "ann");
         assert_eq!(v["params"]["_meta"]["note"], format!("Bearer {MASK}"));
+    }
+
+    #[test]
+    fn the_meta_line_is_masked_as_the_initialize_exchange_it_tells_of() {
+        let r = Redactor::new(
+            &["$.params.clientInfo.title".into(), "$..apiKey".into()],
+            vec!["s3cr3t-t0k3n".into()],
+        )
+        .unwrap();
+        let meta = crate::tape::Meta {
+            protocol_version: Some("2025-06-18".into()),
+            client_info: Some(
+                serde_json::json!({"name": "c", "title": "Ann's laptop", "apiKey": "k"}),
+            ),
+            server_info: Some(serde_json::json!({"name": "s", "version": "build s3cr3t-t0k3n"})),
+            principal: Some("key:s3cr3t-t0k3n".into()),
+        };
+        let masked = r.mask_meta(&meta);
+        assert_eq!(
+            masked.client_info,
+            Some(serde_json::json!({"name": "c", "title": MASK, "apiKey": MASK}))
+        );
+        assert_eq!(
+            masked.server_info,
+            Some(serde_json::json!({"name": "s", "version": format!("build {MASK}")}))
+        );
+        assert_eq!(masked.principal.as_deref(), Some("key:[REDACTED]"));
+        assert_eq!(masked.protocol_version, meta.protocol_version);
+        assert_eq!(Redactor::default().mask_meta(&meta), meta);
         // Nothing to mask: the very same bytes.
         let plain = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
         assert!(matches!(r.apply(plain), Cow::Borrowed(_)));

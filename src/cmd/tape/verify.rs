@@ -29,7 +29,7 @@ use crate::pattern::{parse_path, pointers};
 use crate::protocol::error::ProxyError;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, RequestId};
 use crate::tape::diff::{Difference, Keyed, differences_keyed};
-use crate::tape::{Tape, read};
+use crate::tape::{MASK, Tape, read};
 use crate::transport::child::{ChildProcess, ChildSpec};
 use crate::transport::lines::{Line, LineDecoder};
 
@@ -39,6 +39,9 @@ const MAX_LINE: usize = 32 * 1024 * 1024;
 /// Runs `tape verify`; exit code 0 when every answer matched, 1 otherwise.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
     let tape = read(&args.tape)?;
+    if !args.send_redacted {
+        refuse_masked(&tape)?;
+    }
     let ignore = args
         .ignore
         .iter()
@@ -60,6 +63,80 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<u8> {
     };
     let tally = runtime.block_on(verify(&tape, &spec, &check))?;
     Ok(u8::from(!tally.passed()))
+}
+
+/// Refuses a tape whose client messages hold masked values: the live server would get
+/// `[REDACTED]` where the client sent a password or a token, and its answers would differ for
+/// that reason alone (or it would act on the mask).
+fn refuse_masked(tape: &Tape) -> anyhow::Result<()> {
+    let mut found: Vec<String> = Vec::new();
+    let mut index = 0;
+    for frame in &tape.frames {
+        if frame.direction != Direction::ClientToServer {
+            continue;
+        }
+        let Ok(msg) = Message::parse(frame.raw.clone()) else {
+            continue;
+        };
+        if msg.kind() == Kind::Request {
+            index += 1;
+        }
+        if memchr::memmem::find(msg.raw(), MASK.as_bytes()).is_none() {
+            continue;
+        }
+        let value: Value = serde_json::from_slice(msg.raw()).unwrap_or_default();
+        let mut paths = Vec::new();
+        masked_at(&value, &mut "$".to_owned(), &mut paths);
+        let what = match msg.kind() {
+            Kind::Request => Request::of(&msg, index).label,
+            _ => msg.method().map_or_else(
+                || "an answer to the server".to_owned(),
+                |m| m.as_str().to_owned(),
+            ),
+        };
+        found.extend(paths.into_iter().map(|path| format!("{what} at {path}")));
+    }
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "the tape's client messages hold {} {MASK} (first: {first}); the live server would get \
+         the mask, not the value. Record the tape without masking what the client sends, or \
+         pass --send-redacted to send the masks anyway",
+        if found.len() == 1 {
+            "1 value masked as".to_owned()
+        } else {
+            format!("{} values masked as", found.len())
+        }
+    )
+}
+
+/// The paths of the strings in `value` that hold the mask.
+fn masked_at(value: &Value, path: &mut String, out: &mut Vec<String>) {
+    use std::fmt::Write as _;
+    match value {
+        Value::String(text) if text.contains(MASK) => out.push(path.clone()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                masked_at(item, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Object(members) => {
+            for (name, member) in members {
+                let len = path.len();
+                if name.contains(MASK) {
+                    out.push(format!("{path} (a member's name)"));
+                }
+                crate::tape::diff::push_key(path, name);
+                masked_at(member, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// An `--ignore`: a JSONPath, in the answers to one method (and one tool, prompt or resource)

@@ -292,15 +292,14 @@ impl Gateway {
         gateway
     }
 
-    /// The upstream, as sessions record it.
+    /// The upstream, as sessions record it (secret-looking arguments masked).
     fn upstream_label(&self) -> String {
         match &self.server {
             Server::Http(backend) => backend.client().shown().to_owned(),
-            Server::Command(pool) => std::iter::once(&pool.spec().program)
-                .chain(&pool.spec().args)
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" "),
+            Server::Command(pool) => {
+                let spec = pool.spec();
+                crate::tape::redact::command::command(&spec.program, &spec.args, &spec.env).shown
+            }
         }
     }
 
