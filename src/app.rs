@@ -108,7 +108,20 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
         let shutdown = Shutdown::on_signals()?;
         let tracer = crate::telemetry::traces::start(config.traces.as_ref())?;
         let sessions = SessionManager::new(config.sessions.clone(), store);
-        let feed = config.ui.as_ref().map(|ui| Feed::new(ui.masks.clone()));
+        // One feed for the live view and the traffic lines (their masks are the same).
+        let masks = config.ui.as_ref().map(|ui| ui.masks.clone());
+        let masks = masks.or_else(|| config.traffic.as_ref().map(|t| t.masks.clone()));
+        let feed = masks.map(Feed::new);
+        let stop_traffic = tokio_util::sync::CancellationToken::new();
+        let mut traffic = match (&config.traffic, &feed) {
+            (Some(traffic), Some(feed)) => crate::telemetry::traffic::spawn(
+                feed,
+                traffic.show,
+                config.log_format,
+                stop_traffic.clone(),
+            ),
+            _ => None,
+        };
         let ui = match (&config.ui, &feed) {
             (Some(ui), Some(feed)) => {
                 Some(crate::ui::start(ui, config, sessions.clone(), feed.clone()).await?)
@@ -122,6 +135,10 @@ fn on_one_thread<F: Future<Output = anyhow::Result<u8>>>(
             feed,
         };
         let code = proxy(sessions.clone(), observers, shutdown).await;
+        stop_traffic.cancel();
+        if let Some(traffic) = traffic.as_mut() {
+            traffic.join_within(Duration::from_secs(1)).await;
+        }
         if let Some(ui) = ui {
             ui.stop().await;
         }

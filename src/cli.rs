@@ -617,6 +617,13 @@ pub struct ProxyArgs {
     /// Trace export (docs/observability.md).
     #[command(flatten)]
     pub trace: TraceArgs,
+    /// Show the traffic (docs/observability.md): `lines` logs one line per message (session,
+    /// direction, kind, method, tool/prompt/resource, id, size, an answer's latency, what a
+    /// rule or limit did) to stderr or --log-file, whatever --log-level says; `bodies` adds
+    /// each message pretty-printed, masked as on tapes (--redact, the server's credentials).
+    /// [default: off]
+    #[arg(long, env = "SHADOWCAT_TRAFFIC", value_name = "WHAT", value_enum)]
+    pub traffic: Option<crate::telemetry::traffic::Show>,
     /// Serve the live view on this loopback address (docs/ui.md): a web page that shows the
     /// sessions and their messages as they flow (what the rules and limits did, timings,
     /// bodies masked as on tapes) and the tapes, e.g. 127.0.0.1:9100. [default: off]

@@ -61,6 +61,17 @@ pub struct Config {
     pub traces: Option<crate::telemetry::traces::TraceOptions>,
     /// The live view (`--ui-listen`), if asked for.
     pub ui: Option<ui::UiConfig>,
+    /// The traffic in the log (`--traffic`), if asked for.
+    pub traffic: Option<Traffic>,
+}
+
+/// `--traffic`: what is shown, and what is masked in the bodies shown.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    /// Lines, or lines and bodies.
+    pub show: crate::telemetry::traffic::Show,
+    /// As on tapes (`--redact`, the server's credentials); set with the mode's server.
+    pub masks: std::sync::Arc<crate::tape::Redactor>,
 }
 
 /// Where session history goes.
@@ -178,6 +189,7 @@ struct FileConfig {
     trace_sample_ratio: Option<Scalar>,
     trace_payloads: Option<bool>,
     service_name: Option<String>,
+    traffic: Option<crate::telemetry::traffic::Show>,
     ui_listen: Option<String>,
     ui_trace_url: Option<String>,
     ui_token_file: Option<PathBuf>,
@@ -342,10 +354,17 @@ impl Config {
             Some(p) => ui::options(p, file)?,
             None => None,
         };
+        let traffic = proxy
+            .and_then(|p| p.traffic.or(file.traffic))
+            .map(|show| Traffic {
+                show,
+                masks: std::sync::Arc::default(),
+            });
         Ok(Self {
             rate_limits,
             traces,
             ui,
+            traffic,
             log_level: either(global.log_level.as_ref(), file.log_level.as_ref())
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: global.log_format.or(file.log_format).unwrap_or_default(),

@@ -18,14 +18,16 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     // Held to the end: dropping it flushes the log writer.
-    let _log_guard = match telemetry::init_tracing(
-        &config.log_level,
-        config.log_format,
-        config.log_file.as_deref(),
-    ) {
-        Ok(guard) => guard,
-        Err(e) => return fail(&e),
+    // The traffic lines show whatever the level (`--traffic` asked for them).
+    let filter = match &config.traffic {
+        Some(_) => format!("{},{}=info", config.log_level, telemetry::traffic::TARGET),
+        None => config.log_level.clone(),
     };
+    let _log_guard =
+        match telemetry::init_tracing(&filter, config.log_format, config.log_file.as_deref()) {
+            Ok(guard) => guard,
+            Err(e) => return fail(&e),
+        };
     match app::run(mode, &config) {
         Ok(code) => ExitCode::from(code),
         Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,

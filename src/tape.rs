@@ -435,6 +435,32 @@ pub fn read(path: &Path) -> Result<Tape, TapeError> {
     })
 }
 
+/// One line of a tape, read on its own (`tape show --follow` reads a tape as it is written).
+#[derive(Debug)]
+pub enum TapeLine {
+    /// The header.
+    Header(Header),
+    /// The `initialize` outcome.
+    Meta(Meta),
+    /// A message.
+    Frame(Frame),
+    /// A server process.
+    Server(Server),
+    /// The end.
+    End(End),
+}
+
+/// Reads one complete line of a tape (without its newline).
+pub fn read_line(line: &[u8]) -> Result<TapeLine, String> {
+    Ok(match parse_line(line)? {
+        Parsed::Header(h) => TapeLine::Header(h),
+        Parsed::Meta(m) => TapeLine::Meta(m),
+        Parsed::Frame(f) => TapeLine::Frame(f.into_frame()?),
+        Parsed::Server(s) => TapeLine::Server(s),
+        Parsed::End(e) => TapeLine::End(e),
+    })
+}
+
 /// The current time as RFC 3339 (UTC), for headers.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

@@ -19,13 +19,14 @@ use tracing_subscriber::EnvFilter;
 
 pub mod feed;
 pub mod traces;
+pub mod traffic;
 
 use crate::protocol::Direction;
 use crate::transport::child::ChildCounters;
 use crate::transport::serve::ConnectionCounters;
 
 /// What watches the traffic besides the counters: the trace exporter (`--otlp-endpoint`) and
-/// the live feed (`--ui-listen`). Each is off (`None`) unless asked for.
+/// the live feed (`--ui-listen`, `--traffic`). Each is off (`None`) unless asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Observers {
     /// Makes and exports every request's spans.

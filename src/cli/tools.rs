@@ -166,13 +166,28 @@ pub enum TapeCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
     },
-    /// Show a tape: its header and a timeline of its messages (direction, method, latency).
+    /// Show a tape: its header and a timeline of its messages (direction, method, tool,
+    /// latency); with --messages or --follow, each message as a line and its body.
+    ///
+    /// Examples:
+    ///   shadowcat tape show demo.jsonl
+    ///   shadowcat tape show demo.jsonl --messages
+    ///   shadowcat tape show "$(ls -t ~/.local/share/shadowcat/tapes/*.jsonl | head -1)" --follow
+    #[command(verbatim_doc_comment)]
     Show {
         /// The tape.
         tape: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Instead of the timeline, each message: a line (time, direction, kind, method, tool,
+        /// id, size, latency) and the message pretty-printed.
+        #[arg(long, conflicts_with = "format")]
+        messages: bool,
+        /// Show the messages as the tape is written (a recording in progress), until its end
+        /// line; implies --messages.
+        #[arg(long, conflicts_with = "format")]
+        follow: bool,
     },
     /// Write a copy of a tape with the values at JSONPaths masked.
     Redact {

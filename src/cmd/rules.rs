@@ -132,6 +132,9 @@ pub struct Tried {
     pub kind: &'static str,
     /// Its method (a response: its request's).
     pub method: Option<String>,
+    /// What a request is about (a response: its request's): its tool, prompt or resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its id.
     pub id: Option<String>,
     /// The rules that act on it, in the order they run.
@@ -178,6 +181,7 @@ pub fn dry_run(rules: &Rules, tape: &Tape) -> Vec<Tried> {
         sessions,
         open: HashMap::new(),
         answered: HashMap::new(),
+        names: HashMap::new(),
         now: 0,
     };
     let tried = tape
@@ -203,6 +207,8 @@ struct DryRun<'a> {
     open: HashMap<&'a str, Arc<Session>>,
     /// Requests a rule answered, by direction and id: the rule.
     answered: HashMap<(Direction, RequestId), String>,
+    /// What the requests awaiting answers are about, by direction and id.
+    names: HashMap<(Direction, RequestId), String>,
     /// The tape time (µs) a manual limit clock has been moved to.
     now: u64,
 }
@@ -242,6 +248,7 @@ impl<'a> DryRun<'a> {
             dir: frame.direction.short(),
             kind: "invalid",
             method: None,
+            name: None,
             id: None,
             actions: Vec::new(),
             proxy: None,
@@ -253,10 +260,20 @@ impl<'a> DryRun<'a> {
         entry.kind = msg.kind().as_str();
         entry.id = msg.id().map(ToString::to_string);
         entry.method = msg.method().map(|m| m.as_str().to_owned());
-        if let (Kind::Response | Kind::Error, Some(id)) = (msg.kind(), msg.id()) {
-            entry.answered_by = self
-                .answered
-                .remove(&(frame.direction.reverse(), id.clone()));
+        entry.name = msg.named();
+        match (msg.kind(), msg.id()) {
+            (Kind::Request, Some(id)) => {
+                if let Some(name) = &entry.name {
+                    self.names
+                        .insert((frame.direction, id.clone()), name.clone());
+                }
+            }
+            (Kind::Response | Kind::Error, Some(id)) => {
+                let request = (frame.direction.reverse(), id.clone());
+                entry.answered_by = self.answered.remove(&request);
+                entry.name = self.names.remove(&request);
+            }
+            _ => {}
         }
         let cx = Context {
             direction: frame.direction,
@@ -366,6 +383,9 @@ fn test_report(
             m.kind,
             m.method.as_deref().unwrap_or("-"),
         );
+        if let Some(name) = &m.name {
+            let _ = write!(line, " {name}");
+        }
         if let Some(id) = &m.id {
             let _ = write!(line, "  id {id}");
         }

@@ -32,9 +32,25 @@ pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        TapeCommand::Show { tape, format } => {
+        TapeCommand::Show { tape, follow, .. } if follow => {
+            follow_tape(&tape, &mut out)?;
+            Ok(0)
+        }
+        TapeCommand::Show {
+            tape,
+            format,
+            messages,
+            ..
+        } => {
             let tape = read(&tape)?;
             let timeline = timeline(&tape);
+            if messages {
+                write!(out, "{}", header_fields(&tape, &timeline))?;
+                for (entry, frame) in timeline.iter().zip(&tape.frames) {
+                    writeln!(out, "\n{}", message(entry, &frame.raw))?;
+                }
+                return Ok(0);
+            }
             match format {
                 OutputFormat::Table => write!(out, "{}", show_table(&tape, &timeline))?,
                 OutputFormat::Json => {
@@ -162,6 +178,9 @@ pub struct Entry {
     pub kind: &'static str,
     /// Its method (a response: its request's).
     pub method: Option<String>,
+    /// What a request is about (a response: its request's): its tool, prompt or resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its id.
     pub id: Option<String>,
     /// A response's time since its request, in microseconds.
@@ -175,48 +194,155 @@ pub struct Entry {
 
 /// The tape's messages, with each answer's latency.
 pub fn timeline(tape: &Tape) -> Vec<Entry> {
-    // Requests awaiting answers, by direction and id: (method, when).
-    let mut open: std::collections::HashMap<(Direction, RequestId), (String, u64)> =
-        std::collections::HashMap::new();
+    let mut timeline = Timeline::default();
     tape.frames
         .iter()
-        .map(|frame| {
-            let mut entry = Entry {
-                t: frame.micros,
-                dir: frame.direction.short(),
-                kind: "invalid",
-                method: None,
-                id: None,
-                latency: None,
-                bytes: frame.raw.len(),
-                trace: frame.trace.clone(),
-            };
-            let Ok(msg) = Message::parse(frame.raw.clone()) else {
-                return entry;
-            };
-            entry.id = msg.id().map(ToString::to_string);
-            entry.method = msg.method().map(|m| m.as_str().to_owned());
-            entry.kind = msg.kind().as_str();
-            match (msg.kind(), msg.id()) {
-                (Kind::Request, Some(id)) => {
-                    open.insert(
-                        (frame.direction, id.clone()),
-                        (entry.method.clone().unwrap_or_default(), frame.micros),
-                    );
-                }
-                (Kind::Response | Kind::Error, Some(id)) => {
-                    if let Some((method, at)) =
-                        open.remove(&(frame.direction.reverse(), id.clone()))
-                    {
-                        entry.method = Some(method);
-                        entry.latency = Some(frame.micros.saturating_sub(at));
-                    }
-                }
-                _ => {}
-            }
-            entry
-        })
+        .map(|frame| timeline.entry(frame))
         .collect()
+}
+
+/// Reads a tape's frames into [`Entry`]s one by one, pairing answers with their requests.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Requests awaiting answers, by direction and id: method, name, when.
+    open: std::collections::HashMap<(Direction, RequestId), (String, Option<String>, u64)>,
+}
+
+impl Timeline {
+    /// The next frame's entry.
+    pub fn entry(&mut self, frame: &crate::tape::Frame) -> Entry {
+        let mut entry = Entry {
+            t: frame.micros,
+            dir: frame.direction.short(),
+            kind: "invalid",
+            method: None,
+            name: None,
+            id: None,
+            latency: None,
+            bytes: frame.raw.len(),
+            trace: frame.trace.clone(),
+        };
+        let Ok(msg) = Message::parse(frame.raw.clone()) else {
+            return entry;
+        };
+        entry.id = msg.id().map(ToString::to_string);
+        entry.method = msg.method().map(|m| m.as_str().to_owned());
+        entry.name = msg.named();
+        entry.kind = msg.kind().as_str();
+        match (msg.kind(), msg.id()) {
+            (Kind::Request, Some(id)) => {
+                self.open.insert(
+                    (frame.direction, id.clone()),
+                    (
+                        entry.method.clone().unwrap_or_default(),
+                        entry.name.clone(),
+                        frame.micros,
+                    ),
+                );
+            }
+            (Kind::Response | Kind::Error, Some(id)) => {
+                if let Some((method, name, at)) =
+                    self.open.remove(&(frame.direction.reverse(), id.clone()))
+                {
+                    entry.method = Some(method);
+                    entry.name = name;
+                    entry.latency = Some(frame.micros.saturating_sub(at));
+                }
+            }
+            _ => {}
+        }
+        entry
+    }
+}
+
+/// A message as `--messages` shows it: its line (the traffic view's, its time on the tape
+/// first), then its body pretty-printed.
+fn message(entry: &Entry, raw: &[u8]) -> String {
+    let line = crate::telemetry::traffic::Line {
+        session: "",
+        arrow: crate::telemetry::traffic::arrow(entry.dir == "c2s"),
+        kind: entry.kind,
+        method: entry.method.as_deref(),
+        name: entry.name.as_deref(),
+        id: entry.id.as_deref(),
+        size: entry.bytes,
+        latency_us: entry.latency,
+        did: None,
+    };
+    let body = crate::telemetry::traffic::pretty(&String::from_utf8_lossy(raw), false, raw.len());
+    format!("{} {line}\n{body}", millis(entry.t))
+}
+
+/// How often `--follow` looks for more of the tape.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `tape show --follow`: prints the tape's messages as they are written, until its end line.
+fn follow_tape(path: &Path, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let io = |source| TapeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut timeline = Timeline::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut number = 0usize;
+    loop {
+        let n = file.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            out.flush()?;
+            std::thread::sleep(FOLLOW_POLL);
+            continue;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        // Whole lines only: the writer may be mid-line.
+        let Some(last) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let whole: Vec<u8> = pending.drain(..=last).collect();
+        for line in whole.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            number += 1;
+            let read = crate::tape::read_line(line).map_err(|reason| TapeError::Malformed {
+                path: path.to_owned(),
+                line: number,
+                reason,
+            })?;
+            match read {
+                crate::tape::TapeLine::Header(h) if number == 1 => {
+                    let name = h
+                        .name
+                        .as_deref()
+                        .map_or_else(String::new, |n| format!(" {n:?}"));
+                    writeln!(
+                        out,
+                        "tape {}{name}: {} ({} client, {} server), created {}",
+                        h.id, h.mode, h.client_transport, h.server_transport, h.created
+                    )?;
+                }
+                _ if number == 1 => {
+                    return Err(TapeError::NotATape {
+                        path: path.to_owned(),
+                        reason: "the first line is not a tape header".into(),
+                    }
+                    .into());
+                }
+                crate::tape::TapeLine::Frame(frame) => {
+                    let entry = timeline.entry(&frame);
+                    writeln!(out, "\n{}", message(&entry, &frame.raw))?;
+                }
+                crate::tape::TapeLine::End(end) => {
+                    writeln!(out, "\nend: {} at {}", end.reason, millis(end.micros))?;
+                    out.flush()?;
+                    return Ok(());
+                }
+                crate::tape::TapeLine::Header(_)
+                | crate::tape::TapeLine::Meta(_)
+                | crate::tape::TapeLine::Server(_) => {}
+            }
+        }
+        out.flush()?;
+    }
 }
 
 /// Microseconds as milliseconds for people.
@@ -225,6 +351,14 @@ fn millis(micros: u64) -> String {
 }
 
 fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
+    let mut out = header_fields(tape, timeline);
+    out.push('\n');
+    out.push_str(&timeline_table(timeline));
+    out
+}
+
+/// What a tape says of itself: header, meta, server processes, end, frames.
+fn header_fields(tape: &Tape, timeline: &[Entry]) -> String {
     let h = &tape.header;
     let mut out = String::new();
     let mut field = |name: &str, value: &str| {
@@ -282,7 +416,11 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
     );
     field("end", &end);
     field("frames", &timeline.len().to_string());
-    out.push('\n');
+    out
+}
+
+/// The timeline as a table.
+fn timeline_table(timeline: &[Entry]) -> String {
     // The trace column only for a tape recorded with tracing on.
     let traced = timeline.iter().any(|e| e.trace.is_some());
     let rows: Vec<Vec<String>> = timeline
@@ -298,6 +436,7 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
                 .to_owned(),
                 e.kind.to_owned(),
                 e.method.clone().unwrap_or_else(|| "-".into()),
+                e.name.clone().unwrap_or_else(|| "-".into()),
                 e.id.clone().unwrap_or_else(|| "-".into()),
                 e.latency.map_or_else(|| "-".into(), millis),
                 e.bytes.to_string(),
@@ -313,6 +452,7 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
         "DIRECTION",
         "KIND",
         "METHOD",
+        "NAME",
         "ID",
         "LATENCY",
         "BYTES",
@@ -320,8 +460,7 @@ fn show_table(tape: &Tape, timeline: &[Entry]) -> String {
     if traced {
         header.push("TRACE");
     }
-    out.push_str(&columns(&header, &rows));
-    out
+    columns(&header, &rows)
 }
 
 /// Writes a copy of `source` to `output` (never overwriting) with `redactor`'s masks applied

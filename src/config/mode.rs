@@ -124,7 +124,8 @@ impl ReverseConfig {
     }
 }
 
-/// The masks for traced payloads (`--trace-payloads`) and the live view (`--ui-listen`):
+/// The masks for traced payloads (`--trace-payloads`), the live view (`--ui-listen`) and the
+/// traffic view (`--traffic`):
 /// `--redact`'s paths and the server's credentials. `--redact` with nothing to mask is refused.
 fn masks(
     config: &mut Config,
@@ -135,17 +136,24 @@ fn masks(
     if let Some(ui) = config.ui.as_mut() {
         ui.masks = std::sync::Arc::new(super::recording::redactor(redact, &secrets)?);
     }
+    if let Some(traffic) = config.traffic.as_mut() {
+        traffic.masks = std::sync::Arc::new(super::recording::redactor(redact, &secrets)?);
+    }
     let payloads = config.traces.as_mut().and_then(|t| t.payloads.as_mut());
     match payloads {
         Some(payloads) => {
             *payloads = std::sync::Arc::new(super::recording::redactor(redact, &secrets)?);
             Ok(())
         }
-        None if !redact.is_empty() && config.recording.is_none() && config.ui.is_none() => {
+        None if !redact.is_empty()
+            && config.recording.is_none()
+            && config.ui.is_none()
+            && config.traffic.is_none() =>
+        {
             Err(super::invalid(
                 "--redact",
                 "masks what is recorded (--record), traced (--trace-payloads) or shown \
-                 (--ui-listen); none of them is on"
+                 (--ui-listen, --traffic); none of them is on"
                     .to_owned(),
             ))
         }

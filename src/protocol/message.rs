@@ -539,6 +539,23 @@ impl Message {
         }
     }
 
+    /// What a request is about, for people (logs, the traffic view, reports): a `tools/call`'s
+    /// tool, a `prompts/get`'s prompt, or the resource a `resources/read`, `subscribe` or
+    /// `unsubscribe` names; `None` for other messages or when it cannot be read cheaply.
+    pub fn named(&self) -> Option<String> {
+        if self.kind != Kind::Request {
+            return None;
+        }
+        let member = match self.method.as_ref()? {
+            Method::ToolsCall | Method::PromptsGet => "name",
+            Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+                "uri"
+            }
+            _ => return None,
+        };
+        self.param_str(member).ok().flatten()
+    }
+
     /// The tool a `tools/call` request names, as its server will read it (a name given twice:
     /// the last). `Ok(None)`: not a `tools/call`, or no name (or not a string). `Err(())`: the
     /// name cannot be read (given twice, in a message that no JSON tree holds); a stage that

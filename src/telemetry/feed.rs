@@ -71,6 +71,8 @@ pub struct Event {
     pub kind: &'static str,
     /// Its method; for an answer, its request's.
     pub method: Option<String>,
+    /// What a request is about: its tool, prompt or resource ([`Message::named`]).
+    pub name: Option<String>,
     /// Its JSON-RPC id, as JSON text.
     pub id: Option<String>,
     /// What became of it.
@@ -137,6 +139,8 @@ pub struct FeedStats {
 pub struct Feed {
     tx: broadcast::Sender<Arc<Event>>,
     watchers: AtomicUsize,
+    /// Watchers that want bodies (the live view; the traffic lines without bodies do not).
+    body_watchers: AtomicUsize,
     seq: AtomicU64,
     missed: AtomicU64,
     masks: Arc<Redactor>,
@@ -149,6 +153,7 @@ impl Feed {
         Arc::new(Self {
             tx,
             watchers: AtomicUsize::new(0),
+            body_watchers: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             masks,
@@ -163,14 +168,28 @@ impl Feed {
 
     /// A new watcher, or `None` at [`MAX_WATCHERS`].
     pub fn watch(self: &Arc<Self>) -> Option<Watcher> {
+        self.watcher(true)
+    }
+
+    /// A new watcher that needs no bodies: while only such watch, events carry none (their
+    /// text empty, their size kept), which spares masking and copying every message.
+    pub fn watch_without_bodies(self: &Arc<Self>) -> Option<Watcher> {
+        self.watcher(false)
+    }
+
+    fn watcher(self: &Arc<Self>, bodies: bool) -> Option<Watcher> {
         self.watchers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_WATCHERS).then_some(n + 1)
             })
             .ok()?;
+        if bodies {
+            self.body_watchers.fetch_add(1, Ordering::AcqRel);
+        }
         Some(Watcher {
             rx: self.tx.subscribe(),
             feed: self.clone(),
+            bodies,
         })
     }
 
@@ -186,7 +205,18 @@ impl Feed {
     /// Publishes what the pipeline did with a message (only called while watched).
     pub fn publish(&self, seen: Seen<'_>) {
         let arrived = seen.arrived;
-        let body_of = |msg: &Message| self.body(msg);
+        let bodies = self.body_watchers.load(Ordering::Relaxed) > 0;
+        let body_of = |msg: &Message| {
+            if bodies {
+                self.body(msg)
+            } else {
+                Body {
+                    text: String::new(),
+                    truncated: false,
+                    size: msg.raw().len(),
+                }
+            }
+        };
         let (body, before, answer) = match (seen.outcome, seen.result) {
             (Outcome::Modified, Some(sent)) => (body_of(sent), Some(body_of(arrived)), None),
             (Outcome::Answered, Some(answer)) => (body_of(arrived), None, Some(body_of(answer))),
@@ -211,6 +241,7 @@ impl Feed {
                 Kind::Error => "error",
             },
             method,
+            name: arrived.named(),
             id: arrived.id().and_then(|id| serde_json::to_string(id).ok()),
             outcome: seen.outcome,
             latency_us: seen
@@ -253,6 +284,7 @@ impl Feed {
 pub struct Watcher {
     rx: broadcast::Receiver<Arc<Event>>,
     feed: Arc<Feed>,
+    bodies: bool,
 }
 
 impl Watcher {
@@ -267,10 +299,26 @@ impl Watcher {
             Err(broadcast::error::RecvError::Closed) => Next::Closed,
         }
     }
+
+    /// What is ready now, without waiting (`None`: nothing).
+    pub fn try_next(&mut self) -> Option<Next> {
+        match self.rx.try_recv() {
+            Ok(event) => Some(Next::Event(event)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                self.feed.missed.fetch_add(n, Ordering::Relaxed);
+                Some(Next::Missed(n))
+            }
+            Err(broadcast::error::TryRecvError::Empty) => None,
+            Err(broadcast::error::TryRecvError::Closed) => Some(Next::Closed),
+        }
+    }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        if self.bodies {
+            self.feed.body_watchers.fetch_sub(1, Ordering::AcqRel);
+        }
         self.feed.watchers.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -324,6 +372,7 @@ mod tests {
         assert_eq!(event.method.as_deref(), Some("tools/call"));
         assert_eq!(event.id.as_deref(), Some("7"));
         assert_eq!(event.body.text, std::str::from_utf8(call.raw()).unwrap());
+        assert_eq!(event.name.as_deref(), Some("echo"));
         drop(watcher);
         assert!(!feed.is_watched());
         assert_eq!(feed.stats().watchers, 0);
@@ -347,6 +396,33 @@ mod tests {
             panic!("no event after the gap");
         };
         assert_eq!(event.seq, 11);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_made_only_while_a_watcher_wants_them() {
+        let feed = Feed::new(Arc::new(Redactor::default()));
+        let session: Arc<str> = Arc::from("s-000000000001");
+        let call =
+            msg(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}"#);
+        let mut lines = feed.watch_without_bodies().unwrap();
+        feed.publish(seen(&session, &call));
+        let Next::Event(bare) = lines.next().await else {
+            panic!("no event");
+        };
+        assert_eq!(bare.body.text, "");
+        assert_eq!(bare.body.size, call.raw().len());
+        let browser = feed.watch().unwrap();
+        feed.publish(seen(&session, &call));
+        let Next::Event(full) = lines.next().await else {
+            panic!("no event");
+        };
+        assert_eq!(full.body.text, std::str::from_utf8(call.raw()).unwrap());
+        drop(browser);
+        feed.publish(seen(&session, &call));
+        let Next::Event(bare) = lines.next().await else {
+            panic!("no event");
+        };
+        assert_eq!(bare.body.text, "");
     }
 
     #[test]

@@ -512,7 +512,7 @@ impl Request {
             .method()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let name = name_of(msg);
+        let name = msg.named();
         let label = match &name {
             Some(name) => format!("#{index} {method} {name}"),
             None => format!("#{index} {method}"),
@@ -593,16 +593,6 @@ impl std::fmt::Display for Unanswered {
             Self::Late(why) | Self::Gone(why) => f.write_str(why),
         }
     }
-}
-
-/// A `tools/call`'s tool, a `prompts/get`'s prompt or a read's resource.
-fn name_of(msg: &Message) -> Option<String> {
-    let value: Value = serde_json::from_slice(msg.raw()).unwrap_or_default();
-    let params = &value["params"];
-    params["name"]
-        .as_str()
-        .or_else(|| params["uri"].as_str())
-        .map(str::to_owned)
 }
 
 /// Waits for the server's answer to `id`, answering its requests meanwhile.

@@ -1,0 +1,370 @@
+//! The traffic in the terminal (`--traffic`): one log line per message, what mitmdump gives
+//! HTTP. The line says the session, the direction, the kind, the method and what it is about
+//! (tool, prompt or resource), the id, the size, an answer's latency and what a rule or a limit
+//! did; with `--traffic bodies` the masked, pretty-printed message follows it.
+//!
+//! It is a watcher of the live feed ([`super::feed`]), so it costs the traffic what the feed
+//! costs: an event built per message (without a body unless bodies are shown), never a wait. A
+//! printer that falls behind loses the oldest lines, and says how many. Lines are logged under
+//! the target `shadowcat::traffic` (to stderr, or `--log-file`; in `--log-format json` with
+//! each part a field), whatever `--log-level` says.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::LogFormat;
+use super::feed::{Decision, Event, Feed, Next, Outcome, Watcher};
+use crate::task::Task;
+
+/// The tracing target of the lines (`--log-level` does not hide it).
+pub const TARGET: &str = "shadowcat::traffic";
+
+/// Requests whose names are remembered for their answers' lines; the oldest are forgotten.
+const REMEMBERED: usize = 4096;
+
+/// What `--traffic` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Show {
+    /// A line per message.
+    Lines,
+    /// A line per message, then the message pretty-printed (masked as on tapes).
+    Bodies,
+}
+
+/// One message's line, without the time (the log line has it; a tape's has its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Line<'a> {
+    /// The session as logs name it (empty: not shown, as on a tape, which is one session).
+    pub session: &'a str,
+    /// `->` to the server, `<-` to the client.
+    pub arrow: &'static str,
+    /// `request`, `notification`, `response`, `error`.
+    pub kind: &'a str,
+    /// Its method; an answer's request's.
+    pub method: Option<&'a str>,
+    /// The tool, prompt or resource.
+    pub name: Option<&'a str>,
+    /// Its JSON-RPC id, as JSON.
+    pub id: Option<&'a str>,
+    /// Its size in bytes.
+    pub size: usize,
+    /// An answer's time since its request, in microseconds.
+    pub latency_us: Option<u64>,
+    /// What became of it, when not simply passed on.
+    pub did: Option<String>,
+}
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.session.is_empty() {
+            write!(f, "{} ", self.session)?;
+        }
+        write!(f, "{} {}", self.arrow, self.kind)?;
+        if let Some(method) = self.method {
+            write!(f, " {method}")?;
+        }
+        if let Some(name) = self.name {
+            write!(f, " {name}")?;
+        }
+        if let Some(id) = self.id {
+            write!(f, " #{id}")?;
+        }
+        write!(f, " {}", size(self.size))?;
+        if let Some(us) = self.latency_us {
+            write!(f, " {}", latency(us))?;
+        }
+        if let Some(did) = &self.did {
+            write!(f, " [{did}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// The arrow of a direction: `->` towards the server, `<-` towards the client.
+pub fn arrow(to_server: bool) -> &'static str {
+    if to_server { "->" } else { "<-" }
+}
+
+/// A size for people: `312 B`, `1.2 KiB`, `3.4 MiB`.
+pub fn size(bytes: usize) -> String {
+    #[allow(clippy::cast_precision_loss)] // a size shown to one decimal
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    }
+}
+
+/// A latency for people: `850 us`, `3.1 ms`, `2.40 s`.
+pub fn latency(micros: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // a duration shown to a few digits
+    let us = micros as f64;
+    if micros < 1000 {
+        format!("{micros} us")
+    } else if micros < 1_000_000 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1_000_000.0)
+    }
+}
+
+/// What the stages did and what became of the message, or `None` when it simply went on.
+fn did(event: &Event) -> Option<String> {
+    let decisions: Vec<String> = event.decisions.iter().map(decision).collect();
+    let outcome = match event.outcome {
+        Outcome::Forwarded => None,
+        Outcome::Modified => Some("modified"),
+        Outcome::Answered => Some("answered by the proxy"),
+        Outcome::Dropped => Some("dropped"),
+    };
+    match (outcome, decisions.is_empty()) {
+        (None, true) => None,
+        (None, false) => Some(decisions.join("; ")),
+        (Some(outcome), true) => Some(outcome.to_owned()),
+        (Some(outcome), false) => Some(format!("{outcome}: {}", decisions.join("; "))),
+    }
+}
+
+/// A stage's note for people: `rule no-delete: block`, `rate limit client`, `delayed 200 ms`.
+fn decision(decision: &Decision) -> String {
+    let detail = |name: &str| {
+        decision
+            .details
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("?", |(_, v)| v.as_str())
+    };
+    match decision.what {
+        "rule" => {
+            let audit = if detail("shadowcat.mode") == "audit" {
+                " (audit)"
+            } else {
+                ""
+            };
+            format!(
+                "rule {}: {}{audit}",
+                detail("shadowcat.rule"),
+                detail("shadowcat.action")
+            )
+        }
+        "rate_limited" => format!("rate limit {}", detail("shadowcat.limit")),
+        "delayed" => format!("delayed {} ms", detail("shadowcat.delay_ms")),
+        other => other.to_owned(),
+    }
+}
+
+/// `text` (a message's JSON) pretty-printed, each line indented; cut text as it is, marked.
+pub fn pretty(text: &str, truncated: bool, size: usize) -> String {
+    let body = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) if !truncated => {
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| text.to_owned())
+        }
+        _ => text.to_owned(),
+    };
+    let mut out = String::with_capacity(body.len() + 64);
+    for line in body.lines() {
+        out.push_str("    ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    if truncated {
+        let _ = writeln!(out, "    … (cut; the message is {})", self::size(size));
+    }
+    out.pop();
+    out
+}
+
+/// Prints the feed's events until `stop`, then what is left of them.
+pub fn spawn(
+    feed: &Arc<Feed>,
+    show: Show,
+    format: LogFormat,
+    stop: CancellationToken,
+) -> Option<Task<()>> {
+    let watcher = match show {
+        Show::Lines => feed.watch_without_bodies(),
+        Show::Bodies => feed.watch(),
+    }?;
+    let mut printer = Printer {
+        watcher,
+        show,
+        format,
+        names: Names::default(),
+    };
+    Some(Task::spawn("traffic", async move {
+        loop {
+            tokio::select! {
+                biased;
+                next = printer.watcher.next() => {
+                    if !printer.print(next) {
+                        return;
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        // The proxy is done: what was published before is printed, nothing waited for.
+        while let Some(next) = printer.watcher.try_next() {
+            if !printer.print(next) {
+                return;
+            }
+        }
+    }))
+}
+
+struct Printer {
+    watcher: Watcher,
+    show: Show,
+    format: LogFormat,
+    names: Names,
+}
+
+impl Printer {
+    /// Prints one thing the feed said; `false` once it is closed.
+    fn print(&mut self, next: Next) -> bool {
+        match next {
+            Next::Event(event) => self.line(&event),
+            Next::Missed(n) => {
+                tracing::warn!(target: TARGET, parent: None, "{n} messages not shown: the traffic view fell behind");
+            }
+            Next::Closed => return false,
+        }
+        true
+    }
+
+    fn line(&mut self, event: &Event) {
+        let name = self.names.of(event);
+        let did = did(event);
+        let line = Line {
+            session: &event.session,
+            arrow: arrow(event.direction == "to_server"),
+            kind: event.kind,
+            method: event.method.as_deref(),
+            name: name.as_deref(),
+            id: event.id.as_deref(),
+            size: event.body.size,
+            latency_us: event.latency_us,
+            did: did.clone(),
+        };
+        let body = (self.show == Show::Bodies).then(|| {
+            let mut body = pretty(&event.body.text, event.body.truncated, event.body.size);
+            if let Some(answer) = &event.answer {
+                body.push_str("\n  the proxy answered:\n");
+                body.push_str(&pretty(&answer.text, answer.truncated, answer.size));
+            }
+            body
+        });
+        match (self.format, body) {
+            (LogFormat::Text, None) => tracing::info!(target: TARGET, parent: None, "{line}"),
+            (LogFormat::Text, Some(body)) => {
+                tracing::info!(target: TARGET, parent: None, "{line}\n{body}");
+            }
+            (LogFormat::Json, _) => tracing::info!(
+                target: TARGET,
+                parent: None,
+                session = %event.session,
+                direction = event.direction,
+                kind = event.kind,
+                method = event.method.as_deref(),
+                name = name.as_deref(),
+                id = event.id.as_deref(),
+                size = event.body.size,
+                latency_us = event.latency_us,
+                did = did.as_deref(),
+                body = (self.show == Show::Bodies).then_some(event.body.text.as_str()),
+                "{line}"
+            ),
+        }
+    }
+}
+
+/// The names of requests seen, for their answers' lines: at most [`REMEMBERED`], the oldest
+/// forgotten first (an answer to one of those is shown without its name).
+#[derive(Debug, Default)]
+struct Names {
+    by_request: HashMap<(Arc<str>, bool, String), Arc<str>>,
+    order: VecDeque<(Arc<str>, bool, String)>,
+}
+
+impl Names {
+    /// The event's name: a request's own (remembered), an answer's request's (forgotten).
+    fn of(&mut self, event: &Event) -> Option<Arc<str>> {
+        let id = event.id.clone()?;
+        let to_server = event.direction == "to_server";
+        if event.kind == "request" {
+            let name: Arc<str> = Arc::from(event.name.as_deref()?);
+            if self.order.len() == REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.by_request.remove(&oldest);
+            }
+            let key = (event.session.clone(), to_server, id);
+            self.order.push_back(key.clone());
+            self.by_request.insert(key, name.clone());
+            return Some(name);
+        }
+        // An answer travels the other way from its request.
+        let name = self
+            .by_request
+            .remove(&(event.session.clone(), !to_server, id))?;
+        Some(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_everything_it_knows() {
+        let line = Line {
+            session: "s-1a2b3c4d",
+            arrow: arrow(false),
+            kind: "response",
+            method: Some("tools/call"),
+            name: Some("echo"),
+            id: Some("7"),
+            size: 1300,
+            latency_us: Some(3150),
+            did: Some("modified: rule shout: modify".into()),
+        };
+        assert_eq!(
+            line.to_string(),
+            "s-1a2b3c4d <- response tools/call echo #7 1.3 KiB 3.1 ms [modified: rule shout: modify]"
+        );
+        let bare = Line {
+            session: "s-1",
+            arrow: arrow(true),
+            kind: "notification",
+            method: Some("notifications/initialized"),
+            size: 54,
+            ..Line::default()
+        };
+        assert_eq!(
+            bare.to_string(),
+            "s-1 -> notification notifications/initialized 54 B"
+        );
+        assert_eq!(latency(850), "850 us");
+        assert_eq!(latency(2_400_000), "2.40 s");
+        assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn bodies_are_pretty_and_cut_ones_say_so() {
+        assert_eq!(
+            pretty(r#"{"a":1}"#, false, 7),
+            "    {\n      \"a\": 1\n    }"
+        );
+        assert_eq!(
+            pretty(r#"{"a":"xx"#, true, 5000),
+            "    {\"a\":\"xx\n    … (cut; the message is 4.9 KiB)"
+        );
+    }
+}
