@@ -28,6 +28,10 @@
 //! throughput, CPU per call and peak RSS against shadowcat without it. Chromium's own CPU is
 //! not counted, but it shares the machine's two cores with everything else.
 //!
+//! The last, `shadowcat --traffic lines`, logs a line per message (to a log file beside the
+//! tapes): its throughput, CPU per call and peak RSS against shadowcat without it are the cost
+//! of leaving the traffic view on.
+//!
 //! A third target, `examples/line_relay.rs` (two blocking threads, no parsing), shows the floor:
 //! what one more process in the chain costs on this machine whatever it does.
 //!
@@ -365,7 +369,7 @@ fn main() {
                 per_call(&targets[i]),
             ));
         }
-        for i in [7, 8] {
+        for i in [7, 8, 9] {
             ui_rows.push((
                 payload,
                 targets[i].name,
@@ -468,8 +472,8 @@ fn otlp_sink() -> String {
 }
 
 /// The targets, in the order the tables read them: direct, shadowcat, line_relay, --record,
-/// --rules, --otlp-endpoint, --otlp-endpoint at 1%, --ui-listen with no page open, and with a
-/// browser showing it (its profile in `profile`).
+/// --rules, --otlp-endpoint, --otlp-endpoint at 1%, --ui-listen with no page open, with a
+/// browser showing it (its profile in `profile`), and --traffic lines.
 fn spawn_targets(
     fixture: &std::path::Path,
     examples: &std::path::Path,
@@ -532,6 +536,16 @@ fn spawn_targets(
             ]),
         )
         .watched(ui_port, profile),
+        Target::spawn(
+            "shadowcat --traffic lines (to a log file)",
+            proxy(&[
+                "--traffic".as_ref(),
+                "lines".as_ref(),
+                // A global option, after the mode's: clap takes it anywhere.
+                "--log-file".as_ref(),
+                tapes.join("traffic.log").as_os_str(),
+            ]),
+        ),
     ]
 }
 

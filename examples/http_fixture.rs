@@ -6,7 +6,8 @@
 //! - `--no-get`: offer no GET stream (405);
 //! - `--get-delay-ms N`: open a GET stream only after N ms (a slow upstream);
 //! - `--tls CERT KEY`: serve https with this PEM certificate chain and key;
-//! - `--port N`: listen on this port (default: a free one).
+//! - `--port N`: listen on this port (default: a free one);
+//! - `--token T`: require `Authorization: Bearer T` on every POST (else 401, a text body).
 //!
 //! Tools: `echo {text}`; `sleep {ms}`; `headers` (the request headers it received, as JSON text);
 //! `deleted` (the session ids DELETEd so far); `forget` (drops the caller's session, so its next
@@ -55,6 +56,8 @@ struct Fixture {
     sleeping: AtomicU64,
     /// Set by `retire`: no new sessions.
     retired: std::sync::atomic::AtomicBool,
+    /// The bearer token every POST must carry (`--token`).
+    token: Option<String>,
 }
 
 /// Counts a call while it runs: up when it starts, down when it ends or is dropped with its
@@ -85,6 +88,10 @@ fn main() {
                 .position(|a| a == "--get-delay-ms")
                 .map_or(0, |i| args[i + 1].parse().unwrap()),
         ),
+        token: args
+            .iter()
+            .position(|a| a == "--token")
+            .map(|i| args[i + 1].clone()),
         ..Fixture::default()
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -202,6 +209,19 @@ async fn delete(State(fixture): State<Arc<Fixture>>, headers: HeaderMap) -> Stat
 
 #[allow(clippy::too_many_lines)] // One flat table of tools reads better than fragments.
 async fn post(State(fixture): State<Arc<Fixture>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(token) = &fixture.token {
+        let sent = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                "missing or bad bearer token",
+            )
+                .into_response();
+        }
+    }
     let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
         return error_response(StatusCode::BAD_REQUEST, -32700, "Parse error");
     };

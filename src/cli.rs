@@ -83,7 +83,10 @@ pub enum Command {
     Reverse(ReverseArgs),
     /// Record one session to a tape: `forward stdio` with recording on.
     ///
-    /// The server is a command (after `--`) or an HTTP URL (--url).
+    /// The server is a command (after `--`) or an HTTP URL (--url). Like `forward stdio`, it
+    /// is itself an MCP server on stdin/stdout: an MCP client must launch it (put it in the
+    /// client's server command) or drive it over a pipe; typed at a terminal, it waits for
+    /// JSON-RPC lines. The tape is written as the session goes and ends with it.
     ///
     /// Examples:
     ///   shadowcat record -o demo.jsonl -- python server.py

@@ -461,6 +461,74 @@ pub fn read_line(line: &[u8]) -> Result<TapeLine, String> {
     })
 }
 
+/// The header of the tape at `path`, read from its first line alone.
+pub fn read_header(path: &Path) -> Result<Header, TapeError> {
+    use std::io::BufRead as _;
+    let io = |source| TapeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut first = Vec::new();
+    // A header is a few hundred bytes; a file whose first line is longer is not a tape.
+    std::io::Read::take(std::io::BufReader::new(file), 64 * 1024)
+        .read_until(b'\n', &mut first)
+        .map_err(io)?;
+    let not_a_tape = |reason: &str| TapeError::NotATape {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match parse_line(first.strip_suffix(b"\n").unwrap_or(&first)) {
+        Ok(Parsed::Header(header)) => Ok(header),
+        _ => Err(not_a_tape("the first line is not a tape header")),
+    }
+}
+
+/// The tape `arg` names: a file, or else the one tape in `dir` whose id or session id starts
+/// with `arg` (`tape show 880662`, as `tape list` shows ids).
+pub fn find(arg: &Path, dir: &Path) -> Result<PathBuf, TapeError> {
+    let prefix = arg.to_string_lossy();
+    let plain = !prefix.is_empty()
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if arg.exists() || !plain {
+        return Ok(arg.to_owned());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(arg.to_owned());
+    };
+    let mut found: Vec<(PathBuf, Header)> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        if let Ok(header) = read_header(&path)
+            && (header.id.starts_with(&*prefix) || header.session.starts_with(&*prefix))
+        {
+            found.push((path, header));
+        }
+    }
+    match found.len() {
+        // Not a prefix of any: the error is the file's own (no such file).
+        0 => Ok(arg.to_owned()),
+        1 => Ok(found.swap_remove(0).0),
+        n => {
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let names: Vec<String> = found.iter().map(|(p, _)| p.display().to_string()).collect();
+            Err(TapeError::NotATape {
+                path: arg.to_owned(),
+                reason: format!(
+                    "{n} tapes in {} have an id or session starting with it: {}",
+                    dir.display(),
+                    names.join(", ")
+                ),
+            })
+        }
+    }
+}
+
 /// The current time as RFC 3339 (UTC), for headers.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

@@ -57,6 +57,16 @@ fn log_writer() -> tracing_appender::non_blocking::NonBlockingBuilder {
         .thread_name("shadowcat-log")
 }
 
+/// The background log writer, once logging is set up: the traffic view (`--traffic`) writes
+/// through it too, a batch of lines at a time.
+static LOG_OUT: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
+    std::sync::OnceLock::new();
+
+/// The background log writer, if logging is set up.
+pub fn log_out() -> Option<tracing_appender::non_blocking::NonBlocking> {
+    LOG_OUT.get().cloned()
+}
+
 /// Keeps the background log writer running; dropping it flushes what is buffered.
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
@@ -68,7 +78,7 @@ pub fn init_tracing(
 ) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
-    let (writer, guard) = match file {
+    let (writer, guard): (tracing_appender::non_blocking::NonBlocking, _) = match file {
         Some(path) => {
             let file = crate::transport::files::open_private_append(path)
                 .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
@@ -78,6 +88,8 @@ pub fn init_tracing(
         }
         None => log_writer().finish(std::io::stderr()),
     };
+    // The traffic view writes its lines in batches through the same writer.
+    let _ = LOG_OUT.set(writer.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

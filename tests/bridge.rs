@@ -538,3 +538,64 @@ fn a_dead_server_fails_the_calls_in_flight_promptly_with_the_cause() {
     proxy.close_stdin();
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// A `--url` whose path is wrong (404 before any session) is said to be one, not "the upstream
+/// no longer knows this session"; a 401 comes with the upstream's body and a hint at
+/// `--bearer-token-env`, or at the token sent being refused.
+#[test]
+fn a_wrong_url_path_and_a_refused_token_say_what_to_fix() {
+    let fixture = HttpFixture::start(&["--token", "right-token-123"]);
+    let initialize = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"}});
+    let message = |proxy: &mut Proxy| {
+        let answer = proxy.call(0, "initialize", initialize.clone());
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .to_owned()
+    };
+    let wrong = fixture.url.replace("/mcp", "/wrong");
+    let mut proxy = bridge(&wrong, &[], &[]);
+    let said = message(&mut proxy);
+    assert_eq!(
+        said,
+        format!(
+            "the upstream answered HTTP 404 Not Found; {wrong} has no MCP endpoint: check the \
+             URL's path (servers usually serve /mcp)"
+        )
+    );
+    proxy.close_stdin();
+    let _ = proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        !proxy.stderr_text().contains("no longer knows"),
+        "{}",
+        proxy.stderr_text()
+    );
+
+    let mut proxy = bridge(&fixture.url, &[], &[]);
+    assert_eq!(
+        message(&mut proxy),
+        "the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; it wants \
+         credentials: give a token with --bearer-token-env VAR or --bearer-token-file FILE \
+         (docs/auth.md)"
+    );
+    drop(proxy);
+    let mut proxy = bridge(
+        &fixture.url,
+        &["--bearer-token-env", "TEST_UPSTREAM_TOKEN"],
+        &[("TEST_UPSTREAM_TOKEN", "wrong-token-456")],
+    );
+    let said = message(&mut proxy);
+    assert!(
+        said.starts_with("the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; it refused the credentials sent"),
+        "{said}"
+    );
+    drop(proxy);
+    let mut proxy = bridge(
+        &fixture.url,
+        &["--bearer-token-env", "TEST_UPSTREAM_TOKEN"],
+        &[("TEST_UPSTREAM_TOKEN", "right-token-123")],
+    );
+    let answer = proxy.call(0, "initialize", initialize.clone());
+    assert!(answer.get("result").is_some(), "{answer}");
+}

@@ -375,3 +375,118 @@ fn the_server_process_and_its_generation_are_in_history_and_on_the_tape() {
         "{shown}"
     );
 }
+
+/// Sessions and tapes are named by the first characters of their ids (or a session by its
+/// digest, as logs name it); an ambiguous prefix is refused naming the candidates. `session
+/// show` has one `tape` row, the tape's absolute path, whatever directory recorded it.
+#[test]
+fn sessions_and_tapes_are_found_by_an_id_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Recorded with a relative path, from another directory.
+    let record = |name: &str| {
+        let mut cmd = support::command();
+        cmd.current_dir(&work)
+            .env("SHADOWCAT_SESSION_STORE", "sqlite")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["forward", "stdio", "--record", name, "--"])
+            .arg(fixture());
+        let mut proxy = Proxy::spawn(cmd);
+        proxy.initialize();
+        proxy.close_stdin();
+        assert!(proxy.wait_exit(WAIT).success());
+    };
+    record("one.jsonl");
+    record("two.jsonl");
+    let sessions = list(&data, "all");
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let id = sessions[0]["id"].as_str().unwrap().to_owned();
+    let other = sessions[1]["id"].as_str().unwrap().to_owned();
+    // The shortest prefix that tells them apart.
+    let mut n = 1;
+    while other.starts_with(&id[..n]) {
+        n += 1;
+    }
+    let out = shadowcat(&data, &["session", "show", &id[..n]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.starts_with(&format!("id                    {id}\n")),
+        "{shown}"
+    );
+    let tape_rows: Vec<&str> = shown.lines().filter(|l| l.starts_with("tape ")).collect();
+    assert_eq!(tape_rows.len(), 1, "{shown}");
+    let tape = tape_rows[0].trim_start_matches("tape").trim();
+    assert!(Path::new(tape).is_absolute(), "{shown}");
+    assert!(Path::new(tape).exists(), "{tape}");
+    // By its digest, as the logs name it.
+    let digest = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("in logs as"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = shadowcat(&data, &["session", "show", &digest[..8]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    // Both sessions' ids start with "": refused, naming them; an unknown prefix is no session.
+    let common: String = id
+        .chars()
+        .zip(other.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    if !common.is_empty() {
+        let out = shadowcat(&data, &["session", "show", &common]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("2 sessions start with") && err.contains(&id),
+            "{err}"
+        );
+    }
+    let out = shadowcat(&data, &["session", "show", "zz"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session zz"));
+
+    // A tape by its id's first characters, as `tape list` shows them.
+    let tapes_dir = data.join("tapes");
+    std::fs::create_dir_all(&tapes_dir).unwrap();
+    std::fs::copy(tape, tapes_dir.join("copied.jsonl")).unwrap();
+    let listed = shadowcat(&data, &["tape", "list"]);
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.starts_with("ID "), "{listed}");
+    let short = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert_eq!(short.len(), 12, "{listed}");
+    let out = shadowcat(&data, &["tape", "show", &short[..8]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(short));
+    let out = shadowcat(&data, &["tape", "show", "nosuchtape"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nosuchtape: No such file or directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

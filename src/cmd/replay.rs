@@ -273,7 +273,10 @@ impl Play {
                         .await
                         .is_err()
                     {
-                        tracing::warn!(method = ?msg.method(), "the client did not answer a replayed request; going on");
+                        tracing::warn!(
+                            method = msg.method().map(crate::protocol::Method::as_str),
+                            "the client did not answer a replayed request; going on"
+                        );
                     }
                     continue;
                 }

@@ -171,7 +171,6 @@ pub fn details(r: &SessionRecord) -> String {
             tags.join(", ")
         },
     );
-    field("tape", "-".into());
     out
 }
 
@@ -223,6 +222,40 @@ pub fn run(cmd: SessionCommand, config: &Config) -> anyhow::Result<u8> {
     on(&store, cmd, &path.display().to_string())
 }
 
+/// The one session whose id starts with `prefix`, or whose digest (`s-4ec4a70f41f8`, as logs
+/// name sessions) does; `Err` says why there is not one.
+fn by_prefix(
+    store: &dyn SessionStore,
+    prefix: &str,
+) -> anyhow::Result<Result<SessionRecord, String>> {
+    if prefix.is_empty() {
+        return Ok(Err("no session \"\"".to_owned()));
+    }
+    let digest_of = |id: &str| {
+        crate::session::SessionId::parse(id)
+            .map_or_else(|_| String::new(), |id| id.digest().to_string())
+    };
+    let mut found: Vec<SessionRecord> = store
+        .list(StateFilter::All)?
+        .into_iter()
+        .filter(|r| {
+            r.id.starts_with(prefix) || (prefix.len() > 2 && digest_of(&r.id).starts_with(prefix))
+        })
+        .collect();
+    Ok(match found.len() {
+        0 => Err(format!("no session {prefix}")),
+        1 => Ok(found.swap_remove(0)),
+        n => {
+            let ids: Vec<&str> = found.iter().take(5).map(|r| r.id.as_str()).collect();
+            Err(format!(
+                "{n} sessions start with {prefix}: {}{}; give more of the id",
+                ids.join(", "),
+                if n > 5 { ", …" } else { "" }
+            ))
+        }
+    })
+}
+
 /// `cmd` against `store` (`place` names it).
 fn on(store: &dyn SessionStore, cmd: SessionCommand, place: &str) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
@@ -235,9 +268,15 @@ fn on(store: &dyn SessionStore, cmd: SessionCommand, place: &str) -> anyhow::Res
             }
         }
         SessionCommand::Show { id, format, .. } => {
-            let Some(record) = store.get(&id)? else {
-                eprintln!("shadowcat: no session {id} in {place}");
-                return Ok(1);
+            let record = match store.get(&id)? {
+                Some(record) => record,
+                None => match by_prefix(store, &id)? {
+                    Ok(record) => record,
+                    Err(why) => {
+                        eprintln!("shadowcat: {why} in {place}");
+                        return Ok(1);
+                    }
+                },
             };
             match format {
                 OutputFormat::Table => write!(out, "{}", details(&record))?,

@@ -88,6 +88,8 @@ pub fn run(cmd: TapeCommand, config: &Config) -> anyhow::Result<u8> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Listed {
+    /// The tape's id (`tape show`, `replay` and `tape verify` take its first characters).
+    pub id: String,
     /// The file.
     pub path: PathBuf,
     /// Its name, if it has one.
@@ -130,6 +132,7 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<Listed>> {
         let last = tape.frames.iter().map(|f| f.micros).max().unwrap_or(0);
         let end = tape.end.as_ref().map_or(0, |e| e.micros);
         rows.push(Listed {
+            id: tape.header.id.clone(),
             size: std::fs::metadata(&path).map_or(0, |m| m.len()),
             path,
             name: tape.header.name.clone(),
@@ -146,12 +149,14 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<Listed>> {
 
 fn list_table(rows: &[Listed]) -> String {
     let header = [
-        "NAME", "CREATED", "SESSION", "FRAMES", "DURATION", "SIZE", "END", "FILE",
+        "ID", "NAME", "CREATED", "SESSION", "FRAMES", "DURATION", "SIZE", "END", "FILE",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
+                // Enough to name it (`tape show 880662a7b8b8`); the JSON has it whole.
+                r.id.chars().take(12).collect(),
                 r.name.clone().unwrap_or_else(|| "-".into()),
                 r.created.clone(),
                 r.session.clone(),

@@ -10,6 +10,20 @@ use crate::transport::child::{ChildSpec, Restart};
 use super::recording::{Ask, Server, Target, secrets};
 use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
 
+/// The tape a command reads, if it reads one.
+fn tape_arg(command: &mut Command) -> Option<&mut std::path::PathBuf> {
+    match command {
+        Command::Replay(args) => Some(&mut args.tape),
+        Command::Tape(cmd) => match cmd {
+            TapeCommand::Show { tape, .. } | TapeCommand::Redact { tape, .. } => Some(tape),
+            TapeCommand::Verify(args) => Some(&mut args.tape),
+            TapeCommand::List { .. } => None,
+        },
+        Command::Rules(RulesCommand::Test { tape, .. }) => Some(tape),
+        _ => None,
+    }
+}
+
 /// The options a command proxies with, if it proxies.
 fn proxy_args(command: &Command) -> Option<&crate::cli::ProxyArgs> {
     match command {
@@ -49,9 +63,14 @@ pub enum Mode {
 
 /// The validated configuration and mode for a parsed command line, which it consumes. The
 /// config file is read once, here.
-pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
+pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
     let file = ConfigFile::read(&cli.global)?;
     let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
+    if let Some(tape) = tape_arg(&mut cli.command) {
+        // A tape may be named by its id's (or session's) first characters, as `tape list`
+        // shows them.
+        *tape = crate::tape::find(tape, &config.data_dir.join(super::TAPES_DIR))?;
+    }
     if let Command::Replay(args) = &cli.command {
         // Replay's spans: the gateway's with --listen, else the stdio server's own.
         config.traces = super::traces::options(&args.trace, file.inner())?;

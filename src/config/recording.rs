@@ -81,8 +81,11 @@ pub fn build(ask: Ask<'_>, secrets: &[String], http: bool) -> Result<Recording, 
     }
     let redactor = redactor(ask.redact, secrets)?;
     let server_transport = if http { "http" } else { "stdio" };
+    // Absolute: the session history names each tape, and is read from anywhere.
+    let target = std::path::absolute(&ask.path)
+        .map_err(|e| invalid(flag, format!("{}: {e}", ask.path.display())))?;
     Ok(Recording {
-        target: ask.path,
+        target,
         name: ask.name,
         mode: ask.mode,
         server_transport,

@@ -37,6 +37,17 @@ pub enum Shape {
     Unknown,
 }
 
+impl Shape {
+    /// `request`, `response` or `unknown`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Response => "response",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// Looks for the top-level `id` of a JSON object given its first and last bytes (which may
 /// overlap or be the whole frame), and for its shape. Returns `None` ids rather than guessing.
 pub fn inspect(head: &[u8], tail: &[u8]) -> Salvaged {

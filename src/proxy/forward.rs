@@ -232,7 +232,11 @@ impl<'a> ForwardStdio<'a> {
         // Our stdio first: if it fails, no child has been started that would need stopping.
         let (client_in, in_kind) = stdio::stdin().context("cannot open stdin")?;
         let (client_out, out_kind) = stdio::stdout().context("cannot open stdout")?;
-        tracing::debug!(?in_kind, ?out_kind, "stdio opened");
+        tracing::debug!(
+            input = in_kind.as_str(),
+            output = out_kind.as_str(),
+            "stdio opened"
+        );
         let metrics = Arc::new(Metrics::default());
         let pipeline =
             Pipeline::for_mode(config, metrics.clone(), sessions.clone(), observers, None);

@@ -202,7 +202,7 @@ impl<R: Deliver> Relay<R> {
             found.id = Some(id.clone());
         }
         let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-        tracing::warn!(direction = self.direction.as_str(), %error, id = ?found.id, shape = ?found.shape, %preview,
+        tracing::warn!(direction = self.direction.as_str(), %error, id = found.id.as_ref().map(tracing::field::display), shape = found.shape.as_str(), %preview,
             "malformed message; not forwarded");
         let to_sender = error.to_proxy_error();
         let to_receiver = ProxyError::new(
@@ -219,8 +219,14 @@ impl<R: Deliver> Relay<R> {
         self.pipeline.metrics().oversized(self.direction);
         let found = salvage::inspect(head, tail);
         let limit = self.max_message_size;
-        tracing::warn!(direction = self.direction.as_str(), len, limit, id = ?found.id, shape = ?found.shape,
-            "discarded an over-long message");
+        tracing::warn!(
+            direction = self.direction.as_str(),
+            len,
+            limit,
+            id = found.id.as_ref().map(tracing::field::display),
+            shape = found.shape.as_str(),
+            "discarded an over-long message"
+        );
         let too_large = |code, what: String| {
             ProxyError::new(
                 code,

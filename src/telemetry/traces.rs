@@ -91,7 +91,11 @@ impl Tracer {
     pub fn start(options: &TraceOptions) -> anyhow::Result<Arc<Self>> {
         let counts = Arc::new(export::Counts::default());
         let (queue, exporting) = export::Queue::start(options, counts.clone())?;
-        tracing::info!(endpoint = %options.endpoint, protocol = ?options.protocol, "exporting traces over OTLP");
+        let protocol = match options.protocol {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::Http => "http",
+        };
+        tracing::info!(endpoint = %options.endpoint, protocol, "exporting traces over OTLP");
         Ok(Arc::new(Self {
             payloads: options.payloads.clone(),
             sample_ratio: options.sample_ratio,

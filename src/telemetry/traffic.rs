@@ -5,9 +5,10 @@
 //!
 //! It is a watcher of the live feed ([`super::feed`]), so it costs the traffic what the feed
 //! costs: an event built per message (without a body unless bodies are shown), never a wait. A
-//! printer that falls behind loses the oldest lines, and says how many. Lines are logged under
-//! the target `shadowcat::traffic` (to stderr, or `--log-file`; in `--log-format json` with
-//! each part a field), whatever `--log-level` says.
+//! printer that falls behind loses the oldest lines, and says how many. The lines go through
+//! the log's background writer (to stderr, or `--log-file`), a batch of them per write, looking
+//! like log lines of the target `shadowcat::traffic` (in `--log-format json`, records with each
+//! part a field), whatever `--log-level` says.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
@@ -181,6 +182,9 @@ pub fn pretty(text: &str, truncated: bool, size: usize) -> String {
     out
 }
 
+/// Most events written in one batch.
+const BATCH: usize = 1024;
+
 /// Prints the feed's events until `stop`, then what is left of them.
 pub fn spawn(
     feed: &Arc<Feed>,
@@ -197,25 +201,36 @@ pub fn spawn(
         show,
         format,
         names: Names::default(),
+        out: super::log_out(),
+        batch: String::new(),
     };
     Some(Task::spawn("traffic", async move {
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
-                next = printer.watcher.next() => {
-                    if !printer.print(next) {
-                        return;
-                    }
-                }
+                next = printer.watcher.next() => next,
                 () = stop.cancelled() => break,
+            };
+            // What else is ready goes in the same write: one wake of the writer per batch.
+            let mut open = printer.add(next);
+            for _ in 1..BATCH {
+                let Some(next) = printer.watcher.try_next().filter(|_| open) else {
+                    break;
+                };
+                open = printer.add(next);
+            }
+            printer.flush();
+            if !open {
+                return;
             }
         }
         // The proxy is done: what was published before is printed, nothing waited for.
         while let Some(next) = printer.watcher.try_next() {
-            if !printer.print(next) {
-                return;
+            if !printer.add(next) {
+                break;
             }
         }
+        printer.flush();
     }))
 }
 
@@ -224,19 +239,73 @@ struct Printer {
     show: Show,
     format: LogFormat,
     names: Names,
+    /// The log's writer (stderr or `--log-file`, off the proxy's thread).
+    out: Option<tracing_appender::non_blocking::NonBlocking>,
+    /// Lines not yet written.
+    batch: String,
 }
 
 impl Printer {
-    /// Prints one thing the feed said; `false` once it is closed.
-    fn print(&mut self, next: Next) -> bool {
+    /// Adds one thing the feed said to the batch; `false` once the feed is closed.
+    fn add(&mut self, next: Next) -> bool {
         match next {
             Next::Event(event) => self.line(&event),
-            Next::Missed(n) => {
-                tracing::warn!(target: TARGET, parent: None, "{n} messages not shown: the traffic view fell behind");
-            }
+            Next::Missed(n) => self.record(
+                "WARN",
+                &format!("{n} messages not shown: the traffic view fell behind"),
+                None,
+            ),
             Next::Closed => return false,
         }
         true
+    }
+
+    /// Writes the batch: one write to the log's writer.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        match &mut self.out {
+            Some(out) => {
+                // The writer never blocks: when its queue is full it drops, as logs do.
+                let _ = std::io::Write::write_all(out, self.batch.as_bytes());
+            }
+            // No log writer (logging not set up): through tracing, line by line.
+            None => {
+                for line in self.batch.lines() {
+                    tracing::info!(target: TARGET, parent: None, "{line}");
+                }
+            }
+        }
+        self.batch.clear();
+        if self.batch.capacity() > 1 << 20 {
+            self.batch.shrink_to(64 * 1024);
+        }
+    }
+
+    /// Adds a log record as the log writes them: text, or a JSON object with `fields`.
+    fn record(&mut self, level: &str, message: &str, fields: Option<serde_json::Value>) {
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        match self.format {
+            LogFormat::Text => {
+                let _ = writeln!(self.batch, "{now} {level:>5} {TARGET}: {message}");
+            }
+            LogFormat::Json => {
+                let mut fields = fields.unwrap_or_else(|| serde_json::json!({}));
+                if let serde_json::Value::Object(map) = &mut fields {
+                    // As the log writes fields: those without a value are left out.
+                    map.retain(|_, v| !v.is_null());
+                }
+                fields["message"] = serde_json::Value::String(message.to_owned());
+                let record = serde_json::json!({
+                    "timestamp": now.to_string(),
+                    "level": level,
+                    "fields": fields,
+                    "target": TARGET,
+                });
+                let _ = writeln!(self.batch, "{record}");
+            }
+        }
     }
 
     fn line(&mut self, event: &Event) {
@@ -252,35 +321,41 @@ impl Printer {
             size: event.body.size,
             latency_us: event.latency_us,
             did: did.clone(),
-        };
-        let body = (self.show == Show::Bodies).then(|| {
-            let mut body = pretty(&event.body.text, event.body.truncated, event.body.size);
-            if let Some(answer) = &event.answer {
-                body.push_str("\n  the proxy answered:\n");
-                body.push_str(&pretty(&answer.text, answer.truncated, answer.size));
+        }
+        .to_string();
+        let bodies = self.show == Show::Bodies;
+        match self.format {
+            LogFormat::Text if bodies => {
+                let mut text = line;
+                text.push('\n');
+                text.push_str(&pretty(
+                    &event.body.text,
+                    event.body.truncated,
+                    event.body.size,
+                ));
+                if let Some(answer) = &event.answer {
+                    text.push_str("\n  the proxy answered:\n");
+                    text.push_str(&pretty(&answer.text, answer.truncated, answer.size));
+                }
+                self.record("INFO", &text, None);
             }
-            body
-        });
-        match (self.format, body) {
-            (LogFormat::Text, None) => tracing::info!(target: TARGET, parent: None, "{line}"),
-            (LogFormat::Text, Some(body)) => {
-                tracing::info!(target: TARGET, parent: None, "{line}\n{body}");
+            LogFormat::Text => self.record("INFO", &line, None),
+            LogFormat::Json => {
+                let fields = serde_json::json!({
+                    "session": &*event.session,
+                    "direction": event.direction,
+                    "kind": event.kind,
+                    "method": event.method,
+                    "name": name.as_deref(),
+                    "id": event.id,
+                    "size": event.body.size,
+                    "latency_us": event.latency_us,
+                    "did": did,
+                    "body": bodies.then_some(event.body.text.as_str()),
+                    "answer": event.answer.as_ref().filter(|_| bodies).map(|a| a.text.as_str()),
+                });
+                self.record("INFO", &line, Some(fields));
             }
-            (LogFormat::Json, _) => tracing::info!(
-                target: TARGET,
-                parent: None,
-                session = %event.session,
-                direction = event.direction,
-                kind = event.kind,
-                method = event.method.as_deref(),
-                name = name.as_deref(),
-                id = event.id.as_deref(),
-                size = event.body.size,
-                latency_us = event.latency_us,
-                did = did.as_deref(),
-                body = (self.show == Show::Bodies).then_some(event.body.text.as_str()),
-                "{line}"
-            ),
         }
     }
 }

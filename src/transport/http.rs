@@ -193,6 +193,11 @@ impl HttpClient {
         client
     }
 
+    /// Whether it sends credentials: a fixed `Authorization` or ones that are renewed.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some() || self.headers.contains_key(http::header::AUTHORIZATION)
+    }
+
     /// The fixed `Authorization` it sends, if any.
     pub fn authorization(&self) -> Option<&HeaderValue> {
         self.headers.get(http::header::AUTHORIZATION)

@@ -44,6 +44,17 @@ pub enum StdioKind {
     Blocking,
 }
 
+impl StdioKind {
+    /// `pipe`, `socket` or `blocking`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pipe => "pipe",
+            Self::Socket => "socket",
+            Self::Blocking => "blocking",
+        }
+    }
+}
+
 /// Opens our stdin for async reading.
 pub fn stdin() -> io::Result<(BoxReader, StdioKind)> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;

@@ -298,6 +298,8 @@ impl Answering {
                 status,
                 content_type,
                 body,
+                said,
+                ..
             } => {
                 let id = id.filter(|id| self.answered(id, true));
                 if self.expected.is_empty() && id.is_some() && !self.batch {
@@ -307,11 +309,8 @@ impl Answering {
                         body,
                     };
                 }
-                let error = ProxyError::new(
-                    ErrorCode::UpstreamHttpError,
-                    format!("the upstream answered HTTP {status}"),
-                )
-                .with("httpStatus", status.as_u16());
+                let error = ProxyError::new(ErrorCode::UpstreamHttpError, said)
+                    .with("httpStatus", status.as_u16());
                 match id {
                     Some(id) => Arrival::Answer(error.to_response(Some(&id))),
                     None => Arrival::Rejected {

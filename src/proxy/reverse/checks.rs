@@ -102,7 +102,7 @@ pub(super) async fn guard(
             .to_str()
             .is_ok_and(|o| gateway.reverse.allowed_origins.allows(o));
         if !allowed {
-            tracing::warn!(origin = ?origin, "refused a request from a disallowed Origin");
+            tracing::warn!(origin = %String::from_utf8_lossy(origin.as_bytes()), "refused a request from a disallowed Origin");
             return refuse(
                 StatusCode::FORBIDDEN,
                 format!(

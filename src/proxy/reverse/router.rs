@@ -285,7 +285,10 @@ impl Router {
     async fn drop_undeliverable(&self, msg: &Message) {
         self.undeliverable
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(method = ?msg.method(), "no open request to deliver a server message to; dropped");
+        tracing::debug!(
+            method = msg.method().map(crate::protocol::Method::as_str),
+            "no open request to deliver a server message to; dropped"
+        );
         let (Some(id), Kind::Request) = (msg.id(), msg.kind()) else {
             return;
         };

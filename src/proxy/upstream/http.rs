@@ -41,7 +41,7 @@ mod recovery;
 mod streams;
 
 pub use legacy::LegacyStream;
-pub use post::session_lost;
+pub use post::{refusal, session_lost};
 pub use recovery::{Handshake, Recovery};
 
 /// How long a message shadowcat itself sends the upstream (a cancellation, an error for one of
@@ -383,7 +383,12 @@ impl<C: Deliver + 'static> HttpSession<C> {
         };
         let ((), lost) = tokio::join!(exchange, pass_replies(replies, sink));
         if lost {
-            tracing::warn!(session = %self.session.id().digest(), "the upstream no longer knows this session; ending it");
+            if self.upstream_session().is_some() {
+                tracing::warn!(session = %self.session.id().digest(), "the upstream no longer knows this session; ending it");
+            } else {
+                // A wrong URL, said already (`post::refusal`).
+                tracing::debug!(session = %self.session.id().digest(), "the upstream gave no session; ending it");
+            }
             self.backend
                 .sessions
                 .end(self.session.id(), EndReason::Error);
@@ -426,20 +431,22 @@ pub async fn pass_replies<D: Deliver>(
                 let _ = sink.deliver(msg).await;
             }
             Reply::Rejected {
-                id, status, body, ..
+                id,
+                status,
+                body,
+                said,
+                lost: gone,
+                ..
             } => {
-                lost |= session_lost(status, &body);
+                lost |= gone;
                 let Some(id) = id else { continue };
                 // The upstream's own JSON-RPC error, if its refusal carried one.
                 let answer = Message::parse(body)
                     .ok()
                     .and_then(|m| m.error_for(&id))
                     .unwrap_or_else(|| {
-                        let error = ProxyError::new(
-                            ErrorCode::UpstreamHttpError,
-                            format!("the upstream answered HTTP {status}"),
-                        )
-                        .with("httpStatus", status.as_u16());
+                        let error = ProxyError::new(ErrorCode::UpstreamHttpError, said)
+                            .with("httpStatus", status.as_u16());
                         Message::error_response(Some(&id), &error)
                     });
                 let _ = sink.deliver(answer).await;
@@ -499,7 +506,10 @@ impl<C: Deliver + 'static> Deliver for HttpSession<C> {
                 Err(Closed)
             }
             Err(_) => {
-                tracing::warn!(method = ?msg.method(), "the upstream did not take a message in time");
+                tracing::warn!(
+                    method = msg.method().map(Method::as_str),
+                    "the upstream did not take a message in time"
+                );
                 Err(Closed)
             }
         }

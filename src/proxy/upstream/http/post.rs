@@ -2,6 +2,7 @@
 //! stream by [`super::streams`]), refused (the HTTP status passed on), failed (an error for the
 //! request); the back-compat probe when an initialize is refused; the session DELETEd at the end.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,6 +29,40 @@ pub fn session_lost(status: http::StatusCode, body: &[u8]) -> bool {
             v.pointer("/error/code").and_then(serde_json::Value::as_i64)
                 == Some(crate::protocol::error::peer::METHOD_NOT_FOUND)
         })
+}
+
+/// What a client is told of an upstream's HTTP refusal that carries no JSON-RPC error: the
+/// status, the start of the body, and what usually causes it. A 404 before the upstream gave a
+/// session is a wrong URL, not a lost session; a 401 or 403 is about credentials.
+pub fn refusal(
+    status: http::StatusCode,
+    body: &[u8],
+    client: &crate::transport::http::HttpClient,
+    had_session: bool,
+) -> String {
+    let mut said = format!("the upstream answered HTTP {status}");
+    let text = String::from_utf8_lossy(body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !text.is_empty() {
+        let cut: String = text.chars().take(300).collect();
+        let more = if cut.len() < text.len() { "…" } else { "" };
+        let _ = write!(said, ": {cut}{more}");
+    }
+    let hint = match status.as_u16() {
+        404 if !had_session => format!(
+            "; {} has no MCP endpoint: check the URL's path (servers usually serve /mcp)",
+            client.shown()
+        ),
+        401 | 403 if !client.has_credentials() => "; it wants credentials: give a token with \
+            --bearer-token-env VAR or --bearer-token-file FILE (docs/auth.md)"
+            .to_owned(),
+        401 | 403 => "; it refused the credentials sent (--bearer-token-env, --bearer-token-file, \
+            an Authorization --header or the token grant)"
+            .to_owned(),
+        _ => String::new(),
+    };
+    said.push_str(&hint);
+    said
 }
 
 /// Whether `msg` may be sent twice without harm, should the first try's fate be unknown.
@@ -343,12 +378,19 @@ impl<C: Deliver + 'static> HttpSession<C> {
         if let Some(id) = &id {
             self.session.pending(Direction::ClientToServer).remove(id);
         }
+        let had_session = self.upstream_session().is_some();
+        let said = refusal(status, &body, self.backend.client(), had_session);
+        if matches!(status.as_u16(), 401 | 403 | 404) {
+            tracing::warn!(session = %self.session.id().digest(), "{said}");
+        }
         let _ = reply
             .send(Reply::Rejected {
                 id,
                 status,
                 content_type,
+                lost: session_lost(status, &body),
                 body,
+                said,
             })
             .await;
     }

@@ -75,7 +75,13 @@ impl<C: Deliver + 'static> HttpSession<C> {
                             == Some("text/event-stream") =>
                 {
                     if backoff.failures() > 0 {
-                        tracing::info!(last_event_id = ?position.last_event_id, "reconnected to the upstream's GET stream");
+                        tracing::info!(
+                            last_event_id = position
+                                .last_event_id
+                                .as_ref()
+                                .and_then(|v| v.to_str().ok()),
+                            "reconnected to the upstream's GET stream"
+                        );
                     }
                     backoff.reset();
                     refusals = 0;
@@ -83,7 +89,13 @@ impl<C: Deliver + 'static> HttpSession<C> {
                     tracing::debug!("relaying the upstream's GET stream");
                     self.relay_stream(response.into_body(), None, &mut position)
                         .await;
-                    tracing::debug!(last_event_id = ?position.last_event_id, "the upstream's GET stream ended; reconnecting");
+                    tracing::debug!(
+                        last_event_id = position
+                            .last_event_id
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok()),
+                        "the upstream's GET stream ended; reconnecting"
+                    );
                 }
                 Ok(response) if response.status() == http::StatusCode::METHOD_NOT_ALLOWED => {
                     tracing::debug!("the upstream offers no GET stream");
@@ -148,7 +160,10 @@ impl<C: Deliver + 'static> HttpSession<C> {
             let last = position.last_event_id.clone()?;
             let attempt = async {
                 tokio::time::sleep(backoff.next_delay(position.retry)).await;
-                tracing::info!(last_event_id = ?last, "a request's stream from the upstream broke before its answer; resuming it");
+                tracing::info!(
+                    last_event_id = last.to_str().unwrap_or("(not text)"),
+                    "a request's stream from the upstream broke before its answer; resuming it"
+                );
                 let session = self.upstream_session();
                 let version = self.protocol_version();
                 self.client()
