@@ -16,12 +16,18 @@ section() {
   cat <<'HEAD'
 # Command-line reference
 
-Every option except `--env`, `--cwd` and the trailing command (which describe the server being
-started) can also be
-set by an environment variable `SHADOWCAT_<NAME>` (shown in the help below) and by a key in the
-`--config` TOML file named like the long option with underscores (`max_message_size = "16MiB"`).
-Flags beat the environment, which beats the file; unknown keys in the file are an error (reported
-with line and column).
+Every option of the proxying commands (`forward stdio`, `reverse`, `record`) can also be set by
+an environment variable `SHADOWCAT_<NAME>` (shown in the help below) and by a key in the
+`--config` TOML file named like the long option with underscores (`max_message_size = "16MiB"`),
+except: `--url` and `--header` (a variable would clash with a server command after `--`), `--env`
+(the server inherits shadowcat's environment: set the variable itself), and `record`'s
+`--output` and `--name` (one run's tape). `src/config.rs` checks this against the options'
+definitions. A repeatable option's variable gives one value (`SHADOWCAT_RATE_LIMIT=client=10/s`);
+give several in the file's list (`rate_limit = ["client=10/s", "global=500/s"]`). Flags beat the
+environment, which beats the file; unknown keys in the file are an error (reported with line and
+column), and a `SHADOWCAT_*` variable that no option reads is warned about at start (a typo
+would otherwise be ignored). The other commands' options (`tape`, `session`, `rules`) are flags
+only.
 
 Sizes take a number of bytes or a unit: `512KiB`, `32MiB`, `1GB`. Durations take
 [humantime](https://docs.rs/humantime) values: `5s`, `1500ms`, `10m`, `2h 30m`; zero, negative

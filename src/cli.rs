@@ -150,13 +150,13 @@ pub struct RecordArgs {
     /// Record sessions to tapes (docs/tapes.md). forward: this tape file, or a new file in this
     /// directory; reverse: one tape per session in this directory (created if missing), named
     /// by time and session. An existing file is never overwritten.
-    #[arg(long, value_name = "FILE|DIR")]
+    #[arg(long, env = "SHADOWCAT_RECORD", value_name = "FILE|DIR")]
     pub record: Option<PathBuf>,
     /// Mask the values at this RFC 9535 JSONPath in every recorded message and in traced
     /// payloads (--trace-payloads), e.g. '$.params.arguments.password' (repeatable). Headers
     /// are never recorded, and the value of an Authorization or Cookie header or
     /// --bearer-token-env is masked wherever it appears.
-    #[arg(long, value_name = "JSONPATH")]
+    #[arg(long, env = "SHADOWCAT_REDACT", value_name = "JSONPATH")]
     pub redact: Vec<String>,
 }
 
@@ -201,7 +201,7 @@ pub struct RecordCmd {
     #[arg(long)]
     pub name: Option<String>,
     /// Mask the values at this RFC 9535 JSONPath in every recorded message (repeatable).
-    #[arg(long, value_name = "JSONPATH")]
+    #[arg(long, env = "SHADOWCAT_REDACT", value_name = "JSONPATH")]
     pub redact: Vec<String>,
     /// Proxy limits and timeouts.
     #[command(flatten)]
@@ -218,7 +218,7 @@ pub struct ChildArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub env: Vec<(OsString, OsString)>,
     /// Working directory for the server. [default: ours]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "SHADOWCAT_CWD", value_name = "DIR")]
     pub cwd: Option<PathBuf>,
 }
 
@@ -244,7 +244,7 @@ pub struct UpstreamArgs {
     pub resume_timeout: Option<String>,
     /// Environment variable holding a bearer token for the HTTP server, sent as
     /// "Authorization: Bearer <token>" to that server only, and never logged.
-    #[arg(long, value_name = "VAR")]
+    #[arg(long, env = "SHADOWCAT_BEARER_TOKEN_ENV", value_name = "VAR")]
     pub bearer_token_env: Option<String>,
     /// File holding a bearer token for the HTTP server (its first line); read again when the
     /// server refuses the token (401), so a rotated secret is picked up.
@@ -268,7 +268,11 @@ pub struct UpstreamArgs {
     )]
     pub upstream_client_secret_file: Option<PathBuf>,
     /// A scope to ask the --upstream-token-url authorization server for (repeatable).
-    #[arg(long = "upstream-scope", value_name = "SCOPE")]
+    #[arg(
+        long = "upstream-scope",
+        env = "SHADOWCAT_UPSTREAM_SCOPE",
+        value_name = "SCOPE"
+    )]
     pub upstream_scope: Vec<String>,
     /// Instead of a token of our own, trade each caller's token at --upstream-token-url for
     /// one for the server (RFC 8693 token exchange: the caller's identity kept, the gateway
@@ -357,12 +361,20 @@ pub struct AuthArgs {
     pub auth_jwks_file: Option<PathBuf>,
     /// A scope every token must carry (repeatable); one missing is answered 403
     /// `insufficient_scope` naming it.
-    #[arg(long = "auth-scope", value_name = "SCOPE")]
+    #[arg(
+        long = "auth-scope",
+        env = "SHADOWCAT_AUTH_SCOPE",
+        value_name = "SCOPE"
+    )]
     pub auth_scope: Vec<String>,
     /// A token claim to keep with the caller's identity (repeatable), for rules' `claim:`
     /// conditions (e.g. `groups`, `tenant`); `sub` and `iss` are always known. A rule on a
     /// claim not kept refuses the messages it would have to decide.
-    #[arg(long = "auth-claim", value_name = "CLAIM")]
+    #[arg(
+        long = "auth-claim",
+        env = "SHADOWCAT_AUTH_CLAIM",
+        value_name = "CLAIM"
+    )]
     pub auth_claim: Vec<String>,
     /// The resource identifier published in the metadata (the URL clients use for the MCP
     /// endpoint, e.g. https://mcp.example.com/mcp). [default: http://<Host><--path>]
@@ -465,18 +477,30 @@ pub struct ReverseArgs {
     pub upstream: Option<String>,
     /// A header sent with every request to the upstream, e.g. "Authorization: Bearer xyz"
     /// (repeatable). Clients' own credentials are never forwarded.
-    #[arg(long = "upstream-header", value_name = "NAME: VALUE")]
+    #[arg(
+        long = "upstream-header",
+        env = "SHADOWCAT_UPSTREAM_HEADER",
+        value_name = "NAME: VALUE"
+    )]
     pub upstream_header: Vec<String>,
     /// An Origin allowed to call the gateway (repeatable; `*` allows any). Requests with another
     /// Origin get 403; requests without one (non-browser clients) are allowed. Also the origins
     /// CORS answers. [default: http(s)://localhost, 127.0.0.1 and [::1], any port]
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "allowed-origin",
+        env = "SHADOWCAT_ALLOWED_ORIGIN",
+        value_name = "ORIGIN"
+    )]
     pub allowed_origin: Vec<String>,
     /// A proxy in front of the gateway whose X-Forwarded-For is believed, as an address or a
     /// CIDR range, e.g. 10.0.0.0/8 (repeatable). Per-client rate limits key on the socket's
     /// peer address, or behind these proxies on the nearest untrusted X-Forwarded-For address.
     /// [default: none: X-Forwarded-For is ignored]
-    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    #[arg(
+        long = "trusted-proxy",
+        env = "SHADOWCAT_TRUSTED_PROXY",
+        value_name = "ADDR"
+    )]
     pub trusted_proxy: Vec<String>,
     /// Address for /healthz, /readyz and /metrics (Prometheus). A non-loopback address needs
     /// --admin-token-file. [default: off]
@@ -615,7 +639,11 @@ pub struct ProxyArgs {
     /// and RATE is like 10/s, 100/min or 5/30s; e.g. client=10/s,burst=20. A request over a
     /// limit is answered with a rate_limited error (HTTP: 429 with Retry-After), a notification
     /// over one is dropped. [default: no limits]
-    #[arg(long = "rate-limit", value_name = "LIMIT")]
+    #[arg(
+        long = "rate-limit",
+        env = "SHADOWCAT_RATE_LIMIT",
+        value_name = "LIMIT"
+    )]
     pub rate_limit: Vec<String>,
     /// Trace export (docs/observability.md).
     #[command(flatten)]
@@ -660,7 +688,11 @@ pub struct TraceArgs {
     #[arg(long, env = "SHADOWCAT_OTLP_PROTOCOL", value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
     /// A header sent with every export, NAME=VALUE (repeatable), e.g. an API key.
-    #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
+    #[arg(
+        long = "otlp-header",
+        env = "SHADOWCAT_OTLP_HEADER",
+        value_name = "NAME=VALUE"
+    )]
     pub otlp_header: Vec<String>,
     /// A PEM file of CA certificates to trust for an https:// collector, besides the
     /// platform's (a private CA).
@@ -680,6 +712,55 @@ pub struct TraceArgs {
     pub service_name: Option<String>,
 }
 
+/// The `SHADOWCAT_*` variables in `vars` that no option reads (likely misspelt), leaving out
+/// the test suite's (`SHADOWCAT_TEST_*`) and the variables the command line names as holding a
+/// secret (`--bearer-token-env VAR`, `--cluster-key-env VAR`, in `args`).
+pub fn unknown_env_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+    args: &[String],
+) -> Vec<String> {
+    let candidates: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("SHADOWCAT_") && !name.starts_with("SHADOWCAT_TEST_"))
+        .collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let mut known = std::collections::HashSet::new();
+    let mut stack = vec![<Cli as clap::CommandFactory>::command()];
+    while let Some(command) = stack.pop() {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        stack.extend(command.get_subcommands().cloned());
+    }
+    // Variables named as holding a secret, on the command line or by their own variables.
+    let naming = ["--bearer-token-env", "--cluster-key-env"];
+    for (i, arg) in args.iter().enumerate() {
+        for flag in naming {
+            if arg == flag {
+                known.extend(args.get(i + 1).cloned());
+            } else if let Some(value) = arg.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+                known.insert(value.to_owned());
+            }
+        }
+    }
+    for (name, value) in &candidates {
+        if name == "SHADOWCAT_BEARER_TOKEN_ENV" || name == "SHADOWCAT_CLUSTER_KEY_ENV" {
+            known.insert(value.clone());
+        }
+    }
+    let mut unknown: Vec<String> = candidates
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !known.contains(name))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
@@ -696,6 +777,39 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unknown_shadowcat_variables_are_found_and_named_secrets_are_not() {
+        let vars = [
+            ("SHADOWCAT_MAX_SESSIONS", "5"),
+            ("SHADOWCAT_MAX_SESIONS", "5"),
+            ("SHADOWCAT_RATE_LIMIT", "client=1/s"),
+            ("SHADOWCAT_RECORD", "x"),
+            ("SHADOWCAT_API_TOKEN", "secret"),
+            ("SHADOWCAT_KEY", "secret"),
+            ("SHADOWCAT_CLUSTER_KEY_ENV", "SHADOWCAT_KEY"),
+            ("SHADOWCAT_TEST_ENV", "/tmp"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let args: Vec<String> = [
+            "shadowcat",
+            "forward",
+            "stdio",
+            "--bearer-token-env",
+            "SHADOWCAT_API_TOKEN",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            unknown_env_vars(vars.clone(), &args),
+            ["SHADOWCAT_MAX_SESIONS"]
+        );
+        assert_eq!(
+            unknown_env_vars(vars, &[]),
+            ["SHADOWCAT_API_TOKEN", "SHADOWCAT_MAX_SESIONS"]
+        );
     }
 
     #[test]

@@ -190,6 +190,9 @@ struct FileConfig {
     trace_payloads: Option<bool>,
     service_name: Option<String>,
     traffic: Option<crate::telemetry::traffic::Show>,
+    record: Option<PathBuf>,
+    redact: Option<Vec<String>>,
+    cwd: Option<PathBuf>,
     ui_listen: Option<String>,
     ui_trace_url: Option<String>,
     ui_token_file: Option<PathBuf>,
@@ -559,6 +562,53 @@ pub fn child_spec(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// Every option of the proxying commands has a variable `SHADOWCAT_<NAME>` and a config
+    /// file key `<name>`, both derived from the option's long name; the exceptions are listed
+    /// (and said in docs/cli.md).
+    #[test]
+    fn every_proxying_option_has_its_variable_and_config_key() {
+        // `--url` and `--header`: a variable would clash with a server command given after `--`;
+        // `--env`: the server inherits our environment, so set the variable itself; `record`'s
+        // `--output` and `--name`: one run's tape; `--config`, `--help`, `--version`: about the
+        // command line itself.
+        const NEITHER: [&str; 8] = [
+            "url", "header", "env", "output", "name", "config", "help", "version",
+        ];
+        let root = <crate::cli::Cli as clap::CommandFactory>::command();
+        let mut checked = 0;
+        for path in [&["forward", "stdio"][..], &["reverse"], &["record"]] {
+            let mut command = root.clone();
+            for name in path {
+                command = command.find_subcommand(name).unwrap().clone();
+            }
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if NEITHER.contains(&long) {
+                    continue;
+                }
+                let env = format!("SHADOWCAT_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(
+                    arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    Some(env),
+                    "{path:?} --{long}"
+                );
+                let key = long.replace('-', "_");
+                // Any value: a key the file does not have is refused as unknown.
+                let text = format!("{key} = []");
+                let error = toml::from_str::<FileConfig>(&text)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    !error.contains("unknown field"),
+                    "--{long}: no `{key}` key: {error}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 150, "{checked}");
+    }
+
     use std::io::Write;
 
     use super::*;

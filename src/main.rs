@@ -28,6 +28,19 @@ fn main() -> ExitCode {
             Ok(guard) => guard,
             Err(e) => return fail(&e),
         };
+    // A misspelt variable would otherwise be ignored without a word.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let vars = std::env::vars_os().filter_map(|(name, value)| {
+        Some((
+            name.into_string().ok()?,
+            value.to_string_lossy().into_owned(),
+        ))
+    });
+    for name in shadowcat::cli::unknown_env_vars(vars, &args) {
+        tracing::warn!("{name} is set, but no option reads it (see docs/cli.md)");
+    }
     match app::run(mode, &config) {
         Ok(code) => ExitCode::from(code),
         Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,

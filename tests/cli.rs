@@ -498,3 +498,69 @@ fn a_fatal_error_is_said_once_and_logs_carry_no_debug_dumps() {
         assert!(!stderr.contains(dump), "{dump}: {stderr}");
     }
 }
+
+/// The options the issue found without a variable or a key now have both: a rate limit from
+/// `SHADOWCAT_RATE_LIMIT` and one from the file's `rate_limit` refuse the same third ping;
+/// `SHADOWCAT_RECORD` and the file's `record` each write a tape. A misspelt `SHADOWCAT_*`
+/// variable is warned about by name.
+#[test]
+fn rate_limit_and_record_come_from_the_environment_or_the_file_and_typos_are_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, String)], file: &str| {
+        let config = dir.path().join("shadowcat.toml");
+        std::fs::write(&config, file).unwrap();
+        let mut cmd = support::command();
+        cmd.args([
+            "--config",
+            config.to_str().unwrap(),
+            "forward",
+            "stdio",
+            "--",
+        ])
+        .arg(support::fixture());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proxy = support::Proxy::spawn(cmd);
+        proxy.initialize();
+        let answers: Vec<serde_json::Value> = (1..=3)
+            .map(|id| proxy.call(id, "ping", serde_json::json!({})))
+            .collect();
+        proxy.close_stdin();
+        assert!(proxy.wait_exit(support::WAIT).success());
+        (answers, proxy.stderr_text())
+    };
+    let limited = |answers: &[serde_json::Value]| {
+        answers
+            .iter()
+            .map(|a| a["error"]["code"] == -32092)
+            .collect::<Vec<_>>()
+    };
+    let tape_env = dir.path().join("env.jsonl");
+    let (answers, stderr) = run(
+        &[
+            ("SHADOWCAT_RATE_LIMIT", "method=2/min,method=ping".into()),
+            ("SHADOWCAT_RECORD", tape_env.display().to_string()),
+            ("SHADOWCAT_MAX_SESIONS", "5".into()),
+        ],
+        "",
+    );
+    assert_eq!(limited(&answers), [false, false, true], "{answers:?}");
+    assert!(tape_env.exists(), "{stderr}");
+    assert!(
+        stderr.contains("SHADOWCAT_MAX_SESIONS is set, but no option reads it (see docs/cli.md)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SHADOWCAT_RATE_LIMIT is set"), "{stderr}");
+    let tape_file = dir.path().join("file.jsonl");
+    let (answers, stderr) = run(
+        &[],
+        &format!(
+            "rate_limit = [\"method=2/min,method=ping\"]\nrecord = {:?}\n",
+            tape_file.display().to_string()
+        ),
+    );
+    assert_eq!(limited(&answers), [false, false, true], "{answers:?}");
+    assert!(tape_file.exists(), "{stderr}");
+    assert!(!stderr.contains("no option reads it"), "{stderr}");
+}

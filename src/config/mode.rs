@@ -10,6 +10,34 @@ use crate::transport::child::{ChildSpec, Restart};
 use super::recording::{Ask, Server, Target, secrets};
 use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
 
+/// The options the config file gives that its parts read from the parsed command line:
+/// `record`, `redact` and `cwd`, where the command line (flag or variable) gives none.
+fn fill_from_file(command: &mut Command, file: &super::FileConfig) {
+    let (recording, redact, child) = match command {
+        Command::Forward(ForwardCommand::Stdio(args)) => (
+            Some(&mut args.recording.record),
+            &mut args.recording.redact,
+            &mut args.server.child,
+        ),
+        Command::Reverse(args) => (
+            Some(&mut args.recording.record),
+            &mut args.recording.redact,
+            &mut args.child,
+        ),
+        Command::Record(args) => (None, &mut args.redact, &mut args.server.child),
+        _ => return,
+    };
+    if let Some(record) = recording.filter(|r| r.is_none()) {
+        record.clone_from(&file.record);
+    }
+    if redact.is_empty() {
+        redact.clone_from(file.redact.as_ref().unwrap_or(&Vec::new()));
+    }
+    if child.cwd.is_none() {
+        child.cwd.clone_from(&file.cwd);
+    }
+}
+
 /// The tape a command reads, if it reads one.
 fn tape_arg(command: &mut Command) -> Option<&mut std::path::PathBuf> {
     match command {
@@ -66,6 +94,7 @@ pub enum Mode {
 pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
     let file = ConfigFile::read(&cli.global)?;
     let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
+    fill_from_file(&mut cli.command, file.inner());
     if let Some(tape) = tape_arg(&mut cli.command) {
         // A tape may be named by its id's (or session's) first characters, as `tape list`
         // shows them.

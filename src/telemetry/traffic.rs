@@ -185,6 +185,11 @@ pub fn pretty(text: &str, truncated: bool, size: usize) -> String {
 /// Most events written in one batch.
 const BATCH: usize = 1024;
 
+/// How long the printer lets a batch gather after its first message: lines show at most this
+/// late, and the feed's ring (512 events) holds what comes meanwhile up to 250,000 messages a
+/// second.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Prints the feed's events until `stop`, then what is left of them.
 pub fn spawn(
     feed: &Arc<Feed>,
@@ -211,8 +216,17 @@ pub fn spawn(
                 next = printer.watcher.next() => next,
                 () = stop.cancelled() => break,
             };
-            // What else is ready goes in the same write: one wake of the writer per batch.
+            // Woken by the first message, the printer lets the others gather for a moment:
+            // under load it runs, and wakes the log's writer, once per GATHER rather than once
+            // per message (the feed's ring holds what comes meanwhile).
             let mut open = printer.add(next);
+            if open {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(GATHER) => {}
+                }
+            }
             for _ in 1..BATCH {
                 let Some(next) = printer.watcher.try_next().filter(|_| open) else {
                     break;
