@@ -25,8 +25,9 @@ except: `--url` and `--header` (a variable would clash with a server command aft
 definitions. A repeatable option's variable gives one value (`SHADOWCAT_RATE_LIMIT=client=10/s`);
 give several in the file's list (`rate_limit = ["client=10/s", "global=500/s"]`). Flags beat the
 environment, which beats the file; unknown keys in the file are an error (reported with line and
-column), and a `SHADOWCAT_*` variable that no option reads is warned about at start (a typo
-would otherwise be ignored). The other commands' options (`tape`, `session`, `rules`) are flags
+column), a bad value is reported where it was given (`invalid --max-sessions: …`, `invalid
+SHADOWCAT_MAX_SESSIONS: …`, `invalid shadowcat.toml:4: max_sessions: …`), and a `SHADOWCAT_*`
+variable that no option reads is warned about at start (a typo would otherwise be ignored). The other commands' options (`tape`, `session`, `rules`) are flags
 only.
 
 Sizes take a number of bytes or a unit: `512KiB`, `32MiB`, `1GB`. Durations take

@@ -111,6 +111,47 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A value from the environment or the config file is out of range or malformed.
+    #[error("invalid {from}: {message}")]
+    InvalidFrom {
+        /// Where the value came from: `SHADOWCAT_MAX_SESSIONS`, `shadowcat.toml:7: max_sessions`.
+        from: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `error` naming its option where the user gave it: the flag (as `error` does), else the
+/// variable `SHADOWCAT_<NAME>`, else the config file's line and key. `args` is the command
+/// line. A user who set a value in a file is not told about a flag they never passed.
+pub fn name_source(error: ConfigError, file: &ConfigFile, args: &[String]) -> ConfigError {
+    let ConfigError::Invalid { option, message } = error else {
+        return error;
+    };
+    let Some(name) = option.strip_prefix("--") else {
+        return ConfigError::Invalid { option, message };
+    };
+    let given = args
+        .iter()
+        .any(|a| a == option || a.strip_prefix(option).is_some_and(|v| v.starts_with('=')));
+    if given {
+        return ConfigError::Invalid { option, message };
+    }
+    let variable = format!("SHADOWCAT_{}", name.to_uppercase().replace('-', "_"));
+    if std::env::var_os(&variable).is_some() {
+        return ConfigError::InvalidFrom {
+            from: variable,
+            message,
+        };
+    }
+    let key = name.replace('-', "_");
+    match file.place_of(&key) {
+        Some(place) => ConfigError::InvalidFrom {
+            from: format!("{place}: {key}"),
+            message,
+        },
+        None => ConfigError::Invalid { option, message },
+    }
 }
 
 /// The config file's keys; all optional, unknown keys rejected. Values may be strings or, for
@@ -441,7 +482,7 @@ pub fn default_data_dir() -> PathBuf {
 /// The file `--config` names, read and parsed once for every part of the configuration
 /// (empty without one).
 #[derive(Debug, Default)]
-pub struct ConfigFile(FileConfig);
+pub struct ConfigFile(FileConfig, Option<(PathBuf, String)>);
 
 impl ConfigFile {
     /// The file's keys.
@@ -452,21 +493,37 @@ impl ConfigFile {
     /// Reads `global.config`, if it names a file.
     pub fn read(global: &GlobalArgs) -> Result<Self, ConfigError> {
         match &global.config {
-            Some(path) => load_file(path).map(Self),
+            Some(path) => {
+                let (keys, text) = load_file(path)?;
+                Ok(Self(keys, Some((path.clone(), text))))
+            }
             None => Ok(Self::default()),
         }
     }
+
+    /// Where the file sets the top-level `key`: `path:line`.
+    fn place_of(&self, key: &str) -> Option<String> {
+        let (path, text) = self.1.as_ref()?;
+        let line = text.lines().position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })?;
+        Some(format!("{}:{}", path.display(), line + 1))
+    }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The file's keys, and its text (to say where a bad value is).
+fn load_file(path: &Path) -> Result<(FileConfig, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let keys = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
-    })
+    })?;
+    Ok((keys, text))
 }
 
 fn parse_size(text: &str) -> Result<usize, ConfigError> {

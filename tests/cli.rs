@@ -132,16 +132,75 @@ fn bad_option_values_name_the_option() {
         "{}",
         text(&out.stderr)
     );
+    // From the environment: the variable is named, not a flag the user never passed.
     let out = support::command()
         .args(["forward", "stdio", "--", "true"])
         .env("SHADOWCAT_SHUTDOWN_TIMEOUT", "whenever")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("--shutdown-timeout"),
-        "{}",
-        text(&out.stderr)
+        err.starts_with("shadowcat: error: invalid SHADOWCAT_SHUTDOWN_TIMEOUT: "),
+        "{err}"
+    );
+    assert!(!err.contains("--shutdown-timeout"), "{err}");
+    // From the config file: its line and key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shadowcat.toml");
+    std::fs::write(
+        &config,
+        "# limits\nlog_level = \"info\"\n\nmax_sessions = \"lots\"\n",
+    )
+    .unwrap();
+    let out = support::command()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "forward",
+            "stdio",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "shadowcat: error: invalid {}:4: max_sessions: ",
+            config.display()
+        )),
+        "{err}"
+    );
+    // The variable beats the file, and is named; the flag beats both, and is named.
+    let out = support::command()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "forward",
+            "stdio",
+            "--",
+            "true",
+        ])
+        .env("SHADOWCAT_MAX_SESSIONS", "many")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("shadowcat: error: invalid SHADOWCAT_MAX_SESSIONS: "),
+        "{err}"
+    );
+    let out = support::command()
+        .args(["--config", config.to_str().unwrap(), "forward", "stdio"])
+        .args(["--max-sessions", "several", "--", "true"])
+        .env("SHADOWCAT_MAX_SESSIONS", "many")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("shadowcat: error: invalid --max-sessions: "),
+        "{err}"
     );
 }
 

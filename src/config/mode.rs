@@ -91,9 +91,20 @@ pub enum Mode {
 
 /// The validated configuration and mode for a parsed command line, which it consumes. The
 /// config file is read once, here.
-pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
+pub fn configure(cli: Cli) -> anyhow::Result<(Config, Mode)> {
     let file = ConfigFile::read(&cli.global)?;
-    let mut config = Config::build_with(&cli.global, &file, proxy_args(&cli.command))?;
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    configure_with(cli, &file).map_err(|e| match e.downcast::<super::ConfigError>() {
+        Ok(e) => super::name_source(e, &file, &args).into(),
+        Err(e) => e,
+    })
+}
+
+/// [`configure`], with the config file read.
+fn configure_with(mut cli: Cli, file: &ConfigFile) -> anyhow::Result<(Config, Mode)> {
+    let mut config = Config::build_with(&cli.global, file, proxy_args(&cli.command))?;
     fill_from_file(&mut cli.command, file.inner());
     if let Some(tape) = tape_arg(&mut cli.command) {
         // A tape may be named by its id's (or session's) first characters, as `tape list`
@@ -106,7 +117,7 @@ pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
     }
     let mode = match cli.command {
         Command::Reverse(args) => {
-            let mut reverse = ReverseConfig::build_with(&file, &args)?;
+            let mut reverse = ReverseConfig::build_with(file, &args)?;
             reverse.settle_sessions(&mut config.sessions);
             let ask = Ask::from_flags(&args.recording, Target::Dir, "reverse");
             let server = Some(reverse.server());
@@ -115,14 +126,14 @@ pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
             Mode::Reverse(Box::new(reverse))
         }
         Command::Forward(ForwardCommand::Stdio(args)) => {
-            let mode = stdio_server(&file, &args.server)?;
+            let mode = stdio_server(file, &args.server)?;
             let ask = Ask::from_flags(&args.recording, Target::FileOrDir, "forward");
             config.recording = recording(ask, mode.server())?;
             masks(&mut config, &args.recording.redact, mode.server())?;
             mode
         }
         Command::Record(args) => {
-            let mode = stdio_server(&file, &args.server)?;
+            let mode = stdio_server(file, &args.server)?;
             let (path, target) = match &args.output {
                 Some(path) => (path.clone(), Target::FileOrDir),
                 None => (config.data_dir.join(super::TAPES_DIR), Target::Dir),
@@ -139,7 +150,7 @@ pub fn configure(mut cli: Cli) -> anyhow::Result<(Config, Mode)> {
             mode
         }
         Command::Replay(args) if args.listen.is_some() => Mode::Reverse(Box::new(
-            ReverseConfig::build_with(&file, &replay_gateway(&args))?,
+            ReverseConfig::build_with(file, &replay_gateway(&args))?,
         )),
         Command::Replay(args) => Mode::Replay(args),
         Command::Tape(cmd) => Mode::Tape(Box::new(cmd)),
