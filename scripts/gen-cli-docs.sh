@@ -19,16 +19,23 @@ section() {
 Every option of the proxying commands (`forward stdio`, `reverse`, `record`) can also be set by
 an environment variable `SHADOWCAT_<NAME>` (shown in the help below) and by a key in the
 `--config` TOML file named like the long option with underscores (`max_message_size = "16MiB"`),
-except: `--url` and `--header` (a variable would clash with a server command after `--`), `--env`
-(the server inherits shadowcat's environment: set the variable itself), and `record`'s
+except: `--env` (the server inherits shadowcat's environment: set the variable itself), and `record`'s
 `--output` and `--name` (one run's tape). `src/config.rs` checks this against the options'
 definitions. A repeatable option's variable gives one value (`SHADOWCAT_RATE_LIMIT=client=10/s`);
 give several in the file's list (`rate_limit = ["client=10/s", "global=500/s"]`). Flags beat the
 environment, which beats the file; unknown keys in the file are an error (reported with line and
 column), a bad value is reported where it was given (`invalid --max-sessions: …`, `invalid
 SHADOWCAT_MAX_SESSIONS: …`, `invalid shadowcat.toml:4: max_sessions: …`), and a `SHADOWCAT_*`
-variable that no option reads is warned about at start (a typo would otherwise be ignored). The other commands' options (`tape`, `session`, `rules`) are flags
+variable that no option reads is warned about at start (a typo would otherwise be ignored).
+Other commands read the same variables for the options they share with these (`tape verify`'s
+server options, `session`'s `--redis-url` and `--redis-timeout`); their own options are flags
 only.
+
+The server is given once: a command after `--` together with `--url` or `SHADOWCAT_URL`
+(`reverse`: `--upstream` or `SHADOWCAT_UPSTREAM`) is refused, naming where the URL came from;
+the config file's `url` (`upstream`) is a default, used only when no command is given. Options
+for the other kind of server are refused when given by flag or variable (`--header` with a
+command, `--restart` with a URL).
 
 Sizes take a number of bytes or a unit: `512KiB`, `32MiB`, `1GB`. Durations take
 [humantime](https://docs.rs/humantime) values: `5s`, `1500ms`, `10m`, `2h 30m`; zero, negative

@@ -162,18 +162,18 @@ pub struct RecordArgs {
 
 /// The server a stdio client is connected to: a command, or a --url.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "command"])))]
 pub struct StdioServer {
     /// How the server process is started.
     #[command(flatten)]
     pub child: ChildArgs,
     /// A remote MCP server to bridge the client to, instead of a command: its Streamable HTTP
     /// endpoint (an old HTTP+SSE server is found by the spec's back-compat probe), e.g.
-    /// http://127.0.0.1:9000/mcp.
-    #[arg(long, value_name = "URL")]
+    /// http://127.0.0.1:9000/mcp. Give one server: a command and --url (or SHADOWCAT_URL)
+    /// together are refused; a command wins over the config file's `url`.
+    #[arg(long, env = "SHADOWCAT_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Header sent with every request to the --url server, "Name: value" (repeatable).
-    #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
+    #[arg(long = "header", env = "SHADOWCAT_HEADER", value_name = "NAME: VALUE")]
     pub header: Vec<String>,
     /// Start the server command again when it fails (exits non-zero, is killed, or closes its
     /// stdout) while the client is connected: what it owed gets errors at once, then a new
@@ -462,7 +462,6 @@ pub struct ClusterArgs {
 
 /// `reverse` options.
 #[derive(Debug, Args, Default)]
-#[command(group(clap::ArgGroup::new("server").args(["upstream", "command"])))]
 pub struct ReverseArgs {
     /// Address to listen on for MCP clients. Anything but a loopback address exposes the
     /// gateway to the network: require tokens there (--auth-issuer, --api-key-file).
@@ -473,6 +472,8 @@ pub struct ReverseArgs {
     #[arg(long, env = "SHADOWCAT_PATH", value_name = "PATH")]
     pub path: Option<String>,
     /// The upstream MCP server's Streamable HTTP endpoint, e.g. http://127.0.0.1:9000/mcp.
+    /// Give one server: a command and --upstream (or SHADOWCAT_UPSTREAM) together are refused;
+    /// a command wins over the config file's `upstream`.
     #[arg(long, env = "SHADOWCAT_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
     /// A header sent with every request to the upstream, e.g. "Authorization: Bearer xyz"
@@ -838,7 +839,7 @@ mod tests {
     }
 
     #[test]
-    fn reverse_takes_an_upstream_url_or_a_command_but_not_both() {
+    fn reverse_takes_an_upstream_url_or_a_command() {
         let cli =
             Cli::try_parse_from(["shadowcat", "reverse", "--upstream", "http://h/mcp"]).unwrap();
         let Command::Reverse(args) = cli.command else {
@@ -850,22 +851,12 @@ mod tests {
             panic!()
         };
         assert_eq!(args.command, ["srv", "-x"]);
-        assert!(
-            Cli::try_parse_from([
-                "shadowcat",
-                "reverse",
-                "--upstream",
-                "http://h",
-                "--",
-                "srv"
-            ])
-            .is_err()
-        );
+        // Both parse: the config step refuses them, naming where the URL came from (a flag or
+        // SHADOWCAT_UPSTREAM), which clap cannot tell apart in its message.
     }
 
     #[test]
-    fn requires_the_server_command() {
-        assert!(Cli::try_parse_from(["shadowcat", "forward", "stdio"]).is_err());
+    fn a_server_env_pair_needs_its_key() {
         assert!(Cli::try_parse_from(["shadowcat", "forward", "stdio", "--env", "nokey"]).is_err());
     }
 }

@@ -131,8 +131,10 @@ pub fn name_source(error: ConfigError, file: &ConfigFile, args: &[String]) -> Co
     let Some(name) = option.strip_prefix("--") else {
         return ConfigError::Invalid { option, message };
     };
+    // Only before `--`: after it come the server command's own arguments.
     let given = args
         .iter()
+        .take_while(|a| *a != "--")
         .any(|a| a == option || a.strip_prefix(option).is_some_and(|v| v.starts_with('=')));
     if given {
         return ConfigError::Invalid { option, message };
@@ -180,6 +182,8 @@ struct FileConfig {
     path: Option<String>,
     upstream: Option<String>,
     upstream_header: Option<Vec<String>>,
+    url: Option<String>,
+    header: Option<Vec<String>>,
     bearer_token_env: Option<String>,
     bearer_token_file: Option<PathBuf>,
     upstream_token_url: Option<String>,
@@ -461,7 +465,7 @@ pub mod recording;
 mod reverse;
 mod traces;
 pub mod ui;
-pub use mode::{Mode, configure};
+pub use mode::{Mode, configure, server_url};
 mod trusted;
 pub use auth::{AuthConfig, DEFAULT_AUTH_LEEWAY, JwksSource, ListenerToken, OAuthConfig};
 pub use reverse::{
@@ -624,13 +628,10 @@ pub(crate) mod tests {
     /// (and said in docs/cli.md).
     #[test]
     fn every_proxying_option_has_its_variable_and_config_key() {
-        // `--url` and `--header`: a variable would clash with a server command given after `--`;
         // `--env`: the server inherits our environment, so set the variable itself; `record`'s
         // `--output` and `--name`: one run's tape; `--config`, `--help`, `--version`: about the
         // command line itself.
-        const NEITHER: [&str; 8] = [
-            "url", "header", "env", "output", "name", "config", "help", "version",
-        ];
+        const NEITHER: [&str; 6] = ["env", "output", "name", "config", "help", "version"];
         let root = <crate::cli::Cli as clap::CommandFactory>::command();
         let mut checked = 0;
         for path in [&["forward", "stdio"][..], &["reverse"], &["record"]] {

@@ -146,10 +146,77 @@ fn an_unreachable_server_gets_a_prompt_error_and_the_bridge_stays_up() {
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 
+/// The server's URL and headers come from the flags, `SHADOWCAT_URL` / `SHADOWCAT_HEADER`, or
+/// the config file's `url` / `header`; a server command given after `--` wins over the file's
+/// `url` (a file holds defaults).
+#[test]
+fn the_url_and_headers_come_from_the_environment_or_the_config_file() {
+    let fixture = HttpFixture::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shadowcat.toml");
+    let tenant = |cmd: std::process::Command| {
+        let mut proxy = Proxy::spawn(cmd);
+        proxy.initialize();
+        let seen: Value = serde_json::from_str(&text_of(&proxy.call(
+            1,
+            "tools/call",
+            tool("headers", json!({})),
+        )))
+        .unwrap();
+        proxy.close_stdin();
+        assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        seen["x-tenant"].clone()
+    };
+    std::fs::write(&config, "").unwrap();
+    let mut cmd = command();
+    cmd.args(["--config", config.to_str().unwrap(), "forward", "stdio"])
+        .env("SHADOWCAT_URL", &fixture.url)
+        .env("SHADOWCAT_HEADER", "X-Tenant: from-env");
+    assert_eq!(tenant(cmd), "from-env");
+
+    std::fs::write(
+        &config,
+        format!(
+            // `cwd` is for a server command: the bridge leaves it be.
+            "url = {:?}\nheader = [\"X-Tenant: from-file\"]\ncwd = \"/\"\n",
+            fixture.url
+        ),
+    )
+    .unwrap();
+    let mut cmd = command();
+    cmd.args(["--config", config.to_str().unwrap(), "forward", "stdio"]);
+    assert_eq!(tenant(cmd), "from-file");
+    // The flag beats the variable, which beats the file.
+    let mut cmd = command();
+    cmd.args(["--config", config.to_str().unwrap(), "forward", "stdio"])
+        .args(["--header", "X-Tenant: from-flag"])
+        .env("SHADOWCAT_HEADER", "X-Tenant: from-env");
+    assert_eq!(tenant(cmd), "from-flag");
+
+    // A command beats the file's url: the fixture server on stdio answers.
+    let mut cmd = command();
+    cmd.args([
+        "--config",
+        config.to_str().unwrap(),
+        "forward",
+        "stdio",
+        "--",
+    ])
+    .arg(support::fixture());
+    let mut proxy = Proxy::spawn(cmd);
+    let init = proxy.initialize();
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "shadowcat-fixture",
+        "{init}"
+    );
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
 #[test]
 fn bad_bridge_options_are_refused_clearly() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 7] = [
+    let cases: [Case<'_>; 10] = [
         (
             &["--read-timeout", "1s", "--", "srv"],
             &[],
@@ -189,7 +256,22 @@ fn bad_bridge_options_are_refused_clearly() {
         (
             &["--url", "http://h/mcp", "--", "srv"],
             &[],
-            "cannot be used with",
+            "invalid --url: a server command was also given (after --): give one server",
+        ),
+        (
+            &["--", "srv"],
+            &[("SHADOWCAT_URL", "http://h/mcp")],
+            "invalid SHADOWCAT_URL: a server command was also given (after --): give one server",
+        ),
+        (
+            &["--header", "X-Tenant: blue", "--", "srv"],
+            &[],
+            "invalid --header: applies to a --url server, not to a server command",
+        ),
+        (
+            &["--", "srv"],
+            &[("SHADOWCAT_HEADER", "X-Tenant: blue")],
+            "invalid SHADOWCAT_HEADER: applies to a --url server",
         ),
     ];
     for (args, env, expected) in cases {

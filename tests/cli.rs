@@ -93,14 +93,51 @@ fn version_and_completions() {
 
 #[test]
 fn a_missing_server_command_or_url_is_a_usage_error() {
-    let out = shadowcat(&["forward", "stdio"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("required") && stderr.contains("--url <URL>|CMD"),
-        "{stderr}"
+    for mode in [&["forward", "stdio"][..], &["record"]] {
+        let out = shadowcat(mode);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            text(&out.stderr),
+            "shadowcat: error: no server to proxy: give its command after --, or its URL with \
+             --url\n"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// The gateway's server is an --upstream URL or a command, not both; a URL from
+/// SHADOWCAT_UPSTREAM with a command is named as such (clap's own message named a flag the
+/// user never gave), and an upstream's headers are refused with a command.
+#[test]
+fn reverse_is_given_one_server() {
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = support::command();
+        cmd.args(["reverse", "--listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        text(&out.stderr)
+    };
+    let both = "a server command was also given (after --): give one server, a command or a URL";
+    assert_eq!(
+        refused(&["--upstream", "http://127.0.0.1:9/mcp", "--", "srv"], &[]),
+        format!("shadowcat: error: invalid --upstream: {both}\n")
     );
-    assert!(out.stdout.is_empty());
+    assert_eq!(
+        refused(
+            &["--", "srv"],
+            &[("SHADOWCAT_UPSTREAM", "http://127.0.0.1:9/mcp")]
+        ),
+        format!("shadowcat: error: invalid SHADOWCAT_UPSTREAM: {both}\n")
+    );
+    assert_eq!(
+        refused(&["--upstream-header", "X-A: b", "--", "srv"], &[]),
+        "shadowcat: error: invalid --upstream-header: applies to an --upstream server, not to a \
+         server command\n"
+    );
+    assert!(refused(&[], &[]).contains("reverse needs a server"));
 }
 
 #[test]

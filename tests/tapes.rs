@@ -585,6 +585,22 @@ fn verify_reaches_an_http_server_through_the_bridge() {
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(out, "3 answers compared: 3 matched, 0 differed\n");
+    // The same URL from SHADOWCAT_URL; with a server command too, which one is meant is unknown.
+    let tape = path.to_str().unwrap();
+    let (code, out, err) = shadowcat_run(
+        &["tape", "verify", tape],
+        &[("SHADOWCAT_URL", &fixture.url)],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = shadowcat_run(
+        &["tape", "verify", tape, "--url", &fixture.url, "--", "srv"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("invalid --url: a server command was also given"),
+        "{err}"
+    );
 }
 
 /// kill -9 the recorder mid-session: what is on the tape replays.

@@ -11,20 +11,28 @@ use super::recording::{Ask, Server, Target, secrets};
 use super::{Config, ConfigFile, ReverseConfig, UpstreamConfig};
 
 /// The options the config file gives that its parts read from the parsed command line:
-/// `record`, `redact` and `cwd`, where the command line (flag or variable) gives none.
+/// `record`, `redact` and `cwd` (for a server command: a URL server has no directory), where
+/// the command line (flag or variable) gives none.
 fn fill_from_file(command: &mut Command, file: &super::FileConfig) {
-    let (recording, redact, child) = match command {
+    let (recording, redact, child, server_command) = match command {
         Command::Forward(ForwardCommand::Stdio(args)) => (
             Some(&mut args.recording.record),
             &mut args.recording.redact,
             &mut args.server.child,
+            &args.server.command,
         ),
         Command::Reverse(args) => (
             Some(&mut args.recording.record),
             &mut args.recording.redact,
             &mut args.child,
+            &args.command,
         ),
-        Command::Record(args) => (None, &mut args.redact, &mut args.server.child),
+        Command::Record(args) => (
+            None,
+            &mut args.redact,
+            &mut args.server.child,
+            &args.server.command,
+        ),
         _ => return,
     };
     if let Some(record) = recording.filter(|r| r.is_none()) {
@@ -33,7 +41,7 @@ fn fill_from_file(command: &mut Command, file: &super::FileConfig) {
     if redact.is_empty() {
         redact.clone_from(file.redact.as_ref().unwrap_or(&Vec::new()));
     }
-    if child.cwd.is_none() {
+    if child.cwd.is_none() && !server_command.is_empty() {
         child.cwd.clone_from(&file.cwd);
     }
 }
@@ -231,10 +239,10 @@ fn recording(
         .transpose()
 }
 
-/// A stdio client's server: for a --url, the bridge to it (the gateway's upstream options);
-/// else the command, run as our child.
+/// A stdio client's server: for a URL, the bridge to it (the gateway's upstream options); else
+/// the command, run as our child.
 fn stdio_server(file: &ConfigFile, server: &StdioServer) -> anyhow::Result<Mode> {
-    if server.url.is_some() {
+    if let Some(url) = server_url(server, file.inner().url.as_ref())? {
         if server.restart.is_some() {
             return Err(super::invalid(
                 "--restart",
@@ -242,12 +250,37 @@ fn stdio_server(file: &ConfigFile, server: &StdioServer) -> anyhow::Result<Mode>
             )
             .into());
         }
-        return Ok(Mode::Bridge(ReverseConfig::for_url(file, server)?));
+        return Ok(Mode::Bridge(ReverseConfig::for_url(file, server, &url)?));
     }
-    ReverseConfig::check_command_only(server)?;
     let restart = server.restart.or(file.inner().restart).unwrap_or_default();
     Ok(Mode::Forward(super::child_spec(server)?, restart))
 }
+
+/// The URL of a stdio client's server (`--url`, `SHADOWCAT_URL`, or else `file_url` when no
+/// command is given), or `None` for a server command given with no option that only a URL
+/// server takes. Exactly one server must be given.
+pub fn server_url(
+    server: &StdioServer,
+    file_url: Option<&String>,
+) -> anyhow::Result<Option<String>> {
+    let url = match (&server.url, server.command.is_empty()) {
+        (Some(_), false) => return Err(super::invalid("--url", ONE_SERVER.into()).into()),
+        (Some(url), true) => Some(url.clone()),
+        (None, true) => file_url.cloned(),
+        (None, false) => None,
+    };
+    if url.is_none() {
+        if server.command.is_empty() {
+            anyhow::bail!("no server to proxy: give its command after --, or its URL with --url");
+        }
+        ReverseConfig::check_command_only(server)?;
+    }
+    Ok(url)
+}
+
+/// Why a server command and a URL given together are refused: which one was meant is unknown.
+pub(super) const ONE_SERVER: &str =
+    "a server command was also given (after --): give one server, a command or a URL";
 
 /// `replay --listen`: a gateway whose server, for each session, is `shadowcat replay` of the
 /// tape over stdio. The gateway's sessions, SSE streams and HTTP handling are the reverse

@@ -252,6 +252,9 @@ impl ReverseConfig {
                 format!("{path:?}: expected a URL path such as /mcp"),
             ));
         }
+        if !args.command.is_empty() && args.upstream.is_some() {
+            return Err(invalid("--upstream", super::mode::ONE_SERVER.into()));
+        }
         let upstream = if args.command.is_empty() {
             let Some(url) = either(args.upstream.as_ref(), file.upstream.as_ref()) else {
                 return Err(invalid(
@@ -266,7 +269,10 @@ impl ReverseConfig {
             )?;
             ReverseUpstream::Http(upstream_config(url, headers, &args.upstream_options, file)?)
         } else {
-            if let Some(flag) = super::credentials::any_given(&args.upstream_options) {
+            let flag = (!args.upstream_header.is_empty())
+                .then_some("--upstream-header")
+                .or_else(|| super::credentials::any_given(&args.upstream_options));
+            if let Some(flag) = flag {
                 return Err(invalid(
                     flag,
                     "applies to an --upstream server, not to a server command".into(),
@@ -492,6 +498,7 @@ impl ReverseConfig {
     /// `forward stdio -- <cmd>`: the options of an HTTP server (`--url`) have nothing to apply to.
     pub fn check_command_only(args: &StdioServer) -> Result<(), ConfigError> {
         let given = [
+            ("--header", !args.header.is_empty()),
             ("--connect-timeout", args.upstream.connect_timeout.is_some()),
             ("--upstream-ca", args.upstream.upstream_ca.is_some()),
             ("--read-timeout", args.upstream.read_timeout.is_some()),
@@ -519,12 +526,13 @@ impl ReverseConfig {
     }
 
     /// The server of `forward stdio --url`, which the stdio client is bridged to through the
-    /// same HTTP upstream session the gateway's sessions are.
-    pub fn for_url(file: &ConfigFile, args: &StdioServer) -> Result<UpstreamConfig, ConfigError> {
+    /// same HTTP upstream session the gateway's sessions are: the one at `url`.
+    pub fn for_url(
+        file: &ConfigFile,
+        args: &StdioServer,
+        url: &str,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let file = file.inner();
-        let Some(url) = &args.url else {
-            return Err(invalid("--url", "no URL given".into()));
-        };
         if !args.child.env.is_empty() || args.child.cwd.is_some() {
             return Err(invalid(
                 "--url",
@@ -532,7 +540,7 @@ impl ReverseConfig {
             ));
         }
         let url = parse_upstream_url(url, "--url")?;
-        let headers = parse_headers(&args.header, "--header")?;
+        let headers = parse_headers(&listed(&args.header, file.header.clone()), "--header")?;
         let upstream = upstream_config(url, headers, &args.upstream, file)?;
         if let Some(crate::transport::credentials::Source::Exchange(_)) =
             upstream.credentials.as_deref()

@@ -238,7 +238,7 @@ impl std::fmt::Display for Tally {
 
 /// How to start the server: its command, or the bridge to a `--url`.
 fn server_spec(server: &StdioServer) -> anyhow::Result<ChildSpec> {
-    let Some(url) = &server.url else {
+    let Some(url) = crate::config::server_url(server, None)? else {
         return crate::config::child_spec(server);
     };
     let mut args: Vec<OsString> =
