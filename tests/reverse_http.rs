@@ -601,6 +601,42 @@ fn an_upstream_http_error_is_passed_on_as_32088() {
             .is_some_and(|b| b.starts_with("the database is on")),
         "{error}"
     );
+    assert_eq!(
+        error["error"]["message"],
+        "the upstream answered HTTP 500 Internal Server Error: the database is on fire"
+    );
+}
+
+/// The gateway's client is told what an upstream's refusal likely means, as the bridge's is: a
+/// 401 wants the gateway's credentials for the upstream (a client's own are never forwarded),
+/// and a 404 before any session is an --upstream URL with a wrong path.
+#[test]
+fn an_upstream_refusal_says_what_to_fix() {
+    let fixture = Fixture::start(&["--token", "right-token-123"]);
+    let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let r = gw.post(None, &initialize);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; it wants \
+         credentials: give a token with --bearer-token-env VAR or --bearer-token-file FILE \
+         (docs/auth.md)"
+    );
+    drop(gw);
+    let wrong = fixture.url.replace("/mcp", "/wrong");
+    let gw = Gateway::start(&["--upstream", &wrong]);
+    let r = gw.post(None, &initialize);
+    assert_eq!(r.status, 404, "{r:?}");
+    let said = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        said.starts_with("the upstream answered HTTP 404 Not Found")
+            && said.ends_with(&format!(
+                "; {wrong} has no MCP endpoint: check the URL's path (servers usually serve /mcp)"
+            )),
+        "{said}"
+    );
 }
 
 /// An upstream whose connections are never accepted (its backlog is full) fails the request

@@ -124,11 +124,21 @@ pub(super) enum Arrival {
     /// to resume it (see [`Reply::Paused`]).
     Paused(Pause),
     /// The upstream refused one of its messages at the HTTP level.
-    Rejected {
-        status: StatusCode,
-        content_type: Option<HeaderValue>,
-        body: Bytes,
-    },
+    Rejected(UpstreamRefusal),
+}
+
+/// An upstream's HTTP-level refusal of a POST's message, as the gateway passes it on.
+#[derive(Debug)]
+pub(super) struct UpstreamRefusal {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// Its `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// Its body (bounded).
+    pub body: Bytes,
+    /// What to tell the client when the body carries no JSON-RPC error of its own: the status,
+    /// the body's start, and a hint at the likely cause.
+    pub said: String,
 }
 
 impl Drop for Answering {
@@ -302,22 +312,22 @@ impl Answering {
                 ..
             } => {
                 let id = id.filter(|id| self.answered(id, true));
-                if self.expected.is_empty() && id.is_some() && !self.batch {
-                    return Arrival::Rejected {
-                        status,
-                        content_type,
-                        body,
-                    };
-                }
-                let error = ProxyError::new(ErrorCode::UpstreamHttpError, said)
-                    .with("httpStatus", status.as_u16());
+                let refused = UpstreamRefusal {
+                    status,
+                    content_type,
+                    body,
+                    said,
+                };
                 match id {
-                    Some(id) => Arrival::Answer(error.to_response(Some(&id))),
-                    None => Arrival::Rejected {
-                        status,
-                        content_type,
-                        body,
-                    },
+                    Some(_) if self.expected.is_empty() && !self.batch => {
+                        Arrival::Rejected(refused)
+                    }
+                    Some(id) => Arrival::Answer(
+                        ProxyError::new(ErrorCode::UpstreamHttpError, refused.said)
+                            .with("httpStatus", status.as_u16())
+                            .to_response(Some(&id)),
+                    ),
+                    None => Arrival::Rejected(refused),
                 }
             }
         }

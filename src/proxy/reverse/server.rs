@@ -30,7 +30,9 @@ use crate::transport::serve::ClientCounts;
 use crate::transport::sse;
 
 use super::alias::Aliases;
-use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
+use super::answer::{
+    Answering, Arrival, EndOnDrop, Exchange, Pause, Registration, UpstreamRefusal,
+};
 use super::checks::{accepts, check_content_type, client_of, cors, guard, read_frame, session_of};
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::live::{keepalive_due, keepalive_timer, request_body, sse_response};
@@ -432,8 +434,8 @@ async fn accept(
             tokio::select! {
                 () = &mut exchange => break,
                 Some(item) = replies.recv() => {
-                    if let Reply::Rejected { status, content_type, body, .. } = item {
-                        rejected.get_or_insert((status, content_type, body));
+                    if let Some(refused) = upstream_refusal(item) {
+                        rejected.get_or_insert(refused);
                     }
                 }
             }
@@ -441,26 +443,12 @@ async fn accept(
     }
     drop(reply);
     while let Ok(item) = replies.try_recv() {
-        if let Reply::Rejected {
-            status,
-            content_type,
-            body,
-            ..
-        } = item
-        {
-            rejected.get_or_insert((status, content_type, body));
+        if let Some(refused) = upstream_refusal(item) {
+            rejected.get_or_insert(refused);
         }
     }
-    if let (Some((status, content_type, body)), true) = (rejected, post.answers.is_empty()) {
-        return passthrough(
-            gateway,
-            link,
-            false,
-            status,
-            content_type.as_ref(),
-            body,
-            post.only_id,
-        );
+    if let (Some(refused), true) = (rejected, post.answers.is_empty()) {
+        return passthrough(gateway, link, false, refused, post.only_id);
     }
     if post.answers.is_empty() {
         return StatusCode::ACCEPTED.into_response();
@@ -585,11 +573,7 @@ enum Collected {
         paused: Option<Pause>,
     },
     /// The upstream refused the POST's only message: passed on as it is.
-    Rejected {
-        status: StatusCode,
-        content_type: Option<HeaderValue>,
-        body: Bytes,
-    },
+    Rejected(UpstreamRefusal),
 }
 
 /// The last step of a POST with requests: its exchange, driven by this POST's own task (no
@@ -655,20 +639,8 @@ async fn answer(
     // Only a client that resumes (it gets priming events) can be made to.
     let resumes = shape.accepts.sse && !stateless && link.takes_priming_events();
     let mut response = match collect(&mut state, screened.answers, shape, resumes).await {
-        Collected::Rejected {
-            status,
-            content_type,
-            body,
-        } => {
-            return passthrough(
-                gateway,
-                &link,
-                new_session,
-                status,
-                content_type.as_ref(),
-                body,
-                shape.only_id.as_ref(),
-            );
+        Collected::Rejected(refused) => {
+            return passthrough(gateway, &link, new_session, refused, shape.only_id.as_ref());
         }
         Collected::Json(out) => {
             // The rest of a batch (notifications, responses) still reaches the upstream.
@@ -737,18 +709,10 @@ async fn collect(
                     Answering::refuse_json_only(&state.link, raw).await;
                 }
             }
-            Arrival::Rejected {
-                status,
-                content_type,
-                body,
-            } if !shape.batch && out.is_empty() => {
-                return Collected::Rejected {
-                    status,
-                    content_type,
-                    body,
-                };
+            Arrival::Rejected(refused) if !shape.batch && out.is_empty() => {
+                return Collected::Rejected(refused);
             }
-            Arrival::Rejected { .. } | Arrival::Cancelled => {}
+            Arrival::Rejected(_) | Arrival::Cancelled => {}
         }
     }
     if streaming {
@@ -788,7 +752,7 @@ fn resumable_stream(
                 Arrival::Answer(raw) | Arrival::Other(raw) => writer.push(&raw),
                 // The client's connection closes as the upstream's did; it resumes by GET.
                 Arrival::Paused(pause) => writer.pause(pause.retry),
-                Arrival::Rejected { .. } | Arrival::Cancelled => {}
+                Arrival::Rejected(_) | Arrival::Cancelled => {}
             }
         }
         state.finish_exchange().await;
@@ -819,7 +783,7 @@ fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> B
                         return Some((sse::message_event(&raw), (state, keepalive)));
                     }
                     // That era has no resumption: the gateway's own is all there is.
-                    Arrival::Paused(_) | Arrival::Rejected { .. } | Arrival::Cancelled => {}
+                    Arrival::Paused(_) | Arrival::Rejected(_) | Arrival::Cancelled => {}
                 }
             }
         },
@@ -828,17 +792,22 @@ fn stateless_stream(gateway: &Gateway, state: Answering, first: Vec<Bytes>) -> B
 }
 
 /// The upstream refused the POST's only message: its status and body go to the client as they
-/// are (a body that is no JSON-RPC error becomes -32088 answering `id`). A 404 means the
-/// upstream lost the session, so ours ends too and the client starts over.
+/// are (a body that is no JSON-RPC error becomes -32088 answering `id`, saying what the
+/// refusal likely means). A 404 means the upstream lost the session, so ours ends too and the
+/// client starts over.
 fn passthrough(
     gateway: &Gateway,
     link: &SessionLink,
     new_session: bool,
-    status: StatusCode,
-    content_type: Option<&HeaderValue>,
-    body: Bytes,
+    refused: UpstreamRefusal,
     id: Option<&RequestId>,
 ) -> Response {
+    let UpstreamRefusal {
+        status,
+        content_type,
+        body,
+        said,
+    } = refused;
     if new_session {
         // The upstream refused to initialize: no session.
         gateway.sessions.end(link.session.id(), EndReason::Error);
@@ -853,16 +822,32 @@ fn passthrough(
     if is_json && !body.is_empty() {
         return json_response(status, body);
     }
-    let error = ProxyError::new(
-        ErrorCode::UpstreamHttpError,
-        format!("the upstream answered HTTP {status}"),
-    )
-    .with("httpStatus", status.as_u16())
-    .with(
-        "body",
-        String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
-    );
+    let error = ProxyError::new(ErrorCode::UpstreamHttpError, said)
+        .with("httpStatus", status.as_u16())
+        .with(
+            "body",
+            String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned(),
+        );
     json_response(status, error.to_response(id))
+}
+
+/// The refusal a reply carries, if it is one.
+fn upstream_refusal(reply: Reply) -> Option<UpstreamRefusal> {
+    match reply {
+        Reply::Rejected {
+            status,
+            content_type,
+            body,
+            said,
+            ..
+        } => Some(UpstreamRefusal {
+            status,
+            content_type,
+            body,
+            said,
+        }),
+        _ => None,
+    }
 }
 
 /// Whether a raw answer is a successful response (not an error).
