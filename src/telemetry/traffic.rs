@@ -10,10 +10,11 @@
 //! like log lines of the target `shadowcat::traffic` (in `--log-format json`, records with each
 //! part a field), whatever `--log-level` says.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
+use linked_hash_map::LinkedHashMap;
 use tokio_util::sync::CancellationToken;
 
 use super::LogFormat;
@@ -60,26 +61,33 @@ pub struct Line<'a> {
 }
 
 impl fmt::Display for Line<'_> {
+    // `write_str` for the text parts: the formatter's padding path costs far more per line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.session.is_empty() {
-            write!(f, "{} ", self.session)?;
+            f.write_str(self.session)?;
+            f.write_str(" ")?;
         }
-        write!(f, "{} {}", self.arrow, self.kind)?;
-        if let Some(method) = self.method {
-            write!(f, " {method}")?;
-        }
-        if let Some(name) = self.name {
-            write!(f, " {name}")?;
+        f.write_str(self.arrow)?;
+        f.write_str(" ")?;
+        f.write_str(self.kind)?;
+        for part in [self.method, self.name].into_iter().flatten() {
+            f.write_str(" ")?;
+            f.write_str(part)?;
         }
         if let Some(id) = self.id {
-            write!(f, " #{id}")?;
+            f.write_str(" #")?;
+            f.write_str(id)?;
         }
-        write!(f, " {}", size(self.size))?;
+        f.write_str(" ")?;
+        fmt::Display::fmt(&Size(self.size), f)?;
         if let Some(us) = self.latency_us {
-            write!(f, " {}", latency(us))?;
+            f.write_str(" ")?;
+            fmt::Display::fmt(&Latency(us), f)?;
         }
         if let Some(did) = &self.did {
-            write!(f, " [{did}]")?;
+            f.write_str(" [")?;
+            f.write_str(did)?;
+            f.write_str("]")?;
         }
         Ok(())
     }
@@ -90,30 +98,58 @@ pub fn arrow(to_server: bool) -> &'static str {
     if to_server { "->" } else { "<-" }
 }
 
-/// A size for people: `312 B`, `1.2 KiB`, `3.4 MiB`.
-pub fn size(bytes: usize) -> String {
-    #[allow(clippy::cast_precision_loss)] // a size shown to one decimal
-    let b = bytes as f64;
-    if bytes < 1024 {
-        format!("{bytes} B")
-    } else if bytes < 1024 * 1024 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+/// A size for people: `312 B`, `1.2 KiB`, `3.4 MiB` (rounded to a tenth, in integers: no
+/// float formatting per line).
+#[derive(Debug, Clone, Copy)]
+pub struct Size(pub usize);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        let (unit, shift) = match bytes {
+            0..1024 => return number(f, bytes, " B"),
+            1024..1_048_576 => (" KiB", 10),
+            _ => (" MiB", 20),
+        };
+        let tenths = (bytes.saturating_mul(10) + (1 << (shift - 1))) >> shift;
+        tenth(f, tenths, unit)
     }
 }
 
-/// A latency for people: `850 us`, `3.1 ms`, `2.40 s`.
-pub fn latency(micros: u64) -> String {
-    #[allow(clippy::cast_precision_loss)] // a duration shown to a few digits
-    let us = micros as f64;
-    if micros < 1000 {
-        format!("{micros} us")
-    } else if micros < 1_000_000 {
-        format!("{:.1} ms", us / 1000.0)
-    } else {
-        format!("{:.2} s", us / 1_000_000.0)
+/// A latency for people: `850 us`, `3.1 ms`, `2.40 s` (rounded, in integers).
+#[derive(Debug, Clone, Copy)]
+pub struct Latency(pub u64);
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        if us < 1000 {
+            number(f, us, " us")
+        } else if us < 1_000_000 {
+            tenth(f, us.saturating_add(50) / 100, " ms")
+        } else {
+            let hundredths = us.saturating_add(5000) / 10_000;
+            number(f, hundredths / 100, ".")?;
+            let cents = hundredths % 100;
+            f.write_str(if cents < 10 { "0" } else { "" })?;
+            number(f, cents, " s")
+        }
     }
+}
+
+/// `n` then `unit`, without the formatter's machinery (these run for every line).
+fn number(f: &mut fmt::Formatter<'_>, n: impl itoa::Integer, unit: &str) -> fmt::Result {
+    f.write_str(itoa::Buffer::new().format(n))?;
+    f.write_str(unit)
+}
+
+/// `tenths` as a number with one decimal, then `unit`.
+fn tenth<N>(f: &mut fmt::Formatter<'_>, tenths: N, unit: &str) -> fmt::Result
+where
+    N: itoa::Integer + std::ops::Div<Output = N> + std::ops::Rem<Output = N> + From<u8> + Copy,
+{
+    number(f, tenths / N::from(10), ".")?;
+    number(f, tenths % N::from(10), unit)
 }
 
 /// What the stages did and what became of the message, or `None` when it simply went on.
@@ -176,7 +212,7 @@ pub fn pretty(text: &str, truncated: bool, size: usize) -> String {
         out.push('\n');
     }
     if truncated {
-        let _ = writeln!(out, "    … (cut; the message is {})", self::size(size));
+        let _ = writeln!(out, "    … (cut; the message is {})", Size(size));
     }
     out.pop();
     out
@@ -208,6 +244,7 @@ pub fn spawn(
         names: Names::default(),
         out: super::log_out(),
         batch: String::new(),
+        stamp: String::new(),
     };
     Some(Task::spawn("traffic", async move {
         loop {
@@ -218,15 +255,16 @@ pub fn spawn(
             };
             // Woken by the first message, the printer lets the others gather for a moment:
             // under load it runs, and wakes the log's writer, once per GATHER rather than once
-            // per message (the feed's ring holds what comes meanwhile).
-            let mut open = printer.add(next);
-            if open {
+            // per message (the feed's ring holds what comes meanwhile). The batch's lines are
+            // then stamped with one time, when they are written.
+            if !matches!(next, Next::Closed) {
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => {}
                     () = tokio::time::sleep(GATHER) => {}
                 }
             }
+            let mut open = printer.add(next);
             for _ in 1..BATCH {
                 let Some(next) = printer.watcher.try_next().filter(|_| open) else {
                     break;
@@ -257,6 +295,8 @@ struct Printer {
     out: Option<tracing_appender::non_blocking::NonBlocking>,
     /// Lines not yet written.
     batch: String,
+    /// The time the batch's lines carry, formatted once per batch (empty: not yet).
+    stamp: String,
 }
 
 impl Printer {
@@ -265,8 +305,8 @@ impl Printer {
         match next {
             Next::Event(event) => self.line(&event),
             Next::Missed(n) => self.record(
-                "WARN",
-                &format!("{n} messages not shown: the traffic view fell behind"),
+                " WARN",
+                format_args!("{n} messages not shown: the traffic view fell behind"),
                 None,
             ),
             Next::Closed => return false,
@@ -292,17 +332,34 @@ impl Printer {
             }
         }
         self.batch.clear();
+        self.stamp.clear();
         if self.batch.capacity() > 1 << 20 {
             self.batch.shrink_to(64 * 1024);
         }
     }
 
-    /// Adds a log record as the log writes them: text, or a JSON object with `fields`.
-    fn record(&mut self, level: &str, message: &str, fields: Option<serde_json::Value>) {
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    /// Adds a log record as the log writes them: text, or a JSON object with `fields`. `level`
+    /// is padded to five characters, as the log pads it.
+    fn record(
+        &mut self,
+        level: &str,
+        message: impl fmt::Display,
+        fields: Option<serde_json::Value>,
+    ) {
+        if self.stamp.is_empty() {
+            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+            let _ = write!(self.stamp, "{now}");
+        }
         match self.format {
             LogFormat::Text => {
-                let _ = writeln!(self.batch, "{now} {level:>5} {TARGET}: {message}");
+                // Pieces pushed, not a format string: this runs for every message.
+                self.batch.push_str(&self.stamp);
+                self.batch.push(' ');
+                self.batch.push_str(level);
+                self.batch.push(' ');
+                self.batch.push_str(TARGET);
+                self.batch.push_str(": ");
+                let _ = writeln!(self.batch, "{message}");
             }
             LogFormat::Json => {
                 let mut fields = fields.unwrap_or_else(|| serde_json::json!({}));
@@ -310,10 +367,10 @@ impl Printer {
                     // As the log writes fields: those without a value are left out.
                     map.retain(|_, v| !v.is_null());
                 }
-                fields["message"] = serde_json::Value::String(message.to_owned());
+                fields["message"] = serde_json::Value::String(message.to_string());
                 let record = serde_json::json!({
-                    "timestamp": now.to_string(),
-                    "level": level,
+                    "timestamp": self.stamp,
+                    "level": level.trim_start(),
                     "fields": fields,
                     "target": TARGET,
                 });
@@ -335,12 +392,11 @@ impl Printer {
             size: event.body.size,
             latency_us: event.latency_us,
             did: did.clone(),
-        }
-        .to_string();
+        };
         let bodies = self.show == Show::Bodies;
         match self.format {
             LogFormat::Text if bodies => {
-                let mut text = line;
+                let mut text = line.to_string();
                 text.push('\n');
                 text.push_str(&pretty(
                     &event.body.text,
@@ -351,9 +407,9 @@ impl Printer {
                     text.push_str("\n  the proxy answered:\n");
                     text.push_str(&pretty(&answer.text, answer.truncated, answer.size));
                 }
-                self.record("INFO", &text, None);
+                self.record(" INFO", text, None);
             }
-            LogFormat::Text => self.record("INFO", &line, None),
+            LogFormat::Text => self.record(" INFO", line, None),
             LogFormat::Json => {
                 let fields = serde_json::json!({
                     "session": &*event.session,
@@ -368,42 +424,39 @@ impl Printer {
                     "body": bodies.then_some(event.body.text.as_str()),
                     "answer": event.answer.as_ref().filter(|_| bodies).map(|a| a.text.as_str()),
                 });
-                self.record("INFO", &line, Some(fields));
+                self.record(" INFO", line, Some(fields));
             }
         }
     }
 }
 
 /// The names of requests seen, for their answers' lines: at most [`REMEMBERED`], the oldest
-/// forgotten first (an answer to one of those is shown without its name).
+/// forgotten first (an answer to one of those is shown without its name). A request is known
+/// by a keyed 64-bit hash of its session, direction and id, hashed once per message (a
+/// collision among 4096 is as likely as 2^-40, and would only show another request's name).
 #[derive(Debug, Default)]
 struct Names {
-    by_request: HashMap<(Arc<str>, bool, String), Arc<str>>,
-    order: VecDeque<(Arc<str>, bool, String)>,
+    hasher: std::hash::RandomState,
+    by_request: LinkedHashMap<u64, Arc<str>>,
 }
 
 impl Names {
     /// The event's name: a request's own (remembered), an answer's request's (forgotten).
     fn of(&mut self, event: &Event) -> Option<Arc<str>> {
-        let id = event.id.clone()?;
+        let id = event.id.as_deref()?;
         let to_server = event.direction == "to_server";
         if event.kind == "request" {
             let name: Arc<str> = Arc::from(event.name.as_deref()?);
-            if self.order.len() == REMEMBERED
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.by_request.remove(&oldest);
+            if self.by_request.len() == REMEMBERED {
+                self.by_request.pop_front();
             }
-            let key = (event.session.clone(), to_server, id);
-            self.order.push_back(key.clone());
+            let key = self.hasher.hash_one((&*event.session, to_server, id));
             self.by_request.insert(key, name.clone());
             return Some(name);
         }
         // An answer travels the other way from its request.
-        let name = self
-            .by_request
-            .remove(&(event.session.clone(), !to_server, id))?;
-        Some(name)
+        let key = self.hasher.hash_one((&*event.session, !to_server, id));
+        self.by_request.remove(&key)
     }
 }
 
@@ -421,7 +474,7 @@ mod tests {
             name: Some("echo"),
             id: Some("7"),
             size: 1300,
-            latency_us: Some(3150),
+            latency_us: Some(3140),
             did: Some("modified: rule shout: modify".into()),
         };
         assert_eq!(
@@ -440,9 +493,23 @@ mod tests {
             bare.to_string(),
             "s-1 -> notification notifications/initialized 54 B"
         );
-        assert_eq!(latency(850), "850 us");
-        assert_eq!(latency(2_400_000), "2.40 s");
-        assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
+        let shown = |us| Latency(us).to_string();
+        assert_eq!(
+            [
+                850, 999, 1000, 3150, 999_949, 2_400_000, 2_404_999, 2_405_000
+            ]
+            .map(shown),
+            [
+                "850 us", "999 us", "1.0 ms", "3.2 ms", "999.9 ms", "2.40 s", "2.40 s", "2.41 s"
+            ]
+        );
+        let shown = |bytes| Size(bytes).to_string();
+        assert_eq!(
+            [0, 1023, 1024, 1300, 1075, 3 * 1024 * 1024, 1_100_000].map(shown),
+            [
+                "0 B", "1023 B", "1.0 KiB", "1.3 KiB", "1.0 KiB", "3.0 MiB", "1.0 MiB"
+            ]
+        );
     }
 
     #[test]
