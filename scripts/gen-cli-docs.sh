@@ -21,8 +21,9 @@ an environment variable `SHADOWCAT_<NAME>` (shown in the help below) and by a ke
 `--config` TOML file named like the long option with underscores (`max_message_size = "16MiB"`),
 except: `--env` (the server inherits shadowcat's environment: set the variable itself), and `record`'s
 `--output` and `--name` (one run's tape). `src/config.rs` checks this against the options'
-definitions. A repeatable option's variable gives one value (`SHADOWCAT_RATE_LIMIT=client=10/s`);
-give several in the file's list (`rate_limit = ["client=10/s", "global=500/s"]`). Flags beat the
+definitions. A repeatable option's variable takes its values one per line (in bash,
+`SHADOWCAT_RATE_LIMIT=$'client=10/s\nglobal=500/s'`), its file key a list (`rate_limit =
+["client=10/s", "global=500/s"]`). Flags beat the
 environment, which beats the file; unknown keys in the file are an error (reported with line and
 column), a bad value is reported where it was given (`invalid --max-sessions: …`, `invalid
 SHADOWCAT_MAX_SESSIONS: …`, `invalid shadowcat.toml:4: max_sessions: …`), and a `SHADOWCAT_*`

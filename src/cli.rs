@@ -156,7 +156,12 @@ pub struct RecordArgs {
     /// payloads (--trace-payloads), e.g. '$.params.arguments.password' (repeatable). Headers
     /// are never recorded, and the value of an Authorization or Cookie header or
     /// --bearer-token-env is masked wherever it appears.
-    #[arg(long, env = "SHADOWCAT_REDACT", value_name = "JSONPATH")]
+    #[arg(
+        long,
+        env = "SHADOWCAT_REDACT",
+        value_delimiter = '\n',
+        value_name = "JSONPATH"
+    )]
     pub redact: Vec<String>,
 }
 
@@ -173,7 +178,12 @@ pub struct StdioServer {
     #[arg(long, env = "SHADOWCAT_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Header sent with every request to the --url server, "Name: value" (repeatable).
-    #[arg(long = "header", env = "SHADOWCAT_HEADER", value_name = "NAME: VALUE")]
+    #[arg(
+        long = "header",
+        env = "SHADOWCAT_HEADER",
+        value_delimiter = '\n',
+        value_name = "NAME: VALUE"
+    )]
     pub header: Vec<String>,
     /// Start the server command again when it fails (exits non-zero, is killed, or closes its
     /// stdout) while the client is connected: what it owed gets errors at once, then a new
@@ -201,7 +211,12 @@ pub struct RecordCmd {
     #[arg(long)]
     pub name: Option<String>,
     /// Mask the values at this RFC 9535 JSONPath in every recorded message (repeatable).
-    #[arg(long, env = "SHADOWCAT_REDACT", value_name = "JSONPATH")]
+    #[arg(
+        long,
+        env = "SHADOWCAT_REDACT",
+        value_delimiter = '\n',
+        value_name = "JSONPATH"
+    )]
     pub redact: Vec<String>,
     /// Proxy limits and timeouts.
     #[command(flatten)]
@@ -271,6 +286,7 @@ pub struct UpstreamArgs {
     #[arg(
         long = "upstream-scope",
         env = "SHADOWCAT_UPSTREAM_SCOPE",
+        value_delimiter = '\n',
         value_name = "SCOPE"
     )]
     pub upstream_scope: Vec<String>,
@@ -364,6 +380,7 @@ pub struct AuthArgs {
     #[arg(
         long = "auth-scope",
         env = "SHADOWCAT_AUTH_SCOPE",
+        value_delimiter = '\n',
         value_name = "SCOPE"
     )]
     pub auth_scope: Vec<String>,
@@ -373,6 +390,7 @@ pub struct AuthArgs {
     #[arg(
         long = "auth-claim",
         env = "SHADOWCAT_AUTH_CLAIM",
+        value_delimiter = '\n',
         value_name = "CLAIM"
     )]
     pub auth_claim: Vec<String>,
@@ -481,6 +499,7 @@ pub struct ReverseArgs {
     #[arg(
         long = "upstream-header",
         env = "SHADOWCAT_UPSTREAM_HEADER",
+        value_delimiter = '\n',
         value_name = "NAME: VALUE"
     )]
     pub upstream_header: Vec<String>,
@@ -490,6 +509,7 @@ pub struct ReverseArgs {
     #[arg(
         long = "allowed-origin",
         env = "SHADOWCAT_ALLOWED_ORIGIN",
+        value_delimiter = '\n',
         value_name = "ORIGIN"
     )]
     pub allowed_origin: Vec<String>,
@@ -500,6 +520,7 @@ pub struct ReverseArgs {
     #[arg(
         long = "trusted-proxy",
         env = "SHADOWCAT_TRUSTED_PROXY",
+        value_delimiter = '\n',
         value_name = "ADDR"
     )]
     pub trusted_proxy: Vec<String>,
@@ -643,6 +664,7 @@ pub struct ProxyArgs {
     #[arg(
         long = "rate-limit",
         env = "SHADOWCAT_RATE_LIMIT",
+        value_delimiter = '\n',
         value_name = "LIMIT"
     )]
     pub rate_limit: Vec<String>,
@@ -692,6 +714,7 @@ pub struct TraceArgs {
     #[arg(
         long = "otlp-header",
         env = "SHADOWCAT_OTLP_HEADER",
+        value_delimiter = '\n',
         value_name = "NAME=VALUE"
     )]
     pub otlp_header: Vec<String>,

@@ -650,6 +650,10 @@ pub(crate) mod tests {
                     Some(env),
                     "{path:?} --{long}"
                 );
+                // A repeatable option's variable holds its values one per line.
+                if matches!(arg.get_action(), clap::ArgAction::Append) {
+                    assert_eq!(arg.get_value_delimiter(), Some('\n'), "--{long}");
+                }
                 let key = long.replace('-', "_");
                 // Any value: a key the file does not have is refused as unknown.
                 let text = format!("{key} = []");

@@ -635,7 +635,11 @@ fn rate_limit_and_record_come_from_the_environment_or_the_file_and_typos_are_war
     let tape_env = dir.path().join("env.jsonl");
     let (answers, stderr) = run(
         &[
-            ("SHADOWCAT_RATE_LIMIT", "method=2/min,method=ping".into()),
+            // Two limits, one per line: the second is the one that refuses.
+            (
+                "SHADOWCAT_RATE_LIMIT",
+                "method=9/min,method=ping\nmethod=2/min,method=ping".into(),
+            ),
             ("SHADOWCAT_RECORD", tape_env.display().to_string()),
             ("SHADOWCAT_MAX_SESIONS", "5".into()),
         ],
