@@ -22,8 +22,8 @@ an environment variable `SHADOWCAT_<NAME>` (shown in the help below) and by a ke
 except: `--env` (the server inherits shadowcat's environment: set the variable itself), and `record`'s
 `--output` and `--name` (one run's tape). `src/config.rs` checks this against the options'
 definitions. A repeatable option's variable takes its values one per line (in bash,
-`SHADOWCAT_RATE_LIMIT=$'client=10/s\nglobal=500/s'`), its file key a list (`rate_limit =
-["client=10/s", "global=500/s"]`). Flags beat the
+`SHADOWCAT_RATE_LIMIT=$'client=10/s\nglobal=500/s'`; no blank line, so a YAML block is
+written `|-`), its file key a list (`rate_limit = ["client=10/s", "global=500/s"]`). Flags beat the
 environment, which beats the file; unknown keys in the file are an error (reported with line and
 column), a bad value is reported where it was given (`invalid --max-sessions: …`, `invalid
 SHADOWCAT_MAX_SESSIONS: …`, `invalid shadowcat.toml:4: max_sessions: …`), and a `SHADOWCAT_*`

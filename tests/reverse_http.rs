@@ -607,35 +607,55 @@ fn an_upstream_http_error_is_passed_on_as_32088() {
     );
 }
 
-/// The gateway's client is told what an upstream's refusal likely means, as the bridge's is: a
-/// 401 wants the gateway's credentials for the upstream (a client's own are never forwarded),
-/// and a 404 before any session is an --upstream URL with a wrong path.
+/// An upstream's refusal at the gateway: its callers, who cannot change the gateway's options,
+/// get the status and the body's start and are told that the gateway's log says why; the log
+/// says the likely cause, as the bridge tells its user: a 401 wants the gateway's credentials
+/// for the upstream (a client's own are never forwarded), a 404 before any session is an
+/// --upstream URL with a wrong path. The upstream's URL never reaches a caller.
 #[test]
-fn an_upstream_refusal_says_what_to_fix() {
+fn an_upstream_refusal_tells_callers_the_status_and_the_log_the_cause() {
     let fixture = Fixture::start(&["--token", "right-token-123"]);
     let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-    let gw = Gateway::start(&["--upstream", &fixture.url]);
+    let mut gw = Gateway::start(&["--upstream", &fixture.url]);
     let r = gw.post(None, &initialize);
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
         r.json()["error"]["message"],
-        "the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; it wants \
-         credentials: give a token with --bearer-token-env VAR or --bearer-token-file FILE \
-         (docs/auth.md)"
+        "the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; the \
+         gateway's log says why (its options for the upstream)"
+    );
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
+    let log = gw.stderr_text();
+    assert!(
+        log.contains(
+            "the upstream answered HTTP 401 Unauthorized: missing or bad bearer token; it wants \
+             credentials: give a token with --bearer-token-env VAR or --bearer-token-file FILE \
+             (docs/auth.md)"
+        ),
+        "{log}"
     );
     drop(gw);
     let wrong = fixture.url.replace("/mcp", "/wrong");
-    let gw = Gateway::start(&["--upstream", &wrong]);
+    let mut gw = Gateway::start(&["--upstream", &wrong]);
     let r = gw.post(None, &initialize);
     assert_eq!(r.status, 404, "{r:?}");
     let said = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
         said.starts_with("the upstream answered HTTP 404 Not Found")
-            && said.ends_with(&format!(
-                "; {wrong} has no MCP endpoint: check the URL's path (servers usually serve /mcp)"
-            )),
+            && said.ends_with("; the gateway's log says why (its options for the upstream)")
+            && !said.contains("/wrong"),
         "{said}"
+    );
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
+    let log = gw.stderr_text();
+    assert!(
+        log.contains(&format!(
+            "; {wrong} has no MCP endpoint: check the URL's path (servers usually serve /mcp)"
+        )),
+        "{log}"
     );
 }
 

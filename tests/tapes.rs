@@ -601,6 +601,15 @@ fn verify_reaches_an_http_server_through_the_bridge() {
         err.contains("invalid --url: a server command was also given"),
         "{err}"
     );
+    let (code, _, err) = shadowcat_run(
+        &["tape", "verify", tape, "--", "srv"],
+        &[("SHADOWCAT_URL", &fixture.url)],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("invalid SHADOWCAT_URL: a server command was also given"),
+        "{err}"
+    );
 }
 
 /// kill -9 the recorder mid-session: what is on the tape replays.

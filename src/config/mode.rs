@@ -119,6 +119,10 @@ fn configure_with(mut cli: Cli, file: &ConfigFile) -> anyhow::Result<(Config, Mo
         // shows them.
         *tape = crate::tape::find(tape, &config.data_dir.join(super::TAPES_DIR))?;
     }
+    if let Command::Tape(TapeCommand::Verify(args)) = &cli.command {
+        // Checked here too, where a refusal names the flag or the variable the URL came from.
+        server_url(&args.server, None)?;
+    }
     if let Command::Replay(args) = &cli.command {
         // Replay's spans: the gateway's with --listen, else the stdio server's own.
         config.traces = super::traces::options(&args.trace, file.inner())?;

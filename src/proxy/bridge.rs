@@ -32,7 +32,7 @@ use super::pipeline::Pipeline;
 use super::relay::{Relay, RelayEnd};
 use super::shutdown::Shutdown;
 use super::upstream::http::{
-    HttpBackend, HttpLimits, HttpSession, client_for, start_credentials, version_header,
+    Audience, HttpBackend, HttpLimits, HttpSession, client_for, start_credentials, version_header,
 };
 use crate::task::Task;
 
@@ -118,6 +118,7 @@ pub async fn run(
         pipeline.clone(),
         sessions.clone(),
         UpstreamErrors::default(),
+        Audience::Operator,
     );
     let result = bridge(config, &backend, sessions, shutdown).await;
     tracing::info!(totals = %pipeline.metrics().snapshot(), "shadowcat exiting");

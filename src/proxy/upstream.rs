@@ -117,7 +117,8 @@ pub enum Reply {
         /// Its body (bounded).
         body: Bytes,
         /// What to tell a client when the body carries no JSON-RPC error of its own: the
-        /// status, the body's start, and a hint at the likely cause ([`http::refusal`]).
+        /// status, the body's start, and the likely cause as far as the backend's
+        /// [`http::Audience`] may be told it ([`http::refusal`]).
         said: String,
         /// Whether it said the upstream does not know the session (a 404; before it gave a
         /// session id, a URL with no MCP endpoint): the session ends.

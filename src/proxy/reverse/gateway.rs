@@ -26,7 +26,7 @@ use crate::proxy::timeouts;
 use crate::proxy::tracker::receiver_gone;
 use crate::proxy::upstream::Pool;
 use crate::proxy::upstream::http::{
-    HttpBackend, HttpLimits, client_for, exchanger_for, pass_replies,
+    Audience, HttpBackend, HttpLimits, client_for, exchanger_for, pass_replies,
 };
 use crate::proxy::upstream::share::{ShareLimits, SharedChildren};
 use crate::proxy::upstream::stdio::{StdioLink, StdioQueue};
@@ -221,6 +221,7 @@ impl Gateway {
                 pipeline.clone(),
                 sessions.clone(),
                 gateway_metrics.upstream_errors(),
+                Audience::Callers,
             )),
             ReverseUpstream::Stdio(spec) => Server::Command(Pool::new(
                 spec.clone(),

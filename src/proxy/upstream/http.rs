@@ -148,19 +148,35 @@ pub struct HttpBackend {
     mirrored: MirroredTools,
     /// The 2024-11-05 streams' relays.
     tasks: TaskTracker,
+    /// Who the clients are: what they are told of an upstream's refusal.
+    audience: Audience,
+}
+
+/// Who a backend's clients are, which decides what they are told of an upstream's HTTP
+/// refusal ([`post::refusal`]); the proxy's log always says all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Whoever runs the proxy (`forward stdio --url`): the likely cause, with the URL and the
+    /// options to fix it.
+    Operator,
+    /// A gateway's callers, who cannot change its options: the status and the body's start,
+    /// and that the gateway's log says why; never the upstream's URL.
+    Callers,
 }
 
 impl HttpBackend {
     /// The upstream `client` serves, for sessions of `sessions` whose messages run through
-    /// `pipeline`; its failures are counted in `errors`.
+    /// `pipeline`; its failures are counted in `errors`; its clients are `audience`.
     pub fn new(
         client: HttpClient,
         limits: HttpLimits,
         pipeline: Arc<Pipeline>,
         sessions: Arc<SessionManager>,
         errors: UpstreamErrors,
+        audience: Audience,
     ) -> Arc<Self> {
         Arc::new(Self {
+            audience,
             client,
             limits,
             pipeline,

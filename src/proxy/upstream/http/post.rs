@@ -18,7 +18,7 @@ use crate::transport::http::{UpstreamError, media_type, read_body, read_body_wit
 
 use super::recovery::AbandonOnDrop;
 use super::streams::StreamPosition;
-use super::{HttpSession, MAX_ERROR_BODY, Reply, ReplyTo, lock};
+use super::{Audience, HttpSession, MAX_ERROR_BODY, Reply, ReplyTo, lock};
 
 /// Whether an upstream's refusal says it no longer knows the session: 404, unless its body is
 /// the 2026-07-28 HTTP binding's answer to an unknown method (404 with `-32601`), which the
@@ -31,15 +31,17 @@ pub fn session_lost(status: http::StatusCode, body: &[u8]) -> bool {
         })
 }
 
-/// What a client is told of an upstream's HTTP refusal that carries no JSON-RPC error: the
-/// status, the start of the body, and what usually causes it. A 404 before the upstream gave a
-/// session is a wrong URL, not a lost session; a 401 or 403 is about credentials.
+/// What an upstream's HTTP refusal that carries no JSON-RPC error says: the status, the start
+/// of the body, and what usually causes it. A 404 before the upstream gave a session is a wrong
+/// URL, not a lost session; a 401 or 403 is about credentials. The whole of it is for the log
+/// and for an [`Audience::Operator`]; [`Audience::Callers`] are told the status and the body's
+/// start, and that the log says why (the cause names the upstream's URL and our options).
 pub fn refusal(
     status: http::StatusCode,
     body: &[u8],
     client: &crate::transport::http::HttpClient,
     had_session: bool,
-) -> String {
+) -> Refusal {
     let mut said = format!("the upstream answered HTTP {status}");
     let text = String::from_utf8_lossy(body);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -48,7 +50,7 @@ pub fn refusal(
         let more = if cut.len() < text.len() { "…" } else { "" };
         let _ = write!(said, ": {cut}{more}");
     }
-    let hint = match status.as_u16() {
+    let cause = match status.as_u16() {
         404 if !had_session => format!(
             "; {} has no MCP endpoint: check the URL's path (servers usually serve /mcp)",
             client.shown()
@@ -61,8 +63,35 @@ pub fn refusal(
             .to_owned(),
         _ => String::new(),
     };
-    said.push_str(&hint);
-    said
+    Refusal { said, cause }
+}
+
+/// An upstream's refusal in words ([`refusal`]).
+#[derive(Debug)]
+pub struct Refusal {
+    /// The status and the body's start.
+    said: String,
+    /// What usually causes it (empty: nothing to add).
+    cause: String,
+}
+
+impl Refusal {
+    /// All of it: for the log, and for a client who runs the proxy.
+    pub fn whole(&self) -> String {
+        format!("{}{}", self.said, self.cause)
+    }
+
+    /// What `audience` is told.
+    pub fn for_audience(self, audience: Audience) -> String {
+        match audience {
+            Audience::Operator => self.whole(),
+            Audience::Callers if self.cause.is_empty() => self.said,
+            Audience::Callers => format!(
+                "{}; the gateway's log says why (its options for the upstream)",
+                self.said
+            ),
+        }
+    }
 }
 
 /// Whether `msg` may be sent twice without harm, should the first try's fate be unknown.
@@ -379,10 +408,11 @@ impl<C: Deliver + 'static> HttpSession<C> {
             self.session.pending(Direction::ClientToServer).remove(id);
         }
         let had_session = self.upstream_session().is_some();
-        let said = refusal(status, &body, self.backend.client(), had_session);
+        let refused = refusal(status, &body, self.backend.client(), had_session);
         if matches!(status.as_u16(), 401 | 403 | 404) {
-            tracing::warn!(session = %self.session.id().digest(), "{said}");
+            tracing::warn!(session = %self.session.id().digest(), "{}", refused.whole());
         }
+        let said = refused.for_audience(self.backend.audience);
         let _ = reply
             .send(Reply::Rejected {
                 id,

@@ -109,6 +109,7 @@ async fn start() -> (Arc<Upstream>, Arc<HttpSession<Arc<Collect>>>, Arc<Collect>
         pipeline,
         sessions.clone(),
         UpstreamErrors::default(),
+        Audience::Operator,
     );
     let session = sessions.create(TransportKind::Stdio, None).unwrap();
     let to_client = Arc::new(Collect::default());
