@@ -679,7 +679,7 @@ fn a_rolling_restart_costs_the_client_of_a_session_at_a_process_nothing() {
 /// finishes what it has in flight, then is started again on its port) while a Python SDK
 /// client calls `echo` every 20 ms in one session: no call fails, the session id stays.
 fn roll(start: &dyn Fn(u16) -> Gateway) -> Vec<Gateway> {
-    let ports: Vec<u16> = (0..3).map(|_| support::balancer::free_port()).collect();
+    let ports = support::balancer::free_ports(3);
     let mut gateways: Vec<Gateway> = ports.iter().map(|&port| start(port)).collect();
     let addrs: Vec<String> = gateways.iter().map(|g| g.addr.clone()).collect();
     let balancer = Balancer::start(&addrs.iter().map(String::as_str).collect::<Vec<_>>());

@@ -14,6 +14,17 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// `n` free loopback ports, all different: each is held until all are found (a port let go
+/// can be the next one handed out).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// HAProxy in front of `backends`, round-robin per request, no affinity; a backend that
 /// refuses connections is taken out (health checks every 100 ms) and the request sent to
 /// another.

@@ -16,7 +16,9 @@ use crate::protocol::headers::MCP_SESSION_ID;
 use crate::transport::http::{BodyError, read_body};
 
 use super::gateway::Gateway;
-use super::peer::{FORWARDED, HEARTBEAT, MEMBER_TTL, Route, gone};
+use super::peer::{
+    FORWARDED, HEARTBEAT, MEMBER_TTL, MISDIRECTED, Route, gone, meant_for_another_run,
+};
 use super::respond::refuse;
 
 /// Passes a request for a session another instance owns to that instance (or, if that one is
@@ -26,6 +28,16 @@ pub async fn to_owner(
     request: Request,
     next: Next,
 ) -> Response {
+    if let (Some(peers), Some(forwarded)) = (gateway.peers(), request.headers().get(&FORWARDED))
+        && meant_for_another_run(forwarded, peers.me())
+    {
+        return refuse(
+            MISDIRECTED,
+            "Misdirected Request: this instance of the cluster was started again; the run the \
+             request was passed on to is gone"
+                .into(),
+        );
+    }
     let sealed = match (gateway.peers(), request.headers().contains_key(&FORWARDED)) {
         (Some(peers), false) => request
             .headers()

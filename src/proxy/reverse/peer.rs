@@ -4,8 +4,9 @@
 //!
 //! The owner is named in the session's sealed id ([`crate::session::Unsealed::owner`]: the
 //! instance's id for this run, and the URL the others reach it at). A request passed on carries
-//! `Shadowcat-Forwarded`, so it is never passed on again (an instance that restarted at the
-//! same URL answers 404 for a session it does not hold), and `X-Forwarded-For` with the client's
+//! `Shadowcat-Forwarded` naming the owner's run, so it is never passed on again (an instance
+//! started again at the same URL is another run: it answers 421 without serving it, and the
+//! session is taken over as its owner's), and `X-Forwarded-For` with the client's
 //! address (the owner reads it if the instances are each other's `--trusted-proxy`).
 //!
 //! With Redis (`--redis-url`) the instances also keep a list of who is up ([`Members`]): each
@@ -271,7 +272,10 @@ impl Peers {
         let headers = request.headers_mut();
         strip_hop_by_hop(headers);
         headers.remove(http::header::CONTENT_LENGTH);
-        headers.insert(FORWARDED.clone(), HeaderValue::from_static("1"));
+        // The run it is meant for: an instance started again at the owner's URL is another
+        // run, and says so (`MISDIRECTED`) instead of serving or refusing the session.
+        let run = HeaderValue::from_str(run_of(owner)).map_err(|_| ())?;
+        headers.insert(FORWARDED.clone(), run);
         if let Some(client) = client {
             let mut chain: Vec<String> = headers
                 .get_all("x-forwarded-for")
@@ -306,6 +310,13 @@ impl Peers {
             }
         };
         match answered {
+            Ok(answer) if answer.status() == MISDIRECTED => {
+                tracing::info!(
+                    owner = base,
+                    "another run of the instance answers at the session's owner's URL: the owner is gone"
+                );
+                Err(())
+            }
             Ok(mut answer) => {
                 strip_hop_by_hop(answer.headers_mut());
                 Ok(answer.map(Body::new))
@@ -325,6 +336,19 @@ impl Peers {
             }
         }
     }
+}
+
+/// The answer of an instance to a request passed on for another run of it (it was started
+/// again at the same URL): 421, as RFC 9110 says a server answers a request not meant for it.
+/// The request was not served; the one that passed it on takes the session over.
+pub const MISDIRECTED: StatusCode = StatusCode::MISDIRECTED_REQUEST;
+
+/// Whether a request passed on by another instance (its `Shadowcat-Forwarded`) was meant for
+/// another run than this one (`me`, as sealed ids name it). Instances that name no run (`1`)
+/// are believed.
+pub fn meant_for_another_run(forwarded: &HeaderValue, me: &str) -> bool {
+    let run = forwarded.to_str().unwrap_or_default();
+    run != "1" && run != run_of(me)
 }
 
 /// The run id in `owner` (as sealed ids name an owner: `<run> <url>`).
@@ -402,5 +426,15 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "mcp-session-id"]);
+    }
+
+    #[test]
+    fn a_request_for_another_run_at_our_url_is_told_apart() {
+        let me = "r2 http://127.0.0.1:8081";
+        let value = HeaderValue::from_static;
+        assert!(meant_for_another_run(&value("r1"), me));
+        assert!(!meant_for_another_run(&value("r2"), me));
+        // An instance that names no run (an older one) is believed.
+        assert!(!meant_for_another_run(&value("1"), me));
     }
 }
