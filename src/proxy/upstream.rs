@@ -110,20 +110,36 @@ pub enum Reply {
     Rejected {
         /// The refused request's id (none for a notification or response).
         id: Option<RequestId>,
-        /// The upstream's status.
-        status: StatusCode,
-        /// Its `Content-Type`.
-        content_type: Option<HeaderValue>,
-        /// Its body (bounded).
-        body: Bytes,
-        /// What to tell a client when the body carries no JSON-RPC error of its own: the
-        /// status, the body's start, and the likely cause as far as the backend's
-        /// [`http::Audience`] may be told it ([`http::refusal`]).
-        said: String,
+        /// The refusal, as it came.
+        rejection: Rejection,
         /// Whether it said the upstream does not know the session (a 404; before it gave a
         /// session id, a URL with no MCP endpoint): the session ends.
         lost: bool,
     },
+}
+
+/// An upstream's refusal of a message at the HTTP level: what it answered, and what to tell a
+/// client of it.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// Its `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// Its body (bounded).
+    pub body: Bytes,
+    /// What to tell a client when the body carries no JSON-RPC error of its own: the status,
+    /// the body's start, and the likely cause as far as the backend's [`http::Audience`] may
+    /// be told it ([`http::refusal`]).
+    pub said: String,
+}
+
+impl Rejection {
+    /// The -32088 error that says it, for a body that carries no JSON-RPC error of its own.
+    pub fn error(&self) -> ProxyError {
+        ProxyError::new(ErrorCode::UpstreamHttpError, self.said.clone())
+            .with("httpStatus", self.status.as_u16())
+    }
 }
 
 /// Where an exchange sends its replies: the sending end of the channel a waiting POST reads.

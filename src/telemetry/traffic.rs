@@ -105,13 +105,13 @@ pub struct Size(pub usize);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.0;
+        let bytes = u64::try_from(self.0).unwrap_or(u64::MAX);
         let (unit, shift) = match bytes {
             0..1024 => return number(f, bytes, " B"),
             1024..1_048_576 => (" KiB", 10),
             _ => (" MiB", 20),
         };
-        let tenths = (bytes.saturating_mul(10) + (1 << (shift - 1))) >> shift;
+        let tenths = bytes.saturating_mul(10).saturating_add(1 << (shift - 1)) >> shift;
         tenth(f, tenths, unit)
     }
 }
@@ -144,12 +144,9 @@ fn number(f: &mut fmt::Formatter<'_>, n: impl itoa::Integer, unit: &str) -> fmt:
 }
 
 /// `tenths` as a number with one decimal, then `unit`.
-fn tenth<N>(f: &mut fmt::Formatter<'_>, tenths: N, unit: &str) -> fmt::Result
-where
-    N: itoa::Integer + std::ops::Div<Output = N> + std::ops::Rem<Output = N> + From<u8> + Copy,
-{
-    number(f, tenths / N::from(10), ".")?;
-    number(f, tenths % N::from(10), unit)
+fn tenth(f: &mut fmt::Formatter<'_>, tenths: u64, unit: &str) -> fmt::Result {
+    number(f, tenths / 10, ".")?;
+    number(f, tenths % 10, unit)
 }
 
 /// What the stages did and what became of the message, or `None` when it simply went on.

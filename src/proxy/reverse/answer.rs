@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+
 use tokio::sync::mpsc;
 
 use crate::protocol::error::ProxyError;
@@ -19,6 +19,7 @@ use crate::session::EndReason;
 use super::alias::Aliases;
 use super::gateway::{Gateway, SessionLink};
 use super::router::{Reply, ReplyTo, Router};
+use crate::proxy::upstream::Rejection;
 
 /// A POST's registration with its session's router, undone when the POST ends (answered, or the
 /// client went away).
@@ -124,21 +125,7 @@ pub(super) enum Arrival {
     /// to resume it (see [`Reply::Paused`]).
     Paused(Pause),
     /// The upstream refused one of its messages at the HTTP level.
-    Rejected(UpstreamRefusal),
-}
-
-/// An upstream's HTTP-level refusal of a POST's message, as the gateway passes it on.
-#[derive(Debug)]
-pub(super) struct UpstreamRefusal {
-    /// The upstream's status.
-    pub status: StatusCode,
-    /// Its `Content-Type`.
-    pub content_type: Option<HeaderValue>,
-    /// Its body (bounded).
-    pub body: Bytes,
-    /// What to tell the client when the body carries no JSON-RPC error of its own: the status,
-    /// the body's start, and a hint at the likely cause.
-    pub said: String,
+    Rejected(Rejection),
 }
 
 impl Drop for Answering {
@@ -303,31 +290,14 @@ impl Answering {
                     Arrival::Other(msg.raw().clone())
                 }
             }
-            Reply::Rejected {
-                id,
-                status,
-                content_type,
-                body,
-                said,
-                ..
-            } => {
+            Reply::Rejected { id, rejection, .. } => {
                 let id = id.filter(|id| self.answered(id, true));
-                let refused = UpstreamRefusal {
-                    status,
-                    content_type,
-                    body,
-                    said,
-                };
                 match id {
                     Some(_) if self.expected.is_empty() && !self.batch => {
-                        Arrival::Rejected(refused)
+                        Arrival::Rejected(rejection)
                     }
-                    Some(id) => Arrival::Answer(
-                        ProxyError::new(ErrorCode::UpstreamHttpError, refused.said)
-                            .with("httpStatus", status.as_u16())
-                            .to_response(Some(&id)),
-                    ),
-                    None => Arrival::Rejected(refused),
+                    Some(id) => Arrival::Answer(rejection.error().to_response(Some(&id))),
+                    None => Arrival::Rejected(rejection),
                 }
             }
         }

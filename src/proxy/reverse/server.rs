@@ -30,15 +30,14 @@ use crate::transport::serve::ClientCounts;
 use crate::transport::sse;
 
 use super::alias::Aliases;
-use super::answer::{
-    Answering, Arrival, EndOnDrop, Exchange, Pause, Registration, UpstreamRefusal,
-};
+use super::answer::{Answering, Arrival, EndOnDrop, Exchange, Pause, Registration};
 use super::checks::{accepts, check_content_type, client_of, cors, guard, read_frame, session_of};
 use super::gateway::{Gateway, OpenError, SessionLink, Stateless, reply_channel};
 use super::live::{keepalive_due, keepalive_timer, request_body, sse_response};
 use super::respond::{json_response, method_not_allowed, refuse};
 use super::router::Reply;
 use super::screen::{Screened, screen};
+use crate::proxy::upstream::Rejection;
 
 /// The MCP endpoint's routes, with Origin/Host validation and CORS.
 pub fn routes(gateway: Arc<Gateway>) -> axum::Router {
@@ -573,7 +572,7 @@ enum Collected {
         paused: Option<Pause>,
     },
     /// The upstream refused the POST's only message: passed on as it is.
-    Rejected(UpstreamRefusal),
+    Rejected(Rejection),
 }
 
 /// The last step of a POST with requests: its exchange, driven by this POST's own task (no
@@ -799,10 +798,10 @@ fn passthrough(
     gateway: &Gateway,
     link: &SessionLink,
     new_session: bool,
-    refused: UpstreamRefusal,
+    refused: Rejection,
     id: Option<&RequestId>,
 ) -> Response {
-    let UpstreamRefusal {
+    let Rejection {
         status,
         content_type,
         body,
@@ -832,20 +831,9 @@ fn passthrough(
 }
 
 /// The refusal a reply carries, if it is one.
-fn upstream_refusal(reply: Reply) -> Option<UpstreamRefusal> {
+fn upstream_refusal(reply: Reply) -> Option<Rejection> {
     match reply {
-        Reply::Rejected {
-            status,
-            content_type,
-            body,
-            said,
-            ..
-        } => Some(UpstreamRefusal {
-            status,
-            content_type,
-            body,
-            said,
-        }),
+        Reply::Rejected { rejection, .. } => Some(rejection),
         _ => None,
     }
 }

@@ -23,9 +23,8 @@ use http::{HeaderMap, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::error::ProxyError;
 use crate::protocol::headers::{MCP_PROTOCOL_VERSION, MirroredTools};
-use crate::protocol::{ErrorCode, Message, Method, RequestId};
+use crate::protocol::{Message, Method, RequestId};
 use crate::proxy::outbox::{Closed, Deliver};
 use crate::proxy::pipeline::Pipeline;
 use crate::session::{EndReason, Session, SessionManager};
@@ -448,23 +447,16 @@ pub async fn pass_replies<D: Deliver>(
             }
             Reply::Rejected {
                 id,
-                status,
-                body,
-                said,
+                rejection,
                 lost: gone,
-                ..
             } => {
                 lost |= gone;
                 let Some(id) = id else { continue };
                 // The upstream's own JSON-RPC error, if its refusal carried one.
-                let answer = Message::parse(body)
+                let answer = Message::parse(rejection.body.clone())
                     .ok()
                     .and_then(|m| m.error_for(&id))
-                    .unwrap_or_else(|| {
-                        let error = ProxyError::new(ErrorCode::UpstreamHttpError, said)
-                            .with("httpStatus", status.as_u16());
-                        Message::error_response(Some(&id), &error)
-                    });
+                    .unwrap_or_else(|| Message::error_response(Some(&id), &rejection.error()));
                 let _ = sink.deliver(answer).await;
             }
             // Such a client cannot resume a stream: the proxy's resumption is all.

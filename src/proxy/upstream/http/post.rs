@@ -14,6 +14,7 @@ use crate::protocol::error::ProxyError;
 use crate::protocol::headers::MCP_SESSION_ID;
 use crate::protocol::{Direction, ErrorCode, Kind, Message, Method, RequestId};
 use crate::proxy::outbox::Deliver;
+use crate::proxy::upstream::Rejection;
 use crate::transport::http::{UpstreamError, media_type, read_body, read_body_within};
 
 use super::recovery::AbandonOnDrop;
@@ -412,15 +413,18 @@ impl<C: Deliver + 'static> HttpSession<C> {
         if matches!(status.as_u16(), 401 | 403 | 404) {
             tracing::warn!(session = %self.session.id().digest(), "{}", refused.whole());
         }
-        let said = refused.for_audience(self.backend.audience);
+        let lost = session_lost(status, &body);
+        let rejection = Rejection {
+            status,
+            content_type,
+            body,
+            said: refused.for_audience(self.backend.audience),
+        };
         let _ = reply
             .send(Reply::Rejected {
                 id,
-                status,
-                content_type,
-                lost: session_lost(status, &body),
-                body,
-                said,
+                rejection,
+                lost,
             })
             .await;
     }
